@@ -1,0 +1,139 @@
+"""Load YAML recipes (with `base:` inheritance), apply dotted `key=value` overrides, validate into RunConfig."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sparsetrain.config.schema import RunConfig
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line naming the field and what was expected."""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `update` into a copy of `base` (mappings merge, everything else replaces)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe and the chain of `base:` recipes it derives from (paths relative to the file)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"base: circular inheritance through {path}")
+    data = _read_yaml(path)
+    base_name = data.pop("base", None)
+    if base_name is None:
+        return data
+    base = load_raw(path.parent / str(base_name), (*_seen, path))
+    return deep_merge(base, data)
+
+
+def _leaf_paths(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
+    """Map every leaf field name to the dotted paths where it occurs in the schema."""
+    leaves: dict[str, list[str]] = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for leaf, paths in _leaf_paths(annotation, f"{prefix}{name}.").items():
+                leaves.setdefault(leaf, []).extend(paths)
+        else:
+            leaves.setdefault(name, []).append(f"{prefix}{name}")
+    return leaves
+
+
+def resolve_key(key: str) -> str:
+    """Expand a bare leaf name (e.g. `alpha0`) to its dotted path when it is unique in the schema."""
+    if "." in key or key in RunConfig.model_fields:
+        return key
+    paths = _leaf_paths(RunConfig).get(key, [])
+    if len(paths) == 1:
+        return paths[0]
+    if len(paths) > 1:
+        raise ConfigError(f"{key}: ambiguous override, use one of {', '.join(paths)}")
+    raise ConfigError(f"{key}: unknown config key")
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value with YAML rules (numbers, bools, null, lists, mappings)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        parts = resolve_key(key.strip()).split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = parse_value(text)
+    return data
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" (got {value!r})"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    if message.startswith(f"{field}:"):
+        return message
+    return f"{field}: {message}{shown}"
+
+
+def validate(data: dict[str, Any]) -> RunConfig:
+    """Validate a raw mapping into a RunConfig, raising a one-line ConfigError on the first problem."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a recipe (or the built-in defaults when path is None), apply overrides and validate."""
+    data = load_raw(path) if path is not None else {}
+    return validate(apply_overrides(data, list(overrides or [])))
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (written to the run dir, W&B and checkpoints)."""
+    return json.loads(config.model_dump_json())
+
+
+def save_resolved(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

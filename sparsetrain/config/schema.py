@@ -1,0 +1,150 @@
+"""Typed run configuration: every field has a type, a range and a description, validated at load time.
+
+Vocabulary used throughout sparsetrain:
+    sparsity  fraction of prunable weights that are exactly zero (density = 1 - sparsity).
+    mask      binary tensor, 1 = weight kept, 0 = weight pruned (never "gate").
+    prune     set weights to zero and record a mask (unstructured, Method 1).
+    remove    physically delete filters/channels, giving a smaller dense model (structural, Method 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sparsetrain.config.launch import LaunchConfig
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    name: str = Field("lenet300_100", description="timm model name (sparsetrain registers lenet300_100, lenet5, unet, "
+                      "lraspp_mobilenetv3_*); any timm classifier works.")
+    pretrained: bool = Field(False, description="Load timm pretrained weights (needs them cached locally).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for timm.create_model.")
+
+
+class DataConfig(Section):
+    source: Literal["digits", "mnist1d", "synthetic", "npz", "imagefolder", "seg_synthetic", "seg_folder"] = Field(
+        "digits", description="Built-in data set or on-disk layout.")
+    path: str | None = Field(None, description="Data location for npz / imagefolder / seg_folder sources.")
+    image_size: int | None = Field(None, ge=4, le=4096, description="Resize images to this square size "
+                                   "(imagefolder, segmentation); built-ins keep their native size.")
+    in_chans: int | None = Field(None, ge=1, le=16, description="Force the number of input channels (None = data's).")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out fraction for built-in sets without a split.")
+    num_samples: int = Field(2000, ge=16, description="Number of generated samples (synthetic sources).")
+    normalize: bool = Field(True, description="Standardize inputs with train-set mean/std per channel.")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes per rank.")
+
+
+class OptimConfig(Section):
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="torch optimizer given to DeepSpeed.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Optimizer weight decay (l2 of the method is separate).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule within a phase.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps at the start of each phase.")
+
+
+class PhaseConfig(Section):
+    enabled: bool = Field(True, description="Run this phase.")
+    epochs: float = Field(1.0, ge=0, description="Length in epochs over the training set (fractions allowed).")
+    lr: float | None = Field(None, gt=0, description="Overrides optim.lr for this phase.")
+
+
+class PhasesConfig(Section):
+    dense: PhaseConfig = Field(default_factory=PhaseConfig, description="Dense baseline (same budget, for report).")
+    sparsify: PhaseConfig = Field(default_factory=PhaseConfig, description="Training with the sparsity regularizer.")
+    finetune: PhaseConfig = Field(default_factory=PhaseConfig, description="Fine-tuning with fixed masks.")
+
+
+class RegularizerConfig(Section):
+    name: Literal["l0_exp", "l2", "none", "grad_count"] = Field(
+        "l0_exp", description="Sparsity strategy: l0_exp = smooth l0 surrogate + l2 (Method 1); l2 = baseline; "
+        "grad_count = gradient-counting pull (Method 2).")
+    alpha0: float = Field(1e-5, ge=0, description="l0 surrogate strength (before per-layer scaling).")
+    alpha2: float = Field(1e-4, ge=0, description="l2 strength (global).")
+    beta: float = Field(10.0, ge=0, description="Surrogate sharpness; 0 gives the pure-l2 baseline.")
+    layer_scaling: Literal["sqrt_size", "none"] = Field(
+        "sqrt_size", description="alpha0_l = alpha0 * sqrt(N_l / N_max) (authors' NORM=True) or alpha0 everywhere.")
+    kernel: Literal["auto", "triton", "torch", "autograd"] = Field(
+        "auto", description="Gradient-regularizer backend: fused Triton, plain torch, or autograd-in-loss reference.")
+    finetune_l0: bool = Field(False, description="Keep the l0 term on during fine-tuning (l2 always stays on).")
+    # Method 2 (gradient counting + redundancy); see sparsetrain/regularizers/grad_count.py.
+    count_tau: float = Field(0.5, gt=0, description="A filter counts when its mean |grad| exceeds tau * layer mean.")
+    count_window: int = Field(50, ge=1, description="Steps per gradient-counting window.")
+    lambda_s: float = Field(1e-3, ge=0, description="Strength of the count-driven zero attraction.")
+    redundancy: Literal["cosine", "none"] = Field("cosine", description="Redundant-filter criterion.")
+    redundancy_rho: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a pair is redundant.")
+
+
+class PruneConfig(Section):
+    rule: Literal["global_threshold", "layer_threshold", "global_sparsity", "layer_sparsity", "filters"] = Field(
+        "global_threshold", description="How weights are chosen for pruning; 'filters' removes whole filters.")
+    threshold: float = Field(1e-3, ge=0, description="|w| at or below this is pruned (threshold rules).")
+    layer_thresholds: dict[str, float] = Field(default_factory=dict, description="Per-layer threshold overrides.")
+    sparsity: float = Field(0.9, ge=0, lt=1, description="Target sparsity (sparsity rules, fraction of weights).")
+    layer_sparsity: dict[str, float] = Field(default_factory=dict, description="Per-layer target overrides.")
+    filter_norm_threshold: float = Field(1e-2, ge=0, description="Filters whose relative norm falls below this "
+                                         "are removed (rule=filters).")
+    max_filter_fraction: float = Field(0.75, gt=0, lt=1, description="At most this fraction of a layer's filters "
+                                       "is removed (rule=filters).")
+
+
+class DeepSpeedConfig(Section):
+    zero_stage: Literal[0, 1, 2] = Field(0, description="ZeRO optimization stage.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision (bf16 keeps fp32 masters).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    gradient_clipping: float = Field(0.0, ge=0, description="Global grad-norm clip (0 = off).")
+    dist_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto = nccl on GPU, gloo on CPU.")
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(128, ge=1, description="Global batch size (all ranks and micro-steps).")
+    eval_batch_size: int = Field(512, ge=1, description="Per-rank evaluation batch size.")
+    log_every: int = Field(20, ge=1, description="Log a progress line every N optimizer steps.")
+    checkpoint_every: int = Field(200, ge=1, description="Checkpoint every N optimizer steps (and at phase end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept per run.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads per rank (None = torch default).")
+
+
+class TrackingConfig(Section):
+    mode: Literal["offline", "online", "disabled"] = Field("offline", description="Weights & Biases mode.")
+    project: str = Field("sparsetrain", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity.")
+    name: str | None = Field(None, description="W&B run name (default: out_dir's name).")
+    tags: list[str] = Field(default_factory=list, description="W&B tags.")
+
+
+class RunConfig(Section):
+    """A whole compression run: data, model, the three phases and how they are executed and tracked."""
+
+    out_dir: str = Field("runs/quickstart", description="Run directory: checkpoints, report, plots, export.")
+    seed: int = Field(0, ge=0, description="Seed for weights, data order and generated data.")
+    resume: bool = Field(True, description="Continue from the last checkpoint in out_dir when there is one.")
+    task: Literal["classification", "segmentation"] = Field("classification", description="Loss and metrics.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    phases: PhasesConfig = Field(default_factory=PhasesConfig)
+    regularizer: RegularizerConfig = Field(default_factory=RegularizerConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> RunConfig:
+        if self.data.source in ("npz", "imagefolder", "seg_folder") and not self.data.path:
+            raise ValueError(f"data.path: required for data.source={self.data.source!r}")
+        is_seg_data = self.data.source.startswith("seg_")
+        if is_seg_data != (self.task == "segmentation"):
+            raise ValueError(f"task: {self.task!r} does not match data.source={self.data.source!r}")
+        return self
