@@ -1,0 +1,180 @@
+"""Multi-tensor launch machinery shared by the kernels: argument checks, dtype grouping and chunk tables.
+
+Design. A list of tensors of one dtype (on one device) is processed by ONE kernel launch over a *chunk table*:
+
+* a per-tensor table, int64 ``[T, F]``: ``F - 1`` raw ``data_ptr()`` addresses (weight, grad, mask, ...) and
+  the element count. Kernels cast the addresses back with ``.to(tl.pointer_type(...))``, so a tensor may be
+  any contiguous view into a larger buffer (e.g. a slice of DeepSpeed's flat fp32 partition): only its own
+  ``data_ptr()`` (which already includes the storage offset) and ``numel()`` are used;
+* a per-tensor fp32 scalar (alpha, threshold);
+* a chunk table, int64 ``[C, 2]``: (tensor index, first element) for every ``chunk``-element piece of every
+  non-empty tensor. Program ``pid`` of the 1-D grid ``(C,)`` processes chunk ``pid``.
+
+Why chunks rather than one program per tensor: tensor sizes span six orders of magnitude (a 64-element
+conv to a 100M-element embedding); fixed-size chunks balance the grid and keep every SM busy, and tiny
+tensors cost one short program each. Why tables built on the host: the element counts are known there, so
+the table is one vectorised ``repeat_interleave`` plus one host-to-device copy, cached by the exact
+(pointers, sizes, scalars) key, so a training loop that reuses its parameter and gradient buffers pays
+the copy only once. Reductions are written per chunk (or added as integers), so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+# Triton decides interpreter mode when a kernel is decorated (at import), so read the flag at the same time.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MASK_DTYPES = (torch.bool, torch.uint8)
+
+_TABLE_CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+_TABLE_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Launch geometry of the multi-tensor kernels.
+
+    Attributes:
+        block: elements per vector step of a program (a power of two).
+        chunk: elements per program (a multiple of ``block``); a tensor of ``n`` elements gets
+            ``ceil(n / chunk)`` programs.
+        num_warps: warps per program on the GPU (ignored by the interpreter).
+    """
+
+    block: int = 1024
+    chunk: int = 16384
+    num_warps: int = 4
+
+    def __post_init__(self) -> None:
+        if self.block <= 0 or self.block & (self.block - 1):
+            raise ValueError(f"LaunchConfig.block: must be a positive power of two, got {self.block}")
+        if self.chunk < self.block or self.chunk % self.block:
+            raise ValueError(f"LaunchConfig.chunk: must be a positive multiple of block={self.block}, got {self.chunk}")
+
+
+DEFAULT_CONFIG = LaunchConfig()
+
+
+def triton_unusable_reason(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on ``device`` here, or None when they can.
+
+    The interpreter (``TRITON_INTERPRET=1``) reads raw host addresses from the pointer tables, so it needs CPU
+    tensors; compiled kernels need CUDA tensors.
+    """
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - triton is a Linux dependency
+        return f"triton is not importable ({exc})"
+    if INTERPRET:
+        return None if device.type == "cpu" else f"TRITON_INTERPRET=1 needs CPU tensors, got {device}"
+    if device.type != "cuda":
+        return f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU), got {device}"
+    return None
+
+
+def check_float_list(name: str, tensors: Sequence[torch.Tensor]) -> None:
+    """Raises ValueError unless ``tensors`` is a list of contiguous fp32/bf16/fp16 tensors."""
+    if not isinstance(tensors, (list, tuple)):
+        raise ValueError(f"{name}: expected a list of tensors, got {type(tensors).__name__}")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name}[{i}]: expected a tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{name}[{i}]: dtype {t.dtype} not supported (fp32, bf16, fp16)")
+        if not t.is_contiguous():
+            raise ValueError(f"{name}[{i}]: must be contiguous")
+
+
+def check_companions(
+    name: str, tensors: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], dtypes: tuple[torch.dtype, ...] | None
+) -> None:
+    """Raises ValueError unless ``tensors`` pairs up with ``weights``: length, numel, device, contiguity, dtype.
+
+    Args:
+        name: argument name used in error messages.
+        tensors: companions of ``weights`` (grads, masks).
+        weights: the weight list.
+        dtypes: allowed dtypes, or None for "same dtype as the weight".
+    """
+    if not isinstance(tensors, (list, tuple)):
+        raise ValueError(f"{name}: expected a list of tensors, got {type(tensors).__name__}")
+    if len(tensors) != len(weights):
+        raise ValueError(f"{name}: has {len(tensors)} tensors, weights has {len(weights)}")
+    for i, (t, w) in enumerate(zip(tensors, weights)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name}[{i}]: expected a tensor, got {type(t).__name__}")
+        if t.numel() != w.numel():
+            raise ValueError(f"{name}[{i}]: numel {t.numel()} differs from weights[{i}] numel {w.numel()}")
+        if t.device != w.device:
+            raise ValueError(f"{name}[{i}]: device {t.device} differs from weights[{i}] device {w.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name}[{i}]: must be contiguous")
+        if dtypes is None and t.dtype != w.dtype:
+            raise ValueError(f"{name}[{i}]: dtype {t.dtype} differs from weights[{i}] dtype {w.dtype}")
+        if dtypes is not None and t.dtype not in dtypes:
+            raise ValueError(f"{name}[{i}]: dtype {t.dtype} not supported ({', '.join(map(str, dtypes))})")
+
+
+def per_tensor_floats(name: str, value: float | Sequence[float], n: int) -> list[float]:
+    """Broadcasts a float to ``n`` floats, or checks that a sequence has ``n`` of them."""
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    values = [float(v) for v in value]
+    if len(values) != n:
+        raise ValueError(f"{name}: has {len(values)} values, weights has {n}")
+    return values
+
+
+def group_by_dtype(weights: Sequence[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Indices of ``weights`` grouped by (device, dtype), in first-seen order; one launch per group."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, w in enumerate(weights):
+        groups.setdefault((w.device, w.dtype), []).append(i)
+    return groups
+
+
+def build_tables(
+    columns: Sequence[Sequence[torch.Tensor | None]], scalars: Sequence[float], chunk: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-tensor and chunk tables for one launch (see the module docstring), cached by their content.
+
+    Args:
+        columns: one list per pointer column (e.g. weights, grads, masks), each with one entry per tensor;
+            a None entry stores address 0 (the kernel must not read it). Sizes come from ``columns[0]``.
+        scalars: one fp32 scalar per tensor.
+        chunk: elements per program.
+        device: where the tables live.
+
+    Returns:
+        ``tensor_table`` int64 ``[T, len(columns) + 1]``, ``chunk_table`` int64 ``[C, 2]``, ``scalars`` fp32 ``[T]``.
+    """
+    ptrs = [[0 if t is None else t.data_ptr() for t in col] for col in columns]
+    numels = [t.numel() for t in columns[0]]
+    key = (device, chunk, tuple(map(tuple, ptrs)), tuple(numels), tuple(scalars))
+    hit = _TABLE_CACHE.get(key)
+    if hit is not None:
+        _TABLE_CACHE.move_to_end(key)
+        return hit
+    sizes = torch.tensor(numels, dtype=torch.int64)
+    tensor_table = torch.stack([torch.tensor(col, dtype=torch.int64) for col in ptrs] + [sizes], dim=1)
+    n_chunks = (sizes + chunk - 1) // chunk
+    owner = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int64), n_chunks)
+    first_chunk = torch.cumsum(n_chunks, 0) - n_chunks
+    start = (torch.arange(owner.numel(), dtype=torch.int64) - first_chunk[owner]) * chunk
+    chunk_table = torch.stack([owner, start], dim=1)
+    # Pageable host memory: the copy is staged but does not wait for queued device work.
+    tables = tuple(
+        t.contiguous().to(device, non_blocking=True)
+        for t in (tensor_table, chunk_table, torch.tensor(scalars, dtype=torch.float32))
+    )
+    _TABLE_CACHE[key] = tables
+    if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+        _TABLE_CACHE.popitem(last=False)
+    return tables

@@ -1,0 +1,112 @@
+"""Plain-torch references of the fused kernels; also the CPU fallback of ``get_ops("torch")``.
+
+Each computes in fp32 and follows the kernel's formula term by term, so tests can compare with tight
+tolerances. They run on any device, need no Triton, and take the same arguments as the fused versions
+(``config`` is accepted and ignored so the two backends are interchangeable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from triton_kernels._multi_tensor import per_tensor_floats
+
+
+@torch.no_grad()
+def l0_grad_mask_reference_(
+    weights: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor] | None,
+    *,
+    alphas: float | Sequence[float],
+    beta: float,
+    l2: float,
+    config: object = None,
+) -> torch.Tensor:
+    """In place ``g = (g + α·β·sign(w)·exp(−β|w|) + 2·l2·w) · m``; returns ``Σ α(1 − exp(−β|w|)) + l2·Σ w²``.
+
+    Args:
+        weights: float tensors.
+        grads: one per weight, same numel; updated in place.
+        masks: one bool/uint8 tensor per weight (non-zero = kept), or None for no mask.
+        alphas: ℓ0 strength per tensor (or one float for all).
+        beta: sharpness β of the surrogate.
+        l2: ℓ2 strength.
+        config: ignored.
+
+    Returns:
+        fp32 scalar tensor on the weights' device (CPU for an empty list).
+    """
+    alphas = per_tensor_floats("alphas", alphas, len(weights))
+    total = torch.zeros((), dtype=torch.float32, device=weights[0].device if weights else "cpu")
+    for i, (w, g) in enumerate(zip(weights, grads)):
+        w32 = w.reshape(-1).float()
+        e = torch.exp(-beta * w32.abs())
+        new = g.reshape(-1).float() + alphas[i] * beta * torch.sign(w32) * e + 2.0 * l2 * w32
+        if masks is not None:
+            new = new * (masks[i].reshape(-1) != 0)  # a product: NaN gradients stay NaN
+        g.copy_(new.view_as(g))
+        total += alphas[i] * (1.0 - e).sum() + l2 * (w32 * w32).sum()
+    return total
+
+
+@torch.no_grad()
+def apply_masks_reference_(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, config: object = None) -> None:
+    """In place ``w *= m`` (non-zero mask = kept).
+
+    Args:
+        weights: float tensors.
+        masks: one bool/uint8 tensor per weight, same numel.
+        config: ignored.
+    """
+    for w, m in zip(weights, masks):
+        w.mul_((m.reshape(w.shape) != 0).to(w.dtype))
+
+
+@torch.no_grad()
+def threshold_masks_reference(
+    weights: Sequence[torch.Tensor], thresholds: float | Sequence[float], *, config: object = None
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Keep-masks ``|w| > τ`` (compared in fp32, τ rounded to fp32) and the int64 kept count of each tensor.
+
+    Args:
+        weights: float tensors.
+        thresholds: one global τ or one per tensor.
+        config: ignored.
+
+    Returns:
+        Bool masks shaped like the weights and an int64 ``[len(weights)]`` tensor of kept counts.
+    """
+    taus = per_tensor_floats("thresholds", thresholds, len(weights))
+    masks = [w.float().abs() > torch.tensor(tau, dtype=torch.float32) for w, tau in zip(weights, taus)]
+    device = weights[0].device if weights else "cpu"
+    counts = torch.stack([m.sum() for m in masks]) if masks else torch.zeros(0, dtype=torch.int64, device=device)
+    return masks, counts
+
+
+def l0_penalty(
+    weights: Sequence[torch.Tensor], alphas: float | Sequence[float], beta: float, l2: float
+) -> torch.Tensor:
+    """Differentiable ``Σ α(1 − exp(−β|w|)) + l2·Σ w²``: the autograd-in-loss variant of the fused kernel.
+
+    Its gradient is ``α·β·sign(w)·exp(−β|w|) + 2·l2·w`` (autograd's ``abs`` has gradient 0 at 0).
+
+    Args:
+        weights: float tensors (usually parameters with ``requires_grad``).
+        alphas: ℓ0 strength per tensor (or one float for all).
+        beta: sharpness β of the surrogate.
+        l2: ℓ2 strength.
+
+    Returns:
+        fp32 scalar (fp64 if the weights are fp64), on the weights' device (CPU for an empty list).
+    """
+    alphas = per_tensor_floats("alphas", alphas, len(weights))
+    terms = []
+    for a, w in zip(alphas, weights):
+        w32 = w if w.dtype == torch.float64 else w.float()
+        terms.append(a * (1.0 - torch.exp(-beta * w32.abs())).sum() + l2 * (w32 * w32).sum())
+    if not terms:
+        return torch.zeros((), dtype=torch.float32)
+    return torch.stack(terms).sum()

@@ -1,0 +1,109 @@
+"""Multi-tensor magnitude pruning masks ``m = |w| > τ`` with per-tensor kept counts in the same pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from triton_kernels._multi_tensor import (
+    DEFAULT_CONFIG,
+    LaunchConfig,
+    build_tables,
+    check_float_list,
+    group_by_dtype,
+    per_tensor_floats,
+)
+from triton_kernels.l0_grad_mask import TL_DTYPES
+
+
+@triton.jit
+def _threshold_masks_kernel(
+    # pointers
+    tensor_table_ptr,  # int64 [T, 3]: weight address, mask address (out), numel
+    chunk_table_ptr,  # int64 [C, 2]: tensor index, first element of the chunk
+    tau_ptr,  # fp32 [T]: per-tensor threshold
+    count_ptr,  # int64 [T]: out, kept elements per tensor (zero-initialised)
+    # meta-parameters
+    DTYPE: tl.constexpr,  # element type of the weights of this launch
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``m <- |w| > τ`` (compared in fp32) for one chunk; adds the chunk's kept count to its tensor's count.
+
+    Shapes: each tensor is flat [numel]; the program covers elements [start, min(start + CHUNK, numel)).
+    Memory traffic: reads w once; writes m (1 byte per element) once; one integer atomic per program, so
+    the counts are exact and deterministic.
+    """
+    pid = tl.program_id(0)
+    tensor = tl.load(chunk_table_ptr + 2 * pid)
+    start = tl.load(chunk_table_ptr + 2 * pid + 1)  # int64: tensors may pass 2^31 elements
+    w_ptr = tl.load(tensor_table_ptr + 3 * tensor).to(tl.pointer_type(DTYPE))
+    m_ptr = tl.load(tensor_table_ptr + 3 * tensor + 1).to(tl.pointer_type(tl.uint8))
+    end = tl.minimum(start + CHUNK, tl.load(tensor_table_ptr + 3 * tensor + 2))
+    tau = tl.load(tau_ptr + tensor)
+    kept_acc = tl.zeros([BLOCK], dtype=tl.int32)  # at most CHUNK / BLOCK per lane
+    for block_start in range(start, end, BLOCK):
+        offs = block_start + tl.arange(0, BLOCK).to(tl.int64)
+        inside = offs < end
+        w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        keep = (tl.abs(w) > tau) & inside  # `& inside`: a negative τ would keep the padding lanes
+        tl.store(m_ptr + offs, keep.to(tl.uint8), mask=inside)
+        kept_acc += keep.to(tl.int32)
+    tl.atomic_add(count_ptr + tensor, tl.sum(kept_acc, axis=0).to(tl.int64))
+
+
+def _launch_threshold_masks(
+    weights: list[torch.Tensor], masks: list[torch.Tensor], taus: list[float], counts: torch.Tensor, config: LaunchConfig
+) -> None:
+    """One launch for weights that share a device and dtype; fills ``masks`` and ``counts`` (int64 [len])."""
+    tensor_table, chunk_table, tau_table = build_tables([weights, masks], taus, config.chunk, weights[0].device)
+    n_chunks = chunk_table.shape[0]
+    if n_chunks == 0:
+        return
+    _threshold_masks_kernel[(n_chunks,)](
+        tensor_table,
+        chunk_table,
+        tau_table,
+        counts,
+        DTYPE=TL_DTYPES[weights[0].dtype],
+        CHUNK=config.chunk,
+        BLOCK=config.block,
+        num_warps=config.num_warps,
+    )
+
+
+def threshold_masks(
+    weights: Sequence[torch.Tensor],
+    thresholds: float | Sequence[float],
+    *,
+    config: LaunchConfig | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Keep-masks ``|w| > τ`` and per-tensor kept counts, one kernel launch per (device, dtype) group.
+
+    Args:
+        weights: contiguous fp32/bf16/fp16 tensors.
+        thresholds: one global τ, or one τ per tensor; compared in fp32 (τ rounded to fp32).
+        config: launch geometry; the default suits GPUs, tests shrink it for the interpreter.
+
+    Returns:
+        Bool masks shaped like the weights, and an int64 tensor ``[len(weights)]`` of kept (non-zero) counts
+        on the weights' device (CPU for an empty list).
+    """
+    check_float_list("weights", weights)
+    taus = per_tensor_floats("thresholds", thresholds, len(weights))
+    config = config or DEFAULT_CONFIG
+    masks = [torch.empty_like(w, dtype=torch.bool) for w in weights]
+    counts = torch.zeros(len(weights), dtype=torch.int64, device=weights[0].device if weights else "cpu")
+    groups = group_by_dtype(weights)
+    for idx in groups.values():
+        device = weights[idx[0]].device
+        group_counts = counts if len(groups) == 1 else torch.zeros(len(idx), dtype=torch.int64, device=device)
+        _launch_threshold_masks(
+            [weights[i] for i in idx], [masks[i] for i in idx], [taus[i] for i in idx], group_counts, config
+        )
+        if len(groups) > 1:
+            counts[idx] = group_counts.to(counts.device)
+    return masks, counts
