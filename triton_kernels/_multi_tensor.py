@@ -107,7 +107,7 @@ def check_companions(
         raise ValueError(f"{name}: expected a list of tensors, got {type(tensors).__name__}")
     if len(tensors) != len(weights):
         raise ValueError(f"{name}: has {len(tensors)} tensors, weights has {len(weights)}")
-    for i, (t, w) in enumerate(zip(tensors, weights)):
+    for i, (t, w) in enumerate(zip(tensors, weights, strict=True)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}[{i}]: expected a tensor, got {type(t).__name__}")
         if t.numel() != w.numel():

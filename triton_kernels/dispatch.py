@@ -93,4 +93,4 @@ def get_ops(backend: str = "auto") -> KernelOps:
         fused = _triton_ops()
     except ImportError:  # no triton (e.g. macOS): every call takes the reference
         return KernelOps("auto", *refs)
-    return KernelOps("auto", *(_auto(f, r) for f, r in zip(fused, refs)))
+    return KernelOps("auto", *(_auto(f, r) for f, r in zip(fused, refs, strict=True)))

@@ -41,7 +41,7 @@ def l0_grad_mask_reference_(
     """
     alphas = per_tensor_floats("alphas", alphas, len(weights))
     total = torch.zeros((), dtype=torch.float32, device=weights[0].device if weights else "cpu")
-    for i, (w, g) in enumerate(zip(weights, grads)):
+    for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
         w32 = w.reshape(-1).float()
         e = torch.exp(-beta * w32.abs())
         new = g.reshape(-1).float() + alphas[i] * beta * torch.sign(w32) * e + 2.0 * l2 * w32
@@ -53,7 +53,9 @@ def l0_grad_mask_reference_(
 
 
 @torch.no_grad()
-def apply_masks_reference_(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, config: object = None) -> None:
+def apply_masks_reference_(
+    weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, config: object = None
+) -> None:
     """In place ``w *= m`` (non-zero mask = kept).
 
     Args:
@@ -61,7 +63,7 @@ def apply_masks_reference_(weights: Sequence[torch.Tensor], masks: Sequence[torc
         masks: one bool/uint8 tensor per weight, same numel.
         config: ignored.
     """
-    for w, m in zip(weights, masks):
+    for w, m in zip(weights, masks, strict=True):
         w.mul_((m.reshape(w.shape) != 0).to(w.dtype))
 
 
@@ -80,7 +82,7 @@ def threshold_masks_reference(
         Bool masks shaped like the weights and an int64 ``[len(weights)]`` tensor of kept counts.
     """
     taus = per_tensor_floats("thresholds", thresholds, len(weights))
-    masks = [w.float().abs() > torch.tensor(tau, dtype=torch.float32) for w, tau in zip(weights, taus)]
+    masks = [w.float().abs() > torch.tensor(tau, dtype=torch.float32) for w, tau in zip(weights, taus, strict=True)]
     device = weights[0].device if weights else "cpu"
     counts = torch.stack([m.sum() for m in masks]) if masks else torch.zeros(0, dtype=torch.int64, device=device)
     return masks, counts
@@ -104,7 +106,7 @@ def l0_penalty(
     """
     alphas = per_tensor_floats("alphas", alphas, len(weights))
     terms = []
-    for a, w in zip(alphas, weights):
+    for a, w in zip(alphas, weights, strict=True):
         w32 = w if w.dtype == torch.float64 else w.float()
         terms.append(a * (1.0 - torch.exp(-beta * w32.abs())).sum() + l2 * (w32 * w32).sum())
     if not terms:

@@ -56,7 +56,11 @@ def _threshold_masks_kernel(
 
 
 def _launch_threshold_masks(
-    weights: list[torch.Tensor], masks: list[torch.Tensor], taus: list[float], counts: torch.Tensor, config: LaunchConfig
+    weights: list[torch.Tensor],
+    masks: list[torch.Tensor],
+    taus: list[float],
+    counts: torch.Tensor,
+    config: LaunchConfig,
 ) -> None:
     """One launch for weights that share a device and dtype; fills ``masks`` and ``counts`` (int64 [len])."""
     tensor_table, chunk_table, tau_table = build_tables([weights, masks], taus, config.chunk, weights[0].device)
