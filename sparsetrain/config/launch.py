@@ -1,8 +1,17 @@
-"""The `launch:` config section: cluster resources for submitit (Slurm) jobs."""
+"""The `launch:` config section: cluster resources for submitit (Slurm) jobs.
+
+World size = nodes × tasks_per_node: one task is one DeepSpeed data-parallel rank. GPU rule: with
+`gpus_per_node > 0`, `tasks_per_node` must divide `gpus_per_node`; each rank then sees its own
+`gpus_per_node // tasks_per_node` GPUs (one per rank is the usual DeepSpeed layout).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+_SBATCH_LINE = re.compile(r"^(#SBATCH\s+)?--(?P<key>[A-Za-z][A-Za-z0-9_-]*)(=(?P<value>.+))?$")
 
 
 class LaunchConfig(BaseModel):
@@ -12,14 +21,57 @@ class LaunchConfig(BaseModel):
 
     nodes: int = Field(1, ge=1, description="Number of nodes.")
     tasks_per_node: int = Field(1, ge=1, description="Processes (DeepSpeed ranks) per node.")
-    gpus_per_node: int = Field(0, ge=0, description="GPUs per node (0 = CPU job).")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node (0 = CPU job); tasks_per_node must divide it.")
     cpus_per_task: int = Field(1, ge=1, description="CPU cores per task.")
     mem_gb: float | None = Field(None, gt=0, description="Memory per node in GB (None = cluster default).")
     time_min: int = Field(60, ge=1, description="Wall-time limit in minutes.")
-    partition: str | None = Field(None, description="Slurm partition.")
+    partition: str | None = Field(None, description="Slurm partition (checked against `sinfo` before submission).")
     account: str | None = Field(None, description="Slurm account.")
     qos: str | None = Field(None, description="Slurm QOS.")
     constraint: str | None = Field(None, description="Slurm node constraint.")
-    extra_sbatch: list[str] = Field(default_factory=list, description="Extra raw '#SBATCH' option lines.")
-    setup: list[str] = Field(default_factory=list, description="Shell commands run before the tasks start.")
-    log_folder: str | None = Field(None, description="submitit log folder (default: <out_dir>/slurm).")
+    extra_sbatch: list[str] = Field(default_factory=list, description="Extra sbatch options, one per item, as "
+                                    "'--key=value', '--flag' or a full '#SBATCH --key=value' line.")
+    setup: list[str] = Field(default_factory=list, description="Shell commands run in the sbatch script before srun "
+                             "(module loads, environment activation).")
+    log_folder: str | None = Field(None, description="submitit log folder, on a shared file system "
+                                   "(default: <out_dir>/slurm; never /tmp).")
+    job_name: str | None = Field(None, description="Slurm job name (default: 'sparsetrain-<out_dir name>').")
+    signal_delay_s: int = Field(120, ge=10, description="Slurm sends USR2 this many seconds before the time limit, "
+                                "leaving time to reach the next step and write a checkpoint.")
+    max_num_timeout: int = Field(3, ge=0, description="How many times a job hitting its time limit is requeued "
+                                 "(preemptions do not count).")
+    array_parallelism: int = Field(16, ge=1, description="Sweeps: job-array elements running at the same time.")
+    srun_args: list[str] = Field(default_factory=list, description="Extra arguments for the srun that starts tasks.")
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _check_extra_sbatch(cls, lines: list[str]) -> list[str]:
+        for line in lines:
+            if not _SBATCH_LINE.match(line.strip()):
+                raise ValueError(f"launch.extra_sbatch: expected '--key=value' or '#SBATCH --key=value', got {line!r}")
+        return lines
+
+    @field_validator("gpus_per_node")
+    @classmethod
+    def _check_gpus(cls, gpus: int, info: ValidationInfo) -> int:
+        tasks = info.data.get("tasks_per_node", 1)
+        if gpus and gpus % tasks:
+            raise ValueError(f"launch.gpus_per_node: {gpus} GPUs cannot be split over tasks_per_node={tasks} "
+                             f"(nodes={info.data.get('nodes')}, tasks_per_node={tasks}, gpus_per_node={gpus}); "
+                             "use one task per GPU")
+        return gpus
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks of the job: nodes × tasks_per_node."""
+        return self.nodes * self.tasks_per_node
+
+    def extra_sbatch_parameters(self) -> dict[str, str | bool]:
+        """`extra_sbatch` as submitit's `additional_parameters` ({'mail_type': 'END', 'exclusive': True})."""
+        params: dict[str, str | bool] = {}
+        for line in self.extra_sbatch:
+            match = _SBATCH_LINE.match(line.strip())
+            assert match is not None  # checked by the validator
+            key = match.group("key").replace("-", "_")
+            params[key] = match.group("value") if match.group("value") is not None else True
+        return params
