@@ -1,0 +1,170 @@
+"""Fused l0_grad_mask_ vs the torch reference: awkward sizes, dtypes, mask kinds, NaN, launches, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import DTYPES, SIZE_CASES, TINY, TOLERANCES, assert_close, flat_views, random_masks
+
+import triton_kernels
+from triton_kernels import l0_grad_mask, l0_grad_mask_, l0_grad_mask_reference_
+
+BETA, L2 = 5.0, 1e-2
+
+
+def _alphas(n: int) -> list[float]:
+    return [0.05 * (i % 4 + 1) for i in range(n)]
+
+
+def _run_both(sizes, dtype, mask_kind, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    weights = flat_views(sizes, dtype, gen, scale=0.5)
+    grads = flat_views(sizes, dtype, gen)
+    masks = random_masks(sizes, mask_kind, gen)
+    ref_grads = [g.clone() for g in grads]
+    value = l0_grad_mask_(weights, grads, masks, alphas=_alphas(len(sizes)), beta=BETA, l2=L2, config=TINY)
+    ref_value = l0_grad_mask_reference_(weights, ref_grads, masks, alphas=_alphas(len(sizes)), beta=BETA, l2=L2)
+    return weights, grads, ref_grads, masks, value, ref_value
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(SIZE_CASES))
+def test_matches_reference(case: str, dtype: torch.dtype) -> None:
+    sizes = SIZE_CASES[case]
+    _, grads, ref_grads, _, value, ref_value = _run_both(sizes, dtype, "bool")
+    atol, rtol = TOLERANCES[dtype]
+    for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert_close(g, r, atol, rtol, f"{case}/{dtype} grads[{i}] (numel {g.numel()})")
+    assert value.dtype == torch.float32 and value.dim() == 0, f"value: {value.dtype} {tuple(value.shape)}"
+    assert_close(value, ref_value, 1e-5, 1e-5, f"{case}/{dtype} regularizer value")
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "zeros", "ones", "bool", "uint8", "mixed"])
+def test_mask_kinds(mask_kind: str) -> None:
+    sizes = SIZE_CASES["awkward"]
+    _, grads, ref_grads, masks, value, ref_value = _run_both(sizes, torch.float32, mask_kind, seed=1)
+    for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert_close(g, r, *TOLERANCES[torch.float32], f"{mask_kind} grads[{i}]")
+        if masks is not None:
+            pruned = g.reshape(-1)[masks[i] == 0]
+            assert bool((pruned == 0).all()), f"{mask_kind} grads[{i}]: {int((pruned != 0).sum())} masked grads not 0"
+    assert_close(value, ref_value, 1e-5, 1e-5, f"{mask_kind} regularizer value")
+
+
+def test_nan_gradient_propagates_through_mask() -> None:
+    gen = torch.Generator().manual_seed(2)
+    weights, grads = flat_views([40], torch.float32, gen), flat_views([40], torch.float32, gen)
+    masks = [torch.ones(40, dtype=torch.bool)]
+    masks[0][[3, 17]] = False
+    grads[0].view(-1)[[3, 5]] = float("nan")  # 3 is masked, 5 is kept
+    l0_grad_mask_(weights, grads, masks, alphas=[0.1], beta=BETA, l2=L2, config=TINY)
+    g = grads[0].view(-1)
+    assert g[3].isnan(), f"masked NaN gradient became {g[3].item()} (must stay NaN: g*m, not where)"
+    assert g[5].isnan(), f"kept NaN gradient became {g[5].item()}"
+    assert g[17] == 0, f"masked finite gradient is {g[17].item()}, not 0"
+    assert int(g.isnan().sum()) == 2, f"NaN spread: {int(g.isnan().sum())} NaN elements, expected 2"
+
+
+def test_sign_of_zero_weight_is_zero() -> None:
+    weights = [torch.tensor([0.0, 0.0, 1.0, -1.0])]
+    grads = [torch.zeros(4)]
+    l0_grad_mask_(weights, grads, None, alphas=[1.0], beta=2.0, l2=0.0, config=TINY)
+    expected = torch.tensor(
+        [0.0, 0.0, 2.0 * torch.exp(torch.tensor(-2.0)).item(), -2.0 * torch.exp(torch.tensor(-2.0))]
+    )
+    assert_close(grads[0], expected, 1e-6, 1e-5, "gradient at w = 0, ±1")
+
+
+def test_empty_inputs() -> None:
+    value = l0_grad_mask_([], [], None, alphas=[], beta=BETA, l2=L2, config=TINY)
+    assert value.item() == 0.0 and value.dtype == torch.float32, f"empty list value: {value}"
+    w, g = [torch.empty(0), torch.empty(0, 3)], [torch.empty(0), torch.empty(0, 3)]
+    value = l0_grad_mask_(w, g, [torch.empty(0, dtype=torch.bool)] * 2, alphas=0.1, beta=BETA, l2=L2, config=TINY)
+    assert value.item() == 0.0, f"zero-size tensors value: {value}"
+
+
+class _CountingKernel:
+    """Stands in for a @triton.jit kernel and counts launches ``kernel[grid](...)``."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append(kwargs["DTYPE"])
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+def test_one_launch_per_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = _CountingKernel(l0_grad_mask._l0_grad_mask_kernel)
+    monkeypatch.setattr(l0_grad_mask, "_l0_grad_mask_kernel", counter)
+    gen = torch.Generator().manual_seed(3)
+    sizes = [3, 50, 7, 200, 1]
+    dtypes = [torch.float32, torch.bfloat16, torch.float32, torch.float16, torch.bfloat16]
+    weights = [flat_views([n], dt, gen)[0] for n, dt in zip(sizes, dtypes, strict=True)]
+    grads = [flat_views([n], dt, gen)[0] for n, dt in zip(sizes, dtypes, strict=True)]
+    ref_grads = [g.clone() for g in grads]
+    value = l0_grad_mask_(weights, grads, None, alphas=_alphas(5), beta=BETA, l2=L2, config=TINY)
+    ref_value = l0_grad_mask_reference_(weights, ref_grads, None, alphas=_alphas(5), beta=BETA, l2=L2)
+    assert len(counter.launches) == 3, f"launches per dtype group: {counter.launches}"
+    for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert_close(g, r, *TOLERANCES[g.dtype], f"mixed dtypes grads[{i}] ({g.dtype})")
+    assert_close(value, ref_value, 1e-5, 1e-5, "mixed dtypes regularizer value")
+
+
+def test_default_config_matches_reference() -> None:
+    """The production geometry (block 1024, chunk 16384) on one tensor spanning two chunks."""
+    gen = torch.Generator().manual_seed(4)
+    weights = flat_views([16384 + 1000, 3], torch.float32, gen, scale=0.5)
+    grads = flat_views([16384 + 1000, 3], torch.float32, gen)
+    masks = random_masks([16384 + 1000, 3], "bool", gen)
+    ref_grads = [g.clone() for g in grads]
+    value = triton_kernels.l0_grad_mask_(weights, grads, masks, alphas=[0.1, 0.2], beta=BETA, l2=L2)
+    ref_value = l0_grad_mask_reference_(weights, ref_grads, masks, alphas=[0.1, 0.2], beta=BETA, l2=L2)
+    for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert_close(g, r, *TOLERANCES[torch.float32], f"default config grads[{i}]")
+    assert_close(value, ref_value, 1e-5, 1e-5, "default config regularizer value")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda w, g, m: (w, g[:1], m), "grads: has 1 tensors"),
+        (lambda w, g, m: (w, [g[0].double(), g[1]], m), r"weights\[0\]|grads\[0\]"),
+        (lambda w, g, m: (w, [g[0].half(), g[1]], m), r"grads\[0\]: dtype"),
+        (lambda w, g, m: (w, [g[0][:-1], g[1]], m), r"grads\[0\]: numel"),
+        (lambda w, g, m: (w, g, [m[0].float(), m[1]]), r"masks\[0\]: dtype"),
+        (lambda w, g, m: ([w[0], torch.zeros(8, 4).t()], g, m), r"weights\[1\]: must be contiguous"),
+        (lambda w, g, m: ([w[0].long(), w[1]], g, m), r"weights\[0\]: dtype"),
+    ],
+)
+def test_rejects_bad_arguments(change, match: str) -> None:
+    w = [torch.randn(10), torch.randn(4, 8)]
+    g = [torch.randn(10), torch.randn(4, 8)]
+    m = [torch.ones(10, dtype=torch.bool), torch.ones(32, dtype=torch.uint8)]
+    w, g, m = change(w, g, m)
+    with pytest.raises(ValueError, match=match):
+        l0_grad_mask_(w, g, m, alphas=0.1, beta=BETA, l2=L2, config=TINY)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gpu_matches_reference(dtype: torch.dtype) -> None:
+    if triton_kernels._multi_tensor.INTERPRET:
+        pytest.skip("run GPU tests with TRITON_INTERPRET=0")
+    gen = torch.Generator().manual_seed(5)
+    sizes = [1, 3, 4097, 65537, 1_000_003, 2**20 + 1, 0] + [7] * 50
+    weights = [w.cuda() for w in flat_views(sizes, dtype, gen, scale=0.5)]
+    grads = [g.cuda() for g in flat_views(sizes, dtype, gen)]
+    masks = [m.cuda() for m in random_masks(sizes, "mixed", gen)]
+    ref_grads = [g.clone() for g in grads]
+    alphas = _alphas(len(sizes))
+    value = l0_grad_mask_(weights, grads, masks, alphas=alphas, beta=BETA, l2=L2)
+    ref_value = l0_grad_mask_reference_(weights, ref_grads, masks, alphas=alphas, beta=BETA, l2=L2)
+    atol, rtol = TOLERANCES[dtype]
+    for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert_close(g, r, atol, max(rtol, 1e-5), f"gpu {dtype} grads[{i}] (numel {g.numel()})")
+    assert_close(value, ref_value, 1e-3, 1e-4, f"gpu {dtype} regularizer value")

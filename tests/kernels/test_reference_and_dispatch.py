@@ -1,0 +1,88 @@
+"""l0_penalty gradient vs finite differences and vs the fused gradient term; get_ops backend selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import TINY, assert_close, flat_views
+
+import triton_kernels
+import triton_kernels._multi_tensor as mt
+from triton_kernels import get_ops, l0_grad_mask_reference_, l0_penalty
+
+
+def _weights_away_from_zero(sizes: list[int], seed: int) -> list[torch.Tensor]:
+    """fp64 leaves with |w| in [0.05, 1.05]: finite differences stay off the kink of |w| at 0."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for n in sizes:
+        magnitude = torch.rand(n, generator=gen, dtype=torch.float64) + 0.05
+        sign = torch.where(torch.rand(n, generator=gen) > 0.5, 1.0, -1.0).double()
+        out.append((magnitude * sign).requires_grad_())
+    return out
+
+
+def test_l0_penalty_gradient_matches_finite_differences() -> None:
+    weights = _weights_away_from_zero([5, 3], seed=20)
+    assert torch.autograd.gradcheck(
+        lambda a, b: l0_penalty([a, b], alphas=[0.3, 0.7], beta=4.0, l2=0.05), tuple(weights), eps=1e-6, atol=1e-7
+    ), "l0_penalty gradient vs central finite differences"
+
+
+def test_l0_penalty_gradient_is_the_kernel_term() -> None:
+    """Autograd-in-loss and the fused kernel add the same gradient and report the same value."""
+    weights = _weights_away_from_zero([7, 130], seed=21)
+    weights[0].data[0] = 0.0  # sign(0) = 0 on both paths
+    alphas, beta, l2 = [0.2, 0.5], 3.0, 0.01
+    penalty = l0_penalty(weights, alphas, beta, l2)
+    penalty.backward()
+    w32 = [w.detach().float() for w in weights]
+    grads = [torch.zeros_like(w) for w in w32]
+    value = triton_kernels.l0_grad_mask_(w32, grads, None, alphas=alphas, beta=beta, l2=l2, config=TINY)
+    for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
+        assert_close(g, w.grad.float(), 1e-6, 1e-5, f"kernel term vs autograd grad of l0_penalty, tensor {i}")
+    assert_close(value, penalty.float().detach(), 1e-5, 1e-5, "kernel value vs l0_penalty")
+
+
+def test_l0_penalty_empty() -> None:
+    assert l0_penalty([], [], 1.0, 1.0).item() == 0.0, "empty penalty must be 0"
+
+
+def _one_call(ops: triton_kernels.KernelOps) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(22)
+    weights, grads = flat_views([37, 5], torch.float32, gen), flat_views([37, 5], torch.float32, gen)
+    return ops.l0_grad_mask_(weights, grads, None, alphas=0.1, beta=2.0, l2=0.01, config=TINY)
+
+
+def test_get_ops_backends_agree() -> None:
+    ops = {name: get_ops(name) for name in ("torch", "auto", "triton")}
+    assert ops["torch"].l0_grad_mask_ is l0_grad_mask_reference_, "torch backend must be the reference"
+    values = {name: _one_call(o) for name, o in ops.items()}
+    for name in ("auto", "triton"):
+        assert_close(values[name], values["torch"], 1e-5, 1e-5, f"backend {name} value vs torch")
+    masks, counts = ops["auto"].threshold_masks([torch.tensor([0.1, -2.0, 3.0])], 1.0, config=TINY)
+    assert counts.tolist() == [2] and masks[0].tolist() == [False, True, True], f"auto threshold: {masks}, {counts}"
+
+
+def test_get_ops_rejects_unknown_backend() -> None:
+    with pytest.raises(ValueError, match="backend: must be one of"):
+        get_ops("cuda")
+
+
+def test_without_interpreter_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No interpreter and no CUDA: "triton" fails in one line, "auto" falls back to the reference."""
+    monkeypatch.setattr(mt, "INTERPRET", False)
+    monkeypatch.setattr(triton_kernels.dispatch, "INTERPRET", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run") as info:
+        get_ops("triton")
+    assert "\n" not in str(info.value), f"error must be one line: {info.value!r}"
+    reference_value = _one_call(get_ops("torch"))
+    assert_close(_one_call(get_ops("auto")), reference_value, 0.0, 0.0, "auto fallback vs reference")
+
+
+def test_triton_backend_rejects_unusable_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    ops = get_ops("triton")
+    monkeypatch.setattr(mt, "INTERPRET", False)
+    with pytest.raises(RuntimeError, match="need CUDA tensors"):
+        ops.apply_masks_([torch.ones(3)], [torch.ones(3, dtype=torch.bool)])
