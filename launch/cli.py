@@ -1,0 +1,107 @@
+"""`sparsetrain launch` and `sparsetrain sweep`: argument parsing only; the work lives in submit/sweep/dry_run.
+
+    sparsetrain launch CONFIG [key=value ...] --cluster slurm|local|debug [--phase P] [--wait] [--dry-run]
+    sparsetrain sweep CONFIG alpha0=1e-5,3e-5 beta=10,20 [key=value ...] --cluster slurm [--no-wait]
+
+Resources come from the config's `launch:` section (overridable like any key: `launch.tasks_per_node=2`).
+Exit codes: 0 success, 1 the job failed, 2 bad config or launch settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from launch.submit import CLUSTERS, LaunchError, one_line
+
+PHASES = ("dense", "sparsify", "prune", "finetune")
+
+
+def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("config", help="YAML recipe, e.g. configs/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
+    parser.add_argument("--cluster", choices=CLUSTERS, default="slurm", help="where to run (default: slurm)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for results (default: no limit)")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def launch_main(argv: list[str]) -> int:
+    """Submit the pipeline (or one phase) as one job of nodes × tasks_per_node ranks."""
+    parser = _common_parser("sparsetrain launch", "Run the pipeline through submitit (Slurm, local or debug).")
+    parser.add_argument("--phase", choices=PHASES, action="append", help="run only this phase (repeatable)")
+    parser.add_argument("--wait", action="store_true", help="wait for the job and print the report path")
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
+                        "plan; submit nothing")
+    args = parser.parse_intermixed_args(argv)
+    from launch.submit import log_folder, submit, wait_result
+    from sparsetrain.config.loader import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.dry_run:
+            from launch.dry_run import dry_run_report
+
+            print(dry_run_report(config, args.cluster), end="")
+            return 0
+        job = submit(config, args.cluster, args.phase)
+    except (ConfigError, LaunchError, ValueError) as err:
+        return _fail(str(err), 2)
+    print(f"submitted job {job.job_id} ({config.launch.world_size} ranks, cluster={args.cluster}); "
+          f"logs in {log_folder(config)}")
+    if not args.wait:
+        return 0
+    try:
+        wait_result(job, timeout_s=args.timeout)
+    except Exception as err:  # the job's own traceback is in its log; one line here
+        return _fail(f"job {job.job_id} failed: {one_line(err)}", 1)
+    print(f"done: {Path(config.out_dir) / 'report.json'}")
+    return 0
+
+
+def sweep_main(argv: list[str]) -> int:
+    """Submit a grid of runs as a job array, wait, then write sweep.json and the Pareto plot."""
+    parser = _common_parser("sparsetrain sweep", "Grid sweep: key=v1,v2 overrides, one run per point.")
+    parser.add_argument("--no-wait", action="store_true", help="submit and return; collect later with --collect")
+    parser.add_argument("--collect", action="store_true", help="only collect finished runs into sweep.json")
+    args = parser.parse_intermixed_args(argv)
+    from launch.sweep import collect, expand, submit_points, wait_points
+    from sparsetrain.config.loader import ConfigError
+
+    try:
+        base, points = expand(args.config, args.overrides)
+        jobs = [] if args.collect else submit_points(base, points, args.cluster)
+    except (ConfigError, LaunchError, ValueError) as err:
+        return _fail(str(err), 2)
+    if jobs:
+        print(f"submitted {len(jobs)} runs (cluster={args.cluster}): " + ", ".join(j.job_id for j in jobs))
+    if args.no_wait:
+        return 0
+    if jobs:
+        wait_points(points, jobs, timeout_s=args.timeout)
+    summary = collect(base, points, args.overrides)
+    failed = [run for run in summary["runs"] if run["status"] != "done"]
+    print(json.dumps([{k: run.get(k) for k in ("name", "status", "sparsity", "metric")} for run in summary["runs"]]))
+    print(f"wrote {Path(base.out_dir) / 'sweep.json'} and {summary['plot']}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m launch.cli launch|sweep ...` until the main CLI forwards to launch_main / sweep_main."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"launch": launch_main, "sweep": sweep_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m launch.cli launch|sweep CONFIG [key=value ...] [options]", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The submitit callable that runs the pipeline as one data-parallel rank, and survives preemption.
+
+Preemption / time limit, end to end (Slurm):
+
+1. Slurm (or `SlurmJob._interrupt()`, or `scancel --signal`) sends SIGUSR2 to every task: at the time limit
+   minus `launch.signal_delay_s`, or on preemption (submitit's model of preemption is SIGTERM, then SIGUSR2).
+2. submitit installed its own handler in every task before calling us (`JobEnvironment._handle_signals`): on
+   USR2, global rank 0 calls `checkpoint()`, dumps the returned `DelayedSubmission`, runs `scontrol requeue`
+   and `sys.exit`s *from inside the signal handler*, i.e. wherever the training loop happened to be; other
+   ranks only log. `PipelineJob.__call__` therefore moves that handler aside and installs `_StopOnSignal`:
+   USR2 and SIGTERM only call `sparsetrain.engine.preemption.request_stop()` (async-signal-safe flag) on every
+   task; USR2 also marks "requeue wanted".
+3. The training loop checks the flag at every optimizer step, agrees on it across ranks, saves a checkpoint
+   at that exact step (all ranks take part, rank 0 writes) and raises `Preempted` on every rank.
+4. `__call__` catches `Preempted`. Rank 0 calls submitit's original handler itself, now at a safe point:
+   it calls `checkpoint()` (which returns only the resolved config, never a live model), writes the new
+   submission pickle, requeues the job (`scontrol requeue`; under the local executor, exit code 144) and
+   exits. Other ranks exit at once (SystemExit, so submitit writes no result file for them).
+   SIGTERM alone (scancel, Slurm-driven preemption) also stops at a step boundary with a checkpoint; rank 0
+   then waits a few seconds for a USR2 (submitit's `_interrupt` sends it right after SIGTERM) and otherwise
+   exits without requeueing: Slurm decides (cancelled, or requeued by the cluster's preemption policy).
+5. The requeued job starts fresh processes, unpickles `PipelineJob(config)` and calls `run_pipeline` again,
+   which resumes from the last checkpoint in `out_dir` (same step, same data order, `metrics.jsonl` cut back
+   to the checkpoint step) and reuses `out_dir/wandb_run_id.txt`, so W&B continues the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+import submitit
+
+from sparsetrain.config.loader import validate
+from sparsetrain.engine import preemption
+
+log = logging.getLogger(__name__)
+
+PREEMPT_SIGNAL = signal.SIGUSR2  # submitit's default preemption/time-out signal (SUBMITIT_PREEMPT_SIGNAL)
+USR2_GRACE_S = 10.0  # after SIGTERM only: how long rank 0 waits for submitit's USR2 before giving up requeueing
+
+
+class _StopOnSignal:
+    """Signal handler that only asks the training loop to stop; remembers whether a requeue was asked for."""
+
+    def __init__(self) -> None:
+        self.requeue_wanted = threading.Event()
+        self.original_usr2: Any = None
+        self.original_term: Any = None
+
+    def install(self) -> None:
+        self.original_usr2 = signal.getsignal(PREEMPT_SIGNAL)
+        self.original_term = signal.getsignal(signal.SIGTERM)
+        signal.signal(PREEMPT_SIGNAL, self._on_usr2)
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def uninstall(self) -> None:
+        """Put submitit's handlers back (matters for the in-process debug executor)."""
+        signal.signal(PREEMPT_SIGNAL, self.original_usr2)
+        signal.signal(signal.SIGTERM, self.original_term)
+
+    def _on_usr2(self, signum: int, frame: FrameType | None) -> None:
+        self.requeue_wanted.set()
+        preemption.request_stop()
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        preemption.request_stop()
+
+
+def export_distributed_env(gpus_per_node: int) -> dict[str, int]:
+    """Export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from the submitit job environment; give each rank its GPUs.
+
+    Returns:
+        {"rank", "world_size", "local_rank"} of this task.
+    """
+    dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    if gpus_per_node > 0:
+        per_task = max(1, gpus_per_node // dist_env.local_world_size)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in range(gpus_per_node))).split(",")
+        mine = visible[dist_env.local_rank * per_task:(dist_env.local_rank + 1) * per_task]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    return {"rank": dist_env.rank, "world_size": dist_env.world_size, "local_rank": dist_env.local_rank}
+
+
+class PipelineJob(submitit.helpers.Checkpointable):
+    """Run `sparsetrain.pipeline.run_pipeline` in a submitit task; requeue itself on preemption.
+
+    Only the resolved config (plain data) is pickled, in the first submission and in every requeue.
+
+    Args:
+        config: resolved RunConfig as plain data (`config_to_dict`).
+        phases: phases to run (None = all enabled phases).
+    """
+
+    def __init__(self, config: dict[str, Any], phases: list[str] | None = None) -> None:
+        self.config = config
+        self.phases = phases
+
+    def __call__(self) -> dict[str, Any]:
+        from sparsetrain.pipeline import run_pipeline  # heavy (torch, deepspeed): imported in the task only
+
+        config = validate(self.config)
+        ranks = export_distributed_env(config.launch.gpus_per_node)
+        preemption.clear()  # the debug executor runs in the caller's process: start from a clean flag
+        stopper = _StopOnSignal()
+        stopper.install()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log.info("rank %d/%d starting in %s", ranks["rank"], ranks["world_size"], config.out_dir)
+        try:
+            return run_pipeline(config, self.phases)
+        except preemption.Preempted:
+            self._stop_after_preemption(stopper, ranks["rank"])
+            raise  # only reached without a submitit handler (debug executor): the caller sees Preempted
+        finally:
+            stopper.uninstall()
+
+    def _stop_after_preemption(self, stopper: _StopOnSignal, rank: int) -> None:
+        """Steps 4 of the module docstring: rank 0 requeues through submitit's handler, everyone exits."""
+        if rank != 0:
+            log.info("rank %d: preempted, state saved; exiting", rank)
+            sys.exit(-1)
+        if not stopper.requeue_wanted.is_set():
+            stopper.requeue_wanted.wait(USR2_GRACE_S)
+        handler = stopper.original_usr2
+        if not callable(handler):
+            return
+        if not stopper.requeue_wanted.is_set():
+            log.info("rank 0: stopped by SIGTERM without USR2; state saved, leaving requeueing to Slurm")
+            sys.exit(-1)
+        log.info("rank 0: preempted, state saved; handing over to submitit to requeue")
+        handler(PREEMPT_SIGNAL, None)  # calls self.checkpoint(), requeues, then sys.exit
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """The resubmission: same config with `resume=True`; the model state is already on disk.
+
+        The training loop wrote the checkpoint at the step where it stopped (step 3), so nothing is saved here
+        and nothing but the config is pickled.
+        """
+        config = dict(self.config, resume=True)
+        log.info("requeueing %s; it resumes from its last checkpoint", config["out_dir"])
+        return submitit.helpers.DelayedSubmission(type(self)(config, self.phases))

@@ -1,0 +1,188 @@
+"""Build submitit executors from the `launch:` config section, validate, submit and wait.
+
+Clusters:
+    slurm  sbatch + srun through `submitit.SlurmExecutor` (one task per rank, nodes × tasks_per_node ranks).
+    local  `submitit.LocalExecutor`: tasks_per_node subprocesses on this machine (nodes must be 1).
+    debug  `submitit.DebugExecutor`: in this process, one rank (for debugging with pdb).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.slurm import slurm as submitit_slurm
+
+from launch.job import PipelineJob
+from sparsetrain.config.loader import config_to_dict
+from sparsetrain.config.schema import RunConfig
+
+CLUSTERS = ("slurm", "local", "debug")
+# Slurm job states after which the job will not run again (REQUEUED / PENDING / RUNNING are not final).
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
+
+
+class LaunchError(RuntimeError):
+    """A launch problem as one line naming the field or the scheduler's message."""
+
+
+def log_folder(config: RunConfig) -> Path:
+    """submitit's folder for scripts, pickles and logs: `launch.log_folder` or `<out_dir>/slurm` (absolute)."""
+    return Path(config.launch.log_folder or Path(config.out_dir) / "slurm").expanduser().absolute()
+
+
+def job_name(config: RunConfig) -> str:
+    """Slurm job name: `launch.job_name` or `sparsetrain-<out_dir name>`."""
+    return config.launch.job_name or f"sparsetrain-{Path(config.out_dir).name}"
+
+
+def slurm_parameters(config: RunConfig) -> dict[str, Any]:
+    """Parameters of `SlurmExecutor.update_parameters` (submitit's names; `mem` in GB as submitit expects)."""
+    launch = config.launch
+    params: dict[str, Any] = {
+        "job_name": job_name(config),
+        "nodes": launch.nodes,
+        "ntasks_per_node": launch.tasks_per_node,
+        "cpus_per_task": launch.cpus_per_task,
+        "time": launch.time_min,
+        "signal_delay_s": launch.signal_delay_s,
+        "array_parallelism": launch.array_parallelism,
+    }
+    optional = {"gpus_per_node": launch.gpus_per_node or None, "mem": launch.mem_gb, "partition": launch.partition,
+                "account": launch.account, "qos": launch.qos, "constraint": launch.constraint,
+                "setup": list(launch.setup) or None, "srun_args": list(launch.srun_args) or None,
+                "additional_parameters": launch.extra_sbatch_parameters() or None}
+    params.update({key: value for key, value in optional.items() if value is not None})
+    return params
+
+
+def submitit_command(folder: Path, python: str | None = None) -> str:
+    """The command each task runs, exactly as `SlurmExecutor._submitit_command_str` builds it."""
+    return " ".join([python or shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+
+
+def sbatch_script(config: RunConfig) -> str:
+    """The sbatch script submitit would submit for this config (no Slurm needed)."""
+    params = slurm_parameters(config)
+    if "mem" in params:
+        params["mem"] = submitit_slurm._convert_mem(params["mem"])
+    folder = log_folder(config)
+    return submitit_slurm._make_sbatch_string(command=submitit_command(folder), folder=folder, **params)
+
+
+def slurm_partitions() -> list[str] | None:
+    """Partitions known to Slurm (`sinfo`), or None when sinfo is not available or fails."""
+    if shutil.which("sinfo") is None:
+        return None
+    result = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0:
+        return None
+    return sorted({line.strip().rstrip("*") for line in result.stdout.splitlines() if line.strip()})
+
+
+def validate_launch(config: RunConfig, cluster: str) -> None:
+    """Checks that need the cluster choice or the scheduler; the schema checked the rest at load time.
+
+    Raises:
+        LaunchError: one line naming the field and every factor involved.
+    """
+    launch = config.launch
+    if cluster not in CLUSTERS:
+        raise LaunchError(f"--cluster: unknown cluster {cluster!r} (choose from {', '.join(CLUSTERS)})")
+    if launch.gpus_per_node and launch.gpus_per_node % launch.tasks_per_node:
+        raise LaunchError(f"launch.gpus_per_node: {launch.gpus_per_node} GPUs cannot be split over "
+                          f"tasks_per_node={launch.tasks_per_node} (nodes={launch.nodes})")
+    if cluster == "local" and launch.nodes != 1:
+        raise LaunchError(f"launch.nodes: the local cluster has one node (got nodes={launch.nodes})")
+    if cluster == "debug" and launch.world_size != 1:
+        raise LaunchError(f"launch.tasks_per_node: the debug cluster runs one rank in-process "
+                          f"(got nodes={launch.nodes} × tasks_per_node={launch.tasks_per_node})")
+    if cluster == "slurm":
+        _check_partition(launch.partition)
+
+
+def _check_partition(partition: str | None) -> None:
+    if partition is None:
+        return
+    known = slurm_partitions()
+    if known is not None and partition not in known:
+        raise LaunchError(f"launch.partition: unknown partition {partition!r} (Slurm has: {', '.join(known)})")
+
+
+def make_executor(config: RunConfig, cluster: str) -> submitit.Executor:
+    """An executor for `cluster` with the config's resources; logs under `log_folder(config)`."""
+    folder = log_folder(config)
+    launch = config.launch
+    if cluster == "slurm":
+        if shutil.which("sbatch") is None:
+            raise LaunchError("--cluster slurm: sbatch not found (is Slurm installed? see launch/local_slurm.sh)")
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=launch.max_num_timeout)
+        executor.update_parameters(**slurm_parameters(config))
+        return executor
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    if cluster == "local":
+        executor.update_parameters(timeout_min=launch.time_min, tasks_per_node=launch.tasks_per_node, nodes=1,
+                                   gpus_per_node=launch.gpus_per_node, name=job_name(config))
+    return executor
+
+
+def one_line(error: BaseException) -> str:
+    """The most useful single line of a submission error (Slurm's own `sbatch: error: ...` when present)."""
+    text = str(error)
+    errors = [line.strip() for line in text.splitlines() if re.search(r"(sbatch|srun|slurm).*error", line, re.I)]
+    lines = errors or [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def submit(config: RunConfig, cluster: str, phases: list[str] | None = None) -> submitit.Job:
+    """Validate and submit the pipeline as one job of `world_size` tasks.
+
+    Raises:
+        LaunchError: invalid launch settings, or the scheduler refused the job (its message, one line).
+    """
+    validate_launch(config, cluster)
+    executor = make_executor(config, cluster)
+    try:
+        return executor.submit(PipelineJob(config_to_dict(config), phases))
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError,
+            subprocess.CalledProcessError) as err:
+        raise LaunchError(f"submission failed: {one_line(err)}") from None
+
+
+def slurm_state(job_id: str) -> str:
+    """Job state from `scontrol show job` (no accounting database needed); UNKNOWN once Slurm forgot it."""
+    result = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
+                            timeout=30, check=False)
+    match = re.search(r"JobState=(\S+)", result.stdout)
+    return match.group(1) if match else "UNKNOWN"
+
+
+def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float = 2.0) -> Any:
+    """Wait for rank 0's result, through requeues, without relying on `sacct`.
+
+    Raises:
+        LaunchError: the job ended without a result, or `timeout_s` passed.
+        submitit.core.utils.FailedJobError: the job raised; the message holds its traceback.
+    """
+    if not isinstance(job, submitit.SlurmJob):
+        return job.results()[0]
+    rank0 = job.task(0) if job.num_tasks > 1 else job
+    start = time.monotonic()
+    while not rank0.paths.result_pickle.exists():
+        state = slurm_state(job.job_id)
+        if state in FINAL_STATES or state == "UNKNOWN":
+            time.sleep(3 * poll_s)  # the result file may still be landing on a shared file system
+            if not rank0.paths.result_pickle.exists():
+                raise LaunchError(f"job {job.job_id} ended ({state}) without a result; see {job.paths.stderr}")
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise LaunchError(f"job {job.job_id} still {state} after {timeout_s:.0f}s; see {job.paths.stdout}")
+        time.sleep(poll_s)
+    return rank0.result()

@@ -1,0 +1,113 @@
+"""Launch settings without a cluster: sbatch golden file, one-line validation errors, dry run, sweep grids."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.cli import launch_main
+from launch.dry_run import dry_run_report
+from launch.submit import LaunchError, sbatch_script, validate_launch
+from launch.sweep import expand, pareto_front, parse_grid, split_values, summarize_report
+from sparsetrain.config.loader import ConfigError, load_config
+
+GOLDEN = Path(__file__).parent / "golden"
+
+SBATCH_2X8 = [
+    "launch.nodes=2", "launch.tasks_per_node=8", "launch.gpus_per_node=8", "launch.cpus_per_task=12",
+    "launch.mem_gb=480", "launch.time_min=240", "launch.partition=gpu", "launch.account=sparse",
+    "launch.qos=high", "launch.constraint=h100", "launch.log_folder=/shared/runs/big/slurm",
+    'launch.extra_sbatch=["--exclusive", "#SBATCH --mail-type=END"]',
+    'launch.setup=["module load cuda/12.4", "source .venv/bin/activate"]', "out_dir=/shared/runs/big",
+]
+
+
+def _normalized_sbatch(overrides: list[str]) -> str:
+    return sbatch_script(load_config(None, overrides)).replace(sys.executable, "<PYTHON>")
+
+
+def test_sbatch_golden_2_nodes_8_gpus() -> None:
+    text = _normalized_sbatch(SBATCH_2X8)
+    golden = GOLDEN / "sbatch_2x8.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"sbatch script differs from {golden} (UPDATE_GOLDEN=1 rewrites it)"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (["launch.nodes=0"], "launch.nodes"),
+        (["launch.tasks_per_node=0"], "launch.tasks_per_node"),
+        (["launch.gpus_per_node=8", "launch.tasks_per_node=3"], "launch.gpus_per_node"),
+        (["launch.extra_sbatch=[exclusive]"], "launch.extra_sbatch"),
+        (["launch.time_min=0"], "launch.time_min"),
+        (["launch.colour=red"], "launch.colour"),
+    ],
+)
+def test_bad_launch_config_is_one_line_naming_the_field(overrides: list[str], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    message = str(info.value)
+    assert message.startswith(f"{field}:"), f"error should name {field}: {message!r}"
+    assert "\n" not in message, f"error should be one line: {message!r}"
+
+
+@pytest.mark.parametrize(
+    ("cluster", "overrides", "field"),
+    [
+        ("local", ["launch.nodes=2"], "launch.nodes"),
+        ("debug", ["launch.tasks_per_node=2"], "launch.tasks_per_node"),
+    ],
+)
+def test_cluster_specific_checks(cluster: str, overrides: list[str], field: str) -> None:
+    with pytest.raises(LaunchError, match=rf"^{field}:"):
+        validate_launch(load_config(None, overrides), cluster)
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"out_dir: {tmp_path / 'run'}\n")
+    code = launch_main([str(config), "launch.nodes=0", "--cluster", "local", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: launch.nodes:") and "\n" not in err, err
+
+
+def test_dry_run_shows_script_world_size_and_pruning_plan(tmp_path: Path) -> None:
+    config = load_config(None, [f"out_dir={tmp_path / 'run'}", "launch.nodes=2", "launch.tasks_per_node=4",
+                                "launch.gpus_per_node=4"])
+    text = dry_run_report(config, "slurm")
+    assert "#SBATCH --ntasks-per-node=4" in text and "#SBATCH --nodes=2" in text
+    assert "world size: 8 (nodes=2 × tasks_per_node=4" in text
+    for layer, size in (("fc1.weight", "19,200"), ("fc2.weight", "30,000"), ("head.weight", "1,000")):
+        assert any(line.startswith(layer) and line.endswith(size) for line in text.splitlines()), (layer, text)
+    assert not (tmp_path / "run").exists(), "a dry run must not create the run directory"
+
+
+def test_sweep_grid_expands_to_distinct_out_dirs(tmp_path: Path) -> None:
+    fixed, grid = parse_grid(["alpha0=1e-5,3e-5", "beta=10,20", "seed=3"])
+    assert fixed == ["seed=3"] and grid == {"alpha0": ["1e-5", "3e-5"], "beta": ["10", "20"]}
+    base, points = expand(None, [f"out_dir={tmp_path}", "alpha0=1e-5,3e-5", "beta=10,20", "seed=3"])
+    assert [p.name for p in points] == ["alpha0=1e-5_beta=10", "alpha0=1e-5_beta=20", "alpha0=3e-5_beta=10",
+                                        "alpha0=3e-5_beta=20"]
+    assert len({p.config.out_dir for p in points}) == 4
+    assert all(Path(p.config.out_dir).parent == tmp_path and p.config.seed == 3 for p in points)
+    assert points[3].config.regularizer.alpha0 == 3e-5 and points[3].config.regularizer.beta == 20
+
+
+def test_sweep_rejects_swept_resources() -> None:
+    with pytest.raises(ConfigError, match=r"^launch.tasks_per_node: cannot be swept"):
+        parse_grid(["launch.tasks_per_node=1,2"])
+    assert split_values("[1,2],[3,4],5") == ["[1,2]", "[3,4]", "5"]
+
+
+def test_pareto_front_and_report_summary() -> None:
+    points = [(0.5, 0.9), (0.9, 0.8), (0.8, 0.7), (0.95, 0.5), (0.5, 0.85)]
+    assert pareto_front(points) == [0, 1, 3]
+    summary = summarize_report({"world_size": 2, "finetune": {"test_acc": 0.91, "sparsity": 0.8},
+                                "dense": {"test_acc": 0.95}})
+    assert summary == {"sparsity": 0.8, "metric": 0.91, "metric_name": "finetune.test_acc"}
