@@ -1,0 +1,165 @@
+"""Save a structurally pruned timm model so that it loads without the original config.
+
+Layout of the output folder:
+- `architecture.json`: format tag, timm model name and `create_model` kwargs, the caller's extra metadata, and
+  for every module whose tensor shapes differ from the freshly created model: its class, its constructor
+  arguments (channel counts of convs, linears and batch norms) and the shape of each of its tensors.
+- `model.safetensors`: the state dict.
+
+`load_compressed` recreates the timm model, shrinks the recorded modules in place (same class, new attributes,
+empty tensors of the recorded shapes) and loads the weights strictly, so a missing or extra tensor is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from sparsetrain.structural.graph import StructuralPruningError
+
+__all__ = ["ARCH_FILE", "WEIGHTS_FILE", "load_compressed", "save_compressed"]
+
+ARCH_FILE = "architecture.json"
+WEIGHTS_FILE = "model.safetensors"
+_FORMAT = "sparsetrain-compressed/1"
+# Constructor arguments recorded per module type (the ones structural pruning changes, plus what rebuilds them).
+_CTOR_ARGS = {
+    nn.modules.conv._ConvNd: ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                              "groups", "padding_mode"),
+    nn.Linear: ("in_features", "out_features"),
+    nn.modules.batchnorm._BatchNorm: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+}
+_CHANNEL_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
+
+
+def save_compressed(model: nn.Module, out_dir: str | Path, *, meta: dict[str, Any]) -> Path:
+    """Write `model` (a possibly pruned timm model) to `out_dir`.
+
+    Args:
+        model: A model created by `timm.create_model(meta["model_name"], **meta["model_kwargs"])`, possibly
+            passed through `remove_channels`.
+        out_dir: Folder to create (or overwrite files in).
+        meta: Must hold "model_name" (str) and "model_kwargs" (JSON-serializable dict); other JSON-serializable
+            entries (metrics, sparsity, run id) are stored alongside.
+
+    Returns:
+        `out_dir` as a Path.
+
+    Raises:
+        ValueError: `meta` lacks the timm name/kwargs or is not JSON-serializable.
+        StructuralPruningError: `model` differs from the timm model in more than tensor shapes.
+    """
+    name, kwargs = _check_meta(meta)
+    reference = _create(name, kwargs)
+    changed = _changed_modules(model, reference)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = next((str(p.dtype).removeprefix("torch.") for p in model.parameters()), "float32")
+    arch = {"format": _FORMAT, "model_name": name, "model_kwargs": kwargs, "dtype": dtype, "modules": changed,
+            "meta": {k: v for k, v in meta.items() if k not in ("model_name", "model_kwargs")}}
+    (out / ARCH_FILE).write_text(json.dumps(arch, indent=1))
+    save_model(model, str(out / WEIGHTS_FILE))
+    return out
+
+
+def load_compressed(path: str | Path) -> nn.Module:
+    """Rebuild a model saved by `save_compressed`.
+
+    Args:
+        path: The folder written by `save_compressed` (or any file inside it).
+
+    Returns:
+        The model, in eval mode, ready for `model(x)`.
+    """
+    folder = Path(path)
+    folder = folder.parent if folder.is_file() else folder
+    arch = json.loads((folder / ARCH_FILE).read_text())
+    if arch.get("format") != _FORMAT:
+        raise ValueError(f"{folder / ARCH_FILE}: format {arch.get('format')!r}, expected {_FORMAT!r}")
+    model = _create(arch["model_name"], arch["model_kwargs"]).to(getattr(torch, arch["dtype"]))
+    for module_name, spec in arch["modules"].items():
+        _shrink(module_name, model.get_submodule(module_name), spec)
+    missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=True)
+    if missing or unexpected:  # strict load raises; kept for older safetensors that only report
+        raise StructuralPruningError(f"{folder}: missing tensors {missing}, unexpected tensors {unexpected}")
+    return model.eval()
+
+
+def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    if not timm.is_model(name):
+        import sparsetrain.models  # noqa: F401  (registers the project's own timm models: unet, lenet, ...)
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _check_meta(meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    name, kwargs = meta.get("model_name"), meta.get("model_kwargs", {})
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"meta['model_name']: expected the timm model name, got {name!r}")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"meta['model_kwargs']: expected a dict of timm.create_model kwargs, got {kwargs!r}")
+    if kwargs.get("pretrained"):
+        raise ValueError("meta['model_kwargs']: 'pretrained' must not be set; the weights are saved with the model")
+    try:
+        json.dumps(meta)
+    except TypeError as err:
+        raise ValueError(f"meta: every value must be JSON-serializable ({err})") from err
+    return name, kwargs
+
+
+def _module_tensors(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(m.named_parameters(recurse=False)), **dict(m.named_buffers(recurse=False))}
+
+
+def _changed_modules(model: nn.Module, reference: nn.Module) -> dict[str, dict[str, Any]]:
+    """Describe each module of `model` whose own tensors differ in shape from `reference`'s."""
+    ours, theirs = dict(model.named_modules()), dict(reference.named_modules())
+    if ours.keys() != theirs.keys():
+        extra = sorted(ours.keys() ^ theirs.keys())[:5]
+        raise StructuralPruningError(f"model modules differ from the timm model beyond shapes, e.g. {extra}")
+    changed = {}
+    for name, m in ours.items():
+        if type(m) is not type(theirs[name]):
+            raise StructuralPruningError(f"'{name}': {type(m).__name__} here, {type(theirs[name]).__name__} in timm")
+        tensors, ref = _module_tensors(m), _module_tensors(theirs[name])
+        if tensors.keys() != ref.keys():
+            raise StructuralPruningError(f"'{name}': tensors {sorted(tensors)} differ from timm's {sorted(ref)}")
+        if any(t.shape != ref[k].shape for k, t in tensors.items()):
+            changed[name] = _describe(m, tensors)
+    return changed
+
+
+def _describe(m: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    args = next((keys for base, keys in _CTOR_ARGS.items() if isinstance(m, base)), ())
+    ctor = {k: _jsonable(getattr(m, k)) for k in args}
+    if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+        ctor["bias"] = m.bias is not None
+    return {"type": f"{type(m).__module__}.{type(m).__qualname__}", "args": ctor,
+            "tensors": {k: list(t.shape) for k, t in tensors.items()}}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _shrink(name: str, m: nn.Module, spec: dict[str, Any]) -> None:
+    """Give `m` the recorded channel attributes and empty tensors of the recorded shapes."""
+    type_name = f"{type(m).__module__}.{type(m).__qualname__}"
+    if type_name != spec["type"]:
+        raise StructuralPruningError(f"'{name}': saved as {spec['type']}, timm builds {type_name}")
+    for attr in _CHANNEL_ATTRS:
+        if attr in spec["args"]:
+            setattr(m, attr, spec["args"][attr])
+    own = _module_tensors(m)
+    for tensor_name, shape in spec["tensors"].items():
+        old = own[tensor_name]
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        if isinstance(old, nn.Parameter):
+            setattr(m, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            m._buffers[tensor_name] = new

@@ -1,0 +1,134 @@
+"""Size and cost of a model before/after structural pruning: parameters, FLOPs, weight bytes, peak memory, latency.
+
+What each number measures:
+- `params`: unique parameters (tied weights counted once).
+- `weight_bytes`: bytes of unique parameters and buffers (BN running stats included), i.e. the weights file.
+- `flops`: FLOPs of one forward pass on `input_shape` as counted by `torch.utils.flop_counter.FlopCounterMode`:
+  convolutions and matmuls (linears) at 2 FLOPs per multiply-accumulate; norms, activations and adds are not
+  counted (they are a small, unpruned fraction for convnets).
+- `peak_memory_bytes`: an estimate of CPU peak inference memory: weights plus the largest total size of
+  activations alive at once, from a liveness walk over the torch.fx graph (a tensor lives from the node that
+  makes it to its last reader, so UNet skips stay alive across the decoder). Views and in-place ops are counted
+  as new tensors (an overestimate), scratch memory inside a layer (im2col buffers) and allocator caching are not
+  counted. If the model cannot be traced, the largest input+output of any single leaf module is used instead.
+- `latency_ms`: median wall time of one forward pass on a zero input of `input_shape` (use batch 1) on the
+  model's device, in `torch.inference_mode`, after warm-up runs; sensitive to other load on the machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import TensorMetadata
+from torch.utils.flop_counter import FlopCounterMode
+
+from sparsetrain.structural.graph import StructuralPruningError, trace_model
+
+__all__ = ["profile_model"]
+
+
+def profile_model(model: nn.Module, input_shape: tuple[int, ...], *, runs: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """Measure a model (see the module docstring for what each number means).
+
+    Args:
+        model: The model; run in eval mode, its training flag is restored afterwards.
+        input_shape: Input tensor shape including the batch dimension, e.g. (1, 3, 224, 224).
+        runs: Timed forward passes for the latency median.
+        warmup: Untimed forward passes first.
+
+    Returns:
+        {"params", "weight_bytes", "flops", "peak_memory_bytes", "latency_ms"}.
+    """
+    ref = next(iter(model.parameters()), torch.empty(0))
+    x = torch.zeros(input_shape, dtype=ref.dtype if ref.is_floating_point() else torch.float32, device=ref.device)
+    was_training = model.training
+    model.eval()
+    try:
+        tensors = _unique_tensors(model)
+        weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        return {
+            "params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+            "weight_bytes": weight_bytes,
+            "flops": _flops(model, x),
+            "peak_memory_bytes": weight_bytes + _peak_activation_bytes(model, x),
+            "latency_ms": _latency_ms(model, x, runs, warmup),
+        }
+    finally:
+        model.train(was_training)
+
+
+def _unique_tensors(model: nn.Module) -> dict[int, torch.Tensor]:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return {t.data_ptr() if t.numel() else id(t): t for t in tensors}
+
+
+def _flops(model: nn.Module, x: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def _latency_ms(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> float:
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)  # time the kernels, not their launch
+            start = time.perf_counter()
+            model(x)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _bytes(meta: object) -> int:
+    if isinstance(meta, TensorMetadata):
+        return meta.shape.numel() * torch.empty(0, dtype=meta.dtype).element_size()
+    if isinstance(meta, (tuple, list)):
+        return sum(_bytes(m) for m in meta)
+    return 0
+
+
+def _peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Largest total size of simultaneously alive activations (liveness over the fx graph)."""
+    try:
+        gm = trace_model(model, x)
+    except StructuralPruningError:
+        return _peak_leaf_bytes(model, x)
+    nodes = list(gm.graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    last_use = {n: max((pos[u] for u in n.users), default=pos[n]) for n in nodes}
+    alive: dict[fx.Node, int] = {}
+    peak = 0
+    for i, node in enumerate(nodes):
+        if node.op != "get_attr":  # parameters are already in weight_bytes
+            alive[node] = _bytes(node.meta.get("tensor_meta"))
+        peak = max(peak, sum(alive.values()))
+        for n in [n for n in alive if last_use[n] <= i]:
+            del alive[n]
+    return peak
+
+
+def _peak_leaf_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Fallback: the largest input + output of any leaf module."""
+    peak = [x.numel() * x.element_size()]
+
+    def hook(_m: nn.Module, args: tuple, out: object) -> None:
+        sizes = [t.numel() * t.element_size() for t in (*args, out) if isinstance(t, torch.Tensor)]
+        peak[0] = max(peak[0], sum(sizes))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return peak[0]
