@@ -1,0 +1,77 @@
+"""Timing, bandwidth and output helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUANTILES = [0.5, 0.2, 0.8]
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU (smoke mode only: CPU numbers say nothing about the GPU kernels)."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def device_label(device: torch.device) -> str:
+    """Human-readable device name, e.g. "NVIDIA H100 80GB HBM3" or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def slug(text: str) -> str:
+    """File-name-safe lower-case form of ``text``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def bench_ms(fn: Callable[[], object], device: torch.device, grad_to_none: list[torch.Tensor] | None = None) -> float:
+    """Median milliseconds per call of ``fn``.
+
+    CUDA: ``triton.testing.do_bench`` (device events, L2 flushed between calls, quantiles 0.5/0.2/0.8; the
+    median is returned). CPU: host clock, one warm-up and the median of three calls (smoke mode only).
+    """
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, quantiles=QUANTILES, grad_to_none=grad_to_none)[0])
+    fn()
+    times = []
+    for _ in range(3):
+        if grad_to_none:
+            for t in grad_to_none:
+                t.grad = None
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def copy_gbps(device: torch.device, max_bytes: int = 1 << 30) -> float:
+    """Measured device copy bandwidth in GB/s (bytes read + bytes written) of a large device-to-device copy."""
+    if device.type == "cuda":
+        max_bytes = min(max_bytes, torch.cuda.mem_get_info(device)[0] // 4)
+    else:
+        max_bytes = min(max_bytes, 1 << 26)
+    src = torch.randn(max_bytes // 4, device=device)  # random data, never zeros (see the GPU method notes)
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src), device)
+    return 2 * src.numel() * 4 / (ms * 1e6)
+
+
+def write_json(payload: dict, out_dir: Path, stem: str, device_name: str) -> Path:
+    """Writes ``payload`` to ``out_dir/<stem>-<device slug>.json`` and returns the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}-{slug(device_name)}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """``value`` formatted, or "-" when it was not measured."""
+    return "-" if value is None else format(value, spec)

@@ -1,0 +1,208 @@
+"""Benchmark of the fused ℓ0 gradient kernel: ours vs torch eager vs torch.compile vs autograd-in-loss.
+
+Cases: flat tensors of 1M…1G elements (one tensor, like a DeepSpeed flat partition) and the real conv/linear
+weight lists (ndim > 1) of timm resnet50, vit_base_patch16_224 and convnext_tiny. Each case times
+
+* ours: ``l0_grad_mask_`` with masks (fine-tuning's worst case: reads w, g, m; writes g);
+* eager: the torch reference the tests use (``l0_grad_mask_reference_``);
+* compile: ``torch.compile`` of that reference;
+* autograd: forward + backward of ``l0_penalty`` (the penalty added to the loss; no masking).
+
+GB/s counts the minimum bytes of ours (read w, g, m; write g) and is compared with the device copy bandwidth
+measured in the same run. Needs CUDA to mean anything; on CPU it runs a quick smoke mode (tiny sizes, the
+torch backend against the reference).
+
+Usage: ``python -m benchmarks.kernels [--quick] [--sizes 1M,64M] [--models resnet50] [--dtypes fp32,bf16]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import RESULTS_DIR, bench_ms, copy_gbps, device_label, fmt, pick_device, write_json
+from triton_kernels import get_ops, l0_grad_mask_reference_, l0_penalty
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODELS = ["resnet50", "vit_base_patch16_224", "convnext_tiny"]
+FULL_SIZES = [2**20, 2**23, 2**26, 2**28, 2**30]
+QUICK_GPU_SIZES = [2**20, 2**22]
+CPU_SIZES = [4096, 65537]
+CPU_MODEL_TENSORS = 8  # smoke mode keeps the first few weight tensors of each model
+ALPHA0, BETA, L2 = 1e-6, 10.0, 1e-4
+
+
+@dataclass
+class Row:
+    """One benchmark row (milliseconds are medians; None = not measured)."""
+
+    case: str
+    numel: int
+    dtype: str
+    ours_ms: float | None
+    eager_ms: float | None
+    compile_ms: float | None
+    autograd_ms: float | None
+    gbps: float | None
+    copy_gbps: float
+
+
+def parse_size(text: str) -> int:
+    """ "1M" → 2^20, "1G" → 2^30, "4096" → 4096."""
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1].upper(), 1)
+    return int(text[:-1] if scale > 1 else text) * scale
+
+
+def layer_alphas(weights: list[torch.Tensor]) -> list[float]:
+    """Method 1's per-layer scaling α0·sqrt(N_l / N_max)."""
+    n_max = max(w.numel() for w in weights)
+    return [ALPHA0 * math.sqrt(w.numel() / n_max) for w in weights]
+
+
+def model_weights(name: str, limit: int | None) -> list[torch.Tensor]:
+    """fp32 CPU copies of the conv/linear weights (ndim > 1) of a randomly initialised timm model."""
+    import timm
+
+    model = timm.create_model(name, pretrained=False)
+    return [p.detach().clone() for p in model.parameters() if p.ndim > 1][:limit]
+
+
+def fits(numel: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether w, g, m and the eager reference's fp32 temporaries (about eight) fit in free device memory."""
+    if device.type != "cuda":
+        return True
+    need = numel * (3 * dtype.itemsize + 1 + 8 * 4)
+    return need < torch.cuda.mem_get_info(device)[0]
+
+
+def _time_grad_variants(
+    weights: list[torch.Tensor], alphas: list[float], gen: torch.Generator, args: argparse.Namespace
+) -> tuple[float, float, float | None]:
+    """Milliseconds of ours, eager and compiled on random grads and random masks (half kept)."""
+    device, dtype = weights[0].device, weights[0].dtype
+    grads = [(torch.randn(w.shape, generator=gen, device=device) * 1e-3).to(dtype) for w in weights]
+    masks = [torch.rand(w.shape, generator=gen, device=device) > 0.5 for w in weights]
+    ops = get_ops(args.backend)
+    kwargs = {"alphas": alphas, "beta": BETA, "l2": L2}
+    ours = bench_ms(lambda: ops.l0_grad_mask_(weights, grads, masks, **kwargs), device)
+    eager = bench_ms(lambda: l0_grad_mask_reference_(weights, grads, masks, **kwargs), device)
+    compiled_ms = None
+    if args.compile:
+        torch._dynamo.reset()  # a fresh cache per case: each case is a new list of shapes
+        compiled = torch.compile(l0_grad_mask_reference_, dynamic=False)
+        compiled_ms = bench_ms(lambda: compiled(weights, grads, masks, **kwargs), device)
+    return ours, eager, compiled_ms
+
+
+def time_case(
+    case: str, tensors: list, dtype: torch.dtype, device: torch.device, args: argparse.Namespace, copy: float
+) -> Row:
+    """Times the four variants on one list of weights (given tensors, or shapes filled with random values)."""
+    gen = torch.Generator(device=device).manual_seed(0)  # random data on the device: never time zeros
+    weights = [
+        t.to(device, dtype)
+        if isinstance(t, torch.Tensor)
+        else (torch.randn(t, generator=gen, device=device) * 0.05).to(dtype)
+        for t in tensors
+    ]
+    alphas = layer_alphas(weights)
+    ours, eager, compiled_ms = _time_grad_variants(weights, alphas, gen, args)
+    params = [w.clone().requires_grad_() for w in weights]  # grads and masks are freed by now
+    autograd = bench_ms(lambda: l0_penalty(params, alphas, BETA, L2).backward(), device, grad_to_none=params)
+    numel = sum(w.numel() for w in weights)
+    min_bytes = numel * (3 * dtype.itemsize + 1)  # read w, g, m (1 byte); write g
+    gbps = min_bytes / (ours * 1e6) if ours else None
+    name = {v: k for k, v in DTYPES.items()}[dtype]
+    return Row(case, numel, name, ours, eager, compiled_ms, autograd, gbps, copy)
+
+
+def run_case(case: str, tensors: list, dtype: torch.dtype, device: torch.device, args, copy: float) -> Row | None:
+    """``time_case``, or None (with a note) when it does not fit in device memory."""
+    numel = sum(t.numel() if isinstance(t, torch.Tensor) else math.prod(t) for t in tensors)
+    if not fits(numel, dtype, device):
+        print(f"skip {case} {dtype}: does not fit in free device memory")
+        return None
+    try:
+        return time_case(case, tensors, dtype, device, args, copy)
+    except torch.cuda.OutOfMemoryError:
+        print(f"skip {case} {dtype}: out of memory")
+        return None
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def print_table(rows: list[Row]) -> None:
+    """Milliseconds, speed-ups of ours over each baseline, and GB/s as a share of copy bandwidth."""
+    head = f"{'case':<28}{'numel':>12}{'dtype':>6}{'ours':>9}{'eager':>9}{'compile':>9}{'autograd':>9}"
+    print(head + f"{'eager/ours':>11}{'comp/ours':>10}{'auto/ours':>10}{'GB/s':>8}{'%copy':>7}")
+    for r in rows:
+        ratios = [
+            None if (b is None or not r.ours_ms) else b / r.ours_ms for b in (r.eager_ms, r.compile_ms, r.autograd_ms)
+        ]
+        share = None if r.gbps is None else 100 * r.gbps / r.copy_gbps
+        print(
+            f"{r.case:<28}{r.numel:>12}{r.dtype:>6}{fmt(r.ours_ms):>9}{fmt(r.eager_ms):>9}{fmt(r.compile_ms):>9}"
+            f"{fmt(r.autograd_ms):>9}{fmt(ratios[0], '.2f'):>11}{fmt(ratios[1], '.2f'):>10}{fmt(ratios[2], '.2f'):>10}"
+            f"{fmt(r.gbps, '.0f'):>8}{fmt(share, '.0f'):>7}"
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few small cases (forced on CPU)")
+    parser.add_argument("--sizes", help="flat sizes, comma separated, e.g. 1M,64M,1G")
+    parser.add_argument("--models", help=f"comma separated timm models (default: {','.join(MODELS)}); 'none' for none")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma separated from fp32,bf16,fp16")
+    parser.add_argument("--backend", help="ours: triton (default on CUDA) or torch (default on CPU)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for kernels-<device>.json")
+    args = parser.parse_args(argv)
+    for name in args.dtypes.split(","):
+        if name not in DTYPES:
+            parser.error(f"--dtypes: unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the benchmark, prints the table and writes ``<out>/kernels-<device>.json``."""
+    args = parse_args(argv)
+    device = pick_device()
+    cpu = device.type == "cpu"
+    if cpu and not args.quick:
+        print("no CUDA device: running the CPU smoke mode (--quick)")
+    quick = args.quick or cpu
+    args.backend = args.backend or ("torch" if cpu else "triton")
+    args.compile = args.compile and not cpu  # inductor on CPU needs a C++ toolchain and minutes: not a smoke test
+    if args.sizes:
+        sizes = [parse_size(s) for s in args.sizes.split(",")]
+    else:
+        sizes = CPU_SIZES if cpu else QUICK_GPU_SIZES if quick else FULL_SIZES
+    models = MODELS[:1] if quick else MODELS
+    if args.models:
+        models = [] if args.models == "none" else args.models.split(",")
+    name = device_label(device)
+    copy = copy_gbps(device)
+    print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {args.backend!r}")
+
+    cases = [(f"flat-{n}", [(n,)]) for n in sizes]
+    for model in models:
+        weights = model_weights(model, CPU_MODEL_TENSORS if cpu else None)
+        cases.append((model if not cpu else f"{model}[:{CPU_MODEL_TENSORS}]", weights))
+    rows = []
+    for case, tensors in cases:
+        for dtype_name in args.dtypes.split(","):
+            row = run_case(case, tensors, DTYPES[dtype_name], device, args, copy)
+            if row is not None:
+                rows.append(row)
+    print_table(rows)
+    path = write_json({"device": name, "rows": [asdict(r) for r in rows]}, args.out, "kernels", name)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Training-step cost of sparsity training: dense vs fused ℓ0 kernel vs autograd penalty (timm resnet50, Adam).
+
+Variants, each on a fresh model with the same seed and the same batch:
+
+* dense: cross-entropy only;
+* fused: cross-entropy; after backward, ``l0_grad_mask_`` adds the ℓ0 + ℓ2 gradient to every conv/linear
+  weight gradient in one launch per dtype (Method 1, sparsity training);
+* fused_finetune: as fused with masks (half kept), plus ``apply_masks_`` after the optimizer step;
+* autograd: cross-entropy + ``l0_penalty`` in the loss (autograd builds and runs the penalty's graph).
+
+Printed as step times and ratios to dense. Needs CUDA to mean anything; on CPU it runs a quick smoke mode
+(tiny images, a couple of steps, the torch backend).
+
+Usage: ``python -m benchmarks.train_step [--quick] [--batch 64] [--image-size 224] [--steps 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import RESULTS_DIR, device_label, pick_device, write_json
+from triton_kernels import KernelOps, get_ops, l0_penalty
+
+VARIANTS = ["dense", "fused", "fused_finetune", "autograd"]
+ALPHA0, BETA, L2 = 1e-6, 10.0, 1e-4
+
+
+def build(model_name: str, num_classes: int, device: torch.device) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """A seeded timm model on ``device`` and its conv/linear weights (ndim > 1)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes).to(device)
+    return model, [p for p in model.parameters() if p.ndim > 1]
+
+
+def make_step(variant: str, model: torch.nn.Module, weights: list[torch.Tensor], ops: KernelOps, amp: bool):
+    """One training step of ``variant`` as a closure over its model, optimizer, alphas and masks."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    n_max = max(w.numel() for w in weights)
+    alphas = [ALPHA0 * math.sqrt(w.numel() / n_max) for w in weights]
+    gen = torch.Generator(device=weights[0].device).manual_seed(1)
+    masks = [torch.rand(w.shape, generator=gen, device=w.device) > 0.5 for w in weights]
+    device_type = weights[0].device.type
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(images), labels)
+        if variant == "autograd":
+            loss = loss + l0_penalty(weights, alphas, BETA, L2)
+        loss.backward()
+        if variant in ("fused", "fused_finetune"):
+            grads = [w.grad for w in weights]
+            ops.l0_grad_mask_(
+                weights, grads, masks if variant == "fused_finetune" else None, alphas=alphas, beta=BETA, l2=L2
+            )
+        optimizer.step()
+        if variant == "fused_finetune":
+            ops.apply_masks_([w.data for w in weights], masks)
+
+    return step
+
+
+def time_steps(step, images: torch.Tensor, labels: torch.Tensor, warmup: int, steps: int) -> float:
+    """Median milliseconds per step (device events on CUDA, host clock on CPU) after ``warmup`` steps."""
+    for _ in range(warmup):
+        step(images, labels)
+    times = []
+    for _ in range(steps):
+        if images.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step(images, labels)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            step(images, labels)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (forced on CPU)")
+    parser.add_argument("--model", default="resnet50", help="timm model name")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 instead of bf16 autocast on CUDA")
+    parser.add_argument("--backend", help="kernel backend: triton (default on CUDA) or torch (default on CPU)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for train_step-<device>.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Times each variant, prints step times and ratios to dense, writes ``<out>/train_step-<device>.json``."""
+    args = parse_args(argv)
+    device = pick_device()
+    cpu = device.type == "cpu"
+    if cpu:
+        if not args.quick:
+            print("no CUDA device: running the CPU smoke mode (--quick)")
+        args.quick, args.amp = True, False
+    if args.quick:
+        args.batch, args.steps, args.warmup = min(args.batch, 2 if cpu else 32), 1 if cpu else 5, 1 if cpu else 2
+        args.image_size = 32 if cpu else args.image_size
+    ops = get_ops(args.backend or ("torch" if cpu else "triton"))
+    gen = torch.Generator(device=device).manual_seed(0)
+    images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen, device=device)
+    labels = torch.randint(0, 1000, (args.batch,), generator=gen, device=device)
+
+    rows = []
+    for variant in VARIANTS:
+        model, weights = build(args.model, 1000, device)
+        ms = time_steps(make_step(variant, model, weights, ops, args.amp), images, labels, args.warmup, args.steps)
+        rows.append({"variant": variant, "step_ms": ms})
+        del model, weights
+    dense = rows[0]["step_ms"]
+    name = device_label(device)
+    print(f"device: {name}; {args.model}, batch {args.batch}, {args.image_size}px, amp={args.amp}, ops={ops.backend}")
+    print(f"{'variant':<16}{'step ms':>10}{'vs dense':>10}")
+    for row in rows:
+        row["ratio_vs_dense"] = row["step_ms"] / dense
+        print(f"{row['variant']:<16}{row['step_ms']:>10.2f}{row['ratio_vs_dense']:>10.3f}")
+    payload = {"device": name, "model": args.model, "batch": args.batch, "image_size": args.image_size, "rows": rows}
+    print(f"wrote {write_json(payload, args.out, 'train_step', name)}")
+
+
+if __name__ == "__main__":
+    main()

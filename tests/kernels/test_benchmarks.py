@@ -1,0 +1,42 @@
+"""Smoke test of the benchmark scripts in their quick mode: they run and write well-formed JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import kernels, train_step
+
+ROW_KEYS = {"case", "numel", "dtype", "ours_ms", "eager_ms", "compile_ms", "autograd_ms", "gbps", "copy_gbps"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
+def test_kernels_benchmark_quick_writes_json(tmp_path) -> None:
+    kernels.main(
+        ["--quick", "--sizes", "4096,1K", "--models", "test_resnet", "--dtypes", "fp32,bf16", "--out", str(tmp_path)]
+    )
+    payload = json.loads((tmp_path / "kernels-cpu.json").read_text())
+    assert payload["device"] == "cpu", f"device: {payload['device']}"
+    assert len(payload["rows"]) == 6, f"rows: 3 cases x 2 dtypes expected, got {len(payload['rows'])}"
+    for row in payload["rows"]:
+        assert set(row) == ROW_KEYS, f"row keys: {sorted(row)}"
+        for key in ("ours_ms", "eager_ms", "autograd_ms", "gbps", "copy_gbps"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, f"{row['case']} {key}"
+    assert [r["numel"] for r in payload["rows"][:4:2]] == [4096, 1024], "--sizes with a K suffix"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
+def test_train_step_benchmark_quick_writes_json(tmp_path) -> None:
+    train_step.main(["--quick", "--model", "test_resnet", "--out", str(tmp_path)])
+    payload = json.loads((tmp_path / "train_step-cpu.json").read_text())
+    variants = [row["variant"] for row in payload["rows"]]
+    assert variants == train_step.VARIANTS, f"variants: {variants}"
+    assert payload["rows"][0]["ratio_vs_dense"] == 1.0, "dense ratio must be 1"
+    assert all(row["step_ms"] > 0 for row in payload["rows"]), f"step times: {payload['rows']}"
+
+
+def test_parse_size() -> None:
+    assert [kernels.parse_size(s) for s in ("1K", "64M", "1G", "4097")] == [1024, 2**26, 2**30, 4097], "size suffixes"
