@@ -1,0 +1,53 @@
+"""Compressed storage of unstructured-sparse weights: a packed bitmask plus the non-zero values, in safetensors.
+
+For a pruned tensor `w` the file holds `<name>.__mask__` (uint8, numel/8 bytes, numpy bit order "big") and
+`<name>.__values__` (the non-zero values in row-major order); its shape is kept in the metadata. Other tensors
+are stored dense. The size on disk is what `bytes.compressed` in the report measures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+MASK, VALUES = ".__mask__", ".__values__"
+
+
+def save_sparse(state: dict[str, torch.Tensor], sparse_names: set[str], path: Path) -> int:
+    """Write `state` with the tensors in `sparse_names` bitmask-compressed; returns the file size in bytes."""
+    tensors, shapes = {}, {}
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous()
+        if name not in sparse_names:
+            tensors[name] = t
+            continue
+        flat = t.flatten()
+        nonzero = flat != 0
+        tensors[name + MASK] = torch.from_numpy(np.packbits(nonzero.numpy()))
+        tensors[name + VALUES] = flat[nonzero].clone()
+        shapes[name] = list(t.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"sparse_shapes": json.dumps(shapes)})
+    return path.stat().st_size
+
+
+def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
+    """Inverse of `save_sparse`: the dense state dict, with exact zeros restored."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        shapes = json.loads((f.metadata() or {}).get("sparse_shapes", "{}"))
+    raw = load_file(str(path))
+    state = {k: v for k, v in raw.items() if not k.endswith((MASK, VALUES))}
+    for name, shape in shapes.items():
+        values = raw[name + VALUES]
+        numel = int(np.prod(shape))
+        bits = np.unpackbits(raw[name + MASK].numpy(), count=numel).astype(bool)
+        dense = torch.zeros(numel, dtype=values.dtype)
+        dense[torch.from_numpy(bits)] = values
+        state[name] = dense.view(shape)
+    return state

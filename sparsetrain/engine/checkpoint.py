@@ -1,0 +1,144 @@
+"""Run state, DeepSpeed checkpoints and phase hand-off weights, all resumable and validated on load.
+
+Layout of a run directory:
+    state.json                   completed phases (with their results) and the current phase's last checkpoint
+    checkpoints/<phase>-stepN/   DeepSpeed checkpoint (weights, optimizer, LR schedule, client state) + RNG/rank
+    weights/<phase>.safetensors  model weights at the end of each phase (start point of the next phase)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparsetrain.engine.distributed import DistInfo, barrier
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or run-state file is missing, truncated or from an incompatible run."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_run_state(out_dir: Path) -> dict[str, Any]:
+    """{"completed": {phase: results}, "current": {"phase", "tag", "step"} | None}."""
+    path = out_dir / "state.json"
+    if not path.exists():
+        return {"completed": {}, "current": None}
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state.get("completed"), dict):
+            raise ValueError("missing 'completed'")
+        return state
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"resume: {path} is corrupt ({_first_line(err)}); delete the run dir or set "
+                              "resume=false") from None
+
+
+def save_run_state(out_dir: Path, state: dict[str, Any], dist_info: DistInfo) -> None:
+    if dist_info.is_main:
+        atomic_write_text(out_dir / "state.json", json.dumps(state, indent=2))
+    barrier()
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and restores mid-phase DeepSpeed checkpoints of one run directory."""
+
+    def __init__(self, out_dir: Path, dist_info: DistInfo, keep: int) -> None:
+        self.out_dir, self.dist, self.keep = out_dir, dist_info, keep
+        self.ckpt_dir = out_dir / "checkpoints"
+
+    def save(self, engine: Any, phase: str, step: int, client_state: dict[str, Any], state: dict[str, Any]) -> str:
+        tag = f"{phase}-step{step:07d}"
+        engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client_state)
+        torch.save(rng_state(), self.ckpt_dir / tag / f"rng-rank{self.dist.rank}.pt")
+        barrier()  # every rank's files are on disk before state.json points at them
+        state["current"] = {"phase": phase, "tag": tag, "step": step}
+        save_run_state(self.out_dir, state, self.dist)
+        self._remove_old(phase, tag)
+        return tag
+
+    def _remove_old(self, phase: str, newest: str) -> None:
+        if not self.dist.is_main:
+            return
+        tags = sorted(p.name for p in self.ckpt_dir.glob(f"{phase}-step*") if p.is_dir())
+        for tag in tags[:-self.keep]:
+            if tag != newest:
+                shutil.rmtree(self.ckpt_dir / tag, ignore_errors=True)
+
+    def load(self, engine: Any, tag: str) -> dict[str, Any]:
+        """Restore engine state and this rank's RNG; returns the client state."""
+        where = self.ckpt_dir / tag
+        if not where.is_dir():
+            raise CheckpointError(f"resume: checkpoint {where} is missing; delete the run dir or set resume=false")
+        try:
+            path, client_state = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+            rng = torch.load(where / f"rng-rank{self.dist.rank}.pt", weights_only=False)
+        except Exception as err:  # torch/DeepSpeed raise many types for truncated files
+            raise CheckpointError(f"resume: checkpoint {where} is unreadable ({_first_line(err)}); delete it or "
+                                  "set resume=false") from None
+        if path is None or client_state is None:
+            raise CheckpointError(f"resume: checkpoint {where} could not be loaded; delete it or set resume=false")
+        set_rng_state(rng)
+        return client_state
+
+    def clear_phase(self, phase: str) -> None:
+        """Drop a finished phase's mid-phase checkpoints (its end weights live in weights/)."""
+        if self.dist.is_main:
+            for path in self.ckpt_dir.glob(f"{phase}-step*"):
+                shutil.rmtree(path, ignore_errors=True)
+        barrier()
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], dist_info: DistInfo) -> None:
+    """Rank 0 writes a safetensors file atomically; everyone waits for it."""
+    from safetensors.torch import save_file
+
+    if dist_info.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    barrier()
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"resume: phase weights {path} are missing; delete the run dir or set resume=false")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"resume: phase weights {path} are unreadable ({_first_line(err)})") from None

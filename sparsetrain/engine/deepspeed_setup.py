@@ -1,0 +1,105 @@
+"""The one place where a plain model becomes a DeepSpeed engine.
+
+Order (documented because it matters):
+1. the model is built and given its start weights on every rank (single-device code, no DeepSpeed inside);
+2. a torch optimizer (one param group) and an LR schedule are created;
+3. `deepspeed.initialize` wraps them (ZeRO stage, precision and batch geometry from the config);
+4. the gradient regularizer and masks are attached as step pre/post hooks of the *basic* torch optimizer,
+   working on the optimizer's own fp32 tensors (`segments.build_segments`): pre-hook = add the regularizer
+   gradient and mask (after reduction, clipping and unscaling), post-hook = re-apply masks to the updated
+   master weights, before DeepSpeed copies/gathers them back into the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sparsetrain.config.schema import RunConfig
+from sparsetrain.engine.segments import Segment, build_segments
+from sparsetrain.regularizers.base import GradientRegularizer
+
+
+def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
+    """DeepSpeed JSON config derived from the run config."""
+    ds = cfg.deepspeed
+    micro = cfg.train.batch_size // (world_size * ds.gradient_accumulation_steps)
+    return {
+        "train_batch_size": cfg.train.batch_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def make_optimizer(cfg: RunConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak LR at optimizer step `step` of a phase with `total` steps."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+@dataclass
+class GradientHooks:
+    """State shared by the optimizer hooks: the strategy, masks, and the last regularizer value."""
+
+    regularizer: GradientRegularizer
+    masks: dict[str, torch.Tensor] | None
+    segments: list[Segment] = field(default_factory=list)
+    last_value: torch.Tensor | None = None
+
+    def _present(self, optimizer: torch.optim.Optimizer) -> list[Segment]:
+        # ZeRO steps one param group at a time; touch only the segments of the groups being stepped.
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        return [s for s in self.segments if id(s.master) in present]
+
+    def before_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        self.last_value = self.regularizer.apply_to_gradients(self._present(optimizer), self.masks)
+
+    def after_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        if self.masks is None:
+            return
+        from triton_kernels import get_ops
+
+        segments = self._present(optimizer)
+        backend = "torch" if self.regularizer.kernel == "autograd" else self.regularizer.kernel
+        get_ops(backend).apply_masks_([s.weight() for s in segments],
+                                      [self.masks[s.name].view(-1)[s.start:s.stop] for s in segments])
+
+
+def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, total_steps: int,
+                 prunable: dict[str, nn.Parameter], hooks: GradientHooks) -> object:
+    """Wrap `model` in a DeepSpeed engine with the regularizer/mask hooks attached."""
+    import deepspeed
+
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], lr)
+    warmup, schedule = cfg.optim.warmup_steps, cfg.optim.schedule
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, schedule))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, world_size))
+    hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable})
+    engine.basic_optimizer.register_step_pre_hook(hooks.before_step)
+    engine.basic_optimizer.register_step_post_hook(hooks.after_step)
+    return engine

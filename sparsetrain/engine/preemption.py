@@ -1,0 +1,36 @@
+"""Cooperative stop: a signal handler (or submitit's checkpoint()) asks the training loop to stop.
+
+The loop checks `stop_requested()` once per optimizer step, agrees on it across ranks, saves a checkpoint at
+that exact step and raises `Preempted`; the requeued job resumes from it with no lost or repeated steps.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_STOP = threading.Event()
+
+
+class Preempted(RuntimeError):
+    """Raised after the checkpoint for a requested stop has been written."""
+
+
+def request_stop(*_: object) -> None:
+    """Ask the training loop to checkpoint and stop (safe from signal handlers and other threads)."""
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def clear() -> None:
+    _STOP.clear()
+
+
+def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGUSR1,)) -> None:
+    """Route the given signals to `request_stop` (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            signal.signal(sig, request_stop)

@@ -1,0 +1,94 @@
+"""Map prunable model parameters onto the tensors DeepSpeed's optimizer actually updates.
+
+DeepSpeed hands a plain torch optimizer either the model parameters themselves (fp32, ZeRO 0) or flat fp32
+master partitions (ZeRO 1/2, bf16): each rank's master holds one contiguous slice of a flat buffer that the
+model parameters are views into. A `Segment` is the part of one prunable parameter that lies in this rank's
+master tensor, so the gradient regularizer and mask work on the exact fp32 values the optimizer reads and
+writes, after gradient reduction and before the update, under every ZeRO stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Segment:
+    name: str
+    param: torch.nn.Parameter  # the model parameter (possibly low precision)
+    start: int  # element range [start, stop) of the flattened parameter held here
+    stop: int
+    master: torch.Tensor  # the optimizer's tensor holding these elements
+    master_offset: int  # where `start` sits inside master.view(-1)
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+    def weight(self) -> torch.Tensor:
+        return self.master.detach().view(-1)[self.master_offset:self.master_offset + self.numel]
+
+    def grad(self) -> torch.Tensor | None:
+        if self.master.grad is None:
+            return None
+        return self.master.grad.view(-1)[self.master_offset:self.master_offset + self.numel]
+
+
+def _flat_layouts(wrapper: object) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(low-precision flat buffer, fp32 master, start of the master inside the flat buffer) per param group."""
+    if hasattr(wrapper, "single_partition_of_fp32_groups"):  # ZeRO stage 1/2
+        return [(flat, master, dist.get_rank(group=wrapper.real_dp_process_group[i]) * wrapper.partition_size[i])
+                for i, (flat, master) in enumerate(zip(wrapper.bit16_groups_flat,
+                                                       wrapper.single_partition_of_fp32_groups))]
+    if hasattr(wrapper, "fp32_groups_flat_partition"):  # BF16_Optimizer
+        return [(flat, master, dist.get_rank(group=wrapper.real_dp_process_group[i]) * master.numel())
+                for i, (flat, master) in enumerate(zip(wrapper.bf16_groups_flat, wrapper.fp32_groups_flat_partition))]
+    if hasattr(wrapper, "fp32_groups_flat"):  # FP16_Optimizer used for bf16 without ZeRO
+        return [(flat, master, 0) for flat, master in zip(wrapper.fp16_groups_flat, wrapper.fp32_groups_flat)]
+    raise RuntimeError(f"deepspeed: unsupported optimizer wrapper {type(wrapper).__name__} for masks/regularizer")
+
+
+def _segment_in_layout(name: str, param: torch.nn.Parameter,
+                       layout: tuple[torch.Tensor, torch.Tensor, int]) -> Segment | None:
+    flat, master, master_start = layout
+    offset, rem = divmod(param.data_ptr() - flat.data_ptr(), param.element_size())
+    if rem or offset < 0 or offset + param.numel() > flat.numel():
+        return None
+    lo, hi = max(offset, master_start), min(offset + param.numel(), master_start + master.numel())
+    if lo >= hi:
+        return Segment(name, param, 0, 0, master, 0)  # parameter lives in this flat buffer, on other ranks
+    return Segment(name, param, lo - offset, hi - offset, master, lo - master_start)
+
+
+def build_segments(engine: object, prunable: dict[str, torch.nn.Parameter]) -> list[Segment]:
+    """Segments of every prunable parameter held by this rank (empty-range segments are dropped)."""
+    basic_params = {id(p) for group in engine.basic_optimizer.param_groups for p in group["params"]}
+    if all(id(p) in basic_params for p in prunable.values()):
+        return [Segment(n, p, 0, p.numel(), p, 0) for n, p in prunable.items()]
+    layouts = _flat_layouts(engine.optimizer)
+    segments = []
+    for name, param in prunable.items():
+        found = [s for s in (_segment_in_layout(name, param, lay) for lay in layouts) if s is not None]
+        if not found:
+            raise RuntimeError(f"deepspeed: parameter {name} is not in any optimizer flat buffer")
+        segments.extend(s for s in found[:1] if s.numel > 0)
+    _check_segments(segments)
+    return segments
+
+
+def _check_segments(segments: list[Segment]) -> None:
+    """The master slice must hold the parameter's values: guards against a DeepSpeed layout change."""
+    for seg in segments:
+        expected = seg.param.detach().view(-1)[seg.start:seg.stop].float()
+        if not torch.equal(seg.weight().float(), expected):
+            raise RuntimeError(f"deepspeed: master weights of {seg.name} do not match the model parameter; "
+                               "the optimizer layout is not the one sparsetrain expects")
+
+
+def holds_partition(engine: object) -> bool:
+    """True when each rank's optimizer holds only a slice of the weights (values must be summed over ranks)."""
+    wrapper = engine.optimizer
+    return hasattr(wrapper, "single_partition_of_fp32_groups") or hasattr(wrapper, "fp32_groups_flat_partition")

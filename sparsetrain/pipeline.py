@@ -1,0 +1,171 @@
+"""The compression pipeline: dense baseline → sparsity training → prune → fine-tune, resumable at any step.
+
+Each phase starts from weights on disk (`weights/<phase>.safetensors`) and runs on its own DeepSpeed engine.
+`state.json` records finished phases with their results, so a re-run of the same out_dir skips them and
+continues the interrupted phase from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsetrain.config import RunConfig, config_to_dict, save_resolved
+from sparsetrain.data import DataBundle, build_data
+from sparsetrain.engine.checkpoint import Checkpointer, load_run_state, load_weights, save_run_state, save_weights
+from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
+from sparsetrain.engine.loop import RunContext, evaluate, train_phase
+from sparsetrain.models.factory import build_model
+from sparsetrain.progress import log, setup_logging
+from sparsetrain.pruning.masks import apply_masks, layer_counts, prunable_parameters, sparsity_of
+from sparsetrain.regularizers import build_regularizer
+from sparsetrain.tasks import build_task
+from sparsetrain.tracking import Tracker, truncate_metrics_log
+
+PHASES = ("dense", "sparsify", "prune", "finetune")
+
+
+class Pipeline:
+    """Owns the run: data, model factory, phases, state and the final report."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out_dir)
+        self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend)
+        setup_logging(self.dist.is_main)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        barrier()
+        self.state = self._initial_state()
+        self.data: DataBundle = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+        self.task = build_task(cfg.task, self.data.num_classes)
+        self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
+        self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
+                              Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
+                              self.state)
+        self._truncate_log_on_resume()
+        if self.dist.is_main:
+            save_resolved(cfg, self.out_dir / "config.yaml")
+
+    def _initial_state(self) -> dict[str, Any]:
+        state = load_run_state(self.out_dir) if self.cfg.resume else {"completed": {}, "current": None}
+        return broadcast_object(state)
+
+    def _truncate_log_on_resume(self) -> None:
+        current = self.state.get("current")
+        if not self.dist.is_main:
+            return
+        if current is None:
+            done = [p for p in ("dense", "sparsify", "finetune") if p in self.state["completed"]]
+            last = sum(self.ctx.phase_steps(p) for p in done if getattr(self.cfg.phases, p).enabled)
+            truncate_metrics_log(self.out_dir / "metrics.jsonl", last if self.state["completed"] else -1)
+        else:
+            truncate_metrics_log(self.out_dir / "metrics.jsonl",
+                                 self.ctx.global_offset(current["phase"]) + current["step"])
+
+    # ---- models and weights -------------------------------------------------------------------------------
+
+    def new_model(self) -> nn.Module:
+        """The model with its seeded initial weights (identical on every rank)."""
+        torch.manual_seed(self.cfg.seed)
+        return build_model(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
+
+    def model_from(self, phase: str | None) -> nn.Module:
+        model = self.new_model()
+        if phase is not None:
+            model.load_state_dict(load_weights(self.out_dir / "weights" / f"{phase}.safetensors"))
+        return model.to(self.dist.device)
+
+    def _save_phase(self, phase: str, model: nn.Module) -> None:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        save_weights(self.out_dir / "weights" / f"{phase}.safetensors", state, self.dist)
+
+    def _finish(self, phase: str, results: dict[str, Any]) -> None:
+        self.state["completed"][phase] = results
+        self.state["current"] = None
+        save_run_state(self.out_dir, self.state, self.dist)
+        self.ctx.checkpointer.clear_phase(phase)
+        metrics = {f"{phase}/{k}": v for k, v in results.items() if isinstance(v, int | float)}
+        self.tracker.log({"phase": phase, "event": "phase_end", **metrics},
+                         self.ctx.global_offset(phase) + self.ctx.phase_steps(phase) if phase != "prune"
+                         else self.ctx.global_offset("finetune"))
+        log.info(f"[{phase}] done: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    def _resume_tag(self, phase: str) -> str | None:
+        current = self.state.get("current")
+        return current["tag"] if current and current["phase"] == phase else None
+
+    # ---- phases ---------------------------------------------------------------------------------------------
+
+    def _train(self, phase: str, start_from: str | None, masks: dict[str, torch.Tensor] | None) -> None:
+        t0 = time.perf_counter()
+        model = self.model_from(start_from)
+        sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
+        regularizer = build_regularizer(self.cfg.regularizer, sizes, phase, self.dist.device)
+        model = train_phase(self.ctx, phase, model, regularizer, masks, self._resume_tag(phase))
+        self._save_phase(phase, model)
+        results = evaluate(self.ctx, model)
+        results["wall_time_s"] = time.perf_counter() - t0  # of the last (possibly resumed) attempt
+        self._finish(phase, results)
+
+    def run_dense(self) -> None:
+        self._train("dense", None, None)
+
+    def run_sparsify(self) -> None:
+        self._train("sparsify", None, None)
+
+    def run_prune(self) -> None:
+        from sparsetrain.pruning.criteria import compute_masks
+
+        t0 = time.perf_counter()
+        source = "sparsify" if "sparsify" in self.state["completed"] else None
+        model = self.model_from(source)
+        params = prunable_parameters(model)
+        masks = compute_masks({n: p.detach() for n, p in params.items()}, self.cfg.prune)
+        apply_masks(params, masks)
+        self._save_phase("prune", model)
+        save_weights(self.out_dir / "weights" / "masks.safetensors",
+                     {n: m.to(torch.uint8) for n, m in masks.items()}, self.dist)
+        results = evaluate(self.ctx, model)
+        layers = layer_counts(params)
+        results.update(sparsity=sparsity_of(layers), wall_time_s=time.perf_counter() - t0)
+        self._finish("prune", results)
+
+    def run_finetune(self) -> None:
+        masks = {n: m.bool().to(self.dist.device)
+                 for n, m in load_weights(self.out_dir / "weights" / "masks.safetensors").items()}
+        self._train("finetune", "prune", masks)
+
+    # ---- driver ---------------------------------------------------------------------------------------------
+
+    def run(self, phases: list[str] | None = None) -> dict[str, Any]:
+        """Run the selected (default: all enabled) phases that are not finished yet; returns the report."""
+        wanted = phases or list(PHASES)
+        unknown = sorted(set(wanted) - set(PHASES))
+        if unknown:
+            raise ValueError(f"phase: unknown phase(s) {', '.join(unknown)}; expected {', '.join(PHASES)}")
+        for phase in PHASES:
+            enabled = phase == "prune" or getattr(self.cfg.phases, phase).enabled
+            if phase in wanted and enabled and phase not in self.state["completed"]:
+                getattr(self, f"run_{phase}")()
+        from sparsetrain.report import write_report
+
+        return write_report(self)
+
+    def close(self) -> None:
+        self.tracker.close()
+
+
+def run_pipeline(cfg: RunConfig, phases: list[str] | None = None) -> dict[str, Any]:
+    """Build the pipeline, run it, always close tracking; the entry point for CLI and launchers."""
+    pipeline = Pipeline(cfg)
+    try:
+        return pipeline.run(phases)
+    finally:
+        pipeline.close()

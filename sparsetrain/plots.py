@@ -1,0 +1,42 @@
+"""Plots written next to the report: per-layer sparsity and weight-magnitude histograms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs on cluster nodes without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def plot_layer_sparsity(layers: list[dict], path: Path) -> None:
+    names = [layer["name"] for layer in layers]
+    sparsity = [100.0 * (1 - layer["nonzero"] / max(layer["total"], 1)) for layer in layers]
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    ax.bar(range(len(names)), sparsity, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel("sparsity (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Per-layer sparsity of the final model")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_magnitude_histograms(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], path: Path,
+                              labels: tuple[str, str] = ("before sparsity training", "after sparsity training")
+                              ) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for weights, label in zip((before, after), labels):
+        mags = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
+        ax.hist(torch.log10(mags.clamp_min(1e-12)).numpy(), bins=120, alpha=0.55, label=label)
+    ax.set_xlabel("log10 |w|  (exact zeros shown at -12)")
+    ax.set_ylabel("count")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Weight magnitudes of prunable layers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,106 @@
+"""The run report: report.json, a printed table, plots; everything measured from the weights on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sparsetrain.compressed import save_sparse
+from sparsetrain.engine.checkpoint import atomic_write_text
+from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
+
+if TYPE_CHECKING:
+    from sparsetrain.pipeline import Pipeline
+
+METRIC_KEYS = {"dense": "dense", "sparsify": "sparse", "prune": "pruned", "finetune": "finetuned"}
+
+
+def _final_phase(completed: dict[str, Any]) -> str | None:
+    for phase in ("finetune", "prune", "sparsify", "dense"):
+        if phase in completed:
+            return phase
+    return None
+
+
+def _param_counts(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    floats = [t for t in state.values() if t.is_floating_point()]
+    return {"total": sum(t.numel() for t in floats), "nonzero": sum(int(torch.count_nonzero(t)) for t in floats)}
+
+
+def _l2_magnitude_baseline(pipeline: Pipeline, sparsity: float) -> dict[str, float] | None:
+    """The dense (l2-only) model magnitude-pruned to the final sparsity, without fine-tuning."""
+    from sparsetrain.engine.loop import evaluate
+    from sparsetrain.pruning.criteria import global_sparsity_masks
+    from sparsetrain.pruning.masks import apply_masks
+
+    if "dense" not in pipeline.state["completed"] or sparsity <= 0:
+        return None
+    model = pipeline.model_from("dense")
+    params = prunable_parameters(model)
+    apply_masks(params, global_sparsity_masks({n: p.detach() for n, p in params.items()}, sparsity))
+    return {"metric": evaluate(pipeline.ctx, model)["metric"], "sparsity": sparsity}
+
+
+def build_report(pipeline: Pipeline) -> dict[str, Any]:
+    """Collect phase results and measure the final model (sparsity, sizes) from its weights."""
+    completed, out = pipeline.state["completed"], pipeline.out_dir
+    report: dict[str, Any] = {"world_size": pipeline.dist.world_size, "task": pipeline.cfg.task,
+                              "model": pipeline.cfg.model.name}
+    for phase, key in METRIC_KEYS.items():
+        if phase in completed:
+            report[key] = {k: v for k, v in completed[phase].items() if k != "wall_time_s"}
+    report["wall_time_s"] = {p: r.get("wall_time_s") for p, r in completed.items()}
+    final = _final_phase(completed)
+    if final is None:
+        return report
+    model = pipeline.model_from(final)
+    params = prunable_parameters(model)
+    layers = layer_counts(params)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    counts = _param_counts(state)
+    report.update(sparsity=sparsity_of(layers), layers=layers, params=counts,
+                  compression_ratio=counts["total"] / max(counts["nonzero"], 1))
+    report["bytes"] = {"dense": (out / "weights" / f"{final}.safetensors").stat().st_size,
+                       "compressed": save_sparse(state, set(params), out / "export" / "compressed.safetensors")}
+    report["l2_magnitude_pruned"] = _l2_magnitude_baseline(pipeline, report["sparsity"])
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [(key, report[key]["metric"]) for key in METRIC_KEYS.values() if key in report]
+    lines = ["phase        metric"] + [f"{name:<12} {value:7.2f}" for name, value in rows]
+    if "sparsity" in report:
+        lines += [f"sparsity     {100 * report['sparsity']:7.2f} %",
+                  f"compression  {report['compression_ratio']:7.1f} x  "
+                  f"({report['params']['nonzero']:,} of {report['params']['total']:,} weights non-zero)",
+                  f"bytes        {report['bytes']['dense']:,} dense -> {report['bytes']['compressed']:,} compressed"]
+    if report.get("l2_magnitude_pruned"):
+        lines.append(f"l2 dense + magnitude prune at same sparsity: {report['l2_magnitude_pruned']['metric']:.2f}")
+    return "\n".join(lines)
+
+
+def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
+    from sparsetrain.plots import plot_layer_sparsity, plot_magnitude_histograms
+
+    out = pipeline.out_dir
+    if "layers" in report:
+        plot_layer_sparsity(report["layers"], out / "layer_sparsity.png")
+    if "sparsify" in pipeline.state["completed"]:
+        before = "dense" if "dense" in pipeline.state["completed"] else None
+        plot_magnitude_histograms(prunable_parameters(pipeline.model_from(before)),
+                                  prunable_parameters(pipeline.model_from("sparsify")), out / "weight_hist.png",
+                                  ("dense-trained" if before else "initial", "after sparsity training"))
+
+
+def write_report(pipeline: Pipeline) -> dict[str, Any]:
+    """Build the report on every rank (evaluation is collective); rank 0 writes files and prints the table."""
+    report = build_report(pipeline)
+    if pipeline.dist.is_main:
+        atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))
+        write_plots(pipeline, report)
+        pipeline.tracker.summary({k: v for k, v in report.items() if isinstance(v, int | float)})
+        print(format_table(report), flush=True)
+    return report
