@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -52,6 +53,7 @@ class _StopOnSignal:
         self.requeue_wanted = threading.Event()
         self.original_usr2: Any = None
         self.original_term: Any = None
+        self.exiting = False
 
     def install(self) -> None:
         self.original_usr2 = signal.getsignal(PREEMPT_SIGNAL)
@@ -60,9 +62,17 @@ class _StopOnSignal:
         signal.signal(signal.SIGTERM, self._on_term)
 
     def uninstall(self) -> None:
-        """Put submitit's handlers back (matters for the in-process debug executor)."""
-        signal.signal(PREEMPT_SIGNAL, self.original_usr2)
-        signal.signal(signal.SIGTERM, self.original_term)
+        """Put submitit's handlers back (matters for the in-process debug executor), unless exiting."""
+        if not self.exiting:
+            signal.signal(PREEMPT_SIGNAL, self.original_usr2)
+            signal.signal(signal.SIGTERM, self.original_term)
+
+    def ignore_until_exit(self) -> None:
+        """The state is saved and the task is leaving: late USR2/TERM (the requeue's kill) must not kill it
+        mid-exit (Python resets its own handlers to the default, fatal action during interpreter shutdown)."""
+        self.exiting = True
+        signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def _on_usr2(self, signum: int, frame: FrameType | None) -> None:
         self.requeue_wanted.set()
@@ -120,15 +130,17 @@ class PipelineJob(submitit.helpers.Checkpointable):
             stopper.uninstall()
 
     def _stop_after_preemption(self, stopper: _StopOnSignal, rank: int) -> None:
-        """Steps 4 of the module docstring: rank 0 requeues through submitit's handler, everyone exits."""
-        if rank != 0:
-            log.info("rank %d: preempted, state saved; exiting", rank)
-            sys.exit(-1)
-        if not stopper.requeue_wanted.is_set():
-            stopper.requeue_wanted.wait(USR2_GRACE_S)
+        """Step 4 of the module docstring: rank 0 requeues through submitit's handler, everyone exits."""
         handler = stopper.original_usr2
         if not callable(handler):
             return
+        deadline = time.monotonic() + USR2_GRACE_S
+        while rank == 0 and not stopper.requeue_wanted.is_set() and time.monotonic() < deadline:
+            time.sleep(0.1)  # signal handlers run between these sleeps
+        stopper.ignore_until_exit()
+        if rank != 0:
+            log.info("rank %d: preempted, state saved; exiting", rank)
+            sys.exit(-1)
         if not stopper.requeue_wanted.is_set():
             log.info("rank 0: stopped by SIGTERM without USR2; state saved, leaving requeueing to Slurm")
             sys.exit(-1)
