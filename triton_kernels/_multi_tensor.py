@@ -140,6 +140,16 @@ def group_by_dtype(weights: Sequence[torch.Tensor]) -> dict[tuple[torch.device, 
     return groups
 
 
+def all_aligned(columns: Sequence[Sequence[torch.Tensor | None]], alignment: int = 16) -> bool:
+    """Whether every address in ``columns`` is a multiple of ``alignment`` bytes (None entries are not read).
+
+    Kernels take this as a constexpr that lets them use 16-byte vector accesses. Tensors from the caching
+    allocator are 512-byte aligned; views at odd offsets into a flat buffer may not be, and then the whole
+    launch uses narrower accesses (still one launch, still correct).
+    """
+    return all(t is None or t.data_ptr() % alignment == 0 for col in columns for t in col)
+
+
 def build_tables(
     columns: Sequence[Sequence[torch.Tensor | None]], scalars: Sequence[float], chunk: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

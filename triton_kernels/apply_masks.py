@@ -12,6 +12,7 @@ from triton_kernels._multi_tensor import (
     DEFAULT_CONFIG,
     MASK_DTYPES,
     LaunchConfig,
+    all_aligned,
     build_tables,
     check_companions,
     check_float_list,
@@ -21,12 +22,31 @@ from triton_kernels.l0_grad_mask import TL_DTYPES
 
 
 @triton.jit
+def _mask_block(w_ptr, m_ptr, offs, end, DTYPE: tl.constexpr, TAIL: tl.constexpr):
+    """One block of ``_apply_masks_kernel``; only a tensor's last block (TAIL) is bounds-checked."""
+    if TAIL:
+        inside = offs < end
+        w = tl.load(w_ptr + offs, mask=inside, other=0.0)
+        m = tl.load(m_ptr + offs, mask=inside, other=0)
+    else:
+        w = tl.load(w_ptr + offs)
+        m = tl.load(m_ptr + offs)
+    # A product, not a select, like the reference: NaN/inf weights become NaN, never silently 0.
+    w = w * (m != 0).to(DTYPE)
+    if TAIL:
+        tl.store(w_ptr + offs, w, mask=inside)
+    else:
+        tl.store(w_ptr + offs, w)
+
+
+@triton.jit
 def _apply_masks_kernel(
     # pointers
     tensor_table_ptr,  # int64 [T, 3]: weight address, mask address, numel
     chunk_table_ptr,  # int64 [C, 2]: tensor index, first element of the chunk
     # meta-parameters
     DTYPE: tl.constexpr,  # element type of the weights of this launch
+    ALIGNED: tl.constexpr,  # every address of the launch is 16-byte aligned: allows 16-byte vector accesses
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -40,19 +60,24 @@ def _apply_masks_kernel(
     start = tl.load(chunk_table_ptr + 2 * pid + 1)  # int64: tensors may pass 2^31 elements
     w_ptr = tl.load(tensor_table_ptr + 3 * tensor).to(tl.pointer_type(DTYPE))
     m_ptr = tl.load(tensor_table_ptr + 3 * tensor + 1).to(tl.pointer_type(tl.uint8))
+    if ALIGNED:
+        w_ptr = tl.multiple_of(w_ptr, 16)
+        m_ptr = tl.multiple_of(m_ptr, 16)
     end = tl.minimum(start + CHUNK, tl.load(tensor_table_ptr + 3 * tensor + 2))
-    for block_start in range(start, end, BLOCK):
-        offs = block_start + tl.arange(0, BLOCK).to(tl.int64)
-        inside = offs < end
-        w = tl.load(w_ptr + offs, mask=inside, other=0.0)
-        m = tl.load(m_ptr + offs, mask=inside, other=0)
-        # A product, not a select, like the reference: NaN/inf weights become NaN, never silently 0.
-        tl.store(w_ptr + offs, w * (m != 0).to(DTYPE), mask=inside)
+    full_end = start + (end - start) // BLOCK * BLOCK
+    for block_start in range(start, full_end, BLOCK):
+        # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
+        offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        _mask_block(w_ptr, m_ptr, offs, end, DTYPE, TAIL=False)
+    if full_end < end:
+        offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        _mask_block(w_ptr, m_ptr, offs, end, DTYPE, TAIL=True)
 
 
 def _launch_apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor], config: LaunchConfig) -> None:
     """One launch for weights that share a device and dtype."""
-    tensor_table, chunk_table, _ = build_tables([weights, masks], [0.0] * len(weights), config.chunk, weights[0].device)
+    columns = [weights, masks]
+    tensor_table, chunk_table, _ = build_tables(columns, [0.0] * len(weights), config.chunk, weights[0].device)
     n_chunks = chunk_table.shape[0]
     if n_chunks == 0:
         return
@@ -60,6 +85,7 @@ def _launch_apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor], 
         tensor_table,
         chunk_table,
         DTYPE=TL_DTYPES[weights[0].dtype],
+        ALIGNED=all_aligned(columns),
         CHUNK=config.chunk,
         BLOCK=config.block,
         num_warps=config.num_warps,

@@ -12,6 +12,7 @@ from triton_kernels._multi_tensor import (
     DEFAULT_CONFIG,
     MASK_DTYPES,
     LaunchConfig,
+    all_aligned,
     build_tables,
     check_companions,
     check_float_list,
@@ -20,6 +21,45 @@ from triton_kernels._multi_tensor import (
 )
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _l0_block(
+    w_ptr,
+    g_ptr,
+    m_ptr,
+    offs,
+    end,
+    pull,
+    beta,
+    l2,
+    DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    TAIL: tl.constexpr,  # only a tensor's last block is bounds-checked: unmasked accesses vectorize
+):
+    """One block of ``_l0_grad_mask_kernel``; returns the per-lane (1 - e, w²) for the regularizer value."""
+    if TAIL:
+        inside = offs < end
+        w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+    else:
+        w = tl.load(w_ptr + offs).to(tl.float32)
+        g = tl.load(g_ptr + offs).to(tl.float32)
+    e = tl.exp(-beta * tl.abs(w))
+    sign = tl.where(w > 0, 1.0, 0.0) - tl.where(w < 0, 1.0, 0.0)
+    g = g + pull * sign * e + 2.0 * l2 * w
+    if HAS_MASK:
+        if TAIL:
+            m = tl.load(m_ptr + offs, mask=inside, other=0)
+        else:
+            m = tl.load(m_ptr + offs)
+        g = g * (m != 0).to(tl.float32)  # a product, not a select: NaN gradients stay NaN
+    if TAIL:
+        tl.store(g_ptr + offs, g.to(DTYPE), mask=inside)
+    else:
+        tl.store(g_ptr + offs, g.to(DTYPE))
+    # Tail lanes past the end loaded w = 0, so they add 1 - exp(0) = 0 and 0².
+    return 1.0 - e, w * w
 
 
 @triton.jit
@@ -35,6 +75,7 @@ def _l0_grad_mask_kernel(
     # meta-parameters
     DTYPE: tl.constexpr,  # element type of weights and grads of this launch
     HAS_MASK: tl.constexpr,  # masks=None compiles the mask load and multiply away
+    ALIGNED: tl.constexpr,  # every address of the launch is 16-byte aligned: allows 16-byte vector accesses
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -52,29 +93,29 @@ def _l0_grad_mask_kernel(
     start = tl.load(chunk_table_ptr + 2 * pid + 1)  # int64: tensors may pass 2^31 elements
     w_ptr = tl.load(tensor_table_ptr + 4 * tensor).to(tl.pointer_type(DTYPE))
     g_ptr = tl.load(tensor_table_ptr + 4 * tensor + 1).to(tl.pointer_type(DTYPE))
-    numel = tl.load(tensor_table_ptr + 4 * tensor + 3)
+    m_ptr = tl.load(tensor_table_ptr + 4 * tensor + 2).to(tl.pointer_type(tl.uint8))  # 0 when not HAS_MASK
+    if ALIGNED:
+        w_ptr = tl.multiple_of(w_ptr, 16)
+        g_ptr = tl.multiple_of(g_ptr, 16)
+        m_ptr = tl.multiple_of(m_ptr, 16)
+    end = tl.minimum(start + CHUNK, tl.load(tensor_table_ptr + 4 * tensor + 3))
+    full_end = start + (end - start) // BLOCK * BLOCK
     alpha = tl.load(alpha_ptr + tensor)
-    end = tl.minimum(start + CHUNK, numel)
     pull = alpha * beta
 
     l0_acc = tl.zeros([BLOCK], dtype=tl.float32)
     l2_acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for block_start in range(start, end, BLOCK):
-        offs = block_start + tl.arange(0, BLOCK).to(tl.int64)
-        inside = offs < end
-        w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-        e = tl.exp(-beta * tl.abs(w))
-        sign = tl.where(w > 0, 1.0, 0.0) - tl.where(w < 0, 1.0, 0.0)
-        g = g + pull * sign * e + 2.0 * l2 * w
-        if HAS_MASK:
-            m_ptr = tl.load(tensor_table_ptr + 4 * tensor + 2).to(tl.pointer_type(tl.uint8))
-            m = tl.load(m_ptr + offs, mask=inside, other=0)
-            g = g * (m != 0).to(tl.float32)  # a product, not a select: NaN gradients stay NaN
-        tl.store(g_ptr + offs, g.to(DTYPE), mask=inside)
-        # Lanes outside the chunk loaded w = 0, so they add 1 - exp(0) = 0 and 0².
-        l0_acc += 1.0 - e
-        l2_acc += w * w
+    for block_start in range(start, full_end, BLOCK):
+        # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
+        offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        l0, sq = _l0_block(w_ptr, g_ptr, m_ptr, offs, end, pull, beta, l2, DTYPE, HAS_MASK, TAIL=False)
+        l0_acc += l0
+        l2_acc += sq
+    if full_end < end:
+        offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        l0, sq = _l0_block(w_ptr, g_ptr, m_ptr, offs, end, pull, beta, l2, DTYPE, HAS_MASK, TAIL=True)
+        l0_acc += l0
+        l2_acc += sq
     tl.store(partial_ptr + pid, alpha * tl.sum(l0_acc, axis=0) + l2 * tl.sum(l2_acc, axis=0))
 
 
@@ -104,6 +145,7 @@ def _launch_l0_grad_mask(
         float(l2),
         DTYPE=TL_DTYPES[dtype],
         HAS_MASK=masks is not None,
+        ALIGNED=all_aligned(columns),
         CHUNK=config.chunk,
         BLOCK=config.block,
         num_warps=config.num_warps,

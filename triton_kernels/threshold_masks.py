@@ -11,12 +11,28 @@ import triton.language as tl
 from triton_kernels._multi_tensor import (
     DEFAULT_CONFIG,
     LaunchConfig,
+    all_aligned,
     build_tables,
     check_float_list,
     group_by_dtype,
     per_tensor_floats,
 )
 from triton_kernels.l0_grad_mask import TL_DTYPES
+
+
+@triton.jit
+def _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL: tl.constexpr):
+    """One block of ``_threshold_masks_kernel``; returns the per-lane kept flags (0/1, int32)."""
+    if TAIL:
+        inside = offs < end
+        w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        keep = (tl.abs(w) > tau) & inside  # `& inside`: a negative τ would keep the padding lanes
+        tl.store(m_ptr + offs, keep.to(tl.uint8), mask=inside)
+    else:
+        w = tl.load(w_ptr + offs).to(tl.float32)
+        keep = tl.abs(w) > tau
+        tl.store(m_ptr + offs, keep.to(tl.uint8))
+    return keep.to(tl.int32)
 
 
 @triton.jit
@@ -28,6 +44,7 @@ def _threshold_masks_kernel(
     count_ptr,  # int64 [T]: out, kept elements per tensor (zero-initialised)
     # meta-parameters
     DTYPE: tl.constexpr,  # element type of the weights of this launch
+    ALIGNED: tl.constexpr,  # every address of the launch is 16-byte aligned: allows 16-byte vector accesses
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -42,16 +59,20 @@ def _threshold_masks_kernel(
     start = tl.load(chunk_table_ptr + 2 * pid + 1)  # int64: tensors may pass 2^31 elements
     w_ptr = tl.load(tensor_table_ptr + 3 * tensor).to(tl.pointer_type(DTYPE))
     m_ptr = tl.load(tensor_table_ptr + 3 * tensor + 1).to(tl.pointer_type(tl.uint8))
+    if ALIGNED:
+        w_ptr = tl.multiple_of(w_ptr, 16)
+        m_ptr = tl.multiple_of(m_ptr, 16)
     end = tl.minimum(start + CHUNK, tl.load(tensor_table_ptr + 3 * tensor + 2))
+    full_end = start + (end - start) // BLOCK * BLOCK
     tau = tl.load(tau_ptr + tensor)
     kept_acc = tl.zeros([BLOCK], dtype=tl.int32)  # at most CHUNK / BLOCK per lane
-    for block_start in range(start, end, BLOCK):
-        offs = block_start + tl.arange(0, BLOCK).to(tl.int64)
-        inside = offs < end
-        w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-        keep = (tl.abs(w) > tau) & inside  # `& inside`: a negative τ would keep the padding lanes
-        tl.store(m_ptr + offs, keep.to(tl.uint8), mask=inside)
-        kept_acc += keep.to(tl.int32)
+    for block_start in range(start, full_end, BLOCK):
+        # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
+        offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        kept_acc += _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL=False)
+    if full_end < end:
+        offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        kept_acc += _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL=True)
     tl.atomic_add(count_ptr + tensor, tl.sum(kept_acc, axis=0).to(tl.int64))
 
 
@@ -63,7 +84,8 @@ def _launch_threshold_masks(
     config: LaunchConfig,
 ) -> None:
     """One launch for weights that share a device and dtype; fills ``masks`` and ``counts`` (int64 [len])."""
-    tensor_table, chunk_table, tau_table = build_tables([weights, masks], taus, config.chunk, weights[0].device)
+    columns = [weights, masks]
+    tensor_table, chunk_table, tau_table = build_tables(columns, taus, config.chunk, weights[0].device)
     n_chunks = chunk_table.shape[0]
     if n_chunks == 0:
         return
@@ -73,6 +95,7 @@ def _launch_threshold_masks(
         tau_table,
         counts,
         DTYPE=TL_DTYPES[weights[0].dtype],
+        ALIGNED=all_aligned(columns),
         CHUNK=config.chunk,
         BLOCK=config.block,
         num_warps=config.num_warps,
