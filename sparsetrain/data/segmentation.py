@@ -1,0 +1,303 @@
+"""Segmentation data: synthetic vessels (`seg_synthetic`) and image/mask folders (`seg_folder`).
+
+Both give in-memory tensors: images float32 N × C × S × S, masks int64 N × S × S class maps. `num_classes` in the
+returned bundle is the number of logit channels the model needs: 1 for binary masks (targets 0/1, one logit),
+K >= 3 for multi-class masks (targets 0..K-1, softmax over K channels).
+
+Folder layout (DRIVE, STARE, CHASE_DB1 once arranged as image / mask folders)::
+
+    path/images/<name>.<ext>      path/masks/<name>[<tag>].<ext>       split by data.test_fraction with the seed
+    path/train/images, path/train/masks, path/test/images, path/test/masks    (given split, used as is)
+    path/classes.txt              optional: the class count on one line, or one class name per line
+
+Mask matching: a mask belongs to an image when its file stem equals the image's stem, or when both stems agree
+after removing one trailing tag: image tags `_training`, `_test`; mask tags listed in `MASK_TAGS` (e.g. DRIVE
+`21_training.tif` ↔ `21_manual1.gif`, CHASE `Image_01L.jpg` ↔ `Image_01L_1stHO.png`, STARE `im0001.ppm` ↔
+`im0001.ah.ppm`). With several candidates the exact stem wins, then the tag listed first in `MASK_TAGS`.
+
+Mask values: binary masks hold 0/255 or 0/1; multi-class masks hold integer labels 0..K-1 (grayscale or
+palette PNG). K comes from classes.txt, or else from the largest label (at most `MAX_INFERRED_CLASSES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sparsetrain.config.schema import DataConfig
+from sparsetrain.data.base import DataBundle, DataError
+from sparsetrain.data.tensors import InMemoryDataset, standardize
+from sparsetrain.data.vessels import make_vessel_images
+
+__all__ = ["IMAGE_EXTENSIONS", "MASK_TAGS", "build_segmentation_data", "load_seg_folder", "load_seg_synthetic"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".ppm")
+IMAGE_TAGS = ("_training", "_test")
+MASK_TAGS = ("_manual1", "_1stHO", ".ah", "_mask", "_gt", "_label", "_labels", "_seg", "_manual2", "_2ndHO", ".vk")
+MAX_INFERRED_CLASSES = 32  # without classes.txt, a larger label is taken for a non-label (e.g. anti-aliased) mask
+SYNTHETIC_IMAGE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class SegSplit:
+    """One split in memory: images N × C × S × S in [0, 1] and masks N × S × S (raw labels before class mapping)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    mask_files: tuple[Path, ...]
+
+
+def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Build the train/test bundle for `seg_synthetic` or `seg_folder`.
+
+    Args:
+        cfg: Data section of the run config (source, path, image_size, num_samples, test_fraction, in_chans,
+            normalize).
+        seed: Seed for generated data and for the train/test split of folders without one.
+
+    Raises:
+        DataError: one line naming the file or field at fault.
+    """
+    if cfg.source == "seg_synthetic":
+        train, test, num_classes = load_seg_synthetic(cfg, seed)
+    elif cfg.source == "seg_folder":
+        train, test, num_classes = load_seg_folder(cfg, seed)
+    else:
+        raise DataError(f"data.source: {cfg.source!r} is not a segmentation source (seg_synthetic, seg_folder)")
+    x_train, x_test = _match_channels(train.images, cfg.in_chans), _match_channels(test.images, cfg.in_chans)
+    if cfg.normalize:
+        x_train, x_test = standardize(x_train, x_test)
+    return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
+                      in_chans=x_train.shape[1], num_classes=num_classes, input_shape=tuple(x_train.shape[1:]))
+
+
+def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int]:
+    """Synthetic vessels (binary, 1 logit channel), `cfg.num_samples` images of `cfg.image_size` (default 64)."""
+    size = cfg.image_size or SYNTHETIC_IMAGE_SIZE
+    try:
+        images, masks = make_vessel_images(cfg.num_samples, size, seed)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    n_test = _num_test(cfg.num_samples, cfg.test_fraction)
+    n_train = cfg.num_samples - n_test
+    train = SegSplit(images[:n_train], masks[:n_train], ())
+    test = SegSplit(images[n_train:], masks[n_train:], ())
+    return train, test, 1
+
+
+def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int]:
+    """Read an image/mask folder (see the module docstring), map mask labels to classes, split if needed."""
+    root = Path(cfg.path or "")
+    if not root.is_dir():
+        raise DataError(f"data.path: segmentation folder not found: {root}")
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        train = _read_split(root / "train", cfg.image_size)
+        test = _read_split(root / "test", cfg.image_size)
+        _check_same_size(train, test)
+    else:
+        train, test = _split(_read_split(root, cfg.image_size), cfg.test_fraction, seed)
+    lookup, num_classes = _class_lookup(root, (train, test))
+    train = SegSplit(train.images, lookup[train.masks], train.mask_files)
+    test = SegSplit(test.images, lookup[test.masks], test.mask_files)
+    return train, test, num_classes
+
+
+# ---------------------------------------------------------------------------------------------- file discovery
+
+
+def _list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"data.path: folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"data.path: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return files
+
+
+def _strip_tag(stem: str, tags: tuple[str, ...]) -> tuple[str, int]:
+    """(stem without its trailing tag, priority of that tag); priority len(tags) when no tag matched."""
+    for priority, tag in enumerate(tags):
+        if stem.endswith(tag) and len(stem) > len(tag):
+            return stem[: -len(tag)], priority
+    return stem, len(tags)
+
+
+def _pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
+    """Match every image to its mask by stem (exact first, then after removing the tags)."""
+    masks = _list_images(mask_dir)
+    exact = {m.stem: m for m in masks}
+    by_key: dict[str, tuple[int, Path]] = {}
+    for mask in masks:
+        key, priority = _strip_tag(mask.stem, MASK_TAGS)
+        if key not in by_key or priority < by_key[key][0]:
+            by_key[key] = (priority, mask)
+    pairs = []
+    for image in _list_images(image_dir):
+        key = _strip_tag(image.stem, IMAGE_TAGS)[0]
+        mask = exact.get(image.stem) or by_key.get(key, by_key.get(image.stem, (0, None)))[1]
+        if mask is None:
+            raise DataError(f"{image}: no mask in {mask_dir} (expected stem {image.stem!r}, optionally followed "
+                            f"by one of {', '.join(MASK_TAGS)})")
+        pairs.append((image, mask))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """H × W × C float32 in [0, 1] (C = 1 for grayscale, 3 for colour)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode.startswith("I;16"):
+                return np.asarray(img, dtype=np.float32)[..., None] / 65535.0
+            if img.mode in ("1", "L", "LA", "I", "F"):
+                return np.asarray(img.convert("L"), dtype=np.float32)[..., None] / 255.0
+            return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    except OSError as err:
+        raise DataError(f"{path}: cannot read image ({err})") from None
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """H × W int64 raw label map: palette indices, gray levels, or one channel of a gray-coded colour mask."""
+    try:
+        with Image.open(path) as img:
+            if img.mode == "1":
+                return np.asarray(img, dtype=np.int64)
+            arr = np.asarray(img).astype(np.int64)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read mask ({err})") from None
+    if arr.ndim == 3:
+        colour = arr[..., :3]
+        if (colour != colour[..., :1]).any():
+            raise DataError(f"{path}: colour mask; save masks as one-channel label images (gray or palette PNG)")
+        arr = colour[..., 0]
+    return arr
+
+
+def _to_tensor(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image C × S × S (bilinear, antialiased) and mask S × S (nearest) resized to `size` when given."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    y = torch.from_numpy(mask)
+    if size is not None and tuple(y.shape) != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        y = F.interpolate(y[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
+    return x, y
+
+
+def _read_pair(image_path: Path, mask_path: Path, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    image, mask = _read_image(image_path), _read_mask(mask_path)
+    if image.shape[:2] != mask.shape:
+        raise DataError(f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but image {image_path.name} is "
+                        f"{image.shape[1]}×{image.shape[0]} (width×height)")
+    return _to_tensor(image, mask, size)
+
+
+def _read_split(folder: Path, size: int | None) -> SegSplit:
+    """All image/mask pairs of `folder/images` and `folder/masks`, stacked."""
+    pairs = _pair_files(folder / "images", folder / "masks")
+    loaded = [_read_pair(image, mask, size) for image, mask in pairs]
+    shapes = {tuple(y.shape) for _, y in loaded}
+    if len(shapes) > 1:
+        raise DataError(f"data.image_size: images in {folder} differ in size ({', '.join(map(str, sorted(shapes)))}); "
+                        "set data.image_size to resize them")
+    chans = max(x.shape[0] for x, _ in loaded)
+    images = torch.stack([x.expand(chans, -1, -1) for x, _ in loaded])  # gray next to colour: repeat the gray
+    return SegSplit(images.contiguous(), torch.stack([y for _, y in loaded]), tuple(mask for _, mask in pairs))
+
+
+def _check_same_size(train: SegSplit, test: SegSplit) -> None:
+    if train.masks.shape[1:] != test.masks.shape[1:]:
+        raise DataError(f"data.image_size: train images are {tuple(train.masks.shape[1:])} but test images "
+                        f"{tuple(test.masks.shape[1:])}; set data.image_size to resize them")
+    if train.images.shape[1] != test.images.shape[1]:
+        raise DataError(f"data.path: train images have {train.images.shape[1]} channels but test images "
+                        f"{test.images.shape[1]}; set data.in_chans")
+
+
+# ---------------------------------------------------------------------------------------------- classes, splits
+
+
+def _declared_classes(root: Path) -> int | None:
+    """Class count from root/classes.txt: a single integer, or one class name per non-empty line."""
+    path = root / "classes.txt"
+    if not path.is_file():
+        return None
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    count = int(lines[0]) if len(lines) == 1 and lines[0].isdigit() else len(lines)
+    if count < 2:
+        raise DataError(f"{path}: need at least 2 classes (background and one foreground), got {count}")
+    return count
+
+
+def _first_offending(splits: tuple[SegSplit, ...], predicate: Callable[[torch.Tensor], torch.Tensor]
+                     ) -> tuple[Path, int]:
+    """The first mask file holding a value for which `predicate` (elementwise on values) is true, and that value."""
+    for split in splits:
+        for mask, path in zip(split.masks, split.mask_files, strict=True):
+            values = torch.unique(mask)
+            hits = values[predicate(values)]
+            if len(hits):
+                return path, int(hits[0])
+    raise AssertionError("no mask holds the offending value")
+
+
+def _class_lookup(root: Path, splits: tuple[SegSplit, ...]) -> tuple[torch.Tensor, int]:
+    """Table raw mask value → class index, and the number of logit channels (1 = binary).
+
+    Raises:
+        DataError: naming the first mask file with a value outside the class range.
+    """
+    raw = torch.unique(torch.cat([torch.unique(s.masks) for s in splits]))
+    if int(raw.min()) < 0:
+        path, value = _first_offending(splits, lambda v: v < 0)
+        raise DataError(f"{path}: negative mask value {value}")
+    declared = _declared_classes(root)
+    lookup = torch.arange(int(raw.max()) + 1)
+    if bool(torch.isin(raw, torch.tensor([0, 255])).all()) and declared in (None, 2):
+        lookup[lookup == 255] = 1  # 0/255 binary masks: 255 is foreground class 1
+        return lookup, 1
+    limit = declared or MAX_INFERRED_CLASSES
+    if int(raw.max()) >= limit:
+        path, value = _first_offending(splits, lambda v: v >= limit)
+        reason = (f"{root / 'classes.txt'} declares {declared} classes" if declared
+                  else f"labels must be < {MAX_INFERRED_CLASSES} without a classes.txt")
+        raise DataError(f"{path}: mask value {value} outside the class range 0..{limit - 1} ({reason}; binary "
+                        "masks must hold only 0/255 or 0/1)")
+    num_classes = declared or max(int(raw.max()) + 1, 2)
+    return lookup, 1 if num_classes == 2 else num_classes
+
+
+def _num_test(n: int, fraction: float) -> int:
+    if n < 2:
+        raise DataError(f"data: need at least 2 samples to split into train and test, got {n}")
+    return min(max(1, round(n * fraction)), n - 1)
+
+
+def _split(data: SegSplit, fraction: float, seed: int) -> tuple[SegSplit, SegSplit]:
+    """Random train/test split (reproducible from the seed); the test split gets round(n * fraction) images."""
+    n = len(data.masks)
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    n_test = _num_test(n, fraction)
+    parts = []
+    for idx in (order[n_test:], order[:n_test]):
+        parts.append(SegSplit(data.images[idx], data.masks[idx], tuple(data.mask_files[i] for i in idx.tolist())))
+    return parts[0], parts[1]
+
+
+def _match_channels(images: torch.Tensor, in_chans: int | None) -> torch.Tensor:
+    """Convert N × C × H × W images to `in_chans` channels: colour → gray by averaging, gray → repeated."""
+    chans = images.shape[1]
+    if in_chans is None or in_chans == chans:
+        return images
+    if in_chans == 1:
+        return images.mean(dim=1, keepdim=True)
+    if chans == 1:
+        return images.expand(-1, in_chans, -1, -1).contiguous()
+    raise DataError(f"data.in_chans: cannot turn {chans}-channel images into {in_chans} channels")

@@ -1,0 +1,108 @@
+"""Segmentation: Dice + cross-entropy loss; Dice, IoU, pixel accuracy, sensitivity, specificity in percent.
+
+Conventions:
+    num_classes == 1   binary: one logit channel, targets 0/1, prediction = logit > 0, loss = soft Dice + BCE.
+    num_classes >= 2   multi-class: softmax over the channels, targets 0..K-1, prediction = argmax,
+                       loss = soft Dice (mean over the foreground classes 1..K-1) + CE.
+
+Metrics are pixel-level and aggregated over the whole data set (not averaged per image): TP, FP, FN, TN are
+summed one-vs-rest over the foreground classes (class 0 is background), so for K classes they are micro-averages.
+A ratio with an empty denominator (e.g. Dice when neither target nor prediction has foreground) counts as
+100 %: nothing was there to get wrong.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SegmentationTask", "STAT_NAMES"]
+
+STAT_NAMES = ("tp", "fp", "fn", "tn", "correct", "pixels", "loss_sum", "images")
+_DICE_SMOOTH = 1.0  # keeps the soft Dice defined (and its gradient bounded) on batches without foreground
+
+
+class SegmentationTask:
+    """Dice + BCE/CE training, Dice in percent as the primary metric.
+
+    Args:
+        num_classes: Logit channels of the model (1 = binary).
+    """
+
+    name = "segmentation"
+
+    def __init__(self, num_classes: int) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+
+    def _check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if outputs.ndim != 4 or outputs.shape[1] != self.num_classes or outputs.shape[2:] != targets.shape[1:]:
+            raise ValueError(f"segmentation: outputs {tuple(outputs.shape)} do not fit {self.num_classes} classes "
+                             f"and targets {tuple(targets.shape)} (expected N×{self.num_classes}×H×W and N×H×W)")
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Soft Dice loss + pixel-mean BCE (binary) or CE (multi-class)."""
+        self._check(outputs, targets)
+        logits = outputs.float()
+        if self.num_classes == 1:
+            probs = torch.sigmoid(logits[:, 0])
+            target = targets.float()
+            pixel_loss = F.binary_cross_entropy_with_logits(logits[:, 0], target)
+            return pixel_loss + 1.0 - _soft_dice(probs[:, None], target[:, None])
+        probs = torch.softmax(logits, dim=1)
+        one_hot = F.one_hot(targets, self.num_classes).permute(0, 3, 1, 2).float()
+        pixel_loss = F.cross_entropy(logits, targets)
+        return pixel_loss + 1.0 - _soft_dice(probs[:, 1:], one_hot[:, 1:])
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Class map N × H × W (int64) from logits."""
+        if self.num_classes == 1:
+            return (outputs[:, 0] > 0).long()
+        return outputs.argmax(dim=1)
+
+    def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sums in the order of `STAT_NAMES`, float64 on the CPU (the `.cpu()` is a device sync point)."""
+        self._check(outputs, targets)
+        pred = self.predict(outputs)
+        classes = max(self.num_classes, 2)
+        # Confusion matrix via bincount: one pass over the pixels for any number of classes.
+        confusion = torch.bincount((targets * classes + pred).flatten(), minlength=classes**2).view(classes, classes)
+        confusion = confusion.double()
+        tp = confusion.diagonal()[1:].sum()
+        fp = confusion[:, 1:].sum() - tp
+        fn = confusion[1:, :].sum() - tp
+        pixels = confusion.sum()
+        # One-vs-rest per foreground class: TN_c = pixels - TP_c - FP_c - FN_c, summed over the K-1 classes.
+        tn = (classes - 1) * pixels - tp - fp - fn
+        correct = confusion.diagonal().sum()
+        loss_sum = self.loss(outputs, targets).detach().double() * outputs.shape[0]
+        images = torch.tensor(float(outputs.shape[0]), dtype=torch.float64, device=confusion.device)
+        return torch.stack([tp, fp, fn, tn, correct, pixels, loss_sum, images]).cpu()
+
+    def finalize(self, stats: torch.Tensor) -> dict[str, float]:
+        """Dice (= F1, the "metric"), IoU, pixel accuracy, sensitivity, specificity in percent; mean loss."""
+        s = dict(zip(STAT_NAMES, (float(v) for v in stats), strict=True))
+        tp, fp, fn, tn = s["tp"], s["fp"], s["fn"], s["tn"]
+        dice = _percent(2 * tp, 2 * tp + fp + fn)
+        return {
+            "metric": dice,
+            "dice": dice,
+            "iou": _percent(tp, tp + fp + fn),
+            "pixel_accuracy": _percent(s["correct"], s["pixels"]),
+            "sensitivity": _percent(tp, tp + fn),
+            "specificity": _percent(tn, tn + fp),
+            "loss": s["loss_sum"] / max(s["images"], 1.0),
+        }
+
+
+def _soft_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice over the batch and pixels, averaged over channels: N × C × H × W probabilities and targets."""
+    dims = (0, 2, 3)
+    intersection = (probs * target).sum(dims)
+    total = probs.sum(dims) + target.sum(dims)
+    return ((2 * intersection + _DICE_SMOOTH) / (total + _DICE_SMOOTH)).mean()
+
+
+def _percent(numerator: float, denominator: float) -> float:
+    return 100.0 if denominator == 0 else 100.0 * numerator / denominator
