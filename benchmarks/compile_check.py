@@ -2,7 +2,7 @@
 
 Triton ships ptxas, so the full compile (TTIR → TTGIR → LLVM → PTX → cubin) runs on any Linux machine. This
 catches what the CPU interpreter cannot (type errors in lowering, unsupported ops) and shows whether the
-bulk loop got 16-byte vector accesses (``ld.global.v4.b32``) in the ALIGNED variant.
+bulk loop got 16-byte vector accesses (``ld.global.v4.b32``) on its aligned path.
 
 Must run with ``TRITON_INTERPRET`` unset or 0 (the interpreter replaces the kernels):
 ``TRITON_INTERPRET=0 python -m benchmarks.compile_check [--arch 90] [--ptx-dir DIR]``.
@@ -43,10 +43,10 @@ SIGNATURES = {
 }
 
 
-def compile_kernel(name: str, dtype: tl.dtype, aligned: bool, arch: int) -> str:
+def compile_kernel(name: str, dtype: tl.dtype, arch: int) -> str:
     """PTX of kernel ``name`` for ``dtype`` with the default launch geometry."""
     fn, signature, extra = SIGNATURES[name]
-    constexprs = {"DTYPE": dtype, "ALIGNED": aligned, "CHUNK": 16384, "BLOCK": 1024, **extra}
+    constexprs = {"DTYPE": dtype, "CHUNK": 16384, "BLOCK": 1024, **extra}
     signature = {**signature, **dict.fromkeys(constexprs, "constexpr")}
     # Table and output pointers come from torch allocations: 16-byte aligned, as at a real launch.
     attrs = {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(signature.values()) if kind.startswith("*")}
@@ -62,7 +62,11 @@ def access_widths(ptx: str) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, tuple[list[str], list[str]]]:
-    """Compiles all kernels × dtypes × alignment, prints their access widths and returns them by label."""
+    """Compiles all kernels × dtypes, prints their access widths and returns them by label ("kernel/dtype").
+
+    Each kernel holds two copies of its loop, chosen per tensor at run time: with 16-byte alignment hints
+    (expect ``.v4``/``.v2`` accesses) and without (scalar accesses, for views at odd offsets).
+    """
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compile_check", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for Hopper")
     parser.add_argument("--ptx-dir", type=Path, help="also write each kernel's PTX here")
@@ -74,14 +78,13 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[list[str], list[str]]
     results = {}
     for name in SIGNATURES:
         for dtype_name in args.dtypes.split(","):
-            for aligned in (True, False):
-                label = f"{name}/{dtype_name}/{'aligned' if aligned else 'unaligned'}"
-                ptx = compile_kernel(name, dtypes[dtype_name], aligned, args.arch)
-                if args.ptx_dir:
-                    args.ptx_dir.mkdir(parents=True, exist_ok=True)
-                    (args.ptx_dir / f"{label.replace('/', '-')}.ptx").write_text(ptx)
-                results[label] = access_widths(ptx)
-                print(f"{label:<36} loads {' '.join(results[label][0])}; stores {' '.join(results[label][1])}")
+            label = f"{name}/{dtype_name}"
+            ptx = compile_kernel(name, dtypes[dtype_name], args.arch)
+            if args.ptx_dir:
+                args.ptx_dir.mkdir(parents=True, exist_ok=True)
+                (args.ptx_dir / f"{label.replace('/', '-')}.ptx").write_text(ptx)
+            results[label] = access_widths(ptx)
+            print(f"{label:<28} loads {' '.join(results[label][0])}; stores {' '.join(results[label][1])}")
     return results
 
 

@@ -2,10 +2,13 @@
 
 Design. A list of tensors of one dtype (on one device) is processed by ONE kernel launch over a *chunk table*:
 
-* a per-tensor table, int64 ``[T, F]``: ``F - 1`` raw ``data_ptr()`` addresses (weight, grad, mask, ...) and
-  the element count. Kernels cast the addresses back with ``.to(tl.pointer_type(...))``, so a tensor may be
-  any contiguous view into a larger buffer (e.g. a slice of DeepSpeed's flat fp32 partition): only its own
-  ``data_ptr()`` (which already includes the storage offset) and ``numel()`` are used;
+* a per-tensor table, int64 ``[T, P + 2]``: ``P`` raw ``data_ptr()`` addresses (weight, grad, mask, ...), the
+  element count, and an "aligned" flag (1 when all ``P`` addresses are multiples of 16 bytes). Kernels cast
+  the addresses back with ``.to(tl.pointer_type(...))``, so a tensor may be any contiguous view into a larger
+  buffer (e.g. a slice of DeepSpeed's flat fp32 partition): only its own ``data_ptr()`` (which already
+  includes the storage offset) and ``numel()`` are used. The flag picks, per tensor at run time, a loop
+  compiled with 16-byte alignment hints (vector accesses) or one without (views at odd offsets), so one
+  misaligned slice does not slow the whole launch down;
 * a per-tensor fp32 scalar (alpha, threshold);
 * a chunk table, int64 ``[C, 2]``: (tensor index, first element) for every ``chunk``-element piece of every
   non-empty tensor. Program ``pid`` of the 1-D grid ``(C,)`` processes chunk ``pid``.
@@ -30,6 +33,7 @@ import torch
 # Triton decides interpreter mode when a kernel is decorated (at import), so read the flag at the same time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+ALIGNMENT = 16  # bytes of one vector access; the caching allocator returns 512-byte aligned blocks
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MASK_DTYPES = (torch.bool, torch.uint8)
 
@@ -140,16 +144,6 @@ def group_by_dtype(weights: Sequence[torch.Tensor]) -> dict[tuple[torch.device, 
     return groups
 
 
-def all_aligned(columns: Sequence[Sequence[torch.Tensor | None]], alignment: int = 16) -> bool:
-    """Whether every address in ``columns`` is a multiple of ``alignment`` bytes (None entries are not read).
-
-    Kernels take this as a constexpr that lets them use 16-byte vector accesses. Tensors from the caching
-    allocator are 512-byte aligned; views at odd offsets into a flat buffer may not be, and then the whole
-    launch uses narrower accesses (still one launch, still correct).
-    """
-    return all(t is None or t.data_ptr() % alignment == 0 for col in columns for t in col)
-
-
 def build_tables(
     columns: Sequence[Sequence[torch.Tensor | None]], scalars: Sequence[float], chunk: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -163,7 +157,8 @@ def build_tables(
         device: where the tables live.
 
     Returns:
-        ``tensor_table`` int64 ``[T, len(columns) + 1]``, ``chunk_table`` int64 ``[C, 2]``, ``scalars`` fp32 ``[T]``.
+        ``tensor_table`` int64 ``[T, len(columns) + 2]`` (addresses, numel, aligned flag), ``chunk_table`` int64
+        ``[C, 2]`` (tensor index, first element), ``scalars`` fp32 ``[T]``.
     """
     ptrs = [[0 if t is None else t.data_ptr() for t in col] for col in columns]
     numels = [t.numel() for t in columns[0]]
@@ -173,7 +168,10 @@ def build_tables(
         _TABLE_CACHE.move_to_end(key)
         return hit
     sizes = torch.tensor(numels, dtype=torch.int64)
-    tensor_table = torch.stack([torch.tensor(col, dtype=torch.int64) for col in ptrs] + [sizes], dim=1)
+    aligned = torch.tensor(
+        [all(col[i] % ALIGNMENT == 0 for col in ptrs) for i in range(len(numels))], dtype=torch.int64
+    )
+    tensor_table = torch.stack([torch.tensor(col, dtype=torch.int64) for col in ptrs] + [sizes, aligned], dim=1)
     n_chunks = (sizes + chunk - 1) // chunk
     owner = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int64), n_chunks)
     first_chunk = torch.cumsum(n_chunks, 0) - n_chunks

@@ -12,7 +12,6 @@ from triton_kernels._multi_tensor import (
     DEFAULT_CONFIG,
     MASK_DTYPES,
     LaunchConfig,
-    all_aligned,
     build_tables,
     check_companions,
     check_float_list,
@@ -40,13 +39,25 @@ def _mask_block(w_ptr, m_ptr, offs, end, DTYPE: tl.constexpr, TAIL: tl.constexpr
 
 
 @triton.jit
+def _mask_chunk(w_ptr, m_ptr, start, end, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """Elements [start, end) of one tensor: full blocks unchecked, then one bounds-checked tail block."""
+    full_end = start + (end - start) // BLOCK * BLOCK
+    for block_start in range(start, full_end, BLOCK):
+        # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
+        offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        _mask_block(w_ptr, m_ptr, offs, end, DTYPE, TAIL=False)
+    if full_end < end:
+        offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        _mask_block(w_ptr, m_ptr, offs, end, DTYPE, TAIL=True)
+
+
+@triton.jit
 def _apply_masks_kernel(
     # pointers
-    tensor_table_ptr,  # int64 [T, 3]: weight address, mask address, numel
+    tensor_table_ptr,  # int64 [T, 4]: weight address, mask address, numel, aligned flag
     chunk_table_ptr,  # int64 [C, 2]: tensor index, first element of the chunk
     # meta-parameters
     DTYPE: tl.constexpr,  # element type of the weights of this launch
-    ALIGNED: tl.constexpr,  # every address of the launch is 16-byte aligned: allows 16-byte vector accesses
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -58,20 +69,17 @@ def _apply_masks_kernel(
     pid = tl.program_id(0)
     tensor = tl.load(chunk_table_ptr + 2 * pid)
     start = tl.load(chunk_table_ptr + 2 * pid + 1)  # int64: tensors may pass 2^31 elements
-    w_ptr = tl.load(tensor_table_ptr + 3 * tensor).to(tl.pointer_type(DTYPE))
-    m_ptr = tl.load(tensor_table_ptr + 3 * tensor + 1).to(tl.pointer_type(tl.uint8))
-    if ALIGNED:
-        w_ptr = tl.multiple_of(w_ptr, 16)
-        m_ptr = tl.multiple_of(m_ptr, 16)
-    end = tl.minimum(start + CHUNK, tl.load(tensor_table_ptr + 3 * tensor + 2))
-    full_end = start + (end - start) // BLOCK * BLOCK
-    for block_start in range(start, full_end, BLOCK):
-        # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
-        offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
-        _mask_block(w_ptr, m_ptr, offs, end, DTYPE, TAIL=False)
-    if full_end < end:
-        offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
-        _mask_block(w_ptr, m_ptr, offs, end, DTYPE, TAIL=True)
+    row = tensor_table_ptr + 4 * tensor
+    end = tl.minimum(start + CHUNK, tl.load(row + 2))
+    # Each branch loads its own addresses: an alignment hint marks the value itself (see _l0_grad_mask_kernel).
+    if tl.load(row + 3) != 0:  # both addresses 16-byte aligned: hints allow 16-byte vector accesses
+        w_ptr = tl.multiple_of(tl.load(row).to(tl.pointer_type(DTYPE)), 16)
+        m_ptr = tl.multiple_of(tl.load(row + 1).to(tl.pointer_type(tl.uint8)), 16)
+        _mask_chunk(w_ptr, m_ptr, start, end, DTYPE, BLOCK)
+    else:
+        w_ptr = tl.load(row).to(tl.pointer_type(DTYPE))
+        m_ptr = tl.load(row + 1).to(tl.pointer_type(tl.uint8))
+        _mask_chunk(w_ptr, m_ptr, start, end, DTYPE, BLOCK)
 
 
 def _launch_apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor], config: LaunchConfig) -> None:
@@ -85,7 +93,6 @@ def _launch_apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor], 
         tensor_table,
         chunk_table,
         DTYPE=TL_DTYPES[weights[0].dtype],
-        ALIGNED=all_aligned(columns),
         CHUNK=config.chunk,
         BLOCK=config.block,
         num_warps=config.num_warps,

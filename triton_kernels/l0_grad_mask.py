@@ -12,7 +12,6 @@ from triton_kernels._multi_tensor import (
     DEFAULT_CONFIG,
     MASK_DTYPES,
     LaunchConfig,
-    all_aligned,
     build_tables,
     check_companions,
     check_float_list,
@@ -63,9 +62,44 @@ def _l0_block(
 
 
 @triton.jit
+def _l0_chunk(
+    w_ptr,
+    g_ptr,
+    m_ptr,
+    start,
+    end,
+    pull,
+    beta,
+    l2,
+    DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Elements [start, end) of one tensor: full blocks unchecked, then one bounds-checked tail block.
+
+    Returns the chunk's Σ(1 - e) and Σ w².
+    """
+    full_end = start + (end - start) // BLOCK * BLOCK
+    l0_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    l2_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for block_start in range(start, full_end, BLOCK):
+        # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
+        offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        l0, sq = _l0_block(w_ptr, g_ptr, m_ptr, offs, end, pull, beta, l2, DTYPE, HAS_MASK, TAIL=False)
+        l0_acc += l0
+        l2_acc += sq
+    if full_end < end:
+        offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        l0, sq = _l0_block(w_ptr, g_ptr, m_ptr, offs, end, pull, beta, l2, DTYPE, HAS_MASK, TAIL=True)
+        l0_acc += l0
+        l2_acc += sq
+    return tl.sum(l0_acc, axis=0), tl.sum(l2_acc, axis=0)
+
+
+@triton.jit
 def _l0_grad_mask_kernel(
     # pointers
-    tensor_table_ptr,  # int64 [T, 4]: weight address, grad address, mask address, numel
+    tensor_table_ptr,  # int64 [T, 5]: weight address, grad address, mask address, numel, aligned flag
     chunk_table_ptr,  # int64 [C, 2]: tensor index, first element of the chunk
     alpha_ptr,  # fp32 [T]: per-tensor alpha
     partial_ptr,  # fp32 [C]: out, regularizer value of each chunk
@@ -75,7 +109,6 @@ def _l0_grad_mask_kernel(
     # meta-parameters
     DTYPE: tl.constexpr,  # element type of weights and grads of this launch
     HAS_MASK: tl.constexpr,  # masks=None compiles the mask load and multiply away
-    ALIGNED: tl.constexpr,  # every address of the launch is 16-byte aligned: allows 16-byte vector accesses
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -91,32 +124,24 @@ def _l0_grad_mask_kernel(
     pid = tl.program_id(0)
     tensor = tl.load(chunk_table_ptr + 2 * pid)
     start = tl.load(chunk_table_ptr + 2 * pid + 1)  # int64: tensors may pass 2^31 elements
-    w_ptr = tl.load(tensor_table_ptr + 4 * tensor).to(tl.pointer_type(DTYPE))
-    g_ptr = tl.load(tensor_table_ptr + 4 * tensor + 1).to(tl.pointer_type(DTYPE))
-    m_ptr = tl.load(tensor_table_ptr + 4 * tensor + 2).to(tl.pointer_type(tl.uint8))  # 0 when not HAS_MASK
-    if ALIGNED:
-        w_ptr = tl.multiple_of(w_ptr, 16)
-        g_ptr = tl.multiple_of(g_ptr, 16)
-        m_ptr = tl.multiple_of(m_ptr, 16)
-    end = tl.minimum(start + CHUNK, tl.load(tensor_table_ptr + 4 * tensor + 3))
-    full_end = start + (end - start) // BLOCK * BLOCK
+    row = tensor_table_ptr + 5 * tensor
+    end = tl.minimum(start + CHUNK, tl.load(row + 3))
     alpha = tl.load(alpha_ptr + tensor)
     pull = alpha * beta
-
-    l0_acc = tl.zeros([BLOCK], dtype=tl.float32)
-    l2_acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for block_start in range(start, full_end, BLOCK):
-        # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
-        offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
-        l0, sq = _l0_block(w_ptr, g_ptr, m_ptr, offs, end, pull, beta, l2, DTYPE, HAS_MASK, TAIL=False)
-        l0_acc += l0
-        l2_acc += sq
-    if full_end < end:
-        offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
-        l0, sq = _l0_block(w_ptr, g_ptr, m_ptr, offs, end, pull, beta, l2, DTYPE, HAS_MASK, TAIL=True)
-        l0_acc += l0
-        l2_acc += sq
-    tl.store(partial_ptr + pid, alpha * tl.sum(l0_acc, axis=0) + l2 * tl.sum(l2_acc, axis=0))
+    # The mask address is 0 and never read when not HAS_MASK. Each branch loads its own addresses: an
+    # alignment hint marks the value itself, so a hinted value shared with the other branch would make the
+    # misaligned path use 16-byte accesses too.
+    if tl.load(row + 4) != 0:  # all three addresses 16-byte aligned: hints allow 16-byte vector accesses
+        w_ptr = tl.multiple_of(tl.load(row).to(tl.pointer_type(DTYPE)), 16)
+        g_ptr = tl.multiple_of(tl.load(row + 1).to(tl.pointer_type(DTYPE)), 16)
+        m_ptr = tl.multiple_of(tl.load(row + 2).to(tl.pointer_type(tl.uint8)), 16)
+        l0, sq = _l0_chunk(w_ptr, g_ptr, m_ptr, start, end, pull, beta, l2, DTYPE, HAS_MASK, BLOCK)
+    else:
+        w_ptr = tl.load(row).to(tl.pointer_type(DTYPE))
+        g_ptr = tl.load(row + 1).to(tl.pointer_type(DTYPE))
+        m_ptr = tl.load(row + 2).to(tl.pointer_type(tl.uint8))
+        l0, sq = _l0_chunk(w_ptr, g_ptr, m_ptr, start, end, pull, beta, l2, DTYPE, HAS_MASK, BLOCK)
+    tl.store(partial_ptr + pid, alpha * l0 + l2 * sq)
 
 
 def _launch_l0_grad_mask(
@@ -145,7 +170,6 @@ def _launch_l0_grad_mask(
         float(l2),
         DTYPE=TL_DTYPES[dtype],
         HAS_MASK=masks is not None,
-        ALIGNED=all_aligned(columns),
         CHUNK=config.chunk,
         BLOCK=config.block,
         num_warps=config.num_warps,

@@ -11,7 +11,6 @@ import triton.language as tl
 from triton_kernels._multi_tensor import (
     DEFAULT_CONFIG,
     LaunchConfig,
-    all_aligned,
     build_tables,
     check_float_list,
     group_by_dtype,
@@ -36,15 +35,32 @@ def _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL: tl.constexpr):
 
 
 @triton.jit
+def _threshold_chunk(w_ptr, m_ptr, start, end, tau, BLOCK: tl.constexpr):
+    """Elements [start, end) of one tensor: full blocks unchecked, then one bounds-checked tail block.
+
+    Returns the chunk's kept count.
+    """
+    full_end = start + (end - start) // BLOCK * BLOCK
+    kept_acc = tl.zeros([BLOCK], dtype=tl.int32)  # at most CHUNK / BLOCK per lane
+    for block_start in range(start, full_end, BLOCK):
+        # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
+        offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        kept_acc += _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL=False)
+    if full_end < end:
+        offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
+        kept_acc += _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL=True)
+    return tl.sum(kept_acc, axis=0).to(tl.int64)
+
+
+@triton.jit
 def _threshold_masks_kernel(
     # pointers
-    tensor_table_ptr,  # int64 [T, 3]: weight address, mask address (out), numel
+    tensor_table_ptr,  # int64 [T, 4]: weight address, mask address (out), numel, aligned flag
     chunk_table_ptr,  # int64 [C, 2]: tensor index, first element of the chunk
     tau_ptr,  # fp32 [T]: per-tensor threshold
     count_ptr,  # int64 [T]: out, kept elements per tensor (zero-initialised)
     # meta-parameters
     DTYPE: tl.constexpr,  # element type of the weights of this launch
-    ALIGNED: tl.constexpr,  # every address of the launch is 16-byte aligned: allows 16-byte vector accesses
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -57,23 +73,19 @@ def _threshold_masks_kernel(
     pid = tl.program_id(0)
     tensor = tl.load(chunk_table_ptr + 2 * pid)
     start = tl.load(chunk_table_ptr + 2 * pid + 1)  # int64: tensors may pass 2^31 elements
-    w_ptr = tl.load(tensor_table_ptr + 3 * tensor).to(tl.pointer_type(DTYPE))
-    m_ptr = tl.load(tensor_table_ptr + 3 * tensor + 1).to(tl.pointer_type(tl.uint8))
-    if ALIGNED:
-        w_ptr = tl.multiple_of(w_ptr, 16)
-        m_ptr = tl.multiple_of(m_ptr, 16)
-    end = tl.minimum(start + CHUNK, tl.load(tensor_table_ptr + 3 * tensor + 2))
-    full_end = start + (end - start) // BLOCK * BLOCK
+    row = tensor_table_ptr + 4 * tensor
+    end = tl.minimum(start + CHUNK, tl.load(row + 2))
     tau = tl.load(tau_ptr + tensor)
-    kept_acc = tl.zeros([BLOCK], dtype=tl.int32)  # at most CHUNK / BLOCK per lane
-    for block_start in range(start, full_end, BLOCK):
-        # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
-        offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
-        kept_acc += _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL=False)
-    if full_end < end:
-        offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
-        kept_acc += _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL=True)
-    tl.atomic_add(count_ptr + tensor, tl.sum(kept_acc, axis=0).to(tl.int64))
+    # Each branch loads its own addresses: an alignment hint marks the value itself (see _l0_grad_mask_kernel).
+    if tl.load(row + 3) != 0:  # both addresses 16-byte aligned: hints allow 16-byte vector accesses
+        w_ptr = tl.multiple_of(tl.load(row).to(tl.pointer_type(DTYPE)), 16)
+        m_ptr = tl.multiple_of(tl.load(row + 1).to(tl.pointer_type(tl.uint8)), 16)
+        kept = _threshold_chunk(w_ptr, m_ptr, start, end, tau, BLOCK)
+    else:
+        w_ptr = tl.load(row).to(tl.pointer_type(DTYPE))
+        m_ptr = tl.load(row + 1).to(tl.pointer_type(tl.uint8))
+        kept = _threshold_chunk(w_ptr, m_ptr, start, end, tau, BLOCK)
+    tl.atomic_add(count_ptr + tensor, kept)
 
 
 def _launch_threshold_masks(
@@ -95,7 +107,6 @@ def _launch_threshold_masks(
         tau_table,
         counts,
         DTYPE=TL_DTYPES[weights[0].dtype],
-        ALIGNED=all_aligned(columns),
         CHUNK=config.chunk,
         BLOCK=config.block,
         num_warps=config.num_warps,

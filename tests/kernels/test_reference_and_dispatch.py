@@ -86,3 +86,14 @@ def test_triton_backend_rejects_unusable_device(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(mt, "INTERPRET", False)
     with pytest.raises(RuntimeError, match="need CUDA tensors"):
         ops.apply_masks_([torch.ones(3)], [torch.ones(3, dtype=torch.bool)])
+
+
+def test_tables_chunks_and_alignment_flags() -> None:
+    base = torch.zeros(300)
+    views = [base[:260], base[1:6], torch.empty(0), base[4:8]]  # aligned, 4-byte offset, empty, 16-byte offset
+    tensor_table, chunk_table, scalars = mt.build_tables([views, views], [1.0, 2.0, 3.0, 4.0], 128, base.device)
+    assert tensor_table[:, 2].tolist() == [260, 5, 0, 4], f"numel column: {tensor_table[:, 2].tolist()}"
+    assert tensor_table[:, 3].tolist() == [1, 0, 1, 1], f"aligned flags: {tensor_table[:, 3].tolist()}"
+    assert tensor_table[1, 0].item() == base.data_ptr() + 4, "a view's address includes its storage offset"
+    assert chunk_table.tolist() == [[0, 0], [0, 128], [0, 256], [1, 0], [3, 0]], f"chunks: {chunk_table.tolist()}"
+    assert scalars.dtype == torch.float32 and scalars.tolist() == [1.0, 2.0, 3.0, 4.0], f"scalars: {scalars}"
