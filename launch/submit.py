@@ -78,14 +78,27 @@ def sbatch_script(config: RunConfig) -> str:
     return submitit_slurm._make_sbatch_string(command=submitit_command(folder), folder=folder, **params)
 
 
-def slurm_partitions() -> list[str] | None:
-    """Partitions known to Slurm (`sinfo`), or None when sinfo is not available or fails."""
+def slurm_partitions() -> dict[str, int] | None:
+    """Partitions known to Slurm with their node counts (`sinfo`), or None when sinfo is missing or fails."""
+    if shutil.which("sinfo") is None:
+        return None
+    result = subprocess.run(["sinfo", "-h", "-o", "%P %D"], capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0:
+        return None
+    partitions: dict[str, int] = {}
+    for line in result.stdout.splitlines():
+        name, _, nodes = line.strip().partition(" ")
+        if name:
+            partitions[name.rstrip("*")] = partitions.get(name.rstrip("*"), 0) + int(nodes or 0)
+    return partitions
+
+
+def default_partition() -> str | None:
+    """The partition marked with `*` by sinfo."""
     if shutil.which("sinfo") is None:
         return None
     result = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30, check=False)
-    if result.returncode != 0:
-        return None
-    return sorted({line.strip().rstrip("*") for line in result.stdout.splitlines() if line.strip()})
+    return next((line.strip().rstrip("*") for line in result.stdout.splitlines() if line.strip().endswith("*")), None)
 
 
 def validate_launch(config: RunConfig, cluster: str) -> None:
@@ -106,15 +119,19 @@ def validate_launch(config: RunConfig, cluster: str) -> None:
         raise LaunchError(f"launch.tasks_per_node: the debug cluster runs one rank in-process "
                           f"(got nodes={launch.nodes} × tasks_per_node={launch.tasks_per_node})")
     if cluster == "slurm":
-        _check_partition(launch.partition)
+        _check_partition(launch.partition, launch.nodes)
 
 
-def _check_partition(partition: str | None) -> None:
-    if partition is None:
-        return
+def _check_partition(partition: str | None, nodes: int) -> None:
+    """Unknown partitions and node counts the partition cannot ever give (Slurm would queue such a job forever)."""
     known = slurm_partitions()
-    if known is not None and partition not in known:
-        raise LaunchError(f"launch.partition: unknown partition {partition!r} (Slurm has: {', '.join(known)})")
+    if known is None:
+        return
+    if partition is not None and partition not in known:
+        raise LaunchError(f"launch.partition: unknown partition {partition!r} (Slurm has: {', '.join(sorted(known))})")
+    name = partition or default_partition()
+    if name in known and nodes > known[name]:
+        raise LaunchError(f"launch.nodes: {nodes} nodes requested but partition {name!r} has {known[name]}")
 
 
 def make_executor(config: RunConfig, cluster: str) -> submitit.Executor:

@@ -18,7 +18,7 @@ from sparsetrain.config.loader import ConfigError, load_config, resolve_key
 from sparsetrain.config.schema import RunConfig
 
 SPARSITY_KEYS = ("sparsity", "final_sparsity", "prune.sparsity", "finetune.sparsity")
-METRIC_PHASES = ("finetune", "final", "prune", "sparsify")
+METRIC_PHASES = ("finetuned", "finetune", "pruned", "prune", "sparse", "sparsify")  # report sections, last first
 
 
 @dataclass

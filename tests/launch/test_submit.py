@@ -77,7 +77,8 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys: pytest.Captu
     assert err.startswith("error: launch.nodes:") and "\n" not in err, err
 
 
-def test_dry_run_shows_script_world_size_and_pruning_plan(tmp_path: Path) -> None:
+def test_dry_run_shows_script_world_size_and_pruning_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("launch.submit.slurm_partitions", lambda: None)  # a 2-node plan, whatever cluster is here
     config = load_config(None, [f"out_dir={tmp_path / 'run'}", "launch.nodes=2", "launch.tasks_per_node=4",
                                 "launch.gpus_per_node=4"])
     text = dry_run_report(config, "slurm")
@@ -108,6 +109,6 @@ def test_sweep_rejects_swept_resources() -> None:
 def test_pareto_front_and_report_summary() -> None:
     points = [(0.5, 0.9), (0.9, 0.8), (0.8, 0.7), (0.95, 0.5), (0.5, 0.85)]
     assert pareto_front(points) == [0, 1, 3]
-    summary = summarize_report({"world_size": 2, "finetune": {"test_acc": 0.91, "sparsity": 0.8},
-                                "dense": {"test_acc": 0.95}})
-    assert summary == {"sparsity": 0.8, "metric": 0.91, "metric_name": "finetune.test_acc"}
+    summary = summarize_report({"world_size": 2, "sparsity": 0.72, "dense": {"metric": 95.0, "accuracy": 95.0},
+                                "pruned": {"metric": 93.0, "sparsity": 0.72}, "finetuned": {"metric": 94.5}})
+    assert summary == {"sparsity": 0.72, "metric": 94.5, "metric_name": "finetuned.metric"}
