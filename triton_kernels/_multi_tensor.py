@@ -23,6 +23,7 @@ the copy only once. Reductions are written per chunk (or added as integers), so 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -81,6 +82,11 @@ def triton_unusable_reason(device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU), got {device}"
     return None
+
+
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """Makes ``device`` current for a launch (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def check_float_list(name: str, tensors: Sequence[torch.Tensor]) -> None:
@@ -162,7 +168,9 @@ def build_tables(
     """
     ptrs = [[0 if t is None else t.data_ptr() for t in col] for col in columns]
     numels = [t.numel() for t in columns[0]]
-    key = (device, chunk, tuple(map(tuple, ptrs)), tuple(numels), tuple(scalars))
+    # Per stream: the copy below is ordered on the current stream only, so another stream gets its own tables.
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, chunk, tuple(map(tuple, ptrs)), tuple(numels), tuple(scalars))
     hit = _TABLE_CACHE.get(key)
     if hit is not None:
         _TABLE_CACHE.move_to_end(key)

@@ -15,6 +15,7 @@ from triton_kernels._multi_tensor import (
     build_tables,
     check_companions,
     check_float_list,
+    device_guard,
     group_by_dtype,
 )
 from triton_kernels.l0_grad_mask import TL_DTYPES
@@ -89,14 +90,15 @@ def _launch_apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor], 
     n_chunks = chunk_table.shape[0]
     if n_chunks == 0:
         return
-    _apply_masks_kernel[(n_chunks,)](
-        tensor_table,
-        chunk_table,
-        DTYPE=TL_DTYPES[weights[0].dtype],
-        CHUNK=config.chunk,
-        BLOCK=config.block,
-        num_warps=config.num_warps,
-    )
+    with device_guard(weights[0].device):
+        _apply_masks_kernel[(n_chunks,)](
+            tensor_table,
+            chunk_table,
+            DTYPE=TL_DTYPES[weights[0].dtype],
+            CHUNK=config.chunk,
+            BLOCK=config.block,
+            num_warps=config.num_warps,
+        )
 
 
 def apply_masks_(

@@ -15,6 +15,7 @@ from triton_kernels._multi_tensor import (
     build_tables,
     check_companions,
     check_float_list,
+    device_guard,
     group_by_dtype,
     per_tensor_floats,
 )
@@ -161,19 +162,20 @@ def _launch_l0_grad_mask(
     partials = torch.empty(n_chunks, dtype=torch.float32, device=device)
     if n_chunks == 0:
         return partials.sum()
-    _l0_grad_mask_kernel[(n_chunks,)](
-        tensor_table,
-        chunk_table,
-        alpha_table,
-        partials,
-        float(beta),
-        float(l2),
-        DTYPE=TL_DTYPES[dtype],
-        HAS_MASK=masks is not None,
-        CHUNK=config.chunk,
-        BLOCK=config.block,
-        num_warps=config.num_warps,
-    )
+    with device_guard(weights[0].device):
+        _l0_grad_mask_kernel[(n_chunks,)](
+            tensor_table,
+            chunk_table,
+            alpha_table,
+            partials,
+            float(beta),
+            float(l2),
+            DTYPE=TL_DTYPES[dtype],
+            HAS_MASK=masks is not None,
+            CHUNK=config.chunk,
+            BLOCK=config.block,
+            num_warps=config.num_warps,
+        )
     return partials.sum()
 
 

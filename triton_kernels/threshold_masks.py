@@ -13,6 +13,7 @@ from triton_kernels._multi_tensor import (
     LaunchConfig,
     build_tables,
     check_float_list,
+    device_guard,
     group_by_dtype,
     per_tensor_floats,
 )
@@ -101,16 +102,17 @@ def _launch_threshold_masks(
     n_chunks = chunk_table.shape[0]
     if n_chunks == 0:
         return
-    _threshold_masks_kernel[(n_chunks,)](
-        tensor_table,
-        chunk_table,
-        tau_table,
-        counts,
-        DTYPE=TL_DTYPES[weights[0].dtype],
-        CHUNK=config.chunk,
-        BLOCK=config.block,
-        num_warps=config.num_warps,
-    )
+    with device_guard(weights[0].device):
+        _threshold_masks_kernel[(n_chunks,)](
+            tensor_table,
+            chunk_table,
+            tau_table,
+            counts,
+            DTYPE=TL_DTYPES[weights[0].dtype],
+            CHUNK=config.chunk,
+            BLOCK=config.block,
+            num_warps=config.num_warps,
+        )
 
 
 def threshold_masks(
