@@ -56,7 +56,8 @@ def save_compressed(model: nn.Module, out_dir: str | Path, *, meta: dict[str, An
         StructuralPruningError: `model` differs from the timm model in more than tensor shapes.
     """
     name, kwargs = _check_meta(meta)
-    reference = _create(name, kwargs)
+    with torch.device("meta"):  # shapes only: skips weight init, which dominates for large models
+        reference = _create(name, kwargs)
     changed = _changed_modules(model, reference)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def load_compressed(path: str | Path) -> nn.Module:
     arch = json.loads((folder / ARCH_FILE).read_text())
     if arch.get("format") != _FORMAT:
         raise ValueError(f"{folder / ARCH_FILE}: format {arch.get('format')!r}, expected {_FORMAT!r}")
-    model = _create(arch["model_name"], arch["model_kwargs"]).to(getattr(torch, arch["dtype"]))
+    model = _create_empty(arch["model_name"], arch["model_kwargs"]).to(getattr(torch, arch["dtype"]))
     for module_name, spec in arch["modules"].items():
         _shrink(module_name, model.get_submodule(module_name), spec)
     missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=True)
@@ -95,6 +96,15 @@ def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
     if not timm.is_model(name):
         import sparsetrain.models  # noqa: F401  (registers the project's own timm models: unet, lenet, ...)
     return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _create_empty(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The timm model with uninitialized tensors when the weights file will overwrite all of them."""
+    with torch.device("meta"):
+        model = _create(name, kwargs)
+    if any(m._non_persistent_buffers_set for m in model.modules()):
+        return _create(name, kwargs)  # such buffers (index tables, masks) are computed at init, not saved
+    return model.to_empty(device="cpu")
 
 
 def _check_meta(meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Removing ~30 % of every prunable channel group of timm convnets equals zeroing those channels.
 
 Per model (built once per module): random BN statistics/affines and layer scales (so zeroing really changes
-the output), float64 (so the comparison is exact up to summation order), a random 30 % of each prunable
+the output), float32, a random 30 % of each prunable
 group dropped; then masked vs removed outputs, parameter shapes vs the kept filters, and a
 save_compressed → load_compressed round trip.
 """
@@ -22,16 +22,16 @@ from sparsetrain.structural.graph import build_channel_groups, producer_weights
 from sparsetrain.structural.remove import remove_channels, zero_channels
 
 CASES = [  # (timm name, create kwargs, input side)
-    ("mobilenetv3_small_100", {}, 64),
-    ("mobilenetv3_large_100", {}, 64),
-    ("resnet18", {}, 64),
-    ("resnet50", {}, 32),
-    ("efficientnet_b0", {}, 64),
-    ("convnext_tiny", {}, 32),
+    ("mobilenetv3_small_100", {"num_classes": 10}, 64),
+    ("mobilenetv3_large_100", {"num_classes": 10}, 64),
+    ("resnet18", {"num_classes": 10}, 64),
+    ("resnet50", {"num_classes": 10}, 32),
+    ("efficientnet_b0", {"num_classes": 10}, 64),
+    ("convnext_tiny", {"num_classes": 10}, 32),
     ("unet", {"base_width": 8, "depth": 3, "up_mode": "transpose"}, 32),
     ("unet", {"base_width": 8, "depth": 3, "up_mode": "bilinear", "num_classes": 2}, 32),
 ]
-ATOL = 1e-9  # float64: removal and masking differ only in summation order
+ATOL = 1e-5  # float32: removal and masking differ only in summation order (observed <= 3e-6)
 
 
 def randomize(model: nn.Module, seed: int) -> None:
@@ -77,8 +77,7 @@ def case(request, tmp_path_factory):
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
     randomize(model, seed=1)
-    model = model.double()
-    x = torch.randn(2, 3, side, side, dtype=torch.float64)
+    x = torch.randn(2, 3, side, side)
     groups = build_channel_groups(model, x)
     drop = random_drop(groups, 0.3, seed=2)
     masked = copy.deepcopy(model)
@@ -128,7 +127,7 @@ def test_compressed_round_trip(case):
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in case["pruned"].parameters())
     with torch.no_grad():
         diff = (loaded(case["x"]) - case["outs"]["pruned"]).abs().max().item()
-    assert diff == 0.0, f"loaded vs pruned: max abs diff {diff:.3e}"
+    assert diff <= 1e-6, f"loaded vs pruned: max abs diff {diff:.3e}"
 
 
 def test_producer_weights_have_channels_first(case):
