@@ -130,7 +130,7 @@ def _strip_tag(stem: str, tags: tuple[str, ...]) -> tuple[str, int]:
 
 def _pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
     """Match every image to its mask by stem (exact first, then after removing the tags)."""
-    masks = _list_images(mask_dir)
+    images, masks = _list_images(image_dir), _list_images(mask_dir)
     exact = {m.stem: m for m in masks}
     by_key: dict[str, tuple[int, Path]] = {}
     for mask in masks:
@@ -138,7 +138,7 @@ def _pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
         if key not in by_key or priority < by_key[key][0]:
             by_key[key] = (priority, mask)
     pairs = []
-    for image in _list_images(image_dir):
+    for image in images:
         key = _strip_tag(image.stem, IMAGE_TAGS)[0]
         mask = exact.get(image.stem) or by_key.get(key, by_key.get(image.stem, (0, None)))[1]
         if mask is None:

@@ -1,0 +1,168 @@
+"""Segmentation data: synthetic vessels (determinism, format) and image/mask folders (layouts, classes, errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sparsetrain.config.schema import DataConfig
+from sparsetrain.data.base import DataError
+from sparsetrain.data.segmentation import build_segmentation_data
+from sparsetrain.data.vessels import make_vessel_images
+
+
+def seg_folder(path: Path, **kwargs) -> DataConfig:
+    return DataConfig(source="seg_folder", path=str(path), normalize=False, **kwargs)
+
+
+def write_pair(root: Path, stem: str, mask: np.ndarray, mask_stem: str | None = None, ext: str = ".png",
+               mode: str = "RGB") -> None:
+    """An image (random pixels, same size as `mask`) and its mask under root/images and root/masks."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(stem))
+    shape = mask.shape + ((3,) if mode == "RGB" else ())
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(root / "images" / f"{stem}{ext}")
+    Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{mask_stem or stem}.png")
+
+
+def disk_mask(size: int, value: int, seed: int) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    c = 3 + seed % (size - 6)
+    return np.where((yy - c) ** 2 + (xx - size // 2) ** 2 < 9, value, 0)
+
+
+# ------------------------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_vessels_are_deterministic_from_seed() -> None:
+    a, b, c = make_vessel_images(6, 32, seed=3), make_vessel_images(6, 32, seed=3), make_vessel_images(6, 32, seed=4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), "same seed, different data"
+    assert not torch.equal(a[1], c[1]), "different seeds, same masks"
+
+
+def test_synthetic_vessels_format() -> None:
+    images, masks = make_vessel_images(64, 64, seed=0)
+    assert images.shape == (64, 3, 64, 64) and images.dtype == torch.float32
+    assert masks.shape == (64, 64, 64) and masks.dtype == torch.int64
+    assert set(masks.unique().tolist()) == {0, 1}
+    assert 0.03 < masks.float().mean() < 0.3, f"vessel fraction {masks.float().mean():.3f}"
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    # Vessels are darker than the background in every image that has some.
+    vessel = (images.mean(1) * masks).sum((1, 2)) / masks.sum((1, 2)).clamp_min(1)
+    background = (images.mean(1) * (1 - masks)).sum((1, 2)) / (1 - masks).sum((1, 2))
+    has_vessels = masks.sum((1, 2)) > 0
+    assert (vessel[has_vessels] < background[has_vessels]).float().mean() > 0.9
+
+
+def test_build_synthetic_bundle() -> None:
+    cfg = DataConfig(source="seg_synthetic", num_samples=40, image_size=32, test_fraction=0.25)
+    bundle = build_segmentation_data(cfg, seed=0)
+    assert (len(bundle.train), len(bundle.test)) == (30, 10)
+    assert bundle.num_classes == 1 and bundle.in_chans == 3 and bundle.input_shape == (3, 32, 32)
+    x, y = bundle.train.__getitems__([0, 5, 7])
+    assert x.shape == (3, 3, 32, 32) and y.shape == (3, 32, 32) and y.dtype == torch.int64
+    torch.testing.assert_close(bundle.train.inputs.mean((0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+    gray = build_segmentation_data(DataConfig(source="seg_synthetic", num_samples=16, in_chans=1), seed=0)
+    assert gray.input_shape == (1, 64, 64), "default synthetic size is 64, in_chans=1 averages the colours"
+
+
+# ------------------------------------------------------------------------------------------- folders
+
+
+def test_binary_folder_with_drive_names_and_split(tmp_path: Path) -> None:
+    for i in range(5):  # DRIVE style: NN_training.tif ↔ NN_manual1.png (0/255)
+        write_pair(tmp_path, f"{21 + i}_training", disk_mask(16, 255, i), mask_stem=f"{21 + i}_manual1", ext=".tif")
+    bundle = build_segmentation_data(seg_folder(tmp_path, test_fraction=0.4), seed=0)
+    assert bundle.num_classes == 1 and bundle.input_shape == (3, 16, 16)
+    assert (len(bundle.train), len(bundle.test)) == (3, 2)
+    assert set(torch.cat([bundle.train.targets, bundle.test.targets]).unique().tolist()) == {0, 1}
+    again = build_segmentation_data(seg_folder(tmp_path, test_fraction=0.4), seed=0)
+    assert torch.equal(again.test.targets, bundle.test.targets), "split is not reproducible from the seed"
+
+
+def test_multiclass_folder_with_train_test_and_resize(tmp_path: Path) -> None:
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            mask = disk_mask(20, 1, i) + 2 * (np.arange(20)[None, :] > 15)  # labels 0, 1, 2
+            write_pair(tmp_path / split, f"img{i}", mask, mask_stem=f"img{i}_gt", mode="L")
+    bundle = build_segmentation_data(seg_folder(tmp_path, image_size=8), seed=0)
+    assert bundle.num_classes == 3 and bundle.in_chans == 1 and bundle.input_shape == (1, 8, 8)
+    assert (len(bundle.train), len(bundle.test)) == (3, 2)
+    assert bundle.train.targets.shape == (3, 8, 8)
+    assert set(bundle.train.targets.unique().tolist()) <= {0, 1, 2}, "nearest resize must keep labels"
+
+
+def test_classes_txt_sets_the_class_count(tmp_path: Path) -> None:
+    for i in range(3):
+        write_pair(tmp_path, f"a{i}", disk_mask(12, 1, i))
+    (tmp_path / "classes.txt").write_text("background\nvessel\nartery\nvein\n")
+    assert build_segmentation_data(seg_folder(tmp_path), seed=0).num_classes == 4
+    (tmp_path / "classes.txt").write_text("2\n")
+    assert build_segmentation_data(seg_folder(tmp_path), seed=0).num_classes == 1
+
+
+def test_exact_stem_wins_over_tagged_mask(tmp_path: Path) -> None:
+    write_pair(tmp_path, "x", disk_mask(12, 1, 0))
+    write_pair(tmp_path, "y", disk_mask(12, 1, 1))
+    Image.fromarray(np.full((12, 12), 1, np.uint8)).save(tmp_path / "masks" / "x_1stHO.png")
+    bundle = build_segmentation_data(seg_folder(tmp_path, test_fraction=0.5), seed=0)
+    assert torch.cat([bundle.train.targets, bundle.test.targets]).float().mean() < 0.5
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def expect_error(cfg: DataConfig, pattern: str) -> None:
+    with pytest.raises(DataError, match=pattern) as info:
+        build_segmentation_data(cfg, seed=0)
+    assert "\n" not in str(info.value), "DataError messages are one line"
+
+
+def test_error_missing_mask(tmp_path: Path) -> None:
+    write_pair(tmp_path, "a", disk_mask(12, 255, 0))
+    write_pair(tmp_path, "b", disk_mask(12, 255, 1), mask_stem="other")
+    expect_error(seg_folder(tmp_path), r"b\.png: no mask in .*masks \(expected stem 'b'")
+
+
+def test_error_size_mismatch(tmp_path: Path) -> None:
+    write_pair(tmp_path, "a", disk_mask(12, 255, 0))
+    write_pair(tmp_path, "b", disk_mask(12, 255, 1))
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "masks" / "b.png")
+    expect_error(seg_folder(tmp_path), r"b\.png: mask is 12×10 but image b\.png is 12×12")
+
+
+def test_error_values_outside_declared_classes(tmp_path: Path) -> None:
+    write_pair(tmp_path, "a", disk_mask(12, 1, 0))
+    write_pair(tmp_path, "b", disk_mask(12, 3, 1))
+    (tmp_path / "classes.txt").write_text("3")
+    expect_error(seg_folder(tmp_path), r"masks/b\.png: mask value 3 outside the class range 0\.\.2 .*declares 3")
+
+
+def test_error_values_outside_inferred_classes(tmp_path: Path) -> None:
+    write_pair(tmp_path, "a", disk_mask(12, 255, 0))
+    write_pair(tmp_path, "b", disk_mask(12, 128, 1))  # e.g. an anti-aliased or mis-scaled binary mask
+    expect_error(seg_folder(tmp_path), r"masks/b\.png: mask value 128 outside the class range 0\.\.31")
+
+
+def test_error_empty_and_missing_folders(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    expect_error(seg_folder(tmp_path), r"no image files .* in .*images")
+    expect_error(seg_folder(tmp_path / "nowhere"), "segmentation folder not found")
+    (tmp_path / "train").mkdir()
+    expect_error(seg_folder(tmp_path), r"folder not found: .*train/images")
+
+
+def test_error_colour_mask_and_differing_sizes(tmp_path: Path) -> None:
+    write_pair(tmp_path, "a", disk_mask(12, 1, 0))
+    write_pair(tmp_path, "b", disk_mask(16, 1, 1))
+    expect_error(seg_folder(tmp_path), r"differ in size .* set data\.image_size")
+    colour = np.zeros((16, 16, 3), np.uint8)
+    colour[2, 2] = (255, 0, 0)
+    Image.fromarray(colour).save(tmp_path / "masks" / "b.png")
+    expect_error(seg_folder(tmp_path, image_size=8), r"b\.png: colour mask")
