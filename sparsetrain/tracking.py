@@ -58,5 +58,8 @@ class Tracker:
 
     def close(self) -> None:
         if self.run is not None:
+            import wandb
+
             self.run.finish()
+            wandb.teardown()  # flushes the run file now; a shared W&B service may otherwise write it later
             self.run = None

@@ -110,8 +110,8 @@ def _format_error(err: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    if message.startswith(f"{field}:"):
-        return message
+    if not first["loc"] or message.startswith(f"{field}:"):
+        return message  # cross-field checks already name their field
     return f"{field}: {message}{shown}"
 
 

@@ -83,8 +83,9 @@ def evaluate(ctx: RunContext, model: nn.Module) -> dict[str, float]:
     was_training = model.training
     model.eval()
     total = None
+    dtype = next(model.parameters()).dtype  # bf16 inside an engine, fp32 for a plain model
     for batch in _eval_batches(ctx, indices):
-        x, y = to_device(batch, ctx.dist.device, ctx.dtype)
+        x, y = to_device(batch, ctx.dist.device, dtype)
         stats = ctx.task.batch_stats(model(x), y).double().cpu() * weight
         total = stats if total is None else total + stats
     model.train(was_training)

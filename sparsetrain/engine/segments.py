@@ -63,11 +63,22 @@ def _segment_in_layout(name: str, param: torch.nn.Parameter,
     return Segment(name, param, lo - offset, hi - offset, master, lo - master_start)
 
 
+def _per_param_masters(wrapper: object) -> dict[int, torch.Tensor]:
+    """FP16_UnfusedOptimizer (bf16 without ZeRO, client optimizer): one fp32 copy per model parameter."""
+    return {id(low): master for lows, masters in zip(wrapper.fp16_groups, wrapper.fp32_groups)
+            for low, master in zip(lows, masters)}
+
+
 def build_segments(engine: object, prunable: dict[str, torch.nn.Parameter]) -> list[Segment]:
     """Segments of every prunable parameter held by this rank (empty-range segments are dropped)."""
     basic_params = {id(p) for group in engine.basic_optimizer.param_groups for p in group["params"]}
     if all(id(p) in basic_params for p in prunable.values()):
         return [Segment(n, p, 0, p.numel(), p, 0) for n, p in prunable.items()]
+    if hasattr(engine.optimizer, "fp32_groups") and not hasattr(engine.optimizer, "fp32_groups_flat"):
+        masters = _per_param_masters(engine.optimizer)
+        segments = [Segment(n, p, 0, p.numel(), masters[id(p)], 0) for n, p in prunable.items()]
+        _check_segments(segments)
+        return segments
     layouts = _flat_layouts(engine.optimizer)
     segments = []
     for name, param in prunable.items():

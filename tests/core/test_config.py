@@ -1,0 +1,53 @@
+"""Config loading: inheritance, overrides, and one-line errors naming the bad field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsetrain.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_recipe_validates(recipe: str) -> None:
+    load_config(REPO / "configs" / recipe, ["data.path=somewhere"])
+
+
+def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("seed: 3\nregularizer: {beta: 5, alpha0: 1.0e-6}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nregularizer: {beta: 7}\n")
+    cfg = load_config(tmp_path / "child.yaml", ["alpha2=0.5", "deepspeed.zero_stage=2"])
+    assert (cfg.seed, cfg.regularizer.beta, cfg.regularizer.alpha0) == (3, 7, 1e-6), "base values not inherited"
+    assert cfg.regularizer.alpha2 == 0.5, "bare leaf override did not resolve to regularizer.alpha2"
+    assert cfg.deepspeed.zero_stage == 2
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["regularizer.gamma=1"], "regularizer.gamma: unknown key"),
+    (["regularizer.beta=abc"], "regularizer.beta:"),
+    (["regularizer.beta=-1"], "regularizer.beta: Input should be greater than or equal to 0"),
+    (["deepspeed.zero_stage=3"], "deepspeed.zero_stage:"),
+    (["data.source=npz"], "data.path: required for data.source='npz'"),
+    (["task=segmentation"], "task: 'segmentation' does not match data.source='digits'"),
+    (["nosuchkey=1"], "nosuchkey: unknown config key"),
+    (["epochs=3"], "epochs: ambiguous override"),
+    (["train.batch_size"], "override 'train.batch_size': expected key=value"),
+])
+def test_bad_config_gives_one_line_error(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    message = str(info.value)
+    assert "\n" not in message, f"error is not one line: {message!r}"
+    assert message.startswith(expected), f"expected {expected!r}, got {message!r}"
+
+
+def test_cli_prints_one_line_error_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "sparsetrain", "run", "optim.lr=0", f"out_dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: optim.lr: Input should be greater than 0 (got 0)", result.stderr
