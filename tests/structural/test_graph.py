@@ -1,0 +1,169 @@
+"""Channel-group structure on known architectures, custom constructs, and the errors for unsupported ones."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from sparsetrain.structural.graph import StructuralPruningError, build_channel_groups
+from sparsetrain.structural.remove import remove_channels, zero_channels
+
+
+def by_id(groups):
+    return {g.id: g for g in groups}
+
+
+def slices(group, role: str = "producers") -> set[tuple[str, str, int, int, int]]:
+    return {(s.module, s.param, s.dim, s.offset, s.expand) for s in getattr(group, role)}
+
+
+class ConcatBNNet(nn.Module):
+    """Concat → BN (producer offsets), a layer-scale parameter, and flatten of C×4×4 → linear (expand 16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 5, 1)
+        self.bn = nn.BatchNorm2d(11)
+        self.c = nn.Conv2d(11, 7, 3, padding=1, bias=False)
+        self.scale = nn.Parameter(torch.rand(7) + 0.5)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc = nn.Linear(7 * 16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], dim=1)))
+        x = torch.nn.functional.gelu(self.c(x)) * self.scale.view(1, -1, 1, 1)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class Blocked(nn.Module):
+    """conv1 → <construct> → conv2 → global pool; `construct` picks what sits between."""
+
+    def __init__(self, construct: str) -> None:
+        super().__init__()
+        self.construct = construct
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2 if construct == "grouped" else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        if self.construct == "groupnorm":
+            x = self.norm(x)
+        elif self.construct == "channel_mean":
+            x = x * torch.sigmoid(x.mean(1, keepdim=True))
+        elif self.construct == "sigmoid":
+            x = torch.sigmoid(x)
+        return self.conv2(x).mean((2, 3))
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) if x.sum() > 0 else x  # data-dependent control flow
+
+
+def test_concat_bn_offsets_and_flatten_expand():
+    groups = by_id(build_channel_groups(ConcatBNNet(), torch.randn(1, 3, 8, 8)))
+    assert ("bn", "weight", 0, 6, 1) in slices(groups["b"])
+    assert slices(groups["a"], "consumers") == {("c", "weight", 1, 0, 1)}
+    assert slices(groups["b"], "consumers") == {("c", "weight", 1, 6, 1)}
+    assert slices(groups["c"], "consumers") == {("fc", "weight", 1, 0, 16)}
+    assert ("", "scale", 0, 0, 1) in slices(groups["c"])
+    assert not groups["fc"].prunable and not groups["input:x"].prunable
+
+
+def test_concat_bn_removal_equals_masking():
+    torch.manual_seed(0)
+    model = ConcatBNNet().eval()
+    model.bn.running_mean.normal_()
+    model.bn.bias.data.normal_()
+    x = torch.randn(2, 3, 8, 8)
+    groups = build_channel_groups(model, x)
+    drop = {"a": torch.tensor([0, 4]), "b": torch.tensor([2]), "c": torch.tensor([1, 5, 6])}
+    masked = copy.deepcopy(model)
+    zero_channels(masked, drop, groups=groups)
+    pruned = remove_channels(model, drop, groups=groups)
+    assert pruned.fc.in_features == 4 * 16 and pruned.bn.num_features == 8 and pruned.c.in_channels == 8
+    with torch.no_grad():
+        diff = (pruned(x) - masked(x)).abs().max().item()
+    assert diff <= 1e-5, f"removed vs masked: {diff:.3e}"
+
+
+@pytest.mark.parametrize("construct, fragment", [
+    ("groupnorm", "GroupNorm 'norm'"),
+    ("grouped", "grouped conv 'conv2' (groups=2)"),
+    ("channel_mean", "'mean' over the channel axis at node 'mean'"),
+    ("sigmoid", "reaches 'conv2' non-zero"),
+])
+def test_unsupported_construct_blocks_group_and_names_layer(construct, fragment):
+    model = Blocked(construct)
+    groups = by_id(build_channel_groups(model, torch.randn(1, 3, 8, 8)))
+    assert not groups["conv1"].prunable and fragment in groups["conv1"].reason
+    with pytest.raises(StructuralPruningError, match="conv1") as err:
+        remove_channels(model, {"conv1": torch.tensor([0])}, groups=list(groups.values()))
+    assert fragment in str(err.value)
+
+
+def test_untraceable_model_raises():
+    with pytest.raises(StructuralPruningError, match="cannot trace Untraceable"):
+        build_channel_groups(Untraceable(), torch.randn(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("drop, message", [
+    ({"nope": torch.tensor([0])}, "unknown channel group 'nope'"),
+    ({"a": torch.arange(6)}, "cannot remove all 6 channels"),
+    ({"a": torch.tensor([6])}, r"indices must lie in \[0, 6\)"),
+])
+def test_bad_drop_is_refused(drop, message):
+    model = ConcatBNNet()
+    with pytest.raises(StructuralPruningError, match=message):
+        remove_channels(model, drop, example_input=torch.randn(1, 3, 8, 8))
+
+
+def test_resnet_residual_stream_is_one_group():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    groups = by_id(build_channel_groups(model, torch.randn(1, 3, 32, 32)))
+    stream = groups["conv1"]  # stem conv → maxpool → every layer1 residual add
+    assert {"bn1", "layer1.0.bn2", "layer1.1.bn2"} <= {s.module for s in stream.producers}
+    assert {"layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0"} == {
+        s.module for s in stream.consumers}
+    stage2 = groups["layer2.0.conv2"]  # first filter producer, in graph order, of the layer2 stream
+    assert stage2.num_channels == 128
+    assert {"layer2.0.downsample.0", "layer2.0.bn2", "layer2.1.bn2"} <= {s.module for s in stage2.producers}
+
+
+def test_mobilenet_depthwise_and_squeeze_excite():
+    model = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=10)
+    groups = by_id(build_channel_groups(model, torch.randn(1, 3, 32, 32)))
+    block = {s.module for s in groups["blocks.2.0.conv_pw"].producers}
+    # Depthwise conv and the SE expand conv (which gates these channels) produce the block's channels.
+    assert {"blocks.2.0.conv_dw", "blocks.2.0.se.conv_expand", "blocks.2.0.bn2"} <= block
+    se = groups["blocks.2.0.se.conv_reduce"]
+    assert se.prunable and {s.module for s in se.consumers} == {"blocks.2.0.se.conv_expand"}
+
+
+def test_convnext_layernorm_channels_unprunable_mlp_prunable():
+    model = timm.create_model("convnext_tiny", pretrained=False, num_classes=10, depths=(1, 1, 1, 1))
+    groups = by_id(build_channel_groups(model, torch.randn(1, 3, 32, 32)))
+    assert not groups["stem.0"].prunable and "LayerNorm 'stem.1'" in groups["stem.0"].reason
+    hidden = groups["stages.0.blocks.0.mlp.fc1"]
+    assert hidden.prunable and {s.module for s in hidden.consumers} == {"stages.0.blocks.0.mlp.fc2"}
+
+
+def test_unet_skip_concat_offsets():
+    pytest.importorskip("sparsetrain.models.unet")
+    import sparsetrain.models  # noqa: F401  (registers unet)
+
+    model = timm.create_model("unet", pretrained=False, base_width=4, depth=2, up_mode="transpose")
+    groups = by_id(build_channel_groups(model, torch.randn(1, 3, 16, 16)))
+    # Up.forward concatenates [skip, up(x)]: the skip's channels come first, the upsampled ones after.
+    assert ("ups.1.conv.0", "weight", 1, 0, 1) in slices(groups["stem.3"], "consumers")
+    assert ("ups.1.conv.0", "weight", 1, 4, 1) in slices(groups["ups.1.up"], "consumers")
+    assert not groups["head"].prunable
