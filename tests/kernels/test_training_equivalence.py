@@ -1,0 +1,56 @@
+"""End to end: a tiny model trained a few steps with the fused kernel, the torch reference and the autograd
+penalty in the loss follows the same trajectory (losses and parameters within fp32 tolerance)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import TINY, assert_close
+
+from triton_kernels import apply_masks_, l0_grad_mask_, l0_grad_mask_reference_, l0_penalty
+
+ALPHAS, BETA, L2, STEPS = [1e-2, 3e-2], 8.0, 1e-3, 6
+
+
+def _train(path: str, finetune: bool) -> tuple[list[float], list[torch.Tensor], list[torch.Tensor] | None]:
+    """Task losses per step, final parameters and the masks (None unless fine-tuning)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(9, 33), torch.nn.Tanh(), torch.nn.Linear(33, 5))
+    weights = [model[0].weight, model[2].weight]
+    masks = [torch.rand(w.shape) > 0.3 for w in weights] if finetune else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(16, 9), torch.randint(0, 5, (16,))
+    losses = []
+    for _ in range(STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        task_loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = task_loss + l0_penalty(weights, ALPHAS, BETA, L2) if path == "autograd" else task_loss
+        loss.backward()
+        if path == "autograd" and masks is not None:
+            for w, m in zip(weights, masks, strict=True):
+                w.grad.mul_(m)
+        grads = [w.grad for w in weights]
+        if path == "fused":
+            l0_grad_mask_(weights, grads, masks, alphas=ALPHAS, beta=BETA, l2=L2, config=TINY)
+        elif path == "reference":
+            l0_grad_mask_reference_(weights, grads, masks, alphas=ALPHAS, beta=BETA, l2=L2)
+        optimizer.step()
+        if masks is not None:
+            with torch.no_grad():
+                apply_masks_(weights, masks, config=TINY)
+        losses.append(task_loss.item())
+    return losses, [p.detach().clone() for p in model.parameters()], masks
+
+
+@pytest.mark.parametrize("finetune", [False, True], ids=["sparsity", "finetune"])
+def test_fused_reference_and_autograd_paths_train_alike(finetune: bool) -> None:
+    runs = {path: _train(path, finetune) for path in ("fused", "reference", "autograd")}
+    fused_losses, fused_params, masks = runs["fused"]
+    for path in ("reference", "autograd"):
+        losses, params, _ = runs[path]
+        assert_close(torch.tensor(fused_losses), torch.tensor(losses), 1e-5, 1e-4, f"{path} vs fused: task losses")
+        for i, (a, b) in enumerate(zip(fused_params, params, strict=True)):
+            assert_close(a, b, 1e-5, 1e-4, f"{path} vs fused: parameter {i} after {STEPS} steps (finetune={finetune})")
+    if masks is not None:
+        for i, (w, m) in enumerate(zip((fused_params[0], fused_params[2]), masks, strict=True)):
+            assert bool((w[~m] == 0).all()), f"fine-tuned weight {i}: pruned weights must stay exactly 0"
