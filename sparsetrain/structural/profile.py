@@ -108,7 +108,7 @@ def _peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     alive: dict[fx.Node, int] = {}
     peak = 0
     for i, node in enumerate(nodes):
-        if node.op != "get_attr":  # parameters are already in weight_bytes
+        if node.op not in ("get_attr", "output"):  # parameters are in weight_bytes; output aliases its input
             alive[node] = _bytes(node.meta.get("tensor_meta"))
         peak = max(peak, sum(alive.values()))
         for n in [n for n in alive if last_use[n] <= i]:
