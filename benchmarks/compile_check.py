@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import subprocess
+import tempfile
 from pathlib import Path
 
 import triton
@@ -61,6 +63,24 @@ def access_widths(ptx: str) -> tuple[list[str], list[str]]:
     return loads, stores
 
 
+def resource_usage(ptx: str) -> str:
+    """Registers, stack and spills per thread, from Triton's bundled ``ptxas -v`` ("" if it is not there)."""
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    target = re.search(r"\.target\s+(\w+)", ptx)
+    if not ptxas.exists() or target is None:
+        return ""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        cmd = [str(ptxas), f"-arch={target.group(1)}", "-v", str(src), "-o", str(Path(tmp) / "kernel.cubin")]
+        report = subprocess.run(cmd, capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", report)
+    stack = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", report)
+    if regs is None or stack is None:
+        return ""
+    return f"{regs.group(1)} regs, {stack.group(1)} B stack, {stack.group(2)} B spills"
+
+
 def main(argv: list[str] | None = None) -> dict[str, tuple[list[str], list[str]]]:
     """Compiles all kernels × dtypes, prints their access widths and returns them by label ("kernel/dtype").
 
@@ -84,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[list[str], list[str]]
                 args.ptx_dir.mkdir(parents=True, exist_ok=True)
                 (args.ptx_dir / f"{label.replace('/', '-')}.ptx").write_text(ptx)
             results[label] = access_widths(ptx)
-            print(f"{label:<28} loads {' '.join(results[label][0])}; stores {' '.join(results[label][1])}")
+            loads, stores = results[label]
+            print(f"{label:<22} {resource_usage(ptx):<34} loads {' '.join(loads)}; stores {' '.join(stores)}")
     return results
 
 

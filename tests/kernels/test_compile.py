@@ -25,3 +25,4 @@ def test_kernels_compile_for_sm90_with_vector_accesses() -> None:
     for line in lines:
         assert "ld.global.v4.b32" in line, f"no 16-byte vector loads on the aligned path: {line}"
         assert "st.global.v" in line, f"no vector stores on the aligned path: {line}"
+        assert "regs" not in line or " 0 B spills" in line, f"register spills: {line}"
