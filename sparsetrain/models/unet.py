@@ -7,7 +7,8 @@ the last decoder features to `num_classes` logit channels (1 channel for binary 
 
 The forward pass has no data-dependent control flow, so `torch.fx.symbolic_trace` captures the whole graph, which
 the structural pruner needs to find the consumers of every conv (including both sides of each concatenation).
-Input height and width must be divisible by 2**depth; the data layer checks that (see `check_unet_input`).
+Input height and width must be divisible by 2**depth (every max-pool must halve exactly, or the skip shapes would
+not match); eager forward passes check that with a clear error, fx tracing skips the check.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn as nn
 from timm.models import register_model
 
@@ -105,6 +107,8 @@ class UNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Full-resolution decoder features, N × base_width × H × W."""
+        if not isinstance(x, torch.fx.Proxy):  # Python shape check: eager only, so fx graphs stay static
+            check_unet_input(x.shape[-2], x.shape[-1], self.depth)
         skips = [self.stem(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))

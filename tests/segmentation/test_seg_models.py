@@ -94,3 +94,9 @@ def test_lraspp_uses_one_eighth_and_one_sixteenth_features() -> None:
     with torch.no_grad():
         low, high = model.forward_features(torch.randn(1, 3, 64, 64))
     assert low.shape[-2:] == (8, 8) and high.shape[-2:] == (4, 4)
+
+
+def test_unet_forward_rejects_sides_not_divisible_by_2_to_depth() -> None:
+    model = timm.create_model("unet_tiny").eval()  # depth 2
+    with pytest.raises(ValueError, match=r"depth 2 needs sides divisible by 4, got 30×32"):
+        model(torch.randn(1, 3, 30, 32))
