@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import DTYPES, SIZE_CASES, TINY, TOLERANCES, assert_close, flat_views, random_masks
 
 import triton_kernels
+from tests.kernels.kernel_testing import DTYPES, SIZE_CASES, TINY, TOLERANCES, assert_close, flat_views, random_masks
 from triton_kernels import l0_grad_mask, l0_grad_mask_, l0_grad_mask_reference_
 
 BETA, L2 = 5.0, 1e-2

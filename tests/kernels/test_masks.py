@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import DTYPES, SIZE_CASES, TINY, assert_equal, flat_views, random_masks
 
+from tests.kernels.kernel_testing import DTYPES, SIZE_CASES, TINY, assert_equal, flat_views, random_masks
 from triton_kernels import apply_masks_, apply_masks_reference_, threshold_masks, threshold_masks_reference
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import TINY, assert_close, flat_views
 
 import triton_kernels
 import triton_kernels._multi_tensor as mt
+from tests.kernels.kernel_testing import TINY, assert_close, flat_views
 from triton_kernels import get_ops, l0_grad_mask_reference_, l0_penalty
 
 

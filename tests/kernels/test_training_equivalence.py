@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import TINY, assert_close
 
+from tests.kernels.kernel_testing import TINY, assert_close
 from triton_kernels import apply_masks_, l0_grad_mask_, l0_grad_mask_reference_, l0_penalty
 
 ALPHAS, BETA, L2, STEPS = [1e-2, 3e-2], 8.0, 1e-3, 6
