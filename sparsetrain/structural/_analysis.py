@@ -138,6 +138,8 @@ class _Spaces:
             consumers = [s for role, s in first if role == "c"]
             gid = next((s.module for s in producers if s.kind == "filter"), self.name[root])
             reasons = list(dict.fromkeys(self.reasons[root]))
+            if not producers and not reasons:  # nothing to zero: removal could not match masking
+                reasons = [f"no layer produces the channels of '{self.name[root]}'"]
             out.append(ChannelGroup(gid, self.size[root], producers, consumers, not reasons, "; ".join(reasons)))
         return out
 
@@ -212,7 +214,7 @@ class ChannelAnalyzer:
         reason = f"unsupported {what} at node '{node.name}'"
         self._block_inputs(node, reason)
         meta = node.meta.get("tensor_meta")
-        if isinstance(meta, (tuple, list)):
+        if isinstance(meta, (tuple, list)) and not isinstance(meta, TensorMetadata):  # TensorMetadata is a tuple
             return tuple(self._fresh_meta(m, node.name, reason) for m in meta)
         return self._fresh(node, f"op:{node.name}", reason)
 
@@ -302,9 +304,9 @@ class ChannelAnalyzer:
             return self._layer_norm(node, x, len(mod.normalized_shape), name)
         if isinstance(mod, nn.GroupNorm):
             self._block(x, f"GroupNorm '{name}' normalizes over channel groups: removing a channel changes the others")
-            return self._with(x, node, zero=False) if isinstance(x, _Layout) else self._fresh(node, name)
+            return self._with(x, node, zero=False) if isinstance(x, _Layout) else self._fresh(node, name, "GroupNorm")
         if x is None and not any(isinstance(self._val(a), _Layout) for a in node.args):
-            return self._fresh(node, f"op:{node.name}")  # e.g. a module on a constant: nothing to follow
+            return self._fresh(node, f"op:{node.name}", f"tensor made by module '{name}' from constants")
         return self._unsupported(node, f"module '{name}' ({type(mod).__name__})")
 
     def _conv(self, node: fx.Node, x: object, module: str, bias: str | None, groups: int) -> object:
@@ -364,7 +366,7 @@ class ChannelAnalyzer:
 
     def _layer_norm(self, node: fx.Node, x: object, n_norm_dims: int, name: str) -> object:
         if not isinstance(x, _Layout):
-            return self._fresh(node, name)
+            return self._fresh(node, name, f"LayerNorm '{name}' of an untracked tensor")
         if x.cdim >= x.ndim - n_norm_dims:
             self._block(x, f"LayerNorm '{name}' normalizes over channels: removing a channel changes the others")
         return self._with(x, node, zero=False)
@@ -399,7 +401,9 @@ class ChannelAnalyzer:
         if isinstance(x, _Param):
             return self._param_op(node, x, op)
         if not isinstance(x, _Layout):
-            return self._unsupported(node, f"op '{op}'") if self._reads_layout(node) else self._fresh(node, node.name)
+            if self._reads_layout(node):
+                return self._unsupported(node, f"op '{op}'")
+            return self._fresh(node, f"op:{node.name}", f"tensor made by op '{op}' at node '{node.name}'")
         return self._unary(node, x, op)
 
     def _reads_layout(self, node: fx.Node) -> bool:
