@@ -104,3 +104,18 @@ def test_gpu_masks_match_reference(dtype: torch.dtype) -> None:
     apply_masks_reference_(expected, masks)
     for i, (w, e) in enumerate(zip(weights, expected, strict=True)):
         assert_equal(w, e, f"gpu {dtype} weights[{i}]")
+
+
+def test_mixed_dtypes_one_call() -> None:
+    gen = torch.Generator().manual_seed(14)
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float32, torch.bfloat16]
+    weights = [flat_views([n], dt, gen)[0] for n, dt in zip([5, 130, 1, 64, 33], dtypes, strict=True)]
+    masks, counts = threshold_masks(weights, [0.1, 0.5, 0.0, 1.0, 0.2], config=TINY)
+    ref_masks, ref_counts = threshold_masks_reference(weights, [0.1, 0.5, 0.0, 1.0, 0.2])
+    assert_equal(counts, ref_counts, "mixed dtypes: kept counts in input order")
+    expected = [w.clone() for w in weights]
+    apply_masks_(weights, masks, config=TINY)
+    apply_masks_reference_(expected, ref_masks)
+    for i, (m, r, w, e) in enumerate(zip(masks, ref_masks, weights, expected, strict=True)):
+        assert_equal(m, r, f"mixed dtypes masks[{i}]")
+        assert_equal(w, e, f"mixed dtypes masked weights[{i}]")
