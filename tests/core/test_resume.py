@@ -1,0 +1,83 @@
+"""Kill a run mid-phase (SIGKILL), re-run the same command: the result equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.core.conftest import tiny_overrides
+from tests.core.subprocess_runs import REPO, clean_env, cli_command, run_cli
+from tests.core.test_pipeline import assert_same_weights
+
+EXTRA = ("phases.sparsify.epochs=8", "train.checkpoint_every=10", "tracking.mode=offline")
+
+
+def _kill_mid_sparsify(out: Path) -> None:
+    proc = subprocess.Popen(cli_command(tiny_overrides(out, *EXTRA)), cwd=REPO, env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state_file = out / "state.json"
+            if state_file.exists():
+                current = (json.loads(state_file.read_text() or "{}") or {}).get("current") or {}
+                if current.get("phase") == "sparsify" and current.get("step", 0) >= 30:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return
+            time.sleep(0.02)
+        pytest.fail("the run finished or stalled before it could be killed mid-phase")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _steps(out: Path) -> list[int]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [line["global_step"] for line in lines if "loss" in line and "event" not in line]
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
+    _kill_mid_sparsify(interrupted)
+    state = json.loads((interrupted / "state.json").read_text())
+    assert state["current"]["phase"] == "sparsify" and "sparsify" not in state["completed"]
+    resumed = run_cli(tiny_overrides(interrupted, *EXTRA))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert run_cli(tiny_overrides(reference, *EXTRA)).returncode == 0
+    assert_same_weights(load_file(str(reference / "weights" / "finetune.safetensors")),
+                        load_file(str(interrupted / "weights" / "finetune.safetensors")), atol=1e-6, rtol=1e-6,
+                        label="resumed vs uninterrupted")
+    steps = _steps(interrupted)
+    assert steps == sorted(set(steps)), "the step log has repeated steps"
+    assert steps == _steps(reference), "the step log differs from the uninterrupted run's (gaps or repeats)"
+    run_ids = {p.name.split("-")[-1] for p in (interrupted / "wandb").glob("offline-run-*")}
+    assert run_ids == {(interrupted / "wandb_run_id.txt").read_text().strip()}, "resume started a new W&B run"
+
+
+def test_truncated_checkpoint_gives_clear_error(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _kill_mid_sparsify(out)
+    tag = json.loads((out / "state.json").read_text())["current"]["tag"]
+    model_file = next((out / "checkpoints" / tag).glob("mp_rank_00_model_states.pt"))
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    result = run_cli(tiny_overrides(out, *EXTRA))
+    assert result.returncode == 3, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: resume: checkpoint {out / 'checkpoints' / tag} is unreadable"), last
+
+
+def test_corrupt_state_file_gives_clear_error(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "state.json").write_text('{"completed": {"dense"')
+    result = run_cli(tiny_overrides(out))
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: resume: {out / 'state.json'} is corrupt")
