@@ -57,6 +57,9 @@ class Blocked(nn.Module):
             x = x * torch.sigmoid(x.mean(1, keepdim=True))
         elif self.construct == "sigmoid":
             x = torch.sigmoid(x)
+        elif self.construct == "slice":  # GhostNet-style: concatenate, then keep the first channels
+            x = torch.cat([x, x], dim=1)[:, :8]
+            x = x * torch.sigmoid(x.mean((2, 3), keepdim=True))
         return self.conv2(x).mean((2, 3))
 
 
@@ -101,6 +104,7 @@ def test_concat_bn_removal_equals_masking():
     ("grouped", "grouped conv 'conv2' (groups=2)"),
     ("channel_mean", "'mean' over the channel axis at node 'mean'"),
     ("sigmoid", "reaches 'conv2' non-zero"),
+    ("slice", "tensor indexing at node 'getitem'"),
 ])
 def test_unsupported_construct_blocks_group_and_names_layer(construct, fragment):
     model = Blocked(construct)
@@ -109,6 +113,20 @@ def test_unsupported_construct_blocks_group_and_names_layer(construct, fragment)
     with pytest.raises(StructuralPruningError, match="conv1") as err:
         remove_channels(model, {"conv1": torch.tensor([0])}, groups=list(groups.values()))
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("construct", ["groupnorm", "grouped", "channel_mean", "sigmoid", "slice"])
+def test_removal_of_what_stays_prunable_is_exact(construct):
+    """Blocking is sound: around each unsupported construct, the groups left prunable still remove exactly."""
+    torch.manual_seed(0)
+    model, x = Blocked(construct).eval(), torch.randn(2, 3, 8, 8)
+    groups = build_channel_groups(model, x)
+    drop = {g.id: torch.tensor([0]) for g in groups if g.prunable and g.num_channels > 1}
+    masked = copy.deepcopy(model)
+    zero_channels(masked, drop, groups=groups)
+    with torch.no_grad():
+        diff = (remove_channels(model, drop, groups=groups)(x) - masked(x)).abs().max().item()
+    assert diff <= 1e-5, f"{construct}: removed vs masked {diff:.3e}"
 
 
 def test_untraceable_model_raises():
