@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import fx, nn
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from sparsetrain.structural._spaces import Layout, ParamRef, Spaces
 from sparsetrain.structural.graph import ChannelGroup, ChannelSlice
 
 # Modules and ops that act per channel and map 0 to 0 (a zeroed channel stays zero after them).
@@ -56,94 +57,6 @@ _REDUCE_OPS = {"mean", "sum", "amax"}
 _NON_TENSOR_OPS = {"getattr", "size", "dim", "numel"}
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Channel layout of an activation: `spaces` concatenated along axis `cdim` of an `ndim`-d tensor."""
-
-    spaces: tuple[int, ...]
-    expand: tuple[int, ...]
-    zero: tuple[bool, ...]
-    cdim: int
-    ndim: int
-
-
-@dataclass(frozen=True)
-class _Param:
-    """A parameter/buffer (or a reshape of it); `cur` is the axis holding its only non-1 dim `pdim`."""
-
-    module: str
-    param: str
-    shape: tuple[int, ...]
-    pdim: int | None
-    cur: int | None
-    ndim: int
-
-
-class _Spaces:
-    """Union-find over channel spaces, carrying sizes, slices and block reasons per root."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.size: list[int] = []
-        self.name: list[str] = []
-        self.reasons: list[list[str]] = []
-        self.slices: list[list[tuple[int, str, ChannelSlice]]] = []  # (graph order, "p"/"c", slice)
-        self._owner: dict[tuple, int] = {}  # (module, param, dim, offset) -> space: shared weights couple spaces
-
-    def new(self, size: int, name: str, reason: str | None = None) -> int:
-        self.parent.append(len(self.parent))
-        self.size.append(size)
-        self.name.append(name)
-        self.reasons.append([reason] if reason else [])
-        self.slices.append([])
-        return len(self.parent) - 1
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int, where: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.size[ra] != self.size[rb]:
-            reason = f"'{where}' combines channel counts {self.size[ra]} and {self.size[rb]}"
-            self.block(ra, reason)
-            self.block(rb, reason)
-            return
-        lo, hi = min(ra, rb), max(ra, rb)  # the older space keeps the name: ids follow graph order
-        self.parent[hi] = lo
-        self.reasons[lo] += self.reasons[hi]
-        self.slices[lo] += self.slices[hi]
-
-    def block(self, i: int, reason: str) -> None:
-        self.reasons[self.find(i)].append(reason)
-
-    def add(self, i: int, role: str, s: ChannelSlice, order: int) -> None:
-        key = (s.module, s.param, s.dim, s.offset)
-        if key in self._owner:  # a module called twice: both call sites index the same channels
-            self.union(self._owner[key], i, s.qualname)
-        self._owner.setdefault(key, i)
-        self.slices[self.find(i)].append((order, role, s))
-
-    def groups(self) -> list[ChannelGroup]:
-        out = []
-        for root in sorted({self.find(i) for i in range(len(self.parent))}):
-            first: dict[tuple[str, ChannelSlice], int] = {}
-            for order, role, s in sorted(self.slices[root], key=lambda t: t[0]):
-                first.setdefault((role, s), order)
-            producers = [s for role, s in first if role == "p"]
-            consumers = [s for role, s in first if role == "c"]
-            gid = next((s.module for s in producers if s.kind == "filter"), self.name[root])
-            reasons = list(dict.fromkeys(self.reasons[root]))
-            if not producers and not reasons:  # nothing to zero: removal could not match masking
-                reasons = [f"no layer produces the channels of '{self.name[root]}'"]
-            out.append(ChannelGroup(gid, self.size[root], producers, consumers, not reasons, "; ".join(reasons)))
-        return out
-
-
 def _op_name(node: fx.Node) -> str:
     return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
 
@@ -168,7 +81,7 @@ class ChannelAnalyzer:
 
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
-        self.sp = _Spaces()
+        self.sp = Spaces()
         self.env: dict[fx.Node, object] = {}
         self._order = 0
 
@@ -187,17 +100,17 @@ class ChannelAnalyzer:
         self._order += 1
         self.sp.add(space, role, s, self._order)
 
-    def _fresh(self, node: fx.Node, name: str, reason: str | None = None, cdim: int = 1) -> _Layout | None:
+    def _fresh(self, node: fx.Node, name: str, reason: str | None = None, cdim: int = 1) -> Layout | None:
         """A layout for `node`'s output with one new space along `cdim` (None if the output is no tensor)."""
         shape = _shape(node)
         if shape is None or len(shape) == 0:
             return None
         cdim = min(cdim, len(shape) - 1) if cdim >= 0 else len(shape) + cdim
         space = self.sp.new(shape[cdim], name, reason)
-        return _Layout((space,), (1,), (True,), cdim, len(shape))
+        return Layout((space,), (1,), (True,), cdim, len(shape))
 
     def _block(self, value: object, reason: str) -> None:
-        if isinstance(value, _Layout):
+        if isinstance(value, Layout):
             for space in value.spaces:
                 self.sp.block(space, reason)
 
@@ -218,15 +131,15 @@ class ChannelAnalyzer:
             return tuple(self._fresh_meta(m, node.name, reason) for m in meta)
         return self._fresh(node, f"op:{node.name}", reason)
 
-    def _fresh_meta(self, meta: object, name: str, reason: str) -> _Layout | None:
+    def _fresh_meta(self, meta: object, name: str, reason: str) -> Layout | None:
         if not isinstance(meta, TensorMetadata) or len(meta.shape) == 0:
             return None
         cdim = min(1, len(meta.shape) - 1)
-        return _Layout((self.sp.new(meta.shape[cdim], f"op:{name}", reason),), (1,), (True,), cdim, len(meta.shape))
+        return Layout((self.sp.new(meta.shape[cdim], f"op:{name}", reason),), (1,), (True,), cdim, len(meta.shape))
 
     def _consume(self, x: object, module: str, param: str, dim: int, cdim: int | None, where: str) -> None:
         """Register `module.param` columns (along `dim`) as reading the channels of layout `x`."""
-        if not isinstance(x, _Layout):
+        if not isinstance(x, Layout):
             return
         if cdim is not None and x.cdim != cdim:
             self._block(x, f"'{where}' reads axis {cdim} but channels are on axis {x.cdim}")
@@ -239,7 +152,7 @@ class ChannelAnalyzer:
             self._slice(space, "c", ChannelSlice(module, param, dim, offset, expand, "input"))
             offset += self.sp.size[space] * expand
 
-    def _produce(self, x: _Layout, module: str, param: str | None, dim: int, kind: str) -> None:
+    def _produce(self, x: Layout, module: str, param: str | None, dim: int, kind: str) -> None:
         """Register `module.param` slices along `dim` as producing the channels of layout `x`."""
         if param is None:
             return
@@ -248,7 +161,7 @@ class ChannelAnalyzer:
             self._slice(space, "p", ChannelSlice(module, param, dim, offset, expand, kind))
             offset += self.sp.size[space] * expand
 
-    def _with(self, x: _Layout, node: fx.Node | None = None, zero: bool | None = None, cdim: int | None = None):
+    def _with(self, x: Layout, node: fx.Node | None = None, zero: bool | None = None, cdim: int | None = None):
         """`x` passed through a per-channel op: same spaces, maybe new zero flags / channel axis / rank."""
         ndim = len(_shape(node)) if node is not None and _shape(node) is not None else x.ndim
         flags = x.zero if zero is None else (zero,) * len(x.zero)  # True: producer-like; False: f(0) != 0
@@ -268,7 +181,7 @@ class ChannelAnalyzer:
         shape = tuple(tensor.shape)
         big = [d for d, n in enumerate(shape) if n != 1]
         pdim = big[0] if len(big) == 1 else None
-        return _Param(module, param, shape, pdim, pdim, len(shape))
+        return ParamRef(module, param, shape, pdim, pdim, len(shape))
 
     def _on_output(self, node: fx.Node) -> None:
         self._block_inputs(node, "model output channels")
@@ -287,7 +200,7 @@ class ChannelAnalyzer:
             return self._linear(node, x, name, "weight", "bias" if mod.bias is not None else None)
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             return self._batchnorm_module(node, name, mod, x)
-        if isinstance(mod, (nn.LayerNorm, nn.GroupNorm)) or not isinstance(x, _Layout):
+        if isinstance(mod, (nn.LayerNorm, nn.GroupNorm)) or not isinstance(x, Layout):
             return self._norm_or_unknown(node, name, mod, x)
         if isinstance(mod, _ZERO_MODULES):
             return self._with(x, node)
@@ -304,8 +217,8 @@ class ChannelAnalyzer:
             return self._layer_norm(node, x, len(mod.normalized_shape), name)
         if isinstance(mod, nn.GroupNorm):
             self._block(x, f"GroupNorm '{name}' normalizes over channel groups: removing a channel changes the others")
-            return self._with(x, node, zero=False) if isinstance(x, _Layout) else self._fresh(node, name, "GroupNorm")
-        if x is None and not any(isinstance(self._val(a), _Layout) for a in node.args):
+            return self._with(x, node, zero=False) if isinstance(x, Layout) else self._fresh(node, name, "GroupNorm")
+        if x is None and not any(isinstance(self._val(a), Layout) for a in node.args):
             return self._fresh(node, f"op:{node.name}", f"tensor made by module '{name}' from constants")
         return self._unsupported(node, f"module '{name}' ({type(mod).__name__})")
 
@@ -319,7 +232,7 @@ class ChannelAnalyzer:
             self._produce(out, module, "weight", 0, "filter")
             self._produce(out, module, bias, 0, "bias")
             return out
-        if groups == in_chs == weight.shape[0] and isinstance(x, _Layout) and x.cdim == 1:
+        if groups == in_chs == weight.shape[0] and isinstance(x, Layout) and x.cdim == 1:
             # Depthwise: output channel i filters input channel i only, so input and output are one group.
             out = self._with(x, node, zero=True)
             self._produce(out, module, "weight", 0, "filter")
@@ -357,7 +270,7 @@ class ChannelAnalyzer:
         return self._batchnorm(node, x, name, params, stats, keeps_zero)
 
     def _batchnorm(self, node, x, module: str, params: tuple, stats: tuple, keeps_zero: bool) -> object:
-        if not isinstance(x, _Layout) or x.cdim != 1:
+        if not isinstance(x, Layout) or x.cdim != 1:
             return self._unsupported(node, f"batch norm '{module}' off the channel axis")
         for p, kind in zip(params + stats, ("norm", "norm", "stat", "stat"), strict=True):
             self._produce(x, module, p, 0, kind)
@@ -365,13 +278,13 @@ class ChannelAnalyzer:
         return self._with(x, node, zero=keeps_zero)
 
     def _layer_norm(self, node: fx.Node, x: object, n_norm_dims: int, name: str) -> object:
-        if not isinstance(x, _Layout):
+        if not isinstance(x, Layout):
             return self._fresh(node, name, f"LayerNorm '{name}' of an untracked tensor")
         if x.cdim >= x.ndim - n_norm_dims:
             self._block(x, f"LayerNorm '{name}' normalizes over channels: removing a channel changes the others")
         return self._with(x, node, zero=False)
 
-    def _spatial(self, node: fx.Node, x: _Layout, zero: bool) -> object:
+    def _spatial(self, node: fx.Node, x: Layout, zero: bool) -> object:
         if x.cdim != 1:
             return self._unsupported(node, f"spatial op '{node.name}' on a channel-last tensor")
         return self._with(x, node, zero=None if zero else False)
@@ -398,9 +311,9 @@ class ChannelAnalyzer:
                    "layer_norm": self._f_layer_norm, "pad": self._pad}.get(op)
         if handler is not None:
             return handler(node, x)
-        if isinstance(x, _Param):
+        if isinstance(x, ParamRef):
             return self._param_op(node, x, op)
-        if not isinstance(x, _Layout):
+        if not isinstance(x, Layout):
             if self._reads_layout(node):
                 return self._unsupported(node, f"op '{op}'")
             return self._fresh(node, f"op:{node.name}", f"tensor made by op '{op}' at node '{node.name}'")
@@ -408,10 +321,10 @@ class ChannelAnalyzer:
 
     def _reads_layout(self, node: fx.Node) -> bool:
         found = []
-        map_aggregate((node.args, node.kwargs), lambda a: found.append(isinstance(self._val(a), _Layout)) or a)
+        map_aggregate((node.args, node.kwargs), lambda a: found.append(isinstance(self._val(a), Layout)) or a)
         return any(found)
 
-    def _unary(self, node: fx.Node, x: _Layout, op: str) -> object:
+    def _unary(self, node: fx.Node, x: Layout, op: str) -> object:
         if op in _ZERO_OPS:
             return self._with(x, node)
         if op in _NONZERO_OPS:
@@ -430,11 +343,11 @@ class ChannelAnalyzer:
         if isinstance(x, (tuple, list)):
             index = node.args[1]
             return x[index] if isinstance(index, int) and -len(x) <= index < len(x) else None
-        if isinstance(x, (_Layout, _Param)):
+        if isinstance(x, (Layout, ParamRef)):
             return self._unsupported(node, "tensor indexing")
         return None
 
-    def _param_op(self, node: fx.Node, p: _Param, op: str) -> object:
+    def _param_op(self, node: fx.Node, p: ParamRef, op: str) -> object:
         """Reshapes/casts of a parameter keep track of where its channel axis went."""
         shape = _shape(node)
         if shape is None:
@@ -452,14 +365,14 @@ class ChannelAnalyzer:
         shape = _shape(node)
         if shape is None:
             return None
-        if isinstance(va, _Layout) and isinstance(vb, _Layout):
+        if isinstance(va, Layout) and isinstance(vb, Layout):
             return self._join(node, va, vb, op)
-        if not isinstance(va, _Layout) and not isinstance(vb, _Layout):
-            p = va if isinstance(va, _Param) else vb
-            return replace(p, pdim=None, cur=None, ndim=len(shape)) if isinstance(p, _Param) else None
-        x, other, x_first = (va, b, True) if isinstance(va, _Layout) else (vb, a, False)
+        if not isinstance(va, Layout) and not isinstance(vb, Layout):
+            p = va if isinstance(va, ParamRef) else vb
+            return replace(p, pdim=None, cur=None, ndim=len(shape)) if isinstance(p, ParamRef) else None
+        x, other, x_first = (va, b, True) if isinstance(va, Layout) else (vb, a, False)
         out = self._with(x, node, cdim=x.cdim + len(shape) - x.ndim)
-        if isinstance(self._val(other), _Param):
+        if isinstance(self._val(other), ParamRef):
             other_zero = self._attach_param(node, out, self._val(other))
         else:
             other_zero = isinstance(other, numbers.Number) and other == 0
@@ -474,7 +387,7 @@ class ChannelAnalyzer:
             return x_zero or other_zero
         return x_zero and x_first  # x / c stays zero; c / x does not
 
-    def _attach_param(self, node: fx.Node, x: _Layout, p: _Param) -> bool:
+    def _attach_param(self, node: fx.Node, x: Layout, p: ParamRef) -> bool:
         """Register a parameter combined elementwise with `x` (layer scale, learned shift) as a producer slice.
 
         Returns whether its slice is zero after zeroing (True when it is registered: zeroing clears it).
@@ -489,7 +402,7 @@ class ChannelAnalyzer:
                        f"that cannot be followed (node '{node.name}')")
         return False
 
-    def _join(self, node: fx.Node, a: _Layout, b: _Layout, op: str) -> object:
+    def _join(self, node: fx.Node, a: Layout, b: Layout, op: str) -> object:
         """Elementwise op of two activations: aligned channels are the same channels."""
         ndim = len(_shape(node))
         ca, cb = a.cdim + ndim - a.ndim, b.cdim + ndim - b.ndim
@@ -511,7 +424,7 @@ class ChannelAnalyzer:
         tensors = _arg(node, 0, "tensors")
         vals = [self._val(t) for t in tensors]
         dim = _arg(node, 1, "dim", 0)
-        if not vals or not all(isinstance(v, _Layout) for v in vals) or len({v.cdim for v in vals}) != 1:
+        if not vals or not all(isinstance(v, Layout) for v in vals) or len({v.cdim for v in vals}) != 1:
             return self._unsupported(node, "concatenation")
         first = vals[0]
         if dim % first.ndim != first.cdim:  # concatenating along a spatial axis: channels align
@@ -519,10 +432,10 @@ class ChannelAnalyzer:
             for v in vals[1:]:
                 out = self._join(node, out, v, "add")
             return out
-        return _Layout(tuple(s for v in vals for s in v.spaces), tuple(e for v in vals for e in v.expand),
+        return Layout(tuple(s for v in vals for s in v.spaces), tuple(e for v in vals for e in v.expand),
                        tuple(z for v in vals for z in v.zero), first.cdim, first.ndim)
 
-    def _reshape(self, node: fx.Node, x: _Layout) -> object:
+    def _reshape(self, node: fx.Node, x: Layout) -> object:
         """Flatten/reshape: follow channels if the axes before them stay and they merge only with later axes."""
         src, dst = _shape(node.args[0]), _shape(node)
         c = x.cdim
@@ -535,7 +448,7 @@ class ChannelAnalyzer:
                 return replace(x, expand=tuple(e * factor for e in x.expand), ndim=len(dst))
         return self._unsupported(node, "reshape splitting the channel axis")
 
-    def _permute(self, node: fx.Node, x: _Layout, op: str) -> object:
+    def _permute(self, node: fx.Node, x: Layout, op: str) -> object:
         args = [a for a in node.args[1:]]
         if op == "transpose":
             d0, d1 = (a % x.ndim for a in args[:2])
@@ -545,7 +458,7 @@ class ChannelAnalyzer:
             cdim = [d % x.ndim for d in dims].index(x.cdim)
         return replace(x, cdim=cdim)
 
-    def _reduce(self, node: fx.Node, x: _Layout, op: str) -> object:
+    def _reduce(self, node: fx.Node, x: Layout, op: str) -> object:
         dims = _arg(node, 1, "dim")
         keepdim = _arg(node, 2, "keepdim", False)
         if dims is None:
@@ -558,14 +471,14 @@ class ChannelAnalyzer:
 
     def _pad(self, node: fx.Node, x: object) -> object:
         pad = _arg(node, 1, "pad")
-        if not isinstance(x, _Layout) or x.cdim >= x.ndim - len(pad) // 2:
+        if not isinstance(x, Layout) or x.cdim >= x.ndim - len(pad) // 2:
             return self._unsupported(node, "padding of the channel axis")
         value = _arg(node, 3, "value", None)
         return self._with(x, node, zero=None if value in (None, 0, 0.0) else False)
 
     def _param_ref(self, arg) -> tuple[str, str] | None:
         p = self._val(arg)
-        return (p.module, p.param) if isinstance(p, _Param) else None
+        return (p.module, p.param) if isinstance(p, ParamRef) else None
 
     def _f_linear(self, node: fx.Node, x: object) -> object:
         w, b = self._param_ref(_arg(node, 1, "weight")), self._param_ref(_arg(node, 2, "bias"))
