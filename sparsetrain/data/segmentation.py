@@ -98,8 +98,7 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
         raise DataError(f"data.path: segmentation folder not found: {root}")
     if (root / "train").is_dir() or (root / "test").is_dir():
         train = _read_split(root / "train", cfg.image_size)
-        test = _read_split(root / "test", cfg.image_size)
-        _check_same_size(train, test)
+        train, test = _align_splits(train, _read_split(root / "test", cfg.image_size))
     else:
         train, test = _split(_read_split(root, cfg.image_size), cfg.test_fraction, seed)
     lookup, num_classes = _class_lookup(root, (train, test))
@@ -212,13 +211,15 @@ def _read_split(folder: Path, size: int | None) -> SegSplit:
     return SegSplit(images.contiguous(), torch.stack([y for _, y in loaded]), tuple(mask for _, mask in pairs))
 
 
-def _check_same_size(train: SegSplit, test: SegSplit) -> None:
+def _align_splits(train: SegSplit, test: SegSplit) -> tuple[SegSplit, SegSplit]:
+    """Raise unless both splits have the same image size; give a gray split colour channels if the other has them."""
     if train.masks.shape[1:] != test.masks.shape[1:]:
         raise DataError(f"data.image_size: train images are {tuple(train.masks.shape[1:])} but test images "
                         f"{tuple(test.masks.shape[1:])}; set data.image_size to resize them")
-    if train.images.shape[1] != test.images.shape[1]:
-        raise DataError(f"data.path: train images have {train.images.shape[1]} channels but test images "
-                        f"{test.images.shape[1]}; set data.in_chans")
+    chans = max(train.images.shape[1], test.images.shape[1])
+    train, test = (SegSplit(s.images.expand(-1, chans, -1, -1).contiguous(), s.masks, s.mask_files)
+                   for s in (train, test))
+    return train, test
 
 
 # ---------------------------------------------------------------------------------------------- classes, splits

@@ -166,3 +166,12 @@ def test_error_colour_mask_and_differing_sizes(tmp_path: Path) -> None:
     colour[2, 2] = (255, 0, 0)
     Image.fromarray(colour).save(tmp_path / "masks" / "b.png")
     expect_error(seg_folder(tmp_path, image_size=8), r"b\.png: colour mask")
+
+
+def test_given_split_gray_next_to_colour_and_size_mismatch(tmp_path: Path) -> None:
+    write_pair(tmp_path / "train", "a", disk_mask(12, 1, 0), mode="L")
+    write_pair(tmp_path / "test", "b", disk_mask(12, 1, 1), mode="RGB")
+    bundle = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    assert bundle.train.inputs.shape == (1, 3, 12, 12), "gray train images take the test split's 3 channels"
+    write_pair(tmp_path / "test", "b", disk_mask(10, 1, 1))
+    expect_error(seg_folder(tmp_path), r"train images are \(12, 12\) but test images \(10, 10\)")
