@@ -1,0 +1,92 @@
+"""Users' data on disk: npz layouts and ImageFolder trees, and the one-line errors for bad data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparsetrain.config.schema import DataConfig, ModelConfig
+from sparsetrain.data import DataError, build_data
+from sparsetrain.models.factory import build_model
+
+
+def _write_npz(path: Path, **overrides: np.ndarray) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (40, 12, 12), dtype=np.uint8), "y_train": rng.integers(0, 4, 40),
+              "x_test": rng.integers(0, 256, (10, 12, 12), dtype=np.uint8), "y_test": rng.integers(0, 4, 10)}
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_npz_uint8_nhw_and_float_nchw(tmp_path: Path) -> None:
+    bundle = build_data(DataConfig(source="npz", path=str(_write_npz(tmp_path / "a.npz")), normalize=False), 0)
+    x, _ = bundle.train[0]
+    assert bundle.input_shape == (1, 12, 12) and bundle.num_classes == 4
+    assert x.dtype == torch.float32 and 0.0 <= float(x.min()) and float(x.max()) <= 1.0, "uint8 not scaled to [0,1]"
+    rgb = np.random.default_rng(1).random((40, 3, 8, 8), dtype=np.float32)
+    path = _write_npz(tmp_path / "b.npz", x_train=rgb, x_test=rgb[:10])
+    assert build_data(DataConfig(source="npz", path=str(path)), 0).input_shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"y_test": None}, "lacks array(s) y_test"),
+    ({"y_test": np.full(10, 9)}, "array y_test has label 9 out of range [0, 4)"),
+    ({"y_train": np.full(40, -1)}, "array y_train has label -1 out of range"),
+    ({"x_train": np.zeros((40, 5), np.uint8)}, "array x_train must be N×C×H×W or N×H×W"),
+    ({"y_train": np.zeros(39, np.int64)}, "array y_train must be 1-D with 40 labels"),
+    ({"x_test": np.zeros((10, 11, 11), np.uint8)}, "x_train samples are (1, 12, 12) but x_test samples are"),
+])
+def test_npz_errors(tmp_path: Path, overrides: dict, message: str) -> None:
+    path = _write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(source="npz", path=str(path)), 0)
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_npz_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data.path: file not found"):
+        build_data(DataConfig(source="npz", path=str(tmp_path / "nope.npz")), 0)
+
+
+def test_model_that_does_not_fit_the_data() -> None:
+    with pytest.raises(ValueError, match=r"model.name: lenet5 does not accept inputs of shape \(3, 6, 6\)|too small"):
+        build_model(ModelConfig(name="lenet5"), 3, 10, (3, 6, 6))
+    with pytest.raises(ValueError, match="model.name: unknown timm model 'not_a_model'"):
+        build_model(ModelConfig(name="not_a_model"), 1, 10, (1, 8, 8))
+
+
+def test_imagefolder_tree(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=16), 0)
+    x, y = bundle.train[4]
+    assert bundle.num_classes == 2 and x.shape == (3, 16, 16) and y == 1 and len(bundle.test) == 6
+    model = build_model(ModelConfig(name="resnet18"), 3, 2, bundle.input_shape)
+    assert model.eval()(x[None]).shape == (1, 2)
+
+
+def test_imagefolder_missing_split(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "a" / "0.png")
+    with pytest.raises(DataError, match="needs one of the subfolders val, test"):
+        build_data(DataConfig(source="imagefolder", path=str(tmp_path)), 0)
+
+
+def test_builtin_sources_are_deterministic() -> None:
+    for source in ("digits", "mnist1d", "synthetic"):
+        a = build_data(DataConfig(source=source, num_samples=200), 5)
+        b = build_data(DataConfig(source=source, num_samples=200), 5)
+        assert torch.equal(a.train.inputs, b.train.inputs), f"{source}: not deterministic for a fixed seed"
