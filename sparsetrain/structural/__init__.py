@@ -7,6 +7,7 @@ from sparsetrain.structural.graph import (
     StructuralPruningError,
     build_channel_groups,
     producer_weights,
+    producer_weights_by_group,
     trace_model,
 )
 from sparsetrain.structural.profile import profile_model
@@ -20,6 +21,7 @@ __all__ = [
     "kept_channels",
     "load_compressed",
     "producer_weights",
+    "producer_weights_by_group",
     "profile_model",
     "remove_channels",
     "save_compressed",

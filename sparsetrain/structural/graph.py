@@ -29,6 +29,7 @@ __all__ = [
     "StructuralPruningError",
     "build_channel_groups",
     "producer_weights",
+    "producer_weights_by_group",
     "trace_model",
 ]
 
@@ -147,28 +148,38 @@ def build_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[
     return ChannelAnalyzer(gm).run()
 
 
-def producer_weights(model: nn.Module, group: ChannelGroup) -> list[tuple[str, torch.Tensor]]:
-    """The filter weights that produce a group's channels, with the channel on dim 0.
+def producer_weights(model: nn.Module, group: ChannelGroup, *, grad: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """The filter weights that produce a group's channels (or their gradients), with the channel on dim 0.
 
     Used by filter scoring (norms, gradient counts, cosine similarity between filters). Depthwise conv
     filters of the group are included; BN parameters and biases are not.
 
     Args:
-        model: The model the group was built from.
+        model: The model the group was built from (or a copy with the same shapes).
         group: One group of `build_channel_groups(model, ...)`.
+        grad: Return views of the parameters' `.grad` instead (filters without a gradient are skipped).
 
     Returns:
-        (qualified parameter name, tensor view of shape [num_channels, ...]) per filter producer; the views
-        share storage (and gradients, through `.grad` of the parameter) with the model.
+        (qualified parameter name, view of shape [num_channels, ...]) per filter producer; the views share
+        storage with the model's parameters (or gradients).
     """
     out = []
     for s in group.producers:
         if s.kind != "filter":
             continue
         weight = model.get_submodule(s.module).get_parameter(s.param)
-        view = weight.movedim(s.dim, 0).narrow(0, s.offset, group.num_channels * s.expand)
+        tensor = weight.grad if grad else weight
+        if tensor is None:
+            continue
+        view = tensor.movedim(s.dim, 0).narrow(0, s.offset, group.num_channels * s.expand)
         out.append((s.qualname, view))
     return out
+
+
+def producer_weights_by_group(model: nn.Module, groups: Sequence[ChannelGroup], *, prunable_only: bool = True,
+                              grad: bool = False) -> dict[str, list[tuple[str, torch.Tensor]]]:
+    """`producer_weights` for every (prunable) group, keyed by group id."""
+    return {g.id: producer_weights(model, g, grad=grad) for g in groups if g.prunable or not prunable_only}
 
 
 def groups_by_id(groups: Sequence[ChannelGroup]) -> dict[str, ChannelGroup]:

@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from sparsetrain.structural.graph import StructuralPruningError, build_channel_groups
+from sparsetrain.structural.graph import StructuralPruningError, build_channel_groups, producer_weights
 from sparsetrain.structural.remove import remove_channels, zero_channels
 
 
@@ -127,6 +127,15 @@ def test_removal_of_what_stays_prunable_is_exact(construct):
     with torch.no_grad():
         diff = (remove_channels(model, drop, groups=groups)(x) - masked(x)).abs().max().item()
     assert diff <= 1e-5, f"{construct}: removed vs masked {diff:.3e}"
+
+
+def test_producer_gradients_are_filter_rows():
+    model = ConcatBNNet()
+    x = torch.randn(2, 3, 8, 8)
+    groups = by_id(build_channel_groups(model, x))
+    model(x).sum().backward()
+    (name, g), = producer_weights(model, groups["c"], grad=True)
+    assert name == "c.weight" and torch.equal(g, model.c.weight.grad)
 
 
 def test_untraceable_model_raises():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sparsetrain.structural.export import load_compressed, save_compressed
-from sparsetrain.structural.graph import build_channel_groups, producer_weights
+from sparsetrain.structural.graph import build_channel_groups, producer_weights, producer_weights_by_group
 from sparsetrain.structural.remove import remove_channels, zero_channels
 
 CASES = [  # (timm name, create kwargs, input side)
@@ -131,7 +131,8 @@ def test_compressed_round_trip(case):
 
 
 def test_producer_weights_have_channels_first(case):
-    model = case["model"]
+    weights = producer_weights_by_group(case["model"], case["groups"])
     for group in case["groups"]:
-        for name, w in producer_weights(model, group):
+        assert (group.id in weights) == group.prunable
+        for name, w in producer_weights(case["model"], group):
             assert w.shape[0] == group.num_channels, f"{group.id}: {name} has shape {tuple(w.shape)}"
