@@ -1,4 +1,4 @@
 """Models registered with timm on import: create them with `timm.create_model(name, ...)`."""
 
-from sparsetrain.models import lenet  # noqa: F401  (registers lenet300_100, lenet5)
-from sparsetrain.models import lraspp, unet  # noqa: F401  (registers unet*, lraspp_mobilenetv3_*)
+# Registers lenet300_100, lenet5 (lenet), unet* (unet) and lraspp_mobilenetv3_* (lraspp).
+from sparsetrain.models import lenet, lraspp, unet  # noqa: F401
