@@ -97,6 +97,22 @@ def export_distributed_env(gpus_per_node: int) -> dict[str, int]:
     return {"rank": dist_env.rank, "world_size": dist_env.world_size, "local_rank": dist_env.local_rank}
 
 
+def _preempted(err: BaseException) -> bool:
+    """Whether `err` is, or was raised while handling, a `Preempted`.
+
+    Slurm signals every process of the job step, so helper processes (the W&B service) may die with the
+    preemption signal, and their errors during clean-up can mask the `Preempted` that started it.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, preemption.Preempted):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class PipelineJob(submitit.helpers.Checkpointable):
     """Run `sparsetrain.pipeline.run_pipeline` in a submitit task; requeue itself on preemption.
 
@@ -123,9 +139,13 @@ class PipelineJob(submitit.helpers.Checkpointable):
         log.info("rank %d/%d starting in %s", ranks["rank"], ranks["world_size"], config.out_dir)
         try:
             return run_pipeline(config, self.phases)
-        except preemption.Preempted:
+        except Exception as err:
+            if not _preempted(err):
+                raise
+            if not isinstance(err, preemption.Preempted):
+                log.warning("error while closing after preemption (ignored, state is saved): %s", err)
             self._stop_after_preemption(stopper, ranks["rank"])
-            raise  # only reached without a submitit handler (debug executor): the caller sees Preempted
+            raise  # only reached without a submitit handler (debug executor): the caller sees the error
         finally:
             stopper.uninstall()
 

@@ -1,0 +1,189 @@
+"""On the local Slurm cluster: 2-rank launch equals a plain 2-process run, preemption resumes exactly, sweeps.
+
+Timeline on 2 CPU cores: a 2-process reference run, one Slurm run, one preempted Slurm run, a 4-point sweep.
+Slurm delays the restart of a requeued job by two minutes (BeginTime); tests release it at once with
+`scontrol update JobId=... StartTime=now` (a production cluster just waits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from launch.cli import launch_main, sweep_main
+from launch.submit import FINAL_STATES, LaunchError, slurm_state, submit, wait_result
+from sparsetrain.config.loader import load_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+# ~55 optimizer steps: long enough to interrupt mid-phase, short enough for 2 cores.
+TINY = ["phases.dense.epochs=0.5", "phases.sparsify.epochs=1.5", "phases.finetune.epochs=0.5",
+        "train.log_every=1", "train.checkpoint_every=10", "launch.time_min=20", "launch.cpus_per_task=1"]
+TWO_RANKS = [*TINY, "launch.tasks_per_node=2"]
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out_dir / "weights" / "finetune.safetensors"))
+
+
+def _assert_same_weights(actual: Path, expected: Path) -> None:
+    got, want = _final_weights(actual), _final_weights(expected)
+    assert got.keys() == want.keys()
+    for name in want:
+        diff = (got[name] - want[name]).abs().max().item()
+        assert torch.allclose(got[name], want[name], atol=ATOL, rtol=RTOL), f"{name}: max |diff| {diff:.3g}"
+
+
+def _training_steps(out_dir: Path) -> list[int]:
+    lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [line["global_step"] for line in lines if "step" in line and "event" not in line]
+
+
+def _run_two_local_processes(out_dir: Path) -> None:
+    """The reference: two plain processes with torch's env:// variables, no submitit, no Slurm."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port)
+        command = [sys.executable, "-m", "sparsetrain.cli", "run", str(QUICKSTART), *TINY, f"out_dir={out_dir}"]
+        procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    for rank, (proc, output) in enumerate(zip(procs, outputs, strict=True)):
+        assert proc.returncode == 0, f"local rank {rank} failed:\n{output[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out_dir = tmp_path_factory.mktemp("local2") / "run"
+    _run_two_local_processes(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out_dir = tmp_path_factory.mktemp("slurm2") / "run"
+    code = launch_main([str(QUICKSTART), "--cluster", "slurm", "--wait", "--timeout", "600", *TWO_RANKS,
+                        f"out_dir={out_dir}"])
+    assert code == 0, f"launch failed; logs in {out_dir / 'slurm'}"
+    return out_dir
+
+
+def test_slurm_two_ranks_equals_local_two_process_run(slurm_run: Path, local_reference: Path) -> None:
+    report = json.loads((slurm_run / "report.json").read_text())
+    reference = json.loads((local_reference / "report.json").read_text())
+    assert report["world_size"] == 2
+    _assert_same_weights(slurm_run, local_reference)
+    assert report["finetuned"]["metric"] == pytest.approx(reference["finetuned"]["metric"], abs=0.5)
+    assert report["sparsity"] == pytest.approx(reference["sparsity"], abs=1e-3)
+
+
+def _wait_for_step(out_dir: Path, job_id: str, phase: str, step: int, timeout_s: float = 300) -> None:
+    metrics = out_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if metrics.exists():
+            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            if any(line.get("phase") == phase and line.get("step", 0) >= step for line in lines):
+                return
+        state = slurm_state(job_id)
+        assert state not in FINAL_STATES, f"job {job_id} ended ({state}) before {phase} step {step}"
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} did not reach {phase} step {step} in {timeout_s}s")
+
+
+def _release_requeued(job_id: str, timeout_s: float = 120) -> None:
+    """Wait until Slurm holds the requeued job on its 2-minute BeginTime, then let it start now."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+        if "Reason=BeginTime" in info:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+            return
+        if "JobState=RUNNING" in info and "Restarts=0" not in info:
+            return  # already restarted
+        state = next((word.split("=", 1)[1] for word in info.split() if word.startswith("JobState=")), "UNKNOWN")
+        assert state not in FINAL_STATES, f"job {job_id} ended ({state}) instead of being requeued"
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} was not requeued within {timeout_s}s")
+
+
+@pytest.mark.parametrize(
+    ("signals", "tracking"),
+    [
+        # Time limit: Slurm sends USR2 `signal_delay_s` before the end; W&B keeps running.
+        pytest.param("USR2", "offline", id="time-limit"),
+        # Preemption as submitit models it: SIGTERM to every process of the step, then USR2. SIGTERM also
+        # stops W&B's service process, so this case runs without W&B (see the launch.job docstring).
+        pytest.param("TERM+USR2", "disabled", id="preemption"),
+    ],
+)
+def test_interrupted_job_requeues_and_resumes_without_lost_or_repeated_steps(
+        signals: str, tracking: str, slurm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    out_dir = tmp_path_factory.mktemp("preempt") / "run"
+    config = load_config(QUICKSTART, [*TWO_RANKS, f"out_dir={out_dir}", f"tracking.mode={tracking}"])
+    job = submit(config, "slurm")
+    _wait_for_step(out_dir, job.job_id, "sparsify", 5)  # mid-phase, between two periodic checkpoints
+    job._interrupt(timeout=signals == "USR2")
+    _release_requeued(job.job_id)
+    report = wait_result(job, timeout_s=600)
+
+    log = job.task(0).paths.stderr.read_text()
+    assert "Requeued job" in log and log.count("starting in") == 2, "expected one requeue and a second start"
+    assert report["world_size"] == 2
+    _assert_same_weights(out_dir, slurm_run)
+    steps = _training_steps(out_dir)
+    assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
+    assert steps == _training_steps(slurm_run), "step log differs from the uninterrupted run"
+    if tracking == "offline":
+        run_id = (out_dir / "wandb_run_id.txt").read_text().strip()
+        runs = sorted(p.name for p in (out_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs), (run_id, runs)
+
+
+def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None, tmp_path: Path) -> None:
+    base = tmp_path / "sweep"
+    code = sweep_main([str(QUICKSTART), "alpha0=1e-4,4e-4", "beta=10,30", *TINY, "--cluster", "slurm",
+                       "--timeout", "600", f"out_dir={base}"])
+    assert code == 0, f"sweep failed; logs in {base / 'slurm'}"
+    summary = json.loads((base / "sweep.json").read_text())
+    runs = summary["runs"]
+    assert [run["status"] for run in runs] == ["done"] * 4
+    assert len({run["out_dir"] for run in runs}) == 4
+    assert all(0 < run["sparsity"] < 1 and run["metric"] > 50 for run in runs), runs
+    assert any(run["pareto"] for run in runs)
+    assert (base / "sweep_pareto.png").stat().st_size > 1000
+
+
+def test_unknown_partition_and_impossible_node_count_fail_before_submission(slurm_cluster: None) -> None:
+    with pytest.raises(LaunchError, match=r"^launch.partition: unknown partition 'nope'"):
+        submit(load_config(QUICKSTART, ["launch.partition=nope"]), "slurm")
+    with pytest.raises(LaunchError, match=r"^launch.nodes: 64 nodes requested"):
+        submit(load_config(QUICKSTART, ["launch.nodes=64"]), "slurm")
+
+
+def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = launch_main([str(QUICKSTART), "--cluster", "slurm", f"out_dir={tmp_path / 'run'}",
+                        'launch.extra_sbatch=["--gres=gpu:4"]'])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "error: submission failed: sbatch: error: Invalid generic resource (gres) specification", err
