@@ -373,7 +373,9 @@ class ChannelAnalyzer:
         x, other, x_first = (va, b, True) if isinstance(va, Layout) else (vb, a, False)
         out = self._with(x, node, cdim=x.cdim + len(shape) - x.ndim)
         if isinstance(self._val(other), ParamRef):
-            other_zero = self._attach_param(node, out, self._val(other))
+            # A divisor is sliced on removal but never zeroed (x / 0 would turn the masked channel into NaN).
+            divisor = x_first and not op.strip("_i").startswith(("add", "sub", "mul"))
+            other_zero = self._attach_param(node, out, self._val(other), "stat" if divisor else "scale")
         else:
             other_zero = isinstance(other, numbers.Number) and other == 0
         return replace(out, zero=tuple(self._zero_rule(op, z, other_zero, x_first) for z in out.zero))
@@ -387,17 +389,17 @@ class ChannelAnalyzer:
             return x_zero or other_zero
         return x_zero and x_first  # x / c stays zero; c / x does not
 
-    def _attach_param(self, node: fx.Node, x: Layout, p: ParamRef) -> bool:
+    def _attach_param(self, node: fx.Node, x: Layout, p: ParamRef, kind: str) -> bool:
         """Register a parameter combined elementwise with `x` (layer scale, learned shift) as a producer slice.
 
-        Returns whether its slice is zero after zeroing (True when it is registered: zeroing clears it).
+        Returns whether its slice is zero after zeroing (when registered as a "scale": zeroing clears it).
         """
         if math.prod(p.shape) == 1:
             return False
         total = sum(self.sp.size[s] * e for s, e in zip(x.spaces, x.expand, strict=True))
         if p.cur is not None and p.cur + x.ndim - p.ndim == x.cdim and p.shape[p.pdim] == total:
-            self._produce(x, p.module, p.param, p.pdim, "scale")
-            return True
+            self._produce(x, p.module, p.param, p.pdim, kind)
+            return kind == "scale"
         self._block(x, f"parameter '{p.module}.{p.param}' {p.shape} is combined with channels in a way "
                        f"that cannot be followed (node '{node.name}')")
         return False

@@ -52,8 +52,8 @@ class ChannelSlice:
         offset: First position of this group along `dim` (non-zero for consumers of a concatenation).
         expand: Consecutive positions per channel.
         kind: "filter" (conv/linear weight, output side), "bias", "norm" (BN/affine scale and shift),
-            "stat" (running statistics), "scale" (an elementwise parameter such as layer scale) or "input"
-            (consumer weight columns).
+            "stat" (running statistics, divisors: sliced on removal, never zeroed), "scale" (an elementwise
+            parameter such as layer scale) or "input" (consumer weight columns).
     """
 
     module: str

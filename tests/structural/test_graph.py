@@ -22,7 +22,7 @@ def slices(group, role: str = "producers") -> set[tuple[str, str, int, int, int]
 
 
 class ConcatBNNet(nn.Module):
-    """Concat → BN (producer offsets), a layer-scale parameter, and flatten of C×4×4 → linear (expand 16)."""
+    """Concat → BN (producer offsets), a layer scale and a divisor buffer, flatten of C×4×4 → linear (expand 16)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -30,12 +30,13 @@ class ConcatBNNet(nn.Module):
         self.bn = nn.BatchNorm2d(11)
         self.c = nn.Conv2d(11, 7, 3, padding=1, bias=False)
         self.scale = nn.Parameter(torch.rand(7) + 0.5)
+        self.register_buffer("div", torch.rand(7, 1, 1) + 0.5)
         self.pool = nn.AdaptiveAvgPool2d(4)
         self.fc = nn.Linear(7 * 16, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], dim=1)))
-        x = torch.nn.functional.gelu(self.c(x)) * self.scale.view(1, -1, 1, 1)
+        x = torch.nn.functional.gelu(self.c(x)) * self.scale.view(1, -1, 1, 1) / self.div
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
@@ -79,6 +80,7 @@ def test_concat_bn_offsets_and_flatten_expand():
     assert slices(groups["b"], "consumers") == {("c", "weight", 1, 6, 1)}
     assert slices(groups["c"], "consumers") == {("fc", "weight", 1, 0, 16)}
     assert ("", "scale", 0, 0, 1) in slices(groups["c"])
+    assert [s.kind for s in groups["c"].producers if s.param == "div"] == ["stat"]  # never zeroed: x / 0 is NaN
     assert not groups["fc"].prunable and not groups["input:x"].prunable
 
 
@@ -94,6 +96,7 @@ def test_concat_bn_removal_equals_masking():
     zero_channels(masked, drop, groups=groups)
     pruned = remove_channels(model, drop, groups=groups)
     assert pruned.fc.in_features == 4 * 16 and pruned.bn.num_features == 8 and pruned.c.in_channels == 8
+    assert pruned.div.shape == (4, 1, 1)
     with torch.no_grad():
         diff = (pruned(x) - masked(x)).abs().max().item()
     assert diff <= 1e-5, f"removed vs masked: {diff:.3e}"
