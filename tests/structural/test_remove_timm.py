@@ -28,6 +28,7 @@ CASES = [  # (timm name, create kwargs, input side)
     ("resnet50", {"num_classes": 10}, 32),
     ("efficientnet_b0", {"num_classes": 10}, 64),
     ("convnext_tiny", {"num_classes": 10}, 32),
+    ("lraspp_mobilenetv3_small_100", {"num_classes": 2}, 64),
     ("unet", {"base_width": 8, "depth": 3, "up_mode": "transpose"}, 32),
     ("unet", {"base_width": 8, "depth": 3, "up_mode": "bilinear", "num_classes": 2}, 32),
 ]
@@ -71,9 +72,9 @@ def expected_shapes(model: nn.Module, groups, drop) -> dict[str, torch.Size]:
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1].get('up_mode', '')}".rstrip("-"))
 def case(request, tmp_path_factory):
     name, kwargs, side = request.param
-    if name == "unet":
-        pytest.importorskip("sparsetrain.models.unet")
-        import sparsetrain.models  # noqa: F401  (registers unet with timm)
+    if name.startswith(("unet", "lraspp")):
+        pytest.importorskip(f"sparsetrain.models.{name.split('_')[0]}")
+        import sparsetrain.models  # noqa: F401  (registers unet, lraspp_* with timm)
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
     randomize(model, seed=1)
