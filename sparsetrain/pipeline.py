@@ -19,7 +19,7 @@ from sparsetrain.data import DataBundle, build_data
 from sparsetrain.engine.checkpoint import Checkpointer, load_run_state, load_weights, save_run_state, save_weights
 from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
-from sparsetrain.models.factory import build_model
+from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.progress import log, setup_logging
 from sparsetrain.pruning.masks import apply_masks, layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import build_regularizer
@@ -42,6 +42,7 @@ class Pipeline:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         barrier()
+        self.structural = cfg.prune.rule == "filters"
         self.state = self._initial_state()
         self.data: DataBundle = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
         self.task = build_task(cfg.task, self.data.num_classes)
@@ -76,13 +77,34 @@ class Pipeline:
         torch.manual_seed(self.cfg.seed)
         return build_model(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
 
+    def export_meta(self, **extra: Any) -> dict[str, Any]:
+        """What `load_compressed` needs to rebuild the model without this run's config."""
+        kwargs = model_kwargs(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
+        return {"model_name": self.cfg.model.name, "model_kwargs": kwargs,
+                "input_shape": list(self.data.input_shape), **extra}
+
     def model_from(self, phase: str | None) -> nn.Module:
+        """The model at the end of `phase` (initial weights for None); structurally pruned phases load the
+        smaller architecture from their compressed export."""
+        from sparsetrain.structural.export import ARCH_FILE, load_compressed
+
+        folder = self.out_dir / "weights" / str(phase)
+        if phase is not None and (folder / ARCH_FILE).exists():
+            return load_compressed(folder).train().to(self.dist.device)
         model = self.new_model()
         if phase is not None:
             model.load_state_dict(load_weights(self.out_dir / "weights" / f"{phase}.safetensors"))
         return model.to(self.dist.device)
 
     def _save_phase(self, phase: str, model: nn.Module) -> None:
+        if self.structural and phase in ("prune", "finetune"):
+            from sparsetrain.structural.export import save_compressed
+
+            if self.dist.is_main:
+                save_compressed(_cpu_copy(model), self.out_dir / "weights" / phase,
+                                meta=self.export_meta(phase=phase))
+            barrier()
+            return
         state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
         save_weights(self.out_dir / "weights" / f"{phase}.safetensors", state, self.dist)
 
@@ -107,9 +129,12 @@ class Pipeline:
         t0 = time.perf_counter()
         model = self.model_from(start_from)
         sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
-        regularizer = build_regularizer(self.cfg.regularizer, sizes, phase, self.dist.device)
+        layouts = self._filter_layouts(model) if self.cfg.regularizer.name == "grad_count" else None
+        regularizer = build_regularizer(self.cfg.regularizer, sizes, phase, self.dist.device, layouts)
         model = train_phase(self.ctx, phase, model, regularizer, masks, self._resume_tag(phase))
         self._save_phase(phase, model)
+        if regularizer.state_dict() and self.dist.is_main:
+            torch.save(regularizer.state_dict(), self.out_dir / "weights" / f"{phase}_regularizer.pt")
         results = evaluate(self.ctx, model)
         results["wall_time_s"] = time.perf_counter() - t0  # of the last (possibly resumed) attempt
         self._finish(phase, results)
@@ -120,9 +145,38 @@ class Pipeline:
     def run_sparsify(self) -> None:
         self._train("sparsify", None, None)
 
+    def _filter_layouts(self, model: nn.Module) -> dict[str, tuple[int, int]]:
+        from sparsetrain.pruning.filters import channel_groups, filter_layouts
+
+        return filter_layouts(model, channel_groups(model, self.data.input_shape))
+
+    def _redundancy_marks(self) -> dict[str, torch.Tensor] | None:
+        path = self.out_dir / "weights" / "sparsify_regularizer.pt"
+        return torch.load(path, weights_only=True)["redundant"] if path.exists() else None
+
+    def run_prune_filters(self) -> None:
+        """Method 2: remove weak and redundant filters physically, giving a smaller dense model."""
+        from sparsetrain.pruning.filters import channel_groups, choose_filters, kept_per_group
+        from sparsetrain.structural import remove_channels
+
+        t0 = time.perf_counter()
+        model = self.model_from("sparsify" if "sparsify" in self.state["completed"] else None)
+        groups = channel_groups(model, self.data.input_shape)
+        drop = choose_filters(model, groups, self.cfg.prune, self._redundancy_marks())
+        pruned = remove_channels(model, drop, groups=groups)
+        self._save_phase("prune", pruned)
+        results = evaluate(self.ctx, pruned)
+        results.update(kept_filters=kept_per_group(groups, drop), wall_time_s=time.perf_counter() - t0,
+                       params_before=sum(p.numel() for p in model.parameters()),
+                       params_after=sum(p.numel() for p in pruned.parameters()))
+        self._finish("prune", results)
+
     def run_prune(self) -> None:
         from sparsetrain.pruning.criteria import compute_masks
 
+        if self.structural:
+            self.run_prune_filters()
+            return
         t0 = time.perf_counter()
         source = "sparsify" if "sparsify" in self.state["completed"] else None
         model = self.model_from(source)
@@ -138,6 +192,9 @@ class Pipeline:
         self._finish("prune", results)
 
     def run_finetune(self) -> None:
+        if self.structural:
+            self._train("finetune", "prune", None)
+            return
         masks = {n: m.bool().to(self.dist.device)
                  for n, m in load_weights(self.out_dir / "weights" / "masks.safetensors").items()}
         self._train("finetune", "prune", masks)
@@ -160,6 +217,12 @@ class Pipeline:
 
     def close(self) -> None:
         self.tracker.close()
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).float().cpu()
 
 
 def run_pipeline(cfg: RunConfig, phases: list[str] | None = None) -> dict[str, Any]:

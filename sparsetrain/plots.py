@@ -40,3 +40,19 @@ def plot_magnitude_histograms(before: dict[str, torch.Tensor], after: dict[str, 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_kept_filters(kept: list[dict], path: Path) -> None:
+    """Bars of total vs kept channels per prunable group (structural pruning)."""
+    names = [row["group"] for row in kept]
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(names)), 4))
+    positions = range(len(names))
+    ax.bar(positions, [row["total"] for row in kept], color="lightgray", label="before")
+    ax.bar(positions, [row["kept"] for row in kept], color="tab:green", label="kept")
+    ax.set_xticks(positions, names, rotation=90, fontsize=6)
+    ax.set_ylabel("filters / channels")
+    ax.legend()
+    ax.set_title("Kept filters per channel group")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

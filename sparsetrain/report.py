@@ -19,15 +19,14 @@ METRIC_KEYS = {"dense": "dense", "sparsify": "sparse", "prune": "pruned", "finet
 
 
 def _final_phase(completed: dict[str, Any]) -> str | None:
-    for phase in ("finetune", "prune", "sparsify", "dense"):
-        if phase in completed:
-            return phase
-    return None
+    from sparsetrain.export import final_phase
+
+    return final_phase(completed)
 
 
-def _param_counts(state: dict[str, torch.Tensor]) -> dict[str, int]:
-    floats = [t for t in state.values() if t.is_floating_point()]
-    return {"total": sum(t.numel() for t in floats), "nonzero": sum(int(torch.count_nonzero(t)) for t in floats)}
+def _param_counts(model: torch.nn.Module) -> dict[str, int]:
+    params = list(model.parameters())
+    return {"total": sum(p.numel() for p in params), "nonzero": sum(int(torch.count_nonzero(p)) for p in params)}
 
 
 def _l2_magnitude_baseline(pipeline: Pipeline, sparsity: float) -> dict[str, float] | None:
@@ -60,18 +59,49 @@ def build_report(pipeline: Pipeline) -> dict[str, Any]:
     params = prunable_parameters(model)
     layers = layer_counts(params)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    counts = _param_counts(state)
-    report.update(sparsity=sparsity_of(layers), layers=layers, params=counts,
-                  compression_ratio=counts["total"] / max(counts["nonzero"], 1))
-    report["bytes"] = {"dense": (out / "weights" / f"{final}.safetensors").stat().st_size,
+    counts = _param_counts(model)
+    report.update(sparsity=sparsity_of(layers), layers=layers, params=counts)
+    report["bytes"] = {"dense": sum(t.numel() * t.element_size() for t in state.values()),
                        "compressed": save_sparse(state, set(params), out / "export" / "compressed.safetensors")}
-    report["l2_magnitude_pruned"] = _l2_magnitude_baseline(pipeline, report["sparsity"])
+    if pipeline.structural:
+        _add_structural(pipeline, report, model)
+    else:
+        report["l2_magnitude_pruned"] = _l2_magnitude_baseline(pipeline, report["sparsity"])
+        report["params"].update(dense=counts["total"], pruned=counts["nonzero"])
+    # weights of the original dense model per non-zero weight of the final one (both methods)
+    report["compression_ratio"] = report["params"].get("dense", counts["total"]) / max(counts["nonzero"], 1)
     return report
+
+
+def _add_structural(pipeline: Pipeline, report: dict[str, Any], final: torch.nn.Module) -> None:
+    """Sizes, FLOPs, latency and peak memory of the dense vs the physically smaller model (rank 0 measures)."""
+    from sparsetrain.structural import profile_model
+
+    completed = pipeline.state["completed"]
+    report["kept_filters"] = completed.get("prune", {}).get("kept_filters", [])
+    if not pipeline.dist.is_main:
+        return
+    dense = pipeline.model_from("sparsify" if "sparsify" in completed else None)
+    shape = (1, *pipeline.data.input_shape)
+    before, after = (profile_model(m.float().cpu(), shape) for m in (dense, final))
+    report["params"].update(dense=before["params"], pruned=after["params"])
+    report["flops"] = {"dense": before["flops"], "pruned": after["flops"]}
+    report["bytes"].update(dense=before["weight_bytes"], pruned=after["weight_bytes"])
+    report["peak_memory_bytes"] = {"dense": before["peak_memory_bytes"], "pruned": after["peak_memory_bytes"]}
+    report["latency_ms"] = {"dense": before["latency_ms"], "pruned": after["latency_ms"],
+                            "speedup": before["latency_ms"] / max(after["latency_ms"], 1e-9)}
+    report["param_reduction"] = before["params"] / max(after["params"], 1)
 
 
 def format_table(report: dict[str, Any]) -> str:
     rows = [(key, report[key]["metric"]) for key in METRIC_KEYS.values() if key in report]
     lines = ["phase        metric"] + [f"{name:<12} {value:7.2f}" for name, value in rows]
+    if "flops" in report:
+        p, f, lat = report["params"], report["flops"], report["latency_ms"]
+        lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
+                  f"flops        {f['dense']:,} -> {f['pruned']:,}",
+                  f"latency      {lat['dense']:.2f} ms -> {lat['pruned']:.2f} ms ({lat['speedup']:.2f}x, CPU, batch 1)"]
+        return "\n".join(lines)
     if "sparsity" in report:
         lines += [f"sparsity     {100 * report['sparsity']:7.2f} %",
                   f"compression  {report['compression_ratio']:7.1f} x  "
@@ -86,7 +116,11 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
     from sparsetrain.plots import plot_layer_sparsity, plot_magnitude_histograms
 
     out = pipeline.out_dir
-    if "layers" in report:
+    if report.get("kept_filters"):
+        from sparsetrain.plots import plot_kept_filters
+
+        plot_kept_filters(report["kept_filters"], out / "kept_filters.png")
+    if "layers" in report and not pipeline.structural:
         plot_layer_sparsity(report["layers"], out / "layer_sparsity.png")
     if "sparsify" in pipeline.state["completed"]:
         before = "dense" if "dense" in pipeline.state["completed"] else None
@@ -97,7 +131,11 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
 
 def write_report(pipeline: Pipeline) -> dict[str, Any]:
     """Build the report on every rank (evaluation is collective); rank 0 writes files and prints the table."""
+    from sparsetrain.export import export_model
+
     report = build_report(pipeline)
+    if pipeline.state["completed"]:
+        export_model(pipeline)
     if pipeline.dist.is_main:
         atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))
         write_plots(pipeline, report)

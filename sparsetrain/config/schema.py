@@ -92,6 +92,8 @@ class PruneConfig(Section):
     layer_sparsity: dict[str, float] = Field(default_factory=dict, description="Per-layer target overrides.")
     filter_norm_threshold: float = Field(1e-2, ge=0, description="Filters whose relative norm falls below this "
                                          "are removed (rule=filters).")
+    filter_fraction: float = Field(0.0, ge=0, lt=1, description="Remove at least this fraction of each prunable "
+                                   "group's channels, weakest (lowest norm) first (rule=filters).")
     max_filter_fraction: float = Field(0.75, gt=0, lt=1, description="At most this fraction of a layer's filters "
                                        "is removed (rule=filters).")
 

@@ -109,6 +109,7 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
     prunable = prunable_parameters(model)
     hooks = GradientHooks(regularizer, masks)
     engine = build_engine(cfg, model, ctx.dist.world_size, lr, total, prunable, hooks)
+    regularizer.bind(prunable_parameters(engine.module), holds_partition(engine))
     start = 0
     if resume_tag is not None:
         client = ctx.checkpointer.load(engine, resume_tag)

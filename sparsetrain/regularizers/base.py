@@ -39,6 +39,10 @@ class GradientRegularizer:
         return get_ops(backend).l0_grad_mask_(weights, grads, mask_views, alphas=[0.0] * len(weights), beta=0.0,
                                               l2=0.0)
 
+    def bind(self, params: dict[str, torch.Tensor], partitioned: bool) -> None:
+        """Called once the engine exists: the model's (replicated) parameters and whether ZeRO partitions them."""
+        del params, partitioned
+
     def end_step(self) -> None:
         """Called once after every optimizer step (counting windows and similar bookkeeping)."""
 

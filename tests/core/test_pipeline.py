@@ -78,6 +78,7 @@ def test_report_contents_and_compressed_file(run_dir: Path) -> None:
     assert nonzero == sum(layer["nonzero"] for layer in layers), "per-layer non-zero counts not from the weights"
     assert report["sparsity"] == pytest.approx(1 - nonzero / sum(layer["total"] for layer in layers))
     assert report["compression_ratio"] == pytest.approx(report["params"]["total"] / report["params"]["nonzero"])
+    assert report["params"]["total"] == sum(t.numel() for t in final.values()), "params.total is not the param count"
     assert report["world_size"] == 1 and set(report["wall_time_s"]) == {"dense", "sparsify", "prune", "finetune"}
     compressed = run_dir / "export" / "compressed.safetensors"
     assert report["bytes"]["compressed"] == compressed.stat().st_size < report["bytes"]["dense"]
