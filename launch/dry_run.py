@@ -26,13 +26,10 @@ class PrunableLayer:
 
 
 def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
-    """Conv and linear weights with more than one dimension: what the regularizer and pruning act on."""
-    layers = []
-    for module_name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and weight is not None and weight.ndim > 1:
-            layers.append(PrunableLayer(f"{module_name}.weight", tuple(weight.shape)))
-    return layers
+    """The weights the regularizer and pruning act on, as the pipeline defines them (conv/linear kernels)."""
+    from sparsetrain.pruning.masks import prunable_parameters
+
+    return [PrunableLayer(name, tuple(param.shape)) for name, param in prunable_parameters(model).items()]
 
 
 def build_model_for(config: RunConfig) -> nn.Module:

@@ -8,12 +8,15 @@ Clusters:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +170,16 @@ def submit(config: RunConfig, cluster: str, phases: list[str] | None = None) -> 
     """
     validate_launch(config, cluster)
     executor = make_executor(config, cluster)
-    try:
+    with submission_errors():
         return executor.submit(PipelineJob(config_to_dict(config), phases))
+
+
+@contextlib.contextmanager
+def submission_errors() -> Iterator[None]:
+    """Turn a refused submission into one LaunchError line (submitit also prints sbatch's stderr: muted here)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError,
             subprocess.CalledProcessError) as err:
         raise LaunchError(f"submission failed: {one_line(err)}") from None
