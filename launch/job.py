@@ -22,6 +22,11 @@ Preemption / time limit, end to end (Slurm):
 5. The requeued job starts fresh processes, unpickles `PipelineJob(config)` and calls `run_pipeline` again,
    which resumes from the last checkpoint in `out_dir` (same step, same data order, `metrics.jsonl` cut back
    to the checkpoint step) and reuses `out_dir/wandb_run_id.txt`, so W&B continues the same run.
+
+Caveat: Slurm signals every process of the step, helpers included. W&B's service process (wandb-core) ignores
+USR2 but exits on SIGTERM, after which rank 0's W&B calls raise; the tracker has to tolerate a dead W&B
+service for SIGTERM-driven preemption with W&B on. An error raised while unwinding from `Preempted` is still
+treated as preemption here (`_preempted`).
 """
 
 from __future__ import annotations
