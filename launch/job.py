@@ -15,7 +15,8 @@ Preemption / time limit, end to end (Slurm):
 4. `__call__` catches `Preempted`. Rank 0 calls submitit's original handler itself, now at a safe point:
    it calls `checkpoint()` (which returns only the resolved config, never a live model), writes the new
    submission pickle, requeues the job (`scontrol requeue`; under the local executor, exit code 144) and
-   exits. Other ranks exit at once (SystemExit, so submitit writes no result file for them).
+   exits. Other ranks exit at once with status 0 (SystemExit, so submitit writes no result file for them;
+   status 0 so that `srun --kill-on-bad-exit` leaves rank 0 alone while it requeues).
    SIGTERM alone (scancel, Slurm-driven preemption) also stops at a step boundary with a checkpoint; rank 0
    then waits a few seconds for a USR2 (submitit's `_interrupt` sends it right after SIGTERM) and otherwise
    exits without requeueing: Slurm decides (cancelled, or requeued by the cluster's preemption policy).
@@ -31,6 +32,7 @@ treated as preemption here (`_preempted`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -48,6 +50,7 @@ from sparsetrain.engine import preemption
 log = logging.getLogger(__name__)
 
 PREEMPT_SIGNAL = signal.SIGUSR2  # submitit's default preemption/time-out signal (SUBMITIT_PREEMPT_SIGNAL)
+PORT_RANGE = (20000, 32768)  # MASTER_PORT candidates: below the Linux ephemeral port range
 USR2_GRACE_S = 10.0  # after SIGTERM only: how long rank 0 waits for submitit's USR2 before giving up requeueing
 
 
@@ -87,12 +90,25 @@ class _StopOnSignal:
         preemption.request_stop()
 
 
+def master_port(job_id: str, restarts: int) -> int:
+    """The rendezvous port: the same on every task of one job attempt, computed without communication.
+
+    It lies below Linux's ephemeral range (32768-60999), so no outgoing connection on the node can hold it
+    (submitit's own choice, 20000-60000 from the job id, sometimes hit EADDRINUSE on a busy node), and it
+    changes with each requeue so a socket of the previous attempt in TIME_WAIT cannot block it.
+    """
+    digest = hashlib.sha256(f"{job_id}:{restarts}".encode()).digest()
+    return PORT_RANGE[0] + int.from_bytes(digest[:4], "big") % (PORT_RANGE[1] - PORT_RANGE[0])
+
+
 def export_distributed_env(gpus_per_node: int) -> dict[str, int]:
     """Export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from the submitit job environment; give each rank its GPUs.
 
     Returns:
         {"rank", "world_size", "local_rank"} of this task.
     """
+    job_id = submitit.JobEnvironment().job_id
+    os.environ["MASTER_PORT"] = str(master_port(job_id, int(os.environ.get("SLURM_RESTART_COUNT", "0"))))
     dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     if gpus_per_node > 0:
         per_task = max(1, gpus_per_node // dist_env.local_world_size)
@@ -165,7 +181,7 @@ class PipelineJob(submitit.helpers.Checkpointable):
         stopper.ignore_until_exit()
         if rank != 0:
             log.info("rank %d: preempted, state saved; exiting", rank)
-            sys.exit(-1)
+            sys.exit(0)  # not a failure: srun --kill-on-bad-exit must not kill rank 0 while it requeues
         if not stopper.requeue_wanted.is_set():
             log.info("rank 0: stopped by SIGTERM without USR2; state saved, leaving requeueing to Slurm")
             sys.exit(-1)

@@ -28,6 +28,8 @@ from sparsetrain.config.loader import config_to_dict
 from sparsetrain.config.schema import RunConfig
 
 CLUSTERS = ("slurm", "local", "debug")
+# One failed rank ends the step at once instead of leaving the others blocked in a collective until timeout.
+SRUN_DEFAULT_ARGS = ("--kill-on-bad-exit=1",)
 # Slurm job states after which the job will not run again (REQUEUED / PENDING / RUNNING are not final).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
@@ -61,7 +63,7 @@ def slurm_parameters(config: RunConfig) -> dict[str, Any]:
     }
     optional = {"gpus_per_node": launch.gpus_per_node or None, "mem": launch.mem_gb, "partition": launch.partition,
                 "account": launch.account, "qos": launch.qos, "constraint": launch.constraint,
-                "setup": list(launch.setup) or None, "srun_args": list(launch.srun_args) or None,
+                "setup": list(launch.setup) or None, "srun_args": [*SRUN_DEFAULT_ARGS, *launch.srun_args],
                 "additional_parameters": launch.extra_sbatch_parameters() or None}
     params.update({key: value for key, value in optional.items() if value is not None})
     return params

@@ -10,6 +10,7 @@ import pytest
 
 from launch.cli import launch_main
 from launch.dry_run import dry_run_report
+from launch.job import PORT_RANGE, master_port
 from launch.submit import LaunchError, sbatch_script, validate_launch
 from launch.sweep import expand, pareto_front, parse_grid, split_values, summarize_report
 from sparsetrain.config.loader import ConfigError, load_config
@@ -112,3 +113,11 @@ def test_pareto_front_and_report_summary() -> None:
     summary = summarize_report({"world_size": 2, "sparsity": 0.72, "dense": {"metric": 95.0, "accuracy": 95.0},
                                 "pruned": {"metric": 93.0, "sparsity": 0.72}, "finetuned": {"metric": 94.5}})
     assert summary == {"sparsity": 0.72, "metric": 94.5, "metric_name": "finetuned.metric"}
+
+
+def test_master_port_is_shared_by_all_tasks_outside_ephemeral_ports_and_new_per_attempt() -> None:
+    ports = {master_port("1234", 0) for _ in range(3)}
+    assert len(ports) == 1, "every task of one attempt must compute the same port"
+    attempts = [master_port("1234", restarts) for restarts in range(4)]
+    assert len(set(attempts)) == 4, f"a requeued attempt must not reuse the previous port: {attempts}"
+    assert all(PORT_RANGE[0] <= port < PORT_RANGE[1] < 32769 for port in attempts + [master_port("77_3", 0)])
