@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -38,7 +39,7 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device_preference: str, backend: str) -> DistInfo:
+def init_distributed(device_preference: str, backend: str, timeout_min: float = 10.0) -> DistInfo:
     """Initialize torch.distributed through DeepSpeed from RANK/WORLD_SIZE/... (single process when unset)."""
     import deepspeed
 
@@ -51,7 +52,8 @@ def init_distributed(device_preference: str, backend: str) -> DistInfo:
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                                   timeout=timedelta(minutes=timeout_min))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
