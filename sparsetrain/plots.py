@@ -29,7 +29,7 @@ def plot_magnitude_histograms(before: dict[str, torch.Tensor], after: dict[str, 
                               labels: tuple[str, str] = ("before sparsity training", "after sparsity training")
                               ) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
-    for weights, label in zip((before, after), labels):
+    for weights, label in zip((before, after), labels, strict=True):
         mags = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
         ax.hist(torch.log10(mags.clamp_min(1e-12)).numpy(), bins=120, alpha=0.55, label=label)
     ax.set_xlabel("log10 |w|  (exact zeros shown at -12)")

@@ -48,7 +48,7 @@ def load_synthetic_data(cfg: DataConfig, seed: int) -> tuple[np.ndarray, ...]:
         freqs[:, 1:, None] * np.pi * yy + phases[:, 1:, None])
     labels = rng.integers(0, classes, size=cfg.num_samples)
     shifts = rng.integers(-2, 3, size=(cfg.num_samples, 2))
-    images = np.stack([np.roll(templates[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts)])
+    images = np.stack([np.roll(templates[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts, strict=True)])
     images = images + rng.normal(0, 0.8, size=images.shape)
     return _split(images.astype(np.float32)[:, None], labels.astype(np.int64), cfg.test_fraction, seed)
 

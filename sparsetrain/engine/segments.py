@@ -42,12 +42,14 @@ def _flat_layouts(wrapper: object) -> list[tuple[torch.Tensor, torch.Tensor, int
     if hasattr(wrapper, "single_partition_of_fp32_groups"):  # ZeRO stage 1/2
         return [(flat, master, dist.get_rank(group=wrapper.real_dp_process_group[i]) * wrapper.partition_size[i])
                 for i, (flat, master) in enumerate(zip(wrapper.bit16_groups_flat,
-                                                       wrapper.single_partition_of_fp32_groups))]
+                                                       wrapper.single_partition_of_fp32_groups, strict=True))]
     if hasattr(wrapper, "fp32_groups_flat_partition"):  # BF16_Optimizer
+        pairs = zip(wrapper.bf16_groups_flat, wrapper.fp32_groups_flat_partition, strict=True)
         return [(flat, master, dist.get_rank(group=wrapper.real_dp_process_group[i]) * master.numel())
-                for i, (flat, master) in enumerate(zip(wrapper.bf16_groups_flat, wrapper.fp32_groups_flat_partition))]
+                for i, (flat, master) in enumerate(pairs)]
     if hasattr(wrapper, "fp32_groups_flat"):  # FP16_Optimizer used for bf16 without ZeRO
-        return [(flat, master, 0) for flat, master in zip(wrapper.fp16_groups_flat, wrapper.fp32_groups_flat)]
+        pairs = zip(wrapper.fp16_groups_flat, wrapper.fp32_groups_flat, strict=True)
+        return [(flat, master, 0) for flat, master in pairs]
     raise RuntimeError(f"deepspeed: unsupported optimizer wrapper {type(wrapper).__name__} for masks/regularizer")
 
 
@@ -65,8 +67,8 @@ def _segment_in_layout(name: str, param: torch.nn.Parameter,
 
 def _per_param_masters(wrapper: object) -> dict[int, torch.Tensor]:
     """FP16_UnfusedOptimizer (bf16 without ZeRO, client optimizer): one fp32 copy per model parameter."""
-    return {id(low): master for lows, masters in zip(wrapper.fp16_groups, wrapper.fp32_groups)
-            for low, master in zip(lows, masters)}
+    return {id(low): master for lows, masters in zip(wrapper.fp16_groups, wrapper.fp32_groups, strict=True)
+            for low, master in zip(lows, masters, strict=True)}
 
 
 def build_segments(engine: object, prunable: dict[str, torch.nn.Parameter]) -> list[Segment]:

@@ -8,7 +8,6 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-
 _TIMM_FACTORY_KEYS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
 
 

@@ -40,7 +40,7 @@ def threshold_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> dict[
     device = next(iter(weights.values())).device if weights else torch.device("cpu")
     masks, _ = get_ops("auto" if device.type == "cuda" else "torch").threshold_masks(
         [weights[n].detach().contiguous() for n in names], taus)
-    return {n: m.view_as(weights[n]) for n, m in zip(names, masks)}
+    return {n: m.view_as(weights[n]) for n, m in zip(names, masks, strict=True)}
 
 
 def global_sparsity_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:

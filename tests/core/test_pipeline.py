@@ -33,7 +33,8 @@ def test_gradient_hook_equals_autograd_reference(tmp_path: Path, zero_stage: int
     # SGD: Adam divides by sqrt(v), which turns rounding-level differences of near-zero weights (where the
     # l0 pull flips sign) into whole lr-sized steps; SGD keeps the two paths comparable at float precision.
     extra = (f"deepspeed.zero_stage={zero_stage}", "phases.sparsify.epochs=2", "optim.name=sgd", "optim.lr=0.05")
-    run_pipeline(tiny_config(tmp_path / "hook", "regularizer.kernel=torch", *extra, "tracking.mode=offline"), ["sparsify"])
+    run_pipeline(tiny_config(tmp_path / "hook", "regularizer.kernel=torch", *extra, "tracking.mode=offline"),
+                 ["sparsify"])
     run_pipeline(tiny_config(tmp_path / "autograd", "regularizer.kernel=autograd", *extra), ["sparsify"])
     hook, ref = _weights(tmp_path / "hook", "sparsify"), _weights(tmp_path / "autograd", "sparsify")
     assert_same_weights(hook, ref, atol=1e-5, rtol=1e-4, label="hook vs autograd after 44 steps")

@@ -22,8 +22,8 @@ def test_global_sparsity_exact(sparsity: float) -> None:
     total = sum(w.numel() for w in weights.values())
     pruned = sum(int((~m).sum()) for m in masks.values())
     assert pruned == round(sparsity * total), f"pruned {pruned} of {total}, target {sparsity}"
-    kept_min = min(w[m].abs().min() for w, m in zip(weights.values(), masks.values()) if m.any())
-    pruned_max = max((w[~m].abs().max() for w, m in zip(weights.values(), masks.values()) if (~m).any()),
+    kept_min = min(w[m].abs().min() for w, m in zip(weights.values(), masks.values(), strict=True) if m.any())
+    pruned_max = max((w[~m].abs().max() for w, m in zip(weights.values(), masks.values(), strict=True) if (~m).any()),
                      default=torch.tensor(0.0))
     assert pruned_max <= kept_min, "a pruned weight is larger than a kept one"
 
