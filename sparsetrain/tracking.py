@@ -6,11 +6,14 @@ The W&B run id is kept in `<out_dir>/wandb_run_id.txt`, so a resumed or requeued
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
 
 from sparsetrain.config.schema import TrackingConfig
+
+log = logging.getLogger("sparsetrain")
 
 
 def truncate_metrics_log(path: Path, keep_through_step: int) -> None:
@@ -50,16 +53,26 @@ class Tracker:
             f.write(json.dumps({"global_step": global_step, **metrics}) + "\n")
         if self.run is not None:
             numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-            self.run.log(numeric, step=global_step)
+            self._guarded(lambda: self.run.log(numeric, step=global_step))
+
+    def _guarded(self, call: Any) -> None:
+        """W&B's service process can die under us (SIGTERM on preemption): keep training, keep metrics.jsonl."""
+        try:
+            call()
+        except Exception as err:  # wandb raises its own error types when its service is gone
+            log.warning(f"W&B stopped working ({type(err).__name__}: {err}); logging to metrics.jsonl only")
+            self.run = None
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:
-            self.run.summary.update(values)
+            self._guarded(lambda: self.run.summary.update(values))
 
     def close(self) -> None:
         if self.run is not None:
             import wandb
 
-            self.run.finish()
-            wandb.teardown()  # flushes the run file now; a shared W&B service may otherwise write it later
-            self.run = None
+            run, self.run = self.run, None
+            try:
+                run.finish()
+            finally:
+                wandb.teardown()  # flushes the run file now; a shared W&B service may otherwise write it later
