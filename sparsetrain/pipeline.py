@@ -129,8 +129,8 @@ class Pipeline:
         t0 = time.perf_counter()
         model = self.model_from(start_from)
         sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
-        layouts, fgroups = self._filter_layouts(model) if self.cfg.regularizer.name == "grad_count" else (None, None)
-        regularizer = build_regularizer(self.cfg.regularizer, sizes, phase, self.dist.device, layouts, fgroups)
+        layouts = self._filter_layouts(model) if self.cfg.regularizer.name == "grad_count" else None
+        regularizer = build_regularizer(self.cfg.regularizer, sizes, phase, self.dist.device, layouts)
         model = train_phase(self.ctx, phase, model, regularizer, masks, self._resume_tag(phase))
         self._save_phase(phase, model)
         if regularizer.state_dict() and self.dist.is_main:
@@ -145,12 +145,10 @@ class Pipeline:
     def run_sparsify(self) -> None:
         self._train("sparsify", None, None)
 
-    def _filter_layouts(self, model: nn.Module) -> tuple[dict[str, tuple[int, int]], dict[str, list[str]]]:
-        """Removable filters (name → (filters, elements per filter)) and which of them share a channel group."""
-        from sparsetrain.pruning.filters import channel_groups, filter_groups, filter_layouts
+    def _filter_layouts(self, model: nn.Module) -> dict[str, tuple[int, int]]:
+        from sparsetrain.pruning.filters import channel_groups, filter_layouts
 
-        groups = channel_groups(model, self.data.input_shape)
-        return filter_layouts(model, groups), filter_groups(model, groups)
+        return filter_layouts(model, channel_groups(model, self.data.input_shape))
 
     def _redundancy_marks(self) -> dict[str, torch.Tensor] | None:
         path = self.out_dir / "weights" / "sparsify_regularizer.pt"

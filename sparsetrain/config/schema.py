@@ -81,11 +81,6 @@ class RegularizerConfig(Section):
     lambda_s: float = Field(1e-3, ge=0, description="Strength of the count-driven zero attraction.")
     redundancy: Literal["cosine", "none"] = Field("cosine", description="Redundant-filter criterion.")
     redundancy_rho: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a pair is redundant.")
-    target_fraction: float = Field(0.0, ge=0, lt=1, description="When > 0, the weakest fraction of every channel "
-                                   "group (redundant first, then count ratio x norm) is shrunk to zero during "
-                                   "sparsify instead of the count-driven pull; set it to prune.filter_fraction.")
-    target_decay: float = Field(0.1, ge=0, le=1, description="Per-step multiplicative shrink of targeted filters, "
-                                "decoupled from the optimizer (target_fraction > 0).")
 
 
 class PruneConfig(Section):

@@ -37,17 +37,6 @@ def filter_layouts(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, tu
     return layouts
 
 
-def filter_groups(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, list[str]]:
-    """Group id → the names in `filter_layouts` whose filters produce that group (removed together)."""
-    layouts = filter_layouts(model, groups)
-    out = {}
-    for group in groups:
-        names = [name for name, _ in producer_weights(model, group) if name in layouts] if group.prunable else []
-        if names:
-            out[group.id] = names
-    return out
-
-
 def _channel_norms(model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
     views = producer_weights(model, group)
     if not views:

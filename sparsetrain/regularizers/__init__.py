@@ -25,8 +25,7 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
 
 
 def build_regularizer(cfg: RegularizerConfig, sizes: dict[str, int], phase: str, device: torch.device,
-                      filter_layouts: dict[str, tuple[int, int]] | None = None,
-                      filter_groups: dict[str, list[str]] | None = None) -> GradientRegularizer:
+                      filter_layouts: dict[str, tuple[int, int]] | None = None) -> GradientRegularizer:
     """The strategy for one phase: dense → l2 only; sparsify → the configured one; finetune → l2 (+ l0 opt.)."""
     kernel = resolve_kernel(cfg.kernel, device)
     zero = {name: 0.0 for name in sizes}
@@ -38,4 +37,4 @@ def build_regularizer(cfg: RegularizerConfig, sizes: dict[str, int], phase: str,
         return L0ExpRegularizer(kernel, layer_alphas(sizes, cfg.alpha0, cfg.layer_scaling), cfg.beta, cfg.alpha2)
     from sparsetrain.regularizers.grad_count import GradCountRegularizer
 
-    return GradCountRegularizer(kernel, cfg, filter_layouts or {}, filter_groups)
+    return GradCountRegularizer(kernel, cfg, filter_layouts or {})

@@ -11,17 +11,6 @@ The paper's formulas are not published; this is our reading (METHOD.md), kept as
   together with l2 (alpha2).
 * Redundancy (`cosine`): at each window end, within a layer, for each filter pair with cosine similarity
   above rho, the filter with the lower count (then lower norm) is marked redundant.
-* Targeted removal (`target_fraction` > 0; our reading of "prune the filters that barely learn"): at each window
-  end, in every channel group (the filters that are removed together), the weakest `target_fraction` of the
-  channels are targeted: redundant ones first, then by count ratio × joint filter norm, lowest first. Only
-  targeted filters are pulled, and not through the gradient: their task gradient is dropped and their weights are
-  shrunk by the factor (1 − target_decay) every step, decoupled from the optimizer. Two reasons: the convs are
-  followed by BatchNorm, which rescales a shrinking filter back to full output (a filter is only switched off
-  once its output falls below BN's eps), and Adam's normalised step moves a weight by at most ~lr per step,
-  so a gradient pull alone leaves targeted channels alive and their removal costs accuracy. With the shrink
-  they are near zero at the end of sparsify and "right after removal" stays close to the sparsify quality.
-  Redundancy marks outside the target are cleared, so structural pruning removes just the targeted channels
-  (`prune.filter_fraction` should equal `target_fraction`).
 
 Per-filter sums are built from this rank's part of the weights (ZeRO partitions) and all-reduced, so every
 rank holds identical counts; counts are saved in checkpoints.
@@ -87,19 +76,13 @@ class GradCountRegularizer(GradientRegularizer):
         kernel: backend for the l2/mask part ("triton" or "torch").
         cfg: regularizer section (count_tau, count_window, lambda_s, redundancy, redundancy_rho, alpha2).
         layouts: parameter name → (number of filters, elements per filter) for the filters that may be removed.
-        groups: channel group id → names in `layouts` whose filters are removed together (targeted mode);
-            by default each parameter is its own group.
     """
 
     name = "grad_count"
 
-    def __init__(self, kernel: str, cfg: RegularizerConfig, layouts: dict[str, tuple[int, int]],
-                 groups: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, kernel: str, cfg: RegularizerConfig, layouts: dict[str, tuple[int, int]]) -> None:
         super().__init__("torch" if kernel == "autograd" else kernel)
         self.cfg, self.layouts = cfg, layouts
-        groups = groups or {n: [n] for n in layouts}
-        self.groups = {g: kept for g, names in groups.items() if (kept := [n for n in names if n in layouts])}
-        self.targeted = {n: torch.zeros(f, dtype=torch.bool) for n, (f, _) in layouts.items()}
         self.counts = {n: torch.zeros(f) for n, (f, _) in layouts.items()}
         self.ratio = {n: torch.ones(f) for n, (f, _) in layouts.items()}  # no pull before the first window ends
         self.redundant = {n: torch.zeros(f, dtype=torch.bool) for n, (f, _) in layouts.items()}
@@ -121,27 +104,7 @@ class GradCountRegularizer(GradientRegularizer):
         live, weights, grads, mask_views = segment_views(segments, masks)
         l2 = get_ops(self.kernel).l0_grad_mask_(weights, grads, mask_views, alphas=[0.0] * len(live), beta=0.0,
                                                 l2=self.cfg.alpha2)
-        if self.cfg.target_fraction > 0:
-            pull = self._shrink_targets(segments, sums)
         return pull.to(l2.device) + l2
-
-    def _shrink_targets(self, segments: list[Segment], sums: dict[str, tuple[torch.Tensor, torch.Tensor]]
-                        ) -> torch.Tensor:
-        """Targeted filters: drop their gradient, scale their weights by (1 − target_decay); returns Σ their norms."""
-        value = torch.zeros(())
-        for seg in segments:
-            if seg.name not in self.layouts or seg.grad() is None:
-                continue
-            target = self.targeted[seg.name].to(seg.grad().device)
-            if not bool(target.any()):
-                continue
-            rows = torch.arange(seg.start, seg.stop, device=target.device) // self.layouts[seg.name][1]
-            hit = target[rows]
-            seg.grad().masked_fill_(hit, 0.0)
-            seg.weight().mul_(torch.where(hit, 1.0 - self.cfg.target_decay, 1.0).to(seg.weight().dtype))
-            norms = sums[seg.name][1].sqrt().cpu()
-            value = value + (norms * self.targeted[seg.name]).sum() * (seg.numel / seg.param.numel())
-        return value
 
     def _count(self, sums: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         for name, (grad_abs, _) in sums.items():
@@ -164,10 +127,7 @@ class GradCountRegularizer(GradientRegularizer):
         return value
 
     def strength(self, name: str) -> torch.Tensor:
-        """Pull per filter: lambda_s · (1 − ratio), the full lambda_s for redundant filters (none in targeted mode,
-        where targeted filters are shrunk instead)."""
-        if self.cfg.target_fraction > 0:
-            return torch.zeros_like(self.ratio[name])
+        """Pull per filter: lambda_s · (1 − ratio), the full lambda_s for redundant filters."""
         pull = self.cfg.lambda_s * (1.0 - self.ratio[name])
         return torch.where(self.redundant[name], torch.full_like(pull, self.cfg.lambda_s), pull)
 
@@ -181,34 +141,14 @@ class GradCountRegularizer(GradientRegularizer):
                 # model parameters are replicated on every rank (ZeRO <= 2), so all ranks agree
                 self.redundant[name] = redundant_filters(self.params[name], self.ratio[name],
                                                          self.cfg.redundancy_rho).cpu()
-        if self.cfg.target_fraction > 0:
-            self._choose_targets()
         self.window_steps = 0
-
-    def _choose_targets(self) -> None:
-        """Per group: redundant channels first, then the lowest count ratio × joint norm, up to target_fraction."""
-        for names in self.groups.values():
-            if any(n not in self.params for n in names):
-                continue
-            n_ch = self.layouts[names[0]][0]
-            norms = torch.stack([self.params[n].detach().float().flatten(1).square().sum(1).cpu() for n in names])
-            score = torch.stack([self.ratio[n] for n in names]).mean(0) * norms.sum(0).sqrt()
-            redundant = torch.stack([self.redundant[n] for n in names]).any(0)
-            score = torch.where(redundant, torch.full_like(score, -1.0), score)
-            k = min(int(self.cfg.target_fraction * n_ch), n_ch - 1)
-            target = torch.zeros(n_ch, dtype=torch.bool)
-            target[torch.argsort(score, stable=True)[:k]] = True
-            for n in names:
-                self.targeted[n] = target.clone()
-                self.redundant[n] = self.redundant[n] & target
 
     def state_dict(self) -> dict[str, Any]:
         return {"counts": self.counts, "ratio": self.ratio, "redundant": self.redundant,
-                "targeted": self.targeted, "window_steps": self.window_steps}
+                "window_steps": self.window_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counts = {k: v.clone() for k, v in state["counts"].items()}
         self.ratio = {k: v.clone() for k, v in state["ratio"].items()}
         self.redundant = {k: v.clone() for k, v in state["redundant"].items()}
-        self.targeted = {k: v.clone() for k, v in state.get("targeted", self.targeted).items()}
         self.window_steps = int(state["window_steps"])

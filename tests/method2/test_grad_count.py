@@ -41,26 +41,6 @@ def test_counts_pull_and_partition_independence() -> None:
     assert torch.allclose(pulled[2:], expected[2:]) and torch.all(pulled[:2] == 0), "group-lasso pull"
 
 
-def test_targeted_mode_shrinks_the_weakest_fraction_of_each_group() -> None:
-    cfg = RegularizerConfig(name="grad_count", count_tau=1.0, count_window=2, lambda_s=0.1, alpha2=0.0,
-                            redundancy="none", target_fraction=0.5, target_decay=0.5)
-    weight = torch.nn.Parameter(torch.randn(4, 6))
-    grads = torch.tensor([[1.0] * 6, [0.9] * 6, [0.01] * 6, [0.0] * 6])
-    reg = GradCountRegularizer("torch", cfg, {"w": (4, 6)})
-    reg.bind({"w": weight}, False)
-    for _ in range(2):
-        weight.grad = grads.clone()
-        reg.apply_to_gradients([_segment(weight, 0, 24)], None)
-        reg.end_step()
-    assert reg.targeted["w"].tolist() == [False, False, True, True], "lowest count ratio x norm are targeted"
-    before = weight.detach().clone()
-    weight.grad = grads.clone()
-    reg.apply_to_gradients([_segment(weight, 0, 24)], None)
-    assert torch.all(weight.grad[2:] == 0) and torch.equal(weight.grad[:2], grads[:2]), "targets lose their gradient"
-    assert torch.allclose(weight.detach()[2:], 0.5 * before[2:]) and torch.equal(weight.detach()[:2], before[:2])
-    assert reg.load_state_dict(reg.state_dict()) is None and reg.targeted["w"].tolist() == [False, False, True, True]
-
-
 def test_redundant_filters_marks_the_weaker_of_similar_pairs() -> None:
     base = torch.randn(8)
     weight = torch.stack([base, 0.5 * base, torch.randn(8), -base])
