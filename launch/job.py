@@ -25,9 +25,9 @@ Preemption / time limit, end to end (Slurm):
    to the checkpoint step) and reuses `out_dir/wandb_run_id.txt`, so W&B continues the same run.
 
 Caveat: Slurm signals every process of the step, helpers included. W&B's service process (wandb-core) ignores
-USR2 but exits on SIGTERM, after which rank 0's W&B calls raise; the tracker has to tolerate a dead W&B
-service for SIGTERM-driven preemption with W&B on. An error raised while unwinding from `Preempted` is still
-treated as preemption here (`_preempted`).
+USR2 but exits on SIGTERM; the tracker then keeps only `metrics.jsonl` until the requeue, so W&B misses the
+steps between SIGTERM and the stop step, and the requeued job reopens the same W&B run. An error raised while
+unwinding from `Preempted` (e.g. closing the dead W&B run) is still treated as preemption (`_preempted`).
 """
 
 from __future__ import annotations
