@@ -135,7 +135,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def collect(base: RunConfig, points: list[SweepPoint], grid_overrides: list[str]) -> dict[str, Any]:
+def collect(base: RunConfig, points: list[SweepPoint], overrides: list[str]) -> dict[str, Any]:
     """Read every point's report.json, write `sweep.json` and `sweep_pareto.png` in the base out_dir."""
     runs = []
     for point in points:
@@ -154,7 +154,7 @@ def collect(base: RunConfig, points: list[SweepPoint], grid_overrides: list[str]
         runs[i]["pareto"] = rank in front
     out_dir = Path(base.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"grid": grid_overrides, "runs": runs, "plot": str(out_dir / "sweep_pareto.png")}
+    summary = {"overrides": overrides, "runs": runs, "plot": str(out_dir / "sweep_pareto.png")}
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_pareto(runs, out_dir / "sweep_pareto.png")
     return summary
