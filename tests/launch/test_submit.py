@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -121,3 +122,16 @@ def test_master_port_is_shared_by_all_tasks_outside_ephemeral_ports_and_new_per_
     attempts = [master_port("1234", restarts) for restarts in range(4)]
     assert len(set(attempts)) == 4, f"a requeued attempt must not reuse the previous port: {attempts}"
     assert all(PORT_RANGE[0] <= port < PORT_RANGE[1] < 32769 for port in attempts + [master_port("77_3", 0)])
+
+
+@pytest.mark.slow
+def test_local_cluster_runs_two_ranks_through_submitit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same PipelineJob outside Slurm (submitit's LocalExecutor): works on machines without a cluster."""
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    out_dir = tmp_path / "run"
+    code = launch_main([str(quickstart), "--cluster", "local", "--wait", "--timeout", "600", "launch.tasks_per_node=2",
+                        "phases.dense.epochs=0.25", "phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.25",
+                        "tracking.mode=disabled", f"out_dir={out_dir}"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert json.loads((out_dir / "report.json").read_text())["world_size"] == 2
+    assert "world size 2" in capsys.readouterr().out
