@@ -1,0 +1,9 @@
+"""Cluster launch through submitit: Slurm jobs and job arrays, preemption-safe, plus a local Slurm for tests.
+
+    cli.py          `sparsetrain launch` / `sparsetrain sweep` argument parsing
+    submit.py       executors from the `launch:` config section, validation, submission, waiting
+    job.py          PipelineJob, the Checkpointable each task runs (preemption sequence in its docstring)
+    sweep.py        grid expansion, job arrays, sweep.json and the Pareto plot
+    dry_run.py      sbatch script, world size and pruning plan without submitting
+    local_slurm.sh  one-node Slurm on localhost (start|stop|status)
+"""
