@@ -5,25 +5,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
 
 from tests.core.conftest import tiny_overrides
 from tests.core.subprocess_runs import run_cli
 from tests.core.test_pipeline import assert_same_weights
 
+# SGD keeps the comparison at float precision (see test_gradient_hook_equals_autograd_reference).
+SGD = ("optim.name=sgd", "optim.lr=0.05")
 
-@pytest.mark.parametrize("zero_stage", [0, 2])
-def test_two_processes_match_one(tmp_path: Path, zero_stage: int) -> None:
-    # SGD keeps the comparison at float precision (see test_gradient_hook_equals_autograd_reference).
-    extra = (f"deepspeed.zero_stage={zero_stage}", "optim.name=sgd", "optim.lr=0.05")
-    results = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"np{nproc}"
-        proc = run_cli(tiny_overrides(out, *extra), nproc=nproc)
-        assert proc.returncode == 0, f"{nproc}-process run failed:\n{proc.stderr[-3000:]}"
-        results[nproc] = (load_file(str(out / "weights" / "finetune.safetensors")),
-                          json.loads((out / "report.json").read_text()))
-    assert results[2][1]["world_size"] == 2 and results[1][1]["world_size"] == 1
-    assert_same_weights(results[1][0], results[2][0], atol=1e-5, rtol=1e-4, label="1 vs 2 processes")
-    assert results[1][1]["sparsity"] == results[2][1]["sparsity"]
+
+def _run(out: Path, nproc: int, zero_stage: int) -> tuple[dict, dict]:
+    proc = run_cli(tiny_overrides(out, *SGD, f"deepspeed.zero_stage={zero_stage}"), nproc=nproc)
+    assert proc.returncode == 0, f"{nproc}-process ZeRO-{zero_stage} run failed:\n{proc.stderr[-3000:]}"
+    return load_file(str(out / "weights" / "finetune.safetensors")), json.loads((out / "report.json").read_text())
+
+
+def test_two_processes_match_one_under_zero_0_and_2(tmp_path: Path) -> None:
+    ref_weights, ref_report = _run(tmp_path / "np1", 1, 0)
+    assert ref_report["world_size"] == 1
+    for zero_stage in (0, 2):
+        weights, report = _run(tmp_path / f"np2-zero{zero_stage}", 2, zero_stage)
+        assert report["world_size"] == 2
+        assert_same_weights(ref_weights, weights, atol=1e-5, rtol=1e-4,
+                            label=f"1 process vs 2 processes (ZeRO {zero_stage})")
+        assert report["sparsity"] == ref_report["sparsity"], f"ZeRO {zero_stage}: final sparsity differs"
