@@ -18,13 +18,15 @@ Usage: ``python -m benchmarks.kernels [--quick] [--sizes 1M,64M] [--models resne
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, bench_ms, copy_gbps, device_label, fmt, pick_device, write_json
+from benchmarks.common import RESULTS_DIR, bench_ms, copy_gbps, device_label, fmt, pick_device, slug, write_json
 from triton_kernels import get_ops, l0_grad_mask_reference_, l0_penalty
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,6 +51,8 @@ class Row:
     autograd_ms: float | None
     gbps: float | None
     copy_gbps: float
+    host_ms: float | None = None
+    graph_ms: float | None = None
 
 
 def parse_size(text: str) -> int:
@@ -81,21 +85,58 @@ def fits(numel: int, dtype: torch.dtype, device: torch.device) -> bool:
 
 def _time_grad_variants(
     weights: list[torch.Tensor], alphas: list[float], gen: torch.Generator, args: argparse.Namespace
-) -> tuple[float, float, float | None]:
-    """Milliseconds of ours, eager and compiled on random grads and random masks (half kept)."""
+) -> tuple[float, float, float | None, float | None, float | None]:
+    """Milliseconds of ours, eager and compiled on random grads and random masks (half kept); ours' host and
+    CUDA-graph (device-only) milliseconds."""
     device, dtype = weights[0].device, weights[0].dtype
     grads = [(torch.randn(w.shape, generator=gen, device=device) * 1e-3).to(dtype) for w in weights]
     masks = [torch.rand(w.shape, generator=gen, device=device) > 0.5 for w in weights]
     ops = get_ops(args.backend)
     kwargs = {"alphas": alphas, "beta": BETA, "l2": L2}
     ours = bench_ms(lambda: ops.l0_grad_mask_(weights, grads, masks, **kwargs), device)
+    host = host_ms(lambda: ops.l0_grad_mask_(weights, grads, masks, **kwargs), device)
+    graph = graph_ms(lambda: ops.l0_grad_mask_(weights, grads, masks, **kwargs), device)
     eager = bench_ms(lambda: l0_grad_mask_reference_(weights, grads, masks, **kwargs), device)
     compiled_ms = None
     if args.compile:
         torch._dynamo.reset()  # a fresh cache per case: each case is a new list of shapes
         compiled = torch.compile(l0_grad_mask_reference_, dynamic=False)
         compiled_ms = bench_ms(lambda: compiled(weights, grads, masks, **kwargs), device)
-    return ours, eager, compiled_ms
+    return ours, eager, compiled_ms, host, graph
+
+
+def graph_ms(fn, device: torch.device) -> float | None:
+    """Device-only milliseconds per call: ``fn`` captured in a CUDA graph and replayed (no host overhead).
+
+    None off CUDA or when the call cannot be captured.
+    """
+    if device.type != "cuda":
+        return None
+    from triton.testing import do_bench_cudagraph
+
+    try:
+        return float(do_bench_cudagraph(fn, quantiles=[0.5, 0.2, 0.8])[0])
+    except RuntimeError as exc:  # capture refused: report the row without it
+        print(f"graph capture failed: {exc}".splitlines()[0])
+        return None
+
+
+def host_ms(fn, device: torch.device, calls: int = 50) -> float | None:
+    """Host milliseconds per call of ``fn`` with the device idle at the start (launch and Python overhead only).
+
+    When this exceeds the device time of one call, a tight loop of calls is host-bound; inside a training
+    step the call overlaps the backward kernels still queued on the device.
+    """
+    if device.type != "cuda":
+        return None
+    fn()
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize(device)
+    return elapsed * 1e3 / calls
 
 
 def time_case(
@@ -110,14 +151,14 @@ def time_case(
         for t in tensors
     ]
     alphas = layer_alphas(weights)
-    ours, eager, compiled_ms = _time_grad_variants(weights, alphas, gen, args)
+    ours, eager, compiled_ms, host, graph = _time_grad_variants(weights, alphas, gen, args)
     params = [w.clone().requires_grad_() for w in weights]  # grads and masks are freed by now
     autograd = bench_ms(lambda: l0_penalty(params, alphas, BETA, L2).backward(), device, grad_to_none=params)
     numel = sum(w.numel() for w in weights)
     min_bytes = numel * (3 * dtype.itemsize + 1)  # read w, g, m (1 byte); write g
     gbps = min_bytes / (ours * 1e6) if ours else None
     name = {v: k for k, v in DTYPES.items()}[dtype]
-    return Row(case, numel, name, ours, eager, compiled_ms, autograd, gbps, copy)
+    return Row(case, numel, name, ours, eager, compiled_ms, autograd, gbps, copy, host, graph)
 
 
 def run_case(case: str, tensors: list, dtype: torch.dtype, device: torch.device, args, copy: float) -> Row | None:
@@ -136,10 +177,12 @@ def run_case(case: str, tensors: list, dtype: torch.dtype, device: torch.device,
             torch.cuda.empty_cache()
 
 
-def print_table(rows: list[Row]) -> None:
-    """Milliseconds, speed-ups of ours over each baseline, and GB/s as a share of copy bandwidth."""
+def print_table(rows: list[Row], header: bool = True) -> None:
+    """Milliseconds, speed-ups of ours over each baseline, GB/s as a share of copy bandwidth, host ms per call."""
     head = f"{'case':<28}{'numel':>12}{'dtype':>6}{'ours':>9}{'eager':>9}{'compile':>9}{'autograd':>9}"
-    print(head + f"{'eager/ours':>11}{'comp/ours':>10}{'auto/ours':>10}{'GB/s':>8}{'%copy':>7}")
+    head += f"{'eager/ours':>11}{'comp/ours':>10}{'auto/ours':>10}{'GB/s':>8}{'%copy':>7}{'host':>8}{'graph':>8}"
+    if header:
+        print(head)
     for r in rows:
         ratios = [
             None if (b is None or not r.ours_ms) else b / r.ours_ms for b in (r.eager_ms, r.compile_ms, r.autograd_ms)
@@ -148,7 +191,7 @@ def print_table(rows: list[Row]) -> None:
         print(
             f"{r.case:<28}{r.numel:>12}{r.dtype:>6}{fmt(r.ours_ms):>9}{fmt(r.eager_ms):>9}{fmt(r.compile_ms):>9}"
             f"{fmt(r.autograd_ms):>9}{fmt(ratios[0], '.2f'):>11}{fmt(ratios[1], '.2f'):>10}{fmt(ratios[2], '.2f'):>10}"
-            f"{fmt(r.gbps, '.0f'):>8}{fmt(share, '.0f'):>7}"
+            f"{fmt(r.gbps, '.0f'):>8}{fmt(share, '.0f'):>7}{fmt(r.host_ms):>8}{fmt(r.graph_ms):>8}"
         )
 
 
@@ -161,6 +204,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backend", help="ours: triton (default on CUDA) or torch (default on CPU)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for kernels-<device>.json")
+    parser.add_argument("--append", action="store_true", help="keep earlier rows of the JSON")
     args = parser.parse_args(argv)
     for name in args.dtypes.split(","):
         if name not in DTYPES:
@@ -193,15 +237,33 @@ def main(argv: list[str] | None = None) -> None:
     for model in models:
         weights = model_weights(model, CPU_MODEL_TENSORS if cpu else None)
         cases.append((model if not cpu else f"{model}[:{CPU_MODEL_TENSORS}]", weights))
-    rows = []
+    rows: list[Row] = []
+    earlier = previous_rows(args.out, name) if args.append else []
+    path = None
     for case, tensors in cases:
         for dtype_name in args.dtypes.split(","):
             row = run_case(case, tensors, DTYPES[dtype_name], device, args, copy)
             if row is not None:
                 rows.append(row)
+                print_table([row], header=len(rows) == 1)
+                # Written after every row: a run cut short by a time limit keeps what it measured.
+                path = write_json({"device": name, "rows": merged(earlier, rows)}, args.out, "kernels", name)
+    print()
     print_table(rows)
-    path = write_json({"device": name, "rows": [asdict(r) for r in rows]}, args.out, "kernels", name)
-    print(f"wrote {path}")
+    print(f"wrote {path}" if path else "no rows measured")
+
+
+def previous_rows(out_dir: Path, device_name: str) -> list[dict]:
+    """Rows of an earlier ``kernels-<device>.json`` in ``out_dir`` (none when absent)."""
+    path = out_dir / f"kernels-{slug(device_name)}.json"
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def merged(earlier: list[dict], rows: list[Row]) -> list[dict]:
+    """Earlier rows, with this run's rows replacing those of the same (case, dtype) and new ones appended."""
+    new = [asdict(r) for r in rows]
+    keys = {(r["case"], r["dtype"]) for r in new}
+    return [r for r in earlier if (r["case"], r["dtype"]) not in keys] + new
 
 
 if __name__ == "__main__":

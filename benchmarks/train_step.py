@@ -8,7 +8,12 @@ Variants, each on a fresh model with the same seed and the same batch:
 * fused_finetune: as fused with masks (half kept), plus ``apply_masks_`` after the optimizer step;
 * autograd: cross-entropy + ``l0_penalty`` in the loss (autograd builds and runs the penalty's graph).
 
-Printed as step times and ratios to dense. Needs CUDA to mean anything; on CPU it runs a quick smoke mode
+The variants run side by side: all four models are built first, then each timed round runs one step of
+every variant in turn, so clock changes and other drift hit all of them alike; the median over rounds is
+printed as step times and ratios to dense. ``--profile VARIANT`` also prints the top device kernels of a few
+steps of that variant and of dense (torch.profiler), to see where a difference comes from.
+
+Needs CUDA to mean anything; on CPU it runs a quick smoke mode
 (tiny images, a couple of steps, the torch backend).
 
 Usage: ``python -m benchmarks.train_step [--quick] [--batch 64] [--image-size 224] [--steps 20]``.
@@ -69,24 +74,44 @@ def make_step(variant: str, model: torch.nn.Module, weights: list[torch.Tensor],
     return step
 
 
-def time_steps(step, images: torch.Tensor, labels: torch.Tensor, warmup: int, steps: int) -> float:
-    """Median milliseconds per step (device events on CUDA, host clock on CPU) after ``warmup`` steps."""
-    for _ in range(warmup):
+def time_one(step, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Milliseconds of one step (device events on CUDA, host clock on CPU), the device idle at the start."""
+    if images.is_cuda:
+        torch.cuda.synchronize(images.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         step(images, labels)
-    times = []
-    for _ in range(steps):
-        if images.is_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    step(images, labels)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(steps: dict, images: torch.Tensor, labels: torch.Tensor, warmup: int, rounds: int
+                     ) -> dict[str, float]:
+    """Median milliseconds per step of every variant, measured round-robin (one step of each per round)."""
+    for step in steps.values():
+        for _ in range(warmup):
             step(images, labels)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(time_one(step, images, labels))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def profile_steps(name: str, step, images: torch.Tensor, labels: torch.Tensor, steps: int = 5) -> None:
+    """Prints the device kernels of ``steps`` steps of one variant, by total device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
             step(images, labels)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        torch.cuda.synchronize(images.device)
+    print(f"--- profile of {steps} steps of {name}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -95,11 +120,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="resnet50", help="timm model name")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
+    parser.add_argument("--steps", type=int, default=30, help="timed rounds (one step of each variant per round)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 instead of bf16 autocast on CUDA")
     parser.add_argument("--backend", help="kernel backend: triton (default on CUDA) or torch (default on CPU)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for train_step-<device>.json")
+    parser.add_argument("--profile", choices=VARIANTS, help="also print the top device kernels of this variant (CUDA)")
     return parser.parse_args(argv)
 
 
@@ -120,12 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen, device=device)
     labels = torch.randint(0, 1000, (args.batch,), generator=gen, device=device)
 
-    rows = []
+    steps = {}
     for variant in VARIANTS:
         model, weights = build(args.model, 1000, device)
-        ms = time_steps(make_step(variant, model, weights, ops, args.amp), images, labels, args.warmup, args.steps)
-        rows.append({"variant": variant, "step_ms": ms})
-        del model, weights
+        steps[variant] = make_step(variant, model, weights, ops, args.amp)
+    medians = time_interleaved(steps, images, labels, args.warmup, args.steps)
+    rows = [{"variant": variant, "step_ms": medians[variant]} for variant in VARIANTS]
     dense = rows[0]["step_ms"]
     name = device_label(device)
     print(f"device: {name}; {args.model}, batch {args.batch}, {args.image_size}px, amp={args.amp}, ops={ops.backend}")
@@ -135,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{row['variant']:<16}{row['step_ms']:>10.2f}{row['ratio_vs_dense']:>10.3f}")
     payload = {"device": name, "model": args.model, "batch": args.batch, "image_size": args.image_size, "rows": rows}
     print(f"wrote {write_json(payload, args.out, 'train_step', name)}")
+    if args.profile and not cpu:
+        for variant in ("dense", args.profile):
+            profile_steps(variant, steps[variant], images, labels)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ tensors cost one short program each. Why tables built on the host: the element c
 the table is one vectorised ``repeat_interleave`` plus one host-to-device copy, cached by the exact
 (pointers, sizes, scalars) key, so a training loop that reuses its parameter and gradient buffers pays
 the copy only once. Reductions are written per chunk (or added as integers), so results are deterministic.
+
+CUDA graphs. A call can be captured (``torch.cuda.graph``) once it has run outside capture with the same
+tensors: the host tables are kept in pinned memory, and under capture the copy from them is recorded in
+the graph (it re-reads them at every replay, so those entries are kept for the life of the process). Replaying
+the graph removes the host-side cost of validation and launch, which dominates for short weight lists.
 """
 
 from __future__ import annotations
@@ -38,8 +43,12 @@ ALIGNMENT = 16  # bytes of one vector access; the caching allocator returns 512-
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MASK_DTYPES = (torch.bool, torch.uint8)
 
-_TABLE_CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# key → (host tables, device tables); keys are (device, stream, content). LRU, for ordinary calls.
+_TABLE_CACHE: OrderedDict[tuple, tuple[Tables, Tables]] = OrderedDict()
 _TABLE_CACHE_SIZE = 64
+# Entries recorded into CUDA graphs: a graph re-reads them at every replay, so they are never evicted.
+_CAPTURED_TABLES: dict[tuple, tuple[Tables, Tables]] = {}
 
 
 @dataclass(frozen=True)
@@ -152,7 +161,7 @@ def group_by_dtype(weights: Sequence[torch.Tensor]) -> dict[tuple[torch.device, 
 
 def build_tables(
     columns: Sequence[Sequence[torch.Tensor | None]], scalars: Sequence[float], chunk: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Tables:
     """Per-tensor and chunk tables for one launch (see the module docstring), cached by their content.
 
     Args:
@@ -168,13 +177,46 @@ def build_tables(
     """
     ptrs = [[0 if t is None else t.data_ptr() for t in col] for col in columns]
     numels = [t.numel() for t in columns[0]]
+    content = (chunk, tuple(map(tuple, ptrs)), tuple(numels), tuple(scalars))
     # Per stream: the copy below is ordered on the current stream only, so another stream gets its own tables.
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream, chunk, tuple(map(tuple, ptrs)), tuple(numels), tuple(scalars))
+    key = (device, stream, content)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _captured_tables(key)
     hit = _TABLE_CACHE.get(key)
     if hit is not None:
         _TABLE_CACHE.move_to_end(key)
-        return hit
+        return hit[1]
+    host = _host_tables(ptrs, numels, scalars, chunk)
+    if device.type == "cuda":
+        host = tuple(t.pin_memory() for t in host)  # truly asynchronous copies; reusable under graph capture
+    tables = tuple(t.to(device, non_blocking=True) for t in host)
+    _TABLE_CACHE[key] = (host, tables)
+    if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+        _TABLE_CACHE.popitem(last=False)
+    return tables
+
+
+def _captured_tables(key: tuple) -> Tables:
+    """Device tables for a call being captured in a CUDA graph: the copy from pinned host tables is recorded."""
+    hit = _CAPTURED_TABLES.get(key)
+    if hit is not None:
+        return hit[1]
+    device, _, content = key
+    warm = next((entry for k, entry in _TABLE_CACHE.items() if k[0] == device and k[2] == content), None)
+    if warm is None:
+        raise RuntimeError(
+            "triton_kernels: this call is being captured in a CUDA graph but never ran outside capture with these "
+            "tensors; run it once before capturing (the usual CUDA-graph warm-up)"
+        )
+    host = warm[0]
+    tables = tuple(t.to(device, non_blocking=True) for t in host)
+    _CAPTURED_TABLES[key] = (host, tables)
+    return tables
+
+
+def _host_tables(ptrs: list[list[int]], numels: list[int], scalars: Sequence[float], chunk: int) -> Tables:
+    """The three tables of ``build_tables`` on the host."""
     sizes = torch.tensor(numels, dtype=torch.int64)
     aligned = torch.tensor(
         [all(col[i] % ALIGNMENT == 0 for col in ptrs) for i in range(len(numels))], dtype=torch.int64
@@ -185,12 +227,4 @@ def build_tables(
     first_chunk = torch.cumsum(n_chunks, 0) - n_chunks
     start = (torch.arange(owner.numel(), dtype=torch.int64) - first_chunk[owner]) * chunk
     chunk_table = torch.stack([owner, start], dim=1)
-    # Pageable host memory: the copy is staged but does not wait for queued device work.
-    tables = tuple(
-        t.contiguous().to(device, non_blocking=True)
-        for t in (tensor_table, chunk_table, torch.tensor(scalars, dtype=torch.float32))
-    )
-    _TABLE_CACHE[key] = tables
-    if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
-        _TABLE_CACHE.popitem(last=False)
-    return tables
+    return tensor_table.contiguous(), chunk_table.contiguous(), torch.tensor(scalars, dtype=torch.float32)

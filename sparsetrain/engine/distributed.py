@@ -65,7 +65,12 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when `flag` is set on any rank (a collective: every rank must call it)."""
+    """True when `flag` is set on any rank (a collective: every rank must call it).
+
+    One process needs no collective, and skipping it avoids a device sync every step on the GPU.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     return bool(all_reduce_sum(value).item() > 0)
 

@@ -91,16 +91,26 @@ class GradCountRegularizer(GradientRegularizer):
         self.partitioned = False
 
     def bind(self, params: dict[str, torch.Tensor], partitioned: bool) -> None:
+        """Attach the model's prunable parameters; counts then live on their device (no host syncs per step)."""
         self.params, self.partitioned = params, partitioned
+        self._to(self._device())
+
+    def _device(self) -> torch.device:
+        return next(iter(self.params.values())).device if self.params else torch.device("cpu")
+
+    def _to(self, device: torch.device) -> None:
+        for table in (self.counts, self.ratio, self.redundant):
+            for name, value in table.items():
+                table[name] = value.to(device)
 
     def apply_to_gradients(self, segments: list[Segment], masks: dict[str, torch.Tensor] | None) -> torch.Tensor:
         from triton_kernels import get_ops
 
-        device = next(iter(self.params.values())).device if self.params else torch.device("cpu")
+        device = self._device()
         sums = _filter_sums(segments, self.layouts, device)
         _all_reduce_pairs(sums, self.partitioned)
         self._count(sums)
-        pull = self._pull(segments, sums)
+        pull = self._pull(segments, sums, device)
         live, weights, grads, mask_views = segment_views(segments, masks)
         l2 = get_ops(self.kernel).l0_grad_mask_(weights, grads, mask_views, alphas=[0.0] * len(live), beta=0.0,
                                                 l2=self.cfg.alpha2)
@@ -109,12 +119,13 @@ class GradCountRegularizer(GradientRegularizer):
     def _count(self, sums: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         for name, (grad_abs, _) in sums.items():
             per_filter = grad_abs / self.layouts[name][1]
-            self.counts[name] += (per_filter > self.cfg.count_tau * per_filter.mean()).float().cpu()
+            self.counts[name] += (per_filter > self.cfg.count_tau * per_filter.mean()).float()
         self.window_steps += 1
 
-    def _pull(self, segments: list[Segment], sums: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def _pull(self, segments: list[Segment], sums: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              device: torch.device) -> torch.Tensor:
         """Add s_f · w / ‖w_f‖ to the gradients; returns this rank's share of Σ s_f ‖w_f‖."""
-        value = torch.zeros(())
+        value = torch.zeros((), device=device)
         for seg in segments:
             if seg.name not in self.layouts or seg.grad() is None:
                 continue
@@ -123,7 +134,7 @@ class GradCountRegularizer(GradientRegularizer):
             rows = torch.arange(seg.start, seg.stop, device=norms.device) // self.layouts[seg.name][1]
             scale = (strength / norms.clamp_min(1e-12))[rows]
             seg.grad().add_((scale * seg.weight().float()).to(seg.grad().dtype))
-            value = value + (strength * norms).sum().cpu() * (seg.numel / seg.param.numel())
+            value = value + (strength * norms).sum().to(device) * (seg.numel / seg.param.numel())
         return value
 
     def strength(self, name: str) -> torch.Tensor:
@@ -140,11 +151,11 @@ class GradCountRegularizer(GradientRegularizer):
             if self.cfg.redundancy == "cosine" and name in self.params:
                 # model parameters are replicated on every rank (ZeRO <= 2), so all ranks agree
                 self.redundant[name] = redundant_filters(self.params[name], self.ratio[name],
-                                                         self.cfg.redundancy_rho).cpu()
+                                                         self.cfg.redundancy_rho)
         self.window_steps = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"counts": self.counts, "ratio": self.ratio, "redundant": self.redundant,
+        return {"counts": _on_cpu(self.counts), "ratio": _on_cpu(self.ratio), "redundant": _on_cpu(self.redundant),
                 "window_steps": self.window_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -152,3 +163,8 @@ class GradCountRegularizer(GradientRegularizer):
         self.ratio = {k: v.clone() for k, v in state["ratio"].items()}
         self.redundant = {k: v.clone() for k, v in state["redundant"].items()}
         self.window_steps = int(state["window_steps"])
+        self._to(self._device())
+
+
+def _on_cpu(table: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value.detach().cpu() for name, value in table.items()}

@@ -20,8 +20,8 @@ class ClassificationTask:
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         correct = (outputs.argmax(dim=1) == targets).sum()
         loss_sum = F.cross_entropy(outputs.float(), targets, reduction="sum")
-        return torch.stack([correct.double(), loss_sum.double(), torch.tensor(float(targets.numel()),
-                                                                             dtype=torch.float64)]).cpu()
+        count = torch.tensor(float(targets.numel()), dtype=torch.float64, device=outputs.device)
+        return torch.stack([correct.double(), loss_sum.double(), count]).cpu()
 
     def finalize(self, stats: torch.Tensor) -> dict[str, float]:
         correct, loss_sum, count = (float(v) for v in stats)

@@ -10,7 +10,10 @@ import torch
 
 from benchmarks import kernels, train_step
 
-ROW_KEYS = {"case", "numel", "dtype", "ours_ms", "eager_ms", "compile_ms", "autograd_ms", "gbps", "copy_gbps"}
+ROW_KEYS = {
+    "case", "numel", "dtype", "ours_ms", "eager_ms", "compile_ms", "autograd_ms", "gbps", "copy_gbps", "host_ms",
+    "graph_ms",
+}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
