@@ -2,7 +2,7 @@
 # One GPU session in one command: CUDA correctness tests, a pipeline run on the GPU, and both benchmarks.
 #
 # Usage: benchmarks/run_gpu.sh OUT_DIR [STAGE ...]
-#   stages (default: all, in this order): tests trainer quickstart unet train_step host kernels
+#   stages (default: all, in this order): tests trainer quickstart unet mobilenet resnet train_step host kernels
 #   KERNEL_ARGS   arguments of `python -m benchmarks.kernels` (default: all sizes and models)
 #   STEP_ARGS     arguments of `python -m benchmarks.train_step` (e.g. --profile fused_finetune)
 #   PYTHON        interpreter (default: python3)
@@ -12,7 +12,7 @@
 set -u
 out=${1:?usage: benchmarks/run_gpu.sh OUT_DIR [STAGE ...]}
 shift
-stages=${*:-tests trainer quickstart unet train_step host kernels}
+stages=${*:-tests trainer quickstart unet mobilenet resnet train_step host kernels}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 WANDB_MODE=disabled
 mkdir -p "$out"
@@ -46,6 +46,16 @@ for s in $stages; do
     unet) stage unet 200 $py -m sparsetrain run configs/unet_synthetic.yaml train.device=cuda \
       tracking.mode=disabled out_dir=/tmp/unet-run
       cp /tmp/unet-run/report.json "$out/unet-report.json" ;;
+    mobilenet) stage mobilenet 200 $py -m sparsetrain run configs/mobilenetv3_synthetic.yaml train.device=cuda \
+      tracking.mode=disabled out_dir=/tmp/mobilenet-run
+      cp /tmp/mobilenet-run/report.json "$out/mobilenet-report.json" ;;
+    resnet)  # timm resnet18 recipe (bf16, ZeRO 2, fused kernel) on digits resampled to 32x32, a few epochs
+      $py -m sparsetrain.data.make_npz digits /tmp/digits32.npz --size 32 >/dev/null
+      stage resnet 200 $py -m sparsetrain run configs/resnet18_cifar.yaml data.source=npz data.path=/tmp/digits32.npz \
+        data.num_workers=0 train.batch_size=128 optim.warmup_steps=20 phases.dense.epochs=6 phases.sparsify.epochs=6 \
+        phases.finetune.epochs=3 deepspeed.zero_stage=2 regularizer.alpha0=2e-6 train.device=cuda \
+        tracking.mode=disabled out_dir=/tmp/resnet-run
+      cp /tmp/resnet-run/report.json "$out/resnet-report.json" ;;
     train_step) stage train_step 150 $py -m benchmarks.train_step ${STEP_ARGS:-} --out "$out" ;;
     host) stage host 60 $py -m benchmarks.host_overhead ;;
     kernels) stage kernels 400 $py -m benchmarks.kernels ${KERNEL_ARGS:-} --out "$out" ;;

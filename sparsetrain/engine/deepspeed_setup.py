@@ -99,7 +99,26 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
         optimizer, lambda step: lr_factor(step, total_steps, warmup, schedule))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, world_size))
+    if cfg.deepspeed.precision == "bf16" and next(engine.module.parameters()).device.type == "cpu":
+        match_buffers_to_params(engine.module)
     hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable})
     engine.basic_optimizer.register_step_pre_hook(hooks.before_step)
     engine.basic_optimizer.register_step_post_hook(hooks.after_step)
     return engine
+
+
+def match_buffers_to_params(model: nn.Module) -> None:
+    """Cast floating buffers (BatchNorm running statistics) to their module's parameter dtype, in place.
+
+    DeepSpeed's bf16 mode converts parameters only. CUDA batch norm accepts bf16 inputs and weights with fp32
+    running statistics; the CPU kernel does not ("expected scalar type BFloat16 but found Float"), so on CPU
+    the statistics follow the parameters.
+    """
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if not params:
+            continue
+        dtype = params[0].dtype
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                setattr(module, name, buffer.to(dtype))

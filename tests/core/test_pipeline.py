@@ -103,3 +103,13 @@ def test_wandb_offline_run_holds_logged_metrics(run_dir: Path) -> None:
         assert entry is not None, f"W&B lacks step {line['global_step']}"
         assert entry["loss"] == pytest.approx(line["loss"]), f"W&B loss differs at step {line['global_step']}"
     assert any("finetune/metric" in h for h in runs[0]["history"]), "final metric not logged to W&B"
+
+
+def test_bf16_batchnorm_model_runs_on_cpu(run_dir: Path) -> None:
+    """DeepSpeed bf16 casts parameters only; CPU batch norm needs its running statistics cast too."""
+    cfg = tiny_config(run_dir, "model.name=test_resnet", "deepspeed.precision=bf16", "deepspeed.zero_stage=2",
+                      "phases.sparsify.epochs=0.3", "phases.finetune.epochs=0.2")
+    run_pipeline(cfg)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["sparsity"] >= 0.8 - 1e-6, f"sparsity {report['sparsity']}"
+    assert 0.0 <= report["finetuned"]["metric"] <= 100.0, f"metric {report['finetuned']['metric']}"
