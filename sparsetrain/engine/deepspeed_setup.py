@@ -99,7 +99,7 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
         optimizer, lambda step: lr_factor(step, total_steps, warmup, schedule))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, world_size))
-    if cfg.deepspeed.precision == "bf16" and next(engine.module.parameters()).device.type == "cpu":
+    if cfg.deepspeed.precision == "bf16":
         match_buffers_to_params(engine.module)
     hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable})
     engine.basic_optimizer.register_step_pre_hook(hooks.before_step)
@@ -110,9 +110,9 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
 def match_buffers_to_params(model: nn.Module) -> None:
     """Cast floating buffers (BatchNorm running statistics) to their module's parameter dtype, in place.
 
-    DeepSpeed's bf16 mode converts parameters only. CUDA batch norm accepts bf16 inputs and weights with fp32
-    running statistics; the CPU kernel does not ("expected scalar type BFloat16 but found Float"), so on CPU
-    the statistics follow the parameters.
+    DeepSpeed's bf16 mode converts parameters only, and batch norm with bf16 weights refuses fp32 running
+    statistics (CPU forward: "expected scalar type BFloat16 but found Float"; CUDA backward: "Expected
+    running_mean to have type BFloat16 but got Float"), so the statistics follow the parameters.
     """
     for module in model.modules():
         params = list(module.parameters(recurse=False))

@@ -106,7 +106,7 @@ def test_wandb_offline_run_holds_logged_metrics(run_dir: Path) -> None:
 
 
 def test_bf16_batchnorm_model_runs_on_cpu(run_dir: Path) -> None:
-    """DeepSpeed bf16 casts parameters only; CPU batch norm needs its running statistics cast too."""
+    """DeepSpeed bf16 casts parameters only; batch norm needs its running statistics cast too."""
     cfg = tiny_config(run_dir, "model.name=test_resnet", "deepspeed.precision=bf16", "deepspeed.zero_stage=2",
                       "phases.sparsify.epochs=0.3", "phases.finetune.epochs=0.2")
     run_pipeline(cfg)
