@@ -18,9 +18,11 @@ def _run(argv: list[str]) -> int:
     if config_path and "=" in config_path:  # `sparsetrain run key=value` with no recipe
         config_path, overrides = None, [config_path, *overrides]
     cfg = load_config(config_path, overrides)
+    from sparsetrain.engine.distributed import shutdown_distributed
     from sparsetrain.pipeline import run_pipeline
 
     run_pipeline(cfg, args.phase)
+    shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
     return 0
 
 

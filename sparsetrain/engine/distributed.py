@@ -75,6 +75,12 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(all_reduce_sum(value).item() > 0)
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group at the end of a run (NCCL warns about leaked resources otherwise)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
