@@ -93,9 +93,11 @@ def _time_grad_variants(
     masks = [torch.rand(w.shape, generator=gen, device=device) > 0.5 for w in weights]
     ops = get_ops(args.backend)
     kwargs = {"alphas": alphas, "beta": BETA, "l2": L2}
-    ours = bench_ms(lambda: ops.l0_grad_mask_(weights, grads, masks, **kwargs), device)
-    host = host_ms(lambda: ops.l0_grad_mask_(weights, grads, masks, **kwargs), device)
-    graph = graph_ms(lambda: ops.l0_grad_mask_(weights, grads, masks, **kwargs), device)
+
+    def call_ours() -> torch.Tensor:
+        return ops.l0_grad_mask_(weights, grads, masks, **kwargs)
+
+    ours, host, graph = bench_ms(call_ours, device), host_ms(call_ours, device), graph_ms(call_ours, device)
     eager = bench_ms(lambda: l0_grad_mask_reference_(weights, grads, masks, **kwargs), device)
     compiled_ms = None
     if args.compile:
