@@ -3,15 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs the pinned versions of constraints.txt (known good), within the ranges of pyproject.toml.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --upgrade pip -c $(CONSTRAINTS)
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
 	touch $(STAMP)
 
 demo: install
@@ -22,6 +24,18 @@ test: install
 
 lint: install
 	$(BIN)/ruff check sparsetrain triton_kernels launch benchmarks tests
+
+# Refresh constraints.txt on purpose: resolve the newest versions pyproject.toml allows in a scratch venv.
+# Run `make test` afterwards (it reinstalls from the new pins) and commit constraints.txt only if it passes.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet -e ".[test]"
+	head -n 3 $(CONSTRAINTS) > $(CONSTRAINTS).new
+	.venv-lock/bin/pip freeze --all --exclude-editable | grep -v '^-e' >> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-lock
 
 clean:
 	rm -rf runs .pytest_cache

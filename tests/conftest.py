@@ -3,7 +3,25 @@
 Kernel tests run Triton in interpreter mode on CPU; the variable must be set before triton is imported.
 """
 import os
+import sys
+import time
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def pytest_sessionstart(session) -> None:
+    """Build DeepSpeed's CPU shared-memory comm op before any test starts a run.
+
+    Every DeepSpeed process group compiles this C++ op on first use (about 30 s of two cores, minutes on a
+    loaded machine) and caches it under ~/.cache/torch_extensions. Built here once, it is never charged to
+    a test, nor compiled by two ranks of a multi-process test at the same time.
+    """
+    start = time.monotonic()
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+    if time.monotonic() - start > 5:
+        print(f"\nbuilt DeepSpeed's CPU comm op in {time.monotonic() - start:.0f} s (cached from now on)",
+              file=sys.stderr)

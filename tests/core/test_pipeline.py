@@ -28,19 +28,48 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
             f"{label}: {name} differs (max abs diff {diff:.3g})"
 
 
+# Why the two gradient paths are compared the way they are: a weight sitting at zero takes the sign of the l0 pull
+# (alpha*beta*sign(w)) from rounding-level differences, so once training runs, the paths drift by lr*alpha*beta per
+# sign flip, and the flips depend on the machine's float rounding. What is well defined is (1) one step from the
+# same state, where every weight has the same sign on both paths, and (2) over many steps, the losses and the
+# weights that stay away from zero. SGD: Adam divides by sqrt(v) and turns any difference into lr-sized steps.
+SGD_STEP = ("optim.name=sgd", "optim.lr=0.05")
+
+
 @pytest.mark.parametrize("zero_stage", [0, 2])
-def test_gradient_hook_equals_autograd_reference(tmp_path: Path, zero_stage: int) -> None:
-    # SGD: Adam divides by sqrt(v), which turns rounding-level differences of near-zero weights (where the
-    # l0 pull flips sign) into whole lr-sized steps; SGD keeps the two paths comparable at float precision.
-    extra = (f"deepspeed.zero_stage={zero_stage}", "phases.sparsify.epochs=2", "optim.name=sgd", "optim.lr=0.05")
+def test_one_step_of_the_gradient_hook_equals_autograd_reference(tmp_path: Path, zero_stage: int) -> None:
+    one_step = (f"deepspeed.zero_stage={zero_stage}", "phases.sparsify.epochs=0.02", *SGD_STEP)  # 22 steps/epoch
+    runs = {"hook": "regularizer.kernel=torch", "autograd": "regularizer.kernel=autograd",
+            "no_l0": "regularizer.alpha0=0"}
+    for name, kernel in runs.items():
+        run_pipeline(tiny_config(tmp_path / name, kernel, *one_step), ["sparsify"])
+    hook, ref, no_l0 = (_weights(tmp_path / name, "sparsify") for name in runs)
+    initial = _initial_fc1(tmp_path)
+    near_zero = int((initial.abs() < 1e-3).sum())
+    assert near_zero > 50, f"only {near_zero} fc1 weights start near zero; the sign cases would go untested"
+    assert_same_weights(hook, ref, atol=1e-6, rtol=0, label="hook vs autograd after one step")
+    l0_effect = (hook["fc1.weight"] - no_l0["fc1.weight"]).abs().max().item()
+    assert l0_effect > 100 * 1e-6, f"the l0 term moved fc1 by only {l0_effect:.2g}: the comparison could not fail"
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_gradient_hook_trains_like_autograd_reference(tmp_path: Path, zero_stage: int) -> None:
+    extra = (f"deepspeed.zero_stage={zero_stage}", "phases.sparsify.epochs=2", *SGD_STEP)
     run_pipeline(tiny_config(tmp_path / "hook", "regularizer.kernel=torch", *extra, "tracking.mode=offline"),
                  ["sparsify"])
     run_pipeline(tiny_config(tmp_path / "autograd", "regularizer.kernel=autograd", *extra), ["sparsify"])
     hook, ref = _weights(tmp_path / "hook", "sparsify"), _weights(tmp_path / "autograd", "sparsify")
-    assert_same_weights(hook, ref, atol=1e-5, rtol=1e-4, label="hook vs autograd after 44 steps")
     losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
                if "loss" in json.loads(line)] for run in ("hook", "autograd")]
-    assert losses[0] == pytest.approx(losses[1], rel=1e-4), "logged losses differ between the two paths"
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3), "logged losses differ between the two paths"
+    # A missing or mis-scaled l0 term moves fc1's weights near |w| = 0.02 by ~6e-3 over these 44 steps.
+    compared = 0
+    for name in hook:
+        far = (hook[name].abs() >= 0.02) & (ref[name].abs() >= 0.02)
+        compared += int(far.sum())
+        diff = (hook[name] - ref[name])[far].abs().max().item() if far.any() else 0.0
+        assert diff <= 3e-4, f"{name}: weights away from zero differ by {diff:.3g} after 44 steps"
+    assert compared > 0.3 * sum(t.numel() for t in hook.values()), f"only {compared} weights compared"
     moved = (hook["fc1.weight"] - _initial_fc1(tmp_path)).abs().max()
     assert moved > 1e-3, "training did not change the weights; the comparison would be vacuous"
 

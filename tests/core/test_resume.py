@@ -3,40 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
 
 from tests.core.conftest import tiny_overrides
-from tests.core.subprocess_runs import REPO, clean_env, cli_command, run_cli
+from tests.core.subprocess_runs import kill_at_checkpoint, run_cli
 from tests.core.test_pipeline import assert_same_weights
 
 EXTRA = ("phases.sparsify.epochs=8", "train.checkpoint_every=10", "tracking.mode=offline")
 
 
 def _kill_mid_sparsify(out: Path) -> None:
-    proc = subprocess.Popen(cli_command(tiny_overrides(out, *EXTRA)), cwd=REPO, env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            state_file = out / "state.json"
-            if state_file.exists():
-                current = (json.loads(state_file.read_text() or "{}") or {}).get("current") or {}
-                if current.get("phase") == "sparsify" and current.get("step", 0) >= 30:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    return
-            time.sleep(0.02)
-        pytest.fail("the run finished or stalled before it could be killed mid-phase")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_at_checkpoint(tiny_overrides(out, *EXTRA), out, 30, phase="sparsify")
 
 
 def _steps(out: Path) -> list[int]:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +10,7 @@ import torch
 from sparsetrain.config.schema import RegularizerConfig
 from sparsetrain.engine.segments import Segment
 from sparsetrain.regularizers.grad_count import GradCountRegularizer, redundant_filters
-from tests.core.subprocess_runs import REPO, clean_env, cli_command, run_cli
+from tests.core.subprocess_runs import kill_at_checkpoint, run_cli
 
 
 def _segment(param: torch.Tensor, start: int, stop: int) -> Segment:
@@ -60,19 +55,7 @@ def _counts(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _kill_after_step(overrides: list[str], out: Path, step: int) -> None:
-    proc = subprocess.Popen(cli_command(overrides + ["--phase", "sparsify"]), cwd=REPO, env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        state = out / "state.json"
-        current = (json.loads(state.read_text()) or {}).get("current") if state.exists() else None
-        if current and current["step"] >= step:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-    pytest.fail("run ended before the kill point")
+    kill_at_checkpoint(overrides + ["--phase", "sparsify"], out, step)
 
 
 # Counting is exact across ranks when gradients are; BatchNorm normalizes per rank (SyncBatchNorm is GPU-only in
