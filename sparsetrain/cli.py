@@ -1,4 +1,4 @@
-"""`sparsetrain` command line: run, export, bench, launch, sweep. New knobs go into configs, not flags."""
+"""`sparsetrain` command line: run, config, export, bench, launch, sweep. New knobs go into configs, not flags."""
 
 from __future__ import annotations
 
@@ -14,15 +14,46 @@ def _run(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. regularizer.beta=20")
     parser.add_argument("--phase", action="append", help="run only this phase (repeatable)")
     args = parser.parse_args(argv)
-    config_path, overrides = args.config, list(args.overrides)
-    if config_path and "=" in config_path:  # `sparsetrain run key=value` with no recipe
-        config_path, overrides = None, [config_path, *overrides]
-    cfg = load_config(config_path, overrides)
+    cfg = load_config(*_split_recipe(args.config, list(args.overrides)))
     from sparsetrain.engine.distributed import shutdown_distributed
     from sparsetrain.pipeline import run_pipeline
 
     run_pipeline(cfg, args.phase)
     shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
+    return 0
+
+
+def _split_recipe(config_path: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """`sparsetrain CMD key=value ...` with no recipe: the first argument is an override, not a file."""
+    if config_path and "=" in config_path:
+        return None, [config_path, *overrides]
+    return config_path, overrides
+
+
+def _config(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sparsetrain config", description="Print a recipe's resolved config "
+                                     "(YAML), or every config field with its type, default and description.")
+    parser.add_argument("config", nargs="?", help="YAML recipe (default: built-in defaults)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    parser.add_argument("--schema", nargs="?", const="", metavar="SECTION",
+                        help="list every field (or those under SECTION, e.g. regularizer) instead")
+    args = parser.parse_args(argv)
+    if args.schema is not None:
+        from sparsetrain.config import RunConfig
+        from sparsetrain.config.describe import format_schema, schema_rows
+
+        rows = [r for r in schema_rows(RunConfig) if not args.schema or r.path == args.schema
+                or r.path.startswith(f"{args.schema}.")]
+        if not rows:
+            raise ConfigError(f"config --schema: no field or section {args.schema!r}")
+        print(format_schema(rows))
+        return 0
+    import yaml
+
+    from sparsetrain.config import config_to_dict
+
+    cfg = load_config(*_split_recipe(args.config, list(args.overrides)))
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
     return 0
 
 
@@ -59,16 +90,39 @@ def _sweep(argv: list[str]) -> int:
     return sweep_main(argv)
 
 
-COMMANDS = {"run": _run, "export": _export, "bench": _bench, "launch": _launch, "sweep": _sweep}
+COMMANDS = {
+    "run": (_run, "compress a model: dense baseline, sparsity training, prune, fine-tune (resumes in out_dir)"),
+    "config": (_config, "print a recipe's resolved config, or every config field with --schema"),
+    "export": (_export, "export a finished run's model to RUN_DIR/export"),
+    "bench": (_bench, "benchmarks: kernels (Triton, GPU), train_step"),
+    "launch": (_launch, "run the pipeline as a Slurm job (or local processes) through submitit"),
+    "sweep": (_sweep, "grid sweep of overrides as a Slurm job array, with a Pareto summary"),
+}
+
+
+def usage() -> str:
+    """The top-level help: one line per command."""
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: sparsetrain COMMAND [args]   (sparsetrain COMMAND --help for its arguments)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Recipes are YAML files in configs/; override any field with key=value (sparsetrain config "
+              "--schema lists them)."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: sparsetrain {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        from sparsetrain.config.describe import suggestion
+
+        print(f"error: unknown command {argv[0]!r}{suggestion(argv[0], list(COMMANDS))}; "
+              f"expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        return COMMANDS[argv[0]][0](argv[1:])
     except (ConfigError, ValueError) as err:
         # Bad input: one line naming the field, never a deep traceback.
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)

@@ -9,6 +9,9 @@ import time
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# JIT-built ops (DeepSpeed's comm op) are keyed by their include paths, which lie inside the virtualenv: one cache per
+# venv, so that two checkouts on one machine do not rebuild each other's op in turn (~30 s to minutes each time).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 
 def pytest_sessionstart(session) -> None:

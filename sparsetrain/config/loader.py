@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
 
 
@@ -74,7 +75,12 @@ def resolve_key(key: str) -> str:
         return paths[0]
     if len(paths) > 1:
         raise ConfigError(f"{key}: ambiguous override, use one of {', '.join(paths)}")
-    raise ConfigError(f"{key}: unknown config key")
+    raise ConfigError(f"{key}: unknown config key{suggestion(key, all_paths())}")
+
+
+def all_paths() -> list[str]:
+    """Dotted paths of every field and section of the run config."""
+    return [row.path for row in schema_rows(RunConfig)] + section_paths(RunConfig)
 
 
 def parse_value(text: str) -> Any:
@@ -109,7 +115,7 @@ def _format_error(err: ValidationError) -> str:
     shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" (got {value!r})"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown key"
+        message = f"unknown key{suggestion(field, all_paths())}"
     if not first["loc"] or message.startswith(f"{field}:"):
         return message  # cross-field checks already name their field
     return f"{field}: {message}{shown}"

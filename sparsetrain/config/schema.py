@@ -25,7 +25,10 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name: str = Field("lenet300_100", description="timm model name (sparsetrain registers lenet300_100, lenet5, unet, "
                       "lraspp_mobilenetv3_*); any timm classifier works.")
-    pretrained: bool = Field(False, description="Load timm pretrained weights (needs them cached locally).")
+    pretrained: bool = Field(False, description="Load timm pretrained weights from disk: model.pretrained_file, "
+                             "else timm's local cache (never downloaded).")
+    pretrained_file: str | None = Field(None, description="Local weights file for pretrained=true (timm's "
+                                        "pretrained_cfg_overlay=dict(file=...)): .safetensors, .pth, .bin.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for timm.create_model.")
 
 
@@ -146,6 +149,8 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
+        if self.model.pretrained_file and not self.model.pretrained:
+            raise ValueError("model.pretrained_file: set model.pretrained=true to load it")
         if self.data.source in ("npz", "imagefolder", "seg_folder") and not self.data.path:
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
         is_seg_data = self.data.source.startswith("seg_")

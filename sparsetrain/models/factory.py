@@ -1,8 +1,16 @@
-"""Create any model through timm.create_model, adapting it to the data's channels, classes and input size."""
+"""Create any model through timm.create_model, adapting it to the data's channels, classes and input size.
+
+No model is special-cased here: what a model needs comes from its timm pretrained config. Models whose config
+says `fixed_input_size` (timm's convention: ViTs, sparsetrain's LeNets) get the data's spatial size as `img_size`
+(H, W); a 1-D signal of length L is given as 1 × L.
+Pretrained weights are only ever read from disk: `model.pretrained_file`, or timm's local cache (the hub is
+never contacted).
+"""
 
 from __future__ import annotations
 
-import inspect
+import os
+from pathlib import Path
 
 import timm
 import torch
@@ -13,30 +21,64 @@ from sparsetrain.config.schema import ModelConfig
 
 
 def model_kwargs(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: tuple[int, ...]) -> dict:
-    """Keyword arguments for timm.create_model: data-derived sizes first, then the user's kwargs."""
+    """Keyword arguments for timm.create_model: data-derived sizes first, then the user's kwargs.
+
+    Args:
+        cfg: The model section.
+        in_chans: Input channels of the data.
+        num_classes: Classes (or segmentation logit channels).
+        input_shape: One sample's shape, channels first (C, H, W) or (C, L).
+    """
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
-    entry = timm.models.model_entrypoint(cfg.name)
-    accepts = inspect.signature(entry).parameters
-    if cfg.name.startswith("lenet"):
-        kwargs["img_size"] = input_shape[-1]
-        if cfg.name == "lenet5":
-            kwargs["dims"] = len(input_shape) - 1
-    elif "img_size" in accepts and len(input_shape) == 3:
-        kwargs["img_size"] = input_shape[-1]
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name)
+    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size and len(input_shape) in (2, 3):
+        sides = (1, *input_shape[1:]) if len(input_shape) == 2 else tuple(input_shape[1:])  # timm's img_size is 2-D
+        kwargs["img_size"] = sides[0] if sides[0] == sides[1] else list(sides)
     kwargs.update(cfg.kwargs)
     return kwargs
+
+
+def _hub_offline() -> None:
+    """Make a Hugging Face Hub cache miss an error instead of a download (or minutes of retries offline)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # for processes started from here
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:
+        return
+    hub_constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub.is_offline_mode()
+
+
+def _pretrained_args(cfg: ModelConfig) -> dict:
+    """timm arguments that load pretrained weights from a local file or the local cache, never the network."""
+    if not cfg.pretrained:
+        return {}
+    if cfg.pretrained_file is None:
+        _hub_offline()
+        return {}
+    path = Path(cfg.pretrained_file).expanduser()
+    if not path.is_file():
+        raise ValueError(f"model.pretrained_file: file not found: {path}")
+    return {"pretrained_cfg_overlay": {"file": str(path)}}
 
 
 def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """Create the model and check that it accepts the data's input shape.
 
     Raises:
-        ValueError: one line naming `model.name` when the model is unknown or does not fit the data.
+        ValueError: one line naming `model.name` (unknown model, does not fit the data) or `model.pretrained`
+            (no local weights).
     """
     if not timm.is_model(cfg.name):
         raise ValueError(f"model.name: unknown timm model {cfg.name!r}")
     kwargs = model_kwargs(cfg, in_chans, num_classes, input_shape)
-    model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
+    try:
+        model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **_pretrained_args(cfg), **kwargs)
+    except (OSError, RuntimeError) as err:  # hub cache miss, unreadable file, state-dict mismatch
+        if not cfg.pretrained:
+            raise
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"model.pretrained: could not load local weights for {cfg.name} ({first}); give "
+                         "model.pretrained_file=PATH") from None
     check_model_fits(model, cfg.name, input_shape)
     return model
 

@@ -21,12 +21,9 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 __all__ = ["LRASPPHead", "LRASPPMobileNetV3"]
-
-# Keyword arguments timm.create_model passes to every entrypoint; the head has no pretrained weights of its own.
-_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 # timm feature indices of MobileNetV3: 0..4 ↔ reductions 2, 4, 8, 16, 32 (with output_stride=16 index 4 is at 1/16).
 _LOW_INDEX, _HIGH_INDEX = 2, 4
@@ -97,12 +94,20 @@ class LRASPPMobileNetV3(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    """The head has no published weights; `pretrained=True` loads the backbone's ImageNet weights (cached)."""
+    return {"url": "", "num_classes": 1, "input_size": (3, 128, 128), "fixed_input_size": False,
+            "first_conv": "backbone.conv_stem", "classifier": "head", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({f"lraspp_{name}.untrained": _cfg()
+                                      for name in ("mobilenetv3_large_100", "mobilenetv3_small_100")})
+
+
 def _create_lraspp(backbone: str, pretrained: bool = False, **kwargs: Any) -> LRASPPMobileNetV3:
     # `pretrained` can only mean the backbone: no weights exist for the head.
-    for key in _TIMM_FACTORY_KWARGS:
-        kwargs.pop(key, None)
-    return LRASPPMobileNetV3(backbone, pretrained_backbone=pretrained, **kwargs)
-
+    return build_model_with_cfg(LRASPPMobileNetV3, f"lraspp_{backbone}", False, backbone=backbone,
+                                pretrained_backbone=pretrained, **kwargs)
 
 @register_model
 def lraspp_mobilenetv3_large_100(pretrained: bool = False, **kwargs: Any) -> LRASPPMobileNetV3:

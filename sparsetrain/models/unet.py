@@ -18,12 +18,9 @@ from typing import Any
 import torch
 import torch.fx
 import torch.nn as nn
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 __all__ = ["DoubleConv", "UNet", "check_unet_input"]
-
-# Keyword arguments timm.create_model passes to every entrypoint; UNet has no pretrained weights to use them for.
-_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 class DoubleConv(nn.Sequential):
@@ -142,12 +139,17 @@ def check_unet_input(height: int, width: int, depth: int) -> None:
                          f"got {height}×{width}")
 
 
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    """No published weights (url ''); any size divisible by 2**depth works, so the input size is not fixed."""
+    return {"url": "", "num_classes": 1, "input_size": (3, 64, 64), "fixed_input_size": False, "mean": (0.5,) * 3,
+            "std": (0.5,) * 3, "first_conv": "stem.0", "classifier": "head", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in ("unet", "unet_small", "unet_tiny")})
+
+
 def _create_unet(variant: str, pretrained: bool = False, **kwargs: Any) -> UNet:
-    if pretrained:
-        raise ValueError(f"model.pretrained: no pretrained weights exist for {variant}; set pretrained=False")
-    for key in _TIMM_FACTORY_KWARGS:
-        kwargs.pop(key, None)
-    return UNet(**kwargs)
+    return build_model_with_cfg(UNet, variant, pretrained, **kwargs)
 
 
 @register_model

@@ -51,3 +51,43 @@ def test_cli_prints_one_line_error_without_traceback(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "error: optim.lr: Input should be greater than 0 (got 0)", result.stderr
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("regularizer.bta=1", "regularizer.bta: unknown key (did you mean regularizer.beta?)"),
+    ("alph0=1", "alph0: unknown config key (did you mean regularizer.alpha0?)"),
+    ("traing.batch_size=3", "traing: unknown key (did you mean train?)"),
+    ("regularizer.gamma=1", "regularizer.gamma: unknown key (got 1)"),  # nothing close: no guess
+])
+def test_unknown_key_suggests_the_closest_valid_one(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sparsetrain", *args], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+
+
+def test_cli_help_lists_every_command() -> None:
+    from sparsetrain.cli import COMMANDS
+
+    result = _cli("--help")
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(COMMANDS), result.stdout
+
+
+def test_cli_config_prints_the_resolved_recipe_and_the_schema() -> None:
+    import yaml
+
+    result = _cli("config", "configs/quickstart.yaml", "alpha0=3e-4", "train.batch_size=32")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["regularizer"]["alpha0"] == 3e-4 and resolved["train"]["batch_size"] == 32
+    assert resolved["model"]["name"] == "lenet300_100", "recipe values missing from the resolved config"
+    schema = _cli("config", "--schema", "regularizer")
+    assert schema.returncode == 0, schema.stderr
+    assert "regularizer.beta  (float, default 10.0)" in schema.stdout
+    assert all(line.startswith(("regularizer.", "    ")) for line in schema.stdout.splitlines()), schema.stdout

@@ -74,7 +74,7 @@ def test_unet_widths_follow_base_width_and_depth() -> None:
 
 
 def test_unet_rejects_pretrained_and_bad_args() -> None:
-    with pytest.raises(ValueError, match="no pretrained weights exist for unet_small"):
+    with pytest.raises(RuntimeError, match="No pretrained weights exist for unet_small"):  # timm's own check
         timm.create_model("unet_small", pretrained=True)
     with pytest.raises(ValueError, match="up_mode"):
         UNet(up_mode="nearest")

@@ -1,0 +1,51 @@
+"""The model factory: timm's builder for sparsetrain's models, data-derived sizes, weights only from disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sparsetrain.config.schema import ModelConfig
+from sparsetrain.models.factory import build_model, model_kwargs
+
+
+@pytest.mark.parametrize(("name", "shape", "conv"), [("lenet5", (1, 28, 28), torch.nn.Conv2d),
+                                                      ("lenet5", (1, 40), torch.nn.Conv1d),
+                                                      ("lenet300_100", (1, 40), None),
+                                                      ("vit_tiny_patch16_224", (3, 32, 32), None)])
+def test_fixed_input_size_models_get_the_data_size(name: str, shape: tuple[int, ...], conv: type | None) -> None:
+    model = build_model(ModelConfig(name=name), shape[0], 10, shape)
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)
+    assert model.pretrained_cfg["fixed_input_size"], f"{name}: built without timm's pretrained config"
+    if conv is not None:
+        assert isinstance(model.conv1, conv), f"{name} on {shape}: {type(model.conv1).__name__}"
+
+
+def test_models_with_free_input_size_get_no_img_size() -> None:
+    assert "img_size" not in model_kwargs(ModelConfig(name="unet_tiny"), 3, 1, (3, 32, 32))
+    assert "img_size" not in model_kwargs(ModelConfig(name="resnet18"), 3, 10, (3, 32, 32))
+
+
+def test_pretrained_weights_come_from_a_local_file(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_model(ModelConfig(name="lenet5"), 1, 10, (1, 28, 28))
+    path = tmp_path / "lenet5.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    torch.manual_seed(2)
+    loaded = build_model(ModelConfig(name="lenet5", pretrained=True, pretrained_file=str(path)), 1, 10, (1, 28, 28))
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), f"{name} not loaded from {path}"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"name": "lenet5", "pretrained": True}, "model.pretrained: could not load local weights for lenet5"),
+    ({"name": "lenet5", "pretrained": True, "pretrained_file": "/nonexistent.pth"}, "model.pretrained_file: file "),
+    ({"name": "no_such_model"}, "model.name: unknown timm model"),
+])
+def test_bad_model_settings_give_one_line(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        build_model(ModelConfig(**kwargs), 1, 10, (1, 28, 28))
+    assert "\n" not in str(err.value)
