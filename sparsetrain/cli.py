@@ -13,8 +13,15 @@ def _run(argv: list[str]) -> int:
     parser.add_argument("config", nargs="?", help="YAML recipe (default: built-in quickstart defaults)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. regularizer.beta=20")
     parser.add_argument("--phase", action="append", help="run only this phase (repeatable)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--dry-run", action="store_true", help="print the pruning plan and the per-rank memory plan "
+                        "(world size from WORLD_SIZE or launch.nodes × launch.tasks_per_node); train nothing")
+    args = parser.parse_intermixed_args(argv)
     cfg = load_config(*_split_recipe(args.config, list(args.overrides)))
+    if args.dry_run:
+        from sparsetrain.plan import plan_report, world_size_for
+
+        print(plan_report(cfg, world_size_for(cfg)), end="")
+        return 0
     from sparsetrain.engine.distributed import shutdown_distributed
     from sparsetrain.pipeline import run_pipeline
 
@@ -37,7 +44,7 @@ def _config(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--schema", nargs="?", const="", metavar="SECTION",
                         help="list every field (or those under SECTION, e.g. regularizer) instead")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.schema is not None:
         from sparsetrain.config import RunConfig
         from sparsetrain.config.describe import format_schema, schema_rows
@@ -60,7 +67,7 @@ def _config(argv: list[str]) -> int:
 def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model.")
     parser.add_argument("run_dir")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     from sparsetrain.export import export_run
 
     print(export_run(args.run_dir))

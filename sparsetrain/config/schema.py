@@ -102,7 +102,10 @@ class PruneConfig(Section):
 
 
 class DeepSpeedConfig(Section):
-    zero_stage: Literal[0, 1, 2] = Field(0, description="ZeRO optimization stage.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO optimization stage: 1 partitions optimizer "
+                                            "state, 2 also gradients, 3 also parameters.")
+    offload_optimizer: Literal["none", "cpu"] = Field("none", description="ZeRO-Offload: keep fp32 masters, "
+                                                      "gradients and optimizer state in host memory (ZeRO >= 1).")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision (bf16 keeps fp32 masters).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
     gradient_clipping: float = Field(0.0, ge=0, description="Global grad-norm clip (0 = off).")
@@ -119,6 +122,8 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept per run.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per rank (None = torch default).")
+    grad_checkpointing: bool = Field(False, description="Recompute activations of repeated blocks in backward "
+                                     "(timm models with set_grad_checkpointing): less memory, ~30 % more compute.")
 
 
 class TrackingConfig(Section):
@@ -153,6 +158,8 @@ class RunConfig(Section):
             raise ValueError("model.pretrained_file: set model.pretrained=true to load it")
         if self.data.source in ("npz", "imagefolder", "seg_folder") and not self.data.path:
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
+        if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer: offloading needs deepspeed.zero_stage >= 1")
         is_seg_data = self.data.source.startswith("seg_")
         if is_seg_data != (self.task == "segmentation"):
             raise ValueError(f"task: {self.task!r} does not match data.source={self.data.source!r}")

@@ -32,13 +32,29 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": ds.gradient_accumulation_steps,
         "gradient_clipping": ds.gradient_clipping,
-        "zero_optimization": {"stage": ds.zero_stage},
+        "zero_optimization": {"stage": ds.zero_stage, **_offload(ds.offload_optimizer)},
         "bf16": {"enabled": ds.precision == "bf16"},
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def _offload(device: str) -> dict:
+    return {} if device == "none" else {"offload_optimizer": {"device": device, "pin_memory": device == "cpu"}}
+
+
+def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
+    """Turn on timm's activation recomputation for the model's repeated blocks.
+
+    Raises:
+        ValueError: the model has no `set_grad_checkpointing` (one line naming train.grad_checkpointing).
+    """
+    if not hasattr(model, "set_grad_checkpointing"):
+        raise ValueError(f"train.grad_checkpointing: model {name} has no set_grad_checkpointing (timm models "
+                         "built from repeated blocks have it)")
+    model.set_grad_checkpointing(True)
 
 
 def make_optimizer(cfg: RunConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -93,6 +109,10 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
     """Wrap `model` in a DeepSpeed engine with the regularizer/mask hooks attached."""
     import deepspeed
 
+    if cfg.deepspeed.zero_stage == 3:
+        raise ValueError("deepspeed.zero_stage: stage 3 is not supported by the trainer yet (dry runs plan it)")
+    if cfg.train.grad_checkpointing:
+        enable_grad_checkpointing(model, cfg.model.name)
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], lr)
     warmup, schedule = cfg.optim.warmup_steps, cfg.optim.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -31,7 +31,7 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
     (["regularizer.gamma=1"], "regularizer.gamma: unknown key"),
     (["regularizer.beta=abc"], "regularizer.beta:"),
     (["regularizer.beta=-1"], "regularizer.beta: Input should be greater than or equal to 0"),
-    (["deepspeed.zero_stage=3"], "deepspeed.zero_stage:"),
+    (["deepspeed.zero_stage=4"], "deepspeed.zero_stage:"),
     (["data.source=npz"], "data.path: required for data.source='npz'"),
     (["task=segmentation"], "task: 'segmentation' does not match data.source='digits'"),
     (["nosuchkey=1"], "nosuchkey: unknown config key"),

@@ -1,0 +1,120 @@
+"""What a run would do, without running it: model size, pruning plan and per-rank memory plan (`--dry-run`).
+
+The model is built on the meta device (shapes only: a billion-parameter model costs no memory and no time), and
+the data is only inspected for its sizes; when the data is not reachable from here (a cluster path), the sizes
+come from the config (`data.in_chans`, `data.image_size`, `model.kwargs.num_classes`) and the plan says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparsetrain.config.schema import RunConfig
+from sparsetrain.memory_plan import MemoryPlan, format_memory_plan, plan_memory
+
+
+@dataclass(frozen=True)
+class PrunableLayer:
+    """One weight the pruning phase may prune."""
+
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    in_chans: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+    note: str = ""  # set when the sizes come from the config, not from the data
+
+
+def data_sizes(config: RunConfig) -> DataSizes:
+    """The data's channels, classes and sample shape; from the config when the data cannot be read here."""
+    from sparsetrain.data import DataError, build_data
+
+    try:
+        data = build_data(config.data, config.seed, config.model.kwargs.get("num_classes"))
+    except DataError as err:
+        side, chans = config.data.image_size or 224, config.data.in_chans or 3
+        classes = config.model.kwargs.get("num_classes", 1000)
+        return DataSizes(chans, classes, (chans, side, side), f"data not read here ({err}); sizes from the config: "
+                         f"{chans}×{side}×{side} inputs, {classes} classes")
+    return DataSizes(data.in_chans, data.num_classes, tuple(data.input_shape))
+
+
+def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
+    """The run's model with shapes only (meta device)."""
+    import timm
+
+    from sparsetrain.models.factory import model_kwargs
+
+    if not timm.is_model(config.model.name):
+        raise ValueError(f"model.name: unknown timm model {config.model.name!r}")
+    with torch.device("meta"):
+        return timm.create_model(config.model.name, **model_kwargs(config.model, sizes.in_chans, sizes.num_classes,
+                                                                   sizes.input_shape))
+
+
+def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
+    """The weights the regularizer and pruning act on, as the pipeline defines them (conv/linear kernels)."""
+    from sparsetrain.pruning.masks import prunable_parameters
+
+    return [PrunableLayer(name, tuple(param.shape)) for name, param in prunable_parameters(model).items()]
+
+
+def _grouped(layers: list[PrunableLayer]) -> list[tuple[str, tuple[int, ...], int]]:
+    """(name pattern with block indices as '*', shape, count), for models built from repeated blocks."""
+    groups: dict[tuple[str, tuple[int, ...]], int] = {}
+    for layer in layers:
+        key = (re.sub(r"\.\d+\.", ".*.", layer.name), layer.shape)
+        groups[key] = groups.get(key, 0) + 1
+    return [(name, shape, count) for (name, shape), count in groups.items()]
+
+
+def format_pruning_plan(layers: list[PrunableLayer], limit: int = 30) -> str:
+    """A table of prunable layers with their sizes and the total; repeated blocks are folded into one row each
+    (`blocks.*.mlp.fc1.weight ×40`) when there are more than `limit` layers."""
+    rows = [(la.name, la.shape, 1) for la in layers] if len(layers) <= limit else _grouped(layers)
+    width = max((len(name) + (len(f" ×{n}") if n > 1 else 0) for name, _, n in rows), default=10)
+    lines = [f"{'layer':<{width}}  {'shape':<20} {'weights':>13}"]
+    for name, shape, count in rows:
+        label = f"{name} ×{count}" if count > 1 else name
+        lines.append(f"{label:<{width}}  {str(shape):<20} {math.prod(shape) * count:>13,}")
+    lines.append(f"{'total':<{width}}  {'':<20} {sum(layer.size for layer in layers):>13,}")
+    return "\n".join(lines)
+
+
+def world_size_for(config: RunConfig) -> int:
+    """WORLD_SIZE when launched by torchrun/deepspeed, else the launch section's nodes × tasks_per_node."""
+    return int(os.environ.get("WORLD_SIZE", config.launch.world_size))
+
+
+def run_memory_plan(config: RunConfig, model: nn.Module, sizes: DataSizes, world_size: int) -> MemoryPlan:
+    layers = prunable_layers(model)
+    return plan_memory(model, sizes.input_shape, world_size=world_size, global_batch=config.train.batch_size,
+                       grad_accum=config.deepspeed.gradient_accumulation_steps, zero_stage=config.deepspeed.zero_stage,
+                       precision=config.deepspeed.precision, optimizer=config.optim.name,
+                       momentum=config.optim.momentum, offload=config.deepspeed.offload_optimizer,
+                       checkpointing=config.train.grad_checkpointing, prunable=sum(la.size for la in layers))
+
+
+def plan_report(config: RunConfig, world_size: int) -> str:
+    """Model, pruning plan and memory plan of a run as printed by `--dry-run`."""
+    sizes = data_sizes(config)
+    model = meta_model(config, sizes)
+    layers = prunable_layers(model)
+    parts = [sizes.note] if sizes.note else []
+    parts += [f"pruning plan: {len(layers)} prunable layers, rule={config.prune.rule}", format_pruning_plan(layers),
+              format_memory_plan(run_memory_plan(config, model, sizes, world_size), config.launch.gpu_mem_gb)]
+    return "\n".join(parts) + "\n"
