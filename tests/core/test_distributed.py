@@ -1,32 +1,40 @@
-"""Data-parallel runs with 2 real processes (gloo) equal 1 process with the same global batch."""
+"""Data-parallel runs with 2 real processes (gloo) equal 1 process with the same global batch.
+
+Two ranks sum gradients in another order than one rank, so weights sitting at zero may take the other side of the
+l0 pull (see tests/helpers/compare.py): losses and the weights away from zero are compared."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from tests.core.conftest import tiny_overrides
 from tests.core.subprocess_runs import run_cli
-from tests.core.test_pipeline import assert_same_weights
+from tests.helpers.compare import assert_weights_alike_away_from_zero
 
 # SGD keeps the comparison at float precision (see test_gradient_hook_equals_autograd_reference).
 SGD = ("optim.name=sgd", "optim.lr=0.05")
 
 
-def _run(out: Path, nproc: int, zero_stage: int) -> tuple[dict, dict]:
+def _run(out: Path, nproc: int, zero_stage: int) -> tuple[dict, dict, list[float]]:
     proc = run_cli(tiny_overrides(out, *SGD, f"deepspeed.zero_stage={zero_stage}"), nproc=nproc)
     assert proc.returncode == 0, f"{nproc}-process ZeRO-{zero_stage} run failed:\n{proc.stderr[-3000:]}"
-    return load_file(str(out / "weights" / "finetune.safetensors")), json.loads((out / "report.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if "loss" in row and "event" not in row]
+    return (load_file(str(out / "weights" / "finetune.safetensors")), json.loads((out / "report.json").read_text()),
+            losses)
 
 
 def test_two_processes_match_one_under_zero_0_and_2(tmp_path: Path) -> None:
-    ref_weights, ref_report = _run(tmp_path / "np1", 1, 0)
+    ref_weights, ref_report, ref_losses = _run(tmp_path / "np1", 1, 0)
     assert ref_report["world_size"] == 1
     for zero_stage in (0, 2):
-        weights, report = _run(tmp_path / f"np2-zero{zero_stage}", 2, zero_stage)
+        weights, report, losses = _run(tmp_path / f"np2-zero{zero_stage}", 2, zero_stage)
         assert report["world_size"] == 2
-        assert_same_weights(ref_weights, weights, atol=1e-5, rtol=1e-4,
-                            label=f"1 process vs 2 processes (ZeRO {zero_stage})")
+        label = f"1 process vs 2 processes (ZeRO {zero_stage})"
+        assert losses == pytest.approx(ref_losses, rel=1e-3), f"{label}: logged losses differ"
+        assert_weights_alike_away_from_zero(ref_weights, weights, label)
         assert report["sparsity"] == ref_report["sparsity"], f"ZeRO {zero_stage}: final sparsity differs"

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from tests.core.conftest import tiny_overrides
 from tests.core.subprocess_runs import kill_at_checkpoint, run_cli
-from tests.core.test_pipeline import assert_same_weights
+from tests.helpers.compare import assert_same_weights
 
 EXTRA = ("phases.sparsify.epochs=8", "train.checkpoint_every=10", "tracking.mode=offline")
 
