@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
 
 from tests.core.conftest import tiny_overrides
@@ -19,22 +18,18 @@ from tests.helpers.compare import assert_weights_alike_away_from_zero
 SGD = ("optim.name=sgd", "optim.lr=0.05")
 
 
-def _run(out: Path, nproc: int, zero_stage: int) -> tuple[dict, dict, list[float]]:
+def _run(out: Path, nproc: int, zero_stage: int) -> tuple[dict, dict]:
     proc = run_cli(tiny_overrides(out, *SGD, f"deepspeed.zero_stage={zero_stage}"), nproc=nproc)
     assert proc.returncode == 0, f"{nproc}-process ZeRO-{zero_stage} run failed:\n{proc.stderr[-3000:]}"
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    losses = [row["loss"] for row in rows if "loss" in row and "event" not in row]
-    return (load_file(str(out / "weights" / "finetune.safetensors")), json.loads((out / "report.json").read_text()),
-            losses)
+    return load_file(str(out / "weights" / "finetune.safetensors")), json.loads((out / "report.json").read_text())
 
 
 def test_two_processes_match_one_under_zero_0_and_2(tmp_path: Path) -> None:
-    ref_weights, ref_report, ref_losses = _run(tmp_path / "np1", 1, 0)
+    ref_weights, ref_report = _run(tmp_path / "np1", 1, 0)
     assert ref_report["world_size"] == 1
     for zero_stage in (0, 2):
-        weights, report, losses = _run(tmp_path / f"np2-zero{zero_stage}", 2, zero_stage)
+        weights, report = _run(tmp_path / f"np2-zero{zero_stage}", 2, zero_stage)
         assert report["world_size"] == 2
         label = f"1 process vs 2 processes (ZeRO {zero_stage})"
-        assert losses == pytest.approx(ref_losses, rel=1e-3), f"{label}: logged losses differ"
         assert_weights_alike_away_from_zero(ref_weights, weights, label)
         assert report["sparsity"] == ref_report["sparsity"], f"ZeRO {zero_stage}: final sparsity differs"

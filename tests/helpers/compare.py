@@ -23,13 +23,14 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 def assert_weights_alike_away_from_zero(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], label: str,
                                         margin: float = 0.02, atol: float = 3e-4, min_fraction: float = 0.3) -> None:
-    """Weights with |w| >= margin in both runs agree within atol; at least `min_fraction` of all are compared."""
+    """Weights with |w| >= margin in both runs agree within atol; at least `min_fraction` of the weights that
+    are non-zero in either run (pruned ones are exactly zero) are compared."""
     assert a.keys() == b.keys(), f"{label}: different tensors"
     compared = total = 0
     for name in a:
         x, y = a[name].float(), b[name].float()
         far = (x.abs() >= margin) & (y.abs() >= margin)
-        compared, total = compared + int(far.sum()), total + x.numel()
+        compared, total = compared + int(far.sum()), total + int(((x != 0) | (y != 0)).sum())
         diff = (x - y)[far].abs().max().item() if far.any() else 0.0
         assert diff <= atol, f"{label}: {name} weights away from zero differ by {diff:.3g}"
     assert compared >= min_fraction * total, f"{label}: only {compared} of {total} weights compared"
