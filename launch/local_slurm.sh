@@ -243,12 +243,12 @@ teardown_network() {
     # Whatever still runs in a node (job steps of a killed slurmd) goes with it.
     local ns pids
     for ns in $(our_namespaces); do
-        pids=$(ip netns pids "$ns" 2>/dev/null || true)
-        if [[ -n $pids ]]; then
-            kill $pids 2>/dev/null || true
+        mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
+        if [[ ${#pids[@]} -gt 0 ]]; then
+            kill "${pids[@]}" 2>/dev/null || true
             for _ in $(seq 20); do [[ -z $(ip netns pids "$ns" 2>/dev/null) ]] && break; sleep 0.25; done
-            pids=$(ip netns pids "$ns" 2>/dev/null || true)
-            [[ -z $pids ]] || kill -9 $pids 2>/dev/null || true
+            mapfile -t pids < <(ip netns pids "$ns" 2>/dev/null)
+            [[ ${#pids[@]} -eq 0 ]] || kill -9 "${pids[@]}" 2>/dev/null || true
         fi
         ip link del "$ns" 2>/dev/null || true
         ip netns del "$ns"
@@ -261,7 +261,10 @@ teardown_network() {
 
 # --- daemons ----------------------------------------------------------------------------------------------
 
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_alive() {  # the daemon may remove its pid file while we read it
+    local pid
+    pid=$(cat "$1" 2>/dev/null) && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+}
 
 start_daemons() {
     local i node
@@ -375,7 +378,8 @@ cmd_stop() {
     require_root
     stop_slurm_daemons
     teardown_network
-    if [[ -s /run/munge/munged.pid ]] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; then
+    # munged is shared with the machine's main cluster: a side-by-side instance leaves it running.
+    if [[ -z $SUFFIX && -s /run/munge/munged.pid ]] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; then
         kill "$(cat /run/munge/munged.pid)"
     fi
     log "stopped"
