@@ -20,7 +20,8 @@
 # Needs root (packages, munge key, namespaces, daemons). Idempotent: `start` on a running cluster only checks
 # it; a changed layout restarts the daemons, and is refused while jobs are queued (SLURM_LOCAL_FORCE=1 overrides).
 # Daemons run without systemd (containers): munged, slurmctld and slurmd are started directly.
-# Process tracking is plain /proc (proctrack/linuxproc, task/none), so no cgroups are needed.
+# Process tracking is plain /proc (proctrack/linuxproc, task/none): jobs are not put in cgroups (slurmd still
+# expects the cgroup file system mounted where it looks at start-up).
 # There is no slurmdbd: job state comes from squeue/scontrol; `sacct` answers from the job-completion
 # log (jobcomp/filetxt) only, which is why launch/ never depends on sacct.
 #
@@ -364,7 +365,8 @@ cmd_start() {
             log "configuration changed: restarting slurm daemons"
             stop_slurm_daemons
         fi
-        teardown_network
+        # The namespaces belong to this cluster only if its current layout has several nodes.
+        [[ $(configured_nodes) -eq 1 ]] || teardown_network
         install_config
     fi
     [[ $NODES -eq 1 ]] || setup_network
@@ -377,7 +379,7 @@ cmd_start() {
 cmd_stop() {
     require_root
     stop_slurm_daemons
-    teardown_network
+    [[ $NODES -eq 1 ]] || teardown_network
     # munged is shared with the machine's main cluster: a side-by-side instance leaves it running.
     if [[ -z $SUFFIX && -s /run/munge/munged.pid ]] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; then
         kill "$(cat /run/munge/munged.pid)"
