@@ -5,5 +5,5 @@
     job.py          PipelineJob, the Checkpointable each task runs (preemption sequence in its docstring)
     sweep.py        grid expansion, job arrays, sweep.json and the Pareto plot
     dry_run.py      sbatch script, world size and pruning plan without submitting
-    local_slurm.sh  one-node Slurm on localhost (start|stop|status)
+    local_slurm.sh  Slurm on this machine: one node, or N in network namespaces (start|stop|status)
 """

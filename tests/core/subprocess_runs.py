@@ -56,12 +56,24 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _size(path: Path) -> int:
+    """Bytes in a file, or in every file under a folder (a run directory whose files appear as it runs)."""
+    paths = path.rglob("*") if path.is_dir() else [path]
+    total = 0
+    for file in paths:
+        try:
+            total += file.stat().st_size if file.is_file() else 0
+        except OSError:  # replaced or removed between listing and stat (checkpoint rotation)
+            pass
+    return total
+
+
 def watch(proc: subprocess.Popen, outputs: list[Path], until: Callable[[], bool] | None = None,
           stall_s: float = STALL_S, limit_s: float = LIMIT_S) -> str:
     """Wait for `proc` (in its own session) to exit, or for `until()` to become true.
 
-    Returns "exited", "until", "stalled" (no byte written to `outputs` for `stall_s`) or "limit". A stalled or
-    over-limit process group is killed.
+    Returns "exited", "until", "stalled" (no byte written to `outputs`, files or folders, for `stall_s`) or
+    "limit". A stalled or over-limit process group is killed.
     """
     start = last_change = time.monotonic()
     sizes = [-1] * len(outputs)
@@ -71,7 +83,7 @@ def watch(proc: subprocess.Popen, outputs: list[Path], until: Callable[[], bool]
         if proc.poll() is not None:
             return "exited"
         now = time.monotonic()
-        current = [p.stat().st_size if p.exists() else 0 for p in outputs]
+        current = [_size(p) for p in outputs]
         if current != sizes:
             sizes, last_change = current, now
         if now - last_change > stall_s or now - start > limit_s:
