@@ -19,9 +19,10 @@ from sparsetrain.data import DataBundle, build_data
 from sparsetrain.engine.checkpoint import Checkpointer, load_run_state, load_weights, save_run_state, save_weights
 from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
+from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.progress import log, setup_logging
-from sparsetrain.pruning.masks import apply_masks, layer_counts, prunable_parameters, sparsity_of
+from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import build_regularizer
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
@@ -97,16 +98,23 @@ class Pipeline:
         return model.to(self.dist.device)
 
     def _save_phase(self, phase: str, model: nn.Module) -> None:
+        """Write the phase's end weights (fp32); a ZeRO-3 model is gathered on rank 0 one parameter at a time."""
+        partitioned = is_partitioned(model)
+        if partitioned:
+            state = gather_state_dict(model)
+        else:
+            state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
         if self.structural and phase in ("prune", "finetune"):
-            from sparsetrain.structural.export import save_compressed
+            from sparsetrain.structural.export import load_compressed, save_compressed
 
             if self.dist.is_main:
-                save_compressed(_cpu_copy(model), self.out_dir / "weights" / phase,
-                                meta=self.export_meta(phase=phase))
+                if partitioned:  # rebuild the (smaller) architecture around the gathered weights
+                    model = load_compressed(self.out_dir / "weights" / "prune")
+                    model.load_state_dict(state)
+                save_compressed(_cpu_copy(model), self.out_dir / "weights" / phase, meta=self.export_meta(phase=phase))
             barrier()
             return
-        state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-        save_weights(self.out_dir / "weights" / f"{phase}.safetensors", state, self.dist)
+        save_weights(self.out_dir / "weights" / f"{phase}.safetensors", state or {}, self.dist)
 
     def _finish(self, phase: str, results: dict[str, Any]) -> None:
         self.state["completed"][phase] = results
@@ -125,17 +133,18 @@ class Pipeline:
 
     # ---- phases ---------------------------------------------------------------------------------------------
 
-    def _train(self, phase: str, start_from: str | None, masks: dict[str, torch.Tensor] | None) -> None:
+    def _train(self, phase: str, start_from: str | None, masks_file: Path | None) -> None:
         t0 = time.perf_counter()
         model = self.model_from(start_from)
         sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
         layouts = self._filter_layouts(model) if self.cfg.regularizer.name == "grad_count" else None
         regularizer = build_regularizer(self.cfg.regularizer, sizes, phase, self.dist.device, layouts)
-        model = train_phase(self.ctx, phase, model, regularizer, masks, self._resume_tag(phase))
+        model = train_phase(self.ctx, phase, model, regularizer, masks_file, self._resume_tag(phase))
         self._save_phase(phase, model)
         if regularizer.state_dict() and self.dist.is_main:
             torch.save(regularizer.state_dict(), self.out_dir / "weights" / f"{phase}_regularizer.pt")
         results = evaluate(self.ctx, model)
+        results.update({k: v for k, v in self.ctx.phase_info.items() if v is not None})
         results["wall_time_s"] = time.perf_counter() - t0  # of the last (possibly resumed) attempt
         self._finish(phase, results)
 
@@ -172,32 +181,49 @@ class Pipeline:
         self._finish("prune", results)
 
     def run_prune(self) -> None:
-        from sparsetrain.pruning.criteria import compute_masks
+        """Method 1: masks from shards of the weights (each rank reads its share; exact targets through collective
+        reductions, `pruning.sharded_prune`), then rank 0 writes the packed masks and the pruned weights."""
+        from sparsetrain.pruning.sharded_prune import prune_shards, write_masks_file, write_pruned_weights
 
         if self.structural:
             self.run_prune_filters()
             return
         t0 = time.perf_counter()
-        source = "sparsify" if "sparsify" in self.state["completed"] else None
-        model = self.model_from(source)
-        params = prunable_parameters(model)
-        masks = compute_masks({n: p.detach() for n, p in params.items()}, self.cfg.prune)
-        apply_masks(params, masks)
-        self._save_phase("prune", model)
-        save_weights(self.out_dir / "weights" / "masks.safetensors",
-                     {n: m.to(torch.uint8) for n, m in masks.items()}, self.dist)
+        weights = self.out_dir / "weights"
+        source = self._prune_source()
+        shapes = self._prunable_shapes()
+        masks = prune_shards(source, shapes, self.cfg.prune, self.dist.device)
+        write_masks_file(masks, shapes, weights / "masks.safetensors")
+        if self.dist.is_main:
+            write_pruned_weights(source, weights / "masks.safetensors", weights / "prune.safetensors")
+        barrier()
+        model = self.model_from("prune")
         results = evaluate(self.ctx, model)
-        layers = layer_counts(params)
+        layers = layer_counts(prunable_parameters(model))
         results.update(sparsity=sparsity_of(layers), wall_time_s=time.perf_counter() - t0)
         self._finish("prune", results)
+
+    def _prune_source(self) -> Path:
+        """The weights file pruning starts from: sparsity training's, else the initial weights (written here)."""
+        if "sparsify" in self.state["completed"]:
+            return self.out_dir / "weights" / "sparsify.safetensors"
+        path = self.out_dir / "weights" / "initial.safetensors"
+        state = self.new_model().state_dict() if self.dist.is_main else {}
+        save_weights(path, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, self.dist)
+        return path
+
+    def _prunable_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the prunable weights, from the model built on the meta device (no memory)."""
+        from sparsetrain.plan import DataSizes, meta_model
+
+        sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
+        return {n: tuple(p.shape) for n, p in prunable_parameters(meta_model(self.cfg, sizes)).items()}
 
     def run_finetune(self) -> None:
         if self.structural:
             self._train("finetune", "prune", None)
             return
-        masks = {n: m.bool().to(self.dist.device)
-                 for n, m in load_weights(self.out_dir / "weights" / "masks.safetensors").items()}
-        self._train("finetune", "prune", masks)
+        self._train("finetune", "prune", self.out_dir / "weights" / "masks.safetensors")
 
     # ---- driver ---------------------------------------------------------------------------------------------
 

@@ -106,6 +106,9 @@ class DeepSpeedConfig(Section):
                                             "state, 2 also gradients, 3 also parameters.")
     offload_optimizer: Literal["none", "cpu"] = Field("none", description="ZeRO-Offload: keep fp32 masters, "
                                                       "gradients and optimizer state in host memory (ZeRO >= 1).")
+    param_persistence_threshold: int = Field(100_000, ge=0, description="ZeRO 3: parameters with fewer elements "
+                                             "stay whole on every rank instead of being gathered for each use "
+                                             "(DeepSpeed's stage3_param_persistence_threshold; 0 partitions all).")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision (bf16 keeps fp32 masters).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
     gradient_clipping: float = Field(0.0, ge=0, description="Global grad-norm clip (0 = off).")

@@ -3,7 +3,17 @@
 Layout of a run directory:
     state.json                   completed phases (with their results) and the current phase's last checkpoint
     checkpoints/<phase>-stepN/   DeepSpeed checkpoint (weights, optimizer, LR schedule, client state) + RNG/rank
+                                 + each rank's packed masks (masks-rank<r>.safetensors, by element range)
     weights/<phase>.safetensors  model weights at the end of each phase (start point of the next phase)
+
+Elastic resume: a checkpoint written by N ranks resumes on M ranks. Under ZeRO 0 DeepSpeed's checkpoint holds the
+whole model and optimizer, readable by any number of ranks. Under ZeRO 1-3 each rank wrote its partition; rank 0
+converts the checkpoint once with DeepSpeed's own universal-checkpoint tool (`ds_to_universal`, into
+`<tag>-universal/`: every parameter's fp32 value and optimizer state whole), which every rank then loads through
+DeepSpeed's `load_universal` path, cutting its new partition. That tool and DeepSpeed's ZeRO-3 loader know Adam's
+state only (exp_avg, exp_avg_sq), so elastic resume under ZeRO >= 1 needs optim.name adam or adamw. Masks are
+read back by element ranges (`pruning.sharded_masks.read_ranges`), the batch order is a function of the step, and
+the regularizer state is identical on every rank.
 """
 
 from __future__ import annotations
@@ -19,6 +29,9 @@ import numpy as np
 import torch
 
 from sparsetrain.engine.distributed import DistInfo, barrier
+from sparsetrain.pruning.sharded_masks import ShardedMasks, read_ranges, write_range_file
+
+UNIVERSAL_OPTIMIZERS = ("adam", "adamw")  # the optimizer states ds_to_universal and the ZeRO-3 loader know
 
 
 class CheckpointError(RuntimeError):
@@ -79,12 +92,15 @@ class Checkpointer:
         self.out_dir, self.dist, self.keep = out_dir, dist_info, keep
         self.ckpt_dir = out_dir / "checkpoints"
 
-    def save(self, engine: Any, phase: str, step: int, client_state: dict[str, Any], state: dict[str, Any]) -> str:
+    def save(self, engine: Any, phase: str, step: int, client_state: dict[str, Any], state: dict[str, Any],
+             masks: ShardedMasks | None = None) -> str:
         tag = f"{phase}-step{step:07d}"
         engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client_state)
         torch.save(rng_state(), self.ckpt_dir / tag / f"rng-rank{self.dist.rank}.pt")
+        if masks is not None:
+            write_range_file(self.ckpt_dir / tag / f"masks-rank{self.dist.rank}.safetensors", masks.shards.values())
         barrier()  # every rank's files are on disk before state.json points at them
-        state["current"] = {"phase": phase, "tag": tag, "step": step}
+        state["current"] = {"phase": phase, "tag": tag, "step": step, "world_size": self.dist.world_size}
         save_run_state(self.out_dir, state, self.dist)
         self._remove_old(phase, tag)
         return tag
@@ -92,19 +108,49 @@ class Checkpointer:
     def _remove_old(self, phase: str, newest: str) -> None:
         if not self.dist.is_main:
             return
-        tags = sorted(p.name for p in self.ckpt_dir.glob(f"{phase}-step*") if p.is_dir())
+        tags = sorted(p.name for p in self.ckpt_dir.glob(f"{phase}-step*") if p.is_dir()
+                      and not p.name.endswith("-universal"))
         for tag in tags[:-self.keep]:
             if tag != newest:
                 shutil.rmtree(self.ckpt_dir / tag, ignore_errors=True)
+                shutil.rmtree(self.ckpt_dir / f"{tag}-universal", ignore_errors=True)
 
-    def load(self, engine: Any, tag: str) -> dict[str, Any]:
-        """Restore engine state and this rank's RNG; returns the client state."""
+    def saved_world_size(self, tag: str, recorded: int | None) -> int:
+        """Ranks that wrote checkpoint `tag` (from state.json; counted from its RNG files for older runs)."""
+        return recorded or len(list((self.ckpt_dir / tag).glob("rng-rank*.pt"))) or self.dist.world_size
+
+    def prepare_elastic(self, tag: str, saved_world: int, zero_stage: int, optimizer: str) -> bool:
+        """Whether checkpoint `tag` must load through DeepSpeed's universal format (written by another number of
+        ranks under ZeRO >= 1); then rank 0 converts it once (`<tag>-universal/`). All ranks call this.
+
+        Raises:
+            CheckpointError: the conversion cannot hold this optimizer's state, or failed (one line).
+        """
+        if saved_world == self.dist.world_size or zero_stage == 0:
+            return False
+        if optimizer not in UNIVERSAL_OPTIMIZERS:
+            raise CheckpointError(f"resume: checkpoint {self.ckpt_dir / tag} was written by {saved_world} ranks; "
+                                  f"resuming on {self.dist.world_size} under ZeRO {zero_stage} goes through "
+                                  f"DeepSpeed's universal checkpoint, which holds the state of optim.name "
+                                  f"{'/'.join(UNIVERSAL_OPTIMIZERS)} only (got {optimizer}); resume on {saved_world} "
+                                  "ranks")
+        target = self.ckpt_dir / f"{tag}-universal"
+        if self.dist.is_main and not (target / "zero").is_dir():
+            _to_universal(self.ckpt_dir / tag, target)
+        barrier()
+        return True
+
+    def load(self, engine: Any, tag: str, universal: bool = False) -> dict[str, Any]:
+        """Restore engine state and this rank's RNG (rank 0's when the checkpoint had fewer ranks); returns the
+        client state. `universal`: read the converted checkpoint of `prepare_elastic`."""
         where = self.ckpt_dir / tag
         if not where.is_dir():
             raise CheckpointError(f"resume: checkpoint {where} is missing; delete the run dir or set resume=false")
+        rng_file = where / f"rng-rank{self.dist.rank}.pt"
         try:
-            path, client_state = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
-            rng = torch.load(where / f"rng-rank{self.dist.rank}.pt", weights_only=False)
+            path, client_state = engine.load_checkpoint(str(self.ckpt_dir),
+                                                        tag=f"{tag}-universal" if universal else tag)
+            rng = torch.load(rng_file if rng_file.exists() else where / "rng-rank0.pt", weights_only=False)
         except Exception as err:  # torch/DeepSpeed raise many types for truncated files
             raise CheckpointError(f"resume: checkpoint {where} is unreadable ({_first_line(err)}); delete it or "
                                   "set resume=false") from None
@@ -113,12 +159,45 @@ class Checkpointer:
         set_rng_state(rng)
         return client_state
 
+    def load_masks(self, tag: str, wanted: list[tuple[str, int, int]], device: torch.device) -> ShardedMasks | None:
+        """The masks of element ranges `wanted` from checkpoint `tag`'s per-rank files (any number of ranks wrote
+        them); None when the checkpoint has no masks."""
+        files = sorted((self.ckpt_dir / tag).glob("masks-rank*.safetensors"))
+        if not files:
+            return None
+        try:
+            return read_ranges(files, wanted, device)
+        except (ValueError, OSError) as err:
+            raise CheckpointError(f"resume: masks of checkpoint {self.ckpt_dir / tag} are unreadable "
+                                  f"({_first_line(err)}); delete it or set resume=false") from None
+
     def clear_phase(self, phase: str) -> None:
         """Drop a finished phase's mid-phase checkpoints (its end weights live in weights/)."""
         if self.dist.is_main:
             for path in self.ckpt_dir.glob(f"{phase}-step*"):
                 shutil.rmtree(path, ignore_errors=True)
+            (self.ckpt_dir / "latest_universal").unlink(missing_ok=True)
         barrier()
+
+
+def _to_universal(source: Path, target: Path) -> None:
+    """DeepSpeed's ds_to_universal on one checkpoint folder, in this process (no worker pool), quietly."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    args = SimpleNamespace(input_folder=str(source), output_folder=str(target), num_extract_workers=1,
+                           num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False)
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            ds_to_universal(args)
+    except Exception as err:  # DeepSpeed raises assertion/key/runtime errors for checkpoints it cannot convert
+        shutil.rmtree(target, ignore_errors=True)
+        raise CheckpointError(f"resume: could not convert {source} to DeepSpeed's universal checkpoint "
+                              f"({_first_line(err)})") from None
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], dist_info: DistInfo) -> None:

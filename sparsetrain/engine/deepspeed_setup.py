@@ -8,6 +8,9 @@ Order (documented because it matters):
    working on the optimizer's own fp32 tensors (`segments.build_segments`): pre-hook = add the regularizer
    gradient and mask (after reduction, clipping and unscaling), post-hook = re-apply masks to the updated
    master weights, before DeepSpeed copies/gathers them back into the model.
+
+Under ZeRO 3 the model's parameters are partitions after step 3 (`engine.zero3`); the masks are then the packed
+shares of this rank's segments, and under bf16 the fp32 masters are set from the exact start weights.
 """
 
 from __future__ import annotations
@@ -20,20 +23,25 @@ from torch import nn
 
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.engine.segments import Segment, build_segments
+from sparsetrain.pruning.sharded_masks import ShardedMasks
 from sparsetrain.regularizers.base import GradientRegularizer
 
 
-def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
-    """DeepSpeed JSON config derived from the run config."""
+def deepspeed_config(cfg: RunConfig, world_size: int, load_universal: bool = False) -> dict:
+    """DeepSpeed JSON config derived from the run config (`load_universal`: resume from a universal checkpoint)."""
     ds = cfg.deepspeed
     micro = cfg.train.batch_size // (world_size * ds.gradient_accumulation_steps)
+    zero = {"stage": ds.zero_stage, **_offload(ds.offload_optimizer)}
+    if ds.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = ds.param_persistence_threshold
     return {
         "train_batch_size": cfg.train.batch_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": ds.gradient_accumulation_steps,
         "gradient_clipping": ds.gradient_clipping,
-        "zero_optimization": {"stage": ds.zero_stage, **_offload(ds.offload_optimizer)},
+        "zero_optimization": zero,
         "bf16": {"enabled": ds.precision == "bf16"},
+        "checkpoint": {"load_universal": load_universal},
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,
@@ -81,7 +89,7 @@ class GradientHooks:
     """State shared by the optimizer hooks: the strategy, masks, and the last regularizer value."""
 
     regularizer: GradientRegularizer
-    masks: dict[str, torch.Tensor] | None
+    masks: ShardedMasks | None
     segments: list[Segment] = field(default_factory=list)
     last_value: torch.Tensor | None = None
 
@@ -100,26 +108,38 @@ class GradientHooks:
 
         segments = self._present(optimizer)
         backend = "torch" if self.regularizer.kernel == "autograd" else self.regularizer.kernel
-        get_ops(backend).apply_masks_([s.weight() for s in segments],
-                                      [self.masks[s.name].view(-1)[s.start:s.stop] for s in segments])
+        get_ops(backend).apply_masks_([s.weight() for s in segments], [self.masks.segment_view(s) for s in segments])
 
 
 def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, total_steps: int,
-                 prunable: dict[str, nn.Parameter], hooks: GradientHooks) -> object:
-    """Wrap `model` in a DeepSpeed engine with the regularizer/mask hooks attached."""
+                 prunable: dict[str, nn.Parameter], hooks: GradientHooks, load_universal: bool = False) -> object:
+    """Wrap `model` in a DeepSpeed engine with the regularizer/mask hooks attached.
+
+    Raises:
+        ValueError: a setting the engine cannot honour (one line naming the field).
+    """
     import deepspeed
 
-    if cfg.deepspeed.zero_stage == 3:
-        raise ValueError("deepspeed.zero_stage: stage 3 is not supported by the trainer yet (dry runs plan it)")
+    zero3 = cfg.deepspeed.zero_stage == 3
+    if zero3 and cfg.regularizer.kernel == "autograd":
+        raise ValueError("regularizer.kernel: autograd adds the penalty of the whole weights to the loss, which ZeRO "
+                         "stage 3 never holds outside a layer's forward; use torch, triton or auto")
     if cfg.train.grad_checkpointing:
         enable_grad_checkpointing(model, cfg.model.name)
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], lr)
     warmup, schedule = cfg.optim.warmup_steps, cfg.optim.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, schedule))
+    bf16 = cfg.deepspeed.precision == "bf16"
+    # ZeRO-3 makes its bf16 partitions, then the fp32 masters from them: keep the exact start values.
+    start = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()} if zero3 and bf16 else None
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg, world_size))
-    if cfg.deepspeed.precision == "bf16":
+                                           config=deepspeed_config(cfg, world_size, load_universal))
+    if start is not None:
+        from sparsetrain.engine.zero3 import set_master_values
+
+        set_master_values(engine.module, start)
+    if bf16:
         match_buffers_to_params(engine.module)
     hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable})
     engine.basic_optimizer.register_step_pre_hook(hooks.before_step)

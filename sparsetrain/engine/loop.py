@@ -17,8 +17,9 @@ from sparsetrain.engine.checkpoint import Checkpointer
 from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine
 from sparsetrain.engine.distributed import DistInfo, all_reduce_sum, any_rank
 from sparsetrain.engine.segments import holds_partition
-from sparsetrain.progress import Progress
+from sparsetrain.progress import Progress, log
 from sparsetrain.pruning.masks import prunable_parameters
+from sparsetrain.pruning.sharded_masks import ShardedMasks, read_ranges
 from sparsetrain.regularizers.base import GradientRegularizer
 from sparsetrain.tasks.base import Task
 from sparsetrain.tracking import Tracker
@@ -39,6 +40,7 @@ class RunContext:
     checkpointer: Checkpointer
     out_dir: Path
     state: dict[str, Any] = field(default_factory=dict)
+    phase_info: dict[str, Any] = field(default_factory=dict)  # facts of the last trained phase for its results
 
     @property
     def dtype(self) -> torch.dtype:
@@ -74,53 +76,104 @@ def _eval_batches(ctx: RunContext, indices: list[int]) -> Any:
                       collate_fn=None if not hasattr(ctx.test_set, "__getitems__") else lambda b: b)
 
 
+def _lockstep_indices(ctx: RunContext) -> tuple[list[int], int]:
+    """This rank's evaluation indices, padded to as many batches as the largest shard has, and how many are real.
+
+    A ZeRO-3 forward gathers every layer with a collective, so every rank must run the same number of batches
+    (an empty shard runs one); the padding repeats a sample and is weighted 0.
+    """
+    shard = list(eval_shard(len(ctx.test_set), ctx.dist.world_size, ctx.dist.rank))
+    size = ctx.cfg.train.eval_batch_size
+    batches = max(1, -(-len(eval_shard(len(ctx.test_set), ctx.dist.world_size, 0)) // size))
+    padding = max(0, (batches - 1) * size + 1 - len(shard))
+    return shard + [shard[0] if shard else 0] * padding, len(shard)
+
+
 @torch.no_grad()
 def evaluate(ctx: RunContext, model: nn.Module) -> dict[str, float]:
     """Metrics over the whole test set: each rank evaluates a contiguous shard, sums are all-reduced."""
-    shard = eval_shard(len(ctx.test_set), ctx.dist.world_size, ctx.dist.rank)
-    indices = list(shard) or [0]  # an empty shard still runs once (weighted 0) so collectives line up
-    weight = 1.0 if len(shard) else 0.0
+    indices, real = _lockstep_indices(ctx)
     was_training = model.training
     model.eval()
-    total = None
+    total, seen = None, 0
     dtype = next(model.parameters()).dtype  # bf16 inside an engine, fp32 for a plain model
     for batch in _eval_batches(ctx, indices):
         x, y = to_device(batch, ctx.dist.device, dtype)
-        stats = ctx.task.batch_stats(model(x), y).double().cpu() * weight
+        out = model(x)
+        n = min(max(real - seen, 0), len(x))
+        seen += len(x)
+        stats = ctx.task.batch_stats(out[:max(n, 1)], y[:max(n, 1)]).double().cpu() * (1.0 if n else 0.0)
         total = stats if total is None else total + stats
     model.train(was_training)
     return ctx.task.finalize(all_reduce_sum(total))
 
 
-def _client_state(ctx: RunContext, phase: str, step: int, masks: dict[str, torch.Tensor] | None,
-                  regularizer: GradientRegularizer) -> dict[str, Any]:
+def _client_state(ctx: RunContext, phase: str, step: int, regularizer: GradientRegularizer) -> dict[str, Any]:
+    """What a checkpoint holds besides DeepSpeed's state (masks go to per-rank files, see `Checkpointer.save`)."""
     from sparsetrain.config import config_to_dict
 
-    cpu_masks = None if masks is None else {k: v.cpu() for k, v in masks.items()}
-    return {"phase": phase, "step": step, "masks": cpu_masks, "regularizer": regularizer.state_dict(),
-            "config": config_to_dict(ctx.cfg)}
+    return {"phase": phase, "step": step, "regularizer": regularizer.state_dict(), "config": config_to_dict(ctx.cfg)}
+
+
+def _segment_ranges(hooks: GradientHooks) -> list[tuple[str, int, int]]:
+    return [(s.name, s.start, s.stop) for s in hooks.segments]
+
+
+def _masks_device(ctx: RunContext, hooks: GradientHooks) -> torch.device:
+    """Masks sit beside the fp32 masters they mask (host memory under ZeRO-Offload)."""
+    return hooks.segments[0].master.device if hooks.segments else ctx.dist.device
+
+
+def _elastic(ctx: RunContext, resume_tag: str | None) -> bool:
+    """Whether the checkpoint to resume was written by another number of ranks under ZeRO >= 1 (then it is
+    converted to DeepSpeed's universal format and loaded through it)."""
+    if resume_tag is None:
+        return False
+    current = ctx.state.get("current") or {}
+    saved = ctx.checkpointer.saved_world_size(resume_tag, current.get("world_size"))
+    if saved != ctx.dist.world_size:
+        log.info(f"resuming {resume_tag}, written by {saved} ranks, on {ctx.dist.world_size} ranks")
+    return ctx.checkpointer.prepare_elastic(resume_tag, saved, ctx.cfg.deepspeed.zero_stage, ctx.cfg.optim.name)
+
+
+def mask_memory(masks: ShardedMasks | None, world_size: int) -> dict[str, list[int]] | None:
+    """Bytes of packed masks and weights they cover, per rank (a collective; None without masks)."""
+    if masks is None:
+        return None
+    rank = torch.distributed.get_rank() if world_size > 1 else 0
+    table = torch.zeros(world_size, 2, dtype=torch.int64)
+    table[rank] = torch.tensor([masks.nbytes, masks.numel])
+    all_reduce_sum(table)
+    return {"bytes_per_rank": table[:, 0].tolist(), "weights_per_rank": table[:, 1].tolist()}
 
 
 def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: GradientRegularizer,
-                masks: dict[str, torch.Tensor] | None, resume_tag: str | None) -> nn.Module:
-    """Train `model` for the phase's steps on a DeepSpeed engine; returns the trained module."""
+                masks_file: Path | None, resume_tag: str | None) -> nn.Module:
+    """Train `model` for the phase's steps on a DeepSpeed engine; returns the trained module (ZeRO-3 partitions
+    under stage 3). `masks_file`: packed masks (whole ranges) to keep fixed; each rank reads its share."""
     cfg, plan, total = ctx.cfg, ctx.plan(phase), ctx.phase_steps(phase)
     lr = getattr(cfg.phases, phase).lr or cfg.optim.lr
     prunable = prunable_parameters(model)
-    hooks = GradientHooks(regularizer, masks)
-    engine = build_engine(cfg, model, ctx.dist.world_size, lr, total, prunable, hooks)
+    hooks = GradientHooks(regularizer, None)
+    universal = _elastic(ctx, resume_tag)
+    engine = build_engine(cfg, model, ctx.dist.world_size, lr, total, prunable, hooks, universal)
     regularizer.bind(prunable_parameters(engine.module), holds_partition(engine))
+    if masks_file is not None:
+        hooks.masks = read_ranges([masks_file], _segment_ranges(hooks), _masks_device(ctx, hooks))
     start = 0
     if resume_tag is not None:
-        client = ctx.checkpointer.load(engine, resume_tag)
+        client = ctx.checkpointer.load(engine, resume_tag, universal)
         start = client["step"]
         regularizer.load_state_dict(client["regularizer"])
-    _run_steps(ctx, phase, engine, hooks, plan, start, total, masks)
+        saved = ctx.checkpointer.load_masks(resume_tag, _segment_ranges(hooks), _masks_device(ctx, hooks))
+        hooks.masks = saved if saved is not None else hooks.masks
+    ctx.phase_info = {"mask_memory": mask_memory(hooks.masks, ctx.dist.world_size)} if hooks.masks else {}
+    _run_steps(ctx, phase, engine, hooks, plan, start, total)
     return engine.module
 
 
 def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, plan: BatchPlan, start: int,
-               total: int, masks: dict[str, torch.Tensor] | None) -> None:
+               total: int) -> None:
     cfg, offset = ctx.cfg, ctx.global_offset(phase)
     params = prunable_parameters(engine.module)
     partitioned = holds_partition(engine)
@@ -137,8 +190,8 @@ def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, p
             ctx.tracker.log({"phase": phase, "step": step + 1, **values}, offset + step + 1)
         stop = any_rank(preemption.stop_requested(), ctx.dist.device)
         if stop or (step + 1) % cfg.train.checkpoint_every == 0:
-            ctx.checkpointer.save(engine, phase, step + 1, _client_state(ctx, phase, step + 1, masks,
-                                                                          hooks.regularizer), ctx.state)
+            ctx.checkpointer.save(engine, phase, step + 1, _client_state(ctx, phase, step + 1, hooks.regularizer),
+                                  ctx.state, hooks.masks)
         if stop:
             raise preemption.Preempted(f"stopped on request after {phase} step {step + 1}; checkpoint saved")
 

@@ -2,9 +2,13 @@
 
 DeepSpeed hands a plain torch optimizer either the model parameters themselves (fp32, ZeRO 0) or flat fp32
 master partitions (ZeRO 1/2, bf16): each rank's master holds one contiguous slice of a flat buffer that the
-model parameters are views into. A `Segment` is the part of one prunable parameter that lies in this rank's
-master tensor, so the gradient regularizer and mask work on the exact fp32 values the optimizer reads and
-writes, after gradient reduction and before the update, under every ZeRO stage.
+model parameters are views into. Under ZeRO 3 the parameters themselves are partitioned: rank r holds elements
+[r·p, (r+1)·p) of every flattened parameter (p = ceil(numel / world size), the last partition padded), and the
+optimizer steps one sub-group of them at a time on a flat fp32 master (`fp32_partitioned_groups_flat[i]`, the
+partitions of the sub-group's parameters back to back, at `grad_position[param_id]`). A `Segment` is the part of
+one prunable parameter that lies in this rank's master tensor, so the gradient regularizer and mask work on the
+exact fp32 values the optimizer reads and writes, after gradient reduction and before the update, under every
+ZeRO stage.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ class Segment:
     @property
     def numel(self) -> int:
         return self.stop - self.start
+
+    @property
+    def size(self) -> int:
+        """Elements of the whole parameter (under ZeRO 3 the model parameter itself holds none)."""
+        return int(getattr(self.param, "ds_numel", self.param.numel()))
 
     def weight(self) -> torch.Tensor:
         return self.master.detach().view(-1)[self.master_offset:self.master_offset + self.numel]
@@ -71,8 +80,30 @@ def _per_param_masters(wrapper: object) -> dict[int, torch.Tensor]:
             for low, master in zip(lows, masters, strict=True)}
 
 
+def partition_range(param: torch.nn.Parameter) -> tuple[int, int]:
+    """Element range [start, stop) of a ZeRO-3 parameter that this rank's partition holds (may be empty)."""
+    per_rank = int(param.ds_tensor.ds_numel)
+    start = min(dist.get_rank(group=param.ds_process_group) * per_rank, int(param.ds_numel))
+    return start, min(start + per_rank, int(param.ds_numel))
+
+
+def _zero3_segments(wrapper: object, prunable: dict[str, torch.nn.Parameter]) -> list[Segment]:
+    """ZeRO 3: the partition of each parameter inside its sub-group's flat fp32 master."""
+    segments = []
+    for name, param in prunable.items():
+        group, offset, _ = wrapper.grad_position[wrapper.get_param_id(param)]
+        start, stop = partition_range(param)
+        if stop > start:
+            segments.append(Segment(name, param, start, stop, wrapper.fp32_partitioned_groups_flat[group], offset))
+    return segments
+
+
 def build_segments(engine: object, prunable: dict[str, torch.nn.Parameter]) -> list[Segment]:
     """Segments of every prunable parameter held by this rank (empty-range segments are dropped)."""
+    if hasattr(engine.optimizer, "fp32_partitioned_groups_flat"):  # ZeRO stage 3
+        segments = _zero3_segments(engine.optimizer, prunable)
+        _check_segments(segments)
+        return segments
     basic_params = {id(p) for group in engine.basic_optimizer.param_groups for p in group["params"]}
     if all(id(p) in basic_params for p in prunable.values()):
         return [Segment(n, p, 0, p.numel(), p, 0) for n, p in prunable.items()]
@@ -95,7 +126,10 @@ def build_segments(engine: object, prunable: dict[str, torch.nn.Parameter]) -> l
 def _check_segments(segments: list[Segment]) -> None:
     """The master slice must hold the parameter's values: guards against a DeepSpeed layout change."""
     for seg in segments:
-        expected = seg.param.detach().view(-1)[seg.start:seg.stop].float()
+        if hasattr(seg.param, "ds_tensor"):  # ZeRO 3: the partition starts at element 0 of ds_tensor
+            expected = seg.param.ds_tensor.detach()[:seg.numel].float()
+        else:
+            expected = seg.param.detach().view(-1)[seg.start:seg.stop].float()
         if not torch.equal(seg.weight().float(), expected):
             raise RuntimeError(f"deepspeed: master weights of {seg.name} do not match the model parameter; "
                                "the optimizer layout is not the one sparsetrain expects")
@@ -104,4 +138,5 @@ def _check_segments(segments: list[Segment]) -> None:
 def holds_partition(engine: object) -> bool:
     """True when each rank's optimizer holds only a slice of the weights (values must be summed over ranks)."""
     wrapper = engine.optimizer
-    return hasattr(wrapper, "single_partition_of_fp32_groups") or hasattr(wrapper, "fp32_groups_flat_partition")
+    return any(hasattr(wrapper, attr) for attr in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition",
+                                                      "fp32_partitioned_groups_flat"))

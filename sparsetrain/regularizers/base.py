@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from sparsetrain.engine.segments import Segment
+from sparsetrain.pruning.sharded_masks import ShardedMasks
 
 
 class GradientRegularizer:
@@ -30,7 +31,7 @@ class GradientRegularizer:
         """Differentiable penalty added to the loss (autograd reference only)."""
         return None
 
-    def apply_to_gradients(self, segments: list[Segment], masks: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    def apply_to_gradients(self, segments: list[Segment], masks: ShardedMasks | None) -> torch.Tensor:
         """Add the regularizer gradient and apply masks in place; returns this rank's regularizer value."""
         from triton_kernels import get_ops
 
@@ -53,17 +54,17 @@ class GradientRegularizer:
         del state
 
 
-def _views(segments: list[Segment], masks: dict[str, torch.Tensor] | None
+def _views(segments: list[Segment], masks: ShardedMasks | None
            ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
     """Weight, gradient and mask views of the segments that have a gradient this step."""
     live = [s for s in segments if s.grad() is not None]
     weights = [s.weight() for s in live]
     grads = [s.grad() for s in live]
-    mask_views = None if masks is None else [masks[s.name].view(-1)[s.start:s.stop] for s in live]
+    mask_views = None if masks is None else [masks.segment_view(s) for s in live]
     return weights, grads, mask_views
 
 
-def segment_views(segments: list[Segment], masks: dict[str, torch.Tensor] | None
+def segment_views(segments: list[Segment], masks: ShardedMasks | None
                   ) -> tuple[list[Segment], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
     """Like `_views` but also returns the live segments (for strategies with per-tensor coefficients)."""
     live = [s for s in segments if s.grad() is not None]

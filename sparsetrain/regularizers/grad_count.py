@@ -13,7 +13,8 @@ The paper's formulas are not published; this is our reading (METHOD.md), kept as
   above rho, the filter with the lower count (then lower norm) is marked redundant.
 
 Per-filter sums are built from this rank's part of the weights (ZeRO partitions) and all-reduced, so every
-rank holds identical counts; counts are saved in checkpoints.
+rank holds identical counts; counts are saved in checkpoints. The cosine redundancy test needs whole filters:
+under ZeRO 3 each layer is gathered on its own at a window end.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 from sparsetrain.config.schema import RegularizerConfig
 from sparsetrain.engine.distributed import all_reduce_sum
 from sparsetrain.engine.segments import Segment
+from sparsetrain.engine.zero3 import gathered
+from sparsetrain.pruning.sharded_masks import ShardedMasks
 from sparsetrain.regularizers.base import GradientRegularizer, segment_views
 
 
@@ -38,8 +41,9 @@ def _filter_sums(segments: list[Segment], layouts: dict[str, tuple[int, int]], d
             continue
         rows = torch.arange(seg.start, seg.stop, device=device) // layouts[seg.name][1]
         grad_abs, sq = sums[seg.name]
-        grad_abs.scatter_add_(0, rows, seg.grad().abs().float())
-        sq.scatter_add_(0, rows, seg.weight().float().square())
+        # the masters may live elsewhere than the model (ZeRO-Offload keeps them in host memory)
+        grad_abs.scatter_add_(0, rows, seg.grad().abs().float().to(device))
+        sq.scatter_add_(0, rows, seg.weight().float().square().to(device))
     return sums
 
 
@@ -103,7 +107,7 @@ class GradCountRegularizer(GradientRegularizer):
             for name, value in table.items():
                 table[name] = value.to(device)
 
-    def apply_to_gradients(self, segments: list[Segment], masks: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    def apply_to_gradients(self, segments: list[Segment], masks: ShardedMasks | None) -> torch.Tensor:
         from triton_kernels import get_ops
 
         device = self._device()
@@ -132,9 +136,9 @@ class GradCountRegularizer(GradientRegularizer):
             norms = sums[seg.name][1].sqrt()
             strength = self.strength(seg.name).to(norms.device)
             rows = torch.arange(seg.start, seg.stop, device=norms.device) // self.layouts[seg.name][1]
-            scale = (strength / norms.clamp_min(1e-12))[rows]
+            scale = (strength / norms.clamp_min(1e-12))[rows].to(seg.grad().device)
             seg.grad().add_((scale * seg.weight().float()).to(seg.grad().dtype))
-            value = value + (strength * norms).sum().to(device) * (seg.numel / seg.param.numel())
+            value = value + (strength * norms).sum().to(device) * (seg.numel / seg.size)
         return value
 
     def strength(self, name: str) -> torch.Tensor:
@@ -149,9 +153,11 @@ class GradCountRegularizer(GradientRegularizer):
             self.ratio[name] = self.counts[name] / self.window_steps
             self.counts[name].zero_()
             if self.cfg.redundancy == "cosine" and name in self.params:
-                # model parameters are replicated on every rank (ZeRO <= 2), so all ranks agree
-                self.redundant[name] = redundant_filters(self.params[name], self.ratio[name],
-                                                         self.cfg.redundancy_rho)
+                # every rank sees the whole weight (replicated under ZeRO <= 2, gathered one layer at a time under
+                # ZeRO 3: the cosine of every filter pair needs all of them), so all ranks agree
+                with gathered([self.params[name]]):
+                    self.redundant[name] = redundant_filters(self.params[name], self.ratio[name],
+                                                             self.cfg.redundancy_rho)
         self.window_steps = 0
 
     def state_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import math
 import torch
 
 from sparsetrain.engine.segments import Segment
+from sparsetrain.pruning.sharded_masks import ShardedMasks
 from sparsetrain.regularizers.base import GradientRegularizer, segment_views
 
 
@@ -42,7 +43,7 @@ class L0ExpRegularizer(GradientRegularizer):
         names = list(params)
         return l0_penalty([params[n] for n in names], [self.alphas[n] for n in names], self.beta, self.l2)
 
-    def apply_to_gradients(self, segments: list[Segment], masks: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    def apply_to_gradients(self, segments: list[Segment], masks: ShardedMasks | None) -> torch.Tensor:
         if self.uses_autograd:
             return super().apply_to_gradients(segments, masks)
         from triton_kernels import get_ops
