@@ -140,7 +140,19 @@ class Pipeline:
         self._finish(phase, results)
 
     def run_dense(self) -> None:
+        if self.cfg.phases.dense.epochs == 0:
+            self._evaluate_only("dense")
+            return
         self._train("dense", None, None)
+
+    def _evaluate_only(self, phase: str) -> None:
+        """`phases.<phase>.epochs=0`: the initial weights (e.g. `model.checkpoint`) measured as they are."""
+        t0 = time.perf_counter()
+        model = self.model_from(None)
+        self._save_phase(phase, model)
+        results = evaluate(self.ctx, model)
+        results.update(steps=0, wall_time_s=time.perf_counter() - t0)
+        self._finish(phase, results)
 
     def run_sparsify(self) -> None:
         self._train("sparsify", None, None)
