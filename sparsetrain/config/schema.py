@@ -135,6 +135,21 @@ class TrainConfig(Section):
                                      "(timm models with set_grad_checkpointing): less memory, ~30 % more compute.")
 
 
+class DeployConfig(Section):
+    formats: list[Literal["onnx", "torch_export"]] = Field(
+        default_factory=lambda: ["onnx", "torch_export"], description="Deployment formats written to "
+        "out_dir/export/ besides safetensors and bitmask, each verified against torch when written.")
+    opset: int = Field(18, ge=17, le=23, description="ONNX opset of model.onnx.")
+    tolerance: float = Field(1e-4, gt=0, description="Largest max abs difference from the torch model (fp32, on "
+                             "a batch of the data) that passes export verification.")
+    latency: bool = Field(True, description="Measure the dense-vs-compressed latency table at the end of run "
+                          "(what `sparsetrain bench latency` prints) into report.json.")
+    latency_batch: int = Field(16, ge=2, description="The larger batch size of the latency table (the other is 1).")
+    latency_repeats: int = Field(20, ge=3, description="Timed forward passes per model, runtime and batch; the two "
+                                 "models alternate, so load on the machine hits both alike.")
+    latency_threads: int = Field(1, ge=1, description="Intra-op threads of torch and onnxruntime while timing.")
+
+
 class TrackingConfig(Section):
     mode: Literal["offline", "online", "disabled"] = Field("offline", description="Weights & Biases mode.")
     project: str = Field("sparsetrain", description="W&B project.")
@@ -159,6 +174,7 @@ class RunConfig(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
 
     @model_validator(mode="after")

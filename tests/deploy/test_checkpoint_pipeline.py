@@ -49,8 +49,7 @@ def _accuracy(model: torch.nn.Module, test: torch.utils.data.Dataset) -> float:
 
 
 EVAL_THEN_COMPRESS = ("phases.dense.enabled=true", "phases.dense.epochs=0", "phases.sparsify.enabled=false",
-                      "prune.rule=global_sparsity", "prune.sparsity=0.5", "phases.finetune.epochs=0.2",
-)
+                      "prune.rule=global_sparsity", "prune.sparsity=0.5", "phases.finetune.epochs=0.2")
 
 
 def test_dense_metric_is_the_checkpoints_and_pruning_starts_from_its_weights(trained: dict, tmp_path: Path) -> None:
