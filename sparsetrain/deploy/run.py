@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparsetrain.engine.distributed import barrier
+from sparsetrain.progress import log
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -56,13 +57,23 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
     deploy = pipeline.cfg.deploy
     if deploy.latency:
         from sparsetrain.deploy.latency import latency_table
-        from sparsetrain.deploy.latency_report import write_latency
+        from sparsetrain.deploy.latency_report import format_latency, write_latency
 
         table = latency_table(pipeline.out_dir / "export", batches=(1, deploy.latency_batch),
                               repeats=deploy.latency_repeats, threads=deploy.latency_threads)
         write_latency(table, pipeline.out_dir)
         out["latency"] = table
+        log.info("\n" + format_latency(table))
+        if pipeline.structural:
+            out["latency_ms"] = _headline(table)
     return out
+
+
+def _headline(table: dict[str, Any]) -> dict[str, Any]:
+    """The report's `latency_ms` (dense / pruned / speedup) from the interleaved torch eager batch-1 row."""
+    row = next(r for r in table["rows"] if (r["runtime"], r["device"], r["batch"]) == ("torch", "cpu", 1))
+    return {"dense": row["dense_ms"]["median"], "pruned": row["compressed_ms"]["median"], "speedup": row["speedup"],
+            "measured": "interleaved, torch eager, CPU, batch 1 (see latency)"}
 
 
 def export_run(run_dir: str | Path) -> Path:

@@ -120,3 +120,16 @@ def test_exported_files_run_without_sparsetrain(runs: dict, tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr[-2000:]
     program_diff, onnx_diff = (float(v) for v in done.stdout.split())
     assert program_diff <= 1e-4 and onnx_diff <= 1e-4
+
+
+def test_export_command_rewrites_every_format(runs: dict) -> None:
+    from sparsetrain.cli import main
+
+    out = runs["quickstart"][0]  # last test of the module: it rewrites this run's export
+    (out / "export" / "model.onnx").unlink()
+    (out / "export" / "model.bitmask.safetensors").unlink()
+    assert main(["export", str(out)]) == 0
+    manifest = json.loads((out / "export" / "manifest.json").read_text())
+    assert (out / "export" / "model.onnx").is_file() and manifest["formats"]["onnx"]["ok"]
+    assert (out / "export" / "model.bitmask.safetensors").stat().st_size == manifest["formats"]["bitmask"]["bytes"] - \
+        (out / "export" / "architecture.json").stat().st_size
