@@ -22,7 +22,7 @@ from torch import nn
 
 from sparsetrain.config.schema import ModelConfig
 
-__all__ = ["CheckpointMismatch", "apply_checkpoint", "classifier_keys", "read_state_dict"]
+__all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "classifier_keys", "read_state_dict"]
 
 _SHOWN = 5  # keys listed per kind in a mismatch message
 _AVERAGED_MODEL_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel (torchvision's EMA) bookkeeping
@@ -189,3 +189,13 @@ def _pruned_export(model: nn.Module, cfg: ModelConfig, arch: dict) -> nn.Module:
     head = [k for k in classifier_keys(model) if k in theirs]
     _check_head(cfg, theirs, ours, [k for k in head if theirs[k].shape[0] != ours[k].shape[0]], head)
     return pruned
+
+
+def architecture_only(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` without the checkpoint's weights, for models whose weights come from elsewhere (a phase's file).
+
+    A structurally pruned export stays: it defines the (smaller) architecture itself.
+    """
+    if not cfg.checkpoint or (export_architecture(cfg.checkpoint) or {}).get("modules"):
+        return cfg
+    return cfg.model_copy(update={"checkpoint": None, "reset_head": False, "checkpoint_ema": False})

@@ -3,6 +3,7 @@ sparsify / prune / fine-tune phases continue from its weights (also from a spars
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from sparsetrain.config.schema import DataConfig, ModelConfig
 from sparsetrain.data import build_data
+from sparsetrain.deploy.run import export_run
 from sparsetrain.models.factory import build_model
 from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import tiny_config
@@ -53,7 +55,9 @@ EVAL_THEN_COMPRESS = ("phases.dense.enabled=true", "phases.dense.epochs=0", "pha
 
 
 def test_dense_metric_is_the_checkpoints_and_pruning_starts_from_its_weights(trained: dict, tmp_path: Path) -> None:
-    report = run_pipeline(tiny_config(tmp_path, f"model.checkpoint={trained['path']}", *EVAL_THEN_COMPRESS))
+    checkpoint = tmp_path / "own_copy.pth.tar"
+    shutil.copy(trained["path"], checkpoint)
+    report = run_pipeline(tiny_config(tmp_path, f"model.checkpoint={checkpoint}", *EVAL_THEN_COMPRESS))
     assert abs(report["dense"]["metric"] - trained["accuracy"]) <= 0.01, \
         f"dense.metric {report['dense']['metric']:.4f} vs plain torch {trained['accuracy']:.4f}"
     assert report["dense"]["steps"] == 0
@@ -63,6 +67,11 @@ def test_dense_metric_is_the_checkpoints_and_pruning_starts_from_its_weights(tra
         expected = tensor * masks[name] if name in masks else tensor
         assert torch.equal(pruned[name], expected), f"{name}: pruning did not start from the checkpoint"
     assert report["finetuned"]["metric"] > 50, "fine-tuning from a trained model should stay far above chance"
+    checkpoint.unlink()  # a finished run no longer needs its starting checkpoint
+    (tmp_path / "export" / "model.safetensors").unlink()
+    export_run(tmp_path)
+    assert torch.equal(load_file(str(tmp_path / "export" / "model.safetensors"))["fc1.weight"],
+                       load_file(str(tmp_path / "weights" / "finetune.safetensors"))["fc1.weight"])
 
 
 def test_a_sparsetrain_export_is_a_checkpoint_too(trained: dict, tmp_path: Path) -> None:

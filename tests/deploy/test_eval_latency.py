@@ -34,7 +34,8 @@ def test_run_writes_the_latency_table_into_the_report(run: tuple[Path, dict]) ->
         for which in ("dense_ms", "compressed_ms"):
             stats = row[which]
             assert 0 < stats["p20"] <= stats["median"] <= stats["p80"] and stats["runs"] == 3, (row, which)
-        assert row["speedup"] > 0 and row["peak_memory_bytes"]["dense"] is not None
+        assert row["speedup"] > 0 and row["speedup_paired"] > 0
+        assert row["peak_memory_bytes"]["dense"] > 0 and row["peak_memory_bytes"]["compressed"] > 0, row
     assert table["kind"] == "unstructured" and table["threads"] == 1
     assert table["storage"]["ratio"] > 1.5, "an 80 % sparse model should store in far fewer bytes"
     for key, layers in table["slowest_layers"].items():
