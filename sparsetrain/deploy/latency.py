@@ -3,18 +3,20 @@
 For each runtime (torch eager and onnxruntime on the CPU; torch on CUDA when present) and batch size, the dense
 model (the timm architecture of the export, unpruned) and the compressed model (the export) are timed *interleaved*:
 after warm-up, each round times one forward pass of each, the order alternating between rounds, with a fixed intra-
-op thread count for both runtimes. Load on a busy machine then hits both models alike. The speed-up is the ratio of
-the 20th percentiles dense / compressed: on a machine shared with other work, time slices lost to other processes
-make the upper part of each distribution (even the median) mostly noise, while the fast quantile is the model's own
-cost; `speedup_median` and `speedup_paired` (median of the per-round ratios) are kept beside it. Reported per model:
-median and the 20th / 80th percentiles (ms), peak memory (`deploy.memory`, a fresh process per model and runtime),
-and the ten slowest layers (forward hooks in torch, onnxruntime's own profiler for ONNX). Unstructured sparsity runs
-as a dense graph: its rows say so, with the storage saving beside the speed-up.
+op thread count for both runtimes, each sample a block of calls lasting >= 20 ms. Load on a busy machine then hits
+both models alike. The speed-up is the ratio of the 20th percentiles dense / compressed: on a machine shared with
+other work, time slices lost to other processes make the upper part of each distribution (even the median) mostly
+noise, while the fast quantile is the model's own cost; `speedup_median` and `speedup_paired` (median of the per-
+round ratios) are kept beside it. Reported per model: median and the 20th / 80th percentiles (ms), peak memory
+(`deploy.memory`, a fresh process per model and runtime), and the ten slowest layers (forward hooks in torch,
+onnxruntime's own profiler for ONNX). Unstructured sparsity runs as a dense graph: its rows say so, with the storage
+saving beside the speed-up.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -37,29 +39,43 @@ __all__ = ["interleaved_times", "latency_table"]
 MODELS = ("dense", "compressed")
 NO_SPEEDUP_BELOW = 1.10  # an unstructured speed-up under this is reported as "no speed-up"
 TOP_LAYERS = 10
+MIN_SAMPLE_MS = 20.0  # each timing sample runs >= 20 ms (a block of calls), so sub-ms preemption averages out
 
 
 def interleaved_times(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3,
-                      sync: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    """Wall times (ms) of each call, `repeats` rounds after `warmup`, the order alternating between rounds.
+                      sync: Callable[[], None] | None = None, min_sample_ms: float = 0.0) -> dict[str, list[float]]:
+    """Wall times (ms per call) of each call, `repeats` rounds after `warmup`, the order alternating between rounds.
 
     Args:
         calls: name -> zero-argument function running one forward pass.
-        repeats: Timed rounds; each round times every call once.
+        repeats: Timed rounds; each round times every call once (or a block of calls, see `min_sample_ms`).
         warmup: Untimed rounds first.
         sync: Called before reading the clock (e.g. `torch.cuda.synchronize`), so device work is timed.
+        min_sample_ms: Time blocks of k calls, k chosen after warm-up so that a block of the fastest call lasts
+            at least this long (as `timeit.autorange` does); a sample then averages over scheduler hiccups
+            shorter than a block. 0 = one call per sample.
     """
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in names}
+    block = 1
     for round_ in range(warmup + repeats):
+        if round_ == warmup and min_sample_ms > 0:
+            fastest = min(_block_ms(calls[name], 1, sync) for name in names)
+            block = max(1, min(1000, math.ceil(min_sample_ms / max(fastest, 1e-3))))
         for name in names if round_ % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            calls[name]()
-            if sync is not None:
-                sync()
+            elapsed = _block_ms(calls[name], block, sync)
             if round_ >= warmup:
-                times[name].append((time.perf_counter() - start) * 1e3)
+                times[name].append(elapsed / block)
     return times
+
+
+def _block_ms(call: Callable[[], Any], count: int, sync: Callable[[], None] | None) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+        call()
+    if sync is not None:
+        sync()
+    return (time.perf_counter() - start) * 1e3
 
 
 def _summary(ms: list[float]) -> dict[str, float]:
@@ -251,7 +267,7 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
                 sync = torch.cuda.synchronize if device == "cuda" else None
             else:
                 calls, sync = _onnx_calls(models, batch, threads), None
-            times = interleaved_times(calls, repeats, warmup, sync)
+            times = interleaved_times(calls, repeats, warmup, sync, min_sample_ms=MIN_SAMPLE_MS)
             stats = {f"{k}_ms": _summary(times[k]) for k in MODELS}
             row = {"runtime": runtime, "device": device, "batch": batch, **stats,
                    "speedup": stats["dense_ms"]["p20"] / max(stats["compressed_ms"]["p20"], 1e-9),

@@ -52,6 +52,14 @@ def test_interleaving_alternates_the_order_every_round() -> None:
     assert len(times["dense"]) == len(times["compressed"]) == 4
 
 
+def test_fast_calls_are_timed_in_blocks() -> None:
+    counts = {"dense": 0, "compressed": 0}
+    calls = {name: (lambda n=name: counts.__setitem__(n, counts[n] + 1)) for name in counts}
+    times = interleaved_times(calls, repeats=3, warmup=1, min_sample_ms=2.0)
+    assert len(times["dense"]) == len(times["compressed"]) == 3
+    assert counts["dense"] == counts["compressed"] > 3 * 10, "a no-op should be repeated many times per sample"
+
+
 def test_unstructured_without_speedup_says_so_with_the_storage_saving() -> None:
     assert _note("unstructured", 1.02, 9.9) == ("no speed-up: unstructured zeros run as a dense graph (1.02x); "
                                                 "storage 9.9x smaller")
