@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from sparsetrain.config import ConfigError, load_config
@@ -68,15 +69,60 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model.")
     parser.add_argument("run_dir")
     args = parser.parse_intermixed_args(argv)
-    from sparsetrain.export import export_run
+    from sparsetrain.deploy.run import export_run
 
     print(export_run(args.run_dir))
     return 0
 
 
+def _eval(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sparsetrain eval", description="Evaluate a run directory, an export "
+                                     "folder (or a file in it) or a checkpoint on a data config: metric, params "
+                                     "total / non-zero, sparsity, bytes, latency.")
+    parser.add_argument("target", help="run directory, export folder / file, or checkpoint (.safetensors, .pth, ...)")
+    parser.add_argument("config", nargs="?", help="YAML recipe for data (and model, for a checkpoint)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.path=DIR")
+    parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "
+                        "torch_export, onnx")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_intermixed_args(argv)
+    from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
+
+    recipe, overrides = _split_recipe(args.config, list(args.overrides))
+    result = evaluate_target(args.target, recipe, overrides, args.format)
+    print(json.dumps(result, indent=1) if args.json else format_evaluation(result))
+    return 0
+
+
+def _bench_latency(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="sparsetrain bench latency", description="Dense vs compressed latency "
+                                     "of a run's export, timed interleaved: torch eager and onnxruntime, batch 1 "
+                                     "and a larger batch, median [p20-p80], peak memory, slowest layers.")
+    parser.add_argument("target", help="run directory or export folder")
+    parser.add_argument("--batch", type=int, default=16, help="the larger batch size (the other is 1)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed interleaved rounds per runtime and batch")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both runtimes")
+    parser.add_argument("--no-memory", action="store_true", help="skip peak memory (a child process per model)")
+    parser.add_argument("--out", help="folder for latency.json and latency.png (default: the target)")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON")
+    args = parser.parse_intermixed_args(argv)
+    from pathlib import Path
+
+    from sparsetrain.deploy.latency import latency_table
+    from sparsetrain.deploy.latency_report import format_latency, write_latency
+
+    table = latency_table(args.target, batches=(1, args.batch), repeats=args.repeats, threads=args.threads,
+                          memory=not args.no_memory)
+    write_latency(table, Path(args.out or args.target))
+    print(json.dumps(table, indent=1) if args.json else format_latency(table))
+
+
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("kernels", "train_step"):
-        raise ConfigError("bench: expected 'kernels' or 'train_step'")
+    if not argv or argv[0] not in ("kernels", "train_step", "latency"):
+        raise ConfigError("bench: expected 'kernels', 'train_step' or 'latency'")
+    if argv[0] == "latency":
+        _bench_latency(argv[1:])
+        return 0
     if argv[0] == "kernels":
         from benchmarks.kernels import main as bench_main
     else:
@@ -100,8 +146,9 @@ def _sweep(argv: list[str]) -> int:
 COMMANDS = {
     "run": (_run, "compress a model: dense baseline, sparsity training, prune, fine-tune (resumes in out_dir)"),
     "config": (_config, "print a recipe's resolved config, or every config field with --schema"),
-    "export": (_export, "export a finished run's model to RUN_DIR/export"),
-    "bench": (_bench, "benchmarks: kernels (Triton, GPU), train_step"),
+    "export": (_export, "export a finished run's model to RUN_DIR/export (safetensors, bitmask, ONNX, torch.export)"),
+    "eval": (_eval, "evaluate a run, export or checkpoint on any data config: metric, size, sparsity, latency"),
+    "bench": (_bench, "benchmarks: kernels (Triton, GPU), train_step, latency (dense vs compressed, side by side)"),
     "launch": (_launch, "run the pipeline as a Slurm job (or local processes) through submitit"),
     "sweep": (_sweep, "grid sweep of overrides as a Slurm job array, with a Pareto summary"),
 }

@@ -72,10 +72,14 @@ class Pipeline:
 
     # ---- models and weights -------------------------------------------------------------------------------
 
-    def new_model(self) -> nn.Module:
-        """The model with its seeded initial weights (identical on every rank)."""
+    def new_model(self, initial: bool = True) -> nn.Module:
+        """The model with its seeded initial weights (identical on every rank); `initial=False` skips reading
+        `model.checkpoint` when phase weights will replace them (the run no longer needs the file)."""
+        from sparsetrain.models.checkpoint import architecture_only
+
         torch.manual_seed(self.cfg.seed)
-        return build_model(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
+        model_cfg = self.cfg.model if initial else architecture_only(self.cfg.model)
+        return build_model(model_cfg, self.data.in_chans, self.data.num_classes, self.data.input_shape)
 
     def export_meta(self, **extra: Any) -> dict[str, Any]:
         """What `load_compressed` needs to rebuild the model without this run's config."""
@@ -91,7 +95,7 @@ class Pipeline:
         folder = self.out_dir / "weights" / str(phase)
         if phase is not None and (folder / ARCH_FILE).exists():
             return load_compressed(folder).train().to(self.dist.device)
-        model = self.new_model()
+        model = self.new_model(initial=phase is None)
         if phase is not None:
             model.load_state_dict(load_weights(self.out_dir / "weights" / f"{phase}.safetensors"))
         return model.to(self.dist.device)
@@ -140,7 +144,19 @@ class Pipeline:
         self._finish(phase, results)
 
     def run_dense(self) -> None:
+        if self.cfg.phases.dense.epochs == 0:
+            self._evaluate_only("dense")
+            return
         self._train("dense", None, None)
+
+    def _evaluate_only(self, phase: str) -> None:
+        """`phases.<phase>.epochs=0`: the initial weights (e.g. `model.checkpoint`) measured as they are."""
+        t0 = time.perf_counter()
+        model = self.model_from(None)
+        self._save_phase(phase, model)
+        results = evaluate(self.ctx, model)
+        results.update(steps=0, wall_time_s=time.perf_counter() - t0)
+        self._finish(phase, results)
 
     def run_sparsify(self) -> None:
         self._train("sparsify", None, None)

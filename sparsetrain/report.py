@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsetrain.compressed import save_sparse
+from sparsetrain.deploy.bitmask import BITMASK_FILE, save_sparse
 from sparsetrain.engine.checkpoint import atomic_write_text
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 
@@ -19,7 +19,7 @@ METRIC_KEYS = {"dense": "dense", "sparsify": "sparse", "prune": "pruned", "finet
 
 
 def _final_phase(completed: dict[str, Any]) -> str | None:
-    from sparsetrain.export import final_phase
+    from sparsetrain.deploy.run import final_phase
 
     return final_phase(completed)
 
@@ -62,7 +62,7 @@ def build_report(pipeline: Pipeline) -> dict[str, Any]:
     counts = _param_counts(model)
     report.update(sparsity=sparsity_of(layers), layers=layers, params=counts)
     report["bytes"] = {"dense": sum(t.numel() * t.element_size() for t in state.values()),
-                       "compressed": save_sparse(state, set(params), out / "export" / "compressed.safetensors")}
+                       "compressed": save_sparse(state, set(params), out / "export" / BITMASK_FILE)}
     if pipeline.structural:
         _add_structural(pipeline, report, model)
     else:
@@ -131,11 +131,11 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
 
 def write_report(pipeline: Pipeline) -> dict[str, Any]:
     """Build the report on every rank (evaluation is collective); rank 0 writes files and prints the table."""
-    from sparsetrain.export import export_model
+    from sparsetrain.deploy.run import deploy_run
 
     report = build_report(pipeline)
     if pipeline.state["completed"]:
-        export_model(pipeline)
+        report.update(deploy_run(pipeline))  # export/ in every format, verified; the interleaved latency table
     if pipeline.dist.is_main:
         atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))
         write_plots(pipeline, report)

@@ -30,6 +30,14 @@ class ModelConfig(Section):
     pretrained_file: str | None = Field(None, description="Local weights file for pretrained=true (timm's "
                                         "pretrained_cfg_overlay=dict(file=...)): .safetensors, .pth, .bin.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for timm.create_model.")
+    checkpoint: str | None = Field(None, description="Initial weights of a trained model: .safetensors, a torch "
+                                   "state dict or training checkpoint (.pth/.pt/.bin: weights under state_dict, "
+                                   "model or model_ema, 'module.' prefixes removed), or a sparsetrain export "
+                                   "folder / run directory. With it, phases.dense.epochs=0 evaluates it only.")
+    checkpoint_ema: bool = Field(False, description="Take the EMA weights (state_dict_ema / model_ema) of a "
+                                 "training checkpoint that has both (timm validate.py's --use-ema).")
+    reset_head: bool = Field(False, description="Re-initialize the classifier (timm reset_classifier) instead of "
+                             "loading it from model.checkpoint, e.g. when the data has other classes.")
 
 
 class DataConfig(Section):
@@ -56,7 +64,8 @@ class OptimConfig(Section):
 
 class PhaseConfig(Section):
     enabled: bool = Field(True, description="Run this phase.")
-    epochs: float = Field(1.0, ge=0, description="Length in epochs over the training set (fractions allowed).")
+    epochs: float = Field(1.0, ge=0, description="Length in epochs over the training set (fractions allowed); "
+                          "dense.epochs=0 only evaluates the initial weights (e.g. model.checkpoint).")
     lr: float | None = Field(None, gt=0, description="Overrides optim.lr for this phase.")
 
 
@@ -126,6 +135,21 @@ class TrainConfig(Section):
                                      "(timm models with set_grad_checkpointing): less memory, ~30 % more compute.")
 
 
+class DeployConfig(Section):
+    formats: list[Literal["onnx", "torch_export"]] = Field(
+        default_factory=lambda: ["onnx", "torch_export"], description="Deployment formats written to "
+        "out_dir/export/ besides safetensors and bitmask, each verified against torch when written.")
+    opset: int = Field(18, ge=17, le=23, description="ONNX opset of model.onnx.")
+    tolerance: float = Field(1e-4, gt=0, description="Largest max abs difference from the torch model (fp32, on "
+                             "a batch of the data) that passes export verification.")
+    latency: bool = Field(True, description="Measure the dense-vs-compressed latency table at the end of run "
+                          "(what `sparsetrain bench latency` prints) into report.json.")
+    latency_batch: int = Field(16, ge=2, description="The larger batch size of the latency table (the other is 1).")
+    latency_repeats: int = Field(20, ge=3, description="Timed forward passes per model, runtime and batch; the two "
+                                 "models alternate, so load on the machine hits both alike.")
+    latency_threads: int = Field(1, ge=1, description="Intra-op threads of torch and onnxruntime while timing.")
+
+
 class TrackingConfig(Section):
     mode: Literal["offline", "online", "disabled"] = Field("offline", description="Weights & Biases mode.")
     project: str = Field("sparsetrain", description="W&B project.")
@@ -150,10 +174,16 @@ class RunConfig(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
+        if self.model.checkpoint and self.model.pretrained:
+            raise ValueError("model.checkpoint: give either model.checkpoint or model.pretrained, not both")
+        if (self.model.reset_head or self.model.checkpoint_ema) and not self.model.checkpoint:
+            field = "reset_head" if self.model.reset_head else "checkpoint_ema"
+            raise ValueError(f"model.{field}: only applies with model.checkpoint=PATH")
         if self.model.pretrained_file and not self.model.pretrained:
             raise ValueError("model.pretrained_file: set model.pretrained=true to load it")
         if self.data.source in ("npz", "imagefolder", "seg_folder") and not self.data.path:

@@ -51,6 +51,8 @@ class RunContext:
 
     def phase_steps(self, phase: str) -> int:
         epochs = getattr(self.cfg.phases, phase).epochs
+        if phase == "dense" and epochs == 0:
+            return 0  # evaluate only (Pipeline.run_dense)
         return max(1, round(epochs * self.plan(phase).steps_per_epoch))
 
     def global_offset(self, phase: str) -> int:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sparsetrain.compressed import load_sparse
+from sparsetrain.deploy.bitmask import BITMASK_FILE, load_sparse
 from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import tiny_config
 from tests.helpers.compare import assert_same_weights, assert_weights_alike_away_from_zero
@@ -96,7 +96,7 @@ def test_report_contents_and_compressed_file(run_dir: Path) -> None:
     assert report["compression_ratio"] == pytest.approx(report["params"]["total"] / report["params"]["nonzero"])
     assert report["params"]["total"] == sum(t.numel() for t in final.values()), "params.total is not the param count"
     assert report["world_size"] == 1 and set(report["wall_time_s"]) == {"dense", "sparsify", "prune", "finetune"}
-    compressed = run_dir / "export" / "compressed.safetensors"
+    compressed = run_dir / "export" / BITMASK_FILE
     assert report["bytes"]["compressed"] == compressed.stat().st_size < report["bytes"]["dense"]
     restored = load_sparse(compressed)
     for name, tensor in final.items():
