@@ -30,18 +30,16 @@ l0_grad_mask = importlib.import_module("triton_kernels.l0_grad_mask")
 threshold_masks = importlib.import_module("triton_kernels.threshold_masks")
 
 TABLES = {"tensor_table_ptr": "*i64", "chunk_table_ptr": "*i64"}
+L0_SIGNATURE = {**TABLES, "alpha_ptr": "*fp32", "partial_ptr": "*fp32", "beta": "fp32", "l2": "fp32"}
+THRESHOLD_SIGNATURE = {**TABLES, "tau_ptr": "*fp32", "count_ptr": "*i64"}
+# Kernel variant → (kernel, signature, constexprs): byte masks (bool/uint8) and packed bit masks.
 SIGNATURES = {
-    "l0_grad_mask": (
-        l0_grad_mask._l0_grad_mask_kernel,
-        {**TABLES, "alpha_ptr": "*fp32", "partial_ptr": "*fp32", "beta": "fp32", "l2": "fp32"},
-        {"HAS_MASK": True},
-    ),
-    "apply_masks": (apply_masks._apply_masks_kernel, dict(TABLES), {}),
-    "threshold_masks": (
-        threshold_masks._threshold_masks_kernel,
-        {**TABLES, "tau_ptr": "*fp32", "count_ptr": "*i64"},
-        {},
-    ),
+    "l0_grad_mask": (l0_grad_mask._l0_grad_mask_kernel, L0_SIGNATURE, {"HAS_MASK": True, "PACKED": False}),
+    "l0_grad_mask_packed": (l0_grad_mask._l0_grad_mask_kernel, L0_SIGNATURE, {"HAS_MASK": True, "PACKED": True}),
+    "apply_masks": (apply_masks._apply_masks_kernel, dict(TABLES), {"PACKED": False}),
+    "apply_masks_packed": (apply_masks._apply_masks_kernel, dict(TABLES), {"PACKED": True}),
+    "threshold_masks": (threshold_masks._threshold_masks_kernel, THRESHOLD_SIGNATURE, {"PACKED": False}),
+    "threshold_masks_packed": (threshold_masks._threshold_masks_kernel, THRESHOLD_SIGNATURE, {"PACKED": True}),
 }
 
 
@@ -105,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[list[str], list[str]]
                 (args.ptx_dir / f"{label.replace('/', '-')}.ptx").write_text(ptx)
             results[label] = access_widths(ptx)
             loads, stores = results[label]
-            print(f"{label:<22} {resource_usage(ptx):<34} loads {' '.join(loads)}; stores {' '.join(stores)}")
+            print(f"{label:<29} {resource_usage(ptx):<34} loads {' '.join(loads)}; stores {' '.join(stores)}")
     return results
 
 

@@ -3,12 +3,15 @@
 Design. A list of tensors of one dtype (on one device) is processed by ONE kernel launch over a *chunk table*:
 
 * a per-tensor table, int64 ``[T, P + 2]``: ``P`` raw ``data_ptr()`` addresses (weight, grad, mask, ...), the
-  element count, and an "aligned" flag (1 when all ``P`` addresses are multiples of 16 bytes). Kernels cast
-  the addresses back with ``.to(tl.pointer_type(...))``, so a tensor may be any contiguous view into a larger
-  buffer (e.g. a slice of DeepSpeed's flat fp32 partition): only its own ``data_ptr()`` (which already
+  element count, and an "aligned" flag (1 when all ``P`` byte addresses are multiples of 16 bytes). Kernels
+  cast the addresses back with ``.to(tl.pointer_type(...))``, so a tensor may be any contiguous view into a
+  larger buffer (e.g. a slice of DeepSpeed's flat fp32 partition): only its own ``data_ptr()`` (which already
   includes the storage offset) and ``numel()`` are used. The flag picks, per tensor at run time, a loop
   compiled with 16-byte alignment hints (vector accesses) or one without (views at odd offsets), so one
-  misaligned slice does not slow the whole launch down;
+  misaligned slice does not slow the whole launch down. A ``PackedMask`` entry stores its *bit address*
+  ``8 · bits.data_ptr() + offset`` (element i is bit ``8 · address + offset + i`` of memory, see
+  ``triton_kernels.bitmask``); it is read bytewise and takes no part in the aligned flag, so a mask narrowed
+  to a segment at any bit does not push the weights onto the unaligned path;
 * a per-tensor fp32 scalar (alpha, threshold);
 * a chunk table, int64 ``[C, 2]``: (tensor index, first element) for every ``chunk``-element piece of every
   non-empty tensor. Program ``pid`` of the 1-D grid ``(C,)`` processes chunk ``pid``.
@@ -36,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
+from triton_kernels.bitmask import PackedMask
+
 # Triton decides interpreter mode when a kernel is decorated (at import), so read the flag at the same time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -44,6 +49,7 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MASK_DTYPES = (torch.bool, torch.uint8)
 
 Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Mask = torch.Tensor | PackedMask  # bool/uint8 tensor (non-zero = kept) or 1 bit per element
 # key → (host tables, device tables); keys are (device, stream, content). LRU, for ordinary calls.
 _TABLE_CACHE: OrderedDict[tuple, tuple[Tables, Tables]] = OrderedDict()
 _TABLE_CACHE_SIZE = 64
@@ -56,7 +62,8 @@ class LaunchConfig:
     """Launch geometry of the multi-tensor kernels.
 
     Attributes:
-        block: elements per vector step of a program (a power of two).
+        block: elements per vector step of a program (a power of two, at least 8: packed masks are written
+            a whole byte per 8 elements).
         chunk: elements per program (a multiple of ``block``); a tensor of ``n`` elements gets
             ``ceil(n / chunk)`` programs.
         num_warps: warps per program on the GPU (ignored by the interpreter).
@@ -67,8 +74,8 @@ class LaunchConfig:
     num_warps: int = 4
 
     def __post_init__(self) -> None:
-        if self.block <= 0 or self.block & (self.block - 1):
-            raise ValueError(f"LaunchConfig.block: must be a positive power of two, got {self.block}")
+        if self.block < 8 or self.block & (self.block - 1):
+            raise ValueError(f"LaunchConfig.block: must be a power of two >= 8, got {self.block}")
         if self.chunk < self.block or self.chunk % self.block:
             raise ValueError(f"LaunchConfig.chunk: must be a positive multiple of block={self.block}, got {self.chunk}")
 
@@ -112,7 +119,11 @@ def check_float_list(name: str, tensors: Sequence[torch.Tensor]) -> None:
 
 
 def check_companions(
-    name: str, tensors: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], dtypes: tuple[torch.dtype, ...] | None
+    name: str,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    dtypes: tuple[torch.dtype, ...] | None,
+    packed_ok: bool = False,
 ) -> None:
     """Raises ValueError unless ``tensors`` pairs up with ``weights``: length, numel, device, contiguity, dtype.
 
@@ -121,12 +132,18 @@ def check_companions(
         tensors: companions of ``weights`` (grads, masks).
         weights: the weight list.
         dtypes: allowed dtypes, or None for "same dtype as the weight".
+        packed_ok: ``PackedMask`` entries are allowed too (well-formed by construction: numel and device are
+            checked).
     """
-    if not isinstance(tensors, (list, tuple)):
-        raise ValueError(f"{name}: expected a list of tensors, got {type(tensors).__name__}")
-    if len(tensors) != len(weights):
-        raise ValueError(f"{name}: has {len(tensors)} tensors, weights has {len(weights)}")
+    _check_pairing(name, tensors, weights)
+    # One flat loop, no call per tensor: this is most of a plain call's host time.
     for i, (t, w) in enumerate(zip(tensors, weights, strict=True)):
+        if packed_ok and isinstance(t, PackedMask):
+            if t.length != w.numel():
+                raise ValueError(f"{name}[{i}]: packed mask of {t.length} elements, weights[{i}] numel {w.numel()}")
+            if t.device != w.device:
+                raise ValueError(f"{name}[{i}]: device {t.device} differs from weights[{i}] device {w.device}")
+            continue
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}[{i}]: expected a tensor, got {type(t).__name__}")
         if t.numel() != w.numel():
@@ -141,6 +158,19 @@ def check_companions(
             raise ValueError(f"{name}[{i}]: dtype {t.dtype} not supported ({', '.join(map(str, dtypes))})")
 
 
+def check_masks(masks: Sequence[Mask], weights: Sequence[torch.Tensor]) -> None:
+    """Raises ValueError unless ``masks`` pairs up with ``weights``: bool/uint8 tensors or ``PackedMask``s, mixed
+    freely (see ``check_companions``)."""
+    check_companions("masks", masks, weights, MASK_DTYPES, packed_ok=True)
+
+
+def _check_pairing(name: str, values: Sequence[object], weights: Sequence[torch.Tensor]) -> None:
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name}: expected a list of tensors, got {type(values).__name__}")
+    if len(values) != len(weights):
+        raise ValueError(f"{name}: has {len(values)} tensors, weights has {len(weights)}")
+
+
 def per_tensor_floats(name: str, value: float | Sequence[float], n: int) -> list[float]:
     """Broadcasts a float to ``n`` floats, or checks that a sequence has ``n`` of them."""
     if isinstance(value, (int, float)):
@@ -151,22 +181,30 @@ def per_tensor_floats(name: str, value: float | Sequence[float], n: int) -> list
     return values
 
 
-def group_by_dtype(weights: Sequence[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    """Indices of ``weights`` grouped by (device, dtype), in first-seen order; one launch per group."""
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+GroupKey = tuple[torch.device, torch.dtype, bool]
+
+
+def group_by_dtype(weights: Sequence[torch.Tensor], masks: Sequence[Mask] | None = None) -> dict[GroupKey, list[int]]:
+    """Indices of ``weights`` grouped by (device, dtype, packed mask?), in first-seen order; one launch per group.
+
+    Byte masks (bool/uint8) and bit masks (``PackedMask``) are read by different code, so they split a group.
+    """
+    groups: dict[GroupKey, list[int]] = {}
     for i, w in enumerate(weights):
-        groups.setdefault((w.device, w.dtype), []).append(i)
+        packed = masks is not None and isinstance(masks[i], PackedMask)
+        groups.setdefault((w.device, w.dtype, packed), []).append(i)
     return groups
 
 
 def build_tables(
-    columns: Sequence[Sequence[torch.Tensor | None]], scalars: Sequence[float], chunk: int, device: torch.device
+    columns: Sequence[Sequence[Mask | None]], scalars: Sequence[float], chunk: int, device: torch.device
 ) -> Tables:
     """Per-tensor and chunk tables for one launch (see the module docstring), cached by their content.
 
     Args:
         columns: one list per pointer column (e.g. weights, grads, masks), each with one entry per tensor;
-            a None entry stores address 0 (the kernel must not read it). Sizes come from ``columns[0]``.
+            a None entry stores address 0 (the kernel must not read it), a ``PackedMask`` its bit address
+            (a column holds packed masks only, or none). Sizes come from ``columns[0]``.
         scalars: one fp32 scalar per tensor.
         chunk: elements per program.
         device: where the tables live.
@@ -175,9 +213,18 @@ def build_tables(
         ``tensor_table`` int64 ``[T, len(columns) + 2]`` (addresses, numel, aligned flag), ``chunk_table`` int64
         ``[C, 2]`` (tensor index, first element), ``scalars`` fp32 ``[T]``.
     """
-    ptrs = [[0 if t is None else t.data_ptr() for t in col] for col in columns]
+    ptrs, byte_addressed = [], []
+    for i, col in enumerate(columns):
+        kinds = {type(t) for t in col}
+        if PackedMask in kinds:
+            if len(kinds) > 1:  # a launch reads one mask kind (PACKED is a compile-time flag)
+                raise ValueError(f"build_tables: column {i} mixes packed masks with {kinds - {PackedMask}}")
+            ptrs.append([t.bits.data_ptr() * 8 + t.offset for t in col])
+        else:
+            ptrs.append([0 if t is None else t.data_ptr() for t in col])
+            byte_addressed.append(i)  # bit addresses of packed masks carry no alignment: they never set the flag
     numels = [t.numel() for t in columns[0]]
-    content = (chunk, tuple(map(tuple, ptrs)), tuple(numels), tuple(scalars))
+    content = (chunk, tuple(map(tuple, ptrs)), tuple(numels), tuple(scalars), tuple(byte_addressed))
     # Per stream: the copy below is ordered on the current stream only, so another stream gets its own tables.
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (device, stream, content)
@@ -187,7 +234,7 @@ def build_tables(
     if hit is not None:
         _TABLE_CACHE.move_to_end(key)
         return hit[1]
-    host = _host_tables(ptrs, numels, scalars, chunk)
+    host = _host_tables(ptrs, [ptrs[i] for i in byte_addressed], numels, scalars, chunk)
     if device.type == "cuda":
         host = tuple(t.pin_memory() for t in host)  # truly asynchronous copies; reusable under graph capture
     tables = tuple(t.to(device, non_blocking=True) for t in host)
@@ -215,11 +262,13 @@ def _captured_tables(key: tuple) -> Tables:
     return tables
 
 
-def _host_tables(ptrs: list[list[int]], numels: list[int], scalars: Sequence[float], chunk: int) -> Tables:
-    """The three tables of ``build_tables`` on the host."""
+def _host_tables(
+    ptrs: list[list[int]], aligned_ptrs: list[list[int]], numels: list[int], scalars: Sequence[float], chunk: int
+) -> Tables:
+    """The three tables of ``build_tables`` on the host; ``aligned_ptrs`` are the columns that set the flag."""
     sizes = torch.tensor(numels, dtype=torch.int64)
     aligned = torch.tensor(
-        [all(col[i] % ALIGNMENT == 0 for col in ptrs) for i in range(len(numels))], dtype=torch.int64
+        [all(col[i] % ALIGNMENT == 0 for col in aligned_ptrs) for i in range(len(numels))], dtype=torch.int64
     )
     tensor_table = torch.stack([torch.tensor(col, dtype=torch.int64) for col in ptrs] + [sizes, aligned], dim=1)
     n_chunks = (sizes + chunk - 1) // chunk

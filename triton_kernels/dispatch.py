@@ -10,30 +10,33 @@ import torch
 
 from triton_kernels import reference
 from triton_kernels._multi_tensor import INTERPRET, triton_unusable_reason
+from triton_kernels.plan import LaunchPlan
 
 BACKENDS = ("triton", "torch", "auto")
 
 
 @dataclass(frozen=True)
 class KernelOps:
-    """The three multi-tensor ops of one backend; signatures as in ``triton_kernels``."""
+    """The multi-tensor ops of one backend, and their plan builders; signatures as in ``triton_kernels``."""
 
     backend: str
     l0_grad_mask_: Callable[..., torch.Tensor]
     apply_masks_: Callable[..., None]
-    threshold_masks: Callable[..., tuple[list[torch.Tensor], torch.Tensor]]
+    threshold_masks: Callable[..., tuple[list, torch.Tensor]]
+    plan_l0_grad_mask_: Callable[..., LaunchPlan[torch.Tensor]]
+    plan_apply_masks_: Callable[..., LaunchPlan[None]]
 
 
 def _first_device(weights: Sequence[torch.Tensor]) -> torch.device:
     return weights[0].device if len(weights) else torch.device("cpu")
 
 
-def _triton_ops() -> tuple[Callable, Callable, Callable]:
-    from triton_kernels.apply_masks import apply_masks_
-    from triton_kernels.l0_grad_mask import l0_grad_mask_
+def _triton_ops() -> tuple[Callable, ...]:
+    from triton_kernels.apply_masks import apply_masks_, plan_apply_masks_
+    from triton_kernels.l0_grad_mask import l0_grad_mask_, plan_l0_grad_mask_
     from triton_kernels.threshold_masks import threshold_masks
 
-    return l0_grad_mask_, apply_masks_, threshold_masks
+    return l0_grad_mask_, apply_masks_, threshold_masks, plan_l0_grad_mask_, plan_apply_masks_
 
 
 def _checked(fn: Callable) -> Callable:
@@ -71,7 +74,8 @@ def get_ops(backend: str = "auto") -> KernelOps:
             torch reference otherwise).
 
     Returns:
-        A ``KernelOps`` with ``l0_grad_mask_``, ``apply_masks_`` and ``threshold_masks``.
+        A ``KernelOps`` with ``l0_grad_mask_``, ``apply_masks_``, ``threshold_masks`` and the plan builders
+        ``plan_l0_grad_mask_``, ``plan_apply_masks_`` ("auto" picks the backend once, at plan time).
 
     Raises:
         ValueError: unknown backend.
@@ -79,7 +83,13 @@ def get_ops(backend: str = "auto") -> KernelOps:
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    refs = (reference.l0_grad_mask_reference_, reference.apply_masks_reference_, reference.threshold_masks_reference)
+    refs = (
+        reference.l0_grad_mask_reference_,
+        reference.apply_masks_reference_,
+        reference.threshold_masks_reference,
+        reference.plan_l0_grad_mask_reference_,
+        reference.plan_apply_masks_reference_,
+    )
     if backend == "torch":
         return KernelOps("torch", *refs)
     if backend == "triton":

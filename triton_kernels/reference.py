@@ -1,8 +1,9 @@
 """Plain-torch references of the fused kernels; also the CPU fallback of ``get_ops("torch")``.
 
 Each computes in fp32 and follows the kernel's formula term by term, so tests can compare with tight
-tolerances. They run on any device, need no Triton, and take the same arguments as the fused versions
-(``config`` is accepted and ignored so the two backends are interchangeable).
+tolerances. They run on any device, need no Triton, and take the same arguments as the fused versions,
+masks of every kind included (``config`` is accepted and ignored so the two backends are interchangeable).
+Masking is a select, as in the kernels: a pruned element becomes exactly 0 whatever it held (NaN, inf).
 """
 
 from __future__ import annotations
@@ -11,26 +12,28 @@ from collections.abc import Sequence
 
 import torch
 
-from triton_kernels._multi_tensor import per_tensor_floats
+from triton_kernels._multi_tensor import Mask, per_tensor_floats
+from triton_kernels.bitmask import PackedMask, keep_flags
+from triton_kernels.plan import LaunchPlan, reference_plan
 
 
 @torch.no_grad()
 def l0_grad_mask_reference_(
     weights: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
-    masks: Sequence[torch.Tensor] | None,
+    masks: Sequence[Mask] | None,
     *,
     alphas: float | Sequence[float],
     beta: float,
     l2: float,
     config: object = None,
 ) -> torch.Tensor:
-    """In place ``g = (g + α·β·sign(w)·exp(−β|w|) + 2·l2·w) · m``; returns ``Σ α(1 − exp(−β|w|)) + l2·Σ w²``.
+    """In place ``g = m ? g + α·β·sign(w)·exp(−β|w|) + 2·l2·w : 0``; returns ``Σ α(1 − exp(−β|w|)) + l2·Σ w²``.
 
     Args:
         weights: float tensors.
         grads: one per weight, same numel; updated in place.
-        masks: one bool/uint8 tensor per weight (non-zero = kept), or None for no mask.
+        masks: one per weight: a bool/uint8 tensor (non-zero = kept) or a ``PackedMask``; or None for no mask.
         alphas: ℓ0 strength per tensor (or one float for all).
         beta: sharpness β of the surrogate.
         l2: ℓ2 strength.
@@ -46,46 +49,70 @@ def l0_grad_mask_reference_(
         e = torch.exp(-beta * w32.abs())
         new = g.reshape(-1).float() + alphas[i] * beta * torch.sign(w32) * e + 2.0 * l2 * w32
         if masks is not None:
-            new = new * (masks[i].reshape(-1) != 0)  # a product: NaN gradients stay NaN
+            new = torch.where(keep_flags(masks[i]), new, 0.0)  # a select: pruned NaN/inf gradients become 0
         g.copy_(new.view_as(g))
         total += alphas[i] * (1.0 - e).sum() + l2 * (w32 * w32).sum()
     return total
 
 
 @torch.no_grad()
-def apply_masks_reference_(
-    weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, config: object = None
-) -> None:
-    """In place ``w *= m`` (non-zero mask = kept).
+def apply_masks_reference_(weights: Sequence[torch.Tensor], masks: Sequence[Mask], *, config: object = None) -> None:
+    """In place ``w = m ? w : 0`` (a select: pruned NaN/inf weights become 0).
 
     Args:
         weights: float tensors.
-        masks: one bool/uint8 tensor per weight, same numel.
+        masks: one per weight, same numel: a bool/uint8 tensor (non-zero = kept) or a ``PackedMask``.
         config: ignored.
     """
     for w, m in zip(weights, masks, strict=True):
-        w.mul_((m.reshape(w.shape) != 0).to(w.dtype))
+        w.masked_fill_(~keep_flags(m).view(w.shape), 0)
 
 
 @torch.no_grad()
 def threshold_masks_reference(
-    weights: Sequence[torch.Tensor], thresholds: float | Sequence[float], *, config: object = None
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+    weights: Sequence[torch.Tensor], thresholds: float | Sequence[float], *, packed: bool = False, config: object = None
+) -> tuple[list[torch.Tensor] | list[PackedMask], torch.Tensor]:
     """Keep-masks ``|w| > τ`` (compared in fp32, τ rounded to fp32) and the int64 kept count of each tensor.
 
     Args:
         weights: float tensors.
         thresholds: one global τ or one per tensor.
+        packed: return ``PackedMask``s (flat, offset 0) instead of bool tensors.
         config: ignored.
 
     Returns:
-        Bool masks shaped like the weights and an int64 ``[len(weights)]`` tensor of kept counts.
+        Bool masks shaped like the weights (or ``PackedMask``s) and an int64 ``[len(weights)]`` tensor of kept
+        counts.
     """
     taus = per_tensor_floats("thresholds", thresholds, len(weights))
     masks = [w.float().abs() > torch.tensor(tau, dtype=torch.float32) for w, tau in zip(weights, taus, strict=True)]
     device = weights[0].device if weights else "cpu"
     counts = torch.stack([m.sum() for m in masks]) if masks else torch.zeros(0, dtype=torch.int64, device=device)
-    return masks, counts
+    return ([PackedMask.pack(m) for m in masks] if packed else masks), counts
+
+
+def plan_l0_grad_mask_reference_(
+    weights: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    masks: Sequence[Mask] | None,
+    *,
+    alphas: float | Sequence[float],
+    beta: float,
+    l2: float,
+    config: object = None,
+) -> LaunchPlan[torch.Tensor]:
+    """``l0_grad_mask_reference_`` bound to these arguments (the torch backend of ``plan_l0_grad_mask_``)."""
+    alphas = per_tensor_floats("alphas", alphas, len(weights))
+    return reference_plan(
+        l0_grad_mask_reference_, "l0_grad_mask_reference_", weights, grads, masks, alphas=alphas, beta=beta, l2=l2
+    )
+
+
+def plan_apply_masks_reference_(
+    weights: Sequence[torch.Tensor], masks: Sequence[Mask], *, config: object = None
+) -> LaunchPlan[None]:
+    """``apply_masks_reference_`` bound to these arguments (the torch backend of ``plan_apply_masks_``)."""
+    return reference_plan(apply_masks_reference_, "apply_masks_reference_", weights, masks)
 
 
 def l0_penalty(

@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from triton_kernels._mask_access import mask_source, store_keep_bits
 from triton_kernels._multi_tensor import (
     DEFAULT_CONFIG,
     LaunchConfig,
@@ -17,26 +18,33 @@ from triton_kernels._multi_tensor import (
     group_by_dtype,
     per_tensor_floats,
 )
+from triton_kernels.bitmask import PackedMask, packed_nbytes
 from triton_kernels.l0_grad_mask import TL_DTYPES
 
 
 @triton.jit
-def _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL: tl.constexpr):
+def _threshold_block(
+    w_ptr, m_ptr, block_start, offs, end, tau, PACKED: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr
+):
     """One block of ``_threshold_masks_kernel``; returns the per-lane kept flags (0/1, int32)."""
     if TAIL:
         inside = offs < end
         w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(tl.float32)
         keep = (tl.abs(w) > tau) & inside  # `& inside`: a negative τ would keep the padding lanes
-        tl.store(m_ptr + offs, keep.to(tl.uint8), mask=inside)
     else:
         w = tl.load(w_ptr + offs).to(tl.float32)
         keep = tl.abs(w) > tau
+    if PACKED:
+        store_keep_bits(m_ptr, block_start, keep, end, BLOCK, TAIL)
+    elif TAIL:
+        tl.store(m_ptr + offs, keep.to(tl.uint8), mask=inside)
+    else:
         tl.store(m_ptr + offs, keep.to(tl.uint8))
     return keep.to(tl.int32)
 
 
 @triton.jit
-def _threshold_chunk(w_ptr, m_ptr, start, end, tau, BLOCK: tl.constexpr):
+def _threshold_chunk(w_ptr, m_ptr, start, end, tau, PACKED: tl.constexpr, BLOCK: tl.constexpr):
     """Elements [start, end) of one tensor: full blocks unchecked, then one bounds-checked tail block.
 
     Returns the chunk's kept count.
@@ -46,10 +54,10 @@ def _threshold_chunk(w_ptr, m_ptr, start, end, tau, BLOCK: tl.constexpr):
     for block_start in range(start, full_end, BLOCK):
         # Chunks start at multiples of CHUNK, so every block starts at a multiple of BLOCK.
         offs = tl.max_contiguous(tl.multiple_of(block_start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
-        kept_acc += _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL=False)
+        kept_acc += _threshold_block(w_ptr, m_ptr, block_start, offs, end, tau, PACKED, BLOCK, TAIL=False)
     if full_end < end:
         offs = tl.max_contiguous(tl.multiple_of(full_end + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
-        kept_acc += _threshold_block(w_ptr, m_ptr, offs, end, tau, TAIL=True)
+        kept_acc += _threshold_block(w_ptr, m_ptr, full_end, offs, end, tau, PACKED, BLOCK, TAIL=True)
     return tl.sum(kept_acc, axis=0).to(tl.int64)
 
 
@@ -62,14 +70,16 @@ def _threshold_masks_kernel(
     count_ptr,  # int64 [T]: out, kept elements per tensor (zero-initialised)
     # meta-parameters
     DTYPE: tl.constexpr,  # element type of the weights of this launch
+    PACKED: tl.constexpr,  # write 1 bit per element (the mask address is a bit address, at bit 0 of a byte)
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """``m <- |w| > τ`` (compared in fp32) for one chunk; adds the chunk's kept count to its tensor's count.
 
     Shapes: each tensor is flat [numel]; the program covers elements [start, min(start + CHUNK, numel)).
-    Memory traffic: reads w once; writes m (1 byte per element) once; one integer atomic per program, so
-    the counts are exact and deterministic.
+    Memory traffic: reads w once; writes m once (1 byte per element, or 1 bit when PACKED: every program
+    writes whole bytes of its own, as chunks start at multiples of 8 elements); one integer atomic per
+    program, so the counts are exact and deterministic.
     """
     pid = tl.program_id(0)
     tensor = tl.load(chunk_table_ptr + 2 * pid)
@@ -78,20 +88,20 @@ def _threshold_masks_kernel(
     end = tl.minimum(start + CHUNK, tl.load(row + 2))
     tau = tl.load(tau_ptr + tensor)
     # Each branch loads its own addresses: an alignment hint marks the value itself (see _l0_grad_mask_kernel).
-    if tl.load(row + 3) != 0:  # both addresses 16-byte aligned: hints allow 16-byte vector accesses
+    if tl.load(row + 3) != 0:  # weight (and byte-mask) addresses 16-byte aligned: vector accesses
         w_ptr = tl.multiple_of(tl.load(row).to(tl.pointer_type(DTYPE)), 16)
-        m_ptr = tl.multiple_of(tl.load(row + 1).to(tl.pointer_type(tl.uint8)), 16)
-        kept = _threshold_chunk(w_ptr, m_ptr, start, end, tau, BLOCK)
+        m_ptr, _ = mask_source(tl.load(row + 1), ALIGNED=True, PACKED=PACKED)
+        kept = _threshold_chunk(w_ptr, m_ptr, start, end, tau, PACKED, BLOCK)
     else:
         w_ptr = tl.load(row).to(tl.pointer_type(DTYPE))
-        m_ptr = tl.load(row + 1).to(tl.pointer_type(tl.uint8))
-        kept = _threshold_chunk(w_ptr, m_ptr, start, end, tau, BLOCK)
+        m_ptr, _ = mask_source(tl.load(row + 1), ALIGNED=False, PACKED=PACKED)
+        kept = _threshold_chunk(w_ptr, m_ptr, start, end, tau, PACKED, BLOCK)
     tl.atomic_add(count_ptr + tensor, kept)
 
 
 def _launch_threshold_masks(
     weights: list[torch.Tensor],
-    masks: list[torch.Tensor],
+    masks: list[torch.Tensor] | list[PackedMask],
     taus: list[float],
     counts: torch.Tensor,
     config: LaunchConfig,
@@ -109,6 +119,7 @@ def _launch_threshold_masks(
             tau_table,
             counts,
             DTYPE=TL_DTYPES[weights[0].dtype],
+            PACKED=isinstance(masks[0], PackedMask),
             CHUNK=config.chunk,
             BLOCK=config.block,
             num_warps=config.num_warps,
@@ -119,23 +130,29 @@ def threshold_masks(
     weights: Sequence[torch.Tensor],
     thresholds: float | Sequence[float],
     *,
+    packed: bool = False,
     config: LaunchConfig | None = None,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor] | list[PackedMask], torch.Tensor]:
     """Keep-masks ``|w| > τ`` and per-tensor kept counts, one kernel launch per (device, dtype) group.
 
     Args:
         weights: contiguous fp32/bf16/fp16 tensors.
         thresholds: one global τ, or one τ per tensor; compared in fp32 (τ rounded to fp32).
+        packed: return ``PackedMask``s (1 bit per element, offset 0, written directly by the kernel)
+            instead of bool tensors.
         config: launch geometry; the default suits GPUs, tests shrink it for the interpreter.
 
     Returns:
-        Bool masks shaped like the weights, and an int64 tensor ``[len(weights)]`` of kept (non-zero) counts
-        on the weights' device (CPU for an empty list).
+        Bool masks shaped like the weights (or flat ``PackedMask``s when ``packed``), and an int64 tensor
+        ``[len(weights)]`` of kept (non-zero) counts on the weights' device (CPU for an empty list).
+
+    Raises:
+        ValueError: one line naming the bad argument.
     """
     check_float_list("weights", weights)
     taus = per_tensor_floats("thresholds", thresholds, len(weights))
     config = config or DEFAULT_CONFIG
-    masks = [torch.empty_like(w, dtype=torch.bool) for w in weights]
+    masks = [_empty_mask(w, packed) for w in weights]
     counts = torch.zeros(len(weights), dtype=torch.int64, device=weights[0].device if weights else "cpu")
     groups = group_by_dtype(weights)
     for idx in groups.values():
@@ -147,3 +164,11 @@ def threshold_masks(
         if len(groups) > 1:
             counts[idx] = group_counts.to(counts.device)
     return masks, counts
+
+
+def _empty_mask(weight: torch.Tensor, packed: bool) -> torch.Tensor | PackedMask:
+    """Output mask of one weight, to be filled by the kernel: bool like the weight, or packed from bit 0."""
+    if not packed:
+        return torch.empty_like(weight, dtype=torch.bool)
+    n = weight.numel()
+    return PackedMask(torch.empty(packed_nbytes(0, n), dtype=torch.uint8, device=weight.device), n, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from triton_kernels import LaunchConfig
+from triton_kernels import LaunchConfig, PackedMask
 
 # Small launch geometry so the interpreter runs several blocks per chunk and several chunks per tensor.
 TINY = LaunchConfig(block=32, chunk=128)
@@ -44,8 +44,19 @@ def flat_views(
     return views
 
 
-def random_masks(sizes: list[int], kind: str, generator: torch.Generator) -> list[torch.Tensor] | None:
-    """Masks of one kind: none, zeros, ones, bool (random), uint8 (random), mixed (bool and uint8 alternating)."""
+MASK_KINDS = ["none", "zeros", "ones", "bool", "uint8", "mixed", "packed", "packed_segments", "packed_mixed"]
+# Kinds with random keep flags, one of each storage: bytes (bool and uint8), packed from bit 0, packed segments.
+RANDOM_MASK_KINDS = ["bool", "uint8", "packed", "packed_segments", "packed_mixed"]
+
+
+def random_masks(sizes: list[int], kind: str, generator: torch.Generator) -> list[torch.Tensor | PackedMask] | None:
+    """Masks of one kind (about half kept where random):
+
+    none; zeros (bool, all pruned); ones (uint8, all kept); bool; uint8; mixed (bool and uint8 alternating);
+    packed (``PackedMask.pack`` of each, offset 0); packed_segments (``narrow`` views of one packed buffer, each
+    starting at an arbitrary bit, as a ZeRO partition's segments do); packed_mixed (bool, packed segment, uint8
+    in turn).
+    """
     if kind == "none":
         return None
     if kind == "zeros":
@@ -57,7 +68,48 @@ def random_masks(sizes: list[int], kind: str, generator: torch.Generator) -> lis
         return [m.to(torch.uint8) for m in masks]
     if kind == "mixed":
         return [m.to(torch.uint8) if i % 2 else m for i, m in enumerate(masks)]
+    if kind == "packed":
+        return [PackedMask.pack(m) for m in masks]
+    segments = packed_segments(masks, generator)
+    if kind == "packed_segments":
+        return segments
+    if kind == "packed_mixed":
+        return [[m, segments[i], m.to(torch.uint8)][i % 3] for i, m in enumerate(masks)]
+    if kind != "bool":
+        raise ValueError(f"random_masks: unknown kind {kind!r}")
     return masks
+
+
+def packed_segments(masks: list[torch.Tensor], generator: torch.Generator) -> list[PackedMask]:
+    """``masks`` as ``narrow`` views of ONE packed buffer, separated by random gaps of 0-12 bits (so each
+    starts at an arbitrary bit offset, and bytes at the borders are shared with the neighbours)."""
+    gaps = torch.randint(0, 13, (len(masks) + 1,), generator=generator).tolist()
+    pieces, starts, position = [], [], 0
+    for gap, mask in zip(gaps, masks, strict=False):
+        pieces += [torch.rand(gap, generator=generator) > 0.5, mask.reshape(-1)]  # random bits in the gaps
+        starts.append(position + gap)
+        position += gap + mask.numel()
+    buffer = PackedMask.pack(torch.cat(pieces + [torch.ones(gaps[-1], dtype=torch.bool)]))
+    return [buffer.narrow(start, m.numel()) for start, m in zip(starts, masks, strict=True)]
+
+
+def as_mask_kind(keep: torch.Tensor, kind: str) -> torch.Tensor | PackedMask:
+    """Given bool keep flags stored as one kind: bool, uint8, packed (offset 0) or packed_segment (a view of a
+    larger packed buffer starting at bit 5)."""
+    if kind == "bool":
+        return keep
+    if kind == "uint8":
+        return keep.to(torch.uint8)
+    if kind == "packed":
+        return PackedMask.pack(keep)
+    if kind == "packed_segment":
+        return PackedMask.pack(torch.cat([torch.ones(5, dtype=torch.bool), keep.reshape(-1)])).narrow(5, keep.numel())
+    raise ValueError(f"as_mask_kind: unknown kind {kind!r}")
+
+
+def keep_of(mask: torch.Tensor | PackedMask) -> torch.Tensor:
+    """Flat bool keep flags of a mask of any kind (for assertions)."""
+    return mask.unpack() if isinstance(mask, PackedMask) else mask.reshape(-1) != 0
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, label: str) -> None:

@@ -1,4 +1,5 @@
-"""The kernels compile for a Hopper target on this (GPU-less) machine and their bulk loops use vector accesses."""
+"""The kernels (byte and packed-bit mask variants) compile for a Hopper target on this GPU-less machine, and their
+bulk loops use vector accesses."""
 
 from __future__ import annotations
 
@@ -20,9 +21,17 @@ def test_kernels_compile_for_sm90_with_vector_accesses() -> None:
     if proc.returncode != 0 and "ptxas" in proc.stderr.lower() and "not found" in proc.stderr.lower():
         pytest.skip("Triton's ptxas is not available here")
     assert proc.returncode == 0, f"compile_check failed:\n{proc.stderr[-3000:]}"
-    lines = [line for line in proc.stdout.splitlines() if "loads" in line]
-    assert len(lines) == 6, f"expected 3 kernels x 2 dtypes, got:\n{proc.stdout}"
-    for line in lines:
-        assert "ld.global.v4.b32" in line, f"no 16-byte vector loads on the aligned path: {line}"
-        assert "st.global.v" in line, f"no vector stores on the aligned path: {line}"
-        assert "regs" not in line or " 0 B spills" in line, f"register spills: {line}"
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if "loads" in line}
+    kernels = ["l0_grad_mask", "apply_masks", "threshold_masks"]
+    expected = {f"{k}{kind}/{dt}" for k in kernels for kind in ("", "_packed") for dt in ("fp32", "bf16")}
+    assert set(lines) == expected, f"expected 3 kernels x 2 mask kinds x 2 dtypes, got:\n{proc.stdout}"
+    for label, line in lines.items():
+        assert "ld.global.v4.b32" in line, f"{label}: no 16-byte vector loads on the aligned path: {line}"
+        assert "regs" not in line or " 0 B spills" in line, f"{label}: register spills: {line}"
+        if label.startswith("threshold_masks_packed"):
+            # 1 bit per element: a 1024-element block writes 128 bytes, one per thread; nothing to vectorize.
+            assert "st.global.b8" in line, f"{label}: expected byte stores of packed bits: {line}"
+        else:
+            assert "st.global.v" in line, f"{label}: no vector stores on the aligned path: {line}"
+        if "_packed" in label and not label.startswith("threshold"):
+            assert "ld.global.b8" in line, f"{label}: packed masks are read as bytes: {line}"

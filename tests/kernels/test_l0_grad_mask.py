@@ -1,4 +1,5 @@
-"""Fused l0_grad_mask_ vs the torch reference: awkward sizes, dtypes, mask kinds, NaN, launches, errors."""
+"""Fused l0_grad_mask_ vs the torch reference: awkward sizes, dtypes, mask kinds (bytes and packed bits),
+non-finite values in pruned slots, launches, errors."""
 
 from __future__ import annotations
 
@@ -6,8 +7,20 @@ import pytest
 import torch
 
 import triton_kernels
-from tests.kernels.kernel_testing import DTYPES, SIZE_CASES, TINY, TOLERANCES, assert_close, flat_views, random_masks
-from triton_kernels import l0_grad_mask, l0_grad_mask_, l0_grad_mask_reference_
+from tests.kernels.kernel_testing import (
+    DTYPES,
+    MASK_KINDS,
+    SIZE_CASES,
+    TINY,
+    TOLERANCES,
+    as_mask_kind,
+    assert_close,
+    assert_equal,
+    flat_views,
+    keep_of,
+    random_masks,
+)
+from triton_kernels import PackedMask, l0_grad_mask, l0_grad_mask_, l0_grad_mask_reference_
 
 BETA, L2 = 5.0, 1e-2
 
@@ -27,42 +40,73 @@ def _run_both(sizes, dtype, mask_kind, seed=0):
     return weights, grads, ref_grads, masks, value, ref_value
 
 
+@pytest.mark.parametrize("mask_kind", ["bool", "packed_segments"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(SIZE_CASES))
-def test_matches_reference(case: str, dtype: torch.dtype) -> None:
+def test_matches_reference(case: str, dtype: torch.dtype, mask_kind: str) -> None:
     sizes = SIZE_CASES[case]
-    _, grads, ref_grads, _, value, ref_value = _run_both(sizes, dtype, "bool")
+    _, grads, ref_grads, _, value, ref_value = _run_both(sizes, dtype, mask_kind)
     atol, rtol = TOLERANCES[dtype]
     for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
-        assert_close(g, r, atol, rtol, f"{case}/{dtype} grads[{i}] (numel {g.numel()})")
+        assert_close(g, r, atol, rtol, f"{case}/{dtype}/{mask_kind} grads[{i}] (numel {g.numel()})")
     assert value.dtype == torch.float32 and value.dim() == 0, f"value: {value.dtype} {tuple(value.shape)}"
-    assert_close(value, ref_value, 1e-5, 1e-5, f"{case}/{dtype} regularizer value")
+    assert_close(value, ref_value, 1e-5, 1e-5, f"{case}/{dtype}/{mask_kind} regularizer value")
 
 
-@pytest.mark.parametrize("mask_kind", ["none", "zeros", "ones", "bool", "uint8", "mixed"])
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
 def test_mask_kinds(mask_kind: str) -> None:
     sizes = SIZE_CASES["awkward"]
     _, grads, ref_grads, masks, value, ref_value = _run_both(sizes, torch.float32, mask_kind, seed=1)
     for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
         assert_close(g, r, *TOLERANCES[torch.float32], f"{mask_kind} grads[{i}]")
         if masks is not None:
-            pruned = g.reshape(-1)[masks[i] == 0]
+            pruned = g.reshape(-1)[~keep_of(masks[i])]
             assert bool((pruned == 0).all()), f"{mask_kind} grads[{i}]: {int((pruned != 0).sum())} masked grads not 0"
     assert_close(value, ref_value, 1e-5, 1e-5, f"{mask_kind} regularizer value")
 
 
-def test_nan_gradient_propagates_through_mask() -> None:
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_packed_and_byte_masks_give_identical_results(dtype: torch.dtype) -> None:
+    """The same keep flags as bool tensors and as packed segments: bit-identical gradients and value."""
+    sizes = SIZE_CASES["awkward"] + SIZE_CASES["many_tiny"]
+    gen = torch.Generator().manual_seed(6)
+    weights, grads = flat_views(sizes, dtype, gen, scale=0.5), flat_views(sizes, dtype, gen)
+    packed = random_masks(sizes, "packed_segments", gen)
+    byte_masks = [m.unpack() for m in packed]
+    results = {}
+    for label, masks in (("bool", byte_masks), ("packed", packed)):
+        out = [g.clone() for g in grads]
+        value = l0_grad_mask_(weights, out, masks, alphas=_alphas(len(sizes)), beta=BETA, l2=L2, config=TINY)
+        results[label] = out, value
+    for i, (a, b) in enumerate(zip(results["packed"][0], results["bool"][0], strict=True)):
+        assert_equal(a, b, f"{dtype} packed vs bool grads[{i}] (numel {a.numel()}, bit offset {packed[i].offset})")
+    assert_equal(results["packed"][1], results["bool"][1], f"{dtype} packed vs bool regularizer value")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mask_kind", ["bool", "uint8", "packed", "packed_segment"])
+def test_masked_gradient_is_exactly_zero_whatever_it_held(mask_kind: str, dtype: torch.dtype, backend: str) -> None:
+    """Masking is a select: NaN/±inf in a pruned slot become exactly 0; in a kept slot they stay non-finite."""
     gen = torch.Generator().manual_seed(2)
-    weights, grads = flat_views([40], torch.float32, gen), flat_views([40], torch.float32, gen)
-    masks = [torch.ones(40, dtype=torch.bool)]
-    masks[0][[3, 17]] = False
-    grads[0].view(-1)[[3, 5]] = float("nan")  # 3 is masked, 5 is kept
-    l0_grad_mask_(weights, grads, masks, alphas=[0.1], beta=BETA, l2=L2, config=TINY)
+    weights, grads = flat_views([40], dtype, gen), flat_views([40], dtype, gen)
+    weights[0].view(-1)[[20, 21]] = float("nan")  # a NaN weight makes its own gradient NaN before the mask
+    keep = torch.ones(40, dtype=torch.bool)
+    keep[[3, 7, 11, 17, 20]] = False
     g = grads[0].view(-1)
-    assert g[3].isnan(), f"masked NaN gradient became {g[3].item()} (must stay NaN: g*m, not where)"
-    assert g[5].isnan(), f"kept NaN gradient became {g[5].item()}"
-    assert g[17] == 0, f"masked finite gradient is {g[17].item()}, not 0"
-    assert int(g.isnan().sum()) == 2, f"NaN spread: {int(g.isnan().sum())} NaN elements, expected 2"
+    g[[3, 7, 11, 5, 9]] = torch.tensor([float("nan"), float("inf"), -float("inf"), float("nan"), float("inf")]).to(
+        dtype
+    )  # 3, 7, 11 pruned; 5, 9 kept
+    op = l0_grad_mask_ if backend == "triton" else l0_grad_mask_reference_
+    op(weights, grads, [as_mask_kind(keep, mask_kind)], alphas=[0.1], beta=BETA, l2=L2, config=TINY)
+    label = f"{backend}/{dtype}/{mask_kind}"
+    for slot in (3, 7, 11, 17, 20):
+        assert g[slot].item() == 0.0, f"{label}: pruned slot {slot} holds {g[slot].item()}, must be exactly 0"
+    assert g[5].isnan() and g[21].isnan(), f"{label}: kept NaN gradients became {g[5].item()}, {g[21].item()}"
+    assert g[9].item() == float("inf"), f"{label}: kept inf gradient became {g[9].item()}"
+    finite_kept = keep.clone()
+    finite_kept[[5, 9, 21]] = False
+    assert bool(g[finite_kept].isfinite().all()), f"{label}: NaN/inf spread to other slots"
 
 
 def test_sign_of_zero_weight_is_zero() -> None:
@@ -81,6 +125,9 @@ def test_empty_inputs() -> None:
     w, g = [torch.empty(0), torch.empty(0, 3)], [torch.empty(0), torch.empty(0, 3)]
     value = l0_grad_mask_(w, g, [torch.empty(0, dtype=torch.bool)] * 2, alphas=0.1, beta=BETA, l2=L2, config=TINY)
     assert value.item() == 0.0, f"zero-size tensors value: {value}"
+    empty_packed = PackedMask.pack(torch.ones(9, dtype=torch.bool)).narrow(3, 0)
+    value = l0_grad_mask_(w, g, [empty_packed] * 2, alphas=0.1, beta=BETA, l2=L2, config=TINY)
+    assert value.item() == 0.0, f"zero-size tensors with empty packed masks value: {value}"
 
 
 class _CountingKernel:
@@ -97,7 +144,7 @@ class _CountingKernel:
         return launch
 
 
-def test_one_launch_per_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_launch_per_dtype_and_mask_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     counter = _CountingKernel(l0_grad_mask._l0_grad_mask_kernel)
     monkeypatch.setattr(l0_grad_mask, "_l0_grad_mask_kernel", counter)
     gen = torch.Generator().manual_seed(3)
@@ -112,6 +159,15 @@ def test_one_launch_per_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
         assert_close(g, r, *TOLERANCES[g.dtype], f"mixed dtypes grads[{i}] ({g.dtype})")
     assert_close(value, ref_value, 1e-5, 1e-5, "mixed dtypes regularizer value")
+    counter.launches.clear()
+    masks = random_masks([50] * 5, "packed_mixed", gen)  # bool, packed, uint8, bool, packed
+    weights, grads = flat_views([50] * 5, torch.float32, gen), flat_views([50] * 5, torch.float32, gen)
+    ref_grads = [g.clone() for g in grads]
+    l0_grad_mask_(weights, grads, masks, alphas=_alphas(5), beta=BETA, l2=L2, config=TINY)
+    l0_grad_mask_reference_(weights, ref_grads, masks, alphas=_alphas(5), beta=BETA, l2=L2)
+    assert len(counter.launches) == 2, f"fp32 with byte and packed masks: one launch per kind, {counter.launches}"
+    for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert_close(g, r, *TOLERANCES[g.dtype], f"mixed mask kinds grads[{i}] ({masks[i]!r:.30})")
 
 
 def test_default_config_matches_reference() -> None:
@@ -138,6 +194,10 @@ def test_default_config_matches_reference() -> None:
         (lambda w, g, m: (w, g, [m[0].float(), m[1]]), r"masks\[0\]: dtype"),
         (lambda w, g, m: ([w[0], torch.zeros(8, 4).t()], g, m), r"weights\[1\]: must be contiguous"),
         (lambda w, g, m: ([w[0].long(), w[1]], g, m), r"weights\[0\]: dtype"),
+        (lambda w, g, m: (w, g, [m[0], PackedMask.pack(m[1]).narrow(1, 31)]), r"masks\[1\]: packed mask of 31"),
+        (lambda w, g, m: (w, g, [PackedMask.pack(m[0]).to("meta"), m[1]]), r"masks\[0\]: device meta"),
+        (lambda w, g, m: (w, g, [m[0], m[1].bool().view(4, 8).t()]), r"masks\[1\]: must be contiguous"),
+        (lambda w, g, m: (w, g, m[:1]), "masks: has 1 tensors"),
     ],
 )
 def test_rejects_bad_arguments(change, match: str) -> None:
@@ -149,7 +209,7 @@ def test_rejects_bad_arguments(change, match: str) -> None:
         l0_grad_mask_(w, g, m, alphas=0.1, beta=BETA, l2=L2, config=TINY)
 
 
-def _gpu_inputs(sizes: list[int], dtype: torch.dtype, layout: str, seed: int):
+def _gpu_inputs(sizes: list[int], dtype: torch.dtype, layout: str, seed: int, mask_kind: str = "mixed"):
     """CUDA weights, grads and masks: views at odd offsets into flat buffers, or separate 16-byte aligned tensors."""
     gen = torch.Generator().manual_seed(seed)
     if layout == "views":
@@ -157,8 +217,8 @@ def _gpu_inputs(sizes: list[int], dtype: torch.dtype, layout: str, seed: int):
     else:
         weights = [(torch.randn(n, generator=gen) * 0.5).to(dtype) for n in sizes]
         grads = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
-    masks = random_masks(sizes, "mixed", gen)
-    return [w.cuda() for w in weights], [g.cuda() for g in grads], [m.cuda() for m in masks]
+    masks = random_masks(sizes, mask_kind, gen)
+    return [w.cuda() for w in weights], [g.cuda() for g in grads], [m.to("cuda") for m in masks]
 
 
 def _skip_unless_compiled() -> None:
@@ -169,12 +229,13 @@ def _skip_unless_compiled() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mask_kind", ["mixed", "packed_mixed"])
 @pytest.mark.parametrize("layout", ["views", "separate"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gpu_matches_reference(dtype: torch.dtype, layout: str) -> None:
+def test_gpu_matches_reference(dtype: torch.dtype, layout: str, mask_kind: str) -> None:
     _skip_unless_compiled()
     sizes = [1, 3, 4097, 65537, 1_000_003, 2**20 + 1, 0] + [7] * 50
-    weights, grads, masks = _gpu_inputs(sizes, dtype, layout, seed=5)
+    weights, grads, masks = _gpu_inputs(sizes, dtype, layout, seed=5, mask_kind=mask_kind)
     for g in grads[1:4:2]:
         g.view(-1)[0] = float("nan")
     ref_grads = [g.clone() for g in grads]
@@ -182,17 +243,19 @@ def test_gpu_matches_reference(dtype: torch.dtype, layout: str) -> None:
     value = l0_grad_mask_(weights, grads, masks, alphas=alphas, beta=BETA, l2=L2)
     ref_value = l0_grad_mask_reference_(weights, ref_grads, masks, alphas=alphas, beta=BETA, l2=L2)
     atol, rtol = TOLERANCES[dtype]
+    label = f"gpu {layout} {mask_kind} {dtype}"
     for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
         # fp32: the GPU's fast exp differs from torch's by a few ulp, far below the gradient's own scale.
-        assert_close(g, r, max(atol, 1e-6), max(rtol, 2e-5), f"gpu {layout} {dtype} grads[{i}] (numel {g.numel()})")
-        pruned = g.reshape(-1)[masks[i] == 0]
-        assert bool((pruned.nan_to_num(0.0) == 0).all()), f"gpu {layout} grads[{i}]: masked grads not 0"
-    assert_close(value, ref_value, 1e-3, 1e-4, f"gpu {layout} {dtype} regularizer value")
+        assert_close(g, r, max(atol, 1e-6), max(rtol, 2e-5), f"{label} grads[{i}] (numel {g.numel()})")
+        pruned = g.reshape(-1)[~keep_of(masks[i])]
+        assert bool((pruned == 0).all()), f"{label} grads[{i}]: masked grads not exactly 0"
+    assert_close(value, ref_value, 1e-3, 1e-4, f"{label} regularizer value")
 
 
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_gpu_tensor_past_2_31_elements() -> None:
+@pytest.mark.parametrize("mask_kind", ["bool", "packed_segment"])
+def test_gpu_tensor_past_2_31_elements(mask_kind: str) -> None:
     """int64 offsets: a bf16 tensor of 2^31 + 17 elements, checked at its start and past element 2^31."""
     _skip_unless_compiled()
     n = 2**31 + 17
@@ -200,25 +263,28 @@ def test_gpu_tensor_past_2_31_elements() -> None:
         pytest.skip("needs ~13 GB of free GPU memory")
     w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     g = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    m = torch.rand(n, device="cuda") > 0.5
+    keep = torch.rand(n, device="cuda") > 0.5
+    m = as_mask_kind(keep, mask_kind)  # packed_segment: a view starting at bit 5 of a 2^31 + 22-bit buffer
     windows = [slice(0, 4096), slice(2**31 - 2048, n)]
-    before = [(w[s].clone(), g[s].clone(), m[s].clone()) for s in windows]
+    before = [(w[s].clone(), g[s].clone(), keep[s].clone()) for s in windows]
+    del keep
     value = l0_grad_mask_([w], [g], [m], alphas=[1e-3], beta=BETA, l2=L2)
     for s, (ws, gs, ms) in zip(windows, before, strict=True):
         l0_grad_mask_reference_([ws], [gs], [ms], alphas=[1e-3], beta=BETA, l2=L2)
-        assert_close(g[s], gs, *TOLERANCES[torch.bfloat16], f"2^31+17 elements, window {s}")
+        assert_close(g[s], gs, *TOLERANCES[torch.bfloat16], f"2^31+17 elements, {mask_kind}, window {s}")
     expected = sum(  # in pieces: fp32 temporaries of the whole tensor would need ~25 GB
         1e-3 * (1 - torch.exp(-BETA * p.double().abs())).sum() + L2 * p.double().square().sum() for p in w.split(2**27)
     )
-    assert_close(value.double(), expected, 1e-2, 1e-4, "2^31+17 elements: regularizer value")
+    assert_close(value.double(), expected, 1e-2, 1e-4, f"2^31+17 elements, {mask_kind}: regularizer value")
 
 
 @pytest.mark.gpu
-def test_gpu_call_replays_in_cuda_graph() -> None:
+@pytest.mark.parametrize("mask_kind", ["mixed", "packed_segments"])
+def test_gpu_call_replays_in_cuda_graph(mask_kind: str) -> None:
     """Captured once after a warm-up, the call replays correctly on new gradient values (no host work)."""
     _skip_unless_compiled()
     sizes = [5, 4097, 65537, 1_000_003]
-    weights, grads, masks = _gpu_inputs(sizes, torch.float32, "separate", seed=11)
+    weights, grads, masks = _gpu_inputs(sizes, torch.float32, "separate", seed=11, mask_kind=mask_kind)
     alphas = _alphas(len(sizes))
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -236,5 +302,5 @@ def test_gpu_call_replays_in_cuda_graph() -> None:
         graph.replay()
         torch.cuda.synchronize()
         for i, (g, r) in enumerate(zip(grads, fresh, strict=True)):
-            assert_close(g, r, 1e-6, 2e-5, f"graph replay {trial}: grads[{i}]")
-        assert_close(value, ref_value, 1e-3, 1e-4, f"graph replay {trial}: regularizer value")
+            assert_close(g, r, 1e-6, 2e-5, f"graph replay {trial} ({mask_kind}): grads[{i}]")
+        assert_close(value, ref_value, 1e-3, 1e-4, f"graph replay {trial} ({mask_kind}): regularizer value")

@@ -8,7 +8,7 @@ import torch
 import triton_kernels
 import triton_kernels._multi_tensor as mt
 from tests.kernels.kernel_testing import TINY, assert_close, flat_views
-from triton_kernels import get_ops, l0_grad_mask_reference_, l0_penalty
+from triton_kernels import PackedMask, get_ops, l0_grad_mask_reference_, l0_penalty
 
 
 def _weights_away_from_zero(sizes: list[int], seed: int) -> list[torch.Tensor]:
@@ -97,3 +97,18 @@ def test_tables_chunks_and_alignment_flags() -> None:
     assert tensor_table[1, 0].item() == base.data_ptr() + 4, "a view's address includes its storage offset"
     assert chunk_table.tolist() == [[0, 0], [0, 128], [0, 256], [1, 0], [3, 0]], f"chunks: {chunk_table.tolist()}"
     assert scalars.dtype == torch.float32 and scalars.tolist() == [1.0, 2.0, 3.0, 4.0], f"scalars: {scalars}"
+
+
+def test_tables_store_bit_addresses_of_packed_masks() -> None:
+    """A packed mask's entry is 8 · byte address + bit offset, and it does not clear the aligned flag."""
+    weights = torch.zeros(64)
+    packed = PackedMask.pack(torch.ones(200, dtype=torch.bool))
+    masks = [packed.narrow(0, 16), packed.narrow(13, 16), packed.narrow(75, 32)]  # offsets 0, 5, 3
+    views = [weights[:16], weights[16:32], weights[32:64]]  # 0, 64 and 128 bytes in: all aligned
+    tensor_table, _, _ = mt.build_tables([views, masks], [0.0] * 3, 128, weights.device)
+    base = packed.bits.data_ptr()
+    expected = [8 * base, 8 * (base + 1) + 5, 8 * (base + 9) + 3]
+    assert tensor_table[:, 1].tolist() == expected, f"bit addresses: {tensor_table[:, 1].tolist()} vs {expected}"
+    assert tensor_table[:, 3].tolist() == [1, 1, 1], f"packed masks must not clear aligned: {tensor_table[:, 3]}"
+    with pytest.raises(ValueError, match="column 1 mixes packed masks"):
+        mt.build_tables([views, [masks[0], torch.ones(16, dtype=torch.bool), masks[2]]], [0.0] * 3, 128, weights.device)

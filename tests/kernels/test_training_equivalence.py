@@ -12,20 +12,26 @@ import pytest
 import torch
 
 from tests.kernels.kernel_testing import TINY, assert_close
-from triton_kernels import apply_masks_, l0_grad_mask_, l0_grad_mask_reference_, l0_penalty
+from triton_kernels import PackedMask, apply_masks_, l0_grad_mask_, l0_grad_mask_reference_, l0_penalty
 
 ALPHAS, BETA, L2, STEPS, LR, MARGIN = [1e-2, 3e-2], 8.0, 1e-3, 6, 1e-2, 0.1
 
 
-def _train(path: str, finetune: bool) -> tuple[list[float], list[torch.Tensor], list[torch.Tensor] | None]:
-    """Task losses per step, final parameters and the masks (None unless fine-tuning)."""
+def _train(
+    path: str, finetune: bool, packed: bool = False
+) -> tuple[list[float], list[torch.Tensor], list[torch.Tensor] | None]:
+    """Task losses per step, final parameters and the bool masks (None unless fine-tuning).
+
+    ``packed``: the fused and reference paths get the same masks packed 1 bit per weight.
+    """
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(9, 33), torch.nn.Tanh(), torch.nn.Linear(33, 5))
     weights = [model[0].weight, model[2].weight]
     with torch.no_grad():
         for w in weights:
             w.copy_(torch.where(w >= 0, 1.0, -1.0) * w.abs().clamp_min(MARGIN))
-    masks = [torch.rand(w.shape) > 0.3 for w in weights] if finetune else None
+    bool_masks = [torch.rand(w.shape) > 0.3 for w in weights] if finetune else None
+    masks = [PackedMask.pack(m) for m in bool_masks] if packed and bool_masks else bool_masks
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     x, y = torch.randn(16, 9), torch.randint(0, 5, (16,))
     losses = []
@@ -34,9 +40,9 @@ def _train(path: str, finetune: bool) -> tuple[list[float], list[torch.Tensor], 
         task_loss = torch.nn.functional.cross_entropy(model(x), y)
         loss = task_loss + l0_penalty(weights, ALPHAS, BETA, L2) if path == "autograd" else task_loss
         loss.backward()
-        if path == "autograd" and masks is not None:
-            for w, m in zip(weights, masks, strict=True):
-                w.grad.mul_(m)
+        if path == "autograd" and bool_masks is not None:
+            for w, m in zip(weights, bool_masks, strict=True):
+                w.grad.masked_fill_(~m, 0.0)
         grads = [w.grad for w in weights]
         if path == "fused":
             l0_grad_mask_(weights, grads, masks, alphas=ALPHAS, beta=BETA, l2=L2, config=TINY)
@@ -47,12 +53,16 @@ def _train(path: str, finetune: bool) -> tuple[list[float], list[torch.Tensor], 
             with torch.no_grad():
                 apply_masks_(weights, masks, config=TINY)
         losses.append(task_loss.item())
-    return losses, [p.detach().clone() for p in model.parameters()], masks
+    return losses, [p.detach().clone() for p in model.parameters()], bool_masks
 
 
-@pytest.mark.parametrize("finetune", [False, True], ids=["sparsity", "finetune"])
-def test_fused_reference_and_autograd_paths_train_alike(finetune: bool) -> None:
-    runs = {path: _train(path, finetune) for path in ("fused", "reference", "autograd")}
+@pytest.mark.parametrize(
+    ("finetune", "packed"),
+    [(False, False), (True, False), (True, True)],
+    ids=["sparsity", "finetune", "finetune_packed"],
+)
+def test_fused_reference_and_autograd_paths_train_alike(finetune: bool, packed: bool) -> None:
+    runs = {path: _train(path, finetune, packed) for path in ("fused", "reference", "autograd")}
     fused_losses, fused_params, masks = runs["fused"]
     for path in ("reference", "autograd"):
         losses, params, _ = runs[path]
