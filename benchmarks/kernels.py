@@ -1,18 +1,22 @@
-"""Benchmark of the fused ℓ0 gradient kernel: ours vs torch eager vs torch.compile vs autograd-in-loss.
+"""Benchmark of the fused mask kernels: ours vs torch eager vs torch.compile (vs autograd-in-loss for ℓ0).
 
 Cases: flat tensors of 1M…1G elements (one tensor, like a DeepSpeed flat partition) and the real conv/linear
-weight lists (ndim > 1) of timm resnet50, vit_base_patch16_224 and convnext_tiny. Each case times
+weight lists (ndim > 1) of timm resnet50, vit_base_patch16_224 and convnext_tiny. Each case times, per op
+(``--ops``) and mask kind (``--masks``: ``bool`` = 1 byte per weight, ``packed`` = ``PackedMask``, 1 bit):
 
-* ours: ``l0_grad_mask_`` with masks (fine-tuning's worst case: reads w, g, m; writes g);
-* eager: the torch reference the tests use (``l0_grad_mask_reference_``);
+* ours: the fused kernel with masks — ``l0_grad_mask_`` (reads w, g, m; writes g) or ``apply_masks_``
+  (reads w, m; writes w);
+* eager: the torch reference the tests use (``l0_grad_mask_reference_`` / ``apply_masks_reference_``; for
+  packed masks it unpacks them first, as a torch caller would);
 * compile: ``torch.compile`` of that reference;
-* autograd: forward + backward of ``l0_penalty`` (the penalty added to the loss; no masking).
+* autograd (ℓ0 only): forward + backward of ``l0_penalty`` (the penalty added to the loss; no masking).
 
-GB/s counts the minimum bytes of ours (read w, g, m; write g) and is compared with the device copy bandwidth
-measured in the same run. Needs CUDA to mean anything; on CPU it runs a quick smoke mode (tiny sizes, the
-torch backend against the reference).
+GB/s counts the minimum bytes of ours (the mask at 1 byte or 1/8 byte per weight) and is compared with the
+device copy bandwidth measured in the same run. Needs CUDA to mean anything; on CPU it runs a quick smoke mode
+(tiny sizes, the torch backend against the reference).
 
-Usage: ``python -m benchmarks.kernels [--quick] [--sizes 1M,64M] [--models resnet50] [--dtypes fp32,bf16]``.
+Usage: ``python -m benchmarks.kernels [--quick] [--sizes 1M,64M] [--models resnet50] [--dtypes fp32,bf16]
+[--ops l0_grad_mask,apply_masks] [--masks bool,packed]``.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import RESULTS_DIR, bench_ms, copy_gbps, device_label, fmt, pick_device, slug, write_json
-from triton_kernels import get_ops, l0_grad_mask_reference_, l0_penalty
+from triton_kernels import PackedMask, apply_masks_reference_, get_ops, l0_grad_mask_reference_, l0_penalty
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPS = ["l0_grad_mask", "apply_masks"]
+MASKS = ["bool", "packed"]
 MODELS = ["resnet50", "vit_base_patch16_224", "convnext_tiny"]
 FULL_SIZES = [2**20, 2**23, 2**26, 2**28, 2**30]
 QUICK_GPU_SIZES = [2**20, 2**22]
@@ -45,6 +51,8 @@ class Row:
     case: str
     numel: int
     dtype: str
+    op: str
+    mask: str
     ours_ms: float | None
     eager_ms: float | None
     compile_ms: float | None
@@ -83,28 +91,54 @@ def fits(numel: int, dtype: torch.dtype, device: torch.device) -> bool:
     return need < torch.cuda.mem_get_info(device)[0]
 
 
-def _time_grad_variants(
-    weights: list[torch.Tensor], alphas: list[float], gen: torch.Generator, args: argparse.Namespace
-) -> tuple[float, float, float | None, float | None, float | None]:
-    """Milliseconds of ours, eager and compiled on random grads and random masks (half kept); ours' host and
-    CUDA-graph (device-only) milliseconds."""
-    device, dtype = weights[0].device, weights[0].dtype
-    grads = [(torch.randn(w.shape, generator=gen, device=device) * 1e-3).to(dtype) for w in weights]
-    masks = [torch.rand(w.shape, generator=gen, device=device) > 0.5 for w in weights]
+def make_masks(weights: list[torch.Tensor], kind: str, gen: torch.Generator) -> list[torch.Tensor | PackedMask]:
+    """Random keep-masks (half kept) of one kind: bool tensors shaped like the weights, or ``PackedMask``s."""
+    masks = [torch.rand(w.shape, generator=gen, device=w.device) > 0.5 for w in weights]
+    return masks if kind == "bool" else [PackedMask.pack(m) for m in masks]
+
+
+def mask_bytes(weights: list[torch.Tensor], kind: str) -> int:
+    """Bytes of the masks of ``weights``: one per weight (bool) or ``ceil(numel / 8)`` per tensor (packed)."""
+    return sum(w.numel() if kind == "bool" else (w.numel() + 7) // 8 for w in weights)
+
+
+def _op_calls(op: str, weights: list[torch.Tensor], masks: list, alphas: list[float], gen: torch.Generator, args):
+    """(ours, reference, reference arguments, minimum bytes of ours without the masks) of one op."""
     ops = get_ops(args.backend)
-    kwargs = {"alphas": alphas, "beta": BETA, "l2": L2}
+    if op == "l0_grad_mask":
+        grads = [(torch.randn(w.shape, generator=gen, device=w.device) * 1e-3).to(w.dtype) for w in weights]
+        kwargs = {"alphas": alphas, "beta": BETA, "l2": L2}
+        numel = sum(w.numel() for w in weights)
+        return (
+            lambda: ops.l0_grad_mask_(weights, grads, masks, **kwargs),
+            l0_grad_mask_reference_,
+            ((weights, grads, masks), kwargs),
+            numel * 3 * weights[0].dtype.itemsize,  # read w, g; write g
+        )
+    return (
+        lambda: ops.apply_masks_(weights, masks),
+        apply_masks_reference_,
+        ((weights, masks), {}),
+        sum(w.numel() for w in weights) * 2 * weights[0].dtype.itemsize,  # read w; write w
+    )
 
-    def call_ours() -> torch.Tensor:
-        return ops.l0_grad_mask_(weights, grads, masks, **kwargs)
 
-    ours, host, graph = bench_ms(call_ours, device), host_ms(call_ours, device), graph_ms(call_ours, device)
-    eager = bench_ms(lambda: l0_grad_mask_reference_(weights, grads, masks, **kwargs), device)
+def _time_variants(
+    op: str, kind: str, weights: list[torch.Tensor], alphas: list[float], gen: torch.Generator, args
+) -> tuple[float, float, float | None, float | None, float | None, int]:
+    """Milliseconds of ours, eager and compiled on random data and masks (half kept); ours' host and
+    CUDA-graph (device-only) milliseconds; the minimum bytes ours moves."""
+    device = weights[0].device
+    masks = make_masks(weights, kind, gen)
+    ours_fn, reference, (ref_args, ref_kwargs), data_bytes = _op_calls(op, weights, masks, alphas, gen, args)
+    ours, host, graph = bench_ms(ours_fn, device), host_ms(ours_fn, device), graph_ms(ours_fn, device)
+    eager = bench_ms(lambda: reference(*ref_args, **ref_kwargs), device)
     compiled_ms = None
     if args.compile:
         torch._dynamo.reset()  # a fresh cache per case: each case is a new list of shapes
-        compiled = torch.compile(l0_grad_mask_reference_, dynamic=False)
-        compiled_ms = bench_ms(lambda: compiled(weights, grads, masks, **kwargs), device)
-    return ours, eager, compiled_ms, host, graph
+        compiled = torch.compile(reference, dynamic=False)
+        compiled_ms = bench_ms(lambda: compiled(*ref_args, **ref_kwargs), device)
+    return ours, eager, compiled_ms, host, graph, data_bytes + mask_bytes(weights, kind)
 
 
 def graph_ms(fn, device: torch.device) -> float | None:
@@ -143,8 +177,8 @@ def host_ms(fn, device: torch.device, calls: int = 50) -> float | None:
 
 def time_case(
     case: str, tensors: list, dtype: torch.dtype, device: torch.device, args: argparse.Namespace, copy: float
-) -> Row:
-    """Times the four variants on one list of weights (given tensors, or shapes filled with random values)."""
+) -> list[Row]:
+    """Times every op × mask kind on one list of weights (given tensors, or shapes filled with random values)."""
     gen = torch.Generator(device=device).manual_seed(0)  # random data on the device: never time zeros
     weights = [
         t.to(device, dtype)
@@ -153,27 +187,34 @@ def time_case(
         for t in tensors
     ]
     alphas = layer_alphas(weights)
-    ours, eager, compiled_ms, host, graph = _time_grad_variants(weights, alphas, gen, args)
-    params = [w.clone().requires_grad_() for w in weights]  # grads and masks are freed by now
-    autograd = bench_ms(lambda: l0_penalty(params, alphas, BETA, L2).backward(), device, grad_to_none=params)
+    autograd = None
+    if "l0_grad_mask" in args.ops:
+        params = [w.clone().requires_grad_() for w in weights]
+        autograd = bench_ms(lambda: l0_penalty(params, alphas, BETA, L2).backward(), device, grad_to_none=params)
+        del params
     numel = sum(w.numel() for w in weights)
-    min_bytes = numel * (3 * dtype.itemsize + 1)  # read w, g, m (1 byte); write g
-    gbps = min_bytes / (ours * 1e6) if ours else None
     name = {v: k for k, v in DTYPES.items()}[dtype]
-    return Row(case, numel, name, ours, eager, compiled_ms, autograd, gbps, copy, host, graph)
+    rows = []
+    for op in args.ops:
+        for kind in args.masks:
+            ours, eager, compiled_ms, host, graph, min_bytes = _time_variants(op, kind, weights, alphas, gen, args)
+            gbps = min_bytes / (ours * 1e6) if ours else None
+            auto = autograd if op == "l0_grad_mask" else None
+            rows.append(Row(case, numel, name, op, kind, ours, eager, compiled_ms, auto, gbps, copy, host, graph))
+    return rows
 
 
-def run_case(case: str, tensors: list, dtype: torch.dtype, device: torch.device, args, copy: float) -> Row | None:
-    """``time_case``, or None (with a note) when it does not fit in device memory."""
+def run_case(case: str, tensors: list, dtype: torch.dtype, device: torch.device, args, copy: float) -> list[Row]:
+    """``time_case``, or no rows (with a note) when it does not fit in device memory."""
     numel = sum(t.numel() if isinstance(t, torch.Tensor) else math.prod(t) for t in tensors)
     if not fits(numel, dtype, device):
         print(f"skip {case} {dtype}: does not fit in free device memory")
-        return None
+        return []
     try:
         return time_case(case, tensors, dtype, device, args, copy)
     except torch.cuda.OutOfMemoryError:
         print(f"skip {case} {dtype}: out of memory")
-        return None
+        return []
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -181,8 +222,9 @@ def run_case(case: str, tensors: list, dtype: torch.dtype, device: torch.device,
 
 def print_table(rows: list[Row], header: bool = True) -> None:
     """Milliseconds, speed-ups of ours over each baseline, GB/s as a share of copy bandwidth, host ms per call."""
-    head = f"{'case':<28}{'numel':>12}{'dtype':>6}{'ours':>9}{'eager':>9}{'compile':>9}{'autograd':>9}"
-    head += f"{'eager/ours':>11}{'comp/ours':>10}{'auto/ours':>10}{'GB/s':>8}{'%copy':>7}{'host':>8}{'graph':>8}"
+    head = f"{'case':<24}{'numel':>11}{'dtype':>6}{'op':>13}{'mask':>7}{'ours':>9}{'eager':>9}{'compile':>9}"
+    head += f"{'autograd':>9}{'eager/ours':>11}{'comp/ours':>10}{'auto/ours':>10}{'GB/s':>7}{'%copy':>6}{'host':>7}"
+    head += f"{'graph':>8}"
     if header:
         print(head)
     for r in rows:
@@ -191,9 +233,10 @@ def print_table(rows: list[Row], header: bool = True) -> None:
         ]
         share = None if r.gbps is None else 100 * r.gbps / r.copy_gbps
         print(
-            f"{r.case:<28}{r.numel:>12}{r.dtype:>6}{fmt(r.ours_ms):>9}{fmt(r.eager_ms):>9}{fmt(r.compile_ms):>9}"
-            f"{fmt(r.autograd_ms):>9}{fmt(ratios[0], '.2f'):>11}{fmt(ratios[1], '.2f'):>10}{fmt(ratios[2], '.2f'):>10}"
-            f"{fmt(r.gbps, '.0f'):>8}{fmt(share, '.0f'):>7}{fmt(r.host_ms):>8}{fmt(r.graph_ms):>8}"
+            f"{r.case:<24}{r.numel:>11}{r.dtype:>6}{r.op:>13}{r.mask:>7}{fmt(r.ours_ms):>9}{fmt(r.eager_ms):>9}"
+            f"{fmt(r.compile_ms):>9}{fmt(r.autograd_ms):>9}{fmt(ratios[0], '.2f'):>11}{fmt(ratios[1], '.2f'):>10}"
+            f"{fmt(ratios[2], '.2f'):>10}{fmt(r.gbps, '.0f'):>7}{fmt(share, '.0f'):>6}{fmt(r.host_ms):>7}"
+            f"{fmt(r.graph_ms):>8}"
         )
 
 
@@ -203,14 +246,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", help="flat sizes, comma separated, e.g. 1M,64M,1G")
     parser.add_argument("--models", help=f"comma separated timm models (default: {','.join(MODELS)}); 'none' for none")
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma separated from fp32,bf16,fp16")
+    parser.add_argument("--ops", default="l0_grad_mask", help=f"comma separated from {','.join(OPS)}")
+    parser.add_argument("--masks", default="bool,packed", help=f"mask kinds, comma separated from {','.join(MASKS)}")
     parser.add_argument("--backend", help="ours: triton (default on CUDA) or torch (default on CPU)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for kernels-<device>.json")
     parser.add_argument("--append", action="store_true", help="keep earlier rows of the JSON")
     args = parser.parse_args(argv)
-    for name in args.dtypes.split(","):
-        if name not in DTYPES:
-            parser.error(f"--dtypes: unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+    for flag, choices in (("dtypes", DTYPES), ("ops", OPS), ("masks", MASKS)):
+        values = getattr(args, flag).split(",")
+        unknown = [v for v in values if v not in choices]
+        if unknown:
+            parser.error(f"--{flag}: unknown {unknown[0]!r} (choose from {', '.join(choices)})")
+        setattr(args, flag, values)
     return args
 
 
@@ -243,12 +291,12 @@ def main(argv: list[str] | None = None) -> None:
     earlier = previous_rows(args.out, name) if args.append else []
     path = None
     for case, tensors in cases:
-        for dtype_name in args.dtypes.split(","):
-            row = run_case(case, tensors, DTYPES[dtype_name], device, args, copy)
-            if row is not None:
-                rows.append(row)
-                print_table([row], header=len(rows) == 1)
-                # Written after every row: a run cut short by a time limit keeps what it measured.
+        for dtype_name in args.dtypes:
+            case_rows = run_case(case, tensors, DTYPES[dtype_name], device, args, copy)
+            if case_rows:
+                print_table(case_rows, header=not rows)
+                rows += case_rows
+                # Written after every case: a run cut short by a time limit keeps what it measured.
                 path = write_json({"device": name, "rows": merged(earlier, rows)}, args.out, "kernels", name)
     print()
     print_table(rows)
@@ -262,10 +310,17 @@ def previous_rows(out_dir: Path, device_name: str) -> list[dict]:
 
 
 def merged(earlier: list[dict], rows: list[Row]) -> list[dict]:
-    """Earlier rows, with this run's rows replacing those of the same (case, dtype) and new ones appended."""
+    """Earlier rows, with this run's rows replacing those of the same (case, dtype, op, mask) and new ones appended.
+
+    Rows written before ops and mask kinds existed count as ``l0_grad_mask`` with bool masks.
+    """
+
+    def key(row: dict) -> tuple:
+        return row["case"], row["dtype"], row.get("op", "l0_grad_mask"), row.get("mask", "bool")
+
     new = [asdict(r) for r in rows]
-    keys = {(r["case"], r["dtype"]) for r in new}
-    return [r for r in earlier if (r["case"], r["dtype"]) not in keys] + new
+    keys = {key(r) for r in new}
+    return [r for r in earlier if key(r) not in keys] + new
 
 
 if __name__ == "__main__":

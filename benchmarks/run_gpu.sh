@@ -3,7 +3,8 @@
 #
 # Usage: benchmarks/run_gpu.sh OUT_DIR [STAGE ...]
 #   stages (default: all, in this order): tests trainer quickstart unet mobilenet resnet train_step host kernels
-#   KERNEL_ARGS   arguments of `python -m benchmarks.kernels` (default: all sizes and models)
+#   KERNEL_ARGS   arguments of `python -m benchmarks.kernels` (default: all sizes and models, bool and packed
+#                 masks; e.g. "--sizes 64M,1G --models resnet50 --ops l0_grad_mask,apply_masks")
 #   STEP_ARGS     arguments of `python -m benchmarks.train_step` (e.g. --profile fused_finetune)
 #   PYTHON        interpreter (default: python3)
 # Each stage runs under its own time limit (seconds, env STAGE_LIMIT_<stage>) so that one stuck stage cannot
@@ -38,7 +39,7 @@ $py -c 'import torch, triton, timm, deepspeed; print("torch", torch.__version__,
 
 for s in $stages; do
   case $s in
-    tests) stage tests 240 $py -m pytest -q -m gpu -p no:cacheprovider tests/kernels ;;
+    tests) stage tests 360 $py -m pytest -q -m gpu -p no:cacheprovider tests/kernels ;;
     trainer) stage trainer 240 $py -m pytest -q -m gpu -p no:cacheprovider tests/core/test_gpu_trainer.py ;;
     quickstart) stage quickstart 120 $py -m sparsetrain run configs/quickstart.yaml train.device=cuda \
       tracking.mode=disabled out_dir=/tmp/quickstart-run
@@ -58,7 +59,8 @@ for s in $stages; do
       cp /tmp/resnet-run/report.json "$out/resnet-report.json" ;;
     train_step) stage train_step 150 $py -m benchmarks.train_step ${STEP_ARGS:-} --out "$out" ;;
     host) stage host 60 $py -m benchmarks.host_overhead ;;
-    kernels) stage kernels 400 $py -m benchmarks.kernels ${KERNEL_ARGS:-} --out "$out" ;;
+    # Default: l0_grad_mask_ with bool and packed masks (add --ops l0_grad_mask,apply_masks for both ops).
+    kernels) stage kernels 700 $py -m benchmarks.kernels ${KERNEL_ARGS:-} --out "$out" ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done

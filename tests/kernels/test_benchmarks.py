@@ -11,24 +11,50 @@ import torch
 from benchmarks import kernels, train_step
 
 ROW_KEYS = {
-    "case", "numel", "dtype", "ours_ms", "eager_ms", "compile_ms", "autograd_ms", "gbps", "copy_gbps", "host_ms",
+    "case",
+    "numel",
+    "dtype",
+    "op",
+    "mask",
+    "ours_ms",
+    "eager_ms",
+    "compile_ms",
+    "autograd_ms",
+    "gbps",
+    "copy_gbps",
+    "host_ms",
     "graph_ms",
 }
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
 def test_kernels_benchmark_quick_writes_json(tmp_path) -> None:
-    kernels.main(
-        ["--quick", "--sizes", "4096,1K", "--models", "test_resnet", "--dtypes", "fp32,bf16", "--out", str(tmp_path)]
-    )
+    argv = ["--quick", "--sizes", "4096,1K", "--models", "test_resnet", "--dtypes", "fp32,bf16", "--out", str(tmp_path)]
+    kernels.main([*argv, "--ops", "l0_grad_mask,apply_masks"])
     payload = json.loads((tmp_path / "kernels-cpu.json").read_text())
     assert payload["device"] == "cpu", f"device: {payload['device']}"
-    assert len(payload["rows"]) == 6, f"rows: 3 cases x 2 dtypes expected, got {len(payload['rows'])}"
-    for row in payload["rows"]:
+    rows = payload["rows"]
+    assert len(rows) == 24, f"rows: 3 cases x 2 dtypes x 2 ops x 2 mask kinds expected, got {len(rows)}"
+    for row in rows:
+        label = f"{row['case']}/{row['dtype']}/{row['op']}/{row['mask']}"
         assert set(row) == ROW_KEYS, f"row keys: {sorted(row)}"
-        for key in ("ours_ms", "eager_ms", "autograd_ms", "gbps", "copy_gbps"):
-            assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, f"{row['case']} {key}"
-    assert [r["numel"] for r in payload["rows"][:4:2]] == [4096, 1024], "--sizes with a K suffix"
+        for key in ("ours_ms", "eager_ms", "gbps", "copy_gbps"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, f"{label} {key}"
+        assert (row["autograd_ms"] is None) == (row["op"] == "apply_masks"), f"{label}: autograd only for l0"
+    assert [(r["op"], r["mask"]) for r in rows[:4]] == [
+        ("l0_grad_mask", "bool"),
+        ("l0_grad_mask", "packed"),
+        ("apply_masks", "bool"),
+        ("apply_masks", "packed"),
+    ], "ops x mask kinds per case"
+    assert [r["numel"] for r in rows[:16:8]] == [4096, 1024], "--sizes with a K suffix"
+    # GB/s counts the mask at 1 byte (bool) or 1 bit (packed) per weight: ours moved the same w/g bytes.
+    l0_bool, l0_packed = rows[0], rows[1]
+    ratio = (l0_bool["gbps"] * l0_bool["ours_ms"]) / (l0_packed["gbps"] * l0_packed["ours_ms"])
+    assert math.isclose(ratio, (12 + 1) / (12 + 1 / 8)), f"fp32 l0 bytes bool/packed: {ratio}"
+    kernels.main([*argv, "--dtypes", "fp32", "--sizes", "4096", "--models", "none", "--masks", "packed", "--append"])
+    appended = json.loads((tmp_path / "kernels-cpu.json").read_text())["rows"]
+    assert len(appended) == 24, f"--append replaces rows of the same case/dtype/op/mask: {len(appended)} rows"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
