@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import kernels, train_step
+from benchmarks import host_overhead, kernels, train_step
 
 ROW_KEYS = {
     "case",
@@ -69,3 +69,12 @@ def test_train_step_benchmark_quick_writes_json(tmp_path) -> None:
 
 def test_parse_size() -> None:
     assert [kernels.parse_size(s) for s in ("1K", "64M", "1G", "4097")] == [1024, 2**26, 2**30, 4097], "size suffixes"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
+@pytest.mark.parametrize("masks", ["bool", "packed"])
+def test_host_overhead_reports_the_work_a_plan_skips(masks: str, capsys) -> None:
+    host_overhead.main(["--model", "test_resnet", "--calls", "3", "--masks", masks])
+    out = capsys.readouterr().out
+    assert f"{masks} masks, 3 calls" in out, out
+    assert "host work a plan skips" in out and "ms of process CPU time per call" in out, out
