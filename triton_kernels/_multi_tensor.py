@@ -244,6 +244,18 @@ def build_tables(
     return tables
 
 
+def settle_tables(weights: Sequence[torch.Tensor]) -> None:
+    """Waits for the table copies of a launch plan being built (no-op on CPU and under graph capture).
+
+    ``build_tables`` copies host tables asynchronously on the current stream; a plan may later run on any
+    stream (a side stream, a CUDA graph), so it waits once, when it is built, instead of ordering every call.
+    """
+    for device in {w.device for w in weights if w.device.type == "cuda"}:
+        with torch.cuda.device(device):
+            if not torch.cuda.is_current_stream_capturing():
+                torch.cuda.current_stream(device).synchronize()
+
+
 def _captured_tables(key: tuple) -> Tables:
     """Device tables for a call being captured in a CUDA graph: the copy from pinned host tables is recorded."""
     hit = _CAPTURED_TABLES.get(key)

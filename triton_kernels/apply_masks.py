@@ -20,6 +20,7 @@ from triton_kernels._multi_tensor import (
     check_masks,
     device_guard,
     group_by_dtype,
+    settle_tables,
 )
 from triton_kernels.l0_grad_mask import TL_DTYPES
 from triton_kernels.plan import LaunchPlan
@@ -168,4 +169,5 @@ def plan_apply_masks_(
     check_masks(masks, weights)
     config = config or DEFAULT_CONFIG
     launches = _prepare(weights, masks, config)
+    settle_tables(weights)
     return LaunchPlan(lambda: _run(launches, config), [weights, masks], "apply_masks_")

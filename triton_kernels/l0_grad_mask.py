@@ -22,6 +22,7 @@ from triton_kernels._multi_tensor import (
     device_guard,
     group_by_dtype,
     per_tensor_floats,
+    settle_tables,
 )
 from triton_kernels.plan import LaunchPlan
 
@@ -292,5 +293,6 @@ def plan_l0_grad_mask_(
     alphas = _checked(weights, grads, masks, alphas)
     config = config or DEFAULT_CONFIG
     launches = _prepare(weights, grads, masks, alphas, config)
+    settle_tables(weights)
     beta, l2 = float(beta), float(l2)
     return LaunchPlan(lambda: _run(launches, beta, l2, config), [weights, grads, masks or []], "l0_grad_mask_")
