@@ -103,7 +103,9 @@ def as_mask_kind(keep: torch.Tensor, kind: str) -> torch.Tensor | PackedMask:
     if kind == "packed":
         return PackedMask.pack(keep)
     if kind == "packed_segment":
-        return PackedMask.pack(torch.cat([torch.ones(5, dtype=torch.bool), keep.reshape(-1)])).narrow(5, keep.numel())
+        return PackedMask.pack(
+            torch.cat([torch.ones(5, dtype=torch.bool, device=keep.device), keep.reshape(-1)])
+        ).narrow(5, keep.numel())
     raise ValueError(f"as_mask_kind: unknown kind {kind!r}")
 
 
