@@ -7,6 +7,7 @@ import json
 import sys
 
 from sparsetrain.config import ConfigError, load_config
+from sparsetrain.errors import SparsetrainError, first_line
 
 
 def _run(argv: list[str]) -> int:
@@ -165,6 +166,11 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
+
+    Exit codes (`sparsetrain.errors`): 0 success, 2 bad input, 3 resume/preemption, 4 non-finite numbers,
+    5 a library set-up sparsetrain does not expect, 1 anything unexpected (with its traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
@@ -177,18 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[argv[0]][0](argv[1:])
-    except (ConfigError, ValueError) as err:
-        # Bad input: one line naming the field, never a deep traceback.
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except SparsetrainError as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        return err.exit_code
+    except ValueError as err:  # bad values found by a library (e.g. timm's unknown model name)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
-    except RuntimeError as err:
-        from sparsetrain.engine.checkpoint import CheckpointError
-        from sparsetrain.engine.preemption import Preempted
-
-        if isinstance(err, CheckpointError | Preempted):
-            print(f"error: {err}", file=sys.stderr)
-            return 3
-        raise
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from sparsetrain.engine.distributed import DistInfo, barrier
+from sparsetrain.errors import ResumeError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ResumeError):
     """A checkpoint or run-state file is missing, truncated or from an incompatible run."""
 
 

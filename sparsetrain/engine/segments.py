@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sparsetrain.errors import SetupError
+
 
 @dataclass
 class Segment:
@@ -50,7 +52,7 @@ def _flat_layouts(wrapper: object) -> list[tuple[torch.Tensor, torch.Tensor, int
     if hasattr(wrapper, "fp32_groups_flat"):  # FP16_Optimizer used for bf16 without ZeRO
         pairs = zip(wrapper.fp16_groups_flat, wrapper.fp32_groups_flat, strict=True)
         return [(flat, master, 0) for flat, master in pairs]
-    raise RuntimeError(f"deepspeed: unsupported optimizer wrapper {type(wrapper).__name__} for masks/regularizer")
+    raise SetupError(f"deepspeed: unsupported optimizer wrapper {type(wrapper).__name__} for masks/regularizer")
 
 
 def _segment_in_layout(name: str, param: torch.nn.Parameter,
@@ -86,7 +88,7 @@ def build_segments(engine: object, prunable: dict[str, torch.nn.Parameter]) -> l
     for name, param in prunable.items():
         found = [s for s in (_segment_in_layout(name, param, lay) for lay in layouts) if s is not None]
         if not found:
-            raise RuntimeError(f"deepspeed: parameter {name} is not in any optimizer flat buffer")
+            raise SetupError(f"deepspeed: parameter {name} is not in any optimizer flat buffer")
         segments.extend(s for s in found[:1] if s.numel > 0)
     _check_segments(segments)
     return segments
@@ -97,7 +99,7 @@ def _check_segments(segments: list[Segment]) -> None:
     for seg in segments:
         expected = seg.param.detach().view(-1)[seg.start:seg.stop].float()
         if not torch.equal(seg.weight().float(), expected):
-            raise RuntimeError(f"deepspeed: master weights of {seg.name} do not match the model parameter; "
+            raise SetupError(f"deepspeed: master weights of {seg.name} do not match the model parameter; "
                                "the optimizer layout is not the one sparsetrain expects")
 
 
