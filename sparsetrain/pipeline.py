@@ -18,6 +18,7 @@ from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.data import DataBundle, build_data
 from sparsetrain.engine.checkpoint import Checkpointer, load_run_state, load_weights, save_run_state, save_weights
 from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
+from sparsetrain.engine.finite import hint, require_finite, require_finite_results
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.progress import log, setup_logging
@@ -101,6 +102,9 @@ class Pipeline:
         return model.to(self.dist.device)
 
     def _save_phase(self, phase: str, model: nn.Module) -> None:
+        """Write the phase's end weights (the next phase's start); refuses NaN/inf, which must never be handed on."""
+        require_finite(model.state_dict(), f"the {phase} weights to hand on",
+                       f"the {phase} phase diverged: {hint(self.cfg, phase, 'weights')}")
         if self.structural and phase in ("prune", "finetune"):
             from sparsetrain.structural.export import save_compressed
 
@@ -113,6 +117,7 @@ class Pipeline:
         save_weights(self.out_dir / "weights" / f"{phase}.safetensors", state, self.dist)
 
     def _finish(self, phase: str, results: dict[str, Any]) -> None:
+        require_finite_results(results, phase)
         self.state["completed"][phase] = results
         self.state["current"] = None
         save_run_state(self.out_dir, self.state, self.dist)
@@ -177,6 +182,7 @@ class Pipeline:
 
         t0 = time.perf_counter()
         model = self.model_from("sparsify" if "sparsify" in self.state["completed"] else None)
+        require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
         groups = channel_groups(model, self.data.input_shape)
         drop = choose_filters(model, groups, self.cfg.prune, self._redundancy_marks())
         pruned = remove_channels(model, drop, groups=groups)

@@ -1,4 +1,4 @@
-"""Multi-tensor in-place weight masking ``w *= m`` (re-applied after every optimizer step in fine-tuning)."""
+"""Multi-tensor in-place weight masking ``w = m ? w : 0`` (re-applied after every optimizer step in fine-tuning)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def _mask_block(w_ptr, m_ptr, offs, end, DTYPE: tl.constexpr, TAIL: tl.constexpr
     else:
         w = tl.load(w_ptr + offs)
         m = tl.load(m_ptr + offs)
-    # A product, not a select, like the reference: NaN/inf weights become NaN, never silently 0.
-    w = w * (m != 0).to(DTYPE)
+    # A select, like the reference: a pruned weight is exactly 0 whatever it held (NaN * 0 would be NaN).
+    w = tl.where(m != 0, w, 0.0).to(DTYPE)
     if TAIL:
         tl.store(w_ptr + offs, w, mask=inside)
     else:
@@ -62,7 +62,7 @@ def _apply_masks_kernel(
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """``w <- w · m`` for one chunk of one tensor.
+    """``w <- m ? w : 0`` for one chunk of one tensor.
 
     Shapes: each tensor is flat [numel]; the program covers elements [start, min(start + CHUNK, numel)).
     Memory traffic: reads w, m once; writes w once.
@@ -104,7 +104,7 @@ def _launch_apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor], 
 def apply_masks_(
     weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, config: LaunchConfig | None = None
 ) -> None:
-    """In place ``w *= m`` for every tensor, one kernel launch per (device, dtype) group.
+    """In place ``w = m ? w : 0`` for every tensor (pruned slots exactly 0), one launch per (device, dtype) group.
 
     Args:
         weights: contiguous fp32/bf16/fp16 tensors (views into a larger buffer are fine).

@@ -53,7 +53,7 @@ def _l0_block(
             m = tl.load(m_ptr + offs, mask=inside, other=0)
         else:
             m = tl.load(m_ptr + offs)
-        g = g * (m != 0).to(tl.float32)  # a product, not a select: NaN gradients stay NaN
+        g = tl.where(m != 0, g, 0.0)  # a select: a pruned slot's gradient is exactly 0 whatever it held
     if TAIL:
         tl.store(g_ptr + offs, g.to(DTYPE), mask=inside)
     else:
@@ -117,7 +117,7 @@ def _l0_grad_mask_kernel(
 
     For every element of the chunk, with α the tensor's alpha, in fp32:
         e = exp(-β|w|)
-        g <- (g + α·β·sign(w)·e + 2·l2·w) · m                 (sign(0) = 0; m = 1 when HAS_MASK is False)
+        g <- m ? g + α·β·sign(w)·e + 2·l2·w : 0              (sign(0) = 0; m = 1 when HAS_MASK is False)
         partial[pid] = α·Σ(1 - e) + l2·Σ w²
     Shapes: each tensor is flat [numel]; the program covers elements [start, min(start + CHUNK, numel)).
     Memory traffic: reads w, g, m once; writes g once (eager torch makes ~10 passes with temporaries).
@@ -189,7 +189,7 @@ def l0_grad_mask_(
     l2: float,
     config: LaunchConfig | None = None,
 ) -> torch.Tensor:
-    """In place ``g = (g + α·β·sign(w)·exp(−β|w|) + 2·l2·w) · m`` for every tensor; returns the regularizer value.
+    """In place ``g = m ? g + α·β·sign(w)·exp(−β|w|) + 2·l2·w : 0`` for every tensor; returns the regularizer value.
 
     One kernel launch per (device, dtype) group of tensors; the value ``Σ α·(1 − exp(−β|w|)) + l2·Σ w²`` is
     computed in the same pass and accumulated in fp32.

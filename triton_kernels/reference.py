@@ -25,7 +25,9 @@ def l0_grad_mask_reference_(
     l2: float,
     config: object = None,
 ) -> torch.Tensor:
-    """In place ``g = (g + α·β·sign(w)·exp(−β|w|) + 2·l2·w) · m``; returns ``Σ α(1 − exp(−β|w|)) + l2·Σ w²``.
+    """In place ``g = m ? g + α·β·sign(w)·exp(−β|w|) + 2·l2·w : 0``; returns ``Σ α(1 − exp(−β|w|)) + l2·Σ w²``.
+
+    Masking is a select: a pruned slot's gradient is exactly 0 whatever it held (NaN or inf included).
 
     Args:
         weights: float tensors.
@@ -46,7 +48,7 @@ def l0_grad_mask_reference_(
         e = torch.exp(-beta * w32.abs())
         new = g.reshape(-1).float() + alphas[i] * beta * torch.sign(w32) * e + 2.0 * l2 * w32
         if masks is not None:
-            new = new * (masks[i].reshape(-1) != 0)  # a product: NaN gradients stay NaN
+            new = torch.where(masks[i].reshape(-1) != 0, new, 0.0)  # a select: pruned slots are exactly 0
         g.copy_(new.view_as(g))
         total += alphas[i] * (1.0 - e).sum() + l2 * (w32 * w32).sum()
     return total
@@ -56,7 +58,7 @@ def l0_grad_mask_reference_(
 def apply_masks_reference_(
     weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, config: object = None
 ) -> None:
-    """In place ``w *= m`` (non-zero mask = kept).
+    """In place ``w = m ? w : 0`` (non-zero mask = kept): pruned weights become exactly 0, NaN or inf included.
 
     Args:
         weights: float tensors.
@@ -64,7 +66,7 @@ def apply_masks_reference_(
         config: ignored.
     """
     for w, m in zip(weights, masks, strict=True):
-        w.mul_((m.reshape(w.shape) != 0).to(w.dtype))
+        w.masked_fill_(m.reshape(w.shape) == 0, 0.0)
 
 
 @torch.no_grad()

@@ -17,9 +17,10 @@ from sparsetrain.config.launch import LaunchConfig
 
 
 class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, values are re-validated on assignment."""
+    """Base for config sections: unknown keys and non-finite numbers are errors, values are re-validated on
+    assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class ModelConfig(Section):

@@ -78,19 +78,28 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 @dataclass
 class GradientHooks:
-    """State shared by the optimizer hooks: the strategy, masks, and the last regularizer value."""
+    """State shared by the optimizer hooks: the strategy, masks, the last regularizer value and the squared norm
+    of the gradients this rank's optimizer stepped with (before the regularizer; a partition under ZeRO 1/2)."""
 
     regularizer: GradientRegularizer
     masks: dict[str, torch.Tensor] | None
     segments: list[Segment] = field(default_factory=list)
     last_value: torch.Tensor | None = None
+    grad_sq: torch.Tensor | None = None
 
     def _present(self, optimizer: torch.optim.Optimizer) -> list[Segment]:
         # ZeRO steps one param group at a time; touch only the segments of the groups being stepped.
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
         return [s for s in self.segments if id(s.master) in present]
 
+    def begin_step(self) -> None:
+        self.last_value, self.grad_sq = None, None
+
     def before_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:  # one multi-tensor pass, stays on the device (no host sync)
+            sq = torch.stack(torch._foreach_norm(grads)).float().square().sum()
+            self.grad_sq = sq if self.grad_sq is None else self.grad_sq + sq
         self.last_value = self.regularizer.apply_to_gradients(self._present(optimizer), self.masks)
 
     def after_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
@@ -125,6 +134,39 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
     engine.basic_optimizer.register_step_pre_hook(hooks.before_step)
     engine.basic_optimizer.register_step_post_hook(hooks.after_step)
     return engine
+
+
+def hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, object]]:
+    """Each param group's settings (lr, weight decay, momentum, betas ...) without its tensors."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def restore_hyperparameters(engine: object, settings: list[dict[str, object]]) -> dict[str, tuple]:
+    """After a resume, make the config's optimizer settings win over the checkpoint's (state is kept).
+
+    A checkpoint stores each param group's lr, weight decay and momentum, and the LR schedule's base LRs, so a
+    run resumed with a lowered `optim.lr` (the advice after a non-finite stop) would silently keep the old one.
+    The schedule's position (`last_epoch`) comes from the checkpoint; the LR is recomputed from it.
+
+    Returns:
+        {setting: (checkpoint value, config value)} for the settings that changed.
+    """
+    optimizer, scheduler = engine.basic_optimizer, engine.lr_scheduler
+    changed: dict[str, tuple] = {}
+    for group, wanted in zip(optimizer.param_groups, settings, strict=True):
+        for key, value in wanted.items():
+            if key != "lr" and group.get(key) != value:
+                changed[key] = (group.get(key), value)
+                group[key] = value
+    bases = [float(wanted["initial_lr"]) for wanted in settings]
+    if list(scheduler.base_lrs) != bases:
+        changed["lr"] = (scheduler.base_lrs[0], bases[0])
+    scheduler.base_lrs = bases
+    for group, base, factor in zip(optimizer.param_groups, bases, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    changed.pop("initial_lr", None)
+    return changed
 
 
 def match_buffers_to_params(model: nn.Module) -> None:

@@ -67,7 +67,15 @@ def layer_sparsity_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> 
 
 
 def compute_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> dict[str, torch.Tensor]:
-    """Masks (True = kept) for every prunable weight according to `cfg.rule`."""
+    """Masks (True = kept) for every prunable weight according to `cfg.rule`.
+
+    Raises:
+        NonFiniteError: a weight is NaN or inf (such a magnitude has no rank: it would be kept or pruned at random).
+    """
+    from sparsetrain.engine.finite import require_finite
+
+    require_finite(weights, "the weights to prune", "a NaN or inf magnitude cannot be ranked; fix the training "
+                   "that produced them (lower the learning rate, enable deepspeed.gradient_clipping)")
     if cfg.rule in ("global_threshold", "layer_threshold"):
         return threshold_masks(weights, cfg)
     if cfg.rule == "global_sparsity":

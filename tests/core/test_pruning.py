@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sparsetrain.config.schema import PruneConfig
+from sparsetrain.errors import NonFiniteError
 from sparsetrain.pruning.criteria import compute_masks
 
 
@@ -50,3 +51,11 @@ def test_threshold_rules(rule: str) -> None:
 def test_unknown_layer_in_overrides_is_reported() -> None:
     with pytest.raises(ValueError, match=r"prune.layer_sparsity: unknown layer\(s\) nope.weight"):
         compute_masks(_weights(), PruneConfig(rule="layer_sparsity", layer_sparsity={"nope.weight": 0.5}))
+
+
+def test_rules_refuse_non_finite_magnitudes() -> None:
+    weights = _weights()
+    weights["b.weight"][0, 0, 1, 1] = float("nan")
+    for rule in ("global_threshold", "layer_threshold", "global_sparsity", "layer_sparsity"):
+        with pytest.raises(NonFiniteError, match=r"^non-finite values in the weights to prune \(b.weight\); "):
+            compute_masks(weights, PruneConfig(rule=rule))

@@ -23,21 +23,35 @@ def test_apply_masks_matches_reference(case: str, dtype: torch.dtype) -> None:
         assert_equal(w, e, f"{case}/{dtype} weights[{i}] (numel {w.numel()})")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mask_kind", ["zeros", "ones", "bool", "uint8"])
-def test_apply_masks_kinds_and_nan(mask_kind: str) -> None:
+def test_apply_masks_pruned_slots_exactly_zero_whatever_they_held(mask_kind: str, dtype: torch.dtype) -> None:
+    """A select, not w * m: NaN/±inf in pruned slots become exactly 0, kept ones stay as they are."""
     sizes = SIZE_CASES["awkward"]
     gen = torch.Generator().manual_seed(11)
-    weights = flat_views(sizes, torch.float32, gen)
-    weights[0].view(-1)[0] = float("nan")
+    weights = flat_views(sizes, dtype, gen)
+    for w in weights[1:4]:
+        w.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
     masks = random_masks(sizes, mask_kind, gen)
+    before = [w.clone() for w in weights]
     expected = [w.clone() for w in weights]
     apply_masks_(weights, masks, config=TINY)
     apply_masks_reference_(expected, masks)
-    for i, (w, e) in enumerate(zip(weights, expected, strict=True)):
-        assert_equal(w, e, f"{mask_kind} weights[{i}]")
-        pruned = w.reshape(-1)[masks[i] == 0]
-        assert bool((pruned.nan_to_num(0.0) == 0).all()), f"{mask_kind} weights[{i}]: pruned weights not 0"
-    assert weights[0].view(-1)[0].isnan(), "NaN weight must stay NaN (w*m, not where)"
+    for i, (w, e, b, m) in enumerate(zip(weights, expected, before, masks, strict=True)):
+        assert_equal(w, e, f"{mask_kind}/{dtype} weights[{i}]")
+        kept = m.reshape(-1) != 0
+        pruned = w.reshape(-1)[~kept]
+        assert bool((pruned == 0).all()), f"{mask_kind}/{dtype} weights[{i}]: {int((pruned != 0).sum())} pruned not 0"
+        assert_equal(w.reshape(-1)[kept], b.reshape(-1)[kept], f"{mask_kind}/{dtype} weights[{i}] kept slots")
+
+
+def test_torch_apply_masks_is_a_select() -> None:
+    """`sparsetrain.pruning.masks.apply_masks` (the prune phase's masking) also zeroes NaN/inf in pruned slots."""
+    from sparsetrain.pruning.masks import apply_masks
+
+    w = torch.nn.Parameter(torch.tensor([[float("nan"), float("inf")], [-float("inf"), 2.0]]))
+    apply_masks({"w": w}, {"w": torch.tensor([[False, False], [False, True]])})
+    assert w.detach().tolist() == [[0.0, 0.0], [0.0, 2.0]], w
 
 
 def test_apply_masks_empty() -> None:
