@@ -47,6 +47,7 @@ class Pipeline:
         self.state = self._initial_state()
         self.data: DataBundle = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
         self.task = build_task(cfg.task, self.data.num_classes)
+        self._check_plan()
         self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
@@ -54,6 +55,15 @@ class Pipeline:
         self._truncate_log_on_resume()
         if self.dist.is_main:
             save_resolved(cfg, self.out_dir / "config.yaml")
+
+    def _check_plan(self) -> None:
+        """Settings that name model layers are checked against the built model before any training."""
+        from sparsetrain.plan import DataSizes, meta_model
+        from sparsetrain.pruning.criteria import check_layer_settings
+
+        if self.cfg.prune.layer_thresholds or self.cfg.prune.layer_sparsity:
+            sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
+            check_layer_settings(self.cfg.prune, list(prunable_parameters(meta_model(self.cfg, sizes))))
 
     def _initial_state(self) -> dict[str, Any]:
         state = load_run_state(self.out_dir) if self.cfg.resume else {"completed": {}, "current": None}
