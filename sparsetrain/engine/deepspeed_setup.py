@@ -3,7 +3,9 @@
 Order (documented because it matters):
 1. the model is built and given its start weights on every rank (single-device code, no DeepSpeed inside);
 2. a torch optimizer (one param group) and an LR schedule are created;
-3. `deepspeed.initialize` wraps them (ZeRO stage, precision and batch geometry from the config);
+3. `deepspeed.initialize` wraps them (ZeRO stage, precision and batch geometry from the config); under bf16 the
+   optimizer's fp32 masters are then set to the exact fp32 start weights (`masters.set_masters`) and any state
+   DeepSpeed's wrapping step left in the optimizer is dropped;
 4. the gradient regularizer and masks are attached as step pre/post hooks of the *basic* torch optimizer,
    working on the optimizer's own fp32 tensors (`segments.build_segments`): pre-hook = add the regularizer
    gradient and mask (after reduction, clipping and unscaling), post-hook = re-apply masks to the updated
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from sparsetrain.config.schema import RunConfig
+from sparsetrain.engine.masters import set_masters
 from sparsetrain.engine.segments import Segment, build_segments
 from sparsetrain.regularizers.base import GradientRegularizer
 
@@ -126,11 +129,19 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
     warmup, schedule = cfg.optim.warmup_steps, cfg.optim.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, schedule))
+    bf16 = cfg.deepspeed.precision == "bf16"
+    # DeepSpeed casts the model to bf16 in place and makes the masters from that copy: keep the exact values.
+    start = {n: p.detach().float().clone() for n, p in model.named_parameters()} if bf16 else None
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, world_size))
-    if cfg.deepspeed.precision == "bf16":
+    # FP16_UnfusedOptimizer (bf16, ZeRO 0) runs one optimizer.step() on zero gradients while wrapping: it moves
+    # the masters under weight decay and advances Adam's step count. A phase starts with fresh optimizer state.
+    engine.basic_optimizer.state.clear()
+    if bf16:
+        set_masters(engine, start)
         match_buffers_to_params(engine.module)
-    hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable})
+    hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable},
+                                    start)
     engine.basic_optimizer.register_step_pre_hook(hooks.before_step)
     engine.basic_optimizer.register_step_post_hook(hooks.after_step)
     return engine
