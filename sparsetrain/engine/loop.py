@@ -17,6 +17,7 @@ from sparsetrain.engine.checkpoint import Checkpointer
 from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine, hyperparameters, restore_hyperparameters
 from sparsetrain.engine.distributed import DistInfo, all_reduce_min, all_reduce_sum
 from sparsetrain.engine.finite import GRAD_NORM, INPUTS, LOSS, REGULARIZER, FiniteGuard, decode, hint, training_error
+from sparsetrain.engine.masters import handoff_module
 from sparsetrain.engine.segments import holds_partition
 from sparsetrain.progress import Progress, log
 from sparsetrain.pruning.masks import prunable_parameters
@@ -106,7 +107,8 @@ def _client_state(ctx: RunContext, phase: str, step: int, masks: dict[str, torch
 
 def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: GradientRegularizer,
                 masks: dict[str, torch.Tensor] | None, resume_tag: str | None) -> nn.Module:
-    """Train `model` for the phase's steps on a DeepSpeed engine; returns the trained module."""
+    """Train `model` for the phase's steps on a DeepSpeed engine; returns the trained module in fp32 holding the
+    optimizer's master values (under bf16 the model copy is only their rounding)."""
     cfg, plan, total = ctx.cfg, ctx.plan(phase), ctx.phase_steps(phase)
     lr = getattr(cfg.phases, phase).lr or cfg.optim.lr
     prunable = prunable_parameters(model)
@@ -122,7 +124,7 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
         for key, (old, new) in restore_hyperparameters(engine, settings).items():
             log.info(f"[{phase}] resumed at step {start} with {key} {new} from the config (checkpoint had {old})")
     _run_steps(ctx, phase, engine, hooks, plan, start, total, masks)
-    return engine.module
+    return handoff_module(engine)
 
 
 def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, plan: BatchPlan, start: int,

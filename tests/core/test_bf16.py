@@ -1,7 +1,9 @@
-"""bf16 training: every ZeRO stage makes the same first update as fp32 (issue 10, fault 2)."""
+"""bf16 training: every ZeRO stage makes the same first update as fp32 (issue 10, fault 2), and phases hand on the
+optimizer's fp32 masters, not their bf16 rounding (fault 6)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from torch import nn
 
 from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine
 from sparsetrain.engine.distributed import init_distributed
-from sparsetrain.pipeline import run_pipeline
+from sparsetrain.pipeline import Pipeline, run_pipeline
+from sparsetrain.pruning.criteria import compute_masks
 from sparsetrain.pruning.masks import prunable_parameters
 from sparsetrain.regularizers.base import GradientRegularizer
 from tests.core.conftest import tiny_config
@@ -72,3 +75,61 @@ def test_bf16_zero_0_with_weight_decay_trains_the_whole_pipeline(run_dir: Path) 
     final = load_file(str(run_dir / "weights" / "finetune.safetensors"))
     assert all(bool((final[n][m == 0] == 0).all()) for n, m in masks.items()), "a pruned weight came back"
     assert report["finetuned"]["metric"] > 50, report["finetuned"]
+
+
+# ---- fault 6: hand-off of the fp32 masters ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_sparsify_hands_on_the_fp32_masters_and_prune_decides_on_them(tmp_path: Path, zero: int) -> None:
+    """The phase's saved weights equal the masters DeepSpeed stored in its last checkpoint, read back with
+    DeepSpeed's own tools; pruning on them differs from pruning on the bf16 copies."""
+    from sparsetrain.engine.loop import train_phase
+    from sparsetrain.regularizers import build_regularizer
+
+    cfg = tiny_config(tmp_path / "run", "deepspeed.precision=bf16", f"deepspeed.zero_stage={zero}",
+                      "train.checkpoint_every=44")  # 44 sparsify steps: the last step is checkpointed
+    pipeline = Pipeline(cfg)
+    model = pipeline.model_from(None)
+    sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
+    regularizer = build_regularizer(cfg.regularizer, sizes, "sparsify", torch.device("cpu"))
+    handed = train_phase(pipeline.ctx, "sparsify", model, regularizer, None, None)
+    masters = _checkpoint_masters(tmp_path / "run" / "checkpoints", "sparsify-step0000044", zero, handed)
+    for name, param in handed.named_parameters():
+        assert param.dtype == torch.float32, f"{name} handed on as {param.dtype}"
+        assert torch.equal(param.detach(), masters[name]), f"{name}: handed-on weights are not the fp32 masters"
+    weights = prunable_parameters(handed)
+    rounded = {n: w.detach().bfloat16().float() for n, w in weights.items()}
+    assert any(not torch.equal(w.detach(), rounded[n]) for n, w in weights.items()), "masters are bf16 values"
+    on_masters = compute_masks({n: masters[n] for n in weights}, cfg.prune)
+    on_handed = compute_masks({n: w.detach() for n, w in weights.items()}, cfg.prune)
+    on_bf16 = compute_masks(rounded, cfg.prune)
+    assert all(torch.equal(on_masters[n], on_handed[n]) for n in weights), "prune decisions differ from the masters'"
+    differ = sum(int((on_masters[n] != on_bf16[n]).sum()) for n in weights)
+    assert differ > 0, "no decision depends on the hand-off precision here; the test could not fail"
+    pipeline.close()
+
+
+def _checkpoint_masters(folder: Path, tag: str, zero: int, module: nn.Module) -> dict[str, torch.Tensor]:
+    """fp32 masters from a DeepSpeed checkpoint: ZeRO via deepspeed.utils.zero_to_fp32, ZeRO 0 from the
+    unfused optimizer's saved `fp32_groups` (in the order of the model's parameters)."""
+    if zero:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(folder), tag).items()}
+    saved = torch.load(folder / tag / "mp_rank_00_model_states.pt", weights_only=False, map_location="cpu")
+    names = [name for name, _ in module.named_parameters()]
+    return dict(zip(names, [t.float() for t in saved["optimizer"]["fp32_groups"][0]], strict=True))
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_finetune_starts_from_the_fp32_pruned_weights(run_dir: Path, zero: int) -> None:
+    """With a learning rate far below fp32 resolution, fine-tuning must end exactly where it started: at the fp32
+    pruned weights (a bf16 start would end at their rounding)."""
+    run_pipeline(tiny_config(run_dir, "deepspeed.precision=bf16", f"deepspeed.zero_stage={zero}",
+                             "phases.sparsify.epochs=1", "phases.finetune.epochs=0.2", "phases.finetune.lr=1e-30"))
+    pruned, final = (load_file(str(run_dir / "weights" / f"{p}.safetensors")) for p in ("prune", "finetune"))
+    for name, value in pruned.items():
+        if name.endswith(("weight", "bias")):
+            assert torch.equal(final[name], value), f"{name}: fine-tuning did not start from the fp32 prune weights"
+    assert any(not torch.equal(v, v.bfloat16().float()) for v in pruned.values()), "prune weights are bf16 values"
+    assert json.loads((run_dir / "report.json").read_text())["sparsity"] >= 0.8 - 1e-6
