@@ -53,6 +53,7 @@ class Pipeline:
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
                               self.state)
         self._truncate_log_on_resume()
+        self.tracker.start()
         if self.dist.is_main:
             save_resolved(cfg, self.out_dir / "config.yaml")
 
@@ -136,6 +137,7 @@ class Pipeline:
         self.tracker.log({"phase": phase, "event": "phase_end", **metrics},
                          self.ctx.global_offset(phase) + self.ctx.phase_steps(phase) if phase != "prune"
                          else self.ctx.global_offset("finetune"))
+        self.tracker.commit()  # the phase's rows are now covered by state.json
         log.info(f"[{phase}] done: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def _resume_tag(self, phase: str) -> str | None:

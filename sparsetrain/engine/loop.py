@@ -154,6 +154,7 @@ def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, p
             _require_finite_weights(ctx, phase, engine, done)
             ctx.checkpointer.save(engine, phase, done, _client_state(ctx, phase, done, masks, hooks.regularizer),
                                   ctx.state)
+            ctx.tracker.commit()  # W&B gets the rows this checkpoint covers, never a step a resume would redo
         if stop:
             raise preemption.Preempted(f"stopped on request after {phase} step {done}; checkpoint saved")
 
