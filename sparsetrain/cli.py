@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from sparsetrain.config import ConfigError, load_config
@@ -24,9 +25,13 @@ def _run(argv: list[str]) -> int:
 
         print(plan_report(cfg, world_size_for(cfg)), end="")
         return 0
+    from sparsetrain.engine import preemption
     from sparsetrain.engine.distributed import shutdown_distributed
     from sparsetrain.pipeline import run_pipeline
 
+    # SIGTERM (scancel, a cluster's preemption or `scontrol requeue`) and SIGUSR1 stop at the next step boundary
+    # with a checkpoint (exit 3) instead of losing the steps since the last one; a requeue continues from it.
+    preemption.install_signal_handlers((signal.SIGTERM, signal.SIGUSR1))
     run_pipeline(cfg, args.phase)
     shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
     return 0

@@ -16,7 +16,15 @@ from torch import nn
 
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.data import DataBundle, build_data
-from sparsetrain.engine.checkpoint import Checkpointer, load_run_state, load_weights, save_run_state, save_weights
+from sparsetrain.engine.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    clear_run_outputs,
+    load_run_state,
+    load_weights,
+    save_run_state,
+    save_weights,
+)
 from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
 from sparsetrain.engine.finite import hint, require_finite, require_finite_results
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
@@ -24,6 +32,7 @@ from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.progress import log, setup_logging
 from sparsetrain.pruning.masks import apply_masks, layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import build_regularizer
+from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
 
@@ -44,10 +53,10 @@ class Pipeline:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         self.structural = cfg.prune.rule == "filters"
-        self.state = self._initial_state()
         self.data: DataBundle = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
         self.task = build_task(cfg.task, self.data.num_classes)
         self._check_plan()
+        self.state = self._initial_state()
         self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
@@ -67,8 +76,35 @@ class Pipeline:
             check_layer_settings(self.cfg.prune, list(prunable_parameters(meta_model(self.cfg, sizes))))
 
     def _initial_state(self) -> dict[str, Any]:
-        state = load_run_state(self.out_dir) if self.cfg.resume else {"completed": {}, "current": None}
+        """The saved state to continue from, or a fresh one after clearing the previous run's outputs.
+
+        `resume=false` starts fresh once: a re-run of the submission that started the run (a requeue, any attempt;
+        `sparsetrain.submission`) continues from its own checkpoint.
+        """
+        state = None
+        if self.dist.is_main:
+            submission = current_submission()
+            state = self._state_to_continue(submission)
+            if state is None:
+                clear_run_outputs(self.out_dir)
+                state = {"completed": {}, "current": None}
+            state["submission"] = submission
         return broadcast_object(state)
+
+    def _state_to_continue(self, submission: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not (self.out_dir / "state.json").exists():
+            return None
+        if self.cfg.resume:
+            return load_run_state(self.out_dir)
+        try:
+            saved = load_run_state(self.out_dir)
+        except CheckpointError:  # starting fresh anyway
+            return None
+        if not is_rerun(saved.get("submission"), submission):
+            return None
+        log.info(f"resume=false, but this process re-runs submission {submission['id']} that started the run in "
+                 f"{self.out_dir}: continuing from its state")
+        return saved
 
     def _truncate_log_on_resume(self) -> None:
         current = self.state.get("current")

@@ -120,6 +120,7 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
         settings = hyperparameters(engine.basic_optimizer)
         client = ctx.checkpointer.load(engine, resume_tag)
         start = client["step"]
+        log.info(f"[{phase}] resuming from checkpoint {resume_tag} at step {start}")
         regularizer.load_state_dict(client["regularizer"])
         for key, (old, new) in restore_hyperparameters(engine, settings).items():
             log.info(f"[{phase}] resumed at step {start} with {key} {new} from the config (checkpoint had {old})")
