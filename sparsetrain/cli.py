@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from sparsetrain.config import ConfigError, load_config
+from sparsetrain.errors import SparsetrainError, first_line
 
 
 def _run(argv: list[str]) -> int:
@@ -23,9 +25,13 @@ def _run(argv: list[str]) -> int:
 
         print(plan_report(cfg, world_size_for(cfg)), end="")
         return 0
+    from sparsetrain.engine import preemption
     from sparsetrain.engine.distributed import shutdown_distributed
     from sparsetrain.pipeline import run_pipeline
 
+    # SIGTERM (scancel, a cluster's preemption or `scontrol requeue`) and SIGUSR1 stop at the next step boundary
+    # with a checkpoint (exit 3) instead of losing the steps since the last one; a requeue continues from it.
+    preemption.install_signal_handlers((signal.SIGTERM, signal.SIGUSR1))
     run_pipeline(cfg, args.phase)
     shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
     return 0
@@ -165,6 +171,11 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
+
+    Exit codes (`sparsetrain.errors`): 0 success, 2 bad input, 3 resume/preemption, 4 non-finite numbers,
+    5 a library set-up sparsetrain does not expect, 1 anything unexpected (with its traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
@@ -177,18 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[argv[0]][0](argv[1:])
-    except (ConfigError, ValueError) as err:
-        # Bad input: one line naming the field, never a deep traceback.
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except SparsetrainError as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        return err.exit_code
+    except ValueError as err:  # bad values found by a library (e.g. timm's unknown model name)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
-    except RuntimeError as err:
-        from sparsetrain.engine.checkpoint import CheckpointError
-        from sparsetrain.engine.preemption import Preempted
-
-        if isinstance(err, CheckpointError | Preempted):
-            print(f"error: {err}", file=sys.stderr)
-            return 3
-        raise
 
 
 if __name__ == "__main__":

@@ -16,13 +16,23 @@ from torch import nn
 
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.data import DataBundle, build_data
-from sparsetrain.engine.checkpoint import Checkpointer, load_run_state, load_weights, save_run_state, save_weights
+from sparsetrain.engine.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    clear_run_outputs,
+    load_run_state,
+    load_weights,
+    save_run_state,
+    save_weights,
+)
 from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
+from sparsetrain.engine.finite import hint, require_finite, require_finite_results
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.progress import log, setup_logging
 from sparsetrain.pruning.masks import apply_masks, layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import build_regularizer
+from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
 
@@ -43,20 +53,58 @@ class Pipeline:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         self.structural = cfg.prune.rule == "filters"
-        self.state = self._initial_state()
         self.data: DataBundle = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
         self.task = build_task(cfg.task, self.data.num_classes)
+        self._check_plan()
+        self.state = self._initial_state()
         self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
                               self.state)
         self._truncate_log_on_resume()
+        self.tracker.start()
         if self.dist.is_main:
             save_resolved(cfg, self.out_dir / "config.yaml")
 
+    def _check_plan(self) -> None:
+        """Settings that name model layers are checked against the built model before any training."""
+        from sparsetrain.plan import DataSizes, meta_model
+        from sparsetrain.pruning.criteria import check_layer_settings
+
+        if self.cfg.prune.layer_thresholds or self.cfg.prune.layer_sparsity:
+            sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
+            check_layer_settings(self.cfg.prune, list(prunable_parameters(meta_model(self.cfg, sizes))))
+
     def _initial_state(self) -> dict[str, Any]:
-        state = load_run_state(self.out_dir) if self.cfg.resume else {"completed": {}, "current": None}
+        """The saved state to continue from, or a fresh one after clearing the previous run's outputs.
+
+        `resume=false` starts fresh once: a re-run of the submission that started the run (a requeue, any attempt;
+        `sparsetrain.submission`) continues from its own checkpoint.
+        """
+        state = None
+        if self.dist.is_main:
+            submission = current_submission()
+            state = self._state_to_continue(submission)
+            if state is None:
+                clear_run_outputs(self.out_dir)
+                state = {"completed": {}, "current": None}
+            state["submission"] = submission
         return broadcast_object(state)
+
+    def _state_to_continue(self, submission: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not (self.out_dir / "state.json").exists():
+            return None
+        if self.cfg.resume:
+            return load_run_state(self.out_dir)
+        try:
+            saved = load_run_state(self.out_dir)
+        except CheckpointError:  # starting fresh anyway
+            return None
+        if not is_rerun(saved.get("submission"), submission):
+            return None
+        log.info(f"resume=false, but this process re-runs submission {submission['id']} that started the run in "
+                 f"{self.out_dir}: continuing from its state")
+        return saved
 
     def _truncate_log_on_resume(self) -> None:
         current = self.state.get("current")
@@ -101,6 +149,9 @@ class Pipeline:
         return model.to(self.dist.device)
 
     def _save_phase(self, phase: str, model: nn.Module) -> None:
+        """Write the phase's end weights (the next phase's start); refuses NaN/inf, which must never be handed on."""
+        require_finite(model.state_dict(), f"the {phase} weights to hand on",
+                       f"the {phase} phase diverged: {hint(self.cfg, phase, 'weights')}")
         if self.structural and phase in ("prune", "finetune"):
             from sparsetrain.structural.export import save_compressed
 
@@ -113,6 +164,7 @@ class Pipeline:
         save_weights(self.out_dir / "weights" / f"{phase}.safetensors", state, self.dist)
 
     def _finish(self, phase: str, results: dict[str, Any]) -> None:
+        require_finite_results(results, phase)
         self.state["completed"][phase] = results
         self.state["current"] = None
         save_run_state(self.out_dir, self.state, self.dist)
@@ -121,6 +173,7 @@ class Pipeline:
         self.tracker.log({"phase": phase, "event": "phase_end", **metrics},
                          self.ctx.global_offset(phase) + self.ctx.phase_steps(phase) if phase != "prune"
                          else self.ctx.global_offset("finetune"))
+        self.tracker.commit()  # the phase's rows are now covered by state.json
         log.info(f"[{phase}] done: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def _resume_tag(self, phase: str) -> str | None:
@@ -177,6 +230,7 @@ class Pipeline:
 
         t0 = time.perf_counter()
         model = self.model_from("sparsify" if "sparsify" in self.state["completed"] else None)
+        require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
         groups = channel_groups(model, self.data.input_shape)
         drop = choose_filters(model, groups, self.cfg.prune, self._redundancy_marks())
         pruned = remove_channels(model, drop, groups=groups)

@@ -9,7 +9,7 @@ Vocabulary used throughout sparsetrain:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,9 +17,10 @@ from sparsetrain.config.launch import LaunchConfig
 
 
 class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, values are re-validated on assignment."""
+    """Base for config sections: unknown keys and non-finite numbers are errors, values are re-validated on
+    assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -99,9 +100,13 @@ class PruneConfig(Section):
     rule: Literal["global_threshold", "layer_threshold", "global_sparsity", "layer_sparsity", "filters"] = Field(
         "global_threshold", description="How weights are chosen for pruning; 'filters' removes whole filters.")
     threshold: float = Field(1e-3, ge=0, description="|w| at or below this is pruned (threshold rules).")
-    layer_thresholds: dict[str, float] = Field(default_factory=dict, description="Per-layer threshold overrides.")
+    layer_thresholds: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="Per-layer threshold overrides (rule=layer_threshold), by prunable "
+        "parameter name (e.g. head.weight); checked against the model before training.")
     sparsity: float = Field(0.9, ge=0, lt=1, description="Target sparsity (sparsity rules, fraction of weights).")
-    layer_sparsity: dict[str, float] = Field(default_factory=dict, description="Per-layer target overrides.")
+    layer_sparsity: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=dict, description="Per-layer target overrides in [0, 1) (rule=layer_sparsity), by prunable "
+        "parameter name; checked against the model before training.")
     filter_norm_threshold: float = Field(1e-2, ge=0, description="Filters whose relative norm falls below this "
                                          "are removed (rule=filters).")
     filter_fraction: float = Field(0.0, ge=0, lt=1, description="Remove at least this fraction of each prunable "

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparsetrain.engine.distributed import barrier
+from sparsetrain.engine.finite import require_finite
 from sparsetrain.progress import log
 
 if TYPE_CHECKING:
@@ -41,7 +42,10 @@ def export_model(pipeline: Pipeline) -> dict[str, Any]:
         cfg = pipeline.cfg
         metric = pipeline.state["completed"][phase].get("metric")
         meta = pipeline.export_meta(phase=phase, metric=metric, task=cfg.task, data=config_to_dict(cfg)["data"])
-        manifest = write_export(pipeline.model_from(phase), pipeline.out_dir / "export", meta=meta,
+        model = pipeline.model_from(phase)
+        require_finite(model.state_dict(), f"the {phase} weights to export", "this run's weights diverged; "
+                       "re-run the phase after fixing the training settings")
+        manifest = write_export(model, pipeline.out_dir / "export", meta=meta,
                                 example=example_batch(pipeline.data.test), formats=cfg.deploy.formats,
                                 opset=cfg.deploy.opset, tolerance=cfg.deploy.tolerance)
     barrier()

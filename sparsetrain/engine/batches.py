@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sparsetrain.errors import InputError
+
 
 @dataclass(frozen=True)
 class BatchPlan:
@@ -25,10 +27,10 @@ class BatchPlan:
     def __post_init__(self) -> None:
         parts = self.world_size * self.grad_accum
         if self.global_batch % parts:
-            raise ValueError(f"train.batch_size: {self.global_batch} is not divisible by world_size "
+            raise InputError(f"train.batch_size: {self.global_batch} is not divisible by world_size "
                              f"{self.world_size} × gradient_accumulation_steps {self.grad_accum} = {parts}")
         if self.global_batch > self.num_samples:
-            raise ValueError(f"train.batch_size: {self.global_batch} exceeds the {self.num_samples} training samples")
+            raise InputError(f"train.batch_size: {self.global_batch} exceeds the {self.num_samples} training samples")
 
     @property
     def micro_batch(self) -> int:

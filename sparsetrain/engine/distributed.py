@@ -80,6 +80,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise minimum over all ranks, in place (no-op for one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True when `flag` is set on any rank (a collective: every rank must call it).
 

@@ -16,9 +16,9 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 @torch.no_grad()
 def apply_masks(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
-    """Zero the pruned weights in place (w *= m)."""
+    """Set the pruned weights to exactly 0 in place, whatever they held (a select, not w * m: NaN * 0 is NaN)."""
     for name, mask in masks.items():
-        params[name].mul_(mask.to(device=params[name].device, dtype=params[name].dtype))
+        params[name].masked_fill_(~mask.to(device=params[name].device, dtype=torch.bool), 0.0)
 
 
 @torch.no_grad()

@@ -86,3 +86,21 @@ def test_bf16_master_weights_triton_matches_torch_on_gpu(tmp_path: Path, zero_st
                         atol=2e-2, rtol=2e-2, label="gpu bf16 triton vs torch after finetune")
     for run in runs.values():
         _check_zeros_and_report(run)
+
+
+def test_diverging_run_on_gpu_names_its_first_bad_step(run_dir: Path) -> None:
+    """On one GPU the non-finite record is read only at log/checkpoint boundaries (no host sync per step); the
+    error must still name the first bad step, and nothing after the last checkpoint may be logged or saved."""
+    from sparsetrain.errors import NonFiniteError
+
+    cfg = tiny_config(run_dir, *ON_GPU, "optim.name=sgd", "optim.lr=10", "train.log_every=7",
+                      "train.checkpoint_every=7")
+    with pytest.raises(NonFiniteError, match=r"^non-finite \w[\w ]* at sparsify step \d+/44: ") as info:
+        run_pipeline(cfg)
+    bad = int(str(info.value).split(" step ")[1].split("/")[0])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["global_step"] < bad for row in rows), "a row at or after the bad step was logged"
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in rows if "loss" in row)
+    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
+    assert (state.get("current") or {}).get("step", 0) < bad, "a checkpoint was written at or after the bad step"
+    assert not (run_dir / "weights").exists()
