@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
+from sparsetrain.config.schema import TrainConfig
 from sparsetrain.data import DataBundle, build_data
 from sparsetrain.engine.checkpoint import Checkpointer, load_run_state, load_weights, save_run_state, save_weights
 from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
@@ -37,8 +38,7 @@ class Pipeline:
         self.out_dir = Path(cfg.out_dir)
         self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_min)
         setup_logging(self.dist.is_main)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        configure_cpu(cfg.train)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         barrier()
@@ -233,6 +233,14 @@ class Pipeline:
 
     def close(self) -> None:
         self.tracker.close()
+
+
+def configure_cpu(train: TrainConfig) -> None:
+    """Intra-op threads and subnormal flushing (see TrainConfig.flush_denormal) for this process."""
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    if not torch.set_flush_denormal(train.flush_denormal) and train.flush_denormal:
+        log.warning("train.flush_denormal: this CPU cannot flush subnormals (no SSE3); long runs may slow down")
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

@@ -121,6 +121,9 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
                                            config=deepspeed_config(cfg, world_size))
     if cfg.deepspeed.precision == "bf16":
         match_buffers_to_params(engine.module)
+    if world_size == 1 and cfg.deepspeed.zero_stage == 0:
+        # One rank: DeepSpeed's gradient all-reduce flattens, reduces and copies back the identity, every step.
+        engine.enable_backward_allreduce = False
     hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable})
     engine.basic_optimizer.register_step_pre_hook(hooks.before_step)
     engine.basic_optimizer.register_step_post_hook(hooks.after_step)

@@ -17,7 +17,7 @@ from sparsetrain.engine.checkpoint import Checkpointer
 from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine
 from sparsetrain.engine.distributed import DistInfo, all_reduce_sum, any_rank
 from sparsetrain.engine.segments import holds_partition
-from sparsetrain.progress import Progress
+from sparsetrain.progress import Progress, StepTimer
 from sparsetrain.pruning.masks import prunable_parameters
 from sparsetrain.regularizers.base import GradientRegularizer
 from sparsetrain.tasks.base import Task
@@ -117,30 +117,33 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
         client = ctx.checkpointer.load(engine, resume_tag)
         start = client["step"]
         regularizer.load_state_dict(client["regularizer"])
-    _run_steps(ctx, phase, engine, hooks, plan, start, total, masks)
+    _run_steps(ctx, phase, engine, hooks, plan, start, total)
     return engine.module
 
 
 def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, plan: BatchPlan, start: int,
-               total: int, masks: dict[str, torch.Tensor] | None) -> None:
+               total: int) -> None:
     cfg, offset = ctx.cfg, ctx.global_offset(phase)
     params = prunable_parameters(engine.module)
     partitioned = holds_partition(engine)
     progress = Progress(phase, start, total, cfg.train.log_every)
+    timer = StepTimer(cfg.train.batch_size)
     batches = iterate_micro_batches(ctx.train_set, plan, start, total, cfg.data.num_workers)
     engine.train()
     for step in range(start, total):
         loss = _one_step(ctx, engine, hooks.regularizer, params, batches, plan.grad_accum)
+        timer.count()
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == total:
             reg = hooks.last_value.detach().float().cpu() if hooks.last_value is not None else torch.zeros(())
             reg = float(all_reduce_sum(reg.reshape(1)).item()) if partitioned else float(reg)
             values = {"loss": float(loss), "reg": reg, "lr": engine.get_lr()[0]}
             progress.update(step, **values)
-            ctx.tracker.log({"phase": phase, "step": step + 1, **values}, offset + step + 1)
+            ctx.tracker.log({"phase": phase, "step": step + 1, **values, **timer.window()}, offset + step + 1)
         stop = any_rank(preemption.stop_requested(), ctx.dist.device)
         if stop or (step + 1) % cfg.train.checkpoint_every == 0:
-            ctx.checkpointer.save(engine, phase, step + 1, _client_state(ctx, phase, step + 1, masks,
-                                                                          hooks.regularizer), ctx.state)
+            with timer.paused():
+                ctx.checkpointer.save(engine, phase, step + 1, _client_state(ctx, phase, step + 1, hooks.masks,
+                                                                              hooks.regularizer), ctx.state)
         if stop:
             raise preemption.Preempted(f"stopped on request after {phase} step {step + 1}; checkpoint saved")
 
