@@ -33,7 +33,7 @@ PHASES = ("dense", "sparsify", "prune", "finetune")
 class Pipeline:
     """Owns the run: data, model factory, phases, state and the final report."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, data: DataBundle | None = None) -> None:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_min)
@@ -44,7 +44,8 @@ class Pipeline:
         barrier()
         self.structural = cfg.prune.rule == "filters"
         self.state = self._initial_state()
-        self.data: DataBundle = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+        self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+        self.baseline_reports: dict[str, dict[str, Any]] = {}
         self.task = build_task(cfg.task, self.data.num_classes)
         self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
@@ -227,6 +228,10 @@ class Pipeline:
             enabled = phase == "prune" or getattr(self.cfg.phases, phase).enabled
             if phase in wanted and enabled and phase not in self.state["completed"]:
                 getattr(self, f"run_{phase}")()
+        if phases is None and self.cfg.baselines and "prune" in self.state["completed"]:
+            from sparsetrain.baselines import run_baselines
+
+            self.baseline_reports = run_baselines(self)
         from sparsetrain.report import write_report
 
         return write_report(self)

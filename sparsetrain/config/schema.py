@@ -117,6 +117,22 @@ class RegularizerConfig(Section):
     redundancy_rho: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a pair is redundant.")
 
 
+class GradualConfig(Section):
+    """Gradual magnitude pruning (Zhu & Gupta 2017): s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n·Δt))³."""
+
+    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="s_i: sparsity of the first pruning step (t0).")
+    start: float = Field(0.0, ge=0, lt=1, description="t0 as a fraction of the sparsify phase's steps.")
+    end: float = Field(0.75, gt=0, le=1, description="t0 + n·Δt as a fraction of the phase's steps: the target "
+                       "sparsity s_f (prune.sparsity) is reached here; the rest trains with fixed masks.")
+    every_steps: int = Field(100, ge=1, description="Δt: optimizer steps between mask updates.")
+
+    @model_validator(mode="after")
+    def _check_order(self) -> GradualConfig:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} must be after start {self.start}")
+        return self
+
+
 class PruneConfig(Section):
     rule: Literal["global_threshold", "layer_threshold", "global_sparsity", "layer_sparsity", "filters"] = Field(
         "global_threshold", description="How weights are chosen for pruning; 'filters' removes whole filters.")
@@ -130,6 +146,12 @@ class PruneConfig(Section):
                                    "group's channels, weakest (lowest norm) first (rule=filters).")
     max_filter_fraction: float = Field(0.75, gt=0, lt=1, description="At most this fraction of a layer's filters "
                                        "is removed (rule=filters).")
+    schedule: Literal["oneshot", "gradual"] = Field(
+        "oneshot", description="oneshot = prune once, after sparsity training (Method 1); gradual = gradual "
+        "magnitude pruning during the sparsify phase (Zhu & Gupta 2017, settings in prune.gradual): masks are "
+        "recomputed by the sparsity rule on a cubic schedule up to the target, training with masks in between, "
+        "and the prune phase finds the target met. gradual needs a sparsity rule.")
+    gradual: GradualConfig = Field(default_factory=GradualConfig, description="Settings of schedule=gradual.")
 
 
 class DeepSpeedConfig(Section):
@@ -185,6 +207,9 @@ class TrackingConfig(Section):
     tags: list[str] = Field(default_factory=list, description="W&B tags.")
 
 
+BaselineName = Literal["l2_oneshot", "gmp"]  # defined in sparsetrain/baselines.py
+
+
 class RunConfig(Section):
     """A whole compression run: data, model, the three phases and how they are executed and tracked."""
 
@@ -203,6 +228,11 @@ class RunConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    baselines: list[BaselineName] = Field(
+        default_factory=list, description="Baselines run after the main run at its pruned sparsity and the same "
+        "sparsify + finetune epochs, each in out_dir/baselines/<name>/, reported beside it: l2_oneshot = l2 "
+        "training + one-shot global magnitude pruning + masked fine-tuning; gmp = l2 training with gradual "
+        "magnitude pruning (prune.gradual) + masked fine-tuning. Unstructured pruning only.")
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
@@ -217,6 +247,11 @@ class RunConfig(Section):
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
         if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer: offloading needs deepspeed.zero_stage >= 1")
+        if self.prune.schedule == "gradual" and self.prune.rule not in ("global_sparsity", "layer_sparsity"):
+            raise ValueError(f"prune.schedule: gradual needs a target-sparsity rule (global_sparsity or "
+                             f"layer_sparsity), not prune.rule={self.prune.rule!r}")
+        if self.baselines and self.prune.rule == "filters":
+            raise ValueError("baselines: magnitude-pruning baselines need unstructured pruning, not prune.rule=filters")
         is_seg_data = self.data.source.startswith("seg_")
         if is_seg_data and self.data.train_subset is not None:
             raise ValueError(f"data.train_subset: not supported for data.source={self.data.source!r} "

@@ -93,6 +93,16 @@ class GradientHooks:
     def before_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
         self.last_value = self.regularizer.apply_to_gradients(self._present(optimizer), self.masks)
 
+    @torch.no_grad()
+    def set_masks(self, masks: dict[str, torch.Tensor], model_params: dict[str, torch.Tensor]) -> None:
+        """Install new masks mid-phase (gradual pruning) and zero the newly pruned weights at once, both in the
+        optimizer's masters (this rank's segments) and in the model parameters the next forward pass reads."""
+        self.masks = masks
+        for seg in self.segments:
+            seg.weight().mul_(masks[seg.name].view(-1)[seg.start:seg.stop].to(seg.weight().dtype))
+        for name, param in model_params.items():
+            param.mul_(masks[name].to(param.dtype))
+
     def after_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
         if self.masks is None:
             return

@@ -18,7 +18,8 @@ from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine
 from sparsetrain.engine.distributed import DistInfo, all_reduce_sum, any_rank
 from sparsetrain.engine.segments import holds_partition
 from sparsetrain.progress import Progress, StepTimer
-from sparsetrain.pruning.masks import prunable_parameters
+from sparsetrain.pruning.masks import mask_sparsity, prunable_parameters
+from sparsetrain.pruning.schedule import GradualPruning
 from sparsetrain.regularizers.base import GradientRegularizer
 from sparsetrain.tasks.base import Task
 from sparsetrain.tracking import Tracker
@@ -117,12 +118,25 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
         client = ctx.checkpointer.load(engine, resume_tag)
         start = client["step"]
         regularizer.load_state_dict(client["regularizer"])
-    _run_steps(ctx, phase, engine, hooks, plan, start, total)
+        if client["masks"] is not None:  # masks of a gradual-pruning phase change during the phase
+            hooks.masks = {k: v.to(ctx.dist.device) for k, v in client["masks"].items()}
+    pruner = GradualPruning(cfg.prune, total) if phase == "sparsify" and cfg.prune.schedule == "gradual" else None
+    _run_steps(ctx, phase, engine, hooks, plan, start, total, pruner)
     return engine.module
 
 
+def _update_masks(hooks: GradientHooks, pruner: GradualPruning, params: dict[str, torch.Tensor], step: int) -> None:
+    """Gradual pruning after optimizer step `step`: masks from the full model weights `params`, which every rank
+    holds (ZeRO <= 2 replicates them; in bf16 they are the bf16 copies), so all ranks choose the same masks."""
+    if pruner.progress(step) is None:
+        return
+    masks = pruner.masks(step, {n: p.detach() for n, p in params.items()})
+    if masks is not None:
+        hooks.set_masks(masks, params)
+
+
 def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, plan: BatchPlan, start: int,
-               total: int) -> None:
+               total: int, pruner: GradualPruning | None) -> None:
     cfg, offset = ctx.cfg, ctx.global_offset(phase)
     params = prunable_parameters(engine.module)
     partitioned = holds_partition(engine)
@@ -133,10 +147,14 @@ def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, p
     for step in range(start, total):
         loss = _one_step(ctx, engine, hooks.regularizer, params, batches, plan.grad_accum)
         timer.count()
+        if pruner is not None:
+            _update_masks(hooks, pruner, params, step + 1)
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == total:
             reg = hooks.last_value.detach().float().cpu() if hooks.last_value is not None else torch.zeros(())
             reg = float(all_reduce_sum(reg.reshape(1)).item()) if partitioned else float(reg)
             values = {"loss": float(loss), "reg": reg, "lr": engine.get_lr()[0]}
+            if pruner is not None:
+                values["sparsity"] = mask_sparsity(hooks.masks)
             progress.update(step, **values)
             ctx.tracker.log({"phase": phase, "step": step + 1, **values, **timer.window()}, offset + step + 1)
         stop = any_rank(preemption.stop_requested(), ctx.dist.device)
