@@ -48,8 +48,8 @@ def test_parse_size() -> None:
 def test_throughput_benchmark_quick_writes_json(tmp_path) -> None:
     from benchmarks import throughput
 
-    payload = throughput.main(["--config", "configs/quickstart.yaml", "--set", "phases.dense.epochs=3",
-                               "--set", "phases.sparsify.epochs=3", "--set", "train.log_every=2", "--threads", "1",
+    payload = throughput.main(["--config", "configs/quickstart.yaml", "--epochs", "3", "--set", "train.log_every=2",
+                               "--threads", "1",
                                "--rounds", "2", "--round-steps", "4", "--out", str(tmp_path)])
     on_disk = json.loads((tmp_path / "throughput-cpu.json").read_text())
     assert on_disk == json.loads(json.dumps(payload)), "throughput-cpu.json differs from the returned payload"
