@@ -42,6 +42,7 @@ def baseline_config(cfg: RunConfig, name: str, sparsity: float) -> RunConfig:
     data["regularizer"]["name"] = "l2"
     data["prune"].update(rule="global_sparsity", sparsity=sparsity, schedule=BASELINES[name]["schedule"])
     data["tracking"]["mode"] = "disabled"  # one W&B run per command; the sub-run keeps its own metrics.jsonl
+    data["deploy"].update(formats=[], latency=False)  # the main run's export and latency table are the deliverable
     return validate(data)
 
 
@@ -99,6 +100,6 @@ def prune_curve(pipeline: Pipeline, reports: dict[str, dict[str, Any]]) -> dict[
 def _sub_pipeline_model(pipeline: Pipeline, name: str, phase: str) -> torch.nn.Module:
     from sparsetrain.engine.checkpoint import load_weights
 
-    model = pipeline.new_model()
+    model = pipeline.new_model(initial=False)
     model.load_state_dict(load_weights(pipeline.out_dir / "baselines" / name / "weights" / f"{phase}.safetensors"))
     return model.to(pipeline.dist.device)
