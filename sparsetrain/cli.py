@@ -124,16 +124,15 @@ def _bench_latency(argv: list[str]) -> None:
 
 
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("kernels", "train_step", "latency"):
-        raise ConfigError("bench: expected 'kernels', 'train_step' or 'latency'")
+    names = ("kernels", "train_step", "latency", "throughput")
+    if not argv or argv[0] not in names:
+        raise ConfigError(f"bench: expected one of {', '.join(names)}")
     if argv[0] == "latency":
         _bench_latency(argv[1:])
         return 0
-    if argv[0] == "kernels":
-        from benchmarks.kernels import main as bench_main
-    else:
-        from benchmarks.train_step import main as bench_main
-    bench_main(argv[1:])
+    import importlib
+
+    importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:])
     return 0
 
 

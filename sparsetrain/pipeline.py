@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
+from sparsetrain.config.schema import TrainConfig
 from sparsetrain.data import DataBundle, build_data
 from sparsetrain.engine.checkpoint import (
     Checkpointer,
@@ -42,18 +43,18 @@ PHASES = ("dense", "sparsify", "prune", "finetune")
 class Pipeline:
     """Owns the run: data, model factory, phases, state and the final report."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, data: DataBundle | None = None) -> None:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_min)
         setup_logging(self.dist.is_main)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        configure_cpu(cfg.train)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         self.structural = cfg.prune.rule == "filters"
-        self.data: DataBundle = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+        self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+        self.baseline_reports: dict[str, dict[str, Any]] = {}
         self.task = build_task(cfg.task, self.data.num_classes)
         self._check_plan()
         self.state = self._initial_state()
@@ -281,12 +282,24 @@ class Pipeline:
             enabled = phase == "prune" or getattr(self.cfg.phases, phase).enabled
             if phase in wanted and enabled and phase not in self.state["completed"]:
                 getattr(self, f"run_{phase}")()
+        if phases is None and self.cfg.baselines and "prune" in self.state["completed"]:
+            from sparsetrain.baselines import run_baselines
+
+            self.baseline_reports = run_baselines(self)
         from sparsetrain.report import write_report
 
         return write_report(self)
 
     def close(self) -> None:
         self.tracker.close()
+
+
+def configure_cpu(train: TrainConfig) -> None:
+    """Intra-op threads and subnormal flushing (see TrainConfig.flush_denormal) for this process."""
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    if not torch.set_flush_denormal(train.flush_denormal) and train.flush_denormal:
+        log.warning("train.flush_denormal: this CPU cannot flush subnormals (no SSE3); long runs may slow down")
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

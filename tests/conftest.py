@@ -28,3 +28,14 @@ def pytest_sessionstart(session) -> None:
     if time.monotonic() - start > 5:
         print(f"\nbuilt DeepSpeed's CPU comm op in {time.monotonic() - start:.0f} s (cached from now on)",
               file=sys.stderr)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """Folder of real Fashion-MNIST IDX files (installs it as root; skips elsewhere, fails on CI)."""
+    from tests.helpers.real_data import fashion_mnist_dir
+
+    return fashion_mnist_dir()

@@ -41,10 +41,32 @@ class ModelConfig(Section):
                              "loading it from model.checkpoint, e.g. when the data has other classes.")
 
 
+class TrainSubsetConfig(Section):
+    """Part `part` of a seeded random partition of the training set into `parts` disjoint, near-equal parts."""
+
+    parts: int = Field(2, ge=2, description="Number of disjoint parts the training set is split into.")
+    part: int = Field(0, ge=0, description="Which part to train on (0-based, < parts).")
+    seed: int = Field(0, ge=0, description="Seed of the partition (independent of the run seed, so runs with "
+                      "different seeds can share a part).")
+
+    @model_validator(mode="after")
+    def _check_part(self) -> TrainSubsetConfig:
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} is out of range for parts={self.parts} (expected 0..{self.parts - 1})")
+        return self
+
+
 class DataConfig(Section):
-    source: Literal["digits", "mnist1d", "synthetic", "npz", "imagefolder", "seg_synthetic", "seg_folder"] = Field(
-        "digits", description="Built-in data set or on-disk layout.")
-    path: str | None = Field(None, description="Data location for npz / imagefolder / seg_folder sources.")
+    source: Literal["digits", "mnist1d", "synthetic", "npz", "idx", "imagefolder", "seg_synthetic",
+                    "seg_folder"] = Field(
+        "digits", description="Built-in data set or on-disk layout; idx = a folder with the four MNIST-family IDX "
+        "files (train/t10k images/labels, optionally .gz), e.g. /usr/share/datasets/fashion-mnist.")
+    path: str | None = Field(None, description="Data location for npz (file) / idx / imagefolder / seg_folder "
+                             "(folder) sources.")
+    train_subset: TrainSubsetConfig | None = Field(
+        None, description="Train on one part of a seeded partition of the training set (classification sources; "
+        "the test set is unchanged), e.g. data.train_subset.part=1 for the second of two disjoint halves; "
+        "used to check that a recipe holds on data it was not tuned on. None = the whole training set.")
     image_size: int | None = Field(None, ge=4, le=4096, description="Resize images to this square size "
                                    "(imagefolder, segmentation); built-ins keep their native size.")
     in_chans: int | None = Field(None, ge=1, le=16, description="Force the number of input channels (None = data's).")
@@ -96,6 +118,22 @@ class RegularizerConfig(Section):
     redundancy_rho: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a pair is redundant.")
 
 
+class GradualConfig(Section):
+    """Gradual magnitude pruning (Zhu & Gupta 2017): s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n·Δt))³."""
+
+    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="s_i: sparsity of the first pruning step (t0).")
+    start: float = Field(0.0, ge=0, lt=1, description="t0 as a fraction of the sparsify phase's steps.")
+    end: float = Field(0.75, gt=0, le=1, description="t0 + n·Δt as a fraction of the phase's steps: the target "
+                       "sparsity s_f (prune.sparsity) is reached here; the rest trains with fixed masks.")
+    every_steps: int = Field(100, ge=1, description="Δt: optimizer steps between mask updates.")
+
+    @model_validator(mode="after")
+    def _check_order(self) -> GradualConfig:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} must be after start {self.start}")
+        return self
+
+
 class PruneConfig(Section):
     rule: Literal["global_threshold", "layer_threshold", "global_sparsity", "layer_sparsity", "filters"] = Field(
         "global_threshold", description="How weights are chosen for pruning; 'filters' removes whole filters.")
@@ -113,6 +151,12 @@ class PruneConfig(Section):
                                    "group's channels, weakest (lowest norm) first (rule=filters).")
     max_filter_fraction: float = Field(0.75, gt=0, lt=1, description="At most this fraction of a layer's filters "
                                        "is removed (rule=filters).")
+    schedule: Literal["oneshot", "gradual"] = Field(
+        "oneshot", description="oneshot = prune once, after sparsity training (Method 1); gradual = gradual "
+        "magnitude pruning during the sparsify phase (Zhu & Gupta 2017, settings in prune.gradual): masks are "
+        "recomputed by the sparsity rule on a cubic schedule up to the target, training with masks in between, "
+        "and the prune phase finds the target met. gradual needs a sparsity rule.")
+    gradual: GradualConfig = Field(default_factory=GradualConfig, description="Settings of schedule=gradual.")
 
 
 class DeepSpeedConfig(Section):
@@ -138,6 +182,11 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per rank (None = torch default).")
     grad_checkpointing: bool = Field(False, description="Recompute activations of repeated blocks in backward "
                                      "(timm models with set_grad_checkpointing): less memory, ~30 % more compute.")
+    flush_denormal: bool = Field(True, description="Flush subnormal floats to zero in CPU arithmetic "
+                                 "(torch.set_flush_denormal). Weights that get no gradient (e.g. fed by always-zero "
+                                 "border pixels) decay under l2/Adam into the subnormal range, where CPU arithmetic "
+                                 "is ~30x slower: a run slowed from ~255 to ~8 steps/s within 10,000 steps without "
+                                 "it. Values below ~1.2e-38 (fp32) become 0; results are otherwise unchanged.")
 
 
 class DeployConfig(Section):
@@ -163,6 +212,9 @@ class TrackingConfig(Section):
     tags: list[str] = Field(default_factory=list, description="W&B tags.")
 
 
+BaselineName = Literal["l2_oneshot", "gmp"]  # defined in sparsetrain/baselines.py
+
+
 class RunConfig(Section):
     """A whole compression run: data, model, the three phases and how they are executed and tracked."""
 
@@ -181,6 +233,11 @@ class RunConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    baselines: list[BaselineName] = Field(
+        default_factory=list, description="Baselines run after the main run at its pruned sparsity and the same "
+        "sparsify + finetune epochs, each in out_dir/baselines/<name>/, reported beside it: l2_oneshot = l2 "
+        "training + one-shot global magnitude pruning + masked fine-tuning; gmp = l2 training with gradual "
+        "magnitude pruning (prune.gradual) + masked fine-tuning. Unstructured pruning only.")
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
@@ -191,11 +248,19 @@ class RunConfig(Section):
             raise ValueError(f"model.{field}: only applies with model.checkpoint=PATH")
         if self.model.pretrained_file and not self.model.pretrained:
             raise ValueError("model.pretrained_file: set model.pretrained=true to load it")
-        if self.data.source in ("npz", "imagefolder", "seg_folder") and not self.data.path:
+        if self.data.source in ("npz", "idx", "imagefolder", "seg_folder") and not self.data.path:
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
         if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer: offloading needs deepspeed.zero_stage >= 1")
+        if self.prune.schedule == "gradual" and self.prune.rule not in ("global_sparsity", "layer_sparsity"):
+            raise ValueError(f"prune.schedule: gradual needs a target-sparsity rule (global_sparsity or "
+                             f"layer_sparsity), not prune.rule={self.prune.rule!r}")
+        if self.baselines and self.prune.rule == "filters":
+            raise ValueError("baselines: magnitude-pruning baselines need unstructured pruning, not prune.rule=filters")
         is_seg_data = self.data.source.startswith("seg_")
+        if is_seg_data and self.data.train_subset is not None:
+            raise ValueError(f"data.train_subset: not supported for data.source={self.data.source!r} "
+                             "(classification sources only)")
         if is_seg_data != (self.task == "segmentation"):
             raise ValueError(f"task: {self.task!r} does not match data.source={self.data.source!r}")
         return self

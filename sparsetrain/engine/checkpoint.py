@@ -59,7 +59,8 @@ def save_run_state(out_dir: Path, state: dict[str, Any], dist_info: DistInfo) ->
     barrier()
 
 
-RUN_OUTPUTS = ("state.json", "checkpoints", "weights", "export", "report.json", "metrics.jsonl", "wandb_run_id.txt")
+RUN_OUTPUTS = ("state.json", "checkpoints", "weights", "export", "baselines", "report.json", "metrics.jsonl",
+               "wandb_run_id.txt")
 
 
 def clear_run_outputs(out_dir: Path) -> None:

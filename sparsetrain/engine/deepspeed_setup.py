@@ -105,6 +105,16 @@ class GradientHooks:
             self.grad_sq = sq if self.grad_sq is None else self.grad_sq + sq
         self.last_value = self.regularizer.apply_to_gradients(self._present(optimizer), self.masks)
 
+    @torch.no_grad()
+    def set_masks(self, masks: dict[str, torch.Tensor], model_params: dict[str, torch.Tensor]) -> None:
+        """Install new masks mid-phase (gradual pruning) and zero the newly pruned weights at once, both in the
+        optimizer's masters (this rank's segments) and in the model parameters the next forward pass reads."""
+        self.masks = masks
+        for seg in self.segments:
+            seg.weight().masked_fill_(~masks[seg.name].view(-1)[seg.start:seg.stop].bool(), 0.0)
+        for name, param in model_params.items():
+            param.masked_fill_(~masks[name].bool(), 0.0)  # a select: pruned slots exactly 0 whatever they held
+
     def after_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
         if self.masks is None:
             return
@@ -140,6 +150,9 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
     if bf16:
         set_masters(engine, start)
         match_buffers_to_params(engine.module)
+    if world_size == 1 and cfg.deepspeed.zero_stage == 0:
+        # One rank: DeepSpeed's gradient all-reduce flattens, reduces and copies back the identity, every step.
+        engine.enable_backward_allreduce = False
     hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable},
                                     start)
     engine.basic_optimizer.register_step_pre_hook(hooks.before_step)

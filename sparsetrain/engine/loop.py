@@ -19,8 +19,9 @@ from sparsetrain.engine.distributed import DistInfo, all_reduce_min, all_reduce_
 from sparsetrain.engine.finite import GRAD_NORM, INPUTS, LOSS, REGULARIZER, FiniteGuard, decode, hint, training_error
 from sparsetrain.engine.masters import handoff_module
 from sparsetrain.engine.segments import holds_partition
-from sparsetrain.progress import Progress, log
-from sparsetrain.pruning.masks import prunable_parameters
+from sparsetrain.progress import Progress, StepTimer, log
+from sparsetrain.pruning.masks import mask_sparsity, prunable_parameters
+from sparsetrain.pruning.schedule import GradualPruning
 from sparsetrain.regularizers.base import GradientRegularizer
 from sparsetrain.tasks.base import Task
 from sparsetrain.tracking import Tracker
@@ -124,22 +125,39 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
         regularizer.load_state_dict(client["regularizer"])
         for key, (old, new) in restore_hyperparameters(engine, settings).items():
             log.info(f"[{phase}] resumed at step {start} with {key} {new} from the config (checkpoint had {old})")
-    _run_steps(ctx, phase, engine, hooks, plan, start, total, masks)
+        if client["masks"] is not None:  # masks of a gradual-pruning phase change during the phase
+            hooks.masks = {k: v.to(ctx.dist.device) for k, v in client["masks"].items()}
+    pruner = GradualPruning(cfg.prune, total) if phase == "sparsify" and cfg.prune.schedule == "gradual" else None
+    _run_steps(ctx, phase, engine, hooks, plan, start, total, pruner)
     return handoff_module(engine)
 
 
+def _update_masks(hooks: GradientHooks, pruner: GradualPruning, params: dict[str, torch.Tensor], step: int) -> None:
+    """Gradual pruning after optimizer step `step`: masks from the full model weights `params`, which every rank
+    holds (ZeRO <= 2 replicates them; in bf16 they are the bf16 copies), so all ranks choose the same masks."""
+    if pruner.progress(step) is None:
+        return
+    masks = pruner.masks(step, {n: p.detach() for n, p in params.items()})
+    if masks is not None:
+        hooks.set_masks(masks, params)
+
+
 def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, plan: BatchPlan, start: int,
-               total: int, masks: dict[str, torch.Tensor] | None) -> None:
+               total: int, pruner: GradualPruning | None) -> None:
     cfg, offset = ctx.cfg, ctx.global_offset(phase)
     params = prunable_parameters(engine.module)
     partitioned = holds_partition(engine)
     guard = FiniteGuard(ctx.dist.device)
     progress = Progress(phase, start, total, cfg.train.log_every)
+    timer = StepTimer(cfg.train.batch_size)
     batches = iterate_micro_batches(ctx.train_set, plan, start, total, cfg.data.num_workers)
     engine.train()
     for step in range(start, total):
         done = step + 1
         loss = _one_step(ctx, engine, hooks, params, batches, plan.grad_accum, guard)
+        timer.count()
+        if pruner is not None:
+            _update_masks(hooks, pruner, params, done)
         guard.end_step(done)
         log_now = done % cfg.train.log_every == 0 or done == total
         save_now = done % cfg.train.checkpoint_every == 0
@@ -149,13 +167,16 @@ def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, p
             raise training_error(cfg, phase, bad[0], total, bad[1], _resume_note(ctx, phase))
         if log_now:
             values = _step_values(engine, hooks, loss, partitioned)
+            if pruner is not None:
+                values["sparsity"] = mask_sparsity(hooks.masks)
             progress.update(step, **values)
-            ctx.tracker.log({"phase": phase, "step": done, **values}, offset + done)
+            ctx.tracker.log({"phase": phase, "step": done, **values, **timer.window()}, offset + done)
         if stop or save_now:
-            _require_finite_weights(ctx, phase, engine, done)
-            ctx.checkpointer.save(engine, phase, done, _client_state(ctx, phase, done, masks, hooks.regularizer),
-                                  ctx.state)
-            ctx.tracker.commit()  # W&B gets the rows this checkpoint covers, never a step a resume would redo
+            with timer.paused():
+                _require_finite_weights(ctx, phase, engine, done)
+                ctx.checkpointer.save(engine, phase, done,
+                                      _client_state(ctx, phase, done, hooks.masks, hooks.regularizer), ctx.state)
+                ctx.tracker.commit()  # W&B gets the rows this checkpoint covers, never a step a resume would redo
         if stop:
             raise preemption.Preempted(f"stopped on request after {phase} step {done}; checkpoint saved")
 

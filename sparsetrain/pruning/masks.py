@@ -32,3 +32,10 @@ def sparsity_of(layers: list[dict]) -> float:
     """Fraction of prunable weights that are exactly zero."""
     total = sum(layer["total"] for layer in layers)
     return 1.0 - sum(layer["nonzero"] for layer in layers) / max(total, 1)
+
+
+def mask_sparsity(masks: dict[str, torch.Tensor] | None) -> float:
+    """Fraction of weights the masks prune (0 for no masks)."""
+    if not masks:
+        return 0.0
+    return 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())

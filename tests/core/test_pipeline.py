@@ -118,6 +118,26 @@ def test_wandb_offline_run_holds_logged_metrics(run_dir: Path) -> None:
         assert entry is not None, f"W&B lacks step {line['global_step']}"
         assert entry["loss"] == pytest.approx(line["loss"]), f"W&B loss differs at step {line['global_step']}"
     assert any("finetune/metric" in h for h in runs[0]["history"]), "final metric not logged to W&B"
+    for line in train_lines:  # throughput of every logged window, in metrics.jsonl and W&B
+        entry = wandb_steps[line["global_step"]]
+        for key in ("samples_per_s", "step_time_ms", "cpu_time_ms"):
+            assert line[key] > 0 and entry[key] == pytest.approx(line[key]), f"{key} at step {line['global_step']}"
+        assert line["samples_per_s"] == pytest.approx(64e3 / line["step_time_ms"]), "samples/s != batch / step time"
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_switch(flush: bool) -> None:
+    from sparsetrain.config.schema import TrainConfig
+    from sparsetrain.pipeline import configure_cpu
+
+    assert TrainConfig().flush_denormal, "flushing subnormals must be on by default"
+    try:
+        configure_cpu(TrainConfig(flush_denormal=flush))
+        subnormal = torch.full((8,), 1e-39)  # below float32's smallest normal, 1.18e-38
+        product = float((subnormal * 1.0)[0])
+    finally:
+        torch.set_flush_denormal(True)
+    assert (product == 0.0) == flush, f"flush_denormal={flush}: 1e-39 * 1 gave {product}"
 
 
 def test_bf16_batchnorm_model_runs_on_cpu(run_dir: Path) -> None:
