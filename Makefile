@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 
-.PHONY: install demo test lint lock clean
+.PHONY: install data demo test lint lock clean
 
 install: $(STAMP)
 
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install --quiet --upgrade pip -c $(CONSTRAINTS)
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
 	touch $(STAMP)
+
+# Real Fashion-MNIST (60,000 / 10,000 IDX files, the Method 1 development set) from Debian's dataset-fashion-mnist
+# into $(FASHION_MNIST); needs root (`sudo make data`). Then: `data.source=idx data.path=$(FASHION_MNIST)`.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+data:
+	@test -f $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz || apt-get install -y dataset-fashion-mnist \
+		|| (apt-get update && apt-get install -y dataset-fashion-mnist)
+	@ls $(FASHION_MNIST)
 
 demo: install
 	$(BIN)/sparsetrain run configs/quickstart.yaml

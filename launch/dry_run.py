@@ -13,6 +13,7 @@ def dry_run_report(config: RunConfig, cluster: str) -> str:
     Raises:
         LaunchError: invalid launch settings (same checks as a real submission).
         ValueError: the model does not fit the data (one line naming `model.name`).
+        ConfigError: a per-layer pruning setting names a layer the model does not have.
     """
     from sparsetrain.plan import plan_report
 

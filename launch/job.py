@@ -23,11 +23,15 @@ Preemption / time limit, end to end (Slurm):
 5. The requeued job starts fresh processes, unpickles `PipelineJob(config)` and calls `run_pipeline` again,
    which resumes from the last checkpoint in `out_dir` (same step, same data order, `metrics.jsonl` cut back
    to the checkpoint step) and reuses `out_dir/wandb_run_id.txt`, so W&B continues the same run.
+   A requeue that the cluster makes (SIGTERM preemption, a node failure, `scontrol requeue`) re-runs the
+   original submission, whose config may say `resume=false`: every `PipelineJob` carries a submission token
+   (exported as SPARSETRAIN_SUBMISSION), and a run re-started by the submission that started it continues from
+   its own checkpoint (`sparsetrain.submission`); only a new submission starts over.
 
-Caveat: Slurm signals every process of the step, helpers included. W&B's service process (wandb-core) ignores
-USR2 but exits on SIGTERM; the tracker then keeps only `metrics.jsonl` until the requeue, so W&B misses the
-steps between SIGTERM and the stop step, and the requeued job reopens the same W&B run. An error raised while
-unwinding from `Preempted` (e.g. closing the dead W&B run) is still treated as preemption (`_preempted`).
+Slurm signals every process of the step, helpers included. W&B's service process (wandb-core) ignores USR2 but
+exits on SIGTERM; the tracker then keeps only `metrics.jsonl` until the requeue, and the requeued job sends W&B
+the rows it missed before continuing (`sparsetrain.tracking`). An error raised while unwinding from `Preempted`
+(e.g. closing the dead W&B run) is still treated as preemption (`_preempted`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from types import FrameType
 from typing import Any
 
@@ -46,6 +51,7 @@ import submitit
 
 from sparsetrain.config.loader import validate
 from sparsetrain.engine import preemption
+from sparsetrain.submission import ENV as submission_env
 
 log = logging.getLogger(__name__)
 
@@ -134,24 +140,37 @@ def _preempted(err: BaseException) -> bool:
     return False
 
 
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 class PipelineJob(submitit.helpers.Checkpointable):
     """Run `sparsetrain.pipeline.run_pipeline` in a submitit task; requeue itself on preemption.
 
-    Only the resolved config (plain data) is pickled, in the first submission and in every requeue.
+    Only the resolved config (plain data) and a submission token are pickled, in the first submission and in
+    every requeue.
 
     Args:
         config: resolved RunConfig as plain data (`config_to_dict`).
         phases: phases to run (None = all enabled phases).
+        submission: identity of the submission, kept by requeues (default: a new random token).
     """
 
-    def __init__(self, config: dict[str, Any], phases: list[str] | None = None) -> None:
+    def __init__(self, config: dict[str, Any], phases: list[str] | None = None, submission: str | None = None) -> None:
         self.config = config
         self.phases = phases
+        self.submission = submission or f"launch:{uuid.uuid4().hex}"
 
     def __call__(self) -> dict[str, Any]:
         from sparsetrain.pipeline import run_pipeline  # heavy (torch, deepspeed): imported in the task only
 
         config = validate(self.config)
+        previous = os.environ.get(submission_env)
+        if getattr(self, "submission", None):  # jobs pickled by sparsetrain versions before the token have none
+            os.environ[submission_env] = self.submission
         ranks = export_distributed_env(config.launch.gpus_per_node)
         preemption.clear()  # the debug executor runs in the caller's process: start from a clean flag
         stopper = _StopOnSignal()
@@ -169,6 +188,7 @@ class PipelineJob(submitit.helpers.Checkpointable):
             raise  # only reached without a submitit handler (debug executor): the caller sees the error
         finally:
             stopper.uninstall()
+            _restore_env(submission_env, previous)  # the debug executor runs in the caller's process
 
     def _stop_after_preemption(self, stopper: _StopOnSignal, rank: int) -> None:
         """Step 4 of the module docstring: rank 0 requeues through submitit's handler, everyone exits."""
@@ -196,4 +216,4 @@ class PipelineJob(submitit.helpers.Checkpointable):
         """
         config = dict(self.config, resume=True)
         log.info("requeueing %s; it resumes from its last checkpoint", config["out_dir"])
-        return submitit.helpers.DelayedSubmission(type(self)(config, self.phases))
+        return submitit.helpers.DelayedSubmission(type(self)(config, self.phases, getattr(self, "submission", None)))

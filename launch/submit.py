@@ -26,6 +26,7 @@ from submitit.slurm import slurm as submitit_slurm
 from launch.job import PipelineJob
 from sparsetrain.config.loader import config_to_dict
 from sparsetrain.config.schema import RunConfig
+from sparsetrain.errors import InputError
 
 CLUSTERS = ("slurm", "local", "debug")
 # One failed rank ends the step at once instead of leaving the others blocked in a collective until timeout.
@@ -35,7 +36,7 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
                 "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
 
 
-class LaunchError(RuntimeError):
+class LaunchError(InputError, RuntimeError):
     """A launch problem as one line naming the field or the scheduler's message."""
 
 

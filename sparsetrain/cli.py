@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 
 from sparsetrain.config import ConfigError, load_config
+from sparsetrain.errors import SparsetrainError, first_line
 
 
 def _run(argv: list[str]) -> int:
@@ -22,9 +25,13 @@ def _run(argv: list[str]) -> int:
 
         print(plan_report(cfg, world_size_for(cfg)), end="")
         return 0
+    from sparsetrain.engine import preemption
     from sparsetrain.engine.distributed import shutdown_distributed
     from sparsetrain.pipeline import run_pipeline
 
+    # SIGTERM (scancel, a cluster's preemption or `scontrol requeue`) and SIGUSR1 stop at the next step boundary
+    # with a checkpoint (exit 3) instead of losing the steps since the last one; a requeue continues from it.
+    preemption.install_signal_handlers((signal.SIGTERM, signal.SIGUSR1))
     run_pipeline(cfg, args.phase)
     shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
     return 0
@@ -68,20 +75,64 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model.")
     parser.add_argument("run_dir")
     args = parser.parse_intermixed_args(argv)
-    from sparsetrain.export import export_run
+    from sparsetrain.deploy.run import export_run
 
     print(export_run(args.run_dir))
     return 0
 
 
+def _eval(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sparsetrain eval", description="Evaluate a run directory, an export "
+                                     "folder (or a file in it) or a checkpoint on a data config: metric, params "
+                                     "total / non-zero, sparsity, bytes, latency.")
+    parser.add_argument("target", help="run directory, export folder / file, or checkpoint (.safetensors, .pth, ...)")
+    parser.add_argument("config", nargs="?", help="YAML recipe for data (and model, for a checkpoint)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.path=DIR")
+    parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "
+                        "torch_export, onnx")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_intermixed_args(argv)
+    from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
+
+    recipe, overrides = _split_recipe(args.config, list(args.overrides))
+    result = evaluate_target(args.target, recipe, overrides, args.format)
+    print(json.dumps(result, indent=1) if args.json else format_evaluation(result))
+    return 0
+
+
+def _bench_latency(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="sparsetrain bench latency", description="Dense vs compressed latency "
+                                     "of a run's export, timed interleaved: torch eager and onnxruntime, batch 1 "
+                                     "and a larger batch, median [p20-p80], peak memory, slowest layers.")
+    parser.add_argument("target", help="run directory or export folder")
+    parser.add_argument("--batch", type=int, default=16, help="the larger batch size (the other is 1)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed interleaved rounds per runtime and batch")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both runtimes")
+    parser.add_argument("--no-memory", action="store_true", help="skip peak memory (a child process per model)")
+    parser.add_argument("--out", help="folder for latency.json and latency.png (default: the target)")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON")
+    args = parser.parse_intermixed_args(argv)
+    from pathlib import Path
+
+    from sparsetrain.deploy.latency import latency_table
+    from sparsetrain.deploy.latency_report import format_latency, write_latency
+
+    table = latency_table(args.target, batches=(1, args.batch), repeats=args.repeats, threads=args.threads,
+                          memory=not args.no_memory)
+    write_latency(table, Path(args.out or args.target))
+    print(json.dumps(table, indent=1) if args.json else format_latency(table))
+
+
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("kernels", "train_step"):
-        raise ConfigError("bench: expected 'kernels' or 'train_step'")
-    if argv[0] == "kernels":
-        from benchmarks.kernels import main as bench_main
-    else:
-        from benchmarks.train_step import main as bench_main
-    bench_main(argv[1:])
+    names = ("kernels", "train_step", "latency", "throughput")
+    if not argv or argv[0] not in names:
+        raise ConfigError(f"bench: expected one of {', '.join(names)}")
+    if argv[0] == "latency":
+        _bench_latency(argv[1:])
+        return 0
+    import importlib
+
+    importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:])
     return 0
 
 
@@ -100,8 +151,9 @@ def _sweep(argv: list[str]) -> int:
 COMMANDS = {
     "run": (_run, "compress a model: dense baseline, sparsity training, prune, fine-tune (resumes in out_dir)"),
     "config": (_config, "print a recipe's resolved config, or every config field with --schema"),
-    "export": (_export, "export a finished run's model to RUN_DIR/export"),
-    "bench": (_bench, "benchmarks: kernels (Triton, GPU), train_step"),
+    "export": (_export, "export a finished run's model to RUN_DIR/export (safetensors, bitmask, ONNX, torch.export)"),
+    "eval": (_eval, "evaluate a run, export or checkpoint on any data config: metric, size, sparsity, latency"),
+    "bench": (_bench, "benchmarks: kernels (Triton, GPU), train_step, latency (dense vs compressed, side by side)"),
     "launch": (_launch, "run the pipeline as a Slurm job (or local processes) through submitit"),
     "sweep": (_sweep, "grid sweep of overrides as a Slurm job array, with a Pareto summary"),
 }
@@ -118,6 +170,11 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
+
+    Exit codes (`sparsetrain.errors`): 0 success, 2 bad input, 3 resume/preemption, 4 non-finite numbers,
+    5 a library set-up sparsetrain does not expect, 1 anything unexpected (with its traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
@@ -130,18 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[argv[0]][0](argv[1:])
-    except (ConfigError, ValueError) as err:
-        # Bad input: one line naming the field, never a deep traceback.
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except SparsetrainError as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        return err.exit_code
+    except ValueError as err:  # bad values found by a library (e.g. timm's unknown model name)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
-    except RuntimeError as err:
-        from sparsetrain.engine.checkpoint import CheckpointError
-        from sparsetrain.engine.preemption import Preempted
-
-        if isinstance(err, CheckpointError | Preempted):
-            print(f"error: {err}", file=sys.stderr)
-            return 3
-        raise
 
 
 if __name__ == "__main__":

@@ -15,15 +15,26 @@ import torch
 from torch import nn
 
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
+from sparsetrain.config.schema import TrainConfig
 from sparsetrain.data import DataBundle, build_data
-from sparsetrain.engine.checkpoint import Checkpointer, load_run_state, load_weights, save_run_state, save_weights
+from sparsetrain.engine.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    clear_run_outputs,
+    load_run_state,
+    load_weights,
+    save_run_state,
+    save_weights,
+)
 from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
+from sparsetrain.engine.finite import hint, nonfinite_names, require_finite, require_finite_results
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.progress import log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import build_regularizer
+from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
 
@@ -33,31 +44,69 @@ PHASES = ("dense", "sparsify", "prune", "finetune")
 class Pipeline:
     """Owns the run: data, model factory, phases, state and the final report."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, data: DataBundle | None = None) -> None:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_min)
         setup_logging(self.dist.is_main)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        configure_cpu(cfg.train)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         self.structural = cfg.prune.rule == "filters"
-        self.state = self._initial_state()
-        self.data: DataBundle = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+        self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+        self.baseline_reports: dict[str, dict[str, Any]] = {}
         self.task = build_task(cfg.task, self.data.num_classes)
+        self._check_plan()
+        self.state = self._initial_state()
         self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
                               self.state)
         self._truncate_log_on_resume()
+        self.tracker.start()
         if self.dist.is_main:
             save_resolved(cfg, self.out_dir / "config.yaml")
 
+    def _check_plan(self) -> None:
+        """Settings that name model layers are checked against the built model before any training."""
+        from sparsetrain.plan import DataSizes, meta_model
+        from sparsetrain.pruning.criteria import check_layer_settings
+
+        if self.cfg.prune.layer_thresholds or self.cfg.prune.layer_sparsity:
+            sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
+            check_layer_settings(self.cfg.prune, list(prunable_parameters(meta_model(self.cfg, sizes))))
+
     def _initial_state(self) -> dict[str, Any]:
-        state = load_run_state(self.out_dir) if self.cfg.resume else {"completed": {}, "current": None}
+        """The saved state to continue from, or a fresh one after clearing the previous run's outputs.
+
+        `resume=false` starts fresh once: a re-run of the submission that started the run (a requeue, any attempt;
+        `sparsetrain.submission`) continues from its own checkpoint.
+        """
+        state = None
+        if self.dist.is_main:
+            submission = current_submission()
+            state = self._state_to_continue(submission)
+            if state is None:
+                clear_run_outputs(self.out_dir)
+                state = {"completed": {}, "current": None}
+            state["submission"] = submission
         return broadcast_object(state)
+
+    def _state_to_continue(self, submission: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not (self.out_dir / "state.json").exists():
+            return None
+        if self.cfg.resume:
+            return load_run_state(self.out_dir)
+        try:
+            saved = load_run_state(self.out_dir)
+        except CheckpointError:  # starting fresh anyway
+            return None
+        if not is_rerun(saved.get("submission"), submission):
+            return None
+        log.info(f"resume=false, but this process re-runs submission {submission['id']} that started the run in "
+                 f"{self.out_dir}: continuing from its state")
+        return saved
 
     def _truncate_log_on_resume(self) -> None:
         current = self.state.get("current")
@@ -73,10 +122,14 @@ class Pipeline:
 
     # ---- models and weights -------------------------------------------------------------------------------
 
-    def new_model(self) -> nn.Module:
-        """The model with its seeded initial weights (identical on every rank)."""
+    def new_model(self, initial: bool = True) -> nn.Module:
+        """The model with its seeded initial weights (identical on every rank); `initial=False` skips reading
+        `model.checkpoint` when phase weights will replace them (the run no longer needs the file)."""
+        from sparsetrain.models.checkpoint import architecture_only
+
         torch.manual_seed(self.cfg.seed)
-        return build_model(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
+        model_cfg = self.cfg.model if initial else architecture_only(self.cfg.model)
+        return build_model(model_cfg, self.data.in_chans, self.data.num_classes, self.data.input_shape)
 
     def export_meta(self, **extra: Any) -> dict[str, Any]:
         """What `load_compressed` needs to rebuild the model without this run's config."""
@@ -92,17 +145,24 @@ class Pipeline:
         folder = self.out_dir / "weights" / str(phase)
         if phase is not None and (folder / ARCH_FILE).exists():
             return load_compressed(folder).train().to(self.dist.device)
-        model = self.new_model()
+        model = self.new_model(initial=phase is None)
         if phase is not None:
             model.load_state_dict(load_weights(self.out_dir / "weights" / f"{phase}.safetensors"))
         return model.to(self.dist.device)
 
     def _save_phase(self, phase: str, model: nn.Module) -> None:
-        """Write the phase's end weights (fp32); a ZeRO-3 model is gathered on rank 0 one parameter at a time."""
+        """Write the phase's end weights (fp32; the next phase's start); refuses NaN/inf, which must never be handed
+        on. A ZeRO-3 model is gathered on rank 0 one parameter at a time."""
         partitioned = is_partitioned(model)
         if partitioned:
             state = gather_state_dict(model)
+            bad = broadcast_object(nonfinite_names(state) if state is not None else [])
+            if bad:  # every rank stops (rank 0 alone holds the gathered weights)
+                require_finite({name: torch.tensor(float("nan")) for name in bad}, f"the {phase} weights to hand on",
+                               f"the {phase} phase diverged: {hint(self.cfg, phase, 'weights')}")
         else:
+            require_finite(model.state_dict(), f"the {phase} weights to hand on",
+                           f"the {phase} phase diverged: {hint(self.cfg, phase, 'weights')}")
             state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
         if self.structural and phase in ("prune", "finetune"):
             from sparsetrain.structural.export import load_compressed, save_compressed
@@ -117,6 +177,7 @@ class Pipeline:
         save_weights(self.out_dir / "weights" / f"{phase}.safetensors", state or {}, self.dist)
 
     def _finish(self, phase: str, results: dict[str, Any]) -> None:
+        require_finite_results(results, phase)
         self.state["completed"][phase] = results
         self.state["current"] = None
         save_run_state(self.out_dir, self.state, self.dist)
@@ -125,6 +186,7 @@ class Pipeline:
         self.tracker.log({"phase": phase, "event": "phase_end", **metrics},
                          self.ctx.global_offset(phase) + self.ctx.phase_steps(phase) if phase != "prune"
                          else self.ctx.global_offset("finetune"))
+        self.tracker.commit()  # the phase's rows are now covered by state.json
         log.info(f"[{phase}] done: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def _resume_tag(self, phase: str) -> str | None:
@@ -149,7 +211,19 @@ class Pipeline:
         self._finish(phase, results)
 
     def run_dense(self) -> None:
+        if self.cfg.phases.dense.epochs == 0:
+            self._evaluate_only("dense")
+            return
         self._train("dense", None, None)
+
+    def _evaluate_only(self, phase: str) -> None:
+        """`phases.<phase>.epochs=0`: the initial weights (e.g. `model.checkpoint`) measured as they are."""
+        t0 = time.perf_counter()
+        model = self.model_from(None)
+        self._save_phase(phase, model)
+        results = evaluate(self.ctx, model)
+        results.update(steps=0, wall_time_s=time.perf_counter() - t0)
+        self._finish(phase, results)
 
     def run_sparsify(self) -> None:
         self._train("sparsify", None, None)
@@ -170,6 +244,7 @@ class Pipeline:
 
         t0 = time.perf_counter()
         model = self.model_from("sparsify" if "sparsify" in self.state["completed"] else None)
+        require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
         groups = channel_groups(model, self.data.input_shape)
         drop = choose_filters(model, groups, self.cfg.prune, self._redundancy_marks())
         pruned = remove_channels(model, drop, groups=groups)
@@ -237,12 +312,24 @@ class Pipeline:
             enabled = phase == "prune" or getattr(self.cfg.phases, phase).enabled
             if phase in wanted and enabled and phase not in self.state["completed"]:
                 getattr(self, f"run_{phase}")()
+        if phases is None and self.cfg.baselines and "prune" in self.state["completed"]:
+            from sparsetrain.baselines import run_baselines
+
+            self.baseline_reports = run_baselines(self)
         from sparsetrain.report import write_report
 
         return write_report(self)
 
     def close(self) -> None:
         self.tracker.close()
+
+
+def configure_cpu(train: TrainConfig) -> None:
+    """Intra-op threads and subnormal flushing (see TrainConfig.flush_denormal) for this process."""
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    if not torch.set_flush_denormal(train.flush_denormal) and train.flush_denormal:
+        log.warning("train.flush_denormal: this CPU cannot flush subnormals (no SSE3); long runs may slow down")
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

@@ -17,6 +17,7 @@ from torch import nn
 
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.memory_plan import MemoryPlan, format_memory_plan, plan_memory
+from sparsetrain.pruning.criteria import check_layer_settings
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def plan_report(config: RunConfig, world_size: int) -> str:
     sizes = data_sizes(config)
     model = meta_model(config, sizes)
     layers = prunable_layers(model)
+    check_layer_settings(config.prune, [layer.name for layer in layers])
     parts = [sizes.note] if sizes.note else []
     parts += [f"pruning plan: {len(layers)} prunable layers, rule={config.prune.rule}", format_pruning_plan(layers),
               format_memory_plan(run_memory_plan(config, model, sizes, world_size), config.launch.gpu_mem_gb)]

@@ -56,3 +56,33 @@ def plot_kept_filters(kept: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_accuracy_vs_sparsity(report: dict, path: Path) -> None:
+    """Metric right after global magnitude pruning (no fine-tuning) vs compression, for the l0- and the l2-trained
+    model (`report["prune_curve"]`), with the fine-tuned results of l0 and the baselines and the dense line."""
+    from sparsetrain.baselines import BASELINES
+
+    curve = report["prune_curve"]
+    ratio = [1.0 / (1.0 - s) for s in curve["sparsity"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, color in (("l0", "tab:blue"), ("l2", "tab:orange")):
+        if label in curve:
+            ax.plot(ratio, curve[label], "o-", color=color, ms=3, label=f"{label}-trained, pruned (no fine-tune)")
+    finals = [("l0 fine-tuned", report.get("finetuned", {}).get("metric"), report.get("sparsity"), "tab:blue")]
+    finals += [(f"{BASELINES[n]['label']}, fine-tuned", row.get("finetuned"), row.get("sparsity"), color)
+               for (n, row), color in zip(report.get("baselines", {}).items(), ("tab:orange", "tab:green"),
+                                          strict=False)]
+    for label, metric, sparsity, color in finals:
+        if metric is not None and sparsity is not None:
+            ax.plot([1.0 / (1.0 - sparsity)], [metric], "*", color=color, ms=12, mec="black", label=label)
+    if "dense" in report:
+        ax.axhline(report["dense"]["metric"], color="gray", ls="--", lw=1, label="dense (same budget)")
+    ax.set_xscale("log")
+    ax.set_xlabel("compression of prunable weights (1 / density), log scale")
+    ax.set_ylabel("test metric")
+    ax.set_title("Accuracy vs sparsity: l0 vs l2 + magnitude pruning")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

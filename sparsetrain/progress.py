@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 log = logging.getLogger("sparsetrain")
@@ -32,3 +34,41 @@ class Progress:
         shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
         log.info(f"[{self.phase}] step {done}/{self.total} ({100 * done / self.total:.0f}%) {shown} | "
                  f"{rate:.1f} steps/s ETA {eta}")
+
+
+class StepTimer:
+    """Training throughput over the steps since the last `window()` call, checkpoint saves excluded.
+
+    Wall-clock time includes data loading and the host sync of the logged loss, so it holds on CUDA too. The
+    process CPU time (all threads) is reported beside it: on a shared machine wall time measures the load,
+    CPU time what the steps themselves cost (e.g. a slowdown from subnormal arithmetic).
+    """
+
+    def __init__(self, global_batch: int) -> None:
+        self.global_batch = global_batch
+        self._restart()
+
+    def _restart(self) -> None:
+        self.t0, self.cpu0, self.steps = time.perf_counter(), time.process_time(), 0
+        self.excluded = self.cpu_excluded = 0.0
+
+    def count(self) -> None:
+        self.steps += 1
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        start, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+            self.cpu_excluded += time.process_time() - cpu
+
+    def window(self) -> dict[str, float]:
+        """Mean ms per optimizer step (wall, and process CPU time) and global samples per second; restarts."""
+        elapsed = max(time.perf_counter() - self.t0 - self.excluded, 1e-9)
+        cpu = max(time.process_time() - self.cpu0 - self.cpu_excluded, 0.0)
+        steps = max(self.steps, 1)
+        self._restart()
+        return {"step_time_ms": 1e3 * elapsed / steps, "cpu_time_ms": 1e3 * cpu / steps,
+                "samples_per_s": steps * self.global_batch / elapsed}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsetrain.compressed import save_sparse
+from sparsetrain.deploy.bitmask import BITMASK_FILE, save_sparse
 from sparsetrain.engine.checkpoint import atomic_write_text
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 
@@ -19,7 +19,7 @@ METRIC_KEYS = {"dense": "dense", "sparsify": "sparse", "prune": "pruned", "finet
 
 
 def _final_phase(completed: dict[str, Any]) -> str | None:
-    from sparsetrain.export import final_phase
+    from sparsetrain.deploy.run import final_phase
 
     return final_phase(completed)
 
@@ -27,20 +27,6 @@ def _final_phase(completed: dict[str, Any]) -> str | None:
 def _param_counts(model: torch.nn.Module) -> dict[str, int]:
     params = list(model.parameters())
     return {"total": sum(p.numel() for p in params), "nonzero": sum(int(torch.count_nonzero(p)) for p in params)}
-
-
-def _l2_magnitude_baseline(pipeline: Pipeline, sparsity: float) -> dict[str, float] | None:
-    """The dense (l2-only) model magnitude-pruned to the final sparsity, without fine-tuning."""
-    from sparsetrain.engine.loop import evaluate
-    from sparsetrain.pruning.criteria import global_sparsity_masks
-    from sparsetrain.pruning.masks import apply_masks
-
-    if "dense" not in pipeline.state["completed"] or sparsity <= 0:
-        return None
-    model = pipeline.model_from("dense")
-    params = prunable_parameters(model)
-    apply_masks(params, global_sparsity_masks({n: p.detach() for n, p in params.items()}, sparsity))
-    return {"metric": evaluate(pipeline.ctx, model)["metric"], "sparsity": sparsity}
 
 
 def build_report(pipeline: Pipeline) -> dict[str, Any]:
@@ -62,15 +48,25 @@ def build_report(pipeline: Pipeline) -> dict[str, Any]:
     counts = _param_counts(model)
     report.update(sparsity=sparsity_of(layers), layers=layers, params=counts)
     report["bytes"] = {"dense": sum(t.numel() * t.element_size() for t in state.values()),
-                       "compressed": save_sparse(state, set(params), out / "export" / "compressed.safetensors")}
+                       "compressed": save_sparse(state, set(params), out / "export" / BITMASK_FILE)}
     if pipeline.structural:
         _add_structural(pipeline, report, model)
     else:
-        report["l2_magnitude_pruned"] = _l2_magnitude_baseline(pipeline, report["sparsity"])
         report["params"].update(dense=counts["total"], pruned=counts["nonzero"])
+        _add_baselines(pipeline, report)
     # weights of the original dense model per non-zero weight of the final one (both methods)
     report["compression_ratio"] = report["params"].get("dense", counts["total"]) / max(counts["nonzero"], 1)
     return report
+
+
+def _add_baselines(pipeline: Pipeline, report: dict[str, Any]) -> None:
+    """The baselines' results and the accuracy-after-pruning curve of l0 vs l2 (see sparsetrain.baselines)."""
+    from sparsetrain.baselines import prune_curve, summarize
+
+    if pipeline.baseline_reports:
+        report["baselines"] = {name: summarize(r) for name, r in pipeline.baseline_reports.items()}
+    if pipeline.cfg.regularizer.name == "l0_exp" and {"sparsify", "prune"} <= set(pipeline.state["completed"]):
+        report["prune_curve"] = prune_curve(pipeline, pipeline.baseline_reports)
 
 
 def _add_structural(pipeline: Pipeline, report: dict[str, Any], final: torch.nn.Module) -> None:
@@ -107,8 +103,28 @@ def format_table(report: dict[str, Any]) -> str:
                   f"compression  {report['compression_ratio']:7.1f} x  "
                   f"({report['params']['nonzero']:,} of {report['params']['total']:,} weights non-zero)",
                   f"bytes        {report['bytes']['dense']:,} dense -> {report['bytes']['compressed']:,} compressed"]
-    if report.get("l2_magnitude_pruned"):
-        lines.append(f"l2 dense + magnitude prune at same sparsity: {report['l2_magnitude_pruned']['metric']:.2f}")
+    if report.get("baselines"):
+        lines += ["", _comparison_table(report)]
+    return "\n".join(lines)
+
+
+def _comparison_table(report: dict[str, Any]) -> str:
+    """l0 vs the baselines at the same sparsity and budget: metric after training, after pruning, fine-tuned."""
+    from sparsetrain.baselines import BASELINES
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:>9.2f}" if isinstance(row.get(key), int | float) else f"{'-':>9}"
+
+    main = {key: report[key]["metric"] for key in ("sparse", "pruned", "finetuned") if key in report}
+    rows = [("l0 (this run)", {**main, "sparsity": report["sparsity"],
+                               "compression_ratio": report["compression_ratio"]})]
+    rows += [(BASELINES[name]["label"], row) for name, row in report["baselines"].items()]
+    lines = [f"{'method (same sparsity, same epochs)':<36}{'trained':>9}{'pruned':>9}{'finetuned':>10}"
+             f"{'sparsity':>10}{'compr.':>8}"]
+    lines += [f"{label:<36}{cell(row, 'sparse')}{cell(row, 'pruned')}{cell(row, 'finetuned')}"
+              f"{100 * row['sparsity']:>9.2f}%{row['compression_ratio']:>7.1f}x" for label, row in rows]
+    if "dense" in report:
+        lines.append(f"{'dense (l2, same budget)':<36}{report['dense']['metric']:>27.2f}")
     return "\n".join(lines)
 
 
@@ -122,6 +138,10 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
         plot_kept_filters(report["kept_filters"], out / "kept_filters.png")
     if "layers" in report and not pipeline.structural:
         plot_layer_sparsity(report["layers"], out / "layer_sparsity.png")
+    if "prune_curve" in report:
+        from sparsetrain.plots import plot_accuracy_vs_sparsity
+
+        plot_accuracy_vs_sparsity(report, out / "accuracy_vs_sparsity.png")
     if "sparsify" in pipeline.state["completed"]:
         before = "dense" if "dense" in pipeline.state["completed"] else None
         plot_magnitude_histograms(prunable_parameters(pipeline.model_from(before)),
@@ -129,16 +149,25 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
                                   ("dense-trained" if before else "initial", "after sparsity training"))
 
 
+def summary_values(report: dict[str, Any]) -> dict[str, float]:
+    """Top-level numbers, each phase's metric and the baselines' numbers, flat for the W&B run summary."""
+    values = {k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    values.update({f"{key}/metric": report[key]["metric"] for key in METRIC_KEYS.values() if key in report})
+    for name, row in report.get("baselines", {}).items():
+        values.update({f"baselines/{name}/{k}": v for k, v in row.items() if isinstance(v, int | float)})
+    return values
+
+
 def write_report(pipeline: Pipeline) -> dict[str, Any]:
     """Build the report on every rank (evaluation is collective); rank 0 writes files and prints the table."""
-    from sparsetrain.export import export_model
+    from sparsetrain.deploy.run import deploy_run
 
     report = build_report(pipeline)
     if pipeline.state["completed"]:
-        export_model(pipeline)
+        report.update(deploy_run(pipeline))  # export/ in every format, verified; the interleaved latency table
     if pipeline.dist.is_main:
         atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))
         write_plots(pipeline, report)
-        pipeline.tracker.summary({k: v for k, v in report.items() if isinstance(v, int | float)})
+        pipeline.tracker.summary(summary_values(report))
         print(format_table(report), flush=True)
     return report

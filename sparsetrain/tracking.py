@@ -1,6 +1,18 @@
 """Run tracking: metrics.jsonl plus Weights & Biases, on rank 0 only, W&B imported lazily.
 
 The W&B run id is kept in `<out_dir>/wandb_run_id.txt`, so a resumed or requeued job continues the same run.
+
+What W&B holds equals `metrics.jsonl`, one value per step, across any number of interruptions:
+
+- every row goes to `metrics.jsonl` at once, but to W&B only once a checkpoint (or a finished phase) covers it
+  (`commit`), so W&B never holds a step that a resumed run computes again (possibly with other values: after a
+  non-finite stop the run resumes with a lower learning rate);
+- a resumed run first sends the rows of the (cut back) `metrics.jsonl` that W&B lacks (`start`): a hard kill
+  loses what W&B's service had not written yet, and SIGTERM (preemption) stops that service before the run stops.
+  Offline, what W&B holds is read from the run's earlier `wandb/offline-run-*` files; online, W&B reports the
+  first step it does not have (`run.starting_step`; not exercised by the tests, which run offline).
+
+The cost: W&B shows a step up to `train.checkpoint_every` steps after `metrics.jsonl` and the progress line do.
 """
 
 from __future__ import annotations
@@ -8,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,44 +29,93 @@ from sparsetrain.config.schema import TrackingConfig
 log = logging.getLogger("sparsetrain")
 
 
+def read_metrics_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file, in order (none when it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def truncate_metrics_log(path: Path, keep_through_step: int) -> None:
     """Drop log lines written after the checkpoint we resume from, so the step log has no repeats."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("global_step", -1) <= keep_through_step]
-    path.write_text("".join(f"{line}\n" for line in kept))
+    kept = [row for row in read_metrics_log(path) if row.get("global_step", -1) <= keep_through_step]
+    path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, int | float]:
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "global_step"}
 
 
 class Tracker:
-    """Logs dicts of metrics; a no-op on every rank but 0."""
+    """Logs dicts of metrics; a no-op on every rank but 0. Open W&B with `start` once metrics.jsonl is final."""
 
     def __init__(self, cfg: TrackingConfig, out_dir: Path, config: dict[str, Any], is_main: bool) -> None:
+        self.cfg, self.out_dir, self.config = cfg, out_dir, config
         self.enabled = is_main
         self.metrics_path = out_dir / "metrics.jsonl"
         self.run = None
-        if is_main and cfg.mode != "disabled":
-            self.run = self._start_wandb(cfg, out_dir, config)
+        self._pending: list[tuple[int, dict[str, int | float]]] = []
 
-    @staticmethod
-    def _start_wandb(cfg: TrackingConfig, out_dir: Path, config: dict[str, Any]) -> Any:
+    def start(self) -> None:
+        """Open (or continue) the W&B run and send it the rows of metrics.jsonl it lacks."""
+        if self.enabled and self.cfg.mode != "disabled":
+            self.run = self._start_wandb()
+            self._replay()
+
+    def _start_wandb(self) -> Any:
         import wandb
 
+        cfg, out_dir = self.cfg, self.out_dir
         id_file = out_dir / "wandb_run_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or out_dir.name, tags=cfg.tags,
-                          id=run_id, resume="allow", mode=cfg.mode, dir=str(out_dir), config=config,
+                          id=run_id, resume="allow", mode=cfg.mode, dir=str(out_dir), config=self.config,
                           settings=wandb.Settings(console="off", silent=True))
 
+    def _held_by_wandb(self) -> Callable[[int, set[str]], bool]:
+        """Whether W&B already holds `keys` at `step`, from earlier segments of this run."""
+        if self.cfg.mode == "offline":
+            from sparsetrain.wandb_history import offline_steps
+
+            steps = offline_steps(self.out_dir / "wandb", self.run.id, exclude=Path(self.run.dir).parent)
+            return lambda step, keys: keys <= steps.get(step, set())
+        first_missing = self.run.starting_step
+        return lambda step, keys: step < first_missing
+
+    def _replay(self) -> None:
+        rows = [(row["global_step"], _numeric(row)) for row in read_metrics_log(self.metrics_path)]
+        if not rows:
+            return
+        held = self._held_by_wandb()
+        missing = [(step, values) for step, values in rows if values and not held(step, set(values))]
+        if missing:
+            log.info(f"W&B lacks {len(missing)} of the {len(rows)} rows of metrics.jsonl (steps {missing[0][0]}"
+                     f"-{missing[-1][0]}); sending them again")
+        for step, values in missing:
+            self._send(step, values)
+
     def log(self, metrics: dict[str, Any], global_step: int) -> None:
+        """Append a row to metrics.jsonl now; it goes to W&B at the next `commit`."""
         if not self.enabled:
             return
         with self.metrics_path.open("a") as f:
             f.write(json.dumps({"global_step": global_step, **metrics}) + "\n")
         if self.run is not None:
-            numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-            self._guarded(lambda: self.run.log(numeric, step=global_step))
+            self._pending.append((global_step, _numeric(metrics)))
+
+    def commit(self) -> None:
+        """Send the rows logged so far to W&B: call once a checkpoint or a finished phase covers them."""
+        pending, self._pending = self._pending, []
+        for step, values in pending:
+            self._send(step, values)
+
+    def _send(self, step: int, values: dict[str, int | float]) -> None:
+        if self.run is not None:
+            self._guarded(lambda: self.run.log(values, step=step))
 
     def _guarded(self, call: Any) -> None:
         """W&B's service process can die under us (SIGTERM on preemption): keep training, keep metrics.jsonl."""
@@ -68,11 +130,16 @@ class Tracker:
             self._guarded(lambda: self.run.summary.update(values))
 
     def close(self) -> None:
+        """Finish the W&B run; rows no checkpoint covers are not sent (a resumed run logs them again)."""
+        self._pending.clear()
         if self.run is not None:
             import wandb
 
             run, self.run = self.run, None
-            try:
-                run.finish()
-            finally:
-                wandb.teardown()  # flushes the run file now; a shared W&B service may otherwise write it later
+            # teardown flushes the run file now (a shared W&B service may otherwise write it later). Either may
+            # fail when W&B's service died (SIGTERM): metrics.jsonl has every row and a resume replays them.
+            for call in (run.finish, wandb.teardown):
+                try:
+                    call()
+                except Exception as err:  # wandb's own error types
+                    log.warning(f"W&B: {call.__name__} failed ({type(err).__name__}: {err})")

@@ -9,9 +9,6 @@ import time
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-# JIT-built ops (DeepSpeed's comm op) are keyed by their include paths, which lie inside the virtualenv: one cache per
-# venv, so that two checkouts on one machine do not rebuild each other's op in turn (~30 s to minutes each time).
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 
 def pytest_sessionstart(session) -> None:
@@ -21,6 +18,9 @@ def pytest_sessionstart(session) -> None:
     loaded machine) and caches it under ~/.cache/torch_extensions. Built here once, it is never charged to
     a test, nor compiled by two ranks of a multi-process test at the same time.
     """
+    from sparsetrain.engine.distributed import use_environment_extension_cache
+
+    use_environment_extension_cache()  # the cache runs use (tests' subprocesses inherit the variable)
     start = time.monotonic()
     from deepspeed.comm.torch import build_shm_op
 
@@ -28,3 +28,14 @@ def pytest_sessionstart(session) -> None:
     if time.monotonic() - start > 5:
         print(f"\nbuilt DeepSpeed's CPU comm op in {time.monotonic() - start:.0f} s (cached from now on)",
               file=sys.stderr)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """Folder of real Fashion-MNIST IDX files (installs it as root; skips elsewhere, fails on CI)."""
+    from tests.helpers.real_data import fashion_mnist_dir
+
+    return fashion_mnist_dir()

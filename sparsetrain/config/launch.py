@@ -17,7 +17,7 @@ _SBATCH_LINE = re.compile(r"^(#SBATCH\s+)?--(?P<key>[A-Za-z][A-Za-z0-9_-]*)(=(?P
 class LaunchConfig(BaseModel):
     """Resources of one Slurm job (or job-array element); ignored by local runs."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     nodes: int = Field(1, ge=1, description="Number of nodes.")
     tasks_per_node: int = Field(1, ge=1, description="Processes (DeepSpeed ranks) per node.")

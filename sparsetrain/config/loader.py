@@ -11,9 +11,10 @@ from pydantic import BaseModel, ValidationError
 
 from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
+from sparsetrain.errors import InputError
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config problem, phrased as one line naming the field and what was expected."""
 
 

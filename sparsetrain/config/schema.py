@@ -9,7 +9,7 @@ Vocabulary used throughout sparsetrain:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,9 +17,10 @@ from sparsetrain.config.launch import LaunchConfig
 
 
 class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, values are re-validated on assignment."""
+    """Base for config sections: unknown keys and non-finite numbers are errors, values are re-validated on
+    assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -30,12 +31,42 @@ class ModelConfig(Section):
     pretrained_file: str | None = Field(None, description="Local weights file for pretrained=true (timm's "
                                         "pretrained_cfg_overlay=dict(file=...)): .safetensors, .pth, .bin.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for timm.create_model.")
+    checkpoint: str | None = Field(None, description="Initial weights of a trained model: .safetensors, a torch "
+                                   "state dict or training checkpoint (.pth/.pt/.bin: weights under state_dict, "
+                                   "model or model_ema, 'module.' prefixes removed), or a sparsetrain export "
+                                   "folder / run directory. With it, phases.dense.epochs=0 evaluates it only.")
+    checkpoint_ema: bool = Field(False, description="Take the EMA weights (state_dict_ema / model_ema) of a "
+                                 "training checkpoint that has both (timm validate.py's --use-ema).")
+    reset_head: bool = Field(False, description="Re-initialize the classifier (timm reset_classifier) instead of "
+                             "loading it from model.checkpoint, e.g. when the data has other classes.")
+
+
+class TrainSubsetConfig(Section):
+    """Part `part` of a seeded random partition of the training set into `parts` disjoint, near-equal parts."""
+
+    parts: int = Field(2, ge=2, description="Number of disjoint parts the training set is split into.")
+    part: int = Field(0, ge=0, description="Which part to train on (0-based, < parts).")
+    seed: int = Field(0, ge=0, description="Seed of the partition (independent of the run seed, so runs with "
+                      "different seeds can share a part).")
+
+    @model_validator(mode="after")
+    def _check_part(self) -> TrainSubsetConfig:
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} is out of range for parts={self.parts} (expected 0..{self.parts - 1})")
+        return self
 
 
 class DataConfig(Section):
-    source: Literal["digits", "mnist1d", "synthetic", "npz", "imagefolder", "seg_synthetic", "seg_folder"] = Field(
-        "digits", description="Built-in data set or on-disk layout.")
-    path: str | None = Field(None, description="Data location for npz / imagefolder / seg_folder sources.")
+    source: Literal["digits", "mnist1d", "synthetic", "npz", "idx", "imagefolder", "seg_synthetic",
+                    "seg_folder"] = Field(
+        "digits", description="Built-in data set or on-disk layout; idx = a folder with the four MNIST-family IDX "
+        "files (train/t10k images/labels, optionally .gz), e.g. /usr/share/datasets/fashion-mnist.")
+    path: str | None = Field(None, description="Data location for npz (file) / idx / imagefolder / seg_folder "
+                             "(folder) sources.")
+    train_subset: TrainSubsetConfig | None = Field(
+        None, description="Train on one part of a seeded partition of the training set (classification sources; "
+        "the test set is unchanged), e.g. data.train_subset.part=1 for the second of two disjoint halves; "
+        "used to check that a recipe holds on data it was not tuned on. None = the whole training set.")
     image_size: int | None = Field(None, ge=4, le=4096, description="Resize images to this square size "
                                    "(imagefolder, segmentation); built-ins keep their native size.")
     in_chans: int | None = Field(None, ge=1, le=16, description="Force the number of input channels (None = data's).")
@@ -56,7 +87,8 @@ class OptimConfig(Section):
 
 class PhaseConfig(Section):
     enabled: bool = Field(True, description="Run this phase.")
-    epochs: float = Field(1.0, ge=0, description="Length in epochs over the training set (fractions allowed).")
+    epochs: float = Field(1.0, ge=0, description="Length in epochs over the training set (fractions allowed); "
+                          "dense.epochs=0 only evaluates the initial weights (e.g. model.checkpoint).")
     lr: float | None = Field(None, gt=0, description="Overrides optim.lr for this phase.")
 
 
@@ -86,19 +118,45 @@ class RegularizerConfig(Section):
     redundancy_rho: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a pair is redundant.")
 
 
+class GradualConfig(Section):
+    """Gradual magnitude pruning (Zhu & Gupta 2017): s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n·Δt))³."""
+
+    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="s_i: sparsity of the first pruning step (t0).")
+    start: float = Field(0.0, ge=0, lt=1, description="t0 as a fraction of the sparsify phase's steps.")
+    end: float = Field(0.75, gt=0, le=1, description="t0 + n·Δt as a fraction of the phase's steps: the target "
+                       "sparsity s_f (prune.sparsity) is reached here; the rest trains with fixed masks.")
+    every_steps: int = Field(100, ge=1, description="Δt: optimizer steps between mask updates.")
+
+    @model_validator(mode="after")
+    def _check_order(self) -> GradualConfig:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} must be after start {self.start}")
+        return self
+
+
 class PruneConfig(Section):
     rule: Literal["global_threshold", "layer_threshold", "global_sparsity", "layer_sparsity", "filters"] = Field(
         "global_threshold", description="How weights are chosen for pruning; 'filters' removes whole filters.")
     threshold: float = Field(1e-3, ge=0, description="|w| at or below this is pruned (threshold rules).")
-    layer_thresholds: dict[str, float] = Field(default_factory=dict, description="Per-layer threshold overrides.")
+    layer_thresholds: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="Per-layer threshold overrides (rule=layer_threshold), by prunable "
+        "parameter name (e.g. head.weight); checked against the model before training.")
     sparsity: float = Field(0.9, ge=0, lt=1, description="Target sparsity (sparsity rules, fraction of weights).")
-    layer_sparsity: dict[str, float] = Field(default_factory=dict, description="Per-layer target overrides.")
+    layer_sparsity: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=dict, description="Per-layer target overrides in [0, 1) (rule=layer_sparsity), by prunable "
+        "parameter name; checked against the model before training.")
     filter_norm_threshold: float = Field(1e-2, ge=0, description="Filters whose relative norm falls below this "
                                          "are removed (rule=filters).")
     filter_fraction: float = Field(0.0, ge=0, lt=1, description="Remove at least this fraction of each prunable "
                                    "group's channels, weakest (lowest norm) first (rule=filters).")
     max_filter_fraction: float = Field(0.75, gt=0, lt=1, description="At most this fraction of a layer's filters "
                                        "is removed (rule=filters).")
+    schedule: Literal["oneshot", "gradual"] = Field(
+        "oneshot", description="oneshot = prune once, after sparsity training (Method 1); gradual = gradual "
+        "magnitude pruning during the sparsify phase (Zhu & Gupta 2017, settings in prune.gradual): masks are "
+        "recomputed by the sparsity rule on a cubic schedule up to the target, training with masks in between, "
+        "and the prune phase finds the target met. gradual needs a sparsity rule.")
+    gradual: GradualConfig = Field(default_factory=GradualConfig, description="Settings of schedule=gradual.")
 
 
 class DeepSpeedConfig(Section):
@@ -127,6 +185,26 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per rank (None = torch default).")
     grad_checkpointing: bool = Field(False, description="Recompute activations of repeated blocks in backward "
                                      "(timm models with set_grad_checkpointing): less memory, ~30 % more compute.")
+    flush_denormal: bool = Field(True, description="Flush subnormal floats to zero in CPU arithmetic "
+                                 "(torch.set_flush_denormal). Weights that get no gradient (e.g. fed by always-zero "
+                                 "border pixels) decay under l2/Adam into the subnormal range, where CPU arithmetic "
+                                 "is ~30x slower: a run slowed from ~255 to ~8 steps/s within 10,000 steps without "
+                                 "it. Values below ~1.2e-38 (fp32) become 0; results are otherwise unchanged.")
+
+
+class DeployConfig(Section):
+    formats: list[Literal["onnx", "torch_export"]] = Field(
+        default_factory=lambda: ["onnx", "torch_export"], description="Deployment formats written to "
+        "out_dir/export/ besides safetensors and bitmask, each verified against torch when written.")
+    opset: int = Field(18, ge=17, le=23, description="ONNX opset of model.onnx.")
+    tolerance: float = Field(1e-4, gt=0, description="Largest max abs difference from the torch model (fp32, on "
+                             "a batch of the data) that passes export verification.")
+    latency: bool = Field(True, description="Measure the dense-vs-compressed latency table at the end of run "
+                          "(what `sparsetrain bench latency` prints) into report.json.")
+    latency_batch: int = Field(16, ge=2, description="The larger batch size of the latency table (the other is 1).")
+    latency_repeats: int = Field(20, ge=3, description="Timed forward passes per model, runtime and batch; the two "
+                                 "models alternate, so load on the machine hits both alike.")
+    latency_threads: int = Field(1, ge=1, description="Intra-op threads of torch and onnxruntime while timing.")
 
 
 class TrackingConfig(Section):
@@ -135,6 +213,9 @@ class TrackingConfig(Section):
     entity: str | None = Field(None, description="W&B entity.")
     name: str | None = Field(None, description="W&B run name (default: out_dir's name).")
     tags: list[str] = Field(default_factory=list, description="W&B tags.")
+
+
+BaselineName = Literal["l2_oneshot", "gmp"]  # defined in sparsetrain/baselines.py
 
 
 class RunConfig(Section):
@@ -153,17 +234,42 @@ class RunConfig(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    baselines: list[BaselineName] = Field(
+        default_factory=list, description="Baselines run after the main run at its pruned sparsity and the same "
+        "sparsify + finetune epochs, each in out_dir/baselines/<name>/, reported beside it: l2_oneshot = l2 "
+        "training + one-shot global magnitude pruning + masked fine-tuning; gmp = l2 training with gradual "
+        "magnitude pruning (prune.gradual) + masked fine-tuning. Unstructured pruning only.")
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
+        if self.model.checkpoint and self.model.pretrained:
+            raise ValueError("model.checkpoint: give either model.checkpoint or model.pretrained, not both")
+        if (self.model.reset_head or self.model.checkpoint_ema) and not self.model.checkpoint:
+            field = "reset_head" if self.model.reset_head else "checkpoint_ema"
+            raise ValueError(f"model.{field}: only applies with model.checkpoint=PATH")
         if self.model.pretrained_file and not self.model.pretrained:
             raise ValueError("model.pretrained_file: set model.pretrained=true to load it")
-        if self.data.source in ("npz", "imagefolder", "seg_folder") and not self.data.path:
+        if self.data.source in ("npz", "idx", "imagefolder", "seg_folder") and not self.data.path:
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
         if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer: offloading needs deepspeed.zero_stage >= 1")
+        if self.prune.schedule == "gradual" and self.prune.rule not in ("global_sparsity", "layer_sparsity"):
+            raise ValueError(f"prune.schedule: gradual needs a target-sparsity rule (global_sparsity or "
+                             f"layer_sparsity), not prune.rule={self.prune.rule!r}")
+        if self.deepspeed.zero_stage == 3 and self.prune.schedule == "gradual":
+            raise ValueError("prune.schedule: gradual pruning chooses masks from whole weights, which ZeRO stage 3 "
+                             "never holds; use prune.schedule=oneshot or deepspeed.zero_stage <= 2")
+        if self.deepspeed.zero_stage == 3 and self.regularizer.kernel == "autograd":
+            raise ValueError("regularizer.kernel: autograd adds the penalty of whole weights to the loss, which ZeRO "
+                             "stage 3 never holds outside a layer's forward; use torch, triton or auto")
+        if self.baselines and self.prune.rule == "filters":
+            raise ValueError("baselines: magnitude-pruning baselines need unstructured pruning, not prune.rule=filters")
         is_seg_data = self.data.source.startswith("seg_")
+        if is_seg_data and self.data.train_subset is not None:
+            raise ValueError(f"data.train_subset: not supported for data.source={self.data.source!r} "
+                             "(classification sources only)")
         if is_seg_data != (self.task == "segmentation"):
             raise ValueError(f"task: {self.task!r} does not match data.source={self.data.source!r}")
         return self

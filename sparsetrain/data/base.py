@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
+from sparsetrain.errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """Bad data on disk or in a built-in generator: one line naming the file/array and what was expected."""
 
 

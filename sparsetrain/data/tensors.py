@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from sparsetrain.data.base import DataError
+
 
 class InMemoryDataset(Dataset):
     """Inputs and targets held as tensors; `__getitems__` gathers a whole batch in one indexing op."""
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         if len(inputs) != len(targets):
-            raise ValueError(f"data: {len(inputs)} inputs but {len(targets)} targets")
+            raise DataError(f"data: {len(inputs)} inputs but {len(targets)} targets")
         self.inputs = inputs
         self.targets = targets
 

@@ -1,7 +1,8 @@
 """Run state, DeepSpeed checkpoints and phase hand-off weights, all resumable and validated on load.
 
 Layout of a run directory:
-    state.json                   completed phases (with their results) and the current phase's last checkpoint
+    state.json                   completed phases (with their results), the current phase's last checkpoint and
+                                 the submission that last started the run (`sparsetrain.submission`)
     checkpoints/<phase>-stepN/   DeepSpeed checkpoint (weights, optimizer, LR schedule, client state) + RNG/rank
                                  + each rank's packed masks (masks-rank<r>.safetensors, by element range)
     weights/<phase>.safetensors  model weights at the end of each phase (start point of the next phase)
@@ -29,12 +30,13 @@ import numpy as np
 import torch
 
 from sparsetrain.engine.distributed import DistInfo, barrier
+from sparsetrain.errors import ResumeError
 from sparsetrain.pruning.sharded_masks import ShardedMasks, read_ranges, write_range_file
 
 UNIVERSAL_OPTIMIZERS = ("adam", "adamw")  # the optimizer states ds_to_universal and the ZeRO-3 loader know
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ResumeError):
     """A checkpoint or run-state file is missing, truncated or from an incompatible run."""
 
 
@@ -68,6 +70,20 @@ def save_run_state(out_dir: Path, state: dict[str, Any], dist_info: DistInfo) ->
     if dist_info.is_main:
         atomic_write_text(out_dir / "state.json", json.dumps(state, indent=2))
     barrier()
+
+
+RUN_OUTPUTS = ("state.json", "checkpoints", "weights", "export", "baselines", "report.json", "metrics.jsonl",
+               "wandb_run_id.txt")
+
+
+def clear_run_outputs(out_dir: Path) -> None:
+    """Remove a previous run's state and results before a fresh start (logs of launchers and W&B stay)."""
+    for name in RUN_OUTPUTS:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def rng_state() -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Order (documented because it matters):
 1. the model is built and given its start weights on every rank (single-device code, no DeepSpeed inside);
 2. a torch optimizer (one param group) and an LR schedule are created;
-3. `deepspeed.initialize` wraps them (ZeRO stage, precision and batch geometry from the config);
+3. `deepspeed.initialize` wraps them (ZeRO stage, precision and batch geometry from the config); under bf16 the
+   optimizer's fp32 masters are then set to the exact fp32 start weights (`masters.set_masters`) and any state
+   DeepSpeed's wrapping step left in the optimizer is dropped;
 4. the gradient regularizer and masks are attached as step pre/post hooks of the *basic* torch optimizer,
    working on the optimizer's own fp32 tensors (`segments.build_segments`): pre-hook = add the regularizer
    gradient and mask (after reduction, clipping and unscaling), post-hook = re-apply masks to the updated
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from sparsetrain.config.schema import RunConfig
+from sparsetrain.engine.masters import set_masters
 from sparsetrain.engine.segments import Segment, build_segments
 from sparsetrain.pruning.sharded_masks import ShardedMasks
 from sparsetrain.regularizers.base import GradientRegularizer
@@ -86,20 +89,41 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 @dataclass
 class GradientHooks:
-    """State shared by the optimizer hooks: the strategy, masks, and the last regularizer value."""
+    """State shared by the optimizer hooks: the strategy, masks, the last regularizer value and the squared norm
+    of the gradients this rank's optimizer stepped with (before the regularizer; a partition under ZeRO 1/2)."""
 
     regularizer: GradientRegularizer
     masks: ShardedMasks | None
     segments: list[Segment] = field(default_factory=list)
     last_value: torch.Tensor | None = None
+    grad_sq: torch.Tensor | None = None
 
     def _present(self, optimizer: torch.optim.Optimizer) -> list[Segment]:
         # ZeRO steps one param group at a time; touch only the segments of the groups being stepped.
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
         return [s for s in self.segments if id(s.master) in present]
 
+    def begin_step(self) -> None:
+        self.last_value, self.grad_sq = None, None
+
     def before_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:  # one multi-tensor pass, stays on the device (no host sync)
+            sq = torch.stack(torch._foreach_norm(grads)).float().square().sum()
+            self.grad_sq = sq if self.grad_sq is None else self.grad_sq + sq
         self.last_value = self.regularizer.apply_to_gradients(self._present(optimizer), self.masks)
+
+    @torch.no_grad()
+    def set_masks(self, masks: dict[str, torch.Tensor], model_params: dict[str, torch.Tensor]) -> None:
+        """Install new masks mid-phase (gradual pruning) and zero the newly pruned weights at once, both in the
+        optimizer's masters (this rank's segments) and in the model parameters the next forward pass reads."""
+        from sparsetrain.pruning.sharded_masks import shards_for
+
+        self.masks = shards_for(masks, self.segments)
+        for seg in self.segments:
+            seg.weight().masked_fill_(~masks[seg.name].view(-1)[seg.start:seg.stop].bool(), 0.0)
+        for name, param in model_params.items():
+            param.masked_fill_(~masks[name].bool(), 0.0)  # a select: pruned slots exactly 0 whatever they held
 
     def after_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
         if self.masks is None:
@@ -113,17 +137,11 @@ class GradientHooks:
 
 def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, total_steps: int,
                  prunable: dict[str, nn.Parameter], hooks: GradientHooks, load_universal: bool = False) -> object:
-    """Wrap `model` in a DeepSpeed engine with the regularizer/mask hooks attached.
-
-    Raises:
-        ValueError: a setting the engine cannot honour (one line naming the field).
-    """
+    """Wrap `model` in a DeepSpeed engine with the regularizer/mask hooks attached (`load_universal`: the run
+    resumes from a universal checkpoint, `Checkpointer.prepare_elastic`)."""
     import deepspeed
 
     zero3 = cfg.deepspeed.zero_stage == 3
-    if zero3 and cfg.regularizer.kernel == "autograd":
-        raise ValueError("regularizer.kernel: autograd adds the penalty of the whole weights to the loss, which ZeRO "
-                         "stage 3 never holds outside a layer's forward; use torch, triton or auto")
     if cfg.train.grad_checkpointing:
         enable_grad_checkpointing(model, cfg.model.name)
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], lr)
@@ -131,20 +149,62 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, schedule))
     bf16 = cfg.deepspeed.precision == "bf16"
-    # ZeRO-3 makes its bf16 partitions, then the fp32 masters from them: keep the exact start values.
-    start = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()} if zero3 and bf16 else None
+    # DeepSpeed casts the model to bf16 in place and makes the masters from that copy: keep the exact values.
+    start = {n: p.detach().float().clone() for n, p in model.named_parameters()} if bf16 else None
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, world_size, load_universal))
-    if start is not None:
+    # FP16_UnfusedOptimizer (bf16, ZeRO 0) runs one optimizer.step() on zero gradients while wrapping: it moves
+    # the masters under weight decay and advances Adam's step count. A phase starts with fresh optimizer state.
+    engine.basic_optimizer.state.clear()
+    if bf16 and zero3:
         from sparsetrain.engine.zero3 import set_master_values
 
         set_master_values(engine.module, start)
+    elif bf16:
+        set_masters(engine, start)
     if bf16:
         match_buffers_to_params(engine.module)
-    hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable})
+    if world_size == 1 and cfg.deepspeed.zero_stage == 0:
+        # One rank: DeepSpeed's gradient all-reduce flattens, reduces and copies back the identity, every step.
+        engine.enable_backward_allreduce = False
+    hooks.segments = build_segments(engine, {n: p for n, p in engine.module.named_parameters() if n in prunable},
+                                    start)
     engine.basic_optimizer.register_step_pre_hook(hooks.before_step)
     engine.basic_optimizer.register_step_post_hook(hooks.after_step)
     return engine
+
+
+def hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, object]]:
+    """Each param group's settings (lr, weight decay, momentum, betas ...) without its tensors."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def restore_hyperparameters(engine: object, settings: list[dict[str, object]]) -> dict[str, tuple]:
+    """After a resume, make the config's optimizer settings win over the checkpoint's (state is kept).
+
+    A checkpoint stores each param group's lr, weight decay and momentum, and the LR schedule's base LRs, so a
+    run resumed with a lowered `optim.lr` (the advice after a non-finite stop) would silently keep the old one.
+    The schedule's position (`last_epoch`) comes from the checkpoint; the LR is recomputed from it.
+
+    Returns:
+        {setting: (checkpoint value, config value)} for the settings that changed.
+    """
+    optimizer, scheduler = engine.basic_optimizer, engine.lr_scheduler
+    changed: dict[str, tuple] = {}
+    for group, wanted in zip(optimizer.param_groups, settings, strict=True):
+        for key, value in wanted.items():
+            if key != "lr" and group.get(key) != value:
+                changed[key] = (group.get(key), value)
+                group[key] = value
+    bases = [float(wanted["initial_lr"]) for wanted in settings]
+    if list(scheduler.base_lrs) != bases:
+        changed["lr"] = (scheduler.base_lrs[0], bases[0])
+    scheduler.base_lrs = bases
+    for group, base, factor in zip(optimizer.param_groups, bases, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    changed.pop("initial_lr", None)
+    return changed
 
 
 def match_buffers_to_params(model: nn.Module) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -39,8 +41,22 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def use_environment_extension_cache() -> None:
+    """Give this Python environment its own JIT-extension cache, unless TORCH_EXTENSIONS_DIR is set.
+
+    DeepSpeed compiles its CPU comm op on first use (~30 s of two cores) into torch's extension cache. The build is
+    keyed by include paths inside the environment, so two environments sharing ~/.cache/torch_extensions rebuild
+    each other's op in turn, and their runs wait on each other's build lock (minutes).
+    """
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        env_id = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+        cache = os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions", f"env-{env_id}")
+        os.environ["TORCH_EXTENSIONS_DIR"] = cache
+
+
 def init_distributed(device_preference: str, backend: str, timeout_min: float = 10.0) -> DistInfo:
     """Initialize torch.distributed through DeepSpeed from RANK/WORLD_SIZE/... (single process when unset)."""
+    use_environment_extension_cache()
     import deepspeed
 
     if "WORLD_SIZE" not in os.environ:
@@ -61,6 +77,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all ranks (no-op for one process). gloo needs CPU tensors for float64 on CPU anyway."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise minimum over all ranks, in place (no-op for one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
 
 

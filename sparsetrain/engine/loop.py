@@ -14,11 +14,15 @@ from sparsetrain.config.schema import RunConfig
 from sparsetrain.engine import preemption
 from sparsetrain.engine.batches import BatchPlan, eval_shard, iterate_micro_batches
 from sparsetrain.engine.checkpoint import Checkpointer
-from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine
-from sparsetrain.engine.distributed import DistInfo, all_reduce_sum, any_rank
+from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine, hyperparameters, restore_hyperparameters
+from sparsetrain.engine.distributed import DistInfo, all_reduce_min, all_reduce_sum
+from sparsetrain.engine.finite import GRAD_NORM, INPUTS, LOSS, REGULARIZER, FiniteGuard, decode, hint, training_error
+from sparsetrain.engine.masters import handoff_module
 from sparsetrain.engine.segments import holds_partition
-from sparsetrain.progress import Progress, log
+from sparsetrain.engine.zero3 import is_partitioned
+from sparsetrain.progress import Progress, StepTimer, log
 from sparsetrain.pruning.masks import prunable_parameters
+from sparsetrain.pruning.schedule import GradualPruning
 from sparsetrain.pruning.sharded_masks import ShardedMasks, read_ranges
 from sparsetrain.regularizers.base import GradientRegularizer
 from sparsetrain.tasks.base import Task
@@ -53,6 +57,8 @@ class RunContext:
 
     def phase_steps(self, phase: str) -> int:
         epochs = getattr(self.cfg.phases, phase).epochs
+        if phase == "dense" and epochs == 0:
+            return 0  # evaluate only (Pipeline.run_dense)
         return max(1, round(epochs * self.plan(phase).steps_per_epoch))
 
     def global_offset(self, phase: str) -> int:
@@ -149,8 +155,10 @@ def mask_memory(masks: ShardedMasks | None, world_size: int) -> dict[str, list[i
 
 def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: GradientRegularizer,
                 masks_file: Path | None, resume_tag: str | None) -> nn.Module:
-    """Train `model` for the phase's steps on a DeepSpeed engine; returns the trained module (ZeRO-3 partitions
-    under stage 3). `masks_file`: packed masks (whole ranges) to keep fixed; each rank reads its share."""
+    """Train `model` for the phase's steps on a DeepSpeed engine. `masks_file`: packed masks (whole ranges) to
+    keep fixed; each rank reads its share. Returns the trained module in fp32 holding the optimizer's master values
+    (under bf16 the model copy is only their rounding); under ZeRO 3 the engine's module, still partitioned (its
+    fp32 values are gathered by `zero3.gather_state_dict`)."""
     cfg, plan, total = ctx.cfg, ctx.plan(phase), ctx.phase_steps(phase)
     lr = getattr(cfg.phases, phase).lr or cfg.optim.lr
     prunable = prunable_parameters(model)
@@ -162,48 +170,151 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
         hooks.masks = read_ranges([masks_file], _segment_ranges(hooks), _masks_device(ctx, hooks))
     start = 0
     if resume_tag is not None:
+        settings = hyperparameters(engine.basic_optimizer)
         client = ctx.checkpointer.load(engine, resume_tag, universal)
         start = client["step"]
+        log.info(f"[{phase}] resuming from checkpoint {resume_tag} at step {start}")
         regularizer.load_state_dict(client["regularizer"])
+        for key, (old, new) in restore_hyperparameters(engine, settings).items():
+            log.info(f"[{phase}] resumed at step {start} with {key} {new} from the config (checkpoint had {old})")
         saved = ctx.checkpointer.load_masks(resume_tag, _segment_ranges(hooks), _masks_device(ctx, hooks))
-        hooks.masks = saved if saved is not None else hooks.masks
+        hooks.masks = saved if saved is not None else hooks.masks  # gradual pruning changes masks mid-phase
     ctx.phase_info = {"mask_memory": mask_memory(hooks.masks, ctx.dist.world_size)} if hooks.masks else {}
-    _run_steps(ctx, phase, engine, hooks, plan, start, total)
-    return engine.module
+    pruner = GradualPruning(cfg.prune, total) if phase == "sparsify" and cfg.prune.schedule == "gradual" else None
+    _run_steps(ctx, phase, engine, hooks, plan, start, total, pruner)
+    return engine.module if is_partitioned(engine.module) else handoff_module(engine)
+
+
+def _update_masks(hooks: GradientHooks, pruner: GradualPruning, params: dict[str, torch.Tensor], step: int) -> None:
+    """Gradual pruning after optimizer step `step`: masks from the full model weights `params`, which every rank
+    holds (ZeRO <= 2 replicates them; in bf16 they are the bf16 copies), so all ranks choose the same masks."""
+    if pruner.progress(step) is None:
+        return
+    masks = pruner.masks(step, {n: p.detach() for n, p in params.items()})
+    if masks is not None:
+        hooks.set_masks(masks, params)
+
+
+def _mask_sparsity(masks: ShardedMasks | None, partitioned: bool) -> float:
+    """Fraction of weights the masks prune, over all ranks' shares when each rank holds a part (a collective)."""
+    if masks is None:
+        return 0.0
+    counts = torch.tensor([masks.kept(), masks.numel], dtype=torch.float64)
+    if partitioned:
+        counts = all_reduce_sum(counts)
+    return 1.0 - float(counts[0]) / max(float(counts[1]), 1.0)
 
 
 def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, plan: BatchPlan, start: int,
-               total: int) -> None:
+               total: int, pruner: GradualPruning | None) -> None:
     cfg, offset = ctx.cfg, ctx.global_offset(phase)
     params = prunable_parameters(engine.module)
     partitioned = holds_partition(engine)
+    guard = FiniteGuard(ctx.dist.device)
     progress = Progress(phase, start, total, cfg.train.log_every)
+    timer = StepTimer(cfg.train.batch_size)
     batches = iterate_micro_batches(ctx.train_set, plan, start, total, cfg.data.num_workers)
     engine.train()
     for step in range(start, total):
-        loss = _one_step(ctx, engine, hooks.regularizer, params, batches, plan.grad_accum)
-        if (step + 1) % cfg.train.log_every == 0 or step + 1 == total:
-            reg = hooks.last_value.detach().float().cpu() if hooks.last_value is not None else torch.zeros(())
-            reg = float(all_reduce_sum(reg.reshape(1)).item()) if partitioned else float(reg)
-            values = {"loss": float(loss), "reg": reg, "lr": engine.get_lr()[0]}
+        done = step + 1
+        loss = _one_step(ctx, engine, hooks, params, batches, plan.grad_accum, guard)
+        timer.count()
+        if pruner is not None:
+            _update_masks(hooks, pruner, params, done)
+        guard.end_step(done)
+        log_now = done % cfg.train.log_every == 0 or done == total
+        save_now = done % cfg.train.checkpoint_every == 0
+        stop, first_bad = _agree(ctx, guard, boundary=log_now or save_now or done == total)
+        bad = decode(first_bad) if first_bad is not None else None
+        if bad is not None:
+            raise training_error(cfg, phase, bad[0], total, bad[1], _resume_note(ctx, phase))
+        if log_now:
+            values = _step_values(engine, hooks, loss, partitioned)
+            if pruner is not None:
+                values["sparsity"] = _mask_sparsity(hooks.masks, partitioned)
             progress.update(step, **values)
-            ctx.tracker.log({"phase": phase, "step": step + 1, **values}, offset + step + 1)
-        stop = any_rank(preemption.stop_requested(), ctx.dist.device)
-        if stop or (step + 1) % cfg.train.checkpoint_every == 0:
-            ctx.checkpointer.save(engine, phase, step + 1, _client_state(ctx, phase, step + 1, hooks.regularizer),
-                                  ctx.state, hooks.masks)
+            ctx.tracker.log({"phase": phase, "step": done, **values, **timer.window()}, offset + done)
+        if stop or save_now:
+            with timer.paused():
+                _require_finite_weights(ctx, phase, engine, done)
+                ctx.checkpointer.save(engine, phase, done, _client_state(ctx, phase, done, hooks.regularizer),
+                                      ctx.state, hooks.masks)
+                ctx.tracker.commit()  # W&B gets the rows this checkpoint covers, never a step a resume would redo
         if stop:
-            raise preemption.Preempted(f"stopped on request after {phase} step {step + 1}; checkpoint saved")
+            raise preemption.Preempted(f"stopped on request after {phase} step {done}; checkpoint saved")
 
 
-def _one_step(ctx: RunContext, engine: Any, regularizer: GradientRegularizer, params: dict[str, torch.Tensor],
-              batches: Any, grad_accum: int) -> torch.Tensor:
-    """One optimizer step over `grad_accum` micro-batches; returns the last micro-batch's task loss."""
+def _agree(ctx: RunContext, guard: FiniteGuard, boundary: bool) -> tuple[bool, int | None]:
+    """Whether any rank asked to stop, and the code of the first non-finite step on any rank (None: not read).
+
+    One process on a GPU reads the device-side record only at boundaries (a host sync); CPU runs read it every
+    step, and several ranks fold it into the stop flag's collective, which runs every step anyway.
+    """
+    stop = preemption.stop_requested()
+    if ctx.dist.world_size == 1:
+        if ctx.dist.device.type == "cpu" or boundary or stop:
+            return stop, int(guard.first.item())
+        return stop, None
+    local = torch.stack([torch.tensor(-int(stop), dtype=torch.int64, device=guard.device), guard.first])
+    stop_min, first_bad = all_reduce_min(local).tolist()
+    return stop_min < 0, first_bad
+
+
+def _step_values(engine: Any, hooks: GradientHooks, loss: torch.Tensor, partitioned: bool) -> dict[str, float]:
+    """Logged values: this rank's last task loss, and the regularizer value and gradient norm over all ranks."""
+    sums = torch.stack([(v.detach().float().reshape(()) if v is not None else torch.zeros((), device=loss.device))
+                        for v in (hooks.last_value, hooks.grad_sq)]).cpu()
+    if partitioned:  # each rank holds a slice of the weights: its values are partial sums
+        sums = all_reduce_sum(sums)
+    return {"loss": float(loss), "reg": float(sums[0]), "grad_norm": float(sums[1].sqrt()), "lr": engine.get_lr()[0]}
+
+
+def _resume_note(ctx: RunContext, phase: str) -> str:
+    current = ctx.state.get("current")
+    if current and current["phase"] == phase:
+        return (f"nothing after the last good checkpoint ({phase} step {current['step']}) was saved; a re-run with "
+                "resume=true continues from it")
+    return f"nothing of {phase} was saved; a re-run with resume=true restarts {phase} from its start weights"
+
+
+def _require_finite_weights(ctx: RunContext, phase: str, engine: Any, done: int) -> None:
+    """A checkpoint must never hold NaN/inf (an update can overflow although its loss and gradients were finite)."""
+    from sparsetrain.engine.finite import NonFiniteError, nonfinite_names, require_finite
+
+    what = f"{phase} weights after step {done}"
+    advice = f"{hint(ctx.cfg, phase, 'weights')}; {_resume_note(ctx, phase)}"
+    module = engine.module
+    if not is_partitioned(module):
+        require_finite({**dict(module.named_parameters()), **dict(module.named_buffers())}, what, advice)
+        return
+    # ZeRO 3: each rank checks its own partitions; all ranks agree before anyone stops (a save is a collective)
+    bad = nonfinite_names({n: p.ds_tensor for n, p in module.named_parameters()} | dict(module.named_buffers()))
+    if float(all_reduce_sum(torch.tensor([float(len(bad))]))[0]) > 0:
+        raise NonFiniteError(f"non-finite values in {what} ({', '.join(bad[:3]) or 'on another rank'}); {advice}")
+
+
+def _one_step(ctx: RunContext, engine: Any, hooks: GradientHooks, params: dict[str, torch.Tensor], batches: Any,
+              grad_accum: int, guard: FiniteGuard) -> torch.Tensor:
+    """One optimizer step over `grad_accum` micro-batches; returns the last micro-batch's task loss.
+
+    Every input batch, loss, regularizer value and the gradient norm is noted in `guard` (device-side).
+    """
+    guard.begin_step()
+    hooks.begin_step()
     for _ in range(grad_accum):
         x, y = to_device(next(batches), ctx.dist.device, ctx.dtype)
+        guard.note(INPUTS, x)
         task_loss = ctx.task.loss(engine(x), y)
-        term = regularizer.loss_term(params)
+        guard.note(LOSS, task_loss)
+        term = hooks.regularizer.loss_term(params)
+        if term is not None:
+            guard.note(REGULARIZER, term)
         engine.backward(task_loss if term is None else task_loss + term)
         engine.step()
-    regularizer.end_step()
+    if not engine.was_step_applied():  # DeepSpeed skips a step whose gradients overflowed (ZeRO, bf16 wrappers)
+        guard.flag(GRAD_NORM)
+    for cause, value in ((GRAD_NORM, hooks.grad_sq), (REGULARIZER, hooks.last_value)):
+        if value is not None:
+            guard.note(cause, value)
+    hooks.regularizer.end_step()
     return task_loss.detach()

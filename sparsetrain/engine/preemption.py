@@ -9,10 +9,12 @@ from __future__ import annotations
 import signal
 import threading
 
+from sparsetrain.errors import ResumeError
+
 _STOP = threading.Event()
 
 
-class Preempted(RuntimeError):
+class Preempted(ResumeError):
     """Raised after the checkpoint for a requested stop has been written."""
 
 

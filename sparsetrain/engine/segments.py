@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sparsetrain.errors import SetupError
+
 
 @dataclass
 class Segment:
@@ -59,7 +61,7 @@ def _flat_layouts(wrapper: object) -> list[tuple[torch.Tensor, torch.Tensor, int
     if hasattr(wrapper, "fp32_groups_flat"):  # FP16_Optimizer used for bf16 without ZeRO
         pairs = zip(wrapper.fp16_groups_flat, wrapper.fp32_groups_flat, strict=True)
         return [(flat, master, 0) for flat, master in pairs]
-    raise RuntimeError(f"deepspeed: unsupported optimizer wrapper {type(wrapper).__name__} for masks/regularizer")
+    raise SetupError(f"deepspeed: unsupported optimizer wrapper {type(wrapper).__name__} for masks/regularizer")
 
 
 def _segment_in_layout(name: str, param: torch.nn.Parameter,
@@ -74,8 +76,12 @@ def _segment_in_layout(name: str, param: torch.nn.Parameter,
     return Segment(name, param, lo - offset, hi - offset, master, lo - master_start)
 
 
-def _per_param_masters(wrapper: object) -> dict[int, torch.Tensor]:
-    """FP16_UnfusedOptimizer (bf16 without ZeRO, client optimizer): one fp32 copy per model parameter."""
+def per_param_masters(wrapper: object) -> dict[int, torch.Tensor] | None:
+    """FP16_UnfusedOptimizer (bf16 without ZeRO, client optimizer): one fp32 copy per model parameter, by the
+    parameter's id; None for other wrappers."""
+    if not (hasattr(wrapper, "fp32_groups") and hasattr(wrapper, "fp16_groups")) or hasattr(wrapper,
+                                                                                           "fp32_groups_flat"):
+        return None
     return {id(low): master for lows, masters in zip(wrapper.fp16_groups, wrapper.fp32_groups, strict=True)
             for low, master in zip(lows, masters, strict=True)}
 
@@ -98,40 +104,54 @@ def _zero3_segments(wrapper: object, prunable: dict[str, torch.nn.Parameter]) ->
     return segments
 
 
-def build_segments(engine: object, prunable: dict[str, torch.nn.Parameter]) -> list[Segment]:
-    """Segments of every prunable parameter held by this rank (empty-range segments are dropped)."""
+def build_segments(engine: object, prunable: dict[str, torch.nn.Parameter],
+                   reference: dict[str, torch.Tensor] | None = None) -> list[Segment]:
+    """Segments of every prunable parameter held by this rank (empty-range segments are dropped).
+
+    Args:
+        engine: a DeepSpeed engine.
+        prunable: the prunable parameters of `engine.module`, by name.
+        reference: the values the masters must hold (fp32 start weights under bf16); default: the parameters.
+
+    Raises:
+        SetupError: the optimizer's layout is not one sparsetrain knows, or a master slice does not hold its
+            parameter's values.
+    """
     if hasattr(engine.optimizer, "fp32_partitioned_groups_flat"):  # ZeRO stage 3
         segments = _zero3_segments(engine.optimizer, prunable)
-        _check_segments(segments)
+        _check_segments(segments, reference)
         return segments
     basic_params = {id(p) for group in engine.basic_optimizer.param_groups for p in group["params"]}
     if all(id(p) in basic_params for p in prunable.values()):
         return [Segment(n, p, 0, p.numel(), p, 0) for n, p in prunable.items()]
-    if hasattr(engine.optimizer, "fp32_groups") and not hasattr(engine.optimizer, "fp32_groups_flat"):
-        masters = _per_param_masters(engine.optimizer)
+    masters = per_param_masters(engine.optimizer)
+    if masters is not None:
         segments = [Segment(n, p, 0, p.numel(), masters[id(p)], 0) for n, p in prunable.items()]
-        _check_segments(segments)
+        _check_segments(segments, reference)
         return segments
     layouts = _flat_layouts(engine.optimizer)
     segments = []
     for name, param in prunable.items():
         found = [s for s in (_segment_in_layout(name, param, lay) for lay in layouts) if s is not None]
         if not found:
-            raise RuntimeError(f"deepspeed: parameter {name} is not in any optimizer flat buffer")
+            raise SetupError(f"deepspeed: parameter {name} is not in any optimizer flat buffer")
         segments.extend(s for s in found[:1] if s.numel > 0)
-    _check_segments(segments)
+    _check_segments(segments, reference)
     return segments
 
 
-def _check_segments(segments: list[Segment]) -> None:
+def _check_segments(segments: list[Segment], reference: dict[str, torch.Tensor] | None) -> None:
     """The master slice must hold the parameter's values: guards against a DeepSpeed layout change."""
     for seg in segments:
-        if hasattr(seg.param, "ds_tensor"):  # ZeRO 3: the partition starts at element 0 of ds_tensor
-            expected = seg.param.ds_tensor.detach()[:seg.numel].float()
+        if reference is not None:
+            expected = reference[seg.name].reshape(-1)[seg.start:seg.stop]
+        elif hasattr(seg.param, "ds_tensor"):  # ZeRO 3: the partition starts at element 0 of ds_tensor
+            expected = seg.param.ds_tensor.detach()[:seg.numel]
         else:
-            expected = seg.param.detach().view(-1)[seg.start:seg.stop].float()
+            expected = seg.param.detach().reshape(-1)[seg.start:seg.stop]
+        expected = expected.to(device=seg.master.device, dtype=torch.float32)
         if not torch.equal(seg.weight().float(), expected):
-            raise RuntimeError(f"deepspeed: master weights of {seg.name} do not match the model parameter; "
+            raise SetupError(f"deepspeed: master weights of {seg.name} do not match the model parameter; "
                                "the optimizer layout is not the one sparsetrain expects")
 
 

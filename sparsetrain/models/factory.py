@@ -4,7 +4,7 @@ No model is special-cased here: what a model needs comes from its timm pretraine
 says `fixed_input_size` (timm's convention: ViTs, sparsetrain's LeNets) get the data's spatial size as `img_size`
 (H, W); a 1-D signal of length L is given as 1 × L.
 Pretrained weights are only ever read from disk: `model.pretrained_file`, or timm's local cache (the hub is
-never contacted).
+never contacted); `model.checkpoint` starts from any trained model's weights (`sparsetrain.models.checkpoint`).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
     """Create the model and check that it accepts the data's input shape.
 
     Raises:
-        ValueError: one line naming `model.name` (unknown model, does not fit the data) or `model.pretrained`
-            (no local weights).
+        ValueError: one line naming `model.name` (unknown model, does not fit the data), `model.pretrained`
+            (no local weights) or `model.checkpoint` / `model.reset_head` (see `sparsetrain.models.checkpoint`).
     """
     if not timm.is_model(cfg.name):
         raise ValueError(f"model.name: unknown timm model {cfg.name!r}")
@@ -79,6 +79,10 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ValueError(f"model.pretrained: could not load local weights for {cfg.name} ({first}); give "
                          "model.pretrained_file=PATH") from None
+    if cfg.checkpoint:
+        from sparsetrain.models.checkpoint import apply_checkpoint
+
+        model = apply_checkpoint(model, cfg)
     check_model_fits(model, cfg.name, input_shape)
     return model
 

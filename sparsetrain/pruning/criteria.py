@@ -6,13 +6,23 @@ The paper's exact rule is not known, so four named rules are offered:
     global_sparsity   one threshold chosen so that exactly the target fraction of all weights is pruned
     layer_sparsity    per-layer thresholds so that each layer hits its target fraction exactly
 Sparsity targets are met exactly by ranking (ties broken by position), not by a threshold search.
+
+No rule may empty a layer: a layer with every weight pruned cuts the network (accuracy falls to chance), so a rule
+that would do it is refused with a one-line `PruneError` naming the layer and the setting that did it. Per-layer
+settings must name prunable layers (`check_layer_settings`, run when the pipeline starts, before any training).
 """
 
 from __future__ import annotations
 
 import torch
 
+from sparsetrain.config.loader import ConfigError
 from sparsetrain.config.schema import PruneConfig
+from sparsetrain.errors import InputError
+
+
+class PruneError(InputError):
+    """A pruning setting that cannot be applied to these weights (e.g. it would prune a whole layer)."""
 
 
 def _keep_largest(magnitudes: torch.Tensor, num_pruned: int) -> torch.Tensor:
@@ -23,17 +33,46 @@ def _keep_largest(magnitudes: torch.Tensor, num_pruned: int) -> torch.Tensor:
     return mask
 
 
-def _check_layers(names: dict[str, float], weights: dict[str, torch.Tensor], field: str) -> None:
-    unknown = sorted(set(names) - set(weights))
-    if unknown:
-        raise ValueError(f"prune.{field}: unknown layer(s) {', '.join(unknown)}; prunable: {', '.join(weights)}")
+def check_layer_settings(cfg: PruneConfig, prunable: list[str]) -> None:
+    """Per-layer overrides must name prunable weights (known once the model is built, before training).
+
+    Raises:
+        ConfigError: one line naming the first unknown key, e.g. `prune.layer_thresholds.fc9.weight: ...`.
+    """
+    for field in ("layer_thresholds", "layer_sparsity"):
+        unknown = [name for name in getattr(cfg, field) if name not in prunable]
+        if unknown:
+            shown = ", ".join(prunable[:8]) + (f" … ({len(prunable)} in all)" if len(prunable) > 8 else "")
+            raise ConfigError(f"prune.{field}.{unknown[0]}: not a prunable layer of this model (prunable: {shown})")
+
+
+def _setting(cfg: PruneConfig, name: str) -> tuple[str, float]:
+    """The config key and value that set layer `name`'s threshold or target under `cfg.rule`."""
+    if cfg.rule == "layer_threshold" and name in cfg.layer_thresholds:
+        return f"prune.layer_thresholds.{name}", cfg.layer_thresholds[name]
+    if cfg.rule == "layer_sparsity" and name in cfg.layer_sparsity:
+        return f"prune.layer_sparsity.{name}", cfg.layer_sparsity[name]
+    if cfg.rule in ("global_threshold", "layer_threshold"):
+        return "prune.threshold", cfg.threshold
+    return "prune.sparsity", cfg.sparsity
+
+
+def refuse_empty_layers(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], cfg: PruneConfig) -> None:
+    """Raise `PruneError` when a mask keeps no weight of a (non-empty) layer."""
+    for name, mask in masks.items():
+        if mask.numel() and not bool(mask.any()):
+            key, value = _setting(cfg, name)
+            largest = float(weights[name].detach().abs().max())
+            what = "threshold" if "threshold" in key else "target"
+            count = f"{mask.numel():,} weight" + "s" * (mask.numel() != 1)
+            raise PruneError(f"{key}: {what} {value:g} would prune all {count} of {name} (its largest |w| is "
+                             f"{largest:.3g}); choose a value that keeps some, or a per-layer one")
 
 
 def threshold_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> dict[str, torch.Tensor]:
     """Threshold rules (global or per layer) through the fused threshold kernel's interface."""
     from triton_kernels import get_ops
 
-    _check_layers(cfg.layer_thresholds, weights, "layer_thresholds")
     names = list(weights)
     taus = [cfg.layer_thresholds.get(n, cfg.threshold) if cfg.rule == "layer_threshold" else cfg.threshold
             for n in names]
@@ -56,22 +95,33 @@ def global_sparsity_masks(weights: dict[str, torch.Tensor], sparsity: float) -> 
 
 def layer_sparsity_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> dict[str, torch.Tensor]:
     """Each layer pruned to its own target (prune.layer_sparsity overrides, default prune.sparsity)."""
-    _check_layers(cfg.layer_sparsity, weights, "layer_sparsity")
     masks = {}
     for name, w in weights.items():
         target = cfg.layer_sparsity.get(name, cfg.sparsity)
-        if not 0.0 <= target < 1.0:
-            raise ValueError(f"prune.layer_sparsity.{name}: {target} is outside [0, 1)")
         masks[name] = _keep_largest(w.detach().abs().flatten().float(), int(round(target * w.numel()))).view_as(w)
     return masks
 
 
 def compute_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> dict[str, torch.Tensor]:
-    """Masks (True = kept) for every prunable weight according to `cfg.rule`."""
+    """Masks (True = kept) for every prunable weight according to `cfg.rule`.
+
+    Raises:
+        ConfigError: a per-layer setting names a layer that is not in `weights`.
+        NonFiniteError: a weight is NaN or inf (such a magnitude has no rank: it would be kept or pruned at random).
+        PruneError: the rule would prune every weight of a layer.
+    """
+    from sparsetrain.engine.finite import require_finite
+
+    check_layer_settings(cfg, list(weights))
+    require_finite(weights, "the weights to prune", "a NaN or inf magnitude cannot be ranked; fix the training "
+                   "that produced them (lower the learning rate, enable deepspeed.gradient_clipping)")
     if cfg.rule in ("global_threshold", "layer_threshold"):
-        return threshold_masks(weights, cfg)
-    if cfg.rule == "global_sparsity":
-        return global_sparsity_masks(weights, cfg.sparsity)
-    if cfg.rule == "layer_sparsity":
-        return layer_sparsity_masks(weights, cfg)
-    raise ValueError(f"prune.rule: {cfg.rule!r} is structural; use sparsetrain.structural for filter removal")
+        masks = threshold_masks(weights, cfg)
+    elif cfg.rule == "global_sparsity":
+        masks = global_sparsity_masks(weights, cfg.sparsity)
+    elif cfg.rule == "layer_sparsity":
+        masks = layer_sparsity_masks(weights, cfg)
+    else:
+        raise ConfigError(f"prune.rule: {cfg.rule!r} is structural; use sparsetrain.structural for filter removal")
+    refuse_empty_layers(weights, masks, cfg)
+    return masks

@@ -16,9 +16,9 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 @torch.no_grad()
 def apply_masks(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
-    """Zero the pruned weights in place (w *= m)."""
+    """Set the pruned weights to exactly 0 in place, whatever they held (a select, not w * m: NaN * 0 is NaN)."""
     for name, mask in masks.items():
-        params[name].mul_(mask.to(device=params[name].device, dtype=params[name].dtype))
+        params[name].masked_fill_(~mask.to(device=params[name].device, dtype=torch.bool), 0.0)
 
 
 @torch.no_grad()
@@ -32,3 +32,10 @@ def sparsity_of(layers: list[dict]) -> float:
     """Fraction of prunable weights that are exactly zero."""
     total = sum(layer["total"] for layer in layers)
     return 1.0 - sum(layer["nonzero"] for layer in layers) / max(total, 1)
+
+
+def mask_sparsity(masks: dict[str, torch.Tensor] | None) -> float:
+    """Fraction of weights the masks prune (0 for no masks)."""
+    if not masks:
+        return 0.0
+    return 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())

@@ -139,22 +139,21 @@ def read_ranges(paths: list[Path], wanted: Iterable[tuple[str, int, int]],
     ranges = {path: file_ranges(path) for path in paths}
     shards = []
     for name, start, stop in wanted:
-        pieces, covered, shape = [], 0, None
+        keep = torch.zeros(stop - start, dtype=torch.bool)
+        covered = torch.zeros(stop - start, dtype=torch.bool)  # files may overlap (ZeRO 0: every rank wrote all)
+        shape = None
         for path, table in ranges.items():
-            if name not in table:
-                continue
-            lo, hi = max(start, table[name]["start"]), min(stop, table[name]["stop"])
+            lo, hi = (max(start, table[name]["start"]), min(stop, table[name]["stop"])) if name in table else (0, 0)
             if lo >= hi:
                 continue
-            shape, covered = tuple(table[name]["shape"]), covered + hi - lo
+            shape = tuple(table[name]["shape"])
             first = lo - table[name]["start"]  # bit of the file's range where [lo, hi) begins
             with safe_open(str(path), framework="pt") as f:
                 bits = f.get_slice(name)[first // 8:(first + hi - lo + 7) // 8]
-            pieces.append((lo, PackedMask(bits.contiguous(), hi - lo, first % 8).unpack()))
-        if covered != stop - start:
+            keep[lo - start:hi - start] = PackedMask(bits.contiguous(), hi - lo, first % 8).unpack()
+            covered[lo - start:hi - start] = True
+        if not bool(covered.all()):
             raise ValueError(f"masks: {name}[{start}:{stop}] is not covered by {[str(p) for p in paths]}")
-        keep = torch.cat([flags for _, flags in sorted(pieces, key=lambda piece: piece[0])]) if pieces else \
-            torch.zeros(0, dtype=torch.bool)
         shards.append(pack_shard(name, start, keep.to(device), shape or (stop - start,)))
     return ShardedMasks(shards)
 

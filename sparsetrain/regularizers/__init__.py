@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sparsetrain.config.loader import ConfigError
 from sparsetrain.config.schema import RegularizerConfig
 from sparsetrain.regularizers.base import GradientRegularizer
 from sparsetrain.regularizers.l0 import L0ExpRegularizer, layer_alphas
@@ -12,7 +13,17 @@ __all__ = ["GradientRegularizer", "L0ExpRegularizer", "build_regularizer", "laye
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """"auto" → the fused Triton kernel on CUDA, the torch reference elsewhere."""
+    """"auto" → the fused Triton kernel on CUDA, the torch reference elsewhere.
+
+    Raises:
+        ConfigError: "triton" was asked for where Triton cannot run (one line naming `regularizer.kernel`).
+    """
+    if kernel == "triton":
+        from triton_kernels._multi_tensor import triton_unusable_reason
+
+        reason = triton_unusable_reason(device)
+        if reason is not None:
+            raise ConfigError(f"regularizer.kernel: 'triton' cannot run on {device.type}: {reason}; use auto or torch")
     if kernel != "auto":
         return kernel
     if device.type != "cuda":

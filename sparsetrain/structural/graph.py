@@ -23,6 +23,8 @@ from timm.layers import get_notrace_functions, is_notrace_module
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from sparsetrain.errors import InputError
+
 __all__ = [
     "ChannelGroup",
     "ChannelSlice",
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-class StructuralPruningError(RuntimeError):
+class StructuralPruningError(InputError, RuntimeError):
     """A model, layer or channel group that structural pruning cannot handle exactly."""
 
 

@@ -128,6 +128,27 @@ def kill_at_checkpoint(overrides: list[str], out_dir: Path, step: int, phase: st
                        nproc: int = 1) -> None:
     """Run the CLI and SIGKILL its whole process group (what a node failure does) once state.json records a
     checkpoint at `step` or later; fails the test if the run ends or stalls first."""
+    _kill_when(overrides, lambda: _checkpoint_step(out_dir, phase) >= step, f"its step-{step} checkpoint", nproc)
+
+
+def _logged_step(out_dir: Path) -> int:
+    """The last global step written to metrics.jsonl; -1 before the first."""
+    import json
+
+    path = out_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    try:
+        return max((json.loads(line)["global_step"] for line in lines if line.endswith("}")), default=-1)
+    except ValueError:  # a line caught half-written
+        return -1
+
+
+def kill_at_logged_step(overrides: list[str], out_dir: Path, step: int, nproc: int = 1) -> None:
+    """Like `kill_at_checkpoint`, but once metrics.jsonl shows global step `step` (mid-way between checkpoints)."""
+    _kill_when(overrides, lambda: _logged_step(out_dir) >= step, f"logging step {step}", nproc)
+
+
+def _kill_when(overrides: list[str], until: Callable[[], bool], what: str, nproc: int) -> None:
     import pytest
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,8 +156,8 @@ def kill_at_checkpoint(overrides: list[str], out_dir: Path, step: int, phase: st
         with log.open("w") as f:
             proc = subprocess.Popen(cli_command(overrides, nproc), cwd=REPO, env=clean_env(), stdout=f, stderr=f,
                                     start_new_session=True)
-            outcome = watch(proc, [log], until=lambda: _checkpoint_step(out_dir, phase) >= step)
+            outcome = watch(proc, [log], until=until)
             _kill_group(proc)
         if outcome != "until":
             tail = log.read_text()[-2000:]
-            pytest.fail(f"the run {outcome} before its step-{step} checkpoint could be killed:\n{tail}")
+            pytest.fail(f"the run {outcome} before {what}; it could not be killed there:\n{tail}")

@@ -37,6 +37,8 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
     (["nosuchkey=1"], "nosuchkey: unknown config key"),
     (["epochs=3"], "epochs: ambiguous override"),
     (["train.batch_size"], "override 'train.batch_size': expected key=value"),
+    (["regularizer.alpha0=.inf"], "regularizer.alpha0: Input should be a finite number (got inf)"),
+    (["optim.weight_decay=.nan"], "optim.weight_decay: Input should be a finite number (got nan)"),
 ])
 def test_bad_config_gives_one_line_error(overrides: list[str], expected: str) -> None:
     with pytest.raises(ConfigError) as info:

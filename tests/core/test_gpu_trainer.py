@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import triton_kernels._multi_tensor as multi_tensor
 from sparsetrain.pipeline import run_pipeline
+from sparsetrain.pruning.sharded_masks import load_full_masks
 from tests.core.conftest import tiny_config
 from tests.core.test_triton_path import TINY_MODEL
 from tests.helpers.compare import assert_same_weights, assert_weights_alike_away_from_zero
@@ -50,7 +51,7 @@ def _run_pair(tmp_path: Path, kernels: tuple[str, str], *extra: str) -> dict[str
 
 
 def _check_zeros_and_report(run: Path) -> None:
-    masks = load_file(str(run / "weights" / "masks.safetensors"))
+    masks = load_full_masks(run / "weights" / "masks.safetensors")
     final = load_file(str(run / "weights" / "finetune.safetensors"))
     for name, mask in masks.items():
         assert torch.all(final[name][mask == 0] == 0), f"{name}: a pruned weight came back on the GPU"
@@ -86,3 +87,21 @@ def test_bf16_master_weights_triton_matches_torch_on_gpu(tmp_path: Path, zero_st
                         atol=2e-2, rtol=2e-2, label="gpu bf16 triton vs torch after finetune")
     for run in runs.values():
         _check_zeros_and_report(run)
+
+
+def test_diverging_run_on_gpu_names_its_first_bad_step(run_dir: Path) -> None:
+    """On one GPU the non-finite record is read only at log/checkpoint boundaries (no host sync per step); the
+    error must still name the first bad step, and nothing after the last checkpoint may be logged or saved."""
+    from sparsetrain.errors import NonFiniteError
+
+    cfg = tiny_config(run_dir, *ON_GPU, "optim.name=sgd", "optim.lr=10", "train.log_every=7",
+                      "train.checkpoint_every=7")
+    with pytest.raises(NonFiniteError, match=r"^non-finite \w[\w ]* at sparsify step \d+/44: ") as info:
+        run_pipeline(cfg)
+    bad = int(str(info.value).split(" step ")[1].split("/")[0])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["global_step"] < bad for row in rows), "a row at or after the bad step was logged"
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in rows if "loss" in row)
+    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
+    assert (state.get("current") or {}).get("step", 0) < bad, "a checkpoint was written at or after the bad step"
+    assert not (run_dir / "weights").exists()

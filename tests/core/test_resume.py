@@ -8,8 +8,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from tests.core.conftest import tiny_overrides
-from tests.core.subprocess_runs import kill_at_checkpoint, run_cli
+from tests.core.subprocess_runs import kill_at_checkpoint, kill_at_logged_step, run_cli
 from tests.helpers.compare import assert_same_weights
+from tests.helpers.wandb_log import assert_wandb_matches_metrics, read_runs
 
 EXTRA = ("phases.sparsify.epochs=8", "train.checkpoint_every=10", "tracking.mode=offline")
 
@@ -39,6 +40,22 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert steps == _steps(reference), "the step log differs from the uninterrupted run's (gaps or repeats)"
     run_ids = {p.name.split("-")[-1] for p in (interrupted / "wandb").glob("offline-run-*")}
     assert run_ids == {(interrupted / "wandb_run_id.txt").read_text().strip()}, "resume started a new W&B run"
+    assert_wandb_matches_metrics(interrupted)
+
+
+def test_wandb_holds_every_step_after_a_hard_kill_mid_phase(tmp_path: Path) -> None:
+    """Issue 10, fault 5: a process group killed between checkpoints loses W&B's unwritten buffer (metrics.jsonl
+    had 198 steps, W&B 150); after the resume W&B holds each step of metrics.jsonl once, with its values."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, *EXTRA, "train.log_every=1")
+    kill_at_logged_step(overrides, out, 45)  # checkpoints every 10 steps: killed 5 steps after one
+    assert _steps(out)[-1] >= 45
+    resumed = run_cli(overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = _steps(out)
+    assert steps == list(range(1, len(steps) + 1)), "the step log has gaps or repeats"
+    assert_wandb_matches_metrics(out)
+    assert len(read_runs(out)) == 2, "expected the killed segment and the resumed one"
 
 
 def test_truncated_checkpoint_gives_clear_error(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from sparsetrain.pipeline import run_pipeline
+from sparsetrain.pruning.sharded_masks import load_full_masks
 from tests.core.conftest import tiny_config
 from tests.helpers.compare import assert_weights_alike_away_from_zero
 
@@ -42,7 +43,7 @@ def test_triton_kernel_in_trainer_matches_autograd(tmp_path: Path, zero_stage: i
         assert_weights_alike_away_from_zero(load_file(str(runs["triton"] / "weights" / f"{phase}.safetensors")),
                                             load_file(str(runs["autograd"] / "weights" / f"{phase}.safetensors")),
                                             label=f"triton vs autograd after {phase}")
-    masks = load_file(str(runs["triton"] / "weights" / "masks.safetensors"))
+    masks = load_full_masks(runs["triton"] / "weights" / "masks.safetensors")
     final = load_file(str(runs["triton"] / "weights" / "finetune.safetensors"))
     for name, mask in masks.items():
         assert torch.all(final[name][mask == 0] == 0), f"{name}: Triton path revived a pruned weight"

@@ -54,3 +54,33 @@ def read_run(path: Path) -> dict:
 def read_runs(out_dir: Path) -> list[dict]:
     """All offline runs written under `<out_dir>/wandb`, oldest first."""
     return [read_run(f) for f in sorted(Path(out_dir).glob("wandb/offline-run-*/run-*.wandb"))]
+
+
+def assert_wandb_matches_metrics(out_dir: Path) -> None:
+    """Across all offline segments of the run, W&B holds every row of metrics.jsonl, each step in exactly one
+    segment, with the values metrics.jsonl holds."""
+    import math
+
+    rows: dict[int, dict] = {}
+    for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rows.setdefault(row["global_step"], {}).update(
+            {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)
+             and k != "global_step"})
+    segments: dict[int, list[int]] = {}
+    held: dict[int, dict] = {}
+    for index, run in enumerate(read_runs(out_dir)):
+        for entry in run["history"]:
+            segments.setdefault(entry["_step"], []).append(index)
+            held.setdefault(entry["_step"], {}).update(entry)
+    twice = {step: where for step, where in segments.items() if len(where) > 1}
+    assert not twice, f"steps logged to W&B in several segments: {dict(list(twice.items())[:5])}"
+    missing = sorted(set(rows) - set(held))
+    assert not missing, f"W&B lacks {len(missing)} of {len(rows)} steps of metrics.jsonl: {missing[:10]}"
+    for step, values in rows.items():
+        for key, value in values.items():
+            got = held[step].get(key)
+            assert got is not None and math.isclose(got, value, rel_tol=1e-6, abs_tol=1e-12), \
+                f"step {step}: W&B has {key}={got}, metrics.jsonl {value}"
+    extra = sorted(set(held) - set(rows))
+    assert not extra, f"W&B holds steps metrics.jsonl does not: {extra[:10]}"

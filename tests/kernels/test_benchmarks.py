@@ -78,3 +78,33 @@ def test_host_overhead_reports_the_work_a_plan_skips(masks: str, capsys) -> None
     out = capsys.readouterr().out
     assert f"{masks} masks, 3 calls" in out, out
     assert "host work a plan skips" in out and "ms of process CPU time per call" in out, out
+
+
+def test_throughput_benchmark_quick_writes_json(tmp_path) -> None:
+    from benchmarks import throughput
+
+    payload = throughput.main(["--config", "configs/quickstart.yaml", "--epochs", "3", "--set", "train.log_every=2",
+                               "--threads", "1",
+                               "--rounds", "2", "--round-steps", "4", "--out", str(tmp_path)])
+    on_disk = json.loads((tmp_path / "throughput-cpu.json").read_text())
+    assert on_disk == json.loads(json.dumps(payload)), "throughput-cpu.json differs from the returned payload"
+    assert [row["phase"] for row in payload["drift"]] == ["dense", "sparsify"], f"drift rows: {payload['drift']}"
+    for row in payload["drift"]:
+        assert row["steps"] == 3 * 22, f"{row['phase']}: {row['steps']} steps, expected 3 epochs of 22"
+        for key in ("first_steps_per_s", "last_steps_per_s", "ratio", "first_cpu_ms", "last_cpu_ms", "cpu_ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0, f"{row['phase']} {key}: {row[key]}"
+        assert row["ratio"] == pytest.approx(row["last_steps_per_s"] / row["first_steps_per_s"])
+    overhead = payload["overhead"]
+    for loop in ("sparsetrain", "plain"):
+        assert overhead[loop]["steps_per_s"] > 0 and overhead[loop]["cpu_ms"] > 0, f"{loop}: {overhead[loop]}"
+    assert overhead["ratio"] == pytest.approx(overhead["sparsetrain"]["steps_per_s"] / overhead["plain"]["steps_per_s"])
+
+
+def test_throughput_window_rates() -> None:
+    from benchmarks.throughput import window_rates
+
+    lines = [{"phase": "dense", "step": s, "step_time_ms": 10.0 if s <= 20 else 20.0, "cpu_time_ms": 5.0}
+             for s in range(10, 201, 10)] + [{"phase": "dense", "event": "phase_end"}]
+    rates = window_rates(lines, "dense")
+    assert rates["steps"] == 200 and rates["first_steps_per_s"] == pytest.approx(100.0), rates
+    assert rates["last_steps_per_s"] == pytest.approx(50.0) and rates["ratio"] == pytest.approx(0.5), rates

@@ -77,6 +77,15 @@ def test_apply_masks_pruned_slots_exactly_zero_whatever_they_held(mask_kind: str
     assert_equal(w[keep], before[keep], f"{label}: kept slots (NaN at 1, -inf at 20) must stay as they were")
 
 
+def test_torch_apply_masks_is_a_select() -> None:
+    """`sparsetrain.pruning.masks.apply_masks` (the prune phase's masking) also zeroes NaN/inf in pruned slots."""
+    from sparsetrain.pruning.masks import apply_masks
+
+    w = torch.nn.Parameter(torch.tensor([[float("nan"), float("inf")], [-float("inf"), 2.0]]))
+    apply_masks({"w": w}, {"w": torch.tensor([[False, False], [False, True]])})
+    assert w.detach().tolist() == [[0.0, 0.0], [0.0, 2.0]], w
+
+
 def test_apply_masks_empty() -> None:
     apply_masks_([], [], config=TINY)
     w = [torch.empty(0), torch.ones(3), torch.ones(0, 2), torch.ones(11)]

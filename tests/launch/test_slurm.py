@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from launch.cli import launch_main, sweep_main
 from launch.submit import FINAL_STATES, LaunchError, slurm_state, submit, wait_result
 from sparsetrain.config.loader import load_config
-from tests.helpers.wandb_log import read_runs
+from tests.helpers.wandb_log import assert_wandb_matches_metrics, read_runs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]  # may queue behind other jobs
 
@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 # ~55 optimizer steps: long enough to interrupt mid-phase, short enough for 2 cores.
 TINY = ["phases.dense.epochs=0.5", "phases.sparsify.epochs=1.5", "phases.finetune.epochs=0.5",
-        "train.log_every=1", "train.checkpoint_every=10", "launch.time_min=20", "launch.cpus_per_task=1"]
+        "train.log_every=1", "train.checkpoint_every=10", "launch.time_min=20", "launch.cpus_per_task=1",
+        "deploy.latency=false"]  # the export (rank 0 while rank 1 waits) stays on; latency has its own tests
 TWO_RANKS = [*TINY, "launch.tasks_per_node=2"]
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -149,7 +150,7 @@ def _release_requeued(job_id: str, timeout_s: float = 120) -> None:
         # Time limit: Slurm sends USR2 `signal_delay_s` before the end; W&B keeps running.
         pytest.param("USR2", id="time-limit"),
         # Preemption as submitit models it: SIGTERM to every process of the step, then USR2. SIGTERM also
-        # stops W&B's service process, so W&B misses the steps up to the stop; the run id still continues.
+        # stops W&B's service process; the requeued job sends W&B the steps it missed.
         pytest.param("TERM+USR2", id="preemption"),
     ],
 )
@@ -173,11 +174,12 @@ def test_interrupted_job_requeues_and_resumes_without_lost_or_repeated_steps(
     steps = _training_steps(out_dir)
     assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
     assert steps == _training_steps(slurm_run), "step log differs from the uninterrupted run"
-    _assert_one_wandb_run_across_requeue(out_dir, steps, complete=signals == "USR2")
+    _assert_one_wandb_run_across_requeue(out_dir)
 
 
-def _assert_one_wandb_run_across_requeue(out_dir: Path, steps: list[int], complete: bool) -> None:
-    """Two offline W&B segments (before/after requeue) of one run id; without SIGTERM, every step exactly once.
+def _assert_one_wandb_run_across_requeue(out_dir: Path) -> None:
+    """Two offline W&B segments (before/after requeue) of one run id, together holding every step of the step
+    log exactly once with its values.
 
     SIGTERM kills W&B's service before it flushes, so the first segment's file may lack even its run record;
     its directory name (`offline-run-<time>-<id>`) still carries the id.
@@ -187,12 +189,101 @@ def _assert_one_wandb_run_across_requeue(out_dir: Path, steps: list[int], comple
     assert len(folders) == 2 and all(name.endswith(f"-{run_id}") for name in folders), (run_id, folders)
     runs = read_runs(out_dir)
     assert runs[-1]["run_id"] == run_id, f"resumed W&B run has id {runs[-1]['run_id']}, expected {run_id}"
-    if not complete:
-        return
-    assert [run["run_id"] for run in runs] == [run_id, run_id], f"W&B run ids {[r['run_id'] for r in runs]}"
-    logged = [[h["_step"] for h in run["history"] if "loss" in h] for run in runs]
-    assert logged[0] and logged[1] and max(logged[0]) < min(logged[1]), "W&B segments overlap or one is empty"
-    assert sorted(logged[0] + logged[1]) == steps, "W&B history does not match the step log"
+    assert_wandb_matches_metrics(out_dir)
+
+
+# ---- requeues made by the cluster re-run the original submission (resume=false): issue 10, fault 4 ----------------
+
+def _wait_until_ended(job_id: str, timeout_s: float = 300) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = slurm_state(job_id)
+        if state in FINAL_STATES:
+            return state
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} did not end within {timeout_s}s of being signalled")
+
+
+def _release_pending(job_id: str, timeout_s: float = 300) -> None:
+    """Start a requeued job now (Slurm holds it on a BeginTime, or after a 'launch failure' of the requeue)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+        if "Restarts=0" not in info and "JobState=RUNNING" in info:
+            return
+        if "JobState=PENDING" in info and "Restarts=0" not in info:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+        time.sleep(0.5)
+    pytest.fail(f"job {job_id} was not running again within {timeout_s}s of its requeue")
+
+
+def _requeue_by_cluster(job_id: str, how: str) -> None:
+    """What a cluster does to a running job that it re-runs later from the original submission."""
+    if how == "scontrol-requeue":  # Slurm sends SIGTERM to the job's processes, then requeues it
+        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    else:  # preemption (SIGTERM) or a node failure (SIGKILL of everything), then the job is requeued
+        signal_name = {"sigterm": "TERM", "node-failure": "KILL"}[how]
+        extra = ["--full"] if how == "node-failure" else []
+        subprocess.run(["scancel", f"--signal={signal_name}", *extra, job_id], check=True, capture_output=True)
+        _wait_until_ended(job_id)
+        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    _release_pending(job_id)
+
+
+@pytest.mark.parametrize("how", ["scontrol-requeue", "sigterm", "node-failure"])
+def test_resume_false_job_requeued_by_the_cluster_continues_from_its_checkpoint(
+        how: str, slurm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A `resume=false` submission re-run by Slurm (same job, later attempt) must not start over."""
+    out_dir = tmp_path_factory.mktemp(f"requeue-{how}") / "run"
+    config = load_config(QUICKSTART, [*TWO_RANKS, f"out_dir={out_dir}", "tracking.mode=offline", "resume=false"])
+    job = submit(config, "slurm")
+    try:
+        _wait_for_step(out_dir, job.job_id, "sparsify", 15)  # past the sparsify step-10 checkpoint
+        _requeue_by_cluster(job.job_id, how)
+        report = wait_result(job, timeout_s=800)
+    finally:
+        _cancel_jobs_of(out_dir)
+
+    log = job.task(0).paths.stderr.read_text()
+    assert log.count("starting in") == 2, "expected a second start of the same job"
+    assert "re-runs submission launch:" in log and "[sparsify] resuming from checkpoint sparsify-step" in log, \
+        "the re-run did not continue from its own checkpoint"
+    assert report["world_size"] == 2
+    _assert_same_weights(out_dir, slurm_run)
+    steps = _training_steps(out_dir)
+    assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
+    assert steps == _training_steps(slurm_run), "step log differs from the uninterrupted run"
+    _assert_one_wandb_run_across_requeue(out_dir)
+
+
+def test_sbatch_cli_run_with_resume_false_continues_after_scontrol_requeue(
+        slurm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A plain `sparsetrain run ... resume=false` in a user's sbatch script: the job id tells a requeue from a new
+    submission. SIGTERM makes the run checkpoint at its next step before the requeue."""
+    out_dir = tmp_path_factory.mktemp("sbatch-cli") / "run"
+    out_dir.mkdir(parents=True)
+    command = " ".join([sys.executable, "-m", "sparsetrain", "run", str(QUICKSTART), *TINY, f"out_dir={out_dir}",
+                        "tracking.mode=offline", "resume=false"])
+    result = subprocess.run(["sbatch", "--parsable", "--requeue", "--open-mode=append", "-n", "1", "-c", "1",
+                             f"--output={out_dir / 'job.log'}", f"--chdir={REPO}", "--time=20",
+                             f"--wrap=srun {command}"], capture_output=True, text=True, check=True)
+    job_id = result.stdout.strip().split(";")[0]
+    try:
+        _wait_for_step(out_dir, job_id, "sparsify", 15)
+        _requeue_by_cluster(job_id, "scontrol-requeue")
+        deadline = time.monotonic() + 800
+        while slurm_state(job_id) not in FINAL_STATES and time.monotonic() < deadline:
+            time.sleep(1)
+        assert slurm_state(job_id) == "COMPLETED", (out_dir / "job.log").read_text()[-3000:]
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, check=False)
+    log = (out_dir / "job.log").read_text()
+    assert f"re-runs submission slurm:{job_id}" in log and "[sparsify] resuming from checkpoint sparsify-step" in log, \
+        log[-3000:]
+    steps = _training_steps(out_dir)
+    assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
+    assert steps == _training_steps(slurm_run), "step log differs from the uninterrupted run"
+    _assert_one_wandb_run_across_requeue(out_dir)
 
 
 def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None, tmp_path: Path) -> None:

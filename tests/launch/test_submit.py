@@ -91,6 +91,17 @@ def test_dry_run_shows_script_world_size_and_pruning_plan(tmp_path: Path, monkey
     assert not (tmp_path / "run").exists(), "a dry run must not create the run directory"
 
 
+def test_dry_run_refuses_a_pruning_setting_for_a_missing_layer(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"out_dir: {tmp_path / 'run'}\n")
+    code = launch_main([str(config), "prune.layer_sparsity={fc9.weight: 0.5}", "--cluster", "local", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == ("error: prune.layer_sparsity.fc9.weight: not a prunable layer of this model (prunable: "
+                   "fc1.weight, fc2.weight, head.weight)"), err
+
+
 def test_sweep_grid_expands_to_distinct_out_dirs(tmp_path: Path) -> None:
     fixed, grid = parse_grid(["alpha0=1e-5,3e-5", "beta=10,20", "seed=3"])
     assert fixed == ["seed=3"] and grid == {"alpha0": ["1e-5", "3e-5"], "beta": ["10", "20"]}
@@ -131,7 +142,8 @@ def test_local_cluster_runs_two_ranks_through_submitit(tmp_path: Path, capsys: p
     out_dir = tmp_path / "run"
     code = launch_main([str(quickstart), "--cluster", "local", "--wait", "--timeout", "600", "launch.tasks_per_node=2",
                         "phases.dense.epochs=0.25", "phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.25",
-                        "tracking.mode=disabled", f"out_dir={out_dir}"])
+                        "tracking.mode=disabled", "deploy.formats=[]", "deploy.latency=false",
+                        f"out_dir={out_dir}"])
     assert code == 0, capsys.readouterr().err[-2000:]
     assert json.loads((out_dir / "report.json").read_text())["world_size"] == 2
     assert "world size 2" in capsys.readouterr().out

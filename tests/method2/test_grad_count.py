@@ -47,7 +47,8 @@ TINY_UNET = ["task=segmentation", "data.source=seg_synthetic", "model.name=unet_
              "data.num_samples=80", "train.batch_size=8", "phases.dense.enabled=false", "phases.sparsify.epochs=4",
              "regularizer.name=grad_count", "regularizer.count_window=1000", "regularizer.count_tau=1.0",
              "optim.name=sgd", "optim.lr=0.05", "prune.rule=filters", "train.checkpoint_every=8",
-             "train.log_every=4", "tracking.mode=disabled", "deepspeed.zero_stage=2"]
+             "train.log_every=4", "tracking.mode=disabled", "deepspeed.zero_stage=2",
+             "deploy.formats=[]", "deploy.latency=false"]
 
 
 def _counts(out: Path) -> dict[str, torch.Tensor]:

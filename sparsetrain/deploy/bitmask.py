@@ -1,8 +1,10 @@
-"""Compressed storage of unstructured-sparse weights: a packed bitmask plus the non-zero values, in safetensors.
+"""The bitmask format (`export/model.bitmask.safetensors`): pruned tensors as a packed bitmask plus the non-zero
+values, in safetensors.
 
 For a pruned tensor `w` the file holds `<name>.__mask__` (uint8, numel/8 bytes, numpy bit order "big") and
 `<name>.__values__` (the non-zero values in row-major order); its shape is kept in the metadata. Other tensors
-are stored dense. The size on disk is what `bytes.compressed` in the report measures.
+are stored dense. The size on disk is what `bytes.compressed` in the report measures; `load_compressed` rebuilds
+the model from it with the export's `architecture.json`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 MASK, VALUES = ".__mask__", ".__values__"
+BITMASK_FILE = "model.bitmask.safetensors"
 
 
-def save_sparse(state: dict[str, torch.Tensor], sparse_names: set[str], path: Path) -> int:
-    """Write `state` with the tensors in `sparse_names` bitmask-compressed; returns the file size in bytes."""
+def _pack(state: dict[str, torch.Tensor], sparse_names: set[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors, shapes = {}, {}
     for name, tensor in state.items():
         t = tensor.detach().cpu().contiguous()
@@ -30,9 +32,23 @@ def save_sparse(state: dict[str, torch.Tensor], sparse_names: set[str], path: Pa
         tensors[name + MASK] = torch.from_numpy(np.packbits(nonzero.numpy()))
         tensors[name + VALUES] = flat[nonzero].clone()
         shapes[name] = list(t.shape)
+    return tensors, {"sparse_shapes": json.dumps(shapes)}
+
+
+def save_sparse(state: dict[str, torch.Tensor], sparse_names: set[str], path: Path) -> int:
+    """Write `state` with the tensors in `sparse_names` bitmask-compressed; returns the file size in bytes."""
+    tensors, metadata = _pack(state, sparse_names)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"sparse_shapes": json.dumps(shapes)})
+    save_file(tensors, str(path), metadata=metadata)
     return path.stat().st_size
+
+
+def sparse_bytes(state: dict[str, torch.Tensor], sparse_names: set[str]) -> int:
+    """The size `save_sparse` would write, without writing (safetensors' in-memory serialization)."""
+    from safetensors.torch import save
+
+    tensors, metadata = _pack(state, sparse_names)
+    return len(save(tensors, metadata=metadata))
 
 
 def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:

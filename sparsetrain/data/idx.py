@@ -1,0 +1,95 @@
+"""MNIST-family data in its original IDX layout (MNIST, Fashion-MNIST, KMNIST, EMNIST), read by torchvision.
+
+A folder holds the four files, each optionally gzip-compressed (`.gz`)::
+
+    train-images-idx3-ubyte   train-labels-idx1-ubyte   t10k-images-idx3-ubyte   t10k-labels-idx1-ubyte
+
+EMNIST's files carry a prefix and call the test split `test` (`emnist-balanced-test-images-idx3-ubyte.gz`):
+both are accepted (EMNIST stores images transposed; train and test alike, so they are used as stored).
+Parsing is torchvision's own (`torchvision.datasets.mnist.read_image_file` / `read_label_file`); those
+readers open plain files only, so `.gz` files are first decompressed into a temporary folder with
+torchvision's `extract_archive`.
+
+Real Fashion-MNIST (60,000 / 10,000): `apt-get install dataset-fashion-mnist` puts it under
+`/usr/share/datasets/fashion-mnist` (`make data`).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from sparsetrain.data.base import DataError
+
+IDX_FILES = {"x_train": ("train", "images-idx3"), "y_train": ("train", "labels-idx1"),
+             "x_test": ("t10k", "images-idx3"), "y_test": ("t10k", "labels-idx1")}
+SPLIT_ALIASES = {"train": ("train",), "t10k": ("t10k", "test")}  # EMNIST names its test files "test"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def find_idx_file(root: Path, split: str, content: str) -> Path:
+    """The one file `[<prefix>-]<split>-<content>-ubyte[.gz]` in `root`; DataError when absent or ambiguous."""
+    aliases = "|".join(SPLIT_ALIASES[split])
+    pattern = re.compile(rf"^(?:.+-)?(?:{aliases})-{content}-ubyte(?:\.gz)?$")
+    found = sorted(p for p in root.iterdir() if p.is_file() and pattern.match(p.name))
+    if not found:
+        raise DataError(f"data.path: {root} lacks {split}-{content}-ubyte[.gz] (an IDX folder holds "
+                        f"{', '.join(f'{s}-{c}-ubyte' for s, c in IDX_FILES.values())})")
+    if len(found) > 1:
+        raise DataError(f"data.path: {root} holds several {split}-{content} files: {', '.join(p.name for p in found)}")
+    return found[0]
+
+
+def _read(path: Path, scratch: Path, kind: str) -> np.ndarray:
+    """One IDX file through torchvision's reader (`kind` = "images" or "labels")."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    from torchvision.datasets.utils import extract_archive
+
+    reader = read_image_file if kind == "images" else read_label_file
+    try:
+        plain = extract_archive(str(path), str(scratch)) if path.suffix == ".gz" else str(path)  # → the plain file
+        return reader(plain).numpy()
+    except (AssertionError, TypeError, ValueError, RuntimeError, OSError, EOFError, IndexError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"data.path: {path} is not a readable IDX {kind} file ({detail})") from None
+
+
+def _to_inputs(images: np.ndarray) -> np.ndarray:
+    """uint8 N×H×W → float32 N×1×H×W in [0, 1]."""
+    return (images.astype(np.float32) / 255.0)[:, None]
+
+
+def _check_split(files: dict[str, Path], arrays: dict[str, np.ndarray], split: str, num_classes: int | None) -> None:
+    images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if len(images) != len(labels):
+        raise DataError(f"data.path: {files[f'x_{split}']} holds {len(images)} images but "
+                        f"{files[f'y_{split}'].name} holds {len(labels)} labels")
+    if num_classes is not None and len(labels) and labels.max() >= num_classes:
+        raise DataError(f"data.path: {files[f'y_{split}']} has label {int(labels.max())} out of range "
+                        f"[0, {num_classes}) (model.kwargs.num_classes)")
+
+
+def load_idx(path: str | None, num_classes: int | None = None) -> tuple[np.ndarray, ...]:
+    """x_train, y_train, x_test, y_test from an IDX folder: images float32 N×1×H×W in [0, 1], labels int64 N.
+
+    Raises:
+        DataError: the folder or one of its four files is missing or unreadable, an image file and its label
+            file hold different numbers of samples, or a label is >= num_classes (one line naming data.path
+            and the file).
+    """
+    root = Path(str(path))
+    if not root.is_dir():
+        raise DataError(f"data.path: IDX folder not found: {root}")
+    files = {key: find_idx_file(root, split, content) for key, (split, content) in IDX_FILES.items()}
+    with tempfile.TemporaryDirectory(prefix="sparsetrain-idx-") as scratch:
+        arrays = {key: _read(file, Path(scratch), "images" if key.startswith("x") else "labels")
+                  for key, file in files.items()}
+    for split in ("train", "test"):
+        _check_split(files, arrays, split, num_classes)
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(f"data.path: {files['x_train'].name} images are {arrays['x_train'].shape[1:]} but "
+                        f"{files['x_test'].name} images are {arrays['x_test'].shape[1:]}")
+    return _to_inputs(arrays["x_train"]), arrays["y_train"], _to_inputs(arrays["x_test"]), arrays["y_test"]

@@ -1,0 +1,135 @@
+"""`sparsetrain eval TARGET [CONFIG] [key=value ...]`: measure a run, an export or a checkpoint on any data.
+
+TARGET is a run directory (its `export/`, data from its `config.yaml`), an export folder or a file in one (data
+from the export's metadata), or a checkpoint file (`model.checkpoint`; CONFIG or `model.name=` says which model).
+CONFIG and overrides replace the data (or anything else) for the evaluation, e.g. `data.path=OTHER`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsetrain.config import RunConfig, load_config
+from sparsetrain.config.loader import apply_overrides, load_raw, validate
+from sparsetrain.deploy.loading import export_folder, load_compressed
+from sparsetrain.structural.export import ARCH_FILE
+
+__all__ = ["evaluate_target", "format_evaluation"]
+
+
+def _is_export(path: Path) -> bool:
+    return (export_folder(path) / ARCH_FILE).is_file()
+
+
+def _config(target: Path, recipe: str | None, overrides: list[str]) -> RunConfig:
+    """The run's own config, or the export's recorded task/data/model, then CONFIG and the overrides."""
+    if not _is_export(target):
+        if not target.is_file():
+            raise ValueError(f"eval: {target} is not a run directory, export folder or checkpoint file")
+        return load_config(recipe, [*overrides, f"model.checkpoint={target}"])
+    run_config = export_folder(target).parent / "config.yaml"
+    if recipe is None and run_config.is_file():
+        raw = load_raw(run_config)
+    elif recipe is not None:
+        raw = load_raw(recipe)
+    else:
+        arch = json.loads((export_folder(target) / ARCH_FILE).read_text())
+        meta = arch.get("meta", {})
+        raw = {"task": meta.get("task", "classification"), "data": meta.get("data", {})}
+    raw.setdefault("model", {})["name"] = json.loads((export_folder(target) / ARCH_FILE).read_text())["model_name"]
+    raw["model"].update(checkpoint=None, pretrained=False, pretrained_file=None, reset_head=False)
+    return validate(apply_overrides(raw, overrides))
+
+
+def _batches(dataset: torch.utils.data.Dataset, size: int):
+    if hasattr(dataset, "__getitems__"):
+        for start in range(0, len(dataset), size):
+            yield dataset.__getitems__(list(range(start, min(start + size, len(dataset)))))
+        return
+    yield from torch.utils.data.DataLoader(dataset, batch_size=size)
+
+
+@torch.no_grad()
+def _metrics(model: nn.Module, dataset: torch.utils.data.Dataset, task: Any, batch_size: int) -> dict[str, float]:
+    total = None
+    for x, y in _batches(dataset, batch_size):
+        stats = task.batch_stats(model(x.float()), y).double()
+        total = stats if total is None else total + stats
+    return task.finalize(total)
+
+
+def _sizes(model: nn.Module) -> dict[str, Any]:
+    from sparsetrain.deploy.bitmask import sparse_bytes
+    from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
+
+    params = list(model.parameters())
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    prunable = prunable_parameters(model)
+    return {"params": {"total": sum(p.numel() for p in params),
+                       "nonzero": sum(int(torch.count_nonzero(p)) for p in params)},
+            "sparsity": sparsity_of(layer_counts(prunable)),
+            "bytes": {"dense": sum(t.numel() * t.element_size() for t in state.values()),
+                      "compressed": sparse_bytes(state, set(prunable))}}
+
+
+def _latency(model: nn.Module, shape: tuple[int, ...], repeats: int, threads: int) -> dict[str, float]:
+    from sparsetrain.deploy.latency import interleaved_times
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = torch.randn(1, *shape)
+    try:
+        with torch.inference_mode():
+            ms = interleaved_times({"model": lambda: model(x)}, repeats)["model"]
+    finally:
+        torch.set_num_threads(previous)
+    q = torch.tensor(ms).quantile(torch.tensor([0.2, 0.5, 0.8])).tolist()
+    return {"batch": 1, "median": q[1], "p20": q[0], "p80": q[2], "threads": threads}
+
+
+def evaluate_target(target: str | Path, recipe: str | None = None, overrides: list[str] | None = None,
+                    format: str = "auto") -> dict[str, Any]:
+    """Metrics on the config's test split, parameter counts, sparsity, bytes and batch-1 latency of TARGET.
+
+    Raises:
+        ValueError / ConfigError: one line naming what is wrong (target, config field, checkpoint mismatch).
+    """
+    from sparsetrain.data import build_data
+    from sparsetrain.models.factory import build_model
+    from sparsetrain.tasks import build_task
+
+    target = Path(target)
+    cfg = _config(target, recipe, list(overrides or []))
+    data = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+    if _is_export(target):
+        model = load_compressed(target, format)
+        fmt = model.export_format
+        torch_model = model if fmt in ("safetensors", "bitmask") else load_compressed(export_folder(target),
+                                                                                     "safetensors")
+    else:
+        model = torch_model = build_model(cfg.model, data.in_chans, data.num_classes, data.input_shape).eval()
+        fmt = "checkpoint"
+    task = build_task(cfg.task, data.num_classes)
+    result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
+              "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test)},
+              "metrics": _metrics(model, data.test, task, cfg.train.eval_batch_size), **_sizes(torch_model)}
+    result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats, cfg.deploy.latency_threads)
+    return result
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    m, p, b, lat = result["metrics"], result["params"], result["bytes"], result["latency_ms"]
+    extra = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "metric")
+    return "\n".join([
+        f"{result['target']} ({result['format']}, {result['model']}) on {result['data']['source']} "
+        f"{result['data']['path'] or ''} ({result['data']['test_samples']} test samples)",
+        f"metric       {m['metric']:.4f}  ({extra})",
+        f"params       {p['total']:,} total, {p['nonzero']:,} non-zero; sparsity {100 * result['sparsity']:.2f} %",
+        f"bytes        {b['dense']:,} dense, {b['compressed']:,} compressed (bitmask)",
+        f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, {lat['threads']} thread(s)",
+    ])

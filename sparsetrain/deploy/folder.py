@@ -1,0 +1,134 @@
+"""Write an export folder: the compressed model in every format, each verified against torch when written.
+
+| format | files | what it is |
+|---|---|---|
+| `safetensors` | `architecture.json` + `model.safetensors` | timm name/kwargs + shrunk modules, dense tensors |
+| `bitmask` | `architecture.json` + `model.bitmask.safetensors` | pruned tensors as packed bitmask + non-zero values |
+| `torch_export` | `model.pt2` | `torch.export` program, batch dimension dynamic |
+| `onnx` | `model.onnx` | the same program in ONNX (opset >= 17) |
+
+`manifest.json` lists the formats written, their files and sizes, and for the deployment formats the max abs
+difference from the torch model on an input batch of the data's shape (fp32) and whether it passed. A format that
+fails to export or to verify is recorded with `ok: false` and its error, and logged; the others are still written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsetrain.deploy.bitmask import BITMASK_FILE, save_sparse
+from sparsetrain.deploy.program import (
+    ONNX_FILE,
+    PROGRAM_FILE,
+    onnx_weight_counts,
+    trace,
+    verify_onnx,
+    verify_program,
+    write_onnx,
+    write_program,
+)
+from sparsetrain.progress import log
+from sparsetrain.pruning.masks import prunable_parameters
+from sparsetrain.structural.export import ARCH_FILE, WEIGHTS_FILE, save_compressed
+
+__all__ = ["DEPLOYMENT_FORMATS", "MANIFEST_FILE", "write_export"]
+
+MANIFEST_FILE = "manifest.json"
+DEPLOYMENT_FORMATS = ("onnx", "torch_export")
+_MANIFEST_FORMAT = "sparsetrain-export/1"
+
+
+def _entry(folder: Path, *files: str, **extra: Any) -> dict[str, Any]:
+    return {"files": list(files), "bytes": sum((folder / f).stat().st_size for f in files), **extra}
+
+
+def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], example: torch.Tensor,
+                 formats: tuple[str, ...] | list[str] = DEPLOYMENT_FORMATS, opset: int = 18,
+                 tolerance: float = 1e-4) -> dict[str, Any]:
+    """Write `model` to `folder` in every format and verify the deployment formats.
+
+    Args:
+        model: The compressed model (a timm model, possibly structurally pruned); a float32 CPU copy is exported.
+        folder: The export folder (created; files of the same names are replaced).
+        meta: timm "model_name" and "model_kwargs" plus JSON metadata (see `structural.export.save_compressed`).
+        example: An input batch (at least 2 samples) of the data's shape, used to trace and verify.
+        formats: Deployment formats to write besides safetensors and bitmask (`DEPLOYMENT_FORMATS`).
+        opset: ONNX opset.
+        tolerance: Largest max abs difference from torch that passes verification.
+
+    Returns:
+        The manifest (also written to `folder/manifest.json`).
+    """
+    import copy
+
+    folder = Path(folder)
+    model = copy.deepcopy(model).float().cpu().eval()
+    save_compressed(model, folder, meta=meta)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    save_sparse(state, set(prunable_parameters(model)), folder / BITMASK_FILE)
+    entries = {"safetensors": _entry(folder, ARCH_FILE, WEIGHTS_FILE),
+               "bitmask": _entry(folder, ARCH_FILE, BITMASK_FILE)}
+    unknown = sorted(set(formats) - set(DEPLOYMENT_FORMATS))
+    if unknown:
+        raise ValueError(f"deploy.formats: unknown format(s) {unknown}; expected {list(DEPLOYMENT_FORMATS)}")
+    if formats:
+        entries.update(_deployment_formats(model, folder, example.float().cpu(), formats, opset, tolerance))
+    manifest = {"format": _MANIFEST_FORMAT, "model_name": meta["model_name"],
+                "input_shape": list(example.shape[1:]), "formats": entries}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, formats: tuple[str, ...] | list[str],
+                        opset: int, tolerance: float) -> dict[str, dict[str, Any]]:
+    with torch.no_grad():
+        reference = model(example)
+    try:
+        program, dynamic = trace(model, example)
+    except Exception as err:  # torch.export raises many types for untraceable code
+        return {fmt: _failed(fmt, err) for fmt in formats}
+    pruned_zeros = sum(int((p == 0).sum()) for p in prunable_parameters(model).values())
+    writers = {
+        "torch_export": lambda: _checked(folder, write_program(program, folder / PROGRAM_FILE),
+                                         verify_program, reference, example, tolerance, dynamic_batch=dynamic),
+        "onnx": lambda: _onnx(folder, program, reference, example, opset, tolerance, dynamic, pruned_zeros),
+    }
+    entries = {}
+    for fmt in formats:
+        try:
+            entries[fmt] = writers[fmt]()
+        except Exception as err:  # exporters raise many types; one failed format must not lose the others
+            entries[fmt] = _failed(fmt, err)
+    return entries
+
+
+def _checked(folder: Path, path: Path, verify: Any, reference: torch.Tensor, example: torch.Tensor,
+             tolerance: float, **extra: Any) -> dict[str, Any]:
+    diff = verify(path, reference, example)
+    ok = diff <= tolerance
+    if not ok:
+        log.warning(f"[export] {path.name}: max abs diff {diff:.3g} from torch exceeds {tolerance:g}")
+    return _entry(folder, path.name, max_abs_diff=diff, tolerance=tolerance, ok=ok,
+                  verified_on=list(example.shape), **extra)
+
+
+def _onnx(folder: Path, program: torch.export.ExportedProgram, reference: torch.Tensor, example: torch.Tensor,
+          opset: int, tolerance: float, dynamic: bool, pruned_zeros: int) -> dict[str, Any]:
+    path = write_onnx(program, example, folder / ONNX_FILE, opset)
+    counts = onnx_weight_counts(path)
+    entry = _checked(folder, path, verify_onnx, reference, example, tolerance, opset=opset, dynamic_batch=dynamic,
+                     weight_elements=counts["elements"], weight_zeros=counts["zeros"],
+                     pruned_zeros_kept=counts["zeros"] >= pruned_zeros)
+    entry["ok"] = entry["ok"] and entry["pruned_zeros_kept"]
+    return entry
+
+
+def _failed(fmt: str, err: BaseException) -> dict[str, Any]:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    log.warning(f"[export] {fmt}: not written ({type(err).__name__}: {first})")
+    return {"ok": False, "error": f"{type(err).__name__}: {first}"}

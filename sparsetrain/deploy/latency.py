@@ -1,0 +1,302 @@
+"""Dense vs compressed inference latency, timed side by side: `sparsetrain bench latency RUN_DIR|EXPORT`.
+
+For each runtime (torch eager and onnxruntime on the CPU; torch on CUDA when present) and batch size, the dense
+model (the timm architecture of the export, unpruned) and the compressed model (the export) are timed *interleaved*:
+after warm-up, each round times one forward pass of each, the order alternating between rounds, with a fixed intra-
+op thread count for both runtimes, each sample a block of calls lasting >= 20 ms. Load on a busy machine then hits
+both models alike. The speed-up is the ratio of the 20th percentiles dense / compressed: on a machine shared with
+other work, time slices lost to other processes make the upper part of each distribution (even the median) mostly
+noise, while the fast quantile is the model's own cost; `speedup_median` and `speedup_paired` (median of the per-
+round ratios) are kept beside it. Reported per model: median and the 20th / 80th percentiles (ms), peak memory
+(`deploy.memory`, a fresh process per model and runtime), and the ten slowest layers (forward hooks in torch,
+onnxruntime's own profiler for ONNX). Unstructured sparsity runs as a dense graph: its rows say so, with the storage
+saving beside the speed-up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsetrain.deploy.loading import export_folder, load_compressed
+from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
+from sparsetrain.progress import log
+from sparsetrain.structural.export import ARCH_FILE
+
+__all__ = ["interleaved_times", "latency_table"]
+
+MODELS = ("dense", "compressed")
+NO_SPEEDUP_BELOW = 1.10  # an unstructured speed-up under this is reported as "no speed-up"
+TOP_LAYERS = 10
+MIN_SAMPLE_MS = 20.0  # each timing sample runs >= 20 ms (a block of calls), so sub-ms preemption averages out
+
+
+def interleaved_times(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3,
+                      sync: Callable[[], None] | None = None, min_sample_ms: float = 0.0) -> dict[str, list[float]]:
+    """Wall times (ms per call) of each call, `repeats` rounds after `warmup`, the order alternating between rounds.
+
+    Args:
+        calls: name -> zero-argument function running one forward pass.
+        repeats: Timed rounds; each round times every call once (or a block of calls, see `min_sample_ms`).
+        warmup: Untimed rounds first.
+        sync: Called before reading the clock (e.g. `torch.cuda.synchronize`), so device work is timed.
+        min_sample_ms: Time blocks of k calls, k chosen after warm-up so that a block of the fastest call lasts
+            at least this long (as `timeit.autorange` does); a sample then averages over scheduler hiccups
+            shorter than a block. 0 = one call per sample.
+    """
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    block = 1
+    for round_ in range(warmup + repeats):
+        if round_ == warmup and min_sample_ms > 0:
+            fastest = min(_block_ms(calls[name], 1, sync) for name in names)
+            block = max(1, min(1000, math.ceil(min_sample_ms / max(fastest, 1e-3))))
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            elapsed = _block_ms(calls[name], block, sync)
+            if round_ >= warmup:
+                times[name].append(elapsed / block)
+    return times
+
+
+def _block_ms(call: Callable[[], Any], count: int, sync: Callable[[], None] | None) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+        call()
+    if sync is not None:
+        sync()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _summary(ms: list[float]) -> dict[str, float]:
+    q = np.quantile(ms, [0.2, 0.5, 0.8])
+    return {"median": float(q[1]), "p20": float(q[0]), "p80": float(q[2]), "runs": len(ms)}
+
+
+def _paired_speedup(times: dict[str, list[float]]) -> float:
+    return statistics.median(d / max(c, 1e-9) for d, c in zip(times["dense"], times["compressed"], strict=True))
+
+
+class _Models:
+    """The two torch models, their ONNX files and what the table says about storage."""
+
+    def __init__(self, path: str | Path, scratch: Path) -> None:
+        import timm
+
+        import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
+
+        self.folder = export_folder(path)
+        if not (self.folder / ARCH_FILE).is_file():
+            raise ValueError(f"bench latency: {path} is not a run directory or export folder (no {ARCH_FILE})")
+        self.arch = json.loads((self.folder / ARCH_FILE).read_text())
+        manifest = self.folder / "manifest.json"
+        shape = json.loads(manifest.read_text())["input_shape"] if manifest.is_file() else None
+        self.shape = tuple(shape or self.arch["meta"].get("input_shape") or ())
+        if not self.shape:
+            raise ValueError(f"bench latency: {self.folder} records no input shape (manifest.json or meta)")
+        torch.manual_seed(0)
+        self.torch = {"dense": timm.create_model(self.arch["model_name"], pretrained=False,
+                                                 **self.arch["model_kwargs"]).eval(),
+                      "compressed": load_compressed(self.folder, "safetensors")}
+        self.kind = "structural" if self.arch.get("modules") else "unstructured"
+        self.scratch = scratch
+        self._onnx: dict[str, Path] = {}
+
+    def onnx(self, which: str) -> Path:
+        """The model as ONNX with a dynamic batch: the export's own file, or one written to scratch."""
+        if which not in self._onnx:
+            own = self.folder / ONNX_FILE
+            manifest = self.folder / "manifest.json"
+            dynamic = manifest.is_file() and json.loads(manifest.read_text())["formats"].get(
+                "onnx", {}).get("dynamic_batch", False)
+            if which == "compressed" and own.is_file() and dynamic:
+                self._onnx[which] = own
+            else:
+                program, _ = trace(self.torch[which], torch.randn(2, *self.shape))
+                self._onnx[which] = write_onnx(program, torch.randn(2, *self.shape), self.scratch / f"{which}.onnx",
+                                               opset=18)
+        return self._onnx[which]
+
+    def storage(self) -> dict[str, Any]:
+        """Bytes of the dense model's tensors vs the export's smallest weights file."""
+        from sparsetrain.deploy.bitmask import BITMASK_FILE
+        from sparsetrain.structural.export import WEIGHTS_FILE
+
+        dense = sum(t.numel() * t.element_size() for t in self.torch["dense"].state_dict().values())
+        files = {name: (self.folder / name).stat().st_size for name in (WEIGHTS_FILE, BITMASK_FILE)
+                 if (self.folder / name).is_file()}
+        best = min(files, key=files.get)
+        params = {k: sum(p.numel() for p in m.parameters()) for k, m in self.torch.items()}
+        nonzero = sum(int(torch.count_nonzero(p)) for p in self.torch["compressed"].parameters())
+        return {"dense_bytes": dense, "compressed_bytes": files[best], "compressed_file": best,
+                "ratio": dense / max(files[best], 1), "params": params, "nonzero_params": nonzero}
+
+
+def _torch_calls(models: _Models, batch: int, device: torch.device) -> dict[str, Callable[[], Any]]:
+    x = torch.randn(batch, *models.shape, device=device)
+    placed = {k: m.to(device) for k, m in models.torch.items()}
+
+    def call(model: nn.Module) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.inference_mode():
+                return model(x)
+        return run
+
+    return {k: call(m) for k, m in placed.items()}
+
+
+def _onnx_calls(models: _Models, batch: int, threads: int) -> dict[str, Callable[[], Any]]:
+    x = np.random.default_rng(0).standard_normal((batch, *models.shape), dtype=np.float32)
+    sessions = {k: onnx_session(models.onnx(k), threads) for k in MODELS}
+    return {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()}
+
+
+def _torch_layers(model: nn.Module, call: Callable[[], Any], runs: int) -> list[dict[str, Any]]:
+    """Mean forward time per leaf module (forward pre/post hooks), slowest first."""
+    spent: dict[str, float] = defaultdict(float)
+    started: dict[str, float] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, n=name: started.__setitem__(n, time.perf_counter())))
+            handles.append(module.register_forward_hook(
+                lambda m, a, o, n=name: spent.__setitem__(n, spent[n] + time.perf_counter() - started[n])))
+    try:
+        for _ in range(runs):
+            call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    types = {n: type(m).__name__ for n, m in model.named_modules()}
+    rows = sorted(spent.items(), key=lambda kv: -kv[1])[:TOP_LAYERS]
+    return [{"layer": n, "op": types[n], "ms": 1e3 * t / runs} for n, t in rows]
+
+
+def _onnx_layers(path: Path, batch: int, shape: tuple[int, ...], threads: int, runs: int,
+                 scratch: Path) -> list[dict[str, Any]]:
+    """Mean time per graph node from onnxruntime's profiler (a separate session: profiling costs time)."""
+    session = onnx_session(path, threads, profile_prefix=str(scratch / f"{path.stem}_b{batch}"))
+    x = np.zeros((batch, *shape), dtype=np.float32)
+    for _ in range(runs):
+        session.run(None, {session.get_inputs()[0].name: x})
+    trace_file = Path(session.end_profiling())
+    spent: dict[str, float] = defaultdict(float)
+    ops: dict[str, str] = {}
+    for event in json.loads(trace_file.read_text()):
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            node = event["name"].removesuffix("_kernel_time")
+            spent[node] += event["dur"] / 1e3
+            ops[node] = event.get("args", {}).get("op_name", "")
+    trace_file.unlink(missing_ok=True)
+    rows = sorted(spent.items(), key=lambda kv: -kv[1])[:TOP_LAYERS]
+    return [{"layer": n, "op": ops[n], "ms": t / runs} for n, t in rows]
+
+
+def _memory(models: _Models, runtime: str, batches: tuple[int, ...], threads: int) -> dict[str, dict[int, int]]:
+    from sparsetrain.deploy.memory import measure_peak_memory
+
+    peaks = {}
+    for which in MODELS:
+        if runtime == "torch":
+            spec = {"kind": "export", "source": str(models.folder)} if which == "compressed" else \
+                {"kind": "timm", "source": models.arch["model_name"], "model_kwargs": models.arch["model_kwargs"]}
+        else:
+            spec = {"kind": "onnx", "source": str(models.onnx(which))}
+        spec.update(runtime=runtime, shape=list(models.shape), batches=list(batches), threads=threads)
+        peaks[which] = measure_peak_memory(spec)
+    return peaks
+
+
+def _runtimes() -> list[tuple[str, str]]:
+    found = [("torch", "cpu")]
+    try:
+        import onnxruntime  # noqa: F401
+        found.append(("onnxruntime", "cpu"))
+    except ImportError:
+        log.warning("bench latency: onnxruntime is not installed; timing torch only")
+    if torch.cuda.is_available():
+        found.append(("torch", "cuda"))
+    return found
+
+
+def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats: int = 20, threads: int = 1,
+                  warmup: int = 3, memory: bool = True) -> dict[str, Any]:
+    """Time the dense and compressed models of an export side by side (see the module docstring).
+
+    Args:
+        path: A run directory or export folder.
+        batches: Batch sizes (e.g. 1 and a larger one).
+        repeats: Timed rounds per runtime and batch.
+        threads: Intra-op threads of torch and onnxruntime (torch's setting is restored afterwards).
+        warmup: Untimed rounds first.
+        memory: Measure peak memory (child processes, a few seconds each).
+
+    Returns:
+        {"rows": [...], "slowest_layers": {...}, "storage": {...}, "kind", "threads", "repeats", "warmup"}.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sparsetrain-latency-") as scratch:
+            return _measure(_Models(path, Path(scratch)), tuple(batches), repeats, threads, warmup, memory)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: int, warmup: int,
+             memory: bool) -> dict[str, Any]:
+    storage = models.storage()
+    rows, layers = [], {}
+    for runtime, device in _runtimes():
+        peaks = _memory(models, runtime, batches, threads) if memory and device == "cpu" else {}
+        for batch in batches:
+            log.info(f"[latency] {runtime} {device} batch {batch}: {repeats} interleaved rounds")
+            if runtime == "torch":
+                calls = _torch_calls(models, batch, torch.device(device))
+                sync = torch.cuda.synchronize if device == "cuda" else None
+            else:
+                calls, sync = _onnx_calls(models, batch, threads), None
+            times = interleaved_times(calls, repeats, warmup, sync, min_sample_ms=MIN_SAMPLE_MS)
+            stats = {f"{k}_ms": _summary(times[k]) for k in MODELS}
+            row = {"runtime": runtime, "device": device, "batch": batch, **stats,
+                   "speedup": stats["dense_ms"]["p20"] / max(stats["compressed_ms"]["p20"], 1e-9),
+                   "speedup_median": stats["dense_ms"]["median"] / max(stats["compressed_ms"]["median"], 1e-9),
+                   "speedup_paired": _paired_speedup(times),
+                   "peak_memory_bytes": {k: (peaks.get(k) or {}).get(batch) for k in MODELS}}
+            row["note"] = _note(models.kind, row["speedup"], storage["ratio"])
+            rows.append(row)
+            key = f"{runtime}-{device}/batch{batch}"
+            runs = max(3, min(repeats, 10))
+            for which in MODELS:
+                layers[f"{key}/{which}"] = (
+                    _torch_layers(models.torch[which], calls[which], runs) if runtime == "torch"
+                    else _onnx_layers(models.onnx(which), batch, models.shape, threads, runs, models.scratch))
+    for model in models.torch.values():
+        model.cpu()
+    return {"kind": models.kind, "model": models.arch["model_name"], "input_shape": list(models.shape),
+            "threads": threads, "repeats": repeats, "warmup": warmup, "storage": storage, "rows": rows,
+            "slowest_layers": layers}
+
+
+def _note(kind: str, speedup: float, storage_ratio: float) -> str:
+    """What a row means: unstructured zeros run as a dense graph, so any measured gap is noise, not sparsity."""
+    if kind == "unstructured":
+        if speedup < NO_SPEEDUP_BELOW:
+            return (f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); "
+                    f"storage {storage_ratio:.1f}x smaller")
+        return (f"no speed-up expected: the same dense graph, {speedup:.2f}x is measurement noise; "
+                f"storage {storage_ratio:.1f}x smaller")
+    if speedup < 1.0:
+        return f"slower than dense ({speedup:.2f}x)"
+    return ""

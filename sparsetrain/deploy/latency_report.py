@@ -1,0 +1,74 @@
+"""The latency table as text and as a plot (dense vs compressed per runtime and batch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_latency", "plot_latency", "write_latency"]
+
+
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.2f}"
+
+
+def _ms(stats: dict[str, float]) -> str:
+    return f"{stats['median']:9.3f} [{stats['p20']:.3f}-{stats['p80']:.3f}]".ljust(24)
+
+
+def format_latency(table: dict[str, Any]) -> str:
+    """A fixed-width table: one row per runtime and batch, then the slowest layers at batch 1."""
+    s = table["storage"]
+    lines = [f"latency of {table['model']} ({table['kind']}), input {tuple(table['input_shape'])}, "
+             f"{table['threads']} thread(s), {table['repeats']} interleaved rounds after {table['warmup']} warm-up; "
+             f"ms as median [p20-p80]; speed-up = dense p20 / compressed p20 (the least disturbed by other load)",
+             f"storage: {s['dense_bytes']:,} B dense -> {s['compressed_bytes']:,} B {s['compressed_file']} "
+             f"({s['ratio']:.2f}x smaller); params {s['params']['dense']:,} -> {s['params']['compressed']:,} "
+             f"({s['nonzero_params']:,} non-zero)",
+             f"{'runtime':<18}{'batch':>6}  {'dense ms':>24}  {'compressed ms':>24}  {'speed-up':>8}  "
+             f"{'peak MB d->c':>14}  note"]
+    for r in table["rows"]:
+        mem = r["peak_memory_bytes"]
+        lines.append(f"{r['runtime'] + ' ' + r['device']:<18}{r['batch']:>6}  {_ms(r['dense_ms'])}  "
+                     f"{_ms(r['compressed_ms'])}  {r['speedup']:>7.2f}x  "
+                     f"{_mb(mem['dense']):>6} -> {_mb(mem['compressed']):<6}  {r['note']}")
+    for key, rows in table["slowest_layers"].items():
+        if "/batch1/" in key:
+            shown = ", ".join(f"{row['layer']} ({row['op']}) {row['ms']:.3f}" for row in rows[:5])
+            lines.append(f"slowest {key}: {shown}")
+    return "\n".join(lines)
+
+
+def plot_latency(table: dict[str, Any], path: Path) -> None:
+    """Grouped bars: dense vs compressed median latency (p20-p80 whiskers) per runtime and batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = table["rows"]
+    labels = [f"{r['runtime']} {r['device']}\nbatch {r['batch']}\n{r['speedup']:.2f}x" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
+    for offset, which, color in ((-0.2, "dense", "tab:gray"), (0.2, "compressed", "tab:blue")):
+        stats = [r[f"{which}_ms"] for r in rows]
+        med = np.array([s["median"] for s in stats])
+        err = np.array([[s["median"] - s["p20"] for s in stats], [s["p80"] - s["median"] for s in stats]])
+        ax.bar(x + offset, med, 0.4, yerr=err, capsize=3, color=color, label=which)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per forward pass (ms, log)")
+    ax.set_title(f"{table['model']} ({table['kind']}): dense vs compressed, {table['threads']} thread(s)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_latency(table: dict[str, Any], out_dir: Path) -> None:
+    """`latency.json` and `latency.png` in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latency.json").write_text(json.dumps(table, indent=1))
+    plot_latency(table, out_dir / "latency.png")

@@ -1,0 +1,121 @@
+"""`sparsetrain.load_compressed`: the compressed model from any format an export folder holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparsetrain.deploy.bitmask import BITMASK_FILE, load_sparse
+from sparsetrain.deploy.program import ONNX_FILE, PROGRAM_FILE, onnx_session
+from sparsetrain.progress import log
+from sparsetrain.structural.export import ARCH_FILE, WEIGHTS_FILE
+
+__all__ = ["FORMAT_ORDER", "OnnxRuntimeModel", "export_folder", "load_compressed"]
+
+# Preference of format="auto": the torch model first (trainable, inspectable), then the deployment graphs.
+FORMAT_ORDER = ("safetensors", "bitmask", "torch_export", "onnx")
+_FILES = {"safetensors": WEIGHTS_FILE, "bitmask": BITMASK_FILE, "torch_export": PROGRAM_FILE, "onnx": ONNX_FILE}
+
+
+class OnnxRuntimeModel(nn.Module):
+    """An ONNX file run by onnxruntime, called like the torch model: float32 tensor in, tensor out."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.session = onnx_session(self.path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def export_folder(path: str | Path) -> Path:
+    """The export folder for a run directory (its `export/`), an export folder, or a file inside one."""
+    path = Path(path)
+    if path.is_file():
+        return path.parent
+    if (path / "export").is_dir() and not (path / ARCH_FILE).exists():
+        return path / "export"
+    return path
+
+
+def _format_of(path: Path, format: str) -> str:
+    """The format to load: given, implied by the file named, or the first present in FORMAT_ORDER."""
+    if path.is_file():
+        named = next((fmt for fmt, name in _FILES.items() if path.name == name), None)
+        if named is None:
+            raise ValueError(f"load_compressed: {path} is not an export file (expected one of "
+                             f"{sorted(_FILES.values())})")
+        return named
+    folder = export_folder(path)
+    if not folder.is_dir():
+        raise ValueError(f"load_compressed: {path} is not a run directory, export folder or export file")
+    present = [fmt for fmt in FORMAT_ORDER if (folder / _FILES[fmt]).is_file()
+               and (fmt in ("torch_export", "onnx") or (folder / ARCH_FILE).is_file())]
+    if format != "auto":
+        if format not in present:
+            raise ValueError(f"load_compressed: {folder} holds no {format!r} model (it has {present or 'none'})")
+        return format
+    if not present:
+        raise ValueError(f"load_compressed: {folder} holds no exported model (expected {ARCH_FILE} + "
+                         f"{WEIGHTS_FILE}, {BITMASK_FILE}, {PROGRAM_FILE} or {ONNX_FILE})")
+    return present[0]
+
+
+def load_compressed(path: str | Path, format: str = "auto", *, threads: int | None = None) -> nn.Module:
+    """Load an exported model, ready for `model(x)`, and say which format it came from.
+
+    Args:
+        path: A run directory, its `export/` folder, or one file in it (`model.safetensors`,
+            `model.bitmask.safetensors`, `model.pt2`, `model.onnx`).
+        format: "auto" (the first of `FORMAT_ORDER` the folder holds), "safetensors", "bitmask",
+            "torch_export" or "onnx".
+        threads: onnxruntime intra-op threads (onnx only; None = onnxruntime's default).
+
+    Returns:
+        A module in eval mode whose `export_format` attribute names the format loaded (also logged). The
+        safetensors and bitmask formats give the timm model (physically smaller after structural pruning);
+        torch_export gives `torch.export.load(...).module()`; onnx an `OnnxRuntimeModel`.
+
+    Raises:
+        ValueError: no such folder/file, or the folder lacks the format asked for.
+    """
+    path = Path(path)
+    fmt = _format_of(path, format)
+    folder = export_folder(path)
+    if fmt == "safetensors":
+        from sparsetrain.structural.export import load_compressed as load_timm
+
+        model = load_timm(folder)
+    elif fmt == "bitmask":
+        model = _load_bitmask(folder)
+    elif fmt == "torch_export":
+        model = torch.export.load(str(folder / PROGRAM_FILE)).module()
+    else:
+        model = OnnxRuntimeModel(folder / ONNX_FILE, threads)
+    if fmt != "torch_export":
+        model.eval()  # an exported program's module is already an inference graph (it rejects .eval())
+    model.export_format = fmt
+    log.info(f"load_compressed: {folder / _FILES[fmt]} ({fmt})")
+    return model
+
+
+def _load_bitmask(folder: Path) -> nn.Module:
+    """The model of `architecture.json` holding the bitmask file's weights (unpacked, exact zeros restored)."""
+    import timm
+
+    import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
+    from sparsetrain.structural.export import load_compressed as load_timm
+
+    arch = json.loads((folder / ARCH_FILE).read_text())
+    if arch.get("modules"):  # structurally pruned: the recorded smaller architecture, rebuilt by its loader
+        model = load_timm(folder)
+    else:
+        model = timm.create_model(arch["model_name"], pretrained=False, **arch["model_kwargs"])
+    model.load_state_dict(load_sparse(folder / BITMASK_FILE), strict=True)
+    return model

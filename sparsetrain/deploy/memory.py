@@ -1,0 +1,109 @@
+"""Peak memory of inference, measured in a fresh process: `python -m sparsetrain.deploy.memory SPEC_JSON`.
+
+What is measured: the growth of the process's peak resident set (VmHWM, reset after the imports through
+`/proc/self/clear_refs`; `ru_maxrss` elsewhere) from just after the runtime is imported to after loading the model
+and running one forward pass per batch size (ascending), i.e. weights + runtime workspace + activations as the
+operating system saw them. A fresh process per (runtime, model) keeps allocator caches of one measurement out of the
+next; the peak never decreases, so each batch's figure covers the smaller batches before it (which need less).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["measure_peak_memory"]
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (VmHWM on Linux, ru_maxrss elsewhere)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        match = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+        if match:
+            return int(match.group(1)) * 1024
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _reset_peak() -> int:
+    """Restart the peak at the current resident size (Linux `clear_refs` 5); returns the baseline in bytes.
+
+    Imports can peak above where they settle; without the reset that transient would hide the model's cost.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not permitted: the baseline is the peak so far (an underestimate of the growth)
+    return _peak_rss_bytes()
+
+
+def measure_peak_memory(spec: dict[str, Any], timeout_s: float = 600) -> dict[int, int] | None:
+    """Run `spec` in a child process; returns {batch: peak bytes}, or None when the child fails.
+
+    Args:
+        spec: {"runtime": "torch" | "onnxruntime", "source": export folder / ONNX file / timm name,
+            "kind": "export" | "timm" | "onnx", "model_kwargs": dict (timm), "shape": per-sample input shape,
+            "batches": list of batch sizes, "threads": intra-op threads}.
+    """
+    done = subprocess.run([sys.executable, "-m", "sparsetrain.deploy.memory", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
+    if done.returncode != 0:
+        return None
+    return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+def _torch_runner(spec: dict[str, Any]):
+    import timm
+    import torch
+
+    import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
+    from sparsetrain.deploy.loading import load_compressed
+
+    torch.set_num_threads(spec["threads"])
+    base = _reset_peak()  # after imports: the runtime itself is not the model's cost
+    if spec["kind"] == "export":
+        model = load_compressed(spec["source"], "safetensors")
+    else:
+        model = timm.create_model(spec["source"], pretrained=False, **spec["model_kwargs"]).eval()
+
+    def run(batch: int) -> None:
+        with torch.inference_mode():
+            model(torch.zeros(batch, *spec["shape"]))
+
+    return base, run
+
+
+def _onnx_runner(spec: dict[str, Any]):
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()  # as deploy.program.onnx_session, without importing torch here
+    options.intra_op_num_threads, options.inter_op_num_threads = spec["threads"], 1
+    base = _reset_peak()
+    session = ort.InferenceSession(spec["source"], sess_options=options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(batch: int) -> None:
+        session.run(None, {name: np.zeros((batch, *spec["shape"]), dtype=np.float32)})
+
+    return base, run
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(argv[0])
+    base, run = (_torch_runner if spec["runtime"] == "torch" else _onnx_runner)(spec)
+    peaks = {}
+    for batch in sorted(spec["batches"]):
+        run(batch)
+        peaks[batch] = _peak_rss_bytes() - base
+    print(json.dumps(peaks))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,97 @@
+"""A run's export folder (`out_dir/export/`) and speed table, written at the end of `sparsetrain run` and by
+`sparsetrain export RUN_DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sparsetrain.engine.distributed import barrier
+from sparsetrain.engine.finite import require_finite
+from sparsetrain.progress import log
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from sparsetrain.pipeline import Pipeline
+
+FINAL_PHASE_ORDER = ("finetune", "prune", "sparsify", "dense")
+
+
+def final_phase(completed: dict) -> str | None:
+    return next((p for p in FINAL_PHASE_ORDER if p in completed), None)
+
+
+def example_batch(test_set: Dataset, size: int = 2) -> torch.Tensor:
+    """The first `size` test inputs as one batch: what exports are traced and verified on."""
+    return torch.stack([test_set[i][0] for i in range(min(size, len(test_set)))]).float()
+
+
+def export_model(pipeline: Pipeline) -> dict[str, Any]:
+    """Write `<out_dir>/export/` from the last finished phase (rank 0); returns its manifest (empty elsewhere)."""
+    from sparsetrain.config import config_to_dict
+    from sparsetrain.deploy.folder import write_export
+
+    phase = final_phase(pipeline.state["completed"])
+    if phase is None:
+        raise ValueError(f"export: {pipeline.out_dir} has no finished phase to export")
+    manifest: dict[str, Any] = {}
+    if pipeline.dist.is_main:
+        cfg = pipeline.cfg
+        metric = pipeline.state["completed"][phase].get("metric")
+        meta = pipeline.export_meta(phase=phase, metric=metric, task=cfg.task, data=config_to_dict(cfg)["data"])
+        model = pipeline.model_from(phase)
+        require_finite(model.state_dict(), f"the {phase} weights to export", "this run's weights diverged; "
+                       "re-run the phase after fixing the training settings")
+        manifest = write_export(model, pipeline.out_dir / "export", meta=meta,
+                                example=example_batch(pipeline.data.test), formats=cfg.deploy.formats,
+                                opset=cfg.deploy.opset, tolerance=cfg.deploy.tolerance)
+    barrier()
+    return manifest
+
+
+def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
+    """Export, then (rank 0, `deploy.latency`) time dense vs compressed; the report's "export" and "latency"."""
+    manifest = export_model(pipeline)
+    if not pipeline.dist.is_main:
+        return {}
+    out: dict[str, Any] = {"export": manifest["formats"]}
+    deploy = pipeline.cfg.deploy
+    if deploy.latency:
+        from sparsetrain.deploy.latency import latency_table
+        from sparsetrain.deploy.latency_report import format_latency, write_latency
+
+        table = latency_table(pipeline.out_dir / "export", batches=(1, deploy.latency_batch),
+                              repeats=deploy.latency_repeats, threads=deploy.latency_threads)
+        write_latency(table, pipeline.out_dir)
+        out["latency"] = table
+        log.info("\n" + format_latency(table))
+        if pipeline.structural:
+            out["latency_ms"] = _headline(table)
+    return out
+
+
+def _headline(table: dict[str, Any]) -> dict[str, Any]:
+    """The report's `latency_ms` (dense / pruned / speedup) from the interleaved torch eager batch-1 row."""
+    row = next(r for r in table["rows"] if (r["runtime"], r["device"], r["batch"]) == ("torch", "cpu", 1))
+    return {"dense": row["dense_ms"]["median"], "pruned": row["compressed_ms"]["median"], "speedup": row["speedup"],
+            "measured": "interleaved, torch eager, CPU, batch 1 (see latency)"}
+
+
+def export_run(run_dir: str | Path) -> Path:
+    """`sparsetrain export RUN_DIR`: re-create the run's context from its saved config and export."""
+    from sparsetrain.config import load_config
+    from sparsetrain.pipeline import Pipeline
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"export: {run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "tracking.mode=disabled", "resume=true"])
+    pipeline = Pipeline(cfg)
+    try:
+        export_model(pipeline)
+        return run_dir / "export"
+    finally:
+        pipeline.close()

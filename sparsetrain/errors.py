@@ -1,0 +1,52 @@
+"""The project's own errors: every check sparsetrain makes raises one of these, phrased as one line.
+
+The CLI prints such an error as `error: <first line>` (never a traceback) and exits with the class's code:
+
+    0  success
+    1  anything else (a bug, or a library failing in a way sparsetrain does not check): traceback
+    2  bad input: config, data, pruning settings, launch settings (`InputError` and its subclasses)
+    3  resume or preemption: an unreadable checkpoint, or a run stopped on request after saving one
+    4  non-finite numbers: training stopped at the first bad step, the last good checkpoint kept
+    5  set-up: a library behaves differently from what sparsetrain was built against (`SetupError`)
+
+Subclasses keep the built-in base they always had (`ValueError`, `RuntimeError`) so callers that catch those
+still work.
+"""
+
+from __future__ import annotations
+
+
+class SparsetrainError(Exception):
+    """Base of every error raised by sparsetrain's own checks; `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class InputError(SparsetrainError, ValueError):
+    """Bad input (config, data, settings): one line naming the field and what was expected."""
+
+    exit_code = 2
+
+
+class ResumeError(SparsetrainError, RuntimeError):
+    """A run could not continue from its saved state, or stopped on request after saving it."""
+
+    exit_code = 3
+
+
+class NonFiniteError(SparsetrainError, ArithmeticError):
+    """Training produced a non-finite number; nothing after the last good checkpoint was kept."""
+
+    exit_code = 4
+
+
+class SetupError(SparsetrainError, RuntimeError):
+    """A library (DeepSpeed, Triton) is not laid out the way sparsetrain expects."""
+
+    exit_code = 5
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (the whole message for one-line errors)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -1,0 +1,201 @@
+"""Initial weights from a trained model on disk (`model.checkpoint`): safetensors, torch checkpoints, exports.
+
+Accepted files, read through the libraries that write them:
+- `.safetensors`: a flat state dict (`safetensors.torch.load_file`).
+- `.pth` / `.pt` / `.bin` / `.tar`: a torch state dict or a training checkpoint, read by timm's
+  `timm.models.load_state_dict` (`torch.load(weights_only=True)`; weights under `state_dict`, `model`, or with
+  `model.checkpoint_ema` under `state_dict_ema` / `model_ema`; `module.` and `_orig_mod.` prefixes of DDP and
+  torch.compile removed), as timm's and torchvision's training scripts save them.
+- A sparsetrain export folder (`architecture.json` + `model.safetensors`, see `sparsetrain.deploy`); a structurally
+  pruned export gives its smaller architecture.
+
+Every mismatch is one line naming `model.checkpoint` (or `model.reset_head`) with up to five keys of each kind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparsetrain.config.schema import ModelConfig
+
+__all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "classifier_keys", "read_state_dict"]
+
+_SHOWN = 5  # keys listed per kind in a mismatch message
+_AVERAGED_MODEL_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel (torchvision's EMA) bookkeeping
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint's tensors do not fit the model: one line naming the field, with example keys."""
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+
+
+def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The weights held by a checkpoint file or export folder, on the CPU, wrapper prefixes removed.
+
+    Raises:
+        ValueError: `model.checkpoint: ...` when the path is missing or holds no state dict.
+    """
+    path = resolve(path)
+    if path.is_dir():
+        return _export_state(path)
+    if not path.is_file():
+        raise ValueError(f"model.checkpoint: file or export folder not found: {path}")
+    tensors = _tensors(path, use_ema)
+    if not tensors and not use_ema:  # a checkpoint that keeps only EMA weights
+        tensors = _tensors(path, True)
+    if not tensors:
+        raise ValueError(f"model.checkpoint: {path} holds no tensors (expected a state dict, or a training "
+                         "checkpoint with one under 'state_dict', 'model' or 'model_ema')")
+    return tensors
+
+
+def resolve(path: str | Path) -> Path:
+    """The path itself, or the `export/` folder when `path` is a sparsetrain run directory."""
+    path = Path(path).expanduser()
+    return path / "export" if (path / "export").is_dir() and not (path / "architecture.json").exists() else path
+
+
+def _tensors(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(str(path), use_ema=use_ema, device="cpu", weights_only=True)
+    except Exception as err:  # torch.load and safetensors raise many types on foreign or truncated files
+        raise ValueError(f"model.checkpoint: {path} is not a safetensors file or torch checkpoint "
+                         f"({_first_line(err)})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"model.checkpoint: {path} holds a {type(state).__name__}, expected a state dict")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and k not in _AVERAGED_MODEL_KEYS}
+
+
+def _export_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from sparsetrain.structural.export import ARCH_FILE, WEIGHTS_FILE
+
+    if not (folder / ARCH_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise ValueError(f"model.checkpoint: {folder} is a folder but not a sparsetrain export "
+                         f"(expected {ARCH_FILE} and {WEIGHTS_FILE})")
+    return load_file(str(folder / WEIGHTS_FILE))
+
+
+def export_architecture(path: str | Path) -> dict | None:
+    """The `architecture.json` of an export folder given as checkpoint, None for checkpoint files."""
+    from sparsetrain.structural.export import ARCH_FILE
+
+    arch_file = resolve(path) / ARCH_FILE
+    return json.loads(arch_file.read_text()) if arch_file.is_file() else None
+
+
+def classifier_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the model's classifier (timm's `get_classifier()`), empty when it has none."""
+    if not hasattr(model, "get_classifier"):
+        return []
+    head = model.get_classifier()
+    prefix = next((name for name, m in model.named_modules() if m is head and name), None)
+    if prefix is None:
+        return []
+    return [k for k in model.state_dict() if k.startswith(f"{prefix}.")]
+
+
+def _show(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+def _mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> tuple[list, list, list]:
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    return missing, unexpected, wrong
+
+
+def _check_head(cfg: ModelConfig, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                wrong: list[str], head: list[str]) -> None:
+    """A mismatch confined to the classifier means the class counts differ: point at model.reset_head."""
+    if not wrong or not set(wrong) <= set(head):
+        return
+    weight = next((k for k in head if k.endswith("weight")), wrong[0])
+    ours, theirs = expected[weight].shape[0], state[weight].shape[0]
+    raise CheckpointMismatch(f"model.reset_head: {cfg.checkpoint} has {theirs} classes ({weight} "
+                             f"{tuple(state[weight].shape)}), the data {ours}; set model.reset_head=true to "
+                             "re-initialize the classifier")
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
+    """Load `state` strictly into `model`, keeping the model's fresh classifier when `cfg.reset_head`.
+
+    Raises:
+        CheckpointMismatch: missing / unexpected / wrong-shape keys (up to five of each), or classes differ
+            without `model.reset_head`.
+    """
+    expected = model.state_dict()
+    head = classifier_keys(model)
+    if cfg.reset_head:
+        if not head:
+            raise CheckpointMismatch(f"model.reset_head: {cfg.name} has no classifier (timm get_classifier) to reset")
+        state = {k: v for k, v in state.items() if k not in head}
+        expected = {k: v for k, v in expected.items() if k not in head}
+    missing, unexpected, wrong = _mismatch(state, expected)
+    if not missing and not unexpected:
+        _check_head(cfg, state, expected, wrong, head)
+    if missing or unexpected or wrong:
+        parts = [f"{label} {_show(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected))
+                 if keys]
+        if wrong:
+            parts.append("wrong shape " + _show([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                                                 for k in wrong]))
+        raise CheckpointMismatch(f"model.checkpoint: {cfg.checkpoint} does not fit {cfg.name}: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=not cfg.reset_head)  # keys checked above; only the head may be absent
+
+
+def apply_checkpoint(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """`model` with the weights of `cfg.checkpoint`; a structurally pruned export gives its own smaller model.
+
+    Args:
+        model: The freshly created timm model (its classifier sized for the data).
+        cfg: The model section; `checkpoint` must be set.
+
+    Returns:
+        The model holding the checkpoint's weights (the same object, unless the export is structurally pruned).
+    """
+    arch = export_architecture(cfg.checkpoint)
+    if arch is not None and arch.get("modules"):
+        return _pruned_export(model, cfg, arch)
+    load_into(model, read_state_dict(cfg.checkpoint, cfg.checkpoint_ema), cfg)
+    return model
+
+
+def _pruned_export(model: nn.Module, cfg: ModelConfig, arch: dict) -> nn.Module:
+    """A structurally pruned export is its own architecture: rebuild it and check it fits the data."""
+    from sparsetrain.structural.export import load_compressed
+
+    if arch.get("model_name") != cfg.name:
+        raise CheckpointMismatch(f"model.checkpoint: {cfg.checkpoint} is an export of {arch.get('model_name')}, "
+                                 f"but model.name is {cfg.name}")
+    if cfg.reset_head:
+        raise CheckpointMismatch("model.reset_head: not supported for a structurally pruned export (its classifier "
+                                 "input is pruned); start from the unpruned weights")
+    pruned = load_compressed(resolve(cfg.checkpoint)).train()
+    ours, theirs = model.state_dict(), pruned.state_dict()
+    head = [k for k in classifier_keys(model) if k in theirs]
+    _check_head(cfg, theirs, ours, [k for k in head if theirs[k].shape[0] != ours[k].shape[0]], head)
+    return pruned
+
+
+def architecture_only(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` without the checkpoint's weights, for models whose weights come from elsewhere (a phase's file).
+
+    A structurally pruned export stays: it defines the (smaller) architecture itself.
+    """
+    if not cfg.checkpoint or (export_architecture(cfg.checkpoint) or {}).get("modules"):
+        return cfg
+    return cfg.model_copy(update={"checkpoint": None, "reset_head": False, "checkpoint_ema": False})

@@ -1,0 +1,123 @@
+"""MNIST-family IDX folders (read by torchvision's readers), training subsets, and real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparsetrain.config import ConfigError, load_config
+from sparsetrain.config.schema import DataConfig, TrainSubsetConfig
+from sparsetrain.data import DataError, build_data, subset_indices
+from sparsetrain.data.idx import load_idx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Test fixture writer: big-endian IDX header (magic 0x08 = uint8, ndim) + dims + raw bytes, gzip if .gz."""
+    payload = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload += np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(payload)
+    return path
+
+
+def make_folder(root: Path, n_train: int = 30, n_test: int = 10, suffix: str = ".gz", prefix: str = "",
+                test_name: str = "t10k", side: int = 8) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3": rng.integers(0, 256, (n_train, side, side)), "train-labels-idx1":
+              rng.integers(0, 10, n_train), f"{test_name}-images-idx3": rng.integers(0, 256, (n_test, side, side)),
+              f"{test_name}-labels-idx1": rng.integers(0, 10, n_test)}
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, array in arrays.items():
+        write_idx(root / f"{prefix}{stem}-ubyte{suffix}", array)
+    return arrays
+
+
+@pytest.mark.parametrize("suffix, prefix, test_name", [(".gz", "", "t10k"), ("", "", "t10k"),
+                                                       (".gz", "emnist-digits-", "test")])
+def test_idx_folder_matches_the_written_arrays(tmp_path: Path, suffix: str, prefix: str, test_name: str) -> None:
+    arrays = make_folder(tmp_path, suffix=suffix, prefix=prefix, test_name=test_name)
+    x_train, y_train, x_test, y_test = load_idx(str(tmp_path))
+    assert x_train.shape == (30, 1, 8, 8) and x_train.dtype == np.float32, f"x_train {x_train.shape} {x_train.dtype}"
+    np.testing.assert_array_equal(np.round(x_train[:, 0] * 255), arrays["train-images-idx3"], "train images")
+    np.testing.assert_array_equal(y_train, arrays["train-labels-idx1"], "train labels")
+    np.testing.assert_array_equal(np.round(x_test[:, 0] * 255), arrays[f"{test_name}-images-idx3"], "test images")
+    np.testing.assert_array_equal(y_test, arrays[f"{test_name}-labels-idx1"], "test labels")
+    bundle = build_data(DataConfig(source="idx", path=str(tmp_path)), 0)
+    assert (len(bundle.train), len(bundle.test), bundle.input_shape) == (30, 10, (1, 8, 8))
+
+
+def _one_line_error(path: Path, **kwargs) -> str:
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(source="idx", path=str(path), **kwargs), 0)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("data.path: "), f"not a one-line data.path error: {message!r}"
+    return message
+
+
+def test_missing_idx_file_names_the_file(tmp_path: Path) -> None:
+    make_folder(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    message = _one_line_error(tmp_path)
+    assert f"{tmp_path} lacks t10k-labels-idx1-ubyte[.gz]" in message, message
+    assert "folder not found" in _one_line_error(tmp_path / "nowhere")
+
+
+def test_mismatched_counts_name_both_files(tmp_path: Path) -> None:
+    make_folder(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(29))
+    message = _one_line_error(tmp_path)
+    assert "train-images-idx3-ubyte.gz holds 30 images but train-labels-idx1-ubyte.gz holds 29 labels" in message
+
+
+def test_unreadable_and_ambiguous_files(tmp_path: Path) -> None:
+    make_folder(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    assert "t10k-images-idx3-ubyte.gz is not a readable IDX images file" in _one_line_error(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros(10))  # 1-D: a label file in an image slot
+    assert "is not a readable IDX images file (x should have 3 dimension" in _one_line_error(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10, 8, 8)))
+    assert "holds several t10k-images-idx3 files" in _one_line_error(tmp_path)
+
+
+def test_label_beyond_num_classes(tmp_path: Path) -> None:
+    make_folder(tmp_path)
+    with pytest.raises(DataError, match=r"has label 9 out of range \[0, 5\)"):
+        build_data(DataConfig(source="idx", path=str(tmp_path)), 0, num_classes=5)
+
+
+def test_train_subset_parts_are_disjoint_and_cover_the_set(tmp_path: Path) -> None:
+    parts = [subset_indices(101, TrainSubsetConfig(parts=3, part=k, seed=4)) for k in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(101)), "parts do not partition the indices"
+    assert [len(p) for p in parts] == [34, 34, 33], f"part sizes {[len(p) for p in parts]}"
+    again = subset_indices(101, TrainSubsetConfig(parts=3, part=1, seed=4))
+    assert np.array_equal(parts[1], again), "the partition is not a function of its seed"
+    assert not np.array_equal(parts[1], subset_indices(101, TrainSubsetConfig(parts=3, part=1, seed=5)))
+    arrays = make_folder(tmp_path, n_train=40)
+    half = build_data(DataConfig(source="idx", path=str(tmp_path), normalize=False, train_subset={"part": 1}), 0)
+    keep = subset_indices(40, TrainSubsetConfig(part=1))
+    assert len(half.train) == 20 and len(half.test) == 10, "the subset must cut the training set only"
+    assert torch.equal(half.train.targets, torch.from_numpy(arrays["train-labels-idx1"][keep])), "wrong samples"
+
+
+def test_train_subset_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"^data.train_subset: part 2 is out of range for parts=2 \(expected 0..1\)$"):
+        load_config(None, ["data.train_subset.part=2"])
+    with pytest.raises(ConfigError, match=r"^data.path: required for data.source='idx'$"):
+        load_config(None, ["data.source=idx"])
+    assert load_config(None, ["data.train_subset.part=1"]).data.train_subset.parts == 2
+
+
+def test_real_fashion_mnist(fashion_mnist: Path) -> None:
+    bundle = build_data(DataConfig(source="idx", path=str(fashion_mnist), normalize=False), 0)
+    assert (len(bundle.train), len(bundle.test), bundle.input_shape, bundle.num_classes) == (60000, 10000,
+                                                                                            (1, 28, 28), 10)
+    assert bundle.train.targets.bincount().tolist() == [6000] * 10, "Fashion-MNIST has 6,000 train images a class"
+    assert bundle.test.targets.bincount().tolist() == [1000] * 10
+    x = bundle.train.inputs
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0 and 0.2 < float(x.mean()) < 0.4, "pixel scale"

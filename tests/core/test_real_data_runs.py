@@ -1,0 +1,48 @@
+"""`sparsetrain run` of the MNIST recipes on real MNIST-format files: IDX folder and .npz, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparsetrain.data.idx import load_idx
+from tests.core.subprocess_runs import run_cli
+
+SHORT = ["phases.dense.epochs=0.3", "phases.sparsify.epochs=0.6", "phases.finetune.epochs=0.3",
+         "data.train_subset.parts=20", "tracking.mode=disabled", "train.threads=1", "train.log_every=10"]
+
+
+def _write_npz(idx_dir: Path, path: Path) -> Path:
+    """The same real images in the README's .npz layout (uint8 N×28×28, int64 labels)."""
+    x_train, y_train, x_test, y_test = load_idx(str(idx_dir))
+    to_uint8 = lambda x: np.round(x[:, 0] * 255).astype(np.uint8)  # noqa: E731
+    np.savez_compressed(path, x_train=to_uint8(x_train), y_train=y_train, x_test=to_uint8(x_test), y_test=y_test)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["idx", "npz"])
+def test_lenet300_mnist_recipe_runs_on_real_files(tmp_path: Path, fashion_mnist: Path, layout: str) -> None:
+    data = [f"data.path={fashion_mnist}", "data.source=idx"] if layout == "idx" else \
+        [f"data.path={_write_npz(fashion_mnist, tmp_path / 'real.npz')}"]
+    out = tmp_path / "run"
+    result = run_cli(["configs/lenet300_mnist.yaml", *data, f"out_dir={out}", *SHORT])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["finetuned"]["metric"] > 50.0, f"fine-tuned accuracy {report['finetuned']['metric']} on real data"
+    assert "finetuned" in result.stdout, "the result table was not printed"
+
+
+def test_missing_idx_file_is_a_one_line_cli_error(tmp_path: Path, fashion_mnist: Path) -> None:
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (folder / name).symlink_to(fashion_mnist / name)
+    result = run_cli(["configs/lenet300_mnist.yaml", "data.source=idx", f"data.path={folder}",
+                      f"out_dir={tmp_path / 'run'}", "tracking.mode=disabled"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"error: data.path: {folder} lacks t10k-labels-idx1-ubyte[.gz] (an IDX folder holds train-images-idx3-ubyte, " \
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)", result.stderr[-2000:]

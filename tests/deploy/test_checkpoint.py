@@ -1,0 +1,154 @@
+"""model.checkpoint: trained weights from safetensors, torch state dicts, training checkpoints and exports."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch.optim.swa_utils import AveragedModel
+
+from sparsetrain.cli import main
+from sparsetrain.config.schema import ModelConfig, PruneConfig
+from sparsetrain.models.factory import build_model
+from sparsetrain.pruning.filters import channel_groups, choose_filters
+from sparsetrain.structural import remove_channels, save_compressed
+
+SHAPE = (1, 28, 28)
+
+
+def _lenet5(seed: int, classes: int = 10) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(name="lenet5"), 1, classes, SHAPE)
+
+
+def _build(path: Path, classes: int = 10, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(99)
+    return build_model(ModelConfig(name="lenet5", checkpoint=str(path), **kwargs), 1, classes, SHAPE)
+
+
+def _assert_holds(model: torch.nn.Module, source: dict[str, torch.Tensor], label: str) -> None:
+    state = model.state_dict()
+    assert state.keys() == source.keys(), f"{label}: keys differ"
+    for name, tensor in source.items():
+        assert torch.equal(state[name], tensor), f"{label}: {name} not loaded"
+
+
+def _writers() -> dict:
+    """How training scripts save weights: file name -> function(model state, ema state, path)."""
+    namespace = argparse.Namespace(model="lenet5", lr=0.1)  # both timm and torchvision pickle their args
+    return {
+        "flat.safetensors": lambda s, e, p: save_file({k: v.contiguous() for k, v in s.items()}, str(p)),
+        "plain.pth": lambda s, e, p: torch.save(s, p),
+        "ddp.pt": lambda s, e, p: torch.save({f"module.{k}": v for k, v in s.items()}, p),
+        # timm train.py: CheckpointSaver keeps 'state_dict' (+ 'state_dict_ema'), optimizer, epoch, args
+        "timm.pth.tar": lambda s, e, p: torch.save({"epoch": 3, "arch": "lenet5", "state_dict": s,
+                                                    "state_dict_ema": e, "optimizer": {}, "args": namespace}, p),
+        # torchvision references/classification/train.py: 'model', 'model_ema' (an AveragedModel), args
+        "torchvision.pth": lambda s, e, p: torch.save({"model": s, "model_ema": _averaged(e), "optimizer": {},
+                                                       "epoch": 3, "args": namespace}, p),
+        "ema_only.bin": lambda s, e, p: torch.save({"model_ema": _averaged(e)}, p),
+    }
+
+
+def _averaged(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    model = _lenet5(0)
+    model.load_state_dict(state)
+    return AveragedModel(model).state_dict()  # keys 'module.*' plus 'n_averaged'
+
+
+@pytest.mark.parametrize("name", list(_writers()))
+def test_every_checkpoint_layout_loads_the_trained_weights(tmp_path: Path, name: str) -> None:
+    weights, ema = _lenet5(1).state_dict(), _lenet5(2).state_dict()
+    path = tmp_path / name
+    _writers()[name](weights, ema, path)
+    expected = ema if name == "ema_only.bin" else weights
+    _assert_holds(_build(path), expected, name)
+    if name in ("timm.pth.tar", "torchvision.pth"):
+        _assert_holds(_build(path, checkpoint_ema=True), ema, f"{name} with checkpoint_ema")
+
+
+def test_reset_head_keeps_everything_but_a_fresh_classifier(tmp_path: Path) -> None:
+    source = _lenet5(1, classes=10).state_dict()
+    torch.save({"state_dict": source}, tmp_path / "c10.pth")
+    model = _build(tmp_path / "c10.pth", classes=4, reset_head=True)
+    assert model(torch.zeros(2, *SHAPE)).shape == (2, 4)
+    fresh = _lenet5(99, classes=4).state_dict()  # same seed as _build: the classifier timm would initialize
+    for name, tensor in model.state_dict().items():
+        head = name.startswith("head.")
+        label = "fresh" if head else "loaded"
+        assert torch.equal(tensor, fresh[name] if head else source[name]), f"{name}: not {label}"
+
+
+def test_a_structurally_pruned_export_is_its_own_smaller_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dense = build_model(ModelConfig(name="unet_tiny"), 3, 1, (3, 32, 32)).eval()
+    groups = channel_groups(dense, (3, 32, 32))
+    drop = choose_filters(dense, groups, PruneConfig(rule="filters", filter_fraction=0.5))
+    pruned = remove_channels(dense, drop, groups=groups).eval()
+    folder = save_compressed(pruned, tmp_path / "export", meta={"model_name": "unet_tiny",
+                                                                "model_kwargs": {"num_classes": 1, "in_chans": 3}})
+    loaded = build_model(ModelConfig(name="unet_tiny", checkpoint=str(folder)), 3, 1, (3, 32, 32)).eval()
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in pruned.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x)), "pruned export not loaded as it was saved"
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
+    (tmp / "notes.pth").write_text("not a checkpoint")
+    torch.save({"epoch": 1}, tmp / "no_weights.pth")
+    torch.manual_seed(0)
+    torch.save(build_model(ModelConfig(name="lenet300_100"), 1, 10, SHAPE).state_dict(), tmp / "lenet300.pth")
+    state = _lenet5(0).state_dict()
+    torch.save({f"backbone.{k}": v for k, v in state.items()}, tmp / "prefixed.pth")
+    state["conv2.weight"] = torch.zeros(40, 20, 5, 5)
+    torch.save(state, tmp / "shape.pth")
+    torch.save(_lenet5(0, classes=7).state_dict(), tmp / "c7.pth")
+    return {
+        "missing": ({"checkpoint": str(tmp / "nope.pth")}, "model.checkpoint: file or export folder not found"),
+        "not a checkpoint": ({"checkpoint": str(tmp / "notes.pth")}, "model.checkpoint: .* is not a safetensors"),
+        "no weights": ({"checkpoint": str(tmp / "no_weights.pth")}, "model.checkpoint: .* holds no tensors"),
+        "keys": ({"checkpoint": str(tmp / "lenet300.pth")}, "model.checkpoint: .* does not fit lenet5: missing "
+                 "conv1.weight, conv1.bias, conv2.weight, conv2.bias; unexpected fc2.weight, fc2.bias; wrong shape "
+                 r"fc1.weight \(300, 784\) vs \(500, 800\)"),
+        "prefix": ({"checkpoint": str(tmp / "prefixed.pth")}, r"missing conv1.weight, .*, fc1.weight \(\+3 more\); "
+                   r"unexpected backbone.conv1.weight, .* \(\+3 more\)$"),
+        "shape": ({"checkpoint": str(tmp / "shape.pth")}, r"wrong shape conv2.weight \(40, 20, 5, 5\) vs "
+                  r"\(50, 20, 5, 5\)"),
+        "classes": ({"checkpoint": str(tmp / "c7.pth")}, "model.reset_head: .* has 7 classes .*, the data 10; set "
+                    "model.reset_head=true"),
+        "folder": ({"checkpoint": str(tmp)}, "model.checkpoint: .* is a folder but not a sparsetrain export"),
+    }
+
+
+BAD = ["missing", "not a checkpoint", "no weights", "keys", "prefix", "shape", "classes", "folder"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_checkpoints_give_one_line_naming_the_field(tmp_path: Path, case: str) -> None:
+    kwargs, message = _bad_inputs(tmp_path)[case]
+    with pytest.raises(ValueError, match=message) as err:
+        build_model(ModelConfig(name="lenet5", **kwargs), 1, 10, SHAPE)
+    assert "\n" not in str(err.value), f"{case}: message spans lines"
+
+
+def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    code = main(["run", f"out_dir={tmp_path / 'run'}", f"model.checkpoint={tmp_path / 'notes.pth'}",
+                 "tracking.mode=disabled"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: model.checkpoint: ") and "\n" not in err, err
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.reset_head=true"], "model.reset_head: only applies with model.checkpoint"),
+    (["model.checkpoint=x.pth", "model.pretrained=true"], "model.checkpoint: give either"),
+])
+def test_checkpoint_settings_are_checked_at_load(overrides: list[str], message: str) -> None:
+    from sparsetrain.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -1,0 +1,84 @@
+"""A model trained outside sparsetrain, compressed by it: dense.epochs=0 measures the checkpoint, and the
+sparsify / prune / fine-tune phases continue from its weights (also from a sparsetrain export)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from sparsetrain.config.schema import DataConfig, ModelConfig
+from sparsetrain.data import build_data
+from sparsetrain.deploy.run import export_run
+from sparsetrain.models.factory import build_model
+from sparsetrain.pipeline import run_pipeline
+from sparsetrain.pruning.sharded_masks import load_full_masks
+from tests.core.conftest import tiny_config
+
+
+def _batch(batch: tuple) -> tuple:
+    return batch  # InMemoryDataset.__getitems__ already gathers (inputs, targets)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """LeNet-300-100 trained on digits by a plain torch loop, saved as a timm-style training checkpoint."""
+    torch.manual_seed(3)
+    data = build_data(DataConfig(source="digits"), seed=0)
+    model = build_model(ModelConfig(name="lenet300_100"), data.in_chans, data.num_classes, data.input_shape)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for x, y in DataLoader(data.train, batch_size=64, shuffle=True, collate_fn=_batch):  # one epoch
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pth.tar"
+    torch.save({"epoch": 1, "arch": "lenet300_100", "state_dict": model.state_dict(), "optimizer": {}}, path)
+    return {"path": path, "state": model.state_dict(), "accuracy": _accuracy(model, data.test)}
+
+
+@torch.no_grad()
+def _accuracy(model: torch.nn.Module, test: torch.utils.data.Dataset) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in DataLoader(test, batch_size=256, collate_fn=_batch):
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    return 100.0 * correct / total
+
+
+EVAL_THEN_COMPRESS = ("phases.dense.enabled=true", "phases.dense.epochs=0", "phases.sparsify.enabled=false",
+                      "prune.rule=global_sparsity", "prune.sparsity=0.5", "phases.finetune.epochs=0.2")
+
+
+def test_dense_metric_is_the_checkpoints_and_pruning_starts_from_its_weights(trained: dict, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "own_copy.pth.tar"
+    shutil.copy(trained["path"], checkpoint)
+    report = run_pipeline(tiny_config(tmp_path, f"model.checkpoint={checkpoint}", *EVAL_THEN_COMPRESS))
+    assert abs(report["dense"]["metric"] - trained["accuracy"]) <= 0.01, \
+        f"dense.metric {report['dense']['metric']:.4f} vs plain torch {trained['accuracy']:.4f}"
+    assert report["dense"]["steps"] == 0
+    pruned = load_file(str(tmp_path / "weights" / "prune.safetensors"))
+    masks = load_full_masks(tmp_path / "weights" / "masks.safetensors")
+    for name, tensor in trained["state"].items():
+        expected = tensor * masks[name] if name in masks else tensor
+        assert torch.equal(pruned[name], expected), f"{name}: pruning did not start from the checkpoint"
+    assert report["finetuned"]["metric"] > 50, "fine-tuning from a trained model should stay far above chance"
+    checkpoint.unlink()  # a finished run no longer needs its starting checkpoint
+    (tmp_path / "export" / "model.safetensors").unlink()
+    export_run(tmp_path)
+    assert torch.equal(load_file(str(tmp_path / "export" / "model.safetensors"))["fc1.weight"],
+                       load_file(str(tmp_path / "weights" / "finetune.safetensors"))["fc1.weight"])
+
+
+def test_a_sparsetrain_export_is_a_checkpoint_too(trained: dict, tmp_path: Path) -> None:
+    first = run_pipeline(tiny_config(tmp_path / "a", f"model.checkpoint={trained['path']}", *EVAL_THEN_COMPRESS))
+    second = run_pipeline(tiny_config(tmp_path / "b", f"model.checkpoint={tmp_path / 'a' / 'export'}",
+                                      *EVAL_THEN_COMPRESS[:3], "phases.finetune.enabled=false",
+                                      "prune.rule=global_threshold", "prune.threshold=0"))
+    assert abs(second["dense"]["metric"] - first["finetuned"]["metric"]) <= 0.01
+    assert second["sparsity"] == pytest.approx(first["sparsity"]), "the export's exact zeros were not kept"

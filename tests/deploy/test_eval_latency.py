@@ -1,0 +1,122 @@
+"""`sparsetrain eval` and the dense-vs-compressed latency table (`sparsetrain bench latency`, end of `run`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsetrain.cli import main, usage
+from sparsetrain.deploy.latency import _note, interleaved_times, latency_table
+from sparsetrain.pipeline import run_pipeline
+from tests.core.conftest import tiny_config
+
+LATENCY_ON = ("deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency_batch=4")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A tiny unstructured run with the default exports and the latency table at the end of run."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(out, "deploy.formats=[onnx,torch_export]", *LATENCY_ON)
+    return out, run_pipeline(cfg)
+
+
+def test_run_writes_the_latency_table_into_the_report(run: tuple[Path, dict]) -> None:
+    out, report = run
+    table = json.loads((out / "report.json").read_text())["latency"]
+    assert table == json.loads(json.dumps(report["latency"]))
+    keys = {(r["runtime"], r["device"], r["batch"]) for r in table["rows"]}
+    assert {("torch", "cpu", 1), ("torch", "cpu", 4), ("onnxruntime", "cpu", 1), ("onnxruntime", "cpu", 4)} <= keys
+    for row in table["rows"]:
+        for which in ("dense_ms", "compressed_ms"):
+            stats = row[which]
+            assert 0 < stats["p20"] <= stats["median"] <= stats["p80"] and stats["runs"] == 3, (row, which)
+        assert row["speedup"] > 0 and row["speedup_paired"] > 0
+        assert row["peak_memory_bytes"]["dense"] > 0 and row["peak_memory_bytes"]["compressed"] > 0, row
+    assert table["kind"] == "unstructured" and table["threads"] == 1
+    assert table["storage"]["ratio"] > 1.5, "an 80 % sparse model should store in far fewer bytes"
+    for key, layers in table["slowest_layers"].items():
+        assert 0 < len(layers) <= 10 and all(row["ms"] >= 0 for row in layers), key
+    assert {row["layer"] for row in table["slowest_layers"]["torch-cpu/batch1/compressed"]} == {"fc1", "fc2", "head"}
+    assert (out / "latency.png").stat().st_size > 1000
+
+
+def test_interleaving_alternates_the_order_every_round() -> None:
+    order: list[str] = []
+    times = interleaved_times({"dense": lambda: order.append("d"), "compressed": lambda: order.append("c")},
+                              repeats=4, warmup=1)
+    assert "".join(order) == "dc" + "cd" + "dc" + "cd" + "dc"  # one warm-up round, four timed
+    assert len(times["dense"]) == len(times["compressed"]) == 4
+
+
+def test_fast_calls_are_timed_in_blocks() -> None:
+    counts = {"dense": 0, "compressed": 0}
+    calls = {name: (lambda n=name: counts.__setitem__(n, counts[n] + 1)) for name in counts}
+    times = interleaved_times(calls, repeats=3, warmup=1, min_sample_ms=2.0)
+    assert len(times["dense"]) == len(times["compressed"]) == 3
+    assert counts["dense"] == counts["compressed"] > 3 * 10, "a no-op should be repeated many times per sample"
+
+
+def test_unstructured_without_speedup_says_so_with_the_storage_saving() -> None:
+    assert _note("unstructured", 1.02, 9.9) == ("no speed-up: unstructured zeros run as a dense graph (1.02x); "
+                                                "storage 9.9x smaller")
+    assert _note("unstructured", 1.13, 9.0).startswith("no speed-up expected: the same dense graph, 1.13x is")
+    assert _note("structural", 1.8, 3.0) == ""
+    assert _note("structural", 0.9, 1.7) == "slower than dense (0.90x)"
+
+
+def test_bench_latency_cli_prints_the_table_and_plots(run: tuple[Path, dict], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    out, _ = run
+    code = main(["bench", "latency", str(out / "export"), "--batch", "2", "--repeats", "3", "--no-memory",
+                 "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "onnxruntime cpu" in printed and "speed-up" in printed
+    assert printed.count("no speed-up") == 4, "every unstructured row says it runs as a dense graph"
+    assert (tmp_path / "latency.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "latency.json").read_text())["rows"][0]["batch"] == 1
+
+
+def test_latency_of_a_folder_without_export_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bench latency: .* is not a run directory or export folder"):
+        latency_table(tmp_path)
+
+
+def test_eval_of_run_export_and_onnx_agree_with_the_run(run: tuple[Path, dict],
+                                                        capsys: pytest.CaptureFixture) -> None:
+    out, report = run
+    results = []
+    for target, extra in ((out, []), (out / "export", []), (out / "export" / "model.onnx", []),
+                          (out / "export", ["--format", "torch_export"])):
+        assert main(["eval", str(target), "--json", *extra]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    final = report["finetuned"]["metric"]
+    for result in results:
+        assert abs(result["metrics"]["metric"] - final) <= 1e-6, f"{result['target']} ({result['format']})"
+        assert result["params"] == {"total": report["params"]["total"], "nonzero": report["params"]["nonzero"]}
+        assert result["sparsity"] == pytest.approx(report["sparsity"])
+        assert result["bytes"]["compressed"] == report["bytes"]["compressed"]
+        assert result["latency_ms"]["median"] > 0
+    assert [r["format"] for r in results] == ["safetensors", "safetensors", "onnx", "torch_export"]
+
+
+def test_eval_of_a_checkpoint_on_another_data_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    from sparsetrain.config.schema import ModelConfig
+    from sparsetrain.models.factory import build_model
+
+    torch.save({"model": build_model(ModelConfig(name="lenet300_100"), 1, 10, (1, 8, 8)).state_dict()},
+               tmp_path / "ckpt.pth")
+    assert main(["eval", str(tmp_path / "ckpt.pth"), "model.name=lenet300_100", "data.source=digits"]) == 0
+    printed = capsys.readouterr().out
+    assert "(checkpoint, lenet300_100) on digits" in printed and "sparsity" in printed
+    assert main(["eval", str(tmp_path / "missing.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: eval: ") and "\n" not in err
+
+
+def test_help_lists_eval() -> None:
+    assert any(line.split()[:1] == ["eval"] for line in usage().splitlines())
