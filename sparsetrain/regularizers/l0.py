@@ -70,6 +70,8 @@ def _l2_and_masks(weights: list[torch.Tensor], grads: list[torch.Tensor], masks:
     if l2:
         torch._foreach_add_(grads, weights, alpha=2.0 * l2)
     if masks is not None:
-        torch._foreach_mul_(grads, [m.view_as(g) for m, g in zip(masks, grads, strict=True)])
+        from triton_kernels.bitmask import keep_flags  # packed masks (ShardedMasks views) unpack to bool here
+
+        torch._foreach_mul_(grads, [keep_flags(m).view_as(g) for m, g in zip(masks, grads, strict=True)])
     norms = torch._foreach_norm(weights)
     return l2 * torch.stack(norms).square().sum()
