@@ -156,6 +156,7 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
     # FP16_UnfusedOptimizer (bf16, ZeRO 0) runs one optimizer.step() on zero gradients while wrapping: it moves
     # the masters under weight decay and advances Adam's step count. A phase starts with fresh optimizer state.
     engine.basic_optimizer.state.clear()
+    _mark_universal_convertible(engine.module)
     if bf16 and zero3:
         from sparsetrain.engine.zero3 import set_master_values
 
@@ -172,6 +173,19 @@ def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, t
     engine.basic_optimizer.register_step_pre_hook(hooks.before_step)
     engine.basic_optimizer.register_step_post_hook(hooks.after_step)
     return engine
+
+
+def _mark_universal_convertible(module: nn.Module) -> None:
+    """Make DeepSpeed write `universal_checkpoint_info` into ZeRO 1/2 checkpoints, which its `ds_to_universal`
+    requires (elastic resume, `Checkpointer.prepare_elastic`). DeepSpeed saves the module attribute of that name;
+    it is empty here: no tensor or pipeline parallelism, so no parameter needs a merge rule."""
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    setattr(module, UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE})
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, object]]:

@@ -48,11 +48,20 @@ def clean_env() -> dict[str, str]:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's process group and its descendants' groups: torch.distributed.run starts each rank in a
+    session of its own, so killing the launcher's group alone would leave the ranks running."""
+    import psutil  # a DeepSpeed dependency
+
     if proc.poll() is None:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        for pid in {proc.pid, *(child.pid for child in descendants)}:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     proc.wait()
 
 

@@ -41,9 +41,10 @@ def _overrides(out: Path, model: str, *extra: str) -> list[str]:
     return [*BASE, *MODELS[model], f"out_dir={out}", *extra]
 
 
-def _run(out: Path, model: str, nproc: int, *extra: str) -> dict:
+def _run(out: Path, model: str, nproc: int, *extra: str, expect_in_log: str = "") -> dict:
     proc = run_cli(_overrides(out, model, *extra), nproc=nproc)
     assert proc.returncode == 0, f"{out.name}: run failed:\n{proc.stderr[-3000:]}"
+    assert expect_in_log in proc.stdout + proc.stderr, f"{out.name}: the log does not say {expect_in_log!r}"
     return json.loads((out / "report.json").read_text())
 
 
@@ -83,7 +84,7 @@ def test_zero3_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
     kill_at_checkpoint(_overrides(interrupted, "vit_tiny", *extra), interrupted, 2, phase="sparsify", nproc=2)
     kill_at_checkpoint(_overrides(interrupted, "vit_tiny", *extra), interrupted, 4, phase="finetune", nproc=2)
-    _run(interrupted, "vit_tiny", 2, *extra)
+    _run(interrupted, "vit_tiny", 2, *extra, expect_in_log="resuming from checkpoint finetune-step0000004")
     _run(reference, "vit_tiny", 2, *extra)
     for phase in PHASES:
         assert_same_weights(_weights(reference, phase), _weights(interrupted, phase), atol=0, rtol=0,
