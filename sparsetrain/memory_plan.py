@@ -13,7 +13,8 @@ Parameter Models", SC 2020, Sec. 3-5) as DeepSpeed implements it, for Ψ paramet
                       all-gather buckets for stages 1-2, reduce and prefetch buckets for stage 3)
 
 `deepspeed.offload_optimizer=cpu` moves fp32 grads, masters and optimizer state to host memory. Masks cost one
-byte per prunable weight today (bool), replicated on every rank (split over ranks under ZeRO-3); the gradient
+bit per prunable weight (packed), each rank holding those of its optimizer partition (all of them under ZeRO 0),
+beside the fp32 masters (in host memory under offload); the gradient
 regularizers add no tensor of the weights' size (fused in place). Activations are what autograd saves for
 backward in a forward pass on the meta device at the micro-batch size (no memory, no compute; the same bytes a
 real forward saves); with `train.grad_checkpointing`, the checkpointed forward's saved tensors plus one block's
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-MASK_BYTES_PER_WEIGHT = 1.0  # bool masks; packed bitmasks would make this 1/8
+MASK_BYTES_PER_WEIGHT = 1 / 8  # keep-masks packed 1 bit per weight (pruning.sharded_masks)
 GiB = 2**30
 
 
@@ -186,8 +187,12 @@ def plan_memory(model: nn.Module, input_shape: tuple[int, ...], *, world_size: i
     micro = max(1, global_batch // (world_size * grad_accum))
     gpu, cpu = model_states(total, largest, zero_stage, bf16, _optimizer_slots(optimizer, momentum), world_size,
                             offload == "cpu")
-    masks = int(prunable * MASK_BYTES_PER_WEIGHT)
-    gpu["masks"] = masks // world_size if zero_stage == 3 else masks
+    # each rank masks the weights its optimizer partition holds (ZeRO >= 1), ZeRO 0 all of them
+    share = -(-prunable // world_size) if zero_stage >= 1 else prunable
+    masks = -(-int(share) // int(1 / MASK_BYTES_PER_WEIGHT))
+    gpu["masks"] = 0 if cpu else masks
+    if cpu:
+        cpu["masks"] = masks
     gpu["buffers"] = communication_buffers(total, zero_stage, bf16)
     dtype = torch.bfloat16 if bf16 else torch.float32
     gpu["activations"] = activation_bytes(model, input_shape, micro, dtype, checkpointing)

@@ -38,6 +38,9 @@ def build_report(pipeline: Pipeline) -> dict[str, Any]:
         if phase in completed:
             report[key] = {k: v for k, v in completed[phase].items() if k != "wall_time_s"}
     report["wall_time_s"] = {p: r.get("wall_time_s") for p, r in completed.items()}
+    masked = [completed[p]["mask_memory"] for p in ("finetune", "sparsify") if completed.get(p, {}).get("mask_memory")]
+    if masked:  # packed keep-masks each rank held while training (its share under ZeRO >= 1)
+        report["mask_memory"] = masked[0]
     final = _final_phase(completed)
     if final is None:
         return report
@@ -103,6 +106,9 @@ def format_table(report: dict[str, Any]) -> str:
                   f"compression  {report['compression_ratio']:7.1f} x  "
                   f"({report['params']['nonzero']:,} of {report['params']['total']:,} weights non-zero)",
                   f"bytes        {report['bytes']['dense']:,} dense -> {report['bytes']['compressed']:,} compressed"]
+    if "mask_memory" in report:
+        per_rank = report["mask_memory"]["bytes_per_rank"]
+        lines.append(f"masks        {max(per_rank):,} bytes per rank (packed 1 bit per weight, {len(per_rank)} ranks)")
     if report.get("baselines"):
         lines += ["", _comparison_table(report)]
     return "\n".join(lines)

@@ -68,13 +68,13 @@ def test_zero3_equals_zero0_with_exact_sparsity_and_packed_mask_shares(tmp_path:
     pruned = sum(int((~m).sum()) for m in masks.values())
     assert pruned == round(0.8 * total), f"{model}: {pruned} of {total} pruned, target {round(0.8 * total)}"
     # each rank holds its partition of every mask, 1 bit per weight: ceil(share / 8) bytes per layer
-    memory = reports[3]["finetuned"]["mask_memory"]
+    memory = reports[3]["mask_memory"]
     for rank in range(2):
         shares = [even_range(m.numel(), 2, rank) for m in masks.values()]
         assert memory["weights_per_rank"][rank] == sum(hi - lo for lo, hi in shares), f"rank {rank} share"
         assert memory["bytes_per_rank"][rank] == sum(-(-(hi - lo) // 8) for lo, hi in shares), f"rank {rank} bytes"
     assert sum(memory["weights_per_rank"]) == total, "the ranks' mask shares do not add up to the model"
-    assert reports[0]["finetuned"]["mask_memory"]["weights_per_rank"] == [total, total], "ZeRO 0 holds whole masks"
+    assert reports[0]["mask_memory"]["weights_per_rank"] == [total, total], "ZeRO 0 holds whole masks"
 
 
 def test_zero3_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
