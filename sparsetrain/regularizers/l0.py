@@ -63,8 +63,9 @@ def _all_fp32(tensors: list[torch.Tensor]) -> bool:
 @torch.no_grad()
 def _l2_and_masks(weights: list[torch.Tensor], grads: list[torch.Tensor], masks: list[torch.Tensor] | None,
                   l2: float) -> torch.Tensor:
-    """The l2-only case (α = 0: dense phase, fine-tuning) with torch's multi-tensor ops: g = (g + 2·l2·w)·m in
-    place, returns l2·Σw². Same values as the reference kernel, a fraction of its passes over memory on CPU."""
+    """The l2-only case (α = 0: dense phase, fine-tuning) with torch's multi-tensor ops: g = m ? g + 2·l2·w : 0 in
+    place (a select: a pruned slot is exactly 0 whatever it held), returns l2·Σw². Same values as the reference
+    kernel, a fraction of its passes over memory on CPU."""
     if not weights:
         return torch.zeros(())
     if l2:
@@ -72,6 +73,7 @@ def _l2_and_masks(weights: list[torch.Tensor], grads: list[torch.Tensor], masks:
     if masks is not None:
         from triton_kernels.bitmask import keep_flags  # packed masks (ShardedMasks views) unpack to bool here
 
-        torch._foreach_mul_(grads, [keep_flags(m).view_as(g) for m, g in zip(masks, grads, strict=True)])
+        for g, m in zip(grads, masks, strict=True):
+            g.masked_fill_(~keep_flags(m).view_as(g), 0.0)
     norms = torch._foreach_norm(weights)
     return l2 * torch.stack(norms).square().sum()

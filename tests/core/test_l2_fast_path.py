@@ -16,14 +16,18 @@ def test_l2_and_masks_equals_reference(mask_dtype: torch.dtype | None) -> None:
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(s, generator=gen) for s in SIZES]
     grads = [torch.randn(s, generator=gen) for s in SIZES]
-    grads[2][0, 0] = float("nan")  # a NaN gradient stays NaN, masked or not (w * 0 is not used to hide it)
+    grads[2][0, 0] = grads[2][0, 1] = float("nan")  # a kept NaN gradient stays NaN; a pruned slot becomes exactly 0
     masks = None if mask_dtype is None else [(torch.rand(s, generator=gen) > 0.5).to(mask_dtype) for s in SIZES]
+    if masks is not None:
+        masks[2][0, 0], masks[2][0, 1] = 1, 0
     ours, ref = [g.clone() for g in grads], [g.clone() for g in grads]
     value = _l2_and_masks(weights, ours, masks, l2=3e-4)
     expected = l0_grad_mask_reference_(weights, ref, masks, alphas=[0.0] * len(SIZES), beta=0.0, l2=3e-4)
     for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9, equal_nan=True, msg=f"grad {i} ({SIZES[i]})")
-    assert torch.isnan(ours[2][0, 0]), "a NaN gradient was hidden"
+    assert torch.isnan(ours[2][0, 0]), "a kept NaN gradient was hidden"
+    if masks is not None:
+        assert ours[2][0, 1].item() == 0.0, f"a pruned NaN gradient became {ours[2][0, 1].item()}, must be exactly 0"
     torch.testing.assert_close(value, expected, rtol=1e-5, atol=0, msg="regularizer value")
 
 

@@ -47,6 +47,13 @@ def test_meta_device_activations_equal_what_a_cpu_forward_saves(name: str, kwarg
     assert checkpointed < estimate, f"{name}: checkpointing should keep less ({checkpointed} vs {estimate})"
 
 
+@pytest.fixture(autouse=True)
+def _not_under_a_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-process run earlier in this session sets WORLD_SIZE=1 (single-process init): plans here come from the
+    launch section, as on a login node."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
 def _dry_run(capsys: pytest.CaptureFixture, *overrides: str) -> str:
     code = main(["run", str(REPO / "configs" / "vit_giant_imagefolder.yaml"), "--dry-run", "data.path=/nonexistent",
                  *overrides])
