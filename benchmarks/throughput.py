@@ -71,11 +71,10 @@ def measure_drift(cfg_path: str, overrides: list[str], phases: list[str]) -> lis
 def sparsetrain_step(cfg_path: str, overrides: list[str], out_dir: str) -> tuple[Callable[[], None], dict]:
     """One dense training step of sparsetrain's own loop (`engine.loop`), on the recipe's model and data."""
     from sparsetrain.config import load_config
-    from sparsetrain.engine import preemption
     from sparsetrain.engine.batches import iterate_micro_batches
     from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine
-    from sparsetrain.engine.distributed import any_rank
-    from sparsetrain.engine.loop import RunContext, _one_step  # the loop's own step, not a copy
+    from sparsetrain.engine.finite import FiniteGuard
+    from sparsetrain.engine.loop import RunContext, _agree, _one_step  # the loop's own step, not a copy
     from sparsetrain.pipeline import Pipeline
     from sparsetrain.pruning.masks import prunable_parameters
     from sparsetrain.regularizers import build_regularizer
@@ -93,11 +92,16 @@ def sparsetrain_step(cfg_path: str, overrides: list[str], out_dir: str) -> tuple
     plan = ctx.plan("dense")
     batches = iterate_micro_batches(ctx.train_set, plan, 0, 10**9, cfg.data.num_workers)
     params = prunable_parameters(engine.module)
+    guard = FiniteGuard(ctx.dist.device)
     engine.train()
+    done = 0
 
-    def step() -> None:
-        _one_step(ctx, engine, regularizer, params, batches, plan.grad_accum)
-        any_rank(preemption.stop_requested(), ctx.dist.device)
+    def step() -> None:  # the loop's per-step work: the step, its non-finite record, the stop/non-finite check
+        nonlocal done
+        done += 1
+        _one_step(ctx, engine, hooks, params, batches, plan.grad_accum, guard)
+        guard.end_step(done)
+        _agree(ctx, guard, boundary=False)
 
     setup = {"model": cfg.model.name, "batch": cfg.train.batch_size, "optimizer": cfg.optim.name,
              "alpha2": cfg.regularizer.alpha2, "lr": cfg.optim.lr, "inputs": ctx.train_set, "pipeline": pipeline}
