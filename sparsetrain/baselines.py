@@ -39,8 +39,10 @@ def baseline_config(cfg: RunConfig, name: str, sparsity: float) -> RunConfig:
     data = config_to_dict(cfg)
     data.update(out_dir=str(Path(cfg.out_dir) / "baselines" / name), baselines=[])
     data["phases"]["dense"]["enabled"] = False
-    data["regularizer"]["name"] = "l2"
-    data["prune"].update(rule="global_sparsity", sparsity=sparsity, schedule=BASELINES[name]["schedule"])
+    reg = data["regularizer"]
+    data["regularizer"] = {"name": "l2", **{k: reg[k] for k in ("alpha2", "gradient_path", "backend")}}
+    data["prune"] = {"rule": "global_sparsity", "sparsity": sparsity, "schedule": BASELINES[name]["schedule"],
+                     "gradual": data["prune"].get("gradual", {})}
     data["tracking"]["mode"] = "disabled"  # one W&B run per command; the sub-run keeps its own metrics.jsonl
     data["deploy"].update(formats=[], latency=False)  # the main run's export and latency table are the deliverable
     return validate(data)

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsetrain.backend import resolve_backend
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.config.schema import TrainConfig
+from sparsetrain.config.strategies import L2Config, RegularizerConfig
 from sparsetrain.data import DataBundle, build_data
 from sparsetrain.engine.checkpoint import (
     Checkpointer,
@@ -32,7 +34,7 @@ from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.progress import log, setup_logging
 from sparsetrain.pruning.masks import apply_masks, layer_counts, prunable_parameters, sparsity_of
-from sparsetrain.regularizers import build_regularizer
+from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
@@ -53,6 +55,7 @@ class Pipeline:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         self.structural = cfg.prune.rule == "filters"
+        self.backend = resolve_backend(cfg.regularizer.backend, self.dist.device)  # the run's one decision
         self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
         self.baseline_reports: dict[str, dict[str, Any]] = {}
         self.task = build_task(cfg.task, self.data.num_classes)
@@ -72,7 +75,8 @@ class Pipeline:
         from sparsetrain.plan import DataSizes, meta_model
         from sparsetrain.pruning.criteria import check_layer_settings
 
-        if self.cfg.prune.layer_thresholds or self.cfg.prune.layer_sparsity:
+        prune = self.cfg.prune
+        if getattr(prune, "layer_thresholds", None) or getattr(prune, "layer_sparsity", None):
             sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
             check_layer_settings(self.cfg.prune, list(prunable_parameters(meta_model(self.cfg, sizes))))
 
@@ -186,9 +190,7 @@ class Pipeline:
     def _train(self, phase: str, start_from: str | None, masks: dict[str, torch.Tensor] | None) -> None:
         t0 = time.perf_counter()
         model = self.model_from(start_from)
-        sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
-        layouts = self._filter_layouts(model) if self.cfg.regularizer.name == "grad_count" else None
-        regularizer = build_regularizer(self.cfg.regularizer, sizes, phase, self.dist.device, layouts)
+        regularizer = self.regularizer_for(phase, model)
         model = train_phase(self.ctx, phase, model, regularizer, masks, self._resume_tag(phase))
         self._save_phase(phase, model)
         if regularizer.state_dict() and self.dist.is_main:
@@ -196,6 +198,12 @@ class Pipeline:
         results = evaluate(self.ctx, model)
         results["wall_time_s"] = time.perf_counter() - t0  # of the last (possibly resumed) attempt
         self._finish(phase, results)
+
+    def regularizer_for(self, phase: str, model: nn.Module) -> GradientRegularizer:
+        """The penalty of a training phase (`phase_penalty`) for this model, on the run's backend."""
+        sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
+        inputs = StrategyInputs(sizes, self.backend, lambda: self._filter_layouts(model))
+        return build_regularizer(phase_penalty(self.cfg.regularizer, phase), inputs)
 
     def run_dense(self) -> None:
         if self.cfg.phases.dense.epochs == 0:
@@ -252,7 +260,7 @@ class Pipeline:
         source = "sparsify" if "sparsify" in self.state["completed"] else None
         model = self.model_from(source)
         params = prunable_parameters(model)
-        masks = compute_masks({n: p.detach() for n, p in params.items()}, self.cfg.prune)
+        masks = compute_masks({n: p.detach() for n, p in params.items()}, self.cfg.prune, self.backend)
         apply_masks(params, masks)
         self._save_phase("prune", model)
         save_weights(self.out_dir / "weights" / "masks.safetensors",
@@ -292,6 +300,15 @@ class Pipeline:
 
     def close(self) -> None:
         self.tracker.close()
+
+
+def phase_penalty(cfg: RegularizerConfig, phase: str) -> RegularizerConfig:
+    """Which penalty a training phase trains with: the configured strategy in sparsify (and in finetune when it
+    keeps its penalty there, e.g. l0_exp's finetune_l0), l2 alone (same alpha2, path and backend) otherwise —
+    the dense baseline and fine-tuning are plain l2 training."""
+    if phase == "sparsify" or (phase == "finetune" and cfg.penalty_in_finetune):
+        return cfg
+    return L2Config(alpha2=cfg.alpha2, gradient_path=cfg.gradient_path, backend=cfg.backend)
 
 
 def configure_cpu(train: TrainConfig) -> None:

@@ -115,7 +115,7 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
     prunable = prunable_parameters(model)
     hooks = GradientHooks(regularizer, masks)
     engine = build_engine(cfg, model, ctx.dist.world_size, lr, total, prunable, hooks)
-    regularizer.bind(prunable_parameters(engine.module), holds_partition(engine))
+    regularizer.bind(prunable_parameters(engine.module), all_reduce_sum if holds_partition(engine) else None)
     start = 0
     if resume_tag is not None:
         settings = hyperparameters(engine.basic_optimizer)
@@ -127,7 +127,8 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
             log.info(f"[{phase}] resumed at step {start} with {key} {new} from the config (checkpoint had {old})")
         if client["masks"] is not None:  # masks of a gradual-pruning phase change during the phase
             hooks.masks = {k: v.to(ctx.dist.device) for k, v in client["masks"].items()}
-    pruner = GradualPruning(cfg.prune, total) if phase == "sparsify" and cfg.prune.schedule == "gradual" else None
+    gradual = phase == "sparsify" and getattr(cfg.prune, "schedule", "oneshot") == "gradual"
+    pruner = GradualPruning(cfg.prune, total) if gradual else None
     _run_steps(ctx, phase, engine, hooks, plan, start, total, pruner)
     return handoff_module(engine)
 

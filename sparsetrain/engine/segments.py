@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from sparsetrain.errors import SetupError
+from sparsetrain.regularizers.base import WeightSlice
 
 
 @dataclass
@@ -37,6 +38,19 @@ class Segment:
         if self.master.grad is None:
             return None
         return self.master.grad.view(-1)[self.master_offset:self.master_offset + self.numel]
+
+
+def weight_slices(segments: list[Segment], masks: dict[str, torch.Tensor] | None) -> list[WeightSlice]:
+    """The plain views a sparsity strategy works on: the segments that have a gradient this step, with the
+    matching part of their masks."""
+    slices = []
+    for seg in segments:
+        grad = seg.grad()
+        if grad is None:
+            continue
+        mask = None if masks is None else masks[seg.name].view(-1)[seg.start:seg.stop]
+        slices.append(WeightSlice(seg.name, seg.weight(), grad, mask, seg.start, seg.param.numel()))
+    return slices
 
 
 def _flat_layouts(wrapper: object) -> list[tuple[torch.Tensor, torch.Tensor, int]]:

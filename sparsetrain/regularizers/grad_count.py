@@ -23,31 +23,34 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sparsetrain.config.schema import RegularizerConfig
-from sparsetrain.engine.distributed import all_reduce_sum
-from sparsetrain.engine.segments import Segment
-from sparsetrain.regularizers.base import GradientRegularizer, segment_views
+from sparsetrain.config.strategies import GradCountConfig
+from sparsetrain.regularizers.base import GradientRegularizer, Reduce, WeightSlice, columns
 
 
-def _filter_sums(segments: list[Segment], layouts: dict[str, tuple[int, int]], device: torch.device
+def _rows(piece: WeightSlice, per_filter: int, device: torch.device) -> torch.Tensor:
+    """Filter index of every element of the slice."""
+    return torch.arange(piece.start, piece.start + piece.weight.numel(), device=device) // per_filter
+
+
+def _filter_sums(slices: list[WeightSlice], layouts: dict[str, tuple[int, int]], device: torch.device
                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per filter: (Σ|g|, Σw²) over this rank's elements, zero where this rank holds none of the filter."""
     sums = {name: (torch.zeros(n, device=device), torch.zeros(n, device=device)) for name, (n, _) in layouts.items()}
-    for seg in segments:
-        if seg.name not in layouts or seg.grad() is None:
+    for piece in slices:
+        if piece.name not in layouts:
             continue
-        rows = torch.arange(seg.start, seg.stop, device=device) // layouts[seg.name][1]
-        grad_abs, sq = sums[seg.name]
-        grad_abs.scatter_add_(0, rows, seg.grad().abs().float())
-        sq.scatter_add_(0, rows, seg.weight().float().square())
+        rows = _rows(piece, layouts[piece.name][1], device)
+        grad_abs, sq = sums[piece.name]
+        grad_abs.scatter_add_(0, rows, piece.grad.abs().float())
+        sq.scatter_add_(0, rows, piece.weight.float().square())
     return sums
 
 
-def _all_reduce_pairs(sums: dict[str, tuple[torch.Tensor, torch.Tensor]], partitioned: bool) -> None:
-    if not partitioned or not sums:
+def _all_reduce_pairs(sums: dict[str, tuple[torch.Tensor, torch.Tensor]], reduce: Reduce | None) -> None:
+    if reduce is None or not sums:
         return
     flat = torch.cat([torch.cat(pair) for pair in sums.values()])
-    all_reduce_sum(flat)
+    reduce(flat)
     offset = 0
     for grad_abs, sq in sums.values():
         for t in (grad_abs, sq):
@@ -73,26 +76,26 @@ class GradCountRegularizer(GradientRegularizer):
     """Gradient counting with count-driven group-lasso zero attraction and cosine redundancy marking.
 
     Args:
-        kernel: backend for the l2/mask part ("triton" or "torch").
+        backend: kernels for the l2/mask part ("triton" or "torch").
         cfg: regularizer section (count_tau, count_window, lambda_s, redundancy, redundancy_rho, alpha2).
         layouts: parameter name → (number of filters, elements per filter) for the filters that may be removed.
     """
 
     name = "grad_count"
 
-    def __init__(self, kernel: str, cfg: RegularizerConfig, layouts: dict[str, tuple[int, int]]) -> None:
-        super().__init__("torch" if kernel == "autograd" else kernel)
+    def __init__(self, backend: str, cfg: GradCountConfig, layouts: dict[str, tuple[int, int]]) -> None:
+        super().__init__(backend)
         self.cfg, self.layouts = cfg, layouts
         self.counts = {n: torch.zeros(f) for n, (f, _) in layouts.items()}
         self.ratio = {n: torch.ones(f) for n, (f, _) in layouts.items()}  # no pull before the first window ends
         self.redundant = {n: torch.zeros(f, dtype=torch.bool) for n, (f, _) in layouts.items()}
         self.window_steps = 0
         self.params: dict[str, torch.Tensor] = {}
-        self.partitioned = False
+        self.reduce: Reduce | None = None
 
-    def bind(self, params: dict[str, torch.Tensor], partitioned: bool) -> None:
+    def bind(self, params: dict[str, torch.Tensor], reduce: Reduce | None) -> None:
         """Attach the model's prunable parameters; counts then live on their device (no host syncs per step)."""
-        self.params, self.partitioned = params, partitioned
+        self.params, self.reduce = params, reduce
         self._to(self._device())
 
     def _device(self) -> torch.device:
@@ -103,17 +106,17 @@ class GradCountRegularizer(GradientRegularizer):
             for name, value in table.items():
                 table[name] = value.to(device)
 
-    def apply_to_gradients(self, segments: list[Segment], masks: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    def apply_to_gradients(self, slices: list[WeightSlice]) -> torch.Tensor:
         from triton_kernels import get_ops
 
         device = self._device()
-        sums = _filter_sums(segments, self.layouts, device)
-        _all_reduce_pairs(sums, self.partitioned)
+        sums = _filter_sums(slices, self.layouts, device)
+        _all_reduce_pairs(sums, self.reduce)
         self._count(sums)
-        pull = self._pull(segments, sums, device)
-        live, weights, grads, mask_views = segment_views(segments, masks)
-        l2 = get_ops(self.kernel).l0_grad_mask_(weights, grads, mask_views, alphas=[0.0] * len(live), beta=0.0,
-                                                l2=self.cfg.alpha2)
+        pull = self._pull(slices, sums, device)
+        weights, grads, masks = columns(slices)
+        l2 = get_ops(self.backend).l0_grad_mask_(weights, grads, masks, alphas=[0.0] * len(slices), beta=0.0,
+                                                 l2=self.cfg.alpha2)
         return pull.to(l2.device) + l2
 
     def _count(self, sums: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -122,19 +125,18 @@ class GradCountRegularizer(GradientRegularizer):
             self.counts[name] += (per_filter > self.cfg.count_tau * per_filter.mean()).float()
         self.window_steps += 1
 
-    def _pull(self, segments: list[Segment], sums: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    def _pull(self, slices: list[WeightSlice], sums: dict[str, tuple[torch.Tensor, torch.Tensor]],
               device: torch.device) -> torch.Tensor:
         """Add s_f · w / ‖w_f‖ to the gradients; returns this rank's share of Σ s_f ‖w_f‖."""
         value = torch.zeros((), device=device)
-        for seg in segments:
-            if seg.name not in self.layouts or seg.grad() is None:
+        for piece in slices:
+            if piece.name not in self.layouts:
                 continue
-            norms = sums[seg.name][1].sqrt()
-            strength = self.strength(seg.name).to(norms.device)
-            rows = torch.arange(seg.start, seg.stop, device=norms.device) // self.layouts[seg.name][1]
-            scale = (strength / norms.clamp_min(1e-12))[rows]
-            seg.grad().add_((scale * seg.weight().float()).to(seg.grad().dtype))
-            value = value + (strength * norms).sum().to(device) * (seg.numel / seg.param.numel())
+            norms = sums[piece.name][1].sqrt()
+            strength = self.strength(piece.name).to(norms.device)
+            scale = (strength / norms.clamp_min(1e-12))[_rows(piece, self.layouts[piece.name][1], norms.device)]
+            piece.grad.add_((scale * piece.weight.float()).to(piece.grad.dtype))
+            value = value + (strength * norms).sum().to(device) * (piece.weight.numel() / piece.size)
         return value
 
     def strength(self, name: str) -> torch.Tensor:

@@ -11,8 +11,7 @@ import math
 
 import torch
 
-from sparsetrain.engine.segments import Segment
-from sparsetrain.regularizers.base import GradientRegularizer, segment_views
+from sparsetrain.regularizers.base import GradientRegularizer, WeightSlice, columns
 
 
 def layer_alphas(sizes: dict[str, int], alpha0: float, scaling: str) -> dict[str, float]:
@@ -30,8 +29,9 @@ class L0ExpRegularizer(GradientRegularizer):
 
     name = "l0_exp"
 
-    def __init__(self, kernel: str, alphas: dict[str, float], beta: float, l2: float) -> None:
-        super().__init__(kernel)
+    def __init__(self, backend: str, alphas: dict[str, float], beta: float, l2: float,
+                 gradient_path: str = "hook") -> None:
+        super().__init__(backend, gradient_path)
         self.alphas, self.beta, self.l2 = alphas, beta, l2
 
     def loss_term(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor | None:
@@ -42,17 +42,16 @@ class L0ExpRegularizer(GradientRegularizer):
         names = list(params)
         return l0_penalty([params[n] for n in names], [self.alphas[n] for n in names], self.beta, self.l2)
 
-    def apply_to_gradients(self, segments: list[Segment], masks: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    def apply_to_gradients(self, slices: list[WeightSlice]) -> torch.Tensor:
         if self.uses_autograd:
-            return super().apply_to_gradients(segments, masks)
+            return super().apply_to_gradients(slices)
         from triton_kernels import get_ops
 
-        live, weights, grads, mask_views = segment_views(segments, masks)
-        alphas = [self.alphas[s.name] for s in live]
-        if self.kernel == "torch" and not any(alphas) and _all_fp32(weights + grads):
-            return _l2_and_masks(weights, grads, mask_views, self.l2)
-        return get_ops(self.kernel).l0_grad_mask_(weights, grads, mask_views, alphas=alphas, beta=self.beta,
-                                                  l2=self.l2)
+        weights, grads, masks = columns(slices)
+        alphas = [self.alphas[s.name] for s in slices]
+        if self.backend == "torch" and not any(alphas) and _all_fp32(weights + grads):
+            return _l2_and_masks(weights, grads, masks, self.l2)
+        return get_ops(self.backend).l0_grad_mask_(weights, grads, masks, alphas=alphas, beta=self.beta, l2=self.l2)
 
 
 def _all_fp32(tensors: list[torch.Tensor]) -> bool:

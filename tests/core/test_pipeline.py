@@ -31,7 +31,7 @@ SGD_STEP = ("optim.name=sgd", "optim.lr=0.05")
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_one_step_of_the_gradient_hook_equals_autograd_reference(tmp_path: Path, zero_stage: int) -> None:
     one_step = (f"deepspeed.zero_stage={zero_stage}", "phases.sparsify.epochs=0.02", *SGD_STEP)  # 22 steps/epoch
-    runs = {"hook": "regularizer.kernel=torch", "autograd": "regularizer.kernel=autograd",
+    runs = {"hook": "regularizer.backend=torch", "autograd": "regularizer.gradient_path=autograd",
             "no_l0": "regularizer.alpha0=0"}
     for name, kernel in runs.items():
         run_pipeline(tiny_config(tmp_path / name, kernel, *one_step), ["sparsify"])
@@ -47,9 +47,9 @@ def test_one_step_of_the_gradient_hook_equals_autograd_reference(tmp_path: Path,
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_gradient_hook_trains_like_autograd_reference(tmp_path: Path, zero_stage: int) -> None:
     extra = (f"deepspeed.zero_stage={zero_stage}", "phases.sparsify.epochs=2", *SGD_STEP)
-    run_pipeline(tiny_config(tmp_path / "hook", "regularizer.kernel=torch", *extra, "tracking.mode=offline"),
+    run_pipeline(tiny_config(tmp_path / "hook", "regularizer.backend=torch", *extra, "tracking.mode=offline"),
                  ["sparsify"])
-    run_pipeline(tiny_config(tmp_path / "autograd", "regularizer.kernel=autograd", *extra), ["sparsify"])
+    run_pipeline(tiny_config(tmp_path / "autograd", "regularizer.gradient_path=autograd", *extra), ["sparsify"])
     hook, ref = _weights(tmp_path / "hook", "sparsify"), _weights(tmp_path / "autograd", "sparsify")
     losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
                if "loss" in json.loads(line)] for run in ("hook", "autograd")]
