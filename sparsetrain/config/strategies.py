@@ -258,5 +258,8 @@ def pick_strategy(section: str, registry: dict[str, type[Strategy]], base: type[
     foreign = [k for k in data if k not in settings.model_fields and k in elsewhere]  # the rest: "unknown key"
     if foreign:
         own = ", ".join(k for k in settings.model_fields if k != key)
-        raise ValueError(f"{section}.{foreign[0]}: not a setting of {section}.{key}={choice!r} (its settings: {own})")
+        readers = [name for name, other in registry.items() if foreign[0] in other.model_fields]
+        raise ValueError(f"{section}.{foreign[0]}: not a setting of {section}.{key}={choice!r} (its settings: {own}); "
+                         f"read by {key}={'|'.join(readers)}; to switch, give the whole section, e.g. "
+                         f"{section}='{{{key}: {readers[0]}, {foreign[0]}: ...}}'")
     return settings.model_validate(data)

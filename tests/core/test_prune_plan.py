@@ -14,7 +14,7 @@ from sparsetrain.pipeline import run_pipeline
 from sparsetrain.pruning.criteria import PruneError
 from tests.core.conftest import tiny_config, tiny_overrides
 
-THRESHOLD_RULE = ("prune.rule=layer_threshold", "prune.threshold=0.01")
+THRESHOLD_RULE = ("prune={rule: layer_threshold, threshold: 0.01}",)  # a new rule: the whole section
 
 
 def _sparsify_rows(out: Path) -> list[str]:
