@@ -75,7 +75,7 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model.")
     parser.add_argument("run_dir")
     args = parser.parse_intermixed_args(argv)
-    from sparsetrain.deploy.run import export_run
+    from sparsetrain.deploy.reexport import export_run
 
     print(export_run(args.run_dir))
     return 0

@@ -32,14 +32,13 @@ from sparsetrain.engine.distributed import barrier, broadcast_object, init_distr
 from sparsetrain.engine.finite import hint, require_finite, require_finite_results
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.models.factory import build_model, model_kwargs
+from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases
 from sparsetrain.progress import log, setup_logging
 from sparsetrain.pruning.masks import apply_masks, layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
-
-PHASES = ("dense", "sparsify", "prune", "finetune")
 
 
 class Pipeline:
@@ -116,7 +115,7 @@ class Pipeline:
         if not self.dist.is_main:
             return
         if current is None:
-            done = [p for p in ("dense", "sparsify", "finetune") if p in self.state["completed"]]
+            done = [p for p in TRAINING_PHASES if p in self.state["completed"]]
             last = sum(self.ctx.phase_steps(p) for p in done if getattr(self.cfg.phases, p).enabled)
             truncate_metrics_log(self.out_dir / "metrics.jsonl", last if self.state["completed"] else -1)
         else:
@@ -157,7 +156,7 @@ class Pipeline:
         """Write the phase's end weights (the next phase's start); refuses NaN/inf, which must never be handed on."""
         require_finite(model.state_dict(), f"the {phase} weights to hand on",
                        f"the {phase} phase diverged: {hint(self.cfg, phase, 'weights')}")
-        if self.structural and phase in ("prune", "finetune"):
+        if self.structural and phase in (PRUNE, FINETUNE):
             from sparsetrain.structural.export import save_compressed
 
             if self.dist.is_main:
@@ -283,18 +282,16 @@ class Pipeline:
     def run(self, phases: list[str] | None = None) -> dict[str, Any]:
         """Run the selected (default: all enabled) phases that are not finished yet; returns the report."""
         wanted = phases or list(PHASES)
-        unknown = sorted(set(wanted) - set(PHASES))
-        if unknown:
-            raise ValueError(f"phase: unknown phase(s) {', '.join(unknown)}; expected {', '.join(PHASES)}")
+        check_phases(wanted)
         for phase in PHASES:
-            enabled = phase == "prune" or getattr(self.cfg.phases, phase).enabled
+            enabled = phase == PRUNE or getattr(self.cfg.phases, phase).enabled
             if phase in wanted and enabled and phase not in self.state["completed"]:
                 getattr(self, f"run_{phase}")()
         if phases is None and self.cfg.baselines and "prune" in self.state["completed"]:
             from sparsetrain.baselines import run_baselines
 
             self.baseline_reports = run_baselines(self)
-        from sparsetrain.report import write_report
+        from sparsetrain.measure import write_report
 
         return write_report(self)
 
@@ -306,7 +303,7 @@ def phase_penalty(cfg: RegularizerConfig, phase: str) -> RegularizerConfig:
     """Which penalty a training phase trains with: the configured strategy in sparsify (and in finetune when it
     keeps its penalty there, e.g. l0_exp's finetune_l0), l2 alone (same alpha2, path and backend) otherwise —
     the dense baseline and fine-tuning are plain l2 training."""
-    if phase == "sparsify" or (phase == "finetune" and cfg.penalty_in_finetune):
+    if phase == SPARSIFY or (phase == FINETUNE and cfg.penalty_in_finetune):
         return cfg
     return L2Config(alpha2=cfg.alpha2, gradient_path=cfg.gradient_path, backend=cfg.backend)
 

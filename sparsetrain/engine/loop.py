@@ -19,14 +19,13 @@ from sparsetrain.engine.distributed import DistInfo, all_reduce_min, all_reduce_
 from sparsetrain.engine.finite import GRAD_NORM, INPUTS, LOSS, REGULARIZER, FiniteGuard, decode, hint, training_error
 from sparsetrain.engine.masters import handoff_module
 from sparsetrain.engine.segments import holds_partition
+from sparsetrain.phases import DENSE, PHASE_SEEDS, SPARSIFY, TRAINING_PHASES
 from sparsetrain.progress import Progress, StepTimer, log
 from sparsetrain.pruning.masks import mask_sparsity, prunable_parameters
 from sparsetrain.pruning.schedule import GradualPruning
 from sparsetrain.regularizers.base import GradientRegularizer
 from sparsetrain.tasks.base import Task
 from sparsetrain.tracking import Tracker
-
-PHASE_SEEDS = {"dense": 1, "sparsify": 2, "prune": 3, "finetune": 4}
 
 
 @dataclass
@@ -54,13 +53,13 @@ class RunContext:
 
     def phase_steps(self, phase: str) -> int:
         epochs = getattr(self.cfg.phases, phase).epochs
-        if phase == "dense" and epochs == 0:
+        if phase == DENSE and epochs == 0:
             return 0  # evaluate only (Pipeline.run_dense)
         return max(1, round(epochs * self.plan(phase).steps_per_epoch))
 
     def global_offset(self, phase: str) -> int:
         """Steps of the training phases before `phase`, so logged steps increase across the whole run."""
-        order = ["dense", "sparsify", "finetune"]
+        order = TRAINING_PHASES
         before = order[: order.index(phase)] if phase in order else order
         return sum(self.phase_steps(p) for p in before if getattr(self.cfg.phases, p).enabled)
 
@@ -127,7 +126,7 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
             log.info(f"[{phase}] resumed at step {start} with {key} {new} from the config (checkpoint had {old})")
         if client["masks"] is not None:  # masks of a gradual-pruning phase change during the phase
             hooks.masks = {k: v.to(ctx.dist.device) for k, v in client["masks"].items()}
-    gradual = phase == "sparsify" and getattr(cfg.prune, "schedule", "oneshot") == "gradual"
+    gradual = phase == SPARSIFY and getattr(cfg.prune, "schedule", "oneshot") == "gradual"
     pruner = GradualPruning(cfg.prune, total) if gradual else None
     _run_steps(ctx, phase, engine, hooks, plan, start, total, pruner)
     return handoff_module(engine)

@@ -74,7 +74,7 @@ def test_bf16_zero_0_with_weight_decay_trains_the_whole_pipeline(run_dir: Path) 
     masks = load_file(str(run_dir / "weights" / "masks.safetensors"))
     final = load_file(str(run_dir / "weights" / "finetune.safetensors"))
     assert all(bool((final[n][m == 0] == 0).all()) for n, m in masks.items()), "a pruned weight came back"
-    assert report["finetuned"]["metric"] > 50, report["finetuned"]
+    assert report["phases"]["finetune"]["metric"] > 50, report["phases"]
 
 
 # ---- fault 6: hand-off of the fp32 masters ---------------------------------------------------------------------

@@ -85,8 +85,12 @@ def test_report_contents_and_compressed_file(run_dir: Path) -> None:
     report = run_pipeline(tiny_config(run_dir, "phases.dense.enabled=true", "phases.dense.epochs=1"))
     on_disk = json.loads((run_dir / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report)), "report.json differs from the returned report"
-    for key in ("dense", "sparse", "pruned", "finetuned"):
-        assert 0.0 <= report[key]["metric"] <= 100.0, f"{key}.metric missing or out of range"
+    assert report["format_version"] == 2 and report["final_phase"] == "finetune", report
+    assert list(report["phases"]) == ["dense", "sparsify", "prune", "finetune"], "phases not keyed by name in order"
+    state = json.loads((run_dir / "state.json").read_text())["completed"]
+    for phase, result in report["phases"].items():
+        assert 0.0 <= result["metric"] <= 100.0, f"{phase}.metric missing or out of range"
+        assert result == {k: v for k, v in state[phase].items() if k != "wall_time_s"}, f"{phase}: not state.json's"
     layers = report["layers"]
     assert [layer["name"] for layer in layers] == ["fc1.weight", "fc2.weight", "head.weight"]
     final = _weights(run_dir, "finetune")
@@ -153,4 +157,4 @@ def test_bf16_batchnorm_model_runs_on_cpu(run_dir: Path) -> None:
     run_pipeline(cfg)
     report = json.loads((run_dir / "report.json").read_text())
     assert report["sparsity"] >= 0.8 - 1e-6, f"sparsity {report['sparsity']}"
-    assert 0.0 <= report["finetuned"]["metric"] <= 100.0, f"metric {report['finetuned']['metric']}"
+    assert 0.0 <= report["phases"]["finetune"]["metric"] <= 100.0, f"metric {report['phases']['finetune']}"
