@@ -1,10 +1,7 @@
 """Typed run configuration: every field has a type, a range and a description, validated at load time.
 
-Vocabulary used throughout sparsetrain:
-    sparsity  fraction of prunable weights that are exactly zero (density = 1 - sparsity).
-    mask      binary tensor, 1 = weight kept, 0 = weight pruned (never "gate").
-    prune     set weights to zero and record a mask (unstructured, Method 1).
-    remove    physically delete filters/channels, giving a smaller dense model (structural, Method 2).
+The sections of the strategies (`regularizer`, `prune`) live in `strategies.py`; the terms used in descriptions
+(phases, prune vs remove, filter, gradient path vs backend, ...) are defined once, in README.md's Vocabulary.
 """
 
 from __future__ import annotations
