@@ -114,3 +114,12 @@ def test_every_recipe_resolves_to_the_settings_it_had_before(recipe: str) -> Non
             before = {**before, **KERNEL_TO_SETTINGS[before.pop("kernel")]}
         assert set(now) <= set(before), f"{recipe}: {section} gained settings {set(now) - set(before)}"
         assert now == {k: before[k] for k in now}, f"{recipe}: {section} changed"
+
+
+def test_cli_shows_the_deprecation_as_one_warning_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "sparsetrain", "config", "configs/quickstart.yaml",
+                             "regularizer.kernel=autograd"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ("warning: regularizer.kernel=autograd is deprecated and will be removed in the "
+                                     "next release; use regularizer.gradient_path=autograd regularizer.backend=torch")
+    assert "gradient_path: autograd" in result.stdout and "kernel" not in result.stdout
