@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparsetrain.phases import PHASES, final_phase
+from sparsetrain.phases import DENSE, PHASES, final_phase
 
 REPORT_FORMAT = 2
 FORMAT_1_KEYS = {"dense": "dense", "sparse": "sparsify", "pruned": "prune", "finetuned": "finetune"}
@@ -83,7 +83,7 @@ def _comparison_table(report: dict[str, Any]) -> str:
         return f"{row[key]:>9.2f}" if isinstance(row.get(key), int | float) else f"{'-':>9}"
 
     phases = phase_results(report)
-    main = {p: phases[p]["metric"] for p in ("sparsify", "prune", "finetune") if p in phases}
+    main = {p: result["metric"] for p, result in phases.items() if p != DENSE}
     rows = [("l0 (this run)", {**main, "sparsity": report["sparsity"],
                                "compression_ratio": report["compression_ratio"]})]
     rows += [(BASELINES[name]["label"], row) for name, row in report["baselines"].items()]
@@ -91,7 +91,7 @@ def _comparison_table(report: dict[str, Any]) -> str:
              f"{'sparsity':>10}{'compr.':>8}"]
     lines += [f"{label:<36}{cell(row, 'sparsify')}{cell(row, 'prune')}{cell(row, 'finetune')}"
               f"{100 * row['sparsity']:>9.2f}%{row['compression_ratio']:>7.1f}x" for label, row in rows]
-    if "dense" in phases:
+    if DENSE in phases:
         lines.append(f"{'dense (l2, same budget)':<36}{phases['dense']['metric']:>27.2f}")
     return "\n".join(lines)
 
