@@ -33,9 +33,20 @@ class Section(BaseModel):
 
 
 class Strategy(Section):
-    """A section whose settings depend on one key (`KEY`): one subclass per strategy, chosen by that key."""
+    """A section whose settings depend on one key (`KEY`): one subclass per strategy, chosen by that key.
+
+    Constructing the base class builds the chosen strategy's class: `PruneConfig(rule="filters",
+    filter_fraction=0.5)` is a `FiltersConfig`, and a setting that strategy does not declare is a ValidationError.
+    """
 
     KEY: ClassVar[str]
+
+    def __new__(cls, *args: Any, **data: Any) -> Strategy:
+        variants = variants_of(cls)
+        if variants:  # the section's base class: dispatch on the key
+            choice = data.get(cls.KEY, cls.model_fields[cls.KEY].default)
+            cls = variants.get(choice, cls)
+        return super().__new__(cls)
 
 
 # ---- regularizers ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from sparsetrain.backend import resolve_backend
 from sparsetrain.config.loader import ConfigError
 from sparsetrain.config.schema import PruneConfig
 from sparsetrain.errors import InputError
@@ -72,14 +73,14 @@ def refuse_empty_layers(weights: dict[str, torch.Tensor], masks: dict[str, torch
 def threshold_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig,
                     backend: str | None = None) -> dict[str, torch.Tensor]:
     """Threshold rules (global or per layer) through the fused threshold kernel's interface, on `backend`
-    (the run's resolved one; None: triton where available on CUDA, else torch)."""
+    (the run's resolved one; None: `resolve_backend("auto")` for the weights' device)."""
     from triton_kernels import get_ops
 
     names = list(weights)
     taus = [cfg.layer_thresholds.get(n, cfg.threshold) if cfg.rule == "layer_threshold" else cfg.threshold
             for n in names]
     device = next(iter(weights.values())).device if weights else torch.device("cpu")
-    backend = backend or ("auto" if device.type == "cuda" else "torch")
+    backend = backend or resolve_backend("auto", device)
     masks, _ = get_ops(backend).threshold_masks(
         [weights[n].detach().contiguous() for n in names], taus)
     return {n: m.view_as(weights[n]) for n, m in zip(names, masks, strict=True)}
