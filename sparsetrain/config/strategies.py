@@ -250,6 +250,23 @@ def register_regularizer_settings(settings: type[RegularizerConfig]) -> None:
     REGULARIZER_SETTINGS[name] = settings
 
 
+# Every key of the one flat section of release 0.1, as its resolved config.yaml files hold them (all written out).
+FLAT_0_1 = {
+    "regularizer": frozenset({"name", "alpha0", "alpha2", "beta", "layer_scaling", "kernel", "finetune_l0", "count_tau",
+                              "count_window", "lambda_s", "redundancy", "redundancy_rho"}),
+    "prune": frozenset({"rule", "threshold", "layer_thresholds", "sparsity", "layer_sparsity", "filter_norm_threshold",
+                        "filter_fraction", "max_filter_fraction", "schedule", "gradual"}),
+}
+
+
+def _from_flat_0_1(section: str, data: dict[str, Any], settings: type[Strategy]) -> dict[str, Any]:
+    """A section saved by release 0.1 (every setting of every strategy written out, e.g. a run directory's
+    config.yaml read by `sparsetrain export` / `eval`) keeps the chosen strategy's settings; anything else as is."""
+    if set(data) != FLAT_0_1.get(section):
+        return data
+    return {k: v for k, v in data.items() if k in settings.model_fields or k == "kernel"}
+
+
 def pick_strategy(section: str, registry: dict[str, type[Strategy]], base: type[Strategy], data: Any) -> Any:
     """Validate a raw mapping into the registry's class for its key (the discriminated union's dispatch).
 
@@ -265,6 +282,7 @@ def pick_strategy(section: str, registry: dict[str, type[Strategy]], base: type[
     if choice not in registry:
         raise ValueError(f"{section}.{key}: expected one of {', '.join(registry)} (got {choice!r})")
     settings = registry[choice]
+    data = _from_flat_0_1(section, data, settings)
     elsewhere = {name for other in registry.values() for name in other.model_fields}  # other strategies' keys
     foreign = [k for k in data if k not in settings.model_fields and k in elsewhere]  # the rest: "unknown key"
     if foreign:
