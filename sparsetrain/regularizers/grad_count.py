@@ -12,8 +12,8 @@ The paper's formulas are not published; this is our reading (METHOD.md), kept as
 * Redundancy (`cosine`): at each window end, within a layer, for each filter pair with cosine similarity
   above rho, the filter with the lower count (then lower norm) is marked redundant.
 
-Per-filter sums are built from this rank's part of the weights (ZeRO partitions) and all-reduced, so every
-rank holds identical counts; counts are saved in checkpoints.
+Per-filter sums are built from this rank's part of the weights (ZeRO partitions) and summed over ranks with the
+reduce function the engine binds, so every rank holds identical counts; counts are saved in checkpoints.
 """
 
 from __future__ import annotations

@@ -140,3 +140,18 @@ def test_a_resolved_config_of_the_previous_release_still_loads(recipe: str) -> N
     old["regularizer"].pop("count_tau")  # not the complete flat section: strict again
     with pytest.raises(ConfigError, match="not a setting of regularizer.name"):
         validate({**old, "data": {"source": "npz", "path": "x"}})
+
+
+@pytest.mark.parametrize(("overrides", "finetune"), [([], "l2"), (["regularizer.finetune_l0=true"], "l0_exp"),
+                                                      (["regularizer={name: grad_count}"], "l2")])
+def test_the_pipeline_decides_which_phase_gets_which_penalty(overrides: list[str], finetune: str) -> None:
+    """dense: l2 only; sparsify: the strategy; finetune: l2, or the strategy when it keeps its penalty there. The
+    l2 stand-in keeps the strategy's alpha2, gradient path and backend."""
+    from sparsetrain.pipeline import phase_penalty
+
+    cfg = load_config(None, [*overrides, "regularizer.alpha2=3e-4", "regularizer.backend=torch"]).regularizer
+    chosen = {phase: phase_penalty(cfg, phase) for phase in ("dense", "sparsify", "finetune")}
+    assert chosen["sparsify"] is cfg
+    assert [chosen[p].name for p in ("dense", "finetune")] == ["l2", finetune]
+    for penalty in chosen.values():
+        assert (penalty.alpha2, penalty.backend, penalty.gradient_path) == (3e-4, "torch", cfg.gradient_path)
