@@ -77,18 +77,16 @@ def sparsetrain_step(cfg_path: str, overrides: list[str], out_dir: str) -> tuple
     from sparsetrain.engine.loop import RunContext, _agree, _one_step  # the loop's own step, not a copy
     from sparsetrain.pipeline import Pipeline
     from sparsetrain.pruning.masks import prunable_parameters
-    from sparsetrain.regularizers import build_regularizer
 
     cfg = load_config(cfg_path, [*overrides, f"out_dir={out_dir}", "resume=false", "tracking.mode=disabled"])
     pipeline = Pipeline(cfg)
     ctx: RunContext = pipeline.ctx
     model = pipeline.model_from(None)
     prunable = prunable_parameters(model)
-    regularizer = build_regularizer(cfg.regularizer, {n: p.numel() for n, p in prunable.items()}, "dense",
-                                    ctx.dist.device)
+    regularizer = pipeline.regularizer_for("dense", model)
     hooks = GradientHooks(regularizer, None)
     engine = build_engine(cfg, model, ctx.dist.world_size, cfg.optim.lr, 10**9, prunable, hooks)
-    regularizer.bind(prunable_parameters(engine.module), False)
+    regularizer.bind(prunable_parameters(engine.module), None)
     plan = ctx.plan("dense")
     batches = iterate_micro_batches(ctx.train_set, plan, 0, 10**9, cfg.data.num_workers)
     params = prunable_parameters(engine.module)

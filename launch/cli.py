@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 from launch.submit import CLUSTERS, LaunchError, one_line
-
-PHASES = ("dense", "sparsify", "prune", "finetune")
+from sparsetrain.phases import PHASES
 
 
 def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:

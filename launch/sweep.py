@@ -17,9 +17,6 @@ from typing import Any
 from sparsetrain.config.loader import ConfigError, load_config, resolve_key
 from sparsetrain.config.schema import RunConfig
 
-SPARSITY_KEYS = ("sparsity", "final_sparsity", "prune.sparsity", "finetune.sparsity")
-METRIC_PHASES = ("finetuned", "finetune", "pruned", "prune", "sparse", "sparsify")  # report sections, last first
-
 
 @dataclass
 class SweepPoint:
@@ -97,31 +94,14 @@ def expand(config_path: str | Path | None, overrides: list[str]) -> tuple[RunCon
     return base, points
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
-    """Sparsity and the final metric of a run's report.json (the last trained phase's test metric)."""
-    flat = {key: value for key, value in _flatten(report).items() if isinstance(value, (int, float))}
-    sparsity = next((flat[key] for key in SPARSITY_KEYS if key in flat), None)
-    if sparsity is None:
-        sparsity = next((value for key, value in flat.items() if key.endswith("sparsity")), None)
-    metric_name, metric = None, None
-    for phase in METRIC_PHASES:
-        candidates = [key for key in flat if key.startswith(f"{phase}.") and not key.endswith("sparsity")
-                      and re.search(r"(acc|accuracy|miou|dice|metric)$", key)]
-        if candidates:
-            metric_name = sorted(candidates, key=lambda key: ("test" not in key, len(key)))[0]
-            metric = flat[metric_name]
-            break
-    return {"sparsity": sparsity, "metric": metric, "metric_name": metric_name}
+    """Sparsity and the final metric of a run's report.json: the metric of the last finished phase, read from
+    the report's phase sections (`sparsetrain.report.final_metric`; either report format)."""
+    from sparsetrain.report import final_metric
+
+    phase, metric = final_metric(report)
+    return {"sparsity": report.get("sparsity"), "metric": metric,
+            "metric_name": f"{phase}.metric" if phase else None}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -39,21 +39,22 @@ def baseline_config(cfg: RunConfig, name: str, sparsity: float) -> RunConfig:
     data = config_to_dict(cfg)
     data.update(out_dir=str(Path(cfg.out_dir) / "baselines" / name), baselines=[])
     data["phases"]["dense"]["enabled"] = False
-    data["regularizer"]["name"] = "l2"
-    data["prune"].update(rule="global_sparsity", sparsity=sparsity, schedule=BASELINES[name]["schedule"])
+    reg = data["regularizer"]
+    data["regularizer"] = {"name": "l2", **{k: reg[k] for k in ("alpha2", "gradient_path", "backend")}}
+    data["prune"] = {"rule": "global_sparsity", "sparsity": sparsity, "schedule": BASELINES[name]["schedule"],
+                     "gradual": data["prune"].get("gradual", {})}
     data["tracking"]["mode"] = "disabled"  # one W&B run per command; the sub-run keeps its own metrics.jsonl
     data["deploy"].update(formats=[], latency=False)  # the main run's export and latency table are the deliverable
     return validate(data)
 
 
 def run_baselines(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
-    """Run (or resume, or just re-read) every configured baseline; returns their reports by name."""
-    from sparsetrain.pipeline import Pipeline
-
+    """Run (or resume, or just re-read) every configured baseline; returns their reports by name. Each sub-run is
+    a pipeline of the main run's own class."""
     sparsity = pipeline.state["completed"]["prune"]["sparsity"]
     reports = {}
     for name in pipeline.cfg.baselines:
-        sub = Pipeline(baseline_config(pipeline.cfg, name, sparsity), data=pipeline.data)
+        sub = type(pipeline)(baseline_config(pipeline.cfg, name, sparsity), data=pipeline.data)
         log.info(f"baseline {name} ({BASELINES[name]['label']}) at sparsity {100 * sparsity:.2f} %: {sub.out_dir}")
         try:
             reports[name] = sub.run()
@@ -65,7 +66,7 @@ def run_baselines(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
     """The numbers of a baseline sub-run's report that the main report shows."""
     keep = ("sparsity", "compression_ratio", "bytes", "params", "wall_time_s")
-    row = {key: report[key]["metric"] for key in ("sparse", "pruned", "finetuned") if key in report}
+    row = {phase: result["metric"] for phase, result in report["phases"].items() if phase != "dense"}
     return {**row, **{key: report[key] for key in keep if key in report}}
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import warnings
 
 from sparsetrain.config import ConfigError, load_config
 from sparsetrain.errors import SparsetrainError, first_line
@@ -75,7 +76,7 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model.")
     parser.add_argument("run_dir")
     args = parser.parse_intermixed_args(argv)
-    from sparsetrain.deploy.run import export_run
+    from sparsetrain.deploy.reexport import export_run
 
     print(export_run(args.run_dir))
     return 0
@@ -169,6 +170,17 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+_FORMAT_WARNING = warnings.formatwarning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    """Deprecations (FutureWarning: a config key and its replacement) as one `warning:` line; others as Python
+    prints them."""
+    if category is FutureWarning:
+        return f"warning: {message}\n"
+    return _FORMAT_WARNING(message, category, *args, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
 
@@ -176,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     5 a library set-up sparsetrain does not expect, 1 anything unexpected (with its traceback).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _one_line_warning
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsetrain.backend import resolve_backend
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.config.schema import TrainConfig
+from sparsetrain.config.strategies import L2Config, RegularizerConfig
 from sparsetrain.data import DataBundle, build_data
 from sparsetrain.engine.checkpoint import (
     Checkpointer,
@@ -31,14 +33,13 @@ from sparsetrain.engine.finite import hint, nonfinite_names, require_finite, req
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
 from sparsetrain.models.factory import build_model, model_kwargs
+from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases
 from sparsetrain.progress import log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
-from sparsetrain.regularizers import build_regularizer
+from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
-
-PHASES = ("dense", "sparsify", "prune", "finetune")
 
 
 class Pipeline:
@@ -54,6 +55,7 @@ class Pipeline:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         self.structural = cfg.prune.rule == "filters"
+        self.backend = resolve_backend(cfg.regularizer.backend, self.dist.device)  # the run's one decision
         self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
         self.baseline_reports: dict[str, dict[str, Any]] = {}
         self.task = build_task(cfg.task, self.data.num_classes)
@@ -73,7 +75,8 @@ class Pipeline:
         from sparsetrain.plan import DataSizes, meta_model
         from sparsetrain.pruning.criteria import check_layer_settings
 
-        if self.cfg.prune.layer_thresholds or self.cfg.prune.layer_sparsity:
+        prune = self.cfg.prune
+        if getattr(prune, "layer_thresholds", None) or getattr(prune, "layer_sparsity", None):
             sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
             check_layer_settings(self.cfg.prune, list(prunable_parameters(meta_model(self.cfg, sizes))))
 
@@ -113,7 +116,7 @@ class Pipeline:
         if not self.dist.is_main:
             return
         if current is None:
-            done = [p for p in ("dense", "sparsify", "finetune") if p in self.state["completed"]]
+            done = [p for p in TRAINING_PHASES if p in self.state["completed"]]
             last = sum(self.ctx.phase_steps(p) for p in done if getattr(self.cfg.phases, p).enabled)
             truncate_metrics_log(self.out_dir / "metrics.jsonl", last if self.state["completed"] else -1)
         else:
@@ -164,7 +167,7 @@ class Pipeline:
             require_finite(model.state_dict(), f"the {phase} weights to hand on",
                            f"the {phase} phase diverged: {hint(self.cfg, phase, 'weights')}")
             state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-        if self.structural and phase in ("prune", "finetune"):
+        if self.structural and phase in (PRUNE, FINETUNE):
             from sparsetrain.structural.export import load_compressed, save_compressed
 
             if self.dist.is_main:
@@ -198,9 +201,7 @@ class Pipeline:
     def _train(self, phase: str, start_from: str | None, masks_file: Path | None) -> None:
         t0 = time.perf_counter()
         model = self.model_from(start_from)
-        sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
-        layouts = self._filter_layouts(model) if self.cfg.regularizer.name == "grad_count" else None
-        regularizer = build_regularizer(self.cfg.regularizer, sizes, phase, self.dist.device, layouts)
+        regularizer = self.regularizer_for(phase, model)
         model = train_phase(self.ctx, phase, model, regularizer, masks_file, self._resume_tag(phase))
         self._save_phase(phase, model)
         if regularizer.state_dict() and self.dist.is_main:
@@ -209,6 +210,12 @@ class Pipeline:
         results.update({k: v for k, v in self.ctx.phase_info.items() if v is not None})
         results["wall_time_s"] = time.perf_counter() - t0  # of the last (possibly resumed) attempt
         self._finish(phase, results)
+
+    def regularizer_for(self, phase: str, model: nn.Module) -> GradientRegularizer:
+        """The penalty of a training phase (`phase_penalty`) for this model, on the run's backend."""
+        sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
+        inputs = StrategyInputs(sizes, self.backend, lambda: self._filter_layouts(model))
+        return build_regularizer(phase_penalty(self.cfg.regularizer, phase), inputs)
 
     def run_dense(self) -> None:
         if self.cfg.phases.dense.epochs == 0:
@@ -272,7 +279,7 @@ class Pipeline:
         if self.dist.is_main:
             write_pruned_weights(source, weights / "masks.safetensors", weights / "prune.safetensors")
         barrier()
-        model = self.model_from("prune")
+        model = self.model_from(PRUNE)
         results = evaluate(self.ctx, model)
         layers = layer_counts(prunable_parameters(model))
         results.update(sparsity=sparsity_of(layers), wall_time_s=time.perf_counter() - t0)
@@ -280,8 +287,8 @@ class Pipeline:
 
     def _prune_source(self) -> Path:
         """The weights file pruning starts from: sparsity training's, else the initial weights (written here)."""
-        if "sparsify" in self.state["completed"]:
-            return self.out_dir / "weights" / "sparsify.safetensors"
+        if SPARSIFY in self.state["completed"]:
+            return self.out_dir / "weights" / f"{SPARSIFY}.safetensors"
         path = self.out_dir / "weights" / "initial.safetensors"
         state = self.new_model().state_dict() if self.dist.is_main else {}
         save_weights(path, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, self.dist)
@@ -305,23 +312,30 @@ class Pipeline:
     def run(self, phases: list[str] | None = None) -> dict[str, Any]:
         """Run the selected (default: all enabled) phases that are not finished yet; returns the report."""
         wanted = phases or list(PHASES)
-        unknown = sorted(set(wanted) - set(PHASES))
-        if unknown:
-            raise ValueError(f"phase: unknown phase(s) {', '.join(unknown)}; expected {', '.join(PHASES)}")
+        check_phases(wanted)
         for phase in PHASES:
-            enabled = phase == "prune" or getattr(self.cfg.phases, phase).enabled
+            enabled = phase == PRUNE or getattr(self.cfg.phases, phase).enabled
             if phase in wanted and enabled and phase not in self.state["completed"]:
                 getattr(self, f"run_{phase}")()
         if phases is None and self.cfg.baselines and "prune" in self.state["completed"]:
             from sparsetrain.baselines import run_baselines
 
             self.baseline_reports = run_baselines(self)
-        from sparsetrain.report import write_report
+        from sparsetrain.measure import write_report
 
         return write_report(self)
 
     def close(self) -> None:
         self.tracker.close()
+
+
+def phase_penalty(cfg: RegularizerConfig, phase: str) -> RegularizerConfig:
+    """Which penalty a training phase trains with: the configured strategy in sparsify (and in finetune when it
+    keeps its penalty there, e.g. l0_exp's finetune_l0), l2 alone (same alpha2, path and backend) otherwise —
+    the dense baseline and fine-tuning are plain l2 training."""
+    if phase == SPARSIFY or (phase == FINETUNE and cfg.penalty_in_finetune):
+        return cfg
+    return L2Config(alpha2=cfg.alpha2, gradient_path=cfg.gradient_path, backend=cfg.backend)
 
 
 def configure_cpu(train: TrainConfig) -> None:

@@ -69,15 +69,16 @@ def plot_accuracy_vs_sparsity(report: dict, path: Path) -> None:
     for label, color in (("l0", "tab:blue"), ("l2", "tab:orange")):
         if label in curve:
             ax.plot(ratio, curve[label], "o-", color=color, ms=3, label=f"{label}-trained, pruned (no fine-tune)")
-    finals = [("l0 fine-tuned", report.get("finetuned", {}).get("metric"), report.get("sparsity"), "tab:blue")]
-    finals += [(f"{BASELINES[n]['label']}, fine-tuned", row.get("finetuned"), row.get("sparsity"), color)
+    phases = report.get("phases", {})
+    finals = [("l0 fine-tuned", phases.get("finetune", {}).get("metric"), report.get("sparsity"), "tab:blue")]
+    finals += [(f"{BASELINES[n]['label']}, fine-tuned", row.get("finetune"), row.get("sparsity"), color)
                for (n, row), color in zip(report.get("baselines", {}).items(), ("tab:orange", "tab:green"),
                                           strict=False)]
     for label, metric, sparsity, color in finals:
         if metric is not None and sparsity is not None:
             ax.plot([1.0 / (1.0 - sparsity)], [metric], "*", color=color, ms=12, mec="black", label=label)
-    if "dense" in report:
-        ax.axhline(report["dense"]["metric"], color="gray", ls="--", lw=1, label="dense (same budget)")
+    if "dense" in phases:
+        ax.axhline(phases["dense"]["metric"], color="gray", ls="--", lw=1, label="dense (same budget)")
     ax.set_xscale("log")
     ax.set_xlabel("compression of prunable weights (1 / density), log scale")
     ax.set_ylabel("test metric")

@@ -13,6 +13,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from sparsetrain.config.strategies import Strategy, variants_of
+
 
 @dataclass(frozen=True)
 class FieldRow:
@@ -57,16 +59,38 @@ def _section(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
+def _strategy_rows(base: type[Strategy], prefix: str) -> list[FieldRow]:
+    """A strategy section: its key with every choice, then each setting once, tagged with the choices reading it."""
+    variants = variants_of(base)
+    key = base.KEY
+    rows = {f"{prefix}{key}": FieldRow(f"{prefix}{key}", "|".join(variants), str(base.model_fields[key].default),
+                                       base.model_fields[key].description or "")}
+    readers: dict[str, list[str]] = {}
+    for choice, settings in variants.items():
+        for row in schema_rows(settings, prefix):
+            if row.path != f"{prefix}{key}":
+                rows.setdefault(row.path, row)
+                readers.setdefault(row.path, []).append(choice)
+    for path, choices in readers.items():
+        if len(choices) < len(variants):
+            row = rows[path]
+            rows[path] = FieldRow(path, row.type, row.default, f"[{key}={'|'.join(choices)}] {row.description}")
+    return list(rows.values())
+
+
 def schema_rows(model: type[BaseModel], prefix: str = "") -> list[FieldRow]:
-    """Every leaf field of `model` (sections are walked recursively), in declaration order."""
+    """Every leaf field of `model` (sections are walked recursively, strategy sections over every registered
+    strategy), in declaration order."""
     rows = []
     for name, field in model.model_fields.items():
         section = _section(field.annotation)
-        if section is not None:
+        if section is not None and variants_of(section):
+            rows.extend(_strategy_rows(section, f"{prefix}{name}."))
+        elif section is not None:
             rows.extend(schema_rows(section, f"{prefix}{name}."))
-            continue
-        rows.append(FieldRow(f"{prefix}{name}", _type_text(field.annotation), _default_text(field),
-                             field.description or ""))
+        else:
+            rows.append(FieldRow(f"{prefix}{name}", _type_text(field.annotation), _default_text(field),
+                                 field.description or ""))
     return rows
 
 
@@ -82,12 +106,14 @@ def format_schema(rows: list[FieldRow], width: int = 120) -> str:
 
 def section_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     """Dotted paths of every section (nested config model) of `model`."""
-    paths = []
+    paths: list[str] = []
     for name, field in model.model_fields.items():
         section = _section(field.annotation)
-        if section is not None:
-            paths.append(f"{prefix}{name}")
-            paths.extend(section_paths(section, f"{prefix}{name}."))
+        if section is None:
+            continue
+        paths.append(f"{prefix}{name}")
+        for variant in variants_of(section).values() or [section]:
+            paths.extend(p for p in section_paths(variant, f"{prefix}{name}.") if p not in paths)
     return paths
 
 

@@ -54,16 +54,11 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(base, data)
 
 
-def _leaf_paths(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
-    """Map every leaf field name to the dotted paths where it occurs in the schema."""
+def _leaf_paths(model: type[BaseModel]) -> dict[str, list[str]]:
+    """Map every leaf field name to the dotted paths where it occurs in the schema (strategy sections included)."""
     leaves: dict[str, list[str]] = {}
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for leaf, paths in _leaf_paths(annotation, f"{prefix}{name}.").items():
-                leaves.setdefault(leaf, []).extend(paths)
-        else:
-            leaves.setdefault(name, []).append(f"{prefix}{name}")
+    for row in schema_rows(model):
+        leaves.setdefault(row.path.rpartition(".")[2], []).append(row.path)
     return leaves
 
 
@@ -117,7 +112,7 @@ def _format_error(err: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = f"unknown key{suggestion(field, all_paths())}"
-    if not first["loc"] or message.startswith(f"{field}:"):
+    if not first["loc"] or message.startswith((f"{field}:", f"{field}.")):
         return message  # cross-field checks already name their field
     return f"{field}: {message}{shown}"
 

@@ -1,26 +1,29 @@
 """Typed run configuration: every field has a type, a range and a description, validated at load time.
 
-Vocabulary used throughout sparsetrain:
-    sparsity  fraction of prunable weights that are exactly zero (density = 1 - sparsity).
-    mask      binary tensor, 1 = weight kept, 0 = weight pruned (never "gate").
-    prune     set weights to zero and record a mask (unstructured, Method 1).
-    remove    physically delete filters/channels, giving a smaller dense model (structural, Method 2).
+The sections of the strategies (`regularizer`, `prune`) live in `strategies.py`; the terms used in descriptions
+(phases, prune vs remove, filter, gradient path vs backend, ...) are defined once, in README.md's Vocabulary.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from sparsetrain.config.launch import LaunchConfig
+from sparsetrain.config.strategies import (
+    PRUNE_RULES,
+    REGULARIZER_SETTINGS,
+    GlobalThresholdConfig,
+    GradualConfig,
+    L0ExpConfig,
+    PruneConfig,
+    RegularizerConfig,
+    Section,
+    pick_strategy,
+)
 
-
-class Section(BaseModel):
-    """Base for config sections: unknown keys and non-finite numbers are errors, values are re-validated on
-    assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
+__all__ = ["GradualConfig", "PruneConfig", "RegularizerConfig", "RunConfig", "Section"]
 
 
 class ModelConfig(Section):
@@ -98,67 +101,6 @@ class PhasesConfig(Section):
     finetune: PhaseConfig = Field(default_factory=PhaseConfig, description="Fine-tuning with fixed masks.")
 
 
-class RegularizerConfig(Section):
-    name: Literal["l0_exp", "l2", "none", "grad_count"] = Field(
-        "l0_exp", description="Sparsity strategy: l0_exp = smooth l0 surrogate + l2 (Method 1); l2 = baseline; "
-        "grad_count = gradient-counting pull (Method 2).")
-    alpha0: float = Field(1e-5, ge=0, description="l0 surrogate strength (before per-layer scaling).")
-    alpha2: float = Field(1e-4, ge=0, description="l2 strength (global).")
-    beta: float = Field(10.0, ge=0, description="Surrogate sharpness; 0 gives the pure-l2 baseline.")
-    layer_scaling: Literal["sqrt_size", "none"] = Field(
-        "sqrt_size", description="alpha0_l = alpha0 * sqrt(N_l / N_max) (authors' NORM=True) or alpha0 everywhere.")
-    kernel: Literal["auto", "triton", "torch", "autograd"] = Field(
-        "auto", description="Gradient-regularizer backend: fused Triton, plain torch, or autograd-in-loss reference.")
-    finetune_l0: bool = Field(False, description="Keep the l0 term on during fine-tuning (l2 always stays on).")
-    # Method 2 (gradient counting + redundancy); see sparsetrain/regularizers/grad_count.py.
-    count_tau: float = Field(0.5, gt=0, description="A filter counts when its mean |grad| exceeds tau * layer mean.")
-    count_window: int = Field(50, ge=1, description="Steps per gradient-counting window.")
-    lambda_s: float = Field(1e-3, ge=0, description="Strength of the count-driven zero attraction.")
-    redundancy: Literal["cosine", "none"] = Field("cosine", description="Redundant-filter criterion.")
-    redundancy_rho: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a pair is redundant.")
-
-
-class GradualConfig(Section):
-    """Gradual magnitude pruning (Zhu & Gupta 2017): s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n·Δt))³."""
-
-    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="s_i: sparsity of the first pruning step (t0).")
-    start: float = Field(0.0, ge=0, lt=1, description="t0 as a fraction of the sparsify phase's steps.")
-    end: float = Field(0.75, gt=0, le=1, description="t0 + n·Δt as a fraction of the phase's steps: the target "
-                       "sparsity s_f (prune.sparsity) is reached here; the rest trains with fixed masks.")
-    every_steps: int = Field(100, ge=1, description="Δt: optimizer steps between mask updates.")
-
-    @model_validator(mode="after")
-    def _check_order(self) -> GradualConfig:
-        if self.end <= self.start:
-            raise ValueError(f"end {self.end} must be after start {self.start}")
-        return self
-
-
-class PruneConfig(Section):
-    rule: Literal["global_threshold", "layer_threshold", "global_sparsity", "layer_sparsity", "filters"] = Field(
-        "global_threshold", description="How weights are chosen for pruning; 'filters' removes whole filters.")
-    threshold: float = Field(1e-3, ge=0, description="|w| at or below this is pruned (threshold rules).")
-    layer_thresholds: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=dict, description="Per-layer threshold overrides (rule=layer_threshold), by prunable "
-        "parameter name (e.g. head.weight); checked against the model before training.")
-    sparsity: float = Field(0.9, ge=0, lt=1, description="Target sparsity (sparsity rules, fraction of weights).")
-    layer_sparsity: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(
-        default_factory=dict, description="Per-layer target overrides in [0, 1) (rule=layer_sparsity), by prunable "
-        "parameter name; checked against the model before training.")
-    filter_norm_threshold: float = Field(1e-2, ge=0, description="Filters whose relative norm falls below this "
-                                         "are removed (rule=filters).")
-    filter_fraction: float = Field(0.0, ge=0, lt=1, description="Remove at least this fraction of each prunable "
-                                   "group's channels, weakest (lowest norm) first (rule=filters).")
-    max_filter_fraction: float = Field(0.75, gt=0, lt=1, description="At most this fraction of a layer's filters "
-                                       "is removed (rule=filters).")
-    schedule: Literal["oneshot", "gradual"] = Field(
-        "oneshot", description="oneshot = prune once, after sparsity training (Method 1); gradual = gradual "
-        "magnitude pruning during the sparsify phase (Zhu & Gupta 2017, settings in prune.gradual): masks are "
-        "recomputed by the sparsity rule on a cubic schedule up to the target, training with masks in between, "
-        "and the prune phase finds the target met. gradual needs a sparsity rule.")
-    gradual: GradualConfig = Field(default_factory=GradualConfig, description="Settings of schedule=gradual.")
-
-
 class DeepSpeedConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO optimization stage: 1 partitions optimizer "
                                             "state, 2 also gradients, 3 also parameters.")
@@ -229,8 +171,12 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     phases: PhasesConfig = Field(default_factory=PhasesConfig)
-    regularizer: RegularizerConfig = Field(default_factory=RegularizerConfig)
-    prune: PruneConfig = Field(default_factory=PruneConfig)
+    regularizer: SerializeAsAny[RegularizerConfig] = Field(
+        default_factory=L0ExpConfig, description="Sparsity strategy, chosen by regularizer.name; each strategy "
+        "takes only its own settings (sparsetrain.config.strategies).")
+    prune: SerializeAsAny[PruneConfig] = Field(
+        default_factory=GlobalThresholdConfig, description="Prune rule, chosen by prune.rule; each rule takes "
+        "only its own settings.")
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -241,6 +187,16 @@ class RunConfig(Section):
         "sparsify + finetune epochs, each in out_dir/baselines/<name>/, reported beside it: l2_oneshot = l2 "
         "training + one-shot global magnitude pruning + masked fine-tuning; gmp = l2 training with gradual "
         "magnitude pruning (prune.gradual) + masked fine-tuning. Unstructured pruning only.")
+
+    @field_validator("regularizer", mode="before")
+    @classmethod
+    def _pick_regularizer(cls, data: Any) -> Any:
+        return pick_strategy("regularizer", REGULARIZER_SETTINGS, RegularizerConfig, data)
+
+    @field_validator("prune", mode="before")
+    @classmethod
+    def _pick_rule(cls, data: Any) -> Any:
+        return pick_strategy("prune", PRUNE_RULES, PruneConfig, data)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
@@ -255,15 +211,12 @@ class RunConfig(Section):
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
         if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer: offloading needs deepspeed.zero_stage >= 1")
-        if self.prune.schedule == "gradual" and self.prune.rule not in ("global_sparsity", "layer_sparsity"):
-            raise ValueError(f"prune.schedule: gradual needs a target-sparsity rule (global_sparsity or "
-                             f"layer_sparsity), not prune.rule={self.prune.rule!r}")
-        if self.deepspeed.zero_stage == 3 and self.prune.schedule == "gradual":
+        if self.deepspeed.zero_stage == 3 and getattr(self.prune, "schedule", "oneshot") == "gradual":
             raise ValueError("prune.schedule: gradual pruning chooses masks from whole weights, which ZeRO stage 3 "
                              "never holds; use prune.schedule=oneshot or deepspeed.zero_stage <= 2")
-        if self.deepspeed.zero_stage == 3 and self.regularizer.kernel == "autograd":
-            raise ValueError("regularizer.kernel: autograd adds the penalty of whole weights to the loss, which ZeRO "
-                             "stage 3 never holds outside a layer's forward; use torch, triton or auto")
+        if self.deepspeed.zero_stage == 3 and self.regularizer.gradient_path == "autograd":
+            raise ValueError("regularizer.gradient_path: autograd adds the penalty of whole weights to the loss, which "
+                             "ZeRO stage 3 never holds outside a layer's forward; use regularizer.gradient_path=hook")
         if self.baselines and self.prune.rule == "filters":
             raise ValueError("baselines: magnitude-pruning baselines need unstructured pruning, not prune.rule=filters")
         is_seg_data = self.data.source.startswith("seg_")

@@ -13,5 +13,5 @@ Vocabulary (one meaning each):
     bytes.compressed   in the report: the size of the bitmask file, the stored size of the compressed model.
 
 Modules: `bitmask` (format), `program` (torch.export + ONNX), `folder` (writer), `loading`, `run` (pipeline
-glue), `evaluate` (`sparsetrain eval`), `latency` (`sparsetrain bench latency`).
+glue), `reexport` (`sparsetrain export`), `evaluate` (`sparsetrain eval`), `latency` (`sparsetrain bench latency`).
 """

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sparsetrain.engine.distributed import barrier
 from sparsetrain.engine.finite import require_finite
+from sparsetrain.phases import final_phase
 from sparsetrain.progress import log
 
 if TYPE_CHECKING:
@@ -17,11 +17,7 @@ if TYPE_CHECKING:
 
     from sparsetrain.pipeline import Pipeline
 
-FINAL_PHASE_ORDER = ("finetune", "prune", "sparsify", "dense")
-
-
-def final_phase(completed: dict) -> str | None:
-    return next((p for p in FINAL_PHASE_ORDER if p in completed), None)
+__all__ = ["deploy_run", "example_batch", "export_model", "final_phase"]
 
 
 def example_batch(test_set: Dataset, size: int = 2) -> torch.Tensor:
@@ -78,20 +74,3 @@ def _headline(table: dict[str, Any]) -> dict[str, Any]:
     row = next(r for r in table["rows"] if (r["runtime"], r["device"], r["batch"]) == ("torch", "cpu", 1))
     return {"dense": row["dense_ms"]["median"], "pruned": row["compressed_ms"]["median"], "speedup": row["speedup"],
             "measured": "interleaved, torch eager, CPU, batch 1 (see latency)"}
-
-
-def export_run(run_dir: str | Path) -> Path:
-    """`sparsetrain export RUN_DIR`: re-create the run's context from its saved config and export."""
-    from sparsetrain.config import load_config
-    from sparsetrain.pipeline import Pipeline
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"export: {run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "tracking.mode=disabled", "resume=true"])
-    pipeline = Pipeline(cfg)
-    try:
-        export_model(pipeline)
-        return run_dir / "export"
-    finally:
-        pipeline.close()

@@ -25,7 +25,7 @@ from torch import nn
 
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.engine.masters import set_masters
-from sparsetrain.engine.segments import Segment, build_segments
+from sparsetrain.engine.segments import Segment, build_segments, weight_slices
 from sparsetrain.pruning.sharded_masks import ShardedMasks
 from sparsetrain.regularizers.base import GradientRegularizer
 
@@ -111,7 +111,7 @@ class GradientHooks:
         if grads:  # one multi-tensor pass, stays on the device (no host sync)
             sq = torch.stack(torch._foreach_norm(grads)).float().square().sum()
             self.grad_sq = sq if self.grad_sq is None else self.grad_sq + sq
-        self.last_value = self.regularizer.apply_to_gradients(self._present(optimizer), self.masks)
+        self.last_value = self.regularizer.apply_to_gradients(weight_slices(self._present(optimizer), self.masks))
 
     @torch.no_grad()
     def set_masks(self, masks: dict[str, torch.Tensor], model_params: dict[str, torch.Tensor]) -> None:
@@ -131,8 +131,8 @@ class GradientHooks:
         from triton_kernels import get_ops
 
         segments = self._present(optimizer)
-        backend = "torch" if self.regularizer.kernel == "autograd" else self.regularizer.kernel
-        get_ops(backend).apply_masks_([s.weight() for s in segments], [self.masks.segment_view(s) for s in segments])
+        get_ops(self.regularizer.backend).apply_masks_([s.weight() for s in segments],
+                                                       [self.masks.segment_view(s) for s in segments])
 
 
 def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, total_steps: int,

@@ -15,6 +15,7 @@ import torch
 
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.errors import NonFiniteError
+from sparsetrain.phases import TRAINING_PHASES
 
 CAUSES = ("input data", "loss", "regularizer value", "gradient norm")  # reported in this order within a step
 INPUTS, LOSS, REGULARIZER, GRAD_NORM = range(len(CAUSES))
@@ -61,7 +62,7 @@ def hint(cfg: RunConfig, phase: str, cause: str) -> str:
     if cause == "input data":
         where = f"data.source={cfg.data.source}" + (f", data.path={cfg.data.path}" if cfg.data.path else "")
         return f"check the data ({where}): it holds NaN or inf"
-    phase_lr = getattr(cfg.phases, phase).lr if phase in ("dense", "sparsify", "finetune") else None
+    phase_lr = getattr(cfg.phases, phase).lr if phase in TRAINING_PHASES else None
     lr = phase_lr or cfg.optim.lr
     clip = cfg.deepspeed.gradient_clipping
     parts = [f"lower optim.lr or phases.{phase}.lr (now {lr:g})"]

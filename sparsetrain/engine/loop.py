@@ -19,7 +19,8 @@ from sparsetrain.engine.distributed import DistInfo, all_reduce_min, all_reduce_
 from sparsetrain.engine.finite import GRAD_NORM, INPUTS, LOSS, REGULARIZER, FiniteGuard, decode, hint, training_error
 from sparsetrain.engine.masters import handoff_module
 from sparsetrain.engine.segments import holds_partition
-from sparsetrain.engine.zero3 import is_partitioned
+from sparsetrain.engine.zero3 import WholeWeights, is_partitioned
+from sparsetrain.phases import DENSE, PHASE_SEEDS, SPARSIFY, TRAINING_PHASES
 from sparsetrain.progress import Progress, StepTimer, log
 from sparsetrain.pruning.masks import prunable_parameters
 from sparsetrain.pruning.schedule import GradualPruning
@@ -27,8 +28,6 @@ from sparsetrain.pruning.sharded_masks import ShardedMasks, read_ranges
 from sparsetrain.regularizers.base import GradientRegularizer
 from sparsetrain.tasks.base import Task
 from sparsetrain.tracking import Tracker
-
-PHASE_SEEDS = {"dense": 1, "sparsify": 2, "prune": 3, "finetune": 4}
 
 
 @dataclass
@@ -57,13 +56,13 @@ class RunContext:
 
     def phase_steps(self, phase: str) -> int:
         epochs = getattr(self.cfg.phases, phase).epochs
-        if phase == "dense" and epochs == 0:
+        if phase == DENSE and epochs == 0:
             return 0  # evaluate only (Pipeline.run_dense)
         return max(1, round(epochs * self.plan(phase).steps_per_epoch))
 
     def global_offset(self, phase: str) -> int:
         """Steps of the training phases before `phase`, so logged steps increase across the whole run."""
-        order = ["dense", "sparsify", "finetune"]
+        order = TRAINING_PHASES
         before = order[: order.index(phase)] if phase in order else order
         return sum(self.phase_steps(p) for p in before if getattr(self.cfg.phases, p).enabled)
 
@@ -165,7 +164,8 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
     hooks = GradientHooks(regularizer, None)
     universal = _elastic(ctx, resume_tag)
     engine = build_engine(cfg, model, ctx.dist.world_size, lr, total, prunable, hooks, universal)
-    regularizer.bind(prunable_parameters(engine.module), holds_partition(engine))
+    regularizer.bind(WholeWeights(prunable_parameters(engine.module)),
+                     all_reduce_sum if holds_partition(engine) else None)
     if masks_file is not None:
         hooks.masks = read_ranges([masks_file], _segment_ranges(hooks), _masks_device(ctx, hooks))
     start = 0
@@ -180,7 +180,8 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
         saved = ctx.checkpointer.load_masks(resume_tag, _segment_ranges(hooks), _masks_device(ctx, hooks))
         hooks.masks = saved if saved is not None else hooks.masks  # gradual pruning changes masks mid-phase
     ctx.phase_info = {"mask_memory": mask_memory(hooks.masks, ctx.dist.world_size)} if hooks.masks else {}
-    pruner = GradualPruning(cfg.prune, total) if phase == "sparsify" and cfg.prune.schedule == "gradual" else None
+    gradual = phase == SPARSIFY and getattr(cfg.prune, "schedule", "oneshot") == "gradual"
+    pruner = GradualPruning(cfg.prune, total) if gradual else None
     _run_steps(ctx, phase, engine, hooks, plan, start, total, pruner)
     return engine.module if is_partitioned(engine.module) else handoff_module(engine)
 

@@ -14,11 +14,16 @@ ZeRO stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from sparsetrain.errors import SetupError
+from sparsetrain.regularizers.base import WeightSlice
+
+if TYPE_CHECKING:
+    from sparsetrain.pruning.sharded_masks import ShardedMasks
 
 
 @dataclass
@@ -46,6 +51,19 @@ class Segment:
         if self.master.grad is None:
             return None
         return self.master.grad.view(-1)[self.master_offset:self.master_offset + self.numel]
+
+
+def weight_slices(segments: list[Segment], masks: ShardedMasks | None) -> list[WeightSlice]:
+    """The plain views a sparsity strategy works on: the segments that have a gradient this step, with the
+    matching part of this rank's packed masks (`ShardedMasks.segment_view`, no copy)."""
+    slices = []
+    for seg in segments:
+        grad = seg.grad()
+        if grad is None:
+            continue
+        mask = None if masks is None else masks.segment_view(seg)
+        slices.append(WeightSlice(seg.name, seg.weight(), grad, mask, seg.start, seg.size))
+    return slices
 
 
 def _flat_layouts(wrapper: object) -> list[tuple[torch.Tensor, torch.Tensor, int]]:

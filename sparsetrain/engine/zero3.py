@@ -11,12 +11,13 @@ rank:
 - `set_master_values`: start a phase from exact fp32 weights (under bf16, DeepSpeed builds the masters by
   up-casting its bf16 copies);
 - `gathered`: a context in which the listed parameters hold their full values on every rank (what
-  `deepspeed.zero.GatheredParameters` does, a no-op for parameters that are not partitioned).
+  `deepspeed.zero.GatheredParameters` does, a no-op for parameters that are not partitioned);
+- `WholeWeights`: parameters by name that read whole (gathered one at a time), what the sparsity strategies see.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -103,3 +104,28 @@ def gathered(params: Iterable[nn.Parameter]) -> Iterator[None]:
 
     with deepspeed.zero.GatheredParameters(partitioned):
         yield
+
+
+class WholeWeights(Mapping[str, torch.Tensor]):
+    """Parameters by name whose values read whole on every rank: reading a ZeRO-3 parameter gathers a full copy
+    (a collective: every rank must read the same names in the same order); others are returned as they are.
+
+    What the sparsity strategies are bound to (`GradientRegularizer.bind`), so they see whole weights without
+    knowing about partitions; only one layer is gathered at a time.
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter]) -> None:
+        self._params = params
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        param = self._params[name]
+        if not hasattr(param, "ds_id"):
+            return param
+        with gathered([param]), torch.no_grad():
+            return param.detach().clone()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._params)
+
+    def __len__(self) -> int:
+        return len(self._params)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from sparsetrain.backend import resolve_backend
 from sparsetrain.config.loader import ConfigError
 from sparsetrain.config.schema import PruneConfig
 from sparsetrain.errors import InputError
@@ -40,7 +41,7 @@ def check_layer_settings(cfg: PruneConfig, prunable: list[str]) -> None:
         ConfigError: one line naming the first unknown key, e.g. `prune.layer_thresholds.fc9.weight: ...`.
     """
     for field in ("layer_thresholds", "layer_sparsity"):
-        unknown = [name for name in getattr(cfg, field) if name not in prunable]
+        unknown = [name for name in getattr(cfg, field, {}) if name not in prunable]
         if unknown:
             shown = ", ".join(prunable[:8]) + (f" … ({len(prunable)} in all)" if len(prunable) > 8 else "")
             raise ConfigError(f"prune.{field}.{unknown[0]}: not a prunable layer of this model (prunable: {shown})")
@@ -69,15 +70,18 @@ def refuse_empty_layers(weights: dict[str, torch.Tensor], masks: dict[str, torch
                              f"{largest:.3g}); choose a value that keeps some, or a per-layer one")
 
 
-def threshold_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> dict[str, torch.Tensor]:
-    """Threshold rules (global or per layer) through the fused threshold kernel's interface."""
+def threshold_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig,
+                    backend: str | None = None) -> dict[str, torch.Tensor]:
+    """Threshold rules (global or per layer) through the fused threshold kernel's interface, on `backend`
+    (the run's resolved one; None: `resolve_backend("auto")` for the weights' device)."""
     from triton_kernels import get_ops
 
     names = list(weights)
     taus = [cfg.layer_thresholds.get(n, cfg.threshold) if cfg.rule == "layer_threshold" else cfg.threshold
             for n in names]
     device = next(iter(weights.values())).device if weights else torch.device("cpu")
-    masks, _ = get_ops("auto" if device.type == "cuda" else "torch").threshold_masks(
+    backend = backend or resolve_backend("auto", device)
+    masks, _ = get_ops(backend).threshold_masks(
         [weights[n].detach().contiguous() for n in names], taus)
     return {n: m.view_as(weights[n]) for n, m in zip(names, masks, strict=True)}
 
@@ -102,8 +106,9 @@ def layer_sparsity_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> 
     return masks
 
 
-def compute_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> dict[str, torch.Tensor]:
-    """Masks (True = kept) for every prunable weight according to `cfg.rule`.
+def compute_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig,
+                  backend: str | None = None) -> dict[str, torch.Tensor]:
+    """Masks (True = kept) for every prunable weight according to `cfg.rule` (threshold kernels on `backend`).
 
     Raises:
         ConfigError: a per-layer setting names a layer that is not in `weights`.
@@ -116,7 +121,7 @@ def compute_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig) -> dict[st
     require_finite(weights, "the weights to prune", "a NaN or inf magnitude cannot be ranked; fix the training "
                    "that produced them (lower the learning rate, enable deepspeed.gradient_clipping)")
     if cfg.rule in ("global_threshold", "layer_threshold"):
-        masks = threshold_masks(weights, cfg)
+        masks = threshold_masks(weights, cfg, backend)
     elif cfg.rule == "global_sparsity":
         masks = global_sparsity_masks(weights, cfg.sparsity)
     elif cfg.rule == "layer_sparsity":

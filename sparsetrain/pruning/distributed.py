@@ -129,7 +129,7 @@ def _check_finite(shards: dict[str, WeightShard], device: torch.device) -> None:
 
 def _check_names(cfg: PruneConfig, names: list[str]) -> None:
     for field in ("layer_thresholds", "layer_sparsity"):
-        unknown = sorted(set(getattr(cfg, field)) - set(names))
+        unknown = sorted(set(getattr(cfg, field, {})) - set(names))
         if unknown:
             raise ValueError(f"prune.{field}: unknown layer(s) {', '.join(unknown)}; prunable: {', '.join(names)}")
 

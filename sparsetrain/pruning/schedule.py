@@ -48,7 +48,7 @@ class GradualPruning:
         progress = self.progress(step)
         if progress is None:
             return None
-        cfg = self.cfg.model_copy(update={
-            "sparsity": self.sparsity_at(self.cfg.sparsity, progress),
-            "layer_sparsity": {n: self.sparsity_at(s, progress) for n, s in self.cfg.layer_sparsity.items()}})
-        return compute_masks(weights, cfg)
+        update = {"sparsity": self.sparsity_at(self.cfg.sparsity, progress)}
+        if self.cfg.rule == "layer_sparsity":  # every layer follows the schedule towards its own target
+            update["layer_sparsity"] = {n: self.sparsity_at(s, progress) for n, s in self.cfg.layer_sparsity.items()}
+        return compute_masks(weights, self.cfg.model_copy(update=update))

@@ -12,46 +12,49 @@ The paper's formulas are not published; this is our reading (METHOD.md), kept as
 * Redundancy (`cosine`): at each window end, within a layer, for each filter pair with cosine similarity
   above rho, the filter with the lower count (then lower norm) is marked redundant.
 
-Per-filter sums are built from this rank's part of the weights (ZeRO partitions) and all-reduced, so every
-rank holds identical counts; counts are saved in checkpoints. The cosine redundancy test needs whole filters:
-under ZeRO 3 each layer is gathered on its own at a window end.
+Per-filter sums are built from this rank's part of the weights (ZeRO partitions) and summed over ranks with the
+reduce function the engine binds, so every rank holds identical counts; counts are saved in checkpoints. The cosine
+redundancy test needs whole filters: it reads each layer's whole weight from the bound parameters at a window end
+(under ZeRO 3 the engine gathers that one layer then).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from sparsetrain.config.schema import RegularizerConfig
-from sparsetrain.engine.distributed import all_reduce_sum
-from sparsetrain.engine.segments import Segment
-from sparsetrain.engine.zero3 import gathered
-from sparsetrain.pruning.sharded_masks import ShardedMasks
-from sparsetrain.regularizers.base import GradientRegularizer, segment_views
+from sparsetrain.config.strategies import GradCountConfig
+from sparsetrain.regularizers.base import GradientRegularizer, Reduce, WeightSlice, columns
 
 
-def _filter_sums(segments: list[Segment], layouts: dict[str, tuple[int, int]], device: torch.device
+def _rows(piece: WeightSlice, per_filter: int, device: torch.device) -> torch.Tensor:
+    """Filter index of every element of the slice."""
+    return torch.arange(piece.start, piece.start + piece.weight.numel(), device=device) // per_filter
+
+
+def _filter_sums(slices: list[WeightSlice], layouts: dict[str, tuple[int, int]], device: torch.device
                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per filter: (Σ|g|, Σw²) over this rank's elements, zero where this rank holds none of the filter."""
     sums = {name: (torch.zeros(n, device=device), torch.zeros(n, device=device)) for name, (n, _) in layouts.items()}
-    for seg in segments:
-        if seg.name not in layouts or seg.grad() is None:
+    for piece in slices:
+        if piece.name not in layouts:
             continue
-        rows = torch.arange(seg.start, seg.stop, device=device) // layouts[seg.name][1]
-        grad_abs, sq = sums[seg.name]
+        rows = _rows(piece, layouts[piece.name][1], device)
+        grad_abs, sq = sums[piece.name]
         # the masters may live elsewhere than the model (ZeRO-Offload keeps them in host memory)
-        grad_abs.scatter_add_(0, rows, seg.grad().abs().float().to(device))
-        sq.scatter_add_(0, rows, seg.weight().float().square().to(device))
+        grad_abs.scatter_add_(0, rows, piece.grad.abs().float().to(device))
+        sq.scatter_add_(0, rows, piece.weight.float().square().to(device))
     return sums
 
 
-def _all_reduce_pairs(sums: dict[str, tuple[torch.Tensor, torch.Tensor]], partitioned: bool) -> None:
-    if not partitioned or not sums:
+def _all_reduce_pairs(sums: dict[str, tuple[torch.Tensor, torch.Tensor]], reduce: Reduce | None) -> None:
+    if reduce is None or not sums:
         return
     flat = torch.cat([torch.cat(pair) for pair in sums.values()])
-    all_reduce_sum(flat)
+    reduce(flat)
     offset = 0
     for grad_abs, sq in sums.values():
         for t in (grad_abs, sq):
@@ -77,47 +80,50 @@ class GradCountRegularizer(GradientRegularizer):
     """Gradient counting with count-driven group-lasso zero attraction and cosine redundancy marking.
 
     Args:
-        kernel: backend for the l2/mask part ("triton" or "torch").
+        backend: kernels for the l2/mask part ("triton" or "torch").
         cfg: regularizer section (count_tau, count_window, lambda_s, redundancy, redundancy_rho, alpha2).
         layouts: parameter name → (number of filters, elements per filter) for the filters that may be removed.
     """
 
     name = "grad_count"
 
-    def __init__(self, kernel: str, cfg: RegularizerConfig, layouts: dict[str, tuple[int, int]]) -> None:
-        super().__init__("torch" if kernel == "autograd" else kernel)
+    def __init__(self, backend: str, cfg: GradCountConfig, layouts: dict[str, tuple[int, int]]) -> None:
+        super().__init__(backend)
         self.cfg, self.layouts = cfg, layouts
         self.counts = {n: torch.zeros(f) for n, (f, _) in layouts.items()}
         self.ratio = {n: torch.ones(f) for n, (f, _) in layouts.items()}  # no pull before the first window ends
         self.redundant = {n: torch.zeros(f, dtype=torch.bool) for n, (f, _) in layouts.items()}
         self.window_steps = 0
-        self.params: dict[str, torch.Tensor] = {}
-        self.partitioned = False
+        self.params: Mapping[str, torch.Tensor] = {}
+        self.reduce: Reduce | None = None
+        self.device = torch.device("cpu")
 
-    def bind(self, params: dict[str, torch.Tensor], partitioned: bool) -> None:
-        """Attach the model's prunable parameters; counts then live on their device (no host syncs per step)."""
-        self.params, self.partitioned = params, partitioned
-        self._to(self._device())
+    def bind(self, params: Mapping[str, torch.Tensor], reduce: Reduce | None) -> None:
+        """Attach the model's prunable weights (read whole at window ends, for the redundancy test); counts then
+        live on their device (no host syncs per step)."""
+        self.params, self.reduce = params, reduce
+        self.device = next(iter(params.values())).device if params else torch.device("cpu")
+        self._to(self.device)
 
     def _device(self) -> torch.device:
-        return next(iter(self.params.values())).device if self.params else torch.device("cpu")
+        return self.device
 
     def _to(self, device: torch.device) -> None:
         for table in (self.counts, self.ratio, self.redundant):
             for name, value in table.items():
                 table[name] = value.to(device)
 
-    def apply_to_gradients(self, segments: list[Segment], masks: ShardedMasks | None) -> torch.Tensor:
+    def apply_to_gradients(self, slices: list[WeightSlice]) -> torch.Tensor:
         from triton_kernels import get_ops
 
         device = self._device()
-        sums = _filter_sums(segments, self.layouts, device)
-        _all_reduce_pairs(sums, self.partitioned)
+        sums = _filter_sums(slices, self.layouts, device)
+        _all_reduce_pairs(sums, self.reduce)
         self._count(sums)
-        pull = self._pull(segments, sums, device)
-        live, weights, grads, mask_views = segment_views(segments, masks)
-        l2 = get_ops(self.kernel).l0_grad_mask_(weights, grads, mask_views, alphas=[0.0] * len(live), beta=0.0,
-                                                l2=self.cfg.alpha2)
+        pull = self._pull(slices, sums, device)
+        weights, grads, masks = columns(slices)
+        l2 = get_ops(self.backend).l0_grad_mask_(weights, grads, masks, alphas=[0.0] * len(slices), beta=0.0,
+                                                 l2=self.cfg.alpha2)
         return pull.to(l2.device) + l2
 
     def _count(self, sums: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -126,19 +132,19 @@ class GradCountRegularizer(GradientRegularizer):
             self.counts[name] += (per_filter > self.cfg.count_tau * per_filter.mean()).float()
         self.window_steps += 1
 
-    def _pull(self, segments: list[Segment], sums: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    def _pull(self, slices: list[WeightSlice], sums: dict[str, tuple[torch.Tensor, torch.Tensor]],
               device: torch.device) -> torch.Tensor:
         """Add s_f · w / ‖w_f‖ to the gradients; returns this rank's share of Σ s_f ‖w_f‖."""
         value = torch.zeros((), device=device)
-        for seg in segments:
-            if seg.name not in self.layouts or seg.grad() is None:
+        for piece in slices:
+            if piece.name not in self.layouts:
                 continue
-            norms = sums[seg.name][1].sqrt()
-            strength = self.strength(seg.name).to(norms.device)
-            rows = torch.arange(seg.start, seg.stop, device=norms.device) // self.layouts[seg.name][1]
-            scale = (strength / norms.clamp_min(1e-12))[rows].to(seg.grad().device)
-            seg.grad().add_((scale * seg.weight().float()).to(seg.grad().dtype))
-            value = value + (strength * norms).sum().to(device) * (seg.numel / seg.size)
+            norms = sums[piece.name][1].sqrt()
+            strength = self.strength(piece.name).to(norms.device)
+            scale = (strength / norms.clamp_min(1e-12))[_rows(piece, self.layouts[piece.name][1], norms.device)]
+            scale = scale.to(piece.grad.device)
+            piece.grad.add_((scale * piece.weight.float()).to(piece.grad.dtype))
+            value = value + (strength * norms).sum().to(device) * (piece.weight.numel() / piece.size)
         return value
 
     def strength(self, name: str) -> torch.Tensor:
@@ -153,11 +159,10 @@ class GradCountRegularizer(GradientRegularizer):
             self.ratio[name] = self.counts[name] / self.window_steps
             self.counts[name].zero_()
             if self.cfg.redundancy == "cosine" and name in self.params:
-                # every rank sees the whole weight (replicated under ZeRO <= 2, gathered one layer at a time under
-                # ZeRO 3: the cosine of every filter pair needs all of them), so all ranks agree
-                with gathered([self.params[name]]):
-                    self.redundant[name] = redundant_filters(self.params[name], self.ratio[name],
-                                                             self.cfg.redundancy_rho)
+                # every rank reads the whole weight (replicated under ZeRO <= 2, gathered one layer at a time
+                # under ZeRO 3: the cosine of every filter pair needs all of them), so all ranks agree
+                self.redundant[name] = redundant_filters(self.params[name], self.ratio[name],
+                                                         self.cfg.redundancy_rho)
         self.window_steps = 0
 
     def state_dict(self) -> dict[str, Any]:

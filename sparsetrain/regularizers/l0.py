@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from sparsetrain.engine.segments import Segment
-from sparsetrain.pruning.sharded_masks import ShardedMasks
-from sparsetrain.regularizers.base import GradientRegularizer, segment_views
+from sparsetrain.regularizers.base import GradientRegularizer, WeightSlice, columns
+
+if TYPE_CHECKING:
+    from triton_kernels import PackedMask
 
 
 def layer_alphas(sizes: dict[str, int], alpha0: float, scaling: str) -> dict[str, float]:
@@ -31,8 +33,9 @@ class L0ExpRegularizer(GradientRegularizer):
 
     name = "l0_exp"
 
-    def __init__(self, kernel: str, alphas: dict[str, float], beta: float, l2: float) -> None:
-        super().__init__(kernel)
+    def __init__(self, backend: str, alphas: dict[str, float], beta: float, l2: float,
+                 gradient_path: str = "hook") -> None:
+        super().__init__(backend, gradient_path)
         self.alphas, self.beta, self.l2 = alphas, beta, l2
 
     def loss_term(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor | None:
@@ -43,17 +46,16 @@ class L0ExpRegularizer(GradientRegularizer):
         names = list(params)
         return l0_penalty([params[n] for n in names], [self.alphas[n] for n in names], self.beta, self.l2)
 
-    def apply_to_gradients(self, segments: list[Segment], masks: ShardedMasks | None) -> torch.Tensor:
+    def apply_to_gradients(self, slices: list[WeightSlice]) -> torch.Tensor:
         if self.uses_autograd:
-            return super().apply_to_gradients(segments, masks)
+            return super().apply_to_gradients(slices)
         from triton_kernels import get_ops
 
-        live, weights, grads, mask_views = segment_views(segments, masks)
-        alphas = [self.alphas[s.name] for s in live]
-        if self.kernel == "torch" and not any(alphas) and _all_fp32(weights + grads):
-            return _l2_and_masks(weights, grads, mask_views, self.l2)
-        return get_ops(self.kernel).l0_grad_mask_(weights, grads, mask_views, alphas=alphas, beta=self.beta,
-                                                  l2=self.l2)
+        weights, grads, masks = columns(slices)
+        alphas = [self.alphas[s.name] for s in slices]
+        if self.backend == "torch" and not any(alphas) and _all_fp32(weights + grads):
+            return _l2_and_masks(weights, grads, masks, self.l2)
+        return get_ops(self.backend).l0_grad_mask_(weights, grads, masks, alphas=alphas, beta=self.beta, l2=self.l2)
 
 
 def _all_fp32(tensors: list[torch.Tensor]) -> bool:
@@ -61,7 +63,7 @@ def _all_fp32(tensors: list[torch.Tensor]) -> bool:
 
 
 @torch.no_grad()
-def _l2_and_masks(weights: list[torch.Tensor], grads: list[torch.Tensor], masks: list[torch.Tensor] | None,
+def _l2_and_masks(weights: list[torch.Tensor], grads: list[torch.Tensor], masks: list[PackedMask] | None,
                   l2: float) -> torch.Tensor:
     """The l2-only case (α = 0: dense phase, fine-tuning) with torch's multi-tensor ops: g = m ? g + 2·l2·w : 0 in
     place (a select: a pruned slot is exactly 0 whatever it held), returns l2·Σw². Same values as the reference
@@ -71,7 +73,7 @@ def _l2_and_masks(weights: list[torch.Tensor], grads: list[torch.Tensor], masks:
     if l2:
         torch._foreach_add_(grads, weights, alpha=2.0 * l2)
     if masks is not None:
-        from triton_kernels.bitmask import keep_flags  # packed masks (ShardedMasks views) unpack to bool here
+        from triton_kernels.bitmask import keep_flags  # packed masks (WeightSlice views) unpack to bool here
 
         for g, m in zip(grads, masks, strict=True):
             g.masked_fill_(~keep_flags(m).view_as(g), 0.0)

@@ -33,7 +33,7 @@ def test_baselines_join_the_report(run_dir: Path, capsys: pytest.CaptureFixture)
         state = json.loads((sub / "state.json").read_text())
         assert set(state["completed"]) == {"sparsify", "prune", "finetune"}, f"{name}: phases {state['completed']}"
         assert row["sparsity"] == pytest.approx(report["sparsity"], abs=1e-6), f"{name}: not at l0's sparsity"
-        for key in ("pruned", "finetuned"):
+        for key in ("prune", "finetune"):
             assert 0 <= row[key] <= 100, f"{name}.{key}: {row.get(key)}"
         cfg = yaml.safe_load((sub / "config.yaml").read_text())
         assert cfg["regularizer"]["name"] == "l2" and not cfg["phases"]["dense"]["enabled"], f"{name}: config"
@@ -44,8 +44,8 @@ def test_baselines_join_the_report(run_dir: Path, capsys: pytest.CaptureFixture)
     assert _kernel_sparsity(gmp_trained) == pytest.approx(report["sparsity"], abs=1e-6), "GMP must prune in training"
     curve = report["prune_curve"]
     at = curve["sparsity"].index(round(report["sparsity"], 6))
-    assert curve["l0"][at] == pytest.approx(report["pruned"]["metric"]), "curve at l0's sparsity != its prune phase"
-    assert curve["l2"][at] == pytest.approx(report["baselines"]["l2_oneshot"]["pruned"]), "curve != l2 baseline"
+    assert curve["l0"][at] == pytest.approx(report["phases"]["prune"]["metric"]), "curve at l0's sparsity != prune"
+    assert curve["l2"][at] == pytest.approx(report["baselines"]["l2_oneshot"]["prune"]), "curve != l2 baseline"
     assert (run_dir / "accuracy_vs_sparsity.png").stat().st_size > 1000, "accuracy_vs_sparsity.png missing"
     for label in ("l0 (this run)", "l2 + one-shot magnitude", "gradual magnitude (GMP)", "dense (l2, same budget)"):
         assert label in table, f"the printed table lacks the row {label!r}"
@@ -67,4 +67,4 @@ def test_baseline_subrun_resumes_exactly(tmp_path: Path) -> None:
         assert_same_weights(load_file(str(reference / path)), load_file(str(interrupted / path)), atol=1e-6,
                             rtol=1e-6, label=f"GMP baseline {phase}: resumed vs uninterrupted")
     reports = [json.loads((run / "report.json").read_text()) for run in (interrupted, reference)]
-    assert reports[0]["baselines"]["gmp"]["finetuned"] == reports[1]["baselines"]["gmp"]["finetuned"]
+    assert reports[0]["baselines"]["gmp"]["finetune"] == reports[1]["baselines"]["gmp"]["finetune"]

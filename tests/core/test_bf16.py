@@ -75,7 +75,7 @@ def test_bf16_zero_0_with_weight_decay_trains_the_whole_pipeline(run_dir: Path) 
     masks = load_full_masks(run_dir / "weights" / "masks.safetensors")
     final = load_file(str(run_dir / "weights" / "finetune.safetensors"))
     assert all(bool((final[n][m == 0] == 0).all()) for n, m in masks.items()), "a pruned weight came back"
-    assert report["finetuned"]["metric"] > 50, report["finetuned"]
+    assert report["phases"]["finetune"]["metric"] > 50, report["phases"]
 
 
 # ---- fault 6: hand-off of the fp32 masters ---------------------------------------------------------------------
@@ -85,14 +85,12 @@ def test_sparsify_hands_on_the_fp32_masters_and_prune_decides_on_them(tmp_path: 
     """The phase's saved weights equal the masters DeepSpeed stored in its last checkpoint, read back with
     DeepSpeed's own tools; pruning on them differs from pruning on the bf16 copies."""
     from sparsetrain.engine.loop import train_phase
-    from sparsetrain.regularizers import build_regularizer
 
     cfg = tiny_config(tmp_path / "run", "deepspeed.precision=bf16", f"deepspeed.zero_stage={zero}",
                       "train.checkpoint_every=44")  # 44 sparsify steps: the last step is checkpointed
     pipeline = Pipeline(cfg)
     model = pipeline.model_from(None)
-    sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
-    regularizer = build_regularizer(cfg.regularizer, sizes, "sparsify", torch.device("cpu"))
+    regularizer = pipeline.regularizer_for("sparsify", model)
     handed = train_phase(pipeline.ctx, "sparsify", model, regularizer, None, None)
     masters = _checkpoint_masters(tmp_path / "run" / "checkpoints", "sparsify-step0000044", zero, handed)
     for name, param in handed.named_parameters():

@@ -19,7 +19,7 @@ import triton_kernels._multi_tensor as multi_tensor
 from sparsetrain.pipeline import run_pipeline
 from sparsetrain.pruning.sharded_masks import load_full_masks
 from tests.core.conftest import tiny_config
-from tests.core.test_triton_path import TINY_MODEL
+from tests.core.test_triton_path import KERNEL_SETTINGS, TINY_MODEL
 from tests.helpers.compare import assert_same_weights, assert_weights_alike_away_from_zero
 
 pytestmark = [
@@ -45,7 +45,7 @@ def _run_pair(tmp_path: Path, kernels: tuple[str, str], *extra: str) -> dict[str
     runs = {}
     for kernel in kernels:
         out = tmp_path / kernel
-        run_pipeline(tiny_config(out, *TINY_MODEL, *ON_GPU, f"regularizer.kernel={kernel}", *extra))
+        run_pipeline(tiny_config(out, *TINY_MODEL, *ON_GPU, *KERNEL_SETTINGS[kernel], *extra))
         runs[kernel] = out
     return runs
 

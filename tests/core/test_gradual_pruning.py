@@ -18,7 +18,7 @@ from tests.core.conftest import tiny_config, tiny_overrides
 from tests.core.subprocess_runs import kill_at_checkpoint, run_cli
 from tests.core.test_pipeline import assert_same_weights
 
-GMP = ("prune.schedule=gradual", "regularizer.name=l2", "prune.gradual.every_steps=5", "prune.gradual.end=0.5")
+GMP = ("prune.schedule=gradual", "regularizer={name: l2}", "prune.gradual.every_steps=5", "prune.gradual.end=0.5")
 
 
 def test_cubic_schedule_steps_and_values() -> None:
@@ -60,7 +60,8 @@ def test_gradual_run_reaches_the_target_during_sparsify(run_dir: Path) -> None:
     report = run_pipeline(tiny_config(run_dir, *GMP, "tracking.mode=offline"))
     after_sparsify = load_file(str(run_dir / "weights" / "sparsify.safetensors"))
     assert _sparsity(after_sparsify) == pytest.approx(0.8, abs=1e-6), "GMP did not reach prune.sparsity in sparsify"
-    assert report["pruned"]["metric"] == report["sparse"]["metric"], "the prune phase changed a GMP model"
+    phases = report["phases"]
+    assert phases["prune"]["metric"] == phases["sparsify"]["metric"], "the prune phase changed a GMP model"
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     sparsity = [m["sparsity"] for m in logged if m.get("phase") == "sparsify" and "sparsity" in m]
     assert sparsity == sorted(sparsity) and sparsity[-1] == pytest.approx(0.8, abs=1e-4), f"logged {sparsity}"

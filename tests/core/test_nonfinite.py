@@ -82,7 +82,7 @@ def test_diverging_run_stops_at_first_bad_step_and_resumes_from_last_good_checkp
     final = load_file(str(out / "weights" / "finetune.safetensors"))
     assert all(bool(t.isfinite().all()) for t in final.values()), "fine-tuned weights hold NaN/inf"
     report = json.loads((out / "report.json").read_text())
-    assert math.isfinite(report["finetuned"]["loss"]) and 0 < report["sparsity"] < 1, report
+    assert math.isfinite(report["phases"]["finetune"]["loss"]) and 0 < report["sparsity"] < 1, report
 
 
 def _digits_npz(path: Path, poison: str) -> tuple[Path, int]:

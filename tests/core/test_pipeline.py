@@ -32,7 +32,7 @@ SGD_STEP = ("optim.name=sgd", "optim.lr=0.05")
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_one_step_of_the_gradient_hook_equals_autograd_reference(tmp_path: Path, zero_stage: int) -> None:
     one_step = (f"deepspeed.zero_stage={zero_stage}", "phases.sparsify.epochs=0.02", *SGD_STEP)  # 22 steps/epoch
-    runs = {"hook": "regularizer.kernel=torch", "autograd": "regularizer.kernel=autograd",
+    runs = {"hook": "regularizer.backend=torch", "autograd": "regularizer.gradient_path=autograd",
             "no_l0": "regularizer.alpha0=0"}
     for name, kernel in runs.items():
         run_pipeline(tiny_config(tmp_path / name, kernel, *one_step), ["sparsify"])
@@ -48,9 +48,9 @@ def test_one_step_of_the_gradient_hook_equals_autograd_reference(tmp_path: Path,
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_gradient_hook_trains_like_autograd_reference(tmp_path: Path, zero_stage: int) -> None:
     extra = (f"deepspeed.zero_stage={zero_stage}", "phases.sparsify.epochs=2", *SGD_STEP)
-    run_pipeline(tiny_config(tmp_path / "hook", "regularizer.kernel=torch", *extra, "tracking.mode=offline"),
+    run_pipeline(tiny_config(tmp_path / "hook", "regularizer.backend=torch", *extra, "tracking.mode=offline"),
                  ["sparsify"])
-    run_pipeline(tiny_config(tmp_path / "autograd", "regularizer.kernel=autograd", *extra), ["sparsify"])
+    run_pipeline(tiny_config(tmp_path / "autograd", "regularizer.gradient_path=autograd", *extra), ["sparsify"])
     hook, ref = _weights(tmp_path / "hook", "sparsify"), _weights(tmp_path / "autograd", "sparsify")
     losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
                if "loss" in json.loads(line)] for run in ("hook", "autograd")]
@@ -86,8 +86,12 @@ def test_report_contents_and_compressed_file(run_dir: Path) -> None:
     report = run_pipeline(tiny_config(run_dir, "phases.dense.enabled=true", "phases.dense.epochs=1"))
     on_disk = json.loads((run_dir / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report)), "report.json differs from the returned report"
-    for key in ("dense", "sparse", "pruned", "finetuned"):
-        assert 0.0 <= report[key]["metric"] <= 100.0, f"{key}.metric missing or out of range"
+    assert report["format_version"] == 2 and report["final_phase"] == "finetune", report
+    assert list(report["phases"]) == ["dense", "sparsify", "prune", "finetune"], "phases not keyed by name in order"
+    state = json.loads((run_dir / "state.json").read_text())["completed"]
+    for phase, result in report["phases"].items():
+        assert 0.0 <= result["metric"] <= 100.0, f"{phase}.metric missing or out of range"
+        assert result == {k: v for k, v in state[phase].items() if k != "wall_time_s"}, f"{phase}: not state.json's"
     layers = report["layers"]
     assert [layer["name"] for layer in layers] == ["fc1.weight", "fc2.weight", "head.weight"]
     final = _weights(run_dir, "finetune")
@@ -154,4 +158,4 @@ def test_bf16_batchnorm_model_runs_on_cpu(run_dir: Path) -> None:
     run_pipeline(cfg)
     report = json.loads((run_dir / "report.json").read_text())
     assert report["sparsity"] >= 0.8 - 1e-6, f"sparsity {report['sparsity']}"
-    assert 0.0 <= report["finetuned"]["metric"] <= 100.0, f"metric {report['finetuned']['metric']}"
+    assert 0.0 <= report["phases"]["finetune"]["metric"] <= 100.0, f"metric {report['phases']['finetune']}"

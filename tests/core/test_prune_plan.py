@@ -14,7 +14,7 @@ from sparsetrain.pipeline import run_pipeline
 from sparsetrain.pruning.criteria import PruneError
 from tests.core.conftest import tiny_config, tiny_overrides
 
-THRESHOLD_RULE = ("prune.rule=layer_threshold", "prune.threshold=0.01")
+THRESHOLD_RULE = ("prune={rule: layer_threshold, threshold: 0.01}",)  # a new rule: the whole section
 
 
 def _sparsify_rows(out: Path) -> list[str]:
@@ -39,22 +39,22 @@ def test_threshold_that_would_empty_the_head_stops_and_a_fixed_rerun_continues_a
     assert json.loads((out / "state.json").read_text())["completed"]["sparsify"] == state["completed"]["sparsify"]
 
 
-@pytest.mark.parametrize("setting, field", [
-    ("prune.layer_sparsity={fc9.weight: 0.5}", "prune.layer_sparsity.fc9.weight"),
-    ("prune.layer_thresholds={fc1: 0.5}", "prune.layer_thresholds.fc1"),  # a module name, not its weight's
+@pytest.mark.parametrize("rule, setting, field", [
+    ("prune.rule=layer_sparsity", "prune.layer_sparsity={fc9.weight: 0.5}", "prune.layer_sparsity.fc9.weight"),
+    (THRESHOLD_RULE[0], "prune.layer_thresholds={fc1: 0.5}", "prune.layer_thresholds.fc1"),  # a module's name
 ])
-def test_per_layer_setting_naming_a_missing_layer_fails_before_training(tmp_path: Path, setting: str,
+def test_per_layer_setting_naming_a_missing_layer_fails_before_training(tmp_path: Path, rule: str, setting: str,
                                                                          field: str) -> None:
     out = tmp_path / "run"
     with pytest.raises(ConfigError) as info:
-        run_pipeline(tiny_config(out, setting))
+        run_pipeline(tiny_config(out, rule, setting))
     assert str(info.value) == (f"{field}: not a prunable layer of this model (prunable: fc1.weight, fc2.weight, "
                                "head.weight)"), info.value
     assert not any((out / name).exists() for name in ("checkpoints", "weights", "metrics.jsonl", "state.json"))
 
 
 def test_cli_reports_a_missing_layer_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["run", *tiny_overrides(tmp_path / "run", "prune.layer_thresholds={fc9.weight: 0.1}")])
+    code = main(["run", *tiny_overrides(tmp_path / "run", *THRESHOLD_RULE, "prune.layer_thresholds={fc9.weight: 0.1}")])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err == ("error: prune.layer_thresholds.fc9.weight: not a prunable layer of this model (prunable: "

@@ -42,7 +42,8 @@ def test_layer_sparsity_exact_per_layer() -> None:
 @pytest.mark.parametrize("rule", ["global_threshold", "layer_threshold"])
 def test_threshold_rules(rule: str) -> None:
     weights = _weights()
-    cfg = PruneConfig(rule=rule, threshold=0.4, layer_thresholds={"a.weight": 1.0})  # c.weight is -0.43: kept
+    per_layer = {"layer_thresholds": {"a.weight": 1.0}} if rule == "layer_threshold" else {}  # only it reads them
+    cfg = PruneConfig(rule=rule, threshold=0.4, **per_layer)  # c.weight is -0.43: kept
     masks = compute_masks(weights, cfg)
     for name, w in weights.items():
         tau = 1.0 if (rule == "layer_threshold" and name == "a.weight") else 0.4
@@ -94,13 +95,15 @@ def test_rules_refuse_non_finite_magnitudes() -> None:
             compute_masks(weights, PruneConfig(rule=rule))
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("prune.layer_sparsity={a.weight: 1.0}", "prune.layer_sparsity.a.weight: Input should be less than 1 (got 1.0)"),
-    ("prune.layer_thresholds={a.weight: -0.1}",
+@pytest.mark.parametrize("rule, override, expected", [
+    ("layer_sparsity", "prune.layer_sparsity={a.weight: 1.0}",
+     "prune.layer_sparsity.a.weight: Input should be less than 1 (got 1.0)"),
+    ("layer_threshold", "prune.layer_thresholds={a.weight: -0.1}",
      "prune.layer_thresholds.a.weight: Input should be greater than or equal to 0 (got -0.1)"),
-    ("prune.layer_thresholds={a.weight: .nan}", "prune.layer_thresholds.a.weight: Input should be a finite number"),
+    ("layer_threshold", "prune.layer_thresholds={a.weight: .nan}",
+     "prune.layer_thresholds.a.weight: Input should be a finite number"),
 ])
-def test_per_layer_values_out_of_range_fail_at_config_load(override: str, expected: str) -> None:
+def test_per_layer_values_out_of_range_fail_at_config_load(rule: str, override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(None, [override])
+        load_config(None, [f"prune.rule={rule}", override])
     assert str(info.value).startswith(expected), info.value

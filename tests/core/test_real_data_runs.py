@@ -31,8 +31,9 @@ def test_lenet300_mnist_recipe_runs_on_real_files(tmp_path: Path, fashion_mnist:
     result = run_cli(["configs/lenet300_mnist.yaml", *data, f"out_dir={out}", *SHORT])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["finetuned"]["metric"] > 50.0, f"fine-tuned accuracy {report['finetuned']['metric']} on real data"
-    assert "finetuned" in result.stdout, "the result table was not printed"
+    final = report["phases"]["finetune"]
+    assert final["metric"] > 50.0, f"fine-tuned accuracy {final} on real data"
+    assert "finetune " in result.stdout, "the result table was not printed"
 
 
 def test_missing_idx_file_is_a_one_line_cli_error(tmp_path: Path, fashion_mnist: Path) -> None:

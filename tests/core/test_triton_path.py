@@ -1,6 +1,6 @@
 """The fused Triton kernels (interpreter on CPU) run inside the DeepSpeed trainer where the reference did.
 
-A tiny timm-created model trains a few steps with `regularizer.kernel=triton` and with the autograd-in-loss
+A tiny timm-created model trains a few steps with `regularizer.backend=triton` and with the autograd-in-loss
 reference: same losses and weights within tolerance; in fine-tuning the Triton mask kernels keep zeros zero.
 """
 
@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sparsetrain.config.strategies import KERNEL_TO_SETTINGS
 from sparsetrain.pipeline import run_pipeline
 from sparsetrain.pruning.sharded_masks import load_full_masks
 from tests.core.conftest import tiny_config
@@ -21,6 +22,9 @@ from tests.helpers.compare import assert_weights_alike_away_from_zero
 
 TINY_MODEL = ("model.kwargs={hidden: [32, 16]}", "phases.sparsify.epochs=0.4", "phases.finetune.epochs=0.2",
               "optim.name=sgd", "optim.lr=0.1", "train.log_every=1", "prune.sparsity=0.7")
+# The former regularizer.kernel values as (gradient path, backend) overrides.
+KERNEL_SETTINGS = {kernel: tuple(f"regularizer.{k}={v}" for k, v in settings.items())
+                   for kernel, settings in KERNEL_TO_SETTINGS.items()}
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 on CPU")
 
@@ -35,7 +39,7 @@ def test_triton_kernel_in_trainer_matches_autograd(tmp_path: Path, zero_stage: i
     runs = {}
     for kernel in ("triton", "autograd"):
         out = tmp_path / kernel
-        run_pipeline(tiny_config(out, *TINY_MODEL, f"regularizer.kernel={kernel}",
+        run_pipeline(tiny_config(out, *TINY_MODEL, *KERNEL_SETTINGS[kernel],
                                  f"deepspeed.zero_stage={zero_stage}", "regularizer.finetune_l0=true"))
         runs[kernel] = out
     assert _losses(runs["triton"]) == pytest.approx(_losses(runs["autograd"]), rel=1e-3), "losses differ"

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from sparsetrain.config.schema import DataConfig, ModelConfig
 from sparsetrain.data import build_data
-from sparsetrain.deploy.run import export_run
+from sparsetrain.deploy.reexport import export_run
 from sparsetrain.models.factory import build_model
 from sparsetrain.pipeline import run_pipeline
 from sparsetrain.pruning.sharded_masks import load_full_masks
@@ -59,15 +59,15 @@ def test_dense_metric_is_the_checkpoints_and_pruning_starts_from_its_weights(tra
     checkpoint = tmp_path / "own_copy.pth.tar"
     shutil.copy(trained["path"], checkpoint)
     report = run_pipeline(tiny_config(tmp_path, f"model.checkpoint={checkpoint}", *EVAL_THEN_COMPRESS))
-    assert abs(report["dense"]["metric"] - trained["accuracy"]) <= 0.01, \
+    assert abs(report["phases"]["dense"]["metric"] - trained["accuracy"]) <= 0.01, \
         f"dense.metric {report['dense']['metric']:.4f} vs plain torch {trained['accuracy']:.4f}"
-    assert report["dense"]["steps"] == 0
+    assert report["phases"]["dense"]["steps"] == 0
     pruned = load_file(str(tmp_path / "weights" / "prune.safetensors"))
     masks = load_full_masks(tmp_path / "weights" / "masks.safetensors")
     for name, tensor in trained["state"].items():
         expected = tensor * masks[name] if name in masks else tensor
         assert torch.equal(pruned[name], expected), f"{name}: pruning did not start from the checkpoint"
-    assert report["finetuned"]["metric"] > 50, "fine-tuning from a trained model should stay far above chance"
+    assert report["phases"]["finetune"]["metric"] > 50, "fine-tuning from a trained model should stay far above chance"
     checkpoint.unlink()  # a finished run no longer needs its starting checkpoint
     (tmp_path / "export" / "model.safetensors").unlink()
     export_run(tmp_path)
@@ -79,6 +79,6 @@ def test_a_sparsetrain_export_is_a_checkpoint_too(trained: dict, tmp_path: Path)
     first = run_pipeline(tiny_config(tmp_path / "a", f"model.checkpoint={trained['path']}", *EVAL_THEN_COMPRESS))
     second = run_pipeline(tiny_config(tmp_path / "b", f"model.checkpoint={tmp_path / 'a' / 'export'}",
                                       *EVAL_THEN_COMPRESS[:3], "phases.finetune.enabled=false",
-                                      "prune.rule=global_threshold", "prune.threshold=0"))
-    assert abs(second["dense"]["metric"] - first["finetuned"]["metric"]) <= 0.01
+                                      "prune={rule: global_threshold, threshold: 0}"))
+    assert abs(second["phases"]["dense"]["metric"] - first["phases"]["finetune"]["metric"]) <= 0.01
     assert second["sparsity"] == pytest.approx(first["sparsity"]), "the export's exact zeros were not kept"

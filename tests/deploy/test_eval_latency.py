@@ -93,7 +93,7 @@ def test_eval_of_run_export_and_onnx_agree_with_the_run(run: tuple[Path, dict],
                           (out / "export", ["--format", "torch_export"])):
         assert main(["eval", str(target), "--json", *extra]) == 0
         results.append(json.loads(capsys.readouterr().out))
-    final = report["finetuned"]["metric"]
+    final = report["phases"]["finetune"]["metric"]
     for result in results:
         assert abs(result["metrics"]["metric"] - final) <= 1e-6, f"{result['target']} ({result['format']})"
         assert result["params"] == {"total": report["params"]["total"], "nonzero": report["params"]["nonzero"]}

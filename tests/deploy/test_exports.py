@@ -23,8 +23,8 @@ from sparsetrain.pipeline import run_pipeline
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAST = ["tracking.mode=disabled", "train.threads=1", "phases.dense.enabled=false", "deploy.latency=false"]
 RECIPES = {
-    "quickstart": ["phases.sparsify.epochs=1", "phases.finetune.epochs=0.5", "prune.rule=global_sparsity",
-                   "prune.sparsity=0.8"],
+    "quickstart": ["phases.sparsify.epochs=1", "phases.finetune.epochs=0.5",
+                   "prune={rule: global_sparsity, sparsity: 0.8}"],
     "unet_synthetic": ["data.num_samples=40", "data.image_size=32", "phases.sparsify.epochs=0.5",
                        "phases.finetune.epochs=0.5", "regularizer.count_window=2"],
     "mobilenetv3_synthetic": ["data.num_samples=24", "data.image_size=64", "phases.sparsify.epochs=0.5",

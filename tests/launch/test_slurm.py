@@ -105,7 +105,7 @@ def test_slurm_two_ranks_equals_local_two_process_run(slurm_run: Path, local_ref
     reference = json.loads((local_reference / "report.json").read_text())
     assert report["world_size"] == 2
     _assert_same_weights(slurm_run, local_reference)
-    assert report["finetuned"]["metric"] == pytest.approx(reference["finetuned"]["metric"], abs=0.5)
+    assert report["phases"]["finetune"]["metric"] == pytest.approx(reference["phases"]["finetune"]["metric"], abs=0.5)
     assert report["sparsity"] == pytest.approx(reference["sparsity"], abs=1e-3)
 
 

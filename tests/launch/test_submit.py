@@ -95,7 +95,8 @@ def test_dry_run_refuses_a_pruning_setting_for_a_missing_layer(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f"out_dir: {tmp_path / 'run'}\n")
-    code = launch_main([str(config), "prune.layer_sparsity={fc9.weight: 0.5}", "--cluster", "local", "--dry-run"])
+    code = launch_main([str(config), "prune={rule: layer_sparsity, layer_sparsity: {fc9.weight: 0.5}}", "--cluster",
+                        "local", "--dry-run"])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err == ("error: prune.layer_sparsity.fc9.weight: not a prunable layer of this model (prunable: "
@@ -122,9 +123,15 @@ def test_sweep_rejects_swept_resources() -> None:
 def test_pareto_front_and_report_summary() -> None:
     points = [(0.5, 0.9), (0.9, 0.8), (0.8, 0.7), (0.95, 0.5), (0.5, 0.85)]
     assert pareto_front(points) == [0, 1, 3]
-    summary = summarize_report({"world_size": 2, "sparsity": 0.72, "dense": {"metric": 95.0, "accuracy": 95.0},
-                                "pruned": {"metric": 93.0, "sparsity": 0.72}, "finetuned": {"metric": 94.5}})
-    assert summary == {"sparsity": 0.72, "metric": 94.5, "metric_name": "finetuned.metric"}
+    phases = {"dense": {"metric": 95.0, "accuracy": 95.0}, "prune": {"metric": 93.0, "sparsity": 0.72},
+              "finetune": {"metric": 94.5, "test_accuracy": 12.0}}
+    summary = summarize_report({"format_version": 2, "world_size": 2, "sparsity": 0.72, "phases": phases})
+    assert summary == {"sparsity": 0.72, "metric": 94.5, "metric_name": "finetune.metric"}
+    no_finetune = {"format_version": 2, "sparsity": 0.5, "phases": {k: phases[k] for k in ("dense", "prune")}}
+    assert summarize_report(no_finetune)["metric_name"] == "prune.metric"
+    old = summarize_report({"world_size": 2, "sparsity": 0.72, "dense": {"metric": 95.0},  # report format 1
+                            "pruned": {"metric": 93.0, "sparsity": 0.72}, "finetuned": {"metric": 94.5}})
+    assert old == {"sparsity": 0.72, "metric": 94.5, "metric_name": "finetune.metric"}
 
 
 def test_master_port_is_shared_by_all_tasks_outside_ephemeral_ports_and_new_per_attempt() -> None:

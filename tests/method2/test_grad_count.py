@@ -7,30 +7,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsetrain.config.schema import RegularizerConfig
-from sparsetrain.engine.segments import Segment
+from sparsetrain.config.strategies import GradCountConfig
+from sparsetrain.regularizers.base import WeightSlice
 from sparsetrain.regularizers.grad_count import GradCountRegularizer, redundant_filters
 from tests.core.subprocess_runs import kill_at_checkpoint, run_cli
 
 
-def _segment(param: torch.Tensor, start: int, stop: int) -> Segment:
-    return Segment("w", param, start, stop, param, 0)
+def _slice(param: torch.nn.Parameter, start: int, stop: int) -> WeightSlice:
+    return WeightSlice("w", param.detach().view(-1)[start:stop], param.grad.view(-1)[start:stop], None, start,
+                       param.numel())
 
 
 def test_counts_pull_and_partition_independence() -> None:
-    cfg = RegularizerConfig(name="grad_count", count_tau=1.0, count_window=2, lambda_s=0.1, alpha2=0.0,
+    cfg = GradCountConfig(count_tau=1.0, count_window=2, lambda_s=0.1, alpha2=0.0,
                             redundancy="none")
     weight = torch.nn.Parameter(torch.randn(4, 6))
     grads = torch.tensor([[1.0] * 6, [0.9] * 6, [0.01] * 6, [0.0] * 6])  # filters 0, 1 active; 2, 3 not
     reg = GradCountRegularizer("torch", cfg, {"w": (4, 6)})
     for _ in range(2):
         weight.grad = grads.clone()
-        reg.apply_to_gradients([_segment(weight, 0, 24)], None)
+        reg.apply_to_gradients([_slice(weight, 0, 24)])
         reg.end_step()
     assert reg.ratio["w"].tolist() == [1.0, 1.0, 0.0, 0.0], "count ratios per filter"
     assert reg.strength("w").tolist() == pytest.approx([0.0, 0.0, 0.1, 0.1]), "pull = lambda_s * (1 - ratio)"
     weight.grad = torch.zeros(4, 6)
-    reg.apply_to_gradients([_segment(weight, 0, 24)], None)
+    reg.apply_to_gradients([_slice(weight, 0, 24)])
     pulled = weight.grad.clone()
     expected = 0.1 * weight.detach() / weight.detach().norm(dim=1, keepdim=True)
     assert torch.allclose(pulled[2:], expected[2:]) and torch.all(pulled[:2] == 0), "group-lasso pull"

@@ -1,0 +1,121 @@
+"""Measure a finished run into plain data and write its report: report.json, the printed table, plots, W&B.
+
+The numbers come from the weights on disk (the final phase's model, and the dense one for structural runs);
+`sparsetrain.report` turns them into report.json without touching models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sparsetrain.deploy.bitmask import BITMASK_FILE, save_sparse
+from sparsetrain.engine.checkpoint import atomic_write_text
+from sparsetrain.phases import final_phase
+from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
+from sparsetrain.report import build_report, format_table, summary_values
+
+if TYPE_CHECKING:
+    from sparsetrain.pipeline import Pipeline
+
+
+def _param_counts(model: torch.nn.Module) -> dict[str, int]:
+    params = list(model.parameters())
+    return {"total": sum(p.numel() for p in params), "nonzero": sum(int(torch.count_nonzero(p)) for p in params)}
+
+
+def measure_final(pipeline: Pipeline) -> dict[str, Any]:
+    """Sparsity, layer counts, parameter counts and sizes of the final model (plus the structural and baseline
+    numbers), as plain data; {} before any phase finished."""
+    final = final_phase(pipeline.state["completed"])
+    if final is None:
+        return {}
+    model = pipeline.model_from(final)
+    params = prunable_parameters(model)
+    layers = layer_counts(params)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    counts = _param_counts(model)
+    out_dir = pipeline.out_dir
+    measured: dict[str, Any] = {"sparsity": sparsity_of(layers), "layers": layers, "params": counts}
+    measured["bytes"] = {"dense": sum(t.numel() * t.element_size() for t in state.values()),
+                         "compressed": save_sparse(state, set(params), out_dir / "export" / BITMASK_FILE)}
+    if pipeline.structural:
+        _add_structural(pipeline, measured, model)
+    else:
+        measured["params"].update(dense=counts["total"], pruned=counts["nonzero"])
+        _add_baselines(pipeline, measured)
+    # weights of the original dense model per non-zero weight of the final one (both methods)
+    measured["compression_ratio"] = measured["params"].get("dense", counts["total"]) / max(counts["nonzero"], 1)
+    return measured
+
+
+def _add_baselines(pipeline: Pipeline, measured: dict[str, Any]) -> None:
+    """The baselines' results and the accuracy-after-pruning curve of l0 vs l2 (see sparsetrain.baselines)."""
+    from sparsetrain.baselines import prune_curve, summarize
+
+    if pipeline.baseline_reports:
+        measured["baselines"] = {name: summarize(r) for name, r in pipeline.baseline_reports.items()}
+    if pipeline.cfg.regularizer.name == "l0_exp" and {"sparsify", "prune"} <= set(pipeline.state["completed"]):
+        measured["prune_curve"] = prune_curve(pipeline, pipeline.baseline_reports)
+
+
+def _add_structural(pipeline: Pipeline, measured: dict[str, Any], final: torch.nn.Module) -> None:
+    """Sizes, FLOPs, latency and peak memory of the dense vs the physically smaller model (rank 0 measures)."""
+    from sparsetrain.structural import profile_model
+
+    completed = pipeline.state["completed"]
+    measured["kept_filters"] = completed.get("prune", {}).get("kept_filters", [])
+    if not pipeline.dist.is_main:
+        return
+    dense = pipeline.model_from("sparsify" if "sparsify" in completed else None)
+    shape = (1, *pipeline.data.input_shape)
+    before, after = (profile_model(m.float().cpu(), shape) for m in (dense, final))
+    measured["params"].update(dense=before["params"], pruned=after["params"])
+    measured["flops"] = {"dense": before["flops"], "pruned": after["flops"]}
+    measured["bytes"].update(dense=before["weight_bytes"], pruned=after["weight_bytes"])
+    measured["peak_memory_bytes"] = {"dense": before["peak_memory_bytes"], "pruned": after["peak_memory_bytes"]}
+    measured["latency_ms"] = {"dense": before["latency_ms"], "pruned": after["latency_ms"],
+                              "speedup": before["latency_ms"] / max(after["latency_ms"], 1e-9)}
+    measured["param_reduction"] = before["params"] / max(after["params"], 1)
+
+
+def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
+    from sparsetrain.plots import plot_layer_sparsity, plot_magnitude_histograms
+
+    out = pipeline.out_dir
+    if report.get("kept_filters"):
+        from sparsetrain.plots import plot_kept_filters
+
+        plot_kept_filters(report["kept_filters"], out / "kept_filters.png")
+    if "layers" in report and not pipeline.structural:
+        plot_layer_sparsity(report["layers"], out / "layer_sparsity.png")
+    if "prune_curve" in report:
+        from sparsetrain.plots import plot_accuracy_vs_sparsity
+
+        plot_accuracy_vs_sparsity(report, out / "accuracy_vs_sparsity.png")
+    if "sparsify" in pipeline.state["completed"]:
+        before = "dense" if "dense" in pipeline.state["completed"] else None
+        plot_magnitude_histograms(prunable_parameters(pipeline.model_from(before)),
+                                  prunable_parameters(pipeline.model_from("sparsify")), out / "weight_hist.png",
+                                  ("dense-trained" if before else "initial", "after sparsity training"))
+
+
+def write_report(pipeline: Pipeline) -> dict[str, Any]:
+    """Measure and build the report on every rank (evaluation is collective); rank 0 writes files and prints the
+    table."""
+    from sparsetrain.deploy.run import deploy_run
+
+    measured = measure_final(pipeline)
+    if pipeline.state["completed"]:
+        measured.update(deploy_run(pipeline))  # export/ in every format, verified; the interleaved latency table
+    header = {"task": pipeline.cfg.task, "model": pipeline.cfg.model.name, "world_size": pipeline.dist.world_size}
+    report = build_report(header, pipeline.state["completed"], measured)
+    if pipeline.dist.is_main:
+        atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))
+        write_plots(pipeline, report)
+        pipeline.tracker.summary(summary_values(report))
+        print(format_table(report), flush=True)
+    return report
