@@ -49,7 +49,11 @@ def _whole(weights: dict[str, torch.Tensor]) -> list[WeightShard]:
     return [WeightShard(n, 0, w.reshape(-1), w.numel(), tuple(w.shape)) for n, w in weights.items()]
 
 
-@pytest.mark.parametrize("cfg", RULES, ids=lambda c: f"{c.rule}-{c.sparsity}-{c.threshold}")
+def _rule_id(cfg: PruneConfig) -> str:
+    return f"{cfg.rule}-{getattr(cfg, 'sparsity', '')}-{getattr(cfg, 'threshold', '')}"  # the settings it has
+
+
+@pytest.mark.parametrize("cfg", RULES, ids=_rule_id)
 def test_one_shard_equals_whole_tensor_rules(cfg: PruneConfig) -> None:
     weights = _weights()
     expected = compute_masks(weights, cfg)
