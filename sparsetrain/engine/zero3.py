@@ -124,6 +124,9 @@ class WholeWeights(Mapping[str, torch.Tensor]):
         with gathered([param]), torch.no_grad():
             return param.detach().clone()
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._params  # no gather
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._params)
 

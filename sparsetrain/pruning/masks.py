@@ -9,9 +9,10 @@ PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Conv and linear kernels (not biases, not norm layers), by parameter name."""
+    """Conv and linear kernels (not biases, not norm layers), by parameter name. A ZeRO-3 parameter is judged by
+    its full shape (`ds_shape`; the tensor itself is an empty partition)."""
     return {f"{name}.weight" if name else "weight": module.weight for name, module in model.named_modules()
-            if isinstance(module, PRUNABLE_TYPES) and module.weight.ndim > 1}
+            if isinstance(module, PRUNABLE_TYPES) and len(getattr(module.weight, "ds_shape", module.weight.shape)) > 1}
 
 
 @torch.no_grad()
