@@ -137,9 +137,10 @@ def _changed_modules(model: nn.Module, reference: nn.Module) -> dict[str, dict[s
         if type(m) is not type(theirs[name]):
             raise StructuralPruningError(f"'{name}': {type(m).__name__} here, {type(theirs[name]).__name__} in timm")
         tensors, ref = _module_tensors(m), _module_tensors(theirs[name])
-        if tensors.keys() != ref.keys():
+        added = {k for k in tensors.keys() - ref.keys() if k in theirs[name]._parameters}  # e.g. a folded bias
+        if tensors.keys() - added != ref.keys():
             raise StructuralPruningError(f"'{name}': tensors {sorted(tensors)} differ from timm's {sorted(ref)}")
-        if any(t.shape != ref[k].shape for k, t in tensors.items()):
+        if added or any(t.shape != ref[k].shape for k, t in tensors.items() if k in ref):
             changed[name] = _describe(m, tensors)
     return changed
 
@@ -166,10 +167,13 @@ def _shrink(name: str, m: nn.Module, spec: dict[str, Any]) -> None:
         if attr in spec["args"]:
             setattr(m, attr, spec["args"][attr])
     own = _module_tensors(m)
+    like = next(iter(own.values()))
     for tensor_name, shape in spec["tensors"].items():
-        old = own[tensor_name]
-        new = torch.empty(shape, dtype=old.dtype, device=old.device)
-        if isinstance(old, nn.Parameter):
-            setattr(m, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+        old = own.get(tensor_name)
+        if old is None and tensor_name not in m._parameters:
+            raise StructuralPruningError(f"'{name}': saved with tensor '{tensor_name}', which timm's module lacks")
+        new = torch.empty(shape, dtype=like.dtype, device=like.device)
+        if old is None or isinstance(old, nn.Parameter):  # a parameter added by folding (a bias) is a parameter
+            setattr(m, tensor_name, nn.Parameter(new, requires_grad=old is None or old.requires_grad))
         else:
             m._buffers[tensor_name] = new

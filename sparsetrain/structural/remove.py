@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from sparsetrain.structural.graph import ChannelGroup, StructuralPruningError, build_channel_groups
+from sparsetrain.structural.graph import ChannelGroup, ChannelSlice, StructuralPruningError, build_channel_groups
 
 __all__ = ["kept_channels", "remove_channels", "zero_channels"]
 
@@ -32,7 +33,7 @@ def _resolve_groups(model: nn.Module, groups: Sequence[ChannelGroup] | None,
     return {g.id: g for g in groups}
 
 
-def _check_drop(groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def check_drop(groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Validate `drop` against the groups; return sorted unique int64 indices per group."""
     out = {}
     for gid, idx in drop.items():
@@ -52,12 +53,22 @@ def _check_drop(groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Ten
     return out
 
 
-def _deletions(groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Tensor], consumers: bool) -> _Deletions:
+def producer_slices(model: nn.Module, group: ChannelGroup) -> list[ChannelSlice]:
+    """The group's producer slices, plus the bias of a filter producer that gained one after tracing (a fold)."""
+    have = {(s.module, s.param) for s in group.producers}
+    added = [replace(s, param="bias", dim=0, kind="bias") for s in group.producers
+             if s.kind == "filter" and s.param == "weight" and (s.module, "bias") not in have
+             and isinstance(getattr(model.get_submodule(s.module), "bias", None), torch.Tensor)]
+    return group.producers + added
+
+
+def _deletions(model: nn.Module, groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Tensor],
+               consumers: bool) -> _Deletions:
     """Positions to delete per (module, tensor, dim), producers and (optionally) consumers of every group."""
     dels: _Deletions = defaultdict(set)
     for gid, idx in drop.items():
         group = groups[gid]
-        slices = group.producers + (group.consumers if consumers else [])
+        slices = producer_slices(model, group) + (group.consumers if consumers else [])
         for s in slices:
             positions = (s.offset + idx.unsqueeze(1) * s.expand + torch.arange(s.expand)).flatten()
             dels[(s.module, s.param, s.dim)].update(positions.tolist())
@@ -89,9 +100,9 @@ def zero_channels(model: nn.Module, drop: Mapping[str, torch.Tensor], *, groups:
         StructuralPruningError: Unknown or unprunable group, out-of-range indices, or all channels dropped.
     """
     by_id = _resolve_groups(model, groups, example_input)
-    checked = _check_drop(by_id, drop)
+    checked = check_drop(by_id, drop)
     for gid, idx in checked.items():
-        for s in by_id[gid].producers:
+        for s in producer_slices(model, by_id[gid]):
             if s.kind == "stat":
                 continue
             tensor = _get_tensor(model, s.module, s.param)
@@ -123,8 +134,8 @@ def remove_channels(model: nn.Module, drop: Mapping[str, torch.Tensor], *,
             out-of-range indices, all channels of a group dropped, or a layer whose attributes cannot be updated.
     """
     by_id = _resolve_groups(model, groups, example_input)
-    checked = _check_drop(by_id, drop)
-    dels = _deletions(by_id, checked, consumers=True)
+    checked = check_drop(by_id, drop)
+    dels = _deletions(model, by_id, checked, consumers=True)
     pruned = copy.deepcopy(model)
     old_shapes = {name: _channel_attrs(m) for name, m in pruned.named_modules()}
     touched = set()
