@@ -79,8 +79,14 @@ def _max_diff(pruned: nn.Module, masked: nn.Module, x: torch.Tensor) -> float:
 
 
 def run_sparsetrain(name: str, allow_inexact: bool) -> dict:
-    from sparsetrain.structural import (ChannelSelection, L2Norm, build_channel_groups, remove_channels,
-                                        select_channels, zero_channels)
+    from sparsetrain.structural import (
+        ChannelSelection,
+        L2Norm,
+        build_channel_groups,
+        remove_channels,
+        select_channels,
+        zero_channels,
+    )
 
     model, x = make_model(name)
     groups = build_channel_groups(model, x)
@@ -90,9 +96,18 @@ def run_sparsetrain(name: str, allow_inexact: bool) -> dict:
     zero_channels(masked, drop, groups=groups, allow_inexact=allow_inexact)
     pruned = remove_channels(model, drop, groups=groups, allow_inexact=allow_inexact)
     by_id = {g.id: g for g in groups}
-    inexact = sorted({r for gid in drop for r in by_id[gid].inexact})
+    inexact = sorted({r.split(" ")[0] for gid in drop for r in by_id[gid].inexact})  # the layer types
     return {"params": n_params(model), "params_after": n_params(pruned), "diff": _max_diff(pruned, masked, x),
-            "inexact_rules": inexact[:3], "groups": len(groups), "pruned_groups": len(drop)}
+            "max_layer_cut": _max_layer_cut(model, pruned), "inexact_rules": inexact[:3], "groups": len(groups),
+            "pruned_groups": len(drop)}
+
+
+def _max_layer_cut(model: nn.Module, pruned: nn.Module) -> float:
+    """Largest fraction of output channels removed from any conv/linear (the protocol asks for 30 %)."""
+    after = dict(pruned.named_modules())
+    cuts = [1 - after[n].weight.shape[0] / m.weight.shape[0] for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and n in after and after[n].weight.shape[0] > 0]
+    return max(cuts, default=0.0)
 
 
 # ----- Torch-Pruning -------------------------------------------------------------------------------------------
@@ -177,7 +192,8 @@ def run_torch_pruning(name: str) -> dict:
         reference.apply(group, pruner.DG)
         group.prune()
     _tp_fix_attention(model)
-    return {"params": params, "params_after": n_params(model), "diff": _max_diff(model, reference.masked, x)}
+    return {"params": params, "params_after": n_params(model), "diff": _max_diff(model, reference.masked, x),
+            "max_layer_cut": _max_layer_cut(reference.masked, model)}
 
 
 # ----- driver ----------------------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparsetrain.structural.graph import ChannelGroup, ChannelSlice
 from sparsetrain.structural.remove import check_drop, zero_channels
+from sparsetrain.structural.rules import rule_for
+from sparsetrain.structural.types import ChannelGroup, ChannelSlice
 
 __all__ = ["FoldReport", "fold_constant_channels", "rest_values"]
 
@@ -67,12 +68,13 @@ def _positions(s: ChannelSlice, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _input_axis(module: nn.Module) -> int | None:
-    """Axis of the consumer's input that holds the channels its weight columns read."""
-    if isinstance(module, nn.Linear):
-        return -1
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return 1
-    return None
+    rule = rule_for(module)
+    return rule.input_axis(module) if rule is not None else None
+
+
+def _fold_exactness(module: nn.Module) -> str | None:
+    rule = rule_for(module)
+    return rule.fold_exactness(module) if rule is not None else None
 
 
 def _zero_filters(model: nn.Module, groups: Mapping[str, ChannelGroup], channels: Mapping[str, torch.Tensor]) -> None:
@@ -142,18 +144,6 @@ def rest_values(model: nn.Module, groups: Sequence[ChannelGroup], channels: Mapp
     return out
 
 
-def _fold_exactness(module: nn.Module) -> str | None:
-    """"exact" / "approximate" for a conv/linear consumer, None for a module that cannot absorb a constant."""
-    if isinstance(module, nn.Linear):
-        return "exact"
-    if isinstance(module, nn.modules.conv._ConvTransposeNd) or not isinstance(module, nn.modules.conv._ConvNd):
-        return None
-    if module.groups != 1:
-        return None
-    padding = module.padding if not isinstance(module.padding, str) else (1,) if module.padding == "same" else (0,)
-    return "exact" if module.padding_mode != "zeros" or not any(padding) else "approximate"
-
-
 def channel_fold_status(rest: list[RestValue], model: nn.Module) -> torch.Tensor:
     """Per channel: 0 = zero at every consumer, 1 = exactly foldable, 2 = approximately, 3 = not foldable."""
     status = torch.zeros(rest[0].values.shape[0] if rest else 0, dtype=torch.long)
@@ -166,20 +156,8 @@ def channel_fold_status(rest: list[RestValue], model: nn.Module) -> torch.Tensor
     return status
 
 
-@torch.no_grad()
-def _add_to_bias(module: nn.Module, columns: torch.Tensor, values: torch.Tensor, dim: int) -> None:
-    """bias += W[:, columns] · values (conv kernels summed over their taps)."""
-    weight = module.weight
-    cols = weight.index_select(dim, columns.to(weight.device)).movedim(dim, 1)
-    cols = cols.reshape(cols.shape[0], cols.shape[1], -1).sum(2)  # [out, cols]: conv taps summed
-    delta = cols.double() @ values.to(device=weight.device, dtype=torch.float64)
-    if module.bias is None:
-        module.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
-    module.bias.add_(delta.to(module.bias.dtype))
-
-
 def fold_constant_channels(model: nn.Module, groups: Sequence[ChannelGroup], channels: Mapping[str, torch.Tensor],
-                           example_input: torch.Tensor) -> FoldReport:
+                           example_input: torch.Tensor, *, allow_inexact: bool = False) -> FoldReport:
     """Move the rest value of each listed channel into its consumers' biases, then zero the channel (in place).
 
     Removing the channels afterwards (`remove_channels`) equals zeroing them, and, where every fold is exact and
@@ -191,6 +169,7 @@ def fold_constant_channels(model: nn.Module, groups: Sequence[ChannelGroup], cha
         groups: Output of `build_channel_groups(model, ...)`.
         channels: Group id -> channel indices (the channels about to be removed).
         example_input: Input batch for measuring rest values.
+        allow_inexact: Accept inexact groups (as `remove_channels`).
 
     Returns:
         Counts per group of exactly / approximately folded and unfolded channels.
@@ -198,7 +177,7 @@ def fold_constant_channels(model: nn.Module, groups: Sequence[ChannelGroup], cha
     Raises:
         StructuralPruningError: Unknown or unprunable group, out-of-range indices (as `zero_channels`).
     """
-    checked = check_drop({g.id: g for g in groups}, channels)
+    checked = check_drop({g.id: g for g in groups}, channels, allow_inexact)
     rest = rest_values(model, groups, checked, example_input)
     report = FoldReport()
     for gid, per_consumer in rest.items():
@@ -209,7 +188,7 @@ def fold_constant_channels(model: nn.Module, groups: Sequence[ChannelGroup], cha
             count = int(sum((status == v).sum() for v in level))
             if count:
                 getattr(report, name)[gid] = count
-    zero_channels(model, checked, groups=groups)
+    zero_channels(model, checked, groups=groups, allow_inexact=allow_inexact)
     return report
 
 
@@ -222,4 +201,4 @@ def _fold_consumer(model: nn.Module, r: RestValue, idx: torch.Tensor) -> None:
     if not ok.any():
         return
     columns = _positions(r.consumer, idx[ok])
-    _add_to_bias(module, columns, r.values[ok].flatten(), r.consumer.dim)
+    rule_for(module).fold_constant(module, columns, r.values[ok].flatten(), r.consumer.dim)
