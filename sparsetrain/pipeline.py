@@ -227,9 +227,9 @@ class Pipeline:
 
         return filter_layouts(model, channel_groups(model, self.data.input_shape))
 
-    def _redundancy_marks(self) -> dict[str, torch.Tensor] | None:
+    def _regularizer_state(self) -> dict | None:
         path = self.out_dir / "weights" / "sparsify_regularizer.pt"
-        return torch.load(path, weights_only=True)["redundant"] if path.exists() else None
+        return torch.load(path, weights_only=True) if path.exists() else None
 
     def run_prune_filters(self) -> None:
         """Method 2: remove weak and redundant filters physically, giving a smaller dense model."""
@@ -238,7 +238,7 @@ class Pipeline:
         t0 = time.perf_counter()
         model = self.model_from("sparsify" if "sparsify" in self.state["completed"] else None)
         require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
-        pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, self._redundancy_marks())
+        pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, self._regularizer_state())
         self._save_phase("prune", pruned)
         results = evaluate(self.ctx, pruned)
         results.update(kept_filters=kept, folded_channels=folded, wall_time_s=time.perf_counter() - t0,

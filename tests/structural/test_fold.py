@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from sparsetrain.config.schema import PruneConfig
-from sparsetrain.pruning.filters import choose_filters
+from sparsetrain.pruning.filters import choose_filters, remove_filters
 from sparsetrain.structural import build_channel_groups, remove_channels
 from sparsetrain.structural.fold import fold_constant_channels
 from tests.structural.test_remove_timm import randomize
@@ -70,7 +70,7 @@ def test_resnet18_dead_channels_are_removed_without_changing_the_output(resnet18
             channels = [2, 7] if bn.startswith("layer1") else [1, 5, 100, 300]
             model.get_submodule(bn).running_mean[channels] = 0.0
             model.get_submodule(bn).bias[channels] = bias  # stream: 0 after layer4.0's ReLU, 0.7 after layer4.1's
-    drop = choose_filters(model, groups, PruneConfig(rule="filters", filter_fraction=0.0), None, x)
+    drop = choose_filters(model, groups, PruneConfig(rule="filters", filter_fraction=0.0, round_to=1), None, x)
     assert drop[stream].tolist() == [1, 5, 100, 300], "zero-filter stream channels are dead"
     assert inner not in drop, "channels carrying a constant into a padded conv are not dead"
 
@@ -161,3 +161,52 @@ def test_fold_into_a_consumer_that_loses_channels_too():
     pruned = remove_channels(folded, drop, groups=groups)
     assert pruned[3].bias.shape == (4,) and pruned[3].weight.shape == (4, 5, 1, 1)
     assert max_diff(pruned, net, x) <= ATOL
+
+
+@pytest.fixture(scope="module")
+def mobilenetv3() -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10).eval()
+    randomize(model, seed=7)
+    return model
+
+
+# MobileNetV3 groups whose removed channels carry a constant: an inverted residual with squeeze-excite (the SE gate
+# of a zero-filter channel is a constant too: hard_sigmoid of conv_expand's bias), one without SE, the residual
+# stream of stage 4 (read by 1x1 convs) and the head conv read by the classifier through hardswish.
+MNV3_DEAD = {"blocks.2.0.conv_pw": [1, 6, 40], "blocks.1.0.conv_pw": [0, 13], "blocks.4.0.conv_pwl": [2, 30],
+             "conv_head": [5, 100, 900]}
+
+
+def test_mobilenetv3_dead_channels_are_removed_without_changing_the_output(mobilenetv3):
+    """Method 2's prune step on a MobileNetV3 whose zero-filter channels output hardswish(BN shift) constants."""
+    x = torch.randn(2, 3, 64, 64)
+    groups = build_channel_groups(mobilenetv3, x)
+    model = copy.deepcopy(mobilenetv3)
+    zero_filters(model, groups, MNV3_DEAD)
+    cfg = PruneConfig(rule="filters", filter_fraction=0.0, round_to=1)
+    drop = choose_filters(model, groups, cfg, None, x)
+    assert {g: v.tolist() for g, v in drop.items()} == MNV3_DEAD, "exactly the zero-filter channels are dead"
+    assert max_diff(remove_channels(model, drop, groups=groups), model, x) > 1e-2, "constants matter (can fail)"
+
+    pruned, kept, folded = remove_filters(model, (3, 64, 64), cfg)
+    assert folded == {"exact": 10, "approximate": 0, "unfolded": 0}
+    assert pruned.conv_head.out_channels == 1021 and pruned.blocks[2][0].conv_pw.out_channels == 61
+    diff = max_diff(pruned, model, x)
+    assert diff <= ATOL, f"pruned vs trained MobileNetV3: {diff:.3e}"
+
+
+def test_zero_bn_scale_channels_are_constant_and_folded(mobilenetv3):
+    """Same kind, another cause: filters intact but BN scale 0 (network slimming drives gamma to 0), so the
+    channel outputs act(beta). Scored by |gamma| (`channel_score: bn_scale`) and removed, the output is kept."""
+    x = torch.randn(2, 3, 64, 64)
+    model = copy.deepcopy(mobilenetv3)
+    with torch.no_grad():  # blocks.1.0: conv_pw → bn1 → conv_dw → bn2 → conv_pwl (no SE); bn2 alone makes it constant
+        for bn in ("bn1", "bn2"):
+            model.blocks[1][0].get_submodule(bn).weight[[4, 21, 22]] = 0.0
+    cfg = PruneConfig(rule="filters", filter_fraction=0.0, round_to=1, channel_score="bn_scale")
+    pruned, kept, folded = remove_filters(model, (3, 64, 64), cfg)
+    assert {r["group"]: r["total"] - r["kept"] for r in kept if r["kept"] < r["total"]} == {"blocks.1.0.conv_pw": 3}
+    assert folded == {"exact": 3, "approximate": 0, "unfolded": 0}
+    diff = max_diff(pruned, model, x)
+    assert diff <= ATOL, f"pruned vs original: {diff:.3e}"
