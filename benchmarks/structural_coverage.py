@@ -16,12 +16,14 @@ Each (model, tool) runs in its own subprocess with a time limit, so one crash or
 
     python -m benchmarks.structural_coverage                      # all models, table on stdout
     python -m benchmarks.structural_coverage --models resnet18 vgg11_bn --markdown
+    python -m benchmarks.structural_coverage --merge a.json b.json --markdown   # one table from several runs
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import importlib.util
 import json
 import subprocess
@@ -229,6 +231,8 @@ def _run_isolated(name: str, tool: str, timeout: float) -> dict:
 def _cell(r: dict | None) -> str:
     if r is None:
         return "not installed"
+    if r.get("error") == "not run":
+        return "not run"
     if "error" in r:
         return "fails"
     exact = "exact" if r["exact"] else f"inexact ({r['diff']:.1e})"
@@ -248,7 +252,7 @@ def table(results: dict[str, dict[str, dict | None]], markdown: bool) -> str:
 def summary(results: dict[str, dict[str, dict | None]]) -> str:
     lines = []
     for tool in TOOLS:
-        rs = [r.get(tool) for r in results.values()]
+        rs = [r.get(tool) for r in results.values() if r.get(tool, {}) != {"error": "not run"}]
         if any(r is None for r in rs):
             lines.append(f"{tool}: not installed")
             continue
@@ -266,10 +270,16 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "TOOL"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "structural_coverage.json")
+    parser.add_argument("--merge", nargs="+", type=Path, help="print one table from earlier --out files")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.one:
         print(json.dumps(run_one(*args.one)))
+        return
+    if args.merge:
+        merged = {name: r for path in args.merge for name, r in json.loads(path.read_text())["results"].items()}
+        print(table(merged, args.markdown))
+        print(summary(merged))
         return
     have_tp = importlib.util.find_spec("torch_pruning") is not None
     results: dict[str, dict[str, dict | None]] = {}
@@ -284,8 +294,10 @@ def main() -> None:
               f"{' ' + r['error'] if r and 'error' in r else ''} (elapsed {done:.0f} s, ETA {eta:.0f} s)",
               file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"fraction": FRACTION, "atol": ATOL, "torch": torch.__version__,
-                                    "results": results}, indent=1) + "\n")
+    versions = {"torch": torch.__version__, "torch_pruning": importlib.metadata.version("torch-pruning")
+                if have_tp else None}
+    args.out.write_text(json.dumps({"fraction": FRACTION, "atol": ATOL, **versions, "results": results},
+                                   indent=1) + "\n")
     print(table(results, args.markdown))
     print(summary(results))
 

@@ -208,6 +208,9 @@ class RunConfig(Section):
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
         if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer: offloading needs deepspeed.zero_stage >= 1")
+        if getattr(self.prune, "channel_score", None) == "grad_count" and self.regularizer.name != "grad_count":
+            raise ValueError("prune.channel_score: grad_count ranks channels by the gradient counts of a "
+                             f"grad_count sparsify phase, not regularizer.name={self.regularizer.name!r}")
         if self.baselines and self.prune.rule == "filters":
             raise ValueError("baselines: magnitude-pruning baselines need unstructured pruning, not prune.rule=filters")
         is_seg_data = self.data.source.startswith("seg_")

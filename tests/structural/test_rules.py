@@ -142,6 +142,18 @@ def test_vgg_pre_logits_conv_mlp_hidden_channels(tmp_path):
     assert round_trip(pruned, x, tmp_path, "vgg11_bn", kwargs) <= 1e-6
 
 
+def test_linear_pre_logits_hidden_features(tmp_path):
+    """timm's NormMlpClassifierHead: pool → LayerNorm → flatten → pre_logits (Linear + GELU) → fc."""
+    kwargs = {"num_classes": 10, "depths": (1, 1, 1, 1), "dims": (16, 32, 48, 64), "head_hidden_size": 24}
+    model, x = timm_model("convnext_tiny", **kwargs), torch.randn(2, 3, 32, 32)
+    groups, drop, pruned, diff = prune_and_compare(model, x)
+    hidden = groups["head.pre_logits.fc"]
+    assert hidden.exact and {s.module for s in hidden.consumers} == {"head.fc"} and "head.pre_logits.fc" in drop
+    assert diff <= ATOL, f"removed vs masked: {diff:.3e}"
+    assert pruned.head.fc.in_features == 24 - len(drop["head.pre_logits.fc"]) == 16
+    assert round_trip(pruned, x, tmp_path, "convnext_tiny", kwargs) <= 1e-6
+
+
 def test_mobilevit_block_exact_inside_inexact_transformer_width(tmp_path):
     model, x = timm_model("mobilevit_xxs", num_classes=10), torch.randn(2, 3, 64, 64)
     groups, drop, pruned, diff = prune_and_compare(model, x)

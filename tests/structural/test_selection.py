@@ -87,6 +87,7 @@ def test_round_to_applies_to_the_built_model(net):
     ("prune.round_to=0", "prune.round_to: Input should be greater than or equal to 1"),
     ("prune.round_to=eight", "prune.round_to:"),
     ("prune.channel_score=taylor", "prune.channel_score:"),
+    ("prune.channel_score=grad_count", "prune.channel_score: grad_count ranks channels by the gradient counts"),
 ])
 def test_bad_selection_settings_fail_at_load(override, expected):
     with pytest.raises(ConfigError) as info:
@@ -132,3 +133,16 @@ def test_grouped_units_round_in_channels():
     for g in grouped:
         kept_channels = (g.num_channels - len(drop[g.id])) * g.unit_channels
         assert kept_channels % 16 == 0, (g.id, kept_channels)
+
+
+def test_allow_inexact_groups_are_reported_inexact():
+    """`prune.allow_inexact`: LayerNorm-normalized channel groups are pruned too and their rows say exact=False."""
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_tiny", pretrained=False, num_classes=10, depths=(1, 1, 1, 1),
+                              dims=(16, 32, 48, 64)).eval()
+    cfg = PruneConfig(rule="filters", filter_fraction=0.5, round_to=1)
+    _, kept, _ = remove_filters(model, (3, 32, 32), cfg)
+    assert all(r.get("exact", True) for r in kept) and any(r["kept"] < r["total"] for r in kept)
+    pruned, kept, _ = remove_filters(model, (3, 32, 32), cfg.model_copy(update={"allow_inexact": True}))
+    inexact = {r["group"] for r in kept if r.get("exact") is False}
+    assert "stem.0" in inexact and pruned.stem[0].out_channels == 8
