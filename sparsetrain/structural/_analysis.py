@@ -53,6 +53,13 @@ def _shape(node: object) -> tuple[int, ...] | None:
     return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
 
 
+def _literal_ints(args: object) -> set[int]:
+    """Integers written as constants in a node's arguments (sizes computed from tensors are nodes, not ints)."""
+    if isinstance(args, (tuple, list)):
+        return {i for a in args for i in _literal_ints(a)}
+    return {args} if isinstance(args, int) and not isinstance(args, bool) else set()
+
+
 def _arg(node: fx.Node, i: int, key: str, default=None):
     if len(node.args) > i:
         return node.args[i]
@@ -424,6 +431,10 @@ class ChannelAnalyzer:
         shape = _shape(node)
         if shape is None:
             return None
+        if p.pdim is not None and p.shape[p.pdim] > 1 and p.shape[p.pdim] in _literal_ints(node.args[1:]):
+            name = f"{p.module}.{p.param}".lstrip(".")
+            p = replace(p, fixed=f"'{name}' is reshaped to sizes fixed in the code at node '{node.name}': it "
+                                 "could not shrink")
         if op in _KEEP_AXES_OPS:  # broadcasts and casts keep the parameter's own axes
             return replace(p, ndim=len(shape))
         if op in _RESHAPE_OPS | ZERO_OPS and p.pdim is not None:
@@ -469,6 +480,9 @@ class ChannelAnalyzer:
         Returns whether its slice is zero after zeroing (when registered as a "scale": zeroing clears it).
         """
         if math.prod(p.shape) == 1:
+            return False
+        if p.fixed:
+            self.block(x, p.fixed)
             return False
         total = sum(self.sp.widths(x))
         if p.cur is not None and p.cur + x.ndim - p.ndim == x.cdim and p.shape[p.pdim] == total:

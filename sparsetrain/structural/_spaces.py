@@ -38,7 +38,8 @@ class Layout:
 @dataclass(frozen=True)
 class ParamRef:
     """A parameter/buffer (or a reshape of it); `cur` is the axis holding its only non-1 dim `pdim`; `raw` while
-    its axes are still the parameter's own (only broadcast or cast), `shape` being the parameter's shape."""
+    its axes are still the parameter's own (only broadcast or cast), `shape` being the parameter's shape; `fixed`
+    says why its channels cannot shrink (a reshape to sizes written in the model's code)."""
 
     module: str
     param: str
@@ -47,6 +48,7 @@ class ParamRef:
     cur: int | None
     ndim: int
     raw: bool = False
+    fixed: str = ""
 
 
 class Spaces:

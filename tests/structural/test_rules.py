@@ -223,8 +223,8 @@ def test_layernorm_channels_removed_only_with_allow_inexact():
 def test_inexact_removal_is_recovered_by_fine_tuning():
     """Fit a target, remove 30 % of the LayerNorm-normalized channels, fine-tune: the loss comes back down."""
     torch.manual_seed(0)
-    model, x = LayerNormNet(), torch.randn(64, 3, 8, 8)
-    target = torch.randn(64, 4)
+    model, x = LayerNormNet(), torch.randn(32, 3, 4, 4)
+    target = torch.randn(32, 4)
 
     def fit(m: nn.Module, steps: int) -> float:
         opt = torch.optim.Adam(m.parameters(), lr=1e-2)
@@ -236,14 +236,14 @@ def test_inexact_removal_is_recovered_by_fine_tuning():
         with torch.no_grad():
             return F.mse_loss(m(x), target).item()
 
-    trained = fit(model, 300)
+    trained = fit(model, 150)
     groups = build_channel_groups(model, x)
     drop = select_channels(model, groups, L2Norm(), ChannelSelection(fraction=0.3, allow_inexact=True))
     assert "stem" in drop
     pruned = remove_channels(model, drop, groups=groups, allow_inexact=True)
     with torch.no_grad():
         after_removal = F.mse_loss(pruned(x), target).item()
-    recovered = fit(pruned, 150)
+    recovered = fit(pruned, 60)
     assert after_removal > 2 * trained, (trained, after_removal)
     assert recovered < (trained + after_removal) / 4, (trained, after_removal, recovered)
 
@@ -309,3 +309,43 @@ def test_custom_layer_rule_is_one_registered_class(tmp_path):
     assert set(drop) == {"a", "b"} and diff <= ATOL
     assert (pruned.b.in_chs, pruned.b.out_chs) == (4, 4)
     assert round_trip(pruned, x, tmp_path, "sparsetrain_test_custom_net", {}) == 0.0
+
+
+# ----- parameters reshaped to sizes written in the code ----------------------------------------------------------
+
+
+class FixedViewNet(nn.Module):
+    """A layer scale viewed to a shape stored at construction: removal could not shrink it without a rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.gamma, self.shape = nn.Parameter(torch.rand(8) + 0.5), (8, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.conv(x)) * self.gamma.view(self.shape))
+
+
+def test_parameter_reshaped_to_fixed_sizes_blocks_its_group():
+    torch.manual_seed(0)
+    model, x = FixedViewNet().eval(), torch.randn(2, 3, 6, 6)
+    groups = {g.id: g for g in build_channel_groups(model, x)}
+    assert not groups["conv"].prunable and "'gamma' is reshaped to sizes fixed in the code" in groups["conv"].reason
+
+
+def test_metaformer_layer_scale_rule_shrinks_its_shape(tmp_path):
+    """PoolFormer: the stream is normalized by one-group GroupNorms (inexact); its layer scales `Scale` keep a
+    `shape` attribute that the rule shrinks with the vector, so the inexact removal runs and reloads."""
+    model, x = timm_model("poolformer_s12", num_classes=10), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # layer scales start at 1e-5: make the blocks matter
+        for name, p in model.named_parameters():
+            if name.endswith(".scale"):
+                p.copy_(torch.rand(p.shape) + 0.5)
+    groups, drop, pruned, _ = prune_and_compare(model, x)
+    assert "stem.conv" not in drop and groups["stem.conv"].prunable and not groups["stem.conv"].exact
+    groups, drop, pruned, _ = prune_and_compare(model, x, allow_inexact=True)
+    kept = 64 - len(drop["stem.conv"])
+    assert pruned.stages[0].blocks[0].layer_scale1.shape == (kept, 1, 1)
+    with torch.no_grad():
+        assert pruned(x).shape == (2, 10)
+    assert round_trip(pruned, x, tmp_path, "poolformer_s12", {"num_classes": 10}) <= 1e-6

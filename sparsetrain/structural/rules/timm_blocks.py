@@ -3,6 +3,8 @@ input-size-dependent branches decided from the traced input shape, which the ana
 
 - VGG's pre-logits `ConvMlp` (a 7x7 conv "fc1", activation, dropout, a 1x1 conv "fc2"): pools small inputs up to
   7x7 first (per channel); both convs are then ordinary layers, so its hidden channels are prunable.
+- MetaFormer's `Scale` (PoolFormer, ConvFormer, CAFormer layer scales): multiplies by its vector viewed to a
+  stored `shape`, which removal must shrink with the vector.
 - MobileViT's `MobileVitBlock`: local conv, 1x1 conv to the transformer width, unfold into patches, transformer
   blocks, fold back, projection and fusion with the shortcut. Unfolding moves each channel to the last axis without
   mixing channels; the stand-in unfolds with a reshape that keeps the channel axis whole, so the analysis follows
@@ -17,13 +19,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.models.metaformer import Scale
 from timm.models.mobilevit import MobileVitBlock
 from timm.models.vgg import ConvMlp
 from torch import fx, nn
 
+from sparsetrain.structural._spaces import Layout
 from sparsetrain.structural.rules.base import LayerRule, TraceContext, register_layer_rule
 
-__all__ = ["ConvMlpRule", "MobileVitBlockRule"]
+__all__ = ["ConvMlpRule", "MetaFormerScaleRule", "MobileVitBlockRule"]
 
 
 def _input_hw(node: fx.Node) -> tuple[int, int]:
@@ -86,3 +90,24 @@ class MobileVitBlockRule(LayerRule):
 
     def attributes(self, module: nn.Module) -> dict[str, Any]:
         return {}
+
+
+@register_layer_rule
+class MetaFormerScaleRule(LayerRule):
+    """timm MetaFormer `Scale`: `x * scale.view(shape)`; the per-channel vector is a producer, `shape` shrinks."""
+
+    types = (Scale,)
+    subclasses = False
+
+    def trace(self, ctx: TraceContext, node: fx.Node, name: str, module: nn.Module, x: Any) -> Any:
+        shape = ctx.shape(node)
+        if not isinstance(x, Layout) or shape is None or x.cdim != len(shape) - len(module.shape):
+            return ctx.unsupported(node, f"layer scale '{name}' off the channel axis")
+        ctx.produce(x, name, "scale", 0, "scale")
+        return ctx.passthrough(x, node, zero=True)  # a zeroed scale zeroes the channel
+
+    def attributes(self, module: nn.Module) -> dict[str, Any]:
+        return {"shape": list(module.shape)}
+
+    def shrink(self, name: str, module: nn.Module, old: dict[str, Any]) -> None:
+        module.shape = (module.scale.shape[0], *old["shape"][1:])
