@@ -278,6 +278,7 @@ def main() -> None:
         return
     if args.merge:
         merged = {name: r for path in args.merge for name, r in json.loads(path.read_text())["results"].items()}
+        merged = dict(sorted(merged.items(), key=lambda kv: MODELS.index(kv[0]) if kv[0] in MODELS else len(MODELS)))
         print(table(merged, args.markdown))
         print(summary(merged))
         return
