@@ -565,15 +565,20 @@ class ChannelAnalyzer:
         if src is None or dst is None:
             return self.unsupported(node, "reshape of an untracked tensor")
         before = math.prod(src[:c])
+        out = None
         for d in range(len(dst)):  # same number of elements before the channel axis and the same channel count
-            if math.prod(dst[:d]) == before and dst[d] == src[c]:
-                return replace(x, cdim=d, ndim=len(dst))
-        if len(dst) > c and tuple(dst[:c]) == tuple(src[:c]) and dst[c] % src[c] == 0:
+            if out is None and math.prod(dst[:d]) == before and dst[d] == src[c]:
+                out = replace(x, cdim=d, ndim=len(dst))
+        if out is None and len(dst) > c and tuple(dst[:c]) == tuple(src[:c]) and dst[c] % src[c] == 0:
             factor = dst[c] // src[c]
-            merged = [math.prod(src[c + 1:c + 1 + k]) for k in range(len(src) - c)]
-            if factor in merged:
-                return replace(x, expand=tuple(e * factor for e in x.expand), ndim=len(dst))
-        return self.unsupported(node, "reshape splitting or moving the channel axis")
+            if factor in [math.prod(src[c + 1:c + 1 + k]) for k in range(len(src) - c)]:
+                out = replace(x, expand=tuple(e * factor for e in x.expand), ndim=len(dst))
+        if out is None:
+            return self.unsupported(node, "reshape splitting or moving the channel axis")
+        if _op_name(node) in ("view", "reshape", "expand") and dst[out.cdim] > 1 and dst[out.cdim] in _literal_ints(
+                node.args[1:]):  # the channel count is written in the code: it could not shrink
+            self.block(out, f"reshape to sizes fixed in the code at node '{node.name}'")
+        return out
 
     def _permute(self, node: fx.Node, x: Layout, op: str) -> object:
         args = [a for a in node.args[1:]]

@@ -349,3 +349,26 @@ def test_metaformer_layer_scale_rule_shrinks_its_shape(tmp_path):
     with torch.no_grad():
         assert pruned(x).shape == (2, 10)
     assert round_trip(pruned, x, tmp_path, "poolformer_s12", {"num_classes": 10}) <= 1e-6
+
+
+class FixedReshapeNet(nn.Module):
+    """An activation reshaped with its channel count written in the code (8), next to one that reads it from x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 6, 1), nn.Linear(6 * 16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.a(x)).reshape(x.shape[0], 8, 16).mean(2)
+        b = F.relu(self.b(x)).reshape(x.shape[0], -1)
+        return self.head(b) + a.sum(1, keepdim=True)
+
+
+def test_activation_reshaped_to_fixed_channel_count_blocks_its_group():
+    torch.manual_seed(0)
+    model, x = FixedReshapeNet().eval(), torch.randn(2, 3, 4, 4)
+    groups = {g.id: g for g in build_channel_groups(model, x)}
+    assert not groups["a"].prunable and "reshape to sizes fixed in the code" in groups["a"].reason
+    assert groups["b"].prunable, "a size read from the tensor follows the removal"
+    _, drop, _, diff = prune_and_compare(model, x, fraction=0.5)
+    assert set(drop) == {"b"} and diff <= ATOL
