@@ -84,15 +84,22 @@ def test_round_to_applies_to_the_built_model(net):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("prune.round_to=0", "prune.round_to: Input should be greater than or equal to 1"),
-    ("prune.round_to=eight", "prune.round_to:"),
-    ("prune.channel_score=taylor", "prune.channel_score:"),
-    ("prune.channel_score=grad_count", "prune.channel_score: grad_count ranks channels by the gradient counts"),
+    ("prune={rule: filters, round_to: 0}", "prune.round_to: Input should be greater than or equal to 1"),
+    ("prune={rule: filters, round_to: eight}", "prune.round_to:"),
+    ("prune={rule: filters, channel_score: taylor}", "prune.channel_score:"),
+    ("prune={rule: filters, channel_score: grad_count}",
+     "prune.channel_score: grad_count ranks channels by the gradient counts"),
+    ("prune.round_to=8", "prune.round_to: not a setting of prune.rule='global_threshold'"),
 ])
 def test_bad_selection_settings_fail_at_load(override, expected):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert str(info.value).startswith(expected) and "\n" not in str(info.value), str(info.value)
+
+
+def test_round_to_loads_with_the_filters_rule():
+    assert load_config(None, ["prune={rule: filters, round_to: 16}"]).prune.round_to == 16
+    assert load_config("configs/unet_synthetic.yaml", []).prune.round_to == 8
 
 
 def test_scores_rank_channels_by_their_own_criterion(net):
