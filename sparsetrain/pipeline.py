@@ -240,24 +240,21 @@ class Pipeline:
 
         return filter_layouts(model, channel_groups(model, self.data.input_shape))
 
-    def _redundancy_marks(self) -> dict[str, torch.Tensor] | None:
+    def _regularizer_state(self) -> dict | None:
         path = self.out_dir / "weights" / "sparsify_regularizer.pt"
-        return torch.load(path, weights_only=True)["redundant"] if path.exists() else None
+        return torch.load(path, weights_only=True) if path.exists() else None
 
     def run_prune_filters(self) -> None:
         """Method 2: remove weak and redundant filters physically, giving a smaller dense model."""
-        from sparsetrain.pruning.filters import channel_groups, choose_filters, kept_per_group
-        from sparsetrain.structural import remove_channels
+        from sparsetrain.pruning.filters import remove_filters
 
         t0 = time.perf_counter()
         model = self.model_from("sparsify" if "sparsify" in self.state["completed"] else None)
         require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
-        groups = channel_groups(model, self.data.input_shape)
-        drop = choose_filters(model, groups, self.cfg.prune, self._redundancy_marks())
-        pruned = remove_channels(model, drop, groups=groups)
+        pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, self._regularizer_state())
         self._save_phase("prune", pruned)
         results = evaluate(self.ctx, pruned)
-        results.update(kept_filters=kept_per_group(groups, drop), wall_time_s=time.perf_counter() - t0,
+        results.update(kept_filters=kept, folded_channels=folded, wall_time_s=time.perf_counter() - t0,
                        params_before=sum(p.numel() for p in model.parameters()),
                        params_after=sum(p.numel() for p in pruned.parameters()))
         self._finish("prune", results)

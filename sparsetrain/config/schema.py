@@ -217,6 +217,9 @@ class RunConfig(Section):
         if self.deepspeed.zero_stage == 3 and self.regularizer.gradient_path == "autograd":
             raise ValueError("regularizer.gradient_path: autograd adds the penalty of whole weights to the loss, which "
                              "ZeRO stage 3 never holds outside a layer's forward; use regularizer.gradient_path=hook")
+        if getattr(self.prune, "channel_score", None) == "grad_count" and self.regularizer.name != "grad_count":
+            raise ValueError("prune.channel_score: grad_count ranks channels by the gradient counts of a "
+                             f"grad_count sparsify phase, not regularizer.name={self.regularizer.name!r}")
         if self.baselines and self.prune.rule == "filters":
             raise ValueError("baselines: magnitude-pruning baselines need unstructured pruning, not prune.rule=filters")
         is_seg_data = self.data.source.startswith("seg_")

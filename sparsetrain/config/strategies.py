@@ -217,6 +217,14 @@ class FiltersConfig(PruneConfig):
                                    "group's channels, weakest (lowest norm) first.")
     max_filter_fraction: float = Field(0.75, gt=0, lt=1, description="At most this fraction of a layer's filters "
                                        "is removed.")
+    channel_score: Literal["l2", "l1", "bn_scale", "grad_count"] = Field(
+        "l2", description="How channels are ranked for removal: l2/l1 norm of their filters, |BN scale| (network "
+        "slimming), or the gradient count ratio of a grad_count sparsify phase.")
+    round_to: int = Field(8, ge=1, le=256, description="Kept channel counts of each group are rounded to the nearest "
+                          "multiple of this, so pruned layers keep kernel-friendly widths; 1 = off.")
+    allow_inexact: bool = Field(False, description="Also remove channels normalized together by a LayerNorm or a "
+                                "one-group GroupNorm: removal then changes the other channels' statistics (reported "
+                                "as inexact; fine-tuning recovers).")
 
 
 # ---- registries ------------------------------------------------------------------------------------------------

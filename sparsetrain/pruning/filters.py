@@ -1,21 +1,33 @@
-"""Structural pruning (Method 2): choose filters to remove per channel group, from norms and redundancy marks.
+"""Structural pruning (Method 2): which channels to remove, from the prune section of the config.
 
-A channel of a prunable group is removed when the joint norm of its producer filters, relative to the
-strongest channel of the group, falls below `prune.filter_norm_threshold`, or when the gradient-counting
-strategy marked one of its producer filters redundant; then the weakest channels are added until
-`prune.filter_fraction` of the group is chosen (a size target). At most `prune.max_filter_fraction` of a group's
-channels are removed (weakest first) and at least one channel always stays.
+Maps `prune.*` onto a channel score (`prune.channel_score`, `structural.scoring`) and a selection
+(`structural.selection`): a channel of a prunable group is dead when its score relative to the strongest channel
+of the group falls below `prune.filter_norm_threshold`, or when the gradient-counting strategy marked one of its
+filters redundant, unless it carries a constant (BN shift) that cannot be folded exactly into its consumers; then
+the weakest channels are added until `prune.filter_fraction` of the group is chosen (a size target). At most
+`prune.max_filter_fraction` of a group's channels are removed, at least one always stays, and kept channel counts
+are rounded to multiples of `prune.round_to`. Groups whose removal is inexact (LayerNorm over channels) are
+pruned only with `prune.allow_inexact`.
 """
 
 from __future__ import annotations
 
-import math
+import copy
 
 import torch
 from torch import nn
 
 from sparsetrain.config.schema import PruneConfig
-from sparsetrain.structural import ChannelGroup, build_channel_groups, producer_weights
+from sparsetrain.structural import (
+    ChannelGroup,
+    ChannelSelection,
+    build_channel_groups,
+    build_score,
+    fold_constant_channels,
+    producer_weights,
+    remove_channels,
+    select_channels,
+)
 
 
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[ChannelGroup]:
@@ -37,39 +49,71 @@ def filter_layouts(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, tu
     return layouts
 
 
-def _channel_norms(model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
-    views = producer_weights(model, group)
-    if not views:
-        return None
-    return torch.stack([v.detach().float().flatten(1).square().sum(1) for _, v in views]).sum(0).sqrt().cpu()
+def selection_from(cfg: PruneConfig) -> ChannelSelection:
+    """The channel selection that `prune.*` describes."""
+    return ChannelSelection(threshold=cfg.filter_norm_threshold, fraction=cfg.filter_fraction,
+                            max_fraction=cfg.max_filter_fraction, round_to=cfg.round_to,
+                            allow_inexact=cfg.allow_inexact)
+
+
+def redundancy_marks(model: nn.Module, groups: list[ChannelGroup],
+                     redundant: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Group id → bool per channel: a filter of the channel was marked redundant (per weight name)."""
+    marks: dict[str, torch.Tensor] = {}
+    for group in groups:
+        for name, _ in producer_weights(model, group):
+            if redundant and name in redundant and redundant[name].numel() == group.num_channels:
+                marks[group.id] = marks.get(group.id, torch.zeros(group.num_channels, dtype=torch.bool)) | (
+                    redundant[name].bool().cpu())
+    return marks
 
 
 def choose_filters(model: nn.Module, groups: list[ChannelGroup], cfg: PruneConfig,
-                   redundant: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Group id → indices of channels to remove."""
-    drop = {}
-    for group in groups:
-        norms = _channel_norms(model, group) if group.prunable else None
-        if norms is None or group.num_channels < 2:
-            continue
-        weak = norms / norms.max().clamp_min(1e-30) < cfg.filter_norm_threshold
-        for name, _ in producer_weights(model, group):
-            if redundant and name in redundant and redundant[name].numel() == group.num_channels:
-                weak |= redundant[name].bool()
-        limit = min(math.floor(cfg.max_filter_fraction * group.num_channels), group.num_channels - 1)
-        target = min(math.floor(cfg.filter_fraction * group.num_channels), limit)
-        if int(weak.sum()) < target:
-            order = torch.argsort(norms.masked_fill(weak, -1.0), stable=True)  # already-weak ones sort first
-            weak[order[:target]] = True
-        chosen = weak.nonzero().flatten()
-        if len(chosen) > limit:
-            chosen = chosen[torch.argsort(norms[chosen], stable=True)[:limit]]
-        if len(chosen):
-            drop[group.id] = torch.sort(chosen).values
-    return drop
+                   redundant: dict[str, torch.Tensor] | None = None, example_input: torch.Tensor | None = None,
+                   ratios: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Group id → indices of channels to remove (see the module docstring).
+
+    Args:
+        model: The trained model.
+        groups: Its channel groups.
+        cfg: The prune section.
+        redundant: Weight name → bool per filter, marked redundant by the regularizer.
+        example_input: Input batch for the constant-output check of dead channels (skipped when None).
+        ratios: Weight name → gradient count ratio per filter (needed for `channel_score: grad_count`).
+    """
+    return select_channels(model, groups, build_score(cfg.channel_score, ratios), selection_from(cfg),
+                           marked=redundancy_marks(model, groups, redundant), example_input=example_input)
+
+
+def remove_filters(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig,
+                   regularizer_state: dict | None = None) -> tuple[nn.Module, list[dict], dict[str, int]]:
+    """Method 2's prune step: choose channels, fold their constant outputs into consumers, remove them.
+
+    Args:
+        model: The trained model (left unchanged).
+        input_shape: One input's shape without the batch dim.
+        cfg: The prune section.
+        regularizer_state: The sparsify phase's grad_count state (`redundant` marks, count `ratio`), if any.
+
+    Returns:
+        (smaller model, `kept_per_group` rows, counts of removed channels whose constant output was folded
+        exactly / approximately / not at all).
+    """
+    state = regularizer_state or {}
+    groups = channel_groups(model, input_shape)
+    device = next(model.parameters()).device
+    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    drop = choose_filters(model, groups, cfg, state.get("redundant"), example, state.get("ratio"))
+    work = copy.deepcopy(model)
+    folded = fold_constant_channels(work, groups, drop, example, allow_inexact=cfg.allow_inexact)
+    counts = {kind: sum(getattr(folded, kind).values()) for kind in ("exact", "approximate", "unfolded")}
+    pruned = remove_channels(work, drop, groups=groups, allow_inexact=cfg.allow_inexact)
+    return pruned, kept_per_group(groups, drop), counts
 
 
 def kept_per_group(groups: list[ChannelGroup], drop: dict[str, torch.Tensor]) -> list[dict]:
-    """[{group, total, kept}] for every prunable group (what the report and plot show)."""
-    return [{"group": g.id, "total": g.num_channels, "kept": g.num_channels - len(drop.get(g.id, []))}
+    """[{group, total, kept}] for every prunable group (what the report and plot show); `exact` is False for
+    groups removed although their removal is inexact."""
+    return [{"group": g.id, "total": g.num_channels, "kept": g.num_channels - len(drop.get(g.id, [])),
+             **({"exact": False} if g.inexact and g.id in drop else {})}
             for g in groups if g.prunable]

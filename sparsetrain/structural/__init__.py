@@ -1,30 +1,49 @@
-"""Structural (physical) filter removal: channel groups, masking/removal, compressed export, profiling."""
+"""Structural (physical) channel removal: channel groups, layer rules, scoring and selection, masking/removal,
+constant folding, compressed export, profiling. Vocabulary: `types.py` and docs/structural.md."""
 
 from sparsetrain.structural.export import load_compressed, save_compressed
+from sparsetrain.structural.fold import FoldReport, fold_constant_channels
 from sparsetrain.structural.graph import (
-    ChannelGroup,
-    ChannelSlice,
-    StructuralPruningError,
     build_channel_groups,
+    groups_by_id,
     producer_weights,
     producer_weights_by_group,
-    trace_model,
 )
 from sparsetrain.structural.profile import profile_model
 from sparsetrain.structural.remove import kept_channels, remove_channels, zero_channels
+from sparsetrain.structural.rules import LayerRule, register_layer_rule, registered_rules, rule_for
+from sparsetrain.structural.scoring import BNScale, ChannelScore, CountRatio, L1Norm, L2Norm, build_score
+from sparsetrain.structural.selection import ChannelSelection, select_channels
+from sparsetrain.structural.trace import trace_model
+from sparsetrain.structural.types import ChannelGroup, ChannelSlice, StructuralPruningError
 
 __all__ = [
+    "BNScale",
     "ChannelGroup",
+    "ChannelScore",
+    "ChannelSelection",
     "ChannelSlice",
+    "CountRatio",
+    "FoldReport",
+    "L1Norm",
+    "L2Norm",
+    "LayerRule",
     "StructuralPruningError",
     "build_channel_groups",
+    "build_score",
+    "fold_constant_channels",
+    "groups_by_id",
     "kept_channels",
     "load_compressed",
     "producer_weights",
     "producer_weights_by_group",
     "profile_model",
+    "register_layer_rule",
+    "registered_rules",
     "remove_channels",
+    "rule_for",
     "save_compressed",
+    "select_channels",
     "trace_model",
     "zero_channels",
 ]

@@ -2,12 +2,14 @@
 
 Layout of the output folder:
 - `architecture.json`: format tag, timm model name and `create_model` kwargs, the caller's extra metadata, and
-  for every module whose tensor shapes differ from the freshly created model: its class, its constructor
-  arguments (channel counts of convs, linears and batch norms) and the shape of each of its tensors.
+  for every module whose tensors or width attributes differ from the freshly created model: its class, the
+  attributes its layer rule records (`in_channels`, `groups`, `num_heads`, ...; see `rules/`) and the shape of
+  each of its tensors (a bias added by folding constants included).
 - `model.safetensors`: the state dict.
 
-`load_compressed` recreates the timm model, shrinks the recorded modules in place (same class, new attributes,
-empty tensors of the recorded shapes) and loads the weights strictly, so a missing or extra tensor is an error.
+`load_compressed` recreates the timm model, shrinks the recorded modules in place (same class, attributes set by
+the layer rule's `rebuild`, empty tensors of the recorded shapes) and loads the weights strictly, so a missing or
+extra tensor is an error.
 """
 
 from __future__ import annotations
@@ -21,23 +23,14 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from sparsetrain.structural.graph import StructuralPruningError
+from sparsetrain.structural.rules import rule_for
+from sparsetrain.structural.types import StructuralPruningError
 
 __all__ = ["ARCH_FILE", "WEIGHTS_FILE", "load_compressed", "save_compressed"]
 
 ARCH_FILE = "architecture.json"
 WEIGHTS_FILE = "model.safetensors"
 _FORMAT = "sparsetrain-compressed/1"
-# Constructor arguments recorded per module type (the ones structural pruning changes, plus what rebuilds them).
-_CTOR_ARGS = {
-    nn.modules.conv._ConvNd: ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                              "groups", "padding_mode"),
-    nn.Linear: ("in_features", "out_features"),
-    nn.modules.batchnorm._BatchNorm: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-}
-_CHANNEL_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
-
-
 def save_compressed(model: nn.Module, out_dir: str | Path, *, meta: dict[str, Any]) -> Path:
     """Write `model` (a possibly pruned timm model) to `out_dir`.
 
@@ -126,8 +119,13 @@ def _module_tensors(m: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(m.named_parameters(recurse=False)), **dict(m.named_buffers(recurse=False))}
 
 
+def _attributes(m: nn.Module) -> dict[str, Any]:
+    rule = rule_for(m)
+    return rule.attributes(m) if rule is not None else {}
+
+
 def _changed_modules(model: nn.Module, reference: nn.Module) -> dict[str, dict[str, Any]]:
-    """Describe each module of `model` whose own tensors differ in shape from `reference`'s."""
+    """Describe each module of `model` whose own tensors or rule attributes differ from `reference`'s."""
     ours, theirs = dict(model.named_modules()), dict(reference.named_modules())
     if ours.keys() != theirs.keys():
         extra = sorted(ours.keys() ^ theirs.keys())[:5]
@@ -137,20 +135,15 @@ def _changed_modules(model: nn.Module, reference: nn.Module) -> dict[str, dict[s
         if type(m) is not type(theirs[name]):
             raise StructuralPruningError(f"'{name}': {type(m).__name__} here, {type(theirs[name]).__name__} in timm")
         tensors, ref = _module_tensors(m), _module_tensors(theirs[name])
-        if tensors.keys() != ref.keys():
+        added = {k for k in tensors.keys() - ref.keys() if k in theirs[name]._parameters}  # e.g. a folded bias
+        if tensors.keys() - added != ref.keys():
             raise StructuralPruningError(f"'{name}': tensors {sorted(tensors)} differ from timm's {sorted(ref)}")
-        if any(t.shape != ref[k].shape for k, t in tensors.items()):
-            changed[name] = _describe(m, tensors)
+        shapes_differ = any(t.shape != ref[k].shape for k, t in tensors.items() if k in ref)
+        if added or shapes_differ or _attributes(m) != _attributes(theirs[name]):
+            changed[name] = {"type": f"{type(m).__module__}.{type(m).__qualname__}",
+                             "args": {k: _jsonable(v) for k, v in _attributes(m).items()},
+                             "tensors": {k: list(t.shape) for k, t in tensors.items()}}
     return changed
-
-
-def _describe(m: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    args = next((keys for base, keys in _CTOR_ARGS.items() if isinstance(m, base)), ())
-    ctor = {k: _jsonable(getattr(m, k)) for k in args}
-    if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-        ctor["bias"] = m.bias is not None
-    return {"type": f"{type(m).__module__}.{type(m).__qualname__}", "args": ctor,
-            "tensors": {k: list(t.shape) for k, t in tensors.items()}}
 
 
 def _jsonable(value: Any) -> Any:
@@ -158,18 +151,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def _shrink(name: str, m: nn.Module, spec: dict[str, Any]) -> None:
-    """Give `m` the recorded channel attributes and empty tensors of the recorded shapes."""
+    """Give `m` the recorded attributes (through its layer rule) and empty tensors of the recorded shapes."""
     type_name = f"{type(m).__module__}.{type(m).__qualname__}"
     if type_name != spec["type"]:
         raise StructuralPruningError(f"'{name}': saved as {spec['type']}, timm builds {type_name}")
-    for attr in _CHANNEL_ATTRS:
-        if attr in spec["args"]:
-            setattr(m, attr, spec["args"][attr])
+    rule = rule_for(m)
+    if rule is not None:
+        rule.rebuild(name, m, spec["args"])
     own = _module_tensors(m)
+    like = next(iter(own.values()), None)
     for tensor_name, shape in spec["tensors"].items():
-        old = own[tensor_name]
-        new = torch.empty(shape, dtype=old.dtype, device=old.device)
-        if isinstance(old, nn.Parameter):
-            setattr(m, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+        old = own.get(tensor_name)
+        if old is None and tensor_name not in m._parameters:
+            raise StructuralPruningError(f"'{name}': saved with tensor '{tensor_name}', which timm's module lacks")
+        new = torch.empty(shape, dtype=like.dtype, device=like.device)
+        if old is None or isinstance(old, nn.Parameter):  # a parameter added by folding (a bias) is a parameter
+            setattr(m, tensor_name, nn.Parameter(new, requires_grad=old is None or old.requires_grad))
         else:
             m._buffers[tensor_name] = new

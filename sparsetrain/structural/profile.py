@@ -26,7 +26,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 from torch.utils.flop_counter import FlopCounterMode
 
-from sparsetrain.structural.graph import StructuralPruningError, trace_model
+from sparsetrain.structural.trace import trace_model
+from sparsetrain.structural.types import StructuralPruningError
 
 __all__ = ["profile_model"]
 

@@ -1,9 +1,9 @@
-"""Zero (mask) or physically remove channels of the groups found by `graph.build_channel_groups`.
+"""Zero (mask) or physically remove the units of the groups found by `graph.build_channel_groups`.
 
-`zero_channels` is the masking reference: it clears a dropped channel's producer slices so the channel's
-activation is exactly zero (the analysis blocks groups where that would not make it zero at every consumer).
-`remove_channels` deletes the same slices, producers and consumers, and returns a smaller dense copy whose
-outputs equal the masked model's.
+`zero_channels` is the masking reference: it clears a dropped unit's producer slices so the unit's activation is
+exactly zero (the analysis blocks groups where that would not make it zero at every consumer). `remove_channels`
+deletes the same slices, producers and consumers, lets each touched layer's rule update its attributes, and
+returns a smaller dense copy whose outputs equal the masked model's (for exact groups).
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from sparsetrain.structural.graph import ChannelGroup, StructuralPruningError, build_channel_groups
+from sparsetrain.structural.graph import build_channel_groups
+from sparsetrain.structural.rules import rule_for
+from sparsetrain.structural.types import ChannelGroup, ChannelSlice, StructuralPruningError
 
-__all__ = ["kept_channels", "remove_channels", "zero_channels"]
+__all__ = ["check_drop", "kept_channels", "producer_slices", "remove_channels", "zero_channels"]
 
 # (module, tensor attribute, dim) -> positions along dim to delete
 _Deletions = dict[tuple[str, str, int], set[int]]
@@ -32,8 +35,14 @@ def _resolve_groups(model: nn.Module, groups: Sequence[ChannelGroup] | None,
     return {g.id: g for g in groups}
 
 
-def _check_drop(groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Validate `drop` against the groups; return sorted unique int64 indices per group."""
+def check_drop(groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Tensor],
+               allow_inexact: bool = False) -> dict[str, torch.Tensor]:
+    """Validate `drop` against the groups; return sorted unique int64 indices per group.
+
+    Raises:
+        StructuralPruningError: Unknown or unprunable group, an inexact group without `allow_inexact`,
+            out-of-range indices, or every unit of a group dropped.
+    """
     out = {}
     for gid, idx in drop.items():
         if gid not in groups:
@@ -44,6 +53,10 @@ def _check_drop(groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Ten
             continue
         if not group.prunable:
             raise StructuralPruningError(f"channel group '{gid}' is not prunable: {group.reason}")
+        if group.inexact and not allow_inexact:
+            more = f" and {len(group.inexact) - 1} more" if len(group.inexact) > 1 else ""
+            raise StructuralPruningError(f"channel group '{gid}': removal would not equal masking "
+                                         f"({group.inexact[0]}{more}); pass allow_inexact=True to remove anyway")
         if idx.min() < 0 or idx.max() >= group.num_channels:
             raise StructuralPruningError(f"channel group '{gid}': indices must lie in [0, {group.num_channels})")
         if idx.numel() >= group.num_channels:
@@ -52,15 +65,25 @@ def _check_drop(groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Ten
     return out
 
 
-def _deletions(groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Tensor], consumers: bool) -> _Deletions:
-    """Positions to delete per (module, tensor, dim), producers and (optionally) consumers of every group."""
+def producer_slices(model: nn.Module, group: ChannelGroup) -> list[ChannelSlice]:
+    """The group's producer slices, plus the bias of a filter producer that gained one after tracing (a fold)."""
+    have = {(s.module, s.param) for s in group.producers}
+    added = [replace(s, param="bias", dim=0, kind="bias") for s in group.producers
+             if s.kind == "filter" and s.param == "weight" and (s.module, "bias") not in have
+             and isinstance(getattr(model.get_submodule(s.module), "bias", None), torch.Tensor)]
+    return group.producers + added
+
+
+def _positions(s: ChannelSlice, idx: torch.Tensor) -> torch.Tensor:
+    return (s.offset + idx.unsqueeze(1) * s.expand + torch.arange(s.expand)).flatten()
+
+
+def _deletions(model: nn.Module, groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Tensor]) -> _Deletions:
+    """Positions to delete per (module, tensor, dim), producers and consumers of every group."""
     dels: _Deletions = defaultdict(set)
     for gid, idx in drop.items():
-        group = groups[gid]
-        slices = group.producers + (group.consumers if consumers else [])
-        for s in slices:
-            positions = (s.offset + idx.unsqueeze(1) * s.expand + torch.arange(s.expand)).flatten()
-            dels[(s.module, s.param, s.dim)].update(positions.tolist())
+        for s in producer_slices(model, groups[gid]) + groups[gid].consumers:
+            dels[(s.module, s.param, s.dim)].update(_positions(s, idx).tolist())
     return dels
 
 
@@ -73,67 +96,75 @@ def kept_channels(num_channels: int, drop: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def zero_channels(model: nn.Module, drop: Mapping[str, torch.Tensor], *, groups: Sequence[ChannelGroup] | None = None,
-                  example_input: torch.Tensor | None = None) -> None:
-    """Mask channels in place: zero their producer weights, biases, norm scales and shifts.
+                  example_input: torch.Tensor | None = None, allow_inexact: bool = False) -> None:
+    """Mask units in place: zero their producer weights, biases, norm scales and shifts.
 
-    Running statistics are left alone (BN with zero scale and shift outputs zero whatever they are), and so are
+    Running statistics are left alone (a norm with zero scale and shift outputs zero whatever they are), and so are
     consumer weights (they read an exactly-zero channel).
 
     Args:
         model: Model to modify in place.
-        drop: Group id -> channel indices to zero.
+        drop: Group id -> unit indices to zero.
         groups: Output of `build_channel_groups(model, ...)`; traced from `example_input` when omitted.
         example_input: Input batch used to trace the model when `groups` is omitted.
+        allow_inexact: Accept inexact groups (see `ChannelGroup.inexact`).
 
     Raises:
-        StructuralPruningError: Unknown or unprunable group, out-of-range indices, or all channels dropped.
+        StructuralPruningError: As `check_drop`.
     """
     by_id = _resolve_groups(model, groups, example_input)
-    checked = _check_drop(by_id, drop)
-    for gid, idx in checked.items():
-        for s in by_id[gid].producers:
+    for gid, idx in check_drop(by_id, drop, allow_inexact).items():
+        for s in producer_slices(model, by_id[gid]):
             if s.kind == "stat":
                 continue
             tensor = _get_tensor(model, s.module, s.param)
-            positions = (s.offset + idx.unsqueeze(1) * s.expand + torch.arange(s.expand)).flatten()
-            tensor.index_fill_(s.dim, positions.to(tensor.device), 0)
+            tensor.index_fill_(s.dim, _positions(s, idx).to(tensor.device), 0)
 
 
 def remove_channels(model: nn.Module, drop: Mapping[str, torch.Tensor], *,
-                    groups: Sequence[ChannelGroup] | None = None,
-                    example_input: torch.Tensor | None = None) -> nn.Module:
-    """Return a copy of `model` with the dropped channels physically removed.
+                    groups: Sequence[ChannelGroup] | None = None, example_input: torch.Tensor | None = None,
+                    allow_inexact: bool = False) -> nn.Module:
+    """Return a copy of `model` with the dropped units physically removed.
 
-    Every producer slice (conv/linear rows, biases, BN parameters and running stats, layer scales) and every
-    consumer slice (input columns of the convs/linears reading the group, at their concat offsets) of the
-    dropped channels is deleted; conv/linear/norm attributes (`in_channels`, `out_channels`, `groups` of
-    depthwise convs, `in_features`, `num_features`, ...) are updated to the new shapes.
+    Every producer slice (conv/linear rows, biases, norm parameters and running stats, layer scales) and every
+    consumer slice (input columns of the layers reading the group, at their concat offsets) of the dropped units is
+    deleted; each touched layer's rule then updates its attributes (`in_channels`, `out_channels`, `groups`,
+    `in_features`, `num_features`, `num_heads`, ...).
 
     Args:
         model: The model; left unchanged.
-        drop: Group id -> channel indices to remove.
+        drop: Group id -> unit indices to remove.
         groups: Output of `build_channel_groups(model, ...)`; traced from `example_input` when omitted.
         example_input: Input batch used to trace the model when `groups` is omitted.
+        allow_inexact: Accept inexact groups (removal then differs from masking; fine-tuning recovers).
 
     Returns:
         The smaller model (same class and module names, same training flag).
 
     Raises:
-        StructuralPruningError: Unknown or unprunable group (the message names the blocking layer),
-            out-of-range indices, all channels of a group dropped, or a layer whose attributes cannot be updated.
+        StructuralPruningError: As `check_drop` (the message names the blocking layer), or a layer whose
+            attributes its rule cannot update.
     """
     by_id = _resolve_groups(model, groups, example_input)
-    checked = _check_drop(by_id, drop)
-    dels = _deletions(by_id, checked, consumers=True)
+    dels = _deletions(model, by_id, check_drop(by_id, drop, allow_inexact))
     pruned = copy.deepcopy(model)
-    old_shapes = {name: _channel_attrs(m) for name, m in pruned.named_modules()}
-    touched = set()
+    # Layers with a rule update their width attributes; modules that were traced into (their forward is part of
+    # the graph, e.g. a model root holding a class token) only have tensors sliced.
+    # A block rule (attention heads) describes its children's tensors: it updates its own attributes too.
+    touched = {m for m, _, _ in dels}
+    touched |= {parent for m in touched for parent in _ancestors(m)}
+    rules = {name: rule for name in touched if (rule := rule_for(pruned.get_submodule(name)))}
+    old = {name: rule.attributes(pruned.get_submodule(name)) for name, rule in rules.items()}
     for (module, param, dim), positions in sorted(dels.items()):
         _delete_positions(pruned, module, param, dim, positions)
-        touched.add(module)
-    for module in sorted(touched):
-        _sync_attributes(module, pruned.get_submodule(module), old_shapes[module])
+    for name, rule in sorted(rules.items(), key=lambda kv: (-kv[0].count("."), kv[0])):  # children first
+        rule.shrink(name, pruned.get_submodule(name), old[name])
     return pruned
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _get_tensor(model: nn.Module, module: str, param: str) -> torch.Tensor:
@@ -155,27 +186,3 @@ def _delete_positions(model: nn.Module, module: str, param: str, dim: int, posit
         owner._buffers[param] = new
     else:
         raise StructuralPruningError(f"'{module}.{param}' is neither a parameter nor a buffer")
-
-
-def _channel_attrs(m: nn.Module) -> dict[str, int]:
-    names = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
-    return {n: getattr(m, n) for n in names if isinstance(getattr(m, n, None), int)}
-
-
-def _sync_attributes(name: str, m: nn.Module, old: dict[str, int]) -> None:
-    """Update a module's channel-count attributes to its new tensor shapes."""
-    if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
-    elif isinstance(m, nn.modules.conv._ConvNd):
-        m.out_channels = m.weight.shape[0]
-        if old["groups"] > 1:  # only depthwise convs reach here: groups == in == out
-            m.groups = m.in_channels = m.out_channels
-        else:
-            m.in_channels = m.weight.shape[1]
-    elif isinstance(m, nn.Linear):
-        m.out_features, m.in_features = m.weight.shape
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-        ref = m.weight if m.weight is not None else m.running_mean
-        m.num_features = ref.shape[0]
-    elif old:
-        raise StructuralPruningError(f"cannot update channel attributes of '{name}' ({type(m).__name__})")

@@ -14,7 +14,8 @@ from tests.method2.test_grad_count import TINY_UNET
 
 def test_structural_run_exports_a_smaller_loadable_model(tmp_path: Path) -> None:
     overrides = [*TINY_UNET, f"out_dir={tmp_path}", "phases.sparsify.epochs=1", "phases.finetune.epochs=1",
-                 "prune.filter_fraction=0.5", "regularizer.count_window=3", "deepspeed.zero_stage=0"]
+                 "prune.filter_fraction=0.5", "prune.round_to=1", "regularizer.count_window=3",
+                 "deepspeed.zero_stage=0"]
     report = run_pipeline(load_config(None, overrides))
     assert report["params"]["pruned"] < report["params"]["dense"] / 2, "expected >2x fewer parameters"
     assert all(row["kept"] <= row["total"] - row["total"] // 2 for row in report["kept_filters"])

@@ -47,20 +47,21 @@ class Blocked(nn.Module):
         super().__init__()
         self.construct = construct
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.norm = nn.GroupNorm(2, 8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2 if construct == "grouped" else 1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
-        if self.construct == "groupnorm":
-            x = self.norm(x)
-        elif self.construct == "channel_mean":
+        if self.construct == "channel_mean":
             x = x * torch.sigmoid(x.mean(1, keepdim=True))
         elif self.construct == "sigmoid":
             x = torch.sigmoid(x)
-        elif self.construct == "slice":  # GhostNet-style: concatenate, then keep the first channels
+        elif self.construct == "slice":  # a slice with a constant bound inside the concatenation
             x = torch.cat([x, x], dim=1)[:, :8]
             x = x * torch.sigmoid(x.mean((2, 3), keepdim=True))
+        elif self.construct == "shuffle":  # ShuffleNet's channel shuffle splits the channel axis
+            x = x.view(x.shape[0], 2, 4, 8, 8).transpose(1, 2).reshape(x.shape[0], 8, 8, 8)
+        elif self.construct == "softmax":
+            x = torch.softmax(x, dim=1)
         return self.conv2(x).mean((2, 3))
 
 
@@ -102,12 +103,15 @@ def test_concat_bn_removal_equals_masking():
     assert diff <= 1e-5, f"removed vs masked: {diff:.3e}"
 
 
+CONSTRUCTS = ["channel_mean", "sigmoid", "slice", "shuffle", "softmax"]
+
+
 @pytest.mark.parametrize("construct, fragment", [
-    ("groupnorm", "GroupNorm 'norm'"),
-    ("grouped", "grouped conv 'conv2' (groups=2)"),
     ("channel_mean", "'mean' over the channel axis at node 'mean'"),
     ("sigmoid", "reaches 'conv2' non-zero"),
-    ("slice", "tensor indexing at node 'getitem'"),
+    ("slice", "channel slice [0:8] with fixed bounds at node 'getitem'"),
+    ("shuffle", "reshape splitting or moving the channel axis at node 'view'"),
+    ("softmax", "op 'softmax' at node 'softmax'"),
 ])
 def test_unsupported_construct_blocks_group_and_names_layer(construct, fragment):
     model = Blocked(construct)
@@ -118,7 +122,7 @@ def test_unsupported_construct_blocks_group_and_names_layer(construct, fragment)
     assert fragment in str(err.value)
 
 
-@pytest.mark.parametrize("construct", ["groupnorm", "grouped", "channel_mean", "sigmoid", "slice"])
+@pytest.mark.parametrize("construct", CONSTRUCTS)
 def test_removal_of_what_stays_prunable_is_exact(construct):
     """Blocking is sound: around each unsupported construct, the groups left prunable still remove exactly."""
     torch.manual_seed(0)
@@ -179,12 +183,15 @@ def test_mobilenet_depthwise_and_squeeze_excite():
     assert se.prunable and {s.module for s in se.consumers} == {"blocks.2.0.se.conv_expand"}
 
 
-def test_convnext_layernorm_channels_unprunable_mlp_prunable():
+def test_convnext_layernorm_channels_inexact_mlp_exact():
     model = timm.create_model("convnext_tiny", pretrained=False, num_classes=10, depths=(1, 1, 1, 1))
     groups = by_id(build_channel_groups(model, torch.randn(1, 3, 32, 32)))
-    assert not groups["stem.0"].prunable and "LayerNorm 'stem.1'" in groups["stem.0"].reason
+    stem = groups["stem.0"]
+    assert stem.prunable and not stem.exact and any("LayerNorm 'stem.1'" in r for r in stem.inexact)
     hidden = groups["stages.0.blocks.0.mlp.fc1"]
-    assert hidden.prunable and {s.module for s in hidden.consumers} == {"stages.0.blocks.0.mlp.fc2"}
+    assert hidden.prunable and hidden.exact and {s.module for s in hidden.consumers} == {"stages.0.blocks.0.mlp.fc2"}
+    with pytest.raises(StructuralPruningError, match="allow_inexact"):
+        remove_channels(model, {"stem.0": torch.tensor([0])}, groups=list(groups.values()))
 
 
 def test_unet_skip_concat_offsets():

@@ -1,0 +1,155 @@
+"""Channel scoring (norms, BN scale, gradient counts) is separate from selection (fractions, caps, rounding);
+`prune.round_to` keeps channel counts multiples of N (issue 11, item 5)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from sparsetrain.config import ConfigError, load_config
+from sparsetrain.config.schema import PruneConfig
+from sparsetrain.pruning.filters import choose_filters, remove_filters
+from sparsetrain.structural import (
+    BNScale,
+    ChannelSelection,
+    CountRatio,
+    L1Norm,
+    L2Norm,
+    build_channel_groups,
+    build_score,
+    select_channels,
+)
+from sparsetrain.structural.selection import rounded_count
+
+
+class Net(nn.Module):
+    """conv(3→40) → BN → ReLU → conv(40→24) → BN → ReLU → pool → linear: two plain groups of 40 and 24 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 40, 3, padding=1, bias=False), nn.BatchNorm2d(40)
+        self.conv2, self.bn2 = nn.Conv2d(40, 24, 1, bias=False), nn.BatchNorm2d(24)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture()
+def net() -> tuple[nn.Module, torch.Tensor, list]:
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 8, 8)
+    return model, x, build_channel_groups(model, x)
+
+
+@pytest.mark.parametrize("n, kept, step, lowest, expected", [
+    (64, 45, 8, 16, 48), (64, 44, 8, 16, 48), (64, 43, 8, 16, 40),  # nearest multiple, ties keep more
+    (12, 11, 8, 3, 12), (12, 9, 8, 3, 8), (12, 10, 8, 3, 12),  # the layer's own width counts as a candidate
+    (64, 64, 8, 16, 64), (40, 40, 8, 10, 40),  # nothing selected: nothing removed by rounding
+    (64, 17, 8, 17, 24), (64, 3, 8, 1, 8),  # within the cap (lowest), never below one step
+    (6, 2, 8, 1, 2), (64, 45, 1, 16, 45),  # smaller than a step, or no rounding
+])
+def test_rounded_count(n, kept, step, lowest, expected):
+    assert rounded_count(n, kept, step, lowest) == expected
+
+
+def kept_counts(groups, drop) -> dict[str, int]:
+    return {g.id: g.num_channels - len(drop.get(g.id, [])) for g in groups if g.prunable}
+
+
+def test_round_to_keeps_multiples_of_n(net):
+    model, _, groups = net
+    def kept(fraction: float, round_to: int) -> dict[str, int]:
+        selection = ChannelSelection(fraction=fraction, round_to=round_to)
+        return kept_counts(groups, select_channels(model, groups, L2Norm(), selection))
+
+    assert kept(0.3, 1) == {"conv1": 28, "conv2": 16}, "30 % removed (floor of the kept count)"
+    assert kept(0.3, 8) == {"conv1": 32, "conv2": 16}, "28 rounds up to 32 (tie with 24: keep more)"
+    assert kept(0.2, 1) == {"conv1": 32, "conv2": 19}
+    assert kept(0.2, 8) == {"conv1": 32, "conv2": 16}, "19 rounds down to 16"
+    # through the config, with the default round_to (8)
+    drop = choose_filters(model, groups, PruneConfig(rule="filters", filter_fraction=0.3))
+    assert kept_counts(groups, drop) == {"conv1": 32, "conv2": 16}
+
+
+def test_round_to_applies_to_the_built_model(net):
+    model, x, _ = net
+    pruned, kept, _ = remove_filters(model, tuple(x.shape[1:]), PruneConfig(rule="filters", filter_fraction=0.4,
+                                                                             round_to=16))
+    assert (pruned.conv1.out_channels, pruned.conv2.out_channels) == (32, 16)
+    assert {r["group"]: r["kept"] for r in kept} == {"conv1": 32, "conv2": 16}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("prune={rule: filters, round_to: 0}", "prune.round_to: Input should be greater than or equal to 1"),
+    ("prune={rule: filters, round_to: eight}", "prune.round_to:"),
+    ("prune={rule: filters, channel_score: taylor}", "prune.channel_score:"),
+    ("prune={rule: filters, channel_score: grad_count}",
+     "prune.channel_score: grad_count ranks channels by the gradient counts"),
+    ("prune.round_to=8", "prune.round_to: not a setting of prune.rule='global_threshold'"),
+])
+def test_bad_selection_settings_fail_at_load(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value), str(info.value)
+
+
+def test_round_to_loads_with_the_filters_rule():
+    assert load_config(None, ["prune={rule: filters, round_to: 16}"]).prune.round_to == 16
+    assert load_config("configs/unet_synthetic.yaml", []).prune.round_to == 8
+
+
+def test_scores_rank_channels_by_their_own_criterion(net):
+    """Each score is a small class: the same selection removes different channels under each."""
+    model, _, groups = net
+    conv1 = next(g for g in groups if g.id == "conv1")
+    with torch.no_grad():
+        model.conv1.weight[[3, 9]] *= 1e-3  # weakest filters
+        model.bn1.weight.fill_(1.0)
+        model.bn1.weight[[5, 30]] = 1e-4  # smallest BN scales (network slimming)
+    ratios = {"conv1.weight": torch.linspace(1, 0, 40), "conv2.weight": torch.ones(24)}
+    select = ChannelSelection(fraction=0.05)  # 2 of 40 channels
+    picks = {name: select_channels(model, [conv1], score, select)["conv1"].tolist()
+             for name, score in (("l2", L2Norm()), ("l1", L1Norm()), ("bn", BNScale()), ("count", CountRatio(ratios)))}
+    assert picks == {"l2": [3, 9], "l1": [3, 9], "bn": [5, 30], "count": [38, 39]}
+    assert BNScale()(model, conv1).shape == (40,) and build_score("bn_scale").name == "bn_scale"
+    with pytest.raises(ValueError, match="grad_count"):
+        build_score("grad_count")
+
+
+def test_threshold_cap_and_never_all(net):
+    model, _, groups = net
+    with torch.no_grad():
+        model.conv1.weight[:35] = 0.0  # 35 of 40 dead: the cap (75 %) keeps 10
+    drop = select_channels(model, groups, L2Norm(), ChannelSelection(threshold=0.01, max_fraction=0.75))
+    assert len(drop["conv1"]) == 30 and set(drop["conv1"].tolist()) <= set(range(35))
+    assert "conv2" not in drop
+
+
+def test_grouped_units_round_in_channels():
+    """Units of 8 channels (regnet group width): round_to=16 keeps an even number of groups."""
+    torch.manual_seed(0)
+    model, x = timm.create_model("regnetx_002", pretrained=False, num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    groups = build_channel_groups(model, x)
+    drop = select_channels(model, groups, L2Norm(), ChannelSelection(fraction=0.3, round_to=16))
+    grouped = [g for g in groups if g.unit_channels == 8 and g.id in drop]
+    assert grouped
+    for g in grouped:
+        kept_channels = (g.num_channels - len(drop[g.id])) * g.unit_channels
+        assert kept_channels % 16 == 0, (g.id, kept_channels)
+
+
+def test_allow_inexact_groups_are_reported_inexact():
+    """`prune.allow_inexact`: LayerNorm-normalized channel groups are pruned too and their rows say exact=False."""
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_tiny", pretrained=False, num_classes=10, depths=(1, 1, 1, 1),
+                              dims=(16, 32, 48, 64)).eval()
+    cfg = PruneConfig(rule="filters", filter_fraction=0.5, round_to=1)
+    _, kept, _ = remove_filters(model, (3, 32, 32), cfg)
+    assert all(r.get("exact", True) for r in kept) and any(r["kept"] < r["total"] for r in kept)
+    pruned, kept, _ = remove_filters(model, (3, 32, 32), cfg.model_copy(update={"allow_inexact": True}))
+    inexact = {r["group"] for r in kept if r.get("exact") is False}
+    assert "stem.0" in inexact and pruned.stem[0].out_channels == 8
