@@ -11,7 +11,9 @@ import pytest
 from sparsetrain.data.idx import load_idx
 from tests.core.subprocess_runs import run_cli
 
-SHORT = ["phases.dense.epochs=0.3", "phases.sparsify.epochs=0.6", "phases.finetune.epochs=0.3",
+# A smoke run of the recipe: 1/20 of the data and a few hundred steps. Its 98.2 % target needs the full schedule (after
+# ~100 steps fc1 still holds the smallest weights and a global cut would empty it), so the smoke run prunes to 90 %.
+SHORT = ["phases.dense.epochs=0.3", "phases.sparsify.epochs=0.6", "phases.finetune.epochs=0.3", "prune.sparsity=0.9",
          "data.train_subset.parts=20", "tracking.mode=disabled", "train.threads=1", "train.log_every=10"]
 
 
