@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
     ("unet_synthetic.yaml", "regularizer.beta=50", "regularizer.beta: not a setting of regularizer.name='grad_count'"),
     ("quickstart.yaml", "regularizer.lambda_s=1", "regularizer.lambda_s: not a setting of regularizer.name='l0_exp'"),
     ("lenet300_mnist.yaml", "prune.filter_fraction=0.3", "prune.filter_fraction: not a setting of "
-     "prune.rule='global_threshold'"),
+     "prune.rule='global_sparsity'"),
     ("unet_synthetic.yaml", "regularizer.gradient_path=autograd", "regularizer.gradient_path: Input should be 'hook'"),
 ])
 def test_a_setting_the_strategy_does_not_read_fails_at_load(recipe: str, override: str, expected: str) -> None:
