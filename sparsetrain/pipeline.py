@@ -135,7 +135,7 @@ class Pipeline:
         return build_model(model_cfg, self.data.in_chans, self.data.num_classes, self.data.input_shape)
 
     def export_meta(self, **extra: Any) -> dict[str, Any]:
-        """What `load_compressed` needs to rebuild the model without this run's config."""
+        """What `load_pruned_model` needs to rebuild the model without this run's config."""
         kwargs = model_kwargs(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
         return {"model_name": self.cfg.model.name, "model_kwargs": kwargs,
                 "input_shape": list(self.data.input_shape), **extra}
@@ -143,11 +143,11 @@ class Pipeline:
     def model_from(self, phase: str | None) -> nn.Module:
         """The model at the end of `phase` (initial weights for None); structurally pruned phases load the
         smaller architecture from their compressed export."""
-        from sparsetrain.structural.export import ARCH_FILE, load_compressed
+        from sparsetrain.structural.serialize import ARCH_FILE, load_pruned_model
 
         folder = self.out_dir / "weights" / str(phase)
         if phase is not None and (folder / ARCH_FILE).exists():
-            return load_compressed(folder).train().to(self.dist.device)
+            return load_pruned_model(folder).train().to(self.dist.device)
         model = self.new_model(initial=phase is None)
         if phase is not None:
             model.load_state_dict(load_weights(self.out_dir / "weights" / f"{phase}.safetensors"))
@@ -168,13 +168,14 @@ class Pipeline:
                            f"the {phase} phase diverged: {hint(self.cfg, phase, 'weights')}")
             state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
         if self.structural and phase in (PRUNE, FINETUNE):
-            from sparsetrain.structural.export import load_compressed, save_compressed
+            from sparsetrain.structural.serialize import load_pruned_model, save_pruned_model
 
             if self.dist.is_main:
                 if partitioned:  # rebuild the (smaller) architecture around the gathered weights
-                    model = load_compressed(self.out_dir / "weights" / "prune")
+                    model = load_pruned_model(self.out_dir / "weights" / "prune")
                     model.load_state_dict(state)
-                save_compressed(_cpu_copy(model), self.out_dir / "weights" / phase, meta=self.export_meta(phase=phase))
+                save_pruned_model(_cpu_copy(model), self.out_dir / "weights" / phase,
+                                  meta=self.export_meta(phase=phase))
             barrier()
             return
         save_weights(self.out_dir / "weights" / f"{phase}.safetensors", state or {}, self.dist)

@@ -17,7 +17,7 @@ from torch import nn
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
 from sparsetrain.deploy.loading import export_folder, load_compressed
-from sparsetrain.structural.export import ARCH_FILE
+from sparsetrain.structural.serialize import ARCH_FILE
 
 __all__ = ["evaluate_target", "format_evaluation"]
 

@@ -34,7 +34,7 @@ from sparsetrain.deploy.program import (
 )
 from sparsetrain.progress import log
 from sparsetrain.pruning.masks import prunable_parameters
-from sparsetrain.structural.export import ARCH_FILE, WEIGHTS_FILE, save_compressed
+from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE, save_pruned_model
 
 __all__ = ["DEPLOYMENT_FORMATS", "MANIFEST_FILE", "write_export"]
 
@@ -55,7 +55,7 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
     Args:
         model: The compressed model (a timm model, possibly structurally pruned); a float32 CPU copy is exported.
         folder: The export folder (created; files of the same names are replaced).
-        meta: timm "model_name" and "model_kwargs" plus JSON metadata (see `structural.export.save_compressed`).
+        meta: timm "model_name" and "model_kwargs" plus JSON metadata (see `structural.serialize.save_pruned_model`).
         example: An input batch (at least 2 samples) of the data's shape, used to trace and verify.
         formats: Deployment formats to write besides safetensors and bitmask (`DEPLOYMENT_FORMATS`).
         opset: ONNX opset.
@@ -68,7 +68,7 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
 
     folder = Path(folder)
     model = copy.deepcopy(model).float().cpu().eval()
-    save_compressed(model, folder, meta=meta)
+    save_pruned_model(model, folder, meta=meta)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     save_sparse(state, set(prunable_parameters(model)), folder / BITMASK_FILE)
     entries = {"safetensors": _entry(folder, ARCH_FILE, WEIGHTS_FILE),

@@ -32,7 +32,7 @@ from torch import nn
 from sparsetrain.deploy.loading import export_folder, load_compressed
 from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
 from sparsetrain.progress import log
-from sparsetrain.structural.export import ARCH_FILE
+from sparsetrain.structural.serialize import ARCH_FILE
 
 __all__ = ["interleaved_times", "latency_table"]
 
@@ -130,7 +130,7 @@ class _Models:
     def storage(self) -> dict[str, Any]:
         """Bytes of the dense model's tensors vs the export's smallest weights file."""
         from sparsetrain.deploy.bitmask import BITMASK_FILE
-        from sparsetrain.structural.export import WEIGHTS_FILE
+        from sparsetrain.structural.serialize import WEIGHTS_FILE
 
         dense = sum(t.numel() * t.element_size() for t in self.torch["dense"].state_dict().values())
         files = {name: (self.folder / name).stat().st_size for name in (WEIGHTS_FILE, BITMASK_FILE)

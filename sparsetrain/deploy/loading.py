@@ -11,7 +11,7 @@ from torch import nn
 from sparsetrain.deploy.bitmask import BITMASK_FILE, load_sparse
 from sparsetrain.deploy.program import ONNX_FILE, PROGRAM_FILE, onnx_session
 from sparsetrain.progress import log
-from sparsetrain.structural.export import ARCH_FILE, WEIGHTS_FILE
+from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
 
 __all__ = ["FORMAT_ORDER", "OnnxRuntimeModel", "export_folder", "load_compressed"]
 
@@ -89,7 +89,7 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
     fmt = _format_of(path, format)
     folder = export_folder(path)
     if fmt == "safetensors":
-        from sparsetrain.structural.export import load_compressed as load_timm
+        from sparsetrain.structural.serialize import load_pruned_model as load_timm
 
         model = load_timm(folder)
     elif fmt == "bitmask":
@@ -110,7 +110,7 @@ def _load_bitmask(folder: Path) -> nn.Module:
     import timm
 
     import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
-    from sparsetrain.structural.export import load_compressed as load_timm
+    from sparsetrain.structural.serialize import load_pruned_model as load_timm
 
     arch = json.loads((folder / ARCH_FILE).read_text())
     if arch.get("modules"):  # structurally pruned: the recorded smaller architecture, rebuilt by its loader

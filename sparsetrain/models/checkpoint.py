@@ -79,7 +79,7 @@ def _tensors(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
 def _export_state(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from sparsetrain.structural.export import ARCH_FILE, WEIGHTS_FILE
+    from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
 
     if not (folder / ARCH_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise ValueError(f"model.checkpoint: {folder} is a folder but not a sparsetrain export "
@@ -89,7 +89,7 @@ def _export_state(folder: Path) -> dict[str, torch.Tensor]:
 
 def export_architecture(path: str | Path) -> dict | None:
     """The `architecture.json` of an export folder given as checkpoint, None for checkpoint files."""
-    from sparsetrain.structural.export import ARCH_FILE
+    from sparsetrain.structural.serialize import ARCH_FILE
 
     arch_file = resolve(path) / ARCH_FILE
     return json.loads(arch_file.read_text()) if arch_file.is_file() else None
@@ -176,7 +176,7 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig) -> nn.Module:
 
 def _pruned_export(model: nn.Module, cfg: ModelConfig, arch: dict) -> nn.Module:
     """A structurally pruned export is its own architecture: rebuild it and check it fits the data."""
-    from sparsetrain.structural.export import load_compressed
+    from sparsetrain.structural.serialize import load_pruned_model
 
     if arch.get("model_name") != cfg.name:
         raise CheckpointMismatch(f"model.checkpoint: {cfg.checkpoint} is an export of {arch.get('model_name')}, "
@@ -184,7 +184,7 @@ def _pruned_export(model: nn.Module, cfg: ModelConfig, arch: dict) -> nn.Module:
     if cfg.reset_head:
         raise CheckpointMismatch("model.reset_head: not supported for a structurally pruned export (its classifier "
                                  "input is pruned); start from the unpruned weights")
-    pruned = load_compressed(resolve(cfg.checkpoint)).train()
+    pruned = load_pruned_model(resolve(cfg.checkpoint)).train()
     ours, theirs = model.state_dict(), pruned.state_dict()
     head = [k for k in classifier_keys(model) if k in theirs]
     _check_head(cfg, theirs, ours, [k for k in head if theirs[k].shape[0] != ours[k].shape[0]], head)

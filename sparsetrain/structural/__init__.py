@@ -1,7 +1,6 @@
 """Structural (physical) channel removal: channel groups, layer rules, scoring and selection, masking/removal,
 constant folding, compressed export, profiling. Vocabulary: `types.py` and docs/structural.md."""
 
-from sparsetrain.structural.export import load_compressed, save_compressed
 from sparsetrain.structural.fold import FoldReport, fold_constant_channels
 from sparsetrain.structural.graph import (
     build_channel_groups,
@@ -14,6 +13,7 @@ from sparsetrain.structural.remove import kept_channels, remove_channels, zero_c
 from sparsetrain.structural.rules import LayerRule, register_layer_rule, registered_rules, rule_for
 from sparsetrain.structural.scoring import BNScale, ChannelScore, CountRatio, L1Norm, L2Norm, build_score
 from sparsetrain.structural.selection import ChannelSelection, select_channels
+from sparsetrain.structural.serialize import load_pruned_model, save_pruned_model
 from sparsetrain.structural.trace import trace_model
 from sparsetrain.structural.types import ChannelGroup, ChannelSlice, StructuralPruningError
 
@@ -34,7 +34,7 @@ __all__ = [
     "fold_constant_channels",
     "groups_by_id",
     "kept_channels",
-    "load_compressed",
+    "load_pruned_model",
     "producer_weights",
     "producer_weights_by_group",
     "profile_model",
@@ -42,7 +42,7 @@ __all__ = [
     "registered_rules",
     "remove_channels",
     "rule_for",
-    "save_compressed",
+    "save_pruned_model",
     "select_channels",
     "trace_model",
     "zero_channels",

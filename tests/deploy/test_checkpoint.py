@@ -14,7 +14,7 @@ from sparsetrain.cli import main
 from sparsetrain.config.schema import ModelConfig, PruneConfig
 from sparsetrain.models.factory import build_model
 from sparsetrain.pruning.filters import channel_groups, choose_filters
-from sparsetrain.structural import remove_channels, save_compressed
+from sparsetrain.structural import remove_channels, save_pruned_model
 
 SHAPE = (1, 28, 28)
 
@@ -88,7 +88,7 @@ def test_a_structurally_pruned_export_is_its_own_smaller_model(tmp_path: Path) -
     groups = channel_groups(dense, (3, 32, 32))
     drop = choose_filters(dense, groups, PruneConfig(rule="filters", filter_fraction=0.5))
     pruned = remove_channels(dense, drop, groups=groups).eval()
-    folder = save_compressed(pruned, tmp_path / "export", meta={"model_name": "unet_tiny",
+    folder = save_pruned_model(pruned, tmp_path / "export", meta={"model_name": "unet_tiny",
                                                                 "model_kwargs": {"num_classes": 1, "in_chans": 3}})
     loaded = build_model(ModelConfig(name="unet_tiny", checkpoint=str(folder)), 3, 1, (3, 32, 32)).eval()
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in pruned.parameters())

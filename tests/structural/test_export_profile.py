@@ -1,4 +1,4 @@
-"""save_compressed/load_compressed edge cases and profile_model numbers."""
+"""save_pruned_model/load_pruned_model edge cases and profile_model numbers."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import timm
 import torch
 from torch import nn
 
-from sparsetrain.structural.export import ARCH_FILE, load_compressed, save_compressed
 from sparsetrain.structural.graph import StructuralPruningError, build_channel_groups
 from sparsetrain.structural.profile import profile_model
 from sparsetrain.structural.remove import remove_channels
+from sparsetrain.structural.serialize import ARCH_FILE, load_pruned_model, save_pruned_model
 
 NAME, KWARGS = "mobilenetv3_small_100", {"num_classes": 10}
 
@@ -24,19 +24,19 @@ def model() -> nn.Module:
 
 
 def test_unpruned_model_round_trips(model, tmp_path):
-    out = save_compressed(model, tmp_path / "m", meta={"model_name": NAME, "model_kwargs": KWARGS, "step": 7})
+    out = save_pruned_model(model, tmp_path / "m", meta={"model_name": NAME, "model_kwargs": KWARGS, "step": 7})
     arch = json.loads((out / ARCH_FILE).read_text())
     assert arch["modules"] == {} and arch["meta"] == {"step": 7}
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        diff = (load_compressed(out / "model.safetensors")(x) - model(x)).abs().max().item()
+        diff = (load_pruned_model(out / "model.safetensors")(x) - model(x)).abs().max().item()
     assert diff == 0.0, f"loaded vs saved model: {diff:.3e}"
 
 
 def test_changed_modules_record_type_and_args(model, tmp_path):
     groups = build_channel_groups(model, torch.randn(1, 3, 32, 32))
     pruned = remove_channels(model, {"conv_head": torch.arange(24)}, groups=groups)
-    out = save_compressed(pruned, tmp_path, meta={"model_name": NAME, "model_kwargs": KWARGS})
+    out = save_pruned_model(pruned, tmp_path, meta={"model_name": NAME, "model_kwargs": KWARGS})
     modules = json.loads((out / ARCH_FILE).read_text())["modules"]
     assert set(modules) == {"conv_head", "classifier"}
     assert modules["conv_head"]["args"]["out_channels"] == 1000 and modules["classifier"]["args"]["in_features"] == 1000
@@ -51,7 +51,7 @@ def test_changed_modules_record_type_and_args(model, tmp_path):
 ])
 def test_bad_meta_is_refused(model, tmp_path, meta, error, match):
     with pytest.raises(error, match=match):
-        save_compressed(model, tmp_path, meta=meta)
+        save_pruned_model(model, tmp_path, meta=meta)
 
 
 def test_profile_counts_conv_flops_and_memory():

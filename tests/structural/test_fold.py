@@ -131,7 +131,7 @@ def test_padded_conv_fold_is_reported_approximate_and_exact_in_the_interior():
 
 
 def test_folded_model_round_trips_through_the_export(tmp_path, resnet18):
-    from sparsetrain.structural.export import load_compressed, save_compressed
+    from sparsetrain.structural.serialize import load_pruned_model, save_pruned_model
 
     x = torch.randn(1, 3, 32, 32)
     model = copy.deepcopy(resnet18)
@@ -140,8 +140,8 @@ def test_folded_model_round_trips_through_the_export(tmp_path, resnet18):
     fold_constant_channels(model, groups, drop, x)
     pruned = remove_channels(model, drop, groups=groups)
     assert pruned.layer2[0].conv2.bias is not None
-    out = save_compressed(pruned, tmp_path, meta={"model_name": "resnet18", "model_kwargs": {"num_classes": 10}})
-    assert max_diff(load_compressed(out), pruned.eval(), x) == 0.0
+    out = save_pruned_model(pruned, tmp_path, meta={"model_name": "resnet18", "model_kwargs": {"num_classes": 10}})
+    assert max_diff(load_pruned_model(out), pruned.eval(), x) == 0.0
 
 
 def test_fold_into_a_consumer_that_loses_channels_too():

@@ -3,7 +3,7 @@
 Per model (built once per module): random BN statistics/affines and layer scales (so zeroing really changes
 the output), float32, a random 30 % of each prunable
 group dropped; then masked vs removed outputs, parameter shapes vs the kept filters, and a
-save_compressed → load_compressed round trip.
+save_pruned_model → load_pruned_model round trip.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import timm
 import torch
 from torch import nn
 
-from sparsetrain.structural.export import load_compressed, save_compressed
 from sparsetrain.structural.graph import build_channel_groups, producer_weights, producer_weights_by_group
 from sparsetrain.structural.remove import remove_channels, zero_channels
+from sparsetrain.structural.serialize import load_pruned_model, save_pruned_model
 
 CASES = [  # (timm name, create kwargs, input side)
     ("mobilenetv3_small_100", {"num_classes": 10}, 64),
@@ -84,7 +84,8 @@ def case(request, tmp_path_factory):
     masked = copy.deepcopy(model)
     zero_channels(masked, drop, groups=groups)
     pruned = remove_channels(model, drop, groups=groups).eval()
-    out_dir = save_compressed(pruned, tmp_path_factory.mktemp(name), meta={"model_name": name, "model_kwargs": kwargs})
+    meta = {"model_name": name, "model_kwargs": kwargs}
+    out_dir = save_pruned_model(pruned, tmp_path_factory.mktemp(name), meta=meta)
     with torch.no_grad():
         outs = {k: m(x) for k, m in [("orig", model), ("masked", masked), ("pruned", pruned)]}
     return dict(model=model, groups=groups, drop=drop, pruned=pruned, x=x, outs=outs, out_dir=out_dir)
@@ -123,7 +124,7 @@ def test_pruned_model_regroups_consistently(case):
 
 
 def test_compressed_round_trip(case):
-    loaded = load_compressed(case["out_dir"])
+    loaded = load_pruned_model(case["out_dir"])
     assert not loaded.training
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in case["pruned"].parameters())
     with torch.no_grad():

@@ -20,10 +20,10 @@ from sparsetrain.structural import (
     LayerRule,
     StructuralPruningError,
     build_channel_groups,
-    load_compressed,
+    load_pruned_model,
     register_layer_rule,
     remove_channels,
-    save_compressed,
+    save_pruned_model,
     select_channels,
     zero_channels,
 )
@@ -46,9 +46,9 @@ def prune_and_compare(model: nn.Module, x: torch.Tensor, *, allow_inexact: bool 
 
 
 def round_trip(pruned: nn.Module, x: torch.Tensor, tmp_path, name: str, kwargs: dict[str, Any]) -> float:
-    out = save_compressed(pruned, tmp_path / name, meta={"model_name": name, "model_kwargs": kwargs})
+    out = save_pruned_model(pruned, tmp_path / name, meta={"model_name": name, "model_kwargs": kwargs})
     with torch.no_grad():
-        return (load_compressed(out)(x) - pruned(x)).abs().max().item()
+        return (load_pruned_model(out)(x) - pruned(x)).abs().max().item()
 
 
 def timm_model(name: str, seed: int = 0, **kwargs) -> nn.Module:

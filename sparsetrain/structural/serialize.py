@@ -7,7 +7,7 @@ Layout of the output folder:
   each of its tensors (a bias added by folding constants included).
 - `model.safetensors`: the state dict.
 
-`load_compressed` recreates the timm model, shrinks the recorded modules in place (same class, attributes set by
+`load_pruned_model` recreates the timm model, shrinks the recorded modules in place (same class, attributes set by
 the layer rule's `rebuild`, empty tensors of the recorded shapes) and loads the weights strictly, so a missing or
 extra tensor is an error.
 """
@@ -26,12 +26,12 @@ from torch import nn
 from sparsetrain.structural.rules import rule_for
 from sparsetrain.structural.types import StructuralPruningError
 
-__all__ = ["ARCH_FILE", "WEIGHTS_FILE", "load_compressed", "save_compressed"]
+__all__ = ["ARCH_FILE", "WEIGHTS_FILE", "load_pruned_model", "save_pruned_model"]
 
 ARCH_FILE = "architecture.json"
 WEIGHTS_FILE = "model.safetensors"
 _FORMAT = "sparsetrain-compressed/1"
-def save_compressed(model: nn.Module, out_dir: str | Path, *, meta: dict[str, Any]) -> Path:
+def save_pruned_model(model: nn.Module, out_dir: str | Path, *, meta: dict[str, Any]) -> Path:
     """Write `model` (a possibly pruned timm model) to `out_dir`.
 
     Args:
@@ -62,11 +62,11 @@ def save_compressed(model: nn.Module, out_dir: str | Path, *, meta: dict[str, An
     return out
 
 
-def load_compressed(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by `save_compressed`.
+def load_pruned_model(path: str | Path) -> nn.Module:
+    """Rebuild a model saved by `save_pruned_model`.
 
     Args:
-        path: The folder written by `save_compressed` (or any file inside it).
+        path: The folder written by `save_pruned_model` (or any file inside it).
 
     Returns:
         The model, in eval mode, ready for `model(x)`.
