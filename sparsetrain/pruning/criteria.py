@@ -58,16 +58,20 @@ def _setting(cfg: PruneConfig, name: str) -> tuple[str, float]:
     return "prune.sparsity", cfg.sparsity
 
 
+def empty_layer_error(cfg: PruneConfig, name: str, size: int, largest: float) -> PruneError:
+    """The one-line error for a rule that would prune all `size` weights of layer `name` (largest |w| `largest`)."""
+    key, value = _setting(cfg, name)
+    what = "threshold" if "threshold" in key else "target"
+    count = f"{size:,} weight" + "s" * (size != 1)
+    return PruneError(f"{key}: {what} {value:g} would prune all {count} of {name} (its largest |w| is "
+                      f"{largest:.3g}); choose a value that keeps some, or a per-layer one")
+
+
 def refuse_empty_layers(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], cfg: PruneConfig) -> None:
     """Raise `PruneError` when a mask keeps no weight of a (non-empty) layer."""
     for name, mask in masks.items():
         if mask.numel() and not bool(mask.any()):
-            key, value = _setting(cfg, name)
-            largest = float(weights[name].detach().abs().max())
-            what = "threshold" if "threshold" in key else "target"
-            count = f"{mask.numel():,} weight" + "s" * (mask.numel() != 1)
-            raise PruneError(f"{key}: {what} {value:g} would prune all {count} of {name} (its largest |w| is "
-                             f"{largest:.3g}); choose a value that keeps some, or a per-layer one")
+            raise empty_layer_error(cfg, name, mask.numel(), float(weights[name].detach().abs().max()))
 
 
 def threshold_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig,

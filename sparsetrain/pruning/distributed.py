@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from sparsetrain.config.schema import PruneConfig
+from sparsetrain.pruning.criteria import empty_layer_error
 from sparsetrain.pruning.sharded_masks import MaskShard, ShardedMasks, pack_shard
 
 
@@ -178,13 +179,24 @@ def kept_per_layer(masks: ShardedMasks, names: list[str]) -> dict[str, int]:
     return dict(zip(names, _all_reduce(counts).tolist(), strict=True))
 
 
-def refuse_empty_layers(masks: ShardedMasks, names: list[str], sizes: dict[str, int], cfg: PruneConfig) -> None:
-    """A rule must not prune every weight of a layer (it cuts the network): one-line ValueError naming it."""
-    for name, kept in kept_per_layer(masks, names).items():
-        if kept == 0 and sizes[name]:
-            key = "prune.threshold" if "threshold" in cfg.rule else "prune.sparsity"
-            raise ValueError(f"{key}: the rule {cfg.rule} would prune all {sizes[name]:,} weights of {name}; choose "
-                             "a value that keeps some, or a per-layer one")
+def _largest_per_layer(shards: list[WeightShard], names: list[str]) -> dict[str, float]:
+    """max |w| of every layer over all ranks' shards (a collective)."""
+    local = {s.name: float(s.values.detach().float().abs().max()) for s in shards if s.values.numel()}
+    largest = torch.tensor([local.get(n, 0.0) for n in names], dtype=torch.float32)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return dict(zip(names, largest.tolist(), strict=True))
+
+
+def refuse_empty_layers(masks: ShardedMasks, shards: list[WeightShard], names: list[str], sizes: dict[str, int],
+                        cfg: PruneConfig) -> None:
+    """A rule must not prune every weight of a layer (it cuts the network): the same one-line `PruneError` as the
+    unsharded rules (`criteria.refuse_empty_layers`), naming the setting, the layer and its largest |w|."""
+    kept = kept_per_layer(masks, names)
+    emptied = [n for n in names if kept[n] == 0 and sizes[n]]
+    if emptied:
+        largest = _largest_per_layer(shards, names)
+        raise empty_layer_error(cfg, emptied[0], sizes[emptied[0]], largest[emptied[0]])
 
 
 __all__ = ["MaskShard", "ShardedMasks", "WeightShard", "kept_per_layer", "refuse_empty_layers", "shard_masks"]

@@ -63,8 +63,9 @@ def prune_shards(path: Path, shapes: dict[str, tuple[int, ...]], cfg: PruneConfi
     """Masks of this rank's share of the weights in `path` under `cfg` (a collective; exact targets)."""
     names = list(shapes)
     sizes = {n: int(torch.Size(s).numel()) for n, s in shapes.items()}
-    masks = shard_masks(read_weight_shards(path, shapes, device), names, sizes, cfg)
-    refuse_empty_layers(masks, names, sizes, cfg)
+    shards = read_weight_shards(path, shapes, device)
+    masks = shard_masks(shards, names, sizes, cfg)
+    refuse_empty_layers(masks, shards, names, sizes, cfg)
     return masks
 
 
