@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -128,8 +129,9 @@ def _wait_for_step(out_dir: Path, job_id: str, phase: str, step: int, timeout_s:
     pytest.fail(f"job {job_id} did not reach {phase} step {step} in {timeout_s}s of running")
 
 
-def _release_requeued(job_id: str, timeout_s: float = 120) -> None:
-    """Wait until Slurm holds the requeued job on its 2-minute BeginTime, then let it start now."""
+def _release_requeued(job_id: str, timeout_s: float = 600) -> None:
+    """Wait until Slurm holds the requeued job on its 2-minute BeginTime, then let it start now (a job can stay
+    COMPLETING for minutes while its processes finish a checkpoint on a loaded machine)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         info = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
@@ -278,8 +280,10 @@ def test_sbatch_cli_run_with_resume_false_continues_after_scontrol_requeue(
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, check=False)
     log = (out_dir / "job.log").read_text()
-    assert f"re-runs submission slurm:{job_id}" in log and "[sparsify] resuming from checkpoint sparsify-step" in log, \
-        log[-3000:]
+    # On a quiet machine the requeue's SIGTERM can land in a later phase than the one waited for: any phase's
+    # resume from its own checkpoint shows the re-run continued; the step log below shows nothing was repeated.
+    assert f"re-runs submission slurm:{job_id}" in log, log[-3000:]
+    assert re.search(r"\[(dense|sparsify|finetune)\] resuming from checkpoint \w+-step\d+", log), log[-3000:]
     steps = _training_steps(out_dir)
     assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
     assert steps == _training_steps(slurm_run), "step log differs from the uninterrupted run"
