@@ -173,10 +173,7 @@ def test_interrupted_job_requeues_and_resumes_without_lost_or_repeated_steps(
     assert "Requeued job" in log and log.count("starting in") == 2, "expected one requeue and a second start"
     assert report["world_size"] == 2
     _assert_same_weights(out_dir, slurm_run)
-    steps = _training_steps(out_dir)
-    assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
-    assert steps == _training_steps(slurm_run), "step log differs from the uninterrupted run"
-    _assert_one_wandb_run_across_requeue(out_dir)
+    _assert_steps_as_uninterrupted(out_dir, slurm_run)
 
 
 def _assert_one_wandb_run_across_requeue(out_dir: Path) -> None:
@@ -219,6 +216,14 @@ def _release_pending(job_id: str, timeout_s: float = 300) -> None:
     pytest.fail(f"job {job_id} was not running again within {timeout_s}s of its requeue")
 
 
+def _assert_steps_as_uninterrupted(out_dir: Path, reference: Path) -> None:
+    """The step log of a requeued run has no gap or repeat, equals the uninterrupted run's, and W&B holds it."""
+    steps = _training_steps(out_dir)
+    assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
+    assert steps == _training_steps(reference), "step log differs from the uninterrupted run"
+    _assert_one_wandb_run_across_requeue(out_dir)
+
+
 def _requeue_by_cluster(job_id: str, how: str) -> None:
     """What a cluster does to a running job that it re-runs later from the original submission."""
     if how == "scontrol-requeue":  # Slurm sends SIGTERM to the job's processes, then requeues it
@@ -252,10 +257,7 @@ def test_resume_false_job_requeued_by_the_cluster_continues_from_its_checkpoint(
         "the re-run did not continue from its own checkpoint"
     assert report["world_size"] == 2
     _assert_same_weights(out_dir, slurm_run)
-    steps = _training_steps(out_dir)
-    assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
-    assert steps == _training_steps(slurm_run), "step log differs from the uninterrupted run"
-    _assert_one_wandb_run_across_requeue(out_dir)
+    _assert_steps_as_uninterrupted(out_dir, slurm_run)
 
 
 def test_sbatch_cli_run_with_resume_false_continues_after_scontrol_requeue(
@@ -284,10 +286,7 @@ def test_sbatch_cli_run_with_resume_false_continues_after_scontrol_requeue(
     # resume from its own checkpoint shows the re-run continued; the step log below shows nothing was repeated.
     assert f"re-runs submission slurm:{job_id}" in log, log[-3000:]
     assert re.search(r"\[(dense|sparsify|finetune)\] resuming from checkpoint \w+-step\d+", log), log[-3000:]
-    steps = _training_steps(out_dir)
-    assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
-    assert steps == _training_steps(slurm_run), "step log differs from the uninterrupted run"
-    _assert_one_wandb_run_across_requeue(out_dir)
+    _assert_steps_as_uninterrupted(out_dir, slurm_run)
 
 
 def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None, tmp_path: Path) -> None:
