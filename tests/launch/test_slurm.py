@@ -276,8 +276,8 @@ def _planned_steps(log: str) -> int:
     return sum(int(total) for total in totals.values())
 
 
-# The single-process sbatch job trains ~300 steps/s on a quiet machine: a sparsify phase of ~2,200 steps (~7 s) keeps the
-# requeue's SIGTERM inside training however fast the machine (the 55-step TINY run can end before it arrives).
+# The single-process sbatch job trains ~300 steps/s on a quiet machine: a sparsify phase of ~2,200 steps (~7 s)
+# keeps the requeue's SIGTERM inside training however fast the machine (the 55-step TINY run can end before it).
 SBATCH_RUN = [*TINY, "phases.sparsify.epochs=100", "train.checkpoint_every=50"]
 
 
