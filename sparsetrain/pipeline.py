@@ -239,7 +239,8 @@ class Pipeline:
     def _filter_layouts(self, model: nn.Module) -> dict[str, tuple[int, int]]:
         from sparsetrain.pruning.filters import channel_groups, filter_layouts
 
-        return filter_layouts(model, channel_groups(model, self.data.input_shape))
+        grouped_conv = getattr(self.cfg.prune, "grouped_conv", "within_groups")  # the filters rule's setting
+        return filter_layouts(model, channel_groups(model, self.data.input_shape, grouped_conv))
 
     def _regularizer_state(self) -> dict | None:
         path = self.out_dir / "weights" / "sparsify_regularizer.pt"

@@ -225,6 +225,11 @@ class FiltersConfig(PruneConfig):
     allow_inexact: bool = Field(False, description="Also remove channels normalized together by a LayerNorm or a "
                                 "one-group GroupNorm: removal then changes the other channels' statistics (reported "
                                 "as inexact; fine-tuning recovers).")
+    grouped_conv: Literal["within_groups", "whole_groups"] = Field(
+        "within_groups", description="How a grouped conv (ResNeXt, RegNet) is pruned: within_groups = every group "
+        "loses the same channels, the group count stays and the weight shrinks like a dense conv's (Torch-Pruning's "
+        "way); whole_groups = whole groups are removed, each group keeps its width. Both exact; depthwise convs "
+        "are unaffected.")
 
 
 # ---- registries ------------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ of the group falls below `prune.filter_norm_threshold`, or when the gradient-cou
 filters redundant, unless it carries a constant (BN shift) that cannot be folded exactly into its consumers; then
 the weakest channels are added until `prune.filter_fraction` of the group is chosen (a size target). At most
 `prune.max_filter_fraction` of a group's channels are removed, at least one always stays, and kept channel counts
-are rounded to multiples of `prune.round_to`. Groups whose removal is inexact (LayerNorm over channels) are
-pruned only with `prune.allow_inexact`.
+are rounded to multiples of `prune.round_to`. A grouped conv loses the same channels in every group
+(`prune.grouped_conv: within_groups`) or whole groups (`whole_groups`). Groups whose removal is inexact
+(LayerNorm over channels) are pruned only with `prune.allow_inexact`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from sparsetrain.structural import (
 )
 
 
-def channel_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[ChannelGroup]:
-    """Coupled channel groups of `model` for one input of `input_shape` (no batch dim)."""
+def channel_groups(model: nn.Module, input_shape: tuple[int, ...], grouped_conv: str = "within_groups"
+                   ) -> list[ChannelGroup]:
+    """Coupled channel groups of `model` for one input of `input_shape` (no batch dim); `grouped_conv` as
+    `prune.grouped_conv`."""
     device = next(model.parameters()).device
-    return build_channel_groups(model, torch.zeros(1, *input_shape, device=device))
+    return build_channel_groups(model, torch.zeros(1, *input_shape, device=device), grouped_conv=grouped_conv)
 
 
 def filter_layouts(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, tuple[int, int]]:
@@ -100,7 +103,7 @@ def remove_filters(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneCon
         exactly / approximately / not at all).
     """
     state = regularizer_state or {}
-    groups = channel_groups(model, input_shape)
+    groups = channel_groups(model, input_shape, cfg.grouped_conv)
     device = next(model.parameters()).device
     example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     drop = choose_filters(model, groups, cfg, state.get("redundant"), example, state.get("ratio"))

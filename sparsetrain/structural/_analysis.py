@@ -75,11 +75,14 @@ class ChannelAnalyzer:
         prefix: Qualified name of `gm`'s root inside the whole model ("" for the model, "blocks.0.attn." inline).
         inputs: Layouts bound to the placeholders (inline analyses), else the placeholders are model inputs.
         order: Shared counter of registered slices (graph order across inline analyses).
+        grouped_conv: How grouped convs are pruned: "within_groups" or "whole_groups" (`rules.GROUPED_CONV`).
     """
 
     def __init__(self, gm: fx.GraphModule, spaces: Spaces | None = None, prefix: str = "",
-                 inputs: list[object] | None = None, order: list[int] | None = None) -> None:
+                 inputs: list[object] | None = None, order: list[int] | None = None,
+                 grouped_conv: str = "within_groups") -> None:
         self.gm = gm
+        self.grouped_conv = grouped_conv
         self.sp = spaces or Spaces()
         self.prefix = prefix
         self.inputs = list(inputs) if inputs is not None else None
@@ -198,6 +201,14 @@ class ChannelAnalyzer:
             spaces.append(out)
         return Layout(tuple(spaces), (1,) * len(spaces), (True,) * len(spaces), 1, len(shape))
 
+    def interleave(self, x: object, parts: int) -> Layout | None:
+        if not isinstance(x, Layout):
+            return None
+        x = self.sp.resolve(x)
+        if len(x.spaces) != 1 or x.cdim != 1 or x.expand != (1,) or not self.sp.interleave(x.spaces[0], parts):
+            return None
+        return replace(x, spaces=(self.sp.local(x.spaces[0]),))
+
     def require_blocks(self, x: object, block: int, where: str) -> bool:
         if not isinstance(x, Layout):
             return False
@@ -227,7 +238,7 @@ class ChannelAnalyzer:
         finally:
             module.__class__ = original
         inputs = [self._val(a) for a in node.args if isinstance(a, fx.Node)]
-        return ChannelAnalyzer(gm, self.sp, f"{name}.", inputs, self._order).walk()
+        return ChannelAnalyzer(gm, self.sp, f"{name}.", inputs, self._order, self.grouped_conv).walk()
 
     # ----- helpers ---------------------------------------------------------------------------------------
 

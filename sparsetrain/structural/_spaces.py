@@ -7,6 +7,10 @@ the `ChannelGroup`s. Two refinements keep that exact for layers that do not act 
 - *units*: each space removes channels in blocks of `unit` channels. A grouped conv links block k of its input to
   block k of its output (`link`), which coarsens the units of both roots; every member of a root has the same
   number of units, with its own unit size.
+- *interleaving*: a grouped conv narrowed inside its groups removes the same channel(s) of every group, so a unit
+  of its input and output spaces is one block of `unit` channels in each of `outer` equal parts of the space
+  (`interleave`); a *local* member (`local`) of the same root has one part's width, for the conv's weight columns
+  that index a channel inside its group. Interleaved roots are never split.
 - *splits*: slicing, `split` or an elementwise op between differently concatenated tensors cuts a space in two
   (`split`); every member of its root is cut at the same unit, and layouts that still name the old space are
   read through `resolve`.
@@ -57,7 +61,8 @@ class Spaces:
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.size: list[int] = []  # channels
-        self.unit: list[int] = []  # channels per removable unit
+        self.unit: list[int] = []  # channels per removable unit (in each part)
+        self.outer: list[int] = []  # equal parts a unit repeats in (1: contiguous units)
         self.name: list[str] = []
         self.reasons: list[list[str]] = []  # at roots
         self.inexact: list[list[str]] = []  # at roots
@@ -71,6 +76,7 @@ class Spaces:
         self.parent.append(i)
         self.size.append(size)
         self.unit.append(unit)
+        self.outer.append(1)
         self.name.append(name)
         self.reasons.append([reason] if reason else [])
         self.inexact.append([])
@@ -85,7 +91,7 @@ class Spaces:
         return i
 
     def units(self, i: int) -> int:
-        return self.size[i] // self.unit[i]
+        return self.size[i] // (self.unit[i] * self.outer[i])
 
     def block(self, i: int, reason: str) -> None:
         self.reasons[self.find(i)].append(reason)
@@ -107,6 +113,11 @@ class Spaces:
             self.block(ra, reason)
             self.block(rb, reason)
             return
+        if not (self.interleave(a, self.outer[b]) and self.interleave(b, self.outer[a])):
+            reason = f"'{where}' couples channels narrowed inside grouped convs of different group counts"
+            self.block(ra, reason)
+            self.block(rb, reason)
+            return
         if ra == rb:
             if self.unit[a] * per_b != self.unit[b] * per_a:
                 self.block(ra, f"'{where}' couples the same channels in two different ways")
@@ -122,6 +133,27 @@ class Spaces:
         self._coarsen(rb, fb)
         self._merge(ra, rb)
 
+    def interleave(self, i: int, parts: int) -> bool:
+        """Make a unit of `i` the same block of channels in each of `parts` equal consecutive parts of `i` (a
+        grouped conv narrowed inside its groups); every member of the root follows. False (nothing changed) when
+        the root is interleaved otherwise or its units do not divide into `parts`."""
+        if self.outer[i] == parts or parts == 1:
+            return True
+        root = self.find(i)
+        if any(self.outer[m] != 1 for m in self.members[root]) or self.units(root) % parts:
+            return False
+        for m in self.members[root]:
+            self.outer[m] = parts
+        return True
+
+    def local(self, i: int) -> int:
+        """A new member of `i`'s root, one part of `i` wide: its channel k is channel k of every part of `i`."""
+        root = self.find(i)
+        j = self.new(self.size[i] // self.outer[i], self.name[i], unit=self.unit[i])
+        self.parent[j], self.members[j] = root, []
+        self.members[root].append(j)
+        return j
+
     def require_unit(self, i: int, channels: int) -> bool:
         """Coarsen `i`'s root so that its units are whole multiples of `channels` channels of `i`."""
         root = self.find(i)
@@ -132,7 +164,7 @@ class Spaces:
         return True
 
     def _can_coarsen(self, root: int, factor: int) -> bool:
-        return all(self.size[m] % (self.unit[m] * factor) == 0 for m in self.members[root])
+        return all(self.size[m] % (self.unit[m] * self.outer[m] * factor) == 0 for m in self.members[root])
 
     def _coarsen(self, root: int, factor: int) -> None:
         for m in self.members[root]:
@@ -155,10 +187,12 @@ class Spaces:
     # ----- splits --------------------------------------------------------------------------------------------
 
     def split(self, i: int, at: int) -> tuple[int, int] | None:
-        """Cut space `i` (not split before) into channels [0, at) and [at, size); None if `at` cuts a unit."""
-        if at % self.unit[i] or not 0 < at < self.size[i]:
+        """Cut space `i` (not split before) into channels [0, at) and [at, size); None if `at` cuts a unit or the
+        space is interleaved (its units span all of it)."""
+        root = self.find(i)
+        if at % self.unit[i] or not 0 < at < self.size[i] or any(self.outer[m] != 1 for m in self.members[root]):
             return None
-        cut, root = at // self.unit[i], self.find(i)
+        cut = at // self.unit[i]
         firsts, seconds = {}, {}
         for m in self.members[root]:
             firsts[m] = self.new(cut * self.unit[m], self.name[m], unit=self.unit[m])
@@ -233,7 +267,9 @@ class Spaces:
     def _group(self, root: int) -> ChannelGroup:
         first: dict[tuple[str, ChannelSlice], int] = {}
         for order, role, s, m in sorted(self.slices[root], key=lambda t: t[0]):
-            first.setdefault((role, replace(s, expand=s.expand * self.unit[m])), order)
+            stride = self.size[m] // self.outer[m] * s.expand if self.outer[m] > 1 else 0
+            first.setdefault((role, replace(s, expand=s.expand * self.unit[m], repeat=self.outer[m], stride=stride)),
+                             order)
         producers = [s for role, s in first if role == "p"]
         consumers = [s for role, s in first if role == "c"]
         filters = [s for s in producers if s.kind == "filter"]
@@ -242,7 +278,7 @@ class Spaces:
         if not producers and not reasons:  # nothing to zero: removal could not match masking
             reasons = [f"no layer produces the channels of '{self.name[root]}'"]
         return ChannelGroup(gid, self.units(root), producers, consumers, not reasons, "; ".join(reasons),
-                            list(dict.fromkeys(self.inexact[root])), min((s.expand for s in filters), default=1))
+                            list(dict.fromkeys(self.inexact[root])), min((s.width for s in filters), default=1))
 
 
 def _disambiguate(groups: list[ChannelGroup]) -> None:

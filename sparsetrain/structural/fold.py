@@ -42,7 +42,7 @@ class RestValue:
 
     Attributes:
         consumer: The consumer's input slice.
-        values: [channels, expand] constant per channel and position (NaN where not constant).
+        values: [units, consumer.width] constant per unit and position (NaN where not constant).
     """
 
     consumer: ChannelSlice
@@ -63,10 +63,6 @@ class FoldReport:
     unfolded: dict[str, int] = field(default_factory=dict)
 
 
-def _positions(s: ChannelSlice, idx: torch.Tensor) -> torch.Tensor:
-    return (s.offset + idx.unsqueeze(1) * s.expand + torch.arange(s.expand)).flatten()
-
-
 def _input_axis(module: nn.Module) -> int | None:
     rule = rule_for(module)
     return rule.input_axis(module) if rule is not None else None
@@ -83,7 +79,7 @@ def _zero_filters(model: nn.Module, groups: Mapping[str, ChannelGroup], channels
             for s in groups[gid].producers:
                 if s.kind == "filter":
                     tensor = getattr(model.get_submodule(s.module), s.param)
-                    tensor.index_fill_(s.dim, _positions(s, idx).to(tensor.device), 0)
+                    tensor.index_fill_(s.dim, s.index(idx).to(tensor.device), 0)
 
 
 def _capture_inputs(model: nn.Module, modules: set[str], example_input: torch.Tensor) -> dict[str, list[torch.Tensor]]:
@@ -138,9 +134,9 @@ def rest_values(model: nn.Module, groups: Sequence[ChannelGroup], channels: Mapp
         out[gid] = []
         for s in by_id[gid].consumers:
             axis = _input_axis(rest.get_submodule(s.module))
-            values = (_constant_values(seen[s.module], axis, _positions(s, idx)) if axis is not None
-                      else torch.full((len(idx) * s.expand,), float("nan")))
-            out[gid].append(RestValue(s, values.view(len(idx), s.expand)))
+            values = (_constant_values(seen[s.module], axis, s.index(idx)) if axis is not None
+                      else torch.full((len(idx) * s.width,), float("nan")))
+            out[gid].append(RestValue(s, values.view(len(idx), s.width)))
     return out
 
 
@@ -200,5 +196,5 @@ def _fold_consumer(model: nn.Module, r: RestValue, idx: torch.Tensor) -> None:
     ok = ~r.values.isnan().any(1) & (r.values != 0).any(1)
     if not ok.any():
         return
-    columns = _positions(r.consumer, idx[ok])
+    columns = r.consumer.index(idx[ok])
     rule_for(module).fold_constant(module, columns, r.values[ok].flatten(), r.consumer.dim)

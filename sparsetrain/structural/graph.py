@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sparsetrain.structural._analysis import ChannelAnalyzer
+from sparsetrain.structural.rules.conv import GROUPED_CONV
 from sparsetrain.structural.trace import trace_model
 from sparsetrain.structural.types import ChannelGroup, ChannelSlice, StructuralPruningError
 
@@ -29,7 +30,8 @@ __all__ = [
 ]
 
 
-def build_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
+def build_channel_groups(model: nn.Module, example_input: torch.Tensor, *,
+                         grouped_conv: str = "within_groups") -> list[ChannelGroup]:
     """Find the coupled channel groups of `model`.
 
     Args:
@@ -37,14 +39,19 @@ def build_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[
             activations, pooling, adds, multiplies, concatenations, slicing, permutes, reshapes and flatten.
         example_input: One input batch with the shape the model will be used with; flatten→linear heads and
             input-size-dependent blocks depend on the spatial size.
+        grouped_conv: "within_groups" (every group of a grouped conv loses the same channels; the group count
+            stays) or "whole_groups" (whole groups are removed); see `rules/conv.py`.
 
     Returns:
         All groups, prunable or not, exact or not, in graph order of their first producer.
 
     Raises:
         StructuralPruningError: The model cannot be traced.
+        ValueError: Unknown `grouped_conv`.
     """
-    return ChannelAnalyzer(trace_model(model, example_input)).run()
+    if grouped_conv not in GROUPED_CONV:
+        raise ValueError(f"grouped_conv: expected one of {', '.join(GROUPED_CONV)} (got {grouped_conv!r})")
+    return ChannelAnalyzer(trace_model(model, example_input), grouped_conv=grouped_conv).run()
 
 
 def producer_weights(model: nn.Module, group: ChannelGroup, *, grad: bool = False) -> list[tuple[str, torch.Tensor]]:
@@ -60,7 +67,8 @@ def producer_weights(model: nn.Module, group: ChannelGroup, *, grad: bool = Fals
 
     Returns:
         (qualified parameter name, view) per filter producer: shape [units, ...] for single-channel units,
-        [units, channels per unit, ...] for blocks; the views share storage with the parameters (or gradients).
+        [units, channels per unit, ...] for blocks, [units, groups, channels per unit, ...] for a grouped conv
+        narrowed inside its groups; the views share storage with the parameters (or gradients).
     """
     out = []
     for s in group.producers:
@@ -70,9 +78,17 @@ def producer_weights(model: nn.Module, group: ChannelGroup, *, grad: bool = Fals
         tensor = weight.grad if grad else weight
         if tensor is None:
             continue
-        view = tensor.movedim(s.dim, 0).narrow(0, s.offset, group.num_channels * s.expand)
-        out.append((s.qualname, view if s.expand == 1 else view.unflatten(0, (group.num_channels, s.expand))))
+        out.append((s.qualname, _unit_view(tensor.movedim(s.dim, 0), s, group.num_channels)))
     return out
+
+
+def _unit_view(tensor: torch.Tensor, s: ChannelSlice, units: int) -> torch.Tensor:
+    """`tensor` (slice dim first) per unit: [units, ...], [units, expand, ...] or [units, repeat, expand, ...]."""
+    if s.repeat == 1:
+        view = tensor.narrow(0, s.offset, units * s.expand)
+        return view if s.expand == 1 else view.unflatten(0, (units, s.expand))
+    view = tensor.narrow(0, s.offset, s.repeat * s.stride).unflatten(0, (s.repeat, s.stride))
+    return view.narrow(1, 0, units * s.expand).unflatten(1, (units, s.expand)).movedim(1, 0)
 
 
 def producer_weights_by_group(model: nn.Module, groups: Sequence[ChannelGroup], *, prunable_only: bool = True,

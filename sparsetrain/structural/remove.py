@@ -74,16 +74,12 @@ def producer_slices(model: nn.Module, group: ChannelGroup) -> list[ChannelSlice]
     return group.producers + added
 
 
-def _positions(s: ChannelSlice, idx: torch.Tensor) -> torch.Tensor:
-    return (s.offset + idx.unsqueeze(1) * s.expand + torch.arange(s.expand)).flatten()
-
-
 def _deletions(model: nn.Module, groups: Mapping[str, ChannelGroup], drop: Mapping[str, torch.Tensor]) -> _Deletions:
     """Positions to delete per (module, tensor, dim), producers and consumers of every group."""
     dels: _Deletions = defaultdict(set)
     for gid, idx in drop.items():
         for s in producer_slices(model, groups[gid]) + groups[gid].consumers:
-            dels[(s.module, s.param, s.dim)].update(_positions(s, idx).tolist())
+            dels[(s.module, s.param, s.dim)].update(s.index(idx).tolist())
     return dels
 
 
@@ -118,7 +114,7 @@ def zero_channels(model: nn.Module, drop: Mapping[str, torch.Tensor], *, groups:
             if s.kind == "stat":
                 continue
             tensor = _get_tensor(model, s.module, s.param)
-            tensor.index_fill_(s.dim, _positions(s, idx).to(tensor.device), 0)
+            tensor.index_fill_(s.dim, s.index(idx).to(tensor.device), 0)
 
 
 def remove_channels(model: nn.Module, drop: Mapping[str, torch.Tensor], *,
@@ -154,7 +150,10 @@ def remove_channels(model: nn.Module, drop: Mapping[str, torch.Tensor], *,
     touched = {m for m, _, _ in dels}
     touched |= {parent for m in touched for parent in _ancestors(m)}
     rules = {name: rule for name in touched if (rule := rule_for(pruned.get_submodule(name)))}
-    old = {name: rule.attributes(pruned.get_submodule(name)) for name, rule in rules.items()}
+    own: dict[str, dict[tuple[str, int], set[int]]] = defaultdict(dict)
+    for (module, param, dim), positions in dels.items():
+        own[module][(param, dim)] = positions
+    old = {name: rule.before_removal(pruned.get_submodule(name), own[name]) for name, rule in rules.items()}
     for (module, param, dim), positions in sorted(dels.items()):
         _delete_positions(pruned, module, param, dim, positions)
     for name, rule in sorted(rules.items(), key=lambda kv: (-kv[0].count("."), kv[0])):  # children first

@@ -69,8 +69,8 @@ class BNScale(ChannelScore):
         for s in group.producers:
             module = model.get_submodule(s.module)
             if s.kind == "norm" and s.param == "weight" and isinstance(module, nn.modules.batchnorm._BatchNorm):
-                view = module.weight.detach().float().narrow(0, s.offset, group.num_channels * s.expand)
-                scales.append(view.abs().view(group.num_channels, s.expand).sum(1))
+                scales.append(module.weight.detach().float()[s.index(torch.arange(group.num_channels))].abs()
+                              .view(group.num_channels, s.width).sum(1))
         return torch.stack(scales).sum(0).cpu() if scales else None
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from sparsetrain.errors import InputError
 
 __all__ = ["SLICE_KINDS", "ChannelGroup", "ChannelSlice", "StructuralPruningError"]
@@ -33,9 +35,11 @@ class StructuralPruningError(InputError, RuntimeError):
 class ChannelSlice:
     """The part of one parameter (or buffer) that a channel group indexes.
 
-    Unit `u` of the group owns positions `offset + u * expand + j` (`0 <= j < expand`) along `dim` of
-    `module.param`; `expand > 1` when a unit is a block of channels (grouped conv group, attention head) or after
-    a flatten merged each channel with spatial positions.
+    Unit `u` of the group owns positions `offset + r * stride + u * expand + j` (`0 <= r < repeat`,
+    `0 <= j < expand`) along `dim` of `module.param`; `expand > 1` when a unit is a block of channels (grouped
+    conv group, attention head) or after a flatten merged each channel with spatial positions; `repeat > 1` when
+    a unit is the same channel(s) of each of `repeat` equal blocks `stride` positions apart (a grouped conv
+    narrowed inside every group: unit u is channel u of every group).
 
     Attributes:
         module: Qualified module name ("" for the root module).
@@ -46,6 +50,8 @@ class ChannelSlice:
         kind: "filter" (conv/linear weight, output side), "bias", "norm" (norm scale and shift), "stat" (running
             statistics, divisors: sliced on removal, never zeroed), "scale" (an elementwise parameter such as
             layer scale) or "input" (consumer weight columns).
+        repeat: Blocks a unit repeats in (1: one contiguous run of `expand` positions).
+        stride: Positions from one block to the next (used when `repeat > 1`).
     """
 
     module: str
@@ -54,6 +60,13 @@ class ChannelSlice:
     offset: int = 0
     expand: int = 1
     kind: str = "filter"
+    repeat: int = 1
+    stride: int = 0
+
+    @property
+    def width(self) -> int:
+        """Positions per unit along `dim`."""
+        return self.repeat * self.expand
 
     @property
     def qualname(self) -> str:
@@ -62,7 +75,13 @@ class ChannelSlice:
 
     def positions(self, units: list[int]) -> list[int]:
         """Positions along `dim` owned by the given units."""
-        return [self.offset + u * self.expand + j for u in units for j in range(self.expand)]
+        return self.index(torch.as_tensor(units, dtype=torch.long)).tolist()
+
+    def index(self, units: torch.Tensor) -> torch.Tensor:
+        """Positions along `dim` owned by the given units (int64 tensor [n]): [n * width], unit-major, so that
+        `.view(n, width)` gives each unit's positions in a row."""
+        within = (torch.arange(self.repeat).unsqueeze(1) * self.stride + torch.arange(self.expand)).flatten()
+        return (self.offset + units.long().unsqueeze(1) * self.expand + within).flatten()
 
 
 @dataclass
@@ -79,7 +98,8 @@ class ChannelGroup:
         reason: Why not, when `prunable` is False ("; "-joined when several reasons apply).
         inexact: Why removal would not equal zeroing (layers normalizing over the channels); empty when exact.
             Such groups are removed only on request (`allow_inexact`).
-        unit_channels: Channels per unit in the group's filters (1 for plain channels).
+        unit_channels: Channels per unit in the group's filters (1 for plain channels; a block size, or the group
+            count of a grouped conv narrowed inside its groups).
     """
 
     id: str

@@ -32,9 +32,10 @@ from tests.structural.test_remove_timm import randomize
 ATOL = 1e-5
 
 
-def prune_and_compare(model: nn.Module, x: torch.Tensor, *, allow_inexact: bool = False, fraction: float = 0.3):
+def prune_and_compare(model: nn.Module, x: torch.Tensor, *, allow_inexact: bool = False, fraction: float = 0.3,
+                      grouped_conv: str = "within_groups"):
     """Drop `fraction` of every selectable group (weakest by L2); return (groups, drop, pruned, removed-vs-masked)."""
-    groups = build_channel_groups(model, x)
+    groups = build_channel_groups(model, x, grouped_conv=grouped_conv)
     drop = select_channels(model, groups, L2Norm(), ChannelSelection(fraction=fraction, allow_inexact=allow_inexact))
     masked = copy.deepcopy(model)
     zero_channels(masked, drop, groups=groups, allow_inexact=allow_inexact)
@@ -58,13 +59,32 @@ def timm_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
     return model
 
 
-# ----- grouped convolutions and GroupNorm: whole groups ---------------------------------------------------------
+# ----- grouped convolutions (narrowed inside every group, or whole groups) and GroupNorm -------------------------
+
+
+def test_grouped_conv_narrows_every_group(tmp_path):
+    """regnety_002 stage 4: conv1 (1x1) → grouped conv2 (46 groups of 8) → SE gate → conv3; each group loses the
+    same channels on both sides of conv2, the SE gate's rows follow conv2's outputs, the group count stays."""
+    model = timm_model("regnety_002", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    groups, drop, pruned, diff = prune_and_compare(model, x)
+    assert diff <= ATOL, f"removed vs masked: {diff:.3e}"
+    inside, outside = groups["s4.b1.conv1.conv"], groups["s4.b1.conv2.conv"]  # conv2's input / output channels
+    for group in (inside, outside):  # unit u = channel u of each of the 46 groups
+        assert (group.num_channels, group.unit_channels, group.exact) == (8, 46, True)
+    assert [s.repeat for s in outside.producers if s.module == "s4.b1.se.fc2"] == [46, 46], "SE gate rows follow"
+    kept_in, kept_out = 8 - len(drop["s4.b1.conv1.conv"]), 8 - len(drop["s4.b1.conv2.conv"])
+    conv2 = pruned.get_submodule("s4.b1.conv2.conv")
+    assert (conv2.groups, conv2.weight.shape[1], conv2.in_channels, conv2.out_channels) == (
+        46, kept_in, 46 * kept_in, 46 * kept_out), "every group narrowed, group count kept"
+    assert pruned.get_submodule("s4.b1.conv1.conv").out_channels == 46 * kept_in
+    assert round_trip(pruned, x, tmp_path, "regnety_002", {"num_classes": 10}) == 0.0
 
 
 def test_grouped_conv_removes_whole_groups(tmp_path):
     model = timm_model("regnetx_002", num_classes=10)
     x = torch.randn(2, 3, 32, 32)
-    groups, drop, pruned, diff = prune_and_compare(model, x)
+    groups, drop, pruned, diff = prune_and_compare(model, x, grouped_conv="whole_groups")
     assert diff <= ATOL, f"removed vs masked: {diff:.3e}"
     grouped = groups["s4.b1.conv1.conv"]  # conv1 → grouped conv2 (group width 8): one unit = 8 channels
     assert grouped.unit_channels == 8 and grouped.num_channels == 46 and grouped.exact

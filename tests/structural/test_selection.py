@@ -130,10 +130,10 @@ def test_threshold_cap_and_never_all(net):
 
 
 def test_grouped_units_round_in_channels():
-    """Units of 8 channels (regnet group width): round_to=16 keeps an even number of groups."""
+    """Units of 8 channels (regnet group width, whole groups removed): round_to=16 keeps an even number of groups."""
     torch.manual_seed(0)
     model, x = timm.create_model("regnetx_002", pretrained=False, num_classes=10).eval(), torch.randn(1, 3, 32, 32)
-    groups = build_channel_groups(model, x)
+    groups = build_channel_groups(model, x, grouped_conv="whole_groups")
     drop = select_channels(model, groups, L2Norm(), ChannelSelection(fraction=0.3, round_to=16))
     grouped = [g for g in groups if g.unit_channels == 8 and g.id in drop]
     assert grouped

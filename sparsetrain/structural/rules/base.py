@@ -22,7 +22,7 @@ a custom layer is one class (see docs/structural.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -45,6 +45,7 @@ class TraceContext(Protocol):
     """
 
     gm: fx.GraphModule
+    grouped_conv: str  # "within_groups" | "whole_groups": how grouped convs are pruned (see rules/conv.py)
 
     def module_name(self, target: str) -> str:
         """Qualified name in the whole model of a module target of the graph being analyzed."""
@@ -83,6 +84,12 @@ class TraceContext(Protocol):
     def link_blocks(self, x: Any, node: fx.Node, in_block: int, out_block: int, name: str, where: str) -> Any:
         """Output layout of a layer whose output block k (`out_block` channels) reads only input block k."""
 
+    def interleave(self, x: Any, parts: int) -> Any:
+        """Make a unit of layout `x` (one channel space) the same channel(s) of each of `parts` equal consecutive
+        parts of it (a grouped conv narrowed inside every group). Returns a layout one part wide whose channel k
+        is channel k of every part (for the conv's in-group weight columns), or None (nothing changed) when `x`
+        is concatenated, flattened or already split into other parts."""
+
     def require_blocks(self, x: Any, block: int, where: str) -> bool:
         """Make the units of `x`'s spaces whole multiples of `block` channels, aligned; False (and block) if not."""
 
@@ -117,8 +124,17 @@ class LayerRule:
         """Width attributes recorded in the export (JSON-serializable) and compared before/after removal."""
         return {k: getattr(module, k) for k in CHANNEL_ATTRS if isinstance(getattr(module, k, None), int)}
 
+    def before_removal(self, module: nn.Module, deleted: Mapping[tuple[str, int], Collection[int]]) -> dict[str, Any]:
+        """What `shrink` is told about the module before removal: by default its `attributes`.
+
+        Args:
+            module: The module, before its tensors are sliced.
+            deleted: (tensor name, dim) -> positions that removal deletes along that dim.
+        """
+        return self.attributes(module)
+
     def shrink(self, name: str, module: nn.Module, old: Mapping[str, Any]) -> None:
-        """Update width attributes from the module's new tensor shapes (`old`: `attributes` before removal)."""
+        """Update width attributes from the module's new tensor shapes (`old`: `before_removal`'s answer)."""
         if old:
             raise StructuralPruningError(f"cannot update channel attributes of '{name}' ({type(module).__name__}): "
                                          "register a layer rule for it")
