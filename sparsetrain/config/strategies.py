@@ -4,7 +4,8 @@
 settings class from a registry (`REGULARIZER_SETTINGS`, `PRUNE_RULES`), and a key that class does not declare is
 a load error naming it (`regularizer.beta: not a setting of regularizer.name='grad_count' ...`), so a sweep over
 a setting the chosen strategy never reads cannot run identical jobs. New strategies register their class with
-`register_regularizer_settings` (the training side: `sparsetrain.regularizers.register_regularizer`).
+`register_regularizer_settings` / `register_prune_rule_settings` (the training side:
+`sparsetrain.regularizers.register_regularizer`, `sparsetrain.pruning.criteria.register_prune_rule`).
 
 Vocabulary: the *gradient path* is where a penalty's gradient enters training — `hook` (added to the optimizer's
 fp32 gradients after reduction, the default) or `autograd` (a differentiable term of the loss, the reference);
@@ -261,6 +262,16 @@ def register_regularizer_settings(settings: type[RegularizerConfig]) -> None:
     if REGULARIZER_SETTINGS.get(name, settings) is not settings:
         raise ValueError(f"regularizer.name: {name!r} is already registered to {REGULARIZER_SETTINGS[name].__name__}")
     REGULARIZER_SETTINGS[name] = settings
+
+
+def register_prune_rule_settings(settings: type[PruneConfig]) -> None:
+    """Make `prune.rule=<its rule>` load into `settings` (a PruneConfig subclass, usually of UnstructuredRule, whose
+    `rule` field is a Literal with a default). Re-registering the same class is a no-op; another class under a
+    taken name raises ValueError."""
+    name = strategy_key(settings)
+    if PRUNE_RULES.get(name, settings) is not settings:
+        raise ValueError(f"prune.rule: {name!r} is already registered to {PRUNE_RULES[name].__name__}")
+    PRUNE_RULES[name] = settings
 
 
 # Every key of the one flat section of release 0.1, as its resolved config.yaml files hold them (all written out).

@@ -10,6 +10,8 @@ those of `sparsetrain.pruning.criteria`, with the same results:
   The k-th smallest |w| is found exactly by a radix select over the float's bit pattern (non-negative floats
   order like their int32 bits): four passes of 8 bits, each a histogram of 256 counts per group summed over
   ranks. The ties at that value are then ranked by position from per-shard tie counts summed over ranks.
+* a rule registered with `criteria.register_prune_rule` runs its own sharded form, or, on a single rank (where
+  the shards are whole weights), its whole-weight mask function.
 
 Collectives per call: 4 all-reduces of [groups, 256] counts, 1 of [layers, ranks] tie counts, 2 small ones for
 the finiteness and empty-layer checks; every rank must call with the same layer names in the same order.
@@ -17,13 +19,14 @@ the finiteness and empty-layer checks; every rank must call with the same layer 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from sparsetrain.config.schema import PruneConfig
-from sparsetrain.pruning.criteria import empty_layer_error
+from sparsetrain.pruning.criteria import empty_layer_error, mask_rule
 from sparsetrain.pruning.sharded_masks import MaskShard, ShardedMasks, pack_shard
 
 
@@ -152,24 +155,50 @@ def shard_masks(shards: list[WeightShard], names: list[str], sizes: dict[str, in
     local = {s.name: s for s in shards}
     device = shards[0].values.device if shards else torch.device("cpu")
     _check_finite(local, device)
-    if cfg.rule in ("global_threshold", "layer_threshold"):
-        keep = {n: _keys(s.values) > _keys(torch.tensor([_tau(cfg, n)]))[0] for n, s in local.items()}
-    elif cfg.rule == "global_sparsity":
-        keep = _target_masks(local, names, [list(names)], [int(round(cfg.sparsity * sum(sizes.values())))], device)
-    elif cfg.rule == "layer_sparsity":
-        targets = [cfg.layer_sparsity.get(n, cfg.sparsity) for n in names]
-        for name, target in zip(names, targets, strict=True):
-            if not 0.0 <= target < 1.0:
-                raise ValueError(f"prune.layer_sparsity.{name}: {target} is outside [0, 1)")
-        ks = [int(round(t * sizes[n])) for n, t in zip(names, targets, strict=True)]
-        keep = _target_masks(local, names, [[n] for n in names], ks, device)
-    else:
-        raise ValueError(f"prune.rule: {cfg.rule!r} is structural; use sparsetrain.structural for filter removal")
+    sharded = _BUILT_IN.get(cfg.rule) or mask_rule(cfg).sharded or _whole_weights
+    keep = sharded(local, names, sizes, cfg, device)
     return ShardedMasks(pack_shard(n, s.start, keep[n], s.shape) for n, s in local.items())
 
 
-def _tau(cfg: PruneConfig, name: str) -> float:
-    return cfg.layer_thresholds.get(name, cfg.threshold) if cfg.rule == "layer_threshold" else cfg.threshold
+# (this rank's shards by name, every prunable name, sizes, prune section, device) -> flat keep flags per local shard
+ShardedFn = Callable[[dict[str, WeightShard], list[str], dict[str, int], PruneConfig, torch.device],
+                     dict[str, torch.Tensor]]
+
+
+def _threshold(local: dict[str, WeightShard], names: list[str], sizes: dict[str, int], cfg: PruneConfig,
+               device: torch.device) -> dict[str, torch.Tensor]:
+    taus = {n: getattr(cfg, "layer_thresholds", {}).get(n, cfg.threshold) for n in local}
+    return {n: _keys(s.values) > _keys(torch.tensor([taus[n]]))[0] for n, s in local.items()}
+
+
+def _global_sparsity(local: dict[str, WeightShard], names: list[str], sizes: dict[str, int], cfg: PruneConfig,
+                     device: torch.device) -> dict[str, torch.Tensor]:
+    return _target_masks(local, names, [list(names)], [int(round(cfg.sparsity * sum(sizes.values())))], device)
+
+
+def _layer_sparsity(local: dict[str, WeightShard], names: list[str], sizes: dict[str, int], cfg: PruneConfig,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    targets = [cfg.layer_sparsity.get(n, cfg.sparsity) for n in names]
+    for name, target in zip(names, targets, strict=True):
+        if not 0.0 <= target < 1.0:
+            raise ValueError(f"prune.layer_sparsity.{name}: {target} is outside [0, 1)")
+    ks = [int(round(t * sizes[n])) for n, t in zip(names, targets, strict=True)]
+    return _target_masks(local, names, [[n] for n in names], ks, device)
+
+
+def _whole_weights(local: dict[str, WeightShard], names: list[str], sizes: dict[str, int], cfg: PruneConfig,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """A registered rule without a sharded form: its whole-weight mask function, on a single rank."""
+    if _world()[1] > 1:
+        raise ValueError(f"prune.rule: {cfg.rule!r} has no sharded form for {_world()[1]} ranks; register one "
+                         "(register_prune_rule(..., sharded=...)) or prune on one rank")
+    weights = {n: s.values.view(s.shape) for n, s in local.items()}
+    return {n: m.flatten() for n, m in mask_rule(cfg).masks(weights, cfg, None).items()}
+
+
+# The built-in rules' sharded forms (their whole-weight forms are registered in `criteria`).
+_BUILT_IN: dict[str, ShardedFn] = {"global_threshold": _threshold, "layer_threshold": _threshold,
+                                   "global_sparsity": _global_sparsity, "layer_sparsity": _layer_sparsity}
 
 
 def kept_per_layer(masks: ShardedMasks, names: list[str]) -> dict[str, int]:

@@ -16,7 +16,7 @@ from sparsetrain.config import ConfigError, load_config
 from sparsetrain.config.describe import schema_rows
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.pipeline import run_pipeline
-from tests.arch import toy_l1
+from tests.arch import toy_l1, toy_rowwise
 from tests.core.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +92,24 @@ def test_toy_regularizer_runs_end_to_end(tmp_path: Path) -> None:
     shrink = weights[1e-3].abs().mean() / weights[0.0].abs().mean()
     assert shrink < 0.95, f"the l1 pull did not shrink fc1 (mean |w| ratio {shrink:.3f})"
     assert torch.isfinite(weights[1e-3]).all()
+
+
+def test_toy_prune_rule_runs_end_to_end(tmp_path: Path) -> None:
+    """The toy row-wise rule (one module, one settings class, one `register_prune_rule` entry) loads, refuses a
+    setting it does not read, and prunes through the real pipeline (sharded prune step, masked fine-tune)."""
+    assert type(load_config(None, ["prune={rule: toy_rowwise}"]).prune) is toy_rowwise.ToyRowwiseConfig
+    with pytest.raises(ConfigError, match=r"^prune.sparsity: not a setting of prune.rule='toy_rowwise'"):
+        load_config(None, ["prune={rule: toy_rowwise}", "prune.sparsity=0.5"])
+    cfg = tiny_config(tmp_path, "prune={rule: toy_rowwise, fraction: 0.75}", "phases.sparsify.epochs=0.5",
+                      "phases.finetune.epochs=0.5")
+    report = run_pipeline(cfg)
+    pruned = load_file(str(tmp_path / "weights" / "prune.safetensors"))
+    for name in ("fc1.weight", "fc2.weight"):
+        zeros = (pruned[name] == 0).sum(1)
+        assert (zeros == round(0.75 * pruned[name].shape[1])).all(), f"{name}: zeros per row {zeros.unique()}"
+    final = load_file(str(tmp_path / "weights" / "finetune.safetensors"))["fc1.weight"]
+    assert torch.equal(final == 0, pruned["fc1.weight"] == 0), "fine-tuning did not keep the rule's mask"
+    assert report["phases"]["prune"]["sparsity"] > 0.7, report["phases"]["prune"]
 
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "recipes_before_issue13.json").read_text())
