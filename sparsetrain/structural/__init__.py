@@ -10,7 +10,13 @@ from sparsetrain.structural.graph import (
 )
 from sparsetrain.structural.profile import profile_model
 from sparsetrain.structural.remove import kept_channels, remove_channels, zero_channels
-from sparsetrain.structural.rules import LayerRule, register_layer_rule, registered_rules, rule_for
+from sparsetrain.structural.rules import (
+    LayerRule,
+    register_functional_rule,
+    register_layer_rule,
+    registered_rules,
+    rule_for,
+)
 from sparsetrain.structural.scoring import BNScale, ChannelScore, CountRatio, L1Norm, L2Norm, build_score
 from sparsetrain.structural.selection import ChannelSelection, select_channels
 from sparsetrain.structural.serialize import load_pruned_model, save_pruned_model
@@ -38,6 +44,7 @@ __all__ = [
     "producer_weights",
     "producer_weights_by_group",
     "profile_model",
+    "register_functional_rule",
     "register_layer_rule",
     "registered_rules",
     "remove_channels",

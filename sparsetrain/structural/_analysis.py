@@ -28,8 +28,7 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from sparsetrain.structural._spaces import Layout, ParamRef, Spaces
-from sparsetrain.structural.rules import FUNCTIONAL
-from sparsetrain.structural.rules.base import rule_for
+from sparsetrain.structural.rules import functional_rule, rule_for  # the package: registers the built-in rules
 from sparsetrain.structural.rules.elementwise import NONZERO_OPS, SPATIAL_OPS, ZERO_OPS
 from sparsetrain.structural.trace import ModuleTracer
 from sparsetrain.structural.types import ChannelGroup, ChannelSlice
@@ -324,7 +323,7 @@ class ChannelAnalyzer:
             return self._binary(node, op)
         if op in ("cat", "concat", "concatenate"):
             return self._cat(node)
-        handler = FUNCTIONAL.get(op)
+        handler = functional_rule(op)
         if handler is not None:
             return handler(self, node, x)
         if op == "pad":

@@ -21,6 +21,7 @@ from sparsetrain.structural import (
     StructuralPruningError,
     build_channel_groups,
     load_pruned_model,
+    register_functional_rule,
     register_layer_rule,
     remove_channels,
     save_pruned_model,
@@ -329,6 +330,46 @@ def test_custom_layer_rule_is_one_registered_class(tmp_path):
     assert set(drop) == {"a", "b"} and diff <= ATOL
     assert (pruned.b.in_chs, pruned.b.out_chs) == (4, 4)
     assert round_trip(pruned, x, tmp_path, "sparsetrain_test_custom_net", {}) == 0.0
+
+
+# ----- a user rule for a functional op ----------------------------------------------------------------------------
+
+
+def channel_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A per-channel affine of the user's own (one opaque call in the traced graph: fx.wrap below)."""
+    return x * weight[:, None, None] + bias[:, None, None]
+
+
+fx.wrap("channel_affine")
+
+
+class AffineNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.aff, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Module(), nn.Conv2d(8, 4, 1)
+        self.aff.weight, self.aff.bias = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(channel_affine(self.conv1(x), self.aff.weight, self.aff.bias)))
+
+
+def channel_affine_rule(ctx, node: fx.Node, x: Any) -> Any:
+    """Its scale and shift are producers of the channels: zeroed with them, the output channel is zero."""
+    for arg in node.args[1:3]:
+        module, param = ctx.param_ref(arg)
+        ctx.produce(x, module, param, 0, "norm")
+    return ctx.passthrough(x, node, zero=True)
+
+
+def test_functional_op_rule_is_one_registered_function():
+    torch.manual_seed(0)
+    model, x = AffineNet().eval(), torch.randn(2, 3, 6, 6)
+    before = {g.id: g for g in build_channel_groups(model, x)}["conv1"]
+    assert not before.prunable and "unsupported op 'channel_affine'" in before.reason
+    register_functional_rule(channel_affine_rule, "channel_affine")
+    groups, drop, pruned, diff = prune_and_compare(model, x, fraction=0.5)
+    assert "conv1" in drop and groups["conv1"].exact and diff <= ATOL
+    assert pruned.aff.weight.shape == pruned.aff.bias.shape == (4,) and pruned.conv2.in_channels == 4
 
 
 # ----- parameters reshaped to sizes written in the code ----------------------------------------------------------

@@ -1,7 +1,8 @@
 """Layer rules: one class per layer type, in one registry (`base.py`), extensible with `register_layer_rule`.
 
-Importing this package registers the built-in rules. `FUNCTIONAL` maps functional ops (`F.conv2d`, `F.linear`,
-`F.batch_norm`, `F.layer_norm`, `F.group_norm`) on a module's parameters to the same couplings.
+Importing this package registers the built-in rules. Functional ops (`F.conv2d`, `F.linear`, `F.batch_norm`,
+`F.layer_norm`, `F.group_norm`) on a module's parameters get the same couplings through the functional registry
+(`register_functional_rule`), which users can extend like the layer registry.
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ from torch import fx
 from sparsetrain.structural.rules import attention, conv, elementwise, linear, norm, timm_blocks
 from sparsetrain.structural.rules.base import (
     CHANNEL_ATTRS,
+    FunctionalRule,
     LayerRule,
     TraceContext,
+    functional_rule,
     is_rule_leaf,
+    register_functional_rule,
     register_layer_rule,
+    registered_functional_rules,
     registered_rules,
     rule_for,
 )
 
-__all__ = ["CHANNEL_ATTRS", "FUNCTIONAL", "LayerRule", "TraceContext", "is_rule_leaf", "register_layer_rule",
-           "registered_rules", "rule_for"]
+__all__ = ["CHANNEL_ATTRS", "FunctionalRule", "LayerRule", "TraceContext", "functional_rule", "is_rule_leaf",
+           "register_functional_rule", "register_layer_rule", "registered_functional_rules", "registered_rules",
+           "rule_for"]
 
 _ = (attention, elementwise, timm_blocks)  # imported for their registrations
 
@@ -70,5 +76,8 @@ def _f_group_norm(ctx: TraceContext, node: fx.Node, x: Any) -> Any:
                                     b[1] if b else None)
 
 
-FUNCTIONAL = {"conv1d": _f_conv, "conv2d": _f_conv, "conv3d": _f_conv, "linear": _f_linear,
-              "batch_norm": _f_batch_norm, "layer_norm": _f_layer_norm, "group_norm": _f_group_norm}
+register_functional_rule(_f_conv, "conv1d", "conv2d", "conv3d")
+register_functional_rule(_f_linear, "linear")
+register_functional_rule(_f_batch_norm, "batch_norm")
+register_functional_rule(_f_layer_norm, "layer_norm")
+register_functional_rule(_f_group_norm, "group_norm")

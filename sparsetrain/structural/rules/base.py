@@ -30,7 +30,9 @@ from torch import fx, nn
 
 from sparsetrain.structural.types import ChannelSlice, StructuralPruningError
 
-__all__ = ["CHANNEL_ATTRS", "LayerRule", "TraceContext", "register_layer_rule", "registered_rules", "rule_for"]
+__all__ = ["CHANNEL_ATTRS", "FunctionalRule", "LayerRule", "TraceContext", "functional_rule",
+           "register_functional_rule", "register_layer_rule", "registered_functional_rules", "registered_rules",
+           "rule_for"]
 
 # Integer attributes that describe a layer's width; recorded in the export and checked on removal.
 CHANNEL_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
@@ -195,3 +197,37 @@ def is_rule_leaf(module: nn.Module) -> bool:
 def registered_rules() -> dict[type, LayerRule]:
     """A copy of the registry: module type -> rule."""
     return dict(_RULES)
+
+
+# ----- functional ops ------------------------------------------------------------------------------------------
+
+FunctionalRule = Callable[[TraceContext, fx.Node, Any], Any]
+"""Couples the channels of one call of a functional op: (ctx, node, layout of its first argument) -> the layout
+of its output (see `LayerRule.trace`; parameters reach it as `ctx.param_ref(node.args[i])`)."""
+
+_FUNCTIONAL: dict[str, FunctionalRule] = {}
+
+
+def register_functional_rule(rule: FunctionalRule, *ops: str) -> FunctionalRule:
+    """Register `rule` for the functional ops / tensor methods named `ops` (the graph's target `__name__`, e.g.
+    "conv2d" for `F.conv2d`, "linear"; a later registration replaces an earlier one). A function of your own
+    stays one call in the traced graph when wrapped with `torch.fx.wrap`.
+
+    Raises:
+        TypeError: No op names given.
+    """
+    if not ops:
+        raise TypeError(f"{getattr(rule, '__name__', rule)}: no op names to register for")
+    for op in ops:
+        _FUNCTIONAL[op] = rule
+    return rule
+
+
+def functional_rule(op: str) -> FunctionalRule | None:
+    """The rule registered for the functional op `op`, if any."""
+    return _FUNCTIONAL.get(op)
+
+
+def registered_functional_rules() -> dict[str, FunctionalRule]:
+    """A copy of the functional registry: op name -> rule."""
+    return dict(_FUNCTIONAL)
