@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
     ("lenet300_mnist.yaml", "prune.filter_fraction=0.3", "prune.filter_fraction: not a setting of "
      "prune.rule='global_sparsity'"),
     ("unet_synthetic.yaml", "regularizer.gradient_path=autograd", "regularizer.gradient_path: Input should be 'hook'"),
+    ("unet_synthetic.yaml", "prune.grouped_conv=groups", "prune.grouped_conv: Input should be 'within_groups' or "
+     "'whole_groups'"),
 ])
 def test_a_setting_the_strategy_does_not_read_fails_at_load(recipe: str, override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:

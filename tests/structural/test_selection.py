@@ -142,6 +142,20 @@ def test_grouped_units_round_in_channels():
         assert kept_channels % 16 == 0, (g.id, kept_channels)
 
 
+def test_grouped_conv_setting_reaches_method2_removal():
+    """`prune.grouped_conv`: Method 2's removal narrows every group of regnetx_002's grouped convs (default, the
+    group count stays) or removes whole groups (each group keeps its 8 channels)."""
+    torch.manual_seed(0)
+    model = timm.create_model("regnetx_002", pretrained=False, num_classes=10).eval()
+    shapes = {}
+    for mode in ("within_groups", "whole_groups"):
+        cfg = PruneConfig(rule="filters", filter_fraction=0.3, round_to=1, grouped_conv=mode)
+        conv2 = remove_filters(model, (3, 32, 32), cfg)[0].get_submodule("s4.b1.conv2.conv")
+        shapes[mode] = (conv2.groups, conv2.weight.shape[1])
+    assert shapes["within_groups"] == (46, 5) and shapes["whole_groups"][1] == 8 > 5, shapes
+    assert shapes["whole_groups"][0] < 46, shapes
+
+
 def test_allow_inexact_groups_are_reported_inexact():
     """`prune.allow_inexact`: LayerNorm-normalized channel groups are pruned too and their rows say exact=False."""
     torch.manual_seed(0)
