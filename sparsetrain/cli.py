@@ -20,7 +20,7 @@ def _run(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the pruning plan and the per-rank memory plan "
                         "(world size from WORLD_SIZE or launch.nodes × launch.tasks_per_node); train nothing")
     args = parser.parse_intermixed_args(argv)
-    cfg = load_config(*_split_recipe(args.config, list(args.overrides)))
+    cfg = load_config(*_split_recipe(args.config, list(args.overrides)), plan_only=args.dry_run)
     if args.dry_run:
         from sparsetrain.plan import plan_report, world_size_for
 
@@ -124,10 +124,18 @@ def _bench_latency(argv: list[str]) -> None:
     print(json.dumps(table, indent=1) if args.json else format_latency(table))
 
 
+# `sparsetrain bench NAME`: what each does (one list for the dispatcher and `--help`)
+BENCHMARKS = {
+    "kernels": "Triton kernels vs eager/compile, GPU",
+    "train_step": "one training step per regularizer path",
+    "latency": "dense vs compressed, side by side",
+    "throughput": "samples/s over a long run vs a plain torch loop",
+}
+
+
 def _bench(argv: list[str]) -> int:
-    names = ("kernels", "train_step", "latency", "throughput")
-    if not argv or argv[0] not in names:
-        raise ConfigError(f"bench: expected one of {', '.join(names)}")
+    if not argv or argv[0] not in BENCHMARKS:
+        raise ConfigError(f"bench: expected one of {', '.join(BENCHMARKS)}")
     if argv[0] == "latency":
         _bench_latency(argv[1:])
         return 0
@@ -154,7 +162,7 @@ COMMANDS = {
     "config": (_config, "print a recipe's resolved config, or every config field with --schema"),
     "export": (_export, "export a finished run's model to RUN_DIR/export (safetensors, bitmask, ONNX, torch.export)"),
     "eval": (_eval, "evaluate a run, export or checkpoint on any data config: metric, size, sparsity, latency"),
-    "bench": (_bench, "benchmarks: kernels (Triton, GPU), train_step, latency (dense vs compressed, side by side)"),
+    "bench": (_bench, f"benchmarks: {', '.join(f'{n} ({t})' for n, t in BENCHMARKS.items())}"),
     "launch": (_launch, "run the pipeline as a Slurm job (or local processes) through submitit"),
     "sweep": (_sweep, "grid sweep of overrides as a Slurm job array, with a Pareto summary"),
 }

@@ -138,7 +138,7 @@ class Pipeline:
         """What `load_pruned_model` needs to rebuild the model without this run's config."""
         kwargs = model_kwargs(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
         return {"model_name": self.cfg.model.name, "model_kwargs": kwargs,
-                "input_shape": list(self.data.input_shape), **extra}
+                "input_shape": list(self.data.input_shape), "preprocessing": self.data.preprocessing, **extra}
 
     def model_from(self, phase: str | None) -> nn.Module:
         """The model at the end of `phase` (initial weights for None); structurally pruned phases load the

@@ -117,18 +117,21 @@ def _format_error(err: ValidationError) -> str:
     return f"{field}: {message}{shown}"
 
 
-def validate(data: dict[str, Any]) -> RunConfig:
-    """Validate a raw mapping into a RunConfig, raising a one-line ConfigError on the first problem."""
+def validate(data: dict[str, Any], *, plan_only: bool = False) -> RunConfig:
+    """Validate a raw mapping into a RunConfig, raising a one-line ConfigError on the first problem.
+
+    `plan_only` (`run --dry-run`, which reads no data) skips the checks that only matter when data is read
+    (data.path of on-disk sources)."""
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(data, context={"plan_only": plan_only})
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a recipe (or the built-in defaults when path is None), apply overrides and validate."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *, plan_only: bool = False) -> RunConfig:
+    """Load a recipe (or the built-in defaults when path is None), apply overrides and validate (`validate`)."""
     data = load_raw(path) if path is not None else {}
-    return validate(apply_overrides(data, list(overrides or [])))
+    return validate(apply_overrides(data, list(overrides or [])), plan_only=plan_only)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
 from sparsetrain.config.launch import LaunchConfig
 from sparsetrain.config.strategies import (
@@ -71,8 +71,12 @@ class DataConfig(Section):
         "the test set is unchanged), e.g. data.train_subset.part=1 for the second of two disjoint halves; "
         "used to check that a recipe holds on data it was not tuned on. None = the whole training set.")
     image_size: int | None = Field(None, ge=4, le=4096, description="Resize images to this square size "
-                                   "(imagefolder, segmentation); built-ins keep their native size.")
-    in_chans: int | None = Field(None, ge=1, le=16, description="Force the number of input channels (None = data's).")
+                                   "(imagefolder: default 224, the size of timm's ImageNet models, a warning when "
+                                   "images are 4x smaller or more; seg_folder; synthetic sources: the generated "
+                                   "size); npz / idx / digits keep their native size.")
+    in_chans: int | None = Field(None, ge=1, le=16, description="Number of input channels the model gets "
+                                 "(None = the data's): colour is averaged to gray for 1, gray is repeated for more; "
+                                 "imagefolder reads RGB (3) or gray (1, torchvision's Grayscale).")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out fraction for built-in sets without a split.")
     num_samples: int = Field(2000, ge=16, description="Number of generated samples (synthetic sources).")
     normalize: bool = Field(True, description="Standardize inputs with train-set mean/std per channel.")
@@ -199,7 +203,7 @@ class RunConfig(Section):
         return pick_strategy("prune", PRUNE_RULES, PruneConfig, data)
 
     @model_validator(mode="after")
-    def _check_cross_fields(self) -> RunConfig:
+    def _check_cross_fields(self, info: ValidationInfo) -> RunConfig:
         if self.model.checkpoint and self.model.pretrained:
             raise ValueError("model.checkpoint: give either model.checkpoint or model.pretrained, not both")
         if (self.model.reset_head or self.model.checkpoint_ema) and not self.model.checkpoint:
@@ -207,7 +211,8 @@ class RunConfig(Section):
             raise ValueError(f"model.{field}: only applies with model.checkpoint=PATH")
         if self.model.pretrained_file and not self.model.pretrained:
             raise ValueError("model.pretrained_file: set model.pretrained=true to load it")
-        if self.data.source in ("npz", "idx", "imagefolder", "seg_folder") and not self.data.path:
+        plan_only = bool((info.context or {}).get("plan_only"))  # `run --dry-run` reads no data
+        if self.data.source in ("npz", "idx", "imagefolder", "seg_folder") and not self.data.path and not plan_only:
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
         if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer: offloading needs deepspeed.zero_stage >= 1")

@@ -6,11 +6,11 @@ import numpy as np
 from torch.utils.data import Subset
 
 from sparsetrain.config.schema import DataConfig, TrainSubsetConfig
-from sparsetrain.data.base import DataBundle, DataError
+from sparsetrain.data.base import DataBundle, DataError, preprocessing_record
 from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
-from sparsetrain.data.disk import load_imagefolder, load_npz
+from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
 from sparsetrain.data.idx import load_idx
-from sparsetrain.data.tensors import InMemoryDataset, standardize
+from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 
 __all__ = ["DataBundle", "DataError", "build_data", "subset_indices"]
 
@@ -22,34 +22,60 @@ def subset_indices(num_samples: int, subset: TrainSubsetConfig) -> np.ndarray:
     return np.sort(np.array_split(order, subset.parts)[subset.part])
 
 
-def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None) -> DataBundle:
+# Raw values each array source starts from and the factor its loader scales them by (npz: decided by its dtype).
+RAW_INPUTS = {
+    "digits": ("scikit-learn load_digits().images, values 0-16", 1 / 16),
+    "mnist1d": ("mnist1d make_dataset() x / x_test, float", 1.0),
+    "synthetic": ("generated float images", 1.0),
+    "idx": ("IDX image files, uint8 pixels 0-255", 1 / 255),
+}
+
+
+def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
+                        raw: tuple[str, float]) -> DataBundle:
     x_train, y_train, x_test, y_test = arrays
     if cfg.train_subset is not None:
         keep = subset_indices(len(x_train), cfg.train_subset)
         x_train, y_train = x_train[keep], y_train[keep]
     x_train, y_train, x_test, y_test = to_tensors((x_train, y_train, x_test, y_test))
+    chans = x_train.shape[1]
+    x_train, x_test = match_channels(x_train, cfg.in_chans), match_channels(x_test, cfg.in_chans)
+    if x_train.shape[1] != chans:
+        raw = (raw[0] + (", channels averaged to gray" if x_train.shape[1] == 1 else
+                         f", the one channel repeated {x_train.shape[1]} times"), raw[1])
+    stats = None
     if cfg.normalize:  # statistics of the training data actually used (the subset, when one is chosen)
-        x_train, x_test = standardize(x_train, x_test)
+        x_train, x_test, stats = standardize(x_train, x_test)
     classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
+    shape = tuple(x_train.shape[1:])
     return DataBundle(InMemoryDataset(x_train, y_train), InMemoryDataset(x_test, y_test),
-                      in_chans=x_train.shape[1], num_classes=classes, input_shape=tuple(x_train.shape[1:]))
+                      in_chans=x_train.shape[1], num_classes=classes, input_shape=shape,
+                      preprocessing=preprocessing_record(shape, raw[0], raw[1], stats))
 
 
 def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> DataBundle:
     """Load the configured data set; `num_classes` (from model.kwargs) bounds the labels when given."""
+    if cfg.source in ("npz", "idx", "imagefolder", "seg_folder") and not cfg.path:
+        raise DataError(f"data.path: required for data.source={cfg.source!r}")
     if cfg.source in BUILTIN_LOADERS:
-        return _bundle_from_arrays(BUILTIN_LOADERS[cfg.source](cfg, seed), cfg, num_classes)
+        return _bundle_from_arrays(BUILTIN_LOADERS[cfg.source](cfg, seed), cfg, num_classes, RAW_INPUTS[cfg.source])
     if cfg.source == "npz":
-        return _bundle_from_arrays(load_npz(cfg.path, num_classes), cfg, num_classes)
+        arrays, scale = load_npz(cfg.path, num_classes)
+        raw = "x_train / x_test of the .npz as stored (" + ("uint8 pixels 0-255)" if scale != 1 else "float)")
+        return _bundle_from_arrays(arrays, cfg, num_classes, (raw, scale))
     if cfg.source == "idx":
-        return _bundle_from_arrays(load_idx(cfg.path, num_classes), cfg, num_classes)
+        return _bundle_from_arrays(load_idx(cfg.path, num_classes), cfg, num_classes, RAW_INPUTS["idx"])
     if cfg.source == "imagefolder":
-        size = cfg.image_size or 224
-        train, test = load_imagefolder(cfg.path, size, cfg.normalize)
+        size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
+        train, test = load_imagefolder(cfg.path, size, cfg.normalize, chans)
         classes = num_classes or len(train.classes)
         if cfg.train_subset is not None:
             train = Subset(train, subset_indices(len(train), cfg.train_subset).tolist())
-        return DataBundle(train, test, in_chans=3, num_classes=classes, input_shape=(3, size, size))
+        stats = imagefolder_stats(chans) if cfg.normalize else None
+        prep = preprocessing_record((chans, size, size), "image files decoded by PIL, 8-bit pixels 0-255", 1 / 255,
+                                    stats, resize=[size, size], color="RGB" if chans == 3 else "L")
+        return DataBundle(train, test, in_chans=chans, num_classes=classes, input_shape=(chans, size, size),
+                          preprocessing=prep)
     from sparsetrain.data.segmentation import build_segmentation_data
 
     return build_segmentation_data(cfg, seed)

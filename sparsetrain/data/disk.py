@@ -8,8 +8,23 @@ import numpy as np
 import torch
 
 from sparsetrain.data.base import DataError
+from sparsetrain.progress import log
 
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, used for ImageFolder trees
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGEFOLDER_SIZE = 224  # default data.image_size for ImageFolder trees (timm's ImageNet models)
+SMALL_IMAGE_FACTOR = 4  # warn when images are upscaled by this factor or more
+
+
+def imagefolder_stats(in_chans: int) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) ImageFolder inputs are standardized with: ImageNet's RGB statistics, or for gray
+    (in_chans=1) their ITU-R 601 luma mix (the weights of torchvision's Grayscale), an approximation."""
+    if in_chans == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    luma = (0.299, 0.587, 0.114)
+    return ([sum(w * m for w, m in zip(luma, IMAGENET_MEAN, strict=True))],
+            [sum(w * s for w, s in zip(luma, IMAGENET_STD, strict=True))])
 
 
 def _npz_inputs(name: str, x: np.ndarray) -> np.ndarray:
@@ -17,6 +32,9 @@ def _npz_inputs(name: str, x: np.ndarray) -> np.ndarray:
         x = x[:, None]
     if x.ndim != 4:
         raise DataError(f"data.path: array {name} must be N×C×H×W or N×H×W, got shape {x.shape}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        raise DataError(f"data.path: array {name} has shape {x.shape}, which looks channels-last (N×H×W×C); "
+                        f"sparsetrain reads N×C×H×W: save {name}.transpose(0, 3, 1, 2)")
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
     if not np.issubdtype(x.dtype, np.floating):
@@ -34,8 +52,16 @@ def _npz_labels(name: str, y: np.ndarray, n_inputs: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def load_npz(path: str, num_classes: int | None = None) -> tuple[np.ndarray, ...]:
-    """Read x_train, y_train, x_test, y_test from an .npz file and check them."""
+def load_npz(path: str, num_classes: int | None = None) -> tuple[tuple[np.ndarray, ...], float]:
+    """Read x_train, y_train, x_test, y_test from an .npz file and check them.
+
+    Returns:
+        The four arrays (inputs float32 N×C×H×W, uint8 scaled to [0, 1]; labels int64) and the scale applied to
+        the stored input values (1/255 for uint8, else 1).
+
+    Raises:
+        DataError: one line naming data.path and what is wrong (missing array, layout, dtype, labels).
+    """
     file = Path(path)
     if not file.is_file():
         raise DataError(f"data.path: file not found: {file}")
@@ -46,6 +72,7 @@ def load_npz(path: str, num_classes: int | None = None) -> tuple[np.ndarray, ...
     missing = [name for name in NPZ_ARRAYS if name not in archive.files]
     if missing:
         raise DataError(f"data.path: {file} lacks array(s) {', '.join(missing)} (needs {', '.join(NPZ_ARRAYS)})")
+    scale = 1 / 255 if archive["x_train"].dtype == np.uint8 else 1.0
     x_train = _npz_inputs("x_train", archive["x_train"])
     x_test = _npz_inputs("x_test", archive["x_test"])
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -56,7 +83,7 @@ def load_npz(path: str, num_classes: int | None = None) -> tuple[np.ndarray, ...
     for name, y in (("y_train", y_train), ("y_test", y_test)):
         if len(y) and y.max() >= limit:
             raise DataError(f"data.path: array {name} has label {int(y.max())} out of range [0, {limit})")
-    return x_train, y_train, x_test, y_test
+    return (x_train, y_train, x_test, y_test), scale
 
 
 def _find_split(root: Path, names: tuple[str, ...]) -> Path:
@@ -66,16 +93,31 @@ def _find_split(root: Path, names: tuple[str, ...]) -> Path:
     raise DataError(f"data.path: {root} needs one of the subfolders {', '.join(names)} (ImageFolder layout)")
 
 
-def load_imagefolder(path: str, image_size: int, normalize: bool) -> tuple[torch.utils.data.Dataset, ...]:
-    """ImageFolder trees `path/train/<class>/*` and `path/val|test/<class>/*`, resized to image_size."""
+def load_imagefolder(path: str, image_size: int, normalize: bool,
+                     in_chans: int = 3) -> tuple[torch.utils.data.Dataset, ...]:
+    """ImageFolder trees `path/train/<class>/*` and `path/val|test/<class>/*`, resized to image_size.
+
+    Args:
+        path: The tree's root (`data.path`).
+        image_size: Square side images are resized to (`data.image_size`, default `IMAGEFOLDER_SIZE`).
+        normalize: Standardize with `imagefolder_stats(in_chans)`.
+        in_chans: 3 (RGB, the default) or 1 (converted to gray by torchvision's Grayscale).
+
+    Raises:
+        DataError: one line naming data.path / data.in_chans and what is wrong.
+    """
     from torchvision import datasets, transforms
 
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"data.path: folder not found: {root}")
+    if in_chans not in (1, 3):
+        raise DataError(f"data.in_chans: ImageFolder images are read as RGB (3) or gray (1), got {in_chans}")
     steps = [transforms.Resize((image_size, image_size)), transforms.ToTensor()]
+    if in_chans == 1:
+        steps.insert(0, transforms.Grayscale(num_output_channels=1))
     if normalize:
-        steps.append(transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+        steps.append(transforms.Normalize(*imagefolder_stats(in_chans)))
     transform = transforms.Compose(steps)
     try:
         train = datasets.ImageFolder(str(_find_split(root, ("train",))), transform=transform)
@@ -84,4 +126,19 @@ def load_imagefolder(path: str, image_size: int, normalize: bool) -> tuple[torch
         raise DataError(f"data.path: {str(err).splitlines()[0]}") from None
     if train.classes != test.classes:
         raise DataError(f"data.path: train classes {train.classes[:5]}… differ from test classes {test.classes[:5]}…")
+    _warn_if_upscaled(train, image_size)
     return train, test
+
+
+def _warn_if_upscaled(train: torch.utils.data.Dataset, image_size: int) -> None:
+    """One warning when the first training image is much smaller than image_size (e.g. 28×28 PNGs → 224)."""
+    from PIL import Image
+
+    if not train.samples:
+        return
+    with Image.open(train.samples[0][0]) as img:
+        width, height = img.size
+    if max(width, height) * SMALL_IMAGE_FACTOR <= image_size:
+        log.warning(f"data.image_size: images are {width}×{height} (e.g. {train.samples[0][0]}) but are resized to "
+                    f"{image_size}×{image_size} ({image_size / max(width, height):.0f}× larger); set "
+                    f"data.image_size={max(width, height)} to keep their size")

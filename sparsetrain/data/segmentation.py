@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sparsetrain.config.schema import DataConfig
-from sparsetrain.data.base import DataBundle, DataError
-from sparsetrain.data.tensors import InMemoryDataset, standardize
+from sparsetrain.data.base import DataBundle, DataError, preprocessing_record
+from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 
 __all__ = ["IMAGE_EXTENSIONS", "MASK_TAGS", "build_segmentation_data", "load_seg_folder", "load_seg_synthetic"]
@@ -70,11 +70,18 @@ def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
         train, test, num_classes = load_seg_folder(cfg, seed)
     else:
         raise DataError(f"data.source: {cfg.source!r} is not a segmentation source (seg_synthetic, seg_folder)")
-    x_train, x_test = _match_channels(train.images, cfg.in_chans), _match_channels(test.images, cfg.in_chans)
+    x_train, x_test = match_channels(train.images, cfg.in_chans), match_channels(test.images, cfg.in_chans)
+    stats = None
     if cfg.normalize:
-        x_train, x_test = standardize(x_train, x_test)
+        x_train, x_test, stats = standardize(x_train, x_test)
+    shape = tuple(x_train.shape[1:])
+    raw = ("generated images in [0, 1]" if cfg.source == "seg_synthetic" else
+           "image files as 8-bit pixels 0-255 (16-bit files: 0-65535, scale 1/65535), resized to data.image_size, "
+           "colour averaged to gray / gray repeated to match in_chans")
+    prep = preprocessing_record(shape, raw, 1.0 if cfg.source == "seg_synthetic" else 1 / 255, stats,
+                                resize=list(shape[1:]) if cfg.source == "seg_folder" else None)
     return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
-                      in_chans=x_train.shape[1], num_classes=num_classes, input_shape=tuple(x_train.shape[1:]))
+                      in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep)
 
 
 def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int]:
@@ -290,15 +297,3 @@ def _split(data: SegSplit, fraction: float, seed: int) -> tuple[SegSplit, SegSpl
     for idx in (order[n_test:], order[:n_test]):
         parts.append(SegSplit(data.images[idx], data.masks[idx], tuple(data.mask_files[i] for i in idx.tolist())))
     return parts[0], parts[1]
-
-
-def _match_channels(images: torch.Tensor, in_chans: int | None) -> torch.Tensor:
-    """Convert N × C × H × W images to `in_chans` channels: colour → gray by averaging, gray → repeated."""
-    chans = images.shape[1]
-    if in_chans is None or in_chans == chans:
-        return images
-    if in_chans == 1:
-        return images.mean(dim=1, keepdim=True)
-    if chans == 1:
-        return images.expand(-1, in_chans, -1, -1).contiguous()
-    raise DataError(f"data.in_chans: cannot turn {chans}-channel images into {in_chans} channels")

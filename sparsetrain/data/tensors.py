@@ -28,9 +28,34 @@ class InMemoryDataset(Dataset):
         return self.inputs[idx], self.targets[idx]
 
 
-def standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale both splits with the train split's per-channel mean and std (channel = dim 1)."""
+def standardize(train: torch.Tensor, test: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, tuple[list[float], list[float]]]:
+    """Scale both splits with the train split's per-channel mean and std (channel = dim 1).
+
+    Returns:
+        The standardized train and test tensors, and the (mean, std) lists per channel that were used (recorded in
+        the export so that deployed models can be fed the same inputs).
+    """
     dims = [d for d in range(train.ndim) if d != 1]
     mean = train.mean(dim=dims, keepdim=True)
     std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)
-    return (train - mean) / std, (test - mean) / std
+    stats = (mean.flatten().tolist(), std.flatten().tolist())
+    return (train - mean) / std, (test - mean) / std, stats
+
+
+def match_channels(inputs: torch.Tensor, in_chans: int | None) -> torch.Tensor:
+    """Convert N×C×... inputs to `in_chans` channels (`data.in_chans`): colour → gray by averaging the channels,
+    gray → the one channel repeated; None or the same count leaves them as they are.
+
+    Raises:
+        DataError: any other conversion (e.g. 3 → 2 channels).
+    """
+    chans = inputs.shape[1]
+    if in_chans is None or in_chans == chans:
+        return inputs
+    if in_chans == 1:
+        return inputs.mean(dim=1, keepdim=True)
+    if chans == 1:
+        return inputs.expand(-1, in_chans, *inputs.shape[2:]).contiguous()
+    raise DataError(f"data.in_chans: cannot turn {chans}-channel inputs into {in_chans} channels (only colour → 1 or "
+                    "1 → any)")

@@ -7,6 +7,10 @@
 | `torch_export` | `model.pt2` | `torch.export` program, batch dimension dynamic |
 | `onnx` | `model.onnx` | the same program in ONNX (opset >= 17) |
 
+The input preprocessing the model expects (`data.preprocessing_record`: layout, dtype, shape, scale of the raw
+values, per-channel mean/std, resize) is stored in `architecture.json` under `meta.preprocessing` and in the ONNX
+file's metadata_props under `sparsetrain.preprocessing` (JSON); `load_compressed` exposes it as `.preprocessing`.
+
 `manifest.json` lists the formats written, their files and sizes, and for the deployment formats the max abs
 difference from the torch model on an input batch of the data's shape (fp32) and whether it passed. A format that
 fails to export or to verify is recorded with `ok: false` and its error, and logged; the others are still written.
@@ -26,6 +30,7 @@ from sparsetrain.deploy.program import (
     ONNX_FILE,
     PROGRAM_FILE,
     onnx_weight_counts,
+    set_onnx_metadata,
     trace,
     verify_onnx,
     verify_program,
@@ -36,9 +41,10 @@ from sparsetrain.progress import log
 from sparsetrain.pruning.masks import prunable_parameters
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE, save_pruned_model
 
-__all__ = ["DEPLOYMENT_FORMATS", "MANIFEST_FILE", "write_export"]
+__all__ = ["DEPLOYMENT_FORMATS", "MANIFEST_FILE", "PREPROCESSING_KEY", "write_export"]
 
 MANIFEST_FILE = "manifest.json"
+PREPROCESSING_KEY = "sparsetrain.preprocessing"  # ONNX metadata_props key holding the preprocessing record (JSON)
 DEPLOYMENT_FORMATS = ("onnx", "torch_export")
 _MANIFEST_FORMAT = "sparsetrain-export/1"
 
@@ -77,7 +83,8 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
     if unknown:
         raise ValueError(f"deploy.formats: unknown format(s) {unknown}; expected {list(DEPLOYMENT_FORMATS)}")
     if formats:
-        entries.update(_deployment_formats(model, folder, example.float().cpu(), formats, opset, tolerance))
+        entries.update(_deployment_formats(model, folder, example.float().cpu(), formats, opset, tolerance,
+                                           meta.get("preprocessing")))
     manifest = {"format": _MANIFEST_FORMAT, "model_name": meta["model_name"],
                 "input_shape": list(example.shape[1:]), "formats": entries}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
@@ -85,7 +92,7 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
 
 
 def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, formats: tuple[str, ...] | list[str],
-                        opset: int, tolerance: float) -> dict[str, dict[str, Any]]:
+                        opset: int, tolerance: float, preprocessing: dict | None) -> dict[str, dict[str, Any]]:
     with torch.no_grad():
         reference = model(example)
     try:
@@ -96,7 +103,8 @@ def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, f
     writers = {
         "torch_export": lambda: _checked(folder, write_program(program, folder / PROGRAM_FILE),
                                          verify_program, reference, example, tolerance, dynamic_batch=dynamic),
-        "onnx": lambda: _onnx(folder, program, reference, example, opset, tolerance, dynamic, pruned_zeros),
+        "onnx": lambda: _onnx(folder, program, reference, example, opset, tolerance, dynamic, pruned_zeros,
+                              preprocessing),
     }
     entries = {}
     for fmt in formats:
@@ -118,8 +126,10 @@ def _checked(folder: Path, path: Path, verify: Any, reference: torch.Tensor, exa
 
 
 def _onnx(folder: Path, program: torch.export.ExportedProgram, reference: torch.Tensor, example: torch.Tensor,
-          opset: int, tolerance: float, dynamic: bool, pruned_zeros: int) -> dict[str, Any]:
+          opset: int, tolerance: float, dynamic: bool, pruned_zeros: int, preprocessing: dict | None) -> dict[str, Any]:
     path = write_onnx(program, example, folder / ONNX_FILE, opset)
+    if preprocessing:
+        set_onnx_metadata(path, {PREPROCESSING_KEY: json.dumps(preprocessing)})
     counts = onnx_weight_counts(path)
     entry = _checked(folder, path, verify_onnx, reference, example, tolerance, opset=opset, dynamic_batch=dynamic,
                      weight_elements=counts["elements"], weight_zeros=counts["zeros"],

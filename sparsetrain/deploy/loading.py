@@ -13,7 +13,7 @@ from sparsetrain.deploy.program import ONNX_FILE, PROGRAM_FILE, onnx_session
 from sparsetrain.progress import log
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
 
-__all__ = ["FORMAT_ORDER", "OnnxRuntimeModel", "export_folder", "load_compressed"]
+__all__ = ["FORMAT_ORDER", "OnnxRuntimeModel", "export_folder", "load_compressed", "preprocessing_of"]
 
 # Preference of format="auto": the torch model first (trainable, inspectable), then the deployment graphs.
 FORMAT_ORDER = ("safetensors", "bitmask", "torch_export", "onnx")
@@ -42,6 +42,30 @@ def export_folder(path: str | Path) -> Path:
     if (path / "export").is_dir() and not (path / ARCH_FILE).exists():
         return path / "export"
     return path
+
+
+def preprocessing_of(path: str | Path) -> dict | None:
+    """The input preprocessing an exported model expects (see `sparsetrain.data.base.preprocessing_record`):
+    from `architecture.json` meta, else from the ONNX file's metadata; None for exports written before it was
+    recorded.
+
+    Args:
+        path: A run directory, export folder or a file in one.
+    """
+    from sparsetrain.deploy.folder import PREPROCESSING_KEY
+
+    folder = export_folder(path)
+    if (folder / ARCH_FILE).is_file():
+        found = json.loads((folder / ARCH_FILE).read_text()).get("meta", {}).get("preprocessing")
+        if found:
+            return found
+    if (folder / ONNX_FILE).is_file():
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(folder / ONNX_FILE), load_external_data=False).metadata_props}
+        if PREPROCESSING_KEY in props:
+            return json.loads(props[PREPROCESSING_KEY])
+    return None
 
 
 def _format_of(path: Path, format: str) -> str:
@@ -78,7 +102,9 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
         threads: onnxruntime intra-op threads (onnx only; None = onnxruntime's default).
 
     Returns:
-        A module in eval mode whose `export_format` attribute names the format loaded (also logged). The
+        A module in eval mode whose `export_format` attribute names the format loaded (also logged) and whose
+        `preprocessing` attribute is the input preprocessing it expects (`preprocessing_of`; None if the export
+        predates it): feed it `(raw * scale - mean[c]) / std[c]`, float32, N×C×H×W. The
         safetensors and bitmask formats give the timm model (physically smaller after structural pruning);
         torch_export gives `torch.export.load(...).module()`; onnx an `OnnxRuntimeModel`.
 
@@ -101,6 +127,7 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
     if fmt != "torch_export":
         model.eval()  # an exported program's module is already an inference graph (it rejects .eval())
     model.export_format = fmt
+    model.preprocessing = preprocessing_of(path)
     log.info(f"load_compressed: {folder / _FILES[fmt]} ({fmt})")
     return model
 

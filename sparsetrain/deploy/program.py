@@ -57,6 +57,16 @@ def write_onnx(program: torch.export.ExportedProgram, example: torch.Tensor, pat
     return path
 
 
+def set_onnx_metadata(path: Path, props: dict[str, str]) -> None:
+    """Store `props` in the ONNX file's metadata_props (read back by onnxruntime's
+    `session.get_modelmeta().custom_metadata_map`); external weight files are left as they are."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **props})
+    onnx.save(model, str(path))
+
+
 @contextlib.contextmanager
 def _quiet(*loggers: str) -> Iterator[None]:
     """The exporter's optimizer logs every pass at INFO; keep the run's log to warnings from it."""

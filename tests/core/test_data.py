@@ -39,6 +39,10 @@ def test_npz_uint8_nhw_and_float_nchw(tmp_path: Path) -> None:
     ({"x_train": np.zeros((40, 5), np.uint8)}, "array x_train must be N×C×H×W or N×H×W"),
     ({"y_train": np.zeros(39, np.int64)}, "array y_train must be 1-D with 40 labels"),
     ({"x_test": np.zeros((10, 11, 11), np.uint8)}, "x_train samples are (1, 12, 12) but x_test samples are"),
+    ({"x_train": np.zeros((40, 32, 32, 3), np.uint8)},
+     "data.path: array x_train has shape (40, 32, 32, 3), which looks channels-last (N×H×W×C); sparsetrain reads "
+     "N×C×H×W: save x_train.transpose(0, 3, 1, 2)"),
+    ({"x_test": np.zeros((10, 12, 12, 1), np.float32)}, "array x_test has shape (10, 12, 12, 1), which looks"),
 ])
 def test_npz_errors(tmp_path: Path, overrides: dict, message: str) -> None:
     path = _write_npz(tmp_path / "bad.npz", **overrides)
@@ -90,3 +94,46 @@ def test_builtin_sources_are_deterministic() -> None:
         a = build_data(DataConfig(source=source, num_samples=200), 5)
         b = build_data(DataConfig(source=source, num_samples=200), 5)
         assert torch.equal(a.train.inputs, b.train.inputs), f"{source}: not deterministic for a fixed seed"
+
+
+def _gray_tree(root: Path, side: int) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(2):
+                pixels = rng.integers(0, 256, (side, side), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"{i}.png")
+    return root
+
+
+def test_imagefolder_in_chans_1_gives_gray_inputs_and_model(tmp_path: Path) -> None:
+    bundle = build_data(DataConfig(source="imagefolder", path=str(_gray_tree(tmp_path, 12)), image_size=12,
+                                   in_chans=1), 0)
+    x, _ = bundle.train[0]
+    assert bundle.in_chans == 1 and bundle.input_shape == (1, 12, 12) and x.shape == (1, 12, 12)
+    assert bundle.preprocessing["color"] == "L" and len(bundle.preprocessing["mean"]) == 1
+    model = build_model(ModelConfig(name="resnet18"), bundle.in_chans, 2, bundle.input_shape)
+    assert model.eval()(x[None]).shape == (1, 2)
+    with pytest.raises(DataError, match="data.in_chans: ImageFolder images are read as RGB .3. or gray .1., got 2"):
+        build_data(DataConfig(source="imagefolder", path=str(tmp_path), in_chans=2), 0)
+
+
+def test_npz_in_chans_repeats_gray(tmp_path: Path) -> None:
+    bundle = build_data(DataConfig(source="npz", path=str(_write_npz(tmp_path / "a.npz")), in_chans=3), 0)
+    x, _ = bundle.train[0]
+    assert bundle.in_chans == 3 and x.shape == (3, 12, 12) and torch.equal(x[0], x[2])
+
+
+def test_imagefolder_warns_when_images_are_much_smaller(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = _gray_tree(tmp_path, 10)
+    with caplog.at_level("WARNING"):
+        build_data(DataConfig(source="imagefolder", path=str(root), image_size=40), 0)
+    warned = [r.getMessage() for r in caplog.records if "data.image_size" in r.getMessage()]
+    assert len(warned) == 1 and "images are 10×10" in warned[0] and "data.image_size=10" in warned[0], warned
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_data(DataConfig(source="imagefolder", path=str(root), image_size=20), 0)
+    assert not [r for r in caplog.records if "data.image_size" in r.getMessage()]

@@ -55,8 +55,7 @@ def _not_under_a_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _dry_run(capsys: pytest.CaptureFixture, *overrides: str) -> str:
-    code = main(["run", str(REPO / "configs" / "vit_giant_imagefolder.yaml"), "--dry-run", "data.path=/nonexistent",
-                 *overrides])
+    code = main(["run", str(REPO / "configs" / "vit_giant_imagefolder.yaml"), "--dry-run", *overrides])  # as README
     out = capsys.readouterr().out
     assert code == 0, out
     return out
@@ -68,6 +67,7 @@ def test_vit_giant_dry_run_plans_one_and_four_nodes(capsys: pytest.CaptureFixtur
     for row in ("parameters", "gradients", "optimizer", "masks", "buffers", "activations", "total"):
         assert f"  {row} " in one_node, f"memory plan lacks {row}:\n{one_node}"
     assert "WARNING" not in one_node, "a 1 B model with ZeRO-3 fits 80 GB per rank"
+    assert "data not read here (data.path: required for data.source='imagefolder')" in one_node
     four_nodes = _dry_run(capsys, "launch.nodes=4")
     assert "world size 32, micro-batch 8" in four_nodes
     tight = _dry_run(capsys, "launch.gpu_mem_gb=2")
@@ -98,3 +98,9 @@ def test_grad_checkpointing_trains_like_the_plain_model(tmp_path: Path) -> None:
     plain, checkpointed = (load_file(str(tmp_path / f / "weights" / "sparsify.safetensors")) for f in ("false", "true"))
     for name, tensor in plain.items():
         assert torch.allclose(tensor, checkpointed[name], atol=1e-5), f"{name} differs with grad checkpointing"
+
+
+def test_without_dry_run_data_path_is_still_required(capsys: pytest.CaptureFixture) -> None:
+    code = main(["run", str(REPO / "configs" / "vit_giant_imagefolder.yaml")])
+    err = capsys.readouterr().err
+    assert code != 0 and "data.path: required for data.source='imagefolder'" in err, err

@@ -1,0 +1,57 @@
+"""The export records the input preprocessing the model expects: raw test images preprocessed with nothing but the
+recorded metadata and run in onnxruntime reproduce the run's reported accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import sparsetrain
+from sparsetrain.config import load_config
+from sparsetrain.pipeline import run_pipeline
+from sparsetrain.report import final_metric
+
+FAST = ["tracking.mode=disabled", "train.threads=1", "phases.dense.enabled=false", "deploy.latency=false",
+        "deploy.formats=[onnx]", "phases.sparsify.epochs=1", "phases.finetune.epochs=0.5",
+        "prune={rule: global_sparsity, sparsity: 0.5}"]
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn digits as uint8 pixels 0-255 in an .npz (N×H×W), split 1400 / 397."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 255 / 16).round().astype(np.uint8)
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, x_train=images[:1400], y_train=digits.target[:1400], x_test=images[1400:],
+             y_test=digits.target[1400:])
+    return path
+
+
+def test_onnx_with_recorded_preprocessing_reproduces_the_metric(digits_npz: Path, tmp_path: Path) -> None:
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml",
+                      [*FAST, "data.source=npz", f"data.path={digits_npz}", f"out_dir={tmp_path}"])
+    report = run_pipeline(cfg)
+    folder = tmp_path / "export"
+    prep = json.loads((folder / "architecture.json").read_text())["meta"]["preprocessing"]
+    assert prep["layout"] == "NCHW" and prep["dtype"] == "float32" and prep["input_shape"] == [1, 8, 8]
+    assert prep["scale"] == pytest.approx(1 / 255) and len(prep["mean"]) == len(prep["std"]) == 1
+    # what a user does with only the export: the README's onnxruntime example
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["sparsetrain.preprocessing"])
+    assert meta == prep, "ONNX metadata and architecture.json disagree"
+    raw = np.load(digits_npz)
+    x = raw["x_test"][:, None].astype(np.float32) * meta["scale"]
+    x = (x - np.array(meta["mean"], np.float32)[:, None, None]) / np.array(meta["std"], np.float32)[:, None, None]
+    logits = session.run(None, {session.get_inputs()[0].name: x.astype(meta["dtype"])})[0]
+    accuracy = 100 * float((logits.argmax(1) == raw["y_test"]).mean())
+    phase, reported = final_metric(report)
+    assert phase == "finetune" and json.loads((folder / "architecture.json").read_text())["meta"]["metric"] == reported
+    assert abs(accuracy - reported) <= 100 / len(raw["y_test"]), f"onnxruntime {accuracy} vs run's {reported}"
+    assert sparsetrain.load_compressed(folder, "onnx").preprocessing == prep
+    assert sparsetrain.load_compressed(folder).preprocessing == prep
