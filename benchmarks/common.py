@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # the committed tables; written only when asked (--out)
+OUTPUT_DIR = Path("runs") / "bench"  # default --out of kernels / train_step / throughput: under the current folder
 QUANTILES = [0.5, 0.2, 0.8]
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, bench_ms, copy_gbps, device_label, fmt, pick_device, slug, write_json
+from benchmarks.common import OUTPUT_DIR, bench_ms, copy_gbps, device_label, fmt, pick_device, slug, write_json
 from triton_kernels import PackedMask, apply_masks_reference_, get_ops, l0_grad_mask_reference_, l0_penalty
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -250,7 +250,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--masks", default="bool,packed", help=f"mask kinds, comma separated from {','.join(MASKS)}")
     parser.add_argument("--backend", help="ours: triton (default on CUDA) or torch (default on CPU)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for kernels-<device>.json")
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help=f"folder for kernels-<device>.json (default "
+                        f"{OUTPUT_DIR}; benchmarks/results holds the committed tables)")
     parser.add_argument("--append", action="store_true", help="keep earlier rows of the JSON")
     args = parser.parse_args(argv)
     for flag, choices in (("dtypes", DTYPES), ("ops", OPS), ("masks", MASKS)):

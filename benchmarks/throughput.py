@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS_DIR, write_json
+from benchmarks.common import OUTPUT_DIR, write_json
 
 DEFAULT_CONFIG = "configs/lenet300_fashion.yaml"
 EDGE = 0.1  # first / last fraction of a phase's steps
@@ -161,7 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds of the overhead comparison")
     parser.add_argument("--round-steps", type=int, default=200, help="steps per loop per round")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for throughput-cpu.json")
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR,
+                        help=f"folder for throughput-cpu.json (default {OUTPUT_DIR})")
     return parser.parse_args(argv)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS_DIR, device_label, pick_device, write_json
+from benchmarks.common import OUTPUT_DIR, device_label, pick_device, write_json
 from triton_kernels import KernelOps, get_ops, l0_penalty
 
 VARIANTS = ["dense", "fused", "fused_finetune", "autograd"]
@@ -124,7 +124,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 instead of bf16 autocast on CUDA")
     parser.add_argument("--backend", help="kernel backend: triton (default on CUDA) or torch (default on CPU)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for train_step-<device>.json")
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR,
+                        help=f"folder for train_step-<device>.json (default {OUTPUT_DIR})")
     parser.add_argument("--profile", choices=VARIANTS, help="also print the top device kernels of this variant (CUDA)")
     return parser.parse_args(argv)
 

@@ -78,7 +78,9 @@ def _add_structural(pipeline: Pipeline, measured: dict[str, Any], final: torch.n
     measured["bytes"].update(dense=before["weight_bytes"], pruned=after["weight_bytes"])
     measured["peak_memory_bytes"] = {"dense": before["peak_memory_bytes"], "pruned": after["peak_memory_bytes"]}
     measured["latency_ms"] = {"dense": before["latency_ms"], "pruned": after["latency_ms"],
-                              "speedup": before["latency_ms"] / max(after["latency_ms"], 1e-9)}
+                              "speedup": before["latency_ms"] / max(after["latency_ms"], 1e-9),
+                              "measured": "median of back-to-back runs, not interleaved, torch eager, CPU, batch 1; "
+                                          "deploy.latency=true for the interleaved table"}
     measured["param_reduction"] = before["params"] / max(after["params"], 1)
 
 

@@ -11,6 +11,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+def use_bundled_fonts() -> None:
+    """Make matplotlib's own fonts findable when its font cache lacks them.
+
+    Log-scale tick labels are mathtext, whose DejaVu fontset falls back to matplotlib's bundled STIX fonts. A font
+    cache (`~/.cache/matplotlib/fontlist-v*.json`) written by another matplotlib of the same version (e.g. Debian's
+    python3-matplotlib, which ships no fonts of its own) lists only system fonts: every figure then logs ~20
+    `findfont: Font family ['STIXGeneral'] not found` lines. Registering the bundled files (once per process, only
+    when STIX is missing) fixes the cause; the cache on disk is left alone.
+    """
+    from matplotlib import font_manager
+
+    manager = font_manager.fontManager
+    if any(font.name == "STIXGeneral" for font in manager.ttflist):
+        return
+    bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    for file in sorted(bundled.glob("*.ttf")):
+        manager.addfont(str(file))
+
+
+use_bundled_fonts()
+
+
 def plot_layer_sparsity(layers: list[dict], path: Path) -> None:
     names = [layer["name"] for layer in layers]
     sparsity = [100.0 * (1 - layer["nonzero"] / max(layer["total"], 1)) for layer in layers]

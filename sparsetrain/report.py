@@ -77,7 +77,8 @@ def format_table(report: dict[str, Any]) -> str:
         p, f, lat = report["params"], report["flops"], report["latency_ms"]
         lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
                   f"flops        {f['dense']:,} -> {f['pruned']:,}",
-                  f"latency      {lat['dense']:.2f} ms -> {lat['pruned']:.2f} ms ({lat['speedup']:.2f}x, CPU, batch 1)"]
+                  f"latency      {lat['dense']:.2f} ms -> {lat['pruned']:.2f} ms ({lat['speedup']:.2f}x; "
+                  f"{lat.get('measured', 'CPU, batch 1')})"]
         return "\n".join(lines)
     if "sparsity" in report:
         lines += [f"sparsity     {100 * report['sparsity']:7.2f} %",

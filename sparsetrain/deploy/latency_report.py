@@ -46,6 +46,10 @@ def plot_latency(table: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from sparsetrain.plots import use_bundled_fonts
+
+    use_bundled_fonts()
     import numpy as np
 
     rows = table["rows"]

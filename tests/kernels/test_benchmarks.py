@@ -58,6 +58,18 @@ def test_kernels_benchmark_quick_writes_json(tmp_path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
+def test_kernels_benchmark_writes_under_the_current_folder_not_the_source_tree(tmp_path, monkeypatch) -> None:
+    from benchmarks.common import RESULTS_DIR
+
+    before = set(RESULTS_DIR.iterdir())
+    monkeypatch.chdir(tmp_path)
+    kernels.main(["--quick", "--sizes", "4096", "--models", "none", "--dtypes", "fp32", "--masks", "packed",
+                  "--no-compile"])
+    assert (tmp_path / "runs" / "bench" / "kernels-cpu.json").is_file()
+    assert set(RESULTS_DIR.iterdir()) == before, "bench kernels wrote into benchmarks/results"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
 def test_train_step_benchmark_quick_writes_json(tmp_path) -> None:
     train_step.main(["--quick", "--model", "test_resnet", "--out", str(tmp_path)])
     payload = json.loads((tmp_path / "train_step-cpu.json").read_text())

@@ -1,0 +1,38 @@
+"""What the printed summary and `--help` say matches what the code computes: the latency line's numbers give its
+speed-up and say how they were measured; `--help` lists every bench subcommand."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sparsetrain.cli import BENCHMARKS, main
+from sparsetrain.deploy.run import _headline
+from sparsetrain.report import format_table
+
+
+def _structural_report(latency_ms: dict) -> dict:
+    return {"phases": {"finetune": {"metric": 90.0}}, "params": {"dense": 100, "pruned": 50},
+            "param_reduction": 2.0, "flops": {"dense": 10, "pruned": 5}, "latency_ms": latency_ms}
+
+
+def latency_line(report: dict) -> tuple[float, float, float, str]:
+    line = next(x for x in format_table(report).splitlines() if x.startswith("latency"))
+    dense, pruned, speedup, how = re.match(r"latency +([\d.]+) ms -> ([\d.]+) ms \(([\d.]+)x; (.*)\)", line).groups()
+    return float(dense), float(pruned), float(speedup), how
+
+
+def test_interleaved_latency_line_prints_the_p20s_its_speedup_divides() -> None:
+    row = {"runtime": "torch", "device": "cpu", "batch": 1, "speedup": 30.0 / 14.0,
+           "dense_ms": {"median": 31.92, "p20": 30.0, "p80": 33.0},
+           "compressed_ms": {"median": 14.21, "p20": 14.0, "p80": 15.0}}
+    dense, pruned, speedup, how = latency_line(_structural_report(_headline({"rows": [row]})))
+    assert speedup == pytest.approx(dense / pruned, abs=0.01) and "p20 of interleaved" in how
+
+
+def test_help_lists_every_bench_subcommand(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--help"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("bench"))
+    assert set(BENCHMARKS) == {"kernels", "train_step", "latency", "throughput"}
+    assert all(name in line for name in BENCHMARKS), line
