@@ -19,6 +19,8 @@ fails to export or to verify is recorded with `ok: false` and its error, and log
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +75,40 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
     import copy
 
     folder = Path(folder)
+    unknown = sorted(set(formats) - set(DEPLOYMENT_FORMATS))
+    if unknown:
+        raise ValueError(f"deploy.formats: unknown format(s) {unknown}; expected {list(DEPLOYMENT_FORMATS)}")
+    log.info(f"[export] writing {folder}: safetensors, bitmask{''.join(', ' + f for f in formats)}")
     model = copy.deepcopy(model).float().cpu().eval()
     save_pruned_model(model, folder, meta=meta)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     save_sparse(state, set(prunable_parameters(model)), folder / BITMASK_FILE)
     entries = {"safetensors": _entry(folder, ARCH_FILE, WEIGHTS_FILE),
                "bitmask": _entry(folder, ARCH_FILE, BITMASK_FILE)}
-    unknown = sorted(set(formats) - set(DEPLOYMENT_FORMATS))
-    if unknown:
-        raise ValueError(f"deploy.formats: unknown format(s) {unknown}; expected {list(DEPLOYMENT_FORMATS)}")
+    for fmt in ("safetensors", "bitmask"):
+        log.info(f"[export] {fmt}: {' + '.join(entries[fmt]['files'])}, {_size(entries[fmt]['bytes'])}")
     if formats:
         entries.update(_deployment_formats(model, folder, example.float().cpu(), formats, opset, tolerance,
                                            meta.get("preprocessing")))
     manifest = {"format": _MANIFEST_FORMAT, "model_name": meta["model_name"],
                 "input_shape": list(example.shape[1:]), "formats": entries}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    _default_permissions(folder)
     return manifest
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.2f} MB" if num_bytes >= 1e5 else f"{num_bytes:,} B"
+
+
+def _default_permissions(folder: Path) -> None:
+    """Give every export file the mode a plain `open()` gives (0644 under umask 022): safetensors writes its files
+    0600, which left other users of a shared export unable to read the weights."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, formats: tuple[str, ...] | list[str],
@@ -108,10 +128,17 @@ def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, f
     }
     entries = {}
     for fmt in formats:
+        log.info(f"[export] {fmt}: writing and verifying against torch …")
+        start = time.perf_counter()
         try:
             entries[fmt] = writers[fmt]()
         except Exception as err:  # exporters raise many types; one failed format must not lose the others
             entries[fmt] = _failed(fmt, err)
+            continue
+        entry = entries[fmt]
+        log.info(f"[export] {fmt}: {' + '.join(entry['files'])}, {_size(entry['bytes'])}, max abs diff "
+                 f"{entry['max_abs_diff']:.2g} from torch on a batch of {entry['verified_on'][0]} "
+                 f"({'ok' if entry['ok'] else 'FAILED'}, tolerance {tolerance:g}), {time.perf_counter() - start:.1f} s")
     return entries
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from sparsetrain.config.schema import ModelConfig
+from sparsetrain.progress import log
 
 __all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "classifier_keys", "read_state_dict"]
 
@@ -66,8 +67,11 @@ def resolve(path: str | Path) -> Path:
 def _tensors(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
     from timm.models import load_state_dict
 
+    from sparsetrain.models.factory import quiet_timm_loading
+
     try:
-        state = load_state_dict(str(path), use_ema=use_ema, device="cpu", weights_only=True)
+        with quiet_timm_loading():
+            state = load_state_dict(str(path), use_ema=use_ema, device="cpu", weights_only=True)
     except Exception as err:  # torch.load and safetensors raise many types on foreign or truncated files
         raise ValueError(f"model.checkpoint: {path} is not a safetensors file or torch checkpoint "
                          f"({_first_line(err)})") from None
@@ -170,7 +174,10 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     arch = export_architecture(cfg.checkpoint)
     if arch is not None and arch.get("modules"):
         return _pruned_export(model, cfg, arch)
-    load_into(model, read_state_dict(cfg.checkpoint, cfg.checkpoint_ema), cfg)
+    state = read_state_dict(cfg.checkpoint, cfg.checkpoint_ema)
+    load_into(model, state, cfg)
+    log.info(f"model.checkpoint: loaded {len(state)} tensors ({sum(t.numel() for t in state.values()):,} values"
+             f"{', EMA weights' if cfg.checkpoint_ema else ''}) from {cfg.checkpoint} into {cfg.name}")
     return model
 
 

@@ -9,7 +9,10 @@ never contacted); `model.checkpoint` starts from any trained model's weights (`s
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import timm
@@ -18,6 +21,7 @@ from torch import nn
 
 import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 from sparsetrain.config.schema import ModelConfig
+from sparsetrain.progress import log
 
 
 def model_kwargs(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: tuple[int, ...]) -> dict:
@@ -48,6 +52,21 @@ def _hub_offline() -> None:
     hub_constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub.is_offline_mode()
 
 
+@contextlib.contextmanager
+def quiet_timm_loading() -> Iterator[None]:
+    """Hold back timm's own INFO lines about loading weights (`Loaded  from checkpoint ...` with an empty key,
+    `Loading pretrained weights from Hugging Face hub` though the hub is off): sparsetrain logs what it loaded."""
+    loggers = [logging.getLogger(name) for name in ("timm.models._builder", "timm.models._helpers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _pretrained_args(cfg: ModelConfig) -> dict:
     """timm arguments that load pretrained weights from a local file or the local cache, never the network."""
     if not cfg.pretrained:
@@ -72,19 +91,30 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
         raise ValueError(f"model.name: unknown timm model {cfg.name!r}")
     kwargs = model_kwargs(cfg, in_chans, num_classes, input_shape)
     try:
-        model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **_pretrained_args(cfg), **kwargs)
+        with quiet_timm_loading():
+            model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **_pretrained_args(cfg), **kwargs)
     except (OSError, RuntimeError) as err:  # hub cache miss, unreadable file, state-dict mismatch
         if not cfg.pretrained:
             raise
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ValueError(f"model.pretrained: could not load local weights for {cfg.name} ({first}); give "
-                         "model.pretrained_file=PATH") from None
+        raise ValueError(_pretrained_error(cfg, err)) from None
+    if cfg.pretrained:
+        log.info(f"model.pretrained: {cfg.name} weights from {cfg.pretrained_file or 'the local Hugging Face cache'}")
     if cfg.checkpoint:
         from sparsetrain.models.checkpoint import apply_checkpoint
 
         model = apply_checkpoint(model, cfg)
     check_model_fits(model, cfg.name, input_shape)
     return model
+
+
+def _pretrained_error(cfg: ModelConfig, err: BaseException) -> str:
+    """One line for weights that could not be read: a cache miss says the hub is off on purpose."""
+    if cfg.pretrained_file is None:
+        return (f"model.pretrained: no weights for {cfg.name} in the local Hugging Face cache; sparsetrain never "
+                f"downloads (the hub is off): give "
+                f"model.pretrained_file=PATH (a .pth/.safetensors state dict of timm's {cfg.name})")
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return f"model.pretrained_file: could not load {cfg.pretrained_file} into {cfg.name} ({first})"
 
 
 def check_model_fits(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> None:

@@ -41,7 +41,8 @@ def test_pretrained_weights_come_from_a_local_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"name": "lenet5", "pretrained": True}, "model.pretrained: could not load local weights for lenet5"),
+    ({"name": "lenet5", "pretrained": True}, "model.pretrained: no weights for lenet5 in the local Hugging Face "
+     "cache; sparsetrain never downloads .the hub is off.: give model.pretrained_file=PATH"),
     ({"name": "lenet5", "pretrained": True, "pretrained_file": "/nonexistent.pth"}, "model.pretrained_file: file "),
     ({"name": "no_such_model"}, "model.name: unknown timm model"),
 ])
@@ -49,3 +50,16 @@ def test_bad_model_settings_give_one_line(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as err:
         build_model(ModelConfig(**kwargs), 1, 10, (1, 28, 28))
     assert "\n" not in str(err.value)
+
+
+def test_loading_logs_sparsetrain_lines_not_timms(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = build_model(ModelConfig(name="lenet5"), 1, 10, (1, 28, 28))
+    path = tmp_path / "lenet5.pth"
+    torch.save({"state_dict": source.state_dict()}, path)
+    with caplog.at_level("INFO"):
+        build_model(ModelConfig(name="lenet5", checkpoint=str(path)), 1, 10, (1, 28, 28))
+        with pytest.raises(ValueError):
+            build_model(ModelConfig(name="resnet18", pretrained=True), 1, 10, (1, 28, 28))
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if m.startswith(("Loaded", "Loading pretrained"))], said
+    assert f"model.checkpoint: loaded {len(source.state_dict())} tensors" in "\n".join(said), said

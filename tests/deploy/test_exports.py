@@ -5,7 +5,10 @@ sparsetrain."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -132,8 +135,25 @@ def test_export_command_rewrites_every_format(runs: dict) -> None:
     out = runs["quickstart"][0]  # last test of the module: it rewrites this run's export
     (out / "export" / "model.onnx").unlink()
     (out / "export" / "model.bitmask.safetensors").unlink()
-    assert main(["export", str(out)]) == 0
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("sparsetrain").addHandler(handler)  # basicConfig(force=True) replaces root handlers only
+    try:
+        assert main(["export", str(out)]) == 0
+    finally:
+        logging.getLogger("sparsetrain").removeHandler(handler)
     manifest = json.loads((out / "export" / "manifest.json").read_text())
+    said = [line for line in lines if line.startswith("[export] ")]
+    for fmt in ("safetensors", "bitmask"):
+        assert any(line.startswith(f"[export] {fmt}: ") and line.endswith(("MB", " B")) for line in said), said
+    for fmt in ("onnx", "torch_export"):
+        done = [line for line in said if line.startswith(f"[export] {fmt}: ") and "max abs diff" in line]
+        assert len(done) == 1 and "(ok, tolerance" in done[0], said
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (out / "export").iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, f"export file modes differ: {modes}"
     assert (out / "export" / "model.onnx").is_file() and manifest["formats"]["onnx"]["ok"]
     assert (out / "export" / "model.bitmask.safetensors").stat().st_size == manifest["formats"]["bitmask"]["bytes"] - \
         (out / "export" / "architecture.json").stat().st_size
