@@ -88,7 +88,7 @@ def sparsetrain_step(cfg_path: str, overrides: list[str], out_dir: str) -> tuple
     engine = build_engine(cfg, model, ctx.dist.world_size, cfg.optim.lr, 10**9, prunable, hooks)
     regularizer.bind(prunable_parameters(engine.module), None)
     plan = ctx.plan("dense")
-    batches = iterate_micro_batches(ctx.train_set, plan, 0, 10**9, cfg.data.num_workers)
+    batches = iterate_micro_batches(ctx.train_set, plan, 0, 10**9, cfg.data.workers())
     params = prunable_parameters(engine.module)
     guard = FiniteGuard(ctx.dist.device)
     engine.train()

@@ -80,7 +80,25 @@ class DataConfig(Section):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out fraction for built-in sets without a split.")
     num_samples: int = Field(2000, ge=16, description="Number of generated samples (synthetic sources).")
     normalize: bool = Field(True, description="Standardize inputs with train-set mean/std per channel.")
-    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes per rank.")
+    num_workers: int | Literal["auto"] = Field(
+        0, description="DataLoader worker processes per rank; auto = the CPUs this process may use divided by the "
+        "ranks on the node (LOCAL_WORLD_SIZE), at most 8, so DataLoader never exceeds its suggested maximum.")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_in_range(cls, value: int | str) -> int | str:
+        if value != "auto" and not 0 <= value <= 64:
+            raise ValueError("expected 0 to 64 or auto")
+        return value
+
+    def workers(self) -> int:
+        """`num_workers` as a number (auto resolved on this node)."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        import os
+
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(0, min(8, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
 
 
 class OptimConfig(Section):

@@ -75,9 +75,10 @@ def to_device(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
 
 def _eval_batches(ctx: RunContext, indices: list[int]) -> Any:
     size = ctx.cfg.train.eval_batch_size
-    if hasattr(ctx.test_set, "__getitems__") and ctx.cfg.data.num_workers == 0:
+    workers = ctx.cfg.data.workers()
+    if hasattr(ctx.test_set, "__getitems__") and workers == 0:
         return (ctx.test_set.__getitems__(indices[i:i + size]) for i in range(0, len(indices), size))
-    return DataLoader(Subset(ctx.test_set, indices), batch_size=size, num_workers=ctx.cfg.data.num_workers,
+    return DataLoader(Subset(ctx.test_set, indices), batch_size=size, num_workers=workers,
                       collate_fn=None if not hasattr(ctx.test_set, "__getitems__") else lambda b: b)
 
 
@@ -214,7 +215,7 @@ def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, p
     guard = FiniteGuard(ctx.dist.device)
     progress = Progress(phase, start, total, cfg.train.log_every)
     timer = StepTimer(cfg.train.batch_size)
-    batches = iterate_micro_batches(ctx.train_set, plan, start, total, cfg.data.num_workers)
+    batches = iterate_micro_batches(ctx.train_set, plan, start, total, cfg.data.workers())
     engine.train()
     for step in range(start, total):
         done = step + 1

@@ -97,3 +97,20 @@ def test_cli_config_prints_the_resolved_recipe_and_the_schema() -> None:
     assert schema.returncode == 0, schema.stderr
     assert "regularizer.beta  (float, default 10.0)" in schema.stdout
     assert all(line.startswith(("regularizer.", "    ")) for line in schema.stdout.splitlines()), schema.stdout
+
+
+def test_num_workers_auto_fits_the_cpus_of_each_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    data = load_config(None, ["data.num_workers=auto"]).data
+    assert data.num_workers == "auto" and data.workers() == min(8, cpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cpus))
+    assert data.workers() == 1
+    assert load_config(None, ["data.num_workers=3"]).data.workers() == 3
+    resnet = load_config(Path(__file__).resolve().parents[2] / "configs" / "resnet18_cifar.yaml", ["data.path=x"])
+    assert resnet.data.num_workers == "auto", "the recipe's 4 workers made DataLoader warn on 2-core machines"
+    for bad in ("many", "65"):
+        with pytest.raises(ConfigError, match="data.num_workers"):
+            load_config(None, [f"data.num_workers={bad}"])
