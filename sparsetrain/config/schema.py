@@ -65,7 +65,9 @@ class DataConfig(Section):
         "digits", description="Built-in data set or on-disk layout; idx = a folder with the four MNIST-family IDX "
         "files (train/t10k images/labels, optionally .gz), e.g. /usr/share/datasets/fashion-mnist.")
     path: str | None = Field(None, description="Data location for npz (file) / idx / imagefolder / seg_folder "
-                             "(folder) sources.")
+                             "(folder) sources. npz: arrays x_train, y_train, x_test, y_test; images N×C×H×W or "
+                             "N×H×W (channels-last N×H×W×C is refused: save x.transpose(0, 3, 1, 2)), uint8 "
+                             "(divided by 255) or float.")
     train_subset: TrainSubsetConfig | None = Field(
         None, description="Train on one part of a seeded partition of the training set (classification sources; "
         "the test set is unchanged), e.g. data.train_subset.part=1 for the second of two disjoint halves; "
@@ -79,7 +81,9 @@ class DataConfig(Section):
                                  "imagefolder reads RGB (3) or gray (1, torchvision's Grayscale).")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out fraction for built-in sets without a split.")
     num_samples: int = Field(2000, ge=16, description="Number of generated samples (synthetic sources).")
-    normalize: bool = Field(True, description="Standardize inputs with train-set mean/std per channel.")
+    normalize: bool = Field(True, description="Standardize inputs per channel: with the train split's own mean/std "
+                            "(array and segmentation sources) or ImageNet's (imagefolder); the values are recorded "
+                            "in the export (architecture.json meta.preprocessing, ONNX metadata).")
     num_workers: int | Literal["auto"] = Field(
         0, description="DataLoader worker processes per rank; auto = the CPUs this process may use divided by the "
         "ranks on the node (LOCAL_WORLD_SIZE), at most 8, so DataLoader never exceeds its suggested maximum.")
