@@ -14,7 +14,10 @@ Every mismatch is one line naming `model.checkpoint` (or `model.reset_head`) wit
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -31,6 +34,21 @@ _AVERAGED_MODEL_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel (t
 
 class CheckpointMismatch(ValueError):
     """The checkpoint's tensors do not fit the model: one line naming the field, with example keys."""
+
+
+@contextlib.contextmanager
+def quiet_timm_loading() -> Iterator[None]:
+    """Hold back timm's own INFO lines about loading weights (`Loaded  from checkpoint ...` with an empty key,
+    `Loading pretrained weights from Hugging Face hub` though the hub is off): sparsetrain logs what it loaded."""
+    loggers = [logging.getLogger(name) for name in ("timm.models._builder", "timm.models._helpers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _first_line(err: BaseException) -> str:
@@ -66,8 +84,6 @@ def resolve(path: str | Path) -> Path:
 
 def _tensors(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
     from timm.models import load_state_dict
-
-    from sparsetrain.models.factory import quiet_timm_loading
 
     try:
         with quiet_timm_loading():

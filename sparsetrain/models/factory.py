@@ -9,10 +9,7 @@ never contacted); `model.checkpoint` starts from any trained model's weights (`s
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import timm
@@ -21,6 +18,7 @@ from torch import nn
 
 import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 from sparsetrain.config.schema import ModelConfig
+from sparsetrain.models.checkpoint import quiet_timm_loading
 from sparsetrain.progress import log
 
 
@@ -50,21 +48,6 @@ def _hub_offline() -> None:
     except ImportError:
         return
     hub_constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub.is_offline_mode()
-
-
-@contextlib.contextmanager
-def quiet_timm_loading() -> Iterator[None]:
-    """Hold back timm's own INFO lines about loading weights (`Loaded  from checkpoint ...` with an empty key,
-    `Loading pretrained weights from Hugging Face hub` though the hub is off): sparsetrain logs what it loaded."""
-    loggers = [logging.getLogger(name) for name in ("timm.models._builder", "timm.models._helpers")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def _pretrained_args(cfg: ModelConfig) -> dict:
