@@ -76,6 +76,9 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
     bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=16), 0)
     x, y = bundle.train[4]
     assert bundle.num_classes == 2 and x.shape == (3, 16, 16) and y == 1 and len(bundle.test) == 6
+    prep = bundle.preprocessing  # what the export records: torchvision's ImageNet statistics, resize, RGB
+    assert prep["mean"] == [0.485, 0.456, 0.406] and prep["std"] == [0.229, 0.224, 0.225]
+    assert prep["resize"] == [16, 16] and prep["color"] == "RGB" and prep["scale"] == 1 / 255
     model = build_model(ModelConfig(name="resnet18"), 3, 2, bundle.input_shape)
     assert model.eval()(x[None]).shape == (1, 2)
 
