@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sparsetrain.config.schema import PruneConfig
 from sparsetrain.pruning.sharded_masks import load_full_masks
 from sparsetrain.pruning.sharded_prune import even_range
 from tests.core.subprocess_runs import kill_at_checkpoint, run_cli
@@ -156,3 +157,37 @@ def test_grad_count_redundancy_reads_whole_weights_under_zero3(tmp_path: Path) -
     for key in ("ratio", "redundant"):
         for name, value in states[0][key].items():
             assert torch.equal(value, states[1][key][name]), f"{key} of {name}: ZeRO 3 differs from ZeRO 0"
+
+
+def test_zero3_method2_filter_choice_from_shards_equals_zero0_and_the_whole_model(tmp_path: Path) -> None:
+    # Method 2: filter norms come from each rank's share of the sparsify weights (partial row sums all-reduced),
+    # rank 0 removes the chosen filters; ZeRO 3 and ZeRO 0 give the same smaller model, and the choice is the one
+    # the whole-model scores (structural.scoring.L2Norm) make
+    import timm
+
+    from sparsetrain.pruning.filters import remove_filters
+    from sparsetrain.structural.serialize import ARCH_FILE, load_pruned_model
+
+    method2 = "prune={rule: filters, filter_fraction: 0.5}"
+    outs = {z: tmp_path / f"zero{z}" for z in (0, 3)}
+    for z, out in outs.items():
+        proc = run_cli([o for o in _overrides(out, "resnet18", f"deepspeed.zero_stage={z}") if not
+                        o.startswith("prune.")] + [method2, "phases.sparsify.epochs=1"], nproc=2)
+        assert proc.returncode == 0, f"ZeRO {z}: run failed:\n{proc.stderr[-3000:]}"
+    assert_same_weights(_weights(outs[0], "sparsify"), _weights(outs[3], "sparsify"), atol=1e-5, rtol=1e-5,
+                        label="Method 2 sparsify: ZeRO 3 vs ZeRO 0")
+    final = {}
+    for phase in ("prune", "finetune"):
+        models = {z: load_pruned_model(out / "weights" / phase).state_dict() for z, out in outs.items()}
+        assert {k: v.shape for k, v in models[0].items()} == {k: v.shape for k, v in models[3].items()}, phase
+        assert_same_weights(models[0], models[3], atol=1e-5, rtol=1e-5, label=f"Method 2 {phase}: ZeRO 3 vs 0")
+        final[phase] = models[3]
+    arch = json.loads((outs[3] / "weights" / "prune" / ARCH_FILE).read_text())
+    model = timm.create_model(arch["model_name"], **arch["model_kwargs"])
+    model.load_state_dict(_weights(outs[3], "sparsify"))
+    shape = (arch["model_kwargs"]["in_chans"], 16, 16)
+    reference, _, _ = remove_filters(model, shape, PruneConfig(rule="filters", filter_fraction=0.5))
+    assert_same_weights(reference.state_dict(), final["prune"], atol=0, rtol=0,
+                        label="Method 2 prune: sharded filter choice vs the whole model's")
+    removed = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in reference.parameters())
+    assert removed > 0.5 * sum(p.numel() for p in model.parameters()), "no filters removed: a vacuous test"
