@@ -1,5 +1,5 @@
 """Gradual magnitude pruning (Zhu & Gupta 2017) as prune.schedule=gradual: the schedule, masks during the phase,
-exact resume, and equal masks on 2 ranks under ZeRO 2."""
+exact resume, equal masks on 2 ranks under ZeRO 2 (ZeRO 3: tests/core/test_zero3.py)."""
 
 from __future__ import annotations
 
@@ -97,3 +97,15 @@ def test_two_ranks_zero2_choose_the_masks_of_one_rank(tmp_path: Path) -> None:
         if one[name].ndim > 1:
             assert torch.equal(one[name] == 0, two[name] == 0), f"{name}: 2 ranks under ZeRO 2 pruned other weights"
     assert_same_weights(one, two, atol=1e-5, rtol=1e-4, label="GMP sparsify, 1 rank vs 2 ranks ZeRO 2")
+
+
+def test_gradual_and_the_gmp_baseline_load_under_zero3(tmp_path: Path) -> None:
+    # ZeRO 3 chooses gradual masks from the partitions (tests/core/test_zero3.py runs it against ZeRO 0): neither a
+    # gradual schedule nor the gmp baseline, whose sub-run prunes gradually with the main run's ZeRO stage, is refused
+    cfg = tiny_config(tmp_path, "deepspeed.zero_stage=3", *GMP)
+    assert cfg.deepspeed.zero_stage == 3 and cfg.prune.schedule == "gradual"
+    from sparsetrain.baselines import baseline_config
+
+    main = tiny_config(tmp_path, "deepspeed.zero_stage=3", "baselines=[gmp]")
+    sub = baseline_config(main, "gmp", 0.7)
+    assert (sub.deepspeed.zero_stage, sub.prune.schedule, sub.prune.sparsity) == (3, "gradual", 0.7)

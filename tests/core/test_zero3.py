@@ -2,7 +2,8 @@
 
 Under ZeRO 3 each rank holds only its partition of every weight: the regularizer and the packed masks act on
 that partition (`engine.segments`), the target sparsity is found from the shards (`pruning.distributed`) and the
-phase weights are gathered on rank 0 one parameter at a time (`engine.zero3`). The models are timm's resnet18
+phase weights are gathered on rank 0 one parameter at a time (`engine.zero3`); gradual pruning updates masks from the
+partitions, and Method 2's filter norms are summed from each rank's share of the weights. The models are timm's resnet18
 (narrowed: channels 16-128) and vit_tiny_patch16_224 (2 blocks) on 16x16 / 32x32 synthetic images, so that a test
 stays short on 2 CPU cores; the ZeRO-3 code paths do not depend on width or depth.
 """
@@ -191,3 +192,20 @@ def test_zero3_method2_filter_choice_from_shards_equals_zero0_and_the_whole_mode
                         label="Method 2 prune: sharded filter choice vs the whole model's")
     removed = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in reference.parameters())
     assert removed > 0.5 * sum(p.numel() for p in model.parameters()), "no filters removed: a vacuous test"
+
+
+def test_zero3_gradual_pruning_from_shards_equals_zero0(tmp_path: Path) -> None:
+    # GMP under ZeRO 3: each mask update chooses the exact target from the ranks' fp32 partitions (radix select over
+    # all-reduced histograms) and zeroes the newly pruned weights in the partitions; persistence threshold 2000
+    # keeps the small parameters whole on every rank (re-gathered after a mask update), the large ones partitioned
+    gmp = ("prune.schedule=gradual", "prune.gradual.every_steps=2", "prune.gradual.end=0.7", "phases.finetune.epochs=0")
+    outs = {z: tmp_path / f"zero{z}" for z in (0, 3)}
+    for z, out in outs.items():
+        extra = (f"deepspeed.zero_stage={z}", *(("deepspeed.param_persistence_threshold=2000",) if z == 3 else ()))
+        _run(out, "resnet18", 2, *gmp, *extra)
+    zero0, zero3 = _weights(outs[0], "sparsify"), _weights(outs[3], "sparsify")
+    assert_same_weights(zero0, zero3, atol=1e-5, rtol=1e-5, label="GMP sparsify: ZeRO 3 vs ZeRO 0")
+    kernels = [n for n, w in zero3.items() if w.ndim > 1]
+    assert all(torch.equal(zero0[n] == 0, zero3[n] == 0) for n in kernels), "ZeRO 3 pruned other weights"
+    total = sum(zero3[n].numel() for n in kernels)
+    assert sum(int((zero3[n] == 0).sum()) for n in kernels) == round(0.8 * total), "GMP missed the exact target"
