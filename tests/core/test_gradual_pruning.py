@@ -109,3 +109,23 @@ def test_gradual_and_the_gmp_baseline_load_under_zero3(tmp_path: Path) -> None:
     main = tiny_config(tmp_path, "deepspeed.zero_stage=3", "baselines=[gmp]")
     sub = baseline_config(main, "gmp", 0.7)
     assert (sub.deepspeed.zero_stage, sub.prune.schedule, sub.prune.sparsity) == (3, "gradual", 0.7)
+
+
+@pytest.mark.parametrize("rule", [{"rule": "global_sparsity", "sparsity": 0.8},
+                                  {"rule": "layer_sparsity", "sparsity": 0.6, "layer_sparsity": {"b": 0.9}}])
+def test_masks_from_shards_equal_masks_from_whole_weights(rule: dict) -> None:
+    # ZeRO 3's path (GradualPruning.shard_masks; multi-rank in tests/core/test_zero3.py) on one rank's whole weights
+    from sparsetrain.pruning.distributed import WeightShard
+
+    gen = torch.Generator().manual_seed(0)
+    weights = {"a": torch.randn(7, 5, generator=gen), "b": torch.randn(3, 3, 4, generator=gen)}
+    weights["a"][2] = 0.5  # ties at the threshold
+    pruner = GradualPruning(PruneConfig(**rule, schedule="gradual", gradual={"every_steps": 3, "end": 0.5}), 40)
+    sizes = {n: w.numel() for n, w in weights.items()}
+    for step in (3, 9, 20):
+        expected = pruner.masks(step, weights)
+        shards = [WeightShard(n, 0, w.reshape(-1), w.numel(), tuple(w.shape)) for n, w in weights.items()]
+        got = pruner.shard_masks(step, shards, list(weights), sizes)
+        for name, w in weights.items():
+            assert torch.equal(got.shards[name].mask.unpack(w.shape), expected[name]), f"step {step}: {name}"
+    assert pruner.shard_masks(4, shards, list(weights), sizes) is None, "step 4 is no pruning step"
