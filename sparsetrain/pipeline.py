@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
+
+if TYPE_CHECKING:
+    from sparsetrain.structural import ChannelGroup, ChannelScore
 
 
 class Pipeline:
@@ -259,15 +262,15 @@ class Pipeline:
         structure, groups = self._channel_structure()
         state = self._regularizer_state()
         score = self._channel_score(source, structure, groups, state)
-        outcome = self._remove_filters_on_main(groups, score, state) if self.dist.is_main else None
-        outcome = broadcast_object(outcome)
-        if isinstance(outcome, BaseException):  # rank 0's error, raised on every rank
-            raise outcome
+        mine = self._remove_filters_on_main(groups, score, state) if self.dist.is_main else None
+        outcome = broadcast_object(mine)
+        if isinstance(outcome, Exception):  # rank 0's error (with its traceback there), raised on every rank
+            raise mine if self.dist.is_main else outcome
         results = evaluate(self.ctx, self.model_from(PRUNE))
         results.update(outcome, wall_time_s=time.perf_counter() - t0)
         self._finish("prune", results)
 
-    def _channel_structure(self) -> tuple[nn.Module, list]:
+    def _channel_structure(self) -> tuple[nn.Module, list[ChannelGroup]]:
         """The model's channel groups, traced from a meta-device copy (no weights), else from a freshly built model
         (the same on every rank either way)."""
         from sparsetrain.plan import DataSizes, meta_model
@@ -282,7 +285,8 @@ class Pipeline:
             model = self.new_model(initial=False)
             return model, channel_groups(model, self.data.input_shape)
 
-    def _channel_score(self, source: Path, structure: nn.Module, groups: list, state: dict | None) -> Any:
+    def _channel_score(self, source: Path, structure: nn.Module, groups: list[ChannelGroup],
+                       state: dict | None) -> ChannelScore:
         """`prune.channel_score` of every prunable group: from weight shards (a collective), or grad_count's ratios."""
         from sparsetrain.pruning.sharded_filters import SHARDED_SCORES, sharded_channel_scores
         from sparsetrain.structural import build_score
@@ -292,10 +296,10 @@ class Pipeline:
             return sharded_channel_scores(source, structure, groups, name)
         return build_score(name, (state or {}).get("ratio"))
 
-    def _remove_filters_on_main(self, groups: list, score: Any, state: dict | None) -> dict[str, Any] | Exception:
+    def _remove_filters_on_main(self, groups: list[ChannelGroup], score: ChannelScore,
+                                state: dict | None) -> dict[str, Any] | Exception:
         """Rank 0: choose and remove the channels of the whole model, write the smaller model; its results, or the
-        error to raise on every rank."""
-        from sparsetrain.errors import SparsetrainError
+        error to raise on every rank (the other ranks wait for it in a broadcast)."""
         from sparsetrain.pruning.filters import remove_filters
         from sparsetrain.structural.serialize import save_pruned_model
 
@@ -306,7 +310,7 @@ class Pipeline:
                                                   groups=groups, score=score)
             require_finite(pruned.state_dict(), "the prune weights to hand on", "the removal produced NaN/inf")
             save_pruned_model(_cpu_copy(pruned), self.out_dir / "weights" / PRUNE, meta=self.export_meta(phase=PRUNE))
-        except (SparsetrainError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - every rank raises it (run_prune_filters)
             return err
         return {"kept_filters": kept, "folded_channels": folded,
                 "params_before": sum(p.numel() for p in model.parameters()),
