@@ -35,9 +35,8 @@ _CHUNK = 1 << 22  # elements per index_add_ pass: bounds the int64 position buff
 class PrecomputedScore(ChannelScore):
     """Scores computed beforehand, by group id (groups without an entry are not scored, as for `ChannelScore`)."""
 
-    def __init__(self, scores: Mapping[str, torch.Tensor], name: str) -> None:
+    def __init__(self, scores: Mapping[str, torch.Tensor]) -> None:
         self.scores = dict(scores)
-        self.name = name
 
     def __call__(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
         return self.scores.get(group.id)
@@ -122,4 +121,4 @@ def sharded_channel_scores(path: Path, model: nn.Module, groups: Sequence[Channe
         units = torch.stack([sums[(s.qualname, s.dim)][s.index(every_unit)].view(group.num_channels, s.width).sum(1)
                              for s in slices]).sum(0)
         scores[group.id] = (units.sqrt() if score == "l2" else units).float()
-    return PrecomputedScore(scores, score)
+    return PrecomputedScore(scores)
