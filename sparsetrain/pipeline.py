@@ -277,13 +277,14 @@ class Pipeline:
         from sparsetrain.pruning.filters import channel_groups
         from sparsetrain.structural import StructuralPruningError
 
+        grouped_conv = self.cfg.prune.grouped_conv
         try:
             model = meta_model(self.cfg, DataSizes(self.data.in_chans, self.data.num_classes,
                                                    tuple(self.data.input_shape)))
-            return model, channel_groups(model, self.data.input_shape)
+            return model, channel_groups(model, self.data.input_shape, grouped_conv)
         except (StructuralPruningError, RuntimeError, NotImplementedError):  # an op without a meta kernel
             model = self.new_model(initial=False)
-            return model, channel_groups(model, self.data.input_shape)
+            return model, channel_groups(model, self.data.input_shape, grouped_conv)
 
     def _channel_score(self, source: Path, structure: nn.Module, groups: list[ChannelGroup],
                        state: dict | None) -> ChannelScore:

@@ -1,8 +1,9 @@
 """Method 2's channel scores from weight shards (`pruning.sharded_filters`) equal the whole-model scores
 (`structural.scoring`) and choose the same filters, on 2 real gloo processes.
 
-The models are a narrowed timm resnet18 (batch norms, a residual group whose filters come from several convs) and
-a 1-block vit_tiny (attention heads: units of 64 channels, q/k/v rows at offsets inside one weight). 2 ranks split
+The models are a narrowed timm resnet18 (batch norms, a residual group whose filters come from several convs), a
+1-block vit_tiny (attention heads: units of 64 channels, q/k/v rows at offsets inside one weight) and a shallow
+regnetx_002 (grouped convs: a unit is one channel of every group, or a whole group). 2 ranks split
 every weight at its middle element, which lies inside a filter row for most layers (e.g. 7 × 27 elements)."""
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from tests.core.subprocess_runs import free_port
 MODELS = {
     "resnet18": (dict(num_classes=5, channels=[8, 16, 16, 24], stem_width=7), (3, 16, 16)),
     "vit_tiny_patch16_224": (dict(num_classes=5, img_size=32, depth=1), (3, 32, 32)),
+    "regnetx_002": (dict(num_classes=5), (3, 32, 32)),  # grouped convs (groups of 8)
 }
+GROUPED_CONV = {"regnetx_002": ("within_groups", "whole_groups")}  # units repeated in every group / whole groups
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -51,24 +54,28 @@ def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
         dist.barrier()
         with torch.device("meta"):
             structure = timm.create_model(name, **kwargs)
-        groups = channel_groups(structure, shape)
-        for score in SHARDED_SCORES:
-            sharded = sharded_channel_scores(path, structure, groups, score)
-            whole = build_score(score)
-            scored = 0
-            for group in groups:
-                expected = whole(model, group) if group.prunable else None
-                got = sharded(structure, group)
-                assert (got is None) == (expected is None), f"{name} {score} {group.id}: scored on one side only"
-                if expected is not None:
-                    scored += 1
-                    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6,
-                                               msg=lambda m, at=f"rank {rank} {name} {score} {group.id}": f"{at}: {m}")
-            assert scored or (score == "bn_scale" and "vit" in name), f"{name} {score}: no group scored"
-            cfg = PruneConfig(rule="filters", channel_score=score, filter_fraction=0.3, round_to=1)
-            assert {k: v.tolist() for k, v in choose_filters(model, groups, cfg, score=sharded).items()} == {
-                k: v.tolist() for k, v in choose_filters(model, groups, cfg).items()}, f"{name} {score}: other filters"
+        for grouped_conv in GROUPED_CONV.get(name, ("within_groups",)):
+            groups = channel_groups(structure, shape, grouped_conv)
+            _compare_scores(model, structure, groups, path, f"rank {rank} {name} {grouped_conv}")
     dist.destroy_process_group()
+
+
+def _compare_scores(model: torch.nn.Module, structure: torch.nn.Module, groups: list, path: Path, label: str) -> None:
+    """Sharded vs whole-model scores of every group, and the filters each chooses, for every sharded score."""
+    for score in SHARDED_SCORES:
+        sharded, whole, scored = sharded_channel_scores(path, structure, groups, score), build_score(score), 0
+        for group in groups:
+            expected = whole(model, group) if group.prunable else None
+            got = sharded(structure, group)
+            assert (got is None) == (expected is None), f"{label} {score} {group.id}: scored on one side only"
+            if expected is not None:
+                scored += 1
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6,
+                                           msg=lambda m, at=f"{label} {score} {group.id}": f"{at}: {m}")
+        assert scored or (score == "bn_scale" and "vit" in label), f"{label} {score}: no group scored"
+        cfg = PruneConfig(rule="filters", channel_score=score, filter_fraction=0.3, round_to=1)
+        assert {k: v.tolist() for k, v in choose_filters(model, groups, cfg, score=sharded).items()} == {
+            k: v.tolist() for k, v in choose_filters(model, groups, cfg).items()}, f"{label} {score}: other filters"
 
 
 def test_two_ranks_score_filters_like_the_whole_model(tmp_path: Path) -> None:
