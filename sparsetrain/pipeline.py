@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
+
+if TYPE_CHECKING:
+    from sparsetrain.structural import ChannelGroup, ChannelScore
 
 
 class Pipeline:
@@ -247,19 +250,72 @@ class Pipeline:
         return torch.load(path, weights_only=True) if path.exists() else None
 
     def run_prune_filters(self) -> None:
-        """Method 2: remove weak and redundant filters physically, giving a smaller dense model."""
-        from sparsetrain.pruning.filters import remove_filters
+        """Method 2: remove weak and redundant filters physically, giving a smaller dense model.
 
+        The channel scores come from each rank's share of the weights with one all-reduce
+        (`pruning.sharded_filters`; grad_count ratios are per filter already), on channel groups traced from a
+        meta-device model. Rank 0 alone then loads the whole model, which the constant-output check of dead
+        channels, their folding and the removal itself need, removes the chosen channels and writes the smaller
+        model; every rank evaluates that."""
         t0 = time.perf_counter()
-        model = self.model_from("sparsify" if "sparsify" in self.state["completed"] else None)
-        require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
-        pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, self._regularizer_state())
-        self._save_phase("prune", pruned)
-        results = evaluate(self.ctx, pruned)
-        results.update(kept_filters=kept, folded_channels=folded, wall_time_s=time.perf_counter() - t0,
-                       params_before=sum(p.numel() for p in model.parameters()),
-                       params_after=sum(p.numel() for p in pruned.parameters()))
+        source = self._prune_source()
+        structure, groups = self._channel_structure()
+        state = self._regularizer_state()
+        score = self._channel_score(source, structure, groups, state)
+        mine = self._remove_filters_on_main(groups, score, state) if self.dist.is_main else None
+        outcome = broadcast_object(mine)
+        if isinstance(outcome, Exception):  # rank 0's error (with its traceback there), raised on every rank
+            raise mine if self.dist.is_main else outcome
+        results = evaluate(self.ctx, self.model_from(PRUNE))
+        results.update(outcome, wall_time_s=time.perf_counter() - t0)
         self._finish("prune", results)
+
+    def _channel_structure(self) -> tuple[nn.Module, list[ChannelGroup]]:
+        """The model's channel groups, traced from a meta-device copy (no weights), else from a freshly built model
+        (the same on every rank either way)."""
+        from sparsetrain.plan import DataSizes, meta_model
+        from sparsetrain.pruning.filters import channel_groups
+        from sparsetrain.structural import StructuralPruningError
+
+        grouped_conv = self.cfg.prune.grouped_conv
+        try:
+            model = meta_model(self.cfg, DataSizes(self.data.in_chans, self.data.num_classes,
+                                                   tuple(self.data.input_shape)))
+            return model, channel_groups(model, self.data.input_shape, grouped_conv)
+        except (StructuralPruningError, RuntimeError, NotImplementedError):  # an op without a meta kernel
+            model = self.new_model(initial=False)
+            return model, channel_groups(model, self.data.input_shape, grouped_conv)
+
+    def _channel_score(self, source: Path, structure: nn.Module, groups: list[ChannelGroup],
+                       state: dict | None) -> ChannelScore:
+        """`prune.channel_score` of every prunable group: from weight shards (a collective), or grad_count's ratios."""
+        from sparsetrain.pruning.sharded_filters import SHARDED_SCORES, sharded_channel_scores
+        from sparsetrain.structural import build_score
+
+        name = self.cfg.prune.channel_score
+        if name in SHARDED_SCORES:
+            return sharded_channel_scores(source, structure, groups, name)
+        return build_score(name, (state or {}).get("ratio"))
+
+    def _remove_filters_on_main(self, groups: list[ChannelGroup], score: ChannelScore,
+                                state: dict | None) -> dict[str, Any] | Exception:
+        """Rank 0: choose and remove the channels of the whole model, write the smaller model; its results, or the
+        error to raise on every rank (the other ranks wait for it in a broadcast)."""
+        from sparsetrain.pruning.filters import remove_filters
+        from sparsetrain.structural.serialize import save_pruned_model
+
+        try:
+            model = self.model_from(SPARSIFY if SPARSIFY in self.state["completed"] else None)
+            require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
+            pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, state,
+                                                  groups=groups, score=score)
+            require_finite(pruned.state_dict(), "the prune weights to hand on", "the removal produced NaN/inf")
+            save_pruned_model(_cpu_copy(pruned), self.out_dir / "weights" / PRUNE, meta=self.export_meta(phase=PRUNE))
+        except Exception as err:  # noqa: BLE001 - every rank raises it (run_prune_filters)
+            return err
+        return {"kept_filters": kept, "folded_channels": folded,
+                "params_before": sum(p.numel() for p in model.parameters()),
+                "params_after": sum(p.numel() for p in pruned.parameters())}
 
     def run_prune(self) -> None:
         """Method 1: masks from shards of the weights (each rank reads its share; exact targets through collective

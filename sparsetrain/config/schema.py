@@ -238,9 +238,6 @@ class RunConfig(Section):
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
         if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer: offloading needs deepspeed.zero_stage >= 1")
-        if self.deepspeed.zero_stage == 3 and getattr(self.prune, "schedule", "oneshot") == "gradual":
-            raise ValueError("prune.schedule: gradual pruning chooses masks from whole weights, which ZeRO stage 3 "
-                             "never holds; use prune.schedule=oneshot or deepspeed.zero_stage <= 2")
         if self.deepspeed.zero_stage == 3 and self.regularizer.gradient_path == "autograd":
             raise ValueError("regularizer.gradient_path: autograd adds the penalty of whole weights to the loss, which "
                              "ZeRO stage 3 never holds outside a layer's forward; use regularizer.gradient_path=hook")

@@ -125,6 +125,20 @@ class GradientHooks:
         for name, param in model_params.items():
             param.masked_fill_(~masks[name].bool(), 0.0)  # a select: pruned slots exactly 0 whatever they held
 
+    @torch.no_grad()
+    def set_shard_masks(self, masks: ShardedMasks, model_params: dict[str, nn.Parameter]) -> None:
+        """Install masks of this rank's partitions mid-phase (gradual pruning under ZeRO 3) and zero the newly
+        pruned weights at once in the fp32 master partitions and in the training-precision partitions (`ds_tensor`)
+        the next forward gathers. Parameters that ZeRO 3 keeps whole on every rank (below
+        `deepspeed.param_persistence_threshold`) are gathered again from their zeroed partitions, as DeepSpeed does
+        after each step (a collective)."""
+        self.masks = masks
+        for seg in self.segments:
+            keep = masks.segment_view(seg).unpack()
+            seg.weight().masked_fill_(~keep, 0.0)
+            seg.param.ds_tensor.view(-1)[:seg.numel].masked_fill_(~keep.to(seg.param.ds_tensor.device), 0.0)
+        _regather_persistent(list(model_params.values()))
+
     def after_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
         if self.masks is None:
             return
@@ -133,6 +147,15 @@ class GradientHooks:
         segments = self._present(optimizer)
         get_ops(self.regularizer.backend).apply_masks_([s.weight() for s in segments],
                                                        [self.masks.segment_view(s) for s in segments])
+
+
+def _regather_persistent(params: list[nn.Parameter]) -> None:
+    """Re-gather the ZeRO-3 parameters among `params` that stay whole on every rank (`ds_persist`) from their
+    partitions; a collective (every rank passes the same parameters)."""
+    persistent = [p for p in params if getattr(p, "ds_persist", False)]
+    if persistent:
+        persistent[0].partition(persistent)  # frees the stale whole copies (the partitions stay)
+        persistent[0].all_gather(persistent)
 
 
 def build_engine(cfg: RunConfig, model: nn.Module, world_size: int, lr: float, total_steps: int,

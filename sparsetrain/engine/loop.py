@@ -22,6 +22,7 @@ from sparsetrain.engine.segments import holds_partition
 from sparsetrain.engine.zero3 import WholeWeights, is_partitioned
 from sparsetrain.phases import DENSE, PHASE_SEEDS, SPARSIFY, TRAINING_PHASES
 from sparsetrain.progress import Progress, StepTimer, log
+from sparsetrain.pruning.distributed import WeightShard
 from sparsetrain.pruning.masks import prunable_parameters
 from sparsetrain.pruning.schedule import GradualPruning
 from sparsetrain.pruning.sharded_masks import ShardedMasks, read_ranges
@@ -188,9 +189,17 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
 
 
 def _update_masks(hooks: GradientHooks, pruner: GradualPruning, params: dict[str, torch.Tensor], step: int) -> None:
-    """Gradual pruning after optimizer step `step`: masks from the full model weights `params`, which every rank
-    holds (ZeRO <= 2 replicates them; in bf16 they are the bf16 copies), so all ranks choose the same masks."""
+    """Gradual pruning after optimizer step `step`. ZeRO <= 2: masks from the full model weights `params`, which
+    every rank holds (in bf16 they are the bf16 copies), so all ranks choose the same masks. ZeRO 3: masks of each
+    rank's fp32 partitions, chosen from the partitions with collective reductions (`GradualPruning.shard_masks`)."""
     if pruner.progress(step) is None:
+        return
+    if any(hasattr(p, "ds_id") for p in params.values()):  # ZeRO-3 partitions
+        shards = [WeightShard(s.name, s.start, s.weight(), s.size, tuple(s.param.ds_shape)) for s in hooks.segments]
+        sizes = {n: int(p.ds_numel) for n, p in params.items()}
+        masks = pruner.shard_masks(step, shards, list(params), sizes)
+        if masks is not None:
+            hooks.set_shard_masks(masks, params)
         return
     masks = pruner.masks(step, {n: p.detach() for n, p in params.items()})
     if masks is not None:

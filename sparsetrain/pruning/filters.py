@@ -21,6 +21,7 @@ from torch import nn
 from sparsetrain.config.schema import PruneConfig
 from sparsetrain.structural import (
     ChannelGroup,
+    ChannelScore,
     ChannelSelection,
     build_channel_groups,
     build_score,
@@ -73,7 +74,8 @@ def redundancy_marks(model: nn.Module, groups: list[ChannelGroup],
 
 def choose_filters(model: nn.Module, groups: list[ChannelGroup], cfg: PruneConfig,
                    redundant: dict[str, torch.Tensor] | None = None, example_input: torch.Tensor | None = None,
-                   ratios: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                   ratios: dict[str, torch.Tensor] | None = None, score: ChannelScore | None = None
+                   ) -> dict[str, torch.Tensor]:
     """Group id → indices of channels to remove (see the module docstring).
 
     Args:
@@ -83,13 +85,17 @@ def choose_filters(model: nn.Module, groups: list[ChannelGroup], cfg: PruneConfi
         redundant: Weight name → bool per filter, marked redundant by the regularizer.
         example_input: Input batch for the constant-output check of dead channels (skipped when None).
         ratios: Weight name → gradient count ratio per filter (needed for `channel_score: grad_count`).
+        score: Scores computed beforehand (`sharded_filters.sharded_channel_scores`); default: `cfg.channel_score`
+            computed from `model`'s weights.
     """
-    return select_channels(model, groups, build_score(cfg.channel_score, ratios), selection_from(cfg),
+    score = score or build_score(cfg.channel_score, ratios)
+    return select_channels(model, groups, score, selection_from(cfg),
                            marked=redundancy_marks(model, groups, redundant), example_input=example_input)
 
 
 def remove_filters(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig,
-                   regularizer_state: dict | None = None) -> tuple[nn.Module, list[dict], dict[str, int]]:
+                   regularizer_state: dict | None = None, *, groups: list[ChannelGroup] | None = None,
+                   score: ChannelScore | None = None) -> tuple[nn.Module, list[dict], dict[str, int]]:
     """Method 2's prune step: choose channels, fold their constant outputs into consumers, remove them.
 
     Args:
@@ -97,16 +103,18 @@ def remove_filters(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneCon
         input_shape: One input's shape without the batch dim.
         cfg: The prune section.
         regularizer_state: The sparsify phase's grad_count state (`redundant` marks, count `ratio`), if any.
+        groups: The model's channel groups, when already built (e.g. from a meta-device copy).
+        score: Channel scores computed beforehand (see `choose_filters`).
 
     Returns:
         (smaller model, `kept_per_group` rows, counts of removed channels whose constant output was folded
         exactly / approximately / not at all).
     """
     state = regularizer_state or {}
-    groups = channel_groups(model, input_shape, cfg.grouped_conv)
+    groups = groups if groups is not None else channel_groups(model, input_shape, cfg.grouped_conv)
     device = next(model.parameters()).device
     example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
-    drop = choose_filters(model, groups, cfg, state.get("redundant"), example, state.get("ratio"))
+    drop = choose_filters(model, groups, cfg, state.get("redundant"), example, state.get("ratio"), score)
     work = copy.deepcopy(model)
     folded = fold_constant_channels(work, groups, drop, example, allow_inexact=cfg.allow_inexact)
     counts = {kind: sum(getattr(folded, kind).values()) for kind in ("exact", "approximate", "unfolded")}

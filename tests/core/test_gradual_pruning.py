@@ -1,5 +1,5 @@
 """Gradual magnitude pruning (Zhu & Gupta 2017) as prune.schedule=gradual: the schedule, masks during the phase,
-exact resume, and equal masks on 2 ranks under ZeRO 2."""
+exact resume, equal masks on 2 ranks under ZeRO 2 (ZeRO 3: tests/core/test_zero3.py)."""
 
 from __future__ import annotations
 
@@ -97,3 +97,35 @@ def test_two_ranks_zero2_choose_the_masks_of_one_rank(tmp_path: Path) -> None:
         if one[name].ndim > 1:
             assert torch.equal(one[name] == 0, two[name] == 0), f"{name}: 2 ranks under ZeRO 2 pruned other weights"
     assert_same_weights(one, two, atol=1e-5, rtol=1e-4, label="GMP sparsify, 1 rank vs 2 ranks ZeRO 2")
+
+
+def test_gradual_and_the_gmp_baseline_load_under_zero3(tmp_path: Path) -> None:
+    # ZeRO 3 chooses gradual masks from the partitions (tests/core/test_zero3.py runs it against ZeRO 0): neither a
+    # gradual schedule nor the gmp baseline, whose sub-run prunes gradually with the main run's ZeRO stage, is refused
+    cfg = tiny_config(tmp_path, "deepspeed.zero_stage=3", *GMP)
+    assert cfg.deepspeed.zero_stage == 3 and cfg.prune.schedule == "gradual"
+    from sparsetrain.baselines import baseline_config
+
+    main = tiny_config(tmp_path, "deepspeed.zero_stage=3", "baselines=[gmp]")
+    sub = baseline_config(main, "gmp", 0.7)
+    assert (sub.deepspeed.zero_stage, sub.prune.schedule, sub.prune.sparsity) == (3, "gradual", 0.7)
+
+
+@pytest.mark.parametrize("rule", [{"rule": "global_sparsity", "sparsity": 0.8},
+                                  {"rule": "layer_sparsity", "sparsity": 0.6, "layer_sparsity": {"b": 0.9}}])
+def test_masks_from_shards_equal_masks_from_whole_weights(rule: dict) -> None:
+    # ZeRO 3's path (GradualPruning.shard_masks; multi-rank in tests/core/test_zero3.py) on one rank's whole weights
+    from sparsetrain.pruning.distributed import WeightShard
+
+    gen = torch.Generator().manual_seed(0)
+    weights = {"a": torch.randn(7, 5, generator=gen), "b": torch.randn(3, 3, 4, generator=gen)}
+    weights["a"][2] = 0.5  # ties at the threshold
+    pruner = GradualPruning(PruneConfig(**rule, schedule="gradual", gradual={"every_steps": 3, "end": 0.5}), 40)
+    sizes = {n: w.numel() for n, w in weights.items()}
+    for step in (3, 9, 20):
+        expected = pruner.masks(step, weights)
+        shards = [WeightShard(n, 0, w.reshape(-1), w.numel(), tuple(w.shape)) for n, w in weights.items()]
+        got = pruner.shard_masks(step, shards, list(weights), sizes)
+        for name, w in weights.items():
+            assert torch.equal(got.shards[name].mask.unpack(w.shape), expected[name]), f"step {step}: {name}"
+    assert pruner.shard_masks(4, shards, list(weights), sizes) is None, "step 4 is no pruning step"

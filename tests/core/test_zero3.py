@@ -2,7 +2,8 @@
 
 Under ZeRO 3 each rank holds only its partition of every weight: the regularizer and the packed masks act on
 that partition (`engine.segments`), the target sparsity is found from the shards (`pruning.distributed`) and the
-phase weights are gathered on rank 0 one parameter at a time (`engine.zero3`). The models are timm's resnet18
+phase weights are gathered on rank 0 one parameter at a time (`engine.zero3`); gradual pruning updates masks from the
+partitions, and Method 2's filter norms are summed from each rank's share of the weights. The models are timm's resnet18
 (narrowed: channels 16-128) and vit_tiny_patch16_224 (2 blocks) on 16x16 / 32x32 synthetic images, so that a test
 stays short on 2 CPU cores; the ZeRO-3 code paths do not depend on width or depth.
 """
@@ -16,8 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sparsetrain.config.schema import PruneConfig
 from sparsetrain.pruning.sharded_masks import load_full_masks
 from sparsetrain.pruning.sharded_prune import even_range
+from tests.core.conftest import tiny_overrides
 from tests.core.subprocess_runs import kill_at_checkpoint, run_cli
 from tests.helpers.compare import assert_same_weights, assert_weights_alike_away_from_zero
 
@@ -91,7 +94,7 @@ def test_zero3_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
                             label=f"{phase}: resumed vs uninterrupted ZeRO-3 run")
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
+@pytest.mark.parametrize("zero_stage", [1, 2, 3])
 def test_elastic_resume_2_to_1_to_2_ranks_equals_uninterrupted(tmp_path: Path, zero_stage: int) -> None:
     # killed on 2 ranks in sparsify, resumed on 1 and killed in finetune, resumed on 2: DeepSpeed's universal
     # checkpoint reshards weights and Adam's state, the packed masks are cut from the per-rank range files
@@ -156,3 +159,57 @@ def test_grad_count_redundancy_reads_whole_weights_under_zero3(tmp_path: Path) -
     for key in ("ratio", "redundant"):
         for name, value in states[0][key].items():
             assert torch.equal(value, states[1][key][name]), f"{key} of {name}: ZeRO 3 differs from ZeRO 0"
+
+
+def test_zero3_method2_filter_choice_from_shards_equals_zero0_and_the_whole_model(tmp_path: Path) -> None:
+    # Method 2: filter norms come from each rank's share of the sparsify weights (partial row sums all-reduced),
+    # rank 0 removes the chosen filters; ZeRO 3 and ZeRO 0 give the same smaller model, and the choice is the one
+    # the whole-model scores (structural.scoring.L2Norm) make
+    import timm
+
+    from sparsetrain.pruning.filters import remove_filters
+    from sparsetrain.structural.serialize import ARCH_FILE, load_pruned_model
+
+    method2 = "prune={rule: filters, filter_fraction: 0.5}"
+    outs = {z: tmp_path / f"zero{z}" for z in (0, 3)}
+    for z, out in outs.items():
+        proc = run_cli([o for o in _overrides(out, "resnet18", f"deepspeed.zero_stage={z}") if not
+                        o.startswith("prune.")] + [method2, "phases.sparsify.epochs=1"], nproc=2)
+        assert proc.returncode == 0, f"ZeRO {z}: run failed:\n{proc.stderr[-3000:]}"
+    assert_same_weights(_weights(outs[0], "sparsify"), _weights(outs[3], "sparsify"), atol=1e-5, rtol=1e-5,
+                        label="Method 2 sparsify: ZeRO 3 vs ZeRO 0")
+    final = {}
+    for phase in ("prune", "finetune"):
+        models = {z: load_pruned_model(out / "weights" / phase).state_dict() for z, out in outs.items()}
+        assert {k: v.shape for k, v in models[0].items()} == {k: v.shape for k, v in models[3].items()}, phase
+        assert_same_weights(models[0], models[3], atol=1e-5, rtol=1e-5, label=f"Method 2 {phase}: ZeRO 3 vs 0")
+        final[phase] = models[3]
+    arch = json.loads((outs[3] / "weights" / "prune" / ARCH_FILE).read_text())
+    model = timm.create_model(arch["model_name"], **arch["model_kwargs"])
+    model.load_state_dict(_weights(outs[3], "sparsify"))
+    shape = (arch["model_kwargs"]["in_chans"], 16, 16)
+    reference, _, _ = remove_filters(model, shape, PruneConfig(rule="filters", filter_fraction=0.5))
+    assert_same_weights(reference.state_dict(), final["prune"], atol=0, rtol=0,
+                        label="Method 2 prune: sharded filter choice vs the whole model's")
+    removed = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in reference.parameters())
+    assert removed > 0.5 * sum(p.numel() for p in model.parameters()), "no filters removed: a vacuous test"
+
+
+def test_zero3_gmp_baseline_prunes_gradually_from_shards_like_zero0(tmp_path: Path) -> None:
+    # the gmp baseline (prune.schedule=gradual) under ZeRO 3: each mask update chooses the exact target from the
+    # ranks' fp32 partitions (radix select over all-reduced histograms) and zeroes the newly pruned weights there;
+    # LeNet-300-100 with the default persistence threshold keeps fc2/fc3 whole on every rank (re-gathered after a
+    # mask update) and partitions fc1
+    extra = ("baselines=[gmp]", "prune.gradual.every_steps=5", "optim.name=sgd", "optim.lr=0.05")
+    outs = {z: tmp_path / f"zero{z}" for z in (0, 3)}
+    for z, out in outs.items():
+        proc = run_cli(tiny_overrides(out, *extra, f"deepspeed.zero_stage={z}"), nproc=2)
+        assert proc.returncode == 0, f"ZeRO {z}: run failed:\n{proc.stderr[-3000:]}"
+    for phase in ("sparsify", "finetune"):
+        zero0, zero3 = (load_file(str(out / "baselines" / "gmp" / "weights" / f"{phase}.safetensors"))
+                        for out in outs.values())
+        assert_same_weights(zero0, zero3, atol=1e-5, rtol=1e-5, label=f"gmp {phase}: ZeRO 3 vs ZeRO 0")
+        kernels = [n for n, w in zero3.items() if w.ndim > 1]
+        assert all(torch.equal(zero0[n] == 0, zero3[n] == 0) for n in kernels), f"gmp {phase}: other weights pruned"
+        total = sum(zero3[n].numel() for n in kernels)
+        assert sum(int((zero3[n] == 0).sum()) for n in kernels) == round(0.8 * total), f"gmp {phase}: inexact target"
