@@ -60,6 +60,24 @@ def timm_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
     return model
 
 
+def test_shrunk_1x1_conv_drops_its_no_op_dilation(tmp_path):
+    """MobileNetV3 at output stride 16 dilates every conv of its last stage, 1x1 convs included, where dilation
+    changes nothing but slows PyTorch's CPU conv ~20x: a shrunk 1x1 conv gets dilation 1 (exact, and it survives
+    the export), a shrunk dilated depthwise 5x5 keeps its dilation."""
+    import sparsetrain.models  # noqa: F401  (registers the LR-ASPP models with timm)
+
+    model = timm_model("lraspp_mobilenetv3_small_100", num_classes=2)
+    x = torch.randn(2, 3, 64, 64)
+    dilated = {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.dilation != (1, 1)}
+    _, _, pruned, diff = prune_and_compare(model, x)
+    assert diff <= ATOL, f"removed vs masked: {diff:.3e}"
+    convs = {name: m for name, m in pruned.named_modules() if name in dilated}
+    undilated = [name for name, m in convs.items() if m.kernel_size == (1, 1) and m.dilation == (1, 1)]
+    assert undilated, f"no shrunk 1x1 conv lost its dilation among {sorted(dilated)}"
+    assert all(m.dilation != (1, 1) for m in convs.values() if m.kernel_size != (1, 1))
+    assert round_trip(pruned, x, tmp_path, "lraspp_mobilenetv3_small_100", {"num_classes": 2}) == 0
+
+
 # ----- grouped convolutions (narrowed inside every group, or whole groups) and GroupNorm -------------------------
 
 

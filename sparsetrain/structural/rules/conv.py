@@ -79,7 +79,8 @@ class ConvRule(LayerRule):
                              module.groups)
 
     def attributes(self, module: nn.Module) -> dict[str, Any]:
-        return {"in_channels": module.in_channels, "out_channels": module.out_channels, "groups": module.groups}
+        return {"in_channels": module.in_channels, "out_channels": module.out_channels, "groups": module.groups,
+                "dilation": module.dilation}
 
     def before_removal(self, module: nn.Module, deleted: Mapping[tuple[str, int], Collection[int]]) -> dict[str, Any]:
         """Attributes, plus whether removal narrows the groups (deletes in-group columns, or the same number of
@@ -100,6 +101,11 @@ class ConvRule(LayerRule):
             module.in_channels = module.groups * module.weight.shape[1]
         else:
             module.in_channels = module.weight.shape[1]
+        if all(size == 1 for size in module.kernel_size):
+            # A 1x1 kernel reads one tap, so dilation changes nothing in its output or shape, but a dilation > 1
+            # (timm sets it on every conv of a dilated stage, e.g. MobileNetV3 at output stride 16) sends
+            # PyTorch's CPU convolution to its slow dilated path: ~20x slower for a 72 -> 432 1x1 conv.
+            module.dilation = (1,) * len(module.kernel_size)
 
     def input_axis(self, module: nn.Module) -> int | None:
         return 1
