@@ -22,9 +22,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config: file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:  # an empty or comment-only file would silently run the built-in defaults (and their out_dir)
+        raise ConfigError(f"config: empty config file {path} (no settings; give a recipe such as "
+                          "configs/quickstart.yaml, or no file for the built-in defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
