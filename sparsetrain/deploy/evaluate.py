@@ -17,6 +17,7 @@ from torch import nn
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
 from sparsetrain.deploy.loading import export_folder, load_compressed
+from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
 
 __all__ = ["evaluate_target", "format_evaluation"]
@@ -104,6 +105,8 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     from sparsetrain.tasks import build_task
 
     target = Path(target)
+    if target.is_dir():
+        check_finished(target, "eval")  # a run directory: its export must be of the final phase
     cfg = _config(target, recipe, list(overrides or []))
     data = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
     if _is_export(target):
