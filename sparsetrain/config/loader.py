@@ -96,6 +96,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, text = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value (the key is empty)")
         parts = resolve_key(key.strip()).split(".")
         node = data
         for part in parts[:-1]:

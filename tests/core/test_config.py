@@ -37,6 +37,8 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
     (["nosuchkey=1"], "nosuchkey: unknown config key"),
     (["epochs=3"], "epochs: ambiguous override"),
     (["train.batch_size"], "override 'train.batch_size': expected key=value"),
+    (["=5"], "override '=5': expected key=value (the key is empty)"),
+    (["phases.sparsify.lr=100"], "phases.sparsify.lr: Input should be less than or equal to 10 (got 100)"),
     (["regularizer.alpha0=.inf"], "regularizer.alpha0: Input should be a finite number (got inf)"),
     (["optim.weight_decay=.nan"], "optim.weight_decay: Input should be a finite number (got nan)"),
     (["deepspeed.zero_stage=3", "regularizer.gradient_path=autograd"],
