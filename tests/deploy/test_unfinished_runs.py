@@ -73,3 +73,12 @@ def test_phase_after_a_finished_one_runs(half: Path, tmp_path: Path, capsys: pyt
     run_pipeline(tiny_config(half, *SHORT), ["prune", "finetune"])
     assert main(["export", str(half)]) == 0
     assert json.loads((half / "export" / "architecture.json").read_text())["meta"]["phase"] == "finetune"
+
+
+def test_eval_on_data_of_another_shape_is_one_line(half: Path, capsys: pytest.CaptureFixture) -> None:
+    """New-user item 8: the run's model takes 1x8x8 digits; 16x16 synthetic images are one line, no traceback."""
+    capsys.readouterr()
+    assert main(["eval", str(half / "export"), "data.source=synthetic"]) == 2
+    err = _error(capsys)
+    assert err.startswith(f"error: eval: the data (data.source=synthetic) has inputs of shape (1, 16, 16), but the "
+                          f"model of {half / 'export'} takes (1, 8, 8) (C, H, W); give data of that shape ("), err
