@@ -96,6 +96,8 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "
                         "torch_export, onnx")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    if not any(not arg.startswith("-") for arg in argv) and not {"-h", "--help"} & set(argv):
+        parser.error("the following argument is required: target")  # argparse would also name the optional overrides
     args = parser.parse_intermixed_args(argv)
     from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
 
@@ -138,8 +140,13 @@ BENCHMARKS = {
 
 
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in BENCHMARKS:
-        raise ConfigError(f"bench: expected one of {', '.join(BENCHMARKS)}")
+    names = tuple(BENCHMARKS)
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: sparsetrain bench NAME [args]   (sparsetrain bench NAME --help for its arguments)\n\nbenchmarks:")
+        print("\n".join(f"  {name:<10}  {text}" for name, text in BENCHMARKS.items()))
+        return 0
+    if not argv or argv[0] not in names:
+        raise ConfigError(f"bench: expected one of {', '.join(names)}")
     if argv[0] == "latency":
         _bench_latency(argv[1:])
         return 0

@@ -85,6 +85,24 @@ def test_cli_help_lists_every_command() -> None:
     assert listed == list(COMMANDS), result.stdout
 
 
+def test_bench_help_lists_the_benchmarks(capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.cli import BENCHMARKS, main
+
+    assert main(["bench", "--help"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert listed == list(BENCHMARKS) == ["kernels", "train_step", "latency", "throughput"]
+
+
+def test_eval_without_target_names_only_the_target(capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "sparsetrain eval: error: the following argument is required: target")
+
+
 def test_cli_config_prints_the_resolved_recipe_and_the_schema() -> None:
     import yaml
 
