@@ -1,10 +1,13 @@
 """What a run directory (`out_dir`) may be used for: created safely, continued only by the run that started it,
 exported or measured only once its final phase has finished.
 
-Settings split in two. Those that define the run's results (model, data, task, seed, regularizer, prune, phases,
-optim, batch size, precision, baselines, ...) are fixed once a run has state in `out_dir`: a resumed run with other
-values would mix two runs' steps, or (another model or data) fail on the stored weights. Settings that change how a
-run executes or is observed (`MUTABLE`) may differ between attempts.
+A resumed run compares its settings with the `config.yaml` the run was started with. Settings that change how a
+run executes or is observed (`MUTABLE`: tracking, threads, logging, checkpoint cadence, deploy, launch, ZeRO
+layout) may always differ. Every other setting defines results from some phase on (`SCOPES`; model, data, seed,
+batch size, optimizer, ... from the first): it is fixed once that phase or a later one has started (finished or
+checkpointed), since a changed value would mix two runs' steps or (another model or data) fail on the stored
+weights; before that it may change, e.g. prune settings fixed after a prune error while sparsify is finished. What
+the non-finite error asks to lower (`RECOVERY` + the regularizer's strength) may change while steps remain.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import yaml
 
 from sparsetrain.errors import InputError
-from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
+from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
 
 # Dotted prefixes of settings that may change when a run resumes (execution, tracking, export, launch).
 MUTABLE = ("out_dir", "resume", "tracking", "launch", "deploy", "phases.dense.enabled", "phases.sparsify.enabled",
@@ -27,6 +30,13 @@ MUTABLE = ("out_dir", "resume", "tracking", "launch", "deploy", "phases.dense.en
 # What the non-finite error asks to change (`engine.finite.hint`): may change while the run still has steps to
 # take (they apply from the checkpoint on); on a finished run they would change nothing, so they are refused there.
 RECOVERY = ("optim.lr", "phases.dense.lr", "phases.sparsify.lr", "phases.finetune.lr", "deepspeed.gradient_clipping")
+# (dotted prefix, first phase whose results it changes), first match wins; unlisted settings: the first phase.
+# The gradual schedule and grouped-conv layouts act during sparsity training; l2 (alpha2) and its kernels in every
+# phase; baselines run after the last phase ("end").
+SCOPES = (("prune.schedule", SPARSIFY), ("prune.gradual", SPARSIFY), ("prune.grouped_conv", SPARSIFY),
+          ("prune", PRUNE), ("phases.sparsify", SPARSIFY), ("phases.finetune", FINETUNE),
+          ("regularizer.alpha2", DENSE), ("regularizer.gradient_path", DENSE), ("regularizer.backend", DENSE),
+          ("regularizer.finetune_l0", FINETUNE), ("regularizer", SPARSIFY), ("baselines", "end"))
 _SHOWN = 3  # differing settings named in the error
 _MISSING = object()
 
@@ -67,18 +77,35 @@ def recovery_settings(config: dict[str, Any]) -> tuple[str, ...]:
     return RECOVERY + tuple(f"regularizer.{name}" for name in strength)
 
 
-def changed_settings(stored: dict[str, Any], new: dict[str, Any], finished: bool = True) -> list[tuple[str, Any, Any]]:
-    """(dotted key, stored value, new value) of every result-defining setting that differs, in schema order;
-    `finished=False` (steps left to take) also lets the recovery settings change.
+def _scope(key: str) -> int:
+    """Index in PHASES of the first phase whose results `key` changes (len(PHASES) for after the last one)."""
+    phase = next((phase for prefix, phase in SCOPES if _matches(key, (prefix,))), DENSE)
+    return PHASES.index(phase) if phase in PHASES else len(PHASES)
+
+
+def _latest_started(state: dict[str, Any], finished: bool) -> int:
+    """Index of the latest phase finished or checkpointed mid-way (len(PHASES) for a finished run; -1: none)."""
+    if finished:
+        return len(PHASES)
+    started = [*state.get("completed", {}), *([state["current"]["phase"]] if state.get("current") else [])]
+    return max((PHASES.index(p) for p in started if p in PHASES), default=-1)
+
+
+def changed_settings(stored: dict[str, Any], new: dict[str, Any], state: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, stored value, new value) of every setting that differs and may not change at this point of
+    the run (`state`: state.json's `completed` and `current`), in schema order.
 
     A key the stored config lacks (a setting added to sparsetrain after the run started) is not compared; a key
     only the stored config has (e.g. a setting of another regularizer) shows as `(unset)` on the new side.
     """
-    old_flat, new_flat = _flatten(stored), _flatten(new)
+    finished = last_phase(new) in state.get("completed", {})
+    latest = _latest_started(state, finished)
     free = MUTABLE if finished else MUTABLE + recovery_settings(new)
+    old_flat, new_flat = _flatten(stored), _flatten(new)
     keys = list(new_flat) + [k for k in old_flat if k not in new_flat]
     return [(k, old_flat[k], new_flat.get(k, _MISSING)) for k in keys
-            if k in old_flat and not _matches(k, free) and old_flat[k] != new_flat.get(k, _MISSING)]
+            if k in old_flat and old_flat[k] != new_flat.get(k, _MISSING) and not _matches(k, free)
+            and _scope(k) <= latest]
 
 
 def _show(value: Any) -> str:
@@ -102,21 +129,17 @@ def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:
         return  # no readable record of the old settings: nothing to compare with (older runs)
     if not isinstance(stored, dict):
         return
-    changed = changed_settings(stored, config, _is_finished(out_dir, config))
+    try:
+        state = json.loads((out_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return  # the pipeline's own state check reports a corrupt state.json
+    changed = changed_settings(stored, config, state if isinstance(state, dict) else {})
     if not changed:
         return
     shown = "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, old, new in changed[:_SHOWN])
     more = f" (and {len(changed) - _SHOWN} more)" if len(changed) > _SHOWN else ""
     raise InputError(f"out_dir: {out_dir} holds a run with other settings: {shown}{more}; use a new out_dir, "
                      "or resume=false to start over")
-
-
-def _is_finished(out_dir: Path, config: dict[str, Any]) -> bool:
-    try:
-        completed = json.loads((out_dir / "state.json").read_text()).get("completed", {})
-    except (OSError, ValueError, AttributeError):
-        return False  # the pipeline's own state check reports a corrupt state.json
-    return last_phase(config) in completed
 
 
 def last_phase(config: dict[str, Any]) -> str:

@@ -66,8 +66,40 @@ def test_changed_settings_lists_in_schema_order_and_skips_new_keys() -> None:
               "tracking": {"mode": "x"}}
     new = {"seed": 1, "model": {"name": "b", "added_later": 1}, "regularizer": {"name": "l2"},
            "tracking": {"mode": "y"}}
-    keys = [k for k, _, _ in changed_settings(stored, new)]
+    keys = [k for k, _, _ in changed_settings(stored, new, {"completed": {"finetune": {}}})]
     assert keys == ["seed", "model.name", "regularizer.name", "regularizer.beta"]
+
+
+SPARSIFY_DONE = {"completed": {"sparsify": {}}, "current": None}
+MID_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10}}
+
+
+@pytest.mark.parametrize(("key", "state", "may_change"), [
+    (("prune", "threshold"), SPARSIFY_DONE, True),  # fixing a prune error after sparsify (test_prune_plan)
+    (("prune", "threshold"), {"completed": {"sparsify": {}, "prune": {}}, "current": None}, False),
+    (("prune", "schedule"), SPARSIFY_DONE, False),  # gradual pruning acts during sparsify
+    (("phases", "finetune", "epochs"), SPARSIFY_DONE, True),
+    (("phases", "sparsify", "epochs"), MID_SPARSIFY, False),
+    (("regularizer", "beta"), MID_SPARSIFY, False),
+    (("regularizer", "alpha0"), MID_SPARSIFY, True),  # the strength: what the non-finite error asks to lower
+    (("regularizer", "alpha0"), {"completed": {"sparsify": {}, "prune": {}, "finetune": {}}}, False),  # finished
+    (("optim", "lr"), MID_SPARSIFY, True),
+    (("optim", "name"), MID_SPARSIFY, False),
+    (("seed",), {"completed": {}, "current": None}, True),  # nothing started yet
+    (("seed",), MID_SPARSIFY, False),
+])
+def test_a_setting_is_fixed_once_the_phase_it_acts_on_has_started(key: tuple[str, ...], state: dict,
+                                                                   may_change: bool) -> None:
+    def config(value: object) -> dict:
+        cfg = {"regularizer": {"name": "l0_exp"}, "phases": {"finetune": {"enabled": True}}}
+        node = cfg
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
+        return cfg
+
+    changed = changed_settings(config(1), config(2), state)
+    assert [k for k, _, _ in changed] == ([] if may_change else [".".join(key)])
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
