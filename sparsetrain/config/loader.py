@@ -24,6 +24,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:  # where the parser stopped, as file:line:column like compilers print it
+            raise ConfigError(f"config: {path}:{mark.line + 1}:{mark.column + 1}: not valid YAML "
+                              f"({getattr(err, 'problem', None) or str(err).splitlines()[0]})") from None
         raise ConfigError(f"config: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if data is None:  # an empty or comment-only file would silently run the built-in defaults (and their out_dir)
         raise ConfigError(f"config: empty config file {path} (no settings; give a recipe such as "

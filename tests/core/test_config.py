@@ -132,3 +132,11 @@ def test_num_workers_auto_fits_the_cpus_of_each_rank(monkeypatch: pytest.MonkeyP
     for bad in ("many", "65"):
         with pytest.raises(ConfigError, match="data.num_workers"):
             load_config(None, [f"data.num_workers={bad}"])
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("a: 1\nb: [1, 2\nc: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe)
+    assert str(info.value) == f"config: {recipe}:3:2: not valid YAML (expected ',' or ']', but got ':')"
