@@ -52,8 +52,12 @@ def quiet_timm_loading() -> Iterator[None]:
 
 
 def _first_line(err: BaseException) -> str:
+    """The error's type and first sentence (a long first line is cut at a sentence end, not mid-word)."""
     lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    text = lines[0] if len(lines[0]) <= 160 else lines[0].split(". ")[0][:160].rstrip(".") + " ..."
+    return f"{type(err).__name__}: {text}"
 
 
 def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
@@ -82,10 +86,24 @@ def resolve(path: str | Path) -> Path:
     return path / "export" if (path / "export").is_dir() and not (path / "architecture.json").exists() else path
 
 
+def _is_text(path: Path) -> bool:
+    """Whether the file's first KiB is UTF-8 text without NUL bytes (every pickle, zip or safetensors file has some)."""
+    with path.open("rb") as f:
+        head = f.read(1024)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
+
+
 def _load_error(path: Path, err: BaseException) -> str:
     """Why a checkpoint file could not be read, in words a user can act on."""
     if path.stat().st_size == 0:
         return f"model.checkpoint: {path} is empty (0 bytes); was it written completely?"
+    if _is_text(path):
+        return (f"model.checkpoint: {path} is a text file, not a safetensors file or torch checkpoint (state dict, "
+                ".pth/.pt/.bin)")
     if "weights_only" in str(err) and "Unsupported global" in str(err):  # torch.save(model): a pickled module
         return (f"model.checkpoint: {path} holds pickled Python objects (e.g. torch.save(model)), which are not "
                 "loaded (torch.load weights_only=True runs no code from the file); save model.state_dict() instead")
