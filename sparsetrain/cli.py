@@ -30,9 +30,10 @@ def _run(argv: list[str]) -> int:
     from sparsetrain.engine.distributed import shutdown_distributed
     from sparsetrain.pipeline import run_pipeline
 
-    # SIGTERM (scancel, a cluster's preemption or `scontrol requeue`) and SIGUSR1 stop at the next step boundary
-    # with a checkpoint (exit 3) instead of losing the steps since the last one; a requeue continues from it.
-    preemption.install_signal_handlers((signal.SIGTERM, signal.SIGUSR1))
+    # SIGTERM (scancel, a cluster's preemption or `scontrol requeue`), SIGUSR1 and the first Ctrl-C (SIGINT) stop at
+    # the next step boundary with a checkpoint (exit 3) instead of losing the steps since the last one; a re-run or
+    # requeue continues from it. A second Ctrl-C quits at once (exit 130).
+    preemption.install_signal_handlers((signal.SIGTERM, signal.SIGUSR1, signal.SIGINT))
     run_pipeline(cfg, args.phase)
     shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
     return 0
@@ -73,12 +74,15 @@ def _config(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model.")
+    parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model (an "
+                                     "unfinished run is refused unless --phase names a finished phase).")
     parser.add_argument("run_dir")
+    parser.add_argument("--phase", help="export this finished phase instead of the run's final one (e.g. sparsify "
+                        "of a run stopped before pruning); architecture.json's meta.phase records it")
     args = parser.parse_intermixed_args(argv)
     from sparsetrain.deploy.reexport import export_run
 
-    print(export_run(args.run_dir))
+    print(export_run(args.run_dir, args.phase))
     return 0
 
 
@@ -92,6 +96,8 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "
                         "torch_export, onnx")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    if not any(not arg.startswith("-") for arg in argv) and not {"-h", "--help"} & set(argv):
+        parser.error("the following argument is required: target")  # argparse would also name the optional overrides
     args = parser.parse_intermixed_args(argv)
     from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
 
@@ -134,8 +140,13 @@ BENCHMARKS = {
 
 
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in BENCHMARKS:
-        raise ConfigError(f"bench: expected one of {', '.join(BENCHMARKS)}")
+    names = tuple(BENCHMARKS)
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: sparsetrain bench NAME [args]   (sparsetrain bench NAME --help for its arguments)\n\nbenchmarks:")
+        print("\n".join(f"  {name:<10}  {text}" for name, text in BENCHMARKS.items()))
+        return 0
+    if not argv or argv[0] not in names:
+        raise ConfigError(f"bench: expected one of {', '.join(names)}")
     if argv[0] == "latency":
         _bench_latency(argv[1:])
         return 0
@@ -192,8 +203,9 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *args: ob
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
 
-    Exit codes (`sparsetrain.errors`): 0 success, 2 bad input, 3 resume/preemption, 4 non-finite numbers,
-    5 a library set-up sparsetrain does not expect, 1 anything unexpected (with its traceback).
+    Exit codes (`sparsetrain.errors`): 0 success, 2 bad input, 3 resume/preemption (also a run stopped by SIGTERM,
+    SIGUSR1 or a first Ctrl-C, with a checkpoint), 4 non-finite numbers, 5 a library set-up sparsetrain does not
+    expect, 130 interrupted by a second Ctrl-C (no checkpoint), 1 anything unexpected (with its traceback).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = _one_line_warning
@@ -214,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # bad values found by a library (e.g. timm's unknown model name)
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside `run`: no traceback
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

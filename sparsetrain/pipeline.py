@@ -37,6 +37,7 @@ from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASE
 from sparsetrain.progress import log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
+from sparsetrain.rundir import check_same_run, phases_needed_first, prepare_out_dir
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
@@ -54,9 +55,9 @@ class Pipeline:
         self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_min)
         setup_logging(self.dist.is_main)
         configure_cpu(cfg.train)
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        barrier()
+        prepare_out_dir(self.out_dir)  # every rank: a bad out_dir is one line everywhere, not a hang at the barrier
+        if cfg.resume and (self.out_dir / "state.json").exists():  # before anything is built from the new settings
+            check_same_run(self.out_dir, config_to_dict(cfg))
         self.structural = cfg.prune.rule == "filters"
         self.backend = resolve_backend(cfg.regularizer.backend, self.dist.device)  # the run's one decision
         self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
@@ -368,6 +369,8 @@ class Pipeline:
         """Run the selected (default: all enabled) phases that are not finished yet; returns the report."""
         wanted = phases or list(PHASES)
         check_phases(wanted)
+        if phases:
+            phases_needed_first(phases, self.state["completed"], self.cfg.phases.sparsify.enabled)
         for phase in PHASES:
             enabled = phase == PRUNE or getattr(self.cfg.phases, phase).enabled
             if phase in wanted and enabled and phase not in self.state["completed"]:

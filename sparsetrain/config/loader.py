@@ -22,9 +22,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config: file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:  # where the parser stopped, as file:line:column like compilers print it
+            raise ConfigError(f"config: {path}:{mark.line + 1}:{mark.column + 1}: not valid YAML "
+                              f"({getattr(err, 'problem', None) or str(err).splitlines()[0]})") from None
         raise ConfigError(f"config: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:  # an empty or comment-only file would silently run the built-in defaults (and their out_dir)
+        raise ConfigError(f"config: empty config file {path} (no settings; give a recipe such as "
+                          "configs/quickstart.yaml, or no file for the built-in defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
@@ -93,6 +100,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, text = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value (the key is empty)")
         parts = resolve_key(key.strip()).split(".")
         node = data
         for part in parts[:-1]:

@@ -118,7 +118,7 @@ class PhaseConfig(Section):
     enabled: bool = Field(True, description="Run this phase.")
     epochs: float = Field(1.0, ge=0, description="Length in epochs over the training set (fractions allowed); "
                           "dense.epochs=0 only evaluates the initial weights (e.g. model.checkpoint).")
-    lr: float | None = Field(None, gt=0, description="Overrides optim.lr for this phase.")
+    lr: float | None = Field(None, gt=0, le=10, description="Overrides optim.lr for this phase (same bounds).")
 
 
 class PhasesConfig(Section):

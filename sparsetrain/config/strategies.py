@@ -58,6 +58,8 @@ class RegularizerConfig(Strategy):
     phases, whatever the strategy)."""
 
     KEY: ClassVar[str] = "name"
+    # The settings that scale the penalty (what a non-finite regularizer value asks to lower); a strategy adds its own.
+    STRENGTH: ClassVar[tuple[str, ...]] = ("alpha2",)
     name: str = Field("l0_exp", description="Sparsity strategy: l0_exp = smooth l0 surrogate + l2 (Method 1); "
                       "l2 = l2 only (baseline); none = no penalty; grad_count = gradient-counting pull (Method 2).")
     alpha2: float = Field(1e-4, ge=0, description="l2 strength (global); on in every training phase.")
@@ -98,6 +100,7 @@ class RegularizerConfig(Strategy):
 class L0ExpConfig(RegularizerConfig):
     """Method 1: smooth l0 surrogate α0_l · Σ(1 − e^{−β|w|}) + l2 (Oliveira et al., arXiv 2109.05075)."""
 
+    STRENGTH: ClassVar[tuple[str, ...]] = ("alpha0", "alpha2")
     name: Literal["l0_exp"] = Field("l0_exp", description="Smooth l0 surrogate + l2 (Method 1).")
     alpha0: float = Field(1e-5, ge=0, description="l0 surrogate strength (before per-layer scaling).")
     beta: float = Field(10.0, ge=0, description="Surrogate sharpness; 0 gives the pure-l2 baseline.")
@@ -125,6 +128,7 @@ class NoPenaltyConfig(RegularizerConfig):
 class GradCountConfig(RegularizerConfig):
     """Method 2 (Khan et al., arXiv 2210.07451): gradient counting + count-driven group-lasso pull + redundancy."""
 
+    STRENGTH: ClassVar[tuple[str, ...]] = ("lambda_s", "alpha2")
     name: Literal["grad_count"] = Field("grad_count", description="Gradient-counting pull (Method 2).")
     gradient_path: Literal["hook"] = Field("hook", description="grad_count has no autograd reference: hook only.")
     count_tau: float = Field(0.5, gt=0, description="A filter counts when its mean |grad| exceeds tau * layer mean.")

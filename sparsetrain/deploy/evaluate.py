@@ -17,6 +17,8 @@ from torch import nn
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
 from sparsetrain.deploy.loading import export_folder, load_compressed
+from sparsetrain.errors import InputError, first_line
+from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
 
 __all__ = ["evaluate_target", "format_evaluation"]
@@ -92,6 +94,22 @@ def _latency(model: nn.Module, shape: tuple[int, ...], repeats: int, threads: in
     return {"batch": 1, "median": q[1], "p20": q[0], "p80": q[2], "threads": threads}
 
 
+def _check_fits(model: nn.Module, dataset: torch.utils.data.Dataset, target: Path, cfg: RunConfig) -> None:
+    """One test input through the model first, so that data of the wrong shape is one line naming the data and the
+    shape the model was built for (architecture.json's meta.input_shape), not a matmul error from deep inside."""
+    x = dataset[0][0].unsqueeze(0).float()
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as err:  # torch's RuntimeError, onnxruntime's own errors: any failure here is the data's shape
+        meta = json.loads((export_folder(target) / ARCH_FILE).read_text()).get("meta", {}) if _is_export(target) \
+            else {}
+        expected = f"{tuple(meta['input_shape'])}" if meta.get("input_shape") else "another shape"
+        where = f"data.source={cfg.data.source}" + (f", data.path={cfg.data.path}" if cfg.data.path else "")
+        raise InputError(f"eval: the data ({where}) has inputs of shape {tuple(x.shape[1:])}, but the model of "
+                         f"{target} takes {expected} (C, H, W); give data of that shape ({first_line(err)})") from None
+
+
 def evaluate_target(target: str | Path, recipe: str | None = None, overrides: list[str] | None = None,
                     format: str = "auto") -> dict[str, Any]:
     """Metrics on the config's test split, parameter counts, sparsity, bytes and batch-1 latency of TARGET.
@@ -104,6 +122,8 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     from sparsetrain.tasks import build_task
 
     target = Path(target)
+    if target.is_dir():
+        check_finished(target, "eval")  # a run directory: its export must be of the final phase
     cfg = _config(target, recipe, list(overrides or []))
     data = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
     if _is_export(target):
@@ -114,6 +134,7 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     else:
         model = torch_model = build_model(cfg.model, data.in_chans, data.num_classes, data.input_shape).eval()
         fmt = "checkpoint"
+    _check_fits(model, data.test, target, cfg)
     task = build_task(cfg.task, data.num_classes)
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
               "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test)},

@@ -32,6 +32,7 @@ from torch import nn
 from sparsetrain.deploy.loading import export_folder, load_compressed
 from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
 from sparsetrain.progress import log
+from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
 
 __all__ = ["interleaved_times", "latency_table"]
@@ -95,6 +96,7 @@ class _Models:
 
         import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 
+        check_finished(Path(path), "bench latency")  # a run directory: only once its final phase has finished
         self.folder = export_folder(path)
         if not (self.folder / ARCH_FILE).is_file():
             raise ValueError(f"bench latency: {path} is not a run directory or export folder (no {ARCH_FILE})")

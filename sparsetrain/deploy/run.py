@@ -25,12 +25,13 @@ def example_batch(test_set: Dataset, size: int = 2) -> torch.Tensor:
     return torch.stack([test_set[i][0] for i in range(min(size, len(test_set)))]).float()
 
 
-def export_model(pipeline: Pipeline) -> dict[str, Any]:
-    """Write `<out_dir>/export/` from the last finished phase (rank 0); returns its manifest (empty elsewhere)."""
+def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]:
+    """Write `<out_dir>/export/` from `phase` (default: the last finished phase) on rank 0; returns its manifest
+    (empty elsewhere)."""
     from sparsetrain.config import config_to_dict
     from sparsetrain.deploy.folder import write_export
 
-    phase = final_phase(pipeline.state["completed"])
+    phase = phase or final_phase(pipeline.state["completed"])
     if phase is None:
         raise ValueError(f"export: {pipeline.out_dir} has no finished phase to export")
     manifest: dict[str, Any] = {}

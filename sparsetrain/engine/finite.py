@@ -15,7 +15,7 @@ import torch
 
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.errors import NonFiniteError
-from sparsetrain.phases import TRAINING_PHASES
+from sparsetrain.phases import FINETUNE, SPARSIFY, TRAINING_PHASES
 
 CAUSES = ("input data", "loss", "regularizer value", "gradient norm")  # reported in this order within a step
 INPUTS, LOSS, REGULARIZER, GRAD_NORM = range(len(CAUSES))
@@ -66,10 +66,20 @@ def hint(cfg: RunConfig, phase: str, cause: str) -> str:
     lr = phase_lr or cfg.optim.lr
     clip = cfg.deepspeed.gradient_clipping
     parts = [f"lower optim.lr or phases.{phase}.lr (now {lr:g})"]
+    if cause == "regularizer value":  # the penalty itself overflowed: its strength comes first
+        parts.insert(0, f"lower {_strength(cfg, phase)}")
     if clip == 0:
         parts.append("enable deepspeed.gradient_clipping (e.g. 1.0)")
     parts.append("or check the data")
     return ", ".join(parts)
+
+
+def _strength(cfg: RunConfig, phase: str) -> str:
+    """The strength settings of the penalty `phase` trains with, with their values (`regularizer.alpha0 (now 1e+37)
+    or regularizer.alpha2 (now 0.0001)`)."""
+    reg = cfg.regularizer
+    names = reg.STRENGTH if phase == SPARSIFY or (phase == FINETUNE and reg.penalty_in_finetune) else ("alpha2",)
+    return " or ".join(f"regularizer.{name} (now {getattr(reg, name):g})" for name in names)
 
 
 def training_error(cfg: RunConfig, phase: str, step: int, total: int, cause: str, resume_note: str) -> NonFiniteError:

@@ -6,6 +6,7 @@ that exact step and raises `Preempted`; the requeued job resumes from it with no
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -31,8 +32,18 @@ def clear() -> None:
     _STOP.clear()
 
 
+def interrupt(*_: object) -> None:
+    """SIGINT (Ctrl-C): the first asks for a stop like SIGTERM (a checkpoint at the next step, exit 3); a second one
+    while that is pending raises KeyboardInterrupt at once (the CLI prints one line and exits 130)."""
+    if _STOP.is_set():
+        raise KeyboardInterrupt
+    _STOP.set()
+    # os.write, not print: a handler that prints while the interrupted code prints raises a reentrancy error
+    os.write(2, b"interrupt: stopping after the current step with a checkpoint (Ctrl-C again to quit at once)\n")
+
+
 def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGUSR1,)) -> None:
-    """Route the given signals to `request_stop` (main thread only)."""
+    """Route the given signals to `request_stop`, SIGINT to `interrupt` (main thread only)."""
     if threading.current_thread() is threading.main_thread():
         for sig in signals:
-            signal.signal(sig, request_stop)
+            signal.signal(sig, interrupt if sig == signal.SIGINT else request_stop)

@@ -52,8 +52,12 @@ def quiet_timm_loading() -> Iterator[None]:
 
 
 def _first_line(err: BaseException) -> str:
+    """The error's type and first sentence (a long first line is cut at a sentence end, not mid-word)."""
     lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    text = lines[0] if len(lines[0]) <= 160 else lines[0].split(". ")[0][:160].rstrip(".") + " ..."
+    return f"{type(err).__name__}: {text}"
 
 
 def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
@@ -82,6 +86,30 @@ def resolve(path: str | Path) -> Path:
     return path / "export" if (path / "export").is_dir() and not (path / "architecture.json").exists() else path
 
 
+def _is_text(path: Path) -> bool:
+    """Whether the file's first KiB is UTF-8 text without NUL bytes (every pickle, zip or safetensors file has some)."""
+    with path.open("rb") as f:
+        head = f.read(1024)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
+
+
+def _load_error(path: Path, err: BaseException) -> str:
+    """Why a checkpoint file could not be read, in words a user can act on."""
+    if path.stat().st_size == 0:
+        return f"model.checkpoint: {path} is empty (0 bytes); was it written completely?"
+    if _is_text(path):
+        return (f"model.checkpoint: {path} is a text file, not a safetensors file or torch checkpoint (state dict, "
+                ".pth/.pt/.bin)")
+    if "weights_only" in str(err) and "Unsupported global" in str(err):  # torch.save(model): a pickled module
+        return (f"model.checkpoint: {path} holds pickled Python objects (e.g. torch.save(model)), which are not "
+                "loaded (torch.load weights_only=True runs no code from the file); save model.state_dict() instead")
+    return f"model.checkpoint: {path} is not a safetensors file or torch checkpoint ({_first_line(err)})"
+
+
 def _tensors(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
     from timm.models import load_state_dict
 
@@ -89,8 +117,7 @@ def _tensors(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
         with quiet_timm_loading():
             state = load_state_dict(str(path), use_ema=use_ema, device="cpu", weights_only=True)
     except Exception as err:  # torch.load and safetensors raise many types on foreign or truncated files
-        raise ValueError(f"model.checkpoint: {path} is not a safetensors file or torch checkpoint "
-                         f"({_first_line(err)})") from None
+        raise ValueError(_load_error(path, err)) from None
     if not isinstance(state, dict):
         raise ValueError(f"model.checkpoint: {path} holds a {type(state).__name__}, expected a state dict")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and k not in _AVERAGED_MODEL_KEYS}

@@ -170,3 +170,25 @@ def _kill_when(overrides: list[str], until: Callable[[], bool], what: str, nproc
         if outcome != "until":
             tail = log.read_text()[-2000:]
             pytest.fail(f"the run {outcome} before {what}; it could not be killed there:\n{tail}")
+
+
+def signal_at_logged_step(overrides: list[str], out_dir: Path, step: int, sig: int) -> subprocess.CompletedProcess:
+    """Run the CLI, send `sig` to its process group (what Ctrl-C in a terminal does for SIGINT) once
+    metrics.jsonl shows global step `step`, and wait for it to exit; fails the test if it ends or stalls first."""
+    import pytest
+
+    command = cli_command(overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        with out.open("w") as fout, err.open("w") as ferr:
+            proc = subprocess.Popen(command, cwd=REPO, env=clean_env(), stdout=fout, stderr=ferr, text=True,
+                                    start_new_session=True)
+            if watch(proc, [out, err], until=lambda: _logged_step(out_dir) >= step) != "until":
+                _kill_group(proc)
+                pytest.fail(f"the run ended or stalled before logging step {step}:\n{err.read_text()[-2000:]}")
+            os.killpg(proc.pid, sig)
+            outcome = watch(proc, [out, err])
+        stdout, stderr = out.read_text(), err.read_text()
+    if outcome != "exited":
+        stderr += f"\n[test harness] run killed after the signal: {outcome}\n"
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)

@@ -37,6 +37,8 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
     (["nosuchkey=1"], "nosuchkey: unknown config key"),
     (["epochs=3"], "epochs: ambiguous override"),
     (["train.batch_size"], "override 'train.batch_size': expected key=value"),
+    (["=5"], "override '=5': expected key=value (the key is empty)"),
+    (["phases.sparsify.lr=100"], "phases.sparsify.lr: Input should be less than or equal to 10 (got 100)"),
     (["regularizer.alpha0=.inf"], "regularizer.alpha0: Input should be a finite number (got inf)"),
     (["optim.weight_decay=.nan"], "optim.weight_decay: Input should be a finite number (got nan)"),
     (["deepspeed.zero_stage=3", "regularizer.gradient_path=autograd"],
@@ -83,6 +85,24 @@ def test_cli_help_lists_every_command() -> None:
     assert listed == list(COMMANDS), result.stdout
 
 
+def test_bench_help_lists_the_benchmarks(capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.cli import BENCHMARKS, main
+
+    assert main(["bench", "--help"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert listed == list(BENCHMARKS) == ["kernels", "train_step", "latency", "throughput"]
+
+
+def test_eval_without_target_names_only_the_target(capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "sparsetrain eval: error: the following argument is required: target")
+
+
 def test_cli_config_prints_the_resolved_recipe_and_the_schema() -> None:
     import yaml
 
@@ -112,3 +132,11 @@ def test_num_workers_auto_fits_the_cpus_of_each_rank(monkeypatch: pytest.MonkeyP
     for bad in ("many", "65"):
         with pytest.raises(ConfigError, match="data.num_workers"):
             load_config(None, [f"data.num_workers={bad}"])
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("a: 1\nb: [1, 2\nc: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe)
+    assert str(info.value) == f"config: {recipe}:3:2: not valid YAML (expected ',' or ']', but got ':')"

@@ -17,9 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sparsetrain.config import load_config
 from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.builtin import BUILTIN_LOADERS
 from sparsetrain.engine.batches import BatchPlan
+from sparsetrain.engine.finite import hint
 from sparsetrain.errors import NonFiniteError
 from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import tiny_config, tiny_overrides
@@ -133,3 +135,23 @@ def test_overflowing_gradients_under_zero_2_stop_the_run(tmp_path: Path) -> None
     assert [row["global_step"] for row in _train_rows(out)] == list(range(1, bad))
     _assert_all_finite(_rows(out))
     _assert_nothing_handed_on(out)
+
+
+def test_overflowing_regularizer_names_its_strength(tmp_path: Path) -> None:
+    """A penalty that overflows by itself is fixed by its strength, not the lr: the hint names that setting first."""
+    with pytest.raises(NonFiniteError) as info:
+        run_pipeline(tiny_config(tmp_path / "run", "regularizer.alpha0=1e37"))
+    assert str(info.value).startswith("non-finite regularizer value at sparsify step 1/44: lower regularizer.alpha0 "
+                                      "(now 1e+37) or regularizer.alpha2 (now 0.0001), lower optim.lr or "
+                                      "phases.sparsify.lr (now 0.001)"), info.value
+
+
+@pytest.mark.parametrize(("regularizer", "phase", "strength"), [
+    ("{name: grad_count, lambda_s: 5}", "sparsify", "regularizer.lambda_s (now 5) or regularizer.alpha2 (now 0.0001)"),
+    ("{name: l0_exp, alpha0: 5}", "finetune", "regularizer.alpha2 (now 0.0001)"),  # fine-tuning trains with l2 only
+    ("{name: l0_exp, alpha0: 5, finetune_l0: true}", "finetune", "regularizer.alpha0 (now 5) or"),
+])
+def test_regularizer_hint_names_the_strength_of_the_phase_penalty(regularizer: str, phase: str, strength: str) -> None:
+    cfg = load_config(None, [f"regularizer={regularizer}", "prune={rule: filters}"])
+    assert hint(cfg, phase, "regularizer value").startswith(f"lower {strength}")
+    assert hint(cfg, phase, "loss").startswith("lower optim.lr")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
+from sparsetrain.engine import preemption
 from tests.core.conftest import tiny_overrides
-from tests.core.subprocess_runs import kill_at_checkpoint, kill_at_logged_step, run_cli
+from tests.core.subprocess_runs import kill_at_checkpoint, kill_at_logged_step, run_cli, signal_at_logged_step
 from tests.helpers.compare import assert_same_weights
 from tests.helpers.wandb_log import assert_wandb_matches_metrics, read_runs
 
@@ -77,3 +81,37 @@ def test_corrupt_state_file_gives_clear_error(tmp_path: Path) -> None:
     result = run_cli(tiny_overrides(out))
     assert result.returncode == 3, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: resume: {out / 'state.json'} is corrupt")
+
+
+def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the process group) is handled like SIGTERM: a checkpoint at the next step, one line,
+    exit 3, no KeyboardInterrupt traceback; the re-run continues from that step and matches an uninterrupted run."""
+    out, reference = tmp_path / "interrupted", tmp_path / "reference"
+    overrides = tiny_overrides(out, *EXTRA, "train.log_every=1", "train.checkpoint_every=1000")
+    result = signal_at_logged_step(overrides, out, 15, signal.SIGINT)
+    assert result.returncode == 3, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr[-3000:]
+    stop = re.fullmatch(r"error: stopped on request after sparsify step (\d+); checkpoint saved", lines[-1])
+    assert stop, lines[-1]
+    state = json.loads((out / "state.json").read_text())
+    assert state["current"]["step"] == int(stop[1]) >= 15, "no checkpoint at the interrupted step"
+    assert run_cli(overrides).returncode == 0
+    assert run_cli(tiny_overrides(reference, *EXTRA, "train.log_every=1")).returncode == 0
+    assert_same_weights(load_file(str(reference / "weights" / "finetune.safetensors")),
+                        load_file(str(out / "weights" / "finetune.safetensors")), atol=1e-6, rtol=1e-6,
+                        label="after Ctrl-C and resume vs uninterrupted")
+    assert _steps(out) == _steps(reference), "steps lost or repeated around the interrupt"
+
+
+def test_second_ctrl_c_quits_at_once() -> None:
+    """The first SIGINT only asks for the stop; a second one while it is pending raises KeyboardInterrupt (the CLI
+    prints `error: interrupted`, exit 130)."""
+    preemption.clear()
+    try:
+        preemption.interrupt()
+        assert preemption.stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            preemption.interrupt()
+    finally:
+        preemption.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -100,6 +101,9 @@ def test_a_structurally_pruned_export_is_its_own_smaller_model(tmp_path: Path) -
 def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
     (tmp / "notes.pth").write_text("not a checkpoint")
     torch.save({"epoch": 1}, tmp / "no_weights.pth")
+    (tmp / "empty.pth").write_bytes(b"")
+    (tmp / "noise.pth").write_bytes(np.random.default_rng(0).bytes(1000))
+    torch.save(torch.nn.Linear(2, 2), tmp / "module.pth")  # torch.save(model), not its state_dict()
     torch.manual_seed(0)
     torch.save(build_model(ModelConfig(name="lenet300_100"), 1, 10, SHAPE).state_dict(), tmp / "lenet300.pth")
     state = _lenet5(0).state_dict()
@@ -109,8 +113,15 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
     torch.save(_lenet5(0, classes=7).state_dict(), tmp / "c7.pth")
     return {
         "missing": ({"checkpoint": str(tmp / "nope.pth")}, "model.checkpoint: file or export folder not found"),
-        "not a checkpoint": ({"checkpoint": str(tmp / "notes.pth")}, "model.checkpoint: .* is not a safetensors"),
+        "not a checkpoint": ({"checkpoint": str(tmp / "notes.pth")}, "model.checkpoint: .* is a text file, not a "
+                             "safetensors file or torch checkpoint"),
         "no weights": ({"checkpoint": str(tmp / "no_weights.pth")}, "model.checkpoint: .* holds no tensors"),
+        "noise": ({"checkpoint": str(tmp / "noise.pth")}, r"model.checkpoint: .* is not a safetensors file or torch "
+                  r"checkpoint \(RuntimeError: [^()]* \.\.\.\)$"),  # a long first line is cut at a sentence end
+        "empty": ({"checkpoint": str(tmp / "empty.pth")}, r"model.checkpoint: .* is empty \(0 bytes\); was it "
+                  "written completely\\?$"),
+        "module": ({"checkpoint": str(tmp / "module.pth")}, r"model.checkpoint: .* holds pickled Python objects \(e.g. "
+                   r"torch.save\(model\)\), .*; save model.state_dict\(\) instead$"),
         "keys": ({"checkpoint": str(tmp / "lenet300.pth")}, "model.checkpoint: .* does not fit lenet5: missing "
                  "conv1.weight, conv1.bias, conv2.weight, conv2.bias; unexpected fc2.weight, fc2.bias; wrong shape "
                  r"fc1.weight \(300, 784\) vs \(500, 800\)"),
@@ -124,7 +135,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
     }
 
 
-BAD = ["missing", "not a checkpoint", "no weights", "keys", "prefix", "shape", "classes", "folder"]
+BAD = ["missing", "not a checkpoint", "no weights", "noise", "empty", "module", "keys", "prefix", "shape", "classes",
+       "folder"]
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -1,0 +1,197 @@
+"""What a run directory (`out_dir`) may be used for: created safely, continued only by the run that started it,
+exported or measured only once its final phase has finished.
+
+A resumed run compares its settings with the `config.yaml` the run was started with. Settings that change how a
+run executes or is observed (`MUTABLE`: tracking, threads, logging, checkpoint cadence, deploy, launch, ZeRO
+layout) may always differ. Every other setting defines results from some phase on (`SCOPES`; model, data, seed,
+batch size, optimizer, ... from the first): it is fixed once that phase or a later one has started (finished or
+checkpointed), since a changed value would mix two runs' steps or (another model or data) fail on the stored
+weights; before that it may change, e.g. prune settings fixed after a prune error while sparsify is finished. What
+the non-finite error asks to lower (`RECOVERY` + the regularizer's strength) may change while steps remain.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparsetrain.errors import InputError
+from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
+
+# Dotted prefixes of settings that may change when a run resumes (execution, tracking, export, launch).
+MUTABLE = ("out_dir", "resume", "tracking", "launch", "deploy", "phases.dense.enabled", "phases.sparsify.enabled",
+           "phases.finetune.enabled", "data.num_workers", "train.eval_batch_size", "train.log_every",
+           "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",
+           "train.grad_checkpointing", "train.flush_denormal", "deepspeed.dist_backend", "deepspeed.timeout_min",
+           "deepspeed.zero_stage", "deepspeed.offload_optimizer", "deepspeed.param_persistence_threshold")
+# What the non-finite error asks to change (`engine.finite.hint`): may change while the run still has steps to
+# take (they apply from the checkpoint on); on a finished run they would change nothing, so they are refused there.
+RECOVERY = ("optim.lr", "phases.dense.lr", "phases.sparsify.lr", "phases.finetune.lr", "deepspeed.gradient_clipping")
+# (dotted prefix, first phase whose results it changes), first match wins; unlisted settings: the first phase.
+# The gradual schedule and grouped-conv layouts act during sparsity training; l2 (alpha2) and its kernels in every
+# phase; baselines run after the last phase ("end").
+SCOPES = (("prune.schedule", SPARSIFY), ("prune.gradual", SPARSIFY), ("prune.grouped_conv", SPARSIFY),
+          ("prune", PRUNE), ("phases.sparsify", SPARSIFY), ("phases.finetune", FINETUNE),
+          ("regularizer.alpha2", DENSE), ("regularizer.gradient_path", DENSE), ("regularizer.backend", DENSE),
+          ("regularizer.finetune_l0", FINETUNE), ("regularizer", SPARSIFY), ("baselines", "end"))
+_SHOWN = 3  # differing settings named in the error
+_MISSING = object()
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create `out_dir` (and its parents) if needed.
+
+    Raises:
+        InputError: one line naming `out_dir` and the OS's reason (a file, under a file, not writable, ...).
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"out_dir: cannot create the run directory {out_dir} ({err.strerror or err})") from None
+    if not out_dir.is_dir():
+        raise InputError(f"out_dir: {out_dir} is not a directory")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict) or not data:
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _matches(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(f"{p}.") for p in prefixes)
+
+
+def recovery_settings(config: dict[str, Any]) -> tuple[str, ...]:
+    """`RECOVERY` plus the regularizer strength settings of the config's strategy (e.g. regularizer.alpha0)."""
+    from sparsetrain.config.strategies import REGULARIZER_SETTINGS
+
+    settings = REGULARIZER_SETTINGS.get(config.get("regularizer", {}).get("name"))
+    strength = settings.STRENGTH if settings is not None else ()
+    return RECOVERY + tuple(f"regularizer.{name}" for name in strength)
+
+
+def _scope(key: str) -> int:
+    """Index in PHASES of the first phase whose results `key` changes (len(PHASES) for after the last one)."""
+    phase = next((phase for prefix, phase in SCOPES if _matches(key, (prefix,))), DENSE)
+    return PHASES.index(phase) if phase in PHASES else len(PHASES)
+
+
+def _latest_started(state: dict[str, Any], finished: bool) -> int:
+    """Index of the latest phase finished or checkpointed mid-way (len(PHASES) for a finished run; -1: none)."""
+    if finished:
+        return len(PHASES)
+    started = [*state.get("completed", {}), *([state["current"]["phase"]] if state.get("current") else [])]
+    return max((PHASES.index(p) for p in started if p in PHASES), default=-1)
+
+
+def changed_settings(stored: dict[str, Any], new: dict[str, Any], state: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, stored value, new value) of every setting that differs and may not change at this point of
+    the run (`state`: state.json's `completed` and `current`), in schema order.
+
+    A key the stored config lacks (a setting added to sparsetrain after the run started) is not compared; a key
+    only the stored config has (e.g. a setting of another regularizer) shows as `(unset)` on the new side.
+    """
+    finished = last_phase(new) in state.get("completed", {})
+    latest = _latest_started(state, finished)
+    free = MUTABLE if finished else MUTABLE + recovery_settings(new)
+    old_flat, new_flat = _flatten(stored), _flatten(new)
+    keys = list(new_flat) + [k for k in old_flat if k not in new_flat]
+    return [(k, old_flat[k], new_flat.get(k, _MISSING)) for k in keys
+            if k in old_flat and old_flat[k] != new_flat.get(k, _MISSING) and not _matches(k, free)
+            and _scope(k) <= latest]
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is _MISSING else json.dumps(value)
+
+
+def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to continue the run in `out_dir` with settings that would change its results.
+
+    Args:
+        out_dir: a run directory holding `state.json` (a run to continue) and the `config.yaml` it was started with.
+        config: the new resolved config (`config_to_dict`).
+
+    Raises:
+        InputError: one line naming the first differing settings (stored → new) and the ways out.
+    """
+    stored_file = out_dir / "config.yaml"
+    try:
+        stored = yaml.safe_load(stored_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return  # no readable record of the old settings: nothing to compare with (older runs)
+    if not isinstance(stored, dict):
+        return
+    try:
+        state = json.loads((out_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return  # the pipeline's own state check reports a corrupt state.json
+    changed = changed_settings(stored, config, state if isinstance(state, dict) else {})
+    if not changed:
+        return
+    shown = "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, old, new in changed[:_SHOWN])
+    more = f" (and {len(changed) - _SHOWN} more)" if len(changed) > _SHOWN else ""
+    raise InputError(f"out_dir: {out_dir} holds a run with other settings: {shown}{more}; use a new out_dir, "
+                     "or resume=false to start over")
+
+
+def last_phase(config: dict[str, Any]) -> str:
+    """The phase whose weights are a finished run's result: finetune, or prune when finetuning is disabled."""
+    enabled = config.get("phases", {}).get(FINETUNE, {}).get("enabled", True)
+    return FINETUNE if enabled else PRUNE
+
+
+def check_finished(run_dir: Path, action: str, phase: str | None = None) -> None:
+    """Refuse `action` (export, eval, bench latency) on a run whose final phase has not finished.
+
+    `phase` names the finished phase the caller wants explicitly (`sparsetrain export --phase`): then only that
+    phase must have finished.
+
+    Raises:
+        InputError: one line naming the last completed phase and how to finish the run (or export that phase).
+    """
+    try:
+        state = json.loads((run_dir / "state.json").read_text())
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return  # not a run directory with state: the caller's own checks apply
+    completed = state.get("completed", {})
+    if phase is not None:
+        if phase not in completed:
+            done = ", ".join(p for p in PHASES if p in completed) or "none"
+            raise InputError(f"{action}: phase {phase} of {run_dir} has not finished (finished: {done})")
+        return
+    wanted = last_phase(config)
+    if wanted in completed:
+        return
+    last = final_phase(completed)
+    finish = f"finish it with `sparsetrain run {run_dir / 'config.yaml'}`"
+    if last is None:
+        raise InputError(f"{action}: {run_dir} has no finished phase yet; {finish}")
+    explicit = f"`sparsetrain export {run_dir} --phase {last}`"
+    if action != "export":
+        explicit += f" and give {run_dir / 'export'}"
+    raise InputError(f"{action}: {run_dir} is unfinished: the last completed phase is {last}, not {wanted}; {finish}"
+                     f", or export the {last} phase explicitly with {explicit}")
+
+
+def phases_needed_first(selected: list[str], completed: dict[str, Any], sparsify_enabled: bool) -> None:
+    """Refuse `--phase P` when P starts from the weights of an earlier phase that has neither finished nor is
+    selected: prune starts from sparsify's (when enabled), finetune from prune's.
+
+    Raises:
+        InputError: one line naming the phase that must run first.
+    """
+    needs = {PRUNE: SPARSIFY if sparsify_enabled else None, FINETUNE: PRUNE}
+    for phase in selected:
+        before = needs.get(phase)
+        if before and before not in completed and before not in selected:
+            raise InputError(f"phase: {phase} starts from the weights of the {before} phase, which has not "
+                             f"finished in this out_dir; run --phase {before} first (or both, or no --phase)")

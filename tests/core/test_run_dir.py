@@ -1,0 +1,125 @@
+"""Run-directory safety: a finished run's out_dir keeps the config it was trained with, a changed config that would
+change its results is one line (never a traceback, never a silent success), a bad out_dir or an empty config
+file is one line. Real tiny runs on digits (tests.core.conftest.TINY)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sparsetrain.cli import main
+from sparsetrain.pipeline import run_pipeline
+from sparsetrain.rundir import changed_settings
+from tests.core.conftest import tiny_config, tiny_overrides
+
+SHORT = ("phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.3")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run_pipeline(tiny_config(out, *SHORT))  # in-process runs that succeed go through run_pipeline: the CLI's
+    return out  # shutdown_distributed() at the end is for a process that exits
+
+
+def _rerun(out: Path, capsys: pytest.CaptureFixture, *extra: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["run", *tiny_overrides(out, *SHORT, *extra)])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (("regularizer.alpha0=1e-3",), "regularizer.alpha0 0.0002 -> 0.001"),
+    (("model.name=lenet5",), 'model.name "lenet300_100" -> "lenet5"'),  # another model: not a load_state_dict error
+    (("data.source=synthetic", "seed=3"), 'seed 0 -> 3; data.source "digits" -> "synthetic"'),
+    (("regularizer={name: l2}",), 'regularizer.name "l0_exp" -> "l2"; regularizer.alpha0 0.0002 -> (unset)'),
+])
+def test_changed_result_settings_are_refused_and_config_kept(finished: Path, capsys: pytest.CaptureFixture,
+                                                            extra: tuple[str, ...], expected: str) -> None:
+    before = (finished / "config.yaml").read_text()
+    code, err = _rerun(finished, capsys, *extra)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: out_dir: {finished} holds a run with other settings: "), err
+    assert expected in err and err.endswith("use a new out_dir, or resume=false to start over"), err
+    assert (finished / "config.yaml").read_text() == before, "a refused config overwrote the run's config.yaml"
+
+
+def test_execution_settings_may_change_on_resume(finished: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    run_pipeline(tiny_config(copy, *SHORT, "train.log_every=7", "train.checkpoint_every=3", "train.eval_batch_size=99"))
+    assert "log_every: 7" in (copy / "config.yaml").read_text()
+
+
+def test_resume_false_starts_over_with_other_settings(finished: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    run_pipeline(tiny_config(copy, *SHORT, "regularizer.alpha0=3e-4", "resume=false"))
+    assert "alpha0: 0.0003" in (copy / "config.yaml").read_text()
+
+
+def test_changed_settings_lists_in_schema_order_and_skips_new_keys() -> None:
+    stored = {"seed": 0, "model": {"name": "a"}, "regularizer": {"name": "l0_exp", "beta": 5},
+              "tracking": {"mode": "x"}}
+    new = {"seed": 1, "model": {"name": "b", "added_later": 1}, "regularizer": {"name": "l2"},
+           "tracking": {"mode": "y"}}
+    keys = [k for k, _, _ in changed_settings(stored, new, {"completed": {"finetune": {}}})]
+    assert keys == ["seed", "model.name", "regularizer.name", "regularizer.beta"]
+
+
+SPARSIFY_DONE = {"completed": {"sparsify": {}}, "current": None}
+MID_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10}}
+
+
+@pytest.mark.parametrize(("key", "state", "may_change"), [
+    (("prune", "threshold"), SPARSIFY_DONE, True),  # fixing a prune error after sparsify (test_prune_plan)
+    (("prune", "threshold"), {"completed": {"sparsify": {}, "prune": {}}, "current": None}, False),
+    (("prune", "schedule"), SPARSIFY_DONE, False),  # gradual pruning acts during sparsify
+    (("phases", "finetune", "epochs"), SPARSIFY_DONE, True),
+    (("phases", "sparsify", "epochs"), MID_SPARSIFY, False),
+    (("regularizer", "beta"), MID_SPARSIFY, False),
+    (("regularizer", "alpha0"), MID_SPARSIFY, True),  # the strength: what the non-finite error asks to lower
+    (("regularizer", "alpha0"), {"completed": {"sparsify": {}, "prune": {}, "finetune": {}}}, False),  # finished
+    (("optim", "lr"), MID_SPARSIFY, True),
+    (("optim", "name"), MID_SPARSIFY, False),
+    (("seed",), {"completed": {}, "current": None}, True),  # nothing started yet
+    (("seed",), MID_SPARSIFY, False),
+])
+def test_a_setting_is_fixed_once_the_phase_it_acts_on_has_started(key: tuple[str, ...], state: dict,
+                                                                   may_change: bool) -> None:
+    def config(value: object) -> dict:
+        cfg = {"regularizer": {"name": "l0_exp"}, "phases": {"finetune": {"enabled": True}}}
+        node = cfg
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
+        return cfg
+
+    changed = changed_settings(config(1), config(2), state)
+    assert [k for k, _, _ in changed] == ([] if may_change else [".".join(key)])
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
+def test_empty_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, text: str) -> None:
+    recipe = tmp_path / "empty.yaml"
+    recipe.write_text(text)
+    assert main(["run", str(recipe), f"out_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: config: empty config file {recipe}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda tmp: tmp / "afile", "File exists"),
+    (lambda tmp: tmp / "afile" / "sub", "Not a directory"),
+    (lambda tmp: Path("/proc/sparsetrain-test-run"), "No such file or directory"),
+])
+def test_unusable_out_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, make, reason: str) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    out = make(tmp_path)
+    assert main(["run", *tiny_overrides(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: out_dir: cannot create the run directory {out} ({reason})", err
