@@ -27,8 +27,10 @@ data:
 demo: install
 	$(BIN)/sparsetrain run configs/quickstart.yaml
 
+# Two workers (pytest-xdist), one test file per worker at a time: module fixtures (a Slurm reference run) are
+# built once, and the Slurm and multi-rank files, which mostly wait on subprocesses, overlap.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: install
 	$(BIN)/ruff check sparsetrain triton_kernels launch benchmarks tests
