@@ -24,7 +24,31 @@ def _sides(img_size: ImgSize, dims: int = 2) -> tuple[int, ...]:
     return (int(img_size),) * dims if isinstance(img_size, int) else tuple(int(s) for s in img_size)
 
 
-class LeNet300100(nn.Module):
+class _LinearClassifier(nn.Module):
+    """timm's classifier interface for a model ending in a linear `head` over `num_features` features."""
+
+    head: nn.Linear
+    num_classes: int
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes)
+
+
+class LeNet300100(_LinearClassifier):
     """Fully connected 784-300-100-10 network; flattens any input shape."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: ImgSize = 28,
@@ -41,21 +65,8 @@ class LeNet300100(nn.Module):
         x = torch.relu(self.fc1(x.flatten(1)))
         return torch.relu(self.fc2(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes)
-
-
-class LeNet5(nn.Module):
+class LeNet5(_LinearClassifier):
     """LeNet-5-Caffe: conv(20,5)-pool-conv(50,5)-pool-fc500-fc10, for 1-D or 2-D inputs."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: ImgSize = 28, dims: int | None = None
@@ -86,19 +97,6 @@ class LeNet5(nn.Module):
         x = self.pool(torch.relu(x))
         x = self.pool(torch.relu(self.conv2(x)))
         return torch.relu(self.fc1(x.flatten(1)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
