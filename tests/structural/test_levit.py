@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsetrain.structural import L2Norm, build_channel_groups, remove_channels, zero_channels
+from sparsetrain.structural import L2Norm, build_channel_groups, fold_constant_channels, remove_channels, zero_channels
 from tests.structural.test_rules import ATOL, prune_and_compare, round_trip, timm_model
 
 # levit_128s's layout (stem16, 3 stages, attention-downsample between them) at CI size: 4x4 tokens, 1 block a stage
@@ -86,3 +86,25 @@ def test_whole_levit_is_prunable_and_exact():
     assert blocked == ["head.linear"], f"only the classifier is kept: {blocked}"
     kept = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
     assert kept < 0.6, f"params kept {kept:.2f}"
+
+
+def test_fold_of_zeroed_heads_and_channels_keeps_the_function():
+    """Method 2: units whose filters are zero still output their BN shift (a head then outputs softmax-weighted
+    constant v); folding that into the consumers' biases, then removing, keeps the function exactly."""
+    model, x = timm_model(NAME, **KWARGS), torch.randn(2, 3, 64, 64)
+    groups = build_channel_groups(model, x)
+    drop = {g.id: torch.tensor([1]) for g in groups  # stem convs are zero-padded: their folds are approximate
+            if g.prunable and g.num_channels > 2 and not g.id.startswith("stem.")}
+    assert {"stages.0.blocks.0.attn.qkv.linear", "stages.2.downsample.attn_downsample.kv.linear"} <= drop.keys()
+    with torch.no_grad():
+        for g in groups:
+            for s in g.producers if g.id in drop else ():
+                if s.kind == "filter":
+                    getattr(model.get_submodule(s.module), s.param).index_fill_(s.dim, s.index(drop[g.id]), 0)
+        before = model(x)
+    report = fold_constant_channels(model, groups, drop, x)
+    assert sum(report.exact.values()) == len(drop) and not report.approximate and not report.unfolded
+    pruned = remove_channels(model, drop, groups=groups)
+    with torch.no_grad():
+        diff = (pruned(x) - before).abs().max().item()
+    assert diff <= ATOL, f"folded + removed vs filters zeroed: {diff:.3e}"
