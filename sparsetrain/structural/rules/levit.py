@@ -33,7 +33,7 @@ from sparsetrain.structural.rules.elementwise import keeps_zero
 from sparsetrain.structural.rules.linear import linear_coupling
 from sparsetrain.structural.types import ChannelSlice
 
-__all__ = ["LevitAttentionHeadsRule", "LinearNormRule"]
+__all__ = ["LevitAttentionHeadsRule", "LinearNormRule", "linear_norm_coupling"]
 
 _BN_TENSORS = (("weight", "norm"), ("bias", "norm"), ("running_mean", "stat"), ("running_var", "stat"))
 
