@@ -17,6 +17,7 @@ Each (model, tool) runs in its own subprocess with a time limit, so one crash or
     python -m benchmarks.structural_coverage                      # all models, table on stdout
     python -m benchmarks.structural_coverage --models resnet18 vgg11_bn --markdown
     python -m benchmarks.structural_coverage --merge a.json b.json --markdown   # one table from several runs
+    python -m benchmarks.structural_coverage --models ghostnet_100 --layers     # channels per layer, both tools
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def _max_diff(pruned: nn.Module, masked: nn.Module, x: torch.Tensor) -> float:
 # ----- sparsetrain ---------------------------------------------------------------------------------------------
 
 
-def run_sparsetrain(name: str, allow_inexact: bool) -> dict:
+def prune_sparsetrain(name: str, allow_inexact: bool) -> tuple[nn.Module, nn.Module, nn.Module, torch.Tensor, list,
+                                                               dict]:
+    """(model, masked reference, pruned model, input, channel groups, dropped units) under the protocol."""
     from sparsetrain.structural import (
         ChannelSelection,
         L2Norm,
@@ -97,6 +100,11 @@ def run_sparsetrain(name: str, allow_inexact: bool) -> dict:
     masked = copy.deepcopy(model)
     zero_channels(masked, drop, groups=groups, allow_inexact=allow_inexact)
     pruned = remove_channels(model, drop, groups=groups, allow_inexact=allow_inexact)
+    return model, masked, pruned, x, groups, drop
+
+
+def run_sparsetrain(name: str, allow_inexact: bool) -> dict:
+    model, masked, pruned, x, groups, drop = prune_sparsetrain(name, allow_inexact)
     by_id = {g.id: g for g in groups}
     inexact = sorted({r.split(" ")[0] for gid in drop for r in by_id[gid].inexact})  # the layer types
     return {"params": n_params(model), "params_after": n_params(pruned), "diff": _max_diff(pruned, masked, x),
@@ -180,11 +188,11 @@ class _MaskedReference:
                 self._zero(name, attr, tensor, -1 if isinstance(module, nn.LayerNorm) else dim, idx)
 
 
-def run_torch_pruning(name: str) -> dict:
+def prune_torch_pruning(name: str) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """(masked reference, pruned model, input): Torch-Pruning's protocol run; the model is pruned in place."""
     import torch_pruning as tp
 
     model, x = make_model(name)
-    params = n_params(model)
     reference = _MaskedReference(model)
     heads = _tp_attention_heads(model)
     pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
@@ -194,8 +202,33 @@ def run_torch_pruning(name: str) -> dict:
         reference.apply(group, pruner.DG)
         group.prune()
     _tp_fix_attention(model)
-    return {"params": params, "params_after": n_params(model), "diff": _max_diff(model, reference.masked, x),
-            "max_layer_cut": _max_layer_cut(reference.masked, model)}
+    return reference.masked, model, x
+
+
+def run_torch_pruning(name: str) -> dict:
+    masked, pruned, x = prune_torch_pruning(name)
+    return {"params": n_params(masked), "params_after": n_params(pruned), "diff": _max_diff(pruned, masked, x),
+            "max_layer_cut": _max_layer_cut(masked, pruned)}
+
+
+def layer_widths(name: str) -> str:
+    """Output channels of every conv/linear before and after each tool, with the fraction each removed."""
+    model, _, ours, _, _, _ = prune_sparsetrain(name, allow_inexact=False)
+    _, theirs, _ = prune_torch_pruning(name)
+    after = [dict(m.named_modules()) for m in (ours, theirs)]
+    rows, cuts = [f"{'layer':44s} {'before':>6s} {'ours':>6s} {'TP':>6s} {'cut ours':>8s} {'cut TP':>7s}"], []
+    for n, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            widths = [a[n].weight.shape[0] for a in after]
+            cuts.append([1 - w / m.weight.shape[0] for w in widths])
+            rows.append(f"{n:44s} {m.weight.shape[0]:6d} {widths[0]:6d} {widths[1]:6d} {cuts[-1][0]:8.1%} "
+                        f"{cuts[-1][1]:7.1%}")
+    mean = [sum(c[i] for c in cuts) / len(cuts) for i in range(2)]
+    over = [sum(c[i] > 0.4 for c in cuts) for i in range(2)]
+    rows.append(f"{name}: mean cut per layer ours {mean[0]:.1%}, Torch-Pruning {mean[1]:.1%}; layers cut over 40 %: "
+                f"ours {over[0]}, Torch-Pruning {over[1]} of {len(cuts)}; params kept ours "
+                f"{n_params(ours) / n_params(model):.3f}, Torch-Pruning {n_params(theirs) / n_params(model):.3f}")
+    return "\n".join(rows)
 
 
 # ----- driver ----------------------------------------------------------------------------------------------------
@@ -271,8 +304,13 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "TOOL"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "structural_coverage.json")
     parser.add_argument("--merge", nargs="+", type=Path, help="print one table from earlier --out files")
+    parser.add_argument("--layers", action="store_true",
+                        help="per conv/linear output channels of --models after each tool (needs torch-pruning)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.layers:
+        print("\n\n".join(layer_widths(name) for name in args.models))
+        return
     if args.one:
         print(json.dumps(run_one(*args.one)))
         return

@@ -164,6 +164,10 @@ def _shrink(name: str, m: nn.Module, spec: dict[str, Any]) -> None:
         old = own.get(tensor_name)
         if old is None and tensor_name not in m._parameters:
             raise StructuralPruningError(f"'{name}': saved with tensor '{tensor_name}', which timm's module lacks")
+        if old is not None and list(old.shape) == shape:
+            continue  # loaded from the weights file, or a non-persistent buffer timm computed (LeViT's bias index)
+        if tensor_name in m._non_persistent_buffers_set:
+            raise StructuralPruningError(f"'{name}': buffer '{tensor_name}' is not saved and changed shape")
         new = torch.empty(shape, dtype=like.dtype, device=like.device)
         if old is None or isinstance(old, nn.Parameter):  # a parameter added by folding (a bias) is a parameter
             setattr(m, tensor_name, nn.Parameter(new, requires_grad=old is None or old.requires_grad))

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import fx
 
-from sparsetrain.structural.rules import attention, conv, elementwise, linear, norm, timm_blocks
+from sparsetrain.structural.rules import attention, conv, elementwise, levit, linear, norm, timm_blocks
 from sparsetrain.structural.rules.base import (
     CHANNEL_ATTRS,
     FunctionalRule,
@@ -30,7 +30,7 @@ __all__ = ["CHANNEL_ATTRS", "FunctionalRule", "LayerRule", "TraceContext", "func
            "register_functional_rule", "register_layer_rule", "registered_functional_rules", "registered_rules",
            "rule_for"]
 
-_ = (attention, elementwise, timm_blocks)  # imported for their registrations
+_ = (attention, elementwise, levit, timm_blocks)  # imported for their registrations
 
 
 def _arg(node: fx.Node, i: int, key: str, default: Any = None) -> Any:
