@@ -250,7 +250,7 @@ def run_one(name: str, tool: str) -> dict:
 
 
 def _run_isolated(name: str, tool: str, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.structural_coverage", "--one", name, tool]
+    cmd = [sys.executable, "-m", "benchmarks.structural_coverage", "--one", name, tool, "--fraction", str(FRACTION)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -296,6 +296,7 @@ def summary(results: dict[str, dict[str, dict | None]]) -> str:
 
 
 def main() -> None:
+    global FRACTION
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=MODELS)
     parser.add_argument("--tools", nargs="*", default=list(TOOLS), choices=TOOLS)
@@ -306,7 +307,12 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", type=Path, help="print one table from earlier --out files")
     parser.add_argument("--layers", action="store_true",
                         help="per conv/linear output channels of --models after each tool (needs torch-pruning)")
+    parser.add_argument("--fraction", type=float, default=FRACTION,
+                        help="fraction of every prunable group removed by both tools (the protocol: 0.3)")
     args = parser.parse_args()
+    if not 0 < args.fraction < 1:
+        parser.error(f"--fraction: expected a number between 0 and 1, got {args.fraction}")
+    FRACTION = args.fraction
     torch.set_num_threads(1)
     if args.layers:
         print("\n\n".join(layer_widths(name) for name in args.models))
