@@ -19,6 +19,7 @@ from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.config.schema import TrainConfig
 from sparsetrain.config.strategies import L2Config, RegularizerConfig
 from sparsetrain.data import DataBundle, build_data
+from sparsetrain.deploy.run import DEPLOYED
 from sparsetrain.engine.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -33,11 +34,11 @@ from sparsetrain.engine.finite import hint, nonfinite_names, require_finite, req
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
 from sparsetrain.models.factory import build_model, model_kwargs
-from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases
+from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
 from sparsetrain.progress import log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
-from sparsetrain.rundir import check_same_run, phases_needed_first, prepare_out_dir
+from sparsetrain.rundir import check_same_run, last_phase, phases_needed_first, prepare_out_dir
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
@@ -188,6 +189,8 @@ class Pipeline:
         require_finite_results(results, phase)
         self.state["completed"][phase] = results
         self.state["current"] = None
+        self.state.setdefault("finished_at", {})[phase] = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.state.pop(DEPLOYED, None)  # export/ and latency.json no longer show the run's final weights
         save_run_state(self.out_dir, self.state, self.dist)
         self.ctx.checkpointer.clear_phase(phase)
         metrics = {f"{phase}/{k}": v for k, v in results.items() if isinstance(v, int | float)}
@@ -371,10 +374,11 @@ class Pipeline:
         check_phases(wanted)
         if phases:
             phases_needed_first(phases, self.state["completed"], self.cfg.phases.sparsify.enabled)
-        for phase in PHASES:
-            enabled = phase == PRUNE or getattr(self.cfg.phases, phase).enabled
-            if phase in wanted and enabled and phase not in self.state["completed"]:
-                getattr(self, f"run_{phase}")()
+        todo = [p for p in PHASES if p in wanted and (p == PRUNE or getattr(self.cfg.phases, p).enabled)
+                and p not in self.state["completed"]]
+        self._say_where_it_resumes(todo, phases)
+        for phase in todo:
+            getattr(self, f"run_{phase}")()
         if phases is None and self.cfg.baselines and "prune" in self.state["completed"]:
             from sparsetrain.baselines import run_baselines
 
@@ -382,6 +386,20 @@ class Pipeline:
         from sparsetrain.measure import write_report
 
         return write_report(self)
+
+    def _say_where_it_resumes(self, todo: list[str], selected: list[str] | None) -> None:
+        """One line when this run continues an earlier one at a phase boundary, or has nothing left to train (a
+        resume in the middle of a phase says so when it loads the checkpoint, `engine.loop.train_phase`)."""
+        completed, finished_at = self.state["completed"], self.state.get("finished_at", {})
+        if not completed or self.state.get("current"):
+            return
+        if todo:
+            log.info(f"[{todo[0]}] resuming after finished phase {final_phase(completed)}")
+            return
+        done = selected or [last_phase(config_to_dict(self.cfg))]
+        when = f" ({'run ' if selected is None else ''}finished at {finished_at[done[-1]]})" \
+            if done[-1] in finished_at else ""
+        log.info(f"[{', '.join(done)}] already complete{when}; nothing to train")
 
     def close(self) -> None:
         self.tracker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,33 @@ def _npz_labels(name: str, y: np.ndarray, n_inputs: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _read_npz(file: Path) -> dict[str, np.ndarray]:
+    """The four NPZ_ARRAYS of the archive np.savez wrote at `file`.
+
+    Raises:
+        DataError: one line when `file` is missing, a folder, not an .npz archive, lacks an array or holds
+            pickled (object) arrays, which are not loaded.
+    """
+    if file.is_dir():
+        raise DataError(f"data.path: {file} is a folder; data.source=npz reads one .npz file (a folder of IDX files "
+                        "is data.source=idx, an ImageFolder tree data.source=imagefolder)")
+    if not file.is_file():
+        raise DataError(f"data.path: file not found: {file}")
+    if not zipfile.is_zipfile(file):  # np.load would try it as a pickle and talk about allow_pickle
+        raise DataError(f"data.path: {file} is not an .npz archive (expected the zip file np.savez writes with arrays "
+                        f"{', '.join(NPZ_ARRAYS)})")
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in NPZ_ARRAYS if name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        detail = "it holds object arrays; save numeric arrays" if "allow_pickle" in str(err) else str(err)
+        raise DataError(f"data.path: {file} is not a readable .npz file ({detail.splitlines()[0]})") from None
+    missing = [name for name in NPZ_ARRAYS if name not in arrays]
+    if missing:
+        raise DataError(f"data.path: {file} lacks array(s) {', '.join(missing)} (needs {', '.join(NPZ_ARRAYS)})")
+    return arrays
+
+
 def load_npz(path: str, num_classes: int | None = None) -> tuple[tuple[np.ndarray, ...], float]:
     """Read x_train, y_train, x_test, y_test from an .npz file and check them.
 
@@ -60,18 +88,9 @@ def load_npz(path: str, num_classes: int | None = None) -> tuple[tuple[np.ndarra
         the stored input values (1/255 for uint8, else 1).
 
     Raises:
-        DataError: one line naming data.path and what is wrong (missing array, layout, dtype, labels).
+        DataError: one line naming data.path and what is wrong (not an .npz, missing array, layout, dtype, labels).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"data.path: file not found: {file}")
-    try:
-        archive = np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"data.path: {file} is not a readable .npz file ({err})") from None
-    missing = [name for name in NPZ_ARRAYS if name not in archive.files]
-    if missing:
-        raise DataError(f"data.path: {file} lacks array(s) {', '.join(missing)} (needs {', '.join(NPZ_ARRAYS)})")
+    archive = _read_npz(Path(path))
     scale = 1 / 255 if archive["x_train"].dtype == np.uint8 else 1.0
     x_train = _npz_inputs("x_train", archive["x_train"])
     x_test = _npz_inputs("x_test", archive["x_test"])
@@ -109,6 +128,9 @@ def load_imagefolder(path: str, image_size: int, normalize: bool,
     from torchvision import datasets, transforms
 
     root = Path(path)
+    if root.is_file():
+        raise DataError(f"data.path: {root} is a file; data.source=imagefolder reads a folder with train/ and "
+                        "val/ (or test/) subfolders of class folders (one .npz file is data.source=npz)")
     if not root.is_dir():
         raise DataError(f"data.path: folder not found: {root}")
     if in_chans not in (1, 3):

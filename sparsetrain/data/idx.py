@@ -81,6 +81,10 @@ def load_idx(path: str | None, num_classes: int | None = None) -> tuple[np.ndarr
             and the file).
     """
     root = Path(str(path))
+    if root.is_file():
+        names = ", ".join(f"{split}-{content}-ubyte[.gz]" for split, content in IDX_FILES.values())
+        raise DataError(f"data.path: {root} is a file; data.source=idx reads the folder holding the four IDX files "
+                        f"({names}); set data.path to a folder, e.g. {root.parent}")
     if not root.is_dir():
         raise DataError(f"data.path: IDX folder not found: {root}")
     files = {key: find_idx_file(root, split, content) for key, (split, content) in IDX_FILES.items()}

@@ -101,6 +101,9 @@ def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, 
 def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int]:
     """Read an image/mask folder (see the module docstring), map mask labels to classes, split if needed."""
     root = Path(cfg.path or "")
+    if root.is_file():
+        raise DataError(f"data.path: {root} is a file; data.source={cfg.source} reads a folder of images/ and masks/ "
+                        "(or train/ and test/ folders holding them)")
     if not root.is_dir():
         raise DataError(f"data.path: segmentation folder not found: {root}")
     if (root / "train").is_dir() or (root / "test").is_dir():

@@ -1,14 +1,18 @@
 """Peak memory of inference, measured in a fresh process: `python -m sparsetrain.deploy.memory SPEC_JSON`.
 
-What is measured: the growth of the process's peak resident set (VmHWM, reset after the imports through
-`/proc/self/clear_refs`; `ru_maxrss` elsewhere) from just after the runtime is imported to after loading the model
-and running one forward pass per batch size (ascending), i.e. weights + runtime workspace + activations as the
-operating system saw them. A fresh process per (runtime, model) keeps allocator caches of one measurement out of the
-next; the peak never decreases, so each batch's figure covers the smaller batches before it (which need less).
+What is measured: the process's peak resident set (VmHWM; `ru_maxrss` elsewhere) while it runs one forward pass per
+batch size (ascending), minus its resident set just after the runtime was imported, i.e. the loaded weights +
+runtime workspace + activations as the operating system saw them. The peak is restarted (`/proc/self/clear_refs`)
+after the imports and again once the model is loaded: loading is not inference, and its transient differs by
+source, e.g. a model read from safetensors briefly holds the file's tensors beside its own (resnet18: ~92 MB vs
+~76 MB at batch 1 when loading was counted) while a dense timm model built in memory does not. A fresh process per
+(runtime, model) keeps allocator caches of one measurement out of the next; the peak never decreases, so each
+batch's figure covers the smaller batches before it (which need less).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import resource
@@ -98,6 +102,8 @@ def _onnx_runner(spec: dict[str, Any]):
 def main(argv: list[str]) -> None:
     spec = json.loads(argv[0])
     base, run = (_torch_runner if spec["runtime"] == "torch" else _onnx_runner)(spec)
+    gc.collect()  # what loading left for the collector
+    _reset_peak()  # from the loaded model's resident size on: the loading transient is not inference's cost
     peaks = {}
     for batch in sorted(spec["batches"]):
         run(batch)

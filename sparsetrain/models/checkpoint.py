@@ -9,7 +9,9 @@ Accepted files, read through the libraries that write them:
 - A sparsetrain export folder (`architecture.json` + `model.safetensors`, see `sparsetrain.deploy`); a structurally
   pruned export gives its smaller architecture.
 
-Every mismatch is one line naming `model.checkpoint` (or `model.reset_head`) with up to five keys of each kind.
+Every mismatch is one line naming `model.checkpoint` (or `model.reset_head`). When the checkpoint comes from a
+sparsetrain run or export that names its model (`architecture.json`, or the run's `config.yaml`) and that is not
+`model.name`, the line says which model it holds; otherwise it gives the count and the first few keys of each kind.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from sparsetrain.config.schema import ModelConfig
@@ -28,7 +31,8 @@ from sparsetrain.progress import log
 
 __all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "classifier_keys", "read_state_dict"]
 
-_SHOWN = 5  # keys listed per kind in a mismatch message
+_SHOWN = 3  # keys listed per kind in a mismatch message
+_RUN_DEPTH = 2  # a run's files lie at most this deep below its config.yaml (weights/<phase>.safetensors)
 _AVERAGED_MODEL_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel (torchvision's EMA) bookkeeping
 
 
@@ -153,9 +157,39 @@ def classifier_keys(model: nn.Module) -> list[str]:
     return [k for k in model.state_dict() if k.startswith(f"{prefix}.")]
 
 
-def _show(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-    return ", ".join(keys[:_SHOWN]) + more
+def _show(keys: list[str], what: str = "key") -> str:
+    more = ", ..." if len(keys) > _SHOWN else ""
+    return f"{len(keys)} {what}{'s' if len(keys) != 1 else ''} ({', '.join(keys[:_SHOWN])}{more})"
+
+
+def source_model_name(path: str | Path) -> str | None:
+    """The timm model name a sparsetrain export or run recorded for the weights at `path`, None when unknown.
+
+    Looks at the export's `architecture.json` (a run directory, an export folder, or a file inside one), then for a
+    file at the `config.yaml` (`model.name`) of the run directory it lies in (next to `state.json`, at most
+    `_RUN_DEPTH` levels up, e.g. `<run>/weights/finetune.safetensors`).
+    """
+    from sparsetrain.structural.serialize import ARCH_FILE
+
+    path = resolve(path)
+    folder = path if path.is_dir() else path.parent
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((folder / ARCH_FILE).read_text())["model_name"]
+    if path.is_dir():
+        return None
+    for run in list(path.parents)[:_RUN_DEPTH]:
+        if (run / "config.yaml").is_file() and (run / "state.json").is_file():
+            with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+                return yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
+    return None
+
+
+def _check_source_model(cfg: ModelConfig) -> None:
+    """Name the model the checkpoint holds when its run or export says it is not `model.name`."""
+    theirs = source_model_name(cfg.checkpoint)
+    if theirs and theirs != cfg.name:
+        raise CheckpointMismatch(f"model.checkpoint: {cfg.checkpoint} holds a {theirs} model; set "
+                                 f"model.name={theirs} (the config has {cfg.name})")
 
 
 def _mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> tuple[list, list, list]:
@@ -181,8 +215,9 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig
     """Load `state` strictly into `model`, keeping the model's fresh classifier when `cfg.reset_head`.
 
     Raises:
-        CheckpointMismatch: missing / unexpected / wrong-shape keys (up to five of each), or classes differ
-            without `model.reset_head`.
+        CheckpointMismatch: the checkpoint's run or export names another model (`source_model_name`); else
+            missing / unexpected / wrong-shape keys (counts and the first few of each), or classes differ without
+            `model.reset_head`.
     """
     expected = model.state_dict()
     head = classifier_keys(model)
@@ -195,11 +230,12 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig
     if not missing and not unexpected:
         _check_head(cfg, state, expected, wrong, head)
     if missing or unexpected or wrong:
+        _check_source_model(cfg)
         parts = [f"{label} {_show(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected))
                  if keys]
         if wrong:
-            parts.append("wrong shape " + _show([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                                                 for k in wrong]))
+            parts.append("wrong shape in " + _show([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                                                    for k in wrong], "tensor"))
         raise CheckpointMismatch(f"model.checkpoint: {cfg.checkpoint} does not fit {cfg.name}: {'; '.join(parts)}")
     model.load_state_dict(state, strict=not cfg.reset_head)  # keys checked above; only the head may be absent
 
@@ -228,9 +264,7 @@ def _pruned_export(model: nn.Module, cfg: ModelConfig, arch: dict) -> nn.Module:
     """A structurally pruned export is its own architecture: rebuild it and check it fits the data."""
     from sparsetrain.structural.serialize import load_pruned_model
 
-    if arch.get("model_name") != cfg.name:
-        raise CheckpointMismatch(f"model.checkpoint: {cfg.checkpoint} is an export of {arch.get('model_name')}, "
-                                 f"but model.name is {cfg.name}")
+    _check_source_model(cfg)
     if cfg.reset_head:
         raise CheckpointMismatch("model.reset_head: not supported for a structurally pruned export (its classifier "
                                  "input is pruned); start from the unpruned weights")

@@ -56,6 +56,24 @@ def test_npz_missing_file(tmp_path: Path) -> None:
         build_data(DataConfig(source="npz", path=str(tmp_path / "nope.npz")), 0)
 
 
+def _npz_error(path: Path) -> str:
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(source="npz", path=str(path)), 0)
+    assert "\n" not in str(info.value) and str(info.value).startswith("data.path: "), str(info.value)
+    return str(info.value)
+
+
+def test_npz_path_that_is_not_an_npz_archive(tmp_path: Path) -> None:
+    (tmp_path / "garbage.npz").write_bytes(bytes(range(256)) * 4)  # numpy would talk about allow_pickle
+    assert "garbage.npz is not an .npz archive (expected the zip file np.savez writes" in _npz_error(
+        tmp_path / "garbage.npz")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    assert "one.npy is not an .npz archive" in _npz_error(tmp_path / "one.npy")
+    objects = _write_npz(tmp_path / "objects.npz", y_test=np.array([1, "a"], dtype=object))
+    assert "objects.npz is not a readable .npz file (it holds object arrays" in _npz_error(objects)
+    assert f"{tmp_path} is a folder; data.source=npz reads one .npz file" in _npz_error(tmp_path)
+
+
 def test_model_that_does_not_fit_the_data() -> None:
     with pytest.raises(ValueError, match=r"model.name: lenet5 does not accept inputs of shape \(3, 6, 6\)|too small"):
         build_model(ModelConfig(name="lenet5"), 3, 10, (3, 6, 6))
@@ -81,6 +99,12 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
     assert prep["resize"] == [16, 16] and prep["color"] == "RGB" and prep["scale"] == 1 / 255
     model = build_model(ModelConfig(name="resnet18"), 3, 2, bundle.input_shape)
     assert model.eval()(x[None]).shape == (1, 2)
+
+
+def test_imagefolder_path_that_is_a_file(tmp_path: Path) -> None:
+    path = _write_npz(tmp_path / "a.npz")
+    with pytest.raises(DataError, match=f"data.path: {path} is a file; data.source=imagefolder reads a folder"):
+        build_data(DataConfig(source="imagefolder", path=str(path)), 0)
 
 
 def test_imagefolder_missing_split(tmp_path: Path) -> None:

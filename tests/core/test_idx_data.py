@@ -66,6 +66,9 @@ def test_missing_idx_file_names_the_file(tmp_path: Path) -> None:
     message = _one_line_error(tmp_path)
     assert f"{tmp_path} lacks t10k-labels-idx1-ubyte[.gz]" in message, message
     assert "folder not found" in _one_line_error(tmp_path / "nowhere")
+    message = _one_line_error(tmp_path / "train-images-idx3-ubyte.gz")  # the path exists: a file, not the folder
+    assert "train-images-idx3-ubyte.gz is a file; data.source=idx reads the folder" in message, message
+    assert message.endswith(f"e.g. {tmp_path}"), message
 
 
 def test_mismatched_counts_name_both_files(tmp_path: Path) -> None:

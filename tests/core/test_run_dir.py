@@ -4,6 +4,8 @@ file is one line. Real tiny runs on digits (tests.core.conftest.TINY)."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -59,6 +61,37 @@ def test_resume_false_starts_over_with_other_settings(finished: Path, tmp_path: 
     shutil.copytree(finished, copy)
     run_pipeline(tiny_config(copy, *SHORT, "regularizer.alpha0=3e-4", "resume=false"))
     assert "alpha0: 0.0003" in (copy / "config.yaml").read_text()
+
+
+def _stamps(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_rerun_of_a_finished_run_says_so_and_keeps_its_export(finished: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    export, report = _stamps(copy / "export"), json.loads((copy / "report.json").read_text())
+    capsys.readouterr()
+    assert run_pipeline(tiny_config(copy, *SHORT)) == report, "a re-run changed the finished run's report"
+    err = capsys.readouterr().err
+    assert re.search(r"\[finetune\] already complete \(run finished at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\); nothing to "
+                     "train\n", err), err
+    assert "already hold the finetune model for these deploy settings: not exported or timed again" in err, err
+    assert _stamps(copy / "export") == export, "export/ was written again although it was up to date"
+    run_pipeline(tiny_config(copy, *SHORT, "deploy.opset=17"))  # deploy settings may change: then it is redone
+    assert "[export] writing" in capsys.readouterr().err
+    assert _stamps(copy / "export")["model.safetensors"] != export["model.safetensors"]
+
+
+def test_resume_at_a_phase_boundary_says_where(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_pipeline(tiny_config(tmp_path, *SHORT), ["sparsify"])
+    capsys.readouterr()
+    run_pipeline(tiny_config(tmp_path, *SHORT))
+    assert "[prune] resuming after finished phase sparsify\n" in capsys.readouterr().err
+    run_pipeline(tiny_config(tmp_path, *SHORT), ["prune"])
+    assert re.search(r"\[prune\] already complete \(finished at [\d: -]+\); nothing to train\n",
+                     capsys.readouterr().err)
 
 
 def test_changed_settings_lists_in_schema_order_and_skips_new_keys() -> None:

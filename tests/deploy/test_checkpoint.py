@@ -122,13 +122,13 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
                   "written completely\\?$"),
         "module": ({"checkpoint": str(tmp / "module.pth")}, r"model.checkpoint: .* holds pickled Python objects \(e.g. "
                    r"torch.save\(model\)\), .*; save model.state_dict\(\) instead$"),
-        "keys": ({"checkpoint": str(tmp / "lenet300.pth")}, "model.checkpoint: .* does not fit lenet5: missing "
-                 "conv1.weight, conv1.bias, conv2.weight, conv2.bias; unexpected fc2.weight, fc2.bias; wrong shape "
-                 r"fc1.weight \(300, 784\) vs \(500, 800\)"),
-        "prefix": ({"checkpoint": str(tmp / "prefixed.pth")}, r"missing conv1.weight, .*, fc1.weight \(\+3 more\); "
-                   r"unexpected backbone.conv1.weight, .* \(\+3 more\)$"),
-        "shape": ({"checkpoint": str(tmp / "shape.pth")}, r"wrong shape conv2.weight \(40, 20, 5, 5\) vs "
-                  r"\(50, 20, 5, 5\)"),
+        "keys": ({"checkpoint": str(tmp / "lenet300.pth")}, r"model.checkpoint: .* does not fit lenet5: missing 4 "
+                 r"keys \(conv1.weight, conv1.bias, conv2.weight, ...\); unexpected 2 keys \(fc2.weight, fc2.bias\); "
+                 r"wrong shape in 3 tensors \(fc1.weight \(300, 784\) vs \(500, 800\), fc1.bias .*\)$"),
+        "prefix": ({"checkpoint": str(tmp / "prefixed.pth")}, r"missing 8 keys \(conv1.weight, conv1.bias, "
+                   r"conv2.weight, ...\); unexpected 8 keys \(backbone.conv1.weight, .*, ...\)$"),
+        "shape": ({"checkpoint": str(tmp / "shape.pth")}, r"wrong shape in 1 tensor \(conv2.weight \(40, 20, 5, 5\) "
+                  r"vs \(50, 20, 5, 5\)\)"),
         "classes": ({"checkpoint": str(tmp / "c7.pth")}, "model.reset_head: .* has 7 classes .*, the data 10; set "
                     "model.reset_head=true"),
         "folder": ({"checkpoint": str(tmp)}, "model.checkpoint: .* is a folder but not a sparsetrain export"),

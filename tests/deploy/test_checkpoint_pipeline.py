@@ -75,10 +75,26 @@ def test_dense_metric_is_the_checkpoints_and_pruning_starts_from_its_weights(tra
                        load_file(str(tmp_path / "weights" / "finetune.safetensors"))["fc1.weight"])
 
 
-def test_a_sparsetrain_export_is_a_checkpoint_too(trained: dict, tmp_path: Path) -> None:
-    first = run_pipeline(tiny_config(tmp_path / "a", f"model.checkpoint={trained['path']}", *EVAL_THEN_COMPRESS))
-    second = run_pipeline(tiny_config(tmp_path / "b", f"model.checkpoint={tmp_path / 'a' / 'export'}",
+@pytest.fixture(scope="module")
+def compressed(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A sparsetrain run (directory, report) that compressed the trained LeNet-300-100 checkpoint."""
+    out = tmp_path_factory.mktemp("compressed") / "a"
+    return out, run_pipeline(tiny_config(out, f"model.checkpoint={trained['path']}", *EVAL_THEN_COMPRESS))
+
+
+def test_a_sparsetrain_export_is_a_checkpoint_too(compressed: tuple[Path, dict], tmp_path: Path) -> None:
+    run, first = compressed
+    second = run_pipeline(tiny_config(tmp_path / "b", f"model.checkpoint={run / 'export'}",
                                       *EVAL_THEN_COMPRESS[:3], "phases.finetune.enabled=false",
                                       "prune={rule: global_threshold, threshold: 0}"))
     assert abs(second["phases"]["dense"]["metric"] - first["phases"]["finetune"]["metric"]) <= 0.01
     assert second["sparsity"] == pytest.approx(first["sparsity"]), "the export's exact zeros were not kept"
+
+
+@pytest.mark.parametrize("inside", ["", "export", "export/model.safetensors", "weights/finetune.safetensors"])
+def test_weights_of_a_run_with_another_model_name_it(compressed: tuple[Path, dict], inside: str) -> None:
+    checkpoint = compressed[0] / inside  # the run's architecture.json / config.yaml say lenet300_100
+    with pytest.raises(ValueError) as err:
+        build_model(ModelConfig(name="resnet18", checkpoint=str(checkpoint)), 1, 10, (1, 8, 8))
+    assert str(err.value) == (f"model.checkpoint: {checkpoint} holds a lenet300_100 model; set "
+                              "model.name=lenet300_100 (the config has resnet18)")

@@ -154,6 +154,8 @@ def test_error_empty_and_missing_folders(tmp_path: Path) -> None:
     (tmp_path / "masks").mkdir()
     expect_error(seg_folder(tmp_path), r"no image files .* in .*images")
     expect_error(seg_folder(tmp_path / "nowhere"), "segmentation folder not found")
+    (tmp_path / "a.png").write_bytes(b"")
+    expect_error(seg_folder(tmp_path / "a.png"), r"a.png is a file; data.source=\w+ reads a folder of images/")
     (tmp_path / "train").mkdir()
     expect_error(seg_folder(tmp_path), r"folder not found: .*train/images")
 
