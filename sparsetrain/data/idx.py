@@ -30,17 +30,27 @@ SPLIT_ALIASES = {"train": ("train",), "t10k": ("t10k", "test")}  # EMNIST names 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def find_idx_file(root: Path, split: str, content: str) -> Path:
-    """The one file `[<prefix>-]<split>-<content>-ubyte[.gz]` in `root`; DataError when absent or ambiguous."""
+def _matches(root: Path, split: str, content: str) -> list[Path]:
+    """The files `[<prefix>-]<split>-<content>-ubyte[.gz]` in `root`, sorted."""
     aliases = "|".join(SPLIT_ALIASES[split])
     pattern = re.compile(rf"^(?:.+-)?(?:{aliases})-{content}-ubyte(?:\.gz)?$")
-    found = sorted(p for p in root.iterdir() if p.is_file() and pattern.match(p.name))
-    if not found:
-        raise DataError(f"data.path: {root} lacks {split}-{content}-ubyte[.gz] (an IDX folder holds "
+    return sorted(p for p in root.iterdir() if p.is_file() and pattern.match(p.name))
+
+
+def find_idx_files(root: Path) -> dict[str, Path]:
+    """The four IDX files of `root` by array name (`x_train`, ...); DataError naming every absent file, or the
+    first ambiguous one."""
+    found = {key: _matches(root, split, content) for key, (split, content) in IDX_FILES.items()}
+    missing = [f"{split}-{content}-ubyte[.gz]" for key, (split, content) in IDX_FILES.items() if not found[key]]
+    if missing:
+        raise DataError(f"data.path: {root} lacks {', '.join(missing)} (an IDX folder holds "
                         f"{', '.join(f'{s}-{c}-ubyte' for s, c in IDX_FILES.values())})")
-    if len(found) > 1:
-        raise DataError(f"data.path: {root} holds several {split}-{content} files: {', '.join(p.name for p in found)}")
-    return found[0]
+    for key, paths in found.items():
+        if len(paths) > 1:
+            split, content = IDX_FILES[key]
+            raise DataError(f"data.path: {root} holds several {split}-{content} files: "
+                            f"{', '.join(p.name for p in paths)}")
+    return {key: paths[0] for key, paths in found.items()}
 
 
 def _read(path: Path, scratch: Path, kind: str) -> np.ndarray:
@@ -83,11 +93,12 @@ def load_idx(path: str | None, num_classes: int | None = None) -> tuple[np.ndarr
     root = Path(str(path))
     if root.is_file():
         names = ", ".join(f"{split}-{content}-ubyte[.gz]" for split, content in IDX_FILES.values())
+        example = f", e.g. {root.parent}" if _matches(root.parent, "train", "images-idx3") else ""
         raise DataError(f"data.path: {root} is a file; data.source=idx reads the folder holding the four IDX files "
-                        f"({names}); set data.path to a folder, e.g. {root.parent}")
+                        f"({names}); set data.path to that folder{example}")
     if not root.is_dir():
         raise DataError(f"data.path: IDX folder not found: {root}")
-    files = {key: find_idx_file(root, split, content) for key, (split, content) in IDX_FILES.items()}
+    files = find_idx_files(root)
     with tempfile.TemporaryDirectory(prefix="sparsetrain-idx-") as scratch:
         arrays = {key: _read(file, Path(scratch), "images" if key.startswith("x") else "labels")
                   for key, file in files.items()}

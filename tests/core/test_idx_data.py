@@ -69,6 +69,16 @@ def test_missing_idx_file_names_the_file(tmp_path: Path) -> None:
     message = _one_line_error(tmp_path / "train-images-idx3-ubyte.gz")  # the path exists: a file, not the folder
     assert "train-images-idx3-ubyte.gz is a file; data.source=idx reads the folder" in message, message
     assert message.endswith(f"e.g. {tmp_path}"), message
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not an IDX file")
+    message = _one_line_error(tmp_path / "other" / "notes.txt")  # no IDX files beside it: no folder to suggest
+    assert message.endswith("set data.path to that folder"), message
+
+
+def test_empty_idx_folder_names_every_missing_file(tmp_path: Path) -> None:
+    message = _one_line_error(tmp_path)
+    for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
+        assert f"{name}-ubyte[.gz]" in message.split(" (an IDX folder")[0], message
 
 
 def test_mismatched_counts_name_both_files(tmp_path: Path) -> None:
