@@ -9,6 +9,7 @@ import torch
 import sparsetrain
 from sparsetrain.config import load_config
 from sparsetrain.pipeline import Pipeline, run_pipeline
+from sparsetrain.structural import interleaved_latency_ms
 from tests.method2.test_grad_count import TINY_UNET
 
 
@@ -31,3 +32,22 @@ def test_structural_run_exports_a_smaller_loadable_model(tmp_path: Path) -> None
         assert torch.allclose(loaded(x), trained(x), atol=1e-6), "exported model differs from the trained one"
     assert (tmp_path / "kept_filters.png").stat().st_size > 1000
     assert report["latency_ms"]["pruned"] > 0 and report["flops"]["pruned"] < report["flops"]["dense"]
+
+
+def test_structural_run_before_prune_reports_no_before_after_comparison(tmp_path: Path) -> None:
+    """Nothing is removed before the prune phase: no params/FLOPs/latency 'dense -> pruned' lines (they compared
+    a model with itself, and back-to-back timing showed 2.35x between the two identical models)."""
+    overrides = [*TINY_UNET, f"out_dir={tmp_path}", "phases.sparsify.epochs=1", "deepspeed.zero_stage=0"]
+    report = run_pipeline(load_config(None, overrides), ["sparsify"])
+    assert "sparsify" in report["phases"] and "prune" not in report["phases"], report["phases"].keys()
+    for key in ("flops", "latency_ms", "param_reduction", "peak_memory_bytes"):
+        assert key not in report, f"{key} reported before anything was removed: {report[key]}"
+
+
+def test_interleaved_latency_gives_one_median_per_model_and_restores_modes() -> None:
+    small, large = torch.nn.Linear(8, 8), torch.nn.Sequential(torch.nn.Linear(8, 512), torch.nn.Linear(512, 8))
+    large.train()
+    small.eval()
+    times = interleaved_latency_ms([small, large], (1, 8), rounds=2, runs=2, warmup=1)
+    assert len(times) == 2 and all(t > 0 for t in times), times
+    assert large.training and not small.training, "training flags not restored"
