@@ -123,18 +123,8 @@ def _timed(model: nn.Module, x: torch.Tensor, runs: int) -> list[float]:
 
 
 def _latency_ms(model: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> float:
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)  # time the kernels, not their launch
-            start = time.perf_counter()
-            model(x)
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    _timed(model, x, warmup)
+    return statistics.median(_timed(model, x, runs))
 
 
 def _bytes(meta: object) -> int:
