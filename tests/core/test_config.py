@@ -43,6 +43,8 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
     (["optim.weight_decay=.nan"], "optim.weight_decay: Input should be a finite number (got nan)"),
     (["deepspeed.zero_stage=3", "regularizer.gradient_path=autograd"],
      "regularizer.gradient_path: autograd adds the penalty of whole weights to the loss"),
+    (["regularizer={name:grad_count}"], "regularizer: `name:grad_count` is read as one key (YAML needs a space after "
+     "the colon); write `{name: grad_count}`"),
 ])
 def test_bad_config_gives_one_line_error(overrides: list[str], expected: str) -> None:
     with pytest.raises(ConfigError) as info:
