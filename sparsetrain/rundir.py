@@ -109,7 +109,10 @@ def changed_settings(stored: dict[str, Any], new: dict[str, Any], state: dict[st
 
 
 def _show(value: Any) -> str:
-    return "(unset)" if value is _MISSING else json.dumps(value)
+    """A setting as the user wrote it where the config kept it: epochs 2 (validated into 2.0) shows as 2."""
+    if value is _MISSING:
+        return "(unset)"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else json.dumps(value)
 
 
 def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:

@@ -113,6 +113,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _glued_key(loc: tuple, value: Any) -> str | None:
+    """The hint for `{name:grad_count}`: YAML reads `key:value` without a space as one key with no value."""
+    key = str(loc[-1])
+    if value is not None or ":" not in key:
+        return None
+    section = ".".join(str(p) for p in loc[:-1]) or "config"
+    name, _, setting = key.partition(":")
+    return (f"{section}: `{key}` is read as one key (YAML needs a space after the colon); write "
+            f"`{{{name}: {setting}}}`")
+
+
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "config"
@@ -120,6 +131,9 @@ def _format_error(err: ValidationError) -> str:
     shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" (got {value!r})"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
+        glued = _glued_key(first["loc"], value)
+        if glued:
+            return glued
         message = f"unknown key{suggestion(field, all_paths())}"
     if not first["loc"] or message.startswith((f"{field}:", f"{field}.")):
         return message  # cross-field checks already name their field

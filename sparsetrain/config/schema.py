@@ -189,7 +189,8 @@ BaselineName = Literal["l2_oneshot", "gmp"]  # defined in sparsetrain/baselines.
 class RunConfig(Section):
     """A whole compression run: data, model, the three phases and how they are executed and tracked."""
 
-    out_dir: str = Field("runs/quickstart", description="Run directory: checkpoints, report, plots, export.")
+    out_dir: str = Field("runs/default", description="Run directory: checkpoints, report, plots, export (the built-in "
+                         "defaults' own; configs/quickstart.yaml writes runs/quickstart).")
     seed: int = Field(0, ge=0, description="Seed for weights, data order and generated data.")
     resume: bool = Field(True, description="Continue from the last checkpoint in out_dir when there is one.")
     task: Literal["classification", "segmentation"] = Field("classification", description="Loss and metrics.")

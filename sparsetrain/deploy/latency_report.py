@@ -22,7 +22,8 @@ def format_latency(table: dict[str, Any]) -> str:
     s = table["storage"]
     lines = [f"latency of {table['model']} ({table['kind']}), input {tuple(table['input_shape'])}, "
              f"{table['threads']} thread(s), {table['repeats']} interleaved rounds after {table['warmup']} warm-up; "
-             f"ms as median [p20-p80]; speed-up = dense p20 / compressed p20 (the least disturbed by other load)",
+             f"ms as median [p20-p80]; speed-up = dense p20 / compressed p20 (the least disturbed by other load); "
+             "peak MB = weights + workspace + activations in a warmed-up process (runtime set-up not counted)",
              f"storage: {s['dense_bytes']:,} B dense -> {s['compressed_bytes']:,} B {s['compressed_file']} "
              f"({s['ratio']:.2f}x smaller); params {s['params']['dense']:,} -> {s['params']['compressed']:,} "
              f"({s['nonzero_params']:,} non-zero)",

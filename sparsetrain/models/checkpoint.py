@@ -8,6 +8,11 @@ Accepted files, read through the libraries that write them:
   torch.compile removed), as timm's and torchvision's training scripts save them.
 - A sparsetrain export folder (`architecture.json` + `model.safetensors`, see `sparsetrain.deploy`); a structurally
   pruned export gives its smaller architecture.
+- A sparsetrain run directory: its `export/` folder, or without one the weights of its last finished phase
+  (`weights/<phase>.safetensors`, or the pruned model in `weights/<phase>/` of a structural run).
+
+Other files of an export or run (`model.bitmask.safetensors`, `model.onnx`, `model.pt2`, `weights/masks.safetensors`)
+are recognised and refused in one line that names the file to give instead.
 
 Every mismatch is one line naming `model.checkpoint` (or `model.reset_head`). When the checkpoint comes from a
 sparsetrain run or export that names its model (`architecture.json`, or the run's `config.yaml`) and that is not
@@ -75,6 +80,9 @@ def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
         return _export_state(path)
     if not path.is_file():
         raise ValueError(f"model.checkpoint: file or export folder not found: {path}")
+    foreign = _not_weights(path)
+    if foreign:
+        raise ValueError(f"model.checkpoint: {path} {foreign}")
     tensors = _tensors(path, use_ema)
     if not tensors and not use_ema:  # a checkpoint that keeps only EMA weights
         tensors = _tensors(path, True)
@@ -85,9 +93,30 @@ def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
 
 
 def resolve(path: str | Path) -> Path:
-    """The path itself, or the `export/` folder when `path` is a sparsetrain run directory."""
+    """The path itself; for a sparsetrain run directory its `export/` folder, or without one the weights of its
+    last finished phase (`run_weights`)."""
     path = Path(path).expanduser()
-    return path / "export" if (path / "export").is_dir() and not (path / "architecture.json").exists() else path
+    if not path.is_dir() or (path / "architecture.json").exists():
+        return path
+    if (path / "export").is_dir():
+        return path / "export"
+    return run_weights(path) or path
+
+
+def run_weights(run: Path) -> Path | None:
+    """`weights/<phase>/` (a structurally pruned model) or `weights/<phase>.safetensors` of the last finished phase
+    recorded in the run directory's `state.json`; None when `run` is not a run directory or has no such file."""
+    from sparsetrain.phases import final_phase
+    from sparsetrain.structural.serialize import ARCH_FILE
+
+    try:
+        phase = final_phase(json.loads((run / "state.json").read_text()).get("completed", {}))
+    except (OSError, ValueError, AttributeError):
+        return None
+    if phase is None:
+        return None
+    folder, file = run / "weights" / phase, run / "weights" / f"{phase}.safetensors"
+    return folder if (folder / ARCH_FILE).is_file() else file if file.is_file() else None
 
 
 def _is_text(path: Path) -> bool:
@@ -114,6 +143,44 @@ def _load_error(path: Path, err: BaseException) -> str:
     return f"model.checkpoint: {path} is not a safetensors file or torch checkpoint ({_first_line(err)})"
 
 
+def _safetensors_kind(path: Path) -> str | None:
+    """'bitmask' or 'masks' for those sparsetrain safetensors files, None for others (or unreadable ones)."""
+    from safetensors import SafetensorError, safe_open
+
+    from sparsetrain.deploy.bitmask import MASK, VALUES
+    from sparsetrain.pruning.sharded_masks import FORMAT
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta, keys = f.metadata() or {}, list(f.keys())
+    except (SafetensorError, OSError, ValueError):
+        return None
+    if meta.get("format") == FORMAT:
+        return "masks"
+    return "bitmask" if any(k.endswith((MASK, VALUES)) for k in keys) else None
+
+
+def _not_weights(path: Path) -> str | None:
+    """Why a file of a sparsetrain export or run is not model weights, with the file to give instead; None for
+    other files."""
+    from sparsetrain.deploy.program import ONNX_FILE, PROGRAM_FILE
+    from sparsetrain.structural.serialize import WEIGHTS_FILE
+
+    export = f"give the export folder ({path.parent}) or {path.parent / WEIGHTS_FILE}"
+    if path.suffix == ".onnx" or path.name == ONNX_FILE:
+        return f"is an ONNX model, not a weights file; {export}"
+    if path.suffix == ".pt2" or path.name == PROGRAM_FILE:
+        return f"is a torch.export program, not a weights file; {export}"
+    kind = _safetensors_kind(path) if path.suffix == ".safetensors" else None
+    if kind == "bitmask":
+        return f"is a bitmask export file (packed masks and non-zero values), not plain weights; {export}"
+    if kind == "masks":
+        run = path.parent.parent
+        return (f"is a pruning mask file (keep-masks only, no weights); give the run's export folder "
+                f"({run / 'export'}) or {path.parent / '<phase>.safetensors'} (e.g. finetune.safetensors)")
+    return None
+
+
 def _tensors(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
     from timm.models import load_state_dict
 
@@ -133,8 +200,9 @@ def _export_state(folder: Path) -> dict[str, torch.Tensor]:
     from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
 
     if not (folder / ARCH_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise ValueError(f"model.checkpoint: {folder} is a folder but not a sparsetrain export "
-                         f"(expected {ARCH_FILE} and {WEIGHTS_FILE})")
+        raise ValueError(f"model.checkpoint: {folder} is a folder but neither a sparsetrain export ({ARCH_FILE} and "
+                         f"{WEIGHTS_FILE}) nor a run directory with a finished phase (state.json and "
+                         "weights/<phase>.safetensors)")
     return load_file(str(folder / WEIGHTS_FILE))
 
 
@@ -256,8 +324,16 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     state = read_state_dict(cfg.checkpoint, cfg.checkpoint_ema)
     load_into(model, state, cfg)
     log.info(f"model.checkpoint: loaded {len(state)} tensors ({sum(t.numel() for t in state.values()):,} values"
-             f"{', EMA weights' if cfg.checkpoint_ema else ''}) from {cfg.checkpoint} into {cfg.name}")
+             f"{', EMA weights' if cfg.checkpoint_ema else ''}) from {_source(cfg.checkpoint)} into {cfg.name}")
     return model
+
+
+def _source(path: str | Path) -> str:
+    """The checkpoint as given, with the file read when it is a run directory without `export/`."""
+    given, used = Path(path).expanduser(), resolve(path)
+    if used in (given, given / "export"):
+        return str(path)
+    return f"{path} ({used.relative_to(given)}, its last finished phase)"
 
 
 def _pruned_export(model: nn.Module, cfg: ModelConfig, arch: dict) -> nn.Module:

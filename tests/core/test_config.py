@@ -43,6 +43,8 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
     (["optim.weight_decay=.nan"], "optim.weight_decay: Input should be a finite number (got nan)"),
     (["deepspeed.zero_stage=3", "regularizer.gradient_path=autograd"],
      "regularizer.gradient_path: autograd adds the penalty of whole weights to the loss"),
+    (["regularizer={name:grad_count}"], "regularizer: `name:grad_count` is read as one key (YAML needs a space after "
+     "the colon); write `{name: grad_count}`"),
 ])
 def test_bad_config_gives_one_line_error(overrides: list[str], expected: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -140,3 +142,15 @@ def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(recipe)
     assert str(info.value) == f"config: {recipe}:3:2: not valid YAML (expected ',' or ']', but got ':')"
+
+
+def test_built_in_defaults_do_not_share_the_quickstart_run_dir(capsys: pytest.CaptureFixture) -> None:
+    """`sparsetrain run` without a recipe differs from configs/quickstart.yaml, so it writes elsewhere: a later
+    `make demo` would otherwise find a run with other settings in runs/quickstart and refuse it."""
+    from sparsetrain.cli import main
+
+    defaults, quickstart = load_config(None, []), load_config("configs/quickstart.yaml", [])
+    assert defaults.phases != quickstart.phases and defaults.out_dir != quickstart.out_dir
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert defaults.out_dir in " ".join(capsys.readouterr().out.split()), "run --help names another out_dir"

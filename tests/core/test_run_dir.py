@@ -34,6 +34,7 @@ def _rerun(out: Path, capsys: pytest.CaptureFixture, *extra: str) -> tuple[int, 
 
 @pytest.mark.parametrize(("extra", "expected"), [
     (("regularizer.alpha0=1e-3",), "regularizer.alpha0 0.0002 -> 0.001"),
+    (("phases.sparsify.epochs=2",), "phases.sparsify.epochs 0.5 -> 2;"),  # as written, not 2.0
     (("model.name=lenet5",), 'model.name "lenet300_100" -> "lenet5"'),  # another model: not a load_state_dict error
     (("data.source=synthetic", "seed=3"), 'seed 0 -> 3; data.source "digits" -> "synthetic"'),
     (("regularizer={name: l2}",), 'regularizer.name "l0_exp" -> "l2"; regularizer.alpha0 0.0002 -> (unset)'),

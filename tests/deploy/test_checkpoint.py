@@ -131,7 +131,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
                   r"vs \(50, 20, 5, 5\)\)"),
         "classes": ({"checkpoint": str(tmp / "c7.pth")}, "model.reset_head: .* has 7 classes .*, the data 10; set "
                     "model.reset_head=true"),
-        "folder": ({"checkpoint": str(tmp)}, "model.checkpoint: .* is a folder but not a sparsetrain export"),
+        "folder": ({"checkpoint": str(tmp)}, r"model.checkpoint: .* is a folder but neither a sparsetrain export "
+                   r"\(architecture.json and model.safetensors\) nor a run directory with a finished phase"),
     }
 
 

@@ -98,3 +98,43 @@ def test_weights_of_a_run_with_another_model_name_it(compressed: tuple[Path, dic
         build_model(ModelConfig(name="resnet18", checkpoint=str(checkpoint)), 1, 10, (1, 8, 8))
     assert str(err.value) == (f"model.checkpoint: {checkpoint} holds a lenet300_100 model; set "
                               "model.name=lenet300_100 (the config has resnet18)")
+
+
+def _with_programs(run: Path, copy: Path) -> Path:
+    """A copy of `run` whose export also holds model.pt2 and model.onnx (tiny_config writes neither)."""
+    from sparsetrain.deploy.program import trace, write_onnx, write_program
+
+    shutil.copytree(run, copy)
+    example = torch.zeros(1, 4)
+    program, _ = trace(torch.nn.Linear(4, 2).eval(), example)
+    write_program(program, copy / "export" / "model.pt2")
+    write_onnx(program, example, copy / "export" / "model.onnx", opset=18)
+    return copy
+
+
+@pytest.mark.parametrize(("inside", "kind", "instead"), [
+    ("export/model.bitmask.safetensors", "is a bitmask export file", "export/model.safetensors"),
+    ("export/model.onnx", "is an ONNX model", "export/model.safetensors"),
+    ("export/model.pt2", "is a torch.export program", "export/model.safetensors"),
+    ("weights/masks.safetensors", "is a pruning mask file", "weights/<phase>.safetensors"),
+])
+def test_other_files_of_a_run_say_which_file_to_give(compressed: tuple[Path, dict], tmp_path: Path, inside: str,
+                                                     kind: str, instead: str) -> None:
+    run = _with_programs(compressed[0], tmp_path / "run")
+    checkpoint = run / inside
+    with pytest.raises(ValueError) as err:
+        build_model(ModelConfig(name="lenet300_100", checkpoint=str(checkpoint)), 1, 10, (1, 8, 8))
+    message = str(err.value)
+    assert message.startswith(f"model.checkpoint: {checkpoint} {kind}") and "\n" not in message, message
+    assert str(run / instead) in message, message
+
+
+def test_a_run_directory_without_export_gives_its_final_weights(compressed: tuple[Path, dict], tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(compressed[0], run, ignore=shutil.ignore_patterns("export"))
+    with caplog.at_level("INFO"):
+        model = build_model(ModelConfig(name="lenet300_100", checkpoint=str(run)), 1, 10, (1, 8, 8))
+    final = load_file(str(run / "weights" / "finetune.safetensors"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
+    assert f"from {run} (weights/finetune.safetensors, its last finished phase)" in caplog.text

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
 import sparsetrain
 from sparsetrain.config import load_config
+from sparsetrain.config.schema import ModelConfig
+from sparsetrain.models.factory import build_model
 from sparsetrain.pipeline import Pipeline, run_pipeline
 from sparsetrain.structural import interleaved_latency_ms
 from tests.method2.test_grad_count import TINY_UNET
@@ -32,6 +35,10 @@ def test_structural_run_exports_a_smaller_loadable_model(tmp_path: Path) -> None
         assert torch.allclose(loaded(x), trained(x), atol=1e-6), "exported model differs from the trained one"
     assert (tmp_path / "kept_filters.png").stat().st_size > 1000
     assert report["latency_ms"]["pruned"] > 0 and report["flops"]["pruned"] < report["flops"]["dense"]
+    shutil.rmtree(tmp_path / "export")  # a run directory without export/ is a checkpoint too: its finetune weights
+    from_run = build_model(ModelConfig(name="unet_tiny", checkpoint=str(tmp_path)), 3, 1, (3, 32, 32)).eval()
+    with torch.no_grad():
+        assert torch.equal(from_run(x), loaded(x)), "model.checkpoint=<run dir> did not load weights/finetune/"
 
 
 def test_structural_run_before_prune_reports_no_before_after_comparison(tmp_path: Path) -> None:
