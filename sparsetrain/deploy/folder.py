@@ -14,6 +14,8 @@ file's metadata_props under `sparsetrain.preprocessing` (JSON); `load_compressed
 `manifest.json` lists the formats written, their files and sizes, and for the deployment formats the max abs
 difference from the torch model on an input batch of the data's shape (fp32) and whether it passed. A format that
 fails to export or to verify is recorded with `ok: false` and its error, and logged; the others are still written.
+Writing an export first removes the export files an earlier export left (`EXPORT_FILES`; other files are kept), so
+the folder never holds a model its manifest does not list (e.g. the `model.pt2` of another phase).
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ from sparsetrain.progress import log
 from sparsetrain.pruning.masks import prunable_parameters
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE, save_pruned_model
 
-__all__ = ["DEPLOYMENT_FORMATS", "MANIFEST_FILE", "PREPROCESSING_KEY", "write_export"]
+__all__ = ["DEPLOYMENT_FORMATS", "EXPORT_FILES", "MANIFEST_FILE", "PREPROCESSING_KEY", "write_export"]
 
 MANIFEST_FILE = "manifest.json"
 PREPROCESSING_KEY = "sparsetrain.preprocessing"  # ONNX metadata_props key holding the preprocessing record (JSON)
 DEPLOYMENT_FORMATS = ("onnx", "torch_export")
 _MANIFEST_FORMAT = "sparsetrain-export/1"
+# every file write_export may write (model.onnx.data: the ONNX weights of a model over 1 GiB)
+EXPORT_FILES = (ARCH_FILE, WEIGHTS_FILE, BITMASK_FILE, PROGRAM_FILE, ONNX_FILE, f"{ONNX_FILE}.data", MANIFEST_FILE)
 
 
 def _entry(folder: Path, *files: str, **extra: Any) -> dict[str, Any]:
@@ -62,7 +66,7 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
 
     Args:
         model: The compressed model (a timm model, possibly structurally pruned); a float32 CPU copy is exported.
-        folder: The export folder (created; files of the same names are replaced).
+        folder: The export folder (created; the `EXPORT_FILES` an earlier export left are removed first).
         meta: timm "model_name" and "model_kwargs" plus JSON metadata (see `structural.serialize.save_pruned_model`).
         example: An input batch (at least 2 samples) of the data's shape, used to trace and verify.
         formats: Deployment formats to write besides safetensors and bitmask (`DEPLOYMENT_FORMATS`).
@@ -80,6 +84,7 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
         raise ValueError(f"deploy.formats: unknown format(s) {unknown}; expected {list(DEPLOYMENT_FORMATS)}")
     log.info(f"[export] writing {folder}: safetensors, bitmask{''.join(', ' + f for f in formats)}")
     model = copy.deepcopy(model).float().cpu().eval()
+    _remove_earlier_export(folder)
     save_pruned_model(model, folder, meta=meta)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     save_sparse(state, set(prunable_parameters(model)), folder / BITMASK_FILE)
@@ -95,6 +100,12 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     _default_permissions(folder)
     return manifest
+
+
+def _remove_earlier_export(folder: Path) -> None:
+    """Delete the files an earlier export wrote (`EXPORT_FILES`), so none outlives the manifest that listed it."""
+    for name in EXPORT_FILES:
+        (folder / name).unlink(missing_ok=True)
 
 
 def _size(num_bytes: int) -> str:

@@ -10,6 +10,7 @@ from torch import nn
 
 from sparsetrain.deploy.bitmask import BITMASK_FILE, load_sparse
 from sparsetrain.deploy.program import ONNX_FILE, PROGRAM_FILE, onnx_session
+from sparsetrain.errors import InputError
 from sparsetrain.progress import log
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
 
@@ -69,19 +70,25 @@ def preprocessing_of(path: str | Path) -> dict | None:
 
 
 def _format_of(path: Path, format: str) -> str:
-    """The format to load: given, implied by the file named, or the first present in FORMAT_ORDER."""
+    """The format to load: given, implied by the file named, or the first present in FORMAT_ORDER that the
+    folder's manifest lists."""
     if path.is_file():
         named = next((fmt for fmt, name in _FILES.items() if path.name == name), None)
         if named is None:
             raise ValueError(f"load_compressed: {path} is not an export file (expected one of "
                              f"{sorted(_FILES.values())})")
+        _check_listed(path.parent, named)
         return named
     folder = export_folder(path)
     if not folder.is_dir():
         raise ValueError(f"load_compressed: {path} is not a run directory, export folder or export file")
     present = [fmt for fmt in FORMAT_ORDER if (folder / _FILES[fmt]).is_file()
                and (fmt in ("torch_export", "onnx") or (folder / ARCH_FILE).is_file())]
+    listed = _listed_formats(folder)
+    if listed is not None:
+        present = [fmt for fmt in present if fmt in listed]
     if format != "auto":
+        _check_listed(folder, format)
         if format not in present:
             raise ValueError(f"load_compressed: {folder} holds no {format!r} model (it has {present or 'none'})")
         return format
@@ -89,6 +96,27 @@ def _format_of(path: Path, format: str) -> str:
         raise ValueError(f"load_compressed: {folder} holds no exported model (expected {ARCH_FILE} + "
                          f"{WEIGHTS_FILE}, {BITMASK_FILE}, {PROGRAM_FILE} or {ONNX_FILE})")
     return present[0]
+
+
+def _check_listed(folder: Path, format: str) -> None:
+    """Refuse a format whose file is in the folder but not in its manifest: a file another export left there."""
+    listed = _listed_formats(folder)
+    if listed is not None and format not in listed and (folder / _FILES.get(format, "")).is_file():
+        raise InputError(f"load_compressed: {folder / _FILES[format]} is not listed in {folder.name}/manifest.json "
+                         f"(it lists {', '.join(listed) or 'no model'}): a file left by another export, not this "
+                         f"one's {format} model; re-export with deploy.formats including {format}")
+
+
+def _listed_formats(folder: Path) -> list[str] | None:
+    """The formats `manifest.json` lists as written (with their files), or None for a folder without a readable
+    manifest (written by hand, or before manifests)."""
+    from sparsetrain.deploy.folder import MANIFEST_FILE
+
+    try:
+        formats = json.loads((folder / MANIFEST_FILE).read_text())["formats"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [fmt for fmt, entry in formats.items() if isinstance(entry, dict) and entry.get("files")]
 
 
 def load_compressed(path: str | Path, format: str = "auto", *, threads: int | None = None) -> nn.Module:
@@ -110,6 +138,8 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
 
     Raises:
         ValueError: no such folder/file, or the folder lacks the format asked for.
+        InputError (a ValueError): the format's file is there but the folder's manifest.json does not list it (a
+            file another export left behind).
     """
     path = Path(path)
     fmt = _format_of(path, format)

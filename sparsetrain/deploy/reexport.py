@@ -5,14 +5,20 @@ Kept apart from `run.py` (what the pipeline calls at the end of a run) because i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from sparsetrain.deploy.run import export_model
+from sparsetrain.phases import final_phase
+from sparsetrain.progress import log
 
 
 def export_run(run_dir: str | Path, phase: str | None = None) -> Path:
     """`sparsetrain export RUN_DIR [--phase P]`: re-create the run's context from its saved config and export its
-    final phase (or the finished phase `phase`).
+    final phase (or the finished phase `phase`). state.json's `deployed` record (`deploy.run`) and report.json's
+    "export" and "export_phase" then describe what export/ holds; a phase other than the final one is also said in
+    one line, since report.json's other numbers and latency.json still describe the final phase.
 
     Raises:
         ValueError: not a run directory, or (`sparsetrain.rundir.check_finished`) its final phase, or `phase`, has
@@ -32,7 +38,27 @@ def export_run(run_dir: str | Path, phase: str | None = None) -> Path:
     cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}", "tracking.mode=disabled", "resume=true"])
     pipeline = Pipeline(cfg)
     try:
-        export_model(pipeline, phase)
+        manifest = export_model(pipeline, phase)
+        _update_report(run_dir, manifest, phase or final_phase(pipeline.state["completed"]),
+                       final_phase(pipeline.state["completed"]))
         return run_dir / "export"
     finally:
         pipeline.close()
+
+
+def _update_report(run_dir: Path, manifest: dict[str, Any], phase: str, final: str) -> None:
+    """report.json's "export" section from the new manifest, "export_phase" the phase exported (no report.json:
+    nothing to update); one line when that is not the final phase the rest of the report describes."""
+    from sparsetrain.engine.checkpoint import atomic_write_text
+
+    path = run_dir / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    report.update(export=manifest["formats"], export_phase=phase)
+    atomic_write_text(path, json.dumps(report, indent=2))
+    if phase != final:
+        log.info(f"[export] {run_dir / 'export'} now holds the {phase} model: report.json's export section says so, "
+                 f"its other numbers{' and latency.json' if (run_dir / 'latency.json').exists() else ''} describe "
+                 f"the final phase {final} (a re-run of the run re-exports {final})")

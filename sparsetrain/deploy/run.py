@@ -10,7 +10,8 @@ import torch
 
 from sparsetrain.engine.distributed import barrier, broadcast_object
 from sparsetrain.engine.finite import require_finite
-from sparsetrain.phases import final_phase
+from sparsetrain.errors import InputError
+from sparsetrain.phases import PHASES, final_phase
 from sparsetrain.progress import log
 
 if TYPE_CHECKING:
@@ -30,17 +31,25 @@ def example_batch(test_set: Dataset, size: int = 2) -> torch.Tensor:
 
 def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]:
     """Write `<out_dir>/export/` from `phase` (default: the last finished phase) on rank 0; returns its manifest
-    (empty elsewhere)."""
+    (empty elsewhere).
+
+    Raises:
+        InputError: no phase has finished, or `phase` has not.
+    """
     from sparsetrain.config import config_to_dict
     from sparsetrain.deploy.folder import write_export
 
-    phase = phase or final_phase(pipeline.state["completed"])
-    if phase is None:
-        raise ValueError(f"export: {pipeline.out_dir} has no finished phase to export")
+    completed = pipeline.state["completed"]
+    if not completed:
+        raise InputError(f"export: {pipeline.out_dir} has no finished phase to export")
+    phase = phase or final_phase(completed)
+    if phase not in completed:
+        raise InputError(f"export: phase {phase} of {pipeline.out_dir} has not finished (finished: "
+                         f"{', '.join(p for p in PHASES if p in completed)})")
     manifest: dict[str, Any] = {}
     if pipeline.dist.is_main:
         cfg = pipeline.cfg
-        metric = pipeline.state["completed"][phase].get("metric")
+        metric = completed[phase].get("metric")
         meta = pipeline.export_meta(phase=phase, metric=metric, task=cfg.task, data=config_to_dict(cfg)["data"])
         model = pipeline.model_from(phase)
         require_finite(model.state_dict(), f"the {phase} weights to export", "this run's weights diverged; "
@@ -48,6 +57,7 @@ def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]
         manifest = write_export(model, pipeline.out_dir / "export", meta=meta,
                                 example=example_batch(pipeline.data.test), formats=cfg.deploy.formats,
                                 opset=cfg.deploy.opset, tolerance=cfg.deploy.tolerance)
+        _record_outputs(pipeline, phase)
     barrier()
     return manifest
 
@@ -55,27 +65,36 @@ def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]
 def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
     """Export, then (rank 0, `deploy.latency`) time dense vs compressed; the report's "export" and "latency".
 
-    Outputs that are already up to date (`_outputs_to_reuse`: a re-run of a finished run) are read back instead
-    of written again; state.json's `deployed` records what the outputs were written for.
+    Outputs that are already up to date (a re-run of a finished run) are read back instead of written again:
+    export/ when state.json's `deployed` records it for the same final phase and export settings and every file its
+    manifest lists is there (`_export_to_reuse`); latency.json when export/ was kept and the settings the table
+    records are the run's (`_latency_to_reuse`). Otherwise one line says why it is written again.
     """
-    reused = broadcast_object(_outputs_to_reuse(pipeline) if pipeline.dist.is_main else None)
-    if reused is not None:
-        return reused if pipeline.dist.is_main else {}
-    manifest = export_model(pipeline)
+    manifest = broadcast_object(_export_to_reuse(pipeline) if pipeline.dist.is_main else None)
+    kept = manifest is not None
+    if not kept:
+        manifest = export_model(pipeline)
     if not pipeline.dist.is_main:
         return {}
-    out: dict[str, Any] = {"export": manifest["formats"]}
+    out: dict[str, Any] = {"export": manifest["formats"], "export_phase": final_phase(pipeline.state["completed"])}
     deploy = pipeline.cfg.deploy
-    if deploy.latency:
+    table = None
+    if kept:
+        final = final_phase(pipeline.state["completed"])
+        log.info(f"[deploy] {pipeline.out_dir / 'export'} already holds the {final} model for these deploy settings: "
+                 f"not exported again (`sparsetrain export {pipeline.out_dir}` re-exports)")
+        if deploy.latency and (table := _latency_to_reuse(pipeline)) is not None:
+            log.info("[deploy] latency.json was timed with these deploy settings on this export: not timed again")
+    if deploy.latency and table is None:
         from sparsetrain.deploy.latency import latency_table
         from sparsetrain.deploy.latency_report import format_latency, write_latency
 
         table = latency_table(pipeline.out_dir / "export", batches=(1, deploy.latency_batch),
                               repeats=deploy.latency_repeats, threads=deploy.latency_threads)
         write_latency(table, pipeline.out_dir)
-        out["latency"] = table
         log.info("\n" + format_latency(table))
-    _record_outputs(pipeline)
+    if table is not None:
+        out["latency"] = table
     return _with_headline(pipeline, out)
 
 
@@ -85,45 +104,93 @@ def _with_headline(pipeline: Pipeline, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _deploy_key(pipeline: Pipeline) -> dict[str, Any]:
-    """What the export and latency outputs depend on besides the run's fixed settings: the exported phase and the
-    deploy settings (which may change between re-runs of a finished run, `rundir.MUTABLE`)."""
+def _deploy_key(pipeline: Pipeline, phase: str | None) -> dict[str, Any]:
+    """What export/ depends on besides the run's fixed settings: the exported phase and the deploy settings (which
+    may change between re-runs of a finished run, `rundir.MUTABLE`)."""
     from sparsetrain.config import config_to_dict
 
-    return {"phase": final_phase(pipeline.state["completed"]), "deploy": config_to_dict(pipeline.cfg)["deploy"]}
+    return {"phase": phase, "deploy": config_to_dict(pipeline.cfg)["deploy"]}
 
 
-def _record_outputs(pipeline: Pipeline) -> None:
-    """Rank 0: note in state.json what export/ and latency.json now hold (no barrier: the other ranks are done)."""
+def _record_outputs(pipeline: Pipeline, phase: str | None) -> None:
+    """Rank 0: note in state.json which phase and deploy settings export/ now holds (no barrier)."""
     from sparsetrain.engine.checkpoint import atomic_write_text
 
-    pipeline.state[DEPLOYED] = _deploy_key(pipeline)
+    pipeline.state[DEPLOYED] = _deploy_key(pipeline, phase)
     atomic_write_text(pipeline.out_dir / "state.json", json.dumps(pipeline.state, indent=2))
 
 
-def _outputs_to_reuse(pipeline: Pipeline) -> dict[str, Any] | None:
-    """Rank 0: the report's "export" (and "latency") read back from disk when state.json records them for the same
-    phase and deploy settings, export/ still holds that phase with every file its manifest lists, and latency.json
-    exists (when `deploy.latency`); None when they must be written (again)."""
+def _export_to_reuse(pipeline: Pipeline) -> dict[str, Any] | None:
+    """Rank 0: export/'s manifest when export/ already holds the final phase for these export settings; None (after
+    one line saying why, when there is an export/ to replace) when it must be written (again)."""
+    reason, manifest = _why_not_kept(pipeline)
+    if reason:
+        log.info(f"[deploy] re-exporting: {reason}")
+    return manifest
+
+
+def _why_not_kept(pipeline: Pipeline) -> tuple[str | None, dict[str, Any] | None]:
     from sparsetrain.deploy.folder import MANIFEST_FILE
     from sparsetrain.structural.serialize import ARCH_FILE
 
-    key, folder = _deploy_key(pipeline), pipeline.out_dir / "export"
-    if pipeline.state.get(DEPLOYED) != key:
-        return None
+    final, folder = final_phase(pipeline.state["completed"]), pipeline.out_dir / "export"
+    if not (folder / MANIFEST_FILE).is_file():
+        return (f"export/{MANIFEST_FILE} is missing" if folder.is_dir() else None), None
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        files = sorted({name for entry in manifest["formats"].values() for name in entry.get("files", [])})
         exported = json.loads((folder / ARCH_FILE).read_text()).get("meta", {}).get("phase")
-        files = {name for entry in manifest["formats"].values() for name in entry.get("files", [])}
-        latency = json.loads((pipeline.out_dir / "latency.json").read_text()) if pipeline.cfg.deploy.latency else None
-    except (OSError, ValueError, KeyError, AttributeError):
-        return None
-    if exported != key["phase"] or not all((folder / name).is_file() for name in files):
-        return None
-    log.info(f"[deploy] {folder}{' and latency.json' if latency else ''} already hold the {key['phase']} model for "
-             f"these deploy settings: not exported or timed again (`sparsetrain export {pipeline.out_dir}` re-exports)")
-    out = {"export": manifest["formats"], **({"latency": latency} if latency is not None else {})}
-    return _with_headline(pipeline, out)
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        return f"export/ is unreadable ({type(err).__name__})", None
+    if exported != final:
+        return f"export/ holds the {exported} model, not the final phase {final}", None
+    missing = next((name for name in files if not (folder / name).is_file()), None)
+    if missing:
+        return f"export/{missing} is missing", None
+    recorded = pipeline.state.get(DEPLOYED) or {}
+    if recorded.get("phase") != final:
+        return "state.json does not record the deploy settings export/ was written with", None
+    changed = _changed(recorded.get("deploy", {}), _deploy_key(pipeline, final)["deploy"], latency=False)
+    return (f"deploy settings changed ({changed})" if changed else None), (None if changed else manifest)
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any], *, latency: bool) -> str:
+    """`deploy.KEY old -> new` for the export settings (latency=False) or the latency ones that differ."""
+    return "; ".join(f"deploy.{k} {old.get(k)} -> {v}" for k, v in new.items()
+                     if k.startswith("latency") == latency and old.get(k) != v)
+
+
+def _latency_to_reuse(pipeline: Pipeline) -> dict[str, Any] | None:
+    """Rank 0: latency.json when it was timed with the run's deploy settings (what the table records: batches,
+    repeats, threads, peak memory measured), on the export/ kept; None after one line saying why not."""
+    path = pipeline.out_dir / "latency.json"
+    try:
+        table = json.loads(path.read_text())
+        timed = _timed_with(table)
+    except FileNotFoundError:
+        table, timed, reason = None, None, "latency.json is missing"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        table, timed, reason = None, None, f"latency.json is unreadable ({type(err).__name__})"
+    if timed is not None:
+        deploy = pipeline.cfg.deploy
+        wanted = {"batches": [1, deploy.latency_batch], "repeats": deploy.latency_repeats,
+                  "threads": deploy.latency_threads, "memory": True}
+        diff = [f"{k} {timed[k]} (deploy: {v})" for k, v in wanted.items() if timed[k] != v]
+        if not diff:
+            return table
+        reason = f"latency.json was timed with {', '.join(diff)}"
+    log.info(f"[deploy] re-timing: {reason}")
+    return None
+
+
+def _timed_with(table: dict[str, Any]) -> dict[str, Any]:
+    """The settings a latency table was measured with, read from the table itself (so a table written by
+    `sparsetrain bench latency` with other arguments is told apart): batches, repeats, threads, and whether peak
+    memory was measured (`--no-memory` leaves it out)."""
+    rows = table["rows"]
+    memory = any(v is not None for r in rows if r["device"] == "cpu" for v in r["peak_memory_bytes"].values())
+    return {"batches": sorted({r["batch"] for r in rows}), "repeats": table["repeats"], "threads": table["threads"],
+            "memory": memory}
 
 
 def _headline(table: dict[str, Any]) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def test_rerun_of_a_finished_run_says_so_and_keeps_its_export(finished: Path, tm
     err = capsys.readouterr().err
     assert re.search(r"\[finetune\] already complete \(run finished at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\); nothing to "
                      "train\n", err), err
-    assert "already hold the finetune model for these deploy settings: not exported or timed again" in err, err
+    assert "already holds the finetune model for these deploy settings: not exported again" in err, err
     assert _stamps(copy / "export") == export, "export/ was written again although it was up to date"
     run_pipeline(tiny_config(copy, *SHORT, "deploy.opset=17"))  # deploy settings may change: then it is redone
     assert "[export] writing" in capsys.readouterr().err

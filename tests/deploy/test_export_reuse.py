@@ -1,0 +1,112 @@
+"""export/ and latency.json on re-runs and re-exports: an export leaves no file of an earlier one behind and
+load_compressed refuses a file its manifest does not list; a re-run keeps what is up to date and says in one line
+why it writes anything again; latency.json is reused only when it records the run's deploy settings (not those of
+a `bench latency` call); `export --phase` updates state.json and report.json. Real tiny runs
+(tests.core.conftest.TINY)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import sparsetrain
+from sparsetrain.cli import main
+from sparsetrain.errors import InputError
+from sparsetrain.pipeline import run_pipeline
+from tests.core.conftest import tiny_config
+
+SHORT = ("phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.3", "deploy.formats=[torch_export]")
+LATENCY = ("deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency_batch=2")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reuse") / "run"
+    run_pipeline(tiny_config(out, *SHORT))
+    return out
+
+
+@pytest.fixture
+def copy(finished: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "copy"))
+
+
+def _rerun(run: Path, capsys: pytest.CaptureFixture, *extra: str) -> tuple[dict, str]:
+    capsys.readouterr()
+    report = run_pipeline(tiny_config(run, *SHORT, *extra))
+    return report, capsys.readouterr().err
+
+
+def _stamps(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_export_removes_the_files_it_no_longer_writes(copy: Path, capsys: pytest.CaptureFixture) -> None:
+    export = copy / "export"
+    (export / "notes.txt").write_text("mine")
+    old_program = (export / "model.pt2").read_bytes()
+    _, err = _rerun(copy, capsys, "deploy.formats=[]")
+    assert "[deploy] re-exporting: deploy settings changed (deploy.formats ['torch_export'] -> [])\n" in err, err
+    assert not (export / "model.pt2").exists(), "the earlier export's model.pt2 outlived its manifest"
+    assert (export / "notes.txt").read_text() == "mine", "a file the export does not write was removed"
+    (export / "model.pt2").write_bytes(old_program)  # a stale program, as an older sparsetrain left it
+    for target, fmt in ((copy, "torch_export"), (export / "model.pt2", "auto")):
+        with pytest.raises(InputError, match=r"model\.pt2 is not listed in export/manifest\.json \(it lists "
+                                             r"safetensors, bitmask\): a file left by another export"):
+            sparsetrain.load_compressed(target, fmt)
+    assert sparsetrain.load_compressed(copy).export_format == "safetensors"
+
+
+@pytest.mark.parametrize("phase", [[], ["--phase", "finetune"]])
+def test_export_of_a_run_without_state_is_one_line(finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   phase: list[str]) -> None:
+    run = tmp_path / "failed_at_start"
+    run.mkdir()
+    shutil.copy(finished / "config.yaml", run / "config.yaml")  # a run that stopped before any phase finished
+    capsys.readouterr()
+    assert main(["export", str(run), *phase]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: export: {run} has no finished phase to export"
+
+
+def test_rerun_says_why_it_re_exports_and_export_phase_is_recorded(copy: Path, capsys: pytest.CaptureFixture) -> None:
+    (copy / "export" / "model.pt2").unlink()
+    _, err = _rerun(copy, capsys)
+    assert "[deploy] re-exporting: export/model.pt2 is missing\n" in err, err
+    assert (copy / "export" / "model.pt2").is_file()
+
+    capsys.readouterr()
+    assert main(["export", str(copy), "--phase", "sparsify"]) == 0
+    assert f"[export] {copy / 'export'} now holds the sparsify model: report.json's export section says so" in \
+        capsys.readouterr().err
+    state, report = (json.loads((copy / name).read_text()) for name in ("state.json", "report.json"))
+    manifest = json.loads((copy / "export" / "manifest.json").read_text())
+    assert state["deployed"]["phase"] == "sparsify"
+    assert report["export_phase"] == "sparsify" and report["export"] == manifest["formats"]
+
+    report, err = _rerun(copy, capsys)
+    assert "[deploy] re-exporting: export/ holds the sparsify model, not the final phase finetune\n" in err, err
+    assert report["export_phase"] == "finetune"
+    assert json.loads((copy / "state.json").read_text())["deployed"]["phase"] == "finetune"
+
+
+def test_latency_json_is_reused_only_when_timed_with_the_run_settings(copy: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    export = _stamps(copy / "export")
+    report, err = _rerun(copy, capsys, *LATENCY)  # latency settings only: the export is kept, the table is new
+    assert "[deploy] re-timing: latency.json is missing\n" in err, err
+    assert "already holds the finetune model for these deploy settings: not exported again" in err, err
+    assert report["latency"]["repeats"] == 3 and _stamps(copy / "export") == export
+
+    assert main(["bench", "latency", str(copy), "--repeats", "4", "--batch", "3", "--no-memory"]) == 0
+    report, err = _rerun(copy, capsys, *LATENCY)
+    assert ("[deploy] re-timing: latency.json was timed with batches [1, 3] (deploy: [1, 2]), repeats 4 (deploy: 3),"
+            " memory False (deploy: True)\n") in err, err
+    assert report["latency"]["repeats"] == 3 and {r["batch"] for r in report["latency"]["rows"]} == {1, 2}
+    assert json.loads((copy / "latency.json").read_text())["repeats"] == 3
+
+    report_again, err = _rerun(copy, capsys, *LATENCY)
+    assert "latency.json was timed with these deploy settings on this export: not timed again" in err, err
+    assert report_again["latency"] == report["latency"] and _stamps(copy / "export") == export
