@@ -120,6 +120,11 @@ GOLDEN = json.loads((Path(__file__).parent / "golden" / "recipes_before_issue13.
 # groups: no recipe's model has a grouped conv other than depthwise, which it leaves alone).
 ADDED_SINCE = {"prune": {"channel_score": "l2", "round_to": 8, "allow_inexact": False,
                          "grouped_conv": "within_groups"}}
+# Recipes retuned on purpose since the golden file (issue 9, 2026-11-30: LeNet-5 prunes gradually during sparsity
+# training, which takes pruning's cost from 3.7 pt to 0 and the final accuracy from -3.15 to -2.63 pt vs dense;
+# lenet5_mnist inherits it).
+_LENET5_RETUNED = {"regularizer": {"alpha0": 2e-5}, "prune": {"schedule": "gradual"}}
+RETUNED = {"lenet5_fashion.yaml": _LENET5_RETUNED, "lenet5_mnist.yaml": _LENET5_RETUNED}
 
 
 @pytest.mark.parametrize("recipe", sorted(GOLDEN))
@@ -138,6 +143,7 @@ def test_every_recipe_resolves_to_the_settings_it_had_before(recipe: str) -> Non
         if section == "regularizer":
             before.update(KERNEL_TO_SETTINGS[before.pop("kernel")])
         before.update({k: v for k, v in ADDED_SINCE.get(section, {}).items() if k in now and k not in before})
+        before.update(RETUNED.get(recipe, {}).get(section, {}))
         assert set(now) <= set(before), f"{recipe}: {section} gained settings {set(now) - set(before)}"
         assert now == {k: before[k] for k in now}, f"{recipe}: {section} changed"
 
