@@ -164,7 +164,8 @@ def test_a_resolved_config_of_the_previous_release_still_loads(recipe: str) -> N
     from sparsetrain.config import config_to_dict
     from sparsetrain.config.loader import validate
 
-    old = {section: dict(GOLDEN[recipe][section]) for section in ("regularizer", "prune")}
+    old = {section: {**GOLDEN[recipe][section], **RETUNED.get(recipe, {}).get(section, {})}
+           for section in ("regularizer", "prune")}
     with pytest.warns(FutureWarning, match="regularizer.kernel"):
         cfg = config_to_dict(validate({**old, "data": {"source": "npz", "path": "x"}}))
     now = config_to_dict(load_config(REPO / "configs" / recipe, ["data.path=somewhere"]))
