@@ -114,10 +114,10 @@ def _deploy_key(pipeline: Pipeline, phase: str | None) -> dict[str, Any]:
 
 def _record_outputs(pipeline: Pipeline, phase: str | None) -> None:
     """Rank 0: note in state.json which phase and deploy settings export/ now holds (no barrier)."""
-    from sparsetrain.engine.checkpoint import atomic_write_text
+    from sparsetrain.engine.checkpoint import write_run_state
 
     pipeline.state[DEPLOYED] = _deploy_key(pipeline, phase)
-    atomic_write_text(pipeline.out_dir / "state.json", json.dumps(pipeline.state, indent=2))
+    write_run_state(pipeline.out_dir, pipeline.state)
 
 
 def _export_to_reuse(pipeline: Pipeline) -> dict[str, Any] | None:

@@ -66,9 +66,15 @@ def load_run_state(out_dir: Path) -> dict[str, Any]:
                               "resume=false") from None
 
 
+def write_run_state(out_dir: Path, state: dict[str, Any]) -> None:
+    """Write state.json atomically (the caller is rank 0; no barrier)."""
+    atomic_write_text(out_dir / "state.json", json.dumps(state, indent=2))
+
+
 def save_run_state(out_dir: Path, state: dict[str, Any], dist_info: DistInfo) -> None:
+    """Rank 0 writes state.json; every rank waits for it."""
     if dist_info.is_main:
-        atomic_write_text(out_dir / "state.json", json.dumps(state, indent=2))
+        write_run_state(out_dir, state)
     barrier()
 
 
