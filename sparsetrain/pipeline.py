@@ -207,6 +207,9 @@ class Pipeline:
     # ---- phases ---------------------------------------------------------------------------------------------
 
     def _train(self, phase: str, start_from: str | None, masks_file: Path | None) -> None:
+        if self.ctx.phase_steps(phase) == 0:
+            self._evaluate_only(phase, start_from)
+            return
         t0 = time.perf_counter()
         model = self.model_from(start_from)
         regularizer = self.regularizer_for(phase, model)
@@ -226,15 +229,13 @@ class Pipeline:
         return build_regularizer(phase_penalty(self.cfg.regularizer, phase), inputs)
 
     def run_dense(self) -> None:
-        if self.cfg.phases.dense.epochs == 0:
-            self._evaluate_only("dense")
-            return
         self._train("dense", None, None)
 
-    def _evaluate_only(self, phase: str) -> None:
-        """`phases.<phase>.epochs=0`: the initial weights (e.g. `model.checkpoint`) measured as they are."""
+    def _evaluate_only(self, phase: str, start_from: str | None) -> None:
+        """`phases.<phase>.epochs=0`: the weights the phase starts from (the initial weights, e.g.
+        `model.checkpoint`, or the pruned ones) measured as they are and handed on unchanged."""
         t0 = time.perf_counter()
-        model = self.model_from(None)
+        model = self.model_from(start_from)
         self._save_phase(phase, model)
         results = evaluate(self.ctx, model)
         results.update(steps=0, wall_time_s=time.perf_counter() - t0)

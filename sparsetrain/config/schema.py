@@ -117,7 +117,8 @@ class OptimConfig(Section):
 class PhaseConfig(Section):
     enabled: bool = Field(True, description="Run this phase.")
     epochs: float = Field(1.0, ge=0, description="Length in epochs over the training set (fractions allowed); "
-                          "dense.epochs=0 only evaluates the initial weights (e.g. model.checkpoint).")
+                          "0 = the phase only evaluates the weights it starts from and hands them on unchanged "
+                          "(dense: the initial weights, e.g. model.checkpoint; finetune: the pruned weights).")
     lr: float | None = Field(None, gt=0, le=10, description="Overrides optim.lr for this phase (same bounds).")
 
 

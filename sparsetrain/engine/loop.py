@@ -20,7 +20,7 @@ from sparsetrain.engine.finite import GRAD_NORM, INPUTS, LOSS, REGULARIZER, Fini
 from sparsetrain.engine.masters import handoff_module
 from sparsetrain.engine.segments import holds_partition
 from sparsetrain.engine.zero3 import WholeWeights, is_partitioned
-from sparsetrain.phases import DENSE, PHASE_SEEDS, SPARSIFY, TRAINING_PHASES
+from sparsetrain.phases import PHASE_SEEDS, SPARSIFY, TRAINING_PHASES
 from sparsetrain.progress import Progress, StepTimer, log
 from sparsetrain.pruning.distributed import WeightShard
 from sparsetrain.pruning.masks import prunable_parameters
@@ -57,8 +57,8 @@ class RunContext:
 
     def phase_steps(self, phase: str) -> int:
         epochs = getattr(self.cfg.phases, phase).epochs
-        if phase == DENSE and epochs == 0:
-            return 0  # evaluate only (Pipeline.run_dense)
+        if epochs == 0:
+            return 0  # evaluate only (Pipeline._evaluate_only)
         return max(1, round(epochs * self.plan(phase).steps_per_epoch))
 
     def global_offset(self, phase: str) -> int:
