@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from sparsetrain.engine.checkpoint import read_run_state
 from sparsetrain.errors import InputError
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
 
@@ -115,6 +116,15 @@ def _show(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else json.dumps(value)
 
 
+def _stored_config(run_dir: Path) -> dict[str, Any] | None:
+    """The `config.yaml` a run was started with, None when it is missing, unreadable or not a mapping."""
+    try:
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
 def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:
     """Refuse to continue the run in `out_dir` with settings that would change its results.
 
@@ -125,18 +135,13 @@ def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:
     Raises:
         InputError: one line naming the first differing settings (stored → new) and the ways out.
     """
-    stored_file = out_dir / "config.yaml"
-    try:
-        stored = yaml.safe_load(stored_file.read_text())
-    except (OSError, yaml.YAMLError):
+    stored = _stored_config(out_dir)
+    if stored is None:
         return  # no readable record of the old settings: nothing to compare with (older runs)
-    if not isinstance(stored, dict):
-        return
-    try:
-        state = json.loads((out_dir / "state.json").read_text())
-    except (OSError, ValueError):
-        return  # the pipeline's own state check reports a corrupt state.json
-    changed = changed_settings(stored, config, state if isinstance(state, dict) else {})
+    state = read_run_state(out_dir)
+    if state is None:
+        return  # the pipeline's own state check (`load_run_state`) reports a corrupt state.json
+    changed = changed_settings(stored, config, state)
     if not changed:
         return
     shown = "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, old, new in changed[:_SHOWN])
@@ -160,12 +165,10 @@ def check_finished(run_dir: Path, action: str, phase: str | None = None) -> None
     Raises:
         InputError: one line naming the last completed phase and how to finish the run (or export that phase).
     """
-    try:
-        state = json.loads((run_dir / "state.json").read_text())
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, ValueError, yaml.YAMLError):
+    state, config = read_run_state(run_dir), _stored_config(run_dir)
+    if state is None or config is None:
         return  # not a run directory with state: the caller's own checks apply
-    completed = state.get("completed", {})
+    completed = state["completed"]
     if phase is not None:
         if phase not in completed:
             done = ", ".join(p for p in PHASES if p in completed) or "none"

@@ -106,13 +106,12 @@ def resolve(path: str | Path) -> Path:
 def run_weights(run: Path) -> Path | None:
     """`weights/<phase>/` (a structurally pruned model) or `weights/<phase>.safetensors` of the last finished phase
     recorded in the run directory's `state.json`; None when `run` is not a run directory or has no such file."""
+    from sparsetrain.engine.checkpoint import read_run_state
     from sparsetrain.phases import final_phase
     from sparsetrain.structural.serialize import ARCH_FILE
 
-    try:
-        phase = final_phase(json.loads((run / "state.json").read_text()).get("completed", {}))
-    except (OSError, ValueError, AttributeError):
-        return None
+    state = read_run_state(run)
+    phase = final_phase(state["completed"]) if state is not None else None
     if phase is None:
         return None
     folder, file = run / "weights" / phase, run / "weights" / f"{phase}.safetensors"
