@@ -156,6 +156,16 @@ def last_phase(config: dict[str, Any]) -> str:
     return FINETUNE if enabled else PRUNE
 
 
+def unfinished_phases(run_dir: Path) -> tuple[str | None, str] | None:
+    """(last finished phase, or None when none has, and the run's final phase `last_phase`) when `run_dir` is a run
+    directory whose final phase has not finished; None for a finished run or a folder without a readable
+    `state.json` and `config.yaml`."""
+    state, config = read_run_state(run_dir), _stored_config(run_dir)
+    if state is None or config is None or last_phase(config) in state["completed"]:
+        return None
+    return final_phase(state["completed"]), last_phase(config)
+
+
 def check_finished(run_dir: Path, action: str, phase: str | None = None) -> None:
     """Refuse `action` (export, eval, bench latency) on a run whose final phase has not finished.
 
@@ -165,19 +175,13 @@ def check_finished(run_dir: Path, action: str, phase: str | None = None) -> None
     Raises:
         InputError: one line naming the last completed phase and how to finish the run (or export that phase).
     """
-    state, config = read_run_state(run_dir), _stored_config(run_dir)
-    if state is None or config is None:
-        return  # not a run directory with state: the caller's own checks apply
-    completed = state["completed"]
     if phase is not None:
-        if phase not in completed:
-            done = ", ".join(p for p in PHASES if p in completed) or "none"
-            raise InputError(f"{action}: phase {phase} of {run_dir} has not finished (finished: {done})")
+        _check_phase_finished(run_dir, action, phase)
         return
-    wanted = last_phase(config)
-    if wanted in completed:
-        return
-    last = final_phase(completed)
+    unfinished = unfinished_phases(run_dir)
+    if unfinished is None:
+        return  # finished, or not a run directory with state: the caller's own checks apply
+    last, wanted = unfinished
     finish = f"finish it with `sparsetrain run {run_dir / 'config.yaml'}`"
     if last is None:
         raise InputError(f"{action}: {run_dir} has no finished phase yet; {finish}")
@@ -186,6 +190,15 @@ def check_finished(run_dir: Path, action: str, phase: str | None = None) -> None
         explicit += f" and give {run_dir / 'export'}"
     raise InputError(f"{action}: {run_dir} is unfinished: the last completed phase is {last}, not {wanted}; {finish}"
                      f", or export the {last} phase explicitly with {explicit}")
+
+
+def _check_phase_finished(run_dir: Path, action: str, phase: str) -> None:
+    """Refuse `action` on the phase `phase` of a run directory where it has not finished (one line)."""
+    state = read_run_state(run_dir)
+    if state is None or _stored_config(run_dir) is None or phase in state["completed"]:
+        return  # finished, or not a run directory with state: the caller's own checks apply
+    done = ", ".join(p for p in PHASES if p in state["completed"]) or "none"
+    raise InputError(f"{action}: phase {phase} of {run_dir} has not finished (finished: {done})")
 
 
 def phases_needed_first(selected: list[str], completed: dict[str, Any], sparsify_enabled: bool) -> None:
