@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_latency", "plot_latency", "write_latency"]
+__all__ = ["bench_stem", "format_latency", "plot_latency", "write_latency"]
 
 
 def _mb(value: int | None) -> str:
@@ -72,8 +73,23 @@ def plot_latency(table: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_latency(table: dict[str, Any], out_dir: Path) -> None:
-    """`latency.json` and `latency.png` in `out_dir`."""
+def write_latency(table: dict[str, Any], out_dir: Path, stem: str = "latency") -> Path:
+    """`<stem>.json` and `<stem>.png` in `out_dir` (a run's own: latency.json, latency.png); returns the JSON's
+    path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "latency.json").write_text(json.dumps(table, indent=1))
-    plot_latency(table, out_dir / "latency.png")
+    path = out_dir / f"{stem}.json"
+    path.write_text(json.dumps(table, indent=1))
+    plot_latency(table, out_dir / f"{stem}.png")
+    return path
+
+
+def bench_stem(target: Path) -> str:
+    """`latency-<name>` for `sparsetrain bench latency TARGET`'s own files: the run's folder name (the export
+    folder's run for `RUN/export`), so tables of several runs sit side by side and never replace a run's own
+    latency.json."""
+    folder = target.resolve()
+    if folder.is_file():
+        folder = folder.parent
+    if folder.name == "export":
+        folder = folder.parent
+    return f"latency-{re.sub(r'[^A-Za-z0-9_.-]+', '-', folder.name).strip('-') or 'model'}"
