@@ -16,7 +16,7 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     baselines        {name: {phase: metric, sparsity, ...}} (Method 1 with `baselines`)
     ... structural runs add kept_filters, flops, peak_memory_bytes, latency_ms, param_reduction; deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
-    another since) and latency (`sparsetrain.deploy.run`).
+    another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed).
 
 Format 1 (before the phase vocabulary) had the phases as top-level keys dense / sparse / pruned / finetuned;
 `phase_results` reads both.

@@ -21,7 +21,8 @@ def _ms(stats: dict[str, float]) -> str:
 def format_latency(table: dict[str, Any]) -> str:
     """A fixed-width table: one row per runtime and batch, then the slowest layers at batch 1."""
     s = table["storage"]
-    lines = [f"latency of {table['model']} ({table['kind']}), input {tuple(table['input_shape'])}, "
+    phase = f", {table['phase']} phase" if table.get("phase") else ""
+    lines = [f"latency of {table['model']} ({table['kind']}{phase}), input {tuple(table['input_shape'])}, "
              f"{table['threads']} thread(s), {table['repeats']} interleaved rounds after {table['warmup']} warm-up; "
              f"ms as median [p20-p80]; speed-up = dense p20 / compressed p20 (the least disturbed by other load); "
              "peak MB = weights + workspace + activations in a warmed-up process (runtime set-up not counted)",

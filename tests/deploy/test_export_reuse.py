@@ -125,3 +125,22 @@ def test_bench_latency_leaves_the_runs_own_table_alone(copy: Path, tmp_path: Pat
     assert json.loads((tmp_path / "runs" / "bench" / "latency-copy.json").read_text())["repeats"] == 4
     _, err = _rerun(copy, capsys, *LATENCY)
     assert "latency.json was timed with these deploy settings on this export: not timed again" in err, err
+
+
+def test_export_of_another_phase_leaves_the_latency_table_naming_the_phase_it_timed(
+        copy: Path, capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.deploy.latency import latency_table
+    from sparsetrain.deploy.latency_report import format_latency
+
+    report, _ = _rerun(copy, capsys, *LATENCY)
+    assert report["latency"]["phase"] == "finetune"
+    capsys.readouterr()
+    assert main(["export", str(copy), "--phase", "sparsify"]) == 0
+    assert (f"{copy / 'export'} now holds the sparsify model: report.json's export section says so, its other "
+            "numbers and its latency table (latency.phase finetune) describe the final phase finetune") in \
+        capsys.readouterr().err
+    report = json.loads((copy / "report.json").read_text())
+    assert report["export_phase"] == "sparsify" and report["latency"]["phase"] == "finetune"
+    table = latency_table(copy / "export", batches=(1,), repeats=1, memory=False)  # what bench latency times now
+    assert table["phase"] == "sparsify"
+    assert format_latency(table).startswith("latency of lenet300_100 (unstructured, sparsify phase), input")
