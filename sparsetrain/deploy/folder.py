@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from sparsetrain.deploy.bitmask import BITMASK_FILE, save_sparse
-from sparsetrain.deploy.compact import remove_compact, write_compact
+from sparsetrain.deploy.compact import COMPACT_DIR, remove_compact, write_compact
 from sparsetrain.deploy.program import (
     ONNX_FILE,
     PROGRAM_FILE,
@@ -124,7 +124,8 @@ def _default_permissions(folder: Path) -> None:
     0600, which left other users of a shared export unable to read the weights."""
     umask = os.umask(0)
     os.umask(umask)
-    for path in folder.iterdir():
+    compact = folder / COMPACT_DIR
+    for path in [*folder.iterdir(), *(compact.iterdir() if compact.is_dir() else ())]:
         if path.is_file():
             path.chmod(0o666 & ~umask)
 
