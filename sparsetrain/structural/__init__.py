@@ -1,5 +1,6 @@
 """Structural (physical) channel removal: channel groups, layer rules, scoring and selection, masking/removal,
-constant folding, dead-unit removal (`dead.py`), compressed export, profiling. Vocabulary: `types.py` and docs/structural.md."""
+constant folding, dead-unit removal (`dead.py`), compressed export, profiling. Vocabulary: `types.py` and
+docs/structural.md."""
 
 from sparsetrain.structural.dead import DeadUnitRemoval, remove_dead_units
 from sparsetrain.structural.fold import FoldReport, fold_constant_channels
