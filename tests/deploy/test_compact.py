@@ -63,3 +63,16 @@ def test_compact_off_writes_none_and_removes_an_earlier_one(run: tuple[Path, dic
     assert "compact" not in manifest["formats"] and not (folder / "compact").exists()
     with pytest.raises(ValueError, match="holds no compact model"):
         sparsetrain.load_compressed(folder, "compact")
+
+
+def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dict], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    out, report = run
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    (copy / "export" / "compact" / "model.safetensors").unlink()
+    capsys.readouterr()
+    again = run_pipeline(tiny_config(copy, "deploy.compact=true", "prune={rule: layer_sparsity, sparsity: 0.97}",
+                                     "phases.sparsify.epochs=1", "phases.finetune.epochs=0.5"))
+    assert "[deploy] re-exporting: export/compact/model.safetensors is missing" in capsys.readouterr().err
+    assert again["export"]["compact"]["units_removed"] == report["export"]["compact"]["units_removed"]
+    assert (copy / "export" / "compact" / "model.safetensors").is_file()
