@@ -97,7 +97,7 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("config", nargs="?", help="YAML recipe for data (and model, for a checkpoint)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.path=DIR")
     parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "
-                        "torch_export, onnx")
+                        "torch_export, onnx, compact (Method 1: dead units removed)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     if not any(not arg.startswith("-") for arg in argv) and not {"-h", "--help"} & set(argv):
         parser.error("the following argument is required: target")  # argparse would also name the optional overrides

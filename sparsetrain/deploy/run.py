@@ -56,7 +56,8 @@ def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]
                        "re-run the phase after fixing the training settings")
         manifest = write_export(model, pipeline.out_dir / "export", meta=meta,
                                 example=example_batch(pipeline.data.test), formats=cfg.deploy.formats,
-                                opset=cfg.deploy.opset, tolerance=cfg.deploy.tolerance)
+                                opset=cfg.deploy.opset, tolerance=cfg.deploy.tolerance,
+                                compact=cfg.deploy.compact and not pipeline.structural)
         _record_outputs(pipeline, phase)
     barrier()
     return manifest
