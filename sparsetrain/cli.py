@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 from sparsetrain.config import ConfigError, load_config
 from sparsetrain.errors import SparsetrainError, first_line
@@ -96,7 +97,7 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("config", nargs="?", help="YAML recipe for data (and model, for a checkpoint)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.path=DIR")
     parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "
-                        "torch_export, onnx")
+                        "torch_export, onnx, compact (Method 1: dead units removed)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     if not any(not arg.startswith("-") for arg in argv) and not {"-h", "--help"} & set(argv):
         parser.error("the following argument is required: target")  # argparse would also name the optional overrides
@@ -110,26 +111,31 @@ def _eval(argv: list[str]) -> int:
 
 
 def _bench_latency(argv: list[str]) -> None:
+    from benchmarks.common import OUTPUT_DIR
+
     parser = argparse.ArgumentParser(prog="sparsetrain bench latency", description="Dense vs compressed latency "
                                      "of a run's export, timed interleaved: torch eager and onnxruntime, batch 1 "
-                                     "and a larger batch, median [p20-p80], peak memory, slowest layers.")
+                                     "and a larger batch, median [p20-p80], peak memory, slowest layers. Prints "
+                                     "the table and writes it to OUT/latency-NAME.json and .png (NAME: the run's "
+                                     "folder); the run's own latency.json and report.json, timed with its "
+                                     "deploy.latency_* settings, are left as they are.")
     parser.add_argument("target", help="run directory or export folder")
     parser.add_argument("--batch", type=int, default=16, help="the larger batch size (the other is 1)")
     parser.add_argument("--repeats", type=int, default=30, help="timed interleaved rounds per runtime and batch")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both runtimes")
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory (a child process per model)")
-    parser.add_argument("--out", help="folder for latency.json and latency.png (default: the target)")
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help=f"folder for latency-NAME.json and "
+                        f"latency-NAME.png (default {OUTPUT_DIR}, as the other benchmarks)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     args = parser.parse_intermixed_args(argv)
-    from pathlib import Path
-
     from sparsetrain.deploy.latency import latency_table
-    from sparsetrain.deploy.latency_report import format_latency, write_latency
+    from sparsetrain.deploy.latency_report import bench_stem, format_latency, write_latency
 
     table = latency_table(args.target, batches=(1, args.batch), repeats=args.repeats, threads=args.threads,
                           memory=not args.no_memory)
-    write_latency(table, Path(args.out or args.target))
+    path = write_latency(table, args.out, bench_stem(Path(args.target)))
     print(json.dumps(table, indent=1) if args.json else format_latency(table))
+    print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the table alone
 
 
 # `sparsetrain bench NAME`: what each does (one list for the dispatcher and `--help`)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsetrain.deploy.bitmask import sparse_bytes
+from sparsetrain.deploy.bitmask import storage_bytes
 from sparsetrain.engine.checkpoint import atomic_write_text
 from sparsetrain.phases import final_phase
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
@@ -39,8 +39,9 @@ def measure_final(pipeline: Pipeline) -> dict[str, Any]:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     counts = _param_counts(model)
     measured: dict[str, Any] = {"sparsity": sparsity_of(layers), "layers": layers, "params": counts}
-    measured["bytes"] = {"dense": sum(t.numel() * t.element_size() for t in state.values()),  # export/ is written
-                         "compressed": sparse_bytes(state, set(params))}  # (or kept, if up to date) by deploy_run
+    # the sizes of the export's weights files (export/ is written, or kept if up to date, by deploy_run)
+    measured["bytes"] = {"dense": sum(t.numel() * t.element_size() for t in state.values()),
+                         **storage_bytes(state, set(params))}
     if pipeline.structural:
         _add_structural(pipeline, measured, model)
     else:

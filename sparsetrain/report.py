@@ -9,14 +9,18 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
                      (`sparsetrain.phases`), in run order; only finished phases
     final_phase      the phase whose weights are the run's result
     wall_time_s      {phase: seconds of its last attempt}
-    sparsity, layers, params, bytes, compression_ratio   the final model (`sparsetrain.measure`)
+    sparsity, layers, params, bytes, compression_ratio   the final model (`sparsetrain.measure`); bytes: dense (the
+                     unpruned model's tensors), bitmask and safetensors (the sizes of the export's two weights files),
+                     compressed (the smaller of those, the one `compressed_format` names: the bitmask file for pruned
+                     weights, model.safetensors for a model with filters removed), pruned (structural: the smaller
+                     model's tensors)
     mask_memory      {bytes_per_rank, weights_per_rank}: the packed keep-masks (1 bit per weight) each rank held
                      while training with masks (fine-tuning, else gradual pruning in sparsify), its share under
                      ZeRO >= 1; absent when no phase trained with masks
     baselines        {name: {phase: metric, sparsity, ...}} (Method 1 with `baselines`)
     ... structural runs add kept_filters, flops, peak_memory_bytes, latency_ms, param_reduction; deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
-    another since) and latency (`sparsetrain.deploy.run`).
+    another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed).
 
 Format 1 (before the phase vocabulary) had the phases as top-level keys dense / sparse / pruned / finetuned;
 `phase_results` reads both.
@@ -80,18 +84,26 @@ def format_table(report: dict[str, Any]) -> str:
                   f"flops        {f['dense']:,} -> {f['pruned']:,}",
                   f"latency      {lat['dense']:.2f} ms -> {lat['pruned']:.2f} ms ({lat['speedup']:.2f}x; "
                   f"{lat.get('measured', 'CPU, batch 1')})"]
+        lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
         return "\n".join(lines)
     if "sparsity" in report:
         lines += [f"sparsity     {100 * report['sparsity']:7.2f} %",
                   f"compression  {report['compression_ratio']:7.1f} x  "
                   f"({report['params']['nonzero']:,} of {report['params']['total']:,} weights non-zero)",
-                  f"bytes        {report['bytes']['dense']:,} dense -> {report['bytes']['compressed']:,} compressed"]
+                  _bytes_line(report["bytes"])]
     if "mask_memory" in report:
         per_rank = report["mask_memory"]["bytes_per_rank"]
         lines.append(f"masks        {max(per_rank):,} bytes per rank (packed 1 bit per weight, {len(per_rank)} ranks)")
     if report.get("baselines"):
         lines += ["", _comparison_table(report)]
     return "\n".join(lines)
+
+
+def _bytes_line(sizes: dict[str, Any]) -> str:
+    """Dense bytes -> the compressed model's smallest export file, named (reports before `compressed_format` was
+    recorded measured the bitmask file)."""
+    return (f"bytes        {sizes['dense']:,} dense -> {sizes['compressed']:,} compressed "
+            f"({sizes.get('compressed_format', 'bitmask')} file)")
 
 
 def _comparison_table(report: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from sparsetrain.engine.checkpoint import read_run_state
 from sparsetrain.errors import InputError
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
 
@@ -115,6 +116,15 @@ def _show(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else json.dumps(value)
 
 
+def _stored_config(run_dir: Path) -> dict[str, Any] | None:
+    """The `config.yaml` a run was started with, None when it is missing, unreadable or not a mapping."""
+    try:
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
 def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:
     """Refuse to continue the run in `out_dir` with settings that would change its results.
 
@@ -125,18 +135,13 @@ def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:
     Raises:
         InputError: one line naming the first differing settings (stored → new) and the ways out.
     """
-    stored_file = out_dir / "config.yaml"
-    try:
-        stored = yaml.safe_load(stored_file.read_text())
-    except (OSError, yaml.YAMLError):
+    stored = _stored_config(out_dir)
+    if stored is None:
         return  # no readable record of the old settings: nothing to compare with (older runs)
-    if not isinstance(stored, dict):
-        return
-    try:
-        state = json.loads((out_dir / "state.json").read_text())
-    except (OSError, ValueError):
-        return  # the pipeline's own state check reports a corrupt state.json
-    changed = changed_settings(stored, config, state if isinstance(state, dict) else {})
+    state = read_run_state(out_dir)
+    if state is None:
+        return  # the pipeline's own state check (`load_run_state`) reports a corrupt state.json
+    changed = changed_settings(stored, config, state)
     if not changed:
         return
     shown = "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, old, new in changed[:_SHOWN])
@@ -151,6 +156,16 @@ def last_phase(config: dict[str, Any]) -> str:
     return FINETUNE if enabled else PRUNE
 
 
+def unfinished_phases(run_dir: Path) -> tuple[str | None, str] | None:
+    """(last finished phase, or None when none has, and the run's final phase `last_phase`) when `run_dir` is a run
+    directory whose final phase has not finished; None for a finished run or a folder without a readable
+    `state.json` and `config.yaml`."""
+    state, config = read_run_state(run_dir), _stored_config(run_dir)
+    if state is None or config is None or last_phase(config) in state["completed"]:
+        return None
+    return final_phase(state["completed"]), last_phase(config)
+
+
 def check_finished(run_dir: Path, action: str, phase: str | None = None) -> None:
     """Refuse `action` (export, eval, bench latency) on a run whose final phase has not finished.
 
@@ -160,21 +175,13 @@ def check_finished(run_dir: Path, action: str, phase: str | None = None) -> None
     Raises:
         InputError: one line naming the last completed phase and how to finish the run (or export that phase).
     """
-    try:
-        state = json.loads((run_dir / "state.json").read_text())
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, ValueError, yaml.YAMLError):
-        return  # not a run directory with state: the caller's own checks apply
-    completed = state.get("completed", {})
     if phase is not None:
-        if phase not in completed:
-            done = ", ".join(p for p in PHASES if p in completed) or "none"
-            raise InputError(f"{action}: phase {phase} of {run_dir} has not finished (finished: {done})")
+        _check_phase_finished(run_dir, action, phase)
         return
-    wanted = last_phase(config)
-    if wanted in completed:
-        return
-    last = final_phase(completed)
+    unfinished = unfinished_phases(run_dir)
+    if unfinished is None:
+        return  # finished, or not a run directory with state: the caller's own checks apply
+    last, wanted = unfinished
     finish = f"finish it with `sparsetrain run {run_dir / 'config.yaml'}`"
     if last is None:
         raise InputError(f"{action}: {run_dir} has no finished phase yet; {finish}")
@@ -183,6 +190,15 @@ def check_finished(run_dir: Path, action: str, phase: str | None = None) -> None
         explicit += f" and give {run_dir / 'export'}"
     raise InputError(f"{action}: {run_dir} is unfinished: the last completed phase is {last}, not {wanted}; {finish}"
                      f", or export the {last} phase explicitly with {explicit}")
+
+
+def _check_phase_finished(run_dir: Path, action: str, phase: str) -> None:
+    """Refuse `action` on the phase `phase` of a run directory where it has not finished (one line)."""
+    state = read_run_state(run_dir)
+    if state is None or _stored_config(run_dir) is None or phase in state["completed"]:
+        return  # finished, or not a run directory with state: the caller's own checks apply
+    done = ", ".join(p for p in PHASES if p in state["completed"]) or "none"
+    raise InputError(f"{action}: phase {phase} of {run_dir} has not finished (finished: {done})")
 
 
 def phases_needed_first(selected: list[str], completed: dict[str, Any], sparsify_enabled: bool) -> None:

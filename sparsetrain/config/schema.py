@@ -168,6 +168,10 @@ class DeployConfig(Section):
     opset: int = Field(18, ge=17, le=23, description="ONNX opset of model.onnx.")
     tolerance: float = Field(1e-4, gt=0, description="Largest max abs difference from the torch model (fp32, on "
                              "a batch of the data) that passes export verification.")
+    compact: bool = Field(True, description="Method 1: also write export/compact/, the model with its dead units "
+                          "(no non-zero input weight, or nothing reads them) removed exactly, constants folded into "
+                          "biases: a smaller dense model (load_compressed(RUN_DIR, 'compact')). Written only when "
+                          "some unit is dead; Method 2 models are already physically pruned (skipped).")
     latency: bool = Field(True, description="Measure the dense-vs-compressed latency table at the end of run "
                           "(what `sparsetrain bench latency` prints) into report.json.")
     latency_batch: int = Field(16, ge=2, description="The larger batch size of the latency table (the other is 1).")

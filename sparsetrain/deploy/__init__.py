@@ -10,7 +10,9 @@ Vocabulary (one meaning each):
                        `bitmask` (model.bitmask.safetensors: packed mask + non-zero values, `bitmask.py`),
                        `torch_export` (model.pt2) and `onnx` (model.onnx), both from one torch.export program
                        (`program.py`) and verified against torch when written.
-    bytes.compressed   in the report: the size of the bitmask file, the stored size of the compressed model.
+    bytes.compressed   in the report (and `sparsetrain eval`): the stored size of the compressed model, the smaller
+                       of its two weights files (`bytes.compressed_format`: bitmask for pruned weights,
+                       safetensors for a model with filters removed; `bitmask.storage_bytes`).
 
 Modules: `bitmask` (format), `program` (torch.export + ONNX), `folder` (writer), `loading`, `run` (pipeline
 glue), `reexport` (`sparsetrain export`), `evaluate` (`sparsetrain eval`), `latency` (`sparsetrain bench latency`).

@@ -3,8 +3,9 @@ values, in safetensors.
 
 For a pruned tensor `w` the file holds `<name>.__mask__` (uint8, numel/8 bytes, numpy bit order "big") and
 `<name>.__values__` (the non-zero values in row-major order); its shape is kept in the metadata. Other tensors
-are stored dense. The size on disk is what `bytes.compressed` in the report measures; `load_compressed` rebuilds
-the model from it with the export's `architecture.json`.
+are stored dense. Its size on disk is `bytes.bitmask` in the report, and `bytes.compressed` when it is the smaller
+of the export's weights files (`storage_bytes`); `load_compressed` rebuilds the model from it with the export's
+`architecture.json`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,30 @@ def sparse_bytes(state: dict[str, torch.Tensor], sparse_names: set[str]) -> int:
 
     tensors, metadata = _pack(state, sparse_names)
     return len(save(tensors, metadata=metadata))
+
+
+def plain_bytes(state: dict[str, torch.Tensor]) -> int:
+    """The size of `state` as a plain safetensors file (every tensor whole, zeros included), as the export's
+    `model.safetensors` is written (`safetensors.torch.save_model`, a model without shared tensors), without
+    writing."""
+    from safetensors.torch import save
+
+    return len(save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+
+
+def storage_bytes(state: dict[str, torch.Tensor], sparse_names: set[str]) -> dict[str, int | str]:
+    """The sizes of an export's two weights files for `state`, and which one is the compressed model's size.
+
+    Unstructured zeros make the bitmask file the smaller; a model whose filters were removed physically has no
+    zeros to pack, so its plain file is the smaller (the bitmask file then adds a mask bit per weight).
+
+    Returns:
+        {"bitmask": size of model.bitmask.safetensors, "safetensors": size of model.safetensors (bytes), "compressed":
+        the smaller of the two, "compressed_format": its `load_compressed` format, "bitmask" or "safetensors"}.
+    """
+    sizes = {"bitmask": sparse_bytes(state, sparse_names), "safetensors": plain_bytes(state)}
+    smallest = min(sizes, key=sizes.get)
+    return {**sizes, "compressed": sizes[smallest], "compressed_format": smallest}
 
 
 def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:

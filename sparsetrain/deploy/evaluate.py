@@ -65,8 +65,10 @@ def _metrics(model: nn.Module, dataset: torch.utils.data.Dataset, task: Any, bat
     return task.finalize(total)
 
 
-def _sizes(model: nn.Module) -> dict[str, Any]:
-    from sparsetrain.deploy.bitmask import sparse_bytes
+def _sizes(model: nn.Module, target: Path) -> dict[str, Any]:
+    """Parameter counts, sparsity and bytes: dense (the unpruned architecture's tensors), the export's two weights
+    files (`bitmask`, `safetensors`) and `compressed`, the smaller of them (`compressed_format` names it)."""
+    from sparsetrain.deploy.bitmask import storage_bytes
     from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 
     params = list(model.parameters())
@@ -75,8 +77,19 @@ def _sizes(model: nn.Module) -> dict[str, Any]:
     return {"params": {"total": sum(p.numel() for p in params),
                        "nonzero": sum(int(torch.count_nonzero(p)) for p in params)},
             "sparsity": sparsity_of(layer_counts(prunable)),
-            "bytes": {"dense": sum(t.numel() * t.element_size() for t in state.values()),
-                      "compressed": sparse_bytes(state, set(prunable))}}
+            "bytes": {"dense": _dense_bytes(model, target), **storage_bytes(state, set(prunable))}}
+
+
+def _dense_bytes(model: nn.Module, target: Path) -> int:
+    """Bytes of the unpruned model's tensors: for an export whose filters were removed, the timm architecture it was
+    pruned from (built on the meta device, in the model's dtype); otherwise the model itself (same shapes)."""
+    from sparsetrain.structural.serialize import create_on_meta
+
+    arch = json.loads((export_folder(target) / ARCH_FILE).read_text()) if _is_export(target) else {}
+    if arch.get("modules"):
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        model = create_on_meta(arch["model_name"], arch["model_kwargs"]).to(dtype)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def _latency(model: nn.Module, shape: tuple[int, ...], repeats: int, threads: int) -> dict[str, float]:
@@ -138,7 +151,8 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     task = build_task(cfg.task, data.num_classes)
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
               "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test)},
-              "metrics": _metrics(model, data.test, task, cfg.train.eval_batch_size), **_sizes(torch_model)}
+              "metrics": _metrics(model, data.test, task, cfg.train.eval_batch_size),
+              **_sizes(torch_model, target)}
     result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats, cfg.deploy.latency_threads)
     return result
 
@@ -151,6 +165,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
         f"{result['data']['path'] or ''} ({result['data']['test_samples']} test samples)",
         f"metric       {m['metric']:.4f}  ({extra})",
         f"params       {p['total']:,} total, {p['nonzero']:,} non-zero; sparsity {100 * result['sparsity']:.2f} %",
-        f"bytes        {b['dense']:,} dense, {b['compressed']:,} compressed (bitmask)",
+        f"bytes        {b['dense']:,} dense -> {b['compressed']:,} compressed ({b['compressed_format']} file; "
+        f"export files: safetensors {b['safetensors']:,}, bitmask {b['bitmask']:,})",
         f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, {lat['threads']} thread(s)",
     ])

@@ -6,6 +6,7 @@
 | `bitmask` | `architecture.json` + `model.bitmask.safetensors` | pruned tensors as packed bitmask + non-zero values |
 | `torch_export` | `model.pt2` | `torch.export` program, batch dimension dynamic |
 | `onnx` | `model.onnx` | the same program in ONNX (opset >= 17) |
+| `compact` | `compact/` + the same two files | Method 1: dead units removed exactly (`compact.py`) |
 
 The input preprocessing the model expects (`data.preprocessing_record`: layout, dtype, shape, scale of the raw
 values, per-channel mean/std, resize) is stored in `architecture.json` under `meta.preprocessing` and in the ONNX
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from sparsetrain.deploy.bitmask import BITMASK_FILE, save_sparse
+from sparsetrain.deploy.compact import COMPACT_DIR, remove_compact, write_compact
 from sparsetrain.deploy.program import (
     ONNX_FILE,
     PROGRAM_FILE,
@@ -61,7 +63,7 @@ def _entry(folder: Path, *files: str, **extra: Any) -> dict[str, Any]:
 
 def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], example: torch.Tensor,
                  formats: tuple[str, ...] | list[str] = DEPLOYMENT_FORMATS, opset: int = 18,
-                 tolerance: float = 1e-4) -> dict[str, Any]:
+                 tolerance: float = 1e-4, compact: bool = False) -> dict[str, Any]:
     """Write `model` to `folder` in every format and verify the deployment formats.
 
     Args:
@@ -72,6 +74,8 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
         formats: Deployment formats to write besides safetensors and bitmask (`DEPLOYMENT_FORMATS`).
         opset: ONNX opset.
         tolerance: Largest max abs difference from torch that passes verification.
+        compact: Also write the model without its dead units to `folder/compact/` (`compact.py`; Method 1), when
+            it has any.
 
     Returns:
         The manifest (also written to `folder/manifest.json`).
@@ -92,6 +96,8 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
                "bitmask": _entry(folder, ARCH_FILE, BITMASK_FILE)}
     for fmt in ("safetensors", "bitmask"):
         log.info(f"[export] {fmt}: {' + '.join(entries[fmt]['files'])}, {_size(entries[fmt]['bytes'])}")
+    if compact:
+        entries.update(_compact(model, folder, meta, example.float().cpu(), tolerance))
     if formats:
         entries.update(_deployment_formats(model, folder, example.float().cpu(), formats, opset, tolerance,
                                            meta.get("preprocessing")))
@@ -106,6 +112,7 @@ def _remove_earlier_export(folder: Path) -> None:
     """Delete the files an earlier export wrote (`EXPORT_FILES`), so none outlives the manifest that listed it."""
     for name in EXPORT_FILES:
         (folder / name).unlink(missing_ok=True)
+    remove_compact(folder)
 
 
 def _size(num_bytes: int) -> str:
@@ -117,9 +124,20 @@ def _default_permissions(folder: Path) -> None:
     0600, which left other users of a shared export unable to read the weights."""
     umask = os.umask(0)
     os.umask(umask)
-    for path in folder.iterdir():
+    compact = folder / COMPACT_DIR
+    for path in [*folder.iterdir(), *(compact.iterdir() if compact.is_dir() else ())]:
         if path.is_file():
             path.chmod(0o666 & ~umask)
+
+
+def _compact(model: nn.Module, folder: Path, meta: dict[str, Any], example: torch.Tensor,
+             tolerance: float) -> dict[str, dict[str, Any]]:
+    """The "compact" entry (none when no unit is dead); a model that cannot be traced is recorded as failed."""
+    try:
+        entry = write_compact(model, folder, meta=meta, example=example, tolerance=tolerance)
+    except Exception as err:  # tracing raises many types; the other formats must still be written
+        return {"compact": _failed("compact", err)}
+    return {"compact": entry} if entry is not None else {}
 
 
 def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, formats: tuple[str, ...] | list[str],

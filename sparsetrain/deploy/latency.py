@@ -245,7 +245,9 @@ def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats:
         memory: Measure peak memory (child processes, a few seconds each).
 
     Returns:
-        {"rows": [...], "slowest_layers": {...}, "storage": {...}, "kind", "threads", "repeats", "warmup"}.
+        {"rows": [...], "slowest_layers": {...}, "storage": {...}, "kind", "model", "phase" (the run phase the export
+        holds, architecture.json's meta.phase; None for an export that does not record it), "input_shape",
+        "threads", "repeats", "warmup"}.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -286,7 +288,8 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
                     else _onnx_layers(models.onnx(which), batch, models.shape, threads, runs, models.scratch))
     for model in models.torch.values():
         model.cpu()
-    return {"kind": models.kind, "model": models.arch["model_name"], "input_shape": list(models.shape),
+    return {"kind": models.kind, "model": models.arch["model_name"], "phase": models.arch.get("meta", {}).get("phase"),
+            "input_shape": list(models.shape),
             "threads": threads, "repeats": repeats, "warmup": warmup, "storage": storage, "rows": rows,
             "slowest_layers": layers}
 

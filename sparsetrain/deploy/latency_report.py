@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_latency", "plot_latency", "write_latency"]
+__all__ = ["bench_stem", "format_latency", "plot_latency", "write_latency"]
 
 
 def _mb(value: int | None) -> str:
@@ -20,7 +21,8 @@ def _ms(stats: dict[str, float]) -> str:
 def format_latency(table: dict[str, Any]) -> str:
     """A fixed-width table: one row per runtime and batch, then the slowest layers at batch 1."""
     s = table["storage"]
-    lines = [f"latency of {table['model']} ({table['kind']}), input {tuple(table['input_shape'])}, "
+    phase = f", {table['phase']} phase" if table.get("phase") else ""
+    lines = [f"latency of {table['model']} ({table['kind']}{phase}), input {tuple(table['input_shape'])}, "
              f"{table['threads']} thread(s), {table['repeats']} interleaved rounds after {table['warmup']} warm-up; "
              f"ms as median [p20-p80]; speed-up = dense p20 / compressed p20 (the least disturbed by other load); "
              "peak MB = weights + workspace + activations in a warmed-up process (runtime set-up not counted)",
@@ -72,8 +74,23 @@ def plot_latency(table: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_latency(table: dict[str, Any], out_dir: Path) -> None:
-    """`latency.json` and `latency.png` in `out_dir`."""
+def write_latency(table: dict[str, Any], out_dir: Path, stem: str = "latency") -> Path:
+    """`<stem>.json` and `<stem>.png` in `out_dir` (a run's own: latency.json, latency.png); returns the JSON's
+    path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "latency.json").write_text(json.dumps(table, indent=1))
-    plot_latency(table, out_dir / "latency.png")
+    path = out_dir / f"{stem}.json"
+    path.write_text(json.dumps(table, indent=1))
+    plot_latency(table, out_dir / f"{stem}.png")
+    return path
+
+
+def bench_stem(target: Path) -> str:
+    """`latency-<name>` for `sparsetrain bench latency TARGET`'s own files: the run's folder name (the export
+    folder's run for `RUN/export`), so tables of several runs sit side by side and never replace a run's own
+    latency.json."""
+    folder = target.resolve()
+    if folder.is_file():
+        folder = folder.parent
+    if folder.name == "export":
+        folder = folder.parent
+    return f"latency-{re.sub(r'[^A-Za-z0-9_.-]+', '-', folder.name).strip('-') or 'model'}"

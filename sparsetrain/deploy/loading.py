@@ -119,6 +119,19 @@ def _listed_formats(folder: Path) -> list[str] | None:
     return [fmt for fmt, entry in formats.items() if isinstance(entry, dict) and entry.get("files")]
 
 
+def _load_compact(path: Path) -> nn.Module:
+    """The export's compact model (`deploy/compact.py`): `export/compact/`, written only for Method 1 runs."""
+    from sparsetrain.deploy.compact import COMPACT_DIR
+    from sparsetrain.structural.serialize import load_pruned_model as load_timm
+
+    folder = export_folder(path)
+    folder = folder if folder.name == COMPACT_DIR else folder / COMPACT_DIR
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ValueError(f"load_compressed: {folder.parent} holds no compact model (written by Method 1 exports "
+                         f"with deploy.compact when some unit is dead)")
+    return load_timm(folder)
+
+
 def load_compressed(path: str | Path, format: str = "auto", *, threads: int | None = None) -> nn.Module:
     """Load an exported model, ready for `model(x)`, and say which format it came from.
 
@@ -126,7 +139,8 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
         path: A run directory, its `export/` folder, or one file in it (`model.safetensors`,
             `model.bitmask.safetensors`, `model.pt2`, `model.onnx`).
         format: "auto" (the first of `FORMAT_ORDER` the folder holds), "safetensors", "bitmask",
-            "torch_export" or "onnx".
+            "torch_export", "onnx", or "compact" (Method 1's model with its dead units removed, `export/compact/`;
+            never chosen by "auto").
         threads: onnxruntime intra-op threads (onnx only; None = onnxruntime's default).
 
     Returns:
@@ -142,9 +156,11 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
             file another export left behind).
     """
     path = Path(path)
-    fmt = _format_of(path, format)
+    fmt = "compact" if format == "compact" else _format_of(path, format)
     folder = export_folder(path)
-    if fmt == "safetensors":
+    if fmt == "compact":
+        model = _load_compact(path)
+    elif fmt == "safetensors":
         from sparsetrain.structural.serialize import load_pruned_model as load_timm
 
         model = load_timm(folder)
@@ -158,7 +174,7 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
         model.eval()  # an exported program's module is already an inference graph (it rejects .eval())
     model.export_format = fmt
     model.preprocessing = preprocessing_of(path)
-    log.info(f"load_compressed: {folder / _FILES[fmt]} ({fmt})")
+    log.info(f"load_compressed: {folder / _FILES.get(fmt, 'compact')} ({fmt})")
     return model
 
 

@@ -35,12 +35,15 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[torch.export.Exporte
         model: A CPU float32 model.
         example: An input batch of at least 2 samples (torch.export specializes sizes 0 and 1).
     """
+    from sparsetrain.structural.rules import export_context
+
     model.eval()
     batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
-    try:
-        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), True
-    except Exception:  # a model whose code fixes the batch size: a fixed-shape program
-        return torch.export.export(model, (example,)), False
+    with export_context(model):  # what a layer needs while traced (LeViT: no eval-mode bias cache)
+        try:
+            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), True
+        except Exception:  # a model whose code fixes the batch size: a fixed-shape program
+            return torch.export.export(model, (example,)), False
 
 
 def write_program(program: torch.export.ExportedProgram, path: Path) -> Path:

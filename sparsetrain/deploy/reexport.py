@@ -59,6 +59,8 @@ def _update_report(run_dir: Path, manifest: dict[str, Any], phase: str, final: s
     report.update(export=manifest["formats"], export_phase=phase)
     atomic_write_text(path, json.dumps(report, indent=2))
     if phase != final:
+        timed = (report.get("latency") or {}).get("phase", final)  # tables before `phase` was recorded: the final
+        latency = f" and its latency table (latency.phase {timed})" if "latency" in report else ""
         log.info(f"[export] {run_dir / 'export'} now holds the {phase} model: report.json's export section says so, "
-                 f"its other numbers{' and latency.json' if (run_dir / 'latency.json').exists() else ''} describe "
-                 f"the final phase {final} (a re-run of the run re-exports {final})")
+                 f"its other numbers{latency} describe the final phase {final} (a re-run of the run re-exports "
+                 f"{final})")

@@ -56,7 +56,8 @@ def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]
                        "re-run the phase after fixing the training settings")
         manifest = write_export(model, pipeline.out_dir / "export", meta=meta,
                                 example=example_batch(pipeline.data.test), formats=cfg.deploy.formats,
-                                opset=cfg.deploy.opset, tolerance=cfg.deploy.tolerance)
+                                opset=cfg.deploy.opset, tolerance=cfg.deploy.tolerance,
+                                compact=cfg.deploy.compact and not pipeline.structural)
         _record_outputs(pipeline, phase)
     barrier()
     return manifest
@@ -184,9 +185,9 @@ def _latency_to_reuse(pipeline: Pipeline) -> dict[str, Any] | None:
 
 
 def _timed_with(table: dict[str, Any]) -> dict[str, Any]:
-    """The settings a latency table was measured with, read from the table itself (so a table written by
-    `sparsetrain bench latency` with other arguments is told apart): batches, repeats, threads, and whether peak
-    memory was measured (`--no-memory` leaves it out)."""
+    """The settings a latency table was measured with, read from the table itself (so a table timed with other
+    deploy.latency_* settings, or written by an older `sparsetrain bench latency` with other arguments, is told
+    apart): batches, repeats, threads, and whether peak memory was measured (`--no-memory` leaves it out)."""
     rows = table["rows"]
     memory = any(v is not None for r in rows if r["device"] == "cpu" for v in r["peak_memory_bytes"].values())
     return {"batches": sorted({r["batch"] for r in rows}), "repeats": table["repeats"], "threads": table["threads"],

@@ -33,6 +33,7 @@ from sparsetrain.engine.distributed import DistInfo, barrier
 from sparsetrain.errors import ResumeError
 from sparsetrain.pruning.sharded_masks import ShardedMasks, read_ranges, write_range_file
 
+STATE_FILE = "state.json"  # the run's completed phases and current checkpoint (layout above)
 UNIVERSAL_OPTIMIZERS = ("adam", "adamw")  # the optimizer states ds_to_universal and the ZeRO-3 loader know
 
 
@@ -51,24 +52,49 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _parse_run_state(path: Path) -> dict[str, Any]:
+    """state.json's content, checked to be a mapping with a `completed` mapping.
+
+    Raises:
+        OSError: unreadable. ValueError: not JSON, or not of that shape.
+    """
+    state = json.loads(path.read_text())
+    if not isinstance(state, dict) or not isinstance(state.get("completed"), dict):
+        raise ValueError("missing 'completed'")
+    return state
+
+
 def load_run_state(out_dir: Path) -> dict[str, Any]:
-    """{"completed": {phase: results}, "current": {"phase", "tag", "step"} | None}."""
-    path = out_dir / "state.json"
+    """{"completed": {phase: results}, "current": {"phase", "tag", "step"} | None}; a fresh state when there is no
+    state.json yet.
+
+    Raises:
+        CheckpointError: state.json is unreadable or malformed (one line naming it and the way out).
+    """
+    path = out_dir / STATE_FILE
     if not path.exists():
         return {"completed": {}, "current": None}
     try:
-        state = json.loads(path.read_text())
-        if not isinstance(state.get("completed"), dict):
-            raise ValueError("missing 'completed'")
-        return state
+        return _parse_run_state(path)
     except (ValueError, OSError) as err:
         raise CheckpointError(f"resume: {path} is corrupt ({_first_line(err)}); delete the run dir or set "
                               "resume=false") from None
 
 
+def read_run_state(out_dir: Path) -> dict[str, Any] | None:
+    """state.json of the run directory `out_dir`, or None when it is missing, unreadable or malformed (the same
+    check as `load_run_state`): for looking at a run from outside it (the resume settings check, export, eval,
+    `model.checkpoint`), where a directory without a usable state is simply not a run with finished phases; the
+    pipeline itself reports a corrupt state.json through `load_run_state`."""
+    try:
+        return _parse_run_state(out_dir / STATE_FILE)
+    except (ValueError, OSError):
+        return None
+
+
 def write_run_state(out_dir: Path, state: dict[str, Any]) -> None:
     """Write state.json atomically (the caller is rank 0; no barrier)."""
-    atomic_write_text(out_dir / "state.json", json.dumps(state, indent=2))
+    atomic_write_text(out_dir / STATE_FILE, json.dumps(state, indent=2))
 
 
 def save_run_state(out_dir: Path, state: dict[str, Any], dist_info: DistInfo) -> None:

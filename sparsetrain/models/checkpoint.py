@@ -9,7 +9,8 @@ Accepted files, read through the libraries that write them:
 - A sparsetrain export folder (`architecture.json` + `model.safetensors`, see `sparsetrain.deploy`); a structurally
   pruned export gives its smaller architecture.
 - A sparsetrain run directory: its `export/` folder, or without one the weights of its last finished phase
-  (`weights/<phase>.safetensors`, or the pruned model in `weights/<phase>/` of a structural run).
+  (`weights/<phase>.safetensors`, or the pruned model in `weights/<phase>/` of a structural run). A run whose final
+  phase has not finished is taken too, with a warning naming the phase taken and the other finished phases' files.
 
 Other files of an export or run (`model.bitmask.safetensors`, `model.onnx`, `model.pt2`, `weights/masks.safetensors`)
 are recognised and refused in one line that names the file to give instead.
@@ -32,6 +33,7 @@ import yaml
 from torch import nn
 
 from sparsetrain.config.schema import ModelConfig
+from sparsetrain.phases import PHASES, final_phase
 from sparsetrain.progress import log
 
 __all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "classifier_keys", "read_state_dict"]
@@ -106,15 +108,17 @@ def resolve(path: str | Path) -> Path:
 def run_weights(run: Path) -> Path | None:
     """`weights/<phase>/` (a structurally pruned model) or `weights/<phase>.safetensors` of the last finished phase
     recorded in the run directory's `state.json`; None when `run` is not a run directory or has no such file."""
-    from sparsetrain.phases import final_phase
+    from sparsetrain.engine.checkpoint import read_run_state
+
+    state = read_run_state(run)
+    phase = final_phase(state["completed"]) if state is not None else None
+    return _phase_weights(run, phase) if phase is not None else None
+
+
+def _phase_weights(run: Path, phase: str) -> Path | None:
+    """`weights/<phase>/` (a structurally pruned model) or `weights/<phase>.safetensors` of a run, None when absent."""
     from sparsetrain.structural.serialize import ARCH_FILE
 
-    try:
-        phase = final_phase(json.loads((run / "state.json").read_text()).get("completed", {}))
-    except (OSError, ValueError, AttributeError):
-        return None
-    if phase is None:
-        return None
     folder, file = run / "weights" / phase, run / "weights" / f"{phase}.safetensors"
     return folder if (folder / ARCH_FILE).is_file() else file if file.is_file() else None
 
@@ -318,6 +322,7 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     Returns:
         The model holding the checkpoint's weights (the same object, unless the export is structurally pruned).
     """
+    _note_unfinished_run(cfg.checkpoint)
     arch = export_architecture(cfg.checkpoint)
     if arch is not None and arch.get("modules"):
         return _pruned_export(model, cfg, arch)
@@ -334,6 +339,27 @@ def _source(path: str | Path) -> str:
     if used in (given, given / "export"):
         return str(path)
     return f"{path} ({used.relative_to(given)}, its last finished phase)"
+
+
+def _note_unfinished_run(path: str | Path) -> None:
+    """One line when `path` is a run directory whose final phase has not finished: which phase's weights are taken
+    (its export's, or the last finished phase's) and the files of its other finished phases, to give instead."""
+    from sparsetrain.engine.checkpoint import read_run_state
+    from sparsetrain.rundir import unfinished_phases
+
+    run = Path(path).expanduser()
+    unfinished = unfinished_phases(run) if run.is_dir() else None
+    used = resolve(run)
+    if unfinished is None or used == run:
+        return
+    last, final = unfinished
+    taken = (export_architecture(run) or {}).get("meta", {}).get("phase") if used.name == "export" else last
+    completed = (read_run_state(run) or {}).get("completed", {})
+    others = [str(file) for phase in PHASES
+              if phase in completed and phase != taken and (file := _phase_weights(run, phase))]
+    instead = f"; to start from another finished phase give {' or '.join(others)}" if others else ""
+    log.warning(f"model.checkpoint: {run} is an unfinished run (its final phase {final} has not finished; last "
+                f"finished: {last}): taking the {taken} phase's weights ({used.relative_to(run)}){instead}")
 
 
 def _pruned_export(model: nn.Module, cfg: ModelConfig, arch: dict) -> nn.Module:

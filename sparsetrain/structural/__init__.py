@@ -1,6 +1,8 @@
 """Structural (physical) channel removal: channel groups, layer rules, scoring and selection, masking/removal,
-constant folding, compressed export, profiling. Vocabulary: `types.py` and docs/structural.md."""
+constant folding, dead-unit removal (`dead.py`), compressed export, profiling. Vocabulary: `types.py` and
+docs/structural.md."""
 
+from sparsetrain.structural.dead import DeadUnitRemoval, remove_dead_units
 from sparsetrain.structural.fold import FoldReport, fold_constant_channels
 from sparsetrain.structural.graph import (
     build_channel_groups,
@@ -30,6 +32,7 @@ __all__ = [
     "ChannelSelection",
     "ChannelSlice",
     "CountRatio",
+    "DeadUnitRemoval",
     "FoldReport",
     "L1Norm",
     "L2Norm",
@@ -49,6 +52,7 @@ __all__ = [
     "register_layer_rule",
     "registered_rules",
     "remove_channels",
+    "remove_dead_units",
     "rule_for",
     "save_pruned_model",
     "select_channels",

@@ -91,6 +91,12 @@ def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
+def create_on_meta(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The timm model `name` with its tensors on the meta device (shapes and dtypes only, no memory, no init)."""
+    with torch.device("meta"):
+        return _create(name, kwargs)
+
+
 def _create_empty(name: str, kwargs: dict[str, Any]) -> nn.Module:
     """The timm model with uninitialized tensors when the weights file will overwrite all of them."""
     with torch.device("meta"):

@@ -13,7 +13,7 @@ TINY = [
     "train.checkpoint_every=10", "phases.dense.enabled=false", "phases.sparsify.epochs=2",
     "phases.finetune.epochs=1", "regularizer.alpha0=2e-4", "regularizer.beta=20", "prune.rule=global_sparsity",
     "prune.sparsity=0.8", "tracking.mode=disabled", "train.threads=1",
-    "deploy.formats=[]", "deploy.latency=false",  # exports and latency have their own tests (tests/deploy)
+    "deploy.formats=[]", "deploy.latency=false", "deploy.compact=false",  # exports, latency: tests/deploy
 ]
 
 

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from sparsetrain.cli import main
+from sparsetrain.config import config_to_dict
+from sparsetrain.engine.checkpoint import read_run_state
+from sparsetrain.models.checkpoint import run_weights
 from sparsetrain.pipeline import run_pipeline
-from sparsetrain.rundir import changed_settings
+from sparsetrain.rundir import changed_settings, check_finished, check_same_run
 from tests.core.conftest import tiny_config, tiny_overrides
 
 SHORT = ("phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.3")
@@ -157,3 +160,30 @@ def test_unusable_out_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["run", *tiny_overrides(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: out_dir: cannot create the run directory {out} ({reason})", err
+
+
+@pytest.mark.parametrize("state", [None, "", "{not json", "[]", '{"completed": null}', '{"completed": ["finetune"]}',
+                                   "a folder"])
+def test_every_reader_takes_a_missing_or_malformed_state_json_alike(finished: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture,
+                                                                   state: str | None) -> None:
+    """The resume check, export/eval's finished check and model.checkpoint's run weights read state.json through
+    one reader: missing, unreadable and malformed are all "no finished phase recorded" (no traceback, no weights
+    taken from a list that merely names a phase); a re-run says in one line that it is corrupt."""
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    shutil.copy(finished / "config.yaml", run / "config.yaml")
+    shutil.copy(finished / "weights" / "finetune.safetensors", run / "weights" / "finetune.safetensors")
+    if state == "a folder":
+        (run / "state.json").mkdir()
+    elif state is not None:
+        (run / "state.json").write_text(state)
+    assert read_run_state(run) is None
+    assert run_weights(run) is None, "weights taken from a run whose state.json records no finished phase"
+    check_finished(run, "eval")  # not a run with state: the caller's own checks apply
+    check_same_run(run, config_to_dict(tiny_config(run, *SHORT, "seed=5")))  # nothing recorded to compare with
+    if state is not None:
+        capsys.readouterr()
+        assert main(["run", *tiny_overrides(run, *SHORT)]) == 3
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: resume: {run / 'state.json'} is corrupt (") and "\n" not in err, err

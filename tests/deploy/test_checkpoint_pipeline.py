@@ -138,3 +138,32 @@ def test_a_run_directory_without_export_gives_its_final_weights(compressed: tupl
     final = load_file(str(run / "weights" / "finetune.safetensors"))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
     assert f"from {run} (weights/finetune.safetensors, its last finished phase)" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def unfinished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run stopped after sparsity training and pruning (its final phase, finetune, has not run)."""
+    out = tmp_path_factory.mktemp("unfinished") / "run"
+    run_pipeline(tiny_config(out, "phases.sparsify.epochs=0.3"), ["sparsify", "prune"])
+    return out
+
+
+@pytest.mark.parametrize("export", [True, False])
+def test_an_unfinished_run_says_which_phase_it_gives(unfinished: Path, tmp_path: Path, export: bool,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    run = Path(shutil.copytree(unfinished, tmp_path / "run", ignore=None if export else
+                               shutil.ignore_patterns("export")))
+    with caplog.at_level("INFO"):
+        model = build_model(ModelConfig(name="lenet300_100", checkpoint=str(run)), 1, 10, (1, 8, 8))
+    prune = load_file(str(run / "weights" / "prune.safetensors"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in prune.items())
+    lines = [r.getMessage() for r in caplog.records if "unfinished run" in r.getMessage()]
+    source = "export" if export else "weights/prune.safetensors"
+    assert lines == [f"model.checkpoint: {run} is an unfinished run (its final phase finetune has not finished; last "
+                     f"finished: prune): taking the prune phase's weights ({source}); to start from another finished "
+                     f"phase give {run}/weights/sparsify.safetensors"], caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        build_model(ModelConfig(name="lenet300_100", checkpoint=str(run / "weights" / "sparsify.safetensors")),
+                    1, 10, (1, 8, 8))
+    assert "unfinished run" not in caplog.text, "a phase's file given explicitly is not a surprise"

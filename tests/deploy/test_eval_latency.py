@@ -76,8 +76,10 @@ def test_bench_latency_cli_prints_the_table_and_plots(run: tuple[Path, dict], tm
     printed = capsys.readouterr().out
     assert code == 0 and "onnxruntime cpu" in printed and "speed-up" in printed
     assert printed.count("no speed-up") == 4, "every unstructured row says it runs as a dense graph"
-    assert (tmp_path / "latency.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "latency.json").read_text())["rows"][0]["batch"] == 1
+    own = tmp_path / f"latency-{out.name}"  # named after the run, not the export folder
+    assert printed.endswith(f"wrote {own}.json\n"), printed[-200:]
+    assert own.with_suffix(".png").stat().st_size > 1000
+    assert json.loads(own.with_suffix(".json").read_text())["rows"][0]["batch"] == 1
 
 
 def test_latency_of_a_folder_without_export_is_one_line(tmp_path: Path) -> None:

@@ -100,13 +100,47 @@ def test_latency_json_is_reused_only_when_timed_with_the_run_settings(copy: Path
     assert "already holds the finetune model for these deploy settings: not exported again" in err, err
     assert report["latency"]["repeats"] == 3 and _stamps(copy / "export") == export
 
-    assert main(["bench", "latency", str(copy), "--repeats", "4", "--batch", "3", "--no-memory"]) == 0
-    report, err = _rerun(copy, capsys, *LATENCY)
-    assert ("[deploy] re-timing: latency.json was timed with batches [1, 3] (deploy: [1, 2]), repeats 4 (deploy: 3),"
-            " memory False (deploy: True)\n") in err, err
-    assert report["latency"]["repeats"] == 3 and {r["batch"] for r in report["latency"]["rows"]} == {1, 2}
-    assert json.loads((copy / "latency.json").read_text())["repeats"] == 3
-
     report_again, err = _rerun(copy, capsys, *LATENCY)
     assert "latency.json was timed with these deploy settings on this export: not timed again" in err, err
     assert report_again["latency"] == report["latency"] and _stamps(copy / "export") == export
+
+    report, err = _rerun(copy, capsys, *LATENCY[:-1], "deploy.latency_batch=3")  # deploy.* may change on a re-run
+    assert "[deploy] re-timing: latency.json was timed with batches [1, 2] (deploy: [1, 3])\n" in err, err
+    assert {r["batch"] for r in report["latency"]["rows"]} == {1, 3}
+    assert json.loads((copy / "latency.json").read_text())["rows"] == report["latency"]["rows"]
+
+
+def test_bench_latency_leaves_the_runs_own_table_alone(copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A benchmark with other settings writes its own file (default runs/bench/latency-<run>.json under the current
+    folder, or --out), never the run's latency.json or report.json, so a re-run of the run keeps its table."""
+    _rerun(copy, capsys, *LATENCY)
+    own = {name: (copy / name).read_bytes() for name in ("latency.json", "latency.png", "report.json")}
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["bench", "latency", str(copy), "--repeats", "4", "--batch", "3", "--no-memory"]) == 0
+    printed = capsys.readouterr().out
+    assert {name: (copy / name).read_bytes() for name in own} == own, "bench latency changed the run's results"
+    assert printed.endswith(f"wrote {Path('runs', 'bench', 'latency-copy.json')}\n"), printed[-200:]
+    assert json.loads((tmp_path / "runs" / "bench" / "latency-copy.json").read_text())["repeats"] == 4
+    _, err = _rerun(copy, capsys, *LATENCY)
+    assert "latency.json was timed with these deploy settings on this export: not timed again" in err, err
+
+
+def test_export_of_another_phase_leaves_the_latency_table_naming_the_phase_it_timed(
+        copy: Path, capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.deploy.latency import latency_table
+    from sparsetrain.deploy.latency_report import format_latency
+
+    report, _ = _rerun(copy, capsys, *LATENCY)
+    assert report["latency"]["phase"] == "finetune"
+    capsys.readouterr()
+    assert main(["export", str(copy), "--phase", "sparsify"]) == 0
+    assert (f"{copy / 'export'} now holds the sparsify model: report.json's export section says so, its other "
+            "numbers and its latency table (latency.phase finetune) describe the final phase finetune") in \
+        capsys.readouterr().err
+    report = json.loads((copy / "report.json").read_text())
+    assert report["export_phase"] == "sparsify" and report["latency"]["phase"] == "finetune"
+    table = latency_table(copy / "export", batches=(1,), repeats=1, memory=False)  # what bench latency times now
+    assert table["phase"] == "sparsify"
+    assert format_latency(table).startswith("latency of lenet300_100 (unstructured, sparsify phase), input")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 import sparsetrain
+from sparsetrain.cli import main
 from sparsetrain.config import load_config
 from sparsetrain.config.schema import ModelConfig
 from sparsetrain.models.factory import build_model
@@ -16,14 +19,22 @@ from sparsetrain.structural import interleaved_latency_ms
 from tests.method2.test_grad_count import TINY_UNET
 
 
-def test_structural_run_exports_a_smaller_loadable_model(tmp_path: Path) -> None:
-    overrides = [*TINY_UNET, f"out_dir={tmp_path}", "phases.sparsify.epochs=1", "phases.finetune.epochs=1",
+@pytest.fixture(scope="module")
+def structural(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], dict]:
+    """A finished tiny Method 2 run: (out_dir, its overrides, report)."""
+    out = tmp_path_factory.mktemp("structural")
+    overrides = [*TINY_UNET, f"out_dir={out}", "phases.sparsify.epochs=1", "phases.finetune.epochs=1",
                  "prune.filter_fraction=0.5", "prune.round_to=1", "regularizer.count_window=3",
                  "deepspeed.zero_stage=0"]
-    report = run_pipeline(load_config(None, overrides))
+    return out, overrides, run_pipeline(load_config(None, overrides))
+
+
+def test_structural_run_exports_a_smaller_loadable_model(structural: tuple[Path, list[str], dict],
+                                                         tmp_path: Path) -> None:
+    run, overrides, report = structural
     assert report["params"]["pruned"] < report["params"]["dense"] / 2, "expected >2x fewer parameters"
     assert all(row["kept"] <= row["total"] - row["total"] // 2 for row in report["kept_filters"])
-    loaded = sparsetrain.load_compressed(tmp_path / "export")
+    loaded = sparsetrain.load_compressed(run / "export")
     assert sum(p.numel() for p in loaded.parameters()) == report["params"]["pruned"]
     pipeline = Pipeline(load_config(None, overrides))
     try:
@@ -33,12 +44,38 @@ def test_structural_run_exports_a_smaller_loadable_model(tmp_path: Path) -> None
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(loaded(x), trained(x), atol=1e-6), "exported model differs from the trained one"
-    assert (tmp_path / "kept_filters.png").stat().st_size > 1000
+    assert (run / "kept_filters.png").stat().st_size > 1000
     assert report["latency_ms"]["pruned"] > 0 and report["flops"]["pruned"] < report["flops"]["dense"]
+    tmp_path = Path(shutil.copytree(run, tmp_path / "run"))
     shutil.rmtree(tmp_path / "export")  # a run directory without export/ is a checkpoint too: its finetune weights
     from_run = build_model(ModelConfig(name="unet_tiny", checkpoint=str(tmp_path)), 3, 1, (3, 32, 32)).eval()
     with torch.no_grad():
         assert torch.equal(from_run(x), loaded(x)), "model.checkpoint=<run dir> did not load weights/finetune/"
+
+
+def test_bytes_name_the_smallest_file_of_a_physically_pruned_model(structural: tuple[Path, list[str], dict],
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Removed filters leave no zeros to pack: the plain model.safetensors of the smaller model is its compressed
+    size, not "dense", and the bitmask file (a mask bit per weight on top) is only listed."""
+    run, _, report = structural
+    export, sizes = run / "export", report["bytes"]
+    files = {"safetensors": (export / "model.safetensors").stat().st_size,
+             "bitmask": (export / "model.bitmask.safetensors").stat().st_size}
+    assert files["bitmask"] > files["safetensors"], files  # what made the bitmask size a misleading headline
+    assert {k: sizes[k] for k in files} == files, "report bytes are not the export's file sizes"
+    assert sizes["compressed"] == files["safetensors"] and sizes["compressed_format"] == "safetensors", sizes
+    assert sizes["compressed"] < sizes["dense"] / 2, sizes
+    assert sparsetrain.load_compressed(export, sizes["compressed_format"]) is not None
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)["bytes"]
+    assert {k: evaluated[k] for k in sizes if k != "pruned"} == {k: sizes[k] for k in sizes if k != "pruned"}, \
+        (evaluated, sizes)  # dense is the unpruned unet_tiny, not the smaller model's plain file
+    assert main(["eval", str(run)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("bytes"))
+    assert line == (f"bytes        {sizes['dense']:,} dense -> {files['safetensors']:,} compressed (safetensors file; "
+                    f"export files: safetensors {files['safetensors']:,}, bitmask {files['bitmask']:,})"), line
+    assert json.loads((run / "report.json").read_text())["format_version"] == 2  # keys added, none renamed
 
 
 def test_structural_run_before_prune_reports_no_before_after_comparison(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ head counts shrink, and the pruned model round-trips through the export."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -108,3 +109,26 @@ def test_fold_of_zeroed_heads_and_channels_keeps_the_function():
     with torch.no_grad():
         diff = (pruned(x) - before).abs().max().item()
     assert diff <= ATOL, f"folded + removed vs filters zeroed: {diff:.3e}"
+
+
+def test_export_gathers_the_attention_biases_in_the_graph_without_timms_cache(levit):
+    """timm's eval-mode cache of the gathered attention biases is a plain dict attribute: torch.export warned that
+    it was assigned during export. The LeViT rule has the blocks gather from `attention_biases` in the graph while
+    traced (`LayerRule.for_export`), then restores their eval mode with an empty cache."""
+    from sparsetrain.deploy.program import trace
+
+    model, x = copy.deepcopy(levit[0]), levit[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        program, dynamic = trace(model, x)
+    assert not [str(w.message)[:120] for w in caught if "attention_bias_cache" in str(w.message)]
+    blocks = [m for m in model.modules() if hasattr(m, "attention_bias_cache")]
+    assert len(blocks) == 5 and not any(m.training or m.attention_bias_cache for m in blocks)
+    biases = {name for name in program.graph_signature.parameters if name.endswith("attention_biases")}
+    assert len(biases) == 5, "the biases must stay parameters of the program"
+    assert all(name.endswith("attention_bias_idxs") for name in program.constants), list(program.constants)
+    y = torch.randn(3, 3, 64, 64)  # another batch size: the dynamic batch dimension
+    with torch.no_grad():
+        for inputs in (x, y):
+            assert (program.module()(inputs) - model(inputs)).abs().max().item() <= 1e-5
+    assert dynamic

@@ -17,6 +17,7 @@ from sparsetrain.structural.rules.base import (
     FunctionalRule,
     LayerRule,
     TraceContext,
+    export_context,
     functional_rule,
     is_rule_leaf,
     register_functional_rule,
@@ -26,9 +27,9 @@ from sparsetrain.structural.rules.base import (
     rule_for,
 )
 
-__all__ = ["CHANNEL_ATTRS", "FunctionalRule", "LayerRule", "TraceContext", "functional_rule", "is_rule_leaf",
-           "register_functional_rule", "register_layer_rule", "registered_functional_rules", "registered_rules",
-           "rule_for"]
+__all__ = ["CHANNEL_ATTRS", "FunctionalRule", "LayerRule", "TraceContext", "export_context", "functional_rule",
+           "is_rule_leaf", "register_functional_rule", "register_layer_rule", "registered_functional_rules",
+           "registered_rules", "rule_for"]
 
 _ = (attention, elementwise, levit, timm_blocks)  # imported for their registrations
 

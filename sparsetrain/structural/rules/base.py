@@ -22,7 +22,8 @@ a custom layer is one class (see docs/structural.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+import contextlib
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -30,7 +31,7 @@ from torch import fx, nn
 
 from sparsetrain.structural.types import ChannelSlice, StructuralPruningError
 
-__all__ = ["CHANNEL_ATTRS", "FunctionalRule", "LayerRule", "TraceContext", "functional_rule",
+__all__ = ["CHANNEL_ATTRS", "FunctionalRule", "LayerRule", "TraceContext", "export_context", "functional_rule",
            "register_functional_rule", "register_layer_rule", "registered_functional_rules", "registered_rules",
            "rule_for"]
 
@@ -161,6 +162,10 @@ class LayerRule:
         """Add `W[:, columns] · values` (the effect of constant input columns along weight `dim`) to the bias."""
         raise StructuralPruningError(f"{type(module).__name__}: constants cannot be folded into this layer")
 
+    def for_export(self, module: nn.Module) -> contextlib.AbstractContextManager[None]:
+        """What the module needs while `torch.export` traces it (`export_context`): by default nothing."""
+        return contextlib.nullcontext()
+
 
 _RULES: dict[type, LayerRule] = {}
 
@@ -187,6 +192,17 @@ def rule_for(module: nn.Module) -> LayerRule | None:
     if rule is not None:
         return rule
     return next((_RULES[c] for c in type(module).__mro__[1:] if c in _RULES and _RULES[c].subclasses), None)
+
+
+@contextlib.contextmanager
+def export_context(model: nn.Module) -> Iterator[None]:
+    """Every module's `LayerRule.for_export` entered while `torch.export` traces `model` (pruned or not)."""
+    with contextlib.ExitStack() as stack:
+        for module in model.modules():
+            rule = rule_for(module)
+            if rule is not None:
+                stack.enter_context(rule.for_export(module))
+        yield
 
 
 def is_rule_leaf(module: nn.Module) -> bool:

@@ -16,12 +16,13 @@ included:
   [h·val_dim, (h+1)·val_dim) of proj's linear. Zeroing a head's rows gives q = k = v = 0: its attention weights
   are softmax(bias), finite, and its output (attn @ v) is 0, which proj's activation (Hardswish: 0 -> 0) keeps
   0, so removing the head equals zeroing it. `attention_bias_idxs` (tokens x tokens) does not depend on the
-  heads; the eval-mode cache of gathered biases is cleared on shrink.
+  heads; the eval-mode cache of gathered biases is cleared on shrink and bypassed while exported (`for_export`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from timm.models.levit import Attention, AttentionDownsample, LinearNorm
@@ -107,6 +108,22 @@ class LevitAttentionHeadsRule(LayerRule):
 
     def rebuild(self, name: str, module: nn.Module, attributes: Mapping[str, Any]) -> None:
         self._set_heads(module, attributes["num_heads"])
+
+    @contextlib.contextmanager
+    def for_export(self, module: nn.Module) -> Iterator[None]:
+        """The gathered biases `attention_biases[:, attention_bias_idxs]` computed in the exported graph, not read
+        from timm's eval-mode cache. In eval mode `get_attention_biases` stores them in a plain dict attribute
+        (`attention_bias_cache`), which torch.export would see assigned during export (a UserWarning: a tensor
+        attribute outside the program's parameters and buffers). timm skips the cache when the module is training
+        (and under torch.jit tracing, for the same reason): only the module's own flag is set, its LinearNorm /
+        BatchNorm children stay in eval mode, and these blocks read it nowhere else."""
+        training = module.training
+        module.training = True
+        try:
+            yield
+        finally:
+            module.training = training
+            module.attention_bias_cache = {}  # whatever the export left there was traced, not computed
 
     @staticmethod
     def _set_heads(module: nn.Module, heads: int) -> None:

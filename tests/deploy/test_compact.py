@@ -1,0 +1,78 @@
+"""A Method 1 run at high sparsity writes export/compact/: its dead units removed, smaller than the masked model,
+verified, listed in report.json and the manifest, and loadable by load_compressed; deploy.compact=false (or an
+export without dead units) writes none."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import sparsetrain
+from sparsetrain.deploy.folder import write_export
+from sparsetrain.pipeline import run_pipeline
+from tests.core.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("compact") / "run"
+    report = run_pipeline(tiny_config(out, "deploy.compact=true", "prune={rule: layer_sparsity, sparsity: 0.97}",
+                                      "phases.sparsify.epochs=1", "phases.finetune.epochs=0.5"))
+    return out, report
+
+
+def test_compact_export_is_written_verified_and_reported(run: tuple[Path, dict]) -> None:
+    out, report = run
+    entry = report["export"]["compact"]
+    manifest = json.loads((out / "export" / "manifest.json").read_text())
+    assert manifest["formats"]["compact"] == entry
+    assert entry["files"] == ["compact/architecture.json", "compact/model.safetensors"]
+    assert entry["bytes"] == sum((out / "export" / f).stat().st_size for f in entry["files"])
+    assert entry["ok"] and entry["max_abs_diff"] <= entry["tolerance"]
+    assert sum(entry["units_removed"].values()) > 0
+    assert entry["params"] < entry["masked_params"] and entry["nonzero_params"] <= entry["masked_nonzero_params"]
+
+
+def test_compact_model_loads_and_matches_the_masked_model(run: tuple[Path, dict]) -> None:
+    out, report = run
+    entry = report["export"]["compact"]
+    compact = sparsetrain.load_compressed(out, "compact")
+    masked = sparsetrain.load_compressed(out, "safetensors")
+    assert compact.export_format == "compact" and compact.preprocessing == masked.preprocessing
+    assert sum(p.numel() for p in compact.parameters()) == entry["params"]
+    assert compact.fc1.out_features == 300 - entry["units_removed"].get("fc1", 0)
+    x = torch.randn(32, 1, 8, 8)
+    with torch.no_grad():
+        assert (compact(x) - masked(x)).abs().max() <= 1e-5
+    same = sparsetrain.load_compressed(out / "export" / "compact")  # the folder itself loads too
+    assert sum(p.numel() for p in same.parameters()) == entry["params"]
+
+
+def test_compact_off_writes_none_and_removes_an_earlier_one(run: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = run
+    folder = tmp_path / "export"
+    shutil.copytree(out / "export", folder)
+    masked = sparsetrain.load_compressed(folder, "safetensors")
+    meta = json.loads((folder / "architecture.json").read_text())
+    meta = {"model_name": meta["model_name"], "model_kwargs": meta["model_kwargs"], **meta["meta"]}
+    manifest = write_export(masked, folder, meta=meta, example=torch.randn(2, 1, 8, 8), formats=[], compact=False)
+    assert "compact" not in manifest["formats"] and not (folder / "compact").exists()
+    with pytest.raises(ValueError, match="holds no compact model"):
+        sparsetrain.load_compressed(folder, "compact")
+
+
+def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dict], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    out, report = run
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    (copy / "export" / "compact" / "model.safetensors").unlink()
+    capsys.readouterr()
+    again = run_pipeline(tiny_config(copy, "deploy.compact=true", "prune={rule: layer_sparsity, sparsity: 0.97}",
+                                     "phases.sparsify.epochs=1", "phases.finetune.epochs=0.5"))
+    assert "[deploy] re-exporting: export/compact/model.safetensors is missing" in capsys.readouterr().err
+    assert again["export"]["compact"]["units_removed"] == report["export"]["compact"]["units_removed"]
+    assert (copy / "export" / "compact" / "model.safetensors").is_file()
