@@ -73,6 +73,8 @@ def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dic
     capsys.readouterr()
     again = run_pipeline(tiny_config(copy, "deploy.compact=true", "prune={rule: layer_sparsity, sparsity: 0.97}",
                                      "phases.sparsify.epochs=1", "phases.finetune.epochs=0.5"))
-    assert "[deploy] re-exporting: export/compact/model.safetensors is missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "[deploy] re-exporting: export/compact/model.safetensors is missing" in err
+    assert f"time it with `sparsetrain bench latency {copy / 'export' / 'compact'}`" in err, "no pointer to compact"
     assert again["export"]["compact"]["units_removed"] == report["export"]["compact"]["units_removed"]
     assert (copy / "export" / "compact" / "model.safetensors").is_file()
