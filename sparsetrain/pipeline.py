@@ -235,6 +235,10 @@ class Pipeline:
         """`phases.<phase>.epochs=0`: the weights the phase starts from (the initial weights, e.g.
         `model.checkpoint`, or the pruned ones) measured as they are and handed on unchanged."""
         t0 = time.perf_counter()
+        if phase == SPARSIFY and start_from is None and not (self.cfg.model.checkpoint or self.cfg.model.pretrained):
+            log.warning("phases.sparsify.epochs=0: sparsity training starts from the initial weights (not the dense "
+                        "phase's), so the untrained initial weights are handed on; give model.checkpoint (a trained "
+                        "model) to compress it without sparsity training")
         model = self.model_from(start_from)
         self._save_phase(phase, model)
         results = evaluate(self.ctx, model)

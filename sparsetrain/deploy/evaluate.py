@@ -80,6 +80,15 @@ def _sizes(model: nn.Module, target: Path) -> dict[str, Any]:
             "bytes": {"dense": _dense_bytes(model, target), **storage_bytes(state, set(prunable))}}
 
 
+def _compact_folder(target: Path) -> Path:
+    """`export/compact/` of a run directory or export folder (or `target` itself when it is that folder): its
+    architecture.json names the unpruned model the compact one was cut from."""
+    from sparsetrain.deploy.compact import COMPACT_DIR
+
+    folder = export_folder(target)
+    return folder if folder.name == COMPACT_DIR else folder / COMPACT_DIR
+
+
 def _dense_bytes(model: nn.Module, target: Path) -> int:
     """Bytes of the unpruned model's tensors: for an export whose filters were removed, the timm architecture it was
     pruned from (built on the meta device, in the model's dtype); otherwise the model itself (same shapes)."""
@@ -142,8 +151,8 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     if _is_export(target):
         model = load_compressed(target, format)
         fmt = model.export_format
-        torch_model = model if fmt in ("safetensors", "bitmask") else load_compressed(export_folder(target),
-                                                                                     "safetensors")
+        torch_model = model if fmt in ("safetensors", "bitmask", "compact") else load_compressed(
+            export_folder(target), "safetensors")
     else:
         model = torch_model = build_model(cfg.model, data.in_chans, data.num_classes, data.input_shape).eval()
         fmt = "checkpoint"
@@ -152,7 +161,7 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
               "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test)},
               "metrics": _metrics(model, data.test, task, cfg.train.eval_batch_size),
-              **_sizes(torch_model, target)}
+              **_sizes(torch_model, _compact_folder(target) if fmt == "compact" else target)}
     result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats, cfg.deploy.latency_threads)
     return result
 

@@ -86,11 +86,14 @@ def write_latency(table: dict[str, Any], out_dir: Path, stem: str = "latency") -
 
 def bench_stem(target: Path) -> str:
     """`latency-<name>` for `sparsetrain bench latency TARGET`'s own files: the run's folder name (the export
-    folder's run for `RUN/export`), so tables of several runs sit side by side and never replace a run's own
-    latency.json."""
+    folder's run for `RUN/export`; `latency-<run>-compact` for `RUN/export/compact`), so tables of several runs sit
+    side by side and never replace a run's own latency.json."""
     folder = target.resolve()
     if folder.is_file():
         folder = folder.parent
+    suffix = ""
+    if folder.name == "compact" and folder.parent.name == "export":  # RUN/export/compact: the run's compact model
+        folder, suffix = folder.parent, "-compact"
     if folder.name == "export":
         folder = folder.parent
-    return f"latency-{re.sub(r'[^A-Za-z0-9_.-]+', '-', folder.name).strip('-') or 'model'}"
+    return f"latency-{re.sub(r'[^A-Za-z0-9_.-]+', '-', folder.name).strip('-') or 'model'}{suffix}"

@@ -69,6 +69,17 @@ def preprocessing_of(path: str | Path) -> dict | None:
     return None
 
 
+def _what_it_has(folder: Path, present: list[str], asked: str) -> str:
+    """` (it has [...]; did you mean 'x'?)`: the formats present, the compact model included."""
+    import difflib
+
+    from sparsetrain.deploy.compact import COMPACT_DIR
+
+    have = [*present, *(["compact"] if (folder / COMPACT_DIR / WEIGHTS_FILE).is_file() else [])]
+    near = difflib.get_close_matches(asked, have, n=1)
+    return f" (it has {have or 'none'}" + (f"; did you mean {near[0]!r}?)" if near else ")")
+
+
 def _format_of(path: Path, format: str) -> str:
     """The format to load: given, implied by the file named, or the first present in FORMAT_ORDER that the
     folder's manifest lists."""
@@ -90,7 +101,8 @@ def _format_of(path: Path, format: str) -> str:
     if format != "auto":
         _check_listed(folder, format)
         if format not in present:
-            raise ValueError(f"load_compressed: {folder} holds no {format!r} model (it has {present or 'none'})")
+            has = _what_it_has(folder, present, format)
+            raise ValueError(f"load_compressed: {folder} holds no {format!r} model{has}")
         return format
     if not present:
         raise ValueError(f"load_compressed: {folder} holds no exported model (expected {ARCH_FILE} + "
@@ -126,9 +138,13 @@ def _load_compact(path: Path) -> nn.Module:
 
     folder = export_folder(path)
     folder = folder if folder.name == COMPACT_DIR else folder / COMPACT_DIR
-    if not (folder / WEIGHTS_FILE).is_file():
+    missing = [name for name in (ARCH_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if len(missing) == 2:
         raise ValueError(f"load_compressed: {folder.parent} holds no compact model (written by Method 1 exports "
                          f"with deploy.compact when some unit is dead)")
+    if missing:
+        raise ValueError(f"load_compressed: {folder} is incomplete: {missing[0]} is missing; re-export the run "
+                         f"(`sparsetrain export RUN`)")
     return load_timm(folder)
 
 

@@ -111,14 +111,16 @@ def test_report_contents_and_compressed_file(run_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("phase", "start"), [("sparsify", "dense"), ("finetune", "prune")])
-def test_a_phase_of_zero_epochs_hands_its_starting_weights_on_unchanged(run_dir: Path, phase: str,
-                                                                        start: str) -> None:
+def test_a_phase_of_zero_epochs_hands_its_starting_weights_on_unchanged(run_dir: Path, phase: str, start: str,
+                                                                        capsys: pytest.CaptureFixture) -> None:
     report = run_pipeline(tiny_config(run_dir, "phases.dense.enabled=true", "phases.dense.epochs=0",
                                       f"phases.{phase}.epochs=0", "prune.sparsity=0.3"))  # dense: initial weights
     before, after = _weights(run_dir, start), _weights(run_dir, phase)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), \
         f"{phase} of 0 epochs changed the weights it started from"
     assert report["phases"][phase]["steps"] == 0, report["phases"][phase]
+    said = "the untrained initial weights are handed on" in capsys.readouterr().err
+    assert said == (phase == "sparsify"), "sparsify of 0 epochs without model.checkpoint must say what it hands on"
 
 
 def test_wandb_offline_run_holds_logged_metrics(run_dir: Path) -> None:

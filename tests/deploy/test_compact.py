@@ -50,6 +50,27 @@ def test_compact_model_loads_and_matches_the_masked_model(run: tuple[Path, dict]
         assert (compact(x) - masked(x)).abs().max() <= 1e-5
     same = sparsetrain.load_compressed(out / "export" / "compact")  # the folder itself loads too
     assert sum(p.numel() for p in same.parameters()) == entry["params"]
+    with pytest.raises(ValueError, match=r"holds no 'compakt' model \(it has \[.*'compact'\]; did you mean 'compact'"):
+        sparsetrain.load_compressed(out, "compakt")
+
+
+def test_eval_of_the_compact_format_reports_the_compact_model(run: tuple[Path, dict]) -> None:
+    from sparsetrain.deploy.evaluate import evaluate_target
+
+    out, report = run
+    entry = report["export"]["compact"]
+    for target, fmt in ((out, "compact"), (out / "export" / "compact", "auto")):
+        result = evaluate_target(target, format=fmt)
+        assert result["params"] == {"total": entry["params"], "nonzero": entry["nonzero_params"]}, (target, fmt)
+        assert result["bytes"]["dense"] == report["bytes"]["dense"], "dense must be the unpruned architecture"
+
+
+def test_bench_latency_names_a_compact_table_after_its_run(run: tuple[Path, dict]) -> None:
+    from sparsetrain.deploy.latency_report import bench_stem
+
+    out, _ = run
+    assert bench_stem(out / "export" / "compact") == f"latency-{out.name}-compact"
+    assert bench_stem(out / "export") == bench_stem(out) == f"latency-{out.name}"
 
 
 def test_compact_off_writes_none_and_removes_an_earlier_one(run: tuple[Path, dict], tmp_path: Path) -> None:
@@ -70,6 +91,8 @@ def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dic
     out, report = run
     copy = Path(shutil.copytree(out, tmp_path / "copy"))
     (copy / "export" / "compact" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"compact is incomplete: model.safetensors is missing; re-export the run"):
+        sparsetrain.load_compressed(copy, "compact")
     capsys.readouterr()
     again = run_pipeline(tiny_config(copy, "deploy.compact=true", "prune={rule: layer_sparsity, sparsity: 0.97}",
                                      "phases.sparsify.epochs=1", "phases.finetune.epochs=0.5"))
