@@ -16,7 +16,7 @@ from torch import nn
 
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
-from sparsetrain.deploy.loading import export_folder, load_compressed
+from sparsetrain.deploy.loading import compact_folder, export_folder, load_compressed
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
@@ -78,15 +78,6 @@ def _sizes(model: nn.Module, target: Path) -> dict[str, Any]:
                        "nonzero": sum(int(torch.count_nonzero(p)) for p in params)},
             "sparsity": sparsity_of(layer_counts(prunable)),
             "bytes": {"dense": _dense_bytes(model, target), **storage_bytes(state, set(prunable))}}
-
-
-def _compact_folder(target: Path) -> Path:
-    """`export/compact/` of a run directory or export folder (or `target` itself when it is that folder): its
-    architecture.json names the unpruned model the compact one was cut from."""
-    from sparsetrain.deploy.compact import COMPACT_DIR
-
-    folder = export_folder(target)
-    return folder if folder.name == COMPACT_DIR else folder / COMPACT_DIR
 
 
 def _dense_bytes(model: nn.Module, target: Path) -> int:
@@ -161,7 +152,7 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
               "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test)},
               "metrics": _metrics(model, data.test, task, cfg.train.eval_batch_size),
-              **_sizes(torch_model, _compact_folder(target) if fmt == "compact" else target)}
+              **_sizes(torch_model, compact_folder(target) if fmt == "compact" else target)}
     result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats, cfg.deploy.latency_threads)
     return result
 

@@ -45,6 +45,14 @@ def export_folder(path: str | Path) -> Path:
     return path
 
 
+def compact_folder(path: str | Path) -> Path:
+    """`export/compact/` of a run directory, export folder or file in one (`path` itself when it is that folder)."""
+    from sparsetrain.deploy.compact import COMPACT_DIR
+
+    folder = export_folder(path)
+    return folder if folder.name == COMPACT_DIR else folder / COMPACT_DIR
+
+
 def preprocessing_of(path: str | Path) -> dict | None:
     """The input preprocessing an exported model expects (see `sparsetrain.data.base.preprocessing_record`):
     from `architecture.json` meta, else from the ONNX file's metadata; None for exports written before it was
@@ -133,11 +141,9 @@ def _listed_formats(folder: Path) -> list[str] | None:
 
 def _load_compact(path: Path) -> nn.Module:
     """The export's compact model (`deploy/compact.py`): `export/compact/`, written only for Method 1 runs."""
-    from sparsetrain.deploy.compact import COMPACT_DIR
     from sparsetrain.structural.serialize import load_pruned_model as load_timm
 
-    folder = export_folder(path)
-    folder = folder if folder.name == COMPACT_DIR else folder / COMPACT_DIR
+    folder = compact_folder(path)
     missing = [name for name in (ARCH_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
     if len(missing) == 2:
         raise ValueError(f"load_compressed: {folder.parent} holds no compact model (written by Method 1 exports "

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sparsetrain.structural.fold import channel_fold_status, fold_constant_channels, rest_values
-from sparsetrain.structural.graph import build_channel_groups, producer_weights
+from sparsetrain.structural.graph import build_channel_groups, groups_by_id, producer_weights
 from sparsetrain.structural.remove import remove_channels
 from sparsetrain.structural.types import ChannelGroup
 
@@ -103,12 +103,11 @@ def _removable(model: nn.Module, groups: list[ChannelGroup], example_input: torc
     dead = {g.id: dead_units(model, g) for g in groups if g.prunable and not g.inexact}
     constant = {gid: d.no_input[~torch.isin(d.no_input, d.unread)] for gid, d in dead.items()}
     rest = rest_values(model, groups, constant, example_input)
-    fold, drop, kept = {}, {}, {}
+    fold, drop, kept, by_id = {}, {}, {}, groups_by_id(groups)
     for gid, d in dead.items():
         exact = constant[gid][channel_fold_status(rest[gid], model) <= 1] if gid in rest else constant[gid]
         units = torch.cat([exact, d.unread]).unique()
-        num = next(g.num_channels for g in groups if g.id == gid)
-        if len(units) >= num:  # a group keeps one unit; keep a folded one, so the rest stays exact
+        if len(units) >= by_id[gid].num_channels:  # a group keeps one unit; keep a folded one, so the rest stays exact
             exact, units = exact[exact != units[0]], units[1:]
         if len(constant[gid]) > len(exact):
             kept[gid] = len(constant[gid]) - len(exact)
