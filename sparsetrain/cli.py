@@ -112,16 +112,28 @@ def _config(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model (an "
-                                     "unfinished run is refused unless --phase names a finished phase).")
+    parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model to "
+                                     "RUN_DIR/export (an unfinished run is refused unless --phase names a finished "
+                                     "phase), with the run's deploy settings or deploy.* overrides.")
     parser.add_argument("run_dir")
+    parser.add_argument("overrides", nargs="*", help="deploy.* settings for this export, e.g. deploy.compact=true "
+                        "'deploy.formats=[onnx]' (sparsetrain config --schema deploy lists them); other settings "
+                        "made the run's weights and are refused")
     parser.add_argument("--phase", help="export this finished phase instead of the run's final one (e.g. sparsify "
                         "of a run stopped before pruning); architecture.json's meta.phase records it")
+    _require_positional(parser, argv, "run_dir")
     args = parser.parse_intermixed_args(argv)
     from sparsetrain.deploy.reexport import export_run
 
-    print(export_run(args.run_dir, args.phase))
+    print(export_run(args.run_dir, args.phase, list(args.overrides)))
     return 0
+
+
+def _require_positional(parser: argparse.ArgumentParser, argv: list[str], name: str) -> None:
+    """Exit with argparse's usage error naming only `name` when no positional argument is given (argparse would also
+    name the optional `overrides`)."""
+    if not any(not arg.startswith("-") for arg in argv) and not {"-h", "--help"} & set(argv):
+        parser.error(f"the following argument is required: {name}")
 
 
 def _eval(argv: list[str]) -> int:
@@ -134,8 +146,7 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "
                         "torch_export, onnx, compact (Method 1: dead units removed)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    if not any(not arg.startswith("-") for arg in argv) and not {"-h", "--help"} & set(argv):
-        parser.error("the following argument is required: target")  # argparse would also name the optional overrides
+    _require_positional(parser, argv, "target")
     args = parser.parse_intermixed_args(argv)
     from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
 
