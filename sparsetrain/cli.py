@@ -34,12 +34,47 @@ def _run(argv: list[str]) -> int:
     from sparsetrain.pipeline import run_pipeline
 
     # SIGTERM (scancel, a cluster's preemption or `scontrol requeue`), SIGUSR1 and the first Ctrl-C (SIGINT) stop at
-    # the next step boundary with a checkpoint (exit 3) instead of losing the steps since the last one; a re-run or
-    # requeue continues from it. A second Ctrl-C quits at once (exit 130).
+    # the next step boundary with a checkpoint instead of losing the steps since the last one; a re-run or requeue
+    # continues from it. SIGTERM/SIGUSR1 exit 3 (a preemption); Ctrl-C exits 130, also a second one, which quits at
+    # once.
     preemption.install_signal_handlers((signal.SIGTERM, signal.SIGUSR1, signal.SIGINT))
-    run_pipeline(cfg, args.phase)
+    try:
+        run_pipeline(cfg, args.phase)
+    except preemption.Preempted:
+        if not preemption.interrupted():
+            raise  # the cluster's stop: exit 3, a requeue continues
+        return _interrupted(f"stopped with a checkpoint at {_saved_point(Path(cfg.out_dir))}", argv)
+    except KeyboardInterrupt:
+        return _interrupted(f"quit at once; a re-run continues from {_saved_point(Path(cfg.out_dir))}", argv)
     shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
     return 0
+
+
+def _interrupted(what: str, argv: list[str]) -> int:
+    """Ctrl-C during `run`: one line saying what was kept and the command that resumes; exit 130 (128 + SIGINT)."""
+    print(f"interrupted: {what}; resume with `{resume_command(argv)}`", file=sys.stderr)
+    return 130
+
+
+def _saved_point(out_dir: Path) -> str:
+    """Where a re-run continues, from state.json: `sparsify step 40`, `the end of the dense phase` or `the start`."""
+    from sparsetrain.engine.checkpoint import read_run_state
+    from sparsetrain.phases import final_phase
+
+    state = read_run_state(out_dir) or {}
+    if state.get("current"):
+        return f"{state['current']['phase']} step {state['current']['step']}"
+    finished = final_phase(state.get("completed") or {})
+    return f"the end of the {finished} phase" if finished else "the start"
+
+
+def resume_command(argv: list[str]) -> str:
+    """The `sparsetrain run` command that continues an interrupted run: the same arguments, less a `resume=` override
+    (resume=false would start over and lose the checkpoint)."""
+    import shlex
+
+    kept = [arg for arg in argv if arg.partition("=")[0].strip() != "resume"]
+    return shlex.join(["sparsetrain", "run", *kept])
 
 
 def _split_recipe(config_path: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -77,16 +112,28 @@ def _config(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model (an "
-                                     "unfinished run is refused unless --phase names a finished phase).")
+    parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model to "
+                                     "RUN_DIR/export (an unfinished run is refused unless --phase names a finished "
+                                     "phase), with the run's deploy settings or deploy.* overrides.")
     parser.add_argument("run_dir")
+    parser.add_argument("overrides", nargs="*", help="deploy.* settings for this export, e.g. deploy.compact=true "
+                        "'deploy.formats=[onnx]' (sparsetrain config --schema deploy lists them); other settings "
+                        "made the run's weights and are refused")
     parser.add_argument("--phase", help="export this finished phase instead of the run's final one (e.g. sparsify "
                         "of a run stopped before pruning); architecture.json's meta.phase records it")
+    _require_positional(parser, argv, "run_dir")
     args = parser.parse_intermixed_args(argv)
     from sparsetrain.deploy.reexport import export_run
 
-    print(export_run(args.run_dir, args.phase))
+    print(export_run(args.run_dir, args.phase, list(args.overrides)))
     return 0
+
+
+def _require_positional(parser: argparse.ArgumentParser, argv: list[str], name: str) -> None:
+    """Exit with argparse's usage error naming only `name` when no positional argument is given (argparse would also
+    name the optional `overrides`)."""
+    if not any(not arg.startswith("-") for arg in argv) and not {"-h", "--help"} & set(argv):
+        parser.error(f"the following argument is required: {name}")
 
 
 def _eval(argv: list[str]) -> int:
@@ -99,8 +146,7 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "
                         "torch_export, onnx, compact (Method 1: dead units removed)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    if not any(not arg.startswith("-") for arg in argv) and not {"-h", "--help"} & set(argv):
-        parser.error("the following argument is required: target")  # argparse would also name the optional overrides
+    _require_positional(parser, argv, "target")
     args = parser.parse_intermixed_args(argv)
     from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
 
@@ -211,9 +257,10 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *args: ob
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
 
-    Exit codes (`sparsetrain.errors`): 0 success, 2 bad input, 3 resume/preemption (also a run stopped by SIGTERM,
-    SIGUSR1 or a first Ctrl-C, with a checkpoint), 4 non-finite numbers, 5 a library set-up sparsetrain does not
-    expect, 130 interrupted by a second Ctrl-C (no checkpoint), 1 anything unexpected (with its traceback).
+    Exit codes (`sparsetrain.errors`): 0 success, 2 bad input, 3 resume/preemption (also a run stopped by SIGTERM or
+    SIGUSR1, with a checkpoint), 4 non-finite numbers, 5 a library set-up sparsetrain does not expect, 130
+    interrupted by Ctrl-C (`run`: a first one checkpoints at the next step, a second quits at once; one
+    `interrupted:` line with the command that resumes), 1 anything unexpected (with its traceback).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = _one_line_warning
@@ -234,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # bad values found by a library (e.g. timm's unknown model name)
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside `run`: no traceback
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C outside `run`'s training (`run` reports its own): no traceback
+        print("interrupted", file=sys.stderr)
         return 130
 
 

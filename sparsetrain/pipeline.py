@@ -53,6 +53,7 @@ class Pipeline:
     def __init__(self, cfg: RunConfig, data: DataBundle | None = None) -> None:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
+        self._announced = False  # new_model has said where the initial weights come from
         self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_min)
         setup_logging(self.dist.is_main)
         configure_cpu(cfg.train)
@@ -137,7 +138,10 @@ class Pipeline:
 
         torch.manual_seed(self.cfg.seed)
         model_cfg = self.cfg.model if initial else architecture_only(self.cfg.model)
-        return build_model(model_cfg, self.data.in_chans, self.data.num_classes, self.data.input_shape)
+        announce = initial and not self._announced  # where the initial weights come from: said once per run
+        self._announced = self._announced or initial
+        return build_model(model_cfg, self.data.in_chans, self.data.num_classes, self.data.input_shape,
+                           announce=announce)
 
     def export_meta(self, **extra: Any) -> dict[str, Any]:
         """What `load_pruned_model` needs to rebuild the model without this run's config."""

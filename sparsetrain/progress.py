@@ -12,9 +12,20 @@ log = logging.getLogger("sparsetrain")
 
 
 def setup_logging(is_main: bool) -> None:
+    """Log lines as `HH:MM:SS message` to stderr, warnings and errors as `HH:MM:SS warning: message`; rank 0 logs
+    from INFO on, the other ranks only warnings."""
     level = logging.INFO if is_main else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    handler = logging.StreamHandler()
+    handler.addFilter(_level_prefix)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(level_prefix)s%(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     log.setLevel(level)
+
+
+def _level_prefix(record: logging.LogRecord) -> bool:
+    """Name the level of a warning or error in its line (INFO lines, the progress, stay unmarked)."""
+    record.level_prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+    return True
 
 
 class Progress:

@@ -100,10 +100,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _bytes_line(sizes: dict[str, Any]) -> str:
-    """Dense bytes -> the compressed model's smallest export file, named (reports before `compressed_format` was
-    recorded measured the bitmask file)."""
+    """Dense bytes -> the compressed model's smallest weights file (architecture.json not counted), its format named
+    (reports before `compressed_format` was recorded measured the bitmask file)."""
     return (f"bytes        {sizes['dense']:,} dense -> {sizes['compressed']:,} compressed "
-            f"({sizes.get('compressed_format', 'bitmask')} file)")
+            f"({sizes.get('compressed_format', 'bitmask')} weights file)")
 
 
 def _comparison_table(report: dict[str, Any]) -> str:

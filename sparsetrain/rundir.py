@@ -156,11 +156,11 @@ def last_phase(config: dict[str, Any]) -> str:
     return FINETUNE if enabled else PRUNE
 
 
-def unfinished_phases(run_dir: Path) -> tuple[str | None, str] | None:
+def unfinished_phases(run_dir: Path, state: dict[str, Any] | None = None) -> tuple[str | None, str] | None:
     """(last finished phase, or None when none has, and the run's final phase `last_phase`) when `run_dir` is a run
     directory whose final phase has not finished; None for a finished run or a folder without a readable
-    `state.json` and `config.yaml`."""
-    state, config = read_run_state(run_dir), _stored_config(run_dir)
+    `state.json` and `config.yaml`. `state`: its state.json when the caller has read it already."""
+    state, config = state if state is not None else read_run_state(run_dir), _stored_config(run_dir)
     if state is None or config is None or last_phase(config) in state["completed"]:
         return None
     return final_phase(state["completed"]), last_phase(config)

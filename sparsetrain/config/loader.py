@@ -140,21 +140,29 @@ def _format_error(err: ValidationError) -> str:
     return f"{field}: {message}{shown}"
 
 
-def validate(data: dict[str, Any], *, plan_only: bool = False) -> RunConfig:
+def validate(data: dict[str, Any], *, plan_only: bool = False, overrides: list[str] | None = None) -> RunConfig:
     """Validate a raw mapping into a RunConfig, raising a one-line ConfigError on the first problem.
 
     `plan_only` (`run --dry-run`, which reads no data) skips the checks that only matter when data is read
-    (data.path of on-disk sources)."""
+    (data.path of on-disk sources). `overrides` (the `key=value` items applied to `data`) tell the hints what the
+    user chose on the command line, e.g. `prune.rule=X` on a recipe of another rule."""
+    context = {"plan_only": plan_only, "overrides": override_keys(overrides or [])}
     try:
-        return RunConfig.model_validate(data, context={"plan_only": plan_only})
+        return RunConfig.model_validate(data, context=context)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
+
+
+def override_keys(overrides: list[str]) -> frozenset[str]:
+    """The dotted keys `key=value` overrides set (bare leaf names expanded); items without `=` are skipped."""
+    return frozenset(resolve_key(item.split("=", 1)[0].strip()) for item in overrides if "=" in item)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *, plan_only: bool = False) -> RunConfig:
     """Load a recipe (or the built-in defaults when path is None), apply overrides and validate (`validate`)."""
     data = load_raw(path) if path is not None else {}
-    return validate(apply_overrides(data, list(overrides or [])), plan_only=plan_only)
+    overrides = list(overrides or [])
+    return validate(apply_overrides(data, overrides), plan_only=plan_only, overrides=overrides)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

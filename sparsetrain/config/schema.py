@@ -222,13 +222,13 @@ class RunConfig(Section):
 
     @field_validator("regularizer", mode="before")
     @classmethod
-    def _pick_regularizer(cls, data: Any) -> Any:
-        return pick_strategy("regularizer", REGULARIZER_SETTINGS, RegularizerConfig, data)
+    def _pick_regularizer(cls, data: Any, info: ValidationInfo) -> Any:
+        return pick_strategy("regularizer", REGULARIZER_SETTINGS, RegularizerConfig, data, _given(info))
 
     @field_validator("prune", mode="before")
     @classmethod
-    def _pick_rule(cls, data: Any) -> Any:
-        return pick_strategy("prune", PRUNE_RULES, PruneConfig, data)
+    def _pick_rule(cls, data: Any, info: ValidationInfo) -> Any:
+        return pick_strategy("prune", PRUNE_RULES, PruneConfig, data, _given(info))
 
     @model_validator(mode="after")
     def _check_cross_fields(self, info: ValidationInfo) -> RunConfig:
@@ -259,3 +259,8 @@ class RunConfig(Section):
         if is_seg_data != (self.task == "segmentation"):
             raise ValueError(f"task: {self.task!r} does not match data.source={self.data.source!r}")
         return self
+
+
+def _given(info: ValidationInfo) -> frozenset[str]:
+    """The dotted keys given as command-line overrides (`load_config`'s validation context), for error hints."""
+    return frozenset((info.context or {}).get("overrides", ()))

@@ -295,8 +295,14 @@ def _from_flat_0_1(section: str, data: dict[str, Any], settings: type[Strategy])
     return {k: v for k, v in data.items() if k in settings.model_fields or k == "kernel"}
 
 
-def pick_strategy(section: str, registry: dict[str, type[Strategy]], base: type[Strategy], data: Any) -> Any:
+def pick_strategy(section: str, registry: dict[str, type[Strategy]], base: type[Strategy], data: Any,
+                  given: frozenset[str] = frozenset()) -> Any:
     """Validate a raw mapping into the registry's class for its key (the discriminated union's dispatch).
+
+    Args:
+        given: Dotted keys the user gave as overrides (`section`, `section.<key>`, ...): when the key was chosen
+            there, a setting only another strategy reads is shown as the recipe's leftover and the hint gives the
+            chosen strategy's own section.
 
     Raises:
         ValueError: the key names no registered strategy, or the mapping holds a key that another strategy reads
@@ -314,9 +320,35 @@ def pick_strategy(section: str, registry: dict[str, type[Strategy]], base: type[
     elsewhere = {name for other in registry.values() for name in other.model_fields}  # other strategies' keys
     foreign = [k for k in data if k not in settings.model_fields and k in elsewhere]  # the rest: "unknown key"
     if foreign:
-        own = ", ".join(k for k in settings.model_fields if k != key)
-        readers = [name for name, other in registry.items() if foreign[0] in other.model_fields]
-        raise ValueError(f"{section}.{foreign[0]}: not a setting of {section}.{key}={choice!r} (its settings: {own}); "
-                         f"read by {key}={'|'.join(readers)}; to switch, give the whole section, e.g. "
-                         f"{section}='{{{key}: {readers[0]}, {foreign[0]}: ...}}'")
+        raise ValueError(_foreign_setting(section, registry, settings, foreign[0], given))
     return settings.model_validate(data)
+
+
+def _foreign_setting(section: str, registry: dict[str, type[Strategy]], settings: type[Strategy], name: str,
+                     given: frozenset[str]) -> str:
+    """The error for `section.name`, a setting of other strategies than the chosen one, with the way out: the
+    chosen strategy's own section when the user chose it on the command line, else a strategy that reads `name`."""
+    key, choice = settings.KEY, strategy_key(settings)
+    own = ", ".join(k for k in settings.model_fields if k != key)
+    readers = [label for label, other in registry.items() if name in other.model_fields]
+    read_by = f"{key}={'|'.join(readers)}"
+    if not {section, f"{section}.{key}"} & given:
+        return (f"{section}.{name}: not a setting of {section}.{key}={choice!r} (its settings: {own or 'none'}); "
+                f"read by {read_by}; to switch, give the whole section, e.g. "
+                f"{section}='{{{key}: {readers[0]}, {name}: ...}}'")
+    head = (f"{section}.{name}: not a setting of {section}.{key}={choice!r}, chosen on the command line (its settings: "
+            f"{own or 'none'})")
+    example = _example_section(section, settings)
+    if {section, f"{section}.{name}"} & given:
+        return f"{head}; {name} is read by {read_by}; for {key}={choice} give e.g. {example}"
+    return (f"{head}; the recipe's {section} section sets {name} (read by {read_by}); to switch to {key}={choice}, "
+            f"give the whole section, e.g. {example}")
+
+
+def _example_section(section: str, settings: type[Strategy]) -> str:
+    """`prune='{rule: layer_sparsity, sparsity: ...}'`: the strategy's key and its first own setting (one its parent
+    class does not declare), or the key alone for a strategy without settings of its own."""
+    parent = next((c for c in settings.__mro__[1:] if issubclass(c, Strategy)), Strategy)
+    first = next((k for k in settings.model_fields if k not in parent.model_fields and k != settings.KEY), None)
+    setting = f", {first}: ..." if first else ""
+    return f"{section}='{{{settings.KEY}: {strategy_key(settings)}{setting}}}'"

@@ -70,7 +70,8 @@ def write_compact(model: nn.Module, folder: str | Path, *, meta: dict[str, Any],
         diff = float((loaded(example) - model(example)).abs().max())
     files = [f"{COMPACT_DIR}/{ARCH_FILE}", f"{COMPACT_DIR}/{WEIGHTS_FILE}"]
     (params, nonzero), (dense, dense_nonzero) = _params(loaded), _params(model)
-    entry = {"files": files, "bytes": sum((folder / f).stat().st_size for f in files), "params": params,
+    entry = {"files": files, "bytes": sum((folder / f).stat().st_size for f in files),
+             "weights_bytes": (folder / files[-1]).stat().st_size, "params": params,
              "nonzero_params": nonzero, "masked_params": dense, "masked_nonzero_params": dense_nonzero,
              "units_removed": result.removed, "units_kept_unfoldable": result.kept_unfoldable,
              "max_abs_diff": diff, "tolerance": tolerance, "ok": diff <= tolerance, "verified_on": list(example.shape)}
@@ -80,7 +81,8 @@ def write_compact(model: nn.Module, folder: str | Path, *, meta: dict[str, Any],
 
 def _log(entry: dict[str, Any]) -> None:
     removed = ", ".join(f"{gid} -{n}" for gid, n in entry["units_removed"].items())
-    log.info(f"[export] compact: {' + '.join(entry['files'])}, {entry['bytes']:,} B; dead units removed ({removed}); "
+    log.info(f"[export] compact: {' + '.join(entry['files'])}; weights file {entry['files'][-1]} "
+             f"{entry['weights_bytes']:,} B; dead units removed ({removed}); "
              f"params {entry['masked_params']:,} -> {entry['params']:,} dense, non-zero "
              f"{entry['masked_nonzero_params']:,} -> {entry['nonzero_params']:,}; max abs diff "
              f"{entry['max_abs_diff']:.2g} from the masked model on a batch of {entry['verified_on'][0]} "

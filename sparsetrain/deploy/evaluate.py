@@ -66,30 +66,73 @@ def _metrics(model: nn.Module, dataset: torch.utils.data.Dataset, task: Any, bat
 
 
 def _sizes(model: nn.Module, target: Path) -> dict[str, Any]:
-    """Parameter counts, sparsity and bytes: dense (the unpruned architecture's tensors), the export's two weights
-    files (`bitmask`, `safetensors`) and `compressed`, the smaller of them (`compressed_format` names it)."""
-    from sparsetrain.deploy.bitmask import storage_bytes
+    """Parameter counts, sparsity and bytes of `model` as read from `target` (an export folder, its compact/, or a
+    checkpoint file).
+
+    Returns:
+        {"params": {"total", "nonzero", and for an architecture made smaller ("dense": the unpruned architecture's
+        count, "removed": "filters" or "dead units")}, "sparsity", "bytes": {"dense": the unpruned architecture's
+        tensor bytes, then `_weights_files`}}.
+    """
     from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 
     params = list(model.parameters())
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    counts: dict[str, Any] = {"total": sum(p.numel() for p in params),
+                              "nonzero": sum(int(torch.count_nonzero(p)) for p in params)}
+    unpruned = _unpruned_architecture(model, target)
+    if unpruned is not None:
+        counts.update(dense=sum(p.numel() for p in unpruned.parameters()), removed=_what_was_removed(target))
     prunable = prunable_parameters(model)
-    return {"params": {"total": sum(p.numel() for p in params),
-                       "nonzero": sum(int(torch.count_nonzero(p)) for p in params)},
-            "sparsity": sparsity_of(layer_counts(prunable)),
-            "bytes": {"dense": _dense_bytes(model, target), **storage_bytes(state, set(prunable))}}
+    dense_bytes = sum(t.numel() * t.element_size() for t in (unpruned or model).state_dict().values())
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    return {"params": counts, "sparsity": sparsity_of(layer_counts(prunable)),
+            "bytes": {"dense": dense_bytes, **_weights_files(state, set(prunable), target)}}
 
 
-def _dense_bytes(model: nn.Module, target: Path) -> int:
-    """Bytes of the unpruned model's tensors: for an export whose filters were removed, the timm architecture it was
-    pruned from (built on the meta device, in the model's dtype); otherwise the model itself (same shapes)."""
+def _unpruned_architecture(model: nn.Module, target: Path) -> nn.Module | None:
+    """For an export whose architecture was made smaller (filters or dead units removed), the timm architecture it
+    came from, built on the meta device in the model's dtype (no memory); None otherwise (same shapes as `model`)."""
     from sparsetrain.structural.serialize import create_on_meta
 
     arch = json.loads((export_folder(target) / ARCH_FILE).read_text()) if _is_export(target) else {}
-    if arch.get("modules"):
-        dtype = next((p.dtype for p in model.parameters()), torch.float32)
-        model = create_on_meta(arch["model_name"], arch["model_kwargs"]).to(dtype)
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if not arch.get("modules"):
+        return None
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    return create_on_meta(arch["model_name"], arch["model_kwargs"]).to(dtype)
+
+
+def _what_was_removed(target: Path) -> str:
+    """Method 1's compact/ folder lost dead units; any other smaller export (Method 2) lost filters."""
+    from sparsetrain.deploy.compact import COMPACT_DIR
+
+    return "dead units" if export_folder(target).name == COMPACT_DIR else "filters"
+
+
+def _weights_files(state: dict[str, torch.Tensor], sparse_names: set[str], target: Path) -> dict[str, Any]:
+    """The weights files' sizes, one definition throughout (report.json, eval, bench latency): the weights file alone,
+    without architecture.json. An export: the files its folder holds (compact/ holds no bitmask file), on disk; a
+    checkpoint: the two files an export would write (`exported` false).
+
+    Returns:
+        {"safetensors", "bitmask" (those present): bytes, "compressed": the smaller, "compressed_format": its format,
+        "compressed_file": its path in the export folder (compact/ included), "exported": whether the files exist}.
+    """
+    from sparsetrain.deploy.bitmask import BITMASK_FILE, storage_bytes
+    from sparsetrain.deploy.compact import COMPACT_DIR
+    from sparsetrain.structural.serialize import WEIGHTS_FILE
+
+    if not _is_export(target):
+        sizes = storage_bytes(state, sparse_names)
+        return {**sizes, "compressed_file": None, "exported": False}
+    folder = export_folder(target)
+    names = {"safetensors": WEIGHTS_FILE, "bitmask": BITMASK_FILE}
+    files = {fmt: (folder / name).stat().st_size for fmt, name in names.items() if (folder / name).is_file()}
+    if not files:
+        raise InputError(f"eval: {folder} holds no weights file ({WEIGHTS_FILE} or {BITMASK_FILE})")
+    smallest = min(files, key=files.get)
+    prefix = f"{COMPACT_DIR}/" if folder.name == COMPACT_DIR else ""
+    return {**files, "compressed": files[smallest], "compressed_format": smallest,
+            "compressed_file": prefix + names[smallest], "exported": True}
 
 
 def _latency(model: nn.Module, shape: tuple[int, ...], repeats: int, threads: int) -> dict[str, float]:
@@ -158,14 +201,34 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
 
 
 def format_evaluation(result: dict[str, Any]) -> str:
-    m, p, b, lat = result["metrics"], result["params"], result["bytes"], result["latency_ms"]
+    """The printed form of `evaluate_target`'s result: one line each for data, metric, params, bytes, latency."""
+    m, lat = result["metrics"], result["latency_ms"]
     extra = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "metric")
     return "\n".join([
         f"{result['target']} ({result['format']}, {result['model']}) on {result['data']['source']} "
         f"{result['data']['path'] or ''} ({result['data']['test_samples']} test samples)",
         f"metric       {m['metric']:.4f}  ({extra})",
-        f"params       {p['total']:,} total, {p['nonzero']:,} non-zero; sparsity {100 * result['sparsity']:.2f} %",
-        f"bytes        {b['dense']:,} dense -> {b['compressed']:,} compressed ({b['compressed_format']} file; "
-        f"export files: safetensors {b['safetensors']:,}, bitmask {b['bitmask']:,})",
+        _params_line(result["params"], result["sparsity"]),
+        _bytes_line(result["bytes"]),
         f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, {lat['threads']} thread(s)",
     ])
+
+
+def _params_line(p: dict[str, Any], sparsity: float) -> str:
+    """`params  N total, M non-zero; sparsity S %`, led by the unpruned count when the architecture is smaller."""
+    counts = f"{p['total']:,} total, {p['nonzero']:,} non-zero; sparsity {100 * sparsity:.2f} %"
+    if "dense" not in p:
+        return f"params       {counts}"
+    fewer = p["dense"] / max(p["total"], 1)
+    return f"params       {p['dense']:,} -> {p['total']:,} ({fewer:.2f}x fewer, {p['removed']} removed); {counts}"
+
+
+def _bytes_line(b: dict[str, Any]) -> str:
+    """Dense tensor bytes -> the smallest weights file (architecture.json not counted), and the other one's size."""
+    others = "; ".join(f"{fmt} {b[fmt]:,}" for fmt in ("safetensors", "bitmask")
+                       if fmt in b and fmt != b["compressed_format"])
+    if b.get("exported", True):
+        what = f"weights file {b['compressed_file']}" + (f"; other weights file: {others}" if others else "")
+    else:
+        what = f"{b['compressed_format']} weights file if exported" + (f"; {others}" if others else "")
+    return f"bytes        {b['dense']:,} dense -> {b['compressed']:,} compressed ({what})"

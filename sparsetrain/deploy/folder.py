@@ -12,8 +12,10 @@ The input preprocessing the model expects (`data.preprocessing_record`: layout, 
 values, per-channel mean/std, resize) is stored in `architecture.json` under `meta.preprocessing` and in the ONNX
 file's metadata_props under `sparsetrain.preprocessing` (JSON); `load_compressed` exposes it as `.preprocessing`.
 
-`manifest.json` lists the formats written, their files and sizes, and for the deployment formats the max abs
-difference from the torch model on an input batch of the data's shape (fp32) and whether it passed. A format that
+`manifest.json` lists the formats written, their files and sizes (`bytes`: every file listed; `weights_bytes`, for
+the torch formats: the weights file alone, the size report.json, `sparsetrain eval` and `bench latency` give), and
+for the deployment formats the max abs difference from the torch model on an input batch of the data's shape
+(fp32) and whether it passed. A format that
 fails to export or to verify is recorded with `ok: false` and its error, and logged; the others are still written.
 Writing an export first removes the export files an earlier export left (`EXPORT_FILES`; other files are kept), so
 the folder never holds a model its manifest does not list (e.g. the `model.pt2` of another phase).
@@ -61,6 +63,17 @@ def _entry(folder: Path, *files: str, **extra: Any) -> dict[str, Any]:
     return {"files": list(files), "bytes": sum((folder / f).stat().st_size for f in files), **extra}
 
 
+def _weights_entry(folder: Path, weights: str) -> dict[str, Any]:
+    """A torch format's entry: `bytes` counts every file it lists (architecture.json too), `weights_bytes` the
+    weights file alone, the size report.json, eval and bench latency give."""
+    return _entry(folder, ARCH_FILE, weights, weights_bytes=(folder / weights).stat().st_size)
+
+
+def weights_file_size(entry: dict[str, Any]) -> str:
+    """`weights file model.safetensors 202,888 B`: the last file an entry lists is its weights file."""
+    return f"weights file {entry['files'][-1]} {entry['weights_bytes']:,} B"
+
+
 def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], example: torch.Tensor,
                  formats: tuple[str, ...] | list[str] = DEPLOYMENT_FORMATS, opset: int = 18,
                  tolerance: float = 1e-4, compact: bool = False) -> dict[str, Any]:
@@ -92,10 +105,9 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
     save_pruned_model(model, folder, meta=meta)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     save_sparse(state, set(prunable_parameters(model)), folder / BITMASK_FILE)
-    entries = {"safetensors": _entry(folder, ARCH_FILE, WEIGHTS_FILE),
-               "bitmask": _entry(folder, ARCH_FILE, BITMASK_FILE)}
+    entries = {"safetensors": _weights_entry(folder, WEIGHTS_FILE), "bitmask": _weights_entry(folder, BITMASK_FILE)}
     for fmt in ("safetensors", "bitmask"):
-        log.info(f"[export] {fmt}: {' + '.join(entries[fmt]['files'])}, {_size(entries[fmt]['bytes'])}")
+        log.info(f"[export] {fmt}: {' + '.join(entries[fmt]['files'])}; {weights_file_size(entries[fmt])}")
     if compact:
         entries.update(_compact(model, folder, meta, example.float().cpu(), tolerance))
     if formats:

@@ -26,9 +26,9 @@ def format_latency(table: dict[str, Any]) -> str:
              f"{table['threads']} thread(s), {table['repeats']} interleaved rounds after {table['warmup']} warm-up; "
              f"ms as median [p20-p80]; speed-up = dense p20 / compressed p20 (the least disturbed by other load); "
              "peak MB = weights + workspace + activations in a warmed-up process (runtime set-up not counted)",
-             f"storage: {s['dense_bytes']:,} B dense -> {s['compressed_bytes']:,} B {s['compressed_file']} "
-             f"({s['ratio']:.2f}x smaller); params {s['params']['dense']:,} -> {s['params']['compressed']:,} "
-             f"({s['nonzero_params']:,} non-zero)",
+             f"storage: {s['dense_bytes']:,} B dense -> {s['compressed_bytes']:,} B weights file "
+             f"{s['compressed_file']} ({s['ratio']:.2f}x smaller); params {s['params']['dense']:,} -> "
+             f"{s['params']['compressed']:,} ({s['nonzero_params']:,} non-zero)",
              f"{'runtime':<18}{'batch':>6}  {'dense ms':>24}  {'compressed ms':>24}  {'speed-up':>8}  "
              f"{'peak MB d->c':>14}  note"]
     for r in table["rows"]:

@@ -13,6 +13,7 @@ import threading
 from sparsetrain.errors import ResumeError
 
 _STOP = threading.Event()
+_INTERRUPTED = threading.Event()  # the stop was asked by Ctrl-C (SIGINT), not by the cluster (SIGTERM, SIGUSR1)
 
 
 class Preempted(ResumeError):
@@ -28,15 +29,24 @@ def stop_requested() -> bool:
     return _STOP.is_set()
 
 
+def interrupted() -> bool:
+    """Whether the pending stop was asked by Ctrl-C (`interrupt`): the CLI then reports an interruption (exit 130)
+    rather than a preemption to requeue (exit 3)."""
+    return _INTERRUPTED.is_set()
+
+
 def clear() -> None:
     _STOP.clear()
+    _INTERRUPTED.clear()
 
 
 def interrupt(*_: object) -> None:
-    """SIGINT (Ctrl-C): the first asks for a stop like SIGTERM (a checkpoint at the next step, exit 3); a second one
-    while that is pending raises KeyboardInterrupt at once (the CLI prints one line and exits 130)."""
+    """SIGINT (Ctrl-C): the first asks for a stop like SIGTERM (a checkpoint at the next step); a second one while that
+    is pending raises KeyboardInterrupt at once. Either way the CLI prints one `interrupted:` line with the command
+    that resumes, and exits 130."""
     if _STOP.is_set():
         raise KeyboardInterrupt
+    _INTERRUPTED.set()
     _STOP.set()
     # os.write, not print: a handler that prints while the interrupted code prints raises a reentrancy error
     os.write(2, b"interrupt: stopping after the current step with a checkpoint (Ctrl-C again to quit at once)\n")

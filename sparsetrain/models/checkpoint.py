@@ -312,23 +312,26 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig
     model.load_state_dict(state, strict=not cfg.reset_head)  # keys checked above; only the head may be absent
 
 
-def apply_checkpoint(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = True) -> nn.Module:
     """`model` with the weights of `cfg.checkpoint`; a structurally pruned export gives its own smaller model.
 
     Args:
         model: The freshly created timm model (its classifier sized for the data).
         cfg: The model section; `checkpoint` must be set.
+        announce: Log which file was read (and warn when it is an unfinished run's); False for a repeated build.
 
     Returns:
         The model holding the checkpoint's weights (the same object, unless the export is structurally pruned).
     """
-    _note_unfinished_run(cfg.checkpoint)
+    if announce:
+        _note_unfinished_run(cfg.checkpoint)
     arch = export_architecture(cfg.checkpoint)
     if arch is not None and arch.get("modules"):
         return _pruned_export(model, cfg, arch)
     state = read_state_dict(cfg.checkpoint, cfg.checkpoint_ema)
     load_into(model, state, cfg)
-    log.info(f"model.checkpoint: loaded {len(state)} tensors ({sum(t.numel() for t in state.values()):,} values"
+    if announce:
+        log.info(f"model.checkpoint: loaded {len(state)} tensors ({sum(t.numel() for t in state.values()):,} values"
              f"{', EMA weights' if cfg.checkpoint_ema else ''}) from {_source(cfg.checkpoint)} into {cfg.name}")
     return model
 
@@ -348,13 +351,14 @@ def _note_unfinished_run(path: str | Path) -> None:
     from sparsetrain.rundir import unfinished_phases
 
     run = Path(path).expanduser()
-    unfinished = unfinished_phases(run) if run.is_dir() else None
+    state = read_run_state(run) if run.is_dir() else None
+    unfinished = unfinished_phases(run, state) if state is not None else None
     used = resolve(run)
     if unfinished is None or used == run:
         return
     last, final = unfinished
     taken = (export_architecture(run) or {}).get("meta", {}).get("phase") if used.name == "export" else last
-    completed = (read_run_state(run) or {}).get("completed", {})
+    completed = state["completed"]
     others = [str(file) for phase in PHASES
               if phase in completed and phase != taken and (file := _phase_weights(run, phase))]
     instead = f"; to start from another finished phase give {' or '.join(others)}" if others else ""

@@ -63,8 +63,12 @@ def _pretrained_args(cfg: ModelConfig) -> dict:
     return {"pretrained_cfg_overlay": {"file": str(path)}}
 
 
-def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: tuple[int, ...], *,
+                announce: bool = True) -> nn.Module:
     """Create the model and check that it accepts the data's input shape.
+
+    `announce=False` leaves out the lines that say where the weights came from (pretrained file, `model.checkpoint`
+    and its notes), for a caller that builds the same initial model again (`Pipeline.new_model`).
 
     Raises:
         ValueError: one line naming `model.name` (unknown model, does not fit the data), `model.pretrained`
@@ -80,12 +84,12 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
         if not cfg.pretrained:
             raise
         raise ValueError(_pretrained_error(cfg, err)) from None
-    if cfg.pretrained:
+    if cfg.pretrained and announce:
         log.info(f"model.pretrained: {cfg.name} weights from {cfg.pretrained_file or 'the local Hugging Face cache'}")
     if cfg.checkpoint:
         from sparsetrain.models.checkpoint import apply_checkpoint
 
-        model = apply_checkpoint(model, cfg)
+        model = apply_checkpoint(model, cfg, announce=announce)
     check_model_fits(model, cfg.name, input_shape)
     return model
 

@@ -37,6 +37,36 @@ def test_a_setting_the_strategy_does_not_read_fails_at_load(recipe: str, overrid
     assert str(info.value).startswith(expected) and "\n" not in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize(("recipe", "overrides", "expected"), [
+    # the rule chosen on the command line, the recipe's old setting left over: the hint gives the chosen rule's section
+    ("quickstart.yaml", ["prune.rule=layer_sparsity"], "prune.threshold: not a setting of prune.rule='layer_sparsity', "
+     "chosen on the command line (its settings: schedule, gradual, sparsity, layer_sparsity); the recipe's prune "
+     "section sets threshold (read by rule=global_threshold|layer_threshold); to switch to rule=layer_sparsity, give "
+     "the whole section, e.g. prune='{rule: layer_sparsity, sparsity: ...}'"),
+    ("lenet300_mnist.yaml", ["rule=filters"], "prune.sparsity: not a setting of prune.rule='filters', chosen on the "
+     "command line (its settings: filter_norm_threshold, filter_fraction, max_filter_fraction, channel_score, "
+     "round_to, allow_inexact, grouped_conv); the recipe's prune section sets sparsity (read by "
+     "rule=global_sparsity|layer_sparsity); to switch to rule=filters, give the whole section, e.g. "
+     "prune='{rule: filters, filter_norm_threshold: ...}'"),
+    ("quickstart.yaml", ["regularizer.name=l2"], "regularizer.alpha0: not a setting of regularizer.name='l2', chosen "
+     "on the command line (its settings: alpha2, gradient_path, backend); the recipe's regularizer section sets alpha0 "
+     "(read by name=l0_exp); to switch to name=l2, give the whole section, e.g. regularizer='{name: l2}'"),
+    # both on the command line: the setting's readers, and what the chosen rule takes instead
+    ("quickstart.yaml", ["prune.rule=global_sparsity", "prune.threshold=0.1"], "prune.threshold: not a setting of "
+     "prune.rule='global_sparsity', chosen on the command line (its settings: schedule, gradual, sparsity); threshold "
+     "is read by rule=global_threshold|layer_threshold; for rule=global_sparsity give e.g. "
+     "prune='{rule: global_sparsity, sparsity: ...}'"),
+    # the rule from the recipe, the setting from the command line: switch to a rule that reads it
+    ("lenet300_mnist.yaml", ["prune.threshold=0.1"], "prune.threshold: not a setting of prune.rule='global_sparsity' "
+     "(its settings: schedule, gradual, sparsity); read by rule=global_threshold|layer_threshold; to switch, give the "
+     "whole section, e.g. prune='{rule: global_threshold, threshold: ...}'"),
+])
+def test_the_hint_names_the_rule_chosen_on_the_command_line(recipe: str, overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "configs" / recipe, [*overrides, "data.path=x"])
+    assert str(info.value) == expected
+
+
 @pytest.mark.parametrize("command", [["run"], ["sweep", "--cluster", "debug", "--no-wait"]])
 def test_cli_run_and_sweep_refuse_an_unread_setting_in_one_line(command: list[str], tmp_path: Path) -> None:
     value = "regularizer.beta=50" if command == ["run"] else "regularizer.beta=10,20"

@@ -175,6 +175,25 @@ def _kill_when(overrides: list[str], until: Callable[[], bool], what: str, nproc
 def signal_at_logged_step(overrides: list[str], out_dir: Path, step: int, sig: int) -> subprocess.CompletedProcess:
     """Run the CLI, send `sig` to its process group (what Ctrl-C in a terminal does for SIGINT) once
     metrics.jsonl shows global step `step`, and wait for it to exit; fails the test if it ends or stalls first."""
+    return _signal_when(overrides, lambda err: _logged_step(out_dir) >= step, f"logging step {step}",
+                        lambda proc: os.killpg(proc.pid, sig))
+
+
+def interrupt_twice_when_printed(overrides: list[str], text: str, gap_s: float = 1.0) -> subprocess.CompletedProcess:
+    """Run the CLI and, once its stderr shows `text`, press Ctrl-C twice, `gap_s` apart (SIGINT to the CLI process
+    only: helper processes keep their own handling), then wait for it to exit; fails the test if it ends or stalls
+    before printing `text`."""
+    def twice(proc: subprocess.Popen) -> None:
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(gap_s)  # separate deliveries: two pending SIGINTs would merge into one
+        os.kill(proc.pid, signal.SIGINT)
+
+    return _signal_when(overrides, lambda err: text in err.read_text(), f"printing {text!r}", twice)
+
+
+def _signal_when(overrides: list[str], until: Callable[[Path], bool], what: str,
+                 send: Callable[[subprocess.Popen], None]) -> subprocess.CompletedProcess:
+    """Run the CLI, call `send(proc)` once `until(stderr file)` holds, and wait for the run to exit."""
     import pytest
 
     command = cli_command(overrides)
@@ -183,10 +202,10 @@ def signal_at_logged_step(overrides: list[str], out_dir: Path, step: int, sig: i
         with out.open("w") as fout, err.open("w") as ferr:
             proc = subprocess.Popen(command, cwd=REPO, env=clean_env(), stdout=fout, stderr=ferr, text=True,
                                     start_new_session=True)
-            if watch(proc, [out, err], until=lambda: _logged_step(out_dir) >= step) != "until":
+            if watch(proc, [out, err], until=lambda: until(err)) != "until":
                 _kill_group(proc)
-                pytest.fail(f"the run ended or stalled before logging step {step}:\n{err.read_text()[-2000:]}")
-            os.killpg(proc.pid, sig)
+                pytest.fail(f"the run ended or stalled before {what}:\n{err.read_text()[-2000:]}")
+            send(proc)
             outcome = watch(proc, [out, err])
         stdout, stderr = out.read_text(), err.read_text()
     if outcome != "exited":

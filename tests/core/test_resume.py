@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
 from pathlib import Path
 
@@ -12,7 +13,13 @@ from safetensors.torch import load_file
 
 from sparsetrain.engine import preemption
 from tests.core.conftest import tiny_overrides
-from tests.core.subprocess_runs import kill_at_checkpoint, kill_at_logged_step, run_cli, signal_at_logged_step
+from tests.core.subprocess_runs import (
+    interrupt_twice_when_printed,
+    kill_at_checkpoint,
+    kill_at_logged_step,
+    run_cli,
+    signal_at_logged_step,
+)
 from tests.helpers.compare import assert_same_weights
 from tests.helpers.wandb_log import assert_wandb_matches_metrics, read_runs
 
@@ -84,19 +91,23 @@ def test_corrupt_state_file_gives_clear_error(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT to the process group) is handled like SIGTERM: a checkpoint at the next step, one line,
-    exit 3, no KeyboardInterrupt traceback; the re-run continues from that step and matches an uninterrupted run."""
+    """Ctrl-C (SIGINT to the process group) checkpoints at the next step like SIGTERM, but is reported as an
+    interruption: one `interrupted:` line naming the checkpoint and the command that resumes, exit 130, no
+    KeyboardInterrupt traceback; that command (without resume=false, which would start over) continues from the
+    checkpoint and matches an uninterrupted run."""
     out, reference = tmp_path / "interrupted", tmp_path / "reference"
     overrides = tiny_overrides(out, *EXTRA, "train.log_every=1", "train.checkpoint_every=1000")
-    result = signal_at_logged_step(overrides, out, 15, signal.SIGINT)
-    assert result.returncode == 3, result.stderr[-3000:]
+    result = signal_at_logged_step([*overrides, "resume=false"], out, 15, signal.SIGINT)
+    assert result.returncode == 130, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr[-3000:]
-    stop = re.fullmatch(r"error: stopped on request after sparsify step (\d+); checkpoint saved", lines[-1])
+    stop = re.fullmatch(r"interrupted: stopped with a checkpoint at sparsify step (\d+); resume with `(.*)`", lines[-1])
     assert stop, lines[-1]
     state = json.loads((out / "state.json").read_text())
     assert state["current"]["step"] == int(stop[1]) >= 15, "no checkpoint at the interrupted step"
-    assert run_cli(overrides).returncode == 0
+    command = shlex.split(stop[2])
+    assert command[:2] == ["sparsetrain", "run"] and command[2:] == overrides, command
+    assert run_cli(command[2:]).returncode == 0
     assert run_cli(tiny_overrides(reference, *EXTRA, "train.log_every=1")).returncode == 0
     assert_same_weights(load_file(str(reference / "weights" / "finetune.safetensors")),
                         load_file(str(out / "weights" / "finetune.safetensors")), atol=1e-6, rtol=1e-6,
@@ -104,13 +115,38 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path: Path)
     assert _steps(out) == _steps(reference), "steps lost or repeated around the interrupt"
 
 
+def test_sigterm_stop_stays_a_preemption(tmp_path: Path) -> None:
+    """SIGTERM (scancel, a cluster's preemption) keeps its exit code 3 and line, which requeues rely on."""
+    out = tmp_path / "run"
+    result = signal_at_logged_step(tiny_overrides(out, *EXTRA, "train.log_every=1"), out, 15, signal.SIGTERM)
+    assert result.returncode == 3, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: stopped on request after sparsify step \d+; checkpoint saved", last), last
+
+
+def test_second_ctrl_c_quits_at_once_with_the_resume_command(tmp_path: Path) -> None:
+    """Two Ctrl-Cs while the finished run times its latency table (no training step to stop at): the second quits at
+    once, one `interrupted:` line saying where a re-run continues, exit 130, no traceback."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, "phases.sparsify.epochs=1", "deploy.latency=true", "deploy.latency_repeats=100000")
+    result = interrupt_twice_when_printed(overrides, "[latency] torch cpu batch 1:")
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"interrupted: quit at once; a re-run continues from the end of the finetune phase; resume with "
+                    f"`{shlex.join(['sparsetrain', 'run', *overrides])}`"), last
+
+
 def test_second_ctrl_c_quits_at_once() -> None:
-    """The first SIGINT only asks for the stop; a second one while it is pending raises KeyboardInterrupt (the CLI
-    prints `error: interrupted`, exit 130)."""
+    """The first SIGINT only asks for the stop (marked as an interruption, not a preemption); a second one while it is
+    pending raises KeyboardInterrupt (the CLI prints one `interrupted:` line, exit 130)."""
     preemption.clear()
     try:
+        preemption.request_stop()
+        assert not preemption.interrupted(), "SIGTERM's stop is not an interruption"
+        preemption.clear()
         preemption.interrupt()
-        assert preemption.stop_requested()
+        assert preemption.stop_requested() and preemption.interrupted()
         with pytest.raises(KeyboardInterrupt):
             preemption.interrupt()
     finally:

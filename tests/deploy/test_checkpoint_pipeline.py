@@ -167,3 +167,18 @@ def test_an_unfinished_run_says_which_phase_it_gives(unfinished: Path, tmp_path:
         build_model(ModelConfig(name="lenet300_100", checkpoint=str(run / "weights" / "sparsify.safetensors")),
                     1, 10, (1, 8, 8))
     assert "unfinished run" not in caplog.text, "a phase's file given explicitly is not a surprise"
+
+
+def test_a_run_from_an_unfinished_run_warns_once(unfinished: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """The dense phase evaluates the checkpoint and sparsity training starts from it again: the note that it is an
+    unfinished run's, and where the weights came from, are said once, the note as a `warning:` line."""
+    capsys.readouterr()
+    run_pipeline(tiny_config(tmp_path / "from_unfinished", f"model.checkpoint={unfinished}",
+                             "phases.dense.enabled=true", "phases.dense.epochs=0", "phases.sparsify.epochs=0.1",
+                             "phases.finetune.epochs=0.1"))
+    err = capsys.readouterr().err.splitlines()
+    notes = [line for line in err if "is an unfinished run" in line]
+    assert len(notes) == 1 and notes[0].split(" ", 1)[1].startswith(f"warning: model.checkpoint: {unfinished} is an "
+                                                                     "unfinished run"), notes
+    assert len([line for line in err if "model.checkpoint: loaded" in line]) == 1, err

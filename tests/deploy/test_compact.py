@@ -32,6 +32,7 @@ def test_compact_export_is_written_verified_and_reported(run: tuple[Path, dict])
     assert manifest["formats"]["compact"] == entry
     assert entry["files"] == ["compact/architecture.json", "compact/model.safetensors"]
     assert entry["bytes"] == sum((out / "export" / f).stat().st_size for f in entry["files"])
+    assert entry["weights_bytes"] == (out / "export" / "compact" / "model.safetensors").stat().st_size
     assert entry["ok"] and entry["max_abs_diff"] <= entry["tolerance"]
     assert sum(entry["units_removed"].values()) > 0
     assert entry["params"] < entry["masked_params"] and entry["nonzero_params"] <= entry["masked_nonzero_params"]
@@ -55,14 +56,25 @@ def test_compact_model_loads_and_matches_the_masked_model(run: tuple[Path, dict]
 
 
 def test_eval_of_the_compact_format_reports_the_compact_model(run: tuple[Path, dict]) -> None:
-    from sparsetrain.deploy.evaluate import evaluate_target
+    """Parameters from the masked architecture's count down to the compact one's; bytes of the one weights file
+    compact/ holds (no bitmask file there), the size the manifest records for it."""
+    from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
 
     out, report = run
     entry = report["export"]["compact"]
     for target, fmt in ((out, "compact"), (out / "export" / "compact", "auto")):
         result = evaluate_target(target, format=fmt)
-        assert result["params"] == {"total": entry["params"], "nonzero": entry["nonzero_params"]}, (target, fmt)
-        assert result["bytes"]["dense"] == report["bytes"]["dense"], "dense must be the unpruned architecture"
+        assert result["params"] == {"total": entry["params"], "nonzero": entry["nonzero_params"],
+                                    "dense": entry["masked_params"], "removed": "dead units"}, (target, fmt)
+        sizes = result["bytes"]
+        assert sizes["dense"] == report["bytes"]["dense"], "dense must be the unpruned architecture"
+        assert "bitmask" not in sizes, f"compact/ holds no bitmask file: {sizes}"
+        assert sizes["safetensors"] == sizes["compressed"] == entry["weights_bytes"], (sizes, entry)
+        assert sizes["compressed_file"] == "compact/model.safetensors", sizes
+        lines = {x.split()[0]: x for x in format_evaluation(result).splitlines()[1:]}
+        assert lines["bytes"] == (f"bytes        {sizes['dense']:,} dense -> {sizes['compressed']:,} compressed "
+                                  "(weights file compact/model.safetensors)"), lines
+        assert lines["params"].startswith(f"params       {entry['masked_params']:,} -> {entry['params']:,} ("), lines
 
 
 def test_bench_latency_names_a_compact_table_after_its_run(run: tuple[Path, dict]) -> None:

@@ -144,3 +144,40 @@ def test_export_of_another_phase_leaves_the_latency_table_naming_the_phase_it_ti
     table = latency_table(copy / "export", batches=(1,), repeats=1, memory=False)  # what bench latency times now
     assert table["phase"] == "sparsify"
     assert format_latency(table).startswith("latency of lenet300_100 (unstructured, sparsify phase), input")
+
+
+def test_export_takes_deploy_overrides(copy: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run exported without deploy.compact and onnx is re-exported with them by `sparsetrain export RUN deploy.*=`;
+    state.json and config.yaml record the deploy settings used, as after a re-run with other deploy settings."""
+    import yaml
+
+    before = yaml.safe_load((copy / "config.yaml").read_text())
+    capsys.readouterr()
+    assert main(["export", str(copy), "deploy.compact=true", "deploy.formats=[onnx]"]) == 0
+    err = capsys.readouterr().err
+    manifest = json.loads((copy / "export" / "manifest.json").read_text())
+    assert manifest["formats"]["onnx"]["ok"] and (copy / "export" / "model.onnx").is_file()
+    assert not (copy / "export" / "model.pt2").exists(), "the run's torch_export format was written anyway"
+    assert ("compact" in manifest["formats"]) != ("[export] compact: no dead units, not written" in err), err
+    deployed = json.loads((copy / "state.json").read_text())["deployed"]["deploy"]
+    assert (deployed["compact"], deployed["formats"]) == (True, ["onnx"])
+    after = yaml.safe_load((copy / "config.yaml").read_text())
+    assert after["deploy"] == deployed
+    assert {k: v for k, v in after.items() if k not in ("deploy", "out_dir", "tracking")} == \
+        {k: v for k, v in before.items() if k not in ("deploy", "out_dir", "tracking")}
+
+
+@pytest.mark.parametrize(("override", "line"), [
+    ("model.name=resnet18", "error: model.name: only deploy.* settings can be changed at export (the others made the "
+     "run's weights; change them in a new run)"),
+    ("alpha0=1", "error: regularizer.alpha0: only deploy.* settings can be changed at export (the others made the "
+     "run's weights; change them in a new run)"),
+    ("deploy.formats=[onx]", "error: deploy.formats.0: Input should be 'onnx' or 'torch_export' (got 'onx')"),
+])
+def test_export_refuses_other_overrides_in_one_line(finished: Path, capsys: pytest.CaptureFixture, override: str,
+                                                    line: str) -> None:
+    stamps = _stamps(finished / "export")
+    capsys.readouterr()
+    assert main(["export", str(finished), override]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
+    assert _stamps(finished / "export") == stamps, "a refused export touched export/"

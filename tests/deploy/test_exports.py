@@ -145,8 +145,9 @@ def test_export_command_rewrites_every_format(runs: dict) -> None:
         logging.getLogger("sparsetrain").removeHandler(handler)
     manifest = json.loads((out / "export" / "manifest.json").read_text())
     said = [line for line in lines if line.startswith("[export] ")]
-    for fmt in ("safetensors", "bitmask"):
-        assert any(line.startswith(f"[export] {fmt}: ") and line.endswith(("MB", " B")) for line in said), said
+    for fmt, name in (("safetensors", "model.safetensors"), ("bitmask", "model.bitmask.safetensors")):
+        size = (out / "export" / name).stat().st_size  # the weights file alone, as report.json and eval count it
+        assert f"[export] {fmt}: architecture.json + {name}; weights file {name} {size:,} B" in said, said
     for fmt in ("onnx", "torch_export"):
         done = [line for line in said if line.startswith(f"[export] {fmt}: ") and "max abs diff" in line]
         assert len(done) == 1 and "(ok, tolerance" in done[0], said
@@ -157,4 +158,4 @@ def test_export_command_rewrites_every_format(runs: dict) -> None:
     assert set(modes.values()) == {0o666 & ~umask}, f"export file modes differ: {modes}"
     assert (out / "export" / "model.onnx").is_file() and manifest["formats"]["onnx"]["ok"]
     assert (out / "export" / "model.bitmask.safetensors").stat().st_size == manifest["formats"]["bitmask"]["bytes"] - \
-        (out / "export" / "architecture.json").stat().st_size
+        (out / "export" / "architecture.json").stat().st_size == manifest["formats"]["bitmask"]["weights_bytes"]

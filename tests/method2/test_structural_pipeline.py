@@ -68,13 +68,19 @@ def test_bytes_name_the_smallest_file_of_a_physically_pruned_model(structural: t
     assert sparsetrain.load_compressed(export, sizes["compressed_format"]) is not None
     capsys.readouterr()
     assert main(["eval", str(run), "--json"]) == 0
-    evaluated = json.loads(capsys.readouterr().out)["bytes"]
+    result = json.loads(capsys.readouterr().out)
+    evaluated = result["bytes"]
     assert {k: evaluated[k] for k in sizes if k != "pruned"} == {k: sizes[k] for k in sizes if k != "pruned"}, \
         (evaluated, sizes)  # dense is the unpruned unet_tiny, not the smaller model's plain file
+    params = report["params"]
+    assert result["params"] == {"total": params["pruned"], "nonzero": params["nonzero"], "dense": params["dense"],
+                                "removed": "filters"}, (result["params"], params)
     assert main(["eval", str(run)]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("bytes"))
-    assert line == (f"bytes        {sizes['dense']:,} dense -> {files['safetensors']:,} compressed (safetensors file; "
-                    f"export files: safetensors {files['safetensors']:,}, bitmask {files['bitmask']:,})"), line
+    lines = {x.split()[0]: x for x in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["bytes"] == (f"bytes        {sizes['dense']:,} dense -> {files['safetensors']:,} compressed (weights "
+                              f"file model.safetensors; other weights file: bitmask {files['bitmask']:,})"), lines
+    assert lines["params"].startswith(f"params       {params['dense']:,} -> {params['pruned']:,} "
+                                      f"({params['dense'] / params['pruned']:.2f}x fewer, filters removed); "), lines
     assert json.loads((run / "report.json").read_text())["format_version"] == 2  # keys added, none renamed
 
 
