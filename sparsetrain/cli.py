@@ -160,12 +160,14 @@ def _bench_latency(argv: list[str]) -> None:
     from benchmarks.common import OUTPUT_DIR
 
     parser = argparse.ArgumentParser(prog="sparsetrain bench latency", description="Dense vs compressed latency "
-                                     "of a run's export, timed interleaved: torch eager and onnxruntime, batch 1 "
-                                     "and a larger batch, median [p20-p80], peak memory, slowest layers. Prints "
-                                     "the table and writes it to OUT/latency-NAME.json and .png (NAME: the run's "
-                                     "folder); the run's own latency.json and report.json, timed with its "
+                                     "of a run's export (and vs its compact model, export/compact/, when it has "
+                                     "one), timed interleaved in the same rounds: torch eager and onnxruntime, "
+                                     "batch 1 and a larger batch, median [p20-p80], peak memory, slowest layers. "
+                                     "Prints the table and writes it to OUT/latency-NAME.json and .png (NAME: the "
+                                     "run's folder); the run's own latency.json and report.json, timed with its "
                                      "deploy.latency_* settings, are left as they are.")
-    parser.add_argument("target", help="run directory or export folder")
+    parser.add_argument("target", help="run directory or export folder (RUN/export/compact: the compact model "
+                        "alone against the dense architecture)")
     parser.add_argument("--batch", type=int, default=16, help="the larger batch size (the other is 1)")
     parser.add_argument("--repeats", type=int, default=30, help="timed interleaved rounds per runtime and batch")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both runtimes")
@@ -188,7 +190,7 @@ def _bench_latency(argv: list[str]) -> None:
 BENCHMARKS = {
     "kernels": "Triton kernels vs eager/compile, GPU",
     "train_step": "one training step per regularizer path",
-    "latency": "dense vs compressed, side by side",
+    "latency": "dense vs compressed (and compact), side by side",
     "throughput": "samples/s over a long run vs a plain torch loop",
 }
 

@@ -20,7 +20,9 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     baselines        {name: {phase: metric, sparsity, ...}} (Method 1 with `baselines`)
     ... structural runs add kept_filters, flops, peak_memory_bytes, latency_ms, param_reduction; deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
-    another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed).
+    another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed); a Method 1
+    run whose latency table timed export/compact/ adds latency_ms, the compact model's speed-up (its `model`:
+    "compact"; the masked model runs as a dense graph and gets no headline).
 
 Format 1 (before the phase vocabulary) had the phases as top-level keys dense / sparse / pruned / finetuned;
 `phase_results` reads both.
@@ -81,9 +83,7 @@ def format_table(report: dict[str, Any]) -> str:
     if "flops" in report:
         p, f, lat = report["params"], report["flops"], report["latency_ms"]
         lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
-                  f"flops        {f['dense']:,} -> {f['pruned']:,}",
-                  f"latency      {lat['dense']:.2f} ms -> {lat['pruned']:.2f} ms ({lat['speedup']:.2f}x; "
-                  f"{lat.get('measured', 'CPU, batch 1')})"]
+                  f"flops        {f['dense']:,} -> {f['pruned']:,}", _latency_line(lat)]
         lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
         return "\n".join(lines)
     if "sparsity" in report:
@@ -91,12 +91,22 @@ def format_table(report: dict[str, Any]) -> str:
                   f"compression  {report['compression_ratio']:7.1f} x  "
                   f"({report['params']['nonzero']:,} of {report['params']['total']:,} weights non-zero)",
                   _bytes_line(report["bytes"])]
+        lines += [_latency_line(report["latency_ms"])] if "latency_ms" in report else []  # the compact model's
     if "mask_memory" in report:
         per_rank = report["mask_memory"]["bytes_per_rank"]
         lines.append(f"masks        {max(per_rank):,} bytes per rank (packed 1 bit per weight, {len(per_rank)} ranks)")
     if report.get("baselines"):
         lines += ["", _comparison_table(report)]
     return "\n".join(lines)
+
+
+def _latency_line(lat: dict[str, Any]) -> str:
+    """Dense -> pruned (Method 2) or compact (Method 1) latency, the speed-up, and how it was measured."""
+    def ms(value: float) -> str:
+        return f"{value:.2f}" if value >= 1 else f"{value:.3f}"  # small models run in tens of microseconds
+
+    return (f"latency      {ms(lat['dense'])} ms -> {ms(lat['pruned'])} ms ({lat['speedup']:.2f}x; "
+            f"{lat.get('measured', 'CPU, batch 1')})")
 
 
 def _bytes_line(sizes: dict[str, Any]) -> str:

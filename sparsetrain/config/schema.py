@@ -170,13 +170,15 @@ class DeployConfig(Section):
                              "a batch of the data) that passes export verification.")
     compact: bool = Field(True, description="Method 1: also write export/compact/, the model with its dead units "
                           "(no non-zero input weight, or nothing reads them) removed exactly, constants folded into "
-                          "biases: a smaller dense model (load_compressed(RUN_DIR, 'compact')). Written only when "
-                          "some unit is dead; Method 2 models are already physically pruned (skipped).")
+                          "biases: a smaller dense model (load_compressed(RUN_DIR, 'compact')), timed in the "
+                          "latency table beside the masked one. Written only when some unit is dead; Method 2 models "
+                          "are already physically pruned (skipped).")
     latency: bool = Field(True, description="Measure the dense-vs-compressed latency table at the end of run "
-                          "(what `sparsetrain bench latency` prints) into report.json.")
+                          "(what `sparsetrain bench latency` prints; the compact model too when export/compact/ is "
+                          "written) into report.json and latency.json.")
     latency_batch: int = Field(16, ge=2, description="The larger batch size of the latency table (the other is 1).")
-    latency_repeats: int = Field(20, ge=3, description="Timed forward passes per model, runtime and batch; the two "
-                                 "models alternate, so load on the machine hits both alike.")
+    latency_repeats: int = Field(20, ge=3, description="Timed forward passes per model, runtime and batch; the "
+                                 "models alternate, so load on the machine hits them alike.")
     latency_threads: int = Field(1, ge=1, description="Intra-op threads of torch and onnxruntime while timing.")
 
 

@@ -1,16 +1,20 @@
 """Dense vs compressed inference latency, timed side by side: `sparsetrain bench latency RUN_DIR|EXPORT`.
 
-For each runtime (torch eager and onnxruntime on the CPU; torch on CUDA when present) and batch size, the dense
-model (the timm architecture of the export, unpruned) and the compressed model (the export) are timed *interleaved*:
-after warm-up, each round times one forward pass of each, the order alternating between rounds, with a fixed intra-
-op thread count for both runtimes, each sample a block of calls lasting >= 20 ms. Load on a busy machine then hits
-both models alike. The speed-up is the ratio of the 20th percentiles dense / compressed: on a machine shared with
-other work, time slices lost to other processes make the upper part of each distribution (even the median) mostly
-noise, while the fast quantile is the model's own cost; `speedup_median` and `speedup_paired` (median of the per-
-round ratios) are kept beside it. Reported per model: median and the 20th / 80th percentiles (ms), peak memory
+The models timed (`MODELS`; the table's `timed` names them): the dense model (the timm architecture of the export,
+unpruned), the compressed model (the export's own `model.safetensors`) and, when the export folder holds a verified
+`compact/` (Method 1, `deploy/compact.py`), the compact model: the masked model with its dead units physically
+removed, a smaller dense graph. For each runtime (torch eager and onnxruntime on the CPU; torch on CUDA when present)
+and batch size they are timed *interleaved*: after warm-up, each round times one forward pass of each, the order
+reversed every other round (dense, compressed, compact / compact, compressed, dense), with a fixed intra-op thread
+count for both runtimes, each sample a block of calls lasting >= 20 ms. Load on a busy machine then hits all models
+alike. The speed-up is the ratio of the 20th percentiles dense / compressed (`speedup`; dense / compact:
+`speedup_compact`): on a machine shared with other work, time slices lost to other processes make the upper part of
+each distribution (even the median) mostly noise, while the fast quantile is the model's own cost; the ratio of the
+medians and the median of the per-round ratios (`speedup_median`, `speedup_paired`; `_compact` for the compact
+model) are kept beside it. Reported per model: median and the 20th / 80th percentiles (ms), peak memory
 (`deploy.memory`, a fresh process per model and runtime), and the ten slowest layers (forward hooks in torch,
 onnxruntime's own profiler for ONNX). Unstructured sparsity runs as a dense graph: its rows say so, with the storage
-saving beside the speed-up.
+saving beside the speed-up; the compact model is where Method 1's speed-up is.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsetrain.deploy.compact import COMPACT_DIR
 from sparsetrain.deploy.loading import export_folder, load_compressed
 from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
 from sparsetrain.progress import log
@@ -37,7 +42,7 @@ from sparsetrain.structural.serialize import ARCH_FILE
 
 __all__ = ["interleaved_times", "latency_table"]
 
-MODELS = ("dense", "compressed")
+MODELS = ("dense", "compressed", "compact")  # the order of each round; compact only when the export holds one
 NO_SPEEDUP_BELOW = 1.10  # an unstructured speed-up under this is reported as "no speed-up"
 TOP_LAYERS = 10
 MIN_SAMPLE_MS = 20.0  # each timing sample runs >= 20 ms (a block of calls), so sub-ms preemption averages out
@@ -84,12 +89,32 @@ def _summary(ms: list[float]) -> dict[str, float]:
     return {"median": float(q[1]), "p20": float(q[0]), "p80": float(q[2]), "runs": len(ms)}
 
 
-def _paired_speedup(times: dict[str, list[float]]) -> float:
-    return statistics.median(d / max(c, 1e-9) for d, c in zip(times["dense"], times["compressed"], strict=True))
+def _speedups(times: dict[str, list[float]], stats: dict[str, dict[str, float]], which: str) -> dict[str, float]:
+    """Dense / `which` as the ratio of the p20s, of the medians and the median per-round ratio (`speedup*` for the
+    compressed model, `speedup_compact*` for the compact one)."""
+    key = "speedup" if which == "compressed" else f"speedup_{which}"
+    dense, other = stats["dense_ms"], stats[f"{which}_ms"]
+    return {key: dense["p20"] / max(other["p20"], 1e-9), f"{key}_median": dense["median"] / max(other["median"], 1e-9),
+            f"{key}_paired": statistics.median(d / max(c, 1e-9)
+                                               for d, c in zip(times["dense"], times[which], strict=True))}
+
+
+def _verified_compact(folder: Path) -> dict[str, Any] | None:
+    """The manifest's `compact` entry of export folder `folder` when `compact/` was written and verified (`ok`);
+    None otherwise (a warning says so when it failed its verification)."""
+    try:
+        entry = json.loads((folder / "manifest.json").read_text())["formats"].get("compact")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if entry and not entry.get("ok"):
+        log.warning(f"[latency] {folder}/compact/ failed its verification (max abs diff "
+                    f"{entry.get('max_abs_diff')}): not timed")
+    return entry if entry and entry.get("ok") else None
 
 
 class _Models:
-    """The two torch models, their ONNX files and what the table says about storage."""
+    """The torch models (dense, compressed and, when the export has a verified one, compact), their ONNX files and
+    what the table says about storage."""
 
     def __init__(self, path: str | Path, scratch: Path) -> None:
         import timm
@@ -110,6 +135,10 @@ class _Models:
         self.torch = {"dense": timm.create_model(self.arch["model_name"], pretrained=False,
                                                  **self.arch["model_kwargs"]).eval(),
                       "compressed": load_compressed(self.folder, "safetensors")}
+        self.compact = _verified_compact(self.folder)
+        if self.compact:
+            self.torch["compact"] = load_compressed(self.folder, "compact")
+        self.names = tuple(name for name in MODELS if name in self.torch)
         self.kind = "structural" if self.arch.get("modules") else "unstructured"
         self.scratch = scratch
         self._onnx: dict[str, Path] = {}
@@ -129,8 +158,18 @@ class _Models:
                                                opset=18)
         return self._onnx[which]
 
+    def timed(self) -> dict[str, str]:
+        """Which models were timed: name -> what it is (latency.json's `timed`)."""
+        from sparsetrain.structural.serialize import WEIGHTS_FILE
+
+        what = {"dense": f"{self.arch['model_name']} as timm builds it (unpruned architecture, random weights)",
+                "compressed": f"{self.folder.name}/{WEIGHTS_FILE}",
+                "compact": f"{self.folder.name}/{COMPACT_DIR}/{WEIGHTS_FILE} (dead units removed)"}
+        return {name: what[name] for name in self.names}
+
     def storage(self) -> dict[str, Any]:
-        """Bytes of the dense model's tensors vs the export's smallest weights file."""
+        """Bytes of the dense model's tensors vs the export's smallest weights file (and the compact model's weights
+        file, when timed)."""
         from sparsetrain.deploy.bitmask import BITMASK_FILE
         from sparsetrain.structural.serialize import WEIGHTS_FILE
 
@@ -140,8 +179,14 @@ class _Models:
         best = min(files, key=files.get)
         params = {k: sum(p.numel() for p in m.parameters()) for k, m in self.torch.items()}
         nonzero = sum(int(torch.count_nonzero(p)) for p in self.torch["compressed"].parameters())
-        return {"dense_bytes": dense, "compressed_bytes": files[best], "compressed_file": best,
-                "ratio": dense / max(files[best], 1), "params": params, "nonzero_params": nonzero}
+        out = {"dense_bytes": dense, "compressed_bytes": files[best], "compressed_file": best,
+               "ratio": dense / max(files[best], 1), "params": params, "nonzero_params": nonzero}
+        if self.compact:
+            weights = self.compact["files"][-1]  # compact/model.safetensors
+            out.update(compact_bytes=self.compact["weights_bytes"], compact_file=weights,
+                       compact_ratio=dense / max(self.compact["weights_bytes"], 1),
+                       compact_nonzero_params=self.compact["nonzero_params"])
+        return out
 
 
 def _torch_calls(models: _Models, batch: int, device: torch.device) -> dict[str, Callable[[], Any]]:
@@ -159,7 +204,7 @@ def _torch_calls(models: _Models, batch: int, device: torch.device) -> dict[str,
 
 def _onnx_calls(models: _Models, batch: int, threads: int) -> dict[str, Callable[[], Any]]:
     x = np.random.default_rng(0).standard_normal((batch, *models.shape), dtype=np.float32)
-    sessions = {k: onnx_session(models.onnx(k), threads) for k in MODELS}
+    sessions = {k: onnx_session(models.onnx(k), threads) for k in models.names}
     return {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()}
 
 
@@ -209,10 +254,12 @@ def _memory(models: _Models, runtime: str, batches: tuple[int, ...], threads: in
     from sparsetrain.deploy.memory import measure_peak_memory
 
     peaks = {}
-    for which in MODELS:
+    for which in models.names:
         if runtime == "torch":
-            spec = {"kind": "export", "source": str(models.folder)} if which == "compressed" else \
-                {"kind": "timm", "source": models.arch["model_name"], "model_kwargs": models.arch["model_kwargs"]}
+            spec = {"kind": "timm", "source": models.arch["model_name"], "model_kwargs": models.arch["model_kwargs"]}
+            if which != "dense":
+                spec = {"kind": "export",
+                        "source": str(models.folder / COMPACT_DIR if which == "compact" else models.folder)}
         else:
             spec = {"kind": "onnx", "source": str(models.onnx(which))}
         spec.update(runtime=runtime, shape=list(models.shape), batches=list(batches), threads=threads)
@@ -234,10 +281,12 @@ def _runtimes() -> list[tuple[str, str]]:
 
 def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats: int = 20, threads: int = 1,
                   warmup: int = 3, memory: bool = True) -> dict[str, Any]:
-    """Time the dense and compressed models of an export side by side (see the module docstring).
+    """Time the dense, compressed and (when the export holds a verified `compact/`) compact models of an export
+    side by side, interleaved in the same rounds (see the module docstring).
 
     Args:
-        path: A run directory or export folder.
+        path: A run directory or export folder (`RUN/export/compact` itself: its model is then the compressed one,
+            timed against the dense architecture).
         batches: Batch sizes (e.g. 1 and a larger one).
         repeats: Timed rounds per runtime and batch.
         threads: Intra-op threads of torch and onnxruntime (torch's setting is restored afterwards).
@@ -245,9 +294,15 @@ def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats:
         memory: Measure peak memory (child processes, a few seconds each).
 
     Returns:
-        {"rows": [...], "slowest_layers": {...}, "storage": {...}, "kind", "model", "phase" (the run phase the export
-        holds, architecture.json's meta.phase; None for an export that does not record it), "input_shape",
-        "threads", "repeats", "warmup"}.
+        {"rows": [...], "slowest_layers": {...}, "storage": {...}, "timed", "kind", "model", "phase" (the run phase
+        the export holds, architecture.json's meta.phase; None for an export that does not record it),
+        "input_shape", "threads", "repeats", "warmup"}. `timed`: the models timed, name -> what it is ("dense",
+        "compressed", and "compact" when present; tables written before it timed dense and compressed). A row
+        (one runtime, device and batch) holds `<model>_ms` ({median, p20, p80 in ms, runs}) per model timed, the
+        speed-ups over dense (`speedup`, `speedup_median`, `speedup_paired` for compressed; `speedup_compact`,
+        `speedup_compact_median`, `speedup_compact_paired` for compact), `peak_memory_bytes` {model: bytes or None}
+        and a `note`. `storage` adds `compact_bytes`, `compact_file`, `compact_ratio` and
+        `compact_nonzero_params` (and `params.compact`) when compact was timed.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -272,17 +327,16 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
             else:
                 calls, sync = _onnx_calls(models, batch, threads), None
             times = interleaved_times(calls, repeats, warmup, sync, min_sample_ms=MIN_SAMPLE_MS)
-            stats = {f"{k}_ms": _summary(times[k]) for k in MODELS}
-            row = {"runtime": runtime, "device": device, "batch": batch, **stats,
-                   "speedup": stats["dense_ms"]["p20"] / max(stats["compressed_ms"]["p20"], 1e-9),
-                   "speedup_median": stats["dense_ms"]["median"] / max(stats["compressed_ms"]["median"], 1e-9),
-                   "speedup_paired": _paired_speedup(times),
-                   "peak_memory_bytes": {k: (peaks.get(k) or {}).get(batch) for k in MODELS}}
-            row["note"] = _note(models.kind, row["speedup"], storage["ratio"])
+            stats = {f"{k}_ms": _summary(times[k]) for k in models.names}
+            row = {"runtime": runtime, "device": device, "batch": batch, **stats}
+            for which in models.names[1:]:
+                row.update(_speedups(times, stats, which))
+            row["peak_memory_bytes"] = {k: (peaks.get(k) or {}).get(batch) for k in models.names}
+            row["note"] = _note(models.kind, row["speedup"], storage["ratio"], row.get("speedup_compact"))
             rows.append(row)
             key = f"{runtime}-{device}/batch{batch}"
             runs = max(3, min(repeats, 10))
-            for which in MODELS:
+            for which in models.names:
                 layers[f"{key}/{which}"] = (
                     _torch_layers(models.torch[which], calls[which], runs) if runtime == "torch"
                     else _onnx_layers(models.onnx(which), batch, models.shape, threads, runs, models.scratch))
@@ -290,18 +344,24 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
         model.cpu()
     return {"kind": models.kind, "model": models.arch["model_name"], "phase": models.arch.get("meta", {}).get("phase"),
             "input_shape": list(models.shape),
-            "threads": threads, "repeats": repeats, "warmup": warmup, "storage": storage, "rows": rows,
-            "slowest_layers": layers}
+            "threads": threads, "repeats": repeats, "warmup": warmup, "timed": models.timed(), "storage": storage,
+            "rows": rows, "slowest_layers": layers}
 
 
-def _note(kind: str, speedup: float, storage_ratio: float) -> str:
-    """What a row means: unstructured zeros run as a dense graph, so any measured gap is noise, not sparsity."""
+def _note(kind: str, speedup: float, storage_ratio: float, compact: float | None = None) -> str:
+    """What a row means: unstructured zeros run as a dense graph, so any measured gap is noise, not sparsity; the
+    compact model (dead units removed, speed-up `compact`) is a smaller dense graph, so its gap is real."""
     if kind == "unstructured":
         if speedup < NO_SPEEDUP_BELOW:
-            return (f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); "
+            note = (f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); "
                     f"storage {storage_ratio:.1f}x smaller")
-        return (f"no speed-up expected: the same dense graph, {speedup:.2f}x is measurement noise; "
-                f"storage {storage_ratio:.1f}x smaller")
-    if speedup < 1.0:
-        return f"slower than dense ({speedup:.2f}x)"
-    return ""
+        else:
+            note = (f"no speed-up expected: the same dense graph, {speedup:.2f}x is measurement noise; "
+                    f"storage {storage_ratio:.1f}x smaller")
+    else:
+        note = f"slower than dense ({speedup:.2f}x)" if speedup < 1.0 else ""
+    if compact is not None:
+        compact_note = (f"compact: dead units removed, {compact:.2f}x" if compact >= 1.0
+                        else f"compact: slower than dense ({compact:.2f}x)")
+        note = f"{note}; {compact_note}" if note else compact_note
+    return note

@@ -1,4 +1,4 @@
-"""The latency table as text and as a plot (dense vs compressed per runtime and batch)."""
+"""The latency table as text and as a plot (dense vs compressed, and compact when timed, per runtime and batch)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_stem", "format_latency", "plot_latency", "write_latency"]
+__all__ = ["bench_stem", "format_latency", "plot_latency", "timed_models", "write_latency"]
 
 
 def _mb(value: int | None) -> str:
@@ -18,24 +18,47 @@ def _ms(stats: dict[str, float]) -> str:
     return f"{stats['median']:9.3f} [{stats['p20']:.3f}-{stats['p80']:.3f}]".ljust(24)
 
 
+def timed_models(table: dict[str, Any]) -> list[str]:
+    """The models a table timed, in round order: its `timed` (tables written before it: dense and compressed)."""
+    return list(table.get("timed") or ("dense", "compressed"))
+
+
+def _storage_line(s: dict[str, Any]) -> str:
+    line = (f"storage: {s['dense_bytes']:,} B dense -> {s['compressed_bytes']:,} B weights file "
+            f"{s['compressed_file']} ({s['ratio']:.2f}x smaller); params {s['params']['dense']:,} -> "
+            f"{s['params']['compressed']:,} ({s['nonzero_params']:,} non-zero)")
+    if "compact_bytes" in s:
+        line += (f"; compact: {s['compact_bytes']:,} B weights file {s['compact_file']} ({s['compact_ratio']:.2f}x "
+                 f"smaller), params {s['params']['compact']:,} ({s['compact_nonzero_params']:,} non-zero)")
+    return line
+
+
+def _row(r: dict[str, Any], models: list[str]) -> str:
+    mem = r["peak_memory_bytes"]
+    cells = "".join(f"  {_ms(r[f'{m}_ms'])}  {r['speedup' if m == 'compressed' else f'speedup_{m}']:>7.2f}x"
+                    for m in models[1:])
+    peaks = " -> ".join(_mb(mem.get(m)) for m in models)
+    where = f"{r['runtime']} {r['device']}"
+    return f"{where:<18}{r['batch']:>6}  {_ms(r['dense_ms'])}{cells}  {peaks:<14}  {r['note']}"
+
+
 def format_latency(table: dict[str, Any]) -> str:
-    """A fixed-width table: one row per runtime and batch, then the slowest layers at batch 1."""
-    s = table["storage"]
+    """A fixed-width table: one row per runtime and batch (dense, then each model timed with its speed-up over
+    dense), then the slowest layers at batch 1."""
+    models = timed_models(table)
     phase = f", {table['phase']} phase" if table.get("phase") else ""
+    header = f"{'runtime':<18}{'batch':>6}  {'dense ms':>24}" + "".join(
+        f"  {f'{m} ms':>24}  {'speed-up':>8}" for m in models[1:])
+    peaks = "peak MB d->c" + ("->compact" if "compact" in models else "")
     lines = [f"latency of {table['model']} ({table['kind']}{phase}), input {tuple(table['input_shape'])}, "
-             f"{table['threads']} thread(s), {table['repeats']} interleaved rounds after {table['warmup']} warm-up; "
-             f"ms as median [p20-p80]; speed-up = dense p20 / compressed p20 (the least disturbed by other load); "
-             "peak MB = weights + workspace + activations in a warmed-up process (runtime set-up not counted)",
-             f"storage: {s['dense_bytes']:,} B dense -> {s['compressed_bytes']:,} B weights file "
-             f"{s['compressed_file']} ({s['ratio']:.2f}x smaller); params {s['params']['dense']:,} -> "
-             f"{s['params']['compressed']:,} ({s['nonzero_params']:,} non-zero)",
-             f"{'runtime':<18}{'batch':>6}  {'dense ms':>24}  {'compressed ms':>24}  {'speed-up':>8}  "
-             f"{'peak MB d->c':>14}  note"]
-    for r in table["rows"]:
-        mem = r["peak_memory_bytes"]
-        lines.append(f"{r['runtime'] + ' ' + r['device']:<18}{r['batch']:>6}  {_ms(r['dense_ms'])}  "
-                     f"{_ms(r['compressed_ms'])}  {r['speedup']:>7.2f}x  "
-                     f"{_mb(mem['dense']):>6} -> {_mb(mem['compressed']):<6}  {r['note']}")
+             f"{table['threads']} thread(s), {table['repeats']} interleaved rounds after {table['warmup']} warm-up "
+             f"({', '.join(models)} in each round); ms as median [p20-p80]; speed-up = dense p20 / model p20 (the "
+             "least disturbed by other load); peak MB = weights + workspace + activations in a warmed-up process "
+             "(runtime set-up not counted)"]
+    if table.get("timed"):
+        lines.append("models: " + "; ".join(f"{name} = {what}" for name, what in table["timed"].items()))
+    lines += [_storage_line(table["storage"]), f"{header}  {peaks:<14}  note"]
+    lines += [_row(r, models) for r in table["rows"]]
     for key, rows in table["slowest_layers"].items():
         if "/batch1/" in key:
             shown = ", ".join(f"{row['layer']} ({row['op']}) {row['ms']:.3f}" for row in rows[:5])
@@ -44,7 +67,8 @@ def format_latency(table: dict[str, Any]) -> str:
 
 
 def plot_latency(table: dict[str, Any], path: Path) -> None:
-    """Grouped bars: dense vs compressed median latency (p20-p80 whiskers) per runtime and batch."""
+    """Grouped bars: the median latency (p20-p80 whiskers) of each model timed (dense, compressed, compact) per
+    runtime and batch, each group labelled with its speed-ups."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,19 +79,22 @@ def plot_latency(table: dict[str, Any], path: Path) -> None:
     use_bundled_fonts()
     import numpy as np
 
-    rows = table["rows"]
-    labels = [f"{r['runtime']} {r['device']}\nbatch {r['batch']}\n{r['speedup']:.2f}x" for r in rows]
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
-    for offset, which, color in ((-0.2, "dense", "tab:gray"), (0.2, "compressed", "tab:blue")):
+    rows, models = table["rows"], timed_models(table)
+    labels = [f"{r['runtime']} {r['device']}\nbatch {r['batch']}\n{r['speedup']:.2f}x"
+              + (f" / {r['speedup_compact']:.2f}x compact" if "speedup_compact" in r else "") for r in rows]
+    x, width = np.arange(len(rows)), 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6, (1.2 + 0.4 * len(models)) * len(rows)), 4))
+    colors = {"dense": "tab:gray", "compressed": "tab:blue", "compact": "tab:green"}
+    for i, which in enumerate(models):
         stats = [r[f"{which}_ms"] for r in rows]
         med = np.array([s["median"] for s in stats])
         err = np.array([[s["median"] - s["p20"] for s in stats], [s["p80"] - s["median"] for s in stats]])
-        ax.bar(x + offset, med, 0.4, yerr=err, capsize=3, color=color, label=which)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, med, width, yerr=err, capsize=3, color=colors[which],
+               label=which)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("latency per forward pass (ms, log)")
-    ax.set_title(f"{table['model']} ({table['kind']}): dense vs compressed, {table['threads']} thread(s)")
+    ax.set_title(f"{table['model']} ({table['kind']}): {' vs '.join(models)}, {table['threads']} thread(s)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -64,7 +64,9 @@ def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]
 
 
 def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
-    """Export, then (rank 0, `deploy.latency`) time dense vs compressed; the report's "export" and "latency".
+    """Export, then (rank 0, `deploy.latency`) time dense vs compressed (and vs compact, when the export wrote a
+    verified `export/compact/`); the report's "export", "latency" and, for Method 2 or a table with the compact
+    model, the headline "latency_ms" (`_headline`).
 
     Outputs that are already up to date (a re-run of a finished run) are read back instead of written again:
     export/ when state.json's `deployed` records it for the same final phase and export settings and every file its
@@ -84,7 +86,7 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         final = final_phase(pipeline.state["completed"])
         log.info(f"[deploy] {pipeline.out_dir / 'export'} already holds the {final} model for these deploy settings: "
                  f"not exported again (`sparsetrain export {pipeline.out_dir}` re-exports)")
-        if deploy.latency and (table := _latency_to_reuse(pipeline)) is not None:
+        if deploy.latency and (table := _latency_to_reuse(pipeline, manifest)) is not None:
             log.info("[deploy] latency.json was timed with these deploy settings on this export: not timed again")
     if deploy.latency and table is None:
         from sparsetrain.deploy.latency import latency_table
@@ -96,21 +98,24 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         log.info("\n" + format_latency(table))
     if table is not None:
         out["latency"] = table
-    _point_to_compact(pipeline, manifest["formats"].get("compact"))
+    if table is None:
+        _point_to_compact(pipeline, manifest["formats"].get("compact"))
     return _with_headline(pipeline, out)
 
 
 def _point_to_compact(pipeline: Pipeline, compact: dict[str, Any] | None) -> None:
-    """The export's masked model runs its zeros as a dense graph (the latency table times it); say where the smaller,
-    faster one is."""
+    """With no latency table (`deploy.latency=false`), say where the smaller, faster model is and how to time it
+    (a table with it times it in the run)."""
     if compact and compact.get("ok"):
         log.info(f"[deploy] export/compact/ holds the model without its dead units, a smaller dense graph "
-                 f"({compact['params']:,} parameters instead of {compact['masked_params']:,}); time it with "
-                 f"`sparsetrain bench latency {pipeline.out_dir / 'export' / 'compact'}`")
+                 f"({compact['params']:,} parameters instead of {compact['masked_params']:,}); time it beside the "
+                 f"dense and masked models with `sparsetrain bench latency {pipeline.out_dir}`")
 
 
 def _with_headline(pipeline: Pipeline, out: dict[str, Any]) -> dict[str, Any]:
-    if pipeline.structural and "latency" in out:
+    """The report's `latency_ms`: Method 2's speed-up, or Method 1's compact model's (the masked model runs as a
+    dense graph: no headline without compact)."""
+    if "latency" in out and (pipeline.structural or "compact" in out["latency"].get("timed", {})):
         out["latency_ms"] = _headline(out["latency"])
     return out
 
@@ -171,9 +176,10 @@ def _changed(old: dict[str, Any], new: dict[str, Any], *, latency: bool) -> str:
                      if k.startswith("latency") == latency and old.get(k) != v)
 
 
-def _latency_to_reuse(pipeline: Pipeline) -> dict[str, Any] | None:
+def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """Rank 0: latency.json when it was timed with the run's deploy settings (what the table records: batches,
-    repeats, threads, peak memory measured), on the export/ kept; None after one line saying why not."""
+    repeats, threads, peak memory measured) and models (compact too when `manifest`, export/'s, lists a verified
+    one), on the export/ kept; None after one line saying why not."""
     path = pipeline.out_dir / "latency.json"
     try:
         table = json.loads(path.read_text())
@@ -184,9 +190,12 @@ def _latency_to_reuse(pipeline: Pipeline) -> dict[str, Any] | None:
         table, timed, reason = None, None, f"latency.json is unreadable ({type(err).__name__})"
     if timed is not None:
         deploy = pipeline.cfg.deploy
+        compact = (manifest["formats"].get("compact") or {}).get("ok")
         wanted = {"batches": [1, deploy.latency_batch], "repeats": deploy.latency_repeats,
-                  "threads": deploy.latency_threads, "memory": True}
-        diff = [f"{k} {timed[k]} (deploy: {v})" for k, v in wanted.items() if timed[k] != v]
+                  "threads": deploy.latency_threads, "memory": True,
+                  "models": ["dense", "compressed", *(["compact"] if compact else [])]}
+        diff = [f"{k} {timed[k]} ({'export/ holds' if k == 'models' else 'deploy'}: {v})"
+                for k, v in wanted.items() if timed[k] != v]
         if not diff:
             return table
         reason = f"latency.json was timed with {', '.join(diff)}"
@@ -197,16 +206,24 @@ def _latency_to_reuse(pipeline: Pipeline) -> dict[str, Any] | None:
 def _timed_with(table: dict[str, Any]) -> dict[str, Any]:
     """The settings a latency table was measured with, read from the table itself (so a table timed with other
     deploy.latency_* settings, or written by an older `sparsetrain bench latency` with other arguments, is told
-    apart): batches, repeats, threads, and whether peak memory was measured (`--no-memory` leaves it out)."""
+    apart): batches, repeats, threads, whether peak memory was measured (`--no-memory` leaves it out), and the
+    models timed (tables from before the compact model was timed: dense and compressed)."""
+    from sparsetrain.deploy.latency_report import timed_models
+
     rows = table["rows"]
     memory = any(v is not None for r in rows if r["device"] == "cpu" for v in r["peak_memory_bytes"].values())
     return {"batches": sorted({r["batch"] for r in rows}), "repeats": table["repeats"], "threads": table["threads"],
-            "memory": memory}
+            "memory": memory, "models": timed_models(table)}
 
 
 def _headline(table: dict[str, Any]) -> dict[str, Any]:
     """The report's `latency_ms` from the interleaved torch eager batch-1 row: the 20th percentiles dense and
-    compressed and their ratio, the table's speed-up (`deploy.latency`)."""
+    compressed and their ratio, the table's speed-up (`deploy.latency`); the compact model's (`pruned`: its p20,
+    `speedup`: `speedup_compact`) when the table timed it, `model` naming which and `measured` saying so."""
     row = next(r for r in table["rows"] if (r["runtime"], r["device"], r["batch"]) == ("torch", "cpu", 1))
+    how = "p20 of interleaved rounds, torch eager, CPU, batch 1; latency.json"
+    if "compact_ms" in row:
+        return {"dense": row["dense_ms"]["p20"], "pruned": row["compact_ms"]["p20"], "speedup": row["speedup_compact"],
+                "model": "compact", "measured": f"compact model: export/compact/, dead units removed; {how}"}
     return {"dense": row["dense_ms"]["p20"], "pruned": row["compressed_ms"]["p20"], "speedup": row["speedup"],
-            "measured": "p20 of interleaved rounds, torch eager, CPU, batch 1; latency.json"}
+            "model": "compressed", "measured": how}

@@ -1,5 +1,6 @@
 """What the printed summary and `--help` say matches what the code computes: the latency line's numbers give its
-speed-up and say how they were measured; `--help` lists every bench subcommand."""
+speed-up and say how they were measured (and which model: Method 1's is the compact one); `--help` lists every bench
+subcommand."""
 
 from __future__ import annotations
 
@@ -29,6 +30,26 @@ def test_interleaved_latency_line_prints_the_p20s_its_speedup_divides() -> None:
            "compressed_ms": {"median": 14.21, "p20": 14.0, "p80": 15.0}}
     dense, pruned, speedup, how = latency_line(_structural_report(_headline({"rows": [row]})))
     assert speedup == pytest.approx(dense / pruned, abs=0.01) and "p20 of interleaved" in how
+
+
+def test_method1_latency_line_is_the_compact_models_and_says_so() -> None:
+    """A table that timed export/compact/: the headline is dense vs compact (the masked model runs as a dense
+    graph), labelled; Method 1's summary prints it after the bytes line."""
+    row = {"runtime": "torch", "device": "cpu", "batch": 1, "speedup": 1.01, "speedup_compact": 0.2 / 0.14,
+           "dense_ms": {"median": 0.21, "p20": 0.2, "p80": 0.22},
+           "compressed_ms": {"median": 0.2, "p20": 0.198, "p80": 0.21},
+           "compact_ms": {"median": 0.15, "p20": 0.14, "p80": 0.16}}
+    headline = _headline({"rows": [row]})
+    assert headline["model"] == "compact" and headline["pruned"] == 0.14
+    report = {"phases": {"finetune": {"metric": 90.0}}, "sparsity": 0.99, "compression_ratio": 100.0,
+              "params": {"total": 1000, "nonzero": 10}, "bytes": {"dense": 4000, "compressed": 200},
+              "latency_ms": headline}
+    dense, pruned, speedup, how = latency_line(report)
+    assert (dense, pruned) == (0.2, 0.14) and speedup == pytest.approx(dense / pruned, abs=0.01)
+    assert how.startswith("compact model: export/compact/, dead units removed; p20 of interleaved"), how
+    lines = format_table(report).splitlines()
+    assert lines.index(next(x for x in lines if x.startswith("latency"))) == lines.index(
+        next(x for x in lines if x.startswith("bytes"))) + 1
 
 
 def test_help_lists_every_bench_subcommand(capsys: pytest.CaptureFixture) -> None:

@@ -1,5 +1,6 @@
 """A Method 1 run at high sparsity writes export/compact/: its dead units removed, smaller than the masked model,
-verified, listed in report.json and the manifest, and loadable by load_compressed; deploy.compact=false (or an
+verified, listed in report.json and the manifest, loadable by load_compressed, and timed in the run's latency table
+beside the dense and masked models (the report's latency headline is its speed-up); deploy.compact=false (or an
 export without dead units) writes none."""
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from sparsetrain.deploy.folder import write_export
 from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import tiny_config
 
+COMPACT_RUN = ("deploy.compact=true", "prune={rule: layer_sparsity, sparsity: 0.97}", "phases.sparsify.epochs=1",
+               "phases.finetune.epochs=0.5", "deploy.latency=true", "deploy.latency_repeats=3",
+               "deploy.latency_batch=2")
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("compact") / "run"
-    report = run_pipeline(tiny_config(out, "deploy.compact=true", "prune={rule: layer_sparsity, sparsity: 0.97}",
-                                      "phases.sparsify.epochs=1", "phases.finetune.epochs=0.5"))
+    report = run_pipeline(tiny_config(out, *COMPACT_RUN))
     return out, report
 
 
@@ -106,10 +110,83 @@ def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dic
     with pytest.raises(ValueError, match=r"compact is incomplete: model.safetensors is missing; re-export the run"):
         sparsetrain.load_compressed(copy, "compact")
     capsys.readouterr()
-    again = run_pipeline(tiny_config(copy, "deploy.compact=true", "prune={rule: layer_sparsity, sparsity: 0.97}",
-                                     "phases.sparsify.epochs=1", "phases.finetune.epochs=0.5"))
+    again = run_pipeline(tiny_config(copy, *COMPACT_RUN, "deploy.latency=false"))
     err = capsys.readouterr().err
     assert "[deploy] re-exporting: export/compact/model.safetensors is missing" in err
-    assert f"time it with `sparsetrain bench latency {copy / 'export' / 'compact'}`" in err, "no pointer to compact"
+    assert f"time it beside the dense and masked models with `sparsetrain bench latency {copy}`" in err, \
+        "no latency table: the run should point to the compact model"
     assert again["export"]["compact"]["units_removed"] == report["export"]["compact"]["units_removed"]
     assert (copy / "export" / "compact" / "model.safetensors").is_file()
+
+    table = json.loads((copy / "latency.json").read_text())
+    old = {**table, "rows": [{k: v for k, v in r.items() if "compact" not in k} for r in table["rows"]]}
+    del old["timed"]  # as written before the compact model was timed
+    (copy / "latency.json").write_text(json.dumps(old))
+    again = run_pipeline(tiny_config(copy, *COMPACT_RUN))
+    err = capsys.readouterr().err
+    assert ("[deploy] re-timing: latency.json was timed with models ['dense', 'compressed'] (export/ holds: "
+            "['dense', 'compressed', 'compact'])") in err, err
+    assert "bench latency" not in err, "the table times the compact model: the pointer adds nothing"
+    assert list(again["latency"]["timed"]) == ["dense", "compressed", "compact"]
+    assert again["latency_ms"]["model"] == "compact"
+
+    third = run_pipeline(tiny_config(copy, *COMPACT_RUN))  # latency.json (with compact) is kept
+    assert "latency.json was timed with these deploy settings on this export: not timed again" in \
+        capsys.readouterr().err
+    assert third["latency"] == again["latency"]
+
+
+def test_run_times_the_compact_model_in_the_same_rounds(run: tuple[Path, dict]) -> None:
+    """latency.json names the three models timed; every row holds the compact model's times (as many as dense's,
+    paired round by round), speed-ups, peak memory and slowest layers; storage gives its weights file."""
+    out, report = run
+    entry, table = report["export"]["compact"], report["latency"]
+    assert json.loads((out / "latency.json").read_text()) == json.loads(json.dumps(table))
+    assert list(table["timed"]) == ["dense", "compressed", "compact"], table["timed"]
+    assert table["timed"]["compact"].startswith("export/compact/model.safetensors"), table["timed"]
+    assert {(r["runtime"], r["batch"]) for r in table["rows"]} >= {("torch", 1), ("torch", 2), ("onnxruntime", 1)}
+    for row in table["rows"]:
+        assert row["compact_ms"]["runs"] == row["dense_ms"]["runs"] == row["compressed_ms"]["runs"] == 3, row
+        assert 0 < row["compact_ms"]["p20"] <= row["compact_ms"]["median"] <= row["compact_ms"]["p80"], row
+        assert row["speedup_compact"] == pytest.approx(row["dense_ms"]["p20"] / row["compact_ms"]["p20"]), row
+        assert row["speedup_compact_paired"] > 0 and row["speedup_compact_median"] > 0, row
+        assert row["peak_memory_bytes"]["compact"] > 0, row
+        assert "compact: " in row["note"], row["note"]
+        key = f"{row['runtime']}-{row['device']}/batch{row['batch']}/compact"
+        assert table["slowest_layers"][key], key
+    storage = table["storage"]
+    assert storage["compact_bytes"] == entry["weights_bytes"] and storage["compact_file"] == entry["files"][-1]
+    assert storage["params"]["compact"] == entry["params"] < storage["params"]["compressed"]
+    assert (out / "latency.png").stat().st_size > 1000
+
+
+def test_the_reports_latency_headline_is_the_compact_models(run: tuple[Path, dict]) -> None:
+    from sparsetrain.report import format_table
+
+    out, report = run
+    row = next(r for r in report["latency"]["rows"] if (r["runtime"], r["batch"]) == ("torch", 1))
+    headline = report["latency_ms"]
+    assert headline["model"] == "compact" and headline["speedup"] == row["speedup_compact"]
+    assert (headline["dense"], headline["pruned"]) == (row["dense_ms"]["p20"], row["compact_ms"]["p20"])
+    line = next(x for x in format_table(report).splitlines() if x.startswith("latency"))
+    assert f"({row['speedup_compact']:.2f}x; compact model: export/compact/, dead units removed;" in line, line
+    assert json.loads((out / "report.json").read_text())["latency_ms"] == headline
+
+
+def test_bench_latency_of_the_run_times_compact_and_of_compact_still_works(run: tuple[Path, dict], tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.cli import main
+
+    out, report = run
+    args = ["--repeats", "3", "--batch", "2", "--no-memory", "--out", str(tmp_path)]
+    assert main(["bench", "latency", str(out), *args]) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((tmp_path / f"latency-{out.name}.json").read_text())
+    assert list(table["timed"]) == ["dense", "compressed", "compact"]
+    assert "compact ms" in printed and "compact/model.safetensors" in printed, printed
+    assert main(["bench", "latency", str(out / "export" / "compact"), *args]) == 0
+    table = json.loads((tmp_path / f"latency-{out.name}-compact.json").read_text())
+    assert list(table["timed"]) == ["dense", "compressed"], "compact/ is itself the compressed model there"
+    assert table["timed"]["compressed"] == "compact/model.safetensors"
+    assert table["storage"]["params"]["compressed"] == report["export"]["compact"]["params"]
+    assert "compact ms" not in capsys.readouterr().out

@@ -37,6 +37,8 @@ def test_run_writes_the_latency_table_into_the_report(run: tuple[Path, dict]) ->
         assert row["speedup"] > 0 and row["speedup_paired"] > 0
         assert row["peak_memory_bytes"]["dense"] > 0 and row["peak_memory_bytes"]["compressed"] > 0, row
     assert table["kind"] == "unstructured" and table["threads"] == 1
+    assert list(table["timed"]) == ["dense", "compressed"], "no export/compact/ (deploy.compact=false): two models"
+    assert "compact_ms" not in table["rows"][0] and "latency_ms" not in report, "no compact: no Method 1 headline"
     assert table["storage"]["ratio"] > 1.5, "an 80 % sparse model should store in far fewer bytes"
     for key, layers in table["slowest_layers"].items():
         assert 0 < len(layers) <= 10 and all(row["ms"] >= 0 for row in layers), key
@@ -50,6 +52,16 @@ def test_interleaving_alternates_the_order_every_round() -> None:
                               repeats=4, warmup=1)
     assert "".join(order) == "dc" + "cd" + "dc" + "cd" + "dc"  # one warm-up round, four timed
     assert len(times["dense"]) == len(times["compressed"]) == 4
+
+
+def test_three_models_share_every_round_in_alternating_order() -> None:
+    """Dense, compressed and compact in the same rounds: forward, then backward, so each sees the others' load."""
+    order: list[str] = []
+    letters = {"dense": "d", "compressed": "c", "compact": "k"}
+    calls = {name: (lambda n=letter: order.append(n)) for name, letter in letters.items()}
+    times = interleaved_times(calls, repeats=3, warmup=1)
+    assert "".join(order) == "dck" + "kcd" + "dck" + "kcd"
+    assert len(times["dense"]) == len(times["compressed"]) == len(times["compact"]) == 3
 
 
 def test_fast_calls_are_timed_in_blocks() -> None:
@@ -66,6 +78,9 @@ def test_unstructured_without_speedup_says_so_with_the_storage_saving() -> None:
     assert _note("unstructured", 1.13, 9.0).startswith("no speed-up expected: the same dense graph, 1.13x is")
     assert _note("structural", 1.8, 3.0) == ""
     assert _note("structural", 0.9, 1.7) == "slower than dense (0.90x)"
+    assert _note("unstructured", 1.02, 9.9, compact=1.45).endswith("storage 9.9x smaller; compact: dead units "
+                                                                   "removed, 1.45x")
+    assert _note("unstructured", 1.0, 9.9, compact=0.97).endswith("; compact: slower than dense (0.97x)")
 
 
 def test_bench_latency_cli_prints_the_table_and_plots(run: tuple[Path, dict], tmp_path: Path,

@@ -181,3 +181,15 @@ def test_export_refuses_other_overrides_in_one_line(finished: Path, capsys: pyte
     assert main(["export", str(finished), override]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == line
     assert _stamps(finished / "export") == stamps, "a refused export touched export/"
+
+
+def test_a_table_from_before_the_compact_model_was_timed_names_two_models() -> None:
+    """latency.json written before `timed` was recorded timed dense and compressed: a run whose export now has a
+    compact model re-times it (`_latency_to_reuse` compares the models too)."""
+    from sparsetrain.deploy.run import _timed_with
+
+    rows = [{"batch": b, "device": "cpu", "peak_memory_bytes": {"dense": 1, "compressed": 1}} for b in (1, 2)]
+    old = {"rows": rows, "repeats": 3, "threads": 1}
+    assert _timed_with(old) == {"batches": [1, 2], "repeats": 3, "threads": 1, "memory": True,
+                                "models": ["dense", "compressed"]}
+    assert _timed_with({**old, "timed": {"dense": "", "compressed": "", "compact": ""}})["models"][-1] == "compact"
