@@ -46,6 +46,12 @@ def _run(argv: list[str]) -> int:
         return _interrupted(f"stopped with a checkpoint at {_saved_point(Path(cfg.out_dir))}", argv)
     except KeyboardInterrupt:
         return _interrupted(f"quit at once; a re-run continues from {_saved_point(Path(cfg.out_dir))}", argv)
+    except Exception:  # noqa: BLE001  (re-raised unless Ctrl-C caused it)
+        if not preemption.interrupted():
+            raise
+        # Ctrl-C reaches child processes too (e.g. the ninja build of DeepSpeed's comm op on a first run), which
+        # then fail with their own error: the user's Ctrl-C is the cause, so it is reported as one
+        return _interrupted(f"quit at once; a re-run continues from {_saved_point(Path(cfg.out_dir))}", argv)
     shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
     return 0
 
@@ -74,7 +80,21 @@ def resume_command(argv: list[str]) -> str:
     import shlex
 
     kept = [arg for arg in argv if arg.partition("=")[0].strip() != "resume"]
-    return shlex.join(["sparsetrain", "run", *kept])
+    return shlex.join([*_program(), "run", *kept])
+
+
+def _program() -> list[str]:
+    """How this process was started, as a command a user can paste: `sparsetrain` when that is the one on PATH, else
+    the script's path (e.g. `.venv/bin/sparsetrain` run without activating the venv) or `python -m sparsetrain`."""
+    import shutil
+
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.name in ("__main__.py", "-c") or script.suffix == ".py":
+        return [sys.executable, "-m", "sparsetrain"]
+    on_path = shutil.which("sparsetrain")
+    if on_path and script.exists() and Path(on_path).resolve() == script.resolve():
+        return ["sparsetrain"]
+    return [str(script)]
 
 
 def _split_recipe(config_path: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:

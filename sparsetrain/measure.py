@@ -111,15 +111,17 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
     """Measure and build the report on every rank (evaluation is collective); rank 0 writes files and prints the
     table."""
     from sparsetrain.deploy.run import deploy_run
+    from sparsetrain.engine import preemption
 
-    measured = measure_final(pipeline)
-    if pipeline.state["completed"]:
-        measured.update(deploy_run(pipeline))  # export/ in every format, verified; the interleaved latency table
-    header = {"task": pipeline.cfg.task, "model": pipeline.cfg.model.name, "world_size": pipeline.dist.world_size}
-    report = build_report(header, pipeline.state["completed"], measured)
-    if pipeline.dist.is_main:
-        atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))
-        write_plots(pipeline, report)
-        pipeline.tracker.summary(summary_values(report))
-        print(format_table(report), flush=True)
+    with preemption.after_training():  # nothing left to checkpoint: Ctrl-C quits at once, a re-run redoes this
+        measured = measure_final(pipeline)
+        if pipeline.state["completed"]:
+            measured.update(deploy_run(pipeline))  # export/ in every format, verified; the interleaved latency table
+        header = {"task": pipeline.cfg.task, "model": pipeline.cfg.model.name, "world_size": pipeline.dist.world_size}
+        report = build_report(header, pipeline.state["completed"], measured)
+        if pipeline.dist.is_main:
+            atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))
+            write_plots(pipeline, report)
+            pipeline.tracker.summary(summary_values(report))
+            print(format_table(report), flush=True)
     return report

@@ -319,6 +319,7 @@ def pick_strategy(section: str, registry: dict[str, type[Strategy]], base: type[
     data = _from_flat_0_1(section, data, settings)
     elsewhere = {name for other in registry.values() for name in other.model_fields}  # other strategies' keys
     foreign = [k for k in data if k not in settings.model_fields and k in elsewhere]  # the rest: "unknown key"
+    foreign.sort(key=lambda k: f"{section}.{k}" not in given)  # a key the user typed is named before the recipe's
     if foreign:
         raise ValueError(_foreign_setting(section, registry, settings, foreign[0], given))
     return settings.model_validate(data)

@@ -6,14 +6,17 @@ that exact step and raises `Preempted`; the requeued job resumes from it with no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 
 from sparsetrain.errors import ResumeError
 
 _STOP = threading.Event()
 _INTERRUPTED = threading.Event()  # the stop was asked by Ctrl-C (SIGINT), not by the cluster (SIGTERM, SIGUSR1)
+_NO_STEPS = threading.Event()  # no training step is left to stop at (report, export, latency): Ctrl-C quits at once
 
 
 class Preempted(ResumeError):
@@ -38,13 +41,34 @@ def interrupted() -> bool:
 def clear() -> None:
     _STOP.clear()
     _INTERRUPTED.clear()
+    _NO_STEPS.clear()
+
+
+@contextlib.contextmanager
+def after_training() -> Iterator[None]:
+    """The work after the last training step (evaluation, report, export, latency table): no step boundary is left
+    to checkpoint at, and everything in it is redone by a re-run, so Ctrl-C quits at once (KeyboardInterrupt; the
+    CLI prints one `interrupted:` line, exit 130), also a Ctrl-C still pending from the last phase. SIGTERM and
+    SIGUSR1 let it finish: a cluster's stop then finds the run complete.
+
+    Raises:
+        KeyboardInterrupt: on entry when a Ctrl-C is pending, or at a Ctrl-C inside.
+    """
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+    _NO_STEPS.set()
+    try:
+        yield
+    finally:
+        _NO_STEPS.clear()
 
 
 def interrupt(*_: object) -> None:
     """SIGINT (Ctrl-C): the first asks for a stop like SIGTERM (a checkpoint at the next step); a second one while that
-    is pending raises KeyboardInterrupt at once. Either way the CLI prints one `interrupted:` line with the command
-    that resumes, and exits 130."""
-    if _STOP.is_set():
+    is pending, or any after training (`after_training`), raises KeyboardInterrupt at once. Either way the CLI prints
+    one `interrupted:` line with the command that resumes, and exits 130."""
+    if _STOP.is_set() or _NO_STEPS.is_set():
+        _INTERRUPTED.set()
         raise KeyboardInterrupt
     _INTERRUPTED.set()
     _STOP.set()

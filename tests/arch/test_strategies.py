@@ -56,6 +56,10 @@ def test_a_setting_the_strategy_does_not_read_fails_at_load(recipe: str, overrid
      "prune.rule='global_sparsity', chosen on the command line (its settings: schedule, gradual, sparsity); threshold "
      "is read by rule=global_threshold|layer_threshold; for rule=global_sparsity give e.g. "
      "prune='{rule: global_sparsity, sparsity: ...}'"),
+    # the user's own key is named before the recipe's leftover (alpha0 here)
+    ("quickstart.yaml", ["regularizer.name=l2", "regularizer.beta=5"], "regularizer.beta: not a setting of "
+     "regularizer.name='l2', chosen on the command line (its settings: alpha2, gradient_path, backend); beta is read "
+     "by name=l0_exp; for name=l2 give e.g. regularizer='{name: l2}'"),
     # the rule from the recipe, the setting from the command line: switch to a rule that reads it
     ("lenet300_mnist.yaml", ["prune.threshold=0.1"], "prune.threshold: not a setting of prune.rule='global_sparsity' "
      "(its settings: schedule, gradual, sparsity); read by rule=global_threshold|layer_threshold; to switch, give the "

@@ -179,16 +179,12 @@ def signal_at_logged_step(overrides: list[str], out_dir: Path, step: int, sig: i
                         lambda proc: os.killpg(proc.pid, sig))
 
 
-def interrupt_twice_when_printed(overrides: list[str], text: str, gap_s: float = 1.0) -> subprocess.CompletedProcess:
-    """Run the CLI and, once its stderr shows `text`, press Ctrl-C twice, `gap_s` apart (SIGINT to the CLI process
-    only: helper processes keep their own handling), then wait for it to exit; fails the test if it ends or stalls
-    before printing `text`."""
-    def twice(proc: subprocess.Popen) -> None:
-        os.kill(proc.pid, signal.SIGINT)
-        time.sleep(gap_s)  # separate deliveries: two pending SIGINTs would merge into one
-        os.kill(proc.pid, signal.SIGINT)
-
-    return _signal_when(overrides, lambda err: text in err.read_text(), f"printing {text!r}", twice)
+def interrupt_when_printed(overrides: list[str], text: str) -> subprocess.CompletedProcess:
+    """Run the CLI and, once its stderr shows `text`, press Ctrl-C once (SIGINT to the CLI process only: helper
+    processes keep their own handling), then wait for it to exit; fails the test if it ends or stalls before
+    printing `text`."""
+    return _signal_when(overrides, lambda err: text in err.read_text(), f"printing {text!r}",
+                        lambda proc: os.kill(proc.pid, signal.SIGINT))
 
 
 def _signal_when(overrides: list[str], until: Callable[[Path], bool], what: str,

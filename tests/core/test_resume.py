@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 from sparsetrain.engine import preemption
 from tests.core.conftest import tiny_overrides
 from tests.core.subprocess_runs import (
-    interrupt_twice_when_printed,
+    interrupt_when_printed,
     kill_at_checkpoint,
     kill_at_logged_step,
     run_cli,
@@ -106,8 +107,9 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path: Path)
     state = json.loads((out / "state.json").read_text())
     assert state["current"]["step"] == int(stop[1]) >= 15, "no checkpoint at the interrupted step"
     command = shlex.split(stop[2])
-    assert command[:2] == ["sparsetrain", "run"] and command[2:] == overrides, command
-    assert run_cli(command[2:]).returncode == 0
+    # started as `python -m sparsetrain` (cli_command): the printed command starts the same way, pasteable as is
+    assert command[:4] == [sys.executable, "-m", "sparsetrain", "run"] and command[4:] == overrides, command
+    assert run_cli(command[4:]).returncode == 0
     assert run_cli(tiny_overrides(reference, *EXTRA, "train.log_every=1")).returncode == 0
     assert_same_weights(load_file(str(reference / "weights" / "finetune.safetensors")),
                         load_file(str(out / "weights" / "finetune.safetensors")), atol=1e-6, rtol=1e-6,
@@ -124,17 +126,37 @@ def test_sigterm_stop_stays_a_preemption(tmp_path: Path) -> None:
     assert re.fullmatch(r"error: stopped on request after sparsify step \d+; checkpoint saved", last), last
 
 
-def test_second_ctrl_c_quits_at_once_with_the_resume_command(tmp_path: Path) -> None:
-    """Two Ctrl-Cs while the finished run times its latency table (no training step to stop at): the second quits at
-    once, one `interrupted:` line saying where a re-run continues, exit 130, no traceback."""
+def test_ctrl_c_after_training_quits_at_once_with_the_resume_command(tmp_path: Path) -> None:
+    """One Ctrl-C while the finished run times its latency table (no training step left to stop at, and a re-run
+    redoes the table) quits at once: one `interrupted:` line saying where a re-run continues, exit 130, no
+    traceback (it used to be acknowledged and then ignored, the run ending with exit 0)."""
     out = tmp_path / "run"
     overrides = tiny_overrides(out, "phases.sparsify.epochs=1", "deploy.latency=true", "deploy.latency_repeats=100000")
-    result = interrupt_twice_when_printed(overrides, "[latency] torch cpu batch 1:")
+    result = interrupt_when_printed(overrides, "[latency] torch cpu batch 1:")
     assert result.returncode == 130, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last == (f"interrupted: quit at once; a re-run continues from the end of the finetune phase; resume with "
-                    f"`{shlex.join(['sparsetrain', 'run', *overrides])}`"), last
+                    f"`{shlex.join([sys.executable, '-m', 'sparsetrain', 'run', *overrides])}`"), last
+
+
+def test_ctrl_c_after_training_raises_at_once() -> None:
+    """After the last training step (`after_training`) the first SIGINT raises KeyboardInterrupt at once, and one
+    still pending from the last phase raises on entry; SIGTERM's stop lets it finish."""
+    preemption.clear()
+    try:
+        with preemption.after_training(), pytest.raises(KeyboardInterrupt):
+            preemption.interrupt()
+        preemption.clear()
+        preemption.interrupt()  # during the last phase's final evaluation: a stop with nothing left to stop at
+        with pytest.raises(KeyboardInterrupt), preemption.after_training():
+            pass
+        preemption.clear()
+        preemption.request_stop()  # SIGTERM
+        with preemption.after_training():
+            pass
+    finally:
+        preemption.clear()
 
 
 def test_second_ctrl_c_quits_at_once() -> None:
