@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from sparsetrain.pipeline import Pipeline
 
-__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "final_phase"]
+__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "exported_models", "final_phase"]
 
 DEPLOYED = "deployed"  # state.json: {"phase", "deploy"} that export/ and latency.json were last written for
 
@@ -190,10 +190,8 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str,
         table, timed, reason = None, None, f"latency.json is unreadable ({type(err).__name__})"
     if timed is not None:
         deploy = pipeline.cfg.deploy
-        compact = (manifest["formats"].get("compact") or {}).get("ok")
         wanted = {"batches": [1, deploy.latency_batch], "repeats": deploy.latency_repeats,
-                  "threads": deploy.latency_threads, "memory": True,
-                  "models": ["dense", "compressed", *(["compact"] if compact else [])]}
+                  "threads": deploy.latency_threads, "memory": True, "models": exported_models(manifest)}
         diff = [f"{k} {timed[k]} ({'export/ holds' if k == 'models' else 'deploy'}: {v})"
                 for k, v in wanted.items() if timed[k] != v]
         if not diff:
@@ -201,6 +199,13 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str,
         reason = f"latency.json was timed with {', '.join(diff)}"
     log.info(f"[deploy] re-timing: {reason}")
     return None
+
+
+def exported_models(manifest: dict[str, Any]) -> list[str]:
+    """The models a latency table of the export with manifest `manifest` times (`latency.latency_table`), in round
+    order: dense, compressed, and compact when the manifest lists a verified `export/compact/`."""
+    compact = (manifest["formats"].get("compact") or {}).get("ok")
+    return ["dense", "compressed", *(["compact"] if compact else [])]
 
 
 def _timed_with(table: dict[str, Any]) -> dict[str, Any]:

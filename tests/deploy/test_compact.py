@@ -190,3 +190,31 @@ def test_bench_latency_of_the_run_times_compact_and_of_compact_still_works(run: 
     assert table["timed"]["compressed"] == "compact/model.safetensors"
     assert table["storage"]["params"]["compressed"] == report["export"]["compact"]["params"]
     assert "compact ms" not in capsys.readouterr().out
+
+
+def test_export_without_compact_drops_the_latency_table_that_timed_it(run: tuple[Path, dict], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """An export that keeps the models the table timed (other formats) leaves report.json's latency alone; one
+    without export/compact/ removes report.json's latency and latency_ms (they timed compact) and says so in one
+    line; latency.json stays on disk as it was."""
+    from sparsetrain.cli import main
+
+    out, report = run
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    table = (copy / "latency.json").read_bytes()
+    capsys.readouterr()
+    assert main(["export", str(copy), "deploy.formats=[torch_export]"]) == 0
+    assert "latency.json was timed on the previous export" not in capsys.readouterr().err
+    kept = json.loads((copy / "report.json").read_text())
+    assert (kept["latency"], kept["latency_ms"]) == (report["latency"], report["latency_ms"])
+
+    assert main(["export", str(copy), "deploy.compact=false"]) == 0
+    err = capsys.readouterr().err
+    assert (f"[export] latency.json was timed on the previous export (models dense, compressed, compact, phase "
+            "finetune), not on what export/ now holds (models dense, compressed, phase finetune): report.json's "
+            "latency and latency_ms are removed and latency.json is left as it was; re-time with `sparsetrain bench "
+            f"latency {copy}` or re-run the recipe\n") in err, err
+    after = json.loads((copy / "report.json").read_text())
+    assert "latency" not in after and "latency_ms" not in after, sorted(after)
+    assert "compact" not in after["export"] and not (copy / "export" / "compact").exists()
+    assert (copy / "latency.json").read_bytes() == table

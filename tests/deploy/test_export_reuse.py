@@ -1,7 +1,8 @@
 """export/ and latency.json on re-runs and re-exports: an export leaves no file of an earlier one behind and
 load_compressed refuses a file its manifest does not list; a re-run keeps what is up to date and says in one line
 why it writes anything again; latency.json is reused only when it records the run's deploy settings (not those of
-a `bench latency` call); `export --phase` updates state.json and report.json. Real tiny runs
+a `bench latency` call); `export --phase` updates state.json and report.json (dropping a latency table it no
+longer matches); export refuses the deploy.latency* settings (it does not time). Real tiny runs
 (tests.core.conftest.TINY)."""
 
 from __future__ import annotations
@@ -127,20 +128,27 @@ def test_bench_latency_leaves_the_runs_own_table_alone(copy: Path, tmp_path: Pat
     assert "latency.json was timed with these deploy settings on this export: not timed again" in err, err
 
 
-def test_export_of_another_phase_leaves_the_latency_table_naming_the_phase_it_timed(
+def test_export_of_another_phase_drops_the_latency_table_of_the_final_one(
         copy: Path, capsys: pytest.CaptureFixture) -> None:
+    """latency.json timed the final phase's export: after `export --phase sparsify` report.json no longer carries
+    it (one line says so; latency.json is left on disk), and `bench latency` times the phase export/ now holds."""
     from sparsetrain.deploy.latency import latency_table
     from sparsetrain.deploy.latency_report import format_latency
 
     report, _ = _rerun(copy, capsys, *LATENCY)
     assert report["latency"]["phase"] == "finetune"
+    table = (copy / "latency.json").read_bytes()
     capsys.readouterr()
     assert main(["export", str(copy), "--phase", "sparsify"]) == 0
+    err = capsys.readouterr().err
+    assert ("[export] latency.json was timed on the previous export (models dense, compressed, phase finetune), not "
+            "on what export/ now holds (models dense, compressed, phase sparsify): report.json's latency and "
+            "latency_ms are removed") in err, err
     assert (f"{copy / 'export'} now holds the sparsify model: report.json's export section says so, its other "
-            "numbers and its latency table (latency.phase finetune) describe the final phase finetune") in \
-        capsys.readouterr().err
+            "numbers describe the final phase finetune") in err, err
     report = json.loads((copy / "report.json").read_text())
-    assert report["export_phase"] == "sparsify" and report["latency"]["phase"] == "finetune"
+    assert report["export_phase"] == "sparsify" and "latency" not in report and "latency_ms" not in report
+    assert (copy / "latency.json").read_bytes() == table
     table = latency_table(copy / "export", batches=(1,), repeats=1, memory=False)  # what bench latency times now
     assert table["phase"] == "sparsify"
     assert format_latency(table).startswith("latency of lenet300_100 (unstructured, sparsify phase), input")
@@ -173,13 +181,18 @@ def test_export_takes_deploy_overrides(copy: Path, capsys: pytest.CaptureFixture
     ("alpha0=1", "error: regularizer.alpha0: only deploy.* settings can be changed at export (the others made the "
      "run's weights; change them in a new run)"),
     ("deploy.formats=[onx]", "error: deploy.formats.0: Input should be 'onnx' or 'torch_export' (got 'onx')"),
+    *((timing, f"error: {key}: export does not time the model; time this export with `sparsetrain bench latency "
+       "{run}` (its own table), or set it for a re-run of the recipe (`sparsetrain run`, which times into "
+       "latency.json)") for timing, key in (("deploy.latency=true", "deploy.latency"),
+                                            ("latency_repeats=5", "deploy.latency_repeats"),
+                                            ("deploy={compact: true, latency_threads: 2}", "deploy.latency_threads"))),
 ])
 def test_export_refuses_other_overrides_in_one_line(finished: Path, capsys: pytest.CaptureFixture, override: str,
                                                     line: str) -> None:
     stamps = _stamps(finished / "export")
     capsys.readouterr()
     assert main(["export", str(finished), override]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == line
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line.replace("{run}", str(finished))
     assert _stamps(finished / "export") == stamps, "a refused export touched export/"
 
 
