@@ -350,7 +350,9 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
 
 def _note(kind: str, speedup: float, storage_ratio: float, compact: float | None = None) -> str:
     """What a row means: unstructured zeros run as a dense graph, so any measured gap is noise, not sparsity; the
-    compact model (dead units removed, speed-up `compact`) is a smaller dense graph, so its gap is real."""
+    compact model (dead units removed, speed-up `compact`) is a smaller dense graph, so its gap is real. Speed-ups
+    are judged as printed (2 decimals): 0.996 prints as 1.00x and is not called slower."""
+    speedup, compact = _shown(speedup), None if compact is None else _shown(compact)
     if kind == "unstructured":
         if speedup < NO_SPEEDUP_BELOW:
             note = (f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); "
@@ -365,3 +367,8 @@ def _note(kind: str, speedup: float, storage_ratio: float, compact: float | None
                         else f"compact: slower than dense ({compact:.2f}x)")
         note = f"{note}; {compact_note}" if note else compact_note
     return note
+
+
+def _shown(speedup: float) -> float:
+    """The speed-up as the note prints it (`:.2f`), so its words agree with its number."""
+    return float(f"{speedup:.2f}")
