@@ -60,14 +60,17 @@ def test_compact_model_loads_and_matches_the_masked_model(run: tuple[Path, dict]
 
 
 def test_eval_of_the_compact_format_reports_the_compact_model(run: tuple[Path, dict]) -> None:
-    """Parameters from the masked architecture's count down to the compact one's; bytes of the one weights file
-    compact/ holds (no bitmask file there), the size the manifest records for it."""
+    """Labelled "compact" whether asked for by format or by folder (it used to be "safetensors" for
+    `eval RUN/export/compact`); parameters from the masked architecture's count down to the compact one's; bytes of
+    the one weights file compact/ holds (no bitmask file there), the size the manifest records for it."""
     from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
 
     out, report = run
     entry = report["export"]["compact"]
     for target, fmt in ((out, "compact"), (out / "export" / "compact", "auto")):
         result = evaluate_target(target, format=fmt)
+        assert result["format"] == "compact", (target, fmt, result["format"])
+        assert format_evaluation(result).startswith(f"{target} (compact, lenet300_100) on digits"), (target, fmt)
         assert result["params"] == {"total": entry["params"], "nonzero": entry["nonzero_params"],
                                     "dense": entry["masked_params"], "removed": "dead units"}, (target, fmt)
         sizes = result["bytes"]
@@ -187,9 +190,12 @@ def test_bench_latency_of_the_run_times_compact_and_of_compact_still_works(run: 
     assert main(["bench", "latency", str(out / "export" / "compact"), *args]) == 0
     table = json.loads((tmp_path / f"latency-{out.name}-compact.json").read_text())
     assert list(table["timed"]) == ["dense", "compressed"], "compact/ is itself the compressed model there"
-    assert table["timed"]["compressed"] == "compact/model.safetensors"
+    assert table["kind"] == "compact", "the compact model, not a Method 2 (structural) export"
+    assert table["timed"]["compressed"] == ("compact/model.safetensors (the compact model: dead units removed, a "
+                                            "smaller dense graph)"), table["timed"]
     assert table["storage"]["params"]["compressed"] == report["export"]["compact"]["params"]
-    assert "compact ms" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "compact ms" not in printed and printed.startswith("latency of lenet300_100 (compact, finetune phase)")
 
 
 def test_export_without_compact_drops_the_latency_table_that_timed_it(run: tuple[Path, dict], tmp_path: Path,
