@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sparsetrain.deploy.run import export_model, exported_models
+from sparsetrain.deploy.run import export_model, exported_models, held_models
 from sparsetrain.phases import final_phase
 from sparsetrain.progress import log
 
@@ -120,7 +120,7 @@ def _update_report(run_dir: Path, manifest: dict[str, Any], phase: str, final: s
         atomic_write_text(path, json.dumps(report, indent=2))
     if stale:
         log.warning(f"[export] latency.json was timed on the previous export ({stale}), not on what export/ now holds "
-                    f"(models {', '.join(exported_models(manifest))}, phase {phase}): report.json's latency and "
+                    f"(models {', '.join(held_models(manifest))}, phase {phase}): report.json's latency and "
                     f"latency_ms are removed and latency.json is left as it was; re-time with `sparsetrain bench "
                     f"latency {run_dir}` or re-run the recipe")
     if report is not None and phase != final:

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
     from sparsetrain.pipeline import Pipeline
 
-__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "exported_models", "final_phase"]
+__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "exported_models", "final_phase",
+           "held_models"]
 
 DEPLOYED = "deployed"  # state.json: {"phase", "deploy"} that export/ and latency.json were last written for
 
@@ -192,7 +193,9 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str,
         deploy = pipeline.cfg.deploy
         wanted = {"batches": [1, deploy.latency_batch], "repeats": deploy.latency_repeats,
                   "threads": deploy.latency_threads, "memory": True, "models": exported_models(manifest)}
-        diff = [f"{k} {timed[k]} ({'export/ holds' if k == 'models' else 'deploy'}: {v})"
+        # the models: the table's vs what export/ holds (dense is built from the architecture, never exported)
+        shown = {**wanted, "models": held_models(manifest)}
+        diff = [f"{k} {timed[k]} ({'export/ holds' if k == 'models' else 'deploy'}: {shown[k]})"
                 for k, v in wanted.items() if timed[k] != v]
         if not diff:
             return table
@@ -203,9 +206,15 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str,
 
 def exported_models(manifest: dict[str, Any]) -> list[str]:
     """The models a latency table of the export with manifest `manifest` times (`latency.latency_table`), in round
-    order: dense, compressed, and compact when the manifest lists a verified `export/compact/`."""
+    order: dense (timm's unpruned architecture, not a file of the export), then `held_models`."""
+    return ["dense", *held_models(manifest)]
+
+
+def held_models(manifest: dict[str, Any]) -> list[str]:
+    """The models the export with manifest `manifest` holds: compressed, and compact when the manifest lists a
+    verified `export/compact/`."""
     compact = (manifest["formats"].get("compact") or {}).get("ok")
-    return ["dense", "compressed", *(["compact"] if compact else [])]
+    return ["compressed", *(["compact"] if compact else [])]
 
 
 def _timed_with(table: dict[str, Any]) -> dict[str, Any]:
