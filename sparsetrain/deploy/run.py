@@ -231,13 +231,15 @@ def _timed_with(table: dict[str, Any]) -> dict[str, Any]:
 
 
 def _headline(table: dict[str, Any]) -> dict[str, Any]:
-    """The report's `latency_ms` from the interleaved torch eager batch-1 row: the 20th percentiles dense and
-    compressed and their ratio, the table's speed-up (`deploy.latency`); the compact model's (`pruned`: its p20,
-    `speedup`: `speedup_compact`) when the table timed it, `model` naming which and `measured` saying so."""
+    """The report's `latency_ms` from the interleaved torch eager batch-1 row: the 20th percentiles `dense` and
+    `pruned` (the compressed model: Method 2's, filters removed) and their ratio, the table's `speedup`
+    (`deploy.latency`); when the table timed the compact model, `compact` (its p20) instead of `pruned` and
+    `speedup` = `speedup_compact`; `model` names which, `measured` says how."""
     row = next(r for r in table["rows"] if (r["runtime"], r["device"], r["batch"]) == ("torch", "cpu", 1))
     how = "p20 of interleaved rounds, torch eager, CPU, batch 1; latency.json"
     if "compact_ms" in row:
-        return {"dense": row["dense_ms"]["p20"], "pruned": row["compact_ms"]["p20"], "speedup": row["speedup_compact"],
-                "model": "compact", "measured": f"compact model: export/compact/, dead units removed; {how}"}
+        return {"dense": row["dense_ms"]["p20"], "compact": row["compact_ms"]["p20"],
+                "speedup": row["speedup_compact"], "model": "compact",
+                "measured": f"compact model: export/compact/, dead units removed; {how}"}
     return {"dense": row["dense_ms"]["p20"], "pruned": row["compressed_ms"]["p20"], "speedup": row["speedup"],
             "model": "compressed", "measured": how}
