@@ -101,7 +101,20 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         out["latency"] = table
     if table is None:
         _point_to_compact(pipeline, manifest["formats"].get("compact"))
+        _name_earlier_table(pipeline)
     return _with_headline(pipeline, out)
+
+
+def _name_earlier_table(pipeline: Pipeline) -> None:
+    """With no latency table (`deploy.latency=false`), report.json has no latency; a latency.json / latency.png an
+    earlier run of this folder wrote stay on disk (a measurement is not deleted by a setting that skips measuring),
+    and one line names them as no longer part of the report."""
+    left = [name for name in ("latency.json", "latency.png") if (pipeline.out_dir / name).is_file()]
+    if left:
+        files, verb = " and ".join(left), "are" if len(left) > 1 else "is"
+        log.info(f"[deploy] deploy.latency=false: report.json has no latency table; {files} {verb} kept from an "
+                 "earlier run, not part of this report (deploy.latency=true times the model again, or reuses them "
+                 "when they match this export)")
 
 
 def _point_to_compact(pipeline: Pipeline, compact: dict[str, Any] | None) -> None:

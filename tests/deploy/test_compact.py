@@ -118,6 +118,10 @@ def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dic
     assert "[deploy] re-exporting: export/compact/model.safetensors is missing" in err
     assert f"time it beside the dense and masked models with `sparsetrain bench latency {copy}`" in err, \
         "no latency table: the run should point to the compact model"
+    assert ("[deploy] deploy.latency=false: report.json has no latency table; latency.json and latency.png are kept "
+            "from an earlier run, not part of this report") in err, err
+    assert "latency" not in again and "latency_ms" not in again
+    assert (copy / "latency.json").is_file() and (copy / "latency.png").is_file(), "an earlier table was removed"
     assert again["export"]["compact"]["units_removed"] == report["export"]["compact"]["units_removed"]
     assert (copy / "export" / "compact" / "model.safetensors").is_file()
 
