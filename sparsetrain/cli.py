@@ -138,8 +138,8 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("overrides", nargs="*", help="deploy.* settings for this export, e.g. deploy.compact=true "
                         "'deploy.formats=[onnx]' (sparsetrain config --schema deploy lists them); other settings "
-                        "made the run's weights and are refused, and so are the deploy.latency* keys: export does "
-                        "not time (sparsetrain bench latency RUN_DIR does)")
+                        "are the run's own (its config.yaml) and are refused, and so are the deploy.latency* keys: "
+                        "export does not time (sparsetrain bench latency RUN_DIR does)")
     parser.add_argument("--phase", help="export this finished phase instead of the run's final one (e.g. sparsify "
                         "of a run stopped before pruning); architecture.json's meta.phase records it")
     _require_positional(parser, argv, "run_dir")
