@@ -40,9 +40,9 @@ def _run(argv: list[str]) -> int:
     preemption.install_signal_handlers((signal.SIGTERM, signal.SIGUSR1, signal.SIGINT))
     try:
         run_pipeline(cfg, args.phase)
-    except preemption.Preempted:
-        if not preemption.interrupted():
-            raise  # the cluster's stop: exit 3, a requeue continues
+    except preemption.Preempted as err:
+        if not preemption.interrupted():  # the cluster's stop: exit 3, a requeue continues
+            return _preempted(_saved_point(Path(cfg.out_dir)), argv, err.exit_code)
         return _interrupted(f"stopped with a checkpoint at {_saved_point(Path(cfg.out_dir))}", argv)
     except KeyboardInterrupt:
         return _interrupted(f"quit at once; a re-run continues from {_saved_point(Path(cfg.out_dir))}", argv)
@@ -54,6 +54,14 @@ def _run(argv: list[str]) -> int:
         return _interrupted(f"quit at once; a re-run continues from {_saved_point(Path(cfg.out_dir))}", argv)
     shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
     return 0
+
+
+def _preempted(point: str, argv: list[str], code: int) -> int:
+    """SIGTERM/SIGUSR1 during `run` (a cluster's preemption, scancel, `scontrol requeue`): one line saying where the
+    checkpoint is, that a requeued job continues from it, and the command that resumes by hand; exit `code` (3)."""
+    print(f"preempted: stopped with a checkpoint at {point}; a requeued Slurm job continues from it, or resume with "
+          f"`{resume_command(argv)}`", file=sys.stderr)
+    return code
 
 
 def _interrupted(what: str, argv: list[str]) -> int:
@@ -138,8 +146,8 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("overrides", nargs="*", help="deploy.* settings for this export, e.g. deploy.compact=true "
                         "'deploy.formats=[onnx]' (sparsetrain config --schema deploy lists them); other settings "
-                        "made the run's weights and are refused, and so are the deploy.latency* keys: export does "
-                        "not time (sparsetrain bench latency RUN_DIR does)")
+                        "are the run's own (its config.yaml) and are refused, and so are the deploy.latency* keys: "
+                        "export does not time (sparsetrain bench latency RUN_DIR does)")
     parser.add_argument("--phase", help="export this finished phase instead of the run's final one (e.g. sparsify "
                         "of a run stopped before pruning); architecture.json's meta.phase records it")
     _require_positional(parser, argv, "run_dir")
@@ -281,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
 
     Exit codes (`sparsetrain.errors`): 0 success, 2 bad input, 3 resume/preemption (also a run stopped by SIGTERM or
-    SIGUSR1, with a checkpoint), 4 non-finite numbers, 5 a library set-up sparsetrain does not expect, 130
-    interrupted by Ctrl-C (`run`: a first one checkpoints at the next step, a second quits at once; one
-    `interrupted:` line with the command that resumes), 1 anything unexpected (with its traceback).
+    SIGUSR1, with a checkpoint: one `preempted:` line with the command that resumes), 4 non-finite numbers, 5 a
+    library set-up sparsetrain does not expect, 130 interrupted by Ctrl-C (`run`: a first one checkpoints at the next
+    step, a second quits at once; one `interrupted:` line with the command that resumes), 1 anything unexpected (with
+    its traceback).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = _one_line_warning

@@ -21,8 +21,9 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     ... structural runs add kept_filters, flops, peak_memory_bytes, latency_ms, param_reduction; deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
     another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed); a Method 1
-    run whose latency table timed export/compact/ adds latency_ms, the compact model's speed-up (its `model`:
-    "compact"; the masked model runs as a dense graph and gets no headline).
+    run whose latency table timed export/compact/ adds latency_ms, the compact model's speed-up ({dense, compact,
+    speedup, model: "compact", measured}; Method 2's has `pruned` where this has `compact`; the masked model runs
+    as a dense graph and gets no headline).
 
 Format 1 (before the phase vocabulary) had the phases as top-level keys dense / sparse / pruned / finetuned;
 `phase_results` reads both.
@@ -101,11 +102,13 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _latency_line(lat: dict[str, Any]) -> str:
-    """Dense -> pruned (Method 2) or compact (Method 1) latency, the speed-up, and how it was measured."""
+    """Dense -> pruned (Method 2) or compact (Method 1; reports before `compact` was its key: `pruned`) latency, the
+    speed-up, and how it was measured."""
     def ms(value: float) -> str:
         return f"{value:.2f}" if value >= 1 else f"{value:.3f}"  # small models run in tens of microseconds
 
-    return (f"latency      {ms(lat['dense'])} ms -> {ms(lat['pruned'])} ms ({lat['speedup']:.2f}x; "
+    after = lat["compact"] if "compact" in lat else lat["pruned"]
+    return (f"latency      {ms(lat['dense'])} ms -> {ms(after)} ms ({lat['speedup']:.2f}x; "
             f"{lat.get('measured', 'CPU, batch 1')})")
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
-from sparsetrain.deploy.loading import compact_folder, export_folder, load_compressed
+from sparsetrain.deploy.loading import compact_folder, export_folder, is_compact, load_compressed
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
@@ -103,9 +103,7 @@ def _unpruned_architecture(model: nn.Module, target: Path) -> nn.Module | None:
 
 def _what_was_removed(target: Path) -> str:
     """Method 1's compact/ folder lost dead units; any other smaller export (Method 2) lost filters."""
-    from sparsetrain.deploy.compact import COMPACT_DIR
-
-    return "dead units" if export_folder(target).name == COMPACT_DIR else "filters"
+    return "dead units" if is_compact(target) else "filters"
 
 
 def _weights_files(state: dict[str, torch.Tensor], sparse_names: set[str], target: Path) -> dict[str, Any]:
@@ -130,7 +128,7 @@ def _weights_files(state: dict[str, torch.Tensor], sparse_names: set[str], targe
     if not files:
         raise InputError(f"eval: {folder} holds no weights file ({WEIGHTS_FILE} or {BITMASK_FILE})")
     smallest = min(files, key=files.get)
-    prefix = f"{COMPACT_DIR}/" if folder.name == COMPACT_DIR else ""
+    prefix = f"{COMPACT_DIR}/" if is_compact(folder) else ""
     return {**files, "compressed": files[smallest], "compressed_format": smallest,
             "compressed_file": prefix + names[smallest], "exported": True}
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from sparsetrain.deploy.compact import COMPACT_DIR
-from sparsetrain.deploy.loading import export_folder, load_compressed
+from sparsetrain.deploy.loading import export_folder, is_compact, load_compressed
 from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
 from sparsetrain.progress import log
 from sparsetrain.rundir import check_finished
@@ -43,6 +43,7 @@ from sparsetrain.structural.serialize import ARCH_FILE
 __all__ = ["interleaved_times", "latency_table"]
 
 MODELS = ("dense", "compressed", "compact")  # the order of each round; compact only when the export holds one
+COMPACT = "the compact model: dead units removed, a smaller dense graph"  # what `timed` says of it
 NO_SPEEDUP_BELOW = 1.10  # an unstructured speed-up under this is reported as "no speed-up"
 TOP_LAYERS = 10
 MIN_SAMPLE_MS = 20.0  # each timing sample runs >= 20 ms (a block of calls), so sub-ms preemption averages out
@@ -139,7 +140,9 @@ class _Models:
         if self.compact:
             self.torch["compact"] = load_compressed(self.folder, "compact")
         self.names = tuple(name for name in MODELS if name in self.torch)
-        self.kind = "structural" if self.arch.get("modules") else "unstructured"
+        # export/compact/ timed alone: its model is Method 1's compact one, not a Method 2 (filter-pruned) export
+        self.kind = "compact" if is_compact(self.folder) else "structural" if self.arch.get("modules") \
+            else "unstructured"
         self.scratch = scratch
         self._onnx: dict[str, Path] = {}
 
@@ -163,8 +166,8 @@ class _Models:
         from sparsetrain.structural.serialize import WEIGHTS_FILE
 
         what = {"dense": f"{self.arch['model_name']} as timm builds it (unpruned architecture, random weights)",
-                "compressed": f"{self.folder.name}/{WEIGHTS_FILE}",
-                "compact": f"{self.folder.name}/{COMPACT_DIR}/{WEIGHTS_FILE} (dead units removed)"}
+                "compressed": f"{self.folder.name}/{WEIGHTS_FILE}" + (f" ({COMPACT})" * (self.kind == "compact")),
+                "compact": f"{self.folder.name}/{COMPACT_DIR}/{WEIGHTS_FILE} ({COMPACT})"}
         return {name: what[name] for name in self.names}
 
     def storage(self) -> dict[str, Any]:
@@ -286,7 +289,7 @@ def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats:
 
     Args:
         path: A run directory or export folder (`RUN/export/compact` itself: its model is then the compressed one,
-            timed against the dense architecture).
+            timed against the dense architecture, and the table's `kind` is "compact").
         batches: Batch sizes (e.g. 1 and a larger one).
         repeats: Timed rounds per runtime and batch.
         threads: Intra-op threads of torch and onnxruntime (torch's setting is restored afterwards).
@@ -296,7 +299,9 @@ def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats:
     Returns:
         {"rows": [...], "slowest_layers": {...}, "storage": {...}, "timed", "kind", "model", "phase" (the run phase
         the export holds, architecture.json's meta.phase; None for an export that does not record it),
-        "input_shape", "threads", "repeats", "warmup"}. `timed`: the models timed, name -> what it is ("dense",
+        "input_shape", "threads", "repeats", "warmup"}. `kind`: "unstructured" (a masked model), "structural" (a
+        smaller architecture: Method 2's filters removed) or "compact" (`RUN/export/compact`, Method 1's dead units
+        removed, timed alone). `timed`: the models timed, name -> what it is ("dense",
         "compressed", and "compact" when present; tables written before it timed dense and compressed). A row
         (one runtime, device and batch) holds `<model>_ms` ({median, p20, p80 in ms, runs}) per model timed, the
         speed-ups over dense (`speedup`, `speedup_median`, `speedup_paired` for compressed; `speedup_compact`,
@@ -350,7 +355,9 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
 
 def _note(kind: str, speedup: float, storage_ratio: float, compact: float | None = None) -> str:
     """What a row means: unstructured zeros run as a dense graph, so any measured gap is noise, not sparsity; the
-    compact model (dead units removed, speed-up `compact`) is a smaller dense graph, so its gap is real."""
+    compact model (dead units removed, speed-up `compact`) is a smaller dense graph, so its gap is real. Speed-ups
+    are judged as printed (2 decimals): 0.996 prints as 1.00x and is not called slower."""
+    speedup, compact = _shown(speedup), None if compact is None else _shown(compact)
     if kind == "unstructured":
         if speedup < NO_SPEEDUP_BELOW:
             note = (f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); "
@@ -365,3 +372,8 @@ def _note(kind: str, speedup: float, storage_ratio: float, compact: float | None
                         else f"compact: slower than dense ({compact:.2f}x)")
         note = f"{note}; {compact_note}" if note else compact_note
     return note
+
+
+def _shown(speedup: float) -> float:
+    """The speed-up as the note prints it (`:.2f`), so its words agree with its number."""
+    return float(f"{speedup:.2f}")

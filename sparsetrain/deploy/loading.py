@@ -14,7 +14,8 @@ from sparsetrain.errors import InputError
 from sparsetrain.progress import log
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
 
-__all__ = ["FORMAT_ORDER", "OnnxRuntimeModel", "export_folder", "load_compressed", "preprocessing_of"]
+__all__ = ["FORMAT_ORDER", "OnnxRuntimeModel", "compact_folder", "export_folder", "is_compact", "load_compressed",
+           "preprocessing_of"]
 
 # Preference of format="auto": the torch model first (trainable, inspectable), then the deployment graphs.
 FORMAT_ORDER = ("safetensors", "bitmask", "torch_export", "onnx")
@@ -50,7 +51,15 @@ def compact_folder(path: str | Path) -> Path:
     from sparsetrain.deploy.compact import COMPACT_DIR
 
     folder = export_folder(path)
-    return folder if folder.name == COMPACT_DIR else folder / COMPACT_DIR
+    return folder if is_compact(folder) else folder / COMPACT_DIR
+
+
+def is_compact(path: str | Path) -> bool:
+    """Whether `path` (a folder or a file in one) is an export's `compact/` folder, Method 1's model with its dead
+    units removed: what `load_compressed`, eval and bench latency then call the "compact" model."""
+    from sparsetrain.deploy.compact import COMPACT_DIR
+
+    return export_folder(path).name == COMPACT_DIR
 
 
 def preprocessing_of(path: str | Path) -> dict | None:
@@ -162,7 +171,8 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
             `model.bitmask.safetensors`, `model.pt2`, `model.onnx`).
         format: "auto" (the first of `FORMAT_ORDER` the folder holds), "safetensors", "bitmask",
             "torch_export", "onnx", or "compact" (Method 1's model with its dead units removed, `export/compact/`;
-            never chosen by "auto").
+            never chosen by "auto" for a run or export folder; `path` = `export/compact/` itself loads it as
+            "compact").
         threads: onnxruntime intra-op threads (onnx only; None = onnxruntime's default).
 
     Returns:
@@ -179,7 +189,9 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
     """
     path = Path(path)
     fmt = "compact" if format == "compact" else _format_of(path, format)
-    folder = export_folder(path)
+    if fmt == "safetensors" and is_compact(path):  # export/compact/ itself: its model.safetensors is the compact one
+        fmt = "compact"
+    folder = compact_folder(path) if fmt == "compact" else export_folder(path)
     if fmt == "compact":
         model = _load_compact(path)
     elif fmt == "safetensors":
@@ -196,7 +208,7 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
         model.eval()  # an exported program's module is already an inference graph (it rejects .eval())
     model.export_format = fmt
     model.preprocessing = preprocessing_of(path)
-    log.info(f"load_compressed: {folder / _FILES.get(fmt, 'compact')} ({fmt})")
+    log.info(f"load_compressed: {folder / _FILES.get(fmt, WEIGHTS_FILE)} ({fmt})")
     return model
 
 

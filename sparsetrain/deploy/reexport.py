@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sparsetrain.deploy.run import export_model, exported_models
+from sparsetrain.deploy.run import export_model, exported_models, held_models
 from sparsetrain.phases import final_phase
 from sparsetrain.progress import log
 
@@ -30,7 +30,7 @@ def export_run(run_dir: str | Path, phase: str | None = None, overrides: list[st
     Raises:
         ValueError: not a run directory, or (`sparsetrain.rundir.check_finished`) its final phase, or `phase`, has
             not finished: an earlier phase is never exported in silence.
-        ConfigError: an override outside `deploy.*` (the run's other settings made its weights), of a
+        ConfigError: an override outside `deploy.*` (the run's own settings, from its config.yaml), of a
             `deploy.latency*` setting (export does not time), or a bad value.
     """
     from sparsetrain.config import load_config
@@ -63,8 +63,9 @@ def check_deploy_only(overrides: list[str], run_dir: str | Path = "RUN_DIR") -> 
     `compact=true` is deploy.compact), and one of the `deploy.latency*` settings: export does not time the model.
 
     Raises:
-        ConfigError: one line naming the key: only deploy.* settings can change at export; a latency setting points
-            to `sparsetrain bench latency RUN_DIR` and to a re-run of the recipe.
+        ConfigError: one line naming the key: export only takes deploy.* overrides, and what the key is instead (an
+            execution setting of the run, or one that made its weights); a latency setting points to `sparsetrain
+            bench latency RUN_DIR` and to a re-run of the recipe.
     """
     from sparsetrain.config import ConfigError
     from sparsetrain.config.loader import resolve_key
@@ -75,13 +76,23 @@ def check_deploy_only(overrides: list[str], run_dir: str | Path = "RUN_DIR") -> 
         key, value = (part.strip() for part in item.split("=", 1))
         key = resolve_key(key)
         if key != "deploy" and not key.startswith("deploy."):
-            raise ConfigError(f"{key}: only deploy.* settings can be changed at export (the others made the run's "
-                              "weights; change them in a new run)")
+            raise ConfigError(f"{key}: export only takes deploy.* overrides; {key} {_what_setting(key)}")
         timing = _latency_keys(key, value)
         if timing:
             raise ConfigError(f"{timing[0]}: export does not time the model; time this export with `sparsetrain "
                               f"bench latency {run_dir}` (its own table), or set it for a re-run of the recipe "
                               "(`sparsetrain run`, which times into latency.json)")
+
+
+def _what_setting(key: str) -> str:
+    """What a non-deploy key is to a run, for export's refusal: an execution setting a re-run may change
+    (`rundir.MUTABLE`: threads, tracking, logging, ...), or one that made the run's weights."""
+    from sparsetrain.rundir import MUTABLE
+
+    if any(key == prefix or key.startswith(f"{prefix}.") for prefix in MUTABLE):
+        return "is an execution setting of the run, read from its config.yaml (a re-run with `sparsetrain run` may " \
+               "change it)"
+    return "made the run's weights (change it in a new run)"
 
 
 def _latency_keys(key: str, value: str) -> list[str]:
@@ -120,7 +131,7 @@ def _update_report(run_dir: Path, manifest: dict[str, Any], phase: str, final: s
         atomic_write_text(path, json.dumps(report, indent=2))
     if stale:
         log.warning(f"[export] latency.json was timed on the previous export ({stale}), not on what export/ now holds "
-                    f"(models {', '.join(exported_models(manifest))}, phase {phase}): report.json's latency and "
+                    f"(models {', '.join(held_models(manifest))}, phase {phase}): report.json's latency and "
                     f"latency_ms are removed and latency.json is left as it was; re-time with `sparsetrain bench "
                     f"latency {run_dir}` or re-run the recipe")
     if report is not None and phase != final:

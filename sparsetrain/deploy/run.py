@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
     from sparsetrain.pipeline import Pipeline
 
-__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "exported_models", "final_phase"]
+__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "exported_models", "final_phase",
+           "held_models"]
 
 DEPLOYED = "deployed"  # state.json: {"phase", "deploy"} that export/ and latency.json were last written for
 
@@ -100,7 +101,20 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         out["latency"] = table
     if table is None:
         _point_to_compact(pipeline, manifest["formats"].get("compact"))
+        _name_earlier_table(pipeline)
     return _with_headline(pipeline, out)
+
+
+def _name_earlier_table(pipeline: Pipeline) -> None:
+    """With no latency table (`deploy.latency=false`), report.json has no latency; a latency.json / latency.png an
+    earlier run of this folder wrote stay on disk (a measurement is not deleted by a setting that skips measuring),
+    and one line names them as no longer part of the report."""
+    left = [name for name in ("latency.json", "latency.png") if (pipeline.out_dir / name).is_file()]
+    if left:
+        files, verb = " and ".join(left), "are" if len(left) > 1 else "is"
+        log.info(f"[deploy] deploy.latency=false: report.json has no latency table; {files} {verb} kept from an "
+                 "earlier run, not part of this report (deploy.latency=true times the model again, or reuses them "
+                 "when they match this export)")
 
 
 def _point_to_compact(pipeline: Pipeline, compact: dict[str, Any] | None) -> None:
@@ -192,7 +206,9 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str,
         deploy = pipeline.cfg.deploy
         wanted = {"batches": [1, deploy.latency_batch], "repeats": deploy.latency_repeats,
                   "threads": deploy.latency_threads, "memory": True, "models": exported_models(manifest)}
-        diff = [f"{k} {timed[k]} ({'export/ holds' if k == 'models' else 'deploy'}: {v})"
+        # the models: the table's vs what export/ holds (dense is built from the architecture, never exported)
+        shown = {**wanted, "models": held_models(manifest)}
+        diff = [f"{k} {timed[k]} ({'export/ holds' if k == 'models' else 'deploy'}: {shown[k]})"
                 for k, v in wanted.items() if timed[k] != v]
         if not diff:
             return table
@@ -203,9 +219,15 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str,
 
 def exported_models(manifest: dict[str, Any]) -> list[str]:
     """The models a latency table of the export with manifest `manifest` times (`latency.latency_table`), in round
-    order: dense, compressed, and compact when the manifest lists a verified `export/compact/`."""
+    order: dense (timm's unpruned architecture, not a file of the export), then `held_models`."""
+    return ["dense", *held_models(manifest)]
+
+
+def held_models(manifest: dict[str, Any]) -> list[str]:
+    """The models the export with manifest `manifest` holds: compressed, and compact when the manifest lists a
+    verified `export/compact/`."""
     compact = (manifest["formats"].get("compact") or {}).get("ok")
-    return ["dense", "compressed", *(["compact"] if compact else [])]
+    return ["compressed", *(["compact"] if compact else [])]
 
 
 def _timed_with(table: dict[str, Any]) -> dict[str, Any]:
@@ -222,13 +244,15 @@ def _timed_with(table: dict[str, Any]) -> dict[str, Any]:
 
 
 def _headline(table: dict[str, Any]) -> dict[str, Any]:
-    """The report's `latency_ms` from the interleaved torch eager batch-1 row: the 20th percentiles dense and
-    compressed and their ratio, the table's speed-up (`deploy.latency`); the compact model's (`pruned`: its p20,
-    `speedup`: `speedup_compact`) when the table timed it, `model` naming which and `measured` saying so."""
+    """The report's `latency_ms` from the interleaved torch eager batch-1 row: the 20th percentiles `dense` and
+    `pruned` (the compressed model: Method 2's, filters removed) and their ratio, the table's `speedup`
+    (`deploy.latency`); when the table timed the compact model, `compact` (its p20) instead of `pruned` and
+    `speedup` = `speedup_compact`; `model` names which, `measured` says how."""
     row = next(r for r in table["rows"] if (r["runtime"], r["device"], r["batch"]) == ("torch", "cpu", 1))
     how = "p20 of interleaved rounds, torch eager, CPU, batch 1; latency.json"
     if "compact_ms" in row:
-        return {"dense": row["dense_ms"]["p20"], "pruned": row["compact_ms"]["p20"], "speedup": row["speedup_compact"],
-                "model": "compact", "measured": f"compact model: export/compact/, dead units removed; {how}"}
+        return {"dense": row["dense_ms"]["p20"], "compact": row["compact_ms"]["p20"],
+                "speedup": row["speedup_compact"], "model": "compact",
+                "measured": f"compact model: export/compact/, dead units removed; {how}"}
     return {"dense": row["dense_ms"]["p20"], "pruned": row["compressed_ms"]["p20"], "speedup": row["speedup"],
             "model": "compressed", "measured": how}

@@ -40,13 +40,15 @@ def test_method1_latency_line_is_the_compact_models_and_says_so() -> None:
            "compressed_ms": {"median": 0.2, "p20": 0.198, "p80": 0.21},
            "compact_ms": {"median": 0.15, "p20": 0.14, "p80": 0.16}}
     headline = _headline({"rows": [row]})
-    assert headline["model"] == "compact" and headline["pruned"] == 0.14
+    assert headline["model"] == "compact" and headline["compact"] == 0.14 and "pruned" not in headline
     report = {"phases": {"finetune": {"metric": 90.0}}, "sparsity": 0.99, "compression_ratio": 100.0,
               "params": {"total": 1000, "nonzero": 10}, "bytes": {"dense": 4000, "compressed": 200},
               "latency_ms": headline}
     dense, pruned, speedup, how = latency_line(report)
     assert (dense, pruned) == (0.2, 0.14) and speedup == pytest.approx(dense / pruned, abs=0.01)
     assert how.startswith("compact model: export/compact/, dead units removed; p20 of interleaved"), how
+    earlier = {**{k: v for k, v in headline.items() if k != "compact"}, "pruned": 0.14}  # report.json before `compact`
+    assert latency_line({**report, "latency_ms": earlier})[:2] == (0.2, 0.14)
     lines = format_table(report).splitlines()
     assert lines.index(next(x for x in lines if x.startswith("latency"))) == lines.index(
         next(x for x in lines if x.startswith("bytes"))) + 1

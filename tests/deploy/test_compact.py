@@ -60,14 +60,17 @@ def test_compact_model_loads_and_matches_the_masked_model(run: tuple[Path, dict]
 
 
 def test_eval_of_the_compact_format_reports_the_compact_model(run: tuple[Path, dict]) -> None:
-    """Parameters from the masked architecture's count down to the compact one's; bytes of the one weights file
-    compact/ holds (no bitmask file there), the size the manifest records for it."""
+    """Labelled "compact" whether asked for by format or by folder (it used to be "safetensors" for
+    `eval RUN/export/compact`); parameters from the masked architecture's count down to the compact one's; bytes of
+    the one weights file compact/ holds (no bitmask file there), the size the manifest records for it."""
     from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
 
     out, report = run
     entry = report["export"]["compact"]
     for target, fmt in ((out, "compact"), (out / "export" / "compact", "auto")):
         result = evaluate_target(target, format=fmt)
+        assert result["format"] == "compact", (target, fmt, result["format"])
+        assert format_evaluation(result).startswith(f"{target} (compact, lenet300_100) on digits"), (target, fmt)
         assert result["params"] == {"total": entry["params"], "nonzero": entry["nonzero_params"],
                                     "dense": entry["masked_params"], "removed": "dead units"}, (target, fmt)
         sizes = result["bytes"]
@@ -115,6 +118,10 @@ def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dic
     assert "[deploy] re-exporting: export/compact/model.safetensors is missing" in err
     assert f"time it beside the dense and masked models with `sparsetrain bench latency {copy}`" in err, \
         "no latency table: the run should point to the compact model"
+    assert ("[deploy] deploy.latency=false: report.json has no latency table; latency.json and latency.png are kept "
+            "from an earlier run, not part of this report") in err, err
+    assert "latency" not in again and "latency_ms" not in again
+    assert (copy / "latency.json").is_file() and (copy / "latency.png").is_file(), "an earlier table was removed"
     assert again["export"]["compact"]["units_removed"] == report["export"]["compact"]["units_removed"]
     assert (copy / "export" / "compact" / "model.safetensors").is_file()
 
@@ -125,7 +132,7 @@ def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dic
     again = run_pipeline(tiny_config(copy, *COMPACT_RUN))
     err = capsys.readouterr().err
     assert ("[deploy] re-timing: latency.json was timed with models ['dense', 'compressed'] (export/ holds: "
-            "['dense', 'compressed', 'compact'])") in err, err
+            "['compressed', 'compact'])\n") in err, err  # dense is timm's architecture, never in export/
     assert "bench latency" not in err, "the table times the compact model: the pointer adds nothing"
     assert list(again["latency"]["timed"]) == ["dense", "compressed", "compact"]
     assert again["latency_ms"]["model"] == "compact"
@@ -167,7 +174,8 @@ def test_the_reports_latency_headline_is_the_compact_models(run: tuple[Path, dic
     row = next(r for r in report["latency"]["rows"] if (r["runtime"], r["batch"]) == ("torch", 1))
     headline = report["latency_ms"]
     assert headline["model"] == "compact" and headline["speedup"] == row["speedup_compact"]
-    assert (headline["dense"], headline["pruned"]) == (row["dense_ms"]["p20"], row["compact_ms"]["p20"])
+    assert (headline["dense"], headline["compact"]) == (row["dense_ms"]["p20"], row["compact_ms"]["p20"])
+    assert "pruned" not in headline, "pruned is Method 2's key: this is the compact model's time"
     line = next(x for x in format_table(report).splitlines() if x.startswith("latency"))
     assert f"({row['speedup_compact']:.2f}x; compact model: export/compact/, dead units removed;" in line, line
     assert json.loads((out / "report.json").read_text())["latency_ms"] == headline
@@ -187,9 +195,12 @@ def test_bench_latency_of_the_run_times_compact_and_of_compact_still_works(run: 
     assert main(["bench", "latency", str(out / "export" / "compact"), *args]) == 0
     table = json.loads((tmp_path / f"latency-{out.name}-compact.json").read_text())
     assert list(table["timed"]) == ["dense", "compressed"], "compact/ is itself the compressed model there"
-    assert table["timed"]["compressed"] == "compact/model.safetensors"
+    assert table["kind"] == "compact", "the compact model, not a Method 2 (structural) export"
+    assert table["timed"]["compressed"] == ("compact/model.safetensors (the compact model: dead units removed, a "
+                                            "smaller dense graph)"), table["timed"]
     assert table["storage"]["params"]["compressed"] == report["export"]["compact"]["params"]
-    assert "compact ms" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "compact ms" not in printed and printed.startswith("latency of lenet300_100 (compact, finetune phase)")
 
 
 def test_export_without_compact_drops_the_latency_table_that_timed_it(run: tuple[Path, dict], tmp_path: Path,
@@ -211,7 +222,7 @@ def test_export_without_compact_drops_the_latency_table_that_timed_it(run: tuple
     assert main(["export", str(copy), "deploy.compact=false"]) == 0
     err = capsys.readouterr().err
     assert (f"[export] latency.json was timed on the previous export (models dense, compressed, compact, phase "
-            "finetune), not on what export/ now holds (models dense, compressed, phase finetune): report.json's "
+            "finetune), not on what export/ now holds (models compressed, phase finetune): report.json's "
             "latency and latency_ms are removed and latency.json is left as it was; re-time with `sparsetrain bench "
             f"latency {copy}` or re-run the recipe\n") in err, err
     after = json.loads((copy / "report.json").read_text())

@@ -83,6 +83,15 @@ def test_unstructured_without_speedup_says_so_with_the_storage_saving() -> None:
     assert _note("unstructured", 1.0, 9.9, compact=0.97).endswith("; compact: slower than dense (0.97x)")
 
 
+def test_a_speedup_printed_as_1_00x_is_not_called_slower() -> None:
+    """The words agree with the printed number: 0.996 prints as 1.00x (it was "slower than dense (1.00x)")."""
+    assert _note("structural", 0.996, 1.7) == ""
+    assert _note("structural", 0.994, 1.7) == "slower than dense (0.99x)"
+    assert _note("unstructured", 1.0, 9.9, compact=0.996).endswith("; compact: dead units removed, 1.00x")
+    assert _note("unstructured", 1.0, 9.9, compact=0.9949).endswith("; compact: slower than dense (0.99x)")
+    assert _note("unstructured", 1.097, 9.9).startswith("no speed-up expected: the same dense graph, 1.10x is")
+
+
 def test_bench_latency_cli_prints_the_table_and_plots(run: tuple[Path, dict], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     out, _ = run

@@ -142,7 +142,7 @@ def test_export_of_another_phase_drops_the_latency_table_of_the_final_one(
     assert main(["export", str(copy), "--phase", "sparsify"]) == 0
     err = capsys.readouterr().err
     assert ("[export] latency.json was timed on the previous export (models dense, compressed, phase finetune), not "
-            "on what export/ now holds (models dense, compressed, phase sparsify): report.json's latency and "
+            "on what export/ now holds (models compressed, phase sparsify): report.json's latency and "
             "latency_ms are removed") in err, err
     assert (f"{copy / 'export'} now holds the sparsify model: report.json's export section says so, its other "
             "numbers describe the final phase finetune") in err, err
@@ -176,10 +176,13 @@ def test_export_takes_deploy_overrides(copy: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.parametrize(("override", "line"), [
-    ("model.name=resnet18", "error: model.name: only deploy.* settings can be changed at export (the others made the "
-     "run's weights; change them in a new run)"),
-    ("alpha0=1", "error: regularizer.alpha0: only deploy.* settings can be changed at export (the others made the "
-     "run's weights; change them in a new run)"),
+    ("model.name=resnet18", "error: model.name: export only takes deploy.* overrides; model.name made the run's "
+     "weights (change it in a new run)"),
+    ("alpha0=1", "error: regularizer.alpha0: export only takes deploy.* overrides; regularizer.alpha0 made the run's "
+     "weights (change it in a new run)"),
+    *((setting, f"error: {key}: export only takes deploy.* overrides; {key} is an execution setting of the run, read "
+       "from its config.yaml (a re-run with `sparsetrain run` may change it)")  # it made no weights: not said so
+      for setting, key in (("train.threads=1", "train.threads"), ("tracking.mode=offline", "tracking.mode"))),
     ("deploy.formats=[onx]", "error: deploy.formats.0: Input should be 'onnx' or 'torch_export' (got 'onx')"),
     *((timing, f"error: {key}: export does not time the model; time this export with `sparsetrain bench latency "
        "{run}` (its own table), or set it for a re-run of the recipe (`sparsetrain run`, which times into "
