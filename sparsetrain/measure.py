@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsetrain.deploy.bitmask import storage_bytes
+from sparsetrain.deploy.bitmask import BITMASK_FILE, smallest_file
 from sparsetrain.engine.checkpoint import atomic_write_text
 from sparsetrain.phases import final_phase
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
@@ -28,20 +28,17 @@ def _param_counts(model: torch.nn.Module) -> dict[str, int]:
 
 
 def measure_final(pipeline: Pipeline) -> dict[str, Any]:
-    """Sparsity, layer counts, parameter counts and sizes of the final model (plus the structural and baseline
-    numbers), as plain data; {} before any phase finished."""
+    """Sparsity, layer counts, parameter counts and dense size of the final model (plus the structural and baseline
+    numbers), as plain data; {} before any phase finished. The sizes of its weights files are the export's
+    (`export_bytes`, added by `write_report` after `deploy_run`)."""
     final = final_phase(pipeline.state["completed"])
     if final is None:
         return {}
     model = pipeline.model_from(final)
-    params = prunable_parameters(model)
-    layers = layer_counts(params)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    layers = layer_counts(prunable_parameters(model))
     counts = _param_counts(model)
     measured: dict[str, Any] = {"sparsity": sparsity_of(layers), "layers": layers, "params": counts}
-    # the sizes of the export's weights files (export/ is written, or kept if up to date, by deploy_run)
-    measured["bytes"] = {"dense": sum(t.numel() * t.element_size() for t in state.values()),
-                         **storage_bytes(state, set(params))}
+    measured["bytes"] = {"dense": sum(t.numel() * t.element_size() for t in model.state_dict().values())}
     if pipeline.structural:
         _add_structural(pipeline, measured, model)
     else:
@@ -50,6 +47,16 @@ def measure_final(pipeline: Pipeline) -> dict[str, Any]:
     # weights of the original dense model per non-zero weight of the final one (both methods)
     measured["compression_ratio"] = measured["params"].get("dense", counts["total"]) / max(counts["nonzero"], 1)
     return measured
+
+
+def export_bytes(folder: Path) -> dict[str, int | str]:
+    """The sizes (bytes) of the two weights files of export folder `folder` (`deploy.folder.write_export`), the
+    smaller named `compressed` (`bitmask.smallest_file`): report.json's bytes, counted on the files written rather
+    than by serializing the weights again (`bitmask.storage_bytes` counts a checkpoint that has no export)."""
+    from sparsetrain.structural.serialize import WEIGHTS_FILE
+
+    return smallest_file({"bitmask": (folder / BITMASK_FILE).stat().st_size,
+                          "safetensors": (folder / WEIGHTS_FILE).stat().st_size})
 
 
 def _add_baselines(pipeline: Pipeline, measured: dict[str, Any]) -> None:
@@ -117,6 +124,8 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
         measured = measure_final(pipeline)
         if pipeline.state["completed"]:
             measured.update(deploy_run(pipeline))  # export/ in every format, verified; the interleaved latency table
+            if pipeline.dist.is_main:  # rank 0 wrote (or kept) export/
+                measured["bytes"].update(export_bytes(pipeline.out_dir / "export"))
         header = {"task": pipeline.cfg.task, "model": pipeline.cfg.model.name, "world_size": pipeline.dist.world_size}
         report = build_report(header, pipeline.state["completed"], measured)
         if pipeline.dist.is_main:

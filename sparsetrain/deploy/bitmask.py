@@ -71,7 +71,12 @@ def storage_bytes(state: dict[str, torch.Tensor], sparse_names: set[str]) -> dic
         {"bitmask": size of model.bitmask.safetensors, "safetensors": size of model.safetensors (bytes), "compressed":
         the smaller of the two, "compressed_format": its `load_compressed` format, "bitmask" or "safetensors"}.
     """
-    sizes = {"bitmask": sparse_bytes(state, sparse_names), "safetensors": plain_bytes(state)}
+    return smallest_file({"bitmask": sparse_bytes(state, sparse_names), "safetensors": plain_bytes(state)})
+
+
+def smallest_file(sizes: dict[str, int]) -> dict[str, int | str]:
+    """`sizes` (format -> bytes of its weights file) with the smallest named the compressed model's size:
+    "compressed" (bytes) and "compressed_format" (its format)."""
     smallest = min(sizes, key=sizes.get)
     return {**sizes, "compressed": sizes[smallest], "compressed_format": smallest}
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from sparsetrain.deploy.compact import COMPACT_DIR
-from sparsetrain.deploy.loading import export_folder, is_compact, load_compressed
+from sparsetrain.deploy.loading import export_folder, is_compact, load_compressed, read_manifest, verified_compact
 from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
 from sparsetrain.progress import log
 from sparsetrain.rundir import check_finished
@@ -101,16 +101,15 @@ def _speedups(times: dict[str, list[float]], stats: dict[str, dict[str, float]],
 
 
 def _verified_compact(folder: Path) -> dict[str, Any] | None:
-    """The manifest's `compact` entry of export folder `folder` when `compact/` was written and verified (`ok`);
-    None otherwise (a warning says so when it failed its verification)."""
-    try:
-        entry = json.loads((folder / "manifest.json").read_text())["formats"].get("compact")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if entry and not entry.get("ok"):
+    """`loading.verified_compact` of export folder `folder`'s manifest; a warning when `compact/` was written but
+    failed its verification (it is not timed)."""
+    manifest = read_manifest(folder)
+    verified = verified_compact(manifest)
+    failed = None if verified else manifest.get("formats", {}).get("compact")
+    if isinstance(failed, dict):
         log.warning(f"[latency] {folder}/compact/ failed its verification (max abs diff "
-                    f"{entry.get('max_abs_diff')}): not timed")
-    return entry if entry and entry.get("ok") else None
+                    f"{failed.get('max_abs_diff')}): not timed")
+    return verified
 
 
 class _Models:

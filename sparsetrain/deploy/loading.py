@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from sparsetrain.progress import log
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
 
 __all__ = ["FORMAT_ORDER", "OnnxRuntimeModel", "compact_folder", "export_folder", "is_compact", "load_compressed",
-           "preprocessing_of"]
+           "preprocessing_of", "read_manifest", "verified_compact"]
 
 # Preference of format="auto": the torch model first (trainable, inspectable), then the deployment graphs.
 FORMAT_ORDER = ("safetensors", "bitmask", "torch_export", "onnx")
@@ -139,13 +140,30 @@ def _check_listed(folder: Path, format: str) -> None:
 def _listed_formats(folder: Path) -> list[str] | None:
     """The formats `manifest.json` lists as written (with their files), or None for a folder without a readable
     manifest (written by hand, or before manifests)."""
+    formats = read_manifest(folder).get("formats")
+    if formats is None:
+        return None
+    return [fmt for fmt, entry in formats.items() if isinstance(entry, dict) and entry.get("files")]
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Export folder `folder`'s `manifest.json` (`deploy.folder.write_export`); {} when it has none, or none that
+    can be read as a manifest with a `formats` mapping (written by hand, or before manifests)."""
     from sparsetrain.deploy.folder import MANIFEST_FILE
 
     try:
-        formats = json.loads((folder / MANIFEST_FILE).read_text())["formats"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return [fmt for fmt, entry in formats.items() if isinstance(entry, dict) and entry.get("files")]
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("formats"), dict) else {}
+
+
+def verified_compact(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's `compact` entry when `export/compact/` (Method 1, `deploy.compact`) was written and passed its
+    verification (`ok`), else None: the one test of whether an export holds a compact model to time, for `bench
+    latency` and for the latency tables a run reuses or `sparsetrain export` keeps (`deploy.run.exported_models`)."""
+    entry = (manifest.get("formats") or {}).get("compact")
+    return entry if isinstance(entry, dict) and entry.get("ok") else None
 
 
 def _load_compact(path: Path) -> nn.Module:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sparsetrain.deploy.loading import verified_compact
 from sparsetrain.engine.distributed import barrier, broadcast_object
 from sparsetrain.engine.finite import require_finite
 from sparsetrain.errors import InputError
@@ -100,7 +101,7 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
     if table is not None:
         out["latency"] = table
     if table is None:
-        _point_to_compact(pipeline, manifest["formats"].get("compact"))
+        _point_to_compact(pipeline, manifest)
         _name_earlier_table(pipeline)
     return _with_headline(pipeline, out)
 
@@ -117,10 +118,10 @@ def _name_earlier_table(pipeline: Pipeline) -> None:
                  "when they match this export)")
 
 
-def _point_to_compact(pipeline: Pipeline, compact: dict[str, Any] | None) -> None:
+def _point_to_compact(pipeline: Pipeline, manifest: dict[str, Any]) -> None:
     """With no latency table (`deploy.latency=false`), say where the smaller, faster model is and how to time it
     (a table with it times it in the run)."""
-    if compact and compact.get("ok"):
+    if compact := verified_compact(manifest):
         log.info(f"[deploy] export/compact/ holds the model without its dead units, a smaller dense graph "
                  f"({compact['params']:,} parameters instead of {compact['masked_params']:,}); time it beside the "
                  f"dense and masked models with `sparsetrain bench latency {pipeline.out_dir}`")
@@ -225,9 +226,8 @@ def exported_models(manifest: dict[str, Any]) -> list[str]:
 
 def held_models(manifest: dict[str, Any]) -> list[str]:
     """The models the export with manifest `manifest` holds: compressed, and compact when the manifest lists a
-    verified `export/compact/`."""
-    compact = (manifest["formats"].get("compact") or {}).get("ok")
-    return ["compressed", *(["compact"] if compact else [])]
+    verified `export/compact/` (`loading.verified_compact`)."""
+    return ["compressed", *(["compact"] if verified_compact(manifest) else [])]
 
 
 def _timed_with(table: dict[str, Any]) -> dict[str, Any]:

@@ -105,6 +105,32 @@ def test_compact_off_writes_none_and_removes_an_earlier_one(run: tuple[Path, dic
         sparsetrain.load_compressed(folder, "compact")
 
 
+def test_a_compact_model_that_failed_its_verification_is_not_timed(run: tuple[Path, dict], tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """One test (`loading.verified_compact`) decides whether export/ holds a compact model to time: the models a
+    run's latency table must have timed (`exported_models`) and the ones `bench latency` times, which warns when
+    compact/ was written but failed its verification."""
+    from sparsetrain.deploy.latency import _verified_compact
+    from sparsetrain.deploy.loading import read_manifest, verified_compact
+    from sparsetrain.deploy.run import exported_models
+
+    out, report = run
+    assert verified_compact(read_manifest(out / "export")) == report["export"]["compact"]
+    assert exported_models({"formats": report["export"]}) == ["dense", "compressed", "compact"]
+    folder = Path(shutil.copytree(out / "export", tmp_path / "export"))
+    masked = sparsetrain.load_compressed(folder, "safetensors")
+    meta = json.loads((folder / "architecture.json").read_text())
+    meta = {"model_name": meta["model_name"], "model_kwargs": meta["model_kwargs"], **meta["meta"]}
+    manifest = write_export(masked, folder, meta=meta, example=torch.randn(2, 1, 8, 8), formats=[], compact=True,
+                            tolerance=-1.0)  # no difference passes
+    assert manifest["formats"]["compact"]["ok"] is False and (folder / "compact").is_dir()
+    assert verified_compact(manifest) is None and exported_models(manifest) == ["dense", "compressed"]
+    with caplog.at_level("WARNING"):
+        assert _verified_compact(folder) is None
+    assert f"[latency] {folder}/compact/ failed its verification (max abs diff " in caplog.text, caplog.text
+    assert verified_compact(read_manifest(tmp_path)) is None  # no manifest at all
+
+
 def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dict], tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     out, report = run
