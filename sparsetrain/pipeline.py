@@ -7,7 +7,9 @@ continues the interrupted phase from its last checkpoint.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -424,11 +426,26 @@ def phase_penalty(cfg: RegularizerConfig, phase: str) -> RegularizerConfig:
 
 
 def configure_cpu(train: TrainConfig) -> None:
-    """Intra-op threads and subnormal flushing (see TrainConfig.flush_denormal) for this process."""
-    if train.threads:
-        torch.set_num_threads(train.threads)
+    """Intra-op threads (`default_threads` unless `train.threads`) and subnormal flushing (see
+    TrainConfig.flush_denormal) for this process."""
+    threads = train.threads or default_threads(os.environ)
+    if threads and threads != torch.get_num_threads():
+        if not train.threads:  # said once per process (a baseline sub-run finds it set)
+            log.info(f"threads: {threads} per rank, Slurm's cpus-per-task (train.threads overrides)")
+        torch.set_num_threads(threads)
     if not torch.set_flush_denormal(train.flush_denormal) and train.flush_denormal:
         log.warning("train.flush_denormal: this CPU cannot flush subnormals (no SSE3); long runs may slow down")
+
+
+def default_threads(env: Mapping[str, str]) -> int | None:
+    """torch intra-op threads of a rank when `train.threads` is unset: Slurm's `SLURM_CPUS_PER_TASK` inside a Slurm
+    job (torch's own default is every core of the node, however few the job was given: ranks sharing a node then
+    oversubscribe it, and each collective waits for a descheduled thread); None (torch's default) outside Slurm,
+    or when `OMP_NUM_THREADS` is set (torch reads it; torchrun sets 1 for several ranks)."""
+    cpus = env.get("SLURM_CPUS_PER_TASK", "")
+    if "OMP_NUM_THREADS" in env or "SLURM_JOB_ID" not in env or not cpus.isdigit() or int(cpus) < 1:
+        return None
+    return int(cpus)
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

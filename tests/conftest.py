@@ -12,12 +12,21 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def pytest_sessionstart(session) -> None:
-    """Build DeepSpeed's CPU shared-memory comm op before any test starts a run.
+    """One torch intra-op thread per test process, and DeepSpeed's CPU shared-memory comm op built before any test
+    starts a run.
+
+    Tests run two to a 2-core machine on tiny tensors: with torch's default (every core) intra-op threads spend more
+    time waiting for each other than computing (a 0.5 s CPU fine-tuning test took 72 s under load). A test that
+    needs more threads sets them itself; runs in subprocesses get OMP_NUM_THREADS=1
+    (tests/core/subprocess_runs.py), Slurm jobs one thread per CPU they were given (`pipeline.default_threads`).
 
     Every DeepSpeed process group compiles this C++ op on first use (about 30 s of two cores, minutes on a
     loaded machine) and caches it under ~/.cache/torch_extensions. Built here once, it is never charged to
     a test, nor compiled by two ranks of a multi-process test at the same time.
     """
+    import torch
+
+    torch.set_num_threads(1)
     from sparsetrain.engine.distributed import use_environment_extension_cache
 
     use_environment_extension_cache()  # the cache runs use (tests' subprocesses inherit the variable)

@@ -151,7 +151,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(200, ge=1, description="Checkpoint every N optimizer steps (and at phase end).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept per run.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available.")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads per rank (None = torch default).")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads per rank. None: Slurm's "
+                                   "cpus-per-task inside a Slurm job, else torch's default (OMP_NUM_THREADS when "
+                                   "set, else every core).")
     grad_checkpointing: bool = Field(False, description="Recompute activations of repeated blocks in backward "
                                      "(timm models with set_grad_checkpointing): less memory, ~30 % more compute.")
     flush_denormal: bool = Field(True, description="Flush subnormal floats to zero in CPU arithmetic "

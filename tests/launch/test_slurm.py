@@ -33,7 +33,11 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 TINY = ["phases.dense.epochs=0.5", "phases.sparsify.epochs=1.5", "phases.finetune.epochs=0.5",
         "train.log_every=1", "train.checkpoint_every=10", "launch.time_min=20", "launch.cpus_per_task=1",
         "deploy.latency=false"]  # the export (rank 0 while rank 1 waits) stays on; latency has its own tests
-TWO_RANKS = [*TINY, "launch.tasks_per_node=2"]
+# The runs the tests interrupt mid-sparsify (and their uninterrupted references): 330 sparsify steps, so that a
+# signal sent ~0.5 s after the test sees step 5 or 15 still lands inside the phase on a machine several times
+# faster than CI's 2 cores, where two 1-thread ranks make ~100 steps/s (the 33-step TINY phase ended first).
+INTERRUPTED = [*TINY, "phases.sparsify.epochs=15"]
+TWO_RANKS = [*INTERRUPTED, "launch.tasks_per_node=2"]
 ATOL, RTOL = 1e-5, 1e-4
 
 
@@ -73,8 +77,9 @@ def _run_two_local_processes(out_dir: Path) -> None:
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port)
-        command = [sys.executable, "-m", "sparsetrain.cli", "run", str(QUICKSTART), *TINY, f"out_dir={out_dir}"]
+                   MASTER_PORT=port, OMP_NUM_THREADS="1")  # one thread, as a Slurm rank given one CPU runs
+        command = [sys.executable, "-m", "sparsetrain.cli", "run", str(QUICKSTART), *INTERRUPTED,
+                   f"out_dir={out_dir}"]
         procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     outputs = [proc.communicate(timeout=600)[0] for proc in procs]
@@ -304,6 +309,7 @@ def test_sbatch_cli_run_with_resume_false_continues_after_scontrol_requeue(
         subprocess.run(["scancel", job_id], capture_output=True, check=False)
     log = (out_dir / "job.log").read_text()
     assert f"re-runs submission slurm:{job_id}" in log, log[-3000:]
+    assert log.count("threads: 1 per rank, Slurm's cpus-per-task") == 2, "not one torch thread per CPU given (-c 1)"
     assert re.search(r"\[sparsify\] resuming from checkpoint sparsify-step\d+", log), log[-3000:]
     steps = _training_steps(out_dir)
     assert steps == list(range(1, _planned_steps(log) + 1)), "step log has repeated, skipped or missing steps"
