@@ -1,7 +1,5 @@
 """`python -m sparsetrain ...` (used under torchrun/deepspeed launchers)."""
 
-import sys
+from sparsetrain.cli import entry
 
-from sparsetrain.cli import main
-
-sys.exit(main())
+entry()

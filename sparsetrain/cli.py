@@ -318,5 +318,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `sparsetrain` script and `python -m sparsetrain`: `main`, then `fast_exit.exit_now` with its exit code
+    (argparse's usage errors included); an unexpected exception propagates with its traceback and a normal exit."""
+    from sparsetrain.fast_exit import exit_now
+
+    try:
+        code = main()
+    except SystemExit as stop:
+        code = stop.code
+    exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

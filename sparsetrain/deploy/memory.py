@@ -131,4 +131,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from sparsetrain.fast_exit import exit_now
+
     main(sys.argv[1:])
+    exit_now(0)

@@ -94,7 +94,10 @@ def test_zero3_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
                             label=f"{phase}: resumed vs uninterrupted ZeRO-3 run")
 
 
-@pytest.mark.parametrize("zero_stage", [1, 2, 3])
+# ZeRO 1 and 2 share DeepSpeed's optimizer (stage_1_and_2.DeepSpeedZeroOptimizer), its checkpoint layout and
+# ds_to_universal (they differ in when gradients are reduced), and sparsetrain treats them alike (only stage 3
+# has code of its own): the elastic resume of stage 2 stands for both. ZeRO 1 trains in test_pipeline.py.
+@pytest.mark.parametrize("zero_stage", [2, 3])
 def test_elastic_resume_2_to_1_to_2_ranks_equals_uninterrupted(tmp_path: Path, zero_stage: int) -> None:
     # killed on 2 ranks in sparsify, resumed on 1 and killed in finetune, resumed on 2: DeepSpeed's universal
     # checkpoint reshards weights and Adam's state, the packed masks are cut from the per-rank range files
