@@ -7,6 +7,7 @@ continues the interrupted phase from its last checkpoint.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Mapping
@@ -429,12 +430,17 @@ def configure_cpu(train: TrainConfig) -> None:
     """Intra-op threads (`default_threads` unless `train.threads`) and subnormal flushing (see
     TrainConfig.flush_denormal) for this process."""
     threads = train.threads or default_threads(os.environ)
+    if threads and not train.threads:
+        _say_slurm_threads(threads)
     if threads and threads != torch.get_num_threads():
-        if not train.threads:  # said once per process (a baseline sub-run finds it set)
-            log.info(f"threads: {threads} per rank, Slurm's cpus-per-task (train.threads overrides)")
         torch.set_num_threads(threads)
     if not torch.set_flush_denormal(train.flush_denormal) and train.flush_denormal:
         log.warning("train.flush_denormal: this CPU cannot flush subnormals (no SSE3); long runs may slow down")
+
+
+@functools.cache  # once per process: a baseline sub-run configures the same threads again
+def _say_slurm_threads(threads: int) -> None:
+    log.info(f"threads: {threads} per rank, Slurm's cpus-per-task (train.threads overrides)")
 
 
 def default_threads(env: Mapping[str, str]) -> int | None:
