@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
@@ -59,8 +60,9 @@ def _run(argv: list[str]) -> int:
 def _preempted(point: str, argv: list[str], code: int) -> int:
     """SIGTERM/SIGUSR1 during `run` (a cluster's preemption, scancel, `scontrol requeue`): one line saying where the
     checkpoint is, that a requeued job continues from it, and the command that resumes by hand; exit `code` (3)."""
-    print(f"preempted: stopped with a checkpoint at {point}; a requeued Slurm job continues from it, or resume with "
-          f"`{resume_command(argv)}`", file=sys.stderr)
+    requeue = "a requeued Slurm job continues from it, or " if "SLURM_JOB_ID" in os.environ else ""
+    print(f"preempted: stopped with a checkpoint at {point}; {requeue}resume with `{resume_command(argv)}`",
+          file=sys.stderr)
     return code
 
 

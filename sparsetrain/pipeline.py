@@ -430,17 +430,35 @@ def configure_cpu(train: TrainConfig) -> None:
     """Intra-op threads (`default_threads` unless `train.threads`) and subnormal flushing (see
     TrainConfig.flush_denormal) for this process."""
     threads = train.threads or default_threads(os.environ)
-    if threads and not train.threads:
-        _say_slurm_threads(threads)
     if threads and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
+    given = slurm_cpus(os.environ)
+    if given:
+        source = "train.threads" if train.threads else "Slurm's cpus-per-task" if threads else "OMP_NUM_THREADS"
+        _say_slurm_threads(torch.get_num_threads(), given, source)
     if not torch.set_flush_denormal(train.flush_denormal) and train.flush_denormal:
         log.warning("train.flush_denormal: this CPU cannot flush subnormals (no SSE3); long runs may slow down")
 
 
 @functools.cache  # once per process: a baseline sub-run configures the same threads again
-def _say_slurm_threads(threads: int) -> None:
-    log.info(f"threads: {threads} per rank, Slurm's cpus-per-task (train.threads overrides)")
+def _say_slurm_threads(threads: int, given: int, source: str) -> None:
+    """Inside a Slurm job: the rank's torch threads and where they come from; a warning when they outnumber the
+    CPUs the task was given (the threads then wait for each other: 10-40x slower steps on a loaded node)."""
+    overrides = " (train.threads overrides)" if source == "Slurm's cpus-per-task" else ""
+    log.info(f"threads: {threads} per rank, {source}{overrides}")
+    if threads > given:
+        log.warning(f"{source}: {threads} torch threads per rank, but this Slurm job gives each task {given} CPU(s) "
+                    f"(launch.cpus_per_task): the threads will wait for each other; ask for launch.cpus_per_task="
+                    f"{threads} or leave train.threads unset")
+
+
+def slurm_cpus(env: Mapping[str, str]) -> int | None:
+    """The CPUs per task of the Slurm job this process runs in (`SLURM_CPUS_PER_TASK`); None outside a job, or for a
+    job submitted without --cpus-per-task or with a per-node list (e.g. "2(x3)")."""
+    cpus = env.get("SLURM_CPUS_PER_TASK", "")
+    if "SLURM_JOB_ID" not in env or not cpus.isdigit() or int(cpus) < 1:
+        return None
+    return int(cpus)
 
 
 def default_threads(env: Mapping[str, str]) -> int | None:
@@ -448,10 +466,7 @@ def default_threads(env: Mapping[str, str]) -> int | None:
     job (torch's own default is every core of the node, however few the job was given: ranks sharing a node then
     oversubscribe it, and each collective waits for a descheduled thread); None (torch's default) outside Slurm,
     or when `OMP_NUM_THREADS` is set (torch reads it; torchrun sets 1 for several ranks)."""
-    cpus = env.get("SLURM_CPUS_PER_TASK", "")
-    if "OMP_NUM_THREADS" in env or "SLURM_JOB_ID" not in env or not cpus.isdigit() or int(cpus) < 1:
-        return None
-    return int(cpus)
+    return None if "OMP_NUM_THREADS" in env else slurm_cpus(env)
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

@@ -90,12 +90,13 @@ def format_table(report: dict[str, Any]) -> str:
     if "sparsity" in report:
         lines += [f"sparsity     {100 * report['sparsity']:7.2f} %",
                   f"compression  {report['compression_ratio']:7.1f} x  "
-                  f"({report['params']['nonzero']:,} of {report['params']['total']:,} weights non-zero)",
+                  f"({report['params']['nonzero']:,} of {report['params']['total']:,} parameters non-zero)",
                   _bytes_line(report["bytes"])]
         lines += [_latency_line(report["latency_ms"])] if "latency_ms" in report else []  # the compact model's
     if "mask_memory" in report:
         per_rank = report["mask_memory"]["bytes_per_rank"]
-        lines.append(f"masks        {max(per_rank):,} bytes per rank (packed 1 bit per weight, {len(per_rank)} ranks)")
+        ranks = f"{len(per_rank)} rank{'s' if len(per_rank) > 1 else ''}"
+        lines.append(f"masks        {max(per_rank):,} bytes per rank (packed 1 bit per weight, {ranks})")
     if report.get("baselines"):
         lines += ["", _comparison_table(report)]
     return "\n".join(lines)

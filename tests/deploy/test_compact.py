@@ -247,7 +247,7 @@ def test_export_without_compact_drops_the_latency_table_that_timed_it(run: tuple
 
     assert main(["export", str(copy), "deploy.compact=false"]) == 0
     err = capsys.readouterr().err
-    assert (f"[export] latency.json was timed on the previous export (models dense, compressed, compact, phase "
+    assert (f"[export] latency.json was timed on the previous export (models compressed, compact, phase "
             "finetune), not on what export/ now holds (models compressed, phase finetune): report.json's "
             "latency and latency_ms are removed and latency.json is left as it was; re-time with `sparsetrain bench "
             f"latency {copy}` or re-run the recipe\n") in err, err

@@ -141,7 +141,7 @@ def test_export_of_another_phase_drops_the_latency_table_of_the_final_one(
     capsys.readouterr()
     assert main(["export", str(copy), "--phase", "sparsify"]) == 0
     err = capsys.readouterr().err
-    assert ("[export] latency.json was timed on the previous export (models dense, compressed, phase finetune), not "
+    assert ("[export] latency.json was timed on the previous export (models compressed, phase finetune), not "
             "on what export/ now holds (models compressed, phase sparsify): report.json's latency and "
             "latency_ms are removed") in err, err
     assert (f"{copy / 'export'} now holds the sparsify model: report.json's export section says so, its other "

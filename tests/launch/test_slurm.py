@@ -310,6 +310,8 @@ def test_sbatch_cli_run_with_resume_false_continues_after_scontrol_requeue(
     log = (out_dir / "job.log").read_text()
     assert f"re-runs submission slurm:{job_id}" in log, log[-3000:]
     assert log.count("threads: 1 per rank, Slurm's cpus-per-task") == 2, "not one torch thread per CPU given (-c 1)"
+    assert re.search(r"preempted: stopped with a checkpoint at sparsify step \d+; a requeued Slurm job continues from "
+                     r"it, or resume with `", log), log[-3000:]
     assert re.search(r"\[sparsify\] resuming from checkpoint sparsify-step\d+", log), log[-3000:]
     steps = _training_steps(out_dir)
     assert steps == list(range(1, _planned_steps(log) + 1)), "step log has repeated, skipped or missing steps"
