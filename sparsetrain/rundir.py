@@ -69,6 +69,11 @@ def _matches(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == p or path.startswith(f"{p}.") for p in prefixes)
 
 
+def is_execution_setting(key: str) -> bool:
+    """Whether dotted `key` is one of `MUTABLE`'s settings (how a run executes or is observed, not what it computes)."""
+    return _matches(key, MUTABLE)
+
+
 def recovery_settings(config: dict[str, Any]) -> tuple[str, ...]:
     """`RECOVERY` plus the regularizer strength settings of the config's strategy (e.g. regularizer.alpha0)."""
     from sparsetrain.config.strategies import REGULARIZER_SETTINGS

@@ -87,9 +87,9 @@ def check_deploy_only(overrides: list[str], run_dir: str | Path = "RUN_DIR") -> 
 def _what_setting(key: str) -> str:
     """What a non-deploy key is to a run, for export's refusal: an execution setting a re-run may change
     (`rundir.MUTABLE`: threads, tracking, logging, ...), or one that made the run's weights."""
-    from sparsetrain.rundir import MUTABLE
+    from sparsetrain.rundir import is_execution_setting
 
-    if any(key == prefix or key.startswith(f"{prefix}.") for prefix in MUTABLE):
+    if is_execution_setting(key):
         return "is an execution setting of the run, read from its config.yaml (a re-run with `sparsetrain run` may " \
                "change it)"
     return "made the run's weights (change it in a new run)"
