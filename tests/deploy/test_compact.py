@@ -220,13 +220,41 @@ def test_bench_latency_of_the_run_times_compact_and_of_compact_still_works(run: 
     assert "compact ms" in printed and "compact/model.safetensors" in printed, printed
     assert main(["bench", "latency", str(out / "export" / "compact"), *args]) == 0
     table = json.loads((tmp_path / f"latency-{out.name}-compact.json").read_text())
-    assert list(table["timed"]) == ["dense", "compressed"], "compact/ is itself the compressed model there"
+    assert list(table["timed"]) == ["dense", "compact"], "keyed compact, as in the run's own three-model table"
     assert table["kind"] == "compact", "the compact model, not a Method 2 (structural) export"
-    assert table["timed"]["compressed"] == ("compact/model.safetensors (the compact model: dead units removed, a "
-                                            "smaller dense graph)"), table["timed"]
-    assert table["storage"]["params"]["compressed"] == report["export"]["compact"]["params"]
+    assert table["timed"]["compact"] == ("compact/model.safetensors (the compact model: dead units removed, a "
+                                         "smaller dense graph)"), table["timed"]
+    entry = report["export"]["compact"]
+    assert table["storage"]["params"] == {"dense": report["latency"]["storage"]["params"]["dense"],
+                                          "compact": entry["params"]}, table["storage"]
+    assert (table["storage"]["compact_bytes"], table["storage"]["compact_file"]) == (entry["weights_bytes"],
+                                                                                     entry["files"][-1])
+    assert table["storage"]["compact_nonzero_params"] == entry["nonzero_params"]
+    for row in table["rows"]:
+        assert not any("compressed" in key for key in row) and "speedup" not in row, sorted(row)
+        assert row["speedup_compact"] == pytest.approx(row["dense_ms"]["p20"] / row["compact_ms"]["p20"]), row
+        assert set(row["peak_memory_bytes"]) == {"dense", "compact"}, row
     printed = capsys.readouterr().out
-    assert "compact ms" not in printed and printed.startswith("latency of lenet300_100 (compact, finetune phase)")
+    assert printed.startswith("latency of lenet300_100 (compact, finetune phase)"), printed
+    assert "compact ms" in printed and "compressed ms" not in printed and "peak MB d->compact " in printed, printed
+    assert f"storage: {table['storage']['dense_bytes']:,} B dense -> compact: {entry['weights_bytes']:,} B" in printed
+
+
+def test_a_compact_table_in_the_old_layout_is_still_printed_and_plotted(run: tuple[Path, dict],
+                                                                        tmp_path: Path) -> None:
+    """`bench latency RUN/export/compact` tables written before the compact model was keyed "compact" (it was
+    "compressed" there) still print and plot."""
+    from sparsetrain.deploy.latency_report import format_latency, plot_latency
+
+    _, report = run
+    table = report["latency"]
+    old = {**table, "kind": "compact", "timed": {"dense": "", "compressed": ""},
+           "rows": [{k: v for k, v in r.items() if "compact" not in k} for r in table["rows"]],
+           "storage": {k: v for k, v in table["storage"].items() if not k.startswith("compact")}}
+    printed = format_latency(old)
+    assert "compressed ms" in printed and "compact ms" not in printed, printed
+    plot_latency(old, tmp_path / "old.png")
+    assert (tmp_path / "old.png").stat().st_size > 1000
 
 
 def test_export_without_compact_drops_the_latency_table_that_timed_it(run: tuple[Path, dict], tmp_path: Path,
