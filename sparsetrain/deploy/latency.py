@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from sparsetrain.deploy.compact import COMPACT_DIR
-from sparsetrain.deploy.latency_report import speedup_key
+from sparsetrain.deploy.latency_report import noise_range, noise_words, speedup_key
 from sparsetrain.deploy.loading import export_folder, is_compact, load_compressed, read_manifest, verified_compact
 from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
 from sparsetrain.progress import log
@@ -351,7 +351,7 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
             for which in models.names[1:]:
                 row.update(_speedups(times, stats, which))
             row["peak_memory_bytes"] = {k: (peaks.get(k) or {}).get(batch) for k in models.names}
-            row["note"] = _note(models.kind, row.get("speedup"), storage.get("ratio"), row.get("speedup_compact"))
+            row["note"] = _note(models.kind, row, storage.get("ratio"))
             rows.append(row)
             key = f"{runtime}-{device}/batch{batch}"
             runs = max(3, min(repeats, 10))
@@ -367,28 +367,39 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
             "rows": rows, "slowest_layers": layers}
 
 
-def _note(kind: str, speedup: float | None, storage_ratio: float | None, compact: float | None = None) -> str:
-    """What a row means: unstructured zeros run as a dense graph, so any measured gap is noise, not sparsity; the
-    compact model (dead units removed, speed-up `compact`) is a smaller dense graph, so its gap is real. `speedup`
-    (and `storage_ratio`) are None for `RUN/export/compact` timed alone (dense vs compact only). Speed-ups are judged
-    as printed (2 decimals): 0.996 prints as 1.00x and is not called slower."""
-    speedup, compact = (None if x is None else _shown(x) for x in (speedup, compact))
-    if speedup is None:
-        note = ""
-    elif kind == "unstructured":
-        if speedup < NO_SPEEDUP_BELOW:
-            note = (f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); "
-                    f"storage {storage_ratio:.1f}x smaller")
+def _note(kind: str, row: dict[str, Any], storage_ratio: float | None) -> str:
+    """What a row means: unstructured zeros run as a dense graph, so any measured gap of the compressed model is
+    noise, not sparsity; a model made smaller (Method 2's filters removed, the compact model's dead units) is a
+    smaller dense graph, so its gap can be real, unless its three ratios disagree (`noise_range`: then the note gives
+    their range). `row` holds the speed-ups (`speedup*`; none for `RUN/export/compact` timed alone, whose
+    `speedup_compact*` are the compact model's); `storage_ratio` the compressed weights file's saving. Speed-ups are
+    judged as printed (2 decimals): 0.996 prints as 1.00x and is not called slower."""
+    parts = []
+    if "speedup" in row:
+        speedup = _shown(row["speedup"])
+        if kind == "unstructured":
+            parts.append(f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); storage "
+                         f"{storage_ratio:.1f}x smaller" if speedup < NO_SPEEDUP_BELOW else
+                         f"no speed-up expected: the same dense graph, {speedup:.2f}x is measurement noise; "
+                         f"storage {storage_ratio:.1f}x smaller")
         else:
-            note = (f"no speed-up expected: the same dense graph, {speedup:.2f}x is measurement noise; "
-                    f"storage {storage_ratio:.1f}x smaller")
-    else:
-        note = f"slower than dense ({speedup:.2f}x)" if speedup < 1.0 else ""
-    if compact is not None:
-        compact_note = (f"compact: dead units removed, {compact:.2f}x" if compact >= 1.0
-                        else f"compact: slower than dense ({compact:.2f}x)")
-        note = f"{note}; {compact_note}" if note else compact_note
-    return note
+            parts.append(_judged(row, "compressed", faster=""))
+    if "speedup_compact" in row:
+        parts.append(_judged(row, "compact", faster="dead units removed, "))
+    return "; ".join(part for part in parts if part)
+
+
+def _judged(row: dict[str, Any], model: str, faster: str) -> str:
+    """`model`'s speed-up in words: within noise (with the range), slower than dense, or `faster` + the ratio
+    (nothing when `faster` is empty); the compact model's words are prefixed `compact: `."""
+    key = speedup_key(model)
+    speedup, prefix = _shown(row[key]), "compact: " if model == "compact" else ""
+    noisy = noise_range(row[key], row.get(f"{key}_median"), row.get(f"{key}_paired"))
+    if noisy:
+        return f"{prefix}{speedup:.2f}x is {noise_words(noisy)}"
+    if speedup < 1.0:
+        return f"{prefix}slower than dense ({speedup:.2f}x)"
+    return f"{prefix}{faster}{speedup:.2f}x" if faster else ""
 
 
 def _shown(speedup: float) -> float:

@@ -7,7 +7,28 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_stem", "format_latency", "plot_latency", "speedup_key", "timed_models", "write_latency"]
+__all__ = ["NOISE_MARGIN", "bench_stem", "format_latency", "noise_range", "noise_words", "plot_latency",
+           "speedup_key", "timed_models", "write_latency"]
+
+NOISE_MARGIN = 1.25  # the three ratios of one speed-up spanning more than this factor: called within noise
+
+
+def noise_range(p20: float, median: float | None, paired: float | None) -> tuple[float, float] | None:
+    """(lowest, highest) of a speed-up's three ratios (dense / model of the p20s, of the medians, median of the
+    per-round ratios, each as printed: 2 decimals) when they disagree about faster vs slower (one under 1.00x,
+    another not) or the highest is more than `NOISE_MARGIN` times the lowest: the p20 headline is then within
+    measurement noise (e.g. 5 rounds on a loaded machine: p20 1.88x, median 0.92x, paired 0.91x). None when they
+    agree, or when the median or paired ratio is not known (tables and reports written before they were kept).
+    The one rule for every speed-up a table note or the summary's `latency` line states."""
+    if median is None or paired is None:
+        return None
+    low, *_, high = sorted(float(f"{x:.2f}") for x in (p20, median, paired))
+    return (low, high) if (low < 1.0 <= high) or high > NOISE_MARGIN * max(low, 0.01) else None
+
+
+def noise_words(ratios: tuple[float, float]) -> str:
+    """`within noise: 0.91x-1.88x over the p20, median and paired ratios` (`noise_range`'s words)."""
+    return f"within noise: {ratios[0]:.2f}x-{ratios[1]:.2f}x over the p20, median and paired ratios"
 
 
 def _mb(value: int | None) -> str:

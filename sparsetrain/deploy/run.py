@@ -247,12 +247,18 @@ def _headline(table: dict[str, Any]) -> dict[str, Any]:
     """The report's `latency_ms` from the interleaved torch eager batch-1 row: the 20th percentiles `dense` and
     `pruned` (the compressed model: Method 2's, filters removed) and their ratio, the table's `speedup`
     (`deploy.latency`); when the table timed the compact model, `compact` (its p20) instead of `pruned` and
-    `speedup` = `speedup_compact`; `model` names which, `measured` says how."""
+    `speedup` = `speedup_compact`; `speedup_median` and `speedup_paired` the same model's other two ratios (the
+    summary line says when they disagree, `latency_report.noise_range`); `model` names which, `measured` says how."""
+    from sparsetrain.deploy.latency_report import speedup_key
+
     row = next(r for r in table["rows"] if (r["runtime"], r["device"], r["batch"]) == ("torch", "cpu", 1))
     how = "p20 of interleaved rounds, torch eager, CPU, batch 1; latency.json"
-    if "compact_ms" in row:
-        return {"dense": row["dense_ms"]["p20"], "compact": row["compact_ms"]["p20"],
-                "speedup": row["speedup_compact"], "model": "compact",
+    model = "compact" if "compact_ms" in row else "compressed"
+    key = speedup_key(model)
+    ratios = {"speedup": row[key], "speedup_median": row.get(f"{key}_median"),
+              "speedup_paired": row.get(f"{key}_paired")}
+    if model == "compact":
+        return {"dense": row["dense_ms"]["p20"], "compact": row["compact_ms"]["p20"], **ratios, "model": "compact",
                 "measured": f"compact model: export/compact/, dead units removed; {how}"}
-    return {"dense": row["dense_ms"]["p20"], "pruned": row["compressed_ms"]["p20"], "speedup": row["speedup"],
+    return {"dense": row["dense_ms"]["p20"], "pruned": row["compressed_ms"]["p20"], **ratios,
             "model": "compressed", "measured": how}
