@@ -36,7 +36,14 @@ from torch import nn
 
 from sparsetrain.deploy.compact import COMPACT_DIR
 from sparsetrain.deploy.latency_report import noise_range, noise_words, speedup_key
-from sparsetrain.deploy.loading import export_folder, is_compact, load_compressed, read_manifest, verified_compact
+from sparsetrain.deploy.loading import (
+    export_folder,
+    is_compact,
+    load_compressed,
+    missing_compact,
+    read_manifest,
+    verified_compact,
+)
 from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
 from sparsetrain.progress import log
 from sparsetrain.rundir import check_finished
@@ -123,6 +130,8 @@ class _Models:
 
         import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 
+        if reason := missing_compact(path):
+            raise ValueError(f"bench latency: {reason}")
         check_finished(Path(path), "bench latency")  # a run directory: only once its final phase has finished
         self.folder = export_folder(path)
         if not (self.folder / ARCH_FILE).is_file():

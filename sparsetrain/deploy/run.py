@@ -73,7 +73,8 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
     Outputs that are already up to date (a re-run of a finished run) are read back instead of written again:
     export/ when state.json's `deployed` records it for the same final phase and export settings and every file its
     manifest lists is there (`_export_to_reuse`); latency.json when export/ was kept and the settings the table
-    records are the run's (`_latency_to_reuse`). Otherwise one line says why it is written again.
+    records are the run's (`_latency_to_reuse`). Otherwise one line says why it is written again (the table: because
+    export/ was, or `_latency_to_reuse`'s reason).
     """
     manifest = broadcast_object(_export_to_reuse(pipeline) if pipeline.dist.is_main else None)
     kept = manifest is not None
@@ -81,6 +82,8 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         manifest = export_model(pipeline)
     if not pipeline.dist.is_main:
         return {}
+    if not kept and pipeline.cfg.deploy.latency and (pipeline.out_dir / "latency.json").is_file():
+        log.info("[deploy] re-timing: export/ was written again, latency.json timed the export before it")
     out: dict[str, Any] = {"export": manifest["formats"], "export_phase": final_phase(pipeline.state["completed"])}
     deploy = pipeline.cfg.deploy
     table = None

@@ -101,7 +101,7 @@ def test_compact_off_writes_none_and_removes_an_earlier_one(run: tuple[Path, dic
     meta = {"model_name": meta["model_name"], "model_kwargs": meta["model_kwargs"], **meta["meta"]}
     manifest = write_export(masked, folder, meta=meta, example=torch.randn(2, 1, 8, 8), formats=[], compact=False)
     assert "compact" not in manifest["formats"] and not (folder / "compact").exists()
-    with pytest.raises(ValueError, match="holds no compact model"):
+    with pytest.raises(ValueError, match="has no compact model: this export was written with deploy.compact=false"):
         sparsetrain.load_compressed(folder, "compact")
 
 
@@ -282,7 +282,31 @@ def test_export_without_compact_drops_the_latency_table_that_timed_it(run: tuple
             "finetune), not on what export/ now holds (models compressed, phase finetune): report.json's "
             "latency and latency_ms are removed and latency.json is left as it was; re-time with `sparsetrain bench "
             f"latency {copy}` or re-run the recipe\n") in err, err
+    assert "[export] removed export/compact/, the compact model of the previous export (deploy.compact=false)\n" \
+        in err, err
     after = json.loads((copy / "report.json").read_text())
     assert "latency" not in after and "latency_ms" not in after, sorted(after)
     assert "compact" not in after["export"] and not (copy / "export" / "compact").exists()
     assert (copy / "latency.json").read_bytes() == table
+
+    # what is gone is named, with how to get it back: eval, bench latency and load_compressed of export/compact
+    missing = (f"{copy / 'export'} has no compact model: this export was written with deploy.compact=false, or no "
+               f"unit was dead (export/compact/ is Method 1's model without its dead units); write it with "
+               f"`sparsetrain export {copy} deploy.compact=true`")
+    assert main(["eval", str(copy / "export" / "compact")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: eval: {missing}")
+    assert main(["bench", "latency", str(copy / "export" / "compact"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: bench latency: {missing}")
+    for target, fmt in ((copy, "compact"), (copy / "export" / "compact", "auto"),
+                        (copy / "export" / "compact" / "model.safetensors", "auto")):
+        with pytest.raises(ValueError) as raised:
+            sparsetrain.load_compressed(target, fmt)
+        assert str(raised.value) == f"load_compressed: {missing}", (target, str(raised.value))
+
+    capsys.readouterr()
+    again = run_pipeline(tiny_config(copy, *COMPACT_RUN))  # the recipe (deploy.compact=true) re-exports and re-times
+    err = capsys.readouterr().err
+    assert "[deploy] re-exporting: deploy settings changed (deploy.formats ['torch_export'] -> []; deploy.compact " \
+        "False -> True)\n" in err, err
+    assert "[deploy] re-timing: export/ was written again, latency.json timed the export before it\n" in err, err
+    assert list(again["latency"]["timed"]) == ["dense", "compressed", "compact"]
