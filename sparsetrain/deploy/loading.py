@@ -184,7 +184,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def verified_compact(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest's `compact` entry when `export/compact/` (Method 1, `deploy.compact`) was written and passed its
     verification (`ok`), else None: the one test of whether an export holds a compact model to time, for `bench
-    latency` and for the latency tables a run reuses or `sparsetrain export` keeps (`deploy.run.exported_models`)."""
+    latency` and for the latency tables a run reuses or `sparsetrain export` keeps (`deploy.run.held_models`)."""
     entry = (manifest.get("formats") or {}).get("compact")
     return entry if isinstance(entry, dict) and entry.get("ok") else None
 

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
     from sparsetrain.pipeline import Pipeline
 
-__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "exported_models", "final_phase",
-           "held_models"]
+__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "final_phase", "held_models", "listed",
+           "timed_held"]
 
 DEPLOYED = "deployed"  # state.json: {"phase", "deploy"} that export/ and latency.json were last written for
 
@@ -209,11 +209,9 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str,
     if timed is not None:
         deploy = pipeline.cfg.deploy
         wanted = {"batches": [1, deploy.latency_batch], "repeats": deploy.latency_repeats,
-                  "threads": deploy.latency_threads, "memory": True, "models": exported_models(manifest)}
-        # the models: the table's vs what export/ holds (dense is built from the architecture, never exported)
-        shown = {**wanted, "models": held_models(manifest)}
-        diff = [f"{k} {timed[k]} ({'export/ holds' if k == 'models' else 'deploy'}: {shown[k]})"
-                for k, v in wanted.items() if timed[k] != v]
+                  "threads": deploy.latency_threads, "memory": True, "models": held_models(manifest)}
+        diff = [f"models {listed(timed[k])} (export/ holds: {listed(v)})" if k == "models" else
+                f"{k} {timed[k]} (deploy: {v})" for k, v in wanted.items() if timed[k] != v]
         if not diff:
             return table
         reason = f"latency.json was timed with {', '.join(diff)}"
@@ -221,29 +219,35 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str,
     return None
 
 
-def exported_models(manifest: dict[str, Any]) -> list[str]:
-    """The models a latency table of the export with manifest `manifest` times (`latency.latency_table`), in round
-    order: dense (timm's unpruned architecture, not a file of the export), then `held_models`."""
-    return ["dense", *held_models(manifest)]
-
-
 def held_models(manifest: dict[str, Any]) -> list[str]:
-    """The models the export with manifest `manifest` holds: compressed, and compact when the manifest lists a
-    verified `export/compact/` (`loading.verified_compact`)."""
+    """The models the export with manifest `manifest` holds, those its latency table times besides dense
+    (`latency.latency_table`), in round order: compressed, and compact when the manifest lists a verified
+    `export/compact/` (`loading.verified_compact`)."""
     return ["compressed", *(["compact"] if verified_compact(manifest) else [])]
+
+
+def timed_held(table: dict[str, Any]) -> list[str]:
+    """The models latency table `table` timed on the basis `held_models` uses: without dense (timm's unpruned
+    architecture, in every table, never a file of export/), so a table and an export compare and print alike."""
+    from sparsetrain.deploy.latency_report import timed_models
+
+    return [name for name in timed_models(table) if name != "dense"]
+
+
+def listed(models: list[str]) -> str:
+    """`compressed, compact`: models as the re-timing and stale-table lines print them."""
+    return ", ".join(models)
 
 
 def _timed_with(table: dict[str, Any]) -> dict[str, Any]:
     """The settings a latency table was measured with, read from the table itself (so a table timed with other
     deploy.latency_* settings, or written by an older `sparsetrain bench latency` with other arguments, is told
     apart): batches, repeats, threads, whether peak memory was measured (`--no-memory` leaves it out), and the
-    models timed (tables from before the compact model was timed: dense and compressed)."""
-    from sparsetrain.deploy.latency_report import timed_models
-
+    models timed besides dense (`timed_held`; tables from before the compact model was timed: compressed)."""
     rows = table["rows"]
     memory = any(v is not None for r in rows if r["device"] == "cpu" for v in r["peak_memory_bytes"].values())
     return {"batches": sorted({r["batch"] for r in rows}), "repeats": table["repeats"], "threads": table["threads"],
-            "memory": memory, "models": timed_models(table)}
+            "memory": memory, "models": timed_held(table)}
 
 
 def _headline(table: dict[str, Any]) -> dict[str, Any]:

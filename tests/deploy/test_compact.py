@@ -108,15 +108,15 @@ def test_compact_off_writes_none_and_removes_an_earlier_one(run: tuple[Path, dic
 def test_a_compact_model_that_failed_its_verification_is_not_timed(run: tuple[Path, dict], tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """One test (`loading.verified_compact`) decides whether export/ holds a compact model to time: the models a
-    run's latency table must have timed (`exported_models`) and the ones `bench latency` times, which warns when
-    compact/ was written but failed its verification."""
+    run's latency table must have timed (`held_models`, besides dense) and the ones `bench latency` times, which
+    warns when compact/ was written but failed its verification."""
     from sparsetrain.deploy.latency import _verified_compact
     from sparsetrain.deploy.loading import read_manifest, verified_compact
-    from sparsetrain.deploy.run import exported_models
+    from sparsetrain.deploy.run import held_models
 
     out, report = run
     assert verified_compact(read_manifest(out / "export")) == report["export"]["compact"]
-    assert exported_models({"formats": report["export"]}) == ["dense", "compressed", "compact"]
+    assert held_models({"formats": report["export"]}) == ["compressed", "compact"]
     folder = Path(shutil.copytree(out / "export", tmp_path / "export"))
     masked = sparsetrain.load_compressed(folder, "safetensors")
     meta = json.loads((folder / "architecture.json").read_text())
@@ -124,7 +124,7 @@ def test_a_compact_model_that_failed_its_verification_is_not_timed(run: tuple[Pa
     manifest = write_export(masked, folder, meta=meta, example=torch.randn(2, 1, 8, 8), formats=[], compact=True,
                             tolerance=-1.0)  # no difference passes
     assert manifest["formats"]["compact"]["ok"] is False and (folder / "compact").is_dir()
-    assert verified_compact(manifest) is None and exported_models(manifest) == ["dense", "compressed"]
+    assert verified_compact(manifest) is None and held_models(manifest) == ["compressed"]
     with caplog.at_level("WARNING"):
         assert _verified_compact(folder) is None
     assert f"[latency] {folder}/compact/ failed its verification (max abs diff " in caplog.text, caplog.text
@@ -157,8 +157,8 @@ def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dic
     (copy / "latency.json").write_text(json.dumps(old))
     again = run_pipeline(tiny_config(copy, *COMPACT_RUN))
     err = capsys.readouterr().err
-    assert ("[deploy] re-timing: latency.json was timed with models ['dense', 'compressed'] (export/ holds: "
-            "['compressed', 'compact'])\n") in err, err  # dense is timm's architecture, never in export/
+    assert "[deploy] re-timing: latency.json was timed with models compressed (export/ holds: compressed, " \
+        "compact)\n" in err, err  # as export's stale-table line: dense is timm's architecture, never in export/
     assert "bench latency" not in err, "the table times the compact model: the pointer adds nothing"
     assert list(again["latency"]["timed"]) == ["dense", "compressed", "compact"]
     assert again["latency_ms"]["model"] == "compact"
