@@ -73,8 +73,7 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
     Outputs that are already up to date (a re-run of a finished run) are read back instead of written again:
     export/ when state.json's `deployed` records it for the same final phase and export settings and every file its
     manifest lists is there (`_export_to_reuse`); latency.json when export/ was kept and the settings the table
-    records are the run's (`_latency_to_reuse`). Otherwise one line says why it is written again (the table: because
-    export/ was, or `_latency_to_reuse`'s reason).
+    records are the run's (`_latency_to_reuse`). Otherwise one line says why it is written again.
     """
     manifest = broadcast_object(_export_to_reuse(pipeline) if pipeline.dist.is_main else None)
     kept = manifest is not None
@@ -82,8 +81,6 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         manifest = export_model(pipeline)
     if not pipeline.dist.is_main:
         return {}
-    if not kept and pipeline.cfg.deploy.latency and (pipeline.out_dir / "latency.json").is_file():
-        log.info("[deploy] re-timing: export/ was written again, latency.json timed the export before it")
     out: dict[str, Any] = {"export": manifest["formats"], "export_phase": final_phase(pipeline.state["completed"])}
     deploy = pipeline.cfg.deploy
     table = None
@@ -91,8 +88,8 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         final = final_phase(pipeline.state["completed"])
         log.info(f"[deploy] {pipeline.out_dir / 'export'} already holds the {final} model for these deploy settings: "
                  f"not exported again (`sparsetrain export {pipeline.out_dir}` re-exports)")
-        if deploy.latency and (table := _latency_to_reuse(pipeline, manifest)) is not None:
-            log.info("[deploy] latency.json was timed with these deploy settings on this export: not timed again")
+    if deploy.latency and (table := _latency_to_reuse(pipeline, manifest, exported=not kept)) is not None:
+        log.info("[deploy] latency.json was timed with these deploy settings on this export: not timed again")
     if deploy.latency and table is None:
         from sparsetrain.deploy.latency import latency_table
         from sparsetrain.deploy.latency_report import format_latency, write_latency
@@ -194,15 +191,19 @@ def _changed(old: dict[str, Any], new: dict[str, Any], *, latency: bool) -> str:
                      if k.startswith("latency") == latency and old.get(k) != v)
 
 
-def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str, Any] | None:
+def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any], *, exported: bool) -> dict[str, Any] | None:
     """Rank 0: latency.json when it was timed with the run's deploy settings (what the table records: batches,
     repeats, threads, peak memory measured) and models (compact too when `manifest`, export/'s, lists a verified
-    one), on the export/ kept; None after one line saying why not."""
+    one), on the export/ kept; None after one line saying why not. `exported`: export/ was just written (anew), so
+    an existing latency.json timed an earlier export and is never reused (no line when there is none: nothing is
+    timed again)."""
     path = pipeline.out_dir / "latency.json"
     try:
         table = json.loads(path.read_text())
         timed = _timed_with(table)
     except FileNotFoundError:
+        if exported:
+            return None
         table, timed, reason = None, None, "latency.json is missing"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         table, timed, reason = None, None, f"latency.json is unreadable ({type(err).__name__})"
@@ -212,10 +213,11 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str,
                   "threads": deploy.latency_threads, "memory": True, "models": held_models(manifest)}
         diff = [f"models {listed(timed[k])} (export/ holds: {listed(v)})" if k == "models" else
                 f"{k} {timed[k]} (deploy: {v})" for k, v in wanted.items() if timed[k] != v]
-        if not diff:
+        if not diff and not exported:
             return table
-        reason = f"latency.json was timed with {', '.join(diff)}"
-    log.info(f"[deploy] re-timing: {reason}")
+        reason = f"latency.json was timed with {', '.join(diff)}" if diff else \
+            "latency.json timed the export before it"
+    log.info(f"[deploy] re-timing: {'export/ was written anew; ' * exported}{reason}")
     return None
 
 
