@@ -173,19 +173,49 @@ def submit(config: RunConfig, cluster: str, phases: list[str] | None = None) -> 
     """
     validate_launch(config, cluster)
     executor = make_executor(config, cluster)
-    with submission_errors():
+    with submission_errors(log_folder(config)):
         return executor.submit(PipelineJob(config_to_dict(config), phases))
 
 
+# what submitit writes into the log folder before calling sbatch (renamed after the job id once sbatch accepts it)
+_SUBMISSION_TEMPORARIES = re.compile(r"[0-9a-f]{32}\.pkl|\.submission_file_[0-9a-f]{32}\.sh")
+
+
 @contextlib.contextmanager
-def submission_errors() -> Iterator[None]:
-    """Turn a refused submission into one LaunchError line (submitit also prints sbatch's stderr: muted here)."""
+def submission_errors(folder: Path | None = None) -> Iterator[None]:
+    """Turn a refused submission into one LaunchError line (submitit also prints sbatch's stderr: muted here).
+
+    A refused submission leaves nothing behind in the log folder `folder`: the temporaries submitit wrote for it
+    (its pickles and sbatch script) are deleted, then `folder` and the parents this submission created (e.g.
+    `OUT/slurm/` and `OUT/`) when nothing else is in them.
+    """
+    created = _missing_folders(folder) if folder is not None else []
+    before = set(folder.iterdir()) if folder is not None and folder.is_dir() else set()
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             yield
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError,
             subprocess.CalledProcessError) as err:
+        if folder is not None:
+            _remove_refused(folder, before, created)
         raise LaunchError(f"submission failed: {one_line(err)}") from None
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its parents that do not exist yet, deepest first."""
+    return [path for path in (folder, *folder.parents) if not path.exists()]
+
+
+def _remove_refused(folder: Path, before: set[Path], created: list[Path]) -> None:
+    """Delete the submission temporaries that appeared in `folder` (not `before`), then the folders in `created`
+    (deepest first) that are left empty."""
+    if folder.is_dir():
+        for path in set(folder.iterdir()) - before:
+            if path.is_file() and _SUBMISSION_TEMPORARIES.fullmatch(path.name):
+                path.unlink()
+    for path in created:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def slurm_state(job_id: str) -> str:

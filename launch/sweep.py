@@ -168,12 +168,12 @@ def plot_pareto(runs: list[dict[str, Any]], path: Path) -> None:
 def submit_points(base: RunConfig, points: list[SweepPoint], cluster: str) -> list[Any]:
     """Submit all points at once (a Slurm job array) with the base config's resources and log folder."""
     from launch.job import PipelineJob
-    from launch.submit import make_executor, submission_errors, validate_launch
+    from launch.submit import log_folder, make_executor, submission_errors, validate_launch
     from sparsetrain.config.loader import config_to_dict
 
     validate_launch(base, cluster)
     executor = make_executor(base, cluster)
-    with submission_errors(), executor.batch():
+    with submission_errors(log_folder(base)), executor.batch():
         jobs = [executor.submit(PipelineJob(config_to_dict(point.config))) for point in points]
     return jobs
 

@@ -22,8 +22,8 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
     another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed); a Method 1
     run whose latency table timed export/compact/ adds latency_ms, the compact model's speed-up ({dense, compact,
-    speedup, model: "compact", measured}; Method 2's has `pruned` where this has `compact`; the masked model runs
-    as a dense graph and gets no headline).
+    speedup, speedup_median, speedup_paired, model: "compact", measured}; Method 2's has `pruned` where this has
+    `compact`; the masked model runs as a dense graph and gets no headline).
 
 Format 1 (before the phase vocabulary) had the phases as top-level keys dense / sparse / pruned / finetuned;
 `phase_results` reads both.
@@ -104,13 +104,17 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _latency_line(lat: dict[str, Any]) -> str:
     """Dense -> pruned (Method 2) or compact (Method 1; reports before `compact` was its key: `pruned`) latency, the
-    speed-up, and how it was measured."""
+    speed-up (with the range of its three ratios when they disagree: `latency_report.noise_range`, the rule the
+    table's notes use), and how it was measured."""
+    from sparsetrain.deploy.latency_report import noise_range, noise_words
+
     def ms(value: float) -> str:
         return f"{value:.2f}" if value >= 1 else f"{value:.3f}"  # small models run in tens of microseconds
 
     after = lat["compact"] if "compact" in lat else lat["pruned"]
-    return (f"latency      {ms(lat['dense'])} ms -> {ms(after)} ms ({lat['speedup']:.2f}x; "
-            f"{lat.get('measured', 'CPU, batch 1')})")
+    noisy = noise_range(lat["speedup"], lat.get("speedup_median"), lat.get("speedup_paired"))
+    speedup = f"{lat['speedup']:.2f}x" + (f", {noise_words(noisy)}" if noisy else "")
+    return f"latency      {ms(lat['dense'])} ms -> {ms(after)} ms ({speedup}; {lat.get('measured', 'CPU, batch 1')})"
 
 
 def _bytes_line(sizes: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from torch import nn
 
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
-from sparsetrain.deploy.loading import compact_folder, export_folder, is_compact, load_compressed
+from sparsetrain.deploy.loading import compact_folder, export_folder, is_compact, load_compressed, missing_compact
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
@@ -31,6 +31,8 @@ def _is_export(path: Path) -> bool:
 def _config(target: Path, recipe: str | None, overrides: list[str]) -> RunConfig:
     """The run's own config, or the export's recorded task/data/model, then CONFIG and the overrides."""
     if not _is_export(target):
+        if reason := missing_compact(target):
+            raise ValueError(f"eval: {reason}")
         if not target.is_file():
             raise ValueError(f"eval: {target} is not a run directory, export folder or checkpoint file")
         return load_config(recipe, [*overrides, f"model.checkpoint={target}"])

@@ -101,6 +101,7 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
         raise ValueError(f"deploy.formats: unknown format(s) {unknown}; expected {list(DEPLOYMENT_FORMATS)}")
     log.info(f"[export] writing {folder}: safetensors, bitmask{''.join(', ' + f for f in formats)}")
     model = copy.deepcopy(model).float().cpu().eval()
+    had_compact = (folder / COMPACT_DIR / ARCH_FILE).is_file()
     _remove_earlier_export(folder)
     save_pruned_model(model, folder, meta=meta)
     state = {k: v.detach() for k, v in model.state_dict().items()}
@@ -110,6 +111,9 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
         log.info(f"[export] {fmt}: {' + '.join(entries[fmt]['files'])}; {weights_file_size(entries[fmt])}")
     if compact:
         entries.update(_compact(model, folder, meta, example.float().cpu(), tolerance))
+    if had_compact and "compact" not in entries:
+        log.info(f"[export] removed {folder.name}/{COMPACT_DIR}/, the compact model of the previous export "
+                 f"({'no dead units' if compact else 'deploy.compact=false'})")
     if formats:
         entries.update(_deployment_formats(model, folder, example.float().cpu(), formats, opset, tolerance,
                                            meta.get("preprocessing")))

@@ -14,7 +14,8 @@ medians and the median of the per-round ratios (`speedup_median`, `speedup_paire
 model) are kept beside it. Reported per model: median and the 20th / 80th percentiles (ms), peak memory
 (`deploy.memory`, a fresh process per model and runtime), and the ten slowest layers (forward hooks in torch,
 onnxruntime's own profiler for ONNX). Unstructured sparsity runs as a dense graph: its rows say so, with the storage
-saving beside the speed-up; the compact model is where Method 1's speed-up is.
+saving beside the speed-up; the compact model is where Method 1's speed-up is. `RUN/export/compact` timed alone is
+dense vs compact (`compact_ms`, `speedup_compact`), keyed as in the run's table.
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ import torch
 from torch import nn
 
 from sparsetrain.deploy.compact import COMPACT_DIR
-from sparsetrain.deploy.loading import export_folder, is_compact, load_compressed, read_manifest, verified_compact
+from sparsetrain.deploy.latency_report import noise_range, noise_words, speedup_key
+from sparsetrain.deploy.loading import (
+    export_folder,
+    is_compact,
+    load_compressed,
+    missing_compact,
+    read_manifest,
+    verified_compact,
+)
 from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
 from sparsetrain.progress import log
 from sparsetrain.rundir import check_finished
@@ -93,7 +102,7 @@ def _summary(ms: list[float]) -> dict[str, float]:
 def _speedups(times: dict[str, list[float]], stats: dict[str, dict[str, float]], which: str) -> dict[str, float]:
     """Dense / `which` as the ratio of the p20s, of the medians and the median per-round ratio (`speedup*` for the
     compressed model, `speedup_compact*` for the compact one)."""
-    key = "speedup" if which == "compressed" else f"speedup_{which}"
+    key = speedup_key(which)
     dense, other = stats["dense_ms"], stats[f"{which}_ms"]
     return {key: dense["p20"] / max(other["p20"], 1e-9), f"{key}_median": dense["median"] / max(other["median"], 1e-9),
             f"{key}_paired": statistics.median(d / max(c, 1e-9)
@@ -121,6 +130,8 @@ class _Models:
 
         import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 
+        if reason := missing_compact(path):
+            raise ValueError(f"bench latency: {reason}")
         check_finished(Path(path), "bench latency")  # a run directory: only once its final phase has finished
         self.folder = export_folder(path)
         if not (self.folder / ARCH_FILE).is_file():
@@ -131,17 +142,20 @@ class _Models:
         self.shape = tuple(shape or self.arch["meta"].get("input_shape") or ())
         if not self.shape:
             raise ValueError(f"bench latency: {self.folder} records no input shape (manifest.json or meta)")
-        torch.manual_seed(0)
-        self.torch = {"dense": timm.create_model(self.arch["model_name"], pretrained=False,
-                                                 **self.arch["model_kwargs"]).eval(),
-                      "compressed": load_compressed(self.folder, "safetensors")}
-        self.compact = _verified_compact(self.folder)
-        if self.compact:
-            self.torch["compact"] = load_compressed(self.folder, "compact")
-        self.names = tuple(name for name in MODELS if name in self.torch)
         # export/compact/ timed alone: its model is Method 1's compact one, not a Method 2 (filter-pruned) export
         self.kind = "compact" if is_compact(self.folder) else "structural" if self.arch.get("modules") \
             else "unstructured"
+        torch.manual_seed(0)
+        self.torch = {"dense": timm.create_model(self.arch["model_name"], pretrained=False,
+                                                 **self.arch["model_kwargs"]).eval()}
+        self.compact = None if self.kind == "compact" else _verified_compact(self.folder)
+        if self.kind == "compact":  # keyed "compact" as in the run's three-model table (compact_ms, speedup_compact)
+            self.torch["compact"] = load_compressed(self.folder, "compact")
+        else:
+            self.torch["compressed"] = load_compressed(self.folder, "safetensors")
+        if self.compact:
+            self.torch["compact"] = load_compressed(self.folder, "compact")
+        self.names = tuple(name for name in MODELS if name in self.torch)
         self.scratch = scratch
         self._onnx: dict[str, Path] = {}
 
@@ -164,25 +178,32 @@ class _Models:
         """Which models were timed: name -> what it is (latency.json's `timed`)."""
         from sparsetrain.structural.serialize import WEIGHTS_FILE
 
+        compact = self.folder.name if self.kind == "compact" else f"{self.folder.name}/{COMPACT_DIR}"
         what = {"dense": f"{self.arch['model_name']} as timm builds it (unpruned architecture, random weights)",
-                "compressed": f"{self.folder.name}/{WEIGHTS_FILE}" + (f" ({COMPACT})" * (self.kind == "compact")),
-                "compact": f"{self.folder.name}/{COMPACT_DIR}/{WEIGHTS_FILE} ({COMPACT})"}
+                "compressed": f"{self.folder.name}/{WEIGHTS_FILE}",
+                "compact": f"{compact}/{WEIGHTS_FILE} ({COMPACT})"}
         return {name: what[name] for name in self.names}
 
     def storage(self) -> dict[str, Any]:
-        """Bytes of the dense model's tensors vs the export's smallest weights file (and the compact model's weights
-        file, when timed)."""
+        """Bytes of the dense model's tensors vs the export's smallest weights file (`compressed_*`; not for
+        `RUN/export/compact` timed alone) and the compact model's weights file (`compact_*`, when timed)."""
         from sparsetrain.deploy.bitmask import BITMASK_FILE
         from sparsetrain.structural.serialize import WEIGHTS_FILE
 
         dense = sum(t.numel() * t.element_size() for t in self.torch["dense"].state_dict().values())
+        params = {k: sum(p.numel() for p in m.parameters()) for k, m in self.torch.items()}
+        out: dict[str, Any] = {"dense_bytes": dense, "params": params}
+        if self.kind == "compact":
+            size = (self.folder / WEIGHTS_FILE).stat().st_size
+            nonzero = sum(int(torch.count_nonzero(p)) for p in self.torch["compact"].parameters())
+            return {**out, "compact_bytes": size, "compact_file": f"{COMPACT_DIR}/{WEIGHTS_FILE}",
+                    "compact_ratio": dense / max(size, 1), "compact_nonzero_params": nonzero}
         files = {name: (self.folder / name).stat().st_size for name in (WEIGHTS_FILE, BITMASK_FILE)
                  if (self.folder / name).is_file()}
         best = min(files, key=files.get)
-        params = {k: sum(p.numel() for p in m.parameters()) for k, m in self.torch.items()}
         nonzero = sum(int(torch.count_nonzero(p)) for p in self.torch["compressed"].parameters())
-        out = {"dense_bytes": dense, "compressed_bytes": files[best], "compressed_file": best,
-               "ratio": dense / max(files[best], 1), "params": params, "nonzero_params": nonzero}
+        out.update(compressed_bytes=files[best], compressed_file=best, ratio=dense / max(files[best], 1),
+                   nonzero_params=nonzero)
         if self.compact:
             weights = self.compact["files"][-1]  # compact/model.safetensors
             out.update(compact_bytes=self.compact["weights_bytes"], compact_file=weights,
@@ -287,8 +308,8 @@ def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats:
     side by side, interleaved in the same rounds (see the module docstring).
 
     Args:
-        path: A run directory or export folder (`RUN/export/compact` itself: its model is then the compressed one,
-            timed against the dense architecture, and the table's `kind` is "compact").
+        path: A run directory or export folder (`RUN/export/compact` itself: its model is then timed alone against
+            the dense architecture, keyed "compact" as in a run's table, and the table's `kind` is "compact").
         batches: Batch sizes (e.g. 1 and a larger one).
         repeats: Timed rounds per runtime and batch.
         threads: Intra-op threads of torch and onnxruntime (torch's setting is restored afterwards).
@@ -301,12 +322,15 @@ def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats:
         "input_shape", "threads", "repeats", "warmup"}. `kind`: "unstructured" (a masked model), "structural" (a
         smaller architecture: Method 2's filters removed) or "compact" (`RUN/export/compact`, Method 1's dead units
         removed, timed alone). `timed`: the models timed, name -> what it is ("dense",
-        "compressed", and "compact" when present; tables written before it timed dense and compressed). A row
+        "compressed", and "compact" when present; "dense" and "compact" for kind "compact"; tables written before
+        it timed dense and compressed, and tables of `RUN/export/compact` written before it keyed the compact
+        model "compressed"). A row
         (one runtime, device and batch) holds `<model>_ms` ({median, p20, p80 in ms, runs}) per model timed, the
         speed-ups over dense (`speedup`, `speedup_median`, `speedup_paired` for compressed; `speedup_compact`,
         `speedup_compact_median`, `speedup_compact_paired` for compact), `peak_memory_bytes` {model: bytes or None}
-        and a `note`. `storage` adds `compact_bytes`, `compact_file`, `compact_ratio` and
-        `compact_nonzero_params` (and `params.compact`) when compact was timed.
+        and a `note`. `storage`: `dense_bytes` and `params` (per model timed); `compressed_bytes`,
+        `compressed_file`, `ratio` and `nonzero_params` for the compressed model; `compact_bytes`, `compact_file`,
+        `compact_ratio` and `compact_nonzero_params` when compact was timed.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -336,7 +360,7 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
             for which in models.names[1:]:
                 row.update(_speedups(times, stats, which))
             row["peak_memory_bytes"] = {k: (peaks.get(k) or {}).get(batch) for k in models.names}
-            row["note"] = _note(models.kind, row["speedup"], storage["ratio"], row.get("speedup_compact"))
+            row["note"] = _note(models.kind, row, storage.get("ratio"))
             rows.append(row)
             key = f"{runtime}-{device}/batch{batch}"
             runs = max(3, min(repeats, 10))
@@ -352,25 +376,39 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
             "rows": rows, "slowest_layers": layers}
 
 
-def _note(kind: str, speedup: float, storage_ratio: float, compact: float | None = None) -> str:
-    """What a row means: unstructured zeros run as a dense graph, so any measured gap is noise, not sparsity; the
-    compact model (dead units removed, speed-up `compact`) is a smaller dense graph, so its gap is real. Speed-ups
-    are judged as printed (2 decimals): 0.996 prints as 1.00x and is not called slower."""
-    speedup, compact = _shown(speedup), None if compact is None else _shown(compact)
-    if kind == "unstructured":
-        if speedup < NO_SPEEDUP_BELOW:
-            note = (f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); "
-                    f"storage {storage_ratio:.1f}x smaller")
+def _note(kind: str, row: dict[str, Any], storage_ratio: float | None) -> str:
+    """What a row means: unstructured zeros run as a dense graph, so any measured gap of the compressed model is
+    noise, not sparsity; a model made smaller (Method 2's filters removed, the compact model's dead units) is a
+    smaller dense graph, so its gap can be real, unless its three ratios disagree (`noise_range`: then the note gives
+    their range). `row` holds the speed-ups (`speedup*`; none for `RUN/export/compact` timed alone, whose
+    `speedup_compact*` are the compact model's); `storage_ratio` the compressed weights file's saving. Speed-ups are
+    judged as printed (2 decimals): 0.996 prints as 1.00x and is not called slower."""
+    parts = []
+    if "speedup" in row:
+        speedup = _shown(row["speedup"])
+        if kind == "unstructured":
+            parts.append(f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); storage "
+                         f"{storage_ratio:.1f}x smaller" if speedup < NO_SPEEDUP_BELOW else
+                         f"no speed-up expected: the same dense graph, {speedup:.2f}x is measurement noise; "
+                         f"storage {storage_ratio:.1f}x smaller")
         else:
-            note = (f"no speed-up expected: the same dense graph, {speedup:.2f}x is measurement noise; "
-                    f"storage {storage_ratio:.1f}x smaller")
-    else:
-        note = f"slower than dense ({speedup:.2f}x)" if speedup < 1.0 else ""
-    if compact is not None:
-        compact_note = (f"compact: dead units removed, {compact:.2f}x" if compact >= 1.0
-                        else f"compact: slower than dense ({compact:.2f}x)")
-        note = f"{note}; {compact_note}" if note else compact_note
-    return note
+            parts.append(_judged(row, "compressed", faster=""))
+    if "speedup_compact" in row:
+        parts.append(_judged(row, "compact", faster="dead units removed, "))
+    return "; ".join(part for part in parts if part)
+
+
+def _judged(row: dict[str, Any], model: str, faster: str) -> str:
+    """`model`'s speed-up in words: within noise (with the range), slower than dense, or `faster` + the ratio
+    (nothing when `faster` is empty); the compact model's words are prefixed `compact: `."""
+    key = speedup_key(model)
+    speedup, prefix = _shown(row[key]), "compact: " if model == "compact" else ""
+    noisy = noise_range(row[key], row.get(f"{key}_median"), row.get(f"{key}_paired"))
+    if noisy:
+        return f"{prefix}{speedup:.2f}x is {noise_words(noisy)}"
+    if speedup < 1.0:
+        return f"{prefix}slower than dense ({speedup:.2f}x)"
+    return f"{prefix}{faster}{speedup:.2f}x" if faster else ""
 
 
 def _shown(speedup: float) -> float:

@@ -7,7 +7,28 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_stem", "format_latency", "plot_latency", "timed_models", "write_latency"]
+__all__ = ["NOISE_MARGIN", "bench_stem", "format_latency", "noise_range", "noise_words", "plot_latency",
+           "speedup_key", "timed_models", "write_latency"]
+
+NOISE_MARGIN = 1.25  # the three ratios of one speed-up spanning more than this factor: called within noise
+
+
+def noise_range(p20: float, median: float | None, paired: float | None) -> tuple[float, float] | None:
+    """(lowest, highest) of a speed-up's three ratios (dense / model of the p20s, of the medians, median of the
+    per-round ratios, each as printed: 2 decimals) when they disagree about faster vs slower (one under 1.00x,
+    another not) or the highest is more than `NOISE_MARGIN` times the lowest: the p20 headline is then within
+    measurement noise (e.g. 5 rounds on a loaded machine: p20 1.88x, median 0.92x, paired 0.91x). None when they
+    agree, or when the median or paired ratio is not known (tables and reports written before they were kept).
+    The one rule for every speed-up a table note or the summary's `latency` line states."""
+    if median is None or paired is None:
+        return None
+    low, *_, high = sorted(float(f"{x:.2f}") for x in (p20, median, paired))
+    return (low, high) if (low < 1.0 <= high) or high > NOISE_MARGIN * max(low, 0.01) else None
+
+
+def noise_words(ratios: tuple[float, float]) -> str:
+    """`within noise: 0.91x-1.88x over the p20, median and paired ratios` (`noise_range`'s words)."""
+    return f"within noise: {ratios[0]:.2f}x-{ratios[1]:.2f}x over the p20, median and paired ratios"
 
 
 def _mb(value: int | None) -> str:
@@ -23,20 +44,30 @@ def timed_models(table: dict[str, Any]) -> list[str]:
     return list(table.get("timed") or ("dense", "compressed"))
 
 
+def speedup_key(model: str) -> str:
+    """A row's key of the speed-up dense / `model` (p20s): `speedup` for the compressed model, `speedup_<model>`
+    otherwise (`speedup_compact`); `_median` and `_paired` are appended for the other two ratios."""
+    return "speedup" if model == "compressed" else f"speedup_{model}"
+
+
 def _storage_line(s: dict[str, Any]) -> str:
-    line = (f"storage: {s['dense_bytes']:,} B dense -> {s['compressed_bytes']:,} B weights file "
-            f"{s['compressed_file']} ({s['ratio']:.2f}x smaller); params {s['params']['dense']:,} -> "
-            f"{s['params']['compressed']:,} ({s['nonzero_params']:,} non-zero)")
+    """Dense bytes and parameters vs each model's weights file: the compressed one (absent from a table of
+    `RUN/export/compact` alone, which names the compact model's only), then the compact one when timed."""
+    parts = []
+    if "compressed_bytes" in s:
+        parts.append(f"{s['compressed_bytes']:,} B weights file {s['compressed_file']} ({s['ratio']:.2f}x smaller); "
+                     f"params {s['params']['dense']:,} -> {s['params']['compressed']:,} ({s['nonzero_params']:,} "
+                     "non-zero)")
     if "compact_bytes" in s:
-        line += (f"; compact: {s['compact_bytes']:,} B weights file {s['compact_file']} ({s['compact_ratio']:.2f}x "
-                 f"smaller), params {s['params']['compact']:,} ({s['compact_nonzero_params']:,} non-zero)")
-    return line
+        parts.append(f"compact: {s['compact_bytes']:,} B weights file {s['compact_file']} ({s['compact_ratio']:.2f}x "
+                     f"smaller), params {s['params']['dense']:,} -> {s['params']['compact']:,} "
+                     f"({s['compact_nonzero_params']:,} non-zero)")
+    return f"storage: {s['dense_bytes']:,} B dense -> " + "; ".join(parts)
 
 
 def _row(r: dict[str, Any], models: list[str]) -> str:
     mem = r["peak_memory_bytes"]
-    cells = "".join(f"  {_ms(r[f'{m}_ms'])}  {r['speedup' if m == 'compressed' else f'speedup_{m}']:>7.2f}x"
-                    for m in models[1:])
+    cells = "".join(f"  {_ms(r[f'{m}_ms'])}  {r[speedup_key(m)]:>7.2f}x" for m in models[1:])
     peaks = " -> ".join(_mb(mem.get(m)) for m in models)
     where = f"{r['runtime']} {r['device']}"
     return f"{where:<18}{r['batch']:>6}  {_ms(r['dense_ms'])}{cells}  {peaks:<14}  {r['note']}"
@@ -49,7 +80,7 @@ def format_latency(table: dict[str, Any]) -> str:
     phase = f", {table['phase']} phase" if table.get("phase") else ""
     header = f"{'runtime':<18}{'batch':>6}  {'dense ms':>24}" + "".join(
         f"  {f'{m} ms':>24}  {'speed-up':>8}" for m in models[1:])
-    peaks = "peak MB d->c" + ("->compact" if "compact" in models else "")
+    peaks = "peak MB " + "->".join({"dense": "d", "compressed": "c"}.get(m, m) for m in models)
     lines = [f"latency of {table['model']} ({table['kind']}{phase}), input {tuple(table['input_shape'])}, "
              f"{table['threads']} thread(s), {table['repeats']} interleaved rounds after {table['warmup']} warm-up "
              f"({', '.join(models)} in each round); ms as median [p20-p80]; speed-up = dense p20 / model p20 (the "
@@ -80,8 +111,9 @@ def plot_latency(table: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     rows, models = table["rows"], timed_models(table)
-    labels = [f"{r['runtime']} {r['device']}\nbatch {r['batch']}\n{r['speedup']:.2f}x"
-              + (f" / {r['speedup_compact']:.2f}x compact" if "speedup_compact" in r else "") for r in rows]
+    labels = [f"{r['runtime']} {r['device']}\nbatch {r['batch']}\n"
+              + " / ".join(f"{r[speedup_key(m)]:.2f}x" + (f" {m}" if m != "compressed" else "") for m in models[1:])
+              for r in rows]
     x, width = np.arange(len(rows)), 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(max(6, (1.2 + 0.4 * len(models)) * len(rows)), 4))
     colors = {"dense": "tab:gray", "compressed": "tab:blue", "compact": "tab:green"}

@@ -16,7 +16,7 @@ from sparsetrain.progress import log
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
 
 __all__ = ["FORMAT_ORDER", "OnnxRuntimeModel", "compact_folder", "export_folder", "is_compact", "load_compressed",
-           "preprocessing_of", "read_manifest", "verified_compact"]
+           "missing_compact", "no_compact_model", "preprocessing_of", "read_manifest", "verified_compact"]
 
 # Preference of format="auto": the torch model first (trainable, inspectable), then the deployment graphs.
 FORMAT_ORDER = ("safetensors", "bitmask", "torch_export", "onnx")
@@ -61,6 +61,27 @@ def is_compact(path: str | Path) -> bool:
     from sparsetrain.deploy.compact import COMPACT_DIR
 
     return export_folder(path).name == COMPACT_DIR
+
+
+def no_compact_model(export: Path) -> str:
+    """Why export folder `export` has no `compact/` and how to get one: `<export> has no compact model (...)`, for
+    eval, bench latency and `load_compressed(..., "compact")` alike."""
+    run = export.parent if export.name == "export" and (export.parent / "config.yaml").is_file() else "RUN"
+    return (f"{export} has no compact model: this export was written with deploy.compact=false, or no unit was dead "
+            f"(export/compact/ is Method 1's model without its dead units); write it with `sparsetrain export {run} "
+            "deploy.compact=true`")
+
+
+def missing_compact(path: str | Path) -> str | None:
+    """`no_compact_model` of the export folder `path` belongs to when `path` names its `compact/` folder (or a file
+    in it) and that holds no compact model; None otherwise."""
+    from sparsetrain.deploy.compact import COMPACT_DIR
+
+    path = Path(path)
+    folder = path.parent if path.parent.name == COMPACT_DIR else path
+    if folder.name != COMPACT_DIR or (folder / ARCH_FILE).is_file() or not (folder.parent / ARCH_FILE).is_file():
+        return None
+    return no_compact_model(folder.parent)
 
 
 def preprocessing_of(path: str | Path) -> dict | None:
@@ -109,6 +130,8 @@ def _format_of(path: Path, format: str) -> str:
         _check_listed(path.parent, named)
         return named
     folder = export_folder(path)
+    if reason := missing_compact(path):
+        raise ValueError(f"load_compressed: {reason}")
     if not folder.is_dir():
         raise ValueError(f"load_compressed: {path} is not a run directory, export folder or export file")
     present = [fmt for fmt in FORMAT_ORDER if (folder / _FILES[fmt]).is_file()
@@ -161,7 +184,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def verified_compact(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest's `compact` entry when `export/compact/` (Method 1, `deploy.compact`) was written and passed its
     verification (`ok`), else None: the one test of whether an export holds a compact model to time, for `bench
-    latency` and for the latency tables a run reuses or `sparsetrain export` keeps (`deploy.run.exported_models`)."""
+    latency` and for the latency tables a run reuses or `sparsetrain export` keeps (`deploy.run.held_models`)."""
     entry = (manifest.get("formats") or {}).get("compact")
     return entry if isinstance(entry, dict) and entry.get("ok") else None
 
@@ -173,8 +196,7 @@ def _load_compact(path: Path) -> nn.Module:
     folder = compact_folder(path)
     missing = [name for name in (ARCH_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
     if len(missing) == 2:
-        raise ValueError(f"load_compressed: {folder.parent} holds no compact model (written by Method 1 exports "
-                         f"with deploy.compact when some unit is dead)")
+        raise ValueError(f"load_compressed: {no_compact_model(folder.parent)}")
     if missing:
         raise ValueError(f"load_compressed: {folder} is incomplete: {missing[0]} is missing; re-export the run "
                          f"(`sparsetrain export RUN`)")

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sparsetrain.deploy.run import export_model, exported_models, held_models
+from sparsetrain.deploy.run import export_model, held_models, listed, timed_held
 from sparsetrain.phases import final_phase
 from sparsetrain.progress import log
 
@@ -110,7 +110,7 @@ def _update_report(run_dir: Path, manifest: dict[str, Any], phase: str, final: s
     nothing to update); one line when that is not the final phase the rest of the report describes.
 
     The run's latency table (latency.json, else report.json's "latency") is kept only while it timed what export/ now
-    holds, as a re-run's reuse check (`run._latency_to_reuse`) tells: the same models (`run.exported_models`: compact
+    holds, as a re-run's reuse check (`run._latency_to_reuse`) tells: the same models (`run.held_models`: compact
     only when export/compact/ was written and verified) of the same phase (a table without `phase`: the final one);
     export formats do not change it. Otherwise report.json's "latency" and "latency_ms" are removed, latency.json is
     left as it is, stale, and one line says so.
@@ -131,7 +131,7 @@ def _update_report(run_dir: Path, manifest: dict[str, Any], phase: str, final: s
         atomic_write_text(path, json.dumps(report, indent=2))
     if stale:
         log.warning(f"[export] latency.json was timed on the previous export ({stale}), not on what export/ now holds "
-                    f"(models {', '.join(held_models(manifest))}, phase {phase}): report.json's latency and "
+                    f"(models {listed(held_models(manifest))}, phase {phase}): report.json's latency and "
                     f"latency_ms are removed and latency.json is left as it was; re-time with `sparsetrain bench "
                     f"latency {run_dir}` or re-run the recipe")
     if report is not None and phase != final:
@@ -146,16 +146,13 @@ def _stale_latency(run_dir: Path, report: dict[str, Any] | None, manifest: dict[
                    final: str) -> str | None:
     """`models ..., phase ...` of the run's latency table when it did not time export/'s models of `phase`; None
     when it did, or when there is no table (an unreadable latency.json: report.json's copy)."""
-    from sparsetrain.deploy.latency_report import timed_models
-
     try:
         table = json.loads((run_dir / "latency.json").read_text())
     except (OSError, ValueError):
         table = (report or {}).get("latency")
     if not isinstance(table, dict):
         return None
-    models, timed_phase = timed_models(table), table.get("phase") or final
-    if models == exported_models(manifest) and timed_phase == phase:
+    models, timed_phase = timed_held(table), table.get("phase") or final
+    if models == held_models(manifest) and timed_phase == phase:
         return None
-    held = [name for name in models if name != "dense"]  # dense: timm's architecture, in every table, not in export/
-    return f"models {', '.join(held)}, phase {timed_phase}"
+    return f"models {listed(models)}, phase {timed_phase}"

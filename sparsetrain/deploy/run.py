@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
     from sparsetrain.pipeline import Pipeline
 
-__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "exported_models", "final_phase",
-           "held_models"]
+__all__ = ["DEPLOYED", "deploy_run", "example_batch", "export_model", "final_phase", "held_models", "listed",
+           "timed_held"]
 
 DEPLOYED = "deployed"  # state.json: {"phase", "deploy"} that export/ and latency.json were last written for
 
@@ -88,8 +88,8 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         final = final_phase(pipeline.state["completed"])
         log.info(f"[deploy] {pipeline.out_dir / 'export'} already holds the {final} model for these deploy settings: "
                  f"not exported again (`sparsetrain export {pipeline.out_dir}` re-exports)")
-        if deploy.latency and (table := _latency_to_reuse(pipeline, manifest)) is not None:
-            log.info("[deploy] latency.json was timed with these deploy settings on this export: not timed again")
+    if deploy.latency and (table := _latency_to_reuse(pipeline, manifest, exported=not kept)) is not None:
+        log.info("[deploy] latency.json was timed with these deploy settings on this export: not timed again")
     if deploy.latency and table is None:
         from sparsetrain.deploy.latency import latency_table
         from sparsetrain.deploy.latency_report import format_latency, write_latency
@@ -191,68 +191,83 @@ def _changed(old: dict[str, Any], new: dict[str, Any], *, latency: bool) -> str:
                      if k.startswith("latency") == latency and old.get(k) != v)
 
 
-def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any]) -> dict[str, Any] | None:
+def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any], *, exported: bool) -> dict[str, Any] | None:
     """Rank 0: latency.json when it was timed with the run's deploy settings (what the table records: batches,
     repeats, threads, peak memory measured) and models (compact too when `manifest`, export/'s, lists a verified
-    one), on the export/ kept; None after one line saying why not."""
+    one), on the export/ kept; None after one line saying why not. `exported`: export/ was just written (anew), so
+    an existing latency.json timed an earlier export and is never reused (no line when there is none: nothing is
+    timed again)."""
     path = pipeline.out_dir / "latency.json"
     try:
         table = json.loads(path.read_text())
         timed = _timed_with(table)
     except FileNotFoundError:
+        if exported:
+            return None
         table, timed, reason = None, None, "latency.json is missing"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         table, timed, reason = None, None, f"latency.json is unreadable ({type(err).__name__})"
     if timed is not None:
         deploy = pipeline.cfg.deploy
         wanted = {"batches": [1, deploy.latency_batch], "repeats": deploy.latency_repeats,
-                  "threads": deploy.latency_threads, "memory": True, "models": exported_models(manifest)}
-        # the models: the table's vs what export/ holds (dense is built from the architecture, never exported)
-        shown = {**wanted, "models": held_models(manifest)}
-        diff = [f"{k} {timed[k]} ({'export/ holds' if k == 'models' else 'deploy'}: {shown[k]})"
-                for k, v in wanted.items() if timed[k] != v]
-        if not diff:
+                  "threads": deploy.latency_threads, "memory": True, "models": held_models(manifest)}
+        diff = [f"models {listed(timed[k])} (export/ holds: {listed(v)})" if k == "models" else
+                f"{k} {timed[k]} (deploy: {v})" for k, v in wanted.items() if timed[k] != v]
+        if not diff and not exported:
             return table
-        reason = f"latency.json was timed with {', '.join(diff)}"
-    log.info(f"[deploy] re-timing: {reason}")
+        reason = f"latency.json was timed with {', '.join(diff)}" if diff else \
+            "latency.json timed the export before it"
+    log.info(f"[deploy] re-timing: {'export/ was written anew; ' * exported}{reason}")
     return None
 
 
-def exported_models(manifest: dict[str, Any]) -> list[str]:
-    """The models a latency table of the export with manifest `manifest` times (`latency.latency_table`), in round
-    order: dense (timm's unpruned architecture, not a file of the export), then `held_models`."""
-    return ["dense", *held_models(manifest)]
-
-
 def held_models(manifest: dict[str, Any]) -> list[str]:
-    """The models the export with manifest `manifest` holds: compressed, and compact when the manifest lists a
-    verified `export/compact/` (`loading.verified_compact`)."""
+    """The models the export with manifest `manifest` holds, those its latency table times besides dense
+    (`latency.latency_table`), in round order: compressed, and compact when the manifest lists a verified
+    `export/compact/` (`loading.verified_compact`)."""
     return ["compressed", *(["compact"] if verified_compact(manifest) else [])]
+
+
+def timed_held(table: dict[str, Any]) -> list[str]:
+    """The models latency table `table` timed on the basis `held_models` uses: without dense (timm's unpruned
+    architecture, in every table, never a file of export/), so a table and an export compare and print alike."""
+    from sparsetrain.deploy.latency_report import timed_models
+
+    return [name for name in timed_models(table) if name != "dense"]
+
+
+def listed(models: list[str]) -> str:
+    """`compressed, compact`: models as the re-timing and stale-table lines print them."""
+    return ", ".join(models)
 
 
 def _timed_with(table: dict[str, Any]) -> dict[str, Any]:
     """The settings a latency table was measured with, read from the table itself (so a table timed with other
     deploy.latency_* settings, or written by an older `sparsetrain bench latency` with other arguments, is told
     apart): batches, repeats, threads, whether peak memory was measured (`--no-memory` leaves it out), and the
-    models timed (tables from before the compact model was timed: dense and compressed)."""
-    from sparsetrain.deploy.latency_report import timed_models
-
+    models timed besides dense (`timed_held`; tables from before the compact model was timed: compressed)."""
     rows = table["rows"]
     memory = any(v is not None for r in rows if r["device"] == "cpu" for v in r["peak_memory_bytes"].values())
     return {"batches": sorted({r["batch"] for r in rows}), "repeats": table["repeats"], "threads": table["threads"],
-            "memory": memory, "models": timed_models(table)}
+            "memory": memory, "models": timed_held(table)}
 
 
 def _headline(table: dict[str, Any]) -> dict[str, Any]:
     """The report's `latency_ms` from the interleaved torch eager batch-1 row: the 20th percentiles `dense` and
     `pruned` (the compressed model: Method 2's, filters removed) and their ratio, the table's `speedup`
     (`deploy.latency`); when the table timed the compact model, `compact` (its p20) instead of `pruned` and
-    `speedup` = `speedup_compact`; `model` names which, `measured` says how."""
+    `speedup` = `speedup_compact`; `speedup_median` and `speedup_paired` the same model's other two ratios (the
+    summary line says when they disagree, `latency_report.noise_range`); `model` names which, `measured` says how."""
+    from sparsetrain.deploy.latency_report import speedup_key
+
     row = next(r for r in table["rows"] if (r["runtime"], r["device"], r["batch"]) == ("torch", "cpu", 1))
     how = "p20 of interleaved rounds, torch eager, CPU, batch 1; latency.json"
-    if "compact_ms" in row:
-        return {"dense": row["dense_ms"]["p20"], "compact": row["compact_ms"]["p20"],
-                "speedup": row["speedup_compact"], "model": "compact",
+    model = "compact" if "compact_ms" in row else "compressed"
+    key = speedup_key(model)
+    ratios = {"speedup": row[key], "speedup_median": row.get(f"{key}_median"),
+              "speedup_paired": row.get(f"{key}_paired")}
+    if model == "compact":
+        return {"dense": row["dense_ms"]["p20"], "compact": row["compact_ms"]["p20"], **ratios, "model": "compact",
                 "measured": f"compact model: export/compact/, dead units removed; {how}"}
-    return {"dense": row["dense_ms"]["p20"], "pruned": row["compressed_ms"]["p20"], "speedup": row["speedup"],
+    return {"dense": row["dense_ms"]["p20"], "pruned": row["compressed_ms"]["p20"], **ratios,
             "model": "compressed", "measured": how}

@@ -54,6 +54,28 @@ def test_method1_latency_line_is_the_compact_models_and_says_so() -> None:
         next(x for x in lines if x.startswith("bytes"))) + 1
 
 
+def test_the_summary_line_calls_a_speedup_within_noise_when_its_ratios_disagree() -> None:
+    """The table note's rule (`latency_report.noise_range`) on the summary's latency line: with 5 rounds the p20
+    said 1.88x while the median and paired ratios said 0.92x / 0.91x; reports from before those were kept print as
+    before."""
+    row = {"runtime": "torch", "device": "cpu", "batch": 1, "speedup": 1.01, "speedup_median": 1.0,
+           "speedup_paired": 1.0, "speedup_compact": 1.88, "speedup_compact_median": 0.92,
+           "speedup_compact_paired": 0.91, "dense_ms": {"median": 0.21, "p20": 0.2, "p80": 0.22},
+           "compressed_ms": {"median": 0.2, "p20": 0.198, "p80": 0.21},
+           "compact_ms": {"median": 0.23, "p20": 0.106, "p80": 0.24}}
+    headline = _headline({"rows": [row]})
+    assert (headline["speedup_median"], headline["speedup_paired"]) == (0.92, 0.91), headline
+    report = {"phases": {"finetune": {"metric": 90.0}}, "sparsity": 0.99, "compression_ratio": 100.0,
+              "params": {"total": 1000, "nonzero": 10}, "bytes": {"dense": 4000, "compressed": 200},
+              "latency_ms": headline}
+    line = next(x for x in format_table(report).splitlines() if x.startswith("latency"))
+    assert "(1.88x, within noise: 0.91x-1.88x over the p20, median and paired ratios; compact model:" in line, line
+    agreeing = {**headline, "speedup_median": 1.8, "speedup_paired": 1.85}
+    assert latency_line({**report, "latency_ms": agreeing})[2] == 1.88
+    earlier = {k: v for k, v in headline.items() if k not in ("speedup_median", "speedup_paired")}
+    assert latency_line({**report, "latency_ms": earlier})[2] == 1.88
+
+
 def test_help_lists_every_bench_subcommand(capsys: pytest.CaptureFixture) -> None:
     assert main(["--help"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("bench"))

@@ -101,22 +101,22 @@ def test_compact_off_writes_none_and_removes_an_earlier_one(run: tuple[Path, dic
     meta = {"model_name": meta["model_name"], "model_kwargs": meta["model_kwargs"], **meta["meta"]}
     manifest = write_export(masked, folder, meta=meta, example=torch.randn(2, 1, 8, 8), formats=[], compact=False)
     assert "compact" not in manifest["formats"] and not (folder / "compact").exists()
-    with pytest.raises(ValueError, match="holds no compact model"):
+    with pytest.raises(ValueError, match="has no compact model: this export was written with deploy.compact=false"):
         sparsetrain.load_compressed(folder, "compact")
 
 
 def test_a_compact_model_that_failed_its_verification_is_not_timed(run: tuple[Path, dict], tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """One test (`loading.verified_compact`) decides whether export/ holds a compact model to time: the models a
-    run's latency table must have timed (`exported_models`) and the ones `bench latency` times, which warns when
-    compact/ was written but failed its verification."""
+    run's latency table must have timed (`held_models`, besides dense) and the ones `bench latency` times, which
+    warns when compact/ was written but failed its verification."""
     from sparsetrain.deploy.latency import _verified_compact
     from sparsetrain.deploy.loading import read_manifest, verified_compact
-    from sparsetrain.deploy.run import exported_models
+    from sparsetrain.deploy.run import held_models
 
     out, report = run
     assert verified_compact(read_manifest(out / "export")) == report["export"]["compact"]
-    assert exported_models({"formats": report["export"]}) == ["dense", "compressed", "compact"]
+    assert held_models({"formats": report["export"]}) == ["compressed", "compact"]
     folder = Path(shutil.copytree(out / "export", tmp_path / "export"))
     masked = sparsetrain.load_compressed(folder, "safetensors")
     meta = json.loads((folder / "architecture.json").read_text())
@@ -124,7 +124,7 @@ def test_a_compact_model_that_failed_its_verification_is_not_timed(run: tuple[Pa
     manifest = write_export(masked, folder, meta=meta, example=torch.randn(2, 1, 8, 8), formats=[], compact=True,
                             tolerance=-1.0)  # no difference passes
     assert manifest["formats"]["compact"]["ok"] is False and (folder / "compact").is_dir()
-    assert verified_compact(manifest) is None and exported_models(manifest) == ["dense", "compressed"]
+    assert verified_compact(manifest) is None and held_models(manifest) == ["compressed"]
     with caplog.at_level("WARNING"):
         assert _verified_compact(folder) is None
     assert f"[latency] {folder}/compact/ failed its verification (max abs diff " in caplog.text, caplog.text
@@ -155,10 +155,12 @@ def test_rerun_re_exports_when_the_compact_model_is_missing(run: tuple[Path, dic
     old = {**table, "rows": [{k: v for k, v in r.items() if "compact" not in k} for r in table["rows"]]}
     del old["timed"]  # as written before the compact model was timed
     (copy / "latency.json").write_text(json.dumps(old))
-    again = run_pipeline(tiny_config(copy, *COMPACT_RUN))
+    (copy / "export" / "compact" / "model.safetensors").unlink()
+    again = run_pipeline(tiny_config(copy, *COMPACT_RUN))  # re-exports, then says why it re-times
     err = capsys.readouterr().err
-    assert ("[deploy] re-timing: latency.json was timed with models ['dense', 'compressed'] (export/ holds: "
-            "['compressed', 'compact'])\n") in err, err  # dense is timm's architecture, never in export/
+    assert "[deploy] re-exporting: export/compact/model.safetensors is missing\n" in err, err
+    assert "[deploy] re-timing: export/ was written anew; latency.json was timed with models compressed (export/ " \
+        "holds: compressed, compact)\n" in err, err  # as export's stale-table line: dense is never in export/
     assert "bench latency" not in err, "the table times the compact model: the pointer adds nothing"
     assert list(again["latency"]["timed"]) == ["dense", "compressed", "compact"]
     assert again["latency_ms"]["model"] == "compact"
@@ -194,6 +196,7 @@ def test_run_times_the_compact_model_in_the_same_rounds(run: tuple[Path, dict]) 
 
 
 def test_the_reports_latency_headline_is_the_compact_models(run: tuple[Path, dict]) -> None:
+    from sparsetrain.deploy.latency_report import noise_range, noise_words
     from sparsetrain.report import format_table
 
     out, report = run
@@ -203,7 +206,9 @@ def test_the_reports_latency_headline_is_the_compact_models(run: tuple[Path, dic
     assert (headline["dense"], headline["compact"]) == (row["dense_ms"]["p20"], row["compact_ms"]["p20"])
     assert "pruned" not in headline, "pruned is Method 2's key: this is the compact model's time"
     line = next(x for x in format_table(report).splitlines() if x.startswith("latency"))
-    assert f"({row['speedup_compact']:.2f}x; compact model: export/compact/, dead units removed;" in line, line
+    noisy = noise_range(row["speedup_compact"], row["speedup_compact_median"], row["speedup_compact_paired"])
+    caveat = f", {noise_words(noisy)}" if noisy else ""  # 3 rounds: the ratios may well disagree
+    assert f"({row['speedup_compact']:.2f}x{caveat}; compact model: export/compact/, dead units removed;" in line, line
     assert json.loads((out / "report.json").read_text())["latency_ms"] == headline
 
 
@@ -220,13 +225,41 @@ def test_bench_latency_of_the_run_times_compact_and_of_compact_still_works(run: 
     assert "compact ms" in printed and "compact/model.safetensors" in printed, printed
     assert main(["bench", "latency", str(out / "export" / "compact"), *args]) == 0
     table = json.loads((tmp_path / f"latency-{out.name}-compact.json").read_text())
-    assert list(table["timed"]) == ["dense", "compressed"], "compact/ is itself the compressed model there"
+    assert list(table["timed"]) == ["dense", "compact"], "keyed compact, as in the run's own three-model table"
     assert table["kind"] == "compact", "the compact model, not a Method 2 (structural) export"
-    assert table["timed"]["compressed"] == ("compact/model.safetensors (the compact model: dead units removed, a "
-                                            "smaller dense graph)"), table["timed"]
-    assert table["storage"]["params"]["compressed"] == report["export"]["compact"]["params"]
+    assert table["timed"]["compact"] == ("compact/model.safetensors (the compact model: dead units removed, a "
+                                         "smaller dense graph)"), table["timed"]
+    entry = report["export"]["compact"]
+    assert table["storage"]["params"] == {"dense": report["latency"]["storage"]["params"]["dense"],
+                                          "compact": entry["params"]}, table["storage"]
+    assert (table["storage"]["compact_bytes"], table["storage"]["compact_file"]) == (entry["weights_bytes"],
+                                                                                     entry["files"][-1])
+    assert table["storage"]["compact_nonzero_params"] == entry["nonzero_params"]
+    for row in table["rows"]:
+        assert not any("compressed" in key for key in row) and "speedup" not in row, sorted(row)
+        assert row["speedup_compact"] == pytest.approx(row["dense_ms"]["p20"] / row["compact_ms"]["p20"]), row
+        assert set(row["peak_memory_bytes"]) == {"dense", "compact"}, row
     printed = capsys.readouterr().out
-    assert "compact ms" not in printed and printed.startswith("latency of lenet300_100 (compact, finetune phase)")
+    assert printed.startswith("latency of lenet300_100 (compact, finetune phase)"), printed
+    assert "compact ms" in printed and "compressed ms" not in printed and "peak MB d->compact " in printed, printed
+    assert f"storage: {table['storage']['dense_bytes']:,} B dense -> compact: {entry['weights_bytes']:,} B" in printed
+
+
+def test_a_compact_table_in_the_old_layout_is_still_printed_and_plotted(run: tuple[Path, dict],
+                                                                        tmp_path: Path) -> None:
+    """`bench latency RUN/export/compact` tables written before the compact model was keyed "compact" (it was
+    "compressed" there) still print and plot."""
+    from sparsetrain.deploy.latency_report import format_latency, plot_latency
+
+    _, report = run
+    table = report["latency"]
+    old = {**table, "kind": "compact", "timed": {"dense": "", "compressed": ""},
+           "rows": [{k: v for k, v in r.items() if "compact" not in k} for r in table["rows"]],
+           "storage": {k: v for k, v in table["storage"].items() if not k.startswith("compact")}}
+    printed = format_latency(old)
+    assert "compressed ms" in printed and "compact ms" not in printed, printed
+    plot_latency(old, tmp_path / "old.png")
+    assert (tmp_path / "old.png").stat().st_size > 1000
 
 
 def test_export_without_compact_drops_the_latency_table_that_timed_it(run: tuple[Path, dict], tmp_path: Path,
@@ -251,7 +284,24 @@ def test_export_without_compact_drops_the_latency_table_that_timed_it(run: tuple
             "finetune), not on what export/ now holds (models compressed, phase finetune): report.json's "
             "latency and latency_ms are removed and latency.json is left as it was; re-time with `sparsetrain bench "
             f"latency {copy}` or re-run the recipe\n") in err, err
+    assert "[export] removed export/compact/, the compact model of the previous export (deploy.compact=false)\n" \
+        in err, err
     after = json.loads((copy / "report.json").read_text())
     assert "latency" not in after and "latency_ms" not in after, sorted(after)
     assert "compact" not in after["export"] and not (copy / "export" / "compact").exists()
     assert (copy / "latency.json").read_bytes() == table
+
+    # what is gone is named, with how to get it back: eval, bench latency and load_compressed of export/compact
+    missing = (f"{copy / 'export'} has no compact model: this export was written with deploy.compact=false, or no "
+               f"unit was dead (export/compact/ is Method 1's model without its dead units); write it with "
+               f"`sparsetrain export {copy} deploy.compact=true`")
+    assert main(["eval", str(copy / "export" / "compact")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: eval: {missing}")
+    assert main(["bench", "latency", str(copy / "export" / "compact"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: bench latency: {missing}")
+    for target, fmt in ((copy, "compact"), (copy / "export" / "compact", "auto"),
+                        (copy / "export" / "compact" / "model.safetensors", "auto")):
+        with pytest.raises(ValueError) as raised:
+            sparsetrain.load_compressed(target, fmt)
+        assert str(raised.value) == f"load_compressed: {missing}", (target, str(raised.value))
+

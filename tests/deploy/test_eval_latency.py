@@ -72,24 +72,58 @@ def test_fast_calls_are_timed_in_blocks() -> None:
     assert counts["dense"] == counts["compressed"] > 3 * 10, "a no-op should be repeated many times per sample"
 
 
+def _row(speedup: float | None = None, compact: float | None = None, *, spread: dict | None = None) -> dict:
+    """A table row's speed-ups: each model's three ratios equal (they agree) unless `spread` gives the median and
+    paired ones, e.g. {"speedup_compact": (0.92, 0.91)}."""
+    row = {}
+    for key, value in (("speedup", speedup), ("speedup_compact", compact)):
+        if value is not None:
+            median, paired = (spread or {}).get(key, (value, value))
+            row.update({key: value, f"{key}_median": median, f"{key}_paired": paired})
+    return row
+
+
 def test_unstructured_without_speedup_says_so_with_the_storage_saving() -> None:
-    assert _note("unstructured", 1.02, 9.9) == ("no speed-up: unstructured zeros run as a dense graph (1.02x); "
-                                                "storage 9.9x smaller")
-    assert _note("unstructured", 1.13, 9.0).startswith("no speed-up expected: the same dense graph, 1.13x is")
-    assert _note("structural", 1.8, 3.0) == ""
-    assert _note("structural", 0.9, 1.7) == "slower than dense (0.90x)"
-    assert _note("unstructured", 1.02, 9.9, compact=1.45).endswith("storage 9.9x smaller; compact: dead units "
-                                                                   "removed, 1.45x")
-    assert _note("unstructured", 1.0, 9.9, compact=0.97).endswith("; compact: slower than dense (0.97x)")
+    assert _note("unstructured", _row(1.02), 9.9) == ("no speed-up: unstructured zeros run as a dense graph (1.02x); "
+                                                      "storage 9.9x smaller")
+    assert _note("unstructured", _row(1.13), 9.0).startswith("no speed-up expected: the same dense graph, 1.13x is")
+    assert _note("structural", _row(1.8), 3.0) == ""
+    assert _note("structural", _row(0.9), 1.7) == "slower than dense (0.90x)"
+    assert _note("unstructured", _row(1.02, 1.45), 9.9).endswith("storage 9.9x smaller; compact: dead units "
+                                                                 "removed, 1.45x")
+    assert _note("unstructured", _row(1.0, 0.97), 9.9).endswith("; compact: slower than dense (0.97x)")
+    assert _note("compact", _row(compact=1.45), None) == "compact: dead units removed, 1.45x", \
+        "RUN/export/compact timed alone: dense vs compact only"
 
 
 def test_a_speedup_printed_as_1_00x_is_not_called_slower() -> None:
     """The words agree with the printed number: 0.996 prints as 1.00x (it was "slower than dense (1.00x)")."""
-    assert _note("structural", 0.996, 1.7) == ""
-    assert _note("structural", 0.994, 1.7) == "slower than dense (0.99x)"
-    assert _note("unstructured", 1.0, 9.9, compact=0.996).endswith("; compact: dead units removed, 1.00x")
-    assert _note("unstructured", 1.0, 9.9, compact=0.9949).endswith("; compact: slower than dense (0.99x)")
-    assert _note("unstructured", 1.097, 9.9).startswith("no speed-up expected: the same dense graph, 1.10x is")
+    assert _note("structural", _row(0.996), 1.7) == ""
+    assert _note("structural", _row(0.994), 1.7) == "slower than dense (0.99x)"
+    assert _note("unstructured", _row(1.0, 0.996), 9.9).endswith("; compact: dead units removed, 1.00x")
+    assert _note("unstructured", _row(1.0, 0.9949), 9.9).endswith("; compact: slower than dense (0.99x)")
+    assert _note("unstructured", _row(1.097), 9.9).startswith("no speed-up expected: the same dense graph, 1.10x is")
+
+
+def test_a_speedup_whose_ratios_disagree_is_called_within_noise() -> None:
+    """One rule (`noise_range`) for the compact and the structural (Method 2) speed-up: the p20 ratio says faster
+    and the median / paired ratios slower (5 rounds on a loaded machine: 1.88x vs 0.92x / 0.91x), or they differ by
+    more than NOISE_MARGIN: the note gives their range instead of a speed-up."""
+    from sparsetrain.deploy.latency_report import NOISE_MARGIN, noise_range
+
+    noisy = {"speedup_compact": (0.92, 0.91)}
+    assert _note("unstructured", _row(1.0, 1.88, spread=noisy), 9.9).endswith(
+        "; compact: 1.88x is within noise: 0.91x-1.88x over the p20, median and paired ratios")
+    assert _note("compact", _row(compact=1.88, spread=noisy), None) == (
+        "compact: 1.88x is within noise: 0.91x-1.88x over the p20, median and paired ratios")
+    assert _note("structural", _row(0.95, spread={"speedup": (1.02, 1.01)}), 2.0) == (
+        "0.95x is within noise: 0.95x-1.02x over the p20, median and paired ratios")
+    assert noise_range(1.5, 1.5 * NOISE_MARGIN + 0.02, 1.5) == (1.5, 1.9), "all faster, but far apart"
+    assert noise_range(1.5, 1.5 * NOISE_MARGIN - 0.02, 1.5) is None, "all faster, within the margin"
+    assert noise_range(1.45, 1.3, 1.38) is None and noise_range(0.8, 0.85, 0.82) is None
+    assert noise_range(1.5, None, None) is None, "a table or report from before the median/paired ratios"
+    assert _note("unstructured", _row(1.0, 1.45, spread={"speedup_compact": (1.3, 1.38)}), 9.9).endswith(
+        "; compact: dead units removed, 1.45x")
 
 
 def test_bench_latency_cli_prints_the_table_and_plots(run: tuple[Path, dict], tmp_path: Path,

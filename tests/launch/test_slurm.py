@@ -348,3 +348,11 @@ def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err == "error: submission failed: sbatch: error: Invalid generic resource (gres) specification", err
+    assert not (tmp_path / "run").exists(), "a refused job left its out_dir/slurm/ (submitit's temporaries) behind"
+    kept = tmp_path / "kept" / "slurm"
+    kept.mkdir(parents=True)
+    (kept / "earlier.out").write_text("a log of an earlier job")
+    assert launch_main([str(QUICKSTART), "--cluster", "slurm", f"out_dir={tmp_path / 'kept'}",
+                        'launch.extra_sbatch=["--gres=gpu:4"]']) == 2
+    assert capsys.readouterr().err.startswith("error: submission failed: sbatch: error: ")
+    assert sorted(path.name for path in kept.iterdir()) == ["earlier.out"], "only the refused job's files go"
