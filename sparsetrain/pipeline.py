@@ -22,6 +22,7 @@ from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.config.schema import TrainConfig
 from sparsetrain.config.strategies import L2Config, RegularizerConfig
 from sparsetrain.data import DataBundle, build_data
+from sparsetrain.data.base import output_record
 from sparsetrain.deploy.run import DEPLOYED
 from sparsetrain.engine.checkpoint import (
     Checkpointer,
@@ -149,8 +150,9 @@ class Pipeline:
     def export_meta(self, **extra: Any) -> dict[str, Any]:
         """What `load_pruned_model` needs to rebuild the model without this run's config."""
         kwargs = model_kwargs(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
-        return {"model_name": self.cfg.model.name, "model_kwargs": kwargs,
-                "input_shape": list(self.data.input_shape), "preprocessing": self.data.preprocessing, **extra}
+        output = output_record(self.cfg.task, self.data.num_classes, self.data.classes)
+        return {"model_name": self.cfg.model.name, "model_kwargs": kwargs, "input_shape": list(self.data.input_shape),
+                "preprocessing": self.data.preprocessing, "output": output, **extra}
 
     def model_from(self, phase: str | None) -> nn.Module:
         """The model at the end of `phase` (initial weights for None); structurally pruned phases load the
