@@ -16,6 +16,7 @@ from torch import nn
 
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
+from sparsetrain.deploy.bitmask import plain_bytes
 from sparsetrain.deploy.loading import compact_folder, export_folder, is_compact, load_compressed, missing_compact
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.rundir import check_finished
@@ -73,8 +74,9 @@ def _sizes(model: nn.Module, target: Path) -> dict[str, Any]:
 
     Returns:
         {"params": {"total", "nonzero", and for an architecture made smaller ("dense": the unpruned architecture's
-        count, "removed": "filters" or "dead units")}, "sparsity", "bytes": {"dense": the unpruned architecture's
-        tensor bytes, then `_weights_files`}}.
+        count, "removed": "filters" or "dead units")}, "sparsity", "bytes": {"dense": the size of the unpruned
+        architecture's safetensors file (`bitmask.plain_bytes`, header included, as the weights files are measured),
+        then `_weights_files`}}.
     """
     from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 
@@ -85,7 +87,7 @@ def _sizes(model: nn.Module, target: Path) -> dict[str, Any]:
     if unpruned is not None:
         counts.update(dense=sum(p.numel() for p in unpruned.parameters()), removed=_what_was_removed(target))
     prunable = prunable_parameters(model)
-    dense_bytes = sum(t.numel() * t.element_size() for t in (unpruned or model).state_dict().values())
+    dense_bytes = plain_bytes((unpruned or model).state_dict())
     state = {k: v.detach() for k, v in model.state_dict().items()}
     return {"params": counts, "sparsity": sparsity_of(layer_counts(prunable)),
             "bytes": {"dense": dense_bytes, **_weights_files(state, set(prunable), target)}}
