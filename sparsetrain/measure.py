@@ -67,7 +67,8 @@ def _add_baselines(pipeline: Pipeline, measured: dict[str, Any]) -> None:
 
     if pipeline.baseline_reports:
         measured["baselines"] = {name: summarize(r) for name, r in pipeline.baseline_reports.items()}
-    if pipeline.cfg.regularizer.name == "l0_exp" and {"sparsify", "prune"} <= set(pipeline.state["completed"]):
+    wanted = pipeline.cfg.report.accuracy_curve and pipeline.cfg.regularizer.name == "l0_exp"
+    if wanted and {"sparsify", "prune"} <= set(pipeline.state["completed"]):
         measured["prune_curve"] = prune_curve(pipeline, pipeline.baseline_reports)
 
 
