@@ -149,7 +149,16 @@ def _latency(model: nn.Module, shape: tuple[int, ...], repeats: int, threads: in
     finally:
         torch.set_num_threads(previous)
     q = torch.tensor(ms).quantile(torch.tensor([0.2, 0.5, 0.8])).tolist()
-    return {"batch": 1, "median": q[1], "p20": q[0], "p80": q[2], "threads": threads}
+    return {"batch": 1, "median": q[1], "p20": q[0], "p80": q[2], "threads": threads, "runtime": _runtime(model)}
+
+
+def _runtime(model: nn.Module) -> str:
+    """What ran the timed forward passes, in the latency table's terms: `onnxruntime cpu` (or `cuda`, the session's
+    first execution provider) for an ONNX file, `torch.export program` for model.pt2, else `torch eager`."""
+    session = getattr(model, "session", None)
+    if session is not None:
+        return "onnxruntime " + session.get_providers()[0].removesuffix("ExecutionProvider").lower()
+    return "torch.export program" if getattr(model, "export_format", None) == "torch_export" else "torch eager"
 
 
 def _check_fits(model: nn.Module, dataset: torch.utils.data.Dataset, target: Path, cfg: RunConfig) -> None:
@@ -212,7 +221,8 @@ def format_evaluation(result: dict[str, Any]) -> str:
         f"metric       {m['metric']:.4f}  ({extra})",
         _params_line(result["params"], result["sparsity"]),
         _bytes_line(result["bytes"]),
-        f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, {lat['threads']} thread(s)",
+        f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, {lat['threads']} thread(s), "
+        f"{lat.get('runtime', 'torch eager')}",
     ])
 
 

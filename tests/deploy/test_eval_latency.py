@@ -164,6 +164,11 @@ def test_eval_of_run_export_and_onnx_agree_with_the_run(run: tuple[Path, dict],
             "dense: the size of the dense-shaped model.safetensors (header included)"
         assert result["latency_ms"]["median"] > 0
     assert [r["format"] for r in results] == ["safetensors", "safetensors", "onnx", "torch_export"]
+    runtimes = [r["latency_ms"]["runtime"] for r in results]
+    assert runtimes == ["torch eager", "torch eager", "onnxruntime cpu", "torch.export program"], runtimes
+    assert main(["eval", str(out / "export" / "model.onnx")]) == 0
+    latency = capsys.readouterr().out.splitlines()[-1]
+    assert latency.startswith("latency ") and latency.endswith(" thread(s), onnxruntime cpu"), latency
 
 
 def test_eval_of_a_checkpoint_on_another_data_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
