@@ -39,7 +39,7 @@ from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
-from sparsetrain.progress import log, setup_logging
+from sparsetrain.progress import format_value, log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
 from sparsetrain.rundir import check_same_run, last_phase, phases_needed_first, prepare_out_dir
@@ -207,7 +207,7 @@ class Pipeline:
                          self.ctx.global_offset(phase) + self.ctx.phase_steps(phase) if phase != "prune"
                          else self.ctx.global_offset("finetune"))
         self.tracker.commit()  # the phase's rows are now covered by state.json
-        log.info(f"[{phase}] done: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        log.info(f"[{phase}] done: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
 
     def _resume_tag(self, phase: str) -> str | None:
         current = self.state.get("current")

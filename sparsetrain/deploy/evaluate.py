@@ -19,6 +19,7 @@ from sparsetrain.config.loader import apply_overrides, load_raw, validate
 from sparsetrain.deploy.bitmask import plain_bytes
 from sparsetrain.deploy.loading import compact_folder, export_folder, is_compact, load_compressed, missing_compact
 from sparsetrain.errors import InputError, first_line
+from sparsetrain.progress import format_value
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
 
@@ -214,7 +215,7 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
 def format_evaluation(result: dict[str, Any]) -> str:
     """The printed form of `evaluate_target`'s result: one line each for data, metric, params, bytes, latency."""
     m, lat = result["metrics"], result["latency_ms"]
-    extra = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "metric")
+    extra = ", ".join(f"{k} {format_value(v)}" for k, v in m.items() if k != "metric")
     return "\n".join([
         f"{result['target']} ({result['format']}, {result['model']}) on {result['data']['source']} "
         f"{result['data']['path'] or ''} ({result['data']['test_samples']} test samples)",
