@@ -50,8 +50,8 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         rate = (done - self.start) / max(elapsed, 1e-9)
         eta = timedelta(seconds=int((self.total - done) / max(rate, 1e-9)))
-        shown = " ".join(f"{k} {format_value(v)}" for k, v in values.items())
-        log.info(f"[{self.phase}] step {done}/{self.total} ({100 * done / self.total:.0f}%) {shown} | "
+        shown = "".join(f" {k} {format_value(v)}" for k, v in values.items())
+        log.info(f"[{self.phase}] step {done}/{self.total} ({100 * done / self.total:.0f}%){shown} | "
                  f"{rate:.1f} steps/s ETA {eta}")
 
 
