@@ -74,9 +74,11 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
 def prune_curve(pipeline: Pipeline, reports: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
     """Metric right after global magnitude pruning (no fine-tuning) over a range of sparsities (and the run's own),
     for the ℓ0-trained model and the ℓ2-trained one of the same budget (the l2_oneshot baseline's, else the dense
-    model). Returns {"sparsity": [...], "l0": [...], "l2": [...]}, metrics in the task's unit."""
+    model). Returns {"sparsity": [...], "l0": [...], "l2": [...]}, metrics in the task's unit. |w| is ranked once
+    per model; each point costs one evaluation of the test split (progress with ETA in the log)."""
     from sparsetrain.engine.loop import evaluate
-    from sparsetrain.pruning.criteria import global_sparsity_masks
+    from sparsetrain.progress import Progress
+    from sparsetrain.pruning.criteria import global_ranking, masks_from_ranking
     from sparsetrain.pruning.masks import apply_masks, prunable_parameters
 
     sources = {"l0": pipeline.model_from("sparsify")}
@@ -86,15 +88,22 @@ def prune_curve(pipeline: Pipeline, reports: dict[str, dict[str, Any]]) -> dict[
         sources["l2"] = pipeline.model_from("dense")
     achieved = round(pipeline.state["completed"]["prune"]["sparsity"], 6)
     curve: dict[str, list[float]] = {"sparsity": sorted({*CURVE_SPARSITIES, achieved})}
+    points = len(curve["sparsity"]) * len(sources)
+    log.info(f"[accuracy curve] global magnitude pruning of the {' and '.join(sources)}-trained model at "
+             f"{len(curve['sparsity'])} sparsities, {points} evaluations on the test split, for "
+             "accuracy_vs_sparsity.png (report.accuracy_curve=false skips it)")
+    progress, done = Progress("accuracy curve", 0, points, every=max(1, points // 4)), 0
     for label, model in sources.items():
         params = prunable_parameters(model)
         original = {n: p.detach().clone() for n, p in params.items()}
-        curve[label] = []
+        ranking, curve[label] = global_ranking(original), []
         for sparsity in curve["sparsity"]:
             for n, p in params.items():
                 p.copy_(original[n])
-            apply_masks(params, global_sparsity_masks(original, sparsity))
+            apply_masks(params, masks_from_ranking(original, ranking, sparsity))
             curve[label].append(evaluate(pipeline.ctx, model)["metric"])
+            progress.update(done)
+            done += 1
     return curve
 
 

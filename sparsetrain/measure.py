@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsetrain.deploy.bitmask import BITMASK_FILE, smallest_file
+from sparsetrain.deploy.bitmask import BITMASK_FILE, plain_bytes, smallest_file
 from sparsetrain.engine.checkpoint import atomic_write_text
 from sparsetrain.phases import final_phase
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
@@ -30,7 +30,9 @@ def _param_counts(model: torch.nn.Module) -> dict[str, int]:
 def measure_final(pipeline: Pipeline) -> dict[str, Any]:
     """Sparsity, layer counts, parameter counts and dense size of the final model (plus the structural and baseline
     numbers), as plain data; {} before any phase finished. The sizes of its weights files are the export's
-    (`export_bytes`, added by `write_report` after `deploy_run`)."""
+    (`export_bytes`, added by `write_report` after `deploy_run`); `bytes.dense` is the size of the dense
+    architecture's safetensors file (header included, as those files are measured; rank 0 only: it serializes the
+    weights in memory)."""
     final = final_phase(pipeline.state["completed"])
     if final is None:
         return {}
@@ -38,7 +40,7 @@ def measure_final(pipeline: Pipeline) -> dict[str, Any]:
     layers = layer_counts(prunable_parameters(model))
     counts = _param_counts(model)
     measured: dict[str, Any] = {"sparsity": sparsity_of(layers), "layers": layers, "params": counts}
-    measured["bytes"] = {"dense": sum(t.numel() * t.element_size() for t in model.state_dict().values())}
+    measured["bytes"] = {"dense": plain_bytes(model.state_dict())} if pipeline.dist.is_main else {}
     if pipeline.structural:
         _add_structural(pipeline, measured, model)
     else:
@@ -65,7 +67,8 @@ def _add_baselines(pipeline: Pipeline, measured: dict[str, Any]) -> None:
 
     if pipeline.baseline_reports:
         measured["baselines"] = {name: summarize(r) for name, r in pipeline.baseline_reports.items()}
-    if pipeline.cfg.regularizer.name == "l0_exp" and {"sparsify", "prune"} <= set(pipeline.state["completed"]):
+    wanted = pipeline.cfg.report.accuracy_curve and pipeline.cfg.regularizer.name == "l0_exp"
+    if wanted and {"sparsify", "prune"} <= set(pipeline.state["completed"]):
         measured["prune_curve"] = prune_curve(pipeline, pipeline.baseline_reports)
 
 
@@ -84,7 +87,9 @@ def _add_structural(pipeline: Pipeline, measured: dict[str, Any], final: torch.n
     before["latency_ms"], after["latency_ms"] = interleaved_latency_ms([dense, final], shape)
     measured["params"].update(dense=before["params"], pruned=after["params"])
     measured["flops"] = {"dense": before["flops"], "pruned": after["flops"]}
-    measured["bytes"].update(dense=before["weight_bytes"], pruned=after["weight_bytes"])
+    # as safetensors files (header included), like the export's: `pruned` is the size of the smaller model's
+    # model.safetensors, `dense` that of the unpruned one (profile_model's weight_bytes count tensor data only)
+    measured["bytes"].update(dense=plain_bytes(dense.state_dict()), pruned=plain_bytes(final.state_dict()))
     measured["peak_memory_bytes"] = {"dense": before["peak_memory_bytes"], "pruned": after["peak_memory_bytes"]}
     measured["latency_ms"] = {"dense": before["latency_ms"], "pruned": after["latency_ms"],
                               "speedup": before["latency_ms"] / max(after["latency_ms"], 1e-9),

@@ -49,6 +49,7 @@ class MemoryPlan:
     gpu: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, int] = field(default_factory=dict)
     deepspeed_estimate: int | None = None  # DeepSpeed's estimate of model states per GPU, when it applies
+    checkpointing: bool = False  # train.grad_checkpointing: activations counted for a checkpointed forward
 
 
 def _largest_layer(model: nn.Module) -> int:
@@ -200,11 +201,13 @@ def plan_memory(model: nn.Module, input_shape: tuple[int, ...], *, world_size: i
     if cpu:
         cpu["total"] = sum(cpu.values())
     ds = _deepspeed_estimate(total, largest, zero_stage, world_size, offload == "cpu") if bf16 else None
-    return MemoryPlan(world_size, micro, zero_stage, precision, offload, total, largest, prunable, gpu, cpu, ds)
+    return MemoryPlan(world_size, micro, zero_stage, precision, offload, total, largest, prunable, gpu, cpu, ds,
+                      checkpointing and hasattr(model, "set_grad_checkpointing"))
 
 
 def format_memory_plan(plan: MemoryPlan, gpu_mem_gb: float | None) -> str:
-    """The plan as a table in GiB, with a warning line when the GPU total exceeds `gpu_mem_gb`."""
+    """The plan as a table in GiB, with a warning line when the GPU total exceeds `gpu_mem_gb` (GiB, as
+    `launch.gpu_mem_gb`) naming the settings that would lower it and are not in effect yet (`_remedies`)."""
     lines = [f"memory plan per rank: {plan.total_params / 1e9:.3f} B parameters (largest layer "
              f"{plan.largest_layer / 1e6:.1f} M), ZeRO stage {plan.zero_stage}, {plan.precision}, world size "
              f"{plan.world_size}, micro-batch {plan.micro_batch}, optimizer offload {plan.offload}"]
@@ -216,8 +219,24 @@ def format_memory_plan(plan: MemoryPlan, gpu_mem_gb: float | None) -> str:
         ours = sum(plan.gpu[k] for k in ("parameters", "gradients", "optimizer"))
         lines.append(f"  model states: ours {ours / GiB:.2f} GiB, DeepSpeed's estimator "
                      f"{plan.deepspeed_estimate / GiB:.2f} GiB")
-    if gpu_mem_gb is not None and plan.gpu["total"] > gpu_mem_gb * 1e9:
-        lines.append(f"WARNING: {plan.gpu['total'] / 1e9:.1f} GB per rank exceeds launch.gpu_mem_gb={gpu_mem_gb:g}"
-                     " (raise the ZeRO stage, enable train.grad_checkpointing or deepspeed.offload_optimizer=cpu, "
-                     "or lower train.batch_size)")
+    if gpu_mem_gb is not None and plan.gpu["total"] > gpu_mem_gb * GiB:
+        lines.append(f"WARNING: {plan.gpu['total'] / GiB:.2f} GiB per rank exceeds launch.gpu_mem_gb={gpu_mem_gb:g} "
+                     f"GiB; to lower it: {'; '.join(_remedies(plan))}")
     return "\n".join(lines)
+
+
+def _remedies(plan: MemoryPlan) -> list[str]:
+    """The settings that lower the per-rank total and are not already in effect, largest saving first."""
+    found = []
+    if plan.zero_stage < 3:
+        found.append(f"deepspeed.zero_stage={plan.zero_stage + 1} (now {plan.zero_stage}; partitions more model "
+                     "states across ranks)")
+    if not plan.checkpointing:
+        found.append("train.grad_checkpointing=true (recomputes activations in backward)")
+    if plan.offload != "cpu" and plan.zero_stage >= 1:
+        found.append("deepspeed.offload_optimizer=cpu (optimizer state in host memory)")
+    if plan.zero_stage >= 1:
+        found.append(f"more ranks (world size now {plan.world_size}; ZeRO splits model states across them)")
+    if plan.micro_batch > 1:
+        found.append(f"a smaller train.batch_size (micro-batch now {plan.micro_batch} per rank)")
+    return found

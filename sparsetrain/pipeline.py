@@ -22,6 +22,7 @@ from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.config.schema import TrainConfig
 from sparsetrain.config.strategies import L2Config, RegularizerConfig
 from sparsetrain.data import DataBundle, build_data
+from sparsetrain.data.base import output_record
 from sparsetrain.deploy.run import DEPLOYED
 from sparsetrain.engine.checkpoint import (
     Checkpointer,
@@ -38,7 +39,7 @@ from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
-from sparsetrain.progress import log, setup_logging
+from sparsetrain.progress import format_value, log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
 from sparsetrain.rundir import check_same_run, last_phase, phases_needed_first, prepare_out_dir
@@ -149,8 +150,9 @@ class Pipeline:
     def export_meta(self, **extra: Any) -> dict[str, Any]:
         """What `load_pruned_model` needs to rebuild the model without this run's config."""
         kwargs = model_kwargs(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
-        return {"model_name": self.cfg.model.name, "model_kwargs": kwargs,
-                "input_shape": list(self.data.input_shape), "preprocessing": self.data.preprocessing, **extra}
+        output = output_record(self.cfg.task, self.data.num_classes, self.data.classes)
+        return {"model_name": self.cfg.model.name, "model_kwargs": kwargs, "input_shape": list(self.data.input_shape),
+                "preprocessing": self.data.preprocessing, "output": output, **extra}
 
     def model_from(self, phase: str | None) -> nn.Module:
         """The model at the end of `phase` (initial weights for None); structurally pruned phases load the
@@ -205,7 +207,7 @@ class Pipeline:
                          self.ctx.global_offset(phase) + self.ctx.phase_steps(phase) if phase != "prune"
                          else self.ctx.global_offset("finetune"))
         self.tracker.commit()  # the phase's rows are now covered by state.json
-        log.info(f"[{phase}] done: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        log.info(f"[{phase}] done: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
 
     def _resume_tag(self, phase: str) -> str | None:
         current = self.state.get("current")

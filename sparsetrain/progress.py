@@ -22,6 +22,14 @@ def setup_logging(is_main: bool) -> None:
     log.setLevel(level)
 
 
+def format_value(value: float) -> str:
+    """A logged number as people read it: integer counts in full with thousands separators (`122,809`), other
+    numbers to 4 significant digits (`0.9312`, `4.5e-05`). Only the log line: metrics.jsonl keeps the value."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return f"{value:.4g}"
+
+
 def _level_prefix(record: logging.LogRecord) -> bool:
     """Name the level of a warning or error in its line (INFO lines, the progress, stay unmarked)."""
     record.level_prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
@@ -42,8 +50,8 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         rate = (done - self.start) / max(elapsed, 1e-9)
         eta = timedelta(seconds=int((self.total - done) / max(rate, 1e-9)))
-        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
-        log.info(f"[{self.phase}] step {done}/{self.total} ({100 * done / self.total:.0f}%) {shown} | "
+        shown = "".join(f" {k} {format_value(v)}" for k, v in values.items())
+        log.info(f"[{self.phase}] step {done}/{self.total} ({100 * done / self.total:.0f}%){shown} | "
                  f"{rate:.1f} steps/s ETA {eta}")
 
 

@@ -9,11 +9,11 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
                      (`sparsetrain.phases`), in run order; only finished phases
     final_phase      the phase whose weights are the run's result
     wall_time_s      {phase: seconds of its last attempt}
-    sparsity, layers, params, bytes, compression_ratio   the final model (`sparsetrain.measure`); bytes: dense (the
-                     unpruned model's tensors), bitmask and safetensors (the sizes of the export's two weights files),
-                     compressed (the smaller of those, the one `compressed_format` names: the bitmask file for pruned
-                     weights, model.safetensors for a model with filters removed), pruned (structural: the smaller
-                     model's tensors)
+    sparsity, layers, params, bytes, compression_ratio   the final model (`sparsetrain.measure`); bytes, all sizes
+                     of safetensors files (header included): dense (the unpruned model as a plain file), bitmask and
+                     safetensors (the export's two weights files), compressed (the smaller of those, the one
+                     `compressed_format` names: the bitmask file for pruned weights, model.safetensors for a model
+                     with filters removed), pruned (structural: the smaller model as a plain file)
     mask_memory      {bytes_per_rank, weights_per_rank}: the packed keep-masks (1 bit per weight) each rank held
                      while training with masks (fine-tuning, else gradual pruning in sparsify), its share under
                      ZeRO >= 1; absent when no phase trained with masks

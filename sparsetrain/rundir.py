@@ -2,9 +2,9 @@
 exported or measured only once its final phase has finished.
 
 A resumed run compares its settings with the `config.yaml` the run was started with. Settings that change how a
-run executes or is observed (`MUTABLE`: tracking, threads, logging, checkpoint cadence, deploy, launch, ZeRO
-layout) may always differ. Every other setting defines results from some phase on (`SCOPES`; model, data, seed,
-batch size, optimizer, ... from the first): it is fixed once that phase or a later one has started (finished or
+run executes or is observed (`MUTABLE`: tracking, threads, logging, checkpoint cadence, deploy, report, launch,
+ZeRO layout) may always differ. Every other setting defines results from some phase on (`SCOPES`; model, data,
+seed, batch size, optimizer, ... from the first): it is fixed once that phase or a later one has started (finished or
 checkpointed), since a changed value would mix two runs' steps or (another model or data) fail on the stored
 weights; before that it may change, e.g. prune settings fixed after a prune error while sparsify is finished. What
 the non-finite error asks to lower (`RECOVERY` + the regularizer's strength) may change while steps remain.
@@ -23,8 +23,9 @@ from sparsetrain.errors import InputError
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
 
 # Dotted prefixes of settings that may change when a run resumes (execution, tracking, export, launch).
-MUTABLE = ("out_dir", "resume", "tracking", "launch", "deploy", "phases.dense.enabled", "phases.sparsify.enabled",
-           "phases.finetune.enabled", "data.num_workers", "train.eval_batch_size", "train.log_every",
+MUTABLE = ("out_dir", "resume", "tracking", "launch", "deploy", "report", "phases.dense.enabled",
+           "phases.sparsify.enabled", "phases.finetune.enabled", "data.num_workers", "train.eval_batch_size",
+           "train.log_every",
            "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",
            "train.grad_checkpointing", "train.flush_denormal", "deepspeed.dist_backend", "deepspeed.timeout_min",
            "deepspeed.zero_stage", "deepspeed.offload_optimizer", "deepspeed.param_persistence_threshold")

@@ -41,8 +41,9 @@ class LaunchConfig(BaseModel):
     max_num_timeout: int = Field(3, ge=0, description="How many times a job hitting its time limit is requeued "
                                  "(preemptions do not count).")
     array_parallelism: int = Field(16, ge=1, description="Sweeps: job-array elements running at the same time.")
-    gpu_mem_gb: float | None = Field(None, gt=0, description="GPU memory per device in GB: the dry run's memory "
-                                     "plan warns when a rank would need more (None = no check).")
+    gpu_mem_gb: float | None = Field(None, gt=0, description="GPU memory per device in GiB (2^30 bytes: nvidia-smi's "
+                                     "MiB / 1024, e.g. 80 for an 80 GB A100): the dry run's memory plan (in GiB) "
+                                     "warns when a rank would need more (None = no check).")
     srun_args: list[str] = Field(default_factory=list, description="Extra arguments for the srun that starts tasks.")
 
     @field_validator("extra_sbatch")

@@ -184,6 +184,14 @@ class DeployConfig(Section):
     latency_threads: int = Field(1, ge=1, description="Intra-op threads of torch and onnxruntime while timing.")
 
 
+class ReportConfig(Section):
+    accuracy_curve: bool = Field(True, description="Method 1 with regularizer l0_exp: after the last phase, "
+                                 "evaluate the l0-trained model (and the l2-trained one: the l2_oneshot baseline's, "
+                                 "else the dense phase's) right after global magnitude pruning at ~11 sparsities "
+                                 "(report.json prune_curve, accuracy_vs_sparsity.png): one test-split evaluation "
+                                 "per point and model, after the last phase, before the export. false: skipped.")
+
+
 class TrackingConfig(Section):
     mode: Literal["offline", "online", "disabled"] = Field("offline", description="Weights & Biases mode.")
     project: str = Field("sparsetrain", description="W&B project.")
@@ -217,6 +225,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig, description="What the end-of-run report computes.")
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     baselines: list[BaselineName] = Field(
         default_factory=list, description="Baselines run after the main run at its pruned sparsity and the same "

@@ -6,7 +6,7 @@ import numpy as np
 from torch.utils.data import Subset
 
 from sparsetrain.config.schema import DataConfig, TrainSubsetConfig
-from sparsetrain.data.base import DataBundle, DataError, preprocessing_record
+from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
 from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
 from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
 from sparsetrain.data.idx import load_idx
@@ -29,10 +29,12 @@ RAW_INPUTS = {
     "synthetic": ("generated float images", 1.0),
     "idx": ("IDX image files, uint8 pixels 0-255", 1 / 255),
 }
+DIGITS = tuple(str(d) for d in range(10))
+CLASS_NAMES = {"digits": DIGITS, "mnist1d": DIGITS}  # array sources whose labels are known to name something
 
 
 def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
-                        raw: tuple[str, float]) -> DataBundle:
+                        raw: tuple[str, float], names: tuple[str, ...] | None = None) -> DataBundle:
     x_train, y_train, x_test, y_test = arrays
     if cfg.train_subset is not None:
         keep = subset_indices(len(x_train), cfg.train_subset)
@@ -50,7 +52,8 @@ def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
     shape = tuple(x_train.shape[1:])
     return DataBundle(InMemoryDataset(x_train, y_train), InMemoryDataset(x_test, y_test),
                       in_chans=x_train.shape[1], num_classes=classes, input_shape=shape,
-                      preprocessing=preprocessing_record(shape, raw[0], raw[1], stats))
+                      preprocessing=preprocessing_record(shape, raw[0], raw[1], stats),
+                      classes=names if names and len(names) == classes else None)
 
 
 def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> DataBundle:
@@ -58,7 +61,8 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
     if cfg.source in ("npz", "idx", "imagefolder", "seg_folder") and not cfg.path:
         raise DataError(f"data.path: required for data.source={cfg.source!r}")
     if cfg.source in BUILTIN_LOADERS:
-        return _bundle_from_arrays(BUILTIN_LOADERS[cfg.source](cfg, seed), cfg, num_classes, RAW_INPUTS[cfg.source])
+        return _bundle_from_arrays(BUILTIN_LOADERS[cfg.source](cfg, seed), cfg, num_classes, RAW_INPUTS[cfg.source],
+                                   CLASS_NAMES.get(cfg.source))
     if cfg.source == "npz":
         arrays, scale = load_npz(cfg.path, num_classes)
         raw = "x_train / x_test of the .npz as stored (" + ("uint8 pixels 0-255)" if scale != 1 else "float)")
@@ -69,13 +73,15 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test = load_imagefolder(cfg.path, size, cfg.normalize, chans)
         classes = num_classes or len(train.classes)
+        names = tuple(train.classes) if len(train.classes) == classes else None  # torchvision: sorted folder names
         if cfg.train_subset is not None:
             train = Subset(train, subset_indices(len(train), cfg.train_subset).tolist())
         stats = imagefolder_stats(chans) if cfg.normalize else None
         prep = preprocessing_record((chans, size, size), "image files decoded by PIL, 8-bit pixels 0-255", 1 / 255,
-                                    stats, resize=[size, size], color="RGB" if chans == 3 else "L")
+                                    stats, resize=resize_record([size, size], "PIL via torchvision Resize"),
+                                    color="RGB" if chans == 3 else "L")
         return DataBundle(train, test, in_chans=chans, num_classes=classes, input_shape=(chans, size, size),
-                          preprocessing=prep)
+                          preprocessing=prep, classes=names)
     from sparsetrain.data.segmentation import build_segmentation_data
 
     return build_segmentation_data(cfg, seed)

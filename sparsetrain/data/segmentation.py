@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sparsetrain.config.schema import DataConfig
-from sparsetrain.data.base import DataBundle, DataError, preprocessing_record
+from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 
@@ -78,10 +78,13 @@ def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
     raw = ("generated images in [0, 1]" if cfg.source == "seg_synthetic" else
            "image files as 8-bit pixels 0-255 (16-bit files: 0-65535, scale 1/65535), resized to data.image_size, "
            "colour averaged to gray / gray repeated to match in_chans")
-    prep = preprocessing_record(shape, raw, 1.0 if cfg.source == "seg_synthetic" else 1 / 255, stats,
-                                resize=list(shape[1:]) if cfg.source == "seg_folder" else None)
+    resize = resize_record(list(shape[1:]), "torch interpolate") if cfg.source == "seg_folder" and cfg.image_size \
+        else None
+    prep = preprocessing_record(shape, raw, 1.0 if cfg.source == "seg_synthetic" else 1 / 255, stats, resize=resize)
+    names = ("background", "vessel") if cfg.source == "seg_synthetic" else _class_names(Path(cfg.path or ""))
     return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
-                      in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep)
+                      in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep,
+                      classes=names if names and len(names) == max(num_classes, 2) else None)
 
 
 def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int]:
@@ -245,6 +248,16 @@ def _declared_classes(root: Path) -> int | None:
     if count < 2:
         raise DataError(f"{path}: need at least 2 classes (background and one foreground), got {count}")
     return count
+
+
+def _class_names(root: Path) -> tuple[str, ...] | None:
+    """Class names in label order: classes.txt's lines when it names them, else background / foreground for a
+    binary folder (labels 0 and 1); None when unknown."""
+    path = root / "classes.txt"
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if len(lines) >= 2:
+        return tuple(lines)
+    return ("background", "foreground") if not lines or lines[0] == "2" else None
 
 
 def _first_offending(splits: tuple[SegSplit, ...], predicate: Callable[[torch.Tensor], torch.Tensor]

@@ -53,12 +53,26 @@ def sparse_bytes(state: dict[str, torch.Tensor], sparse_names: set[str]) -> int:
 
 
 def plain_bytes(state: dict[str, torch.Tensor]) -> int:
-    """The size of `state` as a plain safetensors file (every tensor whole, zeros included), as the export's
-    `model.safetensors` is written (`safetensors.torch.save_model`, a model without shared tensors), without
-    writing."""
-    from safetensors.torch import save
+    """The size of `state` as a plain safetensors file (every tensor whole, zeros included, header counted), as the
+    export's `model.safetensors` and the run's `weights/<phase>.safetensors` are written
+    (`safetensors.torch.save_model` / `save_file`, a model without shared tensors), without writing: the file is
+    serialized in memory (a transient copy of the weights). Tensors on the meta device (an architecture built
+    without memory) count as zeros of their shape and dtype; the size does not depend on the values."""
+    from safetensors.torch import _remove_duplicate_names, save
 
-    return len(save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+    tensors = {k: _on_cpu(v) for k, v in state.items()}
+    metadata = {}
+    for kept, dropped in _remove_duplicate_names(tensors).items():  # tied weights: stored once, as save_model does
+        for name in dropped:
+            metadata[name] = kept
+            del tensors[name]
+    return len(save(tensors, metadata=metadata or None))
+
+
+def _on_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.is_meta:
+        return torch.zeros(tensor.shape, dtype=tensor.dtype)
+    return tensor.detach().cpu().contiguous()
 
 
 def storage_bytes(state: dict[str, torch.Tensor], sparse_names: set[str]) -> dict[str, int | str]:

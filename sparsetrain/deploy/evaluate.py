@@ -16,8 +16,10 @@ from torch import nn
 
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
+from sparsetrain.deploy.bitmask import plain_bytes
 from sparsetrain.deploy.loading import compact_folder, export_folder, is_compact, load_compressed, missing_compact
 from sparsetrain.errors import InputError, first_line
+from sparsetrain.progress import format_value
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
 
@@ -73,8 +75,9 @@ def _sizes(model: nn.Module, target: Path) -> dict[str, Any]:
 
     Returns:
         {"params": {"total", "nonzero", and for an architecture made smaller ("dense": the unpruned architecture's
-        count, "removed": "filters" or "dead units")}, "sparsity", "bytes": {"dense": the unpruned architecture's
-        tensor bytes, then `_weights_files`}}.
+        count, "removed": "filters" or "dead units")}, "sparsity", "bytes": {"dense": the size of the unpruned
+        architecture's safetensors file (`bitmask.plain_bytes`, header included, as the weights files are measured),
+        then `_weights_files`}}.
     """
     from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 
@@ -85,7 +88,7 @@ def _sizes(model: nn.Module, target: Path) -> dict[str, Any]:
     if unpruned is not None:
         counts.update(dense=sum(p.numel() for p in unpruned.parameters()), removed=_what_was_removed(target))
     prunable = prunable_parameters(model)
-    dense_bytes = sum(t.numel() * t.element_size() for t in (unpruned or model).state_dict().values())
+    dense_bytes = plain_bytes((unpruned or model).state_dict())
     state = {k: v.detach() for k, v in model.state_dict().items()}
     return {"params": counts, "sparsity": sparsity_of(layer_counts(prunable)),
             "bytes": {"dense": dense_bytes, **_weights_files(state, set(prunable), target)}}
@@ -147,7 +150,16 @@ def _latency(model: nn.Module, shape: tuple[int, ...], repeats: int, threads: in
     finally:
         torch.set_num_threads(previous)
     q = torch.tensor(ms).quantile(torch.tensor([0.2, 0.5, 0.8])).tolist()
-    return {"batch": 1, "median": q[1], "p20": q[0], "p80": q[2], "threads": threads}
+    return {"batch": 1, "median": q[1], "p20": q[0], "p80": q[2], "threads": threads, "runtime": _runtime(model)}
+
+
+def _runtime(model: nn.Module) -> str:
+    """What ran the timed forward passes, in the latency table's terms: `onnxruntime cpu` (or `cuda`, the session's
+    first execution provider) for an ONNX file, `torch.export program` for model.pt2, else `torch eager`."""
+    session = getattr(model, "session", None)
+    if session is not None:
+        return "onnxruntime " + session.get_providers()[0].removesuffix("ExecutionProvider").lower()
+    return "torch.export program" if getattr(model, "export_format", None) == "torch_export" else "torch eager"
 
 
 def _check_fits(model: nn.Module, dataset: torch.utils.data.Dataset, target: Path, cfg: RunConfig) -> None:
@@ -203,14 +215,15 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
 def format_evaluation(result: dict[str, Any]) -> str:
     """The printed form of `evaluate_target`'s result: one line each for data, metric, params, bytes, latency."""
     m, lat = result["metrics"], result["latency_ms"]
-    extra = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k != "metric")
+    extra = ", ".join(f"{k} {format_value(v)}" for k, v in m.items() if k != "metric")
     return "\n".join([
         f"{result['target']} ({result['format']}, {result['model']}) on {result['data']['source']} "
         f"{result['data']['path'] or ''} ({result['data']['test_samples']} test samples)",
         f"metric       {m['metric']:.4f}  ({extra})",
         _params_line(result["params"], result["sparsity"]),
         _bytes_line(result["bytes"]),
-        f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, {lat['threads']} thread(s)",
+        f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, {lat['threads']} thread(s), "
+        f"{lat.get('runtime', 'torch eager')}",
     ])
 
 

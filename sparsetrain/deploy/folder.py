@@ -11,6 +11,8 @@
 The input preprocessing the model expects (`data.preprocessing_record`: layout, dtype, shape, scale of the raw
 values, per-channel mean/std, resize) is stored in `architecture.json` under `meta.preprocessing` and in the ONNX
 file's metadata_props under `sparsetrain.preprocessing` (JSON); `load_compressed` exposes it as `.preprocessing`.
+What the output means (`data.output_record`: the class names in index order, how to decode the logits) is stored
+the same way under `meta.output` and `sparsetrain.output`. The ONNX input's first axis is named `batch`.
 
 `manifest.json` lists the formats written, their files and sizes (`bytes`: every file listed; `weights_bytes`, for
 the torch formats: the weights file alone, the size report.json, `sparsetrain eval` and `bench latency` give), and
@@ -38,7 +40,6 @@ from sparsetrain.deploy.program import (
     ONNX_FILE,
     PROGRAM_FILE,
     onnx_weight_counts,
-    set_onnx_metadata,
     trace,
     verify_onnx,
     verify_program,
@@ -49,10 +50,11 @@ from sparsetrain.progress import log
 from sparsetrain.pruning.masks import prunable_parameters
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE, save_pruned_model
 
-__all__ = ["DEPLOYMENT_FORMATS", "EXPORT_FILES", "MANIFEST_FILE", "PREPROCESSING_KEY", "write_export"]
+__all__ = ["DEPLOYMENT_FORMATS", "EXPORT_FILES", "MANIFEST_FILE", "OUTPUT_KEY", "PREPROCESSING_KEY", "write_export"]
 
 MANIFEST_FILE = "manifest.json"
 PREPROCESSING_KEY = "sparsetrain.preprocessing"  # ONNX metadata_props key holding the preprocessing record (JSON)
+OUTPUT_KEY = "sparsetrain.output"  # ONNX metadata_props key holding the output record (JSON): class names, decoding
 DEPLOYMENT_FORMATS = ("onnx", "torch_export")
 _MANIFEST_FORMAT = "sparsetrain-export/1"
 # every file write_export may write (model.onnx.data: the ONNX weights of a model over 1 GiB)
@@ -116,7 +118,7 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
                  f"({'no dead units' if compact else 'deploy.compact=false'})")
     if formats:
         entries.update(_deployment_formats(model, folder, example.float().cpu(), formats, opset, tolerance,
-                                           meta.get("preprocessing")))
+                                           _onnx_metadata(meta)))
     manifest = {"format": _MANIFEST_FORMAT, "model_name": meta["model_name"],
                 "input_shape": list(example.shape[1:]), "formats": entries}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
@@ -156,8 +158,14 @@ def _compact(model: nn.Module, folder: Path, meta: dict[str, Any], example: torc
     return {"compact": entry} if entry is not None else {}
 
 
+def _onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """The records of `meta` the ONNX file carries in its metadata_props, as JSON strings."""
+    records = {PREPROCESSING_KEY: meta.get("preprocessing"), OUTPUT_KEY: meta.get("output")}
+    return {key: json.dumps(record) for key, record in records.items() if record}
+
+
 def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, formats: tuple[str, ...] | list[str],
-                        opset: int, tolerance: float, preprocessing: dict | None) -> dict[str, dict[str, Any]]:
+                        opset: int, tolerance: float, metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
     with torch.no_grad():
         reference = model(example)
     try:
@@ -169,7 +177,7 @@ def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, f
         "torch_export": lambda: _checked(folder, write_program(program, folder / PROGRAM_FILE),
                                          verify_program, reference, example, tolerance, dynamic_batch=dynamic),
         "onnx": lambda: _onnx(folder, program, reference, example, opset, tolerance, dynamic, pruned_zeros,
-                              preprocessing),
+                              metadata),
     }
     entries = {}
     for fmt in formats:
@@ -198,10 +206,8 @@ def _checked(folder: Path, path: Path, verify: Any, reference: torch.Tensor, exa
 
 
 def _onnx(folder: Path, program: torch.export.ExportedProgram, reference: torch.Tensor, example: torch.Tensor,
-          opset: int, tolerance: float, dynamic: bool, pruned_zeros: int, preprocessing: dict | None) -> dict[str, Any]:
-    path = write_onnx(program, example, folder / ONNX_FILE, opset)
-    if preprocessing:
-        set_onnx_metadata(path, {PREPROCESSING_KEY: json.dumps(preprocessing)})
+          opset: int, tolerance: float, dynamic: bool, pruned_zeros: int, metadata: dict[str, str]) -> dict[str, Any]:
+    path = write_onnx(program, example, folder / ONNX_FILE, opset, metadata)
     counts = onnx_weight_counts(path)
     entry = _checked(folder, path, verify_onnx, reference, example, tolerance, opset=opset, dynamic_batch=dynamic,
                      weight_elements=counts["elements"], weight_zeros=counts["zeros"],

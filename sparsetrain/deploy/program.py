@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ONNX_FILE", "PROGRAM_FILE", "onnx_session", "trace", "verify_onnx", "verify_program", "write_onnx",
-           "write_program"]
+__all__ = ["BATCH_AXIS", "ONNX_FILE", "PROGRAM_FILE", "onnx_session", "trace", "verify_onnx", "verify_program",
+           "write_onnx", "write_program"]
 
 PROGRAM_FILE = "model.pt2"
 ONNX_FILE = "model.onnx"
 _MAX_BATCH = 4096
+BATCH_AXIS = "batch"  # name of the ONNX input's and output's dynamic first axis
 _SINGLE_FILE_LIMIT = 1 << 30  # ONNX protobufs cap at 2 GiB: larger weights go to an external data file
 
 
@@ -51,23 +52,24 @@ def write_program(program: torch.export.ExportedProgram, path: Path) -> Path:
     return path
 
 
-def write_onnx(program: torch.export.ExportedProgram, example: torch.Tensor, path: Path, opset: int) -> Path:
-    """Translate the program to ONNX at `opset` (torch's torch.export-based exporter)."""
+def write_onnx(program: torch.export.ExportedProgram, example: torch.Tensor, path: Path, opset: int,
+               metadata: dict[str, str] | None = None) -> Path:
+    """Translate the program to ONNX at `opset` (torch's torch.export-based exporter) and save it to `path`.
+
+    The input's and output's dynamic first axis is named `BATCH_AXIS` (the exporter names it after its symbol, e.g.
+    `s77`); `metadata` goes into the file's metadata_props (read back by onnxruntime's
+    `session.get_modelmeta().custom_metadata_map`). Weights over 1 GiB go to `<path>.data`.
+    """
     weight_bytes = sum(t.numel() * t.element_size() for t in program.state_dict.values())
     with _quiet("onnxscript", "onnx_ir", "torch.onnx"):
-        torch.onnx.export(program, (example,), str(path), dynamo=True, opset_version=opset, input_names=["input"],
-                          output_names=["output"], external_data=weight_bytes > _SINGLE_FILE_LIMIT, verbose=False)
+        onnx_program = torch.onnx.export(program, (example,), dynamo=True, opset_version=opset,
+                                         input_names=["input"], output_names=["output"], verbose=False)
+    first = onnx_program.model.graph.inputs[0].shape[0]
+    if not isinstance(first, int):  # a symbolic (dynamic) batch axis
+        onnx_program.rename_axes({first: BATCH_AXIS})
+    onnx_program.model.metadata_props.update(metadata or {})
+    onnx_program.save(str(path), external_data=weight_bytes > _SINGLE_FILE_LIMIT)
     return path
-
-
-def set_onnx_metadata(path: Path, props: dict[str, str]) -> None:
-    """Store `props` in the ONNX file's metadata_props (read back by onnxruntime's
-    `session.get_modelmeta().custom_metadata_map`); external weight files are left as they are."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **props})
-    onnx.save(model, str(path))
 
 
 @contextlib.contextmanager

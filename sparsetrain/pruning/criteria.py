@@ -163,8 +163,21 @@ def threshold_masks(weights: dict[str, torch.Tensor], cfg: PruneConfig,
 
 def global_sparsity_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
     """One global ranking of |w| over all layers; exactly round(sparsity × total) weights pruned."""
-    flat = torch.cat([w.detach().abs().flatten().float() for w in weights.values()])
-    keep = _keep_largest(flat, int(round(sparsity * flat.numel())))
+    return masks_from_ranking(weights, global_ranking(weights), sparsity)
+
+
+def global_ranking(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Positions of all weights (flattened, concatenated in `weights`' order) by ascending |w|, ties by position
+    (a stable sort): the ranking `global_sparsity_masks` prunes from the front of. Sort once, then call
+    `masks_from_ranking` per sparsity (an accuracy-vs-sparsity curve) instead of sorting again for each."""
+    return torch.argsort(torch.cat([w.detach().abs().flatten().float() for w in weights.values()]), stable=True)
+
+
+def masks_from_ranking(weights: dict[str, torch.Tensor], ranking: torch.Tensor,
+                       sparsity: float) -> dict[str, torch.Tensor]:
+    """Masks (True = kept) pruning the first round(sparsity × total) weights of `ranking` (`global_ranking`)."""
+    keep = torch.ones(ranking.numel(), dtype=torch.bool, device=ranking.device)
+    keep[ranking[:int(round(sparsity * ranking.numel()))]] = False
     masks, offset = {}, 0
     for name, w in weights.items():
         masks[name] = keep[offset:offset + w.numel()].view_as(w)

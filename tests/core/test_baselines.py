@@ -26,7 +26,7 @@ def _kernel_sparsity(weights: dict[str, torch.Tensor]) -> float:
 
 def test_baselines_join_the_report(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
     report = run_pipeline(tiny_config(run_dir, *BASELINES, "phases.dense.enabled=true", "phases.dense.epochs=1"))
-    table = capsys.readouterr().out
+    table, logged = capsys.readouterr()
     assert set(report["baselines"]) == {"l2_oneshot", "gmp"}, f"baselines: {list(report.get('baselines', {}))}"
     for name, row in report["baselines"].items():
         sub = run_dir / "baselines" / name
@@ -47,10 +47,17 @@ def test_baselines_join_the_report(run_dir: Path, capsys: pytest.CaptureFixture)
     assert curve["l0"][at] == pytest.approx(report["phases"]["prune"]["metric"]), "curve at l0's sparsity != prune"
     assert curve["l2"][at] == pytest.approx(report["baselines"]["l2_oneshot"]["prune"]), "curve != l2 baseline"
     assert (run_dir / "accuracy_vs_sparsity.png").stat().st_size > 1000, "accuracy_vs_sparsity.png missing"
+    points = 2 * len(curve["sparsity"])
+    said = [line.split(" ", 1)[1] for line in logged.splitlines() if " [accuracy curve] " in line]  # after HH:MM:SS
+    assert said and said[0].startswith(f"[accuracy curve] global magnitude pruning of the l0 and l2-trained model at "
+                              f"{len(curve['sparsity'])} sparsities, {points} evaluations"), said
+    assert "report.accuracy_curve=false skips it" in said[0] and f"step {points}/{points} (100%)" in said[-1], said
     for label in ("l0 (this run)", "l2 + one-shot magnitude", "gradual magnitude (GMP)", "dense (l2, same budget)"):
         assert label in table, f"the printed table lacks the row {label!r}"
-    again = run_pipeline(tiny_config(run_dir, *BASELINES, "phases.dense.enabled=true", "phases.dense.epochs=1"))
+    again = run_pipeline(tiny_config(run_dir, *BASELINES, "phases.dense.enabled=true", "phases.dense.epochs=1",
+                                     "report.accuracy_curve=false"))  # a report setting: may change on a re-run
     assert again["baselines"] == report["baselines"], "re-running a finished run changed its baselines"
+    assert "prune_curve" not in again, "report.accuracy_curve=false must skip the curve"
 
 
 def test_baseline_subrun_resumes_exactly(tmp_path: Path) -> None:

@@ -96,7 +96,10 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
     assert bundle.num_classes == 2 and x.shape == (3, 16, 16) and y == 1 and len(bundle.test) == 6
     prep = bundle.preprocessing  # what the export records: torchvision's ImageNet statistics, resize, RGB
     assert prep["mean"] == [0.485, 0.456, 0.406] and prep["std"] == [0.229, 0.224, 0.225]
-    assert prep["resize"] == [16, 16] and prep["color"] == "RGB" and prep["scale"] == 1 / 255
+    assert prep["resize"] == {"size": [16, 16], "interpolation": "bilinear", "antialias": True, "mode": "squash",
+                              "by": "PIL via torchvision Resize"}
+    assert prep["color"] == "RGB" and prep["scale"] == 1 / 255
+    assert bundle.classes == ("cat", "dog"), "class names in torchvision's index order (sorted folder names)"
     model = build_model(ModelConfig(name="resnet18"), 3, 2, bundle.input_shape)
     assert model.eval()(x[None]).shape == (1, 2)
 

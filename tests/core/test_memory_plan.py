@@ -11,7 +11,14 @@ import torch
 from sparsetrain.cli import main
 from sparsetrain.config import load_config
 from sparsetrain.engine.deepspeed_setup import deepspeed_config
-from sparsetrain.memory_plan import activation_bytes, model_states, saved_for_backward
+from sparsetrain.memory_plan import (
+    GiB,
+    MemoryPlan,
+    activation_bytes,
+    format_memory_plan,
+    model_states,
+    saved_for_backward,
+)
 from tests.core.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +78,26 @@ def test_vit_giant_dry_run_plans_one_and_four_nodes(capsys: pytest.CaptureFixtur
     four_nodes = _dry_run(capsys, "launch.nodes=4")
     assert "world size 32, micro-batch 8" in four_nodes
     tight = _dry_run(capsys, "launch.gpu_mem_gb=2")
-    assert "WARNING:" in tight and "exceeds launch.gpu_mem_gb=2" in tight
+    assert "WARNING:" in tight and "GiB per rank exceeds launch.gpu_mem_gb=2 GiB" in tight
+
+
+def _plan(stage: int, offload: str, checkpointing: bool, total: int) -> MemoryPlan:
+    return MemoryPlan(8, 32, stage, "bf16", offload, 10**9, 10**7, 10**9, gpu={"total": total},
+                      checkpointing=checkpointing)
+
+
+def test_memory_warning_is_in_gib_and_advises_only_what_is_not_in_effect() -> None:
+    """launch.gpu_mem_gb is GiB, like the table; the vit_giant recipe already has ZeRO 3 and grad checkpointing."""
+    warning = format_memory_plan(_plan(3, "none", True, int(4.9 * GiB)), gpu_mem_gb=4).splitlines()[-1]
+    assert warning.startswith("WARNING: 4.90 GiB per rank exceeds launch.gpu_mem_gb=4 GiB; to lower it: "), warning
+    assert "zero_stage" not in warning and "grad_checkpointing" not in warning, warning
+    assert "deepspeed.offload_optimizer=cpu" in warning and "train.batch_size (micro-batch now 32" in warning
+    offloaded = format_memory_plan(_plan(3, "cpu", True, int(4.9 * GiB)), gpu_mem_gb=4)
+    assert "offload_optimizer" not in offloaded and "more ranks (world size now 8" in offloaded, offloaded
+    plain = format_memory_plan(_plan(0, "none", False, int(4.9 * GiB)), gpu_mem_gb=4)
+    assert "deepspeed.zero_stage=1 (now 0" in plain and "train.grad_checkpointing=true" in plain, plain
+    assert "offload_optimizer" not in plain, "offloading needs ZeRO >= 1: not a remedy on its own"
+    assert "WARNING" not in format_memory_plan(_plan(3, "none", True, int(3.9 * GiB)), gpu_mem_gb=4)
 
 
 def test_offload_and_checkpointing_settings_reach_deepspeed_and_the_model(tmp_path: Path) -> None:

@@ -103,6 +103,8 @@ def test_report_contents_and_compressed_file(run_dir: Path) -> None:
     assert report["world_size"] == 1 and set(report["wall_time_s"]) == {"dense", "sparsify", "prune", "finetune"}
     compressed = run_dir / "export" / BITMASK_FILE
     assert report["bytes"]["compressed"] == compressed.stat().st_size < report["bytes"]["dense"]
+    assert report["bytes"]["dense"] == (run_dir / "weights" / "dense.safetensors").stat().st_size, \
+        "bytes.dense is the dense model's safetensors file size, header included"
     restored = load_sparse(compressed)
     for name, tensor in final.items():
         assert torch.equal(restored[name], tensor), f"{name}: compressed file does not restore the weights"

@@ -107,3 +107,18 @@ def test_per_layer_values_out_of_range_fail_at_config_load(rule: str, override: 
     with pytest.raises(ConfigError) as info:
         load_config(None, [f"prune.rule={rule}", override])
     assert str(info.value).startswith(expected), info.value
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.37, 0.5, 0.9, 1.0])
+def test_one_ranking_gives_each_sparsitys_global_masks(sparsity: float) -> None:
+    """The accuracy curve sorts |w| once (`global_ranking`) and cuts it per sparsity: the same masks as ranking from
+    scratch at that sparsity (ties, at 0.5 and 0, broken by position)."""
+    from sparsetrain.pruning.criteria import _keep_largest, global_ranking, masks_from_ranking
+
+    torch.manual_seed(0)
+    weights = {"a": torch.randn(7, 5).round(decimals=1), "b": torch.randn(13).round(decimals=1), "c": torch.zeros(3)}
+    flat = torch.cat([w.abs().flatten() for w in weights.values()])
+    expected = _keep_largest(flat, int(round(sparsity * flat.numel())))
+    masks = masks_from_ranking(weights, global_ranking(weights), sparsity)
+    assert torch.equal(torch.cat([m.flatten() for m in masks.values()]), expected), sparsity
+    assert all(masks[n].shape == w.shape for n, w in weights.items())

@@ -81,3 +81,17 @@ def test_help_lists_every_bench_subcommand(capsys: pytest.CaptureFixture) -> Non
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("bench"))
     assert set(BENCHMARKS) == {"kernels", "train_step", "latency", "throughput"}
     assert all(name in line for name in BENCHMARKS), line
+
+
+def test_logged_counts_are_integers_with_thousands_separators(caplog: pytest.LogCaptureFixture) -> None:
+    """`[prune] done: ... prune/params_before 488,001, prune/params_after 122,809` (it said 4.88e+05 and 1.228e+05
+    beside the table's 122,809); other numbers keep 4 significant digits. The phase-done line, the progress line
+    and eval's metric line share the format."""
+    from sparsetrain.progress import Progress, format_value
+
+    assert format_value(122_809) == "122,809" and format_value(488_330) == "488,330" and format_value(7) == "7"
+    assert format_value(0.931249) == "0.9312" and format_value(4.5e-5) == "4.5e-05" and format_value(97.0) == "97"
+    assert format_value(True) == "1", "a flag is not a count"
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        Progress("prune", 0, 1, every=1).update(0, params_after=122_809, loss=0.25)
+    assert "params_after 122,809 loss 0.25 |" in caplog.text, caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -159,8 +160,15 @@ def test_eval_of_run_export_and_onnx_agree_with_the_run(run: tuple[Path, dict],
         assert result["params"] == {"total": report["params"]["total"], "nonzero": report["params"]["nonzero"]}
         assert result["sparsity"] == pytest.approx(report["sparsity"])
         assert result["bytes"]["compressed"] == report["bytes"]["compressed"]
+        assert result["bytes"]["dense"] == report["bytes"]["dense"] == report["bytes"]["safetensors"], \
+            "dense: the size of the dense-shaped model.safetensors (header included)"
         assert result["latency_ms"]["median"] > 0
     assert [r["format"] for r in results] == ["safetensors", "safetensors", "onnx", "torch_export"]
+    runtimes = [r["latency_ms"]["runtime"] for r in results]
+    assert runtimes == ["torch eager", "torch eager", "onnxruntime cpu", "torch.export program"], runtimes
+    assert main(["eval", str(out / "export" / "model.onnx")]) == 0
+    latency = capsys.readouterr().out.splitlines()[-1]
+    assert latency.startswith("latency ") and latency.endswith(" thread(s), onnxruntime cpu"), latency
 
 
 def test_eval_of_a_checkpoint_on_another_data_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -173,6 +181,8 @@ def test_eval_of_a_checkpoint_on_another_data_config(tmp_path: Path, capsys: pyt
     assert main(["eval", str(tmp_path / "ckpt.pth"), "model.name=lenet300_100", "data.source=digits"]) == 0
     printed = capsys.readouterr().out
     assert "(checkpoint, lenet300_100) on digits" in printed and "sparsity" in printed
+    dense, compressed = re.search(r"bytes +([\d,]+) dense -> ([\d,]+) compressed \(safetensors", printed).groups()
+    assert dense == compressed, "an unpruned model's plain safetensors file is its dense size, header included"
     assert main(["eval", str(tmp_path / "missing.pth")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: eval: ") and "\n" not in err

@@ -35,6 +35,10 @@ RECIPES = {
                               "phases.finetune.epochs=0.5", "regularizer.count_window=2", "train.batch_size=8"],
 }
 
+# the output's class names in index order: digits' labels; background/vessel of the binary vessel masks (one logit)
+EXPECTED_CLASSES = {"quickstart": [str(d) for d in range(10)], "unet_synthetic": ["background", "vessel"],
+                    "mobilenetv3_synthetic": ["background", "vessel"]}
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
@@ -62,6 +66,11 @@ def test_onnx_and_program_match_torch(runs: dict, recipe: str) -> None:
     with torch.no_grad():
         expected = model(x)
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == session.get_outputs()[0].shape[0] == "batch", session.get_inputs()
+    output = json.loads(session.get_modelmeta().custom_metadata_map["sparsetrain.output"])
+    assert output == json.loads((folder / "architecture.json").read_text())["meta"]["output"], recipe
+    assert output["classes"] == EXPECTED_CLASSES[recipe], output
+    assert ("argmax" if recipe == "quickstart" else "logit > 0") in output["decode"], output
     onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     program_out = torch.export.load(str(folder / "model.pt2")).module()(x)
     assert np.abs(onnx_out - expected.numpy()).max() <= 1e-4, f"{recipe}: onnxruntime differs from torch"

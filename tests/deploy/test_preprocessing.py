@@ -45,6 +45,8 @@ def test_onnx_with_recorded_preprocessing_reproduces_the_metric(digits_npz: Path
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     meta = json.loads(session.get_modelmeta().custom_metadata_map["sparsetrain.preprocessing"])
     assert meta == prep, "ONNX metadata and architecture.json disagree"
+    output = json.loads(session.get_modelmeta().custom_metadata_map["sparsetrain.output"])
+    assert output["classes"] is None and "argmax" in output["decode"], "an npz names no classes"
     raw = np.load(digits_npz)
     x = raw["x_test"][:, None].astype(np.float32) * meta["scale"]
     x = (x - np.array(meta["mean"], np.float32)[:, None, None]) / np.array(meta["std"], np.float32)[:, None, None]

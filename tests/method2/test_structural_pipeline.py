@@ -65,6 +65,8 @@ def test_bytes_name_the_smallest_file_of_a_physically_pruned_model(structural: t
     assert {k: sizes[k] for k in files} == files, "report bytes are not the export's file sizes"
     assert sizes["compressed"] == files["safetensors"] and sizes["compressed_format"] == "safetensors", sizes
     assert sizes["compressed"] < sizes["dense"] / 2, sizes
+    assert sizes["pruned"] == files["safetensors"], "pruned: the smaller model's safetensors file, header included"
+    assert sizes["dense"] == (run / "weights" / "sparsify.safetensors").stat().st_size, "dense: the unpruned file"
     assert sparsetrain.load_compressed(export, sizes["compressed_format"]) is not None
     capsys.readouterr()
     assert main(["eval", str(run), "--json"]) == 0

@@ -95,15 +95,20 @@ def test_multiclass_folder_with_train_test_and_resize(tmp_path: Path) -> None:
     assert (len(bundle.train), len(bundle.test)) == (3, 2)
     assert bundle.train.targets.shape == (3, 8, 8)
     assert set(bundle.train.targets.unique().tolist()) <= {0, 1, 2}, "nearest resize must keep labels"
+    assert bundle.preprocessing["resize"]["size"] == [8, 8] and bundle.preprocessing["resize"]["mode"] == "squash"
+    assert bundle.classes is None, "three labels and no classes.txt: no names"
 
 
 def test_classes_txt_sets_the_class_count(tmp_path: Path) -> None:
     for i in range(3):
         write_pair(tmp_path, f"a{i}", disk_mask(12, 1, i))
     (tmp_path / "classes.txt").write_text("background\nvessel\nartery\nvein\n")
-    assert build_segmentation_data(seg_folder(tmp_path), seed=0).num_classes == 4
+    named = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    assert named.num_classes == 4 and named.classes == ("background", "vessel", "artery", "vein")
+    assert named.preprocessing["resize"] is None, "no data.image_size: images are used at their own size"
     (tmp_path / "classes.txt").write_text("2\n")
-    assert build_segmentation_data(seg_folder(tmp_path), seed=0).num_classes == 1
+    binary = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    assert binary.num_classes == 1 and binary.classes == ("background", "foreground")
 
 
 def test_exact_stem_wins_over_tagged_mask(tmp_path: Path) -> None:
