@@ -69,6 +69,19 @@ def test_every_checkpoint_layout_loads_the_trained_weights(tmp_path: Path, name:
     _assert_holds(_build(path), expected, name)
     if name in ("timm.pth.tar", "torchvision.pth"):
         _assert_holds(_build(path, checkpoint_ema=True), ema, f"{name} with checkpoint_ema")
+    elif name != "ema_only.bin":  # asked for EMA weights where there are none: refused, not the plain weights taken
+        with pytest.raises(ValueError, match=f"^model.checkpoint_ema: {path} .*no EMA weights") as info:
+            _build(path, checkpoint_ema=True)
+        assert "\n" not in str(info.value)
+
+
+def test_checkpoint_ema_names_the_keys_a_training_checkpoint_has(tmp_path: Path) -> None:
+    torch.save({"state_dict": _lenet5(1).state_dict(), "epoch": 3, "arch": "lenet5"}, tmp_path / "ckpt.pth.tar")
+    with pytest.raises(ValueError) as info:
+        _build(tmp_path / "ckpt.pth.tar", checkpoint_ema=True)
+    assert str(info.value) == (f"model.checkpoint_ema: {tmp_path / 'ckpt.pth.tar'} has no state_dict_ema or "
+                               "model_ema (its keys: state_dict, epoch, arch), no EMA weights; leave "
+                               "model.checkpoint_ema unset to load its weights")
 
 
 def test_reset_head_keeps_everything_but_a_fresh_classifier(tmp_path: Path) -> None:
