@@ -390,6 +390,7 @@ class Pipeline:
             phases_needed_first(phases, self.state["completed"], self.cfg.phases.sparsify.enabled)
         todo = [p for p in PHASES if p in wanted and (p == PRUNE or getattr(self.cfg.phases, p).enabled)
                 and p not in self.state["completed"]]
+        self._check_batch_size(todo)
         self._say_where_it_resumes(todo, phases)
         for phase in todo:
             getattr(self, f"run_{phase}")()
@@ -400,6 +401,17 @@ class Pipeline:
         from sparsetrain.measure import write_report
 
         return write_report(self)
+
+    def _check_batch_size(self, todo: list[str]) -> None:
+        """`train.batch_size` against the training set (`BatchPlan`'s checks) before any phase runs, not when the
+        first phase that trains starts (after loading and evaluating, and after a finished phase fixed the setting).
+
+        Raises:
+            InputError: one line naming `train.batch_size` when a phase to run trains.
+        """
+        training = [p for p in todo if p in TRAINING_PHASES and getattr(self.cfg.phases, p).epochs > 0]
+        if training:
+            self.ctx.plan(training[0])
 
     def _say_where_it_resumes(self, todo: list[str], selected: list[str] | None) -> None:
         """One line when this run continues an earlier one at a phase boundary, or has nothing left to train (a

@@ -149,6 +149,18 @@ def test_empty_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "run").exists()
 
 
+def test_batch_size_larger_than_the_data_is_refused_before_any_phase(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: the error came after the dense phase had evaluated (and finished), whose state then
+    refused the re-run with a smaller batch as a run with other settings."""
+    capsys.readouterr()
+    overrides = tiny_overrides(tmp_path, "phases.dense.enabled=true", "phases.dense.epochs=0", "train.batch_size=4096")
+    assert main(["run", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(r"error: train.batch_size: 4096 exceeds the \d+ training samples$", err), err
+    assert "[dense]" not in err and not (tmp_path / "state.json").exists(), "a phase ran before the check"
+
+
 @pytest.mark.parametrize(("make", "reason"), [
     (lambda tmp: tmp / "afile", "File exists"),
     (lambda tmp: tmp / "afile" / "sub", "Not a directory"),
