@@ -368,7 +368,11 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = Tru
     if arch is not None and arch.get("modules"):
         if cfg.checkpoint_ema:
             _check_ema(resolve(cfg.checkpoint))
-        return _pruned_export(model, cfg, arch)
+        pruned = _pruned_export(model, cfg, arch)
+        if announce:
+            log.info(f"model.checkpoint: loaded the structurally pruned {cfg.name} "
+                     f"({sum(p.numel() for p in pruned.parameters()):,} parameters) from {_source(cfg.checkpoint)}")
+        return pruned
     state = read_state_dict(cfg.checkpoint, cfg.checkpoint_ema)
     load_into(model, state, cfg)
     if announce:
@@ -378,11 +382,16 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = Tru
 
 
 def _source(path: str | Path) -> str:
-    """The checkpoint as given, with the file read when it is a run directory without `export/`."""
+    """The checkpoint as given, with the file read when it is a folder: `RUN (export/model.safetensors)`,
+    `RUN (weights/finetune.safetensors, its last finished phase)`, `EXPORT (model.safetensors)`."""
+    from sparsetrain.structural.serialize import WEIGHTS_FILE
+
     given, used = Path(path).expanduser(), resolve(path)
-    if used in (given, given / "export"):
+    if used == given and not given.is_dir():
         return str(path)
-    return f"{path} ({used.relative_to(given)}, its last finished phase)"
+    file = used / WEIGHTS_FILE if (used / WEIGHTS_FILE).is_file() else used
+    last = "" if used in (given, given / "export") else ", its last finished phase"
+    return f"{path} ({file.relative_to(given)}{last})"
 
 
 def _note_unfinished_run(path: str | Path) -> None:
