@@ -319,7 +319,7 @@ class Pipeline:
                                 state: dict | None) -> dict[str, Any] | Exception:
         """Rank 0: choose and remove the channels of the whole model, write the smaller model; its results, or the
         error to raise on every rank (the other ranks wait for it in a broadcast)."""
-        from sparsetrain.pruning.filters import remove_filters
+        from sparsetrain.pruning.filters import remove_filters, why_nothing_removed
         from sparsetrain.structural.serialize import save_pruned_model
 
         try:
@@ -327,6 +327,9 @@ class Pipeline:
             require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
             pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, state,
                                                   groups=groups, score=score)
+            if all(row["kept"] == row["total"] for row in kept):
+                why = why_nothing_removed(model, groups, self.cfg.prune, score, (state or {}).get("redundant"))
+                log.warning(f"[prune] no filter removed: {why}")
             require_finite(pruned.state_dict(), "the prune weights to hand on", "the removal produced NaN/inf")
             save_pruned_model(_cpu_copy(pruned), self.out_dir / "weights" / PRUNE, meta=self.export_meta(phase=PRUNE))
         except Exception as err:  # noqa: BLE001 - every rank raises it (run_prune_filters)
