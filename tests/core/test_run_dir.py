@@ -109,6 +109,7 @@ def test_changed_settings_lists_in_schema_order_and_skips_new_keys() -> None:
 
 SPARSIFY_DONE = {"completed": {"sparsify": {}}, "current": None}
 MID_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10}}
+EVALUATED = {"completed": {"dense": {"metric": 20.0, "steps": 0}}, "current": None}  # phases.dense.epochs=0
 
 
 @pytest.mark.parametrize(("key", "state", "may_change"), [
@@ -124,6 +125,12 @@ MID_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10}}
     (("optim", "name"), MID_SPARSIFY, False),
     (("seed",), {"completed": {}, "current": None}, True),  # nothing started yet
     (("seed",), MID_SPARSIFY, False),
+    (("train", "batch_size"), EVALUATED, True),  # the dense phase took no step: the batch size acted on nothing
+    (("optim", "name"), EVALUATED, True),
+    (("model", "name"), EVALUATED, False),  # what it evaluated
+    (("phases", "dense", "epochs"), EVALUATED, False),  # a finished phase is not re-run: another count is refused
+    (("train", "batch_size"), {"completed": {"dense": {"steps": 0}, "sparsify": {}}, "current": None}, False),
+    (("train", "batch_size"), {"completed": {"dense": {"steps": 0}}, "current": {"phase": "sparsify"}}, False),
 ])
 def test_a_setting_is_fixed_once_the_phase_it_acts_on_has_started(key: tuple[str, ...], state: dict,
                                                                    may_change: bool) -> None:
