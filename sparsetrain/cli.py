@@ -180,7 +180,9 @@ def _eval(argv: list[str]) -> int:
     _require_positional(parser, argv, "target")
     args = parser.parse_intermixed_args(argv)
     from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
+    from sparsetrain.progress import setup_logging
 
+    setup_logging(is_main=True)  # the lines that say what was read (model.checkpoint: loaded ... from ...)
     recipe, overrides = _split_recipe(args.config, list(args.overrides))
     result = evaluate_target(args.target, recipe, overrides, args.format)
     print(json.dumps(result, indent=1) if args.json else format_evaluation(result))

@@ -319,7 +319,7 @@ class Pipeline:
                                 state: dict | None) -> dict[str, Any] | Exception:
         """Rank 0: choose and remove the channels of the whole model, write the smaller model; its results, or the
         error to raise on every rank (the other ranks wait for it in a broadcast)."""
-        from sparsetrain.pruning.filters import remove_filters
+        from sparsetrain.pruning.filters import remove_filters, why_nothing_removed
         from sparsetrain.structural.serialize import save_pruned_model
 
         try:
@@ -327,6 +327,9 @@ class Pipeline:
             require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
             pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, state,
                                                   groups=groups, score=score)
+            if all(row["kept"] == row["total"] for row in kept):
+                why = why_nothing_removed(model, groups, self.cfg.prune, score, (state or {}).get("redundant"))
+                log.warning(f"[prune] no filter removed: {why}")
             require_finite(pruned.state_dict(), "the prune weights to hand on", "the removal produced NaN/inf")
             save_pruned_model(_cpu_copy(pruned), self.out_dir / "weights" / PRUNE, meta=self.export_meta(phase=PRUNE))
         except Exception as err:  # noqa: BLE001 - every rank raises it (run_prune_filters)
@@ -390,6 +393,7 @@ class Pipeline:
             phases_needed_first(phases, self.state["completed"], self.cfg.phases.sparsify.enabled)
         todo = [p for p in PHASES if p in wanted and (p == PRUNE or getattr(self.cfg.phases, p).enabled)
                 and p not in self.state["completed"]]
+        self._check_batch_size(todo)
         self._say_where_it_resumes(todo, phases)
         for phase in todo:
             getattr(self, f"run_{phase}")()
@@ -400,6 +404,17 @@ class Pipeline:
         from sparsetrain.measure import write_report
 
         return write_report(self)
+
+    def _check_batch_size(self, todo: list[str]) -> None:
+        """`train.batch_size` against the training set (`BatchPlan`'s checks) before any phase runs, not when the
+        first phase that trains starts (after loading and evaluating, and after a finished phase fixed the setting).
+
+        Raises:
+            InputError: one line naming `train.batch_size` when a phase to run trains.
+        """
+        training = [p for p in todo if p in TRAINING_PHASES and getattr(self.cfg.phases, p).epochs > 0]
+        if training:
+            self.ctx.plan(training[0])
 
     def _say_where_it_resumes(self, todo: list[str], selected: list[str] | None) -> None:
         """One line when this run continues an earlier one at a phase boundary, or has nothing left to train (a

@@ -36,6 +36,7 @@ from typing import Any
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, SPARSIFY, final_phase
 
 REPORT_FORMAT = 2
+TASK_METRICS = {"classification": "accuracy", "segmentation": "Dice"}  # what a task's "metric" is (tasks.*.finalize)
 FORMAT_1_KEYS = {"dense": "dense", "sparse": "sparsify", "pruned": "prune", "finetuned": "finetune"}
 
 
@@ -79,8 +80,11 @@ def final_metric(report: dict[str, Any]) -> tuple[str | None, float | None]:
 
 
 def format_table(report: dict[str, Any]) -> str:
+    """The printed summary: each phase's metric (the column named after the task's metric, in percent), then the
+    final model's size, speed and bytes."""
     rows = [(phase, result["metric"]) for phase, result in phase_results(report).items()]
-    lines = ["phase        metric"] + [f"{name:<12} {value:7.2f}" for name, value in rows]
+    label = f"{TASK_METRICS[report['task']]} %" if report.get("task") in TASK_METRICS else "metric"
+    lines = [f"phase        {label}"] + [f"{name:<12} {value:7.2f}" for name, value in rows]
     if "flops" in report:
         p, f, lat = report["params"], report["flops"], report["latency_ms"]
         lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",

@@ -7,7 +7,9 @@ ZeRO layout) may always differ. Every other setting defines results from some ph
 seed, batch size, optimizer, ... from the first): it is fixed once that phase or a later one has started (finished or
 checkpointed), since a changed value would mix two runs' steps or (another model or data) fail on the stored
 weights; before that it may change, e.g. prune settings fixed after a prune error while sparsify is finished. What
-the non-finite error asks to lower (`RECOVERY` + the regularizer's strength) may change while steps remain.
+the non-finite error asks to lower (`RECOVERY` + the regularizer's strength) may change while steps remain. Settings
+that act only through optimizer steps (`STEP_SETTINGS`: batch size, optimizer) are not fixed by a phase that only
+evaluated its start weights (epochs 0), e.g. a dense phase that measured `model.checkpoint`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ SCOPES = (("prune.schedule", SPARSIFY), ("prune.gradual", SPARSIFY), ("prune.gro
           ("prune", PRUNE), ("phases.sparsify", SPARSIFY), ("phases.finetune", FINETUNE),
           ("regularizer.alpha2", DENSE), ("regularizer.gradient_path", DENSE), ("regularizer.backend", DENSE),
           ("regularizer.finetune_l0", FINETUNE), ("regularizer", SPARSIFY), ("baselines", "end"))
+# Settings that act only through optimizer steps (the batches, the optimizer and its step): a phase that took none
+# (`phases.<phase>.epochs=0` evaluates its start weights, `steps` 0 in its results) does not fix them.
+STEP_SETTINGS = ("train.batch_size", "optim", "deepspeed.gradient_accumulation_steps", "deepspeed.gradient_clipping",
+                 "phases.dense.lr", "phases.sparsify.lr", "phases.finetune.lr")
 _SHOWN = 3  # differing settings named in the error
 _MISSING = object()
 
@@ -107,12 +113,15 @@ def changed_settings(stored: dict[str, Any], new: dict[str, Any], state: dict[st
     """
     finished = last_phase(new) in state.get("completed", {})
     latest = _latest_started(state, finished)
+    stepped = {**state, "completed": {p: r for p, r in state.get("completed", {}).items()
+                                      if not isinstance(r, dict) or r.get("steps") != 0}}
+    latest_step = _latest_started(stepped, finished)  # evaluate-only phases left out, for STEP_SETTINGS
     free = MUTABLE if finished else MUTABLE + recovery_settings(new)
     old_flat, new_flat = _flatten(stored), _flatten(new)
     keys = list(new_flat) + [k for k in old_flat if k not in new_flat]
     return [(k, old_flat[k], new_flat.get(k, _MISSING)) for k in keys
             if k in old_flat and old_flat[k] != new_flat.get(k, _MISSING) and not _matches(k, free)
-            and _scope(k) <= latest]
+            and _scope(k) <= (latest_step if _matches(k, STEP_SETTINGS) else latest)]
 
 
 def _show(value: Any) -> str:

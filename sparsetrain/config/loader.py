@@ -13,6 +13,14 @@ from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.errors import InputError
 
+# Keys users bring from other tools' configs, with where that setting comes from here (said for an unknown key).
+KEY_HINTS = {
+    "model.num_classes": "the class count comes from the data (its labels, or an ImageFolder tree's class folders); "
+                         "for a model.checkpoint with other classes set model.reset_head=true",
+    "model.in_chans": "input channels come from the data; data.in_chans sets them (1: gray, 3: RGB)",
+    "model.img_size": "the input size comes from the data; data.image_size resizes images",
+}
+
 
 class ConfigError(InputError):
     """A config problem, phrased as one line naming the field and what was expected."""
@@ -134,6 +142,8 @@ def _format_error(err: ValidationError) -> str:
         glued = _glued_key(first["loc"], value)
         if glued:
             return glued
+        if field in KEY_HINTS:
+            return f"{field}: unknown key{shown}: {KEY_HINTS[field]}"
         message = f"unknown key{suggestion(field, all_paths())}"
     if not first["loc"] or message.startswith((f"{field}:", f"{field}.")):
         return message  # cross-field checks already name their field

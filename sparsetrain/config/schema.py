@@ -39,7 +39,8 @@ class ModelConfig(Section):
                                    "model or model_ema, 'module.' prefixes removed), or a sparsetrain export "
                                    "folder / run directory. With it, phases.dense.epochs=0 evaluates it only.")
     checkpoint_ema: bool = Field(False, description="Take the EMA weights (state_dict_ema / model_ema) of a "
-                                 "training checkpoint that has both (timm validate.py's --use-ema).")
+                                 "training checkpoint that has both (timm validate.py's --use-ema); a file without "
+                                 "EMA weights is refused.")
     reset_head: bool = Field(False, description="Re-initialize the classifier (timm reset_classifier) instead of "
                              "loading it from model.checkpoint, e.g. when the data has other classes.")
 

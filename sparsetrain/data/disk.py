@@ -16,6 +16,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, used
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGEFOLDER_SIZE = 224  # default data.image_size for ImageFolder trees (timm's ImageNet models)
 SMALL_IMAGE_FACTOR = 4  # warn when images are upscaled by this factor or more
+CLASSES_SHOWN = 5  # class names listed per split when train and test classes differ
 
 
 def imagefolder_stats(in_chans: int) -> tuple[list[float], list[float]]:
@@ -147,9 +148,22 @@ def load_imagefolder(path: str, image_size: int, normalize: bool,
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"data.path: {str(err).splitlines()[0]}") from None
     if train.classes != test.classes:
-        raise DataError(f"data.path: train classes {train.classes[:5]}… differ from test classes {test.classes[:5]}…")
+        splits = {f"{Path(data.root).name}/": data.classes for data in (train, test)}
+        raise DataError(f"data.path: class folders differ between {' and '.join(splits)}: {class_difference(splits)}")
     _warn_if_upscaled(train, image_size)
     return train, test
+
+
+def class_difference(splits: dict[str, list[str]], shown: int = CLASSES_SHOWN) -> str:
+    """`only in train/: a, b; only in val/: c` for two splits' class names (up to `shown` names each, `…` only when
+    some are left out)."""
+    (first, a), (second, b) = splits.items()
+    parts = []
+    for split, names, other in ((first, a, b), (second, b, a)):
+        only = [name for name in names if name not in other]
+        if only:
+            parts.append(f"only in {split}: {', '.join(only[:shown])}{', …' if len(only) > shown else ''}")
+    return "; ".join(parts)
 
 
 def _warn_if_upscaled(train: torch.utils.data.Dataset, image_size: int) -> None:

@@ -16,7 +16,9 @@ after removing one trailing tag: image tags `_training`, `_test`; mask tags list
 `im0001.ah.ppm`). With several candidates the exact stem wins, then the tag listed first in `MASK_TAGS`.
 
 Mask values: binary masks hold 0/255 or 0/1; multi-class masks hold integer labels 0..K-1 (grayscale or
-palette PNG). K comes from classes.txt, or else from the largest label (at most `MAX_INFERRED_CLASSES`).
+palette PNG). K comes from classes.txt, or else from the largest label (at most `MAX_INFERRED_CLASSES`). Masks saved
+as RGB(A) images with three equal channels are read as gray (their first channel; the log says so once); colour-coded
+masks (channels that differ) are refused.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
+from sparsetrain.progress import log
 
 __all__ = ["IMAGE_EXTENSIONS", "MASK_TAGS", "build_segmentation_data", "load_seg_folder", "load_seg_synthetic"]
 
@@ -51,6 +54,7 @@ class SegSplit:
     images: torch.Tensor
     masks: torch.Tensor
     mask_files: tuple[Path, ...]
+    rgb_masks: tuple[Path, ...] = ()  # mask files stored as RGB(A) with equal colour channels, read as gray
 
 
 def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
@@ -110,10 +114,13 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
     if not root.is_dir():
         raise DataError(f"data.path: segmentation folder not found: {root}")
     if (root / "train").is_dir() or (root / "test").is_dir():
-        train = _read_split(root / "train", cfg.image_size)
-        train, test = _align_splits(train, _read_split(root / "test", cfg.image_size))
+        train, test = _read_split(root / "train", cfg.image_size), _read_split(root / "test", cfg.image_size)
+        _note_rgb_masks((train, test))
+        train, test = _align_splits(train, test)
     else:
-        train, test = _split(_read_split(root, cfg.image_size), cfg.test_fraction, seed)
+        whole = _read_split(root, cfg.image_size)
+        _note_rgb_masks((whole,))
+        train, test = _split(whole, cfg.test_fraction, seed)
     lookup, num_classes = _class_lookup(root, (train, test))
     train = SegSplit(train.images, lookup[train.masks], train.mask_files)
     test = SegSplit(test.images, lookup[test.masks], test.mask_files)
@@ -176,12 +183,14 @@ def _read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({err})") from None
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    """H × W int64 raw label map: palette indices, gray levels, or one channel of a gray-coded colour mask."""
+def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
+    """H × W int64 raw label map: palette indices, gray levels, or one channel of a gray-coded colour mask; and
+    whether the file was such an RGB(A) image (equal colour channels; a colour-coded mask is refused).
+    """
     try:
         with Image.open(path) as img:
             if img.mode == "1":
-                return np.asarray(img, dtype=np.int64)
+                return np.asarray(img, dtype=np.int64), False
             arr = np.asarray(img).astype(np.int64)
     except OSError as err:
         raise DataError(f"{path}: cannot read mask ({err})") from None
@@ -189,8 +198,8 @@ def _read_mask(path: Path) -> np.ndarray:
         colour = arr[..., :3]
         if (colour != colour[..., :1]).any():
             raise DataError(f"{path}: colour mask; save masks as one-channel label images (gray or palette PNG)")
-        arr = colour[..., 0]
-    return arr
+        return colour[..., 0], True
+    return arr, False
 
 
 def _to_tensor(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,25 +212,37 @@ def _to_tensor(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[t
     return x, y
 
 
-def _read_pair(image_path: Path, mask_path: Path, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    image, mask = _read_image(image_path), _read_mask(mask_path)
+def _read_pair(image_path: Path, mask_path: Path, size: int | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Image and mask tensors (`_to_tensor`), and whether the mask file was RGB (`_read_mask`)."""
+    image, (mask, rgb) = _read_image(image_path), _read_mask(mask_path)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but image {image_path.name} is "
                         f"{image.shape[1]}×{image.shape[0]} (width×height)")
-    return _to_tensor(image, mask, size)
+    return (*_to_tensor(image, mask, size), rgb)
 
 
 def _read_split(folder: Path, size: int | None) -> SegSplit:
     """All image/mask pairs of `folder/images` and `folder/masks`, stacked."""
     pairs = _pair_files(folder / "images", folder / "masks")
     loaded = [_read_pair(image, mask, size) for image, mask in pairs]
-    shapes = {tuple(y.shape) for _, y in loaded}
+    shapes = {tuple(y.shape) for _, y, _ in loaded}
     if len(shapes) > 1:
         raise DataError(f"data.image_size: images in {folder} differ in size ({', '.join(map(str, sorted(shapes)))}); "
                         "set data.image_size to resize them")
-    chans = max(x.shape[0] for x, _ in loaded)
-    images = torch.stack([x.expand(chans, -1, -1) for x, _ in loaded])  # gray next to colour: repeat the gray
-    return SegSplit(images.contiguous(), torch.stack([y for _, y in loaded]), tuple(mask for _, mask in pairs))
+    chans = max(x.shape[0] for x, _, _ in loaded)
+    images = torch.stack([x.expand(chans, -1, -1) for x, _, _ in loaded])  # gray next to colour: repeat the gray
+    rgb = tuple(mask for (_, mask), (_, _, was_rgb) in zip(pairs, loaded, strict=True) if was_rgb)
+    return SegSplit(images.contiguous(), torch.stack([y for _, y, _ in loaded]), tuple(mask for _, mask in pairs),
+                    rgb)
+
+
+def _note_rgb_masks(splits: tuple[SegSplit, ...]) -> None:
+    """One line when mask files are RGB images (gray labels stored in three equal channels): how they are read."""
+    rgb = [path for split in splits for path in split.rgb_masks]
+    if rgb:
+        total = sum(len(split.mask_files) for split in splits)
+        log.info(f"data.path: {len(rgb)} of {total} mask files are RGB images with equal channels (e.g. {rgb[0]}): "
+                 "read as gray label images (their first channel); a colour-coded mask would be refused")
 
 
 def _align_splits(train: SegSplit, test: SegSplit) -> tuple[SegSplit, SegSplit]:

@@ -22,6 +22,7 @@ sparsetrain run or export that names its model (`architecture.json`, or the run'
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -41,6 +42,8 @@ __all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "class
 _SHOWN = 3  # keys listed per kind in a mismatch message
 _RUN_DEPTH = 2  # a run's files lie at most this deep below its config.yaml (weights/<phase>.safetensors)
 _AVERAGED_MODEL_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel (torchvision's EMA) bookkeeping
+_EMA_KEYS = ("state_dict_ema", "model_ema")  # where timm's load_state_dict(use_ema=True) looks, in this order
+_KEYS_SHOWN = 8  # top-level keys of a training checkpoint listed when it has no EMA weights
 
 
 class CheckpointMismatch(ValueError):
@@ -75,10 +78,13 @@ def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
     """The weights held by a checkpoint file or export folder, on the CPU, wrapper prefixes removed.
 
     Raises:
-        ValueError: `model.checkpoint: ...` when the path is missing or holds no state dict.
+        ValueError: `model.checkpoint: ...` when the path is missing or holds no state dict;
+            `model.checkpoint_ema: ...` when `use_ema` and it holds no EMA weights (`_check_ema`).
     """
     path = resolve(path)
     if path.is_dir():
+        if use_ema:
+            _check_ema(path)
         return _export_state(path)
     if not path.is_file():
         raise ValueError(f"model.checkpoint: file or export folder not found: {path}")
@@ -86,6 +92,8 @@ def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
     if foreign:
         raise ValueError(f"model.checkpoint: {path} {foreign}")
     tensors = _tensors(path, use_ema)
+    if use_ema:
+        _check_ema(path)
     if not tensors and not use_ema:  # a checkpoint that keeps only EMA weights
         tensors = _tensors(path, True)
     if not tensors:
@@ -196,6 +204,37 @@ def _tensors(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"model.checkpoint: {path} holds a {type(state).__name__}, expected a state dict")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and k not in _AVERAGED_MODEL_KEYS}
+
+
+def _check_ema(path: Path) -> None:
+    """With `model.checkpoint_ema`, a checkpoint without EMA weights is refused: timm's load_state_dict would quietly
+    take its `state_dict` / `model` instead.
+
+    Raises:
+        ValueError: `model.checkpoint_ema: ...` naming the keys the file has.
+    """
+    if path.is_dir() or path.suffix == ".safetensors":
+        raise ValueError(f"model.checkpoint_ema: {path} holds one set of weights, no EMA weights (those come from a "
+                         f"training checkpoint's {' or '.join(_EMA_KEYS)}); leave model.checkpoint_ema unset")
+    with torch.serialization.safe_globals([argparse.Namespace]):  # the `args` timm's and torchvision's scripts save
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    if not isinstance(checkpoint, dict) or any(checkpoint.get(key) is not None for key in _EMA_KEYS):
+        return
+    keys = [str(k) for k in checkpoint]
+    if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        what = f"is a plain state dict ({_show(keys)})"
+    else:
+        more = ", ..." if len(keys) > _KEYS_SHOWN else ""
+        what = f"has no {' or '.join(_EMA_KEYS)} (its keys: {', '.join(keys[:_KEYS_SHOWN])}{more})"
+    raise ValueError(f"model.checkpoint_ema: {path} {what}, no EMA weights; leave model.checkpoint_ema unset to "
+                     "load its weights")
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether torch.save's zip format (which torch.load can memory-map), not the legacy pickle format."""
+    import zipfile
+
+    return zipfile.is_zipfile(path)
 
 
 def _export_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -327,7 +366,13 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = Tru
         _note_unfinished_run(cfg.checkpoint)
     arch = export_architecture(cfg.checkpoint)
     if arch is not None and arch.get("modules"):
-        return _pruned_export(model, cfg, arch)
+        if cfg.checkpoint_ema:
+            _check_ema(resolve(cfg.checkpoint))
+        pruned = _pruned_export(model, cfg, arch)
+        if announce:
+            log.info(f"model.checkpoint: loaded the structurally pruned {cfg.name} "
+                     f"({sum(p.numel() for p in pruned.parameters()):,} parameters) from {_source(cfg.checkpoint)}")
+        return pruned
     state = read_state_dict(cfg.checkpoint, cfg.checkpoint_ema)
     load_into(model, state, cfg)
     if announce:
@@ -337,11 +382,16 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = Tru
 
 
 def _source(path: str | Path) -> str:
-    """The checkpoint as given, with the file read when it is a run directory without `export/`."""
+    """The checkpoint as given, with the file read when it is a folder: `RUN (export/model.safetensors)`,
+    `RUN (weights/finetune.safetensors, its last finished phase)`, `EXPORT (model.safetensors)`."""
+    from sparsetrain.structural.serialize import WEIGHTS_FILE
+
     given, used = Path(path).expanduser(), resolve(path)
-    if used in (given, given / "export"):
+    if used == given and not given.is_dir():
         return str(path)
-    return f"{path} ({used.relative_to(given)}, its last finished phase)"
+    file = used / WEIGHTS_FILE if (used / WEIGHTS_FILE).is_file() else used
+    last = "" if used in (given, given / "export") else ", its last finished phase"
+    return f"{path} ({file.relative_to(given)}{last})"
 
 
 def _note_unfinished_run(path: str | Path) -> None:

@@ -27,9 +27,12 @@ from sparsetrain.structural import (
     build_score,
     fold_constant_channels,
     producer_weights,
+    relative_scores,
     remove_channels,
     select_channels,
 )
+
+_SCORE_NAMES = {"l2": "l2 norm", "l1": "l1 norm", "bn_scale": "|BN scale|", "grad_count": "gradient count ratio"}
 
 
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...], grouped_conv: str = "within_groups"
@@ -128,3 +131,29 @@ def kept_per_group(groups: list[ChannelGroup], drop: dict[str, torch.Tensor]) ->
     return [{"group": g.id, "total": g.num_channels, "kept": g.num_channels - len(drop.get(g.id, [])),
              **({"exact": False} if g.inexact and g.id in drop else {})}
             for g in groups if g.prunable]
+
+
+def why_nothing_removed(model: nn.Module, groups: list[ChannelGroup], cfg: PruneConfig, score: ChannelScore,
+                        redundant: dict[str, torch.Tensor] | None = None) -> str:
+    """Why `choose_filters` chose no channel, with what to set (the prune phase's line when a model stays whole).
+
+    No channel's score relative to its group's best is below `prune.filter_norm_threshold` (the smallest is named)
+    and none is marked redundant; or some are, but too few in a group to remove a multiple of `prune.round_to`
+    channels (or they carry a constant that cannot be folded away).
+    """
+    relative = {gid: rel for gid, (_, rel) in relative_scores(model, groups, score, selection_from(cfg)).items()}
+    if not relative:
+        return "no channel group can be pruned (see the channel groups: prunable, exact, 2 channels or more)"
+    weakest = min(relative, key=lambda gid: float(relative[gid].min()))
+    smallest = float(relative[weakest].min())
+    marked = sum(int(m.sum()) for m in redundancy_marks(model, groups, redundant).values())
+    below = sum(int((r < cfg.filter_norm_threshold).sum()) for r in relative.values())
+    fraction = "set prune.filter_fraction (e.g. 0.25) to remove that fraction of every group's weakest filters"
+    if below or marked:
+        return (f"{below + marked} filter(s) below prune.filter_norm_threshold={cfg.filter_norm_threshold:g} or "
+                f"marked redundant, but too few in any group to remove a multiple of prune.round_to={cfg.round_to} "
+                f"channels (or they carry a constant that cannot be folded); {fraction}, or prune.round_to=1")
+    none_marked = " and none marked redundant" if redundant is not None else ""
+    return (f"no filter's {_SCORE_NAMES[cfg.channel_score]} relative to its group's strongest is below "
+            f"prune.filter_norm_threshold={cfg.filter_norm_threshold:g} (smallest {smallest:.3g}, in {weakest})"
+            f"{none_marked}; {fraction}")

@@ -20,7 +20,7 @@ from sparsetrain.structural.rules import (
     rule_for,
 )
 from sparsetrain.structural.scoring import BNScale, ChannelScore, CountRatio, L1Norm, L2Norm, build_score
-from sparsetrain.structural.selection import ChannelSelection, select_channels
+from sparsetrain.structural.selection import ChannelSelection, relative_scores, select_channels
 from sparsetrain.structural.serialize import load_pruned_model, save_pruned_model
 from sparsetrain.structural.trace import trace_model
 from sparsetrain.structural.types import ChannelGroup, ChannelSlice, StructuralPruningError
@@ -51,6 +51,7 @@ __all__ = [
     "register_functional_rule",
     "register_layer_rule",
     "registered_rules",
+    "relative_scores",
     "remove_channels",
     "remove_dead_units",
     "rule_for",

@@ -26,7 +26,7 @@ from sparsetrain.structural.fold import channel_fold_status, rest_values
 from sparsetrain.structural.scoring import ChannelScore
 from sparsetrain.structural.types import ChannelGroup
 
-__all__ = ["ChannelSelection", "rounded_count", "select_channels"]
+__all__ = ["ChannelSelection", "relative_scores", "rounded_count", "select_channels"]
 
 
 @dataclass(frozen=True)
@@ -69,16 +69,11 @@ def select_channels(model: nn.Module, groups: Sequence[ChannelGroup], score: Cha
         example_input: Input batch for the constant-output check of dead units (skipped when None).
     """
     scores, dead = {}, {}
-    for group in groups:
-        if not group.prunable or (group.inexact and not selection.allow_inexact) or group.num_channels < 2:
-            continue
-        s = score(model, group)
-        if s is None:
-            continue
-        scores[group.id] = s
-        dead[group.id] = s / s.max().clamp_min(1e-30) < selection.threshold
-        if marked and group.id in marked:
-            dead[group.id] |= marked[group.id].bool().cpu()
+    for group_id, (s, relative) in relative_scores(model, groups, score, selection).items():
+        scores[group_id] = s
+        dead[group_id] = relative < selection.threshold
+        if marked and group_id in marked:
+            dead[group_id] |= marked[group_id].bool().cpu()
     alive = _carry_constants(model, groups, dead, example_input) if example_input is not None else {}
     by_id = {g.id: g for g in groups}
     drop = {}
@@ -88,6 +83,20 @@ def select_channels(model: nn.Module, groups: Sequence[ChannelGroup], score: Cha
         if len(chosen):
             drop[gid] = chosen
     return drop
+
+
+def relative_scores(model: nn.Module, groups: Sequence[ChannelGroup], score: ChannelScore,
+                    selection: ChannelSelection) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Group id -> (unit scores, scores relative to the group's best, which `selection.threshold` compares) of the
+    groups a selection may prune: prunable, of 2 units or more, exact unless `allow_inexact`, with a score."""
+    result = {}
+    for group in groups:
+        if not group.prunable or (group.inexact and not selection.allow_inexact) or group.num_channels < 2:
+            continue
+        s = score(model, group)
+        if s is not None:
+            result[group.id] = (s, s / s.max().clamp_min(1e-30))
+    return result
 
 
 def _step(round_to: int, unit_channels: int) -> int:

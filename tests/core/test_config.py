@@ -66,6 +66,9 @@ def test_cli_prints_one_line_error_without_traceback(tmp_path: Path) -> None:
     ("alph0=1", "alph0: unknown config key (did you mean regularizer.alpha0?)"),
     ("traing.batch_size=3", "traing: unknown key (did you mean train?)"),
     ("regularizer.gamma=1", "regularizer.gamma: unknown key (got 1)"),  # nothing close: no guess
+    ("model.num_classes=5", "model.num_classes: unknown key (got 5): the class count comes from the data (its "
+     "labels, or an ImageFolder tree's class folders); for a model.checkpoint with other classes set "
+     "model.reset_head=true"),  # a key other tools have: where the setting comes from here
 ])
 def test_unknown_key_suggests_the_closest_valid_one(override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:

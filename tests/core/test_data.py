@@ -119,6 +119,24 @@ def test_imagefolder_missing_split(tmp_path: Path) -> None:
         build_data(DataConfig(source="imagefolder", path=str(tmp_path)), 0)
 
 
+def test_imagefolder_classes_that_differ_are_named(tmp_path: Path) -> None:
+    from PIL import Image
+
+    classes = {"train": ["ant", "bee", "cat", "dog", "eel"], "val": ["ant", "bee", "cat", "dog", "eel", "fox"]}
+    for split, names in classes.items():
+        for name in names:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / split / name / "0.png")
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(source="imagefolder", path=str(tmp_path)), 0)
+    assert str(info.value) == "data.path: class folders differ between train/ and val/: only in val/: fox"
+    from sparsetrain.data.disk import class_difference
+
+    letters = list("abcdefgh")
+    assert class_difference({"train/": letters, "test/": ["a", "z"]}) == ("only in train/: b, c, d, e, f, …; "
+                                                                          "only in test/: z")
+
+
 def test_builtin_sources_are_deterministic() -> None:
     for source in ("digits", "mnist1d", "synthetic"):
         a = build_data(DataConfig(source=source, num_samples=200), 5)

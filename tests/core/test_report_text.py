@@ -76,6 +76,15 @@ def test_the_summary_line_calls_a_speedup_within_noise_when_its_ratios_disagree(
     assert latency_line({**report, "latency_ms": earlier})[2] == 1.88
 
 
+@pytest.mark.parametrize(("task", "header"), [
+    ("segmentation", "phase        Dice %"), ("classification", "phase        accuracy %"),
+    (None, "phase        metric"),  # a report without its task (format 1)
+])
+def test_the_metric_column_is_named_after_the_tasks_metric(task: str | None, header: str) -> None:
+    report = {"phases": {"dense": {"metric": 71.234}}, **({"task": task} if task else {})}
+    assert format_table(report).splitlines()[:2] == [header, "dense          71.23"]
+
+
 def test_help_lists_every_bench_subcommand(capsys: pytest.CaptureFixture) -> None:
     assert main(["--help"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("bench"))

@@ -109,6 +109,7 @@ def test_changed_settings_lists_in_schema_order_and_skips_new_keys() -> None:
 
 SPARSIFY_DONE = {"completed": {"sparsify": {}}, "current": None}
 MID_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10}}
+EVALUATED = {"completed": {"dense": {"metric": 20.0, "steps": 0}}, "current": None}  # phases.dense.epochs=0
 
 
 @pytest.mark.parametrize(("key", "state", "may_change"), [
@@ -124,6 +125,12 @@ MID_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10}}
     (("optim", "name"), MID_SPARSIFY, False),
     (("seed",), {"completed": {}, "current": None}, True),  # nothing started yet
     (("seed",), MID_SPARSIFY, False),
+    (("train", "batch_size"), EVALUATED, True),  # the dense phase took no step: the batch size acted on nothing
+    (("optim", "name"), EVALUATED, True),
+    (("model", "name"), EVALUATED, False),  # what it evaluated
+    (("phases", "dense", "epochs"), EVALUATED, False),  # a finished phase is not re-run: another count is refused
+    (("train", "batch_size"), {"completed": {"dense": {"steps": 0}, "sparsify": {}}, "current": None}, False),
+    (("train", "batch_size"), {"completed": {"dense": {"steps": 0}}, "current": {"phase": "sparsify"}}, False),
 ])
 def test_a_setting_is_fixed_once_the_phase_it_acts_on_has_started(key: tuple[str, ...], state: dict,
                                                                    may_change: bool) -> None:
@@ -147,6 +154,18 @@ def test_empty_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: config: empty config file {recipe}") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_batch_size_larger_than_the_data_is_refused_before_any_phase(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: the error came after the dense phase had evaluated (and finished), whose state then
+    refused the re-run with a smaller batch as a run with other settings."""
+    capsys.readouterr()
+    overrides = tiny_overrides(tmp_path, "phases.dense.enabled=true", "phases.dense.epochs=0", "train.batch_size=4096")
+    assert main(["run", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(r"error: train.batch_size: 4096 exceeds the \d+ training samples$", err), err
+    assert "[dense]" not in err and not (tmp_path / "state.json").exists(), "a phase ran before the check"
 
 
 @pytest.mark.parametrize(("make", "reason"), [

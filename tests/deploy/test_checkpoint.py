@@ -69,6 +69,19 @@ def test_every_checkpoint_layout_loads_the_trained_weights(tmp_path: Path, name:
     _assert_holds(_build(path), expected, name)
     if name in ("timm.pth.tar", "torchvision.pth"):
         _assert_holds(_build(path, checkpoint_ema=True), ema, f"{name} with checkpoint_ema")
+    elif name != "ema_only.bin":  # asked for EMA weights where there are none: refused, not the plain weights taken
+        with pytest.raises(ValueError, match=f"^model.checkpoint_ema: {path} .*no EMA weights") as info:
+            _build(path, checkpoint_ema=True)
+        assert "\n" not in str(info.value)
+
+
+def test_checkpoint_ema_names_the_keys_a_training_checkpoint_has(tmp_path: Path) -> None:
+    torch.save({"state_dict": _lenet5(1).state_dict(), "epoch": 3, "arch": "lenet5"}, tmp_path / "ckpt.pth.tar")
+    with pytest.raises(ValueError) as info:
+        _build(tmp_path / "ckpt.pth.tar", checkpoint_ema=True)
+    assert str(info.value) == (f"model.checkpoint_ema: {tmp_path / 'ckpt.pth.tar'} has no state_dict_ema or "
+                               "model_ema (its keys: state_dict, epoch, arch), no EMA weights; leave "
+                               "model.checkpoint_ema unset to load its weights")
 
 
 def test_reset_head_keeps_everything_but_a_fresh_classifier(tmp_path: Path) -> None:
@@ -83,7 +96,8 @@ def test_reset_head_keeps_everything_but_a_fresh_classifier(tmp_path: Path) -> N
         assert torch.equal(tensor, fresh[name] if head else source[name]), f"{name}: not {label}"
 
 
-def test_a_structurally_pruned_export_is_its_own_smaller_model(tmp_path: Path) -> None:
+def test_a_structurally_pruned_export_is_its_own_smaller_model(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(0)
     dense = build_model(ModelConfig(name="unet_tiny"), 3, 1, (3, 32, 32)).eval()
     groups = channel_groups(dense, (3, 32, 32))
@@ -91,8 +105,12 @@ def test_a_structurally_pruned_export_is_its_own_smaller_model(tmp_path: Path) -
     pruned = remove_channels(dense, drop, groups=groups).eval()
     folder = save_pruned_model(pruned, tmp_path / "export", meta={"model_name": "unet_tiny",
                                                                 "model_kwargs": {"num_classes": 1, "in_chans": 3}})
-    loaded = build_model(ModelConfig(name="unet_tiny", checkpoint=str(folder)), 3, 1, (3, 32, 32)).eval()
-    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in pruned.parameters())
+    with caplog.at_level("INFO"):
+        loaded = build_model(ModelConfig(name="unet_tiny", checkpoint=str(folder)), 3, 1, (3, 32, 32)).eval()
+    params = sum(p.numel() for p in pruned.parameters())
+    assert sum(p.numel() for p in loaded.parameters()) == params
+    assert (f"model.checkpoint: loaded the structurally pruned unet_tiny ({params:,} parameters) from {folder} "
+            "(model.safetensors)") in caplog.text, caplog.text
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x)), "pruned export not loaded as it was saved"

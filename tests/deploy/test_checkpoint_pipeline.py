@@ -138,6 +138,11 @@ def test_a_run_directory_without_export_gives_its_final_weights(compressed: tupl
     final = load_file(str(run / "weights" / "finetune.safetensors"))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
     assert f"from {run} (weights/finetune.safetensors, its last finished phase)" in caplog.text
+    for given, file in ((compressed[0], "export/model.safetensors"), (compressed[0] / "export", "model.safetensors")):
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            build_model(ModelConfig(name="lenet300_100", checkpoint=str(given)), 1, 10, (1, 8, 8))
+        assert f"from {given} ({file}) into lenet300_100" in caplog.text, caplog.text  # the file read, not the folder
 
 
 @pytest.fixture(scope="module")

@@ -179,10 +179,12 @@ def test_eval_of_a_checkpoint_on_another_data_config(tmp_path: Path, capsys: pyt
     torch.save({"model": build_model(ModelConfig(name="lenet300_100"), 1, 10, (1, 8, 8)).state_dict()},
                tmp_path / "ckpt.pth")
     assert main(["eval", str(tmp_path / "ckpt.pth"), "model.name=lenet300_100", "data.source=digits"]) == 0
-    printed = capsys.readouterr().out
+    printed, logged = capsys.readouterr()
     assert "(checkpoint, lenet300_100) on digits" in printed and "sparsity" in printed
     dense, compressed = re.search(r"bytes +([\d,]+) dense -> ([\d,]+) compressed \(safetensors", printed).groups()
     assert dense == compressed, "an unpruned model's plain safetensors file is its dense size, header included"
+    assert "model.checkpoint: loaded 6 tensors (" in logged and f"from {tmp_path / 'ckpt.pth'} into lenet300_100" \
+        in logged, logged  # which weights were read, as a run says it
     assert main(["eval", str(tmp_path / "missing.pth")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: eval: ") and "\n" not in err

@@ -175,6 +175,22 @@ def test_error_colour_mask_and_differing_sizes(tmp_path: Path) -> None:
     expect_error(seg_folder(tmp_path, image_size=8), r"b\.png: colour mask")
 
 
+def test_gray_masks_saved_as_rgb_are_read_as_gray_and_said_once(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    for split, stem in (("train", "a"), ("train", "b"), ("test", "c")):
+        write_pair(tmp_path / split, stem, disk_mask(12, 255, len(stem)))
+    gray = np.asarray(Image.open(tmp_path / "train" / "masks" / "b.png"))
+    Image.fromarray(np.stack([gray] * 3, axis=-1)).save(tmp_path / "train" / "masks" / "b.png")
+    Image.fromarray(np.stack([gray] * 3, axis=-1)).save(tmp_path / "test" / "masks" / "c.png")
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        bundle = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    assert int(bundle.train.targets[1].sum()) == int((gray == 255).sum()), "the RGB mask's labels were not kept"
+    lines = [r.getMessage() for r in caplog.records if "RGB" in r.getMessage()]
+    assert lines == [f"data.path: 2 of 3 mask files are RGB images with equal channels (e.g. "
+                     f"{tmp_path / 'train' / 'masks' / 'b.png'}): read as gray label images (their first channel); "
+                     "a colour-coded mask would be refused"], lines
+
+
 def test_given_split_gray_next_to_colour_and_size_mismatch(tmp_path: Path) -> None:
     write_pair(tmp_path / "train", "a", disk_mask(12, 1, 0), mode="L")
     write_pair(tmp_path / "test", "b", disk_mask(12, 1, 1), mode="RGB")

@@ -10,7 +10,7 @@ from torch import nn
 
 from sparsetrain.config import ConfigError, load_config
 from sparsetrain.config.schema import PruneConfig
-from sparsetrain.pruning.filters import choose_filters, remove_filters
+from sparsetrain.pruning.filters import choose_filters, remove_filters, why_nothing_removed
 from sparsetrain.structural import (
     BNScale,
     ChannelSelection,
@@ -127,6 +127,25 @@ def test_threshold_cap_and_never_all(net):
     drop = select_channels(model, groups, L2Norm(), ChannelSelection(threshold=0.01, max_fraction=0.75))
     assert len(drop["conv1"]) == 30 and set(drop["conv1"].tolist()) <= set(range(35))
     assert "conv2" not in drop
+
+
+def test_a_selection_that_removes_nothing_says_why(net):
+    """Fresh-user trial: Method 2 after few steps printed `1.00x fewer` and nothing else."""
+    model, _, groups = net
+    cfg = PruneConfig(rule="filters")  # threshold 0.01, round_to 8
+    relative = {g.id: float((L2Norm()(model, g) / L2Norm()(model, g).max()).min()) for g in groups if g.prunable}
+    weakest = min(relative, key=relative.get)
+    assert choose_filters(model, groups, cfg) == {}
+    assert why_nothing_removed(model, groups, cfg, L2Norm(), {"conv1.weight": torch.zeros(40)}) == (
+        "no filter's l2 norm relative to its group's strongest is below prune.filter_norm_threshold=0.01 (smallest "
+        f"{relative[weakest]:.3g}, in {weakest}) and none marked redundant; set prune.filter_fraction (e.g. 0.25) to "
+        "remove that fraction of every group's weakest filters")
+    with torch.no_grad():
+        model.conv1.weight[:2] = 0.0  # 2 of 40 below the threshold: 38 kept rounds back to 40
+    assert choose_filters(model, groups, cfg) == {}
+    assert why_nothing_removed(model, groups, cfg, L2Norm()).startswith(
+        "2 filter(s) below prune.filter_norm_threshold=0.01 or marked redundant, but too few in any group to remove a "
+        "multiple of prune.round_to=8 channels")
 
 
 def test_grouped_units_round_in_channels():
