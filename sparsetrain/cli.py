@@ -7,9 +7,9 @@ import json
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 
+from sparsetrain import warning_output
 from sparsetrain.config import ConfigError, load_config
 from sparsetrain.errors import SparsetrainError, first_line
 
@@ -278,17 +278,6 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-_FORMAT_WARNING = warnings.formatwarning
-
-
-def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
-    """Deprecations (FutureWarning: a config key and its replacement) as one `warning:` line; others as Python
-    prints them."""
-    if category is FutureWarning:
-        return f"warning: {message}\n"
-    return _FORMAT_WARNING(message, category, *args, **kwargs)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
 
@@ -299,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     its traceback).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    warnings.formatwarning = _one_line_warning
+    warning_output.install()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2

@@ -136,6 +136,9 @@ def test_elastic_resume_keeps_the_regularizer_state(tmp_path: Path) -> None:
     proc = run_cli([*net, f"out_dir={elastic}"], nproc=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "written by 2 ranks, on 1 ranks" in proc.stdout + proc.stderr, "the run did not resume elastically"
+    # torch deprecates the collectives DeepSpeed's ZeRO 3 calls on every step; a warning is said at most once
+    warned = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warned) == len(set(warned)) and "all_gather_into_tensor" not in proc.stderr, "\n".join(warned)
     states = [torch.load(out / "weights" / "sparsify_regularizer.pt", weights_only=True)
               for out in (reference, elastic)]
     assert sum(float(c.sum()) for c in states[0]["counts"].values()) > 0, "nothing was counted: a vacuous test"
