@@ -131,6 +131,10 @@ def _masks_device(ctx: RunContext, hooks: GradientHooks) -> torch.device:
     return hooks.segments[0].master.device if hooks.segments else ctx.dist.device
 
 
+def _ranks(count: int) -> str:
+    return f"{count} rank" if count == 1 else f"{count} ranks"
+
+
 def _elastic(ctx: RunContext, resume_tag: str | None) -> bool:
     """Whether the checkpoint to resume was written by another number of ranks under ZeRO >= 1 (then it is
     converted to DeepSpeed's universal format and loaded through it)."""
@@ -139,7 +143,7 @@ def _elastic(ctx: RunContext, resume_tag: str | None) -> bool:
     current = ctx.state.get("current") or {}
     saved = ctx.checkpointer.saved_world_size(resume_tag, current.get("world_size"))
     if saved != ctx.dist.world_size:
-        log.info(f"resuming {resume_tag}, written by {saved} ranks, on {ctx.dist.world_size} ranks")
+        log.info(f"resuming {resume_tag}, written by {_ranks(saved)}, on {_ranks(ctx.dist.world_size)}")
     return ctx.checkpointer.prepare_elastic(resume_tag, saved, ctx.cfg.deepspeed.zero_stage, ctx.cfg.optim.name)
 
 

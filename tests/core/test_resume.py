@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -181,3 +182,56 @@ def test_second_ctrl_c_quits_at_once() -> None:
             preemption.interrupt()
     finally:
         preemption.clear()
+
+
+LAUNCHERS = {  # the env a launcher gives each rank -> the command that resumes (after `resume with `)
+    "torchrun, 1 node": ({"TORCHELASTIC_RUN_ID": "none", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2"},
+                         "`{torchrun} --nproc_per_node=2 -m sparsetrain run {args}`"),
+    "torchrun, 3 nodes": ({"TORCHELASTIC_RUN_ID": "job7", "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "12"},
+                          "`{torchrun} --nnodes=3 --nproc_per_node=4 -m sparsetrain run {args}` on each of the 3 "
+                          "nodes"),
+    "deepspeed, 1 node": ({"LOCAL_SIZE": "2", "CROSS_SIZE": "1", "WORLD_SIZE": "2"},
+                          "`{deepspeed} --num_gpus=2 --module sparsetrain run {args}`"),
+    "deepspeed, 2 nodes": ({"LOCAL_SIZE": "8", "CROSS_SIZE": "2", "WORLD_SIZE": "16"},
+                           "`{deepspeed} --num_nodes=2 --num_gpus=8 --module sparsetrain run {args}` on each of the 2 "
+                           "nodes"),
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_resume_command_under_a_launcher_starts_as_many_ranks(monkeypatch: pytest.MonkeyPatch, launcher: str) -> None:
+    """Under torchrun or DeepSpeed's launcher the `interrupted:`/`preempted:` line gives the launcher command with the
+    same ranks per node (a rank's own `python -m sparsetrain` would resume on 1 rank); `resume=` is left out."""
+    from sparsetrain.cli import resume_command
+
+    for name in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "CROSS_SIZE", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    env, expected = LAUNCHERS[launcher]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "argv", ["/somewhere/sparsetrain/__main__.py", "run"])  # how torchrun starts a rank
+    bin_dir = Path(sys.executable).parent
+    tools = {tool: tool if (bin_dir / tool).exists() and shutil.which(tool) == str(bin_dir / tool)
+             else f"{sys.executable} -m {module}"
+             for tool, module in (("torchrun", "torch.distributed.run"), ("deepspeed", "deepspeed.launcher.runner"))}
+    args = ["configs/quickstart.yaml", "phases.sparsify.epochs=100", "out_dir=runs/a b"]
+    assert resume_command([*args, "resume=false"]) == expected.format(**tools, args=shlex.join(args))
+
+
+def test_the_stop_lines_come_from_rank_0_only(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    """Every rank stops alike: the `interrupt:` acknowledgement and the `interrupted:`/`preempted:` line are rank 0's,
+    each a whole line (two ranks writing at once ran theirs together)."""
+    from sparsetrain.cli import _interrupted, _preempted
+
+    for rank, says in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        preemption.clear()
+        try:
+            preemption.interrupt()
+        finally:
+            preemption.clear()
+        assert _interrupted("stopped with a checkpoint at sparsify step 3", ["x=1"]) == 130
+        assert _preempted("sparsify step 3", ["x=1"], 3) == 3
+        err = capfd.readouterr().err.splitlines()
+        starts = [line.split(" ", 1)[0] for line in err]
+        assert starts == (["interrupt:", "interrupted:", "preempted:"] if says else []), f"rank {rank}: {err}"
