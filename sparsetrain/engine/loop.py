@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,20 @@ class RunContext:
     out_dir: Path
     state: dict[str, Any] = field(default_factory=dict)
     phase_info: dict[str, Any] = field(default_factory=dict)  # facts of the last trained phase for its results
+    attempt_start: float = 0.0  # time.perf_counter() when this process started the current phase
+    earlier_s: float = 0.0  # seconds the phase's earlier attempts took up to the checkpoint this one resumed from
+
+    def start_phase_clock(self, phase: str) -> None:
+        """Start timing `phase`; resuming it, from the seconds its checkpoint recorded (state.json `current.elapsed_s`,
+        0 for checkpoints written before it was recorded)."""
+        current = self.state.get("current") or {}
+        self.earlier_s = float(current.get("elapsed_s") or 0.0) if current.get("phase") == phase else 0.0
+        self.attempt_start = time.perf_counter()
+
+    def phase_elapsed(self) -> float:
+        """Wall seconds of the current phase over its attempts: each earlier one up to the checkpoint the next
+        continued from (steps redone after a hard kill count once), then this one so far."""
+        return self.earlier_s + time.perf_counter() - self.attempt_start
 
     @property
     def dtype(self) -> torch.dtype:
@@ -253,7 +268,7 @@ def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, p
             with timer.paused():
                 _require_finite_weights(ctx, phase, engine, done)
                 ctx.checkpointer.save(engine, phase, done, _client_state(ctx, phase, done, hooks.regularizer),
-                                      ctx.state, hooks.masks)
+                                      ctx.state, hooks.masks, elapsed_s=ctx.phase_elapsed())
                 ctx.tracker.commit()  # W&B gets the rows this checkpoint covers, never a step a resume would redo
         if stop:
             raise preemption.Preempted(f"stopped on request after {phase} step {done}; checkpoint saved")

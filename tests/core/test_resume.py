@@ -37,6 +37,14 @@ def _steps(out: Path) -> list[int]:
     return [line["global_step"] for line in lines if "loss" in line and "event" not in line]
 
 
+def _step_seconds(out: Path, phase: str, up_to: int = 10**9, after: int = 0) -> float:
+    """Seconds of the logged training steps of `phase` in (after, up_to] (metrics.jsonl's step_time_ms, checkpoint
+    saves excluded; one row per step: train.log_every=1)."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return sum(row["step_time_ms"] for row in rows if row.get("phase") == phase and "step_time_ms" in row
+               and after < row["step"] <= up_to) / 1e3
+
+
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
     _kill_mid_sparsify(interrupted)
@@ -107,10 +115,16 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path: Path)
     assert stop, lines[-1]
     state = json.loads((out / "state.json").read_text())
     assert state["current"]["step"] == int(stop[1]) >= 15, "no checkpoint at the interrupted step"
+    # the checkpoint records the phase's wall time so far: at least its logged steps' (log_every=1: a row per step)
+    before = state["current"]["elapsed_s"]
+    assert before >= _step_seconds(out, "sparsify", up_to=int(stop[1])) > 0, before
     command = shlex.split(stop[2])
     # started as `python -m sparsetrain` (cli_command): the printed command starts the same way, pasteable as is
     assert command[:4] == [sys.executable, "-m", "sparsetrain", "run"] and command[4:] == overrides, command
     assert run_cli(command[4:]).returncode == 0
+    # report.json's wall time of the resumed phase adds the resumed attempt to the time before the interrupt
+    wall = json.loads((out / "report.json").read_text())["wall_time_s"]["sparsify"]
+    assert wall >= before + _step_seconds(out, "sparsify", after=int(stop[1])), (wall, before)
     assert run_cli(tiny_overrides(reference, *EXTRA, "train.log_every=1")).returncode == 0
     assert_same_weights(load_file(str(reference / "weights" / "finetune.safetensors")),
                         load_file(str(out / "weights" / "finetune.safetensors")), atol=1e-6, rtol=1e-6,
