@@ -49,6 +49,7 @@ from typing import Any
 
 import submitit
 
+from sparsetrain import warning_output
 from sparsetrain.config.loader import validate
 from sparsetrain.engine import preemption
 from sparsetrain.submission import ENV as submission_env
@@ -172,6 +173,7 @@ class PipelineJob(submitit.helpers.Checkpointable):
         if getattr(self, "submission", None):  # jobs pickled by sparsetrain versions before the token have none
             os.environ[submission_env] = self.submission
         ranks = export_distributed_env(config.launch.gpus_per_node)
+        warning_output.install()  # after RANK is set: deprecations on rank 0 only
         preemption.clear()  # the debug executor runs in the caller's process: start from a clean flag
         stopper = _StopOnSignal()
         stopper.install()

@@ -7,9 +7,9 @@ import json
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 
+from sparsetrain import warning_output
 from sparsetrain.config import ConfigError, load_config
 from sparsetrain.errors import SparsetrainError, first_line
 
@@ -61,15 +61,21 @@ def _preempted(point: str, argv: list[str], code: int) -> int:
     """SIGTERM/SIGUSR1 during `run` (a cluster's preemption, scancel, `scontrol requeue`): one line saying where the
     checkpoint is, that a requeued job continues from it, and the command that resumes by hand; exit `code` (3)."""
     requeue = "a requeued Slurm job continues from it, or " if "SLURM_JOB_ID" in os.environ else ""
-    print(f"preempted: stopped with a checkpoint at {point}; {requeue}resume with `{resume_command(argv)}`",
-          file=sys.stderr)
+    _say_once(f"preempted: stopped with a checkpoint at {point}; {requeue}resume with {resume_command(argv)}")
     return code
 
 
 def _interrupted(what: str, argv: list[str]) -> int:
     """Ctrl-C during `run`: one line saying what was kept and the command that resumes; exit 130 (128 + SIGINT)."""
-    print(f"interrupted: {what}; resume with `{resume_command(argv)}`", file=sys.stderr)
+    _say_once(f"interrupted: {what}; resume with {resume_command(argv)}")
     return 130
+
+
+def _say_once(line: str) -> None:
+    """One whole line on stderr from rank 0 only (every rank stops alike; RANK is unset in a single process)."""
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(f"{line}\n")
+        sys.stderr.flush()
 
 
 def _saved_point(out_dir: Path) -> str:
@@ -85,12 +91,45 @@ def _saved_point(out_dir: Path) -> str:
 
 
 def resume_command(argv: list[str]) -> str:
-    """The `sparsetrain run` command that continues an interrupted run: the same arguments, less a `resume=` override
-    (resume=false would start over and lose the checkpoint)."""
+    """The `sparsetrain run` command that continues an interrupted run, in backquotes: the same arguments, less a
+    `resume=` override (resume=false would start over and lose the checkpoint), started as this run was: under
+    torchrun or DeepSpeed's launcher the launcher with the same ranks per node (and ` on each of the N nodes` after
+    it when there were several)."""
     import shlex
 
     kept = [arg for arg in argv if arg.partition("=")[0].strip() != "resume"]
-    return shlex.join([*_program(), "run", *kept])
+    launcher, nodes = _launcher()
+    command = f"`{shlex.join([*(launcher or _program()), 'run', *kept])}`"
+    return f"{command} on each of the {nodes} nodes" if nodes > 1 else command
+
+
+def _launcher() -> tuple[list[str], int]:
+    """The launcher that started this rank as a command prefix that starts as many ranks per node, through which
+    `sparsetrain` runs, and the number of nodes; ([], 1) when no launcher did. torchrun sets TORCHELASTIC_RUN_ID,
+    LOCAL_WORLD_SIZE and WORLD_SIZE; DeepSpeed's launcher LOCAL_SIZE (ranks per node) and CROSS_SIZE (nodes)."""
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" in env and "LOCAL_WORLD_SIZE" in env:
+        per_node = int(env["LOCAL_WORLD_SIZE"])
+        nodes = max(1, int(env.get("WORLD_SIZE", per_node)) // per_node)
+        spread = [f"--nnodes={nodes}"] if nodes > 1 else []
+        return [*_tool("torchrun", "torch.distributed.run"), *spread, f"--nproc_per_node={per_node}", "-m",
+                "sparsetrain"], nodes
+    if "LOCAL_SIZE" in env and "CROSS_SIZE" in env:
+        nodes = int(env["CROSS_SIZE"])
+        spread = [f"--num_nodes={nodes}"] if nodes > 1 else []
+        return [*_tool("deepspeed", "deepspeed.launcher.runner"), *spread, f"--num_gpus={env['LOCAL_SIZE']}",
+                "--module", "sparsetrain"], nodes
+    return [], 1
+
+
+def _tool(name: str, module: str) -> list[str]:
+    """`name` when the one on PATH is this environment's, else `python -m module` with this interpreter."""
+    import shutil
+
+    on_path, here = shutil.which(name), Path(sys.executable).parent / name
+    if on_path and here.exists() and Path(on_path).resolve() == here.resolve():
+        return [name]
+    return [sys.executable, "-m", module]
 
 
 def _program() -> list[str]:
@@ -278,17 +317,6 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-_FORMAT_WARNING = warnings.formatwarning
-
-
-def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
-    """Deprecations (FutureWarning: a config key and its replacement) as one `warning:` line; others as Python
-    prints them."""
-    if category is FutureWarning:
-        return f"warning: {message}\n"
-    return _FORMAT_WARNING(message, category, *args, **kwargs)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
 
@@ -299,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     its traceback).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    warnings.formatwarning = _one_line_warning
+    warning_output.install()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2

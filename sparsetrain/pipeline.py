@@ -219,7 +219,7 @@ class Pipeline:
         if self.ctx.phase_steps(phase) == 0:
             self._evaluate_only(phase, start_from)
             return
-        t0 = time.perf_counter()
+        self.ctx.start_phase_clock(phase)
         model = self.model_from(start_from)
         regularizer = self.regularizer_for(phase, model)
         model = train_phase(self.ctx, phase, model, regularizer, masks_file, self._resume_tag(phase))
@@ -228,7 +228,7 @@ class Pipeline:
             torch.save(regularizer.state_dict(), self.out_dir / "weights" / f"{phase}_regularizer.pt")
         results = evaluate(self.ctx, model)
         results.update({k: v for k, v in self.ctx.phase_info.items() if v is not None})
-        results["wall_time_s"] = time.perf_counter() - t0  # of the last (possibly resumed) attempt
+        results["wall_time_s"] = self.ctx.phase_elapsed()  # over the attempts when it was resumed
         self._finish(phase, results)
 
     def regularizer_for(self, phase: str, model: nn.Module) -> GradientRegularizer:

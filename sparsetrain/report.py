@@ -8,7 +8,7 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     phases           {phase: its results (metric, the task's metrics, steps, ...)}, keyed by phase name
                      (`sparsetrain.phases`), in run order; only finished phases
     final_phase      the phase whose weights are the run's result
-    wall_time_s      {phase: seconds of its last attempt}
+    wall_time_s      {phase: seconds; a resumed phase's over its attempts (each up to the checkpoint resumed from)}
     sparsity, layers, params, bytes, compression_ratio   the final model (`sparsetrain.measure`); bytes, all sizes
                      of safetensors files (header included): dense (the unpruned model as a plain file), bitmask and
                      safetensors (the export's two weights files), compressed (the smaller of those, the one

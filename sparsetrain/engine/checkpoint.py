@@ -141,14 +141,17 @@ class Checkpointer:
         self.ckpt_dir = out_dir / "checkpoints"
 
     def save(self, engine: Any, phase: str, step: int, client_state: dict[str, Any], state: dict[str, Any],
-             masks: ShardedMasks | None = None) -> str:
+             masks: ShardedMasks | None = None, elapsed_s: float | None = None) -> str:
+        """Write checkpoint `<phase>-step<step>` and point state.json's `current` at it, with `elapsed_s` (the phase's
+        wall seconds so far, which a resume continues from); returns the tag."""
         tag = f"{phase}-step{step:07d}"
         engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client_state)
         torch.save(rng_state(), self.ckpt_dir / tag / f"rng-rank{self.dist.rank}.pt")
         if masks is not None:
             write_range_file(self.ckpt_dir / tag / f"masks-rank{self.dist.rank}.safetensors", masks.shards.values())
         barrier()  # every rank's files are on disk before state.json points at them
-        state["current"] = {"phase": phase, "tag": tag, "step": step, "world_size": self.dist.world_size}
+        state["current"] = {"phase": phase, "tag": tag, "step": step, "world_size": self.dist.world_size,
+                            "elapsed_s": elapsed_s}
         save_run_state(self.out_dir, state, self.dist)
         self._remove_old(phase, tag)
         return tag

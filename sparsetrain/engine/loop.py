@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,20 @@ class RunContext:
     out_dir: Path
     state: dict[str, Any] = field(default_factory=dict)
     phase_info: dict[str, Any] = field(default_factory=dict)  # facts of the last trained phase for its results
+    attempt_start: float = 0.0  # time.perf_counter() when this process started the current phase
+    earlier_s: float = 0.0  # seconds the phase's earlier attempts took up to the checkpoint this one resumed from
+
+    def start_phase_clock(self, phase: str) -> None:
+        """Start timing `phase`; resuming it, from the seconds its checkpoint recorded (state.json `current.elapsed_s`,
+        0 for checkpoints written before it was recorded)."""
+        current = self.state.get("current") or {}
+        self.earlier_s = float(current.get("elapsed_s") or 0.0) if current.get("phase") == phase else 0.0
+        self.attempt_start = time.perf_counter()
+
+    def phase_elapsed(self) -> float:
+        """Wall seconds of the current phase over its attempts: each earlier one up to the checkpoint the next
+        continued from (steps redone after a hard kill count once), then this one so far."""
+        return self.earlier_s + time.perf_counter() - self.attempt_start
 
     @property
     def dtype(self) -> torch.dtype:
@@ -131,6 +146,10 @@ def _masks_device(ctx: RunContext, hooks: GradientHooks) -> torch.device:
     return hooks.segments[0].master.device if hooks.segments else ctx.dist.device
 
 
+def _ranks(count: int) -> str:
+    return f"{count} rank" if count == 1 else f"{count} ranks"
+
+
 def _elastic(ctx: RunContext, resume_tag: str | None) -> bool:
     """Whether the checkpoint to resume was written by another number of ranks under ZeRO >= 1 (then it is
     converted to DeepSpeed's universal format and loaded through it)."""
@@ -139,7 +158,7 @@ def _elastic(ctx: RunContext, resume_tag: str | None) -> bool:
     current = ctx.state.get("current") or {}
     saved = ctx.checkpointer.saved_world_size(resume_tag, current.get("world_size"))
     if saved != ctx.dist.world_size:
-        log.info(f"resuming {resume_tag}, written by {saved} ranks, on {ctx.dist.world_size} ranks")
+        log.info(f"resuming {resume_tag}, written by {_ranks(saved)}, on {_ranks(ctx.dist.world_size)}")
     return ctx.checkpointer.prepare_elastic(resume_tag, saved, ctx.cfg.deepspeed.zero_stage, ctx.cfg.optim.name)
 
 
@@ -249,7 +268,7 @@ def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, p
             with timer.paused():
                 _require_finite_weights(ctx, phase, engine, done)
                 ctx.checkpointer.save(engine, phase, done, _client_state(ctx, phase, done, hooks.regularizer),
-                                      ctx.state, hooks.masks)
+                                      ctx.state, hooks.masks, elapsed_s=ctx.phase_elapsed())
                 ctx.tracker.commit()  # W&B gets the rows this checkpoint covers, never a step a resume would redo
         if stop:
             raise preemption.Preempted(f"stopped on request after {phase} step {done}; checkpoint saved")

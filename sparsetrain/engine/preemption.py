@@ -72,8 +72,10 @@ def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
     _INTERRUPTED.set()
     _STOP.set()
-    # os.write, not print: a handler that prints while the interrupted code prints raises a reentrancy error
-    os.write(2, b"interrupt: stopping after the current step with a checkpoint (Ctrl-C again to quit at once)\n")
+    # os.write, not print: a handler that prints while the interrupted code prints raises a reentrancy error. Rank 0
+    # only: Ctrl-C reaches every rank (a terminal's process group; torchrun passes its SIGINT on to the ranks)
+    if os.environ.get("RANK", "0") == "0":
+        os.write(2, b"interrupt: stopping after the current step with a checkpoint (Ctrl-C again to quit at once)\n")
 
 
 def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGUSR1,)) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -34,6 +35,14 @@ def _kill_mid_sparsify(out: Path) -> None:
 def _steps(out: Path) -> list[int]:
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [line["global_step"] for line in lines if "loss" in line and "event" not in line]
+
+
+def _step_seconds(out: Path, phase: str, up_to: int = 10**9, after: int = 0) -> float:
+    """Seconds of the logged training steps of `phase` in (after, up_to] (metrics.jsonl's step_time_ms, checkpoint
+    saves excluded; one row per step: train.log_every=1)."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return sum(row["step_time_ms"] for row in rows if row.get("phase") == phase and "step_time_ms" in row
+               and after < row["step"] <= up_to) / 1e3
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
@@ -106,10 +115,16 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path: Path)
     assert stop, lines[-1]
     state = json.loads((out / "state.json").read_text())
     assert state["current"]["step"] == int(stop[1]) >= 15, "no checkpoint at the interrupted step"
+    # the checkpoint records the phase's wall time so far: at least its logged steps' (log_every=1: a row per step)
+    before = state["current"]["elapsed_s"]
+    assert before >= _step_seconds(out, "sparsify", up_to=int(stop[1])) > 0, before
     command = shlex.split(stop[2])
     # started as `python -m sparsetrain` (cli_command): the printed command starts the same way, pasteable as is
     assert command[:4] == [sys.executable, "-m", "sparsetrain", "run"] and command[4:] == overrides, command
     assert run_cli(command[4:]).returncode == 0
+    # report.json's wall time of the resumed phase adds the resumed attempt to the time before the interrupt
+    wall = json.loads((out / "report.json").read_text())["wall_time_s"]["sparsify"]
+    assert wall >= before + _step_seconds(out, "sparsify", after=int(stop[1])), (wall, before)
     assert run_cli(tiny_overrides(reference, *EXTRA, "train.log_every=1")).returncode == 0
     assert_same_weights(load_file(str(reference / "weights" / "finetune.safetensors")),
                         load_file(str(out / "weights" / "finetune.safetensors")), atol=1e-6, rtol=1e-6,
@@ -181,3 +196,56 @@ def test_second_ctrl_c_quits_at_once() -> None:
             preemption.interrupt()
     finally:
         preemption.clear()
+
+
+LAUNCHERS = {  # the env a launcher gives each rank -> the command that resumes (after `resume with `)
+    "torchrun, 1 node": ({"TORCHELASTIC_RUN_ID": "none", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2"},
+                         "`{torchrun} --nproc_per_node=2 -m sparsetrain run {args}`"),
+    "torchrun, 3 nodes": ({"TORCHELASTIC_RUN_ID": "job7", "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "12"},
+                          "`{torchrun} --nnodes=3 --nproc_per_node=4 -m sparsetrain run {args}` on each of the 3 "
+                          "nodes"),
+    "deepspeed, 1 node": ({"LOCAL_SIZE": "2", "CROSS_SIZE": "1", "WORLD_SIZE": "2"},
+                          "`{deepspeed} --num_gpus=2 --module sparsetrain run {args}`"),
+    "deepspeed, 2 nodes": ({"LOCAL_SIZE": "8", "CROSS_SIZE": "2", "WORLD_SIZE": "16"},
+                           "`{deepspeed} --num_nodes=2 --num_gpus=8 --module sparsetrain run {args}` on each of the 2 "
+                           "nodes"),
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_resume_command_under_a_launcher_starts_as_many_ranks(monkeypatch: pytest.MonkeyPatch, launcher: str) -> None:
+    """Under torchrun or DeepSpeed's launcher the `interrupted:`/`preempted:` line gives the launcher command with the
+    same ranks per node (a rank's own `python -m sparsetrain` would resume on 1 rank); `resume=` is left out."""
+    from sparsetrain.cli import resume_command
+
+    for name in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "CROSS_SIZE", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    env, expected = LAUNCHERS[launcher]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "argv", ["/somewhere/sparsetrain/__main__.py", "run"])  # how torchrun starts a rank
+    bin_dir = Path(sys.executable).parent
+    tools = {tool: tool if (bin_dir / tool).exists() and shutil.which(tool) == str(bin_dir / tool)
+             else f"{sys.executable} -m {module}"
+             for tool, module in (("torchrun", "torch.distributed.run"), ("deepspeed", "deepspeed.launcher.runner"))}
+    args = ["configs/quickstart.yaml", "phases.sparsify.epochs=100", "out_dir=runs/a b"]
+    assert resume_command([*args, "resume=false"]) == expected.format(**tools, args=shlex.join(args))
+
+
+def test_the_stop_lines_come_from_rank_0_only(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    """Every rank stops alike: the `interrupt:` acknowledgement and the `interrupted:`/`preempted:` line are rank 0's,
+    each a whole line (two ranks writing at once ran theirs together)."""
+    from sparsetrain.cli import _interrupted, _preempted
+
+    for rank, says in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        preemption.clear()
+        try:
+            preemption.interrupt()
+        finally:
+            preemption.clear()
+        assert _interrupted("stopped with a checkpoint at sparsify step 3", ["x=1"]) == 130
+        assert _preempted("sparsify step 3", ["x=1"], 3) == 3
+        err = capfd.readouterr().err.splitlines()
+        starts = [line.split(" ", 1)[0] for line in err]
+        assert starts == (["interrupt:", "interrupted:", "preempted:"] if says else []), f"rank {rank}: {err}"

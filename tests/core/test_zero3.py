@@ -106,7 +106,7 @@ def test_elastic_resume_2_to_1_to_2_ranks_equals_uninterrupted(tmp_path: Path, z
     elastic, reference = tmp_path / "elastic", tmp_path / "reference"
     kill_at_checkpoint(_overrides(elastic, "vit_tiny", *extra), elastic, 2, phase="sparsify", nproc=2)
     kill_at_checkpoint(_overrides(elastic, "vit_tiny", *extra), elastic, 2, phase="finetune", nproc=1)
-    _run(elastic, "vit_tiny", 2, *extra, expect_in_log="written by 1 ranks, on 2 ranks")
+    _run(elastic, "vit_tiny", 2, *extra, expect_in_log="written by 1 rank, on 2 ranks")
     _run(reference, "vit_tiny", 2, *extra)
     state = json.loads((elastic / "state.json").read_text())
     assert state["current"] is None and "finetune" in state["completed"], state
@@ -135,7 +135,10 @@ def test_elastic_resume_keeps_the_regularizer_state(tmp_path: Path) -> None:
     kill_at_checkpoint([*net, f"out_dir={elastic}"], elastic, 16, nproc=2)
     proc = run_cli([*net, f"out_dir={elastic}"], nproc=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "written by 2 ranks, on 1 ranks" in proc.stdout + proc.stderr, "the run did not resume elastically"
+    assert "written by 2 ranks, on 1 rank\n" in proc.stdout + proc.stderr, "the run did not resume elastically"
+    # torch deprecates the collectives DeepSpeed's ZeRO 3 calls on every step; a warning is said at most once
+    warned = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warned) == len(set(warned)) and "all_gather_into_tensor" not in proc.stderr, "\n".join(warned)
     states = [torch.load(out / "weights" / "sparsify_regularizer.pt", weights_only=True)
               for out in (reference, elastic)]
     assert sum(float(c.sum()) for c in states[0]["counts"].values()) > 0, "nothing was counted: a vacuous test"

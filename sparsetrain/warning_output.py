@@ -1,0 +1,58 @@
+"""How Python warnings reach the terminal in every sparsetrain process (the CLI and each rank).
+
+- each warning (category and text) is shown at most once per process. Python's own "once per location" registry
+  is not enough: every `warnings.catch_warnings()` or `simplefilter()` call empties it (Python 3.11 bumps the filters'
+  version), and `subprocess.Popen` enters one (`os.get_exec_path`). DeepSpeed's CPU accelerator starts
+  `numactl --hardware` from `device_count()`, which ZeRO 3 calls on every step, so a warning raised per step came
+  back on every step (354 lines in an 88-step run);
+- deprecations (FutureWarning, DeprecationWarning) are said by rank 0 only: every rank runs the same code and would
+  repeat them word for word; other warnings may be a rank's own and are shown on every rank;
+- a deprecation is one `warning: ...` line (a config key and its replacement), other warnings as Python prints them;
+- torch's deprecation of `all_gather_into_tensor` / `reduce_scatter_tensor` is not shown: DeepSpeed calls them
+  inside ZeRO (sparsetrain does not), so the user can do nothing about it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+
+# raised by torch (in torch.distributed.c10d_logger, under DeepSpeed's deepspeed.comm.torch calls)
+DEEPSPEED_COLLECTIVE_DEPRECATIONS = (r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` "
+                                     r"is deprecated")
+DEPRECATIONS = (FutureWarning, DeprecationWarning)
+
+_FORMAT_WARNING = warnings.formatwarning
+_shown: set[tuple[type[Warning], str]] = set()
+
+
+def install() -> None:
+    """Set up this process's warning output (idempotent: the CLI's `main` may run more than once in a process)."""
+    warnings.formatwarning = one_line_warning
+    warnings.filterwarnings("ignore", message=DEEPSPEED_COLLECTIVE_DEPRECATIONS, category=FutureWarning)
+    if not getattr(warnings.showwarning, "once_per_process", False):
+        warnings.showwarning = _once(warnings.showwarning)
+
+
+def one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    """Deprecations (FutureWarning: a config key and its replacement) as one `warning:` line; others as Python
+    prints them."""
+    if category is FutureWarning:
+        return f"warning: {message}\n"
+    return _FORMAT_WARNING(message, category, *args, **kwargs)
+
+
+def _once(show: Callable[..., None]) -> Callable[..., None]:
+    """`show` (warnings.showwarning) for a warning not shown before in this process and, for a deprecation, on
+    rank 0 (RANK unset in a single process)."""
+
+    def show_once(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        key = (category, str(message))
+        if key in _shown or (issubclass(category, DEPRECATIONS) and os.environ.get("RANK", "0") != "0"):
+            return
+        _shown.add(key)
+        show(message, category, *args, **kwargs)
+
+    show_once.once_per_process = True  # type: ignore[attr-defined]
+    return show_once
