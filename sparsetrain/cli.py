@@ -123,13 +123,17 @@ def _launcher() -> tuple[list[str], int]:
 
 
 def _tool(name: str, module: str) -> list[str]:
-    """`name` when the one on PATH is this environment's, else `python -m module` with this interpreter."""
+    """`name` when the one on PATH is this environment's, else this environment's script by its path (e.g.
+    `.venv/bin/torchrun` run without activating the venv; relative when under the working directory), else
+    `python -m module` with this interpreter."""
     import shutil
 
     on_path, here = shutil.which(name), Path(sys.executable).parent / name
-    if on_path and here.exists() and Path(on_path).resolve() == here.resolve():
+    if not here.exists():
+        return [sys.executable, "-m", module]
+    if on_path and Path(on_path).resolve() == here.resolve():
         return [name]
-    return [sys.executable, "-m", module]
+    return [os.path.relpath(here) if here.is_relative_to(Path.cwd()) else str(here)]
 
 
 def _program() -> list[str]:

@@ -87,8 +87,11 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"phase        {label}"] + [f"{name:<12} {value:7.2f}" for name, value in rows]
     if "flops" in report:
         p, f, lat = report["params"], report["flops"], report["latency_ms"]
+        same = p["dense"] == p["pruned"] and f["dense"] == f["pruned"]  # no filter removed: one architecture twice
         lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
-                  f"flops        {f['dense']:,} -> {f['pruned']:,}", _latency_line(lat)]
+                  f"flops        {f['dense']:,} -> {f['pruned']:,}",
+                  "latency      not compared: no filter was removed, so both are the same architecture (the prune "
+                  "warning says why)" if same else _latency_line(lat)]
         lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
         return "\n".join(lines)
     if "sparsity" in report:

@@ -185,12 +185,13 @@ class _Models:
         return {name: what[name] for name in self.names}
 
     def storage(self) -> dict[str, Any]:
-        """Bytes of the dense model's tensors vs the export's smallest weights file (`compressed_*`; not for
+        """Bytes of the dense model's safetensors file (header included, as the weights files are measured;
+        `bitmask.plain_bytes`) vs the export's smallest weights file (`compressed_*`; not for
         `RUN/export/compact` timed alone) and the compact model's weights file (`compact_*`, when timed)."""
-        from sparsetrain.deploy.bitmask import BITMASK_FILE
+        from sparsetrain.deploy.bitmask import BITMASK_FILE, plain_bytes
         from sparsetrain.structural.serialize import WEIGHTS_FILE
 
-        dense = sum(t.numel() * t.element_size() for t in self.torch["dense"].state_dict().values())
+        dense = plain_bytes(self.torch["dense"].state_dict())
         params = {k: sum(p.numel() for p in m.parameters()) for k, m in self.torch.items()}
         out: dict[str, Any] = {"dense_bytes": dense, "params": params}
         if self.kind == "compact":
@@ -277,6 +278,8 @@ def _memory(models: _Models, runtime: str, batches: tuple[int, ...], threads: in
     from sparsetrain.deploy.memory import measure_peak_memory
 
     peaks = {}
+    log.info(f"[latency] {runtime} peak memory: {', '.join(models.names)}, each loaded and run in a fresh process "
+             f"(batches {', '.join(map(str, batches))}; a few seconds per model)")
     for which in models.names:
         if runtime == "torch":
             spec = {"kind": "timm", "source": models.arch["model_name"], "model_kwargs": models.arch["model_kwargs"]}

@@ -31,7 +31,11 @@ class BatchPlan:
             raise InputError(f"train.batch_size: {self.global_batch} is not divisible by world_size "
                              f"{self.world_size} × gradient_accumulation_steps {self.grad_accum} = {parts}")
         if self.global_batch > self.num_samples:
-            raise InputError(f"train.batch_size: {self.global_batch} exceeds the {self.num_samples} training samples")
+            fits = self.num_samples // parts * parts  # the largest batch that fits and divides into the ranks' parts
+            hint = (f"; set train.batch_size={fits} or less" if fits else
+                    f"; fewer than world_size × gradient_accumulation_steps = {parts}")
+            raise InputError(f"train.batch_size: {self.global_batch} exceeds the {self.num_samples} training "
+                             f"samples{hint}")
 
     @property
     def micro_batch(self) -> int:

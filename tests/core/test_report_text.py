@@ -32,6 +32,15 @@ def test_interleaved_latency_line_prints_the_p20s_its_speedup_divides() -> None:
     assert speedup == pytest.approx(dense / pruned, abs=0.01) and "p20 of interleaved" in how
 
 
+def test_a_method2_run_that_removed_no_filter_claims_no_speedup() -> None:
+    """Both models are one architecture when no filter was removed: a timed difference (1.42x seen in 5 rounds) is
+    noise, so the summary compares nothing."""
+    same = {**_structural_report({"dense": 15.94, "pruned": 11.2, "speedup": 1.42}),
+            "params": {"dense": 100, "pruned": 100}, "flops": {"dense": 10, "pruned": 10}, "param_reduction": 1.0}
+    line = next(x for x in format_table(same).splitlines() if x.startswith("latency"))
+    assert "not compared: no filter was removed" in line and "1.42x" not in line
+
+
 def test_method1_latency_line_is_the_compact_models_and_says_so() -> None:
     """A table that timed export/compact/: the headline is dense vs compact (the masked model runs as a dense
     graph), labelled; Method 1's summary prints it after the bytes line."""

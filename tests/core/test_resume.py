@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -213,7 +212,8 @@ LAUNCHERS = {  # the env a launcher gives each rank -> the command that resumes 
 
 
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
-def test_resume_command_under_a_launcher_starts_as_many_ranks(monkeypatch: pytest.MonkeyPatch, launcher: str) -> None:
+def test_resume_command_under_a_launcher_starts_as_many_ranks(monkeypatch: pytest.MonkeyPatch, launcher: str,
+                                                               tmp_path: Path) -> None:
     """Under torchrun or DeepSpeed's launcher the `interrupted:`/`preempted:` line gives the launcher command with the
     same ranks per node (a rank's own `python -m sparsetrain` would resume on 1 rank); `resume=` is left out."""
     from sparsetrain.cli import resume_command
@@ -225,11 +225,15 @@ def test_resume_command_under_a_launcher_starts_as_many_ranks(monkeypatch: pytes
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(sys, "argv", ["/somewhere/sparsetrain/__main__.py", "run"])  # how torchrun starts a rank
     bin_dir = Path(sys.executable).parent
-    tools = {tool: tool if (bin_dir / tool).exists() and shutil.which(tool) == str(bin_dir / tool)
-             else f"{sys.executable} -m {module}"
-             for tool, module in (("torchrun", "torch.distributed.run"), ("deepspeed", "deepspeed.launcher.runner"))}
+    assert all((bin_dir / tool).exists() for tool in ("torchrun", "deepspeed")), "the environment's launchers"
     args = ["configs/quickstart.yaml", "phases.sparsify.epochs=100", "out_dir=runs/a b"]
+    # the venv not activated (the launchers not on PATH): the environment's own script, by its path from the cwd
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.chdir(bin_dir.parent.parent)
+    tools = {tool: f"{bin_dir.parent.name}/{bin_dir.name}/{tool}" for tool in ("torchrun", "deepspeed")}
     assert resume_command([*args, "resume=false"]) == expected.format(**tools, args=shlex.join(args))
+    monkeypatch.setenv("PATH", str(bin_dir))  # activated: the short name
+    assert resume_command(args) == expected.format(torchrun="torchrun", deepspeed="deepspeed", args=shlex.join(args))
 
 
 def test_the_stop_lines_come_from_rank_0_only(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:

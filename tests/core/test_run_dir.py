@@ -164,7 +164,8 @@ def test_batch_size_larger_than_the_data_is_refused_before_any_phase(tmp_path: P
     overrides = tiny_overrides(tmp_path, "phases.dense.enabled=true", "phases.dense.epochs=0", "train.batch_size=4096")
     assert main(["run", *overrides]) == 2
     err = capsys.readouterr().err.strip()
-    assert re.search(r"error: train.batch_size: 4096 exceeds the \d+ training samples$", err), err
+    fits = r"error: train.batch_size: 4096 exceeds the (\d+) training samples; set train.batch_size=\1 or less$"
+    assert re.search(fits, err), err
     assert "[dense]" not in err and not (tmp_path / "state.json").exists(), "a phase ran before the check"
 
 

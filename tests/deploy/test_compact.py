@@ -235,6 +235,8 @@ def test_bench_latency_of_the_run_times_compact_and_of_compact_still_works(run: 
     assert (table["storage"]["compact_bytes"], table["storage"]["compact_file"]) == (entry["weights_bytes"],
                                                                                      entry["files"][-1])
     assert table["storage"]["compact_nonzero_params"] == entry["nonzero_params"]
+    assert table["storage"]["dense_bytes"] == report["bytes"]["dense"] == report["latency"]["storage"]["dense_bytes"], \
+        "one dense size everywhere: the dense architecture's safetensors file, as the weights files are measured"
     for row in table["rows"]:
         assert not any("compressed" in key for key in row) and "speedup" not in row, sorted(row)
         assert row["speedup_compact"] == pytest.approx(row["dense_ms"]["p20"] / row["compact_ms"]["p20"]), row
