@@ -99,6 +99,23 @@ def slurm_partitions() -> dict[str, int] | None:
     return partitions
 
 
+def node_cpus() -> dict[str, int] | None:
+    """The most CPUs any one node of each partition has (`sinfo -N`, one line per node and partition), or None when
+    sinfo is missing or fails."""
+    if shutil.which("sinfo") is None:
+        return None
+    result = subprocess.run(["sinfo", "-N", "-h", "-o", "%P %c"], capture_output=True, text=True, timeout=30,
+                            check=False)
+    if result.returncode != 0:
+        return None
+    most: dict[str, int] = {}
+    for line in result.stdout.splitlines():
+        name, _, cpus = line.strip().partition(" ")
+        if name and cpus.strip().isdigit():
+            most[name.rstrip("*")] = max(most.get(name.rstrip("*"), 0), int(cpus))
+    return most
+
+
 def default_partition() -> str | None:
     """The partition marked with `*` by sinfo."""
     if shutil.which("sinfo") is None:
@@ -126,6 +143,7 @@ def validate_launch(config: RunConfig, cluster: str) -> None:
                           f"(got nodes={launch.nodes} × tasks_per_node={launch.tasks_per_node})")
     if cluster == "slurm":
         _check_partition(launch.partition, launch.nodes)
+        _check_node_cpus(launch.partition, launch.tasks_per_node, launch.cpus_per_task)
 
 
 def _check_partition(partition: str | None, nodes: int) -> None:
@@ -138,6 +156,18 @@ def _check_partition(partition: str | None, nodes: int) -> None:
     name = partition or default_partition()
     if name in known and nodes > known[name]:
         raise LaunchError(f"launch.nodes: {nodes} nodes requested but partition {name!r} has {known[name]}")
+
+
+def _check_node_cpus(partition: str | None, tasks_per_node: int, cpus_per_task: int) -> None:
+    """CPUs per node that no node of the partition has: sbatch refuses some such jobs, and queues others forever
+    (reason PartitionConfig), so they are refused here in one line."""
+    most = node_cpus()
+    name = partition or default_partition()
+    if not most or name not in most or tasks_per_node * cpus_per_task <= most[name]:
+        return
+    raise LaunchError(f"launch.cpus_per_task: tasks_per_node {tasks_per_node} × cpus_per_task {cpus_per_task} = "
+                      f"{tasks_per_node * cpus_per_task} CPUs per node, but the nodes of partition {name!r} have at "
+                      f"most {most[name]} (sinfo); lower launch.cpus_per_task or launch.tasks_per_node")
 
 
 def make_executor(config: RunConfig, cluster: str) -> submitit.Executor:

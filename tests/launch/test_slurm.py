@@ -340,6 +340,10 @@ def test_unknown_partition_and_impossible_node_count_fail_before_submission(slur
         submit(load_config(QUICKSTART, ["launch.partition=nope"]), "slurm")
     with pytest.raises(LaunchError, match=r"^launch.nodes: 64 nodes requested"):
         submit(load_config(QUICKSTART, ["launch.nodes=64"]), "slurm")
+    # sbatch accepted 64 CPUs per task on these nodes and left the job pending forever (reason PartitionConfig)
+    with pytest.raises(LaunchError, match=r"^launch.cpus_per_task: tasks_per_node 2 × cpus_per_task 64 = 128 CPUs "
+                                          r"per node, but the nodes of partition '\w+' have at most \d+ \(sinfo\)"):
+        submit(load_config(QUICKSTART, ["launch.tasks_per_node=2", "launch.cpus_per_task=64"]), "slurm")
 
 
 def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

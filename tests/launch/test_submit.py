@@ -81,6 +81,7 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys: pytest.Captu
 
 def test_dry_run_shows_script_world_size_and_pruning_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("launch.submit.slurm_partitions", lambda: None)  # a 2-node plan, whatever cluster is here
+    monkeypatch.setattr("launch.submit.node_cpus", lambda: None)  # and 4 tasks per node, whatever its nodes have
     config = load_config(None, [f"out_dir={tmp_path / 'run'}", "launch.nodes=2", "launch.tasks_per_node=4",
                                 "launch.gpus_per_node=4"])
     text = dry_run_report(config, "slurm")
