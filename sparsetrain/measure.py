@@ -7,6 +7,7 @@ The numbers come from the weights on disk (the final phase's model, and the dens
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from sparsetrain.report import build_report, format_table, summary_values
 
 if TYPE_CHECKING:
     from sparsetrain.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
 
 
 def _param_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -112,6 +115,9 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
         from sparsetrain.plots import plot_accuracy_vs_sparsity
 
         plot_accuracy_vs_sparsity(report, out / "accuracy_vs_sparsity.png")
+    elif not pipeline.cfg.report.accuracy_curve and (out / "accuracy_vs_sparsity.png").is_file():
+        log.info("[report] report.accuracy_curve=false: report.json has no prune_curve; accuracy_vs_sparsity.png is "
+                 "kept from an earlier run, not part of this report (report.accuracy_curve=true makes it again)")
     if "sparsify" in pipeline.state["completed"]:
         before = "dense" if "dense" in pipeline.state["completed"] else None
         plot_magnitude_histograms(prunable_parameters(pipeline.model_from(before)),

@@ -58,6 +58,8 @@ def test_baselines_join_the_report(run_dir: Path, capsys: pytest.CaptureFixture)
                                      "report.accuracy_curve=false"))  # a report setting: may change on a re-run
     assert again["baselines"] == report["baselines"], "re-running a finished run changed its baselines"
     assert "prune_curve" not in again, "report.accuracy_curve=false must skip the curve"
+    kept = capsys.readouterr().err
+    assert "accuracy_vs_sparsity.png is kept from an earlier run, not part of this report" in kept, kept
 
 
 def test_baseline_subrun_resumes_exactly(tmp_path: Path) -> None:
