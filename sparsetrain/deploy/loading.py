@@ -16,7 +16,7 @@ from sparsetrain.progress import log
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
 
 __all__ = ["FORMAT_ORDER", "OnnxRuntimeModel", "compact_folder", "export_folder", "is_compact", "load_compressed",
-           "missing_compact", "no_compact_model", "preprocessing_of", "read_manifest", "verified_compact"]
+           "missing_compact", "no_compact_model", "output_of", "preprocessing_of", "read_manifest", "verified_compact"]
 
 # Preference of format="auto": the torch model first (trainable, inspectable), then the deployment graphs.
 FORMAT_ORDER = ("safetensors", "bitmask", "torch_export", "onnx")
@@ -94,17 +94,35 @@ def preprocessing_of(path: str | Path) -> dict | None:
     """
     from sparsetrain.deploy.folder import PREPROCESSING_KEY
 
+    return _export_record(path, "preprocessing", PREPROCESSING_KEY)
+
+
+def output_of(path: str | Path) -> dict | None:
+    """What an exported model's output means: `classes` (names in output index order, or None where the data
+    names none) and `decode` (how to turn the output into a prediction); from `architecture.json` meta `output`,
+    else the ONNX file's `sparsetrain.output` metadata; None for exports written before it was recorded.
+
+    Args:
+        path: A run directory, export folder or a file in one.
+    """
+    from sparsetrain.deploy.folder import OUTPUT_KEY
+
+    return _export_record(path, "output", OUTPUT_KEY)
+
+
+def _export_record(path: str | Path, meta_key: str, onnx_key: str) -> dict | None:
+    """`architecture.json`'s meta[meta_key], else the ONNX file's metadata entry `onnx_key` (JSON), else None."""
     folder = export_folder(path)
     if (folder / ARCH_FILE).is_file():
-        found = json.loads((folder / ARCH_FILE).read_text()).get("meta", {}).get("preprocessing")
+        found = json.loads((folder / ARCH_FILE).read_text()).get("meta", {}).get(meta_key)
         if found:
             return found
     if (folder / ONNX_FILE).is_file():
         import onnx
 
         props = {p.key: p.value for p in onnx.load(str(folder / ONNX_FILE), load_external_data=False).metadata_props}
-        if PREPROCESSING_KEY in props:
-            return json.loads(props[PREPROCESSING_KEY])
+        if onnx_key in props:
+            return json.loads(props[onnx_key])
     return None
 
 
@@ -218,7 +236,8 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
     Returns:
         A module in eval mode whose `export_format` attribute names the format loaded (also logged) and whose
         `preprocessing` attribute is the input preprocessing it expects (`preprocessing_of`; None if the export
-        predates it): feed it `(raw * scale - mean[c]) / std[c]`, float32, N×C×H×W. The
+        predates it): feed it `(raw * scale - mean[c]) / std[c]`, float32, N×C×H×W; its `output` attribute says
+        what the output means (`output_of`: class names in index order, how to decode). The
         safetensors and bitmask formats give the timm model (physically smaller after structural pruning);
         torch_export gives `torch.export.load(...).module()`; onnx an `OnnxRuntimeModel`.
 
@@ -248,6 +267,7 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
         model.eval()  # an exported program's module is already an inference graph (it rejects .eval())
     model.export_format = fmt
     model.preprocessing = preprocessing_of(path)
+    model.output = output_of(path)
     log.info(f"load_compressed: {folder / _FILES.get(fmt, WEIGHTS_FILE)} ({fmt})")
     return model
 

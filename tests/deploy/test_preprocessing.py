@@ -57,3 +57,9 @@ def test_onnx_with_recorded_preprocessing_reproduces_the_metric(digits_npz: Path
     assert abs(accuracy - reported) <= 100 / len(raw["y_test"]), f"onnxruntime {accuracy} vs run's {reported}"
     assert sparsetrain.load_compressed(folder, "onnx").preprocessing == prep
     assert sparsetrain.load_compressed(folder).preprocessing == prep
+    assert sparsetrain.load_compressed(folder).output == output, "load_compressed says what the output means"
+    (folder / "architecture.json").rename(folder / "moved.json")  # the ONNX file alone still carries both records
+    try:
+        assert sparsetrain.load_compressed(folder, "onnx").output == output
+    finally:
+        (folder / "moved.json").rename(folder / "architecture.json")
