@@ -154,6 +154,7 @@ def why_nothing_removed(model: nn.Module, groups: list[ChannelGroup], cfg: Prune
                 f"marked redundant, but too few in any group to remove a multiple of prune.round_to={cfg.round_to} "
                 f"channels (or they carry a constant that cannot be folded); {fraction}, or prune.round_to=1")
     none_marked = " and none marked redundant" if redundant is not None else ""
-    return (f"no filter's {_SCORE_NAMES[cfg.channel_score]} relative to its group's strongest is below "
+    named = _SCORE_NAMES.get(cfg.channel_score, f"{cfg.channel_score} score")  # a registered score: its own name
+    return (f"no filter's {named} relative to its group's strongest is below "
             f"prune.filter_norm_threshold={cfg.filter_norm_threshold:g} (smallest {smallest:.3g}, in {weakest})"
             f"{none_marked}; {fraction}")
