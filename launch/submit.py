@@ -124,8 +124,12 @@ def default_partition() -> str | None:
     return next((line.strip().rstrip("*") for line in result.stdout.splitlines() if line.strip().endswith("*")), None)
 
 
-def validate_launch(config: RunConfig, cluster: str) -> None:
+def validate_launch(config: RunConfig, cluster: str, *, fit: bool = True) -> None:
     """Checks that need the cluster choice or the scheduler; the schema checked the rest at load time.
+
+    Args:
+        fit: Also check that this Slurm cluster can ever run the job (`cluster_fit_problems`); a dry run plans for
+            any cluster and prints those problems as warnings instead.
 
     Raises:
         LaunchError: one line naming the field and every factor involved.
@@ -141,33 +145,31 @@ def validate_launch(config: RunConfig, cluster: str) -> None:
     if cluster == "debug" and launch.world_size != 1:
         raise LaunchError(f"launch.tasks_per_node: the debug cluster runs one rank in-process "
                           f"(got nodes={launch.nodes} × tasks_per_node={launch.tasks_per_node})")
-    if cluster == "slurm":
-        _check_partition(launch.partition, launch.nodes)
-        _check_node_cpus(launch.partition, launch.tasks_per_node, launch.cpus_per_task)
+    problems = cluster_fit_problems(config) if cluster == "slurm" and fit else []
+    if problems:
+        raise LaunchError(problems[0])
 
 
-def _check_partition(partition: str | None, nodes: int) -> None:
-    """Unknown partitions and node counts the partition cannot ever give (Slurm would queue such a job forever)."""
+def cluster_fit_problems(config: RunConfig) -> list[str]:
+    """What this Slurm cluster (`sinfo`) can never give the job, one line each naming the field: an unknown
+    partition, more nodes than the partition has, more CPUs per node (tasks_per_node × cpus_per_task) than any of its
+    nodes has. Slurm refuses some such jobs and queues others forever (reason PartitionConfig). Empty without sinfo."""
+    launch = config.launch
     known = slurm_partitions()
     if known is None:
-        return
-    if partition is not None and partition not in known:
-        raise LaunchError(f"launch.partition: unknown partition {partition!r} (Slurm has: {', '.join(sorted(known))})")
-    name = partition or default_partition()
-    if name in known and nodes > known[name]:
-        raise LaunchError(f"launch.nodes: {nodes} nodes requested but partition {name!r} has {known[name]}")
-
-
-def _check_node_cpus(partition: str | None, tasks_per_node: int, cpus_per_task: int) -> None:
-    """CPUs per node that no node of the partition has: sbatch refuses some such jobs, and queues others forever
-    (reason PartitionConfig), so they are refused here in one line."""
-    most = node_cpus()
-    name = partition or default_partition()
-    if not most or name not in most or tasks_per_node * cpus_per_task <= most[name]:
-        return
-    raise LaunchError(f"launch.cpus_per_task: tasks_per_node {tasks_per_node} × cpus_per_task {cpus_per_task} = "
-                      f"{tasks_per_node * cpus_per_task} CPUs per node, but the nodes of partition {name!r} have at "
-                      f"most {most[name]} (sinfo); lower launch.cpus_per_task or launch.tasks_per_node")
+        return []
+    if launch.partition is not None and launch.partition not in known:
+        return [f"launch.partition: unknown partition {launch.partition!r} (Slurm has: {', '.join(sorted(known))})"]
+    name = launch.partition or default_partition()
+    problems = []
+    if name in known and launch.nodes > known[name]:
+        problems.append(f"launch.nodes: {launch.nodes} nodes requested but partition {name!r} has {known[name]}")
+    most, per_node = node_cpus() or {}, launch.tasks_per_node * launch.cpus_per_task
+    if name in most and per_node > most[name]:
+        problems.append(f"launch.cpus_per_task: tasks_per_node {launch.tasks_per_node} × cpus_per_task "
+                        f"{launch.cpus_per_task} = {per_node} CPUs per node, but the nodes of partition {name!r} have "
+                        f"at most {most[name]} (sinfo); lower launch.cpus_per_task or launch.tasks_per_node")
+    return problems
 
 
 def make_executor(config: RunConfig, cluster: str) -> submitit.Executor:

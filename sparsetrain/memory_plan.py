@@ -208,8 +208,8 @@ def plan_memory(model: nn.Module, input_shape: tuple[int, ...], *, world_size: i
 def format_memory_plan(plan: MemoryPlan, gpu_mem_gb: float | None) -> str:
     """The plan as a table in GiB, with a warning line when the GPU total exceeds `gpu_mem_gb` (GiB, as
     `launch.gpu_mem_gb`) naming the settings that would lower it and are not in effect yet (`_remedies`)."""
-    lines = [f"memory plan per rank: {plan.total_params / 1e9:.3f} billion parameters (largest layer "
-             f"{plan.largest_layer / 1e6:.1f} M), ZeRO stage {plan.zero_stage}, {plan.precision}, world size "
+    lines = [f"memory plan per rank, a model of {plan.total_params:,} parameters (largest layer "
+             f"{plan.largest_layer:,}): ZeRO stage {plan.zero_stage}, {plan.precision}, world size "
              f"{plan.world_size}, micro-batch {plan.micro_batch}, optimizer offload {plan.offload}"]
     for kind, value in plan.gpu.items():
         lines.append(f"  {kind:<12} {value / GiB:9.2f} GiB")

@@ -80,13 +80,21 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_dry_run_shows_script_world_size_and_pruning_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("launch.submit.slurm_partitions", lambda: None)  # a 2-node plan, whatever cluster is here
-    monkeypatch.setattr("launch.submit.node_cpus", lambda: None)  # and 4 tasks per node, whatever its nodes have
+    # a cluster of two 2-CPU nodes, as the local test cluster: the plan for 4 tasks per node is still printed, with a
+    # warning that a submission here would be refused (sbatch queued such a job forever)
+    monkeypatch.setattr("launch.submit.slurm_partitions", lambda: {"debug": 2})
+    monkeypatch.setattr("launch.submit.default_partition", lambda: "debug")
+    monkeypatch.setattr("launch.submit.node_cpus", lambda: {"debug": 2})
     config = load_config(None, [f"out_dir={tmp_path / 'run'}", "launch.nodes=2", "launch.tasks_per_node=4",
                                 "launch.gpus_per_node=4"])
     text = dry_run_report(config, "slurm")
     assert "#SBATCH --ntasks-per-node=4" in text and "#SBATCH --nodes=2" in text
     assert "world size: 8 (nodes=2 × tasks_per_node=4" in text
+    assert ("warning: this cluster cannot run it as it is (a submission here is refused): launch.cpus_per_task: "
+            "tasks_per_node 4 × cpus_per_task 1 = 4 CPUs per node, but the nodes of partition 'debug' have at most 2"
+            in text), text
+    with pytest.raises(LaunchError, match=r"^launch.cpus_per_task: tasks_per_node 4 × cpus_per_task 1 = 4 CPUs"):
+        validate_launch(config, "slurm")
     for layer, size in (("fc1.weight", "19,200"), ("fc2.weight", "30,000"), ("head.weight", "1,000")):
         assert any(line.startswith(layer) and line.endswith(size) for line in text.splitlines()), (layer, text)
     assert not (tmp_path / "run").exists(), "a dry run must not create the run directory"
