@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from launch.submit import CLUSTERS, LaunchError, one_line
+from launch.submit import CLUSTERS, LaunchError
 from sparsetrain.phases import PHASES
 
 
@@ -40,7 +40,7 @@ def launch_main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
                         "plan; submit nothing")
     args = parser.parse_intermixed_args(argv)
-    from launch.submit import log_folder, submit, wait_result
+    from launch.submit import WaitTimeout, job_failure, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
     try:
@@ -53,14 +53,18 @@ def launch_main(argv: list[str]) -> int:
         job = submit(config, args.cluster, args.phase)
     except (ConfigError, LaunchError, ValueError) as err:
         return _fail(str(err), 2)
-    print(f"submitted job {job.job_id} ({config.launch.world_size} ranks, cluster={args.cluster}); "
+    ranks = config.launch.world_size
+    print(f"submitted job {job.job_id} ({ranks} rank{'s' * (ranks != 1)}, cluster={args.cluster}); "
           f"logs in {log_folder(config)}")
     if not args.wait:
         return 0
     try:
         wait_result(job, timeout_s=args.timeout)
-    except Exception as err:  # the job's own traceback is in its log; one line here
-        return _fail(f"job {job.job_id} failed: {one_line(err)}", 1)
+    except WaitTimeout as err:
+        return _fail(str(err), 1)
+    except Exception as err:  # the job's own traceback is in its log; one line here, the code a local run gives
+        message, code = job_failure(err)
+        return _fail(f"job {job.job_id} failed: {message}", code)
     report_path = Path(config.out_dir) / "report.json"
     print(f"done: {report_path}{_report_line(report_path)}")
     return 0

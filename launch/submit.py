@@ -26,7 +26,7 @@ from submitit.slurm import slurm as submitit_slurm
 from launch.job import PipelineJob
 from sparsetrain.config.loader import config_to_dict
 from sparsetrain.config.schema import RunConfig
-from sparsetrain.errors import InputError
+from sparsetrain.errors import InputError, SparsetrainError
 
 CLUSTERS = ("slurm", "local", "debug")
 # One failed rank ends the step at once instead of leaving the others blocked in a collective until timeout.
@@ -38,6 +38,12 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
 
 class LaunchError(InputError, RuntimeError):
     """A launch problem as one line naming the field or the scheduler's message."""
+
+
+class WaitTimeout(SparsetrainError, TimeoutError):
+    """`--timeout` passed while the job still runs: the job has not failed, the launcher stopped waiting."""
+
+    exit_code = 1
 
 
 def log_folder(config: RunConfig) -> Path:
@@ -197,6 +203,37 @@ def one_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+
+
+def job_failure(error: BaseException) -> tuple[str, int]:
+    """What a failed job raised, as the one line and exit code a local `sparsetrain run` gives it.
+
+    A job's exception reaches the launcher as submitit's FailedJobError, whose message is the job's traceback
+    followed by its log paths; its last `module.Class: message` line is what the job raised. A sparsetrain error
+    (`sparsetrain.errors`: bad input, resume problem, non-finite, set-up) gives its message and the class's exit
+    code, with the log path; anything else `Class: message` and 1. Other errors (a job that ended without a
+    result) their own text and 1.
+    """
+    import importlib
+
+    text = str(error)
+    raised = [m for m in map(_RAISED.match, (line.strip() for line in text.splitlines())) if m]
+    if not isinstance(error, submitit.core.utils.FailedJobError) or not raised:
+        return one_line(error), 1
+    name, message = raised[-1].groups()
+    logs = re.findall(r"^\s*- (\S+\.err)\s*$", text, re.M)
+    where = f" (the job's log: {logs[0]})" if logs else ""
+    module, _, cls = name.rpartition(".")
+    try:
+        kind = getattr(importlib.import_module(module), cls) if module else None
+    except ImportError:
+        kind = None
+    if isinstance(kind, type) and issubclass(kind, SparsetrainError):
+        return f"{message}{where}", kind.exit_code
+    return f"{cls}: {message}{where}", 1
+
+
 def submit(config: RunConfig, cluster: str, phases: list[str] | None = None) -> submitit.Job:
     """Validate and submit the pipeline as one job of `world_size` tasks.
 
@@ -262,7 +299,7 @@ def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float
     """Wait for rank 0's result, through requeues, without relying on `sacct`.
 
     Raises:
-        LaunchError: the job ended without a result, or `timeout_s` passed.
+        LaunchError: the job ended without a result; WaitTimeout: `timeout_s` passed (the job goes on).
         submitit.core.utils.FailedJobError: the job raised; the message holds its traceback.
     """
     if not isinstance(job, submitit.SlurmJob):
@@ -276,6 +313,7 @@ def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float
             if not rank0.paths.result_pickle.exists():
                 raise LaunchError(f"job {job.job_id} ended ({state}) without a result; see {job.paths.stderr}")
         if timeout_s is not None and time.monotonic() - start > timeout_s:
-            raise LaunchError(f"job {job.job_id} still {state} after {timeout_s:.0f}s; see {job.paths.stdout}")
+            raise WaitTimeout(f"stopped waiting after --timeout {timeout_s:g} s: job {job.job_id} is still {state} "
+                              f"and goes on (`scancel {job.job_id}` stops it); its log: {job.paths.stdout}")
         time.sleep(poll_s)
     return rank0.result()

@@ -122,7 +122,9 @@ def collect(base: RunConfig, points: list[SweepPoint], overrides: list[str]) -> 
         report_path = Path(point.config.out_dir) / "report.json"
         run = {"name": point.name, "overrides": point.overrides, "out_dir": point.config.out_dir,
                "status": point.result.get("status", "unknown")}
-        if report_path.is_file():
+        if point.result.get("status") == "failed":  # a report.json there is an earlier run's, not this job's
+            run["error"] = point.result.get("error")
+        elif report_path.is_file():
             run.update(summarize_report(json.loads(report_path.read_text())), status="done")
         else:
             run["status"] = point.result.get("status", "missing")
@@ -180,11 +182,11 @@ def submit_points(base: RunConfig, points: list[SweepPoint], cluster: str) -> li
 
 def wait_points(points: list[SweepPoint], jobs: list[Any], timeout_s: float | None = None) -> None:
     """Wait for every job; a failed point is recorded (status, one-line error) and does not stop the others."""
-    from launch.submit import one_line, wait_result
+    from launch.submit import job_failure, wait_result
 
     for point, job in zip(points, jobs, strict=True):
         try:
             wait_result(job, timeout_s=timeout_s)
             point.result = {"status": "done", "job_id": job.job_id}
         except Exception as err:  # a failed run is data for sweep.json, not the end of the sweep
-            point.result = {"status": "failed", "job_id": job.job_id, "error": one_line(err)}
+            point.result = {"status": "failed", "job_id": job.job_id, "error": job_failure(err)[0]}

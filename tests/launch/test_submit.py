@@ -12,8 +12,8 @@ import pytest
 from launch.cli import launch_main
 from launch.dry_run import dry_run_report
 from launch.job import PORT_RANGE, master_port
-from launch.submit import LaunchError, sbatch_script, validate_launch
-from launch.sweep import expand, pareto_front, parse_grid, split_values, summarize_report
+from launch.submit import LaunchError, job_failure, sbatch_script, validate_launch
+from launch.sweep import SweepPoint, collect, expand, pareto_front, parse_grid, split_values, summarize_report
 from sparsetrain.config.loader import ConfigError, load_config
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -163,3 +163,45 @@ def test_local_cluster_runs_two_ranks_through_submitit(tmp_path: Path, capsys: p
     assert code == 0, capsys.readouterr().err[-2000:]
     assert json.loads((out_dir / "report.json").read_text())["world_size"] == 2
     assert "world size 2" in capsys.readouterr().out
+
+
+def _failed_job(raised: str) -> Exception:
+    """submitit's FailedJobError as a launcher receives it: the job's traceback, then its log paths (the message
+    format of submitit.core.core.Job._get_outcome_and_result)."""
+    from submitit.core.utils import FailedJobError
+
+    trace = ("Traceback (most recent call last):\n  File \"/x/launch/job.py\", line 80, in __call__\n"
+             f"    return run_pipeline(config)\n{raised}\n")
+    return FailedJobError(f"Job (task=0) failed during processing with trace:\n----------------------\n{trace}\n"
+                          "----------------------\nYou can check full logs with 'job.stderr(0)' and 'job.stdout(0)'"
+                          "or at paths:\n  - /runs/a/slurm/581_0_log.err\n  - /runs/a/slurm/581_0_log.out")
+
+
+def test_a_failed_jobs_own_error_is_the_line_and_exit_code_a_local_run_gives() -> None:
+    """Fresh-user trial: `launch --wait` printed only the job's .out path (`job 581 failed: - .../581_0_log.out`,
+    exit 1), where a local run of the same settings prints the refusal in one line and exits 2."""
+    refused = ("sparsetrain.errors.InputError: out_dir: /runs/a holds a run with other settings: seed 0 -> 1; use a "
+               "new out_dir, or resume=false to start over")
+    assert job_failure(_failed_job(refused)) == (
+        "out_dir: /runs/a holds a run with other settings: seed 0 -> 1; use a new out_dir, or resume=false to start "
+        "over (the job's log: /runs/a/slurm/581_0_log.err)", 2)
+    assert job_failure(_failed_job("sparsetrain.errors.NonFiniteError: loss is nan at sparsify step 3"))[1] == 4
+    assert job_failure(_failed_job("KeyError: 'fc1'")) == ("KeyError: 'fc1' (the job's log: "
+                                                            "/runs/a/slurm/581_0_log.err)", 1)
+    assert job_failure(LaunchError("job 7 ended (FAILED) without a result; see x.err")) == (
+        "job 7 ended (FAILED) without a result; see x.err", 1)
+
+
+def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tmp_path: Path) -> None:
+    """Fresh-user trial: re-running a sweep with `seed=1` into the same out_dir was refused in every job, yet the
+    sweep printed the seed-0 reports as `done` and exited 0."""
+    base = load_config(None, [f"out_dir={tmp_path}"])
+    point = SweepPoint("alpha0=1e-5", ["alpha0=1e-5"], load_config(None, [f"out_dir={tmp_path / 'p'}"]))
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "report.json").write_text(json.dumps({"phases": {"finetune": {"metric": 91.4}},
+                                                            "sparsity": 0.2}))
+    point.result = {"status": "failed", "job_id": "577_0", "error": "out_dir: ... holds a run with other settings"}
+    run = collect(base, [point], ["alpha0=1e-5", "seed=1"])["runs"][0]
+    assert run["status"] == "failed" and run["error"].startswith("out_dir:") and run.get("metric") is None, run
+    point.result = {"status": "done", "job_id": "577_0"}
+    assert collect(base, [point], ["alpha0=1e-5"])["runs"][0]["status"] == "done"
