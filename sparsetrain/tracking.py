@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsetrain.config.schema import TrackingConfig
+from sparsetrain.errors import SetupError
 
 log = logging.getLogger("sparsetrain")
 
@@ -72,9 +73,15 @@ class Tracker:
         id_file = out_dir / "wandb_run_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
-        return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or out_dir.name, tags=cfg.tags,
-                          id=run_id, resume="allow", mode=cfg.mode, dir=str(out_dir), config=self.config,
-                          settings=wandb.Settings(console="off", silent=True))
+        try:
+            return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or out_dir.name, tags=cfg.tags,
+                              id=run_id, resume="allow", mode=cfg.mode, dir=str(out_dir), config=self.config,
+                              settings=wandb.Settings(console="off", silent=True))
+        except wandb.errors.Error as err:  # no API key, no network, a refused project: one line, exit 5
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SetupError(f"tracking.mode: W&B could not start its {cfg.mode} run ({first}); log in (`wandb "
+                             "login` or WANDB_API_KEY), or set tracking.mode=offline (run files in out_dir/wandb, "
+                             "`wandb sync` later) or tracking.mode=disabled") from None
 
     def _held_by_wandb(self) -> Callable[[int, set[str]], bool]:
         """Whether W&B already holds `keys` at `step`, from earlier segments of this run."""

@@ -1,0 +1,27 @@
+"""W&B set-up problems end a run in one line with the set-up exit code, before any training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sparsetrain.cli import main
+from tests.core.conftest import tiny_overrides
+
+
+def test_online_tracking_without_a_wandb_login_is_one_line_and_exit_5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: `tracking.mode=online` with no API key ended in wandb's 30-line UsageError traceback,
+    exit 1 (the README promises one line, exit 5 for library set-up)."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no wandb settings: nobody is logged in
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
+    capsys.readouterr()
+    assert main(["run", *tiny_overrides(tmp_path / "run", "tracking.mode=online")]) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: tracking.mode: W&B could not start its online run (") and "Traceback" not in \
+        "\n".join(err), err
+    assert "tracking.mode=offline" in err[-1]
+    assert not (tmp_path / "run" / "state.json").exists(), "it stopped before training"
