@@ -259,7 +259,7 @@ def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, p
         if bad is not None:
             raise training_error(cfg, phase, bad[0], total, bad[1], _resume_note(ctx, phase))
         if log_now:
-            values = _step_values(engine, hooks, loss, partitioned)
+            values = _step_values(engine, hooks, loss, partitioned, ctx.dist.world_size)
             if pruner is not None:
                 values["sparsity"] = _mask_sparsity(hooks.masks, partitioned)
             progress.update(step, **values)
@@ -290,13 +290,19 @@ def _agree(ctx: RunContext, guard: FiniteGuard, boundary: bool) -> tuple[bool, i
     return stop_min < 0, first_bad
 
 
-def _step_values(engine: Any, hooks: GradientHooks, loss: torch.Tensor, partitioned: bool) -> dict[str, float]:
-    """Logged values: this rank's last task loss, and the regularizer value and gradient norm over all ranks."""
-    sums = torch.stack([(v.detach().float().reshape(()) if v is not None else torch.zeros((), device=loss.device))
-                        for v in (hooks.last_value, hooks.grad_sq)]).cpu()
-    if partitioned:  # each rank holds a slice of the weights: its values are partial sums
-        sums = all_reduce_sum(sums)
-    return {"loss": float(loss), "reg": float(sums[0]), "grad_norm": float(sums[1].sqrt()), "lr": engine.get_lr()[0]}
+def _step_values(engine: Any, hooks: GradientHooks, loss: torch.Tensor, partitioned: bool,
+                 world_size: int) -> dict[str, float]:
+    """Logged values: the last step's task loss as the mean over ranks (each rank's own micro-batch, so one rank's
+    value would depend on the world size), the regularizer value and the gradient norm of the whole model (summed
+    over ranks when each rank holds a slice of the weights). Reduced on the loss's device (NCCL has no CPU tensors),
+    then read on the host: a collective every rank runs at each logging step."""
+    values = torch.stack([v.detach().float().reshape(()).to(loss.device) if v is not None
+                          else torch.zeros((), device=loss.device) for v in (loss, hooks.last_value, hooks.grad_sq)])
+    if world_size > 1:
+        summed = all_reduce_sum(values.clone())
+        values = torch.cat([summed[:1] / world_size, summed[1:] if partitioned else values[1:]])
+    loss_mean, reg, grad_sq = values.cpu().tolist()
+    return {"loss": loss_mean, "reg": reg, "grad_norm": grad_sq ** 0.5, "lr": engine.get_lr()[0]}
 
 
 def _resume_note(ctx: RunContext, phase: str) -> str:
