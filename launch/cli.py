@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from launch.submit import CLUSTERS, LaunchError
+from sparsetrain.cli import parse_command_line
 from sparsetrain.phases import PHASES
 
 
@@ -39,7 +40,7 @@ def launch_main(argv: list[str]) -> int:
     parser.add_argument("--wait", action="store_true", help="wait for the job and print the report path")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
                         "plan; submit nothing")
-    args = parser.parse_intermixed_args(argv)
+    args = parse_command_line(parser, argv)
     from launch.submit import WaitTimeout, job_failure, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
@@ -91,7 +92,7 @@ def sweep_main(argv: list[str]) -> int:
     parser = _common_parser("sparsetrain sweep", "Grid sweep: key=v1,v2 overrides, one run per point.")
     parser.add_argument("--no-wait", action="store_true", help="submit and return; collect later with --collect")
     parser.add_argument("--collect", action="store_true", help="only collect finished runs into sweep.json")
-    args = parser.parse_intermixed_args(argv)
+    args = parse_command_line(parser, argv)
     from launch.sweep import collect, expand, submit_points, wait_points
     from sparsetrain.config.loader import ConfigError
 

@@ -14,6 +14,20 @@ from sparsetrain.config import ConfigError, load_config
 from sparsetrain.errors import SparsetrainError, first_line
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse_intermixed_args(argv)`, except that an option the command does not have is named alone: argparse
+    would also call every `key=value` override after it unrecognized (`unrecognized arguments: --wait out_dir=D`).
+
+    Raises:
+        SystemExit: argparse's usage error (code 2).
+    """
+    _, unknown = parser.parse_known_intermixed_args(argv)
+    flags = [token for token in unknown if token.startswith("-")]
+    if flags:
+        parser.error(f"unrecognized option{'s' * (len(flags) > 1)} {' '.join(flags)}; `{parser.prog} --help` lists "
+                     "the options (settings are key=value overrides)")
+    return parser.parse_intermixed_args(argv)
+
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain run", description="Run the compression pipeline.")
     parser.add_argument("config", nargs="?", help="YAML recipe (default: built-in defaults, a short "
@@ -23,7 +37,7 @@ def _run(argv: list[str]) -> int:
     parser.add_argument("--phase", action="append", help="run only this phase (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the pruning plan and the per-rank memory plan "
                         "(world size from WORLD_SIZE or launch.nodes × launch.tasks_per_node); train nothing")
-    args = parser.parse_intermixed_args(argv)
+    args = parse_command_line(parser, argv)
     cfg = load_config(*_split_recipe(args.config, list(args.overrides)), plan_only=args.dry_run)
     if args.dry_run:
         from sparsetrain.plan import plan_report, world_size_for
@@ -164,7 +178,7 @@ def _config(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--schema", nargs="?", const="", metavar="SECTION",
                         help="list every field (or those under SECTION, e.g. regularizer) instead")
-    args = parser.parse_intermixed_args(argv)
+    args = parse_command_line(parser, argv)
     if args.schema is not None:
         from sparsetrain.config import RunConfig
         from sparsetrain.config.describe import format_schema, schema_rows
@@ -196,7 +210,7 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("--phase", help="export this finished phase instead of the run's final one (e.g. sparsify "
                         "of a run stopped before pruning); architecture.json's meta.phase records it")
     _require_positional(parser, argv, "run_dir")
-    args = parser.parse_intermixed_args(argv)
+    args = parse_command_line(parser, argv)
     from sparsetrain.deploy.reexport import export_run
 
     print(export_run(args.run_dir, args.phase, list(args.overrides)))
@@ -221,7 +235,7 @@ def _eval(argv: list[str]) -> int:
                         "torch_export, onnx, compact (Method 1: dead units removed)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     _require_positional(parser, argv, "target")
-    args = parser.parse_intermixed_args(argv)
+    args = parse_command_line(parser, argv)
     from sparsetrain.deploy.evaluate import evaluate_target, format_evaluation
     from sparsetrain.progress import setup_logging
 
@@ -251,7 +265,7 @@ def _bench_latency(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help=f"folder for latency-NAME.json and "
                         f"latency-NAME.png (default {OUTPUT_DIR}, as the other benchmarks)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
-    args = parser.parse_intermixed_args(argv)
+    args = parse_command_line(parser, argv)
     from sparsetrain.deploy.latency import latency_table
     from sparsetrain.deploy.latency_report import bench_stem, format_latency, write_latency
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.cli import launch_main
+from launch.cli import launch_main, sweep_main
 from launch.dry_run import dry_run_report
 from launch.job import PORT_RANGE, master_port
 from launch.submit import LaunchError, job_failure, sbatch_script, validate_launch
@@ -205,3 +205,13 @@ def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tm
     assert run["status"] == "failed" and run["error"].startswith("out_dir:") and run.get("metric") is None, run
     point.result = {"status": "done", "job_id": "577_0"}
     assert collect(base, [point], ["alpha0=1e-5"])["runs"][0]["status"] == "done"
+
+
+def test_an_unknown_option_is_named_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fresh-user trial: `sweep ... --wait out_dir=D` said `unrecognized arguments: --wait phases.dense.epochs=1 ...
+    out_dir=D`, calling the valid overrides unrecognized too."""
+    with pytest.raises(SystemExit) as stop:
+        sweep_main(["configs/quickstart.yaml", "alpha0=1e-5,3e-5", "--wait", f"out_dir={tmp_path}", "seed=1"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and err.startswith("sparsetrain sweep: error: unrecognized option --wait;"), err
+    assert "out_dir=" not in err and "seed=1" not in err, err
