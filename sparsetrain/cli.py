@@ -140,28 +140,27 @@ def _tool(name: str, module: str) -> list[str]:
     """`name` when the one on PATH is this environment's, else this environment's script by its path (e.g.
     `.venv/bin/torchrun` run without activating the venv; relative when under the working directory), else
     `python -m module` with this interpreter."""
-    import shutil
-
-    on_path, here = shutil.which(name), Path(sys.executable).parent / name
+    here = Path(sys.executable).parent / name
     if not here.exists():
         return [sys.executable, "-m", module]
-    if on_path and Path(on_path).resolve() == here.resolve():
-        return [name]
-    return [os.path.relpath(here) if here.is_relative_to(Path.cwd()) else str(here)]
+    return _typed(name, here, os.path.relpath(here) if here.is_relative_to(Path.cwd()) else str(here))
 
 
 def _program() -> list[str]:
     """How this process was started, as a command a user can paste: `sparsetrain` when that is the one on PATH, else
     the script's path (e.g. `.venv/bin/sparsetrain` run without activating the venv) or `python -m sparsetrain`."""
-    import shutil
-
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if script is None or script.name in ("__main__.py", "-c") or script.suffix == ".py":
         return [sys.executable, "-m", "sparsetrain"]
-    on_path = shutil.which("sparsetrain")
-    if on_path and script.exists() and Path(on_path).resolve() == script.resolve():
-        return ["sparsetrain"]
-    return [str(script)]
+    return _typed("sparsetrain", script, str(script))
+
+
+def _typed(name: str, script: Path, by_path: str) -> list[str]:
+    """How a user types `script`: `name` when the `name` on PATH is that script, else `by_path`."""
+    import shutil
+
+    on_path = shutil.which(name)
+    return [name] if on_path and script.exists() and Path(on_path).resolve() == script.resolve() else [by_path]
 
 
 def _split_recipe(config_path: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
