@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,44 +91,33 @@ def sbatch_script(config: RunConfig) -> str:
     return submitit_slurm._make_sbatch_string(command=submitit_command(folder), folder=folder, **params)
 
 
-def slurm_partitions() -> dict[str, int] | None:
-    """Partitions known to Slurm with their node counts (`sinfo`), or None when sinfo is missing or fails."""
-    if shutil.which("sinfo") is None:
-        return None
-    result = subprocess.run(["sinfo", "-h", "-o", "%P %D"], capture_output=True, text=True, timeout=30, check=False)
-    if result.returncode != 0:
-        return None
-    partitions: dict[str, int] = {}
-    for line in result.stdout.splitlines():
-        name, _, nodes = line.strip().partition(" ")
-        if name:
-            partitions[name.rstrip("*")] = partitions.get(name.rstrip("*"), 0) + int(nodes or 0)
-    return partitions
+@dataclass(frozen=True)
+class Partition:
+    """One Slurm partition as `sinfo` lists it: its node count, the most CPUs any of its nodes has, whether it is
+    the default."""
+
+    nodes: int
+    most_cpus: int
+    default: bool
 
 
-def node_cpus() -> dict[str, int] | None:
-    """The most CPUs any one node of each partition has (`sinfo -N`, one line per node and partition), or None when
-    sinfo is missing or fails."""
+def slurm_partitions() -> dict[str, Partition] | None:
+    """The partitions known to Slurm (`sinfo -N`: one line per node and partition, `*` on the default), or None
+    when sinfo is missing or fails."""
     if shutil.which("sinfo") is None:
         return None
     result = subprocess.run(["sinfo", "-N", "-h", "-o", "%P %c"], capture_output=True, text=True, timeout=30,
                             check=False)
     if result.returncode != 0:
         return None
-    most: dict[str, int] = {}
+    found: dict[str, Partition] = {}
     for line in result.stdout.splitlines():
         name, _, cpus = line.strip().partition(" ")
-        if name and cpus.strip().isdigit():
-            most[name.rstrip("*")] = max(most.get(name.rstrip("*"), 0), int(cpus))
-    return most
-
-
-def default_partition() -> str | None:
-    """The partition marked with `*` by sinfo."""
-    if shutil.which("sinfo") is None:
-        return None
-    result = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30, check=False)
-    return next((line.strip().rstrip("*") for line in result.stdout.splitlines() if line.strip().endswith("*")), None)
+        if name:
+            seen = found.get(name.rstrip("*"), Partition(0, 0, name.endswith("*")))
+            most = max(seen.most_cpus, int(cpus)) if cpus.strip().isdigit() else seen.most_cpus
+            found[name.rstrip("*")] = Partition(seen.nodes + 1, most, seen.default)
+    return found
 
 
 def validate_launch(config: RunConfig, cluster: str, *, fit: bool = True) -> None:
@@ -166,15 +156,16 @@ def cluster_fit_problems(config: RunConfig) -> list[str]:
         return []
     if launch.partition is not None and launch.partition not in known:
         return [f"launch.partition: unknown partition {launch.partition!r} (Slurm has: {', '.join(sorted(known))})"]
-    name = launch.partition or default_partition()
-    problems = []
-    if name in known and launch.nodes > known[name]:
-        problems.append(f"launch.nodes: {launch.nodes} nodes requested but partition {name!r} has {known[name]}")
-    most, per_node = node_cpus() or {}, launch.tasks_per_node * launch.cpus_per_task
-    if name in most and per_node > most[name]:
+    name = launch.partition or next((n for n, part in known.items() if part.default), None)
+    if name not in known:
+        return []
+    part, problems, per_node = known[name], [], launch.tasks_per_node * launch.cpus_per_task
+    if launch.nodes > part.nodes:
+        problems.append(f"launch.nodes: {launch.nodes} nodes requested but partition {name!r} has {part.nodes}")
+    if part.most_cpus and per_node > part.most_cpus:
         problems.append(f"launch.cpus_per_task: tasks_per_node {launch.tasks_per_node} × cpus_per_task "
                         f"{launch.cpus_per_task} = {per_node} CPUs per node, but the nodes of partition {name!r} have "
-                        f"at most {most[name]} (sinfo); lower launch.cpus_per_task or launch.tasks_per_node")
+                        f"at most {part.most_cpus} (sinfo); lower launch.cpus_per_task or launch.tasks_per_node")
     return problems
 
 

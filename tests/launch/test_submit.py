@@ -12,7 +12,7 @@ import pytest
 from launch.cli import launch_main, sweep_main
 from launch.dry_run import dry_run_report
 from launch.job import PORT_RANGE, master_port
-from launch.submit import LaunchError, job_failure, sbatch_script, validate_launch
+from launch.submit import LaunchError, Partition, job_failure, sbatch_script, validate_launch
 from launch.sweep import SweepPoint, collect, expand, pareto_front, parse_grid, split_values, summarize_report
 from sparsetrain.config.loader import ConfigError, load_config
 
@@ -82,9 +82,8 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path, capsys: pytest.Captu
 def test_dry_run_shows_script_world_size_and_pruning_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a cluster of two 2-CPU nodes, as the local test cluster: the plan for 4 tasks per node is still printed, with a
     # warning that a submission here would be refused (sbatch queued such a job forever)
-    monkeypatch.setattr("launch.submit.slurm_partitions", lambda: {"debug": 2})
-    monkeypatch.setattr("launch.submit.default_partition", lambda: "debug")
-    monkeypatch.setattr("launch.submit.node_cpus", lambda: {"debug": 2})
+    monkeypatch.setattr("launch.submit.slurm_partitions", lambda: {"debug": Partition(nodes=2, most_cpus=2,
+                                                                                      default=True)})
     config = load_config(None, [f"out_dir={tmp_path / 'run'}", "launch.nodes=2", "launch.tasks_per_node=4",
                                 "launch.gpus_per_node=4"])
     text = dry_run_report(config, "slurm")
