@@ -185,7 +185,9 @@ def test_run_times_the_compact_model_in_the_same_rounds(run: tuple[Path, dict]) 
         assert 0 < row["compact_ms"]["p20"] <= row["compact_ms"]["median"] <= row["compact_ms"]["p80"], row
         assert row["speedup_compact"] == pytest.approx(row["dense_ms"]["p20"] / row["compact_ms"]["p20"]), row
         assert row["speedup_compact_paired"] > 0 and row["speedup_compact_median"] > 0, row
-        assert row["peak_memory_bytes"]["compact"] > 0, row
+        # measured in its own process (an int, not None); the growth of the peak resident set can be 0 bytes for a
+        # model of a few kB whose pages were already resident (seen once in CI at batch 1)
+        assert isinstance(row["peak_memory_bytes"]["compact"], int) and row["peak_memory_bytes"]["compact"] >= 0, row
         assert "compact: " in row["note"], row["note"]
         key = f"{row['runtime']}-{row['device']}/batch{row['batch']}/compact"
         assert table["slowest_layers"][key], key
