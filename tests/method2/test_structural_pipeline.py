@@ -103,3 +103,31 @@ def test_interleaved_latency_gives_one_median_per_model_and_restores_modes() -> 
     times = interleaved_latency_ms([small, large], (1, 8), rounds=2, runs=2, warmup=1)
     assert len(times) == 2 and all(t > 0 for t in times), times
     assert large.training and not small.training, "training flags not restored"
+
+
+# Untrained weights straight to prune: the prune phase's outputs in a few seconds.
+PRUNE_ONLY = [*TINY_UNET, "phases.sparsify.epochs=0", "phases.finetune.epochs=0", "deepspeed.zero_stage=0"]
+
+
+def test_prune_logs_the_filters_kept_per_channel_group_as_report_json_lists_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """After the prune phase one log block lists each channel group's layers and filters kept / total, then a
+    total line; report.json's kept_filters rows name the same layers."""
+    capsys.readouterr()
+    report = run_pipeline(load_config(None, [*PRUNE_ONLY, f"out_dir={tmp_path}", "prune.filter_fraction=0.5",
+                                             "prune.round_to=1"]))
+    err = capsys.readouterr().err.splitlines()
+    rows = report["kept_filters"]
+    assert rows == report["phases"]["prune"]["kept_filters"] == json.loads(
+        (tmp_path / "report.json").read_text())["kept_filters"], "kept_filters: one list, report.json's"
+    assert [row["layers"] for row in rows][:3] == [["stem.0"], ["stem.3"], ["downs.0.1.0"]], rows
+    start = next(i for i, line in enumerate(err) if "[prune] filters kept per channel group" in line)
+    assert err[start].endswith("[prune] filters kept per channel group: kept / total (% kept), layers"), err[start]
+    block = [line.split() for line in err[start + 1:start + 2 + len(rows)]]
+    assert [(int(b[0]), int(b[2]), b[5]) for b in block[:-1]] == [
+        (row["kept"], row["total"], row["layers"][0]) for row in rows], block
+    kept, total = sum(row["kept"] for row in rows), sum(row["total"] for row in rows)
+    assert err[start + 1 + len(rows)] == (f"   {kept} / {total}  50.0 %  total: {len(rows)} of {len(rows)} groups "
+                                          "lost filters"), err[start + 1 + len(rows)]
+    assert kept == total // 2 and report["params"]["pruned"] < report["params"]["dense"]
+
