@@ -20,7 +20,9 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     baselines        {name: {phase: metric, sparsity, ...}} (Method 1 with `baselines`)
     ... structural runs add kept_filters ([{group, total, kept, layers}] per prunable channel group, in graph
     order: units kept of total, the modules whose filters make the group; `exact: false` when removed inexactly;
-    rows before `layers` was recorded lack it), flops, peak_memory_bytes, latency_ms, param_reduction; deployment
+    rows before `layers` was recorded lack it), flops, peak_memory_bytes, latency_ms, param_reduction (no
+    latency_ms, and no latency table, when no filter was removed: nothing was timed, the summary says "not
+    compared"); deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
     another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed); a Method 1
     run whose latency table timed export/compact/ adds latency_ms, the compact model's speed-up ({dense, compact,
@@ -89,12 +91,15 @@ def format_table(report: dict[str, Any]) -> str:
     label = f"{TASK_METRICS[report['task']]} %" if report.get("task") in TASK_METRICS else "metric"
     lines = [f"phase        {label}"] + [f"{name:<12} {value:7.2f}" for name, value in rows]
     if "flops" in report:
-        p, f, lat = report["params"], report["flops"], report["latency_ms"]
+        p, f = report["params"], report["flops"]
         same = p["dense"] == p["pruned"] and f["dense"] == f["pruned"]  # no filter removed: one architecture twice
         lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
-                  f"flops        {f['dense']:,} -> {f['pruned']:,}",
-                  "latency      not compared: no filter was removed, so both are the same architecture (the prune "
-                  "warning says why)" if same else _latency_line(lat)]
+                  f"flops        {f['dense']:,} -> {f['pruned']:,}"]
+        if same:  # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
+            lines.append("latency      not compared: no filter was removed, so both are the same architecture (the "
+                         "prune warning says why)")
+        elif "latency_ms" in report:
+            lines.append(_latency_line(report["latency_ms"]))
         lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
         return "\n".join(lines)
     if "sparsity" in report:
