@@ -33,6 +33,7 @@ import torch
 from benchmarks.common import OUTPUT_DIR, bench_ms, copy_gbps, device_label, fmt, pick_device, slug, write_json
 from triton_kernels import PackedMask, apply_masks_reference_, get_ops, l0_grad_mask_reference_, l0_penalty
 
+PROG = "python -m benchmarks.kernels"  # the usage line's command; `sparsetrain bench kernels` passes its own
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPS = ["l0_grad_mask", "apply_masks"]
 MASKS = ["bool", "packed"]
@@ -220,13 +221,28 @@ def run_case(case: str, tensors: list, dtype: torch.dtype, device: torch.device,
             torch.cuda.empty_cache()
 
 
+# (name, unit, width) of each printed column; a second header line gives the units
+COLUMNS = [("case", "", -24), ("numel", "elements", 11), ("dtype", "", 6), ("op", "", 13), ("mask", "", 7),
+           ("ours", "ms", 9), ("eager", "ms", 9), ("compile", "ms", 9), ("autograd", "ms", 9),
+           ("eager/ours", "ratio", 11), ("comp/ours", "ratio", 10), ("auto/ours", "ratio", 10), ("GB/s", "GB/s", 7),
+           ("%copy", "%", 6), ("host", "ms", 7), ("graph", "ms", 8)]
+
+
+def table_header() -> str:
+    """The column names, then their units: median ms per call of each variant, speed-up ratios of ours over each
+    baseline, ours' GB/s and its % of the copy bandwidth, host ms per call (launch-only loop), ms per CUDA-graph
+    replay."""
+    def line(key: int) -> str:
+        return "".join(f"{column[key]:<{-width}}" if width < 0 else f"{column[key]:>{width}}"
+                       for *column, width in COLUMNS)
+    return f"{line(0)}\n{line(1)}"
+
+
 def print_table(rows: list[Row], header: bool = True) -> None:
-    """Milliseconds, speed-ups of ours over each baseline, GB/s as a share of copy bandwidth, host ms per call."""
-    head = f"{'case':<24}{'numel':>11}{'dtype':>6}{'op':>13}{'mask':>7}{'ours':>9}{'eager':>9}{'compile':>9}"
-    head += f"{'autograd':>9}{'eager/ours':>11}{'comp/ours':>10}{'auto/ours':>10}{'GB/s':>7}{'%copy':>6}{'host':>7}"
-    head += f"{'graph':>8}"
+    """Milliseconds, speed-ups of ours over each baseline, GB/s as a share of copy bandwidth, host ms per call
+    (`table_header` names the columns and their units)."""
     if header:
-        print(head)
+        print(table_header())
     for r in rows:
         ratios = [
             None if (b is None or not r.ours_ms) else b / r.ours_ms for b in (r.eager_ms, r.compile_ms, r.autograd_ms)
@@ -240,8 +256,10 @@ def print_table(rows: list[Row], header: bool = True) -> None:
         )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
+    """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench kernels`
+    from the CLI)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few small cases (forced on CPU)")
     parser.add_argument("--sizes", help="flat sizes, comma separated, e.g. 1M,64M,1G")
     parser.add_argument("--models", help=f"comma separated timm models (default: {','.join(MODELS)}); 'none' for none")
@@ -263,9 +281,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Runs the benchmark, prints the table and writes ``<out>/kernels-<device>.json``."""
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> None:
+    """Runs the benchmark, prints the table and writes ``<out>/kernels-<device>.json``.
+
+    Args:
+        argv: The arguments after the command (default: `sys.argv[1:]`).
+        prog: The command as typed, for the usage line and errors: `python -m benchmarks.kernels` or
+            `sparsetrain bench kernels`.
+    """
+    args = parse_args(argv, prog)
     device = pick_device()
     cpu = device.type == "cpu"
     if cpu and not args.quick:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import OUTPUT_DIR, write_json
 
+PROG = "python -m benchmarks.throughput"  # the usage line's command; `sparsetrain bench throughput` passes its own
 DEFAULT_CONFIG = "configs/lenet300_fashion.yaml"
 EDGE = 0.1  # first / last fraction of a phase's steps
 
@@ -150,8 +151,10 @@ def measure_overhead(steps: dict[str, Callable[[], None]], rounds: int, per_roun
             for name in steps}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
+    """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench throughput`
+    from the CLI)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="recipe whose model, data and phases are timed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override (repeatable), e.g. --set train.flush_denormal=false")
@@ -166,9 +169,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Runs both measurements, prints them, writes ``<out>/throughput-cpu.json`` and returns the payload."""
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
+    """Runs both measurements, prints them, writes ``<out>/throughput-cpu.json`` and returns the payload.
+
+    Args:
+        argv: The arguments after the command (default: `sys.argv[1:]`).
+        prog: The command as typed, for the usage line and errors: `python -m benchmarks.throughput` or
+            `sparsetrain bench throughput`.
+    """
+    args = parse_args(argv, prog)
     overrides = [f"train.threads={args.threads}", "train.device=cpu", *args.overrides]
     phases = args.phases.split(",")
     lengths = [f"phases.{phase}.epochs={args.epochs}" for phase in phases if args.epochs]

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from benchmarks.common import OUTPUT_DIR, device_label, pick_device, write_json
 from triton_kernels import KernelOps, get_ops, l0_penalty
 
+PROG = "python -m benchmarks.train_step"  # the usage line's command; `sparsetrain bench train_step` passes its own
 VARIANTS = ["dense", "fused", "fused_finetune", "autograd"]
 ALPHA0, BETA, L2 = 1e-6, 10.0, 1e-4
 
@@ -114,8 +115,10 @@ def profile_steps(name: str, step, images: torch.Tensor, labels: torch.Tensor, s
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60))
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
+    """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench train_step`
+    from the CLI)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (forced on CPU)")
     parser.add_argument("--model", default="resnet50", help="timm model name")
     parser.add_argument("--batch", type=int, default=64)
@@ -130,9 +133,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Times each variant, prints step times and ratios to dense, writes ``<out>/train_step-<device>.json``."""
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> None:
+    """Times each variant, prints step times and ratios to dense, writes ``<out>/train_step-<device>.json``.
+
+    Args:
+        argv: The arguments after the command (default: `sys.argv[1:]`).
+        prog: The command as typed, for the usage line and errors: `python -m benchmarks.train_step` or
+            `sparsetrain bench train_step`.
+    """
+    args = parse_args(argv, prog)
     device = pick_device()
     cpu = device.type == "cpu"
     if cpu:

@@ -297,7 +297,8 @@ def _bench(argv: list[str]) -> int:
         return 0
     import importlib
 
-    importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:])
+    # the usage line and argparse's errors name the command as typed, not `python -m benchmarks.NAME`
+    importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:], prog=f"sparsetrain bench {argv[0]}")
     return 0
 
 

@@ -17,7 +17,7 @@ from sparsetrain.deploy.bitmask import BITMASK_FILE, plain_bytes, smallest_file
 from sparsetrain.engine.checkpoint import atomic_write_text
 from sparsetrain.phases import final_phase
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
-from sparsetrain.report import build_report, format_table, summary_values
+from sparsetrain.report import build_report, filters_removed, format_table, summary_values
 
 if TYPE_CHECKING:
     from sparsetrain.pipeline import Pipeline
@@ -76,8 +76,10 @@ def _add_baselines(pipeline: Pipeline, measured: dict[str, Any]) -> None:
 
 
 def _add_structural(pipeline: Pipeline, measured: dict[str, Any], final: torch.nn.Module) -> None:
-    """Sizes, FLOPs, latency and peak memory of the dense vs the physically smaller model (rank 0 measures)."""
-    from sparsetrain.structural import interleaved_latency_ms, profile_model
+    """Sizes, FLOPs, latency and peak memory of the dense vs the physically smaller model (rank 0 measures). When no
+    filter was removed both are one architecture: nothing is timed and there is no `latency_ms` (`deploy.run`
+    says so in one line; the summary says "not compared")."""
+    from sparsetrain.structural import profile_model
 
     completed = pipeline.state["completed"]
     measured["kept_filters"] = completed.get("prune", {}).get("kept_filters", [])
@@ -86,19 +88,27 @@ def _add_structural(pipeline: Pipeline, measured: dict[str, Any], final: torch.n
     dense = pipeline.model_from("sparsify" if "sparsify" in completed else None).float().cpu()
     final = final.float().cpu()
     shape = (1, *pipeline.data.input_shape)
-    before, after = (profile_model(m, shape) for m in (dense, final))
-    before["latency_ms"], after["latency_ms"] = interleaved_latency_ms([dense, final], shape)
+    before, after = (profile_model(m, shape, latency=False) for m in (dense, final))
     measured["params"].update(dense=before["params"], pruned=after["params"])
     measured["flops"] = {"dense": before["flops"], "pruned": after["flops"]}
     # as safetensors files (header included), like the export's: `pruned` is the size of the smaller model's
     # model.safetensors, `dense` that of the unpruned one (profile_model's weight_bytes count tensor data only)
     measured["bytes"].update(dense=plain_bytes(dense.state_dict()), pruned=plain_bytes(final.state_dict()))
     measured["peak_memory_bytes"] = {"dense": before["peak_memory_bytes"], "pruned": after["peak_memory_bytes"]}
-    measured["latency_ms"] = {"dense": before["latency_ms"], "pruned": after["latency_ms"],
-                              "speedup": before["latency_ms"] / max(after["latency_ms"], 1e-9),
+    measured["param_reduction"] = before["params"] / max(after["params"], 1)
+    if filters_removed(measured["kept_filters"]):
+        _add_latency(measured, dense, final, shape)
+
+
+def _add_latency(measured: dict[str, Any], dense: torch.nn.Module, pruned: torch.nn.Module,
+                 shape: tuple[int, ...]) -> None:
+    """The quick `latency_ms` (torch eager, batch 1, interleaved), which a `deploy.latency` table replaces."""
+    from sparsetrain.structural import interleaved_latency_ms
+
+    before, after = interleaved_latency_ms([dense, pruned], shape)
+    measured["latency_ms"] = {"dense": before, "pruned": after, "speedup": before / max(after, 1e-9),
                               "measured": "median of 5 interleaved rounds, torch eager, CPU, batch 1; "
                                           "deploy.latency=true for the full table (onnxruntime, batch 16)"}
-    measured["param_reduction"] = before["params"] / max(after["params"], 1)
 
 
 def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASE
 from sparsetrain.progress import format_value, log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
+from sparsetrain.report import filters_removed, format_kept_filters
 from sparsetrain.rundir import check_same_run, last_phase, phases_needed_first, prepare_out_dir
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
@@ -274,7 +275,8 @@ class Pipeline:
         (`pruning.sharded_filters`; grad_count ratios are per filter already), on channel groups traced from a
         meta-device model. Rank 0 alone then loads the whole model, which the constant-output check of dead
         channels, their folding and the removal itself need, removes the chosen channels and writes the smaller
-        model; every rank evaluates that."""
+        model; every rank evaluates that. Rank 0 then logs the filters kept per channel group
+        (`report.format_kept_filters`)."""
         t0 = time.perf_counter()
         source = self._prune_source()
         structure, groups = self._channel_structure()
@@ -287,6 +289,8 @@ class Pipeline:
         results = evaluate(self.ctx, self.model_from(PRUNE))
         results.update(outcome, wall_time_s=time.perf_counter() - t0)
         self._finish("prune", results)
+        if self.dist.is_main:
+            log.info(format_kept_filters(results["kept_filters"]))
 
     def _channel_structure(self) -> tuple[nn.Module, list[ChannelGroup]]:
         """The model's channel groups, traced from a meta-device copy (no weights), else from a freshly built model
@@ -327,7 +331,7 @@ class Pipeline:
             require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
             pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, state,
                                                   groups=groups, score=score)
-            if all(row["kept"] == row["total"] for row in kept):
+            if not filters_removed(kept):
                 why = why_nothing_removed(model, groups, self.cfg.prune, score, (state or {}).get("redundant"))
                 log.warning(f"[prune] no filter removed: {why}")
             require_finite(pruned.state_dict(), "the prune weights to hand on", "the removal produced NaN/inf")

@@ -18,7 +18,11 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
                      while training with masks (fine-tuning, else gradual pruning in sparsify), its share under
                      ZeRO >= 1; absent when no phase trained with masks
     baselines        {name: {phase: metric, sparsity, ...}} (Method 1 with `baselines`)
-    ... structural runs add kept_filters, flops, peak_memory_bytes, latency_ms, param_reduction; deployment
+    ... structural runs add kept_filters ([{group, total, kept, layers}] per prunable channel group, in graph
+    order: units kept of total, the modules whose filters make the group; `exact: false` when removed inexactly;
+    rows before `layers` was recorded lack it), flops, peak_memory_bytes, latency_ms, param_reduction (no
+    latency_ms, and no latency table, when no filter was removed: nothing was timed, the summary says "not
+    compared"); deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
     another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed); a Method 1
     run whose latency table timed export/compact/ adds latency_ms, the compact model's speed-up ({dense, compact,
@@ -38,6 +42,7 @@ from sparsetrain.phases import DENSE, FINETUNE, PHASES, SPARSIFY, final_phase
 REPORT_FORMAT = 2
 TASK_METRICS = {"classification": "accuracy", "segmentation": "Dice"}  # what a task's "metric" is (tasks.*.finalize)
 FORMAT_1_KEYS = {"dense": "dense", "sparse": "sparsify", "pruned": "prune", "finetuned": "finetune"}
+KEPT_ROWS_LOGGED = 20  # groups listed in the prune phase's log block (report.json's kept_filters has all)
 
 
 def build_report(header: dict[str, Any], completed: dict[str, dict[str, Any]],
@@ -86,12 +91,15 @@ def format_table(report: dict[str, Any]) -> str:
     label = f"{TASK_METRICS[report['task']]} %" if report.get("task") in TASK_METRICS else "metric"
     lines = [f"phase        {label}"] + [f"{name:<12} {value:7.2f}" for name, value in rows]
     if "flops" in report:
-        p, f, lat = report["params"], report["flops"], report["latency_ms"]
+        p, f = report["params"], report["flops"]
         same = p["dense"] == p["pruned"] and f["dense"] == f["pruned"]  # no filter removed: one architecture twice
         lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
-                  f"flops        {f['dense']:,} -> {f['pruned']:,}",
-                  "latency      not compared: no filter was removed, so both are the same architecture (the prune "
-                  "warning says why)" if same else _latency_line(lat)]
+                  f"flops        {f['dense']:,} -> {f['pruned']:,}"]
+        if same:  # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
+            lines.append("latency      not compared: no filter was removed, so both are the same architecture (the "
+                         "prune warning says why)")
+        elif "latency_ms" in report:
+            lines.append(_latency_line(report["latency_ms"]))
         lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
         return "\n".join(lines)
     if "sparsity" in report:
@@ -107,6 +115,48 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("baselines"):
         lines += ["", _comparison_table(report)]
     return "\n".join(lines)
+
+
+def filters_removed(kept: list[dict[str, Any]]) -> bool:
+    """Whether Method 2's prune step removed any filter, from its `kept_filters` rows ({group, total, kept, ...})."""
+    return any(row["kept"] < row["total"] for row in kept)
+
+
+def format_kept_filters(kept: list[dict[str, Any]], max_rows: int = KEPT_ROWS_LOGGED) -> str:
+    """The prune phase's log block of Method 2: per channel group, filters kept / total (% kept) and the layers
+    whose filters make the group (`kept_filters`' `layers`; its id for rows written before), then a total line.
+
+    Args:
+        kept: `kept_filters` rows, in graph order.
+        max_rows: More groups than this: only the `max_rows` that lost the most filters are listed (in graph order),
+            and one line says how many more report.json holds.
+    """
+    shown = kept
+    if len(kept) > max_rows:
+        most = sorted(range(len(kept)), key=lambda i: (kept[i]["kept"] - kept[i]["total"], i))[:max_rows]
+        shown = [kept[i] for i in sorted(most)]
+    width = len(f"{sum(row['total'] for row in kept):,}")
+    which = f", the {len(shown)} of {len(kept)} groups that lost the most" if len(shown) < len(kept) else ""
+    lines = [f"[prune] filters kept per channel group{which}: kept / total (% kept), layers"]
+    lines += [_kept_row(row["kept"], row["total"], _group_layers(row), width) for row in shown]
+    if len(shown) < len(kept):
+        lines.append(f"  ... {len(kept) - len(shown)} more groups, all in report.json (kept_filters)")
+    pruned = sum(row["kept"] < row["total"] for row in kept)
+    lines.append(_kept_row(sum(row["kept"] for row in kept), sum(row["total"] for row in kept),
+                           f"total: {pruned} of {len(kept)} groups lost filters", width))
+    return "\n".join(lines)
+
+
+def _kept_row(kept: int, total: int, label: str, width: int) -> str:
+    share = 100 * kept / max(total, 1)
+    return f"  {kept:>{width},} / {total:<{width},} {share:5.1f} %  {label}"
+
+
+def _group_layers(row: dict[str, Any], at_most: int = 3) -> str:
+    """`a, b, c (+2 more)`: the layers of a kept_filters row, (inexact) when its removal was inexact."""
+    layers = row.get("layers") or [row["group"]]
+    more = f" (+{len(layers) - at_most} more)" if len(layers) > at_most else ""
+    return ", ".join(layers[:at_most]) + more + (" (inexact)" if row.get("exact") is False else "")
 
 
 def _latency_line(lat: dict[str, Any]) -> str:

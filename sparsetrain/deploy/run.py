@@ -12,8 +12,9 @@ from sparsetrain.deploy.loading import verified_compact
 from sparsetrain.engine.distributed import barrier, broadcast_object
 from sparsetrain.engine.finite import require_finite
 from sparsetrain.errors import InputError
-from sparsetrain.phases import PHASES, final_phase
+from sparsetrain.phases import PHASES, PRUNE, final_phase
 from sparsetrain.progress import log
+from sparsetrain.report import filters_removed
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -68,7 +69,8 @@ def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]
 def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
     """Export, then (rank 0, `deploy.latency`) time dense vs compressed (and vs compact, when the export wrote a
     verified `export/compact/`); the report's "export", "latency" and, for Method 2 or a table with the compact
-    model, the headline "latency_ms" (`_headline`).
+    model, the headline "latency_ms" (`_headline`). A Method 2 run that removed no filter times nothing (one line
+    says why, `_why_not_timed`): its report has no latency.
 
     Outputs that are already up to date (a re-run of a finished run) are read back instead of written again:
     export/ when state.json's `deployed` records it for the same final phase and export settings and every file its
@@ -88,9 +90,13 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         final = final_phase(pipeline.state["completed"])
         log.info(f"[deploy] {pipeline.out_dir / 'export'} already holds the {final} model for these deploy settings: "
                  f"not exported again (`sparsetrain export {pipeline.out_dir}` re-exports)")
-    if deploy.latency and (table := _latency_to_reuse(pipeline, manifest, exported=not kept)) is not None:
+    untimed = _why_not_timed(pipeline)
+    if untimed and (deploy.latency or PRUNE in pipeline.state["completed"]):  # what would have been timed
+        log.info(f"[deploy] latency not timed: {untimed}; report.json has no latency")
+    timing = deploy.latency and not untimed
+    if timing and (table := _latency_to_reuse(pipeline, manifest, exported=not kept)) is not None:
         log.info("[deploy] latency.json was timed with these deploy settings on this export: not timed again")
-    if deploy.latency and table is None:
+    if timing and table is None:
         from sparsetrain.deploy.latency import latency_table
         from sparsetrain.deploy.latency_report import format_latency, write_latency
 
@@ -102,20 +108,35 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         out["latency"] = table
     if table is None:
         _point_to_compact(pipeline, manifest)
-        _name_earlier_table(pipeline)
+        _name_earlier_table(pipeline, untimed is not None)
     return _with_headline(pipeline, out)
 
 
-def _name_earlier_table(pipeline: Pipeline) -> None:
-    """With no latency table (`deploy.latency=false`), report.json has no latency; a latency.json / latency.png an
-    earlier run of this folder wrote stay on disk (a measurement is not deleted by a setting that skips measuring),
-    and one line names them as no longer part of the report."""
+def _why_not_timed(pipeline: Pipeline) -> str | None:
+    """Why a Method 2 run times no latency: no filter was removed (or the prune phase has not run), so the compressed
+    model is the dense architecture and any timed difference would be noise (the summary says "not compared");
+    None when there is a smaller model to time, and for Method 1."""
+    completed = pipeline.state["completed"]
+    if not pipeline.structural or filters_removed(completed.get(PRUNE, {}).get("kept_filters", [])):
+        return None
+    if PRUNE not in completed:
+        return "the prune phase has not run, so no filter was removed yet and the model is the dense architecture"
+    return "no filter was removed, so the compressed model is the dense architecture (the prune warning says why)"
+
+
+def _name_earlier_table(pipeline: Pipeline, untimed: bool) -> None:
+    """With no latency table (`deploy.latency=false`, or `untimed`: nothing to compare, `_why_not_timed`),
+    report.json has no latency; a latency.json / latency.png an earlier run of this folder wrote stay on disk (a
+    measurement is not deleted by a setting that skips measuring), and one line names them as no longer part of the
+    report."""
     left = [name for name in ("latency.json", "latency.png") if (pipeline.out_dir / name).is_file()]
     if left:
         files, verb = " and ".join(left), "are" if len(left) > 1 else "is"
-        log.info(f"[deploy] deploy.latency=false: report.json has no latency table; {files} {verb} kept from an "
-                 "earlier run, not part of this report (deploy.latency=true times the model again, or reuses them "
-                 "when they match this export)")
+        why, redo = ("latency not timed", "") if untimed else \
+            ("deploy.latency=false", " (deploy.latency=true times the model again, or reuses them when they match "
+                                     "this export)")
+        log.info(f"[deploy] {why}: report.json has no latency table; {files} {verb} kept from an earlier run, not "
+                 f"part of this report{redo}")
 
 
 def _point_to_compact(pipeline: Pipeline, manifest: dict[str, Any]) -> None:

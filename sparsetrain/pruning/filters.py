@@ -126,11 +126,18 @@ def remove_filters(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneCon
 
 
 def kept_per_group(groups: list[ChannelGroup], drop: dict[str, torch.Tensor]) -> list[dict]:
-    """[{group, total, kept}] for every prunable group (what the report and plot show); `exact` is False for
-    groups removed although their removal is inexact."""
+    """[{group, total, kept, layers}] for every prunable group, in graph order (what the report, the prune phase's
+    log block and the plot show): `total` and `kept` count units (channels, or blocks of channels), `layers` names
+    the modules whose filters produce the group; `exact` is False for groups removed although their removal is
+    inexact."""
     return [{"group": g.id, "total": g.num_channels, "kept": g.num_channels - len(drop.get(g.id, [])),
-             **({"exact": False} if g.inexact and g.id in drop else {})}
+             "layers": group_layers(g), **({"exact": False} if g.inexact and g.id in drop else {})}
             for g in groups if g.prunable]
+
+
+def group_layers(group: ChannelGroup) -> list[str]:
+    """The modules whose filters (conv / linear weight rows) produce a group's channels, in graph order, each once."""
+    return list(dict.fromkeys(s.module for s in group.producers if s.kind == "filter"))
 
 
 def why_nothing_removed(model: nn.Module, groups: list[ChannelGroup], cfg: PruneConfig, score: ChannelScore,

@@ -32,7 +32,8 @@ from sparsetrain.structural.types import StructuralPruningError
 __all__ = ["interleaved_latency_ms", "profile_model"]
 
 
-def profile_model(model: nn.Module, input_shape: tuple[int, ...], *, runs: int = 20, warmup: int = 3) -> dict[str, Any]:
+def profile_model(model: nn.Module, input_shape: tuple[int, ...], *, runs: int = 20, warmup: int = 3,
+                  latency: bool = True) -> dict[str, Any]:
     """Measure a model (see the module docstring for what each number means).
 
     Args:
@@ -40,6 +41,8 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], *, runs: int =
         input_shape: Input tensor shape including the batch dimension, e.g. (1, 3, 224, 224).
         runs: Timed forward passes for the latency median.
         warmup: Untimed forward passes first.
+        latency: Time the model; False leaves `latency_ms` out (a caller that times models side by side itself,
+            `interleaved_latency_ms`, or not at all).
 
     Returns:
         {"params", "weight_bytes", "flops", "peak_memory_bytes", "latency_ms"}.
@@ -51,13 +54,13 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], *, runs: int =
     try:
         tensors = _unique_tensors(model)
         weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        return {
+        profile = {
             "params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
             "weight_bytes": weight_bytes,
             "flops": _flops(model, x),
             "peak_memory_bytes": weight_bytes + _peak_activation_bytes(model, x),
-            "latency_ms": _latency_ms(model, x, runs, warmup),
         }
+        return {**profile, "latency_ms": _latency_ms(model, x, runs, warmup)} if latency else profile
     finally:
         model.train(was_training)
 

@@ -10,7 +10,7 @@ import pytest
 
 from sparsetrain.cli import BENCHMARKS, main
 from sparsetrain.deploy.run import _headline
-from sparsetrain.report import format_table
+from sparsetrain.report import format_kept_filters, format_table
 
 
 def _structural_report(latency_ms: dict) -> dict:
@@ -113,3 +113,21 @@ def test_logged_counts_are_integers_with_thousands_separators(caplog: pytest.Log
     with caplog.at_level("INFO", logger="sparsetrain"):
         Progress("prune", 0, 1, every=1).update(0, params_after=122_809, loss=0.25)
     assert "params_after 122,809 loss 0.25 |" in caplog.text, caplog.text
+
+
+def test_kept_filters_block_lists_the_groups_that_lost_most_then_points_to_report_json() -> None:
+    """Method 2's prune log block: one row per channel group (its layers, three at most, inexact ones marked; a row
+    from before `layers` was recorded shows its group id), and past `max_rows` groups the ones that lost the most
+    filters, in graph order, a line counting the rest, and a total over all groups."""
+    rows = [{"group": f"g{i}", "total": 64, "kept": 64 - i, "layers": [f"s{i}.conv"]} for i in range(6)]
+    rows[4]["layers"] = ["s4.conv1", "s4.conv2", "s4.down", "s5.conv2", "s6.conv2"]
+    rows[5] = {"group": "s5.proj", "total": 64, "kept": 59, "exact": False}
+    lines = format_kept_filters(rows, max_rows=3).splitlines()
+    assert lines == [
+        "[prune] filters kept per channel group, the 3 of 6 groups that lost the most: kept / total (% kept), layers",
+        "   61 / 64   95.3 %  s3.conv",
+        "   60 / 64   93.8 %  s4.conv1, s4.conv2, s4.down (+2 more)",
+        "   59 / 64   92.2 %  s5.proj (inexact)",
+        "  ... 3 more groups, all in report.json (kept_filters)",
+        "  369 / 384  96.1 %  total: 5 of 6 groups lost filters"], "\n".join(lines)
+    assert len(format_kept_filters(rows).splitlines()) == 1 + 6 + 1, "all rows when they fit"

@@ -120,3 +120,57 @@ def test_throughput_window_rates() -> None:
     rates = window_rates(lines, "dense")
     assert rates["steps"] == 200 and rates["first_steps_per_s"] == pytest.approx(100.0), rates
     assert rates["last_steps_per_s"] == pytest.approx(50.0) and rates["ratio"] == pytest.approx(0.5), rates
+
+
+@pytest.mark.parametrize("name", ["kernels", "train_step", "throughput"])
+def test_usage_names_the_command_typed(name: str, capsys: pytest.CaptureFixture) -> None:
+    """`sparsetrain bench NAME --help` and its errors say `sparsetrain bench NAME` (they said `python -m
+    benchmarks.NAME`); the module run directly still says `python -m benchmarks.NAME`."""
+    import importlib
+
+    from sparsetrain.cli import main
+
+    capsys.readouterr()
+    for call, typed in ((lambda: main(["bench", name, "--help"]), f"sparsetrain bench {name}"),
+                        (lambda: importlib.import_module(f"benchmarks.{name}").main(["--help"]),
+                         f"python -m benchmarks.{name}")):
+        with pytest.raises(SystemExit) as stop:
+            call()
+        out = capsys.readouterr().out
+        assert stop.value.code == 0 and out.startswith(f"usage: {typed} ["), out.splitlines()[0]
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", name, "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"usage: sparsetrain bench {name} [" in err and \
+        f"sparsetrain bench {name}: error: unrecognized arguments: --no-such-flag" in err, err
+
+
+def test_usage_line_of_both_real_commands() -> None:
+    """Both ways of running a benchmark, as a user types them (the installed script and `python -m`)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = Path(sys.executable).with_name("sparsetrain")
+    for command, typed in (([str(script), "bench", "kernels", "--help"], "sparsetrain bench kernels"),
+                           ([sys.executable, "-m", "benchmarks.kernels", "--help"], "python -m benchmarks.kernels")):
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.startswith(f"usage: {typed} ["), (command, done.stdout[:200],
+                                                                                     done.stderr[-500:])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
+def test_kernels_table_gives_each_columns_unit_under_its_name(tmp_path, capsys) -> None:
+    kernels.main(["--quick", "--sizes", "4096", "--models", "none", "--dtypes", "fp32", "--masks", "bool",
+                  "--no-compile", "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("case "))
+    names, units, row = lines[start:start + 3]
+    expected = {"numel": "elements", "ours": "ms", "eager": "ms", "compile": "ms", "autograd": "ms",
+                "eager/ours": "ratio", "comp/ours": "ratio", "auto/ours": "ratio", "GB/s": "GB/s", "%copy": "%",
+                "host": "ms", "graph": "ms"}
+    for name, unit in expected.items():
+        end = names.index(f" {name}") + 1 + len(name)  # columns are right-aligned: a unit ends where its name does
+        assert units[end - len(unit):end] == unit and units[end - len(unit) - 1] == " ", (name, names, units)
+    assert len(row) == len(names) == len(units), "the rows line up with the header"

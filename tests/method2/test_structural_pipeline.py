@@ -88,11 +88,13 @@ def test_bytes_name_the_smallest_file_of_a_physically_pruned_model(structural: t
 
 def test_structural_run_before_prune_reports_no_before_after_comparison(tmp_path: Path) -> None:
     """Nothing is removed before the prune phase: no params/FLOPs/latency 'dense -> pruned' lines (they compared
-    a model with itself, and back-to-back timing showed 2.35x between the two identical models)."""
-    overrides = [*TINY_UNET, f"out_dir={tmp_path}", "phases.sparsify.epochs=1", "deepspeed.zero_stage=0"]
+    a model with itself, and back-to-back timing showed 2.35x between the two identical models), and no latency
+    table even with deploy.latency=true."""
+    overrides = [*TINY_UNET, f"out_dir={tmp_path}", "phases.sparsify.epochs=1", "deepspeed.zero_stage=0",
+                 "deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency_batch=2"]
     report = run_pipeline(load_config(None, overrides), ["sparsify"])
     assert "sparsify" in report["phases"] and "prune" not in report["phases"], report["phases"].keys()
-    for key in ("flops", "latency_ms", "param_reduction", "peak_memory_bytes"):
+    for key in ("flops", "latency", "latency_ms", "param_reduction", "peak_memory_bytes"):
         assert key not in report, f"{key} reported before anything was removed: {report[key]}"
 
 
@@ -103,3 +105,57 @@ def test_interleaved_latency_gives_one_median_per_model_and_restores_modes() -> 
     times = interleaved_latency_ms([small, large], (1, 8), rounds=2, runs=2, warmup=1)
     assert len(times) == 2 and all(t > 0 for t in times), times
     assert large.training and not small.training, "training flags not restored"
+
+
+# Untrained weights straight to prune: the prune phase's outputs in a few seconds.
+PRUNE_ONLY = [*TINY_UNET, "phases.sparsify.epochs=0", "phases.finetune.epochs=0", "deepspeed.zero_stage=0"]
+
+
+def test_prune_logs_the_filters_kept_per_channel_group_as_report_json_lists_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """After the prune phase one log block lists each channel group's layers and filters kept / total, then a
+    total line; report.json's kept_filters rows name the same layers."""
+    capsys.readouterr()
+    report = run_pipeline(load_config(None, [*PRUNE_ONLY, f"out_dir={tmp_path}", "prune.filter_fraction=0.5",
+                                             "prune.round_to=1"]))
+    err = capsys.readouterr().err.splitlines()
+    rows = report["kept_filters"]
+    assert rows == report["phases"]["prune"]["kept_filters"] == json.loads(
+        (tmp_path / "report.json").read_text())["kept_filters"], "kept_filters: one list, report.json's"
+    assert [row["layers"] for row in rows][:3] == [["stem.0"], ["stem.3"], ["downs.0.1.0"]], rows
+    start = next(i for i, line in enumerate(err) if "[prune] filters kept per channel group" in line)
+    assert err[start].endswith("[prune] filters kept per channel group: kept / total (% kept), layers"), err[start]
+    block = [line.split() for line in err[start + 1:start + 2 + len(rows)]]
+    assert [(int(b[0]), int(b[2]), b[5]) for b in block[:-1]] == [
+        (row["kept"], row["total"], row["layers"][0]) for row in rows], block
+    kept, total = sum(row["kept"] for row in rows), sum(row["total"] for row in rows)
+    assert err[start + 1 + len(rows)] == (f"   {kept} / {total}  50.0 %  total: {len(rows)} of {len(rows)} groups "
+                                          "lost filters"), err[start + 1 + len(rows)]
+    assert kept == total // 2 and report["params"]["pruned"] < report["params"]["dense"]
+
+
+def test_a_run_that_removed_no_filter_times_no_latency(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """No filter removed: dense and compressed are one architecture, so neither the quick timing nor the
+    deploy.latency table runs (one line says so) and report.json, like the summary, compares no latency."""
+    capsys.readouterr()
+    report = run_pipeline(load_config(None, [*PRUNE_ONLY, f"out_dir={tmp_path}", "prune.filter_norm_threshold=0",
+                                             "deploy.latency=true", "deploy.latency_repeats=3",
+                                             "deploy.latency_batch=2"]))
+    out, err = capsys.readouterr()
+    assert all(row["kept"] == row["total"] for row in report["kept_filters"]), report["kept_filters"]
+    saved = json.loads((tmp_path / "report.json").read_text())
+    for key in ("latency", "latency_ms"):
+        assert key not in report and key not in saved, f"{key} timed two copies of one architecture: {saved.get(key)}"
+    assert not (tmp_path / "latency.json").exists() and "[latency]" not in err, "the latency table was timed"
+    said = [line for line in err.splitlines() if "latency not timed" in line]
+    assert len(said) == 1 and said[0].endswith("[deploy] latency not timed: no filter was removed, so the compressed "
+                                               "model is the dense architecture (the prune warning says why); "
+                                               "report.json has no latency"), said
+    assert "latency      not compared: no filter was removed" in out, out
+    (tmp_path / "latency.json").write_text("{}")  # as a run before nothing-removed runs stopped timing wrote it
+    again = run_pipeline(load_config(None, [*PRUNE_ONLY, f"out_dir={tmp_path}", "prune.filter_norm_threshold=0",
+                                            "deploy.latency=true", "deploy.latency_repeats=3",
+                                            "deploy.latency_batch=2"]))
+    assert "latency" not in again and "latency_ms" not in again, again.get("latency_ms")
+    assert ("[deploy] latency not timed: report.json has no latency table; latency.json is kept from an earlier "
+            "run, not part of this report") in capsys.readouterr().err
