@@ -10,8 +10,8 @@ from sparsetrain.config.schema import RunConfig
 def dry_run_report(config: RunConfig, cluster: str) -> str:
     """Everything `--dry-run` prints: sbatch script (Slurm), world size, pruning plan, memory plan.
 
-    What this Slurm cluster could never run (`cluster_fit_problems`: partition, nodes, CPUs per node) is a warning
-    line, not an error: a dry run may plan a job for a larger cluster.
+    What this Slurm cluster could never run (`cluster_fit_problems`: partition, nodes, CPUs, memory and GPUs per node)
+    is a warning line, not an error: a dry run may plan a job for a larger cluster.
 
     Raises:
         LaunchError: invalid launch settings (a real submission's checks, but the cluster's fit).

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from launch.cli import launch_main, sweep_main
+from launch.dry_run import dry_run_report
 from launch.submit import FINAL_STATES, LaunchError, slurm_state, submit, wait_result
 from sparsetrain.config.loader import load_config
 from tests.helpers.wandb_log import assert_wandb_matches_metrics, read_runs
@@ -344,6 +345,21 @@ def test_unknown_partition_and_impossible_node_count_fail_before_submission(slur
     with pytest.raises(LaunchError, match=r"^launch.cpus_per_task: tasks_per_node 2 × cpus_per_task 64 = 128 CPUs "
                                           r"per node, but the nodes of partition '\w+' have at most \d+ \(sinfo\)"):
         submit(load_config(QUICKSTART, ["launch.tasks_per_node=2", "launch.cpus_per_task=64"]), "slurm")
+
+
+def test_memory_and_gpus_beyond_every_node_fail_before_submission_naming_the_field(slurm_cluster: None) -> None:
+    """sbatch refused both with a message naming no setting (`Requested node configuration is not available`,
+    `Invalid generic resource (gres) specification`); the dry run shows the same lines as warnings."""
+    too_much = ["launch.mem_gb=100000", "launch.gpus_per_node=64"]
+    with pytest.raises(LaunchError, match=r"^launch.mem_gb: 100000 GB per node requested, but the nodes of partition "
+                                          r"'\w+' have at most \d+\.\d GB \(\d+ MB, sinfo\); lower launch.mem_gb"):
+        submit(load_config(QUICKSTART, too_much[:1]), "slurm")
+    with pytest.raises(LaunchError, match=r"^launch.gpus_per_node: 64 GPUs per node requested, but the nodes of "
+                                          r"partition '\w+' have (none|at most \d+) \(sinfo GRES\)"):
+        submit(load_config(QUICKSTART, too_much[1:]), "slurm")
+    report = dry_run_report(load_config(QUICKSTART, too_much), "slurm")
+    warnings = [line for line in report.splitlines() if line.startswith("warning: this cluster cannot run it")]
+    assert [line.split(": ")[2] for line in warnings] == ["launch.mem_gb", "launch.gpus_per_node"], report
 
 
 def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
