@@ -33,6 +33,12 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _warn(warnings: list[str]) -> None:
+    """Each warning once, as a `warning: ...` line on stderr."""
+    for warning in dict.fromkeys(warnings):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def launch_main(argv: list[str]) -> int:
     """Submit the pipeline (or one phase) as one job of nodes × tasks_per_node ranks."""
     parser = _common_parser("sparsetrain launch", "Run the pipeline through submitit (Slurm, local or debug).")
@@ -41,7 +47,7 @@ def launch_main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
                         "plan; submit nothing")
     args = parse_command_line(parser, argv)
-    from launch.submit import WaitTimeout, job_failure, log_folder, submit, wait_result
+    from launch.submit import WaitTimeout, job_failure, launch_warnings, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
     try:
@@ -57,6 +63,7 @@ def launch_main(argv: list[str]) -> int:
     ranks = config.launch.world_size
     print(f"submitted job {job.job_id} ({ranks} rank{'s' * (ranks != 1)}, cluster={args.cluster}); "
           f"logs in {log_folder(config)}")
+    _warn(launch_warnings(config, args.cluster))
     if not args.wait:
         return 0
     try:
@@ -93,6 +100,7 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--no-wait", action="store_true", help="submit and return; collect later with --collect")
     parser.add_argument("--collect", action="store_true", help="only collect finished runs into sweep.json")
     args = parse_command_line(parser, argv)
+    from launch.submit import launch_warnings
     from launch.sweep import collect, expand, submit_points, wait_points
     from sparsetrain.config.loader import ConfigError
 
@@ -103,6 +111,7 @@ def sweep_main(argv: list[str]) -> int:
         return _fail(str(err), 2)
     if jobs:
         print(f"submitted {len(jobs)} runs (cluster={args.cluster}): " + ", ".join(j.job_id for j in jobs))
+        _warn([warning for point in points for warning in launch_warnings(point.config, args.cluster)])
     if args.no_wait:
         return 0
     if jobs:

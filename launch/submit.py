@@ -211,6 +211,19 @@ def _memory_and_gpu_problems(launch: LaunchConfig, name: str, part: Partition) -
     return problems
 
 
+def launch_warnings(config: RunConfig, cluster: str) -> list[str]:
+    """What a job of this config would run, but badly, one line each naming the fields: an explicit `train.threads`
+    above `launch.cpus_per_task` on Slurm (the ranks' threads outnumber the CPUs Slurm gives them, and each step waits
+    for descheduled threads; the job's log warns too, once it runs). Not refused: the run's results do not change and
+    the setting is deliberate (unset, the threads follow Slurm's cpus-per-task)."""
+    threads, cpus = config.train.threads, config.launch.cpus_per_task
+    if cluster != "slurm" or threads is None or threads <= cpus:
+        return []
+    return [f"train.threads={threads} torch threads per rank but launch.cpus_per_task={cpus}: each rank would "
+            f"oversubscribe its {cpus} CPU(s) (steps wait for descheduled threads); ask for launch.cpus_per_task="
+            f"{threads} or leave train.threads unset (Slurm's cpus-per-task then sets the threads)"]
+
+
 def make_executor(config: RunConfig, cluster: str) -> submitit.Executor:
     """An executor for `cluster` with the config's resources; logs under `log_folder(config)`."""
     folder = log_folder(config)

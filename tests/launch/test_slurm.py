@@ -7,6 +7,8 @@ Slurm delays the restart of a requeued job by two minutes (BeginTime); tests rel
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -14,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -360,6 +364,53 @@ def test_memory_and_gpus_beyond_every_node_fail_before_submission_naming_the_fie
     report = dry_run_report(load_config(QUICKSTART, too_much), "slurm")
     warnings = [line for line in report.splitlines() if line.startswith("warning: this cluster cannot run it")]
     assert [line.split(": ")[2] for line in warnings] == ["launch.mem_gb", "launch.gpus_per_node"], report
+
+
+# Submitted held (`sbatch --hold`): the jobs wait in the queue and take no CPU until a test releases or cancels them.
+HELD = ['launch.extra_sbatch=["--hold"]']
+
+
+@dataclass
+class Launched:
+    """What a `sparsetrain launch` / `sweep` call returned and printed."""
+
+    out_dir: Path
+    code: int
+    out: str
+    err: str
+
+
+def _call(main: Callable[[list[str]], int], argv: list[str], out_dir: Path) -> Launched:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return Launched(out_dir, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def held_launch(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
+    """`sparsetrain launch` of a held job with train.threads=2 on 1 CPU per task, default options."""
+    out_dir = tmp_path_factory.mktemp("held-launch") / "run"
+    try:
+        yield _call(launch_main, [str(QUICKSTART), "--cluster", "slurm", *TINY, *HELD, "train.threads=2",
+                                  f"out_dir={out_dir}"], out_dir)
+    finally:
+        _cancel_jobs_of(out_dir)
+
+
+def test_train_threads_above_cpus_per_task_warns_at_submission(held_launch: Launched) -> None:
+    """An explicit train.threads wins over Slurm's cpus-per-task inside the job: 2 threads on 1 CPU per rank
+    oversubscribe it. A warning (the job still runs, with the same results), at submission and in the dry run."""
+    assert held_launch.code == 0, held_launch.err
+    warnings = [line for line in held_launch.err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: train.threads=2 torch threads per rank but launch.cpus_per_task=1: each rank would oversubscribe "
+        "its 1 CPU(s) (steps wait for descheduled threads); ask for launch.cpus_per_task=2 or leave train.threads "
+        "unset (Slurm's cpus-per-task then sets the threads)"], held_launch.err
+    config = load_config(QUICKSTART, [*TINY, "train.threads=2", f"out_dir={held_launch.out_dir}"])
+    assert warnings[0] in dry_run_report(config, "slurm").splitlines()
+    fitting = load_config(QUICKSTART, [*TINY, "train.threads=2", "launch.cpus_per_task=2"])
+    assert "warning: train.threads" not in dry_run_report(fitting, "slurm")
 
 
 def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
