@@ -4,13 +4,15 @@
     sparsetrain sweep CONFIG alpha0=1e-5,3e-5 beta=10,20 [key=value ...] --cluster slurm [--no-wait]
 
 Resources come from the config's `launch:` section (overridable like any key: `launch.tasks_per_node=2`).
-Exit codes: 0 success, 1 the job failed, 2 bad config or launch settings.
+Exit codes: 0 success, 1 the job failed (sweep: a point is not done: failed, missing, queued or running),
+2 bad config or launch settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -101,7 +103,7 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--collect", action="store_true", help="only collect finished runs into sweep.json")
     args = parse_command_line(parser, argv)
     from launch.submit import launch_warnings
-    from launch.sweep import collect, expand, submit_points, wait_points
+    from launch.sweep import collect, expand, recorded_status, submit_points, summary_table, wait_points
     from sparsetrain.config.loader import ConfigError
 
     try:
@@ -116,11 +118,22 @@ def sweep_main(argv: list[str]) -> int:
         return 0
     if jobs:
         wait_points(points, jobs, timeout_s=args.timeout)
+    else:
+        recorded_status(base, points)
     summary = collect(base, points, args.overrides)
-    failed = [run for run in summary["runs"] if run["status"] != "done"]
-    print(json.dumps([{k: run.get(k) for k in ("name", "status", "sparsity", "metric")} for run in summary["runs"]]))
-    print(f"wrote {Path(base.out_dir) / 'sweep.json'} and {summary['plot']}")
-    return 1 if failed else 0
+    print(summary_table(summary["runs"]))
+    print(f"wrote {Path(base.out_dir) / 'sweep.json'} (every run, JSON) and {summary['plot']}")
+    going = sum(run["status"] in ("queued", "running") for run in summary["runs"])
+    if going:
+        print(f"{going} of {len(points)} runs not finished (queued or running); collect again later: "
+              f"{_collect_command(argv)}")
+    return 0 if all(run["status"] == "done" for run in summary["runs"]) else 1
+
+
+def _collect_command(argv: list[str]) -> str:
+    """`sparsetrain sweep <the same arguments> --collect`, for the user to copy."""
+    kept = [arg for arg in argv if arg not in ("--wait", "--no-wait", "--collect")]
+    return shlex.join(["sparsetrain", "sweep", *kept, "--collect"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -323,7 +323,8 @@ def test_sbatch_cli_run_with_resume_false_continues_after_scontrol_requeue(
     _assert_one_wandb_run_across_requeue(out_dir)
 
 
-def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None, tmp_path: Path) -> None:
+def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     base = tmp_path / "sweep"
     try:
         code = sweep_main([str(QUICKSTART), "alpha0=1e-4,4e-4", "beta=10,30", *TINY, "--cluster", "slurm",
@@ -331,6 +332,10 @@ def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None
     finally:
         _cancel_jobs_of(base)
     assert code == 0, f"sweep failed; logs in {base / 'slurm'}"
+    table = capsys.readouterr().out.splitlines()[1:]  # after the `submitted 4 runs` line: a table, not JSON
+    assert table[0].split() == ["point", "state", "job", "sparsity", "finetune.metric", "pareto"], table
+    assert [row.split()[1] for row in table[1:5]] == ["done"] * 4, table
+    assert table[5] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", table
     summary = json.loads((base / "sweep.json").read_text())
     runs = summary["runs"]
     assert [run["status"] for run in runs] == ["done"] * 4
@@ -411,6 +416,65 @@ def test_train_threads_above_cpus_per_task_warns_at_submission(held_launch: Laun
     assert warnings[0] in dry_run_report(config, "slurm").splitlines()
     fitting = load_config(QUICKSTART, [*TINY, "train.threads=2", "launch.cpus_per_task=2"])
     assert "warning: train.threads" not in dry_run_report(fitting, "slurm")
+
+
+SWEPT = ["alpha0=1e-4,2e-4,4e-4"]
+
+
+@pytest.fixture(scope="module")
+def held_sweep(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
+    """`sparsetrain sweep` of 3 held points (a long sparsify phase, so that a released point is still running when
+    the test collects), without waiting."""
+    out_dir = tmp_path_factory.mktemp("held-sweep") / "sweep"
+    try:
+        yield _call(sweep_main, [str(QUICKSTART), *SWEPT, *INTERRUPTED, *HELD, "--cluster", "slurm", "--no-wait",
+                                 f"out_dir={out_dir}"], out_dir)
+    finally:
+        _cancel_jobs_of(out_dir)
+
+
+def _submitted_ids(output: str) -> list[str]:
+    line = next(line for line in output.splitlines() if line.startswith("submitted "))
+    return line.split(": ", 1)[1].split(", ")
+
+
+def _wait_until(job_id: str, states: set[str], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while slurm_state(job_id) not in states:
+        assert time.monotonic() < deadline, f"job {job_id} not {states} after {timeout_s}s: {_job_info(job_id)}"
+        time.sleep(0.2)
+
+
+def test_sweep_collect_says_per_point_queued_running_failed_or_missing(held_sweep: Launched) -> None:
+    """Fresh-user trial: `sweep --collect` called points whose jobs were still queued or running `missing`, and
+    printed the summary as raw JSON."""
+    assert held_sweep.code == 0, held_sweep.err
+    ids = _submitted_ids(held_sweep.out)
+    subprocess.run(["scontrol", "release", ids[0]], check=True, capture_output=True)
+    subprocess.run(["scancel", ids[2]], check=True, capture_output=True)
+    _wait_until(ids[0], {"RUNNING"})
+    _wait_until(ids[2], FINAL_STATES | {"UNKNOWN"})  # Slurm forgets a pending array element at once when cancelled
+    base = held_sweep.out_dir
+    got = _call(sweep_main, [str(QUICKSTART), "alpha0=1e-4,2e-4,4e-4,8e-4", *INTERRUPTED, "--cluster", "slurm",
+                             "--collect", f"out_dir={base}"], base)
+    assert got.code == 1, got.err
+    lines = got.out.splitlines()
+    assert lines[0].split() == ["point", "state", "job", "sparsity", "metric", "pareto"], got.out
+    assert [line.split()[:4] for line in lines[1:5]] == [
+        ["alpha0=1e-4", "running", ids[0], "-"], ["alpha0=2e-4", "queued", "(PENDING)", ids[1]],
+        ["alpha0=4e-4", "failed", ids[2], "-"], ["alpha0=8e-4", "missing", "-", "-"]], got.out
+    assert lines[5].startswith(f"alpha0=4e-4: job {ids[2]} ended without a result (Slurm no longer lists it); see "
+                               f"{base / 'slurm' / ids[2]}_0_log.err"), got.out
+    assert lines[6] == (f"alpha0=8e-4: no job recorded in sweep_jobs.json and no {base / 'alpha0=8e-4'}"
+                        "/report.json"), got.out
+    assert lines[7] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", got.out
+    assert lines[8].startswith("2 of 4 runs not finished (queued or running); collect again later: sparsetrain "
+                               "sweep "), got.out
+    assert lines[8].endswith(" --collect") and len(lines) == 9, got.out
+    runs = json.loads((base / "sweep.json").read_text())["runs"]
+    assert [(run["status"], run.get("job_id"), run.get("state")) for run in runs] == [
+        ("running", ids[0], "RUNNING"), ("queued", ids[1], "PENDING"), ("failed", ids[2], None),
+        ("missing", None, None)], runs
 
 
 def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
