@@ -327,7 +327,7 @@ def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     base = tmp_path / "sweep"
     try:
-        code = sweep_main([str(QUICKSTART), "alpha0=1e-4,4e-4", "beta=10,30", *TINY, "--cluster", "slurm",
+        code = sweep_main([str(QUICKSTART), "alpha0=1e-4,4e-4", "beta=10,30", *TINY, "--cluster", "slurm", "--wait",
                            "--timeout", "800", f"out_dir={base}"])
     finally:
         _cancel_jobs_of(base)
@@ -424,10 +424,11 @@ SWEPT = ["alpha0=1e-4,2e-4,4e-4"]
 @pytest.fixture(scope="module")
 def held_sweep(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
     """`sparsetrain sweep` of 3 held points (a long sparsify phase, so that a released point is still running when
-    the test collects), without waiting."""
+    the test collects), default options."""
     out_dir = tmp_path_factory.mktemp("held-sweep") / "sweep"
     try:
-        yield _call(sweep_main, [str(QUICKSTART), *SWEPT, *INTERRUPTED, *HELD, "--cluster", "slurm", "--no-wait",
+        # --timeout: a sweep that waited by default would return after 3 × 30 s instead of never (held jobs)
+        yield _call(sweep_main, [str(QUICKSTART), *SWEPT, *INTERRUPTED, *HELD, "--cluster", "slurm", "--timeout", "30",
                                  f"out_dir={out_dir}"], out_dir)
     finally:
         _cancel_jobs_of(out_dir)
@@ -443,6 +444,26 @@ def _wait_until(job_id: str, states: set[str], timeout_s: float = 300) -> None:
     while slurm_state(job_id) not in states:
         assert time.monotonic() < deadline, f"job {job_id} not {states} after {timeout_s}s: {_job_info(job_id)}"
         time.sleep(0.2)
+
+
+def test_launch_and_sweep_submit_and_return_by_default_saying_how_to_follow(held_launch: Launched,
+                                                                           held_sweep: Launched) -> None:
+    """Fresh-user trial: `launch` returned at once but `sweep` waited for every run (`--no-wait` to return): the
+    same default for both now, sbatch's."""
+    assert held_launch.code == 0 and held_sweep.code == 0, held_launch.err + held_sweep.err
+    job_id = re.match(r"submitted job (\d+) \(1 rank, cluster=slurm\); logs in ", held_launch.out).group(1)
+    log = held_launch.out_dir / "slurm" / f"{job_id}_0_log.err"
+    assert held_launch.out.splitlines()[1] == (
+        f"follow it: squeue -j {job_id}; tail -f {log} (rank 0's log); when it ends: {held_launch.out_dir}"
+        f"/report.json (`--wait` waits for it; `scancel {job_id}` stops it)"), held_launch.out
+    ids = _submitted_ids(held_sweep.out)
+    array = ids[0].split("_")[0]
+    follow = held_sweep.out.splitlines()[1]
+    assert follow.startswith(f"follow them: squeue -j {array}; collect the results (any time; it says which runs are "
+                             "queued, running, done or failed): sparsetrain sweep "), held_sweep.out
+    assert follow.endswith(" --collect (`--wait` waits for them)") and "--cluster slurm" in follow, follow
+    assert len(held_sweep.out.splitlines()) == 2 and not (held_sweep.out_dir / "sweep.json").exists(), held_sweep.out
+    assert {slurm_state(job) for job in ids} == {"PENDING"}, "the sweep must return with its jobs still queued"
 
 
 def test_sweep_collect_says_per_point_queued_running_failed_or_missing(held_sweep: Launched) -> None:
