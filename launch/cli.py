@@ -1,18 +1,23 @@
 """`sparsetrain launch` and `sparsetrain sweep`: argument parsing only; the work lives in submit/sweep/dry_run.
 
     sparsetrain launch CONFIG [key=value ...] --cluster slurm|local|debug [--phase P] [--wait] [--dry-run]
-    sparsetrain sweep CONFIG alpha0=1e-5,3e-5 beta=10,20 [key=value ...] --cluster slurm [--no-wait]
+    sparsetrain sweep CONFIG alpha0=1e-5,3e-5 beta=10,20 [key=value ...] --cluster slurm [--wait] [--collect]
 
 Resources come from the config's `launch:` section (overridable like any key: `launch.tasks_per_node=2`).
-Exit codes: 0 success, 1 the job failed, 2 bad config or launch settings.
+Both commands submit and return, printing how to follow the jobs, unless `--wait` (as sbatch does; the debug
+cluster always waits: its job runs in this process, when waited for).
+Exit codes: 0 success, 1 the job failed (sweep: a point is not done: failed, missing, queued or running),
+2 bad config or launch settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from launch.submit import CLUSTERS, LaunchError
 from sparsetrain.cli import parse_command_line
@@ -24,8 +29,14 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("config", help="YAML recipe, e.g. configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     parser.add_argument("--cluster", choices=CLUSTERS, default="slurm", help="where to run (default: slurm)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for results (default: no limit)")
+    parser.add_argument("--timeout", type=float, default=None, help="with --wait: seconds to wait for results "
+                        "(default: no limit)")
     return parser
+
+
+def _waits(args: argparse.Namespace) -> bool:
+    """`--wait`, or the debug cluster, whose job runs in this process only once it is waited for."""
+    return args.wait or args.cluster == "debug"
 
 
 def _fail(message: str, code: int) -> int:
@@ -33,15 +44,22 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _warn(warnings: list[str]) -> None:
+    """Each warning once, as a `warning: ...` line on stderr."""
+    for warning in dict.fromkeys(warnings):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def launch_main(argv: list[str]) -> int:
     """Submit the pipeline (or one phase) as one job of nodes × tasks_per_node ranks."""
     parser = _common_parser("sparsetrain launch", "Run the pipeline through submitit (Slurm, local or debug).")
     parser.add_argument("--phase", choices=PHASES, action="append", help="run only this phase (repeatable)")
-    parser.add_argument("--wait", action="store_true", help="wait for the job and print the report path")
+    parser.add_argument("--wait", action="store_true", help="wait for the job and print the report path (default: "
+                        "submit, say how to follow the job, return)")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
                         "plan; submit nothing")
     args = parse_command_line(parser, argv)
-    from launch.submit import WaitTimeout, job_failure, log_folder, submit, wait_result
+    from launch.submit import WaitTimeout, job_failure, launch_warnings, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
     try:
@@ -57,7 +75,9 @@ def launch_main(argv: list[str]) -> int:
     ranks = config.launch.world_size
     print(f"submitted job {job.job_id} ({ranks} rank{'s' * (ranks != 1)}, cluster={args.cluster}); "
           f"logs in {log_folder(config)}")
-    if not args.wait:
+    _warn(launch_warnings(config, args.cluster))
+    if not _waits(args):
+        print(_follow_job(job, args.cluster, Path(config.out_dir) / "report.json"))
         return 0
     try:
         wait_result(job, timeout_s=args.timeout)
@@ -69,6 +89,15 @@ def launch_main(argv: list[str]) -> int:
     report_path = Path(config.out_dir) / "report.json"
     print(f"done: {report_path}{_report_line(report_path)}")
     return 0
+
+
+def _follow_job(job: Any, cluster: str, report: Path) -> str:
+    """`follow it: squeue -j 12; tail -f OUT/slurm/12_0_log.err (rank 0's log); ...`: how to follow a submitted job."""
+    log = (job.task(0) if job.num_tasks > 1 else job).paths.stderr
+    if cluster == "slurm":
+        return (f"follow it: squeue -j {job.job_id}; tail -f {log} (rank 0's log); when it ends: {report} "
+                f"(`--wait` waits for it; `scancel {job.job_id}` stops it)")
+    return f"follow it: tail -f {log} (rank 0's log); when it ends: {report} (`--wait` waits for it)"
 
 
 def _report_line(path: Path) -> str:
@@ -88,12 +117,18 @@ def _report_line(path: Path) -> str:
 
 
 def sweep_main(argv: list[str]) -> int:
-    """Submit a grid of runs as a job array, wait, then write sweep.json and the Pareto plot."""
+    """Submit a grid of runs as a job array and return (with `--wait`: wait, then write sweep.json and the Pareto
+    plot); `--collect`: write them from where each point is, submitting nothing."""
     parser = _common_parser("sparsetrain sweep", "Grid sweep: key=v1,v2 overrides, one run per point.")
-    parser.add_argument("--no-wait", action="store_true", help="submit and return; collect later with --collect")
-    parser.add_argument("--collect", action="store_true", help="only collect finished runs into sweep.json")
+    waiting = parser.add_mutually_exclusive_group()
+    waiting.add_argument("--wait", action="store_true", help="wait for every run, then collect (default: submit, say "
+                         "how to follow and collect, return)")
+    waiting.add_argument("--no-wait", action="store_true", help="submit and return: the default (kept for scripts)")
+    parser.add_argument("--collect", action="store_true", help="submit nothing: write sweep.json from where each "
+                        "point is (done, failed, queued, running, missing) and print it as a table")
     args = parse_command_line(parser, argv)
-    from launch.sweep import collect, expand, submit_points, wait_points
+    from launch.submit import launch_warnings
+    from launch.sweep import collect, expand, recorded_status, submit_points, summary_table, wait_points
     from sparsetrain.config.loader import ConfigError
 
     try:
@@ -103,15 +138,36 @@ def sweep_main(argv: list[str]) -> int:
         return _fail(str(err), 2)
     if jobs:
         print(f"submitted {len(jobs)} runs (cluster={args.cluster}): " + ", ".join(j.job_id for j in jobs))
-    if args.no_wait:
+        _warn([warning for point in points for warning in launch_warnings(point.config, args.cluster)])
+    if jobs and not _waits(args):
+        print(_follow_sweep(jobs, args.cluster, argv))
         return 0
     if jobs:
         wait_points(points, jobs, timeout_s=args.timeout)
+    else:
+        recorded_status(base, points)
     summary = collect(base, points, args.overrides)
-    failed = [run for run in summary["runs"] if run["status"] != "done"]
-    print(json.dumps([{k: run.get(k) for k in ("name", "status", "sparsity", "metric")} for run in summary["runs"]]))
-    print(f"wrote {Path(base.out_dir) / 'sweep.json'} and {summary['plot']}")
-    return 1 if failed else 0
+    print(summary_table(summary["runs"]))
+    print(f"wrote {Path(base.out_dir) / 'sweep.json'} (every run, JSON) and {summary['plot']}")
+    going = sum(run["status"] in ("queued", "running") for run in summary["runs"])
+    if going:
+        print(f"{going} of {len(points)} runs not finished (queued or running); collect again later: "
+              f"{_collect_command(argv)}")
+    return 0 if all(run["status"] == "done" for run in summary["runs"]) else 1
+
+
+def _follow_sweep(jobs: list[Any], cluster: str, argv: list[str]) -> str:
+    """`follow them: squeue -j 12; collect the results: sparsetrain sweep ... --collect (...)`."""
+    arrays = ",".join(dict.fromkeys(job.job_id.split("_")[0] for job in jobs))
+    queue = f"squeue -j {arrays}; " if cluster == "slurm" else ""
+    return (f"follow them: {queue}collect the results (any time; it says which runs are queued, running, done or "
+            f"failed): {_collect_command(argv)} (`--wait` waits for them)")
+
+
+def _collect_command(argv: list[str]) -> str:
+    """`sparsetrain sweep <the same arguments> --collect`, for the user to copy."""
+    kept = [arg for arg in argv if arg not in ("--wait", "--no-wait", "--collect")]
+    return shlex.join(["sparsetrain", "sweep", *kept, "--collect"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import submitit
 from submitit.slurm import slurm as submitit_slurm
 
 from launch.job import PipelineJob
+from sparsetrain.config.launch import LaunchConfig
 from sparsetrain.config.loader import config_to_dict
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.errors import InputError, SparsetrainError
@@ -93,12 +94,31 @@ def sbatch_script(config: RunConfig) -> str:
 
 @dataclass(frozen=True)
 class Partition:
-    """One Slurm partition as `sinfo` lists it: its node count, the most CPUs any of its nodes has, whether it is
-    the default."""
+    """One Slurm partition as `sinfo` lists it: its node count, the most CPUs, memory (MB, Slurm's RealMemory) and
+    GPUs (GRES `gpu`) any of its nodes has, whether it is the default. `most_mem_mb` None: sinfo gave no memory."""
 
     nodes: int
     most_cpus: int
     default: bool
+    most_mem_mb: int | None = None
+    most_gpus: int = 0
+
+
+# `sinfo -N -o "%P %c %m %G"`: partition (`*` on the default), CPUs, memory in MB (`+` when nodes of one line differ),
+# GRES such as `gpu:4`, `gpu:a100:4(S:0-1)`, `gpu:a100:2,gpu:v100:2` or `(null)`
+_SINFO_FORMAT = "%P %c %m %G"
+_GRES_GPU = re.compile(r"(?:^|,)gpu(?::[\w.-]+)?:(\d+)")
+
+
+def _number(text: str) -> int | None:
+    """An sinfo count such as `2`, `21694` or `21694+`; None for anything else (`N/A`)."""
+    digits = text.rstrip("+")
+    return int(digits) if digits.isdigit() else None
+
+
+def gres_gpus(gres: str) -> int:
+    """GPUs in one node's sinfo GRES field (`gpu:a100:4(S:0-1),gpu:v100:2` -> 6; `(null)` -> 0)."""
+    return sum(int(count) for count in _GRES_GPU.findall(gres))
 
 
 def slurm_partitions() -> dict[str, Partition] | None:
@@ -106,17 +126,20 @@ def slurm_partitions() -> dict[str, Partition] | None:
     when sinfo is missing or fails."""
     if shutil.which("sinfo") is None:
         return None
-    result = subprocess.run(["sinfo", "-N", "-h", "-o", "%P %c"], capture_output=True, text=True, timeout=30,
+    result = subprocess.run(["sinfo", "-N", "-h", "-o", _SINFO_FORMAT], capture_output=True, text=True, timeout=30,
                             check=False)
     if result.returncode != 0:
         return None
     found: dict[str, Partition] = {}
     for line in result.stdout.splitlines():
-        name, _, cpus = line.strip().partition(" ")
-        if name:
-            seen = found.get(name.rstrip("*"), Partition(0, 0, name.endswith("*")))
-            most = max(seen.most_cpus, int(cpus)) if cpus.strip().isdigit() else seen.most_cpus
-            found[name.rstrip("*")] = Partition(seen.nodes + 1, most, seen.default)
+        fields = line.split()
+        if not fields:
+            continue
+        name, cpus, mem, gres = (fields + ["", "", ""])[:4]
+        seen = found.get(name.rstrip("*"), Partition(0, 0, name.endswith("*")))
+        mems = [m for m in (seen.most_mem_mb, _number(mem)) if m is not None]
+        found[name.rstrip("*")] = Partition(seen.nodes + 1, max(seen.most_cpus, _number(cpus) or 0), seen.default,
+                                            max(mems) if mems else None, max(seen.most_gpus, gres_gpus(gres)))
     return found
 
 
@@ -148,8 +171,10 @@ def validate_launch(config: RunConfig, cluster: str, *, fit: bool = True) -> Non
 
 def cluster_fit_problems(config: RunConfig) -> list[str]:
     """What this Slurm cluster (`sinfo`) can never give the job, one line each naming the field: an unknown
-    partition, more nodes than the partition has, more CPUs per node (tasks_per_node × cpus_per_task) than any of its
-    nodes has. Slurm refuses some such jobs and queues others forever (reason PartitionConfig). Empty without sinfo."""
+    partition, more nodes than the partition has, more CPUs per node (tasks_per_node × cpus_per_task), memory per node
+    (`launch.mem_gb`) or GPUs per node (`launch.gpus_per_node`) than any of its nodes has. Slurm refuses some such
+    jobs (`Requested node configuration is not available`, naming no setting) and queues others forever (reason
+    PartitionConfig). Empty without sinfo."""
     launch = config.launch
     known = slurm_partitions()
     if known is None:
@@ -166,7 +191,37 @@ def cluster_fit_problems(config: RunConfig) -> list[str]:
         problems.append(f"launch.cpus_per_task: tasks_per_node {launch.tasks_per_node} × cpus_per_task "
                         f"{launch.cpus_per_task} = {per_node} CPUs per node, but the nodes of partition {name!r} have "
                         f"at most {part.most_cpus} (sinfo); lower launch.cpus_per_task or launch.tasks_per_node")
+    problems += _memory_and_gpu_problems(launch, name, part)
     return problems
+
+
+def _memory_and_gpu_problems(launch: LaunchConfig, name: str, part: Partition) -> list[str]:
+    """`launch.mem_gb` (GB as sbatch reads `--mem=NGB`: 1024 MB) and `launch.gpus_per_node` against the most any node
+    of partition `name` has."""
+    problems = []
+    if launch.mem_gb is not None and part.most_mem_mb and launch.mem_gb * 1024 > part.most_mem_mb:
+        problems.append(f"launch.mem_gb: {launch.mem_gb:g} GB per node requested, but the nodes of partition {name!r} "
+                        f"have at most {part.most_mem_mb / 1024:.1f} GB ({part.most_mem_mb} MB, sinfo); lower "
+                        "launch.mem_gb or leave it unset (the cluster's default)")
+    if launch.gpus_per_node > part.most_gpus:
+        have = f"at most {part.most_gpus}" if part.most_gpus else "none"
+        problems.append(f"launch.gpus_per_node: {launch.gpus_per_node} GPUs per node requested, but the nodes of "
+                        f"partition {name!r} have {have} (sinfo GRES); choose a GPU partition (launch.partition) or "
+                        "launch.gpus_per_node=0 for a CPU job")
+    return problems
+
+
+def launch_warnings(config: RunConfig, cluster: str) -> list[str]:
+    """What a job of this config would run, but badly, one line each naming the fields: an explicit `train.threads`
+    above `launch.cpus_per_task` on Slurm (the ranks' threads outnumber the CPUs Slurm gives them, and each step waits
+    for descheduled threads; the job's log warns too, once it runs). Not refused: the run's results do not change and
+    the setting is deliberate (unset, the threads follow Slurm's cpus-per-task)."""
+    threads, cpus = config.train.threads, config.launch.cpus_per_task
+    if cluster != "slurm" or threads is None or threads <= cpus:
+        return []
+    return [f"train.threads={threads} torch threads per rank but launch.cpus_per_task={cpus}: each rank would "
+            f"oversubscribe its {cpus} CPU(s) (steps wait for descheduled threads); ask for launch.cpus_per_task="
+            f"{threads} or leave train.threads unset (Slurm's cpus-per-task then sets the threads)"]
 
 
 def make_executor(config: RunConfig, cluster: str) -> submitit.Executor:

@@ -1,8 +1,10 @@
 """Grid sweeps: `key=v1,v2` overrides expand into one run per point, submitted as one job array.
 
-Each point runs in its own `out_dir` (`<base out_dir>/<key>=<value>_...`); once all are done, their
-`report.json` files are collected into `<base out_dir>/sweep.json` and an accuracy-vs-sparsity plot
-`<base out_dir>/sweep_pareto.png` with the Pareto front (no other point is both sparser and more accurate).
+Each point runs in its own `out_dir` (`<base out_dir>/<key>=<value>_...`); the job of each point is recorded in
+`<base out_dir>/sweep_jobs.json` at submission. Collecting reads every point's `report.json`, or where its job is
+(queued, running, failed; missing when no job was recorded and there is no report), into `<base out_dir>/sweep.json`
+and an accuracy-vs-sparsity plot `<base out_dir>/sweep_pareto.png` with the Pareto front (no other point is both
+sparser and more accurate); `summary_table` is the same summary for the terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from typing import Any
 
 from sparsetrain.config.loader import ConfigError, load_config, resolve_key
 from sparsetrain.config.schema import RunConfig
+
+JOBS_FILE = "sweep_jobs.json"  # in the base out_dir: each point's job, for `--collect`
+RECORDED_CLUSTERS = ("slurm", "local")  # the debug cluster runs its jobs in the caller's process: nothing to look up
+NOT_DONE = ("failed", "queued", "running")
+# Slurm job states of a job waiting to (re)start; other states that are not final (RUNNING, COMPLETING, SUSPENDED,
+# ...) count as running
+QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 
 
 @dataclass
@@ -116,20 +125,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def collect(base: RunConfig, points: list[SweepPoint], overrides: list[str]) -> dict[str, Any]:
-    """Read every point's report.json, write `sweep.json` and `sweep_pareto.png` in the base out_dir."""
-    runs = []
-    for point in points:
-        report_path = Path(point.config.out_dir) / "report.json"
-        run = {"name": point.name, "overrides": point.overrides, "out_dir": point.config.out_dir,
-               "status": point.result.get("status", "unknown")}
-        if point.result.get("status") == "failed":  # a report.json there is an earlier run's, not this job's
-            run["error"] = point.result.get("error")
-        elif report_path.is_file():
-            run.update(summarize_report(json.loads(report_path.read_text())), status="done")
-        else:
-            run["status"] = point.result.get("status", "missing")
-            run["error"] = point.result.get("error", f"no {report_path}")
-        runs.append(run)
+    """Read every point's report.json, write `sweep.json` and `sweep_pareto.png` in the base out_dir.
+
+    A point's `result` (`wait_points` or `recorded_status`) decides: failed, queued or running points are that, even
+    when their out_dir holds an earlier run's report.json; a done point (or one with no job recorded) is done when its
+    report.json exists, else missing.
+    """
+    runs = [_collected_run(point) for point in points]
     scored = [i for i, run in enumerate(runs) if run.get("sparsity") is not None and run.get("metric") is not None]
     front = pareto_front([(runs[i]["sparsity"], runs[i]["metric"]) for i in scored])
     for rank, i in enumerate(scored):
@@ -140,6 +142,48 @@ def collect(base: RunConfig, points: list[SweepPoint], overrides: list[str]) -> 
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_pareto(runs, out_dir / "sweep_pareto.png")
     return summary
+
+
+def _collected_run(point: SweepPoint) -> dict[str, Any]:
+    """One entry of sweep.json's `runs`: name, overrides, out_dir, status, job_id / Slurm state when known, and the
+    report's sparsity and metric (done) or an error (failed, missing)."""
+    report_path = Path(point.config.out_dir) / "report.json"
+    status = point.result.get("status")
+    run = {"name": point.name, "overrides": point.overrides, "out_dir": point.config.out_dir, "status": status}
+    run.update({key: point.result[key] for key in ("job_id", "state") if point.result.get(key)})
+    if status in NOT_DONE:  # a report.json there is an earlier run's, not this job's
+        if point.result.get("error"):
+            run["error"] = point.result["error"]
+    elif report_path.is_file():
+        run.update(summarize_report(json.loads(report_path.read_text())), status="done")
+    else:
+        run["status"] = "missing"
+        run["error"] = (f"no {report_path}" if status == "done" else
+                        f"no job recorded in {JOBS_FILE} and no {report_path}")
+    return run
+
+
+def summary_table(runs: list[dict[str, Any]]) -> str:
+    """sweep.json's runs for the terminal: one row per point (point, state, Slurm job, sparsity, final metric, Pareto),
+    then the error of each failed or missing point on a line of its own."""
+    names = {run["metric_name"] for run in runs if run.get("metric_name")}
+    rows = [("point", "state", "job", "sparsity", names.pop() if len(names) == 1 else "metric", "pareto")]
+    for run in runs:
+        sparsity, metric = run.get("sparsity"), run.get("metric")
+        rows.append((run["name"], _state_text(run), run.get("job_id") or "-",
+                     "-" if sparsity is None else f"{100 * sparsity:.1f} %", "-" if metric is None else f"{metric:.4g}",
+                     "yes" if run.get("pareto") else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += [f"{run['name']}: {run['error']}" for run in runs if run["status"] in ("failed", "missing")
+              and run.get("error")]
+    return "\n".join(lines)
+
+
+def _state_text(run: dict[str, Any]) -> str:
+    """`done`, `running`, `queued (PENDING)`, `failed (CANCELLED)`: the status, and Slurm's state if it adds to it."""
+    state = run.get("state")
+    return f"{run['status']} ({state})" if state and state != run["status"].upper() else run["status"]
 
 
 def plot_pareto(runs: list[dict[str, Any]], path: Path) -> None:
@@ -177,16 +221,102 @@ def submit_points(base: RunConfig, points: list[SweepPoint], cluster: str) -> li
     executor = make_executor(base, cluster)
     with submission_errors(log_folder(base)), executor.batch():
         jobs = [executor.submit(PipelineJob(config_to_dict(point.config))) for point in points]
+    if cluster in RECORDED_CLUSTERS:
+        record_jobs(base, points, jobs, cluster)
     return jobs
 
 
+def record_jobs(base: RunConfig, points: list[SweepPoint], jobs: list[Any], cluster: str) -> Path:
+    """Add each point's job id to `<base out_dir>/sweep_jobs.json` ({"cluster", "log_folder", "jobs": {point name:
+    job id}}; points of earlier submissions into the same out_dir stay), so that `--collect` finds the jobs."""
+    from launch.submit import log_folder
+
+    path = Path(base.out_dir) / JOBS_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    recorded.update(cluster=cluster, log_folder=str(log_folder(base)))
+    recorded["jobs"] = {**recorded.get("jobs", {}), **{p.name: j.job_id for p, j in zip(points, jobs, strict=True)}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(recorded, indent=2) + "\n")
+    return path
+
+
+def recorded_status(base: RunConfig, points: list[SweepPoint]) -> None:
+    """Set each point's `result` from the job `sweep_jobs.json` records for it (`job_status`); points without a
+    recorded job keep an empty result."""
+    path = Path(base.out_dir) / JOBS_FILE
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    for point in points:
+        job_id = recorded.get("jobs", {}).get(point.name)
+        if job_id is not None and recorded.get("cluster") in RECORDED_CLUSTERS:
+            point.result = job_status(_job(recorded["cluster"], Path(recorded["log_folder"]), job_id))
+
+
+def _job(cluster: str, folder: Path, job_id: str) -> Any:
+    """The submitit job `job_id` of `cluster` (rank 0's task: the task whose result the launcher reads)."""
+    import submitit
+
+    return submitit.SlurmJob(folder, job_id) if cluster == "slurm" else submitit.LocalJob(folder, job_id)
+
+
+def job_status(job: Any) -> dict[str, Any]:
+    """Where a job is without waiting: {"status": done|failed|queued|running, "job_id", "state" (Slurm's), "error"
+    (failed: what the job raised, one line, or how it ended without a result)}.
+
+    Rank 0's result file decides done or failed; else Slurm's state (`scontrol`; no accounting database needed):
+    PENDING and requeued states are queued, RUNNING and the like running, a final state or a job Slurm no longer
+    knows is failed (it ended without a result). A local job is running while its process lives.
+    """
+    import submitit
+
+    from launch.submit import FINAL_STATES, job_failure, slurm_state
+
+    rank0 = job.task(0) if job.num_tasks > 1 else job
+    record: dict[str, Any] = {"job_id": job.job_id}
+    if rank0.paths.result_pickle.exists():
+        try:
+            rank0.result()
+        except Exception as err:  # the job raised: its one line, as `launch --wait` prints it
+            return {**record, "status": "failed", "error": job_failure(err)[0]}
+        return {**record, "status": "done"}
+    if not isinstance(job, submitit.SlurmJob):
+        alive = _process_alive(job.job_id)
+        return {**record, "status": "running"} if alive else {
+            **record, "status": "failed", "error": f"job {job.job_id} ended without a result; see {job.paths.stderr}"}
+    state = slurm_state(job.job_id)
+    if state == "UNKNOWN":  # a while after it ended, or at once for a pending array element cancelled
+        return {**record, "status": "failed", "error": f"job {job.job_id} ended without a result (Slurm no longer "
+                f"lists it); see {job.paths.stderr}"}
+    if state in FINAL_STATES:
+        return {**record, "status": "failed", "state": state,
+                "error": f"job {job.job_id} ended ({state}) without a result; see {job.paths.stderr}"}
+    return {**record, "status": "queued" if state in QUEUED_STATES else "running", "state": state}
+
+
+def _process_alive(pid: str) -> bool:
+    """Whether the local job's process (its job id is the pid) still runs."""
+    import os
+
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def wait_points(points: list[SweepPoint], jobs: list[Any], timeout_s: float | None = None) -> None:
-    """Wait for every job; a failed point is recorded (status, one-line error) and does not stop the others."""
-    from launch.submit import job_failure, wait_result
+    """Wait for every job; a failed point is recorded (status, one-line error) and does not stop the others; one
+    still queued or running when `timeout_s` passes is recorded as such (`job_status`)."""
+    from launch.submit import WaitTimeout, job_failure, wait_result
 
     for point, job in zip(points, jobs, strict=True):
         try:
             wait_result(job, timeout_s=timeout_s)
             point.result = {"status": "done", "job_id": job.job_id}
+        except WaitTimeout:  # the job goes on: not a failure
+            point.result = job_status(job)
         except Exception as err:  # a failed run is data for sweep.json, not the end of the sweep
             point.result = {"status": "failed", "job_id": job.job_id, "error": job_failure(err)[0]}

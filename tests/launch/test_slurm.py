@@ -7,6 +7,8 @@ Slurm delays the restart of a requeued job by two minutes (BeginTime); tests rel
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -14,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from launch.cli import launch_main, sweep_main
+from launch.dry_run import dry_run_report
 from launch.submit import FINAL_STATES, LaunchError, slurm_state, submit, wait_result
 from sparsetrain.config.loader import load_config
 from tests.helpers.wandb_log import assert_wandb_matches_metrics, read_runs
@@ -318,14 +323,19 @@ def test_sbatch_cli_run_with_resume_false_continues_after_scontrol_requeue(
     _assert_one_wandb_run_across_requeue(out_dir)
 
 
-def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None, tmp_path: Path) -> None:
+def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     base = tmp_path / "sweep"
     try:
-        code = sweep_main([str(QUICKSTART), "alpha0=1e-4,4e-4", "beta=10,30", *TINY, "--cluster", "slurm",
+        code = sweep_main([str(QUICKSTART), "alpha0=1e-4,4e-4", "beta=10,30", *TINY, "--cluster", "slurm", "--wait",
                            "--timeout", "800", f"out_dir={base}"])
     finally:
         _cancel_jobs_of(base)
     assert code == 0, f"sweep failed; logs in {base / 'slurm'}"
+    table = capsys.readouterr().out.splitlines()[1:]  # after the `submitted 4 runs` line: a table, not JSON
+    assert table[0].split() == ["point", "state", "job", "sparsity", "finetune.metric", "pareto"], table
+    assert [row.split()[1] for row in table[1:5]] == ["done"] * 4, table
+    assert table[5] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", table
     summary = json.loads((base / "sweep.json").read_text())
     runs = summary["runs"]
     assert [run["status"] for run in runs] == ["done"] * 4
@@ -344,6 +354,148 @@ def test_unknown_partition_and_impossible_node_count_fail_before_submission(slur
     with pytest.raises(LaunchError, match=r"^launch.cpus_per_task: tasks_per_node 2 × cpus_per_task 64 = 128 CPUs "
                                           r"per node, but the nodes of partition '\w+' have at most \d+ \(sinfo\)"):
         submit(load_config(QUICKSTART, ["launch.tasks_per_node=2", "launch.cpus_per_task=64"]), "slurm")
+
+
+def test_memory_and_gpus_beyond_every_node_fail_before_submission_naming_the_field(slurm_cluster: None) -> None:
+    """sbatch refused both with a message naming no setting (`Requested node configuration is not available`,
+    `Invalid generic resource (gres) specification`); the dry run shows the same lines as warnings."""
+    too_much = ["launch.mem_gb=100000", "launch.gpus_per_node=64"]
+    with pytest.raises(LaunchError, match=r"^launch.mem_gb: 100000 GB per node requested, but the nodes of partition "
+                                          r"'\w+' have at most \d+\.\d GB \(\d+ MB, sinfo\); lower launch.mem_gb"):
+        submit(load_config(QUICKSTART, too_much[:1]), "slurm")
+    with pytest.raises(LaunchError, match=r"^launch.gpus_per_node: 64 GPUs per node requested, but the nodes of "
+                                          r"partition '\w+' have (none|at most \d+) \(sinfo GRES\)"):
+        submit(load_config(QUICKSTART, too_much[1:]), "slurm")
+    report = dry_run_report(load_config(QUICKSTART, too_much), "slurm")
+    warnings = [line for line in report.splitlines() if line.startswith("warning: this cluster cannot run it")]
+    assert [line.split(": ")[2] for line in warnings] == ["launch.mem_gb", "launch.gpus_per_node"], report
+
+
+# Submitted held (`sbatch --hold`): the jobs wait in the queue and take no CPU until a test releases or cancels them.
+HELD = ['launch.extra_sbatch=["--hold"]']
+
+
+@dataclass
+class Launched:
+    """What a `sparsetrain launch` / `sweep` call returned and printed."""
+
+    out_dir: Path
+    code: int
+    out: str
+    err: str
+
+
+def _call(main: Callable[[list[str]], int], argv: list[str], out_dir: Path) -> Launched:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return Launched(out_dir, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def held_launch(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
+    """`sparsetrain launch` of a held job with train.threads=2 on 1 CPU per task, default options."""
+    out_dir = tmp_path_factory.mktemp("held-launch") / "run"
+    try:
+        yield _call(launch_main, [str(QUICKSTART), "--cluster", "slurm", *TINY, *HELD, "train.threads=2",
+                                  f"out_dir={out_dir}"], out_dir)
+    finally:
+        _cancel_jobs_of(out_dir)
+
+
+def test_train_threads_above_cpus_per_task_warns_at_submission(held_launch: Launched) -> None:
+    """An explicit train.threads wins over Slurm's cpus-per-task inside the job: 2 threads on 1 CPU per rank
+    oversubscribe it. A warning (the job still runs, with the same results), at submission and in the dry run."""
+    assert held_launch.code == 0, held_launch.err
+    warnings = [line for line in held_launch.err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: train.threads=2 torch threads per rank but launch.cpus_per_task=1: each rank would oversubscribe "
+        "its 1 CPU(s) (steps wait for descheduled threads); ask for launch.cpus_per_task=2 or leave train.threads "
+        "unset (Slurm's cpus-per-task then sets the threads)"], held_launch.err
+    config = load_config(QUICKSTART, [*TINY, "train.threads=2", f"out_dir={held_launch.out_dir}"])
+    assert warnings[0] in dry_run_report(config, "slurm").splitlines()
+    fitting = load_config(QUICKSTART, [*TINY, "train.threads=2", "launch.cpus_per_task=2"])
+    assert "warning: train.threads" not in dry_run_report(fitting, "slurm")
+
+
+SWEPT = ["alpha0=1e-4,2e-4,4e-4"]
+
+
+@pytest.fixture(scope="module")
+def held_sweep(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
+    """`sparsetrain sweep` of 3 held points (a long sparsify phase, so that a released point is still running when
+    the test collects), default options."""
+    out_dir = tmp_path_factory.mktemp("held-sweep") / "sweep"
+    try:
+        # --timeout: a sweep that waited by default would return after 3 × 30 s instead of never (held jobs)
+        yield _call(sweep_main, [str(QUICKSTART), *SWEPT, *INTERRUPTED, *HELD, "--cluster", "slurm", "--timeout", "30",
+                                 f"out_dir={out_dir}"], out_dir)
+    finally:
+        _cancel_jobs_of(out_dir)
+
+
+def _submitted_ids(output: str) -> list[str]:
+    line = next(line for line in output.splitlines() if line.startswith("submitted "))
+    return line.split(": ", 1)[1].split(", ")
+
+
+def _wait_until(job_id: str, states: set[str], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while slurm_state(job_id) not in states:
+        assert time.monotonic() < deadline, f"job {job_id} not {states} after {timeout_s}s: {_job_info(job_id)}"
+        time.sleep(0.2)
+
+
+def test_launch_and_sweep_submit_and_return_by_default_saying_how_to_follow(held_launch: Launched,
+                                                                           held_sweep: Launched) -> None:
+    """Fresh-user trial: `launch` returned at once but `sweep` waited for every run (`--no-wait` to return): the
+    same default for both now, sbatch's."""
+    assert held_launch.code == 0 and held_sweep.code == 0, held_launch.err + held_sweep.err
+    job_id = re.match(r"submitted job (\d+) \(1 rank, cluster=slurm\); logs in ", held_launch.out).group(1)
+    log = held_launch.out_dir / "slurm" / f"{job_id}_0_log.err"
+    assert held_launch.out.splitlines()[1] == (
+        f"follow it: squeue -j {job_id}; tail -f {log} (rank 0's log); when it ends: {held_launch.out_dir}"
+        f"/report.json (`--wait` waits for it; `scancel {job_id}` stops it)"), held_launch.out
+    ids = _submitted_ids(held_sweep.out)
+    array = ids[0].split("_")[0]
+    follow = held_sweep.out.splitlines()[1]
+    assert follow.startswith(f"follow them: squeue -j {array}; collect the results (any time; it says which runs are "
+                             "queued, running, done or failed): sparsetrain sweep "), held_sweep.out
+    assert follow.endswith(" --collect (`--wait` waits for them)") and "--cluster slurm" in follow, follow
+    assert len(held_sweep.out.splitlines()) == 2 and not (held_sweep.out_dir / "sweep.json").exists(), held_sweep.out
+    assert {slurm_state(job) for job in ids} == {"PENDING"}, "the sweep must return with its jobs still queued"
+
+
+def test_sweep_collect_says_per_point_queued_running_failed_or_missing(held_sweep: Launched) -> None:
+    """Fresh-user trial: `sweep --collect` called points whose jobs were still queued or running `missing`, and
+    printed the summary as raw JSON."""
+    assert held_sweep.code == 0, held_sweep.err
+    ids = _submitted_ids(held_sweep.out)
+    subprocess.run(["scontrol", "release", ids[0]], check=True, capture_output=True)
+    subprocess.run(["scancel", ids[2]], check=True, capture_output=True)
+    _wait_until(ids[0], {"RUNNING"})
+    _wait_until(ids[2], FINAL_STATES | {"UNKNOWN"})  # Slurm forgets a pending array element at once when cancelled
+    base = held_sweep.out_dir
+    got = _call(sweep_main, [str(QUICKSTART), "alpha0=1e-4,2e-4,4e-4,8e-4", *INTERRUPTED, "--cluster", "slurm",
+                             "--collect", f"out_dir={base}"], base)
+    assert got.code == 1, got.err
+    lines = got.out.splitlines()
+    assert lines[0].split() == ["point", "state", "job", "sparsity", "metric", "pareto"], got.out
+    assert [line.split()[:4] for line in lines[1:5]] == [
+        ["alpha0=1e-4", "running", ids[0], "-"], ["alpha0=2e-4", "queued", "(PENDING)", ids[1]],
+        ["alpha0=4e-4", "failed", ids[2], "-"], ["alpha0=8e-4", "missing", "-", "-"]], got.out
+    assert lines[5].startswith(f"alpha0=4e-4: job {ids[2]} ended without a result (Slurm no longer lists it); see "
+                               f"{base / 'slurm' / ids[2]}_0_log.err"), got.out
+    assert lines[6] == (f"alpha0=8e-4: no job recorded in sweep_jobs.json and no {base / 'alpha0=8e-4'}"
+                        "/report.json"), got.out
+    assert lines[7] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", got.out
+    assert lines[8].startswith("2 of 4 runs not finished (queued or running); collect again later: sparsetrain "
+                               "sweep "), got.out
+    assert lines[8].endswith(" --collect") and len(lines) == 9, got.out
+    runs = json.loads((base / "sweep.json").read_text())["runs"]
+    assert [(run["status"], run.get("job_id"), run.get("state")) for run in runs] == [
+        ("running", ids[0], "RUNNING"), ("queued", ids[1], "PENDING"), ("failed", ids[2], None),
+        ("missing", None, None)], runs
 
 
 def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

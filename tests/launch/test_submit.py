@@ -207,10 +207,10 @@ def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tm
 
 
 def test_an_unknown_option_is_named_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Fresh-user trial: `sweep ... --wait out_dir=D` said `unrecognized arguments: --wait phases.dense.epochs=1 ...
-    out_dir=D`, calling the valid overrides unrecognized too."""
+    """Fresh-user trial: `sweep ... --wait out_dir=D` (when sweep had no --wait) said `unrecognized arguments: --wait
+    phases.dense.epochs=1 ... out_dir=D`, calling the valid overrides unrecognized too."""
     with pytest.raises(SystemExit) as stop:
-        sweep_main(["configs/quickstart.yaml", "alpha0=1e-5,3e-5", "--wait", f"out_dir={tmp_path}", "seed=1"])
+        sweep_main(["configs/quickstart.yaml", "alpha0=1e-5,3e-5", "--follow", f"out_dir={tmp_path}", "seed=1"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert stop.value.code == 2 and err.startswith("sparsetrain sweep: error: unrecognized option --wait;"), err
+    assert stop.value.code == 2 and err.startswith("sparsetrain sweep: error: unrecognized option --follow;"), err
     assert "out_dir=" not in err and "seed=1" not in err, err
