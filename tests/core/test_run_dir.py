@@ -169,6 +169,54 @@ def test_batch_size_larger_than_the_data_is_refused_before_any_phase(tmp_path: P
     assert "[dense]" not in err and not (tmp_path / "state.json").exists(), "a phase ran before the check"
 
 
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder`: relative path -> (size, mtime in ns)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+REFUSED = "train.batch_size=4096", "tracking.mode=offline"  # W&B on: a refusal after the W&B run started leaked it
+
+
+@pytest.mark.parametrize(("extra", "error"), [
+    (REFUSED, "error: train.batch_size: 4096 exceeds the"),
+    (("tracking.mode=offline", "--phase", "finetune"), "error: phase: finetune starts from the weights of the prune"),
+    (("tracking.mode=offline", "prune={rule: layer_sparsity, sparsity: 0.5, layer_sparsity: {fc9.weight: 0.9}}"),
+     "error: prune.layer_sparsity.fc9.weight: not a prunable layer of this model"),
+    (("tracking.mode=offline", "data.source=npz", "data.path=/nonexistent/digits.npz"), "error: data.path: "),
+])
+def test_a_refused_run_leaves_no_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture, extra: tuple[str, ...],
+                                         error: str) -> None:
+    """A run refused before any phase (its batch size, a --phase that needs an earlier one, a layer or data file
+    that does not exist) left config.yaml and an empty offline W&B run, or an empty folder, in the out_dir it
+    created."""
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["run", *tiny_overrides(out, *extra)]) == 2
+    assert error in capsys.readouterr().err
+    assert not out.exists(), f"the refused run left {sorted(_files(out))}"
+
+
+@pytest.mark.parametrize(("extra", "error"), [
+    (REFUSED, "error: train.batch_size: 4096 exceeds the"),  # may change: the dense phase took no step
+    ((*REFUSED, "resume=false"), "error: train.batch_size: 4096 exceeds the"),  # cleared the earlier run first
+    (("tracking.mode=offline", "--phase", "finetune"), "error: phase: finetune starts from the weights of the prune"),
+])
+def test_a_refused_run_leaves_an_earlier_run_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       extra: tuple[str, ...], error: str) -> None:
+    """A refusal before any phase in the out_dir of an earlier run (here: its dense phase, which measured the initial
+    weights) touches none of its files: config.yaml was rewritten with the refused settings, a W&B run was added,
+    and resume=false had cleared state.json and the weights before the refusal."""
+    out = tmp_path / "run"
+    evaluated = ("phases.dense.enabled=true", "phases.dense.epochs=0")
+    run_pipeline(tiny_config(out, *evaluated, "tracking.mode=offline"), ["dense"])
+    before = _files(out)
+    capsys.readouterr()
+    assert main(["run", *tiny_overrides(out, *evaluated, *extra)]) == 2
+    assert error in capsys.readouterr().err
+    assert _files(out) == before, "the refused run changed the earlier run's out_dir"
+
+
 @pytest.mark.parametrize(("make", "reason"), [
     (lambda tmp: tmp / "afile", "File exists"),
     (lambda tmp: tmp / "afile" / "sub", "Not a directory"),
