@@ -33,19 +33,26 @@ from sparsetrain.engine.checkpoint import (
     load_weights,
     save_run_state,
     save_weights,
+    write_run_state,
 )
 from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
 from sparsetrain.engine.finite import hint, nonfinite_names, require_finite, require_finite_results
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
-from sparsetrain.errors import SetupError
+from sparsetrain.errors import NonFiniteError, SetupError
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
 from sparsetrain.progress import format_value, log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
 from sparsetrain.report import filters_removed, format_kept_filters
-from sparsetrain.rundir import check_same_run, last_phase, phases_needed_first, prepare_out_dir
+from sparsetrain.rundir import (
+    check_same_run,
+    last_phase,
+    phases_needed_first,
+    prepare_out_dir,
+    record_nonfinite_stop,
+)
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
@@ -254,7 +261,12 @@ class Pipeline:
         self.ctx.start_phase_clock(phase)
         model = self.model_from(start_from)
         regularizer = self.regularizer_for(phase, model)
-        model = train_phase(self.ctx, phase, model, regularizer, masks_file, self._resume_tag(phase))
+        try:
+            model = train_phase(self.ctx, phase, model, regularizer, masks_file, self._resume_tag(phase))
+        except NonFiniteError:  # every rank stops alike; rank 0 marks the checkpoint the resume continues from
+            if record_nonfinite_stop(self.state, phase) and self.dist.is_main:
+                write_run_state(self.out_dir, self.state)
+            raise
         self._save_phase(phase, model)
         if regularizer.state_dict() and self.dist.is_main:
             torch.save(regularizer.state_dict(), self.out_dir / "weights" / f"{phase}_regularizer.pt")

@@ -13,6 +13,7 @@ import pytest
 
 from sparsetrain.cli import main
 from sparsetrain.config import config_to_dict
+from sparsetrain.engine import preemption
 from sparsetrain.engine.checkpoint import read_run_state
 from sparsetrain.models.checkpoint import run_weights
 from sparsetrain.pipeline import run_pipeline
@@ -110,6 +111,8 @@ def test_changed_settings_lists_in_schema_order_and_skips_new_keys() -> None:
 SPARSIFY_DONE = {"completed": {"sparsify": {}}, "current": None}
 MID_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10}}
 EVALUATED = {"completed": {"dense": {"metric": 20.0, "steps": 0}}, "current": None}  # phases.dense.epochs=0
+NONFINITE_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10, "stopped": "non-finite"}}
+NONFINITE_FINETUNE = {"phase": "finetune", "step": 10, "stopped": "non-finite"}
 
 
 @pytest.mark.parametrize(("key", "state", "may_change"), [
@@ -119,8 +122,17 @@ EVALUATED = {"completed": {"dense": {"metric": 20.0, "steps": 0}}, "current": No
     (("phases", "finetune", "epochs"), SPARSIFY_DONE, True),
     (("phases", "sparsify", "epochs"), MID_SPARSIFY, False),
     (("regularizer", "beta"), MID_SPARSIFY, False),
-    (("regularizer", "alpha0"), MID_SPARSIFY, True),  # the strength: what the non-finite error asks to lower
+    (("regularizer", "alpha0"), MID_SPARSIFY, False),  # two strengths in one phase (was free: a recovery setting)
+    (("regularizer", "alpha0"), NONFINITE_SPARSIFY, True),  # what the non-finite error asks to lower
+    (("regularizer", "alpha0"), {"completed": {"dense": {}}, "current": None}, True),  # sparsify has not started
+    (("regularizer", "alpha0"), SPARSIFY_DONE, False),  # sparsify trained with the old one (was free)
+    (("regularizer", "alpha0"), {"completed": {"sparsify": {}, "prune": {}}, "current": NONFINITE_FINETUNE},
+     False),  # an l2 fine-tuning's penalty has no alpha0: only alpha2 may be lowered
+    (("regularizer", "alpha2"), {"completed": {"sparsify": {}, "prune": {}}, "current": NONFINITE_FINETUNE}, True),
     (("regularizer", "alpha0"), {"completed": {"sparsify": {}, "prune": {}, "finetune": {}}}, False),  # finished
+    (("regularizer", "alpha2"), EVALUATED, True),  # the dense phase took no step: the l2 term acted on nothing
+    (("regularizer", "alpha2"), {"completed": {"dense": {"steps": 3}}, "current": None}, False),
+    (("regularizer", "beta"), {"completed": {"dense": {}, "sparsify": {"steps": 0}}, "current": None}, True),
     (("optim", "lr"), MID_SPARSIFY, True),
     (("optim", "name"), MID_SPARSIFY, False),
     (("seed",), {"completed": {}, "current": None}, True),  # nothing started yet
@@ -144,6 +156,34 @@ def test_a_setting_is_fixed_once_the_phase_it_acts_on_has_started(key: tuple[str
 
     changed = changed_settings(config(1), config(2), state)
     assert [k for k, _, _ in changed] == ([] if may_change else [".".join(key)])
+
+
+def test_regularizer_settings_are_fixed_once_their_phase_has_stepped(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """regularizer.alpha0 changed between an interrupted sparsify phase and its resume was accepted (a recovery
+    setting), mixing two recipes in one phase: now one line names it. Before sparsify starts it may change, and after a
+    stop on non-finite numbers the strength the error asks to lower may change too (tests/core/test_nonfinite.py)."""
+    out = tmp_path / "run"
+    preemption.clear()
+    preemption.request_stop()  # SIGTERM's stop, in process: a checkpoint at the first step, then Preempted
+    try:
+        with pytest.raises(preemption.Preempted):
+            run_pipeline(tiny_config(out, *SHORT))
+    finally:
+        preemption.clear()
+    assert read_run_state(out)["current"]["phase"] == "sparsify"
+    code, err = _rerun(out, capsys, "regularizer.alpha0=1e-3")
+    assert code == 2 and err == (f"error: out_dir: {out} holds a run with other settings: regularizer.alpha0 0.0002 "
+                                 "-> 0.001; use a new out_dir, or resume=false to start over"), err
+
+
+def test_regularizer_settings_may_change_before_their_phase_starts(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    dense = ("phases.dense.enabled=true", "phases.dense.epochs=0.3")
+    run_pipeline(tiny_config(out, *SHORT, *dense), ["dense"])
+    run_pipeline(tiny_config(out, *SHORT, *dense, "regularizer.alpha0=1e-3", "regularizer.beta=5"))
+    assert "alpha0: 0.001" in (out / "config.yaml").read_text()
+    assert "finetune" in read_run_state(out)["completed"]
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
