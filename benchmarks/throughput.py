@@ -81,6 +81,7 @@ def sparsetrain_step(cfg_path: str, overrides: list[str], out_dir: str) -> tuple
 
     cfg = load_config(cfg_path, [*overrides, f"out_dir={out_dir}", "resume=false", "tracking.mode=disabled"])
     pipeline = Pipeline(cfg)
+    pipeline.open()
     ctx: RunContext = pipeline.ctx
     model = pipeline.model_from(None)
     prunable = prunable_parameters(model)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from sparsetrain import warning_output
@@ -107,33 +108,92 @@ def _saved_point(out_dir: Path) -> str:
 def resume_command(argv: list[str]) -> str:
     """The `sparsetrain run` command that continues an interrupted run, in backquotes: the same arguments, less a
     `resume=` override (resume=false would start over and lose the checkpoint), started as this run was: under
-    torchrun or DeepSpeed's launcher the launcher with the same ranks per node (and ` on each of the N nodes` after
-    it when there were several)."""
+    torchrun or DeepSpeed's launcher the launcher with every flag it was given (`launcher_prefix`; and ` on each of
+    the N nodes` after it when there were several)."""
     import shlex
 
     kept = [arg for arg in argv if arg.partition("=")[0].strip() != "resume"]
-    launcher, nodes = _launcher()
+    launcher, nodes = launcher_prefix(argv, os.environ, _ancestor_command_lines())
     command = f"`{shlex.join([*(launcher or _program()), 'run', *kept])}`"
     return f"{command} on each of the {nodes} nodes" if nodes > 1 else command
 
 
-def _launcher() -> tuple[list[str], int]:
-    """The launcher that started this rank as a command prefix that starts as many ranks per node, through which
-    `sparsetrain` runs, and the number of nodes; ([], 1) when no launcher did. torchrun sets TORCHELASTIC_RUN_ID,
-    LOCAL_WORLD_SIZE and WORLD_SIZE; DeepSpeed's launcher LOCAL_SIZE (ranks per node) and CROSS_SIZE (nodes)."""
-    env = os.environ
-    if "TORCHELASTIC_RUN_ID" in env and "LOCAL_WORLD_SIZE" in env:
-        per_node = int(env["LOCAL_WORLD_SIZE"])
-        nodes = max(1, int(env.get("WORLD_SIZE", per_node)) // per_node)
-        spread = [f"--nnodes={nodes}"] if nodes > 1 else []
-        return [*_tool("torchrun", "torch.distributed.run"), *spread, f"--nproc_per_node={per_node}", "-m",
-                "sparsetrain"], nodes
-    if "LOCAL_SIZE" in env and "CROSS_SIZE" in env:
-        nodes = int(env["CROSS_SIZE"])
-        spread = [f"--num_nodes={nodes}"] if nodes > 1 else []
-        return [*_tool("deepspeed", "deepspeed.launcher.runner"), *spread, f"--num_gpus={env['LOCAL_SIZE']}",
-                "--module", "sparsetrain"], nodes
-    return [], 1
+# name -> (its module, the other names of its script, the flag giving ranks per node, the one giving nodes, the flag
+# that makes the script a module). torchrun sets TORCHELASTIC_RUN_ID, LOCAL_WORLD_SIZE, WORLD_SIZE and (from
+# --master_port) MASTER_PORT on each rank; DeepSpeed's launcher LOCAL_SIZE (ranks per node), CROSS_SIZE (nodes) and
+# MASTER_PORT.
+LAUNCHERS = {
+    "torchrun": ("torch.distributed.run", (), "--nproc_per_node", "--nnodes", "-m"),
+    "deepspeed": ("deepspeed.launcher.runner", ("ds",), "--num_gpus", "--num_nodes", "--module"),
+}
+DEFAULT_MASTER_PORT = "29500"  # both launchers' default --master_port
+
+
+def launcher_prefix(argv: list[str], env: Mapping[str, str], ancestors: list[list[str]]) -> tuple[list[str], int]:
+    """The launcher that started this rank as a command prefix (through which `sparsetrain run argv` runs) and its
+    number of nodes; ([], 1) when no launcher did.
+
+    The prefix keeps every flag the launcher was given, in its order (`--master_port 29533`, `--rdzv_*`,
+    `--max_restarts`, ...), read from the launcher's own command line: the closest of `ancestors` (this process's
+    parents' command lines, nearest first) that runs the launcher's script or module and ends with `run` `argv`.
+    When none does (unreadable, or a wrapper script in between), the prefix is rebuilt from the launcher's variables:
+    ranks per node, nodes, and a port other than the default (MASTER_PORT; under torchrun only with its static
+    rendezvous, TORCHELASTIC_RUN_ID "none", where it is the --master_port given).
+    """
+    name = "torchrun" if "TORCHELASTIC_RUN_ID" in env and "LOCAL_WORLD_SIZE" in env else \
+        "deepspeed" if "LOCAL_SIZE" in env and "CROSS_SIZE" in env else None
+    if name is None:
+        return [], 1
+    module, aliases, per_node_flag, nodes_flag, module_flag = LAUNCHERS[name]
+    per_node = int(env["LOCAL_WORLD_SIZE"] if name == "torchrun" else env["LOCAL_SIZE"])
+    nodes = max(1, int(env.get("WORLD_SIZE", per_node)) // per_node) if name == "torchrun" else int(env["CROSS_SIZE"])
+    for command_line in ancestors:
+        given = _launcher_flags(command_line, (name, *aliases), module, ["run", *argv])
+        if given is not None:
+            return [*_tool(name, module), *given], nodes
+    port = env.get("MASTER_PORT", DEFAULT_MASTER_PORT)
+    static = name == "deepspeed" or env.get("TORCHELASTIC_RUN_ID") == "none"
+    flags = [*([f"{nodes_flag}={nodes}"] if nodes > 1 else []), f"{per_node_flag}={per_node}",
+             *([f"--master_port={port}"] if static and port != DEFAULT_MASTER_PORT else [])]
+    return [*_tool(name, module), *flags, module_flag, "sparsetrain"], nodes
+
+
+def _launcher_flags(command_line: list[str], names: tuple[str, ...], module: str,
+                    run_args: list[str]) -> list[str] | None:
+    """What follows the launcher's script (one of `names`) or `-m module` in `command_line` up to `run_args` at its end
+    (its flags and the training script, e.g. `--master_port 29533 -m sparsetrain`), as given; None when
+    `command_line` is not that launcher starting `run_args`."""
+    for i, token in enumerate(command_line):
+        if Path(token).name in names:
+            tail = command_line[i + 1:]
+            break
+        if token == "-m" and command_line[i + 1:i + 2] == [module]:
+            tail = command_line[i + 2:]
+            break
+    else:
+        return None
+    cut = len(tail) - len(run_args)
+    return tail[:cut] if cut >= 1 and tail[cut:] == run_args else None
+
+
+def _ancestor_command_lines(levels: int = 3) -> list[list[str]]:
+    """The command lines of this process's parent, grandparent, ... (nearest first; DeepSpeed's runner is the
+    grandparent of a rank, torchrun the parent); those that cannot be read are left out."""
+    try:
+        import psutil  # a DeepSpeed dependency
+    except ImportError:
+        return []
+    lines = []
+    try:
+        parents = psutil.Process().parents()[:levels]
+    except psutil.Error:
+        return []
+    for parent in parents:
+        try:
+            lines.append(parent.cmdline())
+        except psutil.Error:  # gone, or another user's
+            continue
+    return lines
 
 
 def _tool(name: str, module: str) -> list[str]:

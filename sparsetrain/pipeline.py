@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,18 +33,26 @@ from sparsetrain.engine.checkpoint import (
     load_weights,
     save_run_state,
     save_weights,
+    write_run_state,
 )
 from sparsetrain.engine.distributed import barrier, broadcast_object, init_distributed
 from sparsetrain.engine.finite import hint, nonfinite_names, require_finite, require_finite_results
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
+from sparsetrain.errors import NonFiniteError, SetupError
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
 from sparsetrain.progress import format_value, log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
 from sparsetrain.report import filters_removed, format_kept_filters
-from sparsetrain.rundir import check_same_run, last_phase, phases_needed_first, prepare_out_dir
+from sparsetrain.rundir import (
+    check_same_run,
+    last_phase,
+    phases_needed_first,
+    prepare_out_dir,
+    record_nonfinite_stop,
+)
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
@@ -56,13 +65,16 @@ class Pipeline:
     """Owns the run: data, model factory, phases, state and the final report."""
 
     def __init__(self, cfg: RunConfig, data: DataBundle | None = None) -> None:
+        """Check the settings and read what the run continues from; nothing is written (`open` does that, once every
+        check that can refuse the run has passed: a refused run leaves out_dir as it found it)."""
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self._announced = False  # new_model has said where the initial weights come from
+        self._opened = False
+        self._out_dir_existed = self.out_dir.exists()  # before any rank can create it (init_distributed waits for all)
         self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_min)
         setup_logging(self.dist.is_main)
         configure_cpu(cfg.train)
-        prepare_out_dir(self.out_dir)  # every rank: a bad out_dir is one line everywhere, not a hang at the barrier
         if cfg.resume and (self.out_dir / "state.json").exists():  # before anything is built from the new settings
             check_same_run(self.out_dir, config_to_dict(cfg))
         self.structural = cfg.prune.rule == "filters"
@@ -71,15 +83,41 @@ class Pipeline:
         self.baseline_reports: dict[str, dict[str, Any]] = {}
         self.task = build_task(cfg.task, self.data.num_classes)
         self._check_plan()
+        self._fresh = False  # rank 0: an earlier run's outputs are cleared when the run opens
         self.state = self._initial_state()
         self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
                               self.state)
-        self._truncate_log_on_resume()
-        self.tracker.start()
+
+    def open(self) -> None:
+        """Make out_dir this run's (once): create it, start (or continue) the W&B run, clear an earlier run's outputs on
+        a fresh start (metrics.jsonl cut back to the checkpoint on a resume) and write config.yaml.
+
+        W&B starts before anything of an earlier run is cleared; when it cannot (`SetupError`, exit 5), an out_dir
+        this run created is removed again.
+
+        Raises:
+            InputError: out_dir cannot be created (one line, on every rank).
+            SetupError: W&B could not start its run.
+        """
+        if self._opened:
+            return
+        prepare_out_dir(self.out_dir)  # every rank: a bad out_dir is one line everywhere, not a hang at the barrier
+        if not self._fresh:
+            self._truncate_log_on_resume()
+        try:
+            self.tracker.start(fresh=self._fresh)
+        except SetupError:
+            if not self._out_dir_existed:
+                shutil.rmtree(self.out_dir, ignore_errors=True)
+            raise
+        if self._fresh and self.dist.is_main:
+            clear_run_outputs(self.out_dir, keep=self.tracker.files())
+        barrier()  # the other ranks write into out_dir only once an earlier run's outputs are gone
         if self.dist.is_main:
-            save_resolved(cfg, self.out_dir / "config.yaml")
+            save_resolved(self.cfg, self.out_dir / "config.yaml")
+        self._opened = True
 
     def _check_plan(self) -> None:
         """Settings that name model layers are checked against the built model before any training."""
@@ -92,7 +130,7 @@ class Pipeline:
             check_layer_settings(self.cfg.prune, list(prunable_parameters(meta_model(self.cfg, sizes))))
 
     def _initial_state(self) -> dict[str, Any]:
-        """The saved state to continue from, or a fresh one after clearing the previous run's outputs.
+        """The saved state to continue from, or a fresh one (`open` then clears the previous run's outputs).
 
         `resume=false` starts fresh once: a re-run of the submission that started the run (a requeue, any attempt;
         `sparsetrain.submission`) continues from its own checkpoint.
@@ -101,8 +139,8 @@ class Pipeline:
         if self.dist.is_main:
             submission = current_submission()
             state = self._state_to_continue(submission)
-            if state is None:
-                clear_run_outputs(self.out_dir)
+            self._fresh = state is None
+            if state is None:  # the earlier run's outputs are cleared by `open`, once nothing can refuse this run
                 state = {"completed": {}, "current": None}
             state["submission"] = submission
         return broadcast_object(state)
@@ -223,7 +261,12 @@ class Pipeline:
         self.ctx.start_phase_clock(phase)
         model = self.model_from(start_from)
         regularizer = self.regularizer_for(phase, model)
-        model = train_phase(self.ctx, phase, model, regularizer, masks_file, self._resume_tag(phase))
+        try:
+            model = train_phase(self.ctx, phase, model, regularizer, masks_file, self._resume_tag(phase))
+        except NonFiniteError:  # every rank stops alike; rank 0 marks the checkpoint the resume continues from
+            if record_nonfinite_stop(self.state, phase) and self.dist.is_main:
+                write_run_state(self.out_dir, self.state)
+            raise
         self._save_phase(phase, model)
         if regularizer.state_dict() and self.dist.is_main:
             torch.save(regularizer.state_dict(), self.out_dir / "weights" / f"{phase}_regularizer.pt")
@@ -398,6 +441,7 @@ class Pipeline:
         todo = [p for p in PHASES if p in wanted and (p == PRUNE or getattr(self.cfg.phases, p).enabled)
                 and p not in self.state["completed"]]
         self._check_batch_size(todo)
+        self.open()  # every refusal above leaves out_dir untouched
         self._say_where_it_resumes(todo, phases)
         for phase in todo:
             getattr(self, f"run_{phase}")()

@@ -6,10 +6,13 @@ run executes or is observed (`MUTABLE`: tracking, threads, logging, checkpoint c
 ZeRO layout) may always differ. Every other setting defines results from some phase on (`SCOPES`; model, data,
 seed, batch size, optimizer, ... from the first): it is fixed once that phase or a later one has started (finished or
 checkpointed), since a changed value would mix two runs' steps or (another model or data) fail on the stored
-weights; before that it may change, e.g. prune settings fixed after a prune error while sparsify is finished. What
-the non-finite error asks to lower (`RECOVERY` + the regularizer's strength) may change while steps remain. Settings
-that act only through optimizer steps (`STEP_SETTINGS`: batch size, optimizer) are not fixed by a phase that only
-evaluated its start weights (epochs 0), e.g. a dense phase that measured `model.checkpoint`.
+weights; before that it may change, e.g. prune settings fixed after a prune error while sparsify is finished. The
+learning rates and gradient clipping (`RECOVERY`) may change while steps remain. After a stop on non-finite numbers
+(state.json `current.stopped`), so may the strength of the stopped phase's penalty (what that error asks to lower,
+e.g. regularizer.alpha0); after any other stop it is fixed like the rest of the regularizer, which would otherwise
+mix two recipes in one phase. Settings that act only through optimizer steps (`STEP_SETTINGS`: batch size,
+optimizer, regularizer) are not fixed by a phase that only evaluated its start weights (epochs 0), e.g. a dense phase
+that measured `model.checkpoint`.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ MUTABLE = ("out_dir", "resume", "tracking", "launch", "deploy", "report", "phase
            "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",
            "train.grad_checkpointing", "train.flush_denormal", "deepspeed.dist_backend", "deepspeed.timeout_min",
            "deepspeed.zero_stage", "deepspeed.offload_optimizer", "deepspeed.param_persistence_threshold")
-# What the non-finite error asks to change (`engine.finite.hint`): may change while the run still has steps to
-# take (they apply from the checkpoint on); on a finished run they would change nothing, so they are refused there.
+# What the non-finite error asks to change (`engine.finite.hint`) besides the penalty's strength: may change while the
+# run still has steps to take (they apply from the checkpoint on); on a finished run they would change nothing, so
+# they are refused there. The strength joins them only after a non-finite stop (`recovery_settings`).
 RECOVERY = ("optim.lr", "phases.dense.lr", "phases.sparsify.lr", "phases.finetune.lr", "deepspeed.gradient_clipping")
+NONFINITE_STOP = "non-finite"  # state.json `current.stopped` of a phase stopped on NaN/inf (`record_nonfinite_stop`)
 # (dotted prefix, first phase whose results it changes), first match wins; unlisted settings: the first phase.
 # The gradual schedule and grouped-conv layouts act during sparsity training; l2 (alpha2) and its kernels in every
 # phase; baselines run after the last phase ("end").
@@ -41,10 +46,11 @@ SCOPES = (("prune.schedule", SPARSIFY), ("prune.gradual", SPARSIFY), ("prune.gro
           ("prune", PRUNE), ("phases.sparsify", SPARSIFY), ("phases.finetune", FINETUNE),
           ("regularizer.alpha2", DENSE), ("regularizer.gradient_path", DENSE), ("regularizer.backend", DENSE),
           ("regularizer.finetune_l0", FINETUNE), ("regularizer", SPARSIFY), ("baselines", "end"))
-# Settings that act only through optimizer steps (the batches, the optimizer and its step): a phase that took none
+# Settings that act only through optimizer steps (the batches, the optimizer and its step, the penalty whose gradient
+# each step adds: every regularizer setting, its state included, is made by steps): a phase that took none
 # (`phases.<phase>.epochs=0` evaluates its start weights, `steps` 0 in its results) does not fix them.
 STEP_SETTINGS = ("train.batch_size", "optim", "deepspeed.gradient_accumulation_steps", "deepspeed.gradient_clipping",
-                 "phases.dense.lr", "phases.sparsify.lr", "phases.finetune.lr")
+                 "phases.dense.lr", "phases.sparsify.lr", "phases.finetune.lr", "regularizer")
 _SHOWN = 3  # differing settings named in the error
 _MISSING = object()
 
@@ -81,13 +87,34 @@ def is_execution_setting(key: str) -> bool:
     return _matches(key, MUTABLE)
 
 
-def recovery_settings(config: dict[str, Any]) -> tuple[str, ...]:
-    """`RECOVERY` plus the regularizer strength settings of the config's strategy (e.g. regularizer.alpha0)."""
+def recovery_settings(config: dict[str, Any], state: dict[str, Any]) -> tuple[str, ...]:
+    """`RECOVERY`, plus the strength settings of the penalty the stopped phase trains with (e.g. regularizer.alpha0
+    in sparsify, regularizer.alpha2 alone in an l2 fine-tuning) when `state` records a stop on non-finite numbers in
+    the phase the run continues (`NONFINITE_STOP`)."""
     from sparsetrain.config.strategies import REGULARIZER_SETTINGS
 
-    settings = REGULARIZER_SETTINGS.get(config.get("regularizer", {}).get("name"))
-    strength = settings.STRENGTH if settings is not None else ()
+    current = state.get("current") or {}
+    if current.get("stopped") != NONFINITE_STOP:
+        return RECOVERY
+    section = config.get("regularizer", {})
+    settings = REGULARIZER_SETTINGS.get(section.get("name"))
+    if settings is None:
+        return RECOVERY
+    keeps_penalty = current.get("phase") == SPARSIFY or (current.get("phase") == FINETUNE and
+                                                          settings.model_validate(section).penalty_in_finetune)
+    strength = settings.STRENGTH if keeps_penalty else ("alpha2",)
     return RECOVERY + tuple(f"regularizer.{name}" for name in strength)
+
+
+def record_nonfinite_stop(state: dict[str, Any], phase: str) -> bool:
+    """Mark `state`'s checkpoint of `phase` (`current`) as the last good one before a stop on non-finite numbers, so
+    that the resume may lower the penalty's strength (`recovery_settings`); the next checkpoint replaces the mark.
+    Returns whether there was such a checkpoint to mark (the caller writes state.json)."""
+    current = state.get("current")
+    if not current or current.get("phase") != phase:
+        return False  # the phase restarts from its start weights: it has not started, its settings are free
+    current["stopped"] = NONFINITE_STOP
+    return True
 
 
 def _scope(key: str) -> int:
@@ -116,7 +143,7 @@ def changed_settings(stored: dict[str, Any], new: dict[str, Any], state: dict[st
     stepped = {**state, "completed": {p: r for p, r in state.get("completed", {}).items()
                                       if not isinstance(r, dict) or r.get("steps") != 0}}
     latest_step = _latest_started(stepped, finished)  # evaluate-only phases left out, for STEP_SETTINGS
-    free = MUTABLE if finished else MUTABLE + recovery_settings(new)
+    free = MUTABLE if finished else MUTABLE + recovery_settings(new, state)
     old_flat, new_flat = _flatten(stored), _flatten(new)
     keys = list(new_flat) + [k for k in old_flat if k not in new_flat]
     return [(k, old_flat[k], new_flat.get(k, _MISSING)) for k in keys

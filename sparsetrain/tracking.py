@@ -60,28 +60,42 @@ class Tracker:
         self.run = None
         self._pending: list[tuple[int, dict[str, int | float]]] = []
 
-    def start(self) -> None:
-        """Open (or continue) the W&B run and send it the rows of metrics.jsonl it lacks."""
-        if self.enabled and self.cfg.mode != "disabled":
-            self.run = self._start_wandb()
-            self._replay()
+    def start(self, fresh: bool = False) -> None:
+        """Open (or continue) the W&B run and send it the rows of metrics.jsonl it lacks.
 
-    def _start_wandb(self) -> Any:
+        Args:
+            fresh: a new run starts in out_dir: a new W&B run, whatever an earlier run's `wandb_run_id.txt` (cleared
+                next, `Pipeline.open`) says, and nothing to replay.
+
+        Raises:
+            SetupError: W&B could not start (one line, exit 5); nothing of ours is written then.
+        """
+        if self.enabled and self.cfg.mode != "disabled":
+            self.run = self._start_wandb(fresh)
+            if not fresh:
+                self._replay()
+
+    def files(self) -> tuple[str, ...]:
+        """The files of out_dir this tracker has written for the current run (kept when an earlier run is cleared)."""
+        return ("wandb_run_id.txt",) if self.run is not None else ()
+
+    def _start_wandb(self, fresh: bool) -> Any:
         import wandb
 
         cfg, out_dir = self.cfg, self.out_dir
         id_file = out_dir / "wandb_run_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id)
+        run_id = id_file.read_text().strip() if id_file.exists() and not fresh else uuid.uuid4().hex[:12]
         try:
-            return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or out_dir.name, tags=cfg.tags,
-                              id=run_id, resume="allow", mode=cfg.mode, dir=str(out_dir), config=self.config,
-                              settings=wandb.Settings(console="off", silent=True))
+            run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or out_dir.name, tags=cfg.tags,
+                             id=run_id, resume="allow", mode=cfg.mode, dir=str(out_dir), config=self.config,
+                             settings=wandb.Settings(console="off", silent=True))
         except wandb.errors.Error as err:  # no API key, no network, a refused project: one line, exit 5
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise SetupError(f"tracking.mode: W&B could not start its {cfg.mode} run ({first}); log in (`wandb "
                              "login` or WANDB_API_KEY), or set tracking.mode=offline (run files in out_dir/wandb, "
                              "`wandb sync` later) or tracking.mode=disabled") from None
+        id_file.write_text(run_id)  # once the run exists: a refused start leaves an earlier run's id as it was
+        return run
 
     def _held_by_wandb(self) -> Callable[[int, set[str]], bool]:
         """Whether W&B already holds `keys` at `step`, from earlier segments of this run."""

@@ -50,6 +50,7 @@ def export_run(run_dir: str | Path, phase: str | None = None, overrides: list[st
                                                  "resume=true"])
     pipeline = Pipeline(cfg)
     try:
+        pipeline.open()  # config.yaml records the deploy settings used
         manifest = export_model(pipeline, phase)
         _update_report(run_dir, manifest, phase or final_phase(pipeline.state["completed"]),
                        final_phase(pipeline.state["completed"]))

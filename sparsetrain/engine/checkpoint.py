@@ -108,9 +108,10 @@ RUN_OUTPUTS = ("state.json", "checkpoints", "weights", "export", "baselines", "r
                "wandb_run_id.txt")
 
 
-def clear_run_outputs(out_dir: Path) -> None:
-    """Remove a previous run's state and results before a fresh start (logs of launchers and W&B stay)."""
-    for name in RUN_OUTPUTS:
+def clear_run_outputs(out_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Remove a previous run's state and results before a fresh start (logs of launchers and W&B stay, and the
+    `RUN_OUTPUTS` names in `keep`: already the new run's, e.g. its W&B run id)."""
+    for name in (name for name in RUN_OUTPUTS if name not in keep):
         path = out_dir / name
         if path.is_dir():
             shutil.rmtree(path)

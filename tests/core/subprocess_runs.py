@@ -107,7 +107,11 @@ def run_cli(overrides: list[str], nproc: int = 1, stall_s: float = STALL_S) -> s
     A run that prints nothing for `stall_s` is killed and reported with return code -9 and a last stderr
     line saying so, so that the test's assertion shows it.
     """
-    command = cli_command(overrides, nproc)
+    return run_command(cli_command(overrides, nproc), stall_s)
+
+
+def run_command(command: list[str], stall_s: float = STALL_S) -> subprocess.CompletedProcess:
+    """`run_cli` for a whole command line (e.g. the resume command a run printed), run in the repository root."""
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         with out.open("w") as fout, err.open("w") as ferr:
@@ -172,11 +176,13 @@ def _kill_when(overrides: list[str], until: Callable[[], bool], what: str, nproc
             pytest.fail(f"the run {outcome} before {what}; it could not be killed there:\n{tail}")
 
 
-def signal_at_logged_step(overrides: list[str], out_dir: Path, step: int, sig: int) -> subprocess.CompletedProcess:
-    """Run the CLI, send `sig` to its process group (what Ctrl-C in a terminal does for SIGINT) once
-    metrics.jsonl shows global step `step`, and wait for it to exit; fails the test if it ends or stalls first."""
+def signal_at_logged_step(overrides: list[str], out_dir: Path, step: int, sig: int,
+                          nproc: int = 1) -> subprocess.CompletedProcess:
+    """Run the CLI (through torch.distributed.run for nproc > 1), send `sig` to its process group (what Ctrl-C in a
+    terminal does for SIGINT; under torchrun it reaches torchrun, which passes it on to the ranks) once metrics.jsonl
+    shows global step `step`, and wait for it to exit; fails the test if it ends or stalls first."""
     return _signal_when(overrides, lambda err: _logged_step(out_dir) >= step, f"logging step {step}",
-                        lambda proc: os.killpg(proc.pid, sig))
+                        lambda proc: os.killpg(proc.pid, sig), nproc)
 
 
 def interrupt_when_printed(overrides: list[str], text: str) -> subprocess.CompletedProcess:
@@ -188,11 +194,11 @@ def interrupt_when_printed(overrides: list[str], text: str) -> subprocess.Comple
 
 
 def _signal_when(overrides: list[str], until: Callable[[Path], bool], what: str,
-                 send: Callable[[subprocess.Popen], None]) -> subprocess.CompletedProcess:
+                 send: Callable[[subprocess.Popen], None], nproc: int = 1) -> subprocess.CompletedProcess:
     """Run the CLI, call `send(proc)` once `until(stderr file)` holds, and wait for the run to exit."""
     import pytest
 
-    command = cli_command(overrides)
+    command = cli_command(overrides, nproc)
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         with out.open("w") as fout, err.open("w") as ferr:

@@ -89,6 +89,7 @@ def test_sparsify_hands_on_the_fp32_masters_and_prune_decides_on_them(tmp_path: 
     cfg = tiny_config(tmp_path / "run", "deepspeed.precision=bf16", f"deepspeed.zero_stage={zero}",
                       "train.checkpoint_every=44")  # 44 sparsify steps: the last step is checkpointed
     pipeline = Pipeline(cfg)
+    pipeline.open()  # out_dir for the checkpoints train_phase writes
     model = pipeline.model_from(None)
     regularizer = pipeline.regularizer_for("sparsify", model)
     handed = train_phase(pipeline.ctx, "sparsify", model, regularizer, None, None)

@@ -54,6 +54,20 @@ def _assert_nothing_handed_on(out: Path) -> None:
         assert not (out / path).exists(), f"{path} was written although the run diverged"
 
 
+def test_after_a_nonfinite_stop_the_resume_may_lower_the_penalty_strength(tmp_path: Path) -> None:
+    """The strength of the penalty is fixed once its phase has stepped (tests/core/test_run_dir.py), except after a
+    stop on NaN/inf, whose error asks to lower it: the checkpoint the resume continues from is marked so, and the
+    next checkpoint replaces the mark."""
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"continues from it$"):
+        run_pipeline(tiny_config(out, *DIVERGING))
+    current = json.loads((out / "state.json").read_text())["current"]
+    assert current["phase"] == "sparsify" and current["stopped"] == "non-finite", current
+    run_pipeline(tiny_config(out, *DIVERGING, "optim.lr=0.01", "regularizer.alpha0=1e-4"))
+    state = json.loads((out / "state.json").read_text())
+    assert "finetune" in state["completed"] and state["current"] is None, state
+
+
 def test_diverging_run_stops_at_first_bad_step_and_resumes_from_last_good_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run_cli(tiny_overrides(out, *DIVERGING))

@@ -19,6 +19,7 @@ from tests.core.subprocess_runs import (
     kill_at_checkpoint,
     kill_at_logged_step,
     run_cli,
+    run_command,
     signal_at_logged_step,
 )
 from tests.helpers.compare import assert_same_weights
@@ -218,7 +219,7 @@ def test_resume_command_under_a_launcher_starts_as_many_ranks(monkeypatch: pytes
     same ranks per node (a rank's own `python -m sparsetrain` would resume on 1 rank); `resume=` is left out."""
     from sparsetrain.cli import resume_command
 
-    for name in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "CROSS_SIZE", "WORLD_SIZE"):
+    for name in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "CROSS_SIZE", "WORLD_SIZE", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     env, expected = LAUNCHERS[launcher]
     for name, value in env.items():
@@ -234,6 +235,69 @@ def test_resume_command_under_a_launcher_starts_as_many_ranks(monkeypatch: pytes
     assert resume_command([*args, "resume=false"]) == expected.format(**tools, args=shlex.join(args))
     monkeypatch.setenv("PATH", str(bin_dir))  # activated: the short name
     assert resume_command(args) == expected.format(torchrun="torchrun", deepspeed="deepspeed", args=shlex.join(args))
+
+
+ARGS = ["configs/quickstart.yaml", "out_dir=runs/a b", "resume=false"]
+TORCHRUN = {"TORCHELASTIC_RUN_ID": "none", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2", "MASTER_PORT": "29533"}
+RECORDED = {  # the env of a rank, its parents' command lines (nearest first) -> the launcher flags printed after it
+    "torchrun as a module, port": (TORCHRUN, [["/v/bin/python3", "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                               "--master_port", "29533", "-m", "sparsetrain", "run", *ARGS]],
+                                   ["--nproc_per_node=2", "--master_port", "29533", "-m", "sparsetrain"]),
+    "torchrun script, rendezvous on 2 nodes": (
+        {"TORCHELASTIC_RUN_ID": "job7", "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8", "MASTER_PORT": "41234"},
+        [["/v/bin/python3", "/v/bin/torchrun", "--nnodes=2", "--nproc-per-node=4", "--rdzv_backend=c10d",
+          "--rdzv_endpoint=node1:29400", "--rdzv_id=job7", "--max_restarts=3", "--module", "sparsetrain", "run",
+          *ARGS]],
+        ["--nnodes=2", "--nproc-per-node=4", "--rdzv_backend=c10d", "--rdzv_endpoint=node1:29400", "--rdzv_id=job7",
+         "--max_restarts=3", "--module", "sparsetrain"]),
+    "deepspeed: its runner is the grandparent": (
+        {"LOCAL_SIZE": "2", "CROSS_SIZE": "1", "WORLD_SIZE": "2", "MASTER_PORT": "29533"},
+        [["/v/bin/python3", "-u", "-m", "deepspeed.launcher.launch", "--world_info=eyJsb2NhbGhvc3QiOiBbMCwgMV19",
+          "--master_addr=127.0.0.1", "--master_port=29533", "--module", "--enable_each_rank_log=None", "sparsetrain",
+          "run", *ARGS],
+         ["/v/bin/python3", "/v/bin/deepspeed", "--num_gpus=2", "--master_port", "29533", "--module", "sparsetrain",
+          "run", *ARGS]],
+        ["--num_gpus=2", "--master_port", "29533", "--module", "sparsetrain"]),
+    "unreadable: from the env, static rendezvous": (TORCHRUN, [["/bin/bash", "./train.sh"]],
+                                                    ["--nproc_per_node=2", "--master_port=29533", "-m", "sparsetrain"]),
+    "unreadable: from the env, standalone": ({**TORCHRUN, "TORCHELASTIC_RUN_ID": "3f2a"}, [],
+                                             ["--nproc_per_node=2", "-m", "sparsetrain"]),  # a port of its choosing
+    "another launch in the parent": (TORCHRUN, [["/v/bin/torchrun", "--nproc_per_node=2", "-m", "sparsetrain",
+                                                 "run", "other.yaml"]],
+                                     ["--nproc_per_node=2", "--master_port=29533", "-m", "sparsetrain"]),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORDED))
+def test_resume_command_keeps_every_launcher_flag(case: str) -> None:
+    """torchrun / DeepSpeed flags such as --master_port 29533, --rdzv_* or --max_restarts were dropped from the resume
+    command (it rebuilt only the ranks per node and nodes): they come from the launcher's own command line, as given;
+    only when that cannot be read from the launcher's variables (MASTER_PORT where it is the given port)."""
+    from sparsetrain.cli import launcher_prefix
+
+    env, ancestors, flags = RECORDED[case]
+    prefix, _ = launcher_prefix(ARGS, env, ancestors)
+    assert Path(prefix[0]).name in ("torchrun", "deepspeed") or prefix[1] == "-m", prefix
+    assert prefix[-len(flags):] == flags and len(prefix) - len(flags) in (1, 3), prefix  # 3: python -m module
+
+
+def test_resume_command_of_a_2_rank_torchrun_run_repeats_its_flags(tmp_path: Path) -> None:
+    """A real torchrun run on 2 ranks with --master_port, stopped by SIGTERM (torchrun passes it on): the `preempted:`
+    line gives torchrun with the flags it was started with, and that command continues the run to its end."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, "phases.sparsify.epochs=4", "train.log_every=1", "train.checkpoint_every=1000")
+    result = signal_at_logged_step(overrides, out, 5, signal.SIGTERM, nproc=2)
+    launched = result.args[result.args.index("torch.distributed.run") + 1:result.args.index("run")]
+    stops = [re.fullmatch(r"preempted: stopped with a checkpoint at sparsify step \d+; resume with `(.*)`", line)
+             for line in result.stderr.splitlines()]
+    stops = [stop for stop in stops if stop]
+    assert len(stops) == 1, result.stderr[-3000:]
+    command = shlex.split(stops[0][1])
+    assert Path(command[0]).name == "torchrun" and command[1:] == [*launched, "run", *overrides], command
+    assert any(flag.startswith("--master_port=") for flag in launched), launched
+    resumed = run_command(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "finetune" in json.loads((out / "state.json").read_text())["completed"]
 
 
 def test_the_stop_lines_come_from_rank_0_only(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:

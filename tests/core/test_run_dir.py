@@ -13,6 +13,7 @@ import pytest
 
 from sparsetrain.cli import main
 from sparsetrain.config import config_to_dict
+from sparsetrain.engine import preemption
 from sparsetrain.engine.checkpoint import read_run_state
 from sparsetrain.models.checkpoint import run_weights
 from sparsetrain.pipeline import run_pipeline
@@ -110,6 +111,8 @@ def test_changed_settings_lists_in_schema_order_and_skips_new_keys() -> None:
 SPARSIFY_DONE = {"completed": {"sparsify": {}}, "current": None}
 MID_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10}}
 EVALUATED = {"completed": {"dense": {"metric": 20.0, "steps": 0}}, "current": None}  # phases.dense.epochs=0
+NONFINITE_SPARSIFY = {"completed": {}, "current": {"phase": "sparsify", "step": 10, "stopped": "non-finite"}}
+NONFINITE_FINETUNE = {"phase": "finetune", "step": 10, "stopped": "non-finite"}
 
 
 @pytest.mark.parametrize(("key", "state", "may_change"), [
@@ -119,8 +122,17 @@ EVALUATED = {"completed": {"dense": {"metric": 20.0, "steps": 0}}, "current": No
     (("phases", "finetune", "epochs"), SPARSIFY_DONE, True),
     (("phases", "sparsify", "epochs"), MID_SPARSIFY, False),
     (("regularizer", "beta"), MID_SPARSIFY, False),
-    (("regularizer", "alpha0"), MID_SPARSIFY, True),  # the strength: what the non-finite error asks to lower
+    (("regularizer", "alpha0"), MID_SPARSIFY, False),  # two strengths in one phase (was free: a recovery setting)
+    (("regularizer", "alpha0"), NONFINITE_SPARSIFY, True),  # what the non-finite error asks to lower
+    (("regularizer", "alpha0"), {"completed": {"dense": {}}, "current": None}, True),  # sparsify has not started
+    (("regularizer", "alpha0"), SPARSIFY_DONE, False),  # sparsify trained with the old one (was free)
+    (("regularizer", "alpha0"), {"completed": {"sparsify": {}, "prune": {}}, "current": NONFINITE_FINETUNE},
+     False),  # an l2 fine-tuning's penalty has no alpha0: only alpha2 may be lowered
+    (("regularizer", "alpha2"), {"completed": {"sparsify": {}, "prune": {}}, "current": NONFINITE_FINETUNE}, True),
     (("regularizer", "alpha0"), {"completed": {"sparsify": {}, "prune": {}, "finetune": {}}}, False),  # finished
+    (("regularizer", "alpha2"), EVALUATED, True),  # the dense phase took no step: the l2 term acted on nothing
+    (("regularizer", "alpha2"), {"completed": {"dense": {"steps": 3}}, "current": None}, False),
+    (("regularizer", "beta"), {"completed": {"dense": {}, "sparsify": {"steps": 0}}, "current": None}, True),
     (("optim", "lr"), MID_SPARSIFY, True),
     (("optim", "name"), MID_SPARSIFY, False),
     (("seed",), {"completed": {}, "current": None}, True),  # nothing started yet
@@ -146,6 +158,34 @@ def test_a_setting_is_fixed_once_the_phase_it_acts_on_has_started(key: tuple[str
     assert [k for k, _, _ in changed] == ([] if may_change else [".".join(key)])
 
 
+def test_regularizer_settings_are_fixed_once_their_phase_has_stepped(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """regularizer.alpha0 changed between an interrupted sparsify phase and its resume was accepted (a recovery
+    setting), mixing two recipes in one phase: now one line names it. Before sparsify starts it may change, and after a
+    stop on non-finite numbers the strength the error asks to lower may change too (tests/core/test_nonfinite.py)."""
+    out = tmp_path / "run"
+    preemption.clear()
+    preemption.request_stop()  # SIGTERM's stop, in process: a checkpoint at the first step, then Preempted
+    try:
+        with pytest.raises(preemption.Preempted):
+            run_pipeline(tiny_config(out, *SHORT))
+    finally:
+        preemption.clear()
+    assert read_run_state(out)["current"]["phase"] == "sparsify"
+    code, err = _rerun(out, capsys, "regularizer.alpha0=1e-3")
+    assert code == 2 and err == (f"error: out_dir: {out} holds a run with other settings: regularizer.alpha0 0.0002 "
+                                 "-> 0.001; use a new out_dir, or resume=false to start over"), err
+
+
+def test_regularizer_settings_may_change_before_their_phase_starts(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    dense = ("phases.dense.enabled=true", "phases.dense.epochs=0.3")
+    run_pipeline(tiny_config(out, *SHORT, *dense), ["dense"])
+    run_pipeline(tiny_config(out, *SHORT, *dense, "regularizer.alpha0=1e-3", "regularizer.beta=5"))
+    assert "alpha0: 0.001" in (out / "config.yaml").read_text()
+    assert "finetune" in read_run_state(out)["completed"]
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
 def test_empty_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, text: str) -> None:
     recipe = tmp_path / "empty.yaml"
@@ -167,6 +207,54 @@ def test_batch_size_larger_than_the_data_is_refused_before_any_phase(tmp_path: P
     fits = r"error: train.batch_size: 4096 exceeds the (\d+) training samples; set train.batch_size=\1 or less$"
     assert re.search(fits, err), err
     assert "[dense]" not in err and not (tmp_path / "state.json").exists(), "a phase ran before the check"
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder`: relative path -> (size, mtime in ns)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+REFUSED = "train.batch_size=4096", "tracking.mode=offline"  # W&B on: a refusal after the W&B run started leaked it
+
+
+@pytest.mark.parametrize(("extra", "error"), [
+    (REFUSED, "error: train.batch_size: 4096 exceeds the"),
+    (("tracking.mode=offline", "--phase", "finetune"), "error: phase: finetune starts from the weights of the prune"),
+    (("tracking.mode=offline", "prune={rule: layer_sparsity, sparsity: 0.5, layer_sparsity: {fc9.weight: 0.9}}"),
+     "error: prune.layer_sparsity.fc9.weight: not a prunable layer of this model"),
+    (("tracking.mode=offline", "data.source=npz", "data.path=/nonexistent/digits.npz"), "error: data.path: "),
+])
+def test_a_refused_run_leaves_no_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture, extra: tuple[str, ...],
+                                         error: str) -> None:
+    """A run refused before any phase (its batch size, a --phase that needs an earlier one, a layer or data file
+    that does not exist) left config.yaml and an empty offline W&B run, or an empty folder, in the out_dir it
+    created."""
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["run", *tiny_overrides(out, *extra)]) == 2
+    assert error in capsys.readouterr().err
+    assert not out.exists(), f"the refused run left {sorted(_files(out))}"
+
+
+@pytest.mark.parametrize(("extra", "error"), [
+    (REFUSED, "error: train.batch_size: 4096 exceeds the"),  # may change: the dense phase took no step
+    ((*REFUSED, "resume=false"), "error: train.batch_size: 4096 exceeds the"),  # cleared the earlier run first
+    (("tracking.mode=offline", "--phase", "finetune"), "error: phase: finetune starts from the weights of the prune"),
+])
+def test_a_refused_run_leaves_an_earlier_run_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       extra: tuple[str, ...], error: str) -> None:
+    """A refusal before any phase in the out_dir of an earlier run (here: its dense phase, which measured the initial
+    weights) touches none of its files: config.yaml was rewritten with the refused settings, a W&B run was added,
+    and resume=false had cleared state.json and the weights before the refusal."""
+    out = tmp_path / "run"
+    evaluated = ("phases.dense.enabled=true", "phases.dense.epochs=0")
+    run_pipeline(tiny_config(out, *evaluated, "tracking.mode=offline"), ["dense"])
+    before = _files(out)
+    capsys.readouterr()
+    assert main(["run", *tiny_overrides(out, *evaluated, *extra)]) == 2
+    assert error in capsys.readouterr().err
+    assert _files(out) == before, "the refused run changed the earlier run's out_dir"
 
 
 @pytest.mark.parametrize(("make", "reason"), [
