@@ -68,7 +68,8 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         raw = "x_train / x_test of the .npz as stored (" + ("uint8 pixels 0-255)" if scale != 1 else "float)")
         return _bundle_from_arrays(arrays, cfg, num_classes, (raw, scale))
     if cfg.source == "idx":
-        return _bundle_from_arrays(load_idx(cfg.path, num_classes), cfg, num_classes, RAW_INPUTS["idx"])
+        return _bundle_from_arrays(load_idx(cfg.path, num_classes, cfg.idx_prefix), cfg, num_classes,
+                                   RAW_INPUTS["idx"])
     if cfg.source == "imagefolder":
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test = load_imagefolder(cfg.path, size, cfg.normalize, chans)

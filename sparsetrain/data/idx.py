@@ -5,10 +5,10 @@ A folder holds the four files, each optionally gzip-compressed (`.gz`)::
     train-images-idx3-ubyte   train-labels-idx1-ubyte   t10k-images-idx3-ubyte   t10k-labels-idx1-ubyte
 
 EMNIST's files carry a prefix and call the test split `test` (`emnist-balanced-test-images-idx3-ubyte.gz`):
-both are accepted (EMNIST stores images transposed; train and test alike, so they are used as stored).
-Parsing is torchvision's own (`torchvision.datasets.mnist.read_image_file` / `read_label_file`); those
-readers open plain files only, so `.gz` files are first decompressed into a temporary folder with
-torchvision's `extract_archive`.
+both are accepted (EMNIST stores images transposed; train and test alike, so they are used as stored). Its download
+unpacks every split into one folder; `data.idx_prefix` (e.g. `emnist-letters`) picks one. Parsing is torchvision's own
+(`torchvision.datasets.mnist.read_image_file` / `read_label_file`); those readers open plain files only, so `.gz`
+files are first decompressed into a temporary folder with torchvision's `extract_archive`.
 
 Real Fashion-MNIST (60,000 / 10,000): `apt-get install dataset-fashion-mnist` puts it under
 `/usr/share/datasets/fashion-mnist` (`make data`).
@@ -30,26 +30,58 @@ SPLIT_ALIASES = {"train": ("train",), "t10k": ("t10k", "test")}  # EMNIST names 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _matches(root: Path, split: str, content: str) -> list[Path]:
-    """The files `[<prefix>-]<split>-<content>-ubyte[.gz]` in `root`, sorted."""
+def _pattern(split: str, content: str, prefix: str | None) -> re.Pattern[str]:
+    """`<prefix>-<split>-<content>-ubyte[.gz]`: any prefix or none (None), exactly `prefix` ("": none); group
+    `prefix` holds the file's prefix."""
     aliases = "|".join(SPLIT_ALIASES[split])
-    pattern = re.compile(rf"^(?:.+-)?(?:{aliases})-{content}-ubyte(?:\.gz)?$")
+    head = "(?:(?P<prefix>.+)-)?" if prefix is None else f"(?P<prefix>{re.escape(prefix)})-" if prefix else ""
+    return re.compile(rf"^{head}(?:{aliases})-{content}-ubyte(?:\.gz)?$")
+
+
+def _matches(root: Path, split: str, content: str, prefix: str | None = None) -> list[Path]:
+    """The files `[<prefix>-]<split>-<content>-ubyte[.gz]` in `root`, sorted (`prefix` as in `_pattern`)."""
+    pattern = _pattern(split, content, prefix)
     return sorted(p for p in root.iterdir() if p.is_file() and pattern.match(p.name))
 
 
-def find_idx_files(root: Path) -> dict[str, Path]:
-    """The four IDX files of `root` by array name (`x_train`, ...); DataError naming every absent file, or the
-    first ambiguous one."""
-    found = {key: _matches(root, split, content) for key, (split, content) in IDX_FILES.items()}
-    missing = [f"{split}-{content}-ubyte[.gz]" for key, (split, content) in IDX_FILES.items() if not found[key]]
+def _prefixes(paths: list[Path], split: str, content: str) -> list[str]:
+    """The distinct prefixes of `paths` (all matching `split`/`content`), sorted; "" for an unprefixed file."""
+    pattern = _pattern(split, content, None)
+    return sorted({pattern.match(p.name)["prefix"] or "" for p in paths})
+
+
+def _shown(prefixes: list[str]) -> str:
+    return ", ".join(p or "'' (no prefix)" for p in prefixes)
+
+
+def find_idx_files(root: Path, prefix: str | None = None) -> dict[str, Path]:
+    """The four IDX files of `root` by array name (`x_train`, ...), those named `<prefix>-...` when `prefix` is
+    given ("" = unprefixed files only).
+
+    Raises:
+        DataError: a file is absent (naming every absent one, and the prefixes the folder holds when `prefix`
+            matches none), or several files fit one slot (naming the prefixes to choose from with
+            data.idx_prefix, or the files when they differ only in compression).
+    """
+    found = {key: _matches(root, split, content, prefix) for key, (split, content) in IDX_FILES.items()}
+    head = f"{prefix}-" if prefix else ""
+    missing = [f"{head}{split}-{content}-ubyte[.gz]" for key, (split, content) in IDX_FILES.items() if not found[key]]
     if missing:
+        held = _prefixes(_matches(root, "train", "images-idx3"), "train", "images-idx3")
+        if prefix is not None and len(missing) == len(IDX_FILES) and held:
+            raise DataError(f"data.idx_prefix: {root} holds no {head + '*' if head else 'unprefixed'} IDX files; set "
+                            f"data.idx_prefix to one of {_shown(held)}")
         raise DataError(f"data.path: {root} lacks {', '.join(missing)} (an IDX folder holds "
-                        f"{', '.join(f'{s}-{c}-ubyte' for s, c in IDX_FILES.values())})")
+                        f"{', '.join(f'{head}{s}-{c}-ubyte' for s, c in IDX_FILES.values())})")
     for key, paths in found.items():
         if len(paths) > 1:
             split, content = IDX_FILES[key]
+            prefixes = _prefixes(paths, split, content)
+            if len(prefixes) > 1:
+                raise DataError(f"data.path: {root} holds several {split}-{content} files: set data.idx_prefix to "
+                                f"one of {_shown(prefixes)}")
             raise DataError(f"data.path: {root} holds several {split}-{content} files: "
-                            f"{', '.join(p.name for p in paths)}")
+                            f"{', '.join(p.name for p in paths)} (keep one)")
     return {key: paths[0] for key, paths in found.items()}
 
 
@@ -82,23 +114,38 @@ def _check_split(files: dict[str, Path], arrays: dict[str, np.ndarray], split: s
                         f"[0, {num_classes}) (model.kwargs.num_classes)")
 
 
-def load_idx(path: str | None, num_classes: int | None = None) -> tuple[np.ndarray, ...]:
-    """x_train, y_train, x_test, y_test from an IDX folder: images float32 N×1×H×W in [0, 1], labels int64 N.
-
-    Raises:
-        DataError: the folder or one of its four files is missing or unreadable, an image file and its label
-            file hold different numbers of samples, or a label is >= num_classes (one line naming data.path
-            and the file).
-    """
-    root = Path(str(path))
+def _check_folder(root: Path) -> None:
+    """DataError when `root` is a file (naming the folder and prefix to set when it is an IDX file) or absent."""
     if root.is_file():
         names = ", ".join(f"{split}-{content}-ubyte[.gz]" for split, content in IDX_FILES.values())
         example = f", e.g. {root.parent}" if _matches(root.parent, "train", "images-idx3") else ""
+        prefix = next((m["prefix"] for split, content in IDX_FILES.values()
+                       if (m := _pattern(split, content, None).match(root.name)) and m["prefix"]), None)
+        if example and prefix:
+            example += f" with data.idx_prefix={prefix}"
         raise DataError(f"data.path: {root} is a file; data.source=idx reads the folder holding the four IDX files "
                         f"({names}); set data.path to that folder{example}")
     if not root.is_dir():
         raise DataError(f"data.path: IDX folder not found: {root}")
-    files = find_idx_files(root)
+
+
+def load_idx(path: str | None, num_classes: int | None = None, prefix: str | None = None) -> tuple[np.ndarray, ...]:
+    """x_train, y_train, x_test, y_test from an IDX folder: images float32 N×1×H×W in [0, 1], labels int64 N.
+
+    Args:
+        path: The folder (`data.path`).
+        num_classes: Labels must be below it (model.kwargs.num_classes), or None.
+        prefix: Read the files named `<prefix>-...` (`data.idx_prefix`, e.g. "emnist-letters"; "" = unprefixed);
+            None = the only file of each kind, whatever its prefix.
+
+    Raises:
+        DataError: the folder or one of its four files is missing, ambiguous or unreadable, an image file and its
+            label file hold different numbers of samples, a label is >= num_classes, or train and test images
+            differ in size (one line naming data.path or data.idx_prefix and the file).
+    """
+    root = Path(str(path))
+    _check_folder(root)
+    files = find_idx_files(root, None if prefix is None else prefix.rstrip("-"))
     with tempfile.TemporaryDirectory(prefix="sparsetrain-idx-") as scratch:
         arrays = {key: _read(file, Path(scratch), "images" if key.startswith("x") else "labels")
                   for key, file in files.items()}

@@ -46,7 +46,8 @@ def test_idx_folder_matches_the_written_arrays(tmp_path: Path, suffix: str, pref
     assert x_train.shape == (30, 1, 8, 8) and x_train.dtype == np.float32, f"x_train {x_train.shape} {x_train.dtype}"
     np.testing.assert_array_equal(np.round(x_train[:, 0] * 255), arrays["train-images-idx3"], "train images")
     np.testing.assert_array_equal(y_train, arrays["train-labels-idx1"], "train labels")
-    np.testing.assert_array_equal(np.round(x_test[:, 0] * 255), arrays[f"{test_name}-images-idx3"], "test images")
+    np.testing.assert_array_equal(np.round(x_test[:, 0] * 255), arrays[f"{test_name}-images-idx3"],
+                                  "test images")
     np.testing.assert_array_equal(y_test, arrays[f"{test_name}-labels-idx1"], "test labels")
     bundle = build_data(DataConfig(source="idx", path=str(tmp_path)), 0)
     assert (len(bundle.train), len(bundle.test), bundle.input_shape) == (30, 10, (1, 8, 8))
@@ -134,3 +135,37 @@ def test_real_fashion_mnist(fashion_mnist: Path) -> None:
     assert bundle.test.targets.bincount().tolist() == [1000] * 10
     x = bundle.train.inputs
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0 and 0.2 < float(x.mean()) < 0.4, "pixel scale"
+
+
+def test_emnist_download_folder_picks_a_split_by_prefix(tmp_path: Path) -> None:
+    """The EMNIST download unpacks every split into one folder: the error names data.idx_prefix and the splits."""
+    letters = make_folder(tmp_path, prefix="emnist-letters-", test_name="test", n_train=26)
+    make_folder(tmp_path, prefix="emnist-balanced-", test_name="test", n_train=47, suffix="")
+    message = _one_line_error(tmp_path)
+    assert message == (f"data.path: {tmp_path} holds several train-images-idx3 files: set data.idx_prefix to one of "
+                       "emnist-balanced, emnist-letters"), message
+    for prefix in ("emnist-letters", "emnist-letters-"):
+        bundle = build_data(DataConfig(source="idx", path=str(tmp_path), idx_prefix=prefix), 0)
+        assert len(bundle.train) == 26, f"idx_prefix={prefix!r} read {len(bundle.train)} training images"
+        assert torch.equal(bundle.train.targets, torch.from_numpy(letters["train-labels-idx1"])), "wrong split read"
+    assert len(build_data(DataConfig(source="idx", path=str(tmp_path), idx_prefix="emnist-balanced"), 0).train) == 47
+    make_folder(tmp_path, n_train=5)  # unprefixed MNIST files beside them: '' picks those
+    assert len(build_data(DataConfig(source="idx", path=str(tmp_path), idx_prefix=""), 0).train) == 5
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(source="idx", path=str(tmp_path), idx_prefix="emnist-digits"), 0)
+    assert str(info.value) == (f"data.idx_prefix: {tmp_path} holds no emnist-digits-* IDX files; set data.idx_prefix "
+                               "to one of '' (no prefix), emnist-balanced, emnist-letters"), str(info.value)
+    (tmp_path / "emnist-letters-test-labels-idx1-ubyte.gz").unlink()
+    message = _one_line_error(tmp_path, idx_prefix="emnist-letters")
+    assert f"{tmp_path} lacks emnist-letters-t10k-labels-idx1-ubyte[.gz] (" in message, message
+    message = _one_line_error(tmp_path / "emnist-letters-train-images-idx3-ubyte.gz")
+    assert message.endswith(f"set data.path to that folder, e.g. {tmp_path} with data.idx_prefix=emnist-letters"), \
+        message
+
+
+def test_idx_prefix_setting_is_idx_only() -> None:
+    assert load_config(None, ["data.source=idx", "data.path=x", "data.idx_prefix=emnist-letters"]).data.idx_prefix \
+        == "emnist-letters"
+    with pytest.raises(ConfigError, match=r"^data.idx_prefix: read by data.source=idx only, not 'npz'$"):
+        load_config(None, ["data.source=npz", "data.path=x.npz", "data.idx_prefix=emnist-letters"])
+
