@@ -9,7 +9,7 @@ from sparsetrain.config.schema import DataConfig, TrainSubsetConfig
 from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
 from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
 from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
-from sparsetrain.data.idx import load_idx
+from sparsetrain.data.idx import read_idx
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 
 __all__ = ["DataBundle", "DataError", "build_data", "subset_indices"]
@@ -68,8 +68,11 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         raw = "x_train / x_test of the .npz as stored (" + ("uint8 pixels 0-255)" if scale != 1 else "float)")
         return _bundle_from_arrays(arrays, cfg, num_classes, (raw, scale))
     if cfg.source == "idx":
-        return _bundle_from_arrays(load_idx(cfg.path, num_classes, cfg.idx_prefix), cfg, num_classes,
-                                   RAW_INPUTS["idx"])
+        idx = read_idx(cfg.path, num_classes, cfg.idx_prefix, cfg.transpose)
+        raw, scale = RAW_INPUTS["idx"]
+        if idx.transposed:  # the export says how the stored images map to the model's inputs
+            raw += f", each image of {' and '.join(f.name for f in idx.transposed)} transposed (H and W swapped)"
+        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale))
     if cfg.source == "imagefolder":
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test = load_imagefolder(cfg.path, size, cfg.normalize, chans)

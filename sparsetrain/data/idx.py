@@ -5,8 +5,10 @@ A folder holds the four files, each optionally gzip-compressed (`.gz`)::
     train-images-idx3-ubyte   train-labels-idx1-ubyte   t10k-images-idx3-ubyte   t10k-labels-idx1-ubyte
 
 EMNIST's files carry a prefix and call the test split `test` (`emnist-balanced-test-images-idx3-ubyte.gz`):
-both are accepted (EMNIST stores images transposed; train and test alike, so they are used as stored). Its download
-unpacks every split into one folder; `data.idx_prefix` (e.g. `emnist-letters`) picks one. Parsing is torchvision's own
+both are accepted. Its download unpacks every split into one folder; `data.idx_prefix` (e.g. `emnist-letters`)
+picks one. EMNIST stores each image transposed (H and W swapped; torchvision's EMNIST class leaves that to the
+user), so by default (`data.transpose=auto`) images of files named `emnist-*` are transposed back on read: the
+model, and so the exported one, sees upright characters. Parsing is torchvision's own
 (`torchvision.datasets.mnist.read_image_file` / `read_label_file`); those readers open plain files only, so `.gz`
 files are first decompressed into a temporary folder with torchvision's `extract_archive`.
 
@@ -18,16 +20,30 @@ from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from sparsetrain.data.base import DataError
+from sparsetrain.progress import log
 
 IDX_FILES = {"x_train": ("train", "images-idx3"), "y_train": ("train", "labels-idx1"),
              "x_test": ("t10k", "images-idx3"), "y_test": ("t10k", "labels-idx1")}
 SPLIT_ALIASES = {"train": ("train",), "t10k": ("t10k", "test")}  # EMNIST names its test files "test"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+EMNIST_PREFIX = "emnist-"  # EMNIST's files, whose images are stored transposed
+Transpose = bool | Literal["auto"]
+
+
+@dataclass(frozen=True)
+class IdxData:
+    """What `read_idx` read: the four arrays, the files they came from, and the image files it transposed."""
+
+    arrays: tuple[np.ndarray, ...]  # x_train, y_train, x_test, y_test (images float32 N×1×H×W in [0, 1])
+    files: dict[str, Path]  # by array name
+    transposed: tuple[Path, ...]  # image files whose images were transposed (H and W swapped) on read
 
 
 def _pattern(split: str, content: str, prefix: str | None) -> re.Pattern[str]:
@@ -129,14 +145,37 @@ def _check_folder(root: Path) -> None:
         raise DataError(f"data.path: IDX folder not found: {root}")
 
 
-def load_idx(path: str | None, num_classes: int | None = None, prefix: str | None = None) -> tuple[np.ndarray, ...]:
-    """x_train, y_train, x_test, y_test from an IDX folder: images float32 N×1×H×W in [0, 1], labels int64 N.
+def _transposes(file: Path, transpose: Transpose) -> bool:
+    """Whether images of `file` are transposed on read: `transpose` itself, or for auto whether it is EMNIST's."""
+    return file.name.startswith(EMNIST_PREFIX) if transpose == "auto" else bool(transpose)
+
+
+def _log_orientation(files: dict[str, Path], transposed: tuple[Path, ...], transpose: Transpose) -> None:
+    """One line when images are transposed, or when EMNIST's are kept as stored (transpose=false)."""
+    images = (files["x_train"], files["x_test"])
+    names = " and ".join(f.name for f in transposed)
+    if transposed and transpose == "auto":
+        log.info(f"data.transpose=auto: EMNIST stores its images transposed; those of {names} are transposed back "
+                 "(H and W swapped) on read, so the model sees them upright (data.transpose=false keeps them as "
+                 "stored)")
+    elif transposed:
+        log.info(f"data.transpose=true: the images of {names} are transposed (H and W swapped) on read")
+    elif any(f.name.startswith(EMNIST_PREFIX) for f in images):
+        log.info("data.transpose=false: EMNIST images are used as stored, transposed (H and W swapped): a model "
+                 "trained on them expects transposed inputs")
+
+
+def read_idx(path: str | None, num_classes: int | None = None, prefix: str | None = None,
+             transpose: Transpose = "auto") -> IdxData:
+    """Read an IDX folder: images float32 N×1×H×W in [0, 1] (N×1×W×H for transposed files), labels int64 N.
 
     Args:
         path: The folder (`data.path`).
         num_classes: Labels must be below it (model.kwargs.num_classes), or None.
         prefix: Read the files named `<prefix>-...` (`data.idx_prefix`, e.g. "emnist-letters"; "" = unprefixed);
             None = the only file of each kind, whatever its prefix.
+        transpose: Swap H and W of each image (`data.transpose`): True, False, or "auto" = for files named
+            `emnist-*` (EMNIST stores its images transposed).
 
     Raises:
         DataError: the folder or one of its four files is missing, ambiguous or unreadable, an image file and its
@@ -149,9 +188,21 @@ def load_idx(path: str | None, num_classes: int | None = None, prefix: str | Non
     with tempfile.TemporaryDirectory(prefix="sparsetrain-idx-") as scratch:
         arrays = {key: _read(file, Path(scratch), "images" if key.startswith("x") else "labels")
                   for key, file in files.items()}
+    transposed = tuple(files[key] for key in ("x_train", "x_test") if _transposes(files[key], transpose))
+    for key in ("x_train", "x_test"):
+        if files[key] in transposed:
+            arrays[key] = np.ascontiguousarray(arrays[key].transpose(0, 2, 1))
     for split in ("train", "test"):
         _check_split(files, arrays, split, num_classes)
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"data.path: {files['x_train'].name} images are {arrays['x_train'].shape[1:]} but "
                         f"{files['x_test'].name} images are {arrays['x_test'].shape[1:]}")
-    return _to_inputs(arrays["x_train"]), arrays["y_train"], _to_inputs(arrays["x_test"]), arrays["y_test"]
+    _log_orientation(files, transposed, transpose)
+    return IdxData((_to_inputs(arrays["x_train"]), arrays["y_train"], _to_inputs(arrays["x_test"]), arrays["y_test"]),
+                   files, transposed)
+
+
+def load_idx(path: str | None, num_classes: int | None = None, prefix: str | None = None,
+             transpose: Transpose = "auto") -> tuple[np.ndarray, ...]:
+    """x_train, y_train, x_test, y_test of `read_idx` (same arguments and errors)."""
+    return read_idx(path, num_classes, prefix, transpose).arrays
