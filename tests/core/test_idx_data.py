@@ -231,3 +231,37 @@ def test_idx_prefix_setting_is_idx_only() -> None:
     with pytest.raises(ConfigError, match=r"^data.idx_prefix: read by data.source=idx only, not 'npz'$"):
         load_config(None, ["data.source=npz", "data.path=x.npz", "data.idx_prefix=emnist-letters"])
 
+
+def test_letters_labels_from_one_say_label_zero_is_untrained(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """EMNIST letters labels are 1..26: 27 outputs, label 0 without a sample, said in one line, not remapped."""
+    root = tmp_path / "letters"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 26), ("test", 8)):
+        write_idx(root / f"emnist-letters-{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 6, 6)))
+        write_idx(root / f"emnist-letters-{split}-labels-idx1-ubyte.gz", np.arange(n) % 26 + 1)
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        bundle = build_data(DataConfig(source="idx", path=str(root)), 0)
+    assert bundle.num_classes == 27 and int(bundle.train.targets.min()) == 1, "labels must be used as stored"
+    assert bundle.classes is None, "an IDX folder names no classes (export meta.output.classes is null)"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
+    assert lines == ["data: 27 classes (labels 0-26, one model output each); label 0 has no training sample (0 test "
+                     "samples): labels are used as stored, so that output is never trained to fire (EMNIST letters: "
+                     "labels 1-26, none 0)"], lines
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        build_data(DataConfig(source="idx", path=str(root), train_subset={"parts": 13}), 0)  # 2 of 26 samples
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
+    assert len(lines) == 1 and lines[0].startswith("data: 27 classes (labels 0-26, one model output each); 25 labels "
+                                                   "(0, "), f"the class count must not shrink with the subset: {lines}"
+    assert ", …) have no training sample (" in lines[0] and "those outputs are never" in lines[0], lines
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        build_data(DataConfig(source="idx", path=str(tmp_path / "letters"), idx_prefix="emnist-letters"), 0,
+                   num_classes=27)
+    assert sum(r.getMessage().startswith("data: ") for r in caplog.records) == 1
+    caplog.clear()
+    make_folder(tmp_path / "mnist", n_train=40)
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        build_data(DataConfig(source="idx", path=str(tmp_path / "mnist")), 0)
+    assert not [r for r in caplog.records if r.getMessage().startswith("data: ")], "every label has a sample: no line"
