@@ -69,6 +69,13 @@ class DataConfig(Section):
                              "(folder) sources. npz: arrays x_train, y_train, x_test, y_test; images N×C×H×W or "
                              "N×H×W (channels-last N×H×W×C is refused: save x.transpose(0, 3, 1, 2)), uint8 "
                              "(divided by 255) or float.")
+    idx_prefix: str | None = Field(None, description="idx: read the files named <prefix>-train-images-idx3-ubyte "
+                                   "etc., e.g. emnist-letters when the EMNIST download's splits share one folder "
+                                   "('' = the unprefixed files); None = the folder's only file of each kind.")
+    transpose: bool | Literal["auto"] = Field(
+        "auto", description="idx: swap H and W of each image on read. EMNIST stores its images transposed "
+        "(torchvision leaves that to the user), so a model trained on them as stored expects transposed inputs; "
+        "auto = true for files named emnist-*, false otherwise.")
     train_subset: TrainSubsetConfig | None = Field(
         None, description="Train on one part of a seeded partition of the training set (classification sources; "
         "the test set is unchanged), e.g. data.train_subset.part=1 for the second of two disjoint halves; "
@@ -266,6 +273,9 @@ class RunConfig(Section):
                              f"grad_count sparsify phase, not regularizer.name={self.regularizer.name!r}")
         if self.baselines and self.prune.rule == "filters":
             raise ValueError("baselines: magnitude-pruning baselines need unstructured pruning, not prune.rule=filters")
+        for key, unset in (("idx_prefix", None), ("transpose", "auto")):
+            if self.data.source != "idx" and getattr(self.data, key) != unset:
+                raise ValueError(f"data.{key}: read by data.source=idx only, not {self.data.source!r}")
         is_seg_data = self.data.source.startswith("seg_")
         if is_seg_data and self.data.train_subset is not None:
             raise ValueError(f"data.train_subset: not supported for data.source={self.data.source!r} "

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch.utils.data import Subset
 
 from sparsetrain.config.schema import DataConfig, TrainSubsetConfig
 from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
 from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
 from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
-from sparsetrain.data.idx import load_idx
+from sparsetrain.data.idx import read_idx
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
+from sparsetrain.progress import log
 
 __all__ = ["DataBundle", "DataError", "build_data", "subset_indices"]
 
@@ -30,12 +32,14 @@ RAW_INPUTS = {
     "idx": ("IDX image files, uint8 pixels 0-255", 1 / 255),
 }
 DIGITS = tuple(str(d) for d in range(10))
+UNTRAINED_SHOWN = 5  # labels without a training sample listed in the log line
 CLASS_NAMES = {"digits": DIGITS, "mnist1d": DIGITS}  # array sources whose labels are known to name something
 
 
 def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
                         raw: tuple[str, float], names: tuple[str, ...] | None = None) -> DataBundle:
     x_train, y_train, x_test, y_test = arrays
+    classes = num_classes or int(max(y_train.max(), y_test.max())) + 1  # of the whole set, not of the subset
     if cfg.train_subset is not None:
         keep = subset_indices(len(x_train), cfg.train_subset)
         x_train, y_train = x_train[keep], y_train[keep]
@@ -48,12 +52,27 @@ def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
     stats = None
     if cfg.normalize:  # statistics of the training data actually used (the subset, when one is chosen)
         x_train, x_test, stats = standardize(x_train, x_test)
-    classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
+    _log_untrained_classes(y_train, y_test, classes)
     shape = tuple(x_train.shape[1:])
     return DataBundle(InMemoryDataset(x_train, y_train), InMemoryDataset(x_test, y_test),
                       in_chans=x_train.shape[1], num_classes=classes, input_shape=shape,
                       preprocessing=preprocessing_record(shape, raw[0], raw[1], stats),
                       classes=names if names and len(names) == classes else None)
+
+
+def _log_untrained_classes(y_train: torch.Tensor, y_test: torch.Tensor, classes: int) -> None:
+    """One line when some of the `classes` labels have no training sample (EMNIST letters: labels 1-26, none 0):
+    the model still gets an output for each, which nothing teaches but to stay low; labels are not remapped."""
+    absent = (torch.bincount(y_train, minlength=classes) == 0).nonzero().flatten().tolist()
+    if not absent:
+        return
+    in_test = int(torch.isin(y_test, torch.tensor(absent)).sum())
+    shown = ", ".join(map(str, absent[:UNTRAINED_SHOWN])) + (", …" if len(absent) > UNTRAINED_SHOWN else "")
+    label, output = ((f"label {shown} has", "that output is") if len(absent) == 1 else
+                     (f"{len(absent)} labels ({shown}) have", "those outputs are"))
+    hint = " (EMNIST letters: labels 1-26, none 0)" if absent == [0] else ""
+    log.info(f"data: {classes} classes (labels 0-{classes - 1}, one model output each); {label} no training sample "
+             f"({in_test} test samples): labels are used as stored, so {output} never trained to fire{hint}")
 
 
 def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> DataBundle:
@@ -68,7 +87,11 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         raw = "x_train / x_test of the .npz as stored (" + ("uint8 pixels 0-255)" if scale != 1 else "float)")
         return _bundle_from_arrays(arrays, cfg, num_classes, (raw, scale))
     if cfg.source == "idx":
-        return _bundle_from_arrays(load_idx(cfg.path, num_classes), cfg, num_classes, RAW_INPUTS["idx"])
+        idx = read_idx(cfg.path, num_classes, cfg.idx_prefix, cfg.transpose)
+        raw, scale = RAW_INPUTS["idx"]
+        if idx.transposed:  # the export says how the stored images map to the model's inputs
+            raw += f", each image of {' and '.join(f.name for f in idx.transposed)} transposed (H and W swapped)"
+        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale))
     if cfg.source == "imagefolder":
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test = load_imagefolder(cfg.path, size, cfg.normalize, chans)

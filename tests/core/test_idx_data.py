@@ -43,10 +43,12 @@ def make_folder(root: Path, n_train: int = 30, n_test: int = 10, suffix: str = "
 def test_idx_folder_matches_the_written_arrays(tmp_path: Path, suffix: str, prefix: str, test_name: str) -> None:
     arrays = make_folder(tmp_path, suffix=suffix, prefix=prefix, test_name=test_name)
     x_train, y_train, x_test, y_test = load_idx(str(tmp_path))
+    upright = (lambda a: a.transpose(0, 2, 1)) if prefix.startswith("emnist-") else (lambda a: a)  # data.transpose
     assert x_train.shape == (30, 1, 8, 8) and x_train.dtype == np.float32, f"x_train {x_train.shape} {x_train.dtype}"
-    np.testing.assert_array_equal(np.round(x_train[:, 0] * 255), arrays["train-images-idx3"], "train images")
+    np.testing.assert_array_equal(np.round(x_train[:, 0] * 255), upright(arrays["train-images-idx3"]), "train images")
     np.testing.assert_array_equal(y_train, arrays["train-labels-idx1"], "train labels")
-    np.testing.assert_array_equal(np.round(x_test[:, 0] * 255), arrays[f"{test_name}-images-idx3"], "test images")
+    np.testing.assert_array_equal(np.round(x_test[:, 0] * 255), upright(arrays[f"{test_name}-images-idx3"]),
+                                  "test images")
     np.testing.assert_array_equal(y_test, arrays[f"{test_name}-labels-idx1"], "test labels")
     bundle = build_data(DataConfig(source="idx", path=str(tmp_path)), 0)
     assert (len(bundle.train), len(bundle.test), bundle.input_shape) == (30, 10, (1, 8, 8))
@@ -134,3 +136,132 @@ def test_real_fashion_mnist(fashion_mnist: Path) -> None:
     assert bundle.test.targets.bincount().tolist() == [1000] * 10
     x = bundle.train.inputs
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0 and 0.2 < float(x.mean()) < 0.4, "pixel scale"
+
+
+def _asymmetric_folder(root: Path, prefix: str, suffix: str, test_name: str) -> dict[str, np.ndarray]:
+    """An IDX folder of 5×7 images (H ≠ W, so a transpose changes the shape too) with labels 0..3."""
+    rng = np.random.default_rng(1)
+    arrays = {"train-images-idx3": rng.integers(0, 256, (12, 5, 7)), "train-labels-idx1": np.arange(12) % 4,
+              f"{test_name}-images-idx3": rng.integers(0, 256, (4, 5, 7)), f"{test_name}-labels-idx1": np.arange(4)}
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, array in arrays.items():
+        write_idx(root / f"{prefix}{stem}-ubyte{suffix}", array)
+    return arrays
+
+
+def _orientation_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("data.transpose")]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ""])
+def test_emnist_images_are_transposed_to_upright(tmp_path: Path, suffix: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    arrays = _asymmetric_folder(tmp_path, "emnist-letters-", suffix, "test")
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        bundle = build_data(DataConfig(source="idx", path=str(tmp_path), normalize=False), 0)
+    stored_train, stored_test = arrays["train-images-idx3"], arrays["test-images-idx3"]
+    assert bundle.input_shape == (1, 7, 5), f"EMNIST 5×7 images must reach the model as 7×5, got {bundle.input_shape}"
+    np.testing.assert_array_equal(torch.round(bundle.train.inputs[:, 0] * 255).numpy(), stored_train.transpose(0, 2, 1),
+                                  "the training tensor is not the transpose of the stored EMNIST images")
+    np.testing.assert_array_equal(torch.round(bundle.test.inputs[:, 0] * 255).numpy(), stored_test.transpose(0, 2, 1),
+                                  "the test tensor is not the transpose of the stored EMNIST images")
+    names = f"emnist-letters-train-images-idx3-ubyte{suffix} and emnist-letters-test-images-idx3-ubyte{suffix}"
+    assert _orientation_lines(caplog) == [
+        f"data.transpose=auto: EMNIST stores its images transposed; those of {names} are transposed back (H and W "
+        "swapped) on read, so the model sees them upright (data.transpose=false keeps them as stored)"], caplog.text
+    assert bundle.preprocessing["raw"].endswith(f", each image of {names} transposed (H and W swapped)"), \
+        bundle.preprocessing["raw"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        stored = build_data(DataConfig(source="idx", path=str(tmp_path), normalize=False, transpose=False), 0)
+    np.testing.assert_array_equal(torch.round(stored.train.inputs[:, 0] * 255).numpy(), stored_train,
+                                  "data.transpose=false must keep EMNIST images as stored")
+    assert ["used as stored, transposed" in line for line in _orientation_lines(caplog)] == [True], caplog.text
+
+
+def test_mnist_images_are_kept_unless_transpose_is_set(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    arrays = _asymmetric_folder(tmp_path, "", ".gz", "t10k")
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        bundle = build_data(DataConfig(source="idx", path=str(tmp_path), normalize=False), 0)
+    assert bundle.input_shape == (1, 5, 7), bundle.input_shape
+    np.testing.assert_array_equal(torch.round(bundle.train.inputs[:, 0] * 255).numpy(), arrays["train-images-idx3"],
+                                  "MNIST-named images must be used as stored")
+    assert _orientation_lines(caplog) == [] and bundle.preprocessing["raw"] == "IDX image files, uint8 pixels 0-255"
+    turned = build_data(DataConfig(source="idx", path=str(tmp_path), normalize=False, transpose=True), 0)
+    np.testing.assert_array_equal(torch.round(turned.test.inputs[:, 0] * 255).numpy(),
+                                  arrays["t10k-images-idx3"].transpose(0, 2, 1), "data.transpose=true on MNIST files")
+
+
+def test_transpose_setting_is_idx_only() -> None:
+    assert load_config(None, ["data.source=idx", "data.path=x", "data.transpose=false"]).data.transpose is False
+    assert load_config(None, ["data.source=idx", "data.path=x", "data.transpose=true"]).data.transpose is True
+    with pytest.raises(ConfigError, match=r"^data.transpose: read by data.source=idx only, not 'digits'$"):
+        load_config(None, ["data.transpose=true"])
+
+
+def test_emnist_download_folder_picks_a_split_by_prefix(tmp_path: Path) -> None:
+    """The EMNIST download unpacks every split into one folder: the error names data.idx_prefix and the splits."""
+    letters = make_folder(tmp_path, prefix="emnist-letters-", test_name="test", n_train=26)
+    make_folder(tmp_path, prefix="emnist-balanced-", test_name="test", n_train=47, suffix="")
+    message = _one_line_error(tmp_path)
+    assert message == (f"data.path: {tmp_path} holds several train-images-idx3 files: set data.idx_prefix to one of "
+                       "emnist-balanced, emnist-letters"), message
+    for prefix in ("emnist-letters", "emnist-letters-"):
+        bundle = build_data(DataConfig(source="idx", path=str(tmp_path), idx_prefix=prefix), 0)
+        assert len(bundle.train) == 26, f"idx_prefix={prefix!r} read {len(bundle.train)} training images"
+        assert torch.equal(bundle.train.targets, torch.from_numpy(letters["train-labels-idx1"])), "wrong split read"
+    assert len(build_data(DataConfig(source="idx", path=str(tmp_path), idx_prefix="emnist-balanced"), 0).train) == 47
+    make_folder(tmp_path, n_train=5)  # unprefixed MNIST files beside them: '' picks those
+    assert len(build_data(DataConfig(source="idx", path=str(tmp_path), idx_prefix=""), 0).train) == 5
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(source="idx", path=str(tmp_path), idx_prefix="emnist-digits"), 0)
+    assert str(info.value) == (f"data.idx_prefix: {tmp_path} holds no emnist-digits-* IDX files; set data.idx_prefix "
+                               "to one of '' (no prefix), emnist-balanced, emnist-letters"), str(info.value)
+    (tmp_path / "emnist-letters-test-labels-idx1-ubyte.gz").unlink()
+    message = _one_line_error(tmp_path, idx_prefix="emnist-letters")
+    assert f"{tmp_path} lacks emnist-letters-t10k-labels-idx1-ubyte[.gz] (" in message, message
+    message = _one_line_error(tmp_path / "emnist-letters-train-images-idx3-ubyte.gz")
+    assert message.endswith(f"set data.path to that folder, e.g. {tmp_path} with data.idx_prefix=emnist-letters"), \
+        message
+
+
+def test_idx_prefix_setting_is_idx_only() -> None:
+    assert load_config(None, ["data.source=idx", "data.path=x", "data.idx_prefix=emnist-letters"]).data.idx_prefix \
+        == "emnist-letters"
+    with pytest.raises(ConfigError, match=r"^data.idx_prefix: read by data.source=idx only, not 'npz'$"):
+        load_config(None, ["data.source=npz", "data.path=x.npz", "data.idx_prefix=emnist-letters"])
+
+
+def test_letters_labels_from_one_say_label_zero_is_untrained(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """EMNIST letters labels are 1..26: 27 outputs, label 0 without a sample, said in one line, not remapped."""
+    root = tmp_path / "letters"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 26), ("test", 8)):
+        write_idx(root / f"emnist-letters-{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 6, 6)))
+        write_idx(root / f"emnist-letters-{split}-labels-idx1-ubyte.gz", np.arange(n) % 26 + 1)
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        bundle = build_data(DataConfig(source="idx", path=str(root)), 0)
+    assert bundle.num_classes == 27 and int(bundle.train.targets.min()) == 1, "labels must be used as stored"
+    assert bundle.classes is None, "an IDX folder names no classes (export meta.output.classes is null)"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
+    assert lines == ["data: 27 classes (labels 0-26, one model output each); label 0 has no training sample (0 test "
+                     "samples): labels are used as stored, so that output is never trained to fire (EMNIST letters: "
+                     "labels 1-26, none 0)"], lines
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        build_data(DataConfig(source="idx", path=str(root), train_subset={"parts": 13}), 0)  # 2 of 26 samples
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
+    assert len(lines) == 1 and lines[0].startswith("data: 27 classes (labels 0-26, one model output each); 25 labels "
+                                                   "(0, "), f"the class count must not shrink with the subset: {lines}"
+    assert ", …) have no training sample (" in lines[0] and "those outputs are never" in lines[0], lines
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        build_data(DataConfig(source="idx", path=str(tmp_path / "letters"), idx_prefix="emnist-letters"), 0,
+                   num_classes=27)
+    assert sum(r.getMessage().startswith("data: ") for r in caplog.records) == 1
+    caplog.clear()
+    make_folder(tmp_path / "mnist", n_train=40)
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        build_data(DataConfig(source="idx", path=str(tmp_path / "mnist")), 0)
+    assert not [r for r in caplog.records if r.getMessage().startswith("data: ")], "every label has a sample: no line"

@@ -66,3 +66,32 @@ def test_mismatched_idx_counts_are_a_one_line_cli_error(tmp_path: Path) -> None:
     assert _idx_run_error(folder, tmp_path) == \
         f"error: data.path: {folder / 't10k-images-idx3-ubyte.gz'} holds 10 images but " \
         "t10k-labels-idx1-ubyte.gz holds 9 labels"
+
+
+def test_emnist_download_folder_cli_run(tmp_path: Path) -> None:
+    """A folder holding two EMNIST splits, as the download unpacks them: the run names data.idx_prefix; with it, it
+    trains on upright (transposed-back) letters labelled 1..26 and says so, and the export records the transpose."""
+    from tests.core.test_idx_data import make_folder, write_idx
+
+    folder = tmp_path / "emnist"
+    make_folder(folder, prefix="emnist-balanced-", test_name="test", n_train=47, side=28)
+    make_folder(folder, prefix="emnist-letters-", test_name="test", n_train=52, n_test=26, side=28)
+    for split, n in (("train", 52), ("test", 26)):
+        write_idx(folder / f"emnist-letters-{split}-labels-idx1-ubyte.gz", np.arange(n) % 26 + 1)
+    assert _idx_run_error(folder, tmp_path) == f"error: data.path: {folder} holds several train-images-idx3 files: " \
+        "set data.idx_prefix to one of emnist-balanced, emnist-letters"
+    out = tmp_path / "letters"
+    result = run_cli(["configs/quickstart.yaml", "data.source=idx", f"data.path={folder}", f"out_dir={out}",
+                      "data.idx_prefix=emnist-letters", "phases.dense.epochs=1", "phases.sparsify.epochs=1",
+                      "phases.finetune.epochs=1", "tracking.mode=disabled", "train.threads=1", "deploy.latency=false",
+                      "train.batch_size=16"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data.transpose=auto: EMNIST stores its images transposed; those of emnist-letters-train-images-idx3-" \
+        "ubyte.gz and emnist-letters-test-images-idx3-ubyte.gz are transposed back" in result.stderr, result.stderr
+    assert "data: 27 classes (labels 0-26, one model output each); label 0 has no training sample (0 test samples)" \
+        in result.stderr, result.stderr
+    meta = json.loads((out / "export" / "architecture.json").read_text())["meta"]
+    assert meta["preprocessing"]["raw"].endswith("each image of emnist-letters-train-images-idx3-ubyte.gz and "
+                                                 "emnist-letters-test-images-idx3-ubyte.gz transposed (H and W "
+                                                 "swapped)"), meta["preprocessing"]
+    assert meta["output"]["classes"] is None and meta["preprocessing"]["input_shape"] == [1, 28, 28], meta
