@@ -29,14 +29,14 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("config", help="YAML recipe, e.g. configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     parser.add_argument("--cluster", choices=CLUSTERS, default="slurm", help="where to run (default: slurm)")
-    parser.add_argument("--timeout", type=float, default=None, help="with --wait: seconds to wait for results "
-                        "(default: no limit)")
+    parser.add_argument("--timeout", type=float, default=None, help="wait at most this many seconds for the "
+                        "results (implies --wait; a sweep: for all its runs together); the jobs go on after it")
     return parser
 
 
 def _waits(args: argparse.Namespace) -> bool:
-    """`--wait`, or the debug cluster, whose job runs in this process only once it is waited for."""
-    return args.wait or args.cluster == "debug"
+    """`--wait` or `--timeout`, or the debug cluster, whose job runs in this process only once it is waited for."""
+    return args.wait or args.timeout is not None or args.cluster == "debug"
 
 
 def _fail(message: str, code: int) -> int:
@@ -127,6 +127,8 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--collect", action="store_true", help="submit nothing: write sweep.json from where each "
                         "point is (done, failed, queued, running, missing) and print it as a table")
     args = parse_command_line(parser, argv)
+    if args.no_wait and args.timeout is not None:
+        return _fail("--timeout waits for the runs and --no-wait does not: give one of them", 2)
     from launch.submit import launch_warnings
     from launch.sweep import collect, expand, recorded_status, submit_points, summary_table, wait_points
     from sparsetrain.config.loader import ConfigError

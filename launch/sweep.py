@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,12 +310,14 @@ def _process_alive(pid: str) -> bool:
 
 def wait_points(points: list[SweepPoint], jobs: list[Any], timeout_s: float | None = None) -> None:
     """Wait for every job; a failed point is recorded (status, one-line error) and does not stop the others; one
-    still queued or running when `timeout_s` passes is recorded as such (`job_status`)."""
+    still queued or running when `timeout_s` (seconds, for all the jobs together) has passed is recorded as such
+    (`job_status`)."""
     from launch.submit import WaitTimeout, job_failure, wait_result
 
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     for point, job in zip(points, jobs, strict=True):
         try:
-            wait_result(job, timeout_s=timeout_s)
+            wait_result(job, timeout_s=None if deadline is None else max(0.0, deadline - time.monotonic()))
             point.result = {"status": "done", "job_id": job.job_id}
         except WaitTimeout:  # the job goes on: not a failure
             point.result = job_status(job)

@@ -427,8 +427,8 @@ def held_sweep(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) ->
     the test collects), default options."""
     out_dir = tmp_path_factory.mktemp("held-sweep") / "sweep"
     try:
-        # --timeout: a sweep that waited by default would return after 3 × 30 s instead of never (held jobs)
-        yield _call(sweep_main, [str(QUICKSTART), *SWEPT, *INTERRUPTED, *HELD, "--cluster", "slurm", "--timeout", "30",
+        # a sweep that waited by default would block on its held jobs until pytest's timeout
+        yield _call(sweep_main, [str(QUICKSTART), *SWEPT, *INTERRUPTED, *HELD, "--cluster", "slurm",
                                  f"out_dir={out_dir}"], out_dir)
     finally:
         _cancel_jobs_of(out_dir)
@@ -464,6 +464,26 @@ def test_launch_and_sweep_submit_and_return_by_default_saying_how_to_follow(held
     assert follow.endswith(" --collect (`--wait` waits for them)") and "--cluster slurm" in follow, follow
     assert len(held_sweep.out.splitlines()) == 2 and not (held_sweep.out_dir / "sweep.json").exists(), held_sweep.out
     assert {slurm_state(job) for job in ids} == {"PENDING"}, "the sweep must return with its jobs still queued"
+
+
+def test_sweep_timeout_waits_and_bounds_the_whole_sweep(slurm_cluster: None, tmp_path: Path) -> None:
+    """`--timeout` was ignored without `--wait`, and with it each run got the whole timeout in turn (3 held runs ×
+    --timeout 6 = 18 s). Now it implies waiting, for all the runs together; with `--no-wait` it is refused."""
+    base = tmp_path / "sweep"
+    refused = _call(sweep_main, [str(QUICKSTART), *SWEPT, "--no-wait", "--timeout", "6", f"out_dir={base}"], base)
+    assert (refused.code, refused.out) == (2, ""), refused
+    assert refused.err == "error: --timeout waits for the runs and --no-wait does not: give one of them\n"
+    try:
+        start = time.monotonic()
+        got = _call(sweep_main, [str(QUICKSTART), *SWEPT, *TINY, *HELD, "--cluster", "slurm", "--timeout", "6",
+                                 f"out_dir={base}"], base)
+        waited = time.monotonic() - start
+    finally:
+        _cancel_jobs_of(base)
+    assert got.code == 1 and "queued" in got.out and "wrote " in got.out, got.out + got.err
+    assert 6 <= waited < 14, f"waited {waited:.1f} s for three held runs with --timeout 6 (each run 6 s: >= 18 s)"
+    runs = json.loads((base / "sweep.json").read_text())["runs"]
+    assert [run["status"] for run in runs] == ["queued"] * 3, runs
 
 
 def test_sweep_collect_says_per_point_queued_running_failed_or_missing(held_sweep: Launched) -> None:
