@@ -58,10 +58,9 @@ def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
     """The run's model with shapes only (meta device)."""
     import timm
 
-    from sparsetrain.models.factory import model_kwargs
+    from sparsetrain.models.factory import check_model_name, model_kwargs
 
-    if not timm.is_model(config.model.name):
-        raise ValueError(f"model.name: unknown timm model {config.model.name!r}")
+    check_model_name(config.model.name)
     with torch.device("meta"):
         return timm.create_model(config.model.name, **model_kwargs(config.model, sizes.in_chans, sizes.num_classes,
                                                                    sizes.input_shape))

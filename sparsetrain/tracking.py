@@ -50,6 +50,29 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, int | float]:
             if isinstance(v, int | float) and not isinstance(v, bool) and k != "global_step"}
 
 
+def _phase_steps(rows: list[dict[str, Any]]) -> str:
+    """Which rows, per phase with its own step count as the progress log gives it: `sparsify steps 140-280 and its
+    phase-end row, finetune step 10` (a row without a phase by its global step)."""
+    steps: dict[str, list[int]] = {}
+    ended: set[str] = set()
+    for row in rows:
+        phase = row.get("phase", "global")
+        steps.setdefault(phase, [])
+        if row.get("event") == "phase_end":
+            ended.add(phase)
+        else:
+            steps[phase].append(row.get("step", row["global_step"]))
+    return ", ".join(_span(phase, found, phase in ended) for phase, found in steps.items())
+
+
+def _span(phase: str, steps: list[int], ended: bool) -> str:
+    """`dense steps 5-10 and its phase-end row`, `dense step 5`, `prune's phase-end row`."""
+    if not steps:
+        return f"{phase}'s phase-end row"
+    text = f"{phase} step {steps[0]}" if len(steps) == 1 else f"{phase} steps {steps[0]}-{steps[-1]}"
+    return text + (" and its phase-end row" if ended else "")
+
+
 class Tracker:
     """Logs dicts of metrics; a no-op on every rank but 0. Open W&B with `start` once metrics.jsonl is final."""
 
@@ -108,16 +131,16 @@ class Tracker:
         return lambda step, keys: step < first_missing
 
     def _replay(self) -> None:
-        rows = [(row["global_step"], _numeric(row)) for row in read_metrics_log(self.metrics_path)]
+        rows = read_metrics_log(self.metrics_path)
         if not rows:
             return
         held = self._held_by_wandb()
-        missing = [(step, values) for step, values in rows if values and not held(step, set(values))]
+        missing = [row for row in rows if _numeric(row) and not held(row["global_step"], set(_numeric(row)))]
         if missing:
-            log.info(f"W&B lacks {len(missing)} of the {len(rows)} rows of metrics.jsonl (steps {missing[0][0]}"
-                     f"-{missing[-1][0]}); sending them again")
-        for step, values in missing:
-            self._send(step, values)
+            log.info(f"W&B lacks {len(missing)} of the {len(rows)} rows of metrics.jsonl ({_phase_steps(missing)}); "
+                     "sending them again")
+        for row in missing:
+            self._send(row["global_step"], _numeric(row))
 
     def log(self, metrics: dict[str, Any], global_step: int) -> None:
         """Append a row to metrics.jsonl now; it goes to W&B at the next `commit`."""

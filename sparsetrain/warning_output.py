@@ -9,19 +9,31 @@
   repeat them word for word; other warnings may be a rank's own and are shown on every rank;
 - a deprecation is one `warning: ...` line (a config key and its replacement), other warnings as Python prints them;
 - torch's deprecation of `all_gather_into_tensor` / `reduce_scatter_tensor` is not shown: DeepSpeed calls them
-  inside ZeRO (sparsetrain does not), so the user can do nothing about it.
+  inside ZeRO (sparsetrain does not), so the user can do nothing about it;
+- on a machine without GPUs, two log lines that are expected there and ask nothing of the user are not shown
+  (`CPU_ONLY_NOTES`): DeepSpeed's "Setting accelerator to CPU ..." and torch's "No CUDA runtime is found, using
+  CUDA_HOME=..." (printed when DeepSpeed loads its CPU comm op). Where a GPU device exists they stay: there they say
+  that it was not found.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 # raised by torch (in torch.distributed.c10d_logger, under DeepSpeed's deepspeed.comm.torch calls)
 DEEPSPEED_COLLECTIVE_DEPRECATIONS = (r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` "
                                      r"is deprecated")
 DEPRECATIONS = (FutureWarning, DeprecationWarning)
+# (logger, exact unformatted message) of log records not shown on a machine without GPUs (`no_gpu_device`)
+CPU_ONLY_NOTES = (
+    ("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it."),
+    ("torch.utils.cpp_extension", "No CUDA runtime is found, using CUDA_HOME='%s'"),
+)
+GPU_DEVICE_FILES = ("nvidia[0-9]*", "kfd")  # /dev entries of NVIDIA GPUs and of AMD ones (ROCm)
 
 _FORMAT_WARNING = warnings.formatwarning
 _shown: set[tuple[type[Warning], str]] = set()
@@ -33,6 +45,27 @@ def install() -> None:
     warnings.filterwarnings("ignore", message=DEEPSPEED_COLLECTIVE_DEPRECATIONS, category=FutureWarning)
     if not getattr(warnings.showwarning, "once_per_process", False):
         warnings.showwarning = _once(warnings.showwarning)
+    for name, message in CPU_ONLY_NOTES:
+        logger = logging.getLogger(name)  # DeepSpeed's and torch's loggers keep the filter when they set up later
+        if not any(isinstance(f, _CpuOnlyNote) and f.message == message for f in logger.filters):
+            logger.addFilter(_CpuOnlyNote(message))
+
+
+def no_gpu_device() -> bool:
+    """Whether this machine has no GPU device file (/dev/nvidia0, ..., /dev/kfd): a CPU machine, where DeepSpeed's
+    and torch's notes about finding no GPU are expected."""
+    return not any(any(Path("/dev").glob(pattern)) for pattern in GPU_DEVICE_FILES)
+
+
+class _CpuOnlyNote(logging.Filter):
+    """Drops the log record whose unformatted message is exactly `message`, on a machine without GPUs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == self.message and no_gpu_device())
 
 
 def one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:

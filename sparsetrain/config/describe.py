@@ -38,6 +38,8 @@ def _type_text(annotation: Any) -> str:
         return f"dict[{', '.join(_type_text(a) for a in args)}]"
     if annotation is type(None):
         return "None"
+    if _section(annotation) is not None:  # an optional section: its keys are listed as rows of their own
+        return "mapping"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -57,6 +59,14 @@ def _default_text(field: Any) -> str:
 
 def _section(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _optional_section(annotation: Any) -> type[BaseModel] | None:
+    """The section of a `Section | None` field (off unless given, e.g. data.train_subset), else None."""
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return None
+    sections = [a for a in get_args(annotation) if _section(a) is not None]
+    return sections[0] if len(sections) == 1 else None
 
 
 def _strategy_rows(base: type[Strategy], prefix: str) -> list[FieldRow]:
@@ -88,6 +98,11 @@ def schema_rows(model: type[BaseModel], prefix: str = "") -> list[FieldRow]:
             rows.extend(_strategy_rows(section, f"{prefix}{name}."))
         elif section is not None:
             rows.extend(schema_rows(section, f"{prefix}{name}."))
+        elif (optional := _optional_section(field.annotation)) is not None:
+            path = f"{prefix}{name}"
+            rows.append(FieldRow(path, _type_text(field.annotation), _default_text(field),
+                                 f"{field.description or ''} Keys: {path}.* below.".strip()))
+            rows.extend(schema_rows(optional, f"{path}."))
         else:
             rows.append(FieldRow(f"{prefix}{name}", _type_text(field.annotation), _default_text(field),
                                  field.description or ""))

@@ -132,6 +132,31 @@ def _glued_key(loc: tuple, value: Any) -> str | None:
             f"`{{{name}: {setting}}}`")
 
 
+def _elsewhere(field: str) -> str:
+    """'; epochs is set at phases.dense.epochs, phases.sparsify.epochs or phases.finetune.epochs' when the unknown
+    key's last part is a field of other sections (or phases), else ''."""
+    leaf = field.rpartition(".")[2]
+    paths = [p for p in _leaf_paths(RunConfig).get(leaf, []) if p != field]
+    if not paths:
+        return ""
+    listed = paths[0] if len(paths) == 1 else f"{', '.join(paths[:-1])} or {paths[-1]}"
+    return f"; {leaf} is set at {listed}"
+
+
+def _empty_value(field: str) -> str:
+    """The error for a required value left empty (`model.name=`, or `name:` with nothing after it in YAML)."""
+    row = next((r for r in schema_rows(RunConfig) if r.path == field), None)
+    expected = f"; expected {row.type}, e.g. the default {row.default}" if row else ""
+    return f"{field}: empty value (read as null){expected}"
+
+
+def _not_a_list(field: str, value: Any) -> str:
+    """The error for a scalar where a list is expected (`deploy.formats=onnx`), with the list syntax."""
+    items = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+    leaf = field.rpartition(".")[2]
+    return f"{field}: expected a list (got {value!r}): write {field}=[{items}] (in YAML: {leaf}: [{items}])"
+
+
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "config"
@@ -144,7 +169,12 @@ def _format_error(err: ValidationError) -> str:
             return glued
         if field in KEY_HINTS:
             return f"{field}: unknown key{shown}: {KEY_HINTS[field]}"
-        message = f"unknown key{suggestion(field, all_paths())}"
+        guess = suggestion(field, all_paths())
+        return f"{field}: unknown key{guess}{shown}{'' if guess else _elsewhere(field)}"
+    if value is None and first["type"].endswith(("_type", "literal_error", "enum")) and first["loc"]:
+        return _empty_value(field)
+    if first["type"] == "list_type" and isinstance(value, str | int | float | bool | tuple):
+        return _not_a_list(field, value)
     if not first["loc"] or message.startswith((f"{field}:", f"{field}.")):
         return message  # cross-field checks already name their field
     return f"{field}: {message}{shown}"

@@ -176,6 +176,16 @@ class DeployConfig(Section):
         default_factory=lambda: ["onnx", "torch_export"], description="Deployment formats written to "
         "out_dir/export/ besides safetensors and bitmask, each verified against torch when written.")
     opset: int = Field(18, ge=17, le=23, description="ONNX opset of model.onnx.")
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _always_written(cls, value: Any) -> Any:
+        """safetensors and bitmask are not choices: every export writes them."""
+        if isinstance(value, list) and {"safetensors", "bitmask"} & set(map(str, value)):
+            raise ValueError("safetensors and bitmask are always written (model.safetensors, "
+                             "model.bitmask.safetensors); list only the extra formats, onnx and/or torch_export, or [] "
+                             "for none")
+        return value
     tolerance: float = Field(1e-4, gt=0, description="Largest max abs difference from the torch model (fp32, on "
                              "a batch of the data) that passes export verification.")
     compact: bool = Field(True, description="Method 1: also write export/compact/, the model with its dead units "

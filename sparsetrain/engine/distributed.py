@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
+import io
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -54,6 +58,43 @@ def use_environment_extension_cache() -> None:
         os.environ["TORCH_EXTENSIONS_DIR"] = cache
 
 
+SHM_OP = "deepspeed_shm_comm"  # DeepSpeed's ShareMemCommBuilder.NAME: its CPU shared-memory comm op
+SHM_OP_BUILT = f"DeepSpeed deepspeed.ops.comm.{SHM_OP}_op built successfully"  # printed on every start, also cached
+
+
+def comm_op_build_note() -> str | None:
+    """The line to print before DeepSpeed JIT-compiles its CPU comm op, None when it will not compile.
+
+    DeepSpeed's process group (`deepspeed.comm.torch.build_shm_op`) builds the op when its accelerator has one (the
+    CPU accelerator; compatible, not installed prebuilt), unless torch's extension cache holds it already:
+    `$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm[_vN]/deepspeed_shm_comm[_vN].so` (`use_environment_extension_cache`).
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import installed_ops
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False) or installed_ops.get(
+            builder.NAME, False):
+        return None
+    cache = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if cache is None or glob.glob(os.path.join(glob.escape(cache), f"{SHM_OP}*", f"{SHM_OP}*.so")):
+        return None
+    return f"building DeepSpeed's CPU communication op once (~1 min, cached in {cache})"
+
+
+@contextlib.contextmanager
+def _without_line(line: str) -> Iterator[None]:
+    """Print what the block prints to stdout, without the lines that are exactly `line` (printed when it ends)."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        sys.stdout.write("".join(kept for kept in buffer.getvalue().splitlines(keepends=True)
+                                 if kept.rstrip("\n") != line))
+
+
 def init_distributed(device_preference: str, backend: str, timeout_min: float = 10.0) -> DistInfo:
     """Initialize torch.distributed through DeepSpeed from RANK/WORLD_SIZE/... (single process when unset)."""
     use_environment_extension_cache()
@@ -68,8 +109,13 @@ def init_distributed(device_preference: str, backend: str, timeout_min: float = 
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
-                                   timeout=timedelta(minutes=timeout_min))
+        note = comm_op_build_note()
+        if note and local_rank == 0:  # the ranks of a node build it in turn (a file lock); the first one takes long
+            print(note, file=sys.stderr, flush=True)
+        # DeepSpeed's "built successfully" follows a build; after only loading the cached op it says nothing new
+        with contextlib.nullcontext() if note else _without_line(SHM_OP_BUILT):
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                                       timeout=timedelta(minutes=timeout_min))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 

@@ -2,3 +2,5 @@
 
 # Registers lenet300_100, lenet5 (lenet), unet* (unet) and lraspp_mobilenetv3_* (lraspp).
 from sparsetrain.models import lenet, lraspp, unet  # noqa: F401
+
+OWN_MODULES = ("lenet", "lraspp", "unet")  # timm's module names of sparsetrain's models: timm.list_models(module=)

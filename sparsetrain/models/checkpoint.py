@@ -322,13 +322,17 @@ def _check_head(cfg: ModelConfig, state: dict[str, torch.Tensor], expected: dict
                              "re-initialize the classifier")
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig) -> list[str]:
     """Load `state` strictly into `model`, keeping the model's fresh classifier when `cfg.reset_head`.
+
+    Returns:
+        The keys of `state` that were not loaded: the checkpoint's classifier with `cfg.reset_head`, else none.
 
     Raises:
         CheckpointMismatch: the checkpoint's run or export names another model (`source_model_name`); else
-            missing / unexpected / wrong-shape keys (counts and the first few of each), or classes differ without
-            `model.reset_head`.
+            missing / unexpected / wrong-shape keys (counts and the first few of each, each shape labelled as the
+            checkpoint's or the model's, with a `data.in_chans` hint when the stem's input channels differ), or
+            classes differ without `model.reset_head`.
     """
     expected = model.state_dict()
     head = classifier_keys(model)
@@ -345,10 +349,36 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig
         parts = [f"{label} {_show(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected))
                  if keys]
         if wrong:
-            parts.append("wrong shape in " + _show([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                                                    for k in wrong], "tensor"))
-        raise CheckpointMismatch(f"model.checkpoint: {cfg.checkpoint} does not fit {cfg.name}: {'; '.join(parts)}")
+            parts.append("wrong shape in " + _show([f"{k}: checkpoint {tuple(state[k].shape)}, model "
+                                                    f"{tuple(expected[k].shape)}" for k in wrong], "tensor"))
+        hint = _in_chans_hint(state, expected, wrong)
+        raise CheckpointMismatch(f"model.checkpoint: {cfg.checkpoint} does not fit {cfg.name}: {'; '.join(parts)}"
+                                 f"{hint}")
     model.load_state_dict(state, strict=not cfg.reset_head)  # keys checked above; only the head may be absent
+    return head if cfg.reset_head else []
+
+
+def _in_chans_hint(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], wrong: list[str]) -> str:
+    """When the model's first convolution (its stem) differs from the checkpoint's only in input channels, say that
+    the model's input channels are the data's and how to change them (`data.in_chans`); else ''."""
+    stem = next((k for k, v in expected.items() if k.endswith("weight") and v.dim() >= 3), None)
+    if stem not in wrong:
+        return ""
+    theirs, ours = state[stem].shape, expected[stem].shape
+    if theirs.numel() == 0 or theirs[:1] + theirs[2:] != ours[:1] + ours[2:]:
+        return ""
+    return (f"; the checkpoint's stem ({stem}) takes {theirs[1]} input channel{'s' if theirs[1] != 1 else ''}, "
+            f"the model {ours[1]} (the data's channels; imagefolder reads images as RGB unless data.in_chans=1): "
+            f"set data.in_chans={theirs[1]}")
+
+
+def _reset_note(model: nn.Module, head: list[str]) -> str:
+    """`; classifier re-initialized (model.reset_head): head.fc.weight (27, 512), head.fc.bias (27,)`, or '' when no
+    key was reset."""
+    if not head:
+        return ""
+    shapes = model.state_dict()
+    return f"; classifier re-initialized (model.reset_head): {', '.join(f'{k} {tuple(shapes[k].shape)}' for k in head)}"
 
 
 def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = True) -> nn.Module:
@@ -374,10 +404,13 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = Tru
                      f"({sum(p.numel() for p in pruned.parameters()):,} parameters) from {_source(cfg.checkpoint)}")
         return pruned
     state = read_state_dict(cfg.checkpoint, cfg.checkpoint_ema)
-    load_into(model, state, cfg)
+    reset = load_into(model, state, cfg)
     if announce:
-        log.info(f"model.checkpoint: loaded {len(state)} tensors ({sum(t.numel() for t in state.values()):,} values"
-             f"{', EMA weights' if cfg.checkpoint_ema else ''}) from {_source(cfg.checkpoint)} into {cfg.name}")
+        loaded = [t for k, t in state.items() if k not in reset]
+        count = f"{len(loaded)} of its {len(state)}" if reset else f"{len(state)}"
+        log.info(f"model.checkpoint: loaded {count} tensors ({sum(t.numel() for t in loaded):,} values"
+                 f"{', EMA weights' if cfg.checkpoint_ema else ''}) from {_source(cfg.checkpoint)} into {cfg.name}"
+                 f"{_reset_note(model, reset)}")
     return model
 
 

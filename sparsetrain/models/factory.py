@@ -9,6 +9,7 @@ never contacted); `model.checkpoint` starts from any trained model's weights (`s
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -63,6 +64,21 @@ def _pretrained_args(cfg: ModelConfig) -> dict:
     return {"pretrained_cfg_overlay": {"file": str(path)}}
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a name timm does not know, suggesting the closest timm names (difflib over the ~1,400 of
+    `timm.list_models()`, ~10 ms) and listing sparsetrain's own models.
+
+    Raises:
+        ValueError: `model.name: unknown timm model ...`.
+    """
+    if timm.is_model(name):
+        return
+    closest = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    guess = f"closest: {', '.join(closest)}" if closest else "no timm name is close"
+    own = ", ".join(timm.list_models(module=list(sparsetrain.models.OWN_MODULES)))
+    raise ValueError(f"model.name: unknown timm model {name!r} ({guess}; sparsetrain's own: {own})")
+
+
 def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: tuple[int, ...], *,
                 announce: bool = True) -> nn.Module:
     """Create the model and check that it accepts the data's input shape.
@@ -74,8 +90,7 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
         ValueError: one line naming `model.name` (unknown model, does not fit the data), `model.pretrained`
             (no local weights) or `model.checkpoint` / `model.reset_head` (see `sparsetrain.models.checkpoint`).
     """
-    if not timm.is_model(cfg.name):
-        raise ValueError(f"model.name: unknown timm model {cfg.name!r}")
+    check_model_name(cfg.name)
     kwargs = model_kwargs(cfg, in_chans, num_classes, input_shape)
     try:
         with quiet_timm_loading():

@@ -76,6 +76,33 @@ def test_unknown_key_suggests_the_closest_valid_one(override: str, expected: str
     assert str(info.value).startswith(expected), str(info.value)
 
 
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train.epochs=-1", "train.epochs: unknown key (got -1); epochs is set at phases.dense.epochs, "
+     "phases.sparsify.epochs or phases.finetune.epochs"),  # a field of other sections is named, not left unhinted
+    ("model.name=", "model.name: empty value (read as null); expected str, e.g. the default lenet300_100"),
+    ("deploy.formats=onnx", "deploy.formats: expected a list (got 'onnx'): write deploy.formats=[onnx] (in YAML: "
+     "formats: [onnx])"),
+    ("deploy.formats=[safetensors]", "deploy.formats: safetensors and bitmask are always written "
+     "(model.safetensors, model.bitmask.safetensors); list only the extra formats, onnx and/or torch_export, or [] "
+     "for none (got ['safetensors'])"),
+])
+def test_config_errors_say_what_to_write_instead(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == expected
+
+
+def test_schema_shows_an_optional_section_as_a_mapping_with_its_keys() -> None:
+    from sparsetrain.config.describe import format_schema, schema_rows
+    from sparsetrain.config.schema import RunConfig
+
+    rows = {row.path: row for row in schema_rows(RunConfig)}
+    assert (rows["data.train_subset"].type, rows["data.train_subset"].default) == ("mapping | None", "null")
+    assert [(p, rows[p].type) for p in rows if p.startswith("data.train_subset.")] == [
+        ("data.train_subset.parts", "int"), ("data.train_subset.part", "int"), ("data.train_subset.seed", "int")]
+    assert "Config" not in "".join(row.type for row in rows.values()), format_schema(list(rows.values()))
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sparsetrain", *args], capture_output=True, text=True, timeout=120,
                           cwd=REPO)

@@ -52,6 +52,14 @@ def test_bad_model_settings_give_one_line(kwargs: dict, message: str) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_an_unknown_model_name_suggests_the_closest_timm_names_and_lists_sparsetrains() -> None:
+    with pytest.raises(ValueError) as err:
+        build_model(ModelConfig(name="resnet10x"), 1, 10, (1, 28, 28))
+    assert str(err.value) == ("model.name: unknown timm model 'resnet10x' (closest: resnet10t, resnet101, resnet101s; "
+                              "sparsetrain's own: lenet5, lenet300_100, lraspp_mobilenetv3_large_100, "
+                              "lraspp_mobilenetv3_small_100, unet, unet_small, unet_tiny)")
+
+
 def test_loading_logs_sparsetrain_lines_not_timms(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = build_model(ModelConfig(name="lenet5"), 1, 10, (1, 28, 28))
     path = tmp_path / "lenet5.pth"

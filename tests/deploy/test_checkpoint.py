@@ -96,6 +96,31 @@ def test_reset_head_keeps_everything_but_a_fresh_classifier(tmp_path: Path) -> N
         assert torch.equal(tensor, fresh[name] if head else source[name]), f"{name}: not {label}"
 
 
+def test_reset_head_log_line_counts_the_loaded_tensors_and_names_the_fresh_classifier(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = _lenet5(1, classes=10).state_dict()
+    save_file(source, str(tmp_path / "c10.safetensors"))
+    with caplog.at_level("INFO"):
+        _build(tmp_path / "c10.safetensors", classes=4, reset_head=True)
+    values = sum(t.numel() for k, t in source.items() if not k.startswith("head."))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("model.checkpoint: loaded"))
+    assert line == (f"model.checkpoint: loaded 6 of its 8 tensors ({values:,} values) from "
+                    f"{tmp_path / 'c10.safetensors'} into lenet5; classifier re-initialized (model.reset_head): "
+                    "head.weight (4, 500), head.bias (4,)"), line
+
+
+def test_a_wrong_stem_says_which_shape_is_whose_and_points_at_data_in_chans(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    save_file(build_model(ModelConfig(name="lenet5"), 1, 10, SHAPE).state_dict(), str(tmp_path / "gray.safetensors"))
+    with pytest.raises(ValueError) as info:  # RGB data (imagefolder's default) into a gray checkpoint's model
+        build_model(ModelConfig(name="lenet5", checkpoint=str(tmp_path / "gray.safetensors")), 3, 10, (3, 28, 28))
+    assert str(info.value) == (
+        f"model.checkpoint: {tmp_path / 'gray.safetensors'} does not fit lenet5: wrong shape in 1 tensor "
+        "(conv1.weight: checkpoint (20, 1, 5, 5), model (20, 3, 5, 5)); the checkpoint's stem (conv1.weight) takes 1 "
+        "input channel, the model 3 (the data's channels; imagefolder reads images as RGB unless data.in_chans=1): "
+        "set data.in_chans=1")
+
+
 def test_a_structurally_pruned_export_is_its_own_smaller_model(tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(0)
@@ -142,11 +167,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
                    r"torch.save\(model\)\), .*; save model.state_dict\(\) instead$"),
         "keys": ({"checkpoint": str(tmp / "lenet300.pth")}, r"model.checkpoint: .* does not fit lenet5: missing 4 "
                  r"keys \(conv1.weight, conv1.bias, conv2.weight, ...\); unexpected 2 keys \(fc2.weight, fc2.bias\); "
-                 r"wrong shape in 3 tensors \(fc1.weight \(300, 784\) vs \(500, 800\), fc1.bias .*\)$"),
+                 r"wrong shape in 3 tensors \(fc1.weight: checkpoint \(300, 784\), model \(500, 800\), "
+                 r"fc1.bias: .*\)$"),
         "prefix": ({"checkpoint": str(tmp / "prefixed.pth")}, r"missing 8 keys \(conv1.weight, conv1.bias, "
                    r"conv2.weight, ...\); unexpected 8 keys \(backbone.conv1.weight, .*, ...\)$"),
-        "shape": ({"checkpoint": str(tmp / "shape.pth")}, r"wrong shape in 1 tensor \(conv2.weight \(40, 20, 5, 5\) "
-                  r"vs \(50, 20, 5, 5\)\)"),
+        "shape": ({"checkpoint": str(tmp / "shape.pth")}, r"wrong shape in 1 tensor \(conv2.weight: checkpoint "
+                  r"\(40, 20, 5, 5\), model \(50, 20, 5, 5\)\)$"),
         "classes": ({"checkpoint": str(tmp / "c7.pth")}, "model.reset_head: .* has 7 classes .*, the data 10; set "
                     "model.reset_head=true"),
         "folder": ({"checkpoint": str(tmp)}, r"model.checkpoint: .* is a folder but neither a sparsetrain export "
