@@ -97,7 +97,7 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
     prep = bundle.preprocessing  # what the export records: torchvision's ImageNet statistics, resize, RGB
     assert prep["mean"] == [0.485, 0.456, 0.406] and prep["std"] == [0.229, 0.224, 0.225]
     assert prep["resize"] == {"size": [16, 16], "interpolation": "bilinear", "antialias": True, "mode": "squash",
-                              "by": "PIL via torchvision Resize"}
+                              "by": "torch interpolate via torchvision Resize"}
     assert prep["color"] == "RGB" and prep["scale"] == 1 / 255
     assert bundle.classes == ("cat", "dog"), "class names in torchvision's index order (sorted folder names)"
     model = build_model(ModelConfig(name="resnet18"), 3, 2, bundle.input_shape)
@@ -185,3 +185,72 @@ def test_imagefolder_warns_when_images_are_much_smaller(tmp_path: Path, caplog: 
     with caplog.at_level("WARNING"):
         build_data(DataConfig(source="imagefolder", path=str(root), image_size=20), 0)
     assert not [r for r in caplog.records if "data.image_size" in r.getMessage()]
+
+
+# ------------------------------------------------------------------------------------------- image files on disk
+
+
+def _tree(root: Path, pixels: dict[str, list[np.ndarray]], splits: tuple[str, ...] = ("train", "val")) -> Path:
+    """An ImageFolder tree root/<split>/<class>/<i>.png of the given arrays (uint8 or uint16, PIL picks the mode)."""
+    from PIL import Image
+
+    for split in splits:
+        for label, images in pixels.items():
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(images):
+                Image.fromarray(image).save(root / split / label / f"{i}.png")
+    return root
+
+
+def _sixteen_bit(seed: int) -> dict[str, list[np.ndarray]]:
+    """Two classes of 16-bit gray 8×8 images: dim (1,000-3,000) and bright (30,000-50,000)."""
+    rng = np.random.default_rng(seed)
+    return {label: [rng.integers(low, high, (8, 8)).astype(np.uint16) for _ in range(2)]
+            for label, (low, high) in (("bright", (30_000, 50_000)), ("dim", (1_000, 3_000)))}
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_imagefolder_16bit_gray_is_scaled_by_its_depth_not_clipped(tmp_path: Path, in_chans: int) -> None:
+    """PIL's convert('RGB') clipped every 16-bit pixel to 255: both classes were all-white images."""
+    from PIL import Image
+
+    root = _tree(tmp_path, _sixteen_bit(0))
+    bundle = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8, normalize=False,
+                                   in_chans=in_chans), 0)
+    for index, (file, _) in enumerate(bundle.train.samples):  # the export's formula on the raw file
+        raw = np.asarray(Image.open(file)).astype(np.float64)
+        x, _ = bundle.train[index]
+        assert x.shape == (in_chans, 8, 8)
+        np.testing.assert_allclose(x.numpy(), np.broadcast_to(raw / 65535, x.shape), atol=1e-6,
+                                   err_msg=f"{file}: training input is not raw / 65535")
+    bright, dim = (float(bundle.train[i][0].mean()) for i in (0, 2))
+    assert bright > 0.4 and dim < 0.05, (bright, dim)
+
+
+def test_imagefolder_8bit_inputs_and_grayscale_mix(tmp_path: Path) -> None:
+    """8-bit colour files: raw * 1/255; in_chans=1 mixes them with the luma weights (torchvision's Grayscale)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    root = _tree(tmp_path, {c: [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)] for c in ("a", "b")})
+    rgb = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8, normalize=False), 0)
+    gray = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8, normalize=False, in_chans=1), 0)
+    raw = np.asarray(Image.open(rgb.train.samples[0][0])).astype(np.float64).transpose(2, 0, 1) / 255
+    assert rgb.preprocessing["scale"] == 1 / 255
+    np.testing.assert_allclose(rgb.train[0][0].numpy(), raw, atol=1e-6)
+    np.testing.assert_allclose(gray.train[0][0].numpy()[0], np.tensordot([0.2989, 0.587, 0.114], raw, 1), atol=1e-6)
+
+
+def test_imagefolder_mixed_bit_depths_are_refused_naming_two_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = _tree(tmp_path, _sixteen_bit(0))
+    eight = root / "val" / "dim" / "1.png"
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(eight)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8), 0)
+    with pytest.raises(DataError) as info:
+        bundle.test[3]
+    assert str(info.value) == (f"data.path: {eight} is a 8-bit image but {root / 'train' / 'bright' / '0.png'} is "
+                               "16-bit; save all images with one bit depth (the export records one input scale, "
+                               "1/255 or 1/65535, for every image)")
+
