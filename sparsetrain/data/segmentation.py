@@ -34,7 +34,7 @@ from PIL import Image
 
 from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
-from sparsetrain.data.images import common_scale, read_image
+from sparsetrain.data.images import common_scale, raw_pixels, read_image
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 from sparsetrain.progress import log
@@ -81,12 +81,13 @@ def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
     if cfg.normalize:
         x_train, x_test, stats = standardize(x_train, x_test)
     shape = tuple(x_train.shape[1:])
+    scale = train.scale[1] if train.scale else 1.0
     raw = ("generated images in [0, 1]" if cfg.source == "seg_synthetic" else
-           "image files as 8-bit pixels 0-255 (16-bit files: 0-65535, scale 1/65535), resized to data.image_size, "
-           "colour averaged to gray / gray repeated to match in_chans")
+           f"image files decoded by PIL, {raw_pixels(scale)}, resized to data.image_size, colour averaged to gray / "
+           "gray repeated to match in_chans")
     resize = resize_record(list(shape[1:]), "torch interpolate") if cfg.source == "seg_folder" and cfg.image_size \
         else None
-    prep = preprocessing_record(shape, raw, 1.0 if cfg.source == "seg_synthetic" else 1 / 255, stats, resize=resize)
+    prep = preprocessing_record(shape, raw, scale, stats, resize=resize)
     names = ("background", "vessel") if cfg.source == "seg_synthetic" else _class_names(Path(cfg.path or ""))
     return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
                       in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep,

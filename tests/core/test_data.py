@@ -217,12 +217,14 @@ def test_imagefolder_16bit_gray_is_scaled_by_its_depth_not_clipped(tmp_path: Pat
     root = _tree(tmp_path, _sixteen_bit(0))
     bundle = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8, normalize=False,
                                    in_chans=in_chans), 0)
+    prep = bundle.preprocessing
+    assert prep["scale"] == 1 / 65535 and "16-bit" in prep["raw"], prep
     for index, (file, _) in enumerate(bundle.train.samples):  # the export's formula on the raw file
         raw = np.asarray(Image.open(file)).astype(np.float64)
         x, _ = bundle.train[index]
         assert x.shape == (in_chans, 8, 8)
-        np.testing.assert_allclose(x.numpy(), np.broadcast_to(raw / 65535, x.shape), atol=1e-6,
-                                   err_msg=f"{file}: training input is not raw / 65535")
+        np.testing.assert_allclose(x.numpy(), np.broadcast_to(raw * prep["scale"], x.shape), atol=1e-6,
+                                   err_msg=f"{file}: training input is not raw * recorded scale")
     bright, dim = (float(bundle.train[i][0].mean()) for i in (0, 2))
     assert bright > 0.4 and dim < 0.05, (bright, dim)
 

@@ -215,14 +215,15 @@ def write_16bit_pair(root: Path, stem: str, seed: int, ext: str = ".png") -> np.
 
 
 @pytest.mark.parametrize("ext", [".png", ".tif"])
-def test_16bit_images_are_scaled_by_1_65535(tmp_path: Path, ext: str) -> None:
+def test_16bit_images_are_scaled_by_1_65535_and_the_record_says_so(tmp_path: Path, ext: str) -> None:
     """PNG: PIL mode I;16; TIFF of int32: mode I (what older Pillow gives 16-bit PNGs), which PIL's convert clipped."""
     raws = [write_16bit_pair(tmp_path / split, stem, seed, ext)
             for seed, (split, stem) in enumerate((("train", "a"), ("train", "b"), ("test", "c")))]
     bundle = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    assert bundle.preprocessing["scale"] == 1 / 65535 and "16-bit" in bundle.preprocessing["raw"]
     inputs = torch.cat([bundle.train.inputs, bundle.test.inputs])
     for raw, x in zip(raws, inputs, strict=True):
-        np.testing.assert_allclose(x[0].numpy(), raw / 65535, atol=1e-6)
+        np.testing.assert_allclose(x[0].numpy(), raw * bundle.preprocessing["scale"], atol=1e-6)
 
 
 def test_mixed_bit_depths_are_refused_naming_two_files(tmp_path: Path) -> None:
