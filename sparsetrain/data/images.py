@@ -11,12 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from sparsetrain.data.base import DataError
 
 EIGHT_BIT = 1 / 255
 SIXTEEN_BIT = 1 / 65535
+# What decoders raise on a damaged file: OSError (unidentified, truncated), SyntaxError (broken PNG chunks),
+# ValueError (bad header values)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError)
 
 
 def pixel_scale(mode: str) -> float:
@@ -33,6 +36,15 @@ def bit_depth(scale: float) -> str:
 def raw_pixels(scale: float) -> str:
     """What the raw values are, for the export's preprocessing record, e.g. `8-bit pixels 0-255`."""
     return "16-bit gray pixels 0-65535" if scale == SIXTEEN_BIT else "8-bit pixels 0-255"
+
+
+def unreadable(path: Path, err: BaseException, what: str = "image") -> DataError:
+    """The one-line error for a file PIL cannot decode: `<path>: <what> file is corrupt or not an image (…)`."""
+    if isinstance(err, UnidentifiedImageError):
+        return DataError(f"{path}: not a readable {what} file (PIL cannot identify its format: corrupt, or not an "
+                         "image); replace or remove it")
+    detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return DataError(f"{path}: cannot read {what} file ({detail}); replace or remove it")
 
 
 def _pixels(img: Image.Image, path: Path) -> np.ndarray:
@@ -65,8 +77,8 @@ def read_image(path: Path) -> tuple[np.ndarray, float]:
             raw, scale = _pixels(img, path), pixel_scale(img.mode)
     except DataError:
         raise
-    except OSError as err:
-        raise DataError(f"{path}: cannot read image ({err})") from None
+    except DECODE_ERRORS as err:
+        raise unreadable(path, err) from None
     return (raw * scale).astype(np.float32), scale
 
 
@@ -79,8 +91,8 @@ def image_scale(path: Path) -> float:
     try:
         with Image.open(path) as img:
             return pixel_scale(img.mode)
-    except OSError as err:
-        raise DataError(f"{path}: cannot read image ({err})") from None
+    except DECODE_ERRORS as err:
+        raise unreadable(path, err) from None
 
 
 def mixed_depths(first: tuple[Path, float], other: tuple[Path, float]) -> DataError:

@@ -34,7 +34,7 @@ from PIL import Image
 
 from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
-from sparsetrain.data.images import common_scale, raw_pixels, read_image
+from sparsetrain.data.images import DECODE_ERRORS, common_scale, raw_pixels, read_image, unreadable
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 from sparsetrain.progress import log
@@ -182,8 +182,8 @@ def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
             if img.mode == "1":
                 return np.asarray(img, dtype=np.int64), False
             arr = np.asarray(img).astype(np.int64)
-    except OSError as err:
-        raise DataError(f"{path}: cannot read mask ({err})") from None
+    except DECODE_ERRORS as err:
+        raise unreadable(path, err, "mask") from None
     if arr.ndim == 3:
         colour = arr[..., :3]
         if (colour != colour[..., :1]).any():

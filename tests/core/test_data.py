@@ -256,3 +256,56 @@ def test_imagefolder_mixed_bit_depths_are_refused_naming_two_files(tmp_path: Pat
                                "16-bit; save all images with one bit depth (the export records one input scale, "
                                "1/255 or 1/65535, for every image)")
 
+
+def _damage(root: Path) -> tuple[Path, Path]:
+    """Make train/b/0.png a PNG signature followed by junk and train/b/1.png a truncated PNG."""
+    corrupt, truncated = root / "train" / "b" / "0.png", root / "train" / "b" / "1.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not PNG data, just text " * 4)
+    truncated.write_bytes(truncated.read_bytes()[:-30])
+    return corrupt, truncated
+
+
+def test_imagefolder_damaged_files_are_one_line_data_errors_naming_them(tmp_path: Path) -> None:
+    """ImageFolder files are read lazily, per batch: the loader turns PIL's errors into DataError with the path."""
+    rng = np.random.default_rng(0)
+    root = _tree(tmp_path, {c: [rng.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(2)] for c in "ab"})
+    corrupt, truncated = _damage(root)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8), 0)
+    with pytest.raises(DataError) as info:
+        bundle.train[2]
+    assert str(info.value) == (f"{corrupt}: not a readable image file (PIL cannot identify its format: corrupt, or "
+                               "not an image); replace or remove it")
+    with pytest.raises(DataError, match=rf"^{truncated}: cannot read image file \(image file is truncated.*\); "
+                                        "replace or remove it$"):
+        bundle.train[3]
+
+
+def test_data_error_in_a_dataloader_worker_keeps_its_one_line_message(tmp_path: Path) -> None:
+    """DataLoader re-raises a worker's error with the worker's traceback as message; the file must stay named."""
+    from sparsetrain.engine.batches import BatchPlan, iterate_micro_batches
+
+    rng = np.random.default_rng(0)
+    root = _tree(tmp_path, {c: [rng.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(2)] for c in "ab"})
+    _, truncated = _damage(root)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8), 0)
+    plan = BatchPlan(num_samples=4, global_batch=4, world_size=1, rank=0, grad_accum=1, seed=0)
+    bundle.train.samples[2] = bundle.train.samples[3]  # only the truncated file is damaged now
+    with pytest.raises(DataError, match=rf"^{truncated}: cannot read image file \(image file is truncated"):
+        list(iterate_micro_batches(bundle.train, plan, 0, 1, num_workers=1))
+
+
+def test_truncated_imagefolder_file_is_a_one_line_cli_error(tmp_path: Path) -> None:
+    """Before: an 89-line [rank0] traceback ending `OSError: image file is truncated`, exit 1, the file never named."""
+    from tests.core.subprocess_runs import run_cli
+
+    rng = np.random.default_rng(0)
+    root = _tree(tmp_path / "data", {c: [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(4)] for c in "ab"})
+    _, truncated = _damage(root)
+    (root / "train" / "b" / "0.png").unlink()  # only the truncated file is damaged
+    result = run_cli(["configs/quickstart.yaml", "data.source=imagefolder", f"data.path={root}", "data.image_size=8",
+                      "data.in_chans=1", "data.num_workers=1", "train.batch_size=6", "tracking.mode=disabled",
+                      "train.threads=1", f"out_dir={tmp_path / 'run'}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (f"error: {truncated}: cannot read image file (image file is "
+                                                      "truncated); replace or remove it"), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -236,3 +236,15 @@ def test_mixed_bit_depths_are_refused_naming_two_files(tmp_path: Path) -> None:
     expect_error(seg_folder(tmp_path), rf"^data\.path: {tmp_path / 'train' / 'images' / 'c.png'} is a 8-bit image "
                                        rf"but {tmp_path / 'train' / 'images' / 'a.png'} is 16-bit")
 
+
+@pytest.mark.parametrize("folder", ["images", "masks"])
+def test_damaged_image_or_mask_is_named(tmp_path: Path, folder: str) -> None:
+    for seed, stem in enumerate("abc"):
+        write_pair(tmp_path, stem, disk_mask(12, 255, seed))
+    what = "image" if folder == "images" else "mask"
+    corrupt, truncated = tmp_path / folder / "b.png", tmp_path / folder / "c.png"
+    truncated.write_bytes(truncated.read_bytes()[:-30])
+    expect_error(seg_folder(tmp_path), rf"^{truncated}: cannot read {what} file \(image file is truncated.*\); "
+                                       "replace or remove it$")
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not PNG data, just text " * 4)
+    expect_error(seg_folder(tmp_path), rf"^{corrupt}: not a readable {what} file \(PIL cannot identify its format")
