@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def load_imagefolder(path: str, image_size: int, normalize: bool,
         DataError: one line naming data.path / data.in_chans and what is wrong; also, when a batch reads it, a file
             that is damaged or of another bit depth than the first.
     """
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     root = Path(path)
     if root.is_file():
@@ -183,11 +184,8 @@ def load_imagefolder(path: str, image_size: int, normalize: bool,
     if normalize:
         steps.append(transforms.Normalize(*imagefolder_stats(in_chans)))
     transform = transforms.Compose(steps)
-    try:
-        train = datasets.ImageFolder(str(_find_split(root, ("train",))), transform=transform)
-        test = datasets.ImageFolder(str(_find_split(root, ("val", "test"))), transform=transform)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"data.path: {str(err).splitlines()[0]}") from None
+    train = _image_folder(_find_split(root, ("train",)), transform)
+    test = _image_folder(_find_split(root, ("val", "test")), transform)
     if train.classes != test.classes:
         splits = {f"{Path(data.root).name}/": data.classes for data in (train, test)}
         raise DataError(f"data.path: class folders differ between {' and '.join(splits)}: {class_difference(splits)}")
@@ -195,6 +193,39 @@ def load_imagefolder(path: str, image_size: int, normalize: bool,
     train.loader = test.loader = ImageLoader((first, image_scale(first)))
     _warn_if_upscaled(train, image_size)
     return train, test, train.loader.first[1]
+
+
+def _image_folder(split: Path, transform: object) -> torch.utils.data.Dataset:
+    """torchvision's ImageFolder of one split (its file discovery; the loader is set by `load_imagefolder`).
+
+    Raises:
+        DataError: one line naming the split folder, or the first class folder without an image file.
+    """
+    from torchvision import datasets
+
+    try:
+        return datasets.ImageFolder(str(split), transform=transform)
+    except (FileNotFoundError, RuntimeError) as err:
+        empty = _empty_class_folders(split)
+        if empty:
+            more = f" (and {len(empty) - 1} more class folders)" if len(empty) > 1 else ""
+            raise DataError(f"data.path: class folder {empty[0]}{more} of {split.name}/ holds no image file "
+                            f"({', '.join(datasets.folder.IMG_EXTENSIONS)}); every class folder of train/ and "
+                            f"{'test' if split.name == 'test' else 'val'}/ needs at least one image: add images or "
+                            "remove the folder from both") from None
+        raise DataError(f"data.path: {str(err).splitlines()[0]}") from None
+
+
+def _empty_class_folders(split: Path) -> list[Path]:
+    """Class folders of `split` without a file torchvision's ImageFolder would read, in its (sorted) order."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    empty = []
+    for folder in sorted(p for p in split.iterdir() if p.is_dir()):
+        files = (name for _, _, names in os.walk(folder, followlinks=True) for name in names)
+        if not any(has_file_allowed_extension(name, IMG_EXTENSIONS) for name in files):
+            empty.append(folder)
+    return empty
 
 
 def class_difference(splits: dict[str, list[str]], shown: int = CLASSES_SHOWN) -> str:

@@ -294,6 +294,19 @@ def test_data_error_in_a_dataloader_worker_keeps_its_one_line_message(tmp_path: 
         list(iterate_micro_batches(bundle.train, plan, 0, 1, num_workers=1))
 
 
+def test_imagefolder_empty_class_folder_names_the_folder_and_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    root = _tree(tmp_path, {c: [rng.integers(0, 256, (8, 8), dtype=np.uint8)] for c in ("a", "b", "c")})
+    for file in (root / "val" / "b").iterdir():
+        file.unlink()
+    (root / "val" / "b" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(source="imagefolder", path=str(root)), 0)
+    assert str(info.value) == (f"data.path: class folder {root / 'val' / 'b'} of val/ holds no image file (.jpg, "
+                               ".jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp); every class folder of train/ and "
+                               "val/ needs at least one image: add images or remove the folder from both")
+
+
 def test_truncated_imagefolder_file_is_a_one_line_cli_error(tmp_path: Path) -> None:
     """Before: an 89-line [rank0] traceback ending `OSError: image file is truncated`, exit 1, the file never named."""
     from tests.core.subprocess_runs import run_cli
