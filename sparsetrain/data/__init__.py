@@ -11,6 +11,7 @@ from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, r
 from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
 from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
 from sparsetrain.data.idx import read_idx
+from sparsetrain.data.images import raw_pixels
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.progress import log
 
@@ -94,14 +95,15 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale))
     if cfg.source == "imagefolder":
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
-        train, test = load_imagefolder(cfg.path, size, cfg.normalize, chans)
+        train, test, scale = load_imagefolder(cfg.path, size, cfg.normalize, chans)
         classes = num_classes or len(train.classes)
         names = tuple(train.classes) if len(train.classes) == classes else None  # torchvision: sorted folder names
         if cfg.train_subset is not None:
             train = Subset(train, subset_indices(len(train), cfg.train_subset).tolist())
         stats = imagefolder_stats(chans) if cfg.normalize else None
-        prep = preprocessing_record((chans, size, size), "image files decoded by PIL, 8-bit pixels 0-255", 1 / 255,
-                                    stats, resize=resize_record([size, size], "PIL via torchvision Resize"),
+        prep = preprocessing_record((chans, size, size), f"image files decoded by PIL, {raw_pixels(scale)} (read as "
+                                    "stored: PIL's convert would clip 16-bit pixels)", scale, stats,
+                                    resize=resize_record([size, size], "torch interpolate via torchvision Resize"),
                                     color="RGB" if chans == 3 else "L")
         return DataBundle(train, test, in_chans=chans, num_classes=classes, input_shape=(chans, size, size),
                           preprocessing=prep, classes=names)

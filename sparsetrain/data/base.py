@@ -48,11 +48,14 @@ def preprocessing_record(input_shape: tuple[int, ...], raw: str, scale: float,
     Args:
         input_shape: Per-sample shape C×H×W (or C×L for 1-D data).
         raw: What the raw values are (e.g. "uint8 pixels 0-255 as stored in x_test of the .npz").
-        scale: Factor applied to the raw values before standardization (1/255 for uint8 pixels).
+        scale: Factor applied to the raw values before standardization (1/255 for uint8 pixels, 1/65535 for
+            16-bit image files).
         stats: Per-channel (mean, std) of the scaled training inputs (`data.normalize`), or None.
         resize: How images are resized first (`resize_record`: size [H, W], interpolation, antialias, mode), or
             None.
-        color: PIL mode images are converted to first ("RGB" or "L"), or None.
+        color: The channels images are brought to first ("RGB": 3, gray files repeated; "L": 1, colour files mixed
+            with the ITU-R 601 luma weights of torchvision's Grayscale; 16-bit gray files read as stored, never
+            through PIL's convert, which clips them), or None.
     """
     layout = "NCHW" if len(input_shape) == 3 else "NCL" if len(input_shape) == 2 else "N" + "?" * len(input_shape)
     mean, std = stats if stats is not None else (None, None)

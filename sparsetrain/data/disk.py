@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from sparsetrain.data.base import DataError
+from sparsetrain.data.images import image_scale, mixed_depths, read_image
 from sparsetrain.progress import log
 
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -113,20 +115,62 @@ def _find_split(root: Path, names: tuple[str, ...]) -> Path:
     raise DataError(f"data.path: {root} needs one of the subfolders {', '.join(names)} (ImageFolder layout)")
 
 
+class ImageLoader:
+    """ImageFolder's loader: one file as a C × H × W float32 tensor in [0, 1] (`read_image`), read when a batch
+    needs it (so a damaged file is found then, as a `DataError` naming it).
+
+    Args:
+        first: A file of the tree (the first training image) and its scale: every file must have the same bit depth.
+    """
+
+    def __init__(self, first: tuple[Path, float]) -> None:
+        self.first = first
+
+    def __call__(self, path: str) -> torch.Tensor:
+        pixels, scale = read_image(Path(path))
+        if scale != self.first[1]:
+            raise mixed_depths(self.first, (Path(path), scale))
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+class MatchChannels:
+    """Transform C × H × W images to `in_chans` channels: gray repeated to 3; colour to gray (1) with the ITU-R 601
+    luma weights of torchvision's Grayscale."""
+
+    def __init__(self, in_chans: int) -> None:
+        self.in_chans = in_chans
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.functional import rgb_to_grayscale
+
+        if image.shape[0] == self.in_chans:
+            return image
+        return rgb_to_grayscale(image) if self.in_chans == 1 else image.expand(self.in_chans, -1, -1)
+
+
 def load_imagefolder(path: str, image_size: int, normalize: bool,
-                     in_chans: int = 3) -> tuple[torch.utils.data.Dataset, ...]:
+                     in_chans: int = 3) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, float]:
     """ImageFolder trees `path/train/<class>/*` and `path/val|test/<class>/*`, resized to image_size.
+
+    Files are found by torchvision's ImageFolder and decoded by `read_image` (8-bit × 1/255, 16-bit gray × 1/65535;
+    one bit depth in the whole tree), then resized (bilinear, antialiased, on the float pixels) and standardized.
 
     Args:
         path: The tree's root (`data.path`).
         image_size: Square side images are resized to (`data.image_size`, default `IMAGEFOLDER_SIZE`).
         normalize: Standardize with `imagefolder_stats(in_chans)`.
-        in_chans: 3 (RGB, the default) or 1 (converted to gray by torchvision's Grayscale).
+        in_chans: 3 (RGB, the default; gray files repeated) or 1 (colour files mixed to gray as torchvision's
+            Grayscale does).
+
+    Returns:
+        The train and test datasets (samples float32 in_chans × image_size × image_size) and the scale of the raw
+        pixels (that of the first training image).
 
     Raises:
-        DataError: one line naming data.path / data.in_chans and what is wrong.
+        DataError: one line naming data.path / data.in_chans and what is wrong; also, when a batch reads it, a file
+            that is damaged or of another bit depth than the first.
     """
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     root = Path(path)
     if root.is_file():
@@ -136,22 +180,52 @@ def load_imagefolder(path: str, image_size: int, normalize: bool,
         raise DataError(f"data.path: folder not found: {root}")
     if in_chans not in (1, 3):
         raise DataError(f"data.in_chans: ImageFolder images are read as RGB (3) or gray (1), got {in_chans}")
-    steps = [transforms.Resize((image_size, image_size)), transforms.ToTensor()]
-    if in_chans == 1:
-        steps.insert(0, transforms.Grayscale(num_output_channels=1))
+    steps = [MatchChannels(in_chans), transforms.Resize((image_size, image_size), antialias=True)]
     if normalize:
         steps.append(transforms.Normalize(*imagefolder_stats(in_chans)))
     transform = transforms.Compose(steps)
-    try:
-        train = datasets.ImageFolder(str(_find_split(root, ("train",))), transform=transform)
-        test = datasets.ImageFolder(str(_find_split(root, ("val", "test"))), transform=transform)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"data.path: {str(err).splitlines()[0]}") from None
+    train = _image_folder(_find_split(root, ("train",)), transform)
+    test = _image_folder(_find_split(root, ("val", "test")), transform)
     if train.classes != test.classes:
         splits = {f"{Path(data.root).name}/": data.classes for data in (train, test)}
         raise DataError(f"data.path: class folders differ between {' and '.join(splits)}: {class_difference(splits)}")
+    first = Path(train.samples[0][0])
+    train.loader = test.loader = ImageLoader((first, image_scale(first)))
     _warn_if_upscaled(train, image_size)
-    return train, test
+    return train, test, train.loader.first[1]
+
+
+def _image_folder(split: Path, transform: object) -> torch.utils.data.Dataset:
+    """torchvision's ImageFolder of one split (its file discovery; the loader is set by `load_imagefolder`).
+
+    Raises:
+        DataError: one line naming the split folder, or the first class folder without an image file.
+    """
+    from torchvision import datasets
+
+    try:
+        return datasets.ImageFolder(str(split), transform=transform)
+    except (FileNotFoundError, RuntimeError) as err:
+        empty = _empty_class_folders(split)
+        if empty:
+            more = f" (and {len(empty) - 1} more class folders)" if len(empty) > 1 else ""
+            raise DataError(f"data.path: class folder {empty[0]}{more} of {split.name}/ holds no image file "
+                            f"({', '.join(datasets.folder.IMG_EXTENSIONS)}); every class folder of train/ and "
+                            f"{'test' if split.name == 'test' else 'val'}/ needs at least one image: add images or "
+                            "remove the folder from both") from None
+        raise DataError(f"data.path: {str(err).splitlines()[0]}") from None
+
+
+def _empty_class_folders(split: Path) -> list[Path]:
+    """Class folders of `split` without a file torchvision's ImageFolder would read, in its (sorted) order."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    empty = []
+    for folder in sorted(p for p in split.iterdir() if p.is_dir()):
+        files = (name for _, _, names in os.walk(folder, followlinks=True) for name in names)
+        if not any(has_file_allowed_extension(name, IMG_EXTENSIONS) for name in files):
+            empty.append(folder)
+    return empty
 
 
 def class_difference(splits: dict[str, list[str]], shown: int = CLASSES_SHOWN) -> str:

@@ -34,6 +34,7 @@ from PIL import Image
 
 from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
+from sparsetrain.data.images import DECODE_ERRORS, common_scale, raw_pixels, read_image, unreadable
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 from sparsetrain.progress import log
@@ -55,6 +56,7 @@ class SegSplit:
     masks: torch.Tensor
     mask_files: tuple[Path, ...]
     rgb_masks: tuple[Path, ...] = ()  # mask files stored as RGB(A) with equal colour channels, read as gray
+    scale: tuple[Path, float] | None = None  # the first image file and the scale of every image (`read_image`)
 
 
 def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
@@ -79,12 +81,13 @@ def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
     if cfg.normalize:
         x_train, x_test, stats = standardize(x_train, x_test)
     shape = tuple(x_train.shape[1:])
+    scale = train.scale[1] if train.scale else 1.0
     raw = ("generated images in [0, 1]" if cfg.source == "seg_synthetic" else
-           "image files as 8-bit pixels 0-255 (16-bit files: 0-65535, scale 1/65535), resized to data.image_size, "
-           "colour averaged to gray / gray repeated to match in_chans")
+           f"image files decoded by PIL, {raw_pixels(scale)}, resized to data.image_size, colour averaged to gray / "
+           "gray repeated to match in_chans")
     resize = resize_record(list(shape[1:]), "torch interpolate") if cfg.source == "seg_folder" and cfg.image_size \
         else None
-    prep = preprocessing_record(shape, raw, 1.0 if cfg.source == "seg_synthetic" else 1 / 255, stats, resize=resize)
+    prep = preprocessing_record(shape, raw, scale, stats, resize=resize)
     names = ("background", "vessel") if cfg.source == "seg_synthetic" else _class_names(Path(cfg.path or ""))
     return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
                       in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep,
@@ -122,8 +125,8 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
         _note_rgb_masks((whole,))
         train, test = _split(whole, cfg.test_fraction, seed)
     lookup, num_classes = _class_lookup(root, (train, test))
-    train = SegSplit(train.images, lookup[train.masks], train.mask_files)
-    test = SegSplit(test.images, lookup[test.masks], test.mask_files)
+    train = SegSplit(train.images, lookup[train.masks], train.mask_files, scale=train.scale)
+    test = SegSplit(test.images, lookup[test.masks], test.mask_files, scale=test.scale)
     return train, test, num_classes
 
 
@@ -170,19 +173,6 @@ def _pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """H × W × C float32 in [0, 1] (C = 1 for grayscale, 3 for colour)."""
-    try:
-        with Image.open(path) as img:
-            if img.mode.startswith("I;16"):
-                return np.asarray(img, dtype=np.float32)[..., None] / 65535.0
-            if img.mode in ("1", "L", "LA", "I", "F"):
-                return np.asarray(img.convert("L"), dtype=np.float32)[..., None] / 255.0
-            return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    except OSError as err:
-        raise DataError(f"{path}: cannot read image ({err})") from None
-
-
 def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
     """H × W int64 raw label map: palette indices, gray levels, or one channel of a gray-coded colour mask; and
     whether the file was such an RGB(A) image (equal colour channels; a colour-coded mask is refused).
@@ -192,8 +182,8 @@ def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
             if img.mode == "1":
                 return np.asarray(img, dtype=np.int64), False
             arr = np.asarray(img).astype(np.int64)
-    except OSError as err:
-        raise DataError(f"{path}: cannot read mask ({err})") from None
+    except DECODE_ERRORS as err:
+        raise unreadable(path, err, "mask") from None
     if arr.ndim == 3:
         colour = arr[..., :3]
         if (colour != colour[..., :1]).any():
@@ -212,28 +202,35 @@ def _to_tensor(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[t
     return x, y
 
 
-def _read_pair(image_path: Path, mask_path: Path, size: int | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Image and mask tensors (`_to_tensor`), and whether the mask file was RGB (`_read_mask`)."""
-    image, (mask, rgb) = _read_image(image_path), _read_mask(mask_path)
+def _read_pair(image_path: Path, mask_path: Path, size: int | None
+               ) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+    """Image and mask tensors (`_to_tensor`), whether the mask file was RGB (`_read_mask`), and the image's scale
+    (`read_image`)."""
+    (image, scale), (mask, rgb) = read_image(image_path), _read_mask(mask_path)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but image {image_path.name} is "
                         f"{image.shape[1]}×{image.shape[0]} (width×height)")
-    return (*_to_tensor(image, mask, size), rgb)
+    return (*_to_tensor(image, mask, size), rgb, scale)
 
 
 def _read_split(folder: Path, size: int | None) -> SegSplit:
-    """All image/mask pairs of `folder/images` and `folder/masks`, stacked."""
+    """All image/mask pairs of `folder/images` and `folder/masks`, stacked.
+
+    Raises:
+        DataError: images of different sizes (without data.image_size) or bit depths (`common_scale`).
+    """
     pairs = _pair_files(folder / "images", folder / "masks")
     loaded = [_read_pair(image, mask, size) for image, mask in pairs]
-    shapes = {tuple(y.shape) for _, y, _ in loaded}
+    scale = common_scale([(image, read[3]) for (image, _), read in zip(pairs, loaded, strict=True)])
+    shapes = {tuple(y.shape) for _, y, _, _ in loaded}
     if len(shapes) > 1:
         raise DataError(f"data.image_size: images in {folder} differ in size ({', '.join(map(str, sorted(shapes)))}); "
                         "set data.image_size to resize them")
-    chans = max(x.shape[0] for x, _, _ in loaded)
-    images = torch.stack([x.expand(chans, -1, -1) for x, _, _ in loaded])  # gray next to colour: repeat the gray
-    rgb = tuple(mask for (_, mask), (_, _, was_rgb) in zip(pairs, loaded, strict=True) if was_rgb)
-    return SegSplit(images.contiguous(), torch.stack([y for _, y, _ in loaded]), tuple(mask for _, mask in pairs),
-                    rgb)
+    chans = max(x.shape[0] for x, _, _, _ in loaded)
+    images = torch.stack([x.expand(chans, -1, -1) for x, _, _, _ in loaded])  # gray next to colour: repeat the gray
+    rgb = tuple(mask for (_, mask), (_, _, was_rgb, _) in zip(pairs, loaded, strict=True) if was_rgb)
+    return SegSplit(images.contiguous(), torch.stack([y for _, y, _, _ in loaded]), tuple(mask for _, mask in pairs),
+                    rgb, (pairs[0][0], scale))
 
 
 def _note_rgb_masks(splits: tuple[SegSplit, ...]) -> None:
@@ -246,12 +243,14 @@ def _note_rgb_masks(splits: tuple[SegSplit, ...]) -> None:
 
 
 def _align_splits(train: SegSplit, test: SegSplit) -> tuple[SegSplit, SegSplit]:
-    """Raise unless both splits have the same image size; give a gray split colour channels if the other has them."""
+    """Raise unless both splits have the same image size and bit depth; give a gray split colour channels if the other
+    has them."""
     if train.masks.shape[1:] != test.masks.shape[1:]:
         raise DataError(f"data.image_size: train images are {tuple(train.masks.shape[1:])} but test images "
                         f"{tuple(test.masks.shape[1:])}; set data.image_size to resize them")
+    common_scale([train.scale, test.scale])
     chans = max(train.images.shape[1], test.images.shape[1])
-    train, test = (SegSplit(s.images.expand(-1, chans, -1, -1).contiguous(), s.masks, s.mask_files)
+    train, test = (SegSplit(s.images.expand(-1, chans, -1, -1).contiguous(), s.masks, s.mask_files, scale=s.scale)
                    for s in (train, test))
     return train, test
 
@@ -332,5 +331,6 @@ def _split(data: SegSplit, fraction: float, seed: int) -> tuple[SegSplit, SegSpl
     n_test = _num_test(n, fraction)
     parts = []
     for idx in (order[n_test:], order[:n_test]):
-        parts.append(SegSplit(data.images[idx], data.masks[idx], tuple(data.mask_files[i] for i in idx.tolist())))
+        parts.append(SegSplit(data.images[idx], data.masks[idx], tuple(data.mask_files[i] for i in idx.tolist()),
+                              scale=data.scale))
     return parts[0], parts[1]

@@ -7,13 +7,13 @@ as one rank: the global batch of a step is split into world_size × grad_accum e
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sparsetrain.errors import InputError
+from sparsetrain.errors import InputError, SparsetrainError
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,24 @@ def iterate_micro_batches(dataset: Dataset, plan: BatchPlan, start: int, stop: i
     collate = _already_collated if hasattr(dataset, "__getitems__") else None
     loader = DataLoader(dataset, batch_sampler=_StepSampler(plan, start, stop), num_workers=num_workers,
                         collate_fn=collate)
-    yield from loader
+    yield from worker_errors(loader)
+
+
+def worker_errors(batches: Iterable) -> Iterator:
+    """The batches of a DataLoader, with sparsetrain's own errors raised in a worker process given back their one-line
+    message.
+
+    DataLoader re-raises a worker's exception with the worker's traceback as its message (first line `Caught DataError
+    in DataLoader worker process 0.`), which would hide the file a `DataError` names; the traceback's last line is
+    `<module>.<class>: <message>`.
+    """
+    try:
+        yield from batches
+    except SparsetrainError as err:
+        lines = str(err).strip().splitlines()
+        if len(lines) < 2 or not lines[0].startswith("Caught "):
+            raise
+        raise type(err)(lines[-1].partition(": ")[2]) from None
 
 
 def eval_shard(num_samples: int, world_size: int, rank: int) -> range:

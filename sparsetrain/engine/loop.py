@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.engine import preemption
-from sparsetrain.engine.batches import BatchPlan, eval_shard, iterate_micro_batches
+from sparsetrain.engine.batches import BatchPlan, eval_shard, iterate_micro_batches, worker_errors
 from sparsetrain.engine.checkpoint import Checkpointer
 from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine, hyperparameters, restore_hyperparameters
 from sparsetrain.engine.distributed import DistInfo, all_reduce_min, all_reduce_sum
@@ -94,8 +94,8 @@ def _eval_batches(ctx: RunContext, indices: list[int]) -> Any:
     workers = ctx.cfg.data.workers()
     if hasattr(ctx.test_set, "__getitems__") and workers == 0:
         return (ctx.test_set.__getitems__(indices[i:i + size]) for i in range(0, len(indices), size))
-    return DataLoader(Subset(ctx.test_set, indices), batch_size=size, num_workers=workers,
-                      collate_fn=None if not hasattr(ctx.test_set, "__getitems__") else lambda b: b)
+    return worker_errors(DataLoader(Subset(ctx.test_set, indices), batch_size=size, num_workers=workers,
+                                    collate_fn=None if not hasattr(ctx.test_set, "__getitems__") else lambda b: b))
 
 
 def _lockstep_indices(ctx: RunContext) -> tuple[list[int], int]:

@@ -97,7 +97,7 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
     prep = bundle.preprocessing  # what the export records: torchvision's ImageNet statistics, resize, RGB
     assert prep["mean"] == [0.485, 0.456, 0.406] and prep["std"] == [0.229, 0.224, 0.225]
     assert prep["resize"] == {"size": [16, 16], "interpolation": "bilinear", "antialias": True, "mode": "squash",
-                              "by": "PIL via torchvision Resize"}
+                              "by": "torch interpolate via torchvision Resize"}
     assert prep["color"] == "RGB" and prep["scale"] == 1 / 255
     assert bundle.classes == ("cat", "dog"), "class names in torchvision's index order (sorted folder names)"
     model = build_model(ModelConfig(name="resnet18"), 3, 2, bundle.input_shape)
@@ -185,3 +185,140 @@ def test_imagefolder_warns_when_images_are_much_smaller(tmp_path: Path, caplog: 
     with caplog.at_level("WARNING"):
         build_data(DataConfig(source="imagefolder", path=str(root), image_size=20), 0)
     assert not [r for r in caplog.records if "data.image_size" in r.getMessage()]
+
+
+# ------------------------------------------------------------------------------------------- image files on disk
+
+
+def _tree(root: Path, pixels: dict[str, list[np.ndarray]], splits: tuple[str, ...] = ("train", "val")) -> Path:
+    """An ImageFolder tree root/<split>/<class>/<i>.png of the given arrays (uint8 or uint16, PIL picks the mode)."""
+    from PIL import Image
+
+    for split in splits:
+        for label, images in pixels.items():
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(images):
+                Image.fromarray(image).save(root / split / label / f"{i}.png")
+    return root
+
+
+def _sixteen_bit(seed: int) -> dict[str, list[np.ndarray]]:
+    """Two classes of 16-bit gray 8×8 images: dim (1,000-3,000) and bright (30,000-50,000)."""
+    rng = np.random.default_rng(seed)
+    return {label: [rng.integers(low, high, (8, 8)).astype(np.uint16) for _ in range(2)]
+            for label, (low, high) in (("bright", (30_000, 50_000)), ("dim", (1_000, 3_000)))}
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_imagefolder_16bit_gray_is_scaled_by_its_depth_not_clipped(tmp_path: Path, in_chans: int) -> None:
+    """PIL's convert('RGB') clipped every 16-bit pixel to 255: both classes were all-white images."""
+    from PIL import Image
+
+    root = _tree(tmp_path, _sixteen_bit(0))
+    bundle = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8, normalize=False,
+                                   in_chans=in_chans), 0)
+    prep = bundle.preprocessing
+    assert prep["scale"] == 1 / 65535 and "16-bit" in prep["raw"], prep
+    for index, (file, _) in enumerate(bundle.train.samples):  # the export's formula on the raw file
+        raw = np.asarray(Image.open(file)).astype(np.float64)
+        x, _ = bundle.train[index]
+        assert x.shape == (in_chans, 8, 8)
+        np.testing.assert_allclose(x.numpy(), np.broadcast_to(raw * prep["scale"], x.shape), atol=1e-6,
+                                   err_msg=f"{file}: training input is not raw * recorded scale")
+    bright, dim = (float(bundle.train[i][0].mean()) for i in (0, 2))
+    assert bright > 0.4 and dim < 0.05, (bright, dim)
+
+
+def test_imagefolder_8bit_inputs_and_grayscale_mix(tmp_path: Path) -> None:
+    """8-bit colour files: raw * 1/255; in_chans=1 mixes them with the luma weights (torchvision's Grayscale)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    root = _tree(tmp_path, {c: [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)] for c in ("a", "b")})
+    rgb = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8, normalize=False), 0)
+    gray = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8, normalize=False, in_chans=1), 0)
+    raw = np.asarray(Image.open(rgb.train.samples[0][0])).astype(np.float64).transpose(2, 0, 1) / 255
+    assert rgb.preprocessing["scale"] == 1 / 255
+    np.testing.assert_allclose(rgb.train[0][0].numpy(), raw, atol=1e-6)
+    np.testing.assert_allclose(gray.train[0][0].numpy()[0], np.tensordot([0.2989, 0.587, 0.114], raw, 1), atol=1e-6)
+
+
+def test_imagefolder_mixed_bit_depths_are_refused_naming_two_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = _tree(tmp_path, _sixteen_bit(0))
+    eight = root / "val" / "dim" / "1.png"
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(eight)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8), 0)
+    with pytest.raises(DataError) as info:
+        bundle.test[3]
+    assert str(info.value) == (f"data.path: {eight} is a 8-bit image but {root / 'train' / 'bright' / '0.png'} is "
+                               "16-bit; save all images with one bit depth (the export records one input scale, "
+                               "1/255 or 1/65535, for every image)")
+
+
+def _damage(root: Path) -> tuple[Path, Path]:
+    """Make train/b/0.png a PNG signature followed by junk and train/b/1.png a truncated PNG."""
+    corrupt, truncated = root / "train" / "b" / "0.png", root / "train" / "b" / "1.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not PNG data, just text " * 4)
+    truncated.write_bytes(truncated.read_bytes()[:-30])
+    return corrupt, truncated
+
+
+def test_imagefolder_damaged_files_are_one_line_data_errors_naming_them(tmp_path: Path) -> None:
+    """ImageFolder files are read lazily, per batch: the loader turns PIL's errors into DataError with the path."""
+    rng = np.random.default_rng(0)
+    root = _tree(tmp_path, {c: [rng.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(2)] for c in "ab"})
+    corrupt, truncated = _damage(root)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8), 0)
+    with pytest.raises(DataError) as info:
+        bundle.train[2]
+    assert str(info.value) == (f"{corrupt}: not a readable image file (PIL cannot identify its format: corrupt, or "
+                               "not an image); replace or remove it")
+    with pytest.raises(DataError, match=rf"^{truncated}: cannot read image file \(image file is truncated.*\); "
+                                        "replace or remove it$"):
+        bundle.train[3]
+
+
+def test_data_error_in_a_dataloader_worker_keeps_its_one_line_message(tmp_path: Path) -> None:
+    """DataLoader re-raises a worker's error with the worker's traceback as message; the file must stay named."""
+    from sparsetrain.engine.batches import BatchPlan, iterate_micro_batches
+
+    rng = np.random.default_rng(0)
+    root = _tree(tmp_path, {c: [rng.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(2)] for c in "ab"})
+    _, truncated = _damage(root)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(root), image_size=8), 0)
+    plan = BatchPlan(num_samples=4, global_batch=4, world_size=1, rank=0, grad_accum=1, seed=0)
+    bundle.train.samples[2] = bundle.train.samples[3]  # only the truncated file is damaged now
+    with pytest.raises(DataError, match=rf"^{truncated}: cannot read image file \(image file is truncated"):
+        list(iterate_micro_batches(bundle.train, plan, 0, 1, num_workers=1))
+
+
+def test_imagefolder_empty_class_folder_names_the_folder_and_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    root = _tree(tmp_path, {c: [rng.integers(0, 256, (8, 8), dtype=np.uint8)] for c in ("a", "b", "c")})
+    for file in (root / "val" / "b").iterdir():
+        file.unlink()
+    (root / "val" / "b" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(source="imagefolder", path=str(root)), 0)
+    assert str(info.value) == (f"data.path: class folder {root / 'val' / 'b'} of val/ holds no image file (.jpg, "
+                               ".jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp); every class folder of train/ and "
+                               "val/ needs at least one image: add images or remove the folder from both")
+
+
+def test_truncated_imagefolder_file_is_a_one_line_cli_error(tmp_path: Path) -> None:
+    """Before: an 89-line [rank0] traceback ending `OSError: image file is truncated`, exit 1, the file never named."""
+    from tests.core.subprocess_runs import run_cli
+
+    rng = np.random.default_rng(0)
+    root = _tree(tmp_path / "data", {c: [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(4)] for c in "ab"})
+    _, truncated = _damage(root)
+    (root / "train" / "b" / "0.png").unlink()  # only the truncated file is damaged
+    result = run_cli(["configs/quickstart.yaml", "data.source=imagefolder", f"data.path={root}", "data.image_size=8",
+                      "data.in_chans=1", "data.num_workers=1", "train.batch_size=6", "tracking.mode=disabled",
+                      "train.threads=1", f"out_dir={tmp_path / 'run'}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (f"error: {truncated}: cannot read image file (image file is "
+                                                      "truncated); replace or remove it"), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -63,3 +63,36 @@ def test_onnx_with_recorded_preprocessing_reproduces_the_metric(digits_npz: Path
         assert sparsetrain.load_compressed(folder, "onnx").output == output
     finally:
         (folder / "moved.json").rename(folder / "architecture.json")
+
+
+def test_16bit_seg_folder_export_records_the_scale_training_used(tmp_path: Path) -> None:
+    """16-bit images are scaled by 1/65535 in training; the export said 1/255 (inputs 257× too large when deployed).
+    The raw file preprocessed with nothing but the recorded numbers must give the training tensor."""
+    from PIL import Image
+
+    from sparsetrain.data import build_data
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("test", 2)):
+        for folder in ("images", "masks"):
+            (tmp_path / "data" / split / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(1_000, 50_000, (16, 16)).astype(np.uint16)).save(
+                tmp_path / "data" / split / "images" / f"{i}.png")
+            Image.fromarray((rng.random((16, 16)) < 0.3).astype(np.uint8) * 255).save(
+                tmp_path / "data" / split / "masks" / f"{i}.png")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "segmentation_base.yaml",
+                      [*FAST[:6], "model.name=unet_tiny", "data.source=seg_folder", f"data.path={tmp_path / 'data'}",
+                       "data.image_size=null", "train.batch_size=4", f"out_dir={tmp_path / 'run'}"])
+    run_pipeline(cfg)
+    prep = json.loads((tmp_path / "run" / "export" / "architecture.json").read_text())["meta"]["preprocessing"]
+    session = ort.InferenceSession(str(tmp_path / "run" / "export" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["sparsetrain.preprocessing"]) == prep
+    assert prep["scale"] == pytest.approx(1 / 65535) and prep["input_shape"] == [1, 16, 16], prep
+    raw = np.stack([np.asarray(Image.open(tmp_path / "data" / "train" / "images" / f"{i}.png")) for i in range(8)])
+    x = (raw[:, None] * prep["scale"] - np.reshape(prep["mean"], (1, -1, 1, 1))) / np.reshape(prep["std"],
+                                                                                             (1, -1, 1, 1))
+    trained_on = build_data(cfg.data, cfg.seed).train.inputs
+    np.testing.assert_allclose(x.astype(prep["dtype"]), trained_on.numpy(), atol=1e-5,
+                               err_msg="raw files preprocessed with the recorded numbers differ from the training set")

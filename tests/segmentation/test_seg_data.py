@@ -198,3 +198,53 @@ def test_given_split_gray_next_to_colour_and_size_mismatch(tmp_path: Path) -> No
     assert bundle.train.inputs.shape == (1, 3, 12, 12), "gray train images take the test split's 3 channels"
     write_pair(tmp_path / "test", "b", disk_mask(10, 1, 1))
     expect_error(seg_folder(tmp_path), r"train images are \(12, 12\) but test images \(10, 10\)")
+
+
+# ------------------------------------------------------------------------------------------- bit depth, damaged files
+
+
+def write_16bit_pair(root: Path, stem: str, seed: int, ext: str = ".png") -> np.ndarray:
+    """A 16-bit gray image (values 1,000-50,000) and a binary mask; returns the raw pixels."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(1_000, 50_000, (8, 8)).astype(np.uint16)
+    write_pair(root, stem, disk_mask(8, 255, seed))
+    (root / "images" / f"{stem}.png").unlink()
+    image = Image.fromarray(pixels) if ext == ".png" else Image.fromarray(pixels.astype(np.int32))  # TIFF: mode I
+    image.save(root / "images" / f"{stem}{ext}")
+    return pixels
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16bit_images_are_scaled_by_1_65535_and_the_record_says_so(tmp_path: Path, ext: str) -> None:
+    """PNG: PIL mode I;16; TIFF of int32: mode I (what older Pillow gives 16-bit PNGs), which PIL's convert clipped."""
+    raws = [write_16bit_pair(tmp_path / split, stem, seed, ext)
+            for seed, (split, stem) in enumerate((("train", "a"), ("train", "b"), ("test", "c")))]
+    bundle = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    assert bundle.preprocessing["scale"] == 1 / 65535 and "16-bit" in bundle.preprocessing["raw"]
+    inputs = torch.cat([bundle.train.inputs, bundle.test.inputs])
+    for raw, x in zip(raws, inputs, strict=True):
+        np.testing.assert_allclose(x[0].numpy(), raw * bundle.preprocessing["scale"], atol=1e-6)
+
+
+def test_mixed_bit_depths_are_refused_naming_two_files(tmp_path: Path) -> None:
+    write_16bit_pair(tmp_path / "train", "a", 0)
+    write_pair(tmp_path / "test", "b", disk_mask(8, 255, 1), mode="L")
+    expect_error(seg_folder(tmp_path), rf"^data\.path: {tmp_path / 'test' / 'images' / 'b.png'} is a 8-bit image "
+                                       rf"but {tmp_path / 'train' / 'images' / 'a.png'} is 16-bit; save all images "
+                                       "with one bit depth")
+    write_pair(tmp_path / "train", "c", disk_mask(8, 255, 2), mode="L")
+    expect_error(seg_folder(tmp_path), rf"^data\.path: {tmp_path / 'train' / 'images' / 'c.png'} is a 8-bit image "
+                                       rf"but {tmp_path / 'train' / 'images' / 'a.png'} is 16-bit")
+
+
+@pytest.mark.parametrize("folder", ["images", "masks"])
+def test_damaged_image_or_mask_is_named(tmp_path: Path, folder: str) -> None:
+    for seed, stem in enumerate("abc"):
+        write_pair(tmp_path, stem, disk_mask(12, 255, seed))
+    what = "image" if folder == "images" else "mask"
+    corrupt, truncated = tmp_path / folder / "b.png", tmp_path / folder / "c.png"
+    truncated.write_bytes(truncated.read_bytes()[:-30])
+    expect_error(seg_folder(tmp_path), rf"^{truncated}: cannot read {what} file \(image file is truncated.*\); "
+                                       "replace or remove it$")
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not PNG data, just text " * 4)
+    expect_error(seg_folder(tmp_path), rf"^{corrupt}: not a readable {what} file \(PIL cannot identify its format")
