@@ -357,9 +357,9 @@ def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float
         if state in FINAL_STATES or state == "UNKNOWN":
             time.sleep(3 * poll_s)  # the result file may still be landing on a shared file system
             if not rank0.paths.result_pickle.exists():
-                raise LaunchError(f"job {job.job_id} ended ({state}) without a result; see {job.paths.stderr}")
+                raise LaunchError(f"job {job.job_id} ended ({state}) without a result; see {rank0.paths.stderr}")
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise WaitTimeout(f"stopped waiting after --timeout {timeout_s:g} s: job {job.job_id} is still {state} "
-                              f"and goes on (`scancel {job.job_id}` stops it); its log: {job.paths.stdout}")
+                              f"and goes on (`scancel {job.job_id}` stops it); rank 0's log: {rank0.paths.stderr}")
         time.sleep(poll_s)
     return rank0.result()

@@ -240,12 +240,14 @@ def _config(argv: list[str]) -> int:
     args = parse_command_line(parser, argv)
     if args.schema is not None:
         from sparsetrain.config import RunConfig
-        from sparsetrain.config.describe import format_schema, schema_rows
+        from sparsetrain.config.describe import format_schema, schema_rows, suggestion
 
-        rows = [r for r in schema_rows(RunConfig) if not args.schema or r.path == args.schema
-                or r.path.startswith(f"{args.schema}.")]
+        every = schema_rows(RunConfig)
+        rows = [r for r in every if not args.schema or r.path == args.schema or r.path.startswith(f"{args.schema}.")]
         if not rows:
-            raise ConfigError(f"config --schema: no field or section {args.schema!r}")
+            names = {r.path.rsplit(".", depth)[0] for r in every for depth in range(r.path.count(".") + 1)}
+            raise ConfigError(f"config --schema: no field or section {args.schema!r}"
+                              f"{suggestion(args.schema, sorted(names))}")
         print(format_schema(rows))
         return 0
     import yaml

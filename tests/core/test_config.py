@@ -147,6 +147,10 @@ def test_cli_config_prints_the_resolved_recipe_and_the_schema() -> None:
     assert schema.returncode == 0, schema.stderr
     assert "regularizer.beta  (float, default 10.0)" in schema.stdout
     assert all(line.startswith(("regularizer.", "    ")) for line in schema.stdout.splitlines()), schema.stdout
+    for typo, meant in (("regularizr", "regularizer"), ("deploy.formts", "deploy.formats")):  # as overrides do
+        wrong = _cli("config", "--schema", typo)
+        assert (wrong.returncode, wrong.stderr.strip()) == (
+            2, f"error: config --schema: no field or section {typo!r} (did you mean {meant}?)"), wrong.stderr
 
 
 def test_num_workers_auto_fits_the_cpus_of_each_rank(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -466,6 +466,21 @@ def test_launch_and_sweep_submit_and_return_by_default_saying_how_to_follow(held
     assert {slurm_state(job) for job in ids} == {"PENDING"}, "the sweep must return with its jobs still queued"
 
 
+def test_launch_timeout_names_rank_0s_log_as_the_follow_line_does(slurm_cluster: None, tmp_path: Path) -> None:
+    """Fresh-user trial: `launch` said `tail -f …/N_0_log.err (rank 0's log)`, and its `--timeout` line named
+    `…/N_0_log.out` (submitit's stdout, which holds no log line)."""
+    out_dir = tmp_path / "run"
+    try:
+        got = _call(launch_main, [str(QUICKSTART), "--cluster", "slurm", *TINY, *HELD, "--timeout", "2",
+                                  f"out_dir={out_dir}"], out_dir)
+    finally:
+        _cancel_jobs_of(out_dir)
+    job_id = re.match(r"submitted job (\d+) ", got.out).group(1)
+    assert got.code == 1 and got.err.splitlines()[-1] == (
+        f"error: stopped waiting after --timeout 2 s: job {job_id} is still PENDING and goes on (`scancel {job_id}` "
+        f"stops it); rank 0's log: {out_dir / 'slurm' / job_id}_0_log.err"), got.err
+
+
 def test_sweep_timeout_waits_and_bounds_the_whole_sweep(slurm_cluster: None, tmp_path: Path) -> None:
     """`--timeout` was ignored without `--wait`, and with it each run got the whole timeout in turn (3 held runs ×
     --timeout 6 = 18 s). Now it implies waiting, for all the runs together; with `--no-wait` it is refused."""
