@@ -93,8 +93,11 @@ def format_table(report: dict[str, Any]) -> str:
     if "flops" in report:
         p, f = report["params"], report["flops"]
         same = p["dense"] == p["pruned"] and f["dense"] == f["pruned"]  # no filter removed: one architecture twice
-        lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
-                  f"flops        {f['dense']:,} -> {f['pruned']:,}"]
+        if same:
+            lines += [f"params       {p['dense']:,} (no filter removed)", f"flops        {f['dense']:,}"]
+        else:
+            lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
+                      f"flops        {f['dense']:,} -> {f['pruned']:,}"]
         if same:  # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
             lines.append("latency      not compared: no filter was removed, so both are the same architecture (the "
                          "prune warning says why)")
