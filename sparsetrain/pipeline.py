@@ -374,6 +374,7 @@ class Pipeline:
             require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
             pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, state,
                                                   groups=groups, score=score)
+            why = None
             if not filters_removed(kept):
                 why = why_nothing_removed(model, groups, self.cfg.prune, score, (state or {}).get("redundant"))
                 log.warning(f"[prune] no filter removed: {why}")
@@ -383,7 +384,8 @@ class Pipeline:
             return err
         return {"kept_filters": kept, "folded_channels": folded,
                 "params_before": sum(p.numel() for p in model.parameters()),
-                "params_after": sum(p.numel() for p in pruned.parameters())}
+                "params_after": sum(p.numel() for p in pruned.parameters()),
+                **({"why_nothing_removed": why} if why else {})}
 
     def run_prune(self) -> None:
         """Method 1: masks from shards of the weights (each rank reads its share; exact targets through collective

@@ -20,7 +20,8 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     baselines        {name: {phase: metric, sparsity, ...}} (Method 1 with `baselines`)
     ... structural runs add kept_filters ([{group, total, kept, layers}] per prunable channel group, in graph
     order: units kept of total, the modules whose filters make the group; `exact: false` when removed inexactly;
-    rows before `layers` was recorded lack it), flops, peak_memory_bytes, latency_ms, param_reduction (no
+    rows before `layers` was recorded lack it), phases.prune.why_nothing_removed (when no filter was removed: the
+    prune warning's reason, with what to set), flops, peak_memory_bytes, latency_ms, param_reduction (no
     latency_ms, and no latency table, when no filter was removed: nothing was timed, the summary says "not
     compared"); deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparsetrain.phases import DENSE, FINETUNE, PHASES, SPARSIFY, final_phase
+from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
 
 REPORT_FORMAT = 2
 TASK_METRICS = {"classification": "accuracy", "segmentation": "Dice"}  # what a task's "metric" is (tasks.*.finalize)
@@ -93,11 +94,13 @@ def format_table(report: dict[str, Any]) -> str:
     if "flops" in report:
         p, f = report["params"], report["flops"]
         same = p["dense"] == p["pruned"] and f["dense"] == f["pruned"]  # no filter removed: one architecture twice
-        lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
-                  f"flops        {f['dense']:,} -> {f['pruned']:,}"]
+        if same:
+            lines += [f"params       {p['dense']:,} ({nothing_removed(report)})", f"flops        {f['dense']:,}"]
+        else:
+            lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
+                      f"flops        {f['dense']:,} -> {f['pruned']:,}"]
         if same:  # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
-            lines.append("latency      not compared: no filter was removed, so both are the same architecture (the "
-                         "prune warning says why)")
+            lines.append("latency      not compared: no filter was removed, so both are the same architecture")
         elif "latency_ms" in report:
             lines.append(_latency_line(report["latency_ms"]))
         lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
@@ -115,6 +118,13 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("baselines"):
         lines += ["", _comparison_table(report)]
     return "\n".join(lines)
+
+
+def nothing_removed(report: dict[str, Any]) -> str:
+    """`no filter removed: <why>`, the reason the prune phase recorded (`why_nothing_removed`); reports from before it
+    was recorded: `no filter removed`."""
+    why = phase_results(report).get(PRUNE, {}).get("why_nothing_removed")
+    return f"no filter removed: {why}" if why else "no filter removed"
 
 
 def filters_removed(kept: list[dict[str, Any]]) -> bool:

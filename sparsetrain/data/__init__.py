@@ -7,11 +7,11 @@ import torch
 from torch.utils.data import Subset
 
 from sparsetrain.config.schema import DataConfig, TrainSubsetConfig
-from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
+from sparsetrain.data.base import LUMA_WEIGHTS, DataBundle, DataError, color_record, preprocessing_record, resize_record
 from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
 from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
 from sparsetrain.data.idx import read_idx
-from sparsetrain.data.images import raw_pixels
+from sparsetrain.data.images import SIXTEEN_BIT, image_files_raw
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.progress import log
 
@@ -101,10 +101,11 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         if cfg.train_subset is not None:
             train = Subset(train, subset_indices(len(train), cfg.train_subset).tolist())
         stats = imagefolder_stats(chans) if cfg.normalize else None
-        prep = preprocessing_record((chans, size, size), f"image files decoded by PIL, {raw_pixels(scale)} (read as "
-                                    "stored: PIL's convert would clip 16-bit pixels)", scale, stats,
+        # 16-bit files are all gray (one bit depth per tree); 8-bit trees may hold both kinds, not every file is read
+        stored = (1,) if scale == SIXTEEN_BIT else (1, 3)
+        prep = preprocessing_record((chans, size, size), image_files_raw(scale), scale, stats,
                                     resize=resize_record([size, size], "torch interpolate via torchvision Resize"),
-                                    color="RGB" if chans == 3 else "L")
+                                    color=color_record(stored, chans, LUMA_WEIGHTS))
         return DataBundle(train, test, in_chans=chans, num_classes=classes, input_shape=(chans, size, size),
                           preprocessing=prep, classes=names)
     from sparsetrain.data.segmentation import build_segmentation_data

@@ -41,7 +41,7 @@ def resize_record(size: list[int], how: str) -> dict[str, Any]:
 
 def preprocessing_record(input_shape: tuple[int, ...], raw: str, scale: float,
                          stats: tuple[list[float], list[float]] | None, resize: dict[str, Any] | None = None,
-                         color: str | None = None) -> dict[str, Any]:
+                         color: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a model trained on this data expects, recorded in its export (`architecture.json` meta and the ONNX
     metadata): `x = (raw * scale - mean[c]) / std[c]` per channel c (axis 1), float32, batch-first layout.
 
@@ -53,16 +53,54 @@ def preprocessing_record(input_shape: tuple[int, ...], raw: str, scale: float,
         stats: Per-channel (mean, std) of the scaled training inputs (`data.normalize`), or None.
         resize: How images are resized first (`resize_record`: size [H, W], interpolation, antialias, mode), or
             None.
-        color: The channels images are brought to first ("RGB": 3, gray files repeated; "L": 1, colour files mixed
-            with the ITU-R 601 luma weights of torchvision's Grayscale; 16-bit gray files read as stored, never
-            through PIL's convert, which clips them), or None.
+        color: What was done to the image files' channels to get the model's C (`color_record`), or None for data
+            that is not image files.
     """
     layout = "NCHW" if len(input_shape) == 3 else "NCL" if len(input_shape) == 2 else "N" + "?" * len(input_shape)
     mean, std = stats if stats is not None else (None, None)
     return {"layout": layout, "dtype": "float32", "input_shape": list(input_shape), "raw": raw, "scale": scale,
             "mean": mean, "std": std, "resize": resize, "color": color,
             "formula": "x = (raw * scale - mean[c]) / std[c] for channel c = axis 1 (mean/std null: no "
-                       "standardization), float32, layout N×C×H×W"}
+                       "standardization), float32, layout N×C×H×W; raw brought to C channels as `color` says and "
+                       "to the size `resize` says (both linear: their order does not matter)"}
+
+
+# colour (R, G, B) → gray weights: torchvision's Grayscale (ITU-R 601 luma; imagefolder) and `match_channels`' mean
+LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
+MEAN_WEIGHTS = (1 / 3, 1 / 3, 1 / 3)
+
+
+def _channel_step(stored: int, chans: int) -> str:
+    """What turns a file of `stored` channels (1 gray, 3 colour) into `chans`: `as stored`, `repeated to C channels`
+    or `mixed to gray with gray_weights`."""
+    if stored == chans:
+        return "as stored"
+    return f"repeated to {chans} channels" if stored == 1 else "mixed to gray with gray_weights"
+
+
+def color_record(stored: tuple[int, ...], chans: int, weights: tuple[float, float, float]) -> dict[str, Any]:
+    """What was applied to the channels of the image files of one data set, for the export's preprocessing record.
+
+    Args:
+        stored: The channel counts the data set's files have after decoding (1 gray, 3 colour: palette and RGBA
+            files are converted to RGB, alpha dropped), e.g. (1,) or (1, 3); both when not every file was read.
+        chans: C, the model's input channels.
+        weights: The R, G, B weights colour files are mixed to gray with when C is 1.
+
+    Returns:
+        `{"applied": "<one line>", "gray_weights": [r, g, b] or None}`: `applied` is e.g. `none (3 channels as
+        stored)`, `gray repeated to 3 channels`, `colour mixed to gray with gray_weights`, or per file kind when
+        the data set holds (or may hold) both; `gray_weights` is set only when a colour file is mixed to gray.
+    """
+    steps = {kind: _channel_step(count, chans) for count, kind in ((1, "gray"), (3, "colour")) if count in stored}
+    if set(steps.values()) == {"as stored"}:
+        applied = f"none ({chans} channel{'s' * (chans > 1)} as stored)"
+    elif len(steps) == 1:
+        applied = " ".join(next(iter(steps.items())))
+    else:
+        applied = "; ".join(f"{kind} files {step}" for kind, step in steps.items())
+    mixed = chans == 1 and 3 in stored
+    return {"applied": applied, "gray_weights": list(weights) if mixed else None}
 
 
 def output_record(task: str, channels: int, classes: tuple[str, ...] | None) -> dict[str, Any]:

@@ -38,6 +38,13 @@ def raw_pixels(scale: float) -> str:
     return "16-bit gray pixels 0-65535" if scale == SIXTEEN_BIT else "8-bit pixels 0-255"
 
 
+def image_files_raw(scale: float) -> str:
+    """The `raw` of the export's preprocessing record for image files of this scale; 16-bit files also say that they
+    are read as stored (PIL's `convert` would clip them to 255)."""
+    clip = ", read as stored (not through PIL's convert, which clips them to 255)" if scale == SIXTEEN_BIT else ""
+    return f"image files decoded by PIL, {raw_pixels(scale)}{clip}"
+
+
 def unreadable(path: Path, err: BaseException, what: str = "image") -> DataError:
     """The one-line error for a file PIL cannot decode: `<path>: <what> file is corrupt or not an image (…)`."""
     if isinstance(err, UnidentifiedImageError):

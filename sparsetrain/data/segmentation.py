@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sparsetrain.config.schema import DataConfig
-from sparsetrain.data.base import DataBundle, DataError, preprocessing_record, resize_record
-from sparsetrain.data.images import DECODE_ERRORS, common_scale, raw_pixels, read_image, unreadable
+from sparsetrain.data.base import MEAN_WEIGHTS, DataBundle, DataError, color_record, preprocessing_record, resize_record
+from sparsetrain.data.images import DECODE_ERRORS, common_scale, image_files_raw, read_image, unreadable
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 from sparsetrain.progress import log
@@ -57,6 +57,7 @@ class SegSplit:
     mask_files: tuple[Path, ...]
     rgb_masks: tuple[Path, ...] = ()  # mask files stored as RGB(A) with equal colour channels, read as gray
     scale: tuple[Path, float] | None = None  # the first image file and the scale of every image (`read_image`)
+    channels: tuple[int, ...] = ()  # the channel counts of the image files as decoded (1 gray, 3 colour)
 
 
 def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
@@ -82,12 +83,11 @@ def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
         x_train, x_test, stats = standardize(x_train, x_test)
     shape = tuple(x_train.shape[1:])
     scale = train.scale[1] if train.scale else 1.0
-    raw = ("generated images in [0, 1]" if cfg.source == "seg_synthetic" else
-           f"image files decoded by PIL, {raw_pixels(scale)}, resized to data.image_size, colour averaged to gray / "
-           "gray repeated to match in_chans")
-    resize = resize_record(list(shape[1:]), "torch interpolate") if cfg.source == "seg_folder" and cfg.image_size \
-        else None
-    prep = preprocessing_record(shape, raw, scale, stats, resize=resize)
+    folder = cfg.source == "seg_folder"
+    raw = image_files_raw(scale) if folder else "generated images in [0, 1]"
+    resize = resize_record(list(shape[1:]), "torch interpolate") if folder and cfg.image_size else None
+    color = color_record(tuple(sorted({*train.channels, *test.channels})), shape[0], MEAN_WEIGHTS) if folder else None
+    prep = preprocessing_record(shape, raw, scale, stats, resize=resize, color=color)
     names = ("background", "vessel") if cfg.source == "seg_synthetic" else _class_names(Path(cfg.path or ""))
     return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
                       in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep,
@@ -125,8 +125,8 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
         _note_rgb_masks((whole,))
         train, test = _split(whole, cfg.test_fraction, seed)
     lookup, num_classes = _class_lookup(root, (train, test))
-    train = SegSplit(train.images, lookup[train.masks], train.mask_files, scale=train.scale)
-    test = SegSplit(test.images, lookup[test.masks], test.mask_files, scale=test.scale)
+    train = SegSplit(train.images, lookup[train.masks], train.mask_files, scale=train.scale, channels=train.channels)
+    test = SegSplit(test.images, lookup[test.masks], test.mask_files, scale=test.scale, channels=test.channels)
     return train, test, num_classes
 
 
@@ -230,7 +230,7 @@ def _read_split(folder: Path, size: int | None) -> SegSplit:
     images = torch.stack([x.expand(chans, -1, -1) for x, _, _, _ in loaded])  # gray next to colour: repeat the gray
     rgb = tuple(mask for (_, mask), (_, _, was_rgb, _) in zip(pairs, loaded, strict=True) if was_rgb)
     return SegSplit(images.contiguous(), torch.stack([y for _, y, _, _ in loaded]), tuple(mask for _, mask in pairs),
-                    rgb, (pairs[0][0], scale))
+                    rgb, (pairs[0][0], scale), tuple(sorted({x.shape[0] for x, _, _, _ in loaded})))
 
 
 def _note_rgb_masks(splits: tuple[SegSplit, ...]) -> None:
@@ -250,8 +250,8 @@ def _align_splits(train: SegSplit, test: SegSplit) -> tuple[SegSplit, SegSplit]:
                         f"{tuple(test.masks.shape[1:])}; set data.image_size to resize them")
     common_scale([train.scale, test.scale])
     chans = max(train.images.shape[1], test.images.shape[1])
-    train, test = (SegSplit(s.images.expand(-1, chans, -1, -1).contiguous(), s.masks, s.mask_files, scale=s.scale)
-                   for s in (train, test))
+    train, test = (SegSplit(s.images.expand(-1, chans, -1, -1).contiguous(), s.masks, s.mask_files, scale=s.scale,
+                            channels=s.channels) for s in (train, test))
     return train, test
 
 
@@ -332,5 +332,5 @@ def _split(data: SegSplit, fraction: float, seed: int) -> tuple[SegSplit, SegSpl
     parts = []
     for idx in (order[n_test:], order[:n_test]):
         parts.append(SegSplit(data.images[idx], data.masks[idx], tuple(data.mask_files[i] for i in idx.tolist()),
-                              scale=data.scale))
+                              scale=data.scale, channels=data.channels))
     return parts[0], parts[1]

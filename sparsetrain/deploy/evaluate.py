@@ -228,10 +228,13 @@ def format_evaluation(result: dict[str, Any]) -> str:
 
 
 def _params_line(p: dict[str, Any], sparsity: float) -> str:
-    """`params  N total, M non-zero; sparsity S %`, led by the unpruned count when the architecture is smaller."""
+    """`params  N total, M non-zero; sparsity S %`, led by the unpruned count when the architecture is smaller
+    (`(no filter removed)` after it when a structural export is as large as the unpruned one)."""
     counts = f"{p['total']:,} total, {p['nonzero']:,} non-zero; sparsity {100 * sparsity:.2f} %"
     if "dense" not in p:
         return f"params       {counts}"
+    if p["dense"] == p["total"]:  # a structural export that lost nothing (e.g. prune.filter_fraction=0)
+        return f"params       {counts} (no {p['removed'].removesuffix('s')} removed)"
     fewer = p["dense"] / max(p["total"], 1)
     return f"params       {p['dense']:,} -> {p['total']:,} ({fewer:.2f}x fewer, {p['removed']} removed); {counts}"
 

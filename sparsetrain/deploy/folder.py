@@ -9,10 +9,11 @@
 | `compact` | `compact/` + the same two files | Method 1: dead units removed exactly (`compact.py`) |
 
 The input preprocessing the model expects (`data.preprocessing_record`: layout, dtype, shape, scale of the raw
-values, per-channel mean/std, resize) is stored in `architecture.json` under `meta.preprocessing` and in the ONNX
-file's metadata_props under `sparsetrain.preprocessing` (JSON); `load_compressed` exposes it as `.preprocessing`.
-What the output means (`data.output_record`: the class names in index order, how to decode the logits) is stored
-the same way under `meta.output` and `sparsetrain.output`. The ONNX input's first axis is named `batch`.
+values, per-channel mean/std, resize, the channel conversion applied) is stored in `architecture.json` under
+`meta.preprocessing` and in the ONNX file's metadata_props under `sparsetrain.preprocessing` (JSON);
+`load_compressed` exposes it as `.preprocessing`. What the output means (`data.output_record`: the class names in
+index order, how to decode the logits) is stored the same way under `meta.output` and `sparsetrain.output`. The
+ONNX input's first axis is named `batch`.
 
 `manifest.json` lists the formats written, their files and sizes (`bytes`: every file listed; `weights_bytes`, for
 the torch formats: the weights file alone, the size report.json, `sparsetrain eval` and `bench latency` give), and

@@ -121,7 +121,7 @@ def _why_not_timed(pipeline: Pipeline) -> str | None:
         return None
     if PRUNE not in completed:
         return "the prune phase has not run, so no filter was removed yet and the model is the dense architecture"
-    return "no filter was removed, so the compressed model is the dense architecture (the prune warning says why)"
+    return "no filter was removed, so the compressed model is the dense architecture"
 
 
 def _name_earlier_table(pipeline: Pipeline, untimed: bool) -> None:

@@ -98,7 +98,8 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
     assert prep["mean"] == [0.485, 0.456, 0.406] and prep["std"] == [0.229, 0.224, 0.225]
     assert prep["resize"] == {"size": [16, 16], "interpolation": "bilinear", "antialias": True, "mode": "squash",
                               "by": "torch interpolate via torchvision Resize"}
-    assert prep["color"] == "RGB" and prep["scale"] == 1 / 255
+    assert prep["color"]["applied"] == "gray files repeated to 3 channels; colour files as stored"
+    assert prep["scale"] == 1 / 255
     assert bundle.classes == ("cat", "dog"), "class names in torchvision's index order (sorted folder names)"
     model = build_model(ModelConfig(name="resnet18"), 3, 2, bundle.input_shape)
     assert model.eval()(x[None]).shape == (1, 2)
@@ -162,7 +163,8 @@ def test_imagefolder_in_chans_1_gives_gray_inputs_and_model(tmp_path: Path) -> N
                                    in_chans=1), 0)
     x, _ = bundle.train[0]
     assert bundle.in_chans == 1 and bundle.input_shape == (1, 12, 12) and x.shape == (1, 12, 12)
-    assert bundle.preprocessing["color"] == "L" and len(bundle.preprocessing["mean"]) == 1
+    assert bundle.preprocessing["color"]["gray_weights"] == [0.2989, 0.587, 0.114]
+    assert len(bundle.preprocessing["mean"]) == 1
     model = build_model(ModelConfig(name="resnet18"), bundle.in_chans, 2, bundle.input_shape)
     assert model.eval()(x[None]).shape == (1, 2)
     with pytest.raises(DataError, match="data.in_chans: ImageFolder images are read as RGB .3. or gray .1., got 2"):

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from sparsetrain.cli import BENCHMARKS, main
+from sparsetrain.deploy.evaluate import _params_line
 from sparsetrain.deploy.run import _headline
 from sparsetrain.report import format_kept_filters, format_table
 
@@ -39,6 +40,21 @@ def test_a_method2_run_that_removed_no_filter_claims_no_speedup() -> None:
             "params": {"dense": 100, "pruned": 100}, "flops": {"dense": 10, "pruned": 10}, "param_reduction": 1.0}
     line = next(x for x in format_table(same).splitlines() if x.startswith("latency"))
     assert "not compared: no filter was removed" in line and "1.42x" not in line
+
+
+def test_a_method2_run_that_removed_no_filter_says_so_on_the_params_line() -> None:
+    """prune.filter_fraction=0 printed `params 488,001 -> 488,001 (1.00x fewer)`: nothing was removed, say that."""
+    pruned = {k: v for k, v in _structural_report({}).items() if k != "latency_ms"}
+    same = {**pruned, "params": {"dense": 488_001, "pruned": 488_001}, "flops": {"dense": 10, "pruned": 10},
+            "param_reduction": 1.0}
+    lines = format_table(same).splitlines()
+    assert "params       488,001 (no filter removed)" in lines and "flops        10" in lines, lines
+    assert not any("fewer" in line or "->" in line for line in lines), lines
+    assert "params       100 -> 50 (2.00x fewer)" in format_table(pruned).splitlines()
+    evaluated = {"total": 488_001, "nonzero": 488_001, "dense": 488_001, "removed": "filters"}  # sparsetrain eval
+    assert _params_line(evaluated, 0.0) == ("params       488,001 total, 488,001 non-zero; sparsity 0.00 % (no filter "
+                                            "removed)")
+    assert _params_line({**evaluated, "total": 400_000}, 0.0).startswith("params       488,001 -> 400,000 (1.22x")
 
 
 def test_method1_latency_line_is_the_compact_models_and_says_so() -> None:

@@ -90,9 +90,99 @@ def test_16bit_seg_folder_export_records_the_scale_training_used(tmp_path: Path)
                                    providers=["CPUExecutionProvider"])
     assert json.loads(session.get_modelmeta().custom_metadata_map["sparsetrain.preprocessing"]) == prep
     assert prep["scale"] == pytest.approx(1 / 65535) and prep["input_shape"] == [1, 16, 16], prep
+    assert prep["color"] == {"applied": "none (1 channel as stored)", "gray_weights": None}, "the export says so"
     raw = np.stack([np.asarray(Image.open(tmp_path / "data" / "train" / "images" / f"{i}.png")) for i in range(8)])
     x = (raw[:, None] * prep["scale"] - np.reshape(prep["mean"], (1, -1, 1, 1))) / np.reshape(prep["std"],
                                                                                              (1, -1, 1, 1))
     trained_on = build_data(cfg.data, cfg.seed).train.inputs
     np.testing.assert_allclose(x.astype(prep["dtype"]), trained_on.numpy(), atol=1e-5,
                                err_msg="raw files preprocessed with the recorded numbers differ from the training set")
+
+
+def _preprocess(path: Path, prep: dict) -> np.ndarray:
+    """What a user writes from the record alone: one raw file → the model's C×H×W input (no resize: the files are
+    already the recorded size)."""
+    from PIL import Image
+
+    raw = np.asarray(Image.open(path))
+    raw = (raw[..., None] if raw.ndim == 2 else raw[..., :3]).astype(np.float64)
+    x = raw * prep["scale"]
+    chans = prep["input_shape"][0]
+    if x.shape[-1] == 1 and chans > 1:
+        x = np.repeat(x, chans, axis=-1)
+    elif x.shape[-1] == 3 and chans == 1:
+        x = x @ np.array(prep["color"]["gray_weights"])[:, None]
+    if prep["mean"] is not None:
+        x = (x - np.array(prep["mean"])) / np.array(prep["std"])
+    return x.transpose(2, 0, 1).astype(prep["dtype"])
+
+
+def _write_pngs(folder: Path, count: int, kind: str, rng: np.random.Generator) -> list[Path]:
+    """`count` real 12×12 PNG files of `kind` (rgb, gray8, gray16) in `folder`."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shape, high, dtype = {"rgb": ((12, 12, 3), 256, np.uint8), "gray8": ((12, 12), 256, np.uint8),
+                          "gray16": ((12, 12), 65536, np.uint16)}[kind]
+    paths = [folder / f"{i}.png" for i in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, high, shape).astype(dtype)).save(path)
+    return paths
+
+
+@pytest.mark.parametrize(("kind", "in_chans", "applied", "weights"), [
+    ("rgb", 3, "none (3 channels as stored)", None),
+    ("rgb", 1, "colour mixed to gray with gray_weights", [1 / 3] * 3),
+    ("gray8", 3, "gray repeated to 3 channels", None),
+    ("gray16", None, "none (1 channel as stored)", None),
+])
+def test_seg_folder_record_says_which_channel_conversion_was_applied(
+        tmp_path: Path, kind: str, in_chans: int | None, applied: str, weights: list[float] | None) -> None:
+    """The record named both conversions ("colour averaged to gray / gray repeated") and none was applied to RGB
+    files with in_chans 3; it must name the one applied, and the file preprocessed from the record alone must give
+    the loader's input."""
+    from PIL import Image
+
+    from sparsetrain.config.schema import DataConfig
+    from sparsetrain.data import build_data
+
+    rng = np.random.default_rng(0)
+    images = {}
+    for split, count in (("train", 4), ("test", 2)):
+        images[split] = _write_pngs(tmp_path / split / "images", count, kind, rng)
+        (tmp_path / split / "masks").mkdir()
+        for path in images[split]:
+            Image.fromarray((rng.random((12, 12)) < 0.3).astype(np.uint8) * 255).save(tmp_path / split / "masks" /
+                                                                                       path.name)
+    bundle = build_data(DataConfig(source="seg_folder", path=str(tmp_path), in_chans=in_chans), 0)
+    prep = bundle.preprocessing
+    assert prep["color"] == {"applied": applied, "gray_weights": weights}, prep["color"]
+    assert "/" not in prep["raw"] and "resized" not in prep["raw"] and prep["resize"] is None, prep["raw"]
+    assert ("read as stored" in prep["raw"]) == (kind == "gray16"), prep["raw"]
+    for i, path in enumerate(images["train"]):
+        np.testing.assert_allclose(_preprocess(path, prep), bundle.train[i][0].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "in_chans", "applied", "weights"), [
+    ("gray16", None, "gray repeated to 3 channels", None),
+    ("gray16", 1, "none (1 channel as stored)", None),
+    ("rgb", None, "gray files repeated to 3 channels; colour files as stored", None),
+    ("rgb", 1, "gray files as stored; colour files mixed to gray with gray_weights", [0.2989, 0.587, 0.114]),
+])
+def test_imagefolder_record_says_which_channel_conversion_was_applied(
+        tmp_path: Path, kind: str, in_chans: int | None, applied: str, weights: list[float] | None) -> None:
+    """A 16-bit gray tree said `color: RGB` without saying that the gray channel is repeated to 3; an 8-bit tree's
+    raw said "read as stored: PIL's convert would clip 16-bit pixels", which is about 16-bit files only."""
+    from sparsetrain.config.schema import DataConfig
+    from sparsetrain.data import build_data
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            _write_pngs(tmp_path / split / label, 2, kind, rng)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=12, in_chans=in_chans), 0)
+    prep = bundle.preprocessing
+    assert prep["color"] == {"applied": applied, "gray_weights": weights}, prep["color"]
+    assert ("read as stored" in prep["raw"]) == ("clip" in prep["raw"]) == (kind == "gray16"), prep["raw"]
+    for i, (path, _) in enumerate(bundle.train.samples):
+        np.testing.assert_allclose(_preprocess(Path(path), prep), bundle.train[i][0].numpy(), atol=1e-5)

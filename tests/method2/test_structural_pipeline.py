@@ -149,13 +149,19 @@ def test_a_run_that_removed_no_filter_times_no_latency(tmp_path: Path, capsys: p
     assert not (tmp_path / "latency.json").exists() and "[latency]" not in err, "the latency table was timed"
     said = [line for line in err.splitlines() if "latency not timed" in line]
     assert len(said) == 1 and said[0].endswith("[deploy] latency not timed: no filter was removed, so the compressed "
-                                               "model is the dense architecture (the prune warning says why); "
-                                               "report.json has no latency"), said
+                                               "model is the dense architecture; report.json has no latency"), said
     assert "latency      not compared: no filter was removed" in out, out
+    why = saved["phases"]["prune"]["why_nothing_removed"]
+    assert why.startswith("no filter's l2 norm relative to its group's strongest is below"), why
     (tmp_path / "latency.json").write_text("{}")  # as a run before nothing-removed runs stopped timing wrote it
     again = run_pipeline(load_config(None, [*PRUNE_ONLY, f"out_dir={tmp_path}", "prune.filter_norm_threshold=0",
                                             "deploy.latency=true", "deploy.latency_repeats=3",
                                             "deploy.latency_batch=2"]))
     assert "latency" not in again and "latency_ms" not in again, again.get("latency_ms")
+    out, err = capsys.readouterr()
     assert ("[deploy] latency not timed: report.json has no latency table; latency.json is kept from an earlier "
-            "run, not part of this report") in capsys.readouterr().err
+            "run, not part of this report") in err
+    # the re-run runs no phase, so prints no prune warning: the reason itself, once, not a pointer to that warning
+    assert "[prune]" not in err and "says why" not in out + err, out + err
+    assert (out + err).count(why) == 1 and f"params       {again['params']['dense']:,} (no filter removed: {why})" \
+        in out.splitlines(), out
