@@ -40,6 +40,14 @@ class DataSizes:
     note: str = ""  # set when the sizes come from the config, not from the data
 
 
+def config_sizes(config: RunConfig, note: str = "") -> DataSizes:
+    """The data's sizes as the config gives them, without reading the data: `data.in_chans` (3), `data.image_size`
+    (224) and `model.kwargs.num_classes` (1000)."""
+    side, chans = config.data.image_size or 224, config.data.in_chans or 3
+    classes = config.model.kwargs.get("num_classes", 1000)
+    return DataSizes(chans, classes, (chans, side, side), note)
+
+
 def data_sizes(config: RunConfig) -> DataSizes:
     """The data's channels, classes and sample shape; from the config when the data cannot be read here."""
     from sparsetrain.data import DataError, build_data
@@ -47,23 +55,35 @@ def data_sizes(config: RunConfig) -> DataSizes:
     try:
         data = build_data(config.data, config.seed, config.model.kwargs.get("num_classes"))
     except DataError as err:
-        side, chans = config.data.image_size or 224, config.data.in_chans or 3
-        classes = config.model.kwargs.get("num_classes", 1000)
-        return DataSizes(chans, classes, (chans, side, side), f"data not read here ({err}); sizes from the config: "
-                         f"{chans}×{side}×{side} inputs, {classes} classes")
+        sizes = config_sizes(config)
+        return config_sizes(config, f"data not read here ({err}); sizes from the config: {sizes.in_chans}×"
+                            f"{sizes.input_shape[1]}×{sizes.input_shape[2]} inputs, {sizes.num_classes} classes")
     return DataSizes(data.in_chans, data.num_classes, tuple(data.input_shape))
 
 
 def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
-    """The run's model with shapes only (meta device)."""
-    import timm
+    """The run's model with shapes only (meta device).
 
-    from sparsetrain.models.factory import check_model_name, model_kwargs
+    Raises:
+        ValueError: one line naming `model.name` (a name timm does not know) or `model.kwargs` (an argument the
+            model does not take).
+    """
+    from sparsetrain.models.factory import check_model_name, create_model, model_kwargs
 
     check_model_name(config.model.name)
     with torch.device("meta"):
-        return timm.create_model(config.model.name, **model_kwargs(config.model, sizes.in_chans, sizes.num_classes,
-                                                                   sizes.input_shape))
+        return create_model(config.model.name, **model_kwargs(config.model, sizes.in_chans, sizes.num_classes,
+                                                              sizes.input_shape))
+
+
+def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
+    """The run's meta model (`meta_model`): the one model check of `run`, `run --dry-run` and `config`, before
+    anything is written.
+
+    Raises:
+        ValueError: one line naming `model.name` or `model.kwargs`.
+    """
+    return meta_model(config, sizes)
 
 
 def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
@@ -112,7 +132,7 @@ def run_memory_plan(config: RunConfig, model: nn.Module, sizes: DataSizes, world
 def plan_report(config: RunConfig, world_size: int) -> str:
     """Model, pruning plan and memory plan of a run as printed by `--dry-run`."""
     sizes = data_sizes(config)
-    model = meta_model(config, sizes)
+    model = check_model(config, sizes)
     layers = prunable_layers(model)
     check_layer_settings(config.prune, [layer.name for layer in layers])
     parts = [sizes.note] if sizes.note else []

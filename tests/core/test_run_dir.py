@@ -216,6 +216,14 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 REFUSED = "train.batch_size=4096", "tracking.mode=offline"  # W&B on: a refusal after the W&B run started leaked it
+# Refusals of the model's settings (fresh-user trial: config.yaml, wandb/ and wandb_run_id.txt were written first)
+MODEL_REFUSALS = [
+    (("tracking.mode=offline", "model.name=resnet-18"), "error: model.name: unknown timm model 'resnet-18' (closest: "),
+    (("tracking.mode=offline", "model.kwargs.depth=3"), "error: model.kwargs: lenet300_100 does not take the "
+     "arguments it was given (LeNet300100.__init__() got an unexpected keyword argument 'depth')"),
+    (("tracking.mode=offline", "model.checkpoint=/nonexistent/model.safetensors"),
+     "error: model.checkpoint: file or export folder not found: /nonexistent/model.safetensors"),
+]
 
 
 @pytest.mark.parametrize(("extra", "error"), [
@@ -224,6 +232,7 @@ REFUSED = "train.batch_size=4096", "tracking.mode=offline"  # W&B on: a refusal 
     (("tracking.mode=offline", "prune={rule: layer_sparsity, sparsity: 0.5, layer_sparsity: {fc9.weight: 0.9}}"),
      "error: prune.layer_sparsity.fc9.weight: not a prunable layer of this model"),
     (("tracking.mode=offline", "data.source=npz", "data.path=/nonexistent/digits.npz"), "error: data.path: "),
+    *MODEL_REFUSALS,
 ])
 def test_a_refused_run_leaves_no_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture, extra: tuple[str, ...],
                                          error: str) -> None:
@@ -241,6 +250,7 @@ def test_a_refused_run_leaves_no_out_dir(tmp_path: Path, capsys: pytest.CaptureF
     (REFUSED, "error: train.batch_size: 4096 exceeds the"),  # may change: the dense phase took no step
     ((*REFUSED, "resume=false"), "error: train.batch_size: 4096 exceeds the"),  # cleared the earlier run first
     (("tracking.mode=offline", "--phase", "finetune"), "error: phase: finetune starts from the weights of the prune"),
+    *[((*extra, "resume=false"), error) for extra, error in MODEL_REFUSALS],  # another model: resume=false
 ])
 def test_a_refused_run_leaves_an_earlier_run_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                        extra: tuple[str, ...], error: str) -> None:
