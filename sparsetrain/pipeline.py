@@ -122,8 +122,8 @@ class Pipeline:
 
     def _check_plan(self) -> None:
         """The model and the settings that name its layers, checked on the meta model (shapes only) before anything
-        is written: an unknown `model.name`, `model.kwargs` the model does not take (`plan.check_model`) and
-        `prune.layer_*` names that are not prunable layers.
+        is written: an unknown `model.name`, `model.kwargs` the model does not take, outputs that do not fit the task
+        (`plan.check_model`) and `prune.layer_*` names that are not prunable layers.
 
         Raises:
             ValueError: one line naming the setting.

@@ -77,13 +77,77 @@ def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
 
 
 def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
-    """The run's meta model (`meta_model`): the one model check of `run`, `run --dry-run` and `config`, before
-    anything is written.
+    """The run's meta model (`meta_model`), once it is known to give the outputs `config.task` trains on
+    (`check_model_task`): the one model check of `run`, `run --dry-run` and `config`, before anything is written.
 
     Raises:
         ValueError: one line naming `model.name` or `model.kwargs`.
     """
-    return meta_model(config, sizes)
+    model = meta_model(config, sizes)
+    check_model_task(config, model, sizes.input_shape)
+    return model
+
+
+# What a model's outputs are per task: N × K logits per image, N × K × H × W logits per pixel.
+TASK_OUTPUTS = {"classification": "one class per image", "segmentation": "a mask per pixel"}
+
+
+def output_task(output_shape: tuple[int, ...], input_shape: tuple[int, ...]) -> str | None:
+    """The task a model's output of `output_shape` (batch first) serves for one sample of `input_shape` (channels
+    first): classification for N × K, segmentation for N × K × (the sample's spatial sides); None for anything else."""
+    if len(output_shape) == 2:
+        return "classification"
+    if len(input_shape) >= 3 and len(output_shape) == len(input_shape) + 1:
+        return "segmentation"
+    return None
+
+
+def check_model_task(config: RunConfig, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Refuse a model whose outputs do not fit `config.task` (a segmentation model on classification data, or the
+    reverse), from one forward pass of the meta `model` on a batch of 2 (shapes only, no memory).
+
+    A forward pass the meta device cannot run (an input shape the model does not take, an op without a meta kernel)
+    decides nothing here: the real model's check (`models.factory.check_model_fits`) names a shape problem.
+
+    Raises:
+        ValueError: `model.name: NAME outputs ... (task) but data.source=S gives ... (task); pick ...`.
+    """
+    try:
+        with torch.no_grad():
+            output = model.eval()(torch.empty(2, *input_shape, device="meta"))
+    except Exception:  # noqa: BLE001  (see the docstring: not this check's question)
+        return
+    finally:
+        model.train()
+    if not isinstance(output, torch.Tensor):
+        return
+    given = output_task(tuple(output.shape), tuple(input_shape))
+    if given is None or given == config.task:
+        return
+    raise ValueError(f"model.name: {config.model.name} outputs {TASK_OUTPUTS[given]} ({given}) but data.source="
+                     f"{config.data.source} gives {TASK_OUTPUTS[config.task]} ({config.task}); pick "
+                     f"{_task_models(config.task)}, or {given} data (data.source={_sources(given)})")
+
+
+def _sources(task: str) -> str:
+    """The `data.source` values of `task`'s data, `|`-separated (segmentation sources are the `seg_*` ones)."""
+    from typing import get_args
+
+    from sparsetrain.config.schema import DataConfig
+
+    sources = get_args(DataConfig.model_fields["source"].annotation)
+    return "|".join(s for s in sources if s.startswith("seg_") == (task == "segmentation"))
+
+
+def _task_models(task: str) -> str:
+    """What to pick instead for `task`: a classifier, or sparsetrain's segmentation models by name."""
+    if task == "classification":
+        return "a classifier"
+    import timm
+
+    from sparsetrain.models import SEGMENTATION_MODULES
+
+    return f"a segmentation model ({', '.join(timm.list_models(module=list(SEGMENTATION_MODULES)))})"
 
 
 def prunable_layers(model: nn.Module) -> list[PrunableLayer]:

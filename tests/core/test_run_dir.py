@@ -221,6 +221,7 @@ MODEL_REFUSALS = [
     (("tracking.mode=offline", "model.name=resnet-18"), "error: model.name: unknown timm model 'resnet-18' (closest: "),
     (("tracking.mode=offline", "model.kwargs.depth=3"), "error: model.kwargs: lenet300_100 does not take the "
      "arguments it was given (LeNet300100.__init__() got an unexpected keyword argument 'depth')"),
+    (("tracking.mode=offline", "model.name=unet_tiny"), "error: model.name: unet_tiny outputs a mask per pixel"),
     (("tracking.mode=offline", "model.checkpoint=/nonexistent/model.safetensors"),
      "error: model.checkpoint: file or export folder not found: /nonexistent/model.safetensors"),
 ]
