@@ -138,17 +138,23 @@ class Pipeline:
             check_layer_settings(self.cfg.prune, list(prunable_parameters(model)))
 
     def _check_start_weights(self) -> None:
-        """`model.checkpoint` where a fresh run reads it (nothing started yet), before `open`: the path exists and
-        the run or export it comes from recorded this `model.name` (`models.checkpoint.check_checkpoint_source`);
-        whether its tensors fit is known when the dense phase loads them.
+        """Where a fresh run reads its start weights (nothing started yet), checked before `open`: `model.checkpoint`
+        exists and the run or export it comes from recorded this `model.name`
+        (`models.checkpoint.check_checkpoint_source`), `model.pretrained_file` exists; whether their tensors fit is
+        known when the dense phase loads them.
 
         Raises:
-            ValueError: one line naming `model.checkpoint`.
+            ValueError: one line naming `model.checkpoint` or `model.pretrained_file`.
         """
         from sparsetrain.models.checkpoint import check_checkpoint_source
+        from sparsetrain.models.factory import pretrained_file
 
-        if self.cfg.model.checkpoint and not self.state["completed"] and not self.state.get("current"):
+        if self.state["completed"] or self.state.get("current"):
+            return
+        if self.cfg.model.checkpoint:
             check_checkpoint_source(self.cfg.model)
+        if self.cfg.model.pretrained and self.cfg.model.pretrained_file:
+            pretrained_file(self.cfg.model)
 
     def _initial_state(self) -> dict[str, Any]:
         """The saved state to continue from, or a fresh one (`open` then clears the previous run's outputs).

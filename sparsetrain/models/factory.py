@@ -58,10 +58,19 @@ def _pretrained_args(cfg: ModelConfig) -> dict:
     if cfg.pretrained_file is None:
         _hub_offline()
         return {}
-    path = Path(cfg.pretrained_file).expanduser()
+    return {"pretrained_cfg_overlay": {"file": str(pretrained_file(cfg))}}
+
+
+def pretrained_file(cfg: ModelConfig) -> Path:
+    """`model.pretrained_file`, user (~) expanded; `cfg.pretrained_file` must be set.
+
+    Raises:
+        ValueError: `model.pretrained_file: file not found: PATH`.
+    """
+    path = Path(str(cfg.pretrained_file)).expanduser()
     if not path.is_file():
         raise ValueError(f"model.pretrained_file: file not found: {path}")
-    return {"pretrained_cfg_overlay": {"file": str(path)}}
+    return path
 
 
 def check_model_name(name: str) -> None:

@@ -258,6 +258,8 @@ MODEL_REFUSALS = [
     (("tracking.mode=offline", "model.name=unet_tiny"), "error: model.name: unet_tiny outputs a mask per pixel"),
     (("tracking.mode=offline", "model.checkpoint=/nonexistent/model.safetensors"),
      "error: model.checkpoint: file or export folder not found: /nonexistent/model.safetensors"),
+    (("tracking.mode=offline", "model.pretrained=true", "model.pretrained_file=/nonexistent/lenet.pth"),
+     "error: model.pretrained_file: file not found: /nonexistent/lenet.pth"),
 ]
 
 
