@@ -253,8 +253,10 @@ def _config(argv: list[str]) -> int:
     import yaml
 
     from sparsetrain.config import config_to_dict
+    from sparsetrain.plan import check_model, config_sizes
 
     cfg = load_config(*_split_recipe(args.config, list(args.overrides)))
+    check_model(cfg, config_sizes(cfg))  # the model checks of `run` that need no data: its sizes from the config
     print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
     return 0
 

@@ -85,6 +85,7 @@ class Pipeline:
         self._check_plan()
         self._fresh = False  # rank 0: an earlier run's outputs are cleared when the run opens
         self.state = self._initial_state()
+        self._check_start_weights()
         self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
@@ -120,14 +121,40 @@ class Pipeline:
         self._opened = True
 
     def _check_plan(self) -> None:
-        """Settings that name model layers are checked against the built model before any training."""
-        from sparsetrain.plan import DataSizes, meta_model
+        """The model and the settings that name its layers, checked on the meta model (shapes only) before anything
+        is written: an unknown `model.name`, `model.kwargs` the model does not take, outputs that do not fit the task
+        (`plan.check_model`) and `prune.layer_*` names that are not prunable layers.
+
+        Raises:
+            ValueError: one line naming the setting.
+        """
+        from sparsetrain.plan import DataSizes, check_model
         from sparsetrain.pruning.criteria import check_layer_settings
 
+        sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
+        model = check_model(self.cfg, sizes)
         prune = self.cfg.prune
         if getattr(prune, "layer_thresholds", None) or getattr(prune, "layer_sparsity", None):
-            sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
-            check_layer_settings(self.cfg.prune, list(prunable_parameters(meta_model(self.cfg, sizes))))
+            check_layer_settings(self.cfg.prune, list(prunable_parameters(model)))
+
+    def _check_start_weights(self) -> None:
+        """Where a fresh run reads its start weights (nothing started yet), checked before `open`: `model.checkpoint`
+        exists and the run or export it comes from recorded this `model.name`
+        (`models.checkpoint.check_checkpoint_source`), `model.pretrained_file` exists; whether their tensors fit is
+        known when the dense phase loads them.
+
+        Raises:
+            ValueError: one line naming `model.checkpoint` or `model.pretrained_file`.
+        """
+        from sparsetrain.models.checkpoint import check_checkpoint_source
+        from sparsetrain.models.factory import pretrained_file
+
+        if self.state["completed"] or self.state.get("current"):
+            return
+        if self.cfg.model.checkpoint:
+            check_checkpoint_source(self.cfg.model)
+        if self.cfg.model.pretrained and self.cfg.model.pretrained_file:
+            pretrained_file(self.cfg.model)
 
     def _initial_state(self) -> dict[str, Any]:
         """The saved state to continue from, or a fresh one (`open` then clears the previous run's outputs).

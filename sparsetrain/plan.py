@@ -40,6 +40,14 @@ class DataSizes:
     note: str = ""  # set when the sizes come from the config, not from the data
 
 
+def config_sizes(config: RunConfig, note: str = "") -> DataSizes:
+    """The data's sizes as the config gives them, without reading the data: `data.in_chans` (3), `data.image_size`
+    (224) and `model.kwargs.num_classes` (1000)."""
+    side, chans = config.data.image_size or 224, config.data.in_chans or 3
+    classes = config.model.kwargs.get("num_classes", 1000)
+    return DataSizes(chans, classes, (chans, side, side), note)
+
+
 def data_sizes(config: RunConfig) -> DataSizes:
     """The data's channels, classes and sample shape; from the config when the data cannot be read here."""
     from sparsetrain.data import DataError, build_data
@@ -47,23 +55,99 @@ def data_sizes(config: RunConfig) -> DataSizes:
     try:
         data = build_data(config.data, config.seed, config.model.kwargs.get("num_classes"))
     except DataError as err:
-        side, chans = config.data.image_size or 224, config.data.in_chans or 3
-        classes = config.model.kwargs.get("num_classes", 1000)
-        return DataSizes(chans, classes, (chans, side, side), f"data not read here ({err}); sizes from the config: "
-                         f"{chans}×{side}×{side} inputs, {classes} classes")
+        sizes = config_sizes(config)
+        return config_sizes(config, f"data not read here ({err}); sizes from the config: {sizes.in_chans}×"
+                            f"{sizes.input_shape[1]}×{sizes.input_shape[2]} inputs, {sizes.num_classes} classes")
     return DataSizes(data.in_chans, data.num_classes, tuple(data.input_shape))
 
 
 def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
-    """The run's model with shapes only (meta device)."""
-    import timm
+    """The run's model with shapes only (meta device).
 
-    from sparsetrain.models.factory import check_model_name, model_kwargs
+    Raises:
+        ValueError: one line naming `model.name` (a name timm does not know) or `model.kwargs` (an argument the
+            model does not take).
+    """
+    from sparsetrain.models.factory import check_model_name, create_model, model_kwargs
 
     check_model_name(config.model.name)
     with torch.device("meta"):
-        return timm.create_model(config.model.name, **model_kwargs(config.model, sizes.in_chans, sizes.num_classes,
-                                                                   sizes.input_shape))
+        return create_model(config.model.name, **model_kwargs(config.model, sizes.in_chans, sizes.num_classes,
+                                                              sizes.input_shape))
+
+
+def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
+    """The run's meta model (`meta_model`), once it is known to give the outputs `config.task` trains on
+    (`check_model_task`): the one model check of `run`, `run --dry-run` and `config`, before anything is written.
+
+    Raises:
+        ValueError: one line naming `model.name` or `model.kwargs`.
+    """
+    model = meta_model(config, sizes)
+    check_model_task(config, model, sizes.input_shape)
+    return model
+
+
+# What a model's outputs are per task: N × K logits per image, N × K × H × W logits per pixel.
+TASK_OUTPUTS = {"classification": "one class per image", "segmentation": "a mask per pixel"}
+
+
+def output_task(output_shape: tuple[int, ...], input_shape: tuple[int, ...]) -> str | None:
+    """The task a model's output of `output_shape` (batch first) serves for one sample of `input_shape` (channels
+    first): classification for N × K, segmentation for N × K × (the sample's spatial sides); None for anything else."""
+    if len(output_shape) == 2:
+        return "classification"
+    if len(input_shape) >= 3 and len(output_shape) == len(input_shape) + 1:
+        return "segmentation"
+    return None
+
+
+def check_model_task(config: RunConfig, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Refuse a model whose outputs do not fit `config.task` (a segmentation model on classification data, or the
+    reverse), from one forward pass of the meta `model` on a batch of 2 (shapes only, no memory).
+
+    A forward pass the meta device cannot run (an input shape the model does not take, an op without a meta kernel)
+    decides nothing here: the real model's check (`models.factory.check_model_fits`) names a shape problem.
+
+    Raises:
+        ValueError: `model.name: NAME outputs ... (task) but data.source=S gives ... (task); pick ...`.
+    """
+    try:
+        with torch.no_grad():
+            output = model.eval()(torch.empty(2, *input_shape, device="meta"))
+    except Exception:  # noqa: BLE001  (see the docstring: not this check's question)
+        return
+    finally:
+        model.train()
+    if not isinstance(output, torch.Tensor):
+        return
+    given = output_task(tuple(output.shape), tuple(input_shape))
+    if given is None or given == config.task:
+        return
+    raise ValueError(f"model.name: {config.model.name} outputs {TASK_OUTPUTS[given]} ({given}) but data.source="
+                     f"{config.data.source} gives {TASK_OUTPUTS[config.task]} ({config.task}); pick "
+                     f"{_task_models(config.task)}, or {given} data (data.source={_sources(given)})")
+
+
+def _sources(task: str) -> str:
+    """The `data.source` values of `task`'s data, `|`-separated (segmentation sources are the `seg_*` ones)."""
+    from typing import get_args
+
+    from sparsetrain.config.schema import DataConfig
+
+    sources = get_args(DataConfig.model_fields["source"].annotation)
+    return "|".join(s for s in sources if s.startswith("seg_") == (task == "segmentation"))
+
+
+def _task_models(task: str) -> str:
+    """What to pick instead for `task`: a classifier, or sparsetrain's segmentation models by name."""
+    if task == "classification":
+        return "a classifier"
+    import timm
+
+    from sparsetrain.models import SEGMENTATION_MODULES
+
+    return f"a segmentation model ({', '.join(timm.list_models(module=list(SEGMENTATION_MODULES)))})"
 
 
 def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
@@ -112,7 +196,7 @@ def run_memory_plan(config: RunConfig, model: nn.Module, sizes: DataSizes, world
 def plan_report(config: RunConfig, world_size: int) -> str:
     """Model, pruning plan and memory plan of a run as printed by `--dry-run`."""
     sizes = data_sizes(config)
-    model = meta_model(config, sizes)
+    model = check_model(config, sizes)
     layers = prunable_layers(model)
     check_layer_settings(config.prune, [layer.name for layer in layers])
     parts = [sizes.note] if sizes.note else []

@@ -167,6 +167,26 @@ def _stored_config(run_dir: Path) -> dict[str, Any] | None:
     return stored if isinstance(stored, dict) else None
 
 
+def fixed_by(key: str, new: dict[str, Any], state: dict[str, Any]) -> str:
+    """Why `key`, a setting `changed_settings` refuses to change, is fixed at this point of the run (`state`), in words
+    that follow `fixed: `: the phase that has run (stepped, for `STEP_SETTINGS`) with it, or that every phase stepping
+    with a `RECOVERY` setting has finished; for a penalty strength that a stop on NaN/inf would free (mid-phase), that
+    it may change only then (`recovery_settings`)."""
+    if _matches(key, RECOVERY):
+        return "every phase that steps with it has finished"
+    steps = _matches(key, STEP_SETTINGS)
+    completed, current = state.get("completed", {}), state.get("current") or {}
+    started = [p for p in PHASES[_scope(key):] if p == current.get("phase") or
+               (p in completed and not (steps and isinstance(completed[p], dict) and completed[p].get("steps") == 0))]
+    if not started:
+        return "the run is complete"  # settings of what runs after the last phase (baselines)
+    verb = "stepped" if steps else "run" if started[0] in completed else "started"
+    reason = f"{started[0]} has {verb} with it"
+    if current and key in recovery_settings(new, {**state, "current": {**current, "stopped": NONFINITE_STOP}}):
+        reason += "; it may change only after a NaN/inf stop"
+    return reason
+
+
 def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:
     """Refuse to continue the run in `out_dir` with settings that would change its results.
 
@@ -175,7 +195,9 @@ def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:
         config: the new resolved config (`config_to_dict`).
 
     Raises:
-        InputError: one line naming the first differing settings (stored → new) and the ways out.
+        InputError: one line naming the first differing settings (stored → new), why each is fixed now (`fixed_by`)
+            and the ways out: for a complete run, that `sparsetrain run OUT_DIR/config.yaml` (its stored settings)
+            reports it again, and a new out_dir for these settings (resume=false would replace the finished run).
     """
     stored = _stored_config(out_dir)
     if stored is None:
@@ -186,10 +208,16 @@ def check_same_run(out_dir: Path, config: dict[str, Any]) -> None:
     changed = changed_settings(stored, config, state)
     if not changed:
         return
-    shown = "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, old, new in changed[:_SHOWN])
-    more = f" (and {len(changed) - _SHOWN} more)" if len(changed) > _SHOWN else ""
-    raise InputError(f"out_dir: {out_dir} holds a run with other settings: {shown}{more}; use a new out_dir, "
-                     "or resume=false to start over")
+    shown = "; ".join(f"{k} {_show(old)} -> {_show(new)} (fixed: {fixed_by(k, config, state)})"
+                      for k, old, new in changed[:_SHOWN])
+    more = f"; and {len(changed) - _SHOWN} more" if len(changed) > _SHOWN else ""
+    way_out = "use a new out_dir, or resume=false to start over"
+    if last_phase(config) in state.get("completed", {}):
+        stored_config = out_dir / "config.yaml"
+        way_out = (f"the run is complete: `sparsetrain run {stored_config}` reports it again (its stored settings, "
+                   f"shown by `sparsetrain config {stored_config}`); for these settings use a new out_dir "
+                   "(resume=false would start over and replace the finished run)")
+    raise InputError(f"out_dir: {out_dir} holds a run with other settings: {shown}{more}; {way_out}")
 
 
 def last_phase(config: dict[str, Any]) -> str:

@@ -4,3 +4,4 @@
 from sparsetrain.models import lenet, lraspp, unet  # noqa: F401
 
 OWN_MODULES = ("lenet", "lraspp", "unet")  # timm's module names of sparsetrain's models: timm.list_models(module=)
+SEGMENTATION_MODULES = ("lraspp", "unet")  # those whose models output a mask per pixel

@@ -295,6 +295,20 @@ def source_model_name(path: str | Path) -> str | None:
     return None
 
 
+def check_checkpoint_source(cfg: ModelConfig) -> None:
+    """What can be known of `cfg.checkpoint` without reading its tensors: that it exists, and that the run or export
+    it comes from holds a `cfg.name` model (`source_model_name`).
+
+    Raises:
+        ValueError: `model.checkpoint: file or export folder not found: PATH`, or `model.checkpoint: PATH holds a
+            NAME model; set model.name=NAME ...`.
+    """
+    path = resolve(cfg.checkpoint)
+    if not path.exists():
+        raise ValueError(f"model.checkpoint: file or export folder not found: {path}")
+    _check_source_model(cfg)
+
+
 def _check_source_model(cfg: ModelConfig) -> None:
     """Name the model the checkpoint holds when its run or export says it is not `model.name`."""
     theirs = source_model_name(cfg.checkpoint)

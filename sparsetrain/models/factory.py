@@ -58,10 +58,19 @@ def _pretrained_args(cfg: ModelConfig) -> dict:
     if cfg.pretrained_file is None:
         _hub_offline()
         return {}
-    path = Path(cfg.pretrained_file).expanduser()
+    return {"pretrained_cfg_overlay": {"file": str(pretrained_file(cfg))}}
+
+
+def pretrained_file(cfg: ModelConfig) -> Path:
+    """`model.pretrained_file`, user (~) expanded; `cfg.pretrained_file` must be set.
+
+    Raises:
+        ValueError: `model.pretrained_file: file not found: PATH`.
+    """
+    path = Path(str(cfg.pretrained_file)).expanduser()
     if not path.is_file():
         raise ValueError(f"model.pretrained_file: file not found: {path}")
-    return {"pretrained_cfg_overlay": {"file": str(path)}}
+    return path
 
 
 def check_model_name(name: str) -> None:
@@ -79,6 +88,20 @@ def check_model_name(name: str) -> None:
     raise ValueError(f"model.name: unknown timm model {name!r} ({guess}; sparsetrain's own: {own})")
 
 
+def create_model(name: str, **kwargs: object) -> nn.Module:
+    """`timm.create_model(name, **kwargs)`, an argument the model's constructor does not take named in one line.
+
+    Raises:
+        ValueError: `model.kwargs: NAME does not take ...` (timm's TypeError, e.g. an unexpected keyword argument).
+    """
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"model.kwargs: {name} does not take the arguments it was given ({first}); `sparsetrain "
+                         "config --schema model` describes model.kwargs") from None
+
+
 def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: tuple[int, ...], *,
                 announce: bool = True) -> nn.Module:
     """Create the model and check that it accepts the data's input shape.
@@ -87,14 +110,15 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
     and its notes), for a caller that builds the same initial model again (`Pipeline.new_model`).
 
     Raises:
-        ValueError: one line naming `model.name` (unknown model, does not fit the data), `model.pretrained`
+        ValueError: one line naming `model.name` (unknown model, does not fit the data), `model.kwargs` (an argument
+            the model does not take), `model.pretrained`
             (no local weights) or `model.checkpoint` / `model.reset_head` (see `sparsetrain.models.checkpoint`).
     """
     check_model_name(cfg.name)
     kwargs = model_kwargs(cfg, in_chans, num_classes, input_shape)
     try:
         with quiet_timm_loading():
-            model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **_pretrained_args(cfg), **kwargs)
+            model = create_model(cfg.name, pretrained=cfg.pretrained, **_pretrained_args(cfg), **kwargs)
     except (OSError, RuntimeError) as err:  # hub cache miss, unreadable file, state-dict mismatch
         if not cfg.pretrained:
             raise

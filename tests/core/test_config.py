@@ -153,6 +153,25 @@ def test_cli_config_prints_the_resolved_recipe_and_the_schema() -> None:
             2, f"error: config --schema: no field or section {typo!r} (did you mean {meant}?)"), wrong.stderr
 
 
+CONFIG_MODEL_REFUSALS = [
+    (("model.name=resnet-18",), "error: model.name: unknown timm model 'resnet-18' (closest: "),
+    (("model.kwargs.depth=3",), "error: model.kwargs: lenet300_100 does not take the arguments it was given "),
+]
+
+
+@pytest.mark.parametrize(("overrides", "error"), CONFIG_MODEL_REFUSALS)
+def test_cli_config_refuses_the_model_settings_run_refuses(capsys: pytest.CaptureFixture,
+                                                           overrides: tuple[str, ...], error: str) -> None:
+    """Fresh-user trial: `sparsetrain config RECIPE model.name=resnet-18` printed the resolved config; `run` refuses
+    it (the same check, `plan.check_model`)."""
+    from sparsetrain.cli import main
+
+    capsys.readouterr()
+    assert main(["config", str(REPO / "configs" / "quickstart.yaml"), *overrides]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(error) and len(err.splitlines()) == 1, err
+
+
 def test_num_workers_auto_fits_the_cpus_of_each_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sparsetrain.cli import main
-from sparsetrain.config import config_to_dict
+from sparsetrain.config import config_to_dict, load_config
 from sparsetrain.engine import preemption
 from sparsetrain.engine.checkpoint import read_run_state
 from sparsetrain.models.checkpoint import run_weights
@@ -36,22 +36,55 @@ def _rerun(out: Path, capsys: pytest.CaptureFixture, *extra: str) -> tuple[int, 
     return code, capsys.readouterr().err.strip()
 
 
+def _complete(out: Path) -> str:
+    """The end of the refusal for a complete run in `out`."""
+    return (f"the run is complete: `sparsetrain run {out / 'config.yaml'}` reports it again (its stored settings, "
+            f"shown by `sparsetrain config {out / 'config.yaml'}`); for these settings use a new out_dir (resume=false "
+            "would start over and replace the finished run)")
+
+
 @pytest.mark.parametrize(("extra", "expected"), [
-    (("regularizer.alpha0=1e-3",), "regularizer.alpha0 0.0002 -> 0.001"),
-    (("phases.sparsify.epochs=2",), "phases.sparsify.epochs 0.5 -> 2;"),  # as written, not 2.0
-    (("model.name=lenet5",), 'model.name "lenet300_100" -> "lenet5"'),  # another model: not a load_state_dict error
-    (("data.source=synthetic", "seed=3"), 'seed 0 -> 3; data.source "digits" -> "synthetic"'),
-    (("regularizer={name: l2}",), 'regularizer.name "l0_exp" -> "l2"; regularizer.alpha0 0.0002 -> (unset)'),
+    (("regularizer.alpha0=1e-3",), "regularizer.alpha0 0.0002 -> 0.001 (fixed: sparsify has stepped with it)"),
+    (("phases.sparsify.epochs=2",), "phases.sparsify.epochs 0.5 -> 2 (fixed: sparsify has run with it)"),  # not 2.0
+    (("model.name=lenet5",), 'model.name "lenet300_100" -> "lenet5" (fixed: sparsify has run with it)'),  # no
+    # load_state_dict error; the dense phase is disabled (TINY): sparsify is the first that ran with it
+    (("data.source=synthetic", "seed=3"), 'seed 0 -> 3 (fixed: sparsify has run with it); data.source "digits" -> '
+     '"synthetic" (fixed: sparsify has run with it)'),
+    (("regularizer={name: l2}",), 'regularizer.name "l0_exp" -> "l2" (fixed: sparsify has stepped with it); '
+     "regularizer.alpha0 0.0002 -> (unset) (fixed: sparsify has stepped with it); regularizer.beta 20 -> (unset) "
+     "(fixed: sparsify has stepped with it); and 2 more"),
+    (("optim.lr=5e-4",), "optim.lr 0.001 -> 0.0005 (fixed: every phase that steps with it has finished)"),
 ])
 def test_changed_result_settings_are_refused_and_config_kept(finished: Path, capsys: pytest.CaptureFixture,
                                                             extra: tuple[str, ...], expected: str) -> None:
+    """Each setting says why it is fixed; a complete run says how to see it again, and that resume=false would
+    replace it (the message offered resume=false alone)."""
     before = (finished / "config.yaml").read_text()
     code, err = _rerun(finished, capsys, *extra)
     assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: out_dir: {finished} holds a run with other settings: "), err
-    assert expected in err and err.endswith("use a new out_dir, or resume=false to start over"), err
+    assert err == f"error: out_dir: {finished} holds a run with other settings: {expected}; {_complete(finished)}"
     assert (finished / "config.yaml").read_text() == before, "a refused config overwrote the run's config.yaml"
+
+
+def test_rerunning_the_original_command_of_a_run_resumed_with_another_lr(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: sparsify interrupted, resumed with optim.lr=5e-4 to the end; the original command (lr 1e-3)
+    was refused without saying why, offering resume=false (which would throw the finished run away). The stored
+    settings' command the message names reports the run again."""
+    out = tmp_path / "run"
+    preemption.clear()
+    preemption.request_stop()  # SIGTERM's stop, in process: a checkpoint at the first step, then Preempted
+    try:
+        with pytest.raises(preemption.Preempted):
+            run_pipeline(tiny_config(out, *SHORT))
+    finally:
+        preemption.clear()
+    run_pipeline(tiny_config(out, *SHORT, "optim.lr=5e-4"))
+    code, err = _rerun(out, capsys)
+    assert code == 2 and err == (f"error: out_dir: {out} holds a run with other settings: optim.lr 0.0005 -> 0.001 "
+                                 f"(fixed: every phase that steps with it has finished); {_complete(out)}"), err
+    run_pipeline(load_config(out / "config.yaml"))  # `sparsetrain run OUT/config.yaml`, in process (see `finished`)
+    assert "[finetune] already complete (run finished at " in capsys.readouterr().err
 
 
 def test_execution_settings_may_change_on_resume(finished: Path, tmp_path: Path) -> None:
@@ -174,7 +207,8 @@ def test_regularizer_settings_are_fixed_once_their_phase_has_stepped(tmp_path: P
     assert read_run_state(out)["current"]["phase"] == "sparsify"
     code, err = _rerun(out, capsys, "regularizer.alpha0=1e-3")
     assert code == 2 and err == (f"error: out_dir: {out} holds a run with other settings: regularizer.alpha0 0.0002 "
-                                 "-> 0.001; use a new out_dir, or resume=false to start over"), err
+                                 "-> 0.001 (fixed: sparsify has stepped with it; it may change only after a NaN/inf "
+                                 "stop); use a new out_dir, or resume=false to start over"), err
 
 
 def test_regularizer_settings_may_change_before_their_phase_starts(tmp_path: Path) -> None:
@@ -216,6 +250,17 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 REFUSED = "train.batch_size=4096", "tracking.mode=offline"  # W&B on: a refusal after the W&B run started leaked it
+# Refusals of the model's settings (fresh-user trial: config.yaml, wandb/ and wandb_run_id.txt were written first)
+MODEL_REFUSALS = [
+    (("tracking.mode=offline", "model.name=resnet-18"), "error: model.name: unknown timm model 'resnet-18' (closest: "),
+    (("tracking.mode=offline", "model.kwargs.depth=3"), "error: model.kwargs: lenet300_100 does not take the "
+     "arguments it was given (LeNet300100.__init__() got an unexpected keyword argument 'depth')"),
+    (("tracking.mode=offline", "model.name=unet_tiny"), "error: model.name: unet_tiny outputs a mask per pixel"),
+    (("tracking.mode=offline", "model.checkpoint=/nonexistent/model.safetensors"),
+     "error: model.checkpoint: file or export folder not found: /nonexistent/model.safetensors"),
+    (("tracking.mode=offline", "model.pretrained=true", "model.pretrained_file=/nonexistent/lenet.pth"),
+     "error: model.pretrained_file: file not found: /nonexistent/lenet.pth"),
+]
 
 
 @pytest.mark.parametrize(("extra", "error"), [
@@ -224,6 +269,7 @@ REFUSED = "train.batch_size=4096", "tracking.mode=offline"  # W&B on: a refusal 
     (("tracking.mode=offline", "prune={rule: layer_sparsity, sparsity: 0.5, layer_sparsity: {fc9.weight: 0.9}}"),
      "error: prune.layer_sparsity.fc9.weight: not a prunable layer of this model"),
     (("tracking.mode=offline", "data.source=npz", "data.path=/nonexistent/digits.npz"), "error: data.path: "),
+    *MODEL_REFUSALS,
 ])
 def test_a_refused_run_leaves_no_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture, extra: tuple[str, ...],
                                          error: str) -> None:
@@ -241,6 +287,7 @@ def test_a_refused_run_leaves_no_out_dir(tmp_path: Path, capsys: pytest.CaptureF
     (REFUSED, "error: train.batch_size: 4096 exceeds the"),  # may change: the dense phase took no step
     ((*REFUSED, "resume=false"), "error: train.batch_size: 4096 exceeds the"),  # cleared the earlier run first
     (("tracking.mode=offline", "--phase", "finetune"), "error: phase: finetune starts from the weights of the prune"),
+    *[((*extra, "resume=false"), error) for extra, error in MODEL_REFUSALS],  # another model: resume=false
 ])
 def test_a_refused_run_leaves_an_earlier_run_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                        extra: tuple[str, ...], error: str) -> None:

@@ -42,3 +42,41 @@ def test_drive_recipe_reads_drive_layout(tmp_path: Path) -> None:
     assert data.num_classes == 1 and data.input_shape == (3, cfg.data.image_size, cfg.data.image_size)
     assert (len(data.train), len(data.test)) == (2, 2)
     build_model(cfg.model, data.in_chans, data.num_classes, data.input_shape)
+
+
+SEG_MODELS = "lraspp_mobilenetv3_large_100, lraspp_mobilenetv3_small_100, unet, unet_small, unet_tiny"
+MODEL_TASK = [
+    (("model.name=unet_tiny", "phases.dense.enabled=true", "phases.dense.epochs=1"),
+     "error: model.name: unet_tiny outputs a mask per pixel (segmentation) but data.source=digits gives one class per "
+     "image (classification); pick a classifier, or segmentation data (data.source=seg_synthetic|seg_folder)"),
+    (("model.name=resnet18", "data.source=seg_synthetic", "task=segmentation", "data.num_samples=16"),
+     "error: model.name: resnet18 outputs one class per image (classification) but data.source=seg_synthetic gives a "
+     f"mask per pixel (segmentation); pick a segmentation model ({SEG_MODELS}), or classification data "
+     "(data.source=digits|mnist1d|synthetic|npz|idx|imagefolder)"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "error"), MODEL_TASK)
+@pytest.mark.parametrize("command", [["run"], ["run", "--dry-run"], ["config"]])
+def test_a_model_for_the_other_task_is_one_line_before_any_phase(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 command: list[str], overrides: tuple[str, ...],
+                                                                 error: str) -> None:
+    """Fresh-user trial: unet_tiny on digits ran the dense phase into a traceback from the loss (`only batches of
+    spatial targets supported`, exit 1); `run`, `run --dry-run` and `config` now refuse alike (`plan.check_model`)."""
+    from sparsetrain.cli import main
+    from tests.core.conftest import tiny_overrides
+
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main([*command, *tiny_overrides(out, "tracking.mode=offline", *overrides)]) == 2
+    printed, err = capsys.readouterr()
+    assert err.strip() == error and printed == "", err
+    assert not out.exists(), "the refused run wrote its out_dir"
+
+
+@pytest.mark.parametrize("recipe", ["unet_synthetic", "mobilenetv3_synthetic", "quickstart"])
+def test_the_recipes_models_fit_their_task(recipe: str) -> None:
+    from sparsetrain.plan import check_model, data_sizes
+
+    cfg = load_config(CONFIGS / f"{recipe}.yaml", ["data.num_samples=16"])
+    check_model(cfg, data_sizes(cfg))
