@@ -28,7 +28,8 @@ __all__ = ["GradualConfig", "PruneConfig", "RegularizerConfig", "RunConfig", "Se
 
 class ModelConfig(Section):
     name: str = Field("lenet300_100", description="timm model name (sparsetrain registers lenet300_100, lenet5, unet, "
-                      "lraspp_mobilenetv3_*); any timm classifier works.")
+                      "unet_small, unet_tiny, lraspp_mobilenetv3_large_100, lraspp_mobilenetv3_small_100); any timm "
+                      "classifier works.")
     pretrained: bool = Field(False, description="Load timm pretrained weights from disk: model.pretrained_file, "
                              "else timm's local cache (never downloaded).")
     pretrained_file: str | None = Field(None, description="Local weights file for pretrained=true (timm's "
