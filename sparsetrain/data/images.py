@@ -64,7 +64,10 @@ def _pixels(img: Image.Image, path: Path) -> np.ndarray:
             raise DataError(f"{path}: 32-bit integer pixels {int(pixels.min())}..{int(pixels.max())}; sparsetrain "
                             "reads 8-bit and 16-bit images (0-65535)")
         return pixels[..., None]
-    if img.mode in ("1", "L", "LA", "F"):  # F (float TIFF): PIL's 8-bit conversion, as before
+    if img.mode == "F":  # PIL's 8-bit conversion would clip floats (values in [0, 1] become 0 or 1: a black image)
+        raise DataError(f"{path}: 32-bit float pixels (PIL mode F); sparsetrain reads 8-bit and 16-bit images: save "
+                        "them as 16-bit PNG or TIFF (e.g. round(x * 65535) for values in [0, 1])")
+    if img.mode in ("1", "L", "LA"):
         return np.asarray(img.convert("L"))[..., None]
     return np.asarray(img.convert("RGB"))
 
@@ -77,7 +80,8 @@ def read_image(path: Path) -> tuple[np.ndarray, float]:
         `raw * scale` (the export's formula), and that scale: 1/255 (8-bit) or 1/65535 (16-bit gray).
 
     Raises:
-        DataError: one line naming the file: not an image, corrupt or truncated, or 32-bit pixel values.
+        DataError: one line naming the file: not an image, corrupt or truncated, or 32-bit (integer or float) pixel
+            values.
     """
     try:
         with Image.open(path) as img:

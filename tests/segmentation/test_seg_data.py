@@ -226,6 +226,18 @@ def test_16bit_images_are_scaled_by_1_65535_and_the_record_says_so(tmp_path: Pat
         np.testing.assert_allclose(x[0].numpy(), raw * bundle.preprocessing["scale"], atol=1e-6)
 
 
+def test_float_images_are_refused_naming_the_file(tmp_path: Path) -> None:
+    """A 32-bit float TIFF (PIL mode F, values in [0, 1]) went through PIL's 8-bit conversion: 0 or 1 of 255, a
+    black image, silently."""
+    write_pair(tmp_path / "train", "a", disk_mask(8, 255, 0))
+    write_pair(tmp_path / "test", "b", disk_mask(8, 255, 1))
+    (tmp_path / "train" / "images" / "a.png").unlink()
+    floats = tmp_path / "train" / "images" / "a.tif"
+    Image.fromarray(np.random.default_rng(0).random((8, 8), dtype=np.float32)).save(floats)
+    expect_error(seg_folder(tmp_path), rf"^{floats}: 32-bit float pixels \(PIL mode F\); sparsetrain reads 8-bit and "
+                                       "16-bit images: save them as 16-bit PNG or TIFF")
+
+
 def test_mixed_bit_depths_are_refused_naming_two_files(tmp_path: Path) -> None:
     write_16bit_pair(tmp_path / "train", "a", 0)
     write_pair(tmp_path / "test", "b", disk_mask(8, 255, 1), mode="L")
