@@ -95,8 +95,8 @@ class Pipeline:
         """Make out_dir this run's (once): create it, start (or continue) the W&B run, clear an earlier run's outputs on
         a fresh start (metrics.jsonl cut back to the checkpoint on a resume) and write config.yaml.
 
-        W&B starts before anything of an earlier run is cleared; when it cannot (`SetupError`, exit 5), an out_dir
-        this run created is removed again.
+        W&B starts before anything of an earlier run is cleared; when it cannot (`SetupError`, exit 5, on every rank:
+        rank 0 tells the others), an out_dir this run created is removed again.
 
         Raises:
             InputError: out_dir cannot be created (one line, on every rank).
@@ -107,12 +107,16 @@ class Pipeline:
         prepare_out_dir(self.out_dir)  # every rank: a bad out_dir is one line everywhere, not a hang at the barrier
         if not self._fresh:
             self._truncate_log_on_resume()
+        failure = None
         try:
-            self.tracker.start(fresh=self._fresh)
-        except SetupError:
-            if not self._out_dir_existed:
+            self.tracker.start(fresh=self._fresh)  # rank 0's tracker only
+        except SetupError as err:
+            failure = str(err)
+        failure = broadcast_object(failure)  # every rank stops alike, instead of waiting for rank 0 at the barrier
+        if failure is not None:
+            if not self._out_dir_existed and self.dist.is_main:
                 shutil.rmtree(self.out_dir, ignore_errors=True)
-            raise
+            raise SetupError(failure)
         if self._fresh and self.dist.is_main:
             clear_run_outputs(self.out_dir, keep=self.tracker.files())
         barrier()  # the other ranks write into out_dir only once an earlier run's outputs are gone
