@@ -66,19 +66,25 @@ def test_changed_result_settings_are_refused_and_config_kept(finished: Path, cap
     assert (finished / "config.yaml").read_text() == before, "a refused config overwrote the run's config.yaml"
 
 
+def _preempted_at_first_sparsify_step(out: Path) -> None:
+    """A run of `SHORT` stopped as SIGTERM stops it (in process): a checkpoint at sparsify's first step, then
+    Preempted."""
+    preemption.clear()
+    preemption.request_stop()
+    try:
+        with pytest.raises(preemption.Preempted):
+            run_pipeline(tiny_config(out, *SHORT))
+    finally:
+        preemption.clear()
+
+
 def test_rerunning_the_original_command_of_a_run_resumed_with_another_lr(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture) -> None:
     """Fresh-user trial: sparsify interrupted, resumed with optim.lr=5e-4 to the end; the original command (lr 1e-3)
     was refused without saying why, offering resume=false (which would throw the finished run away). The stored
     settings' command the message names reports the run again."""
     out = tmp_path / "run"
-    preemption.clear()
-    preemption.request_stop()  # SIGTERM's stop, in process: a checkpoint at the first step, then Preempted
-    try:
-        with pytest.raises(preemption.Preempted):
-            run_pipeline(tiny_config(out, *SHORT))
-    finally:
-        preemption.clear()
+    _preempted_at_first_sparsify_step(out)
     run_pipeline(tiny_config(out, *SHORT, "optim.lr=5e-4"))
     code, err = _rerun(out, capsys)
     assert code == 2 and err == (f"error: out_dir: {out} holds a run with other settings: optim.lr 0.0005 -> 0.001 "
@@ -197,13 +203,7 @@ def test_regularizer_settings_are_fixed_once_their_phase_has_stepped(tmp_path: P
     setting), mixing two recipes in one phase: now one line names it. Before sparsify starts it may change, and after a
     stop on non-finite numbers the strength the error asks to lower may change too (tests/core/test_nonfinite.py)."""
     out = tmp_path / "run"
-    preemption.clear()
-    preemption.request_stop()  # SIGTERM's stop, in process: a checkpoint at the first step, then Preempted
-    try:
-        with pytest.raises(preemption.Preempted):
-            run_pipeline(tiny_config(out, *SHORT))
-    finally:
-        preemption.clear()
+    _preempted_at_first_sparsify_step(out)
     assert read_run_state(out)["current"]["phase"] == "sparsify"
     code, err = _rerun(out, capsys, "regularizer.alpha0=1e-3")
     assert code == 2 and err == (f"error: out_dir: {out} holds a run with other settings: regularizer.alpha0 0.0002 "
