@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launch.submit import CLUSTERS, LaunchError
+from launch.submit import CLUSTERS, LaunchError, rank0_job
 from sparsetrain.cli import parse_command_line
 from sparsetrain.phases import PHASES
 
@@ -93,7 +93,7 @@ def launch_main(argv: list[str]) -> int:
 
 def _follow_job(job: Any, cluster: str, report: Path) -> str:
     """`follow it: squeue -j 12; tail -f OUT/slurm/12_0_log.err (rank 0's log); ...`: how to follow a submitted job."""
-    log = (job.task(0) if job.num_tasks > 1 else job).paths.stderr
+    log = rank0_job(job).paths.stderr
     if cluster == "slurm":
         return (f"follow it: squeue -j {job.job_id}; tail -f {log} (rank 0's log); when it ends: {report} "
                 f"(`--wait` waits for it; `scancel {job.job_id}` stops it)")

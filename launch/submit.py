@@ -341,6 +341,18 @@ def slurm_state(job_id: str) -> str:
     return match.group(1) if match else "UNKNOWN"
 
 
+def rank0_job(job: submitit.Job) -> submitit.Job:
+    """The task of `job` that is rank 0: the one whose result file the launcher reads and whose log holds the run's
+    log lines (a job of one task is its own)."""
+    return job.task(0) if job.num_tasks > 1 else job
+
+
+def no_result(job: submitit.Job, state: str | None = None, note: str = "") -> str:
+    """`job N ended (STATE) without a result<note>; see <rank 0's log>`: a job that ended without rank 0's result."""
+    ended = f"ended ({state})" if state else "ended"
+    return f"job {job.job_id} {ended} without a result{note}; see {rank0_job(job).paths.stderr}"
+
+
 def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float = 2.0) -> Any:
     """Wait for rank 0's result, through requeues, without relying on `sacct`.
 
@@ -350,14 +362,14 @@ def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float
     """
     if not isinstance(job, submitit.SlurmJob):
         return job.results()[0]
-    rank0 = job.task(0) if job.num_tasks > 1 else job
+    rank0 = rank0_job(job)
     start = time.monotonic()
     while not rank0.paths.result_pickle.exists():
         state = slurm_state(job.job_id)
         if state in FINAL_STATES or state == "UNKNOWN":
             time.sleep(3 * poll_s)  # the result file may still be landing on a shared file system
             if not rank0.paths.result_pickle.exists():
-                raise LaunchError(f"job {job.job_id} ended ({state}) without a result; see {rank0.paths.stderr}")
+                raise LaunchError(no_result(job, state))
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise WaitTimeout(f"stopped waiting after --timeout {timeout_s:g} s: job {job.job_id} is still {state} "
                               f"and goes on (`scancel {job.job_id}` stops it); rank 0's log: {rank0.paths.stderr}")

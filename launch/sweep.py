@@ -271,9 +271,9 @@ def job_status(job: Any) -> dict[str, Any]:
     """
     import submitit
 
-    from launch.submit import FINAL_STATES, job_failure, slurm_state
+    from launch.submit import FINAL_STATES, job_failure, no_result, rank0_job, slurm_state
 
-    rank0 = job.task(0) if job.num_tasks > 1 else job
+    rank0 = rank0_job(job)
     record: dict[str, Any] = {"job_id": job.job_id}
     if rank0.paths.result_pickle.exists():
         try:
@@ -283,15 +283,12 @@ def job_status(job: Any) -> dict[str, Any]:
         return {**record, "status": "done"}
     if not isinstance(job, submitit.SlurmJob):
         alive = _process_alive(job.job_id)
-        return {**record, "status": "running"} if alive else {
-            **record, "status": "failed", "error": f"job {job.job_id} ended without a result; see {job.paths.stderr}"}
+        return {**record, "status": "running"} if alive else {**record, "status": "failed", "error": no_result(job)}
     state = slurm_state(job.job_id)
     if state == "UNKNOWN":  # a while after it ended, or at once for a pending array element cancelled
-        return {**record, "status": "failed", "error": f"job {job.job_id} ended without a result (Slurm no longer "
-                f"lists it); see {job.paths.stderr}"}
+        return {**record, "status": "failed", "error": no_result(job, note=" (Slurm no longer lists it)")}
     if state in FINAL_STATES:
-        return {**record, "status": "failed", "state": state,
-                "error": f"job {job.job_id} ended ({state}) without a result; see {job.paths.stderr}"}
+        return {**record, "status": "failed", "state": state, "error": no_result(job, state)}
     return {**record, "status": "queued" if state in QUEUED_STATES else "running", "state": state}
 
 
