@@ -29,6 +29,7 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argp
                      "the options (settings are key=value overrides)")
     return parser.parse_intermixed_args(argv)
 
+
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain run", description="Run the compression pipeline.")
     parser.add_argument("config", nargs="?", help="YAML recipe (default: built-in defaults, a short "

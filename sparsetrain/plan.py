@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -56,8 +56,8 @@ def data_sizes(config: RunConfig) -> DataSizes:
         data = build_data(config.data, config.seed, config.model.kwargs.get("num_classes"))
     except DataError as err:
         sizes = config_sizes(config)
-        return config_sizes(config, f"data not read here ({err}); sizes from the config: {sizes.in_chans}×"
-                            f"{sizes.input_shape[1]}×{sizes.input_shape[2]} inputs, {sizes.num_classes} classes")
+        return replace(sizes, note=f"data not read here ({err}); sizes from the config: "
+                       f"{'×'.join(map(str, sizes.input_shape))} inputs, {sizes.num_classes} classes")
     return DataSizes(data.in_chans, data.num_classes, tuple(data.input_shape))
 
 

@@ -94,15 +94,13 @@ def format_table(report: dict[str, Any]) -> str:
     if "flops" in report:
         p, f = report["params"], report["flops"]
         same = p["dense"] == p["pruned"] and f["dense"] == f["pruned"]  # no filter removed: one architecture twice
-        if same:
-            lines += [f"params       {p['dense']:,} ({nothing_removed(report)})", f"flops        {f['dense']:,}"]
+        if same:  # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
+            lines += [f"params       {p['dense']:,} ({nothing_removed(report)})", f"flops        {f['dense']:,}",
+                      "latency      not compared: no filter was removed, so both are the same architecture"]
         else:
             lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
                       f"flops        {f['dense']:,} -> {f['pruned']:,}"]
-        if same:  # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
-            lines.append("latency      not compared: no filter was removed, so both are the same architecture")
-        elif "latency_ms" in report:
-            lines.append(_latency_line(report["latency_ms"]))
+            lines += [_latency_line(report["latency_ms"])] if "latency_ms" in report else []
         lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
         return "\n".join(lines)
     if "sparsity" in report:

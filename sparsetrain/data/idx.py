@@ -201,8 +201,3 @@ def read_idx(path: str | None, num_classes: int | None = None, prefix: str | Non
     return IdxData((_to_inputs(arrays["x_train"]), arrays["y_train"], _to_inputs(arrays["x_test"]), arrays["y_test"]),
                    files, transposed)
 
-
-def load_idx(path: str | None, num_classes: int | None = None, prefix: str | None = None,
-             transpose: Transpose = "auto") -> tuple[np.ndarray, ...]:
-    """x_train, y_train, x_test, y_test of `read_idx` (same arguments and errors)."""
-    return read_idx(path, num_classes, prefix, transpose).arrays

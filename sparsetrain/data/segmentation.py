@@ -24,7 +24,7 @@ masks (channels that differ) are refused.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +125,7 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
         _note_rgb_masks((whole,))
         train, test = _split(whole, cfg.test_fraction, seed)
     lookup, num_classes = _class_lookup(root, (train, test))
-    train = SegSplit(train.images, lookup[train.masks], train.mask_files, scale=train.scale, channels=train.channels)
-    test = SegSplit(test.images, lookup[test.masks], test.mask_files, scale=test.scale, channels=test.channels)
+    train, test = (replace(split, masks=lookup[split.masks]) for split in (train, test))
     return train, test, num_classes
 
 
@@ -250,8 +249,7 @@ def _align_splits(train: SegSplit, test: SegSplit) -> tuple[SegSplit, SegSplit]:
                         f"{tuple(test.masks.shape[1:])}; set data.image_size to resize them")
     common_scale([train.scale, test.scale])
     chans = max(train.images.shape[1], test.images.shape[1])
-    train, test = (SegSplit(s.images.expand(-1, chans, -1, -1).contiguous(), s.masks, s.mask_files, scale=s.scale,
-                            channels=s.channels) for s in (train, test))
+    train, test = (replace(s, images=s.images.expand(-1, chans, -1, -1).contiguous()) for s in (train, test))
     return train, test
 
 
@@ -331,6 +329,6 @@ def _split(data: SegSplit, fraction: float, seed: int) -> tuple[SegSplit, SegSpl
     n_test = _num_test(n, fraction)
     parts = []
     for idx in (order[n_test:], order[:n_test]):
-        parts.append(SegSplit(data.images[idx], data.masks[idx], tuple(data.mask_files[i] for i in idx.tolist()),
-                              scale=data.scale, channels=data.channels))
+        parts.append(replace(data, images=data.images[idx], masks=data.masks[idx], rgb_masks=(),
+                             mask_files=tuple(data.mask_files[i] for i in idx.tolist())))
     return parts[0], parts[1]

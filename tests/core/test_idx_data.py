@@ -13,7 +13,7 @@ import torch
 from sparsetrain.config import ConfigError, load_config
 from sparsetrain.config.schema import DataConfig, TrainSubsetConfig
 from sparsetrain.data import DataError, build_data, subset_indices
-from sparsetrain.data.idx import load_idx
+from sparsetrain.data.idx import read_idx
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def make_folder(root: Path, n_train: int = 30, n_test: int = 10, suffix: str = "
                                                        (".gz", "emnist-digits-", "test")])
 def test_idx_folder_matches_the_written_arrays(tmp_path: Path, suffix: str, prefix: str, test_name: str) -> None:
     arrays = make_folder(tmp_path, suffix=suffix, prefix=prefix, test_name=test_name)
-    x_train, y_train, x_test, y_test = load_idx(str(tmp_path))
+    x_train, y_train, x_test, y_test = read_idx(str(tmp_path)).arrays
     upright = (lambda a: a.transpose(0, 2, 1)) if prefix.startswith("emnist-") else (lambda a: a)  # data.transpose
     assert x_train.shape == (30, 1, 8, 8) and x_train.dtype == np.float32, f"x_train {x_train.shape} {x_train.dtype}"
     np.testing.assert_array_equal(np.round(x_train[:, 0] * 255), upright(arrays["train-images-idx3"]), "train images")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsetrain.data.idx import load_idx
+from sparsetrain.data.idx import read_idx
 from tests.core.subprocess_runs import run_cli
 
 # A smoke run of the recipe: 1/20 of the data and a few hundred steps. Its 98.2 % target needs the full schedule (after
@@ -19,7 +19,7 @@ SHORT = ["phases.dense.epochs=0.3", "phases.sparsify.epochs=0.6", "phases.finetu
 
 def _write_npz(idx_dir: Path, path: Path) -> Path:
     """The same real images in the README's .npz layout (uint8 N×28×28, int64 labels)."""
-    x_train, y_train, x_test, y_test = load_idx(str(idx_dir))
+    x_train, y_train, x_test, y_test = read_idx(str(idx_dir)).arrays
     to_uint8 = lambda x: np.round(x[:, 0] * 255).astype(np.uint8)  # noqa: E731
     np.savez_compressed(path, x_train=to_uint8(x_train), y_train=y_train, x_test=to_uint8(x_test), y_test=y_test)
     return path
