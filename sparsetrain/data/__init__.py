@@ -92,7 +92,7 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         raw, scale = RAW_INPUTS["idx"]
         if idx.transposed:  # the export says how the stored images map to the model's inputs
             raw += f", each image of {' and '.join(f.name for f in idx.transposed)} transposed (H and W swapped)"
-        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale))
+        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale), idx.classes)
     if cfg.source == "imagefolder":
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test, scale = load_imagefolder(cfg.path, size, cfg.normalize, chans)
