@@ -23,6 +23,7 @@ from sparsetrain.config.schema import RunConfig
 JOBS_FILE = "sweep_jobs.json"  # in the base out_dir: each point's job, for `--collect`
 RECORDED_CLUSTERS = ("slurm", "local")  # the debug cluster runs its jobs in the caller's process: nothing to look up
 NOT_DONE = ("failed", "queued", "running")
+TABLE_COLUMNS = ("point", "state", "job", "sparsity", "metric", "pareto")  # `metric`: each run's sweep.json key
 # Slurm job states of a job waiting to (re)start; other states that are not final (RUNNING, COMPLETING, SUSPENDED,
 # ...) count as running
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
@@ -166,9 +167,10 @@ def _collected_run(point: SweepPoint) -> dict[str, Any]:
 
 def summary_table(runs: list[dict[str, Any]]) -> str:
     """sweep.json's runs for the terminal: one row per point (point, state, Slurm job, sparsity, final metric, Pareto),
-    then the error of each failed or missing point on a line of its own."""
-    names = {run["metric_name"] for run in runs if run.get("metric_name")}
-    rows = [("point", "state", "job", "sparsity", names.pop() if len(names) == 1 else "metric", "pareto")]
+    then the error of each failed or missing point on a line of its own. The metric column is headed `metric`, the
+    key its values have in sweep.json (the phase they come from is each run's `metric_name`, e.g.
+    `finetune.metric`), whether or not a run has finished and whatever phase each run ended with."""
+    rows = [TABLE_COLUMNS]
     for run in runs:
         sparsity, metric = run.get("sparsity"), run.get("metric")
         rows.append((run["name"], _state_text(run), run.get("job_id") or "-",

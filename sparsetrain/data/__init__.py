@@ -11,7 +11,7 @@ from sparsetrain.data.base import LUMA_WEIGHTS, DataBundle, DataError, color_rec
 from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
 from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
 from sparsetrain.data.idx import read_idx
-from sparsetrain.data.images import SIXTEEN_BIT, image_files_raw
+from sparsetrain.data.images import image_files_raw
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.progress import log
 
@@ -92,7 +92,7 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         raw, scale = RAW_INPUTS["idx"]
         if idx.transposed:  # the export says how the stored images map to the model's inputs
             raw += f", each image of {' and '.join(f.name for f in idx.transposed)} transposed (H and W swapped)"
-        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale))
+        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale), idx.classes)
     if cfg.source == "imagefolder":
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test, scale = load_imagefolder(cfg.path, size, cfg.normalize, chans)
@@ -101,11 +101,10 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         if cfg.train_subset is not None:
             train = Subset(train, subset_indices(len(train), cfg.train_subset).tolist())
         stats = imagefolder_stats(chans) if cfg.normalize else None
-        # 16-bit files are all gray (one bit depth per tree); 8-bit trees may hold both kinds, not every file is read
-        stored = (1,) if scale == SIXTEEN_BIT else (1, 3)
+        # a tree of either bit depth may hold gray and colour files, and not every file is read here
         prep = preprocessing_record((chans, size, size), image_files_raw(scale), scale, stats,
                                     resize=resize_record([size, size], "torch interpolate via torchvision Resize"),
-                                    color=color_record(stored, chans, LUMA_WEIGHTS))
+                                    color=color_record((1, 3), chans, LUMA_WEIGHTS))
         return DataBundle(train, test, in_chans=chans, num_classes=classes, input_shape=(chans, size, size),
                           preprocessing=prep, classes=names)
     from sparsetrain.data.segmentation import build_segmentation_data

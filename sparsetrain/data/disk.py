@@ -152,7 +152,7 @@ def load_imagefolder(path: str, image_size: int, normalize: bool,
                      in_chans: int = 3) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, float]:
     """ImageFolder trees `path/train/<class>/*` and `path/val|test/<class>/*`, resized to image_size.
 
-    Files are found by torchvision's ImageFolder and decoded by `read_image` (8-bit × 1/255, 16-bit gray × 1/65535;
+    Files are found by torchvision's ImageFolder and decoded by `read_image` (8-bit × 1/255, 16-bit × 1/65535;
     one bit depth in the whole tree), then resized (bilinear, antialiased, on the float pixels) and standardized.
 
     Args:

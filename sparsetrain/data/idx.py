@@ -8,7 +8,10 @@ EMNIST's files carry a prefix and call the test split `test` (`emnist-balanced-t
 both are accepted. Its download unpacks every split into one folder; `data.idx_prefix` (e.g. `emnist-letters`)
 picks one. EMNIST stores each image transposed (H and W swapped; torchvision's EMNIST class leaves that to the
 user), so by default (`data.transpose=auto`) images of files named `emnist-*` are transposed back on read: the
-model, and so the exported one, sees upright characters. Parsing is torchvision's own
+model, and so the exported one, sees upright characters. The split's `<prefix>-mapping.txt` (one line per label:
+the label, then the ASCII code of each character it stands for: `0 48`, letters' `1 65 97`), when the folder holds
+it, names the classes: the characters of each line (`0`, `Aa`), `N/A` for a label without a line (letters' 0, as
+torchvision's EMNIST names it). Parsing is torchvision's own
 (`torchvision.datasets.mnist.read_image_file` / `read_label_file`); those readers open plain files only, so `.gz`
 files are first decompressed into a temporary folder with torchvision's `extract_archive`.
 
@@ -34,16 +37,19 @@ IDX_FILES = {"x_train": ("train", "images-idx3"), "y_train": ("train", "labels-i
 SPLIT_ALIASES = {"train": ("train",), "t10k": ("t10k", "test")}  # EMNIST names its test files "test"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 EMNIST_PREFIX = "emnist-"  # EMNIST's files, whose images are stored transposed
+UNMAPPED = "N/A"  # the name of a label its EMNIST mapping file has no line for (torchvision's EMNIST says so too)
 Transpose = bool | Literal["auto"]
 
 
 @dataclass(frozen=True)
 class IdxData:
-    """What `read_idx` read: the four arrays, the files they came from, and the image files it transposed."""
+    """What `read_idx` read: the four arrays, the files they came from, the image files it transposed, and the class
+    names of an EMNIST split with its mapping file."""
 
     arrays: tuple[np.ndarray, ...]  # x_train, y_train, x_test, y_test (images float32 N×1×H×W in [0, 1])
     files: dict[str, Path]  # by array name
     transposed: tuple[Path, ...]  # image files whose images were transposed (H and W swapped) on read
+    classes: tuple[str, ...] | None = None  # class names by label (EMNIST's mapping file), or None
 
 
 def _pattern(split: str, content: str, prefix: str | None) -> re.Pattern[str]:
@@ -150,6 +156,43 @@ def _transposes(file: Path, transpose: Transpose) -> bool:
     return file.name.startswith(EMNIST_PREFIX) if transpose == "auto" else bool(transpose)
 
 
+def _mapping_line(mapping: Path, number: int, line: str) -> tuple[int, str]:
+    """(label, name) of line `number` of an EMNIST mapping file: `<label> <ASCII code> [<ASCII code> ...]`.
+
+    Raises:
+        DataError: one line naming the file and line when it is not a label and ASCII codes (0-127).
+    """
+    fields = line.split()
+    if len(fields) < 2 or not all(f.isascii() and f.isdigit() for f in fields) or any(int(f) > 127 for f in fields[1:]):
+        raise DataError(f"data.path: {mapping} line {number}: expected a label and the ASCII code of its character "
+                        f"(e.g. '0 48', or '1 65 97' for 'Aa'), got {line.strip()!r}")
+    return int(fields[0]), "".join(chr(int(code)) for code in fields[1:])
+
+
+def emnist_classes(train_images: Path) -> tuple[str, ...] | None:
+    """Class names by label from the EMNIST mapping file of the split `train_images` belongs to
+    (`<dir>/emnist-<split>-mapping.txt`): the characters of each label's line, `UNMAPPED` for labels 0..max without
+    one; None when the file is not an EMNIST one or the folder holds no mapping file.
+
+    Raises:
+        DataError: one line naming the mapping file and line: not `<label> <ASCII code>...`, or a label given twice.
+    """
+    match = _pattern("train", "images-idx3", None).match(train_images.name)
+    prefix = match["prefix"] if match else None
+    mapping = train_images.parent / f"{prefix}-mapping.txt"
+    if not prefix or not prefix.startswith(EMNIST_PREFIX) or not mapping.is_file():
+        return None
+    names: dict[int, str] = {}
+    for number, line in enumerate(mapping.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        label, name = _mapping_line(mapping, number, line)
+        if label in names:
+            raise DataError(f"data.path: {mapping} line {number}: label {label} given twice")
+        names[label] = name
+    return tuple(names.get(label, UNMAPPED) for label in range(max(names) + 1)) if names else None
+
+
 def _log_orientation(files: dict[str, Path], transposed: tuple[Path, ...], transpose: Transpose) -> None:
     """One line when images are transposed, or when EMNIST's are kept as stored (transpose=false)."""
     images = (files["x_train"], files["x_test"])
@@ -179,8 +222,9 @@ def read_idx(path: str | None, num_classes: int | None = None, prefix: str | Non
 
     Raises:
         DataError: the folder or one of its four files is missing, ambiguous or unreadable, an image file and its
-            label file hold different numbers of samples, a label is >= num_classes, or train and test images
-            differ in size (one line naming data.path or data.idx_prefix and the file).
+            label file hold different numbers of samples, a label is >= num_classes, train and test images
+            differ in size, or the EMNIST split's mapping file is malformed (one line naming data.path or
+            data.idx_prefix and the file).
     """
     root = Path(str(path))
     _check_folder(root)
@@ -199,5 +243,5 @@ def read_idx(path: str | None, num_classes: int | None = None, prefix: str | Non
                         f"{files['x_test'].name} images are {arrays['x_test'].shape[1:]}")
     _log_orientation(files, transposed, transpose)
     return IdxData((_to_inputs(arrays["x_train"]), arrays["y_train"], _to_inputs(arrays["x_test"]), arrays["y_test"]),
-                   files, transposed)
+                   files, transposed, emnist_classes(files["x_train"]))
 

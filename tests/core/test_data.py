@@ -259,6 +259,78 @@ def test_imagefolder_mixed_bit_depths_are_refused_naming_two_files(tmp_path: Pat
                                "1/255 or 1/65535, for every image)")
 
 
+
+def _colour16(seed: int, chans: int = 3) -> np.ndarray:
+    """8×8 16-bit colour pixels whose low byte matters: high byte 100-140, low byte anything (0-255)."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(100, 140, (8, 8, chans)) * 256 + rng.integers(0, 256, (8, 8, chans))).astype(np.uint16)
+
+
+def test_imagefolder_16bit_colour_png_is_read_at_full_depth(tmp_path: Path) -> None:
+    """Pillow opens 48-bit (RGB) and 64-bit (RGBA) PNGs as 8-bit RGB/RGBA, the low byte dropped: the tree was read
+    as 8-bit × 1/255 and the record said so."""
+    from tests.helpers.png16 import write_png16
+
+    raws = {}
+    for split in ("train", "val"):
+        for seed, label in enumerate(("a", "b")):
+            for i, chans in enumerate((3, 4)):  # RGB and RGBA (alpha dropped)
+                raws[write_png16(tmp_path / split / label / f"{i}.png", _colour16(seed * 2 + i, chans))] = chans
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8, normalize=False), 0)
+    prep = bundle.preprocessing
+    assert prep["scale"] == 1 / 65535 and "16-bit pixels 0-65535 read as stored" in prep["raw"], prep
+    assert "torchvision.io.decode_png" in prep["raw"], prep["raw"]
+    for index, (file, _) in enumerate(bundle.train.samples):  # the export's formula on the pixels written
+        chans = raws[Path(file)]
+        raw = _colour16(("a", "b").index(Path(file).parent.name) * 2 + (chans - 3), chans)[..., :3]
+        x, _ = bundle.train[index]
+        np.testing.assert_allclose(x.numpy(), raw.transpose(2, 0, 1) * prep["scale"], atol=1e-6, rtol=0,
+                                   err_msg=f"{file}: training input is not raw * recorded scale")
+
+
+def test_imagefolder_16bit_colour_mixed_with_8bit_is_refused(tmp_path: Path) -> None:
+    """Read as 8-bit, a 48-bit PNG passed for an 8-bit file: a tree mixing them was accepted, one scale for both."""
+    from PIL import Image
+
+    from tests.helpers.png16 import write_png16
+
+    for split in ("train", "val"):
+        for seed, label in enumerate(("a", "b")):
+            write_png16(tmp_path / split / label / "0.png", _colour16(seed))
+    eight = tmp_path / "val" / "b" / "1.png"
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(eight)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8), 0)
+    bundle.test[0], bundle.test[1]  # the 16-bit files are read
+    with pytest.raises(DataError) as info:
+        bundle.test[2]
+    assert str(info.value) == (f"data.path: {eight} is a 8-bit image but {tmp_path / 'train' / 'a' / '0.png'} is "
+                               "16-bit; save all images with one bit depth (the export records one input scale, "
+                               "1/255 or 1/65535, for every image)")
+
+
+
+def test_imagefolder_damaged_16bit_png_is_a_one_line_error_not_a_crash(tmp_path: Path) -> None:
+    """torchvision's decode_png dies of a segfault on a chunk CRC or zlib error while reading rows: PIL checks the
+    file first, so the error names it like any damaged file."""
+    from tests.helpers.png16 import write_png16
+
+    for split in ("train", "val"):
+        for seed, label in enumerate(("a", "b")):
+            write_png16(tmp_path / split / label / "0.png", _colour16(seed))
+    crc, truncated = tmp_path / "train" / "b" / "0.png", tmp_path / "val" / "b" / "0.png"
+    data = bytearray(crc.read_bytes())
+    data[data.index(b"IDAT") + 8] ^= 0xFF  # a byte of the zlib stream: IDAT's CRC no longer matches
+    crc.write_bytes(bytes(data))
+    truncated.write_bytes(truncated.read_bytes()[:-40])
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8), 0)
+    with pytest.raises(DataError) as info:
+        bundle.train[1]
+    assert str(info.value) == (f"{crc}: cannot read image file (broken PNG file (bad header checksum in b'IDAT')); "
+                               "replace or remove it")
+    with pytest.raises(DataError, match=rf"^{truncated}: cannot read image file \(.*\); replace or remove it$"):
+        bundle.test[1]
+
+
 def _damage(root: Path) -> tuple[Path, Path]:
     """Make train/b/0.png a PNG signature followed by junk and train/b/1.png a truncated PNG."""
     corrupt, truncated = root / "train" / "b" / "0.png", root / "train" / "b" / "1.png"

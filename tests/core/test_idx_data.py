@@ -243,7 +243,7 @@ def test_letters_labels_from_one_say_label_zero_is_untrained(tmp_path: Path, cap
     with caplog.at_level("INFO", logger="sparsetrain"):
         bundle = build_data(DataConfig(source="idx", path=str(root)), 0)
     assert bundle.num_classes == 27 and int(bundle.train.targets.min()) == 1, "labels must be used as stored"
-    assert bundle.classes is None, "an IDX folder names no classes (export meta.output.classes is null)"
+    assert bundle.classes is None, "an IDX folder without a mapping file names no classes (export classes: null)"
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
     assert lines == ["data: 27 classes (labels 0-26, one model output each); label 0 has no training sample (0 test "
                      "samples): labels are used as stored, so that output is never trained to fire (EMNIST letters: "
@@ -265,3 +265,54 @@ def test_letters_labels_from_one_say_label_zero_is_untrained(tmp_path: Path, cap
     with caplog.at_level("INFO", logger="sparsetrain"):
         build_data(DataConfig(source="idx", path=str(tmp_path / "mnist")), 0)
     assert not [r for r in caplog.records if r.getMessage().startswith("data: ")], "every label has a sample: no line"
+
+
+def _letters_folder(root: Path, mapping: str | None) -> Path:
+    """An EMNIST letters split as its download unpacks it (labels 1-26) beside a balanced one (labels 0-9 here),
+    with `emnist-letters-mapping.txt` holding `mapping` (none when None)."""
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 26), ("test", 8)):
+        write_idx(root / f"emnist-letters-{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 6, 6)))
+        write_idx(root / f"emnist-letters-{split}-labels-idx1-ubyte.gz", np.arange(n) % 26 + 1)
+    make_folder(root, prefix="emnist-balanced-", test_name="test")
+    if mapping is not None:
+        (root / "emnist-letters-mapping.txt").write_text(mapping)
+    return root
+
+
+LETTERS_MAPPING = "".join(f"{label} {64 + label} {96 + label}\n" for label in range(1, 27))  # EMNIST's: "1 65 97"
+
+
+def test_emnist_mapping_file_names_the_classes_in_the_export(tmp_path: Path) -> None:
+    """An EMNIST split's classes are characters its mapping file gives; the export said classes: null."""
+    from sparsetrain.data.base import output_record
+
+    root = _letters_folder(tmp_path, LETTERS_MAPPING)
+    bundle = build_data(DataConfig(source="idx", path=str(root), idx_prefix="emnist-letters"), 0)
+    assert bundle.num_classes == 27
+    assert bundle.classes == ("N/A", *(upper + upper.lower() for upper in "ABCDEFGHIJKLMNOPQRSTUVWXYZ")), \
+        bundle.classes
+    assert output_record("classification", 27, bundle.classes)["classes"][:3] == ["N/A", "Aa", "Bb"]
+    (root / "emnist-balanced-mapping.txt").write_text("".join(f"{d} {48 + d}\n" for d in range(10)))
+    balanced = build_data(DataConfig(source="idx", path=str(root), idx_prefix="emnist-balanced"), 0)
+    assert balanced.classes == tuple("0123456789"), balanced.classes
+    make_folder(tmp_path / "mnist")
+    (tmp_path / "mnist" / "emnist-letters-mapping.txt").write_text(LETTERS_MAPPING)  # not the folder's split
+    assert build_data(DataConfig(source="idx", path=str(tmp_path / "mnist")), 0).classes is None
+
+
+@pytest.mark.parametrize(("line", "detail"), [
+    ("3 x", "expected a label and the ASCII code of its character (e.g. '0 48', or '1 65 97' for 'Aa'), got '3 x'"),
+    ("3", "expected a label and the ASCII code of its character (e.g. '0 48', or '1 65 97' for 'Aa'), got '3'"),
+    ("3 300", "expected a label and the ASCII code of its character (e.g. '0 48', or '1 65 97' for 'Aa'), got "
+              "'3 300'"),
+    ("2 66 98", "label 2 given twice"),
+], ids=["not-a-code", "no-code", "not-ascii", "label-twice"])
+def test_malformed_emnist_mapping_is_one_line_naming_file_and_line(tmp_path: Path, line: str, detail: str) -> None:
+    lines = LETTERS_MAPPING.splitlines()
+    lines.insert(2, line)
+    root = _letters_folder(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(source="idx", path=str(root), idx_prefix="emnist-letters"), 0)
+    assert str(info.value) == f"data.path: {root / 'emnist-letters-mapping.txt'} line 3: {detail}"

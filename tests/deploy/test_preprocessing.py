@@ -164,8 +164,8 @@ def test_seg_folder_record_says_which_channel_conversion_was_applied(
 
 
 @pytest.mark.parametrize(("kind", "in_chans", "applied", "weights"), [
-    ("gray16", None, "gray repeated to 3 channels", None),
-    ("gray16", 1, "none (1 channel as stored)", None),
+    ("gray16", None, "gray files repeated to 3 channels; colour files as stored", None),  # 16-bit PNGs may be colour
+    ("gray16", 1, "gray files as stored; colour files mixed to gray with gray_weights", [0.2989, 0.587, 0.114]),
     ("rgb", None, "gray files repeated to 3 channels; colour files as stored", None),
     ("rgb", 1, "gray files as stored; colour files mixed to gray with gray_weights", [0.2989, 0.587, 0.114]),
 ])

@@ -333,7 +333,7 @@ def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None
         _cancel_jobs_of(base)
     assert code == 0, f"sweep failed; logs in {base / 'slurm'}"
     table = capsys.readouterr().out.splitlines()[1:]  # after the `submitted 4 runs` line: a table, not JSON
-    assert table[0].split() == ["point", "state", "job", "sparsity", "finetune.metric", "pareto"], table
+    assert table[0].split() == ["point", "state", "job", "sparsity", "metric", "pareto"], table
     assert [row.split()[1] for row in table[1:5]] == ["done"] * 4, table
     assert table[5] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", table
     summary = json.loads((base / "sweep.json").read_text())

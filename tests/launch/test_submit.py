@@ -214,3 +214,27 @@ def test_an_unknown_option_is_named_alone(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert stop.value.code == 2 and err.startswith("sparsetrain sweep: error: unrecognized option --follow;"), err
     assert "out_dir=" not in err and "seed=1" not in err, err
+
+
+def test_sweep_table_heads_the_metric_column_with_the_key_sweep_json_uses(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The table headed the column `finetune.metric` once runs were done (`metric` before, or when runs ended in
+    different phases), where sweep.json holds those values under `metric` (and the phase in `metric_name`)."""
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    argv = [str(quickstart), "alpha0=1e-5,3e-5", "--collect", f"out_dir={tmp_path}"]
+    header = ["point", "state", "job", "sparsity", "metric", "pareto"]  # padded to the widest cell
+    assert sweep_main(argv) == 1  # no run has a report: both missing
+    assert capsys.readouterr().out.splitlines()[0].split() == header
+    (tmp_path / "alpha0=1e-5").mkdir()
+    (tmp_path / "alpha0=1e-5" / "report.json").write_text(json.dumps(
+        {"format_version": 2, "sparsity": 0.5, "phases": {"prune": {"metric": 90.0}, "finetune": {"metric": 91.4}}}))
+    for phases in ({"prune": {"metric": 88.0}, "finetune": {"metric": 89.0}}, {"prune": {"metric": 88.0}}):
+        (tmp_path / "alpha0=3e-5").mkdir(exist_ok=True)
+        (tmp_path / "alpha0=3e-5" / "report.json").write_text(json.dumps(
+            {"format_version": 2, "sparsity": 0.7, "phases": phases}))
+        assert sweep_main(argv) == 0
+        lines = capsys.readouterr().out.splitlines()
+        runs = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+        assert lines[0].split() == header, lines
+        assert lines[1].split()[3:5] == ["50.0", "%"] and lines[1].split()[5] == f"{runs[0]['metric']:.4g}", lines
+        assert runs[0]["metric_name"] == "finetune.metric" and lines[0].split()[4] in runs[0], runs

@@ -226,6 +226,27 @@ def test_16bit_images_are_scaled_by_1_65535_and_the_record_says_so(tmp_path: Pat
         np.testing.assert_allclose(x[0].numpy(), raw * bundle.preprocessing["scale"], atol=1e-6)
 
 
+
+def test_16bit_colour_png_is_read_at_full_depth(tmp_path: Path) -> None:
+    """Pillow opens a 48-bit PNG as 8-bit RGB (the low byte dropped): the set was read as 8-bit × 1/255; a 16-bit
+    gray image beside it was then refused as another bit depth."""
+    from tests.helpers.png16 import write_png16
+
+    rng = np.random.default_rng(0)
+    colour = (rng.integers(100, 140, (8, 8, 3)) * 256 + rng.integers(0, 256, (8, 8, 3))).astype(np.uint16)
+    write_pair(tmp_path / "train", "a", disk_mask(8, 255, 0))
+    write_png16(tmp_path / "train" / "images" / "a.png", colour)
+    gray = write_16bit_pair(tmp_path / "test", "b", 1)
+    bundle = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    prep = bundle.preprocessing
+    assert prep["scale"] == 1 / 65535 and "16-bit pixels 0-65535 read as stored" in prep["raw"], prep["raw"]
+    assert prep["color"]["applied"] == "gray files repeated to 3 channels; colour files as stored", prep["color"]
+    np.testing.assert_allclose(bundle.train.inputs[0].numpy(), colour.transpose(2, 0, 1) * prep["scale"], atol=1e-6,
+                               rtol=0, err_msg="48-bit image: input is not raw * recorded scale")
+    np.testing.assert_allclose(bundle.test.inputs[0].numpy(), np.broadcast_to(gray * prep["scale"], (3, 8, 8)),
+                               atol=1e-6, rtol=0, err_msg="16-bit gray image: input is not raw * recorded scale")
+
+
 def test_float_images_are_refused_naming_the_file(tmp_path: Path) -> None:
     """A 32-bit float TIFF (PIL mode F, values in [0, 1]) went through PIL's 8-bit conversion: 0 or 1 of 255, a
     black image, silently."""
