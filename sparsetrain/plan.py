@@ -88,6 +88,24 @@ def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
     return model
 
 
+def check_start_weights(config: RunConfig, model: nn.Module) -> None:
+    """Where a fresh run reads its start weights, before anything is written: `model.checkpoint` fits `model` (the
+    run's meta model) tensor for tensor, from the checkpoint's names and shapes alone
+    (`models.checkpoint.check_checkpoint`), and `model.pretrained_file` exists.
+
+    Raises:
+        ValueError: the one line the load would give, naming `model.checkpoint`, `model.checkpoint_ema`,
+            `model.reset_head` or `model.pretrained_file`.
+    """
+    from sparsetrain.models.checkpoint import check_checkpoint
+    from sparsetrain.models.factory import pretrained_file
+
+    if config.model.checkpoint:
+        check_checkpoint(model, config.model)
+    if config.model.pretrained and config.model.pretrained_file:
+        pretrained_file(config.model)
+
+
 # What a model's outputs are per task: N × K logits per image, N × K × H × W logits per pixel.
 TASK_OUTPUTS = {"classification": "one class per image", "segmentation": "a mask per pixel"}
 
@@ -197,6 +215,8 @@ def plan_report(config: RunConfig, world_size: int) -> str:
     """Model, pruning plan and memory plan of a run as printed by `--dry-run`."""
     sizes = data_sizes(config)
     model = check_model(config, sizes)
+    if not sizes.note:  # a model sized from the config may differ from the data's: its checkpoint is not judged
+        check_start_weights(config, model)
     layers = prunable_layers(model)
     check_layer_settings(config.prune, [layer.name for layer in layers])
     parts = [sizes.note] if sizes.note else []
