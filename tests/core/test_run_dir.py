@@ -260,6 +260,16 @@ MODEL_REFUSALS = [
      "error: model.checkpoint: file or export folder not found: /nonexistent/model.safetensors"),
     (("tracking.mode=offline", "model.pretrained=true", "model.pretrained_file=/nonexistent/lenet.pth"),
      "error: model.pretrained_file: file not found: /nonexistent/lenet.pth"),
+    # inputs the model does not take (the meta forward raised and decided nothing; the real model's check came
+    # when the dense phase built it, after config.yaml and W&B)
+    (("tracking.mode=offline", "model.name=resnet18", "model.kwargs.in_chans=3"), "error: model.name: resnet18 does "
+     "not accept inputs of shape (1, 8, 8) (Given groups=1, weight of size [64, 3, 7, 7], expected input[2, 1, 8, 8] "
+     "to have 3 channels, but got 1 channels instead)\n"),
+    (("tracking.mode=offline", "model.name=vit_tiny_patch16_224"), "error: model.name: vit_tiny_patch16_224 does "
+     "not accept inputs of shape (1, 8, 8) (Calculated padded input size per channel: (8 x 8). Kernel size: (16 x "
+     "16). Kernel size can't be greater than actual input size)\n"),
+    (("tracking.mode=offline", "model.name=vit_tiny_patch16_224", "model.kwargs.img_size=224"), "error: model.name: "
+     "vit_tiny_patch16_224 does not accept inputs of shape (1, 8, 8) (Input height (8) doesn't match model (224).)\n"),
     # tensors of the wrong shapes: found only when the dense phase loaded them, after config.yaml and W&B
     (("tracking.mode=offline", "model.checkpoint={tmp}/lenet_28x28.safetensors"),
      "error: model.checkpoint: {tmp}/lenet_28x28.safetensors does not fit lenet300_100: wrong shape in 1 tensor "
