@@ -82,10 +82,10 @@ class Pipeline:
         self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
         self.baseline_reports: dict[str, dict[str, Any]] = {}
         self.task = build_task(cfg.task, self.data.num_classes)
-        self._check_plan()
+        model = self._check_plan()
         self._fresh = False  # rank 0: an earlier run's outputs are cleared when the run opens
         self.state = self._initial_state()
-        self._check_start_weights()
+        self._check_start_weights(model)
         self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
@@ -124,10 +124,13 @@ class Pipeline:
             save_resolved(self.cfg, self.out_dir / "config.yaml")
         self._opened = True
 
-    def _check_plan(self) -> None:
+    def _check_plan(self) -> nn.Module:
         """The model and the settings that name its layers, checked on the meta model (shapes only) before anything
         is written: an unknown `model.name`, `model.kwargs` the model does not take, outputs that do not fit the task
         (`plan.check_model`) and `prune.layer_*` names that are not prunable layers.
+
+        Returns:
+            The meta model, for `_check_start_weights`.
 
         Raises:
             ValueError: one line naming the setting.
@@ -140,25 +143,22 @@ class Pipeline:
         prune = self.cfg.prune
         if getattr(prune, "layer_thresholds", None) or getattr(prune, "layer_sparsity", None):
             check_layer_settings(self.cfg.prune, list(prunable_parameters(model)))
+        return model
 
-    def _check_start_weights(self) -> None:
-        """Where a fresh run reads its start weights (nothing started yet), checked before `open`: `model.checkpoint`
-        exists and the run or export it comes from recorded this `model.name`
-        (`models.checkpoint.check_checkpoint_source`), `model.pretrained_file` exists; whether their tensors fit is
-        known when the dense phase loads them.
+    def _check_start_weights(self, model: nn.Module) -> None:
+        """Where a fresh run reads its start weights (nothing started yet), checked on the meta `model` before `open`
+        (`plan.check_start_weights`): `model.checkpoint` exists, comes from a run or export of this `model.name` and
+        its tensors' names and shapes fit; `model.pretrained_file` exists. A run that continues reads neither.
 
         Raises:
-            ValueError: one line naming `model.checkpoint` or `model.pretrained_file`.
+            ValueError: one line naming `model.checkpoint` (`model.checkpoint_ema`, `model.reset_head`) or
+                `model.pretrained_file`.
         """
-        from sparsetrain.models.checkpoint import check_checkpoint_source
-        from sparsetrain.models.factory import pretrained_file
+        from sparsetrain.plan import check_start_weights
 
         if self.state["completed"] or self.state.get("current"):
             return
-        if self.cfg.model.checkpoint:
-            check_checkpoint_source(self.cfg.model)
-        if self.cfg.model.pretrained and self.cfg.model.pretrained_file:
-            pretrained_file(self.cfg.model)
+        check_start_weights(self.cfg, model)
 
     def _initial_state(self) -> dict[str, Any]:
         """The saved state to continue from, or a fresh one (`open` then clears the previous run's outputs).

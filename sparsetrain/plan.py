@@ -37,15 +37,16 @@ class DataSizes:
     in_chans: int
     num_classes: int
     input_shape: tuple[int, ...]
-    note: str = ""  # set when the sizes come from the config, not from the data
+    note: str = ""  # why the sizes come from the config (the data could not be read here), for the plan
+    from_config: bool = False  # the config's sizes, which may not be the data's: no check refuses on them alone
 
 
-def config_sizes(config: RunConfig, note: str = "") -> DataSizes:
+def config_sizes(config: RunConfig) -> DataSizes:
     """The data's sizes as the config gives them, without reading the data: `data.in_chans` (3), `data.image_size`
     (224) and `model.kwargs.num_classes` (1000)."""
     side, chans = config.data.image_size or 224, config.data.in_chans or 3
     classes = config.model.kwargs.get("num_classes", 1000)
-    return DataSizes(chans, classes, (chans, side, side), note)
+    return DataSizes(chans, classes, (chans, side, side), from_config=True)
 
 
 def data_sizes(config: RunConfig) -> DataSizes:
@@ -77,15 +78,34 @@ def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
 
 
 def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
-    """The run's meta model (`meta_model`), once it is known to give the outputs `config.task` trains on
-    (`check_model_task`): the one model check of `run`, `run --dry-run` and `config`, before anything is written.
+    """The run's meta model (`meta_model`), once it is known to take the data's inputs and give the outputs
+    `config.task` trains on (`check_model_task`): the one model check of `run`, `run --dry-run` and `config`, before
+    anything is written.
 
     Raises:
         ValueError: one line naming `model.name` or `model.kwargs`.
     """
     model = meta_model(config, sizes)
-    check_model_task(config, model, sizes.input_shape)
+    check_model_task(config, model, sizes)
     return model
+
+
+def check_start_weights(config: RunConfig, model: nn.Module) -> None:
+    """Where a fresh run reads its start weights, before anything is written: `model.checkpoint` fits `model` (the
+    run's meta model) tensor for tensor, from the checkpoint's names and shapes alone
+    (`models.checkpoint.check_checkpoint`), and `model.pretrained_file` exists.
+
+    Raises:
+        ValueError: the one line the load would give, naming `model.checkpoint`, `model.checkpoint_ema`,
+            `model.reset_head` or `model.pretrained_file`.
+    """
+    from sparsetrain.models.checkpoint import check_checkpoint
+    from sparsetrain.models.factory import pretrained_file
+
+    if config.model.checkpoint:
+        check_checkpoint(model, config.model)
+    if config.model.pretrained and config.model.pretrained_file:
+        pretrained_file(config.model)
 
 
 # What a model's outputs are per task: N × K logits per image, N × K × H × W logits per pixel.
@@ -102,31 +122,57 @@ def output_task(output_shape: tuple[int, ...], input_shape: tuple[int, ...]) -> 
     return None
 
 
-def check_model_task(config: RunConfig, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+def check_model_task(config: RunConfig, model: nn.Module, sizes: DataSizes) -> None:
     """Refuse a model whose outputs do not fit `config.task` (a segmentation model on classification data, or the
     reverse), from one forward pass of the meta `model` on a batch of 2 (shapes only, no memory).
 
-    A forward pass the meta device cannot run (an input shape the model does not take, an op without a meta kernel)
-    decides nothing here: the real model's check (`models.factory.check_model_fits`) names a shape problem.
+    A meta forward pass that raises is a shape the model does not take, or an op the meta device cannot run: the
+    real model then decides (`check_real_model_fits`), unless the sizes come from the config (`config`, a
+    `--dry-run` that cannot read the data: they may not be the data's); an op without a meta kernel
+    (NotImplementedError) decides nothing here.
 
     Raises:
-        ValueError: `model.name: NAME outputs ... (task) but data.source=S gives ... (task); pick ...`.
+        ValueError: `model.name: NAME outputs ... (task) but data.source=S gives ... (task); pick ...`, or
+            `model.name: NAME does not accept inputs of shape ...` (`models.factory.check_model_fits`).
     """
     try:
         with torch.no_grad():
-            output = model.eval()(torch.empty(2, *input_shape, device="meta"))
-    except Exception:  # noqa: BLE001  (see the docstring: not this check's question)
+            output = model.eval()(torch.empty(2, *sizes.input_shape, device="meta"))
+    except NotImplementedError:  # no meta kernel: the real model's check, when the run builds it, names a problem
         return
+    except Exception:  # noqa: BLE001  (timm models raise RuntimeError, ValueError, AssertionError on a shape)
+        output = None  # the real model decides below, outside this handler (its one line, no chained meta error)
     finally:
         model.train()
+    if output is None:
+        if not sizes.from_config:
+            check_real_model_fits(config, sizes)
+        return
     if not isinstance(output, torch.Tensor):
         return
-    given = output_task(tuple(output.shape), tuple(input_shape))
+    given = output_task(tuple(output.shape), tuple(sizes.input_shape))
     if given is None or given == config.task:
         return
     raise ValueError(f"model.name: {config.model.name} outputs {TASK_OUTPUTS[given]} ({given}) but data.source="
                      f"{config.data.source} gives {TASK_OUTPUTS[config.task]} ({config.task}); pick "
                      f"{_task_models(config.task)}, or {given} data (data.source={_sources(given)})")
+
+
+def check_real_model_fits(config: RunConfig, sizes: DataSizes) -> None:
+    """`models.factory.check_model_fits` on the run's model built on the CPU, without its pretrained or checkpoint
+    weights: the line the run gives when it builds the model, before anything is written. It costs a second build of
+    the model, so it runs only where the meta forward pass raised (`check_model_task`); the global RNG is left as
+    it was.
+
+    Raises:
+        ValueError: `model.name: NAME does not accept inputs of shape ...`.
+    """
+    from sparsetrain.models.factory import check_model_fits, create_model, model_kwargs
+
+    kwargs = model_kwargs(config.model, sizes.in_chans, sizes.num_classes, sizes.input_shape)
+    with torch.random.fork_rng(devices=[]):
+        model = create_model(config.model.name, **kwargs)
+    check_model_fits(model, config.model.name, sizes.input_shape)
 
 
 def _sources(task: str) -> str:
@@ -197,6 +243,8 @@ def plan_report(config: RunConfig, world_size: int) -> str:
     """Model, pruning plan and memory plan of a run as printed by `--dry-run`."""
     sizes = data_sizes(config)
     model = check_model(config, sizes)
+    if not sizes.from_config:  # a model sized from the config may not be the run's: its checkpoint is not judged
+        check_start_weights(config, model)
     layers = prunable_layers(model)
     check_layer_settings(config.prune, [layer.name for layer in layers])
     parts = [sizes.note] if sizes.note else []

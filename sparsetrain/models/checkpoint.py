@@ -15,9 +15,11 @@ Accepted files, read through the libraries that write them:
 Other files of an export or run (`model.bitmask.safetensors`, `model.onnx`, `model.pt2`, `weights/masks.safetensors`)
 are recognised and refused in one line that names the file to give instead.
 
-Every mismatch is one line naming `model.checkpoint` (or `model.reset_head`). When the checkpoint comes from a
-sparsetrain run or export that names its model (`architecture.json`, or the run's `config.yaml`) and that is not
-`model.name`, the line says which model it holds; otherwise it gives the count and the first few keys of each kind.
+Every mismatch is one line naming `model.checkpoint` (or `model.reset_head`), the same from `check_checkpoint` (the
+tensors' names and shapes against the meta model, before a run writes anything) as from the load. When the
+checkpoint comes from a sparsetrain run or export that names its model (`architecture.json`, or the run's
+`config.yaml`) and that is not `model.name`, the line says which model it holds; otherwise it gives the count and
+the first few keys of each kind.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from sparsetrain.config.schema import ModelConfig
 from sparsetrain.phases import PHASES, final_phase
 from sparsetrain.progress import log
 
-__all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "classifier_keys", "read_state_dict"]
+__all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "check_checkpoint", "classifier_keys",
+           "read_state_dict"]
 
 _SHOWN = 3  # keys listed per kind in a mismatch message
 _RUN_DEPTH = 2  # a run's files lie at most this deep below its config.yaml (weights/<phase>.safetensors)
@@ -74,8 +77,11 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"
 
 
-def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, use_ema: bool = False, *, meta: bool = False) -> dict[str, torch.Tensor]:
     """The weights held by a checkpoint file or export folder, on the CPU, wrapper prefixes removed.
+
+    With `meta`, the same tensors on the meta device: names and shapes only, the weights are not read (a safetensors
+    file's header; a torch zip checkpoint's pickle without its storages; a legacy pickle checkpoint is read whole).
 
     Raises:
         ValueError: `model.checkpoint: ...` when the path is missing or holds no state dict;
@@ -85,17 +91,17 @@ def read_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.
     if path.is_dir():
         if use_ema:
             _check_ema(path)
-        return _export_state(path)
+        return _export_state(path, meta)
     if not path.is_file():
         raise ValueError(f"model.checkpoint: file or export folder not found: {path}")
     foreign = _not_weights(path)
     if foreign:
         raise ValueError(f"model.checkpoint: {path} {foreign}")
-    tensors = _tensors(path, use_ema)
+    tensors = _tensors(path, use_ema, meta)
     if use_ema:
         _check_ema(path)
     if not tensors and not use_ema:  # a checkpoint that keeps only EMA weights
-        tensors = _tensors(path, True)
+        tensors = _tensors(path, True, meta)
     if not tensors:
         raise ValueError(f"model.checkpoint: {path} holds no tensors (expected a state dict, or a training "
                          "checkpoint with one under 'state_dict', 'model' or 'model_ema')")
@@ -193,17 +199,31 @@ def _not_weights(path: Path) -> str | None:
     return None
 
 
-def _tensors(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
-    from timm.models import load_state_dict
+def _tensors(path: Path, use_ema: bool, meta: bool) -> dict[str, torch.Tensor]:
+    """The file's state dict as timm's `load_state_dict` picks and cleans it; with `meta` on the meta device (torch
+    reads no storage for it; safetensors cannot load to meta, so its header gives the shapes)."""
+    from timm.models import clean_state_dict, load_state_dict
 
     try:
-        with quiet_timm_loading():
-            state = load_state_dict(str(path), use_ema=use_ema, device="cpu", weights_only=True)
+        if meta and path.suffix == ".safetensors":
+            state = clean_state_dict(_header_tensors(path))
+        else:
+            with quiet_timm_loading():
+                state = load_state_dict(str(path), use_ema=use_ema, device="meta" if meta else "cpu",
+                                        weights_only=True)
     except Exception as err:  # torch.load and safetensors raise many types on foreign or truncated files
         raise ValueError(_load_error(path, err)) from None
     if not isinstance(state, dict):
         raise ValueError(f"model.checkpoint: {path} holds a {type(state).__name__}, expected a state dict")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and k not in _AVERAGED_MODEL_KEYS}
+
+
+def _header_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors as meta tensors of the same names and shapes, from its header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {key: torch.empty(f.get_slice(key).get_shape(), device="meta") for key in f.keys()}
 
 
 def _check_ema(path: Path) -> None:
@@ -237,7 +257,8 @@ def _is_zip(path: Path) -> bool:
     return zipfile.is_zipfile(path)
 
 
-def _export_state(folder: Path) -> dict[str, torch.Tensor]:
+def _export_state(folder: Path, meta: bool = False) -> dict[str, torch.Tensor]:
+    """The weights of an export folder (its model.safetensors); with `meta` their names and shapes only."""
     from safetensors.torch import load_file
 
     from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE
@@ -246,7 +267,7 @@ def _export_state(folder: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"model.checkpoint: {folder} is a folder but neither a sparsetrain export ({ARCH_FILE} and "
                          f"{WEIGHTS_FILE}) nor a run directory with a finished phase (state.json and "
                          "weights/<phase>.safetensors)")
-    return load_file(str(folder / WEIGHTS_FILE))
+    return _header_tensors(folder / WEIGHTS_FILE) if meta else load_file(str(folder / WEIGHTS_FILE))
 
 
 def export_architecture(path: str | Path) -> dict | None:
@@ -343,6 +364,21 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig
         The keys of `state` that were not loaded: the checkpoint's classifier with `cfg.reset_head`, else none.
 
     Raises:
+        CheckpointMismatch: see `check_state`.
+    """
+    reset = check_state(model, state, cfg)
+    model.load_state_dict({k: v for k, v in state.items() if k not in reset}, strict=not cfg.reset_head)
+    return reset
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig) -> list[str]:
+    """Whether `state` fits `model` key for key and shape for shape (either may be on the meta device: only names
+    and shapes are compared), the classifier left out with `cfg.reset_head`.
+
+    Returns:
+        The keys of `state` not to load: the checkpoint's classifier with `cfg.reset_head`, else none.
+
+    Raises:
         CheckpointMismatch: the checkpoint's run or export names another model (`source_model_name`); else
             missing / unexpected / wrong-shape keys (counts and the first few of each, each shape labelled as the
             checkpoint's or the model's, with a `data.in_chans` hint when the stem's input channels differ), or
@@ -368,7 +404,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig
         hint = _in_chans_hint(state, expected, wrong)
         raise CheckpointMismatch(f"model.checkpoint: {cfg.checkpoint} does not fit {cfg.name}: {'; '.join(parts)}"
                                  f"{hint}")
-    model.load_state_dict(state, strict=not cfg.reset_head)  # keys checked above; only the head may be absent
     return head if cfg.reset_head else []
 
 
@@ -408,11 +443,9 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = Tru
     """
     if announce:
         _note_unfinished_run(cfg.checkpoint)
-    arch = export_architecture(cfg.checkpoint)
-    if arch is not None and arch.get("modules"):
-        if cfg.checkpoint_ema:
-            _check_ema(resolve(cfg.checkpoint))
-        pruned = _pruned_export(model, cfg, arch)
+    if _is_pruned_export(cfg):
+        _check_pruned_export(model, cfg)
+        pruned = _load_pruned(cfg)
         if announce:
             log.info(f"model.checkpoint: loaded the structurally pruned {cfg.name} "
                      f"({sum(p.numel() for p in pruned.parameters()):,} parameters) from {_source(cfg.checkpoint)}")
@@ -426,6 +459,26 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = Tru
                  f"{', EMA weights' if cfg.checkpoint_ema else ''}) from {_source(cfg.checkpoint)} into {cfg.name}"
                  f"{_reset_note(model, reset)}")
     return model
+
+
+def check_checkpoint(model: nn.Module, cfg: ModelConfig) -> None:
+    """Whether `cfg.checkpoint` fits `model` (the run's model on the meta device will do), from the checkpoint's
+    tensor names and shapes alone: the checks of `apply_checkpoint`, with its one-line refusals, before anything of
+    the run is written.
+
+    Raises:
+        ValueError: one line naming `model.checkpoint`, `model.checkpoint_ema` or `model.reset_head`.
+    """
+    check_checkpoint_source(cfg)
+    if _is_pruned_export(cfg):
+        _check_pruned_export(model, cfg)
+        return
+    check_state(model, read_state_dict(cfg.checkpoint, cfg.checkpoint_ema, meta=True), cfg)
+
+
+def _is_pruned_export(cfg: ModelConfig) -> bool:
+    """Whether `cfg.checkpoint` is a structurally pruned export (its `architecture.json` lists changed modules)."""
+    return bool((export_architecture(cfg.checkpoint) or {}).get("modules"))
 
 
 def _source(path: str | Path) -> str:
@@ -463,19 +516,26 @@ def _note_unfinished_run(path: str | Path) -> None:
                 f"finished: {last}): taking the {taken} phase's weights ({used.relative_to(run)}){instead}")
 
 
-def _pruned_export(model: nn.Module, cfg: ModelConfig, arch: dict) -> nn.Module:
-    """A structurally pruned export is its own architecture: rebuild it and check it fits the data."""
-    from sparsetrain.structural.serialize import load_pruned_model
-
+def _check_pruned_export(model: nn.Module, cfg: ModelConfig) -> None:
+    """A structurally pruned export is its own architecture: it must hold a `cfg.name` model whose classifier has
+    the data's classes (`model`'s), from its weights' names and shapes."""
+    path = resolve(cfg.checkpoint)
+    if cfg.checkpoint_ema:
+        _check_ema(path)
     _check_source_model(cfg)
     if cfg.reset_head:
         raise CheckpointMismatch("model.reset_head: not supported for a structurally pruned export (its classifier "
                                  "input is pruned); start from the unpruned weights")
-    pruned = load_pruned_model(resolve(cfg.checkpoint)).train()
-    ours, theirs = model.state_dict(), pruned.state_dict()
+    ours, theirs = model.state_dict(), _export_state(path, meta=True)
     head = [k for k in classifier_keys(model) if k in theirs]
     _check_head(cfg, theirs, ours, [k for k in head if theirs[k].shape[0] != ours[k].shape[0]], head)
-    return pruned
+
+
+def _load_pruned(cfg: ModelConfig) -> nn.Module:
+    """The structurally pruned model of the export `cfg.checkpoint`, in training mode."""
+    from sparsetrain.structural.serialize import load_pruned_model
+
+    return load_pruned_model(resolve(cfg.checkpoint)).train()
 
 
 def architecture_only(cfg: ModelConfig) -> ModelConfig:

@@ -144,13 +144,18 @@ def _pretrained_error(cfg: ModelConfig, err: BaseException) -> str:
 
 
 def check_model_fits(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> None:
-    """Run one tiny forward pass so a shape mismatch fails here with a clear message, not mid-training."""
+    """Run one tiny forward pass so a shape mismatch fails here with a clear message, not mid-training.
+
+    Raises:
+        ValueError: `model.name: NAME does not accept inputs of shape ...` (the forward's RuntimeError, ValueError
+            or AssertionError: timm's input-size checks are `torch._assert`).
+    """
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             model(torch.zeros(2, *input_shape))
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, AssertionError) as err:
         first = str(err).strip().splitlines()[0][:200]
         raise ValueError(f"model.name: {name} does not accept inputs of shape {tuple(input_shape)} ({first})") from None
     finally:

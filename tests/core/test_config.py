@@ -172,6 +172,15 @@ def test_cli_config_refuses_the_model_settings_run_refuses(capsys: pytest.Captur
     assert out == "" and err.startswith(error) and len(err.splitlines()) == 1, err
 
 
+def test_cli_config_refuses_no_input_shape_on_the_config_sizes(capsys: pytest.CaptureFixture) -> None:
+    """`config` reads no data: its sizes (3×224×224 here, the digits are 1×8×8) are not the run's, so a model that
+    does not take them is not refused (`run` and a `--dry-run` that reads the data check the real shapes)."""
+    from sparsetrain.cli import main
+
+    assert main(["config", str(REPO / "configs" / "quickstart.yaml"), "model.kwargs.in_chans=1"]) == 0
+    capsys.readouterr()
+
+
 def test_num_workers_auto_fits_the_cpus_of_each_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 

@@ -260,7 +260,34 @@ MODEL_REFUSALS = [
      "error: model.checkpoint: file or export folder not found: /nonexistent/model.safetensors"),
     (("tracking.mode=offline", "model.pretrained=true", "model.pretrained_file=/nonexistent/lenet.pth"),
      "error: model.pretrained_file: file not found: /nonexistent/lenet.pth"),
+    # inputs the model does not take (the meta forward raised and decided nothing; the real model's check came
+    # when the dense phase built it, after config.yaml and W&B)
+    (("tracking.mode=offline", "model.name=resnet18", "model.kwargs.in_chans=3"), "error: model.name: resnet18 does "
+     "not accept inputs of shape (1, 8, 8) (Given groups=1, weight of size [64, 3, 7, 7], expected input[2, 1, 8, 8] "
+     "to have 3 channels, but got 1 channels instead)\n"),
+    (("tracking.mode=offline", "model.name=vit_tiny_patch16_224"), "error: model.name: vit_tiny_patch16_224 does "
+     "not accept inputs of shape (1, 8, 8) (Calculated padded input size per channel: (8 x 8). Kernel size: (16 x "
+     "16). Kernel size can't be greater than actual input size)\n"),
+    (("tracking.mode=offline", "model.name=vit_tiny_patch16_224", "model.kwargs.img_size=224"), "error: model.name: "
+     "vit_tiny_patch16_224 does not accept inputs of shape (1, 8, 8) (Input height (8) doesn't match model (224).)\n"),
+    # tensors of the wrong shapes: found only when the dense phase loaded them, after config.yaml and W&B
+    (("tracking.mode=offline", "model.checkpoint={tmp}/lenet_28x28.safetensors"),
+     "error: model.checkpoint: {tmp}/lenet_28x28.safetensors does not fit lenet300_100: wrong shape in 1 tensor "
+     "(fc1.weight: checkpoint (300, 784), model (300, 64))\n"),
 ]
+
+
+def _with_files(tmp: Path, extra: tuple[str, ...], error: str) -> tuple[tuple[str, ...], str]:
+    """`extra` and `error` with `{tmp}` replaced by `tmp`, where `lenet_28x28.safetensors` holds a lenet300_100 for
+    28×28 inputs (the digits' are 8×8: its fc1 takes 784 inputs, the run's 64)."""
+    from safetensors.torch import save_file
+
+    from sparsetrain.config.schema import ModelConfig
+    from sparsetrain.models.factory import build_model
+
+    save_file(build_model(ModelConfig(name="lenet300_100"), 1, 10, (1, 28, 28)).state_dict(),
+              str(tmp / "lenet_28x28.safetensors"))
+    return tuple(arg.replace("{tmp}", str(tmp)) for arg in extra), error.replace("{tmp}", str(tmp))
 
 
 @pytest.mark.parametrize(("extra", "error"), [
@@ -277,10 +304,21 @@ def test_a_refused_run_leaves_no_out_dir(tmp_path: Path, capsys: pytest.CaptureF
     that does not exist) left config.yaml and an empty offline W&B run, or an empty folder, in the out_dir it
     created."""
     out = tmp_path / "run"
+    extra, error = _with_files(tmp_path, extra, error)
     capsys.readouterr()
     assert main(["run", *tiny_overrides(out, *extra)]) == 2
-    assert error in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert error in err and "Traceback" not in err, err
     assert not out.exists(), f"the refused run left {sorted(_files(out))}"
+
+
+def test_dry_run_refuses_a_checkpoint_that_does_not_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`run --dry-run` checks the checkpoint against the model as `run` does (the data read here gives the sizes)."""
+    extra, error = _with_files(tmp_path, MODEL_REFUSALS[-1][0], MODEL_REFUSALS[-1][1])
+    capsys.readouterr()
+    assert main(["run", *tiny_overrides(tmp_path / "run", *extra), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.endswith(error) and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(("extra", "error"), [
@@ -298,9 +336,11 @@ def test_a_refused_run_leaves_an_earlier_run_as_it_was(tmp_path: Path, capsys: p
     evaluated = ("phases.dense.enabled=true", "phases.dense.epochs=0")
     run_pipeline(tiny_config(out, *evaluated, "tracking.mode=offline"), ["dense"])
     before = _files(out)
+    extra, error = _with_files(tmp_path, extra, error)
     capsys.readouterr()
     assert main(["run", *tiny_overrides(out, *evaluated, *extra)]) == 2
-    assert error in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert error in err and "Traceback" not in err, err
     assert _files(out) == before, "the refused run changed the earlier run's out_dir"
 
 

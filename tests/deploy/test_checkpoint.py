@@ -13,6 +13,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from sparsetrain.cli import main
 from sparsetrain.config.schema import ModelConfig, PruneConfig
+from sparsetrain.models.checkpoint import check_checkpoint
 from sparsetrain.models.factory import build_model
 from sparsetrain.pruning.filters import channel_groups, choose_filters
 from sparsetrain.structural import remove_channels, save_pruned_model
@@ -139,6 +140,12 @@ def test_a_structurally_pruned_export_is_its_own_smaller_model(tmp_path: Path,
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x)), "pruned export not loaded as it was saved"
+    with torch.device("meta"):
+        meta = build_model(ModelConfig(name="unet_tiny"), 3, 1, (3, 32, 32))
+    check_checkpoint(meta, ModelConfig(name="unet_tiny", checkpoint=str(folder)))  # the run's check before open
+    reset = ModelConfig(name="unet_tiny", checkpoint=str(folder), reset_head=True)
+    with pytest.raises(ValueError, match="^model.reset_head: not supported for a structurally pruned export"):
+        check_checkpoint(meta, reset)
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
@@ -190,6 +197,35 @@ def test_bad_checkpoints_give_one_line_naming_the_field(tmp_path: Path, case: st
     with pytest.raises(ValueError, match=message) as err:
         build_model(ModelConfig(name="lenet5", **kwargs), 1, 10, SHAPE)
     assert "\n" not in str(err.value), f"{case}: message spans lines"
+
+
+def _meta_lenet5(classes: int = 10) -> torch.nn.Module:
+    """The run's model as `plan.check_model` builds it: on the meta device, no weights."""
+    with torch.device("meta"):
+        return build_model(ModelConfig(name="lenet5"), 1, classes, SHAPE)
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_the_early_check_refuses_a_bad_checkpoint_with_the_line_of_the_load(tmp_path: Path, case: str) -> None:
+    """`check_checkpoint` (names and shapes only, on the meta model, before a run writes anything) gives the very line
+    the load gives; a wrong-shape checkpoint used to pass every check before `open` and fail in the dense phase."""
+    kwargs, _ = _bad_inputs(tmp_path)[case]
+    cfg = ModelConfig(name="lenet5", **kwargs)
+    with pytest.raises(ValueError) as loaded:
+        build_model(cfg, 1, 10, SHAPE)
+    with pytest.raises(ValueError) as early:
+        check_checkpoint(_meta_lenet5(), cfg)
+    assert str(early.value) == str(loaded.value), case
+
+
+@pytest.mark.parametrize("name", list(_writers()))
+def test_the_early_check_takes_every_checkpoint_layout_the_load_takes(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    _writers()[name](_lenet5(1).state_dict(), _lenet5(2).state_dict(), path)
+    check_checkpoint(_meta_lenet5(), ModelConfig(name="lenet5", checkpoint=str(path)))
+    if name in ("timm.pth.tar", "torchvision.pth"):
+        check_checkpoint(_meta_lenet5(), ModelConfig(name="lenet5", checkpoint=str(path), checkpoint_ema=True))
+    check_checkpoint(_meta_lenet5(classes=4), ModelConfig(name="lenet5", checkpoint=str(path), reset_head=True))
 
 
 def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
