@@ -40,6 +40,7 @@ from sparsetrain.engine.finite import hint, nonfinite_names, require_finite, req
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
 from sparsetrain.errors import NonFiniteError, SetupError
+from sparsetrain.model_imports import META_KEY
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
 from sparsetrain.progress import format_value, log, setup_logging
@@ -221,8 +222,9 @@ class Pipeline:
         """What `load_pruned_model` needs to rebuild the model without this run's config."""
         kwargs = model_kwargs(self.cfg.model, self.data.in_chans, self.data.num_classes, self.data.input_shape)
         output = output_record(self.cfg.task, self.data.num_classes, self.data.classes)
+        imports = {META_KEY: list(self.cfg.model.imports)} if self.cfg.model.imports else {}  # load_compressed's
         return {"model_name": self.cfg.model.name, "model_kwargs": kwargs, "input_shape": list(self.data.input_shape),
-                "preprocessing": self.data.preprocessing, "output": output, **extra}
+                "preprocessing": self.data.preprocessing, "output": output, **imports, **extra}
 
     def model_from(self, phase: str | None) -> nn.Module:
         """The model at the end of `phase` (initial weights for None); structurally pruned phases load the

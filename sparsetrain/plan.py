@@ -69,8 +69,10 @@ def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
         ValueError: one line naming `model.name` (a name timm does not know) or `model.kwargs` (an argument the
             model does not take).
     """
+    from sparsetrain.model_imports import import_models
     from sparsetrain.models.factory import check_model_name, create_model, model_kwargs
 
+    import_models(config.model.imports)
     check_model_name(config.model.name)
     with torch.device("meta"):
         return create_model(config.model.name, **model_kwargs(config.model, sizes.in_chans, sizes.num_classes,

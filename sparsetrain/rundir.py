@@ -27,8 +27,9 @@ from sparsetrain.engine.checkpoint import read_run_state
 from sparsetrain.errors import InputError
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
 
-# Dotted prefixes of settings that may change when a run resumes (execution, tracking, export, launch).
-MUTABLE = ("out_dir", "resume", "tracking", "launch", "deploy", "report", "phases.dense.enabled",
+# Dotted prefixes of settings that may change when a run resumes (execution, tracking, export, launch; model.imports
+# only says where the code of model.name is found, e.g. a moved file: the name itself stays fixed).
+MUTABLE = ("out_dir", "resume", "model.imports", "tracking", "launch", "deploy", "report", "phases.dense.enabled",
            "phases.sparsify.enabled", "phases.finetune.enabled", "data.num_workers", "train.eval_batch_size",
            "train.log_every",
            "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.threads",

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.errors import InputError
+from sparsetrain.model_imports import import_models, resolve_in_raw
 
 # Keys users bring from other tools' configs, with where that setting comes from here (said for an unknown key).
 KEY_HINTS = {
@@ -62,6 +63,7 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in _seen:
         raise ConfigError(f"base: circular inheritance through {path}")
     data = _read_yaml(path)
+    resolve_in_raw(data, path.parent)  # model.imports' .py paths are relative to the recipe that names them
     base_name = data.pop("base", None)
     if base_name is None:
         return data
@@ -199,10 +201,26 @@ def override_keys(overrides: list[str]) -> frozenset[str]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *, plan_only: bool = False) -> RunConfig:
-    """Load a recipe (or the built-in defaults when path is None), apply overrides and validate (`validate`)."""
+    """Load a recipe, apply `key=value` overrides, validate, and import `model.imports` (so `model.name` may name a
+    model they register with timm).
+
+    Args:
+        path: A YAML recipe (its `base:` chain is read too); None = the built-in defaults.
+        overrides: Dotted `key=value` items, as on the command line (`["phases.dense.epochs=1", "alpha0=1e-5"]`).
+        plan_only: Skip the checks that only matter when data is read (`run --dry-run`).
+
+    Returns:
+        The validated `RunConfig` (`config_to_dict` gives it as plain data).
+
+    Raises:
+        ConfigError: one line naming the field and what was expected (exit code 2 on the CLI).
+        InputError: `model.imports: cannot import ...` (an entry that raised while imported).
+    """
     data = load_raw(path) if path is not None else {}
     overrides = list(overrides or [])
-    return validate(apply_overrides(data, overrides), plan_only=plan_only, overrides=overrides)
+    config = validate(apply_overrides(data, overrides), plan_only=plan_only, overrides=overrides)
+    import_models(config.model.imports)
+    return config
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

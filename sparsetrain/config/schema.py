@@ -6,6 +6,7 @@ The sections of the strategies (`regularizer`, `prune`) live in `strategies.py`;
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
@@ -22,6 +23,7 @@ from sparsetrain.config.strategies import (
     Section,
     pick_strategy,
 )
+from sparsetrain.model_imports import absolute_entry, check_entry
 
 __all__ = ["GradualConfig", "PruneConfig", "RegularizerConfig", "RunConfig", "Section"]
 
@@ -29,7 +31,12 @@ __all__ = ["GradualConfig", "PruneConfig", "RegularizerConfig", "RunConfig", "Se
 class ModelConfig(Section):
     name: str = Field("lenet300_100", description="timm model name (sparsetrain registers lenet300_100, lenet5, unet, "
                       "unet_small, unet_tiny, lraspp_mobilenetv3_large_100, lraspp_mobilenetv3_small_100); any timm "
-                      "classifier works.")
+                      "classifier works, and a model of your own registered by a module in model.imports.")
+    imports: list[str] = Field(default_factory=list, description="Python modules imported before model.name is "
+                               "resolved, e.g. [my_net.py] whose factory is decorated with timm's @register_model "
+                               "(README 'Your own model'): dotted module names or .py paths (relative: to the YAML "
+                               "file that sets them, or to the current directory on the command line; stored "
+                               "absolute). Exports record them for load_compressed.")
     pretrained: bool = Field(False, description="Load timm pretrained weights from disk: model.pretrained_file, "
                              "else timm's local cache (never downloaded).")
     pretrained_file: str | None = Field(None, description="Local weights file for pretrained=true (timm's "
@@ -44,6 +51,13 @@ class ModelConfig(Section):
                                  "EMA weights is refused.")
     reset_head: bool = Field(False, description="Re-initialize the classifier (timm reset_classifier) instead of "
                              "loading it from model.checkpoint, e.g. when the data has other classes.")
+
+    @field_validator("imports")
+    @classmethod
+    def _check_imports(cls, entries: list[str]) -> list[str]:
+        """Module names or .py paths; relative paths made absolute against the current directory (a recipe's own
+        entries were already made absolute against its folder by the loader)."""
+        return [absolute_entry(check_entry(entry), Path.cwd()) for entry in entries]
 
 
 class TrainSubsetConfig(Section):

@@ -19,6 +19,7 @@ from sparsetrain.config.loader import apply_overrides, load_raw, validate
 from sparsetrain.deploy.bitmask import plain_bytes
 from sparsetrain.deploy.loading import compact_folder, export_folder, is_compact, load_compressed, missing_compact
 from sparsetrain.errors import InputError, first_line
+from sparsetrain.model_imports import arch_imports, import_for_arch
 from sparsetrain.progress import format_value
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
@@ -47,7 +48,10 @@ def _config(target: Path, recipe: str | None, overrides: list[str]) -> RunConfig
         arch = json.loads((export_folder(target) / ARCH_FILE).read_text())
         meta = arch.get("meta", {})
         raw = {"task": meta.get("task", "classification"), "data": meta.get("data", {})}
-    raw.setdefault("model", {})["name"] = json.loads((export_folder(target) / ARCH_FILE).read_text())["model_name"]
+    arch = json.loads((export_folder(target) / ARCH_FILE).read_text())
+    raw.setdefault("model", {})["name"] = arch["model_name"]
+    if imports := arch_imports(arch):  # a user's own model: what its run imported
+        raw["model"]["imports"] = imports
     raw["model"].update(checkpoint=None, pretrained=False, pretrained_file=None, reset_head=False)
     return validate(apply_overrides(raw, overrides))
 
@@ -103,6 +107,7 @@ def _unpruned_architecture(model: nn.Module, target: Path) -> nn.Module | None:
     if not arch.get("modules"):
         return None
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    import_for_arch(arch)
     return create_on_meta(arch["model_name"], arch["model_kwargs"]).to(dtype)
 
 

@@ -45,6 +45,7 @@ from sparsetrain.deploy.loading import (
     verified_compact,
 )
 from sparsetrain.deploy.program import ONNX_FILE, onnx_session, trace, write_onnx
+from sparsetrain.model_imports import arch_imports, import_for_arch
 from sparsetrain.progress import log
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
@@ -146,6 +147,7 @@ class _Models:
         self.kind = "compact" if is_compact(self.folder) else "structural" if self.arch.get("modules") \
             else "unstructured"
         torch.manual_seed(0)
+        import_for_arch(self.arch)  # a user's own model: the modules of its run's model.imports
         self.torch = {"dense": timm.create_model(self.arch["model_name"], pretrained=False,
                                                  **self.arch["model_kwargs"]).eval()}
         self.compact = None if self.kind == "compact" else _verified_compact(self.folder)
@@ -282,7 +284,8 @@ def _memory(models: _Models, runtime: str, batches: tuple[int, ...], threads: in
              f"(batches {', '.join(map(str, batches))}; a few seconds per model)")
     for which in models.names:
         if runtime == "torch":
-            spec = {"kind": "timm", "source": models.arch["model_name"], "model_kwargs": models.arch["model_kwargs"]}
+            spec = {"kind": "timm", "source": models.arch["model_name"], "model_kwargs": models.arch["model_kwargs"],
+                    "imports": arch_imports(models.arch)}
             if which != "dense":
                 spec = {"kind": "export",
                         "source": str(models.folder / COMPACT_DIR if which == "compact" else models.folder)}

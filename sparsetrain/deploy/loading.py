@@ -277,12 +277,14 @@ def _load_bitmask(folder: Path) -> nn.Module:
     import timm
 
     import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
+    from sparsetrain.model_imports import import_for_arch
     from sparsetrain.structural.serialize import load_pruned_model as load_timm
 
     arch = json.loads((folder / ARCH_FILE).read_text())
     if arch.get("modules"):  # structurally pruned: the recorded smaller architecture, rebuilt by its loader
         model = load_timm(folder)
     else:
+        import_for_arch(arch)  # a user's own model: the modules of its run's model.imports
         model = timm.create_model(arch["model_name"], pretrained=False, **arch["model_kwargs"])
     model.load_state_dict(load_sparse(folder / BITMASK_FILE), strict=True)
     return model

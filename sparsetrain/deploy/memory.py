@@ -59,7 +59,8 @@ def measure_peak_memory(spec: dict[str, Any], timeout_s: float = 600) -> dict[in
 
     Args:
         spec: {"runtime": "torch" | "onnxruntime", "source": export folder / ONNX file / timm name,
-            "kind": "export" | "timm" | "onnx", "model_kwargs": dict (timm), "shape": per-sample input shape,
+            "kind": "export" | "timm" | "onnx", "model_kwargs": dict (timm),
+            "imports": the run's model.imports (timm), "shape": per-sample input shape,
             "batches": list of batch sizes, "threads": intra-op threads}.
     """
     done = subprocess.run([sys.executable, "-m", "sparsetrain.deploy.memory", json.dumps(spec)],
@@ -83,11 +84,13 @@ def _torch_runner(spec: dict[str, Any]) -> Callable[[int], None]:
 
     import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
     from sparsetrain.deploy.loading import load_compressed
+    from sparsetrain.model_imports import import_models
 
     torch.set_num_threads(spec["threads"])
     if spec["kind"] == "export":
         model = load_compressed(spec["source"], "safetensors")
     else:
+        import_models(spec.get("imports", []))
         model = timm.create_model(spec["source"], pretrained=False, **spec["model_kwargs"]).eval()
 
     def run(batch: int) -> None:

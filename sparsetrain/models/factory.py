@@ -19,6 +19,7 @@ from torch import nn
 
 import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 from sparsetrain.config.schema import ModelConfig
+from sparsetrain.model_imports import import_models
 from sparsetrain.models.checkpoint import quiet_timm_loading
 from sparsetrain.progress import log
 
@@ -110,10 +111,12 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
     and its notes), for a caller that builds the same initial model again (`Pipeline.new_model`).
 
     Raises:
+        InputError: `model.imports: cannot import ...`.
         ValueError: one line naming `model.name` (unknown model, does not fit the data), `model.kwargs` (an argument
             the model does not take), `model.pretrained`
             (no local weights) or `model.checkpoint` / `model.reset_head` (see `sparsetrain.models.checkpoint`).
     """
+    import_models(cfg.imports)  # a no-op after load_config; a config unpickled in a Slurm job or built in Python
     check_model_name(cfg.name)
     kwargs = model_kwargs(cfg, in_chans, num_classes, input_shape)
     try:

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from sparsetrain.model_imports import import_for_arch
 from sparsetrain.structural.rules import rule_for
 from sparsetrain.structural.types import StructuralPruningError
 
@@ -76,6 +77,7 @@ def load_pruned_model(path: str | Path) -> nn.Module:
     arch = json.loads((folder / ARCH_FILE).read_text())
     if arch.get("format") != _FORMAT:
         raise ValueError(f"{folder / ARCH_FILE}: format {arch.get('format')!r}, expected {_FORMAT!r}")
+    import_for_arch(arch)  # a user's own model: the modules of its run's model.imports
     model = _create_empty(arch["model_name"], arch["model_kwargs"]).to(getattr(torch, arch["dtype"]))
     for module_name, spec in arch["modules"].items():
         _shrink(module_name, model.get_submodule(module_name), spec)
