@@ -33,7 +33,7 @@ test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: install
-	$(BIN)/ruff check sparsetrain triton_kernels launch benchmarks tests
+	$(BIN)/ruff check sparsetrain triton_kernels launch benchmarks tests examples
 
 # Refresh constraints.txt on purpose: resolve the newest versions pyproject.toml allows in a scratch venv.
 # Run `make test` afterwards (it reinstalls from the new pins) and commit constraints.txt only if it passes.
