@@ -334,7 +334,13 @@ def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats:
         and a `note`. `storage`: `dense_bytes` and `params` (per model timed); `compressed_bytes`,
         `compressed_file`, `ratio` and `nonzero_params` for the compressed model; `compact_bytes`, `compact_file`,
         `compact_ratio` and `compact_nonzero_params` when compact was timed.
+
+    Raises:
+        ValueError: `repeats` or a batch under 1, `threads` under 1 (one line naming it); what `_Models` refuses.
     """
+    for name, value in (("repeats", repeats), ("threads", threads), *(("batch", b) for b in batches)):
+        if value < 1:
+            raise ValueError(f"bench latency: {name}: expected an integer >= 1, got {value}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

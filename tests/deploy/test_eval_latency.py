@@ -146,6 +146,13 @@ def test_latency_of_a_folder_without_export_is_one_line(tmp_path: Path) -> None:
         latency_table(tmp_path)
 
 
+def test_latency_table_refuses_no_rounds_in_one_line(tmp_path: Path) -> None:
+    """Called from Python with 0 rounds it ended in numpy's IndexError (the quantiles of no times)."""
+    for kwargs, name in (({"repeats": 0}, "repeats"), ({"threads": 0}, "threads"), ({"batches": (1, 0)}, "batch")):
+        with pytest.raises(ValueError, match=f"^bench latency: {name}: expected an integer >= 1, got 0$"):
+            latency_table(tmp_path, **kwargs)
+
+
 def test_eval_of_run_export_and_onnx_agree_with_the_run(run: tuple[Path, dict],
                                                         capsys: pytest.CaptureFixture) -> None:
     out, report = run

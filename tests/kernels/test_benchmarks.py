@@ -174,3 +174,44 @@ def test_kernels_table_gives_each_columns_unit_under_its_name(tmp_path, capsys) 
         end = names.index(f" {name}") + 1 + len(name)  # columns are right-aligned: a unit ends where its name does
         assert units[end - len(unit):end] == unit and units[end - len(unit) - 1] == " ", (name, names, units)
     assert len(row) == len(names) == len(units), "the rows line up with the header"
+
+
+# (command, flag, bad values) of every numeric flag of `sparsetrain bench NAME`, and what the error says it expects
+NUMERIC_FLAGS = [
+    ("latency", "--batch", ["1", "0", "-4", "x"], "an integer >= 2"),
+    ("latency", "--repeats", ["0", "-1", "2", "x", "1.5"], "an integer >= 3"),
+    ("latency", "--threads", ["0", "-1", "two"], "an integer >= 1"),
+    ("train_step", "--batch", ["0", "-1", "x"], "an integer >= 1"),
+    ("train_step", "--image-size", ["0", "-32", "x"], "an integer >= 1"),
+    ("train_step", "--steps", ["0", "-1", "x"], "an integer >= 1"),
+    ("train_step", "--warmup", ["-1", "x"], "an integer >= 0"),
+    ("throughput", "--epochs", ["-1", "nan", "inf", "x"], "a number >= 0"),
+    ("throughput", "--threads", ["0", "-1", "x"], "an integer >= 1"),
+    ("throughput", "--rounds", ["0", "-1", "x"], "an integer >= 1"),
+    ("throughput", "--round-steps", ["0", "-1", "x"], "an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize(("name", "flag", "values", "expected"), NUMERIC_FLAGS, ids=lambda v: str(v))
+def test_numeric_flags_refuse_zero_negative_and_non_numbers_in_one_line(
+        name: str, flag: str, values: list[str], expected: str, capsys: pytest.CaptureFixture) -> None:
+    """A bad number is argparse's one-line error naming the flag and what it expects, exit 2, before anything runs
+    (`--repeats 0` ended in numpy's IndexError from the quantiles of no times, `--sizes 0` in a ZeroDivisionError,
+    `--sizes foo` in `invalid literal for int()`, naming neither the flag nor the format)."""
+    import importlib
+
+    from sparsetrain.cli import main
+
+    def parse(argv: list[str]) -> object:  # the arguments only: a value let through must not start a benchmark
+        if name == "latency":  # parsed and run by the CLI itself; RUN/export is never read, the flag is refused first
+            return main(["bench", "latency", "RUN/export", *argv])
+        return importlib.import_module(f"benchmarks.{name}").parse_args(argv, prog=f"sparsetrain bench {name}")
+
+    for value in values:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            parse([f"{flag}={value}"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.splitlines()[-1] == (
+            f"sparsetrain bench {name}: error: argument {flag}: expected {expected}, got {value!r}"), (value, err)
+
