@@ -189,6 +189,7 @@ NUMERIC_FLAGS = [
     ("throughput", "--threads", ["0", "-1", "x"], "an integer >= 1"),
     ("throughput", "--rounds", ["0", "-1", "x"], "an integer >= 1"),
     ("throughput", "--round-steps", ["0", "-1", "x"], "an integer >= 1"),
+    ("kernels", "--sizes", ["0", "foo", "1M,-3", "1M,", "1X"], "sizes like 1M,64M,1G (positive)"),
 ]
 
 
@@ -212,6 +213,16 @@ def test_numeric_flags_refuse_zero_negative_and_non_numbers_in_one_line(
         with pytest.raises(SystemExit) as stop:
             parse([f"{flag}={value}"])
         err = capsys.readouterr().err
+        bad = value.split(",")[-1] if name == "kernels" else value
         assert stop.value.code == 2 and err.splitlines()[-1] == (
-            f"sparsetrain bench {name}: error: argument {flag}: expected {expected}, got {value!r}"), (value, err)
+            f"sparsetrain bench {name}: error: argument {flag}: expected {expected}, got {bad!r}"), (value, err)
+
+
+def test_kernels_choice_flags_name_the_flag_and_the_choices(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stop:
+        kernels.parse_args(["--dtypes", "fp32,fp64"])
+    assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: argument --dtypes: unknown 'fp64' (choose from fp32, bf16, fp16)")
+    assert kernels.parse_args(["--sizes", "1K,4097"]).sizes == [1024, 4097]
+    assert kernels.parse_args([]).ops == ["l0_grad_mask"], "the default ops, a list"
 
