@@ -37,6 +37,7 @@ from triton_kernels import PackedMask, apply_masks_reference_, get_ops, l0_grad_
 PROG = "python -m benchmarks.kernels"  # the usage line's command; `sparsetrain bench kernels` passes its own
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPS = ["l0_grad_mask", "apply_masks"]
+DEFAULT_OPS = "l0_grad_mask"
 MASKS = ["bool", "packed"]
 MODELS = ["resnet50", "vit_base_patch16_224", "convnext_tiny"]
 FULL_SIZES = [2**20, 2**23, 2**26, 2**28, 2**30]
@@ -306,8 +307,9 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument("--models", help=f"comma separated timm models (default: {','.join(MODELS)}); 'none' for none")
     parser.add_argument("--dtypes", type=choice_list(DTYPES), default="fp32,bf16",
                         help=f"comma separated from {','.join(DTYPES)} (default: fp32,bf16)")
-    parser.add_argument("--ops", type=choice_list(OPS), default="l0_grad_mask",
-                        help=f"comma separated from {','.join(OPS)}")
+    parser.add_argument("--ops", type=choice_list(OPS), default=DEFAULT_OPS,
+                        help=f"comma separated from {','.join(OPS)} (default: {DEFAULT_OPS}; add apply_masks to time "
+                        "the masking after each finetune step too)")
     parser.add_argument("--masks", type=choice_list(MASKS), default="bool,packed",
                         help=f"mask kinds, comma separated from {','.join(MASKS)} (default: bool,packed)")
     parser.add_argument("--backend", help="ours: triton (default on CUDA) or torch (default on CPU)")
@@ -340,7 +342,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
         models = [] if args.models == "none" else args.models.split(",")
     name = device_label(device)
     copy = copy_gbps(device)
-    print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {args.backend!r}")
+    print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {args.backend!r}; {ops_words(args.ops)}")
 
     cases = [(f"flat-{n}", [(n,)]) for n in sizes]
     for model in models:
@@ -357,9 +359,15 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
                 rows += case_rows
                 # Written after every case: a run cut short by a time limit keeps what it measured.
                 path = write_json({"device": name, "rows": merged(earlier, rows)}, args.out, "kernels", name)
-    print()
-    print_table(rows)
+    # the rows were printed as each case finished (one table, its header once): not printed again
     print(f"wrote {path}" if path else "no rows measured")
+
+
+def ops_words(ops: list[str]) -> str:
+    """`ops l0_grad_mask (apply_masks: --ops l0_grad_mask,apply_masks)`: the ops timed, and how to add the others
+    (they are not timed by default, on any device)."""
+    left = [op for op in OPS if op not in ops]
+    return f"ops {','.join(ops)}" + (f" ({', '.join(left)}: --ops {','.join(OPS)})" if left else "")
 
 
 def previous_rows(out_dir: Path, device_name: str) -> list[dict]:

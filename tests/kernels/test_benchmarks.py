@@ -226,3 +226,21 @@ def test_kernels_choice_flags_name_the_flag_and_the_choices(capsys: pytest.Captu
     assert kernels.parse_args(["--sizes", "1K,4097"]).sizes == [1024, 4097]
     assert kernels.parse_args([]).ops == ["l0_grad_mask"], "the default ops, a list"
 
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
+def test_kernels_prints_the_table_once_and_says_which_ops_it_times(tmp_path, capsys) -> None:
+    """The rows printed as each case finished were printed again, all together, before `wrote ...`; and a table of
+    l0_grad_mask rows alone did not say that apply_masks is left out by default, nor `--help` what the default is."""
+    argv = ["--sizes", "4096", "--models", "none", "--dtypes", "fp32,bf16", "--masks", "bool", "--no-compile"]
+    kernels.main([*argv, "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("case ") for line in lines) == 1, "\n".join(lines)
+    assert sum(line.startswith("flat-4096 ") for line in lines) == 2, "one row per dtype, printed once"
+    assert lines[-1] == f"wrote {tmp_path / 'kernels-cpu.json'}"
+    device = next(line for line in lines if line.startswith("device: "))
+    assert device.endswith("; ops l0_grad_mask (apply_masks: --ops l0_grad_mask,apply_masks)"), device
+    kernels.main([*argv, "--ops", "apply_masks,l0_grad_mask", "--out", str(tmp_path)])
+    assert "; ops apply_masks,l0_grad_mask\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        kernels.parse_args(["--help"])
+    assert "(default: l0_grad_mask; add apply_masks" in " ".join(capsys.readouterr().out.split())
