@@ -21,6 +21,7 @@ import torch
 
 from benchmarks.common import pick_device
 from benchmarks.kernels import BETA, L2, layer_alphas, make_masks, model_weights
+from sparsetrain.argtypes import positive_int
 from triton_kernels import get_ops
 from triton_kernels._multi_tensor import DEFAULT_CONFIG
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     """Profiles and compares plain and planned calls (CUDA), and times the work a plan skips (everywhere)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.host_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--calls", type=positive_int, default=200)
     parser.add_argument("--masks", choices=["bool", "packed"], default="bool", help="mask kind")
     args = parser.parse_args(argv)
     device = pick_device()

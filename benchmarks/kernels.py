@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from triton_kernels import PackedMask, apply_masks_reference_, get_ops, l0_grad_
 PROG = "python -m benchmarks.kernels"  # the usage line's command; `sparsetrain bench kernels` passes its own
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPS = ["l0_grad_mask", "apply_masks"]
+DEFAULT_OPS = "l0_grad_mask"
 MASKS = ["bool", "packed"]
 MODELS = ["resnet50", "vit_base_patch16_224", "convnext_tiny"]
 FULL_SIZES = [2**20, 2**23, 2**26, 2**28, 2**30]
@@ -65,9 +67,49 @@ class Row:
 
 
 def parse_size(text: str) -> int:
-    """ "1M" → 2^20, "1G" → 2^30, "4096" → 4096."""
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1].upper(), 1)
+    """ "1M" → 2^20, "1G" → 2^30, "4096" → 4096.
+
+    Raises:
+        ValueError: not an integer with an optional K, M or G suffix.
+    """
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
     return int(text[:-1] if scale > 1 else text) * scale
+
+
+def size_list(text: str) -> list[int]:
+    """`--sizes`: comma-separated positive sizes (`parse_size`), e.g. "1M,64M,1G" → [2^20, 2^26, 2^30].
+
+    Raises:
+        argparse.ArgumentTypeError: `expected sizes like 1M,64M,1G (positive), got 'foo'` naming the first bad
+            size (argparse prefixes the flag).
+    """
+    sizes = []
+    for item in text.split(","):
+        try:
+            size = parse_size(item.strip())
+        except ValueError:
+            size = 0
+        if size < 1:
+            raise argparse.ArgumentTypeError(f"expected sizes like 1M,64M,1G (positive), got {item!r}")
+        sizes.append(size)
+    return sizes
+
+
+def choice_list(choices: Collection[str]) -> Callable[[str], list[str]]:
+    """A converter of a comma-separated flag whose items come from `choices` (`--dtypes`, `--ops`, `--masks`).
+
+    Raises (from the converter):
+        argparse.ArgumentTypeError: `unknown 'fp64' (choose from fp32, bf16, fp16)` naming the first unknown item.
+    """
+
+    def convert(text: str) -> list[str]:
+        values = text.split(",")
+        unknown = [v for v in values if v not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown[0]!r} (choose from {', '.join(choices)})")
+        return values
+
+    return convert
 
 
 def layer_alphas(weights: list[torch.Tensor]) -> list[float]:
@@ -261,24 +303,21 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     from the CLI)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few small cases (forced on CPU)")
-    parser.add_argument("--sizes", help="flat sizes, comma separated, e.g. 1M,64M,1G")
+    parser.add_argument("--sizes", type=size_list, help="flat sizes, comma separated, e.g. 1M,64M,1G")
     parser.add_argument("--models", help=f"comma separated timm models (default: {','.join(MODELS)}); 'none' for none")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="comma separated from fp32,bf16,fp16")
-    parser.add_argument("--ops", default="l0_grad_mask", help=f"comma separated from {','.join(OPS)}")
-    parser.add_argument("--masks", default="bool,packed", help=f"mask kinds, comma separated from {','.join(MASKS)}")
+    parser.add_argument("--dtypes", type=choice_list(DTYPES), default="fp32,bf16",
+                        help=f"comma separated from {','.join(DTYPES)} (default: fp32,bf16)")
+    parser.add_argument("--ops", type=choice_list(OPS), default=DEFAULT_OPS,
+                        help=f"comma separated from {','.join(OPS)} (default: {DEFAULT_OPS}; add apply_masks to time "
+                        "the masking after each finetune step too)")
+    parser.add_argument("--masks", type=choice_list(MASKS), default="bool,packed",
+                        help=f"mask kinds, comma separated from {','.join(MASKS)} (default: bool,packed)")
     parser.add_argument("--backend", help="ours: triton (default on CUDA) or torch (default on CPU)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help=f"folder for kernels-<device>.json (default "
                         f"{OUTPUT_DIR}; benchmarks/results holds the committed tables)")
     parser.add_argument("--append", action="store_true", help="keep earlier rows of the JSON")
-    args = parser.parse_args(argv)
-    for flag, choices in (("dtypes", DTYPES), ("ops", OPS), ("masks", MASKS)):
-        values = getattr(args, flag).split(",")
-        unknown = [v for v in values if v not in choices]
-        if unknown:
-            parser.error(f"--{flag}: unknown {unknown[0]!r} (choose from {', '.join(choices)})")
-        setattr(args, flag, values)
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> None:
@@ -297,16 +336,13 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     quick = args.quick or cpu
     args.backend = args.backend or ("torch" if cpu else "triton")
     args.compile = args.compile and not cpu  # inductor on CPU needs a C++ toolchain and minutes: not a smoke test
-    if args.sizes:
-        sizes = [parse_size(s) for s in args.sizes.split(",")]
-    else:
-        sizes = CPU_SIZES if cpu else QUICK_GPU_SIZES if quick else FULL_SIZES
+    sizes = args.sizes or (CPU_SIZES if cpu else QUICK_GPU_SIZES if quick else FULL_SIZES)
     models = MODELS[:1] if quick else MODELS
     if args.models:
         models = [] if args.models == "none" else args.models.split(",")
     name = device_label(device)
     copy = copy_gbps(device)
-    print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {args.backend!r}")
+    print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {args.backend!r}; {ops_words(args.ops)}")
 
     cases = [(f"flat-{n}", [(n,)]) for n in sizes]
     for model in models:
@@ -323,9 +359,15 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
                 rows += case_rows
                 # Written after every case: a run cut short by a time limit keeps what it measured.
                 path = write_json({"device": name, "rows": merged(earlier, rows)}, args.out, "kernels", name)
-    print()
-    print_table(rows)
+    # the rows were printed as each case finished (one table, its header once): not printed again
     print(f"wrote {path}" if path else "no rows measured")
+
+
+def ops_words(ops: list[str]) -> str:
+    """`ops l0_grad_mask (apply_masks: --ops l0_grad_mask,apply_masks)`: the ops timed, and how to add the others
+    (they are not timed by default, on any device)."""
+    left = [op for op in OPS if op not in ops]
+    return f"ops {','.join(ops)}" + (f" ({', '.join(left)}: --ops {','.join(OPS)})" if left else "")
 
 
 def previous_rows(out_dir: Path, device_name: str) -> list[dict]:

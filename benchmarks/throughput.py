@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import OUTPUT_DIR, write_json
+from sparsetrain.argtypes import nonnegative_float, positive_int
 
 PROG = "python -m benchmarks.throughput"  # the usage line's command; `sparsetrain bench throughput` passes its own
 DEFAULT_CONFIG = "configs/lenet300_fashion.yaml"
@@ -160,11 +161,11 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override (repeatable), e.g. --set train.flush_denormal=false")
     parser.add_argument("--phases", default="dense,sparsify", help="phases of the long run (drift)")
-    parser.add_argument("--epochs", type=float, default=20.0,
+    parser.add_argument("--epochs", type=nonnegative_float, default=20.0,
                         help="epochs of each timed phase (about 9,400 steps of the lenet300 recipe; 0 = the recipe's)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds of the overhead comparison")
-    parser.add_argument("--round-steps", type=int, default=200, help="steps per loop per round")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
+    parser.add_argument("--rounds", type=positive_int, default=7, help="alternating rounds of the overhead comparison")
+    parser.add_argument("--round-steps", type=positive_int, default=200, help="steps per loop per round")
     parser.add_argument("--out", type=Path, default=OUTPUT_DIR,
                         help=f"folder for throughput-cpu.json (default {OUTPUT_DIR})")
     return parser.parse_args(argv)

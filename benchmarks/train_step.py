@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import OUTPUT_DIR, device_label, pick_device, write_json
+from sparsetrain.argtypes import int_at_least, positive_int
 from triton_kernels import KernelOps, get_ops, l0_penalty
 
 PROG = "python -m benchmarks.train_step"  # the usage line's command; `sparsetrain bench train_step` passes its own
@@ -121,10 +122,11 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (forced on CPU)")
     parser.add_argument("--model", default="resnet50", help="timm model name")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=30, help="timed rounds (one step of each variant per round)")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--image-size", type=positive_int, default=224)
+    parser.add_argument("--steps", type=positive_int, default=30,
+                        help="timed rounds (one step of each variant per round)")
+    parser.add_argument("--warmup", type=int_at_least(0), default=5)
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 instead of bf16 autocast on CUDA")
     parser.add_argument("--backend", help="kernel backend: triton (default on CUDA) or torch (default on CPU)")
     parser.add_argument("--out", type=Path, default=OUTPUT_DIR,

@@ -312,6 +312,7 @@ def _eval(argv: list[str]) -> int:
 
 def _bench_latency(argv: list[str]) -> None:
     from benchmarks.common import OUTPUT_DIR
+    from sparsetrain.argtypes import int_at_least, positive_int
 
     parser = argparse.ArgumentParser(prog="sparsetrain bench latency", description="Dense vs compressed latency "
                                      "of a run's export (and vs its compact model, export/compact/, when it has "
@@ -322,9 +323,12 @@ def _bench_latency(argv: list[str]) -> None:
                                      "deploy.latency_* settings, are left as they are.")
     parser.add_argument("target", help="run directory or export folder (RUN/export/compact: the compact model "
                         "alone against the dense architecture)")
-    parser.add_argument("--batch", type=int, default=16, help="the larger batch size (the other is 1)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed interleaved rounds per runtime and batch")
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both runtimes")
+    # the same bounds as a run's deploy.latency_batch / latency_repeats / latency_threads
+    parser.add_argument("--batch", type=int_at_least(2), default=16, help="the larger batch size, 2 or more (the "
+                        "other is 1)")
+    parser.add_argument("--repeats", type=int_at_least(3), default=30, help="timed interleaved rounds per runtime "
+                        "and batch, 3 or more (the p20, median and p80 of each model)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="intra-op threads of both runtimes")
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory (a child process per model)")
     parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help=f"folder for latency-NAME.json and "
                         f"latency-NAME.png (default {OUTPUT_DIR}, as the other benchmarks)")

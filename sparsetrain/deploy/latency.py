@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from sparsetrain.deploy.compact import COMPACT_DIR
-from sparsetrain.deploy.latency_report import noise_range, noise_words, speedup_key
+from sparsetrain.deploy.latency_report import noise_range, noise_words, speedup_key, unpruned
 from sparsetrain.deploy.loading import (
     export_folder,
     is_compact,
@@ -337,7 +337,13 @@ def latency_table(path: str | Path, batches: tuple[int, ...] = (1, 16), repeats:
         and a `note`. `storage`: `dense_bytes` and `params` (per model timed); `compressed_bytes`,
         `compressed_file`, `ratio` and `nonzero_params` for the compressed model; `compact_bytes`, `compact_file`,
         `compact_ratio` and `compact_nonzero_params` when compact was timed.
+
+    Raises:
+        ValueError: `repeats` or a batch under 1, `threads` under 1 (one line naming it); what `_Models` refuses.
     """
+    for name, value in (("repeats", repeats), ("threads", threads), *(("batch", b) for b in batches)):
+        if value < 1:
+            raise ValueError(f"bench latency: {name}: expected an integer >= 1, got {value}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -366,7 +372,7 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
             for which in models.names[1:]:
                 row.update(_speedups(times, stats, which))
             row["peak_memory_bytes"] = {k: (peaks.get(k) or {}).get(batch) for k in models.names}
-            row["note"] = _note(models.kind, row, storage.get("ratio"))
+            row["note"] = _note(models.kind, row, storage.get("ratio"), unpruned=unpruned(storage))
             rows.append(row)
             key = f"{runtime}-{device}/batch{batch}"
             runs = max(3, min(repeats, 10))
@@ -382,17 +388,21 @@ def _measure(models: _Models, batches: tuple[int, ...], repeats: int, threads: i
             "rows": rows, "slowest_layers": layers}
 
 
-def _note(kind: str, row: dict[str, Any], storage_ratio: float | None) -> str:
+def _note(kind: str, row: dict[str, Any], storage_ratio: float | None, unpruned: bool = False) -> str:
     """What a row means: unstructured zeros run as a dense graph, so any measured gap of the compressed model is
-    noise, not sparsity; a model made smaller (Method 2's filters removed, the compact model's dead units) is a
-    smaller dense graph, so its gap can be real, unless its three ratios disagree (`noise_range`: then the note gives
-    their range). `row` holds the speed-ups (`speedup*`; none for `RUN/export/compact` timed alone, whose
-    `speedup_compact*` are the compact model's); `storage_ratio` the compressed weights file's saving. Speed-ups are
-    judged as printed (2 decimals): 0.996 prints as 1.00x and is not called slower."""
+    noise, not sparsity (`unpruned`: it has no zeros at all, `latency_report.unpruned`, e.g. the dense phase's
+    export, so the note says it is the same graph as dense, and claims no zeros nor a storage saving); a model made
+    smaller (Method 2's filters removed, the compact model's dead units) is a smaller dense graph, so its gap can be
+    real, unless its three ratios disagree (`noise_range`: then the note gives their range). `row` holds the
+    speed-ups (`speedup*`; none for `RUN/export/compact` timed alone, whose `speedup_compact*` are the compact
+    model's); `storage_ratio` the compressed weights file's saving. Speed-ups are judged as printed (2 decimals):
+    0.996 prints as 1.00x and is not called slower."""
     parts = []
     if "speedup" in row:
         speedup = _shown(row["speedup"])
-        if kind == "unstructured":
+        if kind == "unstructured" and unpruned:
+            parts.append(f"no weight pruned: dense and compressed are the same graph; {speedup:.2f}x is timing noise")
+        elif kind == "unstructured":
             parts.append(f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); storage "
                          f"{storage_ratio:.1f}x smaller" if speedup < NO_SPEEDUP_BELOW else
                          f"no speed-up expected: the same dense graph, {speedup:.2f}x is measurement noise; "

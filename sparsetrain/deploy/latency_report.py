@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["NOISE_MARGIN", "bench_stem", "format_latency", "noise_range", "noise_words", "plot_latency",
-           "speedup_key", "timed_models", "write_latency"]
+           "speedup_key", "timed_models", "unpruned", "write_latency"]
 
 NOISE_MARGIN = 1.25  # the three ratios of one speed-up spanning more than this factor: called within noise
 
@@ -29,6 +29,21 @@ def noise_range(p20: float, median: float | None, paired: float | None) -> tuple
 def noise_words(ratios: tuple[float, float]) -> str:
     """`within noise: 0.91x-1.88x over the p20, median and paired ratios` (`noise_range`'s words)."""
     return f"within noise: {ratios[0]:.2f}x-{ratios[1]:.2f}x over the p20, median and paired ratios"
+
+
+def unpruned(storage: dict[str, Any]) -> bool:
+    """Whether a table's compressed model has no weight pruned: every parameter non-zero (`storage`'s
+    `nonzero_params` equal to `params.compressed`), e.g. the dense phase's export (`sparsetrain export RUN --phase
+    dense`). Dense and compressed are then the same graph with the same weights' count, and a table says so instead
+    of calling it unstructured-sparse. False for `RUN/export/compact` timed alone and tables without the counts."""
+    total = storage.get("params", {}).get("compressed")
+    return total is not None and storage.get("nonzero_params") == total
+
+
+def _smaller(ratio: float) -> str:
+    """`9.90x smaller`, or `same size` when it prints as 1.00x, or `1.10x larger`."""
+    shown = f"{ratio:.2f}"
+    return "same size" if shown == "1.00" else f"{shown}x smaller" if ratio > 1 else f"{1 / ratio:.2f}x larger"
 
 
 def _mb(value: int | None) -> str:
@@ -55,7 +70,7 @@ def _storage_line(s: dict[str, Any]) -> str:
     `RUN/export/compact` alone, which names the compact model's only), then the compact one when timed."""
     parts = []
     if "compressed_bytes" in s:
-        parts.append(f"{s['compressed_bytes']:,} B weights file {s['compressed_file']} ({s['ratio']:.2f}x smaller); "
+        parts.append(f"{s['compressed_bytes']:,} B weights file {s['compressed_file']} ({_smaller(s['ratio'])}); "
                      f"params {s['params']['dense']:,} -> {s['params']['compressed']:,} ({s['nonzero_params']:,} "
                      "non-zero)")
     if "compact_bytes" in s:
@@ -78,10 +93,11 @@ def format_latency(table: dict[str, Any]) -> str:
     dense), then the slowest layers at batch 1."""
     models = timed_models(table)
     phase = f", {table['phase']} phase" if table.get("phase") else ""
+    kind = "no weight pruned" if unpruned(table["storage"]) else table["kind"]
     header = f"{'runtime':<18}{'batch':>6}  {'dense ms':>24}" + "".join(
         f"  {f'{m} ms':>24}  {'speed-up':>8}" for m in models[1:])
     peaks = "peak MB " + "->".join({"dense": "d", "compressed": "c"}.get(m, m) for m in models)
-    lines = [f"latency of {table['model']} ({table['kind']}{phase}), input {tuple(table['input_shape'])}, "
+    lines = [f"latency of {table['model']} ({kind}{phase}), input {tuple(table['input_shape'])}, "
              f"{table['threads']} thread(s), {table['repeats']} interleaved rounds after {table['warmup']} warm-up "
              f"({', '.join(models)} in each round); ms as median [p20-p80]; speed-up = dense p20 / model p20 (the "
              "least disturbed by other load); peak MB = weights + workspace + activations in a warmed-up process "

@@ -97,6 +97,45 @@ def test_unstructured_without_speedup_says_so_with_the_storage_saving() -> None:
         "RUN/export/compact timed alone: dense vs compact only"
 
 
+def test_a_model_with_no_weight_pruned_claims_no_zeros() -> None:
+    """The dense phase's export has every parameter non-zero: its rows said `no speed-up: unstructured zeros run as
+    a dense graph (0.94x); storage 1.0x smaller`."""
+    note = _note("unstructured", _row(0.94), 1.0, unpruned=True)
+    assert note == "no weight pruned: dense and compressed are the same graph; 0.94x is timing noise"
+    assert _note("unstructured", _row(1.3), 1.0, unpruned=True).endswith("; 1.30x is timing noise")
+
+
+def test_latency_of_the_dense_phase_says_no_weight_was_pruned(run: tuple[Path, dict], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """`sparsetrain export RUN --phase sparsify` (a phase before pruning, as `--phase dense` of a run that has one),
+    then `sparsetrain bench latency RUN`; and a run of the dense phase alone, whose own table (latency.json,
+    report.json) times its export: each says no weight was pruned, and none claims unstructured zeros or a storage
+    saving (the dense phase's 4,927,186 of 4,927,186 parameters non-zero were called `unstructured`, `storage 1.00x
+    smaller`, `unstructured zeros run as a dense graph (0.94x)`)."""
+    import shutil
+
+    copy = Path(shutil.copytree(run[0], tmp_path / "copy"))
+    assert main(["export", str(copy), "--phase", "sparsify"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "latency", str(copy), "--batch", "2", "--repeats", "3", "--no-memory",
+                 "--out", str(tmp_path / "bench")]) == 0
+    printed = capsys.readouterr().out
+    assert "latency of lenet300_100 (no weight pruned, sparsify phase)" in printed, printed
+    assert "(same size)" in printed and "smaller" not in printed, printed
+    assert not re.search(r"unstructured|zeros|sparsity", printed), printed
+    alone = tmp_path / "dense-only"
+    report = run_pipeline(tiny_config(alone, "phases.dense.enabled=true", "phases.dense.epochs=1",
+                                      "deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency_batch=2"),
+                          ["dense"])
+    assert report["latency"]["phase"] == "dense" and report["params"]["nonzero"] == report["params"]["total"]
+    tables = [json.loads((tmp_path / "bench" / "latency-copy.json").read_text()),
+              json.loads((alone / "latency.json").read_text()), report["latency"]]
+    for table in tables:
+        notes = [row["note"] for row in table["rows"]]
+        assert notes and all(re.fullmatch(r"no weight pruned: dense and compressed are the same graph; "
+                                          r"\d+\.\d\dx is timing noise", note) for note in notes), notes
+
+
 def test_a_speedup_printed_as_1_00x_is_not_called_slower() -> None:
     """The words agree with the printed number: 0.996 prints as 1.00x (it was "slower than dense (1.00x)")."""
     assert _note("structural", _row(0.996), 1.7) == ""
@@ -144,6 +183,13 @@ def test_bench_latency_cli_prints_the_table_and_plots(run: tuple[Path, dict], tm
 def test_latency_of_a_folder_without_export_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bench latency: .* is not a run directory or export folder"):
         latency_table(tmp_path)
+
+
+def test_latency_table_refuses_no_rounds_in_one_line(tmp_path: Path) -> None:
+    """Called from Python with 0 rounds it ended in numpy's IndexError (the quantiles of no times)."""
+    for kwargs, name in (({"repeats": 0}, "repeats"), ({"threads": 0}, "threads"), ({"batches": (1, 0)}, "batch")):
+        with pytest.raises(ValueError, match=f"^bench latency: {name}: expected an integer >= 1, got 0$"):
+            latency_table(tmp_path, **kwargs)
 
 
 def test_eval_of_run_export_and_onnx_agree_with_the_run(run: tuple[Path, dict],

@@ -174,3 +174,73 @@ def test_kernels_table_gives_each_columns_unit_under_its_name(tmp_path, capsys) 
         end = names.index(f" {name}") + 1 + len(name)  # columns are right-aligned: a unit ends where its name does
         assert units[end - len(unit):end] == unit and units[end - len(unit) - 1] == " ", (name, names, units)
     assert len(row) == len(names) == len(units), "the rows line up with the header"
+
+
+# (command, flag, bad values) of every numeric flag of `sparsetrain bench NAME`, and what the error says it expects
+NUMERIC_FLAGS = [
+    ("latency", "--batch", ["1", "0", "-4", "x"], "an integer >= 2"),
+    ("latency", "--repeats", ["0", "-1", "2", "x", "1.5"], "an integer >= 3"),
+    ("latency", "--threads", ["0", "-1", "two"], "an integer >= 1"),
+    ("train_step", "--batch", ["0", "-1", "x"], "an integer >= 1"),
+    ("train_step", "--image-size", ["0", "-32", "x"], "an integer >= 1"),
+    ("train_step", "--steps", ["0", "-1", "x"], "an integer >= 1"),
+    ("train_step", "--warmup", ["-1", "x"], "an integer >= 0"),
+    ("throughput", "--epochs", ["-1", "nan", "inf", "x"], "a number >= 0"),
+    ("throughput", "--threads", ["0", "-1", "x"], "an integer >= 1"),
+    ("throughput", "--rounds", ["0", "-1", "x"], "an integer >= 1"),
+    ("throughput", "--round-steps", ["0", "-1", "x"], "an integer >= 1"),
+    ("kernels", "--sizes", ["0", "foo", "1M,-3", "1M,", "1X"], "sizes like 1M,64M,1G (positive)"),
+]
+
+
+@pytest.mark.parametrize(("name", "flag", "values", "expected"), NUMERIC_FLAGS, ids=lambda v: str(v))
+def test_numeric_flags_refuse_zero_negative_and_non_numbers_in_one_line(
+        name: str, flag: str, values: list[str], expected: str, capsys: pytest.CaptureFixture) -> None:
+    """A bad number is argparse's one-line error naming the flag and what it expects, exit 2, before anything runs
+    (`--repeats 0` ended in numpy's IndexError from the quantiles of no times, `--sizes 0` in a ZeroDivisionError,
+    `--sizes foo` in `invalid literal for int()`, naming neither the flag nor the format)."""
+    import importlib
+
+    from sparsetrain.cli import main
+
+    def parse(argv: list[str]) -> object:  # the arguments only: a value let through must not start a benchmark
+        if name == "latency":  # parsed and run by the CLI itself; RUN/export is never read, the flag is refused first
+            return main(["bench", "latency", "RUN/export", *argv])
+        return importlib.import_module(f"benchmarks.{name}").parse_args(argv, prog=f"sparsetrain bench {name}")
+
+    for value in values:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            parse([f"{flag}={value}"])
+        err = capsys.readouterr().err
+        bad = value.split(",")[-1] if name == "kernels" else value
+        assert stop.value.code == 2 and err.splitlines()[-1] == (
+            f"sparsetrain bench {name}: error: argument {flag}: expected {expected}, got {bad!r}"), (value, err)
+
+
+def test_kernels_choice_flags_name_the_flag_and_the_choices(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stop:
+        kernels.parse_args(["--dtypes", "fp32,fp64"])
+    assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: argument --dtypes: unknown 'fp64' (choose from fp32, bf16, fp16)")
+    assert kernels.parse_args(["--sizes", "1K,4097"]).sizes == [1024, 4097]
+    assert kernels.parse_args([]).ops == ["l0_grad_mask"], "the default ops, a list"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
+def test_kernels_prints_the_table_once_and_says_which_ops_it_times(tmp_path, capsys) -> None:
+    """The rows printed as each case finished were printed again, all together, before `wrote ...`; and a table of
+    l0_grad_mask rows alone did not say that apply_masks is left out by default, nor `--help` what the default is."""
+    argv = ["--sizes", "4096", "--models", "none", "--dtypes", "fp32,bf16", "--masks", "bool", "--no-compile"]
+    kernels.main([*argv, "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("case ") for line in lines) == 1, "\n".join(lines)
+    assert sum(line.startswith("flat-4096 ") for line in lines) == 2, "one row per dtype, printed once"
+    assert lines[-1] == f"wrote {tmp_path / 'kernels-cpu.json'}"
+    device = next(line for line in lines if line.startswith("device: "))
+    assert device.endswith("; ops l0_grad_mask (apply_masks: --ops l0_grad_mask,apply_masks)"), device
+    kernels.main([*argv, "--ops", "apply_masks,l0_grad_mask", "--out", str(tmp_path)])
+    assert "; ops apply_masks,l0_grad_mask\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        kernels.parse_args(["--help"])
+    assert "(default: l0_grad_mask; add apply_masks" in " ".join(capsys.readouterr().out.split())

@@ -1,0 +1,53 @@
+"""argparse `type=` converters shared by the commands' numeric flags (`sparsetrain bench NAME`, the benchmarks).
+
+A bad value is then argparse's own usage error, one line naming the flag and what it expects, exit code 2:
+`sparsetrain bench latency: error: argument --repeats: expected an integer >= 3, got '0'` (a 0 used to reach the
+timing code and end in a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+__all__ = ["int_at_least", "nonnegative_float", "positive_int"]
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A converter of an integer flag that must be `minimum` or more.
+
+    Raises (from the converter):
+        argparse.ArgumentTypeError: `expected an integer >= MINIMUM, got 'TEXT'` (argparse prefixes the flag).
+    """
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    convert.__name__ = f"integer >= {minimum}"  # what argparse would name the type
+    return convert
+
+
+positive_int = int_at_least(1)
+"""An integer flag that must be 1 or more (counts: threads, rounds, steps, calls)."""
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0 (e.g. `--epochs`, where 0 means "the recipe's").
+
+    Raises:
+        argparse.ArgumentTypeError: `expected a number >= 0, got 'TEXT'` (also for nan and inf).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
