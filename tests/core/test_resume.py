@@ -28,8 +28,17 @@ from tests.helpers.wandb_log import assert_wandb_matches_metrics, read_runs
 EXTRA = ("phases.sparsify.epochs=8", "train.checkpoint_every=10", "tracking.mode=offline")
 
 
-def _kill_mid_sparsify(out: Path) -> None:
-    kill_at_checkpoint(tiny_overrides(out, *EXTRA), out, 30, phase="sparsify")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """out_dir of the uninterrupted run (EXTRA, a step log row per step) that the resume tests compare with."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = run_cli(tiny_overrides(out, *EXTRA, "train.log_every=1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def _kill_mid_sparsify(out: Path, *extra: str) -> None:
+    kill_at_checkpoint(tiny_overrides(out, *EXTRA, *extra), out, 30, phase="sparsify")
 
 
 def _steps(out: Path) -> list[int]:
@@ -45,14 +54,13 @@ def _step_seconds(out: Path, phase: str, up_to: int = 10**9, after: int = 0) -> 
                and after < row["step"] <= up_to) / 1e3
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
-    interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
-    _kill_mid_sparsify(interrupted)
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, uninterrupted: Path) -> None:
+    interrupted, reference = tmp_path / "interrupted", uninterrupted
+    _kill_mid_sparsify(interrupted, "train.log_every=1")  # the reference's step log: a row per step
     state = json.loads((interrupted / "state.json").read_text())
     assert state["current"]["phase"] == "sparsify" and "sparsify" not in state["completed"]
-    resumed = run_cli(tiny_overrides(interrupted, *EXTRA))
+    resumed = run_cli(tiny_overrides(interrupted, *EXTRA, "train.log_every=1"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert run_cli(tiny_overrides(reference, *EXTRA)).returncode == 0
     assert_same_weights(load_file(str(reference / "weights" / "finetune.safetensors")),
                         load_file(str(interrupted / "weights" / "finetune.safetensors")), atol=1e-6, rtol=1e-6,
                         label="resumed vs uninterrupted")
@@ -100,12 +108,12 @@ def test_corrupt_state_file_gives_clear_error(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: resume: {out / 'state.json'} is corrupt")
 
 
-def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path: Path) -> None:
+def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path: Path, uninterrupted: Path) -> None:
     """Ctrl-C (SIGINT to the process group) checkpoints at the next step like SIGTERM, but is reported as an
     interruption: one `interrupted:` line naming the checkpoint and the command that resumes, exit 130, no
     KeyboardInterrupt traceback; that command (without resume=false, which would start over) continues from the
     checkpoint and matches an uninterrupted run."""
-    out, reference = tmp_path / "interrupted", tmp_path / "reference"
+    out, reference = tmp_path / "interrupted", uninterrupted
     overrides = tiny_overrides(out, *EXTRA, "train.log_every=1", "train.checkpoint_every=1000")
     result = signal_at_logged_step([*overrides, "resume=false"], out, 15, signal.SIGINT)
     assert result.returncode == 130, result.stderr[-3000:]
@@ -125,7 +133,6 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_resumes_exactly(tmp_path: Path)
     # report.json's wall time of the resumed phase adds the resumed attempt to the time before the interrupt
     wall = json.loads((out / "report.json").read_text())["wall_time_s"]["sparsify"]
     assert wall >= before + _step_seconds(out, "sparsify", after=int(stop[1])), (wall, before)
-    assert run_cli(tiny_overrides(reference, *EXTRA, "train.log_every=1")).returncode == 0
     assert_same_weights(load_file(str(reference / "weights" / "finetune.safetensors")),
                         load_file(str(out / "weights" / "finetune.safetensors")), atol=1e-6, rtol=1e-6,
                         label="after Ctrl-C and resume vs uninterrupted")

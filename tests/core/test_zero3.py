@@ -11,6 +11,7 @@ stays short on 2 CPU cores; the ZeRO-3 code paths do not depend on width or dept
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,15 +81,36 @@ def test_zero3_equals_zero0_with_exact_sparsity_and_packed_mask_shares(tmp_path:
     assert reports[0]["mask_memory"]["weights_per_rank"] == [total, total], "ZeRO 0 holds whole masks"
 
 
-def test_zero3_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
+def _adam(zero_stage: int) -> tuple[str, ...]:
+    """The settings of the resume tests' vit_tiny runs (Adam, a checkpoint every 2 steps, 6 fine-tuning steps)."""
+    return (f"deepspeed.zero_stage={zero_stage}", "optim.name=adam", "optim.lr=1e-3", "train.checkpoint_every=2",
+            "phases.finetune.epochs=2")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """out_dir of the uninterrupted 2-rank vit_tiny run with `_adam(zero_stage)`, the reference of every resume
+    test of that stage: trained on first use, once per module (the same run as each test's own was)."""
+    runs: dict[int, Path] = {}
+
+    def reference(zero_stage: int) -> Path:
+        if zero_stage not in runs:
+            out = tmp_path_factory.mktemp(f"uninterrupted-zero{zero_stage}") / "run"
+            _run(out, "vit_tiny", 2, *_adam(zero_stage))
+            runs[zero_stage] = out
+        return runs[zero_stage]
+
+    return reference
+
+
+def test_zero3_resume_after_kill_equals_uninterrupted(tmp_path: Path, uninterrupted: Callable[[int], Path]) -> None:
     # adam: the optimizer state (exp_avg, exp_avg_sq partitions) must come back too; killed mid-way in finetune,
     # so the packed masks come back from the checkpoint's per-rank files (elastic resume below kills in sparsify)
-    extra = ("deepspeed.zero_stage=3", "optim.name=adam", "optim.lr=1e-3", "train.checkpoint_every=2",
-             "phases.finetune.epochs=2")
-    interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
+    extra = _adam(3)
+    interrupted = tmp_path / "interrupted"
     kill_at_checkpoint(_overrides(interrupted, "vit_tiny", *extra), interrupted, 2, phase="finetune", nproc=2)
     _run(interrupted, "vit_tiny", 2, *extra, expect_in_log="resuming from checkpoint finetune-step0000002")
-    _run(reference, "vit_tiny", 2, *extra)
+    reference = uninterrupted(3)
     for phase in PHASES:
         assert_same_weights(_weights(reference, phase), _weights(interrupted, phase), atol=0, rtol=0,
                             label=f"{phase}: resumed vs uninterrupted ZeRO-3 run")
@@ -98,16 +120,16 @@ def test_zero3_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
 # ds_to_universal (they differ in when gradients are reduced), and sparsetrain treats them alike (only stage 3
 # has code of its own): the elastic resume of stage 2 stands for both. ZeRO 1 trains in test_pipeline.py.
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_elastic_resume_2_to_1_to_2_ranks_equals_uninterrupted(tmp_path: Path, zero_stage: int) -> None:
+def test_elastic_resume_2_to_1_to_2_ranks_equals_uninterrupted(tmp_path: Path, zero_stage: int,
+                                                              uninterrupted: Callable[[int], Path]) -> None:
     # killed on 2 ranks in sparsify, resumed on 1 and killed in finetune, resumed on 2: DeepSpeed's universal
     # checkpoint reshards weights and Adam's state, the packed masks are cut from the per-rank range files
-    extra = (f"deepspeed.zero_stage={zero_stage}", "optim.name=adam", "optim.lr=1e-3", "train.checkpoint_every=2",
-             "phases.finetune.epochs=2")
-    elastic, reference = tmp_path / "elastic", tmp_path / "reference"
+    extra = _adam(zero_stage)
+    elastic = tmp_path / "elastic"
     kill_at_checkpoint(_overrides(elastic, "vit_tiny", *extra), elastic, 2, phase="sparsify", nproc=2)
     kill_at_checkpoint(_overrides(elastic, "vit_tiny", *extra), elastic, 2, phase="finetune", nproc=1)
     _run(elastic, "vit_tiny", 2, *extra, expect_in_log="written by 1 rank, on 2 ranks")
-    _run(reference, "vit_tiny", 2, *extra)
+    reference = uninterrupted(zero_stage)
     state = json.loads((elastic / "state.json").read_text())
     assert state["current"] is None and "finetune" in state["completed"], state
     # 1 and 2 ranks sum gradients in another order, which Adam's normalisation amplifies to ~2e-4 here; a resume

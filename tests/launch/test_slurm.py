@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -143,8 +144,13 @@ def _job_info(job_id: str) -> str:
     return subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
 
 
-def _start_requeued_now(job_id: str, timeout_s: float = 600) -> None:
-    """Start a requeued job now instead of after Slurm's 2-minute BeginTime (a production cluster just waits).
+def _restarts(info: str) -> int:
+    return int(re.search(r"\bRestarts=(\d+)", info).group(1))
+
+
+def _start_requeued_now(job_id: str, restarts: int = 1, timeout_s: float = 600) -> None:
+    """Start a requeued job now instead of after Slurm's 2-minute BeginTime (a production cluster just waits);
+    `restarts`: the job's requeue count once this requeue is made (1 for its first).
 
     Release it only once it is plainly PENDING (no longer COMPLETING: its old processes are gone and the node has
     revoked the old run's credential), and only after the clock has moved past that second: a launch in the same
@@ -155,7 +161,7 @@ def _start_requeued_now(job_id: str, timeout_s: float = 600) -> None:
     while time.monotonic() < deadline:
         info = _job_info(job_id)
         state = next((word.split("=", 1)[1] for word in info.split() if word.startswith("JobState=")), "UNKNOWN")
-        restarted = "Restarts=0" not in info
+        restarted = _restarts(info) >= restarts
         if restarted and state == "RUNNING":
             return
         assert state not in FINAL_STATES, f"job {job_id} ended ({state}) instead of running again: {info}"
@@ -178,46 +184,101 @@ def _wait_until_running(job_id: str, deadline: float) -> None:
     pytest.fail(f"released job {job_id} did not start: {_job_info(job_id)}")
 
 
+# A job interrupted several times in sequence: each interruption after the first lands this many sparsify steps
+# after the step its attempt resumed at, past the attempt's first periodic checkpoint (train.checkpoint_every=10,
+# written before the next step is logged), so that a re-run which continues from its own attempt's checkpoint
+# resumes later than the attempt before it. Three interruptions end by sparsify step ~200 of 330 even where a signal
+# lands ~50 steps after the test saw its step (see INTERRUPTED).
+AFTER_RESUME = 15
+RESUMED = re.compile(r"\[sparsify\] resuming from checkpoint sparsify-step\d+ at step (\d+)")
+
+
+def _resumed_steps(log: str) -> list[int]:
+    """The sparsify steps at which the re-runs in rank 0's log resumed, in order."""
+    return [int(step) for step in RESUMED.findall(log)]
+
+
+def _wait_for_resume(log: Path, job_id: str, count: int, timeout_s: float = 600) -> int:
+    """The step at which the job's `count`-th re-run resumed sparsify, once rank 0's log says so. By then that
+    re-run has cut metrics.jsonl back to the step, so `_wait_for_step` sees only its own steps."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        steps = _resumed_steps(log.read_text()) if log.exists() else []
+        if len(steps) >= count:
+            return steps[count - 1]
+        state = slurm_state(job_id)
+        assert state not in FINAL_STATES, f"job {job_id} ended ({state}) before re-run {count} resumed"
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id}: re-run {count} did not resume within {timeout_s}s: {_job_info(job_id)}")
+
+
+def _interrupt_in_sequence(job: Any, out_dir: Path, interrupts: list[Callable[[], None]], first_step: int) -> list[int]:
+    """Interrupt the running 2-rank `job` once per item of `interrupts` (each makes the job requeue), the first at
+    sparsify step `first_step`, each later one AFTER_RESUME steps after its attempt resumed; every requeued attempt
+    is started at once. Returns the sparsify steps at which the re-runs resumed, in order."""
+    step, resumed = first_step, []
+    for count, interrupt in enumerate(interrupts, 1):
+        _wait_for_step(out_dir, job.job_id, "sparsify", step)
+        interrupt()
+        _start_requeued_now(job.job_id, restarts=count)
+        resumed.append(_wait_for_resume(job.task(0).paths.stderr, job.job_id, count))
+        step = resumed[-1] + AFTER_RESUME
+    return resumed
+
+
+def _assert_each_rerun_continued_from_its_own_attempt(resumed: list[int], first_step: int) -> None:
+    """Every re-run resumed past the step where the attempt before it was first seen running: the first past
+    `first_step`, each later one past where its predecessor resumed. None started over or continued from an earlier
+    attempt's checkpoint."""
+    bounds = [first_step, *resumed[:-1]]
+    assert all(step > bound for step, bound in zip(resumed, bounds, strict=True)), \
+        f"re-runs resumed at sparsify steps {resumed}: not each from a checkpoint of the attempt before it"
+
+
 @pytest.mark.parametrize(
     "signals",
     [
-        # Time limit: Slurm sends USR2 `signal_delay_s` before the end; W&B keeps running.
-        pytest.param("USR2", id="time-limit"),
-        # Preemption as submitit models it: SIGTERM to every process of the step, then USR2. SIGTERM also
-        # stops W&B's service process; the requeued job sends W&B the steps it missed.
-        pytest.param("TERM+USR2", id="preemption"),
+        # Time limit: Slurm sends USR2 `signal_delay_s` before the end; W&B keeps running. Then preemption as
+        # submitit models it: SIGTERM to every process of the step, then USR2. SIGTERM also stops W&B's service
+        # process; the requeued job sends W&B the steps it missed.
+        pytest.param(("USR2", "TERM+USR2"), id="time-limit-then-preemption"),
     ],
 )
 def test_interrupted_job_requeues_and_resumes_without_lost_or_repeated_steps(
-        signals: str, slurm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+        signals: tuple[str, ...], slurm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One job interrupted once per kind in `signals`, in sequence; every requeued attempt resumes from the
+    checkpoint its predecessor saved when it stopped (at the step after the signal), the first mid-phase between two
+    periodic checkpoints."""
     out_dir = tmp_path_factory.mktemp("preempt") / "run"
     config = load_config(QUICKSTART, [*TWO_RANKS, f"out_dir={out_dir}", "tracking.mode=offline"])
     job = submit(config, "slurm")
+    interrupts = [lambda timeout=kind == "USR2": job._interrupt(timeout=timeout) for kind in signals]
     try:
-        _wait_for_step(out_dir, job.job_id, "sparsify", 5)  # mid-phase, between two periodic checkpoints
-        job._interrupt(timeout=signals == "USR2")
-        _start_requeued_now(job.job_id)
+        resumed = _interrupt_in_sequence(job, out_dir, interrupts, first_step=5)
         report = wait_result(job, timeout_s=800)
     finally:
         _cancel_jobs_of(out_dir)
 
     log = job.task(0).paths.stderr.read_text()
-    assert "Requeued job" in log and log.count("starting in") == 2, "expected one requeue and a second start"
+    assert log.count("Requeued job") == len(signals) and log.count("starting in") == len(signals) + 1, \
+        "expected one requeue and one more start per interruption"
+    assert _resumed_steps(log) == resumed and len(resumed) == len(signals), log[-3000:]
+    _assert_each_rerun_continued_from_its_own_attempt(resumed, first_step=5)
     assert report["world_size"] == 2
     _assert_same_weights(out_dir, slurm_run)
-    _assert_steps_as_uninterrupted(out_dir, slurm_run)
+    _assert_steps_as_uninterrupted(out_dir, slurm_run, segments=len(signals) + 1)
 
 
-def _assert_one_wandb_run_across_requeue(out_dir: Path) -> None:
-    """Two offline W&B segments (before/after requeue) of one run id, together holding every step of the step
-    log exactly once with its values.
+def _assert_one_wandb_run_across_requeue(out_dir: Path, segments: int = 2) -> None:
+    """`segments` offline W&B segments (one per attempt: before/after each requeue) of one run id, together holding
+    every step of the step log exactly once with its values.
 
-    SIGTERM kills W&B's service before it flushes, so the first segment's file may lack even its run record;
+    SIGTERM kills W&B's service before it flushes, so an interrupted segment's file may lack even its run record;
     its directory name (`offline-run-<time>-<id>`) still carries the id.
     """
     run_id = (out_dir / "wandb_run_id.txt").read_text().strip()
     folders = sorted(path.name for path in (out_dir / "wandb").glob("offline-run-*"))
-    assert len(folders) == 2 and all(name.endswith(f"-{run_id}") for name in folders), (run_id, folders)
+    assert len(folders) == segments and all(name.endswith(f"-{run_id}") for name in folders), (run_id, folders)
     runs = read_runs(out_dir)
     assert runs[-1]["run_id"] == run_id, f"resumed W&B run has id {runs[-1]['run_id']}, expected {run_id}"
     assert_wandb_matches_metrics(out_dir)
@@ -235,16 +296,18 @@ def _wait_until_ended(job_id: str, timeout_s: float = 300) -> str:
     pytest.fail(f"job {job_id} did not end within {timeout_s}s of being signalled")
 
 
-def _assert_steps_as_uninterrupted(out_dir: Path, reference: Path) -> None:
-    """The step log of a requeued run has no gap or repeat, equals the uninterrupted run's, and W&B holds it."""
+def _assert_steps_as_uninterrupted(out_dir: Path, reference: Path, segments: int = 2) -> None:
+    """The step log of a requeued run has no gap or repeat, equals the uninterrupted run's, and W&B holds it
+    in `segments` segments of one run (one per attempt)."""
     steps = _training_steps(out_dir)
     assert steps == list(range(1, len(steps) + 1)), "step log has repeated or skipped steps"
     assert steps == _training_steps(reference), "step log differs from the uninterrupted run"
-    _assert_one_wandb_run_across_requeue(out_dir)
+    _assert_one_wandb_run_across_requeue(out_dir, segments)
 
 
 def _requeue_by_cluster(job_id: str, how: str) -> None:
-    """What a cluster does to a running job that it re-runs later from the original submission."""
+    """What a cluster does to a running job that it re-runs later from the original submission (the requeued job
+    then waits for Slurm's BeginTime: `_start_requeued_now`)."""
     if how == "scontrol-requeue":  # Slurm sends SIGTERM to the job's processes, then requeues it
         subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
     else:  # preemption (SIGTERM) or a node failure (SIGKILL of everything), then the job is requeued
@@ -253,30 +316,34 @@ def _requeue_by_cluster(job_id: str, how: str) -> None:
         subprocess.run(["scancel", f"--signal={signal_name}", *extra, job_id], check=True, capture_output=True)
         _wait_until_ended(job_id)
         subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
-    _start_requeued_now(job_id)
 
 
-@pytest.mark.parametrize("how", ["scontrol-requeue", "sigterm", "node-failure"])
+@pytest.mark.parametrize("hows", [pytest.param(("scontrol-requeue", "sigterm", "node-failure"),
+                                               id="scontrol-requeue-then-sigterm-then-node-failure")])
 def test_resume_false_job_requeued_by_the_cluster_continues_from_its_checkpoint(
-        how: str, slurm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A `resume=false` submission re-run by Slurm (same job, later attempt) must not start over."""
-    out_dir = tmp_path_factory.mktemp(f"requeue-{how}") / "run"
+        hows: tuple[str, ...], slurm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A `resume=false` submission re-run by Slurm (same job, later attempts) must not start over: one job requeued
+    once per kind in `hows`, in sequence, the first past the sparsify step-10 checkpoint; every re-run continues
+    from a checkpoint of the attempt before it (SIGTERM: the one it saved at its next step; SIGKILL: its last
+    periodic one)."""
+    out_dir = tmp_path_factory.mktemp("requeue") / "run"
     config = load_config(QUICKSTART, [*TWO_RANKS, f"out_dir={out_dir}", "tracking.mode=offline", "resume=false"])
     job = submit(config, "slurm")
+    interrupts = [lambda how=how: _requeue_by_cluster(job.job_id, how) for how in hows]
     try:
-        _wait_for_step(out_dir, job.job_id, "sparsify", 15)  # past the sparsify step-10 checkpoint
-        _requeue_by_cluster(job.job_id, how)
+        resumed = _interrupt_in_sequence(job, out_dir, interrupts, first_step=15)
         report = wait_result(job, timeout_s=800)
     finally:
         _cancel_jobs_of(out_dir)
 
     log = job.task(0).paths.stderr.read_text()
-    assert log.count("starting in") == 2, "expected a second start of the same job"
-    assert "re-runs submission launch:" in log and "[sparsify] resuming from checkpoint sparsify-step" in log, \
-        "the re-run did not continue from its own checkpoint"
+    assert log.count("starting in") == len(hows) + 1, "expected one more start of the same job per requeue"
+    assert log.count("re-runs submission launch:") == len(hows) and _resumed_steps(log) == resumed \
+        and len(resumed) == len(hows), f"not every re-run continued from its own checkpoint:\n{log[-3000:]}"
+    _assert_each_rerun_continued_from_its_own_attempt(resumed, first_step=15)
     assert report["world_size"] == 2
     _assert_same_weights(out_dir, slurm_run)
-    _assert_steps_as_uninterrupted(out_dir, slurm_run)
+    _assert_steps_as_uninterrupted(out_dir, slurm_run, segments=len(hows) + 1)
 
 
 def _planned_steps(log: str) -> int:
@@ -306,6 +373,7 @@ def test_sbatch_cli_run_with_resume_false_continues_after_scontrol_requeue(
     try:
         _wait_for_step(out_dir, job_id, "sparsify", 60)  # past the sparsify step-50 checkpoint
         _requeue_by_cluster(job_id, "scontrol-requeue")
+        _start_requeued_now(job_id)
         deadline = time.monotonic() + 800
         while slurm_state(job_id) not in FINAL_STATES and time.monotonic() < deadline:
             time.sleep(1)
