@@ -399,14 +399,18 @@ class Pipeline:
                                 state: dict | None) -> dict[str, Any] | Exception:
         """Rank 0: choose and remove the channels of the whole model, write the smaller model; its results, or the
         error to raise on every rank (the other ranks wait for it in a broadcast)."""
-        from sparsetrain.pruning.filters import remove_filters, why_nothing_removed
+        from sparsetrain.pruning.filters import remove_filters, selection_notes, why_nothing_removed
         from sparsetrain.structural.serialize import save_pruned_model
 
         try:
             model = self.model_from(SPARSIFY if SPARSIFY in self.state["completed"] else None)
             require_finite(model.state_dict(), "the weights to prune", "filter norms of NaN/inf cannot be ranked")
+            counts: list = []
             pruned, kept, folded = remove_filters(model, self.data.input_shape, self.cfg.prune, state,
-                                                  groups=groups, score=score)
+                                                  groups=groups, score=score, counts=counts)
+            notes = selection_notes(groups, counts, self.cfg.prune)
+            for note in notes:  # what the cap and rounding changed, said once per prune phase
+                log.warning(f"[prune] {note}")
             why = None
             if not filters_removed(kept):
                 why = why_nothing_removed(model, groups, self.cfg.prune, score, (state or {}).get("redundant"))
@@ -418,7 +422,7 @@ class Pipeline:
         return {"kept_filters": kept, "folded_channels": folded,
                 "params_before": sum(p.numel() for p in model.parameters()),
                 "params_after": sum(p.numel() for p in pruned.parameters()),
-                **({"why_nothing_removed": why} if why else {})}
+                **({"why_nothing_removed": why} if why else {}), **({"selection_notes": notes} if notes else {})}
 
     def run_prune(self) -> None:
         """Method 1: masks from shards of the weights (each rank reads its share; exact targets through collective

@@ -21,9 +21,10 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     ... structural runs add kept_filters ([{group, total, kept, layers}] per prunable channel group, in graph
     order: units kept of total, the modules whose filters make the group; `exact: false` when removed inexactly;
     rows before `layers` was recorded lack it), phases.prune.why_nothing_removed (when no filter was removed: the
-    prune warning's reason, with what to set), flops, peak_memory_bytes, latency_ms, param_reduction (no
-    latency_ms, and no latency table, when no filter was removed: nothing was timed, the summary says "not
-    compared"); deployment
+    prune warning's reason, with what to set), phases.prune.selection_notes (the lines the prune phase logged when
+    prune.round_to left groups whole or prune.max_filter_fraction capped a removal), flops, peak_memory_bytes,
+    latency_ms, param_reduction (no latency_ms, and no latency table, when no filter was removed: nothing was
+    timed, the summary says "not compared"); deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
     another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed); a Method 1
     run whose latency table timed export/compact/ adds latency_ms, the compact model's speed-up ({dense, compact,

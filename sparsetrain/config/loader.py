@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
+from sparsetrain.config.strategies import Strategy, variants_of
 from sparsetrain.errors import InputError
 from sparsetrain.model_imports import import_models, resolve_in_raw
 
@@ -57,8 +58,40 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def merge_recipe(base: dict[str, Any], child: dict[str, Any], model: type[BaseModel] | None = RunConfig
+                 ) -> dict[str, Any]:
+    """`deep_merge` of a recipe onto its `base:`, except that a strategy section (`regularizer`, `prune`: any section
+    chosen by a key, `strategies.variants_of`) whose child names another strategy than the base's replaces the base's
+    section: the base's settings of the old strategy would not be read by the new one.
+
+    Args:
+        base: The base recipe's raw mapping (its own `base:` chain already merged).
+        child: The deriving recipe's raw mapping.
+        model: The schema class of this level (sections are walked into; None below unknown keys: plain merge).
+    """
+    merged = dict(base)
+    for key, value in child.items():
+        old = merged.get(key)
+        field = model.model_fields.get(key) if model is not None else None
+        section = field.annotation if field is not None and isinstance(field.annotation, type) else None
+        section = section if section is not None and issubclass(section, BaseModel) else None
+        if isinstance(value, dict) and isinstance(old, dict):
+            merged[key] = value if _switches(section, old, value) else merge_recipe(old, value, section)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _switches(section: type[BaseModel] | None, base: dict[str, Any], child: dict[str, Any]) -> bool:
+    """Whether `child` names another strategy of the strategy section `section` than `base` (its default if unset)."""
+    if section is None or not issubclass(section, Strategy) or not variants_of(section) or section.KEY not in child:
+        return False
+    return child[section.KEY] != base.get(section.KEY, section.model_fields[section.KEY].default)
+
+
 def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe and the chain of `base:` recipes it derives from (paths relative to the file)."""
+    """Read a recipe and the chain of `base:` recipes it derives from (paths relative to the file), merged by
+    `merge_recipe` (a section naming another strategy replaces the base's)."""
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"base: circular inheritance through {path}")
@@ -68,7 +101,7 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base_name is None:
         return data
     base = load_raw(path.parent / str(base_name), (*_seen, path))
-    return deep_merge(base, data)
+    return merge_recipe(base, data)
 
 
 def _leaf_paths(model: type[BaseModel]) -> dict[str, list[str]]:

@@ -23,6 +23,7 @@ from sparsetrain.structural import (
     ChannelGroup,
     ChannelScore,
     ChannelSelection,
+    GroupCount,
     build_channel_groups,
     build_score,
     fold_constant_channels,
@@ -77,8 +78,8 @@ def redundancy_marks(model: nn.Module, groups: list[ChannelGroup],
 
 def choose_filters(model: nn.Module, groups: list[ChannelGroup], cfg: PruneConfig,
                    redundant: dict[str, torch.Tensor] | None = None, example_input: torch.Tensor | None = None,
-                   ratios: dict[str, torch.Tensor] | None = None, score: ChannelScore | None = None
-                   ) -> dict[str, torch.Tensor]:
+                   ratios: dict[str, torch.Tensor] | None = None, score: ChannelScore | None = None,
+                   counts: list[GroupCount] | None = None) -> dict[str, torch.Tensor]:
     """Group id → indices of channels to remove (see the module docstring).
 
     Args:
@@ -90,15 +91,17 @@ def choose_filters(model: nn.Module, groups: list[ChannelGroup], cfg: PruneConfi
         ratios: Weight name → gradient count ratio per filter (needed for `channel_score: grad_count`).
         score: Scores computed beforehand (`sharded_filters.sharded_channel_scores`); default: `cfg.channel_score`
             computed from `model`'s weights.
+        counts: When given, each scored group's counts are appended to it (`selection_notes` reads them).
     """
     score = score or build_score(cfg.channel_score, ratios)
-    return select_channels(model, groups, score, selection_from(cfg),
+    return select_channels(model, groups, score, selection_from(cfg), counts=counts,
                            marked=redundancy_marks(model, groups, redundant), example_input=example_input)
 
 
 def remove_filters(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneConfig,
                    regularizer_state: dict | None = None, *, groups: list[ChannelGroup] | None = None,
-                   score: ChannelScore | None = None) -> tuple[nn.Module, list[dict], dict[str, int]]:
+                   score: ChannelScore | None = None, counts: list[GroupCount] | None = None
+                   ) -> tuple[nn.Module, list[dict], dict[str, int]]:
     """Method 2's prune step: choose channels, fold their constant outputs into consumers, remove them.
 
     Args:
@@ -108,6 +111,7 @@ def remove_filters(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneCon
         regularizer_state: The sparsify phase's grad_count state (`redundant` marks, count `ratio`), if any.
         groups: The model's channel groups, when already built (e.g. from a meta-device copy).
         score: Channel scores computed beforehand (see `choose_filters`).
+        counts: When given, each scored group's counts are appended to it (`selection_notes` reads them).
 
     Returns:
         (smaller model, `kept_per_group` rows, counts of removed channels whose constant output was folded
@@ -117,7 +121,7 @@ def remove_filters(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneCon
     groups = groups if groups is not None else channel_groups(model, input_shape, cfg.grouped_conv)
     device = next(model.parameters()).device
     example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
-    drop = choose_filters(model, groups, cfg, state.get("redundant"), example, state.get("ratio"), score)
+    drop = choose_filters(model, groups, cfg, state.get("redundant"), example, state.get("ratio"), score, counts)
     work = copy.deepcopy(model)
     folded = fold_constant_channels(work, groups, drop, example, allow_inexact=cfg.allow_inexact)
     counts = {kind: sum(getattr(folded, kind).values()) for kind in ("exact", "approximate", "unfolded")}
@@ -165,3 +169,48 @@ def why_nothing_removed(model: nn.Module, groups: list[ChannelGroup], cfg: Prune
     return (f"no filter's {named} relative to its group's strongest is below "
             f"prune.filter_norm_threshold={cfg.filter_norm_threshold:g} (smallest {smallest:.3g}, in {weakest})"
             f"{none_marked}; {fraction}")
+
+
+def selection_notes(groups: list[ChannelGroup], counts: list[GroupCount], cfg: PruneConfig,
+                    max_names: int = 6) -> list[str]:
+    """One line each when `prune.round_to` left groups whole that had channels selected, or when
+    `prune.max_filter_fraction` lowered what groups remove (the prune phase logs them and stores them in the report).
+
+    Args:
+        groups: The channel groups the selection ran on.
+        counts: `choose_filters(..., counts=[])`'s record, one per scored group.
+        cfg: The prune section.
+        max_names: Layers named in the rounding line before `and N more`.
+
+    Returns:
+        e.g. `prune.round_to=8: 2 groups of 16 channels keep all 16 (12 rounded up): stem.0, blk.conv1; lower round_to
+        to remove from them` and `prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in 3 groups`; [] when
+        neither changed anything.
+    """
+    by_id = {g.id: g for g in groups}
+    notes = []
+    whole = [c for c in counts if c.capped and not c.removed]
+    if whole:
+        bins: dict[tuple[int, int], list[str]] = {}
+        for c in whole:
+            names = group_layers(by_id[c.group]) if c.group in by_id else []
+            key = (c.units * c.unit_channels, (c.units - c.capped) * c.unit_channels)
+            bins.setdefault(key, []).append("+".join(names) or c.group)
+        parts = []
+        for (width, kept), names in bins.items():
+            shown = ", ".join(names[:max_names]) + (f" and {len(names) - max_names} more" if len(names) > max_names
+                                                    else "")
+            groups_of = f"{len(names)} group{'s' if len(names) > 1 else ''} of {width} channels"
+            parts.append(f"{groups_of} keep{'' if len(names) > 1 else 's'} all {width} ({kept} rounded up): {shown}")
+        notes.append(f"prune.round_to={cfg.round_to}: {'; '.join(parts)}; lower round_to to remove from them")
+    capped = [c for c in counts if c.wanted > c.capped]
+    if capped:
+        in_groups = f"in {len(capped)} group{'s' if len(capped) > 1 else ''}"
+        if cfg.filter_fraction > cfg.max_filter_fraction:
+            notes.append(f"prune.max_filter_fraction={cfg.max_filter_fraction:g} caps filter_fraction "
+                         f"{cfg.filter_fraction:g} {in_groups}")
+        else:  # dead / redundant channels over the cap (or a group that would lose all its channels)
+            left = sum((c.wanted - c.capped) * c.unit_channels for c in capped)
+            notes.append(f"prune.max_filter_fraction={cfg.max_filter_fraction:g} caps the removal {in_groups} "
+                         f"({left} selected channel(s) stay)")
+    return notes

@@ -20,7 +20,7 @@ from sparsetrain.structural.rules import (
     rule_for,
 )
 from sparsetrain.structural.scoring import BNScale, ChannelScore, CountRatio, L1Norm, L2Norm, build_score
-from sparsetrain.structural.selection import ChannelSelection, relative_scores, select_channels
+from sparsetrain.structural.selection import ChannelSelection, GroupCount, relative_scores, select_channels
 from sparsetrain.structural.serialize import load_pruned_model, save_pruned_model
 from sparsetrain.structural.trace import trace_model
 from sparsetrain.structural.types import ChannelGroup, ChannelSlice, StructuralPruningError
@@ -34,6 +34,7 @@ __all__ = [
     "CountRatio",
     "DeadUnitRemoval",
     "FoldReport",
+    "GroupCount",
     "L1Norm",
     "L2Norm",
     "LayerRule",

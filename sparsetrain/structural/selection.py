@@ -10,7 +10,8 @@ Per prunable group of n units, in this order:
    within the cap, so that the smaller layers still run at full speed on vectorized kernels (Torch-Pruning's
    `round_to`); a group keeps its own width when that is nearer, so rounding never prunes a group nothing was
    selected in; groups smaller than `round_to` channels are not rounded.
-Inexact groups (`ChannelGroup.inexact`) are only selected with `allow_inexact`.
+Inexact groups (`ChannelGroup.inexact`) are only selected with `allow_inexact`. `select_channels(..., counts=[])`
+records each group's count after every step (`GroupCount`), so a caller can say what the cap and rounding changed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sparsetrain.structural.fold import channel_fold_status, rest_values
 from sparsetrain.structural.scoring import ChannelScore
 from sparsetrain.structural.types import ChannelGroup
 
-__all__ = ["ChannelSelection", "relative_scores", "rounded_count", "select_channels"]
+__all__ = ["ChannelSelection", "GroupCount", "relative_scores", "rounded_count", "select_channels"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,31 @@ class ChannelSelection:
             raise ValueError(f"ChannelSelection: invalid {', '.join(bad)} ({self})")
 
 
+@dataclass(frozen=True)
+class GroupCount:
+    """How many units of one scored group each step of the selection removes (units of `unit_channels` channels).
+
+    Attributes:
+        group: The group's id.
+        units: Units in the group.
+        unit_channels: Channels per unit.
+        wanted: Units the dead units and the size target (`fraction`) ask to remove (steps 1-2).
+        capped: After the cap: at most `max_fraction` of the units, never all (step 3).
+        removed: After rounding the kept count (step 4): what is removed.
+    """
+
+    group: str
+    units: int
+    unit_channels: int
+    wanted: int
+    capped: int
+    removed: int
+
+
 def select_channels(model: nn.Module, groups: Sequence[ChannelGroup], score: ChannelScore,
                     selection: ChannelSelection, *, marked: Mapping[str, torch.Tensor] | None = None,
-                    example_input: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    example_input: torch.Tensor | None = None,
+                    counts: list[GroupCount] | None = None) -> dict[str, torch.Tensor]:
     """Group id -> sorted indices of the units to remove.
 
     Args:
@@ -67,6 +90,7 @@ def select_channels(model: nn.Module, groups: Sequence[ChannelGroup], score: Cha
         selection: Threshold, fraction, cap, rounding, inexact groups.
         marked: Group id -> bool per unit to remove as dead whatever its score (e.g. redundant filters).
         example_input: Input batch for the constant-output check of dead units (skipped when None).
+        counts: When given, one `GroupCount` per scored group is appended to it (in graph order).
     """
     scores, dead = {}, {}
     for group_id, (s, relative) in relative_scores(model, groups, score, selection).items():
@@ -78,8 +102,11 @@ def select_channels(model: nn.Module, groups: Sequence[ChannelGroup], score: Cha
     by_id = {g.id: g for g in groups}
     drop = {}
     for gid, s in scores.items():
-        chosen = _choose(s, dead[gid], alive.get(gid, torch.zeros_like(dead[gid])), selection,
-                         _step(selection.round_to, by_id[gid].unit_channels))
+        group = by_id[gid]
+        chosen, steps = _choose(s, dead[gid], alive.get(gid, torch.zeros_like(dead[gid])), selection,
+                                _step(selection.round_to, group.unit_channels))
+        if counts is not None:
+            counts.append(GroupCount(gid, len(s), group.unit_channels, *steps))
         if len(chosen):
             drop[gid] = chosen
     return drop
@@ -117,16 +144,18 @@ def _carry_constants(model: nn.Module, groups: Sequence[ChannelGroup], dead: Map
 
 
 def _choose(scores: torch.Tensor, dead: torch.Tensor, alive: torch.Tensor, sel: ChannelSelection,
-            step: int) -> torch.Tensor:
+            step: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """(sorted indices of the units to remove, (wanted, capped, removed) unit counts: `GroupCount`)."""
     n = len(scores)
     dead = dead & ~alive
     limit = min(math.floor(sel.max_fraction * n), n - 1)
     target = n - math.floor((1 - sel.fraction) * n + 1e-9)
-    count = min(max(int(dead.sum()), target), limit)
-    count = n - rounded_count(n, n - count, step, n - limit)
+    wanted = max(int(dead.sum()), target)
+    capped = min(wanted, limit)
+    count = n - rounded_count(n, n - capped, step, n - limit)
     # dead first (weakest first among them), constant-carrying units last
     rank = torch.where(dead, scores - scores.max() - 1, scores).masked_fill(alive, float("inf"))
-    return torch.sort(torch.argsort(rank, stable=True)[:count]).values
+    return torch.sort(torch.argsort(rank, stable=True)[:count]).values, (wanted, capped, count)
 
 
 def rounded_count(n: int, kept: int, step: int, lowest: int) -> int:

@@ -71,6 +71,35 @@ def test_the_hint_names_the_rule_chosen_on_the_command_line(recipe: str, overrid
     assert str(info.value) == expected
 
 
+def _child_recipe(tmp_path: Path, body: str) -> Path:
+    """A recipe deriving from configs/quickstart.yaml (regularizer l0_exp with alpha0/beta, prune global_threshold)."""
+    path = tmp_path / "child.yaml"
+    path.write_text(f"base: {REPO / 'configs' / 'quickstart.yaml'}\n{body}\n")
+    return path
+
+
+def test_a_recipe_naming_another_strategy_replaces_the_base_section(tmp_path: Path) -> None:
+    """The base's alpha0/beta (l0_exp) and threshold (global_threshold) are not merged into the new strategy."""
+    cfg = load_config(_child_recipe(tmp_path, "regularizer: {name: grad_count, lambda_s: 5.0e-3}\n"
+                                              "prune: {rule: filters, filter_fraction: 0.25}"))
+    assert (cfg.regularizer.name, cfg.regularizer.lambda_s, cfg.regularizer.count_window) == ("grad_count", 5e-3, 50)
+    assert (cfg.prune.rule, cfg.prune.filter_fraction) == ("filters", 0.25)
+    # the same strategy (named or not) still merges key by key
+    cfg = load_config(_child_recipe(tmp_path, "regularizer: {name: l0_exp, beta: 5}\nprune: {threshold: 0.5}"))
+    assert (cfg.regularizer.alpha0, cfg.regularizer.beta, cfg.prune.threshold) == (2e-4, 5, 0.5)
+
+
+def test_a_dotted_strategy_switch_is_refused_with_the_new_strategys_section() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "configs" / "quickstart.yaml", ["regularizer.name=grad_count"])
+    assert str(info.value).startswith("regularizer.alpha0: not a setting of regularizer.name='grad_count', chosen on "
+                                      "the command line"), str(info.value)
+    assert str(info.value).endswith("to switch to name=grad_count, give the whole section, e.g. "
+                                    "regularizer='{name: grad_count, count_tau: ...}'"), str(info.value)
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["regularizer={name: grad_count, lambda_s: 5e-3}"])
+    assert (cfg.regularizer.name, cfg.regularizer.lambda_s) == ("grad_count", 5e-3)
+
+
 @pytest.mark.parametrize("command", [["run"], ["sweep", "--cluster", "debug", "--no-wait"]])
 def test_cli_run_and_sweep_refuse_an_unread_setting_in_one_line(command: list[str], tmp_path: Path) -> None:
     value = "regularizer.beta=50" if command == ["run"] else "regularizer.beta=10,20"

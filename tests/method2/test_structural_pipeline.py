@@ -134,6 +134,19 @@ def test_prune_logs_the_filters_kept_per_channel_group_as_report_json_lists_them
     assert kept == total // 2 and report["params"]["pruned"] < report["params"]["dense"]
 
 
+def test_the_prune_phase_says_once_what_the_cap_changed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: prune.filter_fraction=0.9 was capped at 75 % silently, and rounding the 2 channels left of
+    the 8-channel groups up to 8 removed nothing from them; now one line each, also in report.json."""
+    capsys.readouterr()
+    run_pipeline(load_config(None, [*PRUNE_ONLY, f"out_dir={tmp_path}", "prune.filter_fraction=0.9"]))
+    said = [line.partition("[prune] ")[2] for line in capsys.readouterr().err.splitlines()
+            if "[prune] prune." in line]
+    notes = json.loads((tmp_path / "report.json").read_text())["phases"]["prune"]["selection_notes"]
+    assert said == notes and len(notes) == 2, said
+    assert notes[0].startswith("prune.round_to=8: 4 groups of 8 channels keep all 8 (2 rounded up): stem.0, "), notes
+    assert notes[1].startswith("prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in "), notes
+
+
 def test_a_run_that_removed_no_filter_times_no_latency(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """No filter removed: dense and compressed are one architecture, so neither the quick timing nor the
     deploy.latency table runs (one line says so) and report.json, like the summary, compares no latency."""

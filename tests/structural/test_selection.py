@@ -10,7 +10,7 @@ from torch import nn
 
 from sparsetrain.config import ConfigError, load_config
 from sparsetrain.config.schema import PruneConfig
-from sparsetrain.pruning.filters import choose_filters, remove_filters, why_nothing_removed
+from sparsetrain.pruning.filters import choose_filters, remove_filters, selection_notes, why_nothing_removed
 from sparsetrain.structural import (
     BNScale,
     ChannelSelection,
@@ -186,3 +186,50 @@ def test_allow_inexact_groups_are_reported_inexact():
     pruned, kept, _ = remove_filters(model, (3, 32, 32), cfg.model_copy(update={"allow_inexact": True}))
     inexact = {r["group"] for r in kept if r.get("exact") is False}
     assert "stem.0" in inexact and pruned.stem[0].out_channels == 8
+
+
+class Sixteens(nn.Module):
+    """stem conv(3→16) → BN → ReLU, blk conv1(16→16) → BN → ReLU, pool → linear: two groups of 16 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.blk = nn.Module()
+        self.blk.conv1, self.blk.bn1 = nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.blk.bn1(self.blk.conv1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("settings, kept, expected", [
+    # fresh-user trial: 25 % of 16 = 4 selected, 12 kept rounds up to 16 (tie with 8: keep more), silently
+    ({"filter_fraction": 0.25}, 16, ["prune.round_to=8: 2 groups of 16 channels keep all 16 (12 rounded up): stem.0, "
+                                     "blk.conv1; lower round_to to remove from them"]),
+    # 90 % asked, 75 % (12) allowed, 4 kept rounds to 8
+    ({"filter_fraction": 0.9}, 8, ["prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in 2 groups"]),
+    ({"filter_fraction": 0.9, "round_to": 1}, 4, ["prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in 2 "
+                                                  "groups"]),
+    ({"filter_fraction": 0.5}, 8, []),  # neither changed anything
+])
+def test_rounding_and_the_cap_say_what_they_changed(settings: dict, kept: int, expected: list[str]) -> None:
+    torch.manual_seed(0)
+    model, x = Sixteens().eval(), torch.randn(2, 3, 8, 8)
+    groups = build_channel_groups(model, x)
+    cfg = PruneConfig(rule="filters", **settings)
+    counts: list = []
+    drop = choose_filters(model, groups, cfg, counts=counts)
+    assert kept_counts(groups, drop) == {g.id: kept for g in groups if g.prunable}
+    assert selection_notes(groups, counts, cfg) == expected
+
+
+def test_the_cap_of_dead_channels_is_said(net):
+    model, _, groups = net
+    with torch.no_grad():
+        model.conv1.weight[:35] = 0.0  # 35 of 40 dead: the cap (75 %) keeps 10, 5 of them dead
+    cfg = PruneConfig(rule="filters", round_to=1)
+    counts: list = []
+    choose_filters(model, groups, cfg, counts=counts)
+    assert selection_notes(groups, counts, cfg) == [
+        "prune.max_filter_fraction=0.75 caps the removal in 1 group (5 selected channel(s) stay)"]
