@@ -21,6 +21,7 @@ from torch import nn
 
 import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 from sparsetrain.config.schema import ModelConfig
+from sparsetrain.errors import InputError
 from sparsetrain.model_imports import import_models
 from sparsetrain.models.checkpoint import quiet_timm_loading
 from sparsetrain.progress import log
@@ -81,14 +82,14 @@ def check_model_name(name: str) -> None:
     `timm.list_models()`, ~10 ms) and listing sparsetrain's own models.
 
     Raises:
-        ValueError: `model.name: unknown timm model ...`.
+        InputError: `model.name: unknown timm model ...`.
     """
     if timm.is_model(name):
         return
     closest = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     guess = f"closest: {', '.join(closest)}" if closest else "no timm name is close"
     own = ", ".join(timm.list_models(module=list(sparsetrain.models.OWN_MODULES)))
-    raise ValueError(f"model.name: unknown timm model {name!r} ({guess}; sparsetrain's own: {own})")
+    raise InputError(f"model.name: unknown timm model {name!r} ({guess}; sparsetrain's own: {own})")
 
 
 _TIMM_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")  # timm.create_model gives every factory these
