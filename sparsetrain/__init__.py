@@ -31,8 +31,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         The `RunConfig` (pydantic; `sparsetrain.config.config_to_dict(cfg)` gives plain data).
 
     Raises:
-        ConfigError (a ValueError): one line naming the field and what was expected (the CLI's exit code 2), also
-            for `model.imports` entries that cannot be imported. See `sparsetrain.config.loader.load_config`.
+        InputError (a ValueError): one line naming the field and what was expected (the CLI's exit code 2):
+            `ConfigError` (an InputError) for the recipe's and overrides' values, `model.imports: cannot import ...`,
+            `model.name: unknown timm model ...` (checked after the imports, as `sparsetrain config` does). See
+            `sparsetrain.config.loader.load_config`.
     """
     from sparsetrain.config.loader import load_config as _load
 
@@ -54,7 +56,8 @@ def run_pipeline(cfg: RunConfig, phases: list[str] | None = None) -> dict[str, A
 
     Raises:
         InputError (a ValueError): bad data, settings or a run directory holding another run (exit code 2 on the
-            CLI); ResumeError: an unreadable checkpoint; NonFiniteError: training hit NaN/inf (the last good
+            CLI), also a plain ValueError a check or library raises on the run's values (same message, chained as
+            `__cause__`); ResumeError: an unreadable checkpoint; NonFiniteError: training hit NaN/inf (the last good
             checkpoint is kept); SetupError: a library not laid out as expected (all in `sparsetrain.errors`).
             Unlike the CLI, no signal handlers are installed: Ctrl-C raises KeyboardInterrupt (a re-run resumes
             from the last checkpoint).

@@ -7,11 +7,12 @@ continues the interrupted phase from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ from sparsetrain.engine.distributed import barrier, broadcast_object, init_distr
 from sparsetrain.engine.finite import hint, nonfinite_names, require_finite, require_finite_results
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
-from sparsetrain.errors import NonFiniteError, SetupError
+from sparsetrain.errors import InputError, NonFiniteError, SetupError, SparsetrainError
 from sparsetrain.model_imports import META_KEY
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
@@ -580,9 +581,28 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
 
 
 def run_pipeline(cfg: RunConfig, phases: list[str] | None = None) -> dict[str, Any]:
-    """Build the pipeline, run it, always close tracking; the entry point for CLI and launchers."""
-    pipeline = Pipeline(cfg)
+    """Build the pipeline, run it, always close tracking; the entry point for CLI and launchers.
+
+    Raises:
+        InputError: bad input, from sparsetrain's own checks or a ValueError a library raises on the run's values
+            (the same message, chained to it: the CLI reports both as bad input, exit 2).
+        ResumeError, NonFiniteError, SetupError: see `sparsetrain.errors`.
+    """
+    with _bad_values_as_input_errors():
+        pipeline = Pipeline(cfg)
+        try:
+            return pipeline.run(phases)
+        finally:
+            pipeline.close()
+
+
+@contextlib.contextmanager
+def _bad_values_as_input_errors() -> Iterator[None]:
+    """A plain ValueError (a check that raises the built-in type, or a library's) raised as `InputError` with the
+    same message, so `run_pipeline` raises `sparsetrain.errors` classes only (README "Python API")."""
     try:
-        return pipeline.run(phases)
-    finally:
-        pipeline.close()
+        yield
+    except SparsetrainError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from err

@@ -75,8 +75,8 @@ def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
     import_models(config.model.imports)
     check_model_name(config.model.name)
     with torch.device("meta"):
-        return create_model(config.model.name, **model_kwargs(config.model, sizes.in_chans, sizes.num_classes,
-                                                              sizes.input_shape))
+        kwargs = model_kwargs(config.model, sizes.in_chans, sizes.num_classes, sizes.input_shape)
+        return create_model(config.model.name, config.model.kwargs, **kwargs)
 
 
 def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
@@ -173,7 +173,7 @@ def check_real_model_fits(config: RunConfig, sizes: DataSizes) -> None:
 
     kwargs = model_kwargs(config.model, sizes.in_chans, sizes.num_classes, sizes.input_shape)
     with torch.random.fork_rng(devices=[]):
-        model = create_model(config.model.name, **kwargs)
+        model = create_model(config.model.name, config.model.kwargs, **kwargs)
     check_model_fits(model, config.model.name, sizes.input_shape)
 
 

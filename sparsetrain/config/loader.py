@@ -246,13 +246,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
         The validated `RunConfig` (`config_to_dict` gives it as plain data).
 
     Raises:
-        ConfigError: one line naming the field and what was expected (exit code 2 on the CLI).
-        InputError: `model.imports: cannot import ...` (an entry that raised while imported).
+        InputError: one line naming the field and what was expected (exit code 2 on the CLI): `ConfigError` (one
+            of them) for the recipe's and overrides' values, `model.imports: cannot import ...` for an entry that
+            raised while imported, `model.name: unknown timm model ...` for a name timm does not know once the
+            imports ran (as `sparsetrain config` refuses it).
     """
+    from sparsetrain.models.factory import check_model_name  # imports timm and torch: not at module level
+
     data = load_raw(path) if path is not None else {}
     overrides = list(overrides or [])
     config = validate(apply_overrides(data, overrides), plan_only=plan_only, overrides=overrides)
     import_models(config.model.imports)
+    check_model_name(config.model.name)
     return config
 
 

@@ -5,7 +5,9 @@ Accepted files, read through the libraries that write them:
 - `.pth` / `.pt` / `.bin` / `.tar`: a torch state dict or a training checkpoint, read by timm's
   `timm.models.load_state_dict` (`torch.load(weights_only=True)`; weights under `state_dict`, `model`, or with
   `model.checkpoint_ema` under `state_dict_ema` / `model_ema`; `module.` and `_orig_mod.` prefixes of DDP and
-  torch.compile removed), as timm's and torchvision's training scripts save them.
+  torch.compile removed), as timm's and torchvision's training scripts save them. Besides tensors such a checkpoint
+  may hold `argparse.Namespace` args and numpy scalars / arrays (`epoch`, `best_acc=np.float64(...)`): those
+  globals are allowed (`safe_globals`); anything else pickled (a whole `torch.save(model)`) is refused.
 - A sparsetrain export folder (`architecture.json` + `model.safetensors`, see `sparsetrain.deploy`); a structurally
   pruned export gives its smaller architecture.
 - A sparsetrain run directory: its `export/` folder, or without one the weights of its last finished phase
@@ -199,6 +201,18 @@ def _not_weights(path: Path) -> str | None:
     return None
 
 
+def _allowed_globals() -> list:
+    """The non-tensor globals a training checkpoint may hold that `torch.load(weights_only=True)` is allowed to
+    rebuild: `argparse.Namespace` (the `args` timm's and torchvision's scripts save), numpy scalars (`np.float64`:
+    `multiarray.scalar` + its dtype class), arrays (`multiarray._reconstruct`, `np.ndarray`) and their dtypes
+    (`np.dtype`, every `np.dtypes.*DType`). None of them runs code from the file."""
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / numpy 1
+    dtypes = [getattr(np.dtypes, name) for name in np.dtypes.__all__] if hasattr(np, "dtypes") else []
+    return [argparse.Namespace, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def _tensors(path: Path, use_ema: bool, meta: bool) -> dict[str, torch.Tensor]:
     """The file's state dict as timm's `load_state_dict` picks and cleans it; with `meta` on the meta device (torch
     reads no storage for it; safetensors cannot load to meta, so its header gives the shapes)."""
@@ -208,7 +222,7 @@ def _tensors(path: Path, use_ema: bool, meta: bool) -> dict[str, torch.Tensor]:
         if meta and path.suffix == ".safetensors":
             state = clean_state_dict(_header_tensors(path))
         else:
-            with quiet_timm_loading():
+            with quiet_timm_loading(), torch.serialization.safe_globals(_allowed_globals()):
                 state = load_state_dict(str(path), use_ema=use_ema, device="meta" if meta else "cpu",
                                         weights_only=True)
     except Exception as err:  # torch.load and safetensors raise many types on foreign or truncated files
@@ -236,7 +250,7 @@ def _check_ema(path: Path) -> None:
     if path.is_dir() or path.suffix == ".safetensors":
         raise ValueError(f"model.checkpoint_ema: {path} holds one set of weights, no EMA weights (those come from a "
                          f"training checkpoint's {' or '.join(_EMA_KEYS)}); leave model.checkpoint_ema unset")
-    with torch.serialization.safe_globals([argparse.Namespace]):  # the `args` timm's and torchvision's scripts save
+    with torch.serialization.safe_globals(_allowed_globals()):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     if not isinstance(checkpoint, dict) or any(checkpoint.get(key) is not None for key in _EMA_KEYS):
         return

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+from collections.abc import Collection
 from pathlib import Path
 
 import timm
@@ -19,6 +21,7 @@ from torch import nn
 
 import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 from sparsetrain.config.schema import ModelConfig
+from sparsetrain.errors import InputError
 from sparsetrain.model_imports import import_models
 from sparsetrain.models.checkpoint import quiet_timm_loading
 from sparsetrain.progress import log
@@ -79,28 +82,58 @@ def check_model_name(name: str) -> None:
     `timm.list_models()`, ~10 ms) and listing sparsetrain's own models.
 
     Raises:
-        ValueError: `model.name: unknown timm model ...`.
+        InputError: `model.name: unknown timm model ...`.
     """
     if timm.is_model(name):
         return
     closest = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     guess = f"closest: {', '.join(closest)}" if closest else "no timm name is close"
     own = ", ".join(timm.list_models(module=list(sparsetrain.models.OWN_MODULES)))
-    raise ValueError(f"model.name: unknown timm model {name!r} ({guess}; sparsetrain's own: {own})")
+    raise InputError(f"model.name: unknown timm model {name!r} ({guess}; sparsetrain's own: {own})")
 
 
-def create_model(name: str, **kwargs: object) -> nn.Module:
+_TIMM_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")  # timm.create_model gives every factory these
+_OWN_ARGS = {"num_classes": "the data's classes", "in_chans": "the data's channels",
+             "img_size": "the data's side, for a model whose default config says fixed_input_size"}
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
+def create_model(name: str, user_keys: Collection[str] = (), /, **kwargs: object) -> nn.Module:
     """`timm.create_model(name, **kwargs)`, an argument the model's constructor does not take named in one line.
 
+    Args:
+        name: The timm model name (`model.name`).
+        user_keys: The keys of `kwargs` that come from `model.kwargs` (the others are sparsetrain's and timm's).
+        kwargs: Everything passed to `timm.create_model`.
+
     Raises:
-        ValueError: `model.kwargs: NAME does not take ...` (timm's TypeError, e.g. an unexpected keyword argument).
+        ValueError: `model.kwargs: NAME does not take ...` when the argument refused is one of `model.kwargs`;
+            `model.name: NAME does not take ...` saying who passes it (timm or sparsetrain) when it is not.
     """
     try:
         return timm.create_model(name, **kwargs)
     except TypeError as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ValueError(f"model.kwargs: {name} does not take the arguments it was given ({first}); `sparsetrain "
-                         "config --schema model` describes model.kwargs") from None
+        raise ValueError(_refused_arguments(name, err, user_keys)) from None
+
+
+def _refused_arguments(name: str, err: TypeError, user_keys: Collection[str]) -> str:
+    """The line for a model that refused its arguments: blames `model.kwargs` only for an argument it holds (or, when
+    the argument is not named, when it is set); else says who passes the argument and how a factory takes it."""
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    match = _UNEXPECTED.search(first)
+    arg = match.group(1) if match else None
+    if arg in user_keys or (arg is None and user_keys):
+        return (f"model.kwargs: {name} does not take the arguments it was given ({first}); `sparsetrain config "
+                "--schema model` describes model.kwargs")
+    if arg in _TIMM_ARGS:
+        who = (f"timm.create_model passes {', '.join(_TIMM_ARGS)} to every factory: give it **kwargs and build the "
+               "model with timm's build_model_with_cfg, which takes them")
+    elif arg in _OWN_ARGS:
+        who = f"sparsetrain passes {arg} ({_OWN_ARGS[arg]}): the model's class must take it"
+    else:
+        who = "timm and sparsetrain pass arguments besides model.kwargs"
+    what = f"the argument {arg!r} it is given" if arg else "the arguments it is given"
+    return f'model.name: {name} does not take {what} ({first}); {who}; see README "Your own model"'
 
 
 def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: tuple[int, ...], *,
@@ -112,8 +145,8 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
 
     Raises:
         InputError: `model.imports: cannot import ...`.
-        ValueError: one line naming `model.name` (unknown model, does not fit the data), `model.kwargs` (an argument
-            the model does not take), `model.pretrained`
+        ValueError: one line naming `model.name` (unknown model, does not fit the data, does not take an argument
+            timm or sparsetrain passes), `model.kwargs` (an argument the model does not take), `model.pretrained`
             (no local weights) or `model.checkpoint` / `model.reset_head` (see `sparsetrain.models.checkpoint`).
     """
     import_models(cfg.imports)  # a no-op after load_config; a config unpickled in a Slurm job or built in Python
@@ -121,7 +154,7 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
     kwargs = model_kwargs(cfg, in_chans, num_classes, input_shape)
     try:
         with quiet_timm_loading():
-            model = create_model(cfg.name, pretrained=cfg.pretrained, **_pretrained_args(cfg), **kwargs)
+            model = create_model(cfg.name, cfg.kwargs, pretrained=cfg.pretrained, **_pretrained_args(cfg), **kwargs)
     except (OSError, RuntimeError) as err:  # hub cache miss, unreadable file, state-dict mismatch
         if not cfg.pretrained:
             raise

@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import sparsetrain
+from sparsetrain.cli import main
+from sparsetrain.config import ConfigError
+from sparsetrain.errors import InputError
 from tests.core.subprocess_runs import REPO, clean_env
 
 
@@ -39,3 +44,38 @@ def test_package_exports_the_api_lazily() -> None:
     code = "import sys, sparsetrain; print(sorted(m for m in ('torch', 'timm', 'deepspeed') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env())
     assert done.stdout.strip() == "[]", "import sparsetrain must stay light"
+
+
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+
+@pytest.mark.parametrize(("overrides", "line"), [
+    (["train.batch_size=0"], "train.batch_size: "),
+    (["model.imports=[no_such_file_xyz.py]"], "model.imports: cannot import "),
+    (["model.name=nope_net"], "model.name: unknown timm model 'nope_net'"),  # `sparsetrain config` refuses it too
+])
+def test_load_config_raises_input_error_with_the_cli_line(overrides: list[str], line: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """README "Python API": bad input to `load_config` raises `InputError` (a ValueError; ConfigError is one) with the
+    CLI's one line. A fresh-user trial found InputError-but-not-ConfigError documented as ConfigError, and an
+    unknown model.name accepted."""
+    with pytest.raises(InputError) as info:
+        sparsetrain.load_config(QUICKSTART, overrides)
+    assert isinstance(info.value, ValueError) and str(info.value).startswith(line), info.value
+    capsys.readouterr()
+    assert main(["config", str(QUICKSTART), *overrides]) == 2
+    assert capsys.readouterr().err == f"error: {info.value}\n"
+    assert issubclass(ConfigError, InputError)
+
+
+@pytest.mark.parametrize(("model", "line"), [
+    ({"name": "nope_net"}, "model.name: unknown timm model 'nope_net'"),  # a config built in Python
+    ({"checkpoint": "no_such_checkpoint.pth"}, "model.checkpoint: file or export folder not found"),
+])
+def test_run_pipeline_raises_input_error_for_bad_input(tmp_path: Path, model: dict, line: str) -> None:
+    """README "Python API": `run_pipeline`'s errors are `sparsetrain.errors` classes, `InputError` for bad input (it
+    raised a plain ValueError for these); the original error stays as `__cause__`."""
+    cfg = sparsetrain.load_config(QUICKSTART, [f"out_dir={tmp_path / 'run'}"])
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=model)})
+    with pytest.raises(InputError, match=f"^{line}"):
+        sparsetrain.run_pipeline(cfg)

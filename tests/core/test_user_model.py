@@ -182,3 +182,55 @@ def test_readme_user_module_and_command_work_as_shown(tmp_path: Path) -> None:
                           text=True, cwd=tmp_path, timeout=600, env=clean_env())
     assert done.returncode == 0, done.stderr[-2000:]
     assert yaml.safe_load(done.stdout)["model"]["imports"] == [str(tmp_path / "my_net.py")]
+
+
+_NET = """
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10{chans}):
+        super().__init__()
+        self.head = nn.LazyLinear(num_classes)
+
+    def forward(self, x):
+        return self.head(x.flatten(1))
+
+default_cfgs = generate_default_cfgs({{"{name}": {{}}}})
+
+@register_model
+def {name}({factory_args}):
+    return {body}
+"""
+_USER_MODELS = {  # a factory without **kwargs; a class without in_chans; a class that takes what sparsetrain passes
+    "tiny_nokw": dict(chans=", in_chans=1", factory_args="pretrained=False", body="Net()"),
+    "tiny_nochans": dict(chans="", factory_args="pretrained=False, **kwargs",
+                         body='build_model_with_cfg(Net, "tiny_nochans", pretrained, **kwargs)'),
+    "tiny_sized": dict(chans=", in_chans=1", factory_args="pretrained=False, **kwargs",
+                       body='build_model_with_cfg(Net, "tiny_sized", pretrained, **kwargs)'),
+}
+
+
+@pytest.mark.parametrize(("name", "overrides", "error"), [
+    ("tiny_nokw", [], "error: model.name: tiny_nokw does not take the argument 'pretrained_cfg' it is given "
+     "(tiny_nokw() got an unexpected keyword argument 'pretrained_cfg'); timm.create_model passes pretrained_cfg, "
+     "pretrained_cfg_overlay, cache_dir to every factory: give it **kwargs and build the model with timm's "
+     'build_model_with_cfg, which takes them; see README "Your own model"'),
+    ("tiny_nochans", [], "error: model.name: tiny_nochans does not take the argument 'in_chans' it is given "
+     "(Net.__init__() got an unexpected keyword argument 'in_chans'); sparsetrain passes in_chans (the data's "
+     'channels): the model\'s class must take it; see README "Your own model"'),
+    ("tiny_sized", ["model.kwargs.depth=3"], "error: model.kwargs: tiny_sized does not take the arguments it was "
+     "given (Net.__init__() got an unexpected keyword argument 'depth'); `sparsetrain config --schema model` "
+     "describes model.kwargs"),
+])
+def test_an_argument_the_user_did_not_set_names_model_name_and_who_passes_it(
+        name: str, overrides: list[str], error: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: a factory without **kwargs (or a class without in_chans) was blamed on model.kwargs, which
+    the user had not set; model.kwargs is named only for an argument it holds."""
+    module = tmp_path / f"{name}.py"
+    module.write_text(_NET.format(name=name, **_USER_MODELS[name]))
+    capsys.readouterr()
+    code = main(["config", str(REPO / "configs" / "quickstart.yaml"), f"model.name={name}",
+                 f"model.imports=[{module}]", *overrides])
+    out, err = capsys.readouterr()
+    assert (code, out, err.strip()) == (2, "", error), err

@@ -52,6 +52,10 @@ def _writers() -> dict:
         "torchvision.pth": lambda s, e, p: torch.save({"model": s, "model_ema": _averaged(e), "optimizer": {},
                                                        "epoch": 3, "args": namespace}, p),
         "ema_only.bin": lambda s, e, p: torch.save({"model_ema": _averaged(e)}, p),
+        # a user's own loop: numpy values beside the weights (np.float64 metric, np.ndarray history, np.dtype)
+        "numpy.pth": lambda s, e, p: torch.save({"model": s, "epoch": 8, "best_acc": np.float64(0.9889),
+                                                 "losses": np.array([0.5, 0.25], dtype=np.float32),
+                                                 "steps": np.arange(3), "dtype": np.dtype("int16")}, p),
     }
 
 
