@@ -399,6 +399,40 @@ def test_phases_that_start_from_finished_phases_do_not_read_the_checkpoint(tmp_p
         assert "finetune" in read_run_state(out)["completed"]
 
 
+def test_a_run_with_relative_paths_continues_from_another_directory(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: config.yaml stored out_dir, model.checkpoint, data.path as given (relative to where the run
+    started), so `sparsetrain run R/config.yaml` from another directory failed. Every path setting is stored
+    absolute."""
+    monkeypatch.chdir(tmp_path)
+    _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    run_pipeline(tiny_config(Path("run"), *SHORT, "model.checkpoint=lenet.safetensors"), ["sparsify"])
+    stored = load_config(tmp_path / "run" / "config.yaml")
+    assert (stored.out_dir, stored.model.checkpoint) == (str(tmp_path / "run"), str(tmp_path / "lenet.safetensors"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    run_pipeline(load_config("../run/config.yaml"))  # `sparsetrain run ../run/config.yaml`, in process
+    assert "[prune] resuming after finished phase sparsify" in capsys.readouterr().err
+    assert "finetune" in read_run_state(tmp_path / "run")["completed"] and not any(elsewhere.iterdir())
+
+
+def test_a_stored_relative_path_equals_its_absolute_form_on_resume(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config.yaml written before paths were stored absolute holds them as given: the resume from the directory
+    the run started in compares them resolved (the new side is absolute)."""
+    monkeypatch.chdir(tmp_path)
+    state = {"completed": {"dense": {"steps": 0}, "sparsify": {"steps": 5}}, "current": None}
+    old = {"model": {"checkpoint": "w.pth"}, "data": {"path": "./data/../data/x.npz"}, "out_dir": "runs/r"}
+    new = {"model": {"checkpoint": str(tmp_path / "w.pth")}, "data": {"path": str(tmp_path / "data" / "x.npz")},
+           "out_dir": str(tmp_path / "runs" / "r")}
+    assert changed_settings(old, new, state) == []
+    moved = {**new, "model": {"checkpoint": str(tmp_path / "other" / "w.pth")}}
+    assert [k for k, _, _ in changed_settings(old, moved, state)] == ["model.checkpoint"]
+
+
 @pytest.mark.parametrize(("make", "reason"), [
     (lambda tmp: tmp / "afile", "File exists"),
     (lambda tmp: tmp / "afile" / "sub", "Not a directory"),
