@@ -1,6 +1,6 @@
 """A model of your own for sparsetrain: a plain nn.Module and a timm `@register_model` factory (no sparsetrain code).
 
-    sparsetrain run examples/my_net.yaml          # the recipe's model.imports: [my_net.py] imports this file
+    sparsetrain run examples/my_net.yaml   # from the repository root: its model.imports: [examples/my_net.py]
 
 Importing this module registers `my_net` with timm, so `model.name: my_net` works wherever sparsetrain builds a
 model. sparsetrain calls `timm.create_model("my_net", pretrained=False, num_classes=..., in_chans=..., **model.kwargs)`

@@ -6,10 +6,10 @@ after which every place that builds a model by name (`run` on every rank, `--dry
 `bench latency`, `load_compressed`) finds it.
 
 Each entry is a dotted module name (importable: installed, or on PYTHONPATH) or a path to a `.py` file. A relative
-file path written in a YAML recipe is relative to that recipe's folder (like `base:`); one given on the command line
-(or in a config built in Python) is relative to the current directory. Paths are stored absolute, so the resolved
-`config.yaml` of a run, a resumed run and a Slurm job find the same file; exports record the entries in
-`architecture.json` meta `model_imports`, which `load_compressed` imports in a fresh process.
+file path is relative to the current directory, in a YAML recipe and on the command line alike (the rule of every
+path setting, `sparsetrain.paths`). Paths are stored absolute, so the resolved `config.yaml` of a run, a
+resumed run and a Slurm job find the same file; exports record the entries in `architecture.json` meta
+`model_imports`, which `load_compressed` imports in a fresh process.
 
 A file is imported as the module named by its stem (`my_net.py` -> `my_net`), once per process.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsetrain.errors import InputError
+from sparsetrain.paths import absolute_path
 
 FIELD = "model.imports"
 META_KEY = "model_imports"  # architecture.json meta key of the entries an export needs to rebuild its model
@@ -52,21 +53,10 @@ def check_entry(entry: str) -> str:
     return entry
 
 
-def absolute_entry(entry: str, base: Path) -> str:
-    """A `.py` entry made absolute against `base` (user `~` expanded); module names unchanged."""
-    if not is_file_entry(entry):
-        return entry
-    path = Path(entry).expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
-
-
-def resolve_in_raw(data: dict[str, Any], base: Path) -> None:
-    """Make the relative `.py` entries of a raw recipe's `model.imports` absolute against `base` (the recipe's folder),
-    in place; anything that is not a list of strings is left for validation to refuse."""
-    model = data.get("model")
-    entries = model.get("imports") if isinstance(model, dict) else None
-    if isinstance(entries, list):
-        model["imports"] = [absolute_entry(e, base) if isinstance(e, str) else e for e in entries]
+def absolute_entry(entry: str) -> str:
+    """A `.py` entry made absolute against the current directory (`paths.absolute_path`); module names
+    unchanged."""
+    return absolute_path(entry) if is_file_entry(entry) else entry
 
 
 def import_models(entries: Iterable[str]) -> None:

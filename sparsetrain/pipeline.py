@@ -43,7 +43,7 @@ from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
 from sparsetrain.errors import InputError, NonFiniteError, SetupError, SparsetrainError
 from sparsetrain.model_imports import META_KEY
 from sparsetrain.models.factory import build_model, model_kwargs
-from sparsetrain.phases import FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
+from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
 from sparsetrain.progress import format_value, log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
@@ -84,10 +84,9 @@ class Pipeline:
         self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
         self.baseline_reports: dict[str, dict[str, Any]] = {}
         self.task = build_task(cfg.task, self.data.num_classes)
-        model = self._check_plan()
+        self._meta_model = self._check_plan()  # shapes only: `_check_start_weights` judges the checkpoint on it
         self._fresh = False  # rank 0: an earlier run's outputs are cleared when the run opens
         self.state = self._initial_state()
-        self._check_start_weights(model)
         self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
@@ -147,10 +146,11 @@ class Pipeline:
             check_layer_settings(self.cfg.prune, list(prunable_parameters(model)))
         return model
 
-    def _check_start_weights(self, model: nn.Module) -> None:
-        """Where a fresh run reads its start weights (nothing started yet), checked on the meta `model` before `open`
-        (`plan.check_start_weights`): `model.checkpoint` exists, comes from a run or export of this `model.name` and
-        its tensors' names and shapes fit; `model.pretrained_file` exists. A run that continues reads neither.
+    def _check_start_weights(self, todo: list[str]) -> None:
+        """Where the run reads its start weights, checked on the meta model before `open` (`plan.check_start_weights`)
+        when a phase still to run reads them (`_reads_start_weights`): `model.checkpoint` exists, comes from a run or
+        export of this `model.name` and its tensors' names and shapes fit; `model.pretrained_file` exists. A resumed
+        run whose remaining phases start from finished phases' weights (or their own checkpoint) reads neither.
 
         Raises:
             ValueError: one line naming `model.checkpoint` (`model.checkpoint_ema`, `model.reset_head`) or
@@ -158,9 +158,17 @@ class Pipeline:
         """
         from sparsetrain.plan import check_start_weights
 
-        if self.state["completed"] or self.state.get("current"):
-            return
-        check_start_weights(self.cfg, model)
+        if self._reads_start_weights(todo):
+            check_start_weights(self.cfg, self._meta_model)
+
+    def _reads_start_weights(self, todo: list[str]) -> bool:
+        """Whether the run reads the initial weights (`model.checkpoint`, pretrained) after the phases in `todo`
+        start: dense and sparsify start from them unless they continue from their own checkpoint; prune and the
+        report (its "before" model and weight histogram) do unless sparsify, and dense, have finished or will."""
+        current = (self.state.get("current") or {}).get("phase")
+        if any(p in todo and p != current for p in (DENSE, SPARSIFY)):
+            return True
+        return any(p not in self.state["completed"] and p not in todo for p in (DENSE, SPARSIFY))
 
     def _initial_state(self) -> dict[str, Any]:
         """The saved state to continue from, or a fresh one (`open` then clears the previous run's outputs).
@@ -227,15 +235,16 @@ class Pipeline:
         return {"model_name": self.cfg.model.name, "model_kwargs": kwargs, "input_shape": list(self.data.input_shape),
                 "preprocessing": self.data.preprocessing, "output": output, **imports, **extra}
 
-    def model_from(self, phase: str | None) -> nn.Module:
-        """The model at the end of `phase` (initial weights for None); structurally pruned phases load the
-        smaller architecture from their compressed export."""
+    def model_from(self, phase: str | None, initial: bool = True) -> nn.Module:
+        """The model at the end of `phase` (initial weights for None; `initial=False`: the architecture only, for a
+        phase that continues from its own checkpoint); structurally pruned phases load the smaller architecture from
+        their compressed export."""
         from sparsetrain.structural.serialize import ARCH_FILE, load_pruned_model
 
         folder = self.out_dir / "weights" / str(phase)
         if phase is not None and (folder / ARCH_FILE).exists():
             return load_pruned_model(folder).train().to(self.dist.device)
-        model = self.new_model(initial=phase is None)
+        model = self.new_model(initial=initial and phase is None)
         if phase is not None:
             model.load_state_dict(load_weights(self.out_dir / "weights" / f"{phase}.safetensors"))
         return model.to(self.dist.device)
@@ -293,10 +302,11 @@ class Pipeline:
             self._evaluate_only(phase, start_from)
             return
         self.ctx.start_phase_clock(phase)
-        model = self.model_from(start_from)
+        resume_tag = self._resume_tag(phase)  # its checkpoint replaces the start weights: they are not read
+        model = self.model_from(start_from, initial=resume_tag is None)
         regularizer = self.regularizer_for(phase, model)
         try:
-            model = train_phase(self.ctx, phase, model, regularizer, masks_file, self._resume_tag(phase))
+            model = train_phase(self.ctx, phase, model, regularizer, masks_file, resume_tag)
         except NonFiniteError:  # every rank stops alike; rank 0 marks the checkpoint the resume continues from
             if record_nonfinite_stop(self.state, phase) and self.dist.is_main:
                 write_run_state(self.out_dir, self.state)
@@ -481,6 +491,7 @@ class Pipeline:
         todo = [p for p in PHASES if p in wanted and (p == PRUNE or getattr(self.cfg.phases, p).enabled)
                 and p not in self.state["completed"]]
         self._check_batch_size(todo)
+        self._check_start_weights(todo)
         self.open()  # every refusal above leaves out_dir untouched
         self._say_where_it_resumes(todo, phases)
         for phase in todo:

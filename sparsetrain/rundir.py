@@ -25,6 +25,7 @@ import yaml
 
 from sparsetrain.engine.checkpoint import read_run_state
 from sparsetrain.errors import InputError
+from sparsetrain.paths import comparable
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
 
 # Dotted prefixes of settings that may change when a run resumes (execution, tracking, export, launch; model.imports
@@ -137,7 +138,8 @@ def changed_settings(stored: dict[str, Any], new: dict[str, Any], state: dict[st
     the run (`state`: state.json's `completed` and `current`), in schema order.
 
     A key the stored config lacks (a setting added to sparsetrain after the run started) is not compared; a key
-    only the stored config has (e.g. a setting of another regularizer) shows as `(unset)` on the new side.
+    only the stored config has (e.g. a setting of another regularizer) shows as `(unset)` on the new side. Path
+    settings compare resolved (`paths.comparable`): a stored relative path (older runs) equals its absolute form.
     """
     finished = last_phase(new) in state.get("completed", {})
     latest = _latest_started(state, finished)
@@ -148,7 +150,8 @@ def changed_settings(stored: dict[str, Any], new: dict[str, Any], state: dict[st
     old_flat, new_flat = _flatten(stored), _flatten(new)
     keys = list(new_flat) + [k for k in old_flat if k not in new_flat]
     return [(k, old_flat[k], new_flat.get(k, _MISSING)) for k in keys
-            if k in old_flat and old_flat[k] != new_flat.get(k, _MISSING) and not _matches(k, free)
+            if k in old_flat and comparable(k, old_flat[k]) != comparable(k, new_flat.get(k, _MISSING))
+            and not _matches(k, free)
             and _scope(k) <= (latest_step if _matches(k, STEP_SETTINGS) else latest)]
 
 

@@ -11,6 +11,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from sparsetrain.paths import absolute_path
+
 _SBATCH_LINE = re.compile(r"^(#SBATCH\s+)?--(?P<key>[A-Za-z][A-Za-z0-9_-]*)(=(?P<value>.+))?$")
 
 
@@ -45,6 +47,12 @@ class LaunchConfig(BaseModel):
                                      "MiB / 1024, e.g. 80 for an 80 GB A100): the dry run's memory plan (in GiB) "
                                      "warns when a rank would need more (None = no check).")
     srun_args: list[str] = Field(default_factory=list, description="Extra arguments for the srun that starts tasks.")
+
+    @field_validator("log_folder")
+    @classmethod
+    def _absolute(cls, path: str | None) -> str | None:
+        """Relative to the current directory, stored absolute (`sparsetrain.paths`)."""
+        return absolute_path(path) if path is not None else None
 
     @field_validator("extra_sbatch")
     @classmethod

@@ -13,7 +13,7 @@ from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.config.strategies import Strategy, variants_of
 from sparsetrain.errors import InputError
-from sparsetrain.model_imports import import_models, resolve_in_raw
+from sparsetrain.model_imports import import_models
 
 # Keys users bring from other tools' configs, with where that setting comes from here (said for an unknown key).
 KEY_HINTS = {
@@ -90,13 +90,13 @@ def _switches(section: type[BaseModel] | None, base: dict[str, Any], child: dict
 
 
 def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe and the chain of `base:` recipes it derives from (paths relative to the file), merged by
-    `merge_recipe` (a section naming another strategy replaces the base's)."""
+    """Read a recipe and the chain of `base:` recipes it derives from (`base:` relative to the file; every path
+    setting, relative to the current directory, `sparsetrain.paths`), merged by `merge_recipe` (a section naming
+    another strategy replaces the base's)."""
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"base: circular inheritance through {path}")
     data = _read_yaml(path)
-    resolve_in_raw(data, path.parent)  # model.imports' .py paths are relative to the recipe that names them
     base_name = data.pop("base", None)
     if base_name is None:
         return data

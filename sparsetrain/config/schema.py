@@ -6,7 +6,6 @@ The sections of the strategies (`regularizer`, `prune`) live in `strategies.py`;
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
@@ -24,6 +23,7 @@ from sparsetrain.config.strategies import (
     pick_strategy,
 )
 from sparsetrain.model_imports import absolute_entry, check_entry
+from sparsetrain.paths import absolute_path
 
 __all__ = ["GradualConfig", "PruneConfig", "RegularizerConfig", "RunConfig", "Section"]
 
@@ -34,9 +34,9 @@ class ModelConfig(Section):
                       "classifier works, and a model of your own registered by a module in model.imports.")
     imports: list[str] = Field(default_factory=list, description="Python modules imported before model.name is "
                                "resolved, e.g. [my_net.py] whose factory is decorated with timm's @register_model "
-                               "(README 'Your own model'): dotted module names or .py paths (relative: to the YAML "
-                               "file that sets them, or to the current directory on the command line; stored "
-                               "absolute). Exports record them for load_compressed.")
+                               "(README 'Your own model'): dotted module names or .py paths (relative: to the current "
+                               "directory, like every path setting; stored absolute). Exports record them for "
+                               "load_compressed.")
     pretrained: bool = Field(False, description="Load timm pretrained weights from disk: model.pretrained_file, "
                              "else timm's local cache (never downloaded).")
     pretrained_file: str | None = Field(None, description="Local weights file for pretrained=true (timm's "
@@ -55,9 +55,15 @@ class ModelConfig(Section):
     @field_validator("imports")
     @classmethod
     def _check_imports(cls, entries: list[str]) -> list[str]:
-        """Module names or .py paths; relative paths made absolute against the current directory (a recipe's own
-        entries were already made absolute against its folder by the loader)."""
-        return [absolute_entry(check_entry(entry), Path.cwd()) for entry in entries]
+        """Module names or .py paths; relative paths made absolute against the current directory
+        (`sparsetrain.paths`)."""
+        return [absolute_entry(check_entry(entry)) for entry in entries]
+
+    @field_validator("checkpoint", "pretrained_file")
+    @classmethod
+    def _absolute(cls, path: str | None) -> str | None:
+        """Relative to the current directory, stored absolute (`sparsetrain.paths`)."""
+        return absolute_path(path) if path is not None else None
 
 
 class TrainSubsetConfig(Section):
@@ -110,6 +116,12 @@ class DataConfig(Section):
     num_workers: int | Literal["auto"] = Field(
         0, description="DataLoader worker processes per rank; auto = the CPUs this process may use divided by the "
         "ranks on the node (LOCAL_WORLD_SIZE), at most 8, so DataLoader never exceeds its suggested maximum.")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str | None) -> str | None:
+        """Relative to the current directory, stored absolute (`sparsetrain.paths`)."""
+        return absolute_path(path) if path is not None else None
 
     @field_validator("num_workers")
     @classmethod
@@ -240,7 +252,7 @@ class RunConfig(Section):
     """A whole compression run: data, model, the three phases and how they are executed and tracked."""
 
     out_dir: str = Field("runs/default", description="Run directory: checkpoints, report, plots, export (the built-in "
-                         "defaults' own; configs/quickstart.yaml writes runs/quickstart).")
+                         "defaults' own; configs/quickstart.yaml writes runs/quickstart).", validate_default=True)
     seed: int = Field(0, ge=0, description="Seed for weights, data order and generated data.")
     resume: bool = Field(True, description="Continue from the last checkpoint in out_dir when there is one.")
     task: Literal["classification", "segmentation"] = Field("classification", description="Loss and metrics.")
@@ -265,6 +277,12 @@ class RunConfig(Section):
         "sparsify + finetune epochs, each in out_dir/baselines/<name>/, reported beside it: l2_oneshot = l2 "
         "training + one-shot global magnitude pruning + masked fine-tuning; gmp = l2 training with gradual "
         "magnitude pruning (prune.gradual) + masked fine-tuning. Unstructured pruning only.")
+
+    @field_validator("out_dir")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        """Relative to the current directory, stored absolute (`sparsetrain.paths`)."""
+        return absolute_path(path)
 
     @field_validator("regularizer", mode="before")
     @classmethod

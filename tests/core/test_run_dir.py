@@ -326,6 +326,9 @@ def test_dry_run_refuses_a_checkpoint_that_does_not_fit(tmp_path: Path, capsys: 
     ((*REFUSED, "resume=false"), "error: train.batch_size: 4096 exceeds the"),  # cleared the earlier run first
     (("tracking.mode=offline", "--phase", "finetune"), "error: phase: finetune starts from the weights of the prune"),
     *[((*extra, "resume=false"), error) for extra, error in MODEL_REFUSALS],  # another model: resume=false
+    # the dense phase measured the initial weights: model.checkpoint is fixed (refused before config.yaml and W&B)
+    (("tracking.mode=offline", "model.checkpoint={tmp}/missing.pth"), 'holds a run with other settings: '
+     'model.checkpoint null -> "{tmp}/missing.pth" (fixed: dense has run with it); use a new out_dir'),
 ])
 def test_a_refused_run_leaves_an_earlier_run_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                        extra: tuple[str, ...], error: str) -> None:
@@ -342,6 +345,92 @@ def test_a_refused_run_leaves_an_earlier_run_as_it_was(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert error in err and "Traceback" not in err, err
     assert _files(out) == before, "the refused run changed the earlier run's out_dir"
+
+
+def _lenet_checkpoint(path: Path) -> Path:
+    """A lenet300_100 for the digits' 8×8 inputs saved at `path`."""
+    from safetensors.torch import save_file
+
+    from sparsetrain.config.schema import ModelConfig
+    from sparsetrain.models.factory import build_model
+
+    save_file(build_model(ModelConfig(name="lenet300_100"), 1, 10, (1, 8, 8)).state_dict(), str(path))
+    return path
+
+
+def test_a_resume_that_reads_a_missing_checkpoint_leaves_the_run_as_it_was(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: the dense phase had measured model.checkpoint, then the file was gone; the resume printed
+    `[sparsify] resuming after finished phase dense`, rewrote config.yaml and added a W&B offline run (one per
+    refused attempt) before sparsify (which starts from model.checkpoint, not from the dense weights) refused it."""
+    checkpoint = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    out = tmp_path / "run"
+    evaluated = ("phases.dense.enabled=true", "phases.dense.epochs=0", f"model.checkpoint={checkpoint}",
+                 "tracking.mode=offline")
+    run_pipeline(tiny_config(out, *evaluated), ["dense"])
+    checkpoint.unlink()
+    before = _files(out)
+    capsys.readouterr()
+    assert main(["run", *tiny_overrides(out, *evaluated)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: model.checkpoint: file or export folder not found: {checkpoint}" in err, err
+    assert "resuming after" not in err and "Traceback" not in err, err
+    assert _files(out) == before, "the refused resume changed the earlier run's out_dir"
+
+
+def test_phases_that_start_from_finished_phases_do_not_read_the_checkpoint(tmp_path: Path) -> None:
+    """Once dense and sparsify have finished, prune, finetune and the report start from their weights:
+    model.checkpoint (gone) is not read, nor by a sparsify phase that continues from its own checkpoint."""
+    checkpoint = _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    settings = (*SHORT, "phases.dense.enabled=true", "phases.dense.epochs=0", f"model.checkpoint={checkpoint}")
+    at_boundary, mid_phase = tmp_path / "boundary", tmp_path / "mid"
+    run_pipeline(tiny_config(at_boundary, *settings), ["dense", "sparsify"])
+    preemption.clear()
+    preemption.request_stop()
+    try:
+        with pytest.raises(preemption.Preempted):
+            run_pipeline(tiny_config(mid_phase, *settings))
+    finally:
+        preemption.clear()
+    assert read_run_state(mid_phase)["current"]["phase"] == "sparsify"
+    checkpoint.unlink()
+    for out in (at_boundary, mid_phase):
+        run_pipeline(tiny_config(out, *settings))
+        assert "finetune" in read_run_state(out)["completed"]
+
+
+def test_a_run_with_relative_paths_continues_from_another_directory(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: config.yaml stored out_dir, model.checkpoint, data.path as given (relative to where the run
+    started), so `sparsetrain run R/config.yaml` from another directory failed. Every path setting is stored
+    absolute."""
+    monkeypatch.chdir(tmp_path)
+    _lenet_checkpoint(tmp_path / "lenet.safetensors")
+    run_pipeline(tiny_config(Path("run"), *SHORT, "model.checkpoint=lenet.safetensors"), ["sparsify"])
+    stored = load_config(tmp_path / "run" / "config.yaml")
+    assert (stored.out_dir, stored.model.checkpoint) == (str(tmp_path / "run"), str(tmp_path / "lenet.safetensors"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    run_pipeline(load_config("../run/config.yaml"))  # `sparsetrain run ../run/config.yaml`, in process
+    assert "[prune] resuming after finished phase sparsify" in capsys.readouterr().err
+    assert "finetune" in read_run_state(tmp_path / "run")["completed"] and not any(elsewhere.iterdir())
+
+
+def test_a_stored_relative_path_equals_its_absolute_form_on_resume(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config.yaml written before paths were stored absolute holds them as given: the resume from the directory
+    the run started in compares them resolved (the new side is absolute)."""
+    monkeypatch.chdir(tmp_path)
+    state = {"completed": {"dense": {"steps": 0}, "sparsify": {"steps": 5}}, "current": None}
+    old = {"model": {"checkpoint": "w.pth"}, "data": {"path": "./data/../data/x.npz"}, "out_dir": "runs/r"}
+    new = {"model": {"checkpoint": str(tmp_path / "w.pth")}, "data": {"path": str(tmp_path / "data" / "x.npz")},
+           "out_dir": str(tmp_path / "runs" / "r")}
+    assert changed_settings(old, new, state) == []
+    moved = {**new, "model": {"checkpoint": str(tmp_path / "other" / "w.pth")}}
+    assert [k for k, _, _ in changed_settings(old, moved, state)] == ["model.checkpoint"]
 
 
 @pytest.mark.parametrize(("make", "reason"), [

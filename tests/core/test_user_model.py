@@ -34,16 +34,41 @@ def _user_module(folder: Path) -> Path:
     return Path(shutil.copy(EXAMPLE, folder / "my_net.py"))
 
 
-def test_recipe_paths_are_relative_to_the_recipe_and_stored_absolute(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_imports_are_relative_to_the_current_directory_and_stored_absolute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule for every path setting (README "Paths"): in a recipe as on the command line, relative to the current
+    directory (examples/my_net.yaml, run from the repository root, names examples/my_net.py)."""
+    monkeypatch.chdir(REPO)
     config = load_config(REPO / "examples" / "my_net.yaml")
     assert config.model.name == "my_net" and config.model.imports == [str(EXAMPLE)]
-    monkeypatch.chdir(REPO / "examples")  # on the command line: relative to the current directory
+    monkeypatch.chdir(REPO / "examples")
     assert load_config(None, ["model.imports=[my_net.py]", "model.name=my_net"]).model.imports == [str(EXAMPLE)]
     assert load_config(None, ["model.imports=[json]"]).model.imports == ["json"]  # a module name stays as it is
 
 
-def test_config_command_checks_the_name_after_importing(capsys: pytest.CaptureFixture) -> None:
+def test_every_path_setting_of_a_recipe_is_relative_to_the_current_directory(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fresh-user trial: `imports: [net.py]` was taken from the recipe's folder and stored absolute, while
+    `checkpoint: w.pth` (and data.path, ...) was taken from the current directory and stored as written."""
+    from sparsetrain.config.loader import apply_overrides, load_raw, validate
+
+    recipe = tmp_path / "recipes" / "mine.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text("out_dir: runs/mine\nmodel: {name: my_net, imports: [net.py], checkpoint: w.pth}\n"
+                      "data: {source: npz, path: ../data/x.npz}\nlaunch: {log_folder: logs}\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    config = validate(load_raw(recipe))  # validated without importing net.py (not written)
+    assert config.model.imports == [str(work / "net.py")] and config.model.checkpoint == str(work / "w.pth")
+    assert (config.data.path, config.out_dir, config.launch.log_folder) == (
+        str(tmp_path / "data" / "x.npz"), str(work / "runs" / "mine"), str(work / "logs"))
+    given = validate(apply_overrides({}, ["model.checkpoint=../w.pth", "data.path=~/x.npz"]))  # command line
+    assert (given.model.checkpoint, given.data.path) == (str(tmp_path / "w.pth"), str(Path.home() / "x.npz"))
+
+
+def test_config_command_checks_the_name_after_importing(capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # the recipe's imports are relative to the current directory
     recipe = str(REPO / "examples" / "my_net.yaml")
     assert main(["config", recipe]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -72,8 +97,10 @@ def test_an_entry_that_cannot_be_imported_is_one_line_before_anything_is_written
     assert not out.exists(), "nothing may be written before the imports succeeded"
 
 
-def test_dry_run_and_method2_remove_filters_of_a_user_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_dry_run_and_method2_remove_filters_of_a_user_model(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Method 2 on the user's CNN: the generic graph analysis finds its channel groups and removes filters."""
+    monkeypatch.chdir(REPO)  # the recipe's imports are relative to the current directory
     recipe = str(REPO / "examples" / "my_net.yaml")
     method2 = ["regularizer={name: grad_count}", "prune={rule: filters, filter_fraction: 0.5, round_to: 1}",
                "optim.name=sgd", "optim.lr=0.05", "deploy.formats=[]", "deploy.latency=false",
