@@ -251,7 +251,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
             raised while imported, `model.name: unknown timm model ...` for a name timm does not know once the
             imports ran (as `sparsetrain config` refuses it).
     """
-    from sparsetrain.models.factory import check_model_name  # imports timm and torch: not at module level
+    from sparsetrain.models.names import check_model_name  # imports timm and torch: not at module level
 
     data = load_raw(path) if path is not None else {}
     overrides = list(overrides or [])

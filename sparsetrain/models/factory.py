@@ -9,7 +9,6 @@ never contacted); `model.checkpoint` starts from any trained model's weights (`s
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Collection
@@ -21,9 +20,9 @@ from torch import nn
 
 import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 from sparsetrain.config.schema import ModelConfig
-from sparsetrain.errors import InputError
 from sparsetrain.model_imports import import_models
 from sparsetrain.models.checkpoint import quiet_timm_loading
+from sparsetrain.models.names import check_model_name
 from sparsetrain.progress import log
 
 
@@ -75,21 +74,6 @@ def pretrained_file(cfg: ModelConfig) -> Path:
     if not path.is_file():
         raise ValueError(f"model.pretrained_file: file not found: {path}")
     return path
-
-
-def check_model_name(name: str) -> None:
-    """Refuse a name timm does not know, suggesting the closest timm names (difflib over the ~1,400 of
-    `timm.list_models()`, ~10 ms) and listing sparsetrain's own models.
-
-    Raises:
-        InputError: `model.name: unknown timm model ...`.
-    """
-    if timm.is_model(name):
-        return
-    closest = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-    guess = f"closest: {', '.join(closest)}" if closest else "no timm name is close"
-    own = ", ".join(timm.list_models(module=list(sparsetrain.models.OWN_MODULES)))
-    raise InputError(f"model.name: unknown timm model {name!r} ({guess}; sparsetrain's own: {own})")
 
 
 _TIMM_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")  # timm.create_model gives every factory these
