@@ -132,7 +132,7 @@ def test_method1_end_to_end_on_a_user_model(tmp_path: Path) -> None:
     assert arch["meta"]["model_imports"] == [str(module)]
     cli = [sys.executable, "-m", "sparsetrain"]
     for command in (["eval", str(out), "--json"], ["export", str(out)],
-                    ["bench", "latency", str(out), "--repeats", "2", "--out", str(tmp_path / "bench")]):
+                    ["bench", "latency", str(out), "--repeats", "3", "--out", str(tmp_path / "bench")]):
         done = run_command([*cli, *command])
         assert done.returncode == 0, f"{command}: {done.stderr[-3000:]}"
     table = json.loads(next((tmp_path / "bench").glob("latency-*.json")).read_text())
