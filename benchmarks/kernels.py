@@ -112,6 +112,25 @@ def choice_list(choices: Collection[str]) -> Callable[[str], list[str]]:
     return convert
 
 
+def model_list(text: str) -> list[str]:
+    """`--models`: comma-separated timm model names, or `none` for no model case.
+
+    Raises (argparse shows it as one line naming the flag):
+        argparse.ArgumentTypeError: `unknown timm model 'resnet-50' (closest: resnet50, ...)` for the first unknown.
+    """
+    from sparsetrain.models.names import check_model_name
+
+    if text == "none":
+        return []
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        try:
+            check_model_name(name)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("model.name: ")) from None
+    return names
+
+
 def layer_alphas(weights: list[torch.Tensor]) -> list[float]:
     """Method 1's per-layer scaling α0·sqrt(N_l / N_max)."""
     n_max = max(w.numel() for w in weights)
@@ -304,7 +323,9 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few small cases (forced on CPU)")
     parser.add_argument("--sizes", type=size_list, help="flat sizes, comma separated, e.g. 1M,64M,1G")
-    parser.add_argument("--models", help=f"comma separated timm models (default: {','.join(MODELS)}); 'none' for none")
+    parser.add_argument("--models", type=model_list,
+                        help=f"comma separated timm models (default: {','.join(MODELS)}; the CPU / --quick mode: "
+                        f"{MODELS[0]}); 'none' for none")
     parser.add_argument("--dtypes", type=choice_list(DTYPES), default="fp32,bf16",
                         help=f"comma separated from {','.join(DTYPES)} (default: fp32,bf16)")
     parser.add_argument("--ops", type=choice_list(OPS), default=DEFAULT_OPS,
@@ -338,8 +359,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     args.compile = args.compile and not cpu  # inductor on CPU needs a C++ toolchain and minutes: not a smoke test
     sizes = args.sizes or (CPU_SIZES if cpu else QUICK_GPU_SIZES if quick else FULL_SIZES)
     models = MODELS[:1] if quick else MODELS
-    if args.models:
-        models = [] if args.models == "none" else args.models.split(",")
+    if args.models is not None:
+        models = args.models
     name = device_label(device)
     copy = copy_gbps(device)
     print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {args.backend!r}; {ops_words(args.ops)}")

@@ -227,6 +227,19 @@ def test_kernels_choice_flags_name_the_flag_and_the_choices(capsys: pytest.Captu
     assert kernels.parse_args([]).ops == ["l0_grad_mask"], "the default ops, a list"
 
 
+def test_kernels_models_flag_names_an_unknown_timm_model_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial: `--models resnet-50` ran the size cases, then died in timm with `RuntimeError: Unknown model
+    (resnet-50)` and a traceback."""
+    with pytest.raises(SystemExit) as stop:
+        kernels.parse_args(["--models", "resnet50,resnet-50"])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert stop.value.code == 2
+    assert "error: argument --models: unknown timm model 'resnet-50' (closest: resnet50" in last, last
+    assert kernels.parse_args(["--models", "none"]).models == []
+    assert kernels.parse_args(["--models", "resnet18,vit_tiny_patch16_224"]).models == ["resnet18",
+                                                                                      "vit_tiny_patch16_224"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
 def test_kernels_prints_the_table_once_and_says_which_ops_it_times(tmp_path, capsys) -> None:
     """The rows printed as each case finished were printed again, all together, before `wrote ...`; and a table of
