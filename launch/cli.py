@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.submit import CLUSTERS, LaunchError, rank0_job
+from sparsetrain.argtypes import positive_float
 from sparsetrain.cli import parse_command_line
 from sparsetrain.phases import PHASES
 
@@ -29,7 +30,7 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("config", help="YAML recipe, e.g. configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     parser.add_argument("--cluster", choices=CLUSTERS, default="slurm", help="where to run (default: slurm)")
-    parser.add_argument("--timeout", type=float, default=None, help="wait at most this many seconds for the "
+    parser.add_argument("--timeout", type=positive_float, default=None, help="wait at most this many seconds for the "
                         "results (implies --wait; a sweep: for all its runs together); the jobs go on after it")
     return parser
 

@@ -11,7 +11,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["int_at_least", "nonnegative_float", "positive_int"]
+__all__ = ["int_at_least", "nonnegative_float", "positive_float", "positive_int"]
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -38,16 +38,33 @@ positive_int = int_at_least(1)
 """An integer flag that must be 1 or more (counts: threads, rounds, steps, calls)."""
 
 
+def _finite(text: str) -> float:
+    """The number `text` says, nan when it says none."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def nonnegative_float(text: str) -> float:
     """A finite number >= 0 (e.g. `--epochs`, where 0 means "the recipe's").
 
     Raises:
         argparse.ArgumentTypeError: `expected a number >= 0, got 'TEXT'` (also for nan and inf).
     """
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _finite(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (e.g. `--timeout` seconds: nan waited forever, a negative one not at all).
+
+    Raises:
+        argparse.ArgumentTypeError: `expected a number > 0, got 'TEXT'` (also for nan and inf).
+    """
+    value = _finite(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value

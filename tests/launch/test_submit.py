@@ -216,6 +216,20 @@ def test_an_unknown_option_is_named_alone(tmp_path: Path, capsys: pytest.Capture
     assert "out_dir=" not in err and "seed=1" not in err, err
 
 
+@pytest.mark.parametrize("value", ["nan", "-5", "0", "soon"])
+def test_a_timeout_that_is_not_a_positive_number_is_one_line(value: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`--timeout nan` waited forever (no elapsed time is > nan) and `--timeout -5` stopped waiting at once; both
+    were accepted as floats. Nothing is submitted."""
+    for main in (launch_main, sweep_main):
+        sweep = ["alpha0=1e-5,3e-5"] if main is sweep_main else []
+        with pytest.raises(SystemExit) as stop:
+            main(["configs/quickstart.yaml", *sweep, f"out_dir={tmp_path}", "--cluster", "local", "--timeout", value])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert stop.value.code == 2 and err.endswith(f"error: argument --timeout: expected a number > 0, got '{value}'")
+    assert not any(tmp_path.iterdir())
+
+
 def test_sweep_table_heads_the_metric_column_with_the_key_sweep_json_uses(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The table headed the column `finetune.metric` once runs were done (`metric` before, or when runs ended in
