@@ -60,6 +60,7 @@ from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
 
 if TYPE_CHECKING:
+    from sparsetrain.plan import DataSizes
     from sparsetrain.structural import ChannelGroup, ChannelScore
 
 
@@ -125,6 +126,12 @@ class Pipeline:
             save_resolved(self.cfg, self.out_dir / "config.yaml")
         self._opened = True
 
+    def _sizes(self) -> DataSizes:
+        """The data's input channels, classes and sample shape, as the meta model is built from them."""
+        from sparsetrain.plan import DataSizes
+
+        return DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
+
     def _check_plan(self) -> nn.Module:
         """The model and the settings that name its layers, checked on the meta model (shapes only) before anything
         is written: an unknown `model.name`, `model.kwargs` the model does not take, outputs that do not fit the task
@@ -136,11 +143,10 @@ class Pipeline:
         Raises:
             ValueError: one line naming the setting.
         """
-        from sparsetrain.plan import DataSizes, check_model
+        from sparsetrain.plan import check_model
         from sparsetrain.pruning.criteria import check_layer_settings
 
-        sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
-        model = check_model(self.cfg, sizes)
+        model = check_model(self.cfg, self._sizes())
         prune = self.cfg.prune
         if getattr(prune, "layer_thresholds", None) or getattr(prune, "layer_sparsity", None):
             check_layer_settings(self.cfg.prune, list(prunable_parameters(model)))
@@ -382,14 +388,13 @@ class Pipeline:
     def _channel_structure(self) -> tuple[nn.Module, list[ChannelGroup]]:
         """The model's channel groups, traced from a meta-device copy (no weights), else from a freshly built model
         (the same on every rank either way)."""
-        from sparsetrain.plan import DataSizes, meta_model
+        from sparsetrain.plan import meta_model
         from sparsetrain.pruning.filters import channel_groups
         from sparsetrain.structural import StructuralPruningError
 
         grouped_conv = self.cfg.prune.grouped_conv
         try:
-            model = meta_model(self.cfg, DataSizes(self.data.in_chans, self.data.num_classes,
-                                                   tuple(self.data.input_shape)))
+            model = meta_model(self.cfg, self._sizes())
             return model, channel_groups(model, self.data.input_shape, grouped_conv)
         except (StructuralPruningError, RuntimeError, NotImplementedError):  # an op without a meta kernel
             model = self.new_model(initial=False)
@@ -468,11 +473,8 @@ class Pipeline:
         return path
 
     def _prunable_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shapes of the prunable weights, from the model built on the meta device (no memory)."""
-        from sparsetrain.plan import DataSizes, meta_model
-
-        sizes = DataSizes(self.data.in_chans, self.data.num_classes, tuple(self.data.input_shape))
-        return {n: tuple(p.shape) for n, p in prunable_parameters(meta_model(self.cfg, sizes)).items()}
+        """Shapes of the prunable weights, from the meta model the run's checks built (no memory)."""
+        return {n: tuple(p.shape) for n, p in prunable_parameters(self._meta_model).items()}
 
     def run_finetune(self) -> None:
         if self.structural:

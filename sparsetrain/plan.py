@@ -94,9 +94,9 @@ def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
 
 
 def check_start_weights(config: RunConfig, model: nn.Module) -> None:
-    """Where a fresh run reads its start weights, before anything is written: `model.checkpoint` fits `model` (the
-    run's meta model) tensor for tensor, from the checkpoint's names and shapes alone
-    (`models.checkpoint.check_checkpoint`), and `model.pretrained_file` exists.
+    """Where a run reads its start weights (`Pipeline._check_start_weights` says when), before anything is written:
+    `model.checkpoint` fits `model` (the run's meta model) tensor for tensor, from the checkpoint's names and shapes
+    alone (`models.checkpoint.check_checkpoint`), and `model.pretrained_file` exists.
 
     Raises:
         ValueError: the one line the load would give, naming `model.checkpoint`, `model.checkpoint_ema`,
