@@ -247,6 +247,30 @@ def test_16bit_colour_png_is_read_at_full_depth(tmp_path: Path) -> None:
                                atol=1e-6, rtol=0, err_msg="16-bit gray image: input is not raw * recorded scale")
 
 
+def test_16bit_colour_tiff_is_read_at_full_depth(tmp_path: Path) -> None:
+    """Pillow opens 16-bit RGB(A) TIFFs as 8-bit RGB (the low byte dropped): the set was read as 8-bit × 1/255, and a
+    16-bit gray TIFF beside them was refused as another bit depth."""
+    from tests.helpers.tiff16 import write_tiff16
+
+    rng = np.random.default_rng(0)
+    raws = {}
+    for split, stem, chans, options in (("train", "a", 3, {"planarconfig": "separate"}), ("train", "b", 4, {}),
+                                        ("test", "c", 1, {})):
+        high, low = rng.integers(100, 140, (8, 8, chans)), rng.integers(0, 256, (8, 8, chans))  # the low byte matters
+        raws[stem] = (high * 256 + low).astype(np.uint16)
+        write_pair(tmp_path / split, stem, disk_mask(8, 255, len(raws)))
+        (tmp_path / split / "images" / f"{stem}.png").unlink()
+        write_tiff16(tmp_path / split / "images" / f"{stem}.tif", raws[stem], **options)
+    bundle = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    prep = bundle.preprocessing
+    assert prep["scale"] == 1 / 65535 and "colour TIFFs by tifffile" in prep["raw"], prep["raw"]
+    inputs = dict(zip("abc", torch.cat([bundle.train.inputs, bundle.test.inputs]), strict=True))
+    for stem, raw in raws.items():
+        expected = np.broadcast_to(raw[..., :3].transpose(2, 0, 1), (3, 8, 8)) * prep["scale"]
+        np.testing.assert_allclose(inputs[stem].numpy(), expected, atol=1e-6, rtol=0,
+                                   err_msg=f"{stem}.tif: input is not raw * recorded scale")
+
+
 def test_float_images_are_refused_naming_the_file(tmp_path: Path) -> None:
     """A 32-bit float TIFF (PIL mode F, values in [0, 1]) went through PIL's 8-bit conversion: 0 or 1 of 255, a
     black image, silently."""
