@@ -3,9 +3,10 @@
 The scale is decided by the file's bit depth, never by its content: 8-bit files (PIL modes 1, L, P, RGB, RGBA, …)
 give raw 0-255 × 1/255; 16-bit files give raw 0-65535 × 1/65535, alpha dropped. Who decodes what:
 
-- 16-bit PNGs of any colour type (read from their IHDR header) by torchvision's `decode_png`: PIL opens 16-bit colour
-  PNGs as 8-bit `RGB`/`RGBA` (the low byte dropped). libpng dies of a segfault on a damaged file inside `decode_png`,
-  so PIL checks the file first (`verify()` the CRCs, `load()` the stream).
+- 16-bit PNGs (read from their IHDR header): colour ones (RGB, RGBA, gray + alpha) by torchvision's `decode_png`,
+  gray ones by PIL (its `I;16` mode keeps the 16 bits). PIL opens 16-bit colour PNGs as 8-bit `RGB`/`RGBA` (the low
+  byte dropped). libpng dies of a segfault on a damaged file inside `decode_png`, so PIL checks a colour file first
+  (`verify()` the CRCs, `load()` the stream): three passes over a colour file, one read of it from disk.
 - TIFFs with several samples per pixel of more than 8 bits (16-bit RGB, RGBA, gray + alpha, interleaved or planar;
   what microscopy and satellite tools export) by tifffile, which PIL opens as 8-bit or not at all. Their flavours
   tifffile cannot read (a codec it lacks without the optional imagecodecs package, e.g. LZW or JPEG; float or signed
@@ -22,6 +23,7 @@ decodes nothing on open). One data set must hold one bit depth: the export recor
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import warnings
@@ -70,8 +72,8 @@ def image_files_raw(scale: float) -> str:
     decoded them at full depth (PIL's `convert` would clip gray ones to 255, and PIL reads colour ones as 8-bit)."""
     if scale == SIXTEEN_BIT:
         return (f"image files, {raw_pixels(scale)} read as stored, at full depth (gray or colour, alpha dropped): "
-                "PNGs decoded by torchvision.io.decode_png, colour TIFFs by tifffile (PIL reads colour ones as 8-bit), "
-                "gray TIFFs by PIL (not through its convert, which clips them to 255)")
+                "colour PNGs decoded by torchvision.io.decode_png, colour TIFFs by tifffile (PIL reads both as 8-bit), "
+                "gray PNGs and TIFFs by PIL (not through its convert, which clips them to 255)")
     return f"image files decoded by PIL, {raw_pixels(scale)}"
 
 
@@ -97,25 +99,29 @@ def _is_16bit_png(head: bytes) -> bool:
 
 
 def _png16_pixels(path: Path, what: str) -> np.ndarray:
-    """H × W × C raw pixels 0-65535 of a 16-bit PNG (C = 1 gray, 3 colour; alpha dropped), by torchvision's decoder
-    (PIL would give 8-bit RGB for colour ones).
+    """H × W × C raw pixels 0-65535 of a 16-bit PNG (C = 1 gray, 3 colour; alpha dropped): gray ones by PIL, colour
+    ones by torchvision's decoder (PIL would give 8-bit RGB). The file is read from disk once.
 
     Raises:
         OSError, SyntaxError: PIL's, for a corrupt or truncated file (the caller makes them `unreadable`).
         DataError: `unreadable`, when libpng refuses a file PIL accepted.
     """
-    from torchvision.io import ImageReadMode, decode_png, read_file
+    import torch
+    from torchvision.io import ImageReadMode, decode_png
 
-    # libpng's errors while reading rows (a chunk CRC, the zlib stream, a row filter) crash decode_png (segfault, not
-    # an exception), so PIL checks the file first: verify() the CRCs, load() the stream (a second decode, at 8 bits)
-    with Image.open(path) as img:
+    data = path.read_bytes()
+    # libpng's errors while reading rows (a chunk CRC, the zlib stream, a row filter, too little data) crash
+    # decode_png (segfault, not an exception), so PIL checks the file first: verify() the CRCs, load() the stream
+    with Image.open(io.BytesIO(data)) as img:
         img.verify()
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(data)) as img:
         img.load()
+        if pixel_scale(img.mode) == SIXTEEN_BIT:  # gray: PIL kept the 16 bits, no second decode
+            return _pixels(img, path)
     try:
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its image io for TorchCodec (not a dependency)
             warnings.simplefilter("ignore", DeprecationWarning)
-            pixels = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)  # C × H × W uint16
+            pixels = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED)
     except RuntimeError as err:  # torchvision prefixes its C++ function, file and line: not the user's business
         raise unreadable(path, RuntimeError(re.sub(r"^.*?\.cpp:\d+, ", "", str(err))), what) from None
     if pixels.shape[0] in (2, 4):

@@ -332,6 +332,57 @@ def test_imagefolder_damaged_16bit_png_is_a_one_line_error_not_a_crash(tmp_path:
         bundle.test[1]
 
 
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the pixel decodes of the real decoders (spies that call them): PIL's `ImageFile.load` when it has data
+    left to decode, torchvision's `decode_png`, tifffile's `TiffPage.asarray`."""
+    import tifffile
+    import torchvision.io
+    from PIL import ImageFile
+
+    counts = {"PIL": 0, "decode_png": 0, "tifffile": 0}
+    load, decode_png, asarray = ImageFile.ImageFile.load, torchvision.io.decode_png, tifffile.TiffPage.asarray
+
+    def counted_load(self: ImageFile.ImageFile) -> object:
+        counts["PIL"] += bool(self.tile)  # a call on a loaded image decodes nothing
+        return load(self)
+
+    def counted(name: str, function: object) -> object:
+        def call(*args: object, **kwargs: object) -> object:
+            counts[name] += 1
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
+    monkeypatch.setattr(torchvision.io, "decode_png", counted("decode_png", decode_png))
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", counted("tifffile", asarray))
+    return counts
+
+
+@pytest.mark.parametrize("kind", ["gray-png", "colour-png", "colour-tiff"])
+def test_16bit_depth_scan_decodes_nothing_and_a_read_decodes_once(tmp_path: Path, kind: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The depth scan (`image_scale`) reads a PNG's IHDR or a TIFF's tags, no pixels; a read decodes a 16-bit gray PNG
+    once (PIL's I;16 keeps the 16 bits), a colour one by PIL's guard (libpng crashes on damaged files) then
+    decode_png. Before: a gray one was decoded twice too (PIL's guard, then decode_png), and opened four times."""
+    from sparsetrain.data.images import image_scale, read_image
+    from tests.helpers.png16 import write_png16
+    from tests.helpers.tiff16 import write_tiff16
+
+    chans = 1 if kind == "gray-png" else 3
+    write = write_tiff16 if kind == "colour-tiff" else write_png16
+    raws = {write(tmp_path / f"{i}.{kind[-3:]}", _colour16(i, chans)): _colour16(i, chans) for i in range(10)}
+    counts = _count_decodes(monkeypatch)
+    assert {image_scale(file) for file in raws} == {1 / 65535}
+    assert counts == {"PIL": 0, "decode_png": 0, "tifffile": 0}, f"the depth scan decoded pixels: {counts}"
+    for file, raw in raws.items():
+        pixels, _ = read_image(file)
+        np.testing.assert_array_equal(np.rint(pixels * 65535), raw, err_msg=f"{file}: not read at full depth")
+    expected = {"gray-png": {"PIL": 10, "decode_png": 0, "tifffile": 0},
+                "colour-png": {"PIL": 10, "decode_png": 10, "tifffile": 0},
+                "colour-tiff": {"PIL": 0, "decode_png": 0, "tifffile": 10}}[kind]
+    assert counts == expected, f"decodes of 10 files: {counts}"
+
+
 # tifffile.imwrite keywords of 16-bit TIFF flavours (write_tiff16) and the channel count written
 TIFF16_FLAVOURS = {"rgb": (3, {}), "rgba": (4, {}), "planar-rgb": (3, {"planarconfig": "separate"}),
                    "deflate-predictor-rgb": (3, {"compression": "zlib", "predictor": True}), "gray-alpha": (2, {})}
