@@ -8,7 +8,8 @@ give raw 0-255 × 1/255; 16-bit files give raw 0-65535 × 1/65535, alpha dropped
   byte dropped). libpng dies of a segfault on a damaged file inside `decode_png`, so PIL checks a colour file first
   (`verify()` the CRCs, `load()` the stream): three passes over a colour file, one read of it from disk.
 - TIFFs with several samples per pixel of more than 8 bits (16-bit RGB, RGBA, gray + alpha, interleaved or planar;
-  what microscopy and satellite tools export) by tifffile, which PIL opens as 8-bit or not at all. Their flavours
+  what microscopy and satellite tools export) by tifffile, which PIL opens as 8-bit or not at all; so are 16-bit
+  min-is-white gray TIFFs, inverted (0 = black) as PIL inverts 8-bit ones but not 16-bit ones. Their flavours
   tifffile cannot read (a codec it lacks without the optional imagecodecs package, e.g. LZW or JPEG; float or signed
   samples; a colour space other than gray / RGB; more samples than colour + alpha) are refused in one line naming
   the file, never read at 8 bits.
@@ -16,8 +17,9 @@ give raw 0-255 × 1/255; 16-bit files give raw 0-65535 × 1/65535, alpha dropped
   `I`, which older Pillow and 32-bit integer TIFFs holding 0-65535 give), never through `convert`, which clips 16-bit
   gray to 255 (all white). 32-bit float images (mode F) are refused.
 
-The depth (`image_scale`) comes from the header alone: a PNG's first 26 bytes, a TIFF's tags, PIL's mode (PIL
-decodes nothing on open). One data set must hold one bit depth: the export records one scale for every input
+Segmentation masks go through `full_depth_pixels` too (a 16-bit colour mask cut to its high byte by PIL would lose
+its labels). The depth (`image_scale`) comes from the header alone: a PNG's first 26 bytes, a TIFF's tags, PIL's
+mode (PIL decodes nothing on open). One data set must hold one bit depth: the export records one scale for every input
 (`mixed_depths`).
 """
 
@@ -129,10 +131,11 @@ def _png16_pixels(path: Path, what: str) -> np.ndarray:
     return pixels.permute(1, 2, 0).numpy().astype(np.int32)
 
 
-def _wide_tiff_colours(page: TiffPage, path: Path) -> int | None:
-    """For a TIFF page with several samples per pixel of more than 8 bits (what PIL reads as 8-bit, or not at all),
-    the colour samples to keep (1 gray, 3 RGB; one more, alpha or unspecified, is dropped), from its tags alone;
-    None for the pages PIL reads at full depth (8-bit, 16-bit gray).
+def _tifffile_colours(page: TiffPage, path: Path) -> int | None:
+    """For a TIFF page PIL reads below its depth, not at all, or wrong (several samples per pixel of more than 8 bits;
+    16-bit min-is-white gray, which PIL does not invert as it does 8-bit ones), the colour samples tifffile's pixels
+    keep (1 gray, 3 RGB; one more, alpha or unspecified, is dropped), from its tags alone; None for the pages PIL
+    reads at full depth (8-bit, 16-bit min-is-black gray).
 
     Raises:
         DataError: one line naming the file and what is expected, for a flavour tifffile cannot read or sparsetrain
@@ -142,19 +145,19 @@ def _wide_tiff_colours(page: TiffPage, path: Path) -> int | None:
     from tifffile import PHOTOMETRIC, SAMPLEFORMAT, TIFF
 
     bits, samples = page.bitspersample, page.samplesperpixel
-    if samples < 2 or bits <= 8:
+    if bits <= 8 or (samples < 2 and page.photometric != PHOTOMETRIC.MINISWHITE):
         return None
     if page.sampleformat != SAMPLEFORMAT.UINT or bits != 16:
         kind = {SAMPLEFORMAT.INT: "signed integer", SAMPLEFORMAT.IEEEFP: "float"}.get(page.sampleformat, "integer")
         raise DataError(f"{path}: TIFF of {bits}-bit {kind} samples ({samples} per pixel); sparsetrain reads 8-bit "
                         "and 16-bit unsigned images: save it as a 16-bit PNG or TIFF (e.g. round(x * 65535) for "
                         "values in [0, 1])")
-    colours = {PHOTOMETRIC.MINISBLACK: 1, PHOTOMETRIC.RGB: 3}.get(page.photometric)
+    colours = {PHOTOMETRIC.MINISBLACK: 1, PHOTOMETRIC.MINISWHITE: 1, PHOTOMETRIC.RGB: 3}.get(page.photometric)
     if colours is None:
         space = getattr(page.photometric, "name", page.photometric)
         raise DataError(f"{path}: 16-bit TIFF in the {space} colour space; sparsetrain reads gray and RGB images: "
                         "save it as RGB")
-    if samples > colours + 1 or page.axes not in ("YXS", "SYX"):
+    if samples > colours + 1 or page.axes not in ("YX", "YXS", "SYX"):
         raise DataError(f"{path}: 16-bit TIFF of shape {page.shape} (axes {page.axes}, {samples} samples per pixel); "
                         f"sparsetrain reads one gray or RGB image per file, optionally with an alpha sample")
     for table, code in ((TIFF.DECOMPRESSORS, page.compression), (TIFF.UNPREDICTORS, page.predictor)):
@@ -175,31 +178,32 @@ def _first_page(tif: TiffFile) -> TiffPage:
 
 
 def _tiff16_pixels(path: Path, what: str, decode: bool = True) -> np.ndarray | None:
-    """H × W × C raw pixels 0-65535 (C = 1 gray, 3 colour; alpha dropped) of the first image of a TIFF that
-    `_wide_tiff_colours` gives to tifffile (several 16-bit samples per pixel, interleaved or planar); None for the
-    TIFFs PIL reads. With decode=False, an empty H × W × C array from the tags alone.
+    """H × W × C raw pixels 0-65535 (C = 1 gray, 3 colour; alpha dropped; min-is-white gray inverted, 0 = black) of
+    the first image of a TIFF that `_tifffile_colours` gives to tifffile; None for the TIFFs PIL reads. With
+    decode=False, an empty 0 × 0 × C array from the tags alone.
 
     Raises:
-        DataError: `_wide_tiff_colours`'s refusals; `unreadable` for a damaged file.
+        DataError: `_tifffile_colours`'s refusals; `unreadable` for a damaged file.
     """
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = _first_page(tif)
-            colours = _wide_tiff_colours(page, path)
+            colours = _tifffile_colours(page, path)
             if colours is None:
                 return None
             if not decode:
                 return np.empty((0, 0, colours), np.int32)
-            axes, pixels = page.axes, page.asarray()
+            axes, inverted, pixels = page.axes, page.photometric == tifffile.PHOTOMETRIC.MINISWHITE, page.asarray()
     except DataError:
         raise
     except TIFF_ERRORS as err:
         raise unreadable(path, err, what) from None
     if axes == "SYX":  # planar configuration: one plane per sample
         pixels = pixels.transpose(1, 2, 0)
-    return pixels[..., :colours].astype(np.int32)
+    pixels = pixels.reshape(*pixels.shape[:2], -1)[..., :colours].astype(np.int32)
+    return 65535 - pixels if inverted else pixels
 
 
 def full_depth_pixels(path: Path, what: str = "image") -> np.ndarray | None:
@@ -207,7 +211,7 @@ def full_depth_pixels(path: Path, what: str = "image") -> np.ndarray | None:
     depth or not at all: a 16-bit PNG, or a TIFF of several 16-bit samples per pixel. None for any other file.
 
     Raises:
-        DataError: one line naming the file: damaged, or a TIFF flavour that cannot be read (`_wide_tiff_colours`).
+        DataError: one line naming the file: damaged, or a TIFF flavour that cannot be read (`_tifffile_colours`).
     """
     try:
         head = _head(path)

@@ -430,6 +430,23 @@ def test_imagefolder_16bit_colour_tiff_mixed_with_8bit_is_refused(tmp_path: Path
                                "1/255 or 1/65535, for every image)")
 
 
+def test_imagefolder_16bit_min_is_white_tiff_is_inverted_like_8bit_ones(tmp_path: Path) -> None:
+    """PIL inverts an 8-bit min-is-white TIFF (stored 0 is white) but gives a 16-bit one as stored: the image was
+    read as its negative."""
+    from tests.helpers.tiff16 import write_tiff16
+
+    for split in ("train", "val"):
+        for seed, label in enumerate(("a", "b")):
+            write_tiff16(tmp_path / split / label / "0.tif", _colour16(seed, 1), photometric="miniswhite")
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8, normalize=False,
+                                   in_chans=1), 0)
+    assert bundle.preprocessing["scale"] == 1 / 65535
+    for index, (file, _) in enumerate(bundle.train.samples):
+        raw = 65535 - _colour16(("a", "b").index(Path(file).parent.name), 1)
+        np.testing.assert_allclose(bundle.train[index][0].numpy(), raw.transpose(2, 0, 1) / 65535, atol=1e-6, rtol=0,
+                                   err_msg=f"{file}: min-is-white pixels not inverted")
+
+
 def _tiff_flavour(path: Path, flavour: str) -> None:
     """A 16-bit-or-wider TIFF sparsetrain refuses: one it cannot read, or one it would read wrong."""
     from tests.helpers.tiff16 import set_compression, write_tiff16
