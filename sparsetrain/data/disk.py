@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from sparsetrain.data.base import DataError
-from sparsetrain.data.images import image_scale, mixed_depths, read_image
+from sparsetrain.data.images import image_dimensions, image_scale, mixed_depths, read_image
 from sparsetrain.progress import log
 
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -242,12 +242,9 @@ def class_difference(splits: dict[str, list[str]], shown: int = CLASSES_SHOWN) -
 
 def _warn_if_upscaled(train: torch.utils.data.Dataset, image_size: int) -> None:
     """One warning when the first training image is much smaller than image_size (e.g. 28×28 PNGs → 224)."""
-    from PIL import Image
-
     if not train.samples:
         return
-    with Image.open(train.samples[0][0]) as img:
-        width, height = img.size
+    width, height = image_dimensions(Path(train.samples[0][0]))
     if max(width, height) * SMALL_IMAGE_FACTOR <= image_size:
         log.warning(f"data.image_size: images are {width}×{height} (e.g. {train.samples[0][0]}) but are resized to "
                     f"{image_size}×{image_size} ({image_size / max(width, height):.0f}× larger); set "

@@ -34,7 +34,14 @@ from PIL import Image
 
 from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.base import MEAN_WEIGHTS, DataBundle, DataError, color_record, preprocessing_record, resize_record
-from sparsetrain.data.images import DECODE_ERRORS, common_scale, image_files_raw, read_image, unreadable
+from sparsetrain.data.images import (
+    DECODE_ERRORS,
+    common_scale,
+    full_depth_pixels,
+    image_files_raw,
+    read_image,
+    unreadable,
+)
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 from sparsetrain.progress import log
@@ -174,15 +181,20 @@ def _pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
 
 def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
     """H × W int64 raw label map: palette indices, gray levels, or one channel of a gray-coded colour mask; and
-    whether the file was such an RGB(A) image (equal colour channels; a colour-coded mask is refused).
+    whether the file was such an RGB(A) image (equal colour channels; a colour-coded mask is refused). 16-bit PNGs
+    and colour TIFFs are read at full depth (`full_depth_pixels`: PIL would keep the high byte of colour ones).
     """
-    try:
-        with Image.open(path) as img:
-            if img.mode == "1":
-                return np.asarray(img, dtype=np.int64), False
-            arr = np.asarray(img).astype(np.int64)
-    except DECODE_ERRORS as err:
-        raise unreadable(path, err, "mask") from None
+    wide = full_depth_pixels(path, "mask")
+    if wide is not None:
+        arr = wide[..., 0].astype(np.int64) if wide.shape[-1] == 1 else wide.astype(np.int64)
+    else:
+        try:
+            with Image.open(path) as img:
+                if img.mode == "1":
+                    return np.asarray(img, dtype=np.int64), False
+                arr = np.asarray(img).astype(np.int64)
+        except DECODE_ERRORS as err:
+            raise unreadable(path, err, "mask") from None
     if arr.ndim == 3:
         colour = arr[..., :3]
         if (colour != colour[..., :1]).any():

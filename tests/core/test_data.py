@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -329,6 +330,174 @@ def test_imagefolder_damaged_16bit_png_is_a_one_line_error_not_a_crash(tmp_path:
                                "replace or remove it")
     with pytest.raises(DataError, match=rf"^{truncated}: cannot read image file \(.*\); replace or remove it$"):
         bundle.test[1]
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the pixel decodes of the real decoders (spies that call them): PIL's `ImageFile.load` when it has data
+    left to decode, torchvision's `decode_png`, tifffile's `TiffPage.asarray`."""
+    import tifffile
+    import torchvision.io
+    from PIL import ImageFile
+
+    counts = {"PIL": 0, "decode_png": 0, "tifffile": 0}
+    load, decode_png, asarray = ImageFile.ImageFile.load, torchvision.io.decode_png, tifffile.TiffPage.asarray
+
+    def counted_load(self: ImageFile.ImageFile) -> object:
+        counts["PIL"] += bool(self.tile)  # a call on a loaded image decodes nothing
+        return load(self)
+
+    def counted(name: str, function: object) -> object:
+        def call(*args: object, **kwargs: object) -> object:
+            counts[name] += 1
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
+    monkeypatch.setattr(torchvision.io, "decode_png", counted("decode_png", decode_png))
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", counted("tifffile", asarray))
+    return counts
+
+
+@pytest.mark.parametrize("kind", ["gray-png", "colour-png", "colour-tiff"])
+def test_16bit_depth_scan_decodes_nothing_and_a_read_decodes_once(tmp_path: Path, kind: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The depth scan (`image_scale`) reads a PNG's IHDR or a TIFF's tags, no pixels; a read decodes a 16-bit gray PNG
+    once (PIL's I;16 keeps the 16 bits), a colour one by PIL's guard (libpng crashes on damaged files) then
+    decode_png. Before: a gray one was decoded twice too (PIL's guard, then decode_png), and opened four times."""
+    from sparsetrain.data.images import image_scale, read_image
+    from tests.helpers.png16 import write_png16
+    from tests.helpers.tiff16 import write_tiff16
+
+    chans = 1 if kind == "gray-png" else 3
+    write = write_tiff16 if kind == "colour-tiff" else write_png16
+    raws = {write(tmp_path / f"{i}.{kind[-3:]}", _colour16(i, chans)): _colour16(i, chans) for i in range(10)}
+    counts = _count_decodes(monkeypatch)
+    assert {image_scale(file) for file in raws} == {1 / 65535}
+    assert counts == {"PIL": 0, "decode_png": 0, "tifffile": 0}, f"the depth scan decoded pixels: {counts}"
+    for file, raw in raws.items():
+        pixels, _ = read_image(file)
+        np.testing.assert_array_equal(np.rint(pixels * 65535), raw, err_msg=f"{file}: not read at full depth")
+    expected = {"gray-png": {"PIL": 10, "decode_png": 0, "tifffile": 0},
+                "colour-png": {"PIL": 10, "decode_png": 10, "tifffile": 0},
+                "colour-tiff": {"PIL": 0, "decode_png": 0, "tifffile": 10}}[kind]
+    assert counts == expected, f"decodes of 10 files: {counts}"
+
+
+# tifffile.imwrite keywords of 16-bit TIFF flavours (write_tiff16) and the channel count written
+TIFF16_FLAVOURS = {"rgb": (3, {}), "rgba": (4, {}), "planar-rgb": (3, {"planarconfig": "separate"}),
+                   "deflate-predictor-rgb": (3, {"compression": "zlib", "predictor": True}), "gray-alpha": (2, {})}
+
+
+@pytest.mark.parametrize("flavour", list(TIFF16_FLAVOURS))
+def test_imagefolder_16bit_colour_tiff_is_read_at_full_depth(tmp_path: Path, flavour: str) -> None:
+    """Pillow opens 16-bit RGB(A) TIFFs (interleaved or planar) as 8-bit RGB, the low byte dropped: the tree was read
+    as 8-bit × 1/255 and the record said so; it cannot identify 16-bit gray + alpha ones at all."""
+    from tests.helpers.tiff16 import write_tiff16
+
+    chans, options = TIFF16_FLAVOURS[flavour]
+    for split in ("train", "val"):
+        for seed, label in enumerate(("a", "b")):
+            write_tiff16(tmp_path / split / label / "0.tif", _colour16(seed, chans), **options)
+    in_chans = 3 if chans >= 3 else 1
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8, normalize=False,
+                                   in_chans=in_chans), 0)
+    prep = bundle.preprocessing
+    assert prep["scale"] == 1 / 65535 and "colour TIFFs by tifffile" in prep["raw"], prep
+    for index, (file, _) in enumerate(bundle.train.samples):  # the export's formula on the pixels written
+        raw = _colour16(("a", "b").index(Path(file).parent.name), chans)[..., :in_chans]
+        x, _ = bundle.train[index]
+        np.testing.assert_allclose(x.numpy(), raw.transpose(2, 0, 1) * prep["scale"], atol=1e-6, rtol=0,
+                                   err_msg=f"{file}: training input is not raw * recorded scale")
+
+
+def test_imagefolder_16bit_colour_tiff_mixed_with_8bit_is_refused(tmp_path: Path) -> None:
+    """Read as 8-bit, a 48-bit TIFF passed for an 8-bit file: a tree mixing them was accepted, one scale for both."""
+    from PIL import Image
+
+    from tests.helpers.tiff16 import write_tiff16
+
+    for split in ("train", "val"):
+        for seed, label in enumerate(("a", "b")):
+            write_tiff16(tmp_path / split / label / "0.tif", _colour16(seed))
+    eight = tmp_path / "val" / "b" / "1.tif"
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(eight)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8), 0)
+    bundle.test[0], bundle.test[1]  # the 16-bit files are read
+    with pytest.raises(DataError) as info:
+        bundle.test[2]
+    assert str(info.value) == (f"data.path: {eight} is a 8-bit image but {tmp_path / 'train' / 'a' / '0.tif'} is "
+                               "16-bit; save all images with one bit depth (the export records one input scale, "
+                               "1/255 or 1/65535, for every image)")
+
+
+def test_imagefolder_16bit_min_is_white_tiff_is_inverted_like_8bit_ones(tmp_path: Path) -> None:
+    """PIL inverts an 8-bit min-is-white TIFF (stored 0 is white) but gives a 16-bit one as stored: the image was
+    read as its negative."""
+    from tests.helpers.tiff16 import write_tiff16
+
+    for split in ("train", "val"):
+        for seed, label in enumerate(("a", "b")):
+            write_tiff16(tmp_path / split / label / "0.tif", _colour16(seed, 1), photometric="miniswhite")
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8, normalize=False,
+                                   in_chans=1), 0)
+    assert bundle.preprocessing["scale"] == 1 / 65535
+    for index, (file, _) in enumerate(bundle.train.samples):
+        raw = 65535 - _colour16(("a", "b").index(Path(file).parent.name), 1)
+        np.testing.assert_allclose(bundle.train[index][0].numpy(), raw.transpose(2, 0, 1) / 65535, atol=1e-6, rtol=0,
+                                   err_msg=f"{file}: min-is-white pixels not inverted")
+
+
+def _tiff_flavour(path: Path, flavour: str) -> None:
+    """A 16-bit-or-wider TIFF sparsetrain refuses: one it cannot read, or one it would read wrong."""
+    from tests.helpers.tiff16 import set_compression, write_tiff16
+
+    colour = _colour16(0)
+    if flavour == "lzw":  # the most common TIFF codec; tifffile decodes it only with imagecodecs
+        set_compression(write_tiff16(path, colour), 5)
+    elif flavour == "float":
+        write_tiff16(path, colour.astype(np.float32) / 65535)
+    elif flavour == "signed":
+        write_tiff16(path, colour.astype(np.int16))
+    elif flavour == "cmyk":
+        write_tiff16(path, _colour16(0, 4), photometric="separated", extrasamples=[])
+    elif flavour == "channels":  # three gray samples (e.g. microscopy channels), not RGB
+        write_tiff16(path, colour, photometric="minisblack")
+    elif flavour == "truncated":
+        write_tiff16(path, colour)
+        path.write_bytes(path.read_bytes()[:-200])
+
+
+TIFF_REFUSALS = {
+    "lzw": "16-bit TIFF stored with LZW, which tifffile decodes only with the imagecodecs package: pip install "
+           "imagecodecs, or save it uncompressed or with deflate (zlib) compression",
+    "float": "TIFF of 32-bit float samples (3 per pixel); sparsetrain reads 8-bit and 16-bit unsigned images: save it "
+             "as a 16-bit PNG or TIFF (e.g. round(x * 65535) for values in [0, 1])",
+    "signed": "TIFF of 16-bit signed integer samples (3 per pixel); sparsetrain reads 8-bit and 16-bit unsigned "
+              "images: save it as a 16-bit PNG or TIFF (e.g. round(x * 65535) for values in [0, 1])",
+    "cmyk": "16-bit TIFF in the SEPARATED colour space; sparsetrain reads gray and RGB images: save it as RGB",
+    "channels": "16-bit TIFF of shape (8, 8, 3) (axes YXS, 3 samples per pixel); sparsetrain reads one gray or RGB "
+                "image per file, optionally with an alpha sample",
+    "truncated": r"cannot read image file \(failed to read \d+ bytes, got \d+\); replace or remove it",  # a pattern
+}
+
+
+@pytest.mark.parametrize("flavour", list(TIFF_REFUSALS))
+def test_imagefolder_tiff_it_cannot_read_is_one_line_naming_it(tmp_path: Path, flavour: str) -> None:
+    """Each was read by Pillow as 8-bit RGB (the low byte dropped, or LZW run over raw data), or was PIL's
+    'cannot identify' that said nothing of what to do."""
+    from tests.helpers.tiff16 import write_tiff16
+
+    for split in ("train", "val"):
+        for seed, label in enumerate(("a", "b")):
+            write_tiff16(tmp_path / split / label / "0.tif", _colour16(seed))
+    bad = tmp_path / "val" / "b" / "0.tif"
+    _tiff_flavour(bad, flavour)
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8), 0)
+    bundle.test[0]
+    with pytest.raises(DataError) as info:
+        bundle.test[1]
+    expected = TIFF_REFUSALS[flavour] if flavour == "truncated" else re.escape(TIFF_REFUSALS[flavour])
+    assert re.fullmatch(f"{re.escape(str(bad))}: {expected}", str(info.value)), str(info.value)
 
 
 def _damage(root: Path) -> tuple[Path, Path]:

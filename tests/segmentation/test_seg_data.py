@@ -247,6 +247,51 @@ def test_16bit_colour_png_is_read_at_full_depth(tmp_path: Path) -> None:
                                atol=1e-6, rtol=0, err_msg="16-bit gray image: input is not raw * recorded scale")
 
 
+def test_16bit_colour_tiff_is_read_at_full_depth(tmp_path: Path) -> None:
+    """Pillow opens 16-bit RGB(A) TIFFs as 8-bit RGB (the low byte dropped): the set was read as 8-bit × 1/255, and a
+    16-bit gray TIFF beside them was refused as another bit depth."""
+    from tests.helpers.tiff16 import write_tiff16
+
+    rng = np.random.default_rng(0)
+    raws = {}
+    for split, stem, chans, options in (("train", "a", 3, {"planarconfig": "separate"}), ("train", "b", 4, {}),
+                                        ("test", "c", 1, {})):
+        high, low = rng.integers(100, 140, (8, 8, chans)), rng.integers(0, 256, (8, 8, chans))  # the low byte matters
+        raws[stem] = (high * 256 + low).astype(np.uint16)
+        write_pair(tmp_path / split, stem, disk_mask(8, 255, len(raws)))
+        (tmp_path / split / "images" / f"{stem}.png").unlink()
+        write_tiff16(tmp_path / split / "images" / f"{stem}.tif", raws[stem], **options)
+    bundle = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    prep = bundle.preprocessing
+    assert prep["scale"] == 1 / 65535 and "colour TIFFs by tifffile" in prep["raw"], prep["raw"]
+    inputs = dict(zip("abc", torch.cat([bundle.train.inputs, bundle.test.inputs]), strict=True))
+    for stem, raw in raws.items():
+        expected = np.broadcast_to(raw[..., :3].transpose(2, 0, 1), (3, 8, 8)) * prep["scale"]
+        np.testing.assert_allclose(inputs[stem].numpy(), expected, atol=1e-6, rtol=0,
+                                   err_msg=f"{stem}.tif: input is not raw * recorded scale")
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16bit_colour_mask_keeps_its_labels(tmp_path: Path, ext: str) -> None:
+    """PIL opens a 16-bit RGB mask as 8-bit RGB, keeping the high byte: labels 1 and 2 became 0, an all-background
+    mask, silently."""
+    from tests.helpers.png16 import write_png16
+    from tests.helpers.tiff16 import write_tiff16
+
+    labels = {}
+    for seed, (split, stem) in enumerate((("train", "a"), ("train", "b"), ("test", "c"))):
+        write_pair(tmp_path / split, stem, disk_mask(8, 1, seed))
+        labels[stem] = disk_mask(8, 1, seed) + (np.arange(8)[None, :] == 7) * 2  # labels 0, 1, 2
+        (tmp_path / split / "masks" / f"{stem}.png").unlink()
+        write = write_png16 if ext == ".png" else write_tiff16
+        write(tmp_path / split / "masks" / f"{stem}{ext}", np.repeat(labels[stem][..., None], 3, 2).astype(np.uint16))
+    bundle = build_segmentation_data(seg_folder(tmp_path), seed=0)
+    assert bundle.num_classes == 3, bundle.num_classes
+    masks = torch.cat([bundle.train.targets, bundle.test.targets])
+    for stem, y in zip("abc", masks, strict=True):
+        np.testing.assert_array_equal(y.numpy(), labels[stem], err_msg=f"{stem}{ext}: labels not kept")
+
+
 def test_float_images_are_refused_naming_the_file(tmp_path: Path) -> None:
     """A 32-bit float TIFF (PIL mode F, values in [0, 1]) went through PIL's 8-bit conversion: 0 or 1 of 255, a
     black image, silently."""
