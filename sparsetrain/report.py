@@ -90,8 +90,8 @@ def final_metric(report: dict[str, Any]) -> tuple[str | None, float | None]:
 
 def format_table(report: dict[str, Any]) -> str:
     """The printed summary: each phase's metric (the column named after the task's metric, in percent; `at chance`
-    beside a phase at chance level), then the final model's size, speed and bytes, the baselines, and last one
-    `warning` line per phase at chance that no later phase recovered from."""
+    beside a phase at chance level), then the final model's size, speed and bytes (Method 2: and its selection
+    notes), the baselines, and last one `warning` line per phase at chance that no later phase recovered from."""
     results = phase_results(report)
     label = f"{TASK_METRICS[report['task']]} %" if report.get("task") in TASK_METRICS else "metric"
     lines = [f"phase        {label}"] + [f"{name:<12} {result['metric']:7.2f}{_chance_mark(name, results)}"
@@ -116,7 +116,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _structural_lines(report: dict[str, Any]) -> list[str]:
-    """Method 2: params and FLOPs dense -> pruned, latency, bytes."""
+    """Method 2: params and FLOPs dense -> pruned, latency, bytes, then what prune.round_to and
+    prune.max_filter_fraction changed in the selection (`selection_notes`, each cut to `NOTE_WIDTH`)."""
     p, f = report["params"], report["flops"]
     if p["dense"] == p["pruned"] and f["dense"] == f["pruned"]:  # no filter removed: one architecture twice
         # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
@@ -126,10 +127,13 @@ def _structural_lines(report: dict[str, Any]) -> list[str]:
         lines = [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
                  f"flops        {f['dense']:,} -> {f['pruned']:,}"]
         lines += [_latency_line(report["latency_ms"])] if "latency_ms" in report else []
-    return lines + ([_bytes_line(report["bytes"])] if "bytes" in report else [])
+    lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
+    notes = phase_results(report).get(PRUNE, {}).get("selection_notes", [])
+    return lines + [f"selection    {_short(note)}" for note in notes]
 
 
 CHAIN = (SPARSIFY, PRUNE, FINETUNE)  # each starts from the weights of the one before (dense is a separate baseline)
+NOTE_WIDTH = 100  # characters of a selection note the table shows; report.json has it whole
 
 
 def _recovered_by(phase: str, results: dict[str, dict[str, Any]]) -> str | None:
@@ -144,6 +148,17 @@ def _chance_mark(phase: str, results: dict[str, dict[str, Any]]) -> str:
         return ""
     recovered = _recovered_by(phase, results)
     return f"  at chance{f', recovered in {recovered}' if recovered else ' (see the warning below)'}"
+
+
+def _short(text: str, width: int = NOTE_WIDTH) -> str:
+    """`text` cut at the last `, ` within `width` characters, `, ...` where it was cut, then its last `; ` clause (the
+    note's advice, e.g. `; lower round_to to remove from them`) when that is shorter than `width` / 2."""
+    if len(text) <= width:
+        return text
+    head, sep, tail = text.rpartition("; ")
+    head, tail = (head, sep + tail) if head and len(tail) < width // 2 else (text, "")
+    cut = head.rfind(", ", 0, width)
+    return (head[:cut] if cut > 0 else head[:width]) + ", ..." + tail
 
 
 def nothing_removed(report: dict[str, Any]) -> str:
