@@ -46,6 +46,9 @@ def what_to_try(phase: str, cfg: RunConfig, completed: dict[str, dict[str, Any]]
         return (f"try {epochs}; " if epochs else "") + f"it was at chance after {SPARSIFY} already (see that warning)"
     if cause == PRUNE:
         return f"try {epochs}, or pruning less: {_prune_amount(cfg)}"
+    if phase != PRUNE and not getattr(cfg.phases, phase).epochs:
+        return (f"it was not trained (phases.{phase}.epochs=0): try more epochs, or model.checkpoint (a trained "
+                "model)")
     if phase == DENSE:
         return f"try a lower optim.lr (now {cfg.optim.lr:g}) or {epochs}"
     if phase == SPARSIFY:

@@ -65,3 +65,14 @@ def test_the_chance_level_is_the_commonest_class_share_plus_three_standard_error
     stats = task.batch_stats(torch.zeros(4, 3), targets[:4]) + task.batch_stats(torch.zeros(2, 3), targets[4:])
     result = task.finalize(stats)
     assert result["accuracy"] == pytest.approx(100 * 4 / 6) and result["chance"] == pytest.approx(100.0), result
+
+
+def test_an_untrained_phase_at_chance_is_told_to_train_not_to_weaken_its_regularizer() -> None:
+    """Seen on a prune-only run (phases.sparsify.epochs=0): the line asked for a lower regularizer.lambda_s."""
+    from sparsetrain.collapse import chance_warning
+
+    cfg = load_config(None, ["phases.sparsify.epochs=0", "tracking.mode=disabled"])
+    said = chance_warning("sparsify", {"metric": 9.0, "chance": 16.8}, cfg, {})
+    assert said.endswith("the model collapsed; it was not trained (phases.sparsify.epochs=0): try more epochs, or "
+                         "model.checkpoint (a trained model)"), said
+    assert chance_warning("sparsify", {"metric": 17.0, "chance": 16.8}, cfg, {}) is None
