@@ -91,6 +91,8 @@ def test_unstructured_without_speedup_says_so_with_the_storage_saving() -> None:
     assert _note("unstructured", _row(1.13), 9.0).startswith("no speed-up expected: the same dense graph, 1.13x is")
     assert _note("structural", _row(1.8), 3.0) == ""
     assert _note("structural", _row(0.9), 1.7) == "slower than dense (0.90x)"
+    assert _note("unstructured", _row(0.97), 1.0) == ("no speed-up: unstructured zeros run as a dense graph (0.97x); "
+                                                      "storage the same size"), "was `storage 1.0x smaller`"
     assert _note("unstructured", _row(1.02, 1.45), 9.9).endswith("storage 9.9x smaller; compact: dead units "
                                                                  "removed, 1.45x")
     assert _note("unstructured", _row(1.0, 0.97), 9.9).endswith("; compact: slower than dense (0.97x)")
