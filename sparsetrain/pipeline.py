@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from sparsetrain.backend import resolve_backend
+from sparsetrain.collapse import chance_warning
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.config.schema import TrainConfig
 from sparsetrain.config.strategies import L2Config, RegularizerConfig
@@ -284,6 +285,9 @@ class Pipeline:
 
     def _finish(self, phase: str, results: dict[str, Any]) -> None:
         require_finite_results(results, phase)
+        collapsed = chance_warning(phase, results, self.cfg, self.state["completed"])  # a result: the run goes on
+        if collapsed:
+            results["at_chance"] = collapsed
         self.state["completed"][phase] = results
         self.state["current"] = None
         self.state.setdefault("finished_at", {})[phase] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -296,6 +300,8 @@ class Pipeline:
                          else self.ctx.global_offset("finetune"))
         self.tracker.commit()  # the phase's rows are now covered by state.json
         log.info(f"[{phase}] done: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
+        if collapsed:
+            log.warning(f"[{phase}] {collapsed}")
 
     def _resume_tag(self, phase: str) -> str | None:
         current = self.state.get("current")

@@ -6,7 +6,9 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     format_version   2
     task, model, world_size
     phases           {phase: its results (metric, the task's metrics, steps, ...)}, keyed by phase name
-                     (`sparsetrain.phases`), in run order; only finished phases
+                     (`sparsetrain.phases`), in run order; only finished phases. Each has `chance` (the metric's
+                     chance level, `tasks.*.finalize`; absent in runs from before it) and, when its metric was at
+                     or below it, `at_chance` (the warning line the phase logged, `sparsetrain.collapse`)
     final_phase      the phase whose weights are the run's result
     wall_time_s      {phase: seconds; a resumed phase's over its attempts (each up to the checkpoint resumed from)}
     sparsity, layers, params, bytes, compression_ratio   the final model (`sparsetrain.measure`); bytes, all sizes
@@ -87,36 +89,76 @@ def final_metric(report: dict[str, Any]) -> tuple[str | None, float | None]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The printed summary: each phase's metric (the column named after the task's metric, in percent), then the
-    final model's size, speed and bytes."""
-    rows = [(phase, result["metric"]) for phase, result in phase_results(report).items()]
+    """The printed summary: each phase's metric (the column named after the task's metric, in percent; `at chance`
+    beside a phase at chance level), then the final model's size, speed and bytes (Method 2: and its selection
+    notes), the baselines, and last one `warning` line per phase at chance that no later phase recovered from."""
+    results = phase_results(report)
     label = f"{TASK_METRICS[report['task']]} %" if report.get("task") in TASK_METRICS else "metric"
-    lines = [f"phase        {label}"] + [f"{name:<12} {value:7.2f}" for name, value in rows]
+    lines = [f"phase        {label}"] + [f"{name:<12} {result['metric']:7.2f}{_chance_mark(name, results)}"
+                                         for name, result in results.items()]
     if "flops" in report:
-        p, f = report["params"], report["flops"]
-        same = p["dense"] == p["pruned"] and f["dense"] == f["pruned"]  # no filter removed: one architecture twice
-        if same:  # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
-            lines += [f"params       {p['dense']:,} ({nothing_removed(report)})", f"flops        {f['dense']:,}",
-                      "latency      not compared: no filter was removed, so both are the same architecture"]
-        else:
-            lines += [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
-                      f"flops        {f['dense']:,} -> {f['pruned']:,}"]
-            lines += [_latency_line(report["latency_ms"])] if "latency_ms" in report else []
-        lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
-        return "\n".join(lines)
-    if "sparsity" in report:
+        lines += _structural_lines(report)
+    elif "sparsity" in report:
         lines += [f"sparsity     {100 * report['sparsity']:7.2f} %",
                   f"compression  {report['compression_ratio']:7.1f} x  "
                   f"({report['params']['nonzero']:,} of {report['params']['total']:,} parameters non-zero)",
                   _bytes_line(report["bytes"])]
         lines += [_latency_line(report["latency_ms"])] if "latency_ms" in report else []  # the compact model's
-    if "mask_memory" in report:
+    if "mask_memory" in report and "flops" not in report:
         per_rank = report["mask_memory"]["bytes_per_rank"]
         ranks = f"{len(per_rank)} rank{'s' if len(per_rank) > 1 else ''}"
         lines.append(f"masks        {max(per_rank):,} bytes per rank (packed 1 bit per weight, {ranks})")
     if report.get("baselines"):
         lines += ["", _comparison_table(report)]
+    lines += [f"warning      {phase}: {results[phase]['at_chance']}" for phase in results
+              if results[phase].get("at_chance") and not _recovered_by(phase, results)]
     return "\n".join(lines)
+
+
+def _structural_lines(report: dict[str, Any]) -> list[str]:
+    """Method 2: params and FLOPs dense -> pruned, latency, bytes, then what prune.round_to and
+    prune.max_filter_fraction changed in the selection (`selection_notes`, each cut to `NOTE_WIDTH`)."""
+    p, f = report["params"], report["flops"]
+    if p["dense"] == p["pruned"] and f["dense"] == f["pruned"]:  # no filter removed: one architecture twice
+        # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
+        lines = [f"params       {p['dense']:,} ({nothing_removed(report)})", f"flops        {f['dense']:,}",
+                 "latency      not compared: no filter was removed, so both are the same architecture"]
+    else:
+        lines = [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
+                 f"flops        {f['dense']:,} -> {f['pruned']:,}"]
+        lines += [_latency_line(report["latency_ms"])] if "latency_ms" in report else []
+    lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
+    notes = phase_results(report).get(PRUNE, {}).get("selection_notes", [])
+    return lines + [f"selection    {_short(note)}" for note in notes]
+
+
+CHAIN = (SPARSIFY, PRUNE, FINETUNE)  # each starts from the weights of the one before (dense is a separate baseline)
+NOTE_WIDTH = 100  # characters of a selection note the table shows; report.json has it whole
+
+
+def _recovered_by(phase: str, results: dict[str, dict[str, Any]]) -> str | None:
+    """The first later phase of `CHAIN` that is not at chance, for a phase at chance; None when none is."""
+    later = CHAIN[CHAIN.index(phase) + 1:] if phase in CHAIN else ()
+    return next((p for p in later if p in results and not results[p].get("at_chance")), None)
+
+
+def _chance_mark(phase: str, results: dict[str, dict[str, Any]]) -> str:
+    """`  at chance` (with `, recovered in finetune` when a later phase was not) beside a phase's metric."""
+    if not results[phase].get("at_chance"):
+        return ""
+    recovered = _recovered_by(phase, results)
+    return f"  at chance{f', recovered in {recovered}' if recovered else ' (see the warning below)'}"
+
+
+def _short(text: str, width: int = NOTE_WIDTH) -> str:
+    """`text` cut at the last `, ` within `width` characters, `, ...` where it was cut, then its last `; ` clause (the
+    note's advice, e.g. `; lower round_to to remove from them`) when that is shorter than `width` / 2."""
+    if len(text) <= width:
+        return text
+    head, sep, tail = text.rpartition("; ")
+    head, tail = (head, sep + tail) if head and len(tail) < width // 2 else (text, "")
+    cut = head.rfind(", ", 0, width)
+    return (head[:cut] if cut > 0 else head[:width]) + ", ..." + tail
 
 
 def nothing_removed(report: dict[str, Any]) -> str:

@@ -403,15 +403,21 @@ def _note(kind: str, row: dict[str, Any], storage_ratio: float | None, unpruned:
         if kind == "unstructured" and unpruned:
             parts.append(f"no weight pruned: dense and compressed are the same graph; {speedup:.2f}x is timing noise")
         elif kind == "unstructured":
-            parts.append(f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); storage "
-                         f"{storage_ratio:.1f}x smaller" if speedup < NO_SPEEDUP_BELOW else
+            parts.append(f"no speed-up: unstructured zeros run as a dense graph ({speedup:.2f}x); "
+                         f"{_storage_saving(storage_ratio)}" if speedup < NO_SPEEDUP_BELOW else
                          f"no speed-up expected: the same dense graph, {speedup:.2f}x is measurement noise; "
-                         f"storage {storage_ratio:.1f}x smaller")
+                         f"{_storage_saving(storage_ratio)}")
         else:
             parts.append(_judged(row, "compressed", faster=""))
     if "speedup_compact" in row:
         parts.append(_judged(row, "compact", faster="dead units removed, "))
     return "; ".join(part for part in parts if part)
+
+
+def _storage_saving(ratio: float) -> str:
+    """`storage 9.9x smaller`, or `storage the same size` when the saving prints as 1.0x (few zeros: the plain
+    weights file is the compressed one)."""
+    return "storage the same size" if f"{ratio:.1f}" == "1.0" else f"storage {ratio:.1f}x smaller"
 
 
 def _judged(row: dict[str, Any], model: str, faster: str) -> str:

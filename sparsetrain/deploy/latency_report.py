@@ -33,11 +33,13 @@ def noise_words(ratios: tuple[float, float]) -> str:
 
 def unpruned(storage: dict[str, Any]) -> bool:
     """Whether a table's compressed model has no weight pruned: every parameter non-zero (`storage`'s
-    `nonzero_params` equal to `params.compressed`), e.g. the dense phase's export (`sparsetrain export RUN --phase
-    dense`). Dense and compressed are then the same graph with the same weights' count, and a table says so instead
-    of calling it unstructured-sparse. False for `RUN/export/compact` timed alone and tables without the counts."""
-    total = storage.get("params", {}).get("compressed")
-    return total is not None and storage.get("nonzero_params") == total
+    `nonzero_params` equal to `params.compressed`) and as many as dense has, e.g. the dense phase's export
+    (`sparsetrain export RUN --phase dense`). Dense and compressed are then the same graph with the same weights'
+    count, and a table says so instead of calling it unstructured-sparse. False for a model with filters removed
+    (every remaining weight non-zero, but fewer), `RUN/export/compact` timed alone and tables without the counts."""
+    params = storage.get("params", {})
+    total = params.get("compressed")
+    return total is not None and storage.get("nonzero_params") == total == params.get("dense", total)
 
 
 def _smaller(ratio: float) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+CHANCE_SIGMAS = 3.0  # standard errors a lucky guess may reach above the commonest class's share (`chance_accuracy`)
 
 
 class ClassificationTask:
@@ -18,12 +22,33 @@ class ClassificationTask:
         return F.cross_entropy(outputs.float(), targets)
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[correct, loss sum, samples, then samples per target class (num_classes)], float64 on the CPU."""
         correct = (outputs.argmax(dim=1) == targets).sum()
         loss_sum = F.cross_entropy(outputs.float(), targets, reduction="sum")
         count = torch.tensor(float(targets.numel()), dtype=torch.float64, device=outputs.device)
-        return torch.stack([correct.double(), loss_sum.double(), count]).cpu()
+        per_class = torch.bincount(targets.flatten(), minlength=self.num_classes)[:self.num_classes].double()
+        return torch.cat([torch.stack([correct.double(), loss_sum.double(), count]), per_class]).cpu()
 
     def finalize(self, stats: torch.Tensor) -> dict[str, float]:
-        correct, loss_sum, count = (float(v) for v in stats)
+        """Accuracy (the "metric") and its chance level (`chance_accuracy`) in percent; mean loss."""
+        correct, loss_sum, count = (float(v) for v in stats[:3])
         count = max(count, 1.0)
-        return {"metric": 100.0 * correct / count, "accuracy": 100.0 * correct / count, "loss": loss_sum / count}
+        accuracy = 100.0 * correct / count
+        return {"metric": accuracy, "accuracy": accuracy, "loss": loss_sum / count,
+                "chance": chance_accuracy(stats[3:].tolist())}
+
+
+def chance_accuracy(per_class: list[float]) -> float:
+    """The accuracy (percent) a model that learned nothing reaches on a test set with these samples per class.
+
+    Answering the commonest class everywhere (what a collapsed model does) scores its share p; guessing scores
+    1/K on average, no more than p. A guess can be lucky, so `CHANCE_SIGMAS` standard errors of a share p over the
+    n test samples, sqrt(p (1 - p) / n), are added: an accuracy at or below this level cannot be told from chance
+    at about 3 sigma. Unlike a fixed multiple of 1/K (1.5 / K is 75 % for two classes) it holds for two classes,
+    for unbalanced test sets and for large ones (1000 balanced classes, 50,000 samples: 0.14 %).
+    """
+    n = sum(per_class)
+    if n <= 0:
+        return 0.0
+    p = max(per_class) / n
+    return 100.0 * min(1.0, p + CHANCE_SIGMAS * math.sqrt(p * (1 - p) / n))

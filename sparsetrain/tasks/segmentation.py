@@ -9,6 +9,10 @@ Metrics are pixel-level and aggregated over the whole data set (not averaged per
 summed one-vs-rest over the foreground classes (class 0 is background), so for K classes they are micro-averages.
 A ratio with an empty denominator (e.g. Dice when neither target nor prediction has foreground) counts as
 100 %: nothing was there to get wrong.
+
+"chance" is the Dice of the best constant answer (every pixel one class): what a collapsed model scores. A model
+with foreground of share f in binary segmentation scores 2f / (1 + f) by painting everything foreground.
+No margin for luck is added, as for classification: the pixels of an image are not independent samples.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class SegmentationTask:
         return outputs.argmax(dim=1)
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sums in the order of `STAT_NAMES`, float64 on the CPU (the `.cpu()` is a device sync point)."""
+        """Sums in the order of `STAT_NAMES`, then the target pixels of each class (max(num_classes, 2) of them),
+        float64 on the CPU (the `.cpu()` is a device sync point)."""
         self._check(outputs, targets)
         pred = self.predict(outputs)
         classes = max(self.num_classes, 2)
@@ -78,11 +83,13 @@ class SegmentationTask:
         correct = confusion.diagonal().sum()
         loss_sum = self.loss(outputs, targets).detach().double() * outputs.shape[0]
         images = torch.tensor(float(outputs.shape[0]), dtype=torch.float64, device=confusion.device)
-        return torch.stack([tp, fp, fn, tn, correct, pixels, loss_sum, images]).cpu()
+        per_class = confusion.sum(dim=1)  # target pixels of each class (rows: targets)
+        return torch.cat([torch.stack([tp, fp, fn, tn, correct, pixels, loss_sum, images]), per_class]).cpu()
 
     def finalize(self, stats: torch.Tensor) -> dict[str, float]:
-        """Dice (= F1, the "metric"), IoU, pixel accuracy, sensitivity, specificity in percent; mean loss."""
-        s = dict(zip(STAT_NAMES, (float(v) for v in stats), strict=True))
+        """Dice (= F1, the "metric"), IoU, pixel accuracy, sensitivity, specificity and the chance level
+        (`constant_dice`) in percent; mean loss."""
+        s = dict(zip(STAT_NAMES, (float(v) for v in stats[:len(STAT_NAMES)]), strict=True))
         tp, fp, fn, tn = s["tp"], s["fp"], s["fn"], s["tn"]
         dice = _percent(2 * tp, 2 * tp + fp + fn)
         return {
@@ -93,7 +100,21 @@ class SegmentationTask:
             "sensitivity": _percent(tp, tp + fn),
             "specificity": _percent(tn, tn + fp),
             "loss": s["loss_sum"] / max(s["images"], 1.0),
+            "chance": constant_dice(stats[len(STAT_NAMES):].tolist()),
         }
+
+
+def constant_dice(per_class: list[float]) -> float:
+    """Dice (percent, micro-averaged over the foreground as `finalize`'s) of the best constant answer, for target
+    pixels per class [background, class 1, ...].
+
+    Every pixel answered class c >= 1 gives TP = n_c, FP = N - n_c, FN = N - n_0 - n_c: Dice 2 n_c / (2 N - n_0).
+    Every pixel background gives Dice 0, or 100 when the targets have no foreground (nothing to get wrong).
+    """
+    total, background = sum(per_class), per_class[0] if per_class else 0.0
+    if total - background <= 0:
+        return 100.0
+    return max(_percent(2 * n, 2 * total - background) for n in per_class[1:])
 
 
 def _soft_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 
 from sparsetrain.cli import main, usage
 from sparsetrain.deploy.latency import _note, interleaved_times, latency_table
+from sparsetrain.deploy.latency_report import format_latency
 from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import tiny_config
 
@@ -90,6 +91,8 @@ def test_unstructured_without_speedup_says_so_with_the_storage_saving() -> None:
     assert _note("unstructured", _row(1.13), 9.0).startswith("no speed-up expected: the same dense graph, 1.13x is")
     assert _note("structural", _row(1.8), 3.0) == ""
     assert _note("structural", _row(0.9), 1.7) == "slower than dense (0.90x)"
+    assert _note("unstructured", _row(0.97), 1.0) == ("no speed-up: unstructured zeros run as a dense graph (0.97x); "
+                                                      "storage the same size"), "was `storage 1.0x smaller`"
     assert _note("unstructured", _row(1.02, 1.45), 9.9).endswith("storage 9.9x smaller; compact: dead units "
                                                                  "removed, 1.45x")
     assert _note("unstructured", _row(1.0, 0.97), 9.9).endswith("; compact: slower than dense (0.97x)")
@@ -238,3 +241,17 @@ def test_eval_of_a_checkpoint_on_another_data_config(tmp_path: Path, capsys: pyt
 
 def test_help_lists_eval() -> None:
     assert any(line.split()[:1] == ["eval"] for line in usage().splitlines())
+
+
+def test_a_model_with_filters_removed_is_not_called_unpruned() -> None:
+    """Seen on a Method 2 digits run (50,610 -> 17,714 params): its latency table was headed `latency of lenet300_100
+    (no weight pruned, finetune phase)`, since every weight left is non-zero."""
+    storage = {"dense_bytes": 202888, "params": {"dense": 50610, "compressed": 17714}, "compressed_bytes": 71296,
+               "compressed_file": "model.safetensors", "ratio": 2.845713644524237, "nonzero_params": 17714}
+    table = {"model": "lenet300_100", "kind": "structural", "phase": "finetune", "input_shape": [1, 8, 8],
+             "threads": 1, "repeats": 20, "warmup": 3, "storage": storage, "rows": [], "slowest_layers": {}}
+    assert format_latency(table).startswith("latency of lenet300_100 (structural, finetune phase), input"), \
+        format_latency(table)
+    same = {**storage, "params": {"dense": 50610, "compressed": 50610}, "nonzero_params": 50610}
+    assert format_latency({**table, "kind": "unstructured", "storage": same}).startswith(
+        "latency of lenet300_100 (no weight pruned, finetune phase)")

@@ -136,15 +136,19 @@ def test_prune_logs_the_filters_kept_per_channel_group_as_report_json_lists_them
 
 def test_the_prune_phase_says_once_what_the_cap_changed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Fresh-user trial: prune.filter_fraction=0.9 was capped at 75 % silently, and rounding the 2 channels left of
-    the 8-channel groups up to 8 removed nothing from them; now one line each, also in report.json."""
+    the 8-channel groups up to 8 removed nothing from them; now one line each, also in report.json and, short, in the
+    end-of-run table (it did not show them)."""
     capsys.readouterr()
     run_pipeline(load_config(None, [*PRUNE_ONLY, f"out_dir={tmp_path}", "prune.filter_fraction=0.9"]))
-    said = [line.partition("[prune] ")[2] for line in capsys.readouterr().err.splitlines()
-            if "[prune] prune." in line]
+    out, err = capsys.readouterr()
+    said = [line.partition("[prune] ")[2] for line in err.splitlines() if "[prune] prune." in line]
     notes = json.loads((tmp_path / "report.json").read_text())["phases"]["prune"]["selection_notes"]
     assert said == notes and len(notes) == 2, said
     assert notes[0].startswith("prune.round_to=8: 4 groups of 8 channels keep all 8 (2 rounded up): stem.0, "), notes
     assert notes[1].startswith("prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in "), notes
+    table = [line.removeprefix("selection    ") for line in out.splitlines() if line.startswith("selection    ")]
+    assert table == [notes[0].replace(", ups.1.conv.3;", ", ...;"), notes[1]], table  # cut at a name, advice kept
+    assert all(len(line) <= 150 for line in table), table
 
 
 def test_a_run_that_removed_no_filter_times_no_latency(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
