@@ -102,15 +102,19 @@ def _follow_job(job: Any, cluster: str, report: Path) -> str:
 
 
 def _report_line(path: Path) -> str:
-    """` (world size 2, sparsity 72.2 %, finetuned.metric 93.6)` from a report, or '' when there is none."""
+    """` (world size 2, sparsity 72.2 %, finetune.metric 93.6)` from a report, or '' when there is none; a run that
+    removed filters (Method 2, sparsity 0) gives its parameter reduction instead of its sparsity: ` (world size 2,
+    params 488,001 -> 122,809 (3.97x fewer, filters removed), finetune.metric 92.8)`."""
     if not path.is_file():
         return ""
-    from launch.sweep import summarize_report
+    from launch.sweep import removal_words, summarize_report
 
     report = json.loads(path.read_text())
     summary = summarize_report(report)
     parts = [f"world size {report.get('world_size')}"]
-    if summary["sparsity"] is not None:
+    if removed := removal_words(summary):
+        parts.append(removed)
+    elif summary["sparsity"] is not None:
         parts.append(f"sparsity {100 * summary['sparsity']:.1f} %")
     if summary["metric"] is not None:
         parts.append(f"{summary['metric_name']} {summary['metric']:.4g}")

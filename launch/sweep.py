@@ -3,8 +3,12 @@
 Each point runs in its own `out_dir` (`<base out_dir>/<key>=<value>_...`); the job of each point is recorded in
 `<base out_dir>/sweep_jobs.json` at submission. Collecting reads every point's `report.json`, or where its job is
 (queued, running, failed; missing when no job was recorded and there is no report), into `<base out_dir>/sweep.json`
-and an accuracy-vs-sparsity plot `<base out_dir>/sweep_pareto.png` with the Pareto front (no other point is both
-sparser and more accurate); `summary_table` is the same summary for the terminal.
+and a metric-vs-compression plot `<base out_dir>/sweep_pareto.png` with the Pareto front (no other point is both
+more compressed and more accurate); `summary_table` is the same summary for the terminal.
+
+Compression is what a run achieved, whichever way: the dense model's parameters per non-zero parameter of the final
+model (report.json `compression_ratio`), so Method 1's zeroed weights and Method 2's removed filters are on one axis
+(a Method 2 run has sparsity 0: its smaller model has no zeros).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from sparsetrain.config.schema import RunConfig
 JOBS_FILE = "sweep_jobs.json"  # in the base out_dir: each point's job, for `--collect`
 RECORDED_CLUSTERS = ("slurm", "local")  # the debug cluster runs its jobs in the caller's process: nothing to look up
 NOT_DONE = ("failed", "queued", "running")
-TABLE_COLUMNS = ("point", "state", "job", "sparsity", "metric", "pareto")  # `metric`: each run's sweep.json key
+# `metric`: each run's sweep.json key; `compression`: `compression(run)`
+TABLE_COLUMNS = ("point", "state", "job", "sparsity", "compression", "metric", "pareto")
 # Slurm job states of a job waiting to (re)start; other states that are not final (RUNNING, COMPLETING, SUSPENDED,
 # ...) count as running
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
@@ -106,17 +111,52 @@ def expand(config_path: str | Path | None, overrides: list[str]) -> tuple[RunCon
 
 
 def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
-    """Sparsity and the final metric of a run's report.json: the metric of the last finished phase, read from
-    the report's phase sections (`sparsetrain.report.final_metric`; either report format)."""
+    """Sparsity, compression and the final metric of a run's report.json: the metric of the last finished phase, read
+    from the report's phase sections (`sparsetrain.report.final_metric`; either report format). `compression_ratio`
+    (dense parameters / non-zero parameters of the final model) and, for a run that removed filters (Method 2),
+    `param_reduction` (dense / remaining parameters) and `params` ({dense, pruned}) are added when the report has
+    them."""
     from sparsetrain.report import final_metric
 
     phase, metric = final_metric(report)
-    return {"sparsity": report.get("sparsity"), "metric": metric,
-            "metric_name": f"{phase}.metric" if phase else None}
+    summary = {"sparsity": report.get("sparsity"), "metric": metric,
+               "metric_name": f"{phase}.metric" if phase else None}
+    summary.update({key: report[key] for key in ("compression_ratio", "param_reduction") if key in report})
+    if "param_reduction" in report:
+        summary["params"] = {key: report["params"][key] for key in ("dense", "pruned")}
+    return summary
+
+
+def compression(run: dict[str, Any]) -> float | None:
+    """The compression a run achieved, the Pareto front's x: its `compression_ratio` (dense parameters per non-zero
+    parameter of the final model; zeroed weights and removed filters both count), or, for a report without one,
+    1 / (1 - sparsity) of its prunable weights. None when neither is known."""
+    if run.get("compression_ratio") is not None:
+        return float(run["compression_ratio"])
+    sparsity = run.get("sparsity")
+    return None if sparsity is None else 1.0 / max(1.0 - sparsity, 1e-12)
+
+
+def removed_filters(summary: dict[str, Any]) -> bool:
+    """Whether a run (a `summarize_report` or sweep.json run) removed filters: fewer parameters than dense."""
+    return summary.get("param_reduction", 1.0) > 1.0
+
+
+def removal_words(summary: dict[str, Any]) -> str:
+    """`params 488,001 -> 122,809 (3.97x fewer, filters removed)` for a Method 2 run (a `summarize_report` with
+    `param_reduction`), as `sparsetrain eval` words it (`params 488,001 (no filter removed)` when it removed none);
+    '' for other runs."""
+    if "param_reduction" not in summary:
+        return ""
+    params = summary.get("params", {})
+    if not removed_filters(summary):
+        return f"params {params['dense']:,} (no filter removed)" if "dense" in params else "no filter removed"
+    counts = f"{params['dense']:,} -> {params['pruned']:,} " if {"dense", "pruned"} <= set(params) else ""
+    return f"params {counts}({summary['param_reduction']:.2f}x fewer, filters removed)"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points that no other point beats on both sparsity and metric (higher is better for both)."""
+    """Indices of points that no other point beats on both compression and metric (higher is better for both)."""
     front = []
     for i, (s_i, m_i) in enumerate(points):
         dominated = any(s_j >= s_i and m_j >= m_i and (s_j > s_i or m_j > m_i)
@@ -134,8 +174,8 @@ def collect(base: RunConfig, points: list[SweepPoint], overrides: list[str]) -> 
     report.json exists, else missing.
     """
     runs = [_collected_run(point) for point in points]
-    scored = [i for i, run in enumerate(runs) if run.get("sparsity") is not None and run.get("metric") is not None]
-    front = pareto_front([(runs[i]["sparsity"], runs[i]["metric"]) for i in scored])
+    scored = [i for i, run in enumerate(runs) if compression(run) is not None and run.get("metric") is not None]
+    front = pareto_front([(compression(runs[i]), runs[i]["metric"]) for i in scored])
     for rank, i in enumerate(scored):
         runs[i]["pareto"] = rank in front
     out_dir = Path(base.out_dir)
@@ -148,7 +188,8 @@ def collect(base: RunConfig, points: list[SweepPoint], overrides: list[str]) -> 
 
 def _collected_run(point: SweepPoint) -> dict[str, Any]:
     """One entry of sweep.json's `runs`: name, overrides, out_dir, status, job_id / Slurm state when known, and the
-    report's sparsity and metric (done) or an error (failed, missing)."""
+    report's sparsity, compression (`compression`) and metric (done; `summarize_report`) or an error (failed,
+    missing)."""
     report_path = Path(point.config.out_dir) / "report.json"
     status = point.result.get("status")
     run = {"name": point.name, "overrides": point.overrides, "out_dir": point.config.out_dir, "status": status}
@@ -158,6 +199,7 @@ def _collected_run(point: SweepPoint) -> dict[str, Any]:
             run["error"] = point.result["error"]
     elif report_path.is_file():
         run.update(summarize_report(json.loads(report_path.read_text())), status="done")
+        run["compression"] = compression(run)  # the Pareto front's x, the table's column
     else:
         run["status"] = "missing"
         run["error"] = (f"no {report_path}" if status == "done" else
@@ -166,15 +208,19 @@ def _collected_run(point: SweepPoint) -> dict[str, Any]:
 
 
 def summary_table(runs: list[dict[str, Any]]) -> str:
-    """sweep.json's runs for the terminal: one row per point (point, state, Slurm job, sparsity, final metric, Pareto),
-    then the error of each failed or missing point on a line of its own. The metric column is headed `metric`, the
+    """sweep.json's runs for the terminal: one row per point (point, state, Slurm job, sparsity, compression, final
+    metric, Pareto), then the error of each failed or missing point on a line of its own. Compression is the run's
+    `compression` (`51.30x`; `3.51x filters removed` for a Method 2 run, whose sparsity is 0: no weight of its smaller
+    model is zero). The metric column is headed `metric`, the
     key its values have in sweep.json (the phase they come from is each run's `metric_name`, e.g.
     `finetune.metric`), whether or not a run has finished and whatever phase each run ended with."""
     rows = [TABLE_COLUMNS]
     for run in runs:
-        sparsity, metric = run.get("sparsity"), run.get("metric")
+        sparsity, metric, ratio = run.get("sparsity"), run.get("metric"), compression(run)
+        removed = " filters removed" if removed_filters(run) else ""
         rows.append((run["name"], _state_text(run), run.get("job_id") or "-",
-                     "-" if sparsity is None else f"{100 * sparsity:.1f} %", "-" if metric is None else f"{metric:.4g}",
+                     "-" if sparsity is None else f"{100 * sparsity:.1f} %",
+                     "-" if ratio is None else f"{ratio:.2f}x{removed}", "-" if metric is None else f"{metric:.4g}",
                      "yes" if run.get("pareto") else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -190,23 +236,30 @@ def _state_text(run: dict[str, Any]) -> str:
 
 
 def plot_pareto(runs: list[dict[str, Any]], path: Path) -> None:
-    """Final metric vs sparsity for every finished run, Pareto front joined by a line."""
+    """Final metric vs compression (`compression`, log scale) for every finished run, Pareto front joined by a line:
+    Method 1 (zeroed weights) and Method 2 (removed filters) runs on one axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    done = [run for run in runs if run.get("sparsity") is not None and run.get("metric") is not None]
+    done = [run for run in runs if compression(run) is not None and run.get("metric") is not None]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter([r["sparsity"] for r in done], [r["metric"] for r in done], color="tab:blue", label="runs")
+    ax.scatter([compression(r) for r in done], [r["metric"] for r in done], color="tab:blue", label="runs")
     for run in done:
-        ax.annotate(run["name"], (run["sparsity"], run["metric"]), fontsize=7, xytext=(3, 3),
+        ax.annotate(run["name"], (compression(run), run["metric"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    front = sorted((r for r in done if r.get("pareto")), key=lambda r: r["sparsity"])
-    ax.plot([r["sparsity"] for r in front], [r["metric"] for r in front], color="tab:red", marker="o",
+    front = sorted((r for r in done if r.get("pareto")), key=compression)
+    ax.plot([compression(r) for r in front], [r["metric"] for r in front], color="tab:red", marker="o",
             label="Pareto front")
     metric_name = next((r["metric_name"] for r in done if r.get("metric_name")), "final metric")
-    ax.set(xlabel="sparsity (fraction of prunable weights = 0)", ylabel=metric_name, title="Sweep: metric vs sparsity")
+    ax.set_xscale("log")
+    ratio_ticks = FuncFormatter(lambda value, _: f"{value:g}x")  # 3x, not log scale's 3×10^0
+    ax.xaxis.set_major_formatter(ratio_ticks)
+    ax.xaxis.set_minor_formatter(ratio_ticks)
+    ax.set(xlabel="compression (dense params / non-zero params of the final model;\nzeroed weights and removed "
+           "filters both count)", ylabel=metric_name, title="Sweep: metric vs compression")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,8 +1,9 @@
 """What a run would do, without running it: model size, pruning plan and per-rank memory plan (`--dry-run`).
 
 The model is built on the meta device (shapes only: a billion-parameter model costs no memory and no time), and
-the data is only inspected for its sizes; when the data is not reachable from here (a cluster path), the sizes
-come from the config (`data.in_chans`, `data.image_size`, `model.kwargs.num_classes`) and the plan says so.
+the data is read for its sizes, and refused as the run would refuse it when it is here and bad; only when it is not
+on this machine (no `data.path`, or nothing there: a cluster path) do the sizes come from the config (`data.in_chans`,
+`data.image_size`, `model.kwargs.num_classes`, else the task's default) and the plan says so.
 """
 
 from __future__ import annotations
@@ -41,24 +42,42 @@ class DataSizes:
     from_config: bool = False  # the config's sizes, which may not be the data's: no check refuses on them alone
 
 
+# The outputs a model gets when neither the data nor `model.kwargs.num_classes` says: ImageNet's 1000 classes, or
+# one logit channel per pixel (binary masks, as `seg_synthetic` and a `seg_folder` of 0/1 masks give).
+DEFAULT_CLASSES = {"classification": 1000, "segmentation": 1}
+
+
 def config_sizes(config: RunConfig) -> DataSizes:
     """The data's sizes as the config gives them, without reading the data: `data.in_chans` (3), `data.image_size`
-    (224) and `model.kwargs.num_classes` (1000)."""
+    (224) and `model.kwargs.num_classes` (else `DEFAULT_CLASSES` of `config.task`: 1000, or 1 for segmentation)."""
     side, chans = config.data.image_size or 224, config.data.in_chans or 3
-    classes = config.model.kwargs.get("num_classes", 1000)
+    classes = config.model.kwargs.get("num_classes", DEFAULT_CLASSES.get(config.task, 1000))
     return DataSizes(chans, classes, (chans, side, side), from_config=True)
 
 
+def _outputs_words(sizes: DataSizes, task: str) -> str:
+    """`1000 classes`, or for segmentation `1 output channel (binary masks)` / `3 classes`."""
+    if task == "segmentation" and sizes.num_classes == 1:
+        return "1 output channel (binary masks; model.kwargs.num_classes=K for K classes)"
+    return f"{sizes.num_classes} classes"
+
+
 def data_sizes(config: RunConfig) -> DataSizes:
-    """The data's channels, classes and sample shape; from the config when the data cannot be read here."""
-    from sparsetrain.data import DataError, build_data
+    """The data's channels, classes and sample shape; from the config when the data is not on this machine
+    (`DataNotFound`) or cannot be read by this user.
+
+    Raises:
+        DataError: the one line the run gives for data that is here and bad (e.g. a mask whose size differs from
+            its image), so a dry run refuses what the run refuses.
+    """
+    from sparsetrain.data import DataNotFound, build_data
 
     try:
         data = build_data(config.data, config.seed, config.model.kwargs.get("num_classes"))
-    except DataError as err:
+    except (DataNotFound, PermissionError) as err:
         sizes = config_sizes(config)
         return replace(sizes, note=f"data not read here ({err}); sizes from the config: "
-                       f"{'×'.join(map(str, sizes.input_shape))} inputs, {sizes.num_classes} classes")
+                       f"{'×'.join(map(str, sizes.input_shape))} inputs, {_outputs_words(sizes, config.task)}")
     return DataSizes(data.in_chans, data.num_classes, tuple(data.input_shape))
 
 

@@ -7,7 +7,15 @@ import torch
 from torch.utils.data import Subset
 
 from sparsetrain.config.schema import DataConfig, TrainSubsetConfig
-from sparsetrain.data.base import LUMA_WEIGHTS, DataBundle, DataError, color_record, preprocessing_record, resize_record
+from sparsetrain.data.base import (
+    LUMA_WEIGHTS,
+    DataBundle,
+    DataError,
+    DataNotFound,
+    color_record,
+    preprocessing_record,
+    resize_record,
+)
 from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
 from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
 from sparsetrain.data.idx import read_idx
@@ -15,7 +23,7 @@ from sparsetrain.data.images import image_files_raw
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.progress import log
 
-__all__ = ["DataBundle", "DataError", "build_data", "subset_indices"]
+__all__ = ["DataBundle", "DataError", "DataNotFound", "build_data", "subset_indices"]
 
 
 def subset_indices(num_samples: int, subset: TrainSubsetConfig) -> np.ndarray:
@@ -79,7 +87,7 @@ def _log_untrained_classes(y_train: torch.Tensor, y_test: torch.Tensor, classes:
 def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> DataBundle:
     """Load the configured data set; `num_classes` (from model.kwargs) bounds the labels when given."""
     if cfg.source in ("npz", "idx", "imagefolder", "seg_folder") and not cfg.path:
-        raise DataError(f"data.path: required for data.source={cfg.source!r}")
+        raise DataNotFound(f"data.path: required for data.source={cfg.source!r}")
     if cfg.source in BUILTIN_LOADERS:
         return _bundle_from_arrays(BUILTIN_LOADERS[cfg.source](cfg, seed), cfg, num_classes, RAW_INPUTS[cfg.source],
                                    CLASS_NAMES.get(cfg.source))

@@ -14,6 +14,12 @@ class DataError(InputError):
     """Bad data on disk or in a built-in generator: one line naming the file/array and what was expected."""
 
 
+class DataNotFound(DataError):
+    """The data is not on this machine: `data.path` is not set, or names no file or folder here. A run refuses it
+    like any bad data; `run --dry-run` plans from the config's sizes instead (the data may be on the cluster the run
+    is planned for), while data that is here is read, and refused when bad, as the run would."""
+
+
 @dataclass(frozen=True)
 class DataBundle:
     """Train and test splits plus what the model factory needs to know about them.

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsetrain.data.base import DataError
+from sparsetrain.data.base import DataError, DataNotFound
 from sparsetrain.data.images import image_dimensions, image_scale, mixed_depths, read_image
 from sparsetrain.progress import log
 
@@ -67,7 +67,7 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
         raise DataError(f"data.path: {file} is a folder; data.source=npz reads one .npz file (a folder of IDX files "
                         "is data.source=idx, an ImageFolder tree data.source=imagefolder)")
     if not file.is_file():
-        raise DataError(f"data.path: file not found: {file}")
+        raise DataNotFound(f"data.path: file not found: {file}")
     if not zipfile.is_zipfile(file):  # np.load would try it as a pickle and talk about allow_pickle
         raise DataError(f"data.path: {file} is not an .npz archive (expected the zip file np.savez writes with arrays "
                         f"{', '.join(NPZ_ARRAYS)})")
@@ -177,7 +177,7 @@ def load_imagefolder(path: str, image_size: int, normalize: bool,
         raise DataError(f"data.path: {root} is a file; data.source=imagefolder reads a folder with train/ and "
                         "val/ (or test/) subfolders of class folders (one .npz file is data.source=npz)")
     if not root.is_dir():
-        raise DataError(f"data.path: folder not found: {root}")
+        raise DataNotFound(f"data.path: folder not found: {root}")
     if in_chans not in (1, 3):
         raise DataError(f"data.in_chans: ImageFolder images are read as RGB (3) or gray (1), got {in_chans}")
     steps = [MatchChannels(in_chans), transforms.Resize((image_size, image_size), antialias=True)]

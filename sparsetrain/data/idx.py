@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from sparsetrain.data.base import DataError
+from sparsetrain.data.base import DataError, DataNotFound
 from sparsetrain.progress import log
 
 IDX_FILES = {"x_train": ("train", "images-idx3"), "y_train": ("train", "labels-idx1"),
@@ -148,7 +148,7 @@ def _check_folder(root: Path) -> None:
         raise DataError(f"data.path: {root} is a file; data.source=idx reads the folder holding the four IDX files "
                         f"({names}); set data.path to that folder{example}")
     if not root.is_dir():
-        raise DataError(f"data.path: IDX folder not found: {root}")
+        raise DataNotFound(f"data.path: IDX folder not found: {root}")
 
 
 def _transposes(file: Path, transpose: Transpose) -> bool:

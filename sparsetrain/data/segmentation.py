@@ -33,7 +33,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sparsetrain.config.schema import DataConfig
-from sparsetrain.data.base import MEAN_WEIGHTS, DataBundle, DataError, color_record, preprocessing_record, resize_record
+from sparsetrain.data.base import (
+    MEAN_WEIGHTS,
+    DataBundle,
+    DataError,
+    DataNotFound,
+    color_record,
+    preprocessing_record,
+    resize_record,
+)
 from sparsetrain.data.images import (
     DECODE_ERRORS,
     common_scale,
@@ -122,7 +130,7 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
         raise DataError(f"data.path: {root} is a file; data.source={cfg.source} reads a folder of images/ and masks/ "
                         "(or train/ and test/ folders holding them)")
     if not root.is_dir():
-        raise DataError(f"data.path: segmentation folder not found: {root}")
+        raise DataNotFound(f"data.path: segmentation folder not found: {root}")
     if (root / "train").is_dir() or (root / "test").is_dir():
         train, test = _read_split(root / "train", cfg.image_size), _read_split(root / "test", cfg.image_size)
         _note_rgb_masks((train, test))

@@ -33,6 +33,22 @@ def digits_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_onnx_predictions(onnx_file: Path, x_test: np.ndarray) -> np.ndarray:
+    """Run the README's onnxruntime block ("Input preprocessing of an export") as shown, on `onnx_file` for its
+    `D/export/model.onnx`, and return its `predictions`."""
+    import textwrap
+
+    section = README.read_text().split("With onnxruntime alone", 1)[1]
+    block = textwrap.dedent(section.split("```python", 1)[1].split("```", 1)[0])
+    assert '"D/export/model.onnx"' in block, block
+    scope = {"x_test": x_test}
+    exec(block.replace('"D/export/model.onnx"', repr(str(onnx_file))), scope)  # noqa: S102  (the README's own code)
+    return scope["predictions"]
+
+
 def test_onnx_with_recorded_preprocessing_reproduces_the_metric(digits_npz: Path, tmp_path: Path) -> None:
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml",
                       [*FAST, "data.source=npz", f"data.path={digits_npz}", f"out_dir={tmp_path}"])
@@ -52,6 +68,7 @@ def test_onnx_with_recorded_preprocessing_reproduces_the_metric(digits_npz: Path
     x = (x - np.array(meta["mean"], np.float32)[:, None, None]) / np.array(meta["std"], np.float32)[:, None, None]
     logits = session.run(None, {session.get_inputs()[0].name: x.astype(meta["dtype"])})[0]
     accuracy = 100 * float((logits.argmax(1) == raw["y_test"]).mean())
+    assert (readme_onnx_predictions(folder / "model.onnx", raw["x_test"]) == logits.argmax(1)).all()
     phase, reported = final_metric(report)
     assert phase == "finetune" and json.loads((folder / "architecture.json").read_text())["meta"]["metric"] == reported
     assert abs(accuracy - reported) <= 100 / len(raw["y_test"]), f"onnxruntime {accuracy} vs run's {reported}"
@@ -63,6 +80,22 @@ def test_onnx_with_recorded_preprocessing_reproduces_the_metric(digits_npz: Path
         assert sparsetrain.load_compressed(folder, "onnx").output == output
     finally:
         (folder / "moved.json").rename(folder / "architecture.json")
+
+
+def test_the_readme_onnx_block_runs_on_an_export_that_was_not_normalized(digits_npz: Path, tmp_path: Path) -> None:
+    """Fresh-user trial 15: with `data.normalize=false` the export's mean/std are null (as the README says) and the
+    README's onnxruntime block raised `TypeError: unsupported operand type(s) for -: 'float' and 'NoneType'`. As
+    shown, it reproduces the run's accuracy."""
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml",
+                      [*FAST, "data.source=npz", f"data.path={digits_npz}", "data.normalize=false",
+                       f"out_dir={tmp_path}"])
+    report = run_pipeline(cfg)
+    prep = json.loads((tmp_path / "export" / "architecture.json").read_text())["meta"]["preprocessing"]
+    assert prep["mean"] is None and prep["std"] is None, prep
+    raw = np.load(digits_npz)
+    accuracy = 100 * float((readme_onnx_predictions(tmp_path / "export" / "model.onnx", raw["x_test"])
+                            == raw["y_test"]).mean())
+    assert abs(accuracy - final_metric(report)[1]) <= 100 / len(raw["y_test"]), accuracy
 
 
 def test_16bit_seg_folder_export_records_the_scale_training_used(tmp_path: Path) -> None:

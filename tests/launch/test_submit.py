@@ -236,7 +236,7 @@ def test_sweep_table_heads_the_metric_column_with_the_key_sweep_json_uses(
     different phases), where sweep.json holds those values under `metric` (and the phase in `metric_name`)."""
     quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
     argv = [str(quickstart), "alpha0=1e-5,3e-5", "--collect", f"out_dir={tmp_path}"]
-    header = ["point", "state", "job", "sparsity", "metric", "pareto"]  # padded to the widest cell
+    header = ["point", "state", "job", "sparsity", "compression", "metric", "pareto"]  # padded to the widest cell
     assert sweep_main(argv) == 1  # no run has a report: both missing
     assert capsys.readouterr().out.splitlines()[0].split() == header
     (tmp_path / "alpha0=1e-5").mkdir()
@@ -250,5 +250,63 @@ def test_sweep_table_heads_the_metric_column_with_the_key_sweep_json_uses(
         lines = capsys.readouterr().out.splitlines()
         runs = json.loads((tmp_path / "sweep.json").read_text())["runs"]
         assert lines[0].split() == header, lines
-        assert lines[1].split()[3:5] == ["50.0", "%"] and lines[1].split()[5] == f"{runs[0]['metric']:.4g}", lines
-        assert runs[0]["metric_name"] == "finetune.metric" and lines[0].split()[4] in runs[0], runs
+        assert lines[1].split()[3:6] == ["50.0", "%", "2.00x"], lines  # no compression_ratio: 1 / (1 - sparsity)
+        assert lines[1].split()[6] == f"{runs[0]['metric']:.4g}", lines
+        assert runs[0]["metric_name"] == "finetune.metric" and lines[0].split()[5] in runs[0], runs
+        assert lines[0].split()[4] in runs[0], runs  # the compression column: sweep.json's `compression`
+
+
+def _method2_report(dense: int, pruned: int, metric: float) -> dict:
+    """A finished Method 2 run's report.json, keyed as `sparsetrain.measure` writes it: no weight of the smaller model
+    is zero (sparsity 0), so its compression is the parameters removed."""
+    return {"format_version": 2, "world_size": 1, "sparsity": 0.0, "phases": {"finetune": {"metric": metric}},
+            "params": {"total": pruned, "nonzero": pruned, "dense": dense, "pruned": pruned},
+            "param_reduction": dense / pruned, "compression_ratio": dense / pruned}
+
+
+def test_a_sweep_of_filter_removal_runs_compares_the_compression_they_achieved(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fresh-user trial 15: two filter_fraction points (param_reduction 1.68 vs 3.51) sat on top of each other at
+    sparsity 0 in the table, sweep.json and sweep_pareto.png, and the less accurate but 2x smaller run was not on the
+    Pareto front. The front is taken over the compression the runs achieved (zeroed and removed parameters alike),
+    with a Method 1 run on the same axis; Method 1's sparsity stays as it was."""
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "unet_synthetic.yaml"
+    argv = [str(recipe), "prune.filter_fraction=0.3,0.6", "--collect", f"out_dir={tmp_path}"]
+    for name, report in (("filter_fraction=0.3", _method2_report(488_001, 290_477, 33.33)),
+                         ("filter_fraction=0.6", _method2_report(488_001, 139_033, 30.0))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+    assert sweep_main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["point", "state", "job", "sparsity", "compression", "metric", "pareto"], lines
+    assert lines[1].split()[3:] == ["0.0", "%", "1.68x", "filters", "removed", "33.33", "yes"], lines
+    assert lines[2].split()[3:] == ["0.0", "%", "3.51x", "filters", "removed", "30", "yes"], lines
+    runs = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+    assert [round(run["param_reduction"], 2) for run in runs] == [1.68, 3.51], runs
+    assert [round(run["compression"], 2) for run in runs] == [1.68, 3.51], runs
+    assert [run["params"]["pruned"] for run in runs] == [290_477, 139_033] and all(run["pareto"] for run in runs)
+    assert (tmp_path / "sweep_pareto.png").stat().st_size > 1000
+    method1 = {"format_version": 2, "sparsity": 0.72, "compression_ratio": 3.2,
+               "phases": {"finetune": {"metric": 31.0}},
+               "params": {"total": 1000, "nonzero": 312, "dense": 1000, "pruned": 312}}
+    summary = summarize_report(method1)
+    assert summary["sparsity"] == 0.72 and "param_reduction" not in summary, summary
+    assert pareto_front([(1.68, 33.33), (3.51, 30.0), (3.2, 31.0)]) == [0, 1, 2]
+
+
+def test_launch_wait_says_what_a_filter_removal_run_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fresh-user trial 15: `launch --wait` of a Method 2 run said `done: .../report.json (world size 2, sparsity
+    0.0 %, finetune.metric 33.33)`; it gives the parameters removed, as `sparsetrain eval` words them. A real tiny run
+    (the debug cluster: one rank in this process)."""
+    from tests.method2.test_grad_count import TINY_UNET
+
+    overrides = [*TINY_UNET, "phases.sparsify.epochs=1", "phases.finetune.epochs=1", "prune.filter_fraction=0.5",
+                 "prune.round_to=1", "regularizer.count_window=3", "deepspeed.zero_stage=0", f"out_dir={tmp_path}"]
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "unet_synthetic.yaml"
+    assert launch_main([str(recipe), "--cluster", "debug", "--wait", *overrides]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done: ")]
+    p = report["params"]
+    assert done == [f"done: {tmp_path / 'report.json'} (world size 1, params {p['dense']:,} -> {p['pruned']:,} "
+                    f"({report['param_reduction']:.2f}x fewer, filters removed), finetune.metric "
+                    f"{report['phases']['finetune']['metric']:.4g})"], done

@@ -182,3 +182,19 @@ def test_a_run_that_removed_no_filter_times_no_latency(tmp_path: Path, capsys: p
     assert "[prune]" not in err and "says why" not in out + err, out + err
     assert (out + err).count(why) == 1 and f"params       {again['params']['dense']:,} (no filter removed: {why})" \
         in out.splitlines(), out
+
+
+
+def test_latency_of_an_export_with_filters_removed_is_not_headed_no_weight_pruned(
+        structural: tuple[Path, list[str], dict], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial 15: `sparsetrain bench latency` headed a Method 2 segmentation export whose filters were
+    removed `(no weight pruned, finetune phase)` on a run with `params 488,001 -> 122,809`: the heading looked at
+    zeroed weights only. Removed filters are compression too: `(structural, finetune phase)`, end to end."""
+    run, _, report = structural
+    assert report["params"]["pruned"] < report["params"]["dense"]
+    capsys.readouterr()
+    assert main(["bench", "latency", str(run), "--batch", "2", "--repeats", "3", "--no-memory",
+                 "--out", str(tmp_path / "bench")]) == 0
+    printed = capsys.readouterr().out
+    assert "latency of unet_tiny (structural, finetune phase), input" in printed, printed
+    assert "no weight pruned" not in printed, printed

@@ -80,3 +80,55 @@ def test_the_recipes_models_fit_their_task(recipe: str) -> None:
 
     cfg = load_config(CONFIGS / f"{recipe}.yaml", ["data.num_samples=16"])
     check_model(cfg, data_sizes(cfg))
+
+
+def _bad_seg_folder(root: Path, fault: str) -> Path:
+    """A seg_folder of two 12×12 image/mask pairs with one `fault`: a mask of another size than its image, a mask
+    value outside the classes (128 in a 0/255 binary folder), or an image without a mask."""
+    from tests.segmentation.test_seg_data import disk_mask, write_pair
+
+    write_pair(root, "a", disk_mask(12, 255, 0))
+    write_pair(root, "b", disk_mask(12, {"value": 128}.get(fault, 255), 1),
+               mask_stem="other" if fault == "no_mask" else None)
+    if fault == "size":
+        Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "masks" / "b.png")
+    return root
+
+
+@pytest.mark.parametrize("fault", ["size", "value", "no_mask"])
+def test_a_dry_run_refuses_a_bad_segmentation_folder_as_the_run_does(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                     fault: str) -> None:
+    """Fresh-user trial 15: `run --dry-run` on a seg_folder that is here and bad exited 0 with `data not read here
+    (...); sizes from the config: 3×32×32 inputs, 1000 classes` where the run refuses it in one line, exit 2: the
+    dry run reads data that is on this machine and refuses what the run refuses."""
+    from sparsetrain.cli import main
+
+    data = _bad_seg_folder(tmp_path / "data", fault)
+    command = ["run", str(CONFIGS / "unet_synthetic.yaml"), "data.source=seg_folder", "data.image_size=32",
+               f"data.path={data}", "tracking.mode=disabled"]
+    capsys.readouterr()
+    assert main([*command, f"out_dir={tmp_path / 'run'}"]) == 2
+    refused = capsys.readouterr().err.strip()
+    assert "\n" not in refused and refused.startswith("error: "), refused
+    assert main([*command, "--dry-run"]) == 2
+    printed, err = capsys.readouterr()
+    assert err.strip() == refused and "data not read here" not in printed, printed + err
+
+
+def test_a_dry_run_without_the_data_here_plans_a_segmentation_head_not_1000_classes(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Data on the cluster, not here: the dry run still plans from the config, but a segmentation model gets the
+    task's outputs (one logit channel for binary masks, or model.kwargs.num_classes), not ImageNet's 1000 classes."""
+    from sparsetrain.cli import main
+
+    command = ["run", str(CONFIGS / "unet_synthetic.yaml"), "data.source=seg_folder", "data.image_size=32",
+               f"data.path={tmp_path / 'on-the-cluster'}", "--dry-run"]
+    capsys.readouterr()
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert (f"data not read here (data.path: segmentation folder not found: {tmp_path / 'on-the-cluster'}); sizes "
+            "from the config: 3×32×32 inputs, 1 output channel (binary masks; model.kwargs.num_classes=K for K "
+            "classes)") in printed, printed
+    assert "1000" not in printed, printed
+    assert main([*command, "model.kwargs={base_width: 16, depth: 3, num_classes: 3}"]) == 0
+    assert "3×32×32 inputs, 3 classes" in capsys.readouterr().out

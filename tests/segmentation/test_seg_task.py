@@ -129,3 +129,23 @@ def test_few_steps_reduce_loss_on_synthetic_vessels() -> None:
         losses.append(loss.item())
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.8 * first, f"loss did not decrease: first steps {first:.3f}, last steps {last:.3f}"
+
+
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_the_logged_loss_is_ce_plus_the_dice_term_each_logged(num_classes: int) -> None:
+    """Fresh-user trial 15: a 3-class run printed loss ~1.77 while painting every pixel background at 87.5 % pixel
+    accuracy (above ln 3), and a binary run 1.54 at 7 % and 1.56 at 95.7 %. The loss is right: BCE/CE + (1 - soft
+    Dice), and a model with no foreground overlap has a Dice term of ~1 however accurate its pixels. Both terms are
+    logged beside it (`loss_ce`, `loss_dice`), so the number explains itself."""
+    task = SegmentationTask(num_classes)
+    target = torch.zeros(4, 8, 8, dtype=torch.long)
+    target[:, :2, :2] = 1  # 1/16 of the pixels foreground
+    if num_classes == 3:
+        target[:, 6:, 6:] = 2  # and 1/16 class 2: 87.5 % background
+    logits = torch.zeros(4, num_classes, 8, 8)
+    logits[:, 0] = -6.0 if num_classes == 1 else 6.0  # every pixel confidently background
+    got = task.finalize(task.batch_stats(logits, target))
+    assert got["pixel_accuracy"] == pytest.approx(100 * (1 - (num_classes == 3) / 16 - 1 / 16))
+    assert got["loss"] == pytest.approx(got["loss_ce"] + got["loss_dice"]), got
+    assert got["loss_dice"] > 0.9 and got["loss_ce"] < 0.8, got  # the Dice term is what makes the loss > 1
+    assert got["loss"] == pytest.approx(float(task.loss(logits, target))), "the logged loss is the training loss"
