@@ -115,13 +115,16 @@ def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
     from the report's phase sections (`sparsetrain.report.final_metric`; either report format). `compression_ratio`
     (dense parameters / non-zero parameters of the final model) and, for a run that removed filters (Method 2),
     `param_reduction` (dense / remaining parameters) and `params` ({dense, pruned}) are added when the report has
-    them."""
-    from sparsetrain.report import final_metric
+    them; `at_chance` (True) when the final metric's phase ended at chance level (`sparsetrain.collapse`: the model
+    collapsed)."""
+    from sparsetrain.report import final_metric, phase_results
 
     phase, metric = final_metric(report)
     summary = {"sparsity": report.get("sparsity"), "metric": metric,
                "metric_name": f"{phase}.metric" if phase else None}
     summary.update({key: report[key] for key in ("compression_ratio", "param_reduction") if key in report})
+    if phase and phase_results(report)[phase].get("at_chance"):
+        summary["at_chance"] = True
     if "param_reduction" in report:
         summary["params"] = {key: report["params"][key] for key in ("dense", "pruned")}
     return summary
@@ -174,16 +177,25 @@ def collect(base: RunConfig, points: list[SweepPoint], overrides: list[str]) -> 
     report.json exists, else missing.
     """
     runs = [_collected_run(point) for point in points]
-    scored = [i for i, run in enumerate(runs) if compression(run) is not None and run.get("metric") is not None]
+    scored = [i for i, run in enumerate(runs) if _scored(run)]
     front = pareto_front([(compression(runs[i]), runs[i]["metric"]) for i in scored])
     for rank, i in enumerate(scored):
         runs[i]["pareto"] = rank in front
+    for run in runs:
+        if run.get("at_chance"):
+            run["pareto"] = False
     out_dir = Path(base.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"overrides": overrides, "runs": runs, "plot": str(out_dir / "sweep_pareto.png")}
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_pareto(runs, out_dir / "sweep_pareto.png")
     return summary
+
+
+def _scored(run: dict[str, Any]) -> bool:
+    """Whether a run takes part in the Pareto front: it has a compression and a metric, and did not collapse (a model
+    at chance level is no trade-off of accuracy for size, though its compression is the highest)."""
+    return compression(run) is not None and run.get("metric") is not None and not run.get("at_chance")
 
 
 def _collected_run(point: SweepPoint) -> dict[str, Any]:
@@ -216,17 +228,25 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
     `finetune.metric`), whether or not a run has finished and whatever phase each run ended with."""
     rows = [TABLE_COLUMNS]
     for run in runs:
-        sparsity, metric, ratio = run.get("sparsity"), run.get("metric"), compression(run)
+        sparsity, ratio = run.get("sparsity"), compression(run)
         removed = " filters removed" if removed_filters(run) else ""
         rows.append((run["name"], _state_text(run), run.get("job_id") or "-",
                      "-" if sparsity is None else f"{100 * sparsity:.1f} %",
-                     "-" if ratio is None else f"{ratio:.2f}x{removed}", "-" if metric is None else f"{metric:.4g}",
+                     "-" if ratio is None else f"{ratio:.2f}x{removed}", _metric_text(run),
                      "yes" if run.get("pareto") else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines += [f"{run['name']}: {run['error']}" for run in runs if run["status"] in ("failed", "missing")
               and run.get("error")]
     return "\n".join(lines)
+
+
+def _metric_text(run: dict[str, Any]) -> str:
+    """`91.2`, `9.5 at chance` for a run whose model collapsed (the run's report says why), `-` without a metric."""
+    metric = run.get("metric")
+    if metric is None:
+        return "-"
+    return f"{metric:.4g} at chance" if run.get("at_chance") else f"{metric:.4g}"
 
 
 def _state_text(run: dict[str, Any]) -> str:
@@ -237,7 +257,8 @@ def _state_text(run: dict[str, Any]) -> str:
 
 def plot_pareto(runs: list[dict[str, Any]], path: Path) -> None:
     """Final metric vs compression (`compression`, log scale) for every finished run, Pareto front joined by a line:
-    Method 1 (zeroed weights) and Method 2 (removed filters) runs on one axis."""
+    Method 1 (zeroed weights) and Method 2 (removed filters) runs on one axis; runs at chance level are grey crosses,
+    off the front."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,7 +267,12 @@ def plot_pareto(runs: list[dict[str, Any]], path: Path) -> None:
 
     done = [run for run in runs if compression(run) is not None and run.get("metric") is not None]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter([compression(r) for r in done], [r["metric"] for r in done], color="tab:blue", label="runs")
+    learned = [run for run in done if not run.get("at_chance")]
+    collapsed = [run for run in done if run.get("at_chance")]
+    ax.scatter([compression(r) for r in learned], [r["metric"] for r in learned], color="tab:blue", label="runs")
+    if collapsed:
+        ax.scatter([compression(r) for r in collapsed], [r["metric"] for r in collapsed], color="tab:gray", marker="x",
+                   label="at chance (collapsed; not on the front)")
     for run in done:
         ax.annotate(run["name"], (compression(run), run["metric"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")

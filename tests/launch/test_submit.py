@@ -310,3 +310,32 @@ def test_launch_wait_says_what_a_filter_removal_run_removed(tmp_path: Path, caps
     assert done == [f"done: {tmp_path / 'report.json'} (world size 1, params {p['dense']:,} -> {p['pruned']:,} "
                     f"({report['param_reduction']:.2f}x fewer, filters removed), finetune.metric "
                     f"{report['phases']['finetune']['metric']:.4g})"], done
+
+
+def test_a_sweep_point_at_chance_is_marked_and_kept_off_the_pareto_front(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A collapsed point (alpha0 so strong the model ends at chance) has the sweep's highest compression, so it sat on
+    the Pareto front as a trade-off like any other. Its report.json is a real collapsed run's (`COLLAPSING`); the
+    other point's is written by hand with a lower compression, so without the mark both were on the front."""
+    from sparsetrain.config import load_config
+    from sparsetrain.pipeline import run_pipeline
+    from tests.core.test_collapse import COLLAPSING
+
+    run_pipeline(load_config(None, [*COLLAPSING, f"out_dir={tmp_path / 'alpha0=1'}"]))
+    collapsed = json.loads((tmp_path / "alpha0=1" / "report.json").read_text())
+    assert collapsed["phases"]["finetune"].get("at_chance"), collapsed["phases"]["finetune"]
+    learned = {"format_version": 2, "sparsity": 0.04, "compression_ratio": 1.04,
+               "phases": {"finetune": {"metric": 90.0}}}
+    (tmp_path / "alpha0=1e-5").mkdir()
+    (tmp_path / "alpha0=1e-5" / "report.json").write_text(json.dumps(learned))
+    capsys.readouterr()
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    assert sweep_main([str(recipe), "regularizer.alpha0=1,1e-5", "--collect", f"out_dir={tmp_path}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    metric = collapsed["phases"]["finetune"]["metric"]
+    assert lines[1].split()[0] == "alpha0=1" and lines[1].split()[-3:] == [f"{metric:.4g}", "at", "chance"], lines
+    assert lines[2].split()[0] == "alpha0=1e-5" and lines[2].split()[-2:] == ["90", "yes"], lines
+    runs = {run["name"]: run for run in json.loads((tmp_path / "sweep.json").read_text())["runs"]}
+    assert runs["alpha0=1"]["at_chance"] is True and runs["alpha0=1"]["pareto"] is False, runs
+    assert runs["alpha0=1"]["compression"] > runs["alpha0=1e-5"]["compression"], runs
+    assert runs["alpha0=1e-5"]["pareto"] is True and "at_chance" not in runs["alpha0=1e-5"], runs
