@@ -446,7 +446,17 @@ def entry() -> None:
         code = main()
     except SystemExit as stop:
         code = stop.code
+    except BrokenPipeError:  # the reader went away (`sparsetrain config --schema | head`): no traceback
+        code = _reader_gone()
     exit_now(code)
+
+
+def _reader_gone() -> int:
+    """Exit status 141 (128 + SIGPIPE, what a shell reports for a writer its reader left) after pointing stdout at
+    /dev/null, so that the exit's flush does not raise again (Python's documented way for a closed pipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 if __name__ == "__main__":

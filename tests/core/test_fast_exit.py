@@ -48,3 +48,18 @@ def test_the_cli_keeps_its_exit_codes() -> None:
                            timeout=300) for args in (["--help"], ["frobnicate"], ["export"])]
     assert [r.returncode for r in runs] == [0, 2, 2], [r.stderr[-500:] for r in runs]
     assert "run" in runs[0].stdout and "unknown command 'frobnicate'" in runs[1].stderr
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    """`sparsetrain --help | head -3` printed a BrokenPipeError traceback: the reader had closed the pipe. The pipe's
+    read end is closed before the process writes (its imports take seconds), so its first write fails."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with subprocess.Popen([sys.executable, "-m", "sparsetrain", "config", "--schema"], cwd=REPO, stdout=write_end,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        os.close(write_end)
+        _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert proc.returncode == 141, (proc.returncode, err)
