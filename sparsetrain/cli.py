@@ -404,6 +404,36 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+LOCAL_RANK_FLAGS = ("--local_rank", "--local-rank")  # DeepSpeed's launcher; torch.distributed.launch (hyphenated)
+
+
+def strip_local_rank(argv: list[str], env: dict[str, str] | os._Environ) -> list[str]:
+    """`argv` without the `--local_rank=N` (or `--local_rank N`, `--local-rank=N`) that DeepSpeed's launcher puts
+    before the command (`python -m sparsetrain --local_rank=0 run ...`, unless `--no_local_rank`).
+
+    sparsetrain reads the local rank from the environment, as under torchrun: DeepSpeed's launcher sets LOCAL_RANK
+    to the same number, so the flag adds nothing. A flag that disagrees with LOCAL_RANK is refused (a wrapper
+    changed one of them: which device is meant is unclear); without LOCAL_RANK the flag's value is put there.
+
+    Raises:
+        ConfigError: `--local_rank: ...` for a value that is not an integer or differs from LOCAL_RANK.
+    """
+    head = argv[0] if argv else ""
+    name, eq, value = head.partition("=")
+    if name not in LOCAL_RANK_FLAGS:
+        return argv
+    rest = argv[1:] if eq else argv[2:]
+    value = value if eq else (argv[1] if len(argv) > 1 else "")
+    if not value.isdigit():
+        raise ConfigError(f"{name}: expected the launcher's local rank, an integer (got {value!r})")
+    given = env.get("LOCAL_RANK")
+    if given is not None and given != value:
+        raise ConfigError(f"{name}: {value} differs from the environment's LOCAL_RANK={given}, which sparsetrain "
+                          "uses; start it with one launcher (torchrun, or deepspeed)")
+    env.setdefault("LOCAL_RANK", value)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
 
@@ -415,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     warning_output.install()
+    try:
+        argv = strip_local_rank(argv, os.environ)  # under DeepSpeed's launcher
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2

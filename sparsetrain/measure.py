@@ -17,7 +17,7 @@ from sparsetrain.deploy.bitmask import BITMASK_FILE, plain_bytes, smallest_file
 from sparsetrain.engine.checkpoint import atomic_write_text
 from sparsetrain.phases import final_phase
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
-from sparsetrain.report import build_report, filters_removed, format_table, summary_values
+from sparsetrain.report import build_report, filters_removed, format_table, summary_values, training_setup
 
 if TYPE_CHECKING:
     from sparsetrain.pipeline import Pipeline
@@ -147,7 +147,8 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
             measured.update(deploy_run(pipeline))  # export/ in every format, verified; the interleaved latency table
             if pipeline.dist.is_main:  # rank 0 wrote (or kept) export/
                 measured["bytes"].update(export_bytes(pipeline.out_dir / "export"))
-        header = {"task": pipeline.cfg.task, "model": pipeline.cfg.model.name, "world_size": pipeline.dist.world_size}
+        header = {"task": pipeline.cfg.task, "model": pipeline.cfg.model.name,
+                  **training_setup(pipeline.cfg, pipeline.dist.world_size)}
         report = build_report(header, pipeline.state["completed"], measured)
         if pipeline.dist.is_main:
             atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))

@@ -48,7 +48,7 @@ from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, TRAININ
 from sparsetrain.progress import format_value, log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
-from sparsetrain.report import filters_removed, format_kept_filters
+from sparsetrain.report import filters_removed, format_kept_filters, setup_line, training_setup
 from sparsetrain.rundir import (
     check_same_run,
     last_phase,
@@ -502,6 +502,8 @@ class Pipeline:
         self._check_start_weights(todo)
         self.open()  # every refusal above leaves out_dir untouched
         self._say_where_it_resumes(todo, phases)
+        if todo:
+            log.info(setup_line(training_setup(self.cfg, self.dist.world_size), self.dist.device.type))
         for phase in todo:
             getattr(self, f"run_{phase}")()
         if phases is None and self.cfg.baselines and "prune" in self.state["completed"]:

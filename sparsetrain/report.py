@@ -4,7 +4,8 @@ Everything here works on plain mappings (phase results from state.json, measurem
 measuring itself, which needs models, is `sparsetrain.measure`. report.json, format 2:
 
     format_version   2
-    task, model, world_size
+    task, model, world_size, zero_stage, precision, offload_optimizer, grad_checkpointing   how it trained
+                     (`training_setup`; absent in runs from before they were recorded)
     phases           {phase: its results (metric, the task's metrics, steps, ...)}, keyed by phase name
                      (`sparsetrain.phases`), in run order; only finished phases. Each has `chance` (the metric's
                      chance level, `tasks.*.finalize`; absent in runs from before it) and, when its metric was at
@@ -49,12 +50,38 @@ FORMAT_1_KEYS = {"dense": "dense", "sparse": "sparsify", "pruned": "prune", "fin
 KEPT_ROWS_LOGGED = 20  # groups listed in the prune phase's log block (report.json's kept_filters has all)
 
 
+def training_setup(cfg: Any, world_size: int) -> dict[str, Any]:
+    """How the run trains, for report.json's header and the start line: ranks, ZeRO stage, precision (fp32 or bf16
+    with fp32 masters), optimizer offload (`none` / `cpu`) and gradient checkpointing.
+
+    Args:
+        cfg: The run's `RunConfig`.
+        world_size: Ranks of the run.
+    """
+    ds = cfg.deepspeed
+    return {"world_size": world_size, "zero_stage": ds.zero_stage, "precision": ds.precision,
+            "offload_optimizer": ds.offload_optimizer, "grad_checkpointing": cfg.train.grad_checkpointing}
+
+
+def setup_line(setup: dict[str, Any], device: str) -> str:
+    """`training: 2 ranks on cpu, ZeRO 3, bf16 (fp32 masters), optimizer state offloaded to cpu, gradient
+    checkpointing` from `training_setup`; offload and checkpointing are named only when in effect."""
+    ranks = setup["world_size"]
+    parts = [f"{ranks} rank{'s' * (ranks != 1)} on {device}", f"ZeRO {setup['zero_stage']}",
+             "bf16 (fp32 masters)" if setup["precision"] == "bf16" else setup["precision"]]
+    if setup["offload_optimizer"] != "none":
+        parts.append(f"optimizer state offloaded to {setup['offload_optimizer']} (ZeRO-Offload)")
+    if setup["grad_checkpointing"]:
+        parts.append("gradient checkpointing")
+    return f"training: {', '.join(parts)}"
+
+
 def build_report(header: dict[str, Any], completed: dict[str, dict[str, Any]],
                  measured: dict[str, Any]) -> dict[str, Any]:
     """report.json's content from plain data.
 
     Args:
-        header: task, model, world_size.
+        header: task, model and `training_setup`.
         completed: phase name → results, as state.json records them.
         measured: numbers measured on the final model and anything else the report shows (`sparsetrain.measure`).
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,31 @@ KEY_HINTS = {
     "model.in_chans": "input channels come from the data; data.in_chans sets them (1: gray, 3: RGB)",
     "model.img_size": "the input size comes from the data; data.image_size resizes images",
 }
+
+# DeepSpeed config options users bring from their own DeepSpeed JSON, under `deepspeed:`: what sparsetrain has instead
+# (its `deepspeed_config` derives DeepSpeed's JSON from these settings), or that it does not take the option.
+DEEPSPEED_OPTIONS = {
+    "offload_param": "DeepSpeed's ZeRO-3 parameter offload, which sparsetrain does not take "
+                     "(deepspeed.offload_optimizer=cpu offloads the optimizer state)",
+    "stage": "DeepSpeed's zero_optimization.stage is deepspeed.zero_stage here",
+    "zero_optimization": "DeepSpeed's zero_optimization section is deepspeed.zero_stage, deepspeed.offload_optimizer "
+                         "and deepspeed.param_persistence_threshold here",
+    "stage3_param_persistence_threshold": "it is deepspeed.param_persistence_threshold here",
+    "bf16": "DeepSpeed's bf16 section is deepspeed.precision=bf16 here",
+    "fp16": "DeepSpeed's fp16 (loss scaling) is not taken: deepspeed.precision is fp32 or bf16",
+    "train_batch_size": "the global batch size is train.batch_size",
+    "train_micro_batch_size_per_gpu": "sparsetrain derives it: train.batch_size / (ranks x "
+                                      "deepspeed.gradient_accumulation_steps)",
+    "activation_checkpointing": "DeepSpeed's activation checkpointing is not taken: train.grad_checkpointing uses "
+                                "timm's",
+    "optimizer": "DeepSpeed's optimizer section is not taken: optim.name, optim.lr, ... set the optimizer",
+    "scheduler": "DeepSpeed's scheduler section is not taken: optim.schedule and optim.warmup_steps set it",
+    **dict.fromkeys(("overlap_comm", "contiguous_gradients", "reduce_bucket_size", "allgather_bucket_size",
+                     "reduce_scatter", "round_robin_gradients", "sub_group_size", "stage3_max_live_parameters",
+                     "stage3_max_reuse_distance", "stage3_prefetch_bucket_size"),
+                    "a DeepSpeed ZeRO tuning option sparsetrain does not take (DeepSpeed's default is used)"),
+}
+_SECTION_KEYS_SHOWN = 10  # keys of a section listed when none is close to an unknown one
 
 
 class ConfigError(InputError):
@@ -178,6 +204,20 @@ def _elsewhere(field: str) -> str:
     return f"; {leaf} is set at {listed}"
 
 
+def _closest_in_section(field: str) -> str:
+    """'; closest keys of deepspeed: offload_optimizer' for an unknown key of a known section (its keys within a
+    loose match, at most three), or '; deepspeed takes: KEY, ...' when none is close; '' at the top level."""
+    section, _, leaf = field.rpartition(".")
+    keys = [p.rpartition(".")[2] for p in all_paths() if p.rpartition(".")[0] == section]
+    if not section or not keys:
+        return ""
+    close = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.5)
+    if close:
+        return f"; closest key{'s' * (len(close) > 1)} of {section}: {', '.join(close)}"
+    more = ", ..." if len(keys) > _SECTION_KEYS_SHOWN else ""
+    return f"; {section} takes: {', '.join(keys[:_SECTION_KEYS_SHOWN])}{more}"
+
+
 def _empty_value(field: str) -> str:
     """The error for a required value left empty (`model.name=`, or `name:` with nothing after it in YAML)."""
     row = next((r for r in schema_rows(RunConfig) if r.path == field), None)
@@ -199,13 +239,17 @@ def _format_error(err: ValidationError) -> str:
     shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" (got {value!r})"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
+        shown = shown.replace(" (got ", " (set to ", 1)  # the key's value, not a key
         glued = _glued_key(first["loc"], value)
         if glued:
             return glued
         if field in KEY_HINTS:
             return f"{field}: unknown key{shown}: {KEY_HINTS[field]}"
+        section, _, leaf = field.rpartition(".")
+        if section == "deepspeed" and leaf in DEEPSPEED_OPTIONS:
+            return f"{field}: unknown key{shown}: {DEEPSPEED_OPTIONS[leaf]}"
         guess = suggestion(field, all_paths())
-        return f"{field}: unknown key{guess}{shown}{'' if guess else _elsewhere(field)}"
+        return f"{field}: unknown key{guess}{shown}{'' if guess else _elsewhere(field) or _closest_in_section(field)}"
     if value is None and first["type"].endswith(("_type", "literal_error", "enum")) and first["loc"]:
         return _empty_value(field)
     if first["type"] == "list_type" and isinstance(value, str | int | float | bool | tuple):

@@ -19,6 +19,7 @@ the regularizer state is identical on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -224,17 +225,32 @@ class Checkpointer:
                                   f"({_first_line(err)}); delete it or set resume=false") from None
 
     def clear_phase(self, phase: str) -> None:
-        """Drop a finished phase's mid-phase checkpoints (its end weights live in weights/)."""
+        """Drop a finished phase's mid-phase checkpoints (its end weights live in weights/), and DeepSpeed's files
+        that only served them (`_remove_leftovers`)."""
         if self.dist.is_main:
             for path in self.ckpt_dir.glob(f"{phase}-step*"):
                 shutil.rmtree(path, ignore_errors=True)
             (self.ckpt_dir / "latest_universal").unlink(missing_ok=True)
+            self._remove_leftovers()
         barrier()
+
+    def _remove_leftovers(self) -> None:
+        """What DeepSpeed's `save_checkpoint` writes beside the step folders: `latest` once the tag it names is
+        gone, and when no checkpoint folder remains its `zero_to_fp32.py` / `zero_to_torch.py` scripts and the empty
+        `checkpoints/` itself. A resume never reads them: it loads the tag state.json names, and a phase's next
+        checkpoint writes them again."""
+        latest = self.ckpt_dir / "latest"
+        if latest.is_file() and not (self.ckpt_dir / latest.read_text().strip()).is_dir():
+            latest.unlink()
+        if self.ckpt_dir.is_dir() and not any(path.is_dir() for path in self.ckpt_dir.iterdir()):
+            for script in self.ckpt_dir.glob("zero_to_*.py"):
+                script.unlink()
+            with contextlib.suppress(OSError):  # something else is there: left as it is
+                self.ckpt_dir.rmdir()
 
 
 def _to_universal(source: Path, target: Path) -> None:
     """DeepSpeed's ds_to_universal on one checkpoint folder, in this process (no worker pool), quietly."""
-    import contextlib
     import io
     from types import SimpleNamespace
 

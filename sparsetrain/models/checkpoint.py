@@ -10,6 +10,13 @@ Accepted files, read through the libraries that write them:
   globals are allowed (`safe_globals`); anything else pickled (a whole `torch.save(model)`) is refused.
 - A sparsetrain export folder (`architecture.json` + `model.safetensors`, see `sparsetrain.deploy`); a structurally
   pruned export gives its smaller architecture.
+- A DeepSpeed ZeRO (stage 1-3) checkpoint, as DeepSpeed's `engine.save_checkpoint` writes it: the folder (with
+  `latest` naming its tag) or the tag folder (`global_stepN/`, with `*_model_states.pt` and `*_optim_states.pt` of
+  every rank). DeepSpeed's own `zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint` consolidates the fp32
+  weights; the early check (`check_checkpoint`) runs it in lazy mode, which reads the rank files' pickles
+  (memory-mapped: the fp32 partitions are not copied) and gives every tensor's shape. DeepSpeed's files are
+  pickles that its tool loads with `torch.load(weights_only=False)`: give only checkpoints you trust. One rank's
+  file alone is refused in one line naming the folder to give.
 - A sparsetrain run directory: its `export/` folder, or without one the weights of its last finished phase
   (`weights/<phase>.safetensors`, or the pruned model in `weights/<phase>/` of a structural run). A run whose final
   phase has not finished is taken too, with a warning naming the phase taken and the other finished phases' files.
@@ -93,10 +100,11 @@ def read_state_dict(path: str | Path, use_ema: bool = False, *, meta: bool = Fal
     if path.is_dir():
         if use_ema:
             _check_ema(path)
-        return _export_state(path, meta)
+        zero = zero_checkpoint(path)
+        return _zero_state(*zero, meta) if zero else _export_state(path, meta)
     if not path.is_file():
         raise ValueError(f"model.checkpoint: file or export folder not found: {path}")
-    foreign = _not_weights(path)
+    foreign = _not_weights(path) or _zero_rank_file(path)
     if foreign:
         raise ValueError(f"model.checkpoint: {path} {foreign}")
     tensors = _tensors(path, use_ema, meta)
@@ -137,6 +145,66 @@ def _phase_weights(run: Path, phase: str) -> Path | None:
 
     folder, file = run / "weights" / phase, run / "weights" / f"{phase}.safetensors"
     return folder if (folder / ARCH_FILE).is_file() else file if file.is_file() else None
+
+
+_ZERO_FILES = ("*_model_states.pt", "*_optim_states.pt")  # each rank's files in a DeepSpeed ZeRO checkpoint's tag
+
+
+def _has_zero_files(folder: Path) -> bool:
+    """Whether `folder` holds DeepSpeed ZeRO rank files: model states and (ZeRO >= 1) optimizer partitions."""
+    return folder.is_dir() and all(any(folder.glob(pattern)) for pattern in _ZERO_FILES)
+
+
+def zero_checkpoint(path: Path) -> tuple[Path, str] | None:
+    """(checkpoint folder, tag) when `path` is a DeepSpeed ZeRO checkpoint: the folder `engine.save_checkpoint`
+    wrote (its `latest` file names the tag) or one tag folder of it (`global_stepN/`); None for other paths.
+
+    Raises:
+        ValueError: `model.checkpoint: ...` when `latest` names a tag folder that holds no rank files.
+    """
+    if _has_zero_files(path):
+        return path.parent, path.name
+    latest = path / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text().strip()
+    if not _has_zero_files(path / tag):
+        raise ValueError(f"model.checkpoint: {path} is a DeepSpeed checkpoint folder whose 'latest' names {tag!r}, "
+                         f"but {path / tag} holds no ZeRO rank files ({' and '.join(_ZERO_FILES)}); give a tag "
+                         "folder that does")
+    return path, tag
+
+
+def _zero_state(folder: Path, tag: str, meta: bool) -> dict[str, torch.Tensor]:
+    """The fp32 weights of DeepSpeed ZeRO checkpoint `folder/tag`, consolidated from every rank's partition by
+    DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` (`module.` / `_orig_mod.` prefixes removed); with `meta`
+    their names and shapes only (the tool's lazy mode: nothing is gathered)."""
+    import io
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from timm.models import clean_state_dict
+
+    try:  # the tool prints its progress (and tqdm bars): sparsetrain's load line says what was read
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag, lazy_mode=meta)
+    except Exception as err:  # truncated or missing rank files, another DeepSpeed layout: many types
+        raise ValueError(f"model.checkpoint: DeepSpeed's zero_to_fp32 could not read {folder / tag} "
+                         f"({_first_line(err)})") from None
+    if meta:
+        state = {k: torch.empty(tuple(v.shape), dtype=v.dtype, device="meta") for k, v in state.items()}
+    return clean_state_dict(state)
+
+
+def _zero_rank_file(path: Path) -> str | None:
+    """Why one rank's file of a DeepSpeed ZeRO checkpoint is not weights, with the folder to give; None for other
+    files."""
+    tag = path.parent
+    if not any(path.match(pattern) for pattern in _ZERO_FILES) or not _has_zero_files(tag):
+        return None
+    latest = tag.parent / "latest"
+    given = tag.parent if latest.is_file() and latest.read_text().strip() == tag.name else tag
+    return (f"is one rank's file of a DeepSpeed ZeRO checkpoint; give the folder ({given}): the weights of every "
+            "rank are consolidated with DeepSpeed's zero_to_fp32")
 
 
 def _is_text(path: Path) -> bool:
@@ -279,8 +347,9 @@ def _export_state(folder: Path, meta: bool = False) -> dict[str, torch.Tensor]:
 
     if not (folder / ARCH_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise ValueError(f"model.checkpoint: {folder} is a folder but neither a sparsetrain export ({ARCH_FILE} and "
-                         f"{WEIGHTS_FILE}) nor a run directory with a finished phase (state.json and "
-                         "weights/<phase>.safetensors)")
+                         f"{WEIGHTS_FILE}), a run directory with a finished phase (state.json and "
+                         "weights/<phase>.safetensors) nor a DeepSpeed ZeRO checkpoint (latest, or a global_stepN "
+                         "folder with *_model_states.pt and *_optim_states.pt)")
     return _header_tensors(folder / WEIGHTS_FILE) if meta else load_file(str(folder / WEIGHTS_FILE))
 
 
@@ -497,12 +566,16 @@ def _is_pruned_export(cfg: ModelConfig) -> bool:
 
 def _source(path: str | Path) -> str:
     """The checkpoint as given, with the file read when it is a folder: `RUN (export/model.safetensors)`,
-    `RUN (weights/finetune.safetensors, its last finished phase)`, `EXPORT (model.safetensors)`."""
+    `RUN (weights/finetune.safetensors, its last finished phase)`, `EXPORT (model.safetensors)`, `DIR (DeepSpeed ZeRO
+    checkpoint global_step1, consolidated by DeepSpeed's zero_to_fp32)`."""
     from sparsetrain.structural.serialize import WEIGHTS_FILE
 
     given, used = Path(path).expanduser(), resolve(path)
     if used == given and not given.is_dir():
         return str(path)
+    zero = zero_checkpoint(used) if used.is_dir() else None
+    if zero:
+        return f"{path} (DeepSpeed ZeRO checkpoint {zero[1]}, consolidated by DeepSpeed's zero_to_fp32)"
     file = used / WEIGHTS_FILE if (used / WEIGHTS_FILE).is_file() else used
     last = "" if used in (given, given / "export") else ", its last finished phase"
     return f"{path} ({file.relative_to(given)}{last})"

@@ -54,14 +54,79 @@ def _hub_offline() -> None:
     hub_constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub.is_offline_mode()
 
 
-def _pretrained_args(cfg: ModelConfig) -> dict:
-    """timm arguments that load pretrained weights from a local file or the local cache, never the network."""
+def _pretrained_args(cfg: ModelConfig, num_classes: int) -> dict:
+    """timm arguments that load pretrained weights from a local file or the local cache, never the network.
+
+    timm's `load_pretrained` drops the file's classifier (and the model keeps a fresh one) whenever the model's
+    `num_classes` differs from its pretrained config's (1000 for ImageNet weights), whatever the file holds. A file
+    whose classifier has the model's `num_classes` rows (a model the user trained on these classes) gets a config
+    overlay saying so (`num_classes`, `label_offset` 0), so that timm keeps it and loads every tensor strictly.
+    """
     if not cfg.pretrained:
         return {}
     if cfg.pretrained_file is None:
         _hub_offline()
         return {}
-    return {"pretrained_cfg_overlay": {"file": str(pretrained_file(cfg))}}
+    path = pretrained_file(cfg)
+    head = _classifier_names(cfg.name)
+    shapes = _file_shapes(path)
+    fits = head and all(len(shape := shapes.get(f"{name}.weight", ())) >= 1 and shape[0] == num_classes
+                        for name in head)
+    keep = {"num_classes": num_classes, "label_offset": 0} if fits else {}
+    return {"pretrained_cfg_overlay": {"file": str(path), **keep}}
+
+
+def _classifier_names(name: str) -> tuple[str, ...]:
+    """The classifier modules of `name`'s timm pretrained config (`head`, `fc`, `head.fc`, ...); () when none."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    names = pretrained_cfg.classifier if pretrained_cfg is not None else None
+    return (names,) if isinstance(names, str) else tuple(names or ())
+
+
+def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes of a weights file's tensors, by name as timm reads them (wrapper prefixes removed), from a
+    safetensors header or a torch checkpoint loaded to the meta device; {} when it cannot be read (timm's own load
+    then says why)."""
+    from timm.models import clean_state_dict, load_state_dict
+
+    from sparsetrain.models.checkpoint import _header_tensors
+
+    try:
+        if path.suffix == ".safetensors":
+            state = clean_state_dict(_header_tensors(path))
+        else:
+            with quiet_timm_loading():
+                state = load_state_dict(str(path), device="meta", weights_only=True)
+    except Exception:  # noqa: BLE001  (torch.load and safetensors raise many types; timm's load reports them)
+        return {}
+    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _pretrained_line(model: nn.Module, cfg: ModelConfig, num_classes: int) -> tuple[str, bool]:
+    """The load line of `model.pretrained`: where the weights came from, and for a local file what became of its
+    classifier: loaded (it had the model's classes), or re-initialized by timm with the file's shapes and the
+    model's, and `model.checkpoint` for a model the user trained. The flag says whether the line is a warning: a
+    classifier re-initialized although the file's is not the pretrained config's (e.g. 1000 ImageNet classes), as
+    when the file is a model the user trained on other classes."""
+    line = f"model.pretrained: {cfg.name} weights from {cfg.pretrained_file or 'the local Hugging Face cache'}"
+    head = _classifier_names(cfg.name)
+    if cfg.pretrained_file is None or not head:
+        return line, False
+    ours = model.state_dict()
+    keys = [f"{name}.weight" for name in head if f"{name}.weight" in ours]
+    if not keys:
+        return line, False
+    shown = ", ".join(f"{k} {tuple(ours[k].shape)}" for k in keys)
+    pretrained_classes = getattr(model, "pretrained_cfg", {}).get("num_classes")
+    if pretrained_classes == num_classes:  # timm loaded the file's classifier
+        return f"{line} (classifier {shown} from the file too)", False
+    theirs = _file_shapes(pretrained_file(cfg))
+    foreign = any(k in theirs and theirs[k][:1] != (pretrained_classes,) for k in keys)
+    file_shapes = ", ".join(f"{k} {theirs[k]}" if k in theirs else f"no {k}" for k in keys)
+    return (f"{line}; classifier re-initialized: the file has {file_shapes}, the model {shown} (the data's "
+            f"{num_classes} classes; timm loads a pretrained classifier only when the class "
+            f"counts agree); to start from a model you trained, give it as model.checkpoint=PATH instead (every "
+            f"tensor checked; model.reset_head=true to re-initialize its classifier)"), foreign
 
 
 def pretrained_file(cfg: ModelConfig) -> Path:
@@ -138,13 +203,15 @@ def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, input_shape: 
     kwargs = model_kwargs(cfg, in_chans, num_classes, input_shape)
     try:
         with quiet_timm_loading():
-            model = create_model(cfg.name, cfg.kwargs, pretrained=cfg.pretrained, **_pretrained_args(cfg), **kwargs)
+            model = create_model(cfg.name, cfg.kwargs, pretrained=cfg.pretrained,
+                                 **_pretrained_args(cfg, kwargs["num_classes"]), **kwargs)
     except (OSError, RuntimeError) as err:  # hub cache miss, unreadable file, state-dict mismatch
         if not cfg.pretrained:
             raise
         raise ValueError(_pretrained_error(cfg, err)) from None
     if cfg.pretrained and announce:
-        log.info(f"model.pretrained: {cfg.name} weights from {cfg.pretrained_file or 'the local Hugging Face cache'}")
+        line, warn = _pretrained_line(model, cfg, kwargs["num_classes"])
+        (log.warning if warn else log.info)(line)
     if cfg.checkpoint:
         from sparsetrain.models.checkpoint import apply_checkpoint
 

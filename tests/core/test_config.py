@@ -65,8 +65,8 @@ def test_cli_prints_one_line_error_without_traceback(tmp_path: Path) -> None:
     ("regularizer.bta=1", "regularizer.bta: unknown key (did you mean regularizer.beta?)"),
     ("alph0=1", "alph0: unknown config key (did you mean regularizer.alpha0?)"),
     ("traing.batch_size=3", "traing: unknown key (did you mean train?)"),
-    ("regularizer.gamma=1", "regularizer.gamma: unknown key (got 1)"),  # nothing close: no guess
-    ("model.num_classes=5", "model.num_classes: unknown key (got 5): the class count comes from the data (its "
+    ("regularizer.gamma=1", "regularizer.gamma: unknown key (set to 1); regularizer takes: name, "),  # nothing close
+    ("model.num_classes=5", "model.num_classes: unknown key (set to 5): the class count comes from the data (its "
      "labels, or an ImageFolder tree's class folders); for a model.checkpoint with other classes set "
      "model.reset_head=true"),  # a key other tools have: where the setting comes from here
 ])
@@ -77,7 +77,26 @@ def test_unknown_key_suggests_the_closest_valid_one(override: str, expected: str
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("train.epochs=-1", "train.epochs: unknown key (got -1); epochs is set at phases.dense.epochs, "
+    ("deepspeed.offload_param=cpu", "deepspeed.offload_param: unknown key (set to 'cpu'): DeepSpeed's ZeRO-3 parameter "
+     "offload, which sparsetrain does not take (deepspeed.offload_optimizer=cpu offloads the optimizer state)"),
+    ("deepspeed.overlap_comm=true", "deepspeed.overlap_comm: unknown key (set to True): a DeepSpeed ZeRO tuning option "
+     "sparsetrain does not take (DeepSpeed's default is used)"),
+    ("deepspeed.offload=cpu", "deepspeed.offload: unknown key (set to 'cpu'); closest key of deepspeed: "
+     "offload_optimizer"),
+    ("optim.foo=1", "optim.foo: unknown key (set to 1); optim takes: name, lr, weight_decay, momentum, schedule, "
+     "warmup_steps"),
+])
+def test_an_unknown_key_names_the_closest_keys_of_its_section_and_deepspeeds_own_options(override: str,
+                                                                                          expected: str) -> None:
+    """Trial 16: `deepspeed.offload_param=cpu` gave `unknown key (got 'cpu')`, which read as if 'cpu' were the key,
+    and suggested nothing."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train.epochs=-1", "train.epochs: unknown key (set to -1); epochs is set at phases.dense.epochs, "
      "phases.sparsify.epochs or phases.finetune.epochs"),  # a field of other sections is named, not left unhinted
     ("model.name=", "model.name: empty value (read as null); expected str, e.g. the default lenet300_100"),
     ("deploy.formats=onnx", "deploy.formats: expected a list (got 'onnx'): write deploy.formats=[onnx] (in YAML: "

@@ -6,13 +6,16 @@ l0 pull (see tests/helpers/compare.py): losses and the weights away from zero ar
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from sparsetrain.cli import strip_local_rank
+from sparsetrain.config import ConfigError
 from tests.core.conftest import tiny_overrides
-from tests.core.subprocess_runs import run_cli
+from tests.core.subprocess_runs import free_port, run_cli, run_command
 from tests.helpers.compare import assert_weights_alike_away_from_zero
 
 # SGD keeps the comparison at float precision (see test_gradient_hook_equals_autograd_reference).
@@ -45,3 +48,34 @@ def test_two_processes_match_one_under_zero_0_and_2(tmp_path: Path) -> None:
         # (it was rank 0's half: 1.187 vs 1.138 in a fresh-user trial)
         ours, ref = _losses(tmp_path / f"np2-zero{zero_stage}"), _losses(tmp_path / "np1")
         assert ours.keys() == ref.keys() and all(ours[k] == pytest.approx(ref[k], rel=1e-3) for k in ref), (ours, ref)
+
+
+def test_the_deepspeed_launcher_runs_the_readme_command(tmp_path: Path) -> None:
+    """Trial 16: `deepspeed --num_gpus 2 --module sparsetrain run ...` (README "Multi-process") failed on every rank
+    with `unknown command '--local_rank=0'`: DeepSpeed's launcher puts that flag before the command."""
+    out = tmp_path / "run"
+    launcher = Path(sys.executable).parent / "deepspeed"
+    proc = run_command([str(launcher), "--num_gpus", "2", f"--master_port={free_port()}", "--module", "sparsetrain",
+                        "run", *tiny_overrides(out, "phases.dense.enabled=true", "phases.dense.epochs=0.2"),
+                        "--phase", "dense"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unknown command" not in proc.stdout + proc.stderr
+    state = json.loads((out / "state.json").read_text())
+    assert list(state["completed"]) == ["dense"], state
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    (["--local_rank=1", "run", "x=1"], {"LOCAL_RANK": "1"}, (["run", "x=1"], "1")),
+    (["--local_rank", "0", "config"], {}, (["config"], "0")),  # no LOCAL_RANK: the flag's value is put there
+    (["--local-rank=0", "run"], {"LOCAL_RANK": "0"}, (["run"], "0")),  # torch.distributed.launch's spelling
+    (["run", "--local_rank=1"], {}, (["run", "--local_rank=1"], None)),  # after the command: the command's argument
+])
+def test_the_launchers_local_rank_flag_is_read_before_the_command(argv: list[str], env: dict, expected: tuple) -> None:
+    assert (strip_local_rank(argv, env), env.get("LOCAL_RANK")) == expected
+
+
+def test_a_local_rank_flag_that_differs_from_local_rank_is_one_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        strip_local_rank(["--local_rank=1", "run"], {"LOCAL_RANK": "0"})
+    assert str(err.value) == ("--local_rank: 1 differs from the environment's LOCAL_RANK=0, which sparsetrain uses; "
+                              "start it with one launcher (torchrun, or deepspeed)")

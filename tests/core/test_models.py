@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
@@ -71,3 +72,47 @@ def test_loading_logs_sparsetrain_lines_not_timms(tmp_path: Path, caplog: pytest
     said = [r.getMessage() for r in caplog.records]
     assert not [m for m in said if m.startswith(("Loaded", "Loading pretrained"))], said
     assert f"model.checkpoint: loaded {len(source.state_dict())} tensors" in "\n".join(said), said
+
+
+def _vit_file(tmp_path: Path, classes: int) -> tuple[Path, dict]:
+    """A timm vit_tiny_patch16_224 (32x32 inputs, patch 4) with `classes` classes, saved as a state dict."""
+    torch.manual_seed(classes)
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=classes, img_size=32, patch_size=4)
+    path = tmp_path / f"vit_{classes}.pth"
+    torch.save(source.state_dict(), path)
+    return path, source.state_dict()
+
+
+def _pretrained_vit(path: Path) -> torch.nn.Module:
+    return build_model(ModelConfig(name="vit_tiny_patch16_224", pretrained=True, pretrained_file=str(path),
+                                   kwargs={"patch_size": 4}), 3, 3, (3, 32, 32))
+
+
+def test_pretrained_file_with_the_datas_classes_keeps_its_classifier(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Trial 16: timm's load_pretrained drops a file's classifier whenever num_classes differs from the pretrained
+    config's (1000), so a user's own 3-class ViT lost its head silently. Now every tensor is the file's."""
+    path, source = _vit_file(tmp_path, 3)
+    with caplog.at_level("INFO"):
+        loaded = _pretrained_vit(path).state_dict()
+    for name, tensor in source.items():
+        assert torch.equal(loaded[name], tensor), f"{name} not loaded from {path}"
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model.pretrained:")]
+    assert said == [f"model.pretrained: vit_tiny_patch16_224 weights from {path} (classifier head.weight (3, 192) "
+                    "from the file too)"], said
+
+
+def test_pretrained_file_with_other_classes_says_the_classifier_was_reinitialized(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path, source = _vit_file(tmp_path, 5)
+    with caplog.at_level("INFO"):
+        loaded = _pretrained_vit(path).state_dict()
+    assert torch.equal(loaded["blocks.0.attn.qkv.weight"], source["blocks.0.attn.qkv.weight"])
+    assert loaded["head.weight"].shape == (3, 192)
+    said = [r for r in caplog.records if r.getMessage().startswith("model.pretrained:")]
+    assert len(said) == 1 and said[0].levelname == "WARNING", said  # the file's head is not timm's 1000 classes
+    assert said[0].getMessage() == (
+        f"model.pretrained: vit_tiny_patch16_224 weights from {path}; classifier re-initialized: the file has "
+        "head.weight (5, 192), the model head.weight (3, 192) (the data's 3 classes; timm loads a pretrained "
+        "classifier only when the class counts agree); to start from a model you trained, give it as "
+        "model.checkpoint=PATH instead (every tensor checked; model.reset_head=true to re-initialize its classifier)")

@@ -174,3 +174,20 @@ def test_bf16_batchnorm_model_runs_on_cpu(run_dir: Path) -> None:
     report = json.loads((run_dir / "report.json").read_text())
     assert report["sparsity"] >= 0.8 - 1e-6, f"sparsity {report['sparsity']}"
     assert 0.0 <= report["phases"]["finetune"]["metric"] <= 100.0, f"metric {report['phases']['finetune']}"
+
+
+def test_the_start_line_and_report_say_how_the_run_trains(run_dir: Path, capfd: pytest.CaptureFixture) -> None:
+    """Trial 16: bf16, ZeRO-Offload and gradient checkpointing were in effect but only config.yaml said so; now the
+    run's start line and report.json's header do too."""
+    report = run_pipeline(tiny_config(run_dir, "model.name=test_resnet", "deepspeed.precision=bf16",
+                                      "deepspeed.zero_stage=2", "deepspeed.offload_optimizer=cpu",
+                                      "train.grad_checkpointing=true", "data.source=synthetic", "data.image_size=64",
+                                      "phases.sparsify.epochs=0.2", "phases.finetune.epochs=0.1"))
+    said = [line.split(" ", 1)[1] for line in capfd.readouterr().err.splitlines() if " training: " in line]
+    assert said == ["training: 1 rank on cpu, ZeRO 2, bf16 (fp32 masters), optimizer state offloaded to cpu "
+                    "(ZeRO-Offload), gradient checkpointing"], said
+    header = {key: report[key] for key in ("world_size", "zero_stage", "precision", "offload_optimizer",
+                                           "grad_checkpointing")}
+    assert header == {"world_size": 1, "zero_stage": 2, "precision": "bf16", "offload_optimizer": "cpu",
+                      "grad_checkpointing": True}
+    assert json.loads((run_dir / "report.json").read_text())["offload_optimizer"] == "cpu"

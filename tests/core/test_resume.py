@@ -54,6 +54,31 @@ def _step_seconds(out: Path, phase: str, up_to: int = 10**9, after: int = 0) -> 
                and after < row["step"] <= up_to) / 1e3
 
 
+def test_a_finished_run_keeps_no_checkpoint_files(uninterrupted: Path) -> None:
+    """Trial 16: checkpoints/ kept DeepSpeed's `latest` (naming a removed step folder), zero_to_fp32.py and
+    zero_to_torch.py after the run; README: mid-phase checkpoints last only while a phase runs. (The run checkpoints
+    every 10 steps: EXTRA.)"""
+    left = uninterrupted / "checkpoints"
+    assert not left.exists(), sorted(p.name for p in left.iterdir())
+
+
+def test_clearing_the_last_phase_removes_deepspeeds_zero_files(tmp_path: Path) -> None:
+    """Under ZeRO >= 1 DeepSpeed's save_checkpoint also writes zero_to_fp32.py and zero_to_torch.py beside `latest`:
+    once the finished phase's step folders are dropped, checkpoints/ goes with them."""
+    import torch
+
+    from sparsetrain.engine.checkpoint import Checkpointer
+    from sparsetrain.engine.distributed import DistInfo
+
+    ckpt = tmp_path / "checkpoints"
+    written = run_command([sys.executable, "-m", "tests.helpers.zero_checkpoint", "-", str(ckpt), "3",
+                           "sparsify-step0000010"])
+    assert written.returncode == 0, written.stderr[-3000:]
+    assert {p.name for p in ckpt.iterdir()} == {"latest", "sparsify-step0000010", "zero_to_fp32.py", "zero_to_torch.py"}
+    Checkpointer(tmp_path, DistInfo(0, 1, 0, torch.device("cpu")), keep=2).clear_phase("sparsify")
+    assert not ckpt.exists(), sorted(p.name for p in ckpt.iterdir())
+
+
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, uninterrupted: Path) -> None:
     interrupted, reference = tmp_path / "interrupted", uninterrupted
     _kill_mid_sparsify(interrupted, "train.log_every=1")  # the reference's step log: a row per step

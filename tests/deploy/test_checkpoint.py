@@ -187,7 +187,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
         "classes": ({"checkpoint": str(tmp / "c7.pth")}, "model.reset_head: .* has 7 classes .*, the data 10; set "
                     "model.reset_head=true"),
         "folder": ({"checkpoint": str(tmp)}, r"model.checkpoint: .* is a folder but neither a sparsetrain export "
-                   r"\(architecture.json and model.safetensors\) nor a run directory with a finished phase"),
+                   r"\(architecture.json and model.safetensors\), a run directory with a finished phase .* nor a "
+                   r"DeepSpeed ZeRO checkpoint"),
     }
 
 

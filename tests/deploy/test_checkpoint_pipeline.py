@@ -4,6 +4,7 @@ sparsify / prune / fine-tune phases continue from its weights (also from a spars
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from sparsetrain.models.factory import build_model
 from sparsetrain.pipeline import run_pipeline
 from sparsetrain.pruning.sharded_masks import load_full_masks
 from tests.core.conftest import tiny_config
+from tests.core.subprocess_runs import run_command
 
 
 def _batch(batch: tuple) -> tuple:
@@ -73,6 +75,50 @@ def test_dense_metric_is_the_checkpoints_and_pruning_starts_from_its_weights(tra
     export_run(tmp_path)
     assert torch.equal(load_file(str(tmp_path / "export" / "model.safetensors"))["fc1.weight"],
                        load_file(str(tmp_path / "weights" / "finetune.safetensors"))["fc1.weight"])
+
+
+@pytest.fixture(scope="module")
+def zero3(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained LeNet-300-100 as a DeepSpeed ZeRO-3 checkpoint folder, saved by a real (one-rank, gloo) engine."""
+    out = tmp_path_factory.mktemp("zero3") / "ds_checkpoints"
+    proc = run_command([sys.executable, "-m", "tests.helpers.zero_checkpoint", str(trained["path"]), str(out), "3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} >= {"latest", "global_step1", "zero_to_fp32.py"}, list(out.iterdir())
+    return out
+
+
+@pytest.mark.parametrize("given", ["folder", "tag"])
+def test_a_deepspeed_zero3_checkpoint_starts_the_run(trained: dict, zero3: Path, tmp_path: Path, given: str,
+                                                     capfd: pytest.CaptureFixture) -> None:
+    """Trial 16: users' own DeepSpeed training writes ZeRO checkpoints (global_stepN/ with each rank's partitions,
+    latest, zero_to_fp32.py); model.checkpoint refused the folder. Now DeepSpeed's zero_to_fp32 reads it."""
+    path = zero3 if given == "folder" else zero3 / "global_step1"
+    report = run_pipeline(tiny_config(tmp_path, f"model.checkpoint={path}", "phases.dense.enabled=true",
+                                      "phases.dense.epochs=0"), ["dense"])
+    assert abs(report["phases"]["dense"]["metric"] - trained["accuracy"]) <= 0.01, \
+        f"dense.metric {report['phases']['dense']['metric']:.4f} vs the model's {trained['accuracy']:.4f}"
+    said = [line.partition(" ")[2] for line in capfd.readouterr().err.splitlines() if " model.checkpoint:" in line]
+    assert said == [f"model.checkpoint: loaded 6 tensors (50,610 values) from {path} (DeepSpeed ZeRO checkpoint "
+                    "global_step1, consolidated by DeepSpeed's zero_to_fp32) into lenet300_100"], said
+
+
+def test_a_zero3_checkpoint_that_does_not_fit_is_refused_before_the_run_writes(zero3: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ValueError) as err:
+        run_pipeline(tiny_config(out, f"model.checkpoint={zero3}", "model.kwargs={hidden: [200, 100]}"))
+    assert str(err.value) == (f"model.checkpoint: {zero3} does not fit lenet300_100: wrong shape in 3 tensors "
+                              "(fc1.weight: checkpoint (300, 64), model (200, 64), fc1.bias: checkpoint (300,), "
+                              "model (200,), fc2.weight: checkpoint (100, 300), model (100, 200))")
+    assert not (out / "state.json").exists()
+
+
+def test_one_rank_file_of_a_zero_checkpoint_names_the_folder(zero3: Path, tmp_path: Path) -> None:
+    rank_file = zero3 / "global_step1" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    with pytest.raises(ValueError) as err:
+        run_pipeline(tiny_config(tmp_path, f"model.checkpoint={rank_file}"))
+    assert str(err.value) == (f"model.checkpoint: {rank_file} is one rank's file of a DeepSpeed ZeRO checkpoint; "
+                              f"give the folder ({zero3}): the weights of every rank are consolidated with "
+                              "DeepSpeed's zero_to_fp32")
 
 
 @pytest.fixture(scope="module")
