@@ -27,8 +27,10 @@ def _write_npz(idx_dir: Path, path: Path) -> Path:
 
 @pytest.mark.parametrize("layout", ["idx", "npz"])
 def test_lenet300_mnist_recipe_runs_on_real_files(tmp_path: Path, fashion_mnist: Path, layout: str) -> None:
-    # the whole recipe (baselines, latency table) on the IDX folder; the .npz run checks the other reader
-    data = [f"data.path={fashion_mnist}", "data.source=idx"] if layout == "idx" else \
+    # the recipe with its baselines and exports on the IDX folder; the .npz run checks the other reader. Without the
+    # latency table (~30 s of fresh processes, none reading the data): a run's table is tests/deploy/test_compact.py's
+    # and test_eval_latency.py's
+    data = [f"data.path={fashion_mnist}", "data.source=idx", "deploy.latency=false"] if layout == "idx" else \
         [f"data.path={_write_npz(fashion_mnist, tmp_path / 'real.npz')}", "baselines=[]", "deploy.latency=false"]
     out = tmp_path / "run"
     result = run_cli(["configs/lenet300_mnist.yaml", *data, f"out_dir={out}", *SHORT])
