@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from sparsetrain.engine.checkpoint import read_run_state
+from sparsetrain.engine.checkpoint import STATE_FILE, read_run_state
 from sparsetrain.errors import InputError
 from sparsetrain.paths import comparable
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
@@ -69,6 +69,30 @@ def prepare_out_dir(out_dir: Path) -> None:
         raise InputError(f"out_dir: cannot create the run directory {out_dir} ({err.strerror or err})") from None
     if not out_dir.is_dir():
         raise InputError(f"out_dir: {out_dir} is not a directory")
+
+
+def check_own_out_dir(out_dir: Path) -> None:
+    """Refuse an `out_dir` that is a sparsetrain export folder or lies inside another run's directory: a run there
+    would mix its checkpoints, weights and report into the other run's files (trial 17: `out_dir=OTHER_RUN/export`).
+    A baseline's sub-run (`<run>/baselines/<name>/`) is the one run that lives inside another.
+
+    Raises:
+        InputError: one line naming out_dir, the export folder or run directory it belongs to, and what to give.
+    """
+    from sparsetrain.baselines import BASELINES
+    from sparsetrain.structural.serialize import ARCH_FILE
+
+    out_dir = Path(out_dir).absolute()
+    if (out_dir / ARCH_FILE).is_file():
+        raise InputError(f"out_dir: {out_dir} is an export folder (it holds {ARCH_FILE}), not a run directory; give "
+                         "a folder of its own for the run's outputs")
+    for parent in out_dir.parents:
+        if (parent / STATE_FILE).is_file():
+            inside = out_dir.relative_to(parent).parts
+            if len(inside) == 2 and inside[0] == "baselines" and inside[1] in BASELINES:
+                return
+            raise InputError(f"out_dir: {out_dir} lies inside the run directory {parent} (it holds {STATE_FILE}); "
+                             f"give a folder outside it, e.g. out_dir={parent.parent / (parent.name + '-2')}")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
