@@ -17,7 +17,9 @@ that measured `model.checkpoint`.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,26 @@ def prepare_out_dir(out_dir: Path) -> None:
         raise InputError(f"out_dir: cannot create the run directory {out_dir} ({err.strerror or err})") from None
     if not out_dir.is_dir():
         raise InputError(f"out_dir: {out_dir} is not a directory")
+    check_writable(out_dir, "out_dir", "the run directory")
+
+
+def check_writable(folder: Path, field: str, what: str) -> None:
+    """Refuse a `folder` the run (or export) cannot write into, before anything is written there: a read-only mount
+    or a folder without write permission ended in a traceback at the first file written (trial 17: metrics.jsonl).
+
+    Args:
+        folder: an existing directory.
+        field: the setting or command the error is about (`out_dir`, `export`).
+        what: what the folder is, e.g. "the run directory".
+
+    Raises:
+        InputError: one line naming `field`, the folder and the OS's reason.
+    """
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    reason = os.strerror(errno.EROFS if read_only else errno.EACCES)
+    raise InputError(f"{field}: cannot write into {what} {folder} ({reason}); give a writable folder")
 
 
 def check_own_out_dir(out_dir: Path) -> None:

@@ -1,9 +1,13 @@
-"""An out_dir that the run must not write into is refused in one line before anything is written (trial 17):
-another run's export folder or a folder inside another run."""
+"""An out_dir (or the run directory `sparsetrain export` writes into) that the run must not or cannot write into is
+refused in one line before anything is written (trial 17): another run's export folder or a folder inside another
+run, and a read-only run directory (a `[rank0]: OSError: [Errno 30] Read-only file system` traceback before)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,3 +58,31 @@ def test_an_out_dir_that_is_an_export_folder_or_inside_a_run_is_refused(run: Pat
     assert main(["run", *tiny_overrides(copy, *ONE_EPOCH)]) == 2
     assert "is an export folder (it holds architecture.json)" in _one_error_line(capsys)
     assert not (copy / "config.yaml").exists()
+
+
+@pytest.fixture
+def read_only_run(run: Path, tmp_path: Path) -> Iterator[Path]:
+    """A copy of the finished run, bind-mounted read-only (chmod does not stop root; a read-only mount does)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only bind mount needs root")
+    source, mounted = tmp_path / "source", tmp_path / "ro"
+    shutil.copytree(run, source)
+    mounted.mkdir()
+    bind = subprocess.run(["mount", "--bind", str(source), str(mounted)], capture_output=True, text=True)
+    if bind.returncode != 0:
+        pytest.skip(f"mount --bind is not allowed here: {bind.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(mounted)], check=True, capture_output=True)
+        yield mounted
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+
+
+def test_a_read_only_run_directory_is_one_line_for_export_and_run(read_only_run: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", str(read_only_run)]) == 2
+    assert _one_error_line(capsys) == (f"error: export: cannot write into the run directory {read_only_run} "
+                                       "(Read-only file system); give a writable folder")
+    assert main(["run", *tiny_overrides(read_only_run, *ONE_EPOCH)]) == 2
+    assert _one_error_line(capsys) == (f"error: out_dir: cannot write into the run directory {read_only_run} "
+                                       "(Read-only file system); give a writable folder")
