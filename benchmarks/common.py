@@ -21,6 +21,25 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def kernel_backend(requested: str | None, device: torch.device) -> str:
+    """The `--backend` a benchmark times as "ours": `requested`, or triton on CUDA and torch on CPU when not given.
+
+    Raises:
+        ConfigError: triton asked for where it cannot run, one line as `run` says it for `regularizer.backend`
+            (`get_ops` would raise a RuntimeError traceback).
+    """
+    if requested is None:
+        return "torch" if device.type == "cpu" else "triton"
+    if requested == "triton":
+        from sparsetrain.config.loader import ConfigError
+        from triton_kernels._multi_tensor import triton_unusable_reason
+
+        if (reason := triton_unusable_reason(device)) is not None:
+            raise ConfigError(f"--backend: 'triton' cannot run on {device.type}: {reason}; use --backend torch "
+                              "(or leave it out)")
+    return requested
+
+
 def device_label(device: torch.device) -> str:
     """Human-readable device name, e.g. "NVIDIA H100 80GB HBM3" or "cpu"."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -31,7 +31,18 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import OUTPUT_DIR, bench_ms, copy_gbps, device_label, fmt, pick_device, slug, write_json
+from benchmarks.common import (
+    OUTPUT_DIR,
+    bench_ms,
+    copy_gbps,
+    device_label,
+    fmt,
+    kernel_backend,
+    pick_device,
+    slug,
+    write_json,
+)
+from sparsetrain.argtypes import out_folder
 from triton_kernels import PackedMask, apply_masks_reference_, get_ops, l0_grad_mask_reference_, l0_penalty
 
 PROG = "python -m benchmarks.kernels"  # the usage line's command; `sparsetrain bench kernels` passes its own
@@ -333,10 +344,11 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
                         "the masking after each finetune step too)")
     parser.add_argument("--masks", type=choice_list(MASKS), default="bool,packed",
                         help=f"mask kinds, comma separated from {','.join(MASKS)} (default: bool,packed)")
-    parser.add_argument("--backend", help="ours: triton (default on CUDA) or torch (default on CPU)")
+    parser.add_argument("--backend", choices=("triton", "torch"),
+                        help="ours: triton (default on CUDA) or torch (default on CPU)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
-    parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help=f"folder for kernels-<device>.json (default "
-                        f"{OUTPUT_DIR}; benchmarks/results holds the committed tables)")
+    parser.add_argument("--out", type=out_folder, default=OUTPUT_DIR, help=f"folder for kernels-<device>.json "
+                        f"(default {OUTPUT_DIR}; benchmarks/results holds the committed tables)")
     parser.add_argument("--append", action="store_true", help="keep earlier rows of the JSON")
     return parser.parse_args(argv)
 
@@ -355,7 +367,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     if cpu and not args.quick:
         print("no CUDA device: running the CPU smoke mode (--quick)")
     quick = args.quick or cpu
-    args.backend = args.backend or ("torch" if cpu else "triton")
+    args.backend = kernel_backend(args.backend, device)
     args.compile = args.compile and not cpu  # inductor on CPU needs a C++ toolchain and minutes: not a smoke test
     sizes = args.sizes or (CPU_SIZES if cpu else QUICK_GPU_SIZES if quick else FULL_SIZES)
     models = MODELS[:1] if quick else MODELS

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import OUTPUT_DIR, write_json
-from sparsetrain.argtypes import nonnegative_float, positive_int
+from sparsetrain.argtypes import nonnegative_float, out_folder, positive_int
 
 PROG = "python -m benchmarks.throughput"  # the usage line's command; `sparsetrain bench throughput` passes its own
 DEFAULT_CONFIG = "configs/lenet300_fashion.yaml"
@@ -166,7 +166,7 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
     parser.add_argument("--rounds", type=positive_int, default=7, help="alternating rounds of the overhead comparison")
     parser.add_argument("--round-steps", type=positive_int, default=200, help="steps per loop per round")
-    parser.add_argument("--out", type=Path, default=OUTPUT_DIR,
+    parser.add_argument("--out", type=out_folder, default=OUTPUT_DIR,
                         help=f"folder for throughput-cpu.json (default {OUTPUT_DIR})")
     return parser.parse_args(argv)
 

@@ -25,13 +25,12 @@ import argparse
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import OUTPUT_DIR, device_label, pick_device, write_json
-from sparsetrain.argtypes import int_at_least, positive_int
+from benchmarks.common import OUTPUT_DIR, device_label, kernel_backend, pick_device, write_json
+from sparsetrain.argtypes import int_at_least, out_folder, positive_int
 from triton_kernels import KernelOps, get_ops, l0_penalty
 
 PROG = "python -m benchmarks.train_step"  # the usage line's command; `sparsetrain bench train_step` passes its own
@@ -128,8 +127,9 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
                         help="timed rounds (one step of each variant per round)")
     parser.add_argument("--warmup", type=int_at_least(0), default=5)
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 instead of bf16 autocast on CUDA")
-    parser.add_argument("--backend", help="kernel backend: triton (default on CUDA) or torch (default on CPU)")
-    parser.add_argument("--out", type=Path, default=OUTPUT_DIR,
+    parser.add_argument("--backend", choices=("triton", "torch"),
+                        help="kernel backend: triton (default on CUDA) or torch (default on CPU)")
+    parser.add_argument("--out", type=out_folder, default=OUTPUT_DIR,
                         help=f"folder for train_step-<device>.json (default {OUTPUT_DIR})")
     parser.add_argument("--profile", choices=VARIANTS, help="also print the top device kernels of this variant (CUDA)")
     return parser.parse_args(argv)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     if args.quick:
         args.batch, args.steps, args.warmup = min(args.batch, 2 if cpu else 32), 1 if cpu else 5, 1 if cpu else 2
         args.image_size = 32 if cpu else args.image_size
-    ops = get_ops(args.backend or ("torch" if cpu else "triton"))
+    ops = get_ops(kernel_backend(args.backend, device))
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen, device=device)
     labels = torch.randint(0, 1000, (args.batch,), generator=gen, device=device)

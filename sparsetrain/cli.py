@@ -312,7 +312,7 @@ def _eval(argv: list[str]) -> int:
 
 def _bench_latency(argv: list[str]) -> None:
     from benchmarks.common import OUTPUT_DIR
-    from sparsetrain.argtypes import int_at_least, positive_int
+    from sparsetrain.argtypes import int_at_least, out_folder, positive_int
 
     parser = argparse.ArgumentParser(prog="sparsetrain bench latency", description="Dense vs compressed latency "
                                      "of a run's export (and vs its compact model, export/compact/, when it has "
@@ -330,7 +330,7 @@ def _bench_latency(argv: list[str]) -> None:
                         "and batch, 3 or more (the p20, median and p80 of each model)")
     parser.add_argument("--threads", type=positive_int, default=1, help="intra-op threads of both runtimes")
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory (a child process per model)")
-    parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help=f"folder for latency-NAME.json and "
+    parser.add_argument("--out", type=out_folder, default=OUTPUT_DIR, help=f"folder for latency-NAME.json and "
                         f"latency-NAME.png (default {OUTPUT_DIR}, as the other benchmarks)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     args = parse_command_line(parser, argv)

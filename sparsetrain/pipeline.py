@@ -50,6 +50,7 @@ from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsit
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
 from sparsetrain.report import filters_removed, format_kept_filters, setup_line, training_setup
 from sparsetrain.rundir import (
+    check_own_out_dir,
     check_same_run,
     last_phase,
     phases_needed_first,
@@ -75,6 +76,7 @@ class Pipeline:
         self.out_dir = Path(cfg.out_dir)
         self._announced = False  # new_model has said where the initial weights come from
         self._opened = False
+        check_own_out_dir(self.out_dir)  # not an export folder, not inside another run's directory
         self._out_dir_existed = self.out_dir.exists()  # before any rank can create it (init_distributed waits for all)
         self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_min)
         setup_logging(self.dist.is_main)

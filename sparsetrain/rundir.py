@@ -17,13 +17,15 @@ that measured `model.checkpoint`.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sparsetrain.engine.checkpoint import read_run_state
+from sparsetrain.engine.checkpoint import STATE_FILE, read_run_state
 from sparsetrain.errors import InputError
 from sparsetrain.paths import comparable
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
@@ -69,6 +71,50 @@ def prepare_out_dir(out_dir: Path) -> None:
         raise InputError(f"out_dir: cannot create the run directory {out_dir} ({err.strerror or err})") from None
     if not out_dir.is_dir():
         raise InputError(f"out_dir: {out_dir} is not a directory")
+    check_writable(out_dir, "out_dir", "the run directory")
+
+
+def check_writable(folder: Path, field: str, what: str) -> None:
+    """Refuse a `folder` the run (or export) cannot write into, before anything is written there: a read-only mount
+    or a folder without write permission ended in a traceback at the first file written (trial 17: metrics.jsonl).
+
+    Args:
+        folder: an existing directory.
+        field: the setting or command the error is about (`out_dir`, `export`).
+        what: what the folder is, e.g. "the run directory".
+
+    Raises:
+        InputError: one line naming `field`, the folder and the OS's reason.
+    """
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    reason = os.strerror(errno.EROFS if read_only else errno.EACCES)
+    raise InputError(f"{field}: cannot write into {what} {folder} ({reason}); give a writable folder")
+
+
+def check_own_out_dir(out_dir: Path) -> None:
+    """Refuse an `out_dir` that is a sparsetrain export folder or lies inside another run's directory: a run there
+    would mix its checkpoints, weights and report into the other run's files (trial 17: `out_dir=OTHER_RUN/export`).
+    A baseline's sub-run (`<run>/baselines/<name>/`) is the one run that lives inside another.
+
+    Raises:
+        InputError: one line naming out_dir, the export folder or run directory it belongs to, and what to give.
+    """
+    from sparsetrain.baselines import BASELINES
+    from sparsetrain.structural.serialize import ARCH_FILE
+
+    out_dir = Path(out_dir).absolute()
+    if (out_dir / ARCH_FILE).is_file():
+        raise InputError(f"out_dir: {out_dir} is an export folder (it holds {ARCH_FILE}), not a run directory; give "
+                         "a folder of its own for the run's outputs")
+    for parent in out_dir.parents:
+        if (parent / STATE_FILE).is_file():
+            inside = out_dir.relative_to(parent).parts
+            if len(inside) == 2 and inside[0] == "baselines" and inside[1] in BASELINES:
+                return
+            raise InputError(f"out_dir: {out_dir} lies inside the run directory {parent} (it holds {STATE_FILE}); "
+                             f"give a folder outside it, e.g. out_dir={parent.parent / (parent.name + '-2')}")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

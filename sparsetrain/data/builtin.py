@@ -6,11 +6,21 @@ import numpy as np
 import torch
 
 from sparsetrain.config.schema import DataConfig
+from sparsetrain.data.base import DataError
 
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Random train/test split (reproducible from `seed`); the test split gets round(len(x) · fraction) samples.
+
+    Raises:
+        DataError: `fraction` leaves no training sample (one line naming data.test_fraction), instead of numpy's
+            `zero-size array to reduction operation maximum` when the labels are counted.
+    """
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, int(round(fraction * len(x))))
+    if n_test >= len(x):
+        raise DataError(f"data.test_fraction: {fraction:g} of the {len(x)} samples leaves no training sample; "
+                        "expected a smaller fraction that keeps at least one (the default is 0.2)")
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
 

@@ -97,6 +97,10 @@ def load_npz(path: str, num_classes: int | None = None) -> tuple[tuple[np.ndarra
     scale = 1 / 255 if archive["x_train"].dtype == np.uint8 else 1.0
     x_train = _npz_inputs("x_train", archive["x_train"])
     x_test = _npz_inputs("x_test", archive["x_test"])
+    for name, x in (("x_train", x_train), ("x_test", x_test)):
+        if len(x) == 0:  # numpy's `zero-size array to reduction operation maximum` when the labels are counted
+            raise DataError(f"data.path: array {name} of {path} holds no samples (shape {x.shape}); expected at "
+                            f"least one {'training' if name == 'x_train' else 'test'} sample")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"data.path: x_train samples are {x_train.shape[1:]} but x_test samples are {x_test.shape[1:]}")
     y_train = _npz_labels("y_train", archive["y_train"], len(x_train))

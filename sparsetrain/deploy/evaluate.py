@@ -18,6 +18,7 @@ from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
 from sparsetrain.deploy.bitmask import plain_bytes
 from sparsetrain.deploy.loading import compact_folder, export_folder, is_compact, load_compressed, missing_compact
+from sparsetrain.engine.finite import require_finite, require_finite_results
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.model_imports import arch_imports, import_for_arch
 from sparsetrain.progress import format_value
@@ -167,6 +168,24 @@ def _runtime(model: nn.Module) -> str:
     return "torch.export program" if getattr(model, "export_format", None) == "torch_export" else "torch eager"
 
 
+def _weights_source(target: Path, fmt: str) -> Path:
+    """The file the weights of `evaluate_target`'s torch model were read from: the checkpoint file, or the export's
+    model.safetensors (also for onnx and torch_export, whose torch twin is read from it), bitmask file or compact/."""
+    from sparsetrain.deploy.bitmask import BITMASK_FILE
+    from sparsetrain.structural.serialize import WEIGHTS_FILE
+
+    if fmt == "checkpoint":
+        return target
+    if fmt == "compact":
+        return compact_folder(target) / WEIGHTS_FILE
+    return export_folder(target) / (BITMASK_FILE if fmt == "bitmask" else WEIGHTS_FILE)
+
+
+def _data_fields(cfg: RunConfig) -> str:
+    """The data in config terms: `data.source=npz, data.path=x.npz`."""
+    return f"data.source={cfg.data.source}" + (f", data.path={cfg.data.path}" if cfg.data.path else "")
+
+
 def _check_fits(model: nn.Module, dataset: torch.utils.data.Dataset, target: Path, cfg: RunConfig) -> None:
     """One test input through the model first, so that data of the wrong shape is one line naming the data and the
     shape the model was built for (architecture.json's meta.input_shape), not a matmul error from deep inside."""
@@ -178,9 +197,9 @@ def _check_fits(model: nn.Module, dataset: torch.utils.data.Dataset, target: Pat
         meta = json.loads((export_folder(target) / ARCH_FILE).read_text()).get("meta", {}) if _is_export(target) \
             else {}
         expected = f"{tuple(meta['input_shape'])}" if meta.get("input_shape") else "another shape"
-        where = f"data.source={cfg.data.source}" + (f", data.path={cfg.data.path}" if cfg.data.path else "")
-        raise InputError(f"eval: the data ({where}) has inputs of shape {tuple(x.shape[1:])}, but the model of "
-                         f"{target} takes {expected} (C, H, W); give data of that shape ({first_line(err)})") from None
+        raise InputError(f"eval: the data ({_data_fields(cfg)}) has inputs of shape {tuple(x.shape[1:])}, but the "
+                         f"model of {target} takes {expected} (C, H, W); give data of that shape "
+                         f"({first_line(err)})") from None
 
 
 def evaluate_target(target: str | Path, recipe: str | None = None, overrides: list[str] | None = None,
@@ -189,6 +208,8 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
 
     Raises:
         ValueError / ConfigError: one line naming what is wrong (target, config field, checkpoint mismatch).
+        NonFiniteError: NaN or inf in the weights (naming the file and tensors) or in the metrics (naming them and the
+            data), as `run` stops on them: no measurement is printed.
     """
     from sparsetrain.data import build_data
     from sparsetrain.models.factory import build_model
@@ -207,11 +228,15 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     else:
         model = torch_model = build_model(cfg.model, data.in_chans, data.num_classes, data.input_shape).eval()
         fmt = "checkpoint"
+    require_finite(torch_model.state_dict(), f"the weights of {_weights_source(target, fmt)}",
+                   "these weights cannot give a measurement: evaluate the weights of a run that did not diverge")
     _check_fits(model, data.test, target, cfg)
     task = build_task(cfg.task, data.num_classes)
+    metrics = _metrics(model, data.test, task, cfg.train.eval_batch_size)
+    require_finite_results(metrics, "eval", _data_fields(cfg))
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
               "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test)},
-              "metrics": _metrics(model, data.test, task, cfg.train.eval_batch_size),
+              "metrics": metrics,
               **_sizes(torch_model, compact_folder(target) if fmt == "compact" else target)}
     result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats, cfg.deploy.latency_threads)
     return result

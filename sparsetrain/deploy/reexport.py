@@ -36,7 +36,7 @@ def export_run(run_dir: str | Path, phase: str | None = None, overrides: list[st
     from sparsetrain.config import load_config
     from sparsetrain.phases import check_phases
     from sparsetrain.pipeline import Pipeline  # heavy (torch, deepspeed): only when exporting
-    from sparsetrain.rundir import check_finished
+    from sparsetrain.rundir import check_finished, check_writable
 
     run_dir = Path(run_dir)
     overrides = list(overrides or [])
@@ -46,6 +46,7 @@ def export_run(run_dir: str | Path, phase: str | None = None, overrides: list[st
     if phase is not None:
         check_phases([phase])
     check_finished(run_dir, "export", phase)
+    check_writable(run_dir, "export", "the run directory")  # export/, report.json and config.yaml are written there
     cfg = load_config(run_dir / "config.yaml", [*overrides, f"out_dir={run_dir}", "tracking.mode=disabled",
                                                  "resume=true"])
     pipeline = Pipeline(cfg)

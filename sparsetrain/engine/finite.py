@@ -111,9 +111,20 @@ def require_finite(tensors: Mapping[str, torch.Tensor], what: str, advice: str) 
         raise NonFiniteError(f"non-finite values in {what} ({shown}); {advice}")
 
 
-def require_finite_results(results: Mapping[str, object], phase: str) -> None:
-    """Phase results (metrics) must be finite numbers before they are recorded as the phase's outcome."""
+def require_finite_results(results: Mapping[str, object], phase: str, data: str | None = None) -> None:
+    """Phase results (metrics) must be finite numbers before they are recorded as the phase's outcome (or, in
+    `sparsetrain eval`, printed as a measurement).
+
+    Args:
+        results: name → value (only floats are checked).
+        phase: whose results, e.g. "dense" or "eval".
+        data: the test data in config terms (`data.source=npz, data.path=x.npz`), named in the error when given.
+
+    Raises:
+        NonFiniteError: naming the results that are NaN or inf.
+    """
     bad = [k for k, v in results.items() if isinstance(v, float) and not torch.isfinite(torch.tensor(v))]
     if bad:
+        where = f" ({data})" if data else ""
         raise NonFiniteError(f"non-finite {phase} result(s) {', '.join(bad)} (evaluation on the test split); "
-                             "check the test data for NaN or inf")
+                             f"check the test data{where} for NaN or inf")

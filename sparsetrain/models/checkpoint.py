@@ -529,12 +529,14 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = Tru
     if _is_pruned_export(cfg):
         _check_pruned_export(model, cfg)
         pruned = _load_pruned(cfg)
+        _check_finite(pruned.state_dict(), cfg)
         if announce:
             log.info(f"model.checkpoint: loaded the structurally pruned {cfg.name} "
                      f"({sum(p.numel() for p in pruned.parameters()):,} parameters) from {_source(cfg.checkpoint)}")
         return pruned
     state = read_state_dict(cfg.checkpoint, cfg.checkpoint_ema)
     reset = load_into(model, state, cfg)
+    _check_finite({k: t for k, t in state.items() if k not in reset}, cfg)
     if announce:
         loaded = [t for k, t in state.items() if k not in reset]
         count = f"{len(loaded)} of its {len(state)}" if reset else f"{len(state)}"
@@ -542,6 +544,19 @@ def apply_checkpoint(model: nn.Module, cfg: ModelConfig, *, announce: bool = Tru
                  f"{', EMA weights' if cfg.checkpoint_ema else ''}) from {_source(cfg.checkpoint)} into {cfg.name}"
                  f"{_reset_note(model, reset)}")
     return model
+
+
+def _check_finite(state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
+    """The weights read from `cfg.checkpoint` must be finite: a NaN there reached training unnoticed until the weights
+    were handed on, then blamed on the phase (`the dense phase diverged: lower optim.lr`) when none had taken a step.
+
+    Raises:
+        NonFiniteError: one line naming the file and the tensors holding NaN or inf (exit 4, as NaN/inf in the data).
+    """
+    from sparsetrain.engine.finite import require_finite
+
+    require_finite(state, f"the weights of {_source(cfg.checkpoint)}", "model.checkpoint holds NaN or inf: give "
+                   "one saved before the weights diverged (a run's last good checkpoint, weights/<phase>.safetensors)")
 
 
 def check_checkpoint(model: nn.Module, cfg: ModelConfig) -> None:

@@ -565,3 +565,21 @@ def test_truncated_imagefolder_file_is_a_one_line_cli_error(tmp_path: Path) -> N
     assert result.stderr.strip().splitlines()[-1] == (f"error: {truncated}: cannot read image file (image file is "
                                                       "truncated); replace or remove it"), result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_an_empty_training_split_names_the_field_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Trial 17: `data.test_fraction=0.9999` (or an npz with an empty x_train) ended in `error: zero-size array to
+    reduction operation maximum which has no identity`, naming no field."""
+    from sparsetrain.cli import main
+    from tests.core.conftest import tiny_overrides
+
+    empty = _write_npz(tmp_path / "empty.npz", x_train=np.zeros((0, 12, 12), np.uint8), y_train=np.zeros(0, np.int64))
+    cases = [(["data.test_fraction=0.9999"], "error: data.test_fraction: 0.9999 of the 1797 samples leaves no training "
+              "sample; expected a smaller fraction that keeps at least one (the default is 0.2)"),
+             (["data.source=npz", f"data.path={empty}"], f"error: data.path: array x_train of {empty} holds no samples "
+              "(shape (0, 1, 12, 12)); expected at least one training sample")]
+    for extra, expected in cases:
+        assert main(["run", *tiny_overrides(tmp_path / "run", *extra)]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert errors == [expected], errors
+    assert not (tmp_path / "run").exists(), "refused before the run directory is made"

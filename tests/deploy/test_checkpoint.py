@@ -250,3 +250,23 @@ def test_checkpoint_settings_are_checked_at_load(overrides: list[str], message: 
 
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_a_checkpoint_holding_nan_is_refused_at_load_naming_file_and_tensor(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """Trial 17: NaN weights read from model.checkpoint with phases.dense.epochs=0 ended in `non-finite values in the
+    dense weights to hand on (fc1.weight); the dense phase diverged: lower optim.lr ...`, blaming a phase that took
+    no step. Now the load says which file and tensor hold NaN (exit 4, as NaN/inf in the data), before any phase."""
+    from tests.core.conftest import tiny_overrides
+
+    torch.manual_seed(0)
+    state = build_model(ModelConfig(name="lenet300_100"), 1, 10, (1, 8, 8)).state_dict()
+    state["fc1.weight"][0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file(state, path)
+    code = main(["run", *tiny_overrides(tmp_path / "run", "phases.dense.enabled=true", "phases.dense.epochs=0",
+                                        f"model.checkpoint={path}")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 4 and errors == [f"error: non-finite values in the weights of {path} (fc1.weight); model.checkpoint "
+                                    "holds NaN or inf: give one saved before the weights diverged (a run's last good "
+                                    "checkpoint, weights/<phase>.safetensors)"], errors

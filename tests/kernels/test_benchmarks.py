@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,3 +261,62 @@ def test_kernels_prints_the_table_once_and_says_which_ops_it_times(tmp_path, cap
     with pytest.raises(SystemExit):
         kernels.parse_args(["--help"])
     assert "(default: l0_grad_mask; add apply_masks" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder bind-mounted read-only (chmod does not stop root; a read-only mount does), or a skip saying why."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only bind mount needs root")
+    source, mounted = tmp_path / "source", tmp_path / "ro"
+    source.mkdir()
+    mounted.mkdir()
+    bind = subprocess.run(["mount", "--bind", str(source), str(mounted)], capture_output=True, text=True)
+    if bind.returncode != 0:
+        pytest.skip(f"mount --bind is not allowed here: {bind.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(mounted)], check=True, capture_output=True)
+        yield mounted
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+
+
+@pytest.mark.parametrize("name", ["latency", "kernels", "throughput", "train_step"])
+def test_out_that_is_a_file_or_read_only_is_one_argparse_line_before_the_benchmark(
+        name: str, tmp_path: Path, read_only_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    """Trial 17: `--out FILE` ended in a FileExistsError traceback and a read-only --out in an OSError, throughput's
+    only after the whole benchmark had run. Now argparse's one line naming --out, exit 2, before anything runs
+    (latency's RUN/export is never read)."""
+    from sparsetrain.cli import main
+
+    file = tmp_path / "results.json"
+    file.write_text("{}")
+    not_a_folder = f"{file} is a file, not a folder; give a folder to write into"
+    read_only = f"cannot write into {read_only_folder} (Read-only file system); give a writable folder"
+    cases = [(file, not_a_folder), (file / "sub", not_a_folder), (read_only_folder, read_only),
+             (read_only_folder / "new", read_only)]
+    for out, expected in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            main(["bench", name, *(["RUN/export"] if name == "latency" else []), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.splitlines()[-1] == (
+            f"sparsetrain bench {name}: error: argument --out: {expected}"), (out, err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU --backend triton runs")
+@pytest.mark.parametrize("name", ["kernels", "train_step"])
+def test_backend_triton_where_it_cannot_run_is_one_line(name: str, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Trial 17: `sparsetrain bench kernels --quick --backend triton` on CPU ended in `RuntimeError: backend 'triton'
+    cannot run on this machine` and a traceback; `run` with regularizer.backend=triton says it in one line."""
+    import triton_kernels._multi_tensor as multi_tensor
+    from sparsetrain.cli import main
+
+    monkeypatch.setattr(multi_tensor, "INTERPRET", False)  # a plain CPU machine, whatever the test environment sets
+    assert main(["bench", name, "--quick", "--backend", "triton"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err == ("error: --backend: 'triton' cannot run on cpu: Triton kernels need CUDA tensors (or "
+                   "TRITON_INTERPRET=1 for CPU), got cpu; use --backend torch (or leave it out)"), err
+    assert "device:" not in captured.out, "refused before the benchmark starts"
