@@ -236,3 +236,24 @@ def test_built_in_defaults_do_not_share_the_quickstart_run_dir(capsys: pytest.Ca
         main(["run", "--help"])
     named = str(Path(defaults.out_dir).relative_to(Path.cwd()))  # stored absolute (README "Paths")
     assert named in " ".join(capsys.readouterr().out.split()), "run --help names another out_dir"
+
+
+@pytest.mark.parametrize(("text", "line", "key"), [
+    ("optim:\n  lr: 0.01\noptim:\n  name: sgd\n", 3, "optim"),  # was name sgd, lr 0.001: the first lr dropped
+    ("seed: 1\noptim: {lr: 0.01, lr: 0.1}\n", 2, "lr"),  # was lr 0.1: the last won
+])
+def test_a_key_given_twice_in_a_recipe_is_refused_with_file_and_line(tmp_path: Path, text: str, line: int,
+                                                                     key: str) -> None:
+    recipe = tmp_path / "dup.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe)
+    message = str(info.value)
+    assert message.startswith(f"config: {recipe}:{line}: duplicate key {key!r} (first given at line"), message
+    assert "\n" not in message, message
+
+
+def test_a_key_given_twice_in_an_override_mapping_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["optim={lr: 0.01, lr: 0.1}"])
+    assert str(info.value).startswith("override 'optim={lr: 0.01, lr: 0.1}': duplicate key 'lr'"), str(info.value)
