@@ -20,15 +20,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sparsetrain.config.numbers import NumbersModel
+
 KERNEL_TO_SETTINGS = {"autograd": {"gradient_path": "autograd", "backend": "torch"},
                       "triton": {"gradient_path": "hook", "backend": "triton"},
                       "torch": {"gradient_path": "hook", "backend": "torch"},
                       "auto": {"gradient_path": "hook", "backend": "auto"}}
 
 
-class Section(BaseModel):
-    """Base for config sections: unknown keys and non-finite numbers are errors, values are re-validated on
-    assignment."""
+class Section(NumbersModel):
+    """Base for config sections: unknown keys, non-finite numbers and booleans given to numeric fields are errors,
+    values are re-validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 

@@ -257,3 +257,28 @@ def test_a_key_given_twice_in_an_override_mapping_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, ["optim={lr: 0.01, lr: 0.1}"])
     assert str(info.value).startswith("override 'optim={lr: 0.01, lr: 0.1}': duplicate key 'lr'"), str(info.value)
+
+
+@pytest.mark.parametrize("override", ["optim.lr=yes", "deepspeed.zero_stage=yes", "seed=true", "train.threads=on",
+                                      "launch.nodes=yes", "launch.mem_gb=false", "phases.dense.lr=true"])
+def test_a_boolean_in_a_numeric_field_is_refused(override: str) -> None:
+    """YAML's yes/true were read as the number 1 (optim.lr=yes -> 1.0, deepspeed.zero_stage=yes -> ZeRO 1)."""
+    field, _, text = override.partition("=")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == (f"{field}: expected a number, not a boolean; YAML reads true/false/yes/no/on/off as "
+                               f"booleans (got {text in ('yes', 'true', 'on')})"), str(info.value)
+
+
+def test_a_boolean_in_a_mapping_of_numbers_and_a_recipe_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^prune.layer_thresholds: head.weight: expected a number, not a boolean"):
+        load_config(None, ["prune={rule: layer_threshold, layer_thresholds: {head.weight: true}}"])
+    (tmp_path / "r.yaml").write_text("seed: true\n")
+    with pytest.raises(ConfigError, match=r"^seed: expected a number, not a boolean"):
+        load_config(tmp_path / "r.yaml")
+
+
+def test_numbers_and_booleans_keep_their_fields() -> None:
+    cfg = load_config(None, ["optim.lr=1", "seed=7", "train.grad_checkpointing=yes", "data.num_workers=auto",
+                             "model.kwargs={drop_rate: 0.1, pretrained_strict: true}"])
+    assert (cfg.optim.lr, cfg.seed, cfg.train.grad_checkpointing, cfg.data.num_workers) == (1.0, 7, True, "auto")
