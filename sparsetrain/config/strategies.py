@@ -48,7 +48,7 @@ class Strategy(Section):
         variants = variants_of(cls)
         if variants:  # the section's base class: dispatch on the key
             choice = data.get(cls.KEY, cls.model_fields[cls.KEY].default)
-            cls = variants.get(choice, cls)
+            cls = variants.get(choice, cls) if isinstance(choice, str) else cls  # validation names a bad key
         return super().__new__(cls)
 
 
@@ -315,7 +315,7 @@ def pick_strategy(section: str, registry: dict[str, type[Strategy]], base: type[
         return data
     key = base.KEY
     choice = data.get(key, base.model_fields[key].default)
-    if choice not in registry:
+    if not isinstance(choice, str) or choice not in registry:  # a list or mapping is no name (and unhashable)
         raise ValueError(f"{section}.{key}: expected one of {', '.join(registry)} (got {choice!r})")
     settings = registry[choice]
     data = _from_flat_0_1(section, data, settings)

@@ -282,3 +282,16 @@ def test_numbers_and_booleans_keep_their_fields() -> None:
     cfg = load_config(None, ["optim.lr=1", "seed=7", "train.grad_checkpointing=yes", "data.num_workers=auto",
                              "model.kwargs={drop_rate: 0.1, pretrained_strict: true}"])
     assert (cfg.optim.lr, cfg.seed, cfg.train.grad_checkpointing, cfg.data.num_workers) == (1.0, 7, True, "auto")
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("regularizer.name=[1,2]", "regularizer.name: expected one of l0_exp, l2, none, grad_count (got [1, 2])"),
+    ("regularizer.name.bogus=1", "regularizer.name: expected one of l0_exp, l2, none, grad_count (got {'bogus': 1})"),
+    ("prune.rule={a: 1}", "prune.rule: expected one of global_threshold, layer_threshold, global_sparsity, "
+     "layer_sparsity, filters (got {'a': 1})"),
+])
+def test_a_list_or_mapping_as_strategy_name_names_the_valid_names(override: str, expected: str) -> None:
+    """Was `TypeError: unhashable type` (the registry lookup of a list or dict)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == expected
