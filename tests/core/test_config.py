@@ -295,3 +295,31 @@ def test_a_list_or_mapping_as_strategy_name_names_the_valid_names(override: str,
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("deepspeed.timeout_min=1e30", "deepspeed.timeout_min: Input should be less than or equal to 525600"),
+    ("seed=99999999999999999999", "seed: Input should be less than or equal to 4294967295"),
+    ("data.train_subset.seed=4294967296", "data.train_subset.seed: Input should be less than or equal to 4294967295"),
+])
+def test_values_the_run_cannot_take_are_refused_at_load(override: str, expected: str) -> None:
+    """Were accepted by config and --dry-run, then crashed the run: OverflowError (timedelta), 'error: Overflow when
+    unpacking long long' (torch.manual_seed) naming no field."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_a_run_at_the_largest_seed_and_timeout_trains(tmp_path: Path) -> None:
+    """The bounds are ones the run takes: torch's process group (timeout_min), numpy/mnist1d and the torch generators
+    seeded from `seed` (phase and epoch seeds derived from it)."""
+    from sparsetrain.config.schema import MAX_SEED, MAX_TIMEOUT_MIN
+    from sparsetrain.data.builtin import load_mnist1d_data
+    from tests.core.conftest import tiny_overrides
+
+    load_mnist1d_data(load_config(None, ["data.source=mnist1d"]).data, MAX_SEED)  # np.random.seed's range
+    overrides = tiny_overrides(tmp_path / "run", f"seed={MAX_SEED}", f"deepspeed.timeout_min={MAX_TIMEOUT_MIN}",
+                               "phases.sparsify.epochs=0.1", "phases.finetune.epochs=0.1", "prune.sparsity=0.3")
+    result = subprocess.run([sys.executable, "-m", "sparsetrain", "run", *overrides], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
