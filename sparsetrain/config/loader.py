@@ -86,11 +86,27 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_text(path: Path) -> str:
+    """The recipe's text; ConfigError naming the file when it is missing, a folder, unreadable or not UTF-8 text."""
+    if path.is_dir():
+        run = path / "config.yaml"
+        hint = f"; a run directory's recipe is {run}" if run.is_file() else " such as configs/quickstart.yaml"
+        raise ConfigError(f"config: {path} is a folder; expected a YAML recipe file{hint}")
     if not path.is_file():
         raise ConfigError(f"config: file not found: {path}")
     try:
-        data = load_yaml(path.read_text())
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config: {path} is not a YAML recipe (byte {err.start} is not UTF-8 text: a binary file?); "
+                          "expected a YAML text file such as configs/quickstart.yaml") from None
+    except OSError as err:
+        raise ConfigError(f"config: cannot read {path} ({err.strerror or err})") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    text = _read_text(path)
+    try:
+        data = load_yaml(text)
     except DuplicateKeyError as err:
         mark = err.problem_mark
         raise ConfigError(f"config: {path}:{mark.line + 1}: {err.problem}") from None
@@ -161,7 +177,13 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_name = data.pop("base", None)
     if base_name is None:
         return data
-    base = load_raw(path.parent / str(base_name), (*_seen, path))
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise ConfigError(f"base: expected one recipe file name (relative to its folder) in {path}, got "
+                          f"{base_name!r}; e.g. base: base.yaml")
+    base_path = path.parent / base_name
+    if not base_path.exists():
+        raise ConfigError(f"base: file not found: {base_path} (the base of {path})")
+    base = load_raw(base_path, (*_seen, path))
     return merge_recipe(base, data)
 
 

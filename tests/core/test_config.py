@@ -323,3 +323,37 @@ def test_a_run_at_the_largest_seed_and_timeout_trains(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "sparsetrain", "run", *overrides], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_recipe_files_that_are_not_recipes_name_the_file_and_what_is_expected(tmp_path: Path) -> None:
+    """A binary recipe was "error: 'utf-8' codec can't decode byte ...", `base: [base.yaml]` was "file not found:
+    .../['base.yaml']" and a folder was "file not found" though it exists."""
+    binary = tmp_path / "model.yaml"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(128, 256)))
+    (tmp_path / "listed.yaml").write_text("base: [base.yaml]\nseed: 1\n")
+    (tmp_path / "missing.yaml").write_text("base: nope.yaml\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 1\n")
+    cases = {
+        binary: f"config: {binary} is not a YAML recipe (byte 8 is not UTF-8 text: a binary file?); expected a YAML "
+                "text file such as configs/quickstart.yaml",
+        tmp_path / "listed.yaml": f"base: expected one recipe file name (relative to its folder) in "
+                                  f"{tmp_path / 'listed.yaml'}, got ['base.yaml']; e.g. base: base.yaml",
+        tmp_path / "missing.yaml": f"base: file not found: {tmp_path / 'nope.yaml'} (the base of "
+                                   f"{tmp_path / 'missing.yaml'})",
+        tmp_path: f"config: {tmp_path} is a folder; expected a YAML recipe file such as configs/quickstart.yaml",
+        run: f"config: {run} is a folder; expected a YAML recipe file; a run directory's recipe is {run}/config.yaml",
+    }
+    for recipe, expected in cases.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(recipe)
+        assert str(info.value) == expected
+
+
+def test_cli_config_of_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "sparsetrain", "config", str(tmp_path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: config: {tmp_path} is a folder; expected a YAML "
+                                      "recipe file such as configs/quickstart.yaml"), result.stderr
