@@ -175,6 +175,10 @@ def test_cli_config_prints_the_resolved_recipe_and_the_schema() -> None:
 CONFIG_MODEL_REFUSALS = [
     (("model.name=resnet-18",), "error: model.name: unknown timm model 'resnet-18' (closest: "),
     (("model.kwargs.depth=3",), "error: model.kwargs: lenet300_100 does not take the arguments it was given "),
+    # was silent: timm's patch grid floors, so the ViT saw only the top-left 16×16 of each 30×30 image
+    (("model.name=vit_tiny_patch16_224", "data.source=synthetic", "data.image_size=30"),
+     "error: data.image_size: vit_tiny_patch16_224 cuts images into 16×16 patches, so the sides must be divisible by "
+     "16; got 30×30 (only the top-left 16×16 would be seen); e.g. data.image_size=32, or model.kwargs.patch_size=15"),
 ]
 
 
@@ -357,3 +361,31 @@ def test_cli_config_of_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (f"error: config: {tmp_path} is a folder; expected a YAML "
                                       "recipe file such as configs/quickstart.yaml"), result.stderr
+
+
+def test_fewer_model_outputs_than_data_classes_are_refused_before_the_run_opens(capsys: pytest.CaptureFixture,
+                                                                               tmp_path: Path) -> None:
+    """Was `IndexError: Target 4 is out of bounds` from cross_entropy, a traceback after the run opened."""
+    from sparsetrain.cli import main
+
+    capsys.readouterr()
+    out_dir = tmp_path / "run"
+    assert main(["run", "model.kwargs={num_classes: 3}", f"out_dir={out_dir}", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: model.kwargs.num_classes: 3 model outputs for data with 10 classes (labels 0-9); expected "
+                   "at least 10, or leave it out (the class count comes from the data)\n"), err
+    assert not out_dir.exists()
+
+
+def test_a_patch_size_that_does_not_divide_native_images_is_refused_by_the_dry_run(capsys: pytest.CaptureFixture,
+                                                                                  tmp_path: Path) -> None:
+    """The digits keep their native 8×8 (data.image_size does not resize them): the line names the patch size."""
+    from sparsetrain.cli import main
+
+    capsys.readouterr()
+    assert main(["run", "model.name=vit_tiny_patch16_224", "model.kwargs={patch_size: 3, depth: 1}",
+                 f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: model.kwargs.patch_size: vit_tiny_patch16_224 cuts images into 3×3 patches, but the images "
+                   "of data.source=digits are 8×8 (only the top-left 6×6 would be seen); give a patch size dividing "
+                   "both sides, e.g. model.kwargs.patch_size=2\n"), err
