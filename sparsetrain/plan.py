@@ -108,8 +108,44 @@ def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
         ValueError: one line naming `model.name` or `model.kwargs`.
     """
     model = meta_model(config, sizes)
+    check_patch_grid(config, model, sizes)
     check_model_task(config, model, sizes)
     return model
+
+
+RESIZING_SOURCES = ("imagefolder", "seg_folder", "synthetic", "seg_synthetic")  # data.image_size sets their size
+
+
+def check_patch_grid(config: RunConfig, model: nn.Module, sizes: DataSizes) -> None:
+    """Refuse input sides a patch-embedding model (ViT, DeiT, Swin, ...: timm's `PatchEmbed` as `model.patch_embed`,
+    without `dynamic_img_pad`) would cut short: its strided conv floors the grid, so a 30×30 image through 16×16
+    patches is seen as its top-left 16×16 only, without an error.
+
+    Raises:
+        ValueError: `data.image_size: NAME cuts images into P×P patches, so the sides must be divisible by P; ...`
+            for a source that data.image_size resizes (`RESIZING_SOURCES`), else `model.kwargs.patch_size: ...`
+            (npz, idx, digits keep their native size); inputs smaller than a patch are left to `check_model_fits`.
+    """
+    from timm.layers import PatchEmbed
+
+    embed = getattr(model, "patch_embed", None)
+    if not isinstance(embed, PatchEmbed) or getattr(embed, "dynamic_img_pad", False) or len(sizes.input_shape) < 3:
+        return
+    (height, width), (ph, pw) = sizes.input_shape[-2:], tuple(embed.patch_size)
+    if height % ph == 0 and width % pw == 0 or height < ph or width < pw:
+        return  # smaller than one patch: the forward pass fails, and check_model_fits names it
+    patch = f"{ph}×{pw}" if ph != pw else f"{ph}×{ph}"
+    seen = f"only the top-left {height // ph * ph}×{width // pw * pw} would be seen"
+    common = math.gcd(height, width)
+    divisor = max(d for d in range(1, min(ph, pw) + 1) if common % d == 0)
+    other_patch = f"model.kwargs.patch_size={divisor}"
+    if config.data.source in RESIZING_SOURCES and ph == pw and height == width:
+        raise ValueError(f"data.image_size: {config.model.name} cuts images into {patch} patches, so the sides must "
+                         f"be divisible by {ph}; got {height}×{width} ({seen}); e.g. data.image_size="
+                         f"{max(ph, round(height / ph) * ph)}, or {other_patch}")
+    raise ValueError(f"model.kwargs.patch_size: {config.model.name} cuts images into {patch} patches, but the "
+                     f"images of data.source={config.data.source} are {height}×{width} ({seen}); give a patch size "
+                     f"dividing both sides, e.g. {other_patch}")
 
 
 def check_start_weights(config: RunConfig, model: nn.Module) -> None:

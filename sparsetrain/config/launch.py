@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
+from sparsetrain.config.numbers import NumbersModel
 from sparsetrain.paths import absolute_path
 
 _SBATCH_LINE = re.compile(r"^(#SBATCH\s+)?--(?P<key>[A-Za-z][A-Za-z0-9_-]*)(=(?P<value>.+))?$")
 
 
-class LaunchConfig(BaseModel):
+class LaunchConfig(NumbersModel):
     """Resources of one Slurm job (or job-array element); ignored by local runs."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

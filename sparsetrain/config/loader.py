@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,61 @@ class ConfigError(InputError):
     """A config problem, phrased as one line naming the field and what was expected."""
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping that gives one key twice (PyYAML keeps the last silently, dropping the first's settings)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (`optim:` twice, `{lr: 0.01, lr: 0.1}`)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Raises DuplicateKeyError at the second occurrence of a key (its line and column in problem_mark)."""
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # merge keys (<<: *anchor) may be overridden by the mapping's own keys
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    continue  # the base class refuses it ("found unhashable key")
+                if key in first_line:
+                    raise DuplicateKeyError(None, None, f"duplicate key {key!r} (first given at line "
+                                            f"{first_line[key]}; YAML would keep only the last, dropping the "
+                                            "settings of the first); give each key once", key_node.start_mark)
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML like `yaml.safe_load`, but a key given twice in one mapping raises DuplicateKeyError."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _read_text(path: Path) -> str:
+    """The recipe's text; ConfigError naming the file when it is missing, a folder, unreadable or not UTF-8 text."""
+    if path.is_dir():
+        run = path / "config.yaml"
+        hint = f"; a run directory's recipe is {run}" if run.is_file() else " such as configs/quickstart.yaml"
+        raise ConfigError(f"config: {path} is a folder; expected a YAML recipe file{hint}")
     if not path.is_file():
         raise ConfigError(f"config: file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config: {path} is not a YAML recipe (byte {err.start} is not UTF-8 text: a binary file?); "
+                          "expected a YAML text file such as configs/quickstart.yaml") from None
+    except OSError as err:
+        raise ConfigError(f"config: cannot read {path} ({err.strerror or err})") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    text = _read_text(path)
+    try:
+        data = load_yaml(text)
+    except DuplicateKeyError as err:
+        mark = err.problem_mark
+        raise ConfigError(f"config: {path}:{mark.line + 1}: {err.problem}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         if mark is not None:  # where the parser stopped, as file:line:column like compilers print it
@@ -126,7 +177,13 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_name = data.pop("base", None)
     if base_name is None:
         return data
-    base = load_raw(path.parent / str(base_name), (*_seen, path))
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise ConfigError(f"base: expected one recipe file name (relative to its folder) in {path}, got "
+                          f"{base_name!r}; e.g. base: base.yaml")
+    base_path = path.parent / base_name
+    if not base_path.exists():
+        raise ConfigError(f"base: file not found: {base_path} (the base of {path})")
+    base = load_raw(base_path, (*_seen, path))
     return merge_recipe(base, data)
 
 
@@ -156,9 +213,16 @@ def all_paths() -> list[str]:
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override value with YAML rules (numbers, bools, null, lists, mappings)."""
+    """Parse an override value with YAML rules (numbers, bools, null, lists, mappings); text that is not YAML stays
+    a string.
+
+    Raises:
+        DuplicateKeyError: a mapping value gives one key twice (`optim={lr: 0.01, lr: 0.1}`).
+    """
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
+    except DuplicateKeyError:
+        raise
     except yaml.YAMLError:
         return text
 
@@ -178,7 +242,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"{key}: {part} is not a section")
             node = child
-        node[parts[-1]] = parse_value(text)
+        try:
+            node[parts[-1]] = parse_value(text)
+        except DuplicateKeyError as err:
+            raise ConfigError(f"override {item!r}: {err.problem}") from None
     return data
 
 

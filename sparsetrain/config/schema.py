@@ -27,6 +27,10 @@ from sparsetrain.paths import absolute_path
 
 __all__ = ["GradualConfig", "PruneConfig", "RegularizerConfig", "RunConfig", "Section"]
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seed range (mnist1d seeds np.random with it); the run derives torch generator
+# seeds (seed * 10 + phase) * 100_003 + epoch from it, which stay below the 2**64 torch.manual_seed takes
+MAX_TIMEOUT_MIN = 525_600.0  # a year; timedelta(minutes=1e30) overflows, torch's process group past ~1e11 minutes
+
 
 class ModelConfig(Section):
     name: str = Field("lenet300_100", description="timm model name (sparsetrain registers lenet300_100, lenet5, unet, "
@@ -71,8 +75,8 @@ class TrainSubsetConfig(Section):
 
     parts: int = Field(2, ge=2, description="Number of disjoint parts the training set is split into.")
     part: int = Field(0, ge=0, description="Which part to train on (0-based, < parts).")
-    seed: int = Field(0, ge=0, description="Seed of the partition (independent of the run seed, so runs with "
-                      "different seeds can share a part).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the partition (independent of the run seed, so "
+                      "runs with different seeds can share a part; 0 to 2**32 - 1 like it).")
 
     @model_validator(mode="after")
     def _check_part(self) -> TrainSubsetConfig:
@@ -175,8 +179,9 @@ class DeepSpeedConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
     gradient_clipping: float = Field(0.0, ge=0, description="Global grad-norm clip (0 = off).")
     dist_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto = nccl on GPU, gloo on CPU.")
-    timeout_min: float = Field(10.0, gt=0, description="Process-group timeout: a rank whose peer died fails after "
-                               "this long instead of hanging.")
+    timeout_min: float = Field(10.0, gt=0, le=MAX_TIMEOUT_MIN, description="Process-group timeout: a rank whose "
+                               "peer died fails after this long instead of hanging (at most 525600, a year: torch "
+                               "overflows past ~1e11 minutes).")
 
 
 class TrainConfig(Section):
@@ -253,7 +258,9 @@ class RunConfig(Section):
 
     out_dir: str = Field("runs/default", description="Run directory: checkpoints, report, plots, export (the built-in "
                          "defaults' own; configs/quickstart.yaml writes runs/quickstart).", validate_default=True)
-    seed: int = Field(0, ge=0, description="Seed for weights, data order and generated data.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for weights, data order and generated data "
+                      "(0 to 2**32 - 1: numpy's seed range, which mnist1d uses; torch's generators take the phase "
+                      "and epoch seeds derived from it).")
     resume: bool = Field(True, description="Continue from the last checkpoint in out_dir when there is one.")
     task: Literal["classification", "segmentation"] = Field("classification", description="Loss and metrics.")
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -20,15 +20,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sparsetrain.config.numbers import NumbersModel
+
 KERNEL_TO_SETTINGS = {"autograd": {"gradient_path": "autograd", "backend": "torch"},
                       "triton": {"gradient_path": "hook", "backend": "triton"},
                       "torch": {"gradient_path": "hook", "backend": "torch"},
                       "auto": {"gradient_path": "hook", "backend": "auto"}}
 
 
-class Section(BaseModel):
-    """Base for config sections: unknown keys and non-finite numbers are errors, values are re-validated on
-    assignment."""
+class Section(NumbersModel):
+    """Base for config sections: unknown keys, non-finite numbers and booleans given to numeric fields are errors,
+    values are re-validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
@@ -46,7 +48,7 @@ class Strategy(Section):
         variants = variants_of(cls)
         if variants:  # the section's base class: dispatch on the key
             choice = data.get(cls.KEY, cls.model_fields[cls.KEY].default)
-            cls = variants.get(choice, cls)
+            cls = variants.get(choice, cls) if isinstance(choice, str) else cls  # validation names a bad key
         return super().__new__(cls)
 
 
@@ -313,7 +315,7 @@ def pick_strategy(section: str, registry: dict[str, type[Strategy]], base: type[
         return data
     key = base.KEY
     choice = data.get(key, base.model_fields[key].default)
-    if choice not in registry:
+    if not isinstance(choice, str) or choice not in registry:  # a list or mapping is no name (and unhashable)
         raise ValueError(f"{section}.{key}: expected one of {', '.join(registry)} (got {choice!r})")
     settings = registry[choice]
     data = _from_flat_0_1(section, data, settings)

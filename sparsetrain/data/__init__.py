@@ -48,7 +48,9 @@ CLASS_NAMES = {"digits": DIGITS, "mnist1d": DIGITS}  # array sources whose label
 def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
                         raw: tuple[str, float], names: tuple[str, ...] | None = None) -> DataBundle:
     x_train, y_train, x_test, y_test = arrays
-    classes = num_classes or int(max(y_train.max(), y_test.max())) + 1  # of the whole set, not of the subset
+    data_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1  # of the whole set, not the subset
+    check_model_classes(num_classes, data_classes, f"labels 0-{data_classes - 1}")
+    classes = num_classes or data_classes
     if cfg.train_subset is not None:
         keep = subset_indices(len(x_train), cfg.train_subset)
         x_train, y_train = x_train[keep], y_train[keep]
@@ -67,6 +69,16 @@ def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
                       in_chans=x_train.shape[1], num_classes=classes, input_shape=shape,
                       preprocessing=preprocessing_record(shape, raw[0], raw[1], stats),
                       classes=names if names and len(names) == classes else None)
+
+
+def check_model_classes(num_classes: int | None, data_classes: int, what: str) -> None:
+    """Raise DataError unless model.kwargs.num_classes (None: not given) gives an output to each of the data's
+    `data_classes` classes (`what` says where they come from, e.g. 'labels 0-9'): a label without an output would
+    fail the loss mid-run (cross_entropy's 'Target 4 is out of bounds')."""
+    if num_classes is not None and num_classes < data_classes:
+        raise DataError(f"model.kwargs.num_classes: {num_classes} model outputs for data with {data_classes} classes "
+                        f"({what}); expected at least {data_classes}, or leave it out (the class count comes from "
+                        "the data)")
 
 
 def _log_untrained_classes(y_train: torch.Tensor, y_test: torch.Tensor, classes: int) -> None:
@@ -104,6 +116,7 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
     if cfg.source == "imagefolder":
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test, scale = load_imagefolder(cfg.path, size, cfg.normalize, chans)
+        check_model_classes(num_classes, len(train.classes), f"class folders of {cfg.path}")
         classes = num_classes or len(train.classes)
         names = tuple(train.classes) if len(train.classes) == classes else None  # torchvision: sorted folder names
         if cfg.train_subset is not None:

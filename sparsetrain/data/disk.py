@@ -108,7 +108,8 @@ def load_npz(path: str, num_classes: int | None = None) -> tuple[tuple[np.ndarra
     limit = num_classes or int(y_train.max()) + 1
     for name, y in (("y_train", y_train), ("y_test", y_test)):
         if len(y) and y.max() >= limit:
-            raise DataError(f"data.path: array {name} has label {int(y.max())} out of range [0, {limit})")
+            bound = " (model.kwargs.num_classes)" if num_classes else ""
+            raise DataError(f"data.path: array {name} has label {int(y.max())} out of range [0, {limit}){bound}")
     return (x_train, y_train, x_test, y_test), scale
 
 

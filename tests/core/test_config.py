@@ -175,6 +175,10 @@ def test_cli_config_prints_the_resolved_recipe_and_the_schema() -> None:
 CONFIG_MODEL_REFUSALS = [
     (("model.name=resnet-18",), "error: model.name: unknown timm model 'resnet-18' (closest: "),
     (("model.kwargs.depth=3",), "error: model.kwargs: lenet300_100 does not take the arguments it was given "),
+    # was silent: timm's patch grid floors, so the ViT saw only the top-left 16×16 of each 30×30 image
+    (("model.name=vit_tiny_patch16_224", "data.source=synthetic", "data.image_size=30"),
+     "error: data.image_size: vit_tiny_patch16_224 cuts images into 16×16 patches, so the sides must be divisible by "
+     "16; got 30×30 (only the top-left 16×16 would be seen); e.g. data.image_size=32, or model.kwargs.patch_size=15"),
 ]
 
 
@@ -236,3 +240,155 @@ def test_built_in_defaults_do_not_share_the_quickstart_run_dir(capsys: pytest.Ca
         main(["run", "--help"])
     named = str(Path(defaults.out_dir).relative_to(Path.cwd()))  # stored absolute (README "Paths")
     assert named in " ".join(capsys.readouterr().out.split()), "run --help names another out_dir"
+
+
+@pytest.mark.parametrize(("text", "line", "key"), [
+    ("optim:\n  lr: 0.01\noptim:\n  name: sgd\n", 3, "optim"),  # was name sgd, lr 0.001: the first lr dropped
+    ("seed: 1\noptim: {lr: 0.01, lr: 0.1}\n", 2, "lr"),  # was lr 0.1: the last won
+])
+def test_a_key_given_twice_in_a_recipe_is_refused_with_file_and_line(tmp_path: Path, text: str, line: int,
+                                                                     key: str) -> None:
+    recipe = tmp_path / "dup.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe)
+    message = str(info.value)
+    assert message.startswith(f"config: {recipe}:{line}: duplicate key {key!r} (first given at line"), message
+    assert "\n" not in message, message
+
+
+def test_a_key_given_twice_in_an_override_mapping_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["optim={lr: 0.01, lr: 0.1}"])
+    assert str(info.value).startswith("override 'optim={lr: 0.01, lr: 0.1}': duplicate key 'lr'"), str(info.value)
+
+
+@pytest.mark.parametrize("override", ["optim.lr=yes", "deepspeed.zero_stage=yes", "seed=true", "train.threads=on",
+                                      "launch.nodes=yes", "launch.mem_gb=false", "phases.dense.lr=true"])
+def test_a_boolean_in_a_numeric_field_is_refused(override: str) -> None:
+    """YAML's yes/true were read as the number 1 (optim.lr=yes -> 1.0, deepspeed.zero_stage=yes -> ZeRO 1)."""
+    field, _, text = override.partition("=")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == (f"{field}: expected a number, not a boolean; YAML reads true/false/yes/no/on/off as "
+                               f"booleans (got {text in ('yes', 'true', 'on')})"), str(info.value)
+
+
+def test_a_boolean_in_a_mapping_of_numbers_and_a_recipe_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^prune.layer_thresholds: head.weight: expected a number, not a boolean"):
+        load_config(None, ["prune={rule: layer_threshold, layer_thresholds: {head.weight: true}}"])
+    (tmp_path / "r.yaml").write_text("seed: true\n")
+    with pytest.raises(ConfigError, match=r"^seed: expected a number, not a boolean"):
+        load_config(tmp_path / "r.yaml")
+
+
+def test_numbers_and_booleans_keep_their_fields() -> None:
+    cfg = load_config(None, ["optim.lr=1", "seed=7", "train.grad_checkpointing=yes", "data.num_workers=auto",
+                             "model.kwargs={drop_rate: 0.1, pretrained_strict: true}"])
+    assert (cfg.optim.lr, cfg.seed, cfg.train.grad_checkpointing, cfg.data.num_workers) == (1.0, 7, True, "auto")
+
+
+@pytest.mark.parametrize(("override", "names", "got"), [
+    ("regularizer.name=[1,2]", "regularizer.name: expected one of l0_exp, l2, none, grad_count", "(got [1, 2])"),
+    ("regularizer.name.bogus=1", "regularizer.name: expected one of l0_exp, l2, none, grad_count",
+     "(got {'bogus': 1})"),
+    ("prune.rule={a: 1}", "prune.rule: expected one of global_threshold, layer_threshold, global_sparsity, "
+     "layer_sparsity, filters", "(got {'a': 1})"),
+])
+def test_a_list_or_mapping_as_strategy_name_names_the_valid_names(override: str, names: str, got: str) -> None:
+    """Was `TypeError: unhashable type` (the registry lookup of a list or dict). Strategies other tests register
+    (tests/arch) may follow the built-in names."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert message.startswith(names) and message.endswith(f" {got}") and "\n" not in message, message
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("deepspeed.timeout_min=1e30", "deepspeed.timeout_min: Input should be less than or equal to 525600"),
+    ("seed=99999999999999999999", "seed: Input should be less than or equal to 4294967295"),
+    ("data.train_subset.seed=4294967296", "data.train_subset.seed: Input should be less than or equal to 4294967295"),
+])
+def test_values_the_run_cannot_take_are_refused_at_load(override: str, expected: str) -> None:
+    """Were accepted by config and --dry-run, then crashed the run: OverflowError (timedelta), 'error: Overflow when
+    unpacking long long' (torch.manual_seed) naming no field."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_a_run_at_the_largest_seed_and_timeout_trains(tmp_path: Path) -> None:
+    """The bounds are ones the run takes: torch's process group (timeout_min), numpy/mnist1d and the torch generators
+    seeded from `seed` (phase and epoch seeds derived from it)."""
+    from sparsetrain.config.schema import MAX_SEED, MAX_TIMEOUT_MIN
+    from sparsetrain.data.builtin import load_mnist1d_data
+    from tests.core.conftest import tiny_overrides
+    from tests.core.subprocess_runs import run_cli
+
+    load_mnist1d_data(load_config(None, ["data.source=mnist1d"]).data, MAX_SEED)  # np.random.seed's range
+    overrides = tiny_overrides(tmp_path / "run", f"seed={MAX_SEED}", f"deepspeed.timeout_min={MAX_TIMEOUT_MIN}",
+                               "phases.sparsify.epochs=0.1", "phases.finetune.epochs=0.1", "prune.sparsity=0.3")
+    result = run_cli(overrides)  # without the torch.distributed variables of earlier in-process runs
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_recipe_files_that_are_not_recipes_name_the_file_and_what_is_expected(tmp_path: Path) -> None:
+    """A binary recipe was "error: 'utf-8' codec can't decode byte ...", `base: [base.yaml]` was "file not found:
+    .../['base.yaml']" and a folder was "file not found" though it exists."""
+    binary = tmp_path / "model.yaml"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(128, 256)))
+    (tmp_path / "listed.yaml").write_text("base: [base.yaml]\nseed: 1\n")
+    (tmp_path / "missing.yaml").write_text("base: nope.yaml\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 1\n")
+    cases = {
+        binary: f"config: {binary} is not a YAML recipe (byte 8 is not UTF-8 text: a binary file?); expected a YAML "
+                "text file such as configs/quickstart.yaml",
+        tmp_path / "listed.yaml": f"base: expected one recipe file name (relative to its folder) in "
+                                  f"{tmp_path / 'listed.yaml'}, got ['base.yaml']; e.g. base: base.yaml",
+        tmp_path / "missing.yaml": f"base: file not found: {tmp_path / 'nope.yaml'} (the base of "
+                                   f"{tmp_path / 'missing.yaml'})",
+        tmp_path: f"config: {tmp_path} is a folder; expected a YAML recipe file such as configs/quickstart.yaml",
+        run: f"config: {run} is a folder; expected a YAML recipe file; a run directory's recipe is {run}/config.yaml",
+    }
+    for recipe, expected in cases.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(recipe)
+        assert str(info.value) == expected
+
+
+def test_cli_config_of_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "sparsetrain", "config", str(tmp_path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: config: {tmp_path} is a folder; expected a YAML "
+                                      "recipe file such as configs/quickstart.yaml"), result.stderr
+
+
+def test_fewer_model_outputs_than_data_classes_are_refused_before_the_run_opens(capsys: pytest.CaptureFixture,
+                                                                               tmp_path: Path) -> None:
+    """Was `IndexError: Target 4 is out of bounds` from cross_entropy, a traceback after the run opened."""
+    from sparsetrain.cli import main
+
+    capsys.readouterr()
+    out_dir = tmp_path / "run"
+    assert main(["run", "model.kwargs={num_classes: 3}", f"out_dir={out_dir}", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: model.kwargs.num_classes: 3 model outputs for data with 10 classes (labels 0-9); expected "
+                   "at least 10, or leave it out (the class count comes from the data)\n"), err
+    assert not out_dir.exists()
+
+
+def test_a_patch_size_that_does_not_divide_native_images_is_refused_by_the_dry_run(capsys: pytest.CaptureFixture,
+                                                                                  tmp_path: Path) -> None:
+    """The digits keep their native 8×8 (data.image_size does not resize them): the line names the patch size."""
+    from sparsetrain.cli import main
+
+    capsys.readouterr()
+    assert main(["run", "model.name=vit_tiny_patch16_224", "model.kwargs={patch_size: 3, depth: 1}",
+                 f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: model.kwargs.patch_size: vit_tiny_patch16_224 cuts images into 3×3 patches, but the images "
+                   "of data.source=digits are 8×8 (only the top-left 6×6 would be seen); give a patch size dividing "
+                   "both sides, e.g. model.kwargs.patch_size=2\n"), err
