@@ -404,7 +404,7 @@ def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None
         _cancel_jobs_of(base)
     assert code == 0, f"sweep failed; logs in {base / 'slurm'}"
     table = capsys.readouterr().out.splitlines()[1:]  # after the `submitted 4 runs` line: a table, not JSON
-    assert table[0].split() == ["point", "state", "job", "sparsity", "metric", "pareto"], table
+    assert table[0].split() == ["point", "state", "job", "sparsity", "compression", "metric", "pareto"], table
     assert [row.split()[1] for row in table[1:5]] == ["done"] * 4, table
     assert table[5] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", table
     summary = json.loads((base / "sweep.json").read_text())
@@ -412,6 +412,7 @@ def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None
     assert [run["status"] for run in runs] == ["done"] * 4
     assert len({run["out_dir"] for run in runs}) == 4
     assert all(0 < run["sparsity"] < 1 and run["metric"] > 50 for run in runs), runs
+    assert all(run["compression"] == run["compression_ratio"] > 1 for run in runs), runs
     assert any(run["pareto"] for run in runs)
     assert (base / "sweep_pareto.png").stat().st_size > 1000
 
@@ -586,7 +587,7 @@ def test_sweep_collect_says_per_point_queued_running_failed_or_missing(held_swee
                              "--collect", f"out_dir={base}"], base)
     assert got.code == 1, got.err
     lines = got.out.splitlines()
-    assert lines[0].split() == ["point", "state", "job", "sparsity", "metric", "pareto"], got.out
+    assert lines[0].split() == ["point", "state", "job", "sparsity", "compression", "metric", "pareto"], got.out
     assert [line.split()[:4] for line in lines[1:5]] == [
         ["alpha0=1e-4", "running", ids[0], "-"], ["alpha0=2e-4", "queued", "(PENDING)", ids[1]],
         ["alpha0=4e-4", "failed", ids[2], "-"], ["alpha0=8e-4", "missing", "-", "-"]], got.out
