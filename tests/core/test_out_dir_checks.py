@@ -4,9 +4,7 @@ run, and a read-only run directory (a `[rank0]: OSError: [Errno 30] Read-only fi
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from sparsetrain.cli import main
 from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import tiny_config, tiny_overrides
+from tests.helpers.cli_checks import one_error_line, read_only_mount
 
 ONE_EPOCH = ("phases.sparsify.epochs=1", "report.accuracy_curve=false")
 
@@ -27,14 +26,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _one_error_line(capsys: pytest.CaptureFixture) -> str:
-    """The one `error:` line printed (log lines may precede it), with no traceback and nothing measured."""
-    out, err = capsys.readouterr()
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in err and "metric" not in out, (out, err)
-    return errors[0]
-
-
 def _listing(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime for p in sorted(folder.rglob("*"))}
 
@@ -44,45 +35,36 @@ def test_an_out_dir_that_is_an_export_folder_or_inside_a_run_is_refused(run: Pat
     """Before: `out_dir=OTHER_RUN/export` trained a new run into the other run's export folder."""
     before = _listing(run)
     assert main(["run", *tiny_overrides(run / "export", *ONE_EPOCH)]) == 2
-    assert _one_error_line(capsys) == (f"error: out_dir: {run / 'export'} is an export folder (it holds "
+    assert one_error_line(capsys) == (f"error: out_dir: {run / 'export'} is an export folder (it holds "
                                        "architecture.json), not a run directory; give a folder of its own for the "
                                        "run's outputs")
     inside = run / "weights" / "new"
     assert main(["run", *tiny_overrides(inside, *ONE_EPOCH)]) == 2
-    assert _one_error_line(capsys) == (f"error: out_dir: {inside} lies inside the run directory {run} (it holds "
+    assert one_error_line(capsys) == (f"error: out_dir: {inside} lies inside the run directory {run} (it holds "
                                        f"state.json); give a folder outside it, e.g. out_dir={run}-2")
     assert _listing(run) == before, "the other run is left as it was"
 
     copy = tmp_path / "shipped"  # an export folder on its own, away from its run
     shutil.copytree(run / "export", copy)
     assert main(["run", *tiny_overrides(copy, *ONE_EPOCH)]) == 2
-    assert "is an export folder (it holds architecture.json)" in _one_error_line(capsys)
+    assert "is an export folder (it holds architecture.json)" in one_error_line(capsys)
     assert not (copy / "config.yaml").exists()
 
 
 @pytest.fixture
 def read_only_run(run: Path, tmp_path: Path) -> Iterator[Path]:
     """A copy of the finished run, bind-mounted read-only (chmod does not stop root; a read-only mount does)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only bind mount needs root")
-    source, mounted = tmp_path / "source", tmp_path / "ro"
+    source = tmp_path / "source"
     shutil.copytree(run, source)
-    mounted.mkdir()
-    bind = subprocess.run(["mount", "--bind", str(source), str(mounted)], capture_output=True, text=True)
-    if bind.returncode != 0:
-        pytest.skip(f"mount --bind is not allowed here: {bind.stderr.strip()}")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(mounted)], check=True, capture_output=True)
+    with read_only_mount(source, tmp_path / "ro") as mounted:
         yield mounted
-    finally:
-        subprocess.run(["umount", str(mounted)], check=True)
 
 
 def test_a_read_only_run_directory_is_one_line_for_export_and_run(read_only_run: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     assert main(["export", str(read_only_run)]) == 2
-    assert _one_error_line(capsys) == (f"error: export: cannot write into the run directory {read_only_run} "
+    assert one_error_line(capsys) == (f"error: export: cannot write into the run directory {read_only_run} "
                                        "(Read-only file system); give a writable folder")
     assert main(["run", *tiny_overrides(read_only_run, *ONE_EPOCH)]) == 2
-    assert _one_error_line(capsys) == (f"error: out_dir: cannot write into the run directory {read_only_run} "
+    assert one_error_line(capsys) == (f"error: out_dir: cannot write into the run directory {read_only_run} "
                                        "(Read-only file system); give a writable folder")

@@ -16,6 +16,7 @@ from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.builtin import load_digits_data
 from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import tiny_config
+from tests.helpers.cli_checks import one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +25,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
     run_pipeline(tiny_config(out, "phases.sparsify.epochs=1", "report.accuracy_curve=false"))
     return out
-
-
-def _one_error_line(capsys: pytest.CaptureFixture) -> str:
-    """The one `error:` line printed (log lines may precede it), with no traceback and nothing measured."""
-    out, err = capsys.readouterr()
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in err and "metric" not in out, (out, err)
-    return errors[0]
 
 
 def test_eval_on_test_data_holding_a_nan_stops_like_run(run: Path, tmp_path: Path,
@@ -43,7 +36,7 @@ def test_eval_on_test_data_holding_a_nan_stops_like_run(run: Path, tmp_path: Pat
     data = tmp_path / "nan_test.npz"
     np.savez(data, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     assert main(["eval", str(run), "data.source=npz", f"data.path={data}"]) == 4
-    err = _one_error_line(capsys)
+    err = one_error_line(capsys)
     assert err == (f"error: non-finite eval result(s) loss (evaluation on the test split); check the test data "
                    f"(data.source=npz, data.path={data}) for NaN or inf"), err
 
@@ -58,11 +51,11 @@ def test_eval_of_weights_holding_a_nan_names_the_file_and_tensor(run: Path, tmp_
     state["fc2.weight"][1, 2] = float("nan")
     save_file(state, weights, metadata={"format": "pt"})
     assert main(["eval", str(export), "--format", "safetensors"]) == 4
-    err = _one_error_line(capsys)
+    err = one_error_line(capsys)
     assert err.startswith(f"error: non-finite values in the weights of {weights} (fc2.weight); "), err
 
     checkpoint = tmp_path / "nan.pth"
     torch.save({"model": state}, checkpoint)
     assert main(["eval", str(checkpoint), "model.name=lenet300_100", "data.source=digits"]) == 4
-    err = _one_error_line(capsys)
+    err = one_error_line(capsys)
     assert err.startswith(f"error: non-finite values in the weights of {checkpoint} (fc2.weight); "), err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks import host_overhead, kernels, train_step
+from tests.helpers.cli_checks import read_only_mount
 
 ROW_KEYS = {
     "case",
@@ -151,7 +151,6 @@ def test_usage_names_the_command_typed(name: str, capsys: pytest.CaptureFixture)
 
 def test_usage_line_of_both_real_commands() -> None:
     """Both ways of running a benchmark, as a user types them (the installed script and `python -m`)."""
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -266,19 +265,10 @@ def test_kernels_prints_the_table_once_and_says_which_ops_it_times(tmp_path, cap
 @pytest.fixture
 def read_only_folder(tmp_path: Path) -> Iterator[Path]:
     """A folder bind-mounted read-only (chmod does not stop root; a read-only mount does), or a skip saying why."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only bind mount needs root")
-    source, mounted = tmp_path / "source", tmp_path / "ro"
+    source = tmp_path / "source"
     source.mkdir()
-    mounted.mkdir()
-    bind = subprocess.run(["mount", "--bind", str(source), str(mounted)], capture_output=True, text=True)
-    if bind.returncode != 0:
-        pytest.skip(f"mount --bind is not allowed here: {bind.stderr.strip()}")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(mounted)], check=True, capture_output=True)
+    with read_only_mount(source, tmp_path / "ro") as mounted:
         yield mounted
-    finally:
-        subprocess.run(["umount", str(mounted)], check=True)
 
 
 @pytest.mark.parametrize("name", ["latency", "kernels", "throughput", "train_step"])
