@@ -84,22 +84,16 @@ def _classifier_names(name: str) -> tuple[str, ...]:
 
 
 def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """The shapes of a weights file's tensors, by name as timm reads them (wrapper prefixes removed), from a
-    safetensors header or a torch checkpoint loaded to the meta device; {} when it cannot be read (timm's own load
-    then says why)."""
-    from timm.models import clean_state_dict, load_state_dict
-
-    from sparsetrain.models.checkpoint import _header_tensors
+    """The shapes of a weights file's tensors, by name as timm reads them (wrapper prefixes removed), read as
+    `model.checkpoint`'s early check reads them (`read_state_dict(meta=True)`: a safetensors header, a torch
+    checkpoint on the meta device); {} when it cannot be read (timm's own load then says why)."""
+    from sparsetrain.models.checkpoint import read_state_dict
 
     try:
-        if path.suffix == ".safetensors":
-            state = clean_state_dict(_header_tensors(path))
-        else:
-            with quiet_timm_loading():
-                state = load_state_dict(str(path), device="meta", weights_only=True)
-    except Exception:  # noqa: BLE001  (torch.load and safetensors raise many types; timm's load reports them)
+        state = read_state_dict(path, meta=True)
+    except ValueError:
         return {}
-    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def _pretrained_line(model: nn.Module, cfg: ModelConfig, num_classes: int) -> tuple[str, bool]:
