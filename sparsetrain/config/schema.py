@@ -73,7 +73,9 @@ class ModelConfig(Section):
 class TrainSubsetConfig(Section):
     """Part `part` of a seeded random partition of the training set into `parts` disjoint, near-equal parts."""
 
-    parts: int = Field(2, ge=2, description="Number of disjoint parts the training set is split into.")
+    parts: int = Field(2, ge=2, description="Number of disjoint parts the training set is split into; "
+                       "each must hold at least train.batch_size samples and as many as the classes (refused when "
+                       "the data is read, naming the largest count that works).")
     part: int = Field(0, ge=0, description="Which part to train on (0-based, < parts).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the partition (independent of the run seed, so "
                       "runs with different seeds can share a part; 0 to 2**32 - 1 like it).")
