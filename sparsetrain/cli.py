@@ -292,7 +292,8 @@ def _eval(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain eval", description="Evaluate a run directory, an export "
                                      "folder (or a file in it) or a checkpoint on a data config: metric, params "
                                      "total / non-zero, sparsity, bytes, latency.")
-    parser.add_argument("target", help="run directory, export folder / file, or checkpoint (.safetensors, .pth, ...)")
+    parser.add_argument("target", help="run directory, export folder / file, or checkpoint (.safetensors, .pth, ..., "
+                        "or a DeepSpeed checkpoint folder)")
     parser.add_argument("config", nargs="?", help="YAML recipe for data (and model, for a checkpoint)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.path=DIR")
     parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from sparsetrain.phases import DENSE, PRUNE, SPARSIFY
 from sparsetrain.report import CHAIN, TASK_METRICS
 
+USUAL_WEIGHT_DECAY = 0.1  # above it optim.weight_decay is named first (common values: 1e-5 to 0.1, ViTs 0.05-0.3)
+
 if TYPE_CHECKING:
     from sparsetrain.config import RunConfig
 
@@ -49,16 +51,26 @@ def what_to_try(phase: str, cfg: RunConfig, completed: dict[str, dict[str, Any]]
     if phase != PRUNE and not getattr(cfg.phases, phase).epochs:
         return (f"it was not trained (phases.{phase}.epochs=0): try more epochs, or model.checkpoint (a trained "
                 "model)")
+    decay = _weight_decay(cfg)
     if phase == DENSE:
-        return f"try a lower optim.lr (now {cfg.optim.lr:g}) or {epochs}"
+        return f"try {decay}a lower optim.lr (now {cfg.optim.lr:g}) or {epochs}"
     if phase == SPARSIFY:
         gradual = f", {_prune_amount(cfg)} (gradual pruning)" if getattr(cfg.prune, "schedule", "") == "gradual" else ""
-        return f"try {_strength(cfg)}{gradual}, or {epochs}"
+        return f"try {decay}{_strength(cfg)}{gradual}, or {epochs}"
     if phase == PRUNE:
         later = "; fine-tuning may recover it" if cfg.phases.finetune.enabled and cfg.phases.finetune.epochs else ""
         return f"try {_prune_amount(cfg)}{later}"
     lr = cfg.phases.finetune.lr or cfg.optim.lr
-    return f"try a lower phases.finetune.lr (now {lr:g}) or {epochs}"
+    return f"try {decay}a lower phases.finetune.lr (now {lr:g}) or {epochs}"
+
+
+def _weight_decay(cfg: RunConfig) -> str:
+    """`a much lower optim.weight_decay (now 1e+30, far above the usual 0 to 0.1), ` when it is above
+    `USUAL_WEIGHT_DECAY` (a decay that strong pulls every weight to zero, whatever the other settings), else ''."""
+    decay = cfg.optim.weight_decay
+    if decay <= USUAL_WEIGHT_DECAY:
+        return ""
+    return f"a much lower optim.weight_decay (now {decay:g}, far above the usual 0 to {USUAL_WEIGHT_DECAY:g}), "
 
 
 def _collapsed_before(phase: str, completed: dict[str, dict[str, Any]]) -> str | None:

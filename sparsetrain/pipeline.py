@@ -85,7 +85,8 @@ class Pipeline:
             check_same_run(self.out_dir, config_to_dict(cfg))
         self.structural = cfg.prune.rule == "filters"
         self.backend = resolve_backend(cfg.regularizer.backend, self.dist.device)  # the run's one decision
-        self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+        self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"),
+                                                   cfg.train.batch_size)
         self.baseline_reports: dict[str, dict[str, Any]] = {}
         self.task = build_task(cfg.task, self.data.num_classes)
         self._meta_model = self._check_plan()  # shapes only: `_check_start_weights` judges the checkpoint on it

@@ -73,7 +73,8 @@ def data_sizes(config: RunConfig) -> DataSizes:
     from sparsetrain.data import DataNotFound, build_data
 
     try:
-        data = build_data(config.data, config.seed, config.model.kwargs.get("num_classes"))
+        data = build_data(config.data, config.seed, config.model.kwargs.get("num_classes"),
+                          config.train.batch_size)
     except (DataNotFound, PermissionError) as err:
         sizes = config_sizes(config)
         return replace(sizes, note=f"data not read here ({err}); sizes from the config: "

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from sparsetrain.engine.checkpoint import STATE_FILE, read_run_state
+from sparsetrain.engine.finite import NONFINITE_STOP, nonfinite_stops_from
 from sparsetrain.errors import InputError
 from sparsetrain.paths import comparable
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
@@ -42,7 +43,6 @@ MUTABLE = ("out_dir", "resume", "model.imports", "tracking", "launch", "deploy",
 # run still has steps to take (they apply from the checkpoint on); on a finished run they would change nothing, so
 # they are refused there. The strength joins them only after a non-finite stop (`recovery_settings`).
 RECOVERY = ("optim.lr", "phases.dense.lr", "phases.sparsify.lr", "phases.finetune.lr", "deepspeed.gradient_clipping")
-NONFINITE_STOP = "non-finite"  # state.json `current.stopped` of a phase stopped on NaN/inf (`record_nonfinite_stop`)
 # (dotted prefix, first phase whose results it changes), first match wins; unlisted settings: the first phase.
 # The gradual schedule and grouped-conv layouts act during sparsity training; l2 (alpha2) and its kernels in every
 # phase; baselines run after the last phase ("end").
@@ -156,11 +156,13 @@ def recovery_settings(config: dict[str, Any], state: dict[str, Any]) -> tuple[st
 
 def record_nonfinite_stop(state: dict[str, Any], phase: str) -> bool:
     """Mark `state`'s checkpoint of `phase` (`current`) as the last good one before a stop on non-finite numbers, so
-    that the resume may lower the penalty's strength (`recovery_settings`); the next checkpoint replaces the mark.
-    Returns whether there was such a checkpoint to mark (the caller writes state.json)."""
+    that the resume may lower the penalty's strength (`recovery_settings`), and count the stops from it
+    (`current.nonfinite_stops`: a second one says how to get out, `nonfinite_stops_from`); the next checkpoint
+    replaces the mark. Returns whether there was such a checkpoint to mark (the caller writes state.json)."""
     current = state.get("current")
     if not current or current.get("phase") != phase:
         return False  # the phase restarts from its start weights: it has not started, its settings are free
+    current["nonfinite_stops"] = nonfinite_stops_from(state, phase) + 1
     current["stopped"] = NONFINITE_STOP
     return True
 

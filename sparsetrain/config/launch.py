@@ -14,6 +14,8 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from sparsetrain.config.numbers import NumbersModel
 from sparsetrain.paths import absolute_path
 
+MAX_TIME_MIN = 525_600  # a year, as deepspeed.timeout_min (Slurm takes any count; more is a typo, not a plan)
+MAX_MEM_GB = 65_536  # 64 TiB per node: above the largest shared-memory nodes built (48 TB), far below overflow
 _SBATCH_LINE = re.compile(r"^(#SBATCH\s+)?--(?P<key>[A-Za-z][A-Za-z0-9_-]*)(=(?P<value>.+))?$")
 
 
@@ -26,8 +28,11 @@ class LaunchConfig(NumbersModel):
     tasks_per_node: int = Field(1, ge=1, description="Processes (DeepSpeed ranks) per node.")
     gpus_per_node: int = Field(0, ge=0, description="GPUs per node (0 = CPU job); tasks_per_node must divide it.")
     cpus_per_task: int = Field(1, ge=1, description="CPU cores per task.")
-    mem_gb: float | None = Field(None, gt=0, description="Memory per node in GB (None = cluster default).")
-    time_min: int = Field(60, ge=1, description="Wall-time limit in minutes.")
+    mem_gb: float | None = Field(None, gt=0, le=MAX_MEM_GB, description="Memory per node in GB (None = cluster "
+                                 "default; at most 65536, 64 TiB, above any node built; sinfo then checks it against "
+                                 "the partition's nodes).")
+    time_min: int = Field(60, ge=1, le=MAX_TIME_MIN, description="Wall-time limit in minutes (at most 525600, a "
+                          "year, as deepspeed.timeout_min).")
     partition: str | None = Field(None, description="Slurm partition (checked against `sinfo` before submission).")
     account: str | None = Field(None, description="Slurm account.")
     qos: str | None = Field(None, description="Slurm QOS.")

@@ -73,7 +73,9 @@ class ModelConfig(Section):
 class TrainSubsetConfig(Section):
     """Part `part` of a seeded random partition of the training set into `parts` disjoint, near-equal parts."""
 
-    parts: int = Field(2, ge=2, description="Number of disjoint parts the training set is split into.")
+    parts: int = Field(2, ge=2, description="Number of disjoint parts the training set is split into; "
+                       "each must hold at least train.batch_size samples and as many as the classes (refused when "
+                       "the data is read, naming the largest count that works).")
     part: int = Field(0, ge=0, description="Which part to train on (0-based, < parts).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the partition (independent of the run seed, so "
                       "runs with different seeds can share a part; 0 to 2**32 - 1 like it).")
@@ -147,7 +149,10 @@ class DataConfig(Section):
 class OptimConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = Field("adam", description="torch optimizer given to DeepSpeed.")
     lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Optimizer weight decay (l2 of the method is separate).")
+    weight_decay: float = Field(0.0, ge=0, description="Optimizer weight decay (l2 of the method is separate). "
+                                "adamw and sgd multiply every weight by 1 - lr * weight_decay each step, so "
+                                "lr * weight_decay must stay below 1 for every lr a phase steps with (refused at "
+                                "load otherwise); usual values 1e-5 to 0.1.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule within a phase.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps at the start of each phase.")
@@ -332,7 +337,29 @@ class RunConfig(Section):
                              "(classification sources only)")
         if is_seg_data != (self.task == "segmentation"):
             raise ValueError(f"task: {self.task!r} does not match data.source={self.data.source!r}")
+        self._check_decay_step()
         return self
+
+    def _check_decay_step(self) -> None:
+        """adamw's decoupled decay and sgd's (coupled, the same term) scale every weight by 1 - lr * weight_decay per
+        step: at lr * weight_decay >= 1 that factor is <= 0, zeroing or flipping the weights at each step, whatever
+        the gradients (torch Adam's coupled decay passes through its normalization and has no such bound).
+
+        Raises:
+            ValueError: one line naming optim.weight_decay, the largest lr it meets and the bound.
+        """
+        decay, optim = self.optim.weight_decay, self.optim.name
+        if optim not in ("adamw", "sgd") or not decay:
+            return
+        lrs = {"optim.lr": self.optim.lr} | {f"phases.{name}.lr": phase.lr for name, phase in
+                                             (("dense", self.phases.dense), ("sparsify", self.phases.sparsify),
+                                              ("finetune", self.phases.finetune)) if phase.lr is not None}
+        key, lr = max(lrs.items(), key=lambda item: item[1])
+        if lr * decay >= 1:
+            raise ValueError(f"optim.weight_decay: {decay:g} with {key} {lr:g} gives lr * weight_decay = "
+                             f"{lr * decay:g}: {optim} multiplies every weight by 1 - {lr * decay:g} <= 0 at each "
+                             f"step, zeroing the model; expected below 1 / {lr:g} = {1 / lr:g} (usual values 1e-5 to "
+                             "0.1)")
 
 
 def _given(info: ValidationInfo) -> frozenset[str]:

@@ -33,6 +33,30 @@ def subset_indices(num_samples: int, subset: TrainSubsetConfig) -> np.ndarray:
     return np.sort(np.array_split(order, subset.parts)[subset.part])
 
 
+def check_subset(num_samples: int, subset: TrainSubsetConfig, classes: int, batch_size: int | None) -> None:
+    """Refuse a partition whose part `subset.part` holds fewer training samples than one batch (`batch_size`, the
+    global train.batch_size; None: nothing trains on it, e.g. eval, and nothing is checked) or than the `classes`
+    the training set holds (a part could not hold each of them once): such a part would fail the run later on its
+    batch size, after statistics of a sample or two.
+
+    Raises:
+        DataError: one line naming data.train_subset.parts and the largest count whose every part is big enough.
+    """
+    if batch_size is None:
+        return
+    size = num_samples // subset.parts + (subset.part < num_samples % subset.parts)  # np.array_split's sizes
+    needs = {f"train.batch_size {batch_size}": batch_size, f"the {classes} classes of the training set": classes}
+    reason, need = max(needs.items(), key=lambda item: item[1])
+    if size >= need:
+        return
+    most = num_samples // need
+    lower = f"train.batch_size={num_samples // 2} or less, or " if need == batch_size else ""
+    fix = (f"expected at most {most} (each part then holds {need} or more)" if most >= 2 else
+           f"even 2 parts cannot hold {need} each: set {lower}leave out data.train_subset")
+    raise DataError(f"data.train_subset.parts: {subset.parts} parts of the {num_samples} training samples leave "
+                    f"part {subset.part} {size} sample{'s' * (size != 1)}, fewer than {reason}; {fix}")
+
+
 # Raw values each array source starts from and the factor its loader scales them by (npz: decided by its dtype).
 RAW_INPUTS = {
     "digits": ("scikit-learn load_digits().images, values 0-16", 1 / 16),
@@ -46,12 +70,14 @@ CLASS_NAMES = {"digits": DIGITS, "mnist1d": DIGITS}  # array sources whose label
 
 
 def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
-                        raw: tuple[str, float], names: tuple[str, ...] | None = None) -> DataBundle:
+                        raw: tuple[str, float], names: tuple[str, ...] | None = None,
+                        batch_size: int | None = None) -> DataBundle:
     x_train, y_train, x_test, y_test = arrays
     data_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1  # of the whole set, not the subset
     check_model_classes(num_classes, data_classes, f"labels 0-{data_classes - 1}")
     classes = num_classes or data_classes
     if cfg.train_subset is not None:
+        check_subset(len(x_train), cfg.train_subset, len(np.unique(y_train)), batch_size)
         keep = subset_indices(len(x_train), cfg.train_subset)
         x_train, y_train = x_train[keep], y_train[keep]
     x_train, y_train, x_test, y_test = to_tensors((x_train, y_train, x_test, y_test))
@@ -96,23 +122,25 @@ def _log_untrained_classes(y_train: torch.Tensor, y_test: torch.Tensor, classes:
              f"({in_test} test samples): labels are used as stored, so {output} never trained to fire{hint}")
 
 
-def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> DataBundle:
-    """Load the configured data set; `num_classes` (from model.kwargs) bounds the labels when given."""
+def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
+               batch_size: int | None = None) -> DataBundle:
+    """Load the configured data set; `num_classes` (from model.kwargs) bounds the labels when given, `batch_size`
+    (train.batch_size; None when nothing trains) the size of a `data.train_subset` part (`check_subset`)."""
     if cfg.source in ("npz", "idx", "imagefolder", "seg_folder") and not cfg.path:
         raise DataNotFound(f"data.path: required for data.source={cfg.source!r}")
     if cfg.source in BUILTIN_LOADERS:
         return _bundle_from_arrays(BUILTIN_LOADERS[cfg.source](cfg, seed), cfg, num_classes, RAW_INPUTS[cfg.source],
-                                   CLASS_NAMES.get(cfg.source))
+                                   CLASS_NAMES.get(cfg.source), batch_size)
     if cfg.source == "npz":
         arrays, scale = load_npz(cfg.path, num_classes)
         raw = "x_train / x_test of the .npz as stored (" + ("uint8 pixels 0-255)" if scale != 1 else "float)")
-        return _bundle_from_arrays(arrays, cfg, num_classes, (raw, scale))
+        return _bundle_from_arrays(arrays, cfg, num_classes, (raw, scale), batch_size=batch_size)
     if cfg.source == "idx":
         idx = read_idx(cfg.path, num_classes, cfg.idx_prefix, cfg.transpose)
         raw, scale = RAW_INPUTS["idx"]
         if idx.transposed:  # the export says how the stored images map to the model's inputs
             raw += f", each image of {' and '.join(f.name for f in idx.transposed)} transposed (H and W swapped)"
-        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale), idx.classes)
+        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale), idx.classes, batch_size)
     if cfg.source == "imagefolder":
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test, scale = load_imagefolder(cfg.path, size, cfg.normalize, chans)
@@ -120,6 +148,7 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None) -> Da
         classes = num_classes or len(train.classes)
         names = tuple(train.classes) if len(train.classes) == classes else None  # torchvision: sorted folder names
         if cfg.train_subset is not None:
+            check_subset(len(train), cfg.train_subset, len(train.classes), batch_size)
             train = Subset(train, subset_indices(len(train), cfg.train_subset).tolist())
         stats = imagefolder_stats(chans) if cfg.normalize else None
         # a tree of either bit depth may hold gray and colour files, and not every file is read here

@@ -17,6 +17,10 @@ give raw 0-255 × 1/255; 16-bit files give raw 0-65535 × 1/65535, alpha dropped
   `I`, which older Pillow and 32-bit integer TIFFs holding 0-65535 give), never through `convert`, which clips 16-bit
   gray to 255 (all white). 32-bit float images (mode F) are refused.
 
+A TIFF holds one image: several full-resolution pages (a z-stack, a time series) are refused in one line naming the
+file and the page count, where PIL would read the first page silently; reduced-resolution pages (a pyramid's levels,
+a thumbnail) are views of the first and do not count.
+
 Segmentation masks go through `full_depth_pixels` too (a 16-bit colour mask cut to its high byte by PIL would lose
 its labels). The depth (`image_scale`) comes from the header alone: a PNG's first 26 bytes, a TIFF's tags, PIL's
 mode (PIL decodes nothing on open). One data set must hold one bit depth: the export records one scale for every input
@@ -170,10 +174,24 @@ def _tifffile_colours(page: TiffPage, path: Path) -> int | None:
     return colours
 
 
-def _first_page(tif: TiffFile) -> TiffPage:
-    """The TIFF's first image (PIL reads that one too); ValueError when the file holds none."""
+def _first_page(tif: TiffFile, path: Path) -> TiffPage:
+    """The TIFF's one image (PIL reads the first page too).
+
+    Pages marked reduced-resolution (NewSubfileType bit 0: a pyramid's levels, a thumbnail) are views of that image
+    and are not counted; several full-resolution pages (a z-stack, a time series, channels as pages) have no one
+    meaning as a sample, and PIL and torchvision would take the first silently.
+
+    Raises:
+        DataError: one line naming the file and its page count when it holds more than one image.
+        ValueError: the file holds no image.
+    """
     if not len(tif.pages):
         raise ValueError("no image in the TIFF file")
+    pages = sum(not page.is_reduced for page in tif.pages)
+    if pages > 1:
+        raise DataError(f"{path}: multi-page TIFF ({pages} full-resolution pages); sparsetrain reads one image per "
+                        "file, where PIL and torchvision would take the first page only: save each page you mean as "
+                        "a file of its own (tifffile.imread(path, key=k) reads page k)")
     return tif.pages[0]
 
 
@@ -189,7 +207,7 @@ def _tiff16_pixels(path: Path, what: str, decode: bool = True) -> np.ndarray | N
 
     try:
         with tifffile.TiffFile(path) as tif:
-            page = _first_page(tif)
+            page = _first_page(tif, path)
             colours = _tifffile_colours(page, path)
             if colours is None:
                 return None
@@ -304,10 +322,12 @@ def image_dimensions(path: Path) -> tuple[int, int]:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                page = _first_page(tif)
+                page = _first_page(tif, path)
                 return page.imagewidth, page.imagelength
         with Image.open(path) as img:
             return img.size
+    except DataError:  # a ValueError, like tifffile's
+        raise
     except (*DECODE_ERRORS, *TIFF_ERRORS) as err:
         raise unreadable(path, err) from None
 

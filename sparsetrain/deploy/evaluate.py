@@ -1,7 +1,8 @@
 """`sparsetrain eval TARGET [CONFIG] [key=value ...]`: measure a run, an export or a checkpoint on any data.
 
 TARGET is a run directory (its `export/`, data from its `config.yaml`), an export folder or a file in one (data
-from the export's metadata), or a checkpoint file (`model.checkpoint`; CONFIG or `model.name=` says which model).
+from the export's metadata), or a checkpoint file or DeepSpeed checkpoint folder (ZeRO 0-3, `latest` or a tag folder;
+read as `model.checkpoint` reads them; CONFIG or `model.name=` says which model).
 CONFIG and overrides replace the data (or anything else) for the evaluation, e.g. `data.path=OTHER`.
 """
 
@@ -37,8 +38,9 @@ def _config(target: Path, recipe: str | None, overrides: list[str]) -> RunConfig
     if not _is_export(target):
         if reason := missing_compact(target):
             raise ValueError(f"eval: {reason}")
-        if not target.is_file():
-            raise ValueError(f"eval: {target} is not a run directory, export folder or checkpoint file")
+        if not target.is_file() and not _is_deepspeed_checkpoint(target):
+            raise ValueError(f"eval: {target} is not a run directory, export folder, checkpoint file or DeepSpeed "
+                             "checkpoint folder")
         return load_config(recipe, [*overrides, f"model.checkpoint={target}"])
     run_config = export_folder(target).parent / "config.yaml"
     if recipe is None and run_config.is_file():
@@ -55,6 +57,18 @@ def _config(target: Path, recipe: str | None, overrides: list[str]) -> RunConfig
         raw["model"]["imports"] = imports
     raw["model"].update(checkpoint=None, pretrained=False, pretrained_file=None, reset_head=False)
     return validate(apply_overrides(raw, overrides))
+
+
+def _is_deepspeed_checkpoint(path: Path) -> bool:
+    """Whether `path` is a DeepSpeed checkpoint folder (`latest` + tag folder, or a tag folder) `model.checkpoint`
+    reads (`models.checkpoint.zero_checkpoint`).
+
+    Raises:
+        ValueError: one line when its `latest` names a tag folder without rank files.
+    """
+    from sparsetrain.models.checkpoint import zero_checkpoint
+
+    return path.is_dir() and zero_checkpoint(path) is not None
 
 
 def _batches(dataset: torch.utils.data.Dataset, size: int):

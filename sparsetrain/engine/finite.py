@@ -10,6 +10,7 @@ the exact step, and no checkpoint, log line or phase result is ever written afte
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -20,6 +21,7 @@ from sparsetrain.phases import FINETUNE, SPARSIFY, TRAINING_PHASES
 CAUSES = ("input data", "loss", "regularizer value", "gradient norm")  # reported in this order within a step
 INPUTS, LOSS, REGULARIZER, GRAD_NORM = range(len(CAUSES))
 NO_STEP = 2**62  # "no bad step yet"; larger than any step code
+NONFINITE_STOP = "non-finite"  # state.json `current.stopped` after a stop on NaN/inf (`rundir.record_nonfinite_stop`)
 
 
 class FiniteGuard:
@@ -55,6 +57,15 @@ def decode(code: int) -> tuple[int, str] | None:
         return None
     step, cause = divmod(code, len(CAUSES))
     return step, CAUSES[cause]
+
+
+def nonfinite_stops_from(state: dict[str, Any], phase: str) -> int:
+    """How many earlier attempts stopped on non-finite numbers after continuing from `phase`'s current checkpoint (0:
+    none, or a newer checkpoint was saved since; a mark from before the count was kept counts once)."""
+    current = state.get("current") or {}
+    if current.get("phase") != phase or current.get("stopped") != NONFINITE_STOP:
+        return 0
+    return int(current.get("nonfinite_stops", 1))
 
 
 def hint(cfg: RunConfig, phase: str, cause: str) -> str:

@@ -17,7 +17,17 @@ from sparsetrain.engine.batches import BatchPlan, eval_shard, iterate_micro_batc
 from sparsetrain.engine.checkpoint import Checkpointer
 from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine, hyperparameters, restore_hyperparameters
 from sparsetrain.engine.distributed import DistInfo, all_reduce_min, all_reduce_sum
-from sparsetrain.engine.finite import GRAD_NORM, INPUTS, LOSS, REGULARIZER, FiniteGuard, decode, hint, training_error
+from sparsetrain.engine.finite import (
+    GRAD_NORM,
+    INPUTS,
+    LOSS,
+    REGULARIZER,
+    FiniteGuard,
+    decode,
+    hint,
+    nonfinite_stops_from,
+    training_error,
+)
 from sparsetrain.engine.masters import handoff_module
 from sparsetrain.engine.segments import holds_partition
 from sparsetrain.engine.zero3 import WholeWeights, is_partitioned
@@ -306,7 +316,14 @@ def _step_values(engine: Any, hooks: GradientHooks, loss: torch.Tensor, partitio
 
 
 def _resume_note(ctx: RunContext, phase: str) -> str:
+    """Where a re-run continues after this stop; when an earlier attempt already diverged from the same checkpoint
+    (it may be finite yet blown up), that a plain resume repeats it and the ways out."""
     current = ctx.state.get("current")
+    before = nonfinite_stops_from(ctx.state, phase)
+    if current and current["phase"] == phase and before:
+        return (f"the run diverged again from its last good checkpoint ({phase} step {current['step']}; stop "
+                f"{before + 1} from it), so a resume with the same settings repeats this: resume with a lower "
+                f"optim.lr or phases.{phase}.lr, or start the run over with resume=false")
     if current and current["phase"] == phase:
         return (f"nothing after the last good checkpoint ({phase} step {current['step']}) was saved; a re-run with "
                 "resume=true continues from it")

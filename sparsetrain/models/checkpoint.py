@@ -10,13 +10,15 @@ Accepted files, read through the libraries that write them:
   globals are allowed (`safe_globals`); anything else pickled (a whole `torch.save(model)`) is refused.
 - A sparsetrain export folder (`architecture.json` + `model.safetensors`, see `sparsetrain.deploy`); a structurally
   pruned export gives its smaller architecture.
-- A DeepSpeed ZeRO (stage 1-3) checkpoint, as DeepSpeed's `engine.save_checkpoint` writes it: the folder (with
-  `latest` naming its tag) or the tag folder (`global_stepN/`, with `*_model_states.pt` and `*_optim_states.pt` of
-  every rank). DeepSpeed's own `zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint` consolidates the fp32
-  weights; the early check (`check_checkpoint`) runs it in lazy mode, which reads the rank files' pickles
-  (memory-mapped: the fp32 partitions are not copied) and gives every tensor's shape. DeepSpeed's files are
-  pickles that its tool loads with `torch.load(weights_only=False)`: give only checkpoints you trust. One rank's
-  file alone is refused in one line naming the folder to give.
+- A DeepSpeed checkpoint, as DeepSpeed's `engine.save_checkpoint` writes it: the folder (with `latest` naming its
+  tag) or the tag folder (`global_stepN/`). ZeRO 1-3 (`*_model_states.pt` and `*_optim_states.pt` of every rank):
+  DeepSpeed's own `zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint` consolidates the fp32 weights; the early
+  check (`check_checkpoint`) runs it in lazy mode, which reads the rank files' pickles (memory-mapped: the fp32
+  partitions are not copied) and gives every tensor's shape. ZeRO 0 (no optimizer partitions: DeepSpeed saves the
+  whole module, optimizer state inside, in `mp_rank_00_model_states.pt`, the file zero_to_fp32's
+  `get_model_state_file` names): its `module` state dict, as DeepSpeed's own `load_checkpoint(load_module_only=True)`
+  reads it. DeepSpeed's files are pickles that its tools load with `torch.load(weights_only=False)`: give only
+  checkpoints you trust. One rank's file alone is refused in one line naming the folder to give.
 - A sparsetrain run directory: its `export/` folder, or without one the weights of its last finished phase
   (`weights/<phase>.safetensors`, or the pruned model in `weights/<phase>/` of a structural run). A run whose final
   phase has not finished is taken too, with a warning naming the phase taken and the other finished phases' files.
@@ -147,12 +149,19 @@ def _phase_weights(run: Path, phase: str) -> Path | None:
     return folder if (folder / ARCH_FILE).is_file() else file if file.is_file() else None
 
 
-_ZERO_FILES = ("*_model_states.pt", "*_optim_states.pt")  # each rank's files in a DeepSpeed ZeRO checkpoint's tag
+_MODEL_STATES, _OPTIM_STATES = "*_model_states.pt", "*_optim_states.pt"  # rank files of a DeepSpeed checkpoint's tag
+_ZERO_FILES = (_MODEL_STATES, _OPTIM_STATES)
 
 
 def _has_zero_files(folder: Path) -> bool:
-    """Whether `folder` holds DeepSpeed ZeRO rank files: model states and (ZeRO >= 1) optimizer partitions."""
-    return folder.is_dir() and all(any(folder.glob(pattern)) for pattern in _ZERO_FILES)
+    """Whether `folder` holds DeepSpeed rank files: model states, and (ZeRO >= 1) optimizer partitions; ZeRO 0 writes
+    model states only (its optimizer state inside them)."""
+    return folder.is_dir() and any(folder.glob(_MODEL_STATES))
+
+
+def _is_zero0(folder: Path) -> bool:
+    """Whether tag folder `folder` holds no optimizer partitions: a ZeRO 0 checkpoint (checked by `_zero0_state`)."""
+    return not any(folder.glob(_OPTIM_STATES))
 
 
 def zero_checkpoint(path: Path) -> tuple[Path, str] | None:
@@ -170,8 +179,8 @@ def zero_checkpoint(path: Path) -> tuple[Path, str] | None:
     tag = latest.read_text().strip()
     if not _has_zero_files(path / tag):
         raise ValueError(f"model.checkpoint: {path} is a DeepSpeed checkpoint folder whose 'latest' names {tag!r}, "
-                         f"but {path / tag} holds no ZeRO rank files ({' and '.join(_ZERO_FILES)}); give a tag "
-                         "folder that does")
+                         f"but {path / tag} holds no rank files ({_MODEL_STATES}, and {_OPTIM_STATES} from ZeRO 1 "
+                         "on); give a tag folder that does")
     return path, tag
 
 
@@ -184,6 +193,8 @@ def _zero_state(folder: Path, tag: str, meta: bool) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from timm.models import clean_state_dict
 
+    if _is_zero0(folder / tag):
+        return clean_state_dict(_zero0_state(folder / tag, meta))
     try:  # the tool prints its progress (and tqdm bars): sparsetrain's load line says what was read
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag, lazy_mode=meta)
@@ -195,6 +206,36 @@ def _zero_state(folder: Path, tag: str, meta: bool) -> dict[str, torch.Tensor]:
     return clean_state_dict(state)
 
 
+def _zero0_state(tag_dir: Path, meta: bool) -> dict[str, torch.Tensor]:
+    """The weights of a ZeRO 0 checkpoint's tag folder: the `module` state dict DeepSpeed saved whole in the model
+    states file zero_to_fp32's `get_model_state_file` names (`mp_rank_00_model_states.pt`), in the training's dtype;
+    with `meta` their names and shapes (the pickle memory-mapped, no weight copied).
+
+    Raises:
+        ValueError: `model.checkpoint: ...` when the file cannot be read, or records ZeRO >= 1 (its optimizer
+            partitions, the fp32 weights, are missing) or tensor parallelism (a module split over mp ranks).
+    """
+    from deepspeed.utils.zero_to_fp32 import get_model_state_file
+
+    try:
+        states = torch.load(get_model_state_file(str(tag_dir), 0), map_location="cpu", weights_only=False, mmap=meta)
+        module = dict(states["module"])
+    except Exception as err:  # a missing or truncated file, another layout: many types
+        raise ValueError(f"model.checkpoint: DeepSpeed's checkpoint files in {tag_dir} could not be read "
+                         f"({_first_line(err)})") from None
+    stage = ((states.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0)
+    if stage:
+        raise ValueError(f"model.checkpoint: {tag_dir} is a DeepSpeed ZeRO stage {stage} checkpoint without its "
+                         f"optimizer partitions ({_OPTIM_STATES}), which hold the fp32 weights; give the tag folder "
+                         "as the training saved it")
+    if states.get("mp_world_size", 1) != 1:
+        raise ValueError(f"model.checkpoint: {tag_dir} is a DeepSpeed checkpoint of a model split over "
+                         f"{states['mp_world_size']} model-parallel ranks; give one consolidated state dict")
+    if meta:
+        return {k: torch.empty(tuple(v.shape), dtype=v.dtype, device="meta") for k, v in module.items()}
+    return module
+
+
 def _zero_rank_file(path: Path) -> str | None:
     """Why one rank's file of a DeepSpeed ZeRO checkpoint is not weights, with the folder to give; None for other
     files."""
@@ -203,8 +244,9 @@ def _zero_rank_file(path: Path) -> str | None:
         return None
     latest = tag.parent / "latest"
     given = tag.parent if latest.is_file() and latest.read_text().strip() == tag.name else tag
-    return (f"is one rank's file of a DeepSpeed ZeRO checkpoint; give the folder ({given}): the weights of every "
-            "rank are consolidated with DeepSpeed's zero_to_fp32")
+    how = ("the module DeepSpeed saved whole is read from it" if _is_zero0(tag) else
+           "the weights of every rank are consolidated with DeepSpeed's zero_to_fp32")
+    return f"is one rank's file of a DeepSpeed ZeRO checkpoint; give the folder ({given}): {how}"
 
 
 def _is_text(path: Path) -> bool:
@@ -348,8 +390,8 @@ def _export_state(folder: Path, meta: bool = False) -> dict[str, torch.Tensor]:
     if not (folder / ARCH_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise ValueError(f"model.checkpoint: {folder} is a folder but neither a sparsetrain export ({ARCH_FILE} and "
                          f"{WEIGHTS_FILE}), a run directory with a finished phase (state.json and "
-                         "weights/<phase>.safetensors) nor a DeepSpeed ZeRO checkpoint (latest, or a global_stepN "
-                         "folder with *_model_states.pt and *_optim_states.pt)")
+                         "weights/<phase>.safetensors) nor a DeepSpeed checkpoint (latest, or a global_stepN "
+                         "folder with *_model_states.pt, and *_optim_states.pt from ZeRO 1 on)")
     return _header_tensors(folder / WEIGHTS_FILE) if meta else load_file(str(folder / WEIGHTS_FILE))
 
 
@@ -589,6 +631,8 @@ def _source(path: str | Path) -> str:
     if used == given and not given.is_dir():
         return str(path)
     zero = zero_checkpoint(used) if used.is_dir() else None
+    if zero and _is_zero0(zero[0] / zero[1]):
+        return f"{path} (DeepSpeed ZeRO 0 checkpoint {zero[1]}, the module DeepSpeed saved whole)"
     if zero:
         return f"{path} (DeepSpeed ZeRO checkpoint {zero[1]}, consolidated by DeepSpeed's zero_to_fp32)"
     file = used / WEIGHTS_FILE if (used / WEIGHTS_FILE).is_file() else used

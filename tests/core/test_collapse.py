@@ -76,3 +76,22 @@ def test_an_untrained_phase_at_chance_is_told_to_train_not_to_weaken_its_regular
     assert said.endswith("the model collapsed; it was not trained (phases.sparsify.epochs=0): try more epochs, or "
                          "model.checkpoint (a trained model)"), said
     assert chance_warning("sparsify", {"metric": 17.0, "chance": 16.8}, cfg, {}) is None
+
+
+def test_a_weight_decay_far_above_the_usual_range_is_named_in_the_collapse_hint(tmp_path: Path) -> None:
+    """Seen: optim.weight_decay=1e30 (Adam, whose coupled decay has no per-step bound to refuse at load) collapsed
+    the dense phase to chance, and the line asked only for a lower optim.lr."""
+    from sparsetrain.collapse import chance_warning
+
+    cfg = load_config(None, ["optim.weight_decay=1e30", "phases.sparsify.epochs=1", "tracking.mode=disabled",
+                             "deploy.latency=false", "report.accuracy_curve=false", f"out_dir={tmp_path}"])
+    dense = run_pipeline(cfg, phases=["dense"])["phases"]["dense"]
+    decay = "try a much lower optim.weight_decay (now 1e+30, far above the usual 0 to 0.1), "
+    assert dense["at_chance"].endswith(f"the model collapsed; {decay}a lower optim.lr (now 0.001) or more "
+                                       "phases.dense.epochs (now 1)"), dense
+    said = chance_warning("sparsify", {"metric": 9.0, "chance": 16.8}, cfg, {})
+    assert said.endswith(f"; {decay}a lower regularizer.alpha0 (now 1e-05), or more phases.sparsify.epochs (now 1)")
+    said = chance_warning("finetune", {"metric": 9.0, "chance": 16.8}, cfg, {})
+    assert said.endswith(f"; {decay}a lower phases.finetune.lr (now 0.001) or more phases.finetune.epochs (now 1)")
+    usual = load_config(None, ["optim.weight_decay=0.05", "tracking.mode=disabled"])
+    assert "weight_decay" not in chance_warning("dense", {"metric": 9.0, "chance": 16.8}, usual, {})

@@ -317,6 +317,25 @@ def test_values_the_run_cannot_take_are_refused_at_load(override: str, expected:
     assert str(info.value).startswith(expected), str(info.value)
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["optim.name=adamw", "optim.weight_decay=1e30"], "optim.weight_decay: 1e+30 with optim.lr 0.001 gives lr * "
+     "weight_decay = 1e+27: adamw multiplies every weight by 1 - 1e+27 <= 0 at each step, zeroing the model; expected "
+     "below 1 / 0.001 = 1000 (usual values 1e-5 to 0.1)"),
+    (["optim.name=sgd", "optim.lr=0.01", "optim.weight_decay=10", "phases.finetune.lr=0.2"], "optim.weight_decay: 10 "
+     "with phases.finetune.lr 0.2 gives lr * weight_decay = 2: sgd multiplies every weight by 1 - 2 <= 0 at each "
+     "step, zeroing the model; expected below 1 / 0.2 = 5 (usual values 1e-5 to 0.1)"),
+])
+def test_a_weight_decay_that_zeroes_the_weights_each_step_is_refused_at_load(overrides: list[str],
+                                                                             expected: str) -> None:
+    """Was accepted and collapsed the run to chance: adamw and sgd scale every weight by 1 - lr * weight_decay per
+    step, <= 0 from lr * weight_decay = 1 on; Adam's coupled decay has no such bound (tests/core/test_collapse.py)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert str(info.value) == expected
+    assert load_config(None, ["optim.name=adamw", "optim.weight_decay=999"]).optim.weight_decay == 999
+    assert load_config(None, ["optim.weight_decay=1e30"]).optim.weight_decay == 1e30  # adam: the collapse hint
+
+
 def test_a_run_at_the_largest_seed_and_timeout_trains(tmp_path: Path) -> None:
     """The bounds are ones the run takes: torch's process group (timeout_min), numpy/mnist1d and the torch generators
     seeded from `seed` (phase and epoch seeds derived from it)."""

@@ -500,6 +500,42 @@ def test_imagefolder_tiff_it_cannot_read_is_one_line_naming_it(tmp_path: Path, f
     assert re.fullmatch(f"{re.escape(str(bad))}: {expected}", str(info.value)), str(info.value)
 
 
+@pytest.mark.parametrize("depth", [8, 16])
+def test_imagefolder_multipage_tiff_is_refused_naming_file_and_pages(tmp_path: Path, depth: int) -> None:
+    """Seen: a 3-page TIFF (a stack) was read as its first page without a word (PIL's and torchvision's default).
+    One image per file is what ImageFolder and seg_folder mean, so the file is refused with its page count; a
+    pyramid's reduced-resolution page is a view of the first image and is still read as that image."""
+    import tifffile
+
+    from sparsetrain.data.images import image_dimensions, read_image
+
+    pages = [_colour16(k) if depth == 16 else (_colour16(k) >> 8).astype(np.uint8) for k in range(3)]
+    for split in ("train", "val"):
+        for seed, label in enumerate(("a", "b")):
+            (tmp_path / split / label).mkdir(parents=True)
+            tifffile.imwrite(tmp_path / split / label / "0.tif", pages[seed], photometric="rgb")
+    stack = tmp_path / "val" / "b" / "0.tif"
+    with tifffile.TiffWriter(stack) as tif:
+        for page in pages:
+            tif.write(page, photometric="rgb")
+    bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8), 0)
+    bundle.test[0]
+    expected = (f"{stack}: multi-page TIFF (3 full-resolution pages); sparsetrain reads one image per file, where PIL "
+                "and torchvision would take the first page only: save each page you mean as a file of its own "
+                "(tifffile.imread(path, key=k) reads page k)")
+    for read in (lambda: bundle.test[1], lambda: read_image(stack), lambda: image_dimensions(stack)):
+        with pytest.raises(DataError) as info:
+            read()
+        assert str(info.value) == expected
+    pyramid = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(pyramid) as tif:
+        tif.write(pages[0], photometric="rgb")
+        tif.write(pages[0][::2, ::2], photometric="rgb", subfiletype=1)  # reduced-resolution level
+    pixels, scale = read_image(pyramid)
+    assert pixels.shape == (8, 8, 3) and scale == (1 / 65535 if depth == 16 else 1 / 255)
+    np.testing.assert_allclose(pixels, pages[0] * scale, atol=1e-6, rtol=0, err_msg="not the first page's pixels")
+
+
 def _damage(root: Path) -> tuple[Path, Path]:
     """Make train/b/0.png a PNG signature followed by junk and train/b/1.png a truncated PNG."""
     corrupt, truncated = root / "train" / "b" / "0.png", root / "train" / "b" / "1.png"

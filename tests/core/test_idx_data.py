@@ -120,6 +120,38 @@ def test_train_subset_parts_are_disjoint_and_cover_the_set(tmp_path: Path) -> No
     assert torch.equal(half.train.targets, torch.from_numpy(arrays["train-labels-idx1"][keep])), "wrong samples"
 
 
+def test_train_subset_parts_smaller_than_a_batch_are_refused_by_the_dry_run(tmp_path: Path) -> None:
+    """2000 parts of digits' 1,438 training samples leave a part 1 sample: refused at the dry run in one line naming
+    the field and the largest count that works, before a torch std() warning on that one sample (the run itself
+    used to blame train.batch_size for exceeding '1 training samples')."""
+    from tests.core.subprocess_runs import cli_command, run_command
+
+    out = tmp_path / "run"
+    result = run_command([*cli_command(["data.train_subset.parts=2000", "tracking.mode=disabled",
+                                        f"out_dir={out}"]), "--dry-run"])
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "std()" not in result.stderr, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: data.train_subset.parts: 2000 parts of the 1438 training samples leave part 0 1 sample, fewer than "
+        "train.batch_size 128; expected at most 11 (each part then holds 128 or more)"], result.stderr
+    assert "memory plan" not in result.stdout and not out.exists(), result.stdout
+
+
+def test_train_subset_parts_smaller_than_the_classes_or_any_batch() -> None:
+    """The part must hold a batch and every class once; when not even two parts can hold a batch, the line says
+    which batch size does (or to leave the subset out)."""
+    digits = {"source": "digits", "train_subset": {"parts": 200}}
+    with pytest.raises(DataError, match=r"^data.train_subset.parts: 200 parts of the 1438 training samples leave part "
+                       r"0 8 samples, fewer than the 10 classes of the training set; expected at most 143 \(each "
+                       r"part then holds 10 or more\)$"):
+        build_data(DataConfig(**digits), 0, batch_size=4)
+    assert len(build_data(DataConfig(**{**digits, "train_subset": {"parts": 143, "part": 142}}), 0,
+                          batch_size=10).train) == 10, "the largest count named must work"
+    with pytest.raises(DataError, match=r"; even 2 parts cannot hold 1000 each: set train.batch_size=719 or less, "
+                       r"or leave out data.train_subset$"):
+        build_data(DataConfig(source="digits", train_subset={"parts": 2}), 0, batch_size=1000)
+
+
 def test_train_subset_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"^data.train_subset: part 2 is out of range for parts=2 \(expected 0..1\)$"):
         load_config(None, ["data.train_subset.part=2"])

@@ -68,6 +68,27 @@ def test_after_a_nonfinite_stop_the_resume_may_lower_the_penalty_strength(tmp_pa
     assert "finetune" in state["completed"] and state["current"] is None, state
 
 
+def test_a_second_divergence_from_the_same_checkpoint_names_the_way_out(tmp_path: Path) -> None:
+    """Seen: a resume of a diverged run continues from its last good checkpoint, finite but already blown up, and
+    fails again at the same step with the same line ('a re-run with resume=true continues from it'), which does not
+    say how to get out. The second stop from that checkpoint says so and names resume=false or a lower lr."""
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"continues from it$") as first:
+        run_pipeline(tiny_config(out, *DIVERGING))
+    current = json.loads((out / "state.json").read_text())["current"]
+    again = run_cli(tiny_overrides(out, *DIVERGING))
+    assert again.returncode == 4, again.stderr[-3000:]
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    same = str(first.value).split("; nothing after the last good checkpoint")[0]  # the same step, cause and hint
+    assert errors[0] == (
+        f"error: {same}; the run diverged again from its last good checkpoint (sparsify step {current['step']}; "
+        "stop 2 from it), so a resume with the same settings repeats this: resume with a lower optim.lr or "
+        "phases.sparsify.lr, or start the run over with resume=false"), errors
+    assert current.get("nonfinite_stops") == 1, current
+    assert json.loads((out / "state.json").read_text())["current"]["nonfinite_stops"] == 2
+
+
 def test_diverging_run_stops_at_first_bad_step_and_resumes_from_last_good_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run_cli(tiny_overrides(out, *DIVERGING))

@@ -188,7 +188,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
                     "model.reset_head=true"),
         "folder": ({"checkpoint": str(tmp)}, r"model.checkpoint: .* is a folder but neither a sparsetrain export "
                    r"\(architecture.json and model.safetensors\), a run directory with a finished phase .* nor a "
-                   r"DeepSpeed ZeRO checkpoint"),
+                   r"DeepSpeed checkpoint"),
     }
 
 

@@ -3,6 +3,7 @@ sparsify / prune / fine-tune phases continue from its weights (also from a spars
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -119,6 +120,70 @@ def test_one_rank_file_of_a_zero_checkpoint_names_the_folder(zero3: Path, tmp_pa
     assert str(err.value) == (f"model.checkpoint: {rank_file} is one rank's file of a DeepSpeed ZeRO checkpoint; "
                               f"give the folder ({zero3}): the weights of every rank are consolidated with "
                               "DeepSpeed's zero_to_fp32")
+
+
+@pytest.fixture(scope="module")
+def zero0(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained LeNet-300-100 as a DeepSpeed ZeRO-0 checkpoint folder, saved by a real (one-rank, gloo) engine:
+    DeepSpeed writes stage 0 as global_step1/mp_rank_00_model_states.pt (the whole module, optimizer inside) and
+    latest, with no per-rank optimizer files and no zero_to_fp32.py."""
+    out = tmp_path_factory.mktemp("zero0") / "ds_checkpoints"
+    proc = run_command([sys.executable, "-m", "tests.helpers.zero_checkpoint", str(trained["path"]), str(out), "0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["latest", "mp_rank_00_model_states.pt"], \
+        sorted(out.rglob("*"))
+    return out
+
+
+@pytest.mark.parametrize("given", ["folder", "tag"])
+def test_a_deepspeed_zero0_checkpoint_starts_the_run(trained: dict, zero0: Path, tmp_path: Path, given: str,
+                                                     capfd: pytest.CaptureFixture) -> None:
+    """Trial 18: ZeRO-1/2/3 folders were taken, a ZeRO-0 folder (no *_optim_states.pt) was refused as 'neither a
+    sparsetrain export ... nor a DeepSpeed ZeRO checkpoint'. Its module states are read as DeepSpeed saved them."""
+    path = zero0 if given == "folder" else zero0 / "global_step1"
+    report = run_pipeline(tiny_config(tmp_path, f"model.checkpoint={path}", "phases.dense.enabled=true",
+                                      "phases.dense.epochs=0"), ["dense"])
+    assert abs(report["phases"]["dense"]["metric"] - trained["accuracy"]) <= 0.01, \
+        f"dense.metric {report['phases']['dense']['metric']:.4f} vs the model's {trained['accuracy']:.4f}"
+    said = [line.partition(" ")[2] for line in capfd.readouterr().err.splitlines() if " model.checkpoint:" in line]
+    assert said == [f"model.checkpoint: loaded 6 tensors (50,610 values) from {path} (DeepSpeed ZeRO 0 checkpoint "
+                    "global_step1, the module DeepSpeed saved whole) into lenet300_100"], said
+
+
+def test_a_zero1_tag_folder_without_its_optimizer_partitions_is_refused(zero0: Path, tmp_path: Path) -> None:
+    """Model states alone are taken as ZeRO 0 only when DeepSpeed recorded stage 0: a ZeRO-1 folder that lost its
+    *_optim_states.pt (the fp32 weights) is one line, not its lower-precision module copy read silently."""
+    states = torch.load(zero0 / "global_step1" / "mp_rank_00_model_states.pt", weights_only=False)
+    states["ds_config"]["zero_optimization"]["stage"] = 1
+    tag = tmp_path / "ds" / "global_step7"
+    tag.mkdir(parents=True)
+    torch.save(states, tag / "mp_rank_00_model_states.pt")
+    with pytest.raises(ValueError) as err:
+        run_pipeline(tiny_config(tmp_path / "run", f"model.checkpoint={tag}"))
+    assert str(err.value) == (f"model.checkpoint: {tag} is a DeepSpeed ZeRO stage 1 checkpoint without its optimizer "
+                              "partitions (*_optim_states.pt), which hold the fp32 weights; give the tag folder as the "
+                              "training saved it")
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_eval_measures_a_deepspeed_checkpoint_folder(trained: dict, zero0: Path, zero3: Path, stage: int,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """`sparsetrain eval` took checkpoint files only ('is not a run directory, export folder or checkpoint file');
+    a DeepSpeed folder of either kind now measures the model it holds, read as model.checkpoint reads it."""
+    from sparsetrain.cli import main
+
+    folder = zero0 if stage == 0 else zero3
+    capsys.readouterr()
+    assert main(["eval", str(folder), "model.name=lenet300_100", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["format"] == "checkpoint" and result["params"]["total"] == 50_610, result
+    assert abs(result["metrics"]["metric"] - trained["accuracy"]) <= 0.01, result["metrics"]
+    rank_file = next((folder / "global_step1").glob("*_model_states.pt"))  # ZeRO 3: zero_pp_rank_0_mp_rank_00_...
+    assert main(["eval", str(rank_file), "model.name=lenet300_100"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"is one rank's file of a DeepSpeed ZeRO checkpoint; give the "
+                                                    f"folder ({folder}): " + (
+        "the module DeepSpeed saved whole is read from it" if stage == 0 else
+        "the weights of every rank are consolidated with DeepSpeed's zero_to_fp32"))
 
 
 @pytest.fixture(scope="module")

@@ -431,8 +431,8 @@ def test_unknown_partition_and_impossible_node_count_fail_before_submission(slur
 def test_memory_and_gpus_beyond_every_node_fail_before_submission_naming_the_field(slurm_cluster: None) -> None:
     """sbatch refused both with a message naming no setting (`Requested node configuration is not available`,
     `Invalid generic resource (gres) specification`); the dry run shows the same lines as warnings."""
-    too_much = ["launch.mem_gb=100000", "launch.gpus_per_node=64"]
-    with pytest.raises(LaunchError, match=r"^launch.mem_gb: 100000 GB per node requested, but the nodes of partition "
+    too_much = ["launch.mem_gb=60000", "launch.gpus_per_node=64"]
+    with pytest.raises(LaunchError, match=r"^launch.mem_gb: 60000 GB per node requested, but the nodes of partition "
                                           r"'\w+' have at most \d+\.\d GB \(\d+ MB, sinfo\); lower launch.mem_gb"):
         submit(load_config(QUICKSTART, too_much[:1]), "slurm")
     with pytest.raises(LaunchError, match=r"^launch.gpus_per_node: 64 GPUs per node requested, but the nodes of "
@@ -441,6 +441,18 @@ def test_memory_and_gpus_beyond_every_node_fail_before_submission_naming_the_fie
     report = dry_run_report(load_config(QUICKSTART, too_much), "slurm")
     warnings = [line for line in report.splitlines() if line.startswith("warning: this cluster cannot run it")]
     assert [line.split(": ")[2] for line in warnings] == ["launch.mem_gb", "launch.gpus_per_node"], report
+
+
+def test_the_largest_launch_time_min_is_a_time_sbatch_takes(slurm_cluster: None, tmp_path: Path) -> None:
+    """launch.time_min's bound (a year) is a real wall-time limit: Slurm's own check (`sbatch --test-only`, nothing
+    queued) accepts the script sparsetrain writes with it."""
+    from launch.submit import sbatch_script
+
+    script = tmp_path / "job.sh"
+    script.write_text(sbatch_script(load_config(QUICKSTART, ["launch.time_min=525600", f"out_dir={tmp_path / 'run'}"])))
+    result = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0 and "to start at" in result.stderr, (result.stdout, result.stderr)
 
 
 # Submitted held (`sbatch --hold`): the jobs wait in the queue and take no CPU until a test releases or cancels them.

@@ -58,6 +58,21 @@ def test_bad_launch_config_is_one_line_naming_the_field(overrides: list[str], fi
     assert "\n" not in message, f"error should be one line: {message!r}"
 
 
+@pytest.mark.parametrize(("override", "expected"), [
+    ("launch.time_min=1000000000000", "launch.time_min: Input should be less than or equal to 525600 "
+     "(got 1000000000000)"),
+    ("launch.mem_gb=1e12", "launch.mem_gb: Input should be less than or equal to 65536 (got '1e12')"),
+])
+def test_launch_time_and_memory_are_bounded_at_load(override: str, expected: str) -> None:
+    """Were accepted unbounded (1e12 minutes, 1e12 GB per node) into the sbatch script; the bounds are a year, as
+    deepspeed.timeout_min, and 64 TiB per node, above any node built. The largest values still make a script."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == expected
+    script = sbatch_script(load_config(None, ["launch.time_min=525600", "launch.mem_gb=65536"]))
+    assert "#SBATCH --time=525600" in script and "#SBATCH --mem=65536GB" in script, script
+
+
 @pytest.mark.parametrize(
     ("cluster", "overrides", "field"),
     [
