@@ -41,7 +41,7 @@ def plot_layer_sparsity(layers: list[dict], path: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_ylabel("sparsity (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Per-layer sparsity of the final model")
+    ax.set_title("Per-layer sparsity of the final model (prunable conv/linear weights only)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

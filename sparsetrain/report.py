@@ -12,7 +12,11 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
                      or below it, `at_chance` (the warning line the phase logged, `sparsetrain.collapse`)
     final_phase      the phase whose weights are the run's result
     wall_time_s      {phase: seconds; a resumed phase's over its attempts (each up to the checkpoint resumed from)}
-    sparsity, layers, params, bytes, compression_ratio   the final model (`sparsetrain.measure`); bytes, all sizes
+    sparsity, layers, params, bytes, compression_ratio   the final model (`sparsetrain.measure`). Two scopes
+                     (`SPARSITY_SCOPE`, `COMPRESSION_SCOPE`): sparsity and layers count only the prunable weights
+                     (conv / linear kernels, `pruning.masks.prunable_parameters`), params and compression_ratio
+                     (params.dense, or params.total, / params.nonzero) count every parameter (biases, norms too),
+                     so compression_ratio is below 1 / (1 - sparsity) by the never-pruned parameters; bytes, all sizes
                      of safetensors files (header included): dense (the unpruned model as a plain file), bitmask and
                      safetensors (the export's two weights files), compressed (the smaller of those, the one
                      `compressed_format` names: the bitmask file for pruned weights, model.safetensors for a model
@@ -47,6 +51,10 @@ from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_p
 REPORT_FORMAT = 2
 TASK_METRICS = {"classification": "accuracy", "segmentation": "Dice"}  # what a task's "metric" is (tasks.*.finalize)
 FORMAT_1_KEYS = {"dense": "dense", "sparse": "sparsify", "pruned": "prune", "finetuned": "finetune"}
+# what `sparsity` and `compression_ratio` count, named wherever either is printed (they differ on purpose: the
+# field's usual definitions, sparsity over the prunable weights, compression over the whole model)
+SPARSITY_SCOPE = "of prunable weights (conv/linear)"
+COMPRESSION_SCOPE = "all parameters"
 KEPT_ROWS_LOGGED = 20  # groups listed in the prune phase's log block (report.json's kept_filters has all)
 
 
@@ -126,9 +134,9 @@ def format_table(report: dict[str, Any]) -> str:
     if "flops" in report:
         lines += _structural_lines(report)
     elif "sparsity" in report:
-        lines += [f"sparsity     {100 * report['sparsity']:7.2f} %",
-                  f"compression  {report['compression_ratio']:7.1f} x  "
-                  f"({report['params']['nonzero']:,} of {report['params']['total']:,} parameters non-zero)",
+        lines += [f"sparsity     {100 * report['sparsity']:7.2f} % {SPARSITY_SCOPE}",
+                  f"compression  {report['compression_ratio']:7.1f} x  ({COMPRESSION_SCOPE}: "
+                  f"{report['params']['nonzero']:,} of {report['params']['total']:,} non-zero)",
                   _bytes_line(report["bytes"])]
         lines += [_latency_line(report["latency_ms"])] if "latency_ms" in report else []  # the compact model's
     if "mask_memory" in report and "flops" not in report:
@@ -277,6 +285,7 @@ def _comparison_table(report: dict[str, Any]) -> str:
               f"{100 * row['sparsity']:>9.2f}%{row['compression_ratio']:>7.1f}x" for label, row in rows]
     if DENSE in phases:
         lines.append(f"{'dense (l2, same budget)':<36}{phases['dense']['metric']:>27.2f}")
+    lines.append(f"sparsity {SPARSITY_SCOPE}; compr. over {COMPRESSION_SCOPE} (dense count / non-zero)")
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from sparsetrain.engine.finite import require_finite, require_finite_results
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.model_imports import arch_imports, import_for_arch
 from sparsetrain.progress import format_value
+from sparsetrain.report import COMPRESSION_SCOPE, SPARSITY_SCOPE
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
 
@@ -258,9 +259,11 @@ def format_evaluation(result: dict[str, Any]) -> str:
 
 
 def _params_line(p: dict[str, Any], sparsity: float) -> str:
-    """`params  N total, M non-zero; sparsity S %`, led by the unpruned count when the architecture is smaller
-    (`(no filter removed)` after it when a structural export is as large as the unpruned one)."""
-    counts = f"{p['total']:,} total, {p['nonzero']:,} non-zero; sparsity {100 * sparsity:.2f} %"
+    """`params  N total, M non-zero (all parameters); sparsity S % of prunable weights (conv/linear)`: the two
+    scopes differ (`report.SPARSITY_SCOPE`), so each is named; led by the unpruned count when the architecture is
+    smaller (`(no filter removed)` after it when a structural export is as large as the unpruned one)."""
+    counts = (f"{p['total']:,} total, {p['nonzero']:,} non-zero ({COMPRESSION_SCOPE}); "
+              f"sparsity {100 * sparsity:.2f} % {SPARSITY_SCOPE}")
     if "dense" not in p:
         return f"params       {counts}"
     if p["dense"] == p["total"]:  # a structural export that lost nothing (e.g. prune.filter_fraction=0)

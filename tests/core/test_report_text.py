@@ -52,8 +52,8 @@ def test_a_method2_run_that_removed_no_filter_says_so_on_the_params_line() -> No
     assert not any("fewer" in line or "->" in line for line in lines), lines
     assert "params       100 -> 50 (2.00x fewer)" in format_table(pruned).splitlines()
     evaluated = {"total": 488_001, "nonzero": 488_001, "dense": 488_001, "removed": "filters"}  # sparsetrain eval
-    assert _params_line(evaluated, 0.0) == ("params       488,001 total, 488,001 non-zero; sparsity 0.00 % (no filter "
-                                            "removed)")
+    assert _params_line(evaluated, 0.0) == ("params       488,001 total, 488,001 non-zero (all parameters); sparsity "
+                                            "0.00 % of prunable weights (conv/linear) (no filter removed)")
     assert _params_line({**evaluated, "total": 400_000}, 0.0).startswith("params       488,001 -> 400,000 (1.22x")
 
 
@@ -147,3 +147,22 @@ def test_kept_filters_block_lists_the_groups_that_lost_most_then_points_to_repor
         "  ... 3 more groups, all in report.json (kept_filters)",
         "  369 / 384  96.1 %  total: 5 of 6 groups lost filters"], "\n".join(lines)
     assert len(format_kept_filters(rows).splitlines()) == 1 + 6 + 1, "all rows when they fit"
+
+
+def test_sparsity_and_compression_lines_name_their_different_scopes() -> None:
+    """Trial 18: `sparsity 80.01 %` beside `compression 4.5 x` and `params 5,226 total, 1,168 non-zero; sparsity
+    80.01 %` read as one scope (1,168 / 5,226 is 77.65 % zeros). Sparsity counts the prunable conv/linear weights,
+    compression every parameter: each line names which."""
+    report = {"task": "classification", "phases": {"finetune": {"metric": 90.0}}, "sparsity": 0.8001,
+              "compression_ratio": 5226 / 1168, "params": {"total": 5226, "nonzero": 1168},
+              "bytes": {"dense": 100, "compressed": 40, "compressed_format": "bitmask"}}
+    lines = format_table(report).splitlines()
+    assert "sparsity       80.01 % of prunable weights (conv/linear)" in lines, lines
+    assert "compression      4.5 x  (all parameters: 1,168 of 5,226 non-zero)" in lines, lines
+    line = _params_line({"total": 5226, "nonzero": 1168}, 0.8001)
+    assert line == ("params       5,226 total, 1,168 non-zero (all parameters); sparsity 80.01 % of prunable weights "
+                    "(conv/linear)"), line
+    baselines = {**report, "phases": {"sparsify": {"metric": 91.0}, "finetune": {"metric": 90.0}},
+                 "baselines": {"gmp": {"sparsify": 90.0, "finetune": 89.0, "sparsity": 0.8, "compression_ratio": 4.4}}}
+    table = format_table(baselines).splitlines()
+    assert "sparsity of prunable weights (conv/linear); compr. over all parameters (dense count / non-zero)" in table
