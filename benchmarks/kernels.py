@@ -13,7 +13,10 @@ weight lists (ndim > 1) of timm resnet50, vit_base_patch16_224 and convnext_tiny
 
 GB/s counts the minimum bytes of ours (the mask at 1 byte or 1/8 byte per weight) and is compared with the
 device copy bandwidth measured in the same run. Needs CUDA to mean anything; on CPU it runs a quick smoke mode
-(tiny sizes, the torch backend against the reference).
+(tiny sizes, the torch backend against the reference): those times are a smoke test of the code path, not kernel
+performance (`timing_caveat`, printed and in the JSON), each variant timed after `CPU_WARMUP_CALLS` untimed calls by
+``torch.utils.benchmark.Timer.blocked_autorange`` (`benchmarks.common.time_call`; the JSON records the timer and
+the calls).
 
 Usage: ``python -m benchmarks.kernels [--quick] [--sizes 1M,64M] [--models resnet50] [--dtypes fp32,bf16]
 [--ops l0_grad_mask,apply_masks] [--masks bool,packed]``.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
@@ -32,7 +36,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    CPU_WARMUP_CALLS,
     OUTPUT_DIR,
+    Timing,
     bench_ms,
     copy_gbps,
     device_label,
@@ -40,6 +46,7 @@ from benchmarks.common import (
     kernel_backend,
     pick_device,
     slug,
+    time_call,
     write_json,
 )
 from sparsetrain.argtypes import out_folder
@@ -60,7 +67,9 @@ ALPHA0, BETA, L2 = 1e-6, 10.0, 1e-4
 
 @dataclass
 class Row:
-    """One benchmark row (milliseconds are medians; None = not measured)."""
+    """One benchmark row (milliseconds are medians; None = not measured). `timer`, `warmup_calls`, `ours_calls` and
+    `eager_calls`: how ours and eager were timed (`benchmarks.common.Timing`; calls None where the timer decides by
+    time)."""
 
     case: str
     numel: int
@@ -75,6 +84,10 @@ class Row:
     copy_gbps: float
     host_ms: float | None = None
     graph_ms: float | None = None
+    timer: str = ""
+    warmup_calls: int | None = None
+    ours_calls: int | None = None
+    eager_calls: int | None = None
 
 
 def parse_size(text: str) -> int:
@@ -198,14 +211,14 @@ def _op_calls(op: str, weights: list[torch.Tensor], masks: list, alphas: list[fl
 
 def _time_variants(
     op: str, kind: str, weights: list[torch.Tensor], alphas: list[float], gen: torch.Generator, args
-) -> tuple[float, float, float | None, float | None, float | None, int]:
-    """Milliseconds of ours, eager and compiled on random data and masks (half kept); ours' host and
+) -> tuple[Timing, Timing, float | None, float | None, float | None, int]:
+    """Timings of ours and eager and milliseconds of compiled on random data and masks (half kept); ours' host and
     CUDA-graph (device-only) milliseconds; the minimum bytes ours moves."""
     device = weights[0].device
     masks = make_masks(weights, kind, gen)
     ours_fn, reference, (ref_args, ref_kwargs), data_bytes = _op_calls(op, weights, masks, alphas, gen, args)
-    ours, host, graph = bench_ms(ours_fn, device), host_ms(ours_fn, device), graph_ms(ours_fn, device)
-    eager = bench_ms(lambda: reference(*ref_args, **ref_kwargs), device)
+    ours, host, graph = time_call(ours_fn, device), host_ms(ours_fn, device), graph_ms(ours_fn, device)
+    eager = time_call(lambda: reference(*ref_args, **ref_kwargs), device)
     compiled_ms = None
     if args.compile:
         torch._dynamo.reset()  # a fresh cache per case: each case is a new list of shapes
@@ -271,9 +284,10 @@ def time_case(
     for op in args.ops:
         for kind in args.masks:
             ours, eager, compiled_ms, host, graph, min_bytes = _time_variants(op, kind, weights, alphas, gen, args)
-            gbps = min_bytes / (ours * 1e6) if ours else None
+            gbps = min_bytes / (ours.ms * 1e6) if ours.ms else None
             auto = autograd if op == "l0_grad_mask" else None
-            rows.append(Row(case, numel, name, op, kind, ours, eager, compiled_ms, auto, gbps, copy, host, graph))
+            rows.append(Row(case, numel, name, op, kind, ours.ms, eager.ms, compiled_ms, auto, gbps, copy, host, graph,
+                            ours.timer, ours.warmup_calls, ours.timed_calls, eager.timed_calls))
     return rows
 
 
@@ -331,7 +345,7 @@ def print_table(rows: list[Row], header: bool = True) -> None:
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench kernels`
     from the CLI)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=HELP_CAVEAT)
     parser.add_argument("--quick", action="store_true", help="few small cases (forced on CPU)")
     parser.add_argument("--sizes", type=size_list, help="flat sizes, comma separated, e.g. 1M,64M,1G")
     parser.add_argument("--models", type=model_list,
@@ -376,6 +390,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     name = device_label(device)
     copy = copy_gbps(device)
     print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {args.backend!r}; {ops_words(args.ops)}")
+    caveat = timing_caveat(device, args.backend)
+    if caveat:
+        print(f"note: {caveat}")
 
     cases = [(f"flat-{n}", [(n,)]) for n in sizes]
     for model in models:
@@ -391,9 +408,36 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
                 print_table(case_rows, header=not rows)
                 rows += case_rows
                 # Written after every case: a run cut short by a time limit keeps what it measured.
-                path = write_json({"device": name, "rows": merged(earlier, rows)}, args.out, "kernels", name)
+                path = write_json({"device": name, "caveat": caveat, "rows": merged(earlier, rows)}, args.out,
+                                  "kernels", name)
     # the rows were printed as each case finished (one table, its header once): not printed again
     print(f"wrote {path}" if path else "no rows measured")
+
+
+HELP_CAVEAT = ("On CPU, and under TRITON_INTERPRET=1, the times are a smoke test of the code path, not kernel "
+               "performance: on CPU ours is the torch backend, the same computation as eager; under the interpreter "
+               f"ours is Triton's Python emulation of the kernel. CPU timings: {CPU_WARMUP_CALLS} warm-up calls, then "
+               "torch.utils.benchmark's blocked_autorange.")
+
+
+def timing_caveat(device: torch.device, backend: str) -> str | None:
+    """The line that says what the times cannot show, or None on CUDA with compiled Triton kernels.
+
+    Under TRITON_INTERPRET=1 eager is not timed inside the interpreter (the reference is plain torch, timed before
+    or after ours, never during): what inflated it in trial 18 (112 ms for a 0.18 ms op) was the wall-clock median of
+    three calls of a niced process on a shared 2-core CPU, which waits for a core for whole scheduler ticks; the
+    torch backend's times swung the same way (eager/ours 2.9 to 19.8 for one case). `benchmarks.common.time_call`
+    now times many calls in process CPU time.
+    """
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        return ("TRITON_INTERPRET=1: ours runs in Triton's Python interpreter (a CPU emulation of the kernel), so "
+                "ours, GB/s and the ratios are not comparable with eager: a smoke test of the code path, not kernel "
+                "performance")
+    if device.type == "cpu":
+        return ("on CPU these times are a smoke test of the code path, not kernel performance: ours is the torch "
+                "backend, the same computation as eager, so eager/ours near 1 is all they can show (process CPU time "
+                "on one thread)")
+    return None
 
 
 def ops_words(ops: list[str]) -> str:
