@@ -84,6 +84,7 @@ def plot_accuracy_vs_sparsity(report: dict, path: Path) -> None:
     """Metric right after global magnitude pruning (no fine-tuning) vs compression, for the l0- and the l2-trained
     model (`report["prune_curve"]`), with the fine-tuned results of l0 and the baselines and the dense line."""
     from sparsetrain.baselines import BASELINES
+    from sparsetrain.report import dense_label
 
     curve = report["prune_curve"]
     ratio = [1.0 / (1.0 - s) for s in curve["sparsity"]]
@@ -100,7 +101,7 @@ def plot_accuracy_vs_sparsity(report: dict, path: Path) -> None:
         if metric is not None and sparsity is not None:
             ax.plot([1.0 / (1.0 - sparsity)], [metric], "*", color=color, ms=12, mec="black", label=label)
     if "dense" in phases:
-        ax.axhline(phases["dense"]["metric"], color="gray", ls="--", lw=1, label="dense (same budget)")
+        ax.axhline(phases["dense"]["metric"], color="gray", ls="--", lw=1, label=dense_label(report, method=""))
     ax.set_xscale("log")
     ax.set_xlabel("compression of prunable weights (1 / density), log scale")
     ax.set_ylabel("test metric")

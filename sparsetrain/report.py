@@ -4,8 +4,9 @@ Everything here works on plain mappings (phase results from state.json, measurem
 measuring itself, which needs models, is `sparsetrain.measure`. report.json, format 2:
 
     format_version   2
-    task, model, world_size, zero_stage, precision, offload_optimizer, grad_checkpointing   how it trained
-                     (`training_setup`; absent in runs from before they were recorded)
+    task, model, world_size, zero_stage, precision, offload_optimizer, grad_checkpointing, epochs   how it trained
+                     (`training_setup`; epochs: {phase: phases.<phase>.epochs} of dense, sparsify and finetune;
+                     absent in runs from before they were recorded)
     phases           {phase: its results (metric, the task's metrics, steps, ...)}, keyed by phase name
                      (`sparsetrain.phases`), in run order; only finished phases. Each has `chance` (the metric's
                      chance level, `tasks.*.finalize`; absent in runs from before it) and, when its metric was at
@@ -44,9 +45,10 @@ Format 1 (before the phase vocabulary) had the phases as top-level keys dense / 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, final_phase
+from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, final_phase
 
 REPORT_FORMAT = 2
 TASK_METRICS = {"classification": "accuracy", "segmentation": "Dice"}  # what a task's "metric" is (tasks.*.finalize)
@@ -60,7 +62,8 @@ KEPT_ROWS_LOGGED = 20  # groups listed in the prune phase's log block (report.js
 
 def training_setup(cfg: Any, world_size: int) -> dict[str, Any]:
     """How the run trains, for report.json's header and the start line: ranks, ZeRO stage, precision (fp32 or bf16
-    with fp32 masters), optimizer offload (`none` / `cpu`) and gradient checkpointing.
+    with fp32 masters), optimizer offload (`none` / `cpu`), gradient checkpointing, and each training phase's
+    epochs (`dense_label` compares the dense baseline's budget with them).
 
     Args:
         cfg: The run's `RunConfig`.
@@ -68,7 +71,8 @@ def training_setup(cfg: Any, world_size: int) -> dict[str, Any]:
     """
     ds = cfg.deepspeed
     return {"world_size": world_size, "zero_stage": ds.zero_stage, "precision": ds.precision,
-            "offload_optimizer": ds.offload_optimizer, "grad_checkpointing": cfg.train.grad_checkpointing}
+            "offload_optimizer": ds.offload_optimizer, "grad_checkpointing": cfg.train.grad_checkpointing,
+            "epochs": {phase: getattr(cfg.phases, phase).epochs for phase in TRAINING_PHASES}}
 
 
 def setup_line(setup: dict[str, Any], device: str) -> str:
@@ -284,9 +288,22 @@ def _comparison_table(report: dict[str, Any]) -> str:
     lines += [f"{label:<36}{cell(row, 'sparsify')}{cell(row, 'prune')}{cell(row, 'finetune')}"
               f"{100 * row['sparsity']:>9.2f}%{row['compression_ratio']:>7.1f}x" for label, row in rows]
     if DENSE in phases:
-        lines.append(f"{'dense (l2, same budget)':<36}{phases['dense']['metric']:>27.2f}")
+        lines.append(f"{dense_label(report):<36}{phases['dense']['metric']:>27.2f}")
     lines.append(f"sparsity {SPARSITY_SCOPE}; compr. over {COMPRESSION_SCOPE} (dense count / non-zero)")
     return "\n".join(lines)
+
+
+def dense_label(report: dict[str, Any], method: str = "l2, ") -> str:
+    """`dense (l2, same budget)` when the dense baseline trained as many epochs as sparsify and finetune together
+    (the recipes' definition of the same budget, e.g. lenet300_mnist's 480 = 450 + 30), else `dense (l2, 3 epochs)`;
+    `dense (l2)` for a report from before the epochs were recorded. `method=""` drops the `l2, `."""
+    epochs = report.get("epochs")
+    if not epochs:
+        return f"dense ({method.removesuffix(', ')})" if method else "dense"
+    dense, sparse = epochs.get(DENSE), epochs.get(SPARSIFY, 0) + epochs.get(FINETUNE, 0)
+    if dense is not None and math.isclose(dense, sparse):
+        return f"dense ({method}same budget)"
+    return f"dense ({method}{dense:g} epoch{'s' * (dense != 1)})"
 
 
 def summary_values(report: dict[str, Any]) -> dict[str, float]:

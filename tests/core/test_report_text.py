@@ -166,3 +166,25 @@ def test_sparsity_and_compression_lines_name_their_different_scopes() -> None:
                  "baselines": {"gmp": {"sparsify": 90.0, "finetune": 89.0, "sparsity": 0.8, "compression_ratio": 4.4}}}
     table = format_table(baselines).splitlines()
     assert "sparsity of prunable weights (conv/linear); compr. over all parameters (dense count / non-zero)" in table
+
+
+def test_dense_row_says_same_budget_only_when_its_epochs_match_sparsify_plus_finetune() -> None:
+    """Trial 18: `dense (l2, same budget)` was printed for a dense baseline of 3 epochs beside 20 + 2 of sparsify +
+    finetune. The budget (the recipes' `dense: 480  # same budget as sparsify + finetune`, 450 + 30) is compared."""
+    from sparsetrain.config import load_config
+    from sparsetrain.report import dense_label, training_setup
+
+    report = {"task": "classification", "sparsity": 0.9, "compression_ratio": 8.0,
+              "params": {"total": 10, "nonzero": 1}, "bytes": {"dense": 10, "compressed": 2},
+              "phases": {"dense": {"metric": 95.0}, "sparsify": {"metric": 94.0}, "finetune": {"metric": 93.0}},
+              "baselines": {"gmp": {"sparsify": 90.0, "finetune": 89.0, "sparsity": 0.9, "compression_ratio": 7.0}}}
+    cfg = load_config(None, ["phases.dense.epochs=3", "phases.sparsify.epochs=20", "phases.finetune.epochs=2"])
+    short = {**report, **training_setup(cfg, 1)}
+    assert short["epochs"] == {"dense": 3, "sparsify": 20, "finetune": 2}, short["epochs"]
+    rows = [line for line in format_table(short).splitlines() if line.startswith("dense (")]
+    assert rows == [f"{'dense (l2, 3 epochs)':<36}{95.0:>27.2f}"], rows
+    same = {**report, "epochs": {"dense": 22, "sparsify": 20, "finetune": 2}}
+    assert any(line.startswith("dense (l2, same budget) ") for line in format_table(same).splitlines())
+    assert dense_label(same, method="") == "dense (same budget)", "the accuracy plot's line"
+    assert dense_label({**same, "epochs": {"dense": 1, "sparsify": 0.5, "finetune": 0}}) == "dense (l2, 1 epoch)"
+    assert dense_label(report) == "dense (l2)", "a report from before the epochs were recorded claims no budget"
