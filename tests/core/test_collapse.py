@@ -76,3 +76,26 @@ def test_an_untrained_phase_at_chance_is_told_to_train_not_to_weaken_its_regular
     assert said.endswith("the model collapsed; it was not trained (phases.sparsify.epochs=0): try more epochs, or "
                          "model.checkpoint (a trained model)"), said
     assert chance_warning("sparsify", {"metric": 17.0, "chance": 16.8}, cfg, {}) is None
+
+
+def test_a_later_phase_just_above_the_chance_bound_is_not_called_a_recovery() -> None:
+    """Trial 18: `at chance, recovered in finetune` for finetune 14.20 % over a chance bound of 14.08 %. Recovered
+    now means clearly above: the bound plus the same 3 standard errors (`chance_margin`) again."""
+    task = ClassificationTask(10)
+    targets = torch.arange(359) % 10  # digits-like: 359 test samples, 10 classes
+    result = task.finalize(task.batch_stats(torch.zeros(359, 10), targets))
+    p = 36 / 359
+    assert result["chance_margin"] == pytest.approx(100 * 3 * (p * (1 - p) / 359) ** 0.5), result
+    bound, margin = result["chance"], result["chance_margin"]
+    said = "accuracy 9.00 % is at chance level (...)"
+    phases = {"sparsify": {"metric": 90.0, "chance": bound, "chance_margin": margin},
+              "prune": {"metric": 9.0, "chance": bound, "chance_margin": margin, "at_chance": said},
+              "finetune": {"metric": bound + 0.12, "chance": bound, "chance_margin": margin}}
+    lines = format_table({"task": "classification", "phases": phases}).splitlines()
+    assert lines[2] == (f"prune           9.00  at chance; finetune {bound + 0.12:.2f} %, chance bound {bound:.2f} %: "
+                        "not clearly above it (see the warning below)"), lines
+    assert lines[-1] == f"warning      prune: {said}", lines
+    phases["finetune"]["metric"] = bound + margin + 0.1
+    lines = format_table({"task": "classification", "phases": phases}).splitlines()
+    assert lines[2] == "prune           9.00  at chance, recovered in finetune", lines
+    assert not lines[-1].startswith("warning"), lines
