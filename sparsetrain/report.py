@@ -219,15 +219,25 @@ def _chance_mark(phase: str, results: dict[str, dict[str, Any]]) -> str:
     return f"  at chance{numbers} (see the warning below)"
 
 
+NOTE_CUTS = ("; ", ", ", "+", " ")  # where a note may be cut: clauses, layer names, a group's layers; else words
+
+
 def _short(text: str, width: int = NOTE_WIDTH) -> str:
-    """`text` cut at the last `, ` within `width` characters, `, ...` where it was cut, then its last `; ` clause (the
-    note's advice, e.g. `; lower round_to to remove from them`) when that is shorter than `width` / 2."""
+    """`text` cut within `width` characters at its last clause or name separator there (`NOTE_CUTS`; a space when
+    there is none), kept before the `...` (`stem.0, ...` when more names of that list follow, `features.0; ...` when
+    the next clause does, `features.0+...` when the group has more layers: a single layer is never made to look like
+    a list), then its last `; ` clause (the note's advice, e.g. `; lower round_to to remove from them`) when that is
+    shorter than `width` / 2. Never cut inside a word."""
     if len(text) <= width:
         return text
     head, sep, tail = text.rpartition("; ")
     head, tail = (head, sep + tail) if head and len(tail) < width // 2 else (text, "")
-    cut = head.rfind(", ", 0, width)
-    return (head[:cut] if cut > 0 else head[:width]) + ", ..." + tail
+    cut, kept = max((head.rfind(s, 0, width), s) for s in NOTE_CUTS[:-1])  # a clause or name boundary first
+    if cut <= 0:
+        cut, kept = head.rfind(" ", 0, width), " "
+    if cut <= 0:
+        return head[:width] + " ..." + tail
+    return head[:cut] + kept.rstrip() + (" ..." if kept.endswith(" ") else "...") + tail
 
 
 def nothing_removed(report: dict[str, Any]) -> str:

@@ -188,3 +188,23 @@ def test_dense_row_says_same_budget_only_when_its_epochs_match_sparsify_plus_fin
     assert dense_label(same, method="") == "dense (same budget)", "the accuracy plot's line"
     assert dense_label({**same, "epochs": {"dense": 1, "sparsify": 0.5, "finetune": 0}}) == "dense (l2, 1 epoch)"
     assert dense_label(report) == "dense (l2)", "a report from before the epochs were recorded claims no budget"
+
+
+def test_a_selection_note_is_cut_where_it_says_what_follows_never_inside_a_name() -> None:
+    """Trial 18: the table's selection line read `features.0, ...` when the log named that one layer only (the cut
+    fell in the next clause, mid-word, and `, ...` was added). The cut keeps its separator: `; ...` for another
+    clause, `, ...` for more names, `+...` for more layers of one group."""
+    from sparsetrain.report import _short
+
+    advice = "; lower round_to to remove from them"
+    two_bins = ("prune.round_to=8: 1 group of 64 channels keeps all 64 (60 rounded up): features.0; 1 group of 192 "
+                f"channels keeps all 192 (184 rounded up): features.3{advice}")
+    assert _short(two_bins) == ("prune.round_to=8: 1 group of 64 channels keeps all 64 (60 rounded up): features.0; ..."
+                                + advice), _short(two_bins)
+    group = ("prune.round_to=16: 1 group of 64 channels keeps all 64 (60 rounded up): features.0+features.1.conv_dw+"
+             f"features.1.bn2{advice}")
+    assert _short(group) == ("prune.round_to=16: 1 group of 64 channels keeps all 64 (60 rounded up): features.0+..."
+                             + advice), _short(group)
+    names = ("prune.round_to=8: 4 groups of 8 channels keep all 8 (2 rounded up): stem.0, downs.0.1.0, downs.1.1.0, "
+             f"ups.1.conv.3{advice}")
+    assert _short(names) == names.replace(", downs.1.1.0, ups.1.conv.3;", ", ...;"), _short(names)
