@@ -49,7 +49,9 @@ def _config(target: Path, recipe: str | None, overrides: list[str]) -> RunConfig
     else:
         arch = json.loads((export_folder(target) / ARCH_FILE).read_text())
         meta = arch.get("meta", {})
-        raw = {"task": meta.get("task", "classification"), "data": meta.get("data", {})}
+        recorded = meta.get("data", {})  # less the sizes the run used (`data.data_record`): not settings
+        raw = {"task": meta.get("task", "classification"),
+               "data": {k: v for k, v in recorded.items() if k not in ("train_samples", "test_samples")}}
     arch = json.loads((export_folder(target) / ARCH_FILE).read_text())
     raw.setdefault("model", {})["name"] = arch["model_name"]
     if imports := arch_imports(arch):  # a user's own model: what its run imported
