@@ -80,11 +80,11 @@ def plot_kept_filters(kept: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy_vs_sparsity(report: dict, path: Path) -> None:
+def plot_accuracy_vs_sparsity(report: dict, path: Path, dense_label: str = "dense") -> None:
     """Metric right after global magnitude pruning (no fine-tuning) vs compression, for the l0- and the l2-trained
-    model (`report["prune_curve"]`), with the fine-tuned results of l0 and the baselines and the dense line."""
+    model (`report["prune_curve"]`), with the fine-tuned results of l0 and the baselines and the dense line, labelled
+    `dense_label` (`report.dense_label`: `dense (same budget)` only when it was)."""
     from sparsetrain.baselines import BASELINES
-    from sparsetrain.report import dense_label
 
     curve = report["prune_curve"]
     ratio = [1.0 / (1.0 - s) for s in curve["sparsity"]]
@@ -101,7 +101,7 @@ def plot_accuracy_vs_sparsity(report: dict, path: Path) -> None:
         if metric is not None and sparsity is not None:
             ax.plot([1.0 / (1.0 - sparsity)], [metric], "*", color=color, ms=12, mec="black", label=label)
     if "dense" in phases:
-        ax.axhline(phases["dense"]["metric"], color="gray", ls="--", lw=1, label=dense_label(report, method=""))
+        ax.axhline(phases["dense"]["metric"], color="gray", ls="--", lw=1, label=dense_label)
     ax.set_xscale("log")
     ax.set_xlabel("compression of prunable weights (1 / density), log scale")
     ax.set_ylabel("test metric")
