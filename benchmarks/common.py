@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,26 +50,63 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def bench_ms(fn: Callable[[], object], device: torch.device, grad_to_none: list[torch.Tensor] | None = None) -> float:
-    """Median milliseconds per call of ``fn``.
+CPU_WARMUP_CALLS = 3  # untimed calls before a CPU timing: first-call allocations and lazy inits stay out of it
+CPU_MIN_RUN_S = 0.2  # blocked_autorange's least total timed time per variant: many calls of a short op, not 3
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One variant's timing: median milliseconds per call, untimed warm-up calls and timed calls (None where the
+    timer decides by time, `triton.testing.do_bench` on CUDA), and the timer used."""
+
+    ms: float
+    warmup_calls: int | None
+    timed_calls: int | None
+    timer: str
+
+
+def time_call(fn: Callable[[], object], device: torch.device, grad_to_none: list[torch.Tensor] | None = None,
+              warmup: int = CPU_WARMUP_CALLS, min_run_s: float = CPU_MIN_RUN_S) -> Timing:
+    """Median milliseconds per call of ``fn``, with how it was measured.
 
     CUDA: ``triton.testing.do_bench`` (device events, L2 flushed between calls, quantiles 0.5/0.2/0.8; the
-    median is returned). CPU: host clock, one warm-up and the median of three calls (smoke mode only).
+    median). CPU: ``warmup`` untimed calls, then ``torch.utils.benchmark.Timer.blocked_autorange`` (blocks of calls
+    sized to the clock's resolution, at least ``min_run_s`` seconds in all; the median of the blocks' per-call
+    means) on one thread, in process CPU time: a wall-clock median of three calls swung up to 100x between runs on
+    a shared 2-core machine, where a niced process waits for a core whole scheduler ticks (4 ms) inside a 0.08 ms
+    call; CPU time leaves the waiting out.
+
+    Args:
+        fn: The call to time; it may work in place (it is called again and again on the same tensors).
+        device: Where ``fn`` runs.
+        grad_to_none: Tensors whose ``.grad`` is reset before every call (a backward would accumulate).
+        warmup: Untimed calls first (CPU).
+        min_run_s: Least timed seconds (CPU).
     """
+    def call() -> None:
+        for t in grad_to_none or ():
+            t.grad = None
+        fn()
+
     if device.type == "cuda":
         from triton.testing import do_bench
 
-        return float(do_bench(fn, quantiles=QUANTILES, grad_to_none=grad_to_none)[0])
-    fn()
-    times = []
-    for _ in range(3):
-        if grad_to_none:
-            for t in grad_to_none:
-                t.grad = None
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        ms = float(do_bench(fn, quantiles=QUANTILES, grad_to_none=grad_to_none)[0])
+        return Timing(ms, None, None, "triton.testing.do_bench (25 ms warm-up, 100 ms of calls)")
+    from torch.utils.benchmark import Timer
+
+    for _ in range(warmup):
+        call()
+    # CPU time of this process on one thread: the time it waited for a core on a shared machine stays out
+    measured = Timer("call()", globals={"call": call}, timer=time.process_time, num_threads=1).blocked_autorange(
+        min_run_time=min_run_s)
+    return Timing(measured.median * 1e3, warmup, len(measured.times) * measured.number_per_run,
+                  "torch.utils.benchmark.Timer.blocked_autorange, process CPU time, 1 thread")
+
+
+def bench_ms(fn: Callable[[], object], device: torch.device, grad_to_none: list[torch.Tensor] | None = None) -> float:
+    """Median milliseconds per call of ``fn`` (`time_call`'s)."""
+    return time_call(fn, device, grad_to_none).ms
 
 
 def copy_gbps(device: torch.device, max_bytes: int = 1 << 30) -> float:

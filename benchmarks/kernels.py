@@ -9,11 +9,16 @@ weight lists (ndim > 1) of timm resnet50, vit_base_patch16_224 and convnext_tiny
 * eager: the torch reference the tests use (``l0_grad_mask_reference_`` / ``apply_masks_reference_``; for
   packed masks it unpacks them first, as a torch caller would);
 * compile: ``torch.compile`` of that reference;
-* autograd (ℓ0 only): forward + backward of ``l0_penalty`` (the penalty added to the loss; no masking).
+* autograd (ℓ0 only): forward + backward of ``l0_penalty`` (the penalty added to the loss; no masking);
+* max abs diff: the largest |ours − eager| over what the op writes (the gradients, or the weights), both run once
+  on copies of the same inputs (`max_abs_diff`).
 
 GB/s counts the minimum bytes of ours (the mask at 1 byte or 1/8 byte per weight) and is compared with the
 device copy bandwidth measured in the same run. Needs CUDA to mean anything; on CPU it runs a quick smoke mode
-(tiny sizes, the torch backend against the reference).
+(tiny sizes, the torch backend against the reference): those times are a smoke test of the code path, not kernel
+performance (`timing_caveat`, printed and in the JSON), each variant timed after `CPU_WARMUP_CALLS` untimed calls by
+``torch.utils.benchmark.Timer.blocked_autorange`` (`benchmarks.common.time_call`; the JSON records the timer and
+the calls).
 
 Usage: ``python -m benchmarks.kernels [--quick] [--sizes 1M,64M] [--models resnet50] [--dtypes fp32,bf16]
 [--ops l0_grad_mask,apply_masks] [--masks bool,packed]``.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
@@ -32,7 +38,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    CPU_WARMUP_CALLS,
     OUTPUT_DIR,
+    Timing,
     bench_ms,
     copy_gbps,
     device_label,
@@ -40,6 +48,7 @@ from benchmarks.common import (
     kernel_backend,
     pick_device,
     slug,
+    time_call,
     write_json,
 )
 from sparsetrain.argtypes import out_folder
@@ -60,7 +69,9 @@ ALPHA0, BETA, L2 = 1e-6, 10.0, 1e-4
 
 @dataclass
 class Row:
-    """One benchmark row (milliseconds are medians; None = not measured)."""
+    """One benchmark row (milliseconds are medians; None = not measured). `timer`, `warmup_calls`, `ours_calls` and
+    `eager_calls`: how ours and eager were timed (`benchmarks.common.Timing`; calls None where the timer decides by
+    time). `max_abs_diff`: ours against the torch reference (`max_abs_diff`), in the weights' units."""
 
     case: str
     numel: int
@@ -75,6 +86,11 @@ class Row:
     copy_gbps: float
     host_ms: float | None = None
     graph_ms: float | None = None
+    timer: str = ""
+    warmup_calls: int | None = None
+    ours_calls: int | None = None
+    eager_calls: int | None = None
+    max_abs_diff: float | None = None
 
 
 def parse_size(text: str) -> int:
@@ -196,22 +212,45 @@ def _op_calls(op: str, weights: list[torch.Tensor], masks: list, alphas: list[fl
     )
 
 
+def max_abs_diff(op: str, weights: list[torch.Tensor], masks: list, alphas: list[float], gen: torch.Generator,
+                 backend: str) -> float:
+    """Largest |ours − reference| (fp32) over every element the op writes: the gradients of ``l0_grad_mask_`` (on
+    the same random gradients) or the weights of ``apply_masks_``, each run once on its own copy; 0.0 for no element.
+
+    The reference is the one the kernel tests use (``l0_grad_mask_reference_`` / ``apply_masks_reference_``).
+    """
+    ops = get_ops(backend)
+    if op == "l0_grad_mask":
+        grads = [(torch.randn(w.shape, generator=gen, device=w.device) * 1e-3).to(w.dtype) for w in weights]
+        ours, ref = [g.clone() for g in grads], [g.clone() for g in grads]
+        kwargs = {"alphas": alphas, "beta": BETA, "l2": L2}
+        ops.l0_grad_mask_(weights, ours, masks, **kwargs)
+        l0_grad_mask_reference_(weights, ref, masks, **kwargs)
+    else:
+        ours, ref = [w.clone() for w in weights], [w.clone() for w in weights]
+        ops.apply_masks_(ours, masks)
+        apply_masks_reference_(ref, masks)
+    diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(ours, ref, strict=True) if a.numel()]
+    return max(diffs, default=0.0)
+
+
 def _time_variants(
     op: str, kind: str, weights: list[torch.Tensor], alphas: list[float], gen: torch.Generator, args
-) -> tuple[float, float, float | None, float | None, float | None, int]:
-    """Milliseconds of ours, eager and compiled on random data and masks (half kept); ours' host and
-    CUDA-graph (device-only) milliseconds; the minimum bytes ours moves."""
+) -> tuple[Timing, Timing, float | None, float | None, float | None, int, float]:
+    """Timings of ours and eager and milliseconds of compiled on random data and masks (half kept); ours' host and
+    CUDA-graph (device-only) milliseconds; the minimum bytes ours moves; ours' max abs diff from the reference."""
     device = weights[0].device
     masks = make_masks(weights, kind, gen)
+    diff = max_abs_diff(op, weights, masks, alphas, gen, args.backend)
     ours_fn, reference, (ref_args, ref_kwargs), data_bytes = _op_calls(op, weights, masks, alphas, gen, args)
-    ours, host, graph = bench_ms(ours_fn, device), host_ms(ours_fn, device), graph_ms(ours_fn, device)
-    eager = bench_ms(lambda: reference(*ref_args, **ref_kwargs), device)
+    ours, host, graph = time_call(ours_fn, device), host_ms(ours_fn, device), graph_ms(ours_fn, device)
+    eager = time_call(lambda: reference(*ref_args, **ref_kwargs), device)
     compiled_ms = None
     if args.compile:
         torch._dynamo.reset()  # a fresh cache per case: each case is a new list of shapes
         compiled = torch.compile(reference, dynamic=False)
         compiled_ms = bench_ms(lambda: compiled(*ref_args, **ref_kwargs), device)
-    return ours, eager, compiled_ms, host, graph, data_bytes + mask_bytes(weights, kind)
+    return ours, eager, compiled_ms, host, graph, data_bytes + mask_bytes(weights, kind), diff
 
 
 def graph_ms(fn, device: torch.device) -> float | None:
@@ -270,10 +309,12 @@ def time_case(
     rows = []
     for op in args.ops:
         for kind in args.masks:
-            ours, eager, compiled_ms, host, graph, min_bytes = _time_variants(op, kind, weights, alphas, gen, args)
-            gbps = min_bytes / (ours * 1e6) if ours else None
+            ours, eager, compiled_ms, host, graph, min_bytes, diff = _time_variants(op, kind, weights, alphas, gen,
+                                                                                    args)
+            gbps = min_bytes / (ours.ms * 1e6) if ours.ms else None
             auto = autograd if op == "l0_grad_mask" else None
-            rows.append(Row(case, numel, name, op, kind, ours, eager, compiled_ms, auto, gbps, copy, host, graph))
+            rows.append(Row(case, numel, name, op, kind, ours.ms, eager.ms, compiled_ms, auto, gbps, copy, host, graph,
+                            ours.timer, ours.warmup_calls, ours.timed_calls, eager.timed_calls, diff))
     return rows
 
 
@@ -297,13 +338,13 @@ def run_case(case: str, tensors: list, dtype: torch.dtype, device: torch.device,
 COLUMNS = [("case", "", -24), ("numel", "elements", 11), ("dtype", "", 6), ("op", "", 13), ("mask", "", 7),
            ("ours", "ms", 9), ("eager", "ms", 9), ("compile", "ms", 9), ("autograd", "ms", 9),
            ("eager/ours", "ratio", 11), ("comp/ours", "ratio", 10), ("auto/ours", "ratio", 10), ("GB/s", "GB/s", 7),
-           ("%copy", "%", 6), ("host", "ms", 7), ("graph", "ms", 8)]
+           ("%copy", "%", 6), ("host", "ms", 7), ("graph", "ms", 8), ("maxdiff", "abs", 9)]
 
 
 def table_header() -> str:
     """The column names, then their units: median ms per call of each variant, speed-up ratios of ours over each
     baseline, ours' GB/s and its % of the copy bandwidth, host ms per call (launch-only loop), ms per CUDA-graph
-    replay."""
+    replay, ours' max abs diff from the torch reference."""
     def line(key: int) -> str:
         return "".join(f"{column[key]:<{-width}}" if width < 0 else f"{column[key]:>{width}}"
                        for *column, width in COLUMNS)
@@ -324,14 +365,14 @@ def print_table(rows: list[Row], header: bool = True) -> None:
             f"{r.case:<24}{r.numel:>11}{r.dtype:>6}{r.op:>13}{r.mask:>7}{fmt(r.ours_ms):>9}{fmt(r.eager_ms):>9}"
             f"{fmt(r.compile_ms):>9}{fmt(r.autograd_ms):>9}{fmt(ratios[0], '.2f'):>11}{fmt(ratios[1], '.2f'):>10}"
             f"{fmt(ratios[2], '.2f'):>10}{fmt(r.gbps, '.0f'):>7}{fmt(share, '.0f'):>6}{fmt(r.host_ms):>7}"
-            f"{fmt(r.graph_ms):>8}"
+            f"{fmt(r.graph_ms):>8}{fmt(r.max_abs_diff, '.1e'):>9}"
         )
 
 
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench kernels`
     from the CLI)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=HELP_CAVEAT)
     parser.add_argument("--quick", action="store_true", help="few small cases (forced on CPU)")
     parser.add_argument("--sizes", type=size_list, help="flat sizes, comma separated, e.g. 1M,64M,1G")
     parser.add_argument("--models", type=model_list,
@@ -376,6 +417,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     name = device_label(device)
     copy = copy_gbps(device)
     print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {args.backend!r}; {ops_words(args.ops)}")
+    caveat = timing_caveat(device, args.backend)
+    if caveat:
+        print(f"note: {caveat}")
 
     cases = [(f"flat-{n}", [(n,)]) for n in sizes]
     for model in models:
@@ -391,9 +435,36 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
                 print_table(case_rows, header=not rows)
                 rows += case_rows
                 # Written after every case: a run cut short by a time limit keeps what it measured.
-                path = write_json({"device": name, "rows": merged(earlier, rows)}, args.out, "kernels", name)
+                path = write_json({"device": name, "caveat": caveat, "rows": merged(earlier, rows)}, args.out,
+                                  "kernels", name)
     # the rows were printed as each case finished (one table, its header once): not printed again
     print(f"wrote {path}" if path else "no rows measured")
+
+
+HELP_CAVEAT = ("On CPU, and under TRITON_INTERPRET=1, the times are a smoke test of the code path, not kernel "
+               "performance: on CPU ours is the torch backend, the same computation as eager; under the interpreter "
+               f"ours is Triton's Python emulation of the kernel. CPU timings: {CPU_WARMUP_CALLS} warm-up calls, then "
+               "torch.utils.benchmark's blocked_autorange.")
+
+
+def timing_caveat(device: torch.device, backend: str) -> str | None:
+    """The line that says what the times cannot show, or None on CUDA with compiled Triton kernels.
+
+    Under TRITON_INTERPRET=1 eager is not timed inside the interpreter (the reference is plain torch, timed before
+    or after ours, never during): what inflated it in trial 18 (112 ms for a 0.18 ms op) was the wall-clock median of
+    three calls of a niced process on a shared 2-core CPU, which waits for a core for whole scheduler ticks; the
+    torch backend's times swung the same way (eager/ours 2.9 to 19.8 for one case). `benchmarks.common.time_call`
+    now times many calls in process CPU time.
+    """
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        return ("TRITON_INTERPRET=1: ours runs in Triton's Python interpreter (a CPU emulation of the kernel), so "
+                "ours, GB/s and the ratios are not comparable with eager: a smoke test of the code path, not kernel "
+                "performance")
+    if device.type == "cpu":
+        return ("on CPU these times are a smoke test of the code path, not kernel performance: ours is the torch "
+                "backend, the same computation as eager, so eager/ours near 1 is all they can show (process CPU time "
+                "on one thread)")
+    return None
 
 
 def ops_words(ops: list[str]) -> str:

@@ -3,7 +3,9 @@
 The task's evaluation gives the chance level with its metrics (`chance`: what a model that learned nothing scores
 on this test set; `tasks.classification.chance_accuracy`, `tasks.segmentation.constant_dice`). A collapse is a
 result, not bad input: the run goes on, the phase's results keep the line (report.json `phases.<phase>.at_chance`)
-and the end-of-run table prints it (`report.format_table`).
+and the end-of-run table prints it (`report.format_table`), unless a later phase recovered: clearly above chance,
+by the same 3 standard errors from the other side (`report.clearly_above_chance`; 14.20 % over a bound of 14.08 %
+is not).
 """
 
 from __future__ import annotations

@@ -17,7 +17,14 @@ from sparsetrain.deploy.bitmask import BITMASK_FILE, plain_bytes, smallest_file
 from sparsetrain.engine.checkpoint import atomic_write_text
 from sparsetrain.phases import final_phase
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
-from sparsetrain.report import build_report, filters_removed, format_table, summary_values, training_setup
+from sparsetrain.report import (
+    build_report,
+    dense_label,
+    filters_removed,
+    format_table,
+    summary_values,
+    training_setup,
+)
 
 if TYPE_CHECKING:
     from sparsetrain.pipeline import Pipeline
@@ -124,7 +131,7 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
     if "prune_curve" in report:
         from sparsetrain.plots import plot_accuracy_vs_sparsity
 
-        plot_accuracy_vs_sparsity(report, out / "accuracy_vs_sparsity.png")
+        plot_accuracy_vs_sparsity(report, out / "accuracy_vs_sparsity.png", dense_label(report, method=""))
     elif not pipeline.cfg.report.accuracy_curve and (out / "accuracy_vs_sparsity.png").is_file():
         log.info("[report] report.accuracy_curve=false: report.json has no prune_curve; accuracy_vs_sparsity.png is "
                  "kept from an earlier run, not part of this report (report.accuracy_curve=true makes it again)")

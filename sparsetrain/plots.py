@@ -41,7 +41,7 @@ def plot_layer_sparsity(layers: list[dict], path: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_ylabel("sparsity (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Per-layer sparsity of the final model")
+    ax.set_title("Per-layer sparsity of the final model (prunable conv/linear weights only)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -80,9 +80,10 @@ def plot_kept_filters(kept: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy_vs_sparsity(report: dict, path: Path) -> None:
+def plot_accuracy_vs_sparsity(report: dict, path: Path, dense_label: str = "dense") -> None:
     """Metric right after global magnitude pruning (no fine-tuning) vs compression, for the l0- and the l2-trained
-    model (`report["prune_curve"]`), with the fine-tuned results of l0 and the baselines and the dense line."""
+    model (`report["prune_curve"]`), with the fine-tuned results of l0 and the baselines and the dense line, labelled
+    `dense_label` (`report.dense_label`: `dense (same budget)` only when it was)."""
     from sparsetrain.baselines import BASELINES
 
     curve = report["prune_curve"]
@@ -100,7 +101,7 @@ def plot_accuracy_vs_sparsity(report: dict, path: Path) -> None:
         if metric is not None and sparsity is not None:
             ax.plot([1.0 / (1.0 - sparsity)], [metric], "*", color=color, ms=12, mec="black", label=label)
     if "dense" in phases:
-        ax.axhline(phases["dense"]["metric"], color="gray", ls="--", lw=1, label="dense (same budget)")
+        ax.axhline(phases["dense"]["metric"], color="gray", ls="--", lw=1, label=dense_label)
     ax.set_xscale("log")
     ax.set_xlabel("compression of prunable weights (1 / density), log scale")
     ax.set_ylabel("test metric")

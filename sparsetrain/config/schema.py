@@ -167,7 +167,9 @@ class PhaseConfig(Section):
 
 
 class PhasesConfig(Section):
-    dense: PhaseConfig = Field(default_factory=PhaseConfig, description="Dense baseline (same budget, for report).")
+    dense: PhaseConfig = Field(default_factory=PhaseConfig, description=(
+        "Dense baseline for the report; the same budget when its epochs equal sparsify + finetune's (the report "
+        "says which)."))
     sparsify: PhaseConfig = Field(default_factory=PhaseConfig, description="Training with the sparsity regularizer.")
     finetune: PhaseConfig = Field(default_factory=PhaseConfig, description="Fine-tuning with fixed masks.")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.utils.data import Subset
@@ -120,6 +122,28 @@ def _log_untrained_classes(y_train: torch.Tensor, y_test: torch.Tensor, classes:
     hint = " (EMNIST letters: labels 1-26, none 0)" if absent == [0] else ""
     log.info(f"data: {classes} classes (labels 0-{classes - 1}, one model output each); {label} no training sample "
              f"({in_test} test samples): labels are used as stored, so {output} never trained to fire{hint}")
+
+
+SPLIT_BY_FRACTION = ("digits", "synthetic", "seg_synthetic", "seg_folder")  # sources that read data.test_fraction
+GENERATED = ("synthetic", "mnist1d", "seg_synthetic")  # sources that read data.num_samples
+SIZE_KEYS = ("train_samples", "test_samples")  # what `data_record` adds: not config fields
+
+
+def data_record(cfg: dict[str, Any], source: str, train_samples: int, test_samples: int) -> dict[str, Any]:
+    """The data section as an export records it (`architecture.json` `meta.data`): the config's fields less those
+    the source does not read (`test_fraction` only for sources that split, `num_samples` only for generated ones:
+    an npz file has its own split and size), plus the sizes the run really used (`SIZE_KEYS`).
+
+    Args:
+        cfg: The resolved data section as a mapping (`config_to_dict(cfg)["data"]`).
+        source: `data.source`.
+        train_samples: Training samples the run used (after `train_subset`).
+        test_samples: Test samples it evaluated on.
+    """
+    unused = ({"test_fraction"} if source not in SPLIT_BY_FRACTION else set()) | (
+        {"num_samples"} if source not in GENERATED else set())
+    return {**{k: v for k, v in cfg.items() if k not in unused}, "train_samples": train_samples,
+            "test_samples": test_samples}
 
 
 def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,

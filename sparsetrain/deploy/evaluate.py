@@ -23,6 +23,7 @@ from sparsetrain.engine.finite import require_finite, require_finite_results
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.model_imports import arch_imports, import_for_arch
 from sparsetrain.progress import format_value
+from sparsetrain.report import COMPRESSION_SCOPE, SPARSITY_SCOPE
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
 
@@ -50,7 +51,9 @@ def _config(target: Path, recipe: str | None, overrides: list[str]) -> RunConfig
     else:
         arch = json.loads((export_folder(target) / ARCH_FILE).read_text())
         meta = arch.get("meta", {})
-        raw = {"task": meta.get("task", "classification"), "data": meta.get("data", {})}
+        recorded = meta.get("data", {})  # less the sizes the run used (`data.data_record`): not settings
+        raw = {"task": meta.get("task", "classification"),
+               "data": {k: v for k, v in recorded.items() if k not in ("train_samples", "test_samples")}}
     arch = json.loads((export_folder(target) / ARCH_FILE).read_text())
     raw.setdefault("model", {})["name"] = arch["model_name"]
     if imports := arch_imports(arch):  # a user's own model: what its run imported
@@ -272,9 +275,11 @@ def format_evaluation(result: dict[str, Any]) -> str:
 
 
 def _params_line(p: dict[str, Any], sparsity: float) -> str:
-    """`params  N total, M non-zero; sparsity S %`, led by the unpruned count when the architecture is smaller
-    (`(no filter removed)` after it when a structural export is as large as the unpruned one)."""
-    counts = f"{p['total']:,} total, {p['nonzero']:,} non-zero; sparsity {100 * sparsity:.2f} %"
+    """`params  N total, M non-zero (all parameters); sparsity S % of prunable weights (conv/linear)`: the two
+    scopes differ (`report.SPARSITY_SCOPE`), so each is named; led by the unpruned count when the architecture is
+    smaller (`(no filter removed)` after it when a structural export is as large as the unpruned one)."""
+    counts = (f"{p['total']:,} total, {p['nonzero']:,} non-zero ({COMPRESSION_SCOPE}); "
+              f"sparsity {100 * sparsity:.2f} % {SPARSITY_SCOPE}")
     if "dense" not in p:
         return f"params       {counts}"
     if p["dense"] == p["total"]:  # a structural export that lost nothing (e.g. prune.filter_fraction=0)

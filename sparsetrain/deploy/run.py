@@ -40,6 +40,7 @@ def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]
         InputError: no phase has finished, or `phase` has not.
     """
     from sparsetrain.config import config_to_dict
+    from sparsetrain.data import data_record
     from sparsetrain.deploy.folder import write_export
 
     completed = pipeline.state["completed"]
@@ -53,7 +54,9 @@ def export_model(pipeline: Pipeline, phase: str | None = None) -> dict[str, Any]
     if pipeline.dist.is_main:
         cfg = pipeline.cfg
         metric = completed[phase].get("metric")
-        meta = pipeline.export_meta(phase=phase, metric=metric, task=cfg.task, data=config_to_dict(cfg)["data"])
+        data = data_record(config_to_dict(cfg)["data"], cfg.data.source, len(pipeline.data.train),
+                           len(pipeline.data.test))
+        meta = pipeline.export_meta(phase=phase, metric=metric, task=cfg.task, data=data)
         model = pipeline.model_from(phase)
         require_finite(model.state_dict(), f"the {phase} weights to export", "this run's weights diverged; "
                        "re-run the phase after fixing the training settings")

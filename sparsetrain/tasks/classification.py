@@ -30,12 +30,15 @@ class ClassificationTask:
         return torch.cat([torch.stack([correct.double(), loss_sum.double(), count]), per_class]).cpu()
 
     def finalize(self, stats: torch.Tensor) -> dict[str, float]:
-        """Accuracy (the "metric") and its chance level (`chance_accuracy`) in percent; mean loss."""
+        """Accuracy (the "metric"), its chance level (`chance_accuracy`) and the margin above it that a phase
+        needs to count as recovered from chance (`chance_margin`, `report.clearly_above_chance`) in percent; mean
+        loss."""
         correct, loss_sum, count = (float(v) for v in stats[:3])
         count = max(count, 1.0)
         accuracy = 100.0 * correct / count
+        per_class = stats[3:].tolist()
         return {"metric": accuracy, "accuracy": accuracy, "loss": loss_sum / count,
-                "chance": chance_accuracy(stats[3:].tolist())}
+                "chance": chance_accuracy(per_class), "chance_margin": chance_margin(per_class)}
 
 
 def chance_accuracy(per_class: list[float]) -> float:
@@ -52,3 +55,14 @@ def chance_accuracy(per_class: list[float]) -> float:
         return 0.0
     p = max(per_class) / n
     return 100.0 * min(1.0, p + CHANCE_SIGMAS * math.sqrt(p * (1 - p) / n))
+
+
+def chance_margin(per_class: list[float]) -> float:
+    """`CHANCE_SIGMAS` standard errors of the commonest class's share over the test samples, in percent points:
+    what `chance_accuracy` adds to that share, and what a metric must clear above the chance level to be clearly
+    above it (`report.clearly_above_chance`). 0 for an empty test set."""
+    n = sum(per_class)
+    if n <= 0:
+        return 0.0
+    p = max(per_class) / n
+    return 100.0 * CHANCE_SIGMAS * math.sqrt(p * (1 - p) / n)

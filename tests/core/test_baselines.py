@@ -52,7 +52,7 @@ def test_baselines_join_the_report(run_dir: Path, capsys: pytest.CaptureFixture)
     assert said and said[0].startswith(f"[accuracy curve] global magnitude pruning of the l0 and l2-trained model at "
                               f"{len(curve['sparsity'])} sparsities, {points} evaluations"), said
     assert "report.accuracy_curve=false skips it" in said[0] and f"step {points}/{points} (100%)" in said[-1], said
-    for label in ("l0 (this run)", "l2 + one-shot magnitude", "gradual magnitude (GMP)", "dense (l2, same budget)"):
+    for label in ("l0 (this run)", "l2 + one-shot magnitude", "gradual magnitude (GMP)", "dense (l2, 1 epoch)"):
         assert label in table, f"the printed table lacks the row {label!r}"
     again = run_pipeline(tiny_config(run_dir, *BASELINES, "phases.dense.enabled=true", "phases.dense.epochs=1",
                                      "report.accuracy_curve=false"))  # a report setting: may change on a re-run

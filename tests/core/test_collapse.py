@@ -95,3 +95,26 @@ def test_a_weight_decay_far_above_the_usual_range_is_named_in_the_collapse_hint(
     assert said.endswith(f"; {decay}a lower phases.finetune.lr (now 0.001) or more phases.finetune.epochs (now 1)")
     usual = load_config(None, ["optim.weight_decay=0.05", "tracking.mode=disabled"])
     assert "weight_decay" not in chance_warning("dense", {"metric": 9.0, "chance": 16.8}, usual, {})
+
+
+def test_a_later_phase_just_above_the_chance_bound_is_not_called_a_recovery() -> None:
+    """Trial 18: `at chance, recovered in finetune` for finetune 14.20 % over a chance bound of 14.08 %. Recovered
+    now means clearly above: the bound plus the same 3 standard errors (`chance_margin`) again."""
+    task = ClassificationTask(10)
+    targets = torch.arange(359) % 10  # digits-like: 359 test samples, 10 classes
+    result = task.finalize(task.batch_stats(torch.zeros(359, 10), targets))
+    p = 36 / 359
+    assert result["chance_margin"] == pytest.approx(100 * 3 * (p * (1 - p) / 359) ** 0.5), result
+    bound, margin = result["chance"], result["chance_margin"]
+    said = "accuracy 9.00 % is at chance level (...)"
+    phases = {"sparsify": {"metric": 90.0, "chance": bound, "chance_margin": margin},
+              "prune": {"metric": 9.0, "chance": bound, "chance_margin": margin, "at_chance": said},
+              "finetune": {"metric": bound + 0.12, "chance": bound, "chance_margin": margin}}
+    lines = format_table({"task": "classification", "phases": phases}).splitlines()
+    assert lines[2] == (f"prune           9.00  at chance; finetune {bound + 0.12:.2f} %, chance bound {bound:.2f} %: "
+                        "not clearly above it (see the warning below)"), lines
+    assert lines[-1] == f"warning      prune: {said}", lines
+    phases["finetune"]["metric"] = bound + margin + 0.1
+    lines = format_table({"task": "classification", "phases": phases}).splitlines()
+    assert lines[2] == "prune           9.00  at chance, recovered in finetune", lines
+    assert not lines[-1].startswith("warning"), lines

@@ -52,8 +52,8 @@ def test_a_method2_run_that_removed_no_filter_says_so_on_the_params_line() -> No
     assert not any("fewer" in line or "->" in line for line in lines), lines
     assert "params       100 -> 50 (2.00x fewer)" in format_table(pruned).splitlines()
     evaluated = {"total": 488_001, "nonzero": 488_001, "dense": 488_001, "removed": "filters"}  # sparsetrain eval
-    assert _params_line(evaluated, 0.0) == ("params       488,001 total, 488,001 non-zero; sparsity 0.00 % (no filter "
-                                            "removed)")
+    assert _params_line(evaluated, 0.0) == ("params       488,001 total, 488,001 non-zero (all parameters); sparsity "
+                                            "0.00 % of prunable weights (conv/linear) (no filter removed)")
     assert _params_line({**evaluated, "total": 400_000}, 0.0).startswith("params       488,001 -> 400,000 (1.22x")
 
 
@@ -147,3 +147,64 @@ def test_kept_filters_block_lists_the_groups_that_lost_most_then_points_to_repor
         "  ... 3 more groups, all in report.json (kept_filters)",
         "  369 / 384  96.1 %  total: 5 of 6 groups lost filters"], "\n".join(lines)
     assert len(format_kept_filters(rows).splitlines()) == 1 + 6 + 1, "all rows when they fit"
+
+
+def test_sparsity_and_compression_lines_name_their_different_scopes() -> None:
+    """Trial 18: `sparsity 80.01 %` beside `compression 4.5 x` and `params 5,226 total, 1,168 non-zero; sparsity
+    80.01 %` read as one scope (1,168 / 5,226 is 77.65 % zeros). Sparsity counts the prunable conv/linear weights,
+    compression every parameter: each line names which."""
+    report = {"task": "classification", "phases": {"finetune": {"metric": 90.0}}, "sparsity": 0.8001,
+              "compression_ratio": 5226 / 1168, "params": {"total": 5226, "nonzero": 1168},
+              "bytes": {"dense": 100, "compressed": 40, "compressed_format": "bitmask"}}
+    lines = format_table(report).splitlines()
+    assert "sparsity       80.01 % of prunable weights (conv/linear)" in lines, lines
+    assert "compression      4.5 x  (all parameters: 1,168 of 5,226 non-zero)" in lines, lines
+    line = _params_line({"total": 5226, "nonzero": 1168}, 0.8001)
+    assert line == ("params       5,226 total, 1,168 non-zero (all parameters); sparsity 80.01 % of prunable weights "
+                    "(conv/linear)"), line
+    baselines = {**report, "phases": {"sparsify": {"metric": 91.0}, "finetune": {"metric": 90.0}},
+                 "baselines": {"gmp": {"sparsify": 90.0, "finetune": 89.0, "sparsity": 0.8, "compression_ratio": 4.4}}}
+    table = format_table(baselines).splitlines()
+    assert "sparsity of prunable weights (conv/linear); compr. over all parameters (dense count / non-zero)" in table
+
+
+def test_dense_row_says_same_budget_only_when_its_epochs_match_sparsify_plus_finetune() -> None:
+    """Trial 18: `dense (l2, same budget)` was printed for a dense baseline of 3 epochs beside 20 + 2 of sparsify +
+    finetune. The budget (the recipes' `dense: 480  # same budget as sparsify + finetune`, 450 + 30) is compared."""
+    from sparsetrain.config import load_config
+    from sparsetrain.report import dense_label, training_setup
+
+    report = {"task": "classification", "sparsity": 0.9, "compression_ratio": 8.0,
+              "params": {"total": 10, "nonzero": 1}, "bytes": {"dense": 10, "compressed": 2},
+              "phases": {"dense": {"metric": 95.0}, "sparsify": {"metric": 94.0}, "finetune": {"metric": 93.0}},
+              "baselines": {"gmp": {"sparsify": 90.0, "finetune": 89.0, "sparsity": 0.9, "compression_ratio": 7.0}}}
+    cfg = load_config(None, ["phases.dense.epochs=3", "phases.sparsify.epochs=20", "phases.finetune.epochs=2"])
+    short = {**report, **training_setup(cfg, 1)}
+    assert short["epochs"] == {"dense": 3, "sparsify": 20, "finetune": 2}, short["epochs"]
+    rows = [line for line in format_table(short).splitlines() if line.startswith("dense (")]
+    assert rows == [f"{'dense (l2, 3 epochs)':<36}{95.0:>27.2f}"], rows
+    same = {**report, "epochs": {"dense": 22, "sparsify": 20, "finetune": 2}}
+    assert any(line.startswith("dense (l2, same budget) ") for line in format_table(same).splitlines())
+    assert dense_label(same, method="") == "dense (same budget)", "the accuracy plot's line"
+    assert dense_label({**same, "epochs": {"dense": 1, "sparsify": 0.5, "finetune": 0}}) == "dense (l2, 1 epoch)"
+    assert dense_label(report) == "dense (l2)", "a report from before the epochs were recorded claims no budget"
+
+
+def test_a_selection_note_is_cut_where_it_says_what_follows_never_inside_a_name() -> None:
+    """Trial 18: the table's selection line read `features.0, ...` when the log named that one layer only (the cut
+    fell in the next clause, mid-word, and `, ...` was added). The cut keeps its separator: `; ...` for another
+    clause, `, ...` for more names, `+...` for more layers of one group."""
+    from sparsetrain.report import _short
+
+    advice = "; lower round_to to remove from them"
+    two_bins = ("prune.round_to=8: 1 group of 64 channels keeps all 64 (60 rounded up): features.0; 1 group of 192 "
+                f"channels keeps all 192 (184 rounded up): features.3{advice}")
+    assert _short(two_bins) == ("prune.round_to=8: 1 group of 64 channels keeps all 64 (60 rounded up): features.0; ..."
+                                + advice), _short(two_bins)
+    group = ("prune.round_to=16: 1 group of 64 channels keeps all 64 (60 rounded up): features.0+features.1.conv_dw+"
+             f"features.1.bn2{advice}")
+    assert _short(group) == ("prune.round_to=16: 1 group of 64 channels keeps all 64 (60 rounded up): features.0+..."
+                             + advice), _short(group)
+    names = ("prune.round_to=8: 4 groups of 8 channels keep all 8 (2 rounded up): stem.0, downs.0.1.0, downs.1.1.0, "
+             f"ups.1.conv.3{advice}")
+    assert _short(names) == names.replace(", downs.1.1.0, ups.1.conv.3;", ", ...;"), _short(names)

@@ -219,3 +219,28 @@ def test_imagefolder_record_says_which_channel_conversion_was_applied(
     assert ("read as stored" in prep["raw"]) == ("clip" in prep["raw"]) == (kind == "gray16"), prep["raw"]
     for i, (path, _) in enumerate(bundle.train.samples):
         np.testing.assert_allclose(_preprocess(Path(path), prep), bundle.train[i][0].numpy(), atol=1e-5)
+
+
+def test_the_export_records_the_data_the_run_used_not_settings_its_source_ignores(digits_npz: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Trial 18: architecture.json `meta.data` recorded `test_fraction 0.2` and `num_samples 2000` for an npz run,
+    which uses neither (the file has its own split). It now records the train / test sizes the run used, and
+    test_fraction / num_samples only for sources that read them; eval of the export alone still rebuilds the data."""
+    import shutil
+
+    from sparsetrain.deploy.evaluate import evaluate_target
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml",
+                      [*FAST, "data.source=npz", f"data.path={digits_npz}", f"out_dir={tmp_path / 'run'}"])
+    run_pipeline(cfg)
+    data = json.loads((tmp_path / "run" / "export" / "architecture.json").read_text())["meta"]["data"]
+    assert "test_fraction" not in data and "num_samples" not in data, data
+    assert (data["source"], data["train_samples"], data["test_samples"]) == ("npz", 1400, 397), data
+    alone = shutil.copytree(tmp_path / "run" / "export", tmp_path / "alone" / "export")  # no config.yaml beside it
+    assert evaluate_target(alone)["data"]["test_samples"] == 397
+    from sparsetrain.data import data_record
+
+    digits = data_record({"source": "digits", "test_fraction": 0.2, "num_samples": 2000}, "digits", 1437, 360)
+    assert digits == {"source": "digits", "test_fraction": 0.2, "train_samples": 1437, "test_samples": 360}
+    generated = data_record({"test_fraction": 0.2, "num_samples": 500}, "synthetic", 400, 100)
+    assert generated["num_samples"] == 500 and generated["test_fraction"] == 0.2
