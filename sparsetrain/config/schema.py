@@ -111,6 +111,11 @@ class DataConfig(Section):
                                    "(imagefolder: default 224, the size of timm's ImageNet models, a warning when "
                                    "images are 4x smaller or more; seg_folder; synthetic sources: the generated "
                                    "size); npz / idx / digits keep their native size.")
+    ignore_index: int | None = Field(
+        None, ge=0, le=65535, description="Segmentation: the mask value of pixels left out of the training loss "
+        "(CE / BCE and Dice, as torch.nn.CrossEntropyLoss's ignore_index), of every metric and of the class count, "
+        "e.g. 255, the void / boundary label of Pascal VOC and Cityscapes trainIds (a 0/1/255 mask is then binary "
+        "with void pixels); recorded in the export so eval scores the same way. None = every pixel is a class.")
     in_chans: int | None = Field(None, ge=1, le=16, description="Number of input channels the model gets "
                                  "(None = the data's): colour is averaged to gray for 1, gray is repeated for more; "
                                  "imagefolder reads RGB (3) or gray (1, torchvision's Grayscale).")
@@ -332,6 +337,8 @@ class RunConfig(Section):
             if self.data.source != "idx" and getattr(self.data, key) != unset:
                 raise ValueError(f"data.{key}: read by data.source=idx only, not {self.data.source!r}")
         is_seg_data = self.data.source.startswith("seg_")
+        if self.data.ignore_index is not None and not is_seg_data:
+            raise ValueError(f"data.ignore_index: read by segmentation sources only, not {self.data.source!r}")
         if is_seg_data and self.data.train_subset is not None:
             raise ValueError(f"data.train_subset: not supported for data.source={self.data.source!r} "
                              "(classification sources only)")

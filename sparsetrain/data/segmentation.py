@@ -19,6 +19,10 @@ Mask values: binary masks hold 0/255 or 0/1; multi-class masks hold integer labe
 palette PNG). K comes from classes.txt, or else from the largest label (at most `MAX_INFERRED_CLASSES`). Masks saved
 as RGB(A) images with three equal channels are read as gray (their first channel; the log says so once); colour-coded
 masks (channels that differ) are refused.
+
+Ignored pixels: with data.ignore_index (e.g. 255, the void / boundary label of Pascal VOC and Cityscapes) that value
+is no class: masks keep it (the task leaves those pixels out of loss and metrics), the class count and the binary
+rule look at the other values only (a 0/1/255 mask is binary with void pixels).
 """
 
 from __future__ import annotations
@@ -139,7 +143,7 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
         whole = _read_split(root, cfg.image_size)
         _note_rgb_masks((whole,))
         train, test = _split(whole, cfg.test_fraction, seed)
-    lookup, num_classes = _class_lookup(root, (train, test))
+    lookup, num_classes = _class_lookup(root, (train, test), cfg.ignore_index)
     train, test = (replace(split, masks=lookup[split.masks]) for split in (train, test))
     return train, test, num_classes
 
@@ -310,8 +314,9 @@ def _first_offending(splits: tuple[SegSplit, ...], predicate: Callable[[torch.Te
     raise AssertionError("no mask holds the offending value")
 
 
-def _class_lookup(root: Path, splits: tuple[SegSplit, ...]) -> tuple[torch.Tensor, int]:
-    """Table raw mask value → class index, and the number of logit channels (1 = binary).
+def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None = None) -> tuple[torch.Tensor, int]:
+    """Table raw mask value → class index, and the number of logit channels (1 = binary). The `ignore` value
+    (data.ignore_index) is no class: it maps to itself and counts for neither the binary rule nor the class count.
 
     Raises:
         DataError: naming the first mask file with a value outside the class range.
@@ -320,19 +325,23 @@ def _class_lookup(root: Path, splits: tuple[SegSplit, ...]) -> tuple[torch.Tenso
     if int(raw.min()) < 0:
         path, value = _first_offending(splits, lambda v: v < 0)
         raise DataError(f"{path}: negative mask value {value}")
+    labels = raw if ignore is None else raw[raw != ignore]
     declared = _declared_classes(root)
     lookup = torch.arange(int(raw.max()) + 1)
-    if bool(torch.isin(raw, torch.tensor([0, 255])).all()) and declared in (None, 2):
-        lookup[lookup == 255] = 1  # 0/255 binary masks: 255 is foreground class 1
+    if bool(torch.isin(labels, torch.tensor([0, 255])).all()) and declared in (None, 2):
+        if 255 in labels.tolist():
+            lookup[255] = 1  # 0/255 binary masks: 255 is foreground class 1
         return lookup, 1
     limit = declared or MAX_INFERRED_CLASSES
-    if int(raw.max()) >= limit:
-        path, value = _first_offending(splits, lambda v: v >= limit)
+    if int(labels.max()) >= limit:
+        path, value = _first_offending(splits, lambda v: (v >= limit) & (v != (-1 if ignore is None else ignore)))
         reason = (f"{root / 'classes.txt'} declares {declared} classes" if declared
                   else f"labels must be < {MAX_INFERRED_CLASSES} without a classes.txt")
+        void = ("; Pascal VOC / Cityscapes mark void pixels 255: set data.ignore_index=255 to leave them out"
+                if value == 255 else "")
         raise DataError(f"{path}: mask value {value} outside the class range 0..{limit - 1} ({reason}; binary "
-                        "masks must hold only 0/255 or 0/1)")
-    num_classes = declared or max(int(raw.max()) + 1, 2)
+                        f"masks must hold only 0/255 or 0/1){void}")
+    num_classes = declared or max(int(labels.max()) + 1, 2)
     return lookup, 1 if num_classes == 2 else num_classes
 
 
