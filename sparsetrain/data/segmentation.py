@@ -1,4 +1,5 @@
-"""Segmentation data: synthetic vessels (`seg_synthetic`) and image/mask folders (`seg_folder`).
+"""Segmentation data: synthetic vessels (`seg_synthetic`), image/mask folders (`seg_folder`) and Pascal VOC (`voc`,
+read in `sparsetrain.data.voc`).
 
 Both give in-memory tensors: images float32 N × C × S × S, masks int64 N × S × S class maps. `num_classes` in the
 returned bundle is the number of logit channels the model needs: 1 for binary masks (targets 0/1, one logit),
@@ -56,6 +57,7 @@ from sparsetrain.data.images import (
 )
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
+from sparsetrain.data.voc import VOC_CLASSES
 from sparsetrain.progress import log
 
 __all__ = ["IMAGE_EXTENSIONS", "MASK_TAGS", "build_segmentation_data", "load_seg_folder", "load_seg_synthetic"]
@@ -94,23 +96,37 @@ def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
         train, test, num_classes = load_seg_synthetic(cfg, seed)
     elif cfg.source == "seg_folder":
         train, test, num_classes = load_seg_folder(cfg, seed)
+    elif cfg.source == "voc":
+        train, test, num_classes = _load_voc_splits(cfg)
     else:
-        raise DataError(f"data.source: {cfg.source!r} is not a segmentation source (seg_synthetic, seg_folder)")
+        raise DataError(f"data.source: {cfg.source!r} is not a segmentation source (seg_synthetic, seg_folder, voc)")
     x_train, x_test = match_channels(train.images, cfg.in_chans), match_channels(test.images, cfg.in_chans)
     stats = None
     if cfg.normalize:
         x_train, x_test, stats = standardize(x_train, x_test)
     shape = tuple(x_train.shape[1:])
     scale = train.scale[1] if train.scale else 1.0
-    folder = cfg.source == "seg_folder"
+    folder = cfg.source in ("seg_folder", "voc")  # image files: their scale, size and colour are recorded
     raw = image_files_raw(scale) if folder else "generated images in [0, 1]"
     resize = resize_record(list(shape[1:]), "torch interpolate") if folder and cfg.image_size else None
     color = color_record(tuple(sorted({*train.channels, *test.channels})), shape[0], MEAN_WEIGHTS) if folder else None
     prep = preprocessing_record(shape, raw, scale, stats, resize=resize, color=color)
-    names = ("background", "vessel") if cfg.source == "seg_synthetic" else _class_names(Path(cfg.path or ""))
+    names = {"seg_synthetic": ("background", "vessel"), "voc": VOC_CLASSES}.get(cfg.source) \
+        or _class_names(Path(cfg.path or ""))
     return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
                       in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep,
                       classes=names if names and len(names) == max(num_classes, 2) else None)
+
+
+def _load_voc_splits(cfg: DataConfig) -> tuple[SegSplit, SegSplit, int]:
+    """Pascal VOC's train and val image sets (`sparsetrain.data.voc`) as the train and test splits, 21 classes."""
+    from sparsetrain.data.voc import load_voc
+
+    splits = []
+    for images, masks, files in load_voc(cfg):
+        first = files[0].parent.parent / "JPEGImages" / f"{files[0].stem}.jpg"
+        splits.append(SegSplit(images, masks, files, scale=(first, 1 / 255), channels=(3,)))
+    return splits[0], splits[1], len(VOC_CLASSES)
 
 
 def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int]:
