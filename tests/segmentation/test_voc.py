@@ -104,3 +104,34 @@ def test_schema_lists_voc() -> None:
                             text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "voc" in result.stdout.split("data.path")[0] and "data.ignore_index" in result.stdout, result.stdout
+
+
+def test_method2_on_unet_through_the_cli_on_voc_and_eval_of_the_export_agrees(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    """`sparsetrain run` of Method 2 (grad_count sparsify, filter removal, finetune) on unet_tiny over a tiny VOC
+    tree, then `sparsetrain eval` of its export: the same Dice as report.json's final phase, on the 21 VOC classes
+    with the void border ignored."""
+    import json
+
+    from sparsetrain.cli import main
+
+    data, out = voc_tree(tmp_path / "voc", n_train=8, n_val=4), tmp_path / "run"
+    assert main(["run", "task=segmentation", "data.source=voc", f"data.path={data}", "data.image_size=32",
+                 "model.name=unet_tiny", "train.batch_size=4", "phases.dense.enabled=false",
+                 "phases.sparsify.epochs=1", "phases.finetune.epochs=1", "regularizer.name=grad_count",
+                 "regularizer.count_window=2", "optim.name=sgd", "optim.lr=0.05", "prune.rule=filters",
+                 "prune.filter_fraction=0.5", "prune.round_to=1", "tracking.mode=disabled", "deepspeed.zero_stage=0",
+                 "deploy.formats=[]", "deploy.latency=false", f"out_dir={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    final = report["phases"][report["final_phase"]]
+    assert report["final_phase"] == "finetune" and report["phases"]["prune"]["params_after"] < \
+        report["phases"]["prune"]["params_before"], report["phases"]["prune"]
+    assert report["ignore_index"] == VOID, "report.json says which pixels its metrics left out"
+    meta = json.loads((out / "export" / "architecture.json").read_text())["meta"]
+    assert meta["data"]["ignore_index"] == VOID and meta["data"]["source"] == "voc", meta["data"]
+    capsys.readouterr()
+    assert main(["eval", str(out / "export"), "deploy.latency_repeats=3", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["data"]["test_samples"] == 4
+    for key in ("metric", "iou", "pixel_accuracy", "chance"):
+        assert evaluated["metrics"][key] == pytest.approx(final[key], abs=1e-6), (key, evaluated["metrics"], final)
