@@ -156,6 +156,8 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
                 measured["bytes"].update(export_bytes(pipeline.out_dir / "export"))
         header = {"task": pipeline.cfg.task, "model": pipeline.cfg.model.name,
                   **training_setup(pipeline.cfg, pipeline.dist.world_size)}
+        if pipeline.cfg.data.ignore_index is not None:  # the metrics left these pixels out
+            header["ignore_index"] = pipeline.cfg.data.ignore_index
         report = build_report(header, pipeline.state["completed"], measured)
         if pipeline.dist.is_main:
             atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))

@@ -51,7 +51,8 @@ def config_sizes(config: RunConfig) -> DataSizes:
     """The data's sizes as the config gives them, without reading the data: `data.in_chans` (3), `data.image_size`
     (224) and `model.kwargs.num_classes` (else `DEFAULT_CLASSES` of `config.task`: 1000, or 1 for segmentation)."""
     side, chans = config.data.image_size or 224, config.data.in_chans or 3
-    classes = config.model.kwargs.get("num_classes", DEFAULT_CLASSES.get(config.task, 1000))
+    default = 21 if config.data.source == "voc" else DEFAULT_CLASSES.get(config.task, 1000)  # VOC's 21 classes
+    classes = config.model.kwargs.get("num_classes", default)
     return DataSizes(chans, classes, (chans, side, side), from_config=True)
 
 
@@ -114,7 +115,7 @@ def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
     return model
 
 
-RESIZING_SOURCES = ("imagefolder", "seg_folder", "synthetic", "seg_synthetic")  # data.image_size sets their size
+RESIZING_SOURCES = ("imagefolder", "seg_folder", "synthetic", "seg_synthetic", "voc")  # data.image_size sets their size
 
 
 def check_patch_grid(config: RunConfig, model: nn.Module, sizes: DataSizes) -> None:
@@ -235,13 +236,13 @@ def check_real_model_fits(config: RunConfig, sizes: DataSizes) -> None:
 
 
 def _sources(task: str) -> str:
-    """The `data.source` values of `task`'s data, `|`-separated (segmentation sources are the `seg_*` ones)."""
+    """The `data.source` values of `task`'s data, `|`-separated (segmentation sources: `SEG_SOURCES`)."""
     from typing import get_args
 
-    from sparsetrain.config.schema import DataConfig
+    from sparsetrain.config.schema import SEG_SOURCES, DataConfig
 
     sources = get_args(DataConfig.model_fields["source"].annotation)
-    return "|".join(s for s in sources if s.startswith("seg_") == (task == "segmentation"))
+    return "|".join(s for s in sources if (s in SEG_SOURCES) == (task == "segmentation"))
 
 
 def _task_models(task: str) -> str:

@@ -7,6 +7,8 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     task, model, world_size, zero_stage, precision, offload_optimizer, grad_checkpointing, epochs   how it trained
                      (`training_setup`; epochs: {phase: phases.<phase>.epochs} of dense, sparsify and finetune;
                      absent in runs from before they were recorded)
+    ignore_index     segmentation with data.ignore_index: the mask value its loss and metrics left out (absent
+                     otherwise)
     phases           {phase: its results (metric, the task's metrics, steps, ...)}, keyed by phase name
                      (`sparsetrain.phases`), in run order; only finished phases. Each has `chance` (the metric's
                      chance level, `tasks.*.finalize`; absent in runs from before it; classification adds

@@ -87,14 +87,23 @@ class TrainSubsetConfig(Section):
         return self
 
 
+SEG_SOURCES = ("seg_synthetic", "seg_folder", "voc")  # the data.source values of task=segmentation
+PATH_SOURCES = ("npz", "idx", "imagefolder", "seg_folder", "voc")  # the data.source values that read data.path
+VOC_VOID = 255  # the mask value of Pascal VOC's void / boundary pixels
+
+
 class DataConfig(Section):
     source: Literal["digits", "mnist1d", "synthetic", "npz", "idx", "imagefolder", "seg_synthetic",
-                    "seg_folder"] = Field(
+                    "seg_folder", "voc"] = Field(
         "digits", description="Built-in data set or on-disk layout; idx = a folder with the four MNIST-family IDX "
-        "files (train/t10k images/labels, optionally .gz), e.g. /usr/share/datasets/fashion-mnist.")
-    path: str | None = Field(None, description="Data location for npz (file) / idx / imagefolder / seg_folder "
-                             "(folder) sources. npz: arrays x_train, y_train, x_test, y_test; images N×C×H×W or "
-                             "N×H×W (channels-last N×H×W×C is refused: save x.transpose(0, 3, 1, 2)), uint8 "
+        "files (train/t10k images/labels, optionally .gz), e.g. /usr/share/datasets/fashion-mnist; voc = Pascal "
+        "VOC 2012 segmentation (VOCdevkit/VOC2012: JPEGImages, SegmentationClass palette PNGs, "
+        "ImageSets/Segmentation train.txt as the train split and val.txt as the test split; 21 classes) read by "
+        "torchvision's VOCSegmentation.")
+    path: str | None = Field(None, description="Data location for npz (file) / idx / imagefolder / seg_folder / voc "
+                             "(folder; voc: the folder holding VOCdevkit, VOCdevkit itself or its VOC2012) "
+                             "sources. npz: arrays x_train, y_train, x_test, y_test; images N×C×H×W or N×H×W "
+                             "(channels-last N×H×W×C is refused: save x.transpose(0, 3, 1, 2)), uint8 "
                              "(divided by 255) or float.")
     idx_prefix: str | None = Field(None, description="idx: read the files named <prefix>-train-images-idx3-ubyte "
                                    "etc., e.g. emnist-letters when the EMNIST download's splits share one folder "
@@ -109,8 +118,14 @@ class DataConfig(Section):
         "used to check that a recipe holds on data it was not tuned on. None = the whole training set.")
     image_size: int | None = Field(None, ge=4, le=4096, description="Resize images to this square size "
                                    "(imagefolder: default 224, the size of timm's ImageNet models, a warning when "
-                                   "images are 4x smaller or more; seg_folder; synthetic sources: the generated "
-                                   "size); npz / idx / digits keep their native size.")
+                                   "images are 4x smaller or more; voc: default 224, masks nearest; seg_folder; "
+                                   "synthetic sources: the generated size); npz / idx / digits keep their native size.")
+    ignore_index: int | None = Field(
+        None, ge=0, le=65535, description="Segmentation: the mask value of pixels left out of the training loss "
+        "(CE / BCE and Dice, as torch.nn.CrossEntropyLoss's ignore_index), of every metric and of the class count, "
+        "e.g. 255, the void / boundary label of Pascal VOC and Cityscapes trainIds (a 0/1/255 mask is then binary "
+        "with void pixels); recorded in the export so eval scores the same way. None = every pixel is a class; "
+        "data.source=voc: 255 unless given.")
     in_chans: int | None = Field(None, ge=1, le=16, description="Number of input channels the model gets "
                                  "(None = the data's): colour is averaged to gray for 1, gray is repeated for more; "
                                  "imagefolder reads RGB (3) or gray (1, torchvision's Grayscale).")
@@ -122,6 +137,14 @@ class DataConfig(Section):
     num_workers: int | Literal["auto"] = Field(
         0, description="DataLoader worker processes per rank; auto = the CPUs this process may use divided by the "
         "ranks on the node (LOCAL_WORLD_SIZE), at most 8, so DataLoader never exceeds its suggested maximum.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _voc_void(cls, data: Any) -> Any:
+        """Pascal VOC marks void / boundary pixels 255: its ignore_index unless the config gives one (null too)."""
+        if isinstance(data, dict) and data.get("source") == "voc" and "ignore_index" not in data:
+            return {**data, "ignore_index": VOC_VOID}
+        return data
 
     @field_validator("path")
     @classmethod
@@ -318,7 +341,7 @@ class RunConfig(Section):
         if self.model.pretrained_file and not self.model.pretrained:
             raise ValueError("model.pretrained_file: set model.pretrained=true to load it")
         plan_only = bool((info.context or {}).get("plan_only"))  # `run --dry-run` reads no data
-        if self.data.source in ("npz", "idx", "imagefolder", "seg_folder") and not self.data.path and not plan_only:
+        if self.data.source in PATH_SOURCES and not self.data.path and not plan_only:
             raise ValueError(f"data.path: required for data.source={self.data.source!r}")
         if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer: offloading needs deepspeed.zero_stage >= 1")
@@ -333,7 +356,9 @@ class RunConfig(Section):
         for key, unset in (("idx_prefix", None), ("transpose", "auto")):
             if self.data.source != "idx" and getattr(self.data, key) != unset:
                 raise ValueError(f"data.{key}: read by data.source=idx only, not {self.data.source!r}")
-        is_seg_data = self.data.source.startswith("seg_")
+        is_seg_data = self.data.source in SEG_SOURCES
+        if self.data.ignore_index is not None and not is_seg_data:
+            raise ValueError(f"data.ignore_index: read by segmentation sources only, not {self.data.source!r}")
         if is_seg_data and self.data.train_subset is not None:
             raise ValueError(f"data.train_subset: not supported for data.source={self.data.source!r} "
                              "(classification sources only)")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from sparsetrain.config.schema import DataConfig, TrainSubsetConfig
+from sparsetrain.config.schema import PATH_SOURCES, DataConfig, TrainSubsetConfig
 from sparsetrain.data.base import (
     LUMA_WEIGHTS,
     DataBundle,
@@ -150,7 +150,7 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
                batch_size: int | None = None) -> DataBundle:
     """Load the configured data set; `num_classes` (from model.kwargs) bounds the labels when given, `batch_size`
     (train.batch_size; None when nothing trains) the size of a `data.train_subset` part (`check_subset`)."""
-    if cfg.source in ("npz", "idx", "imagefolder", "seg_folder") and not cfg.path:
+    if cfg.source in PATH_SOURCES and not cfg.path:
         raise DataNotFound(f"data.path: required for data.source={cfg.source!r}")
     if cfg.source in BUILTIN_LOADERS:
         return _bundle_from_arrays(BUILTIN_LOADERS[cfg.source](cfg, seed), cfg, num_classes, RAW_INPUTS[cfg.source],

@@ -1,4 +1,5 @@
-"""Segmentation data: synthetic vessels (`seg_synthetic`) and image/mask folders (`seg_folder`).
+"""Segmentation data: synthetic vessels (`seg_synthetic`), image/mask folders (`seg_folder`) and Pascal VOC (`voc`,
+read in `sparsetrain.data.voc`).
 
 Both give in-memory tensors: images float32 N × C × S × S, masks int64 N × S × S class maps. `num_classes` in the
 returned bundle is the number of logit channels the model needs: 1 for binary masks (targets 0/1, one logit),
@@ -19,6 +20,10 @@ Mask values: binary masks hold 0/255 or 0/1; multi-class masks hold integer labe
 palette PNG). K comes from classes.txt, or else from the largest label (at most `MAX_INFERRED_CLASSES`). Masks saved
 as RGB(A) images with three equal channels are read as gray (their first channel; the log says so once); colour-coded
 masks (channels that differ) are refused.
+
+Ignored pixels: with data.ignore_index (e.g. 255, the void / boundary label of Pascal VOC and Cityscapes) that value
+is no class: masks keep it (the task leaves those pixels out of loss and metrics), the class count and the binary
+rule look at the other values only (a 0/1/255 mask is binary with void pixels).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from sparsetrain.data.images import (
 )
 from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
+from sparsetrain.data.voc import VOC_CLASSES
 from sparsetrain.progress import log
 
 __all__ = ["IMAGE_EXTENSIONS", "MASK_TAGS", "build_segmentation_data", "load_seg_folder", "load_seg_synthetic"]
@@ -90,23 +96,37 @@ def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
         train, test, num_classes = load_seg_synthetic(cfg, seed)
     elif cfg.source == "seg_folder":
         train, test, num_classes = load_seg_folder(cfg, seed)
+    elif cfg.source == "voc":
+        train, test, num_classes = _load_voc_splits(cfg)
     else:
-        raise DataError(f"data.source: {cfg.source!r} is not a segmentation source (seg_synthetic, seg_folder)")
+        raise DataError(f"data.source: {cfg.source!r} is not a segmentation source (seg_synthetic, seg_folder, voc)")
     x_train, x_test = match_channels(train.images, cfg.in_chans), match_channels(test.images, cfg.in_chans)
     stats = None
     if cfg.normalize:
         x_train, x_test, stats = standardize(x_train, x_test)
     shape = tuple(x_train.shape[1:])
     scale = train.scale[1] if train.scale else 1.0
-    folder = cfg.source == "seg_folder"
+    folder = cfg.source in ("seg_folder", "voc")  # image files: their scale, size and colour are recorded
     raw = image_files_raw(scale) if folder else "generated images in [0, 1]"
     resize = resize_record(list(shape[1:]), "torch interpolate") if folder and cfg.image_size else None
     color = color_record(tuple(sorted({*train.channels, *test.channels})), shape[0], MEAN_WEIGHTS) if folder else None
     prep = preprocessing_record(shape, raw, scale, stats, resize=resize, color=color)
-    names = ("background", "vessel") if cfg.source == "seg_synthetic" else _class_names(Path(cfg.path or ""))
+    names = {"seg_synthetic": ("background", "vessel"), "voc": VOC_CLASSES}.get(cfg.source) \
+        or _class_names(Path(cfg.path or ""))
     return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
                       in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep,
                       classes=names if names and len(names) == max(num_classes, 2) else None)
+
+
+def _load_voc_splits(cfg: DataConfig) -> tuple[SegSplit, SegSplit, int]:
+    """Pascal VOC's train and val image sets (`sparsetrain.data.voc`) as the train and test splits, 21 classes."""
+    from sparsetrain.data.voc import load_voc
+
+    splits = []
+    for images, masks, files in load_voc(cfg):
+        first = files[0].parent.parent / "JPEGImages" / f"{files[0].stem}.jpg"
+        splits.append(SegSplit(images, masks, files, scale=(first, 1 / 255), channels=(3,)))
+    return splits[0], splits[1], len(VOC_CLASSES)
 
 
 def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int]:
@@ -139,7 +159,7 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
         whole = _read_split(root, cfg.image_size)
         _note_rgb_masks((whole,))
         train, test = _split(whole, cfg.test_fraction, seed)
-    lookup, num_classes = _class_lookup(root, (train, test))
+    lookup, num_classes = _class_lookup(root, (train, test), cfg.ignore_index)
     train, test = (replace(split, masks=lookup[split.masks]) for split in (train, test))
     return train, test, num_classes
 
@@ -310,8 +330,9 @@ def _first_offending(splits: tuple[SegSplit, ...], predicate: Callable[[torch.Te
     raise AssertionError("no mask holds the offending value")
 
 
-def _class_lookup(root: Path, splits: tuple[SegSplit, ...]) -> tuple[torch.Tensor, int]:
-    """Table raw mask value → class index, and the number of logit channels (1 = binary).
+def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None = None) -> tuple[torch.Tensor, int]:
+    """Table raw mask value → class index, and the number of logit channels (1 = binary). The `ignore` value
+    (data.ignore_index) is no class: it maps to itself and counts for neither the binary rule nor the class count.
 
     Raises:
         DataError: naming the first mask file with a value outside the class range.
@@ -320,19 +341,23 @@ def _class_lookup(root: Path, splits: tuple[SegSplit, ...]) -> tuple[torch.Tenso
     if int(raw.min()) < 0:
         path, value = _first_offending(splits, lambda v: v < 0)
         raise DataError(f"{path}: negative mask value {value}")
+    labels = raw if ignore is None else raw[raw != ignore]
     declared = _declared_classes(root)
     lookup = torch.arange(int(raw.max()) + 1)
-    if bool(torch.isin(raw, torch.tensor([0, 255])).all()) and declared in (None, 2):
-        lookup[lookup == 255] = 1  # 0/255 binary masks: 255 is foreground class 1
+    if bool(torch.isin(labels, torch.tensor([0, 255])).all()) and declared in (None, 2):
+        if 255 in labels.tolist():
+            lookup[255] = 1  # 0/255 binary masks: 255 is foreground class 1
         return lookup, 1
     limit = declared or MAX_INFERRED_CLASSES
-    if int(raw.max()) >= limit:
-        path, value = _first_offending(splits, lambda v: v >= limit)
+    if int(labels.max()) >= limit:
+        path, value = _first_offending(splits, lambda v: (v >= limit) & (v != (-1 if ignore is None else ignore)))
         reason = (f"{root / 'classes.txt'} declares {declared} classes" if declared
                   else f"labels must be < {MAX_INFERRED_CLASSES} without a classes.txt")
+        void = ("; Pascal VOC / Cityscapes mark void pixels 255: set data.ignore_index=255 to leave them out"
+                if value == 255 else "")
         raise DataError(f"{path}: mask value {value} outside the class range 0..{limit - 1} ({reason}; binary "
-                        "masks must hold only 0/255 or 0/1)")
-    num_classes = declared or max(int(raw.max()) + 1, 2)
+                        f"masks must hold only 0/255 or 0/1){void}")
+    num_classes = declared or max(int(labels.max()) + 1, 2)
     return lookup, 1 if num_classes == 2 else num_classes
 
 

@@ -248,7 +248,7 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     require_finite(torch_model.state_dict(), f"the weights of {_weights_source(target, fmt)}",
                    "these weights cannot give a measurement: evaluate the weights of a run that did not diverge")
     _check_fits(model, data.test, target, cfg)
-    task = build_task(cfg.task, data.num_classes)
+    task = build_task(cfg.task, data.num_classes, cfg.data.ignore_index)
     metrics = _metrics(model, data.test, task, cfg.train.eval_batch_size)
     require_finite_results(metrics, "eval", _data_fields(cfg))
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,

@@ -21,6 +21,11 @@ images.
 "chance" is the Dice of the best constant answer (every pixel one class): what a collapsed model scores. A model
 with foreground of share f in binary segmentation scores 2f / (1 + f) by painting everything foreground.
 No margin for luck is added, as for classification: the pixels of an image are not independent samples.
+
+Ignored pixels (`ignore_index`, data.ignore_index: e.g. 255, the void / boundary label of Pascal VOC and Cityscapes)
+take no part in anything: the BCE / CE is the mean over the other pixels (torch's `ignore_index`), the soft Dice
+leaves them out of both its sums, and the metrics (confusion counts, pixel accuracy, chance) never see them; what
+the model predicts there does not matter.
 """
 
 from __future__ import annotations
@@ -39,14 +44,20 @@ class SegmentationTask:
 
     Args:
         num_classes: Logit channels of the model (1 = binary).
+        ignore_index: Target value of pixels left out of the loss and the metrics (None: every pixel counts).
     """
 
     name = "segmentation"
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def _valid(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """N × H × W bool, true where the pixel counts; None when every pixel does."""
+        return None if self.ignore_index is None else targets != self.ignore_index
 
     def _check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         if outputs.ndim != 4 or outputs.shape[1] != self.num_classes or outputs.shape[2:] != targets.shape[1:]:
@@ -63,15 +74,19 @@ class SegmentationTask:
         the batch (multi-class: mean over the foreground classes 1..K-1), in [0, 1]."""
         self._check(outputs, targets)
         logits = outputs.float()
+        valid = self._valid(targets)
+        if valid is not None:  # ignored pixels: target 0 under a zero weight, out of both loss terms
+            targets = torch.where(valid, targets, 0)
+        weight = None if valid is None else valid[:, None].float()  # N × 1 × H × W
         if self.num_classes == 1:
             probs = torch.sigmoid(logits[:, 0])
             target = targets.float()
-            pixel_loss = F.binary_cross_entropy_with_logits(logits[:, 0], target)
-            return pixel_loss, 1.0 - _soft_dice(probs[:, None], target[:, None])
+            pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+            return _masked_mean(pixel, valid), 1.0 - _soft_dice(probs[:, None], target[:, None], weight)
         probs = torch.softmax(logits, dim=1)
         one_hot = F.one_hot(targets, self.num_classes).permute(0, 3, 1, 2).float()
-        pixel_loss = F.cross_entropy(logits, targets)
-        return pixel_loss, 1.0 - _soft_dice(probs[:, 1:], one_hot[:, 1:])
+        pixel = F.cross_entropy(logits, targets, reduction="none")
+        return _masked_mean(pixel, valid), 1.0 - _soft_dice(probs[:, 1:], one_hot[:, 1:], weight)
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """Class map N × H × W (int64) from logits."""
@@ -85,8 +100,11 @@ class SegmentationTask:
         self._check(outputs, targets)
         pred = self.predict(outputs)
         classes = max(self.num_classes, 2)
+        cells = targets * classes + pred
+        valid = self._valid(targets)
         # Confusion matrix via bincount: one pass over the pixels for any number of classes.
-        confusion = torch.bincount((targets * classes + pred).flatten(), minlength=classes**2).view(classes, classes)
+        confusion = torch.bincount(cells.flatten() if valid is None else cells[valid], minlength=classes**2)
+        confusion = confusion.view(classes, classes)
         confusion = confusion.double()
         tp = confusion.diagonal()[1:].sum()
         fp = confusion[:, 1:].sum() - tp
@@ -135,8 +153,19 @@ def constant_dice(per_class: list[float]) -> float:
     return max(_percent(2 * n, 2 * total - background) for n in per_class[1:])
 
 
-def _soft_dice(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice over the batch and pixels, averaged over channels: N × C × H × W probabilities and targets."""
+def _masked_mean(pixel: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the N × H × W per-pixel losses over the `valid` pixels (all when None; 0 when none is valid, as
+    torch's ignore_index mean would be NaN)."""
+    if valid is None:
+        return pixel.mean()
+    return (pixel * valid).sum() / valid.sum().clamp_min(1)
+
+
+def _soft_dice(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice over the batch and pixels, averaged over channels: N × C × H × W probabilities and targets; `weight`
+    N × 1 × H × W (0 at ignored pixels) leaves pixels out of both sums."""
+    if weight is not None:
+        probs, target = probs * weight, target * weight
     dims = (0, 2, 3)
     intersection = (probs * target).sum(dims)
     total = probs.sum(dims) + target.sum(dims)

@@ -48,7 +48,7 @@ SEG_MODELS = "lraspp_mobilenetv3_large_100, lraspp_mobilenetv3_small_100, unet, 
 MODEL_TASK = [
     (("model.name=unet_tiny", "phases.dense.enabled=true", "phases.dense.epochs=1"),
      "error: model.name: unet_tiny outputs a mask per pixel (segmentation) but data.source=digits gives one class per "
-     "image (classification); pick a classifier, or segmentation data (data.source=seg_synthetic|seg_folder)"),
+     "image (classification); pick a classifier, or segmentation data (data.source=seg_synthetic|seg_folder|voc)"),
     (("model.name=resnet18", "data.source=seg_synthetic", "task=segmentation", "data.num_samples=16"),
      "error: model.name: resnet18 outputs one class per image (classification) but data.source=seg_synthetic gives a "
      f"mask per pixel (segmentation); pick a segmentation model ({SEG_MODELS}), or classification data "
