@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from sparsetrain.config.schema import DataConfig
@@ -55,7 +54,7 @@ from sparsetrain.data.images import (
     read_image,
     unreadable,
 )
-from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
+from sparsetrain.data.tensors import InMemoryDataset, image_mask_tensors, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 from sparsetrain.data.voc import VOC_CLASSES
 from sparsetrain.progress import log
@@ -231,25 +230,15 @@ def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
     return arr, False
 
 
-def _to_tensor(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image C × S × S (bilinear, antialiased) and mask S × S (nearest) resized to `size` when given."""
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    y = torch.from_numpy(mask)
-    if size is not None and tuple(y.shape) != (size, size):
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        y = F.interpolate(y[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
-    return x, y
-
-
 def _read_pair(image_path: Path, mask_path: Path, size: int | None
                ) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
-    """Image and mask tensors (`_to_tensor`), whether the mask file was RGB (`_read_mask`), and the image's scale
-    (`read_image`)."""
+    """Image and mask tensors (`image_mask_tensors`), whether the mask file was RGB (`_read_mask`), and the
+    image's scale (`read_image`)."""
     (image, scale), (mask, rgb) = read_image(image_path), _read_mask(mask_path)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but image {image_path.name} is "
                         f"{image.shape[1]}×{image.shape[0]} (width×height)")
-    return (*_to_tensor(image, mask, size), rgb, scale)
+    return (*image_mask_tensors(image, mask, size), rgb, scale)
 
 
 def _read_split(folder: Path, size: int | None) -> SegSplit:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from sparsetrain.data.base import DataError
@@ -59,3 +61,14 @@ def match_channels(inputs: torch.Tensor, in_chans: int | None) -> torch.Tensor:
         return inputs.expand(-1, in_chans, *inputs.shape[2:]).contiguous()
     raise DataError(f"data.in_chans: cannot turn {chans}-channel inputs into {in_chans} channels (only colour → 1 or "
                     "1 → any)")
+
+
+def image_mask_tensors(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An H × W × C float image and an H × W integer mask as tensors: image C × S × S (bilinear, antialiased) and
+    mask S × S int64 (nearest), resized to S = `size` when given, else kept at H × W (segmentation sources)."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    y = torch.from_numpy(mask)
+    if size is not None and tuple(y.shape) != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        y = F.interpolate(y[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
+    return x, y

@@ -22,6 +22,7 @@ import torch
 
 from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.base import DataError, DataNotFound
+from sparsetrain.data.tensors import image_mask_tensors
 
 __all__ = ["VOC_CLASSES", "VOC_IMAGE_SIZE", "load_voc"]
 
@@ -65,7 +66,6 @@ def _read_set(root: Path, image_set: str, size: int) -> tuple[torch.Tensor, torc
     VOC image set."""
     from torchvision.datasets import VOCSegmentation
 
-    from sparsetrain.data.segmentation import _to_tensor  # here: segmentation imports this module
 
     data = VOCSegmentation(str(root), year=YEAR, image_set=image_set, download=False)
     listed = root / "VOCdevkit" / f"VOC{YEAR}" / "ImageSets" / "Segmentation" / f"{image_set}.txt"
@@ -82,7 +82,7 @@ def _read_set(root: Path, image_set: str, size: int) -> tuple[torch.Tensor, torc
             raise DataError(f"{data.images[index]} / {data.targets[index]}: not readable ({err})") from None
         if target.mode not in ("P", "L"):
             raise DataError(f"{data.targets[index]}: a {target.mode} image; VOC masks are palette (P) PNGs")
-        x, y = _to_tensor(np.asarray(image, dtype=np.float32) / 255, np.asarray(target).astype(np.int64), size)
+        x, y = image_mask_tensors(np.asarray(image, dtype=np.float32) / 255, np.asarray(target).astype(np.int64), size)
         images.append(x)
         masks.append(y)
     return torch.stack(images), torch.stack(masks), tuple(Path(t) for t in data.targets)
