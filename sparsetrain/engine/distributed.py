@@ -145,9 +145,16 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def shutdown_distributed() -> None:
-    """Destroy the process group at the end of a run (NCCL warns about leaked resources otherwise)."""
+    """Destroy the process group at the end of a run (NCCL warns about leaked resources otherwise).
+
+    Through DeepSpeed's `deepspeed.comm.destroy_process_group`, which also drops the groups DeepSpeed cached
+    (`deepspeed.utils.groups`): torch's own call left those behind, and the next run in the same process (a second
+    `cli.main(["run", ...])`) failed with "Group ... is not registered".
+    """
     if dist.is_initialized():
-        dist.destroy_process_group()
+        import deepspeed.comm
+
+        deepspeed.comm.destroy_process_group()
 
 
 def barrier() -> None:

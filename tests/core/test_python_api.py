@@ -79,3 +79,16 @@ def test_run_pipeline_raises_input_error_for_bad_input(tmp_path: Path, model: di
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=model)})
     with pytest.raises(InputError, match=f"^{line}"):
         sparsetrain.run_pipeline(cfg)
+
+
+def test_two_cli_runs_in_one_process_both_train(tmp_path: Path) -> None:
+    """`main(["run", ...])` destroys the process group at its end; a second run in the same process (a notebook, a
+    test session) failed with "Group ... is not registered" while DeepSpeed kept the old groups cached. It must
+    train like the first."""
+    from tests.core.conftest import TINY
+
+    small = [*TINY, "phases.sparsify.epochs=1", "report.accuracy_curve=false"]
+    for name in ("first", "second"):
+        assert main(["run", *small, f"out_dir={tmp_path / name}"]) == 0
+    first, second = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("first", "second"))
+    assert second["phases"]["finetune"]["metric"] == first["phases"]["finetune"]["metric"], (first, second)
