@@ -145,7 +145,7 @@ def model_list(text: str) -> list[str]:
     Raises (argparse shows it as one line naming the flag):
         argparse.ArgumentTypeError: `unknown timm model 'resnet-50' (closest: resnet50, ...)` for the first unknown.
     """
-    from sparsetrain.models.names import check_model_name
+    from sparsetrain.model_names import check_model_name
 
     if text == "none":
         return []
@@ -167,6 +167,8 @@ def layer_alphas(weights: list[torch.Tensor]) -> list[float]:
 def model_weights(name: str, limit: int | None) -> list[torch.Tensor]:
     """fp32 CPU copies of the conv/linear weights (ndim > 1) of a randomly initialised timm model."""
     import timm
+
+    import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models: `--models` takes their names)
 
     model = timm.create_model(name, pretrained=False)
     return [p.detach().clone() for p in model.parameters() if p.ndim > 1][:limit]

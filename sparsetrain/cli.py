@@ -13,6 +13,7 @@ from pathlib import Path
 from sparsetrain import warning_output
 from sparsetrain.config import ConfigError, load_config
 from sparsetrain.errors import SparsetrainError, first_line
+from sparsetrain.phases import check_phases
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -46,6 +47,7 @@ def _run(argv: list[str]) -> int:
 
         print(plan_report(cfg, world_size_for(cfg)), end="")
         return 0
+    check_phases(args.phase or [])  # before the imports of torch and the run's data (seconds to minutes)
     from sparsetrain.engine import preemption
     from sparsetrain.engine.distributed import shutdown_distributed
     from sparsetrain.pipeline import run_pipeline
@@ -254,9 +256,10 @@ def _config(argv: list[str]) -> int:
     import yaml
 
     from sparsetrain.config import config_to_dict
-    from sparsetrain.plan import check_model, config_sizes
 
     cfg = load_config(*_split_recipe(args.config, list(args.overrides)))
+    from sparsetrain.plan import check_model, config_sizes  # imports torch: after the config's own checks
+
     check_model(cfg, config_sizes(cfg))  # the model checks of `run` that need no data: its sizes from the config
     print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
     return 0

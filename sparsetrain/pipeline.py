@@ -613,6 +613,7 @@ def run_pipeline(cfg: RunConfig, phases: list[str] | None = None) -> dict[str, A
         ResumeError, NonFiniteError, SetupError: see `sparsetrain.errors`.
     """
     with _bad_values_as_input_errors():
+        check_phases(phases or [])  # before the data is read
         pipeline = Pipeline(cfg)
         try:
             return pipeline.run(phases)

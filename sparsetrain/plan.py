@@ -91,8 +91,8 @@ def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
             model does not take).
     """
     from sparsetrain.model_imports import import_models
+    from sparsetrain.model_names import check_model_name
     from sparsetrain.models.factory import create_model, model_kwargs
-    from sparsetrain.models.names import check_model_name
 
     import_models(config.model.imports)
     check_model_name(config.model.name)

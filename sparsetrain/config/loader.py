@@ -16,6 +16,7 @@ from sparsetrain.config.schema import RunConfig
 from sparsetrain.config.strategies import Strategy, variants_of
 from sparsetrain.errors import InputError
 from sparsetrain.model_imports import import_models
+from sparsetrain.model_names import check_model_name
 
 # Keys users bring from other tools' configs, with where that setting comes from here (said for an unknown key).
 KEY_HINTS = {
@@ -362,8 +363,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
             raised while imported, `model.name: unknown timm model ...` for a name timm does not know once the
             imports ran (as `sparsetrain config` refuses it).
     """
-    from sparsetrain.models.names import check_model_name  # imports timm and torch: not at module level
-
     data = load_raw(path) if path is not None else {}
     overrides = list(overrides or [])
     config = validate(apply_overrides(data, overrides), plan_only=plan_only, overrides=overrides)

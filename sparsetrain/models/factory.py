@@ -21,8 +21,8 @@ from torch import nn
 import sparsetrain.models  # noqa: F401  (registers sparsetrain's timm models)
 from sparsetrain.config.schema import ModelConfig
 from sparsetrain.model_imports import import_models
+from sparsetrain.model_names import check_model_name
 from sparsetrain.models.checkpoint import quiet_timm_loading
-from sparsetrain.models.names import check_model_name
 from sparsetrain.progress import log
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,34 @@ def test_schema_shows_an_optional_section_as_a_mapping_with_its_keys() -> None:
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sparsetrain", *args], capture_output=True, text=True, timeout=120,
                           cwd=REPO)
+
+
+def test_config_errors_are_refused_before_torch_timm_or_deepspeed_are_imported(tmp_path: Path) -> None:
+    """A config error (and `run --phase` with an unknown phase) is one line in well under a second: the config checks,
+    built-in model names included, import none of torch, timm (which imports torchvision and torch._dynamo) or
+    DeepSpeed, ~4 s together. Each command is refused as before (exit 2, its one `error:` line)."""
+    refusals = [
+        (["run", "configs/lenet300_fashion.yaml", "train.lr=abc"], "error: train.lr: unknown key (set to 'abc')"),
+        (["run", "configs/quickstart.yaml", "--dry-run", "optim.lr=0"], "error: optim.lr: Input should be greater"),
+        (["run", "configs/quickstart.yaml", "--phase", "polish"], "error: phase: unknown phase(s) polish"),
+        (["config", "configs/unet_synthetic.yaml", "regularizer.beta=50"], "error: regularizer.beta: not a setting"),
+        (["launch", "configs/quickstart.yaml", "train.batch_size=0"], "error: train.batch_size: "),
+        (["sweep", "configs/quickstart.yaml", "optim.lr=0,1"], "error: optim.lr: Input should be greater"),
+    ]
+    commands = [[*argv, f"out_dir={tmp_path / 'run'}"] for argv, _ in refusals]
+    code = ("import contextlib, io, json, sys\nfrom sparsetrain.cli import main\nresults = []\n"
+            f"for argv in {commands!r}:\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        results.append([main(argv), err.getvalue()])\n"
+            "print(json.dumps([results, sorted(m for m in ('torch', 'timm', 'deepspeed') if m in sys.modules)]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    results, heavy = json.loads(done.stdout)
+    for (argv, line), (code, stderr) in zip(refusals, results, strict=True):
+        assert code == 2 and stderr.startswith(line) and stderr.count("\n") == 1, (argv, code, stderr)
+    assert heavy == [], f"a config error imported {heavy}: the config checks must not need them"
+    assert not (tmp_path / "run").exists(), "a refused command wrote its out_dir"
 
 
 def test_cli_help_lists_every_command() -> None:

@@ -61,6 +61,14 @@ def test_an_unknown_model_name_suggests_the_closest_timm_names_and_lists_sparset
                               "lraspp_mobilenetv3_small_100, unet, unet_small, unet_tiny)")
 
 
+def test_the_built_in_names_the_config_checks_are_the_models_registered_with_timm() -> None:
+    """`model_names.OWN_MODELS` (accepted without importing timm) lists exactly the models sparsetrain registers."""
+    import sparsetrain.models
+    from sparsetrain.model_names import OWN_MODELS
+
+    assert sorted(OWN_MODELS) == sorted(timm.list_models(module=list(sparsetrain.models.OWN_MODULES)))
+
+
 def test_loading_logs_sparsetrain_lines_not_timms(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = build_model(ModelConfig(name="lenet5"), 1, 10, (1, 28, 28))
     path = tmp_path / "lenet5.pth"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -246,6 +247,16 @@ def test_kernels_models_flag_names_an_unknown_timm_model_in_one_line(capsys: pyt
     assert kernels.parse_args(["--models", "none"]).models == []
     assert kernels.parse_args(["--models", "resnet18,vit_tiny_patch16_224"]).models == ["resnet18",
                                                                                       "vit_tiny_patch16_224"]
+
+
+def test_kernels_models_flag_takes_sparsetrains_own_models() -> None:
+    """`--models lenet5`: the name check accepts sparsetrain's own names without importing them (model_names), so
+    the benchmark registers them itself before timm builds the model (a fresh process: nothing registered them)."""
+    code = ("from benchmarks import kernels\nnames = kernels.parse_args(['--models', 'lenet5']).models\n"
+            "print([w.shape[0] for w in kernels.model_weights(names[0], None)])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and done.stdout.strip() == "[20, 50, 500, 10]", done.stderr[-2000:]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
