@@ -7,8 +7,11 @@ longer matches); export refuses the deploy.latency* settings (it does not time).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,34 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def copy(finished: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(finished, tmp_path / "copy"))
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A copy of `finished` re-run with the latency settings only (LATENCY): what that re-run returned and logged,
+    and the stamps of export/ before it."""
+
+    run: Path
+    report: dict
+    log: str
+    export_before: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def timed(finished: Path, tmp_path_factory: pytest.TempPathFactory) -> Timed:
+    """`finished` with its own latency table: timed once (peak memory in child processes, most of a test's time) for
+    the tests that start from a timed run. Tests change copies of `run` only (`copy_of`)."""
+    run = Path(shutil.copytree(finished, tmp_path_factory.mktemp("timed") / "run"))
+    before = _stamps(run / "export")
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):  # the run's log handler writes to the stderr of its start
+        report = run_pipeline(tiny_config(run, *SHORT, *LATENCY))
+    return Timed(run, report, log.getvalue(), before)
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    """A copy of a run directory (file times kept: `_stamps` of the copy equal the original's)."""
+    return Path(shutil.copytree(run, tmp_path / "copy"))
 
 
 def _rerun(run: Path, capsys: pytest.CaptureFixture, *extra: str) -> tuple[dict, str]:
@@ -93,14 +124,15 @@ def test_rerun_says_why_it_re_exports_and_export_phase_is_recorded(copy: Path, c
     assert json.loads((copy / "state.json").read_text())["deployed"]["phase"] == "finetune"
 
 
-def test_latency_json_is_reused_only_when_timed_with_the_run_settings(copy: Path,
+def test_latency_json_is_reused_only_when_timed_with_the_run_settings(timed: Timed, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture) -> None:
-    export = _stamps(copy / "export")
-    report, err = _rerun(copy, capsys, *LATENCY)  # latency settings only: the export is kept, the table is new
+    export, report, err = timed.export_before, timed.report, timed.log
+    # latency settings only: the export is kept, the table is new
     assert "[deploy] re-timing: latency.json is missing\n" in err, err
     assert "already holds the finetune model for these deploy settings: not exported again" in err, err
-    assert report["latency"]["repeats"] == 3 and _stamps(copy / "export") == export
+    assert report["latency"]["repeats"] == 3 and _stamps(timed.run / "export") == export
 
+    copy = copy_of(timed.run, tmp_path)
     report_again, err = _rerun(copy, capsys, *LATENCY)
     assert "latency.json was timed with these deploy settings on this export: not timed again" in err, err
     assert report_again["latency"] == report["latency"] and _stamps(copy / "export") == export
@@ -111,11 +143,11 @@ def test_latency_json_is_reused_only_when_timed_with_the_run_settings(copy: Path
     assert json.loads((copy / "latency.json").read_text())["rows"] == report["latency"]["rows"]
 
 
-def test_bench_latency_leaves_the_runs_own_table_alone(copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+def test_bench_latency_leaves_the_runs_own_table_alone(timed: Timed, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A benchmark with other settings writes its own file (default runs/bench/latency-<run>.json under the current
     folder, or --out), never the run's latency.json or report.json, so a re-run of the run keeps its table."""
-    _rerun(copy, capsys, *LATENCY)
+    copy = copy_of(timed.run, tmp_path)
     own = {name: (copy / name).read_bytes() for name in ("latency.json", "latency.png", "report.json")}
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
@@ -129,14 +161,14 @@ def test_bench_latency_leaves_the_runs_own_table_alone(copy: Path, tmp_path: Pat
 
 
 def test_export_of_another_phase_drops_the_latency_table_of_the_final_one(
-        copy: Path, capsys: pytest.CaptureFixture) -> None:
+        timed: Timed, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """latency.json timed the final phase's export: after `export --phase sparsify` report.json no longer carries
     it (one line says so; latency.json is left on disk), and `bench latency` times the phase export/ now holds."""
     from sparsetrain.deploy.latency import latency_table
     from sparsetrain.deploy.latency_report import format_latency
 
-    report, _ = _rerun(copy, capsys, *LATENCY)
-    assert report["latency"]["phase"] == "finetune"
+    copy = copy_of(timed.run, tmp_path)
+    assert timed.report["latency"]["phase"] == "finetune"
     table = (copy / "latency.json").read_bytes()
     capsys.readouterr()
     assert main(["export", str(copy), "--phase", "sparsify"]) == 0
