@@ -109,9 +109,9 @@ def test_diverging_run_stops_at_first_bad_step_and_resumes_from_last_good_checkp
     assert all(bool(t.isfinite().all()) for t in module.values()), "the last good checkpoint holds NaN/inf"
 
     # The advice works: the run continues from that checkpoint with the new settings (lr from the config, not 10).
-    resumed = run_cli(tiny_overrides(out, "optim.name=sgd", "optim.lr=0.01", "deepspeed.gradient_clipping=1.0",
-                                     "train.log_every=1", "train.checkpoint_every=5"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # In this process (the CLI's stop is above; the resume is the pipeline's, as for any run)
+    run_pipeline(tiny_config(out, "optim.name=sgd", "optim.lr=0.01", "deepspeed.gradient_clipping=1.0",
+                             "train.log_every=1", "train.checkpoint_every=5"))
     rows = [row for row in _train_rows(out) if row["phase"] == "sparsify"]
     assert [row["global_step"] for row in rows] == list(range(1, 45)), "sparsify steps repeated or missing"
     assert [row["lr"] for row in rows] == [10.0] * good + [0.01] * (44 - good), "did not resume at the checkpoint"
