@@ -331,6 +331,8 @@ def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None =
         path, value = _first_offending(splits, lambda v: v < 0)
         raise DataError(f"{path}: negative mask value {value}")
     labels = raw if ignore is None else raw[raw != ignore]
+    if ignore is not None and len(labels) < 2 and len(labels) < len(raw):
+        _refuse_single_label(root, ignore, labels.tolist())
     declared = _declared_classes(root)
     lookup = torch.arange(int(raw.max()) + 1)
     if bool(torch.isin(labels, torch.tensor([0, 255])).all()) and declared in (None, 2):
@@ -348,6 +350,21 @@ def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None =
                         f"masks must hold only 0/255 or 0/1){void}")
     num_classes = declared or max(int(labels.max()) + 1, 2)
     return lookup, 1 if num_classes == 2 else num_classes
+
+
+def _refuse_single_label(root: Path, ignore: int, labels: list[int]) -> None:
+    """Raise the one line for masks that data.ignore_index leaves with one class value (or none): every pixel would
+    be that class or void, so any model scores 100 % (0/255 binary masks with ignore_index=255: all foreground void).
+
+    Raises:
+        DataError: naming data.ignore_index, the label left and what to do.
+    """
+    left = f"only label {labels[0]}" if labels else "no label"
+    if labels == [0] and ignore == 255:
+        fix = "these 0/255 masks are binary (255 = foreground); drop data.ignore_index"
+    else:
+        fix = "a segmentation needs two classes or more; drop data.ignore_index or set it to the masks' void value"
+    raise DataError(f"data.ignore_index={ignore} leaves {left} in the masks of {root}: {fix}")
 
 
 def _num_test(n: int, fraction: float) -> int:

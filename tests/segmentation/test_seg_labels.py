@@ -1,0 +1,79 @@
+"""Trial-19 findings on segmentation labels, read from real mask files the tests write: data.ignore_index that
+leaves one class, a model with fewer outputs than the data's classes, lossy (JPEG) masks, and eval of a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sparsetrain import cli
+from sparsetrain.config.schema import DataConfig
+from sparsetrain.data.base import DataError
+from sparsetrain.data.segmentation import build_segmentation_data
+from tests.helpers.cli_checks import one_error_line
+
+TINY_RUN = ["tracking.mode=disabled", "deploy.latency=false", "deploy.formats=[]", "deepspeed.zero_stage=0",
+            "model.kwargs.base_width=4", "model.kwargs.depth=2", "train.batch_size=2", "train.eval_batch_size=4",
+            "phases.dense.epochs=1", "phases.sparsify.epochs=1", "phases.finetune.epochs=1"]
+
+
+def write_folder(root: Path, masks: list[np.ndarray], mask_ext: str = ".png", **save: object) -> Path:
+    """root/images/NNN.png (random gray-ish RGB) and root/masks/NNN<mask_ext> holding `masks` (uint8 values)."""
+    (root / "images").mkdir(parents=True), (root / "masks").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, mask in enumerate(masks):
+        image = rng.integers(0, 80, (*mask.shape, 3)).astype(np.uint8) + (mask[..., None] > 0).astype(np.uint8) * 90
+        Image.fromarray(image).save(root / "images" / f"{i:03d}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{i:03d}{mask_ext}", **save)
+    return root
+
+
+def binary_masks(n: int = 8, size: int = 16, value: int = 255) -> list[np.ndarray]:
+    """`n` masks with a square of `value` on 0 (DRIVE-like 0/255 vessel masks)."""
+    out = []
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        mask[2 + i % 5:9 + i % 5, 3:10] = value
+        out.append(mask)
+    return out
+
+
+def label_masks(labels: int, n: int = 8, size: int = 16, void: bool = False) -> list[np.ndarray]:
+    """`n` masks holding labels 0..labels-1 in vertical stripes (every mask every label), a 255 border if `void`."""
+    out = []
+    for i in range(n):
+        mask = ((np.arange(size)[None, :] * labels // size + i) % labels * np.ones((size, 1))).astype(np.uint8)
+        if void:
+            mask[:1], mask[-1:] = 255, 255
+        out.append(mask)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- 1: ignore_index
+
+
+def test_ignore_index_255_on_0_255_binary_masks_is_refused(tmp_path: Path) -> None:
+    """0/255 masks with data.ignore_index=255: every foreground pixel would be void and any model score 100 %."""
+    folder = write_folder(tmp_path / "drive", binary_masks())
+    with pytest.raises(DataError) as err:
+        build_segmentation_data(DataConfig(source="seg_folder", path=str(folder), ignore_index=255), seed=0)
+    message = str(err.value)
+    assert message.startswith("data.ignore_index=255 leaves only label 0") and "drop data.ignore_index" in message
+    assert "binary (255 = foreground)" in message and "\n" not in message, message
+    ok = build_segmentation_data(DataConfig(source="seg_folder", path=str(folder)), seed=0)
+    assert ok.num_classes == 1, "without ignore_index the same masks are binary"
+
+
+def test_run_and_dry_run_refuse_ignore_index_on_binary_masks_before_writing(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = write_folder(tmp_path / "drive", binary_masks())
+    for dry in ([], ["--dry-run"]):
+        out = tmp_path / f"run{len(dry)}"
+        code = cli.main(["run", "configs/unet_drive.yaml", f"data.path={folder}", "data.ignore_index=255",
+                         "data.image_size=16", f"out_dir={out}", *TINY_RUN, *dry])
+        line = one_error_line(capsys)
+        assert code == 2 and "data.ignore_index=255 leaves only label 0" in line, (code, line)
+        assert not out.exists(), f"{out} written before the refusal"
