@@ -183,4 +183,4 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
                           preprocessing=prep, classes=names)
     from sparsetrain.data.segmentation import build_segmentation_data
 
-    return build_segmentation_data(cfg, seed)
+    return build_segmentation_data(cfg, seed, num_classes)

@@ -13,6 +13,7 @@ from sparsetrain import cli
 from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.base import DataError
 from sparsetrain.data.segmentation import build_segmentation_data
+from sparsetrain.progress import setup_logging
 from tests.helpers.cli_checks import one_error_line
 
 TINY_RUN = ["tracking.mode=disabled", "deploy.latency=false", "deploy.formats=[]", "deepspeed.zero_stage=0",
@@ -77,3 +78,46 @@ def test_run_and_dry_run_refuse_ignore_index_on_binary_masks_before_writing(
         line = one_error_line(capsys)
         assert code == 2 and "data.ignore_index=255 leaves only label 0" in line, (code, line)
         assert not out.exists(), f"{out} written before the refusal"
+
+
+# ---------------------------------------------------------------------------------------------- 2: model outputs
+
+
+def city_run(folder: Path, out: Path, *extra: str) -> list[str]:
+    """`run` of configs/unet_synthetic.yaml on a Cityscapes-like folder (labels 0-18, 255 void), tiny."""
+    return ["run", "configs/unet_synthetic.yaml", "data.source=seg_folder", f"data.path={folder}",
+            "data.ignore_index=255", "data.image_size=16", f"out_dir={out}", *TINY_RUN, *extra]
+
+
+def test_fewer_model_outputs_than_classes_refused_by_dry_run_and_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """19 classes, model.kwargs.num_classes=10: refused before anything is written, naming the field and 19."""
+    setup_logging(is_main=True)  # to this test's stderr: an earlier run's handler writes to a closed stream
+    folder = write_folder(tmp_path / "city", label_masks(19, void=True))
+    for dry in (["--dry-run"], []):
+        out = tmp_path / f"run{len(dry)}"
+        code = cli.main(city_run(folder, out, "model.kwargs.num_classes=10", *dry))
+        line = one_error_line(capsys)
+        assert code == 2 and "model.kwargs.num_classes: 10 model outputs for data with 19 classes" in line, line
+        assert "largest mask label 18" in line, line
+        assert not out.exists(), f"{out} written before the refusal"
+    with pytest.raises(DataError, match="model.kwargs.num_classes: 1 model outputs for data with 19 classes"):
+        build_segmentation_data(DataConfig(source="seg_folder", path=str(folder), ignore_index=255), 0, 1)
+
+
+def test_more_model_outputs_than_classes_train_with_one_log_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    setup_logging(is_main=True)  # to this test's stderr: an earlier run's handler writes to a closed stream
+    folder = write_folder(tmp_path / "city", label_masks(19, void=True))
+    out = tmp_path / "run"
+    code = cli.main(city_run(folder, out, "model.kwargs.num_classes=21", "phases.dense.enabled=false",
+                             "phases.sparsify.epochs=1", "phases.finetune.epochs=0"))
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "model.kwargs.num_classes=21: 21 outputs for the data's 19" in line]
+    assert len(said) == 1, err
+    bundle = build_segmentation_data(DataConfig(source="seg_folder", path=str(folder), ignore_index=255), 0)
+    assert bundle.num_classes == 19
+    binary = write_folder(tmp_path / "drive", binary_masks())
+    two = build_segmentation_data(DataConfig(source="seg_folder", path=str(binary)), 0, 2)
+    assert two.num_classes == 2, "binary masks with model.kwargs.num_classes=2: two softmax outputs"
