@@ -17,9 +17,10 @@ after removing one trailing tag: image tags `_training`, `_test`; mask tags list
 `im0001.ah.ppm`). With several candidates the exact stem wins, then the tag listed first in `MASK_TAGS`.
 
 Mask values: binary masks hold 0/255 or 0/1; multi-class masks hold integer labels 0..K-1 (grayscale or
-palette PNG). K comes from classes.txt, or else from the largest label (at most `MAX_INFERRED_CLASSES`). Masks saved
-as RGB(A) images with three equal channels are read as gray (their first channel; the log says so once); colour-coded
-masks (channels that differ) are refused.
+palette PNG). K comes from classes.txt, or else from the largest label (at most `MAX_INFERRED_CLASSES`); one log line
+says the count and where it came from. Masks saved as RGB(A) images with three equal channels are read as gray (their
+first channel; the log says so once); colour-coded masks (channels that differ) are refused, and so are masks stored
+lossily (JPEG, JPEG-compressed TIFF: `_refuse_lossy_mask`), binary ones included.
 
 Ignored pixels: with data.ignore_index (e.g. 255, the void / boundary label of Pascal VOC and Cityscapes) that value
 is no class: masks keep it (the task leaves those pixels out of loss and metrics), the class count and the binary
@@ -250,6 +251,7 @@ def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
     whether the file was such an RGB(A) image (equal colour channels; a colour-coded mask is refused). 16-bit PNGs
     and colour TIFFs are read at full depth (`full_depth_pixels`: PIL would keep the high byte of colour ones).
     """
+    _refuse_lossy_mask(path)
     wide = full_depth_pixels(path, "mask")
     if wide is not None:
         arr = wide[..., 0].astype(np.int64) if wide.shape[-1] == 1 else wide.astype(np.int64)
@@ -267,6 +269,38 @@ def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
             raise DataError(f"{path}: colour mask; save masks as one-channel label images (gray or palette PNG)")
         return colour[..., 0], True
     return arr, False
+
+
+def _lossy_codec(path: Path) -> str | None:
+    """The lossy codec a mask file is stored with (`JPEG`, `JPEG-compressed TIFF`; by its content, whatever its
+    name), None for a lossless file or one PIL cannot open (the reader then names what is wrong with it). Reads the
+    header only. WebP and JPEG 2000 are not read (`IMAGE_EXTENSIONS`)."""
+    try:
+        with Image.open(path) as img:
+            fmt, info = img.format, img.info
+    except DECODE_ERRORS:
+        return None
+    if fmt in ("JPEG", "MPO"):
+        return "JPEG"
+    if fmt == "TIFF" and info.get("compression") in ("jpeg", "tiff_jpeg"):
+        return "JPEG-compressed TIFF"
+    return None
+
+
+def _refuse_lossy_mask(path: Path) -> None:
+    """Refuse a mask stored with a lossy codec: JPEG invents label values at every edge, which become extra classes
+    when in range (labels 0-18 gave 27 logit channels) or a bare out-of-range error. Binary 0/255 JPEG masks are
+    refused too, not thresholded: they cannot be told from label maps with small labels and a 255 void (both decode
+    to values near 0 and near 255), and a wrong guess would train on wrong classes without a word.
+
+    Raises:
+        DataError: naming the file and the lossless formats to save it in.
+    """
+    codec = _lossy_codec(path)
+    if codec is not None:
+        raise DataError(f"{path}: a {codec} mask: lossy compression changes label values at every edge (new "
+                        "classes); save masks in a lossless format (PNG, TIFF without JPEG compression, GIF, BMP), "
+                        "binary 0/255 masks thresholded at 128 when converting")
 
 
 def _read_pair(image_path: Path, mask_path: Path, size: int | None
@@ -381,7 +415,7 @@ def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None =
         if 255 in labels.tolist():
             lookup[255] = 1  # 0/255 binary masks: 255 is foreground class 1
             return lookup, 1, f"{where}binary 0/255 masks (255 = foreground)"
-        return lookup, 1, f"{where}binary 0/1 masks"
+        return lookup, 1, f"{where}binary masks (only label 0 found)"
     limit = declared or MAX_INFERRED_CLASSES
     if int(labels.max()) >= limit:
         path, value = _first_offending(splits, lambda v: (v >= limit) & (v != (-1 if ignore is None else ignore)))
@@ -392,7 +426,7 @@ def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None =
         raise DataError(f"{path}: mask value {value} outside the class range 0..{limit - 1} ({reason}; binary "
                         f"masks must hold only 0/255 or 0/1){void}")
     num_classes = declared or max(int(labels.max()) + 1, 2)
-    origin = (f"{root / 'classes.txt'}" if declared else
+    origin = (f"{root / 'classes.txt'}" if declared else "binary 0/1 masks" if num_classes == 2 else
               f"the largest mask label {int(labels.max())}; no classes.txt in {root} sets the count")
     return lookup, 1 if num_classes == 2 else num_classes, origin
 

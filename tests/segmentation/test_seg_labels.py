@@ -121,3 +121,50 @@ def test_more_model_outputs_than_classes_train_with_one_log_line(
     binary = write_folder(tmp_path / "drive", binary_masks())
     two = build_segmentation_data(DataConfig(source="seg_folder", path=str(binary)), 0, 2)
     assert two.num_classes == 2, "binary masks with model.kwargs.num_classes=2: two softmax outputs"
+
+
+# ---------------------------------------------------------------------------------------------- 3: lossy masks
+
+
+@pytest.mark.parametrize(("masks", "ext", "save"), [
+    (label_masks(19), ".jpg", {"quality": 75}),             # labels 0-18: JPEG's edge values were extra classes
+    (label_masks(12, void=True), ".jpeg", {"quality": 90}),  # out of range values were refused without a hint
+    (binary_masks(), ".jpg", {"quality": 95}),              # binary 0/255: refused too (see _refuse_lossy_mask)
+    (label_masks(5), ".tif", {"compression": "jpeg"}),      # a JPEG-compressed TIFF
+])
+def test_lossy_masks_are_refused_naming_the_file(tmp_path: Path, masks: list[np.ndarray], ext: str,
+                                                 save: dict) -> None:
+    folder = write_folder(tmp_path / "jpeg", masks, ext, **save)
+    with pytest.raises(DataError) as err:
+        build_segmentation_data(DataConfig(source="seg_folder", path=str(folder), ignore_index=255), seed=0)
+    message = str(err.value)
+    assert message.startswith(str(folder / "masks" / f"000{ext}")) and "JPEG" in message, message
+    assert "lossless format (PNG, TIFF without JPEG compression, GIF, BMP)" in message and "\n" not in message
+
+
+def test_a_jpeg_saved_under_a_png_name_is_refused_too(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "named", label_masks(4))
+    Image.fromarray(label_masks(4)[0]).save(folder / "masks" / "003.png", format="JPEG")
+    with pytest.raises(DataError, match=r"003.png: a JPEG mask: lossy compression"):
+        build_segmentation_data(DataConfig(source="seg_folder", path=str(folder)), seed=0)
+
+
+@pytest.mark.parametrize(("masks", "ext", "classes_txt", "count", "origin"), [
+    (label_masks(5), ".gif", None, "5 classes", "from the largest mask label 4; no classes.txt in"),
+    (label_masks(5), ".bmp", "6\n", "6 classes", "classes.txt"),
+    (binary_masks(), ".bmp", None, "binary: 2 classes, one logit channel", "binary 0/255 masks (255 = foreground)"),
+    (binary_masks(), ".gif", None, "binary: 2 classes, one logit channel", "binary 0/1 masks"),  # palette indices
+    (binary_masks(value=1), ".png", None, "binary: 2 classes, one logit channel", "binary 0/1 masks"),
+])
+def test_lossless_masks_are_read_and_the_class_count_is_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, masks: list[np.ndarray], ext: str,
+        classes_txt: str | None, count: str, origin: str) -> None:
+    folder = write_folder(tmp_path / "lossless", masks, ext)
+    if classes_txt:
+        (folder / "classes.txt").write_text(classes_txt)
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        bundle = build_segmentation_data(DataConfig(source="seg_folder", path=str(folder)), seed=0)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: seg_folder")]
+    assert len(said) == 1 and f": {count}, from " in said[0] and origin in said[0], said
+    values = set(bundle.train.targets.unique().tolist()) | set(bundle.test.targets.unique().tolist())
+    assert values == (set(range(5)) if "largest" in origin or "txt" in origin else {0, 1}), values
