@@ -104,8 +104,10 @@ def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | Non
     num_classes = output_channels(model_classes, channels, origin)
     x_train, x_test = match_channels(train.images, cfg.in_chans), match_channels(test.images, cfg.in_chans)
     stats = None
-    if cfg.normalize:
+    if cfg.normalize and len(x_train):
         x_train, x_test, stats = standardize(x_train, x_test)
+    elif cfg.normalize:  # data.test_fraction=1.0 (eval only): no training split, the test images' own statistics
+        _, x_test, stats = standardize(x_test, x_test)
     shape = tuple(x_train.shape[1:])
     scale = train.scale[1] if train.scale else 1.0
     folder = cfg.source in ("seg_folder", "voc")  # image files: their scale, size and colour are recorded
@@ -447,6 +449,10 @@ def _refuse_single_label(root: Path, ignore: int, labels: list[int]) -> None:
 
 
 def _num_test(n: int, fraction: float) -> int:
+    """Test samples of `n` for data.test_fraction: round(n · fraction), at least 1 and at most n − 1; all `n` for
+    1.0 (which only `sparsetrain eval` gets here: `build_data` refuses it for a run)."""
+    if fraction >= 1:
+        return n
     if n < 2:
         raise DataError(f"data: need at least 2 samples to split into train and test, got {n}")
     return min(max(1, round(n * fraction)), n - 1)

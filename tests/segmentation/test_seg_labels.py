@@ -3,6 +3,7 @@ leaves one class, a model with fewer outputs than the data's classes, lossy (JPE
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,54 @@ def test_lossless_masks_are_read_and_the_class_count_is_said_once(
     assert len(said) == 1 and f": {count}, from " in said[0] and origin in said[0], said
     values = set(bundle.train.targets.unique().tolist()) | set(bundle.test.targets.unique().tolist())
     assert values == (set(range(5)) if "largest" in origin or "txt" in origin else {0, 1}), values
+
+
+# ---------------------------------------------------------------------------------------------- 4: eval of a folder
+
+
+@pytest.fixture(scope="module")
+def city_run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A finished tiny run on 10 Cityscapes-like images (labels 0-18, a 255 void border) and its report."""
+    root = tmp_path_factory.mktemp("city19")
+    folder = write_folder(root / "data", label_masks(19, n=10, void=True))
+    out = root / "run"
+    code = cli.main(city_run(folder, out, "phases.dense.enabled=false", "phases.finetune.epochs=0"))
+    assert code == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_eval_of_a_folder_scores_the_runs_split_or_every_image_with_the_models_classes(
+        tmp_path: Path, city_run_dir: tuple[Path, dict]) -> None:
+    """Default: the run's seeded 20 % test split (2 of 10). A test-only folder without class 18 is scored with the
+    model's 19 classes (was `outputs (2, 19, 64, 64) do not fit 18 classes`), whole with data.test_fraction=1.0."""
+    from sparsetrain.deploy.evaluate import evaluate_target
+
+    out, report = city_run_dir
+    own = evaluate_target(out)
+    assert own["data"]["test_samples"] == 2, own["data"]
+    assert own["metrics"]["metric"] == pytest.approx(report["phases"]["sparsify"]["metric"], abs=1e-6)
+    test_only = write_folder(tmp_path / "test_only", label_masks(18, n=5, void=True))  # labels 0-17: no class 18
+    split = evaluate_target(out, overrides=[f"data.path={test_only}"])
+    assert split["data"]["test_samples"] == 1, "round(5 × 0.2) = 1: the default split, as the run's"
+    whole = evaluate_target(out, overrides=[f"data.path={test_only}", "data.test_fraction=1.0"])
+    assert whole["data"]["test_samples"] == 5 and 0 <= whole["metrics"]["metric"] <= 100, whole
+
+
+def test_eval_refuses_masks_with_more_classes_than_the_model(
+        tmp_path: Path, city_run_dir: tuple[Path, dict], capsys: pytest.CaptureFixture) -> None:
+    out, _ = city_run_dir
+    wider = write_folder(tmp_path / "wider", label_masks(21, n=5, void=True))
+    code = cli.main(["eval", str(out), f"data.path={wider}", "data.test_fraction=1.0"])
+    line = one_error_line(capsys)
+    assert code == 2 and f"data.path={wider}) hold 21 classes (labels 0-20)" in line, line
+    assert "has 19 output channels" in line, line
+
+
+def test_run_refuses_test_fraction_1_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = write_folder(tmp_path / "city", label_masks(3, n=5))
+    for dry in (["--dry-run"], []):
+        out = tmp_path / f"run{len(dry)}"
+        code = cli.main(city_run(folder, out, "data.test_fraction=1.0", "data.ignore_index=null", *dry))
+        line = one_error_line(capsys)
+        assert code == 2 and "data.test_fraction: 1 leaves no training sample" in line and "sparsetrain eval" in line
+        assert not out.exists(), f"{out} written before the refusal"
