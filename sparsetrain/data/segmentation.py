@@ -151,8 +151,7 @@ def output_channels(requested: int | None, channels: int, origin: str) -> int:
     classes = max(channels, 2)
     if requested is None or requested == channels:
         return channels
-    if not (requested == 1 and channels == 1):
-        check_model_classes(requested, classes, origin)
+    check_model_classes(requested, classes, origin)
     if requested == 2:  # binary masks: softmax over two outputs instead of one logit
         log.info(f"model.kwargs.num_classes=2: the binary masks ({origin}) are trained as 2 classes (softmax, "
                  "cross-entropy), not as one logit channel (BCE); leave it out for one logit")
