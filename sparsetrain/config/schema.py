@@ -129,7 +129,10 @@ class DataConfig(Section):
     in_chans: int | None = Field(None, ge=1, le=16, description="Number of input channels the model gets "
                                  "(None = the data's): colour is averaged to gray for 1, gray is repeated for more; "
                                  "imagefolder reads RGB (3) or gray (1, torchvision's Grayscale).")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out fraction for built-in sets without a split.")
+    test_fraction: float = Field(0.2, gt=0, le=1, description="Held-out fraction for sources without a split "
+                                 "(digits, synthetic, seg_synthetic, seg_folder's images/ + masks/), drawn with the "
+                                 "seed. 1.0 = every sample is a test sample: for `sparsetrain eval` of a whole "
+                                 "seg_folder / seg_synthetic set; `run` refuses it (no training sample).")
     num_samples: int = Field(2000, ge=16, description="Number of generated samples (synthetic sources).")
     normalize: bool = Field(True, description="Standardize inputs per channel: with the train split's own mean/std "
                             "(array and segmentation sources) or ImageNet's (imagefolder); the values are recorded "

@@ -147,11 +147,17 @@ def data_record(cfg: dict[str, Any], source: str, train_samples: int, test_sampl
 
 
 def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
-               batch_size: int | None = None) -> DataBundle:
+               batch_size: int | None = None, eval_only: bool = False) -> DataBundle:
     """Load the configured data set; `num_classes` (from model.kwargs) bounds the labels when given, `batch_size`
-    (train.batch_size; None when nothing trains) the size of a `data.train_subset` part (`check_subset`)."""
+    (train.batch_size; None when nothing trains) the size of a `data.train_subset` part (`check_subset`).
+    `eval_only` (`sparsetrain eval`): data.test_fraction=1.0 may leave the training split empty (segmentation
+    sources: every sample is scored); otherwise it is refused before anything is read."""
     if cfg.source in PATH_SOURCES and not cfg.path:
         raise DataNotFound(f"data.path: required for data.source={cfg.source!r}")
+    if cfg.test_fraction >= 1 and cfg.source in SPLIT_BY_FRACTION and not eval_only:
+        raise DataError(f"data.test_fraction: {cfg.test_fraction:g} leaves no training sample; expected a fraction "
+                        "below 1 (the default is 0.2); 1.0 is for `sparsetrain eval`, to score every image of a "
+                        "seg_folder")
     if cfg.source in BUILTIN_LOADERS:
         return _bundle_from_arrays(BUILTIN_LOADERS[cfg.source](cfg, seed), cfg, num_classes, RAW_INPUTS[cfg.source],
                                    CLASS_NAMES.get(cfg.source), batch_size)
@@ -183,4 +189,4 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
                           preprocessing=prep, classes=names)
     from sparsetrain.data.segmentation import build_segmentation_data
 
-    return build_segmentation_data(cfg, seed)
+    return build_segmentation_data(cfg, seed, num_classes)

@@ -17,9 +17,10 @@ after removing one trailing tag: image tags `_training`, `_test`; mask tags list
 `im0001.ah.ppm`). With several candidates the exact stem wins, then the tag listed first in `MASK_TAGS`.
 
 Mask values: binary masks hold 0/255 or 0/1; multi-class masks hold integer labels 0..K-1 (grayscale or
-palette PNG). K comes from classes.txt, or else from the largest label (at most `MAX_INFERRED_CLASSES`). Masks saved
-as RGB(A) images with three equal channels are read as gray (their first channel; the log says so once); colour-coded
-masks (channels that differ) are refused.
+palette PNG). K comes from classes.txt, or else from the largest label (at most `MAX_INFERRED_CLASSES`); one log line
+says the count and where it came from. Masks saved as RGB(A) images with three equal channels are read as gray (their
+first channel; the log says so once); colour-coded masks (channels that differ) are refused, and so are masks stored
+lossily (JPEG, JPEG-compressed TIFF: `_refuse_lossy_mask`), binary ones included.
 
 Ignored pixels: with data.ignore_index (e.g. 255, the void / boundary label of Pascal VOC and Cityscapes) that value
 is no class: masks keep it (the task leaves those pixels out of loss and metrics), the class count and the binary
@@ -80,29 +81,33 @@ class SegSplit:
     channels: tuple[int, ...] = ()  # the channel counts of the image files as decoded (1 gray, 3 colour)
 
 
-def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """Build the train/test bundle for `seg_synthetic` or `seg_folder`.
+def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | None = None) -> DataBundle:
+    """Build the train/test bundle for `seg_synthetic`, `seg_folder` or `voc`.
 
     Args:
         cfg: Data section of the run config (source, path, image_size, num_samples, test_fraction, in_chans,
             normalize).
         seed: Seed for generated data and for the train/test split of folders without one.
+        model_classes: model.kwargs.num_classes when given: the bundle's `num_classes` (`output_channels`).
 
     Raises:
-        DataError: one line naming the file or field at fault.
+        DataError: one line naming the file or field at fault (model.kwargs.num_classes below the data's classes).
     """
     if cfg.source == "seg_synthetic":
-        train, test, num_classes = load_seg_synthetic(cfg, seed)
+        train, test, channels, origin = load_seg_synthetic(cfg, seed)
     elif cfg.source == "seg_folder":
-        train, test, num_classes = load_seg_folder(cfg, seed)
+        train, test, channels, origin = load_seg_folder(cfg, seed)
     elif cfg.source == "voc":
-        train, test, num_classes = _load_voc_splits(cfg)
+        train, test, channels, origin = _load_voc_splits(cfg)
     else:
         raise DataError(f"data.source: {cfg.source!r} is not a segmentation source (seg_synthetic, seg_folder, voc)")
+    num_classes = output_channels(model_classes, channels, origin)
     x_train, x_test = match_channels(train.images, cfg.in_chans), match_channels(test.images, cfg.in_chans)
     stats = None
-    if cfg.normalize:
+    if cfg.normalize and len(x_train):
         x_train, x_test, stats = standardize(x_train, x_test)
+    elif cfg.normalize:  # data.test_fraction=1.0 (eval only): no training split, the test images' own statistics
+        _, x_test, stats = standardize(x_test, x_test)
     shape = tuple(x_train.shape[1:])
     scale = train.scale[1] if train.scale else 1.0
     folder = cfg.source in ("seg_folder", "voc")  # image files: their scale, size and colour are recorded
@@ -117,7 +122,7 @@ def build_segmentation_data(cfg: DataConfig, seed: int) -> DataBundle:
                       classes=names if names and len(names) == max(num_classes, 2) else None)
 
 
-def _load_voc_splits(cfg: DataConfig) -> tuple[SegSplit, SegSplit, int]:
+def _load_voc_splits(cfg: DataConfig) -> tuple[SegSplit, SegSplit, int, str]:
     """Pascal VOC's train and val image sets (`sparsetrain.data.voc`) as the train and test splits, 21 classes."""
     from sparsetrain.data.voc import load_voc
 
@@ -125,10 +130,39 @@ def _load_voc_splits(cfg: DataConfig) -> tuple[SegSplit, SegSplit, int]:
     for images, masks, files in load_voc(cfg):
         first = files[0].parent.parent / "JPEGImages" / f"{files[0].stem}.jpg"
         splits.append(SegSplit(images, masks, files, scale=(first, 1 / 255), channels=(3,)))
-    return splits[0], splits[1], len(VOC_CLASSES)
+    return splits[0], splits[1], len(VOC_CLASSES), f"Pascal VOC's labels 0-{len(VOC_CLASSES) - 1}"
 
 
-def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int]:
+def output_channels(requested: int | None, channels: int, origin: str) -> int:
+    """The model's logit channels: model.kwargs.num_classes when given (`requested`), else the data's (`channels`,
+    1 = binary). Fewer outputs than the data's classes are refused as classification refuses them
+    (`check_model_classes`); more are taken, with one log line (those outputs have no pixel to learn from).
+
+    Args:
+        requested: model.kwargs.num_classes, or None.
+        channels: The data's logit channels: 1 for binary masks (2 classes), else the class count K.
+        origin: Where the data's classes come from, for the messages (e.g. `labels 0-18 of the masks in D`).
+
+    Raises:
+        DataError: `model.kwargs.num_classes: 10 model outputs for data with 19 classes (...)`.
+    """
+    from sparsetrain.data import check_model_classes
+
+    classes = max(channels, 2)
+    if requested is None or requested == channels:
+        return channels
+    check_model_classes(requested, classes, origin)
+    if requested == 2:  # binary masks: softmax over two outputs instead of one logit
+        log.info(f"model.kwargs.num_classes=2: the binary masks ({origin}) are trained as 2 classes (softmax, "
+                 "cross-entropy), not as one logit channel (BCE); leave it out for one logit")
+    else:
+        log.info(f"model.kwargs.num_classes={requested}: {requested} outputs for the data's {classes} classes "
+                 f"({origin}); outputs {classes}-{requested - 1} have no pixel of their own, so they are only "
+                 "trained to stay low")
+    return requested
+
+
+def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int, str]:
     """Synthetic vessels (binary, 1 logit channel), `cfg.num_samples` images of `cfg.image_size` (default 64)."""
     size = cfg.image_size or SYNTHETIC_IMAGE_SIZE
     try:
@@ -139,11 +173,16 @@ def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, 
     n_train = cfg.num_samples - n_test
     train = SegSplit(images[:n_train], masks[:n_train], ())
     test = SegSplit(images[n_train:], masks[n_train:], ())
-    return train, test, 1
+    return train, test, 1, "binary synthetic vessel masks"
 
 
-def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int]:
-    """Read an image/mask folder (see the module docstring), map mask labels to classes, split if needed."""
+def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int, str]:
+    """Read an image/mask folder (see the module docstring), map mask labels to classes, split if needed.
+
+    Returns:
+        The train and test splits (masks as class indices), the logit channels (1 = binary) and where the class
+        count comes from (for messages); one log line says both.
+    """
     root = Path(cfg.path or "")
     if root.is_file():
         raise DataError(f"data.path: {root} is a file; data.source={cfg.source} reads a folder of images/ and masks/ "
@@ -158,9 +197,11 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
         whole = _read_split(root, cfg.image_size)
         _note_rgb_masks((whole,))
         train, test = _split(whole, cfg.test_fraction, seed)
-    lookup, num_classes = _class_lookup(root, (train, test), cfg.ignore_index)
+    lookup, num_classes, origin = _class_lookup(root, (train, test), cfg.ignore_index)
     train, test = (replace(split, masks=lookup[split.masks]) for split in (train, test))
-    return train, test, num_classes
+    count = "binary: 2 classes, one logit channel" if num_classes == 1 else f"{num_classes} classes"
+    log.info(f"data: seg_folder {root}: {count}, from {origin}")
+    return train, test, num_classes, origin
 
 
 # ---------------------------------------------------------------------------------------------- file discovery
@@ -211,6 +252,7 @@ def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
     whether the file was such an RGB(A) image (equal colour channels; a colour-coded mask is refused). 16-bit PNGs
     and colour TIFFs are read at full depth (`full_depth_pixels`: PIL would keep the high byte of colour ones).
     """
+    _refuse_lossy_mask(path)
     wide = full_depth_pixels(path, "mask")
     if wide is not None:
         arr = wide[..., 0].astype(np.int64) if wide.shape[-1] == 1 else wide.astype(np.int64)
@@ -228,6 +270,38 @@ def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
             raise DataError(f"{path}: colour mask; save masks as one-channel label images (gray or palette PNG)")
         return colour[..., 0], True
     return arr, False
+
+
+def _lossy_codec(path: Path) -> str | None:
+    """The lossy codec a mask file is stored with (`JPEG`, `JPEG-compressed TIFF`; by its content, whatever its
+    name), None for a lossless file or one PIL cannot open (the reader then names what is wrong with it). Reads the
+    header only. WebP and JPEG 2000 are not read (`IMAGE_EXTENSIONS`)."""
+    try:
+        with Image.open(path) as img:
+            fmt, info = img.format, img.info
+    except DECODE_ERRORS:
+        return None
+    if fmt in ("JPEG", "MPO"):
+        return "JPEG"
+    if fmt == "TIFF" and info.get("compression") in ("jpeg", "tiff_jpeg"):
+        return "JPEG-compressed TIFF"
+    return None
+
+
+def _refuse_lossy_mask(path: Path) -> None:
+    """Refuse a mask stored with a lossy codec: JPEG invents label values at every edge, which become extra classes
+    when in range (labels 0-18 gave 27 logit channels) or a bare out-of-range error. Binary 0/255 JPEG masks are
+    refused too, not thresholded: they cannot be told from label maps with small labels and a 255 void (both decode
+    to values near 0 and near 255), and a wrong guess would train on wrong classes without a word.
+
+    Raises:
+        DataError: naming the file and the lossless formats to save it in.
+    """
+    codec = _lossy_codec(path)
+    if codec is not None:
+        raise DataError(f"{path}: a {codec} mask: lossy compression changes label values at every edge (new "
+                        "classes); save masks in a lossless format (PNG, TIFF without JPEG compression, GIF, BMP), "
+                        "binary 0/255 masks thresholded at 128 when converting")
 
 
 def _read_pair(image_path: Path, mask_path: Path, size: int | None
@@ -319,8 +393,10 @@ def _first_offending(splits: tuple[SegSplit, ...], predicate: Callable[[torch.Te
     raise AssertionError("no mask holds the offending value")
 
 
-def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None = None) -> tuple[torch.Tensor, int]:
-    """Table raw mask value → class index, and the number of logit channels (1 = binary). The `ignore` value
+def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None = None
+                  ) -> tuple[torch.Tensor, int, str]:
+    """Table raw mask value → class index, the number of logit channels (1 = binary) and where that count comes
+    from (`binary 0/255 masks ...`, `ROOT/classes.txt`, `the largest label ...`). The `ignore` value
     (data.ignore_index) is no class: it maps to itself and counts for neither the binary rule nor the class count.
 
     Raises:
@@ -331,12 +407,16 @@ def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None =
         path, value = _first_offending(splits, lambda v: v < 0)
         raise DataError(f"{path}: negative mask value {value}")
     labels = raw if ignore is None else raw[raw != ignore]
+    if ignore is not None and len(labels) < 2 and len(labels) < len(raw):
+        _refuse_single_label(root, ignore, labels.tolist())
     declared = _declared_classes(root)
     lookup = torch.arange(int(raw.max()) + 1)
     if bool(torch.isin(labels, torch.tensor([0, 255])).all()) and declared in (None, 2):
+        where = f"{root / 'classes.txt'} (2 classes) and " if declared else ""
         if 255 in labels.tolist():
             lookup[255] = 1  # 0/255 binary masks: 255 is foreground class 1
-        return lookup, 1
+            return lookup, 1, f"{where}binary 0/255 masks (255 = foreground)"
+        return lookup, 1, f"{where}binary masks (only label 0 found)"
     limit = declared or MAX_INFERRED_CLASSES
     if int(labels.max()) >= limit:
         path, value = _first_offending(splits, lambda v: (v >= limit) & (v != (-1 if ignore is None else ignore)))
@@ -347,10 +427,31 @@ def _class_lookup(root: Path, splits: tuple[SegSplit, ...], ignore: int | None =
         raise DataError(f"{path}: mask value {value} outside the class range 0..{limit - 1} ({reason}; binary "
                         f"masks must hold only 0/255 or 0/1){void}")
     num_classes = declared or max(int(labels.max()) + 1, 2)
-    return lookup, 1 if num_classes == 2 else num_classes
+    origin = (f"{root / 'classes.txt'}" if declared else "binary 0/1 masks" if num_classes == 2 else
+              f"the largest mask label {int(labels.max())}; no classes.txt in {root} sets the count")
+    return lookup, 1 if num_classes == 2 else num_classes, origin
+
+
+def _refuse_single_label(root: Path, ignore: int, labels: list[int]) -> None:
+    """Raise the one line for masks that data.ignore_index leaves with one class value (or none): every pixel would
+    be that class or void, so any model scores 100 % (0/255 binary masks with ignore_index=255: all foreground void).
+
+    Raises:
+        DataError: naming data.ignore_index, the label left and what to do.
+    """
+    left = f"only label {labels[0]}" if labels else "no label"
+    if labels == [0] and ignore == 255:
+        fix = "these 0/255 masks are binary (255 = foreground); drop data.ignore_index"
+    else:
+        fix = "a segmentation needs two classes or more; drop data.ignore_index or set it to the masks' void value"
+    raise DataError(f"data.ignore_index={ignore} leaves {left} in the masks of {root}: {fix}")
 
 
 def _num_test(n: int, fraction: float) -> int:
+    """Test samples of `n` for data.test_fraction: round(n · fraction), at least 1 and at most n − 1; all `n` for
+    1.0 (which only `sparsetrain eval` gets here: `build_data` refuses it for a run)."""
+    if fraction >= 1:
+        return n
     if n < 2:
         raise DataError(f"data: need at least 2 samples to split into train and test, got {n}")
     return min(max(1, round(n * fraction)), n - 1)

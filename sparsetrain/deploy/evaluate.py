@@ -203,13 +203,18 @@ def _data_fields(cfg: RunConfig) -> str:
     return f"data.source={cfg.data.source}" + (f", data.path={cfg.data.path}" if cfg.data.path else "")
 
 
-def _check_fits(model: nn.Module, dataset: torch.utils.data.Dataset, target: Path, cfg: RunConfig) -> None:
+def _check_fits(model: nn.Module, dataset: torch.utils.data.Dataset, target: Path, cfg: RunConfig) -> int | None:
     """One test input through the model first, so that data of the wrong shape is one line naming the data and the
-    shape the model was built for (architecture.json's meta.input_shape), not a matmul error from deep inside."""
+    shape the model was built for (architecture.json's meta.input_shape), not a matmul error from deep inside.
+
+    Returns:
+        The model's outputs per sample (dim 1 of its output: classes, or segmentation logit channels), None when
+        the output has no such dim.
+    """
     x = dataset[0][0].unsqueeze(0).float()
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     except Exception as err:  # torch's RuntimeError, onnxruntime's own errors: any failure here is the data's shape
         meta = json.loads((export_folder(target) / ARCH_FILE).read_text()).get("meta", {}) if _is_export(target) \
             else {}
@@ -217,6 +222,25 @@ def _check_fits(model: nn.Module, dataset: torch.utils.data.Dataset, target: Pat
         raise InputError(f"eval: the data ({_data_fields(cfg)}) has inputs of shape {tuple(x.shape[1:])}, but the "
                          f"model of {target} takes {expected} (C, H, W); give data of that shape "
                          f"({first_line(err)})") from None
+    shape = getattr(out, "shape", ())
+    return int(shape[1]) if len(shape) >= 2 else None
+
+
+def _task_classes(cfg: RunConfig, data_classes: int, outputs: int | None, target: Path) -> int:
+    """The classes the task scores: a segmentation model's own output channels (the eval data's largest label may
+    be below the model's: a test set without class 18), else the data's count.
+
+    Raises:
+        InputError: the masks hold more classes than the model has outputs (1 output: binary masks only).
+    """
+    if cfg.task != "segmentation" or outputs is None or outputs == data_classes:
+        return data_classes
+    need = max(data_classes, 2)  # 1 = binary masks: labels 0/1
+    if outputs >= need:
+        return outputs
+    model = f"{outputs} output channel{'s' * (outputs != 1)}" + (" (binary masks)" if outputs == 1 else "")
+    raise InputError(f"eval: the masks of the data ({_data_fields(cfg)}) hold {need} classes (labels 0-{need - 1}) "
+                     f"but the model of {target} has {model}; evaluate it on masks of its classes")
 
 
 def evaluate_target(target: str | Path, recipe: str | None = None, overrides: list[str] | None = None,
@@ -236,7 +260,7 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     if target.is_dir():
         check_finished(target, "eval")  # a run directory: its export must be of the final phase
     cfg = _config(target, recipe, list(overrides or []))
-    data = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"))
+    data = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"), eval_only=True)
     if _is_export(target):
         model = load_compressed(target, format)
         fmt = model.export_format
@@ -247,8 +271,8 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
         fmt = "checkpoint"
     require_finite(torch_model.state_dict(), f"the weights of {_weights_source(target, fmt)}",
                    "these weights cannot give a measurement: evaluate the weights of a run that did not diverge")
-    _check_fits(model, data.test, target, cfg)
-    task = build_task(cfg.task, data.num_classes, cfg.data.ignore_index)
+    outputs = _check_fits(model, data.test, target, cfg)
+    task = build_task(cfg.task, _task_classes(cfg, data.num_classes, outputs, target), cfg.data.ignore_index)
     metrics = _metrics(model, data.test, task, cfg.train.eval_batch_size)
     require_finite_results(metrics, "eval", _data_fields(cfg))
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
