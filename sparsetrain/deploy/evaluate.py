@@ -83,7 +83,7 @@ def _batches(dataset: torch.utils.data.Dataset, size: int):
 
 
 @torch.no_grad()
-def _metrics(model: nn.Module, dataset: torch.utils.data.Dataset, task: Any, batch_size: int) -> dict[str, float]:
+def _metrics(model: nn.Module, dataset: torch.utils.data.Dataset, task: Any, batch_size: int) -> dict[str, Any]:
     total = None
     for x, y in _batches(dataset, batch_size):
         stats = task.batch_stats(model(x.float()), y).double()
@@ -248,7 +248,7 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     require_finite(torch_model.state_dict(), f"the weights of {_weights_source(target, fmt)}",
                    "these weights cannot give a measurement: evaluate the weights of a run that did not diverge")
     _check_fits(model, data.test, target, cfg)
-    task = build_task(cfg.task, data.num_classes, cfg.data.ignore_index)
+    task = build_task(cfg.task, data.num_classes, cfg.data.ignore_index, data.classes)
     metrics = _metrics(model, data.test, task, cfg.train.eval_batch_size)
     require_finite_results(metrics, "eval", _data_fields(cfg))
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
@@ -259,19 +259,33 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     return result
 
 
+PER_CLASS_PRINTED = 8  # classes up to which eval's printed form lists the per-class IoU (more: --json only)
+
+
 def format_evaluation(result: dict[str, Any]) -> str:
-    """The printed form of `evaluate_target`'s result: one line each for data, metric, params, bytes, latency."""
+    """The printed form of `evaluate_target`'s result: one line each for data, metric (multi-class segmentation:
+    then the per-class IoU, `_per_class_line`), params, bytes, latency."""
     m, lat = result["metrics"], result["latency_ms"]
-    extra = ", ".join(f"{k} {format_value(v)}" for k, v in m.items() if k != "metric")
-    return "\n".join([
+    extra = ", ".join(f"{k} {format_value(v)}" for k, v in m.items() if k != "metric" and isinstance(v, int | float))
+    lines = [
         f"{result['target']} ({result['format']}, {result['model']}) on {result['data']['source']} "
         f"{result['data']['path'] or ''} ({result['data']['test_samples']} test samples)",
         f"metric       {m['metric']:.4f}  ({extra})",
+        *([_per_class_line(m["per_class_iou"])] if "per_class_iou" in m else []),
         _params_line(result["params"], result["sparsity"]),
         _bytes_line(result["bytes"]),
-        f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, {lat['threads']} thread(s), "
-        f"{lat.get('runtime', 'torch eager')}",
-    ])
+        f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, "
+        f"{lat['threads']} thread(s), {lat.get('runtime', 'torch eager')}",
+    ]
+    return "\n".join(lines)
+
+
+def _per_class_line(ious: dict[str, float | None]) -> str:
+    """`per-class IoU  road 97.12, sidewalk 80.03, car - (absent)`: `-` for a class neither in the targets nor
+    predicted; more than `PER_CLASS_PRINTED` classes: where to read them."""
+    if len(ious) > PER_CLASS_PRINTED:
+        return f"per-class IoU  {len(ious)} classes: in --json (metrics.per_class_iou)"
+    return "per-class IoU  " + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in ious.items())
 
 
 def _params_line(p: dict[str, Any], sparsity: float) -> str:
