@@ -293,11 +293,15 @@ def _require_positional(parser: argparse.ArgumentParser, argv: list[str], name: 
 
 def _eval(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsetrain eval", description="Evaluate a run directory, an export "
-                                     "folder (or a file in it) or a checkpoint on a data config: metric, params "
-                                     "total / non-zero, sparsity, bytes, latency.")
+                                     "folder (or a file in it) or a checkpoint on a data config: metric (accuracy; "
+                                     "segmentation: mIoU from 3 classes, with per-class IoU, else the foreground "
+                                     "Dice), params total / non-zero, sparsity, bytes, latency (deploy.latency=false: "
+                                     "not timed).")
     parser.add_argument("target", help="run directory, export folder / file, or checkpoint (.safetensors, .pth, ..., "
                         "or a DeepSpeed checkpoint folder)")
-    parser.add_argument("config", nargs="?", help="YAML recipe for data (and model, for a checkpoint)")
+    parser.add_argument("config", nargs="?", help="YAML recipe for data (and model, for a checkpoint; a run's "
+                        "weights file: that run's config.yaml, e.g. sparsetrain eval RUN/weights/dense.safetensors "
+                        "RUN/config.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.path=DIR")
     parser.add_argument("--format", default="auto", help="export format to evaluate: auto, safetensors, bitmask, "
                         "torch_export, onnx, compact (Method 1: dead units removed)")

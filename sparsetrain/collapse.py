@@ -1,11 +1,11 @@
 """A phase whose metric is at chance level: the warning line the run logs, records and prints at its end.
 
 The task's evaluation gives the chance level with its metrics (`chance`: what a model that learned nothing scores
-on this test set; `tasks.classification.chance_accuracy`, `tasks.segmentation.constant_dice`). A collapse is a
-result, not bad input: the run goes on, the phase's results keep the line (report.json `phases.<phase>.at_chance`)
-and the end-of-run table prints it (`report.format_table`), unless a later phase recovered: clearly above chance,
-by the same 3 standard errors from the other side (`report.clearly_above_chance`; 14.20 % over a bound of 14.08 %
-is not).
+on this test set; `tasks.classification.chance_accuracy`, `tasks.segmentation.constant_dice` / `constant_miou`). A
+collapse is a result, not bad input: the run goes on, the phase's results keep the line (report.json
+`phases.<phase>.at_chance`) and the end-of-run table prints it (`report.format_table`), unless a later phase
+recovered: clearly above chance, by the same 3 standard errors from the other side (`report.clearly_above_chance`;
+14.20 % over a bound of 14.08 % is not).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sparsetrain.phases import DENSE, PRUNE, SPARSIFY
-from sparsetrain.report import CHAIN, TASK_METRICS
+from sparsetrain.report import CHAIN, metric_label
 
 USUAL_WEIGHT_DECAY = 0.1  # above it optim.weight_decay is named first (common values: 1e-5 to 0.1, ViTs 0.05-0.3)
 
@@ -36,7 +36,7 @@ def chance_warning(phase: str, results: dict[str, Any], cfg: RunConfig,
     metric, chance = results.get("metric"), results.get("chance")
     if metric is None or chance is None or chance >= 100.0 or metric > chance:
         return None
-    name = TASK_METRICS.get(cfg.task, "metric")
+    name = metric_label(cfg.task, results)
     return (f"{name} {metric:.2f} % is at chance level (at or below {chance:.2f} %, what a model that learned nothing "
             f"can score on this test set): the model collapsed; {what_to_try(phase, cfg, completed)}")
 

@@ -88,7 +88,7 @@ class Pipeline:
         self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"),
                                                    cfg.train.batch_size)
         self.baseline_reports: dict[str, dict[str, Any]] = {}
-        self.task = build_task(cfg.task, self.data.num_classes, cfg.data.ignore_index)
+        self.task = build_task(cfg.task, self.data.num_classes, cfg.data.ignore_index, self.data.classes)
         self._meta_model = self._check_plan()  # shapes only: `_check_start_weights` judges the checkpoint on it
         self._fresh = False  # rank 0: an earlier run's outputs are cleared when the run opens
         self.state = self._initial_state()

@@ -10,11 +10,13 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     ignore_index     segmentation with data.ignore_index: the mask value its loss and metrics left out (absent
                      otherwise)
     phases           {phase: its results (metric, the task's metrics, steps, ...)}, keyed by phase name
-                     (`sparsetrain.phases`), in run order; only finished phases. Each has `chance` (the metric's
-                     chance level, `tasks.*.finalize`; absent in runs from before it; classification adds
-                     `chance_margin`, what a later phase must clear above it to count as recovered,
-                     `clearly_above_chance`) and, when its metric was at
-                     or below it, `at_chance` (the warning line the phase logged, `sparsetrain.collapse`)
+                     (`sparsetrain.phases`), in run order; only finished phases. Segmentation with 3 or more
+                     classes adds `miou` (then the `metric`) and `per_class_iou` ({class name or index: IoU %, null
+                     for a class neither in the targets nor predicted}; `tasks.segmentation`). Each has `chance`
+                     (the metric's chance level, `tasks.*.finalize`; absent in runs from before it; classification
+                     adds `chance_margin`, what a later phase must clear above it to count as recovered,
+                     `clearly_above_chance`) and, when its metric was at or below it, `at_chance` (the warning line
+                     the phase logged, `sparsetrain.collapse`)
     final_phase      the phase whose weights are the run's result
     wall_time_s      {phase: seconds; a resumed phase's over its attempts (each up to the checkpoint resumed from)}
     sparsity, layers, params, bytes, compression_ratio   the final model (`sparsetrain.measure`). Two scopes
@@ -55,13 +57,22 @@ from typing import Any
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, final_phase
 
 REPORT_FORMAT = 2
-TASK_METRICS = {"classification": "accuracy", "segmentation": "Dice"}  # what a task's "metric" is (tasks.*.finalize)
+# what a task's "metric" is (tasks.*.finalize); segmentation with K >= 3 classes: mIoU (`metric_label`)
+TASK_METRICS = {"classification": "accuracy", "segmentation": "Dice"}
 FORMAT_1_KEYS = {"dense": "dense", "sparse": "sparsify", "pruned": "prune", "finetuned": "finetune"}
 # what `sparsity` and `compression_ratio` count, named wherever either is printed (they differ on purpose: the
 # field's usual definitions, sparsity over the prunable weights, compression over the whole model)
 SPARSITY_SCOPE = "of prunable weights (conv/linear)"
 COMPRESSION_SCOPE = "all parameters"
 KEPT_ROWS_LOGGED = 20  # groups listed in the prune phase's log block (report.json's kept_filters has all)
+
+
+def metric_label(task: str | None, result: dict[str, Any] | None = None) -> str:
+    """The name of a phase result's `metric`: `mIoU` when the result has `miou` (multi-class segmentation,
+    `tasks.segmentation`), else the task's (`TASK_METRICS`), else `metric`."""
+    if result and "miou" in result:
+        return "mIoU"
+    return TASK_METRICS.get(task or "", "metric")
 
 
 def training_setup(cfg: Any, world_size: int) -> dict[str, Any]:
@@ -137,7 +148,8 @@ def format_table(report: dict[str, Any]) -> str:
     notes), the baselines, and last one `warning` line per phase at chance that no later phase recovered from
     (`clearly_above_chance`)."""
     results = phase_results(report)
-    label = f"{TASK_METRICS[report['task']]} %" if report.get("task") in TASK_METRICS else "metric"
+    name = metric_label(report.get("task"), next(iter(results.values()), None))
+    label = f"{name} %" if name != "metric" else name
     lines = [f"phase        {label}"] + [f"{name:<12} {result['metric']:7.2f}{_chance_mark(name, results)}"
                                          for name, result in results.items()]
     if "flops" in report:

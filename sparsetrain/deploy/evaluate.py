@@ -3,12 +3,15 @@
 TARGET is a run directory (its `export/`, data from its `config.yaml`), an export folder or a file in one (data
 from the export's metadata), or a checkpoint file or DeepSpeed checkpoint folder (ZeRO 0-3, `latest` or a tag folder;
 read as `model.checkpoint` reads them; CONFIG or `model.name=` says which model).
-CONFIG and overrides replace the data (or anything else) for the evaluation, e.g. `data.path=OTHER`.
+CONFIG and overrides replace the data (or anything else) for the evaluation, e.g. `data.path=OTHER`;
+`deploy.latency=false` among the overrides skips the latency timing (`latency_ms` null, no latency line); the
+run's own config.yaml setting is not inherited: it switched the run's end-of-run table, and eval times by default.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +86,7 @@ def _batches(dataset: torch.utils.data.Dataset, size: int):
 
 
 @torch.no_grad()
-def _metrics(model: nn.Module, dataset: torch.utils.data.Dataset, task: Any, batch_size: int) -> dict[str, float]:
+def _metrics(model: nn.Module, dataset: torch.utils.data.Dataset, task: Any, batch_size: int) -> dict[str, Any]:
     total = None
     for x, y in _batches(dataset, batch_size):
         stats = task.batch_stats(model(x.float()), y).double()
@@ -243,9 +246,33 @@ def _task_classes(cfg: RunConfig, data_classes: int, outputs: int | None, target
                      f"but the model of {target} has {model}; evaluate it on masks of its classes")
 
 
+def _checkpoint_model(cfg: RunConfig, data: Any, target: Path, recipe: str | None) -> nn.Module:
+    """The model of a checkpoint target, its weights read as `model.checkpoint` reads them.
+
+    Raises:
+        InputError: a checkpoint of a run evaluated without CONFIG whose model or classes do not fit the default
+            config: one line with the command that gives it the run's config.yaml (its model and data).
+        CheckpointMismatch: otherwise, as `model.checkpoint` (naming the model to set, or the classes).
+    """
+    from sparsetrain.models.checkpoint import CheckpointMismatch, checkpoint_run
+    from sparsetrain.models.factory import build_model
+
+    try:
+        return build_model(cfg.model, data.in_chans, data.num_classes, data.input_shape).eval()
+    except CheckpointMismatch:
+        run = checkpoint_run(target)
+        if recipe is not None or run is None:
+            raise
+        command = shlex.join(["sparsetrain", "eval", str(target), str(run / "config.yaml")])
+        raise InputError(f"eval: {target} is a checkpoint of the run in {run.resolve()}, and the default config has "
+                         f"neither its model nor its data: give the run's config.yaml, `{command}` (key=value "
+                         "overrides after it, e.g. data.path=OTHER)") from None
+
+
 def evaluate_target(target: str | Path, recipe: str | None = None, overrides: list[str] | None = None,
                     format: str = "auto") -> dict[str, Any]:
-    """Metrics on the config's test split, parameter counts, sparsity, bytes and batch-1 latency of TARGET.
+    """Metrics on the config's test split, parameter counts, sparsity, bytes and batch-1 latency of TARGET
+    (`latency_ms` None with `deploy.latency=false`).
 
     Raises:
         ValueError / ConfigError: one line naming what is wrong (target, config field, checkpoint mismatch).
@@ -253,7 +280,6 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
             data), as `run` stops on them: no measurement is printed.
     """
     from sparsetrain.data import build_data
-    from sparsetrain.models.factory import build_model
     from sparsetrain.tasks import build_task
 
     target = Path(target)
@@ -267,35 +293,62 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
         torch_model = model if fmt in ("safetensors", "bitmask", "compact") else load_compressed(
             export_folder(target), "safetensors")
     else:
-        model = torch_model = build_model(cfg.model, data.in_chans, data.num_classes, data.input_shape).eval()
+        model = torch_model = _checkpoint_model(cfg, data, target, recipe)
         fmt = "checkpoint"
     require_finite(torch_model.state_dict(), f"the weights of {_weights_source(target, fmt)}",
                    "these weights cannot give a measurement: evaluate the weights of a run that did not diverge")
     outputs = _check_fits(model, data.test, target, cfg)
-    task = build_task(cfg.task, _task_classes(cfg, data.num_classes, outputs, target), cfg.data.ignore_index)
+    task = build_task(cfg.task, _task_classes(cfg, data.num_classes, outputs, target), cfg.data.ignore_index,
+                      data.classes)
     metrics = _metrics(model, data.test, task, cfg.train.eval_batch_size)
     require_finite_results(metrics, "eval", _data_fields(cfg))
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
               "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test)},
               "metrics": metrics,
               **_sizes(torch_model, compact_folder(target) if fmt == "compact" else target)}
-    result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats, cfg.deploy.latency_threads)
+    result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats,
+                                    cfg.deploy.latency_threads) if _latency_wanted(list(overrides or [])) else None
     return result
 
 
+def _latency_wanted(overrides: list[str]) -> bool:
+    """Whether eval times the model: yes unless its own overrides set `deploy.latency` false (alone or in a
+    `deploy={...}` mapping), as validated (`false`, `no`, `0`, ...). A run directory's config.yaml does not decide:
+    a run made with `deploy.latency=false` (to skip its end-of-run table) is still timed by eval."""
+    raw = apply_overrides({}, overrides).get("deploy")
+    if not isinstance(raw, dict) or "latency" not in raw:
+        return True
+    return validate({"deploy": {"latency": raw["latency"]}}).deploy.latency
+
+
+PER_CLASS_PRINTED = 8  # classes up to which eval's printed form lists the per-class IoU (more: --json only)
+
+
 def format_evaluation(result: dict[str, Any]) -> str:
-    """The printed form of `evaluate_target`'s result: one line each for data, metric, params, bytes, latency."""
+    """The printed form of `evaluate_target`'s result: one line each for data, metric (multi-class segmentation:
+    then the per-class IoU, `_per_class_line`), params, bytes, latency (none when it was not timed)."""
     m, lat = result["metrics"], result["latency_ms"]
-    extra = ", ".join(f"{k} {format_value(v)}" for k, v in m.items() if k != "metric")
-    return "\n".join([
+    extra = ", ".join(f"{k} {format_value(v)}" for k, v in m.items() if k != "metric" and isinstance(v, int | float))
+    lines = [
         f"{result['target']} ({result['format']}, {result['model']}) on {result['data']['source']} "
         f"{result['data']['path'] or ''} ({result['data']['test_samples']} test samples)",
         f"metric       {m['metric']:.4f}  ({extra})",
+        *([_per_class_line(m["per_class_iou"])] if "per_class_iou" in m else []),
         _params_line(result["params"], result["sparsity"]),
         _bytes_line(result["bytes"]),
-        f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, {lat['threads']} thread(s), "
-        f"{lat.get('runtime', 'torch eager')}",
-    ])
+    ]
+    if lat is not None:
+        lines.append(f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, "
+                     f"{lat['threads']} thread(s), {lat.get('runtime', 'torch eager')}")
+    return "\n".join(lines)
+
+
+def _per_class_line(ious: dict[str, float | None]) -> str:
+    """`per-class IoU  road 97.12, sidewalk 80.03, car - (absent)`: `-` for a class neither in the targets nor
+    predicted; more than `PER_CLASS_PRINTED` classes: where to read them."""
+    if len(ious) > PER_CLASS_PRINTED:
+        return f"per-class IoU  {len(ious)} classes: in --json (metrics.per_class_iou)"
+    return "per-class IoU  " + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in ious.items())
 
 
 def _params_line(p: dict[str, Any], sparsity: float) -> str:

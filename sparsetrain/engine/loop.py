@@ -122,7 +122,7 @@ def _lockstep_indices(ctx: RunContext) -> tuple[list[int], int]:
 
 
 @torch.no_grad()
-def evaluate(ctx: RunContext, model: nn.Module) -> dict[str, float]:
+def evaluate(ctx: RunContext, model: nn.Module) -> dict[str, Any]:
     """Metrics over the whole test set: each rank evaluates a contiguous shard, sums are all-reduced."""
     indices, real = _lockstep_indices(ctx)
     was_training = model.training

@@ -50,8 +50,8 @@ from sparsetrain.config.schema import ModelConfig
 from sparsetrain.phases import PHASES, final_phase
 from sparsetrain.progress import log
 
-__all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "check_checkpoint", "classifier_keys",
-           "read_state_dict"]
+__all__ = ["CheckpointMismatch", "apply_checkpoint", "architecture_only", "check_checkpoint", "checkpoint_run",
+           "classifier_keys", "read_state_dict"]
 
 _SHOWN = 3  # keys listed per kind in a mismatch message
 _RUN_DEPTH = 2  # a run's files lie at most this deep below its config.yaml (weights/<phase>.safetensors)
@@ -432,13 +432,22 @@ def source_model_name(path: str | Path) -> str | None:
     folder = path if path.is_dir() else path.parent
     with contextlib.suppress(OSError, ValueError, AttributeError):
         return json.loads((folder / ARCH_FILE).read_text())["model_name"]
+    run = checkpoint_run(path)
+    if run is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            return yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
+    return None
+
+
+def checkpoint_run(path: str | Path) -> Path | None:
+    """The run directory a weights file lies in (a folder holding `config.yaml` and `state.json`, at most
+    `_RUN_DEPTH` levels up, e.g. `<run>/weights/dense.safetensors`), as `path` spells it (relative stays relative);
+    None for a folder or a file outside a run."""
+    path = Path(path)
     if path.is_dir():
         return None
-    for run in list(path.parents)[:_RUN_DEPTH]:
-        if (run / "config.yaml").is_file() and (run / "state.json").is_file():
-            with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
-                return yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
-    return None
+    return next((run for run in list(path.parents)[:_RUN_DEPTH]
+                 if (run / "config.yaml").is_file() and (run / "state.json").is_file()), None)
 
 
 def check_checkpoint_source(cfg: ModelConfig) -> None:

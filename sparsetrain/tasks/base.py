@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -12,7 +12,8 @@ class Task(Protocol):
 
     Metrics are computed from sums so that data-parallel ranks can all-reduce them: `batch_stats` returns
     a fixed-length float64 vector of sums for one batch, `finalize` turns the summed vector into metrics.
-    `finalize` must return the key "metric": the task's primary metric in percent (higher is better).
+    `finalize` must return the key "metric": the task's primary metric in percent (higher is better); its other
+    values are numbers, or plain JSON data (segmentation's `per_class_iou`, a mapping), which the logs and W&B skip.
     """
 
     name: str
@@ -25,6 +26,6 @@ class Task(Protocol):
         """Sums for one batch as a 1-D float64 tensor (same length for every batch)."""
         ...
 
-    def finalize(self, stats: torch.Tensor) -> dict[str, float]:
+    def finalize(self, stats: torch.Tensor) -> dict[str, Any]:
         """Metrics from the summed stats; includes "metric"."""
         ...
