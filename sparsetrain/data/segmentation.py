@@ -55,7 +55,7 @@ from sparsetrain.data.images import (
     read_image,
     unreadable,
 )
-from sparsetrain.data.tensors import InMemoryDataset, image_mask_tensors, match_channels, standardize
+from sparsetrain.data.tensors import InMemoryDataset, Stats, image_mask_tensors, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 from sparsetrain.data.voc import VOC_CLASSES
 from sparsetrain.progress import log
@@ -81,7 +81,8 @@ class SegSplit:
     channels: tuple[int, ...] = ()  # the channel counts of the image files as decoded (1 gray, 3 colour)
 
 
-def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | None = None) -> DataBundle:
+def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | None = None,
+                            stats: Stats | None = None) -> DataBundle:
     """Build the train/test bundle for `seg_synthetic`, `seg_folder` or `voc`.
 
     Args:
@@ -89,6 +90,8 @@ def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | Non
             normalize).
         seed: Seed for generated data and for the train/test split of folders without one.
         model_classes: model.kwargs.num_classes when given: the bundle's `num_classes` (`output_channels`).
+        stats: Per-channel (mean, std) to standardize with instead of the training split's (`sparsetrain eval`: the
+            model's recorded statistics), or None.
 
     Raises:
         DataError: one line naming the file or field at fault (model.kwargs.num_classes below the data's classes).
@@ -103,11 +106,12 @@ def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | Non
         raise DataError(f"data.source: {cfg.source!r} is not a segmentation source (seg_synthetic, seg_folder, voc)")
     num_classes = output_channels(model_classes, channels, origin)
     x_train, x_test = match_channels(train.images, cfg.in_chans), match_channels(test.images, cfg.in_chans)
-    stats = None
-    if cfg.normalize and len(x_train):
-        x_train, x_test, stats = standardize(x_train, x_test)
-    elif cfg.normalize:  # data.test_fraction=1.0 (eval only): no training split, the test images' own statistics
+    if cfg.normalize and (len(x_train) or stats is not None):
+        x_train, x_test, stats = standardize(x_train, x_test, stats)
+    elif cfg.normalize:  # no training split (eval of a checkpoint without a record): the test images' own statistics
         _, x_test, stats = standardize(x_test, x_test)
+    else:
+        stats = None
     shape = tuple(x_train.shape[1:])
     scale = train.scale[1] if train.scale else 1.0
     folder = cfg.source in ("seg_folder", "voc")  # image files: their scale, size and colour are recorded
