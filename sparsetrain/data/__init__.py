@@ -152,9 +152,10 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
     """Load the configured data set; `num_classes` (from model.kwargs) bounds the labels when given, `batch_size`
     (train.batch_size; None when nothing trains) the size of a `data.train_subset` part (`check_subset`).
     `eval_only` (`sparsetrain eval`): data.test_fraction=1.0 may leave the training split empty (segmentation
-    sources: every sample is scored); otherwise it is refused before anything is read. `stats` (eval: the per-channel
-    mean/std a model was trained with, from its export) standardizes the inputs instead of the training split's own
-    statistics when `data.normalize` is set; `imagefolder` keeps its fixed ImageNet statistics."""
+    sources: every sample is scored) and a seg_folder may hold test/ alone; otherwise both are refused. `stats`
+    (eval: the per-channel mean/std a model was trained with, from its export) standardizes the inputs instead of
+    the training split's own statistics when `data.normalize` is set; `imagefolder` keeps its fixed ImageNet
+    statistics."""
     if cfg.source in PATH_SOURCES and not cfg.path:
         raise DataNotFound(f"data.path: required for data.source={cfg.source!r}")
     if cfg.test_fraction >= 1 and cfg.source in SPLIT_BY_FRACTION and not eval_only:
@@ -192,4 +193,4 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
                           preprocessing=prep, classes=names)
     from sparsetrain.data.segmentation import build_segmentation_data
 
-    return build_segmentation_data(cfg, seed, num_classes, stats)
+    return build_segmentation_data(cfg, seed, num_classes, stats, eval_only)

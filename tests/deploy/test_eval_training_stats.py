@@ -130,3 +130,25 @@ def test_imagefolder_keeps_its_fixed_imagenet_statistics(tmp_path: Path) -> None
     assert given.preprocessing["mean"] == plain.preprocessing["mean"] == list(IMAGENET_MEAN)
     assert given.preprocessing["std"] == list(IMAGENET_STD)
     assert (given.test[0][0] == plain.test[0][0]).all()
+
+
+def test_eval_reads_a_seg_folder_holding_test_alone(seg_run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A seg_folder with test/images and test/masks but no train/: eval scores it (the run's own metrics: the same
+    test images, scaled with the recorded statistics); `run` refuses it in one line. Before: eval failed with
+    `data.path: folder not found: .../train/images`."""
+    from tests.helpers.cli_checks import one_error_line
+
+    run, flat = seg_run
+    test_only = tmp_path / "test_only"
+    for kind in ("images", "masks"):
+        shutil.copytree(flat / kind, test_only / "test" / kind)
+    shutil.copy(flat / "classes.txt", test_only / "classes.txt")
+    own = _eval(capsys, str(run))
+    alone = _eval(capsys, str(run), f"data.path={test_only}")
+    assert alone["data"]["test_samples"] == 4 and alone["inputs"]["by"] == "recorded", alone
+    assert alone["metrics"] == own["metrics"], (alone["metrics"], own["metrics"])
+    assert main(["run", "task=segmentation", "data.source=seg_folder", f"data.path={test_only}",
+                 "model.name=unet_tiny", "tracking.mode=disabled", f"out_dir={tmp_path / 'out'}"]) == 2
+    assert one_error_line(capsys) == (f"error: data.path: {test_only} holds test/ but no train/ (train/images, "
+                                      "train/masks): `run` needs training images; a test-only folder is for "
+                                      "`sparsetrain eval`")
