@@ -138,7 +138,8 @@ class DataConfig(Section):
     num_samples: int = Field(2000, ge=16, description="Number of generated samples (synthetic sources).")
     normalize: bool = Field(True, description="Standardize inputs per channel: with the train split's own mean/std "
                             "(array and segmentation sources) or ImageNet's (imagefolder); the values are recorded "
-                            "in the export (architecture.json meta.preprocessing, ONNX metadata).")
+                            "in the export (architecture.json meta.preprocessing, ONNX metadata); `sparsetrain eval` "
+                            "of an export uses the recorded values and setting, whatever its data.")
     num_workers: int | Literal["auto"] = Field(
         0, description="DataLoader worker processes per rank; auto = the CPUs this process may use divided by the "
         "ranks on the node (LOCAL_WORLD_SIZE), at most 8, so DataLoader never exceeds its suggested maximum.")

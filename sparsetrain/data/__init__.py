@@ -22,7 +22,7 @@ from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
 from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
 from sparsetrain.data.idx import read_idx
 from sparsetrain.data.images import image_files_raw
-from sparsetrain.data.tensors import InMemoryDataset, match_channels, standardize
+from sparsetrain.data.tensors import InMemoryDataset, Stats, match_channels, standardize
 from sparsetrain.progress import log
 
 __all__ = ["DataBundle", "DataError", "DataNotFound", "build_data", "subset_indices"]
@@ -73,7 +73,7 @@ CLASS_NAMES = {"digits": DIGITS, "mnist1d": DIGITS}  # array sources whose label
 
 def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
                         raw: tuple[str, float], names: tuple[str, ...] | None = None,
-                        batch_size: int | None = None) -> DataBundle:
+                        batch_size: int | None = None, stats: Stats | None = None) -> DataBundle:
     x_train, y_train, x_test, y_test = arrays
     data_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1  # of the whole set, not the subset
     check_model_classes(num_classes, data_classes, f"labels 0-{data_classes - 1}")
@@ -88,9 +88,10 @@ def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
     if x_train.shape[1] != chans:
         raw = (raw[0] + (", channels averaged to gray" if x_train.shape[1] == 1 else
                          f", the one channel repeated {x_train.shape[1]} times"), raw[1])
-    stats = None
-    if cfg.normalize:  # statistics of the training data actually used (the subset, when one is chosen)
-        x_train, x_test, stats = standardize(x_train, x_test)
+    if cfg.normalize:  # statistics of the training data actually used (the subset), or the model's given ones
+        x_train, x_test, stats = standardize(x_train, x_test, stats)
+    else:
+        stats = None
     _log_untrained_classes(y_train, y_test, classes)
     shape = tuple(x_train.shape[1:])
     return DataBundle(InMemoryDataset(x_train, y_train), InMemoryDataset(x_test, y_test),
@@ -147,11 +148,14 @@ def data_record(cfg: dict[str, Any], source: str, train_samples: int, test_sampl
 
 
 def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
-               batch_size: int | None = None, eval_only: bool = False) -> DataBundle:
+               batch_size: int | None = None, eval_only: bool = False, stats: Stats | None = None) -> DataBundle:
     """Load the configured data set; `num_classes` (from model.kwargs) bounds the labels when given, `batch_size`
     (train.batch_size; None when nothing trains) the size of a `data.train_subset` part (`check_subset`).
     `eval_only` (`sparsetrain eval`): data.test_fraction=1.0 may leave the training split empty (segmentation
-    sources: every sample is scored); otherwise it is refused before anything is read."""
+    sources: every sample is scored) and a seg_folder may hold test/ alone; otherwise both are refused. `stats`
+    (eval: the per-channel mean/std a model was trained with, from its export) standardizes the inputs instead of
+    the training split's own statistics when `data.normalize` is set; `imagefolder` keeps its fixed ImageNet
+    statistics."""
     if cfg.source in PATH_SOURCES and not cfg.path:
         raise DataNotFound(f"data.path: required for data.source={cfg.source!r}")
     if cfg.test_fraction >= 1 and cfg.source in SPLIT_BY_FRACTION and not eval_only:
@@ -160,17 +164,17 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
                         "seg_folder")
     if cfg.source in BUILTIN_LOADERS:
         return _bundle_from_arrays(BUILTIN_LOADERS[cfg.source](cfg, seed), cfg, num_classes, RAW_INPUTS[cfg.source],
-                                   CLASS_NAMES.get(cfg.source), batch_size)
+                                   CLASS_NAMES.get(cfg.source), batch_size, stats)
     if cfg.source == "npz":
         arrays, scale = load_npz(cfg.path, num_classes)
         raw = "x_train / x_test of the .npz as stored (" + ("uint8 pixels 0-255)" if scale != 1 else "float)")
-        return _bundle_from_arrays(arrays, cfg, num_classes, (raw, scale), batch_size=batch_size)
+        return _bundle_from_arrays(arrays, cfg, num_classes, (raw, scale), batch_size=batch_size, stats=stats)
     if cfg.source == "idx":
         idx = read_idx(cfg.path, num_classes, cfg.idx_prefix, cfg.transpose)
         raw, scale = RAW_INPUTS["idx"]
         if idx.transposed:  # the export says how the stored images map to the model's inputs
             raw += f", each image of {' and '.join(f.name for f in idx.transposed)} transposed (H and W swapped)"
-        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale), idx.classes, batch_size)
+        return _bundle_from_arrays(idx.arrays, cfg, num_classes, (raw, scale), idx.classes, batch_size, stats)
     if cfg.source == "imagefolder":
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test, scale = load_imagefolder(cfg.path, size, cfg.normalize, chans)
@@ -189,4 +193,4 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
                           preprocessing=prep, classes=names)
     from sparsetrain.data.segmentation import build_segmentation_data
 
-    return build_segmentation_data(cfg, seed, num_classes)
+    return build_segmentation_data(cfg, seed, num_classes, stats, eval_only)

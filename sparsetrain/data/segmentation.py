@@ -9,6 +9,7 @@ Folder layout (DRIVE, STARE, CHASE_DB1 once arranged as image / mask folders)::
 
     path/images/<name>.<ext>      path/masks/<name>[<tag>].<ext>       split by data.test_fraction with the seed
     path/train/images, path/train/masks, path/test/images, path/test/masks    (given split, used as is)
+    path/test/images, path/test/masks                                          (test only: `sparsetrain eval`)
     path/classes.txt              optional: the class count on one line, or one class name per line
 
 Mask matching: a mask belongs to an image when its file stem equals the image's stem, or when both stems agree
@@ -55,7 +56,7 @@ from sparsetrain.data.images import (
     read_image,
     unreadable,
 )
-from sparsetrain.data.tensors import InMemoryDataset, image_mask_tensors, match_channels, standardize
+from sparsetrain.data.tensors import InMemoryDataset, Stats, image_mask_tensors, match_channels, standardize
 from sparsetrain.data.vessels import make_vessel_images
 from sparsetrain.data.voc import VOC_CLASSES
 from sparsetrain.progress import log
@@ -81,7 +82,8 @@ class SegSplit:
     channels: tuple[int, ...] = ()  # the channel counts of the image files as decoded (1 gray, 3 colour)
 
 
-def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | None = None) -> DataBundle:
+def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | None = None,
+                            stats: Stats | None = None, eval_only: bool = False) -> DataBundle:
     """Build the train/test bundle for `seg_synthetic`, `seg_folder` or `voc`.
 
     Args:
@@ -89,6 +91,9 @@ def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | Non
             normalize).
         seed: Seed for generated data and for the train/test split of folders without one.
         model_classes: model.kwargs.num_classes when given: the bundle's `num_classes` (`output_channels`).
+        stats: Per-channel (mean, std) to standardize with instead of the training split's (`sparsetrain eval`: the
+            model's recorded statistics), or None.
+        eval_only: `sparsetrain eval`: a seg_folder holding test/ alone is read (an empty training split).
 
     Raises:
         DataError: one line naming the file or field at fault (model.kwargs.num_classes below the data's classes).
@@ -96,18 +101,19 @@ def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | Non
     if cfg.source == "seg_synthetic":
         train, test, channels, origin = load_seg_synthetic(cfg, seed)
     elif cfg.source == "seg_folder":
-        train, test, channels, origin = load_seg_folder(cfg, seed)
+        train, test, channels, origin = load_seg_folder(cfg, seed, eval_only)
     elif cfg.source == "voc":
         train, test, channels, origin = _load_voc_splits(cfg)
     else:
         raise DataError(f"data.source: {cfg.source!r} is not a segmentation source (seg_synthetic, seg_folder, voc)")
     num_classes = output_channels(model_classes, channels, origin)
     x_train, x_test = match_channels(train.images, cfg.in_chans), match_channels(test.images, cfg.in_chans)
-    stats = None
-    if cfg.normalize and len(x_train):
-        x_train, x_test, stats = standardize(x_train, x_test)
-    elif cfg.normalize:  # data.test_fraction=1.0 (eval only): no training split, the test images' own statistics
+    if cfg.normalize and (len(x_train) or stats is not None):
+        x_train, x_test, stats = standardize(x_train, x_test, stats)
+    elif cfg.normalize:  # no training split (eval of a checkpoint without a record): the test images' own statistics
         _, x_test, stats = standardize(x_test, x_test)
+    else:
+        stats = None
     shape = tuple(x_train.shape[1:])
     scale = train.scale[1] if train.scale else 1.0
     folder = cfg.source in ("seg_folder", "voc")  # image files: their scale, size and colour are recorded
@@ -176,8 +182,9 @@ def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, 
     return train, test, 1, "binary synthetic vessel masks"
 
 
-def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int, str]:
-    """Read an image/mask folder (see the module docstring), map mask labels to classes, split if needed.
+def load_seg_folder(cfg: DataConfig, seed: int, eval_only: bool = False) -> tuple[SegSplit, SegSplit, int, str]:
+    """Read an image/mask folder (see the module docstring), map mask labels to classes, split if needed; a folder
+    holding test/ without train/ only with `eval_only` (`sparsetrain eval`: the training split is then empty).
 
     Returns:
         The train and test splits (masks as class indices), the logit channels (1 = binary) and where the class
@@ -189,7 +196,11 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
                         "(or train/ and test/ folders holding them)")
     if not root.is_dir():
         raise DataNotFound(f"data.path: segmentation folder not found: {root}")
-    if (root / "train").is_dir() or (root / "test").is_dir():
+    if (root / "test").is_dir() and not (root / "train").is_dir():
+        test = _test_only(root, cfg.image_size, eval_only)
+        _note_rgb_masks((test,))
+        train = replace(test, images=test.images[:0], masks=test.masks[:0], mask_files=(), rgb_masks=())
+    elif (root / "train").is_dir() or (root / "test").is_dir():
         train, test = _read_split(root / "train", cfg.image_size), _read_split(root / "test", cfg.image_size)
         _note_rgb_masks((train, test))
         train, test = _align_splits(train, test)
@@ -202,6 +213,18 @@ def load_seg_folder(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, int
     count = "binary: 2 classes, one logit channel" if num_classes == 1 else f"{num_classes} classes"
     log.info(f"data: seg_folder {root}: {count}, from {origin}")
     return train, test, num_classes, origin
+
+
+def _test_only(root: Path, size: int | None, eval_only: bool) -> SegSplit:
+    """The test split of a folder holding test/ without train/: eval scores it; `run` needs training data.
+
+    Raises:
+        DataError: without `eval_only`, one line naming the missing train/ folder.
+    """
+    if not eval_only:
+        raise DataError(f"data.path: {root} holds test/ but no train/ (train/images, train/masks): `run` needs "
+                        "training images; a test-only folder is for `sparsetrain eval`")
+    return _read_split(root / "test", size)
 
 
 # ---------------------------------------------------------------------------------------------- file discovery

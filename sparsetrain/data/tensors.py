@@ -30,14 +30,29 @@ class InMemoryDataset(Dataset):
         return self.inputs[idx], self.targets[idx]
 
 
-def standardize(train: torch.Tensor, test: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, tuple[list[float], list[float]]]:
-    """Scale both splits with the train split's per-channel mean and std (channel = dim 1).
+Stats = tuple[list[float], list[float]]  # per-channel (mean, std) of the scaled training inputs
+
+
+def standardize(train: torch.Tensor, test: torch.Tensor, stats: Stats | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, Stats]:
+    """Scale both splits with the train split's per-channel mean and std (channel = dim 1), or with `stats` when
+    given (`sparsetrain eval`: the statistics the model was trained with, from its export's record).
 
     Returns:
         The standardized train and test tensors, and the (mean, std) lists per channel that were used (recorded in
         the export so that deployed models can be fed the same inputs).
+
+    Raises:
+        DataError: `stats` has another channel count than the inputs.
     """
+    if stats is not None:
+        if len(stats[0]) != test.shape[1] or len(stats[1]) != test.shape[1]:
+            raise DataError(f"data: the model was trained on {len(stats[0])}-channel inputs (its recorded mean/std) "
+                            f"but the data has {test.shape[1]} channels; give data of its channels (data.in_chans)")
+        view = (1, -1) + (1,) * (test.ndim - 2)
+        mean = torch.tensor(stats[0], dtype=test.dtype).view(view)
+        std = torch.tensor(stats[1], dtype=test.dtype).view(view)
+        return (train - mean) / std, (test - mean) / std, (list(stats[0]), list(stats[1]))
     dims = [d for d in range(train.ndim) if d != 1]
     mean = train.mean(dim=dims, keepdim=True)
     std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)

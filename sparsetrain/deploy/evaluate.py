@@ -6,6 +6,12 @@ read as `model.checkpoint` reads them; CONFIG or `model.name=` says which model)
 CONFIG and overrides replace the data (or anything else) for the evaluation, e.g. `data.path=OTHER`;
 `deploy.latency=false` among the overrides skips the latency timing (`latency_ms` null, no latency line); the
 run's own config.yaml setting is not inherited: it switched the run's end-of-run table, and eval times by default.
+
+The test inputs are scaled as the model's training scaled its inputs: with the per-channel mean/std its export
+recorded (`meta.preprocessing`; a run directory's export, or for a weights file in a run, that run's export), not
+with the eval data's own training split, which other data (`data.path=OTHER`, `data.test_fraction=1.0`) would give
+other statistics; a checkpoint without such a record is standardized with its data's training split as `run` does.
+`result["inputs"]` says which statistics were used (`_input_scaling`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ from torch import nn
 from sparsetrain.config import RunConfig, load_config
 from sparsetrain.config.loader import apply_overrides, load_raw, validate
 from sparsetrain.deploy.bitmask import plain_bytes
-from sparsetrain.deploy.loading import compact_folder, export_folder, is_compact, load_compressed, missing_compact
+from sparsetrain.deploy.loading import (
+    compact_folder,
+    export_folder,
+    is_compact,
+    load_compressed,
+    missing_compact,
+    preprocessing_of,
+)
 from sparsetrain.engine.finite import require_finite, require_finite_results
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.model_imports import arch_imports, import_for_arch
@@ -75,6 +88,54 @@ def _is_deepspeed_checkpoint(path: Path) -> bool:
     from sparsetrain.models.checkpoint import zero_checkpoint
 
     return path.is_dir() and zero_checkpoint(path) is not None
+
+
+def _recorded_preprocessing(target: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The preprocessing record (`data.base.preprocessing_record`) of the model at `target` and the export folder it
+    was read from: the export's own (a compact/ folder without one: its export's), or for a checkpoint file in a
+    run, the run's export's; (None, None) when there is none (a checkpoint outside a run or of a run without an
+    export, an export written before the record existed)."""
+    if _is_export(target):
+        folder = export_folder(target)
+        candidates = [folder, folder.parent] if is_compact(folder) else [folder]
+    else:
+        from sparsetrain.models.checkpoint import checkpoint_run
+
+        run = checkpoint_run(target)
+        candidates = [export_folder(run)] if run is not None and _is_export(run) else []
+    for folder in candidates:
+        record = preprocessing_of(folder)
+        if record:
+            return record, folder
+    return None, None
+
+
+def _with_recorded_scaling(cfg: RunConfig, record: dict[str, Any] | None
+                           ) -> tuple[RunConfig, tuple[list[float], list[float]] | None]:
+    """The config whose `data.normalize` is what the model's training did (the record's mean/std set or null), and
+    the recorded (mean, std) to standardize with; `cfg` unchanged and None without a record."""
+    if record is None:
+        return cfg, None
+    stats = (record["mean"], record["std"]) if record.get("mean") is not None else None
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"normalize": stats is not None})}), stats
+
+
+def _input_scaling(cfg: RunConfig, data: Any, record: dict[str, Any] | None, origin: Path | None) -> dict[str, Any]:
+    """How eval scaled the test inputs, for its output: `by` is `recorded` (the model's training mean/std, from the
+    export at `recorded_in`), `fixed` (imagefolder: ImageNet's), `data` (no record: the eval data's training split, as
+    `run` standardizes; `test`: no training split either, the test inputs' own) or `none` (not standardized);
+    `mean`, `std` and `scale` are those applied (the `data` bundle's preprocessing record), `recorded_scale` the
+    model's (None without a record)."""
+    used = data.preprocessing
+    if used.get("mean") is None:
+        by = "none"
+    elif cfg.data.source == "imagefolder":
+        by = "fixed"
+    else:
+        by = "recorded" if record is not None else "data" if len(data.train) else "test"
+    return {"by": by, "mean": used.get("mean"), "std": used.get("std"), "scale": used.get("scale"),
+            "recorded_in": str(origin) if origin is not None else None,
+            "recorded_scale": record.get("scale") if record is not None else None}
 
 
 def _batches(dataset: torch.utils.data.Dataset, size: int):
@@ -286,7 +347,9 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     if target.is_dir():
         check_finished(target, "eval")  # a run directory: its export must be of the final phase
     cfg = _config(target, recipe, list(overrides or []))
-    data = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"), eval_only=True)
+    record, origin = _recorded_preprocessing(target)
+    cfg, stats = _with_recorded_scaling(cfg, record)
+    data = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"), eval_only=True, stats=stats)
     if _is_export(target):
         model = load_compressed(target, format)
         fmt = model.export_format
@@ -304,7 +367,7 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     require_finite_results(metrics, "eval", _data_fields(cfg))
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
               "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test)},
-              "metrics": metrics,
+              "inputs": _input_scaling(cfg, data, record, origin), "metrics": metrics,
               **_sizes(torch_model, compact_folder(target) if fmt == "compact" else target)}
     result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats,
                                     cfg.deploy.latency_threads) if _latency_wanted(list(overrides or [])) else None
@@ -326,7 +389,8 @@ PER_CLASS_PRINTED = 8  # classes up to which eval's printed form lists the per-c
 
 def format_evaluation(result: dict[str, Any]) -> str:
     """The printed form of `evaluate_target`'s result: one line each for data, metric (multi-class segmentation:
-    then the per-class IoU, `_per_class_line`), params, bytes, latency (none when it was not timed)."""
+    then the per-class IoU, `_per_class_line`), inputs (`_inputs_line`: the statistics that scaled them), params,
+    bytes, latency (none when it was not timed)."""
     m, lat = result["metrics"], result["latency_ms"]
     extra = ", ".join(f"{k} {format_value(v)}" for k, v in m.items() if k != "metric" and isinstance(v, int | float))
     lines = [
@@ -334,6 +398,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
         f"{result['data']['path'] or ''} ({result['data']['test_samples']} test samples)",
         f"metric       {m['metric']:.4f}  ({extra})",
         *([_per_class_line(m["per_class_iou"])] if "per_class_iou" in m else []),
+        *([_inputs_line(result["inputs"])] if "inputs" in result else []),
         _params_line(result["params"], result["sparsity"]),
         _bytes_line(result["bytes"]),
     ]
@@ -341,6 +406,29 @@ def format_evaluation(result: dict[str, Any]) -> str:
         lines.append(f"latency      {lat['median']:.3f} ms [{lat['p20']:.3f}-{lat['p80']:.3f}] batch 1, "
                      f"{lat['threads']} thread(s), {lat.get('runtime', 'torch eager')}")
     return "\n".join(lines)
+
+
+STATS_SHOWN = 3  # channels whose mean/std the inputs line prints (more: --json only)
+
+
+def _inputs_line(inputs: dict[str, Any]) -> str:
+    """`inputs       standardized with the run's recorded mean/std (D/export): mean 0.3, std 0.4`: which
+    statistics scaled the test inputs (`_input_scaling`), and a note when the data's raw scale is not the model's."""
+    what = {"recorded": f"standardized with the run's recorded mean/std ({inputs['recorded_in']})",
+            "fixed": "standardized with the source's fixed ImageNet mean/std",
+            "data": "standardized with the eval data's own training-split mean/std (no export records the model's)",
+            "test": "standardized with the test images' own mean/std (no training split; no export records the "
+                    "model's)",
+            "none": "not standardized (data.normalize=false" + (", as the model was trained)" if
+                                                                 inputs["recorded_in"] else ")")}[inputs["by"]]
+    if inputs["mean"] is not None and len(inputs["mean"]) <= STATS_SHOWN:
+        what += ": mean " + ", ".join(f"{v:.4g}" for v in inputs["mean"]) + "; std " + ", ".join(
+            f"{v:.4g}" for v in inputs["std"])
+    recorded = inputs.get("recorded_scale")
+    if recorded is not None and inputs["scale"] is not None and abs(recorded - inputs["scale"]) > 1e-12:
+        what += (f" (raw values scaled by {inputs['scale']:.6g} as this data's type says; the model's data was "
+                 f"scaled by {recorded:.6g})")
+    return f"inputs       {what}"
 
 
 def _per_class_line(ious: dict[str, float | None]) -> str:
