@@ -143,13 +143,14 @@ def plot_latency(table: dict[str, Any], path: Path) -> None:
     save(fig, path)
 
 
-def write_latency(table: dict[str, Any], out_dir: Path, stem: str = "latency") -> Path:
-    """`<stem>.json` and `<stem>.png` in `out_dir` (a run's own: latency.json, latency.png); returns the JSON's
-    path."""
+def write_latency(table: dict[str, Any], out_dir: Path, stem: str = "latency", plot: bool = True) -> Path:
+    """`<stem>.json` and (`plot`: a run's `report.plots`) `<stem>.png` in `out_dir` (a run's own: latency.json,
+    latency.png); returns the JSON's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{stem}.json"
     path.write_text(json.dumps(table, indent=1))
-    plot_latency(table, out_dir / f"{stem}.png")
+    if plot:
+        plot_latency(table, out_dir / f"{stem}.png")
     return path
 
 
