@@ -152,11 +152,11 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
 def _name_undrawn_plots(out: Path, report: dict[str, Any]) -> None:
     """`report.plots=false`: one line saying no plot was drawn, naming the PNGs an earlier run of `out` left that no
     longer show this report (kept on disk: a setting that skips drawing deletes nothing). latency.png is one when
-    report.json has no latency or latency.json was written after it (timed again without drawing)."""
+    latency.json, this report's table, was written after it (timed again without drawing); with no table in the
+    report the deploy step already named it."""
     left = [name for name in REPORT_PLOTS if (out / name).is_file()]
     png, table = out / "latency.png", out / "latency.json"
-    if png.is_file() and ("latency" not in report or not table.is_file()
-                          or png.stat().st_mtime < table.stat().st_mtime):
+    if "latency" in report and png.is_file() and table.is_file() and png.stat().st_mtime < table.stat().st_mtime:
         left.append(png.name)
     kept = (f"; {', '.join(left)} {'are' if len(left) > 1 else 'is'} kept from an earlier run, not part of this "
             "report") if left else ""

@@ -139,6 +139,8 @@ def test_latency_json_is_reused_only_when_timed_with_the_run_settings(timed: Tim
 
     report, err = _rerun(copy, capsys, *LATENCY[:-1], "deploy.latency_batch=3")  # deploy.* may change on a re-run
     assert "[deploy] re-timing: latency.json was timed with batches [1, 2] (deploy: [1, 3])\n" in err, err
+    kept = next(line for line in err.splitlines() if "report.plots=false: no plots drawn" in line)  # TINY
+    assert kept.endswith("latency.png are kept from an earlier run, not part of this report"), kept  # re-timed
     assert {r["batch"] for r in report["latency"]["rows"]} == {1, 3}
     assert json.loads((copy / "latency.json").read_text())["rows"] == report["latency"]["rows"]
 
