@@ -259,14 +259,12 @@ def plot_pareto(runs: list[dict[str, Any]], path: Path) -> None:
     """Final metric vs compression (`compression`, log scale) for every finished run, Pareto front joined by a line:
     Method 1 (zeroed weights) and Method 2 (removed filters) runs on one axis; runs at chance level are grey crosses,
     off the front."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
+    from sparsetrain.plots import new_axes, save
+
     done = [run for run in runs if compression(run) is not None and run.get("metric") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = new_axes(6, 4.5)
     learned = [run for run in done if not run.get("at_chance")]
     collapsed = [run for run in done if run.get("at_chance")]
     ax.scatter([compression(r) for r in learned], [r["metric"] for r in learned], color="tab:blue", label="runs")
@@ -288,9 +286,7 @@ def plot_pareto(runs: list[dict[str, Any]], path: Path) -> None:
            "filters both count)", ylabel=metric_name, title="Sweep: metric vs compression")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def submit_points(base: RunConfig, points: list[SweepPoint], cluster: str) -> list[Any]:

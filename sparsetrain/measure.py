@@ -118,7 +118,14 @@ def _add_latency(measured: dict[str, Any], dense: torch.nn.Module, pruned: torch
                                           "deploy.latency=true for the full table (onnxruntime, batch 16)"}
 
 
+REPORT_PLOTS = ("layer_sparsity.png", "weight_hist.png", "accuracy_vs_sparsity.png", "kept_filters.png")
+
+
 def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
+    """The report's PNGs in out_dir (those its contents call for); `report.plots=false`: none, and one line instead."""
+    if not pipeline.cfg.report.plots:
+        _name_undrawn_plots(pipeline.out_dir, report)
+        return
     from sparsetrain.plots import plot_layer_sparsity, plot_magnitude_histograms
 
     out = pipeline.out_dir
@@ -140,6 +147,21 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
         plot_magnitude_histograms(prunable_parameters(pipeline.model_from(before)),
                                   prunable_parameters(pipeline.model_from("sparsify")), out / "weight_hist.png",
                                   ("dense-trained" if before else "initial", "after sparsity training"))
+
+
+def _name_undrawn_plots(out: Path, report: dict[str, Any]) -> None:
+    """`report.plots=false`: one line saying no plot was drawn, naming the PNGs an earlier run of `out` left that no
+    longer show this report (kept on disk: a setting that skips drawing deletes nothing). latency.png is one when
+    latency.json, this report's table, was written after it (timed again without drawing); with no table in the
+    report the deploy step already named it."""
+    left = [name for name in REPORT_PLOTS if (out / name).is_file()]
+    png, table = out / "latency.png", out / "latency.json"
+    if "latency" in report and png.is_file() and table.is_file() and png.stat().st_mtime < table.stat().st_mtime:
+        left.append(png.name)
+    kept = (f"; {', '.join(left)} {'are' if len(left) > 1 else 'is'} kept from an earlier run, not part of this "
+            "report") if left else ""
+    log.info(f"[report] report.plots=false: no plots drawn (report.json holds their numbers; report.plots=true "
+             f"draws them){kept}")
 
 
 def write_report(pipeline: Pipeline) -> dict[str, Any]:

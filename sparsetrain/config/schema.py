@@ -276,6 +276,10 @@ class ReportConfig(Section):
                                  "else the dense phase's) right after global magnitude pruning at ~11 sparsities "
                                  "(report.json prune_curve, accuracy_vs_sparsity.png): one test-split evaluation "
                                  "per point and model, after the last phase, before the export. false: skipped.")
+    plots: bool = Field(True, description="Draw the PNG plots: layer_sparsity.png, weight_hist.png, "
+                        "accuracy_vs_sparsity.png, kept_filters.png (Method 2) and latency.png (deploy.latency). "
+                        "false: none is drawn, which saves ~1 s of CPU per run (importing matplotlib, drawing; e.g. "
+                        "for the points of a large sweep); report.json holds every number they show.")
 
 
 class TrackingConfig(Section):

@@ -118,22 +118,16 @@ def format_latency(table: dict[str, Any]) -> str:
 def plot_latency(table: dict[str, Any], path: Path) -> None:
     """Grouped bars: the median latency (p20-p80 whiskers) of each model timed (dense, compressed, compact) per
     runtime and batch, each group labelled with its speed-ups."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sparsetrain.plots import use_bundled_fonts
-
-    use_bundled_fonts()
     import numpy as np
+
+    from sparsetrain.plots import new_axes, save
 
     rows, models = table["rows"], timed_models(table)
     labels = [f"{r['runtime']} {r['device']}\nbatch {r['batch']}\n"
               + " / ".join(f"{r[speedup_key(m)]:.2f}x" + (f" {m}" if m != "compressed" else "") for m in models[1:])
               for r in rows]
     x, width = np.arange(len(rows)), 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(6, (1.2 + 0.4 * len(models)) * len(rows)), 4))
+    fig, ax = new_axes(max(6, (1.2 + 0.4 * len(models)) * len(rows)), 4)
     colors = {"dense": "tab:gray", "compressed": "tab:blue", "compact": "tab:green"}
     for i, which in enumerate(models):
         stats = [r[f"{which}_ms"] for r in rows]
@@ -146,18 +140,17 @@ def plot_latency(table: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("latency per forward pass (ms, log)")
     ax.set_title(f"{table['model']} ({table['kind']}): {' vs '.join(models)}, {table['threads']} thread(s)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
-def write_latency(table: dict[str, Any], out_dir: Path, stem: str = "latency") -> Path:
-    """`<stem>.json` and `<stem>.png` in `out_dir` (a run's own: latency.json, latency.png); returns the JSON's
-    path."""
+def write_latency(table: dict[str, Any], out_dir: Path, stem: str = "latency", plot: bool = True) -> Path:
+    """`<stem>.json` and (`plot`: a run's `report.plots`) `<stem>.png` in `out_dir` (a run's own: latency.json,
+    latency.png); returns the JSON's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{stem}.json"
     path.write_text(json.dumps(table, indent=1))
-    plot_latency(table, out_dir / f"{stem}.png")
+    if plot:
+        plot_latency(table, out_dir / f"{stem}.png")
     return path
 
 

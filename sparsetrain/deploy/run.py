@@ -99,13 +99,17 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
     timing = deploy.latency and not untimed
     if timing and (table := _latency_to_reuse(pipeline, manifest, exported=not kept)) is not None:
         log.info("[deploy] latency.json was timed with these deploy settings on this export: not timed again")
+        if pipeline.cfg.report.plots and not (pipeline.out_dir / "latency.png").is_file():  # timed with plots off
+            from sparsetrain.deploy.latency_report import plot_latency
+
+            plot_latency(table, pipeline.out_dir / "latency.png")
     if timing and table is None:
         from sparsetrain.deploy.latency import latency_table
         from sparsetrain.deploy.latency_report import format_latency, write_latency
 
         table = latency_table(pipeline.out_dir / "export", batches=(1, deploy.latency_batch),
                               repeats=deploy.latency_repeats, threads=deploy.latency_threads)
-        write_latency(table, pipeline.out_dir)
+        write_latency(table, pipeline.out_dir, plot=pipeline.cfg.report.plots)
         log.info("\n" + format_latency(table))
     if table is not None:
         out["latency"] = table

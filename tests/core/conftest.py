@@ -14,6 +14,7 @@ TINY = [
     "phases.finetune.epochs=1", "regularizer.alpha0=2e-4", "regularizer.beta=20", "prune.rule=global_sparsity",
     "prune.sparsity=0.8", "tracking.mode=disabled", "train.threads=1",
     "deploy.formats=[]", "deploy.latency=false", "deploy.compact=false",  # exports, latency: tests/deploy
+    "report.plots=false",  # ~1 s of matplotlib per run; a test that reads a PNG passes report.plots=true
 ]
 
 

@@ -25,7 +25,8 @@ def _kernel_sparsity(weights: dict[str, torch.Tensor]) -> float:
 
 
 def test_baselines_join_the_report(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    report = run_pipeline(tiny_config(run_dir, *BASELINES, "phases.dense.enabled=true", "phases.dense.epochs=1"))
+    report = run_pipeline(tiny_config(run_dir, *BASELINES, "phases.dense.enabled=true", "phases.dense.epochs=1",
+                                      "report.plots=true"))
     table, logged = capsys.readouterr()
     assert set(report["baselines"]) == {"l2_oneshot", "gmp"}, f"baselines: {list(report.get('baselines', {}))}"
     for name, row in report["baselines"].items():
@@ -55,7 +56,8 @@ def test_baselines_join_the_report(run_dir: Path, capsys: pytest.CaptureFixture)
     for label in ("l0 (this run)", "l2 + one-shot magnitude", "gradual magnitude (GMP)", "dense (l2, 1 epoch)"):
         assert label in table, f"the printed table lacks the row {label!r}"
     again = run_pipeline(tiny_config(run_dir, *BASELINES, "phases.dense.enabled=true", "phases.dense.epochs=1",
-                                     "report.accuracy_curve=false"))  # a report setting: may change on a re-run
+                                     "report.accuracy_curve=false", "report.plots=true"))
+    # report.* settings may change on a re-run
     assert again["baselines"] == report["baselines"], "re-running a finished run changed its baselines"
     assert "prune_curve" not in again, "report.accuracy_curve=false must skip the curve"
     kept = capsys.readouterr().err

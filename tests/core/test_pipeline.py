@@ -83,7 +83,8 @@ def test_pruned_weights_stay_zero_through_finetuning(run_dir: Path, extra: tuple
 
 
 def test_report_contents_and_compressed_file(run_dir: Path) -> None:
-    report = run_pipeline(tiny_config(run_dir, "phases.dense.enabled=true", "phases.dense.epochs=1"))
+    report = run_pipeline(tiny_config(run_dir, "phases.dense.enabled=true", "phases.dense.epochs=1",
+                                      "report.plots=true"))
     on_disk = json.loads((run_dir / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report)), "report.json differs from the returned report"
     assert report["format_version"] == 2 and report["final_phase"] == "finetune", report
@@ -110,6 +111,25 @@ def test_report_contents_and_compressed_file(run_dir: Path) -> None:
         assert torch.equal(restored[name], tensor), f"{name}: compressed file does not restore the weights"
     for plot in ("layer_sparsity.png", "weight_hist.png"):
         assert (run_dir / plot).stat().st_size > 1000, f"{plot} missing"
+
+
+def test_report_plots_false_draws_no_png_and_names_earlier_ones(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """report.plots=false (the tiny test configs' setting): no PNG in the run folder, one line saying so; a re-run
+    with plots on draws them, and a later one with plots off names them as kept, not part of its report."""
+    run_pipeline(tiny_config(run_dir))
+    assert not list(run_dir.rglob("*.png")), sorted(run_dir.rglob("*.png"))
+    said = [line for line in capsys.readouterr().err.splitlines() if "[report] report.plots=false" in line]
+    assert len(said) == 1 and said[0].endswith("no plots drawn (report.json holds their numbers; report.plots=true "
+                                               "draws them)"), said
+    run_pipeline(tiny_config(run_dir, "report.plots=true"))  # report.* may change on a re-run
+    drawn = sorted(p.name for p in run_dir.glob("*.png"))
+    assert drawn == ["accuracy_vs_sparsity.png", "layer_sparsity.png", "weight_hist.png"], drawn
+    capsys.readouterr()
+    run_pipeline(tiny_config(run_dir))
+    assert sorted(p.name for p in run_dir.glob("*.png")) == drawn, "a setting that skips drawing deleted a plot"
+    assert ("report.plots=false: no plots drawn (report.json holds their numbers; report.plots=true draws them); "
+            "layer_sparsity.png, weight_hist.png, accuracy_vs_sparsity.png are kept from an earlier run, not part "
+            "of this report") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("phase", "start"), [("sparsify", "dense"), ("finetune", "prune")])

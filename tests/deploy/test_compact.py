@@ -19,7 +19,7 @@ from tests.core.conftest import tiny_config
 
 COMPACT_RUN = ("deploy.compact=true", "prune={rule: layer_sparsity, sparsity: 0.97}", "phases.sparsify.epochs=1",
                "phases.finetune.epochs=0.5", "deploy.latency=true", "deploy.latency_repeats=3",
-               "deploy.latency_batch=2")
+               "deploy.latency_batch=2", "report.plots=true")  # latency.png
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ LATENCY_ON = ("deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A tiny unstructured run with the default exports and the latency table at the end of run."""
     out = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(out, "deploy.formats=[onnx,torch_export]", *LATENCY_ON)
+    cfg = tiny_config(out, "deploy.formats=[onnx,torch_export]", *LATENCY_ON, "report.plots=true")  # latency.png
     return out, run_pipeline(cfg)
 
 
@@ -131,6 +131,7 @@ def test_latency_of_the_dense_phase_says_no_weight_was_pruned(run: tuple[Path, d
                                       "deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency_batch=2"),
                           ["dense"])
     assert report["latency"]["phase"] == "dense" and report["params"]["nonzero"] == report["params"]["total"]
+    assert (alone / "latency.json").is_file() and not list(alone.glob("*.png")), "report.plots=false (TINY): no PNG"
     tables = [json.loads((tmp_path / "bench" / "latency-copy.json").read_text()),
               json.loads((alone / "latency.json").read_text()), report["latency"]]
     for table in tables:

@@ -57,7 +57,7 @@ def timed(finished: Path, tmp_path_factory: pytest.TempPathFactory) -> Timed:
     before = _stamps(run / "export")
     log = io.StringIO()
     with contextlib.redirect_stderr(log):  # the run's log handler writes to the stderr of its start
-        report = run_pipeline(tiny_config(run, *SHORT, *LATENCY))
+        report = run_pipeline(tiny_config(run, *SHORT, *LATENCY, "report.plots=true"))  # latency.png
     return Timed(run, report, log.getvalue(), before)
 
 
@@ -139,6 +139,8 @@ def test_latency_json_is_reused_only_when_timed_with_the_run_settings(timed: Tim
 
     report, err = _rerun(copy, capsys, *LATENCY[:-1], "deploy.latency_batch=3")  # deploy.* may change on a re-run
     assert "[deploy] re-timing: latency.json was timed with batches [1, 2] (deploy: [1, 3])\n" in err, err
+    kept = next(line for line in err.splitlines() if "report.plots=false: no plots drawn" in line)  # TINY
+    assert kept.endswith("latency.png are kept from an earlier run, not part of this report"), kept  # re-timed
     assert {r["batch"] for r in report["latency"]["rows"]} == {1, 3}
     assert json.loads((copy / "latency.json").read_text())["rows"] == report["latency"]["rows"]
 
@@ -158,6 +160,9 @@ def test_bench_latency_leaves_the_runs_own_table_alone(timed: Timed, tmp_path: P
     assert json.loads((tmp_path / "runs" / "bench" / "latency-copy.json").read_text())["repeats"] == 4
     _, err = _rerun(copy, capsys, *LATENCY)
     assert "latency.json was timed with these deploy settings on this export: not timed again" in err, err
+    (copy / "latency.png").unlink()  # as a run with report.plots=false leaves it: the reused table is drawn
+    _, err = _rerun(copy, capsys, *LATENCY, "report.plots=true")
+    assert "not timed again" in err and (copy / "latency.png").stat().st_size > 1000, err
 
 
 def test_export_of_another_phase_drops_the_latency_table_of_the_final_one(

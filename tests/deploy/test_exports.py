@@ -25,7 +25,8 @@ from sparsetrain.pipeline import run_pipeline
 from tests.core.test_report_text import latency_line
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-FAST = ["tracking.mode=disabled", "train.threads=1", "phases.dense.enabled=false", "deploy.latency=false"]
+FAST = ["tracking.mode=disabled", "train.threads=1", "phases.dense.enabled=false", "deploy.latency=false",
+        "report.plots=false"]
 RECIPES = {
     "quickstart": ["phases.sparsify.epochs=1", "phases.finetune.epochs=0.5",
                    "prune={rule: global_sparsity, sparsity: 0.8}"],

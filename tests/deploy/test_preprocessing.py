@@ -17,7 +17,7 @@ from sparsetrain.report import final_metric
 
 FAST = ["tracking.mode=disabled", "train.threads=1", "phases.dense.enabled=false", "deploy.latency=false",
         "deploy.formats=[onnx]", "phases.sparsify.epochs=1", "phases.finetune.epochs=0.5",
-        "prune={rule: global_sparsity, sparsity: 0.5}"]
+        "prune={rule: global_sparsity, sparsity: 0.5}", "report.plots=false"]
 
 
 @pytest.fixture(scope="module")

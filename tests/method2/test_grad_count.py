@@ -49,7 +49,7 @@ TINY_UNET = ["task=segmentation", "data.source=seg_synthetic", "model.name=unet_
              "regularizer.name=grad_count", "regularizer.count_window=1000", "regularizer.count_tau=1.0",
              "optim.name=sgd", "optim.lr=0.05", "prune.rule=filters", "train.checkpoint_every=8",
              "train.log_every=4", "tracking.mode=disabled", "deepspeed.zero_stage=2",
-             "deploy.formats=[]", "deploy.latency=false"]
+             "deploy.formats=[]", "deploy.latency=false", "report.plots=false"]  # a test that reads a PNG: true
 
 
 def _counts(out: Path) -> dict[str, torch.Tensor]:
@@ -66,7 +66,7 @@ CONV_NET = ["data.source=synthetic", "data.num_samples=400", "model.name=lenet5"
             "phases.dense.enabled=false", "phases.sparsify.epochs=3", "regularizer.name=grad_count",
             "regularizer.count_window=1000", "regularizer.count_tau=1.0", "optim.name=sgd", "optim.lr=0.05",
             "prune.rule=filters", "train.checkpoint_every=8", "train.log_every=4", "tracking.mode=disabled",
-            "deepspeed.zero_stage=2"]
+            "deepspeed.zero_stage=2", "report.plots=false"]
 
 
 def test_counts_equal_for_one_and_two_ranks_and_after_resume(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def structural(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str
     out = tmp_path_factory.mktemp("structural")
     overrides = [*TINY_UNET, f"out_dir={out}", "phases.sparsify.epochs=1", "phases.finetune.epochs=1",
                  "prune.filter_fraction=0.5", "prune.round_to=1", "regularizer.count_window=3",
-                 "deepspeed.zero_stage=0"]
+                 "deepspeed.zero_stage=0", "report.plots=true"]  # kept_filters.png
     return out, overrides, run_pipeline(load_config(None, overrides))
 
 
