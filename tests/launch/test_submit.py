@@ -271,6 +271,22 @@ def test_sweep_table_heads_the_metric_column_with_the_key_sweep_json_uses(
         assert lines[0].split()[4] in runs[0], runs  # the compression column: sweep.json's `compression`
 
 
+def test_sweep_table_names_what_sparsity_and_compression_count(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The run's report table says sparsity is `of prunable weights (conv/linear)` and compression over `all
+    parameters`; the sweep table printed both columns without their scope. One line under its rows names them."""
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    (tmp_path / "alpha0=1e-5").mkdir()
+    (tmp_path / "alpha0=1e-5" / "report.json").write_text(json.dumps(
+        {"format_version": 2, "sparsity": 0.9, "compression_ratio": 7.5, "phases": {"finetune": {"metric": 91.4}}}))
+    assert sweep_main([str(quickstart), "alpha0=1e-5,3e-5", "--collect", f"out_dir={tmp_path}"]) == 1  # one missing
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:6] == ["alpha0=1e-5", "done", "-", "90.0", "%", "7.50x"], lines
+    assert lines[3] == ("sparsity of prunable weights (conv/linear); compression over all parameters (dense count / "
+                        "non-zero; removed filters count)"), lines
+    assert lines[4].startswith("alpha0=3e-5: no job recorded"), lines
+
+
 def _method2_report(dense: int, pruned: int, metric: float) -> dict:
     """A finished Method 2 run's report.json, keyed as `sparsetrain.measure` writes it: no weight of the smaller model
     is zero (sparsity 0), so its compression is the parameters removed."""
