@@ -73,6 +73,15 @@ def test_launch_time_and_memory_are_bounded_at_load(override: str, expected: str
     assert "#SBATCH --time=525600" in script and "#SBATCH --mem=65536GB" in script, script
 
 
+def test_launch_gpu_mem_gb_is_bounded_at_load() -> None:
+    """Was accepted unbounded (1e12 GiB per device) into the dry run's memory plan, as launch.time_min and
+    launch.mem_gb were; the bound is 1024 GiB, over 3x the largest GPU memory sold. 1024 itself still loads."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["launch.gpu_mem_gb=1e12"])
+    assert str(info.value) == "launch.gpu_mem_gb: Input should be less than or equal to 1024 (got '1e12')"
+    assert load_config(None, ["launch.gpu_mem_gb=1024"]).launch.gpu_mem_gb == 1024
+
+
 @pytest.mark.parametrize(
     ("cluster", "overrides", "field"),
     [
