@@ -23,12 +23,16 @@ from typing import Any
 
 from sparsetrain.config.loader import ConfigError, load_config, resolve_key
 from sparsetrain.config.schema import RunConfig
+from sparsetrain.report import COMPRESSION_SCOPE, SPARSITY_SCOPE
 
 JOBS_FILE = "sweep_jobs.json"  # in the base out_dir: each point's job, for `--collect`
 RECORDED_CLUSTERS = ("slurm", "local")  # the debug cluster runs its jobs in the caller's process: nothing to look up
 NOT_DONE = ("failed", "queued", "running")
 # `metric`: each run's sweep.json key; `compression`: `compression(run)`
 TABLE_COLUMNS = ("point", "state", "job", "sparsity", "compression", "metric", "pareto")
+# the table's footer: what its sparsity and compression count (they differ on purpose, as in the run's report table)
+SCOPE_LINE = (f"sparsity {SPARSITY_SCOPE}; compression over {COMPRESSION_SCOPE} (dense count / non-zero; removed "
+              "filters count)")
 # Slurm job states of a job waiting to (re)start; other states that are not final (RUNNING, COMPLETING, SUSPENDED,
 # ...) count as running
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
@@ -221,7 +225,8 @@ def _collected_run(point: SweepPoint) -> dict[str, Any]:
 
 def summary_table(runs: list[dict[str, Any]]) -> str:
     """sweep.json's runs for the terminal: one row per point (point, state, Slurm job, sparsity, compression, final
-    metric, Pareto), then the error of each failed or missing point on a line of its own. Compression is the run's
+    metric, Pareto), a line naming what sparsity and compression count (`SCOPE_LINE`, as the run's report table
+    says), then the error of each failed or missing point on a line of its own. Compression is the run's
     `compression` (`51.30x`; `3.51x filters removed` for a Method 2 run, whose sparsity is 0: no weight of its smaller
     model is zero). The metric column is headed `metric`, the
     key its values have in sweep.json (the phase they come from is each run's `metric_name`, e.g.
@@ -236,6 +241,7 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
                      "yes" if run.get("pareto") else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.append(SCOPE_LINE)
     lines += [f"{run['name']}: {run['error']}" for run in runs if run["status"] in ("failed", "missing")
               and run.get("error")]
     return "\n".join(lines)

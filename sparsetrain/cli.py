@@ -44,7 +44,9 @@ def _run(argv: list[str]) -> int:
     cfg = load_config(*_split_recipe(args.config, list(args.overrides)), plan_only=args.dry_run)
     if args.dry_run:
         from sparsetrain.plan import plan_report, world_size_for
+        from sparsetrain.progress import setup_logging
 
+        setup_logging(is_main=True)  # as the run: the data's lines (class count, transposition, train_subset)
         print(plan_report(cfg, world_size_for(cfg)), end="")
         return 0
     check_phases(args.phase or [])  # before the imports of torch and the run's data (seconds to minutes)

@@ -16,6 +16,7 @@ from sparsetrain.paths import absolute_path
 
 MAX_TIME_MIN = 525_600  # a year, as deepspeed.timeout_min (Slurm takes any count; more is a typo, not a plan)
 MAX_MEM_GB = 65_536  # 64 TiB per node: above the largest shared-memory nodes built (48 TB), far below overflow
+MAX_GPU_MEM_GB = 1024  # GiB per device: over 3x the largest GPU memory sold (288 GB: B300, MI355X); more is a typo
 _SBATCH_LINE = re.compile(r"^(#SBATCH\s+)?--(?P<key>[A-Za-z][A-Za-z0-9_-]*)(=(?P<value>.+))?$")
 
 
@@ -49,9 +50,10 @@ class LaunchConfig(NumbersModel):
     max_num_timeout: int = Field(3, ge=0, description="How many times a job hitting its time limit is requeued "
                                  "(preemptions do not count).")
     array_parallelism: int = Field(16, ge=1, description="Sweeps: job-array elements running at the same time.")
-    gpu_mem_gb: float | None = Field(None, gt=0, description="GPU memory per device in GiB (2^30 bytes: nvidia-smi's "
-                                     "MiB / 1024, e.g. 80 for an 80 GB A100): the dry run's memory plan (in GiB) "
-                                     "warns when a rank would need more (None = no check).")
+    gpu_mem_gb: float | None = Field(None, gt=0, le=MAX_GPU_MEM_GB, description="GPU memory per device in GiB "
+                                     "(2^30 bytes: nvidia-smi's MiB / 1024, e.g. 80 for an 80 GB A100; at most 1024, "
+                                     "over 3x the largest GPU memory sold): the dry run's memory plan (in GiB) warns "
+                                     "when a rank would need more (None = no check).")
     srun_args: list[str] = Field(default_factory=list, description="Extra arguments for the srun that starts tasks.")
 
     @field_validator("log_folder")

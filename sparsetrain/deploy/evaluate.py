@@ -8,9 +8,10 @@ CONFIG and overrides replace the data (or anything else) for the evaluation, e.g
 run's own config.yaml setting is not inherited: it switched the run's end-of-run table, and eval times by default.
 
 The test inputs are scaled as the model's training scaled its inputs: with the per-channel mean/std its export
-recorded (`meta.preprocessing`; a run directory's export, or for a weights file in a run, that run's export), not
-with the eval data's own training split, which other data (`data.path=OTHER`, `data.test_fraction=1.0`) would give
-other statistics; a checkpoint without such a record is standardized with its data's training split as `run` does.
+recorded (`meta.preprocessing`; a run directory's export, or for a weights file or DeepSpeed folder in a run, that
+run's export), not with the eval data's own training split, which other data (`data.path=OTHER`,
+`data.test_fraction=1.0`) would give other statistics; a checkpoint without such a record is standardized with its
+data's training split as `run` does.
 `result["inputs"]` says which statistics were used (`_input_scaling`).
 """
 
@@ -92,9 +93,9 @@ def _is_deepspeed_checkpoint(path: Path) -> bool:
 
 def _recorded_preprocessing(target: Path) -> tuple[dict[str, Any] | None, Path | None]:
     """The preprocessing record (`data.base.preprocessing_record`) of the model at `target` and the export folder it
-    was read from: the export's own (a compact/ folder without one: its export's), or for a checkpoint file in a
-    run, the run's export's; (None, None) when there is none (a checkpoint outside a run or of a run without an
-    export, an export written before the record existed)."""
+    was read from: the export's own (a compact/ folder without one: its export's), or for a checkpoint file or
+    DeepSpeed folder in a run, the run's export's; (None, None) when there is none (a checkpoint outside a run or of
+    a run without an export, an export written before the record existed)."""
     if _is_export(target):
         folder = export_folder(target)
         candidates = [folder, folder.parent] if is_compact(folder) else [folder]

@@ -159,6 +159,12 @@ def _has_zero_files(folder: Path) -> bool:
     return folder.is_dir() and any(folder.glob(_MODEL_STATES))
 
 
+def _is_zero_folder(path: Path) -> bool:
+    """Whether `path` is a DeepSpeed checkpoint folder (its `latest` file) or one of its tag folders (rank files), as
+    `zero_checkpoint` reads them, without its check of what `latest` names."""
+    return _has_zero_files(path) or (path / "latest").is_file()
+
+
 def _is_zero0(folder: Path) -> bool:
     """Whether tag folder `folder` holds no optimizer partitions: a ZeRO 0 checkpoint (checked by `_zero0_state`)."""
     return not any(folder.glob(_OPTIM_STATES))
@@ -440,11 +446,12 @@ def source_model_name(path: str | Path) -> str | None:
 
 
 def checkpoint_run(path: str | Path) -> Path | None:
-    """The run directory a weights file lies in (a folder holding `config.yaml` and `state.json`, at most
-    `_RUN_DEPTH` levels up, e.g. `<run>/weights/dense.safetensors`), as `path` spells it (relative stays relative);
-    None for a folder or a file outside a run."""
+    """The run directory a weights file or DeepSpeed checkpoint folder lies in (a folder holding `config.yaml` and
+    `state.json`, at most `_RUN_DEPTH` levels up, e.g. `<run>/weights/dense.safetensors`, `<run>/checkpoints` or its
+    tag folder `<run>/checkpoints/finetune-step0000042`), as `path` spells it (relative stays relative); None for
+    another folder (a run directory, an export) or a file outside a run."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not _is_zero_folder(path):
         return None
     return next((run for run in list(path.parents)[:_RUN_DEPTH]
                  if (run / "config.yaml").is_file() and (run / "state.json").is_file()), None)

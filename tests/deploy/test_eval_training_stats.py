@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from sparsetrain.cli import main
 from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.builtin import load_digits_data
 from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import tiny_config
+from tests.core.subprocess_runs import run_command
 
 
 def _eval(capsys: pytest.CaptureFixture, *args: str) -> dict:
@@ -152,3 +156,29 @@ def test_eval_reads_a_seg_folder_holding_test_alone(seg_run, tmp_path: Path, cap
     assert one_error_line(capsys) == (f"error: data.path: {test_only} holds test/ but no train/ (train/images, "
                                       "train/masks): `run` needs training images; a test-only folder is for "
                                       "`sparsetrain eval`")
+
+
+
+def test_a_deepspeed_checkpoint_folder_in_a_run_uses_its_runs_export_record(npz_run,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """`sparsetrain eval RUN/checkpoints` (DeepSpeed's folder, `latest` names the tag) or one tag folder of it took no
+    record (`checkpoint_run` was None for every folder), so OTHER's own training statistics scaled the inputs; it
+    takes the run's export's record, as a weights file in the run does. The folder is written by a real one-rank
+    DeepSpeed engine (ZeRO 0, as the run's own) holding the run's final weights (a finished run keeps no
+    checkpoints): on OTHER.npz it scores exactly what the run's own eval does."""
+    run, _, other = npz_run
+    state = run.parent / "finetune.pt"
+    torch.save({"state_dict": load_file(str(run / "weights" / "finetune.safetensors"))}, state)
+    folder = run / "checkpoints"
+    proc = run_command([sys.executable, "-m", "tests.helpers.zero_checkpoint", str(state), str(folder), "0",
+                        "finetune-step0000001"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        own = _eval(capsys, str(run))
+        for target in (folder, folder / "finetune-step0000001"):
+            result = _eval(capsys, str(target), str(run / "config.yaml"), f"data.path={other}")
+            assert result["inputs"]["by"] == "recorded", (target, result["inputs"])
+            assert result["inputs"]["recorded_in"] == str(run / "export"), (target, result["inputs"])
+            assert result["metrics"] == own["metrics"], (target, result["metrics"], own["metrics"])
+    finally:  # the module's run, as the other tests read it
+        shutil.rmtree(folder)

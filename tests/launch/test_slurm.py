@@ -406,7 +406,8 @@ def test_sweep_of_four_points_writes_summary_and_pareto_plot(slurm_cluster: None
     table = capsys.readouterr().out.splitlines()[1:]  # after the `submitted 4 runs` line: a table, not JSON
     assert table[0].split() == ["point", "state", "job", "sparsity", "compression", "metric", "pareto"], table
     assert [row.split()[1] for row in table[1:5]] == ["done"] * 4, table
-    assert table[5] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", table
+    assert table[5].startswith("sparsity of prunable weights (conv/linear); compression over all parameters"), table
+    assert table[6] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", table
     summary = json.loads((base / "sweep.json").read_text())
     runs = summary["runs"]
     assert [run["status"] for run in runs] == ["done"] * 4
@@ -603,14 +604,15 @@ def test_sweep_collect_says_per_point_queued_running_failed_or_missing(held_swee
     assert [line.split()[:4] for line in lines[1:5]] == [
         ["alpha0=1e-4", "running", ids[0], "-"], ["alpha0=2e-4", "queued", "(PENDING)", ids[1]],
         ["alpha0=4e-4", "failed", ids[2], "-"], ["alpha0=8e-4", "missing", "-", "-"]], got.out
-    assert lines[5].startswith(f"alpha0=4e-4: job {ids[2]} ended without a result (Slurm no longer lists it); see "
+    assert lines[5].startswith("sparsity of prunable weights (conv/linear); compression over all"), got.out
+    assert lines[6].startswith(f"alpha0=4e-4: job {ids[2]} ended without a result (Slurm no longer lists it); see "
                                f"{base / 'slurm' / ids[2]}_0_log.err"), got.out
-    assert lines[6] == (f"alpha0=8e-4: no job recorded in sweep_jobs.json and no {base / 'alpha0=8e-4'}"
+    assert lines[7] == (f"alpha0=8e-4: no job recorded in sweep_jobs.json and no {base / 'alpha0=8e-4'}"
                         "/report.json"), got.out
-    assert lines[7] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", got.out
-    assert lines[8].startswith("2 of 4 runs not finished (queued or running); collect again later: sparsetrain "
+    assert lines[8] == f"wrote {base / 'sweep.json'} (every run, JSON) and {base / 'sweep_pareto.png'}", got.out
+    assert lines[9].startswith("2 of 4 runs not finished (queued or running); collect again later: sparsetrain "
                                "sweep "), got.out
-    assert lines[8].endswith(" --collect") and len(lines) == 9, got.out
+    assert lines[9].endswith(" --collect") and len(lines) == 10, got.out
     runs = json.loads((base / "sweep.json").read_text())["runs"]
     assert [(run["status"], run.get("job_id"), run.get("state")) for run in runs] == [
         ("running", ids[0], "RUNNING"), ("queued", ids[1], "PENDING"), ("failed", ids[2], None),

@@ -73,6 +73,15 @@ def test_launch_time_and_memory_are_bounded_at_load(override: str, expected: str
     assert "#SBATCH --time=525600" in script and "#SBATCH --mem=65536GB" in script, script
 
 
+def test_launch_gpu_mem_gb_is_bounded_at_load() -> None:
+    """Was accepted unbounded (1e12 GiB per device) into the dry run's memory plan, as launch.time_min and
+    launch.mem_gb were; the bound is 1024 GiB, over 3x the largest GPU memory sold. 1024 itself still loads."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["launch.gpu_mem_gb=1e12"])
+    assert str(info.value) == "launch.gpu_mem_gb: Input should be less than or equal to 1024 (got '1e12')"
+    assert load_config(None, ["launch.gpu_mem_gb=1024"]).launch.gpu_mem_gb == 1024
+
+
 @pytest.mark.parametrize(
     ("cluster", "overrides", "field"),
     [
@@ -269,6 +278,22 @@ def test_sweep_table_heads_the_metric_column_with_the_key_sweep_json_uses(
         assert lines[1].split()[6] == f"{runs[0]['metric']:.4g}", lines
         assert runs[0]["metric_name"] == "finetune.metric" and lines[0].split()[5] in runs[0], runs
         assert lines[0].split()[4] in runs[0], runs  # the compression column: sweep.json's `compression`
+
+
+def test_sweep_table_names_what_sparsity_and_compression_count(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The run's report table says sparsity is `of prunable weights (conv/linear)` and compression over `all
+    parameters`; the sweep table printed both columns without their scope. One line under its rows names them."""
+    quickstart = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    (tmp_path / "alpha0=1e-5").mkdir()
+    (tmp_path / "alpha0=1e-5" / "report.json").write_text(json.dumps(
+        {"format_version": 2, "sparsity": 0.9, "compression_ratio": 7.5, "phases": {"finetune": {"metric": 91.4}}}))
+    assert sweep_main([str(quickstart), "alpha0=1e-5,3e-5", "--collect", f"out_dir={tmp_path}"]) == 1  # one missing
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:6] == ["alpha0=1e-5", "done", "-", "90.0", "%", "7.50x"], lines
+    assert lines[3] == ("sparsity of prunable weights (conv/linear); compression over all parameters (dense count / "
+                        "non-zero; removed filters count)"), lines
+    assert lines[4].startswith("alpha0=3e-5: no job recorded"), lines
 
 
 def _method2_report(dense: int, pruned: int, metric: float) -> dict:

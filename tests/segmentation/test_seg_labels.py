@@ -4,6 +4,8 @@ leaves one class, a model with fewer outputs than the data's classes, lossy (JPE
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +222,21 @@ def test_run_refuses_test_fraction_1_before_writing(tmp_path: Path, capsys: pyte
         line = one_error_line(capsys)
         assert code == 2 and "data.test_fraction: 1 leaves no training sample" in line and "sparsetrain eval" in line
         assert not out.exists(), f"{out} written before the refusal"
+
+
+# ---------------------------------------------------------------------------------------------- dry run logging
+
+
+def test_dry_run_shows_the_data_lines_the_run_logs(tmp_path: Path) -> None:
+    """`run --dry-run` did not set up logging, so the seg_folder class-count line (and EMNIST's transposition, the
+    train_subset lines) was not shown where a user checks what the run will read; through the real CLI process."""
+    folder = write_folder(tmp_path / "city", label_masks(19, void=True))
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "sparsetrain", *city_run(folder, out, "model.kwargs.num_classes=19",
+                                                                          "--dry-run")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if "data: seg_folder" in line and "19 classes" in line]
+    assert len(said) == 1 and "from the largest mask label 18" in said[0], proc.stderr
+    assert "pruning plan:" in proc.stdout, proc.stdout
+    assert not out.exists(), f"the dry run wrote {out}"
