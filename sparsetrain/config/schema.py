@@ -90,6 +90,7 @@ class TrainSubsetConfig(Section):
 SEG_SOURCES = ("seg_synthetic", "seg_folder", "voc")  # the data.source values of task=segmentation
 PATH_SOURCES = ("npz", "idx", "imagefolder", "seg_folder", "voc")  # the data.source values that read data.path
 VOC_VOID = 255  # the mask value of Pascal VOC's void / boundary pixels
+VOC_IMAGE_SIZE = 224  # data.image_size of data.source=voc when not given: as imagefolder's, timm's ImageNet size
 
 
 class DataConfig(Section):
@@ -118,10 +119,10 @@ class DataConfig(Section):
         "used to check that a recipe holds on data it was not tuned on. None = the whole training set.")
     image_size: int | None = Field(None, ge=4, le=4096, description="Resize images to this square size "
                                    "(imagefolder: default 224, the size of timm's ImageNet models, a warning when "
-                                   "images are 4x smaller or more; voc: default 224; seg_folder: null keeps the native "
-                                   "size; synthetic sources: the generated size); npz / idx / digits keep their "
-                                   "native size. Segmentation masks are resized nearest-exact. The exported ONNX / "
-                                   ".pt2 take only the size trained on.")
+                                   "images are 4x smaller or more; voc: default 224, null resolved to it; "
+                                   "seg_folder: null keeps the native size; synthetic sources: the generated "
+                                   "size); npz / idx / digits keep their native size. Segmentation masks are "
+                                   "resized nearest-exact. The exported ONNX / .pt2 take only the size trained on.")
     ignore_index: int | None = Field(
         None, ge=0, le=65535, description="Segmentation: the mask value of pixels left out of the training loss "
         "(CE / BCE and Dice, as torch.nn.CrossEntropyLoss's ignore_index), of every metric and of the class count, "
@@ -146,10 +147,25 @@ class DataConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _voc_void(cls, data: Any) -> Any:
-        """Pascal VOC marks void / boundary pixels 255: its ignore_index unless the config gives one (null too)."""
-        if isinstance(data, dict) and data.get("source") == "voc" and "ignore_index" not in data:
-            return {**data, "ignore_index": VOC_VOID}
+    def _voc_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """Pascal VOC marks void / boundary pixels 255: its ignore_index unless the config gives one (null too).
+        Its images differ in size and are held as one N × 3 × S × S tensor, so image_size null (unset, or null in a
+        recipe or a stored config) is resolved to `VOC_IMAGE_SIZE`: the stored config and the export then say the
+        size the run resized to.
+
+        Raises:
+            ValueError: `data.image_size=null` given on the command line (it would ask for the native sizes).
+        """
+        if not isinstance(data, dict) or data.get("source") != "voc":
+            return data
+        if "ignore_index" not in data:
+            data = {**data, "ignore_index": VOC_VOID}
+        if data.get("image_size") is None:
+            if "image_size" in data and "data.image_size" in _given(info):
+                raise ValueError("data.image_size: null (native sizes) is not possible for data.source=voc: its images "
+                                 "differ in size and are held in memory at one size; set data.image_size="
+                                 f"{VOC_IMAGE_SIZE} (this source's default) or another size")
+            data = {**data, "image_size": VOC_IMAGE_SIZE}
         return data
 
     @field_validator("path")
