@@ -89,6 +89,10 @@ class TrainSubsetConfig(Section):
 
 SEG_SOURCES = ("seg_synthetic", "seg_folder", "voc")  # the data.source values of task=segmentation
 PATH_SOURCES = ("npz", "idx", "imagefolder", "seg_folder", "voc")  # the data.source values that read data.path
+SPLIT_BY_FRACTION = ("digits", "synthetic", "seg_synthetic", "seg_folder")  # the sources that read data.test_fraction
+OWN_TEST_SPLIT = {"mnist1d": "its own test set", "npz": "the file's x_test / y_test", "idx": "the t10k files",
+                  "imagefolder": "the val/ or test/ folder", "voc": "ImageSets/Segmentation/val.txt"}
+DEFAULT_TEST_FRACTION = 0.2
 VOC_VOID = 255  # the mask value of Pascal VOC's void / boundary pixels
 VOC_IMAGE_SIZE = 224  # data.image_size of data.source=voc when not given: as imagefolder's, timm's ImageNet size
 
@@ -132,10 +136,12 @@ class DataConfig(Section):
     in_chans: int | None = Field(None, ge=1, le=16, description="Number of input channels the model gets "
                                  "(None = the data's): colour is averaged to gray for 1, gray is repeated for more; "
                                  "imagefolder reads RGB (3) or gray (1, torchvision's Grayscale).")
-    test_fraction: float = Field(0.2, gt=0, le=1, description="Held-out fraction for sources without a split "
-                                 "(digits, synthetic, seg_synthetic, seg_folder's images/ + masks/), drawn with the "
-                                 "seed. 1.0 = every sample is a test sample: for `sparsetrain eval` of a whole "
-                                 "seg_folder / seg_synthetic set; `run` refuses it (no training sample).")
+    test_fraction: float = Field(DEFAULT_TEST_FRACTION, gt=0, le=1, description="Held-out fraction for sources "
+                                 "without a split (digits, synthetic, seg_synthetic, seg_folder's images/ + masks/), "
+                                 "drawn with the seed. 1.0 = every sample is a test sample: for `sparsetrain eval` of "
+                                 "a whole seg_folder / seg_synthetic set; `run` refuses it (no training sample). "
+                                 "Refused for the sources with their own test split (mnist1d, npz, idx, imagefolder, "
+                                 "voc).")
     num_samples: int = Field(2000, ge=16, description="Number of generated samples (synthetic sources).")
     normalize: bool = Field(True, description="Standardize inputs per channel: with the train split's own mean/std "
                             "(array and segmentation sources) or ImageNet's (imagefolder); the values are recorded "
@@ -384,6 +390,7 @@ class RunConfig(Section):
         for key, unset in (("idx_prefix", None), ("transpose", "auto")):
             if self.data.source != "idx" and getattr(self.data, key) != unset:
                 raise ValueError(f"data.{key}: read by data.source=idx only, not {self.data.source!r}")
+        self._check_test_fraction(_given(info))
         is_seg_data = self.data.source in SEG_SOURCES
         if self.data.ignore_index is not None and not is_seg_data:
             raise ValueError(f"data.ignore_index: read by segmentation sources only, not {self.data.source!r}")
@@ -394,6 +401,22 @@ class RunConfig(Section):
             raise ValueError(f"task: {self.task!r} does not match data.source={self.data.source!r}")
         self._check_decay_step()
         return self
+
+    def _check_test_fraction(self, given: frozenset[str]) -> None:
+        """data.test_fraction is read only by the sources that split one set (`SPLIT_BY_FRACTION`); one with its own
+        test split would ignore it, e.g. `eval RUN data.test_fraction=1.0` on voc scored val.txt alone. Set = given
+        on the command line (`given`) or another value than the default (a stored config.yaml holds the default for
+        every source, so run directories reload).
+
+        Raises:
+            ValueError: one line naming data.test_fraction, the source and where its test split comes from.
+        """
+        source = self.data.source
+        if source in SPLIT_BY_FRACTION:
+            return
+        if "data.test_fraction" in given or self.data.test_fraction != DEFAULT_TEST_FRACTION:
+            raise ValueError(f"data.test_fraction: read by data.source {', '.join(SPLIT_BY_FRACTION)} only, not "
+                             f"{source!r}, whose test split is {OWN_TEST_SPLIT[source]}; leave it out")
 
     def _check_decay_step(self) -> None:
         """adamw's decoupled decay and sgd's (coupled, the same term) scale every weight by 1 - lr * weight_decay per

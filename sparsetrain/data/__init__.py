@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from sparsetrain.config.schema import PATH_SOURCES, DataConfig, TrainSubsetConfig
+from sparsetrain.config.schema import PATH_SOURCES, SPLIT_BY_FRACTION, DataConfig, TrainSubsetConfig
 from sparsetrain.data.base import (
     LUMA_WEIGHTS,
     DataBundle,
@@ -125,7 +125,6 @@ def _log_untrained_classes(y_train: torch.Tensor, y_test: torch.Tensor, classes:
              f"({in_test} test samples): labels are used as stored, so {output} never trained to fire{hint}")
 
 
-SPLIT_BY_FRACTION = ("digits", "synthetic", "seg_synthetic", "seg_folder")  # sources that read data.test_fraction
 GENERATED = ("synthetic", "mnist1d", "seg_synthetic")  # sources that read data.num_samples
 SIZE_KEYS = ("train_samples", "test_samples")  # what `data_record` adds: not config fields
 
