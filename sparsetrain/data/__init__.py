@@ -15,6 +15,7 @@ from sparsetrain.data.base import (
     DataError,
     DataNotFound,
     color_record,
+    output_names,
     preprocessing_record,
     resize_record,
 )
@@ -97,7 +98,7 @@ def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
     return DataBundle(InMemoryDataset(x_train, y_train), InMemoryDataset(x_test, y_test),
                       in_chans=x_train.shape[1], num_classes=classes, input_shape=shape,
                       preprocessing=preprocessing_record(shape, raw[0], raw[1], stats),
-                      classes=names if names and len(names) == classes else None)
+                      classes=output_names(names, data_classes, classes))
 
 
 def check_model_classes(num_classes: int | None, data_classes: int, what: str) -> None:
@@ -179,7 +180,7 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
         train, test, scale = load_imagefolder(cfg.path, size, cfg.normalize, chans)
         check_model_classes(num_classes, len(train.classes), f"class folders of {cfg.path}")
         classes = num_classes or len(train.classes)
-        names = tuple(train.classes) if len(train.classes) == classes else None  # torchvision: sorted folder names
+        names = output_names(tuple(train.classes), len(train.classes), classes)  # torchvision: sorted folder names
         if cfg.train_subset is not None:
             check_subset(len(train), cfg.train_subset, len(train.classes), batch_size)
             train = Subset(train, subset_indices(len(train), cfg.train_subset).tolist())

@@ -45,6 +45,7 @@ from sparsetrain.data.base import (
     DataError,
     DataNotFound,
     color_record,
+    output_names,
     preprocessing_record,
     resize_record,
 )
@@ -125,7 +126,7 @@ def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | Non
         or _class_names(Path(cfg.path or ""))
     return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
                       in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep,
-                      classes=names if names and len(names) == max(num_classes, 2) else None)
+                      classes=output_names(names, max(channels, 2), max(num_classes, 2)))
 
 
 def _load_voc_splits(cfg: DataConfig) -> tuple[SegSplit, SegSplit, int, str]:
