@@ -76,10 +76,14 @@ def positive_float(text: str) -> float:
 def out_folder(text: str) -> Path:
     """A folder flag the command writes into (`--out`), checked before any work: an existing file there, a file
     where a parent folder should be, or a folder it cannot write into (read-only mount, no permission) is argparse's
-    one usage line, not a `FileExistsError` / `OSError` traceback after the whole benchmark ran (trial 17).
+    one usage line, not a `FileExistsError` / `OSError` traceback after the whole benchmark ran (trial 17). The
+    folder is then created and a file written into it and removed (`_try_writing`): permission bits do not stop
+    root, and /proc or /sys refuse new entries whatever they say (trial 20); folders created only for the check are
+    removed again.
 
     Raises (from the converter):
-        argparse.ArgumentTypeError: `FOLDER is a file, not a folder`, or `cannot write into FOLDER (REASON)`.
+        argparse.ArgumentTypeError: `FOLDER is a file, not a folder`, `cannot write into FOLDER (REASON)` or
+            `cannot create FOLDER (REASON)`.
     """
     folder = Path(text)
     existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())  # "/" always exists
@@ -89,7 +93,38 @@ def out_folder(text: str) -> Path:
         read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
         reason = os.strerror(errno.EROFS if read_only else errno.EACCES)
         raise argparse.ArgumentTypeError(f"cannot write into {existing} ({reason}); give a writable folder")
+    _try_writing(folder)
     return folder
+
+
+def _try_writing(folder: Path) -> None:
+    """Create `folder` (with its missing parents) and a file in it, then remove the file and the folders this
+    created.
+
+    Raises:
+        argparse.ArgumentTypeError: `cannot create FOLDER (REASON)` or `cannot write into FOLDER (REASON)`.
+    """
+    import tempfile
+
+    created = [p for p in (folder.absolute(), *folder.absolute().parents) if not p.exists()]  # deepest first
+    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"cannot create {folder} ({err.strerror or err}); give a writable "
+                                             "folder") from None
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+                pass
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"cannot write into {folder} ({err.strerror or err}); give a writable "
+                                             "folder") from None
+    finally:
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:
+                break
 
 
 out_folder.__name__ = "folder"  # what argparse would name the type

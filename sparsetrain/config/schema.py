@@ -89,7 +89,12 @@ class TrainSubsetConfig(Section):
 
 SEG_SOURCES = ("seg_synthetic", "seg_folder", "voc")  # the data.source values of task=segmentation
 PATH_SOURCES = ("npz", "idx", "imagefolder", "seg_folder", "voc")  # the data.source values that read data.path
+SPLIT_BY_FRACTION = ("digits", "synthetic", "seg_synthetic", "seg_folder")  # the sources that read data.test_fraction
+OWN_TEST_SPLIT = {"mnist1d": "its own test set", "npz": "the file's x_test / y_test", "idx": "the t10k files",
+                  "imagefolder": "the val/ or test/ folder", "voc": "ImageSets/Segmentation/val.txt"}
+DEFAULT_TEST_FRACTION = 0.2
 VOC_VOID = 255  # the mask value of Pascal VOC's void / boundary pixels
+VOC_IMAGE_SIZE = 224  # data.image_size of data.source=voc when not given: as imagefolder's, timm's ImageNet size
 
 
 class DataConfig(Section):
@@ -118,10 +123,10 @@ class DataConfig(Section):
         "used to check that a recipe holds on data it was not tuned on. None = the whole training set.")
     image_size: int | None = Field(None, ge=4, le=4096, description="Resize images to this square size "
                                    "(imagefolder: default 224, the size of timm's ImageNet models, a warning when "
-                                   "images are 4x smaller or more; voc: default 224; seg_folder: null keeps the native "
-                                   "size; synthetic sources: the generated size); npz / idx / digits keep their "
-                                   "native size. Segmentation masks are resized nearest-exact. The exported ONNX / "
-                                   ".pt2 take only the size trained on.")
+                                   "images are 4x smaller or more; voc: default 224, null resolved to it; "
+                                   "seg_folder: null keeps the native size; synthetic sources: the generated "
+                                   "size); npz / idx / digits keep their native size. Segmentation masks are "
+                                   "resized nearest-exact. The exported ONNX / .pt2 take only the size trained on.")
     ignore_index: int | None = Field(
         None, ge=0, le=65535, description="Segmentation: the mask value of pixels left out of the training loss "
         "(CE / BCE and Dice, as torch.nn.CrossEntropyLoss's ignore_index), of every metric and of the class count, "
@@ -131,10 +136,12 @@ class DataConfig(Section):
     in_chans: int | None = Field(None, ge=1, le=16, description="Number of input channels the model gets "
                                  "(None = the data's): colour is averaged to gray for 1, gray is repeated for more; "
                                  "imagefolder reads RGB (3) or gray (1, torchvision's Grayscale).")
-    test_fraction: float = Field(0.2, gt=0, le=1, description="Held-out fraction for sources without a split "
-                                 "(digits, synthetic, seg_synthetic, seg_folder's images/ + masks/), drawn with the "
-                                 "seed. 1.0 = every sample is a test sample: for `sparsetrain eval` of a whole "
-                                 "seg_folder / seg_synthetic set; `run` refuses it (no training sample).")
+    test_fraction: float = Field(DEFAULT_TEST_FRACTION, gt=0, le=1, description="Held-out fraction for sources "
+                                 "without a split (digits, synthetic, seg_synthetic, seg_folder's images/ + masks/), "
+                                 "drawn with the seed. 1.0 = every sample is a test sample: for `sparsetrain eval` of "
+                                 "a whole seg_folder / seg_synthetic set; `run` refuses it (no training sample). "
+                                 "Refused for the sources with their own test split (mnist1d, npz, idx, imagefolder, "
+                                 "voc).")
     num_samples: int = Field(2000, ge=16, description="Number of generated samples (synthetic sources).")
     normalize: bool = Field(True, description="Standardize inputs per channel: with the train split's own mean/std "
                             "(array and segmentation sources) or ImageNet's (imagefolder); the values are recorded "
@@ -146,10 +153,25 @@ class DataConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _voc_void(cls, data: Any) -> Any:
-        """Pascal VOC marks void / boundary pixels 255: its ignore_index unless the config gives one (null too)."""
-        if isinstance(data, dict) and data.get("source") == "voc" and "ignore_index" not in data:
-            return {**data, "ignore_index": VOC_VOID}
+    def _voc_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """Pascal VOC marks void / boundary pixels 255: its ignore_index unless the config gives one (null too).
+        Its images differ in size and are held as one N × 3 × S × S tensor, so image_size null (unset, or null in a
+        recipe or a stored config) is resolved to `VOC_IMAGE_SIZE`: the stored config and the export then say the
+        size the run resized to.
+
+        Raises:
+            ValueError: `data.image_size=null` given on the command line (it would ask for the native sizes).
+        """
+        if not isinstance(data, dict) or data.get("source") != "voc":
+            return data
+        if "ignore_index" not in data:
+            data = {**data, "ignore_index": VOC_VOID}
+        if data.get("image_size") is None:
+            if "image_size" in data and "data.image_size" in _given(info):
+                raise ValueError("data.image_size: null (native sizes) is not possible for data.source=voc: its images "
+                                 "differ in size and are held in memory at one size; set data.image_size="
+                                 f"{VOC_IMAGE_SIZE} (this source's default) or another size")
+            data = {**data, "image_size": VOC_IMAGE_SIZE}
         return data
 
     @field_validator("path")
@@ -368,6 +390,7 @@ class RunConfig(Section):
         for key, unset in (("idx_prefix", None), ("transpose", "auto")):
             if self.data.source != "idx" and getattr(self.data, key) != unset:
                 raise ValueError(f"data.{key}: read by data.source=idx only, not {self.data.source!r}")
+        self._check_test_fraction(_given(info))
         is_seg_data = self.data.source in SEG_SOURCES
         if self.data.ignore_index is not None and not is_seg_data:
             raise ValueError(f"data.ignore_index: read by segmentation sources only, not {self.data.source!r}")
@@ -378,6 +401,22 @@ class RunConfig(Section):
             raise ValueError(f"task: {self.task!r} does not match data.source={self.data.source!r}")
         self._check_decay_step()
         return self
+
+    def _check_test_fraction(self, given: frozenset[str]) -> None:
+        """data.test_fraction is read only by the sources that split one set (`SPLIT_BY_FRACTION`); one with its own
+        test split would ignore it, e.g. `eval RUN data.test_fraction=1.0` on voc scored val.txt alone. Set = given
+        on the command line (`given`) or another value than the default (a stored config.yaml holds the default for
+        every source, so run directories reload).
+
+        Raises:
+            ValueError: one line naming data.test_fraction, the source and where its test split comes from.
+        """
+        source = self.data.source
+        if source in SPLIT_BY_FRACTION:
+            return
+        if "data.test_fraction" in given or self.data.test_fraction != DEFAULT_TEST_FRACTION:
+            raise ValueError(f"data.test_fraction: read by data.source {', '.join(SPLIT_BY_FRACTION)} only, not "
+                             f"{source!r}, whose test split is {OWN_TEST_SPLIT[source]}; leave it out")
 
     def _check_decay_step(self) -> None:
         """adamw's decoupled decay and sgd's (coupled, the same term) scale every weight by 1 - lr * weight_decay per

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from sparsetrain.config.schema import PATH_SOURCES, DataConfig, TrainSubsetConfig
+from sparsetrain.config.schema import PATH_SOURCES, SPLIT_BY_FRACTION, DataConfig, TrainSubsetConfig
 from sparsetrain.data.base import (
     LUMA_WEIGHTS,
     DataBundle,
     DataError,
     DataNotFound,
     color_record,
+    output_names,
     preprocessing_record,
     resize_record,
 )
@@ -97,7 +98,7 @@ def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
     return DataBundle(InMemoryDataset(x_train, y_train), InMemoryDataset(x_test, y_test),
                       in_chans=x_train.shape[1], num_classes=classes, input_shape=shape,
                       preprocessing=preprocessing_record(shape, raw[0], raw[1], stats),
-                      classes=names if names and len(names) == classes else None)
+                      classes=output_names(names, data_classes, classes))
 
 
 def check_model_classes(num_classes: int | None, data_classes: int, what: str) -> None:
@@ -125,7 +126,6 @@ def _log_untrained_classes(y_train: torch.Tensor, y_test: torch.Tensor, classes:
              f"({in_test} test samples): labels are used as stored, so {output} never trained to fire{hint}")
 
 
-SPLIT_BY_FRACTION = ("digits", "synthetic", "seg_synthetic", "seg_folder")  # sources that read data.test_fraction
 GENERATED = ("synthetic", "mnist1d", "seg_synthetic")  # sources that read data.num_samples
 SIZE_KEYS = ("train_samples", "test_samples")  # what `data_record` adds: not config fields
 
@@ -180,7 +180,7 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
         train, test, scale = load_imagefolder(cfg.path, size, cfg.normalize, chans)
         check_model_classes(num_classes, len(train.classes), f"class folders of {cfg.path}")
         classes = num_classes or len(train.classes)
-        names = tuple(train.classes) if len(train.classes) == classes else None  # torchvision: sorted folder names
+        names = output_names(tuple(train.classes), len(train.classes), classes)  # torchvision: sorted folder names
         if cfg.train_subset is not None:
             check_subset(len(train), cfg.train_subset, len(train.classes), batch_size)
             train = Subset(train, subset_indices(len(train), cfg.train_subset).tolist())

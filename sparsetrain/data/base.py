@@ -35,7 +35,25 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]  # per-sample shape, e.g. (1, 28, 28)
     preprocessing: dict[str, Any] = field(default_factory=dict)  # see `preprocessing_record`
-    classes: tuple[str, ...] | None = None  # class names in index order, where the data names them
+    classes: tuple[str, ...] | None = None  # names of the model's outputs in index order, where the data names them
+
+
+def output_names(names: tuple[str, ...] | None, data_classes: int, outputs: int) -> tuple[str, ...] | None:
+    """The names of a model's `outputs` outputs (DataBundle.classes): the data's class names, then a placeholder
+    `class K` for each output past them when model.kwargs.num_classes asks for more outputs than the data has classes
+    (outputs without a pixel or sample of their own keep a name in the export and the per-class metrics).
+
+    Args:
+        names: The data's class names in label order, or None when it names none.
+        data_classes: The data's class count (binary segmentation: 2).
+        outputs: The model's outputs (binary segmentation with one logit: 2, the classes it separates).
+
+    Returns:
+        None when `names` is None, names fewer than the data's classes (not a full list) or more than the outputs.
+    """
+    if not names or len(names) < data_classes or len(names) > outputs:
+        return None
+    return (*names, *(f"class {index}" for index in range(len(names), outputs)))
 
 
 def resize_record(size: list[int], how: str) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from sparsetrain.data.base import (
     DataError,
     DataNotFound,
     color_record,
+    output_names,
     preprocessing_record,
     resize_record,
 )
@@ -101,7 +102,7 @@ def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | Non
     if cfg.source == "seg_synthetic":
         train, test, channels, origin = load_seg_synthetic(cfg, seed)
     elif cfg.source == "seg_folder":
-        train, test, channels, origin = load_seg_folder(cfg, seed, eval_only)
+        train, test, channels, origin = load_seg_folder(cfg, seed, eval_only, model_classes)
     elif cfg.source == "voc":
         train, test, channels, origin = _load_voc_splits(cfg)
     else:
@@ -125,7 +126,7 @@ def build_segmentation_data(cfg: DataConfig, seed: int, model_classes: int | Non
         or _class_names(Path(cfg.path or ""))
     return DataBundle(InMemoryDataset(x_train, train.masks), InMemoryDataset(x_test, test.masks),
                       in_chans=x_train.shape[1], num_classes=num_classes, input_shape=shape, preprocessing=prep,
-                      classes=names if names and len(names) == max(num_classes, 2) else None)
+                      classes=output_names(names, max(channels, 2), max(num_classes, 2)))
 
 
 def _load_voc_splits(cfg: DataConfig) -> tuple[SegSplit, SegSplit, int, str]:
@@ -182,13 +183,16 @@ def load_seg_synthetic(cfg: DataConfig, seed: int) -> tuple[SegSplit, SegSplit, 
     return train, test, 1, "binary synthetic vessel masks"
 
 
-def load_seg_folder(cfg: DataConfig, seed: int, eval_only: bool = False) -> tuple[SegSplit, SegSplit, int, str]:
+def load_seg_folder(cfg: DataConfig, seed: int, eval_only: bool = False, model_classes: int | None = None
+                    ) -> tuple[SegSplit, SegSplit, int, str]:
     """Read an image/mask folder (see the module docstring), map mask labels to classes, split if needed; a folder
     holding test/ without train/ only with `eval_only` (`sparsetrain eval`: the training split is then empty).
+    `model_classes` (model.kwargs.num_classes, or None): binary masks are said to get one logit channel only when
+    the model gets one (not with num_classes=2, which `output_channels` then says is trained as 2 softmax classes).
 
     Returns:
-        The train and test splits (masks as class indices), the logit channels (1 = binary) and where the class
-        count comes from (for messages); one log line says both.
+        The train and test splits (masks as class indices), the logit channels of the data (1 = binary) and where
+        the class count comes from (for messages); one log line says both.
     """
     root = Path(cfg.path or "")
     if root.is_file():
@@ -210,7 +214,8 @@ def load_seg_folder(cfg: DataConfig, seed: int, eval_only: bool = False) -> tupl
         train, test = _split(whole, cfg.test_fraction, seed)
     lookup, num_classes, origin = _class_lookup(root, (train, test), cfg.ignore_index)
     train, test = (replace(split, masks=lookup[split.masks]) for split in (train, test))
-    count = "binary: 2 classes, one logit channel" if num_classes == 1 else f"{num_classes} classes"
+    one_logit = ", one logit channel" if model_classes in (None, 1) else ""
+    count = f"binary: 2 classes{one_logit}" if num_classes == 1 else f"{num_classes} classes"
     log.info(f"data: seg_folder {root}: {count}, from {origin}")
     return train, test, num_classes, origin
 

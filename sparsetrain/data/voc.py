@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsetrain.config.schema import DataConfig
+from sparsetrain.config.schema import VOC_IMAGE_SIZE, DataConfig
 from sparsetrain.data.base import DataError, DataNotFound
 from sparsetrain.data.tensors import image_mask_tensors
 
@@ -29,7 +29,6 @@ __all__ = ["VOC_CLASSES", "VOC_IMAGE_SIZE", "load_voc"]
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
-VOC_IMAGE_SIZE = 224  # as imagefolder's default: the size of timm's ImageNet models
 VOC_SPLITS = (("train", "train"), ("test", "val"))  # (our split, VOC image set)
 YEAR = "2012"
 

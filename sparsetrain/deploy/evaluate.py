@@ -76,7 +76,7 @@ def _config(target: Path, recipe: str | None, overrides: list[str]) -> RunConfig
     if imports := arch_imports(arch):  # a user's own model: what its run imported
         raw["model"]["imports"] = imports
     raw["model"].update(checkpoint=None, pretrained=False, pretrained_file=None, reset_head=False)
-    return validate(apply_overrides(raw, overrides))
+    return validate(apply_overrides(raw, overrides), overrides=overrides)
 
 
 def _is_deepspeed_checkpoint(path: Path) -> bool:

@@ -440,3 +440,36 @@ def test_a_patch_size_that_does_not_divide_native_images_is_refused_by_the_dry_r
     assert err == ("error: model.kwargs.patch_size: vit_tiny_patch16_224 cuts images into 3×3 patches, but the images "
                    "of data.source=digits are 8×8 (only the top-left 6×6 would be seen); give a patch size dividing "
                    "both sides, e.g. model.kwargs.patch_size=2\n"), err
+
+
+@pytest.mark.parametrize(("source", "split"), [
+    ("voc", "ImageSets/Segmentation/val.txt"), ("npz", "the file's x_test / y_test"), ("idx", "the t10k files"),
+    ("imagefolder", "the val/ or test/ folder"), ("mnist1d", "its own test set")])
+def test_test_fraction_set_for_a_source_with_its_own_split_is_refused(source: str, split: str) -> None:
+    """Trial 20: `eval RUN data.test_fraction=1.0` on voc still scored val.txt alone and `run ... data.source=voc
+    data.test_fraction=0.9 --dry-run` passed: the sources with their own test split ignored it silently. Set on the
+    command line (even to the default) or in a recipe to another value: one line; a stored config (the default for
+    every source) still reloads."""
+    from sparsetrain.config import config_to_dict
+    from sparsetrain.config.loader import validate
+
+    task = ["task=segmentation"] if source == "voc" else []
+    expected = (f"data.test_fraction: read by data.source digits, synthetic, seg_synthetic, seg_folder only, not "
+                f"{source!r}, whose test split is {split}; leave it out")
+    for value in ("0.9", "1.0", "0.2"):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [f"data.source={source}", *task, f"data.test_fraction={value}"], plan_only=True)
+        assert str(err.value) == expected, str(err.value)
+    stored = config_to_dict(load_config(None, [f"data.source={source}", *task, "data.path=somewhere"]))
+    assert stored["data"]["test_fraction"] == 0.2 and validate(stored).data.source == source, "a run dir reloads"
+    with pytest.raises(ConfigError, match="data.test_fraction: read by"):
+        validate({**stored, "data": {**stored["data"], "test_fraction": 0.5}})
+
+
+def test_test_fraction_of_a_dry_run_on_voc_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.cli import main
+
+    assert main(["run", "task=segmentation", "data.source=voc", "data.test_fraction=0.9", "--dry-run"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert errors == ["error: data.test_fraction: read by data.source digits, synthetic, seg_synthetic, seg_folder "
+                      "only, not 'voc', whose test split is ImageSets/Segmentation/val.txt; leave it out"], errors

@@ -353,6 +353,34 @@ def test_out_that_is_a_file_or_read_only_is_one_argparse_line_before_the_benchma
             f"sparsetrain bench {name}: error: argument --out: {expected}"), (out, err)
 
 
+@pytest.mark.parametrize("name", ["latency", "kernels"])
+@pytest.mark.parametrize(("out", "reason"), [("/proc/nope", "No such file or directory"),
+                                             ("/sys/nope", "Operation not permitted")])
+def test_out_that_cannot_be_created_is_one_argparse_line_before_the_benchmark(
+        name: str, out: str, reason: str, capsys: pytest.CaptureFixture) -> None:
+    """Trial 20: `bench kernels --quick --out /proc/nope` ran the whole benchmark and then ended in a
+    FileNotFoundError traceback (/sys/nope: PermissionError); /proc and /sys pass the permission check but refuse
+    new entries. --out is now created (and written into) before anything runs."""
+    from sparsetrain.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", name, *(["RUN/export"] if name == "latency" else ["--quick"]), "--out", out])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.splitlines()[-1] == (
+        f"sparsetrain bench {name}: error: argument --out: cannot create {out} ({reason}); give a writable folder"), err
+
+
+def test_out_checked_by_creating_it_leaves_no_trace(tmp_path: Path) -> None:
+    """The check creates --out and a file in it, and removes what it created: a usage error elsewhere leaves nothing."""
+    from sparsetrain.argtypes import out_folder
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert out_folder(str(tmp_path / "a" / "b")) == tmp_path / "a" / "b"
+    assert out_folder(str(existing)) == existing
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["existing"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU --backend triton runs")
 @pytest.mark.parametrize("name", ["kernels", "train_step"])
 def test_backend_triton_where_it_cannot_run_is_one_line(name: str, monkeypatch: pytest.MonkeyPatch,

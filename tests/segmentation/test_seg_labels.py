@@ -173,6 +173,21 @@ def test_lossless_masks_are_read_and_the_class_count_is_said_once(
     assert values == (set(range(5)) if "largest" in origin or "txt" in origin else {0, 1}), values
 
 
+def test_binary_masks_trained_as_two_classes_are_not_said_to_get_one_logit(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Trial 20: with model.kwargs.num_classes=2 the data line said `binary: 2 classes, one logit channel` and the
+    next line that they are trained as 2 softmax classes. The data line now says the class count alone."""
+    folder = write_folder(tmp_path / "binary", binary_masks(value=1), ".png")
+    with caplog.at_level("INFO", logger="sparsetrain"):
+        bundle = build_segmentation_data(DataConfig(source="seg_folder", path=str(folder)), seed=0, model_classes=2)
+    said = [r.getMessage() for r in caplog.records]
+    data_line = next(line for line in said if line.startswith("data: seg_folder"))
+    assert ": binary: 2 classes, from binary 0/1 masks" in data_line and "logit" not in data_line, data_line
+    assert any(line.startswith("model.kwargs.num_classes=2: the binary masks") and "not as one logit channel" in line
+               for line in said), said
+    assert bundle.num_classes == 2
+
+
 # ---------------------------------------------------------------------------------------------- 4: eval of a folder
 
 

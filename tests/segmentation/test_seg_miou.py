@@ -180,3 +180,29 @@ def test_eval_of_the_export_gives_miou_and_per_class_iou(run, capsys: pytest.Cap
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith(f"metric       {final['miou']:.4f}  (miou ") and " iou 84.62" in lines[1], lines
     assert lines[2] == "per-class IoU  road 0.00, sky 85.94, car 0.00, bike -", lines
+
+
+def test_more_model_outputs_than_named_classes_keep_the_names_and_get_placeholders(tmp_path: Path) -> None:
+    """Trial 20: classes.txt naming 3 classes with model.kwargs.num_classes=5 lost every name (meta.output.classes
+    null, per-class IoU keyed 0..4). The data's names are kept and the outputs past them are named `class 3`,
+    `class 4`, in the run's report and the export; classification sources alike."""
+    from sparsetrain.config import load_config
+    from sparsetrain.config.schema import DataConfig
+    from sparsetrain.data import build_data
+    from sparsetrain.pipeline import run_pipeline
+
+    folder, out = street_folder(tmp_path / "data"), tmp_path / "run"
+    (folder / "classes.txt").write_text("road\nsky\ncar\n")
+    expected = ("road", "sky", "car", "class 3", "class 4")
+    run_pipeline(load_config(None, [
+        "task=segmentation", "data.source=seg_folder", f"data.path={folder}", "model.name=unet_tiny",
+        "model.kwargs.num_classes=5", "train.batch_size=4", "phases.dense.epochs=1", "phases.sparsify.enabled=false",
+        "prune.rule=global_sparsity", "prune.sparsity=0.3", "phases.finetune.epochs=1", "report.plots=false",
+        "tracking.mode=disabled", "deepspeed.zero_stage=0", "deploy.formats=[]", "deploy.latency=false",
+        f"out_dir={out}"]))
+    final = json.loads((out / "report.json").read_text())["phases"]["finetune"]
+    assert tuple(final["per_class_iou"]) == expected, final["per_class_iou"]
+    meta = json.loads((out / "export" / "architecture.json").read_text())["meta"]
+    assert tuple(meta["output"]["classes"]) == expected, meta["output"]
+    digits = build_data(DataConfig(source="digits"), seed=0, num_classes=12).classes
+    assert digits is not None and digits[-3:] == ("9", "class 10", "class 11"), digits

@@ -70,6 +70,29 @@ def test_voc_reads_train_and_val_as_the_splits(voc: Path, where: str) -> None:
     assert bundle.preprocessing["resize"]["size"] == [24, 24]
 
 
+@pytest.mark.parametrize("given", [[], ["data.image_size=null"]])
+def test_voc_resizes_to_224_when_image_size_is_not_given_and_the_record_says_so(voc: Path, given: list[str]) -> None:
+    """VOC images differ in size (SIZES): the run resizes them to 224, so the config and the export's preprocessing
+    record say 224 (the record once said no resize: native-size inputs then failed in onnxruntime). null given on the
+    command line asks for native sizes, which one in-memory tensor cannot hold: refused in one line."""
+    from sparsetrain.config import ConfigError
+
+    overrides = ["task=segmentation", "data.source=voc", f"data.path={voc}", *given]
+    if given:
+        with pytest.raises(ConfigError) as err:
+            load_config(None, overrides)
+        message = str(err.value)
+        assert "data.image_size: null (native sizes) is not possible for data.source=voc" in message, message
+        assert "set data.image_size=224" in message and "\n" not in message, message
+        return
+    cfg = load_config(None, overrides).data
+    assert cfg.image_size == 224, "the stored config says the size the run resized to"
+    assert DataConfig(source="voc", path=str(voc), image_size=None).image_size == 224, "null in a stored config too"
+    bundle = build_data(cfg, seed=0)
+    assert bundle.input_shape == (3, 224, 224)
+    assert bundle.preprocessing["resize"]["size"] == [224, 224], bundle.preprocessing
+
+
 def test_voc_without_ignore_index_refuses_the_void_value_naming_the_field(voc: Path) -> None:
     cfg = DataConfig(source="voc", path=str(voc), image_size=24, ignore_index=None)
     with pytest.raises(DataError, match=r"SegmentationClass/2007_000000.png: mask value 255 outside the class range "
