@@ -46,7 +46,7 @@ def _run(argv: list[str]) -> int:
         from sparsetrain.plan import plan_report, world_size_for
         from sparsetrain.progress import setup_logging
 
-        setup_logging(is_main=True)  # as the run: the data's lines (class count, transposition, train_subset)
+        setup_logging(is_main=True)  # as the run: the data's lines (class count, transposition, classes a subset lacks)
         print(plan_report(cfg, world_size_for(cfg)), end="")
         return 0
     check_phases(args.phase or [])  # before the imports of torch and the run's data (seconds to minutes)

@@ -198,9 +198,9 @@ def clearly_above_chance(result: dict[str, Any]) -> bool:
     `chance` already sits `CHANCE_SIGMAS` (3) standard errors above the commonest class's share p (a metric at or
     below it cannot be told from chance: `tasks.classification.chance_accuracy`). The same 3-standard-error test from
     the other side asks the metric's lower 3-sigma limit to clear that bound: metric − 3·SE > chance, with SE that of
-    a share near chance, sqrt(p (1 − p) / n) (`chance_margin`, 3·SE in percent points; ~4.7 on 359 digits test
+    a share near chance, sqrt(p (1 − p) / n) (`chance_margin`, 3·SE in percent points; ~5.1 on 359 digits test
     samples). So finetune 14.20 % above a chance bound of 14.08 % is not a recovery: one lucky guess more or less
-    decides it. Segmentation's chance (the best constant answer's Dice) is no sampled share: no margin. A result
+    decides it. Segmentation's chance (the best constant answer's Dice or mIoU) is no sampled share: no margin. A result
     without `chance` (runs from before it was measured) counts when it is not marked at chance.
     """
     if result.get("at_chance"):

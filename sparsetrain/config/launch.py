@@ -15,7 +15,7 @@ from sparsetrain.config.numbers import NumbersModel
 from sparsetrain.paths import absolute_path
 
 MAX_TIME_MIN = 525_600  # a year, as deepspeed.timeout_min (Slurm takes any count; more is a typo, not a plan)
-MAX_MEM_GB = 65_536  # 64 TiB per node: above the largest shared-memory nodes built (48 TB), far below overflow
+MAX_MEM_GB = 65_536  # GB per node: above the largest shared-memory nodes built (48 TB), far below overflow
 MAX_GPU_MEM_GB = 1024  # GiB per device: over 3x the largest GPU memory sold (288 GB: B300, MI355X); more is a typo
 _SBATCH_LINE = re.compile(r"^(#SBATCH\s+)?--(?P<key>[A-Za-z][A-Za-z0-9_-]*)(=(?P<value>.+))?$")
 
@@ -30,7 +30,7 @@ class LaunchConfig(NumbersModel):
     gpus_per_node: int = Field(0, ge=0, description="GPUs per node (0 = CPU job); tasks_per_node must divide it.")
     cpus_per_task: int = Field(1, ge=1, description="CPU cores per task.")
     mem_gb: float | None = Field(None, gt=0, le=MAX_MEM_GB, description="Memory per node in GB (None = cluster "
-                                 "default; at most 65536, 64 TiB, above any node built; sinfo then checks it against "
+                                 "default; at most 65536, above any node built; sinfo then checks it against "
                                  "the partition's nodes).")
     time_min: int = Field(60, ge=1, le=MAX_TIME_MIN, description="Wall-time limit in minutes (at most 525600, a "
                           "year, as deepspeed.timeout_min).")

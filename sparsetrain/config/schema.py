@@ -203,7 +203,7 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="Optimizer weight decay (l2 of the method is separate). "
                                 "adamw and sgd multiply every weight by 1 - lr * weight_decay each step, so "
                                 "lr * weight_decay must stay below 1 for every lr a phase steps with (refused at "
-                                "load otherwise); usual values 1e-5 to 0.1.")
+                                "load otherwise); usual values 0 to 0.1.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule within a phase.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps at the start of each phase.")
@@ -436,7 +436,7 @@ class RunConfig(Section):
         if lr * decay >= 1:
             raise ValueError(f"optim.weight_decay: {decay:g} with {key} {lr:g} gives lr * weight_decay = "
                              f"{lr * decay:g}: {optim} multiplies every weight by 1 - {lr * decay:g} <= 0 at each "
-                             f"step, zeroing the model; expected below 1 / {lr:g} = {1 / lr:g} (usual values 1e-5 to "
+                             f"step, zeroing the model; expected below 1 / {lr:g} = {1 / lr:g} (usual values 0 to "
                              "0.1)")
 
 

@@ -349,10 +349,10 @@ def test_values_the_run_cannot_take_are_refused_at_load(override: str, expected:
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["optim.name=adamw", "optim.weight_decay=1e30"], "optim.weight_decay: 1e+30 with optim.lr 0.001 gives lr * "
      "weight_decay = 1e+27: adamw multiplies every weight by 1 - 1e+27 <= 0 at each step, zeroing the model; expected "
-     "below 1 / 0.001 = 1000 (usual values 1e-5 to 0.1)"),
+     "below 1 / 0.001 = 1000 (usual values 0 to 0.1)"),
     (["optim.name=sgd", "optim.lr=0.01", "optim.weight_decay=10", "phases.finetune.lr=0.2"], "optim.weight_decay: 10 "
      "with phases.finetune.lr 0.2 gives lr * weight_decay = 2: sgd multiplies every weight by 1 - 2 <= 0 at each "
-     "step, zeroing the model; expected below 1 / 0.2 = 5 (usual values 1e-5 to 0.1)"),
+     "step, zeroing the model; expected below 1 / 0.2 = 5 (usual values 0 to 0.1)"),
 ])
 def test_a_weight_decay_that_zeroes_the_weights_each_step_is_refused_at_load(overrides: list[str],
                                                                              expected: str) -> None:
