@@ -10,24 +10,13 @@ from pathlib import Path
 import pytest
 
 from sparsetrain.cli import main
-from tests.segmentation.test_seg_miou import sky_checkpoint, street_folder
+from tests.segmentation.test_seg_miou import street_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A unet_tiny segmentation run (not the default model nor data): dense evaluates a checkpoint, prune 30 %."""
-    from sparsetrain.config import load_config
-    from sparsetrain.pipeline import run_pipeline
-
-    tmp = tmp_path_factory.mktemp("eval_switches")
-    folder, out = street_folder(tmp / "data"), tmp / "run"
-    report = run_pipeline(load_config(None, [
-        "task=segmentation", "data.source=seg_folder", f"data.path={folder}", "model.name=unet_tiny",
-        f"model.checkpoint={sky_checkpoint(tmp / 'sky.safetensors')}", "train.batch_size=4",
-        "phases.dense.epochs=0", "phases.sparsify.enabled=false", "prune.rule=global_sparsity", "prune.sparsity=0.3",
-        "phases.finetune.epochs=0", "tracking.mode=disabled", "deepspeed.zero_stage=0", "deploy.formats=[]",
-        "deploy.latency=false", f"out_dir={out}"]))
-    return out, report
+    return street_run(tmp_path_factory.mktemp("eval_switches"))
 
 
 def test_eval_with_deploy_latency_false_does_not_time(run, capsys: pytest.CaptureFixture) -> None:

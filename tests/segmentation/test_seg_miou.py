@@ -131,14 +131,12 @@ def sky_checkpoint(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Method 1 over the street folder: dense evaluates the sky-only checkpoint (epochs 0), prune 30 %, finetune
-    evaluates the pruned weights (epochs 0)."""
+def street_run(tmp: Path) -> tuple[Path, dict]:
+    """Method 1 over a street folder under `tmp` (unet_tiny, not the default model nor data): dense evaluates the
+    sky-only checkpoint (epochs 0), prune 30 %, finetune evaluates the pruned weights (epochs 0); (run dir, report)."""
     from sparsetrain.config import load_config
     from sparsetrain.pipeline import run_pipeline
 
-    tmp = tmp_path_factory.mktemp("miou")
     folder, out = street_folder(tmp / "data"), tmp / "run"
     report = run_pipeline(load_config(None, [
         "task=segmentation", "data.source=seg_folder", f"data.path={folder}", "model.name=unet_tiny",
@@ -147,6 +145,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         "phases.finetune.epochs=0", "tracking.mode=disabled", "deepspeed.zero_stage=0", "deploy.formats=[]",
         "deploy.latency=false", f"out_dir={out}"]))
     return out, report
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Method 1 over the street folder: dense evaluates the sky-only checkpoint (epochs 0), prune 30 %, finetune
+    evaluates the pruned weights (epochs 0)."""
+    return street_run(tmp_path_factory.mktemp("miou"))
 
 
 def test_a_run_reports_miou_and_per_class_iou_where_the_micro_average_is_three_times_higher(run) -> None:
