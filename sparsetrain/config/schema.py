@@ -141,7 +141,7 @@ class DataConfig(Section):
                                  "drawn with the seed. 1.0 = every sample is a test sample: for `sparsetrain eval` of "
                                  "a whole seg_folder / seg_synthetic set; `run` refuses it (no training sample). "
                                  "Refused for the sources with their own test split (mnist1d, npz, idx, imagefolder, "
-                                 "voc).")
+                                 "voc; a seg_folder with train/ and test/ folders unless 0.2).")
     num_samples: int = Field(2000, ge=16, description="Number of generated samples (synthetic sources).")
     normalize: bool = Field(True, description="Standardize inputs per channel: with the train split's own mean/std "
                             "(array and segmentation sources) or ImageNet's (imagefolder); the values are recorded "

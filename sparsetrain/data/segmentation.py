@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sparsetrain.config.schema import DataConfig
+from sparsetrain.config.schema import DEFAULT_TEST_FRACTION, DataConfig
 from sparsetrain.data.base import (
     MEAN_WEIGHTS,
     DataBundle,
@@ -200,6 +200,8 @@ def load_seg_folder(cfg: DataConfig, seed: int, eval_only: bool = False, model_c
                         "(or train/ and test/ folders holding them)")
     if not root.is_dir():
         raise DataNotFound(f"data.path: segmentation folder not found: {root}")
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        _check_given_split(root, cfg.test_fraction)
     if (root / "test").is_dir() and not (root / "train").is_dir():
         test = _test_only(root, cfg.image_size, eval_only)
         _note_rgb_masks((test,))
@@ -218,6 +220,19 @@ def load_seg_folder(cfg: DataConfig, seed: int, eval_only: bool = False, model_c
     count = f"binary: 2 classes{one_logit}" if num_classes == 1 else f"{num_classes} classes"
     log.info(f"data: seg_folder {root}: {count}, from {origin}")
     return train, test, num_classes, origin
+
+
+def _check_given_split(root: Path, test_fraction: float) -> None:
+    """A folder with its own train/ and test/ split reads no data.test_fraction (it splits images/ + masks/ only).
+
+    Raises:
+        DataError: data.test_fraction set to another value than the default, which the folder would ignore (e.g.
+            `eval RUN data.test_fraction=1.0` scoring test/ alone); one line naming the field and the folder.
+    """
+    if test_fraction != DEFAULT_TEST_FRACTION:
+        raise DataError(f"data.test_fraction: {root} has its own split (train/, test/), whose test split is test/; "
+                        f"data.test_fraction (now {test_fraction:g}) splits an images/ + masks/ folder only: leave it "
+                        "out")
 
 
 def _test_only(root: Path, size: int | None, eval_only: bool) -> SegSplit:

@@ -255,3 +255,18 @@ def test_dry_run_shows_the_data_lines_the_run_logs(tmp_path: Path) -> None:
     assert len(said) == 1 and "from the largest mask label 18" in said[0], proc.stderr
     assert "pruning plan:" in proc.stdout, proc.stdout
     assert not out.exists(), f"the dry run wrote {out}"
+
+
+@pytest.mark.parametrize("parts", [("train", "test"), ("test",)])
+def test_test_fraction_on_a_folder_with_its_own_split_is_refused(tmp_path: Path, parts: tuple[str, ...]) -> None:
+    """A folder with train/ and test/ (or test/ alone, for eval) has its own test split: data.test_fraction=1.0 (eval
+    of every image) scored test/ alone, without a word. The default 0.2, which every stored config holds, reads."""
+    for part in parts:
+        write_folder(tmp_path / "drive" / part, binary_masks(n=4))
+    cfg = {"source": "seg_folder", "path": str(tmp_path / "drive")}
+    with pytest.raises(DataError) as err:
+        build_segmentation_data(DataConfig(**cfg, test_fraction=1.0), seed=0, eval_only=True)
+    assert str(err.value) == (f"data.test_fraction: {tmp_path / 'drive'} has its own split (train/, test/), whose "
+                              "test split is test/; data.test_fraction (now 1) splits an images/ + masks/ folder "
+                              "only: leave it out"), err.value
+    assert len(build_segmentation_data(DataConfig(**cfg), seed=0, eval_only=True).test) == 4
