@@ -155,7 +155,8 @@ def sweep_main(argv: list[str]) -> int:
         recorded_status(base, points)
     summary = collect(base, points, args.overrides)
     print(summary_table(summary["runs"]))
-    print(f"wrote {Path(base.out_dir) / 'sweep.json'} (every run, JSON) and {summary['plot']}")
+    drawn = f" and {summary['plot']}" if summary["plot"] else " (report.plots=false: no sweep_pareto.png)"
+    print(f"wrote {Path(base.out_dir) / 'sweep.json'} (every run, JSON){drawn}")
     going = sum(run["status"] in ("queued", "running") for run in summary["runs"])
     if going:
         print(f"{going} of {len(points)} runs not finished (queued or running); collect again later: "

@@ -174,7 +174,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def collect(base: RunConfig, points: list[SweepPoint], overrides: list[str]) -> dict[str, Any]:
-    """Read every point's report.json, write `sweep.json` and `sweep_pareto.png` in the base out_dir.
+    """Read every point's report.json, write `sweep.json` and (unless the base config sets `report.plots: false`)
+    `sweep_pareto.png` in the base out_dir; sweep.json's `plot` is the PNG's path, or None when none was drawn.
 
     A point's `result` (`wait_points` or `recorded_status`) decides: failed, queued or running points are that, even
     when their out_dir holds an earlier run's report.json; a done point (or one with no job recorded) is done when its
@@ -190,9 +191,11 @@ def collect(base: RunConfig, points: list[SweepPoint], overrides: list[str]) -> 
             run["pareto"] = False
     out_dir = Path(base.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"overrides": overrides, "runs": runs, "plot": str(out_dir / "sweep_pareto.png")}
+    plot = out_dir / "sweep_pareto.png" if base.report.plots else None
+    summary = {"overrides": overrides, "runs": runs, "plot": None if plot is None else str(plot)}
     (out_dir / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_pareto(runs, out_dir / "sweep_pareto.png")
+    if plot is not None:
+        plot_pareto(runs, plot)
     return summary
 
 

@@ -334,6 +334,23 @@ def test_a_sweep_of_filter_removal_runs_compares_the_compression_they_achieved(
     assert pareto_front([(1.68, 33.33), (3.51, 30.0), (3.2, 31.0)]) == [0, 1, 2]
 
 
+def test_a_sweep_with_report_plots_false_draws_no_pareto_plot(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`report.plots: false` (no PNG per run) also holds for the sweep's summary: sweep.json is written, its `plot` is
+    None, the last line says no sweep_pareto.png was drawn, and none is on disk (it was always drawn before)."""
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "unet_synthetic.yaml"
+    argv = [str(recipe), "prune.filter_fraction=0.3,0.6", "--collect", f"out_dir={tmp_path}", "report.plots=false"]
+    for name, report in (("filter_fraction=0.3", _method2_report(488_001, 290_477, 33.33)),
+                         ("filter_fraction=0.6", _method2_report(488_001, 139_033, 30.0))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+    assert sweep_main(argv) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"wrote {tmp_path / 'sweep.json'} (every run, JSON) (report.plots=false: no sweep_pareto.png)", last
+    assert json.loads((tmp_path / "sweep.json").read_text())["plot"] is None
+    assert not (tmp_path / "sweep_pareto.png").exists()
+
+
 def test_launch_wait_says_what_a_filter_removal_run_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Fresh-user trial 15: `launch --wait` of a Method 2 run said `done: .../report.json (world size 2, sparsity
     0.0 %, finetune.metric 33.33)`; it gives the parameters removed, as `sparsetrain eval` words them. A real tiny run
