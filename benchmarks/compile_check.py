@@ -10,7 +10,6 @@ Must run with ``TRITON_INTERPRET`` unset or 0 (the interpreter replaces the kern
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import re
 import subprocess
@@ -22,6 +21,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from sparsetrain.argtypes import CommandParser
 from triton_kernels._multi_tensor import INTERPRET
 
 # Modules, not the same-named public functions that triton_kernels re-exports.
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[list[str], list[str]]
     Each kernel holds two copies of its loop, chosen per tensor at run time: with 16-byte alignment hints
     (expect ``.v4``/``.v2`` accesses) and without (scalar accesses, for views at odd offsets).
     """
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.compile_check", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m benchmarks.compile_check", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for Hopper")
     parser.add_argument("--ptx-dir", type=Path, help="also write each kernel's PTX here")
     parser.add_argument("--dtypes", default="fp32,bf16,fp16")

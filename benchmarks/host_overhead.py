@@ -11,7 +11,6 @@ Usage: ``python -m benchmarks.host_overhead [--model resnet50] [--calls 200] [--
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import pstats
 import time
@@ -21,7 +20,7 @@ import torch
 
 from benchmarks.common import pick_device
 from benchmarks.kernels import BETA, L2, layer_alphas, make_masks, model_weights
-from sparsetrain.argtypes import positive_int
+from sparsetrain.argtypes import CommandParser, positive_int
 from triton_kernels import get_ops
 from triton_kernels._multi_tensor import DEFAULT_CONFIG
 
@@ -59,7 +58,7 @@ def skipped_work_ms(weights, grads, masks, alphas, calls: int) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Profiles and compares plain and planned calls (CUDA), and times the work a plan skips (everywhere)."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.host_overhead", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m benchmarks.host_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--calls", type=positive_int, default=200)
     parser.add_argument("--masks", choices=["bool", "packed"], default="bool", help="mask kind")

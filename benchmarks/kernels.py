@@ -51,7 +51,7 @@ from benchmarks.common import (
     time_call,
     write_json,
 )
-from sparsetrain.argtypes import out_folder
+from sparsetrain.argtypes import CommandParser, out_folder
 from triton_kernels import PackedMask, apply_masks_reference_, get_ops, l0_grad_mask_reference_, l0_penalty
 
 PROG = "python -m benchmarks.kernels"  # the usage line's command; `sparsetrain bench kernels` passes its own
@@ -374,7 +374,7 @@ def print_table(rows: list[Row], header: bool = True) -> None:
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench kernels`
     from the CLI)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=HELP_CAVEAT)
+    parser = CommandParser(prog=prog, description=__doc__.splitlines()[0], epilog=HELP_CAVEAT)
     parser.add_argument("--quick", action="store_true", help="few small cases (forced on CPU)")
     parser.add_argument("--sizes", type=size_list, help="flat sizes, comma separated, e.g. 1M,64M,1G")
     parser.add_argument("--models", type=model_list,

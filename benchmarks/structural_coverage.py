@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import RESULTS_DIR
+from sparsetrain.argtypes import CommandParser
 
 MODELS = [  # 34 timm models: the families the issue names, then common timm families
     "resnet18", "resnet34", "resnet50", "resnext50_32x4d", "seresnet50", "res2net50_26w_4s", "regnetx_002",
@@ -297,7 +298,7 @@ def summary(results: dict[str, dict[str, dict | None]]) -> str:
 
 def main() -> None:
     global FRACTION
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=MODELS)
     parser.add_argument("--tools", nargs="*", default=list(TOOLS), choices=TOOLS)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model and tool")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import OUTPUT_DIR, write_json
-from sparsetrain.argtypes import nonnegative_float, out_folder, positive_int
+from sparsetrain.argtypes import CommandParser, nonnegative_float, out_folder, positive_int
 
 PROG = "python -m benchmarks.throughput"  # the usage line's command; `sparsetrain bench throughput` passes its own
 DEFAULT_CONFIG = "configs/lenet300_fashion.yaml"
@@ -156,7 +156,7 @@ def measure_overhead(steps: dict[str, Callable[[], None]], rounds: int, per_roun
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench throughput`
     from the CLI)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = CommandParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="recipe whose model, data and phases are timed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override (repeatable), e.g. --set train.flush_denormal=false")

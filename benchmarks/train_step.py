@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import OUTPUT_DIR, device_label, kernel_backend, pick_device, write_json
-from sparsetrain.argtypes import int_at_least, out_folder, positive_int
+from sparsetrain.argtypes import CommandParser, int_at_least, out_folder, positive_int
 from triton_kernels import KernelOps, get_ops, l0_penalty
 
 PROG = "python -m benchmarks.train_step"  # the usage line's command; `sparsetrain bench train_step` passes its own
@@ -118,7 +118,7 @@ def profile_steps(name: str, step, images: torch.Tensor, labels: torch.Tensor, s
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench train_step`
     from the CLI)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = CommandParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (forced on CPU)")
     parser.add_argument("--model", default="resnet50", help="timm model name")
     parser.add_argument("--batch", type=positive_int, default=64)

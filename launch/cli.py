@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from launch.submit import CLUSTERS, LaunchError, rank0_job
-from sparsetrain.argtypes import positive_float
+from sparsetrain.argtypes import CommandParser, positive_float
 from sparsetrain.cli import parse_command_line
 from sparsetrain.phases import PHASES
 
 
 def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = CommandParser(prog=prog, description=description)
     parser.add_argument("config", help="YAML recipe, e.g. configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     parser.add_argument("--cluster", choices=CLUSTERS, default="slurm", help="where to run (default: slurm)")

@@ -1,4 +1,5 @@
-"""argparse `type=` converters shared by the commands' numeric flags (`sparsetrain bench NAME`, the benchmarks).
+"""argparse helpers shared by the commands: `CommandParser` (usage errors in one line) and the `type=` converters
+of their numeric flags (`sparsetrain bench NAME`, the benchmarks).
 
 A bad value is then argparse's own usage error, one line naming the flag and what it expects, exit code 2:
 `sparsetrain bench latency: error: argument --repeats: expected an integer >= 3, got '0'` (a 0 used to reach the
@@ -13,8 +14,24 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-__all__ = ["int_at_least", "nonnegative_float", "out_folder", "positive_float", "positive_int"]
+__all__ = ["CommandParser", "int_at_least", "nonnegative_float", "out_folder", "positive_float", "positive_int"]
+
+
+class CommandParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose usage errors are one line, as every other error of sparsetrain's: argparse
+    prints its usage (one to three lines) before `PROG: error: MESSAGE`; here the error line alone says where the
+    usage is: `sparsetrain eval: error: the following argument is required: target; `sparsetrain eval --help` shows
+    the usage`. `--help` prints the usage and the options as argparse does.
+
+    Raises (from `parse_args` and friends):
+        SystemExit: code 2 after the error line on stderr.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        hint = "" if "--help" in message else f"; `{self.prog} --help` shows the usage"
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sparsetrain import warning_output
+from sparsetrain.argtypes import CommandParser
 from sparsetrain.config import ConfigError, load_config
 from sparsetrain.errors import SparsetrainError, first_line
 from sparsetrain.phases import check_phases
@@ -32,7 +33,7 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argp
 
 
 def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sparsetrain run", description="Run the compression pipeline.")
+    parser = CommandParser(prog="sparsetrain run", description="Run the compression pipeline.")
     parser.add_argument("config", nargs="?", help="YAML recipe (default: built-in defaults, a short "
                         "LeNet-300-100 run on digits, 1 epoch per phase, into runs/default; `make demo` runs "
                         "configs/quickstart.yaml into runs/quickstart)")
@@ -236,7 +237,7 @@ def _split_recipe(config_path: str | None, overrides: list[str]) -> tuple[str | 
 
 
 def _config(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sparsetrain config", description="Print a recipe's resolved config "
+    parser = CommandParser(prog="sparsetrain config", description="Print a recipe's resolved config "
                                      "(YAML), or every config field with its type, default and description.")
     parser.add_argument("config", nargs="?", help="YAML recipe (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
@@ -268,7 +269,7 @@ def _config(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sparsetrain export", description="Export a finished run's model to "
+    parser = CommandParser(prog="sparsetrain export", description="Export a finished run's model to "
                                      "RUN_DIR/export (an unfinished run is refused unless --phase names a finished "
                                      "phase), with the run's deploy settings or deploy.* overrides.")
     parser.add_argument("run_dir")
@@ -294,7 +295,7 @@ def _require_positional(parser: argparse.ArgumentParser, argv: list[str], name: 
 
 
 def _eval(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sparsetrain eval", description="Evaluate a run directory, an export "
+    parser = CommandParser(prog="sparsetrain eval", description="Evaluate a run directory, an export "
                                      "folder (or a file in it) or a checkpoint on a data config: metric (accuracy; "
                                      "segmentation: mIoU from 3 classes, with per-class IoU, else the foreground "
                                      "Dice), params total / non-zero, sparsity, bytes, latency (deploy.latency=false: "
@@ -324,7 +325,7 @@ def _bench_latency(argv: list[str]) -> None:
     from benchmarks.common import OUTPUT_DIR
     from sparsetrain.argtypes import int_at_least, out_folder, positive_int
 
-    parser = argparse.ArgumentParser(prog="sparsetrain bench latency", description="Dense vs compressed latency "
+    parser = CommandParser(prog="sparsetrain bench latency", description="Dense vs compressed latency "
                                      "of a run's export (and vs its compact model, export/compact/, when it has "
                                      "one), timed interleaved in the same rounds: torch eager and onnxruntime, "
                                      "batch 1 and a larger batch, median [p20-p80], peak memory, slowest layers. "

@@ -8,13 +8,13 @@ the same input size as MNIST. Users with real MNIST write the same four arrays f
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sparsetrain.argtypes import CommandParser
 from sparsetrain.config.schema import DataConfig
 from sparsetrain.data.builtin import BUILTIN_LOADERS
 
@@ -29,7 +29,7 @@ def to_uint8_images(x: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", choices=sorted(BUILTIN_LOADERS))
     parser.add_argument("output", type=Path)
     parser.add_argument("--size", type=int, default=None, help="resample square images to this size")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sparsetrain.config import ConfigError, load_config
+from tests.usage_errors import one_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -179,7 +180,7 @@ def test_eval_without_target_names_only_the_target(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as exit_info:
         main(["eval"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+    assert one_line(capsys.readouterr().err) == (
         "sparsetrain eval: error: the following argument is required: target")
 
 

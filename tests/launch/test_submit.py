@@ -15,6 +15,7 @@ from launch.job import PORT_RANGE, master_port
 from launch.submit import LaunchError, Partition, job_failure, sbatch_script, validate_launch
 from launch.sweep import SweepPoint, collect, expand, pareto_front, parse_grid, split_values, summarize_report
 from sparsetrain.config.loader import ConfigError, load_config
+from tests.usage_errors import one_line
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -235,7 +236,7 @@ def test_an_unknown_option_is_named_alone(tmp_path: Path, capsys: pytest.Capture
     phases.dense.epochs=1 ... out_dir=D`, calling the valid overrides unrecognized too."""
     with pytest.raises(SystemExit) as stop:
         sweep_main(["configs/quickstart.yaml", "alpha0=1e-5,3e-5", "--follow", f"out_dir={tmp_path}", "seed=1"])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    err = one_line(capsys.readouterr().err)
     assert stop.value.code == 2 and err.startswith("sparsetrain sweep: error: unrecognized option --follow;"), err
     assert "out_dir=" not in err and "seed=1" not in err, err
 
@@ -249,7 +250,7 @@ def test_a_timeout_that_is_not_a_positive_number_is_one_line(value: str, tmp_pat
         sweep = ["alpha0=1e-5,3e-5"] if main is sweep_main else []
         with pytest.raises(SystemExit) as stop:
             main(["configs/quickstart.yaml", *sweep, f"out_dir={tmp_path}", "--cluster", "local", "--timeout", value])
-        err = capsys.readouterr().err.strip().splitlines()[-1]
+        err = one_line(capsys.readouterr().err)
         assert stop.value.code == 2 and err.endswith(f"error: argument --timeout: expected a number > 0, got '{value}'")
     assert not any(tmp_path.iterdir())
 
