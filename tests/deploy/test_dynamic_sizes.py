@@ -1,6 +1,7 @@
 """Segmentation exports take every input size their architecture allows: a UNet run at 32 x 32 exports model.onnx
 and model.pt2 with dynamic height and width (sides a multiple of 2**depth), which onnxruntime and torch.export run
-at 48 x 64 as the torch model does; a model whose weights fix its size is exported at the training size and says so."""
+at 48 x 64 as the torch model does; eval feeds another size to the ONNX file and refuses one outside the constraint
+in one line; a model whose weights fix its size is exported at the training size and says so."""
 
 from __future__ import annotations
 
@@ -59,6 +60,22 @@ def test_segmentation_export_runs_at_a_size_it_was_not_traced_at(unet_run: Path)
     assert np.abs(onnx_out - expected.numpy()).max() <= 1e-4, "onnxruntime at 48x64 differs from torch"
     program_out = torch.export.load(str(folder / "model.pt2")).module()(x)
     assert (program_out - expected).abs().max() <= 1e-4, "torch.export program at 48x64 differs from torch"
+
+
+def test_eval_feeds_the_onnx_file_another_size_and_refuses_one_outside_the_constraint(
+        unet_run: Path, capsys: pytest.CaptureFixture) -> None:
+    from sparsetrain.cli import main
+
+    onnx_file = str(unet_run / "export" / "model.onnx")
+    capsys.readouterr()
+    assert main(["eval", onnx_file, "data.image_size=48", "deploy.latency=false", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["format"] == "onnx" and result["data"]["input_shape"][1:] == [48, 48], result["data"]
+    assert np.isfinite(result["metrics"]["metric"]), result["metrics"]
+    assert main(["eval", onnx_file, "data.image_size=36", "deploy.latency=false"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "36×36" in err[0] and "a multiple of 8" in err[0] and "data.image_size=40" in err[0], \
+        err
 
 
 class FixedGrid(nn.Module):
