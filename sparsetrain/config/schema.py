@@ -126,7 +126,8 @@ class DataConfig(Section):
                                    "images are 4x smaller or more; voc: default 224, null resolved to it; "
                                    "seg_folder: null keeps the native size; synthetic sources: the generated "
                                    "size); npz / idx / digits keep their native size. Segmentation masks are "
-                                   "resized nearest-exact. The exported ONNX / .pt2 take only the size trained on.")
+                                   "resized nearest-exact. A segmentation export's ONNX / .pt2 take every size the "
+                                   "architecture allows (manifest.json input_sizes), others only the size trained on.")
     ignore_index: int | None = Field(
         None, ge=0, le=65535, description="Segmentation: the mask value of pixels left out of the training loss "
         "(CE / BCE and Dice, as torch.nn.CrossEntropyLoss's ignore_index), of every metric and of the class count, "

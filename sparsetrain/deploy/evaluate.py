@@ -13,6 +13,15 @@ run's export), not with the eval data's own training split, which other data (`d
 `data.test_fraction=1.0`) would give other statistics; a checkpoint without such a record is standardized with its
 data's training split as `run` does.
 `result["inputs"]` says which statistics were used (`_input_scaling`).
+
+Input size: the test images are brought to the size the data config says, as `run` does (the run's
+`data.image_size`, also recorded in meta.data and as meta.preprocessing.resize; eval reads the size from the config,
+not from that record), so eval of an export reproduces the run's numbers. `data.image_size=S` resizes to S x S, and
+`data.image_size=null` (seg_folder: images of one size) feeds the native size without resizing. model.onnx and
+model.pt2 of a segmentation export take every size their manifest's `input_sizes` allows (`deploy.sizes`: e.g. UNet
+depth 3, sides a multiple of 8): images are fed as they are, never padded or cropped; a size outside it is refused
+in one line naming the size and the constraint (`_check_size`), as is any size but the training size for an export
+with fixed H and W.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from sparsetrain.deploy.loading import (
     load_compressed,
     missing_compact,
     preprocessing_of,
+    read_manifest,
 )
 from sparsetrain.engine.finite import require_finite, require_finite_results
 from sparsetrain.errors import InputError, first_line
@@ -291,6 +301,35 @@ def _check_fits(model: nn.Module, dataset: torch.utils.data.Dataset, target: Pat
     return int(shape[1]) if len(shape) >= 2 else None
 
 
+def _check_size(target: Path, fmt: str, dataset: torch.utils.data.Dataset, cfg: RunConfig) -> None:
+    """model.onnx / model.pt2 of an export whose manifest records the sizes its program takes (`deploy.sizes`):
+    images of another size are refused before any is run (onnxruntime fails deep inside a graph on them, or for
+    some graphs not at all).
+
+    Raises:
+        InputError: one line naming the images' H x W, what the export takes and a `data.image_size` that fits.
+    """
+    from sparsetrain.deploy.program import ONNX_FILE, PROGRAM_FILE
+    from sparsetrain.deploy.sizes import HEIGHT_AXIS, describe_sizes, fits, nearest_side
+
+    if fmt not in ("onnx", "torch_export") or not _is_export(target):
+        return
+    sizes = read_manifest(export_folder(target)).get("input_sizes")
+    x = dataset[0][0]
+    if not sizes or HEIGHT_AXIS not in sizes or x.dim() != 3:
+        return
+    height, width = (int(side) for side in x.shape[-2:])
+    if fits(sizes, height, width):
+        return
+    side = nearest_side(sizes[HEIGHT_AXIS], max(height, width))
+    fix = f"e.g. data.image_size={side} (resizes to {side}×{side})" if fits(sizes, side, side) else \
+        "resize them to it"
+    file = ONNX_FILE if fmt == "onnx" else PROGRAM_FILE
+    raise InputError(f"eval: the data ({_data_fields(cfg)}) has images of {height}×{width} (H×W), but {file} of "
+                     f"{export_folder(target)} takes {describe_sizes(sizes)} (manifest.json input_sizes); give "
+                     f"images of such a size, {fix}")
+
+
 def _task_classes(cfg: RunConfig, data_classes: int, outputs: int | None, target: Path) -> int:
     """The classes the task scores: a segmentation model's own output channels (the eval data's largest label may
     be below the model's: a test set without class 18), else the data's count.
@@ -361,13 +400,15 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
         fmt = "checkpoint"
     require_finite(torch_model.state_dict(), f"the weights of {_weights_source(target, fmt)}",
                    "these weights cannot give a measurement: evaluate the weights of a run that did not diverge")
+    _check_size(target, fmt, data.test, cfg)
     outputs = _check_fits(model, data.test, target, cfg)
     task = build_task(cfg.task, _task_classes(cfg, data.num_classes, outputs, target), cfg.data.ignore_index,
                       data.classes)
     metrics = _metrics(model, data.test, task, cfg.train.eval_batch_size)
     require_finite_results(metrics, "eval", _data_fields(cfg))
     result = {"target": str(target), "format": fmt, "model": cfg.model.name, "task": cfg.task,
-              "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test)},
+              "data": {"source": cfg.data.source, "path": cfg.data.path, "test_samples": len(data.test),
+                       "input_shape": list(data.input_shape)},
               "inputs": _input_scaling(cfg, data, record, origin), "metrics": metrics,
               **_sizes(torch_model, compact_folder(target) if fmt == "compact" else target)}
     result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats,

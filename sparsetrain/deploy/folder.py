@@ -4,7 +4,7 @@
 |---|---|---|
 | `safetensors` | `architecture.json` + `model.safetensors` | timm name/kwargs + shrunk modules, dense tensors |
 | `bitmask` | `architecture.json` + `model.bitmask.safetensors` | pruned tensors as packed bitmask + non-zero values |
-| `torch_export` | `model.pt2` | `torch.export` program, batch dimension dynamic |
+| `torch_export` | `model.pt2` | `torch.export` program, batch dimension dynamic (segmentation: height, width too) |
 | `onnx` | `model.onnx` | the same program in ONNX (opset >= 17) |
 | `compact` | `compact/` + the same two files | Method 1: dead units removed exactly (`compact.py`) |
 
@@ -14,6 +14,15 @@ values, per-channel mean/std, resize, the channel conversion applied) is stored 
 `load_compressed` exposes it as `.preprocessing`. What the output means (`data.output_record`: the class names in
 index order, how to decode the logits) is stored the same way under `meta.output` and `sparsetrain.output`. The
 ONNX input's first axis is named `batch`.
+
+Input sizes: a segmentation model (meta `task`) is traced with dynamic height and width as well as batch
+(`sizes.trace_any_size`: the range and the multiple its architecture needs, e.g. UNet depth 3 sides divisible by 8,
+found by torch.export); the ONNX axes 2 and 3 are named `height` and `width`. What the programs take is recorded
+in manifest.json `input_sizes` and the ONNX metadata `sparsetrain.input_sizes` (JSON): the dynamic axes, per axis
+`{"fixed": n}` or `{"multiple_of", "offset", "min", "max"}`, and `fixed_because` when H and W are fixed (a
+classification model, which keeps the training size; a segmentation model that does not trace with dynamic sides:
+one warning line says so). The deployment formats are verified at the training size and, with dynamic sides, at a
+larger non-square size (32 x 32 -> 48 x 64; each entry's `verified_sizes`).
 
 `manifest.json` lists the formats written, their files and sizes (`bytes`: every file listed; `weights_bytes`, for
 the torch formats: the weights file alone, the size report.json, `sparsetrain eval` and `bench latency` give), and
@@ -38,6 +47,7 @@ from torch import nn
 from sparsetrain.deploy.bitmask import BITMASK_FILE, save_sparse
 from sparsetrain.deploy.compact import COMPACT_DIR, remove_compact, write_compact
 from sparsetrain.deploy.program import (
+    BATCH_AXIS,
     ONNX_FILE,
     PROGRAM_FILE,
     onnx_weight_counts,
@@ -47,15 +57,19 @@ from sparsetrain.deploy.program import (
     write_onnx,
     write_program,
 )
+from sparsetrain.deploy.sizes import HEIGHT_AXIS, WIDTH_AXIS, describe_sizes, fixed_sizes, other_size, trace_any_size
+from sparsetrain.errors import first_line
 from sparsetrain.progress import log
 from sparsetrain.pruning.masks import prunable_parameters
 from sparsetrain.structural.serialize import ARCH_FILE, WEIGHTS_FILE, save_pruned_model
 
-__all__ = ["DEPLOYMENT_FORMATS", "EXPORT_FILES", "MANIFEST_FILE", "OUTPUT_KEY", "PREPROCESSING_KEY", "write_export"]
+__all__ = ["DEPLOYMENT_FORMATS", "EXPORT_FILES", "MANIFEST_FILE", "OUTPUT_KEY", "PREPROCESSING_KEY", "SIZES_KEY",
+           "write_export"]
 
 MANIFEST_FILE = "manifest.json"
 PREPROCESSING_KEY = "sparsetrain.preprocessing"  # ONNX metadata_props key holding the preprocessing record (JSON)
 OUTPUT_KEY = "sparsetrain.output"  # ONNX metadata_props key holding the output record (JSON): class names, decoding
+SIZES_KEY = "sparsetrain.input_sizes"  # ONNX metadata_props key holding the input sizes record (JSON, `sizes.py`)
 DEPLOYMENT_FORMATS = ("onnx", "torch_export")
 _MANIFEST_FORMAT = "sparsetrain-export/1"
 # every file write_export may write (model.onnx.data: the ONNX weights of a model over 1 GiB)
@@ -79,7 +93,7 @@ def weights_file_size(entry: dict[str, Any]) -> str:
 
 def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], example: torch.Tensor,
                  formats: tuple[str, ...] | list[str] = DEPLOYMENT_FORMATS, opset: int = 18,
-                 tolerance: float = 1e-4, compact: bool = False) -> dict[str, Any]:
+                 tolerance: float = 1e-4, compact: bool = False, any_size: bool | None = None) -> dict[str, Any]:
     """Write `model` to `folder` in every format and verify the deployment formats.
 
     Args:
@@ -92,6 +106,8 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
         tolerance: Largest max abs difference from torch that passes verification.
         compact: Also write the model without its dead units to `folder/compact/` (`compact.py`; Method 1), when
             it has any.
+        any_size: Trace the deployment formats with dynamic height and width (`sizes.trace_any_size`); None = for
+            a segmentation model (meta "task") with N x C x H x W inputs.
 
     Returns:
         The manifest (also written to `folder/manifest.json`).
@@ -117,11 +133,16 @@ def write_export(model: nn.Module, folder: str | Path, *, meta: dict[str, Any], 
     if had_compact and "compact" not in entries:
         log.info(f"[export] removed {folder.name}/{COMPACT_DIR}/, the compact model of the previous export "
                  f"({'no dead units' if compact else 'deploy.compact=false'})")
+    if any_size is None:
+        any_size = meta.get("task") == "segmentation" and example.dim() == 4
+    sizes = None
     if formats:
-        entries.update(_deployment_formats(model, folder, example.float().cpu(), formats, opset, tolerance,
-                                           _onnx_metadata(meta)))
+        deployed, sizes = _deployment_formats(model, folder, example.float().cpu(), formats, opset, tolerance,
+                                              _onnx_metadata(meta), any_size)
+        entries.update(deployed)
     manifest = {"format": _MANIFEST_FORMAT, "model_name": meta["model_name"],
-                "input_shape": list(example.shape[1:]), "formats": entries}
+                "input_shape": list(example.shape[1:]), **({"input_sizes": sizes} if sizes else {}),
+                "formats": entries}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     _default_permissions(folder)
     return manifest
@@ -166,19 +187,23 @@ def _onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
 
 
 def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, formats: tuple[str, ...] | list[str],
-                        opset: int, tolerance: float, metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
-    with torch.no_grad():
-        reference = model(example)
+                        opset: int, tolerance: float, metadata: dict[str, str], any_size: bool
+                        ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """The deployment formats' manifest entries, and the `input_sizes` record of their program (None when the model
+    does not trace)."""
     try:
-        program, dynamic = trace(model, example)
+        program, sizes = _trace(model, example, any_size)
+        checks = _checks(model, example, sizes)
     except Exception as err:  # torch.export raises many types for untraceable code
-        return {fmt: _failed(fmt, err) for fmt in formats}
+        return {fmt: _failed(fmt, err) for fmt in formats}, None
     pruned_zeros = sum(int((p == 0).sum()) for p in prunable_parameters(model).values())
+    dynamic = {"dynamic_batch": BATCH_AXIS in sizes["dynamic"],
+               "dynamic_size": HEIGHT_AXIS in sizes["dynamic"] and WIDTH_AXIS in sizes["dynamic"]}
+    metadata = {**metadata, SIZES_KEY: json.dumps(sizes)}
     writers = {
-        "torch_export": lambda: _checked(folder, write_program(program, folder / PROGRAM_FILE),
-                                         verify_program, reference, example, tolerance, dynamic_batch=dynamic),
-        "onnx": lambda: _onnx(folder, program, reference, example, opset, tolerance, dynamic, pruned_zeros,
-                              metadata),
+        "torch_export": lambda: _checked(folder, write_program(program, folder / PROGRAM_FILE), verify_program,
+                                         checks, tolerance, **dynamic),
+        "onnx": lambda: _onnx(folder, program, checks, opset, tolerance, dynamic, pruned_zeros, metadata),
     }
     entries = {}
     for fmt in formats:
@@ -190,27 +215,70 @@ def _deployment_formats(model: nn.Module, folder: Path, example: torch.Tensor, f
             entries[fmt] = _failed(fmt, err)
             continue
         entry = entries[fmt]
+        at = " and ".join("×".join(map(str, v["size"])) for v in entry["verified_sizes"])
         log.info(f"[export] {fmt}: {' + '.join(entry['files'])}, {_size(entry['bytes'])}, max abs diff "
-                 f"{entry['max_abs_diff']:.2g} from torch on a batch of {entry['verified_on'][0]} "
+                 f"{entry['max_abs_diff']:.2g} from torch on a batch of {entry['verified_on'][0]} at {at} "
                  f"({'ok' if entry['ok'] else 'FAILED'}, tolerance {tolerance:g}), {time.perf_counter() - start:.1f} s")
-    return entries
+    return entries, sizes
 
 
-def _checked(folder: Path, path: Path, verify: Any, reference: torch.Tensor, example: torch.Tensor,
+def _trace(model: nn.Module, example: torch.Tensor, any_size: bool) -> tuple[torch.export.ExportedProgram,
+                                                                             dict[str, Any]]:
+    """The program both deployment formats are written from, and its `input_sizes` record. With `any_size`, traced
+    with dynamic height and width; a model that does not trace so is traced at the training size, and one warning
+    line says so (as the record's `fixed_because` does)."""
+    if not any_size:
+        program, batch = trace(model, example)
+        return program, fixed_sizes(example, batch, "only segmentation exports are traced with dynamic height and "
+                                                    "width")
+    size = "×".join(map(str, example.shape[2:]))
+    try:
+        program, sizes = trace_any_size(model, example)
+    except Exception as err:  # torch.export raises many types for code it cannot trace with dynamic sides
+        reason = f"it does not trace with dynamic height and width ({type(err).__name__}: {first_line(err)[:200]})"
+        program, batch = trace(model, example)
+        sizes = fixed_sizes(example, batch, reason)
+    if sizes["fixed_because"]:
+        log.warning(f"[export] model.pt2 and model.onnx take only {size} inputs (H×W), the training size: "
+                    f"{sizes['fixed_because']}; resize inputs to {size}")
+    else:
+        log.info(f"[export] model.pt2 and model.onnx take any batch; {describe_sizes(sizes)} (dynamic height "
+                 f"and width; trained at {size})")
+    return program, sizes
+
+
+def _checks(model: nn.Module, example: torch.Tensor, sizes: dict[str, Any]
+            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input, the eager model's output) pairs the deployment formats are verified on: the example, and with
+    dynamic sides the example resized (bilinear) to `sizes.other_size`, a larger non-square size."""
+    with torch.no_grad():
+        checks = [(example, model(example))]
+        other = other_size(sizes, *example.shape[2:]) if example.dim() == 4 else None
+        if other is not None:
+            resized = torch.nn.functional.interpolate(example, size=other, mode="bilinear", align_corners=False)
+            checks.append((resized, model(resized)))
+    return checks
+
+
+def _checked(folder: Path, path: Path, verify: Any, checks: list[tuple[torch.Tensor, torch.Tensor]],
              tolerance: float, **extra: Any) -> dict[str, Any]:
-    diff = verify(path, reference, example)
+    """The format's entry: its largest max abs difference from torch over `checks` (`verified_sizes`: per size)."""
+    diffs = [(list(x.shape[2:]), verify(path, reference, x)) for x, reference in checks]
+    diff = max(d for _, d in diffs)
     ok = diff <= tolerance
     if not ok:
         log.warning(f"[export] {path.name}: max abs diff {diff:.3g} from torch exceeds {tolerance:g}")
     return _entry(folder, path.name, max_abs_diff=diff, tolerance=tolerance, ok=ok,
-                  verified_on=list(example.shape), **extra)
+                  verified_on=list(checks[0][0].shape),
+                  verified_sizes=[{"size": size, "max_abs_diff": d} for size, d in diffs], **extra)
 
 
-def _onnx(folder: Path, program: torch.export.ExportedProgram, reference: torch.Tensor, example: torch.Tensor,
-          opset: int, tolerance: float, dynamic: bool, pruned_zeros: int, metadata: dict[str, str]) -> dict[str, Any]:
-    path = write_onnx(program, example, folder / ONNX_FILE, opset, metadata)
+def _onnx(folder: Path, program: torch.export.ExportedProgram, checks: list[tuple[torch.Tensor, torch.Tensor]],
+          opset: int, tolerance: float, dynamic: dict[str, bool], pruned_zeros: int,
+          metadata: dict[str, str]) -> dict[str, Any]:
+    path = write_onnx(program, checks[0][0], folder / ONNX_FILE, opset, metadata)
     counts = onnx_weight_counts(path)
-    entry = _checked(folder, path, verify_onnx, reference, example, tolerance, opset=opset, dynamic_batch=dynamic,
+    entry = _checked(folder, path, verify_onnx, checks, tolerance, opset=opset, **dynamic,
                      weight_elements=counts["elements"], weight_zeros=counts["zeros"],
                      pruned_zeros_kept=counts["zeros"] >= pruned_zeros)
     entry["ok"] = entry["ok"] and entry["pruned_zeros_kept"]

@@ -1,9 +1,10 @@
 """Two deployment formats traced from one `torch.export` program: `model.pt2` and `model.onnx`.
 
 The model is traced once with `torch.export.export` (batch dimension dynamic, so one file serves batch 1 and
-larger batches), saved with `torch.export.save`, and the same program is translated to ONNX by torch's
-torch.export-based exporter (`torch.onnx.export(..., dynamo=True)`). Both files hold plain aten / ONNX operators:
-they load without sparsetrain (`torch.export.load(path).module()`, `onnxruntime.InferenceSession(path)`).
+larger batches; a segmentation model's height and width too, `sizes.trace_any_size`), saved with
+`torch.export.save`, and the same program is translated to ONNX by torch's torch.export-based exporter
+(`torch.onnx.export(..., dynamo=True)`). Both files hold plain aten / ONNX operators: they load without sparsetrain
+(`torch.export.load(path).module()`, `onnxruntime.InferenceSession(path)`).
 Unstructured-sparse weights stay dense tensors holding the exact zeros; a structurally pruned model gives the
 physically smaller graph.
 """
@@ -14,17 +15,18 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BATCH_AXIS", "ONNX_FILE", "PROGRAM_FILE", "onnx_session", "trace", "verify_onnx", "verify_program",
-           "write_onnx", "write_program"]
+__all__ = ["BATCH_AXIS", "MAX_BATCH", "ONNX_FILE", "PROGRAM_FILE", "onnx_session", "trace", "verify_onnx",
+           "verify_program", "write_onnx", "write_program"]
 
 PROGRAM_FILE = "model.pt2"
 ONNX_FILE = "model.onnx"
-_MAX_BATCH = 4096
+MAX_BATCH = 4096
 BATCH_AXIS = "batch"  # name of the ONNX input's and output's dynamic first axis
 _SINGLE_FILE_LIMIT = 1 << 30  # ONNX protobufs cap at 2 GiB: larger weights go to an external data file
 
@@ -39,7 +41,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[torch.export.Exporte
     from sparsetrain.structural.rules import export_context
 
     model.eval()
-    batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with export_context(model):  # what a layer needs while traced (LeViT: no eval-mode bias cache)
         try:
             return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), True
@@ -56,20 +58,28 @@ def write_onnx(program: torch.export.ExportedProgram, example: torch.Tensor, pat
                metadata: dict[str, str] | None = None) -> Path:
     """Translate the program to ONNX at `opset` (torch's torch.export-based exporter) and save it to `path`.
 
-    The input's and output's dynamic first axis is named `BATCH_AXIS` (the exporter names it after its symbol, e.g.
-    `s77`); `metadata` goes into the file's metadata_props (read back by onnxruntime's
-    `session.get_modelmeta().custom_metadata_map`). Weights over 1 GiB go to `<path>.data`.
+    The input's and output's dynamic axes are named `BATCH_AXIS` (axis 0) and, for an N x C x H x W input traced
+    with dynamic sides (`sizes.trace_any_size`), `height` and `width` (axes 2 and 3); the exporter names them
+    after their symbols, e.g. `s77` and `4*s56`. `metadata` goes into the file's metadata_props (read back by
+    onnxruntime's `session.get_modelmeta().custom_metadata_map`). Weights over 1 GiB go to `<path>.data`.
     """
     weight_bytes = sum(t.numel() * t.element_size() for t in program.state_dict.values())
     with _quiet("onnxscript", "onnx_ir", "torch.onnx"):
         onnx_program = torch.onnx.export(program, (example,), dynamo=True, opset_version=opset,
                                          input_names=["input"], output_names=["output"], verbose=False)
-    first = onnx_program.model.graph.inputs[0].shape[0]
-    if not isinstance(first, int):  # a symbolic (dynamic) batch axis
-        onnx_program.rename_axes({first: BATCH_AXIS})
+    onnx_program.rename_axes(_axis_names(onnx_program.model.graph.inputs[0].shape))
     onnx_program.model.metadata_props.update(metadata or {})
     onnx_program.save(str(path), external_data=weight_bytes > _SINGLE_FILE_LIMIT)
     return path
+
+
+def _axis_names(shape: Any) -> dict[Any, str]:
+    """The ONNX input's symbolic (dynamic) axes -> their names: batch (axis 0), height and width (axes 2 and 3 of
+    a 4-D input); the output's axes share the symbols, so they are renamed alike."""
+    from sparsetrain.deploy.sizes import HEIGHT_AXIS, WIDTH_AXIS
+
+    names = {0: BATCH_AXIS, **({2: HEIGHT_AXIS, 3: WIDTH_AXIS} if len(shape) == 4 else {})}
+    return {shape[i]: name for i, name in names.items() if not isinstance(shape[i], int)}
 
 
 @contextlib.contextmanager
