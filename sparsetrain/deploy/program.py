@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsetrain.deploy.sizes import BATCH_AXIS, HEIGHT_AXIS, MAX_BATCH, WIDTH_AXIS
+
 __all__ = ["BATCH_AXIS", "MAX_BATCH", "ONNX_FILE", "PROGRAM_FILE", "onnx_session", "trace", "verify_onnx",
            "verify_program", "write_onnx", "write_program"]
 
 PROGRAM_FILE = "model.pt2"
 ONNX_FILE = "model.onnx"
-MAX_BATCH = 4096
-BATCH_AXIS = "batch"  # name of the ONNX input's and output's dynamic first axis
 _SINGLE_FILE_LIMIT = 1 << 30  # ONNX protobufs cap at 2 GiB: larger weights go to an external data file
 
 
@@ -76,7 +76,6 @@ def write_onnx(program: torch.export.ExportedProgram, example: torch.Tensor, pat
 def _axis_names(shape: Any) -> dict[Any, str]:
     """The ONNX input's symbolic (dynamic) axes -> their names: batch (axis 0), height and width (axes 2 and 3 of
     a 4-D input); the output's axes share the symbols, so they are renamed alike."""
-    from sparsetrain.deploy.sizes import HEIGHT_AXIS, WIDTH_AXIS
 
     names = {0: BATCH_AXIS, **({2: HEIGHT_AXIS, 3: WIDTH_AXIS} if len(shape) == 4 else {})}
     return {shape[i]: name for i, name in names.items() if not isinstance(shape[i], int)}

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HEIGHT_AXIS", "MAX_SIDE", "WIDTH_AXIS", "describe_sizes", "fixed_sizes", "fits", "other_size",
-           "trace_any_size"]
+__all__ = ["BATCH_AXIS", "HEIGHT_AXIS", "MAX_BATCH", "MAX_SIDE", "WIDTH_AXIS", "describe_sizes", "fits",
+           "fixed_sizes", "other_size", "trace_any_size"]
 
+MAX_BATCH = 4096  # largest batch a dynamic export is traced for
+BATCH_AXIS = "batch"  # name of the ONNX input's and output's dynamic first axis
 HEIGHT_AXIS, WIDTH_AXIS = "height", "width"  # names of the ONNX input's and output's dynamic axes 2 and 3
 MAX_SIDE = 8192  # largest side a dynamic export is traced for (Cityscapes is 2048 x 1024)
 _REFINES = 4  # rounds of torch's suggested fixes per starting range
@@ -67,8 +69,6 @@ def trace_any_size(model: nn.Module, example: torch.Tensor) -> tuple[torch.expor
 
 def _spec(min_height: int, min_width: int) -> tuple[dict[int, Any]]:
     """torch.export dynamic_shapes for one N x C x H x W input: batch 1..4096, sides from the given minimum."""
-    from sparsetrain.deploy.program import BATCH_AXIS, MAX_BATCH
-
     dim = torch.export.Dim
     return ({0: dim(BATCH_AXIS, min=1, max=MAX_BATCH), 2: dim(HEIGHT_AXIS, min=min_height, max=MAX_SIDE),
              3: dim(WIDTH_AXIS, min=min_width, max=MAX_SIDE)},)
@@ -81,8 +81,6 @@ def input_sizes(program: torch.export.ExportedProgram) -> dict[str, Any]:
     Raises:
         ValueError: width and height are one symbol (square inputs only): the caller traces the fixed size instead.
     """
-    from sparsetrain.deploy.program import BATCH_AXIS
-
     name = program.graph_signature.user_inputs[0]
     shape = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name).meta["val"].shape
     axes = {axis: _axis(shape[i], program.range_constraints) for axis, i in
@@ -128,8 +126,6 @@ def _record(axes: dict[str, dict[str, int]], fixed_because: str | None) -> dict[
 def fixed_sizes(example: torch.Tensor, batch_dynamic: bool, fixed_because: str) -> dict[str, Any]:
     """The `input_sizes` record of a program traced at the example's size (`program.trace`): H and W (4-D inputs)
     fixed, for `fixed_because`."""
-    from sparsetrain.deploy.program import BATCH_AXIS, MAX_BATCH
-
     axes: dict[str, dict[str, int]] = {
         BATCH_AXIS: {"multiple_of": 1, "offset": 0, "min": 1, "max": MAX_BATCH} if batch_dynamic else
         {"fixed": int(example.shape[0])}}
