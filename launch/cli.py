@@ -60,7 +60,7 @@ def launch_main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
                         "plan; submit nothing")
     args = parse_command_line(parser, argv)
-    from launch.submit import WaitTimeout, job_failure, launch_warnings, log_folder, submit, wait_result
+    from launch.submit import WaitTimeout, job_failure, job_name, launch_warnings, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
     try:
@@ -74,8 +74,8 @@ def launch_main(argv: list[str]) -> int:
     except (ConfigError, LaunchError, ValueError) as err:
         return _fail(str(err), 2)
     ranks = config.launch.world_size
-    print(f"submitted job {job.job_id} ({ranks} rank{'s' * (ranks != 1)}, cluster={args.cluster}); "
-          f"logs in {log_folder(config)}")
+    print(f"submitted job {job.job_id} (name {job_name(config)}, {ranks} rank{'s' * (ranks != 1)}, "
+          f"cluster={args.cluster}); logs in {log_folder(config)}")
     _warn(launch_warnings(config, args.cluster))
     if not _waits(args):
         print(_follow_job(job, args.cluster, Path(config.out_dir) / "report.json"))

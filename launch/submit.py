@@ -54,8 +54,9 @@ def log_folder(config: RunConfig) -> Path:
 
 
 def job_name(config: RunConfig) -> str:
-    """Slurm job name: `launch.job_name` or `sparsetrain-<out_dir name>`."""
-    return config.launch.job_name or f"sparsetrain-{Path(config.out_dir).name}"
+    """Slurm job name: `launch.job_name` or `<out_dir name>-sparsetrain`, the distinguishing part first (squeue's
+    NAME column shows 8 characters: `sparsetrain-<name>` read `sparsetr` for every job)."""
+    return config.launch.job_name or f"{Path(config.out_dir).name}-sparsetrain"
 
 
 def slurm_parameters(config: RunConfig) -> dict[str, Any]:

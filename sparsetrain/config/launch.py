@@ -44,7 +44,8 @@ class LaunchConfig(NumbersModel):
                              "(module loads, environment activation).")
     log_folder: str | None = Field(None, description="submitit log folder, on a shared file system "
                                    "(default: <out_dir>/slurm; never /tmp).")
-    job_name: str | None = Field(None, description="Slurm job name (default: 'sparsetrain-<out_dir name>').")
+    job_name: str | None = Field(None, description="Slurm job name (default: '<out_dir name>-sparsetrain', the "
+                                 "out_dir's name first: squeue's NAME column shows 8 characters).")
     signal_delay_s: int = Field(120, ge=10, description="Slurm sends USR2 this many seconds before the time limit, "
                                 "leaving time to reach the next step and write a checkpoint.")
     max_num_timeout: int = Field(3, ge=0, description="How many times a job hitting its time limit is requeued "

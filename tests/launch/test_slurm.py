@@ -536,7 +536,8 @@ def test_launch_and_sweep_submit_and_return_by_default_saying_how_to_follow(held
     """Fresh-user trial: `launch` returned at once but `sweep` waited for every run (`--no-wait` to return): the
     same default for both now, sbatch's."""
     assert held_launch.code == 0 and held_sweep.code == 0, held_launch.err + held_sweep.err
-    job_id = re.match(r"submitted job (\d+) \(1 rank, cluster=slurm\); logs in ", held_launch.out).group(1)
+    job_id = re.match(r"submitted job (\d+) \(name run-sparsetrain, 1 rank, cluster=slurm\); logs in ",
+                      held_launch.out).group(1)
     log = held_launch.out_dir / "slurm" / f"{job_id}_0_log.err"
     assert held_launch.out.splitlines()[1] == (
         f"follow it: squeue -j {job_id}; tail -f {log} (rank 0's log); when it ends: {held_launch.out_dir}"

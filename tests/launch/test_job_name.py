@@ -1,0 +1,71 @@
+"""What `sparsetrain launch` says about a submitted job: its name, as squeue shows it.
+
+Fresh-user trial 22: every job read `sparsetr` in squeue (the default name `sparsetrain-<out_dir name>` cut by
+squeue's 8-character NAME column) and launch did not print the name. Real local Slurm cluster, a held job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from launch.cli import launch_main
+from sparsetrain.config.loader import save_resolved
+from tests.core.conftest import tiny_config
+
+HELD = 'launch.extra_sbatch=["--hold"]'
+
+
+def _launch(argv: list[str]) -> tuple[int, str, str]:
+    """`sparsetrain launch ARGV` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = launch_main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _recipe(out_dir: Path) -> str:
+    """A tiny digits recipe (the core tests' TINY settings) into `out_dir`, written next to it."""
+    recipe = out_dir.parent / f"{out_dir.name}.yaml"
+    save_resolved(tiny_config(out_dir), recipe)
+    return str(recipe)
+
+
+@pytest.fixture
+def held(slurm_cluster: None, tmp_path: Path) -> Iterator[tuple[int, str, str, Path]]:
+    """`sparsetrain launch` of a held job into out_dir `qs2`: (exit code, stdout, stderr, out_dir)."""
+    out_dir = tmp_path / "qs2"
+    code, out, err = _launch([_recipe(out_dir), "--cluster", "slurm", HELD])
+    try:
+        yield code, out, err, out_dir
+    finally:
+        match = re.search(r"submitted job (\d+)", out)
+        if match:
+            subprocess.run(["scancel", match.group(1)], capture_output=True, check=False)
+
+
+@pytest.mark.slurm
+def test_launch_names_the_job_after_its_out_dir_first(held: tuple[int, str, str, Path]) -> None:
+    """squeue shows `qs2-spar` (was `sparsetr` for every job); launch prints the whole name."""
+    code, out, err, out_dir = held
+    assert code == 0, err
+    job_id = re.match(r"submitted job (\d+) \(name qs2-sparsetrain, 1 rank, cluster=slurm\); logs in ", out).group(1)
+    queue = subprocess.run(["squeue", "-j", job_id], capture_output=True, text=True, check=True).stdout
+    assert re.search(rf"^\s*{job_id}\s+\S+\s+qs2-spar\s", queue, re.M), queue
+    named = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%j"], capture_output=True, text=True, check=True)
+    assert named.stdout.strip() == "qs2-sparsetrain"
+
+
+def test_launch_job_name_overrides_the_default(tmp_path: Path) -> None:
+    """`launch.job_name` is the name, as before; the default puts the out_dir's name first."""
+    recipe = _recipe(tmp_path / "run")
+    code, out, err = _launch([recipe, "launch.job_name=mine", "--cluster", "slurm", "--dry-run"])
+    assert code == 0 and "#SBATCH --job-name=mine\n" in out, err
+    code, out, err = _launch([recipe, "--cluster", "slurm", "--dry-run"])
+    assert code == 0 and "#SBATCH --job-name=run-sparsetrain\n" in out, err
