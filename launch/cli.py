@@ -93,12 +93,15 @@ def launch_main(argv: list[str]) -> int:
 
 
 def _follow_job(job: Any, cluster: str, report: Path) -> str:
-    """`follow it: squeue -j 12; tail -f OUT/slurm/12_0_log.err (rank 0's log); ...`: how to follow a submitted job."""
-    log = rank0_job(job).paths.stderr
+    """`follow it: squeue -j 12; tail -f OUT/slurm/12_0_log.err (rank 0's progress); the final table: OUT/slurm/
+    12_0_log.out; ...`: how to follow a submitted job. Rank 0's log lines (progress, ETA, phase ends) go to the task's
+    stderr, the end-of-run table it prints to its stdout: two files."""
+    paths = rank0_job(job).paths
+    logs = f"tail -f {paths.stderr} (rank 0's progress); the final table: {paths.stdout}"
     if cluster == "slurm":
-        return (f"follow it: squeue -j {job.job_id}; tail -f {log} (rank 0's log); when it ends: {report} "
+        return (f"follow it: squeue -j {job.job_id}; {logs}; when it ends: {report} "
                 f"(`--wait` waits for it; `scancel {job.job_id}` stops it)")
-    return f"follow it: tail -f {log} (rank 0's log); when it ends: {report} (`--wait` waits for it)"
+    return f"follow it: {logs}; when it ends: {report} (`--wait` waits for it)"
 
 
 def _report_line(path: Path) -> str:

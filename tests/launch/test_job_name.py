@@ -1,7 +1,8 @@
-"""What `sparsetrain launch` says about a submitted job: its name, as squeue shows it.
+"""What `sparsetrain launch` says about a submitted job: its name, as squeue shows it, and its log files.
 
 Fresh-user trial 22: every job read `sparsetr` in squeue (the default name `sparsetrain-<out_dir name>` cut by
-squeue's 8-character NAME column) and launch did not print the name. Real local Slurm cluster, a held job.
+squeue's 8-character NAME column) and launch did not print the name; the `follow it:` line named `_log.err`, the
+progress, while the final table is in `_log.out`. Real local Slurm cluster, a held job.
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def test_launch_names_the_job_after_its_out_dir_first(held: tuple[int, str, str,
     assert re.search(rf"^\s*{job_id}\s+\S+\s+qs2-spar\s", queue, re.M), queue
     named = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%j"], capture_output=True, text=True, check=True)
     assert named.stdout.strip() == "qs2-sparsetrain"
+
+
+@pytest.mark.slurm
+def test_follow_line_names_the_progress_log_and_the_file_with_the_final_table(
+        held: tuple[int, str, str, Path]) -> None:
+    """Rank 0's progress goes to `_log.err`, the end-of-run table to `_log.out`: the `follow it:` line names both
+    (it named only `_log.err`)."""
+    code, out, err, out_dir = held
+    assert code == 0, err
+    job_id = re.match(r"submitted job (\d+) ", out).group(1)
+    log = out_dir / "slurm" / f"{job_id}_0_log"
+    assert f"; tail -f {log}.err (rank 0's progress); the final table: {log}.out; when it ends: " in \
+        out.splitlines()[1], out
 
 
 def test_launch_job_name_overrides_the_default(tmp_path: Path) -> None:

@@ -538,10 +538,11 @@ def test_launch_and_sweep_submit_and_return_by_default_saying_how_to_follow(held
     assert held_launch.code == 0 and held_sweep.code == 0, held_launch.err + held_sweep.err
     job_id = re.match(r"submitted job (\d+) \(name run-sparsetrain, 1 rank, cluster=slurm\); logs in ",
                       held_launch.out).group(1)
-    log = held_launch.out_dir / "slurm" / f"{job_id}_0_log.err"
+    log = held_launch.out_dir / "slurm" / f"{job_id}_0_log"
     assert held_launch.out.splitlines()[1] == (
-        f"follow it: squeue -j {job_id}; tail -f {log} (rank 0's log); when it ends: {held_launch.out_dir}"
-        f"/report.json (`--wait` waits for it; `scancel {job_id}` stops it)"), held_launch.out
+        f"follow it: squeue -j {job_id}; tail -f {log}.err (rank 0's progress); the final table: {log}.out; when it "
+        f"ends: {held_launch.out_dir}/report.json (`--wait` waits for it; `scancel {job_id}` stops it)"
+    ), held_launch.out
     ids = _submitted_ids(held_sweep.out)
     array = ids[0].split("_")[0]
     follow = held_sweep.out.splitlines()[1]
