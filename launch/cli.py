@@ -60,11 +60,13 @@ def launch_main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
                         "plan; submit nothing")
     args = parse_command_line(parser, argv)
+    from launch.checks import check_before_submission, submission_warnings
     from launch.submit import WaitTimeout, job_failure, job_name, launch_warnings, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
     try:
         config = load_config(args.config, args.overrides)
+        check_before_submission(config, args.phase)  # what the job would refuse at its start, seen from here
         if args.dry_run:
             from launch.dry_run import dry_run_report
 
@@ -76,7 +78,7 @@ def launch_main(argv: list[str]) -> int:
     ranks = config.launch.world_size
     print(f"submitted job {job.job_id} (name {job_name(config)}, {ranks} rank{'s' * (ranks != 1)}, "
           f"cluster={args.cluster}); logs in {log_folder(config)}")
-    _warn(launch_warnings(config, args.cluster))
+    _warn(launch_warnings(config, args.cluster) + submission_warnings(config))
     if not _waits(args):
         print(_follow_job(job, args.cluster, Path(config.out_dir) / "report.json"))
         return 0

@@ -78,7 +78,7 @@ def data_sizes(config: RunConfig) -> DataSizes:
                           config.train.batch_size)
     except (DataNotFound, PermissionError) as err:
         sizes = config_sizes(config)
-        return replace(sizes, note=f"data not read here ({err}); sizes from the config: "
+        return replace(sizes, note=f"warning: data not read here ({err}); sizes from the config: "
                        f"{'×'.join(map(str, sizes.input_shape))} inputs, {_outputs_words(sizes, config.task)}")
     return DataSizes(data.in_chans, data.num_classes, tuple(data.input_shape))
 

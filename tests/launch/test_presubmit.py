@@ -1,0 +1,130 @@
+"""What `sparsetrain launch` checks on the submitting machine before it queues anything (`launch/checks.py`), and
+what it only warns about.
+
+Fresh-user trial 22: an out_dir holding a run with other settings (`seed 0 -> 5`) and a `--phase finetune` on an
+empty out_dir were refused only inside the job, after `launch` returned 0; a data.path missing here was a plain line
+of the dry run and nothing at submission. Real tiny runs on digits, the real local Slurm cluster (held jobs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from launch.cli import launch_main
+from sparsetrain.config.loader import save_resolved
+from sparsetrain.pipeline import run_pipeline
+from tests.core.conftest import tiny_config
+
+SHORT = ("phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.3")
+HELD = 'launch.extra_sbatch=["--hold"]'  # a job the old code would have queued stays held, then is cancelled
+
+
+def _launch(argv: list[str]) -> tuple[int, str, str]:
+    """`sparsetrain launch ARGV` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = launch_main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _cancel_submitted(out: str) -> None:
+    """Cancel the job a `submitted job N ...` line names (only a refused check leaves none)."""
+    match = re.search(r"submitted job (\d+)", out)
+    if match:
+        subprocess.run(["scancel", match.group(1)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def sparsified(tmp_path: Path) -> Path:
+    """An out_dir whose sparsify phase has finished (`--phase sparsify`): seed is fixed, prune has not run."""
+    out = tmp_path / "run"
+    run_pipeline(tiny_config(out, *SHORT), ["sparsify"])
+    return out
+
+
+def _refused(argv: list[str], out_dir: Path) -> str:
+    """Launch (slurm, held) and expect a refusal before submission: exit 2, one `error:` line, no job, no log folder."""
+    before = sorted(path.name for path in out_dir.iterdir()) if out_dir.is_dir() else None
+    code, out, err = _launch([*argv, "--cluster", "slurm", HELD])
+    _cancel_submitted(out)
+    assert code == 2 and out == "", out + err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    after = sorted(path.name for path in out_dir.iterdir()) if out_dir.is_dir() else None
+    assert after == before, "a refused launch must leave out_dir as it was (no slurm/ folder)"
+    return err.strip()
+
+
+def test_changed_settings_on_an_existing_run_are_refused_before_submission(sparsified: Path) -> None:
+    """The same comparison the run makes (`rundir.check_same_run`), the same line; also by --dry-run."""
+    stored = sparsified / "config.yaml"
+    err = _refused([str(stored), "seed=5"], sparsified)
+    assert err == (f"error: out_dir: {sparsified} holds a run with other settings: seed 0 -> 5 (fixed: sparsify has "
+                   "run with it); use a new out_dir, or resume=false to start over"), err
+    code, out, dry_err = _launch([str(stored), "seed=5", "--dry-run"])
+    assert (code, dry_err.strip()) == (2, err), out + dry_err
+    # what the resume allows passes: an execution setting, or resume=false (a new run there)
+    for allowed in (["train.log_every=7"], ["seed=5", "resume=false"]):
+        code, out, dry_err = _launch([str(stored), *allowed, "--dry-run"])
+        assert code == 0, dry_err
+
+
+def test_a_phase_the_run_cannot_start_is_refused_before_submission(sparsified: Path, tmp_path: Path) -> None:
+    """`--phase finetune` needs prune's weights: refused on an empty out_dir and on one where only sparsify finished;
+    `--phase prune` after sparsify, or `--phase prune --phase finetune`, is accepted."""
+    empty = tmp_path / "empty"
+    err = _refused([*_config_args(empty), "--phase", "finetune"], empty)
+    assert err == ("error: phase: finetune starts from the weights of the prune phase, which has not finished in this "
+                   "out_dir; run --phase prune first (or both, or no --phase)"), err
+    assert not empty.exists()
+    err = _refused([str(sparsified / "config.yaml"), "--phase", "finetune"], sparsified)
+    assert err.startswith("error: phase: finetune starts from the weights of the prune phase"), err
+    for phases in (["--phase", "prune"], ["--phase", "prune", "--phase", "finetune"]):
+        code, out, dry_err = _launch([str(sparsified / "config.yaml"), *phases, "--dry-run"])
+        assert code == 0, dry_err
+
+
+def _config_args(out_dir: Path) -> list[str]:
+    """CONFIG of a tiny digits run into `out_dir` (the core tests' TINY settings), written next to it."""
+    recipe = out_dir.parent / f"{out_dir.name}.yaml"
+    save_resolved(tiny_config(out_dir, *SHORT), recipe)
+    return [str(recipe)]
+
+
+def test_a_dry_run_warns_about_data_missing_here(tmp_path: Path) -> None:
+    """The dry run plans from the config when the data is not here, and says so as a `warning:` line (a plain line
+    before)."""
+    missing = tmp_path / "on-the-nodes"
+    code, out, err = _launch([*_config_args(tmp_path / "run"), "data.source=idx", f"data.path={missing}",
+                              "--cluster", "slurm", "--dry-run"])
+    assert code == 0, err
+    warning = f"warning: data not read here (data.path: IDX folder not found: {missing}); sizes from the config: "
+    assert warning in out, out
+
+
+@pytest.fixture
+def held(slurm_cluster: None, tmp_path: Path) -> Iterator[tuple[int, str, str, Path]]:
+    """A held `launch` whose data.path exists only 'on the nodes' (not here): (exit code, stdout, stderr, out_dir)."""
+    out_dir = tmp_path / "run"
+    code, out, err = _launch([*_config_args(out_dir), "data.source=idx", f"data.path={tmp_path / 'on-the-nodes'}",
+                              "--cluster", "slurm", HELD])
+    try:
+        yield code, out, err, out_dir
+    finally:
+        _cancel_submitted(out)
+
+
+@pytest.mark.slurm
+def test_launch_warns_about_data_missing_here_and_submits(held: tuple[int, str, str, Path]) -> None:
+    """A data.path missing here is a `warning:` line at submission, not a refusal (it may exist on the nodes only);
+    a real launch printed nothing about it."""
+    code, out, err, out_dir = held
+    assert code == 0 and out.startswith("submitted job "), err
+    assert (f"warning: data.path: {out_dir.parent / 'on-the-nodes'} does not exist on this machine; the job reads it "
+            "on the compute nodes and fails at its start if it is not there either") in err.splitlines(), err
