@@ -121,24 +121,28 @@ def _add_latency(measured: dict[str, Any], dense: torch.nn.Module, pruned: torch
 REPORT_PLOTS = ("layer_sparsity.png", "weight_hist.png", "accuracy_vs_sparsity.png", "kept_filters.png")
 
 
-def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
-    """The report's PNGs in out_dir (those its contents call for); `report.plots=false`: none, and one line instead."""
+def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> list[Path]:
+    """The report's PNGs in out_dir (those its contents call for), returned with latency.png when this report's
+    latency table has one (drawn by the deploy step); `report.plots=false`: none, and one line instead."""
     if not pipeline.cfg.report.plots:
         _name_undrawn_plots(pipeline.out_dir, report)
-        return
+        return []
     from sparsetrain.plots import plot_layer_sparsity, plot_magnitude_histograms
 
-    out = pipeline.out_dir
+    out, drawn = pipeline.out_dir, []
     if report.get("kept_filters"):
         from sparsetrain.plots import plot_kept_filters
 
         plot_kept_filters(report["kept_filters"], out / "kept_filters.png")
+        drawn.append(out / "kept_filters.png")
     if "layers" in report and not pipeline.structural:
         plot_layer_sparsity(report["layers"], out / "layer_sparsity.png")
+        drawn.append(out / "layer_sparsity.png")
     if "prune_curve" in report:
         from sparsetrain.plots import plot_accuracy_vs_sparsity
 
         plot_accuracy_vs_sparsity(report, out / "accuracy_vs_sparsity.png", dense_label(report, method=""))
+        drawn.append(out / "accuracy_vs_sparsity.png")
     elif not pipeline.cfg.report.accuracy_curve and (out / "accuracy_vs_sparsity.png").is_file():
         log.info("[report] report.accuracy_curve=false: report.json has no prune_curve; accuracy_vs_sparsity.png is "
                  "kept from an earlier run, not part of this report (report.accuracy_curve=true makes it again)")
@@ -147,6 +151,10 @@ def write_plots(pipeline: Pipeline, report: dict[str, Any]) -> None:
         plot_magnitude_histograms(prunable_parameters(pipeline.model_from(before)),
                                   prunable_parameters(pipeline.model_from("sparsify")), out / "weight_hist.png",
                                   ("dense-trained" if before else "initial", "after sparsity training"))
+        drawn.append(out / "weight_hist.png")
+    if "latency" in report and (out / "latency.png").is_file():
+        drawn.append(out / "latency.png")
+    return drawn
 
 
 def _name_undrawn_plots(out: Path, report: dict[str, Any]) -> None:
@@ -183,7 +191,8 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
         report = build_report(header, pipeline.state["completed"], measured)
         if pipeline.dist.is_main:
             atomic_write_text(Path(pipeline.out_dir) / "report.json", json.dumps(report, indent=2))
-            write_plots(pipeline, report)
+            plots = write_plots(pipeline, report)
             pipeline.tracker.summary(summary_values(report))
+            pipeline.tracker.report_media(report.get("layers", []), plots)
             print(format_table(report), flush=True)
     return report

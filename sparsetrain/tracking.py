@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,28 @@ def _span(phase: str, steps: list[int], ended: bool) -> str:
     return text + (" and its phase-end row" if ended else "")
 
 
+def slurm_job(env: Mapping[str, str]) -> dict[str, str] | None:
+    """The Slurm job this process runs in, for the W&B config: `job_id` as squeue and sacct name it (`514_1` for
+    element 1 of job array 514, else SLURM_JOB_ID), the array's `array_job_id` / `array_task_id` when it is one,
+    SLURM_JOB_ID itself (`raw_job_id`), `restart_count` (requeues so far) and `job_name`; None outside Slurm."""
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    job = {"job_id": f"{array}_{task}" if array and task else env["SLURM_JOB_ID"], "raw_job_id": env["SLURM_JOB_ID"]}
+    if array and task:
+        job.update(array_job_id=array, array_task_id=task)
+    job.update({key: env[name] for key, name in (("restart_count", "SLURM_RESTART_COUNT"),
+                                                 ("job_name", "SLURM_JOB_NAME")) if env.get(name)})
+    return job
+
+
+def layer_sparsity_values(layers: list[dict[str, Any]]) -> dict[str, float]:
+    """`layer_sparsity/<layer>`: the fraction of zeros in each prunable layer (report.json `layers`: name, total,
+    nonzero), flat for the W&B summary, where runs compare per layer."""
+    return {f"layer_sparsity/{layer['name']}": 1.0 - layer["nonzero"] / layer["total"]
+            for layer in layers if layer.get("total")}
+
+
 class Tracker:
     """Logs dicts of metrics; a no-op on every rank but 0. Open W&B with `start` once metrics.jsonl is final."""
 
@@ -110,7 +133,7 @@ class Tracker:
         run_id = id_file.read_text().strip() if id_file.exists() and not fresh else uuid.uuid4().hex[:12]
         try:
             run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or out_dir.name, tags=cfg.tags,
-                             id=run_id, resume="allow", mode=cfg.mode, dir=str(out_dir), config=self.config,
+                             id=run_id, resume="allow", mode=cfg.mode, dir=str(out_dir), config=self._wandb_config(),
                              settings=wandb.Settings(console="off", silent=True))
         except wandb.errors.Error as err:  # no API key, no network, a refused project: one line, exit 5
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -119,6 +142,12 @@ class Tracker:
                              "`wandb sync` later) or tracking.mode=disabled") from None
         id_file.write_text(run_id)  # once the run exists: a refused start leaves an earlier run's id as it was
         return run
+
+    def _wandb_config(self) -> dict[str, Any]:
+        """The resolved config, plus `slurm` (`slurm_job`: the job id, array ids, restarts) inside a Slurm job; a
+        requeued or resubmitted run updates it to the job that continues it."""
+        job = slurm_job(os.environ)
+        return {**self.config, "slurm": job} if job else self.config
 
     def _held_by_wandb(self) -> Callable[[int, set[str]], bool]:
         """Whether W&B already holds `keys` at `step`, from earlier segments of this run."""
@@ -172,6 +201,28 @@ class Tracker:
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:
             self._guarded(lambda: self.run.summary.update(values))
+
+    def report_media(self, layers: list[dict[str, Any]], plots: list[Path]) -> None:
+        """Put the report's per-layer sparsity and plots in the W&B run summary (not its history, which holds exactly
+        the rows of metrics.jsonl): `layer_sparsity/<layer>` numbers (`layer_sparsity_values`), the table
+        `layer_sparsity_table` (layer, total, nonzero, sparsity: a bar chart in W&B) and each PNG as an image under
+        `plots/<name>` (e.g. plots/layer_sparsity).
+
+        Args:
+            layers: report.json `layers` ({"name", "total", "nonzero"} per prunable layer).
+            plots: PNG files the report drew (none with report.plots=false).
+        """
+        if self.run is None:
+            return
+        import wandb
+
+        values: dict[str, Any] = layer_sparsity_values(layers)
+        if values:
+            rows = [[layer["name"], layer["total"], layer["nonzero"], values[f"layer_sparsity/{layer['name']}"]]
+                    for layer in layers if layer.get("total")]
+            values["layer_sparsity_table"] = wandb.Table(columns=["layer", "total", "nonzero", "sparsity"], data=rows)
+        values.update({f"plots/{path.stem}": wandb.Image(str(path)) for path in plots})
+        self.summary(values)
 
     def close(self) -> None:
         """Finish the W&B run; rows no checkpoint covers are not sent (a resumed run logs them again)."""

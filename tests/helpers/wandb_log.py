@@ -35,10 +35,12 @@ def _payloads(data: bytes) -> list[bytes]:
 
 
 def read_run(path: Path) -> dict:
-    """{"run_id": str, "history": [dict, ...]} from one offline .wandb file."""
+    """{"run_id": str, "history": [dict, ...], "summary": dict, "config": dict} from one offline .wandb file; summary
+    and config hold the last value each key was given (media as W&B's JSON, e.g. {"_type": "image-file", "path":
+    "media/images/....png", ...}, the path relative to the run's `files/` folder)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    run_id, history = None, []
+    run_id, history, summary, config = None, [], {}, {}
     for payload in _payloads(Path(path).read_bytes()):
         record = pb.Record()
         record.ParseFromString(payload)
@@ -48,7 +50,13 @@ def read_run(path: Path) -> dict:
         elif kind == "history":
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                             for item in record.history.item})
-    return {"run_id": run_id, "history": history}
+        elif kind == "summary":
+            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.summary.update})
+        if kind == "run" or kind == "config":
+            items = record.run.config.update if kind == "run" else record.config.update
+            config.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
+    return {"run_id": run_id, "history": history, "summary": summary, "config": config}
 
 
 def read_runs(out_dir: Path) -> list[dict]:

@@ -83,3 +83,23 @@ def test_launch_job_name_overrides_the_default(tmp_path: Path) -> None:
     assert code == 0 and "#SBATCH --job-name=mine\n" in out, err
     code, out, err = _launch([recipe, "--cluster", "slurm", "--dry-run"])
     assert code == 0 and "#SBATCH --job-name=run-sparsetrain\n" in out, err
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_the_wandb_config_of_a_slurm_run_names_its_job(slurm_cluster: None, tmp_path: Path) -> None:
+    """A job run through Slurm records its job id in the W&B config (`slurm.job_id`), with its name."""
+    from tests.helpers.wandb_log import read_runs
+
+    out_dir = tmp_path / "wb"
+    recipe = out_dir.parent / "wb.yaml"
+    save_resolved(tiny_config(out_dir, "phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.3",
+                              "tracking.mode=offline", "launch.cpus_per_task=1"), recipe)
+    code, out, err = _launch([str(recipe), "--cluster", "slurm", "--wait", "--timeout", "300"])
+    match = re.search(r"submitted job (\d+)", out)
+    if code != 0 and match:
+        subprocess.run(["scancel", match.group(1)], capture_output=True, check=False)
+    assert code == 0, out + err
+    (run,) = read_runs(out_dir)
+    assert run["config"]["slurm"]["job_id"] == match.group(1), run["config"].get("slurm")
+    assert run["config"]["slurm"]["job_name"] == "wb-sparsetrain"
