@@ -38,7 +38,7 @@ SCOPE_LINE = (f"sparsity {SPARSITY_SCOPE}; compression over {COMPRESSION_SCOPE} 
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 
 
-@dataclass
+@dataclass(eq=False)  # a point is itself (`in` tests identity), not its settings
 class SweepPoint:
     """One run of the grid."""
 
@@ -94,24 +94,42 @@ def point_name(assignment: dict[str, str]) -> str:
 
 
 def expand(config_path: str | Path | None, overrides: list[str]) -> tuple[RunConfig, list[SweepPoint]]:
-    """The base config (fixed overrides only) and one validated config per grid point.
+    """The base config and one validated config per grid point.
+
+    The base is the first point's config with the sweep's own out_dir: its out_dir, `launch` section (resources and
+    log folder; neither can be swept) and `report.plots` are the sweep's. It is loaded with a point's values, not the
+    fixed overrides alone: a key the config requires may be the swept one (`data.source=idx data.path=A,B`).
 
     Raises:
-        ConfigError: any point's config is invalid (the message names the field) or the grid is empty.
+        ConfigError: the grid is empty; a point's config is invalid (one line: the point, then the field).
     """
     fixed, grid = parse_grid(overrides)
-    base = load_config(config_path, fixed)
     if not grid:
         raise ConfigError("sweep: no swept key; give at least one key=v1,v2,...")
-    points = []
-    for values in itertools.product(*grid.values()):
-        assignment = dict(zip(grid, values, strict=True))
-        name = point_name(assignment)
-        point_overrides = [f"{key}={value}" for key, value in assignment.items()]
-        out_dir = str(Path(base.out_dir) / name)
-        config = load_config(config_path, [*fixed, *point_overrides, f"out_dir={out_dir}"])
-        points.append(SweepPoint(name, point_overrides, config))
+    assignments = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    base = _load_point(config_path, fixed, assignments[0])
+    points = [SweepPoint(point_name(a), _overrides(a), _load_point(config_path, fixed, a, Path(base.out_dir)))
+              for a in assignments]
     return base, points
+
+
+def _overrides(assignment: dict[str, str]) -> list[str]:
+    """A point's swept values as overrides: `["alpha0=1e-4", "beta=10"]`."""
+    return [f"{key}={value}" for key, value in assignment.items()]
+
+
+def _load_point(config_path: str | Path | None, fixed: list[str], assignment: dict[str, str],
+                sweep_dir: Path | None = None) -> RunConfig:
+    """One point's validated config, in `<sweep_dir>/<point name>` (None: in the sweep's own out_dir, for the base).
+
+    Raises:
+        ConfigError: `sweep point alpha0=-1: regularizer.alpha0: ...`: the point, then the loader's line.
+    """
+    extra = [] if sweep_dir is None else [f"out_dir={sweep_dir / point_name(assignment)}"]
+    try:
+        return load_config(config_path, [*fixed, *_overrides(assignment), *extra])
+    except ConfigError as err:
+        raise ConfigError(f"sweep point {point_name(assignment)}: {err}") from None
 
 
 def summarize_report(report: dict[str, Any]) -> dict[str, Any]:

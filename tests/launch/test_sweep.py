@@ -1,0 +1,51 @@
+"""Sweep points (fresh-user trial 22): equal points refused, each point validated with its own values, finished points
+skipped on a re-run, `--dry-run`, `--collect` of a sweep never submitted, one number format in the table.
+
+No job runs here but one held Slurm job, cancelled at once (a `slurm` test); the finished point is a real tiny run in
+this process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from launch.cli import sweep_main
+from launch.sweep import expand
+from sparsetrain.config.loader import ConfigError
+from tests.core.conftest import TINY
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+# tests.core's tiny run on the quickstart recipe (whose prune rule is kept: its section names a threshold)
+SHORT = [*(item for item in TINY if not item.startswith("prune.")), "phases.sparsify.epochs=0.5",
+         "phases.finetune.epochs=0.3"]
+
+
+HELD = 'launch.extra_sbatch=["--hold"]'  # a job that would be submitted waits until cancelled
+
+
+def _cancel_own_jobs(out: Path) -> None:
+    """Cancel the jobs submitted into `out` (those with files in its log folder), if any."""
+    ids = sorted({path.name.split("_")[0] for path in (out / "slurm").glob("*_submitted.pkl")})
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, check=False)
+
+
+def _sweep(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = sweep_main(argv)
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+def test_a_swept_key_the_config_requires_is_validated_with_each_points_value(tmp_path: Path) -> None:
+    """Trial 22: `data.source=idx data.path=A,B` failed with `data.path: required for data.source='idx'`: the base
+    config was validated without the swept keys. Every point loads with its own values; a bad one is named."""
+    folders = [str(tmp_path / "fm-a"), str(tmp_path / "fm-b")]
+    base, points = expand(QUICKSTART, ["data.source=idx", f"data.path={','.join(folders)}", f"out_dir={tmp_path}"])
+    assert [point.config.data.path for point in points] == folders and base.out_dir == str(tmp_path)
+    with pytest.raises(ConfigError, match=r"^sweep point path=.*fm-a_alpha0=-1: regularizer\.alpha0: "):
+        expand(QUICKSTART, ["data.source=idx", f"data.path={','.join(folders)}", "alpha0=1e-4,-1",
+                            f"out_dir={tmp_path}"])
