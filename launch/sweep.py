@@ -67,7 +67,7 @@ def parse_grid(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Separate fixed overrides from swept ones (`key=v1,v2`), keeping the order of keys.
 
     Raises:
-        ConfigError: malformed override, empty value or a swept `out_dir` / `launch.*` key.
+        ConfigError: malformed override, empty or repeated value, or a swept `out_dir` / `launch.*` key.
     """
     fixed, grid = [], {}
     for item in overrides:
@@ -83,6 +83,10 @@ def parse_grid(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
             raise ConfigError(f"{path}: cannot be swept (one out_dir and one resource request per sweep)")
         if any(not value for value in values):
             raise ConfigError(f"{key}: empty value in sweep list {text!r}")
+        twice = next((value for i, value in enumerate(values) if value in values[:i]), None)
+        if twice is not None:
+            raise ConfigError(f"{key.strip()}: {twice} is listed twice in the sweep list {text!r} (its two points "
+                              "would run at once in one out_dir); give each value once")
         grid[key.strip()] = values
     return fixed, grid
 
@@ -101,7 +105,8 @@ def expand(config_path: str | Path | None, overrides: list[str]) -> tuple[RunCon
     fixed overrides alone: a key the config requires may be the swept one (`data.source=idx data.path=A,B`).
 
     Raises:
-        ConfigError: the grid is empty; a point's config is invalid (one line: the point, then the field).
+        ConfigError: the grid is empty; a point's config is invalid (one line: the point, then the field); two points
+            have the same settings (`refuse_duplicates`).
     """
     fixed, grid = parse_grid(overrides)
     if not grid:
@@ -110,6 +115,7 @@ def expand(config_path: str | Path | None, overrides: list[str]) -> tuple[RunCon
     base = _load_point(config_path, fixed, assignments[0])
     points = [SweepPoint(point_name(a), _overrides(a), _load_point(config_path, fixed, a, Path(base.out_dir)))
               for a in assignments]
+    refuse_duplicates(points)
     return base, points
 
 
@@ -130,6 +136,36 @@ def _load_point(config_path: str | Path | None, fixed: list[str], assignment: di
         return load_config(config_path, [*fixed, *_overrides(assignment), *extra])
     except ConfigError as err:
         raise ConfigError(f"sweep point {point_name(assignment)}: {err}") from None
+
+
+def refuse_duplicates(points: list[SweepPoint]) -> None:
+    """Refuse two points of equal settings (their validated configs but out_dir, e.g. `alpha0=1e-4,0.0001`): both
+    would run the same run, at once. (A value written twice is refused by `parse_grid`: its two points would share
+    one out_dir.)
+
+    Raises:
+        ConfigError: one line naming each key whose values give the same setting, and the two points.
+    """
+    from sparsetrain.config.loader import config_to_dict
+
+    seen: dict[str, SweepPoint] = {}
+    named: dict[str, SweepPoint] = {}
+    for point in points:
+        if point.name in named:  # values that differ only in characters a folder name cannot hold (`a/b`, `a-b`)
+            first, second = (" ".join(p.overrides) for p in (named[point.name], point))
+            raise ConfigError(f"sweep: points {first} and {second} would share the out_dir {point.config.out_dir}; "
+                              "sweep values that differ in letters or digits")
+        named[point.name] = point
+        settings = {key: value for key, value in config_to_dict(point.config).items() if key != "out_dir"}
+        settings_key = json.dumps(settings, sort_keys=True, default=str)
+        if settings_key in seen:
+            first = seen[settings_key]
+            pairs = [(a.split("=", 1), b.split("=", 1)[1]) for a, b in zip(first.overrides, point.overrides,
+                                                                             strict=True) if a != b]
+            same = "; ".join(f"{key}: {value} and {other}" for (key, value), other in pairs)
+            raise ConfigError(f"{same} are the same setting (points {first.name} and {point.name} would run the same "
+                              "run twice, at once); give each value once")
+        seen[settings_key] = point
 
 
 def summarize_report(report: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,28 @@ def _sweep(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, st
     return code, got.out, got.err
 
 
+@pytest.mark.slurm
+@pytest.mark.parametrize(("values", "expected"), [
+    ("1e-4,0.0001", "error: alpha0: 1e-4 and 0.0001 are the same setting (points alpha0=1e-4_beta=10 and "
+                    "alpha0=0.0001_beta=10 would run the same run twice, at once); give each value once"),
+    ("1e-4,1e-4", "error: alpha0: 1e-4 is listed twice in the sweep list '1e-4,1e-4' (its two points would run at "
+                  "once in one out_dir); give each value once"),
+])
+def test_points_of_equal_settings_are_refused_before_submission(slurm_cluster: None, values: str, expected: str,
+                                                                tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: `alpha0=1e-4,1e-4` ran two jobs at once in one out_dir (interleaved metrics.jsonl, two W&B runs);
+    `1e-4,0.0001` ran the same run twice. Points are compared by their validated configs, not their strings."""
+    out = tmp_path / "sweep"
+    try:  # the old code submitted both points: held here, so that they never run
+        code, _, err = _sweep([str(QUICKSTART), f"alpha0={values}", "beta=10,20", "--cluster", "slurm", HELD,
+                               f"out_dir={out}"], capsys)
+    finally:
+        _cancel_own_jobs(out)
+    assert (code, err.strip()) == (2, expected)
+    assert not out.exists()
+
+
 def test_a_swept_key_the_config_requires_is_validated_with_each_points_value(tmp_path: Path) -> None:
     """Trial 22: `data.source=idx data.path=A,B` failed with `data.path: required for data.source='idx'`: the base
     config was validated without the swept keys. Every point loads with its own values; a bad one is named."""
