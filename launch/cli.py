@@ -6,8 +6,8 @@
 Resources come from the config's `launch:` section (overridable like any key: `launch.tasks_per_node=2`).
 Both commands submit and return, printing how to follow the jobs, unless `--wait` (as sbatch does; the debug
 cluster always waits: its job runs in this process, when waited for).
-Exit codes: 0 success, 1 the job failed (sweep: a point is not done: failed, missing, queued or running),
-2 bad config or launch settings.
+Exit codes: 0 success, 1 the job failed (sweep: a point is not done: failed, missing, queued or running; `--collect`
+of a sweep never submitted), 2 bad config or launch settings.
 """
 
 from __future__ import annotations
@@ -134,12 +134,27 @@ def sweep_main(argv: list[str]) -> int:
     args = parse_command_line(parser, argv)
     if args.no_wait and args.timeout is not None:
         return _fail("--timeout waits for the runs and --no-wait does not: give one of them", 2)
-    from launch.submit import launch_warnings
-    from launch.sweep import collect, expand, recorded_status, submit_points, summary_table, wait_points
+    from launch.sweep import expand, nothing_to_collect
     from sparsetrain.config.loader import ConfigError
 
     try:
         base, points = expand(args.config, args.overrides)
+    except (ConfigError, LaunchError, ValueError) as err:
+        return _fail(str(err), 2)
+    if args.collect and nothing_to_collect(base, points):
+        return _fail(f"nothing to collect: the sweep in {base.out_dir} was never submitted (no "
+                     f"{Path(base.out_dir) / 'sweep_jobs.json'}, no point has a report.json); submit it without "
+                     "--collect", 1)
+    return _submit_sweep(args, argv, base, points)
+
+
+def _submit_sweep(args: argparse.Namespace, argv: list[str], base: Any, points: list[Any]) -> int:
+    """Submit the points (none with `--collect`), then return, or wait and collect every point."""
+    from launch.submit import launch_warnings
+    from launch.sweep import collect, recorded_status, submit_points, summary_table, wait_points
+    from sparsetrain.config.loader import ConfigError
+
+    try:
         jobs = [] if args.collect else submit_points(base, points, args.cluster)
     except (ConfigError, LaunchError, ValueError) as err:
         return _fail(str(err), 2)

@@ -168,6 +168,12 @@ def refuse_duplicates(points: list[SweepPoint]) -> None:
         seen[settings_key] = point
 
 
+def nothing_to_collect(base: RunConfig, points: list[SweepPoint]) -> bool:
+    """Whether the sweep was never submitted: no `sweep_jobs.json` in its out_dir and no point has a report.json."""
+    return not (Path(base.out_dir) / JOBS_FILE).is_file() and not any(
+        (Path(point.config.out_dir) / "report.json").is_file() for point in points)
+
+
 def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
     """Sparsity, compression and the final metric of a run's report.json: the metric of the last finished phase, read
     from the report's phase sections (`sparsetrain.report.final_metric`; either report format). `compression_ratio`
@@ -305,11 +311,12 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
 
 
 def _metric_text(run: dict[str, Any]) -> str:
-    """`91.2`, `9.5 at chance` for a run whose model collapsed (the run's report says why), `-` without a metric."""
+    """`91.20`, `9.50 at chance` for a run whose model collapsed (the run's report says why), `-` without a metric:
+    two decimals for every run (metrics are percentages), so the column reads alike."""
     metric = run.get("metric")
     if metric is None:
         return "-"
-    return f"{metric:.4g} at chance" if run.get("at_chance") else f"{metric:.4g}"
+    return f"{metric:.2f} at chance" if run.get("at_chance") else f"{metric:.2f}"
 
 
 def _state_text(run: dict[str, Any]) -> str:
