@@ -2,6 +2,7 @@
 
     sparsetrain launch CONFIG [key=value ...] --cluster slurm|local|debug [--phase P] [--wait] [--dry-run]
     sparsetrain sweep CONFIG alpha0=1e-5,3e-5 beta=10,20 [key=value ...] --cluster slurm [--wait] [--collect]
+        [--dry-run]
 
 Resources come from the config's `launch:` section (overridable like any key: `launch.tasks_per_node=2`).
 Both commands submit and return, printing how to follow the jobs, unless `--wait` (as sbatch does; the debug
@@ -123,7 +124,8 @@ def _report_line(path: Path) -> str:
 
 def sweep_main(argv: list[str]) -> int:
     """Submit a grid of runs as a job array and return (with `--wait`: wait, then write sweep.json and the Pareto
-    plot); `--collect`: write them from where each point is, submitting nothing."""
+    plot); `--collect`: write them from where each point is, submitting nothing; `--dry-run`: print the points and
+    the array's sbatch script, submitting nothing."""
     parser = _common_parser("sparsetrain sweep", "Grid sweep: key=v1,v2 overrides, one run per point.")
     waiting = parser.add_mutually_exclusive_group()
     waiting.add_argument("--wait", action="store_true", help="wait for every run, then collect (default: submit, say "
@@ -131,14 +133,24 @@ def sweep_main(argv: list[str]) -> int:
     waiting.add_argument("--no-wait", action="store_true", help="submit and return: the default (kept for scripts)")
     parser.add_argument("--collect", action="store_true", help="submit nothing: write sweep.json from where each "
                         "point is (done, failed, queued, running, missing) and print it as a table")
+    parser.add_argument("--dry-run", action="store_true", help="print the points, their out_dirs and the job array's "
+                        "sbatch script; submit nothing")
     args = parse_command_line(parser, argv)
     if args.no_wait and args.timeout is not None:
         return _fail("--timeout waits for the runs and --no-wait does not: give one of them", 2)
+    if args.collect and args.dry_run:
+        return _fail("--collect submits nothing and reads the runs, --dry-run shows what would be submitted: give one "
+                     "of them", 2)
     from launch.sweep import expand, nothing_to_collect
     from sparsetrain.config.loader import ConfigError
 
     try:
         base, points = expand(args.config, args.overrides)
+        if args.dry_run:
+            from launch.sweep import dry_run_report
+
+            print(dry_run_report(base, points, args.cluster), end="")
+            return 0
     except (ConfigError, LaunchError, ValueError) as err:
         return _fail(str(err), 2)
     if args.collect and nothing_to_collect(base, points):
@@ -189,7 +201,7 @@ def _follow_sweep(jobs: list[Any], cluster: str, argv: list[str]) -> str:
 
 def _collect_command(argv: list[str]) -> str:
     """`sparsetrain sweep <the same arguments> --collect`, for the user to copy."""
-    kept = [arg for arg in argv if arg not in ("--wait", "--no-wait", "--collect")]
+    kept = [arg for arg in argv if arg not in ("--wait", "--no-wait", "--collect", "--dry-run")]
     return shlex.join(["sparsetrain", "sweep", *kept, "--collect"])
 
 

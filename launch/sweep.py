@@ -174,6 +174,33 @@ def nothing_to_collect(base: RunConfig, points: list[SweepPoint]) -> bool:
         (Path(point.config.out_dir) / "report.json").is_file() for point in points)
 
 
+def dry_run_report(base: RunConfig, points: list[SweepPoint], cluster: str) -> str:
+    """What `sweep --dry-run` prints: each point to submit (name, out_dir), the job array's sbatch script (Slurm),
+    the warnings `launch --dry-run` gives and the world size of each point.
+
+    Raises:
+        LaunchError: invalid launch settings (a real submission's checks, but the cluster's fit: a warning line).
+    """
+    from launch.submit import cluster_fit_problems, launch_warnings, sbatch_script, validate_launch
+
+    validate_launch(base, cluster, fit=False)
+    rows = [("point", "out_dir")] + [(point.name, point.config.out_dir) for point in points]
+    width = max(len(name) for name, _ in rows)
+    parts = [f"# {len(points)} point{'s' * (len(points) != 1)} to submit (cluster={cluster})"]
+    parts += [f"{name.ljust(width)}  {out_dir}" for name, out_dir in rows]
+    if cluster == "slurm" and points:
+        what = "one job array: element i runs the i-th point listed, from 0" if len(points) > 1 else "one point"
+        parts += ["", f"# sbatch script ({what})", sbatch_script(base, array_size=len(points)).rstrip(), ""]
+        parts += [f"warning: this cluster cannot run it as it is (a submission here is refused): {problem}"
+                  for problem in cluster_fit_problems(base)]
+    warnings = [warning for point in points for warning in launch_warnings(point.config, cluster)]
+    parts += [f"warning: {warning}" for warning in dict.fromkeys(warnings)]
+    launch = base.launch
+    parts.append(f"world size of each point: {launch.world_size} (nodes={launch.nodes} × tasks_per_node="
+                 f"{launch.tasks_per_node}, gpus_per_node={launch.gpus_per_node}); nothing submitted (--dry-run)")
+    return "\n".join(parts) + "\n"
+
+
 def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
     """Sparsity, compression and the final metric of a run's report.json: the metric of the last finished phase, read
     from the report's phase sections (`sparsetrain.report.final_metric`; either report format). `compression_ratio`

@@ -7,12 +7,14 @@ this process.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from launch.cli import sweep_main
+from launch.submit import sbatch_script
 from launch.sweep import expand
 from sparsetrain.config.loader import ConfigError
 from tests.core.conftest import TINY
@@ -71,3 +73,47 @@ def test_a_swept_key_the_config_requires_is_validated_with_each_points_value(tmp
     with pytest.raises(ConfigError, match=r"^sweep point path=.*fm-a_alpha0=-1: regularizer\.alpha0: "):
         expand(QUICKSTART, ["data.source=idx", f"data.path={','.join(folders)}", "alpha0=1e-4,-1",
                             f"out_dir={tmp_path}"])
+
+
+def test_sweep_dry_run_prints_points_out_dirs_and_the_array_script(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: `sweep --dry-run` was an unrecognized option; there was no way to see the points, their out_dirs
+    or the job array's sbatch script before submitting. Nothing is submitted nor written."""
+    out = tmp_path / "sweep"
+    argv = [str(QUICKSTART), "alpha0=1e-4,3e-4", "beta=10,20", f"out_dir={out}", "--cluster", "slurm", "--dry-run"]
+    code, text, err = _sweep(argv, capsys)
+    assert code == 0, err
+    base, points = expand(QUICKSTART, argv[1:4])
+    lines = text.splitlines()
+    assert lines[0] == "# 4 points to submit (cluster=slurm)" and lines[1].split() == ["point", "out_dir"], text
+    assert [line.split() for line in lines[2:6]] == [[p.name, p.config.out_dir] for p in points], text
+    assert lines[7] == "# sbatch script (one job array: element i runs the i-th point listed, from 0)", text
+    script = sbatch_script(base, array_size=4).rstrip()
+    assert "\n".join(lines[8:8 + len(script.splitlines())]) == script, text
+    assert "#SBATCH --array=0-3%4" in script and f"#SBATCH --error={out}/slurm/%A_%a_0_log.err" in script
+    assert lines[-1].endswith("nothing submitted (--dry-run)"), text
+    assert not out.exists()
+
+
+def test_collect_of_a_sweep_never_submitted_creates_nothing(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: `--collect` on a sweep never submitted created its folder, sweep.json and sweep_pareto.png with
+    every point `missing`. It says there is nothing to collect (one line, exit 1: no point is done)."""
+    out = tmp_path / "never"
+    code, text, err = _sweep([str(QUICKSTART), "alpha0=1e-4,3e-4", f"out_dir={out}", "--collect"], capsys)
+    assert (code, text) == (1, "")
+    assert err == (f"error: nothing to collect: the sweep in {out} was never submitted (no {out / 'sweep_jobs.json'}, "
+                   "no point has a report.json); submit it without --collect\n")
+    assert not out.exists()
+
+
+def test_the_tables_metric_column_has_one_number_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: the metric column mixed `88.3` and `93.04`: two decimals for every run."""
+    for value, metric in (("1e-4", 88.3), ("3e-4", 93.04)):
+        (tmp_path / f"alpha0={value}").mkdir()
+        (tmp_path / f"alpha0={value}" / "report.json").write_text(json.dumps(
+            {"format_version": 2, "sparsity": 0.5, "phases": {"finetune": {"metric": metric}}}))
+    code, text, err = _sweep([str(QUICKSTART), "alpha0=1e-4,3e-4", f"out_dir={tmp_path}", "--collect",
+                              "report.plots=false"], capsys)
+    assert code == 0, err
+    assert [line.split()[6] for line in text.splitlines()[1:3]] == ["88.30", "93.04"], text  # after `50.0 %`
