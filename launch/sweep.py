@@ -6,6 +6,9 @@ Each point runs in its own `out_dir` (`<base out_dir>/<key>=<value>_...`); the j
 and a metric-vs-compression plot `<base out_dir>/sweep_pareto.png` with the Pareto front (no other point is both
 more compressed and more accurate); `summary_table` is the same summary for the terminal.
 
+Every point is validated with its own values before anything is submitted, and two points of equal settings are
+refused; a point whose out_dir holds its finished run is not submitted again (`finished`) unless the user asks.
+
 Compression is what a run achieved, whichever way: the dense model's parameters per non-zero parameter of the final
 model (report.json `compression_ratio`), so Method 1's zeroed weights and Method 2's removed filters are on one axis
 (a Method 2 run has sparsity 0: its smaller model has no zeros).
@@ -168,15 +171,44 @@ def refuse_duplicates(points: list[SweepPoint]) -> None:
         seen[settings_key] = point
 
 
+def finished(point: SweepPoint) -> bool:
+    """Whether the point's out_dir holds its run, finished: a report.json, the run's final phase completed
+    (state.json) and the settings it ran with equal the point's (`check_same_run`; a run with other settings is not
+    this point's, and its job refuses it with the reason). A job of a finished point would only say `already
+    complete`."""
+    from sparsetrain.config.loader import config_to_dict
+    from sparsetrain.engine.checkpoint import read_run_state
+    from sparsetrain.errors import InputError
+    from sparsetrain.rundir import check_same_run, last_phase
+
+    out_dir = Path(point.config.out_dir)
+    settings = config_to_dict(point.config)
+    state = read_run_state(out_dir)
+    if not (out_dir / "report.json").is_file() or state is None or last_phase(settings) not in state["completed"]:
+        return False
+    try:
+        check_same_run(out_dir, settings)
+    except InputError:
+        return False
+    return True
+
+
+def skipped_line(skipped: list[SweepPoint]) -> str:
+    """`2 finished points skipped: alpha0=1e-4, alpha0=3e-4 (--resubmit-finished submits them again)`."""
+    them = "them" if len(skipped) > 1 else "it"
+    return (f"{len(skipped)} finished point{'s' * (len(skipped) != 1)} skipped: "
+            f"{', '.join(point.name for point in skipped)} (--resubmit-finished submits {them} again)")
+
+
 def nothing_to_collect(base: RunConfig, points: list[SweepPoint]) -> bool:
     """Whether the sweep was never submitted: no `sweep_jobs.json` in its out_dir and no point has a report.json."""
     return not (Path(base.out_dir) / JOBS_FILE).is_file() and not any(
         (Path(point.config.out_dir) / "report.json").is_file() for point in points)
 
 
-def dry_run_report(base: RunConfig, points: list[SweepPoint], cluster: str) -> str:
-    """What `sweep --dry-run` prints: each point to submit (name, out_dir), the job array's sbatch script (Slurm),
-    the warnings `launch --dry-run` gives and the world size of each point.
+def dry_run_report(base: RunConfig, points: list[SweepPoint], skipped: list[SweepPoint], cluster: str) -> str:
+    """What `sweep --dry-run` prints: each point to submit (name, out_dir, overrides), the finished points skipped,
+    the job array's sbatch script (Slurm), the warnings `launch --dry-run` gives and the world size of each point.
 
     Raises:
         LaunchError: invalid launch settings (a real submission's checks, but the cluster's fit: a warning line).
@@ -187,7 +219,9 @@ def dry_run_report(base: RunConfig, points: list[SweepPoint], cluster: str) -> s
     rows = [("point", "out_dir")] + [(point.name, point.config.out_dir) for point in points]
     width = max(len(name) for name, _ in rows)
     parts = [f"# {len(points)} point{'s' * (len(points) != 1)} to submit (cluster={cluster})"]
-    parts += [f"{name.ljust(width)}  {out_dir}" for name, out_dir in rows]
+    parts += [f"{name.ljust(width)}  {out_dir}" for name, out_dir in rows] if points else []
+    if skipped:
+        parts.append(skipped_line(skipped))
     if cluster == "slurm" and points:
         what = "one job array: element i runs the i-th point listed, from 0" if len(points) > 1 else "one point"
         parts += ["", f"# sbatch script ({what})", sbatch_script(base, array_size=len(points)).rstrip(), ""]

@@ -15,8 +15,9 @@ import pytest
 
 from launch.cli import sweep_main
 from launch.submit import sbatch_script
-from launch.sweep import expand
+from launch.sweep import expand, finished
 from sparsetrain.config.loader import ConfigError
+from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import TINY
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -73,6 +74,44 @@ def test_a_swept_key_the_config_requires_is_validated_with_each_points_value(tmp
     with pytest.raises(ConfigError, match=r"^sweep point path=.*fm-a_alpha0=-1: regularizer\.alpha0: "):
         expand(QUICKSTART, ["data.source=idx", f"data.path={','.join(folders)}", "alpha0=1e-4,-1",
                             f"out_dir={tmp_path}"])
+
+
+@pytest.fixture(scope="module")
+def half_done(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """A sweep of two points, `alpha0=2e-4` of which finished (a real tiny run), and its arguments."""
+    out = tmp_path_factory.mktemp("rerun") / "sweep"
+    argv = [str(QUICKSTART), "alpha0=2e-4,3e-4", *SHORT, f"out_dir={out}", "--cluster", "slurm"]
+    _, points = expand(QUICKSTART, argv[1:-2])
+    run_pipeline(points[0].config)
+    return argv
+
+
+@pytest.mark.slurm
+def test_a_rerun_sweep_skips_finished_points(slurm_cluster: None, half_done: list[str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: re-running a sweep resubmitted its finished points (each took an allocation to say `already
+    complete`). Only the others are submitted; `--resubmit-finished` submits all; a finished run with other
+    settings is not the point's."""
+    out = Path(half_done[-3].split("=", 1)[1])
+    _, points = expand(QUICKSTART, half_done[1:-2])
+    assert [finished(point) for point in points] == [True, False]
+    assert not finished(expand(QUICKSTART, [*half_done[1:-2], "seed=1"])[1][0])  # its job refuses other settings
+    skipped = "1 finished point skipped: alpha0=2e-4 (--resubmit-finished submits it again)"
+    code, out_text, err = _sweep([*half_done, "--dry-run"], capsys)
+    assert code == 0, err
+    assert out_text.splitlines()[:4] == ["# 1 point to submit (cluster=slurm)", "point        out_dir",
+                                         f"alpha0=3e-4  {out / 'alpha0=3e-4'}", skipped], out_text
+    code, out_text, _ = _sweep([*half_done, "--dry-run", "--resubmit-finished"], capsys)
+    assert out_text.splitlines()[0] == "# 2 points to submit (cluster=slurm)" and "skipped" not in out_text
+    try:
+        code, out_text, err = _sweep([*half_done, HELD], capsys)
+    finally:
+        _cancel_own_jobs(out)
+    assert code == 0, err
+    lines = out_text.splitlines()
+    assert lines[0] == skipped and lines[1].startswith("submitted 1 runs (cluster=slurm): "), out_text
+    jobs = json.loads((out / "sweep_jobs.json").read_text())["jobs"]
+    assert list(jobs) == ["alpha0=3e-4"], jobs
 
 
 def test_sweep_dry_run_prints_points_out_dirs_and_the_array_script(tmp_path: Path,
