@@ -2,12 +2,13 @@
 
     sparsetrain launch CONFIG [key=value ...] --cluster slurm|local|debug [--phase P] [--wait] [--dry-run]
     sparsetrain sweep CONFIG alpha0=1e-5,3e-5 beta=10,20 [key=value ...] --cluster slurm [--wait] [--collect]
+        [--dry-run] [--resubmit-finished]
 
 Resources come from the config's `launch:` section (overridable like any key: `launch.tasks_per_node=2`).
 Both commands submit and return, printing how to follow the jobs, unless `--wait` (as sbatch does; the debug
 cluster always waits: its job runs in this process, when waited for).
-Exit codes: 0 success, 1 the job failed (sweep: a point is not done: failed, missing, queued or running),
-2 bad config or launch settings.
+Exit codes: 0 success, 1 the job failed (sweep: a point is not done: failed, missing, queued or running; `--collect`
+of a sweep never submitted), 2 bad config or launch settings.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def _report_line(path: Path) -> str:
 
 def sweep_main(argv: list[str]) -> int:
     """Submit a grid of runs as a job array and return (with `--wait`: wait, then write sweep.json and the Pareto
-    plot); `--collect`: write them from where each point is, submitting nothing."""
+    plot); points already finished are skipped unless `--resubmit-finished`; `--collect`: write them from where each
+    point is, submitting nothing; `--dry-run`: print the points and the array's sbatch script, submitting nothing."""
     parser = _common_parser("sparsetrain sweep", "Grid sweep: key=v1,v2 overrides, one run per point.")
     waiting = parser.add_mutually_exclusive_group()
     waiting.add_argument("--wait", action="store_true", help="wait for every run, then collect (default: submit, say "
@@ -136,26 +138,60 @@ def sweep_main(argv: list[str]) -> int:
     waiting.add_argument("--no-wait", action="store_true", help="submit and return: the default (kept for scripts)")
     parser.add_argument("--collect", action="store_true", help="submit nothing: write sweep.json from where each "
                         "point is (done, failed, queued, running, missing) and print it as a table")
+    parser.add_argument("--dry-run", action="store_true", help="print the points, their out_dirs and the job array's "
+                        "sbatch script; submit nothing")
+    parser.add_argument("--resubmit-finished", action="store_true", help="submit every point, also those whose "
+                        "out_dir holds their finished run (default: skip them; their jobs would only say `already "
+                        "complete`)")
     args = parse_command_line(parser, argv)
     if args.no_wait and args.timeout is not None:
         return _fail("--timeout waits for the runs and --no-wait does not: give one of them", 2)
-    from launch.submit import launch_warnings
-    from launch.sweep import collect, expand, recorded_status, submit_points, summary_table, wait_points
+    if args.collect and args.dry_run:
+        return _fail("--collect submits nothing and reads the runs, --dry-run shows what would be submitted: give one "
+                     "of them", 2)
+    from launch.sweep import expand, finished, nothing_to_collect
     from sparsetrain.config.loader import ConfigError
 
     try:
         base, points = expand(args.config, args.overrides)
-        jobs = [] if args.collect else submit_points(base, points, args.cluster)
+        skipped = [] if args.resubmit_finished or args.collect else [point for point in points if finished(point)]
+        if args.dry_run:
+            from launch.sweep import dry_run_report
+
+            todo = [point for point in points if point not in skipped]
+            print(dry_run_report(base, todo, skipped, args.cluster), end="")
+            return 0
+    except (ConfigError, LaunchError, ValueError) as err:
+        return _fail(str(err), 2)
+    if args.collect and nothing_to_collect(base, points):
+        return _fail(f"nothing to collect: the sweep in {base.out_dir} was never submitted (no "
+                     f"{Path(base.out_dir) / 'sweep_jobs.json'}, no point has a report.json); submit it without "
+                     "--collect", 1)
+    return _submit_sweep(args, argv, base, points, skipped)
+
+
+def _submit_sweep(args: argparse.Namespace, argv: list[str], base: Any, points: list[Any], skipped: list[Any]) -> int:
+    """Submit the points not `skipped` (none with `--collect`), then return, or wait and collect every point."""
+    from launch.submit import launch_warnings
+    from launch.sweep import collect, recorded_status, skipped_line, submit_points, summary_table, wait_points
+    from sparsetrain.config.loader import ConfigError
+
+    todo = [point for point in points if point not in skipped]
+    if skipped:
+        print(skipped_line(skipped))
+    try:
+        jobs = [] if args.collect or not todo else submit_points(base, todo, args.cluster)
     except (ConfigError, LaunchError, ValueError) as err:
         return _fail(str(err), 2)
     if jobs:
         print(f"submitted {len(jobs)} runs (cluster={args.cluster}): " + ", ".join(j.job_id for j in jobs))
-        _warn([warning for point in points for warning in launch_warnings(point.config, args.cluster)])
-    if jobs and not _waits(args):
-        print(_follow_sweep(jobs, args.cluster, argv))
+        _warn([warning for point in todo for warning in launch_warnings(point.config, args.cluster)])
+    if not args.collect and not _waits(args):
+        print(_follow_sweep(jobs, args.cluster, argv) if jobs else
+              f"nothing submitted: every point is finished; the table: {_collect_command(argv)}")
         return 0
     if jobs:
-        wait_points(points, jobs, timeout_s=args.timeout)
+        wait_points(todo, jobs, timeout_s=args.timeout)
     else:
         recorded_status(base, points)
     summary = collect(base, points, args.overrides)
@@ -179,7 +215,7 @@ def _follow_sweep(jobs: list[Any], cluster: str, argv: list[str]) -> str:
 
 def _collect_command(argv: list[str]) -> str:
     """`sparsetrain sweep <the same arguments> --collect`, for the user to copy."""
-    kept = [arg for arg in argv if arg not in ("--wait", "--no-wait", "--collect")]
+    kept = [arg for arg in argv if arg not in ("--wait", "--no-wait", "--collect", "--dry-run", "--resubmit-finished")]
     return shlex.join(["sparsetrain", "sweep", *kept, "--collect"])
 
 

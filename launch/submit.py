@@ -84,9 +84,12 @@ def submitit_command(folder: Path, python: str | None = None) -> str:
     return " ".join([python or shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
 
 
-def sbatch_script(config: RunConfig) -> str:
-    """The sbatch script submitit would submit for this config (no Slurm needed)."""
+def sbatch_script(config: RunConfig, array_size: int | None = None) -> str:
+    """The sbatch script submitit would submit for this config (no Slurm needed); `array_size` > 1: the script of a
+    job array of that many elements (a sweep's), as submitit's `executor.batch()` submits it."""
     params = slurm_parameters(config)
+    if array_size is not None and array_size > 1:
+        params["map_count"] = array_size
     if "mem" in params:
         params["mem"] = submitit_slurm._convert_mem(params["mem"])
     folder = log_folder(config)

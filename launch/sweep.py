@@ -6,6 +6,9 @@ Each point runs in its own `out_dir` (`<base out_dir>/<key>=<value>_...`); the j
 and a metric-vs-compression plot `<base out_dir>/sweep_pareto.png` with the Pareto front (no other point is both
 more compressed and more accurate); `summary_table` is the same summary for the terminal.
 
+Every point is validated with its own values before anything is submitted, and two points of equal settings are
+refused; a point whose out_dir holds its finished run is not submitted again (`finished`) unless the user asks.
+
 Compression is what a run achieved, whichever way: the dense model's parameters per non-zero parameter of the final
 model (report.json `compression_ratio`), so Method 1's zeroed weights and Method 2's removed filters are on one axis
 (a Method 2 run has sparsity 0: its smaller model has no zeros).
@@ -38,7 +41,7 @@ SCOPE_LINE = (f"sparsity {SPARSITY_SCOPE}; compression over {COMPRESSION_SCOPE} 
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 
 
-@dataclass
+@dataclass(eq=False)  # a point is itself (`in` tests identity), not its settings
 class SweepPoint:
     """One run of the grid."""
 
@@ -67,7 +70,7 @@ def parse_grid(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Separate fixed overrides from swept ones (`key=v1,v2`), keeping the order of keys.
 
     Raises:
-        ConfigError: malformed override, empty value or a swept `out_dir` / `launch.*` key.
+        ConfigError: malformed override, empty or repeated value, or a swept `out_dir` / `launch.*` key.
     """
     fixed, grid = [], {}
     for item in overrides:
@@ -83,6 +86,10 @@ def parse_grid(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
             raise ConfigError(f"{path}: cannot be swept (one out_dir and one resource request per sweep)")
         if any(not value for value in values):
             raise ConfigError(f"{key}: empty value in sweep list {text!r}")
+        twice = next((value for i, value in enumerate(values) if value in values[:i]), None)
+        if twice is not None:
+            raise ConfigError(f"{key.strip()}: {twice} is listed twice in the sweep list {text!r} (its two points "
+                              "would run at once in one out_dir); give each value once")
         grid[key.strip()] = values
     return fixed, grid
 
@@ -94,24 +101,138 @@ def point_name(assignment: dict[str, str]) -> str:
 
 
 def expand(config_path: str | Path | None, overrides: list[str]) -> tuple[RunConfig, list[SweepPoint]]:
-    """The base config (fixed overrides only) and one validated config per grid point.
+    """The base config and one validated config per grid point.
+
+    The base is the first point's config with the sweep's own out_dir: its out_dir, `launch` section (resources and
+    log folder; neither can be swept) and `report.plots` are the sweep's. It is loaded with a point's values, not the
+    fixed overrides alone: a key the config requires may be the swept one (`data.source=idx data.path=A,B`).
 
     Raises:
-        ConfigError: any point's config is invalid (the message names the field) or the grid is empty.
+        ConfigError: the grid is empty; a point's config is invalid (one line: the point, then the field); two points
+            have the same settings (`refuse_duplicates`).
     """
     fixed, grid = parse_grid(overrides)
-    base = load_config(config_path, fixed)
     if not grid:
         raise ConfigError("sweep: no swept key; give at least one key=v1,v2,...")
-    points = []
-    for values in itertools.product(*grid.values()):
-        assignment = dict(zip(grid, values, strict=True))
-        name = point_name(assignment)
-        point_overrides = [f"{key}={value}" for key, value in assignment.items()]
-        out_dir = str(Path(base.out_dir) / name)
-        config = load_config(config_path, [*fixed, *point_overrides, f"out_dir={out_dir}"])
-        points.append(SweepPoint(name, point_overrides, config))
+    assignments = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    base = _load_point(config_path, fixed, assignments[0])
+    points = [SweepPoint(point_name(a), _overrides(a), _load_point(config_path, fixed, a, Path(base.out_dir)))
+              for a in assignments]
+    refuse_duplicates(points)
     return base, points
+
+
+def _overrides(assignment: dict[str, str]) -> list[str]:
+    """A point's swept values as overrides: `["alpha0=1e-4", "beta=10"]`."""
+    return [f"{key}={value}" for key, value in assignment.items()]
+
+
+def _load_point(config_path: str | Path | None, fixed: list[str], assignment: dict[str, str],
+                sweep_dir: Path | None = None) -> RunConfig:
+    """One point's validated config, in `<sweep_dir>/<point name>` (None: in the sweep's own out_dir, for the base).
+
+    Raises:
+        ConfigError: `sweep point alpha0=-1: regularizer.alpha0: ...`: the point, then the loader's line.
+    """
+    extra = [] if sweep_dir is None else [f"out_dir={sweep_dir / point_name(assignment)}"]
+    try:
+        return load_config(config_path, [*fixed, *_overrides(assignment), *extra])
+    except ConfigError as err:
+        raise ConfigError(f"sweep point {point_name(assignment)}: {err}") from None
+
+
+def refuse_duplicates(points: list[SweepPoint]) -> None:
+    """Refuse two points of equal settings (their validated configs but out_dir, e.g. `alpha0=1e-4,0.0001`): both
+    would run the same run, at once. (A value written twice is refused by `parse_grid`: its two points would share
+    one out_dir.)
+
+    Raises:
+        ConfigError: one line naming each key whose values give the same setting, and the two points.
+    """
+    from sparsetrain.config.loader import config_to_dict
+
+    seen: dict[str, SweepPoint] = {}
+    named: dict[str, SweepPoint] = {}
+    for point in points:
+        if point.name in named:  # values that differ only in characters a folder name cannot hold (`a/b`, `a-b`)
+            first, second = (" ".join(p.overrides) for p in (named[point.name], point))
+            raise ConfigError(f"sweep: points {first} and {second} would share the out_dir {point.config.out_dir}; "
+                              "sweep values that differ in letters or digits")
+        named[point.name] = point
+        settings = {key: value for key, value in config_to_dict(point.config).items() if key != "out_dir"}
+        settings_key = json.dumps(settings, sort_keys=True, default=str)
+        if settings_key in seen:
+            first = seen[settings_key]
+            pairs = [(a.split("=", 1), b.split("=", 1)[1]) for a, b in zip(first.overrides, point.overrides,
+                                                                             strict=True) if a != b]
+            same = "; ".join(f"{key}: {value} and {other}" for (key, value), other in pairs)
+            raise ConfigError(f"{same} are the same setting (points {first.name} and {point.name} would run the same "
+                              "run twice, at once); give each value once")
+        seen[settings_key] = point
+
+
+def finished(point: SweepPoint) -> bool:
+    """Whether the point's out_dir holds its run, finished: a report.json, the run's final phase completed
+    (state.json) and the settings it ran with equal the point's (`check_same_run`; a run with other settings is not
+    this point's, and its job refuses it with the reason). A job of a finished point would only say `already
+    complete`."""
+    from sparsetrain.config.loader import config_to_dict
+    from sparsetrain.engine.checkpoint import read_run_state
+    from sparsetrain.errors import InputError
+    from sparsetrain.rundir import check_same_run, last_phase
+
+    out_dir = Path(point.config.out_dir)
+    settings = config_to_dict(point.config)
+    state = read_run_state(out_dir)
+    if not (out_dir / "report.json").is_file() or state is None or last_phase(settings) not in state["completed"]:
+        return False
+    try:
+        check_same_run(out_dir, settings)
+    except InputError:
+        return False
+    return True
+
+
+def skipped_line(skipped: list[SweepPoint]) -> str:
+    """`2 finished points skipped: alpha0=1e-4, alpha0=3e-4 (--resubmit-finished submits them again)`."""
+    them = "them" if len(skipped) > 1 else "it"
+    return (f"{len(skipped)} finished point{'s' * (len(skipped) != 1)} skipped: "
+            f"{', '.join(point.name for point in skipped)} (--resubmit-finished submits {them} again)")
+
+
+def nothing_to_collect(base: RunConfig, points: list[SweepPoint]) -> bool:
+    """Whether the sweep was never submitted: no `sweep_jobs.json` in its out_dir and no point has a report.json."""
+    return not (Path(base.out_dir) / JOBS_FILE).is_file() and not any(
+        (Path(point.config.out_dir) / "report.json").is_file() for point in points)
+
+
+def dry_run_report(base: RunConfig, points: list[SweepPoint], skipped: list[SweepPoint], cluster: str) -> str:
+    """What `sweep --dry-run` prints: each point to submit (name, out_dir, overrides), the finished points skipped,
+    the job array's sbatch script (Slurm), the warnings `launch --dry-run` gives and the world size of each point.
+
+    Raises:
+        LaunchError: invalid launch settings (a real submission's checks, but the cluster's fit: a warning line).
+    """
+    from launch.submit import cluster_fit_problems, launch_warnings, sbatch_script, validate_launch
+
+    validate_launch(base, cluster, fit=False)
+    rows = [("point", "out_dir")] + [(point.name, point.config.out_dir) for point in points]
+    width = max(len(name) for name, _ in rows)
+    parts = [f"# {len(points)} point{'s' * (len(points) != 1)} to submit (cluster={cluster})"]
+    parts += [f"{name.ljust(width)}  {out_dir}" for name, out_dir in rows] if points else []
+    if skipped:
+        parts.append(skipped_line(skipped))
+    if cluster == "slurm" and points:
+        what = "one job array: element i runs the i-th point listed, from 0" if len(points) > 1 else "one point"
+        parts += ["", f"# sbatch script ({what})", sbatch_script(base, array_size=len(points)).rstrip(), ""]
+        parts += [f"warning: this cluster cannot run it as it is (a submission here is refused): {problem}"
+                  for problem in cluster_fit_problems(base)]
+    warnings = [warning for point in points for warning in launch_warnings(point.config, cluster)]
+    parts += [f"warning: {warning}" for warning in dict.fromkeys(warnings)]
+    launch = base.launch
+    parts.append(f"world size of each point: {launch.world_size} (nodes={launch.nodes} × tasks_per_node="
+                 f"{launch.tasks_per_node}, gpus_per_node={launch.gpus_per_node}); nothing submitted (--dry-run)")
+    return "\n".join(parts) + "\n"
 
 
 def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -251,11 +372,12 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
 
 
 def _metric_text(run: dict[str, Any]) -> str:
-    """`91.2`, `9.5 at chance` for a run whose model collapsed (the run's report says why), `-` without a metric."""
+    """`91.20`, `9.50 at chance` for a run whose model collapsed (the run's report says why), `-` without a metric:
+    two decimals for every run (metrics are percentages), so the column reads alike."""
     metric = run.get("metric")
     if metric is None:
         return "-"
-    return f"{metric:.4g} at chance" if run.get("at_chance") else f"{metric:.4g}"
+    return f"{metric:.2f} at chance" if run.get("at_chance") else f"{metric:.2f}"
 
 
 def _state_text(run: dict[str, Any]) -> str:

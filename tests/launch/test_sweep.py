@@ -1,0 +1,158 @@
+"""Sweep points (fresh-user trial 22): equal points refused, each point validated with its own values, finished points
+skipped on a re-run, `--dry-run`, `--collect` of a sweep never submitted, one number format in the table.
+
+No job runs here but one held Slurm job, cancelled at once (a `slurm` test); the finished point is a real tiny run in
+this process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from launch.cli import sweep_main
+from launch.submit import sbatch_script
+from launch.sweep import expand, finished
+from sparsetrain.config.loader import ConfigError
+from sparsetrain.pipeline import run_pipeline
+from tests.core.conftest import TINY
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+# tests.core's tiny run on the quickstart recipe (whose prune rule is kept: its section names a threshold)
+SHORT = [*(item for item in TINY if not item.startswith("prune.")), "phases.sparsify.epochs=0.5",
+         "phases.finetune.epochs=0.3"]
+
+
+HELD = 'launch.extra_sbatch=["--hold"]'  # a job that would be submitted waits until cancelled
+
+
+def _cancel_own_jobs(out: Path) -> None:
+    """Cancel the jobs submitted into `out` (those with files in its log folder), if any."""
+    ids = sorted({path.name.split("_")[0] for path in (out / "slurm").glob("*_submitted.pkl")})
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, check=False)
+
+
+def _sweep(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = sweep_main(argv)
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize(("values", "expected"), [
+    ("1e-4,0.0001", "error: alpha0: 1e-4 and 0.0001 are the same setting (points alpha0=1e-4_beta=10 and "
+                    "alpha0=0.0001_beta=10 would run the same run twice, at once); give each value once"),
+    ("1e-4,1e-4", "error: alpha0: 1e-4 is listed twice in the sweep list '1e-4,1e-4' (its two points would run at "
+                  "once in one out_dir); give each value once"),
+])
+def test_points_of_equal_settings_are_refused_before_submission(slurm_cluster: None, values: str, expected: str,
+                                                                tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: `alpha0=1e-4,1e-4` ran two jobs at once in one out_dir (interleaved metrics.jsonl, two W&B runs);
+    `1e-4,0.0001` ran the same run twice. Points are compared by their validated configs, not their strings."""
+    out = tmp_path / "sweep"
+    try:  # the old code submitted both points: held here, so that they never run
+        code, _, err = _sweep([str(QUICKSTART), f"alpha0={values}", "beta=10,20", "--cluster", "slurm", HELD,
+                               f"out_dir={out}"], capsys)
+    finally:
+        _cancel_own_jobs(out)
+    assert (code, err.strip()) == (2, expected)
+    assert not out.exists()
+
+
+def test_a_swept_key_the_config_requires_is_validated_with_each_points_value(tmp_path: Path) -> None:
+    """Trial 22: `data.source=idx data.path=A,B` failed with `data.path: required for data.source='idx'`: the base
+    config was validated without the swept keys. Every point loads with its own values; a bad one is named."""
+    folders = [str(tmp_path / "fm-a"), str(tmp_path / "fm-b")]
+    base, points = expand(QUICKSTART, ["data.source=idx", f"data.path={','.join(folders)}", f"out_dir={tmp_path}"])
+    assert [point.config.data.path for point in points] == folders and base.out_dir == str(tmp_path)
+    with pytest.raises(ConfigError, match=r"^sweep point path=.*fm-a_alpha0=-1: regularizer\.alpha0: "):
+        expand(QUICKSTART, ["data.source=idx", f"data.path={','.join(folders)}", "alpha0=1e-4,-1",
+                            f"out_dir={tmp_path}"])
+
+
+@pytest.fixture(scope="module")
+def half_done(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """A sweep of two points, `alpha0=2e-4` of which finished (a real tiny run), and its arguments."""
+    out = tmp_path_factory.mktemp("rerun") / "sweep"
+    argv = [str(QUICKSTART), "alpha0=2e-4,3e-4", *SHORT, f"out_dir={out}", "--cluster", "slurm"]
+    _, points = expand(QUICKSTART, argv[1:-2])
+    run_pipeline(points[0].config)
+    return argv
+
+
+@pytest.mark.slurm
+def test_a_rerun_sweep_skips_finished_points(slurm_cluster: None, half_done: list[str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: re-running a sweep resubmitted its finished points (each took an allocation to say `already
+    complete`). Only the others are submitted; `--resubmit-finished` submits all; a finished run with other
+    settings is not the point's."""
+    out = Path(half_done[-3].split("=", 1)[1])
+    _, points = expand(QUICKSTART, half_done[1:-2])
+    assert [finished(point) for point in points] == [True, False]
+    assert not finished(expand(QUICKSTART, [*half_done[1:-2], "seed=1"])[1][0])  # its job refuses other settings
+    skipped = "1 finished point skipped: alpha0=2e-4 (--resubmit-finished submits it again)"
+    code, out_text, err = _sweep([*half_done, "--dry-run"], capsys)
+    assert code == 0, err
+    assert out_text.splitlines()[:4] == ["# 1 point to submit (cluster=slurm)", "point        out_dir",
+                                         f"alpha0=3e-4  {out / 'alpha0=3e-4'}", skipped], out_text
+    code, out_text, _ = _sweep([*half_done, "--dry-run", "--resubmit-finished"], capsys)
+    assert out_text.splitlines()[0] == "# 2 points to submit (cluster=slurm)" and "skipped" not in out_text
+    try:
+        code, out_text, err = _sweep([*half_done, HELD], capsys)
+    finally:
+        _cancel_own_jobs(out)
+    assert code == 0, err
+    lines = out_text.splitlines()
+    assert lines[0] == skipped and lines[1].startswith("submitted 1 runs (cluster=slurm): "), out_text
+    jobs = json.loads((out / "sweep_jobs.json").read_text())["jobs"]
+    assert list(jobs) == ["alpha0=3e-4"], jobs
+
+
+def test_sweep_dry_run_prints_points_out_dirs_and_the_array_script(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: `sweep --dry-run` was an unrecognized option; there was no way to see the points, their out_dirs
+    or the job array's sbatch script before submitting. Nothing is submitted nor written."""
+    out = tmp_path / "sweep"
+    argv = [str(QUICKSTART), "alpha0=1e-4,3e-4", "beta=10,20", f"out_dir={out}", "--cluster", "slurm", "--dry-run"]
+    code, text, err = _sweep(argv, capsys)
+    assert code == 0, err
+    base, points = expand(QUICKSTART, argv[1:4])
+    lines = text.splitlines()
+    assert lines[0] == "# 4 points to submit (cluster=slurm)" and lines[1].split() == ["point", "out_dir"], text
+    assert [line.split() for line in lines[2:6]] == [[p.name, p.config.out_dir] for p in points], text
+    assert lines[7] == "# sbatch script (one job array: element i runs the i-th point listed, from 0)", text
+    script = sbatch_script(base, array_size=4).rstrip()
+    assert "\n".join(lines[8:8 + len(script.splitlines())]) == script, text
+    assert "#SBATCH --array=0-3%4" in script and f"#SBATCH --error={out}/slurm/%A_%a_0_log.err" in script
+    assert lines[-1].endswith("nothing submitted (--dry-run)"), text
+    assert not out.exists()
+
+
+def test_collect_of_a_sweep_never_submitted_creates_nothing(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: `--collect` on a sweep never submitted created its folder, sweep.json and sweep_pareto.png with
+    every point `missing`. It says there is nothing to collect (one line, exit 1: no point is done)."""
+    out = tmp_path / "never"
+    code, text, err = _sweep([str(QUICKSTART), "alpha0=1e-4,3e-4", f"out_dir={out}", "--collect"], capsys)
+    assert (code, text) == (1, "")
+    assert err == (f"error: nothing to collect: the sweep in {out} was never submitted (no {out / 'sweep_jobs.json'}, "
+                   "no point has a report.json); submit it without --collect\n")
+    assert not out.exists()
+
+
+def test_the_tables_metric_column_has_one_number_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: the metric column mixed `88.3` and `93.04`: two decimals for every run."""
+    for value, metric in (("1e-4", 88.3), ("3e-4", 93.04)):
+        (tmp_path / f"alpha0={value}").mkdir()
+        (tmp_path / f"alpha0={value}" / "report.json").write_text(json.dumps(
+            {"format_version": 2, "sparsity": 0.5, "phases": {"finetune": {"metric": metric}}}))
+    code, text, err = _sweep([str(QUICKSTART), "alpha0=1e-4,3e-4", f"out_dir={tmp_path}", "--collect",
+                              "report.plots=false"], capsys)
+    assert code == 0, err
+    assert [line.split()[6] for line in text.splitlines()[1:3]] == ["88.30", "93.04"], text  # after `50.0 %`
