@@ -107,7 +107,8 @@ def test_cli_run_and_sweep_refuse_an_unread_setting_in_one_line(command: list[st
                              f"out_dir={tmp_path}"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: regularizer.beta: not a setting of"), result.stderr
+    where = "" if command == ["run"] else "sweep point beta=10: "  # a sweep names the point it refuses
+    assert len(lines) == 1 and lines[0].startswith(f"error: {where}regularizer.beta: not a setting of"), result.stderr
     assert not any(tmp_path.iterdir()), "a run started although the config was refused"
 
 
