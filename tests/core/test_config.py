@@ -139,7 +139,7 @@ def test_config_errors_are_refused_before_torch_timm_or_deepspeed_are_imported(t
         (["run", "configs/quickstart.yaml", "--phase", "polish"], "error: phase: unknown phase(s) polish"),
         (["config", "configs/unet_synthetic.yaml", "regularizer.beta=50"], "error: regularizer.beta: not a setting"),
         (["launch", "configs/quickstart.yaml", "train.batch_size=0"], "error: train.batch_size: "),
-        (["sweep", "configs/quickstart.yaml", "optim.lr=0,1"], "error: optim.lr: Input should be greater"),
+        (["sweep", "configs/quickstart.yaml", "optim.lr=0,1"], "error: sweep point lr=0: optim.lr: Input should be "),
     ]
     commands = [[*argv, f"out_dir={tmp_path / 'run'}"] for argv, _ in refusals]
     code = ("import contextlib, io, json, sys\nfrom sparsetrain.cli import main\nresults = []\n"
