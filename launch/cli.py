@@ -61,12 +61,13 @@ def launch_main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
                         "plan; submit nothing")
     args = parse_command_line(parser, argv)
-    from launch.checks import check_before_submission, submission_warnings
     from launch.submit import WaitTimeout, job_failure, job_name, launch_warnings, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
     try:
         config = load_config(args.config, args.overrides)
+        from launch.checks import check_before_submission, submission_warnings  # imports torch: after config errors
+
         check_before_submission(config, args.phase)  # what the job would refuse at its start, seen from here
         if args.dry_run:
             from launch.dry_run import dry_run_report
