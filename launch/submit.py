@@ -253,35 +253,61 @@ def one_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+# the header line of a Python exception: `module.Class: message`, or `module.Class` alone (no message)
+_RAISED = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?$")
+# submitit's FailedJobError text: `...with trace:`, a dashed line, the traceback, a dashed line, the log paths
+_TRACE = re.compile(r"with trace:\n-+\n(?P<trace>.*)\n-+\nYou can check full logs", re.S)
+
+
+def raised_exception(text: str) -> tuple[str, str] | None:
+    """`(qualified class name, first line of its message)` of the exception a traceback ends with, or None.
+
+    The header is the first line at column 0 after the last frame (`  File ...` and its indented source and caret
+    lines), whatever the class is called (`sparsetrain.data.base.DataNotFound: data.path: ...`); lines after it
+    (a multi-line message, notes) are left out. A chained traceback ends with the exception that was raised last.
+    """
+    trace = _TRACE.search(text)
+    lines = (trace.group("trace") if trace else text).rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    after = lines[frames[-1] + 1:] if frames else lines
+    header = next((line for line in after if line and not line[0].isspace()), None)
+    match = _RAISED.match(header) if header is not None else None
+    return (match.group("name"), match.group("message") or "") if match else None
+
+
+def _error_class(name: str) -> type | None:
+    """The class `module.Class` names, when its module imports (None otherwise, e.g. a builtin `KeyError`)."""
+    import importlib
+
+    module, _, cls = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), cls, None) if module else None
+    except ImportError:
+        return None
+    return found if isinstance(found, type) else None
 
 
 def job_failure(error: BaseException) -> tuple[str, int]:
     """What a failed job raised, as the one line and exit code a local `sparsetrain run` gives it.
 
     A job's exception reaches the launcher as submitit's FailedJobError, whose message is the job's traceback
-    followed by its log paths; its last `module.Class: message` line is what the job raised. A sparsetrain error
-    (`sparsetrain.errors`: bad input, resume problem, non-finite, set-up) gives its message and the class's exit
-    code, with the log path; anything else `Class: message` and 1. Other errors (a job that ended without a
-    result) their own text and 1.
+    followed by its log paths; the traceback's last exception (`raised_exception`) is what the job raised. A
+    sparsetrain error (`sparsetrain.errors`, whatever its class name: `DataNotFound` is an InputError) gives its
+    message and the class's exit code, with the log path; anything else `Class: message` and 1. Other errors (a
+    job that ended without a result) their own text and 1.
     """
-    import importlib
-
     text = str(error)
-    raised = [m for m in map(_RAISED.match, (line.strip() for line in text.splitlines())) if m]
-    if not isinstance(error, submitit.core.utils.FailedJobError) or not raised:
+    raised = raised_exception(text) if isinstance(error, submitit.core.utils.FailedJobError) else None
+    if raised is None:
         return one_line(error), 1
-    name, message = raised[-1].groups()
+    name, message = raised
     logs = re.findall(r"^\s*- (\S+\.err)\s*$", text, re.M)
     where = f" (the job's log: {logs[0]})" if logs else ""
-    module, _, cls = name.rpartition(".")
-    try:
-        kind = getattr(importlib.import_module(module), cls) if module else None
-    except ImportError:
-        kind = None
-    if isinstance(kind, type) and issubclass(kind, SparsetrainError):
+    kind = _error_class(name)
+    if kind is not None and issubclass(kind, SparsetrainError):
         return f"{message}{where}", kind.exit_code
-    return f"{cls}: {message}{where}", 1
+    said = f"{name.rpartition('.')[2]}: {message}" if message else name.rpartition(".")[2]
+    return f"{said}{where}", 1
 
 
 def submit(config: RunConfig, cluster: str, phases: list[str] | None = None) -> submitit.Job:

@@ -216,6 +216,28 @@ def test_a_failed_jobs_own_error_is_the_line_and_exit_code_a_local_run_gives() -
         "job 7 ended (FAILED) without a result; see x.err", 1)
 
 
+def _captured_failure(name: str) -> Exception:
+    """submitit's FailedJobError with the text a real Slurm job gave (`job.result()` of trial 22's jobs, kept in
+    tests/launch/golden/submitit_failure_<name>.txt)."""
+    from submitit.core.utils import FailedJobError
+
+    return FailedJobError((GOLDEN / f"submitit_failure_{name}.txt").read_text())
+
+
+def test_a_job_error_is_found_whatever_its_class_is_called() -> None:
+    """Fresh-user trial 22: a job that raised `sparsetrain.data.base.DataNotFound` (an InputError whose name does not
+    end in Error) printed `job 504 failed: - /tmp/t22/dp2/slurm/504_0_log.out` and exited 1; the text is the real
+    FailedJobError of that job."""
+    assert job_failure(_captured_failure("data_not_found")) == (
+        "data.path: IDX folder not found: /nonexistent/fm (the job's log: /tmp/t22/dp2/slurm/504_0_log.err)", 2)
+    assert job_failure(_captured_failure("timed_out")) == (
+        "UncompletedJobError: Job not requeued because: timed-out too many times. (the job's log: "
+        "/tmp/t22/tl/slurm/503_0_log.err)", 1)
+    assert job_failure(_failed_job("mypackage.Stop")) == ("Stop (the job's log: /runs/a/slurm/581_0_log.err)", 1)
+    multi = _failed_job("pydantic_core.ValidationError: 1 validation error\n  x\n    Field required")
+    assert job_failure(multi)[0] == "ValidationError: 1 validation error (the job's log: /runs/a/slurm/581_0_log.err)"
+
+
 def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tmp_path: Path) -> None:
     """Fresh-user trial: re-running a sweep with `seed=1` into the same out_dir was refused in every job, yet the
     sweep printed the seed-0 reports as `done` and exited 0."""
