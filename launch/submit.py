@@ -246,11 +246,44 @@ def make_executor(config: RunConfig, cluster: str) -> submitit.Executor:
 
 
 def one_line(error: BaseException) -> str:
-    """The most useful single line of a submission error (Slurm's own `sbatch: error: ...` when present)."""
-    text = str(error)
-    errors = [line.strip() for line in text.splitlines() if re.search(r"(sbatch|srun|slurm).*error", line, re.I)]
-    lines = errors or [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    """The most useful single line of a submission error: Slurm's own `sbatch: error: ...` when present, else the
+    last `sbatch: ...` line (`sbatch: unrecognized option '--bogus-flag'`, not the `Try "sbatch --help"` after it),
+    else the last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r"(sbatch|srun|slurm).*error", line, re.I)]
+    said = [line for line in lines if re.match(r"(sbatch|srun|salloc): ", line)]
+    chosen = errors or said or lines
+    return chosen[-1] if chosen else type(error).__name__
+
+
+# the launch.* field an sbatch option comes from (extra_sbatch options are matched first), and the words of sbatch's
+# refusals that name no option
+_OPTION_FIELDS = {"constraint": "constraint", "partition": "partition", "account": "account", "qos": "qos",
+                  "time": "time_min", "mem": "mem_gb", "gpus-per-node": "gpus_per_node", "job-name": "job_name",
+                  "nodes": "nodes", "ntasks-per-node": "tasks_per_node", "cpus-per-task": "cpus_per_task"}
+_REFUSAL_FIELDS = {"feature specification": "constraint", "partition": "partition", "account": "account",
+                   "qos": "qos", "time limit": "time_min", "memory": "mem_gb", "gres": "gpus_per_node"}
+
+
+def refused_field(line: str, launch: LaunchConfig) -> str | None:
+    """Which `launch.*` setting an sbatch refusal `line` is about, as `launch.extra_sbatch: --bogus-flag` or
+    `launch.constraint='bigmem'`, or None when it names none that sbatch was given (or none at all)."""
+    options = re.findall(r"--([A-Za-z][\w-]*)", line)
+    extra = [item for item in launch.extra_sbatch for name in options
+             if re.match(rf"(#SBATCH\s+)?--{re.escape(name)}(=|$)", item.strip())]
+    if extra:
+        return f"launch.extra_sbatch: {extra[0]}"
+    words = line.lower()
+    fields = [_OPTION_FIELDS[name] for name in options if name in _OPTION_FIELDS]
+    fields += [field for word, field in _REFUSAL_FIELDS.items() if word in words]
+    extra_keys = launch.extra_sbatch_parameters()
+    if "gpus_per_node" in fields and "gres" in extra_keys:
+        return f"launch.extra_sbatch: --gres={extra_keys['gres']}"
+    for field in fields:
+        value = getattr(launch, field)
+        if value not in (None, 0):  # unset (None) or no GPUs (0): not given to sbatch
+            return f"launch.{field}={value!r}"
+    return None
 
 
 # the header line of a Python exception: `module.Class: message`, or `module.Class` alone (no message)
@@ -318,7 +351,7 @@ def submit(config: RunConfig, cluster: str, phases: list[str] | None = None) -> 
     """
     validate_launch(config, cluster)
     executor = make_executor(config, cluster)
-    with submission_errors(log_folder(config)):
+    with submission_errors(log_folder(config), config.launch):
         return executor.submit(PipelineJob(config_to_dict(config), phases))
 
 
@@ -327,8 +360,11 @@ _SUBMISSION_TEMPORARIES = re.compile(r"[0-9a-f]{32}\.pkl|\.submission_file_[0-9a
 
 
 @contextlib.contextmanager
-def submission_errors(folder: Path | None = None) -> Iterator[None]:
-    """Turn a refused submission into one LaunchError line (submitit also prints sbatch's stderr: muted here).
+def submission_errors(folder: Path | None = None, launch: LaunchConfig | None = None) -> Iterator[None]:
+    """Turn a refused submission into one LaunchError line (submitit also prints sbatch's stderr: muted here):
+    sbatch's own line (`one_line`), then the `launch.*` setting it refused when `launch` is given and the line
+    points at one (`refused_field`): `submission failed: sbatch: unrecognized option '--bogus-flag' (from
+    launch.extra_sbatch: --bogus-flag)`.
 
     A refused submission leaves nothing behind in the log folder `folder`: the temporaries submitit wrote for it
     (its pickles and sbatch script) are deleted, then `folder` and the parents this submission created (e.g.
@@ -343,7 +379,9 @@ def submission_errors(folder: Path | None = None) -> Iterator[None]:
             subprocess.CalledProcessError) as err:
         if folder is not None:
             _remove_refused(folder, before, created)
-        raise LaunchError(f"submission failed: {one_line(err)}") from None
+        line = one_line(err)
+        field = refused_field(line, launch) if launch is not None else None
+        raise LaunchError(f"submission failed: {line}" + (f" (from {field})" if field else "")) from None
 
 
 def _missing_folders(folder: Path) -> list[Path]:

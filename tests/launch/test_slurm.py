@@ -626,7 +626,8 @@ def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsy
                         'launch.extra_sbatch=["--gres=gpu:4"]'])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == "error: submission failed: sbatch: error: Invalid generic resource (gres) specification", err
+    assert err == ("error: submission failed: sbatch: error: Invalid generic resource (gres) specification (from "
+                   "launch.extra_sbatch: --gres=gpu:4)"), err
     assert not (tmp_path / "run").exists(), "a refused job left its out_dir/slurm/ (submitit's temporaries) behind"
     kept = tmp_path / "kept" / "slurm"
     kept.mkdir(parents=True)
@@ -635,3 +636,18 @@ def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsy
                         'launch.extra_sbatch=["--gres=gpu:4"]']) == 2
     assert capsys.readouterr().err.startswith("error: submission failed: sbatch: error: ")
     assert sorted(path.name for path in kept.iterdir()) == ["earlier.out"], "only the refused job's files go"
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("launch.extra_sbatch=[--bogus-flag]", "sbatch: unrecognized option '--bogus-flag' (from launch.extra_sbatch: "
+     "--bogus-flag)"),
+    ("launch.constraint=bigmem", "sbatch: error: Batch job submission failed: Invalid feature specification (from "
+     "launch.constraint='bigmem')"),
+])
+def test_sbatch_refusal_shows_sbatchs_line_and_the_setting(slurm_cluster: None, tmp_path: Path, override: str,
+                                                           expected: str, capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial 22: `launch.extra_sbatch=[--bogus-flag]` printed `submission failed: Try "sbatch --help" for
+    more information` (the line after sbatch's own), and `launch.constraint=bigmem` named no setting."""
+    code = launch_main([str(QUICKSTART), "--cluster", "slurm", f"out_dir={tmp_path / 'run'}", override])
+    assert (code, capsys.readouterr().err.strip()) == (2, f"error: submission failed: {expected}")
+    assert not (tmp_path / "run").exists()

@@ -12,7 +12,7 @@ import pytest
 from launch.cli import launch_main, sweep_main
 from launch.dry_run import dry_run_report
 from launch.job import PORT_RANGE, master_port
-from launch.submit import LaunchError, Partition, job_failure, sbatch_script, validate_launch
+from launch.submit import LaunchError, Partition, job_failure, sbatch_script, submission_errors, validate_launch
 from launch.sweep import SweepPoint, collect, expand, pareto_front, parse_grid, split_values, summarize_report
 from sparsetrain.config.loader import ConfigError, load_config
 from tests.usage_errors import one_line
@@ -236,6 +236,31 @@ def test_a_job_error_is_found_whatever_its_class_is_called() -> None:
     assert job_failure(_failed_job("mypackage.Stop")) == ("Stop (the job's log: /runs/a/slurm/581_0_log.err)", 1)
     multi = _failed_job("pydantic_core.ValidationError: 1 validation error\n  x\n    Field required")
     assert job_failure(multi)[0] == "ValidationError: 1 validation error (the job's log: /runs/a/slurm/581_0_log.err)"
+
+
+@pytest.mark.parametrize(("stderr", "overrides", "expected"), [
+    ("sbatch: unrecognized option '--bogus-flag'\nTry \"sbatch --help\" for more information",
+     ["launch.extra_sbatch=[--bogus-flag]"],
+     "sbatch: unrecognized option '--bogus-flag' (from launch.extra_sbatch: --bogus-flag)"),
+    ("sbatch: error: Batch job submission failed: Invalid feature specification", ["launch.constraint=bigmem"],
+     "sbatch: error: Batch job submission failed: Invalid feature specification (from launch.constraint='bigmem')"),
+    ("sbatch: error: invalid partition specified: nope\nsbatch: error: Batch job submission failed: Invalid "
+     "partition name specified", ["launch.partition=nope"], "sbatch: error: Batch job submission failed: Invalid "
+     "partition name specified (from launch.partition='nope')"),
+    ("sbatch: error: Invalid --mail-type specification", ["launch.extra_sbatch=[--mail-type=BOGUS]"],
+     "sbatch: error: Invalid --mail-type specification (from launch.extra_sbatch: --mail-type=BOGUS)"),
+    ("Invalid time specification (pos=0): garbage\nsbatch: error: Invalid --begin specification", [],
+     "sbatch: error: Invalid --begin specification"),
+])
+def test_a_refused_submission_is_sbatchs_line_naming_the_setting(stderr: str, overrides: list[str],
+                                                                 expected: str) -> None:
+    """Fresh-user trial 22: sbatch's stderr (captured from this cluster's sbatch) as submitit raises it. The line
+    shown was `Try "sbatch --help" for more information` for an unknown option, and no setting was named."""
+    from submitit.core.utils import FailedJobError
+
+    with pytest.raises(LaunchError) as info, submission_errors(None, load_config(None, overrides).launch):
+        raise FailedJobError(stderr)
+    assert str(info.value) == f"submission failed: {expected}"
 
 
 def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tmp_path: Path) -> None:
