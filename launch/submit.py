@@ -34,6 +34,10 @@ CLUSTERS = ("slurm", "local", "debug")
 # One failed rank ends the step at once instead of leaving the others blocked in a collective until timeout.
 SRUN_DEFAULT_ARGS = ("--kill-on-bad-exit=1",)
 # Slurm job states after which the job will not run again (REQUEUED / PENDING / RUNNING are not final).
+# Seconds of each attempt before USR2 below which a job only starts, checkpoints and requeues (imports, process
+# group and data take tens of seconds); and the least launch.signal_delay_s the schema accepts.
+MIN_WORK_S = 60
+SIGNAL_DELAY_MIN_S = next(m.ge for m in LaunchConfig.model_fields["signal_delay_s"].metadata if hasattr(m, "ge"))
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
 
@@ -168,9 +172,27 @@ def validate_launch(config: RunConfig, cluster: str, *, fit: bool = True) -> Non
     if cluster == "debug" and launch.world_size != 1:
         raise LaunchError(f"launch.tasks_per_node: the debug cluster runs one rank in-process "
                           f"(got nodes={launch.nodes} × tasks_per_node={launch.tasks_per_node})")
+    if cluster == "slurm" and (short := time_limit_problem(launch)):
+        raise LaunchError(short)
     problems = cluster_fit_problems(config) if cluster == "slurm" and fit else []
     if problems:
         raise LaunchError(problems[0])
+
+
+def time_limit_problem(launch: LaunchConfig) -> str | None:
+    """Whether `launch.time_min` leaves each attempt less than `MIN_WORK_S` before Slurm's USR2, which comes
+    `launch.signal_delay_s` before the limit: such a job checkpoints and requeues as soon as it has started, and after
+    `max_num_timeout` requeues fails having done (almost) nothing. One line naming both fields, or None."""
+    work_s = launch.time_min * 60 - launch.signal_delay_s
+    if work_s >= MIN_WORK_S:
+        return None
+    least = -(-(launch.signal_delay_s + MIN_WORK_S) // 60)
+    left = f"only {work_s} s" if work_s > 0 else "no time"
+    lower = (f", or lower launch.signal_delay_s to {launch.time_min * 60 - MIN_WORK_S} or less"
+             if launch.time_min * 60 - MIN_WORK_S >= SIGNAL_DELAY_MIN_S else "")
+    return (f"launch.time_min: {launch.time_min} min leaves {left} before the requeue signal, which Slurm sends "
+            f"launch.signal_delay_s={launch.signal_delay_s} s before the limit; each attempt needs at least "
+            f"{MIN_WORK_S} s to start and train: set launch.time_min={least} or more{lower}")
 
 
 def cluster_fit_problems(config: RunConfig) -> list[str]:

@@ -263,6 +263,31 @@ def test_a_refused_submission_is_sbatchs_line_naming_the_setting(stderr: str, ov
     assert str(info.value) == f"submission failed: {expected}"
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["launch.time_min=1"], "launch.time_min: 1 min leaves no time before the requeue signal, which Slurm sends "
+     "launch.signal_delay_s=120 s before the limit; each attempt needs at least 60 s to start and train: set "
+     "launch.time_min=3 or more"),
+    (["launch.time_min=5", "launch.signal_delay_s=300"], "launch.time_min: 5 min leaves no time before the requeue "
+     "signal, which Slurm sends launch.signal_delay_s=300 s before the limit; each attempt needs at least 60 s to "
+     "start and train: set launch.time_min=6 or more, or lower launch.signal_delay_s to 240 or less"),
+])
+def test_a_time_limit_within_the_signal_lead_is_refused_before_submission(
+        overrides: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fresh-user trial 22: `launch.time_min=1` with the default signal_delay_s=120 was submitted (and dry-run)
+    silently; each attempt got USR2 ~20 s in, checkpointed, requeued, and the job failed after 4 attempts. Refused
+    at submission, in the dry run and for a sweep, before anything is written; 3 minutes (60 s of work) is taken."""
+    out = [f"out_dir={tmp_path / 'run'}", *overrides]
+    for argv in (["--dry-run", *out], out):
+        assert launch_main(["configs/quickstart.yaml", "--cluster", "slurm", *argv]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {expected}"
+    assert sweep_main(["configs/quickstart.yaml", "alpha0=1e-5,3e-5", "--cluster", "slurm", *out]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {expected}"
+    assert not any(tmp_path.iterdir())
+    assert launch_main(["configs/quickstart.yaml", "--cluster", "slurm", "--dry-run", f"out_dir={tmp_path / 'run'}",
+                        "launch.time_min=3"]) == 0
+    assert "#SBATCH --time=3" in capsys.readouterr().out
+
+
 def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tmp_path: Path) -> None:
     """Fresh-user trial: re-running a sweep with `seed=1` into the same out_dir was refused in every job, yet the
     sweep printed the seed-0 reports as `done` and exited 0."""
