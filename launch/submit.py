@@ -423,12 +423,42 @@ def _remove_refused(folder: Path, before: set[Path], created: list[Path]) -> Non
             path.rmdir()
 
 
-def slurm_state(job_id: str) -> str:
-    """Job state from `scontrol show job` (no accounting database needed); UNKNOWN once Slurm forgot it."""
+def slurm_job(job_id: str) -> dict[str, str]:
+    """`scontrol show job -o` as {field: value} (`JobState`, `Reason`, `Restarts`, `EligibleTime`, ...; no accounting
+    database needed); empty once Slurm forgot the job."""
     result = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
                             timeout=30, check=False)
-    match = re.search(r"JobState=(\S+)", result.stdout)
-    return match.group(1) if match else "UNKNOWN"
+    return scontrol_fields(result.stdout) if result.returncode == 0 else {}
+
+
+def scontrol_fields(text: str) -> dict[str, str]:
+    """The `Key=value` fields of one `scontrol show job -o` line (a value with spaces keeps its first word)."""
+    return dict(re.findall(r"(?:^|\s)([A-Za-z][\w/:]*)=(\S*)", text))
+
+
+def slurm_state(job_id: str) -> str:
+    """Job state from `scontrol show job`; UNKNOWN once Slurm forgot it."""
+    return slurm_job(job_id).get("JobState", "UNKNOWN")
+
+
+def job_standing(job_id: str, fields: dict[str, str]) -> str:
+    """Where a job still in Slurm stands, from `slurm_job` fields: `job 12 is still PENDING (Reason=Priority)`, or for
+    a job Slurm requeued `job 12 is PENDING again after 2 restarts (Restarts=2: requeued by a time limit, a
+    preemption or `scontrol requeue`; Reason=BeginTime; eligible at 2026-12-01T12:03:24; `scontrol update JobId=12
+    StartTime=now` starts it sooner)` (a requeued job waits about 2 minutes; `Reason` may still be None just after
+    the requeue)."""
+    state, reason = fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
+    restarts = int(fields["Restarts"]) if fields.get("Restarts", "").isdigit() else 0
+    said = [f"Reason={reason}"] if state == "PENDING" and reason not in ("None", "") else []
+    if not restarts:
+        return f"job {job_id} is still {state}" + (f" ({said[0]})" if said else "")
+    if state == "PENDING" and fields.get("EligibleTime", "Unknown") not in ("Unknown", "N/A", ""):
+        said.append(f"eligible at {fields['EligibleTime']}; `scontrol update JobId={job_id} StartTime=now` starts it "
+                    "sooner")
+    again = " again" if state in ("PENDING", "RUNNING") else ""
+    times = f"{restarts} restart{'s' * (restarts != 1)}"
+    return (f"job {job_id} is {state}{again} after {times} (Restarts={restarts}: requeued by a time limit, a "
+            "preemption or `scontrol requeue`" + "".join(f"; {part}" for part in said) + ")")
 
 
 def rank0_job(job: submitit.Job) -> submitit.Job:
@@ -455,13 +485,14 @@ def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float
     rank0 = rank0_job(job)
     start = time.monotonic()
     while not rank0.paths.result_pickle.exists():
-        state = slurm_state(job.job_id)
+        fields = slurm_job(job.job_id)
+        state = fields.get("JobState", "UNKNOWN")
         if state in FINAL_STATES or state == "UNKNOWN":
             time.sleep(3 * poll_s)  # the result file may still be landing on a shared file system
             if not rank0.paths.result_pickle.exists():
                 raise LaunchError(no_result(job, state))
         if timeout_s is not None and time.monotonic() - start > timeout_s:
-            raise WaitTimeout(f"stopped waiting after --timeout {timeout_s:g} s: job {job.job_id} is still {state} "
+            raise WaitTimeout(f"stopped waiting after --timeout {timeout_s:g} s: {job_standing(job.job_id, fields)} "
                               f"and goes on (`scancel {job.job_id}` stops it); rank 0's log: {rank0.paths.stderr}")
         time.sleep(poll_s)
     return rank0.result()

@@ -651,3 +651,26 @@ def test_sbatch_refusal_shows_sbatchs_line_and_the_setting(slurm_cluster: None, 
     code = launch_main([str(QUICKSTART), "--cluster", "slurm", f"out_dir={tmp_path / 'run'}", override])
     assert (code, capsys.readouterr().err.strip()) == (2, f"error: submission failed: {expected}")
     assert not (tmp_path / "run").exists()
+
+
+def test_timeout_says_a_requeued_job_restarted(slurm_cluster: None, tmp_path: Path) -> None:
+    """Fresh-user trial 22: `--timeout` said `job 503 is still PENDING` of a job that had already run and been
+    requeued twice. A real job (a plain `sleep`), requeued while it runs, then waited for with a short timeout."""
+    import submitit
+
+    from launch.submit import WaitTimeout
+
+    job_id = subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "%j.out"), "--wrap", "sleep 60"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        deadline = time.monotonic() + 20
+        while slurm_state(job_id) != "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+        with pytest.raises(WaitTimeout) as info:
+            wait_result(submitit.SlurmJob(tmp_path, job_id), timeout_s=0.1, poll_s=0.2)
+        message = str(info.value)
+        assert f"job {job_id} is PENDING again after 1 restart (Restarts=1: requeued by" in message, message
+        assert "still" not in message and f"`scontrol update JobId={job_id} StartTime=now`" in message, message
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, check=False)

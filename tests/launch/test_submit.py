@@ -12,7 +12,16 @@ import pytest
 from launch.cli import launch_main, sweep_main
 from launch.dry_run import dry_run_report
 from launch.job import PORT_RANGE, master_port
-from launch.submit import LaunchError, Partition, job_failure, sbatch_script, submission_errors, validate_launch
+from launch.submit import (
+    LaunchError,
+    Partition,
+    job_failure,
+    job_standing,
+    sbatch_script,
+    scontrol_fields,
+    submission_errors,
+    validate_launch,
+)
 from launch.sweep import SweepPoint, collect, expand, pareto_front, parse_grid, split_values, summarize_report
 from sparsetrain.config.loader import ConfigError, load_config
 from tests.usage_errors import one_line
@@ -286,6 +295,22 @@ def test_a_time_limit_within_the_signal_lead_is_refused_before_submission(
     assert launch_main(["configs/quickstart.yaml", "--cluster", "slurm", "--dry-run", f"out_dir={tmp_path / 'run'}",
                         "launch.time_min=3"]) == 0
     assert "#SBATCH --time=3" in capsys.readouterr().out
+
+
+def test_a_requeued_job_is_not_called_still_pending() -> None:
+    """Fresh-user trial 22: `--timeout` said `job 503 is still PENDING and goes on` for a job that had run and hit its
+    time limit twice (Restarts=2, Reason=BeginTime). The fields are a real `scontrol show job -o` line of a job just
+    requeued (Reason is still None then)."""
+    fields = scontrol_fields((GOLDEN / "scontrol_requeued.txt").read_text())
+    assert job_standing("527", fields) == (
+        "job 527 is PENDING again after 1 restart (Restarts=1: requeued by a time limit, a preemption or `scontrol "
+        "requeue`; eligible at 2026-12-01T12:03:24; `scontrol update JobId=527 StartTime=now` starts it sooner)")
+    fields.update(Restarts="2", Reason="BeginTime")
+    assert "after 2 restarts (Restarts=2: requeued by a time limit, a preemption or `scontrol requeue`; Reason=" \
+           "BeginTime; eligible at" in job_standing("527", fields)
+    assert job_standing("8", {"JobState": "PENDING", "Reason": "Priority", "Restarts": "0"}) == (
+        "job 8 is still PENDING (Reason=Priority)")
+    assert job_standing("8", {"JobState": "RUNNING", "Reason": "None", "Restarts": "0"}) == "job 8 is still RUNNING"
 
 
 def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tmp_path: Path) -> None:
