@@ -87,12 +87,28 @@ def launch_main(argv: list[str]) -> int:
         wait_result(job, timeout_s=args.timeout)
     except WaitTimeout as err:
         return _fail(str(err), 1)
+    except LaunchError as err:  # ended without a result: cancelled, killed, node failure (the message names the job)
+        return _fail(f"{err}{resume_hint(Path(config.out_dir), argv)}", 1)
     except Exception as err:  # the job's own traceback is in its log; one line here, the code a local run gives
         message, code = job_failure(err)
         return _fail(f"job {job.job_id} failed: {message}", code)
     report_path = Path(config.out_dir) / "report.json"
     print(f"done: {report_path}{_report_line(report_path)}")
     return 0
+
+
+def resume_hint(out_dir: Path, argv: list[str]) -> str:
+    """`; the run has a checkpoint at sparsify step 223: resubmitting resumes from it: `sparsetrain launch ...``
+    for a job that ended without a result after saving a checkpoint in `out_dir` (the same `launch` arguments, less a
+    `resume=` override, which could start it over); '' when it saved nothing."""
+    from sparsetrain.cli import saved_point
+
+    point = saved_point(out_dir)
+    if point == "the start":
+        return ""
+    kept = [arg for arg in argv if arg.partition("=")[0].strip() != "resume"]
+    return (f"; the run has a checkpoint at {point}: resubmitting resumes from it: "
+            f"`{shlex.join(['sparsetrain', 'launch', *kept])}`")
 
 
 def _follow_job(job: Any, cluster: str, report: Path) -> str:

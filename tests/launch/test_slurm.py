@@ -674,3 +674,45 @@ def test_timeout_says_a_requeued_job_restarted(slurm_cluster: None, tmp_path: Pa
         assert "still" not in message and f"`scontrol update JobId={job_id} StartTime=now`" in message, message
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, check=False)
+
+
+def test_a_cancelled_job_says_where_it_stopped_and_how_to_resume(slurm_cluster: None, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial 22: after `scancel` the log said `leaving requeueing to Slurm` (a cancelled job is never
+    requeued) with no step or command, and `launch --wait` said `job 511 failed: job 511 ended (CANCELLED) without a
+    result`. A real job, cancelled once it has a checkpoint, while `launch --wait` waits for it."""
+    import threading
+
+    out_dir = tmp_path / "run"
+    argv = [str(QUICKSTART), "--cluster", "slurm", "--wait", *INTERRUPTED, "tracking.mode=disabled",
+            f"out_dir={out_dir}"]
+    codes: list[int] = []
+    waiter = threading.Thread(target=lambda: codes.append(launch_main(argv)))
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 120
+        while '"current"' not in _read(out_dir / "state.json") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        job_id = next((out_dir / "slurm").glob("*_submitted.pkl")).name.split("_")[0]
+        subprocess.run(["scancel", job_id], check=True, capture_output=True)
+        waiter.join(timeout=120)
+    finally:
+        _cancel_jobs_of(out_dir)
+    point = json.loads((out_dir / "state.json").read_text())["current"]
+    where = f"{point['phase']} step {point['step']}"
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert codes == [1] and err.startswith(f"error: job {job_id} ended (CANCELLED) without a result; see "), err
+    assert err.endswith(f"; the run has a checkpoint at {where}: resubmitting resumes from it: `sparsetrain launch "
+                        f"{' '.join(argv)}`"), err
+    log = (out_dir / "slurm" / f"{job_id}_0_log.err").read_text()
+    assert (f"preempted: stopped by SIGTERM (scancel, or the cluster stopping the job) with a checkpoint at {where}; a "
+            "job Slurm requeues continues from it, a cancelled one is not requeued: resume with `sparsetrain launch "
+            f"{out_dir}/config.yaml --cluster slurm`") in log, log[-2000:]
+
+
+def _read(path: Path) -> str:
+    """The text of `path`, '' while it does not exist (or is being replaced)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

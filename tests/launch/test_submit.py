@@ -313,6 +313,32 @@ def test_a_requeued_job_is_not_called_still_pending() -> None:
     assert job_standing("8", {"JobState": "RUNNING", "Reason": "None", "Restarts": "0"}) == "job 8 is still RUNNING"
 
 
+def test_a_cancelled_job_says_where_it_stopped_and_how_to_resume(tmp_path: Path) -> None:
+    """Fresh-user trial 22: after `scancel` the job's log said `stopped by SIGTERM without USR2; state saved, leaving
+    requeueing to Slurm` (a cancelled job is never requeued) and `launch --wait` said `job 511 failed: job 511 ended
+    (CANCELLED) without a result`, neither naming the checkpoint or the command that resumes. The state.json is the
+    real one of trial 22's cancelled run (checkpoint at sparsify step 534)."""
+    from launch.cli import resume_hint
+    from launch.job import launch_resume_command, stopped_by_sigterm
+    from sparsetrain.cli import saved_point
+
+    out = tmp_path / "c1"
+    out.mkdir()
+    (out / "state.json").write_text((GOLDEN / "state_cancelled_mid_sparsify.json").read_text())
+    config = {"out_dir": str(out), "resume": False}
+    assert stopped_by_sigterm(saved_point(out), launch_resume_command(config, ["sparsify", "prune"])) == (
+        "preempted: stopped by SIGTERM (scancel, or the cluster stopping the job) with a checkpoint at sparsify step "
+        "534; a job Slurm requeues continues from it, a cancelled one is not requeued: resume with `sparsetrain "
+        f"launch {out}/config.yaml --cluster slurm --phase sparsify --phase prune resume=true`")
+    assert launch_resume_command({"out_dir": str(out), "resume": True}, None) == (
+        f"sparsetrain launch {out}/config.yaml --cluster slurm")
+    argv = ["configs/quickstart.yaml", "--cluster", "slurm", "--wait", f"out_dir={out}", "resume=false"]
+    assert resume_hint(out, argv) == (
+        "; the run has a checkpoint at sparsify step 534: resubmitting resumes from it: `sparsetrain launch "
+        f"configs/quickstart.yaml --cluster slurm --wait out_dir={out}`")
+    assert resume_hint(tmp_path / "empty", argv) == ""
+
+
 def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tmp_path: Path) -> None:
     """Fresh-user trial: re-running a sweep with `seed=1` into the same out_dir was refused in every job, yet the
     sweep printed the seed-0 reports as `done` and exited 0."""
