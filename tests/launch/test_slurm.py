@@ -564,8 +564,8 @@ def test_launch_timeout_names_rank_0s_log_as_the_follow_line_does(slurm_cluster:
         _cancel_jobs_of(out_dir)
     job_id = re.match(r"submitted job (\d+) ", got.out).group(1)
     assert got.code == 1 and got.err.splitlines()[-1] == (
-        f"error: stopped waiting after --timeout 2 s: job {job_id} is still PENDING and goes on (`scancel {job_id}` "
-        f"stops it); rank 0's log: {out_dir / 'slurm' / job_id}_0_log.err"), got.err
+        f"error: stopped waiting after --timeout 2 s: job {job_id} is still PENDING (Reason=JobHeldUser) and goes on "
+        f"(`scancel {job_id}` stops it); rank 0's log: {out_dir / 'slurm' / job_id}_0_log.err"), got.err
 
 
 def test_sweep_timeout_waits_and_bounds_the_whole_sweep(slurm_cluster: None, tmp_path: Path) -> None:
