@@ -33,11 +33,11 @@ from sparsetrain.errors import InputError, SparsetrainError
 CLUSTERS = ("slurm", "local", "debug")
 # One failed rank ends the step at once instead of leaving the others blocked in a collective until timeout.
 SRUN_DEFAULT_ARGS = ("--kill-on-bad-exit=1",)
-# Slurm job states after which the job will not run again (REQUEUED / PENDING / RUNNING are not final).
 # Seconds of each attempt before USR2 below which a job only starts, checkpoints and requeues (imports, process
 # group and data take tens of seconds); and the least launch.signal_delay_s the schema accepts.
 MIN_WORK_S = 60
 SIGNAL_DELAY_MIN_S = next(m.ge for m in LaunchConfig.model_fields["signal_delay_s"].metadata if hasattr(m, "ge"))
+# Slurm job states after which the job will not run again (REQUEUED / PENDING / RUNNING are not final).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
 
