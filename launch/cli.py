@@ -62,7 +62,7 @@ def launch_main(argv: list[str]) -> int:
                         "plan; submit nothing")
     args = parse_command_line(parser, argv)
     from launch.checks import check_before_submission, submission_warnings
-    from launch.submit import WaitTimeout, job_failure, job_name, launch_warnings, log_folder, submit, wait_result
+    from launch.submit import WaitTimeout, job_name, launch_warnings, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
     try:
@@ -90,11 +90,22 @@ def launch_main(argv: list[str]) -> int:
     except LaunchError as err:  # ended without a result: cancelled, killed, node failure (the message names the job)
         return _fail(f"{err}{resume_hint(Path(config.out_dir), argv)}", 1)
     except Exception as err:  # the job's own traceback is in its log; one line here, the code a local run gives
-        message, code = job_failure(err)
-        return _fail(f"job {job.job_id} failed: {message}", code)
+        return _fail(*failure_line(job.job_id, err, Path(config.out_dir), argv))
     report_path = Path(config.out_dir) / "report.json"
     print(f"done: {report_path}{_report_line(report_path)}")
     return 0
+
+
+def failure_line(job_id: str, error: BaseException, out_dir: Path, argv: list[str]) -> tuple[str, int]:
+    """`job N failed: <what it raised>` and its exit code (`job_failure`); a job submitit gave up requeueing (`Job not
+    requeued because: timed-out too many times.`, after launch.max_num_timeout time limits) also gets `resume_hint`:
+    its checkpoint is intact and a new submission continues from it."""
+    from launch.submit import job_failure, raised_exception
+
+    message, code = job_failure(error)
+    raised = raised_exception(str(error))
+    given_up = raised is not None and raised[0].endswith("UncompletedJobError")
+    return f"job {job_id} failed: {message}{resume_hint(out_dir, argv) if given_up else ''}", code
 
 
 def resume_hint(out_dir: Path, argv: list[str]) -> str:

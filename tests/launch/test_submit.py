@@ -339,6 +339,25 @@ def test_a_cancelled_job_says_where_it_stopped_and_how_to_resume(tmp_path: Path)
     assert resume_hint(tmp_path / "empty", argv) == ""
 
 
+def test_a_job_that_timed_out_too_often_says_how_to_resume(tmp_path: Path) -> None:
+    """Fresh-user trial 22: the job that hit its time limit 4 times ended `FAILED` with `UncompletedJobError: Job not
+    requeued because: timed-out too many times.`, its checkpoint intact, and `launch --wait` did not say that a new
+    submission continues from it. The FailedJobError text and the state.json are real ones of trial 22."""
+    from launch.cli import failure_line
+
+    out = tmp_path / "tl"
+    out.mkdir()
+    (out / "state.json").write_text((GOLDEN / "state_cancelled_mid_sparsify.json").read_text())
+    argv = ["configs/lenet5_fashion.yaml", "--cluster", "slurm", "--wait", f"out_dir={out}"]
+    assert failure_line("503", _captured_failure("timed_out"), out, argv) == (
+        "job 503 failed: UncompletedJobError: Job not requeued because: timed-out too many times. (the job's log: "
+        "/tmp/t22/tl/slurm/503_0_log.err); the run has a checkpoint at sparsify step 534: resubmitting resumes from "
+        f"it: `sparsetrain launch configs/lenet5_fashion.yaml --cluster slurm --wait out_dir={out}`", 1)
+    assert failure_line("504", _captured_failure("data_not_found"), out, argv) == (
+        "job 504 failed: data.path: IDX folder not found: /nonexistent/fm (the job's log: "
+        "/tmp/t22/dp2/slurm/504_0_log.err)", 2)
+
+
 def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tmp_path: Path) -> None:
     """Fresh-user trial: re-running a sweep with `seed=1` into the same out_dir was refused in every job, yet the
     sweep printed the seed-0 reports as `done` and exited 0."""
