@@ -650,7 +650,10 @@ def test_sbatch_refusal_shows_sbatchs_line_and_the_setting(slurm_cluster: None, 
     more information` (the line after sbatch's own), and `launch.constraint=bigmem` named no setting."""
     code = launch_main([str(QUICKSTART), "--cluster", "slurm", f"out_dir={tmp_path / 'run'}", override])
     assert (code, capsys.readouterr().err.strip()) == (2, f"error: submission failed: {expected}")
-    assert not (tmp_path / "run").exists()
+    code = sweep_main([str(QUICKSTART), "alpha0=1e-5,3e-5", "--cluster", "slurm", f"out_dir={tmp_path / 'sweep'}",
+                       override])
+    assert (code, capsys.readouterr().err.strip().splitlines()[-1]) == (2, f"error: submission failed: {expected}")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep" / "slurm").exists()
 
 
 def test_timeout_says_a_requeued_job_restarted(slurm_cluster: None, tmp_path: Path) -> None:
