@@ -61,7 +61,7 @@ def launch_main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
                         "plan; submit nothing")
     args = parse_command_line(parser, argv)
-    from launch.submit import WaitTimeout, job_failure, job_name, launch_warnings, log_folder, submit, wait_result
+    from launch.submit import WaitTimeout, job_name, launch_warnings, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
     try:
@@ -88,12 +88,39 @@ def launch_main(argv: list[str]) -> int:
         wait_result(job, timeout_s=args.timeout)
     except WaitTimeout as err:
         return _fail(str(err), 1)
+    except LaunchError as err:  # ended without a result: cancelled, killed, node failure (the message names the job)
+        return _fail(f"{err}{resume_hint(Path(config.out_dir), argv)}", 1)
     except Exception as err:  # the job's own traceback is in its log; one line here, the code a local run gives
-        message, code = job_failure(err)
-        return _fail(f"job {job.job_id} failed: {message}", code)
+        return _fail(*failure_line(job.job_id, err, Path(config.out_dir), argv))
     report_path = Path(config.out_dir) / "report.json"
     print(f"done: {report_path}{_report_line(report_path)}")
     return 0
+
+
+def failure_line(job_id: str, error: BaseException, out_dir: Path, argv: list[str]) -> tuple[str, int]:
+    """`job N failed: <what it raised>` and its exit code (`job_failure`); a job submitit gave up requeueing (`Job not
+    requeued because: timed-out too many times.`, after launch.max_num_timeout time limits) also gets `resume_hint`:
+    its checkpoint is intact and a new submission continues from it."""
+    from launch.submit import job_failure, raised_exception
+
+    message, code = job_failure(error)
+    raised = raised_exception(str(error))
+    given_up = raised is not None and raised[0].endswith("UncompletedJobError")
+    return f"job {job_id} failed: {message}{resume_hint(out_dir, argv) if given_up else ''}", code
+
+
+def resume_hint(out_dir: Path, argv: list[str]) -> str:
+    """`; the run has a checkpoint at sparsify step 223: resubmitting resumes from it: `sparsetrain launch ...``
+    for a job that ended without a result after saving a checkpoint in `out_dir` (the same `launch` arguments, less a
+    `resume=` override, which could start it over); '' when it saved nothing."""
+    from sparsetrain.cli import saved_point
+
+    point = saved_point(out_dir)
+    if point == "the start":
+        return ""
+    kept = [arg for arg in argv if arg.partition("=")[0].strip() != "resume"]
+    return (f"; the run has a checkpoint at {point}: resubmitting resumes from it: "
+            f"`{shlex.join(['sparsetrain', 'launch', *kept])}`")
 
 
 def _follow_job(job: Any, cluster: str, report: Path) -> str:

@@ -19,7 +19,9 @@ Preemption / time limit, end to end (Slurm):
    status 0 so that `srun --kill-on-bad-exit` leaves rank 0 alone while it requeues).
    SIGTERM alone (scancel, Slurm-driven preemption) also stops at a step boundary with a checkpoint; rank 0
    then waits a few seconds for a USR2 (submitit's `_interrupt` sends it right after SIGTERM) and otherwise
-   exits without requeueing: Slurm decides (cancelled, or requeued by the cluster's preemption policy).
+   exits without requeueing: Slurm decides (cancelled, or requeued by the cluster's preemption policy). Its log
+   line (`stopped_by_sigterm`) names the checkpoint's step and the `sparsetrain launch` command that resumes a
+   cancelled job.
 5. The requeued job starts fresh processes, unpickles `PipelineJob(config)` and calls `run_pipeline` again,
    which resumes from the last checkpoint in `out_dir` (same step, same data order, `metrics.jsonl` cut back
    to the checkpoint step) and reuses `out_dir/wandb_run_id.txt`, so W&B continues the same run.
@@ -44,12 +46,14 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import submitit
 
 from sparsetrain import warning_output
+from sparsetrain.cli import saved_point
 from sparsetrain.config.loader import validate
 from sparsetrain.engine import preemption
 from sparsetrain.submission import ENV as submission_env
@@ -141,6 +145,25 @@ def _preempted(err: BaseException) -> bool:
     return False
 
 
+def launch_resume_command(config: dict[str, Any], phases: list[str] | None) -> str:
+    """`sparsetrain launch OUT/config.yaml --cluster slurm [--phase P]`: a new submission of the run's stored
+    settings, which continues from its checkpoint (`resume=true` added when the run was started with resume=false,
+    which would start it over)."""
+    import shlex
+
+    words = ["sparsetrain", "launch", str(Path(config["out_dir"]) / "config.yaml"), "--cluster", "slurm"]
+    words += [arg for phase in phases or [] for arg in ("--phase", phase)]
+    return shlex.join(words + ([] if config.get("resume", True) else ["resume=true"]))
+
+
+def stopped_by_sigterm(point: str, command: str) -> str:
+    """Rank 0's line when SIGTERM came without USR2 (scancel, a cluster ending or preempting the job): `point` is where
+    the checkpoint is (`sparsify step 223`, as `sparsetrain run` says it); a requeue by the cluster continues from it,
+    a cancelled job is never requeued, so the line gives the command that resumes."""
+    return (f"preempted: stopped by SIGTERM (scancel, or the cluster stopping the job) with a checkpoint at {point}; "
+            f"a job Slurm requeues continues from it, a cancelled one is not requeued: resume with `{command}`")
+
+
 def _restore_env(name: str, value: str | None) -> None:
     if value is None:
         os.environ.pop(name, None)
@@ -204,10 +227,11 @@ class PipelineJob(submitit.helpers.Checkpointable):
         if rank != 0:
             log.info("rank %d: preempted, state saved; exiting", rank)
             sys.exit(0)  # not a failure: srun --kill-on-bad-exit must not kill rank 0 while it requeues
+        point = saved_point(Path(self.config["out_dir"]))
         if not stopper.requeue_wanted.is_set():
-            log.info("rank 0: stopped by SIGTERM without USR2; state saved, leaving requeueing to Slurm")
+            log.info("%s", stopped_by_sigterm(point, launch_resume_command(self.config, self.phases)))
             sys.exit(-1)
-        log.info("rank 0: preempted, state saved; handing over to submitit to requeue")
+        log.info("preempted: stopped with a checkpoint at %s; requeueing the job, which continues from it", point)
         handler(PREEMPT_SIGNAL, None)  # calls self.checkpoint(), requeues, then sys.exit
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

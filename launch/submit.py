@@ -33,6 +33,10 @@ from sparsetrain.errors import InputError, SparsetrainError
 CLUSTERS = ("slurm", "local", "debug")
 # One failed rank ends the step at once instead of leaving the others blocked in a collective until timeout.
 SRUN_DEFAULT_ARGS = ("--kill-on-bad-exit=1",)
+# Seconds of each attempt before USR2 below which a job only starts, checkpoints and requeues (imports, process
+# group and data take tens of seconds); and the least launch.signal_delay_s the schema accepts.
+MIN_WORK_S = 60
+SIGNAL_DELAY_MIN_S = next(m.ge for m in LaunchConfig.model_fields["signal_delay_s"].metadata if hasattr(m, "ge"))
 # Slurm job states after which the job will not run again (REQUEUED / PENDING / RUNNING are not final).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
@@ -168,9 +172,27 @@ def validate_launch(config: RunConfig, cluster: str, *, fit: bool = True) -> Non
     if cluster == "debug" and launch.world_size != 1:
         raise LaunchError(f"launch.tasks_per_node: the debug cluster runs one rank in-process "
                           f"(got nodes={launch.nodes} × tasks_per_node={launch.tasks_per_node})")
+    if cluster == "slurm" and (short := time_limit_problem(launch)):
+        raise LaunchError(short)
     problems = cluster_fit_problems(config) if cluster == "slurm" and fit else []
     if problems:
         raise LaunchError(problems[0])
+
+
+def time_limit_problem(launch: LaunchConfig) -> str | None:
+    """Whether `launch.time_min` leaves each attempt less than `MIN_WORK_S` before Slurm's USR2, which comes
+    `launch.signal_delay_s` before the limit: such a job checkpoints and requeues as soon as it has started, and after
+    `max_num_timeout` requeues fails having done (almost) nothing. One line naming both fields, or None."""
+    work_s = launch.time_min * 60 - launch.signal_delay_s
+    if work_s >= MIN_WORK_S:
+        return None
+    least = -(-(launch.signal_delay_s + MIN_WORK_S) // 60)
+    left = f"only {work_s} s" if work_s > 0 else "no time"
+    lower = (f", or lower launch.signal_delay_s to {launch.time_min * 60 - MIN_WORK_S} or less"
+             if launch.time_min * 60 - MIN_WORK_S >= SIGNAL_DELAY_MIN_S else "")
+    return (f"launch.time_min: {launch.time_min} min leaves {left} before the requeue signal, which Slurm sends "
+            f"launch.signal_delay_s={launch.signal_delay_s} s before the limit; each attempt needs at least "
+            f"{MIN_WORK_S} s to start and train: set launch.time_min={least} or more{lower}")
 
 
 def cluster_fit_problems(config: RunConfig) -> list[str]:
@@ -246,42 +268,101 @@ def make_executor(config: RunConfig, cluster: str) -> submitit.Executor:
 
 
 def one_line(error: BaseException) -> str:
-    """The most useful single line of a submission error (Slurm's own `sbatch: error: ...` when present)."""
-    text = str(error)
-    errors = [line.strip() for line in text.splitlines() if re.search(r"(sbatch|srun|slurm).*error", line, re.I)]
-    lines = errors or [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    """The most useful single line of a submission error: Slurm's own `sbatch: error: ...` when present, else the
+    last `sbatch: ...` line (`sbatch: unrecognized option '--bogus-flag'`, not the `Try "sbatch --help"` after it),
+    else the last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r"(sbatch|srun|slurm).*error", line, re.I)]
+    said = [line for line in lines if re.match(r"(sbatch|srun|salloc): ", line)]
+    chosen = errors or said or lines
+    return chosen[-1] if chosen else type(error).__name__
 
 
-_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+# the launch.* field an sbatch option comes from (extra_sbatch options are matched first), and the words of sbatch's
+# refusals that name no option
+_OPTION_FIELDS = {"constraint": "constraint", "partition": "partition", "account": "account", "qos": "qos",
+                  "time": "time_min", "mem": "mem_gb", "gpus-per-node": "gpus_per_node", "job-name": "job_name",
+                  "nodes": "nodes", "ntasks-per-node": "tasks_per_node", "cpus-per-task": "cpus_per_task"}
+_REFUSAL_FIELDS = {"feature specification": "constraint", "partition": "partition", "account": "account",
+                   "qos": "qos", "time limit": "time_min", "memory": "mem_gb", "gres": "gpus_per_node"}
+
+
+def refused_field(line: str, launch: LaunchConfig) -> str | None:
+    """Which `launch.*` setting an sbatch refusal `line` is about, as `launch.extra_sbatch: --bogus-flag` or
+    `launch.constraint='bigmem'`, or None when it names none that sbatch was given (or none at all)."""
+    options = re.findall(r"--([A-Za-z][\w-]*)", line)
+    extra = [item for item in launch.extra_sbatch for name in options
+             if re.match(rf"(#SBATCH\s+)?--{re.escape(name)}(=|$)", item.strip())]
+    if extra:
+        return f"launch.extra_sbatch: {extra[0]}"
+    words = line.lower()
+    fields = [_OPTION_FIELDS[name] for name in options if name in _OPTION_FIELDS]
+    fields += [field for word, field in _REFUSAL_FIELDS.items() if word in words]
+    extra_keys = launch.extra_sbatch_parameters()
+    if "gpus_per_node" in fields and "gres" in extra_keys:
+        return f"launch.extra_sbatch: --gres={extra_keys['gres']}"
+    for field in fields:
+        value = getattr(launch, field)
+        if value not in (None, 0):  # unset (None) or no GPUs (0): not given to sbatch
+            return f"launch.{field}={value!r}"
+    return None
+
+
+# the header line of a Python exception: `module.Class: message`, or `module.Class` alone (no message)
+_RAISED = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?$")
+# submitit's FailedJobError text: `...with trace:`, a dashed line, the traceback, a dashed line, the log paths
+_TRACE = re.compile(r"with trace:\n-+\n(?P<trace>.*)\n-+\nYou can check full logs", re.S)
+
+
+def raised_exception(text: str) -> tuple[str, str] | None:
+    """`(qualified class name, first line of its message)` of the exception a traceback ends with, or None.
+
+    The header is the first line at column 0 after the last frame (`  File ...` and its indented source and caret
+    lines), whatever the class is called (`sparsetrain.data.base.DataNotFound: data.path: ...`); lines after it
+    (a multi-line message, notes) are left out. A chained traceback ends with the exception that was raised last.
+    """
+    trace = _TRACE.search(text)
+    lines = (trace.group("trace") if trace else text).rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    after = lines[frames[-1] + 1:] if frames else lines
+    header = next((line for line in after if line and not line[0].isspace()), None)
+    match = _RAISED.match(header) if header is not None else None
+    return (match.group("name"), match.group("message") or "") if match else None
+
+
+def _error_class(name: str) -> type | None:
+    """The class `module.Class` names, when its module imports (None otherwise, e.g. a builtin `KeyError`)."""
+    import importlib
+
+    module, _, cls = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), cls, None) if module else None
+    except ImportError:
+        return None
+    return found if isinstance(found, type) else None
 
 
 def job_failure(error: BaseException) -> tuple[str, int]:
     """What a failed job raised, as the one line and exit code a local `sparsetrain run` gives it.
 
     A job's exception reaches the launcher as submitit's FailedJobError, whose message is the job's traceback
-    followed by its log paths; its last `module.Class: message` line is what the job raised. A sparsetrain error
-    (`sparsetrain.errors`: bad input, resume problem, non-finite, set-up) gives its message and the class's exit
-    code, with the log path; anything else `Class: message` and 1. Other errors (a job that ended without a
-    result) their own text and 1.
+    followed by its log paths; the traceback's last exception (`raised_exception`) is what the job raised. A
+    sparsetrain error (`sparsetrain.errors`, whatever its class name: `DataNotFound` is an InputError) gives its
+    message and the class's exit code, with the log path; anything else `Class: message` and 1. Other errors (a
+    job that ended without a result) their own text and 1.
     """
-    import importlib
-
     text = str(error)
-    raised = [m for m in map(_RAISED.match, (line.strip() for line in text.splitlines())) if m]
-    if not isinstance(error, submitit.core.utils.FailedJobError) or not raised:
+    raised = raised_exception(text) if isinstance(error, submitit.core.utils.FailedJobError) else None
+    if raised is None:
         return one_line(error), 1
-    name, message = raised[-1].groups()
+    name, message = raised
     logs = re.findall(r"^\s*- (\S+\.err)\s*$", text, re.M)
     where = f" (the job's log: {logs[0]})" if logs else ""
-    module, _, cls = name.rpartition(".")
-    try:
-        kind = getattr(importlib.import_module(module), cls) if module else None
-    except ImportError:
-        kind = None
-    if isinstance(kind, type) and issubclass(kind, SparsetrainError):
+    kind = _error_class(name)
+    if kind is not None and issubclass(kind, SparsetrainError):
         return f"{message}{where}", kind.exit_code
-    return f"{cls}: {message}{where}", 1
+    said = f"{name.rpartition('.')[2]}: {message}" if message else name.rpartition(".")[2]
+    return f"{said}{where}", 1
 
 
 def submit(config: RunConfig, cluster: str, phases: list[str] | None = None) -> submitit.Job:
@@ -292,7 +373,7 @@ def submit(config: RunConfig, cluster: str, phases: list[str] | None = None) -> 
     """
     validate_launch(config, cluster)
     executor = make_executor(config, cluster)
-    with submission_errors(log_folder(config)):
+    with submission_errors(log_folder(config), config.launch):
         return executor.submit(PipelineJob(config_to_dict(config), phases))
 
 
@@ -301,8 +382,11 @@ _SUBMISSION_TEMPORARIES = re.compile(r"[0-9a-f]{32}\.pkl|\.submission_file_[0-9a
 
 
 @contextlib.contextmanager
-def submission_errors(folder: Path | None = None) -> Iterator[None]:
-    """Turn a refused submission into one LaunchError line (submitit also prints sbatch's stderr: muted here).
+def submission_errors(folder: Path | None = None, launch: LaunchConfig | None = None) -> Iterator[None]:
+    """Turn a refused submission into one LaunchError line (submitit also prints sbatch's stderr: muted here):
+    sbatch's own line (`one_line`), then the `launch.*` setting it refused when `launch` is given and the line
+    points at one (`refused_field`): `submission failed: sbatch: unrecognized option '--bogus-flag' (from
+    launch.extra_sbatch: --bogus-flag)`.
 
     A refused submission leaves nothing behind in the log folder `folder`: the temporaries submitit wrote for it
     (its pickles and sbatch script) are deleted, then `folder` and the parents this submission created (e.g.
@@ -317,7 +401,9 @@ def submission_errors(folder: Path | None = None) -> Iterator[None]:
             subprocess.CalledProcessError) as err:
         if folder is not None:
             _remove_refused(folder, before, created)
-        raise LaunchError(f"submission failed: {one_line(err)}") from None
+        line = one_line(err)
+        field = refused_field(line, launch) if launch is not None else None
+        raise LaunchError(f"submission failed: {line}" + (f" (from {field})" if field else "")) from None
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -337,12 +423,42 @@ def _remove_refused(folder: Path, before: set[Path], created: list[Path]) -> Non
             path.rmdir()
 
 
-def slurm_state(job_id: str) -> str:
-    """Job state from `scontrol show job` (no accounting database needed); UNKNOWN once Slurm forgot it."""
+def slurm_job(job_id: str) -> dict[str, str]:
+    """`scontrol show job -o` as {field: value} (`JobState`, `Reason`, `Restarts`, `EligibleTime`, ...; no accounting
+    database needed); empty once Slurm forgot the job."""
     result = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
                             timeout=30, check=False)
-    match = re.search(r"JobState=(\S+)", result.stdout)
-    return match.group(1) if match else "UNKNOWN"
+    return scontrol_fields(result.stdout) if result.returncode == 0 else {}
+
+
+def scontrol_fields(text: str) -> dict[str, str]:
+    """The `Key=value` fields of one `scontrol show job -o` line (a value with spaces keeps its first word)."""
+    return dict(re.findall(r"(?:^|\s)([A-Za-z][\w/:]*)=(\S*)", text))
+
+
+def slurm_state(job_id: str) -> str:
+    """Job state from `scontrol show job`; UNKNOWN once Slurm forgot it."""
+    return slurm_job(job_id).get("JobState", "UNKNOWN")
+
+
+def job_standing(job_id: str, fields: dict[str, str]) -> str:
+    """Where a job still in Slurm stands, from `slurm_job` fields: `job 12 is still PENDING (Reason=Priority)`, or for
+    a job Slurm requeued `job 12 is PENDING again after 2 restarts (Restarts=2: requeued by a time limit, a
+    preemption or `scontrol requeue`; Reason=BeginTime; eligible at 2026-12-01T12:03:24; `scontrol update JobId=12
+    StartTime=now` starts it sooner)` (a requeued job waits about 2 minutes; `Reason` may still be None just after
+    the requeue)."""
+    state, reason = fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
+    restarts = int(fields["Restarts"]) if fields.get("Restarts", "").isdigit() else 0
+    said = [f"Reason={reason}"] if state == "PENDING" and reason not in ("None", "") else []
+    if not restarts:
+        return f"job {job_id} is still {state}" + (f" ({said[0]})" if said else "")
+    if state == "PENDING" and fields.get("EligibleTime", "Unknown") not in ("Unknown", "N/A", ""):
+        said.append(f"eligible at {fields['EligibleTime']}; `scontrol update JobId={job_id} StartTime=now` starts it "
+                    "sooner")
+    again = " again" if state in ("PENDING", "RUNNING") else ""
+    times = f"{restarts} restart{'s' * (restarts != 1)}"
+    return (f"job {job_id} is {state}{again} after {times} (Restarts={restarts}: requeued by a time limit, a "
+            "preemption or `scontrol requeue`" + "".join(f"; {part}" for part in said) + ")")
 
 
 def rank0_job(job: submitit.Job) -> submitit.Job:
@@ -369,13 +485,14 @@ def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float
     rank0 = rank0_job(job)
     start = time.monotonic()
     while not rank0.paths.result_pickle.exists():
-        state = slurm_state(job.job_id)
+        fields = slurm_job(job.job_id)
+        state = fields.get("JobState", "UNKNOWN")
         if state in FINAL_STATES or state == "UNKNOWN":
             time.sleep(3 * poll_s)  # the result file may still be landing on a shared file system
             if not rank0.paths.result_pickle.exists():
                 raise LaunchError(no_result(job, state))
         if timeout_s is not None and time.monotonic() - start > timeout_s:
-            raise WaitTimeout(f"stopped waiting after --timeout {timeout_s:g} s: job {job.job_id} is still {state} "
+            raise WaitTimeout(f"stopped waiting after --timeout {timeout_s:g} s: {job_standing(job.job_id, fields)} "
                               f"and goes on (`scancel {job.job_id}` stops it); rank 0's log: {rank0.paths.stderr}")
         time.sleep(poll_s)
     return rank0.result()

@@ -428,7 +428,7 @@ def submit_points(base: RunConfig, points: list[SweepPoint], cluster: str) -> li
 
     validate_launch(base, cluster)
     executor = make_executor(base, cluster)
-    with submission_errors(log_folder(base)), executor.batch():
+    with submission_errors(log_folder(base), base.launch), executor.batch():
         jobs = [executor.submit(PipelineJob(config_to_dict(point.config))) for point in points]
     if cluster in RECORDED_CLUSTERS:
         record_jobs(base, points, jobs, cluster)

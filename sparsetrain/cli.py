@@ -64,16 +64,16 @@ def _run(argv: list[str]) -> int:
         run_pipeline(cfg, args.phase)
     except preemption.Preempted as err:
         if not preemption.interrupted():  # the cluster's stop: exit 3, a requeue continues
-            return _preempted(_saved_point(Path(cfg.out_dir)), argv, err.exit_code)
-        return _interrupted(f"stopped with a checkpoint at {_saved_point(Path(cfg.out_dir))}", argv)
+            return _preempted(saved_point(Path(cfg.out_dir)), argv, err.exit_code)
+        return _interrupted(f"stopped with a checkpoint at {saved_point(Path(cfg.out_dir))}", argv)
     except KeyboardInterrupt:
-        return _interrupted(f"quit at once; a re-run continues from {_saved_point(Path(cfg.out_dir))}", argv)
+        return _interrupted(f"quit at once; a re-run continues from {saved_point(Path(cfg.out_dir))}", argv)
     except Exception:  # noqa: BLE001  (re-raised unless Ctrl-C caused it)
         if not preemption.interrupted():
             raise
         # Ctrl-C reaches child processes too (e.g. the ninja build of DeepSpeed's comm op on a first run), which
         # then fail with their own error: the user's Ctrl-C is the cause, so it is reported as one
-        return _interrupted(f"quit at once; a re-run continues from {_saved_point(Path(cfg.out_dir))}", argv)
+        return _interrupted(f"quit at once; a re-run continues from {saved_point(Path(cfg.out_dir))}", argv)
     shutdown_distributed()  # success path only: on errors the process exits and the launcher reaps its peers
     return 0
 
@@ -99,7 +99,7 @@ def _say_once(line: str) -> None:
         sys.stderr.flush()
 
 
-def _saved_point(out_dir: Path) -> str:
+def saved_point(out_dir: Path) -> str:
     """Where a re-run continues, from state.json: `sparsify step 40`, `the end of the dense phase` or `the start`."""
     from sparsetrain.engine.checkpoint import read_run_state
     from sparsetrain.phases import final_phase

@@ -564,8 +564,8 @@ def test_launch_timeout_names_rank_0s_log_as_the_follow_line_does(slurm_cluster:
         _cancel_jobs_of(out_dir)
     job_id = re.match(r"submitted job (\d+) ", got.out).group(1)
     assert got.code == 1 and got.err.splitlines()[-1] == (
-        f"error: stopped waiting after --timeout 2 s: job {job_id} is still PENDING and goes on (`scancel {job_id}` "
-        f"stops it); rank 0's log: {out_dir / 'slurm' / job_id}_0_log.err"), got.err
+        f"error: stopped waiting after --timeout 2 s: job {job_id} is still PENDING (Reason=JobHeldUser) and goes on "
+        f"(`scancel {job_id}` stops it); rank 0's log: {out_dir / 'slurm' / job_id}_0_log.err"), got.err
 
 
 def test_sweep_timeout_waits_and_bounds_the_whole_sweep(slurm_cluster: None, tmp_path: Path) -> None:
@@ -626,7 +626,8 @@ def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsy
                         'launch.extra_sbatch=["--gres=gpu:4"]'])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == "error: submission failed: sbatch: error: Invalid generic resource (gres) specification", err
+    assert err == ("error: submission failed: sbatch: error: Invalid generic resource (gres) specification (from "
+                   "launch.extra_sbatch: --gres=gpu:4)"), err
     assert not (tmp_path / "run").exists(), "a refused job left its out_dir/slurm/ (submitit's temporaries) behind"
     kept = tmp_path / "kept" / "slurm"
     kept.mkdir(parents=True)
@@ -635,3 +636,86 @@ def test_sbatch_rejection_is_one_line(slurm_cluster: None, tmp_path: Path, capsy
                         'launch.extra_sbatch=["--gres=gpu:4"]']) == 2
     assert capsys.readouterr().err.startswith("error: submission failed: sbatch: error: ")
     assert sorted(path.name for path in kept.iterdir()) == ["earlier.out"], "only the refused job's files go"
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("launch.extra_sbatch=[--bogus-flag]", "sbatch: unrecognized option '--bogus-flag' (from launch.extra_sbatch: "
+     "--bogus-flag)"),
+    ("launch.constraint=bigmem", "sbatch: error: Batch job submission failed: Invalid feature specification (from "
+     "launch.constraint='bigmem')"),
+])
+def test_sbatch_refusal_shows_sbatchs_line_and_the_setting(slurm_cluster: None, tmp_path: Path, override: str,
+                                                           expected: str, capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial 22: `launch.extra_sbatch=[--bogus-flag]` printed `submission failed: Try "sbatch --help" for
+    more information` (the line after sbatch's own), and `launch.constraint=bigmem` named no setting."""
+    code = launch_main([str(QUICKSTART), "--cluster", "slurm", f"out_dir={tmp_path / 'run'}", override])
+    assert (code, capsys.readouterr().err.strip()) == (2, f"error: submission failed: {expected}")
+    code = sweep_main([str(QUICKSTART), "alpha0=1e-5,3e-5", "--cluster", "slurm", f"out_dir={tmp_path / 'sweep'}",
+                       override])
+    assert (code, capsys.readouterr().err.strip().splitlines()[-1]) == (2, f"error: submission failed: {expected}")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep" / "slurm").exists()
+
+
+def test_timeout_says_a_requeued_job_restarted(slurm_cluster: None, tmp_path: Path) -> None:
+    """Fresh-user trial 22: `--timeout` said `job 503 is still PENDING` of a job that had already run and been
+    requeued twice. A real job (a plain `sleep`), requeued while it runs, then waited for with a short timeout."""
+    import submitit
+
+    from launch.submit import WaitTimeout
+
+    job_id = subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "%j.out"), "--wrap", "sleep 60"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        deadline = time.monotonic() + 20
+        while slurm_state(job_id) != "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+        with pytest.raises(WaitTimeout) as info:
+            wait_result(submitit.SlurmJob(tmp_path, job_id), timeout_s=0.1, poll_s=0.2)
+        message = str(info.value)
+        assert f"job {job_id} is PENDING again after 1 restart (Restarts=1: requeued by" in message, message
+        assert "still" not in message and f"`scontrol update JobId={job_id} StartTime=now`" in message, message
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, check=False)
+
+
+def test_a_cancelled_job_says_where_it_stopped_and_how_to_resume(slurm_cluster: None, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Fresh-user trial 22: after `scancel` the log said `leaving requeueing to Slurm` (a cancelled job is never
+    requeued) with no step or command, and `launch --wait` said `job 511 failed: job 511 ended (CANCELLED) without a
+    result`. A real job, cancelled once it has a checkpoint, while `launch --wait` waits for it."""
+    import threading
+
+    out_dir = tmp_path / "run"
+    argv = [str(QUICKSTART), "--cluster", "slurm", "--wait", *INTERRUPTED, "tracking.mode=disabled",
+            f"out_dir={out_dir}"]
+    codes: list[int] = []
+    waiter = threading.Thread(target=lambda: codes.append(launch_main(argv)))
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 120
+        while '"current"' not in _read(out_dir / "state.json") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        job_id = next((out_dir / "slurm").glob("*_submitted.pkl")).name.split("_")[0]
+        subprocess.run(["scancel", job_id], check=True, capture_output=True)
+        waiter.join(timeout=120)
+    finally:
+        _cancel_jobs_of(out_dir)
+    point = json.loads((out_dir / "state.json").read_text())["current"]
+    where = f"{point['phase']} step {point['step']}"
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert codes == [1] and err.startswith(f"error: job {job_id} ended (CANCELLED) without a result; see "), err
+    assert err.endswith(f"; the run has a checkpoint at {where}: resubmitting resumes from it: `sparsetrain launch "
+                        f"{' '.join(argv)}`"), err
+    log = (out_dir / "slurm" / f"{job_id}_0_log.err").read_text()
+    assert (f"preempted: stopped by SIGTERM (scancel, or the cluster stopping the job) with a checkpoint at {where}; a "
+            "job Slurm requeues continues from it, a cancelled one is not requeued: resume with `sparsetrain launch "
+            f"{out_dir}/config.yaml --cluster slurm`") in log, log[-2000:]
+
+
+def _read(path: Path) -> str:
+    """The text of `path`, '' while it does not exist (or is being replaced)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

@@ -12,7 +12,16 @@ import pytest
 from launch.cli import launch_main, sweep_main
 from launch.dry_run import dry_run_report
 from launch.job import PORT_RANGE, master_port
-from launch.submit import LaunchError, Partition, job_failure, sbatch_script, validate_launch
+from launch.submit import (
+    LaunchError,
+    Partition,
+    job_failure,
+    job_standing,
+    sbatch_script,
+    scontrol_fields,
+    submission_errors,
+    validate_launch,
+)
 from launch.sweep import SweepPoint, collect, expand, pareto_front, parse_grid, split_values, summarize_report
 from sparsetrain.config.loader import ConfigError, load_config
 from tests.usage_errors import one_line
@@ -214,6 +223,139 @@ def test_a_failed_jobs_own_error_is_the_line_and_exit_code_a_local_run_gives() -
                                                             "/runs/a/slurm/581_0_log.err)", 1)
     assert job_failure(LaunchError("job 7 ended (FAILED) without a result; see x.err")) == (
         "job 7 ended (FAILED) without a result; see x.err", 1)
+
+
+def _captured_failure(name: str) -> Exception:
+    """submitit's FailedJobError with the text a real Slurm job gave (`job.result()` of trial 22's jobs, kept in
+    tests/launch/golden/submitit_failure_<name>.txt)."""
+    from submitit.core.utils import FailedJobError
+
+    return FailedJobError((GOLDEN / f"submitit_failure_{name}.txt").read_text())
+
+
+def test_a_job_error_is_found_whatever_its_class_is_called() -> None:
+    """Fresh-user trial 22: a job that raised `sparsetrain.data.base.DataNotFound` (an InputError whose name does not
+    end in Error) printed `job 504 failed: - /tmp/t22/dp2/slurm/504_0_log.out` and exited 1; the text is the real
+    FailedJobError of that job."""
+    assert job_failure(_captured_failure("data_not_found")) == (
+        "data.path: IDX folder not found: /nonexistent/fm (the job's log: /tmp/t22/dp2/slurm/504_0_log.err)", 2)
+    assert job_failure(_captured_failure("timed_out")) == (
+        "UncompletedJobError: Job not requeued because: timed-out too many times. (the job's log: "
+        "/tmp/t22/tl/slurm/503_0_log.err)", 1)
+    assert job_failure(_failed_job("mypackage.Stop")) == ("Stop (the job's log: /runs/a/slurm/581_0_log.err)", 1)
+    multi = _failed_job("pydantic_core.ValidationError: 1 validation error\n  x\n    Field required")
+    assert job_failure(multi)[0] == "ValidationError: 1 validation error (the job's log: /runs/a/slurm/581_0_log.err)"
+
+
+@pytest.mark.parametrize(("stderr", "overrides", "expected"), [
+    ("sbatch: unrecognized option '--bogus-flag'\nTry \"sbatch --help\" for more information",
+     ["launch.extra_sbatch=[--bogus-flag]"],
+     "sbatch: unrecognized option '--bogus-flag' (from launch.extra_sbatch: --bogus-flag)"),
+    ("sbatch: error: Batch job submission failed: Invalid feature specification", ["launch.constraint=bigmem"],
+     "sbatch: error: Batch job submission failed: Invalid feature specification (from launch.constraint='bigmem')"),
+    ("sbatch: error: invalid partition specified: nope\nsbatch: error: Batch job submission failed: Invalid "
+     "partition name specified", ["launch.partition=nope"], "sbatch: error: Batch job submission failed: Invalid "
+     "partition name specified (from launch.partition='nope')"),
+    ("sbatch: error: Invalid --mail-type specification", ["launch.extra_sbatch=[--mail-type=BOGUS]"],
+     "sbatch: error: Invalid --mail-type specification (from launch.extra_sbatch: --mail-type=BOGUS)"),
+    ("Invalid time specification (pos=0): garbage\nsbatch: error: Invalid --begin specification", [],
+     "sbatch: error: Invalid --begin specification"),
+])
+def test_a_refused_submission_is_sbatchs_line_naming_the_setting(stderr: str, overrides: list[str],
+                                                                 expected: str) -> None:
+    """Fresh-user trial 22: sbatch's stderr (captured from this cluster's sbatch) as submitit raises it. The line
+    shown was `Try "sbatch --help" for more information` for an unknown option, and no setting was named."""
+    from submitit.core.utils import FailedJobError
+
+    with pytest.raises(LaunchError) as info, submission_errors(None, load_config(None, overrides).launch):
+        raise FailedJobError(stderr)
+    assert str(info.value) == f"submission failed: {expected}"
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["launch.time_min=1"], "launch.time_min: 1 min leaves no time before the requeue signal, which Slurm sends "
+     "launch.signal_delay_s=120 s before the limit; each attempt needs at least 60 s to start and train: set "
+     "launch.time_min=3 or more"),
+    (["launch.time_min=5", "launch.signal_delay_s=300"], "launch.time_min: 5 min leaves no time before the requeue "
+     "signal, which Slurm sends launch.signal_delay_s=300 s before the limit; each attempt needs at least 60 s to "
+     "start and train: set launch.time_min=6 or more, or lower launch.signal_delay_s to 240 or less"),
+])
+def test_a_time_limit_within_the_signal_lead_is_refused_before_submission(
+        overrides: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fresh-user trial 22: `launch.time_min=1` with the default signal_delay_s=120 was submitted (and dry-run)
+    silently; each attempt got USR2 ~20 s in, checkpointed, requeued, and the job failed after 4 attempts. Refused
+    at submission, in the dry run and for a sweep, before anything is written; 3 minutes (60 s of work) is taken."""
+    out = [f"out_dir={tmp_path / 'run'}", *overrides]
+    for argv in (["--dry-run", *out], out):
+        assert launch_main(["configs/quickstart.yaml", "--cluster", "slurm", *argv]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {expected}"
+    assert sweep_main(["configs/quickstart.yaml", "alpha0=1e-5,3e-5", "--cluster", "slurm", *out]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {expected}"
+    assert not any(tmp_path.iterdir())
+    assert launch_main(["configs/quickstart.yaml", "--cluster", "slurm", "--dry-run", f"out_dir={tmp_path / 'run'}",
+                        "launch.time_min=3"]) == 0
+    assert "#SBATCH --time=3" in capsys.readouterr().out
+
+
+def test_a_requeued_job_is_not_called_still_pending() -> None:
+    """Fresh-user trial 22: `--timeout` said `job 503 is still PENDING and goes on` for a job that had run and hit its
+    time limit twice (Restarts=2, Reason=BeginTime). The fields are a real `scontrol show job -o` line of a job just
+    requeued (Reason is still None then)."""
+    fields = scontrol_fields((GOLDEN / "scontrol_requeued.txt").read_text())
+    assert job_standing("527", fields) == (
+        "job 527 is PENDING again after 1 restart (Restarts=1: requeued by a time limit, a preemption or `scontrol "
+        "requeue`; eligible at 2026-12-01T12:03:24; `scontrol update JobId=527 StartTime=now` starts it sooner)")
+    fields.update(Restarts="2", Reason="BeginTime")
+    assert "after 2 restarts (Restarts=2: requeued by a time limit, a preemption or `scontrol requeue`; Reason=" \
+           "BeginTime; eligible at" in job_standing("527", fields)
+    assert job_standing("8", {"JobState": "PENDING", "Reason": "Priority", "Restarts": "0"}) == (
+        "job 8 is still PENDING (Reason=Priority)")
+    assert job_standing("8", {"JobState": "RUNNING", "Reason": "None", "Restarts": "0"}) == "job 8 is still RUNNING"
+
+
+def test_a_cancelled_job_says_where_it_stopped_and_how_to_resume(tmp_path: Path) -> None:
+    """Fresh-user trial 22: after `scancel` the job's log said `stopped by SIGTERM without USR2; state saved, leaving
+    requeueing to Slurm` (a cancelled job is never requeued) and `launch --wait` said `job 511 failed: job 511 ended
+    (CANCELLED) without a result`, neither naming the checkpoint or the command that resumes. The state.json is the
+    real one of trial 22's cancelled run (checkpoint at sparsify step 534)."""
+    from launch.cli import resume_hint
+    from launch.job import launch_resume_command, stopped_by_sigterm
+    from sparsetrain.cli import saved_point
+
+    out = tmp_path / "c1"
+    out.mkdir()
+    (out / "state.json").write_text((GOLDEN / "state_cancelled_mid_sparsify.json").read_text())
+    config = {"out_dir": str(out), "resume": False}
+    assert stopped_by_sigterm(saved_point(out), launch_resume_command(config, ["sparsify", "prune"])) == (
+        "preempted: stopped by SIGTERM (scancel, or the cluster stopping the job) with a checkpoint at sparsify step "
+        "534; a job Slurm requeues continues from it, a cancelled one is not requeued: resume with `sparsetrain "
+        f"launch {out}/config.yaml --cluster slurm --phase sparsify --phase prune resume=true`")
+    assert launch_resume_command({"out_dir": str(out), "resume": True}, None) == (
+        f"sparsetrain launch {out}/config.yaml --cluster slurm")
+    argv = ["configs/quickstart.yaml", "--cluster", "slurm", "--wait", f"out_dir={out}", "resume=false"]
+    assert resume_hint(out, argv) == (
+        "; the run has a checkpoint at sparsify step 534: resubmitting resumes from it: `sparsetrain launch "
+        f"configs/quickstart.yaml --cluster slurm --wait out_dir={out}`")
+    assert resume_hint(tmp_path / "empty", argv) == ""
+
+
+def test_a_job_that_timed_out_too_often_says_how_to_resume(tmp_path: Path) -> None:
+    """Fresh-user trial 22: the job that hit its time limit 4 times ended `FAILED` with `UncompletedJobError: Job not
+    requeued because: timed-out too many times.`, its checkpoint intact, and `launch --wait` did not say that a new
+    submission continues from it. The FailedJobError text and the state.json are real ones of trial 22."""
+    from launch.cli import failure_line
+
+    out = tmp_path / "tl"
+    out.mkdir()
+    (out / "state.json").write_text((GOLDEN / "state_cancelled_mid_sparsify.json").read_text())
+    argv = ["configs/lenet5_fashion.yaml", "--cluster", "slurm", "--wait", f"out_dir={out}"]
+    assert failure_line("503", _captured_failure("timed_out"), out, argv) == (
+        "job 503 failed: UncompletedJobError: Job not requeued because: timed-out too many times. (the job's log: "
+        "/tmp/t22/tl/slurm/503_0_log.err); the run has a checkpoint at sparsify step 534: resubmitting resumes from "
+        f"it: `sparsetrain launch configs/lenet5_fashion.yaml --cluster slurm --wait out_dir={out}`", 1)
+    assert failure_line("504", _captured_failure("data_not_found"), out, argv) == (
+        "job 504 failed: data.path: IDX folder not found: /nonexistent/fm (the job's log: "
+        "/tmp/t22/dp2/slurm/504_0_log.err)", 2)
 
 
 def test_a_sweep_point_whose_job_failed_is_failed_even_with_an_earlier_report(tmp_path: Path) -> None:
