@@ -36,6 +36,9 @@ SRUN_DEFAULT_ARGS = ("--kill-on-bad-exit=1",)
 # Slurm job states after which the job will not run again (REQUEUED / PENDING / RUNNING are not final).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
+# Slurm job states of a job waiting to (re)start; other states that are not final (RUNNING, COMPLETING, SUSPENDED,
+# ...) count as running
+QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 
 
 class LaunchError(InputError, RuntimeError):
@@ -343,6 +346,16 @@ def slurm_state(job_id: str) -> str:
                             timeout=30, check=False)
     match = re.search(r"JobState=(\S+)", result.stdout)
     return match.group(1) if match else "UNKNOWN"
+
+
+def live_slurm_state(job_id: str) -> str | None:
+    """Slurm's state of `job_id` while the job is pending or running (it will still run: not in `FINAL_STATES`);
+    None once it has ended, when Slurm no longer knows it, or on a machine without Slurm's commands."""
+    try:
+        state = slurm_state(job_id)
+    except (OSError, subprocess.SubprocessError):  # no scontrol here, or it did not answer
+        return None
+    return None if state in FINAL_STATES or state == "UNKNOWN" else state
 
 
 def rank0_job(job: submitit.Job) -> submitit.Job:
