@@ -125,8 +125,6 @@ class Pipeline:
             return
         prepare_out_dir(self.out_dir)  # every rank: a bad out_dir is one line everywhere, not a hang at the barrier
         self._hold_out_dir(create=True)  # before metrics.jsonl is cut or W&B starts
-        if self._lock is not None:
-            self._lock.record()  # rank 0 names itself the holder
         if not self._fresh:
             self._truncate_log_on_resume()
         failure = None
@@ -139,6 +137,8 @@ class Pipeline:
             if not self._out_dir_existed and self.dist.is_main:
                 shutil.rmtree(self.out_dir, ignore_errors=True)
             raise SetupError(failure)
+        if self._lock is not None:
+            self._lock.record()  # rank 0 names itself the holder, once nothing can refuse the run any more
         if self._fresh and self.dist.is_main:
             clear_run_outputs(self.out_dir, keep=self.tracker.files())
         barrier()  # the other ranks write into out_dir only once an earlier run's outputs are gone
