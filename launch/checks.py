@@ -4,7 +4,9 @@ the job's line instead of returning 0 and letting the job fail minutes later.
 
 Refused (the run refuses them on any node): an `out_dir` that is an export folder or lies inside another run's
 directory, an `out_dir` holding a run whose settings differ in a way its resume refuses (`check_same_run`), and a
-`--phase` that starts from the weights of an earlier phase not finished there (`phases_needed_first`).
+`--phase` that starts from the weights of an earlier phase not finished there (`phases_needed_first`). Refused too:
+an `out_dir` that another run uses (`check_out_dir_free`): its run lock is held, or names a Slurm job still pending or
+running (e.g. requeued after a preemption, waiting to continue there); two jobs in one out_dir mix their files.
 Warned about only: a `data.path` this machine does not have (it may exist on the compute nodes alone).
 """
 
@@ -12,10 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from launch.submit import QUEUED_STATES, live_slurm_state
 from sparsetrain.config.loader import config_to_dict
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.engine.checkpoint import STATE_FILE, read_run_state
+from sparsetrain.errors import InputError
 from sparsetrain.rundir import check_own_out_dir, check_same_run, phases_needed_first
+from sparsetrain.runlock import held_by_another, in_use_error, read_holder
 
 
 def check_before_submission(config: RunConfig, phases: list[str] | None = None) -> None:
@@ -30,11 +35,12 @@ def check_before_submission(config: RunConfig, phases: list[str] | None = None) 
         phases: `--phase` values (None: every phase).
 
     Raises:
-        InputError: one line naming `out_dir` (its stored settings that may not change, as the run says them) or
-            `phase` (the phase to run first).
+        InputError: one line naming `out_dir` (another run or Slurm job in it, `check_out_dir_free`; its stored
+            settings that may not change, as the run says them) or `phase` (the phase to run first).
     """
     out_dir = Path(config.out_dir)
     check_own_out_dir(out_dir)
+    check_out_dir_free(out_dir)
     resumes = config.resume and (out_dir / STATE_FILE).is_file()
     if resumes:
         check_same_run(out_dir, config_to_dict(config))
@@ -42,6 +48,36 @@ def check_before_submission(config: RunConfig, phases: list[str] | None = None) 
         state = read_run_state(out_dir) if resumes else None
         completed = state["completed"] if state else {}
         phases_needed_first(phases, completed, config.phases.sparsify.enabled)
+
+
+def check_out_dir_free(out_dir: Path) -> None:
+    """Refuse an out_dir another run uses: its lock file (`sparsetrain.runlock`) names a Slurm job that is still
+    pending or running (`live_job`), or some process holds its lock now (a run on this machine, or on any machine
+    sharing the file system). Reads only; a folder without a lock file is free.
+
+    Raises:
+        InputError: `out_dir: D has Slurm job J pending in it; wait for it, scancel J, or use another out_dir`, or the
+            run's own `out_dir: D is in use by another run (host H, pid P, ...)` line.
+    """
+    job = live_job(out_dir)
+    if job is not None:
+        job_id, state = job
+        word = "pending" if state in QUEUED_STATES else "running"
+        shown = word if state == word.upper() else f"{word} ({state})"
+        raise InputError(f"out_dir: {out_dir} has Slurm job {job_id} {shown} in it; wait for it, scancel {job_id}, or "
+                         "use another out_dir")
+    holder = held_by_another(out_dir)
+    if holder is not None:
+        raise in_use_error(out_dir, holder)
+
+
+def live_job(out_dir: Path) -> tuple[str, str] | None:
+    """(job id, Slurm state) of the Slurm job out_dir's lock file names when it is still pending or running (a job
+    requeued after a preemption runs there again); None without a lock file, without a Slurm job in it, or when
+    that job has ended."""
+    job_id = (read_holder(out_dir) or {}).get("slurm_job")
+    state = None if not job_id else live_slurm_state(str(job_id))
+    return None if state is None else (str(job_id), state)
 
 
 def submission_warnings(config: RunConfig) -> list[str]:

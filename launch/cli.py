@@ -157,8 +157,9 @@ def _report_line(path: Path) -> str:
 
 def sweep_main(argv: list[str]) -> int:
     """Submit a grid of runs as a job array and return (with `--wait`: wait, then write sweep.json and the Pareto
-    plot); points already finished are skipped unless `--resubmit-finished`; `--collect`: write them from where each
-    point is, submitting nothing; `--dry-run`: print the points and the array's sbatch script, submitting nothing."""
+    plot); points already finished are skipped unless `--resubmit-finished`, points whose job is still queued or
+    running always; `--collect`: write them from where each point is, submitting nothing; `--dry-run`: print the
+    points and the array's sbatch script, submitting nothing."""
     parser = _common_parser("sparsetrain sweep", "Grid sweep: key=v1,v2 overrides, one run per point.")
     waiting = parser.add_mutually_exclusive_group()
     waiting.add_argument("--wait", action="store_true", help="wait for every run, then collect (default: submit, say "
@@ -170,24 +171,25 @@ def sweep_main(argv: list[str]) -> int:
                         "sbatch script; submit nothing")
     parser.add_argument("--resubmit-finished", action="store_true", help="submit every point, also those whose "
                         "out_dir holds their finished run (default: skip them; their jobs would only say `already "
-                        "complete`)")
+                        "complete`); a point whose job is still queued or running is never submitted again")
     args = parse_command_line(parser, argv)
     if args.no_wait and args.timeout is not None:
         return _fail("--timeout waits for the runs and --no-wait does not: give one of them", 2)
     if args.collect and args.dry_run:
         return _fail("--collect submits nothing and reads the runs, --dry-run shows what would be submitted: give one "
                      "of them", 2)
-    from launch.sweep import expand, finished, nothing_to_collect
+    from launch.sweep import expand, finished, nothing_to_collect, still_going
     from sparsetrain.config.loader import ConfigError
 
     try:
         base, points = expand(args.config, args.overrides)
         skipped = [] if args.resubmit_finished or args.collect else [point for point in points if finished(point)]
+        going = [] if args.collect else still_going(base, [point for point in points if point not in skipped])
         if args.dry_run:
             from launch.sweep import dry_run_report
 
-            todo = [point for point in points if point not in skipped]
-            print(dry_run_report(base, todo, skipped, args.cluster), end="")
+            todo = [point for point in points if point not in skipped and point not in going]
+            print(dry_run_report(base, todo, skipped, args.cluster, going), end="")
             return 0
     except (ConfigError, LaunchError, ValueError) as err:
         return _fail(str(err), 2)
@@ -195,18 +197,30 @@ def sweep_main(argv: list[str]) -> int:
         return _fail(f"nothing to collect: the sweep in {base.out_dir} was never submitted (no "
                      f"{Path(base.out_dir) / 'sweep_jobs.json'}, no point has a report.json); submit it without "
                      "--collect", 1)
-    return _submit_sweep(args, argv, base, points, skipped)
+    return _submit_sweep(args, argv, base, points, skipped, going)
 
 
-def _submit_sweep(args: argparse.Namespace, argv: list[str], base: Any, points: list[Any], skipped: list[Any]) -> int:
-    """Submit the points not `skipped` (none with `--collect`), then return, or wait and collect every point."""
+def _submit_sweep(args: argparse.Namespace, argv: list[str], base: Any, points: list[Any], skipped: list[Any],
+                  going: list[Any]) -> int:
+    """Submit the points neither `skipped` (finished) nor `going` (their job still queued or running; none with
+    `--collect`), then return, or wait and collect every point."""
     from launch.submit import launch_warnings
-    from launch.sweep import collect, recorded_status, skipped_line, submit_points, summary_table, wait_points
+    from launch.sweep import (
+        collect,
+        going_line,
+        recorded_status,
+        skipped_line,
+        submit_points,
+        summary_table,
+        wait_points,
+    )
     from sparsetrain.config.loader import ConfigError
 
-    todo = [point for point in points if point not in skipped]
+    todo = [point for point in points if point not in skipped and point not in going]
     if skipped:
         print(skipped_line(skipped))
+    if going:
+        print(going_line(going))
     try:
         jobs = [] if args.collect or not todo else submit_points(base, todo, args.cluster)
     except (ConfigError, LaunchError, ValueError) as err:
@@ -215,11 +229,13 @@ def _submit_sweep(args: argparse.Namespace, argv: list[str], base: Any, points: 
         print(f"submitted {len(jobs)} runs (cluster={args.cluster}): " + ", ".join(j.job_id for j in jobs))
         _warn([warning for point in todo for warning in launch_warnings(point.config, args.cluster)])
     if not args.collect and not _waits(args):
+        done = "finished or still queued or running" if going else "finished"
         print(_follow_sweep(jobs, args.cluster, argv) if jobs else
-              f"nothing submitted: every point is finished; the table: {_collect_command(argv)}")
+              f"nothing submitted: every point is {done}; the table: {_collect_command(argv)}")
         return 0
     if jobs:
         wait_points(todo, jobs, timeout_s=args.timeout)
+        recorded_status(base, going)  # where the jobs not submitted now are after the wait
     else:
         recorded_status(base, points)
     summary = collect(base, points, args.overrides)

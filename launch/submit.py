@@ -40,6 +40,9 @@ SIGNAL_DELAY_MIN_S = next(m.ge for m in LaunchConfig.model_fields["signal_delay_
 # Slurm job states after which the job will not run again (REQUEUED / PENDING / RUNNING are not final).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
+# Slurm job states of a job waiting to (re)start; other states that are not final (RUNNING, COMPLETING, SUSPENDED,
+# ...) count as running
+QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 
 
 class LaunchError(InputError, RuntimeError):
@@ -459,6 +462,16 @@ def job_standing(job_id: str, fields: dict[str, str]) -> str:
     times = f"{restarts} restart{'s' * (restarts != 1)}"
     return (f"job {job_id} is {state}{again} after {times} (Restarts={restarts}: requeued by a time limit, a "
             "preemption or `scontrol requeue`" + "".join(f"; {part}" for part in said) + ")")
+
+
+def live_slurm_state(job_id: str) -> str | None:
+    """Slurm's state of `job_id` while the job is pending or running (it will still run: not in `FINAL_STATES`);
+    None once it has ended, when Slurm no longer knows it, or on a machine without Slurm's commands."""
+    try:
+        state = slurm_state(job_id)
+    except (OSError, subprocess.SubprocessError):  # no scontrol here, or it did not answer
+        return None
+    return None if state in FINAL_STATES or state == "UNKNOWN" else state
 
 
 def rank0_job(job: submitit.Job) -> submitit.Job:

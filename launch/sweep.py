@@ -7,7 +7,8 @@ and a metric-vs-compression plot `<base out_dir>/sweep_pareto.png` with the Pare
 more compressed and more accurate); `summary_table` is the same summary for the terminal.
 
 Every point is validated with its own values before anything is submitted, and two points of equal settings are
-refused; a point whose out_dir holds its finished run is not submitted again (`finished`) unless the user asks.
+refused; a point whose out_dir holds its finished run is not submitted again (`finished`) unless the user asks, and
+a point whose job is still queued or running is never submitted again (`still_going`).
 
 Compression is what a run achieved, whichever way: the dense model's parameters per non-zero parameter of the final
 model (report.json `compression_ratio`), so Method 1's zeroed weights and Method 2's removed filters are on one axis
@@ -36,9 +37,6 @@ TABLE_COLUMNS = ("point", "state", "job", "sparsity", "compression", "metric", "
 # the table's footer: what its sparsity and compression count (they differ on purpose, as in the run's report table)
 SCOPE_LINE = (f"sparsity {SPARSITY_SCOPE}; compression over {COMPRESSION_SCOPE} (dense count / non-zero; removed "
               "filters count)")
-# Slurm job states of a job waiting to (re)start; other states that are not final (RUNNING, COMPLETING, SUSPENDED,
-# ...) count as running
-QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 
 
 @dataclass(eq=False)  # a point is itself (`in` tests identity), not its settings
@@ -200,14 +198,68 @@ def skipped_line(skipped: list[SweepPoint]) -> str:
             f"{', '.join(point.name for point in skipped)} (--resubmit-finished submits {them} again)")
 
 
+def still_going(base: RunConfig, points: list[SweepPoint]) -> list[SweepPoint]:
+    """The points whose job is still queued or running, so that a re-run of the sweep does not submit a second job into
+    their out_dirs (the two would mix their files): the job `sweep_jobs.json` records for the point (`job_status`),
+    or a Slurm job or process that holds the point's out_dir otherwise (`launch.checks.live_job`, the run lock).
+    Each such point's `result` says where its job is (status queued or running, job_id, Slurm state)."""
+    path = Path(base.out_dir) / JOBS_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    going = []
+    for point in points:
+        result = _recorded_going(recorded, point.name) or _out_dir_going(Path(point.config.out_dir))
+        if result is not None:
+            point.result = result
+            going.append(point)
+    return going
+
+
+def _recorded_going(recorded: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """`job_status` of the job `recorded` (sweep_jobs.json) holds for point `name` when it is queued or running."""
+    job_id = recorded.get("jobs", {}).get(name)
+    if job_id is None or recorded.get("cluster") not in RECORDED_CLUSTERS:
+        return None
+    status = job_status(_job(recorded["cluster"], Path(recorded["log_folder"]), job_id))
+    return status if status["status"] in ("queued", "running") else None
+
+
+def _out_dir_going(out_dir: Path) -> dict[str, Any] | None:
+    """Where the job or process holding `out_dir` is (its run lock), or None when none holds it."""
+    from launch.checks import live_job
+    from launch.submit import QUEUED_STATES
+    from sparsetrain.runlock import describe_holder, held_by_another
+
+    job = live_job(out_dir)
+    if job is not None:
+        return {"status": "queued" if job[1] in QUEUED_STATES else "running", "job_id": job[0], "state": job[1]}
+    holder = held_by_another(out_dir)
+    return None if holder is None else {"status": "running", "holder": describe_holder(holder)}
+
+
+def going_line(going: list[SweepPoint]) -> str:
+    """`1 point still queued or running skipped: alpha0=1e-4 (job 512_0, queued (PENDING)) (...)`: the points
+    `still_going` found, each with its job (or the process holding its out_dir) and where it is."""
+    def where(point: SweepPoint) -> str:
+        result = point.result
+        who = f"job {result['job_id']}" if result.get("job_id") else result.get("holder", "")
+        return f"{point.name} ({who}, {_state_text(result)})"
+
+    them = "them" if len(going) > 1 else "it"
+    return (f"{len(going)} point{'s' * (len(going) != 1)} still queued or running skipped: "
+            f"{', '.join(where(point) for point in going)} (a second job in the same out_dir would mix their files; "
+            f"wait for {them}, or cancel {them} to submit again)")
+
+
 def nothing_to_collect(base: RunConfig, points: list[SweepPoint]) -> bool:
     """Whether the sweep was never submitted: no `sweep_jobs.json` in its out_dir and no point has a report.json."""
     return not (Path(base.out_dir) / JOBS_FILE).is_file() and not any(
         (Path(point.config.out_dir) / "report.json").is_file() for point in points)
 
 
-def dry_run_report(base: RunConfig, points: list[SweepPoint], skipped: list[SweepPoint], cluster: str) -> str:
+def dry_run_report(base: RunConfig, points: list[SweepPoint], skipped: list[SweepPoint], cluster: str,
+                   going: list[SweepPoint] | None = None) -> str:
     """What `sweep --dry-run` prints: each point to submit (name, out_dir, overrides), the finished points skipped,
+    the points skipped because their job is still queued or running (`going`),
     the job array's sbatch script (Slurm), the warnings `launch --dry-run` gives and the world size of each point.
 
     Raises:
@@ -222,6 +274,8 @@ def dry_run_report(base: RunConfig, points: list[SweepPoint], skipped: list[Swee
     parts += [f"{name.ljust(width)}  {out_dir}" for name, out_dir in rows] if points else []
     if skipped:
         parts.append(skipped_line(skipped))
+    if going:
+        parts.append(going_line(going))
     if cluster == "slurm" and points:
         what = "one job array: element i runs the i-th point listed, from 0" if len(points) > 1 else "one point"
         parts += ["", f"# sbatch script ({what})", sbatch_script(base, array_size=len(points)).rstrip(), ""]
@@ -479,7 +533,7 @@ def job_status(job: Any) -> dict[str, Any]:
     """
     import submitit
 
-    from launch.submit import FINAL_STATES, job_failure, no_result, rank0_job, slurm_state
+    from launch.submit import FINAL_STATES, QUEUED_STATES, job_failure, no_result, rank0_job, slurm_state
 
     rank0 = rank0_job(job)
     record: dict[str, Any] = {"job_id": job.job_id}

@@ -57,6 +57,7 @@ from sparsetrain.rundir import (
     prepare_out_dir,
     record_nonfinite_stop,
 )
+from sparsetrain.runlock import RunLock
 from sparsetrain.submission import current_submission, is_rerun
 from sparsetrain.tasks import build_task
 from sparsetrain.tracking import Tracker, truncate_metrics_log
@@ -81,6 +82,18 @@ class Pipeline:
         self.dist = init_distributed(cfg.train.device, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_min)
         setup_logging(self.dist.is_main)
         configure_cpu(cfg.train)
+        self._lock: RunLock | None = None  # rank 0's hold on out_dir (`runlock`), from here or `open` to `close`
+        self._hold_out_dir(create=False)  # an existing run directory: before its state is read
+        try:
+            self._check_and_build(data)
+        except BaseException:
+            self._release_out_dir()  # a refused run frees out_dir at once, not when its traceback is collected
+            raise
+
+    def _check_and_build(self, data: DataBundle | None) -> None:
+        """The rest of `__init__`: check the settings against out_dir's run, read the data and what the run continues
+        from, and build the task, tracker and run context."""
+        cfg = self.cfg
         if cfg.resume and (self.out_dir / "state.json").exists():  # before anything is built from the new settings
             check_same_run(self.out_dir, config_to_dict(cfg))
         self.structural = cfg.prune.rule == "filters"
@@ -111,6 +124,7 @@ class Pipeline:
         if self._opened:
             return
         prepare_out_dir(self.out_dir)  # every rank: a bad out_dir is one line everywhere, not a hang at the barrier
+        self._hold_out_dir(create=True)  # before metrics.jsonl is cut or W&B starts
         if not self._fresh:
             self._truncate_log_on_resume()
         failure = None
@@ -123,6 +137,8 @@ class Pipeline:
             if not self._out_dir_existed and self.dist.is_main:
                 shutil.rmtree(self.out_dir, ignore_errors=True)
             raise SetupError(failure)
+        if self._lock is not None:
+            self._lock.record()  # rank 0 names itself the holder, once nothing can refuse the run any more
         if self._fresh and self.dist.is_main:
             clear_run_outputs(self.out_dir, keep=self.tracker.files())
         barrier()  # the other ranks write into out_dir only once an earlier run's outputs are gone
@@ -542,8 +558,34 @@ class Pipeline:
             if done[-1] in finished_at else ""
         log.info(f"[{', '.join(done)}] already complete{when}; nothing to train")
 
+    def _hold_out_dir(self, create: bool) -> None:
+        """Rank 0 takes out_dir's run lock (`runlock.RunLock.take`; other ranks write only while rank 0 holds it) unless
+        it holds it already; `create=False` takes only an existing lock file's lock.
+
+        Raises:
+            InputError: another process holds out_dir (`out_dir: D is in use by another run (...)`), on every rank.
+        """
+        failure = None
+        if self.dist.is_main and self._lock is None:
+            try:
+                self._lock = RunLock.take(self.out_dir, create=create)
+            except InputError as err:
+                failure = str(err)
+        failure = broadcast_object(failure)  # every rank stops alike, instead of waiting for rank 0 at a collective
+        if failure is not None:
+            raise InputError(failure)
+
+    def _release_out_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def close(self) -> None:
-        self.tracker.close()
+        """End tracking and free out_dir's run lock (a dropped, unclosed pipeline frees it when collected)."""
+        try:
+            self.tracker.close()
+        finally:
+            self._release_out_dir()
 
 
 def phase_penalty(cfg: RegularizerConfig, phase: str) -> RegularizerConfig:

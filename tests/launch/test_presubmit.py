@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from launch.cli import launch_main
+from launch.submit import FINAL_STATES, slurm_state
 from sparsetrain.config.loader import save_resolved
 from sparsetrain.pipeline import run_pipeline
+from sparsetrain.runlock import RunLock, read_holder
 from tests.core.conftest import tiny_config
 
 SHORT = ("phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.3")
@@ -128,3 +133,49 @@ def test_launch_warns_about_data_missing_here_and_submits(held: tuple[int, str, 
     assert code == 0 and out.startswith("submitted job "), err
     assert (f"warning: data.path: {out_dir.parent / 'on-the-nodes'} does not exist on this machine; the job reads it "
             "on the compute nodes and fails at its start if it is not there either") in err.splitlines(), err
+
+
+@pytest.fixture
+def held_job(slurm_cluster: None, tmp_path: Path) -> Iterator[str]:
+    """A real Slurm job, held (`sbatch --hold`): pending until it is cancelled, at the end at the latest."""
+    job_id = subprocess.run(["sbatch", "--hold", "--parsable", f"--output={tmp_path / 'held.log'}", "--wrap=true"],
+                            capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    try:
+        yield job_id
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, check=False)
+
+
+@pytest.mark.slurm
+def test_an_out_dir_another_job_or_run_is_in_is_refused_before_submission(held_job: str, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trial 22: two jobs ran at once in one out_dir. A launch into an out_dir whose run lock names a Slurm job that is
+    still pending or running (a job requeued after a preemption continues there) is refused in one line naming it;
+    so is one whose lock a run holds now. Once the job has ended and the lock is free, the launch goes through."""
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    with monkeypatch.context() as env:  # the record a run of that job wrote (the lock is free: the job is pending)
+        env.setenv("SLURM_JOB_ID", held_job)
+        env.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+        lock = RunLock.take(out_dir)
+        lock.record()
+        lock.release()
+    argv = _config_args(out_dir)
+    err = _refused(argv, out_dir)
+    assert err == (f"error: out_dir: {out_dir} has Slurm job {held_job} pending in it; wait for it, scancel "
+                   f"{held_job}, or use another out_dir"), err
+    subprocess.run(["scancel", held_job], capture_output=True, check=True)
+    deadline = time.monotonic() + 20
+    while slurm_state(held_job) not in (*FINAL_STATES, "UNKNOWN") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    holder = RunLock.take(out_dir)  # a run outside Slurm on this machine holds it now
+    try:
+        holder.record()
+        err = _refused(argv, out_dir)
+    finally:
+        holder.release()
+    assert err == (f"error: out_dir: {out_dir} is in use by another run (host {socket.gethostname()}, pid "
+                   f"{os.getpid()}, since {read_holder(out_dir)['since']}); wait for it, stop it, or use another "
+                   "out_dir"), err
+    code, out, dry_err = _launch([*argv, "--dry-run"])
+    assert code == 0, dry_err

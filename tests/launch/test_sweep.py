@@ -156,3 +156,31 @@ def test_the_tables_metric_column_has_one_number_format(tmp_path: Path, capsys: 
                               "report.plots=false"], capsys)
     assert code == 0, err
     assert [line.split()[6] for line in text.splitlines()[1:3]] == ["88.30", "93.04"], text  # after `50.0 %`
+
+
+@pytest.mark.slurm
+def test_a_rerun_sweep_skips_points_whose_job_is_still_queued(slurm_cluster: None, half_done: list[str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 22: a re-run of a sweep submitted a second job for a point whose job was still queued (re-runs skipped
+    finished points only), and two jobs then ran in one out_dir. A point whose recorded job is pending (held here) is
+    skipped with its job, also by `--dry-run` and `--resubmit-finished`; nothing is submitted again."""
+    out = Path(half_done[-3].split("=", 1)[1])
+    try:
+        code, out_text, err = _sweep([*half_done, HELD], capsys)  # the unfinished point's job, held
+        assert code == 0, err
+        job = json.loads((out / "sweep_jobs.json").read_text())["jobs"]["alpha0=3e-4"]
+        going = (f"1 point still queued or running skipped: alpha0=3e-4 (job {job}, queued (PENDING)) (a second job "
+                 "in the same out_dir would mix their files; wait for it, or cancel it to submit again)")
+        code, out_text, err = _sweep([*half_done, HELD], capsys)
+        assert code == 0, err
+        assert out_text.splitlines()[:2] == ["1 finished point skipped: alpha0=2e-4 (--resubmit-finished submits it "
+                                             "again)", going], out_text
+        assert out_text.splitlines()[2].startswith("nothing submitted: every point is finished or still queued or "
+                                                   "running; the table: "), out_text
+        code, out_text, err = _sweep([*half_done, HELD, "--resubmit-finished", "--dry-run"], capsys)
+        assert code == 0 and out_text.splitlines()[:4] == [
+            "# 1 point to submit (cluster=slurm)", "point        out_dir", f"alpha0=2e-4  {out / 'alpha0=2e-4'}",
+            going], out_text
+        assert json.loads((out / "sweep_jobs.json").read_text())["jobs"] == {"alpha0=3e-4": job}
+    finally:
+        _cancel_own_jobs(out)
