@@ -74,18 +74,22 @@ def _span(phase: str, steps: list[int], ended: bool) -> str:
     return text + (" and its phase-end row" if ended else "")
 
 
-def slurm_job(env: Mapping[str, str]) -> dict[str, str] | None:
+def slurm_job(env: Mapping[str, str]) -> dict[str, str | int] | None:
     """The Slurm job this process runs in, for the W&B config: `job_id` as squeue and sacct name it (`514_1` for
     element 1 of job array 514, else SLURM_JOB_ID), the array's `array_job_id` / `array_task_id` when it is one,
-    SLURM_JOB_ID itself (`raw_job_id`), `restart_count` (requeues so far) and `job_name`; None outside Slurm."""
+    SLURM_JOB_ID itself (`raw_job_id`), `restart_count` (requeues so far, an int: 0 when the job has not been
+    requeued) and `job_name`; None outside Slurm."""
     if not env.get("SLURM_JOB_ID"):
         return None
     array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-    job = {"job_id": f"{array}_{task}" if array and task else env["SLURM_JOB_ID"], "raw_job_id": env["SLURM_JOB_ID"]}
+    job: dict[str, str | int] = {"job_id": f"{array}_{task}" if array and task else env["SLURM_JOB_ID"],
+                                 "raw_job_id": env["SLURM_JOB_ID"]}
     if array and task:
         job.update(array_job_id=array, array_task_id=task)
-    job.update({key: env[name] for key, name in (("restart_count", "SLURM_RESTART_COUNT"),
-                                                 ("job_name", "SLURM_JOB_NAME")) if env.get(name)})
+    restarts = env.get("SLURM_RESTART_COUNT", "")
+    job["restart_count"] = int(restarts) if restarts.isdigit() else 0  # Slurm sets it only once a job is requeued
+    if env.get("SLURM_JOB_NAME"):
+        job["job_name"] = env["SLURM_JOB_NAME"]
     return job
 
 

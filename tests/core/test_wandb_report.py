@@ -60,9 +60,11 @@ def test_without_plots_wandb_still_gets_the_per_layer_sparsity(tmp_path: Path) -
 
 
 def test_slurm_job_names_the_job_as_squeue_does() -> None:
-    """An array element is `<array job>_<task>` (squeue, sacct), not its own SLURM_JOB_ID."""
+    """An array element is `<array job>_<task>` (squeue, sacct), not its own SLURM_JOB_ID. Trial 23: `restart_count`
+    was a string (`'1'`) and absent without a restart (Slurm sets SLURM_RESTART_COUNT only once a job is requeued):
+    an int, 0 then."""
     assert slurm_job({}) is None
     assert slurm_job({"SLURM_JOB_ID": "495", "SLURM_RESTART_COUNT": "2", "SLURM_JOB_NAME": "r1-sparsetrain"}) == {
-        "job_id": "495", "raw_job_id": "495", "restart_count": "2", "job_name": "r1-sparsetrain"}
+        "job_id": "495", "raw_job_id": "495", "restart_count": 2, "job_name": "r1-sparsetrain"}
     assert slurm_job({"SLURM_JOB_ID": "516", "SLURM_ARRAY_JOB_ID": "514", "SLURM_ARRAY_TASK_ID": "1"}) == {
-        "job_id": "514_1", "raw_job_id": "516", "array_job_id": "514", "array_task_id": "1"}
+        "job_id": "514_1", "raw_job_id": "516", "array_job_id": "514", "array_task_id": "1", "restart_count": 0}
