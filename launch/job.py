@@ -21,7 +21,8 @@ Preemption / time limit, end to end (Slurm):
    then waits a few seconds for a USR2 (submitit's `_interrupt` sends it right after SIGTERM) and otherwise
    exits without requeueing: Slurm decides (cancelled, or requeued by the cluster's preemption policy). Its log
    line (`stopped_by_sigterm`) names the checkpoint's step and the `sparsetrain launch` command that resumes a
-   cancelled job.
+   cancelled job, once `squeue -j JOB` no longer lists it. When submitit will not requeue after USR2 (its timeout
+   countdown, launch.max_num_timeout, is spent: `requeue_refusal`), the line says so and gives that command too.
 5. The requeued job starts fresh processes, unpickles `PipelineJob(config)` and calls `run_pipeline` again,
    which resumes from the last checkpoint in `out_dir` (same step, same data order, `metrics.jsonl` cut back
    to the checkpoint step) and reuses `out_dir/wandb_run_id.txt`, so W&B continues the same run.
@@ -156,12 +157,40 @@ def launch_resume_command(config: dict[str, Any], phases: list[str] | None) -> s
     return shlex.join(words + ([] if config.get("resume", True) else ["resume=true"]))
 
 
-def stopped_by_sigterm(point: str, command: str) -> str:
-    """Rank 0's line when SIGTERM came without USR2 (scancel, a cluster ending or preempting the job): `point` is where
-    the checkpoint is (`sparsify step 223`, as `sparsetrain run` says it); a requeue by the cluster continues from it,
-    a cancelled job is never requeued, so the line gives the command that resumes."""
-    return (f"preempted: stopped by SIGTERM (scancel, or the cluster stopping the job) with a checkpoint at {point}; "
-            f"a job Slurm requeues continues from it, a cancelled one is not requeued: resume with `{command}`")
+def stopped_by_sigterm(point: str, command: str, job_id: str) -> str:
+    """Rank 0's line when SIGTERM came without USR2 (scancel, a cluster ending or preempting the job, `scontrol
+    requeue`): `point` is where the checkpoint is (`sparsify step 223`, as `sparsetrain run` says it). Rank 0 cannot
+    tell which it was: a job Slurm requeues continues from the checkpoint by itself, and a new submission while it is
+    queued again is refused (its run lock), so the command that resumes a cancelled job comes with the check first
+    (`squeue -j JOB`: a requeued job is listed, a cancelled one is not)."""
+    return (f"preempted: stopped by SIGTERM (scancel, `scontrol requeue`, or the cluster stopping the job) with a "
+            f"checkpoint at {point}; a job Slurm requeues continues from it by itself, a cancelled one is not "
+            f"requeued: if `squeue -j {job_id}` no longer lists it, resume with `{command}`")
+
+
+def requeue_refusal(handler: Any) -> str | None:
+    """Why submitit's USR2 handler will not requeue this job, in its words (`timed-out too many times`), or None when
+    it will (or `handler` is not submitit's).
+
+    submitit decides in `SignalHandler.checkpoint_and_try_requeue`: countdown = the submission's timeout countdown
+    (launch.max_num_timeout, less the time-outs of earlier attempts) minus 1 when `has_timed_out()` (the attempt ran
+    past min(80 % of its time limit, the limit less 10 min), i.e. at every signal of a job under 50 min); below 0 it
+    raises `UncompletedJobError('Job not requeued because: timed-out too many times.')` instead of requeueing.
+    """
+    signal_handler = getattr(handler, "__self__", None)
+    delayed = getattr(signal_handler, "_delayed", None)
+    if delayed is None or not hasattr(signal_handler, "has_timed_out"):
+        return None
+    countdown = delayed._timeout_countdown - int(signal_handler.has_timed_out())
+    return "timed-out too many times" if countdown < 0 else None
+
+
+def not_requeued(point: str, reason: str, max_num_timeout: int | None, command: str) -> str:
+    """Rank 0's line when submitit will not requeue the job (`requeue_refusal`): `point` is where the checkpoint is
+    (`sparsify step 223`); the line gives the command that resumes, as `stopped_by_sigterm` does."""
+    limit = "" if max_num_timeout is None else f" (launch.max_num_timeout={max_num_timeout} reached)"
+    return (f"preempted: stopped with a checkpoint at {point}; not requeued: submitit says {reason}{limit}; "
+            f"resume with `{command}`")
 
 
 def _restore_env(name: str, value: str | None) -> None:
@@ -228,11 +257,17 @@ class PipelineJob(submitit.helpers.Checkpointable):
             log.info("rank %d: preempted, state saved; exiting", rank)
             sys.exit(0)  # not a failure: srun --kill-on-bad-exit must not kill rank 0 while it requeues
         point = saved_point(Path(self.config["out_dir"]))
+        command = launch_resume_command(self.config, self.phases)
         if not stopper.requeue_wanted.is_set():
-            log.info("%s", stopped_by_sigterm(point, launch_resume_command(self.config, self.phases)))
+            log.info("%s", stopped_by_sigterm(point, command, submitit.JobEnvironment().job_id))
             sys.exit(-1)
-        log.info("preempted: stopped with a checkpoint at %s; requeueing the job, which continues from it", point)
-        handler(PREEMPT_SIGNAL, None)  # calls self.checkpoint(), requeues, then sys.exit
+        refused = requeue_refusal(handler)
+        if refused:
+            limit = self.config.get("launch", {}).get("max_num_timeout")
+            log.info("%s", not_requeued(point, refused, limit, command))
+        else:
+            log.info("preempted: stopped with a checkpoint at %s; requeueing the job, which continues from it", point)
+        handler(PREEMPT_SIGNAL, None)  # calls self.checkpoint(), then requeues and sys.exits, or raises (refused)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """The resubmission: same config with `resume=True`; the model state is already on disk.
@@ -240,6 +275,5 @@ class PipelineJob(submitit.helpers.Checkpointable):
         The training loop wrote the checkpoint at the step where it stopped (step 3), so nothing is saved here
         and nothing but the config is pickled.
         """
-        config = dict(self.config, resume=True)
-        log.info("requeueing %s; it resumes from its last checkpoint", config["out_dir"])
+        config = dict(self.config, resume=True)  # submitit calls this also when it then refuses to requeue: no log
         return submitit.helpers.DelayedSubmission(type(self)(config, self.phases, getattr(self, "submission", None)))

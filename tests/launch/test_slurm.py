@@ -708,8 +708,9 @@ def test_a_cancelled_job_says_where_it_stopped_and_how_to_resume(slurm_cluster: 
     assert err.endswith(f"; the run has a checkpoint at {where}: resubmitting resumes from it: `sparsetrain launch "
                         f"{' '.join(argv)}`"), err
     log = (out_dir / "slurm" / f"{job_id}_0_log.err").read_text()
-    assert (f"preempted: stopped by SIGTERM (scancel, or the cluster stopping the job) with a checkpoint at {where}; a "
-            "job Slurm requeues continues from it, a cancelled one is not requeued: resume with `sparsetrain launch "
+    assert (f"preempted: stopped by SIGTERM (scancel, `scontrol requeue`, or the cluster stopping the job) with a "
+            f"checkpoint at {where}; a job Slurm requeues continues from it by itself, a cancelled one is not "
+            f"requeued: if `squeue -j {job_id}` no longer lists it, resume with `sparsetrain launch "
             f"{out_dir}/config.yaml --cluster slurm`") in log, log[-2000:]
 
 

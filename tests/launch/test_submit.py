@@ -326,9 +326,12 @@ def test_a_cancelled_job_says_where_it_stopped_and_how_to_resume(tmp_path: Path)
     out.mkdir()
     (out / "state.json").write_text((GOLDEN / "state_cancelled_mid_sparsify.json").read_text())
     config = {"out_dir": str(out), "resume": False}
-    assert stopped_by_sigterm(saved_point(out), launch_resume_command(config, ["sparsify", "prune"])) == (
-        "preempted: stopped by SIGTERM (scancel, or the cluster stopping the job) with a checkpoint at sparsify step "
-        "534; a job Slurm requeues continues from it, a cancelled one is not requeued: resume with `sparsetrain "
+    # trial 23: after `scontrol requeue` the line said `resume with ...`; run while the job was queued again, the
+    # command started a second job in the out_dir. The line says to check squeue first.
+    assert stopped_by_sigterm(saved_point(out), launch_resume_command(config, ["sparsify", "prune"]), "653") == (
+        "preempted: stopped by SIGTERM (scancel, `scontrol requeue`, or the cluster stopping the job) with a "
+        "checkpoint at sparsify step 534; a job Slurm requeues continues from it by itself, a cancelled one is not "
+        "requeued: if `squeue -j 653` no longer lists it, resume with `sparsetrain "
         f"launch {out}/config.yaml --cluster slurm --phase sparsify --phase prune resume=true`")
     assert launch_resume_command({"out_dir": str(out), "resume": True}, None) == (
         f"sparsetrain launch {out}/config.yaml --cluster slurm")
@@ -537,3 +540,55 @@ def test_a_sweep_point_at_chance_is_marked_and_kept_off_the_pareto_front(
     assert runs["alpha0=1"]["at_chance"] is True and runs["alpha0=1"]["pareto"] is False, runs
     assert runs["alpha0=1"]["compression"] > runs["alpha0=1e-5"]["compression"], runs
     assert runs["alpha0=1e-5"]["pareto"] is True and "at_chance" not in runs["alpha0=1e-5"], runs
+
+
+@pytest.mark.parametrize(("timeout_min", "max_num_timeout", "requeued"), [
+    (3, 0, False),  # trial 23's job: its one time limit was already one too many
+    (3, 1, True),
+    (120, 0, True),  # a USR2 early in a long attempt is a preemption, not a time-out: submitit requeues
+])
+def test_a_job_submitit_will_not_requeue_says_so_and_how_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, timeout_min: int,
+        max_num_timeout: int, requeued: bool) -> None:
+    """Trial 23: with launch.max_num_timeout reached the log said `requeueing the job, which continues from it` and
+    `requeueing OUT; it resumes from its last checkpoint`, then submitit `Job not requeued because: timed-out too
+    many times`. Rank 0 asks submitit's own handler (a real `SignalHandler`, as a Slurm task has) before saying
+    which; the refused job gets the resume command and submitit still writes its result (UncompletedJobError)."""
+    import signal
+
+    import submitit
+    from submitit.core.job_environment import SignalHandler
+
+    from launch.job import PipelineJob, _StopOnSignal, not_requeued, requeue_refusal
+
+    task = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "678", "SLURM_PROCID": "0", "SLURM_NTASKS": "1",
+            "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node1"}
+    for name, value in task.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "tm"
+    job = PipelineJob({"out_dir": str(out), "resume": True, "launch": {"max_num_timeout": max_num_timeout}})
+    delayed = submitit.helpers.DelayedSubmission(job)
+    delayed.set_timeout(timeout_min, max_num_timeout)
+    paths = submitit.core.utils.JobPaths(tmp_path / "slurm", job_id="678", task_id=0)
+    paths.folder.mkdir()
+    handler = SignalHandler(submitit.JobEnvironment(), paths, delayed)
+    assert requeue_refusal(handler.checkpoint_and_try_requeue) == (None if requeued else "timed-out too many times")
+    if requeued:
+        return
+    stopper = _StopOnSignal()
+    stopper.original_usr2 = handler.checkpoint_and_try_requeue
+    stopper.requeue_wanted.set()
+    saved = signal.getsignal(signal.SIGUSR2), signal.getsignal(signal.SIGTERM)
+    caplog.set_level("INFO")
+    try:
+        with pytest.raises(submitit.core.utils.UncompletedJobError, match="timed-out too many times"):
+            job._stop_after_preemption(stopper, rank=0)
+    finally:
+        signal.signal(signal.SIGUSR2, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+    said = [record.getMessage() for record in caplog.records if record.name == "launch.job"]
+    assert said == [not_requeued("the start", "timed-out too many times", 0,
+                                 f"sparsetrain launch {out}/config.yaml --cluster slurm")], said
+    assert said[0] == (f"preempted: stopped with a checkpoint at the start; not requeued: submitit says timed-out too "
+                       f"many times (launch.max_num_timeout=0 reached); resume with `sparsetrain launch "
+                       f"{out}/config.yaml --cluster slurm`")
