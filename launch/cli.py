@@ -178,13 +178,18 @@ def sweep_main(argv: list[str]) -> int:
     if args.collect and args.dry_run:
         return _fail("--collect submits nothing and reads the runs, --dry-run shows what would be submitted: give one "
                      "of them", 2)
-    from launch.sweep import expand, finished, nothing_to_collect, still_going
+    if args.collect and args.resubmit_finished:
+        return _fail("--resubmit-finished submits finished points again and --collect submits nothing: give one of "
+                     "them", 2)
+    from launch.sweep import check_points, expand, finished, nothing_to_collect, still_going
     from sparsetrain.config.loader import ConfigError
 
     try:
         base, points = expand(args.config, args.overrides)
         skipped = [] if args.resubmit_finished or args.collect else [point for point in points if finished(point)]
         going = [] if args.collect else still_going(base, [point for point in points if point not in skipped])
+        if not args.collect:  # what each point's job would refuse at its start: refused here, nothing submitted
+            check_points([point for point in points if point not in skipped and point not in going])
         if args.dry_run:
             from launch.sweep import dry_run_report
 
@@ -204,6 +209,7 @@ def _submit_sweep(args: argparse.Namespace, argv: list[str], base: Any, points: 
                   going: list[Any]) -> int:
     """Submit the points neither `skipped` (finished) nor `going` (their job still queued or running; none with
     `--collect`), then return, or wait and collect every point."""
+    from launch.checks import submission_warnings
     from launch.submit import launch_warnings
     from launch.sweep import (
         collect,
@@ -211,6 +217,7 @@ def _submit_sweep(args: argparse.Namespace, argv: list[str], base: Any, points: 
         recorded_status,
         skipped_line,
         submit_points,
+        submitted_line,
         summary_table,
         wait_points,
     )
@@ -226,8 +233,9 @@ def _submit_sweep(args: argparse.Namespace, argv: list[str], base: Any, points: 
     except (ConfigError, LaunchError, ValueError) as err:
         return _fail(str(err), 2)
     if jobs:
-        print(f"submitted {len(jobs)} runs (cluster={args.cluster}): " + ", ".join(j.job_id for j in jobs))
-        _warn([warning for point in todo for warning in launch_warnings(point.config, args.cluster)])
+        print(submitted_line(base, todo, jobs, args.cluster))
+        _warn([warning for point in todo for warning in (launch_warnings(point.config, args.cluster)
+                                                         + submission_warnings(point.config))])
     if not args.collect and not _waits(args):
         done = "finished or still queued or running" if going else "finished"
         print(_follow_sweep(jobs, args.cluster, argv) if jobs else

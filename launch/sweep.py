@@ -154,8 +154,9 @@ def refuse_duplicates(points: list[SweepPoint]) -> None:
     for point in points:
         if point.name in named:  # values that differ only in characters a folder name cannot hold (`a/b`, `a-b`)
             first, second = (" ".join(p.overrides) for p in (named[point.name], point))
-            raise ConfigError(f"sweep: points {first} and {second} would share the out_dir {point.config.out_dir}; "
-                              "sweep values that differ in letters or digits")
+            raise ConfigError(f"sweep: points {first} and {second} would share the out_dir {point.config.out_dir} "
+                              "(a folder name keeps letters, digits and =._+- only); use sweep values that differ in "
+                              "those characters")
         named[point.name] = point
         settings = {key: value for key, value in config_to_dict(point.config).items() if key != "out_dir"}
         settings_key = json.dumps(settings, sort_keys=True, default=str)
@@ -172,13 +173,15 @@ def refuse_duplicates(points: list[SweepPoint]) -> None:
 def finished(point: SweepPoint) -> bool:
     """Whether the point's out_dir holds its run, finished: a report.json, the run's final phase completed
     (state.json) and the settings it ran with equal the point's (`check_same_run`; a run with other settings is not
-    this point's, and its job refuses it with the reason). A job of a finished point would only say `already
-    complete`."""
+    this point's: `check_points` refuses it before anything is submitted). A job of a finished point would only say
+    `already complete`. A point with `resume=false` is never finished: it asks to start its run over."""
     from sparsetrain.config.loader import config_to_dict
     from sparsetrain.engine.checkpoint import read_run_state
     from sparsetrain.errors import InputError
     from sparsetrain.rundir import check_same_run, last_phase
 
+    if not point.config.resume:
+        return False
     out_dir = Path(point.config.out_dir)
     settings = config_to_dict(point.config)
     state = read_run_state(out_dir)
@@ -189,6 +192,32 @@ def finished(point: SweepPoint) -> bool:
     except InputError:
         return False
     return True
+
+
+def check_points(points: list[SweepPoint]) -> None:
+    """`launch`'s checks before submission (`launch.checks.check_before_submission`) on every point to submit, so that
+    a sweep submits nothing rather than jobs that would refuse their out_dir at their start (a finished run there with
+    other settings, another run in it).
+
+    Raises:
+        InputError: `sweep point alpha0=1e-4: out_dir: ... holds a run with other settings: seed 0 -> 5 ...`: the
+            first refused point, then launch's line.
+    """
+    from launch.checks import check_before_submission  # imports torch: after every config error
+    from sparsetrain.errors import InputError
+
+    for point in points:
+        try:
+            check_before_submission(point.config)
+        except InputError as err:
+            raise InputError(f"sweep point {point.name}: {err}") from None
+
+
+def restarted(points: list[SweepPoint]) -> list[SweepPoint]:
+    """The points to submit with `resume=false` whose out_dir holds a finished run: their jobs start over and replace
+    it (`finished` does not skip them)."""
+    return [point for point in points if not point.config.resume
+            and (Path(point.config.out_dir) / "report.json").is_file()]
 
 
 def skipped_line(skipped: list[SweepPoint]) -> str:
@@ -216,10 +245,10 @@ def still_going(base: RunConfig, points: list[SweepPoint]) -> list[SweepPoint]:
 
 def _recorded_going(recorded: dict[str, Any], name: str) -> dict[str, Any] | None:
     """`job_status` of the job `recorded` (sweep_jobs.json) holds for point `name` when it is queued or running."""
-    job_id = recorded.get("jobs", {}).get(name)
-    if job_id is None or recorded.get("cluster") not in RECORDED_CLUSTERS:
+    cluster, folder, job_id = _recorded_job(recorded, name)
+    if job_id is None or cluster not in RECORDED_CLUSTERS:
         return None
-    status = job_status(_job(recorded["cluster"], Path(recorded["log_folder"]), job_id))
+    status = job_status(_job(cluster, Path(folder), job_id))
     return status if status["status"] in ("queued", "running") else None
 
 
@@ -260,11 +289,14 @@ def dry_run_report(base: RunConfig, points: list[SweepPoint], skipped: list[Swee
                    going: list[SweepPoint] | None = None) -> str:
     """What `sweep --dry-run` prints: each point to submit (name, out_dir, overrides), the finished points skipped,
     the points skipped because their job is still queued or running (`going`),
-    the job array's sbatch script (Slurm), the warnings `launch --dry-run` gives and the world size of each point.
+    the points that start over (`restarted`), the job array's sbatch script (Slurm), the warnings `launch` gives
+    (`launch_warnings`, `submission_warnings`: a data.path missing here; each message once) and the world size of
+    each point.
 
     Raises:
         LaunchError: invalid launch settings (a real submission's checks, but the cluster's fit: a warning line).
     """
+    from launch.checks import submission_warnings
     from launch.submit import cluster_fit_problems, launch_warnings, sbatch_script, validate_launch
 
     validate_launch(base, cluster, fit=False)
@@ -276,12 +308,16 @@ def dry_run_report(base: RunConfig, points: list[SweepPoint], skipped: list[Swee
         parts.append(skipped_line(skipped))
     if going:
         parts.append(going_line(going))
+    if again := restarted(points):
+        parts.append(f"resume=false: {', '.join(point.name for point in again)} start{'s' * (len(again) == 1)} over "
+                     "(a finished run in the out_dir is replaced)")
     if cluster == "slurm" and points:
         what = "one job array: element i runs the i-th point listed, from 0" if len(points) > 1 else "one point"
         parts += ["", f"# sbatch script ({what})", sbatch_script(base, array_size=len(points)).rstrip(), ""]
         parts += [f"warning: this cluster cannot run it as it is (a submission here is refused): {problem}"
                   for problem in cluster_fit_problems(base)]
-    warnings = [warning for point in points for warning in launch_warnings(point.config, cluster)]
+    warnings = [warning for point in points for warning in (launch_warnings(point.config, cluster)
+                                                            + submission_warnings(point.config))]
     parts += [f"warning: {warning}" for warning in dict.fromkeys(warnings)]
     launch = base.launch
     parts.append(f"world size of each point: {launch.world_size} (nodes={launch.nodes} × tasks_per_node="
@@ -489,18 +525,55 @@ def submit_points(base: RunConfig, points: list[SweepPoint], cluster: str) -> li
     return jobs
 
 
+def submitted_line(base: RunConfig, points: list[SweepPoint], jobs: list[Any], cluster: str) -> str:
+    """`submitted 2 runs (name sw-sparsetrain, 1 rank each, cluster=slurm): 661_0, 661_1; logs in OUT/slurm`, as
+    `launch` says a job, with the points that start over (`restarted`: resume=false on a finished run) named."""
+    from launch.submit import job_name, log_folder
+
+    ranks = base.launch.world_size
+    runs = f"{len(jobs)} run{'s' * (len(jobs) != 1)}"
+    line = (f"submitted {runs} (name {job_name(base)}, {ranks} rank{'s' * (ranks != 1)} each, cluster={cluster}): "
+            + ", ".join(job.job_id for job in jobs))
+    again = restarted(points)
+    if again:
+        them = "their finished runs are" if len(again) > 1 else "its finished run is"
+        line += (f"; resume=false: {', '.join(point.name for point in again)} start{'s' * (len(again) == 1)} over "
+                 f"({them} replaced)")
+    return f"{line}; logs in {log_folder(base)}"
+
+
 def record_jobs(base: RunConfig, points: list[SweepPoint], jobs: list[Any], cluster: str) -> Path:
     """Add each point's job id to `<base out_dir>/sweep_jobs.json` ({"cluster", "log_folder", "jobs": {point name:
-    job id}}; points of earlier submissions into the same out_dir stay), so that `--collect` finds the jobs."""
+    job id}}, and "where": {point name: {"cluster", "log_folder"}} for jobs of earlier submissions made with another
+    log folder or cluster), so that `--collect` finds the jobs. The jobs of points not submitted now keep their
+    record: a re-run that submits some points never loses where the others' jobs are."""
     from launch.submit import log_folder
 
     path = Path(base.out_dir) / JOBS_FILE
     recorded = json.loads(path.read_text()) if path.is_file() else {}
-    recorded.update(cluster=cluster, log_folder=str(log_folder(base)))
+    folder = str(log_folder(base))
+    earlier = {name: _recorded_job(recorded, name)[:2] for name in recorded.get("jobs", {})}
+    recorded.update(cluster=cluster, log_folder=folder)
     recorded["jobs"] = {**recorded.get("jobs", {}), **{p.name: j.job_id for p, j in zip(points, jobs, strict=True)}}
+    # where each earlier job is, when not where this submission's are (another launch.log_folder or cluster)
+    recorded["where"] = {name: {"cluster": where[0], "log_folder": where[1]} for name, where in earlier.items()
+                         if name not in {p.name for p in points} and where != (cluster, folder)}
+    if not recorded["where"]:
+        del recorded["where"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(recorded, indent=2) + "\n")
     return path
+
+
+def _recorded_job(recorded: dict[str, Any], name: str) -> tuple[str, str, str] | tuple[None, None, None]:
+    """(cluster, log folder, job id) of point `name`'s job in `recorded` (sweep_jobs.json): the file's cluster and log
+    folder, or the point's own under `where` (a job of an earlier submission with other ones); Nones without a job."""
+    job_id = recorded.get("jobs", {}).get(name)
+    if job_id is None:
+        return None, None, None
+    where = recorded.get("where", {}).get(name, {})
+    return (where.get("cluster", recorded.get("cluster")), where.get("log_folder", recorded.get("log_folder")),
+            job_id)
 
 
 def recorded_status(base: RunConfig, points: list[SweepPoint]) -> None:
@@ -511,9 +584,9 @@ def recorded_status(base: RunConfig, points: list[SweepPoint]) -> None:
         return
     recorded = json.loads(path.read_text())
     for point in points:
-        job_id = recorded.get("jobs", {}).get(point.name)
-        if job_id is not None and recorded.get("cluster") in RECORDED_CLUSTERS:
-            point.result = job_status(_job(recorded["cluster"], Path(recorded["log_folder"]), job_id))
+        cluster, folder, job_id = _recorded_job(recorded, point.name)
+        if job_id is not None and cluster in RECORDED_CLUSTERS:
+            point.result = job_status(_job(cluster, Path(folder), job_id))
 
 
 def _job(cluster: str, folder: Path, job_id: str) -> Any:

@@ -521,7 +521,7 @@ def held_sweep(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) ->
 
 def _submitted_ids(output: str) -> list[str]:
     line = next(line for line in output.splitlines() if line.startswith("submitted "))
-    return line.split(": ", 1)[1].split(", ")
+    return line.split(": ", 1)[1].split("; ")[0].split(", ")
 
 
 def _wait_until(job_id: str, states: set[str], timeout_s: float = 300) -> None:

@@ -109,7 +109,7 @@ def test_a_rerun_sweep_skips_finished_points(slurm_cluster: None, half_done: lis
         _cancel_own_jobs(out)
     assert code == 0, err
     lines = out_text.splitlines()
-    assert lines[0] == skipped and lines[1].startswith("submitted 1 runs (cluster=slurm): "), out_text
+    assert lines[0] == skipped and lines[1].startswith(f"submitted 1 run (name {out.name}-sparsetrain, "), out_text
     jobs = json.loads((out / "sweep_jobs.json").read_text())["jobs"]
     assert list(jobs) == ["alpha0=3e-4"], jobs
 
@@ -184,3 +184,119 @@ def test_a_rerun_sweep_skips_points_whose_job_is_still_queued(slurm_cluster: Non
         assert json.loads((out / "sweep_jobs.json").read_text())["jobs"] == {"alpha0=3e-4": job}
     finally:
         _cancel_own_jobs(out)
+
+
+def _jobs_file(out: Path) -> str | None:
+    path = out / "sweep_jobs.json"
+    return path.read_text() if path.is_file() else None
+
+
+@pytest.mark.slurm
+def test_a_point_its_job_would_refuse_is_refused_before_anything_is_submitted(
+        slurm_cluster: None, half_done: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 23: `seed=5` over a finished sweep submitted both points; their jobs failed (`holds a run with other
+    settings`) and their ids replaced the finished ones in sweep_jobs.json, so `--collect` of the original sweep showed
+    finished points as failed. launch's checks run on every point first: one line naming the point, exit 2, nothing
+    submitted, sweep_jobs.json untouched (also in the dry run)."""
+    out = Path(half_done[-3].split("=", 1)[1])
+    before = _jobs_file(out)
+    submitted = set((out / "slurm").glob("*_submitted.pkl")) if (out / "slurm").is_dir() else set()
+    for extra in (["--dry-run"], [HELD]):
+        try:
+            code, text, err = _sweep([*half_done, "seed=5", *extra], capsys)
+        finally:
+            if extra == [HELD]:
+                new = {p.name.split("_")[0] for p in (out / "slurm").glob("*_submitted.pkl")} - {
+                    p.name.split("_")[0] for p in submitted}
+                if new:
+                    subprocess.run(["scancel", *new], capture_output=True, check=False)
+        assert (code, text) == (2, ""), (text, err)
+        assert err.startswith(f"error: sweep point alpha0=2e-4: out_dir: {out / 'alpha0=2e-4'} holds a run with other "
+                              "settings: seed 0 -> 5 "), err
+        assert len(err.strip().splitlines()) == 1, err
+    assert _jobs_file(out) == before
+    assert (set((out / "slurm").glob("*_submitted.pkl")) if (out / "slurm").is_dir() else set()) == submitted
+
+
+@pytest.mark.slurm
+def test_resume_false_submits_finished_points_and_says_they_start_over(
+        slurm_cluster: None, half_done: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 23: with `resume=false` a finished point was still skipped as finished, though resume=false starts it
+    over; the submitted line said `1 runs` and named neither the job nor the log folder, as `launch` does."""
+    out = Path(half_done[-3].split("=", 1)[1])
+    argv = [half_done[0], "alpha0=2e-4,2.5e-4", *half_done[2:], "resume=false", HELD]
+    try:
+        code, text, err = _sweep([*argv, "--dry-run"], capsys)
+        assert code == 0, err
+        assert text.splitlines()[0] == "# 2 points to submit (cluster=slurm)" and "skipped" not in text, text
+        assert "resume=false: alpha0=2e-4 starts over (a finished run in the out_dir is replaced)" in text, text
+        code, text, err = _sweep(argv, capsys)
+        assert code == 0, err
+    finally:
+        _cancel_own_jobs(out)
+    jobs = json.loads((out / "sweep_jobs.json").read_text())["jobs"]
+    assert text.splitlines()[0] == (
+        f"submitted 2 runs (name {out.name}-sparsetrain, 1 rank each, cluster=slurm): {jobs['alpha0=2e-4']}, "
+        f"{jobs['alpha0=2.5e-4']}; resume=false: alpha0=2e-4 starts over (its finished run is replaced); logs in "
+        f"{out / 'slurm'}"), text
+
+
+def test_one_submitted_run_is_one_run(tmp_path: Path) -> None:
+    """Trial 23: `submitted 1 runs`."""
+    import submitit
+
+    from launch.sweep import submitted_line
+
+    base, points = expand(QUICKSTART, ["alpha0=1e-4,3e-4", f"out_dir={tmp_path}"])
+    assert submitted_line(base, points[:1], [submitit.SlurmJob(tmp_path / "slurm", "641")], "slurm") == (
+        f"submitted 1 run (name {tmp_path.name}-sparsetrain, 1 rank each, cluster=slurm): 641; logs in "
+        f"{tmp_path / 'slurm'}")
+
+
+def test_resubmit_finished_with_collect_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 23: `--resubmit-finished --collect` was accepted silently; the flag does nothing there."""
+    code, text, err = _sweep([str(QUICKSTART), "alpha0=1e-4,3e-4", f"out_dir={tmp_path}", "--collect",
+                              "--resubmit-finished"], capsys)
+    assert (code, text, err) == (2, "", "error: --resubmit-finished submits finished points again and --collect "
+                                        "submits nothing: give one of them\n")
+
+
+def test_points_sharing_an_out_dir_are_refused_in_a_whole_sentence(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 23: the refusal ended `...; sweep values that differ in letters or digits` (no verb)."""
+    code, _, err = _sweep([str(QUICKSTART), "tracking.project=a/b,a-b", f"out_dir={tmp_path}", "--dry-run"], capsys)
+    assert (code, err) == (2, "error: sweep: points tracking.project=a/b and tracking.project=a-b would share the "
+                              f"out_dir {tmp_path / 'project=a-b'} (a folder name keeps letters, digits and =._+- "
+                              "only); use sweep values that differ in those characters\n")
+
+
+def test_sweep_warns_of_a_data_path_missing_here_once_per_path(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 23: a sweep gave no `warning:` for a data.path missing on this machine, where `launch` does
+    (`submission_warnings`); each message once, in the dry run too."""
+    missing = tmp_path / "nonexistent" / "fm"
+    code, text, err = _sweep([str(QUICKSTART), "alpha0=1e-4,3e-4", "data.source=idx", f"data.path={missing}",
+                              f"out_dir={tmp_path / 'sweep'}", "--cluster", "slurm", "--dry-run"], capsys)
+    assert code == 0, err
+    warnings = [line for line in text.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: data.path: {missing} does not exist on this machine; the job reads it on the "
+                        "compute nodes and fails at its start if it is not there either"], text
+
+
+def test_a_resubmission_keeps_where_the_other_points_jobs_are(tmp_path: Path) -> None:
+    """Trial 23: a re-submission must never lose the record of the jobs of points it did not resubmit, also when it
+    uses another log folder (where --collect reads an earlier job's result)."""
+    import submitit
+
+    from launch.sweep import _recorded_job, record_jobs
+
+    base, points = expand(QUICKSTART, ["alpha0=1e-4,3e-4", f"out_dir={tmp_path}"])
+    first = tmp_path / "slurm"
+    record_jobs(base, points, [submitit.SlurmJob(first, "7_0"), submitit.SlurmJob(first, "7_1")], "slurm")
+    logs = tmp_path / "logs2"
+    other, again = expand(QUICKSTART, ["alpha0=1e-4,3e-4", f"out_dir={tmp_path}", f"launch.log_folder={logs}"])
+    record_jobs(other, again[:1], [submitit.SlurmJob(logs, "9")], "slurm")
+    recorded = json.loads((tmp_path / "sweep_jobs.json").read_text())
+    assert recorded["jobs"] == {"alpha0=1e-4": "9", "alpha0=3e-4": "7_1"}
+    assert _recorded_job(recorded, "alpha0=1e-4") == ("slurm", str(logs), "9")
+    assert _recorded_job(recorded, "alpha0=3e-4") == ("slurm", str(first), "7_1")
