@@ -168,7 +168,7 @@ def validate_launch(config: RunConfig, cluster: str, *, fit: bool = True) -> Non
     if cluster not in CLUSTERS:
         raise LaunchError(f"--cluster: unknown cluster {cluster!r} (choose from {', '.join(CLUSTERS)})")
     if launch.gpus_per_node and launch.gpus_per_node % launch.tasks_per_node:
-        raise LaunchError(f"launch.gpus_per_node: {launch.gpus_per_node} GPUs cannot be split over "
+        raise LaunchError(f"launch.gpus_per_node: {_gpus(launch.gpus_per_node)} cannot be split over "
                           f"tasks_per_node={launch.tasks_per_node} (nodes={launch.nodes})")
     if cluster == "local" and launch.nodes != 1:
         raise LaunchError(f"launch.nodes: the local cluster has one node (got nodes={launch.nodes})")
@@ -234,10 +234,15 @@ def _memory_and_gpu_problems(launch: LaunchConfig, name: str, part: Partition) -
                         "launch.mem_gb or leave it unset (the cluster's default)")
     if launch.gpus_per_node > part.most_gpus:
         have = f"at most {part.most_gpus}" if part.most_gpus else "none"
-        problems.append(f"launch.gpus_per_node: {launch.gpus_per_node} GPUs per node requested, but the nodes of "
+        problems.append(f"launch.gpus_per_node: {_gpus(launch.gpus_per_node)} per node requested, but the nodes of "
                         f"partition {name!r} have {have} (sinfo GRES); choose a GPU partition (launch.partition) or "
                         "launch.gpus_per_node=0 for a CPU job")
     return problems
+
+
+def _gpus(count: int) -> str:
+    """`1 GPU`, `8 GPUs`."""
+    return f"{count} GPU{'s' * (count != 1)}"
 
 
 def launch_warnings(config: RunConfig, cluster: str) -> list[str]:

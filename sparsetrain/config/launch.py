@@ -76,9 +76,9 @@ class LaunchConfig(NumbersModel):
     def _check_gpus(cls, gpus: int, info: ValidationInfo) -> int:
         tasks = info.data.get("tasks_per_node", 1)
         if gpus and gpus % tasks:
-            raise ValueError(f"launch.gpus_per_node: {gpus} GPUs cannot be split over tasks_per_node={tasks} "
-                             f"(nodes={info.data.get('nodes')}, tasks_per_node={tasks}, gpus_per_node={gpus}); "
-                             "use one task per GPU")
+            raise ValueError(f"launch.gpus_per_node: {gpus} GPU{'s' * (gpus != 1)} cannot be split over "
+                             f"tasks_per_node={tasks} (nodes={info.data.get('nodes')}, tasks_per_node={tasks}, "
+                             f"gpus_per_node={gpus}); use one task per GPU")
         return gpus
 
     @property

@@ -442,6 +442,17 @@ def test_memory_and_gpus_beyond_every_node_fail_before_submission_naming_the_fie
     report = dry_run_report(load_config(QUICKSTART, too_much), "slurm")
     warnings = [line for line in report.splitlines() if line.startswith("warning: this cluster cannot run it")]
     assert [line.split(": ")[2] for line in warnings] == ["launch.mem_gb", "launch.gpus_per_node"], report
+    if not any(_gpus_per_node_of_partitions()):  # trial 23: `1 GPUs per node requested`
+        with pytest.raises(LaunchError, match=r"^launch.gpus_per_node: 1 GPU per node requested, but the nodes of "):
+            submit(load_config(QUICKSTART, ["launch.gpus_per_node=1"]), "slurm")
+
+
+def _gpus_per_node_of_partitions() -> list[int]:
+    """The most GPUs a node of each partition has (sinfo GRES)."""
+    from launch.submit import gres_gpus
+
+    result = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, timeout=30, check=False)
+    return [gres_gpus(line) for line in result.stdout.split()]
 
 
 def test_the_largest_launch_time_min_is_a_time_sbatch_takes(slurm_cluster: None, tmp_path: Path) -> None:

@@ -592,3 +592,9 @@ def test_a_job_submitit_will_not_requeue_says_so_and_how_to_resume(
     assert said[0] == (f"preempted: stopped with a checkpoint at the start; not requeued: submitit says timed-out too "
                        f"many times (launch.max_num_timeout=0 reached); resume with `sparsetrain launch "
                        f"{out}/config.yaml --cluster slurm`")
+
+
+def test_one_gpu_is_one_gpu() -> None:
+    """Trial 22 item 16 / trial 23: `1 GPUs`."""
+    with pytest.raises(ConfigError, match=r"^launch.gpus_per_node: 1 GPU cannot be split over tasks_per_node=2 "):
+        load_config(None, ["launch.gpus_per_node=1", "launch.tasks_per_node=2"])
