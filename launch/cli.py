@@ -85,7 +85,7 @@ def launch_main(argv: list[str]) -> int:
         print(_follow_job(job, args.cluster, Path(config.out_dir) / "report.json"))
         return 0
     try:
-        wait_result(job, timeout_s=args.timeout)
+        wait_result(job, timeout_s=args.timeout, launch=config.launch)
     except WaitTimeout as err:
         return _fail(str(err), 1)
     except LaunchError as err:  # ended without a result: cancelled, killed, node failure (the message names the job)

@@ -180,6 +180,8 @@ def validate_launch(config: RunConfig, cluster: str, *, fit: bool = True) -> Non
     problems = cluster_fit_problems(config) if cluster == "slurm" and fit else []
     if problems:
         raise LaunchError(problems[0])
+    if cluster == "slurm" and fit and (refused := srun_args_problem(launch)):
+        raise LaunchError(refused)
 
 
 def time_limit_problem(launch: LaunchConfig) -> str | None:
@@ -485,17 +487,76 @@ def rank0_job(job: submitit.Job) -> submitit.Job:
     return job.task(0) if job.num_tasks > 1 else job
 
 
-def no_result(job: submitit.Job, state: str | None = None, note: str = "") -> str:
-    """`job N ended (STATE) without a result<note>; see <rank 0's log>`: a job that ended without rank 0's result."""
+def no_result(job: submitit.Job, state: str | None = None, note: str = "", launch: LaunchConfig | None = None) -> str:
+    """`job N ended (STATE) without a result<note>: <its log's cause>; see <rank 0's log>`: a job that ended without
+    rank 0's result, with the decisive line of rank 0's log (`log_cause`) when it has one."""
     ended = f"ended ({state})" if state else "ended"
-    return f"job {job.job_id} {ended} without a result{note}; see {rank0_job(job).paths.stderr}"
+    log = rank0_job(job).paths.stderr
+    cause = log_cause(log, launch, generic=state not in _SELF_EXPLAINED)
+    return f"job {job.job_id} {ended} without a result{note}{f': {cause}' if cause else ''}; see {log}"
 
 
-def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float = 2.0) -> Any:
+# final states that say themselves why a job ended: their log's error lines are its consequences (W&B, teardown)
+_SELF_EXPLAINED = ("CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE")
+# srun's refusal of its own command line: an option or an option's value it does not take
+_SRUN_REFUSAL = re.compile(r"srun: (unrecognized option|invalid option|option .* requires|error: (unrecognized|"
+                           r"invalid)|fatal: Failed to parse)")
+
+
+def log_cause(log: Path, launch: LaunchConfig | None = None, generic: bool = True) -> str:
+    """The decisive line of the log of a job that ended without a result: srun's refusal of its command line
+    (`srun: unrecognized option '--bogus'`, the first of its lines), else (`generic`) the last line naming an error
+    (`slurmstepd: error: Detected 1 oom_kill event ...`); with `launch`, the `launch.srun_args` item srun refused:
+    ` (from launch.srun_args: --bogus)`, as `submission_errors` names extra_sbatch's. '' without a log or such a line.
+    """
+    try:
+        text = log.read_text(errors="replace")[-65536:]
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    srun = [line for line in lines if _SRUN_REFUSAL.match(line)]
+    errors = [line for line in lines if re.search(r"\berror\b", line, re.I)] if generic else []
+    if not srun:
+        return errors[-1] if errors else ""
+    item = srun_args_item(srun[0], launch.srun_args) if launch is not None else None
+    return srun[0] + (f" (from launch.srun_args: {item})" if item else "")
+
+
+def srun_args_item(line: str, srun_args: list[str]) -> str | None:
+    """The item of `srun_args` whose option an srun refusal `line` names (`--bogus` for `srun: unrecognized option
+    '--bogus'`, `--cpu-bind=x` for `srun: error: unrecognized --cpu-bind argument "x"`), or None."""
+    for name in re.findall(r"--([A-Za-z][\w-]*)", line):
+        for item in srun_args:
+            if re.match(rf"--{re.escape(name)}(=|$)", item.strip()):
+                return item
+    return None
+
+
+def srun_args_problem(launch: LaunchConfig) -> str | None:
+    """srun's refusal of `launch.srun_args` before submission (`srun --test-only`, which submits nothing), as one line
+    naming the field: `launch.srun_args: srun --test-only refuses --bogus: srun: unrecognized option '--bogus'`; None
+    when srun takes them, without srun here, or when srun does not answer in time (the job then tells)."""
+    if not launch.srun_args or shutil.which("srun") is None:
+        return None
+    try:
+        result = subprocess.run(["srun", "--test-only", *SRUN_DEFAULT_ARGS, *launch.srun_args, "true"],
+                                capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    refusal = next((line.strip() for line in result.stderr.splitlines() if _SRUN_REFUSAL.match(line.strip())), None)
+    if result.returncode == 0 or refusal is None:  # a refusal of resources (a busy or small cluster) is sbatch's
+        return None
+    item = srun_args_item(refusal, launch.srun_args) or " ".join(launch.srun_args)
+    return f"launch.srun_args: srun --test-only refuses {item}: {refusal}"
+
+
+def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float = 2.0,
+                launch: LaunchConfig | None = None) -> Any:
     """Wait for rank 0's result, through requeues, without relying on `sacct`.
 
     Raises:
-        LaunchError: the job ended without a result; WaitTimeout: `timeout_s` passed (the job goes on).
+        LaunchError: the job ended without a result (`no_result`; `launch`: the job's settings, to name the
+            launch.srun_args item srun refused); WaitTimeout: `timeout_s` passed (the job goes on).
         submitit.core.utils.FailedJobError: the job raised; the message holds its traceback.
     """
     if not isinstance(job, submitit.SlurmJob):
@@ -508,7 +569,7 @@ def wait_result(job: submitit.Job, timeout_s: float | None = None, poll_s: float
         if state in FINAL_STATES or state == "UNKNOWN":
             time.sleep(3 * poll_s)  # the result file may still be landing on a shared file system
             if not rank0.paths.result_pickle.exists():
-                raise LaunchError(no_result(job, state))
+                raise LaunchError(no_result(job, state, launch=launch))
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise WaitTimeout(f"stopped waiting after --timeout {timeout_s:g} s: {job_standing(job.job_id, fields)} "
                               f"and goes on (`scancel {job.job_id}` stops it); rank 0's log: {rank0.paths.stderr}")

@@ -649,7 +649,8 @@ def wait_points(points: list[SweepPoint], jobs: list[Any], timeout_s: float | No
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     for point, job in zip(points, jobs, strict=True):
         try:
-            wait_result(job, timeout_s=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            wait_result(job, timeout_s=None if deadline is None else max(0.0, deadline - time.monotonic()),
+                        launch=point.config.launch)
             point.result = {"status": "done", "job_id": job.job_id}
         except WaitTimeout:  # the job goes on: not a failure
             point.result = job_status(job)

@@ -731,3 +731,18 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+def test_srun_args_srun_refuses_are_refused_before_submission(slurm_cluster: None, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """Trial 22 item 7d, trial 23 item 6: `launch.srun_args=[--bogus]` was found only in the job. `srun --test-only`
+    (it submits nothing) refuses it first: one line naming the field, exit 2, nothing submitted or created."""
+    out_dir = tmp_path / "sb"
+    try:
+        code = launch_main([str(QUICKSTART), "--cluster", "slurm", f"out_dir={out_dir}", "launch.srun_args=[--bogus]"])
+    finally:
+        _cancel_jobs_of(out_dir)
+    err = capsys.readouterr().err
+    assert (code, err) == (2, "error: launch.srun_args: srun --test-only refuses --bogus: srun: unrecognized option "
+                              "'--bogus'\n")
+    assert not out_dir.exists()

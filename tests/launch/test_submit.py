@@ -598,3 +598,24 @@ def test_one_gpu_is_one_gpu() -> None:
     """Trial 22 item 16 / trial 23: `1 GPUs`."""
     with pytest.raises(ConfigError, match=r"^launch.gpus_per_node: 1 GPU cannot be split over tasks_per_node=2 "):
         load_config(None, ["launch.gpus_per_node=1", "launch.tasks_per_node=2"])
+
+
+def test_a_job_without_a_result_quotes_its_logs_cause_and_the_setting(tmp_path: Path) -> None:
+    """Trial 23: `launch.srun_args=[--bogus]` gave `job 673 ended (FAILED) without a result; see LOG`, the log holding
+    only srun's refusal. The line quotes it and names the setting, as extra_sbatch's refusal does. The log is the
+    real one of that job (golden)."""
+    import submitit
+
+    from launch.submit import log_cause, no_result
+
+    folder = tmp_path / "slurm"
+    folder.mkdir()
+    log = folder / "696_0_log.err"
+    log.write_text((GOLDEN / "srun_unrecognized_option_log.err").read_text())
+    launch = load_config(None, ["launch.srun_args=[--bogus]"]).launch
+    assert log_cause(log, launch) == "srun: unrecognized option '--bogus' (from launch.srun_args: --bogus)"
+    assert no_result(submitit.SlurmJob(folder, "696"), "FAILED", launch=launch) == (
+        f"job 696 ended (FAILED) without a result: srun: unrecognized option '--bogus' (from launch.srun_args: "
+        f"--bogus); see {log}")
+    assert no_result(submitit.SlurmJob(folder, "697"), "FAILED") == (
+        f"job 697 ended (FAILED) without a result; see {folder / '697_0_log.err'}")  # no log: as before
