@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# the errors the API raises (README "Python API"); a leaf module: no torch, timm or DeepSpeed
+from sparsetrain.errors import (
+    ConfigError,
+    InputError,
+    NonFiniteError,
+    ResumeError,
+    SetupError,
+    SparsetrainError,
+)
+
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
     from sparsetrain.config.schema import RunConfig
@@ -41,12 +52,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _load(path, overrides, plan_only=plan_only)
 
 
-def run_pipeline(cfg: RunConfig, phases: list[str] | None = None) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig | Mapping[str, Any], phases: list[str] | None = None) -> dict[str, Any]:
     """Run the pipeline of `cfg` in this process (one rank; under torchrun each process calls it), as `sparsetrain
     run` does: writes `cfg.out_dir` (report.json, export/, ...), resumes an unfinished run there.
 
     Args:
-        cfg: From `load_config`.
+        cfg: From `load_config`, or a mapping of a recipe's settings (`{"out_dir": "runs/x", ...}`, e.g.
+            `sparsetrain.config.config_to_dict(cfg)`), validated as `load_config` validates a recipe.
         phases: Run only these phases, in order (`"dense"`, `"sparsify"`, `"prune"`, `"finetune"`); None = all
             enabled ones (the CLI's `--phase`).
 
@@ -55,8 +67,9 @@ def run_pipeline(cfg: RunConfig, phases: list[str] | None = None) -> dict[str, A
         `compression_ratio`, ... (format in `sparsetrain.report`).
 
     Raises:
-        InputError (a ValueError): bad data, settings or a run directory holding another run (exit code 2 on the
-            CLI), also a plain ValueError a check or library raises on the run's values (same message, chained as
+        InputError (a ValueError): bad data, settings (ConfigError, as from `load_config`, for a mapping's values),
+            a `cfg` that is neither a RunConfig nor a mapping, or a run directory holding another run (exit code 2
+            on the CLI), also a plain ValueError a check or library raises on the run's values (same message, chained as
             `__cause__`); ResumeError: an unreadable checkpoint; NonFiniteError: training hit NaN/inf (the last good
             checkpoint is kept); SetupError: a library not laid out as expected (all in `sparsetrain.errors`).
             Unlike the CLI, no signal handlers are installed: Ctrl-C raises KeyboardInterrupt (a re-run resumes
@@ -79,4 +92,5 @@ def load_compressed(path, format: str = "auto", **kwargs):
     return _load(path, format, **kwargs)
 
 
-__all__ = ["__version__", "load_compressed", "load_config", "run_pipeline"]
+__all__ = ["ConfigError", "InputError", "NonFiniteError", "ResumeError", "SetupError", "SparsetrainError",
+           "__version__", "load_compressed", "load_config", "run_pipeline"]

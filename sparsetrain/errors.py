@@ -4,7 +4,8 @@ The CLI prints such an error as `error: <first line>` (never a traceback) and ex
 
     0  success
     1  anything else (a bug, or a library failing in a way sparsetrain does not check): traceback
-    2  bad input: config, data, pruning settings, launch settings (`InputError` and its subclasses)
+    2  bad input: config, data, pruning settings, launch settings (`InputError` and its subclasses, `ConfigError`
+     for the config's values)
     3  resume or preemption: an unreadable checkpoint, or a run stopped on request (SIGTERM, SIGUSR1) after
        saving one (`run` prints one `preempted:` line with the command that resumes, not `error:`)
     4  non-finite numbers: training stopped at the first bad step, the last good checkpoint kept
@@ -29,6 +30,11 @@ class InputError(SparsetrainError, ValueError):
     """Bad input (config, data, settings): one line naming the field and what was expected."""
 
     exit_code = 2
+
+
+class ConfigError(InputError):
+    """A config problem (a recipe's or an override's value), phrased as one line naming the field and what was
+    expected."""
 
 
 class ResumeError(SparsetrainError, RuntimeError):

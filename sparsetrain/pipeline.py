@@ -22,6 +22,7 @@ from torch import nn
 from sparsetrain.backend import resolve_backend
 from sparsetrain.collapse import chance_warning
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
+from sparsetrain.config.loader import as_run_config
 from sparsetrain.config.schema import TrainConfig
 from sparsetrain.config.strategies import L2Config, RegularizerConfig
 from sparsetrain.data import DataBundle, build_data
@@ -646,15 +647,21 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float().cpu()
 
 
-def run_pipeline(cfg: RunConfig, phases: list[str] | None = None) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig | Mapping[str, Any], phases: list[str] | None = None) -> dict[str, Any]:
     """Build the pipeline, run it, always close tracking; the entry point for CLI and launchers.
+
+    Args:
+        cfg: The run's config, or a mapping of a recipe's settings (validated as a recipe: `as_run_config`).
+        phases: Run only these phases, in order; None = all enabled ones.
 
     Raises:
         InputError: bad input, from sparsetrain's own checks or a ValueError a library raises on the run's values
-            (the same message, chained to it: the CLI reports both as bad input, exit 2).
+            (the same message, chained to it: the CLI reports both as bad input, exit 2); `cfg` neither a RunConfig
+            nor a mapping.
         ResumeError, NonFiniteError, SetupError: see `sparsetrain.errors`.
     """
     with _bad_values_as_input_errors():
+        cfg = as_run_config(cfg)
         check_phases(phases or [])  # before the data is read
         pipeline = Pipeline(cfg)
         try:

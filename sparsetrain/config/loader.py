@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.config.strategies import Strategy, variants_of
-from sparsetrain.errors import InputError
+from sparsetrain.errors import ConfigError, InputError
 from sparsetrain.model_imports import import_models
 from sparsetrain.model_names import check_model_name
 
@@ -50,10 +50,6 @@ DEEPSPEED_OPTIONS = {
                     "a DeepSpeed ZeRO tuning option sparsetrain does not take (DeepSpeed's default is used)"),
 }
 _SECTION_KEYS_SHOWN = 10  # keys of a section listed when none is close to an unknown one
-
-
-class ConfigError(InputError):
-    """A config problem, phrased as one line naming the field and what was expected."""
 
 
 class DuplicateKeyError(yaml.MarkedYAMLError):
@@ -365,7 +361,27 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
     """
     data = load_raw(path) if path is not None else {}
     overrides = list(overrides or [])
-    config = validate(apply_overrides(data, overrides), plan_only=plan_only, overrides=overrides)
+    return _with_models(validate(apply_overrides(data, overrides), plan_only=plan_only, overrides=overrides))
+
+
+def as_run_config(cfg: RunConfig | Mapping[str, Any]) -> RunConfig:
+    """`cfg` as a RunConfig: a RunConfig as it is, a mapping of a recipe's settings (`{"out_dir": "runs/x",
+    "phases": {"dense": {"epochs": 1}}}`, or `config_to_dict` of a config) validated as `load_config` validates a
+    recipe (no `base:`: a mapping is the whole recipe).
+
+    Raises:
+        InputError: `cfg` is neither (one line naming `cfg`); ConfigError, ...: as `load_config` for a mapping.
+    """
+    if isinstance(cfg, RunConfig):
+        return cfg
+    if isinstance(cfg, Mapping):
+        return _with_models(validate(dict(cfg)))
+    raise InputError(f"cfg: expected a RunConfig (from load_config) or a mapping of a recipe's settings, got "
+                     f"{type(cfg).__name__} {cfg!r:.80}")
+
+
+def _with_models(config: RunConfig) -> RunConfig:
+    """`config` after importing its `model.imports` and checking that timm then knows `model.name`."""
     import_models(config.model.imports)
     check_model_name(config.model.name)
     return config

@@ -92,3 +92,39 @@ def test_two_cli_runs_in_one_process_both_train(tmp_path: Path) -> None:
         assert main(["run", *small, f"out_dir={tmp_path / name}"]) == 0
     first, second = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("first", "second"))
     assert second["phases"]["finetune"]["metric"] == first["phases"]["finetune"]["metric"], (first, second)
+
+
+def test_config_error_is_importable_where_the_readme_names_it() -> None:
+    """README "Python API": errors are `sparsetrain.errors` classes, and `ConfigError` is one; a fresh-user trial
+    found it only in `sparsetrain.config.loader` (`from sparsetrain.errors import ConfigError` failed)."""
+    from sparsetrain import errors
+    from sparsetrain.config import loader
+
+    assert errors.ConfigError is sparsetrain.ConfigError is ConfigError is loader.ConfigError
+    assert issubclass(errors.ConfigError, errors.InputError) and errors.ConfigError.exit_code == 2
+    assert {"ConfigError", "InputError", "NonFiniteError", "ResumeError", "SetupError"} <= set(sparsetrain.__all__)
+
+
+def test_run_pipeline_refuses_a_cfg_that_is_not_a_config_in_one_line(tmp_path: Path) -> None:
+    """A recipe's path (or anything but a RunConfig or a mapping) raised a plain AttributeError ('str' object has no
+    attribute 'out_dir'), not the README's `InputError`."""
+    with pytest.raises(InputError, match=r"^cfg: expected a RunConfig \(from load_config\) or a mapping of a "
+                                         r"recipe's settings, got str 'configs/quickstart.yaml'$"):
+        sparsetrain.run_pipeline("configs/quickstart.yaml")
+
+
+def test_run_pipeline_validates_a_mapping_as_a_recipe(tmp_path: Path) -> None:
+    """`run_pipeline({"out_dir": ...})` raised AttributeError ('dict' object has no attribute 'out_dir'): a mapping
+    is now read as a recipe's settings, its errors the recipe's (ConfigError), and a valid one runs as its
+    RunConfig does."""
+    from sparsetrain.config import config_to_dict
+    from tests.core.conftest import tiny_config
+
+    with pytest.raises(ConfigError, match=r"^regularizer\.alpha: unknown key \(did you mean regularizer\.alpha2\?\) "
+                                          r"\(set to 1\)$"):
+        sparsetrain.run_pipeline({"out_dir": str(tmp_path / "bad"), "regularizer": {"alpha": 1}})
+    assert not (tmp_path / "bad").exists()
+    settings = config_to_dict(tiny_config(tmp_path / "run", "phases.sparsify.epochs=1"))
+    report = sparsetrain.run_pipeline(settings)
+    assert report == json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["phases"]) == {"sparsify", "prune", "finetune"}, report["phases"]
