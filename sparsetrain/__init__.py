@@ -35,7 +35,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Args:
         path: A YAML recipe (its `base:` chain is read too); None = the built-in defaults (LeNet-300-100 on digits,
             1 epoch per phase, into runs/default).
-        overrides: Dotted `key=value` items as on the command line, e.g. `["out_dir=runs/api", "alpha0=1e-5"]`.
+        overrides: Dotted `key=value` items as on the command line, e.g. `["out_dir=runs/api", "alpha0=1e-5"]`: a
+            list or tuple (a single string is refused, not read one character at a time).
         plan_only: Skip the checks that need the data on disk (what `run --dry-run` uses).
 
     Returns:
@@ -59,19 +60,20 @@ def run_pipeline(cfg: RunConfig | Mapping[str, Any], phases: list[str] | None = 
     Args:
         cfg: From `load_config`, or a mapping of a recipe's settings (`{"out_dir": "runs/x", ...}`, e.g.
             `sparsetrain.config.config_to_dict(cfg)`), validated as `load_config` validates a recipe.
-        phases: Run only these phases, in order (`"dense"`, `"sparsify"`, `"prune"`, `"finetune"`); None = all
-            enabled ones (the CLI's `--phase`).
+        phases: Run only these phases, in order (`["dense"]`, from `"dense"`, `"sparsify"`, `"prune"`,
+            `"finetune"`: a list or tuple, a single string is refused); None = all enabled ones (the CLI's `--phase`).
 
     Returns:
         The report, as report.json holds it: `report["phases"][phase]["metric"]`, `sparsity`, `params`, `bytes`,
         `compression_ratio`, ... (format in `sparsetrain.report`).
 
     Raises:
-        InputError (a ValueError): bad data, settings (ConfigError, as from `load_config`, for a mapping's values),
-            a `cfg` that is neither a RunConfig nor a mapping, or a run directory holding another run (exit code 2
-            on the CLI), also a plain ValueError a check or library raises on the run's values (same message, chained as
-            `__cause__`); ResumeError: an unreadable checkpoint; NonFiniteError: training hit NaN/inf (the last good
-            checkpoint is kept); SetupError: a library not laid out as expected (all in `sparsetrain.errors`).
+        InputError (a ValueError): bad data, settings (ConfigError, as from `load_config`, for a mapping's values), a
+            `cfg` that is neither a RunConfig nor a mapping, `phases` not a list of phase names, or a run directory
+            holding another run (exit code 2 on the CLI), also a plain ValueError a check or library raises on the run's
+            values (same message, chained as `__cause__`); ResumeError: an unreadable checkpoint; NonFiniteError:
+            training hit NaN/inf (the last good checkpoint is kept); SetupError: a library not laid out as expected (all
+            in `sparsetrain.errors`).
             Unlike the CLI, no signal handlers are installed: Ctrl-C raises KeyboardInterrupt (a re-run resumes
             from the last checkpoint).
     """

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from sparsetrain.arguments import string_list
 from sparsetrain.backend import resolve_backend
 from sparsetrain.collapse import chance_warning
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
@@ -652,16 +653,18 @@ def run_pipeline(cfg: RunConfig | Mapping[str, Any], phases: list[str] | None = 
 
     Args:
         cfg: The run's config, or a mapping of a recipe's settings (validated as a recipe: `as_run_config`).
-        phases: Run only these phases, in order; None = all enabled ones.
+        phases: Run only these phases, in order (a list or tuple; a single string is refused); None = all enabled
+            ones.
 
     Raises:
         InputError: bad input, from sparsetrain's own checks or a ValueError a library raises on the run's values
             (the same message, chained to it: the CLI reports both as bad input, exit 2); `cfg` neither a RunConfig
-            nor a mapping.
+            nor a mapping; `phases` not a list of strings.
         ResumeError, NonFiniteError, SetupError: see `sparsetrain.errors`.
     """
     with _bad_values_as_input_errors():
         cfg = as_run_config(cfg)
+        phases = None if phases is None else string_list(phases, "phases", "phase names")
         check_phases(phases or [])  # before the data is read
         pipeline = Pipeline(cfg)
         try:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from sparsetrain.arguments import string_list
 from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.config.strategies import Strategy, variants_of
@@ -347,20 +348,22 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
 
     Args:
         path: A YAML recipe (its `base:` chain is read too); None = the built-in defaults.
-        overrides: Dotted `key=value` items, as on the command line (`["phases.dense.epochs=1", "alpha0=1e-5"]`).
+        overrides: Dotted `key=value` items, as on the command line (`["phases.dense.epochs=1", "alpha0=1e-5"]`);
+            a list or tuple (a single string is refused, not read one character at a time).
         plan_only: Skip the checks that only matter when data is read (`run --dry-run`).
 
     Returns:
         The validated `RunConfig` (`config_to_dict` gives it as plain data).
 
     Raises:
-        InputError: one line naming the field and what was expected (exit code 2 on the CLI): `ConfigError` (one
+        InputError: one line naming the field and what was expected (exit code 2 on the CLI): `overrides` not a list
+            of strings, `ConfigError` (one
             of them) for the recipe's and overrides' values, `model.imports: cannot import ...` for an entry that
             raised while imported, `model.name: unknown timm model ...` for a name timm does not know once the
             imports ran (as `sparsetrain config` refuses it).
     """
     data = load_raw(path) if path is not None else {}
-    overrides = list(overrides or [])
+    overrides = [] if overrides is None else string_list(overrides, "overrides", "'key=value' strings")
     return _with_models(validate(apply_overrides(data, overrides), plan_only=plan_only, overrides=overrides))
 
 

@@ -128,3 +128,23 @@ def test_run_pipeline_validates_a_mapping_as_a_recipe(tmp_path: Path) -> None:
     report = sparsetrain.run_pipeline(settings)
     assert report == json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["phases"]) == {"sparsify", "prune", "finetune"}, report["phases"]
+
+
+@pytest.mark.parametrize(("call", "line"), [
+    (lambda: sparsetrain.load_config(QUICKSTART, "optim.lr=0.1"),
+     "overrides: expected a list of 'key=value' strings, got the string 'optim.lr=0.1'; write ['optim.lr=0.1']"),
+    (lambda: sparsetrain.load_config(QUICKSTART, ["optim.lr=0.1", 3]),
+     "overrides[1]: expected one of the 'key=value' strings, got int 3"),
+    (lambda: sparsetrain.load_config(QUICKSTART, {"optim.lr": 0.1}),
+     "overrides: expected a list of 'key=value' strings, got dict {'optim.lr': 0.1}"),
+    (lambda: sparsetrain.run_pipeline(sparsetrain.load_config(QUICKSTART), phases="finetune"),
+     "phases: expected a list of phase names, got the string 'finetune'; write ['finetune']"),
+])
+def test_a_string_where_a_list_belongs_is_refused_in_one_line(call, line: str) -> None:
+    """A string for `overrides` or `phases` was read one character at a time: `override 'o': expected key=value`,
+    `phase: unknown phase(s) e, f, i, n, t, u`. Refused (as `subprocess.run`'s argument list is strict), naming the
+    argument and how to write it; tuples stay accepted."""
+    with pytest.raises(InputError) as info:
+        call()
+    assert str(info.value) == line
+    assert sparsetrain.load_config(QUICKSTART, ("optim.lr=0.1",)).optim.lr == 0.1
