@@ -76,10 +76,18 @@ def run_pipeline(cfg: RunConfig | Mapping[str, Any], phases: list[str] | None = 
             in `sparsetrain.errors`).
             Unlike the CLI, no signal handlers are installed: Ctrl-C raises KeyboardInterrupt (a re-run resumes
             from the last checkpoint).
-    """
-    from sparsetrain.pipeline import run_pipeline as _run
 
-    return _run(cfg, phases)
+    Process-wide state (README "Python API"): a process group the call creates is destroyed at its end (with torch's
+    `[rank0]:` traceback hook and the RANK/WORLD_SIZE/... it set); one that existed before is used and left alone.
+    The run's log lines go to stderr through the `sparsetrain` logger's own handler, removed at the end; the root
+    logger is not touched.
+    """
+    from sparsetrain.engine.distributed import process_group_scope
+    from sparsetrain.pipeline import run_pipeline as _run
+    from sparsetrain.progress import package_logging
+
+    with package_logging(), process_group_scope():
+        return _run(cfg, phases)
 
 
 def load_compressed(path, format: str = "auto", **kwargs):

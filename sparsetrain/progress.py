@@ -6,20 +6,50 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 
 log = logging.getLogger("sparsetrain")
+# set by `package_logging` (the Python API): the process's logging is the caller's, sparsetrain configures its own
+_PACKAGE_ONLY: ContextVar[bool] = ContextVar("sparsetrain_package_logging", default=False)
+
+
+class _RunLines(logging.StreamHandler):
+    """The stderr handler `setup_logging` adds (a class of its own, so a second set-up replaces it)."""
 
 
 def setup_logging(is_main: bool) -> None:
     """Log lines as `HH:MM:SS message` to stderr, warnings and errors as `HH:MM:SS warning: message`; rank 0 logs
-    from INFO on, the other ranks only warnings."""
+    from INFO on, the other ranks only warnings.
+
+    The CLI owns its process and configures the root logger (other libraries' records are formatted alike); inside
+    `package_logging` (a Python API call) only the package logger `sparsetrain` gets the handler, and does not
+    propagate to the caller's root handlers (which would print each line twice), as transformers' logger does.
+    """
     level = logging.INFO if is_main else logging.WARNING
-    handler = logging.StreamHandler()
+    handler = _RunLines()
     handler.addFilter(_level_prefix)
     handler.setFormatter(logging.Formatter("%(asctime)s %(level_prefix)s%(message)s", datefmt="%H:%M:%S"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    if _PACKAGE_ONLY.get():
+        log.handlers = [*(h for h in log.handlers if not isinstance(h, _RunLines)), handler]
+        log.propagate = False
+    else:
+        logging.basicConfig(level=level, handlers=[handler], force=True)
     log.setLevel(level)
+
+
+@contextmanager
+def package_logging() -> Iterator[None]:
+    """Within the block `setup_logging` configures the `sparsetrain` logger only, never the root logger; at its end
+    (also on an error) that logger's handlers, level and propagation are as they were before."""
+    saved = (list(log.handlers), log.level, log.propagate)
+    token = _PACKAGE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _PACKAGE_ONLY.reset(token)
+        log.handlers, log.propagate = saved[0], saved[2]
+        log.setLevel(saved[1])
 
 
 def format_value(value: float) -> str:

@@ -16,6 +16,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+# what `init_distributed` sets for a process started without a launcher (a single rank)
+SINGLE_PROCESS_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -101,7 +104,7 @@ def init_distributed(device_preference: str, backend: str, timeout_min: float = 
     import deepspeed
 
     if "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",  # SINGLE_PROCESS_ENV
                           MASTER_PORT=str(_free_port()))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -155,6 +158,31 @@ def shutdown_distributed() -> None:
         import deepspeed.comm
 
         deepspeed.comm.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group_scope() -> Iterator[None]:
+    """Leave torch.distributed as the block found it (a library call: the process is the caller's).
+
+    A process group that exists before the block (the caller's own) is used and left alone. One the block creates
+    (`init_distributed`) is destroyed at its end, also when it raises, with what its set-up changed process-wide:
+    `sys.excepthook` (torch's `init_process_group` installs one that prefixes every later traceback with `[rank0]:`)
+    and the variables `init_distributed` sets for a single process (RANK, WORLD_SIZE, ...).
+    """
+    if dist.is_initialized():
+        yield
+        return
+    hook, env = sys.excepthook, {key: os.environ.get(key) for key in SINGLE_PROCESS_ENV}
+    try:
+        yield
+    finally:
+        shutdown_distributed()
+        sys.excepthook = hook
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def barrier() -> None:

@@ -148,3 +148,48 @@ def test_a_string_where_a_list_belongs_is_refused_in_one_line(call, line: str) -
         call()
     assert str(info.value) == line
     assert sparsetrain.load_config(QUICKSTART, ("optim.lr=0.1",)).optim.lr == 0.1
+
+
+PROCESS_STATE_SCRIPT = """
+import logging, os, sys
+import torch.distributed as dist
+import sparsetrain
+from tests.core.conftest import tiny_overrides
+
+logging.basicConfig(format="USER %(name)s: %(message)s", level=logging.INFO)  # the caller's own logging
+root, package = list(logging.getLogger().handlers), logging.getLogger("sparsetrain")
+env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what the run sets for one process
+before = (root, list(package.handlers), package.propagate, sys.excepthook, [os.environ.get(k) for k in env])
+sparsetrain.run_pipeline(sparsetrain.load_config(None, tiny_overrides(sys.argv[1] + "/first")))
+after = (logging.getLogger().handlers, package.handlers, package.propagate, sys.excepthook,
+         [os.environ.get(k) for k in env])
+names = ("root handlers", "sparsetrain handlers", "propagate", "sys.excepthook", "RANK...")
+print("changed:", [name for name, old, new in zip(names, before, after) if old != new], dist.is_initialized())
+
+# a process group the caller made before the call is used and left as it is
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=0, world_size=1)
+group, hook = dist.group.WORLD, sys.excepthook
+sparsetrain.run_pipeline(sparsetrain.load_config(None, tiny_overrides(sys.argv[1] + "/second")))
+tensor = dist.all_reduce(__import__("torch").ones(1)) or 1
+print("own group:", dist.is_initialized() and dist.group.WORLD is group, sys.excepthook is hook)
+dist.destroy_process_group()
+sys.excepthook = sys.__excepthook__  # torch's hook on the caller's own group is the caller's business
+1 / 0
+"""
+
+
+def test_run_pipeline_leaves_the_process_as_it_found_it(tmp_path: Path) -> None:
+    """README "Python API": `run_pipeline` destroys the process group it created (it stayed initialized), restores
+    `sys.excepthook` (torch's hook prefixed the caller's later tracebacks with `[rank0]:`) and the RANK/WORLD_SIZE/...
+    it set, and logs through the `sparsetrain` logger only (it replaced the caller's root handlers with a stderr
+    one); a process group the caller created before is used and left alone. A fresh process: this is process-wide."""
+    from tests.core.subprocess_runs import free_port
+
+    done = subprocess.run([sys.executable, "-c", PROCESS_STATE_SCRIPT, str(tmp_path), str(free_port())],
+                          capture_output=True, text=True, cwd=REPO, timeout=900, env=clean_env())
+    assert "changed: [] False" in done.stdout.splitlines(), (done.stdout[-2000:], done.stderr[-3000:])
+    assert "own group: True True" in done.stdout.splitlines(), (done.stdout[-2000:], done.stderr[-3000:])
+    lines = done.stderr.splitlines()
+    assert lines[-1] == "ZeroDivisionError: division by zero", lines[-5:]  # the caller's traceback, unprefixed
+    assert sum(" training: 1 rank on cpu" in line for line in lines) == 2, lines  # once per run: not also via root
+    assert not any(line.startswith("USER sparsetrain") for line in lines), lines
