@@ -185,3 +185,16 @@ def test_non_finite_or_negative_strengths_are_refused_by_both_backends(backend: 
         with pytest.raises(ValueError, match=f"^{match}$"):
             l0_penalty(weights, kwargs["alphas"], kwargs["beta"], kwargs["l2"])
 
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "meta"])
+def test_auto_is_one_rule_and_backend_is_the_resolved_name(device: str) -> None:
+    """`get_ops("auto")` resolves as `regularizer.backend=auto` does (triton only on CUDA where Triton runs; torch on
+    CPU even under TRITON_INTERPRET=1), and `.backend` names what it resolved to, never "auto"."""
+    from sparsetrain.backend import resolve_backend
+
+    assert get_ops("auto").backend in ("triton", "torch"), "get_ops('auto') without a device must resolve too"
+    ops = get_ops("auto", device)
+    assert ops.backend == resolve_backend("auto", torch.device(device)), f"{device}: get_ops vs the run's rule"
+    assert ops.backend in ("triton", "torch"), f"{device}: .backend must be resolved, got {ops.backend!r}"
+    if device != "cuda" or not torch.cuda.is_available() or mt.INTERPRET:
+        assert ops.backend == "torch" and ops.l0_grad_mask_ is l0_grad_mask_reference_, f"{device}: {ops.backend}"
