@@ -461,7 +461,8 @@ def timing_caveat(device: torch.device, backend: str) -> str | None:
     if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
         return ("TRITON_INTERPRET=1: ours runs in Triton's Python interpreter (a CPU emulation of the kernel), so "
                 "ours, GB/s and the ratios are not comparable with eager: a smoke test of the code path, not kernel "
-                "performance")
+                "performance; bf16 maxdiff is the interpreter's: it rounds bf16 results toward zero (1 bf16 ulp "
+                "at most), where the compiled kernel rounds to nearest as the reference does")
     if device.type == "cpu":
         return ("on CPU these times are a smoke test of the code path, not kernel performance: ours is the torch "
                 "backend, the same computation as eager, so eager/ours near 1 is all they can show (process CPU time "

@@ -2,7 +2,9 @@
 
 Vocabulary: the *backend* (`triton` | `torch`) is which implementation does the work; the *gradient path*
 (`regularizer.gradient_path`: `hook` | `autograd`) is where the penalty's gradient enters training. They are
-independent settings; `auto` means one thing: triton on CUDA when Triton imports, torch everywhere else.
+independent settings; `auto` means one thing, here and in `triton_kernels.get_ops("auto")`
+(`triton_kernels.dispatch.auto_backend`): triton on CUDA when Triton can run there, torch everywhere else (also
+on CPU under TRITON_INTERPRET=1: the interpreter runs only when `triton` is asked for by name).
 """
 
 from __future__ import annotations
@@ -18,18 +20,25 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     Raises:
         ConfigError: "triton" was asked for where Triton cannot run (one line naming `regularizer.backend`).
     """
-    if requested == "triton":
-        from triton_kernels._multi_tensor import triton_unusable_reason
+    return explain_backend(requested, device)[0]
 
+
+def explain_backend(requested: str, device: torch.device) -> tuple[str, str]:
+    """`resolve_backend`'s backend and why, for the run's start line: `("torch", "auto: not CUDA (cpu)")`,
+    `("triton", "asked for")`.
+
+    Raises:
+        ConfigError: as `resolve_backend`.
+    """
+    from triton_kernels._multi_tensor import triton_unusable_reason
+
+    if requested == "triton":
         reason = triton_unusable_reason(device)
         if reason is not None:
             raise ConfigError(f"regularizer.backend: 'triton' cannot run on {device.type}: {reason}; use auto or torch")
     if requested != "auto":
-        return requested
-    if device.type != "cuda":
-        return "torch"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "triton"
+        return requested, "asked for"
+    from triton_kernels.dispatch import auto_backend
+
+    backend, why = auto_backend(device)
+    return backend, f"auto: {why}"

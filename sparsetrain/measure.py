@@ -185,7 +185,7 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
             if pipeline.dist.is_main:  # rank 0 wrote (or kept) export/
                 measured["bytes"].update(export_bytes(pipeline.out_dir / "export"))
         header = {"task": pipeline.cfg.task, "model": pipeline.cfg.model.name,
-                  **training_setup(pipeline.cfg, pipeline.dist.world_size)}
+                  **training_setup(pipeline.cfg, pipeline.dist.world_size, pipeline.backend)}
         if pipeline.cfg.data.ignore_index is not None:  # the metrics left these pixels out
             header["ignore_index"] = pipeline.cfg.data.ignore_index
         report = build_report(header, pipeline.state["completed"], measured)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sparsetrain.arguments import string_list
-from sparsetrain.backend import resolve_backend
+from sparsetrain.backend import explain_backend
 from sparsetrain.collapse import chance_warning
 from sparsetrain.config import RunConfig, config_to_dict, save_resolved
 from sparsetrain.config.loader import as_run_config
@@ -50,7 +50,7 @@ from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, TRAININ
 from sparsetrain.progress import format_value, log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
-from sparsetrain.report import filters_removed, format_kept_filters, setup_line, training_setup
+from sparsetrain.report import filters_removed, format_kept_filters, regularizer_line, setup_line, training_setup
 from sparsetrain.rundir import (
     check_own_out_dir,
     check_same_run,
@@ -99,7 +99,8 @@ class Pipeline:
         if cfg.resume and (self.out_dir / "state.json").exists():  # before anything is built from the new settings
             check_same_run(self.out_dir, config_to_dict(cfg))
         self.structural = cfg.prune.rule == "filters"
-        self.backend = resolve_backend(cfg.regularizer.backend, self.dist.device)  # the run's one decision
+        # The run's one decision, and why (the start line says it; report.json records the backend).
+        self.backend, self.backend_why = explain_backend(cfg.regularizer.backend, self.dist.device)
         self.data: DataBundle = data or build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"),
                                                    cfg.train.batch_size)
         self.baseline_reports: dict[str, dict[str, Any]] = {}
@@ -524,7 +525,9 @@ class Pipeline:
         self.open()  # every refusal above leaves out_dir untouched
         self._say_where_it_resumes(todo, phases)
         if todo:
-            log.info(setup_line(training_setup(self.cfg, self.dist.world_size), self.dist.device.type))
+            setup = training_setup(self.cfg, self.dist.world_size, self.backend)
+            log.info(setup_line(setup, self.dist.device.type))
+            log.info(regularizer_line(setup, self.backend_why))
         for phase in todo:
             getattr(self, f"run_{phase}")()
         if phases is None and self.cfg.baselines and "prune" in self.state["completed"]:

@@ -75,19 +75,25 @@ def metric_label(task: str | None, result: dict[str, Any] | None = None) -> str:
     return TASK_METRICS.get(task or "", "metric")
 
 
-def training_setup(cfg: Any, world_size: int) -> dict[str, Any]:
+def training_setup(cfg: Any, world_size: int, backend: str | None = None) -> dict[str, Any]:
     """How the run trains, for report.json's header and the start line: ranks, ZeRO stage, precision (fp32 or bf16
-    with fp32 masters), optimizer offload (`none` / `cpu`), gradient checkpointing, and each training phase's
-    epochs (`dense_label` compares the dense baseline's budget with them).
+    with fp32 masters), optimizer offload (`none` / `cpu`), gradient checkpointing, each training phase's
+    epochs (`dense_label` compares the dense baseline's budget with them), the regularizer, its gradient path and
+    the backend that ran (resolved: `triton` or `torch`, never `auto`).
 
     Args:
         cfg: The run's `RunConfig`.
         world_size: Ranks of the run.
+        backend: The run's resolved backend (`sparsetrain.backend.resolve_backend`); None leaves it out.
     """
     ds = cfg.deepspeed
-    return {"world_size": world_size, "zero_stage": ds.zero_stage, "precision": ds.precision,
-            "offload_optimizer": ds.offload_optimizer, "grad_checkpointing": cfg.train.grad_checkpointing,
-            "epochs": {phase: getattr(cfg.phases, phase).epochs for phase in TRAINING_PHASES}}
+    setup = {"world_size": world_size, "zero_stage": ds.zero_stage, "precision": ds.precision,
+             "offload_optimizer": ds.offload_optimizer, "grad_checkpointing": cfg.train.grad_checkpointing,
+             "epochs": {phase: getattr(cfg.phases, phase).epochs for phase in TRAINING_PHASES},
+             "regularizer": cfg.regularizer.name, "gradient_path": cfg.regularizer.gradient_path}
+    if backend is not None:
+        setup["backend"] = backend
+    return setup
 
 
 def setup_line(setup: dict[str, Any], device: str) -> str:
@@ -101,6 +107,13 @@ def setup_line(setup: dict[str, Any], device: str) -> str:
     if setup["grad_checkpointing"]:
         parts.append("gradient checkpointing")
     return f"training: {', '.join(parts)}"
+
+
+def regularizer_line(setup: dict[str, Any], why: str) -> str:
+    """`regularizer: l0_exp, gradient path hook, backend torch (auto: not CUDA (cpu))` from `training_setup` (with
+    its backend) and why that backend (`sparsetrain.backend.explain_backend`)."""
+    return (f"regularizer: {setup['regularizer']}, gradient path {setup['gradient_path']}, "
+            f"backend {setup['backend']} ({why})")
 
 
 def build_report(header: dict[str, Any], completed: dict[str, dict[str, Any]],

@@ -5,13 +5,15 @@ Public API:
     apply_masks_(weights, masks) -> None
     threshold_masks(weights, thresholds, *, packed=False) -> tuple[list[Tensor | PackedMask], Tensor]
     plan_l0_grad_mask_(...), plan_apply_masks_(...) -> LaunchPlan   (validated once; ``plan()`` re-runs)
-    get_ops(backend) -> KernelOps      backend in {"triton", "torch", "auto"}
+    get_ops(backend, device=None) -> KernelOps   backend "triton", "torch" or "auto"; ``.backend``: the resolved one
     PackedMask                          keep-mask packed 1 bit per weight (``triton_kernels.bitmask``)
 
 Masks are bool/uint8 tensors (non-zero = kept) or ``PackedMask``s, mixed freely; masking is a select (a
-pruned element becomes exactly 0). The kernel functions are importable only where triton is;
-``get_ops("auto")``, ``PackedMask`` and ``reference`` work everywhere (the torch reference is the
-automatic CPU fallback).
+pruned element becomes exactly 0). The kernel functions are importable only where triton is, and run on CUDA
+tensors (or CPU tensors under ``TRITON_INTERPRET=1``; other tensors: a one-line RuntimeError before any launch);
+``get_ops("auto")``, ``PackedMask`` and ``reference`` work everywhere. "auto" is Triton for a CUDA device where it
+can run and the torch reference everywhere else, also on CPU under the interpreter (``dispatch.auto_backend``, the
+rule ``regularizer.backend=auto`` follows).
 """
 
 from triton_kernels._multi_tensor import LaunchConfig

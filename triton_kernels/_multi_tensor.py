@@ -32,9 +32,10 @@ the graph removes the host-side cost of validation and launch, which dominates f
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,20 @@ def triton_unusable_reason(device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU), got {device}"
     return None
+
+
+def check_runnable(devices: Iterable[torch.device]) -> None:
+    """Raises RuntimeError (one line) when Triton cannot run on one of ``devices``; before anything launches.
+
+    Without it a CPU tensor outside the interpreter reaches Triton's launcher and fails with
+    ``0 active drivers ([]). There should only be one.``; a CUDA tensor under the interpreter is read as host
+    memory. Callers pass the devices of their launch groups (``group_by_dtype``'s keys): no extra pass over the
+    tensors, which is most of a plain call's host time.
+    """
+    for device in set(devices):
+        reason = triton_unusable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"backend 'triton' cannot run: {reason}")
 
 
 def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
@@ -178,6 +193,30 @@ def per_tensor_floats(name: str, value: float | Sequence[float], n: int) -> list
     values = [float(v) for v in value]
     if len(values) != n:
         raise ValueError(f"{name}: has {len(values)} values, weights has {n}")
+    return values
+
+
+def check_strength(name: str, value: float) -> float:
+    """``value`` as a float; ValueError (one line naming ``name``) unless it is finite and >= 0.
+
+    A NaN β or l2 turns every gradient into NaN and a negative α pushes weights away from 0: both are mistakes, and
+    both backends refuse them with the same line.
+    """
+    value = float(value)
+    if not 0.0 <= value < math.inf:  # False for NaN too
+        raise ValueError(f"{name}: must be finite and >= 0, got {value}")
+    return value
+
+
+def per_tensor_strengths(name: str, value: float | Sequence[float], n: int) -> list[float]:
+    """``per_tensor_floats``, each value checked as ``check_strength`` does (``alphas[2]: must be ...`` for a list)."""
+    if isinstance(value, (int, float)):
+        return [check_strength(name, value)] * n
+    values = per_tensor_floats(name, value, n)
+    # Fast screen (C loops; a NaN or inf makes the sum non-finite); the loop names the first bad value, if any.
+    if not (min(values, default=0.0) >= 0.0 and sum(values) < math.inf):
+        for i, v in enumerate(values):
+            check_strength(f"{name}[{i}]", v)
     return values
 
 

@@ -18,6 +18,7 @@ from triton_kernels._multi_tensor import (
     build_tables,
     check_float_list,
     check_masks,
+    check_runnable,
     device_guard,
     group_by_dtype,
     settle_tables,
@@ -111,7 +112,9 @@ class _Launch:
 def _prepare(weights: Sequence[torch.Tensor], masks: Sequence[Mask], config: LaunchConfig) -> list[_Launch]:
     """Launch tables per (device, dtype, mask kind) group of validated arguments (cached by content)."""
     launches = []
-    for (device, dtype, packed), idx in group_by_dtype(weights, masks).items():
+    groups = group_by_dtype(weights, masks)
+    check_runnable(device for device, _, _ in groups)  # before any table is built or kernel launched
+    for (device, dtype, packed), idx in groups.items():
         columns = [[weights[i] for i in idx], [masks[i] for i in idx]]
         launches.append(_Launch(device, dtype, build_tables(columns, [0.0] * len(idx), config.chunk, device), packed))
     return launches
@@ -148,6 +151,7 @@ def apply_masks_(weights: Sequence[torch.Tensor], masks: Sequence[Mask], *, conf
 
     Raises:
         ValueError: one line naming the bad argument (``masks[2]: numel ...``).
+        RuntimeError: Triton cannot run on the weights' device (one line, as ``l0_grad_mask_``); before any launch.
     """
     check_float_list("weights", weights)
     check_masks(masks, weights)
@@ -163,7 +167,7 @@ def plan_apply_masks_(
     See ``plan_l0_grad_mask_`` for what a plan skips and when to rebuild it.
 
     Raises:
-        ValueError: as ``apply_masks_``, at plan time.
+        ValueError, RuntimeError: as ``apply_masks_``, at plan time.
     """
     check_float_list("weights", weights)
     check_masks(masks, weights)

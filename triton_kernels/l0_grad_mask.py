@@ -19,9 +19,11 @@ from triton_kernels._multi_tensor import (
     check_companions,
     check_float_list,
     check_masks,
+    check_runnable,
+    check_strength,
     device_guard,
     group_by_dtype,
-    per_tensor_floats,
+    per_tensor_strengths,
     settle_tables,
 )
 from triton_kernels.plan import LaunchPlan
@@ -180,7 +182,9 @@ def _prepare(
 ) -> list[_Launch]:
     """Launch tables per (device, dtype, mask kind) group of validated arguments (cached by content)."""
     launches = []
-    for (device, dtype, packed), idx in group_by_dtype(weights, masks).items():
+    groups = group_by_dtype(weights, masks)
+    check_runnable(device for device, _, _ in groups)  # before any table is built or kernel launched
+    for (device, dtype, packed), idx in groups.items():
         group_masks = [None if masks is None else masks[i] for i in idx]
         columns = [[weights[i] for i in idx], [grads[i] for i in idx], group_masks]
         tables = build_tables(columns, [alphas[i] for i in idx], config.chunk, device)
@@ -223,13 +227,18 @@ def _checked(
     grads: Sequence[torch.Tensor],
     masks: Sequence[Mask] | None,
     alphas: float | Sequence[float],
-) -> list[float]:
-    """Validates the arguments of ``l0_grad_mask_`` (ValueError naming the argument); returns per-tensor alphas."""
+    beta: float,
+    l2: float,
+) -> tuple[list[float], float, float]:
+    """Validates the arguments of ``l0_grad_mask_`` (ValueError naming the argument); returns per-tensor alphas, beta
+    and l2 as floats. The device is checked per launch group (``_prepare``)."""
     check_float_list("weights", weights)
     check_companions("grads", grads, weights, None)
     if masks is not None:
         check_masks(masks, weights)
-    return per_tensor_floats("alphas", alphas, len(weights))
+    alphas = per_tensor_strengths("alphas", alphas, len(weights))
+    beta, l2 = check_strength("beta", beta), check_strength("l2", l2)
+    return alphas, beta, l2
 
 
 def l0_grad_mask_(
@@ -263,9 +272,12 @@ def l0_grad_mask_(
         fp32 scalar tensor on the weights' device (CPU for an empty list).
 
     Raises:
-        ValueError: one line naming the bad argument (``grads[3]: numel ...``).
+        ValueError: one line naming the bad argument (``grads[3]: numel ...``; ``beta: must be finite and >= 0, got
+            nan``: alphas, beta and l2 must be finite and >= 0).
+        RuntimeError: Triton cannot run on the weights' device, one line (``backend 'triton' cannot run: Triton kernels
+            need CUDA tensors (or TRITON_INTERPRET=1 for CPU), got cpu``); checked before anything is launched.
     """
-    alphas = _checked(weights, grads, masks, alphas)
+    alphas, beta, l2 = _checked(weights, grads, masks, alphas, beta, l2)
     config = config or DEFAULT_CONFIG
     return _run(_prepare(weights, grads, masks, alphas, config), beta, l2, config)
 
@@ -288,11 +300,10 @@ def plan_l0_grad_mask_(
     that memory alive): build a new one when a buffer is reallocated.
 
     Raises:
-        ValueError: as ``l0_grad_mask_``, at plan time.
+        ValueError, RuntimeError: as ``l0_grad_mask_``, at plan time.
     """
-    alphas = _checked(weights, grads, masks, alphas)
+    alphas, beta, l2 = _checked(weights, grads, masks, alphas, beta, l2)
     config = config or DEFAULT_CONFIG
     launches = _prepare(weights, grads, masks, alphas, config)
     settle_tables(weights)
-    beta, l2 = float(beta), float(l2)
     return LaunchPlan(lambda: _run(launches, beta, l2, config), [weights, grads, masks or []], "l0_grad_mask_")

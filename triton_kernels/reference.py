@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from triton_kernels._multi_tensor import Mask, per_tensor_floats
+from triton_kernels._multi_tensor import Mask, check_strength, per_tensor_floats, per_tensor_strengths
 from triton_kernels.bitmask import PackedMask, keep_flags
 from triton_kernels.plan import LaunchPlan, reference_plan
 
@@ -41,8 +41,12 @@ def l0_grad_mask_reference_(
 
     Returns:
         fp32 scalar tensor on the weights' device (CPU for an empty list).
+
+    Raises:
+        ValueError: alphas, beta or l2 not finite and >= 0 (one line naming it, as the Triton kernel says it).
     """
-    alphas = per_tensor_floats("alphas", alphas, len(weights))
+    alphas = per_tensor_strengths("alphas", alphas, len(weights))
+    beta, l2 = check_strength("beta", beta), check_strength("l2", l2)
     total = torch.zeros((), dtype=torch.float32, device=weights[0].device if weights else "cpu")
     for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
         w32 = w.reshape(-1).float()
@@ -101,8 +105,10 @@ def plan_l0_grad_mask_reference_(
     l2: float,
     config: object = None,
 ) -> LaunchPlan[torch.Tensor]:
-    """``l0_grad_mask_reference_`` bound to these arguments (the torch backend of ``plan_l0_grad_mask_``)."""
-    alphas = per_tensor_floats("alphas", alphas, len(weights))
+    """``l0_grad_mask_reference_`` bound to these arguments (the torch backend of ``plan_l0_grad_mask_``); ValueError
+    at plan time as ``l0_grad_mask_reference_``."""
+    alphas = per_tensor_strengths("alphas", alphas, len(weights))
+    beta, l2 = check_strength("beta", beta), check_strength("l2", l2)
     return reference_plan(
         l0_grad_mask_reference_, "l0_grad_mask_reference_", weights, grads, masks, alphas=alphas, beta=beta, l2=l2
     )
@@ -130,8 +136,12 @@ def l0_penalty(
 
     Returns:
         fp32 scalar (fp64 if the weights are fp64), on the weights' device (CPU for an empty list).
+
+    Raises:
+        ValueError: alphas, beta or l2 not finite and >= 0 (one line naming it, as ``l0_grad_mask_`` says it).
     """
-    alphas = per_tensor_floats("alphas", alphas, len(weights))
+    alphas = per_tensor_strengths("alphas", alphas, len(weights))
+    beta, l2 = check_strength("beta", beta), check_strength("l2", l2)
     terms = []
     for a, w in zip(alphas, weights, strict=True):
         w32 = w if w.dtype == torch.float64 else w.float()

@@ -14,6 +14,7 @@ from triton_kernels._multi_tensor import (
     LaunchConfig,
     build_tables,
     check_float_list,
+    check_runnable,
     device_guard,
     group_by_dtype,
     per_tensor_floats,
@@ -148,13 +149,15 @@ def threshold_masks(
 
     Raises:
         ValueError: one line naming the bad argument.
+        RuntimeError: Triton cannot run on the weights' device (one line, as ``l0_grad_mask_``); before any launch.
     """
     check_float_list("weights", weights)
     taus = per_tensor_floats("thresholds", thresholds, len(weights))
+    groups = group_by_dtype(weights)
+    check_runnable(device for device, _, _ in groups)  # before anything is allocated or launched
     config = config or DEFAULT_CONFIG
     masks = [_empty_mask(w, packed) for w in weights]
     counts = torch.zeros(len(weights), dtype=torch.int64, device=weights[0].device if weights else "cpu")
-    groups = group_by_dtype(weights)
     for idx in groups.values():
         device = weights[idx[0]].device
         group_counts = counts if len(groups) == 1 else torch.zeros(len(idx), dtype=torch.int64, device=device)

@@ -19,6 +19,7 @@ from sparsetrain.pipeline import run_pipeline
 from sparsetrain.pruning.sharded_masks import load_full_masks
 from tests.core.conftest import tiny_config
 from tests.helpers.compare import assert_weights_alike_away_from_zero
+from triton_kernels import get_ops
 
 TINY_MODEL = ("model.kwargs={hidden: [32, 16]}", "phases.sparsify.epochs=0.4", "phases.finetune.epochs=0.2",
               "optim.name=sgd", "optim.lr=0.1", "train.log_every=1", "prune.sparsity=0.7")
@@ -51,3 +52,21 @@ def test_triton_kernel_in_trainer_matches_autograd(tmp_path: Path, zero_stage: i
     final = load_file(str(runs["triton"] / "weights" / "finetune.safetensors"))
     for name, mask in masks.items():
         assert torch.all(final[name][mask == 0] == 0), f"{name}: Triton path revived a pruned weight"
+
+
+def test_run_says_and_records_the_backend_that_ran(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """`regularizer.backend=auto` under TRITON_INTERPRET=1 on CPU is torch, as the README's vocabulary says and as
+    `get_ops("auto")` now resolves it too; the start line says which backend and why, report.json records the
+    resolved backend and the gradient path (the run log, report.json and state held neither before)."""
+    out = tmp_path / "auto"
+    run_pipeline(tiny_config(out, *TINY_MODEL, "regularizer.backend=auto", "phases.finetune.enabled=false"))
+    report = json.loads((out / "report.json").read_text())
+    recorded = tuple(report.get(key) for key in ("regularizer", "gradient_path", "backend"))
+    assert recorded == ("l0_exp", "hook", "torch"), f"report.json's regularizer, gradient_path, backend: {recorded}"
+    line = ("regularizer: l0_exp, gradient path hook, backend torch (auto: not CUDA (cpu); TRITON_INTERPRET=1 runs "
+            "Triton only when asked for)")
+    assert line in capfd.readouterr().err, f"start line missing: {line!r}"
+    assert get_ops("auto").backend == "torch", "get_ops('auto') must resolve as regularizer.backend=auto does"
+    from sparsetrain.backend import explain_backend
+
+    assert explain_backend("triton", torch.device("cpu")) == ("triton", "asked for"), "triton by name, interpreter"

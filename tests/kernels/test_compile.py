@@ -35,3 +35,15 @@ def test_kernels_compile_for_sm90_with_vector_accesses() -> None:
             assert "st.global.v" in line, f"{label}: no vector stores on the aligned path: {line}"
         if "_packed" in label and not label.startswith("threshold"):
             assert "ld.global.b8" in line, f"{label}: packed masks are read as bytes: {line}"
+
+
+def test_compiled_bf16_store_rounds_to_nearest() -> None:
+    """Trial 24 item 5: the bf16 store (``g.to(DTYPE)``, Triton's default downcast) compiles to round-to-nearest-even
+    ``cvt.rn.bf16.f32``; only the interpreter rounds toward zero (``test_l0_grad_mask.py``)."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    code = ("import re, triton.language as tl; from benchmarks.compile_check import compile_kernel\n"
+            "ptx = compile_kernel('l0_grad_mask', tl.bfloat16, 90)\n"
+            "print(*sorted(set(re.findall(r'cvt\\.[\\w.]*bf16\\.f32', ptx))))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"compile failed:\n{proc.stderr[-3000:]}"
+    assert proc.stdout.strip() == "cvt.rn.bf16.f32", f"l0_grad_mask's fp32 -> bf16 conversions: {proc.stdout}"

@@ -304,3 +304,31 @@ def test_gpu_call_replays_in_cuda_graph(mask_kind: str) -> None:
         for i, (g, r) in enumerate(zip(grads, fresh, strict=True)):
             assert_close(g, r, 1e-6, 2e-5, f"graph replay {trial} ({mask_kind}): grads[{i}]")
         assert_close(value, ref_value, 1e-3, 1e-4, f"graph replay {trial} ({mask_kind}): regularizer value")
+
+
+def test_bf16_results_round_toward_zero_under_the_interpreter_and_to_nearest_compiled() -> None:
+    """Trial 24 item 5: the kernel stores bf16 with ``g.to(DTYPE)``, Triton's default fp32 → bf16 downcast: round to
+    nearest even (``arith.truncf``, ``cvt.rn.bf16.f32`` on NVIDIA). The interpreter implements that truncf for bf16
+    by dropping the low 16 bits (``triton/runtime/interpreter.py``, ``_convert_float`` with no rounding mode), so
+    under TRITON_INTERPRET=1 bf16 results are rounded toward zero, up to 1 bf16 ulp from the reference (which rounds
+    to nearest): the interpreter's error, not the kernel's. Compiled on a GPU they round to nearest."""
+    interpret = triton_kernels._multi_tensor.INTERPRET
+    if not interpret and not torch.cuda.is_available():
+        pytest.skip("needs TRITON_INTERPRET=1 or CUDA")
+    device = "cpu" if interpret else "cuda"
+    gen = torch.Generator().manual_seed(24)
+    w = (torch.randn(4099, generator=gen) * 0.2).bfloat16()
+    g = (torch.randn(4099, generator=gen) * 2).bfloat16()
+    kwargs = {"alphas": 1e-3, "beta": 10.0, "l2": 1e-4}
+    exact = [g.float()]
+    l0_grad_mask_reference_([w.float()], exact, None, **kwargs)  # the fp32 result before the bf16 store
+    nearest = exact[0].bfloat16()
+    toward_zero = (exact[0].view(torch.int32) & -(1 << 16)).view(torch.float32).bfloat16()  # exact: low bits are 0
+    assert (nearest != toward_zero).sum() > 1000, "the case must tell the two roundings apart"
+    ref = [g.clone()]
+    l0_grad_mask_reference_([w], ref, None, **kwargs)
+    assert_equal(ref[0], nearest, "reference bf16 vs round-to-nearest of the fp32 result")
+    ours = [g.clone().to(device)]
+    l0_grad_mask_([w.to(device)], ours, None, config=TINY if interpret else None, **kwargs)
+    expected, label = (toward_zero, "rounded toward zero") if interpret else (nearest, "rounded to nearest")
+    assert_equal(ours[0].cpu(), expected, f"{'interpreter' if interpret else 'compiled'} bf16 store: {label}")

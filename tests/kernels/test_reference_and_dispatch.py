@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -112,3 +117,84 @@ def test_tables_store_bit_addresses_of_packed_masks() -> None:
     assert tensor_table[:, 3].tolist() == [1, 1, 1], f"packed masks must not clear aligned: {tensor_table[:, 3]}"
     with pytest.raises(ValueError, match="column 1 mixes packed masks"):
         mt.build_tables([views, [masks[0], torch.ones(16, dtype=torch.bool), masks[2]]], [0.0] * 3, 128, weights.device)
+
+
+_PLAIN_CPU_CALLS = """
+import torch, triton_kernels as tk
+from triton_kernels import PackedMask
+w, g, m = [torch.zeros(5)], [torch.zeros(5)], [torch.ones(5, dtype=torch.bool)]
+calls = {
+    "l0_grad_mask_": lambda: tk.l0_grad_mask_(w, g, None, alphas=1e-3, beta=10.0, l2=1e-4),
+    "l0_grad_mask_ bf16 packed": lambda: tk.l0_grad_mask_([w[0].bfloat16()], [g[0].bfloat16()],
+                                                           [PackedMask.pack(m[0])], alphas=1e-3, beta=10.0, l2=1e-4),
+    "l0_grad_mask_ zero-numel": lambda: tk.l0_grad_mask_([torch.zeros(0)], [torch.zeros(0)], None, alphas=1e-3,
+                                                          beta=10.0, l2=1e-4),
+    "plan_l0_grad_mask_": lambda: tk.plan_l0_grad_mask_(w, g, m, alphas=1e-3, beta=10.0, l2=1e-4),
+    "apply_masks_": lambda: tk.apply_masks_(w, m),
+    "plan_apply_masks_": lambda: tk.plan_apply_masks_(w, m),
+    "threshold_masks": lambda: tk.threshold_masks(w, 0.5),
+}
+for name, call in calls.items():
+    try:
+        call()
+        print(f"{name}: no error")
+    except Exception as exc:
+        print(f"{name}: {type(exc).__name__}: {exc}".replace(chr(10), " | "))
+"""
+
+
+def test_kernels_on_plain_cpu_fail_in_one_line_before_launching() -> None:
+    """Every public kernel entry on CPU tensors without TRITON_INTERPRET (a real process, as a user runs it) raises
+    the documented one-line RuntimeError, not Triton's `0 active drivers ([]). There should only be one.`"""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", _PLAIN_CPU_CALLS], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"the calls crashed:\n{proc.stderr[-3000:]}"
+    expected = ("RuntimeError: backend 'triton' cannot run: Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 "
+                "for CPU), got cpu")
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 7, f"one line per call expected:\n{proc.stdout}"
+    for line in lines:
+        assert line.split(": ", 1)[1] == expected, f"expected {expected!r}, got {line!r}"
+
+
+BAD_STRENGTHS = [
+    ({"beta": float("nan")}, "beta: must be finite and >= 0, got nan"),
+    ({"beta": float("inf")}, "beta: must be finite and >= 0, got inf"),
+    ({"alphas": -1e-3}, "alphas: must be finite and >= 0, got -0.001"),
+    ({"alphas": [0.1, float("nan")]}, r"alphas\[1\]: must be finite and >= 0, got nan"),
+    ({"l2": -1e-4}, "l2: must be finite and >= 0, got -0.0001"),
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize(("bad", "match"), BAD_STRENGTHS)
+def test_non_finite_or_negative_strengths_are_refused_by_both_backends(backend: str, bad: dict, match: str) -> None:
+    """beta=nan returned a NaN value and a negative alpha was accepted; both backends now refuse them in one line."""
+    ops = get_ops(backend)
+    weights, grads = [torch.randn(7), torch.randn(3)], [torch.randn(7), torch.randn(3)]
+    before = [g.clone() for g in grads]
+    kwargs = {"alphas": 1e-3, "beta": 10.0, "l2": 1e-4, **bad}
+    for fn in (ops.l0_grad_mask_, ops.plan_l0_grad_mask_):
+        with pytest.raises(ValueError, match=f"^{match}$"):
+            fn(weights, grads, None, config=TINY, **kwargs)
+    for g, b in zip(grads, before, strict=True):
+        assert torch.equal(g, b), "a refused call must leave the gradients alone"
+    if backend == "torch":  # the autograd gradient path's penalty says the same
+        with pytest.raises(ValueError, match=f"^{match}$"):
+            l0_penalty(weights, kwargs["alphas"], kwargs["beta"], kwargs["l2"])
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "meta"])
+def test_auto_is_one_rule_and_backend_is_the_resolved_name(device: str) -> None:
+    """`get_ops("auto")` resolves as `regularizer.backend=auto` does (triton only on CUDA where Triton runs; torch on
+    CPU even under TRITON_INTERPRET=1), and `.backend` names what it resolved to, never "auto"."""
+    from sparsetrain.backend import resolve_backend
+
+    assert get_ops("auto").backend in ("triton", "torch"), "get_ops('auto') without a device must resolve too"
+    ops = get_ops("auto", device)
+    assert ops.backend == resolve_backend("auto", torch.device(device)), f"{device}: get_ops vs the run's rule"
+    assert ops.backend in ("triton", "torch"), f"{device}: .backend must be resolved, got {ops.backend!r}"
+    if device != "cuda" or not torch.cuda.is_available() or mt.INTERPRET:
+        assert ops.backend == "torch" and ops.l0_grad_mask_ is l0_grad_mask_reference_, f"{device}: {ops.backend}"
