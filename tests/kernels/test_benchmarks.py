@@ -35,6 +35,7 @@ ROW_KEYS = {
     "ours_calls",
     "eager_calls",
     "max_abs_diff",
+    "backend",
 }
 
 
@@ -88,6 +89,38 @@ def test_train_step_benchmark_quick_writes_json(tmp_path) -> None:
     assert variants == train_step.VARIANTS, f"variants: {variants}"
     assert payload["rows"][0]["ratio_vs_dense"] == 1.0, "dense ratio must be 1"
     assert all(row["step_ms"] > 0 for row in payload["rows"]), f"step times: {payload['rows']}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
+def test_kernels_says_compile_is_off_on_cpu_and_records_the_backend_that_ran(tmp_path, capsys, monkeypatch) -> None:
+    """Trial 24: on CPU the compile column was '-' with no word why; the rows did not say which backend ran, and a
+    TRITON_INTERPRET=1 --backend triton run wrote kernels-cpu.json over a torch run's."""
+    import triton_kernels._multi_tensor as multi_tensor
+
+    argv = ["--sizes", "1K", "--models", "none", "--dtypes", "fp32", "--masks", "bool", "--out", str(tmp_path)]
+    kernels.main(argv)
+    out = capsys.readouterr().out.splitlines()
+    assert f"note: {kernels.NO_COMPILE_ON_CPU}" in out, out
+    assert "torch.compile is not timed on CPU (the compile column is '-')" in kernels.NO_COMPILE_ON_CPU
+    torch_run = json.loads((tmp_path / "kernels-cpu.json").read_text())
+    assert torch_run["backend"] == "torch" and [r["backend"] for r in torch_run["rows"]] == ["torch"], torch_run
+    assert torch_run["compile"] is None, "compile not timed on CPU"
+    with pytest.raises(SystemExit):
+        kernels.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "On CPU the compile column is '-': torch.compile is not timed on CPU" in help_text, help_text
+    assert "skip torch.compile (always skipped on CPU)" in help_text, help_text
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(multi_tensor, "INTERPRET", True)
+    kernels.main([*argv, "--backend", "triton"])
+    assert "ours = backend triton-interpreter;" in capsys.readouterr().out
+    interpreted = json.loads((tmp_path / "kernels-cpu-triton-interpreter.json").read_text())
+    assert [r["backend"] for r in interpreted["rows"]] == ["triton-interpreter"], interpreted
+    assert json.loads((tmp_path / "kernels-cpu.json").read_text()) == torch_run, "the torch run's file is kept"
 
 
 def test_parse_size() -> None:
