@@ -179,6 +179,30 @@ def test_throughput_benchmark_quick_writes_json(tmp_path) -> None:
     assert overhead["ratio"] == pytest.approx(overhead["sparsetrain"]["steps_per_s"] / overhead["plain"]["steps_per_s"])
 
 
+def test_throughput_quick_runs_in_seconds_without_export_or_latency(tmp_path, capsys) -> None:
+    """Trial 24: no quick mode (the smallest run took 2 min 9 s, partly a full export and the latency table);
+    `1 threads`; --epochs help read as if one epoch were 9,400 steps. --quick now shortens everything, the
+    benchmark's runs skip export formats and latency (payload `skipped`), and the words are right."""
+    from benchmarks import throughput
+
+    payload = throughput.main(["--quick", "--config", "configs/quickstart.yaml", "--epochs", "1", "--threads", "1",
+                               "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert payload["quick"] is True and payload["epochs"] == 1.0, payload
+    assert payload["overhead"]["rounds"] == throughput.QUICK["rounds"], payload["overhead"]
+    assert payload["overhead"]["round_steps"] == throughput.QUICK["round_steps"], payload["overhead"]
+    assert {"deploy.latency=false", "deploy.formats=[]", "deploy.compact=false"} <= set(payload["skipped"]), payload
+    assert [row["steps"] for row in payload["drift"]] == [22, 22], payload["drift"]
+    assert "on CPU (--quick: a smoke test, not a measurement), 1 thread, " in out, out
+    assert "; not run: export formats, latency table, plots (deploy.formats=[] " in out, out
+    args = throughput.parse_args([])
+    assert (args.epochs, args.rounds, args.round_steps, args.quick) == (20.0, 7, 200, False), args
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "one epoch of the lenet300 recipe is 468 steps, so 20 are about 9,400 per phase" in help_text, help_text
+
+
 def test_throughput_window_rates() -> None:
     from benchmarks.throughput import window_rates
 
