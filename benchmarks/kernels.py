@@ -71,7 +71,8 @@ ALPHA0, BETA, L2 = 1e-6, 10.0, 1e-4
 class Row:
     """One benchmark row (milliseconds are medians; None = not measured). `timer`, `warmup_calls`, `ours_calls` and
     `eager_calls`: how ours and eager were timed (`benchmarks.common.Timing`; calls None where the timer decides by
-    time). `max_abs_diff`: ours against the torch reference (`max_abs_diff`), in the weights' units."""
+    time). `max_abs_diff`: ours against the torch reference (`max_abs_diff`), in the weights' units. `backend`: what
+    ran as ours (`backend_ran`: torch, triton-interpreter or triton-cuda)."""
 
     case: str
     numel: int
@@ -91,6 +92,7 @@ class Row:
     ours_calls: int | None = None
     eager_calls: int | None = None
     max_abs_diff: float | None = None
+    backend: str = ""
 
 
 def parse_size(text: str) -> int:
@@ -316,7 +318,8 @@ def time_case(
             gbps = min_bytes / (ours.ms * 1e6) if ours.ms else None
             auto = autograd if op == "l0_grad_mask" else None
             rows.append(Row(case, numel, name, op, kind, ours.ms, eager.ms, compiled_ms, auto, gbps, copy, host, graph,
-                            ours.timer, ours.warmup_calls, ours.timed_calls, eager.timed_calls, diff))
+                            ours.timer, ours.warmup_calls, ours.timed_calls, eager.timed_calls, diff,
+                            backend_ran(args.backend, device)))
     return rows
 
 
@@ -389,7 +392,8 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
                         help=f"mask kinds, comma separated from {','.join(MASKS)} (default: bool,packed)")
     parser.add_argument("--backend", choices=("triton", "torch"),
                         help="ours: triton (default on CUDA) or torch (default on CPU)")
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip torch.compile (always skipped on CPU)")
     parser.add_argument("--out", type=out_folder, default=OUTPUT_DIR, help=f"folder for kernels-<device>.json "
                         f"(default {OUTPUT_DIR}; benchmarks/results holds the committed tables)")
     parser.add_argument("--append", action="store_true", help="keep earlier rows of the JSON")
@@ -411,24 +415,28 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
         print("no CUDA device: running the CPU smoke mode (--quick)")
     quick = args.quick or cpu
     args.backend = kernel_backend(args.backend, device)
-    args.compile = args.compile and not cpu  # inductor on CPU needs a C++ toolchain and minutes: not a smoke test
+    args.compile = args.compile and not cpu  # NO_COMPILE_ON_CPU: said in a note line and in --help
     sizes = args.sizes or (CPU_SIZES if cpu else QUICK_GPU_SIZES if quick else FULL_SIZES)
     models = MODELS[:1] if quick else MODELS
     if args.models is not None:
         models = args.models
     name = device_label(device)
+    ran = backend_ran(args.backend, device)
+    label = name if ran != "triton-interpreter" else f"{name}-{ran}"  # its own file: never replaces a torch run's
     copy = copy_gbps(device)
-    print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {args.backend!r}; {ops_words(args.ops)}")
+    print(f"device: {name}; copy bandwidth {copy:.0f} GB/s; ours = backend {ran}; {ops_words(args.ops)}")
     caveat = timing_caveat(device, args.backend)
     if caveat:
         print(f"note: {caveat}")
+    if cpu:
+        print(f"note: {NO_COMPILE_ON_CPU}")
 
     cases = [(f"flat-{n}", [(n,)]) for n in sizes]
     for model in models:
         weights = model_weights(model, CPU_MODEL_TENSORS if cpu else None)
         cases.append((model if not cpu else f"{model}[:{CPU_MODEL_TENSORS}]", weights))
     rows: list[Row] = []
-    earlier = previous_rows(args.out, name) if args.append else []
+    earlier = previous_rows(args.out, label) if args.append else []
     path = None
     for case, tensors in cases:
         for dtype_name in args.dtypes:
@@ -437,16 +445,29 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
                 print_table(case_rows, header=not rows)
                 rows += case_rows
                 # Written after every case: a run cut short by a time limit keeps what it measured.
-                path = write_json({"device": name, "caveat": caveat, "rows": merged(earlier, rows)}, args.out,
-                                  "kernels", name)
+                path = write_json({"device": name, "backend": ran, "caveat": caveat,
+                                   "compile": None if cpu else args.compile, "rows": merged(earlier, rows)},
+                                  args.out, "kernels", label)
     # the rows were printed as each case finished (one table, its header once): not printed again
     print(f"wrote {path}" if path else "no rows measured")
 
 
+NO_COMPILE_ON_CPU = ("torch.compile is not timed on CPU (the compile column is '-'): inductor on CPU needs a C++ "
+                     "toolchain and minutes per case, too much for a smoke test")
 HELP_CAVEAT = ("On CPU, and under TRITON_INTERPRET=1, the times are a smoke test of the code path, not kernel "
                "performance: on CPU ours is the torch backend, the same computation as eager; under the interpreter "
                f"ours is Triton's Python emulation of the kernel. CPU timings: {CPU_WARMUP_CALLS} warm-up calls, then "
-               "torch.utils.benchmark's blocked_autorange.")
+               f"torch.utils.benchmark's blocked_autorange. On CPU the compile column is '-': {NO_COMPILE_ON_CPU}. "
+               "The JSON rows record the backend that ran as ours (torch, triton-interpreter or triton-cuda); an "
+               "interpreter run writes kernels-cpu-triton-interpreter.json, beside a torch run's kernels-cpu.json.")
+
+
+def backend_ran(backend: str, device: torch.device) -> str:
+    """What runs as ours: `torch`, `triton-cuda` (compiled Triton kernels) or `triton-interpreter` (Triton's Python
+    emulation on CPU tensors, TRITON_INTERPRET=1): the rows' `backend` and the output file's name."""
+    if backend == "torch":
+        return "torch"
+    return "triton-cuda" if device.type == "cuda" else "triton-interpreter"
 
 
 def timing_caveat(device: torch.device, backend: str) -> str | None:
@@ -478,7 +499,8 @@ def ops_words(ops: list[str]) -> str:
 
 
 def previous_rows(out_dir: Path, device_name: str) -> list[dict]:
-    """Rows of an earlier ``kernels-<device>.json`` in ``out_dir`` (none when absent)."""
+    """Rows of an earlier ``kernels-<device>.json`` in ``out_dir`` (none when absent); ``device_name`` is the file's
+    label (``cpu-triton-interpreter`` for an interpreter run)."""
     path = out_dir / f"kernels-{slug(device_name)}.json"
     return json.loads(path.read_text())["rows"] if path.exists() else []
 

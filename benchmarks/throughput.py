@@ -12,8 +12,12 @@ Two measurements, printed side by side in one run:
   and l2 (as Adam weight decay 2·α2 on the same kernels). Both run in one process in alternating rounds, so load
   changes hit both alike; medians over rounds.
 
-Usage: ``python -m benchmarks.throughput [--config configs/lenet300_fashion.yaml] [--threads 2] [--set key=value]``
-(also ``sparsetrain bench throughput``). Results go to ``<out>/throughput-cpu.json``.
+The benchmark's own runs skip what a throughput measurement does not need (`SKIPPED`: the extra export formats,
+the compact model, the latency table, plots, the accuracy curve); `--quick` is a run of seconds (`QUICK`: a
+fraction of an epoch per phase, fewer and shorter rounds), a smoke test of the benchmark, not a measurement.
+
+Usage: ``python -m benchmarks.throughput [--quick] [--config configs/lenet300_fashion.yaml] [--threads 2]
+[--set key=value]`` (also ``sparsetrain bench throughput``). Results go to ``<out>/throughput-cpu.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ from sparsetrain.argtypes import CommandParser, nonnegative_float, out_folder, p
 PROG = "python -m benchmarks.throughput"  # the usage line's command; `sparsetrain bench throughput` passes its own
 DEFAULT_CONFIG = "configs/lenet300_fashion.yaml"
 EDGE = 0.1  # first / last fraction of a phase's steps
+# what the benchmark's runs leave out: the end of `run` would export in every format and time the latency table
+SKIPPED = ["deploy.formats=[]", "deploy.compact=false", "deploy.latency=false", "report.plots=false",
+           "report.accuracy_curve=false"]
+QUICK = {"epochs": 0.25, "rounds": 3, "round_steps": 20}  # --quick: seconds (117 steps per phase of lenet300)
+QUICK_LOG_EVERY = 5  # --quick logs a step window every 5 steps: a short phase still has first and last windows
 
 
 def window_rates(lines: list[dict], phase: str) -> dict[str, float]:
@@ -64,7 +73,8 @@ def measure_drift(cfg_path: str, overrides: list[str], phases: list[str]) -> lis
     from sparsetrain.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory(prefix="sparsetrain-throughput-") as tmp:
-        cfg = load_config(cfg_path, [*overrides, f"out_dir={tmp}", "resume=false", "tracking.mode=disabled"])
+        cfg = load_config(cfg_path, [*SKIPPED, *overrides, f"out_dir={tmp}", "resume=false",
+                                     "tracking.mode=disabled"])
         run_pipeline(cfg, phases)
         lines = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     return [window_rates(lines, phase) for phase in phases]
@@ -157,18 +167,29 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench throughput`
     from the CLI)."""
     parser = CommandParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run of seconds: --epochs {QUICK['epochs']} --rounds {QUICK['rounds']} "
+                        f"--round-steps {QUICK['round_steps']}, a step window logged every {QUICK_LOG_EVERY} "
+                        "steps (the flags given win)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="recipe whose model, data and phases are timed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override (repeatable), e.g. --set train.flush_denormal=false")
     parser.add_argument("--phases", default="dense,sparsify", help="phases of the long run (drift)")
-    parser.add_argument("--epochs", type=nonnegative_float, default=20.0,
-                        help="epochs of each timed phase (about 9,400 steps of the lenet300 recipe; 0 = the recipe's)")
+    parser.add_argument("--epochs", type=nonnegative_float,
+                        help="epochs of each timed phase (default 20; one epoch of the lenet300 recipe is 468 steps, "
+                        "so 20 are about 9,400 per phase; 0 = the recipe's)")
     parser.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
-    parser.add_argument("--rounds", type=positive_int, default=7, help="alternating rounds of the overhead comparison")
-    parser.add_argument("--round-steps", type=positive_int, default=200, help="steps per loop per round")
+    parser.add_argument("--rounds", type=positive_int,
+                        help="alternating rounds of the overhead comparison (default 7)")
+    parser.add_argument("--round-steps", type=positive_int, help="steps per loop per round (default 200)")
     parser.add_argument("--out", type=out_folder, default=OUTPUT_DIR,
                         help=f"folder for throughput-cpu.json (default {OUTPUT_DIR})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else {"epochs": 20.0, "rounds": 7, "round_steps": 200}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
@@ -180,7 +201,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
             `sparsetrain bench throughput`.
     """
     args = parse_args(argv, prog)
-    overrides = [f"train.threads={args.threads}", "train.device=cpu", *args.overrides]
+    quick = [f"train.log_every={QUICK_LOG_EVERY}"] if args.quick else []
+    overrides = [f"train.threads={args.threads}", "train.device=cpu", *quick, *args.overrides]
     phases = args.phases.split(",")
     lengths = [f"phases.{phase}.epochs={args.epochs}" for phase in phases if args.epochs]
     drift = measure_drift(args.config, [*overrides, *lengths], phases)
@@ -189,7 +211,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
         loops = measure_overhead({"sparsetrain": ours, "plain": plain_step(setup)}, args.rounds, args.round_steps)
         setup["pipeline"].close()
     ratio = loops["sparsetrain"]["steps_per_s"] / loops["plain"]["steps_per_s"]
-    print(f"{args.config} on CPU, {args.threads} threads, {' '.join(args.overrides) or 'no overrides'}")
+    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
+    quick = " (--quick: a smoke test, not a measurement)" if args.quick else ""
+    print(f"{args.config} on CPU{quick}, {threads}, {' '.join(args.overrides) or 'no overrides'}; "
+          f"{args.epochs:g} epoch(s) per phase; not run: export formats, latency table, plots ({' '.join(SKIPPED)})")
     print(f"{'phase':<10}{'steps':>7}{'first 10% st/s':>16}{'last 10% st/s':>15}{'last/first':>11}"
           f"{'CPU ms first':>14}{'CPU ms last':>13}{'first/last CPU':>16}")
     for row in drift:
@@ -200,7 +225,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> dict:
           f"plain torch + timm {loops['plain']['steps_per_s']:.1f} steps/s ({loops['plain']['cpu_ms']:.2f} CPU ms); "
           f"sparsetrain / plain = {ratio:.3f} (wall), "
           f"{loops['plain']['cpu_ms'] / loops['sparsetrain']['cpu_ms']:.3f} (CPU time)")
-    payload = {"config": args.config, "threads": args.threads, "overrides": args.overrides, "drift": drift,
+    payload = {"config": args.config, "quick": args.quick, "epochs": args.epochs, "threads": args.threads,
+               "overrides": args.overrides, "skipped": SKIPPED, "drift": drift,
                "overhead": {**loops, "ratio": ratio, "rounds": args.rounds, "round_steps": args.round_steps}}
     print(f"wrote {write_json(payload, args.out, 'throughput', 'cpu')}")
     return payload

@@ -13,8 +13,11 @@ every variant in turn, so clock changes and other drift hit all of them alike; t
 printed as step times and ratios to dense. ``--profile VARIANT`` also prints the top device kernels of a few
 steps of that variant and of dense (torch.profiler), to see where a difference comes from.
 
-Needs CUDA to mean anything; on CPU it runs a quick smoke mode
-(tiny images, a couple of steps, the torch backend).
+Needs CUDA to mean anything; on CPU it runs a quick smoke mode (tiny images, batch 2, the torch backend,
+`CPU_WARMUP` untimed steps of each variant, then `CPU_ROUNDS` rounds timed in process CPU time on one thread):
+those ratios are a smoke test of the code path, not kernel performance (`timing_caveat`, printed as a `note:` line
+and in the JSON as `caveat`). A wall-clock median of one round swung 6.6x to 8.8x for one variant on a shared
+2-core machine (trial 24), where a niced process waits whole scheduler ticks for a core.
 
 Usage: ``python -m benchmarks.train_step [--quick] [--batch 64] [--image-size 224] [--steps 20]``.
 """
@@ -35,6 +38,10 @@ from triton_kernels import KernelOps, get_ops, l0_penalty
 
 PROG = "python -m benchmarks.train_step"  # the usage line's command; `sparsetrain bench train_step` passes its own
 VARIANTS = ["dense", "fused", "fused_finetune", "autograd"]
+CPU_WARMUP = 2  # untimed steps of each variant on CPU: first-step allocations and lazy inits stay out of the times
+CPU_ROUNDS = 5  # timed rounds on CPU (one step of each variant per round): the median of one round is noise
+CPU_TIMER = "process CPU time, 1 thread, interleaved rounds"
+GPU_TIMER = "CUDA events, interleaved rounds"
 ALPHA0, BETA, L2 = 1e-6, 10.0, 1e-4
 
 
@@ -76,7 +83,8 @@ def make_step(variant: str, model: torch.nn.Module, weights: list[torch.Tensor],
 
 
 def time_one(step, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Milliseconds of one step (device events on CUDA, host clock on CPU), the device idle at the start."""
+    """Milliseconds of one step (device events on CUDA; on CPU this process's CPU time, so the time it waited for a
+    core on a shared machine stays out), the device idle at the start."""
     if images.is_cuda:
         torch.cuda.synchronize(images.device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -85,9 +93,9 @@ def time_one(step, images: torch.Tensor, labels: torch.Tensor) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     step(images, labels)
-    return (time.perf_counter() - t0) * 1e3
+    return (time.process_time() - t0) * 1e3
 
 
 def time_interleaved(steps: dict, images: torch.Tensor, labels: torch.Tensor, warmup: int, rounds: int
@@ -118,7 +126,7 @@ def profile_steps(name: str, step, images: torch.Tensor, labels: torch.Tensor, s
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     """The arguments; `prog` is the command that the usage line and errors name (`sparsetrain bench train_step`
     from the CLI)."""
-    parser = CommandParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = CommandParser(prog=prog, description=__doc__.splitlines()[0], epilog=HELP_CAVEAT)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (forced on CPU)")
     parser.add_argument("--model", default="resnet50", help="timm model name")
     parser.add_argument("--batch", type=positive_int, default=64)
@@ -151,7 +159,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
             print("no CUDA device: running the CPU smoke mode (--quick)")
         args.quick, args.amp = True, False
     if args.quick:
-        args.batch, args.steps, args.warmup = min(args.batch, 2 if cpu else 32), 1 if cpu else 5, 1 if cpu else 2
+        args.batch, args.steps = min(args.batch, 2 if cpu else 32), CPU_ROUNDS if cpu else 5
+        args.warmup = CPU_WARMUP if cpu else 2
         args.image_size = 32 if cpu else args.image_size
     ops = get_ops(kernel_backend(args.backend, device))
     gen = torch.Generator(device=device).manual_seed(0)
@@ -162,20 +171,51 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     for variant in VARIANTS:
         model, weights = build(args.model, 1000, device)
         steps[variant] = make_step(variant, model, weights, ops, args.amp)
-    medians = time_interleaved(steps, images, labels, args.warmup, args.steps)
+    threads = torch.get_num_threads()
+    if cpu:
+        torch.set_num_threads(1)  # CPU time of one thread: the time of the work, not of the threads' waiting
+    try:
+        medians = time_interleaved(steps, images, labels, args.warmup, args.steps)
+    finally:
+        torch.set_num_threads(threads)
     rows = [{"variant": variant, "step_ms": medians[variant]} for variant in VARIANTS]
     dense = rows[0]["step_ms"]
     name = device_label(device)
-    print(f"device: {name}; {args.model}, batch {args.batch}, {args.image_size}px, amp={args.amp}, ops={ops.backend}")
+    print(f"device: {name}; {args.model}, batch {args.batch}, {args.image_size}px, amp={args.amp}, ops={ops.backend}; "
+          f"median of {args.steps} round(s) after {args.warmup} warm-up step(s) per variant, {timer_words(cpu)}")
+    caveat = timing_caveat(device)
+    if caveat:
+        print(f"note: {caveat}")
     print(f"{'variant':<16}{'step ms':>10}{'vs dense':>10}")
     for row in rows:
         row["ratio_vs_dense"] = row["step_ms"] / dense
         print(f"{row['variant']:<16}{row['step_ms']:>10.2f}{row['ratio_vs_dense']:>10.3f}")
-    payload = {"device": name, "model": args.model, "batch": args.batch, "image_size": args.image_size, "rows": rows}
+    payload = {"device": name, "model": args.model, "batch": args.batch, "image_size": args.image_size,
+               "caveat": caveat, "timer": timer_words(cpu), "warmup_steps": args.warmup, "rounds": args.steps,
+               "rows": rows}
     print(f"wrote {write_json(payload, args.out, 'train_step', name)}")
     if args.profile and not cpu:
         for variant in ("dense", args.profile):
             profile_steps(variant, steps[variant], images, labels)
+
+
+HELP_CAVEAT = (f"On CPU the times are a smoke test of the code path, not kernel performance: tiny images, the torch "
+               f"backend, {CPU_WARMUP} warm-up steps per variant, then the median of {CPU_ROUNDS} interleaved rounds "
+               "in process CPU time on one thread.")
+
+
+def timer_words(cpu: bool) -> str:
+    """How a step was timed (printed and in the JSON as `timer`)."""
+    return CPU_TIMER if cpu else GPU_TIMER
+
+
+def timing_caveat(device: torch.device) -> str | None:
+    """The line that says what CPU times cannot show (printed as `note:` and in the JSON as `caveat`), None on CUDA."""
+    if device.type != "cpu":
+        return None
+    return ("on CPU these times are a smoke test of the code path, not kernel performance: tiny images, the torch "
+            "backend, a few rounds; ratios to dense say whether the variants run, not what they cost on a GPU "
+            "(process CPU time on one thread)")
 
 
 if __name__ == "__main__":

@@ -320,13 +320,14 @@ def _latency_line(lat: dict[str, Any]) -> str:
     """Dense -> pruned (Method 2) or compact (Method 1; reports before `compact` was its key: `pruned`) latency, the
     speed-up (with the range of its three ratios when they disagree: `latency_report.noise_range`, the rule the
     table's notes use), and how it was measured."""
-    from sparsetrain.deploy.latency_report import noise_range, noise_words
+    from sparsetrain.deploy.latency_report import noise_range, noise_words, row_spread
 
     def ms(value: float) -> str:
         return f"{value:.2f}" if value >= 1 else f"{value:.3f}"  # small models run in tens of microseconds
 
     after = lat["compact"] if "compact" in lat else lat["pruned"]
-    noisy = noise_range(lat["speedup"], lat.get("speedup_median"), lat.get("speedup_paired"))
+    noisy = noise_range(lat["speedup"], lat.get("speedup_median"), lat.get("speedup_paired"),
+                        row_spread(lat, "speedup"))
     speedup = f"{lat['speedup']:.2f}x" + (f", {noise_words(noisy)}" if noisy else "")
     return f"latency      {ms(lat['dense'])} ms -> {ms(after)} ms ({speedup}; {lat.get('measured', 'CPU, batch 1')})"
 

@@ -12,8 +12,9 @@ alike. The speed-up is the ratio of the 20th percentiles dense / compressed (`sp
 each distribution (even the median) mostly noise, while the fast quantile is the model's own cost; the ratio of the
 medians and the median of the per-round ratios (`speedup_median`, `speedup_paired`; `_compact` for the compact
 model) are kept beside it. Reported per model: median and the 20th / 80th percentiles (ms), peak memory
-(`deploy.memory`, a fresh process per model and runtime), and the ten slowest layers (forward hooks in torch,
-onnxruntime's own profiler for ONNX). Unstructured sparsity runs as a dense graph: its rows say so, with the storage
+(`deploy.memory`, a fresh process per model and runtime), and the ten slowest layers (each model warmed up first,
+then the median per layer; forward hooks in torch, onnxruntime's own profiler for ONNX). Unstructured sparsity
+runs as a dense graph: its rows say so, with the storage
 saving beside the speed-up; the compact model is where Method 1's speed-up is. `RUN/export/compact` timed alone is
 dense vs compact (`compact_ms`, `speedup_compact`), keyed as in the run's table.
 """
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from sparsetrain.deploy.compact import COMPACT_DIR
-from sparsetrain.deploy.latency_report import noise_range, noise_words, speedup_key, unpruned
+from sparsetrain.deploy.latency_report import noise_range, noise_words, row_spread, speedup_key, unpruned
 from sparsetrain.deploy.loading import (
     export_folder,
     is_compact,
@@ -56,6 +57,7 @@ MODELS = ("dense", "compressed", "compact")  # the order of each round; compact 
 COMPACT = "the compact model: dead units removed, a smaller dense graph"  # what `timed` says of it
 NO_SPEEDUP_BELOW = 1.10  # an unstructured speed-up under this is reported as "no speed-up"
 TOP_LAYERS = 10
+PROFILE_WARMUP = 3  # untimed calls of each model with the profiling hooks on, before its slowest-layers profile
 MIN_SAMPLE_MS = 20.0  # each timing sample runs >= 20 ms (a block of calls), so sub-ms preemption averages out
 
 
@@ -101,13 +103,16 @@ def _summary(ms: list[float]) -> dict[str, float]:
 
 
 def _speedups(times: dict[str, list[float]], stats: dict[str, dict[str, float]], which: str) -> dict[str, float]:
-    """Dense / `which` as the ratio of the p20s, of the medians and the median per-round ratio (`speedup*` for the
-    compressed model, `speedup_compact*` for the compact one)."""
+    """Dense / `which` as the ratio of the p20s, of the medians, the median per-round ratio and the per-round
+    ratios' p20 and p80 (their spread: `noise_range`) (`speedup*` for the compressed model, `speedup_compact*`
+    for the compact one)."""
     key = speedup_key(which)
     dense, other = stats["dense_ms"], stats[f"{which}_ms"]
+    rounds = [d / max(c, 1e-9) for d, c in zip(times["dense"], times[which], strict=True)]
+    p20, p80 = np.quantile(rounds, [0.2, 0.8])
     return {key: dense["p20"] / max(other["p20"], 1e-9), f"{key}_median": dense["median"] / max(other["median"], 1e-9),
-            f"{key}_paired": statistics.median(d / max(c, 1e-9)
-                                               for d, c in zip(times["dense"], times[which], strict=True))}
+            f"{key}_paired": statistics.median(rounds), f"{key}_paired_p20": float(p20),
+            f"{key}_paired_p80": float(p80)}
 
 
 def _verified_compact(folder: Path) -> dict[str, Any] | None:
@@ -234,9 +239,14 @@ def _onnx_calls(models: _Models, batch: int, threads: int) -> dict[str, Callable
     return {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()}
 
 
-def _torch_layers(model: nn.Module, call: Callable[[], Any], runs: int) -> list[dict[str, Any]]:
-    """Mean forward time per leaf module (forward pre/post hooks), slowest first."""
-    spent: dict[str, float] = defaultdict(float)
+def _torch_layers(model: nn.Module, call: Callable[[], Any], runs: int,
+                  warmup: int = PROFILE_WARMUP) -> list[dict[str, Any]]:
+    """Median forward time per leaf module (forward pre/post hooks) over `runs` calls, slowest first (ms).
+
+    `warmup` calls with the hooks on run first, untimed: the first calls of a model (or of its hooked modules)
+    pay one-off costs, which made the first layer of the model profiled first look 50x slower (trial 24: dense fc1
+    0.425 ms against compact's 0.008 ms); the median keeps a call that lost its core out as well."""
+    spent: dict[str, list[float]] = defaultdict(list)
     started: dict[str, float] = {}
     handles = []
     for name, module in model.named_modules():
@@ -244,36 +254,42 @@ def _torch_layers(model: nn.Module, call: Callable[[], Any], runs: int) -> list[
             handles.append(module.register_forward_pre_hook(
                 lambda m, a, n=name: started.__setitem__(n, time.perf_counter())))
             handles.append(module.register_forward_hook(
-                lambda m, a, o, n=name: spent.__setitem__(n, spent[n] + time.perf_counter() - started[n])))
+                lambda m, a, o, n=name: spent[n].append(time.perf_counter() - started[n])))
     try:
+        for _ in range(warmup):
+            call()
+        spent.clear()
         for _ in range(runs):
             call()
     finally:
         for handle in handles:
             handle.remove()
     types = {n: type(m).__name__ for n, m in model.named_modules()}
-    rows = sorted(spent.items(), key=lambda kv: -kv[1])[:TOP_LAYERS]
-    return [{"layer": n, "op": types[n], "ms": 1e3 * t / runs} for n, t in rows]
+    medians = {n: statistics.median(t) for n, t in spent.items()}
+    rows = sorted(medians.items(), key=lambda kv: -kv[1])[:TOP_LAYERS]
+    return [{"layer": n, "op": types[n], "ms": 1e3 * t} for n, t in rows]
 
 
 def _onnx_layers(path: Path, batch: int, shape: tuple[int, ...], threads: int, runs: int,
-                 scratch: Path) -> list[dict[str, Any]]:
-    """Mean time per graph node from onnxruntime's profiler (a separate session: profiling costs time)."""
+                 scratch: Path, warmup: int = PROFILE_WARMUP) -> list[dict[str, Any]]:
+    """Median time per graph node (ms) from onnxruntime's profiler (a separate session: profiling costs time) over
+    `runs` calls after `warmup` calls whose events are dropped (a new session's first runs pay one-off costs)."""
     session = onnx_session(path, threads, profile_prefix=str(scratch / f"{path.stem}_b{batch}"))
     x = np.zeros((batch, *shape), dtype=np.float32)
-    for _ in range(runs):
+    for _ in range(warmup + runs):
         session.run(None, {session.get_inputs()[0].name: x})
     trace_file = Path(session.end_profiling())
-    spent: dict[str, float] = defaultdict(float)
+    spent: dict[str, list[float]] = defaultdict(list)
     ops: dict[str, str] = {}
-    for event in json.loads(trace_file.read_text()):
+    for event in sorted(json.loads(trace_file.read_text()), key=lambda e: e.get("ts", 0)):
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
             node = event["name"].removesuffix("_kernel_time")
-            spent[node] += event["dur"] / 1e3
+            spent[node].append(event["dur"] / 1e3)
             ops[node] = event.get("args", {}).get("op_name", "")
     trace_file.unlink(missing_ok=True)
-    rows = sorted(spent.items(), key=lambda kv: -kv[1])[:TOP_LAYERS]
-    return [{"layer": n, "op": ops[n], "ms": t / runs} for n, t in rows]
+    medians = {n: statistics.median(t[warmup:] or t) for n, t in spent.items()}
+    rows = sorted(medians.items(), key=lambda kv: -kv[1])[:TOP_LAYERS]
+    return [{"layer": n, "op": ops[n], "ms": t} for n, t in rows]
 
 
 def _memory(models: _Models, runtime: str, batches: tuple[int, ...], threads: int) -> dict[str, dict[int, int]]:
@@ -425,7 +441,7 @@ def _judged(row: dict[str, Any], model: str, faster: str) -> str:
     (nothing when `faster` is empty); the compact model's words are prefixed `compact: `."""
     key = speedup_key(model)
     speedup, prefix = _shown(row[key]), "compact: " if model == "compact" else ""
-    noisy = noise_range(row[key], row.get(f"{key}_median"), row.get(f"{key}_paired"))
+    noisy = noise_range(row[key], row.get(f"{key}_median"), row.get(f"{key}_paired"), row_spread(row, key))
     if noisy:
         return f"{prefix}{speedup:.2f}x is {noise_words(noisy)}"
     if speedup < 1.0:

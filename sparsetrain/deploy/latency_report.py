@@ -7,28 +7,42 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOISE_MARGIN", "bench_stem", "format_latency", "noise_range", "noise_words", "plot_latency",
+__all__ = ["NOISE_MARGIN", "bench_stem", "format_latency", "noise_range", "noise_words", "plot_latency", "row_spread",
            "speedup_key", "timed_models", "unpruned", "write_latency"]
 
 NOISE_MARGIN = 1.25  # the three ratios of one speed-up spanning more than this factor: called within noise
 
 
-def noise_range(p20: float, median: float | None, paired: float | None) -> tuple[float, float] | None:
-    """(lowest, highest) of a speed-up's three ratios (dense / model of the p20s, of the medians, median of the
-    per-round ratios, each as printed: 2 decimals) when they disagree about faster vs slower (one under 1.00x,
-    another not) or the highest is more than `NOISE_MARGIN` times the lowest: the p20 headline is then within
-    measurement noise (e.g. 5 rounds on a loaded machine: p20 1.88x, median 0.92x, paired 0.91x). None when they
-    agree, or when the median or paired ratio is not known (tables and reports written before they were kept).
+def noise_range(p20: float, median: float | None, paired: float | None,
+                spread: tuple[float, float] | None = None) -> tuple[float, float] | None:
+    """(lowest, highest) of a speed-up's ratios when the speed-up is within measurement noise, else None.
+
+    The ratios: dense / model of the p20s, of the medians, the median of the per-round ratios, and `spread`, the
+    20th and 80th percentiles of the per-round ratios (`speedup*_paired_p20` / `_p80`: the spread the repeats
+    measured), each as printed (2 decimals). Within noise when 1.00x lies inside their range (one under 1.00x,
+    another at or above it; or the per-round p20-p80 holds 1.00x: a 1.01x or 0.99x of a model that runs as fast as
+    dense), or the highest is more than `NOISE_MARGIN` times the lowest (e.g. 5 rounds on a loaded machine: p20
+    1.88x, median 0.92x, paired 0.91x). None when the median or paired ratio is not known (tables and reports
+    written before they were kept; without `spread`, from before it was kept, the rule uses the three ratios).
     The one rule for every speed-up a table note or the summary's `latency` line states."""
     if median is None or paired is None:
         return None
-    low, *_, high = sorted(float(f"{x:.2f}") for x in (p20, median, paired))
-    return (low, high) if (low < 1.0 <= high) or high > NOISE_MARGIN * max(low, 0.01) else None
+    shown = [float(f"{x:.2f}") for x in (p20, median, paired, *(spread or ()))]
+    low, high = min(shown), max(shown)
+    around_one = low < 1.0 <= high or (spread is not None and min(shown[3:]) <= 1.0 <= max(shown[3:]))
+    return (low, high) if around_one or high > NOISE_MARGIN * max(low, 0.01) else None
 
 
 def noise_words(ratios: tuple[float, float]) -> str:
     """`within noise: 0.91x-1.88x over the p20, median and paired ratios` (`noise_range`'s words)."""
     return f"within noise: {ratios[0]:.2f}x-{ratios[1]:.2f}x over the p20, median and paired ratios"
+
+
+def row_spread(row: dict[str, Any], key: str) -> tuple[float, float] | None:
+    """The p20 and p80 of a row's per-round ratios of speed-up `key` (`speedup`, `speedup_compact`), or None for a
+    table written before they were kept."""
+    low, high = row.get(f"{key}_paired_p20"), row.get(f"{key}_paired_p80")
+    return None if low is None or high is None else (low, high)
 
 
 def unpruned(storage: dict[str, Any]) -> bool:

@@ -293,7 +293,8 @@ def _headline(table: dict[str, Any]) -> dict[str, Any]:
     model = "compact" if "compact_ms" in row else "compressed"
     key = speedup_key(model)
     ratios = {"speedup": row[key], "speedup_median": row.get(f"{key}_median"),
-              "speedup_paired": row.get(f"{key}_paired")}
+              "speedup_paired": row.get(f"{key}_paired"), "speedup_paired_p20": row.get(f"{key}_paired_p20"),
+              "speedup_paired_p80": row.get(f"{key}_paired_p80")}
     if model == "compact":
         return {"dense": row["dense_ms"]["p20"], "compact": row["compact_ms"]["p20"], **ratios, "model": "compact",
                 "measured": f"compact model: export/compact/, dead units removed; {how}"}

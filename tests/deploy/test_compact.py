@@ -198,7 +198,7 @@ def test_run_times_the_compact_model_in_the_same_rounds(run: tuple[Path, dict]) 
 
 
 def test_the_reports_latency_headline_is_the_compact_models(run: tuple[Path, dict]) -> None:
-    from sparsetrain.deploy.latency_report import noise_range, noise_words
+    from sparsetrain.deploy.latency_report import noise_range, noise_words, row_spread
     from sparsetrain.report import format_table
 
     out, report = run
@@ -208,8 +208,10 @@ def test_the_reports_latency_headline_is_the_compact_models(run: tuple[Path, dic
     assert (headline["dense"], headline["compact"]) == (row["dense_ms"]["p20"], row["compact_ms"]["p20"])
     assert "pruned" not in headline, "pruned is Method 2's key: this is the compact model's time"
     line = next(x for x in format_table(report).splitlines() if x.startswith("latency"))
-    noisy = noise_range(row["speedup_compact"], row["speedup_compact_median"], row["speedup_compact_paired"])
+    noisy = noise_range(row["speedup_compact"], row["speedup_compact_median"], row["speedup_compact_paired"],
+                        row_spread(row, "speedup_compact"))
     caveat = f", {noise_words(noisy)}" if noisy else ""  # 3 rounds: the ratios may well disagree
+    assert headline["speedup_paired_p20"] == row["speedup_compact_paired_p20"], "the spread reaches the report"
     assert f"({row['speedup_compact']:.2f}x{caveat}; compact model: export/compact/, dead units removed;" in line, line
     assert json.loads((out / "report.json").read_text())["latency_ms"] == headline
 
