@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -157,6 +158,20 @@ def test_host_overhead_reports_the_work_a_plan_skips(masks: str, capsys) -> None
     out = capsys.readouterr().out
     assert f"{masks} masks, 3 calls" in out, out
     assert "host work a plan skips" in out and "ms of process CPU time per call" in out, out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="plain CPU only")
+def test_host_overhead_on_plain_cpu_says_why_it_measures_nothing() -> None:
+    """Without TRITON_INTERPRET the kernels refuse CPU tensors (one RuntimeError line): the benchmark says so and how
+    to measure, instead of ending in that traceback (it did once the kernels checked the device)."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "benchmarks.host_overhead", "--model", "test_resnet", "--calls", "2"],
+                          cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-800:]
+    assert done.stdout.splitlines()[-1].startswith("host work a plan skips: not measured (backend 'triton' cannot "
+                                                   "run: "), done.stdout
+    assert done.stdout.splitlines()[-1].endswith("set TRITON_INTERPRET=1 to time it on CPU"), done.stdout
 
 
 def test_throughput_benchmark_quick_writes_json(tmp_path) -> None:
