@@ -7,8 +7,6 @@ progress, while the final table is in `_log.out`. Real local Slurm cluster, a he
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import subprocess
 from collections.abc import Iterator
@@ -16,19 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from launch.cli import launch_main
 from sparsetrain.config.loader import save_resolved
 from tests.core.conftest import tiny_config
+from tests.launch.cli_runs import launch_in_process
 
 HELD = 'launch.extra_sbatch=["--hold"]'
-
-
-def _launch(argv: list[str]) -> tuple[int, str, str]:
-    """`sparsetrain launch ARGV` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = launch_main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _recipe(out_dir: Path) -> str:
@@ -42,7 +32,7 @@ def _recipe(out_dir: Path) -> str:
 def held(slurm_cluster: None, tmp_path: Path) -> Iterator[tuple[int, str, str, Path]]:
     """`sparsetrain launch` of a held job into out_dir `qs2`: (exit code, stdout, stderr, out_dir)."""
     out_dir = tmp_path / "qs2"
-    code, out, err = _launch([_recipe(out_dir), "--cluster", "slurm", HELD])
+    code, out, err = launch_in_process([_recipe(out_dir), "--cluster", "slurm", HELD])
     try:
         yield code, out, err, out_dir
     finally:
@@ -79,9 +69,9 @@ def test_follow_line_names_the_progress_log_and_the_file_with_the_final_table(
 def test_launch_job_name_overrides_the_default(tmp_path: Path) -> None:
     """`launch.job_name` is the name, as before; the default puts the out_dir's name first."""
     recipe = _recipe(tmp_path / "run")
-    code, out, err = _launch([recipe, "launch.job_name=mine", "--cluster", "slurm", "--dry-run"])
+    code, out, err = launch_in_process([recipe, "launch.job_name=mine", "--cluster", "slurm", "--dry-run"])
     assert code == 0 and "#SBATCH --job-name=mine\n" in out, err
-    code, out, err = _launch([recipe, "--cluster", "slurm", "--dry-run"])
+    code, out, err = launch_in_process([recipe, "--cluster", "slurm", "--dry-run"])
     assert code == 0 and "#SBATCH --job-name=run-sparsetrain\n" in out, err
 
 
@@ -95,7 +85,7 @@ def test_the_wandb_config_of_a_slurm_run_names_its_job(slurm_cluster: None, tmp_
     recipe = out_dir.parent / "wb.yaml"
     save_resolved(tiny_config(out_dir, "phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.3",
                               "tracking.mode=offline", "launch.cpus_per_task=1"), recipe)
-    code, out, err = _launch([str(recipe), "--cluster", "slurm", "--wait", "--timeout", "300"])
+    code, out, err = launch_in_process([str(recipe), "--cluster", "slurm", "--wait", "--timeout", "300"])
     match = re.search(r"submitted job (\d+)", out)
     if code != 0 and match:
         subprocess.run(["scancel", match.group(1)], capture_output=True, check=False)

@@ -8,8 +8,6 @@ of the dry run and nothing at submission. Real tiny runs on digits, the real loc
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import socket
@@ -20,23 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from launch.cli import launch_main
 from launch.submit import FINAL_STATES, slurm_state
 from sparsetrain.config.loader import save_resolved
 from sparsetrain.pipeline import run_pipeline
 from sparsetrain.runlock import RunLock, read_holder
 from tests.core.conftest import tiny_config
+from tests.launch.cli_runs import launch_in_process
 
 SHORT = ("phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.3")
 HELD = 'launch.extra_sbatch=["--hold"]'  # a job the old code would have queued stays held, then is cancelled
-
-
-def _launch(argv: list[str]) -> tuple[int, str, str]:
-    """`sparsetrain launch ARGV` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = launch_main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _cancel_submitted(out: str) -> None:
@@ -57,7 +47,7 @@ def sparsified(tmp_path: Path) -> Path:
 def _refused(argv: list[str], out_dir: Path) -> str:
     """Launch (slurm, held) and expect a refusal before submission: exit 2, one `error:` line, no job, no log folder."""
     before = sorted(path.name for path in out_dir.iterdir()) if out_dir.is_dir() else None
-    code, out, err = _launch([*argv, "--cluster", "slurm", HELD])
+    code, out, err = launch_in_process([*argv, "--cluster", "slurm", HELD])
     _cancel_submitted(out)
     assert code == 2 and out == "", out + err
     assert err.count("\n") == 1 and err.startswith("error: "), err
@@ -72,11 +62,11 @@ def test_changed_settings_on_an_existing_run_are_refused_before_submission(spars
     err = _refused([str(stored), "seed=5"], sparsified)
     assert err == (f"error: out_dir: {sparsified} holds a run with other settings: seed 0 -> 5 (fixed: sparsify has "
                    "run with it); use a new out_dir, or resume=false to start over"), err
-    code, out, dry_err = _launch([str(stored), "seed=5", "--dry-run"])
+    code, out, dry_err = launch_in_process([str(stored), "seed=5", "--dry-run"])
     assert (code, dry_err.strip()) == (2, err), out + dry_err
     # what the resume allows passes: an execution setting, or resume=false (a new run there)
     for allowed in (["train.log_every=7"], ["seed=5", "resume=false"]):
-        code, out, dry_err = _launch([str(stored), *allowed, "--dry-run"])
+        code, out, dry_err = launch_in_process([str(stored), *allowed, "--dry-run"])
         assert code == 0, dry_err
 
 
@@ -91,7 +81,7 @@ def test_a_phase_the_run_cannot_start_is_refused_before_submission(sparsified: P
     err = _refused([str(sparsified / "config.yaml"), "--phase", "finetune"], sparsified)
     assert err.startswith("error: phase: finetune starts from the weights of the prune phase"), err
     for phases in (["--phase", "prune"], ["--phase", "prune", "--phase", "finetune"]):
-        code, out, dry_err = _launch([str(sparsified / "config.yaml"), *phases, "--dry-run"])
+        code, out, dry_err = launch_in_process([str(sparsified / "config.yaml"), *phases, "--dry-run"])
         assert code == 0, dry_err
 
 
@@ -106,8 +96,8 @@ def test_a_dry_run_warns_about_data_missing_here(tmp_path: Path) -> None:
     """The dry run plans from the config when the data is not here, and says so as a `warning:` line (a plain line
     before)."""
     missing = tmp_path / "on-the-nodes"
-    code, out, err = _launch([*_config_args(tmp_path / "run"), "data.source=idx", f"data.path={missing}",
-                              "--cluster", "slurm", "--dry-run"])
+    code, out, err = launch_in_process([*_config_args(tmp_path / "run"), "data.source=idx", f"data.path={missing}",
+                                        "--cluster", "slurm", "--dry-run"])
     assert code == 0, err
     warning = f"warning: data not read here (data.path: IDX folder not found: {missing}); sizes from the config: "
     assert warning in out, out
@@ -117,8 +107,8 @@ def test_a_dry_run_warns_about_data_missing_here(tmp_path: Path) -> None:
 def held(slurm_cluster: None, tmp_path: Path) -> Iterator[tuple[int, str, str, Path]]:
     """A held `launch` whose data.path exists only 'on the nodes' (not here): (exit code, stdout, stderr, out_dir)."""
     out_dir = tmp_path / "run"
-    code, out, err = _launch([*_config_args(out_dir), "data.source=idx", f"data.path={tmp_path / 'on-the-nodes'}",
-                              "--cluster", "slurm", HELD])
+    code, out, err = launch_in_process([*_config_args(out_dir), "data.source=idx",
+                                        f"data.path={tmp_path / 'on-the-nodes'}", "--cluster", "slurm", HELD])
     try:
         yield code, out, err, out_dir
     finally:
@@ -177,5 +167,5 @@ def test_an_out_dir_another_job_or_run_is_in_is_refused_before_submission(held_j
     assert err == (f"error: out_dir: {out_dir} is in use by another run (host {socket.gethostname()}, pid "
                    f"{os.getpid()}, since {read_holder(out_dir)['since']}); wait for it, stop it, or use another "
                    "out_dir"), err
-    code, out, dry_err = _launch([*argv, "--dry-run"])
+    code, out, dry_err = launch_in_process([*argv, "--dry-run"])
     assert code == 0, dry_err
