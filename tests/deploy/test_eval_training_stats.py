@@ -84,18 +84,14 @@ def seg_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     of lower contrast), and a flat folder of its test split alone (images/, masks/, classes.txt): whole-folder
     eval's data, whose own statistics are not the training images'."""
     from sparsetrain.config import load_config
-    from tests.segmentation.test_seg_miou import street_folder
+    from tests.segmentation.test_seg_miou import street_folder, street_overrides
 
     tmp = tmp_path_factory.mktemp("eval_stats_seg")
     folder, out, flat = street_folder(tmp / "data"), tmp / "run", tmp / "flat"
     for path in (folder / "train" / "images").iterdir():  # training images brighter than the test ones
         Image.fromarray(np.asarray(Image.open(path)) // 2 + 60).save(path)
-    run_pipeline(load_config(None, [
-        "task=segmentation", "data.source=seg_folder", f"data.path={folder}", "model.name=unet_tiny",
-        "train.batch_size=4", "phases.dense.epochs=1", "phases.sparsify.enabled=false", "prune.rule=global_sparsity",
-        "prune.sparsity=0.3", "phases.finetune.epochs=1", "tracking.mode=disabled", "deepspeed.zero_stage=0",
-        "deploy.formats=[]", "deploy.latency=false", "deploy.compact=false", "report.accuracy_curve=false",
-        f"out_dir={out}"]))
+    run_pipeline(load_config(None, street_overrides(folder, out, "phases.dense.epochs=1", "phases.finetune.epochs=1",
+                                                    "deploy.compact=false", "report.accuracy_curve=false")))
     for kind in ("images", "masks"):
         shutil.copytree(folder / "test" / kind, flat / kind)
     shutil.copy(folder / "classes.txt", flat / "classes.txt")

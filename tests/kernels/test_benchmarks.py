@@ -92,6 +92,14 @@ def test_train_step_benchmark_quick_writes_json(tmp_path) -> None:
     assert all(row["step_ms"] > 0 for row in payload["rows"]), f"step times: {payload['rows']}"
 
 
+def assert_cpu_caveat(payload: dict, out: list[str]) -> None:
+    """A benchmark's CPU caveat: in its JSON (`caveat`, saying the times are a smoke test) and printed as `note:`."""
+    caveat = payload["caveat"]
+    assert caveat and caveat.startswith("on CPU these times are a smoke test of the code path, not kernel "
+                                        "performance"), caveat
+    assert f"note: {caveat}" in out, out
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke mode; on a GPU run the benchmarks themselves")
 def test_train_step_cpu_timing_warms_up_repeats_and_says_it_is_a_smoke_test(tmp_path, capsys) -> None:
     """Trial 24: on CPU quick mode timed one wall-clock round after one warm-up step and printed fused_finetune
@@ -100,10 +108,7 @@ def test_train_step_cpu_timing_warms_up_repeats_and_says_it_is_a_smoke_test(tmp_
     train_step.main(["--model", "test_resnet", "--out", str(tmp_path)])
     out = capsys.readouterr().out.splitlines()
     payload = json.loads((tmp_path / "train_step-cpu.json").read_text())
-    caveat = payload["caveat"]
-    assert caveat and caveat.startswith("on CPU these times are a smoke test of the code path, not kernel "
-                                        "performance"), caveat
-    assert f"note: {caveat}" in out, out
+    assert_cpu_caveat(payload, out)
     assert payload["warmup_steps"] == train_step.CPU_WARMUP >= 2, payload
     assert payload["rounds"] == train_step.CPU_ROUNDS >= 5, payload
     assert payload["timer"] == "process CPU time, 1 thread, interleaved rounds", payload
@@ -383,10 +388,7 @@ def test_kernels_cpu_timing_warms_up_repeats_and_says_it_is_a_smoke_test(tmp_pat
     kernels.main(["--sizes", "4096", "--models", "none", "--dtypes", "fp32", "--masks", "bool", "--out", str(tmp_path)])
     out = capsys.readouterr().out.splitlines()
     payload = json.loads((tmp_path / "kernels-cpu.json").read_text())
-    caveat = payload["caveat"]
-    assert caveat and caveat.startswith("on CPU these times are a smoke test of the code path, not kernel "
-                                        "performance"), caveat
-    assert f"note: {caveat}" in out, out
+    assert_cpu_caveat(payload, out)
     (row,) = payload["rows"]
     assert row["timer"].startswith("torch.utils.benchmark.Timer.blocked_autorange"), row["timer"]
     assert row["warmup_calls"] == kernels.CPU_WARMUP_CALLS >= 1, row

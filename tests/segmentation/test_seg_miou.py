@@ -138,13 +138,19 @@ def street_run(tmp: Path) -> tuple[Path, dict]:
     from sparsetrain.pipeline import run_pipeline
 
     folder, out = street_folder(tmp / "data"), tmp / "run"
-    report = run_pipeline(load_config(None, [
-        "task=segmentation", "data.source=seg_folder", f"data.path={folder}", "model.name=unet_tiny",
-        f"model.checkpoint={sky_checkpoint(tmp / 'sky.safetensors')}", "train.batch_size=4",
-        "phases.dense.epochs=0", "phases.sparsify.enabled=false", "prune.rule=global_sparsity", "prune.sparsity=0.3",
-        "phases.finetune.epochs=0", "tracking.mode=disabled", "deepspeed.zero_stage=0", "deploy.formats=[]",
-        "deploy.latency=false", f"out_dir={out}"]))
+    report = run_pipeline(load_config(None, street_overrides(
+        folder, out, f"model.checkpoint={sky_checkpoint(tmp / 'sky.safetensors')}", "phases.dense.epochs=0",
+        "phases.finetune.epochs=0")))
     return out, report
+
+
+def street_overrides(folder: Path, out: Path, *extra: str) -> list[str]:
+    """Overrides of a tiny Method 1 segmentation run over a street folder: unet_tiny, batch 4, no sparsify phase,
+    30 % global pruning, no tracking, deployment formats or latency table; `extra` adds to them (epochs, ...)."""
+    return ["task=segmentation", "data.source=seg_folder", f"data.path={folder}", "model.name=unet_tiny",
+            "train.batch_size=4", "phases.sparsify.enabled=false", "prune.rule=global_sparsity", "prune.sparsity=0.3",
+            "tracking.mode=disabled", "deepspeed.zero_stage=0", "deploy.formats=[]", "deploy.latency=false", *extra,
+            f"out_dir={out}"]
 
 
 @pytest.fixture(scope="module")
@@ -199,12 +205,8 @@ def test_more_model_outputs_than_named_classes_keep_the_names_and_get_placeholde
     folder, out = street_folder(tmp_path / "data"), tmp_path / "run"
     (folder / "classes.txt").write_text("road\nsky\ncar\n")
     expected = ("road", "sky", "car", "class 3", "class 4")
-    run_pipeline(load_config(None, [
-        "task=segmentation", "data.source=seg_folder", f"data.path={folder}", "model.name=unet_tiny",
-        "model.kwargs.num_classes=5", "train.batch_size=4", "phases.dense.epochs=1", "phases.sparsify.enabled=false",
-        "prune.rule=global_sparsity", "prune.sparsity=0.3", "phases.finetune.epochs=1", "report.plots=false",
-        "tracking.mode=disabled", "deepspeed.zero_stage=0", "deploy.formats=[]", "deploy.latency=false",
-        f"out_dir={out}"]))
+    run_pipeline(load_config(None, street_overrides(folder, out, "model.kwargs.num_classes=5", "phases.dense.epochs=1",
+                                                    "phases.finetune.epochs=1", "report.plots=false")))
     final = json.loads((out / "report.json").read_text())["phases"]["finetune"]
     assert tuple(final["per_class_iou"]) == expected, final["per_class_iou"]
     meta = json.loads((out / "export" / "architecture.json").read_text())["meta"]
