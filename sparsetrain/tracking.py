@@ -27,6 +27,7 @@ from typing import Any
 
 from sparsetrain.config.schema import TrackingConfig
 from sparsetrain.errors import SetupError
+from sparsetrain.runlock import slurm_job_id
 
 log = logging.getLogger("sparsetrain")
 
@@ -82,8 +83,7 @@ def slurm_job(env: Mapping[str, str]) -> dict[str, str | int] | None:
     if not env.get("SLURM_JOB_ID"):
         return None
     array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-    job: dict[str, str | int] = {"job_id": f"{array}_{task}" if array and task else env["SLURM_JOB_ID"],
-                                 "raw_job_id": env["SLURM_JOB_ID"]}
+    job: dict[str, str | int] = {"job_id": slurm_job_id(env), "raw_job_id": env["SLURM_JOB_ID"]}
     if array and task:
         job.update(array_job_id=array, array_task_id=task)
     restarts = env.get("SLURM_RESTART_COUNT", "")
