@@ -7,7 +7,8 @@ directory, an `out_dir` holding a run whose settings differ in a way its resume 
 `--phase` that starts from the weights of an earlier phase not finished there (`phases_needed_first`). Refused too:
 an `out_dir` that another run uses (`check_out_dir_free`): its run lock is held, or names a Slurm job still pending or
 running (e.g. requeued after a preemption, waiting to continue there); two jobs in one out_dir mix their files.
-Warned about only: a `data.path` this machine does not have (it may exist on the compute nodes alone).
+Warned about only: a `data.path`, `model.checkpoint` or `model.pretrained_file` this machine does not have (it may
+exist on the compute nodes alone).
 """
 
 from __future__ import annotations
@@ -81,11 +82,11 @@ def live_job(out_dir: Path) -> tuple[str, str] | None:
 
 
 def submission_warnings(config: RunConfig) -> list[str]:
-    """What this machine cannot confirm but the nodes may have, one line each naming the field: a `data.path` that
-    does not exist here (the job reads it on the nodes; a cluster's data often lives on node-local or compute-only
-    storage, so it is not refused)."""
-    path = config.data.path
-    if path is None or Path(path).exists():
-        return []
-    return [f"data.path: {path} does not exist on this machine; the job reads it on the compute nodes and fails at "
-            "its start if it is not there either"]
+    """What this machine cannot confirm but the nodes may have, one line each naming the field: a `data.path`,
+    `model.checkpoint` or `model.pretrained_file` that does not exist here (the job reads it on the nodes; a cluster's
+    data and weights often live on node-local or compute-only storage, so it is not refused)."""
+    paths = {"data.path": config.data.path, "model.checkpoint": config.model.checkpoint,
+             "model.pretrained_file": config.model.pretrained_file}
+    return [f"{field}: {path} does not exist on this machine; the job reads it on the compute nodes and fails at its "
+            "start if it is not there either" for field, path in paths.items()
+            if path is not None and not Path(path).exists()]

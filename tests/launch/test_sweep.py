@@ -283,6 +283,21 @@ def test_sweep_warns_of_a_data_path_missing_here_once_per_path(tmp_path: Path,
                         "compute nodes and fails at its start if it is not there either"], text
 
 
+@pytest.mark.parametrize("field", ["model.checkpoint", "model.pretrained_file"])
+def test_sweep_warns_of_start_weights_missing_here(field: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Stop 12 tail: a `model.checkpoint` / `model.pretrained_file` missing on this machine got no `warning:` before a
+    submission (only data.path did); the same line now, naming the field (`submission_warnings`)."""
+    missing = tmp_path / "on-the-nodes" / "weights.safetensors"
+    extra = ["model.pretrained=true"] if field == "model.pretrained_file" else []
+    code, text, err = _sweep([str(QUICKSTART), "alpha0=1e-4,3e-4", *extra, f"{field}={missing}",
+                              f"out_dir={tmp_path / 'sweep'}", "--cluster", "slurm", "--dry-run"], capsys)
+    assert code == 0, err
+    warnings = [line for line in text.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: {field}: {missing} does not exist on this machine; the job reads it on the "
+                        "compute nodes and fails at its start if it is not there either"], text
+
+
 def test_a_resubmission_keeps_where_the_other_points_jobs_are(tmp_path: Path) -> None:
     """Trial 23: a re-submission must never lose the record of the jobs of points it did not resubmit, also when it
     uses another log folder (where --collect reads an earlier job's result)."""
@@ -300,3 +315,4 @@ def test_a_resubmission_keeps_where_the_other_points_jobs_are(tmp_path: Path) ->
     assert recorded["jobs"] == {"alpha0=1e-4": "9", "alpha0=3e-4": "7_1"}
     assert _recorded_job(recorded, "alpha0=1e-4") == ("slurm", str(logs), "9")
     assert _recorded_job(recorded, "alpha0=3e-4") == ("slurm", str(first), "7_1")
+
