@@ -220,6 +220,29 @@ def per_tensor_strengths(name: str, value: float | Sequence[float], n: int) -> l
     return values
 
 
+def check_threshold(name: str, value: float) -> float:
+    """``value`` as a float; ValueError (one line naming ``name``) when it is NaN or negative.
+
+    ``|w| > NaN`` keeps nothing and a negative τ keeps every weight, zeros included: both are mistakes, refused by both
+    backends with the same line. +inf is allowed (it keeps nothing, on purpose).
+    """
+    value = float(value)
+    if not value >= 0.0:  # True for NaN too
+        raise ValueError(f"{name}: must be >= 0 and not NaN, got {value}")
+    return value
+
+
+def per_tensor_thresholds(name: str, value: float | Sequence[float], n: int) -> list[float]:
+    """``per_tensor_floats``, each value checked as ``check_threshold`` does (``thresholds[2]: ...`` for a list)."""
+    if isinstance(value, (int, float)):
+        return [check_threshold(name, value)] * n
+    values = per_tensor_floats(name, value, n)
+    if not all(v >= 0.0 for v in values):  # False for a NaN too
+        for i, v in enumerate(values):
+            check_threshold(f"{name}[{i}]", v)
+    return values
+
+
 GroupKey = tuple[torch.device, torch.dtype, bool]
 
 

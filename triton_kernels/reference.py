@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from triton_kernels._multi_tensor import Mask, check_strength, per_tensor_floats, per_tensor_strengths
+from triton_kernels._multi_tensor import Mask, check_strength, per_tensor_strengths, per_tensor_thresholds
 from triton_kernels.bitmask import PackedMask, keep_flags
 from triton_kernels.plan import LaunchPlan, reference_plan
 
@@ -80,15 +80,19 @@ def threshold_masks_reference(
 
     Args:
         weights: float tensors.
-        thresholds: one global τ or one per tensor.
+        thresholds: one global τ or one per tensor, each >= 0.
         packed: return ``PackedMask``s (flat, offset 0) instead of bool tensors.
         config: ignored.
 
     Returns:
         Bool masks shaped like the weights (or ``PackedMask``s) and an int64 ``[len(weights)]`` tensor of kept
         counts.
+
+    Raises:
+        ValueError: a NaN or negative threshold, in the fused kernel's line (``thresholds: must be >= 0 and not NaN,
+            got nan``).
     """
-    taus = per_tensor_floats("thresholds", thresholds, len(weights))
+    taus = per_tensor_thresholds("thresholds", thresholds, len(weights))
     masks = [w.float().abs() > torch.tensor(tau, dtype=torch.float32) for w, tau in zip(weights, taus, strict=True)]
     device = weights[0].device if weights else "cpu"
     counts = torch.stack([m.sum() for m in masks]) if masks else torch.zeros(0, dtype=torch.int64, device=device)

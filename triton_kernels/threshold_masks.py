@@ -17,7 +17,7 @@ from triton_kernels._multi_tensor import (
     check_runnable,
     device_guard,
     group_by_dtype,
-    per_tensor_floats,
+    per_tensor_thresholds,
 )
 from triton_kernels.bitmask import PackedMask, packed_nbytes
 from triton_kernels.l0_grad_mask import TL_DTYPES
@@ -138,7 +138,8 @@ def threshold_masks(
 
     Args:
         weights: contiguous fp32/bf16/fp16 tensors.
-        thresholds: one global τ, or one τ per tensor; compared in fp32 (τ rounded to fp32).
+        thresholds: one global τ, or one τ per tensor, each >= 0 (+inf keeps nothing); compared in fp32 (τ rounded
+            to fp32).
         packed: return ``PackedMask``s (1 bit per element, offset 0, written directly by the kernel)
             instead of bool tensors.
         config: launch geometry; the default suits GPUs, tests shrink it for the interpreter.
@@ -148,11 +149,12 @@ def threshold_masks(
         ``[len(weights)]`` of kept (non-zero) counts on the weights' device (CPU for an empty list).
 
     Raises:
-        ValueError: one line naming the bad argument.
+        ValueError: one line naming the bad argument, also a NaN or negative threshold (``thresholds[1]: must be
+            >= 0 and not NaN, got -0.5``, as the torch reference).
         RuntimeError: Triton cannot run on the weights' device (one line, as ``l0_grad_mask_``); before any launch.
     """
     check_float_list("weights", weights)
-    taus = per_tensor_floats("thresholds", thresholds, len(weights))
+    taus = per_tensor_thresholds("thresholds", thresholds, len(weights))
     groups = group_by_dtype(weights)
     check_runnable(device for device, _, _ in groups)  # before anything is allocated or launched
     config = config or DEFAULT_CONFIG

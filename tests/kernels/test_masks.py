@@ -125,16 +125,35 @@ def test_threshold_masks_matches_reference(case: str, dtype: torch.dtype, packed
 @pytest.mark.parametrize("packed", [False, True], ids=["bool", "packed"])
 def test_threshold_masks_edge_thresholds(packed: bool) -> None:
     weights = [torch.tensor([0.0, -0.5, 0.5, 0.25, float("nan")]), torch.randn(300)]
-    masks, counts = threshold_masks(weights, [-1.0, 0.5], packed=packed, config=TINY)
-    assert keep_of(masks[0]).tolist() == [True, True, True, True, False], f"τ=-1 keeps all but NaN: {masks[0]}"
-    assert counts[0].item() == 4, f"τ=-1 count: {counts[0].item()} (padding lanes must not count)"
+    masks, counts = threshold_masks(weights, [0.0, 0.5], packed=packed, config=TINY)
+    assert keep_of(masks[0]).tolist() == [False, True, True, True, False], f"τ=0 keeps non-zeros but NaN: {masks[0]}"
+    assert counts[0].item() == 3, f"τ=0 count: {counts[0].item()} (padding lanes must not count)"
     if packed:
-        assert masks[0].bits.tolist() == [0b01111], f"τ=-1: padding bits must stay 0: {masks[0].bits.tolist()}"
+        assert masks[0].bits.tolist() == [0b01110], f"τ=0: padding bits must stay 0: {masks[0].bits.tolist()}"
     assert counts[1].item() == int((weights[1].abs() > 0.5).sum()), "strict > at τ=0.5"
+    masks, counts = threshold_masks(weights, float("inf"), packed=packed, config=TINY)
+    assert counts.tolist() == [0, 0], f"τ=+inf keeps nothing: {counts.tolist()}"
     masks, counts = threshold_masks([torch.empty(0)], 0.1, packed=packed, config=TINY)
     assert masks[0].numel() == 0 and counts.tolist() == [0], f"zero-size: {masks}, {counts}"
     masks, counts = threshold_masks([], 0.1, packed=packed, config=TINY)
     assert masks == [] and counts.dtype == torch.int64 and counts.numel() == 0, f"empty list: {masks}, {counts}"
+
+
+BAD_THRESHOLDS = [
+    (float("nan"), "thresholds: must be >= 0 and not NaN, got nan"),
+    (-1e-3, "thresholds: must be >= 0 and not NaN, got -0.001"),
+    ([0.1, -0.5], r"thresholds\[1\]: must be >= 0 and not NaN, got -0.5"),
+    ([float("nan"), 0.1], r"thresholds\[0\]: must be >= 0 and not NaN, got nan"),
+]
+
+
+@pytest.mark.parametrize("fn", [threshold_masks, threshold_masks_reference], ids=["triton", "torch"])
+@pytest.mark.parametrize(("bad", "match"), BAD_THRESHOLDS)
+def test_nan_or_negative_thresholds_are_refused_by_both_backends(fn: object, bad: object, match: str) -> None:
+    """Stop 12 tail: a NaN τ kept nothing and a negative τ kept every weight, silently; both backends now refuse them
+    in the one line the strengths use."""
+    with pytest.raises(ValueError, match=f"^{match}$"):
+        fn([torch.randn(7), torch.randn(3)], bad, config=TINY)
 
 
 def test_threshold_masks_rejects_bad_arguments() -> None:
