@@ -50,7 +50,14 @@ from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, TRAININ
 from sparsetrain.progress import format_value, log, setup_logging
 from sparsetrain.pruning.masks import layer_counts, prunable_parameters, sparsity_of
 from sparsetrain.regularizers import GradientRegularizer, StrategyInputs, build_regularizer
-from sparsetrain.report import filters_removed, format_kept_filters, regularizer_line, setup_line, training_setup
+from sparsetrain.report import (
+    filters_removed,
+    format_kept_filters,
+    kernel_setup,
+    regularizer_line,
+    setup_line,
+    training_setup,
+)
 from sparsetrain.rundir import (
     check_own_out_dir,
     check_same_run,
@@ -108,7 +115,8 @@ class Pipeline:
         self._meta_model = self._check_plan()  # shapes only: `_check_start_weights` judges the checkpoint on it
         self._fresh = False  # rank 0: an earlier run's outputs are cleared when the run opens
         self.state = self._initial_state()
-        self.tracker = Tracker(cfg.tracking, self.out_dir, config_to_dict(cfg), self.dist.is_main)
+        self.tracker = Tracker(cfg.tracking, self.out_dir, {**config_to_dict(cfg), "kernels": self.state["kernels"]},
+                               self.dist.is_main)
         self.ctx = RunContext(cfg, self.dist, self.data.train, self.data.test, self.task, self.tracker,
                               Checkpointer(self.out_dir, self.dist, cfg.train.keep_checkpoints), self.out_dir,
                               self.state)
@@ -213,6 +221,7 @@ class Pipeline:
             if state is None:  # the earlier run's outputs are cleared by `open`, once nothing can refuse this run
                 state = {"completed": {}, "current": None}
             state["submission"] = submission
+            state["kernels"] = kernel_setup(self.cfg, self.backend)  # this segment's: a resume may resolve another
         return broadcast_object(state)
 
     def _state_to_continue(self, submission: dict[str, Any] | None) -> dict[str, Any] | None:

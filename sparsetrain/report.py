@@ -87,13 +87,18 @@ def training_setup(cfg: Any, world_size: int, backend: str | None = None) -> dic
         backend: The run's resolved backend (`sparsetrain.backend.resolve_backend`); None leaves it out.
     """
     ds = cfg.deepspeed
-    setup = {"world_size": world_size, "zero_stage": ds.zero_stage, "precision": ds.precision,
-             "offload_optimizer": ds.offload_optimizer, "grad_checkpointing": cfg.train.grad_checkpointing,
-             "epochs": {phase: getattr(cfg.phases, phase).epochs for phase in TRAINING_PHASES},
-             "regularizer": cfg.regularizer.name, "gradient_path": cfg.regularizer.gradient_path}
-    if backend is not None:
-        setup["backend"] = backend
-    return setup
+    return {"world_size": world_size, "zero_stage": ds.zero_stage, "precision": ds.precision,
+            "offload_optimizer": ds.offload_optimizer, "grad_checkpointing": cfg.train.grad_checkpointing,
+            "epochs": {phase: getattr(cfg.phases, phase).epochs for phase in TRAINING_PHASES},
+            **kernel_setup(cfg, backend)}
+
+
+def kernel_setup(cfg: Any, backend: str | None = None) -> dict[str, str]:
+    """`{"regularizer": "l0_exp", "gradient_path": "hook", "backend": "torch"}`: the regularizer, its gradient path
+    and the resolved backend (left out when None), as report.json's header, state.json's and the W&B config's
+    `kernels` record them (the config's `regularizer.backend` may say `auto`)."""
+    setup = {"regularizer": cfg.regularizer.name, "gradient_path": cfg.regularizer.gradient_path}
+    return setup if backend is None else {**setup, "backend": backend}
 
 
 def setup_line(setup: dict[str, Any], device: str) -> str:

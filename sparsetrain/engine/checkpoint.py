@@ -1,8 +1,9 @@
 """Run state, DeepSpeed checkpoints and phase hand-off weights, all resumable and validated on load.
 
 Layout of a run directory:
-    state.json                   completed phases (with their results), the current phase's last checkpoint and
-                                 the submission that last started the run (`sparsetrain.submission`)
+    state.json                   completed phases (with their results), the current phase's last checkpoint, the
+                                 submission that last started the run (`sparsetrain.submission`) and `kernels`:
+                                 its regularizer, gradient path and resolved backend (`report.kernel_setup`)
     checkpoints/<phase>-stepN/   DeepSpeed checkpoint (weights, optimizer, LR schedule, client state) + RNG/rank
                                  + each rank's packed masks (masks-rank<r>.safetensors, by element range)
     weights/<phase>.safetensors  model weights at the end of each phase (start point of the next phase)

@@ -59,6 +59,21 @@ def test_without_plots_wandb_still_gets_the_per_layer_sparsity(tmp_path: Path) -
     assert "slurm" not in run["config"], "outside Slurm the config has no job"
 
 
+def test_wandb_config_and_state_record_the_resolved_backend(tmp_path: Path) -> None:
+    """Stop 12 tail: only report.json recorded the backend that ran; the W&B config said `regularizer.backend: auto`
+    and state.json nothing. Both now hold report.json's regularizer, gradient path and resolved backend as
+    `kernels`."""
+    out = tmp_path / "run"
+    run_pipeline(tiny_config(out, *SHORT, "regularizer.backend=auto"))
+    report = json.loads((out / "report.json").read_text())
+    expected = {key: report[key] for key in ("regularizer", "gradient_path", "backend")}
+    assert expected["backend"] in ("triton", "torch"), report
+    (run,) = read_runs(out)
+    assert run["config"]["regularizer"]["backend"] == "auto", run["config"]["regularizer"]
+    assert run["config"]["kernels"] == expected, run["config"]
+    assert json.loads((out / "state.json").read_text())["kernels"] == expected
+
+
 def test_slurm_job_names_the_job_as_squeue_does() -> None:
     """An array element is `<array job>_<task>` (squeue, sacct), not its own SLURM_JOB_ID. Trial 23: `restart_count`
     was a string (`'1'`) and absent without a restart (Slurm sets SLURM_RESTART_COUNT only once a job is requeued):
