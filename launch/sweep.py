@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparsetrain.config.launch import LaunchConfig
 from sparsetrain.config.loader import ConfigError, load_config, resolve_key
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.report import COMPRESSION_SCOPE, SPARSITY_SCOPE
@@ -586,7 +587,7 @@ def recorded_status(base: RunConfig, points: list[SweepPoint]) -> None:
     for point in points:
         cluster, folder, job_id = _recorded_job(recorded, point.name)
         if job_id is not None and cluster in RECORDED_CLUSTERS:
-            point.result = job_status(_job(cluster, Path(folder), job_id))
+            point.result = job_status(_job(cluster, Path(folder), job_id), point.config.launch)
 
 
 def _job(cluster: str, folder: Path, job_id: str) -> Any:
@@ -596,9 +597,10 @@ def _job(cluster: str, folder: Path, job_id: str) -> Any:
     return submitit.SlurmJob(folder, job_id) if cluster == "slurm" else submitit.LocalJob(folder, job_id)
 
 
-def job_status(job: Any) -> dict[str, Any]:
+def job_status(job: Any, launch: LaunchConfig | None = None) -> dict[str, Any]:
     """Where a job is without waiting: {"status": done|failed|queued|running, "job_id", "state" (Slurm's), "error"
-    (failed: what the job raised, one line, or how it ended without a result)}.
+    (failed: what the job raised, one line, or how it ended without a result: `no_result`, which with the point's
+    `launch` settings names the `launch.srun_args` item srun refused, as `launch` does)}.
 
     Rank 0's result file decides done or failed; else Slurm's state (`scontrol`; no accounting database needed):
     PENDING and requeued states are queued, RUNNING and the like running, a final state or a job Slurm no longer
@@ -618,12 +620,15 @@ def job_status(job: Any) -> dict[str, Any]:
         return {**record, "status": "done"}
     if not isinstance(job, submitit.SlurmJob):
         alive = _process_alive(job.job_id)
-        return {**record, "status": "running"} if alive else {**record, "status": "failed", "error": no_result(job)}
+        if alive:
+            return {**record, "status": "running"}
+        return {**record, "status": "failed", "error": no_result(job, launch=launch)}
     state = slurm_state(job.job_id)
     if state == "UNKNOWN":  # a while after it ended, or at once for a pending array element cancelled
-        return {**record, "status": "failed", "error": no_result(job, note=" (Slurm no longer lists it)")}
+        return {**record, "status": "failed", "error": no_result(job, note=" (Slurm no longer lists it)",
+                                                                   launch=launch)}
     if state in FINAL_STATES:
-        return {**record, "status": "failed", "state": state, "error": no_result(job, state)}
+        return {**record, "status": "failed", "state": state, "error": no_result(job, state, launch=launch)}
     return {**record, "status": "queued" if state in QUEUED_STATES else "running", "state": state}
 
 
@@ -653,6 +658,6 @@ def wait_points(points: list[SweepPoint], jobs: list[Any], timeout_s: float | No
                         launch=point.config.launch)
             point.result = {"status": "done", "job_id": job.job_id}
         except WaitTimeout:  # the job goes on: not a failure
-            point.result = job_status(job)
+            point.result = job_status(job, point.config.launch)
         except Exception as err:  # a failed run is data for sweep.json, not the end of the sweep
             point.result = {"status": "failed", "job_id": job.job_id, "error": job_failure(err)[0]}

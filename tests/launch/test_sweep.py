@@ -316,3 +316,32 @@ def test_a_resubmission_keeps_where_the_other_points_jobs_are(tmp_path: Path) ->
     assert _recorded_job(recorded, "alpha0=1e-4") == ("slurm", str(logs), "9")
     assert _recorded_job(recorded, "alpha0=3e-4") == ("slurm", str(first), "7_1")
 
+
+def _ended_local_sweep(tmp_path: Path, *overrides: str) -> tuple[Path, list[str]]:
+    """A sweep of two points whose recorded local jobs have ended without a result (their pid is gone); the first
+    point's out_dir holds a checkpoint at sparsify step 40 (state.json), the second nothing. Returns the base out_dir
+    and the `--collect` arguments."""
+    out = tmp_path / "sw"
+    argv = [str(QUICKSTART), "alpha0=1e-4,3e-4", f"out_dir={out}", *overrides, "--cluster", "local",
+            "report.plots=false"]
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid now names no process: the job ended without writing a result
+    (out / "alpha0=1e-4").mkdir(parents=True)
+    (out / "alpha0=1e-4" / "state.json").write_text(json.dumps(
+        {"completed": {}, "current": {"phase": "sparsify", "tag": "sparsify-step0000040", "step": 40}}))
+    (out / "sweep_jobs.json").write_text(json.dumps({"cluster": "local", "log_folder": str(out / "slurm"), "jobs": {
+        "alpha0=1e-4": str(gone.pid), "alpha0=3e-4": str(gone.pid)}}))
+    return out, [*argv, "--collect"]
+
+
+def test_collect_names_the_srun_args_item_srun_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stop 12 tail: `launch --wait` names the launch.srun_args item srun refused in a job's log; `sweep --collect`
+    quoted srun's line alone. Now both: `srun: unrecognized option '--bogus' (from launch.srun_args: --bogus)`."""
+    out, argv = _ended_local_sweep(tmp_path, "launch.srun_args=[--bogus]")
+    job_id = json.loads((out / "sweep_jobs.json").read_text())["jobs"]["alpha0=3e-4"]
+    (out / "slurm").mkdir()
+    (out / "slurm" / f"{job_id}_0_log.err").write_text("srun: unrecognized option '--bogus'\nTry \"srun --help\"\n")
+    code, text, err = _sweep(argv, capsys)
+    assert code == 1, err
+    assert (f"alpha0=3e-4: job {job_id} ended without a result: srun: unrecognized option '--bogus' (from "
+            f"launch.srun_args: --bogus); see {out / 'slurm' / job_id}_0_log.err") in text.splitlines(), text
