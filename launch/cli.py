@@ -109,10 +109,10 @@ def failure_line(job_id: str, error: BaseException, out_dir: Path, argv: list[st
     return f"job {job_id} failed: {message}{resume_hint(out_dir, argv) if given_up else ''}", code
 
 
-def resume_hint(out_dir: Path, argv: list[str]) -> str:
+def resume_hint(out_dir: Path, argv: list[str], command: str = "launch") -> str:
     """`; the run has a checkpoint at sparsify step 223: resubmitting resumes from it: `sparsetrain launch ...``
-    for a job that ended without a result after saving a checkpoint in `out_dir` (the same `launch` arguments, less a
-    `resume=` override, which could start it over); '' when it saved nothing."""
+    for a job that ended without a result after saving a checkpoint in `out_dir` (the same `command` arguments, less
+    a `resume=` override, which could start it over); '' when it saved nothing."""
     from sparsetrain.cli import saved_point
 
     point = saved_point(out_dir)
@@ -120,7 +120,19 @@ def resume_hint(out_dir: Path, argv: list[str]) -> str:
         return ""
     kept = [arg for arg in argv if arg.partition("=")[0].strip() != "resume"]
     return (f"; the run has a checkpoint at {point}: resubmitting resumes from it: "
-            f"`{shlex.join(['sparsetrain', 'launch', *kept])}`")
+            f"`{shlex.join(['sparsetrain', command, *kept])}`")
+
+
+def add_resume_hints(points: list[Any], argv: list[str]) -> None:
+    """Append `resume_hint` to the error of each sweep point whose job ended without a result (`no_result`: cancelled,
+    killed, node failure) after saving a checkpoint, as `launch` says it for one job. The command is the sweep's
+    own, which skips finished points and resubmits the others (less --collect and the flags that submit nothing or
+    finished points again)."""
+    drop = ("--collect", "--dry-run", "--resubmit-finished")
+    resubmit = [arg for arg in argv if arg not in drop]
+    for point in points:
+        if point.result.get("no_result"):
+            point.result["error"] += resume_hint(Path(point.config.out_dir), resubmit, "sweep")
 
 
 def _follow_job(job: Any, cluster: str, report: Path) -> str:
@@ -246,6 +258,7 @@ def _submit_sweep(args: argparse.Namespace, argv: list[str], base: Any, points: 
         recorded_status(base, going)  # where the jobs not submitted now are after the wait
     else:
         recorded_status(base, points)
+    add_resume_hints(points, argv)
     summary = collect(base, points, args.overrides)
     print(summary_table(summary["runs"]))
     drawn = f" and {summary['plot']}" if summary["plot"] else " (report.plots=false: no sweep_pareto.png)"

@@ -600,7 +600,8 @@ def _job(cluster: str, folder: Path, job_id: str) -> Any:
 def job_status(job: Any, launch: LaunchConfig | None = None) -> dict[str, Any]:
     """Where a job is without waiting: {"status": done|failed|queued|running, "job_id", "state" (Slurm's), "error"
     (failed: what the job raised, one line, or how it ended without a result: `no_result`, which with the point's
-    `launch` settings names the `launch.srun_args` item srun refused, as `launch` does)}.
+    `launch` settings names the `launch.srun_args` item srun refused, as `launch` does), "no_result" (True when it
+    ended without one: a resubmission may resume it, `launch.cli.add_resume_hints`)}.
 
     Rank 0's result file decides done or failed; else Slurm's state (`scontrol`; no accounting database needed):
     PENDING and requeued states are queued, RUNNING and the like running, a final state or a job Slurm no longer
@@ -620,16 +621,18 @@ def job_status(job: Any, launch: LaunchConfig | None = None) -> dict[str, Any]:
         return {**record, "status": "done"}
     if not isinstance(job, submitit.SlurmJob):
         alive = _process_alive(job.job_id)
-        if alive:
-            return {**record, "status": "running"}
-        return {**record, "status": "failed", "error": no_result(job, launch=launch)}
+        return {**record, "status": "running"} if alive else {**record, **_ended(no_result(job, launch=launch))}
     state = slurm_state(job.job_id)
     if state == "UNKNOWN":  # a while after it ended, or at once for a pending array element cancelled
-        return {**record, "status": "failed", "error": no_result(job, note=" (Slurm no longer lists it)",
-                                                                   launch=launch)}
+        return {**record, **_ended(no_result(job, note=" (Slurm no longer lists it)", launch=launch))}
     if state in FINAL_STATES:
-        return {**record, "status": "failed", "state": state, "error": no_result(job, state, launch=launch)}
+        return {**record, "state": state, **_ended(no_result(job, state, launch=launch))}
     return {**record, "status": "queued" if state in QUEUED_STATES else "running", "state": state}
+
+
+def _ended(error: str) -> dict[str, Any]:
+    """The result of a job that ended without one (`no_result`'s line as its error)."""
+    return {"status": "failed", "error": error, "no_result": True}
 
 
 def _process_alive(pid: str) -> bool:
@@ -649,7 +652,7 @@ def wait_points(points: list[SweepPoint], jobs: list[Any], timeout_s: float | No
     """Wait for every job; a failed point is recorded (status, one-line error) and does not stop the others; one
     still queued or running when `timeout_s` (seconds, for all the jobs together) has passed is recorded as such
     (`job_status`)."""
-    from launch.submit import WaitTimeout, job_failure, wait_result
+    from launch.submit import LaunchError, WaitTimeout, job_failure, wait_result
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     for point, job in zip(points, jobs, strict=True):
@@ -659,5 +662,7 @@ def wait_points(points: list[SweepPoint], jobs: list[Any], timeout_s: float | No
             point.result = {"status": "done", "job_id": job.job_id}
         except WaitTimeout:  # the job goes on: not a failure
             point.result = job_status(job, point.config.launch)
+        except LaunchError as err:  # ended without a result (`no_result`): cancelled, killed, node failure
+            point.result = {"job_id": job.job_id, **_ended(job_failure(err)[0])}
         except Exception as err:  # a failed run is data for sweep.json, not the end of the sweep
             point.result = {"status": "failed", "job_id": job.job_id, "error": job_failure(err)[0]}

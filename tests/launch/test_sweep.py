@@ -8,6 +8,7 @@ this process.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -332,6 +333,25 @@ def _ended_local_sweep(tmp_path: Path, *overrides: str) -> tuple[Path, list[str]
     (out / "sweep_jobs.json").write_text(json.dumps({"cluster": "local", "log_folder": str(out / "slurm"), "jobs": {
         "alpha0=1e-4": str(gone.pid), "alpha0=3e-4": str(gone.pid)}}))
     return out, [*argv, "--collect"]
+
+
+def test_collect_gives_a_cancelled_point_with_a_checkpoint_the_command_that_resumes_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stop 12 tail: `launch` says where a job that ended without a result stopped and the command that resumes it;
+    a sweep's row of such a point said only `job N ended without a result`. Now the same hint, with the sweep's own
+    command (less --collect: a re-run skips finished points and resubmits this one); a point without a checkpoint
+    gets none."""
+    out, argv = _ended_local_sweep(tmp_path)
+    code, text, err = _sweep(argv, capsys)
+    assert code == 1, err
+    errors = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in text.splitlines()
+              if line.startswith("alpha0=") and ": job " in line}
+    resubmit = shlex.join(["sparsetrain", "sweep", *argv[:-1]])
+    assert errors["alpha0=1e-4"].endswith("; the run has a checkpoint at sparsify step 40: resubmitting resumes from "
+                                          f"it: `{resubmit}`"), text
+    assert "checkpoint" not in errors["alpha0=3e-4"], text
+    stored = {run["name"]: run["error"] for run in json.loads((out / "sweep.json").read_text())["runs"]}
+    assert stored["alpha0=1e-4"] == errors["alpha0=1e-4"], stored
 
 
 def test_collect_names_the_srun_args_item_srun_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
