@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -356,12 +357,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
         The validated `RunConfig` (`config_to_dict` gives it as plain data).
 
     Raises:
-        InputError: one line naming the field and what was expected (exit code 2 on the CLI): `overrides` not a list
-            of strings, `ConfigError` (one
+        InputError: one line naming the field and what was expected (exit code 2 on the CLI): `path` not a str, a
+            Path or None, `overrides` not a list of strings, `ConfigError` (one
             of them) for the recipe's and overrides' values, `model.imports: cannot import ...` for an entry that
             raised while imported, `model.name: unknown timm model ...` for a name timm does not know once the
             imports ran (as `sparsetrain config` refuses it).
     """
+    if path is not None and not isinstance(path, str | os.PathLike):  # Path(5) is a TypeError, not bad input
+        hint = "; a mapping of settings is run_pipeline's cfg" if isinstance(path, Mapping) else ""
+        raise InputError(f"path: expected a recipe file (str or Path) or None, got {type(path).__name__} "
+                         f"{path!r:.80}{hint}")
     data = load_raw(path) if path is not None else {}
     overrides = [] if overrides is None else string_list(overrides, "overrides", "'key=value' strings")
     return _with_models(validate(apply_overrides(data, overrides), plan_only=plan_only, overrides=overrides))

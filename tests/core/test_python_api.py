@@ -150,6 +150,19 @@ def test_a_string_where_a_list_belongs_is_refused_in_one_line(call, line: str) -
     assert sparsetrain.load_config(QUICKSTART, ("optim.lr=0.1",)).optim.lr == 0.1
 
 
+@pytest.mark.parametrize(("path", "line"), [
+    (5, "path: expected a recipe file (str or Path) or None, got int 5"),
+    ({"seed": 1}, "path: expected a recipe file (str or Path) or None, got dict {'seed': 1}; a mapping of settings is "
+                  "run_pipeline's cfg"),
+])
+def test_load_config_refuses_a_path_that_is_not_one_in_one_line(path: object, line: str) -> None:
+    """Stop 12 tail (`run_pipeline` ValueError -> InputError): run_pipeline's bad input was already InputError, but
+    load_config(5) raised a bare TypeError from Path(); now the documented InputError naming `path`."""
+    with pytest.raises(InputError) as info:
+        sparsetrain.load_config(path)
+    assert str(info.value) == line
+
+
 PROCESS_STATE_SCRIPT = """
 import logging, os, sys
 import torch.distributed as dist
