@@ -136,6 +136,25 @@ def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def average_norm_statistics(module: torch.nn.Module) -> None:
+    """Replace every rank's BatchNorm running statistics (buffers named running_mean / running_var) by their mean
+    over the ranks, in place; a collective every rank runs (no-op for one process). `num_batches_tracked` needs
+    nothing: every rank counts the same steps.
+
+    Each rank updates these buffers from its own micro-batches and nothing in DeepSpeed syncs them (ZeRO 0-3
+    partition parameters, never buffers), so without this each rank would evaluate its shard of the test set with
+    other statistics than the ones rank 0 saves and exports. The mean is what timm's training script keeps
+    (`timm.utils.distribute_bn(reduce=True)`, called here): like the statistics of the global batch, unlike rank 0's
+    alone. The update rule is linear, so averaging at every checkpoint and at the phase end gives the same end
+    values as averaging once.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    from timm.utils import distribute_bn
+
+    distribute_bn(module, dist.get_world_size(), reduce=True)
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True when `flag` is set on any rank (a collective: every rank must call it).
 

@@ -16,7 +16,7 @@ from sparsetrain.engine import preemption
 from sparsetrain.engine.batches import BatchPlan, eval_shard, iterate_micro_batches, worker_errors
 from sparsetrain.engine.checkpoint import Checkpointer
 from sparsetrain.engine.deepspeed_setup import GradientHooks, build_engine, hyperparameters, restore_hyperparameters
-from sparsetrain.engine.distributed import DistInfo, all_reduce_min, all_reduce_sum
+from sparsetrain.engine.distributed import DistInfo, all_reduce_min, all_reduce_sum, average_norm_statistics
 from sparsetrain.engine.finite import (
     GRAD_NORM,
     INPUTS,
@@ -123,7 +123,8 @@ def _lockstep_indices(ctx: RunContext) -> tuple[list[int], int]:
 
 @torch.no_grad()
 def evaluate(ctx: RunContext, model: nn.Module) -> dict[str, Any]:
-    """Metrics over the whole test set: each rank evaluates a contiguous shard, sums are all-reduced."""
+    """Metrics over the whole test set: each rank evaluates a contiguous shard, sums are all-reduced. The model's
+    buffers must be the same on every rank (`train_phase` averages BatchNorm statistics before it returns)."""
     indices, real = _lockstep_indices(ctx)
     was_training = model.training
     model.eval()
@@ -187,7 +188,8 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
                 masks_file: Path | None, resume_tag: str | None) -> nn.Module:
     """Train `model` for the phase's steps on a DeepSpeed engine. `masks_file`: packed masks (whole ranges) to
     keep fixed; each rank reads its share. Returns the trained module in fp32 holding the optimizer's master values
-    (under bf16 the model copy is only their rounding); under ZeRO 3 the engine's module, still partitioned (its
+    (under bf16 the model copy is only their rounding), its BatchNorm statistics the same on every rank (their mean,
+    `average_norm_statistics`, also before each checkpoint); under ZeRO 3 the engine's module, still partitioned (its
     fp32 values are gathered by `zero3.gather_state_dict`)."""
     cfg, plan, total = ctx.cfg, ctx.plan(phase), ctx.phase_steps(phase)
     lr = getattr(cfg.phases, phase).lr or cfg.optim.lr
@@ -214,6 +216,7 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
     gradual = phase == SPARSIFY and getattr(cfg.prune, "schedule", "oneshot") == "gradual"
     pruner = GradualPruning(cfg.prune, total) if gradual else None
     _run_steps(ctx, phase, engine, hooks, plan, start, total, pruner)
+    average_norm_statistics(engine.module)  # the saved, evaluated and handed-on model is the same on every rank
     return engine.module if is_partitioned(engine.module) else handoff_module(engine)
 
 
@@ -276,6 +279,7 @@ def _run_steps(ctx: RunContext, phase: str, engine: Any, hooks: GradientHooks, p
             ctx.tracker.log({"phase": phase, "step": done, **values, **timer.window()}, offset + done)
         if stop or save_now:
             with timer.paused():
+                average_norm_statistics(engine.module)  # a resume on any number of ranks reads rank 0's
                 _require_finite_weights(ctx, phase, engine, done)
                 ctx.checkpointer.save(engine, phase, done, _client_state(ctx, phase, done, hooks.regularizer),
                                       ctx.state, hooks.masks, elapsed_s=ctx.phase_elapsed())
