@@ -12,7 +12,8 @@ Elastic resume: a checkpoint written by N ranks resumes on M ranks. Under ZeRO 0
 whole model and optimizer, readable by any number of ranks. Under ZeRO 1-3 each rank wrote its partition; rank 0
 converts the checkpoint once with DeepSpeed's own universal-checkpoint tool (`ds_to_universal`, into
 `<tag>-universal/`: every parameter's fp32 value and optimizer state whole), which every rank then loads through
-DeepSpeed's `load_universal` path, cutting its new partition. That tool and DeepSpeed's ZeRO-3 loader know Adam's
+DeepSpeed's `load_universal` path, cutting its new partition; module buffers (BatchNorm statistics), which that path
+leaves alone, come from rank 0's model states (`restore_buffers`). That tool and DeepSpeed's ZeRO-3 loader know Adam's
 state only (exp_avg, exp_avg_sq), so elastic resume under ZeRO >= 1 needs optim.name adam or adamw. Masks are
 read back by element ranges (`pruning.sharded_masks.read_ranges`), the batch order is a function of the step, and
 the regularizer state is identical on every rank.
@@ -196,7 +197,8 @@ class Checkpointer:
 
     def load(self, engine: Any, tag: str, universal: bool = False) -> dict[str, Any]:
         """Restore engine state and this rank's RNG (rank 0's when the checkpoint had fewer ranks); returns the
-        client state. `universal`: read the converted checkpoint of `prepare_elastic`."""
+        client state. `universal`: read the converted checkpoint of `prepare_elastic` (its module buffers from rank
+        0's model states, `restore_buffers`)."""
         where = self.ckpt_dir / tag
         if not where.is_dir():
             raise CheckpointError(f"resume: checkpoint {where} is missing; delete the run dir or set resume=false")
@@ -204,6 +206,8 @@ class Checkpointer:
         try:
             path, client_state = engine.load_checkpoint(str(self.ckpt_dir),
                                                         tag=f"{tag}-universal" if universal else tag)
+            if universal and path is not None:
+                restore_buffers(engine.module, where)
             rng = torch.load(rng_file if rng_file.exists() else where / "rng-rank0.pt", weights_only=False)
         except Exception as err:  # torch/DeepSpeed raise many types for truncated files
             raise CheckpointError(f"resume: checkpoint {where} is unreadable ({_first_line(err)}); delete it or "
@@ -248,6 +252,31 @@ class Checkpointer:
                 script.unlink()
             with contextlib.suppress(OSError):  # something else is there: left as it is
                 self.ckpt_dir.rmdir()
+
+
+MODEL_STATES = ("mp_rank_00_model_states.pt",  # DeepSpeed's module state without ZeRO 3 (rank 0 writes it)
+                "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO 3: one per rank, rank 0's
+
+
+@torch.no_grad()
+def restore_buffers(module: torch.nn.Module, folder: Path) -> None:
+    """Load `module`'s buffers (BatchNorm running statistics and batch counts) from rank 0's DeepSpeed model states
+    in checkpoint `folder`.
+
+    DeepSpeed's universal-checkpoint load (elastic resume) restores parameters and optimizer state from `zero/` and
+    skips the module state (`DeepSpeedEngine._load_checkpoint` calls `load_module_state_dict` only without
+    `load_universal`), so the buffers would stay those of the phase's start. Every rank holds the same buffers when a
+    checkpoint is written (`distributed.average_norm_statistics`), so rank 0's are every rank's.
+
+    Raises:
+        OSError, KeyError: no model-states file, or one without the module's buffers (`load` reports it in one line).
+    """
+    path = next((folder / name for name in MODEL_STATES if (folder / name).is_file()), folder / MODEL_STATES[0])
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["module"]
+    persistent = set(module.state_dict())  # non-persistent buffers are not saved
+    for name, buffer in module.named_buffers():
+        if name in persistent:
+            buffer.copy_(saved[name])
 
 
 def _to_universal(source: Path, target: Path) -> None:
