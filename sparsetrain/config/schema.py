@@ -291,6 +291,10 @@ class DeployConfig(Section):
     latency_repeats: int = Field(20, ge=3, description="Timed forward passes per model, runtime and batch; the "
                                  "models alternate, so load on the machine hits them alike.")
     latency_threads: int = Field(1, ge=1, description="Intra-op threads of torch and onnxruntime while timing.")
+    latency_memory: bool = Field(True, description="Measure each model's peak memory in the latency table: a fresh "
+                                 "child process per model and runtime, a few seconds each (most of the table's "
+                                 "time on a small model). false leaves the rows' peak_memory_bytes empty, as "
+                                 "`sparsetrain bench latency --no-memory` does.")
 
 
 class ReportConfig(Section):

@@ -108,7 +108,8 @@ def deploy_run(pipeline: Pipeline) -> dict[str, Any]:
         from sparsetrain.deploy.latency_report import format_latency, write_latency
 
         table = latency_table(pipeline.out_dir / "export", batches=(1, deploy.latency_batch),
-                              repeats=deploy.latency_repeats, threads=deploy.latency_threads)
+                              repeats=deploy.latency_repeats, threads=deploy.latency_threads,
+                              memory=deploy.latency_memory)
         write_latency(table, pipeline.out_dir, plot=pipeline.cfg.report.plots)
         log.info("\n" + format_latency(table))
     if table is not None:
@@ -238,7 +239,7 @@ def _latency_to_reuse(pipeline: Pipeline, manifest: dict[str, Any], *, exported:
     if timed is not None:
         deploy = pipeline.cfg.deploy
         wanted = {"batches": [1, deploy.latency_batch], "repeats": deploy.latency_repeats,
-                  "threads": deploy.latency_threads, "memory": True, "models": held_models(manifest)}
+                  "threads": deploy.latency_threads, "memory": deploy.latency_memory, "models": held_models(manifest)}
         diff = [f"models {listed(timed[k])} (export/ holds: {listed(v)})" if k == "models" else
                 f"{k} {timed[k]} (deploy: {v})" for k, v in wanted.items() if timed[k] != v]
         if not diff and not exported:

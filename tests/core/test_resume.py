@@ -186,7 +186,8 @@ def test_ctrl_c_after_training_quits_at_once_with_the_resume_command(tmp_path: P
     redoes the table) quits at once: one `interrupted:` line saying where a re-run continues, exit 130, no
     traceback (it used to be acknowledged and then ignored, the run ending with exit 0)."""
     out = tmp_path / "run"
-    overrides = tiny_overrides(out, "phases.sparsify.epochs=1", "deploy.latency=true", "deploy.latency_repeats=100000")
+    overrides = tiny_overrides(out, "phases.sparsify.epochs=1", "deploy.latency=true", "deploy.latency_repeats=100000",
+                               "deploy.latency_memory=false")  # peak memory (child processes) is measured first
     result = interrupt_when_printed(overrides, "[latency] torch cpu batch 1:")
     assert result.returncode == 130, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr[-3000:]

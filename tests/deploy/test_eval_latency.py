@@ -108,6 +108,26 @@ def test_a_model_with_no_weight_pruned_claims_no_zeros() -> None:
     assert _note("unstructured", _row(1.3), 1.0, unpruned=True).endswith("; 1.30x is timing noise")
 
 
+def test_latency_memory_false_times_without_peak_memory_and_re_times_a_table_that_has_it(
+        run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`deploy.latency_memory=false` (the run's `bench latency --no-memory`): the table leaves every peak memory
+    empty, and a re-run with it re-times a latency.json that measured memory (and keeps one that did not)."""
+    import shutil
+
+    copy = Path(shutil.copytree(run[0], tmp_path / "copy"))
+    settings = ("deploy.formats=[onnx,torch_export]", *LATENCY_ON, "deploy.latency_memory=false")
+    capsys.readouterr()
+    report = run_pipeline(tiny_config(copy, *settings))
+    err = capsys.readouterr().err
+    assert "[deploy] re-timing: latency.json was timed with memory True (deploy: False)\n" in err, err
+    rows = report["latency"]["rows"]
+    assert rows and all(set(row["peak_memory_bytes"].values()) == {None} for row in rows), rows
+    assert json.loads((copy / "latency.json").read_text())["rows"] == rows
+    run_pipeline(tiny_config(copy, *settings))
+    assert "latency.json was timed with these deploy settings on this export: not timed again" in \
+        capsys.readouterr().err
+
+
 def test_latency_of_the_dense_phase_says_no_weight_was_pruned(run: tuple[Path, dict], tmp_path: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
     """`sparsetrain export RUN --phase sparsify` (a phase before pruning, as `--phase dense` of a run that has one),
@@ -128,7 +148,8 @@ def test_latency_of_the_dense_phase_says_no_weight_was_pruned(run: tuple[Path, d
     assert not re.search(r"unstructured|zeros|sparsity", printed), printed
     alone = tmp_path / "dense-only"
     report = run_pipeline(tiny_config(alone, "phases.dense.enabled=true", "phases.dense.epochs=1",
-                                      "deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency_batch=2"),
+                                      "deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency_batch=2",
+                                      "deploy.latency_memory=false"),  # the notes are read, not the memory
                           ["dense"])
     assert report["latency"]["phase"] == "dense" and report["params"]["nonzero"] == report["params"]["total"]
     assert (alone / "latency.json").is_file() and not list(alone.glob("*.png")), "report.plots=false (TINY): no PNG"

@@ -23,7 +23,8 @@ from sparsetrain.pipeline import run_pipeline
 from tests.core.conftest import tiny_config
 
 SHORT = ("phases.sparsify.epochs=0.5", "phases.finetune.epochs=0.3", "deploy.formats=[torch_export]")
-LATENCY = ("deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency_batch=2")
+# no peak memory (a child process per model, most of a timing's cost): these tests read which table is reused
+LATENCY = ("deploy.latency=true", "deploy.latency_repeats=3", "deploy.latency_memory=false", "deploy.latency_batch=2")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,8 @@ class Timed:
 
 @pytest.fixture(scope="module")
 def timed(finished: Path, tmp_path_factory: pytest.TempPathFactory) -> Timed:
-    """`finished` with its own latency table: timed once (peak memory in child processes, most of a test's time) for
-    the tests that start from a timed run. Tests change copies of `run` only (`copy_of`)."""
+    """`finished` with its own latency table: timed once for the tests that start from a timed run. Tests change
+    copies of `run` only (`copy_of`)."""
     run = Path(shutil.copytree(finished, tmp_path_factory.mktemp("timed") / "run"))
     before = _stamps(run / "export")
     log = io.StringIO()

@@ -32,7 +32,8 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 # ~55 optimizer steps under ZeRO-2 (reduce-scatter and all-gather cross the hosts), one thread per rank.
 TINY = ["phases.dense.epochs=0.5", "phases.sparsify.epochs=1.5", "phases.finetune.epochs=0.5",
         "deepspeed.zero_stage=2", "train.threads=1", "launch.time_min=20", "launch.cpus_per_task=1",
-        "deploy.formats=[]", "deploy.latency=false"]  # exports and latency have their own tests (tests/deploy)
+        "deploy.formats=[]", "deploy.latency=false",  # exports and latency have their own tests (tests/deploy)
+        "tracking.mode=disabled"]  # and W&B (quickstart's offline mode, ~2-3 s a run): tests/core, test_slurm.py
 # Same ranks, same data, same collectives: only the transport differs (bridge vs loopback), so the results
 # agree to float rounding (they are bitwise equal here).
 ATOL, RTOL = 1e-7, 1e-6

@@ -38,7 +38,8 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 # ~55 optimizer steps: long enough to interrupt mid-phase, short enough for 2 cores.
 TINY = ["phases.dense.epochs=0.5", "phases.sparsify.epochs=1.5", "phases.finetune.epochs=0.5",
         "train.log_every=1", "train.checkpoint_every=10", "launch.time_min=20", "launch.cpus_per_task=1",
-        "deploy.latency=false"]  # the export (rank 0 while rank 1 waits) stays on; latency has its own tests
+        "deploy.latency=false",  # the export (rank 0 while rank 1 waits) stays on; latency has its own tests
+        "tracking.mode=disabled"]  # quickstart's offline W&B (~2-3 s a run): the tests that read W&B turn it on
 # The runs the tests interrupt mid-sparsify (and their uninterrupted references): 330 sparsify steps, so that a
 # signal sent ~0.5 s after the test sees step 5 or 15 still lands inside the phase on a machine several times
 # faster than CI's 2 cores, where two 1-thread ranks make ~100 steps/s (the 33-step TINY phase ended first).
