@@ -7,7 +7,8 @@ The CLI prints such an error as `error: <first line>` (never a traceback) and ex
     2  bad input: config, data, pruning settings, launch settings (`InputError` and its subclasses, `ConfigError`
      for the config's values)
     3  resume or preemption: an unreadable checkpoint, or a run stopped on request (SIGTERM, SIGUSR1) after
-       saving one (`run` prints one `preempted:` line with the command that resumes, not `error:`)
+       saving one (`run` prints one `preempted:` line with the command that resumes, not `error:`), or a rank whose
+       peer rank died (one `peer lost:` line with the last checkpoint and the command that resumes)
     4  non-finite numbers: training stopped at the first bad step, the last good checkpoint kept
     5  set-up: a library behaves differently from what sparsetrain was built against (`SetupError`)
   130  interrupted by Ctrl-C: `run` checkpoints at the next step (a second Ctrl-C quits at once) and prints one
