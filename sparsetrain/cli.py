@@ -17,16 +17,23 @@ from sparsetrain.errors import SparsetrainError, first_line
 from sparsetrain.peer_loss import broken_process_group, write_traceback
 from sparsetrain.phases import check_phases
 
+DEEPSPEED_FLAGS = ("--deepspeed_config", "--deepspeed-config", "--deepspeed")  # DeepSpeed's own script flags
+
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """`parser.parse_intermixed_args(argv)`, except that an option the command does not have is named alone: argparse
-    would also call every `key=value` override after it unrecognized (`unrecognized arguments: --wait out_dir=D`).
+    would also call every `key=value` override after it unrecognized (`unrecognized arguments: --wait out_dir=D`);
+    DeepSpeed's `--deepspeed_config` gets where a DeepSpeed JSON's settings go instead.
 
     Raises:
         SystemExit: argparse's usage error (code 2).
     """
     _, unknown = parser.parse_known_intermixed_args(argv)
     flags = [token for token in unknown if token.startswith("-")]
+    if any(flag.partition("=")[0] in DEEPSPEED_FLAGS for flag in flags):
+        from sparsetrain.config.loader import DEEPSPEED_JSON_HINT
+
+        parser.error(f"unrecognized option {' '.join(flags)}: {DEEPSPEED_JSON_HINT}")
     if flags:
         parser.error(f"unrecognized option{'s' * (len(flags) > 1)} {' '.join(flags)}; `{parser.prog} --help` lists "
                      "the options (settings are key=value overrides)")
