@@ -13,7 +13,7 @@ from pathlib import Path
 from sparsetrain import warning_output
 from sparsetrain.argtypes import CommandParser
 from sparsetrain.config import ConfigError, load_config
-from sparsetrain.errors import SparsetrainError, first_line
+from sparsetrain.errors import SparsetrainError, first_line, said_here
 from sparsetrain.peer_loss import broken_process_group, write_traceback
 from sparsetrain.phases import check_phases
 
@@ -504,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]][0](argv[1:])
     except SparsetrainError as err:
-        print(f"error: {first_line(err)}", file=sys.stderr)
+        if said_here(err, os.environ.get("RANK", "0")):
+            print(f"error: {first_line(err)}", file=sys.stderr)
         return err.exit_code
     except ValueError as err:  # bad values found by a library (e.g. timm's unknown model name)
         print(f"error: {first_line(err)}", file=sys.stderr)

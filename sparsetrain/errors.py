@@ -56,6 +56,19 @@ class SetupError(SparsetrainError, RuntimeError):
     exit_code = 5
 
 
+def alike_on_every_rank(err: SparsetrainError) -> SparsetrainError:
+    """Mark `err` as raised by every rank alike (a check of the settings that gives the same answer everywhere, e.g.
+    `train.batch_size` against the world size): the CLI prints it from rank 0 only, not once per rank."""
+    err.alike_on_every_rank = True
+    return err
+
+
+def said_here(err: BaseException, rank: str) -> bool:
+    """Whether this rank (RANK; "0" in a single process) prints `err`: rank 0 always; the others unless `err` is one
+    every rank raised alike (`alike_on_every_rank`)."""
+    return rank == "0" or not getattr(err, "alike_on_every_rank", False)
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (the whole message for one-line errors)."""
     lines = str(err).strip().splitlines()

@@ -503,6 +503,38 @@ def test_deepspeed_precision_fp16_is_refused_with_the_reason() -> None:
                                "precision here"), str(info.value)
 
 
+def test_the_dry_run_refuses_a_batch_the_planned_ranks_do_not_divide(capsys: pytest.CaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """Trial 26, finding 9: with WORLD_SIZE=2 (torchrun) the dry run planned `micro-batch 16` for batch 100 and
+    gradient accumulation 3 (16 × 2 × 3 = 96) and exited 0, where `run` refuses it at once."""
+    from sparsetrain.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    capsys.readouterr()
+    assert main(["run", "train.batch_size=100", "deepspeed.gradient_accumulation_steps=3",
+                 f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 2
+    assert capsys.readouterr().err == ("error: train.batch_size: 100 is not divisible by world_size 2 × "
+                                       "gradient_accumulation_steps 3 = 6\n")
+    assert main(["run", "train.batch_size=96", "deepspeed.gradient_accumulation_steps=3",
+                 f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 0
+    assert "micro-batch 16" in capsys.readouterr().out
+
+
+def test_a_refusal_every_rank_makes_alike_is_printed_by_rank_0_only(tmp_path: Path) -> None:
+    """Trial 26, finding 9: under torchrun the batch-size refusal came once per rank; a real 2-rank run prints it
+    once (rank 0), exit 2 on every rank, and nothing is written."""
+    from tests.core.subprocess_runs import run_cli
+
+    result = run_cli(["train.batch_size=100", "deepspeed.gradient_accumulation_steps=3", "tracking.mode=disabled",
+                      f"out_dir={tmp_path / 'run'}"], nproc=2)
+    said = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert said == ["error: train.batch_size: 100 is not divisible by world_size 2 × gradient_accumulation_steps 3 "
+                    "= 6"], result.stderr[-3000:]
+    assert result.returncode != 0 and not (tmp_path / "run" / "state.json").exists()
+    from sparsetrain.errors import InputError, alike_on_every_rank, said_here
+
+    assert not said_here(alike_on_every_rank(InputError("x")), "1") and said_here(InputError("x"), "1")
 
 
 def test_deepspeeds_config_flag_says_a_deepspeed_json_is_not_taken(capsys: pytest.CaptureFixture) -> None:
