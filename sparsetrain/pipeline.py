@@ -331,7 +331,7 @@ class Pipeline:
                          else self.ctx.global_offset("finetune"))
         self.tracker.commit()  # the phase's rows are now covered by state.json
         log.info(f"[{phase}] done: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
-        if collapsed:
+        if collapsed and self.dist.is_main:  # every rank finds it alike; the other ranks log warnings too
             log.warning(f"[{phase}] {collapsed}")
 
     def _resume_tag(self, phase: str) -> str | None:

@@ -100,6 +100,25 @@ def test_the_first_comm_op_build_is_announced(tmp_path: Path, monkeypatch: pytes
     assert comm_op_build_note() == (f"building DeepSpeed's CPU communication op once (~1 min, cached in {tmp_path})")
 
 
+def test_the_first_comm_op_build_is_said_once_on_two_ranks(tmp_path: Path) -> None:
+    """Trial 26, finding 11: after the one-time build line, DeepSpeed's "built successfully" came once per rank (the
+    second rank, which waited for the build, loads the op and prints it too). A real first build (an empty extension
+    cache, ~1 min) under torchrun on 2 ranks: each line once."""
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().create_op_builder("ShareMemCommBuilder") is None:
+        pytest.skip("DeepSpeed's accelerator here has no CPU comm op to build")
+    env = {**clean_env(), "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}
+    result = subprocess.run(
+        [*cli_command([f"out_dir={tmp_path / 'run'}", "tracking.mode=disabled", "deploy.latency=false",
+                       "report.accuracy_curve=false"], nproc=2), "--phase", "dense"],
+        capture_output=True, text=True, timeout=LIMIT_S, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    counts = {note: output.count(note) for note in (SHM_OP_BUILT, "building DeepSpeed's CPU communication op")}
+    assert set(counts.values()) == {1}, f"{counts}\n{output[-3000:]}"
+
+
 @pytest.mark.parametrize(("logger", "message", "args"), [
     ("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.", ()),
     ("torch.utils.cpp_extension", "No CUDA runtime is found, using CUDA_HOME='%s'", ("/usr/local",)),
