@@ -13,19 +13,27 @@ from pathlib import Path
 from sparsetrain import warning_output
 from sparsetrain.argtypes import CommandParser
 from sparsetrain.config import ConfigError, load_config
-from sparsetrain.errors import SparsetrainError, first_line
+from sparsetrain.errors import SparsetrainError, first_line, said_here
+from sparsetrain.peer_loss import broken_process_group, write_traceback
 from sparsetrain.phases import check_phases
+
+DEEPSPEED_FLAGS = ("--deepspeed_config", "--deepspeed-config", "--deepspeed")  # DeepSpeed's own script flags
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """`parser.parse_intermixed_args(argv)`, except that an option the command does not have is named alone: argparse
-    would also call every `key=value` override after it unrecognized (`unrecognized arguments: --wait out_dir=D`).
+    would also call every `key=value` override after it unrecognized (`unrecognized arguments: --wait out_dir=D`);
+    DeepSpeed's `--deepspeed_config` gets where a DeepSpeed JSON's settings go instead.
 
     Raises:
         SystemExit: argparse's usage error (code 2).
     """
     _, unknown = parser.parse_known_intermixed_args(argv)
     flags = [token for token in unknown if token.startswith("-")]
+    if any(flag.partition("=")[0] in DEEPSPEED_FLAGS for flag in flags):
+        from sparsetrain.config.loader import DEEPSPEED_JSON_HINT
+
+        parser.error(f"unrecognized option {' '.join(flags)}: {DEEPSPEED_JSON_HINT}")
     if flags:
         parser.error(f"unrecognized option{'s' * (len(flags) > 1)} {' '.join(flags)}; `{parser.prog} --help` lists "
                      "the options (settings are key=value overrides)")
@@ -68,7 +76,10 @@ def _run(argv: list[str]) -> int:
         return _interrupted(f"stopped with a checkpoint at {saved_point(Path(cfg.out_dir))}", argv)
     except KeyboardInterrupt:
         return _interrupted(f"quit at once; a re-run continues from {saved_point(Path(cfg.out_dir))}", argv)
-    except Exception:  # noqa: BLE001  (re-raised unless Ctrl-C caused it)
+    except Exception as err:  # noqa: BLE001  (re-raised unless Ctrl-C or a lost peer rank caused it)
+        reason = broken_process_group(err)
+        if reason is not None:
+            return _peer_lost(reason, err, Path(cfg.out_dir), argv)
         if not preemption.interrupted():
             raise
         # Ctrl-C reaches child processes too (e.g. the ninja build of DeepSpeed's comm op on a first run), which
@@ -97,6 +108,25 @@ def _say_once(line: str) -> None:
     if os.environ.get("RANK", "0") == "0":
         sys.stderr.write(f"{line}\n")
         sys.stderr.flush()
+
+
+def _peer_lost(reason: str, err: BaseException, out_dir: Path, argv: list[str]) -> int:
+    """Another rank died (kill -9, OOM, a lost node) and this rank's collective failed: one line saying so, where a
+    re-run continues and the command that resumes, from every surviving rank (rank 0 may be the dead one; the others
+    name their rank); the backend's traceback goes to out_dir/error-rank<R>.log. Exit 3, as a preemption: the
+    checkpoint is intact and a re-run continues from it."""
+    from sparsetrain.errors import ResumeError
+
+    state = saved_point(out_dir)
+    where = f"the last checkpoint is at {state} in {out_dir / 'checkpoints'}" if " step " in state else \
+        f"a re-run continues from {state}"
+    log = write_traceback(err, out_dir)
+    rank = os.environ.get("RANK", "0")
+    sys.stderr.write(f"{'' if rank == '0' else f'rank {rank}: '}peer lost: the process group broke ({reason}): "
+                     f"another rank died or stopped; {where}; resume with {resume_command(argv)}"
+                     f"{f' (traceback: {log})' if log else ''}\n")
+    sys.stderr.flush()
+    return ResumeError.exit_code
 
 
 def saved_point(out_dir: Path) -> str:
@@ -449,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; sparsetrain's own errors become one `error:` line and their exit code.
 
     Exit codes (`sparsetrain.errors`): 0 success, 2 bad input, 3 resume/preemption (also a run stopped by SIGTERM or
-    SIGUSR1, with a checkpoint: one `preempted:` line with the command that resumes), 4 non-finite numbers, 5 a
+    SIGUSR1, with a checkpoint: one `preempted:` line with the command that resumes; and a rank whose peer died: one
+    `peer lost:` line), 4 non-finite numbers, 5 a
     library set-up sparsetrain does not expect, 130 interrupted by Ctrl-C (`run`: a first one checkpoints at the next
     step, a second quits at once; one `interrupted:` line with the command that resumes), 1 anything unexpected (with
     its traceback).
@@ -473,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]][0](argv[1:])
     except SparsetrainError as err:
-        print(f"error: {first_line(err)}", file=sys.stderr)
+        if said_here(err, os.environ.get("RANK", "0")):
+            print(f"error: {first_line(err)}", file=sys.stderr)
         return err.exit_code
     except ValueError as err:  # bad values found by a library (e.g. timm's unknown model name)
         print(f"error: {first_line(err)}", file=sys.stderr)

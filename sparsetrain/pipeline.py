@@ -43,7 +43,7 @@ from sparsetrain.engine.distributed import barrier, broadcast_object, init_distr
 from sparsetrain.engine.finite import hint, nonfinite_names, require_finite, require_finite_results
 from sparsetrain.engine.loop import RunContext, evaluate, train_phase
 from sparsetrain.engine.zero3 import gather_state_dict, is_partitioned
-from sparsetrain.errors import InputError, NonFiniteError, SetupError, SparsetrainError
+from sparsetrain.errors import InputError, NonFiniteError, SetupError, SparsetrainError, alike_on_every_rank
 from sparsetrain.model_imports import META_KEY
 from sparsetrain.models.factory import build_model, model_kwargs
 from sparsetrain.phases import DENSE, FINETUNE, PHASES, PRUNE, SPARSIFY, TRAINING_PHASES, check_phases, final_phase
@@ -331,7 +331,7 @@ class Pipeline:
                          else self.ctx.global_offset("finetune"))
         self.tracker.commit()  # the phase's rows are now covered by state.json
         log.info(f"[{phase}] done: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
-        if collapsed:
+        if collapsed and self.dist.is_main:  # every rank finds it alike; the other ranks log warnings too
             log.warning(f"[{phase}] {collapsed}")
 
     def _resume_tag(self, phase: str) -> str | None:
@@ -556,7 +556,10 @@ class Pipeline:
         """
         training = [p for p in todo if p in TRAINING_PHASES and getattr(self.cfg.phases, p).epochs > 0]
         if training:
-            self.ctx.plan(training[0])
+            try:
+                self.ctx.plan(training[0])
+            except InputError as err:  # the same settings, world size and data everywhere: rank 0 says it
+                raise alike_on_every_rank(err) from None
 
     def _say_where_it_resumes(self, todo: list[str], selected: list[str] | None) -> None:
         """One line when this run continues an earlier one at a phase boundary, or has nothing left to train (a

@@ -300,7 +300,15 @@ def run_memory_plan(config: RunConfig, model: nn.Module, sizes: DataSizes, world
 
 
 def plan_report(config: RunConfig, world_size: int) -> str:
-    """Model, pruning plan and memory plan of a run as printed by `--dry-run`."""
+    """Model, pruning plan and memory plan of a run as printed by `--dry-run`.
+
+    Raises:
+        InputError: what `run` refuses on `world_size` ranks, e.g. a `train.batch_size` the ranks and micro-steps do
+            not divide (`engine.batches.check_batch_split`), a model that does not take the data.
+    """
+    from sparsetrain.engine.batches import check_batch_split
+
+    check_batch_split(config.train.batch_size, world_size, config.deepspeed.gradient_accumulation_steps)
     sizes = data_sizes(config)
     model = check_model(config, sizes)
     if not sizes.from_config:  # a model sized from the config may not be the run's: its checkpoint is not judged

@@ -4,9 +4,11 @@ Everything here works on plain mappings (phase results from state.json, measurem
 measuring itself, which needs models, is `sparsetrain.measure`. report.json, format 2:
 
     format_version   2
-    task, model, world_size, zero_stage, precision, offload_optimizer, grad_checkpointing, epochs   how it trained
-                     (`training_setup`; epochs: {phase: phases.<phase>.epochs} of dense, sparsify and finetune;
-                     absent in runs from before they were recorded)
+    task, model, world_size, zero_stage, precision, offload_optimizer, grad_checkpointing, batch_size,
+    gradient_accumulation_steps, micro_batch, epochs   how it trained
+                     (`training_setup`; batch_size: global, per optimizer step; micro_batch: per rank and micro-step;
+                     epochs: {phase: phases.<phase>.epochs} of dense, sparsify and finetune; the batch keys and
+                     epochs are absent in runs from before they were recorded)
     ignore_index     segmentation with data.ignore_index: the mask value its loss and metrics left out (absent
                      otherwise)
     phases           {phase: its results (metric, the task's metrics, steps, ...)}, keyed by phase name
@@ -77,7 +79,9 @@ def metric_label(task: str | None, result: dict[str, Any] | None = None) -> str:
 
 def training_setup(cfg: Any, world_size: int, backend: str | None = None) -> dict[str, Any]:
     """How the run trains, for report.json's header and the start line: ranks, ZeRO stage, precision (fp32 or bf16
-    with fp32 masters), optimizer offload (`none` / `cpu`), gradient checkpointing, each training phase's
+    with fp32 masters), optimizer offload (`none` / `cpu`), gradient checkpointing, the global batch
+    (`batch_size`, samples per optimizer step over all ranks), `gradient_accumulation_steps` and `micro_batch`
+    (samples per rank and micro-step: batch_size / (world_size × gradient_accumulation_steps)), each training phase's
     epochs (`dense_label` compares the dense baseline's budget with them), the regularizer, its gradient path and
     the backend that ran (resolved: `triton` or `torch`, never `auto`).
 
@@ -89,6 +93,8 @@ def training_setup(cfg: Any, world_size: int, backend: str | None = None) -> dic
     ds = cfg.deepspeed
     return {"world_size": world_size, "zero_stage": ds.zero_stage, "precision": ds.precision,
             "offload_optimizer": ds.offload_optimizer, "grad_checkpointing": cfg.train.grad_checkpointing,
+            "batch_size": cfg.train.batch_size, "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+            "micro_batch": cfg.train.batch_size // (world_size * ds.gradient_accumulation_steps),
             "epochs": {phase: getattr(cfg.phases, phase).epochs for phase in TRAINING_PHASES},
             **kernel_setup(cfg, backend)}
 

@@ -28,6 +28,16 @@ KEY_HINTS = {
     "model.img_size": "the input size comes from the data; data.image_size resizes images",
 }
 
+# A DeepSpeed JSON (`deepspeed=ds.json`, `deepspeed.config=ds.json`) is not read: where its settings go instead
+DEEPSPEED_JSON_HINT = ("a DeepSpeed config JSON is not taken: sparsetrain writes DeepSpeed's config from its "
+                       "deepspeed.* keys (zero_optimization.stage -> deepspeed.zero_stage, bf16 -> "
+                       "deepspeed.precision=bf16, offload_optimizer -> deepspeed.offload_optimizer=cpu, "
+                       "gradient_accumulation_steps -> deepspeed.gradient_accumulation_steps, train_batch_size -> "
+                       "train.batch_size; the micro-batch is derived; README \"DeepSpeed settings\")")
+# why deepspeed.precision refuses a value DeepSpeed itself takes
+PRECISION_REASONS = dict.fromkeys(("fp16", "float16", "half"), "DeepSpeed's fp16 (loss scaling) is not taken; bf16 "
+                                  "(fp32 masters, no loss scaling) is the reduced precision here")
+
 # DeepSpeed config options users bring from their own DeepSpeed JSON, under `deepspeed:`: what sparsetrain has instead
 # (its `deepspeed_config` derives DeepSpeed's JSON from these settings), or that it does not take the option.
 DEEPSPEED_OPTIONS = {
@@ -39,6 +49,7 @@ DEEPSPEED_OPTIONS = {
     "stage3_param_persistence_threshold": "it is deepspeed.param_persistence_threshold here",
     "bf16": "DeepSpeed's bf16 section is deepspeed.precision=bf16 here",
     "fp16": "DeepSpeed's fp16 (loss scaling) is not taken: deepspeed.precision is fp32 or bf16",
+    **dict.fromkeys(("config", "config_file", "deepspeed_config", "config_path", "json"), DEEPSPEED_JSON_HINT),
     "train_batch_size": "the global batch size is train.batch_size",
     "train_micro_batch_size_per_gpu": "sparsetrain derives it: train.batch_size / (ranks x "
                                       "deepspeed.gradient_accumulation_steps)",
@@ -318,6 +329,11 @@ def _format_error(err: ValidationError) -> str:
         return f"{field}: unknown key{guess}{shown}{'' if guess else _elsewhere(field) or _closest_in_section(field)}"
     if value is None and first["type"].endswith(("_type", "literal_error", "enum")) and first["loc"]:
         return _empty_value(field)
+    if field == "deepspeed" and first["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return f"deepspeed: expected a mapping of deepspeed.* settings{shown}; {DEEPSPEED_JSON_HINT}"
+    reason = PRECISION_REASONS.get(str(value).lower()) if field == "deepspeed.precision" else None
+    if reason:
+        return f"{field}: {message}{shown}: {reason}"
     if first["type"] == "list_type" and isinstance(value, str | int | float | bool | tuple):
         return _not_a_list(field, value)
     if not first["loc"] or message.startswith((f"{field}:", f"{field}.")):

@@ -16,6 +16,20 @@ from torch.utils.data import DataLoader, Dataset
 from sparsetrain.errors import InputError, SparsetrainError
 
 
+def check_batch_split(global_batch: int, world_size: int, grad_accum: int) -> int:
+    """The number of micro-batches a global batch is split into (world_size × grad_accum), as `run` and `--dry-run`
+    check it.
+
+    Raises:
+        InputError: one line naming `train.batch_size` and every factor when they do not divide it.
+    """
+    parts = world_size * grad_accum
+    if global_batch % parts:
+        raise InputError(f"train.batch_size: {global_batch} is not divisible by world_size {world_size} × "
+                         f"gradient_accumulation_steps {grad_accum} = {parts}")
+    return parts
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     num_samples: int
@@ -26,10 +40,7 @@ class BatchPlan:
     seed: int
 
     def __post_init__(self) -> None:
-        parts = self.world_size * self.grad_accum
-        if self.global_batch % parts:
-            raise InputError(f"train.batch_size: {self.global_batch} is not divisible by world_size "
-                             f"{self.world_size} × gradient_accumulation_steps {self.grad_accum} = {parts}")
+        parts = check_batch_split(self.global_batch, self.world_size, self.grad_accum)
         if self.global_batch > self.num_samples:
             fits = self.num_samples // parts * parts  # the largest batch that fits and divides into the ranks' parts
             hint = (f"; set train.batch_size={fits} or less" if fits else

@@ -115,8 +115,9 @@ def init_distributed(device_preference: str, backend: str, timeout_min: float = 
         note = comm_op_build_note()
         if note and local_rank == 0:  # the ranks of a node build it in turn (a file lock); the first one takes long
             print(note, file=sys.stderr, flush=True)
-        # DeepSpeed's "built successfully" follows a build; after only loading the cached op it says nothing new
-        with contextlib.nullcontext() if note else _without_line(SHM_OP_BUILT):
+        # DeepSpeed's "built successfully" follows a build, said by the rank that builds; after only loading the
+        # cached op (also the node's other ranks, which wait for that build) it says nothing new
+        with contextlib.nullcontext() if note and local_rank == 0 else _without_line(SHM_OP_BUILT):
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
                                        timeout=timedelta(minutes=timeout_min))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)

@@ -213,3 +213,25 @@ def _signal_when(overrides: list[str], until: Callable[[Path], bool], what: str,
     if outcome != "exited":
         stderr += f"\n[test harness] run killed after the signal: {outcome}\n"
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def kill_rank_at_logged_step(overrides: list[str], out_dir: Path, step: int, rank: int,
+                             nproc: int = 2) -> subprocess.CompletedProcess:
+    """Run the CLI under torch.distributed.run, SIGKILL the one rank whose RANK is `rank` (a rank lost to an OOM kill
+    or a dead node; its launcher and the other ranks are left alone) once metrics.jsonl shows global step `step`, and
+    wait for the run to exit; fails the test if it ends or stalls first."""
+    return _signal_when(overrides, lambda err: _logged_step(out_dir) >= step, f"logging step {step}",
+                        lambda proc: os.kill(_rank_pid(proc.pid, rank), signal.SIGKILL), nproc)
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int:
+    """The process id of rank `rank` among the launcher's descendants (by the RANK torch.distributed.run sets)."""
+    import psutil  # a DeepSpeed dependency
+
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "sparsetrain" in child.cmdline():
+                return child.pid
+        except psutil.Error:
+            continue
+    raise LookupError(f"no rank {rank} under process {launcher_pid}")

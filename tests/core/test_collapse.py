@@ -44,6 +44,18 @@ def test_a_collapsed_run_says_so_after_the_phase_in_report_json_and_in_the_table
     assert table[-3:] == [f"warning      {p}: {phases[p]['at_chance']}" for p in phases], table
 
 
+def test_a_collapse_on_two_ranks_is_said_once(tmp_path: Path) -> None:
+    """Trial 26, finding 11: under torchrun the at-chance warning of a phase came once per rank (rank 1 logs warnings
+    too), e.g. twice around Method 2's filters table; rank 0 says it once per phase."""
+    from tests.core.subprocess_runs import run_cli
+
+    result = run_cli([*COLLAPSING, f"out_dir={tmp_path}"], nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    phases = json.loads((tmp_path / "report.json").read_text())["phases"]
+    logged = [line.split("warning: ", 1)[1] for line in result.stderr.splitlines() if "at chance level" in line]
+    assert logged == [f"[{p}] {phases[p]['at_chance']}" for p in phases], logged
+
+
 def test_a_phase_a_later_one_recovered_from_gets_no_warning_line() -> None:
     """Fine-tuning often recovers a pruned model at chance: the row says so, no warning line asks to change it."""
     said = "accuracy 9.00 % is at chance level (...)"

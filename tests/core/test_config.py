@@ -474,3 +474,77 @@ def test_test_fraction_of_a_dry_run_on_voc_is_one_line(capsys: pytest.CaptureFix
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert errors == ["error: data.test_fraction: read by data.source digits, synthetic, seg_synthetic, seg_folder "
                       "only, not 'voc', whose test split is ImageSets/Segmentation/val.txt; leave it out"], errors
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("deepspeed=ds.json", "deepspeed: expected a mapping of deepspeed.* settings (got 'ds.json'); "),
+    ("deepspeed.config=/tmp/ds.json", "deepspeed.config: unknown key (set to '/tmp/ds.json'): "),
+    ("deepspeed.config_file=ds.json", "deepspeed.config_file: unknown key (set to 'ds.json'): "),
+])
+def test_a_deepspeed_json_is_refused_saying_where_its_settings_go(override: str, named: str) -> None:
+    """Trial 26, finding 8: `deepspeed=ds.json` gave pydantic's `Input should be a valid dictionary or instance of
+    DeepSpeedConfig`, `deepspeed.config=ds.json` only the section's keys; neither said a DeepSpeed JSON is not
+    taken nor where its settings go."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    said = str(info.value)
+    assert said.startswith(f"{named}a DeepSpeed config JSON is not taken: sparsetrain writes DeepSpeed's config from "
+                           "its deepspeed.* keys (zero_optimization.stage -> deepspeed.zero_stage, "), said
+    assert said.endswith('README "DeepSpeed settings")') and "\n" not in said and "DeepSpeedConfig" not in said, said
+
+
+def test_deepspeed_precision_fp16_is_refused_with_the_reason() -> None:
+    """Trial 26, finding 8: `deepspeed.precision=fp16` said only which values are allowed, without the why that
+    `deepspeed.fp16.enabled` gets."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["deepspeed.precision=fp16"])
+    assert str(info.value) == ("deepspeed.precision: Input should be 'fp32' or 'bf16' (got 'fp16'): DeepSpeed's fp16 "
+                               "(loss scaling) is not taken; bf16 (fp32 masters, no loss scaling) is the reduced "
+                               "precision here"), str(info.value)
+
+
+def test_the_dry_run_refuses_a_batch_the_planned_ranks_do_not_divide(capsys: pytest.CaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """Trial 26, finding 9: with WORLD_SIZE=2 (torchrun) the dry run planned `micro-batch 16` for batch 100 and
+    gradient accumulation 3 (16 × 2 × 3 = 96) and exited 0, where `run` refuses it at once."""
+    from sparsetrain.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    capsys.readouterr()
+    assert main(["run", "train.batch_size=100", "deepspeed.gradient_accumulation_steps=3",
+                 f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 2
+    assert capsys.readouterr().err == ("error: train.batch_size: 100 is not divisible by world_size 2 × "
+                                       "gradient_accumulation_steps 3 = 6\n")
+    assert main(["run", "train.batch_size=96", "deepspeed.gradient_accumulation_steps=3",
+                 f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 0
+    assert "micro-batch 16" in capsys.readouterr().out
+
+
+def test_a_refusal_every_rank_makes_alike_is_printed_by_rank_0_only(tmp_path: Path) -> None:
+    """Trial 26, finding 9: under torchrun the batch-size refusal came once per rank; a real 2-rank run prints it
+    once (rank 0), exit 2 on every rank, and nothing is written."""
+    from tests.core.subprocess_runs import run_cli
+
+    result = run_cli(["train.batch_size=100", "deepspeed.gradient_accumulation_steps=3", "tracking.mode=disabled",
+                      f"out_dir={tmp_path / 'run'}"], nproc=2)
+    said = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert said == ["error: train.batch_size: 100 is not divisible by world_size 2 × gradient_accumulation_steps 3 "
+                    "= 6"], result.stderr[-3000:]
+    assert result.returncode != 0 and not (tmp_path / "run" / "state.json").exists()
+    from sparsetrain.errors import InputError, alike_on_every_rank, said_here
+
+    assert not said_here(alike_on_every_rank(InputError("x")), "1") and said_here(InputError("x"), "1")
+
+
+def test_deepspeeds_config_flag_says_a_deepspeed_json_is_not_taken(capsys: pytest.CaptureFixture) -> None:
+    """Trial 26, finding 8: `run recipe.yaml --deepspeed_config ds.json` said only `unrecognized option`."""
+    from sparsetrain.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--deepspeed_config", "ds.json"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("sparsetrain run: error: unrecognized option --deepspeed_config: "
+                                                   "a DeepSpeed config JSON is not taken"), err
+    assert err.count("\n") == 1, err

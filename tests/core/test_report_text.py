@@ -208,3 +208,15 @@ def test_a_selection_note_is_cut_where_it_says_what_follows_never_inside_a_name(
     names = ("prune.round_to=8: 4 groups of 8 channels keep all 8 (2 rounded up): stem.0, downs.0.1.0, downs.1.1.0, "
              f"ups.1.conv.3{advice}")
     assert _short(names) == names.replace(", downs.1.1.0, ups.1.conv.3;", ", ...;"), _short(names)
+
+
+def test_the_report_header_records_the_batch_split() -> None:
+    """Trial 26, finding 10: report.json's header had `world_size`, `zero_stage`, `precision` but neither
+    `gradient_accumulation_steps` nor the micro-batch (only config.yaml had the former)."""
+    from sparsetrain.config import load_config
+    from sparsetrain.report import training_setup
+
+    cfg = load_config(None, ["train.batch_size=96", "deepspeed.gradient_accumulation_steps=3"])
+    setup = training_setup(cfg, 2)
+    assert {key: setup.get(key) for key in ("batch_size", "gradient_accumulation_steps", "micro_batch")} == \
+        {"batch_size": 96, "gradient_accumulation_steps": 3, "micro_batch": 16}, setup

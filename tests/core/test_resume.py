@@ -18,6 +18,7 @@ from tests.core.subprocess_runs import (
     interrupt_when_printed,
     kill_at_checkpoint,
     kill_at_logged_step,
+    kill_rank_at_logged_step,
     run_cli,
     run_command,
     signal_at_logged_step,
@@ -329,6 +330,31 @@ def test_resume_command_of_a_2_rank_torchrun_run_repeats_its_flags(tmp_path: Pat
     assert Path(command[0]).name == "torchrun" and command[1:] == [*launched, "run", *overrides], command
     assert any(flag.startswith("--master_port=") for flag in launched), launched
     resumed = run_command(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "finetune" in json.loads((out / "state.json").read_text())["completed"]
+
+
+def test_a_killed_peer_rank_gives_one_line_with_the_checkpoint_and_the_resume_command(tmp_path: Path) -> None:
+    """Trial 26, finding 3: `kill -9` of rank 1 left rank 0 dying in a ~100-line gloo traceback (`Connection reset by
+    peer`, twice: plain and `[rank0]:`-prefixed) with no sparsetrain line. Now rank 0 says in one line that the
+    process group broke, where the last checkpoint is and the command that resumes; the traceback goes to
+    out_dir/error-rank0.log, and that command finishes the run."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, "phases.sparsify.epochs=4", "train.log_every=1", "train.checkpoint_every=3")
+    result = kill_rank_at_logged_step(overrides, out, 7, rank=1)
+    lines = [line for line in result.stderr.splitlines() if "peer lost:" in line]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Connection reset by peer" not in result.stderr.replace(lines[0], ""), result.stderr[-3000:]
+    assert "[rank0]:" not in result.stderr, result.stderr[-3000:]
+    state = json.loads((out / "state.json").read_text())["current"]
+    stop = re.fullmatch(r"peer lost: the process group broke \((.+)\): another rank died or stopped; the last "
+                        r"checkpoint is at (\w+) step (\d+) in (\S+); resume with `(.*)` \(traceback: (\S+)\)",
+                        lines[0])
+    assert stop, lines[0]
+    assert stop[1].startswith("gloo: ") and "pair.cc" not in stop[1], stop[1]
+    assert (stop[2], int(stop[3]), Path(stop[4])) == (state["phase"], state["step"], out / "checkpoints"), lines[0]
+    assert Path(stop[6]) == out / "error-rank0.log" and "Traceback" in Path(stop[6]).read_text()
+    resumed = run_command(shlex.split(stop[5]))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "finetune" in json.loads((out / "state.json").read_text())["completed"]
 
