@@ -98,7 +98,7 @@ def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
     return DataBundle(InMemoryDataset(x_train, y_train), InMemoryDataset(x_test, y_test),
                       in_chans=x_train.shape[1], num_classes=classes, input_shape=shape,
                       preprocessing=preprocessing_record(shape, raw[0], raw[1], stats),
-                      classes=output_names(names, data_classes, classes))
+                      classes=output_names(names, data_classes, classes), data_classes=data_classes)
 
 
 def check_model_classes(num_classes: int | None, data_classes: int, what: str) -> None:
@@ -190,7 +190,7 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
                                     resize=resize_record([size, size], "torch interpolate via torchvision Resize"),
                                     color=color_record((1, 3), chans, LUMA_WEIGHTS))
         return DataBundle(train, test, in_chans=chans, num_classes=classes, input_shape=(chans, size, size),
-                          preprocessing=prep, classes=names)
+                          preprocessing=prep, classes=names, data_classes=len(train.classes))
     from sparsetrain.data.segmentation import build_segmentation_data
 
     return build_segmentation_data(cfg, seed, num_classes, stats, eval_only)

@@ -36,6 +36,7 @@ class DataBundle:
     input_shape: tuple[int, ...]  # per-sample shape, e.g. (1, 28, 28)
     preprocessing: dict[str, Any] = field(default_factory=dict)  # see `preprocessing_record`
     classes: tuple[str, ...] | None = None  # names of the model's outputs in index order, where the data names them
+    data_classes: int | None = None  # the data's own class count (num_classes may be more: model.kwargs.num_classes)
 
 
 def output_names(names: tuple[str, ...] | None, data_classes: int, outputs: int) -> tuple[str, ...] | None:
