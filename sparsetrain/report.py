@@ -37,8 +37,10 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     rows before `layers` was recorded lack it), phases.prune.why_nothing_removed (when no filter was removed: the
     prune warning's reason, with what to set), phases.prune.selection_notes (the lines the prune phase logged when
     prune.round_to left groups whole or prune.max_filter_fraction capped a removal), flops, peak_memory_bytes,
-    latency_ms, param_reduction (no latency_ms, and no latency table, when no filter was removed: nothing was
-    timed, the summary says "not compared"); deployment
+    latency_ms (with deploy.latency=false the quick measurement's medians `dense` / `pruned`, their ratio `speedup`
+    and the ratios the noise rule judges: `speedup_p20`, `speedup_median`, `speedup_paired` (+ `_p20` / `_p80`);
+    `measure.quick_latency`), param_reduction (no latency_ms, and no latency table, when no filter was removed:
+    nothing was timed, the summary says "not compared"); deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
     another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed); a Method 1
     run whose latency table timed export/compact/ adds latency_ms, the compact model's speed-up ({dense, compact,
@@ -331,8 +333,8 @@ def _latency_line(lat: dict[str, Any]) -> str:
         return f"{value:.2f}" if value >= 1 else f"{value:.3f}"  # small models run in tens of microseconds
 
     after = lat["compact"] if "compact" in lat else lat["pruned"]
-    noisy = noise_range(lat["speedup"], lat.get("speedup_median"), lat.get("speedup_paired"),
-                        row_spread(lat, "speedup"))
+    noisy = noise_range(lat.get("speedup_p20", lat["speedup"]), lat.get("speedup_median"), lat.get("speedup_paired"),
+                        row_spread(lat, "speedup"))  # the quick measurement's `speedup` is its medians' ratio
     speedup = f"{lat['speedup']:.2f}x" + (f", {noise_words(noisy)}" if noisy else "")
     return f"latency      {ms(lat['dense'])} ms -> {ms(after)} ms ({speedup}; {lat.get('measured', 'CPU, batch 1')})"
 
