@@ -48,7 +48,8 @@ def test_a_method2_run_that_removed_no_filter_says_so_on_the_params_line() -> No
     same = {**pruned, "params": {"dense": 488_001, "pruned": 488_001}, "flops": {"dense": 10, "pruned": 10},
             "param_reduction": 1.0}
     lines = format_table(same).splitlines()
-    assert "params       488,001 (no filter removed)" in lines and "flops        10" in lines, lines
+    assert "params       488,001 (no filter removed)" in lines, lines
+    assert "flops        10 (FLOPs of one forward pass per sample, 2 per multiply-add)" in lines, lines
     assert not any("fewer" in line or "->" in line for line in lines), lines
     assert "params       100 -> 50 (2.00x fewer)" in format_table(pruned).splitlines()
     evaluated = {"total": 488_001, "nonzero": 488_001, "dense": 488_001, "removed": "filters"}  # sparsetrain eval
@@ -247,3 +248,17 @@ def test_latency_png_marks_the_speedups_the_table_calls_within_noise() -> None:
                                                        row(32, 1.04, 0.98, 1.02)]}
     assert bar_labels(table) == ["onnxruntime cpu\nbatch 1\n1.29x", "onnxruntime cpu\nbatch 16\n2.23x (noise)",
                                  "onnxruntime cpu\nbatch 32\n1.04x (noise)"]
+
+
+def test_the_flops_line_says_they_are_flops_not_macs() -> None:
+    """Trial 25: report.json and the summary said `flops 3,269,216 -> 2,271,808` without saying FLOPs or MACs (many
+    papers call MACs FLOPs); the value is torch's FlopCounterMode count, 2 per multiply-add, and the line says so."""
+    import torch
+
+    from sparsetrain.structural import profile_model
+
+    report = {k: v for k, v in _structural_report({}).items() if k != "latency_ms"}
+    line = next(x for x in format_table(report).splitlines() if x.startswith("flops"))
+    assert line == "flops        10 -> 5 (2.00x fewer; FLOPs of one forward pass per sample, 2 per multiply-add)", line
+    linear = torch.nn.Linear(7, 3)  # 21 multiply-adds per sample
+    assert profile_model(linear, (1, 7), latency=False)["flops"] == 42
