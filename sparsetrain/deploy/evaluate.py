@@ -49,7 +49,7 @@ from sparsetrain.deploy.loading import (
 from sparsetrain.engine.finite import require_finite, require_finite_results
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.model_imports import arch_imports, import_for_arch
-from sparsetrain.progress import format_value
+from sparsetrain.progress import format_value, log
 from sparsetrain.report import COMPRESSION_SCOPE, SPARSITY_SCOPE
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
@@ -390,6 +390,7 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     record, origin = _recorded_preprocessing(target)
     cfg, stats = _with_recorded_scaling(cfg, record)
     data = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"), eval_only=True, stats=stats)
+    _warn_other_colours(record, data.test, cfg.data.path)
     if _is_export(target):
         model = load_compressed(target, format)
         fmt = model.export_format
@@ -414,6 +415,20 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     result["latency_ms"] = _latency(model, data.input_shape, cfg.deploy.latency_repeats,
                                     cfg.deploy.latency_threads) if _latency_wanted(list(overrides or [])) else None
     return result
+
+
+def _warn_other_colours(record: dict[str, Any] | None, test: Any, path: str | None) -> None:
+    """One warning when the image files scored are of another colour kind than the model's training files (its
+    record's `color.files`: a gray copy of a colour-trained set scores lower, with nothing else saying why)."""
+    from sparsetrain.data.images import color_kinds
+
+    trained = ((record or {}).get("color") or {}).get("files")
+    samples = getattr(test, "samples", None)  # an ImageFolder's (path, label) pairs
+    scored = color_kinds([p for p, _ in samples]) if trained and samples else None
+    if scored and scored != trained:
+        log.warning(f"data.path: the test images of {path} are {scored}, but the model was trained on {trained} "
+                    "images (its export's record; both from a sample of file headers): its metric here may be lower "
+                    "than on images like its training data")
 
 
 def _twin_purpose(model: nn.Module, target: Path) -> str:
