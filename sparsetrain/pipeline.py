@@ -196,7 +196,7 @@ class Pipeline:
         from sparsetrain.plan import check_start_weights
 
         if self._reads_start_weights(todo):
-            check_start_weights(self.cfg, self._meta_model)
+            check_start_weights(self.cfg, self._meta_model, self.data.data_classes)
 
     def _reads_start_weights(self, todo: list[str]) -> bool:
         """Whether the run reads the initial weights (`model.checkpoint`, pretrained) after the phases in `todo`

@@ -40,6 +40,7 @@ class DataSizes:
     input_shape: tuple[int, ...]
     note: str = ""  # why the sizes come from the config (the data could not be read here), for the plan
     from_config: bool = False  # the config's sizes, which may not be the data's: no check refuses on them alone
+    data_classes: int | None = None  # the data's own class count, where known (num_classes: the model's outputs)
 
 
 # The outputs a model gets when neither the data nor `model.kwargs.num_classes` says: ImageNet's 1000 classes, or
@@ -80,7 +81,7 @@ def data_sizes(config: RunConfig) -> DataSizes:
         sizes = config_sizes(config)
         return replace(sizes, note=f"warning: data not read here ({err}); sizes from the config: "
                        f"{'×'.join(map(str, sizes.input_shape))} inputs, {_outputs_words(sizes, config.task)}")
-    return DataSizes(data.in_chans, data.num_classes, tuple(data.input_shape))
+    return DataSizes(data.in_chans, data.num_classes, tuple(data.input_shape), data_classes=data.data_classes)
 
 
 def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
@@ -150,10 +151,12 @@ def check_patch_grid(config: RunConfig, model: nn.Module, sizes: DataSizes) -> N
                      f"dividing both sides, e.g. {other_patch}")
 
 
-def check_start_weights(config: RunConfig, model: nn.Module) -> None:
+def check_start_weights(config: RunConfig, model: nn.Module, data_classes: int | None = None) -> None:
     """Where a run reads its start weights (`Pipeline._check_start_weights` says when), before anything is written:
     `model.checkpoint` fits `model` (the run's meta model) tensor for tensor, from the checkpoint's names and shapes
-    alone (`models.checkpoint.check_checkpoint`), and `model.pretrained_file` exists.
+    alone (`models.checkpoint.check_checkpoint`; `data_classes`, the data's own class count where known, names
+    the right fix when `model.kwargs.num_classes` is what differs from the checkpoint), and `model.pretrained_file`
+    exists.
 
     Raises:
         ValueError: the one line the load would give, naming `model.checkpoint`, `model.checkpoint_ema`,
@@ -163,7 +166,7 @@ def check_start_weights(config: RunConfig, model: nn.Module) -> None:
     from sparsetrain.models.factory import pretrained_file
 
     if config.model.checkpoint:
-        check_checkpoint(model, config.model)
+        check_checkpoint(model, config.model, data_classes)
     if config.model.pretrained and config.model.pretrained_file:
         pretrained_file(config.model)
 
@@ -312,7 +315,7 @@ def plan_report(config: RunConfig, world_size: int) -> str:
     sizes = data_sizes(config)
     model = check_model(config, sizes)
     if not sizes.from_config:  # a model sized from the config may not be the run's: its checkpoint is not judged
-        check_start_weights(config, model)
+        check_start_weights(config, model, sizes.data_classes)
     layers = prunable_layers(model)
     check_layer_settings(config.prune, [layer.name for layer in layers])
     parts = [sizes.note] if sizes.note else []

@@ -38,9 +38,13 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     order: units kept of total, the modules whose filters make the group; `exact: false` when removed inexactly;
     rows before `layers` was recorded lack it), phases.prune.why_nothing_removed (when no filter was removed: the
     prune warning's reason, with what to set), phases.prune.selection_notes (the lines the prune phase logged when
-    prune.round_to left groups whole or prune.max_filter_fraction capped a removal), flops, peak_memory_bytes,
-    latency_ms, param_reduction (no latency_ms, and no latency table, when no filter was removed: nothing was
-    timed, the summary says "not compared"); deployment
+    prune.round_to left groups whole or prune.max_filter_fraction capped a removal), flops (FLOPs of one forward pass
+    of one sample, 2 per multiply-add: torch's FlopCounterMode, convs and matmuls; papers' "FLOPs" are often MACs,
+    half this), peak_memory_bytes,
+    latency_ms (with deploy.latency=false the quick measurement's medians `dense` / `pruned`, their ratio `speedup`
+    and the ratios the noise rule judges: `speedup_p20`, `speedup_median`, `speedup_paired` (+ `_p20` / `_p80`);
+    `measure.quick_latency`), param_reduction (no latency_ms, and no latency table, when no filter was removed:
+    nothing was timed, the summary says "not compared"); deployment
     adds export, export_phase (the phase export/ holds: the final one unless `sparsetrain export --phase` wrote
     another since) and latency (`sparsetrain.deploy.run`; its `phase`: the phase whose export it timed); a Method 1
     run whose latency table timed export/compact/ adds latency_ms, the compact model's speed-up ({dense, compact,
@@ -195,17 +199,22 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# what report.json's `flops` counts (structural.profile_model: torch's FlopCounterMode, convs and matmuls only)
+FLOPS = "FLOPs of one forward pass per sample, 2 per multiply-add"
+
+
 def _structural_lines(report: dict[str, Any]) -> list[str]:
     """Method 2: params and FLOPs dense -> pruned, latency, bytes, then what prune.round_to and
     prune.max_filter_fraction changed in the selection (`selection_notes`, each cut to `NOTE_WIDTH`)."""
     p, f = report["params"], report["flops"]
     if p["dense"] == p["pruned"] and f["dense"] == f["pruned"]:  # no filter removed: one architecture twice
         # nothing was timed (runs from before that timed both copies have a latency_ms: not shown)
-        lines = [f"params       {p['dense']:,} ({nothing_removed(report)})", f"flops        {f['dense']:,}",
+        lines = [f"params       {p['dense']:,} ({nothing_removed(report)})", f"flops        {f['dense']:,} ({FLOPS})",
                  "latency      not compared: no filter was removed, so both are the same architecture"]
     else:
         lines = [f"params       {p['dense']:,} -> {p['pruned']:,} ({report['param_reduction']:.2f}x fewer)",
-                 f"flops        {f['dense']:,} -> {f['pruned']:,}"]
+                 f"flops        {f['dense']:,} -> {f['pruned']:,} ({f['dense'] / max(f['pruned'], 1):.2f}x fewer; "
+                 f"{FLOPS})"]
         lines += [_latency_line(report["latency_ms"])] if "latency_ms" in report else []
     lines += [_bytes_line(report["bytes"])] if "bytes" in report else []
     notes = phase_results(report).get(PRUNE, {}).get("selection_notes", [])
@@ -337,8 +346,8 @@ def _latency_line(lat: dict[str, Any]) -> str:
         return f"{value:.2f}" if value >= 1 else f"{value:.3f}"  # small models run in tens of microseconds
 
     after = lat["compact"] if "compact" in lat else lat["pruned"]
-    noisy = noise_range(lat["speedup"], lat.get("speedup_median"), lat.get("speedup_paired"),
-                        row_spread(lat, "speedup"))
+    noisy = noise_range(lat.get("speedup_p20", lat["speedup"]), lat.get("speedup_median"), lat.get("speedup_paired"),
+                        row_spread(lat, "speedup"))  # the quick measurement's `speedup` is its medians' ratio
     speedup = f"{lat['speedup']:.2f}x" + (f", {noise_words(noisy)}" if noisy else "")
     return f"latency      {ms(lat['dense'])} ms -> {ms(after)} ms ({speedup}; {lat.get('measured', 'CPU, batch 1')})"
 

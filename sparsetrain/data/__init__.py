@@ -22,7 +22,7 @@ from sparsetrain.data.base import (
 from sparsetrain.data.builtin import BUILTIN_LOADERS, to_tensors
 from sparsetrain.data.disk import IMAGEFOLDER_SIZE, imagefolder_stats, load_imagefolder, load_npz
 from sparsetrain.data.idx import read_idx
-from sparsetrain.data.images import image_files_raw
+from sparsetrain.data.images import color_kinds, image_files_raw
 from sparsetrain.data.tensors import InMemoryDataset, Stats, match_channels, standardize
 from sparsetrain.progress import log
 
@@ -98,7 +98,7 @@ def _bundle_from_arrays(arrays: tuple, cfg: DataConfig, num_classes: int | None,
     return DataBundle(InMemoryDataset(x_train, y_train), InMemoryDataset(x_test, y_test),
                       in_chans=x_train.shape[1], num_classes=classes, input_shape=shape,
                       preprocessing=preprocessing_record(shape, raw[0], raw[1], stats),
-                      classes=output_names(names, data_classes, classes))
+                      classes=output_names(names, data_classes, classes), data_classes=data_classes)
 
 
 def check_model_classes(num_classes: int | None, data_classes: int, what: str) -> None:
@@ -179,6 +179,7 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
         size, chans = cfg.image_size or IMAGEFOLDER_SIZE, cfg.in_chans or 3
         train, test, scale = load_imagefolder(cfg.path, size, cfg.normalize, chans)
         check_model_classes(num_classes, len(train.classes), f"class folders of {cfg.path}")
+        kinds = color_kinds([p for p, _ in train.samples])  # what the model is trained on, for eval to compare
         classes = num_classes or len(train.classes)
         names = output_names(tuple(train.classes), len(train.classes), classes)  # torchvision: sorted folder names
         if cfg.train_subset is not None:
@@ -188,9 +189,10 @@ def build_data(cfg: DataConfig, seed: int, num_classes: int | None = None,
         # a tree of either bit depth may hold gray and colour files, and not every file is read here
         prep = preprocessing_record((chans, size, size), image_files_raw(scale), scale, stats,
                                     resize=resize_record([size, size], "torch interpolate via torchvision Resize"),
-                                    color=color_record((1, 3), chans, LUMA_WEIGHTS))
+                                    color={**color_record((1, 3), chans, LUMA_WEIGHTS),
+                                           "files": kinds})
         return DataBundle(train, test, in_chans=chans, num_classes=classes, input_shape=(chans, size, size),
-                          preprocessing=prep, classes=names)
+                          preprocessing=prep, classes=names, data_classes=len(train.classes))
     from sparsetrain.data.segmentation import build_segmentation_data
 
     return build_segmentation_data(cfg, seed, num_classes, stats, eval_only)

@@ -36,6 +36,7 @@ class DataBundle:
     input_shape: tuple[int, ...]  # per-sample shape, e.g. (1, 28, 28)
     preprocessing: dict[str, Any] = field(default_factory=dict)  # see `preprocessing_record`
     classes: tuple[str, ...] | None = None  # names of the model's outputs in index order, where the data names them
+    data_classes: int | None = None  # the data's own class count (num_classes may be more: model.kwargs.num_classes)
 
 
 def output_names(names: tuple[str, ...] | None, data_classes: int, outputs: int) -> tuple[str, ...] | None:
@@ -78,7 +79,9 @@ def preprocessing_record(input_shape: tuple[int, ...], raw: str, scale: float,
         resize: How images are resized first (`resize_record`: size [H, W], interpolation, antialias, mode), or
             None.
         color: What was done to the image files' channels to get the model's C (`color_record`), or None for data
-            that is not image files.
+            that is not image files; an ImageFolder's adds `files`, the kinds its training files are (`gray`,
+            `colour`, `gray and colour`, from a sample of their headers: `images.color_kinds`), which eval
+            compares with the data it scores.
     """
     layout = "NCHW" if len(input_shape) == 3 else "NCL" if len(input_shape) == 2 else "N" + "?" * len(input_shape)
     mean, std = stats if stats is not None else (None, None)
@@ -114,7 +117,9 @@ def color_record(stored: tuple[int, ...], chans: int, weights: tuple[float, floa
     Returns:
         `{"applied": "<one line>", "gray_weights": [r, g, b] or None}`: `applied` is e.g. `none (3 channels as
         stored)`, `gray repeated to 3 channels`, `colour mixed to gray with gray_weights`, or per file kind when
-        the data set holds (or may hold) both; `gray_weights` is set only when a colour file is mixed to gray.
+        the data set holds (or may hold) both, as the rule for any such file (`any gray file repeated to 3
+        channels; any colour file as stored`: it says nothing about whether the data holds one); `gray_weights` is
+        set only when a colour file is mixed to gray.
     """
     steps = {kind: _channel_step(count, chans) for count, kind in ((1, "gray"), (3, "colour")) if count in stored}
     if set(steps.values()) == {"as stored"}:
@@ -122,7 +127,7 @@ def color_record(stored: tuple[int, ...], chans: int, weights: tuple[float, floa
     elif len(steps) == 1:
         applied = " ".join(next(iter(steps.items())))
     else:
-        applied = "; ".join(f"{kind} files {step}" for kind, step in steps.items())
+        applied = "; ".join(f"any {kind} file {step}" for kind, step in steps.items())  # a rule: not every file read
     mixed = chans == 1 and 3 in stored
     return {"applied": applied, "gray_weights": list(weights) if mixed else None}
 

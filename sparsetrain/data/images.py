@@ -306,6 +306,25 @@ def image_scale(path: Path) -> float:
         raise unreadable(path, err) from None
 
 
+COLOR_SAMPLE = 64  # files of a split whose headers `color_kinds` reads, spread over its (class-sorted) file list
+_GRAY_MODES = ("1", "L", "LA", "I", "F")  # PIL modes read as one channel (and I;16*)
+
+
+def color_kinds(paths: list[str | Path], sample: int = COLOR_SAMPLE) -> str | None:
+    """Whether image files are gray, colour or both, from the headers (PIL's mode) of up to `sample` of them spread
+    evenly over `paths` (every class of an ImageFolder's sorted list): `gray`, `colour`, `gray and colour`, or None
+    when none could be identified (not every file is read: a few gray files among many colour ones may be missed).
+    """
+    kinds = set()
+    for path in paths[::max(1, len(paths) // max(sample, 1))][:sample]:
+        try:
+            with Image.open(path) as img:
+                kinds.add("gray" if img.mode in _GRAY_MODES or img.mode.startswith("I;16") else "colour")
+        except DECODE_ERRORS:  # a TIFF PIL cannot open, a damaged file: the loader names it when read
+            continue
+    return " and ".join(sorted(kinds)) or None
+
+
 def image_dimensions(path: Path) -> tuple[int, int]:
     """(width, height) of the image, from its header alone: a PNG's IHDR, a TIFF's tags (tifffile: PIL cannot open
     some 16-bit ones), else PIL's.

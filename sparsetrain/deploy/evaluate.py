@@ -49,7 +49,7 @@ from sparsetrain.deploy.loading import (
 from sparsetrain.engine.finite import require_finite, require_finite_results
 from sparsetrain.errors import InputError, first_line
 from sparsetrain.model_imports import arch_imports, import_for_arch
-from sparsetrain.progress import format_value
+from sparsetrain.progress import format_value, log
 from sparsetrain.report import COMPRESSION_SCOPE, SPARSITY_SCOPE
 from sparsetrain.rundir import check_finished
 from sparsetrain.structural.serialize import ARCH_FILE
@@ -390,11 +390,12 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     record, origin = _recorded_preprocessing(target)
     cfg, stats = _with_recorded_scaling(cfg, record)
     data = build_data(cfg.data, cfg.seed, cfg.model.kwargs.get("num_classes"), eval_only=True, stats=stats)
+    _warn_other_colours(record, data.test, cfg.data.path)
     if _is_export(target):
         model = load_compressed(target, format)
         fmt = model.export_format
         torch_model = model if fmt in ("safetensors", "bitmask", "compact") else load_compressed(
-            export_folder(target), "safetensors")
+            export_folder(target), "safetensors", purpose=_twin_purpose(model, target))
     else:
         model = torch_model = _checkpoint_model(cfg, data, target, recipe)
         fmt = "checkpoint"
@@ -416,6 +417,30 @@ def evaluate_target(target: str | Path, recipe: str | None = None, overrides: li
     return result
 
 
+def _warn_other_colours(record: dict[str, Any] | None, test: Any, path: str | None) -> None:
+    """One warning when the image files scored are of another colour kind than the model's training files (its
+    record's `color.files`: a gray copy of a colour-trained set scores lower, with nothing else saying why)."""
+    from sparsetrain.data.images import color_kinds
+
+    trained = ((record or {}).get("color") or {}).get("files")
+    samples = getattr(test, "samples", None)  # an ImageFolder's (path, label) pairs
+    scored = color_kinds([p for p, _ in samples]) if trained and samples else None
+    if scored and scored != trained:
+        log.warning(f"data.path: the test images of {path} are {scored}, but the model was trained on {trained} "
+                    "images (its export's record; both from a sample of file headers): its metric here may be lower "
+                    "than on images like its training data")
+
+
+def _twin_purpose(model: nn.Module, target: Path) -> str:
+    """What eval reads an ONNX or torch.export model's safetensors twin for, on its load line: the metric (and
+    latency) come from the program's own runtime; the twin only gives the parameter, sparsity and byte counts."""
+    from sparsetrain.deploy.program import ONNX_FILE, PROGRAM_FILE
+
+    program = ONNX_FILE if model.export_format == "onnx" else PROGRAM_FILE
+    return (f"the torch twin of {program}, read only to count parameters, sparsity and bytes; the metric (and "
+            f"latency, when timed) come from {_runtime(model)} on {export_folder(target) / program}")
+
+
 def _latency_wanted(overrides: list[str]) -> bool:
     """Whether eval times the model: yes unless its own overrides set `deploy.latency` false (alone or in a
     `deploy={...}` mapping), as validated (`false`, `no`, `0`, ...). A run directory's config.yaml does not decide:
@@ -424,6 +449,13 @@ def _latency_wanted(overrides: list[str]) -> bool:
     if not isinstance(raw, dict) or "latency" not in raw:
         return True
     return validate({"deploy": {"latency": raw["latency"]}}).deploy.latency
+
+
+def _format_words(fmt: str) -> str:
+    """The header's format: `onnx, run by onnxruntime` / `torch_export, run by torch.export` for a program (its
+    parameters are counted on the safetensors twin), else the format's name."""
+    runs = {"onnx": "onnxruntime", "torch_export": "torch.export"}
+    return f"{fmt}, run by {runs[fmt]}" if fmt in runs else fmt
 
 
 PER_CLASS_PRINTED = 8  # classes up to which eval's printed form lists the per-class IoU (more: --json only)
@@ -436,7 +468,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
     m, lat = result["metrics"], result["latency_ms"]
     extra = ", ".join(f"{k} {format_value(v)}" for k, v in m.items() if k != "metric" and isinstance(v, int | float))
     lines = [
-        f"{result['target']} ({result['format']}, {result['model']}) on {result['data']['source']} "
+        f"{result['target']} ({_format_words(result['format'])}, {result['model']}) on {result['data']['source']} "
         f"{result['data']['path'] or ''} ({result['data']['test_samples']} test samples)",
         f"metric       {m['metric']:.4f}  ({extra})",
         *([_per_class_line(m["per_class_iou"])] if "per_class_iou" in m else []),

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOISE_MARGIN", "bench_stem", "format_latency", "noise_range", "noise_words", "plot_latency", "row_spread",
-           "speedup_key", "timed_models", "unpruned", "write_latency"]
+__all__ = ["NOISE_MARGIN", "bar_labels", "bench_stem", "format_latency", "noise_range", "noise_words", "plot_latency",
+           "row_spread", "speedup_key", "timed_models", "unpruned", "write_latency"]
 
 NOISE_MARGIN = 1.25  # the three ratios of one speed-up spanning more than this factor: called within noise
 
@@ -131,15 +131,13 @@ def format_latency(table: dict[str, Any]) -> str:
 
 def plot_latency(table: dict[str, Any], path: Path) -> None:
     """Grouped bars: the median latency (p20-p80 whiskers) of each model timed (dense, compressed, compact) per
-    runtime and batch, each group labelled with its speed-ups."""
+    runtime and batch, each group labelled with its speed-ups (`bar_labels`)."""
     import numpy as np
 
     from sparsetrain.plots import new_axes, save
 
     rows, models = table["rows"], timed_models(table)
-    labels = [f"{r['runtime']} {r['device']}\nbatch {r['batch']}\n"
-              + " / ".join(f"{r[speedup_key(m)]:.2f}x" + (f" {m}" if m != "compressed" else "") for m in models[1:])
-              for r in rows]
+    labels = bar_labels(table)
     x, width = np.arange(len(rows)), 0.8 / len(models)
     fig, ax = new_axes(max(6, (1.2 + 0.4 * len(models)) * len(rows)), 4)
     colors = {"dense": "tab:gray", "compressed": "tab:blue", "compact": "tab:green"}
@@ -155,6 +153,20 @@ def plot_latency(table: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{table['model']} ({table['kind']}): {' vs '.join(models)}, {table['threads']} thread(s)")
     ax.legend()
     save(fig, path)
+
+
+def bar_labels(table: dict[str, Any]) -> list[str]:
+    """latency.png's group labels: `torch cpu\nbatch 1\n1.04x (noise)`, each speed-up marked `(noise)` when the
+    table's notes call it within noise (`noise_range`, the one rule), and named unless it is the compressed model's."""
+    models = timed_models(table)
+
+    def ratio(row: dict[str, Any], model: str) -> str:
+        key = speedup_key(model)
+        noisy = noise_range(row[key], row.get(f"{key}_median"), row.get(f"{key}_paired"), row_spread(row, key))
+        return f"{row[key]:.2f}x" + (" (noise)" if noisy else "") + (f" {model}" if model != "compressed" else "")
+
+    return [f"{r['runtime']} {r['device']}\nbatch {r['batch']}\n" + " / ".join(ratio(r, m) for m in models[1:])
+            for r in table["rows"]]
 
 
 def write_latency(table: dict[str, Any], out_dir: Path, stem: str = "latency", plot: bool = True) -> Path:

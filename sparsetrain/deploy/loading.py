@@ -221,7 +221,8 @@ def _load_compact(path: Path) -> nn.Module:
     return load_timm(folder)
 
 
-def load_compressed(path: str | Path, format: str = "auto", *, threads: int | None = None) -> nn.Module:
+def load_compressed(path: str | Path, format: str = "auto", *, threads: int | None = None,
+                    purpose: str = "") -> nn.Module:
     """Load an exported model, ready for `model(x)`, and say which format it came from.
 
     Args:
@@ -232,6 +233,8 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
             never chosen by "auto" for a run or export folder; `path` = `export/compact/` itself loads it as
             "compact").
         threads: onnxruntime intra-op threads (onnx only; None = onnxruntime's default).
+        purpose: What the caller loads it for, appended to the load line (eval: the torch twin of model.onnx only
+            counts parameters).
 
     Returns:
         A module in eval mode whose `export_format` attribute names the format loaded (also logged) and whose
@@ -268,7 +271,7 @@ def load_compressed(path: str | Path, format: str = "auto", *, threads: int | No
     model.export_format = fmt
     model.preprocessing = preprocessing_of(path)
     model.output = output_of(path)
-    log.info(f"load_compressed: {folder / _FILES.get(fmt, WEIGHTS_FILE)} ({fmt})")
+    log.info(f"load_compressed: {folder / _FILES.get(fmt, WEIGHTS_FILE)} ({fmt}){f': {purpose}' if purpose else ''}")
     return model
 
 

@@ -26,7 +26,8 @@ Accepted files, read through the libraries that write them:
 Other files of an export or run (`model.bitmask.safetensors`, `model.onnx`, `model.pt2`, `weights/masks.safetensors`)
 are recognised and refused in one line that names the file to give instead.
 
-Every mismatch is one line naming `model.checkpoint` (or `model.reset_head`), the same from `check_checkpoint` (the
+Every mismatch is one line naming `model.checkpoint` (or `model.reset_head`; `model.kwargs.num_classes` when that
+setting is what makes the classifiers differ), the same from `check_checkpoint` (the
 tensors' names and shapes against the meta model, before a run writes anything) as from the load. When the
 checkpoint comes from a sparsetrain run or export that names its model (`architecture.json`, or the run's
 `config.yaml`) and that is not `model.name`, the line says which model it holds; otherwise it gives the count and
@@ -487,15 +488,45 @@ def _mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor])
 
 
 def _check_head(cfg: ModelConfig, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-                wrong: list[str], head: list[str]) -> None:
-    """A mismatch confined to the classifier means the class counts differ: point at model.reset_head."""
+                wrong: list[str], head: list[str], data_classes: int | None = None) -> None:
+    """A mismatch confined to the classifier means the class counts differ: name the checkpoint's, the model's and
+    the data's (`data_classes`, where known), and the fix that keeps a trained classifier when one fits.
+
+    Raises:
+        CheckpointMismatch: `model.kwargs.num_classes: ...` when that setting is what sizes the model's outputs
+            (leave it out when the checkpoint has the data's classes), else `model.reset_head: ...`.
+    """
     if not wrong or not set(wrong) <= set(head):
         return
     weight = next((k for k in head if k.endswith("weight")), wrong[0])
     ours, theirs = expected[weight].shape[0], state[weight].shape[0]
-    raise CheckpointMismatch(f"model.reset_head: {cfg.checkpoint} has {theirs} classes ({weight} "
-                             f"{tuple(state[weight].shape)}), the data {ours}; set model.reset_head=true to "
-                             "re-initialize the classifier")
+    held = f"{cfg.checkpoint} has {theirs} classes ({weight} {tuple(state[weight].shape)})"
+    reset = "set model.reset_head=true to re-initialize the classifier"
+    if "num_classes" not in cfg.kwargs:
+        raise CheckpointMismatch(f"model.reset_head: {held}, the data {ours}; {reset}")
+    outputs = f"model.kwargs.num_classes: {ours} model outputs"
+    if data_classes is None:
+        raise CheckpointMismatch(f"{outputs}, but {held}: leave model.kwargs.num_classes out if the data has {theirs} "
+                                 f"classes (the checkpoint's classifier is then kept), else {reset}")
+    if data_classes == theirs:
+        raise CheckpointMismatch(f"{outputs}, but the data has {data_classes} classes and {held}: leave "
+                                 "model.kwargs.num_classes out (the trained classifier is then kept)")
+    raise CheckpointMismatch(f"{outputs}, the data has {data_classes} classes and {held}; {reset} (with "
+                             f"model.kwargs.num_classes left out it gets the data's {data_classes} outputs)")
+
+
+def _warn_discarded_head(cfg: ModelConfig, state: dict[str, torch.Tensor], head: list[str],
+                         data_classes: int | None) -> None:
+    """One warning when `model.reset_head` re-initializes a checkpoint classifier that has the data's classes (it
+    would have loaded with model.kwargs.num_classes left out): the trained classifier is thrown away."""
+    weight = next((k for k in head if k.endswith("weight") and k in state), None)
+    if weight is None or data_classes is None or state[weight].shape[0] != data_classes:
+        return
+    outputs = cfg.kwargs.get("num_classes", data_classes)
+    via = " (model.kwargs.num_classes)" if "num_classes" in cfg.kwargs else ""
+    log.warning(f"model.reset_head: {cfg.checkpoint}'s classifier ({weight} {tuple(state[weight].shape)}) has the "
+                f"data's {data_classes} classes but is re-initialized for {outputs} outputs{via}: its training is "
+                f"discarded; leave model.reset_head{' and model.kwargs.num_classes' if via else ''} out to keep it")
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig) -> list[str]:
@@ -512,9 +543,11 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig
     return reset
 
 
-def check_state(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig) -> list[str]:
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig,
+                data_classes: int | None = None) -> list[str]:
     """Whether `state` fits `model` key for key and shape for shape (either may be on the meta device: only names
-    and shapes are compared), the classifier left out with `cfg.reset_head`.
+    and shapes are compared), the classifier left out with `cfg.reset_head`; `data_classes` (the data's own class
+    count, where known) names the fix of a classifier mismatch (`_check_head`).
 
     Returns:
         The keys of `state` not to load: the checkpoint's classifier with `cfg.reset_head`, else none.
@@ -534,7 +567,7 @@ def check_state(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConf
         expected = {k: v for k, v in expected.items() if k not in head}
     missing, unexpected, wrong = _mismatch(state, expected)
     if not missing and not unexpected:
-        _check_head(cfg, state, expected, wrong, head)
+        _check_head(cfg, state, expected, wrong, head, data_classes)
     if missing or unexpected or wrong:
         _check_source_model(cfg)
         parts = [f"{label} {_show(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected))
@@ -617,19 +650,23 @@ def _check_finite(state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
                    "one saved before the weights diverged (a run's last good checkpoint, weights/<phase>.safetensors)")
 
 
-def check_checkpoint(model: nn.Module, cfg: ModelConfig) -> None:
+def check_checkpoint(model: nn.Module, cfg: ModelConfig, data_classes: int | None = None) -> None:
     """Whether `cfg.checkpoint` fits `model` (the run's model on the meta device will do), from the checkpoint's
     tensor names and shapes alone: the checks of `apply_checkpoint`, with its one-line refusals, before anything of
-    the run is written.
+    the run is written. `data_classes`: the data's own class count where known (`_check_head`); with it a
+    `model.reset_head` that discards a classifier having the data's classes is warned about.
 
     Raises:
-        ValueError: one line naming `model.checkpoint`, `model.checkpoint_ema` or `model.reset_head`.
+        ValueError: one line naming `model.checkpoint`, `model.checkpoint_ema`, `model.reset_head` or
+            `model.kwargs.num_classes`.
     """
     check_checkpoint_source(cfg)
     if _is_pruned_export(cfg):
-        _check_pruned_export(model, cfg)
+        _check_pruned_export(model, cfg, data_classes)
         return
-    check_state(model, read_state_dict(cfg.checkpoint, cfg.checkpoint_ema, meta=True), cfg)
+    state = read_state_dict(cfg.checkpoint, cfg.checkpoint_ema, meta=True)
+    reset = check_state(model, state, cfg, data_classes)
+    _warn_discarded_head(cfg, state, reset, data_classes)
 
 
 def _is_pruned_export(cfg: ModelConfig) -> bool:
@@ -678,7 +715,7 @@ def _note_unfinished_run(path: str | Path) -> None:
                 f"finished: {last}): taking the {taken} phase's weights ({used.relative_to(run)}){instead}")
 
 
-def _check_pruned_export(model: nn.Module, cfg: ModelConfig) -> None:
+def _check_pruned_export(model: nn.Module, cfg: ModelConfig, data_classes: int | None = None) -> None:
     """A structurally pruned export is its own architecture: it must hold a `cfg.name` model whose classifier has
     the data's classes (`model`'s), from its weights' names and shapes."""
     path = resolve(cfg.checkpoint)
@@ -690,7 +727,7 @@ def _check_pruned_export(model: nn.Module, cfg: ModelConfig) -> None:
                                  "input is pruned); start from the unpruned weights")
     ours, theirs = model.state_dict(), _export_state(path, meta=True)
     head = [k for k in classifier_keys(model) if k in theirs]
-    _check_head(cfg, theirs, ours, [k for k in head if theirs[k].shape[0] != ours[k].shape[0]], head)
+    _check_head(cfg, theirs, ours, [k for k in head if theirs[k].shape[0] != ours[k].shape[0]], head, data_classes)
 
 
 def _load_pruned(cfg: ModelConfig) -> nn.Module:

@@ -10,7 +10,7 @@ from sparsetrain.structural.graph import (
     producer_weights,
     producer_weights_by_group,
 )
-from sparsetrain.structural.profile import interleaved_latency_ms, profile_model
+from sparsetrain.structural.profile import interleaved_latency_ms, interleaved_times_ms, profile_model
 from sparsetrain.structural.remove import kept_channels, remove_channels, zero_channels
 from sparsetrain.structural.rules import (
     LayerRule,
@@ -48,6 +48,7 @@ __all__ = [
     "producer_weights",
     "producer_weights_by_group",
     "interleaved_latency_ms",
+    "interleaved_times_ms",
     "profile_model",
     "register_functional_rule",
     "register_layer_rule",

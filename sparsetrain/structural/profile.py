@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sparsetrain.structural.trace import trace_model
 from sparsetrain.structural.types import StructuralPruningError
 
-__all__ = ["interleaved_latency_ms", "profile_model"]
+__all__ = ["interleaved_latency_ms", "interleaved_times_ms", "profile_model"]
 
 
 def profile_model(model: nn.Module, input_shape: tuple[int, ...], *, runs: int = 20, warmup: int = 3,
@@ -79,7 +79,15 @@ def _flops(model: nn.Module, x: torch.Tensor) -> int:
 
 def interleaved_latency_ms(models: list[nn.Module], input_shape: tuple[int, ...], *, rounds: int = 5,
                            runs: int = 4, warmup: int = 3) -> list[float]:
-    """Median forward time (ms) of each model on a zero input, measured in alternating rounds.
+    """Median forward time (ms) of each model on a zero input, measured in alternating rounds
+    (`interleaved_times_ms`), over its `rounds * runs` timed passes."""
+    return [statistics.median(t for r in per_round for t in r)
+            for per_round in interleaved_times_ms(models, input_shape, rounds=rounds, runs=runs, warmup=warmup)]
+
+
+def interleaved_times_ms(models: list[nn.Module], input_shape: tuple[int, ...], *, rounds: int = 5,
+                         runs: int = 4, warmup: int = 3) -> list[list[list[float]]]:
+    """Forward times (ms) of each model on a zero input, measured in alternating rounds.
 
     Each model first gets `warmup` untimed passes; then every round times `runs` passes of each model in turn,
     so a slow start or a burst of load on the machine lands on all models alike (back-to-back medians gave
@@ -91,23 +99,23 @@ def interleaved_latency_ms(models: list[nn.Module], input_shape: tuple[int, ...]
         input_shape: Input shape including the batch dimension, e.g. (1, 3, 224, 224).
 
     Returns:
-        One median per model, in ms, over its `rounds * runs` timed passes.
+        Per model, per round, the `runs` times in ms: `rounds` lists of `runs` floats each.
     """
     flags = [m.training for m in models]
     ref = next(iter(models[0].parameters()), torch.empty(0))
     x = torch.zeros(input_shape, dtype=ref.dtype if ref.is_floating_point() else torch.float32, device=ref.device)
-    times: list[list[float]] = [[] for _ in models]
+    times: list[list[list[float]]] = [[] for _ in models]
     try:
         for m in models:
             m.eval()
             _timed(m, x, warmup)
         for _ in range(rounds):
             for m, t in zip(models, times, strict=True):
-                t.extend(_timed(m, x, runs))
+                t.append(_timed(m, x, runs))
     finally:
         for m, flag in zip(models, flags, strict=True):
             m.train(flag)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def _timed(model: nn.Module, x: torch.Tensor, runs: int) -> list[float]:

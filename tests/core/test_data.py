@@ -99,7 +99,7 @@ def test_imagefolder_tree(tmp_path: Path) -> None:
     assert prep["mean"] == [0.485, 0.456, 0.406] and prep["std"] == [0.229, 0.224, 0.225]
     assert prep["resize"] == {"size": [16, 16], "interpolation": "bilinear", "antialias": True, "mode": "squash",
                               "by": "torch interpolate via torchvision Resize"}
-    assert prep["color"]["applied"] == "gray files repeated to 3 channels; colour files as stored"
+    assert prep["color"]["applied"] == "any gray file repeated to 3 channels; any colour file as stored"
     assert prep["scale"] == 1 / 255
     assert bundle.classes == ("cat", "dog"), "class names in torchvision's index order (sorted folder names)"
     model = build_model(ModelConfig(name="resnet18"), 3, 2, bundle.input_shape)

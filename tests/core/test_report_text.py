@@ -48,7 +48,8 @@ def test_a_method2_run_that_removed_no_filter_says_so_on_the_params_line() -> No
     same = {**pruned, "params": {"dense": 488_001, "pruned": 488_001}, "flops": {"dense": 10, "pruned": 10},
             "param_reduction": 1.0}
     lines = format_table(same).splitlines()
-    assert "params       488,001 (no filter removed)" in lines and "flops        10" in lines, lines
+    assert "params       488,001 (no filter removed)" in lines, lines
+    assert "flops        10 (FLOPs of one forward pass per sample, 2 per multiply-add)" in lines, lines
     assert not any("fewer" in line or "->" in line for line in lines), lines
     assert "params       100 -> 50 (2.00x fewer)" in format_table(pruned).splitlines()
     evaluated = {"total": 488_001, "nonzero": 488_001, "dense": 488_001, "removed": "filters"}  # sparsetrain eval
@@ -220,3 +221,56 @@ def test_the_report_header_records_the_batch_split() -> None:
     setup = training_setup(cfg, 2)
     assert {key: setup.get(key) for key in ("batch_size", "gradient_accumulation_steps", "micro_batch")} == \
         {"batch_size": 96, "gradient_accumulation_steps": 3, "micro_batch": 16}, setup
+
+
+def test_the_quick_latency_line_applies_the_tables_noise_rule_and_says_it_is_one_measurement() -> None:
+    """Trial 25: with deploy.latency=false the summary printed `80.03 ms -> 82.25 ms (0.97x; median of 5 interleaved
+    rounds, ...)` for a model with 3.5x fewer parameters: rounds that disagree now get the table's `within noise`
+    note (`noise_range`), and the line says it is one quick measurement, naming `sparsetrain bench latency`."""
+    import torch
+
+    from sparsetrain.measure import QUICK_LATENCY, quick_latency
+    from sparsetrain.structural import interleaved_times_ms
+
+    noisy = quick_latency([[80.0, 81.0], [40.0, 42.0], [90.0, 95.0], [60.0, 61.0], [85.0, 80.0]],
+                          [[82.0, 83.0], [70.0, 71.0], [45.0, 47.0], [30.0, 33.0], [90.0, 88.0]])
+    line = next(x for x in format_table(_structural_report({**noisy, "measured": QUICK_LATENCY})).splitlines()
+                if x.startswith("latency"))
+    assert re.search(r"\(\d\.\d\dx, within noise: \d\.\d\dx-\d\.\d\dx over the p20, median and paired ratios; median "
+                     r"of 5 interleaved rounds, .*one quick measurement: `sparsetrain bench latency RUN`", line), line
+    steady = quick_latency([[30.0, 30.5]] * 5, [[10.0, 10.1]] * 5)
+    line = next(x for x in format_table(_structural_report({**steady, "measured": QUICK_LATENCY})).splitlines()
+                if x.startswith("latency"))
+    assert "(3.01x; median of 5" in line and "noise" not in line, line
+    times = interleaved_times_ms([torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)], (1, 4), rounds=3, runs=2)
+    assert [[len(r) for r in model] for model in times] == [[2, 2, 2], [2, 2, 2]], times
+
+
+def test_latency_png_marks_the_speedups_the_table_calls_within_noise() -> None:
+    """Trial 25: latency.png labelled bars `1.04x` and `2.23x` with no mark, where the table said both were within
+    noise."""
+    from sparsetrain.deploy.latency_report import bar_labels
+
+    def row(batch: int, p20: float, median: float, paired: float) -> dict:
+        return {"runtime": "onnxruntime", "device": "cpu", "batch": batch, "speedup": p20, "speedup_median": median,
+                "speedup_paired": paired, "speedup_paired_p20": min(p20, median),
+                "speedup_paired_p80": max(p20, median)}
+
+    table = {"timed": ["dense", "compressed"], "rows": [row(1, 1.29, 1.28, 1.30), row(16, 2.23, 1.31, 2.2),
+                                                       row(32, 1.04, 0.98, 1.02)]}
+    assert bar_labels(table) == ["onnxruntime cpu\nbatch 1\n1.29x", "onnxruntime cpu\nbatch 16\n2.23x (noise)",
+                                 "onnxruntime cpu\nbatch 32\n1.04x (noise)"]
+
+
+def test_the_flops_line_says_they_are_flops_not_macs() -> None:
+    """Trial 25: report.json and the summary said `flops 3,269,216 -> 2,271,808` without saying FLOPs or MACs (many
+    papers call MACs FLOPs); the value is torch's FlopCounterMode count, 2 per multiply-add, and the line says so."""
+    import torch
+
+    from sparsetrain.structural import profile_model
+
+    report = {k: v for k, v in _structural_report({}).items() if k != "latency_ms"}
+    line = next(x for x in format_table(report).splitlines() if x.startswith("flops"))
+    assert line == "flops        10 -> 5 (2.00x fewer; FLOPs of one forward pass per sample, 2 per multiply-add)", line
+    linear = torch.nn.Linear(7, 3)  # 21 multiply-adds per sample
+    assert profile_model(linear, (1, 7), latency=False)["flops"] == 42

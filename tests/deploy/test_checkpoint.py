@@ -270,3 +270,61 @@ def test_a_checkpoint_holding_nan_is_refused_at_load_naming_file_and_tensor(tmp_
     assert code == 4 and errors == [f"error: non-finite values in the weights of {path} (fc1.weight); model.checkpoint "
                                     "holds NaN or inf: give one saved before the weights diverged (a run's last good "
                                     "checkpoint, weights/<phase>.safetensors)"], errors
+
+
+def _mnv3_run(tmp_path: Path, classes: int, *overrides: str) -> list[str]:
+    """`run --dry-run` args of a mobilenetv3_small_050 on a 4-class ImageFolder, from a checkpoint with `classes`."""
+    from tests.helpers.image_tree import write_image_tree
+
+    tree = write_image_tree(tmp_path / "ds", classes=4, per_class=(2, 1), side=16)
+    torch.manual_seed(0)
+    ckpt = tmp_path / f"c{classes}.pt"
+    torch.save(build_model(ModelConfig(name="mobilenetv3_small_050"), 3, classes, (3, 16, 16)).state_dict(), ckpt)
+    return ["run", f"out_dir={tmp_path / 'run'}", "data.source=imagefolder", f"data.path={tree}", "data.image_size=16",
+            "model.name=mobilenetv3_small_050", f"model.checkpoint={ckpt}", "tracking.mode=disabled", *overrides,
+            "--dry-run"]
+
+
+def test_a_wrong_num_classes_names_each_count_and_keeps_a_fitting_classifier(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Trial 25: model.kwargs.num_classes=10 with a 4-class checkpoint on 4-class data said `has 4 classes ..., the
+    data 10; set model.reset_head=true`: the 10 is the model's outputs, and the fix threw the trained classifier
+    away. Now each count is named, and with a checkpoint that has the data's classes the fix is to leave
+    model.kwargs.num_classes out."""
+    from tests.helpers.cli_checks import one_error_line
+
+    args = _mnv3_run(tmp_path, 4, "model.kwargs.num_classes=10")
+    assert main(args) == 2
+    assert one_error_line(capsys) == (
+        f"error: model.kwargs.num_classes: 10 model outputs, but the data has 4 classes and {tmp_path / 'c4.pt'} has "
+        "4 classes (classifier.weight (4, 1024)): leave model.kwargs.num_classes out (the trained classifier is then "
+        "kept)")
+    assert main(args[:-2] + ["--dry-run"]) == 0  # the same run without model.kwargs.num_classes loads it
+    capsys.readouterr()
+
+
+def test_reset_head_is_offered_only_when_the_checkpoint_has_other_classes(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    from tests.helpers.cli_checks import one_error_line
+
+    assert main(_mnv3_run(tmp_path, 7, "model.kwargs.num_classes=10")) == 2
+    assert one_error_line(capsys) == (
+        f"error: model.kwargs.num_classes: 10 model outputs, the data has 4 classes and {tmp_path / 'c7.pt'} has 7 "
+        "classes (classifier.weight (7, 1024)); set model.reset_head=true to re-initialize the classifier (with "
+        "model.kwargs.num_classes left out it gets the data's 4 outputs)")
+    assert main(_mnv3_run(tmp_path, 7)) == 2
+    assert one_error_line(capsys).endswith("has 7 classes (classifier.weight (7, 1024)), the data 4; set "
+                                           "model.reset_head=true to re-initialize the classifier")
+
+
+def test_reset_head_warns_when_it_discards_a_classifier_that_fits_the_data(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Trial 25: `num_classes=10 reset_head=true` on a 4-class checkpoint and 4-class data passed without a word."""
+    assert main(_mnv3_run(tmp_path, 4, "model.kwargs.num_classes=10", "model.reset_head=true")) == 0
+    warned = [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines() if "model.reset_head" in line]
+    assert warned == [
+        f"warning: model.reset_head: {tmp_path / 'c4.pt'}'s classifier (classifier.weight (4, 1024)) has the data's 4 "
+        "classes but is re-initialized for 10 outputs (model.kwargs.num_classes): its training is discarded; leave "
+        "model.reset_head and model.kwargs.num_classes out to keep it"], warned
+    assert main(_mnv3_run(tmp_path, 7, "model.reset_head=true")) == 0  # a classifier of other classes: no word
+    assert "model.reset_head" not in capsys.readouterr().err

@@ -288,6 +288,26 @@ def test_eval_of_run_export_and_onnx_agree_with_the_run(run: tuple[Path, dict],
     assert latency.startswith("latency ") and latency.endswith(" thread(s), onnxruntime cpu"), latency
 
 
+def test_eval_of_a_program_says_it_runs_the_program_and_reads_the_twin_only_for_counts(
+        run: tuple[Path, dict], capsys: pytest.CaptureFixture) -> None:
+    """Trial 25: `eval RUN/export/model.onnx` logged the safetensors load, and `bytes` named model.safetensors, as if
+    the ONNX file was not what got evaluated. The twin's load line now says what it is read for, and the header
+    names the runtime that gave the metric."""
+    out, _ = run
+    export = out / "export"
+    for program, runtime, header in (("model.onnx", "onnxruntime cpu", "onnx, run by onnxruntime"),
+                                     ("model.pt2", "torch.export program", "torch_export, run by torch.export")):
+        assert main(["eval", str(export / program), "deploy.latency=false"]) == 0
+        printed, err = capsys.readouterr()
+        loads = [line.split(" ", 1)[1] for line in err.splitlines() if "load_compressed:" in line]
+        fmt = "onnx" if program == "model.onnx" else "torch_export"
+        assert loads == [f"load_compressed: {export / program} ({fmt})",
+                         f"load_compressed: {export / 'model.safetensors'} (safetensors): the torch twin of {program}, "
+                         f"read only to count parameters, sparsity and bytes; the metric (and latency, when timed) "
+                         f"come from {runtime} on {export / program}"], loads
+        assert printed.splitlines()[0].startswith(f"{export / program} ({header}, lenet300_100) on "), printed
+
+
 def test_eval_of_a_checkpoint_on_another_data_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
     from sparsetrain.config.schema import ModelConfig

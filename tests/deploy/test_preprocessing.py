@@ -197,10 +197,10 @@ def test_seg_folder_record_says_which_channel_conversion_was_applied(
 
 
 @pytest.mark.parametrize(("kind", "in_chans", "applied", "weights"), [
-    ("gray16", None, "gray files repeated to 3 channels; colour files as stored", None),  # 16-bit PNGs may be colour
-    ("gray16", 1, "gray files as stored; colour files mixed to gray with gray_weights", [0.2989, 0.587, 0.114]),
-    ("rgb", None, "gray files repeated to 3 channels; colour files as stored", None),
-    ("rgb", 1, "gray files as stored; colour files mixed to gray with gray_weights", [0.2989, 0.587, 0.114]),
+    ("gray16", None, "any gray file repeated to 3 channels; any colour file as stored", None),  # 16-bit PNG: any kind
+    ("gray16", 1, "any gray file as stored; any colour file mixed to gray with gray_weights", [0.2989, 0.587, 0.114]),
+    ("rgb", None, "any gray file repeated to 3 channels; any colour file as stored", None),
+    ("rgb", 1, "any gray file as stored; any colour file mixed to gray with gray_weights", [0.2989, 0.587, 0.114]),
 ])
 def test_imagefolder_record_says_which_channel_conversion_was_applied(
         tmp_path: Path, kind: str, in_chans: int | None, applied: str, weights: list[float] | None) -> None:
@@ -215,7 +215,8 @@ def test_imagefolder_record_says_which_channel_conversion_was_applied(
             _write_pngs(tmp_path / split / label, 2, kind, rng)
     bundle = build_data(DataConfig(source="imagefolder", path=str(tmp_path), image_size=12, in_chans=in_chans), 0)
     prep = bundle.preprocessing
-    assert prep["color"] == {"applied": applied, "gray_weights": weights}, prep["color"]
+    files = "colour" if kind == "rgb" else "gray"  # the kind of the training files, from their headers
+    assert prep["color"] == {"applied": applied, "gray_weights": weights, "files": files}, prep["color"]
     assert ("read as stored" in prep["raw"]) == ("clip" in prep["raw"]) == (kind == "gray16"), prep["raw"]
     for i, (path, _) in enumerate(bundle.train.samples):
         np.testing.assert_allclose(_preprocess(Path(path), prep), bundle.train[i][0].numpy(), atol=1e-5)

@@ -240,7 +240,7 @@ def test_16bit_colour_png_is_read_at_full_depth(tmp_path: Path) -> None:
     bundle = build_segmentation_data(seg_folder(tmp_path), seed=0)
     prep = bundle.preprocessing
     assert prep["scale"] == 1 / 65535 and "16-bit pixels 0-65535 read as stored" in prep["raw"], prep["raw"]
-    assert prep["color"]["applied"] == "gray files repeated to 3 channels; colour files as stored", prep["color"]
+    assert prep["color"]["applied"] == "any gray file repeated to 3 channels; any colour file as stored", prep["color"]
     np.testing.assert_allclose(bundle.train.inputs[0].numpy(), colour.transpose(2, 0, 1) * prep["scale"], atol=1e-6,
                                rtol=0, err_msg="48-bit image: input is not raw * recorded scale")
     np.testing.assert_allclose(bundle.test.inputs[0].numpy(), np.broadcast_to(gray * prep["scale"], (3, 8, 8)),
