@@ -21,7 +21,10 @@ def _structural_report(latency_ms: dict) -> dict:
 
 def latency_line(report: dict) -> tuple[float, float, float, str]:
     line = next(x for x in format_table(report).splitlines() if x.startswith("latency"))
-    dense, pruned, speedup, how = re.match(r"latency +([\d.]+) ms -> ([\d.]+) ms \(([\d.]+)x; (.*)\)", line).groups()
+    # `(1.88x; how)`, or `(0.97x, within noise: ...; how)` when the noise rule finds the ratios disagree
+    match = re.match(r"latency +([\d.]+) ms -> ([\d.]+) ms \(([\d.]+)x(?:, [^;]*)?; (.*)\)", line)
+    assert match, line
+    dense, pruned, speedup, how = match.groups()
     return float(dense), float(pruned), float(speedup), how
 
 
