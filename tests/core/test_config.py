@@ -98,6 +98,32 @@ def test_an_unknown_key_names_the_closest_keys_of_its_section_and_deepspeeds_own
 
 
 @pytest.mark.parametrize(("override", "expected"), [
+    ("deepspeed.zero_optimization.offload_param.device=cpu", "deepspeed.zero_optimization.offload_param: unknown key: "
+     "DeepSpeed's ZeRO-3 parameter offload, which sparsetrain does not take (deepspeed.offload_optimizer=cpu offloads "
+     "the optimizer state)"),
+    ("deepspeed.zero_optimization.offload_optimizer.device=cpu", "deepspeed.zero_optimization.offload_optimizer: "
+     "unknown key: it is deepspeed.offload_optimizer=cpu here (ZeRO >= 1)"),
+    ("deepspeed.zero_optimization.stage3_param_persistence_threshold=0", "deepspeed.zero_optimization."
+     "stage3_param_persistence_threshold: unknown key (set to 0): it is deepspeed.param_persistence_threshold here"),
+    ("deepspeed.zero_optimization.stage=3", "deepspeed.zero_optimization.stage: unknown key (set to 3): DeepSpeed's "
+     "zero_optimization.stage is deepspeed.zero_stage here"),
+    ("deepspeed.zero_optimization.overlap_comm=true", "deepspeed.zero_optimization.overlap_comm: unknown key (set to "
+     "True): a DeepSpeed ZeRO tuning option sparsetrain does not take (DeepSpeed's default is used)"),
+    ("deepspeed.bf16.enabled=true", "deepspeed.bf16: unknown key: DeepSpeed's bf16 section is deepspeed.precision=bf16 "
+     "here"),
+    ("deepspeed.zero_optimization.foo=1", "deepspeed.zero_optimization: unknown key: DeepSpeed's zero_optimization "
+     "section is deepspeed.zero_stage, deepspeed.offload_optimizer and deepspeed.param_persistence_threshold here"),
+])
+def test_deepspeed_keys_nested_as_in_a_ds_config_json_get_their_rows_hint(override: str, expected: str) -> None:
+    """Trial 27, finding 19: `deepspeed.zero_optimization.offload_param.device=cpu` (a ds_config.json's nesting) got
+    only the zero_optimization section's hint, not the README table's `offload_param` row (`not taken`) that the flat
+    `deepspeed.offload_param=cpu` gets."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(("override", "expected"), [
     ("train.epochs=-1", "train.epochs: unknown key (set to -1); epochs is set at phases.dense.epochs, "
      "phases.sparsify.epochs or phases.finetune.epochs"),  # a field of other sections is named, not left unhinted
     ("model.name=", "model.name: empty value (read as null); expected str, e.g. the default lenet300_100"),
