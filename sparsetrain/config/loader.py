@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sparsetrain.arguments import string_list
+from sparsetrain.config.bounds import BOUND_ERRORS, bound_error
 from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.config.strategies import Strategy, variants_of
@@ -356,6 +357,8 @@ def _format_error(err: ValidationError) -> str:
         return f"{field}: {message}{shown}: {reason}"
     if first["type"] == "list_type" and isinstance(value, str | int | float | bool | tuple):
         return _not_a_list(field, value)
+    if first["type"] in BOUND_ERRORS and first["loc"]:
+        return bound_error(RunConfig, first)
     if not first["loc"] or message.startswith((f"{field}:", f"{field}.")):
         return message  # cross-field checks already name their field
     return f"{field}: {message}{shown}"
