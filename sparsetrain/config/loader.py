@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sparsetrain.arguments import string_list
+from sparsetrain.config.bounds import BOUND_ERRORS, bound_error
 from sparsetrain.config.describe import schema_rows, section_paths, suggestion
 from sparsetrain.config.schema import RunConfig
 from sparsetrain.config.strategies import Strategy, variants_of
@@ -47,6 +48,8 @@ DEEPSPEED_OPTIONS = {
     "zero_optimization": "DeepSpeed's zero_optimization section is deepspeed.zero_stage, deepspeed.offload_optimizer "
                          "and deepspeed.param_persistence_threshold here",
     "stage3_param_persistence_threshold": "it is deepspeed.param_persistence_threshold here",
+    # a key of sparsetrain's own, met only nested as a ds_config.json nests it (zero_optimization.offload_optimizer)
+    "offload_optimizer": "it is deepspeed.offload_optimizer=cpu here (ZeRO >= 1)",
     "bf16": "DeepSpeed's bf16 section is deepspeed.precision=bf16 here",
     "fp16": "DeepSpeed's fp16 (loss scaling) is not taken: deepspeed.precision is fp32 or bf16",
     **dict.fromkeys(("config", "config_file", "deepspeed_config", "config_path", "json"), DEEPSPEED_JSON_HINT),
@@ -309,6 +312,23 @@ def _not_a_list(field: str, value: Any) -> str:
     return f"{field}: expected a list (got {value!r}): write {field}=[{items}] (in YAML: {leaf}: [{items}])"
 
 
+def _deepspeed_row(field: str, value: Any) -> tuple[str, Any, str] | None:
+    """(key, its value, hint) of the most deeply nested DeepSpeed option in an unknown `deepspeed.*` key, for keys
+    nested as a ds_config.json nests them (`deepspeed.zero_optimization.offload_param.device=cpu` is the
+    `offload_param` row, not the `zero_optimization` section's); None when no part of it is in DEEPSPEED_OPTIONS.
+
+    Args:
+        field: The unknown key's dotted path, e.g. `deepspeed.zero_optimization`.
+        value: What it is set to (a mapping for a nested key).
+    """
+    if isinstance(value, dict):
+        for key, setting in value.items():
+            if row := _deepspeed_row(f"{field}.{key}", setting):
+                return row
+    leaf = field.rpartition(".")[2]
+    return (field, value, DEEPSPEED_OPTIONS[leaf]) if leaf in DEEPSPEED_OPTIONS else None
+
+
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "config"
@@ -322,9 +342,10 @@ def _format_error(err: ValidationError) -> str:
             return glued
         if field in KEY_HINTS:
             return f"{field}: unknown key{shown}: {KEY_HINTS[field]}"
-        section, _, leaf = field.rpartition(".")
-        if section == "deepspeed" and leaf in DEEPSPEED_OPTIONS:
-            return f"{field}: unknown key{shown}: {DEEPSPEED_OPTIONS[leaf]}"
+        if field.startswith("deepspeed.") and (row := _deepspeed_row(field, value)):
+            key, setting, hint = row
+            shown = "" if isinstance(setting, dict) else f" (set to {setting!r})"
+            return f"{key}: unknown key{shown}: {hint}"
         guess = suggestion(field, all_paths())
         return f"{field}: unknown key{guess}{shown}{'' if guess else _elsewhere(field) or _closest_in_section(field)}"
     if value is None and first["type"].endswith(("_type", "literal_error", "enum")) and first["loc"]:
@@ -336,6 +357,8 @@ def _format_error(err: ValidationError) -> str:
         return f"{field}: {message}{shown}: {reason}"
     if first["type"] == "list_type" and isinstance(value, str | int | float | bool | tuple):
         return _not_a_list(field, value)
+    if first["type"] in BOUND_ERRORS and first["loc"]:
+        return bound_error(RunConfig, first)
     if not first["loc"] or message.startswith((f"{field}:", f"{field}.")):
         return message  # cross-field checks already name their field
     return f"{field}: {message}{shown}"

@@ -67,6 +67,10 @@ def _config(target: Path, recipe: str | None, overrides: list[str]) -> RunConfig
         if reason := missing_compact(target):
             raise ValueError(f"eval: {reason}")
         if not target.is_file() and not _is_deepspeed_checkpoint(target):
+            from sparsetrain.models.checkpoint import pruned_folder_note
+
+            if note := pruned_folder_note(target):
+                raise ValueError(f"eval: {target} does not exist; {note}")
             raise ValueError(f"eval: {target} is not a run directory, export folder, checkpoint file or DeepSpeed "
                              "checkpoint folder")
         return load_config(recipe, [*overrides, f"model.checkpoint={target}"])

@@ -106,7 +106,8 @@ def read_state_dict(path: str | Path, use_ema: bool = False, *, meta: bool = Fal
         zero = zero_checkpoint(path)
         return _zero_state(*zero, meta) if zero else _export_state(path, meta)
     if not path.is_file():
-        raise ValueError(f"model.checkpoint: file or export folder not found: {path}")
+        raise ValueError(f"model.checkpoint: file or export folder not found: {path}"
+                         + (f"; {note}" if (note := pruned_folder_note(path)) else ""))
     foreign = _not_weights(path) or _zero_rank_file(path)
     if foreign:
         raise ValueError(f"model.checkpoint: {path} {foreign}")
@@ -140,6 +141,22 @@ def run_weights(run: Path) -> Path | None:
     state = read_run_state(run)
     phase = final_phase(state["completed"]) if state is not None else None
     return _phase_weights(run, phase) if phase is not None else None
+
+
+def pruned_folder_note(path: Path) -> str:
+    """`FOLDER/ beside it holds ...; give that folder` when `path` is a missing `<phase>.safetensors` whose `<phase>/`
+    folder holds a structurally pruned model (Method 2 saves its pruned phases' weights as folders); empty otherwise.
+
+    Args:
+        path: The path a user gave, e.g. `RUN/weights/prune.safetensors`.
+    """
+    from sparsetrain.structural.serialize import ARCH_FILE
+
+    folder = path.with_suffix("")
+    if path.suffix != ".safetensors" or path.exists() or not (folder / ARCH_FILE).is_file():
+        return ""
+    return (f"{folder}/ beside it holds those weights (a structurally pruned model is saved as a folder: {ARCH_FILE} "
+            "+ model.safetensors); give that folder")
 
 
 def _phase_weights(run: Path, phase: str) -> Path | None:
@@ -468,7 +485,8 @@ def check_checkpoint_source(cfg: ModelConfig) -> None:
     """
     path = resolve(cfg.checkpoint)
     if not path.exists():
-        raise ValueError(f"model.checkpoint: file or export folder not found: {path}")
+        raise ValueError(f"model.checkpoint: file or export folder not found: {path}"
+                         + (f"; {note}" if (note := pruned_folder_note(path)) else ""))
     _check_source_model(cfg)
 
 

@@ -32,7 +32,7 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize("overrides, expected", [
     (["regularizer.gamma=1"], "regularizer.gamma: unknown key"),
     (["regularizer.beta=abc"], "regularizer.beta:"),
-    (["regularizer.beta=-1"], "regularizer.beta: Input should be greater than or equal to 0"),
+    (["regularizer.beta=-1"], "regularizer.beta: expected a number >= 0, got -1"),
     (["deepspeed.zero_stage=4"], "deepspeed.zero_stage:"),
     (["data.source=npz"], "data.path: required for data.source='npz'"),
     (["task=segmentation"], "task: 'segmentation' does not match data.source='digits'"),
@@ -40,7 +40,7 @@ def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
     (["epochs=3"], "epochs: ambiguous override"),
     (["train.batch_size"], "override 'train.batch_size': expected key=value"),
     (["=5"], "override '=5': expected key=value (the key is empty)"),
-    (["phases.sparsify.lr=100"], "phases.sparsify.lr: Input should be less than or equal to 10 (got 100)"),
+    (["phases.sparsify.lr=100"], "phases.sparsify.lr: expected a number > 0 and <= 10 or null, got 100"),
     (["regularizer.alpha0=.inf"], "regularizer.alpha0: Input should be a finite number (got inf)"),
     (["optim.weight_decay=.nan"], "optim.weight_decay: Input should be a finite number (got nan)"),
     (["deepspeed.zero_stage=3", "regularizer.gradient_path=autograd"],
@@ -60,7 +60,7 @@ def test_cli_prints_one_line_error_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "sparsetrain", "run", "optim.lr=0", f"out_dir={tmp_path}"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == "error: optim.lr: Input should be greater than 0 (got 0)", result.stderr
+    assert result.stderr.strip() == "error: optim.lr: expected a number > 0 and <= 10, got 0", result.stderr
 
 
 @pytest.mark.parametrize(("override", "expected"), [
@@ -92,6 +92,32 @@ def test_an_unknown_key_names_the_closest_keys_of_its_section_and_deepspeeds_own
                                                                                           expected: str) -> None:
     """Trial 16: `deepspeed.offload_param=cpu` gave `unknown key (got 'cpu')`, which read as if 'cpu' were the key,
     and suggested nothing."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("deepspeed.zero_optimization.offload_param.device=cpu", "deepspeed.zero_optimization.offload_param: unknown key: "
+     "DeepSpeed's ZeRO-3 parameter offload, which sparsetrain does not take (deepspeed.offload_optimizer=cpu offloads "
+     "the optimizer state)"),
+    ("deepspeed.zero_optimization.offload_optimizer.device=cpu", "deepspeed.zero_optimization.offload_optimizer: "
+     "unknown key: it is deepspeed.offload_optimizer=cpu here (ZeRO >= 1)"),
+    ("deepspeed.zero_optimization.stage3_param_persistence_threshold=0", "deepspeed.zero_optimization."
+     "stage3_param_persistence_threshold: unknown key (set to 0): it is deepspeed.param_persistence_threshold here"),
+    ("deepspeed.zero_optimization.stage=3", "deepspeed.zero_optimization.stage: unknown key (set to 3): DeepSpeed's "
+     "zero_optimization.stage is deepspeed.zero_stage here"),
+    ("deepspeed.zero_optimization.overlap_comm=true", "deepspeed.zero_optimization.overlap_comm: unknown key (set to "
+     "True): a DeepSpeed ZeRO tuning option sparsetrain does not take (DeepSpeed's default is used)"),
+    ("deepspeed.bf16.enabled=true", "deepspeed.bf16: unknown key: DeepSpeed's bf16 section is deepspeed.precision=bf16 "
+     "here"),
+    ("deepspeed.zero_optimization.foo=1", "deepspeed.zero_optimization: unknown key: DeepSpeed's zero_optimization "
+     "section is deepspeed.zero_stage, deepspeed.offload_optimizer and deepspeed.param_persistence_threshold here"),
+])
+def test_deepspeed_keys_nested_as_in_a_ds_config_json_get_their_rows_hint(override: str, expected: str) -> None:
+    """Trial 27, finding 19: `deepspeed.zero_optimization.offload_param.device=cpu` (a ds_config.json's nesting) got
+    only the zero_optimization section's hint, not the README table's `offload_param` row (`not taken`) that the flat
+    `deepspeed.offload_param=cpu` gets."""
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert str(info.value) == expected
@@ -135,11 +161,11 @@ def test_config_errors_are_refused_before_torch_timm_or_deepspeed_are_imported(t
     DeepSpeed, ~4 s together. Each command is refused as before (exit 2, its one `error:` line)."""
     refusals = [
         (["run", "configs/lenet300_fashion.yaml", "train.lr=abc"], "error: train.lr: unknown key (set to 'abc')"),
-        (["run", "configs/quickstart.yaml", "--dry-run", "optim.lr=0"], "error: optim.lr: Input should be greater"),
+        (["run", "configs/quickstart.yaml", "--dry-run", "optim.lr=0"], "error: optim.lr: expected a number > 0"),
         (["run", "configs/quickstart.yaml", "--phase", "polish"], "error: phase: unknown phase(s) polish"),
         (["config", "configs/unet_synthetic.yaml", "regularizer.beta=50"], "error: regularizer.beta: not a setting"),
         (["launch", "configs/quickstart.yaml", "train.batch_size=0"], "error: train.batch_size: "),
-        (["sweep", "configs/quickstart.yaml", "optim.lr=0,1"], "error: sweep point lr=0: optim.lr: Input should be "),
+        (["sweep", "configs/quickstart.yaml", "optim.lr=0,1"], "error: sweep point lr=0: optim.lr: expected a number "),
     ]
     commands = [[*argv, f"out_dir={tmp_path / 'run'}"] for argv, _ in refusals]
     code = ("import contextlib, io, json, sys\nfrom sparsetrain.cli import main\nresults = []\n"
@@ -335,9 +361,32 @@ def test_a_list_or_mapping_as_strategy_name_names_the_valid_names(override: str,
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("deepspeed.timeout_min=1e30", "deepspeed.timeout_min: Input should be less than or equal to 525600"),
-    ("seed=99999999999999999999", "seed: Input should be less than or equal to 4294967295"),
-    ("data.train_subset.seed=4294967296", "data.train_subset.seed: Input should be less than or equal to 4294967295"),
+    ("data.image_size=2", "data.image_size: expected an int in 4..4096 or null, got 2"),
+    ("train.batch_size=0", "train.batch_size: expected an int >= 1, got 0"),
+    ("prune={rule: layer_sparsity, layer_sparsity: {a.weight: 1.0}}", "prune.layer_sparsity.a.weight: expected a "
+     "number >= 0 and < 1, got 1.0"),  # a mapping's value: the bounds of the mapping's value type
+])
+def test_a_value_out_of_its_bounds_says_what_is_expected(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == expected
+
+
+def test_image_size_out_of_bounds_is_one_line_in_sparsetrains_words(capsys: pytest.CaptureFixture,
+                                                                      tmp_path: Path) -> None:
+    """Trial 27, finding 15: `data.image_size=100000 --dry-run` said pydantic's `Input should be less than or equal
+    to 4096 (got 100000)`, with neither the lower bound nor that null (native sizes) is taken."""
+    from sparsetrain.cli import main
+
+    capsys.readouterr()
+    assert main(["run", "data.image_size=100000", f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "error: data.image_size: expected an int in 4..4096 or null, got 100000\n"
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("deepspeed.timeout_min=1e30", "deepspeed.timeout_min: expected a number > 0 and <= 525600, got 1e30"),
+    ("seed=99999999999999999999", "seed: expected an int in 0..4294967295, got 99999999999999999999"),
+    ("data.train_subset.seed=4294967296", "data.train_subset.seed: expected an int in 0..4294967295, got 4294967296"),
 ])
 def test_values_the_run_cannot_take_are_refused_at_load(override: str, expected: str) -> None:
     """Were accepted by config and --dry-run, then crashed the run: OverflowError (timedelta), 'error: Overflow when

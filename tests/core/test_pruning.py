@@ -97,9 +97,9 @@ def test_rules_refuse_non_finite_magnitudes() -> None:
 
 @pytest.mark.parametrize("rule, override, expected", [
     ("layer_sparsity", "prune.layer_sparsity={a.weight: 1.0}",
-     "prune.layer_sparsity.a.weight: Input should be less than 1 (got 1.0)"),
+     "prune.layer_sparsity.a.weight: expected a number >= 0 and < 1, got 1.0"),
     ("layer_threshold", "prune.layer_thresholds={a.weight: -0.1}",
-     "prune.layer_thresholds.a.weight: Input should be greater than or equal to 0 (got -0.1)"),
+     "prune.layer_thresholds.a.weight: expected a number >= 0, got -0.1"),
     ("layer_threshold", "prune.layer_thresholds={a.weight: .nan}",
      "prune.layer_thresholds.a.weight: Input should be a finite number"),
 ])

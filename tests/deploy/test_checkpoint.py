@@ -152,6 +152,25 @@ def test_a_structurally_pruned_export_is_its_own_smaller_model(tmp_path: Path,
         check_checkpoint(meta, reset)
 
 
+def test_a_pruned_phase_named_as_a_safetensors_file_names_its_folder(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """Method 2 saves its pruned phases as `weights/<phase>/` folders, earlier phases as `weights/<phase>.safetensors`
+    (trial 27 #18): `eval RUN/weights/prune.safetensors` said only 'is not a run directory, export folder, ...'."""
+    weights = tmp_path / "run" / "weights"
+    save_pruned_model(_lenet5(0), weights / "prune", meta={"model_name": "lenet5", "model_kwargs": {"num_classes": 10}})
+    given = weights / "prune.safetensors"
+    note = (f"{weights / 'prune'}/ beside it holds those weights (a structurally pruned model is saved as a folder: "
+            "architecture.json + model.safetensors); give that folder")
+    capsys.readouterr()
+    assert main(["eval", str(given)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: eval: {given} does not exist; {note}"
+    with pytest.raises(ValueError) as err:
+        _build(given)
+    assert str(err.value) == f"model.checkpoint: file or export folder not found: {given}; {note}"
+    with pytest.raises(ValueError, match=r"not found: \S+/weights/sparsify.safetensors$"):  # no folder: no note
+        _build(weights / "sparsify.safetensors")
+
+
 def _bad_inputs(tmp: Path) -> dict[str, tuple[dict, str]]:
     (tmp / "notes.pth").write_text("not a checkpoint")
     torch.save({"epoch": 1}, tmp / "no_weights.pth")

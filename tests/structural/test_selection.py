@@ -84,7 +84,7 @@ def test_round_to_applies_to_the_built_model(net):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("prune={rule: filters, round_to: 0}", "prune.round_to: Input should be greater than or equal to 1"),
+    ("prune={rule: filters, round_to: 0}", "prune.round_to: expected an int in 1..256, got 0"),
     ("prune={rule: filters, round_to: eight}", "prune.round_to:"),
     ("prune={rule: filters, channel_score: taylor}", "prune.channel_score:"),
     ("prune={rule: filters, channel_score: grad_count}",
