@@ -35,7 +35,7 @@ import contextlib
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -208,16 +208,25 @@ def check_strength(name: str, value: float) -> float:
     return value
 
 
+def _per_tensor_checked(name: str, value: float | Sequence[float], n: int, check: Callable[[str, float], float],
+                        all_fine: Callable[[list[float]], bool]) -> list[float]:
+    """``per_tensor_floats`` with each value passed through ``check`` (``name[2]: ...`` for a list); ``all_fine`` is a
+    fast screen of the whole list (C loops), so the per-value loop that names the first bad value runs only when one
+    is bad."""
+    if isinstance(value, (int, float)):
+        return [check(name, value)] * n
+    values = per_tensor_floats(name, value, n)
+    if not all_fine(values):
+        for i, v in enumerate(values):
+            check(f"{name}[{i}]", v)
+    return values
+
+
 def per_tensor_strengths(name: str, value: float | Sequence[float], n: int) -> list[float]:
     """``per_tensor_floats``, each value checked as ``check_strength`` does (``alphas[2]: must be ...`` for a list)."""
-    if isinstance(value, (int, float)):
-        return [check_strength(name, value)] * n
-    values = per_tensor_floats(name, value, n)
-    # Fast screen (C loops; a NaN or inf makes the sum non-finite); the loop names the first bad value, if any.
-    if not (min(values, default=0.0) >= 0.0 and sum(values) < math.inf):
-        for i, v in enumerate(values):
-            check_strength(f"{name}[{i}]", v)
-    return values
+    # a NaN or inf makes the sum non-finite
+    return _per_tensor_checked(name, value, n, check_strength,
+                               lambda values: min(values, default=0.0) >= 0.0 and sum(values) < math.inf)
 
 
 def check_threshold(name: str, value: float) -> float:
@@ -234,13 +243,8 @@ def check_threshold(name: str, value: float) -> float:
 
 def per_tensor_thresholds(name: str, value: float | Sequence[float], n: int) -> list[float]:
     """``per_tensor_floats``, each value checked as ``check_threshold`` does (``thresholds[2]: ...`` for a list)."""
-    if isinstance(value, (int, float)):
-        return [check_threshold(name, value)] * n
-    values = per_tensor_floats(name, value, n)
-    if not all(v >= 0.0 for v in values):  # False for a NaN too
-        for i, v in enumerate(values):
-            check_threshold(f"{name}[{i}]", v)
-    return values
+    return _per_tensor_checked(name, value, n, check_threshold,
+                               lambda values: all(v >= 0.0 for v in values))  # False for a NaN too
 
 
 GroupKey = tuple[torch.device, torch.dtype, bool]
