@@ -231,7 +231,8 @@ class FiltersConfig(PruneConfig):
                           "multiple of this, so pruned layers keep kernel-friendly widths; 1 = off.")
     allow_inexact: bool = Field(False, description="Also remove channels normalized together by a LayerNorm or a "
                                 "one-group GroupNorm: removal then changes the other channels' statistics (reported "
-                                "as inexact; fine-tuning recovers).")
+                                "as inexact; fine-tuning recovers). Off: such groups are kept whole, and the prune "
+                                "phase names them once.")
     grouped_conv: Literal["within_groups", "whole_groups"] = Field(
         "within_groups", description="How a grouped conv (ResNeXt, RegNet) is pruned: within_groups = every group "
         "loses the same channels, the group count stays and the weight shrinks like a dense conv's (Torch-Pruning's "

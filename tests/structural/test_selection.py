@@ -188,6 +188,27 @@ def test_allow_inexact_groups_are_reported_inexact():
     assert "stem.0" in inexact and pruned.stem[0].out_channels == 8
 
 
+def test_inexact_groups_kept_whole_say_why():
+    """Trial 28: ConvNeXt's LayerNorm-normalized residual groups stayed at 100 % with no reason anywhere; now their
+    kept_filters rows say `kept_because` and one selection note names them and `prune.allow_inexact=true`."""
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_tiny", pretrained=False, num_classes=10, depths=(1, 1, 1, 1),
+                              dims=(16, 32, 48, 64)).eval()
+    cfg = PruneConfig(rule="filters", filter_fraction=0.34, round_to=1)
+    groups, counts = build_channel_groups(model, torch.zeros(1, 3, 32, 32)), []
+    _, kept, _ = remove_filters(model, (3, 32, 32), cfg, groups=groups, counts=counts)
+    because = {r["group"]: r["kept_because"] for r in kept if "kept_because" in r}
+    residual = ["stem.0", "stages.1.downsample.1", "stages.2.downsample.1", "stages.3.downsample.1"]
+    assert because == dict.fromkeys(residual, "inexact (LayerNorm)"), kept
+    assert all(r["kept"] == r["total"] for r in kept if r["group"] in because), kept
+    assert selection_notes(groups, counts, cfg) == [
+        f"4 groups kept whole because their removal would be inexact (LayerNorm): {', '.join(residual)}; "
+        "prune.allow_inexact=true removes them too"]
+    allowed, counts = cfg.model_copy(update={"allow_inexact": True}), []
+    _, kept, _ = remove_filters(model, (3, 32, 32), allowed, groups=groups, counts=counts)
+    assert not any("kept_because" in r for r in kept) and selection_notes(groups, counts, allowed) == []
+
+
 class Sixteens(nn.Module):
     """stem conv(3→16) → BN → ReLU, blk conv1(16→16) → BN → ReLU, pool → linear: two groups of 16 channels."""
 
