@@ -14,6 +14,7 @@ are rounded to multiples of `prune.round_to`. A grouped conv loses the same chan
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -191,8 +192,9 @@ def why_nothing_removed(model: nn.Module, groups: list[ChannelGroup], cfg: Prune
 def selection_notes(groups: list[ChannelGroup], counts: list[GroupCount], cfg: PruneConfig,
                     max_names: int = 6) -> list[str]:
     """One line each when `prune.round_to` left groups whole that had channels selected, when
-    `prune.max_filter_fraction` lowered what groups remove, and when groups were kept whole because their removal
-    would be inexact (the prune phase logs them and stores them in the report).
+    `prune.max_filter_fraction` lowered what groups remove, when whole units (attention heads, conv groups) made
+    `prune.filter_fraction` remove more than asked, and when groups were kept whole because their removal would be
+    inexact (the prune phase logs them and stores them in the report).
 
     Args:
         groups: The channel groups the selection ran on.
@@ -202,13 +204,15 @@ def selection_notes(groups: list[ChannelGroup], counts: list[GroupCount], cfg: P
 
     Returns:
         e.g. `prune.round_to=8: 2 groups of 16 channels keep all 16 (12 rounded up): stem.0, blk.conv1; lower round_to
-        to remove from them`, `prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in 3 groups` and
+        to remove from them`, `prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in 3 groups`,
+        `prune.filter_fraction=0.34 removes whole units (attention heads, conv groups): 2 of 3 units of 64 channels
+        (67 %) in 12 groups: ...` and
         `4 groups kept whole because their removal would be inexact (LayerNorm): stem.0, ...; prune.allow_inexact=true
         removes them too`; [] when none applies.
     """
     by_id = {g.id: g for g in groups}
     notes = [_rounding_note(by_id, counts, cfg, max_names), _cap_note(counts, cfg),
-             _inexact_note(groups, cfg, max_names)]
+             _whole_units_note(by_id, counts, cfg, max_names), _inexact_note(groups, cfg, max_names)]
     return [note for note in notes if note]
 
 
@@ -248,6 +252,30 @@ def _cap_note(counts: list[GroupCount], cfg: PruneConfig) -> str:
     left = sum((c.wanted - c.capped) * c.unit_channels for c in capped)  # dead / redundant channels over the cap
     return (f"prune.max_filter_fraction={cfg.max_filter_fraction:g} caps the removal in {_groups(len(capped))} "
             f"({left} selected channel(s) stay)")
+
+
+WHOLE_UNIT_SLACK = 0.01  # a share removed this much above filter_fraction (1 point) is said (whole units)
+
+
+def _whole_units_note(by_id: dict[str, ChannelGroup], counts: list[GroupCount], cfg: PruneConfig,
+                      max_names: int) -> str:
+    """The groups of blocks of channels (attention heads, conv groups) in which `prune.filter_fraction`, rounded up
+    to whole units ("at least" the fraction), removed a share more than `WHOLE_UNIT_SLACK` above it ('' when none),
+    e.g. 2 of 3 heads (67 %) for 0.34. Removals driven by dead or redundant units, or changed by the cap or rounding
+    (their own notes), are not counted."""
+    bins: dict[tuple[int, int, int], list[str]] = {}
+    for c in counts:
+        target = c.units - math.floor((1 - cfg.filter_fraction) * c.units + 1e-9)
+        if c.unit_channels > 1 and c.removed == c.wanted == target > 0 and (
+                c.removed / c.units > cfg.filter_fraction + WHOLE_UNIT_SLACK):
+            names = group_layers(by_id[c.group]) if c.group in by_id else []
+            bins.setdefault((c.units, c.unit_channels, c.removed), []).append(names[0] if names else c.group)
+    parts = [f"{removed} of {units} units of {width} channels ({100 * removed / units:.0f} %) in "
+             f"{_groups(len(names))}: {_listed(names, max_names)}" for (units, width, removed), names in bins.items()]
+    if not parts:
+        return ""
+    return (f"prune.filter_fraction={cfg.filter_fraction:g} removes whole units (attention heads, conv groups): "
+            f"{'; '.join(parts)}; at least the fraction, rounded up to whole units")
 
 
 def _inexact_note(groups: list[ChannelGroup], cfg: PruneConfig, max_names: int) -> str:

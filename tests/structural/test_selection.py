@@ -209,6 +209,25 @@ def test_inexact_groups_kept_whole_say_why():
     assert not any("kept_because" in r for r in kept) and selection_notes(groups, counts, allowed) == []
 
 
+@pytest.mark.parametrize("fraction, expected", [
+    (0.34, "2 of 3 units of 64 channels (67 %) in 2 groups: blocks.0.attn.qkv, blocks.1.attn.qkv"),
+    (0.6, "2 of 3 units of 64 channels (67 %) in 2 groups: blocks.0.attn.qkv, blocks.1.attn.qkv"),
+    (0.67, None),  # 3 asked, the cap keeps one head (the cap's own note): 2 of 3 is what was asked
+])
+def test_whole_heads_say_what_share_they_remove(fraction: float, expected: str | None) -> None:
+    """Trial 28: filter_fraction 0.34 on ViT's 3 heads removes 2 (67 %) with no note; now one line says it, whatever
+    round_to (it does not change heads of 64 channels; the MLP's 768 channels lose 262 or 264 and need no note)."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32, patch_size=4, depth=2).eval()
+    groups = build_channel_groups(model, torch.zeros(1, 3, 32, 32))
+    for round_to in (1, 8):
+        cfg, counts = PruneConfig(rule="filters", filter_fraction=fraction, round_to=round_to), []
+        choose_filters(model, groups, cfg, counts=counts)
+        notes = [n for n in selection_notes(groups, counts, cfg) if "whole units" in n]
+        assert notes == ([f"prune.filter_fraction={fraction:g} removes whole units (attention heads, conv groups): "
+                          f"{expected}; at least the fraction, rounded up to whole units"] if expected else []), notes
+
+
 class Sixteens(nn.Module):
     """stem conv(3→16) → BN → ReLU, blk conv1(16→16) → BN → ReLU, pool → linear: two groups of 16 channels."""
 
