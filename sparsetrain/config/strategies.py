@@ -226,7 +226,9 @@ class FiltersConfig(PruneConfig):
                                        "is removed.")
     channel_score: Literal["l2", "l1", "bn_scale", "grad_count"] = Field(
         "l2", description="How channels are ranked for removal: l2/l1 norm of their filters, |BN scale| (network "
-        "slimming), or the gradient count ratio of a grad_count sparsify phase.")
+        "slimming; groups without a BatchNorm after their filters are ranked by l2, and a model with no such "
+        "BatchNorm at all, e.g. a ViT, is refused before training), or the gradient count ratio of a grad_count "
+        "sparsify phase.")
     round_to: int = Field(8, ge=1, le=256, description="Kept channel counts of each group are rounded to the nearest "
                           "multiple of this, so pruned layers keep kernel-friendly widths; 1 = off.")
     allow_inexact: bool = Field(False, description="Also remove channels normalized together by a LayerNorm or a "

@@ -25,6 +25,7 @@ from sparsetrain.structural import (
     ChannelScore,
     ChannelSelection,
     GroupCount,
+    batch_norm_scales,
     build_channel_groups,
     build_score,
     fold_constant_channels,
@@ -56,6 +57,24 @@ def filter_layouts(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, tu
             if view.shape[0] == weight.shape[0] == group.num_channels and weight.ndim > 1:
                 layouts[name] = (weight.shape[0], weight[0].numel())
     return layouts
+
+
+def check_channel_score(model: nn.Module, groups: list[ChannelGroup], cfg: PruneConfig, model_name: str) -> None:
+    """Refuse `prune.channel_score: bn_scale` when no group the selection may prune (prunable, 2 units or more, exact
+    unless `allow_inexact`) has a batch norm after its filters: every group would be ranked by l2 (`BNScale`), so the
+    setting would mean nothing. A model with some such groups is taken; its other groups are ranked by l2.
+
+    Raises:
+        ValueError: `prune.channel_score: bn_scale ranks ... ; vit_tiny_patch16_224 has none ...; use
+            prune.channel_score=l2`.
+    """
+    if getattr(cfg, "channel_score", None) != "bn_scale":
+        return
+    selectable = [g for g in groups if g.prunable and g.num_channels >= 2 and (not g.inexact or cfg.allow_inexact)]
+    if any(batch_norm_scales(model, g) for g in selectable):
+        return
+    raise ValueError(f"prune.channel_score: bn_scale ranks channels by the BatchNorm scale after their filters, but "
+                     f"{model_name} has no BatchNorm after any prunable layer; use prune.channel_score=l2 (or l1)")
 
 
 def selection_from(cfg: PruneConfig) -> ChannelSelection:

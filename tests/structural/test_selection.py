@@ -228,6 +228,18 @@ def test_whole_heads_say_what_share_they_remove(fraction: float, expected: str |
                           f"{expected}; at least the fraction, rounded up to whole units"] if expected else []), notes
 
 
+def test_bn_scale_ranks_groups_without_batch_norm_by_l2(net):
+    """bn_scale on a model with some BatchNorm: a group no batch norm scales (conv2 here has none; squeeze-excite
+    reductions in MobileNetV3) is ranked by l2 instead of being left whole."""
+    model, x, _ = net
+    model.bn2 = nn.Identity()
+    groups = build_channel_groups(model, x)
+    conv2 = next(g for g in groups if g.id == "conv2")
+    torch.testing.assert_close(BNScale()(model, conv2), L2Norm()(model, conv2))
+    cfg = PruneConfig(rule="filters", channel_score="bn_scale", filter_fraction=0.25, round_to=1)
+    assert {gid: len(idx) for gid, idx in choose_filters(model, groups, cfg).items()} == {"conv1": 10, "conv2": 6}
+
+
 class Sixteens(nn.Module):
     """stem conv(3→16) → BN → ReLU, blk conv1(16→16) → BN → ReLU, pool → linear: two groups of 16 channels."""
 
