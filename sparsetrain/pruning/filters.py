@@ -224,8 +224,8 @@ def selection_notes(groups: list[ChannelGroup], counts: list[GroupCount], cfg: P
     Returns:
         e.g. `prune.round_to=8: 2 groups of 16 channels keep all 16 (12 rounded up): stem.0, blk.conv1; lower round_to
         to remove from them`, `prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in 3 groups`,
-        `prune.filter_fraction=0.34 removes whole units (attention heads, conv groups): 2 of 3 units of 64 channels
-        (67 %) in 12 groups: ...` and
+        `prune.filter_fraction=0.34 removes 2 of 3 units of 64 channels (67 %) in 12 groups: ...; units go whole
+        (heads, conv groups)` and
         `4 groups kept whole because their removal would be inexact (LayerNorm): stem.0, ...; prune.allow_inexact=true
         removes them too`; [] when none applies.
     """
@@ -278,10 +278,10 @@ WHOLE_UNIT_SLACK = 0.01  # a share removed this much above filter_fraction (1 po
 
 def _whole_units_note(by_id: dict[str, ChannelGroup], counts: list[GroupCount], cfg: PruneConfig,
                       max_names: int) -> str:
-    """The groups of blocks of channels (attention heads, conv groups) in which `prune.filter_fraction`, rounded up
-    to whole units ("at least" the fraction), removed a share more than `WHOLE_UNIT_SLACK` above it ('' when none),
-    e.g. 2 of 3 heads (67 %) for 0.34. Removals driven by dead or redundant units, or changed by the cap or rounding
-    (their own notes), are not counted."""
+    """The groups of blocks of channels (attention heads, conv groups, a channel of every group of a grouped conv) in
+    which `prune.filter_fraction`, rounded up to whole units ("at least" the fraction), removed a share more than
+    `WHOLE_UNIT_SLACK` above it ('' when none), e.g. 2 of 3 heads (67 %) for 0.34. Removals driven by dead or
+    redundant units, or changed by the cap or rounding (their own notes), are not counted."""
     bins: dict[tuple[int, int, int], list[str]] = {}
     for c in counts:
         target = c.units - math.floor((1 - cfg.filter_fraction) * c.units + 1e-9)
@@ -292,9 +292,9 @@ def _whole_units_note(by_id: dict[str, ChannelGroup], counts: list[GroupCount], 
     parts = [f"{removed} of {units} units of {width} channels ({100 * removed / units:.0f} %) in "
              f"{_groups(len(names))}: {_listed(names, max_names)}" for (units, width, removed), names in bins.items()]
     if not parts:
-        return ""
-    return (f"prune.filter_fraction={cfg.filter_fraction:g} removes whole units (attention heads, conv groups): "
-            f"{'; '.join(parts)}; at least the fraction, rounded up to whole units")
+        return ""  # numbers first, names last: the end-of-run table cuts the line at 100 characters
+    return (f"prune.filter_fraction={cfg.filter_fraction:g} removes {'; '.join(parts)}; units go whole (heads, conv "
+            "groups)")
 
 
 def _inexact_note(groups: list[ChannelGroup], cfg: PruneConfig, max_names: int) -> str:

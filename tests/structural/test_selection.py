@@ -223,9 +223,9 @@ def test_whole_heads_say_what_share_they_remove(fraction: float, expected: str |
     for round_to in (1, 8):
         cfg, counts = PruneConfig(rule="filters", filter_fraction=fraction, round_to=round_to), []
         choose_filters(model, groups, cfg, counts=counts)
-        notes = [n for n in selection_notes(groups, counts, cfg) if "whole units" in n]
-        assert notes == ([f"prune.filter_fraction={fraction:g} removes whole units (attention heads, conv groups): "
-                          f"{expected}; at least the fraction, rounded up to whole units"] if expected else []), notes
+        notes = [n for n in selection_notes(groups, counts, cfg) if "units go whole" in n]
+        assert notes == ([f"prune.filter_fraction={fraction:g} removes {expected}; units go whole (heads, conv "
+                          "groups)"] if expected else []), notes
 
 
 def test_bn_scale_ranks_groups_without_batch_norm_by_l2(net):
