@@ -104,16 +104,42 @@ def meta_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
 
 def check_model(config: RunConfig, sizes: DataSizes) -> nn.Module:
     """The run's meta model (`meta_model`), once it is known to take the data's inputs and give the outputs
-    `config.task` trains on (`check_model_task`): the one model check of `run`, `run --dry-run` and `config`, before
-    anything is written.
+    `config.task` trains on (`check_model_task`), with a channel score it can compute (`check_channel_score`): the one
+    model check of `run`, `run --dry-run` and `config`, before anything is written.
 
     Raises:
-        ValueError: one line naming `model.name` or `model.kwargs`.
+        ValueError: one line naming `model.name`, `model.kwargs` or `prune.channel_score`.
     """
     model = meta_model(config, sizes)
     check_patch_grid(config, model, sizes)
     check_model_task(config, model, sizes)
+    check_channel_score(config, model, sizes)
     return model
+
+
+def check_channel_score(config: RunConfig, model: nn.Module, sizes: DataSizes) -> None:
+    """Refuse `prune.channel_score: bn_scale` on a model without a BatchNorm after any prunable layer (e.g. a ViT):
+    `pruning.filters.check_channel_score` on the channel groups traced from the meta model. A model the meta
+    device cannot trace is judged by whether it has any BatchNorm at all.
+
+    Raises:
+        ValueError: one line naming `prune.channel_score`, the model and `l2`.
+    """
+    if getattr(config.prune, "channel_score", None) != "bn_scale":
+        return
+    from sparsetrain.pruning.filters import channel_groups
+    from sparsetrain.pruning.filters import check_channel_score as check_groups
+    from sparsetrain.structural import StructuralPruningError
+
+    try:
+        groups = channel_groups(model, sizes.input_shape, config.prune.grouped_conv)
+    except (StructuralPruningError, RuntimeError, NotImplementedError):  # an op without a meta kernel
+        groups = None
+    if groups is not None:
+        check_groups(model, groups, config.prune, config.model.name)
+    elif not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(f"prune.channel_score: bn_scale ranks channels by the BatchNorm scale after their filters, "
+                         f"but {config.model.name} has no BatchNorm; use prune.channel_score=l2 (or l1)")
 
 
 RESIZING_SOURCES = ("imagefolder", "seg_folder", "synthetic", "seg_synthetic", "voc")  # data.image_size sets their size

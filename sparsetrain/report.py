@@ -36,9 +36,11 @@ measuring itself, which needs models, is `sparsetrain.measure`. report.json, for
     baselines        {name: {phase: metric, sparsity, ...}} (Method 1 with `baselines`)
     ... structural runs add kept_filters ([{group, total, kept, layers}] per prunable channel group, in graph
     order: units kept of total, the modules whose filters make the group; `exact: false` when removed inexactly;
-    rows before `layers` was recorded lack it), phases.prune.why_nothing_removed (when no filter was removed: the
-    prune warning's reason, with what to set), phases.prune.selection_notes (the lines the prune phase logged when
-    prune.round_to left groups whole or prune.max_filter_fraction capped a removal), flops (FLOPs of one forward pass
+    `kept_because: "inexact (LayerNorm)"` when kept whole because removal would be inexact and prune.allow_inexact
+    is off; rows before `layers` was recorded lack it), phases.prune.why_nothing_removed (when no filter was removed:
+    the prune warning's reason, with what to set), phases.prune.selection_notes (the lines the prune phase logged
+    when prune.round_to left groups whole, prune.max_filter_fraction capped a removal, whole heads / conv groups
+    removed more than filter_fraction, or groups were kept whole as inexact), flops (FLOPs of one forward pass
     of one sample, 2 per multiply-add: torch's FlopCounterMode, convs and matmuls; papers' "FLOPs" are often MACs,
     half this), peak_memory_bytes,
     latency_ms (with deploy.latency=false the quick measurement's medians `dense` / `pruned`, their ratio `speedup`

@@ -226,12 +226,15 @@ class FiltersConfig(PruneConfig):
                                        "is removed.")
     channel_score: Literal["l2", "l1", "bn_scale", "grad_count"] = Field(
         "l2", description="How channels are ranked for removal: l2/l1 norm of their filters, |BN scale| (network "
-        "slimming), or the gradient count ratio of a grad_count sparsify phase.")
+        "slimming; groups without a BatchNorm after their filters are ranked by l2, and a model with no such "
+        "BatchNorm at all, e.g. a ViT, is refused before training), or the gradient count ratio of a grad_count "
+        "sparsify phase.")
     round_to: int = Field(8, ge=1, le=256, description="Kept channel counts of each group are rounded to the nearest "
                           "multiple of this, so pruned layers keep kernel-friendly widths; 1 = off.")
     allow_inexact: bool = Field(False, description="Also remove channels normalized together by a LayerNorm or a "
                                 "one-group GroupNorm: removal then changes the other channels' statistics (reported "
-                                "as inexact; fine-tuning recovers).")
+                                "as inexact; fine-tuning recovers). Off: such groups are kept whole, and the prune "
+                                "phase names them once.")
     grouped_conv: Literal["within_groups", "whole_groups"] = Field(
         "within_groups", description="How a grouped conv (ResNeXt, RegNet) is pruned: within_groups = every group "
         "loses the same channels, the group count stays and the weight shrinks like a dense conv's (Torch-Pruning's "

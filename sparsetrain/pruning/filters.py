@@ -14,6 +14,7 @@ are rounded to multiples of `prune.round_to`. A grouped conv loses the same chan
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from sparsetrain.structural import (
     ChannelScore,
     ChannelSelection,
     GroupCount,
+    batch_norm_scales,
     build_channel_groups,
     build_score,
     fold_constant_channels,
@@ -55,6 +57,24 @@ def filter_layouts(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, tu
             if view.shape[0] == weight.shape[0] == group.num_channels and weight.ndim > 1:
                 layouts[name] = (weight.shape[0], weight[0].numel())
     return layouts
+
+
+def check_channel_score(model: nn.Module, groups: list[ChannelGroup], cfg: PruneConfig, model_name: str) -> None:
+    """Refuse `prune.channel_score: bn_scale` when no group the selection may prune (prunable, 2 units or more, exact
+    unless `allow_inexact`) has a batch norm after its filters: every group would be ranked by l2 (`BNScale`), so the
+    setting would mean nothing. A model with some such groups is taken; its other groups are ranked by l2.
+
+    Raises:
+        ValueError: `prune.channel_score: bn_scale ranks ... ; vit_tiny_patch16_224 has none ...; use
+            prune.channel_score=l2`.
+    """
+    if getattr(cfg, "channel_score", None) != "bn_scale":
+        return
+    selectable = [g for g in groups if g.prunable and g.num_channels >= 2 and (not g.inexact or cfg.allow_inexact)]
+    if any(batch_norm_scales(model, g) for g in selectable):
+        return
+    raise ValueError(f"prune.channel_score: bn_scale ranks channels by the BatchNorm scale after their filters, but "
+                     f"{model_name} has no BatchNorm after any prunable layer; use prune.channel_score=l2 (or l1)")
 
 
 def selection_from(cfg: PruneConfig) -> ChannelSelection:
@@ -126,17 +146,34 @@ def remove_filters(model: nn.Module, input_shape: tuple[int, ...], cfg: PruneCon
     folded = fold_constant_channels(work, groups, drop, example, allow_inexact=cfg.allow_inexact)
     counts = {kind: sum(getattr(folded, kind).values()) for kind in ("exact", "approximate", "unfolded")}
     pruned = remove_channels(work, drop, groups=groups, allow_inexact=cfg.allow_inexact)
-    return pruned, kept_per_group(groups, drop), counts
+    return pruned, kept_per_group(groups, drop, cfg.allow_inexact), counts
 
 
-def kept_per_group(groups: list[ChannelGroup], drop: dict[str, torch.Tensor]) -> list[dict]:
+def kept_per_group(groups: list[ChannelGroup], drop: dict[str, torch.Tensor], allow_inexact: bool = False
+                   ) -> list[dict]:
     """[{group, total, kept, layers}] for every prunable group, in graph order (what the report, the prune phase's
     log block and the plot show): `total` and `kept` count units (channels, or blocks of channels), `layers` names
     the modules whose filters produce the group; `exact` is False for groups removed although their removal is
-    inexact."""
-    return [{"group": g.id, "total": g.num_channels, "kept": g.num_channels - len(drop.get(g.id, [])),
-             "layers": group_layers(g), **({"exact": False} if g.inexact and g.id in drop else {})}
-            for g in groups if g.prunable]
+    inexact; `kept_because` (e.g. `inexact (LayerNorm)`: `kept_whole_because`) on groups of 2 units or more that
+    the selection skipped whole because their removal would be inexact and `allow_inexact` is off."""
+    rows = []
+    for g in groups:
+        if not g.prunable:
+            continue
+        row = {"group": g.id, "total": g.num_channels, "kept": g.num_channels - len(drop.get(g.id, [])),
+               "layers": group_layers(g), **({"exact": False} if g.inexact and g.id in drop else {})}
+        if g.inexact and not allow_inexact and g.num_channels >= 2:
+            row["kept_because"] = kept_whole_because(g)
+        rows.append(row)
+    return rows
+
+
+def kept_whole_because(group: ChannelGroup) -> str:
+    """`inexact (LayerNorm)`: why the selection skips an inexact group, naming the kinds of layer that normalize
+    over its channels (`LayerNorm`, `GroupNorm`, or `a norm over heads`), from `ChannelGroup.inexact`."""
+    kinds = dict.fromkeys("a norm over heads" if why.startswith("'") else why.split(" ", 1)[0]
+                          for why in group.inexact)
+    return f"inexact ({', '.join(kinds)})"
 
 
 def group_layers(group: ChannelGroup) -> list[str]:
@@ -173,44 +210,101 @@ def why_nothing_removed(model: nn.Module, groups: list[ChannelGroup], cfg: Prune
 
 def selection_notes(groups: list[ChannelGroup], counts: list[GroupCount], cfg: PruneConfig,
                     max_names: int = 6) -> list[str]:
-    """One line each when `prune.round_to` left groups whole that had channels selected, or when
-    `prune.max_filter_fraction` lowered what groups remove (the prune phase logs them and stores them in the report).
+    """One line each when `prune.round_to` left groups whole that had channels selected, when
+    `prune.max_filter_fraction` lowered what groups remove, when whole units (attention heads, conv groups) made
+    `prune.filter_fraction` remove more than asked, and when groups were kept whole because their removal would be
+    inexact (the prune phase logs them and stores them in the report).
 
     Args:
         groups: The channel groups the selection ran on.
         counts: `choose_filters(..., counts=[])`'s record, one per scored group.
         cfg: The prune section.
-        max_names: Layers named in the rounding line before `and N more`.
+        max_names: Layers named in a line before `and N more`.
 
     Returns:
         e.g. `prune.round_to=8: 2 groups of 16 channels keep all 16 (12 rounded up): stem.0, blk.conv1; lower round_to
-        to remove from them` and `prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in 3 groups`; [] when
-        neither changed anything.
+        to remove from them`, `prune.max_filter_fraction=0.75 caps filter_fraction 0.9 in 3 groups`,
+        `prune.filter_fraction=0.34 removes 2 of 3 units of 64 channels (67 %) in 12 groups: ...; units go whole
+        (heads, conv groups)` and
+        `4 groups kept whole because their removal would be inexact (LayerNorm): stem.0, ...; prune.allow_inexact=true
+        removes them too`; [] when none applies.
     """
     by_id = {g.id: g for g in groups}
-    notes = []
+    notes = [_rounding_note(by_id, counts, cfg, max_names), _cap_note(counts, cfg),
+             _whole_units_note(by_id, counts, cfg, max_names), _inexact_note(groups, cfg, max_names)]
+    return [note for note in notes if note]
+
+
+def _listed(names: list[str], max_names: int) -> str:
+    """`a, b, c and 3 more`."""
+    return ", ".join(names[:max_names]) + (f" and {len(names) - max_names} more" if len(names) > max_names else "")
+
+
+def _groups(n: int) -> str:
+    return f"{n} group{'s' if n > 1 else ''}"
+
+
+def _rounding_note(by_id: dict[str, ChannelGroup], counts: list[GroupCount], cfg: PruneConfig,
+                   max_names: int) -> str:
+    """The groups `prune.round_to` left whole although channels were selected in them ('' when none)."""
     whole = [c for c in counts if c.capped and not c.removed]
-    if whole:
-        bins: dict[tuple[int, int], list[str]] = {}
-        for c in whole:
-            names = group_layers(by_id[c.group]) if c.group in by_id else []
-            key = (c.units * c.unit_channels, (c.units - c.capped) * c.unit_channels)
-            bins.setdefault(key, []).append("+".join(names) or c.group)
-        parts = []
-        for (width, kept), names in bins.items():
-            shown = ", ".join(names[:max_names]) + (f" and {len(names) - max_names} more" if len(names) > max_names
-                                                    else "")
-            groups_of = f"{len(names)} group{'s' if len(names) > 1 else ''} of {width} channels"
-            parts.append(f"{groups_of} keep{'' if len(names) > 1 else 's'} all {width} ({kept} rounded up): {shown}")
-        notes.append(f"prune.round_to={cfg.round_to}: {'; '.join(parts)}; lower round_to to remove from them")
+    if not whole:
+        return ""
+    bins: dict[tuple[int, int], list[str]] = {}
+    for c in whole:
+        names = group_layers(by_id[c.group]) if c.group in by_id else []
+        key = (c.units * c.unit_channels, (c.units - c.capped) * c.unit_channels)
+        bins.setdefault(key, []).append("+".join(names) or c.group)
+    parts = [f"{_groups(len(names))} of {width} channels keep{'' if len(names) > 1 else 's'} all {width} "
+             f"({kept} rounded up): {_listed(names, max_names)}" for (width, kept), names in bins.items()]
+    return f"prune.round_to={cfg.round_to}: {'; '.join(parts)}; lower round_to to remove from them"
+
+
+def _cap_note(counts: list[GroupCount], cfg: PruneConfig) -> str:
+    """The groups whose removal `prune.max_filter_fraction` lowered ('' when none)."""
     capped = [c for c in counts if c.wanted > c.capped]
-    if capped:
-        in_groups = f"in {len(capped)} group{'s' if len(capped) > 1 else ''}"
-        if cfg.filter_fraction > cfg.max_filter_fraction:
-            notes.append(f"prune.max_filter_fraction={cfg.max_filter_fraction:g} caps filter_fraction "
-                         f"{cfg.filter_fraction:g} {in_groups}")
-        else:  # dead / redundant channels over the cap (or a group that would lose all its channels)
-            left = sum((c.wanted - c.capped) * c.unit_channels for c in capped)
-            notes.append(f"prune.max_filter_fraction={cfg.max_filter_fraction:g} caps the removal {in_groups} "
-                         f"({left} selected channel(s) stay)")
-    return notes
+    if not capped:
+        return ""
+    if cfg.filter_fraction > cfg.max_filter_fraction:
+        return (f"prune.max_filter_fraction={cfg.max_filter_fraction:g} caps filter_fraction {cfg.filter_fraction:g} "
+                f"in {_groups(len(capped))}")
+    left = sum((c.wanted - c.capped) * c.unit_channels for c in capped)  # dead / redundant channels over the cap
+    return (f"prune.max_filter_fraction={cfg.max_filter_fraction:g} caps the removal in {_groups(len(capped))} "
+            f"({left} selected channel(s) stay)")
+
+
+WHOLE_UNIT_SLACK = 0.01  # a share removed this much above filter_fraction (1 point) is said (whole units)
+
+
+def _whole_units_note(by_id: dict[str, ChannelGroup], counts: list[GroupCount], cfg: PruneConfig,
+                      max_names: int) -> str:
+    """The groups of blocks of channels (attention heads, conv groups, a channel of every group of a grouped conv) in
+    which `prune.filter_fraction`, rounded up to whole units ("at least" the fraction), removed a share more than
+    `WHOLE_UNIT_SLACK` above it ('' when none), e.g. 2 of 3 heads (67 %) for 0.34. Removals driven by dead or
+    redundant units, or changed by the cap or rounding (their own notes), are not counted."""
+    bins: dict[tuple[int, int, int], list[str]] = {}
+    for c in counts:
+        target = c.units - math.floor((1 - cfg.filter_fraction) * c.units + 1e-9)
+        if c.unit_channels > 1 and c.removed == c.wanted == target > 0 and (
+                c.removed / c.units > cfg.filter_fraction + WHOLE_UNIT_SLACK):
+            names = group_layers(by_id[c.group]) if c.group in by_id else []
+            bins.setdefault((c.units, c.unit_channels, c.removed), []).append(names[0] if names else c.group)
+    parts = [f"{removed} of {units} units of {width} channels ({100 * removed / units:.0f} %) in "
+             f"{_groups(len(names))}: {_listed(names, max_names)}" for (units, width, removed), names in bins.items()]
+    if not parts:
+        return ""  # numbers first, names last: the end-of-run table cuts the line at 100 characters
+    return (f"prune.filter_fraction={cfg.filter_fraction:g} removes {'; '.join(parts)}; units go whole (heads, conv "
+            "groups)")
+
+
+def _inexact_note(groups: list[ChannelGroup], cfg: PruneConfig, max_names: int) -> str:
+    """The groups the selection kept whole because their removal would be inexact, with the setting that removes
+    them ('' when none, or with `prune.allow_inexact`)."""
+    kept = [g for g in groups if g.prunable and g.inexact and g.num_channels >= 2 and not cfg.allow_inexact]
+    if not kept:
+        return ""
+    why = ", ".join(dict.fromkeys(kept_whole_because(g).removeprefix("inexact (").removesuffix(")") for g in kept))
+    names = [(group_layers(g) or [g.id])[0] for g in kept]
+    its, them = ("their", "them") if len(kept) > 1 else ("its", "it")
+    return (f"{_groups(len(kept))} kept whole because {its} removal would be inexact ({why}): "
+            f"{_listed(names, max_names)}; prune.allow_inexact=true removes {them} too")

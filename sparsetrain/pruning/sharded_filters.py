@@ -7,7 +7,8 @@ the part it holds, and one all-reduce over all the vectors (concatenated) gives 
 
     l2        f = w²,  unit score sqrt(Σ_producers Σ_unit-rows f)        (`structural.scoring.L2Norm`)
     l1        f = |w|, unit score Σ_producers Σ_unit-rows f              (`structural.scoring.L1Norm`)
-    bn_scale  f = |γ| of the batch norms scaling the group, summed       (`structural.scoring.BNScale`)
+    bn_scale  f = |γ| of the batch norms scaling the group, summed       (`structural.scoring.BNScale`);
+              a group no batch norm scales is scored by l2 (one more all-reduce)
 
 Sums are taken in float64 (squares of float32 are exact there), so the scores do not depend on the number of
 ranks up to float64 rounding, and equal the unsharded scores to float32 rounding. `grad_count` scores are per-filter
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from sparsetrain.pruning.sharded_prune import even_range, read_shard
-from sparsetrain.structural.scoring import ChannelScore
+from sparsetrain.structural.scoring import ChannelScore, batch_norm_scales
 from sparsetrain.structural.types import ChannelGroup, ChannelSlice
 
 SHARDED_SCORES = ("l2", "l1", "bn_scale")
@@ -42,14 +43,15 @@ class PrecomputedScore(ChannelScore):
         return self.scores.get(group.id)
 
 
-def _is_batch_norm(model: nn.Module, s: ChannelSlice) -> bool:
-    return isinstance(model.get_submodule(s.module), nn.modules.batchnorm._BatchNorm)
+def group_score(model: nn.Module, group: ChannelGroup, score: str) -> str:
+    """The score `group` is ranked by: `score`, or l2 for bn_scale on a group no batch norm scales (`BNScale`)."""
+    return "l2" if score == "bn_scale" and not batch_norm_scales(model, group) else score
 
 
 def scored_slices(model: nn.Module, group: ChannelGroup, score: str) -> list[ChannelSlice]:
     """The slices of `group` whose values `score` reads: the filters (l1, l2) or the batch-norm scales (bn_scale)."""
     if score == "bn_scale":
-        return [s for s in group.producers if s.kind == "norm" and s.param == "weight" and _is_batch_norm(model, s)]
+        return batch_norm_scales(model, group)
     return [s for s in group.producers if s.kind == "filter"]
 
 
@@ -103,7 +105,8 @@ def sharded_channel_scores(path: Path, model: nn.Module, groups: Sequence[Channe
         score: `prune.channel_score`, one of `SHARDED_SCORES`.
 
     Returns:
-        A `ChannelScore` giving float32 [units] per scored group, on the CPU.
+        A `ChannelScore` giving float32 [units] per scored group, on the CPU (bn_scale: l2 for a group no batch norm
+        scales, as `structural.scoring.BNScale`).
 
     Raises:
         ValueError: `score` is not one of `SHARDED_SCORES`.
@@ -111,14 +114,26 @@ def sharded_channel_scores(path: Path, model: nn.Module, groups: Sequence[Channe
     if score not in SHARDED_SCORES:
         raise ValueError(f"prune.channel_score: {score!r} is not computed from weight shards; expected one of "
                          f"{', '.join(SHARDED_SCORES)}")
-    sums = _reduced_sums(path, _needed(model, groups, score), 2 if score == "l2" else 1)
-    scores = {}
+    names = (score, "l2") if score == "bn_scale" else (score,)  # bn_scale groups without a batch norm: l2
+    by_score: dict[str, list[ChannelGroup]] = {name: [] for name in names}
     for group in groups:
-        slices = scored_slices(model, group, score) if group.prunable else []
-        if not slices:
-            continue
-        every_unit = torch.arange(group.num_channels)
-        units = torch.stack([sums[(s.qualname, s.dim)][s.index(every_unit)].view(group.num_channels, s.width).sum(1)
-                             for s in slices]).sum(0)
-        scores[group.id] = (units.sqrt() if score == "l2" else units).float()
+        if group.prunable:
+            by_score[group_score(model, group, score)].append(group)
+    scores = {}
+    for name, scored in by_score.items():  # the same names on every rank: one all-reduce each
+        sums = _reduced_sums(path, _needed(model, scored, name), 2 if name == "l2" else 1)
+        for group in scored:
+            units = _unit_sums(sums, scored_slices(model, group, name), group)
+            if units is not None:
+                scores[group.id] = (units.sqrt() if name == "l2" else units).float()
     return PrecomputedScore(scores)
+
+
+def _unit_sums(sums: Mapping[tuple[str, int], torch.Tensor], slices: Sequence[ChannelSlice], group: ChannelGroup
+               ) -> torch.Tensor | None:
+    """float64 [units]: the position sums of `slices` added up per unit of `group` (None without slices)."""
+    if not slices:
+        return None
+    every_unit = torch.arange(group.num_channels)
+    return torch.stack([sums[(s.qualname, s.dim)][s.index(every_unit)].view(group.num_channels, s.width).sum(1)
+                        for s in slices]).sum(0)

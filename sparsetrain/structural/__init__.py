@@ -19,7 +19,15 @@ from sparsetrain.structural.rules import (
     registered_rules,
     rule_for,
 )
-from sparsetrain.structural.scoring import BNScale, ChannelScore, CountRatio, L1Norm, L2Norm, build_score
+from sparsetrain.structural.scoring import (
+    BNScale,
+    ChannelScore,
+    CountRatio,
+    L1Norm,
+    L2Norm,
+    batch_norm_scales,
+    build_score,
+)
 from sparsetrain.structural.selection import ChannelSelection, GroupCount, relative_scores, select_channels
 from sparsetrain.structural.serialize import load_pruned_model, save_pruned_model
 from sparsetrain.structural.trace import trace_model
@@ -39,6 +47,7 @@ __all__ = [
     "L2Norm",
     "LayerRule",
     "StructuralPruningError",
+    "batch_norm_scales",
     "build_channel_groups",
     "build_score",
     "fold_constant_channels",

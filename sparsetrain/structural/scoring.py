@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from sparsetrain.structural.graph import producer_weights
-from sparsetrain.structural.types import ChannelGroup
+from sparsetrain.structural.types import ChannelGroup, ChannelSlice
 
-__all__ = ["SCORES", "BNScale", "ChannelScore", "CountRatio", "L1Norm", "L2Norm", "build_score"]
+__all__ = ["SCORES", "BNScale", "ChannelScore", "CountRatio", "L1Norm", "L2Norm", "batch_norm_scales", "build_score"]
 
 
 class ChannelScore:
@@ -56,22 +56,26 @@ class L1Norm(ChannelScore):
         return torch.stack([v.abs().sum(1) for v in views]).sum(0).cpu() if views else None
 
 
+def batch_norm_scales(model: nn.Module, group: ChannelGroup) -> list[ChannelSlice]:
+    """The producer slices of `group` that are batch-norm scales (γ), in graph order; [] when no batch norm scales
+    the group (e.g. a squeeze-excite reduction, a transformer's heads and MLP)."""
+    return [s for s in group.producers if s.kind == "norm" and s.param == "weight"
+            and isinstance(model.get_submodule(s.module), nn.modules.batchnorm._BatchNorm)]
+
+
 class BNScale(ChannelScore):
     """|γ| of the batch norms that scale the group, summed (Liu et al., "Network Slimming", ICCV 2017).
 
-    Groups without a batch-norm scale are not scored (left alone).
+    Groups without a batch-norm scale (`batch_norm_scales` is []) are scored by `L2Norm` instead: each group is
+    ranked within itself, so the two scores never compete.
     """
 
     name = "bn_scale"
 
     def __call__(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
-        scales = []
-        for s in group.producers:
-            module = model.get_submodule(s.module)
-            if s.kind == "norm" and s.param == "weight" and isinstance(module, nn.modules.batchnorm._BatchNorm):
-                scales.append(module.weight.detach().float()[s.index(torch.arange(group.num_channels))].abs()
-                              .view(group.num_channels, s.width).sum(1))
-        return torch.stack(scales).sum(0).cpu() if scales else None
+        scales = [model.get_submodule(s.module).weight.detach().float()[s.index(torch.arange(group.num_channels))]
+                  .abs().view(group.num_channels, s.width).sum(1) for s in batch_norm_scales(model, group)]
+        return torch.stack(scales).sum(0).cpu() if scales else L2Norm()(model, group)
 
 
 class CountRatio(ChannelScore):

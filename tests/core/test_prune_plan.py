@@ -59,3 +59,21 @@ def test_cli_reports_a_missing_layer_in_one_line(tmp_path: Path, capsys: pytest.
     assert code == 2
     assert err == ("error: prune.layer_thresholds.fc9.weight: not a prunable layer of this model (prunable: "
                    "fc1.weight, fc2.weight, head.weight)"), err
+
+
+VIT_BN_SCALE = ["data.source=synthetic", "data.num_samples=32", "data.image_size=32", "data.in_chans=3",
+                "train.batch_size=8", "model.name=vit_tiny_patch16_224", "model.kwargs.depth=1",
+                "tracking.mode=disabled", "prune={rule: filters, channel_score: bn_scale}"]
+
+
+@pytest.mark.parametrize("command", [["run", "--dry-run"], ["run"], ["config"]])
+def test_bn_scale_on_a_model_without_batch_norm_is_refused_before_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture, command: list[str]) -> None:
+    """Trial 28: bn_scale on a ViT trained the sparsify phase, then said `no channel group can be pruned`. Now the
+    model check of run, --dry-run and config (channel groups traced on the meta model) refuses it in one line."""
+    out = tmp_path / "run"
+    assert main([*command, *VIT_BN_SCALE, f"out_dir={out}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: prune.channel_score: bn_scale ranks channels by the BatchNorm scale after their filters, but "
+        "vit_tiny_patch16_224 has no BatchNorm after any prunable layer; use prune.channel_score=l2 (or l1)")
+    assert not out.exists() or not any((out / name).exists() for name in ("weights", "metrics.jsonl", "state.json"))

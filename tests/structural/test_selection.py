@@ -188,6 +188,58 @@ def test_allow_inexact_groups_are_reported_inexact():
     assert "stem.0" in inexact and pruned.stem[0].out_channels == 8
 
 
+def test_inexact_groups_kept_whole_say_why():
+    """Trial 28: ConvNeXt's LayerNorm-normalized residual groups stayed at 100 % with no reason anywhere; now their
+    kept_filters rows say `kept_because` and one selection note names them and `prune.allow_inexact=true`."""
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_tiny", pretrained=False, num_classes=10, depths=(1, 1, 1, 1),
+                              dims=(16, 32, 48, 64)).eval()
+    cfg = PruneConfig(rule="filters", filter_fraction=0.34, round_to=1)
+    groups, counts = build_channel_groups(model, torch.zeros(1, 3, 32, 32)), []
+    _, kept, _ = remove_filters(model, (3, 32, 32), cfg, groups=groups, counts=counts)
+    because = {r["group"]: r["kept_because"] for r in kept if "kept_because" in r}
+    residual = ["stem.0", "stages.1.downsample.1", "stages.2.downsample.1", "stages.3.downsample.1"]
+    assert because == dict.fromkeys(residual, "inexact (LayerNorm)"), kept
+    assert all(r["kept"] == r["total"] for r in kept if r["group"] in because), kept
+    assert selection_notes(groups, counts, cfg) == [
+        f"4 groups kept whole because their removal would be inexact (LayerNorm): {', '.join(residual)}; "
+        "prune.allow_inexact=true removes them too"]
+    allowed, counts = cfg.model_copy(update={"allow_inexact": True}), []
+    _, kept, _ = remove_filters(model, (3, 32, 32), allowed, groups=groups, counts=counts)
+    assert not any("kept_because" in r for r in kept) and selection_notes(groups, counts, allowed) == []
+
+
+@pytest.mark.parametrize("fraction, expected", [
+    (0.34, "2 of 3 units of 64 channels (67 %) in 2 groups: blocks.0.attn.qkv, blocks.1.attn.qkv"),
+    (0.6, "2 of 3 units of 64 channels (67 %) in 2 groups: blocks.0.attn.qkv, blocks.1.attn.qkv"),
+    (0.67, None),  # 3 asked, the cap keeps one head (the cap's own note): 2 of 3 is what was asked
+])
+def test_whole_heads_say_what_share_they_remove(fraction: float, expected: str | None) -> None:
+    """Trial 28: filter_fraction 0.34 on ViT's 3 heads removes 2 (67 %) with no note; now one line says it, whatever
+    round_to (it does not change heads of 64 channels; the MLP's 768 channels lose 262 or 264 and need no note)."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32, patch_size=4, depth=2).eval()
+    groups = build_channel_groups(model, torch.zeros(1, 3, 32, 32))
+    for round_to in (1, 8):
+        cfg, counts = PruneConfig(rule="filters", filter_fraction=fraction, round_to=round_to), []
+        choose_filters(model, groups, cfg, counts=counts)
+        notes = [n for n in selection_notes(groups, counts, cfg) if "units go whole" in n]
+        assert notes == ([f"prune.filter_fraction={fraction:g} removes {expected}; units go whole (heads, conv "
+                          "groups)"] if expected else []), notes
+
+
+def test_bn_scale_ranks_groups_without_batch_norm_by_l2(net):
+    """bn_scale on a model with some BatchNorm: a group no batch norm scales (conv2 here has none; squeeze-excite
+    reductions in MobileNetV3) is ranked by l2 instead of being left whole."""
+    model, x, _ = net
+    model.bn2 = nn.Identity()
+    groups = build_channel_groups(model, x)
+    conv2 = next(g for g in groups if g.id == "conv2")
+    torch.testing.assert_close(BNScale()(model, conv2), L2Norm()(model, conv2))
+    cfg = PruneConfig(rule="filters", channel_score="bn_scale", filter_fraction=0.25, round_to=1)
+    assert {gid: len(idx) for gid, idx in choose_filters(model, groups, cfg).items()} == {"conv1": 10, "conv2": 6}
+
+
 class Sixteens(nn.Module):
     """stem conv(3→16) → BN → ReLU, blk conv1(16→16) → BN → ReLU, pool → linear: two groups of 16 channels."""
 
