@@ -27,11 +27,12 @@ data:
 demo: install
 	$(BIN)/sparsetrain run configs/quickstart.yaml
 
-# Three workers (pytest-xdist) on two cores, one test file per worker at a time: module fixtures (a Slurm reference
-# run) are built once, and the Slurm and multi-rank files, which mostly wait on subprocesses and Slurm, leave a core
-# idle with two workers (140 % CPU of 200 % in a quiet CI); a third worker fills it.
+# Two workers (pytest-xdist), one test file per worker at a time: module fixtures (a Slurm reference run) are
+# built once, and the Slurm and multi-rank files, which mostly wait on subprocesses, overlap. A third worker does not
+# help on two cores: quiet clean-clone CIs gave 815 s of pytest with two and 843 s with three (the Slurm requeue chain
+# takes 175 s instead of 115 s when its jobs share the cores, and it is the longest path).
 test: install
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: install
 	$(BIN)/ruff check sparsetrain triton_kernels launch benchmarks tests examples
