@@ -29,7 +29,7 @@ demo: install
 
 # Two workers (pytest-xdist), one test file per worker at a time: module fixtures (a Slurm reference run) are
 # built once, and the Slurm and multi-rank files, which mostly wait on subprocesses, overlap. A third worker does not
-# help on two cores: quiet clean-clone CIs gave 815 s of pytest with two and 843 s with three (the Slurm requeue chain
+# help on two cores: quiet clean-clone CIs of the same 1,468 tests gave 845 s of pytest with two, 843 s with three (the Slurm requeue chain
 # takes 175 s instead of 115 s when its jobs share the cores, and it is the longest path).
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
