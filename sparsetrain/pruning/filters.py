@@ -14,7 +14,6 @@ are rounded to multiples of `prune.round_to`. A grouped conv loses the same chan
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -34,6 +33,7 @@ from sparsetrain.structural import (
     remove_channels,
     select_channels,
 )
+from sparsetrain.structural.selection import fraction_target
 
 _SCORE_NAMES = {"l2": "l2 norm", "l1": "l1 norm", "bn_scale": "|BN scale|", "grad_count": "gradient count ratio"}
 
@@ -70,7 +70,8 @@ def check_channel_score(model: nn.Module, groups: list[ChannelGroup], cfg: Prune
     """
     if getattr(cfg, "channel_score", None) != "bn_scale":
         return
-    selectable = [g for g in groups if g.prunable and g.num_channels >= 2 and (not g.inexact or cfg.allow_inexact)]
+    selectable = [g for g in groups
+                  if g.prunable and g.num_channels >= 2 and not kept_whole_inexact(g, cfg.allow_inexact)]
     if any(batch_norm_scales(model, g) for g in selectable):
         return
     raise ValueError(f"prune.channel_score: bn_scale ranks channels by the BatchNorm scale after their filters, but "
@@ -162,18 +163,28 @@ def kept_per_group(groups: list[ChannelGroup], drop: dict[str, torch.Tensor], al
             continue
         row = {"group": g.id, "total": g.num_channels, "kept": g.num_channels - len(drop.get(g.id, [])),
                "layers": group_layers(g), **({"exact": False} if g.inexact and g.id in drop else {})}
-        if g.inexact and not allow_inexact and g.num_channels >= 2:
+        if kept_whole_inexact(g, allow_inexact):
             row["kept_because"] = kept_whole_because(g)
         rows.append(row)
     return rows
 
 
+def kept_whole_inexact(group: ChannelGroup, allow_inexact: bool) -> bool:
+    """Whether the selection skips `group` whole: a prunable group of 2 units or more whose removal would be inexact,
+    with `prune.allow_inexact` off."""
+    return group.prunable and bool(group.inexact) and group.num_channels >= 2 and not allow_inexact
+
+
+def inexact_kinds(group: ChannelGroup) -> list[str]:
+    """The kinds of layer that normalize over an inexact group's channels (`LayerNorm`, `GroupNorm`, or `a norm over
+    heads`), from `ChannelGroup.inexact`, each once."""
+    return list(dict.fromkeys("a norm over heads" if why.startswith("'") else why.split(" ", 1)[0]
+                              for why in group.inexact))
+
+
 def kept_whole_because(group: ChannelGroup) -> str:
-    """`inexact (LayerNorm)`: why the selection skips an inexact group, naming the kinds of layer that normalize
-    over its channels (`LayerNorm`, `GroupNorm`, or `a norm over heads`), from `ChannelGroup.inexact`."""
-    kinds = dict.fromkeys("a norm over heads" if why.startswith("'") else why.split(" ", 1)[0]
-                          for why in group.inexact)
-    return f"inexact ({', '.join(kinds)})"
+    """`inexact (LayerNorm)`: why the selection skips an inexact group (`inexact_kinds`)."""
+    return f"inexact ({', '.join(inexact_kinds(group))})"
 
 
 def group_layers(group: ChannelGroup) -> list[str]:
@@ -284,7 +295,7 @@ def _whole_units_note(by_id: dict[str, ChannelGroup], counts: list[GroupCount], 
     redundant units, or changed by the cap or rounding (their own notes), are not counted."""
     bins: dict[tuple[int, int, int], list[str]] = {}
     for c in counts:
-        target = c.units - math.floor((1 - cfg.filter_fraction) * c.units + 1e-9)
+        target = fraction_target(c.units, cfg.filter_fraction)
         if c.unit_channels > 1 and c.removed == c.wanted == target > 0 and (
                 c.removed / c.units > cfg.filter_fraction + WHOLE_UNIT_SLACK):
             names = group_layers(by_id[c.group]) if c.group in by_id else []
@@ -300,10 +311,10 @@ def _whole_units_note(by_id: dict[str, ChannelGroup], counts: list[GroupCount], 
 def _inexact_note(groups: list[ChannelGroup], cfg: PruneConfig, max_names: int) -> str:
     """The groups the selection kept whole because their removal would be inexact, with the setting that removes
     them ('' when none, or with `prune.allow_inexact`)."""
-    kept = [g for g in groups if g.prunable and g.inexact and g.num_channels >= 2 and not cfg.allow_inexact]
+    kept = [g for g in groups if kept_whole_inexact(g, cfg.allow_inexact)]
     if not kept:
         return ""
-    why = ", ".join(dict.fromkeys(kept_whole_because(g).removeprefix("inexact (").removesuffix(")") for g in kept))
+    why = ", ".join(dict.fromkeys(kind for g in kept for kind in inexact_kinds(g)))
     names = [(group_layers(g) or [g.id])[0] for g in kept]
     its, them = ("their", "them") if len(kept) > 1 else ("its", "it")
     return (f"{_groups(len(kept))} kept whole because {its} removal would be inexact ({why}): "

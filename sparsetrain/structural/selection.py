@@ -149,13 +149,18 @@ def _choose(scores: torch.Tensor, dead: torch.Tensor, alive: torch.Tensor, sel: 
     n = len(scores)
     dead = dead & ~alive
     limit = min(math.floor(sel.max_fraction * n), n - 1)
-    target = n - math.floor((1 - sel.fraction) * n + 1e-9)
+    target = fraction_target(n, sel.fraction)
     wanted = max(int(dead.sum()), target)
     capped = min(wanted, limit)
     count = n - rounded_count(n, n - capped, step, n - limit)
     # dead first (weakest first among them), constant-carrying units last
     rank = torch.where(dead, scores - scores.max() - 1, scores).masked_fill(alive, float("inf"))
     return torch.sort(torch.argsort(rank, stable=True)[:count]).values, (wanted, capped, count)
+
+
+def fraction_target(n: int, fraction: float) -> int:
+    """Units a size target removes from a group of `n`: at least `fraction` of them, n - floor((1 - fraction) n)."""
+    return n - math.floor((1 - fraction) * n + 1e-9)
 
 
 def rounded_count(n: int, kept: int, step: int, lowest: int) -> int:
