@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sparsetrain.config.schema import RunConfig
+from sparsetrain.deepspeed_linear import deepspeed_linear_scope
 from sparsetrain.engine import preemption
 from sparsetrain.engine.batches import BatchPlan, eval_shard, iterate_micro_batches, worker_errors
 from sparsetrain.engine.checkpoint import Checkpointer
@@ -196,26 +197,27 @@ def train_phase(ctx: RunContext, phase: str, model: nn.Module, regularizer: Grad
     prunable = prunable_parameters(model)
     hooks = GradientHooks(regularizer, None)
     universal = _elastic(ctx, resume_tag)
-    engine = build_engine(cfg, model, ctx.dist.world_size, lr, total, prunable, hooks, universal)
-    regularizer.bind(WholeWeights(prunable_parameters(engine.module)),
-                     all_reduce_sum if holds_partition(engine) else None)
-    if masks_file is not None:
-        hooks.masks = read_ranges([masks_file], _segment_ranges(hooks), _masks_device(ctx, hooks))
-    start = 0
-    if resume_tag is not None:
-        settings = hyperparameters(engine.basic_optimizer)
-        client = ctx.checkpointer.load(engine, resume_tag, universal)
-        start = client["step"]
-        log.info(f"[{phase}] resuming from checkpoint {resume_tag} at step {start}")
-        regularizer.load_state_dict(client["regularizer"])
-        for key, (old, new) in restore_hyperparameters(engine, settings).items():
-            log.info(f"[{phase}] resumed at step {start} with {key} {new} from the config (checkpoint had {old})")
-        saved = ctx.checkpointer.load_masks(resume_tag, _segment_ranges(hooks), _masks_device(ctx, hooks))
-        hooks.masks = saved if saved is not None else hooks.masks  # gradual pruning changes masks mid-phase
-    ctx.phase_info = {"mask_memory": mask_memory(hooks.masks, ctx.dist.world_size)} if hooks.masks else {}
-    gradual = phase == SPARSIFY and getattr(cfg.prune, "schedule", "oneshot") == "gradual"
-    pruner = GradualPruning(cfg.prune, total) if gradual else None
-    _run_steps(ctx, phase, engine, hooks, plan, start, total, pruner)
+    with deepspeed_linear_scope():  # ZeRO 3's replacement of F.linear lives only while the phase trains
+        engine = build_engine(cfg, model, ctx.dist.world_size, lr, total, prunable, hooks, universal)
+        regularizer.bind(WholeWeights(prunable_parameters(engine.module)),
+                         all_reduce_sum if holds_partition(engine) else None)
+        if masks_file is not None:
+            hooks.masks = read_ranges([masks_file], _segment_ranges(hooks), _masks_device(ctx, hooks))
+        start = 0
+        if resume_tag is not None:
+            settings = hyperparameters(engine.basic_optimizer)
+            client = ctx.checkpointer.load(engine, resume_tag, universal)
+            start = client["step"]
+            log.info(f"[{phase}] resuming from checkpoint {resume_tag} at step {start}")
+            regularizer.load_state_dict(client["regularizer"])
+            for key, (old, new) in restore_hyperparameters(engine, settings).items():
+                log.info(f"[{phase}] resumed at step {start} with {key} {new} from the config (checkpoint had {old})")
+            saved = ctx.checkpointer.load_masks(resume_tag, _segment_ranges(hooks), _masks_device(ctx, hooks))
+            hooks.masks = saved if saved is not None else hooks.masks  # gradual pruning changes masks mid-phase
+        ctx.phase_info = {"mask_memory": mask_memory(hooks.masks, ctx.dist.world_size)} if hooks.masks else {}
+        gradual = phase == SPARSIFY and getattr(cfg.prune, "schedule", "oneshot") == "gradual"
+        pruner = GradualPruning(cfg.prune, total) if gradual else None
+        _run_steps(ctx, phase, engine, hooks, plan, start, total, pruner)
     average_norm_statistics(engine.module)  # the saved, evaluated and handed-on model is the same on every rank
     return engine.module if is_partitioned(engine.module) else handoff_module(engine)
 

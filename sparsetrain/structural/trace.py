@@ -7,6 +7,7 @@ from timm.layers import get_notrace_functions, is_notrace_module
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from sparsetrain.deepspeed_linear import stock_linear
 from sparsetrain.structural.rules import is_rule_leaf
 from sparsetrain.structural.types import StructuralPruningError
 
@@ -43,10 +44,11 @@ def trace_model(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule
     was_training = model.training
     model.eval()
     try:
-        graph = ModuleTracer().trace(model)
-        gm = fx.GraphModule(model, graph)
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
+        with stock_linear():  # not DeepSpeed ZeRO-3's F.linear, which branches on the traced input
+            graph = ModuleTracer().trace(model)
+            gm = fx.GraphModule(model, graph)
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example_input)
     except Exception as err:  # fx raises many types; the caller only needs to know tracing is impossible
         raise StructuralPruningError(f"cannot trace {type(model).__name__} with torch.fx: {err}") from err
     finally:

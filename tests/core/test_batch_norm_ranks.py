@@ -70,13 +70,14 @@ def _load_on_one_rank(out: Path, tag: str) -> dict[str, torch.Tensor]:
     import deepspeed
 
     from sparsetrain.config import load_config
+    from sparsetrain.deepspeed_linear import deepspeed_linear_scope
     from sparsetrain.engine.checkpoint import Checkpointer
     from sparsetrain.engine.deepspeed_setup import deepspeed_config
     from sparsetrain.engine.distributed import init_distributed, process_group_scope
     from sparsetrain.models.factory import build_model
 
     cfg = load_config(None, [o for o in _bn_run(out) if "=" in o])
-    with process_group_scope():
+    with process_group_scope(), deepspeed_linear_scope():  # the ZeRO-3 engine replaces F.linear process-wide
         info = init_distributed("cpu", "gloo")
         model = build_model(cfg.model, 1, 10, (1, 8, 8), announce=False)
         engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.Adam(model.parameters()),
