@@ -48,3 +48,18 @@ def fashion_mnist():
     from tests.helpers.real_data import fashion_mnist_dir
 
     return fashion_mnist_dir()
+
+
+@pytest.fixture(autouse=True)
+def _no_process_wide_deepspeed_linear():
+    """Fail the test that leaves DeepSpeed ZeRO-3's `torch.nn.functional.linear` in the test process (a ZeRO-3
+    engine built in-process outside `deepspeed_linear_scope`): later tests on the same worker would trace and compute
+    with it (stop 26's CI: a Method 2 test failed after an unrelated ZeRO-3 test)."""
+    yield
+    from sparsetrain.deepspeed_linear import STOCK_LINEAR, deepspeed_linear_installed
+
+    if deepspeed_linear_installed():
+        torch_functional = sys.modules["torch.nn.functional"]
+        torch_functional.linear = STOCK_LINEAR
+        pytest.fail("the test left DeepSpeed ZeRO-3's torch.nn.functional.linear installed process-wide: build the "
+                    "engine inside sparsetrain.deepspeed_linear.deepspeed_linear_scope()")
