@@ -36,6 +36,17 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; a first argument that is an override (`key=value`, not a file) is one line naming `config`:
+    these commands submit a recipe (before: `sweep k=a,b` took the override for the recipe and said `no swept key`,
+    `launch k=v` said `file not found`)."""
+    args = parse_command_line(parser, argv)
+    if "=" in args.config and not Path(args.config).exists():
+        parser.error(f"config: expected a YAML recipe first (e.g. configs/quickstart.yaml), got the override "
+                     f"{args.config!r}")
+    return args
+
+
 def _waits(args: argparse.Namespace) -> bool:
     """`--wait` or `--timeout`, or the debug cluster, whose job runs in this process only once it is waited for."""
     return args.wait or args.timeout is not None or args.cluster == "debug"
@@ -60,7 +71,7 @@ def launch_main(argv: list[str]) -> int:
                         "submit, say how to follow the job, return)")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, world size and pruning "
                         "plan; submit nothing")
-    args = parse_command_line(parser, argv)
+    args = _parse(parser, argv)
     from launch.submit import WaitTimeout, job_name, launch_warnings, log_folder, submit, wait_result
     from sparsetrain.config.loader import ConfigError, load_config
 
@@ -184,7 +195,7 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--resubmit-finished", action="store_true", help="submit every point, also those whose "
                         "out_dir holds their finished run (default: skip them; their jobs would only say `already "
                         "complete`); a point whose job is still queued or running is never submitted again")
-    args = parse_command_line(parser, argv)
+    args = _parse(parser, argv)
     if args.no_wait and args.timeout is not None:
         return _fail("--timeout waits for the runs and --no-wait does not: give one of them", 2)
     if args.collect and args.dry_run:

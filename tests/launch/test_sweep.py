@@ -365,3 +365,19 @@ def test_collect_names_the_srun_args_item_srun_refused(tmp_path: Path, capsys: p
     assert code == 1, err
     assert (f"alpha0=3e-4: job {job_id} ended without a result: srun: unrecognized option '--bogus' (from "
             f"launch.srun_args: --bogus); see {out / 'slurm' / job_id}_0_log.err") in text.splitlines(), text
+
+
+@pytest.mark.parametrize("command", ["sweep", "launch"])
+def test_an_override_in_place_of_the_recipe_is_one_line_naming_config(command: str, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # before: `sweep prune.sparsity=0.5,0.9` took the override for the recipe and said `no swept key`; `launch`
+    # said `config: file not found: /cwd/prune.sparsity=0.5`
+    from launch.cli import launch_main
+
+    main = sweep_main if command == "sweep" else launch_main
+    with pytest.raises(SystemExit) as stop:
+        main(["prune.sparsity=0.5,0.9", f"out_dir={tmp_path / 'x'}", "--dry-run"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1, err
+    assert f"sparsetrain {command}: error: config: expected a YAML recipe first" in err, err
+    assert "'prune.sparsity=0.5,0.9'" in err and not (tmp_path / "x").exists(), err
