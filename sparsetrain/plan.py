@@ -314,6 +314,20 @@ def format_pruning_plan(layers: list[PrunableLayer], limit: int = 30) -> str:
     return "\n".join(lines)
 
 
+def filter_plan_report(config: RunConfig, model: nn.Module, sizes: DataSizes) -> str:
+    """Method 2's filter plan (`pruning.filter_plan`) from the channel groups of the meta model, or a line saying why
+    there is none (a model the meta device cannot trace: the prune phase traces a real model)."""
+    from sparsetrain.pruning.filter_plan import filter_plan, format_filter_plan
+    from sparsetrain.pruning.filters import channel_groups
+    from sparsetrain.structural import StructuralPruningError
+
+    try:
+        groups = channel_groups(model, sizes.input_shape, config.prune.grouped_conv)
+    except (StructuralPruningError, RuntimeError, NotImplementedError) as err:  # an op without a meta kernel
+        return f"filter plan: not available before the run ({str(err).splitlines()[0]})"
+    return format_filter_plan(filter_plan(groups, config.prune), config.prune, len(groups))
+
+
 def world_size_for(config: RunConfig) -> int:
     """WORLD_SIZE when launched by torchrun/deepspeed, else the launch section's nodes × tasks_per_node."""
     return int(os.environ.get("WORLD_SIZE", config.launch.world_size))
@@ -345,6 +359,11 @@ def plan_report(config: RunConfig, world_size: int) -> str:
     layers = prunable_layers(model)
     check_layer_settings(config.prune, [layer.name for layer in layers])
     parts = [sizes.note] if sizes.note else []
-    parts += [f"pruning plan: {len(layers)} prunable layers, rule={config.prune.rule}", format_pruning_plan(layers),
-              format_memory_plan(run_memory_plan(config, model, sizes, world_size), config.launch.gpu_mem_gb)]
+    if config.prune.rule == "filters":
+        parts += [f"regularized layers: {len(layers)} (the sparsify phase acts on their weights; the prune phase "
+                  f"removes whole filters: the filter plan below)", format_pruning_plan(layers),
+                  filter_plan_report(config, model, sizes)]
+    else:
+        parts += [f"pruning plan: {len(layers)} prunable layers, rule={config.prune.rule}", format_pruning_plan(layers)]
+    parts.append(format_memory_plan(run_memory_plan(config, model, sizes, world_size), config.launch.gpu_mem_gb))
     return "\n".join(parts) + "\n"

@@ -27,7 +27,7 @@ from sparsetrain.structural.fold import channel_fold_status, rest_values
 from sparsetrain.structural.scoring import ChannelScore
 from sparsetrain.structural.types import ChannelGroup
 
-__all__ = ["ChannelSelection", "GroupCount", "relative_scores", "rounded_count", "select_channels"]
+__all__ = ["ChannelSelection", "GroupCount", "relative_scores", "removal_bounds", "rounded_count", "select_channels"]
 
 
 @dataclass(frozen=True)
@@ -148,14 +148,29 @@ def _choose(scores: torch.Tensor, dead: torch.Tensor, alive: torch.Tensor, sel: 
     """(sorted indices of the units to remove, (wanted, capped, removed) unit counts: `GroupCount`)."""
     n = len(scores)
     dead = dead & ~alive
-    limit = min(math.floor(sel.max_fraction * n), n - 1)
-    target = fraction_target(n, sel.fraction)
-    wanted = max(int(dead.sum()), target)
-    capped = min(wanted, limit)
-    count = n - rounded_count(n, n - capped, step, n - limit)
+    wanted = max(int(dead.sum()), fraction_target(n, sel.fraction))
+    capped, count = _capped_and_removed(n, wanted, sel, step)
     # dead first (weakest first among them), constant-carrying units last
     rank = torch.where(dead, scores - scores.max() - 1, scores).masked_fill(alive, float("inf"))
     return torch.sort(torch.argsort(rank, stable=True)[:count]).values, (wanted, capped, count)
+
+
+def _capped_and_removed(n: int, wanted: int, sel: ChannelSelection, step: int) -> tuple[int, int]:
+    """Steps 3-4 for a group of `n` units of which `wanted` are asked for: (after the cap, after rounding)."""
+    limit = min(math.floor(sel.max_fraction * n), n - 1)
+    capped = min(wanted, limit)
+    return capped, n - rounded_count(n, n - capped, step, n - limit)
+
+
+def removal_bounds(n: int, sel: ChannelSelection, unit_channels: int = 1) -> tuple[int, int]:
+    """(fewest, most) units the selection removes from a scored group of `n` units, before any score is known.
+
+    The fewest is the size target alone (`fraction`: no unit dead), the most is every unit dead (the cap,
+    `max_fraction`, never all), both after rounding (`round_to`). Used by `run --dry-run`'s filter plan.
+    """
+    step = _step(sel.round_to, unit_channels)
+    return (_capped_and_removed(n, fraction_target(n, sel.fraction), sel, step)[1],
+            _capped_and_removed(n, n, sel, step)[1])
 
 
 def fraction_target(n: int, fraction: float) -> int:
