@@ -253,7 +253,7 @@ def test_dry_run_shows_the_data_lines_the_run_logs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     said = [line for line in proc.stderr.splitlines() if "data: seg_folder" in line and "19 classes" in line]
     assert len(said) == 1 and "from the largest mask label 18" in said[0], proc.stderr
-    assert "pruning plan:" in proc.stdout, proc.stdout
+    assert "filter plan (prune.rule=filters):" in proc.stdout, proc.stdout  # a Method 2 recipe
     assert not out.exists(), f"the dry run wrote {out}"
 
 
