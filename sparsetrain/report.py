@@ -332,10 +332,13 @@ def _kept_row(kept: int, total: int, label: str, width: int) -> str:
 
 
 def _group_layers(row: dict[str, Any], at_most: int = 3) -> str:
-    """`a, b, c (+2 more)`: the layers of a kept_filters row, (inexact) when its removal was inexact."""
+    """`a, b, c (+2 more)`: the layers of a kept_filters row, (inexact) when its removal was inexact,
+    `(kept whole: inexact (LayerNorm))` when the selection skipped it (`kept_because`)."""
     layers = row.get("layers") or [row["group"]]
     more = f" (+{len(layers) - at_most} more)" if len(layers) > at_most else ""
-    return ", ".join(layers[:at_most]) + more + (" (inexact)" if row.get("exact") is False else "")
+    tag = (" (inexact)" if row.get("exact") is False else
+           f" (kept whole: {row['kept_because']})" if row.get("kept_because") else "")
+    return ", ".join(layers[:at_most]) + more + tag
 
 
 def _latency_line(lat: dict[str, Any]) -> str:

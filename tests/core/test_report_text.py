@@ -151,6 +151,8 @@ def test_kept_filters_block_lists_the_groups_that_lost_most_then_points_to_repor
         "  ... 3 more groups, all in report.json (kept_filters)",
         "  369 / 384  96.1 %  total: 5 of 6 groups lost filters"], "\n".join(lines)
     assert len(format_kept_filters(rows).splitlines()) == 1 + 6 + 1, "all rows when they fit"
+    rows[0].update(kept=64, kept_because="inexact (LayerNorm)")  # trial 28: shown at 100 % with no reason
+    assert "   64 / 64  100.0 %  s0.conv (kept whole: inexact (LayerNorm))" in format_kept_filters(rows).splitlines()
 
 
 def test_sparsity_and_compression_lines_name_their_different_scopes() -> None:
