@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sparsetrain.data.idx import read_idx
-from tests.core.subprocess_runs import run_cli
+from tests.core.subprocess_runs import REPO, run_cli
 
 # A smoke run of the recipe: 1/20 of the data and a few hundred steps. Its 98.2 % target needs the full schedule (after
 # ~100 steps fc1 still holds the smallest weights and a global cut would empty it), so the smoke run prunes to 90 %.
@@ -41,36 +41,47 @@ def test_lenet300_mnist_recipe_runs_on_real_files(tmp_path: Path, fashion_mnist:
     assert "finetune " in result.stdout, "the result table was not printed"
 
 
-def _idx_run_error(folder: Path, tmp_path: Path) -> str:
-    """The last stderr line of `sparsetrain run` on the IDX folder `folder`, which must fail as bad input (exit 2)."""
-    result = run_cli(["configs/lenet300_mnist.yaml", "data.source=idx", f"data.path={folder}",
-                      f"out_dir={tmp_path / 'run'}", "tracking.mode=disabled"])
-    assert result.returncode == 2, result.stderr[-2000:]
-    return result.stderr.strip().splitlines()[-1]
+def _idx_run_error(folder: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> str:
+    """The last stderr line of `sparsetrain run` on the IDX folder `folder`, which must fail as bad input (exit 2).
+
+    The CLI's `main` in this process (what `python -m sparsetrain` calls before exiting with its code): the run stops
+    at reading the data, before any training, so a process of its own (~5 s of imports) would only add its start."""
+    import contextlib
+
+    from sparsetrain.cli import main
+
+    capfd.readouterr()
+    with contextlib.chdir(REPO):  # the recipe's path is relative to the repository root, as run_cli runs it
+        code = main(["run", "configs/lenet300_mnist.yaml", "data.source=idx", f"data.path={folder}",
+                     f"out_dir={tmp_path / 'run'}", "tracking.mode=disabled"])
+    err = capfd.readouterr().err
+    assert code == 2, err[-2000:]
+    return err.strip().splitlines()[-1]
 
 
-def test_missing_idx_file_is_a_one_line_cli_error(tmp_path: Path, fashion_mnist: Path) -> None:
+def test_missing_idx_file_is_a_one_line_cli_error(tmp_path: Path, fashion_mnist: Path,
+                                                  capfd: pytest.CaptureFixture) -> None:
     folder = tmp_path / "idx"
     folder.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
         (folder / name).symlink_to(fashion_mnist / name)
-    assert _idx_run_error(folder, tmp_path) == \
+    assert _idx_run_error(folder, tmp_path, capfd) == \
         f"error: data.path: {folder} lacks t10k-labels-idx1-ubyte[.gz] (an IDX folder holds train-images-idx3-ubyte, " \
         "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)"
 
 
-def test_mismatched_idx_counts_are_a_one_line_cli_error(tmp_path: Path) -> None:
+def test_mismatched_idx_counts_are_a_one_line_cli_error(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     from tests.core.test_idx_data import make_folder, write_idx
 
     folder = tmp_path / "idx"
     make_folder(folder, n_train=30, n_test=10, side=28)
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(9))  # 10 test images, 9 labels
-    assert _idx_run_error(folder, tmp_path) == \
+    assert _idx_run_error(folder, tmp_path, capfd) == \
         f"error: data.path: {folder / 't10k-images-idx3-ubyte.gz'} holds 10 images but " \
         "t10k-labels-idx1-ubyte.gz holds 9 labels"
 
 
-def test_emnist_download_folder_cli_run(tmp_path: Path) -> None:
+def test_emnist_download_folder_cli_run(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     """A folder holding two EMNIST splits, as the download unpacks them: the run names data.idx_prefix; with it, it
     trains on upright (transposed-back) letters labelled 1..26 and says so, and the export records the transpose."""
     from tests.core.test_idx_data import make_folder, write_idx
@@ -80,8 +91,8 @@ def test_emnist_download_folder_cli_run(tmp_path: Path) -> None:
     make_folder(folder, prefix="emnist-letters-", test_name="test", n_train=52, n_test=26, side=28)
     for split, n in (("train", 52), ("test", 26)):
         write_idx(folder / f"emnist-letters-{split}-labels-idx1-ubyte.gz", np.arange(n) % 26 + 1)
-    assert _idx_run_error(folder, tmp_path) == f"error: data.path: {folder} holds several train-images-idx3 files: " \
-        "set data.idx_prefix to one of emnist-balanced, emnist-letters"
+    assert _idx_run_error(folder, tmp_path, capfd) == f"error: data.path: {folder} holds several train-images-idx3 " \
+        "files: set data.idx_prefix to one of emnist-balanced, emnist-letters"
     out = tmp_path / "letters"
     result = run_cli(["configs/quickstart.yaml", "data.source=idx", f"data.path={folder}", f"out_dir={out}",
                       "data.idx_prefix=emnist-letters", "phases.dense.epochs=1", "phases.sparsify.epochs=1",
