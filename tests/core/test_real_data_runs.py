@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,37 +28,40 @@ def _write_npz(idx_dir: Path, path: Path) -> Path:
 
 
 @pytest.mark.parametrize("layout", ["idx", "npz"])
-def test_lenet300_mnist_recipe_runs_on_real_files(tmp_path: Path, fashion_mnist: Path, layout: str) -> None:
+def test_lenet300_mnist_recipe_runs_on_real_files(tmp_path: Path, fashion_mnist: Path, layout: str,
+                                                  capfd: pytest.CaptureFixture) -> None:
     # the recipe with its baselines and exports on the IDX folder; the .npz run checks the other reader. Without the
     # latency table (~30 s of fresh processes, none reading the data): a run's table is tests/deploy/test_compact.py's
     # and test_eval_latency.py's
     data = [f"data.path={fashion_mnist}", "data.source=idx", "deploy.latency=false"] if layout == "idx" else \
         [f"data.path={_write_npz(fashion_mnist, tmp_path / 'real.npz')}", "baselines=[]", "deploy.latency=false"]
     out = tmp_path / "run"
-    result = run_cli(["configs/lenet300_mnist.yaml", *data, f"out_dir={out}", *SHORT])
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, printed = _main_here(["run", "configs/lenet300_mnist.yaml", *data, f"out_dir={out}", *SHORT], capfd)
+    assert code == 0, printed.err[-3000:]
     report = json.loads((out / "report.json").read_text())
     final = report["phases"]["finetune"]
     assert final["metric"] > 50.0, f"fine-tuned accuracy {final} on real data"
-    assert "finetune " in result.stdout, "the result table was not printed"
+    assert "finetune " in printed.out, "the result table was not printed"
 
 
-def _idx_run_error(folder: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> str:
-    """The last stderr line of `sparsetrain run` on the IDX folder `folder`, which must fail as bad input (exit 2).
-
-    The CLI's `main` in this process (what `python -m sparsetrain` calls before exiting with its code): the run stops
-    at reading the data, before any training, so a process of its own (~5 s of imports) would only add its start."""
-    import contextlib
-
+def _main_here(argv: list[str], capfd: pytest.CaptureFixture) -> tuple[int, Any]:
+    """(exit code, captured stdout/stderr) of the CLI's `main` in this process, run from the repository root as
+    `run_cli` runs it (the recipes' paths are relative to it): what `python -m sparsetrain` calls before exiting with
+    the code; a process of its own would only add its ~5 s of imports."""
     from sparsetrain.cli import main
 
     capfd.readouterr()
-    with contextlib.chdir(REPO):  # the recipe's path is relative to the repository root, as run_cli runs it
-        code = main(["run", "configs/lenet300_mnist.yaml", "data.source=idx", f"data.path={folder}",
-                     f"out_dir={tmp_path / 'run'}", "tracking.mode=disabled"])
-    err = capfd.readouterr().err
-    assert code == 2, err[-2000:]
-    return err.strip().splitlines()[-1]
+    with contextlib.chdir(REPO):
+        code = main(argv)
+    return code, capfd.readouterr()
+
+
+def _idx_run_error(folder: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> str:
+    """The last stderr line of `sparsetrain run` on the IDX folder `folder`, which must fail as bad input (exit 2)."""
+    code, printed = _main_here(["run", "configs/lenet300_mnist.yaml", "data.source=idx", f"data.path={folder}",
+                                f"out_dir={tmp_path / 'run'}", "tracking.mode=disabled"], capfd)
+    assert code == 2, printed.err[-2000:]
+    return printed.err.strip().splitlines()[-1]
 
 
 def test_missing_idx_file_is_a_one_line_cli_error(tmp_path: Path, fashion_mnist: Path,
