@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,12 @@ def _main_here(argv: list[str], capfd: pytest.CaptureFixture) -> tuple[int, Any]
     from sparsetrain.cli import main
 
     capfd.readouterr()
-    with contextlib.chdir(REPO):
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
         code = main(argv)
+    finally:
+        os.chdir(cwd)
     return code, capfd.readouterr()
 
 
