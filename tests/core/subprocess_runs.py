@@ -235,3 +235,58 @@ def _rank_pid(launcher_pid: int, rank: int) -> int:
         except psutil.Error:
             continue
     raise LookupError(f"no rank {rank} under process {launcher_pid}")
+
+
+def _freeze(proc: subprocess.Popen, sig: int) -> None:
+    """Send SIGSTOP or SIGCONT to the run's process and each of its descendants (torch.distributed.run's ranks run in
+    sessions of their own, so a process group would miss them)."""
+    import psutil  # a DeepSpeed dependency
+
+    try:
+        family = [proc.pid, *(child.pid for child in psutil.Process(proc.pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return
+    for pid in family:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def run_with_snapshots(overrides: list[str], out_dir: Path, snapshots: list[tuple[Path, str | None, int]],
+                       nproc: int = 1) -> subprocess.CompletedProcess:
+    """`run_cli`, keeping copies of out_dir as a kill would have left it: for each (folder, phase, step), in the
+    order the run reaches them, once state.json records a checkpoint of `phase` (any phase: None) at `step` or later
+    the run is frozen (SIGSTOP to every process of it), out_dir is copied to `folder` and the run goes on (SIGCONT).
+
+    A frozen run writes nothing, so the copy holds what `kill_at_checkpoint` at that moment leaves for a resume
+    (state.json is replaced atomically; a kill also leaves the lock file, whose flock dies with the process): one run
+    serves as an uninterrupted reference and as the killed runs resumed from its copies (resume may change out_dir).
+    Fails the test if the run ends or stalls before a snapshot point.
+    """
+    import shutil
+
+    import pytest
+
+    command = cli_command(overrides, nproc)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        with out.open("w") as fout, err.open("w") as ferr:
+            proc = subprocess.Popen(command, cwd=REPO, env=clean_env(), stdout=fout, stderr=ferr, text=True,
+                                    start_new_session=True)
+            for folder, phase, step in snapshots:
+                reached = watch(proc, [out, err], until=lambda: _checkpoint_step(out_dir, phase) >= step)  # noqa: B023
+                if reached != "until":
+                    _kill_group(proc)
+                    pytest.fail(f"the run {reached} before its {phase or ''} step-{step} checkpoint, where it was to "
+                                f"be copied to {folder}:\n{err.read_text()[-2000:]}")
+                _freeze(proc, signal.SIGSTOP)
+                try:
+                    shutil.copytree(out_dir, folder)
+                finally:
+                    _freeze(proc, signal.SIGCONT)
+            outcome = watch(proc, [out, err])
+        stdout, stderr = out.read_text(), err.read_text()
+    if outcome != "exited":
+        stderr += f"\n[test harness] run killed: {outcome} (no output for {STALL_S:.0f} s or over {LIMIT_S:.0f} s)\n"
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)

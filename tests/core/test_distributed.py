@@ -6,6 +6,7 @@ l0 pull (see tests/helpers/compare.py): losses and the weights away from zero ar
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from safetensors.torch import load_file
 
 from sparsetrain.cli import strip_local_rank
 from sparsetrain.config import ConfigError
-from tests.core.conftest import tiny_overrides
-from tests.core.subprocess_runs import free_port, run_cli, run_command
+from sparsetrain.pipeline import run_pipeline
+from tests.core.conftest import tiny_config, tiny_overrides
+from tests.core.subprocess_runs import cli_command, free_port, run_command
 from tests.helpers.compare import assert_weights_alike_away_from_zero
 
 # SGD keeps the comparison at float precision (see test_gradient_hook_equals_autograd_reference).
@@ -27,41 +29,72 @@ def _losses(out: Path) -> dict[int, float]:
             if "loss" in row}
 
 
-def _run(out: Path, nproc: int, zero_stage: int) -> tuple[dict, dict]:
-    proc = run_cli(tiny_overrides(out, *SGD, f"deepspeed.zero_stage={zero_stage}"), nproc=nproc)
-    assert proc.returncode == 0, f"{nproc}-process ZeRO-{zero_stage} run failed:\n{proc.stderr[-3000:]}"
+Runs = dict[str, tuple[Path, subprocess.CompletedProcess]]  # run name -> (out_dir, its finished process)
+
+
+def _command(out: Path, zero_stage: int) -> list[str]:
+    """A 2-process run's command line: under ZeRO 0 through DeepSpeed's launcher as README "Multi-process" gives it
+    (`deepspeed --num_gpus 2 --module sparsetrain run ...`), under ZeRO 2 through torchrun."""
+    overrides = tiny_overrides(out, *SGD, f"deepspeed.zero_stage={zero_stage}")
+    if zero_stage == 0:
+        launcher = Path(sys.executable).parent / "deepspeed"
+        return [str(launcher), "--num_gpus", "2", f"--master_port={free_port()}", "--module", "sparsetrain", "run",
+                *overrides]
+    return cli_command(overrides, 2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """(out_dir, finished process) of the module's 2-process runs, each run once: `np2-zero0` (DeepSpeed's launcher)
+    and `np2-zero2` (torchrun)."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    return {f"np2-zero{z}": (tmp / f"np2-zero{z}", run_command(_command(tmp / f"np2-zero{z}", z))) for z in (0, 2)}
+
+
+def _outputs(out: Path, name: str, returncode: int, printed: str) -> tuple[dict, dict]:
+    """(finetune weights, report) of a finished run, checked to have exited 0 without DeepSpeed's optimizer note."""
+    assert returncode == 0, f"{name} run failed:\n{printed[-3000:]}"
     # SGD is not in DeepSpeed's list of ZeRO optimizers; this test is sparsetrain's, so DeepSpeed's note is not shown
-    assert "untested optimizer" not in proc.stdout + proc.stderr, f"ZeRO-{zero_stage}: DeepSpeed's note was shown"
+    assert "untested optimizer" not in printed, f"{name}: DeepSpeed's note was shown"
     return load_file(str(out / "weights" / "finetune.safetensors")), json.loads((out / "report.json").read_text())
 
 
-def test_two_processes_match_one_under_zero_0_and_2(tmp_path: Path) -> None:
-    ref_weights, ref_report = _run(tmp_path / "np1", 1, 0)
+def _run(runs: Runs, name: str) -> tuple[dict, dict]:
+    out, proc = runs[name]
+    return _outputs(out, name, proc.returncode, proc.stdout + proc.stderr)
+
+
+def test_two_processes_match_one_under_zero_0_and_2(runs: Runs, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    # the 1-process reference in this process (`sparsetrain run`'s pipeline; a process would only add ~5 s of imports)
+    np1 = tmp_path / "np1"
+    capfd.readouterr()
+    run_pipeline(tiny_config(np1, *SGD, "deepspeed.zero_stage=0"))
+    printed = capfd.readouterr()
+    ref_weights, ref_report = _outputs(np1, "np1", 0, printed.out + printed.err)
     assert ref_report["world_size"] == 1
     for zero_stage in (0, 2):
-        weights, report = _run(tmp_path / f"np2-zero{zero_stage}", 2, zero_stage)
+        weights, report = _run(runs, f"np2-zero{zero_stage}")
         assert report["world_size"] == 2
         label = f"1 process vs 2 processes (ZeRO {zero_stage})"
         assert_weights_alike_away_from_zero(ref_weights, weights, label)
         assert report["sparsity"] == ref_report["sparsity"], f"ZeRO {zero_stage}: final sparsity differs"
         # the logged loss is the mean over ranks (each rank's half batch), so it equals one process's full-batch loss
         # (it was rank 0's half: 1.187 vs 1.138 in a fresh-user trial)
-        ours, ref = _losses(tmp_path / f"np2-zero{zero_stage}"), _losses(tmp_path / "np1")
+        ours, ref = _losses(runs[f"np2-zero{zero_stage}"][0]), _losses(np1)
         assert ours.keys() == ref.keys() and all(ours[k] == pytest.approx(ref[k], rel=1e-3) for k in ref), (ours, ref)
 
 
-def test_the_deepspeed_launcher_runs_the_readme_command(tmp_path: Path) -> None:
+def test_the_deepspeed_launcher_runs_the_readme_command(runs: Runs) -> None:
     """Trial 16: `deepspeed --num_gpus 2 --module sparsetrain run ...` (README "Multi-process") failed on every rank
-    with `unknown command '--local_rank=0'`: DeepSpeed's launcher puts that flag before the command."""
-    out = tmp_path / "run"
-    launcher = Path(sys.executable).parent / "deepspeed"
-    proc = run_command([str(launcher), "--num_gpus", "2", f"--master_port={free_port()}", "--module", "sparsetrain",
-                        "run", *tiny_overrides(out, "phases.dense.enabled=true", "phases.dense.epochs=0.2"),
-                        "--phase", "dense"])
+    with `unknown command '--local_rank=0'`: DeepSpeed's launcher puts that flag before the command. The 2-process
+    ZeRO-0 run of the comparison above is started that way (`_command`)."""
+    out, proc = runs["np2-zero0"]
+    assert proc.args[proc.args.index("--module") + 1:][:2] == ["sparsetrain", "run"], proc.args
+    assert Path(proc.args[0]).name == "deepspeed", proc.args
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "unknown command" not in proc.stdout + proc.stderr
     state = json.loads((out / "state.json").read_text())
-    assert list(state["completed"]) == ["dense"], state
+    assert {"sparsify", "prune", "finetune"} <= set(state["completed"]), state
 
 
 @pytest.mark.parametrize(("argv", "env", "expected"), [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -13,10 +14,10 @@ import pytest
 from safetensors.torch import load_file
 
 from sparsetrain.engine import preemption
-from tests.core.conftest import tiny_overrides
+from sparsetrain.pipeline import run_pipeline
+from tests.core.conftest import tiny_config, tiny_overrides
 from tests.core.subprocess_runs import (
     interrupt_when_printed,
-    kill_at_checkpoint,
     kill_at_logged_step,
     kill_rank_at_logged_step,
     run_cli,
@@ -31,15 +32,32 @@ EXTRA = ("phases.sparsify.epochs=8", "train.checkpoint_every=10", "tracking.mode
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """out_dir of the uninterrupted run (EXTRA, a step log row per step) that the resume tests compare with."""
+    """out_dir of the uninterrupted run (EXTRA, a step log row per step) that the resume tests compare with:
+    `sparsetrain run`'s pipeline in this process (a process of its own would only add ~5 s of imports)."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = run_cli(tiny_overrides(out, *EXTRA, "train.log_every=1"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_pipeline(tiny_config(out, *EXTRA, "train.log_every=1"))
     return out
 
 
-def _kill_mid_sparsify(out: Path, *extra: str) -> None:
-    kill_at_checkpoint(tiny_overrides(out, *EXTRA, *extra), out, 30, phase="sparsify")
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(out_dir, a copy of it) of a run (EXTRA, a row per step) SIGKILLed mid-sparsify at logged step 45, 5 steps
+    after its step-40 checkpoint (W&B's unwritten buffer is lost with the process): `resumed` continues the first;
+    a test that damages the run takes a copy of the second (out_dir may change when a run resumes)."""
+    out = tmp_path_factory.mktemp("killed") / "run"
+    kill_at_logged_step(tiny_overrides(out, *EXTRA, "train.log_every=1"), out, 45)
+    pristine = out.parent / "copy"
+    shutil.copytree(out, pristine)
+    return out, pristine
+
+
+@pytest.fixture(scope="module")
+def resumed(killed: tuple[Path, Path]) -> Path:
+    """out_dir of the killed run after the same command continued it to the end."""
+    out = killed[0]
+    result = run_cli(tiny_overrides(out, *EXTRA, "train.log_every=1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
 
 
 def _steps(out: Path) -> list[int]:
@@ -80,13 +98,11 @@ def test_clearing_the_last_phase_removes_deepspeeds_zero_files(tmp_path: Path) -
     assert not ckpt.exists(), sorted(p.name for p in ckpt.iterdir())
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, uninterrupted: Path) -> None:
-    interrupted, reference = tmp_path / "interrupted", uninterrupted
-    _kill_mid_sparsify(interrupted, "train.log_every=1")  # the reference's step log: a row per step
-    state = json.loads((interrupted / "state.json").read_text())
+def test_kill_and_resume_matches_uninterrupted_run(killed: tuple[Path, Path], resumed: Path,
+                                                  uninterrupted: Path) -> None:
+    interrupted, reference = resumed, uninterrupted
+    state = json.loads((killed[1] / "state.json").read_text())  # as the kill left it
     assert state["current"]["phase"] == "sparsify" and "sparsify" not in state["completed"]
-    resumed = run_cli(tiny_overrides(interrupted, *EXTRA, "train.log_every=1"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(load_file(str(reference / "weights" / "finetune.safetensors")),
                         load_file(str(interrupted / "weights" / "finetune.safetensors")), atol=1e-6, rtol=1e-6,
                         label="resumed vs uninterrupted")
@@ -98,24 +114,21 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, uninterrupted
     assert_wandb_matches_metrics(interrupted)
 
 
-def test_wandb_holds_every_step_after_a_hard_kill_mid_phase(tmp_path: Path) -> None:
+def test_wandb_holds_every_step_after_a_hard_kill_mid_phase(killed: tuple[Path, Path], resumed: Path) -> None:
     """Issue 10, fault 5: a process group killed between checkpoints loses W&B's unwritten buffer (metrics.jsonl
-    had 198 steps, W&B 150); after the resume W&B holds each step of metrics.jsonl once, with its values."""
-    out = tmp_path / "run"
-    overrides = tiny_overrides(out, *EXTRA, "train.log_every=1")
-    kill_at_logged_step(overrides, out, 45)  # checkpoints every 10 steps: killed 5 steps after one
-    assert _steps(out)[-1] >= 45
-    resumed = run_cli(overrides)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    had 198 steps, W&B 150); after the resume W&B holds each step of metrics.jsonl once, with its values. (The run
+    of `killed` is killed 5 steps after a checkpoint.)"""
+    out = resumed
+    assert _steps(killed[1])[-1] >= 45
     steps = _steps(out)
     assert steps == list(range(1, len(steps) + 1)), "the step log has gaps or repeats"
     assert_wandb_matches_metrics(out)
     assert len(read_runs(out)) == 2, "expected the killed segment and the resumed one"
 
 
-def test_truncated_checkpoint_gives_clear_error(tmp_path: Path) -> None:
+def test_truncated_checkpoint_gives_clear_error(tmp_path: Path, killed: tuple[Path, Path]) -> None:
     out = tmp_path / "run"
-    _kill_mid_sparsify(out)
+    shutil.copytree(killed[1], out)
     tag = json.loads((out / "state.json").read_text())["current"]["tag"]
     model_file = next((out / "checkpoints" / tag).glob("mp_rank_00_model_states.pt"))
     model_file.write_bytes(model_file.read_bytes()[:100])

@@ -26,16 +26,32 @@ LONG = ("phases.sparsify.epochs=200",)  # runs far longer than any test waits: i
 WAIT_S = 25.0  # for a run to hold its lock on a busy 2-core machine
 
 
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """A long tiny `sparsetrain run` holding its out_dir's lock (its pid recorded), SIGKILLed at the end."""
-    out = tmp_path / "run"
-    proc = _start(out)
+class Holder:
+    """The long tiny `sparsetrain run` on `out` that holds its lock now; a test that kills it starts the next one
+    (`start`), which holds the lock in its turn."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> subprocess.Popen:
+        """Start a run on out (the previous one dead) and wait until the lock file names it as the holder."""
+        self.proc = _start(self.out)
+        _wait_for_holder(self.proc, self.out)
+        return self.proc
+
+
+@pytest.fixture(scope="module")
+def holder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Holder]:
+    """One running holder shared by the module's tests (a run start is ~5 s of imports), in either order: a test
+    leaves it running or, having killed it, starts the next; the last one is SIGKILLed at the end."""
+    held = Holder(tmp_path_factory.mktemp("locked") / "run")
     try:
-        _wait_for_holder(proc, out)
-        yield proc, out
+        held.start()
+        yield held
     finally:
-        _kill_group(proc)
+        if held.proc is not None:
+            _kill_group(held.proc)
 
 
 def _start(out: Path) -> subprocess.Popen:
@@ -55,10 +71,10 @@ def _wait_for_holder(proc: subprocess.Popen, out: Path) -> None:
         time.sleep(0.1)
 
 
-def test_a_second_run_on_the_out_dir_of_a_running_one_is_refused(started: tuple[subprocess.Popen, Path]) -> None:
+def test_a_second_run_on_the_out_dir_of_a_running_one_is_refused(holder: Holder) -> None:
     """Trial 22: a second run into the out_dir of a running one trained beside it. It is refused at its start, one
     line naming out_dir and the holder, exit 2, and writes nothing (the first run's files are its own)."""
-    first, out = started
+    first, out = holder.proc, holder.out
     record = read_holder(out)
     assert record is not None and record["host"] == socket.gethostname() and record["slurm_job"] is None, record
     second = subprocess.run(cli_command(tiny_overrides(out, *LONG)), cwd=REPO, env=clean_env(), capture_output=True,
@@ -70,17 +86,12 @@ def test_a_second_run_on_the_out_dir_of_a_running_one_is_refused(started: tuple[
     assert first.poll() is None and read_holder(out) == record  # the first run goes on, still the holder
 
 
-def test_the_lock_of_a_killed_run_is_free_at_once(started: tuple[subprocess.Popen, Path]) -> None:
+def test_the_lock_of_a_killed_run_is_free_at_once(holder: Holder) -> None:
     """A run SIGKILLed (a node failure, preemption without grace) leaves its lock file, not its lock: the next run
     on the out_dir starts and holds it (what a resume after a requeue does)."""
-    first, out = started
-    _kill_group(first)
-    assert (out / LOCK_FILE).is_file()
-    second = _start(out)
-    try:
-        _wait_for_holder(second, out)
-    finally:
-        _kill_group(second)
+    _kill_group(holder.proc)
+    assert (holder.out / LOCK_FILE).is_file()
+    holder.start()  # fails the test unless the next run holds the lock; it stays the module's holder
 
 
 def test_an_open_pipeline_holds_its_out_dir_until_closed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -11,6 +11,7 @@ stays short on 2 CPU cores; the ZeRO-3 code paths do not depend on width or dept
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from sparsetrain.config.schema import PruneConfig
 from sparsetrain.pruning.sharded_masks import load_full_masks
 from sparsetrain.pruning.sharded_prune import even_range
 from tests.core.conftest import tiny_overrides
-from tests.core.subprocess_runs import kill_at_checkpoint, run_cli
+from tests.core.subprocess_runs import kill_at_checkpoint, run_cli, run_with_snapshots
 from tests.helpers.compare import assert_same_weights, assert_weights_alike_away_from_zero
 
 BASE = [
@@ -87,28 +88,42 @@ def _adam(zero_stage: int) -> tuple[str, ...]:
             "phases.finetune.epochs=2")
 
 
+# Where the resume tests' runs were killed (phase, checkpoint step), by ZeRO stage: the uninterrupted reference run
+# of the stage leaves a copy of its out_dir there (`run_with_snapshots`), which those tests resume.
+KILLED_AT = {2: {"sparsify": 2}, 3: {"sparsify": 2, "finetune": 2}}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
     """out_dir of the uninterrupted 2-rank vit_tiny run with `_adam(zero_stage)`, the reference of every resume
-    test of that stage: trained on first use, once per module (the same run as each test's own was)."""
+    test of that stage: trained on first use, once per module. Beside it, `killed-<phase>`: the out_dir as a kill at
+    that phase's checkpoint (`KILLED_AT`) leaves it, the start of that stage's resume tests (`_killed`)."""
     runs: dict[int, Path] = {}
 
     def reference(zero_stage: int) -> Path:
         if zero_stage not in runs:
             out = tmp_path_factory.mktemp(f"uninterrupted-zero{zero_stage}") / "run"
-            _run(out, "vit_tiny", 2, *_adam(zero_stage))
+            snapshots = [(out.parent / f"killed-{phase}", phase, step)
+                         for phase, step in KILLED_AT[zero_stage].items()]
+            proc = run_with_snapshots(_overrides(out, "vit_tiny", *_adam(zero_stage)), out, snapshots, nproc=2)
+            assert proc.returncode == 0, f"{out.name}: run failed:\n{proc.stderr[-3000:]}"
             runs[zero_stage] = out
         return runs[zero_stage]
 
     return reference
 
 
+def _killed(uninterrupted: Callable[[int], Path], zero_stage: int, phase: str, out: Path) -> Path:
+    """`out`: a copy of the stage's reference run as killed at its `phase` checkpoint (`KILLED_AT`), to resume."""
+    shutil.copytree(uninterrupted(zero_stage).parent / f"killed-{phase}", out)
+    return out
+
+
 def test_zero3_resume_after_kill_equals_uninterrupted(tmp_path: Path, uninterrupted: Callable[[int], Path]) -> None:
     # adam: the optimizer state (exp_avg, exp_avg_sq partitions) must come back too; killed mid-way in finetune,
     # so the packed masks come back from the checkpoint's per-rank files (elastic resume below kills in sparsify)
     extra = _adam(3)
-    interrupted = tmp_path / "interrupted"
-    kill_at_checkpoint(_overrides(interrupted, "vit_tiny", *extra), interrupted, 2, phase="finetune", nproc=2)
+    interrupted = _killed(uninterrupted, 3, "finetune", tmp_path / "interrupted")
     _run(interrupted, "vit_tiny", 2, *extra, expect_in_log="resuming from checkpoint finetune-step0000002")
     reference = uninterrupted(3)
     for phase in PHASES:
@@ -122,11 +137,11 @@ def test_zero3_resume_after_kill_equals_uninterrupted(tmp_path: Path, uninterrup
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_elastic_resume_2_to_1_to_2_ranks_equals_uninterrupted(tmp_path: Path, zero_stage: int,
                                                               uninterrupted: Callable[[int], Path]) -> None:
-    # killed on 2 ranks in sparsify, resumed on 1 and killed in finetune, resumed on 2: DeepSpeed's universal
-    # checkpoint reshards weights and Adam's state, the packed masks are cut from the per-rank range files
+    # killed on 2 ranks in sparsify (the reference run's copy at that checkpoint), resumed on 1 and killed in
+    # finetune, resumed on 2: DeepSpeed's universal checkpoint reshards weights and Adam's state, the packed masks
+    # are cut from the per-rank range files
     extra = _adam(zero_stage)
-    elastic = tmp_path / "elastic"
-    kill_at_checkpoint(_overrides(elastic, "vit_tiny", *extra), elastic, 2, phase="sparsify", nproc=2)
+    elastic = _killed(uninterrupted, zero_stage, "sparsify", tmp_path / "elastic")  # on 2 ranks
     kill_at_checkpoint(_overrides(elastic, "vit_tiny", *extra), elastic, 2, phase="finetune", nproc=1)
     _run(elastic, "vit_tiny", 2, *extra, expect_in_log="written by 1 rank, on 2 ranks")
     reference = uninterrupted(zero_stage)
@@ -153,8 +168,9 @@ def test_elastic_resume_keeps_the_regularizer_state(tmp_path: Path) -> None:
            "prune.rule=filters", "train.checkpoint_every=8", "train.log_every=4", "tracking.mode=disabled",
            "deepspeed.zero_stage=3", "train.threads=1", "--phase", "sparsify"]
     reference, elastic = tmp_path / "reference", tmp_path / "elastic"
-    assert run_cli([*net, f"out_dir={reference}"], nproc=2).returncode == 0
-    kill_at_checkpoint([*net, f"out_dir={elastic}"], elastic, 16, nproc=2)
+    # the uninterrupted run leaves `elastic`: its out_dir as killed at the step-16 checkpoint
+    assert run_with_snapshots([*net, f"out_dir={reference}"], reference, [(elastic, None, 16)],
+                              nproc=2).returncode == 0
     proc = run_cli([*net, f"out_dir={elastic}"], nproc=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "written by 2 ranks, on 1 rank\n" in proc.stdout + proc.stderr, "the run did not resume elastically"
