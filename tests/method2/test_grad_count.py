@@ -69,17 +69,26 @@ CONV_NET = ["data.source=synthetic", "data.num_samples=400", "model.name=lenet5"
             "deepspeed.zero_stage=2", "report.plots=false"]
 
 
-def test_counts_equal_for_one_and_two_ranks_and_after_resume(tmp_path: Path) -> None:
+def _run_here(overrides: list[str], capsys: pytest.CaptureFixture) -> None:
+    """`sparsetrain run` of the sparsify phase in this process (one rank): a process start fewer than `run_cli`."""
+    from sparsetrain.cli import main
+
+    code = main(["run", *overrides, "--phase", "sparsify"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+
+
+def test_counts_equal_for_one_and_two_ranks_and_after_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The 2-rank run (torchrun) and the killed one run in processes of their own; the 1-rank runs (uninterrupted,
+    and the resume of the killed one) in this process."""
     runs = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"np{nproc}"
-        result = run_cli([*CONV_NET, f"out_dir={out}", "--phase", "sparsify"], nproc=nproc)
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[nproc] = _counts(out)
+    _run_here([*CONV_NET, f"out_dir={tmp_path / 'np1'}"], capsys)
+    runs[1] = _counts(tmp_path / "np1")
+    result = run_cli([*CONV_NET, f"out_dir={tmp_path / 'np2'}", "--phase", "sparsify"], nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs[2] = _counts(tmp_path / "np2")
     resumed = tmp_path / "resumed"
     _kill_after_step([*CONV_NET, f"out_dir={resumed}"], resumed, 16)
-    result = run_cli([*CONV_NET, f"out_dir={resumed}", "--phase", "sparsify"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_here([*CONV_NET, f"out_dir={resumed}"], capsys)
     runs["resumed"] = _counts(resumed)
     assert sum(float(c.sum()) for c in runs[1].values()) > 0, "nothing was counted; the test would be vacuous"
     for name, counts in runs[1].items():
