@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sparsetrain.phases import DENSE, PRUNE, SPARSIFY
+from sparsetrain.phases import DENSE, PRUNE, SPARSIFY, TRAINING_PHASES
 from sparsetrain.report import CHAIN, metric_label
 
 USUAL_WEIGHT_DECAY = 0.1  # above it optim.weight_decay is named first (common values: 1e-5 to 0.1, ViTs 0.05-0.3)
@@ -37,8 +37,32 @@ def chance_warning(phase: str, results: dict[str, Any], cfg: RunConfig,
     if metric is None or chance is None or chance >= 100.0 or metric > chance:
         return None
     name = metric_label(cfg.task, results)
-    return (f"{name} {metric:.2f} % is at chance level (at or below {chance:.2f} %, what a model that learned nothing "
-            f"can score on this test set): the model collapsed; {what_to_try(phase, cfg, completed)}")
+    level = (f"{name} {metric:.2f} % is at chance level (at or below {chance:.2f} %, what a model that learned nothing "
+             f"can score on this test set)")
+    if (given := _untrained_given_weights(phase, cfg, completed)) is not None:
+        return f"{level}: {given}"
+    return f"{level}: the model collapsed; {what_to_try(phase, cfg, completed)}"
+
+
+def _untrained_given_weights(phase: str, cfg: RunConfig, completed: dict[str, dict[str, Any]]) -> str | None:
+    """For a phase that took no step (`epochs: 0`) on the user's own weights (`model.checkpoint`, `model.pretrained`)
+    with no phase at chance before it: what to check about those weights and the data (trial 29: the MobileNetV3
+    recipe's own mode, `dense.epochs=0` from a checkpoint, was told to set a checkpoint). Else None."""
+    if phase == PRUNE or getattr(cfg.phases, phase).epochs or _collapsed_before(phase, completed):
+        return None
+    earlier = TRAINING_PHASES[:TRAINING_PHASES.index(phase)]
+    if any(getattr(cfg.phases, p).enabled and getattr(cfg.phases, p).epochs for p in earlier):
+        return None  # a phase before it trained: these are not the given weights as loaded
+    if cfg.model.checkpoint:
+        weights = f"model.checkpoint ({cfg.model.checkpoint})"
+    elif cfg.model.pretrained:
+        weights = f"the pretrained weights of {cfg.model.name}"
+    else:
+        return None
+    return (f"{weights} scores like an untrained model on this data (phases.{phase}.epochs=0: no training step ran); "
+            f"check that the data are prepared as in its training (data.normalize={cfg.data.normalize}, "
+            f"data.image_size={cfg.data.image_size}, colour or gray), that its classes are in the data's order, and "
+            f"that it is the trained file; or train it here (phases.{phase}.epochs)")
 
 
 def what_to_try(phase: str, cfg: RunConfig, completed: dict[str, dict[str, Any]]) -> str:

@@ -90,6 +90,25 @@ def test_an_untrained_phase_at_chance_is_told_to_train_not_to_weaken_its_regular
     assert chance_warning("sparsify", {"metric": 17.0, "chance": 16.8}, cfg, {}) is None
 
 
+def test_an_untrained_phase_on_the_users_checkpoint_at_chance_names_the_checkpoint_and_the_data(tmp_path: Path) -> None:
+    """Trial 29: the MobileNetV3 recipe's own mode (dense.epochs=0 from model.checkpoint) at chance was told to try
+    'model.checkpoint (a trained model)', the one it had."""
+    from sparsetrain.collapse import chance_warning
+
+    ckpt = tmp_path / "mine.safetensors"
+    ckpt.write_bytes(b"0")
+    cfg = load_config(None, ["phases.dense.epochs=0", f"model.checkpoint={ckpt}", "tracking.mode=disabled"])
+    said = chance_warning("dense", {"metric": 9.0, "chance": 16.8}, cfg, {})
+    assert f"model.checkpoint ({ckpt}) scores like an untrained model on this data (phases.dense.epochs=0" in said, said
+    assert "data.normalize=True" in said and "classes are in the data's order" in said, said
+    assert "collapsed" not in said and "try more epochs, or model.checkpoint" not in said, said
+    # a later phase that starts from a dense phase at chance is not blamed on the checkpoint
+    later = chance_warning("sparsify", {"metric": 9.0, "chance": 16.8},
+                           load_config(None, ["phases.sparsify.epochs=0", f"model.checkpoint={ckpt}",
+                                              "tracking.mode=disabled"]), {"dense": {"at_chance": True}})
+    assert "scores like an untrained model" not in later, later
+
+
 def test_a_weight_decay_far_above_the_usual_range_is_named_in_the_collapse_hint(tmp_path: Path) -> None:
     """Seen: optim.weight_decay=1e30 (Adam, whose coupled decay has no per-step bound to refuse at load) collapsed
     the dense phase to chance, and the line asked only for a lower optim.lr."""
