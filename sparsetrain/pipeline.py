@@ -480,6 +480,7 @@ class Pipeline:
     def run_prune(self) -> None:
         """Method 1: masks from shards of the weights (each rank reads its share; exact targets through collective
         reductions, `pruning.sharded_prune`), then rank 0 writes the packed masks and the pruned weights."""
+        from sparsetrain.pruning.criteria import PruneError
         from sparsetrain.pruning.sharded_prune import prune_shards, write_masks_file, write_pruned_weights
 
         if self.structural:
@@ -489,7 +490,10 @@ class Pipeline:
         weights = self.out_dir / "weights"
         source = self._prune_source()
         shapes = self._prunable_shapes()
-        masks = prune_shards(source, shapes, self.cfg.prune, self.dist.device)
+        try:
+            masks = prune_shards(source, shapes, self.cfg.prune, self.dist.device)
+        except PruneError as err:  # thresholds come from collective reductions: every rank refuses alike
+            raise alike_on_every_rank(err) from None
         write_masks_file(masks, shapes, weights / "masks.safetensors")
         if self.dist.is_main:
             write_pruned_weights(source, weights / "masks.safetensors", weights / "prune.safetensors")

@@ -586,6 +586,20 @@ def test_a_refusal_every_rank_makes_alike_is_printed_by_rank_0_only(tmp_path: Pa
     assert not said_here(alike_on_every_rank(InputError("x")), "1") and said_here(InputError("x"), "1")
 
 
+def test_a_prune_refusal_on_two_ranks_is_printed_by_rank_0_only(tmp_path: Path) -> None:
+    """Trial 29, F2: under torchrun the prune phase's `would prune all ... of fc1.weight` came once per rank (the
+    thresholds are reduced over the ranks, so every rank refuses alike)."""
+    from tests.core.subprocess_runs import run_cli
+
+    result = run_cli(["phases.dense.enabled=false", "phases.sparsify.epochs=0", "prune.threshold=100",
+                      "tracking.mode=disabled", "deploy.formats=[]", "deploy.latency=false",
+                      f"out_dir={tmp_path / 'run'}"], nproc=2)
+    said = [line for line in result.stderr.splitlines() if line.startswith(("error:", "rank 1:"))]
+    assert len(said) == 1 and said[0].startswith("error: prune.threshold: ") and "would prune all" in said[0], \
+        result.stderr[-3000:]
+    assert result.returncode != 0
+
+
 def test_deepspeeds_config_flag_says_a_deepspeed_json_is_not_taken(capsys: pytest.CaptureFixture) -> None:
     """Trial 26, finding 8: `run recipe.yaml --deepspeed_config ds.json` said only `unrecognized option`."""
     from sparsetrain.cli import main
