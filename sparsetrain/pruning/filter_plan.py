@@ -69,8 +69,8 @@ def _layers_label(layers: list[str], width: int) -> str:
 
 
 def format_filter_plan(plans: list[GroupPlan], cfg: PruneConfig, groups_total: int, limit: int = 30) -> str:
-    """The plan as printed by `run --dry-run`: one summary line, then a table of the groups (the first `limit`
-    groups, then a count of the rest).
+    """The plan as printed by `run --dry-run`: a two-line summary (groups and filters; the fewest and most removed),
+    then a table of the groups (the first `limit` groups, then a count of the rest).
 
     Args:
         plans: `filter_plan(...)`.
